@@ -1,0 +1,70 @@
+"""Typed config objects as the store holds them.
+
+A ConfigObject is one accepted document: its identity (kind, namespace, name), where it
+came from, and its content as plain (JSON-like) data. Objects are treated as immutable
+once in the store; generators read them but never change them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True, order=True)
+class ConfigKey:
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:  # "VirtualService default/webapp"
+        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an object came from: a file (and document index) or a Kubernetes API."""
+
+    source: str  # "file" | "kubernetes"
+    location: str  # file path, or API path
+    index: int = 0  # document number inside a multi-document file
+
+    def __str__(self) -> str:
+        return f"{self.location}#{self.index}" if self.source == "file" else self.location
+
+
+@dataclass(frozen=True)
+class ConfigObject:
+    kind: str  # "VirtualService", "Service", ...
+    group: str  # "networking.istio.io", "" (core), "discovery.k8s.io"
+    version: str  # "v1", "v1beta1", ...
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    spec: Mapping[str, Any]  # `spec` for Istio kinds; the whole body minus metadata for k8s kinds
+    origin: Origin
+    generation: str = ""  # content hash: changes exactly when the object changes
+    extra: Mapping[str, Any] = field(default_factory=dict)  # kind-specific extras (k8s status, ...)
+
+    @property
+    def key(self) -> ConfigKey:
+        return ConfigKey(self.kind, self.namespace, self.name)
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One document the store refused, with a message naming the object, field and reason."""
+
+    origin: Origin
+    key: ConfigKey | None  # None when the document could not be identified
+    field: str  # dotted path, e.g. "spec.http[0].route"; "" for whole-document problems
+    reason: str
+
+    def message(self) -> str:
+        what = str(self.key) if self.key else "document"
+        where = f"{self.field}: " if self.field else ""
+        return f"{self.origin}: {what}: {where}{self.reason}"
