@@ -1,0 +1,77 @@
+"""Certificate issuance throughput of meshd's CA: ECDSA P-256 vs RSA 2048.
+
+Prints figures; asserts nothing. For each root key type and workload key type:
+  keygen+sign  issue_workload(): generate the workload key, then sign (file mode)
+  sign-only    sign_csr(): verify a CSR and sign it (what a workload's CSR costs
+               meshd; the CSRs are made before the clock starts)
+plus ES256 token issue/verify. Single thread, logging off.
+
+    python bench/ca_issue.py [--iterations 200]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cryptography  # noqa: E402
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.backends.openssl.backend import backend  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+
+from ca import CertificateAuthority, Identity, TokenAuthority, load_or_create_root  # noqa: E402
+from ca.keys import KEY_TYPES, generate_private_key  # noqa: E402
+
+
+class NullLogger:
+    def __getattr__(self, _name):
+        return lambda *a, **kw: None
+
+
+def rate(n: int, fn) -> tuple[float, float]:
+    start = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    elapsed = time.perf_counter() - start
+    return n / elapsed, elapsed / n * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=200)
+    n = parser.parse_args().iterations
+    identities = [Identity("cluster.local", "bench", f"sa-{i}") for i in range(n)]
+
+    print(f"meshd CA issuance, {n} iterations each; Python {platform.python_version()}, "
+          f"cryptography {cryptography.__version__} ({backend.openssl_version_text()}), {platform.machine()}")
+    print(f"{'root':<10} {'workload':<10} {'mode':<12} {'certs/s':>9} {'ms/cert':>9}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for root_type in KEY_TYPES:
+            root = load_or_create_root(Path(tmp) / root_type, key_type=root_type, logger=NullLogger())
+            authority = CertificateAuthority(root, logger=NullLogger())
+            for leaf_type in KEY_TYPES:
+                per_sec, ms = rate(n, lambda i: authority.issue_workload(identities[i], key_type=leaf_type))
+                print(f"{root_type:<10} {leaf_type:<10} {'keygen+sign':<12} {per_sec:>9.1f} {ms:>9.2f}")
+                csrs = []
+                for _ in range(n):
+                    key = generate_private_key(leaf_type)
+                    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+                    csrs.append(csr.public_bytes(serialization.Encoding.PEM))
+                per_sec, ms = rate(n, lambda i: authority.sign_csr(csrs[i], identities[i]))
+                print(f"{root_type:<10} {leaf_type:<10} {'sign-only':<12} {per_sec:>9.1f} {ms:>9.2f}")
+
+        tokens = TokenAuthority(generate_private_key("ec-p256"))
+        per_sec, ms = rate(n, lambda i: tokens.issue("bench", f"sa-{i}"))
+        print(f"{'ES256 JWT':<21} {'issue':<12} {per_sec:>9.1f} {ms:>9.2f}")
+        issued = [tokens.issue("bench", f"sa-{i}") for i in range(n)]
+        per_sec, ms = rate(n, lambda i: tokens.verify(issued[i]))
+        print(f"{'ES256 JWT':<21} {'verify':<12} {per_sec:>9.1f} {ms:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()

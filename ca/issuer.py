@@ -1,0 +1,196 @@
+"""Signing workload certificates in Istio's profile.
+
+What istiod's CA puts in a workload certificate (security/pkg/pki/util/
+generate_cert.go genCertTemplateFromCSR, san.go BuildSANExtension), and so do we:
+
+  subject       empty: the identity lives only in the SAN
+  issuer        the root's subject (O=cluster.local)
+  SAN           URI:spiffe://<td>/ns/<ns>/sa/<sa>, CRITICAL (RFC 5280 4.2.1.6:
+                required when the subject is empty)
+  key usage     Digital Signature, Key Encipherment; critical
+  ext. usage    TLS Web Server + Client Authentication (one cert for both sides of mTLS)
+  basic constr. CA:FALSE; critical
+  AKI           the root's subject key identifier
+  serial        random 128 bits
+  validity      notBefore = now - 2 min (clock skew grace), notAfter = now + ttl
+
+The identity always comes from the caller (who authenticated the workload), never
+from the CSR: a CSR only contributes its public key.
+"""
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Iterable, NamedTuple
+
+import structlog
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from .clock import CLOCK_SKEW_GRACE, Clock, utc_now
+from .errors import CSRError
+from .identity import Identity
+from .keys import KeyType, PublicKey, check_public_key, generate_private_key, key_type_of, private_key_to_pem
+from .root import RootCA, random_serial
+
+DEFAULT_WORKLOAD_TTL = timedelta(hours=24)  # Istio's DEFAULT_WORKLOAD_CERT_TTL
+MAX_WORKLOAD_TTL = timedelta(days=90)  # Istio's MAX_WORKLOAD_CERT_TTL
+# The name Envoy's bootstrap verifies on istiod's secure xDS port (15012).
+ISTIOD_DNS_NAMES = ("istiod.istio-system.svc",)
+
+_DNS_NAME = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+_LEAF_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True, content_commitment=False, key_encipherment=True, data_encipherment=False,
+    key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+)
+_LEAF_EXT_KEY_USAGE = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+
+
+class KeyAndChain(NamedTuple):
+    key_pem: bytes  # PKCS#8 private key: secret, never log it
+    chain_pem: bytes  # leaf certificate, then the root
+
+
+class CertificateAuthority:
+    """Signs leaf certificates with a root CA. Stateless apart from the root, so
+    it is safe to call from several threads."""
+
+    def __init__(
+        self,
+        root: RootCA,
+        *,
+        clock: Clock = utc_now,
+        max_ttl: timedelta = MAX_WORKLOAD_TTL,
+        logger: structlog.typing.FilteringBoundLogger | None = None,
+    ) -> None:
+        self._root = root
+        self._clock = clock
+        self._max_ttl = max_ttl
+        self._log = logger or structlog.get_logger("meshd.ca")
+        try:
+            self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                root.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            )
+        except x509.ExtensionNotFound:
+            self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(root.key.public_key())
+        self._root_pem = root.cert_pem
+
+    @property
+    def root(self) -> RootCA:
+        return self._root
+
+    @property
+    def root_cert_pem(self) -> bytes:
+        return self._root_pem
+
+    # --- workload certificates --------------------------------------------
+
+    def sign_workload(self, public_key: PublicKey, identity: Identity, ttl: timedelta = DEFAULT_WORKLOAD_TTL) -> bytes:
+        """Certify ``public_key`` as ``identity``; returns the PEM chain (leaf, then root)."""
+        try:
+            check_public_key(public_key)
+        except ValueError as e:
+            raise CSRError(str(e)) from None
+        san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.spiffe_uri)])
+        cert = self._sign(public_key, san, ttl, _LEAF_EXT_KEY_USAGE, subject=identity.spiffe_uri)
+        return cert.public_bytes(serialization.Encoding.PEM) + self._root_pem
+
+    def sign_csr(self, csr_pem: bytes, identity: Identity, ttl: timedelta = DEFAULT_WORKLOAD_TTL) -> bytes:
+        """Sign a PEM CSR for ``identity`` (from the caller's authentication).
+
+        The CSR's subject, SANs and extensions are ignored: a workload may ask for
+        anything, it only gets what it authenticated as. Its signature is checked
+        (proof that the requester holds the private key).
+        """
+        csr = _load_csr(csr_pem)
+        return self.sign_workload(csr.public_key(), identity, ttl)
+
+    def issue_workload(
+        self, identity: Identity, ttl: timedelta = DEFAULT_WORKLOAD_TTL, key_type: KeyType = "ec-p256"
+    ) -> KeyAndChain:
+        """Generate a key and certify it as ``identity`` (for file mode, where meshd
+        writes the workload's credentials itself)."""
+        key = generate_private_key(key_type)
+        chain = self.sign_workload(key.public_key(), identity, ttl)
+        return KeyAndChain(private_key_to_pem(key), chain)
+
+    # --- meshd's own serving certificate ----------------------------------
+
+    def issue_server_cert(
+        self,
+        dns_names: Iterable[str] = ISTIOD_DNS_NAMES,
+        ttl: timedelta = DEFAULT_WORKLOAD_TTL,
+        key_type: KeyType | None = None,
+    ) -> KeyAndChain:
+        """Key and certificate for meshd's secure xDS port, shaped like istiod's own:
+        empty subject, critical SAN of DNS names, the workload key/extended key usages.
+        The key type follows the root's unless given (as istiod's GenKeyCert does)."""
+        names = [n.lower() for n in dns_names]
+        if not names:
+            raise ValueError("a server certificate needs at least one DNS name")
+        for name in names:
+            if len(name) > 253 or not _DNS_NAME.fullmatch(name):
+                raise ValueError(f"invalid DNS name {name!r}")
+        key = generate_private_key(key_type or key_type_of(self._root.key))
+        san = x509.SubjectAlternativeName([x509.DNSName(n) for n in names])
+        cert = self._sign(key.public_key(), san, ttl, _LEAF_EXT_KEY_USAGE, subject=",".join(names))
+        return KeyAndChain(private_key_to_pem(key), cert.public_bytes(serialization.Encoding.PEM) + self._root_pem)
+
+    # --- the one place certificates are built ------------------------------
+
+    def _sign(
+        self,
+        public_key: PublicKey,
+        san: x509.SubjectAlternativeName,
+        ttl: timedelta,
+        eku: x509.ExtendedKeyUsage,
+        *,
+        subject: str,
+    ) -> x509.Certificate:
+        if ttl <= timedelta(0):
+            raise ValueError(f"certificate TTL must be positive, got {ttl}")
+        if ttl > self._max_ttl:
+            raise ValueError(f"requested TTL {ttl} is greater than the maximum allowed {self._max_ttl}")
+        now = self._clock()
+        not_after = now + ttl
+        root_not_after = self._root.cert.not_valid_after_utc
+        if not_after > root_not_after:
+            # A leaf outliving its root would fail verification anyway; say so and cap it.
+            self._log.warning("certificate TTL capped at root expiry", subject=subject,
+                              root_not_after=root_not_after.isoformat())
+            not_after = root_not_after
+        serial = random_serial()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(self._root.cert.subject)
+            .public_key(public_key)
+            .serial_number(serial)
+            .not_valid_before(now - CLOCK_SKEW_GRACE)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_LEAF_KEY_USAGE, critical=True)
+            .add_extension(eku, critical=False)
+            .add_extension(san, critical=True)  # critical: the subject is empty
+            .add_extension(self._aki, critical=False)
+            .sign(self._root.key, hashes.SHA256())
+        )
+        self._log.info("certificate issued", subject=subject, serial=f"{serial:x}",
+                       ttl_seconds=int(ttl.total_seconds()), not_after=not_after.isoformat())
+        return cert
+
+
+def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
+    if isinstance(csr_pem, str):
+        csr_pem = csr_pem.encode()
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+        valid = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise CSRError(f"malformed CSR: {e}") from None
+    if not valid:
+        raise CSRError("CSR signature does not verify: the requester does not prove it holds the private key")
+    return csr

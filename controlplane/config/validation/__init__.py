@@ -1,0 +1,93 @@
+"""Validation of Istio and Kubernetes documents before they enter the config store.
+
+    errors = validate(doc, kind)   # [] when the document is acceptable
+
+Istio kinds go through the same two gates as on a cluster: the CRD's structural schema
+(`schema.py`, with CEL rules from `cel.py`) as the API server applies it, then, only if
+that passes, Istio's own semantic checks (`gateway.py`, `virtualservice.py`,
+`destinationrule.py`) as its validating webhook applies them. Kubernetes kinds get light
+hand-written checks (`kubernetes.py`). Every kind gets apiVersion/kind/metadata checks
+(`metadata.py`). Errors name the field path and the reason; the caller adds the file and
+object name.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from typing import Any, Callable
+
+from ..kinds import Kind, split_api_version
+from . import kubernetes
+from .destinationrule import validate_destination_rule
+from .errors import FieldError, type_name
+from .gateway import validate_gateway
+from .metadata import validate_envelope
+from .schema import schema_for, validate_document
+from .virtualservice import validate_virtual_service
+
+__all__ = ["FieldError", "as_json", "validate"]
+
+# (spec, metadata) -> errors; run only on documents that passed the structural schema.
+_ISTIO_SEMANTICS: dict[str, Callable[[dict, dict], list[FieldError]]] = {
+    "Gateway": lambda spec, meta: validate_gateway(spec, meta.get("name")),
+    "VirtualService": lambda spec, meta: validate_virtual_service(spec, meta.get("namespace")),
+    "DestinationRule": lambda spec, meta: validate_destination_rule(spec, meta.get("namespace")),
+}
+
+_KUBERNETES: dict[tuple[str, str], Callable[[dict], list[FieldError]]] = {
+    ("", "Namespace"): kubernetes.validate_namespace,
+    ("", "Service"): kubernetes.validate_service,
+    ("", "Pod"): kubernetes.validate_pod,
+    ("discovery.k8s.io", "EndpointSlice"): kubernetes.validate_endpoint_slice,
+}
+
+
+def validate(doc: dict, kind: Kind) -> list[FieldError]:
+    """Check one parsed YAML document of the given kind; return its errors ([] if valid)."""
+    if not isinstance(doc, dict):
+        return [FieldError("", f"Invalid value: document must be an object, got {type_name(doc)}")]
+    doc = as_json(doc)
+    errs = validate_envelope(doc, kind)
+
+    k8s = _KUBERNETES.get((kind.group, kind.kind))
+    if k8s is not None:
+        return errs + k8s(doc)
+
+    _, version = split_api_version(str(doc.get("apiVersion") or ""))
+    if version not in kind.versions:  # already reported; validate against the preferred version
+        version = kind.versions[0]
+    root = schema_for(kind.group, kind.kind, version)
+    if root is None:
+        return errs + [FieldError("kind", f"Invalid value: no schema for {kind.group}/{version} {kind.kind}")]
+    structural = validate_document(doc, root)
+    if structural:
+        return errs + structural
+    semantics = _ISTIO_SEMANTICS.get(kind.kind)
+    if semantics is not None:
+        meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+        errs += semantics(doc.get("spec") or {}, meta)
+    return errs
+
+
+def as_json(value: Any) -> Any:
+    """A copy of a PyYAML value as the API server sees it after its YAML-to-JSON step.
+
+    PyYAML yields int and bool map keys (`portLevelMtls: {8080: ...}`, a header named `on`)
+    and datetime objects for unquoted timestamps; Kubernetes turns keys into strings and
+    reads timestamps as plain strings. Normalising once keeps every check below on JSON types.
+    """
+    if isinstance(value, dict):
+        return {_json_key(k): as_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_json(v) for v in value]
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        return value.isoformat().replace("+00:00", "Z")
+    return value
+
+
+def _json_key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, (bool, int, float)) or key is None:
+        return json.dumps(key)
+    return str(key)

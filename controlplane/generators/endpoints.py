@@ -1,0 +1,60 @@
+"""EDS: a ClusterLoadAssignment for every EDS cluster CDS sends, per proxy type.
+
+Every cluster gets one, even without endpoints: Envoy keeps a cluster warming until
+its assignment arrives. Only ready endpoints are sent (istiod's default); a subset
+cluster keeps the endpoints whose labels carry the subset's labels.
+Sidecars: not built yet.
+"""
+from __future__ import annotations
+
+from google.protobuf import wrappers_pb2
+from google.protobuf.message import Message
+
+from envoy.config.core.v3 import address_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+
+from ..model.mesh import MeshSnapshot
+from ..model.proxy import ROUTER, Proxy
+from ..model.services import Endpoint, labels_match
+from .destinations import OutboundCluster, outbound_clusters
+
+
+def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
+    if proxy.type != ROUTER:
+        return []  # sidecar endpoints come with sidecar support
+    return [(oc.name, load_assignment(oc, cluster_endpoints(mesh, oc))) for oc in outbound_clusters(mesh, proxy)]
+
+
+def cluster_endpoints(mesh: MeshSnapshot, oc: OutboundCluster) -> list[Endpoint]:
+    """Ready endpoints of the cluster, each address once, sorted so that the order of
+    EndpointSlices cannot change the bytes (and so the version) of the assignment."""
+    chosen: dict[tuple[str, int], Endpoint] = {}
+    for ep in mesh.service_endpoints(oc.service.hostname, oc.port.port):
+        if ep.ready and labels_match(oc.subset_labels, ep.labels):
+            chosen.setdefault((ep.address, ep.port), ep)
+    return [chosen[k] for k in sorted(chosen)]
+
+
+def load_assignment(oc: OutboundCluster, endpoints: list[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=oc.name)
+    if not endpoints:
+        return cla
+    locality = cla.endpoints.add()
+    locality.locality.SetInParent()  # one locality until meshd knows about zones
+    # gRPC xDS clients drop a locality whose weight is 0 (or unset).
+    locality.load_balancing_weight.value = len(endpoints)
+    for ep in endpoints:
+        locality.lb_endpoints.append(_lb_endpoint(ep))
+    return cla
+
+
+def _lb_endpoint(ep: Endpoint) -> endpoint_components_pb2.LbEndpoint:
+    return endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(
+            address=address_pb2.Address(
+                socket_address=address_pb2.SocketAddress(address=ep.address, port_value=ep.port)
+            )
+        ),
+        health_status=health_check_pb2.HEALTHY,
+        load_balancing_weight=wrappers_pb2.UInt32Value(value=1),
+    )

@@ -1,0 +1,116 @@
+"""RDS: RouteConfigurations, per proxy type.
+
+Router (ingress gateway): one `http.<listen port>` per plaintext HTTP port. Virtual
+hosts come from the VirtualServices bound to the port's servers: one per host shared
+by a server and a VirtualService, named `<host>:<server port>` with exactly that host
+as domain (ports are ignored in host matching). With no VirtualService bound, a single
+`blackhole:<port>` virtual host without routes makes Envoy answer 404.
+Sidecars: not built yet.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from google.protobuf import wrappers_pb2
+from google.protobuf.message import Message
+
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+
+from .. import names
+from ..model.mesh import MeshSnapshot
+from ..model.proxy import ROUTER, Proxy
+from .gateway_servers import HTTP, GatewayPort, gateway_ports, matching_hosts, virtual_services_for_gateway
+from .http_routes import RouteContext, catch_all_last, virtual_service_routes
+
+# istiod raises Envoy's 4 KiB direct response body limit to what its webhook accepts.
+MAX_DIRECT_RESPONSE_BODY_BYTES = 1024 * 1024
+
+
+def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
+    if proxy.type == ROUTER:
+        return [(cfg.name, cfg) for cfg in gateway_route_configs(mesh, proxy)]
+    return []  # sidecar routes come with sidecar support
+
+
+def gateway_route_configs(mesh: MeshSnapshot, proxy: Proxy) -> list[route_pb2.RouteConfiguration]:
+    return [gateway_route_config(mesh, proxy, gp) for gp in gateway_ports(mesh, proxy) if gp.kind == HTTP]
+
+
+def gateway_route_config(mesh: MeshSnapshot, proxy: Proxy, gp: GatewayPort) -> route_pb2.RouteConfiguration:
+    vhosts = _gateway_virtual_hosts(mesh, proxy, gp)
+    if not vhosts:
+        vhosts = [
+            rc.VirtualHost(name=names.virtual_host_name("blackhole", gp.servers[0].number), domains=["*"])
+        ]
+    return route_config(gp.route_name, vhosts)
+
+
+def route_config(name: str, vhosts: list[rc.VirtualHost]) -> route_pb2.RouteConfiguration:
+    return route_pb2.RouteConfiguration(
+        name=name,
+        virtual_hosts=vhosts,
+        # Routes may name clusters the proxy does not have (yet): Envoy answers 503 for
+        # them instead of rejecting the whole configuration.
+        validate_clusters=wrappers_pb2.BoolValue(value=False),
+        max_direct_response_body_size_bytes=wrappers_pb2.UInt32Value(value=MAX_DIRECT_RESPONSE_BODY_BYTES),
+        ignore_port_in_host_matching=True,
+    )
+
+
+@dataclass
+class _VHost:
+    """A virtual host being assembled: routes are collected before the proto is built."""
+
+    name: str
+    host: str
+    routes: list[rc.Route] = field(default_factory=list)
+    sources: set[tuple[str, str]] = field(default_factory=set)  # VirtualServices already added
+    require_tls: bool = False
+
+    def proto(self) -> rc.VirtualHost:
+        vh = rc.VirtualHost(
+            name=self.name,
+            domains=[self.host],
+            routes=catch_all_last(self.routes),
+            include_request_attempt_count=True,
+        )
+        if self.require_tls:
+            vh.require_tls = rc.VirtualHost.ALL
+        return vh
+
+
+def _gateway_virtual_hosts(mesh: MeshSnapshot, proxy: Proxy, gp: GatewayPort) -> list[rc.VirtualHost]:
+    by_host: dict[str, _VHost] = {}
+
+    def vhost(host: str, server_port: int) -> _VHost:
+        # The first server to reach a host names it (istiod dedups by host the same way).
+        if host not in by_host:
+            by_host[host] = _VHost(names.virtual_host_name(host, server_port), host)
+        return by_host[host]
+
+    built: dict[tuple[str, str, str], list[rc.Route]] = {}  # (gateway, vs namespace, vs name)
+    for server in gp.servers:
+        ctx = RouteContext(mesh, proxy, server.number, frozenset({server.gateway_name}))
+        redirect = bool(server.tls.get("httpsRedirect"))
+        for vs in virtual_services_for_gateway(mesh, proxy, server.gateway_name):
+            hosts = matching_hosts(server, vs)
+            if not hosts:
+                continue
+            key = (server.gateway_name, vs.namespace, vs.name)
+            if key not in built:
+                built[key] = virtual_service_routes(vs, ctx)
+            if not built[key]:
+                continue  # nothing of this VirtualService applies here (istiod skips it too)
+            for host in hosts:
+                vh = vhost(host, server.number)
+                # The same VirtualService reached through a second server adds nothing new.
+                if (vs.namespace, vs.name) not in vh.sources:
+                    vh.sources.add((vs.namespace, vs.name))
+                    vh.routes.extend(built[key])
+                vh.require_tls = vh.require_tls or redirect
+        if redirect:
+            # httpsRedirect answers every host of the server, bound or not.
+            for host in server.host_names():
+                vhost(host, server.number).require_tls = True
+    return [by_host[h].proto() for h in sorted(by_host, key=lambda h: by_host[h].name)]

@@ -1,0 +1,43 @@
+"""VirtualService binding rules shared by every proxy type: which gateways a
+VirtualService binds to, who may see it (`exportTo`), and its hosts as FQDNs."""
+from __future__ import annotations
+
+from .. import names
+from ..config.objects import ConfigObject
+from .convert import as_list
+
+MESH_GATEWAY = "mesh"  # the reserved gateway name meaning "all sidecars"
+
+
+def resolve_gateway_name(ref: str, namespace: str) -> str:
+    """A VirtualService `gateways` entry as "namespace/name" (Istio's resolveGatewayName)."""
+    ref = ref.strip()
+    if ref == MESH_GATEWAY:
+        return ref
+    if "/" in ref:
+        ns, _, name = ref.partition("/")
+        return f"{namespace if ns == '.' else ns}/{name}"
+    if "." in ref:  # legacy "name.namespace.svc.cluster.local"
+        name, ns = ref.split(".")[:2]
+        return f"{ns}/{name}"
+    return f"{namespace}/{ref}"
+
+
+def bound_gateways(vs: ConfigObject) -> set[str]:
+    """Gateways a VirtualService binds to; none listed means only `mesh` (sidecars)."""
+    refs = [str(g) for g in as_list(vs.spec.get("gateways")) if g]
+    if not refs:
+        return {MESH_GATEWAY}
+    return {resolve_gateway_name(r, vs.namespace) for r in refs}
+
+
+def visible_to(obj: ConfigObject, namespace: str) -> bool:
+    """Istio `exportTo`: absent or "*" is everywhere, "." is the object's own namespace."""
+    export = [str(e) for e in as_list(obj.spec.get("exportTo"))]
+    if not export or "*" in export:
+        return True
+    return namespace in export or ("." in export and obj.namespace == namespace)
+
+
+def virtual_service_hosts(vs: ConfigObject) -> list[str]:
+    return [names.resolve_host(str(h), vs.namespace).lower() for h in as_list(vs.spec.get("hosts")) if h]

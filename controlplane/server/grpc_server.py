@@ -1,0 +1,44 @@
+"""The gRPC server that carries ADS (port 15010, plaintext, as istiod's)."""
+from __future__ import annotations
+
+import grpc
+import structlog
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from .ads import AdsServer
+
+# Tuned for thousands of long-lived streams (istiod: MaxConcurrentStreams 100000,
+# keepalive 30s/10s, MaxRecvMsgSize 4MB; Envoy's first request with its node is ~60KB).
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_concurrent_streams", 100_000),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Accept client pings every 15s (istiod's enforcement MinTime) instead of gRPC's
+    # default 5 minutes, and never answer frequent pings with GOAWAY.
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 15_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    # A second meshd on the same port must fail to bind, not silently share it.
+    ("grpc.so_reuseport", 0),
+)
+
+
+def build_xds_server(ads: AdsServer, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """An unstarted server with ADS bound to host:port; returns it and the bound port
+    (useful with port 0). Raises RuntimeError if the port cannot be bound."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_insecure_port(address)
+    if bound == 0:  # older grpcio reported failure this way
+        raise RuntimeError(f"cannot bind the xDS server to {address}")
+    return server, bound
+
+
+async def start_xds_server(ads: AdsServer, host: str, port: int, logger=None) -> grpc.aio.Server:
+    server, bound = build_xds_server(ads, host, port)
+    await server.start()
+    (logger or structlog.get_logger("meshd.ads")).info("xds server listening", host=host, port=bound)
+    return server

@@ -1,0 +1,161 @@
+"""Prometheus metrics, under istiod's names where istiod has one.
+
+Each `Metrics` owns its own CollectorRegistry (no global registry), so tests and
+several servers in one process do not collide.
+
+istiod exposes its counters without the `_total` suffix (`pilot_xds_pushes{type="cds"}`)
+and Istio's dashboards query them that way; prometheus-client always appends `_total`.
+`render()` therefore prints the istiod-named counters under their bare names and leaves
+meshd's own counters (`meshd_*_total`) in the usual form. It also drops the `_created`
+series prometheus-client adds, which istiod does not have.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+
+from .. import names
+
+# istiod's metric-type label values (pilot/pkg/model GetMetricType).
+_TYPE_LABEL = {
+    names.CLUSTER: "cds",
+    names.ENDPOINT: "eds",
+    names.LISTENER: "lds",
+    names.ROUTE: "rds",
+    names.SECRET: "sds",
+}
+
+# Counters that istiod exposes without `_total`.
+_BARE_COUNTERS = (
+    "pilot_xds_pushes",
+    "pilot_total_xds_rejects",
+    "pilot_xds_expired_nonce",
+    "pilot_total_xds_internal_errors",
+    "pilot_push_triggers",
+)
+
+# istiod's pilot_xds_push_time buckets.
+_PUSH_TIME_BUCKETS = (0.01, 0.1, 1, 3, 5, 10, 20, 30)
+
+# google.rpc.Code -> the Go name istiod uses in its `err` label (codes.Code.String()).
+_GRPC_CODE_NAMES = (
+    "OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
+    "AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition",
+    "Aborted", "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss",
+    "Unauthenticated",
+)
+
+
+def type_label(type_url: str) -> str:
+    return _TYPE_LABEL.get(type_url) or type_url.rsplit("/", 1)[-1]
+
+
+def code_name(code: int) -> str:
+    return _GRPC_CODE_NAMES[code] if 0 <= code < len(_GRPC_CODE_NAMES) else f"Code({code})"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.xds_clients = Gauge("pilot_xds", "Number of endpoints connected to this pilot using XDS.", registry=r)
+        self.pushes = Counter(
+            "pilot_xds_pushes", "Pilot build and send errors for lds, rds, cds and eds.", ["type"], registry=r
+        )
+        self.rejects = Counter(
+            "pilot_total_xds_rejects", "Total number of XDS responses from pilot rejected by proxy.", ["type"],
+            registry=r,
+        )
+        # istiod keeps these per-type gauges "for backwards compatibility"; labelled by
+        # node and error code, incremented per NACK. Series are dropped on disconnect.
+        self.type_rejects = {
+            t: Gauge(f"pilot_xds_{short}_reject", f"Pilot rejected {short.upper()}.", ["node", "err"], registry=r)
+            for t, short in ((names.CLUSTER, "cds"), (names.ENDPOINT, "eds"), (names.LISTENER, "lds"),
+                             (names.ROUTE, "rds"))
+        }
+        self.expired_nonce = Counter(
+            "pilot_xds_expired_nonce", "Total number of XDS requests with an expired nonce.", ["type"], registry=r
+        )
+        self.internal_errors = Counter(
+            "pilot_total_xds_internal_errors", "Total number of internal XDS errors in pilot.", registry=r
+        )
+        self.push_triggers = Counter(
+            "pilot_push_triggers", "Total number of times a push was triggered, labeled by reason for the push.",
+            ["type"], registry=r,
+        )
+        self.push_time = Histogram(
+            "pilot_xds_push_time", "Total time in seconds Pilot takes to push lds, rds, cds and eds.", ["type"],
+            buckets=_PUSH_TIME_BUCKETS, registry=r,
+        )
+        self.config_rejections = Counter(
+            "meshd_config_rejections", "Configuration objects rejected as invalid, by kind.", ["kind"], registry=r
+        )
+        self._reject_series: dict[str, set[tuple[str, str]]] = {}  # node -> {(type_url, err)}
+
+    # --- recording ---------------------------------------------------------------
+    def set_connections(self, n: int) -> None:
+        self.xds_clients.set(n)
+
+    def pushed(self, type_url: str, seconds: float) -> None:
+        label = type_label(type_url)
+        self.pushes.labels(label).inc()
+        self.push_time.labels(label).observe(seconds)
+
+    def nacked(self, type_url: str, node: str, code: int) -> None:
+        self.rejects.labels(type_label(type_url)).inc()
+        gauge = self.type_rejects.get(type_url)
+        if gauge is not None:
+            err = code_name(code)
+            gauge.labels(node, err).inc()
+            self._reject_series.setdefault(node, set()).add((type_url, err))
+
+    def forget_node(self, node: str) -> None:
+        for type_url, err in self._reject_series.pop(node, ()):
+            try:
+                self.type_rejects[type_url].remove(node, err)
+            except KeyError:
+                pass
+
+    def stale_nonce(self, type_url: str) -> None:
+        self.expired_nonce.labels(type_label(type_url)).inc()
+
+    def internal_error(self) -> None:
+        self.internal_errors.inc()
+
+    def push_triggered(self, reason: str) -> None:
+        self.push_triggers.labels(reason).inc()
+
+    def config_rejected(self, kind: str) -> None:
+        self.config_rejections.labels(kind).inc()
+
+    # --- exposition --------------------------------------------------------------
+    content_type = CONTENT_TYPE_LATEST
+
+    def render(self) -> bytes:
+        """Prometheus text format, with istiod's counter names."""
+        text = generate_latest(_WithoutCreated(self.registry)).decode()
+        out = []
+        for line in text.splitlines():
+            for bare in _BARE_COUNTERS:
+                total = bare + "_total"
+                if line.startswith((f"# HELP {total} ", f"# TYPE {total} ")):
+                    line = line[:7] + bare + line[7 + len(total):]
+                    break
+                if line.startswith((total + "{", total + " ")):
+                    line = bare + line[len(total):]
+                    break
+            out.append(line)
+        return ("\n".join(out) + "\n").encode()
+
+
+class _WithoutCreated:
+    """A registry view without prometheus-client's `*_created` samples."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for m in self._registry.collect():
+            m.samples = [s for s in m.samples if not s.name.endswith("_created")]
+            yield m

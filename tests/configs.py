@@ -1,0 +1,31 @@
+"""Build config snapshots from YAML text through the real parse path."""
+from __future__ import annotations
+
+import yaml
+
+from controlplane.config.objects import ConfigObject, Origin, Rejection
+from controlplane.config.parse import parse_document
+from controlplane.config.store import ConfigStore
+from controlplane.config.snapshot import ConfigSnapshot
+from controlplane.model.mesh import MeshSnapshot, build_mesh
+
+
+def objects_from_yaml(text: str, location: str = "test.yaml") -> list[ConfigObject]:
+    out = []
+    for i, doc in enumerate(yaml.safe_load_all(text)):
+        parsed = parse_document(doc, Origin("file", location, i))
+        if isinstance(parsed, Rejection):
+            raise AssertionError(f"unexpected rejection: {parsed.message()}")
+        if isinstance(parsed, ConfigObject):
+            out.append(parsed)
+    return out
+
+
+def snapshot_from_yaml(text: str) -> ConfigSnapshot:
+    store = ConfigStore()
+    store.replace_location("test.yaml", objects_from_yaml(text))
+    return store.snapshot()
+
+
+def mesh_from_yaml(text: str) -> MeshSnapshot:
+    return build_mesh(snapshot_from_yaml(text))

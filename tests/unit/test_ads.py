@@ -1,0 +1,534 @@
+"""The SotW ADS server, driven over real gRPC on 127.0.0.1 with a Python ADS client.
+
+"Not answered" is checked with a barrier where possible: responses on a stream are
+strictly ordered, so if the answer to a later request arrives first, the earlier
+request was not answered.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+
+import grpc
+import pytest
+import structlog
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import duration_pb2, struct_pb2
+from google.rpc import status_pb2
+from structlog.testing import capture_logs
+
+from controlplane import names
+from controlplane.generators.resources import ResourceSet, pack
+from controlplane.server.ads import AdsServer, byte_count, make_nonce
+from controlplane.server.connection import EventQueue, Push
+from controlplane.server.grpc_server import build_xds_server
+from controlplane.server.metrics import Metrics
+
+NODE_ID = "router~10.0.0.1~gw-abc.istio-system~istio-system.svc.cluster.local"
+TIMEOUT = 5.0
+
+
+# --- a tiny mesh and generator ------------------------------------------------------
+@dataclass(frozen=True)
+class FakeMesh:
+    version: str
+    clusters: tuple[tuple[str, int], ...] = (("a", 1), ("b", 1), ("c", 1))  # (name, connect timeout s)
+    endpoints: tuple[tuple[str, str], ...] = (("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3"))
+    listeners: tuple[str, ...] = ("0.0.0.0_8080",)
+
+
+class FakeGenerator:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def types(self):
+        return (names.CLUSTER, names.ENDPOINT, names.LISTENER)
+
+    def generate(self, mesh: FakeMesh, proxy, type_url: str) -> ResourceSet:
+        self.calls += 1
+        if type_url == names.CLUSTER:
+            items = [
+                pack(n, type_url, cluster_pb2.Cluster(name=n, connect_timeout=duration_pb2.Duration(seconds=s)))
+                for n, s in mesh.clusters
+            ]
+        elif type_url == names.ENDPOINT:
+            items = [pack(n, type_url, _cla(n, ip)) for n, ip in mesh.endpoints]
+        elif type_url == names.LISTENER:
+            items = [pack(n, type_url, listener_pb2.Listener(name=n)) for n in mesh.listeners]
+        else:
+            items = []
+        return ResourceSet(type_url, items)
+
+
+def _cla(cluster: str, ip: str) -> endpoint_pb2.ClusterLoadAssignment:
+    sock = address_pb2.SocketAddress(address=ip, port_value=8080)
+    lb = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(address=address_pb2.Address(socket_address=sock))
+    )
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=cluster, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[lb])]
+    )
+
+
+# --- harness ------------------------------------------------------------------------
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+class Harness:
+    """An AdsServer on a real gRPC port plus a client channel; always torn down."""
+
+    def __init__(self, logger=None):
+        self.metrics = Metrics()
+        self.generator = FakeGenerator()
+        self.ads = AdsServer(self.generator, self.metrics, logger or structlog.get_logger("test"))
+        self.streams: list[Stream] = []
+
+    async def __aenter__(self) -> "Harness":
+        self.server, self.port = build_xds_server(self.ads, "127.0.0.1", 0)
+        await self.server.start()
+        try:
+            self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+            self.stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
+        except BaseException:
+            await self.server.stop(None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        try:
+            for s in self.streams:
+                await s.close()
+            await self.channel.close()
+        finally:
+            await self.server.stop(None)
+
+    def stream(self) -> "Stream":
+        s = Stream(self.stub)
+        self.streams.append(s)
+        return s
+
+
+class Stream:
+    def __init__(self, stub):
+        self._out: asyncio.Queue = asyncio.Queue()
+        self._in: asyncio.Queue = asyncio.Queue()
+        self.call = stub.StreamAggregatedResources(self._requests())
+        self._pump_task = asyncio.create_task(self._pump())
+        self._sent_node = False
+
+    async def _requests(self):
+        while (r := await self._out.get()) is not None:
+            yield r
+
+    async def _pump(self):
+        try:
+            async for resp in self.call:
+                await self._in.put(resp)
+            await self._in.put(EOFError("stream ended"))
+        except grpc.aio.AioRpcError as e:
+            await self._in.put(e)
+        except asyncio.CancelledError:
+            pass
+
+    def send(self, type_url, names_=(), version="", nonce="", error=None, node_id=NODE_ID):
+        req = discovery_pb2.DiscoveryRequest(
+            type_url=type_url, resource_names=list(names_), version_info=version, response_nonce=nonce
+        )
+        if not self._sent_node:  # set_node_on_first_message_only, as our bootstraps do
+            req.node.id = node_id
+            req.node.metadata.CopyFrom(_metadata())
+            self._sent_node = True
+        if error is not None:
+            req.error_detail.CopyFrom(status_pb2.Status(code=13, message=error))
+        self._out.put_nowait(req)
+
+    def ack(self, resp, names_=()):
+        self.send(resp.type_url, names_, version=resp.version_info, nonce=resp.nonce)
+
+    async def recv(self, timeout: float = TIMEOUT) -> discovery_pb2.DiscoveryResponse:
+        item = await asyncio.wait_for(self._in.get(), timeout)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def expect_nothing(self, wait: float = 0.3) -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await self.recv(wait)
+
+    async def barrier(self) -> None:
+        """An LDS request with an empty nonce is always answered: the next response."""
+        self.send(names.LISTENER)
+        resp = await self.recv()
+        assert resp.type_url == names.LISTENER, f"unexpected earlier response for {resp.type_url}"
+
+    async def close(self) -> None:
+        self._out.put_nowait(None)
+        self.call.cancel()
+        self._pump_task.cancel()
+        await asyncio.gather(self._pump_task, return_exceptions=True)
+
+
+def _metadata() -> struct_pb2.Struct:
+    md = struct_pb2.Struct()
+    md.update({"NAMESPACE": "istio-system", "LABELS": {"istio": "ingressgateway"}, "CLUSTER_ID": "Kubernetes"})
+    return md
+
+
+async def eventually(pred, timeout: float = TIMEOUT) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not pred():
+        if loop.time() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def names_of(resp, msg_type) -> list[str]:
+    out = []
+    for a in resp.resources:
+        m = msg_type()
+        a.Unpack(m)
+        out.append(getattr(m, "name", "") or getattr(m, "cluster_name", ""))
+    return out
+
+
+CHANGED = FakeMesh("v2", clusters=(("a", 2), ("b", 1), ("c", 1)))
+
+
+# --- tests --------------------------------------------------------------------------
+def test_requests_wait_until_first_update():
+    async def main():
+        async with Harness() as h:
+            s = h.stream()
+            s.send(names.CLUSTER)
+            await s.expect_nothing(0.5)
+            assert not h.ads.ready
+            await eventually(lambda: len(h.ads.connections()) == 1)
+            h.ads.update(FakeMesh("v1"))
+            assert h.ads.ready
+            resp = await s.recv()
+            assert resp.type_url == names.CLUSTER
+            assert names_of(resp, cluster_pb2.Cluster) == ["a", "b", "c"]
+
+    run(main())
+
+
+def test_client_leaving_before_first_update_is_cleaned_up():
+    async def main():
+        async with Harness() as h:
+            s = h.stream()
+            s.send(names.CLUSTER)
+            await eventually(lambda: len(h.ads.connections()) == 1)
+            s._out.put_nowait(None)  # half-close: the client is done sending
+            await eventually(lambda: not h.ads.connections())
+            assert h.metrics.registry.get_sample_value("pilot_xds") == 0
+
+    run(main())
+
+
+def test_cds_wildcard_answered_with_all_and_ack_not_answered():
+    async def main():
+        async with Harness() as h:
+            h.ads.update(FakeMesh("v1"))
+            s = h.stream()
+            s.send(names.CLUSTER)  # wildcard: empty resource_names
+            r1 = await s.recv()
+            assert len(r1.resources) == 3 and r1.version_info and r1.nonce
+            s.ack(r1)
+            await s.barrier()
+            sub = h.ads.connections()[0].subscriptions[names.CLUSTER]
+            assert sub.wildcard and sub.acked_version == r1.version_info and sub.status == "SYNCED"
+
+    run(main())
+
+
+def test_stale_nonce_ignored():
+    async def main():
+        async with Harness() as h:
+            h.ads.update(FakeMesh("v1"))
+            s = h.stream()
+            s.send(names.ENDPOINT, ["a"])
+            e1 = await s.recv()
+            h.ads.update(FakeMesh("v2", endpoints=(("a", "10.9.9.9"), ("b", "10.0.0.2"))))
+            e2 = await s.recv()
+            assert e2.nonce != e1.nonce and e2.version_info != e1.version_info
+            # Answers e1 (superseded) and asks for more names: stale, so ignored.
+            s.send(names.ENDPOINT, ["a", "b"], version=e1.version_info, nonce=e1.nonce)
+            await s.barrier()
+            assert h.metrics.registry.get_sample_value("pilot_xds_expired_nonce_total", {"type": "eds"}) == 1
+            # The same with the current nonce is answered.
+            s.send(names.ENDPOINT, ["a", "b"], version=e2.version_info, nonce=e2.nonce)
+            e3 = await s.recv()
+            assert sorted(names_of(e3, endpoint_pb2.ClusterLoadAssignment)) == ["a", "b"]
+
+    run(main())
+
+
+def test_nack_recorded_and_not_answered():
+    async def main():
+        with capture_logs() as logs:
+            async with Harness(logger=structlog.get_logger("test")) as h:
+                h.ads.update(FakeMesh("v1"))
+                s = h.stream()
+                s.send(names.CLUSTER)
+                r1 = await s.recv()
+                s.send(names.CLUSTER, version="", nonce=r1.nonce, error="cluster a: bad timeout")
+                await s.barrier()
+                sub = h.ads.connections()[0].subscriptions[names.CLUSTER]
+                assert sub.nack is not None
+                assert sub.nack.message == "cluster a: bad timeout"
+                assert sub.nack.version == r1.version_info and sub.nack.nonce == r1.nonce
+                assert sub.status == "NACKED"
+                reg = h.metrics.registry
+                assert reg.get_sample_value("pilot_total_xds_rejects_total", {"type": "cds"}) == 1
+                assert reg.get_sample_value("pilot_xds_cds_reject", {"node": NODE_ID, "err": "Internal"}) == 1
+                # Same content again (new snapshot version): nothing resent, no loop.
+                h.ads.update(FakeMesh("v1-again"))
+                await s.barrier()
+                # New content: pushed.
+                h.ads.update(CHANGED)
+                r2 = await s.recv()
+                assert r2.type_url == names.CLUSTER and r2.version_info != r1.version_info
+                assert sub.status == "STALE"
+                s.ack(r2)
+                await s.barrier()
+                assert sub.status == "SYNCED"
+        nacks = [e for e in logs if e["event"] == "ads NACK"]
+        assert len(nacks) == 1
+        n = nacks[0]
+        assert n["log_level"] == "warning"
+        assert n["proxy"] == NODE_ID and n["type"] == "CDS"
+        assert n["version"] == r1.version_info and n["nonce"] == r1.nonce
+        assert n["error"] == "cluster a: bad timeout"
+
+    run(main())
+
+
+def test_changed_update_pushes_new_version_identical_does_not():
+    async def main():
+        async with Harness() as h:
+            h.ads.update(FakeMesh("v1"))
+            s = h.stream()
+            s.send(names.CLUSTER)
+            r1 = await s.recv()
+            s.ack(r1)
+            h.ads.update(FakeMesh("v1b"))  # new snapshot, same content
+            await s.barrier()
+            h.ads.update(CHANGED)
+            r2 = await s.recv()
+            assert r2.type_url == names.CLUSTER
+            assert r2.version_info != r1.version_info and r2.nonce != r1.nonce
+            assert h.metrics.registry.get_sample_value("pilot_xds_pushes_total", {"type": "cds"}) == 2
+
+    run(main())
+
+
+def test_eds_ack_lookalike_after_cds_push_is_answered():
+    async def main():
+        async with Harness() as h:
+            h.ads.update(FakeMesh("v1"))
+            s = h.stream()
+            s.send(names.CLUSTER)
+            c1 = await s.recv()
+            s.send(names.ENDPOINT, ["a", "b"])
+            e1 = await s.recv()
+            s.ack(c1)
+            s.ack(e1, ["a", "b"])
+            await s.barrier()
+            h.ads.update(CHANGED)  # cluster a changed, its endpoints did not
+            c2 = await s.recv()
+            assert c2.type_url == names.CLUSTER
+            # Envoy re-requests EDS exactly like the previous ACK; it must be answered.
+            s.ack(e1, ["a", "b"])
+            e2 = await s.recv()
+            assert e2.type_url == names.ENDPOINT
+            assert e2.version_info == e1.version_info and e2.nonce != e1.nonce
+            # The ACK of that answer is a plain ACK again.
+            s.ack(e2, ["a", "b"])
+            await s.barrier()
+
+    run(main())
+
+
+def test_eds_named_request_returns_only_named():
+    async def main():
+        async with Harness() as h:
+            h.ads.update(FakeMesh("v1"))
+            s = h.stream()
+            s.send(names.ENDPOINT, ["b", "missing"])
+            e1 = await s.recv()
+            assert names_of(e1, endpoint_pb2.ClusterLoadAssignment) == ["b"]
+            # Changing the names (same nonce) is answered with the new set.
+            s.send(names.ENDPOINT, ["a", "c"], version=e1.version_info, nonce=e1.nonce)
+            e2 = await s.recv()
+            assert sorted(names_of(e2, endpoint_pb2.ClusterLoadAssignment)) == ["a", "c"]
+            sub = h.ads.connections()[0].subscriptions[names.ENDPOINT]
+            assert not sub.wildcard and sub.sent_names == ("a", "c")
+
+    run(main())
+
+
+def test_versions_and_nonces_identical_across_restarts():
+    async def one_server():
+        async with Harness() as h:
+            h.ads.update(FakeMesh("v1"))
+            s = h.stream()
+            s.send(names.CLUSTER)
+            c = await s.recv()
+            s.send(names.ENDPOINT, ["a"])
+            e = await s.recv()
+            return (c.version_info, c.nonce, e.version_info, e.nonce)
+
+    async def main():
+        first = await one_server()
+        second = await one_server()
+        assert first == second
+        # A reconnect carrying the version it already holds is still answered.
+        async with Harness() as h:
+            h.ads.update(FakeMesh("v1"))
+            s = h.stream()
+            s.send(names.CLUSTER, version=first[0])
+            c = await s.recv()
+            assert c.version_info == first[0]
+
+    run(main())
+
+
+def test_bad_node_rejected_with_invalid_argument():
+    async def main():
+        with capture_logs() as logs:
+            async with Harness(logger=structlog.get_logger("test")) as h:
+                h.ads.update(FakeMesh("v1"))
+                s = h.stream()
+                s.send(names.CLUSTER, node_id="not-a-node-id")
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await s.recv()
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "not-a-node-id" in err.value.details()
+
+                s2 = h.stream()
+                s2._sent_node = True  # first request without a node
+                s2.send(names.CLUSTER)
+                with pytest.raises(grpc.aio.AioRpcError) as err2:
+                    await s2.recv()
+                assert err2.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "node" in err2.value.details()
+                assert h.ads.connections() == []
+        assert [e["event"] for e in logs].count("ads connection rejected") == 2
+
+    run(main())
+
+
+def test_push_log_lines_read_like_istiod():
+    async def main():
+        with capture_logs() as logs:
+            async with Harness(logger=structlog.get_logger("test")) as h:
+                h.ads.update(FakeMesh("v1"))
+                s = h.stream()
+                s.send(names.CLUSTER)
+                r1 = await s.recv()
+                s.ack(r1)
+                h.ads.update(CHANGED)
+                r2 = await s.recv()
+                await s.close()
+                await eventually(lambda: not h.ads.connections())
+        pushes = [e for e in logs if "PUSH" in e["event"]]
+        assert len(pushes) == 2
+        size1 = sum(len(a.value) for a in r1.resources)
+        assert pushes[0]["event"] == f"ads CDS: PUSH request for node:gw-abc.istio-system resources:3 size:{size1}B"
+        assert re.fullmatch(r"ads CDS: PUSH for node:gw-abc\.istio-system resources:3 size:\d+B", pushes[1]["event"])
+        assert pushes[0]["type"] == "CDS" and pushes[0]["proxy"] == NODE_ID
+        assert pushes[0]["version"] == r1.version_info and pushes[0]["nonce"] == r1.nonce
+        assert pushes[1]["nonce"] == r2.nonce and pushes[1]["reason"] == "config"
+        assert pushes[0]["log_level"] == "info"
+        events = [e["event"] for e in logs]
+        assert "ads connect" in events and "ads disconnect" in events
+        connect = next(e for e in logs if e["event"] == "ads connect")
+        assert connect["proxy"] == NODE_ID and connect["proxy_type"] == "router" and connect["peer"]
+
+    run(main())
+
+
+def test_metrics_count_connected_proxies():
+    async def main():
+        async with Harness() as h:
+            h.ads.update(FakeMesh("v1"))
+            s1, s2 = h.stream(), h.stream()
+            for s in (s1, s2):
+                s.send(names.CLUSTER)
+                await s.recv()
+            text = h.metrics.render().decode()
+            assert "\npilot_xds 2.0\n" in text
+            assert 'pilot_xds_pushes{type="cds"} 2.0' in text
+            assert "# TYPE pilot_xds_pushes counter" in text
+            assert "pilot_xds_pushes_total" not in text and "_created" not in text
+            assert "pilot_xds_push_time_bucket" in text
+            h.metrics.config_rejected("Gateway")
+            assert 'meshd_config_rejections_total{kind="Gateway"} 1.0' in h.metrics.render().decode()
+            await s1.close()
+            await eventually(lambda: len(h.ads.connections()) == 1)
+            assert "\npilot_xds 1.0\n" in h.metrics.render().decode()
+
+    run(main())
+
+
+def test_delta_is_unimplemented():
+    async def main():
+        async with Harness() as h:
+
+            async def reqs():
+                yield discovery_pb2.DeltaDiscoveryRequest(type_url=names.CLUSTER)
+
+            call = h.stub.DeltaAggregatedResources(reqs())
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in call:
+                    pass
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+    run(main())
+
+
+def test_byte_count_matches_istiod():
+    assert byte_count(0) == "0B"
+    assert byte_count(34) == "34B"
+    assert byte_count(999) == "999B"
+    assert byte_count(1000) == "1.0kB"
+    assert byte_count(1234) == "1.2kB"
+    assert byte_count(999_999) == "1000.0kB"
+    assert byte_count(3_400_000) == "3.4MB"
+    assert byte_count(5 * 10**9) == "5.0GB"
+
+
+def test_nonce_differs_per_response_and_is_reproducible():
+    a = make_nonce(names.CLUSTER, "v", 1)
+    assert a == make_nonce(names.CLUSTER, "v", 1)
+    assert a != make_nonce(names.CLUSTER, "v", 2) != make_nonce(names.ENDPOINT, "v", 2)
+
+
+def test_event_queue_coalesces_pushes_and_bounds_requests():
+    async def main():
+        q = EventQueue(max_requests=2)
+        assert q.push("config") is True
+        assert q.push("endpoints") is False  # merged
+        r = discovery_pb2.DiscoveryRequest(type_url=names.CLUSTER)
+        await q.put_request(r)
+        await q.put_request(r)
+        blocked = asyncio.create_task(q.put_request(r))
+        await asyncio.sleep(0.05)
+        assert not blocked.done()  # back-pressure on the reader, not on pushes
+        assert q.push("again") is False
+        first = await q.get()
+        assert isinstance(first, Push) and first.reasons == {"config", "endpoints", "again"}
+        assert await q.get() is r
+        await asyncio.wait_for(blocked, 1)
+        assert q.push("later") is True  # a new push once the previous was taken
+        q.close()
+        assert await q.get() is None
+
+    run(main())
