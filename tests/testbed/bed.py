@@ -263,9 +263,10 @@ class Pod:
         return p
 
     def curl(self, url: str, *args: str, uid: int | None = None, timeout: float = 10) -> subprocess.CompletedProcess:
-        """`curl -sS --max-time T ARGS URL` inside the pod; returns the CompletedProcess
+        """`curl -sS --noproxy '*' --max-time T ARGS URL` inside the pod; returns the CompletedProcess
         (returncode is curl's exit code, e.g. 56 for a reset connection)."""
-        return self.exec(["curl", "-sS", "--max-time", str(timeout), *args, url], uid=uid, timeout=timeout + 5)
+        argv = ["curl", "-sS", "--noproxy", "*", "--max-time", str(timeout), *args, url]
+        return self.exec(argv, uid=uid, timeout=timeout + 5)
 
     def run_echo(self, http: Sequence[int] = (8080,), tcp: Sequence[int] = (), name: str | None = None,
                  uid: int | None = None) -> Process:
@@ -306,7 +307,8 @@ class Pod:
                 admin_port = int(bootstrap["admin"]["address"]["socket_address"]["port_value"])
         elif isinstance(bootstrap, Path):
             path = self.dir / f"envoy-{n}{bootstrap.suffix or '.yaml'}"
-            shutil.copyfile(bootstrap, path)
+            if Path(bootstrap).resolve() != path.resolve():
+                shutil.copyfile(bootstrap, path)  # into the pod's directory, readable by 1337
         else:
             path = self.dir / f"envoy-{n}.yaml"
             path.write_text(bootstrap)
