@@ -42,6 +42,21 @@ PORT_HEALTH = 15021
 PORT_STATS = 15090
 
 
+# SDS secret names every sidecar/gateway asks for (istio-agent's names).
+SDS_DEFAULT = "default"  # the proxy's own certificate chain and key
+SDS_ROOT = "ROOTCA"  # the trust bundle
+TRUST_DOMAIN = DOMAIN_SUFFIX
+
+# Pod label the injector sets on meshed workloads; endpoint metadata auto mTLS keys on.
+TLS_MODE_LABEL = "security.istio.io/tlsMode"
+TLS_MODE_ISTIO = "istio"
+TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"
+
+# ALPN values Istio's sidecars speak to each other over mTLS.
+ALPN_ISTIO_HTTP = ("istio-http/1.0", "istio-http/1.1", "istio-h2")
+ALPN_ISTIO = "istio"
+
+
 def fqdn(name: str, namespace: str, domain: str = DOMAIN_SUFFIX) -> str:
     """Service `name` in `namespace` as a fully qualified host."""
     return f"{name}.{namespace}.svc.{domain}"
@@ -91,6 +106,15 @@ def virtual_service_path(namespace: str, name: str, version: str = "v1") -> str:
 def node_id(proxy_type: str, ip: str, pod: str, namespace: str, domain: str = DOMAIN_SUFFIX) -> str:
     """`router~10.0.0.1~gw-abc.istio-system~istio-system.svc.cluster.local`."""
     return f"{proxy_type}~{ip}~{pod}.{namespace}~{namespace}.svc.{domain}"
+
+
+def inbound_cluster(port: int) -> str:
+    """`inbound|8080||`: istiod's inbound cluster names carry only the workload port."""
+    return cluster_name("inbound", port, "", "")
+
+
+def spiffe_id(namespace: str, service_account: str, trust_domain: str = TRUST_DOMAIN) -> str:
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
 
 
 def sds_credential(name: str) -> str:

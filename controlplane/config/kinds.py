@@ -28,6 +28,7 @@ class Kind:
 GATEWAY = Kind(ISTIO_NETWORKING, "Gateway", ISTIO_VERSIONS)
 VIRTUAL_SERVICE = Kind(ISTIO_NETWORKING, "VirtualService", ISTIO_VERSIONS)
 DESTINATION_RULE = Kind(ISTIO_NETWORKING, "DestinationRule", ISTIO_VERSIONS)
+PEER_AUTHENTICATION = Kind(ISTIO_SECURITY, "PeerAuthentication", ("v1", "v1beta1"))
 NAMESPACE = Kind("", "Namespace", ("v1",), namespaced=False)
 SERVICE = Kind("", "Service", ("v1",))
 POD = Kind("", "Pod", ("v1",))
@@ -35,14 +36,14 @@ ENDPOINT_SLICE = Kind("discovery.k8s.io", "EndpointSlice", ("v1",))
 
 SERVED: dict[tuple[str, str], Kind] = {
     (k.group, k.kind): k
-    for k in (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, NAMESPACE, SERVICE, POD, ENDPOINT_SLICE)
+    for k in (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, NAMESPACE, SERVICE, POD, ENDPOINT_SLICE)
 }
 
 # Istio kinds an operator may apply that meshd does not act on yet.
 ISTIO_UNSUPPORTED = frozenset(
     {
         "ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup", "EnvoyFilter", "ProxyConfig",
-        "PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication", "Telemetry",
+        "AuthorizationPolicy", "RequestAuthentication", "Telemetry",
         "WasmPlugin",
     }
 )

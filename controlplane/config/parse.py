@@ -94,4 +94,6 @@ def parse_document(doc: Any, origin: Origin) -> Parsed:
         spec=body,
         origin=origin,
         generation=content_hash(doc),
+        # Istio breaks ties between equal policies by age; files carry it if they have it.
+        extra={"creationTimestamp": str(md.get("creationTimestamp") or "")},
     )

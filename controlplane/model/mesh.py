@@ -12,12 +12,14 @@ from typing import Mapping
 from ..config import kinds
 from ..config.objects import ConfigObject
 from ..config.snapshot import ConfigSnapshot
-from ..names import resolve_host
+from ..names import ROOT_NAMESPACE, resolve_host
+from .peer_authentication import MtlsPolicy, effective_policy
 from .proxy import Proxy
 from .services import (
     Endpoint,
     PodIndex,
     Service,
+    ServicePort,
     build_service,
     endpoints_from_pods,
     endpoints_from_slices,
@@ -25,6 +27,15 @@ from .services import (
 )
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+@dataclass(frozen=True)
+class ServiceInstance:
+    """One service port served by one workload endpoint."""
+
+    service: Service
+    port: ServicePort
+    endpoint: Endpoint
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,9 @@ class MeshSnapshot:
     gateways: tuple[ConfigObject, ...]
     virtual_services: tuple[ConfigObject, ...]
     destination_rules: tuple[ConfigObject, ...]
+    peer_authentications: tuple[ConfigObject, ...] = ()
+    root_namespace: str = ROOT_NAMESPACE
+    _instances_by_ip: Mapping[str, tuple[ServiceInstance, ...]] = field(default_factory=dict, repr=False)
     _dr_by_host: Mapping[str, tuple[ConfigObject, ...]] = field(default_factory=dict, repr=False)
 
     # --- lookups generators use ------------------------------------------------
@@ -44,6 +58,15 @@ class MeshSnapshot:
 
     def service_endpoints(self, hostname: str, port: int) -> tuple[Endpoint, ...]:
         return self.endpoints.get((hostname, port), ())
+
+    def instances_for(self, proxy: Proxy) -> tuple[ServiceInstance, ...]:
+        """The service ports this proxy's workload serves (its endpoints' IP is the
+        proxy's IP), as istiod finds a sidecar's service instances."""
+        return self._instances_by_ip.get(proxy.ip, ())
+
+    def mtls_policy(self, namespace: str, labels: Mapping[str, str]) -> MtlsPolicy:
+        """Effective PeerAuthentication for a workload (see peer_authentication.py)."""
+        return effective_policy(self.peer_authentications, namespace, labels, self.root_namespace)
 
     def gateways_for(self, proxy: Proxy) -> list[ConfigObject]:
         """Gateways whose `selector` matches the proxy's labels (any namespace, as
@@ -94,7 +117,7 @@ def _dr_host(dr: ConfigObject) -> str:
     return resolve_host(str(dr.spec.get("host") or ""), dr.namespace)
 
 
-def build_mesh(config: ConfigSnapshot) -> MeshSnapshot:
+def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE) -> MeshSnapshot:
     pods = config.of_kind(kinds.POD.kind)
     pod_index = PodIndex(pods)
     services: dict[str, Service] = {}
@@ -109,11 +132,16 @@ def build_mesh(config: ConfigSnapshot) -> MeshSnapshot:
             slices_by_service.setdefault((sl.namespace, owner), []).append(sl)
 
     endpoints: dict[tuple[str, int], tuple[Endpoint, ...]] = {}
+    instances: dict[str, list[ServiceInstance]] = {}
     for svc in services.values():
         slices = slices_by_service.get((svc.namespace, svc.name))
         per_port = endpoints_from_slices(svc, slices, pod_index) if slices else endpoints_from_pods(svc, pods)
         for port, eps in per_port.items():
             endpoints[(svc.hostname, port)] = eps
+            sp = svc.port(port)
+            for ep in eps:
+                if sp is not None:
+                    instances.setdefault(ep.address, []).append(ServiceInstance(svc, sp, ep))
 
     drs = tuple(config.of_kind(kinds.DESTINATION_RULE.kind))
     dr_by_host: dict[str, list[ConfigObject]] = {}
@@ -128,5 +156,8 @@ def build_mesh(config: ConfigSnapshot) -> MeshSnapshot:
         gateways=tuple(config.of_kind(kinds.GATEWAY.kind)),
         virtual_services=tuple(config.of_kind(kinds.VIRTUAL_SERVICE.kind)),
         destination_rules=drs,
+        peer_authentications=tuple(config.of_kind(kinds.PEER_AUTHENTICATION.kind)),
+        root_namespace=root_namespace,
+        _instances_by_ip={ip: tuple(sorted(v, key=lambda i: (i.service.hostname, i.port.port))) for ip, v in instances.items()},
         _dr_by_host={h: tuple(v) for h, v in dr_by_host.items()},
     )
