@@ -40,12 +40,12 @@ def _san_matchers(sans: Iterable[str], prefix: bool) -> list[common_pb2.SubjectA
     return out
 
 
-def istio_common_context(sans: Iterable[str], alpn: Sequence[str], san_prefix: bool = False) -> common_pb2.CommonTlsContext:
-    return common_pb2.CommonTlsContext(
+def istio_common_context(sans: Iterable[str], alpn: Sequence[str], san_prefix: bool = False) -> tls_pb2.CommonTlsContext:
+    return tls_pb2.CommonTlsContext(
         tls_params=_tls_params(),
         alpn_protocols=list(alpn),
         tls_certificate_sds_secret_configs=[sds(names.SDS_DEFAULT)],
-        combined_validation_context=common_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+        combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
             default_validation_context=common_pb2.CertificateValidationContext(
                 match_typed_subject_alt_names=_san_matchers(sans, san_prefix)
             ),
