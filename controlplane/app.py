@@ -4,6 +4,11 @@ Data flows one way. The directory source fills the store; each store change sche
 rebuild of the mesh snapshot after a short quiet period (debounce), and the new snapshot
 is handed to the ADS server, which pushes to the proxies it affects. A failure to build
 keeps the last good snapshot in force.
+
+With a CA directory, meshd is also the mesh's certificate authority: the root is loaded
+(or created on first start) from it, the ADS server answers SDS `ROOTCA` on both ports
+and `default` (the workload key) only on the secure port (TLS + bearer token), where
+each stream is authenticated before it is served.
 """
 from __future__ import annotations
 
@@ -11,18 +16,26 @@ import asyncio
 import signal
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import structlog
 
 from .config.objects import Rejection
 from .config.store import ConfigStore
+from .debug.certs import certs_handler
 from .debug.monitoring import start_monitoring
 from .generators import Generator
 from .model.mesh import MeshSnapshot, build_mesh
+from . import names
+from .security.authn import JwtAuthenticator
+from .security.cadir import open_ca
+from .security.sds import WorkloadSecrets
+from .security.serving import ServingCertificate
 from .server.ads import AdsServer
-from .server.grpc_server import start_xds_server
+from .server.grpc_server import start_secure_xds_server, start_xds_server
 from .server.metrics import Metrics
+from .server.secure import SecureAdsServicer
 from .sources.directory import DirectorySource
 
 log = structlog.get_logger("meshd")
@@ -36,6 +49,12 @@ class ServeOptions:
     listen_address: str = "0.0.0.0"
     poll_interval: float = 0.2
     debounce_after: float = 0.1
+    # The CA: None serves no SDS and no secure port (in-process tests); the CLI always
+    # passes one (default ~/.meshd/ca, see security/cadir.py).
+    ca_dir: Path | None = None
+    trust_domain: str = names.TRUST_DOMAIN
+    workload_cert_ttl: timedelta = timedelta(hours=24)
+    secure_xds_port: int = names.PORT_XDS_SECURE  # 0: no secure port
 
 
 class MeshBuilder:
@@ -104,21 +123,49 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         metrics.config_rejected(rej.key.kind if rej.key else "unknown")
 
     store = ConfigStore(on_reject=on_reject)
-    ads = AdsServer(Generator(), metrics)
+    secrets = serving = authenticators = None
+    debug_routes = {}
+    if opts.ca_dir is not None:
+        # Raises CAStateError on unsafe or inconsistent CA files: better not to start
+        # than to mint a second root or use a key others could read.
+        opened = open_ca(opts.ca_dir, opts.trust_domain)
+        metrics.set_root_expiry(opened.root.cert.not_valid_after_utc.timestamp())
+        secrets = WorkloadSecrets(opened.ca, opts.trust_domain, opts.workload_cert_ttl, metrics=metrics)
+        authenticators = [JwtAuthenticator(opened.tokens, opts.trust_domain)]
+        debug_routes["/debug/certs"] = certs_handler(opened.root, secrets)
+        if opts.secure_xds_port:
+            serving = ServingCertificate(opened.ca, metrics=metrics)
+    ads = AdsServer(Generator(), metrics, secrets=secrets, trust_domain=opts.trust_domain)
     builder = MeshBuilder(store, ads, opts.debounce_after)
     source = DirectorySource(opts.config_dir, store, interval=opts.poll_interval)
     source.load()
     builder.rebuild(reason="initial load")
 
-    xds = await start_xds_server(ads, opts.listen_address, opts.xds_port)
-    monitoring = await start_monitoring(opts.listen_address, opts.monitoring_port, lambda: ads.ready, metrics)
-    log.info("meshd serving", xds_port=opts.xds_port, monitoring_port=opts.monitoring_port, config_dir=str(opts.config_dir))
-    tasks = [asyncio.create_task(source.run(stop)), asyncio.create_task(builder.run(stop))]
+    servers: list = []
+    monitoring = None
+    tasks: list[asyncio.Task] = []
     try:
+        # Inside the try: if a later port cannot be bound, the ones already up are closed.
+        servers.append(await start_xds_server(ads, opts.listen_address, opts.xds_port))
+        if serving is not None and authenticators:
+            secure = SecureAdsServicer(ads, authenticators, metrics)
+            servers.append(
+                await start_secure_xds_server(secure, serving.credentials(), opts.listen_address, opts.secure_xds_port)
+            )
+        monitoring = await start_monitoring(
+            opts.listen_address, opts.monitoring_port, lambda: ads.ready, metrics, routes=debug_routes
+        )
+        log.info(
+            "meshd serving", xds_port=opts.xds_port, secure_xds_port=opts.secure_xds_port if serving else None,
+            monitoring_port=opts.monitoring_port, config_dir=str(opts.config_dir),
+            ca_dir=str(opts.ca_dir) if opts.ca_dir else None, trust_domain=opts.trust_domain,
+        )
+        tasks = [asyncio.create_task(source.run(stop)), asyncio.create_task(builder.run(stop))]
         await stop.wait()
     finally:
         log.info("meshd stopping")
         for t in tasks:
             t.cancel()
-        await xds.stop(grace=2)
-        monitoring.close()
+        await asyncio.gather(*(s.stop(grace=2) for s in servers))
+        if monitoring is not None:
+            monitoring.close()

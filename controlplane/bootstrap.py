@@ -5,14 +5,29 @@ The node id and metadata follow what pilot-agent writes for Istio proxies, so me
 mirror Istio's bootstrap: the `xds-grpc` ADS cluster, admin on loopback, the Prometheus
 listener (15090) and the readiness listener (15021, answered from Envoy's own /ready
 because there is no pilot-agent here).
+
+Secure xDS (`XdsTls`): the `xds-grpc` cluster speaks TLS to meshd's secure port (15012),
+verifies meshd's certificate against the mesh root (copied into the bootstrap, so
+Envoy, running as UID 1337, never needs to read the CA directory) with SNI and SAN
+`istiod.istio-system.svc` as Istio's proxies do, and sends the workload's token as
+gRPC metadata `authorization: Bearer <jwt>` on the ADS stream: meshd answers SDS
+`default` (the workload key) only to a stream authenticated that way. The token is a
+credential: a bootstrap carrying one is written 0600 (see cli.py).
+
+Sidecars get the pod label the injector adds, `security.istio.io/tlsMode: istio`, in
+LABELS unless given otherwise (auto mTLS and PeerAuthentication read it), and
+`INTERCEPTION_MODE: REDIRECT`.
 """
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import names
+
+XDS_SERVER_NAME = "istiod.istio-system.svc"  # SNI and verified SAN of the secure xDS port
 
 HTTP2_OPTIONS = {
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -40,6 +55,64 @@ class BootstrapParams:
     stats_port: int = names.PORT_STATS  # 0: no Prometheus listener
     health_port: int = names.PORT_HEALTH  # 0: no readiness listener
     xds_transport: str = "sotw"  # the delta protocol comes with the push-engine work
+    tls: "XdsTls | None" = None  # None: plaintext xDS (port 15010)
+
+
+@dataclass(frozen=True)
+class XdsTls:
+    root_cert_pem: str  # the mesh root: verifies meshd's serving certificate
+    token: str = field(default="", repr=False)  # bearer token for the ADS stream ("" : none)
+    server_name: str = XDS_SERVER_NAME
+
+
+def _check_root_pem(pem: str, source: str) -> str:
+    from cryptography import x509
+
+    try:
+        x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        raise ValueError(f"{source} is not a PEM certificate") from None
+    return pem
+
+
+def xds_tls_from_ca_dir(ca_dir: Path, namespace: str, service_account: str, token_ttl, server_name: str = XDS_SERVER_NAME) -> XdsTls:
+    """Root from `<ca_dir>/root-cert.pem` (written by `meshd serve`), and a fresh token
+    for namespace/service_account signed with the CA directory's token key."""
+    from .security.cadir import open_tokens, root_cert_path
+
+    root = root_cert_path(ca_dir)
+    if not root.is_file():
+        raise ValueError(f"{root} does not exist: start `meshd serve --ca-dir {ca_dir}` once to create the CA")
+    pem = _check_root_pem(root.read_text(), str(root))
+    token = open_tokens(ca_dir).issue(namespace, service_account, ttl=token_ttl)
+    return XdsTls(root_cert_pem=pem, token=token, server_name=server_name)
+
+
+def xds_tls_from_files(root_cert: Path, token_file: Path | None, server_name: str = XDS_SERVER_NAME) -> XdsTls:
+    pem = _check_root_pem(Path(root_cert).read_text(), str(root_cert))
+    token = ""
+    if token_file is not None:
+        token = Path(token_file).read_text().strip()
+        if token.count(".") != 2 or any(c.isspace() for c in token):
+            raise ValueError(f"{token_file} does not hold a JWT (header.claims.signature)")
+    return XdsTls(root_cert_pem=pem, token=token, server_name=server_name)
+
+
+def _xds_transport_socket(tls: XdsTls) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": tls.server_name,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "validation_context": {
+                    "trusted_ca": {"inline_string": tls.root_cert_pem},
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": tls.server_name}}],
+                },
+            },
+        },
+    }
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -108,12 +181,15 @@ def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
         raise ValueError(f"--xds-address {p.xds_address!r} is not host:port")
     host = host.strip("[]")
     node_id = names.node_id(p.proxy_type, p.ip, p.pod, p.namespace)
-    app = p.labels.get("app") or p.labels.get("istio") or p.pod
+    labels = dict(p.labels)
+    if p.proxy_type == "sidecar":
+        labels.setdefault(names.TLS_MODE_LABEL, names.TLS_MODE_ISTIO)
+    app = labels.get("app") or labels.get("istio") or p.pod
     metadata: dict[str, Any] = {
         "NAMESPACE": p.namespace,
         "NAME": p.pod,
         "POD_NAME": p.pod,
-        "LABELS": dict(p.labels),
+        "LABELS": labels,
         "INSTANCE_IPS": p.ip,
         "SERVICE_ACCOUNT": p.service_account,
         "CLUSTER_ID": p.cluster_id,
@@ -137,6 +213,11 @@ def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
     # thousands of resources are pushed over one connection.
     clusters[0]["circuit_breakers"] = {"thresholds": [{"priority": "DEFAULT", "max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000}]}
     clusters[0]["upstream_connection_options"] = {"tcp_keepalive": {"keepalive_time": 300}}
+    grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": "xds-grpc"}}
+    if p.tls is not None:
+        clusters[0]["transport_socket"] = _xds_transport_socket(p.tls)
+        if p.tls.token:
+            grpc_service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {p.tls.token}"}]
     return {
         "node": {"id": node_id, "cluster": f"{app}.{p.namespace}", "metadata": metadata},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p.admin_port}}},
@@ -144,7 +225,7 @@ def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
             "ads_config": {
                 "api_type": api_type,
                 "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
+                "grpc_services": [grpc_service],
                 "set_node_on_first_message_only": True,
             },
             "cds_config": ads_source,

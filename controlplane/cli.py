@@ -1,14 +1,41 @@
-"""The `meshd` command: serve, bootstrap."""
+"""The `meshd` command: serve, bootstrap, token."""
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from . import names
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "deploy" / "examples"
+DEFAULT_TTL = "24h"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Go-style durations: `24h`, `90m`, `1h30m`, `45s` (also `2d`); a bare number is seconds."""
+    text = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    else:
+        parts = _DURATION_PART.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise argparse.ArgumentTypeError(f"invalid duration {text!r} (examples: 24h, 90m, 1h30m, 45s)")
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"duration {text!r} must be positive")
+    return timedelta(seconds=seconds)
+
+
+def _ca_dir(value: str | None) -> Path:
+    from .security.cadir import default_ca_dir
+
+    return Path(value).expanduser() if value else default_ca_dir()
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -22,6 +49,17 @@ def _serve(args: argparse.Namespace) -> int:
     if not config_dir.is_dir():
         print(f"meshd: config directory {config_dir} does not exist", file=sys.stderr)
         return 2
+    from ca.identity import check_trust_domain
+    from ca.issuer import MAX_WORKLOAD_TTL
+
+    try:
+        check_trust_domain(args.trust_domain)
+    except ValueError as e:
+        print(f"meshd: --trust-domain: {e}", file=sys.stderr)
+        return 2
+    if args.workload_cert_ttl > MAX_WORKLOAD_TTL:
+        print(f"meshd: --workload-cert-ttl {args.workload_cert_ttl} is above the maximum {MAX_WORKLOAD_TTL}", file=sys.stderr)
+        return 2
     opts = ServeOptions(
         config_dir=config_dir,
         xds_port=args.xds_port,
@@ -29,40 +67,115 @@ def _serve(args: argparse.Namespace) -> int:
         listen_address=args.listen_address,
         poll_interval=args.poll_interval,
         debounce_after=args.debounce_after,
+        ca_dir=_ca_dir(args.ca_dir),
+        trust_domain=args.trust_domain,
+        workload_cert_ttl=args.workload_cert_ttl,
+        secure_xds_port=args.secure_xds_port,
     )
+    from ca import CAError
+
     try:
         asyncio.run(serve(opts))
     except KeyboardInterrupt:
         pass
+    except (CAError, OSError) as e:  # an unusable CA directory: refuse to start, say why
+        print(f"meshd: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
-def _bootstrap(args: argparse.Namespace) -> int:
+def _quiet_logs() -> None:
+    """Commands that print a result on stdout: CA log events go to stderr, warnings only."""
+    from .logging import configure
+
+    configure("warning")
+
+
+def _yaml(doc) -> str:
     import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str):
+        # PEM blocks read best as literal blocks, exactly as they appear in the file.
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+    Dumper.add_representer(str, text)
+    Dumper.ignore_aliases = lambda self, data: True  # no &id001 anchors in a file people read
+    return yaml.dump(doc, Dumper=Dumper, sort_keys=False)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from ca import CAError
+
+    _quiet_logs()
+
+    from .security.cadir import open_tokens
+
+    try:
+        token = open_tokens(_ca_dir(args.ca_dir)).issue(args.namespace, args.service_account, ttl=args.ttl)
+    except (CAError, ValueError, OSError) as e:
+        print(f"meshd token: {e}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def _bootstrap_tls(args: argparse.Namespace):
+    """XdsTls for the flags, or None for a plaintext bootstrap (see the command's help)."""
+    from .bootstrap import XDS_SERVER_NAME, xds_tls_from_ca_dir, xds_tls_from_files
+
+    server_name = args.xds_server_name or XDS_SERVER_NAME
+    if args.root_cert:
+        if args.ca_dir:
+            raise ValueError("give either --ca-dir or --root-cert/--token, not both")
+        return xds_tls_from_files(Path(args.root_cert), Path(args.token) if args.token else None, server_name)
+    if args.token:
+        raise ValueError("--token needs --root-cert (the root that verifies meshd's certificate)")
+    if args.ca_dir or args.secure:
+        return xds_tls_from_ca_dir(_ca_dir(args.ca_dir), args.namespace, args.service_account, args.token_ttl, server_name)
+    return None
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from ca import CAError
 
     from .bootstrap import BootstrapParams, build_bootstrap, parse_labels
 
+    _quiet_logs()
     try:
+        tls = _bootstrap_tls(args)
+        default_port = names.PORT_XDS_SECURE if tls is not None else names.PORT_XDS
         params = BootstrapParams(
             proxy_type=args.type,
             namespace=args.namespace,
             pod=args.pod,
             ip=args.ip,
-            xds_address=args.xds_address,
+            xds_address=args.xds_address or f"127.0.0.1:{default_port}",
             labels=parse_labels(args.labels or ""),
             admin_port=args.admin_port,
             service_account=args.service_account,
             stats_port=args.stats_port,
             health_port=args.health_port,
+            tls=tls,
         )
         doc = build_bootstrap(params)
-    except ValueError as e:
+    except (ValueError, CAError, OSError) as e:
         print(f"meshd bootstrap: {e}", file=sys.stderr)
         return 2
+    if tls is None and args.type == "sidecar":
+        print("meshd bootstrap: plaintext xDS: meshd will not send this sidecar a workload certificate "
+              "(mTLS needs --ca-dir or --root-cert/--token)", file=sys.stderr)
     as_json = bool(args.output and args.output.endswith(".json"))
-    text = json.dumps(doc, indent=2) + "\n" if as_json else yaml.safe_dump(doc, sort_keys=False)
+    text = json.dumps(doc, indent=2) + "\n" if as_json else _yaml(doc)
     if args.output:
-        Path(args.output).write_text(text)
+        if tls is not None and tls.token:
+            from ca import write_private
+
+            write_private(Path(args.output), text.encode())  # holds a bearer token: 0600
+        else:
+            Path(args.output).write_text(text)
     else:
         sys.stdout.write(text)
     return 0
@@ -79,23 +192,64 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--listen-address", default="0.0.0.0", help="address the servers bind (default %(default)s)")
     s.add_argument("--poll-interval", type=float, default=0.2, help="seconds between config directory scans")
     s.add_argument("--debounce-after", type=float, default=0.1, help="quiet time before a config change is pushed (seconds)")
+    s.add_argument("--secure-xds-port", type=int, default=names.PORT_XDS_SECURE,
+                   help="ADS over TLS with bearer-token authentication; the only port that sends workload keys "
+                        "(default %(default)s, 0 to disable)")
+    s.add_argument("--ca-dir", help="the CA's directory: root created there on first start and reused after "
+                                    "(default $MESHD_HOME/ca, else ~/.meshd/ca); the trust bundle is <ca-dir>/root-cert.pem")
+    s.add_argument("--trust-domain", default=names.TRUST_DOMAIN, help="SPIFFE trust domain (default %(default)s)")
+    s.add_argument("--workload-cert-ttl", type=parse_duration, default=DEFAULT_TTL,
+                   help="lifetime of workload certificates (default %(default)s)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--log-format", default="console", choices=["console", "json"])
     s.set_defaults(func=_serve)
 
-    b = sub.add_parser("bootstrap", help="print an Envoy bootstrap that connects to meshd")
+    b = sub.add_parser(
+        "bootstrap", help="print an Envoy bootstrap that connects to meshd",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""Write an Envoy bootstrap with Istio's node id and metadata.
+
+Transport: with --ca-dir (or --secure, which uses the default CA directory) or with
+--root-cert [--token], the bootstrap speaks TLS to meshd's secure xDS port (default
+address 127.0.0.1:15012), verifies meshd as istiod.istio-system.svc against the root,
+and authenticates with the token (minted from the CA directory's key for
+--namespace/--service-account, or read from --token). Only such a proxy receives its
+workload certificate (SDS `default`), so sidecars need it for mTLS. Without any of
+these flags the bootstrap is plaintext (default address 127.0.0.1:15010).
+
+The root certificate and token are copied into the bootstrap; a bootstrap with a
+token is written with mode 0600: make it readable by the proxy's user (Envoy runs as
+UID 1337 in a pod), e.g. chown 1337 FILE.""",
+    )
     b.add_argument("--type", choices=["router", "sidecar"], default="router")
     b.add_argument("--namespace", default="istio-system")
     b.add_argument("--pod", default="istio-ingressgateway-0")
     b.add_argument("--ip", default="127.0.0.1")
     b.add_argument("--labels", default="", help="pod labels, k=v,k2=v2 (a gateway needs the ones its Gateway selects)")
     b.add_argument("--service-account", default="default")
-    b.add_argument("--xds-address", default=f"127.0.0.1:{names.PORT_XDS}", help="meshd's ADS address host:port")
+    b.add_argument("--xds-address", help="meshd's ADS address host:port (default 127.0.0.1:15012 with TLS, "
+                                          "127.0.0.1:15010 without)")
+    b.add_argument("--ca-dir", help="meshd's CA directory: TLS to the secure port, root from <ca-dir>/root-cert.pem, "
+                                    "a token minted for --namespace/--service-account")
+    b.add_argument("--secure", action="store_true", help="TLS with the default CA directory ($MESHD_HOME/ca or ~/.meshd/ca)")
+    b.add_argument("--root-cert", help="TLS with this root certificate file (instead of --ca-dir)")
+    b.add_argument("--token", help="with --root-cert: file holding the bearer token (from `meshd token`)")
+    b.add_argument("--token-ttl", type=parse_duration, default=DEFAULT_TTL,
+                   help="lifetime of the token minted with --ca-dir (default %(default)s); meshd checks it "
+                        "when the proxy (re)connects")
+    b.add_argument("--xds-server-name", help="SNI and expected DNS SAN of meshd's certificate (default istiod.istio-system.svc)")
     b.add_argument("--admin-port", type=int, default=names.PORT_ENVOY_ADMIN)
     b.add_argument("--stats-port", type=int, default=names.PORT_STATS, help="Prometheus listener port, 0 for none")
     b.add_argument("--health-port", type=int, default=names.PORT_HEALTH, help="readiness listener port, 0 for none")
     b.add_argument("--output", "-o", help="write to this file (.json for JSON, else YAML) instead of stdout")
     b.set_defaults(func=_bootstrap)
+
+    t = sub.add_parser("token", help="print a service account token (file mode stand-in for a Kubernetes projected token)")
+    t.add_argument("--namespace", required=True)
+    t.add_argument("--service-account", required=True)
+    t.add_argument("--ttl", type=parse_duration, default=DEFAULT_TTL, help="lifetime (default %(default)s)")
+    t.add_argument("--ca-dir", help="meshd's CA directory holding token-key.pem (default $MESHD_HOME/ca, else ~/.meshd/ca)")
+    t.set_defaults(func=_token)
     return p
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import http.server
+import json
 import os
 import shutil
 import signal
@@ -82,20 +83,32 @@ class Process:
         self._log.close()
 
 
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
+
+
 @contextlib.contextmanager
 def meshd(config_dir: Path, workdir: Path, extra: list[str] | None = None) -> Iterator["MeshdHandle"]:
+    """meshd serve on free ports. Unless `extra` says otherwise, the secure xDS port is a
+    free one too and the CA lives in a fresh directory under `workdir` (never ~/.meshd)."""
+    extra = list(extra or [])
     xds, mon = free_port("127.0.0.1"), free_port("127.0.0.1")
+    if "--secure-xds-port" not in extra:
+        extra += ["--secure-xds-port", str(free_port("127.0.0.1"))]
+    if "--ca-dir" not in extra:
+        extra += ["--ca-dir", str(workdir / f"meshd-ca-{xds}")]
     argv = [
         sys.executable, "-m", "controlplane", "serve",
         "--config-dir", str(config_dir),
         "--xds-port", str(xds),
         "--monitoring-port", str(mon),
         "--listen-address", "127.0.0.1",
-        *(extra or []),
+        *extra,
     ]
     p = Process("meshd", argv, workdir / f"meshd-{xds}.log", env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        handle = MeshdHandle(p, xds, mon)
+        handle = MeshdHandle(p, xds, mon, secure_port=int(_flag_value(argv, "--secure-xds-port") or 0),
+                             ca_dir=Path(_flag_value(argv, "--ca-dir") or ""))
         wait_for(lambda: handle.ready() or not p.alive(), 30, what="meshd /ready")
         assert p.alive(), f"meshd exited:\n{p.log()}"
         yield handle
@@ -104,10 +117,27 @@ def meshd(config_dir: Path, workdir: Path, extra: list[str] | None = None) -> It
 
 
 class MeshdHandle:
-    def __init__(self, process: Process, xds_port: int, monitoring_port: int):
+    def __init__(self, process: Process, xds_port: int, monitoring_port: int, *, secure_port: int = 0,
+                 ca_dir: Path | None = None):
         self.process = process
         self.xds_port = xds_port
         self.monitoring_port = monitoring_port
+        self.secure_port = secure_port  # TLS + bearer token (0: disabled)
+        self.ca_dir = ca_dir  # holds root-cert.pem, the mesh's trust bundle
+
+    @property
+    def root_cert(self) -> Path:
+        assert self.ca_dir is not None
+        return self.ca_dir / "root-cert.pem"
+
+    def token(self, namespace: str, service_account: str, ttl: str = "1h") -> str:
+        """A bearer token for namespace/service_account from this meshd's CA (`meshd token`)."""
+        cp = subprocess.run(
+            [sys.executable, "-m", "controlplane", "token", "--namespace", namespace, "--service-account",
+             service_account, "--ttl", ttl, "--ca-dir", str(self.ca_dir)],
+            check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        return cp.stdout.strip()
 
     def ready(self) -> bool:
         try:
@@ -130,15 +160,21 @@ def envoy_binary() -> str:
 
 
 @contextlib.contextmanager
-def envoy(workdir: Path, bootstrap_args: list[str], admin_port: int | None = None) -> Iterator["EnvoyHandle"]:
-    """Bootstrap via `meshd bootstrap` (the operator's path), then run Envoy."""
+def envoy(workdir: Path, bootstrap_args: list[str], admin_port: int | None = None,
+          edit: Callable[[dict], None] | None = None) -> Iterator["EnvoyHandle"]:
+    """Bootstrap via `meshd bootstrap` (the operator's path), then run Envoy. `edit`, if
+    given, may change the bootstrap (a dict) before Envoy starts (e.g. add a listener)."""
     admin = admin_port or free_port("127.0.0.1")
-    boot = workdir / f"envoy-{admin}.yaml"
+    boot = workdir / (f"envoy-{admin}.json" if edit else f"envoy-{admin}.yaml")
     subprocess.run(
         [sys.executable, "-m", "controlplane", "bootstrap", *bootstrap_args,
          "--admin-port", str(admin), "--stats-port", "0", "--health-port", "0", "--output", str(boot)],
         check=True, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
+    if edit is not None:
+        doc = json.loads(boot.read_text())
+        edit(doc)
+        boot.write_text(json.dumps(doc, indent=1))
     argv = [envoy_binary(), "-c", str(boot), "--use-dynamic-base-id", "--concurrency", "1", "-l", "warning",
             "--drain-time-s", "1", "--parent-shutdown-time-s", "2"]
     p = Process("envoy", argv, workdir / f"envoy-{admin}.log")
@@ -208,3 +244,39 @@ def http_backend(host: str, port: int, body: bytes) -> Iterator[http.server.Thre
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def ads_fetch(port: int, node_id: str, node_metadata: dict, type_url: str, resource_names: list[str], *,
+              root_pem: bytes | None = None, token: str | None = None,
+              server_name: str = "istiod.istio-system.svc", timeout: float = 10.0):
+    """One state-of-the-world request on a new ADS stream to 127.0.0.1:port and the first
+    response (a DiscoveryResponse). TLS when `root_pem` is given (verifying meshd as
+    `server_name`), with `authorization: Bearer <token>` when `token` is. Raises
+    grpc.RpcError when meshd refuses the stream."""
+    import grpc
+    from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+    req = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=resource_names)
+    req.node.id = node_id
+    req.node.metadata.update(node_metadata)
+    if root_pem is not None:
+        channel = grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(root_pem),
+                                      options=[("grpc.ssl_target_name_override", server_name)])
+    else:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    done = threading.Event()
+
+    def requests():
+        yield req
+        done.wait(timeout)  # hold the stream open until the answer is in
+
+    try:
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
+            requests(), metadata=[("authorization", f"Bearer {token}")] if token else None, timeout=timeout)
+        try:
+            return next(call)
+        finally:
+            done.set()
+            call.cancel()
+    finally:
+        channel.close()

@@ -1,8 +1,19 @@
 """CDS: Clusters, per proxy type.
 
-Router (ingress gateway): an EDS cluster for every service port and DestinationRule
-subset (see destinations.py), shaped by the DestinationRule's traffic policy, plus
-`BlackHoleCluster`. Sidecars: not built yet.
+Both proxy types get an EDS cluster for every service port and DestinationRule subset
+(see destinations.py), shaped by the DestinationRule's traffic policy, with the client
+side TLS of auto_mtls.py, plus `BlackHoleCluster`.
+
+Sidecars also get:
+- `inbound|<port>||` for every port their workload serves: ORIGINAL_DST (the address the
+  client dialled, restored by the inbound listener), connecting from 127.0.0.6 so that
+  istio-init's `-o lo -s 127.0.0.6 -j RETURN` lets it reach the application instead of
+  redirecting it back to 15006 (istiod >= 1.10; the application may listen on the pod IP);
+- `PassthroughCluster` (ORIGINAL_DST) for outbound traffic to unknown destinations
+  (outboundTrafficPolicy ALLOW_ANY) and `InboundPassthroughCluster` (ORIGINAL_DST from
+  127.0.0.6) for inbound traffic to ports no service declares;
+- headless services as ORIGINAL_DST clusters instead of EDS (the application dialled one
+  particular pod).
 """
 from __future__ import annotations
 
@@ -10,36 +21,62 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, protocol_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from .. import names
 from ..model.mesh import MeshSnapshot
-from ..model.proxy import ROUTER, Proxy
-from . import protocol, traffic_policy
-from .convert import ads_config_source, struct
+from ..model.proxy import ROUTER, SIDECAR, Proxy
+from . import auto_mtls, protocol, traffic_policy
+from .convert import ads_config_source, struct, typed
 from .destinations import OutboundCluster, outbound_clusters
+from .sidecar_inbound import InboundPort, inbound_ports
 
 # MeshConfig.connectTimeout's default.
 DEFAULT_CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)
+# Where inbound traffic to the application comes from (istio-iptables lets it through).
+INBOUND_PASSTHROUGH_BIND = "127.0.0.6"
+# istiod's idle timeout for passthrough HTTP connections.
+PASSTHROUGH_IDLE_TIMEOUT = duration_pb2.Duration(seconds=300)
 
 
 def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
-    if proxy.type != ROUTER:
-        return []  # sidecar clusters come with sidecar support
-    out: list[tuple[str, Message]] = [(oc.name, eds_cluster(oc)) for oc in outbound_clusters(mesh, proxy)]
+    if proxy.type not in (ROUTER, SIDECAR):
+        return []
+    out: list[tuple[str, Message]] = [
+        (oc.name, outbound_cluster(mesh, proxy, oc)) for oc in outbound_clusters(mesh, proxy)
+    ]
+    if proxy.type == SIDECAR:
+        out += [(c.name, c) for c in (inbound_cluster(ip) for ip in inbound_ports(mesh, proxy))]
     out.append((names.BLACKHOLE_CLUSTER, blackhole_cluster()))
+    if proxy.type == SIDECAR:
+        out.append((names.PASSTHROUGH_CLUSTER, passthrough_cluster(names.PASSTHROUGH_CLUSTER)))
+        out.append(
+            (
+                names.INBOUND_PASSTHROUGH_CLUSTER,
+                passthrough_cluster(names.INBOUND_PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_BIND),
+            )
+        )
     return out
 
 
-def eds_cluster(oc: OutboundCluster) -> cluster_pb2.Cluster:
+def outbound_cluster(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> cluster_pb2.Cluster:
     c = cluster_pb2.Cluster(
         name=oc.name,
-        type=cluster_pb2.Cluster.EDS,
-        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(service_name=oc.name, eds_config=ads_config_source()),
         connect_timeout=DEFAULT_CONNECT_TIMEOUT,
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(),
     )
     policy = traffic_policy.effective_policy(oc.rule.spec if oc.rule else None, oc.port.port, oc.subset)
     traffic_policy.apply(c, policy, http2=protocol.is_http2(oc.protocol))
+    if auto_mtls.original_dst(oc, proxy):
+        c.type = cluster_pb2.Cluster.ORIGINAL_DST
+        c.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
+    else:
+        c.type = cluster_pb2.Cluster.EDS
+        c.eds_cluster_config.CopyFrom(
+            cluster_pb2.Cluster.EdsClusterConfig(service_name=oc.name, eds_config=ads_config_source())
+        )
+    auto_mtls.apply(c, auto_mtls.cluster_tls(mesh, proxy, oc))
     c.metadata.filter_metadata["istio"].CopyFrom(struct(istio_metadata(oc)))
     return c
 
@@ -71,3 +108,46 @@ def blackhole_cluster() -> cluster_pb2.Cluster:
         connect_timeout=DEFAULT_CONNECT_TIMEOUT,
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
     )
+
+
+def _bind(address: str) -> address_pb2.BindConfig:
+    return address_pb2.BindConfig(source_address=address_pb2.SocketAddress(address=address, port_value=0))
+
+
+def inbound_cluster(ip: InboundPort) -> cluster_pb2.Cluster:
+    """`inbound|<port>||`: to the application at the address the client dialled (the pod
+    IP and the workload port), from 127.0.0.6."""
+    c = cluster_pb2.Cluster(
+        name=ip.cluster,
+        type=cluster_pb2.Cluster.ORIGINAL_DST,
+        connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+        common_lb_config=cluster_pb2.Cluster.CommonLbConfig(),
+        upstream_bind_config=_bind(INBOUND_PASSTHROUGH_BIND),
+    )
+    traffic_policy.apply(c, {}, http2=protocol.is_http2(ip.protocol))
+    c.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
+    svc = ip.service
+    c.metadata.filter_metadata["istio"].CopyFrom(
+        struct({"services": [{"host": svc.hostname, "name": svc.name, "namespace": svc.namespace}]})
+    )
+    return c
+
+
+def passthrough_cluster(name: str, bind: str = "") -> cluster_pb2.Cluster:
+    """ORIGINAL_DST to wherever the connection was going; HTTP keeps the downstream's
+    protocol version."""
+    c = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.ORIGINAL_DST,
+        connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+        lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
+    )
+    if bind:
+        c.upstream_bind_config.CopyFrom(_bind(bind))
+    opts = http_protocol_options_pb2.HttpProtocolOptions(
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(idle_timeout=PASSTHROUGH_IDLE_TIMEOUT),
+    )
+    opts.use_downstream_protocol_config.http_protocol_options.SetInParent()
+    opts.use_downstream_protocol_config.http2_protocol_options.SetInParent()
+    c.typed_extension_protocol_options[traffic_policy.HTTP_PROTOCOL_OPTIONS].CopyFrom(typed(opts))
+    return c

@@ -1,8 +1,9 @@
 """The outbound clusters a proxy gets, shared by CDS (clusters) and EDS (their endpoints).
 
-istiod gives a gateway a cluster for every port of every service (`outbound|port||host`)
-plus one per DestinationRule subset of that host (`outbound|port|subset|host`). UDP
-ports get none: Envoy proxies TCP and HTTP only.
+istiod gives a gateway, and every sidecar (no Sidecar resource narrows it here), a
+cluster for every port of every service (`outbound|port||host`) plus one per
+DestinationRule subset of that host (`outbound|port|subset|host`). UDP ports get none:
+Envoy proxies TCP and HTTP only.
 """
 from __future__ import annotations
 

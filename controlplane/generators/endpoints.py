@@ -3,7 +3,11 @@
 Every cluster gets one, even without endpoints: Envoy keeps a cluster warming until
 its assignment arrives. Only ready endpoints are sent (istiod's default); a subset
 cluster keeps the endpoints whose labels carry the subset's labels.
-Sidecars: not built yet.
+
+Routers and sidecars get the same outbound clusters (sidecars reach headless services
+through ORIGINAL_DST clusters, which have no assignment). Endpoints that should be
+reached over Istio mTLS carry `envoy.transport_socket_match: {tlsMode: istio}` metadata,
+which the clusters' transport_socket_matches key on (auto_mtls.py).
 """
 from __future__ import annotations
 
@@ -13,16 +17,26 @@ from google.protobuf.message import Message
 from envoy.config.core.v3 import address_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 
+from .. import names
 from ..model.mesh import MeshSnapshot
-from ..model.proxy import ROUTER, Proxy
+from ..model.proxy import ROUTER, SIDECAR, Proxy
 from ..model.services import Endpoint, labels_match
+from . import auto_mtls
 from .destinations import OutboundCluster, outbound_clusters
 
 
 def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
-    if proxy.type != ROUTER:
-        return []  # sidecar endpoints come with sidecar support
-    return [(oc.name, load_assignment(oc, cluster_endpoints(mesh, oc))) for oc in outbound_clusters(mesh, proxy)]
+    if proxy.type not in (ROUTER, SIDECAR):
+        return []
+    out: list[tuple[str, Message]] = []
+    for oc in outbound_clusters(mesh, proxy):
+        if auto_mtls.original_dst(oc, proxy):
+            continue
+        ct = auto_mtls.cluster_tls(mesh, proxy, oc)
+        eps = cluster_endpoints(mesh, oc)
+        mtls = {(ep.address, ep.port) for ep in eps if auto_mtls.endpoint_wants_mtls(mesh, oc, ep, ct)}
+        out.append((oc.name, load_assignment(oc, eps, mtls)))
+    return out
 
 
 def cluster_endpoints(mesh: MeshSnapshot, oc: OutboundCluster) -> list[Endpoint]:
@@ -35,7 +49,9 @@ def cluster_endpoints(mesh: MeshSnapshot, oc: OutboundCluster) -> list[Endpoint]
     return [chosen[k] for k in sorted(chosen)]
 
 
-def load_assignment(oc: OutboundCluster, endpoints: list[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
+def load_assignment(
+    oc: OutboundCluster, endpoints: list[Endpoint], mtls: set[tuple[str, int]] | None = None
+) -> endpoint_pb2.ClusterLoadAssignment:
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=oc.name)
     if not endpoints:
         return cla
@@ -44,7 +60,10 @@ def load_assignment(oc: OutboundCluster, endpoints: list[Endpoint]) -> endpoint_
     # gRPC xDS clients drop a locality whose weight is 0 (or unset).
     locality.load_balancing_weight.value = len(endpoints)
     for ep in endpoints:
-        locality.lb_endpoints.append(_lb_endpoint(ep))
+        lb = _lb_endpoint(ep)
+        if mtls and (ep.address, ep.port) in mtls:
+            lb.metadata.filter_metadata[names.TRANSPORT_SOCKET_MATCH].CopyFrom(auto_mtls.endpoint_metadata())
+        locality.lb_endpoints.append(lb)
     return cla
 
 

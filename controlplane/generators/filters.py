@@ -10,7 +10,11 @@ from google.protobuf import duration_pb2, wrappers_pb2
 
 from envoy.config.core.v3 import protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as grpc_stats_pb2
 from envoy.extensions.filters.http.grpc_web.v3 import grpc_web_pb2
@@ -78,6 +82,65 @@ def gateway_http_connection_manager(stat_prefix: str, route_name: str, proto: st
         ),
     )
     return hcm
+
+
+def sidecar_http_connection_manager(
+    stat_prefix: str, proto: str, *, inbound: bool, rds: str = "", route_config: route_pb2.RouteConfiguration | None = None
+) -> hcm_pb2.HttpConnectionManager:
+    """The HCM of a sidecar: outbound chains fetch route configuration `<port>` over RDS,
+    inbound chains carry theirs inline and tell the application who called (XFCC)."""
+    hcm = hcm_pb2.HttpConnectionManager(
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        stat_prefix=stat_prefix,
+        http_filters=http_filters(proto),
+        # The peer of a sidecar is the local application or another proxy, never a client
+        # whose address should be trusted as the "remote" one.
+        use_remote_address=wrappers_pb2.BoolValue(value=False),
+        normalize_path=wrappers_pb2.BoolValue(value=True),
+        path_with_escaped_slashes_action=hcm_pb2.HttpConnectionManager.KEEP_UNCHANGED,
+        upgrade_configs=[hcm_pb2.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
+        stream_idle_timeout=duration_pb2.Duration(),
+        request_id_extension=hcm_pb2.RequestIDExtension(
+            typed_config=typed(
+                uuid_pb2.UuidRequestIdConfig(use_request_id_for_trace_sampling=wrappers_pb2.BoolValue(value=True))
+            )
+        ),
+    )
+    if rds:
+        hcm.rds.CopyFrom(hcm_pb2.Rds(route_config_name=rds, config_source=ads_config_source()))
+    elif route_config is not None:
+        hcm.route_config.CopyFrom(route_config)
+    if inbound:
+        # istiod: "istio-envoy" inbound, Envoy's default ("envoy") outbound.
+        hcm.server_name = ISTIO_SERVER_NAME
+        hcm.forward_client_cert_details = hcm_pb2.HttpConnectionManager.APPEND_FORWARD
+        hcm.set_current_client_cert_details.CopyFrom(
+            hcm_pb2.HttpConnectionManager.SetCurrentClientCertDetails(
+                subject=wrappers_pb2.BoolValue(value=True), uri=True, dns=True
+            )
+        )
+        if protocol.is_http2(proto):
+            hcm.http2_protocol_options.SetInParent()
+    return hcm
+
+
+# --- listener filters ----------------------------------------------------------------
+
+ORIGINAL_DST = "envoy.filters.listener.original_dst"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+HTTP_INSPECTOR = "envoy.filters.listener.http_inspector"
+
+
+def original_dst_filter() -> listener_components_pb2.ListenerFilter:
+    return listener_components_pb2.ListenerFilter(name=ORIGINAL_DST, typed_config=typed(original_dst_pb2.OriginalDst()))
+
+
+def tls_inspector_filter() -> listener_components_pb2.ListenerFilter:
+    return listener_components_pb2.ListenerFilter(name=TLS_INSPECTOR, typed_config=typed(tls_inspector_pb2.TlsInspector()))
+
+
+def http_inspector_filter() -> listener_components_pb2.ListenerFilter:
+    return listener_components_pb2.ListenerFilter(name=HTTP_INSPECTOR, typed_config=typed(http_inspector_pb2.HttpInspector()))
 
 
 def network_filter(name: str, config) -> listener_components_pb2.Filter:

@@ -6,7 +6,9 @@ an HTTP connection manager fetching route configuration `http.<port>` over RDS; 
 server gets tcp_proxy to the destination of the first bound VirtualService `tcp` rule
 that matches it (no such rule: no listener, as with istiod). HTTPS/TLS servers come
 with gateway TLS support.
-Sidecars: not built yet.
+
+Sidecar: the outbound listeners and `virtualOutbound` of sidecar_outbound.py, then
+`virtualInbound` of sidecar_inbound.py (istiod's order).
 """
 from __future__ import annotations
 
@@ -19,11 +21,13 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from .. import names
 from ..config.objects import ConfigObject
 from ..model.mesh import MeshSnapshot
-from ..model.proxy import ROUTER, Proxy
+from ..model.proxy import ROUTER, SIDECAR, Proxy
 from . import filters
 from .convert import as_int, as_list, as_map
 from .gateway_servers import HTTP, TCP, GatewayPort, Server, gateway_ports, matching_hosts, virtual_services_for_gateway
 from .http_routes import RouteContext, destination_cluster
+from .sidecar_inbound import virtual_inbound
+from .sidecar_outbound import outbound_listeners, virtual_outbound
 from .virtual_services import resolve_gateway_name
 
 WILDCARD = "0.0.0.0"
@@ -34,7 +38,13 @@ GATEWAY_TRANSPORT_SOCKET_CONNECT_TIMEOUT = duration_pb2.Duration(seconds=15)
 def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
     if proxy.type == ROUTER:
         return [(lst.name, lst) for lst in gateway_listeners(mesh, proxy)]
-    return []  # sidecar listeners come with sidecar support
+    if proxy.type == SIDECAR:
+        return [(lst.name, lst) for lst in sidecar_listeners(mesh, proxy)]
+    return []
+
+
+def sidecar_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Listener]:
+    return [*outbound_listeners(mesh, proxy), virtual_outbound(), virtual_inbound(mesh, proxy)]
 
 
 def gateway_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Listener]:

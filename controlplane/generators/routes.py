@@ -5,7 +5,8 @@ hosts come from the VirtualServices bound to the port's servers: one per host sh
 by a server and a VirtualService, named `<host>:<server port>` with exactly that host
 as domain (ports are ignored in host matching). With no VirtualService bound, a single
 `blackhole:<port>` virtual host without routes makes Envoy answer 404.
-Sidecars: not built yet.
+
+Sidecar: route configuration `<port>` per HTTP service port (sidecar_routes.py).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from envoy.config.route.v3 import route_pb2
 
 from .. import names
 from ..model.mesh import MeshSnapshot
-from ..model.proxy import ROUTER, Proxy
+from ..model.proxy import ROUTER, SIDECAR, Proxy
 from .gateway_servers import HTTP, GatewayPort, gateway_ports, matching_hosts, virtual_services_for_gateway
 from .http_routes import RouteContext, catch_all_last, virtual_service_routes
 
@@ -30,7 +31,11 @@ MAX_DIRECT_RESPONSE_BODY_BYTES = 1024 * 1024
 def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
     if proxy.type == ROUTER:
         return [(cfg.name, cfg) for cfg in gateway_route_configs(mesh, proxy)]
-    return []  # sidecar routes come with sidecar support
+    if proxy.type == SIDECAR:
+        from .sidecar_routes import sidecar_route_configs  # imports route_config from here
+
+        return [(cfg.name, cfg) for cfg in sidecar_route_configs(mesh, proxy)]
+    return []
 
 
 def gateway_route_configs(mesh: MeshSnapshot, proxy: Proxy) -> list[route_pb2.RouteConfiguration]:

@@ -41,3 +41,9 @@ def visible_to(obj: ConfigObject, namespace: str) -> bool:
 
 def virtual_service_hosts(vs: ConfigObject) -> list[str]:
     return [names.resolve_host(str(h), vs.namespace).lower() for h in as_list(vs.spec.get("hosts")) if h]
+
+
+def mesh_virtual_services(virtual_services, namespace: str) -> list[ConfigObject]:
+    """VirtualServices that apply to sidecars in `namespace`: bound to `mesh` (no
+    `gateways`, or `mesh` among them) and exported to the namespace, in stable order."""
+    return [vs for vs in virtual_services if MESH_GATEWAY in bound_gateways(vs) and visible_to(vs, namespace)]

@@ -27,6 +27,10 @@ class Proxy:
     labels: Mapping[str, str] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
     cluster_id: str = "Kubernetes"
+    # Whether this proxy can hold a workload certificate (`default` over SDS). The server
+    # decides: only streams that proved an identity get one. Without it, generated config
+    # must never reference `default`, or Envoy would wait for it forever.
+    workload_cert: bool = True
 
     @property
     def short(self) -> str:
@@ -36,7 +40,13 @@ class Proxy:
     def group_key(self) -> tuple:
         """What this proxy's generated config can depend on. Proxies with equal keys
         get identical resources, so generation is shared between them."""
-        return (self.type, self.namespace, tuple(sorted(self.labels.items())), self.ip if self.type == SIDECAR else "")
+        return (
+            self.type,
+            self.namespace,
+            tuple(sorted(self.labels.items())),
+            self.ip if self.type == SIDECAR else "",
+            self.workload_cert,
+        )
 
 
 def _metadata_dict(metadata: Any) -> dict[str, Any]:

@@ -30,7 +30,18 @@ class Service:
     ports: tuple[ServicePort, ...]
     selector: Mapping[str, str]
     labels: Mapping[str, str]
-    cluster_ip: str = ""
+    cluster_ip: str = ""  # an IP, "None" (headless) or "" (not given, e.g. a static file)
+    created: str = ""  # metadata.creationTimestamp; istiod resolves listener conflicts oldest first
+
+    @property
+    def headless(self) -> bool:
+        """`clusterIP: None`: clients reach the pods directly (Istio's Passthrough resolution)."""
+        return self.cluster_ip == "None"
+
+    @property
+    def vip(self) -> str:
+        """The cluster IP clients dial, or "" for headless Services and Services without one."""
+        return "" if self.headless else self.cluster_ip
 
     def port(self, number: int) -> ServicePort | None:
         for p in self.ports:
@@ -76,6 +87,7 @@ def build_service(obj: ConfigObject) -> Service:
         selector=dict(spec.get("selector") or {}),
         labels=dict(obj.labels),
         cluster_ip=str(spec.get("clusterIP") or ""),
+        created=str(obj.extra.get("creationTimestamp") or ""),
     )
 
 

@@ -21,10 +21,20 @@ shouldRespond and what Envoy 1.40 does (DESIGN.md):
 
 Versions are derived from the content sent (resources.version_of), nonces from the
 version and a per-stream counter, so a restarted meshd sends the same versions.
+
+Identity: a stream carries the identity it authenticated as (`serve_stream(...,
+identity=...)`; the secure port's servicer in secure.py authenticates before any
+request is read). With an identity, the node must claim exactly that namespace and
+service account, checked on the first request, before anything is served; otherwise
+the stream ends with PERMISSION_DENIED (as istiod's authorize). SDS names the
+SecretProvider owns (`default`, `ROOTCA`) are answered by it, with the identity, never
+by the shared generator cache; other SDS names (gateway credentials) still come from
+the generator if it serves SDS.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import time
@@ -34,9 +44,13 @@ import grpc
 import structlog
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from ca import Identity
+
 from .. import names
 from ..generators.resources import Resource, ResourceSet, version_of
 from ..model.proxy import NodeError, Proxy, parse_node
+from ..security.authz import claimed_identity, identity_mismatch
+from ..security.sds import SecretProvider
 from .connection import Connection, EventQueue, Push
 from .metrics import Metrics
 from .subscription import Nack, Subscription
@@ -71,8 +85,19 @@ def make_nonce(type_url: str, version: str, counter: int) -> str:
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, generator: Generator, metrics: Metrics, logger: Any = None, *, max_queued_requests: int = 64):
+    def __init__(
+        self,
+        generator: Generator,
+        metrics: Metrics,
+        logger: Any = None,
+        *,
+        secrets: SecretProvider | None = None,
+        trust_domain: str = names.TRUST_DOMAIN,
+        max_queued_requests: int = 64,
+    ):
         self._generator = generator
+        self._secrets = secrets
+        self._trust_domain = trust_domain
         self._metrics = metrics
         self._log = logger if logger is not None else structlog.get_logger("meshd.ads")
         self._max_queued = max_queued_requests
@@ -107,6 +132,18 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> None:
+        """The plaintext port: no authentication, so no identity (and no workload key).
+        A bearer token sent here is ignored: it would have crossed the wire in clear."""
+        await self.serve_stream(request_iterator, context, identity=None)
+
+    async def serve_stream(
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext,
+        *,
+        identity: Identity | None = None,
+    ) -> None:
+        """One ADS stream; `identity` is what the caller authenticated as (None: nothing)."""
         peer = context.peer()
         requests = request_iterator.__aiter__()
         try:
@@ -114,13 +151,20 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         except StopAsyncIteration:
             return
         proxy = await self._accept(first, peer, context)
+        if identity is not None:
+            await self._authorize(proxy, identity, peer, context)
+        # Only a stream that proved its identity can be given `default`; generated config
+        # for the others must not wait for it (see Proxy.workload_cert).
+        proxy = dataclasses.replace(proxy, workload_cert=identity is not None and self._secrets is not None)
         conn = Connection(
-            id=f"{proxy.id}-{next(self._ids)}", proxy=proxy, peer=peer, events=EventQueue(self._max_queued)
+            id=f"{proxy.id}-{next(self._ids)}", proxy=proxy, peer=peer, events=EventQueue(self._max_queued),
+            identity=identity,
         )
         self._connections[conn.id] = conn
         self._metrics.set_connections(len(self._connections))
         self._log.info(
-            "ads connect", proxy=proxy.id, conn=conn.id, peer=peer, proxy_type=proxy.type, namespace=proxy.namespace
+            "ads connect", proxy=proxy.id, conn=conn.id, peer=peer, proxy_type=proxy.type, namespace=proxy.namespace,
+            identity=identity.spiffe_uri if identity is not None else None,
         )
         await conn.events.put_request(first)
         reader = asyncio.create_task(self._read(requests, conn), name=f"ads-read-{conn.id}")
@@ -160,6 +204,25 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._log.warning("ads connection rejected", peer=peer, node=node_id, error=msg)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, msg)
         raise AssertionError("unreachable: context.abort raises")
+
+    async def _authorize(self, proxy: Proxy, identity: Identity, peer: str, context: grpc.aio.ServicerContext) -> None:
+        """Refuse the stream unless the node claims the identity the caller proved."""
+        reason = identity_mismatch(proxy, identity)
+        if reason is None:
+            return
+        self._metrics.auth_failed("permission_denied")
+        self._log.warning(
+            "ads auth denied", proxy=proxy.id, peer=peer, claimed_identity=claimed_identity(proxy, self._trust_domain),
+            authenticated_identity=identity.spiffe_uri, reason=reason,
+        )
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"authorization failed: {reason}")
+        raise AssertionError("unreachable: context.abort raises")
+
+    def _types(self) -> tuple[str, ...]:
+        served = tuple(self._generator.types())
+        if self._secrets is not None and names.SECRET not in served:
+            served += (names.SECRET,)
+        return served
 
     async def _read(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], conn: Connection) -> None:
         try:
@@ -225,7 +288,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         changed = sub.set_names(req.resource_names)
         if not initial:
             sub.record_ack(req.version_info, req.response_nonce)
-        if type_url not in self._generator.types():
+        if type_url not in self._types():
             if new:
                 self._log.warning("ads type not served", proxy=conn.proxy.id, conn=conn.id, type=type_url)
             return
@@ -234,12 +297,32 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     async def _on_push(self, conn: Connection, context: grpc.aio.ServicerContext, push: Push) -> None:
         conn.mesh = self._mesh
-        served = self._generator.types()
+        served = self._types()
         reason = ",".join(sorted(push.reasons))
         for type_url in names.PUSH_ORDER:
             sub = conn.subscriptions.get(type_url)
             if sub is not None and type_url in served:
                 await self._respond(conn, context, sub, request=False, force=False, reason=reason)
+
+    async def _secret_resources(self, conn: Connection, sub: Subscription) -> list[Resource]:
+        """SDS: the provider's names with the stream's identity, the rest from the generator."""
+        assert self._secrets is not None
+        wanted = sorted(sub.names)  # SDS is always named: never enumerate secrets
+        own = [n for n in wanted if n in self._secrets.names]
+        others = [n for n in wanted if n not in self._secrets.names]
+        out: list[Resource] = []
+        if others and names.SECRET in self._generator.types():
+            out += self._generator.generate(conn.mesh, conn.proxy, names.SECRET).subset(others)
+        answer = await self._secrets.secrets(conn.proxy, conn.identity, own)
+        for name, reason in answer.withheld.items():
+            if name not in conn.withheld_logged:
+                conn.withheld_logged.add(name)
+                self._log.warning(
+                    "sds secret withheld", proxy=conn.proxy.id, conn=conn.id, secret=name, reason=reason,
+                    identity=conn.identity.spiffe_uri if conn.identity is not None else None,
+                )
+        out += answer.resources
+        return sorted(out, key=lambda r: r.name)
 
     def _record_nack(self, conn: Connection, sub: Subscription, req: discovery_pb2.DiscoveryRequest) -> None:
         current = req.response_nonce == sub.sent_nonce
@@ -264,18 +347,22 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             conn.mesh = self._mesh
         started = time.perf_counter()
         try:
-            rs = self._generator.generate(conn.mesh, conn.proxy, sub.type_url)
+            if sub.type_url == names.SECRET and self._secrets is not None:
+                resources: list[Resource] = await self._secret_resources(conn, sub)
+                version = version_of(resources)
+            else:
+                rs = self._generator.generate(conn.mesh, conn.proxy, sub.type_url)
+                if sub.wildcard:
+                    resources = list(rs.values())
+                    version = rs.version
+                else:
+                    resources = rs.subset(sorted(sub.names))
+                    version = version_of(resources)
         except Exception:
-            # A generator bug must not end the stream: keep serving the last good state.
+            # A generator (or CA) failure must not end the stream: keep serving the last good state.
             self._metrics.internal_error()
             self._log.exception("ads generate failed", proxy=conn.proxy.id, type=sub.short)
             return
-        if sub.wildcard:
-            resources: list[Resource] = list(rs.values())
-            version = rs.version
-        else:
-            resources = rs.subset(sorted(sub.names))
-            version = version_of(resources)
         if not force and version == sub.sent_version:
             return
 

@@ -119,6 +119,11 @@ class Connection:
     # and only a Push moves it forward, so answers never overtake a push in
     # PUSH_ORDER (clusters before endpoints, listeners before routes).
     mesh: Any = None
+    # Who the stream proved to be (secure port, bearer token): a ca.Identity, or None
+    # on the plaintext port. Decides whether SDS `default` (the key) may be sent.
+    identity: Any = None
+    # SDS names already reported as withheld on this stream (log once, not per request).
+    withheld_logged: set[str] = field(default_factory=set)
 
     def subscription(self, type_url: str) -> Subscription:
         sub = self.subscriptions.get(type_url)

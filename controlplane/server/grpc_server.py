@@ -1,4 +1,8 @@
-"""The gRPC server that carries ADS (port 15010, plaintext, as istiod's)."""
+"""The gRPC servers that carry ADS: 15010 plaintext and 15012 TLS, as istiod's.
+
+Both serve the same AdsServer; the secure one wraps it in SecureAdsServicer, which
+authenticates each stream before it reaches the protocol (see secure.py).
+"""
 from __future__ import annotations
 
 import grpc
@@ -6,6 +10,7 @@ import structlog
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from .ads import AdsServer
+from .secure import SecureAdsServicer
 
 # Tuned for thousands of long-lived streams (istiod: MaxConcurrentStreams 100000,
 # keepalive 30s/10s, MaxRecvMsgSize 4MB; Envoy's first request with its node is ~60KB).
@@ -25,20 +30,46 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def build_xds_server(ads: AdsServer, host: str, port: int) -> tuple[grpc.aio.Server, int]:
     """An unstarted server with ADS bound to host:port; returns it and the bound port
     (useful with port 0). Raises RuntimeError if the port cannot be bound."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = _address(host, port)
     bound = server.add_insecure_port(address)
     if bound == 0:  # older grpcio reported failure this way
         raise RuntimeError(f"cannot bind the xDS server to {address}")
     return server, bound
 
 
+def build_secure_xds_server(
+    servicer: SecureAdsServicer, credentials: grpc.ServerCredentials, host: str, port: int
+) -> tuple[grpc.aio.Server, int]:
+    """Like build_xds_server, over TLS, with the authenticating servicer."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
+    address = _address(host, port)
+    bound = server.add_secure_port(address, credentials)
+    if bound == 0:
+        raise RuntimeError(f"cannot bind the secure xDS server to {address}")
+    return server, bound
+
+
 async def start_xds_server(ads: AdsServer, host: str, port: int, logger=None) -> grpc.aio.Server:
     server, bound = build_xds_server(ads, host, port)
     await server.start()
-    (logger or structlog.get_logger("meshd.ads")).info("xds server listening", host=host, port=bound)
+    (logger or structlog.get_logger("meshd.ads")).info("xds server listening", host=host, port=bound, tls=False)
+    return server
+
+
+async def start_secure_xds_server(
+    servicer: SecureAdsServicer, credentials: grpc.ServerCredentials, host: str, port: int, logger=None
+) -> grpc.aio.Server:
+    server, bound = build_secure_xds_server(servicer, credentials, host, port)
+    await server.start()
+    (logger or structlog.get_logger("meshd.ads")).info("xds server listening", host=host, port=bound, tls=True)
     return server

@@ -91,6 +91,21 @@ class Metrics:
         self.config_rejections = Counter(
             "meshd_config_rejections", "Configuration objects rejected as invalid, by kind.", ["kind"], registry=r
         )
+        # Identity: meshd issues keys itself (no CSRs), so its own names rather than
+        # istiod's citadel_server_csr_count; the root expiry gauge keeps istiod's name.
+        self.certs_issued = Counter(
+            "meshd_certs_issued", "Certificates issued by meshd's CA, by kind (workload, server).", ["kind"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "meshd_xds_auth_failures",
+            "xDS streams refused on the secure port, by reason (unauthenticated, permission_denied).", ["reason"],
+            registry=r,
+        )
+        self.root_cert_expiry = Gauge(
+            "citadel_server_root_cert_expiry_timestamp", "The unix timestamp, in seconds, when the root CA expires.",
+            registry=r,
+        )
         self._reject_series: dict[str, set[tuple[str, str]]] = {}  # node -> {(type_url, err)}
 
     # --- recording ---------------------------------------------------------------
@@ -128,6 +143,15 @@ class Metrics:
 
     def config_rejected(self, kind: str) -> None:
         self.config_rejections.labels(kind).inc()
+
+    def cert_issued(self, kind: str) -> None:
+        self.certs_issued.labels(kind).inc()
+
+    def auth_failed(self, reason: str) -> None:
+        self.auth_failures.labels(reason).inc()
+
+    def set_root_expiry(self, timestamp: float) -> None:
+        self.root_cert_expiry.set(timestamp)
 
     # --- exposition --------------------------------------------------------------
     content_type = CONTENT_TYPE_LATEST

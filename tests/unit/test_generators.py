@@ -713,10 +713,12 @@ spec:
 # --- proxy types and purity ---------------------------------------------------------
 
 
-def test_sidecars_get_nothing_yet():
+def test_sidecars_get_sidecar_config():
+    # Sidecars are covered in test_sidecar_generators.py; here: not the gateway's config.
     mesh = story_mesh(WEBAPP_VS, WEBAPP_DR)
-    for mod in (clusters, endpoints, listeners, routes):
-        assert mod.build(mesh, SIDECAR_PROXY) == []
+    names = [n for n, _ in listeners.build(mesh, SIDECAR_PROXY)]
+    assert "0.0.0.0_8080" not in names and names[-2:] == ["virtualOutbound", "virtualInbound"]
+    assert "http.8080" not in dict(routes.build(mesh, SIDECAR_PROXY))
 
 
 def test_gateway_selecting_other_proxies_is_ignored():
@@ -771,7 +773,55 @@ def static_bootstrap(mesh, proxy) -> bootstrap_pb2.Bootstrap:
             c.type = cluster_pb2.Cluster.STATIC
             c.load_assignment.CopyFrom(eds[name])
         boot.static_resources.clusters.append(c)
+    _static_secrets(boot)
     return boot
+
+
+def _throwaway_certificate() -> tuple[str, str]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cluster.local")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+
+def _static_secrets(boot: bootstrap_pb2.Bootstrap) -> None:
+    """Clusters reference the Istio mTLS secrets (`default`, `ROOTCA`) over SDS; Envoy's
+    validate mode crashes on SDS-over-ADS references, so make them static secrets."""
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+    def strip(ctx) -> None:
+        for s in ctx.common_tls_context.tls_certificate_sds_secret_configs:
+            s.ClearField("sds_config")
+        ctx.common_tls_context.combined_validation_context.validation_context_sds_secret_config.ClearField("sds_config")
+
+    for c in boot.static_resources.clusters:
+        for m in c.transport_socket_matches:
+            if m.transport_socket.name == "envoy.transport_sockets.tls":
+                ctx = tls_pb2.UpstreamTlsContext()
+                m.transport_socket.typed_config.Unpack(ctx)
+                strip(ctx)
+                m.transport_socket.typed_config.Pack(ctx)
+    if not any(c.transport_socket_matches for c in boot.static_resources.clusters):
+        return
+    cert, key = _throwaway_certificate()
+    boot.static_resources.secrets.add(name="default").tls_certificate.certificate_chain.inline_string = cert
+    boot.static_resources.secrets[0].tls_certificate.private_key.inline_string = key
+    boot.static_resources.secrets.add(name="ROOTCA").validation_context.trusted_ca.inline_string = cert
 
 
 @pytest.mark.e2e

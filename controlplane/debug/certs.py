@@ -1,0 +1,36 @@
+"""`GET /debug/certs` on the monitoring port: the CA root and the workload certificates
+meshd currently holds per identity (what `istioctl proxy-config secret` would show for
+the proxies of each identity). Certificates only: keys never leave through here."""
+from __future__ import annotations
+
+import json
+
+from ca import RootCA
+
+from ..security.sds import WorkloadSecrets
+from .monitoring import Request, Response
+
+
+def certs_handler(root: RootCA, secrets: WorkloadSecrets):
+    def handle(_: Request) -> Response:
+        body = {
+            "root": {
+                "serial": f"{root.serial:x}",
+                "fingerprint_sha256": root.fingerprint,
+                "not_after": root.cert.not_valid_after_utc.isoformat(),
+                "subject": root.cert.subject.rfc4514_string(),
+            },
+            "trust_domain": secrets.trust_domain,
+            "workload_certificates": [
+                {
+                    "identity": c.identity.spiffe_uri,
+                    "serial": f"{c.serial:x}",
+                    "issued_at": c.issued_at.isoformat(),
+                    "not_after": c.not_after.isoformat(),
+                }
+                for c in secrets.certificates()
+            ],
+        }
+        return Response(200, (json.dumps(body, indent=1) + "\n").encode(), "application/json")
+
+    return handle

@@ -1,0 +1,284 @@
+"""A sidecar's outbound side (REDIRECT interception): `virtualOutbound` on 15001, where
+istio-init sends every connection the application opens, and one listener per service
+port of the mesh that it hands connections to (`use_original_dst`), none of which binds a
+port of its own (istiod's buildSidecarOutboundListeners, read not copied).
+
+- HTTP ports (Service port name prefix / appProtocol, protocol.py): `0.0.0.0_<port>`,
+  shared by every service on the port. Plaintext HTTP (ALPN "http/1.1" or "h2c" from the
+  http_inspector) goes to an HTTP connection manager with route configuration `<port>`
+  over RDS; anything else falls to the default chain, tcp_proxy to PassthroughCluster.
+- TCP ports (and ports without a protocol: no sniffing here, they are TCP):
+  `<clusterIP>_<port>` with tcp_proxy to `outbound|<port>||<host>` (or to the
+  destination of a VirtualService `tcp` route). A headless service gets a listener per
+  endpoint (`<podIP>_<port>`, never the sidecar's own IP); a service without any cluster
+  IP (a static file) gets `0.0.0.0_<port>`.
+- Conflicts on one address and port resolve as istiod does, services taken oldest first:
+  HTTP and TCP mix into one listener that tells them apart by ALPN (the match-all TCP
+  chain becomes the default chain); a second TCP service whose chain would match exactly
+  what the first one matches is dropped (Envoy rejects duplicate matches).
+- `virtualOutbound` passes everything no listener claims to PassthroughCluster (Istio's
+  default outboundTrafficPolicy ALLOW_ANY), except connections to 15001 itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from google.protobuf import duration_pb2, wrappers_pb2
+
+from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.listener.v3 import listener_components_pb2 as lc
+from envoy.config.listener.v3 import listener_pb2
+
+from .. import names
+from ..config.objects import ConfigObject
+from ..model.hosts import covers
+from ..model.mesh import MeshSnapshot
+from ..model.proxy import Proxy
+from ..model.services import Service, ServicePort, labels_match
+from . import filter_chains, filters, protocol, tls
+from .convert import as_int, as_list, as_map
+from .http_routes import RouteContext, destination_cluster
+from .virtual_services import MESH_GATEWAY, mesh_virtual_services, resolve_gateway_name, virtual_service_hosts
+
+WILDCARD = "0.0.0.0"
+VIRTUAL_OUTBOUND = "virtualOutbound"
+BLACKHOLE_CHAIN = "virtualOutbound-blackhole"
+CATCHALL_CHAIN = "virtualOutbound-catchall-tcp"
+PASSTHROUGH_CHAIN = "PassthroughFilterChain"
+
+# Never an outbound listener: the sidecar's own capture ports, and on the wildcard address
+# the names of the static health and Prometheus listeners of the bootstrap.
+RESERVED_PORTS = frozenset({names.PORT_OUTBOUND, names.PORT_INBOUND})
+RESERVED_WILDCARD_PORTS = RESERVED_PORTS | {names.PORT_HEALTH, names.PORT_STATS}
+
+HTTP, TCP, MIXED = "HTTP", "TCP", "MIXED"
+
+
+def _age(svc: Service) -> tuple:
+    return (svc.created == "", svc.created, svc.hostname)
+
+
+def services_by_age(mesh: MeshSnapshot) -> list[Service]:
+    """istiod orders services by creation time (then host) wherever the first one wins."""
+    return sorted(mesh.services.values(), key=_age)
+
+
+def is_http_port(sp: ServicePort) -> bool:
+    return protocol.is_http(protocol.of_service_port(sp))
+
+
+def http_route_ports(mesh: MeshSnapshot) -> list[int]:
+    """The ports whose outbound listener fetches route configuration `<port>` over RDS."""
+    return sorted(
+        {sp.port for svc in mesh.services.values() for sp in svc.ports if is_http_port(sp)} - RESERVED_WILDCARD_PORTS
+    )
+
+
+@dataclass
+class _Chain:
+    filters: list[lc.Filter]
+    match: lc.FilterChainMatch = field(default_factory=lc.FilterChainMatch)
+    name: str = ""
+
+    def key(self) -> bytes:
+        return self.match.SerializeToString(deterministic=True)
+
+    def match_all(self) -> bool:
+        return self.match.ByteSize() == 0
+
+
+@dataclass
+class _Entry:
+    bind: str
+    port: int
+    kind: str
+    chains: list[_Chain]
+
+    def merge(self, incoming: list[_Chain]) -> None:
+        """Add chains whose match differs from every existing one (istiod's
+        mergeTCPFilterChains: the first chain with a match wins)."""
+        keys = {c.key() for c in self.chains}
+        for c in incoming:
+            if c.key() not in keys:
+                keys.add(c.key())
+                self.chains.append(c)
+
+
+def outbound_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Listener]:
+    entries: dict[tuple[str, int], _Entry] = {}
+    vss = mesh_virtual_services(mesh.virtual_services, proxy.namespace)
+    for svc in services_by_age(mesh):
+        for sp in svc.ports:
+            proto = protocol.of_service_port(sp)
+            if proto == protocol.UDP:
+                continue
+            if protocol.is_http(proto):
+                _add(entries, WILDCARD, sp.port, HTTP, [_http_chain(sp.port, proto)])
+                continue
+            for bind in _tcp_binds(mesh, proxy, svc, sp):
+                _add(entries, bind, sp.port, TCP, [_tcp_chain(mesh, proxy, svc, sp, vss)])
+    return [_listener(entries[k]) for k in sorted(entries, key=lambda k: (k[1], k[0]))]
+
+
+def _tcp_binds(mesh: MeshSnapshot, proxy: Proxy, svc: Service, sp: ServicePort) -> list[str]:
+    if svc.vip:
+        return [svc.vip]
+    if svc.headless:
+        # One listener per pod: the application dialled that pod's address.
+        addrs = {ep.address for ep in mesh.service_endpoints(svc.hostname, sp.port) if ep.address != proxy.ip}
+        return sorted(addrs)
+    return [WILDCARD]
+
+
+def _add(entries: dict[tuple[str, int], _Entry], bind: str, port: int, kind: str, chains: list[_Chain]) -> None:
+    if port in RESERVED_PORTS or (bind == WILDCARD and port in RESERVED_WILDCARD_PORTS):
+        return
+    key = (bind, port)
+    cur = entries.get(key)
+    if cur is None:
+        entries[key] = _Entry(bind, port, kind, chains)
+        return
+    if kind == HTTP and cur.kind in (HTTP, MIXED):
+        return  # one HTTP chain per port serves every host (virtual hosts come over RDS)
+    cur.merge(chains)
+    if cur.kind != kind:
+        cur.kind = MIXED  # HTTP and TCP on one port: told apart by the http_inspector
+
+
+def _http_chain(port: int, proto: str) -> _Chain:
+    hcm = filters.sidecar_http_connection_manager(
+        f"outbound_{WILDCARD}_{port}", proto, inbound=False, rds=str(port)
+    )
+    match = lc.FilterChainMatch(
+        transport_protocol=tls.RAW_BUFFER_TRANSPORT, application_protocols=list(tls.ALPN_PLAINTEXT_HTTP)
+    )
+    return _Chain([filters.network_filter(filters.HTTP_CONNECTION_MANAGER, hcm)], match)
+
+
+def _tcp_chain(mesh: MeshSnapshot, proxy: Proxy, svc: Service, sp: ServicePort, vss: list[ConfigObject]) -> _Chain:
+    tcp = _virtual_service_tcp_proxy(mesh, proxy, svc, sp, vss)
+    if tcp is None:
+        cluster = names.outbound_cluster(sp.port, svc.hostname)
+        tcp = filters.tcp_proxy(cluster, [(cluster, 1)])
+    return _Chain([filters.network_filter(filters.TCP_PROXY, tcp)])
+
+
+# --- VirtualService tcp routes --------------------------------------------------------
+
+
+def _vs_matches_host(vs: ConfigObject, host: str) -> bool:
+    return any(h == host or (h.startswith("*") and covers(h, host)) for h in virtual_service_hosts(vs))
+
+
+def _tcp_match_applies(m: Mapping[str, Any], vs: ConfigObject, proxy: Proxy, port: int) -> bool:
+    p = as_int(m.get("port"), 0)
+    if p and p != port:
+        return False
+    if as_list(m.get("destinationSubnets")):
+        return False  # subnet matches are not supported: the rule does not apply
+    gateways = [resolve_gateway_name(str(g), vs.namespace) for g in as_list(m.get("gateways"))]
+    if gateways and MESH_GATEWAY not in gateways:
+        return False
+    if not labels_match(as_map(m.get("sourceLabels")), proxy.labels):
+        return False
+    ns = m.get("sourceNamespace")
+    return not ns or ns == proxy.namespace
+
+
+def _virtual_service_tcp_proxy(mesh: MeshSnapshot, proxy: Proxy, svc: Service, sp: ServicePort, vss: list[ConfigObject]):
+    """tcp_proxy for the first VirtualService `tcp` rule of the host that applies here."""
+    ctx = RouteContext(mesh, proxy, sp.port, frozenset({MESH_GATEWAY}))
+    for vs in vss:
+        if not _vs_matches_host(vs, svc.hostname):
+            continue
+        for rule in as_list(vs.spec.get("tcp")):
+            rule = as_map(rule)
+            matches = [as_map(m) for m in as_list(rule.get("match"))]
+            destinations = [as_map(d) for d in as_list(rule.get("route"))]
+            if not destinations:
+                continue
+            if matches and not any(_tcp_match_applies(m, vs, proxy, sp.port) for m in matches):
+                continue
+            clusters = [
+                (destination_cluster(as_map(d.get("destination")), vs.namespace, ctx), as_int(d.get("weight"), 0) or 0)
+                for d in destinations
+            ]
+            weighted = [c for c in clusters if c[1] > 0] if len(clusters) > 1 else []
+            if weighted:
+                return filters.tcp_proxy(f"{vs.name}.{vs.namespace}", weighted)
+            return filters.tcp_proxy(clusters[0][0], [(clusters[0][0], 1)])
+    return None
+
+
+# --- listeners -----------------------------------------------------------------------
+
+
+def _passthrough_filter() -> lc.Filter:
+    return filters.network_filter(
+        filters.TCP_PROXY, filters.tcp_proxy(names.PASSTHROUGH_CLUSTER, [(names.PASSTHROUGH_CLUSTER, 1)])
+    )
+
+
+def _listener(e: _Entry) -> listener_pb2.Listener:
+    out = listener_pb2.Listener(
+        name=f"{e.bind}_{e.port}",
+        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=e.bind, port_value=e.port)),
+        traffic_direction=base_pb2.OUTBOUND,
+        # Reached through virtualOutbound's use_original_dst, never on a port of its own.
+        bind_to_port=wrappers_pb2.BoolValue(value=False),
+    )
+    default: lc.FilterChain | None = None
+    for c in e.chains:
+        chain = lc.FilterChain(filters=c.filters, name=c.name)
+        if c.match_all():
+            chain.filter_chain_match.SetInParent()
+            default = chain
+        else:
+            chain.filter_chain_match.CopyFrom(c.match)
+            out.filter_chains.append(chain)
+    if default is not None and not out.filter_chains:
+        default.ClearField("filter_chain_match")
+        out.filter_chains.append(default)
+    elif default is not None:
+        # The match-all chain is the fallback of the matching ones (istio/istio#26079).
+        out.default_filter_chain.CopyFrom(default)
+    else:
+        # Only HTTP chains: what is not plaintext HTTP passes through untouched.
+        out.default_filter_chain.CopyFrom(
+            lc.FilterChain(name=PASSTHROUGH_CHAIN, filter_chain_match=lc.FilterChainMatch(), filters=[_passthrough_filter()])
+        )
+    deduped = filter_chains.dedupe(out.filter_chains)  # a no-op: entries merge by match
+    del out.filter_chains[:]
+    out.filter_chains.extend(deduped)
+    lfs = filter_chains.inspectors(out.filter_chains)
+    if lfs:
+        # Outbound listeners set application_protocols without a transport protocol only
+        # together with raw_buffer, but Envoy injects a tls_inspector for ALPN matches
+        # anyway; istiod installs both explicitly.
+        out.listener_filters.append(filters.tls_inspector_filter())
+        out.listener_filters.append(filters.http_inspector_filter())
+        out.listener_filters_timeout.CopyFrom(duration_pb2.Duration())
+        out.continue_on_listener_filters_timeout = True
+    return out
+
+
+def virtual_outbound() -> listener_pb2.Listener:
+    blackhole_match = lc.FilterChainMatch()
+    blackhole_match.destination_port.value = names.PORT_OUTBOUND
+    blackhole = filters.network_filter(
+        filters.TCP_PROXY, filters.tcp_proxy(names.BLACKHOLE_CLUSTER, [(names.BLACKHOLE_CLUSTER, 1)])
+    )
+    return listener_pb2.Listener(
+        name=VIRTUAL_OUTBOUND,
+        address=address_pb2.Address(
+            socket_address=address_pb2.SocketAddress(address=WILDCARD, port_value=names.PORT_OUTBOUND)
+        ),
+        use_original_dst=wrappers_pb2.BoolValue(value=True),
+        filter_chains=[
+            # Connections to 15001 itself would loop back into this listener.
+            lc.FilterChain(name=BLACKHOLE_CHAIN, filter_chain_match=blackhole_match, filters=[blackhole]),
+            lc.FilterChain(name=CATCHALL_CHAIN, filters=[_passthrough_filter()]),
+        ],
+        traffic_direction=base_pb2.OUTBOUND,
+    )

@@ -1,0 +1,214 @@
+"""SDS secrets every Istio proxy asks for, served on its ADS stream.
+
+- `ROOTCA`: the trust bundle, `validation_context.trusted_ca` = the root PEM. Not a
+  secret; served on any connection.
+- `default`: the proxy's own certificate and key, `tls_certificate` with
+  `certificate_chain` = leaf + root PEM (what istio-agent serves: the CA's whole
+  response chain, security/pkg/nodeagent/cache/secretcache.go generateNewSecret) and
+  `private_key` = the PKCS#8 key PEM. Served only to a connection whose authenticated
+  identity is the node's own (authz.identity_mismatch); otherwise withheld, and the
+  reason reported to the caller for logging.
+
+This is deliberately not part of the generator cache (generators are pure and share
+output between proxies with the same config; a key must never be shared across
+identities). Certificates are cached per identity instead: the proxies of one service
+account share one certificate, reissued on a request once less than half of its
+lifetime remains (rotation pushes come with a later issue). Issuance runs in a worker
+thread (key generation and signing are CPU work) and concurrent requests for one
+identity wait for a single issuance.
+
+Resource versions are hashes of the certificate chain, never of the key.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Mapping, Protocol, Sequence
+
+import structlog
+from cryptography import x509
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
+from google.protobuf import any_pb2
+
+from ca import DEFAULT_WORKLOAD_TTL, CertificateAuthority, Identity
+from ca.clock import Clock, utc_now
+from ca.keys import KeyType
+
+from .. import names
+from ..generators.resources import Resource
+from ..model.proxy import Proxy
+from .authz import identity_mismatch
+
+PLAINTEXT_REASON = "connection is not authenticated (plaintext xDS port): workload keys are only sent over the secure port"
+
+
+@dataclass(frozen=True)
+class SecretAnswer:
+    resources: list[Resource]
+    withheld: Mapping[str, str] = field(default_factory=dict)  # secret name -> why not sent
+
+
+class SecretProvider(Protocol):
+    """What the ADS server asks for the SDS names it does not generate itself."""
+
+    names: frozenset[str]
+
+    async def secrets(self, proxy: Proxy, identity: Identity | None, requested: Sequence[str]) -> SecretAnswer: ...
+
+
+@dataclass(frozen=True)
+class IssuedCert:
+    identity: Identity
+    serial: int
+    issued_at: datetime
+    not_after: datetime
+    resource: Resource = field(repr=False)  # the packed `default` Secret: holds the key
+
+    def due(self, now: datetime) -> bool:
+        """Reissue once less than half of the lifetime remains."""
+        return now >= self.issued_at + (self.not_after - self.issued_at) / 2
+
+
+def _pack(name: str, msg: secret_pb2.Secret, version_source: bytes) -> Resource:
+    data = msg.SerializeToString(deterministic=True)
+    return Resource(
+        name=name,
+        type_url=names.SECRET,
+        any=any_pb2.Any(type_url=names.SECRET, value=data),
+        version=hashlib.sha256(version_source).hexdigest()[:16],
+    )
+
+
+def root_secret(root_pem: bytes, name: str = names.SDS_ROOT) -> Resource:
+    msg = secret_pb2.Secret(
+        name=name,
+        validation_context=common_pb2.CertificateValidationContext(trusted_ca=base_pb2.DataSource(inline_bytes=root_pem)),
+    )
+    return _pack(name, msg, root_pem)
+
+
+def key_secret(chain_pem: bytes, key_pem: bytes, name: str = names.SDS_DEFAULT) -> Resource:
+    msg = secret_pb2.Secret(
+        name=name,
+        tls_certificate=common_pb2.TlsCertificate(
+            certificate_chain=base_pb2.DataSource(inline_bytes=chain_pem),
+            private_key=base_pb2.DataSource(inline_bytes=key_pem),
+        ),
+    )
+    return _pack(name, msg, chain_pem)
+
+
+class WorkloadSecrets:
+    """`default` and `ROOTCA` from meshd's CA."""
+
+    names = frozenset({names.SDS_DEFAULT, names.SDS_ROOT})
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        trust_domain: str,
+        ttl: timedelta = DEFAULT_WORKLOAD_TTL,
+        *,
+        key_type: KeyType = "ec-p256",
+        clock: Clock = utc_now,
+        metrics: Any = None,
+        logger: Any = None,
+    ) -> None:
+        self._ca = ca
+        self._trust_domain = trust_domain
+        self._ttl = ttl
+        self._key_type = key_type
+        self._clock = clock
+        self._metrics = metrics
+        self._log = logger if logger is not None else structlog.get_logger("meshd.sds")
+        self._root = root_secret(ca.root_cert_pem)
+        self._certs: dict[Identity, IssuedCert] = {}
+        self._inflight: dict[Identity, asyncio.Future] = {}
+
+    @property
+    def trust_domain(self) -> str:
+        return self._trust_domain
+
+    def certificates(self) -> list[IssuedCert]:
+        """The cached certificates (for debug views: never print `resource`, it holds the key)."""
+        return sorted(self._certs.values(), key=lambda c: c.identity)
+
+    async def secrets(self, proxy: Proxy, identity: Identity | None, requested: Sequence[str]) -> SecretAnswer:
+        out: list[Resource] = []
+        withheld: dict[str, str] = {}
+        for name in requested:
+            if name == names.SDS_ROOT:
+                out.append(self._root)
+            elif name == names.SDS_DEFAULT:
+                reason = self._refuse(proxy, identity)
+                if reason:
+                    withheld[name] = reason
+                else:
+                    assert identity is not None
+                    out.append((await self.certificate(identity, proxy.id)).resource)
+        return SecretAnswer(out, withheld)
+
+    def _refuse(self, proxy: Proxy, identity: Identity | None) -> str | None:
+        if identity is None:
+            return PLAINTEXT_REASON
+        if identity.trust_domain != self._trust_domain:
+            return f"identity {identity} is not in trust domain {self._trust_domain!r}"
+        return identity_mismatch(proxy, identity)
+
+    async def certificate(self, identity: Identity, requested_by: str = "") -> IssuedCert:
+        """The current certificate of `identity`, issued (once, however many ask) when
+        there is none or less than half of its lifetime remains."""
+        current = self._certs.get(identity)
+        if current is not None and not current.due(self._clock()):
+            return current
+        fut = self._inflight.get(identity)
+        if fut is None:
+            fut = asyncio.ensure_future(self._issue(identity, requested_by, renewal=current is not None))
+            self._inflight[identity] = fut
+
+            def done(f: asyncio.Future, identity: Identity = identity) -> None:
+                if self._inflight.get(identity) is f:
+                    del self._inflight[identity]
+                if not f.cancelled():
+                    f.exception()  # retrieved: waiters see it; no "never retrieved" warning
+
+            fut.add_done_callback(done)
+        try:
+            # shield: a proxy disconnecting mid-issuance must not cancel it for the others.
+            return await asyncio.shield(fut)
+        except Exception as e:
+            if current is not None and self._clock() < current.not_after:
+                # A failed renewal is not an outage: the current certificate is still valid.
+                self._log.warning("cert renewal failed, serving the current certificate",
+                                  identity=identity.spiffe_uri, serial=f"{current.serial:x}", error=repr(e))
+                return current
+            raise
+
+    async def _issue(self, identity: Identity, requested_by: str, renewal: bool) -> IssuedCert:
+        issued_at = self._clock()
+        kc = await asyncio.to_thread(self._ca.issue_workload, identity, self._ttl, self._key_type)
+        leaf = x509.load_pem_x509_certificate(kc.chain_pem)  # the first PEM block: the leaf
+        cert = IssuedCert(
+            identity=identity,
+            serial=leaf.serial_number,
+            issued_at=issued_at,
+            not_after=leaf.not_valid_after_utc,
+            resource=key_secret(kc.chain_pem, kc.key_pem),
+        )
+        self._certs[identity] = cert
+        self._evict_expired(issued_at)
+        if self._metrics is not None:
+            self._metrics.cert_issued("workload")
+        self._log.info(
+            "cert issued", identity=identity.spiffe_uri, serial=f"{cert.serial:x}",
+            not_after=cert.not_after.isoformat(), ttl_seconds=int(self._ttl.total_seconds()),
+            reason="renewal" if renewal else "first request", proxy=requested_by,
+        )
+        return cert
+
+    def _evict_expired(self, now: datetime) -> None:
+        for identity in [i for i, c in self._certs.items() if c.not_after <= now]:
+            del self._certs[identity]

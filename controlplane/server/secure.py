@@ -1,0 +1,69 @@
+"""The secure xDS port (15012): TLS with meshd's server certificate, then a bearer token.
+
+Where identity is checked, in order:
+1. here, before the first request is read: the stream's metadata must carry a credential
+   one of the authenticators accepts (`authorization: Bearer <jwt>` in file mode);
+   otherwise the stream ends with UNAUTHENTICATED (event `ads auth failed`);
+2. in AdsServer, on the first request: the node must claim the authenticated namespace
+   and service account, else PERMISSION_DENIED (event `ads auth denied`);
+3. in the SDS provider, before a key leaves: the same rule again (defence in depth).
+
+Only this servicer gives a stream an identity; the plaintext port's streams have none
+and therefore never receive a workload key.
+"""
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Sequence
+
+import grpc
+import structlog
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from ca import Identity
+
+from ..security.authn import AuthenticationError, Authenticator, authenticate_stream, normalize_metadata
+from .ads import AdsServer
+
+
+class SecureAdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    def __init__(self, ads: AdsServer, authenticators: Sequence[Authenticator], metrics: Any, logger: Any = None):
+        if not authenticators:
+            raise ValueError("the secure xDS port needs at least one authenticator")
+        self._ads = ads
+        self._authenticators = tuple(authenticators)
+        self._metrics = metrics
+        self._log = logger if logger is not None else structlog.get_logger("meshd.ads")
+
+    async def StreamAggregatedResources(
+        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        identity = await self._authenticate(context)
+        if identity is None:
+            return
+        await self._ads.serve_stream(request_iterator, context, identity=identity)
+
+    async def DeltaAggregatedResources(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        # Authenticate here too, so a delta server added later cannot be reached without
+        # a credential (it will need the identity passed on, as serve_stream takes it).
+        if await self._authenticate(context) is None:
+            return
+        await self._ads.DeltaAggregatedResources(request_iterator, context)
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Identity | None:
+        """The stream's identity; None after ending the stream with UNAUTHENTICATED."""
+        peer = context.peer()
+        try:
+            return await authenticate_stream(
+                self._authenticators, normalize_metadata(context.invocation_metadata()), peer
+            )
+        except AuthenticationError as e:
+            await self._refuse(context, peer, str(e))
+        except Exception as e:  # an authenticator's own failure (e.g. a TokenReview call)
+            self._log.exception("ads authenticator failed", peer=peer)
+            await self._refuse(context, peer, f"authenticator error: {type(e).__name__}")
+        return None
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, peer: str, reason: str) -> None:
+        self._metrics.auth_failed("unauthenticated")
+        self._log.warning("ads auth failed", peer=peer, reason=reason)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"authentication failed: {reason}")
