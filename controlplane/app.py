@@ -55,13 +55,15 @@ class ServeOptions:
     trust_domain: str = names.TRUST_DOMAIN
     workload_cert_ttl: timedelta = timedelta(hours=24)
     secure_xds_port: int = names.PORT_XDS_SECURE  # 0: no secure port
+    root_namespace: str = names.ROOT_NAMESPACE  # where mesh-wide policies live
 
 
 class MeshBuilder:
     """Turns store changes into mesh snapshots for the ADS server, debounced."""
 
-    def __init__(self, store: ConfigStore, ads: AdsServer, debounce_after: float):
+    def __init__(self, store: ConfigStore, ads: AdsServer, debounce_after: float, root_namespace: str = names.ROOT_NAMESPACE):
         self.store = store
+        self.root_namespace = root_namespace
         self.ads = ads
         self.debounce_after = debounce_after
         self.mesh: MeshSnapshot | None = None
@@ -79,7 +81,7 @@ class MeshBuilder:
             return
         started = time.perf_counter()
         try:
-            mesh = build_mesh(snap)
+            mesh = build_mesh(snap, root_namespace=self.root_namespace)
         except Exception as e:  # keep serving the last good mesh
             log.exception("mesh build failed", config_version=snap.version, error=str(e))
             return
@@ -136,7 +138,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         if opts.secure_xds_port:
             serving = ServingCertificate(opened.ca, metrics=metrics)
     ads = AdsServer(Generator(), metrics, secrets=secrets, trust_domain=opts.trust_domain)
-    builder = MeshBuilder(store, ads, opts.debounce_after)
+    builder = MeshBuilder(store, ads, opts.debounce_after, opts.root_namespace)
     source = DirectorySource(opts.config_dir, store, interval=opts.poll_interval)
     source.load()
     builder.rebuild(reason="initial load")

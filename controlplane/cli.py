@@ -71,6 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
         trust_domain=args.trust_domain,
         workload_cert_ttl=args.workload_cert_ttl,
         secure_xds_port=args.secure_xds_port,
+        root_namespace=args.root_namespace,
     )
     from ca import CAError
 
@@ -198,6 +199,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--ca-dir", help="the CA's directory: root created there on first start and reused after "
                                     "(default $MESHD_HOME/ca, else ~/.meshd/ca); the trust bundle is <ca-dir>/root-cert.pem")
     s.add_argument("--trust-domain", default=names.TRUST_DOMAIN, help="SPIFFE trust domain (default %(default)s)")
+    s.add_argument("--root-namespace", default=names.ROOT_NAMESPACE,
+                   help="namespace whose selector-less policies apply mesh-wide (default %(default)s)")
     s.add_argument("--workload-cert-ttl", type=parse_duration, default=DEFAULT_TTL,
                    help="lifetime of workload certificates (default %(default)s)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

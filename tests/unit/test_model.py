@@ -112,3 +112,19 @@ def test_node_id_parsing():
     for bad in ["router~1.2.3.4", "gateway~1.2.3.4~a.b~b.svc.cluster.local"]:
         with pytest.raises(NodeError):
             parse_node(bad, {})
+
+
+def test_root_namespace_decides_where_mesh_wide_policies_live():
+    from controlplane.model.mesh import build_mesh
+    from tests.configs import snapshot_from_yaml
+
+    snap = snapshot_from_yaml(
+        """
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: mesh-root}
+spec: {mtls: {mode: STRICT}}
+"""
+    )
+    assert build_mesh(snap).mtls_policy("shop", {}).mode == "PERMISSIVE"  # istio-system is the root
+    assert build_mesh(snap, root_namespace="mesh-root").mtls_policy("shop", {}).mode == "STRICT"
