@@ -56,6 +56,13 @@ class ServeOptions:
     workload_cert_ttl: timedelta = timedelta(hours=24)
     secure_xds_port: int = names.PORT_XDS_SECURE  # 0: no secure port
     root_namespace: str = names.ROOT_NAMESPACE  # where mesh-wide policies live
+    # Kubernetes source (issue: operators apply CRDs with kubectl): a kubeconfig path,
+    # or in-cluster config when running in a pod.
+    kubeconfig: str | None = None
+    in_cluster: bool = False
+    namespaces: list[str] | None = None
+    label_selector: str | None = None
+    watch_secrets: bool = False
 
 
 class MeshBuilder:
@@ -139,9 +146,21 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
             serving = ServingCertificate(opened.ca, metrics=metrics)
     ads = AdsServer(Generator(), metrics, secrets=secrets, trust_domain=opts.trust_domain)
     builder = MeshBuilder(store, ads, opts.debounce_after, opts.root_namespace)
-    source = DirectorySource(opts.config_dir, store, interval=opts.poll_interval)
-    source.load()
-    builder.rebuild(reason="initial load")
+    source = DirectorySource(opts.config_dir, store, interval=opts.poll_interval) if opts.config_dir else None
+    if source is not None:
+        source.load()
+    k8s = k8s_api = None
+    if opts.kubeconfig or opts.in_cluster:
+        from .sources.kube_client import kube_api_client
+        from .sources.kubernetes import KubernetesSource
+
+        k8s_api = kube_api_client(opts.kubeconfig)  # None: in-cluster config inside a pod
+        k8s = KubernetesSource(
+            k8s_api, store, namespaces=opts.namespaces, label_selector=opts.label_selector,
+            watch_secrets=opts.watch_secrets,
+        )
+    else:
+        builder.rebuild(reason="initial load")
 
     servers: list = []
     monitoring = None
@@ -155,19 +174,34 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                 await start_secure_xds_server(secure, serving.credentials(), opts.listen_address, opts.secure_xds_port)
             )
         monitoring = await start_monitoring(
-            opts.listen_address, opts.monitoring_port, lambda: ads.ready, metrics, routes=debug_routes
+            opts.listen_address, opts.monitoring_port, lambda: ads.ready and (k8s is None or k8s.synced), metrics,
+            routes=debug_routes,
         )
         log.info(
             "meshd serving", xds_port=opts.xds_port, secure_xds_port=opts.secure_xds_port if serving else None,
-            monitoring_port=opts.monitoring_port, config_dir=str(opts.config_dir),
+            monitoring_port=opts.monitoring_port, config_dir=str(opts.config_dir) if opts.config_dir else None,
+            kubernetes=bool(k8s),
             ca_dir=str(opts.ca_dir) if opts.ca_dir else None, trust_domain=opts.trust_domain,
         )
-        tasks = [asyncio.create_task(source.run(stop)), asyncio.create_task(builder.run(stop))]
+        if source is not None:
+            tasks.append(asyncio.create_task(source.run(stop)))
+        if k8s is not None:
+            # No push before the initial lists are in: a partial picture (a route before its
+            # Service, a workload before its STRICT policy) must never reach a proxy.
+            tasks.append(asyncio.create_task(k8s.run(stop)))
+            while not await k8s.wait_synced(5):
+                if stop.is_set():
+                    break
+                log.info("waiting for the initial kubernetes lists")
+            builder.rebuild(reason="initial kubernetes sync")
+        tasks.append(asyncio.create_task(builder.run(stop)))
         await stop.wait()
     finally:
         log.info("meshd stopping")
         for t in tasks:
             t.cancel()
         await asyncio.gather(*(s.stop(grace=2) for s in servers))
+        if k8s_api is not None:
+            k8s_api.close()
         if monitoring is not None:
             monitoring.close()

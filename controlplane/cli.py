@@ -45,8 +45,10 @@ def _serve(args: argparse.Namespace) -> int:
     from .logging import configure
 
     configure(args.log_level, args.log_format)
-    config_dir = Path(args.config_dir) if args.config_dir else EXAMPLES_DIR
-    if not config_dir.is_dir():
+    kube = bool(args.kubeconfig or args.in_cluster)
+    # With a Kubernetes source the bundled example is not loaded unless asked for.
+    config_dir = Path(args.config_dir) if args.config_dir else (None if kube else EXAMPLES_DIR)
+    if config_dir is not None and not config_dir.is_dir():
         print(f"meshd: config directory {config_dir} does not exist", file=sys.stderr)
         return 2
     from ca.identity import check_trust_domain
@@ -72,6 +74,11 @@ def _serve(args: argparse.Namespace) -> int:
         workload_cert_ttl=args.workload_cert_ttl,
         secure_xds_port=args.secure_xds_port,
         root_namespace=args.root_namespace,
+        kubeconfig=args.kubeconfig,
+        in_cluster=args.in_cluster,
+        namespaces=[n for n in (args.namespaces or "").split(",") if n] or None,
+        label_selector=args.label_selector,
+        watch_secrets=args.watch_secrets,
     )
     from ca import CAError
 
@@ -199,6 +206,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--ca-dir", help="the CA's directory: root created there on first start and reused after "
                                     "(default $MESHD_HOME/ca, else ~/.meshd/ca); the trust bundle is <ca-dir>/root-cert.pem")
     s.add_argument("--trust-domain", default=names.TRUST_DOMAIN, help="SPIFFE trust domain (default %(default)s)")
+    s.add_argument("--kubeconfig", help="follow a Kubernetes cluster through this kubeconfig")
+    s.add_argument("--in-cluster", action="store_true", help="follow the cluster meshd runs in (service account)")
+    s.add_argument("--namespaces", help="only watch these namespaces (comma separated; include the root namespace)")
+    s.add_argument("--label-selector", help="only watch objects with these labels")
+    s.add_argument("--watch-secrets", action="store_true", help="also watch TLS Secrets (gateway credentials)")
     s.add_argument("--root-namespace", default=names.ROOT_NAMESPACE,
                    help="namespace whose selector-less policies apply mesh-wide (default %(default)s)")
     s.add_argument("--workload-cert-ttl", type=parse_duration, default=DEFAULT_TTL,

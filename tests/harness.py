@@ -88,7 +88,7 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
 
 
 @contextlib.contextmanager
-def meshd(config_dir: Path, workdir: Path, extra: list[str] | None = None) -> Iterator["MeshdHandle"]:
+def meshd(config_dir: Path | None, workdir: Path, extra: list[str] | None = None) -> Iterator["MeshdHandle"]:
     """meshd serve on free ports. Unless `extra` says otherwise, the secure xDS port is a
     free one too and the CA lives in a fresh directory under `workdir` (never ~/.meshd)."""
     extra = list(extra or [])
@@ -99,7 +99,7 @@ def meshd(config_dir: Path, workdir: Path, extra: list[str] | None = None) -> It
         extra += ["--ca-dir", str(workdir / f"meshd-ca-{xds}")]
     argv = [
         sys.executable, "-m", "controlplane", "serve",
-        "--config-dir", str(config_dir),
+        *(["--config-dir", str(config_dir)] if config_dir is not None else []),
         "--xds-port", str(xds),
         "--monitoring-port", str(mon),
         "--listen-address", "127.0.0.1",

@@ -1,0 +1,359 @@
+"""One list+watch of one kind (in one namespace, or all), in its own thread.
+
+The protocol, as client-go's reflector speaks it:
+- list (paged) -> the complete set of objects and the list's resourceVersion;
+- watch from that resourceVersion; every event carries the object's new resourceVersion,
+  BOOKMARK events only move it forward (the server says "nothing for you up to here");
+- the server ends a watch after timeoutSeconds: watch again from the last version seen;
+- the connection drops, or the server fails: back off (exponential, jittered, capped)
+  and watch again from the last version seen, so nothing is missed or seen twice;
+- 410 Gone (an ERROR event with code 410, or an HTTP 410) means the server no longer
+  has the history since our version: list again, and let the consumer diff the new
+  complete set against what it holds (objects deleted meanwhile disappear).
+
+Why not `kubernetes.watch.Watch().stream`: it turns every event into the typed model
+(only to be turned back into dicts; CRDs excepted), retries a 410 once by itself from
+the same stale version when no timeout is given, and with deserialize=False it fails on
+ERROR events (KeyError 'raw_object', kubernetes 37). Reading the lines ourselves keeps all three decisions here, in one place.
+
+The reflector only reads and parses (off the event loop); it hands what it found to
+`emit` as Sync / Put / Delete operations, which the source applies to the store on the
+loop, in order.
+"""
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from kubernetes import client
+
+from ..config.objects import ConfigKey, Origin, Rejection
+from ..config.parse import Parsed, parse_document
+from ..names import DEFAULT_NAMESPACE
+from .kube_resources import KubeResource, as_document, object_ref, read_json, served_version
+
+
+@dataclass(frozen=True)
+class Sync:
+    """The complete set of objects of one stream (after a list): anything the stream
+    held before and is not in `objects` is gone."""
+
+    stream: str
+    objects: dict[str, Parsed]  # location -> parsed document
+    reason: str
+    resource_version: str
+
+
+@dataclass(frozen=True)
+class Put:
+    stream: str
+    location: str
+    parsed: Parsed
+
+
+@dataclass(frozen=True)
+class Delete:
+    stream: str
+    location: str
+
+
+Operation = Sync | Put | Delete
+
+
+class Gone(Exception):
+    """Our resourceVersion is older than the server's history: list again."""
+
+
+class NotServed(Exception):
+    """404 on list/watch: the CRD (or version) went away; discover again."""
+
+
+class WatchError(Exception):
+    """An ERROR event other than 410."""
+
+
+@dataclass
+class ReflectorOptions:
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    # The server ends each watch after a random 5-10 min (client-go's spread), so a
+    # thousand proxies' control planes do not all re-watch at the same instant.
+    watch_timeout: tuple[int, int] = (300, 600)
+    request_timeout: float = 30.0  # list / discovery; a watch gets watch timeout + this
+    page_size: int = 500
+    rediscover_interval: float = 60.0  # how often to look again for a CRD not installed
+
+
+class Reflector:
+    def __init__(
+        self,
+        resource: KubeResource,
+        namespace: str | None,
+        api: client.ApiClient,
+        emit: Callable[[Operation], None],
+        stop: threading.Event,
+        log,
+        label_selector: str | None = None,
+        accept: Callable[[dict], bool] | None = None,
+        options: ReflectorOptions | None = None,
+    ):
+        self.resource = resource
+        self.namespace = namespace
+        self.stream = f"{resource.name}/{namespace}" if namespace else resource.name
+        self._api = api
+        self._emit = emit
+        self._stop = stop
+        self._label_selector = label_selector or None
+        self._accept = accept
+        self._opt = options or ReflectorOptions()
+        self._log = log.bind(kind=resource.name, namespace=namespace) if namespace else log.bind(kind=resource.name)
+        self.version: str | None = None  # API version watched, once discovered
+        self.resource_version: str | None = None  # None: list before watching
+        self._relist_reason = "initial"
+        self._resp: Any = None  # the open watch response, so stop can cut it
+        self._progress = False  # the current watch delivered at least one event
+        self.errors = 0
+
+    # --- thread entry -------------------------------------------------------------
+    def run(self) -> None:
+        failures = 0  # consecutive failed attempts, for the backoff
+        while not self._stop.is_set():
+            self._progress = listed = False
+            try:
+                if self.version is None and not self._discover():
+                    continue
+                if self.resource_version is None:
+                    self._list()
+                    listed = True
+                self._watch()
+                failures = 0  # the server ended the watch (timeoutSeconds): watch again
+            except Gone as e:
+                self.resource_version = None
+                self._relist_reason = f"resourceVersion expired: {e}"
+                if listed and not self._progress:
+                    # Expired right after a fresh list: a server in trouble; do not spin.
+                    failures += 1
+                    self._sleep(self._backoff(failures))
+            except Exception as e:  # noqa: BLE001 - every failure is logged and retried
+                if self._stop.is_set():
+                    break
+                if self._progress:
+                    failures = 0  # the watch worked for a while: start the backoff afresh
+                failures += 1
+                self.errors += 1
+                if isinstance(e, NotServed):
+                    self.version, self.resource_version = None, None
+                    self._relist_reason = f"rediscovered after {e}"
+                delay = self._backoff(failures)
+                self._log.warning("k8s watch error", error=_describe(e), backoff=round(delay, 3),
+                                  resourceVersion=self.resource_version)
+                self._sleep(delay)
+
+    def interrupt(self) -> None:
+        """Called from another thread after `stop` is set: unblock a watch read."""
+        resp = self._resp
+        if resp is None:
+            return
+        try:
+            resp.shutdown()  # urllib3 >= 2.3: shut the socket down under the reader
+        except AttributeError:
+            sock = getattr(getattr(resp, "connection", None), "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        except Exception:  # noqa: BLE001 - already closed
+            pass
+
+    # --- steps --------------------------------------------------------------------
+    def _discover(self) -> bool:
+        version = served_version(self._api, self.resource, self._opt.request_timeout)
+        if version is None:
+            # Not installed: an empty set is the truth for now (and counts as synced);
+            # look again later, the CRD may be installed after meshd starts.
+            self._log.warning("k8s kind not served", group=self.resource.group,
+                              retry_in=self._opt.rediscover_interval)
+            self._emit(Sync(self.stream, {}, "kind not served", ""))
+            self._sleep(self._opt.rediscover_interval)
+            return False
+        self.version = version
+        if self.resource.needs_discovery:
+            self._log.info("k8s version discovered", apiVersion=self.resource.api_version(version))
+        return True
+
+    def _lister(self):
+        return self.resource.lister(self._api, self.version, self.namespace)
+
+    def _list(self) -> None:
+        lister = self._lister()
+        items: list[dict] = []
+        cont: str | None = None
+        restarted = False
+        while True:
+            query: dict[str, Any] = {"_request_timeout": self._opt.request_timeout}
+            if self._label_selector:
+                query["label_selector"] = self._label_selector
+            if self._opt.page_size:
+                query["limit"] = self._opt.page_size
+            if cont:
+                query["_continue"] = cont
+            try:
+                body = read_json(lister(**query))
+            except client.ApiException as e:
+                if e.status == 410 and cont and not restarted:
+                    # The continue token expired between pages: start the list again.
+                    items, cont, restarted = [], None, True
+                    continue
+                raise _classify(e) from e
+            items.extend(body.get("items") or [])
+            meta = body.get("metadata") or {}
+            cont = meta.get("continue") or None
+            if not cont:
+                break
+        rv = str(meta.get("resourceVersion") or "")
+        api_version = self.resource.api_version(self.version)
+        objects: dict[str, Parsed] = {}
+        for item in items:
+            if self._accept is not None and not self._accept(item):
+                continue
+            loc, parsed = self._parse(item, api_version)
+            if loc:
+                objects[loc] = parsed
+        self._log.info("k8s relist", reason=self._relist_reason, objects=len(objects), resourceVersion=rv)
+        self._emit(Sync(self.stream, objects, self._relist_reason, rv))
+        self.resource_version = rv or None
+        self._relist_reason = "relist"
+
+    def _watch(self) -> None:
+        """One watch request, until the server ends it."""
+        timeout = random.randint(*self._opt.watch_timeout)
+        query: dict[str, Any] = {
+            "watch": True,
+            "resource_version": self.resource_version,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": timeout,
+            # A silent dead connection must not hang us forever: the server sends at
+            # least the end of the stream within timeoutSeconds.
+            "_request_timeout": (self._opt.request_timeout, timeout + self._opt.request_timeout),
+        }
+        if self._label_selector:
+            query["label_selector"] = self._label_selector
+        started = time.monotonic()
+        try:
+            resp = self._lister()(**query)
+        except client.ApiException as e:
+            raise _classify(e) from e
+        self._resp = resp
+        self._log.info("k8s watch started", resourceVersion=self.resource_version, timeoutSeconds=timeout)
+        try:
+            if self._stop.is_set():  # stop came while connecting: interrupt missed us
+                return
+            for line in _lines(resp):
+                if self._stop.is_set():
+                    break
+                if line.strip():
+                    self._event(line)
+                    self._progress = True
+        finally:
+            self._resp = None
+            try:
+                resp.release_conn()
+            except Exception:  # noqa: BLE001
+                pass
+        if not self._progress and time.monotonic() - started < 1.0 and not self._stop.is_set():
+            # A server that ends watches at once, without a word, must not make us spin.
+            raise WatchError("watch ended immediately without events")
+
+    def _event(self, line: str) -> None:
+        try:
+            event = json.loads(line)
+            typ, obj = event["type"], event["object"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise WatchError(f"malformed watch event: {e}") from e
+        if typ == "ERROR":
+            code = obj.get("code") if isinstance(obj, dict) else None
+            detail = f"{obj.get('reason', '')}: {obj.get('message', '')}" if isinstance(obj, dict) else str(obj)
+            if code == 410:
+                raise Gone(detail)
+            raise WatchError(f"ERROR event {code} {detail}")
+        _, _, rv = object_ref(obj)
+        if typ == "BOOKMARK":
+            if rv:
+                self.resource_version = rv
+            return
+        if typ in ("ADDED", "MODIFIED"):
+            if self._accept is not None and not self._accept(obj):
+                # Outside our scope (client-side filter): forget it if we had it.
+                self._emit(Delete(self.stream, self._location(obj)))
+            else:
+                loc, parsed = self._parse(obj, self.resource.api_version(self.version))
+                if loc:
+                    self._emit(Put(self.stream, loc, parsed))
+        elif typ == "DELETED":
+            self._emit(Delete(self.stream, self._location(obj)))
+        else:
+            self._log.warning("k8s unknown watch event", type=typ)
+        if rv:
+            self.resource_version = rv
+
+    # --- helpers ------------------------------------------------------------------
+    def _location(self, obj: dict) -> str:
+        ns, name, _ = object_ref(obj)
+        return self.resource.location(ns, name or "")
+
+    def _parse(self, obj: dict, api_version: str) -> tuple[str, Parsed]:
+        ns, name, _ = object_ref(obj)
+        if not name:
+            self._log.warning("k8s object without a name ignored")
+            return "", None
+        loc = self.resource.location(ns, name)
+        origin = Origin("kubernetes", loc)
+        try:
+            return loc, parse_document(as_document(obj, api_version, self.resource.name), origin)
+        except Exception as e:  # noqa: BLE001 - a validator bug must not wedge the watch on one event
+            self._log.exception("k8s object could not be parsed", location=loc)
+            namespace = (ns or DEFAULT_NAMESPACE) if self.resource.kind.namespaced else ""
+            return loc, Rejection(origin, ConfigKey(self.resource.name, namespace, name), "", f"internal error while parsing: {e}")
+
+    def _backoff(self, failures: int) -> float:
+        # Exponential with "equal jitter": between half and all of the capped step.
+        step = min(self._opt.backoff_max, self._opt.backoff_initial * 2 ** (failures - 1))
+        return random.uniform(step / 2, step)
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
+
+def _classify(e: client.ApiException) -> Exception:
+    if e.status == 410:
+        return Gone(f"HTTP 410 {e.reason or ''}".strip())
+    if e.status == 404:
+        return NotServed(f"HTTP 404 {e.reason or ''}".strip())
+    return e
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, client.ApiException):
+        return f"HTTP {e.status} {e.reason or ''}".strip()
+    return f"{type(e).__name__}: {e}"
+
+
+def _lines(resp: Any) -> Iterator[str]:
+    """Watch events, one JSON document per line, as the chunks arrive."""
+    buf = bytearray()
+    for chunk in resp.stream(amt=None, decode_content=False):
+        buf.extend(chunk)
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                break
+            line, buf = bytes(buf[:nl]), buf[nl + 1:]
+            yield line.decode("utf-8", errors="replace")
+    if buf.strip():
+        yield buf.decode("utf-8", errors="replace")

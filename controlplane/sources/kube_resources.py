@@ -1,0 +1,162 @@
+"""What the Kubernetes source watches: one entry per kind, how to list/watch it, which
+API version to use, the store location of each object and how an API object becomes a
+document for the parse gate.
+
+Kept apart from the list/watch loop (kube_reflector.py) so the table is easy to read and
+to extend (Secrets are in it already, watched only on request until the parse gate
+learns them).
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from kubernetes import client
+
+from ..config import kinds
+
+# Not a served kind yet: the parse gate skips Secrets quietly, so watching them is
+# harmless, but it costs memory and needs RBAC on Secrets; hence opt-in (watch_secrets).
+SECRET = kinds.Kind("", "Secret", ("v1",))
+
+# Fields that change without the object's configuration changing. Dropping them keeps
+# the content hash (ConfigObject.generation) stable across relists and restarts, so a
+# relist of unchanged objects is not seen as a change and xDS versions stay the same.
+_VOLATILE_METADATA = ("managedFields", "resourceVersion")
+
+Lister = Callable[..., Any]  # (**query) -> urllib3 response (always _preload_content=False)
+
+
+@dataclass(frozen=True)
+class KubeResource:
+    kind: kinds.Kind
+    plural: str
+
+    @property
+    def group(self) -> str:
+        return self.kind.group
+
+    @property
+    def name(self) -> str:
+        return self.kind.kind
+
+    @property
+    def needs_discovery(self) -> bool:
+        # CRDs may be installed at any subset of versions; built-in kinds are fixed.
+        return self.kind.istio
+
+    def api_version(self, version: str) -> str:
+        return f"{self.group}/{version}" if self.group else version
+
+    def location(self, namespace: str | None, name: str) -> str:
+        """The store location of one object: its API path at the kind's canonical
+        (first-listed) version, whatever version is watched. The API server serves one
+        object at every version, so the location must not depend on the version, or a
+        change of watched version would show the same object twice."""
+        version = self.kind.versions[0]
+        base = f"/apis/{self.group}/{version}" if self.group else f"/api/{version}"
+        if self.kind.namespaced:
+            return f"k8s:{base}/namespaces/{namespace or ''}/{self.plural}/{name}"
+        return f"k8s:{base}/{self.plural}/{name}"
+
+    def lister(self, api: client.ApiClient, version: str, namespace: str | None) -> Lister:
+        """The client's list function for this kind (all namespaces, or one), returning the
+        raw response: the JSON as the API server sent it keeps camelCase field names,
+        which is what the parse gate and Istio's schemas expect, and skips the typed
+        models we would only turn back into dicts."""
+        if self.group == "":
+            core = client.CoreV1Api(api)
+            if not self.kind.namespaced:
+                fn = getattr(core, f"list_{_snake(self.name)}")
+            elif namespace is None:
+                fn = getattr(core, f"list_{_snake(self.name)}_for_all_namespaces")
+            else:
+                fn = functools.partial(getattr(core, f"list_namespaced_{_snake(self.name)}"), namespace)
+        else:
+            custom = client.CustomObjectsApi(api)  # any /apis/{group}/{version}/... path
+            if namespace is None:
+                fn = functools.partial(custom.list_cluster_custom_object, self.group, version, self.plural)
+            else:
+                fn = functools.partial(custom.list_namespaced_custom_object, self.group, version, namespace, self.plural)
+        return functools.partial(fn, _preload_content=False)
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(name))
+
+
+def _resource(kind: kinds.Kind, plural: str) -> KubeResource:
+    return KubeResource(kind, plural)
+
+
+RESOURCES: tuple[KubeResource, ...] = (
+    _resource(kinds.NAMESPACE, "namespaces"),
+    _resource(kinds.SERVICE, "services"),
+    _resource(kinds.POD, "pods"),
+    _resource(kinds.ENDPOINT_SLICE, "endpointslices"),
+    _resource(kinds.GATEWAY, "gateways"),
+    _resource(kinds.VIRTUAL_SERVICE, "virtualservices"),
+    _resource(kinds.DESTINATION_RULE, "destinationrules"),
+    _resource(kinds.PEER_AUTHENTICATION, "peerauthentications"),
+)
+SECRETS = _resource(SECRET, "secrets")
+
+
+def read_json(resp: Any) -> Any:
+    """Body of a raw (_preload_content=False) response, connection handed back to the pool."""
+    try:
+        return json.loads(resp.data)
+    finally:
+        resp.release_conn()
+
+
+def served_version(api: client.ApiClient, res: KubeResource, request_timeout: float) -> str | None:
+    """The version to watch `res` at, or None if the cluster does not serve it (CRD not
+    installed). The group's preferredVersion when meshd understands it, else the first
+    of the kind's versions (v1, v1beta1, v1alpha3) the group serves; a version counts
+    only if its resource list names the kind's plural (a group can outlive a CRD)."""
+    if not res.needs_discovery:
+        return res.kind.versions[0]
+    groups = read_json(client.ApisApi(api).get_api_versions(_preload_content=False, _request_timeout=request_timeout))
+    group = next((g for g in groups.get("groups") or [] if g.get("name") == res.group), None)
+    if group is None:
+        return None
+    served = [v.get("version") for v in group.get("versions") or []]
+    preferred = (group.get("preferredVersion") or {}).get("version")
+    candidates = [preferred] if preferred in res.kind.versions else []
+    candidates += [v for v in res.kind.versions if v in served and v != preferred]
+    custom = client.CustomObjectsApi(api)
+    for version in candidates:
+        try:
+            listing = read_json(custom.get_api_resources(res.group, version, _preload_content=False, _request_timeout=request_timeout))
+        except client.ApiException as e:
+            if e.status == 404:
+                continue
+            raise
+        if any(r.get("name") == res.plural for r in listing.get("resources") or []):
+            return version
+    return None
+
+
+def as_document(obj: dict, api_version: str, kind: str) -> dict:
+    """An API object as the parse gate wants it. List items come without apiVersion and
+    kind (the list carries them), so they are filled in from the version we asked for."""
+    doc = dict(obj)
+    if not doc.get("apiVersion"):
+        doc["apiVersion"] = api_version
+    if not doc.get("kind"):
+        doc["kind"] = kind
+    md = doc.get("metadata")
+    if isinstance(md, dict):
+        doc["metadata"] = {k: v for k, v in md.items() if k not in _VOLATILE_METADATA}
+    return doc
+
+
+def object_ref(obj: Any) -> tuple[str | None, str | None, str | None]:
+    """(namespace, name, resourceVersion) of an API object, None where missing."""
+    md = obj.get("metadata") if isinstance(obj, dict) else None
+    if not isinstance(md, dict):
+        return None, None, None
+    return md.get("namespace"), md.get("name"), md.get("resourceVersion")

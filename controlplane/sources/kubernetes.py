@@ -1,0 +1,228 @@
+"""The Kubernetes source: Istio config and the workloads it applies to, from the API
+server, into the same store the directory source feeds.
+
+One list+watch per kind (and per namespace when the namespaces are limited), each in its
+own thread because the client is synchronous (kube_reflector.py). The threads only read
+and parse; every change reaches the store on the event loop, in the order it happened,
+through one queue, so the store is never touched from two threads. Each API object is
+one store location (kube_resources.py names it), so an object rejected by the parse gate
+keeps its last good version, exactly as a file does.
+
+    source = KubernetesSource(api_client, store, namespaces=["shop"])
+    task = asyncio.create_task(source.run(stop))
+    await source.wait_synced(30)   # every kind's initial list is in the store
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from kubernetes import client
+
+from ..config.parse import Parsed
+from ..config.store import ConfigStore
+from .kube_reflector import Delete, Operation, Put, Reflector, ReflectorOptions, Sync
+from .kube_resources import RESOURCES, SECRETS, KubeResource
+
+__all__ = ["KubernetesSource", "ReflectorOptions"]
+
+# While applying a relist, give the loop back this often (seconds): each store call costs
+# time proportional to the whole store, so a count of calls would not bound the stall.
+_APPLY_SLICE = 0.01
+
+
+@dataclass
+class KindStats:
+    objects: int = 0
+    events: int = 0
+    relists: int = 0
+
+
+@dataclass
+class _StreamState:
+    reflector: Reflector
+    locations: set[str] = field(default_factory=set)  # what this stream put in the store
+    synced: bool = False
+
+
+class _Slicer:
+    def __init__(self):
+        self._since = time.monotonic()
+
+    async def pause(self) -> None:
+        if time.monotonic() - self._since >= _APPLY_SLICE:
+            await asyncio.sleep(0)
+            self._since = time.monotonic()
+
+
+class KubernetesSource:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        store: ConfigStore,
+        namespaces: list[str] | None = None,
+        label_selector: str | None = None,
+        logger=None,
+        *,
+        watch_secrets: bool = False,
+        options: ReflectorOptions | None = None,
+    ):
+        self.api_client = api_client
+        self.store = store
+        self.namespaces = sorted(set(namespaces)) if namespaces else None
+        self.label_selector = label_selector or None
+        self._log = logger or structlog.get_logger("meshd.source.kubernetes")
+        self._options = options or ReflectorOptions()
+        self.resources: tuple[KubeResource, ...] = RESOURCES + ((SECRETS,) if watch_secrets else ())
+        self._threads_stop = threading.Event()
+        self._streams: dict[str, _StreamState] = {}
+        self._threads: list[threading.Thread] = []
+        self._synced = asyncio.Event()
+        self._stats: dict[str, KindStats] = {r.name: KindStats() for r in self.resources}
+
+    # --- state for /ready and metrics ---------------------------------------------
+    @property
+    def synced(self) -> bool:
+        """True once every kind's initial list is in the store (and from then on)."""
+        return self._synced.is_set()
+
+    async def wait_synced(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._synced.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def stats(self) -> dict[str, KindStats]:
+        """Per kind: objects held, watch events applied, lists applied; plus errors."""
+        return {k: KindStats(v.objects, v.events, v.relists) for k, v in self._stats.items()}
+
+    def errors(self) -> int:
+        return sum(s.reflector.errors for s in self._streams.values())
+
+    # --- running ------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Watch until `stop` is set (or the task is cancelled); never raises for API
+        trouble: the reflectors log it and retry."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Operation | None] = asyncio.Queue()
+
+        def emit(op: Operation) -> None:  # called from reflector threads
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, op)
+            except RuntimeError:  # loop closed: we are shutting down
+                self._threads_stop.set()
+
+        self._threads_stop.clear()
+        self._start(emit)
+        stopper = asyncio.create_task(self._stop_when(stop, queue))
+        try:
+            while True:
+                op = await queue.get()
+                if op is None:
+                    break
+                try:
+                    await self._apply(op)
+                except Exception as e:  # noqa: BLE001 - one bad operation must not stop the source
+                    self._log.exception("k8s apply failed", stream=op.stream, error=str(e))
+        finally:
+            stopper.cancel()
+            self._shutdown()
+            try:
+                await asyncio.to_thread(self._join, 5.0)
+            except asyncio.CancelledError:
+                pass
+
+    def close(self) -> None:
+        """Stop the watch threads (also done when run() ends)."""
+        self._shutdown()
+        self._join(5.0)
+
+    @staticmethod
+    async def _stop_when(stop: asyncio.Event, queue: asyncio.Queue) -> None:
+        await stop.wait()
+        queue.put_nowait(None)
+
+    def _start(self, emit) -> None:
+        self._streams.clear()
+        for res in self.resources:
+            scopes: list[str | None] = [None]
+            accept = None
+            if self.namespaces is not None:
+                if res.kind.namespaced:
+                    scopes = list(self.namespaces)
+                else:
+                    # Namespaces are cluster-scoped: one watch, filtered here.
+                    allowed = frozenset(self.namespaces)
+                    accept = lambda obj, allowed=allowed: (obj.get("metadata") or {}).get("name") in allowed  # noqa: E731
+            for ns in scopes:
+                r = Reflector(res, ns, self.api_client, emit, self._threads_stop, self._log,
+                              label_selector=self.label_selector, accept=accept, options=self._options)
+                self._streams[r.stream] = _StreamState(r)
+        self._log.info("k8s source starting", streams=len(self._streams), namespaces=self.namespaces,
+                       labelSelector=self.label_selector)
+        self._threads = [
+            threading.Thread(target=s.reflector.run, name=f"k8s-{name}", daemon=True)
+            for name, s in self._streams.items()
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _shutdown(self) -> None:
+        self._threads_stop.set()
+        for s in self._streams.values():
+            s.reflector.interrupt()
+
+    def _join(self, timeout: float) -> None:
+        for t in self._threads:
+            t.join(timeout)
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            self._log.warning("k8s watch threads still running at stop", threads=alive)
+
+    # --- applying operations (on the loop) ----------------------------------------
+    async def _apply(self, op: Operation) -> None:
+        state = self._streams.get(op.stream)
+        if state is None:
+            return
+        stats = self._stats[state.reflector.resource.name]
+        if isinstance(op, Sync):
+            slice_ = _Slicer()
+            for loc in state.locations - op.objects.keys():
+                self.store.remove_location(loc)
+                await slice_.pause()
+            # Unchanged objects cost nothing: the store sees the same content hash and
+            # origin and notifies no one; only real differences become change events.
+            for loc, parsed in op.objects.items():
+                self._put(loc, parsed)
+                await slice_.pause()
+            stats.objects += len(op.objects) - len(state.locations)
+            state.locations = set(op.objects)
+            stats.relists += 1
+            if not state.synced:
+                state.synced = True
+                self._check_synced()
+        elif isinstance(op, Put):
+            if op.location not in state.locations:
+                state.locations.add(op.location)
+                stats.objects += 1
+            self._put(op.location, op.parsed)
+            stats.events += 1
+        elif isinstance(op, Delete):
+            if op.location in state.locations:
+                state.locations.discard(op.location)
+                stats.objects -= 1
+                self.store.remove_location(op.location)
+            stats.events += 1
+
+    def _put(self, location: str, parsed: Parsed) -> None:
+        self.store.replace_location(location, [parsed] if parsed is not None else [])
+
+    def _check_synced(self) -> None:
+        if self._synced.is_set() or not all(s.synced for s in self._streams.values()):
+            return
+        self._synced.set()
+        self._log.info("k8s synced", objects={k: v.objects for k, v in self._stats.items()})

@@ -1,0 +1,596 @@
+"""A stand-in Kubernetes API server that speaks the real list/watch protocol.
+
+No cluster runs here, so the Kubernetes source is tested against this: the `kubernetes`
+client talks plain HTTP to it exactly as it would to an API server (same paths, query
+parameters, list and watch bodies, status codes). What it implements:
+
+- discovery: `/api`, `/api/v1`, `/apis`, `/apis/{group}` (with preferredVersion),
+  `/apis/{group}/{version}` resource lists;
+- list: `GET /api/v1/pods`, `/api/v1/namespaces/{ns}/pods`, `/apis/{g}/{v}/...`, with
+  labelSelector, fieldSelector (metadata.name/namespace), limit/continue; items come
+  without apiVersion/kind, as built-in lists send them;
+- watch: `?watch=true&resourceVersion=N&allowWatchBookmarks=true&timeoutSeconds=T`:
+  chunked JSON lines, events after N from a bounded global history (one resourceVersion
+  counter for every kind, like etcd), BOOKMARK events every `bookmark_interval`, a clean
+  end after timeoutSeconds; a version older than the history gets 410 Gone (an ERROR
+  event, or an HTTP 410 with `gone="http"`); an object that stops matching the label
+  selector arrives as DELETED, one that starts matching as ADDED (as the watch cache does);
+- one object storage per kind served at several versions at once, the apiVersion
+  rewritten to the version asked for.
+
+Test hooks (Python calls, not HTTP): apply/delete objects, cut every open watch
+mid-stream, compact the history, fail the next N requests, an outage during which every
+request fails, change the versions a group serves, and the log of requests received.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from .selectors import field_matcher, label_matcher
+
+ISTIO_NET = ("v1", "v1beta1", "v1alpha3")
+
+
+@dataclass
+class ResourceType:
+    group: str
+    kind: str
+    plural: str
+    namespaced: bool
+    versions: list[str]
+    served: bool = True
+
+    def api_version(self, version: str) -> str:
+        return f"{self.group}/{version}" if self.group else version
+
+
+def default_types() -> list[ResourceType]:
+    return [
+        ResourceType("", "Namespace", "namespaces", False, ["v1"]),
+        ResourceType("", "Service", "services", True, ["v1"]),
+        ResourceType("", "Pod", "pods", True, ["v1"]),
+        ResourceType("", "Secret", "secrets", True, ["v1"]),
+        ResourceType("", "ConfigMap", "configmaps", True, ["v1"]),
+        ResourceType("discovery.k8s.io", "EndpointSlice", "endpointslices", True, ["v1"]),
+        ResourceType("networking.istio.io", "Gateway", "gateways", True, list(ISTIO_NET)),
+        ResourceType("networking.istio.io", "VirtualService", "virtualservices", True, list(ISTIO_NET)),
+        ResourceType("networking.istio.io", "DestinationRule", "destinationrules", True, list(ISTIO_NET)),
+        ResourceType("networking.istio.io", "ServiceEntry", "serviceentries", True, list(ISTIO_NET)),
+        ResourceType("security.istio.io", "PeerAuthentication", "peerauthentications", True, ["v1", "v1beta1"]),
+    ]
+
+
+@dataclass
+class _Event:
+    rv: int
+    rtype: ResourceType
+    type: str  # ADDED | MODIFIED | DELETED
+    obj: dict  # the object after the change (the last state for DELETED)
+    old: dict | None
+
+
+@dataclass
+class Request:
+    path: str
+    query: dict[str, str]
+
+    @property
+    def watch(self) -> bool:
+        return self.query.get("watch") in ("true", "1")
+
+
+@dataclass(eq=False)  # kept in a set by identity
+class _Watch:
+    handler: Any
+    plural: str
+    query: dict[str, str]
+    cut: bool = False
+    error: int = 0  # send an ERROR event with this code, then end the watch
+
+
+def status(code: int, reason: str, message: str) -> dict:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+
+
+class FakeApiServer:
+    def __init__(self, port: int = 0, history: int = 1000, bookmark_interval: float = 0.2,
+                 gone: str = "event", host: str = "127.0.0.1"):
+        self.host, self.port = host, port
+        self.history_size = history
+        self.bookmark_interval = bookmark_interval
+        self.gone = gone  # "event": 200 + ERROR 410 event (watch cache); "http": HTTP 410
+        self._types = {(t.group, t.plural): t for t in default_types()}
+        self._preferred: dict[str, str] = {"networking.istio.io": "v1", "security.istio.io": "v1"}
+        self._objects: dict[tuple[str, str], dict[tuple[str, str], dict]] = {k: {} for k in self._types}
+        self._cond = threading.Condition(threading.RLock())
+        self._rv = 1
+        self._compacted = 0  # watches from a version below this get 410
+        self._history: deque[_Event] = deque()
+        self._continues: dict[str, tuple[int, list[dict]]] = {}
+        self._watches: set[_Watch] = set()
+        self._conns: set[socket.socket] = set()
+        self._fail: list = [0, 500]
+        self._outage = False
+        self._closing = False
+        self.requests: list[Request] = []
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ----------------------------------------------------------------
+    def start(self) -> "FakeApiServer":
+        httpd = _HTTPServer((self.host, self.port), _Handler)
+        httpd.api = self
+        self._httpd = httpd
+        self.port = httpd.server_address[1]
+        self._closing = False
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"kubeapi-{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is None:
+            return
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._httpd.shutdown()
+        for conn in list(self._conns):  # idle keep-alive connections and open watches
+            _shutdown(conn)
+        self._httpd.server_close()  # joins the handler threads
+        self._thread.join(5)
+        self._httpd = None
+
+    def __enter__(self) -> "FakeApiServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def configuration(self):
+        from kubernetes import client
+        cfg = client.Configuration(host=self.url)
+        cfg.connection_pool_maxsize = 64
+        cfg.retries = False  # connection errors surface at once; the source retries itself
+        return cfg
+
+    # --- test hooks: objects --------------------------------------------------------
+    def apply(self, obj: dict) -> dict:
+        """Create or update `obj` (apiVersion, kind, metadata.name[, namespace]);
+        returns the stored object (with its new resourceVersion)."""
+        rtype = self._type_of(obj.get("apiVersion", ""), obj["kind"])
+        new = copy.deepcopy(obj)
+        new.pop("apiVersion", None)
+        md = new.setdefault("metadata", {})
+        if rtype.namespaced:
+            md.setdefault("namespace", "default")
+        else:
+            md.pop("namespace", None)
+        key = (md.get("namespace", ""), md["name"])
+        with self._cond:
+            store = self._objects[(rtype.group, rtype.plural)]
+            old = store.get(key)
+            if old is not None:
+                md["uid"] = old["metadata"]["uid"]
+                md["creationTimestamp"] = old["metadata"]["creationTimestamp"]
+                md["generation"] = old["metadata"].get("generation", 1) + 1
+            else:
+                md.setdefault("uid", str(uuid.uuid4()))
+                md.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                md["generation"] = 1
+            self._rv += 1
+            md["resourceVersion"] = str(self._rv)
+            store[key] = new
+            self._record(_Event(self._rv, rtype, "MODIFIED" if old else "ADDED", new, old))
+            return self._render(new, rtype, rtype.versions[0])
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+        rtype = self._type_of(api_version, kind)
+        key = ((namespace or "default") if rtype.namespaced else "", name)
+        with self._cond:
+            old = self._objects[(rtype.group, rtype.plural)].pop(key, None)
+            if old is None:
+                return False
+            self._rv += 1
+            last = copy.deepcopy(old)
+            last["metadata"]["resourceVersion"] = str(self._rv)
+            self._record(_Event(self._rv, rtype, "DELETED", last, old))
+            return True
+
+    def objects(self, kind: str) -> list[dict]:
+        with self._cond:
+            return [copy.deepcopy(o) for t, objs in self._objects.items() if self._types[t].kind == kind
+                    for o in objs.values()]
+
+    @property
+    def resource_version(self) -> str:
+        return str(self._rv)
+
+    # --- test hooks: failures -------------------------------------------------------
+    def cut_watches(self) -> int:
+        """Drop every open watch connection mid-stream (no end of the chunked body)."""
+        with self._cond:
+            watches = list(self._watches)
+            for w in watches:
+                w.cut = True
+            self._cond.notify_all()
+        for w in watches:
+            _shutdown(w.handler.connection)
+        return len(watches)
+
+    def error_watches(self, code: int = 500) -> int:
+        """Send every open watch an ERROR event with `code` and end it (as the API server
+        does when, say, its storage fails)."""
+        with self._cond:
+            watches = list(self._watches)
+            for w in watches:
+                w.error = code
+            self._cond.notify_all()
+        return len(watches)
+
+    def compact(self) -> None:
+        """Forget all history: a watch from any version before now gets 410 Gone."""
+        with self._cond:
+            self._history.clear()
+            self._compacted = self._rv
+            self._continues.clear()
+            self._cond.notify_all()
+
+    def fail_next(self, n: int, code: int = 500) -> None:
+        with self._cond:
+            self._fail = [n, code]
+
+    @contextlib.contextmanager
+    def outage(self):
+        """Every request fails (503) inside the block; open watches are cut on entry."""
+        with self._cond:
+            self._outage = True
+        self.cut_watches()
+        try:
+            yield self
+        finally:
+            with self._cond:
+                self._outage = False
+
+    def serve_group(self, group: str, versions: list[str] | None = None, preferred: str | None = None,
+                    served: bool = True) -> None:
+        """Change what a group serves (CRD versions, installed or not)."""
+        with self._cond:
+            for t in self._types.values():
+                if t.group == group:
+                    t.served = served
+                    if versions is not None:
+                        t.versions = list(versions)
+            if preferred is not None:
+                self._preferred[group] = preferred
+
+    def open_watches(self, plural: str | None = None) -> int:
+        with self._cond:
+            return sum(1 for w in self._watches if plural is None or w.plural == plural)
+
+    def wait_watches(self, count: int, plural: str | None = None, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.open_watches(plural) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{count} watches of {plural or 'any kind'} not open within {timeout}s "
+                                     f"(open: {self.open_watches(plural)})")
+            time.sleep(0.01)
+
+    def requests_for(self, plural: str, watch: bool | None = None) -> list[Request]:
+        with self._cond:
+            return [r for r in self.requests if r.path.rstrip("/").endswith("/" + plural)
+                    and (watch is None or r.watch == watch)]
+
+    # --- internals: state ----------------------------------------------------------
+    def _type_of(self, api_version: str, kind: str) -> ResourceType:
+        group = api_version.rpartition("/")[0] if "/" in api_version else ""
+        for t in self._types.values():
+            if t.group == group and t.kind == kind:
+                return t
+        raise KeyError(f"stand-in API server has no kind {api_version} {kind}")
+
+    def _record(self, ev: _Event) -> None:
+        self._history.append(ev)
+        while len(self._history) > self.history_size:
+            self._compacted = self._history.popleft().rv
+        self._cond.notify_all()
+
+    @staticmethod
+    def _render(obj: dict, rtype: ResourceType, version: str, bare: bool = False) -> dict:
+        out = copy.deepcopy(obj)
+        if bare:  # list items of built-in kinds carry no apiVersion/kind
+            out.pop("kind", None)
+            return out
+        return {"apiVersion": rtype.api_version(version), "kind": rtype.kind,
+                **{k: v for k, v in out.items() if k not in ("apiVersion", "kind")}}
+
+    def _groups(self) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        for t in self._types.values():
+            if t.served and t.group:
+                vs = groups.setdefault(t.group, [])
+                vs.extend(v for v in t.versions if v not in vs)
+        return groups
+
+    def _group_json(self, name: str, versions: list[str]) -> dict:
+        preferred = self._preferred.get(name, versions[0])
+        if preferred not in versions:
+            preferred = versions[0]
+        return {"name": name,
+                "versions": [{"groupVersion": f"{name}/{v}", "version": v} for v in versions],
+                "preferredVersion": {"groupVersion": f"{name}/{preferred}", "version": preferred}}
+
+    # --- internals: HTTP -----------------------------------------------------------
+    def handle_get(self, h: "_Handler") -> None:
+        url = urlsplit(h.path)
+        query = dict(parse_qsl(url.query, keep_blank_values=True))
+        with self._cond:
+            self.requests.append(Request(url.path, query))
+            if self._closing:
+                return _send(h, 503, status(503, "ServiceUnavailable", "shutting down"))
+            if self._outage:
+                return _send(h, 503, status(503, "ServiceUnavailable", "outage (test hook)"))
+            if self._fail[0] > 0:
+                self._fail[0] -= 1
+                code = self._fail[1]
+                return _send(h, code, status(code, "InternalError", "injected failure (test hook)"))
+        parts = [p for p in url.path.split("/") if p]
+        try:
+            self._route(h, parts, query)
+        except _NotFound as e:
+            _send(h, 404, status(404, "NotFound", str(e) or "the server could not find the requested resource"))
+
+    def _route(self, h, parts: list[str], query: dict[str, str]) -> None:
+        if parts == ["api"]:
+            return _send(h, 200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+                {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}]})
+        if parts == ["apis"]:
+            with self._cond:
+                groups = [self._group_json(g, vs) for g, vs in sorted(self._groups().items())]
+            return _send(h, 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+        if len(parts) == 2 and parts[0] == "apis":
+            with self._cond:
+                versions = self._groups().get(parts[1])
+                if not versions:
+                    raise _NotFound()
+                return _send(h, 200, {"kind": "APIGroup", "apiVersion": "v1", **self._group_json(parts[1], versions)})
+        if len(parts) >= 2 and parts[0] == "api" and parts[1] == "v1":
+            group, version, rest = "", "v1", parts[2:]
+        elif len(parts) >= 3 and parts[0] == "apis":
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise _NotFound()
+        if not rest:
+            return self._resource_list(h, group, version)
+        ns = None
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            ns, rest = rest[1], rest[2:]
+        if len(rest) > 2:
+            raise _NotFound()
+        with self._cond:
+            rtype = self._types.get((group, rest[0]))
+            if rtype is None or not rtype.served or version not in rtype.versions or (ns and not rtype.namespaced):
+                raise _NotFound()
+        if len(rest) == 2:
+            return self._get(h, rtype, version, ns, rest[1])
+        if query.get("watch") in ("true", "1"):
+            return self._watch(h, rtype, version, ns, query)
+        return self._list(h, rtype, version, ns, query)
+
+    def _resource_list(self, h, group: str, version: str) -> None:
+        with self._cond:
+            types = [t for t in self._types.values() if t.group == group and t.served and version in t.versions]
+        if not types:
+            raise _NotFound()
+        _send(h, 200, {"kind": "APIResourceList", "apiVersion": "v1",
+                       "groupVersion": f"{group}/{version}" if group else version,
+                       "resources": [{"name": t.plural, "singularName": t.kind.lower(), "namespaced": t.namespaced,
+                                      "kind": t.kind, "verbs": ["get", "list", "watch"]} for t in types]})
+
+    def _get(self, h, rtype: ResourceType, version: str, ns: str | None, name: str) -> None:
+        with self._cond:
+            obj = self._objects[(rtype.group, rtype.plural)].get((ns or "", name))
+        if obj is None:
+            raise _NotFound(f'{rtype.plural} "{name}" not found')
+        _send(h, 200, self._render(obj, rtype, version))
+
+    def _matching(self, rtype: ResourceType, ns: str | None, query: dict[str, str]):
+        labels, fields = label_matcher(query.get("labelSelector")), field_matcher(query.get("fieldSelector"))
+        return lambda o: (ns is None or o["metadata"].get("namespace") == ns) and labels(o) and fields(o)
+
+    def _list(self, h, rtype: ResourceType, version: str, ns: str | None, query: dict[str, str]) -> None:
+        match = self._matching(rtype, ns, query)
+        limit = int(query.get("limit") or 0)
+        cont = query.get("continue")
+        with self._cond:
+            if cont:
+                token, _, offset_s = cont.partition(":")
+                snap = self._continues.get(token)
+                if snap is None:
+                    return _send(h, 410, status(410, "Expired", "The provided continue parameter is too old "
+                                                "to display a consistent list result."))
+                offset = int(offset_s)
+            else:
+                items = sorted((o for o in self._objects[(rtype.group, rtype.plural)].values() if match(o)),
+                               key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+                snap, token, offset = (self._rv, [copy.deepcopy(o) for o in items]), uuid.uuid4().hex, 0
+            rv, items = snap
+            page = items[offset:offset + limit] if limit else items[offset:]
+            meta: dict[str, Any] = {"resourceVersion": str(rv)}
+            if limit and offset + limit < len(items):
+                self._continues[token] = snap
+                meta["continue"] = f"{token}:{offset + limit}"
+                meta["remainingItemCount"] = len(items) - offset - limit
+        body = {"kind": rtype.kind + "List", "apiVersion": rtype.api_version(version), "metadata": meta,
+                "items": [self._render(o, rtype, version, bare=True) for o in page]}
+        _send(h, 200, body)
+
+    def _view(self, ev: _Event, ns: str | None, labels) -> tuple[str, dict] | None:
+        """The event as one watcher sees it (namespace and label selector applied)."""
+        if ns is not None and ev.obj["metadata"].get("namespace") != ns:
+            return None
+        now, before = labels(ev.obj), ev.old is not None and labels(ev.old)
+        if ev.type == "MODIFIED":
+            if now and before:
+                return "MODIFIED", ev.obj
+            if now:
+                return "ADDED", ev.obj
+            return ("DELETED", ev.obj) if before else None
+        return (ev.type, ev.obj) if now else None
+
+    def _watch(self, h, rtype: ResourceType, version: str, ns: str | None, query: dict[str, str]) -> None:
+        labels = label_matcher(query.get("labelSelector"))
+        fields = field_matcher(query.get("fieldSelector"))
+        sel = lambda o: labels(o) and fields(o)  # noqa: E731
+        timeout = float(query.get("timeoutSeconds") or 1800)
+        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
+        rv_param = query.get("resourceVersion", "")
+        initial: list[tuple[str, dict]] = []
+        with self._cond:
+            if rv_param in ("", "0"):  # "start now": the current state as ADDED events first
+                store = self._objects[(rtype.group, rtype.plural)]
+                initial = [("ADDED", copy.deepcopy(o)) for o in store.values()
+                           if (ns is None or o["metadata"].get("namespace") == ns) and sel(o)]
+                pos = self._rv
+            else:
+                pos = int(rv_param)
+            gone = pos < self._compacted
+        if gone and self.gone == "http":
+            return _send(h, 410, status(410, "Expired", f"too old resource version: {pos} ({self._compacted})"))
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        watch = _Watch(h, rtype.plural, query)
+        with self._cond:
+            self._watches.add(watch)
+        try:
+            out = list(initial)
+            deadline = time.monotonic() + timeout
+            next_bookmark = time.monotonic() + self.bookmark_interval
+            while True:
+                if watch.error:
+                    _chunk(h, {"type": "ERROR", "object": status(watch.error, "InternalError", "injected (test hook)")})
+                    _chunk_end(h)
+                    return
+                if gone:
+                    _chunk(h, {"type": "ERROR", "object": status(
+                        410, "Expired", f"too old resource version: {pos} ({self._compacted})")})
+                    _chunk_end(h)
+                    return
+                for typ, obj in out:
+                    _chunk(h, {"type": typ, "object": self._render(obj, rtype, version)})
+                now = time.monotonic()
+                if bookmarks and now >= next_bookmark:
+                    _chunk(h, {"type": "BOOKMARK", "object": {"kind": rtype.kind, "apiVersion": rtype.api_version(version),
+                                                              "metadata": {"resourceVersion": str(pos)}}})
+                    next_bookmark = now + self.bookmark_interval
+                if now >= deadline:
+                    _chunk_end(h)
+                    return
+                with self._cond:
+                    while True:
+                        if self._closing or watch.cut:
+                            h.close_connection = True
+                            return
+                        if watch.error:
+                            break
+                        if pos < self._compacted:
+                            gone, out = True, []
+                            break
+                        out = []
+                        for ev in self._history:
+                            if ev.rv > pos and ev.rtype is rtype:
+                                seen = self._view(ev, ns, sel)
+                                if seen:
+                                    out.append(seen)
+                        pos = self._rv
+                        now = time.monotonic()
+                        if out or now >= deadline or (bookmarks and now >= next_bookmark):
+                            break
+                        wake = min(deadline, next_bookmark) if bookmarks else deadline
+                        self._cond.wait(max(0.001, wake - now))
+        except OSError:
+            h.close_connection = True
+        finally:
+            with self._cond:
+                self._watches.discard(watch)
+
+
+class _NotFound(Exception):
+    pass
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = False  # server_close() joins every handler thread
+    block_on_close = True
+    allow_reuse_address = True
+    api: FakeApiServer
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # clients going away mid-response are part of the tests
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive and chunked watches, as the client expects
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.api._cond:
+            self.server.api._conns.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.api._cond:
+            self.server.api._conns.discard(self.connection)
+        try:
+            super().finish()
+        except OSError:
+            pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.server.api.handle_get(self)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002
+        pass
+
+
+def _send(h: _Handler, code: int, body: dict) -> None:
+    data = json.dumps(body).encode()
+    h.send_response(code)
+    h.send_header("Content-Type", "application/json")
+    h.send_header("Content-Length", str(len(data)))
+    h.end_headers()
+    h.wfile.write(data)
+
+
+def _chunk(h: _Handler, event: dict) -> None:
+    data = json.dumps(event).encode() + b"\n"
+    h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+
+def _chunk_end(h: _Handler) -> None:
+    h.wfile.write(b"0\r\n\r\n")
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

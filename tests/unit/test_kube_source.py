@@ -1,0 +1,519 @@
+"""The Kubernetes source against the stand-in API server (tests/kubeapi): the real client,
+the real list/watch protocol over HTTP, the real store and parse gate."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+
+import pytest
+from kubernetes import client
+
+from controlplane.config.objects import ConfigObject, Rejection
+from controlplane.config.store import ConfigStore
+from controlplane.model.mesh import build_mesh
+from controlplane.sources.kubernetes import KubernetesSource, ReflectorOptions
+from tests.kubeapi import FakeApiServer
+
+FAST = ReflectorOptions(backoff_initial=0.02, backoff_max=0.2, watch_timeout=(30, 30), request_timeout=5,
+                        page_size=2, rediscover_interval=0.2)
+
+
+# --- objects -------------------------------------------------------------------------
+
+def namespace(name, **labels):
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def service(name, ns, port=80, selector=None, **labels):
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"selector": selector or {"app": name}, "ports": [{"name": "http", "port": port, "targetPort": 8080}]}}
+
+
+def pod(name, ns, ip, app="web", **labels):
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": app, **labels}},
+            "spec": {"containers": [{"name": "app", "image": "app:1", "ports": [{"containerPort": 8080}]}]},
+            "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def slice_(name, ns, svc, ip):
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}]}
+
+
+def gateway(name, ns, host="web.example.com", version="v1"):
+    return {"apiVersion": f"networking.istio.io/{version}", "kind": "Gateway", "metadata": {"name": name, "namespace": ns},
+            "spec": {"selector": {"istio": "ingressgateway"},
+                     "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": [host]}]}}
+
+
+def virtual_service(name, ns, dest="web", version="v1", **labels):
+    return {"apiVersion": f"networking.istio.io/{version}", "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"hosts": ["web.example.com"], "gateways": ["gw"],
+                     "http": [{"route": [{"destination": {"host": dest, "port": {"number": 80}}}]}]}}
+
+
+def destination_rule(name, ns, mode="ISTIO_MUTUAL"):
+    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": name, "namespace": ns},
+            "spec": {"host": "web", "trafficPolicy": {"tls": {"mode": mode}}}}
+
+
+def peer_auth(name, ns, mode="STRICT"):
+    return {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": name, "namespace": ns},
+            "spec": {"mtls": {"mode": mode}}}
+
+
+# --- harness -------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def no_threads_left():
+    """Every server, handler and watch thread a test starts is gone when it ends."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 2
+    while (left := [t.name for t in set(threading.enumerate()) - before if t.is_alive()]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert left == [], f"threads left running: {left}"
+
+
+@pytest.fixture
+def kubeapi():
+    api = FakeApiServer(bookmark_interval=0.1).start()
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
+def k8s_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("k8s-")]
+
+
+@contextlib.asynccontextmanager
+async def running(api: FakeApiServer, store: ConfigStore | None = None, sync: bool = True, **kwargs):
+    store = store or ConfigStore()
+    api_client = client.ApiClient(api.configuration())
+    src = KubernetesSource(api_client, store, options=FAST, **kwargs)
+    stop = asyncio.Event()
+    task = asyncio.create_task(src.run(stop))
+    try:
+        if sync:
+            assert await src.wait_synced(5), "initial lists not synced within 5s"
+        yield src, store
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        api_client.close()
+        assert k8s_threads() == [], "watch threads left running"
+
+
+async def until(pred, what: str, timeout: float = 3.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{what}: not within {timeout}s")
+
+
+class Changes:
+    """Counts the store's change notifications, per object key."""
+
+    def __init__(self, store: ConfigStore):
+        self.keys: list = []
+        store.subscribe(lambda _snap, changed: self.keys.extend(changed))
+
+    def clear(self):
+        self.keys.clear()
+
+
+def get(store, kind, ns, name) -> ConfigObject | None:
+    return store.snapshot().get(kind, ns, name)
+
+
+# --- tests ---------------------------------------------------------------------------
+
+def test_every_kind_added_updated_deleted_reaches_the_store(kubeapi):
+    seeded = [namespace("shop"), service("web", "shop"), pod("web-1", "shop", "10.0.0.1"),
+              slice_("web-abc", "shop", "web", "10.0.0.1"), gateway("gw", "shop"),
+              virtual_service("vs", "shop"), destination_rule("dr", "shop"), peer_auth("default", "istio-system")]
+    for obj in seeded:
+        kubeapi.apply(obj)
+
+    async def scenario():
+        async with running(kubeapi) as (src, store):
+            snap = store.snapshot()
+            for kind, ns, name in [("Namespace", "", "shop"), ("Service", "shop", "web"), ("Pod", "shop", "web-1"),
+                                   ("EndpointSlice", "shop", "web-abc"), ("Gateway", "shop", "gw"),
+                                   ("VirtualService", "shop", "vs"), ("DestinationRule", "shop", "dr"),
+                                   ("PeerAuthentication", "istio-system", "default")]:
+                obj = snap.get(kind, ns, name)
+                assert obj is not None, f"{kind} {ns}/{name} missing after the initial list"
+                assert obj.origin.source == "kubernetes"
+            assert snap.get("VirtualService", "shop", "vs").origin.location == \
+                "k8s:/apis/networking.istio.io/v1/namespaces/shop/virtualservices/vs"
+            assert snap.get("Namespace", "", "shop").origin.location == "k8s:/api/v1/namespaces/shop"
+
+            # added while watching
+            added = [namespace("blog"), service("api", "blog"), pod("api-1", "blog", "10.0.1.1", app="api"),
+                     slice_("api-x", "blog", "api", "10.0.1.1"), gateway("gw2", "blog"), virtual_service("vs2", "blog"),
+                     destination_rule("dr2", "blog"), peer_auth("ns-wide", "blog")]
+            for obj in added:
+                kubeapi.apply(obj)
+            await until(lambda: all(get(store, o["kind"], o["metadata"].get("namespace", "") if o["kind"] != "Namespace" else "",
+                                        o["metadata"]["name"]) for o in added), "added objects")
+
+            # updated
+            kubeapi.apply(service("web", "shop", port=8000))
+            kubeapi.apply(pod("web-1", "shop", "10.0.0.9"))
+            kubeapi.apply(slice_("web-abc", "shop", "web", "10.0.0.9"))
+            kubeapi.apply(gateway("gw", "shop", host="new.example.com"))
+            kubeapi.apply(virtual_service("vs", "shop", dest="web2"))
+            kubeapi.apply(destination_rule("dr", "shop", mode="DISABLE"))
+            kubeapi.apply(peer_auth("default", "istio-system", mode="PERMISSIVE"))
+            kubeapi.apply(namespace("shop", team="a"))
+            checks = [
+                lambda: get(store, "Service", "shop", "web").spec["spec"]["ports"][0]["port"] == 8000,
+                lambda: get(store, "Pod", "shop", "web-1").spec["status"]["podIP"] == "10.0.0.9",
+                lambda: get(store, "EndpointSlice", "shop", "web-abc").spec["endpoints"][0]["addresses"] == ["10.0.0.9"],
+                lambda: get(store, "Gateway", "shop", "gw").spec["servers"][0]["hosts"] == ["new.example.com"],
+                lambda: get(store, "VirtualService", "shop", "vs").spec["http"][0]["route"][0]["destination"]["host"] == "web2",
+                lambda: get(store, "DestinationRule", "shop", "dr").spec["trafficPolicy"]["tls"]["mode"] == "DISABLE",
+                lambda: get(store, "PeerAuthentication", "istio-system", "default").spec["mtls"]["mode"] == "PERMISSIVE",
+                lambda: get(store, "Namespace", "", "shop").labels == {"team": "a"},
+            ]
+            await until(lambda: all(c() for c in checks), "updates")
+
+            # deleted
+            for obj in seeded:
+                md = obj["metadata"]
+                assert kubeapi.delete(obj["apiVersion"], obj["kind"], md["name"], md.get("namespace"))
+            await until(lambda: {(o.kind, o.namespace) for o in store.snapshot()} ==
+                        {(o["kind"], o["metadata"].get("namespace", "")) for o in added}, "deletions")
+            assert src.stats()["Pod"].objects == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_cut_watch_resumes_from_the_last_resource_version(kubeapi):
+    for i in range(5):
+        kubeapi.apply(pod(f"p{i}", "shop", f"10.0.0.{i}"))
+
+    async def scenario():
+        async with running(kubeapi) as (src, store):
+            changes = Changes(store)
+            kubeapi.apply(pod("p0", "shop", "10.0.1.0"))
+            await until(lambda: get(store, "Pod", "shop", "p0").spec["status"]["podIP"] == "10.0.1.0", "first update")
+            seen_rv = int(kubeapi.resource_version)
+            lists_before = len(kubeapi.requests_for("pods", watch=False))
+            watches_before = len(kubeapi.requests_for("pods", watch=True))
+
+            assert kubeapi.cut_watches() >= 8  # one per kind
+            kubeapi.apply(pod("p1", "shop", "10.0.1.1"))  # made while the watch is down
+            kubeapi.delete("v1", "Pod", "p2", "shop")
+            kubeapi.apply(pod("p9", "shop", "10.0.1.9"))
+            await until(lambda: get(store, "Pod", "shop", "p9") is not None and get(store, "Pod", "shop", "p2") is None
+                        and get(store, "Pod", "shop", "p1").spec["status"]["podIP"] == "10.0.1.1", "changes after the cut")
+            await asyncio.sleep(0.3)  # room for any duplicate to show up
+
+            assert len(changes.keys) == 4, changes.keys  # 4 changes, each seen once
+            assert src.stats()["Pod"].events == 4
+            assert len(kubeapi.requests_for("pods", watch=False)) == lists_before, "resumed without a relist"
+            resumed = kubeapi.requests_for("pods", watch=True)[watches_before:]
+            assert resumed and int(resumed[0].query["resourceVersion"]) >= seen_rv
+            assert resumed[0].query["allowWatchBookmarks"] == "true"
+
+    asyncio.run(scenario())
+
+
+def test_server_errors_back_off_and_resume_without_relisting(kubeapi):
+    kubeapi.apply(pod("p0", "shop", "10.0.0.1"))
+
+    async def scenario():
+        async with running(kubeapi) as (src, store):
+            lists_before = len(kubeapi.requests_for("pods", watch=False))
+            kubeapi.fail_next(20)  # every stream's next attempts fail with 500
+            kubeapi.cut_watches()
+            kubeapi.apply(pod("p1", "shop", "10.0.0.2"))
+            await until(lambda: get(store, "Pod", "shop", "p1") is not None, "change after errors", timeout=5)
+            assert src.errors() > 0
+            assert len(kubeapi.requests_for("pods", watch=False)) == lists_before
+
+    asyncio.run(scenario())
+
+
+def test_an_error_event_is_retried_from_the_last_resource_version(kubeapi):
+    kubeapi.apply(pod("p0", "shop", "10.0.0.1"))
+
+    async def scenario():
+        async with running(kubeapi) as (src, store):
+            lists_before = len(kubeapi.requests_for("pods", watch=False))
+            kubeapi.wait_watches(8)
+            assert kubeapi.error_watches(500) >= 8
+            kubeapi.apply(pod("p1", "shop", "10.0.0.2"))
+            await until(lambda: get(store, "Pod", "shop", "p1") is not None, "change after the ERROR event")
+            await until(lambda: src.errors() >= 8, "every stream saw its ERROR event")
+            assert len(kubeapi.requests_for("pods", watch=False)) == lists_before
+            assert src.stats()["Pod"].events == 1
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("gone", ["event", "http"])
+def test_410_gone_forces_a_relist_that_diffs_against_the_store(kubeapi, gone):
+    kubeapi.gone = gone
+    for i in range(1, 4):
+        kubeapi.apply(pod(f"p{i}", "shop", f"10.0.0.{i}"))
+
+    async def scenario():
+        async with running(kubeapi) as (src, store):
+            changes = Changes(store)
+            lists_before = len(kubeapi.requests_for("pods", watch=False))
+            with kubeapi.outage():  # disconnected while things change and history is compacted
+                kubeapi.delete("v1", "Pod", "p2", "shop")
+                kubeapi.apply(pod("p3", "shop", "10.0.9.3"))
+                kubeapi.apply(pod("p4", "shop", "10.0.0.4"))
+                kubeapi.compact()
+                await asyncio.sleep(0.1)
+            await until(lambda: get(store, "Pod", "shop", "p4") is not None, "relist after 410")
+            await asyncio.sleep(0.3)
+            names = sorted(o.name for o in store.snapshot().of_kind("Pod"))
+            assert names == ["p1", "p3", "p4"]
+            assert get(store, "Pod", "shop", "p3").spec["status"]["podIP"] == "10.0.9.3"
+            assert sorted(k.name for k in changes.keys) == ["p2", "p3", "p4"]  # p1 unchanged: no event
+            assert len(kubeapi.requests_for("pods", watch=False)) > lists_before
+            assert src.stats()["Pod"].objects == 3
+
+    asyncio.run(scenario())
+
+
+def test_a_pod_ip_change_moves_the_endpoint_of_a_service_without_slices(kubeapi):
+    kubeapi.apply(service("web", "shop"))
+    kubeapi.apply(pod("web-1", "shop", "10.0.0.1"))
+    kubeapi.apply(pod("other", "shop", "10.0.0.7", app="other"))
+    host = "web.shop.svc.cluster.local"
+
+    async def scenario():
+        async with running(kubeapi) as (_, store):
+            mesh = build_mesh(store.snapshot())
+            assert [(e.address, e.port) for e in mesh.service_endpoints(host, 80)] == [("10.0.0.1", 8080)]
+            kubeapi.apply(pod("web-1", "shop", "10.0.0.2"))
+            await until(lambda: get(store, "Pod", "shop", "web-1").spec["status"]["podIP"] == "10.0.0.2", "pod update")
+            mesh = build_mesh(store.snapshot())
+            assert [e.address for e in mesh.service_endpoints(host, 80)] == ["10.0.0.2"]
+
+    asyncio.run(scenario())
+
+
+def test_a_crd_served_at_two_versions_is_one_object_watched_at_the_preferred_version(kubeapi):
+    kubeapi.serve_group("networking.istio.io", versions=["v1", "v1beta1"], preferred="v1beta1")
+    kubeapi.apply(virtual_service("vs", "shop", version="v1"))
+
+    async def scenario():
+        async with running(kubeapi) as (_, store):
+            vss = store.snapshot().of_kind("VirtualService")
+            assert len(vss) == 1 and vss[0].version == "v1beta1"
+            assert vss[0].origin.location == "k8s:/apis/networking.istio.io/v1/namespaces/shop/virtualservices/vs"
+            paths = {r.path for r in kubeapi.requests_for("virtualservices")}
+            assert paths == {"/apis/networking.istio.io/v1beta1/virtualservices"}
+            kubeapi.apply(virtual_service("vs", "shop", dest="web2", version="v1beta1"))
+            await until(lambda: get(store, "VirtualService", "shop", "vs").spec["http"][0]["route"][0]["destination"]["host"] == "web2",
+                        "update")
+            assert len(store.snapshot().of_kind("VirtualService")) == 1
+
+    asyncio.run(scenario())
+
+
+def test_falls_back_to_an_older_version_when_the_preferred_one_is_unknown(kubeapi):
+    # A future version meshd does not know is preferred: use the newest one it knows.
+    kubeapi.serve_group("networking.istio.io", versions=["v2", "v1beta1", "v1alpha3"], preferred="v2")
+    kubeapi.apply(gateway("gw", "shop", version="v1beta1"))
+
+    async def scenario():
+        async with running(kubeapi) as (_, store):
+            assert get(store, "Gateway", "shop", "gw").version == "v1beta1"
+
+    asyncio.run(scenario())
+
+
+def test_crds_installed_after_start_are_picked_up(kubeapi):
+    kubeapi.serve_group("security.istio.io", served=False)
+    kubeapi.apply(peer_auth("default", "istio-system"))
+
+    async def scenario():
+        async with running(kubeapi) as (_, store):  # synced: an absent kind has no objects
+            assert get(store, "PeerAuthentication", "istio-system", "default") is None
+            kubeapi.serve_group("security.istio.io", served=True)
+            await until(lambda: get(store, "PeerAuthentication", "istio-system", "default") is not None, "rediscovery")
+
+    asyncio.run(scenario())
+
+
+def test_namespaces_limit_what_is_seen(kubeapi):
+    for ns in ("a", "b", "c"):
+        kubeapi.apply(namespace(ns))
+        kubeapi.apply(service("web", ns))
+        kubeapi.apply(virtual_service("vs", ns))
+
+    async def scenario():
+        async with running(kubeapi, namespaces=["a", "c"]) as (_, store):
+            kubeapi.apply(pod("p", "b", "10.0.0.2"))
+            kubeapi.apply(pod("p", "c", "10.0.0.3"))
+            kubeapi.apply(namespace("b", team="x"))
+            await until(lambda: get(store, "Pod", "c", "p") is not None, "pod in c")
+            await asyncio.sleep(0.2)
+            seen = sorted((o.kind, o.namespace, o.name) for o in store.snapshot())
+            assert seen == [("Namespace", "", "a"), ("Namespace", "", "c"), ("Pod", "c", "p"),
+                            ("Service", "a", "web"), ("Service", "c", "web"),
+                            ("VirtualService", "a", "vs"), ("VirtualService", "c", "vs")]
+            watched = {r.path for r in kubeapi.requests_for("services", watch=True)}
+            assert watched == {"/api/v1/namespaces/a/services", "/api/v1/namespaces/c/services"}
+
+    asyncio.run(scenario())
+
+
+def test_label_selector_limits_what_is_seen(kubeapi):
+    kubeapi.apply(virtual_service("on", "shop", mesh="on"))
+    kubeapi.apply(virtual_service("off", "shop"))
+
+    async def scenario():
+        async with running(kubeapi, label_selector="mesh=on") as (_, store):
+            assert [o.name for o in store.snapshot().of_kind("VirtualService")] == ["on"]
+            kubeapi.apply(virtual_service("on", "shop"))  # label removed: leaves the selection
+            kubeapi.apply(virtual_service("off", "shop", mesh="on"))  # joins it
+            await until(lambda: [o.name for o in store.snapshot().of_kind("VirtualService")] == ["off"], "relabel")
+
+    asyncio.run(scenario())
+
+
+def test_invalid_objects_are_rejected_and_the_last_good_version_kept(kubeapi):
+    rejected: list[Rejection] = []
+    store = ConfigStore(on_reject=rejected.append)
+    bad = virtual_service("vs", "shop")
+    bad["spec"]["http"][0]["route"][0]["destination"]["bogus"] = 1
+
+    async def scenario():
+        async with running(kubeapi, store=store) as (_, store_):
+            kubeapi.apply(bad)
+            await until(lambda: rejected, "rejection")
+            assert get(store_, "VirtualService", "shop", "vs") is None
+            assert rejected[0].origin.location == "k8s:/apis/networking.istio.io/v1/namespaces/shop/virtualservices/vs"
+            assert "bogus" in rejected[0].message()
+            kubeapi.apply(virtual_service("vs", "shop", dest="good"))
+            await until(lambda: get(store_, "VirtualService", "shop", "vs") is not None, "fixed object")
+            kubeapi.apply(bad)
+            await until(lambda: len(rejected) == 2, "second rejection")
+            assert get(store_, "VirtualService", "shop", "vs").spec["http"][0]["route"][0]["destination"]["host"] == "good"
+
+    asyncio.run(scenario())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_api_server_down_at_start_is_retried_and_synced_only_after_the_lists():
+    api = FakeApiServer(port=free_port(), bookmark_interval=0.1)
+    api.apply(service("web", "shop"))
+    api.apply(virtual_service("vs", "shop"))
+
+    async def scenario():
+        store = ConfigStore()
+        api_client = client.ApiClient(api.configuration())
+        src = KubernetesSource(api_client, store, options=FAST)
+        stop = asyncio.Event()
+        task = asyncio.create_task(src.run(stop))
+        synced_with: list = []
+        try:
+            await asyncio.sleep(0.5)  # nothing listening: connection refused, retried
+            assert not src.synced and not task.done()
+            assert not await src.wait_synced(0.05)
+            assert src.errors() > 0
+            api.start()
+
+            async def watch_sync():
+                await src.wait_synced()
+                synced_with.extend(sorted(o.kind for o in store.snapshot()))
+            await asyncio.wait_for(watch_sync(), 5)
+            assert synced_with == ["Service", "VirtualService"]
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            api_client.close()
+            api.stop()
+        assert k8s_threads() == []
+
+    asyncio.run(scenario())
+
+
+def test_cancelling_run_stops_the_watch_threads(kubeapi):
+    async def scenario():
+        api_client = client.ApiClient(kubeapi.configuration())
+        src = KubernetesSource(api_client, ConfigStore(), options=FAST)
+        task = asyncio.create_task(src.run(asyncio.Event()))
+        assert await src.wait_synced(5)
+        kubeapi.wait_watches(8)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        api_client.close()
+        assert k8s_threads() == []
+
+    asyncio.run(scenario())
+
+
+def test_a_kubeconfig_file_points_the_source_at_the_cluster(kubeapi, tmp_path):
+    from controlplane.sources.kube_client import kube_api_client
+
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(f"""
+apiVersion: v1
+kind: Config
+clusters: [{{name: stand-in, cluster: {{server: "{kubeapi.url}"}}}}]
+users: [{{name: tester, user: {{token: not-checked}}}}]
+contexts: [{{name: test, context: {{cluster: stand-in, user: tester}}}}]
+current-context: test
+""")
+    kubeapi.apply(service("web", "shop"))
+
+    async def scenario():
+        api_client = kube_api_client(str(kubeconfig))
+        store = ConfigStore()
+        src = KubernetesSource(api_client, store, options=FAST)
+        stop = asyncio.Event()
+        task = asyncio.create_task(src.run(stop))
+        try:
+            assert await src.wait_synced(5)
+            assert get(store, "Service", "shop", "web") is not None
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            api_client.close()
+
+    asyncio.run(scenario())
+
+
+def test_secrets_are_watched_only_on_request(kubeapi):
+    kubeapi.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cred", "namespace": "istio-system"},
+                   "type": "kubernetes.io/tls", "data": {"tls.crt": "", "tls.key": ""}})
+
+    async def scenario():
+        async with running(kubeapi) as (src, _):
+            assert "Secret" not in src.stats()
+            assert not kubeapi.requests_for("secrets")
+        async with running(kubeapi, watch_secrets=True) as (src, store):
+            # Listed and watched; the parse gate skips Secrets quietly until it learns them.
+            assert kubeapi.requests_for("secrets", watch=False)
+            assert src.stats()["Secret"].objects == 1
+            # [] today; the Secret itself once the parse gate serves TLS Secrets.
+            assert [o.name for o in store.snapshot().of_kind("Secret")] in ([], ["cred"])
+
+    asyncio.run(scenario())
