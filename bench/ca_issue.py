@@ -6,6 +6,11 @@ Prints figures; asserts nothing. For each root key type and workload key type:
                meshd; the CSRs are made before the clock starts)
 plus ES256 token issue/verify. Single thread, logging off.
 
+Then, per workload key type, what rotation costs the running control plane: a burst of
+renewals through WorkloadSecrets on the CA's worker thread (as the rotation scheduler
+issues them) while a probe task on the event loop measures how late it wakes up (the
+event loop lag a config push would see), compared with the lag when nothing is issued.
+
     python bench/ca_issue.py [--iterations 200]
 """
 from __future__ import annotations
@@ -73,5 +78,71 @@ def main() -> None:
         print(f"{'ES256 JWT':<21} {'verify':<12} {per_sec:>9.1f} {ms:>9.2f}")
 
 
+async def _loop_lag_during(n: int, key_type: str, authority) -> tuple[float, float, float]:
+    """(certs/s, p99 lag ms, max lag ms) of n renewals on the CA thread, probed every 1 ms."""
+    import asyncio
+    import statistics
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import timedelta
+
+    from controlplane.security.sds import WorkloadSecrets
+
+    lags: list[float] = []
+    done = asyncio.Event()
+
+    async def probe():
+        while not done.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append((time.perf_counter() - t - 0.001) * 1000)
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meshd-ca")
+    secrets = WorkloadSecrets(authority, "cluster.local", timedelta(hours=24), key_type=key_type,
+                              executor=executor, logger=NullLogger())
+    task = asyncio.create_task(probe())
+    await asyncio.sleep(0.05)
+    lags.clear()
+    start = time.perf_counter()
+    for i in range(n):
+        await secrets.renew(Identity("cluster.local", "bench", f"sa-{i}"))
+    elapsed = time.perf_counter() - start
+    done.set()
+    await task
+    executor.shutdown()
+    lags.sort()
+    return n / elapsed, lags[int(len(lags) * 0.99)] if lags else 0.0, max(lags or [0.0])
+
+
+async def _idle_lag(seconds: float = 0.5) -> tuple[float, float]:
+    import asyncio
+
+    lags = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        await asyncio.sleep(0.001)
+        lags.append((time.perf_counter() - t - 0.001) * 1000)
+    lags.sort()
+    return lags[int(len(lags) * 0.99)], max(lags)
+
+
+def rotation_bench(n: int) -> None:
+    import asyncio
+
+    print()
+    print(f"rotation on the running control plane: {n} renewals in a row on the CA's worker thread,")
+    print("event loop probed every 1 ms (lag = how late it woke up; a config push waits as long)")
+    print(f"{'workload key':<12} {'certs/s':>9} {'loop lag p99':>13} {'loop lag max':>13}")
+    p99, mx = asyncio.run(_idle_lag())
+    print(f"{'(idle)':<12} {'':>9} {p99:>10.2f} ms {mx:>10.2f} ms")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = load_or_create_root(Path(tmp) / "root", logger=NullLogger())
+        authority = CertificateAuthority(root, logger=NullLogger())
+        for leaf_type in KEY_TYPES:
+            per_sec, p99, mx = asyncio.run(_loop_lag_during(n, leaf_type, authority))
+            print(f"{leaf_type:<12} {per_sec:>9.1f} {p99:>10.2f} ms {mx:>10.2f} ms")
+
+
 if __name__ == "__main__":
     main()
+    rotation_bench(100)

@@ -96,31 +96,8 @@ def load_or_create_root(
     ca_dir = Path(ca_dir)
     ensure_private_dir(ca_dir)
     cert_path, key_path = ca_dir / ROOT_CERT_FILE, ca_dir / ROOT_KEY_FILE
-
     with locked_dir(ca_dir):
-        has_cert, has_key = cert_path.exists(), key_path.exists()
-        if has_cert and not has_key:
-            raise CAStateError(
-                f"{cert_path} exists but its private key {key_path} is missing; "
-                "restore the key, or remove the certificate to create a new root (all workloads must then re-fetch it)"
-            )
-        if has_key:
-            key = _load_key(key_path)
-            if has_cert:
-                root = RootCA(_load_cert(cert_path), key, cert_path, key_path)
-                _check_loaded(root, clock)
-                event = "root CA loaded"
-            else:
-                # A crash between writing the key and the certificate leaves only the
-                # key (it is written first); no certificate can have been issued, so
-                # re-creating the certificate from it is safe.
-                root = _create_cert(key, trust_domain, ttl, clock, cert_path, key_path)
-                event = "root CA certificate re-created from existing key"
-        else:
-            key = generate_private_key(key_type)
-            write_private(key_path, private_key_to_pem(key))
-            root = _create_cert(key, trust_domain, ttl, clock, cert_path, key_path)
-            event = "root CA created"
+        root, event = load_or_create_root_locked(ca_dir, trust_domain, key_type, ttl=ttl, clock=clock)
 
     organization = root.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     if [a.value for a in organization] != [trust_domain]:
@@ -135,6 +112,53 @@ def load_or_create_root(
         not_after=root.cert.not_valid_after_utc.isoformat(),
     )
     return root
+
+
+def load_or_create_root_locked(
+    ca_dir: Path, trust_domain: str, key_type: KeyType = "ec-p256", *, ttl: timedelta = ROOT_TTL,
+    clock: Clock = utc_now,
+) -> tuple[RootCA, str]:
+    """load_or_create_root's work, for a caller already holding the directory lock
+    (ca/store.py); returns the root and what happened ("root CA loaded", ...)."""
+    cert_path, key_path = ca_dir / ROOT_CERT_FILE, ca_dir / ROOT_KEY_FILE
+    has_cert, has_key = cert_path.exists(), key_path.exists()
+    if has_cert and not has_key:
+        raise CAStateError(
+            f"{cert_path} exists but its private key {key_path} is missing; "
+            "restore the key, or remove the certificate to create a new root (all workloads must then re-fetch it)"
+        )
+    if has_key:
+        key = _load_key(key_path)
+        if has_cert:
+            root = RootCA(_load_cert(cert_path), key, cert_path, key_path)
+            _check_loaded(root, clock)
+            event = "root CA loaded"
+        else:
+            # A crash between writing the key and the certificate leaves only the
+            # key (it is written first); no certificate can have been issued, so
+            # re-creating the certificate from it is safe.
+            root = _create_cert(key, trust_domain, ttl, clock, cert_path, key_path)
+            event = "root CA certificate re-created from existing key"
+    else:
+        key = generate_private_key(key_type)
+        write_private(key_path, private_key_to_pem(key))
+        root = _create_cert(key, trust_domain, ttl, clock, cert_path, key_path)
+        event = "root CA created"
+
+    return root, event
+
+
+def create_root(
+    ca_dir: Path, trust_domain: str, key_type: KeyType = "ec-p256", *, ttl: timedelta = ROOT_TTL,
+    clock: Clock = utc_now,
+) -> RootCA:
+    """A brand-new self-signed root written to `ca_dir` (replacing root-key.pem and
+    root-cert.pem): for root rotation, under the directory lock (ca/store.py)."""
+    check_trust_domain(trust_domain)
+    key = generate_private_key(key_type)
+    key_path = ca_dir / ROOT_KEY_FILE
+    write_private(key_path, private_key_to_pem(key))
+    return _create_cert(key, trust_domain, ttl, clock, ca_dir / ROOT_CERT_FILE, key_path)
 
 
 def _load_key(key_path: Path) -> PrivateKey:

@@ -8,7 +8,9 @@ keeps the last good snapshot in force.
 With a CA directory, meshd is also the mesh's certificate authority: the root is loaded
 (or created on first start) from it, the ADS server answers SDS `ROOTCA` on both ports
 and `default` (the workload key) only on the secure port (TLS + bearer token), where
-each stream is authenticated before it is served.
+each stream is authenticated before it is served. Certificates are renewed ahead of
+expiry and pushed, the CA directory is watched for root rotations, and the Istio CA
+API is served on the secure port (security/plane.py).
 """
 from __future__ import annotations
 
@@ -18,25 +20,26 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from .config.objects import Rejection
 from .config.store import ConfigStore
-from .debug.certs import certs_handler
 from .debug.monitoring import start_monitoring
+from .debug.operator import operator_view
 from .generators import Generator
 from .model.mesh import MeshSnapshot, build_mesh
 from . import names
-from .security.authn import JwtAuthenticator
-from .security.cadir import open_ca
-from .security.sds import WorkloadSecrets
-from .security.serving import ServingCertificate
+from .security.plane import DEFAULT_KEY_TYPE, SecurityOptions, SecurityPlane
 from .server.ads import AdsServer
 from .server.grpc_server import start_secure_xds_server, start_xds_server
 from .server.metrics import Metrics
 from .server.secure import SecureAdsServicer
 from .sources.directory import DirectorySource
+
+if TYPE_CHECKING:
+    from .cluster.member import ClusterOptions
 
 log = structlog.get_logger("meshd")
 
@@ -49,13 +52,21 @@ class ServeOptions:
     listen_address: str = "0.0.0.0"
     poll_interval: float = 0.2
     debounce_after: float = 0.1
+    debounce_max: float = 10.0  # a push goes out at the latest this long after the first change
+    max_pushes_in_flight: int = 100  # responses being written at once (istiod's PILOT_PUSH_THROTTLE)
+    write_timeout: float = 30.0  # a proxy that stops reading longer than this is disconnected
     # The CA: None serves no SDS and no secure port (in-process tests); the CLI always
     # passes one (default ~/.meshd/ca, see security/cadir.py).
     ca_dir: Path | None = None
     trust_domain: str = names.TRUST_DOMAIN
     workload_cert_ttl: timedelta = timedelta(hours=24)
+    rotation_ratio: float = 0.5  # renew once this share of a workload cert's lifetime has passed
+    workload_key_type: str = DEFAULT_KEY_TYPE  # ec-p256 | rsa-2048
+    ca_mtls_port: int = 0  # the CA API for client-certificate callers; 0: off
+    ca_poll_interval: float = 1.0  # seconds between checks of the CA directory (root rotation)
     secure_xds_port: int = names.PORT_XDS_SECURE  # 0: no secure port
     root_namespace: str = names.ROOT_NAMESPACE  # where mesh-wide policies live
+    debug_access: str = "localhost"  # who may read /debug: localhost | authenticated | open
     # Kubernetes source (issue: operators apply CRDs with kubectl): a kubeconfig path,
     # or in-cluster config when running in a pod.
     kubeconfig: str | None = None
@@ -63,17 +74,37 @@ class ServeOptions:
     namespaces: list[str] | None = None
     label_selector: str | None = None
     watch_secrets: bool = False
+    # With a Kubernetes source: leader election (the leader writes status/events) and
+    # TokenReview authentication on the secure port (controlplane/cluster/member.py).
+    cluster: "ClusterOptions | None" = None
 
 
 class MeshBuilder:
-    """Turns store changes into mesh snapshots for the ADS server, debounced."""
+    """Turns store changes into mesh snapshots for the ADS server, debounced.
 
-    def __init__(self, store: ConfigStore, ads: AdsServer, debounce_after: float, root_namespace: str = names.ROOT_NAMESPACE):
+    Changes are merged until none arrived for `debounce_after` seconds, but never held
+    longer than `debounce_max` after the first one (under constant churn a push still
+    goes out every `debounce_max`), as istiod's PILOT_DEBOUNCE_AFTER/_MAX. One merged
+    change is one snapshot and one push.
+
+    Which proxies a push reaches, and what it sends them, is decided by the ADS server
+    from the generator's dependency keys (a Gateway change reaches routers only; an
+    endpoint change sends only the changed ClusterLoadAssignments to the proxies
+    subscribed to them). The builder only classifies the change for logs and metrics:
+    `endpoint` when every changed object is an EndpointSlice or a Pod, else `config`.
+    """
+
+    ENDPOINT_KINDS = frozenset({"EndpointSlice", "Pod"})
+
+    def __init__(self, store: ConfigStore, ads: AdsServer, debounce_after: float, root_namespace: str = names.ROOT_NAMESPACE,
+                 debounce_max: float = 10.0):
         self.store = store
         self.root_namespace = root_namespace
         self.ads = ads
         self.debounce_after = debounce_after
+        self.debounce_max = max(debounce_max, debounce_after)
         self.mesh: MeshSnapshot | None = None
+        self.pushes = 0  # snapshots handed to the server (one per merged change)
         self._dirty = asyncio.Event()
         self._changed: set = set()
         store.subscribe(self._on_change)
@@ -93,28 +124,44 @@ class MeshBuilder:
             log.exception("mesh build failed", config_version=snap.version, error=str(e))
             return
         self.mesh = mesh
+        built = time.perf_counter()
+        queued = self.ads.update(mesh, reason=reason)
+        self.pushes += 1
         log.info(
             "mesh snapshot built",
             version=mesh.version,
             reason=reason,
             objects=len(snap),
             services=len(mesh.services),
-            ms=round((time.perf_counter() - started) * 1000, 2),
+            ms=round((built - started) * 1000, 2),
+            proxies_queued=queued,
+            queue_ms=round((time.perf_counter() - built) * 1000, 2),
+            at=time.time(),
         )
-        self.ads.update(mesh, reason=reason)
+
+    @classmethod
+    def classify(cls, changed) -> str:
+        kinds = {k.kind for k in changed}
+        return "endpoint" if kinds and kinds <= cls.ENDPOINT_KINDS else "config"
 
     async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
             await self._dirty.wait()
-            # Debounce: wait until no change arrived for `debounce_after` seconds.
+            first = loop.time()
+            # Debounce: until no change for `debounce_after`, at most `debounce_max`.
             while True:
                 self._dirty.clear()
-                await asyncio.sleep(self.debounce_after)
-                if not self._dirty.is_set():
+                wait = min(self.debounce_after, first + self.debounce_max - loop.time())
+                if wait <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._dirty.wait(), wait)
+                except asyncio.TimeoutError:
                     break
             changed, self._changed = self._changed, set()
             kinds = sorted({k.kind for k in changed})
-            self.rebuild(reason="config change: " + ",".join(kinds))
+            self.rebuild(reason=f"{self.classify(changed)} change: " + ",".join(kinds))
 
 
 async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
@@ -132,32 +179,49 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         metrics.config_rejected(rej.key.kind if rej.key else "unknown")
 
     store = ConfigStore(on_reject=on_reject)
-    secrets = serving = authenticators = None
+    secrets = serving = authenticators = plane = None
     debug_routes = {}
+    k8s = k8s_api = member = member_task = None
+    if opts.kubeconfig or opts.in_cluster:
+        from .cluster.member import ClusterMember, ClusterOptions
+        from .sources.kube_client import kube_api_client
+
+        k8s_api = kube_api_client(opts.kubeconfig)  # None: in-cluster config inside a pod
+        member = ClusterMember(k8s_api, opts.cluster or ClusterOptions(), opts.trust_domain)
+        if opts.ca_dir is not None:  # the CA directory mirrors the cluster's CA Secrets
+            await asyncio.to_thread(member.prepare_ca, opts.ca_dir, opts.workload_cert_ttl)
     if opts.ca_dir is not None:
-        # Raises CAStateError on unsafe or inconsistent CA files: better not to start
-        # than to mint a second root or use a key others could read.
-        opened = open_ca(opts.ca_dir, opts.trust_domain)
-        metrics.set_root_expiry(opened.root.cert.not_valid_after_utc.timestamp())
-        secrets = WorkloadSecrets(opened.ca, opts.trust_domain, opts.workload_cert_ttl, metrics=metrics)
-        authenticators = [JwtAuthenticator(opened.tokens, opts.trust_domain)]
-        debug_routes["/debug/certs"] = certs_handler(opened.root, secrets)
-        if opts.secure_xds_port:
-            serving = ServingCertificate(opened.ca, metrics=metrics)
-    ads = AdsServer(Generator(), metrics, secrets=secrets, trust_domain=opts.trust_domain)
-    builder = MeshBuilder(store, ads, opts.debounce_after, opts.root_namespace)
+        # The CA, SDS, rotation and the CA API (security/plane.py). Raises CAStateError on
+        # unsafe or inconsistent CA files: better not to start than to mint a second root.
+        plane = SecurityPlane(SecurityOptions(
+            ca_dir=opts.ca_dir, trust_domain=opts.trust_domain, workload_cert_ttl=opts.workload_cert_ttl,
+            rotation_ratio=opts.rotation_ratio, workload_key_type=opts.workload_key_type,
+            secure_xds_port=opts.secure_xds_port, ca_mtls_port=opts.ca_mtls_port,
+            listen_address=opts.listen_address, ca_poll_interval=opts.ca_poll_interval,
+            authenticators=member.authenticators if member is not None else None,  # + TokenReview
+        ), metrics)
+        secrets, serving, authenticators = plane.secrets, plane.serving, plane.authenticators
+        debug_routes.update(plane.debug_routes())
+        if member is not None:
+            member.attach_ca(plane.ca, store)  # follow the CA Secrets; istio-ca-root-cert ConfigMaps
+    ads = AdsServer(Generator(), metrics, secrets=secrets, trust_domain=opts.trust_domain,
+                    max_pushes_in_flight=opts.max_pushes_in_flight, write_timeout=opts.write_timeout)
+    if plane is not None:
+        plane.attach(ads)
+    debug_routes = operator_view(ads, store, metrics, debug_routes, access=opts.debug_access,
+                                 # /debug checks tokens synchronously: not with TokenReview (it awaits I/O)
+                                 authenticators=[a for a in authenticators or () if not getattr(a, "awaits_io", False)],
+                                 root_namespace=opts.root_namespace)
+    builder = MeshBuilder(store, ads, opts.debounce_after, opts.root_namespace, debounce_max=opts.debounce_max)
     source = DirectorySource(opts.config_dir, store, interval=opts.poll_interval) if opts.config_dir else None
     if source is not None:
         source.load()
-    k8s = k8s_api = None
-    if opts.kubeconfig or opts.in_cluster:
-        from .sources.kube_client import kube_api_client
+    if member is not None:
         from .sources.kubernetes import KubernetesSource
 
-        k8s_api = kube_api_client(opts.kubeconfig)  # None: in-cluster config inside a pod
         k8s = KubernetesSource(
             k8s_api, store, namespaces=opts.namespaces, label_selector=opts.label_selector,
-            watch_secrets=opts.watch_secrets,
+            watch_secrets=opts.watch_secrets, observer=member.status,
         )
     else:
         builder.rebuild(reason="initial load")
@@ -171,8 +235,11 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         if serving is not None and authenticators:
             secure = SecureAdsServicer(ads, authenticators, metrics)
             servers.append(
-                await start_secure_xds_server(secure, serving.credentials(), opts.listen_address, opts.secure_xds_port)
+                await start_secure_xds_server(secure, serving.credentials(), opts.listen_address, opts.secure_xds_port,
+                                              extra=plane.secure_servicers() if plane is not None else ())
             )
+        if plane is not None:
+            servers += await plane.start_servers()
         monitoring = await start_monitoring(
             opts.listen_address, opts.monitoring_port, lambda: ads.ready and (k8s is None or k8s.synced), metrics,
             routes=debug_routes,
@@ -189,18 +256,29 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
             # No push before the initial lists are in: a partial picture (a route before its
             # Service, a workload before its STRICT policy) must never reach a proxy.
             tasks.append(asyncio.create_task(k8s.run(stop)))
+            member_task = asyncio.create_task(member.run(stop), name="meshd-cluster")
             while not await k8s.wait_synced(5):
                 if stop.is_set():
                     break
                 log.info("waiting for the initial kubernetes lists")
             builder.rebuild(reason="initial kubernetes sync")
         tasks.append(asyncio.create_task(builder.run(stop)))
+        if plane is not None:
+            tasks += plane.tasks(stop)
         await stop.wait()
     finally:
         log.info("meshd stopping")
+        if member_task is not None:  # the leader stops its work and releases the Lease first
+            stop.set()
+            await asyncio.wait([member_task], timeout=5)
+            member_task.cancel()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*(s.stop(grace=2) for s in servers))
+        if plane is not None:
+            plane.close()
+        if member is not None:
+            member.close()
         if k8s_api is not None:
             k8s_api.close()
         if monitoring is not None:

@@ -54,7 +54,7 @@ class BootstrapParams:
     cluster_id: str = "Kubernetes"
     stats_port: int = names.PORT_STATS  # 0: no Prometheus listener
     health_port: int = names.PORT_HEALTH  # 0: no readiness listener
-    xds_transport: str = "sotw"  # the delta protocol comes with the push-engine work
+    xds_transport: str = "sotw"  # "sotw" (api_type GRPC) | "delta" (DELTA_GRPC, incremental xDS)
     tls: "XdsTls | None" = None  # None: plaintext xDS (port 15010)
 
 
@@ -78,9 +78,9 @@ def _check_root_pem(pem: str, source: str) -> str:
 def xds_tls_from_ca_dir(ca_dir: Path, namespace: str, service_account: str, token_ttl, server_name: str = XDS_SERVER_NAME) -> XdsTls:
     """Root from `<ca_dir>/root-cert.pem` (written by `meshd serve`), and a fresh token
     for namespace/service_account signed with the CA directory's token key."""
-    from .security.cadir import open_tokens, root_cert_path
+    from .security.cadir import open_tokens, trust_bundle_path
 
-    root = root_cert_path(ca_dir)
+    root = trust_bundle_path(ca_dir)  # every trusted root: survives a root rotation
     if not root.is_file():
         raise ValueError(f"{root} does not exist: start `meshd serve --ca-dir {ca_dir}` once to create the CA")
     pem = _check_root_pem(root.read_text(), str(root))

@@ -32,6 +32,13 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def _seconds(text: str) -> float:
+    """Seconds as a number (`0.1`) or a Go-style duration (`100ms`, `10s`); 0 allowed."""
+    if text.strip() in ("0", "0s", "0.0"):
+        return 0.0
+    return parse_duration(text).total_seconds()
+
+
 def _ca_dir(value: str | None) -> Path:
     from .security.cadir import default_ca_dir
 
@@ -69,17 +76,33 @@ def _serve(args: argparse.Namespace) -> int:
         listen_address=args.listen_address,
         poll_interval=args.poll_interval,
         debounce_after=args.debounce_after,
+        debounce_max=args.debounce_max,
+        max_pushes_in_flight=args.max_pushes_in_flight,
+        write_timeout=args.push_write_timeout,
         ca_dir=_ca_dir(args.ca_dir),
         trust_domain=args.trust_domain,
         workload_cert_ttl=args.workload_cert_ttl,
+        rotation_ratio=args.rotation_ratio,
+        workload_key_type=args.workload_key_type,
+        ca_mtls_port=args.ca_mtls_port,
+        ca_poll_interval=args.ca_poll_interval,
         secure_xds_port=args.secure_xds_port,
         root_namespace=args.root_namespace,
+        debug_access=args.debug_access,
         kubeconfig=args.kubeconfig,
         in_cluster=args.in_cluster,
         namespaces=[n for n in (args.namespaces or "").split(",") if n] or None,
         label_selector=args.label_selector,
         watch_secrets=args.watch_secrets,
     )
+    if kube:
+        from .cluster.options import options_from_args
+
+        try:
+            opts.cluster = options_from_args(args)
+        except ValueError as e:
+            print(f"meshd: {e}", file=sys.stderr)
+            return 2
     from ca import CAError
 
     try:
@@ -166,6 +189,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
             service_account=args.service_account,
             stats_port=args.stats_port,
             health_port=args.health_port,
+            xds_transport=args.xds_transport,
             tls=tls,
         )
         doc = build_bootstrap(params)
@@ -199,22 +223,41 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--monitoring-port", type=int, default=names.PORT_MONITORING, help="/ready and /metrics (default %(default)s)")
     s.add_argument("--listen-address", default="0.0.0.0", help="address the servers bind (default %(default)s)")
     s.add_argument("--poll-interval", type=float, default=0.2, help="seconds between config directory scans")
-    s.add_argument("--debounce-after", type=float, default=0.1, help="quiet time before a config change is pushed (seconds)")
+    s.add_argument("--debounce-after", type=_seconds, default=0.1,
+                   help="quiet time merged into one push: a change is pushed once no other arrived for this long "
+                        "(seconds or a duration such as 100ms; default 100ms)")
+    s.add_argument("--debounce-max", type=_seconds, default=10.0,
+                   help="longest a change waits for quiet before it is pushed anyway (default 10s)")
+    s.add_argument("--max-pushes-in-flight", type=int, default=100,
+                   help="responses written to proxies at once; the others wait their turn (default %(default)s)")
+    s.add_argument("--push-write-timeout", type=_seconds, default=30.0,
+                   help="a proxy whose stream accepts no data for this long is disconnected (it reconnects; "
+                        "default 30s, 0 to wait forever)")
     s.add_argument("--secure-xds-port", type=int, default=names.PORT_XDS_SECURE,
                    help="ADS over TLS with bearer-token authentication; the only port that sends workload keys "
                         "(default %(default)s, 0 to disable)")
     s.add_argument("--ca-dir", help="the CA's directory: root created there on first start and reused after "
-                                    "(default $MESHD_HOME/ca, else ~/.meshd/ca); the trust bundle is <ca-dir>/root-cert.pem")
+                                    "(default $MESHD_HOME/ca, else ~/.meshd/ca), or Istio's cacerts files (plug-in CA); "
+                                    "watched for `meshd ca rotate-root`; the trust bundle is <ca-dir>/trust-bundle.pem")
     s.add_argument("--trust-domain", default=names.TRUST_DOMAIN, help="SPIFFE trust domain (default %(default)s)")
     s.add_argument("--kubeconfig", help="follow a Kubernetes cluster through this kubeconfig")
     s.add_argument("--in-cluster", action="store_true", help="follow the cluster meshd runs in (service account)")
     s.add_argument("--namespaces", help="only watch these namespaces (comma separated; include the root namespace)")
     s.add_argument("--label-selector", help="only watch objects with these labels")
     s.add_argument("--watch-secrets", action="store_true", help="also watch TLS Secrets (gateway credentials)")
+    s.add_argument("--debug-access", choices=["localhost", "authenticated", "open"], default="localhost",
+                   help="who may read /debug on the monitoring port: loopback callers only (default), also callers "
+                        "with a root-namespace token (authenticated), or anyone (open)")
     s.add_argument("--root-namespace", default=names.ROOT_NAMESPACE,
                    help="namespace whose selector-less policies apply mesh-wide (default %(default)s)")
     s.add_argument("--workload-cert-ttl", type=parse_duration, default=DEFAULT_TTL,
-                   help="lifetime of workload certificates (default %(default)s)")
+                   help="lifetime of workload certificates (default %(default)s, at most 90d)")
+    from .commands.ca import add_serve_flags
+
+    add_serve_flags(s)  # --rotation-ratio, --workload-key-type, --ca-mtls-port, --ca-poll-interval
+    from .cluster.options import add_serve_flags as add_cluster_flags
+
+    add_cluster_flags(s)  # --leader-elect, --leader-election-namespace/-id, --leader-lease-duration, ...
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--log-format", default="console", choices=["console", "json"])
     s.set_defaults(func=_serve)
@@ -244,7 +287,7 @@ UID 1337 in a pod), e.g. chown 1337 FILE.""",
     b.add_argument("--service-account", default="default")
     b.add_argument("--xds-address", help="meshd's ADS address host:port (default 127.0.0.1:15012 with TLS, "
                                           "127.0.0.1:15010 without)")
-    b.add_argument("--ca-dir", help="meshd's CA directory: TLS to the secure port, root from <ca-dir>/root-cert.pem, "
+    b.add_argument("--ca-dir", help="meshd's CA directory: TLS to the secure port, roots from <ca-dir>/trust-bundle.pem, "
                                     "a token minted for --namespace/--service-account")
     b.add_argument("--secure", action="store_true", help="TLS with the default CA directory ($MESHD_HOME/ca or ~/.meshd/ca)")
     b.add_argument("--root-cert", help="TLS with this root certificate file (instead of --ca-dir)")
@@ -253,6 +296,9 @@ UID 1337 in a pod), e.g. chown 1337 FILE.""",
                    help="lifetime of the token minted with --ca-dir (default %(default)s); meshd checks it "
                         "when the proxy (re)connects")
     b.add_argument("--xds-server-name", help="SNI and expected DNS SAN of meshd's certificate (default istiod.istio-system.svc)")
+    b.add_argument("--xds-transport", choices=["sotw", "delta"], default="sotw",
+                   help="xDS protocol: sotw (state of the world, api_type GRPC) or delta (incremental, "
+                        "api_type DELTA_GRPC: only changed resources are sent) (default %(default)s)")
     b.add_argument("--admin-port", type=int, default=names.PORT_ENVOY_ADMIN)
     b.add_argument("--stats-port", type=int, default=names.PORT_STATS, help="Prometheus listener port, 0 for none")
     b.add_argument("--health-port", type=int, default=names.PORT_HEALTH, help="readiness listener port, 0 for none")
@@ -265,6 +311,16 @@ UID 1337 in a pod), e.g. chown 1337 FILE.""",
     t.add_argument("--ttl", type=parse_duration, default=DEFAULT_TTL, help="lifetime (default %(default)s)")
     t.add_argument("--ca-dir", help="meshd's CA directory holding token-key.pem (default $MESHD_HOME/ca, else ~/.meshd/ca)")
     t.set_defaults(func=_token)
+
+    from .commands import register_all
+
+    register_all(sub)  # proxy-config, proxy-status, analyze, validate
+    from .commands import ca as ca_command
+
+    ca_command.register(sub)  # meshd ca rotate-root | status
+    from .commands import crds as crds_command
+
+    crds_command.register(sub)  # meshd crds
     return p
 
 

@@ -33,10 +33,13 @@ NAMESPACE = Kind("", "Namespace", ("v1",), namespaced=False)
 SERVICE = Kind("", "Service", ("v1",))
 POD = Kind("", "Pod", ("v1",))
 ENDPOINT_SLICE = Kind("discovery.k8s.io", "EndpointSlice", ("v1",))
+# TLS credentials of gateways (`credentialName`); other Secrets are skipped at the gate.
+SECRET = Kind("", "Secret", ("v1",))
 
 SERVED: dict[tuple[str, str], Kind] = {
     (k.group, k.kind): k
-    for k in (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, NAMESPACE, SERVICE, POD, ENDPOINT_SLICE)
+    for k in (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, NAMESPACE, SERVICE, POD, ENDPOINT_SLICE,
+              SECRET)
 }
 
 # Istio kinds an operator may apply that meshd does not act on yet.

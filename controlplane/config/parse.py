@@ -14,6 +14,7 @@ from ..names import DEFAULT_NAMESPACE
 from . import kinds
 from .objects import ConfigKey, ConfigObject, Origin, Rejection
 from .validation import as_json, validate
+from .validation.secret import is_credential, secret_body
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ def parse_document(doc: Any, origin: Origin) -> Parsed:
                 return Rejection(origin, None, "metadata.name", "Required value")
             return Unsupported(origin, key, api_version)
         return None  # a Kubernetes kind meshd has no use for
+    if kind is kinds.SECRET and not is_credential(doc):
+        return None  # service account tokens, registry credentials, ...: not meshd's business
     key = _key_of(doc, kind)
     if version not in kind.versions:
         return Rejection(origin, key, "apiVersion", f"{api_version} is not a served version of {kind_name} (want one of {', '.join(group + '/' + v if group else v for v in kind.versions)})")
@@ -79,7 +82,11 @@ def parse_document(doc: Any, origin: Origin) -> Parsed:
     assert key is not None  # validate() requires metadata.name
 
     md = doc.get("metadata") or {}
-    if kind.istio:
+    extra: dict[str, Any] = {"creationTimestamp": str(md.get("creationTimestamp") or "")}
+    if kind is kinds.SECRET:
+        # Key material stays out of `spec` (debug views dump specs): see validation/secret.py.
+        body, extra["credential"] = secret_body(doc)
+    elif kind.istio:
         body = doc.get("spec") or {}
     else:  # Kubernetes kinds: keep spec and status (and EndpointSlice's top-level fields)
         body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
@@ -95,5 +102,5 @@ def parse_document(doc: Any, origin: Origin) -> Parsed:
         origin=origin,
         generation=content_hash(doc),
         # Istio breaks ties between equal policies by age; files carry it if they have it.
-        extra={"creationTimestamp": str(md.get("creationTimestamp") or "")},
+        extra=extra,
     )

@@ -36,6 +36,8 @@ class ConfigStore:
         self._log = logger or structlog.get_logger("meshd.config")
         self._locations: dict[str, LocationState] = {}
         self._owner: dict[ConfigKey, str] = {}  # which location an object in force comes from
+        self._claims: dict[ConfigKey, set[str]] = {}  # every location defining the key
+        self._version_sum = 0
         self._listeners: list[ChangeListener] = []
         self._on_reject = on_reject
         self._unsupported_seen: set[tuple[str, ConfigKey]] = set()
@@ -126,45 +128,83 @@ class ConfigStore:
         )
 
     def _install(self, location: str, state: LocationState | None) -> None:
+        # Incremental: only the keys the location held before or holds now can change
+        # owner or content, so a change costs O(size of the location), not O(store).
+        # (Recomputing everything made loading N files O(N^2): minutes for a large mesh.)
         before = self._snapshot.objects
+        old = self._locations.get(location)
+        affected = set(old.objects) if old is not None else set()
         if state is None:
             self._locations.pop(location, None)
         else:
             self._locations[location] = state
-        self._recompute_owners(location)
-        objects: dict[ConfigKey, ConfigObject] = {}
-        for key, loc in self._owner.items():
-            objects[key] = self._locations[loc].objects[key]
-        changed = frozenset(
-            k for k in set(before) | set(objects) if before.get(k) is not objects.get(k) and (
-                before.get(k) is None or objects.get(k) is None or before[k].generation != objects[k].generation or before[k].origin != objects[k].origin)
-        )
+            affected |= set(state.objects)
+        self._recompute_owners(location, affected)
+        objects = dict(before)
+        changed = set()
+        for k in affected:
+            loc = self._owner.get(k)
+            new_obj = self._locations[loc].objects[k] if loc is not None else None
+            old_obj = before.get(k)
+            if new_obj is None:
+                objects.pop(k, None)
+            else:
+                objects[k] = new_obj
+            if old_obj is not new_obj and (
+                old_obj is None or new_obj is None or old_obj.generation != new_obj.generation
+                or old_obj.origin != new_obj.origin
+            ):
+                changed.add(k)
+                self._version_sum = (self._version_sum - _object_hash(k, old_obj) + _object_hash(k, new_obj)) % _MOD
         if not changed:
             return
-        self._snapshot = ConfigSnapshot(objects, _version(objects))
+        self._snapshot = ConfigSnapshot(objects, _version_text(self._version_sum))
         for listener in self._listeners:
-            listener(self._snapshot, changed)
+            listener(self._snapshot, frozenset(changed))
 
-    def _recompute_owners(self, changed_location: str) -> None:
-        # Drop ownership that no longer holds, then let remaining claimants take over.
-        for key, loc in list(self._owner.items()):
-            st = self._locations.get(loc)
-            if st is None or key not in st.objects:
+    def _recompute_owners(self, changed_location: str, keys: set[ConfigKey]) -> None:
+        """Owners of `keys` after `changed_location` changed: ownership that no longer
+        holds is dropped; an unowned key goes to the first location (sorted) defining it."""
+        for key in keys:
+            loc = self._owner.get(key)
+            claimants = self._claims.setdefault(key, set())
+            st = self._locations.get(changed_location)
+            if st is not None and key in st.objects:
+                claimants.add(changed_location)
+            else:
+                claimants.discard(changed_location)
+            if loc is not None and (loc not in self._locations or key not in self._locations[loc].objects):
                 del self._owner[key]
-        for loc in sorted(self._locations):
-            st = self._locations[loc]
-            for key, obj in st.objects.items():
-                owner = self._owner.get(key)
-                if owner is None:
-                    self._owner[key] = loc
-                elif owner != loc and loc == changed_location:
-                    # Only report the conflict when the newcomer's location changes.
-                    if not any(r.key == key and "conflict" in r.reason for r in st.rejections):
-                        self._reject(st, Rejection(obj.origin, key, "metadata.name", f"conflict: {key} is already defined in {owner}; this definition is ignored"))
+            if key not in self._owner and claimants:
+                self._owner[key] = min(claimants)
+            if not claimants:
+                self._claims.pop(key, None)
+        st = self._locations.get(changed_location)
+        if st is None:
+            return
+        for key, obj in st.objects.items():
+            owner = self._owner.get(key)
+            if owner is not None and owner != changed_location:
+                # Only report the conflict when the newcomer's location changes.
+                if not any(r.key == key and "conflict" in r.reason for r in st.rejections):
+                    self._reject(st, Rejection(obj.origin, key, "metadata.name", f"conflict: {key} is already defined in {owner}; this definition is ignored"))
+
+
+# The store's version is a content hash of every object's (kind, namespace, name,
+# generation), combined by addition modulo 2**128 so one change updates it in O(1).
+_MOD = 1 << 128
+
+
+def _object_hash(key: ConfigKey, obj: ConfigObject | None) -> int:
+    if obj is None:
+        return 0
+    h = hashlib.sha256(f"{key.kind}/{key.namespace}/{key.name}={obj.generation}".encode()).digest()
+    return int.from_bytes(h[:16], "big")
+
+
+def _version_text(total: int) -> str:
+    return hashlib.sha256(total.to_bytes(16, "big")).hexdigest()[:16]
 
 
 def _version(objects: dict[ConfigKey, ConfigObject]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(objects):
-        h.update(f"{key.kind}/{key.namespace}/{key.name}={objects[key].generation}\n".encode())
-    return h.hexdigest()[:16]
+    return _version_text(sum(_object_hash(k, o) for k, o in objects.items()) % _MOD)

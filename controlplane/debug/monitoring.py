@@ -7,6 +7,7 @@ costs one connection and nothing else. More routes (debug views) can be passed i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -28,6 +29,7 @@ class Request:
     path: str
     query: Mapping[str, str]
     headers: Mapping[str, str]  # lower-case names
+    peer: str = ""  # the client's address ("" if unknown), for access checks on /debug
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,9 @@ async def start_monitoring(
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            response, head_only = await _serve_one(reader, table, log)
+            peername = writer.get_extra_info("peername")
+            peer = str(peername[0]) if isinstance(peername, tuple) and peername else ""
+            response, head_only = await _serve_one(reader, table, log, peer)
             if response is not None:
                 writer.write(_encode(response, head_only))
                 await writer.drain()
@@ -90,7 +94,7 @@ async def start_monitoring(
 
 
 async def _serve_one(
-    reader: asyncio.StreamReader, table: Mapping[str, Handler], log
+    reader: asyncio.StreamReader, table: Mapping[str, Handler], log, peer: str = ""
 ) -> tuple[Response | None, bool]:
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
@@ -105,6 +109,7 @@ async def _serve_one(
     request = _parse(head)
     if request is None:
         return _text(400, "bad request\n"), False
+    request = dataclasses.replace(request, peer=peer)
     head_only = request.method == "HEAD"
     if request.method not in ("GET", "HEAD"):
         return Response(405, b"method not allowed\n", headers={"Allow": "GET, HEAD"}), False

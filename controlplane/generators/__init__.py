@@ -2,58 +2,177 @@
 
 One module per resource type (clusters, endpoints, listeners, routes). Each exposes
 `build(mesh, proxy) -> list[(name, message)]`. `Generator` below adds what is not pure:
-packing each resource once and sharing the result between proxies whose output would be
-identical (same `Proxy.group_key()`), for as long as the mesh snapshot stays the same.
+packing each resource once and sharing the result between proxies and across snapshots.
+
+A proxy's resources of one type are composed of parts (parts.py); each part is cached by
+what it reads of the proxy and of the mesh (dependencies.py), so
+- proxies whose output would be identical share one generation and one serialized copy;
+- a new snapshot regenerates only the parts whose inputs changed: an endpoint change
+  leaves clusters, listeners and routes cached and rebuilds the assignments of the
+  changed hosts only; a Gateway change leaves every sidecar's output untouched.
+`key()` gives the cache key of a proxy's output without generating it: the server
+compares it with what it last sent to decide whether a proxy needs a push at all.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from google.protobuf.message import Message
 
 from .. import names
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
-from .resources import Resource, ResourceSet, pack
+from .dependencies import facts
+from .parts import Part, ResourceCache, parts_for, router_parts
+from .resources import ComposedSet, Resource, ResourceSet, pack
 
 Builder = Callable[[MeshSnapshot, Proxy], Iterable[tuple[str, Message]]]
 
 
 def builders() -> dict[str, Builder]:
-    from . import clusters, endpoints, listeners, routes
+    from . import clusters, endpoints, listeners, routes, secrets
 
     return {
         names.CLUSTER: clusters.build,
         names.ENDPOINT: endpoints.build,
         names.LISTENER: listeners.build,
         names.ROUTE: routes.build,
+        # SDS names other than `default`/`ROOTCA` (the SecretProvider's): gateway
+        # credentials `kubernetes://<name>[-cacert]` from Secrets (secrets.py).
+        names.SECRET: secrets.build,
     }
 
 
 class Generator:
-    """Caches generated ResourceSets per (mesh version, proxy group, type)."""
+    """Generates and caches proxies' resources by what they depend on."""
 
-    def __init__(self, table: dict[str, Builder] | None = None):
+    def __init__(self, table: dict[str, Builder] | None = None, *, keep_generations: int = 2):
+        self._standard = table is None
         self._builders = table or builders()
+        self._routers = router_parts(self._builders)
+        self._resources = ResourceCache(keep_generations)
+        self._keep = keep_generations
+        # part key -> (epoch last used, set)
+        self._sets: dict[tuple, tuple[int, ResourceSet]] = {}
+        # (part name, scope) -> newest set: the base a rebuilt set records changes against
+        self._latest: dict[tuple, ResourceSet] = {}
+        self._latest_key: dict[tuple, tuple] = {}  # lineage -> (part key, host endpoints) of _latest
+        self._composed: dict[tuple, tuple[int, ComposedSet]] = {}
         self._mesh_version: str | None = None
-        self._cache: dict[tuple, ResourceSet] = {}
+        self._epoch = 0
+        self.builds = 0  # parts built (not served from cache): for tests and metrics
 
     def types(self) -> tuple[str, ...]:
         return tuple(t for t in names.PUSH_ORDER if t in self._builders)
 
+    def parts(self, proxy: Proxy, type_url: str) -> Sequence[Part]:
+        return parts_for(proxy, type_url, self._builders, self._routers, self._standard)
+
+    def key(self, mesh: MeshSnapshot, proxy: Proxy, type_url: str) -> tuple:
+        """Cache key of `proxy`'s resources of `type_url` under `mesh`: equal keys mean
+        equal output. Cheap (fingerprints are computed once per snapshot)."""
+        f = facts(mesh)
+        out = []
+        for part in self.parts(proxy, type_url):
+            k = part.key(f, proxy)
+            if part.endpoints:
+                k += (_endpoint_fingerprint(f),)
+            out.append(k)
+        return tuple(out)
+
     def generate(self, mesh: MeshSnapshot, proxy: Proxy, type_url: str) -> ResourceSet:
-        if mesh.version != self._mesh_version:
-            # A new snapshot: nothing older can be served again.
-            self._cache.clear()
-            self._mesh_version = mesh.version
-        key = (proxy.group_key(), type_url)
-        hit = self._cache.get(key)
+        self._see(mesh)
+        f = facts(mesh)
+        sets = []
+        keys = []
+        for part in self.parts(proxy, type_url):
+            k = part.key(f, proxy)
+            if part.endpoints:
+                k += (_endpoint_fingerprint(f),)
+            keys.append(k)
+            sets.append(self._part(mesh, proxy, part, k, f))
+        if not sets:
+            return ResourceSet(type_url, ())
+        if len(sets) == 1:
+            return sets[0]
+        ck = tuple(keys)
+        hit = self._composed.get(ck)
         if hit is not None:
-            return hit
-        build = self._builders.get(type_url)
-        items: list[Resource] = []
-        if build is not None:
-            items = [pack(name, type_url, msg) for name, msg in build(mesh, proxy)]
-        rs = ResourceSet(type_url, items)
-        self._cache[key] = rs
+            if hit[0] != self._epoch:
+                self._composed[ck] = (self._epoch, hit[1])
+            return hit[1]
+        composed = ComposedSet(type_url, sets)
+        self._composed[ck] = (self._epoch, composed)
+        return composed
+
+    def _part(self, mesh: MeshSnapshot, proxy: Proxy, part: Part, key: tuple, f) -> ResourceSet:
+        hit = self._sets.get(key)
+        if hit is not None:
+            if hit[0] != self._epoch:
+                self._sets[key] = (self._epoch, hit[1])
+            return hit[1]
+        self.builds += 1
+        lineage = (part.name, key[1])
+        base = self._latest.get(lineage)
+        rs = None
+        if base is not None and part.update_hosts is not None:
+            rs = self._update_endpoints(mesh, proxy, part, key, f, base)
+        if rs is None:
+            rs = ResourceSet(part.type_url, part.build(mesh, proxy, part, self._resources, f))
+            if base is not None:
+                rs.derive_from(base)
+        if base is not None:
+            base.base = None  # keep one step of history: enough for connections in sync
+        self._latest[lineage] = rs
+        self._latest_key[lineage] = (key, f.host_endpoints() if part.endpoints else None)
+        self._sets[key] = (self._epoch, rs)
         return rs
+
+    def _update_endpoints(self, mesh: MeshSnapshot, proxy: Proxy, part: Part, key: tuple, f, base: ResourceSet):
+        """Incremental EDS: when only endpoints changed since `base` was built, replace
+        the assignments of the changed hosts and keep every other resource."""
+        prev_key, prev_hosts = self._latest_key.get((part.name, key[1]), (None, None))
+        if prev_key is None or prev_key[:-1] != key[:-1] or prev_hosts is None:
+            return None
+        hosts = f.host_endpoints()
+        changed_hosts = [h for h in hosts.keys() | prev_hosts.keys() if hosts.get(h) != prev_hosts.get(h)]
+        replaced = part.update_hosts(mesh, proxy, self._resources, f, changed_hosts)
+        items = dict(base._items)
+        for name, res in replaced.items():
+            if name in items:  # endpoints never add or remove clusters
+                items[name] = res
+        rs = ResourceSet(part.type_url, ())
+        rs._items = items
+        rs.base = base
+        rs.changed = frozenset(n for n, r in replaced.items() if n in base._items and base._items[n].version != r.version)
+        return rs
+
+    def _see(self, mesh: MeshSnapshot) -> None:
+        if mesh.version == self._mesh_version:
+            return
+        # A new snapshot: a new generation. Cached output not used for `keep`
+        # generations is dropped; what is still current stays (that is the point).
+        self._mesh_version = mesh.version
+        self._epoch += 1
+        self._resources.advance()
+        cutoff = self._epoch - self._keep
+        for store in (self._sets, self._composed):
+            for k in [k for k, (e, _) in store.items() if e < cutoff]:
+                del store[k]
+        live = {(k[0], k[1]) for k in self._sets}
+        for lineage in [k for k in self._latest if k not in live]:
+            del self._latest[lineage]
+            self._latest_key.pop(lineage, None)
+
+    def stats(self) -> dict[str, int]:
+        return {"sets": len(self._sets), "composed": len(self._composed), "resources": len(self._resources),
+                "builds": self.builds}
+
+
+def _endpoint_fingerprint(f) -> str:
+    # Every host's endpoints in one string: the EDS key changes with any endpoint, while
+    # the per-cluster cache inside the part rebuilds only the changed hosts' assignments.
+    return f.all_endpoints()
+
+
+__all__ = ["Generator", "builders", "Resource", "ResourceSet", "pack"]

@@ -33,18 +33,26 @@ class OutboundCluster:
 def outbound_clusters(mesh: MeshSnapshot, proxy: Proxy) -> list[OutboundCluster]:
     """In a stable order: services by host, ports as declared, subsets as declared."""
     out: list[OutboundCluster] = []
-    seen: set[str] = set()
     for svc in sorted(mesh.services.values(), key=lambda s: s.hostname):
-        rule = mesh.destination_rule(svc.hostname, proxy.namespace)
-        for sp in svc.ports:
-            proto = protocol.of_service_port(sp)
-            if proto == protocol.UDP:
-                continue
-            for oc in _clusters_for_port(svc, sp, proto, rule):
-                # A repeated subset name would give Envoy two clusters with one name.
-                if oc.name not in seen:
-                    seen.add(oc.name)
-                    out.append(oc)
+        out += service_clusters(mesh, proxy, svc)
+    return out
+
+
+def service_clusters(mesh: MeshSnapshot, proxy: Proxy, svc: Service) -> list[OutboundCluster]:
+    """The outbound clusters of one service (names are unique per host, so the clusters
+    of different services never collide)."""
+    out: list[OutboundCluster] = []
+    seen: set[str] = set()
+    rule = mesh.destination_rule(svc.hostname, proxy.namespace)
+    for sp in svc.ports:
+        proto = protocol.of_service_port(sp)
+        if proto == protocol.UDP:
+            continue
+        for oc in _clusters_for_port(svc, sp, proto, rule):
+            # A repeated subset name would give Envoy two clusters with one name.
+            if oc.name not in seen:
+                seen.add(oc.name)
+                out.append(oc)
     return out
 
 

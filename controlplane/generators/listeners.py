@@ -4,8 +4,13 @@ Router (ingress gateway): one listener `0.0.0.0_<port>` per listening port (the
 gateway Service's targetPort of each Gateway server port). Plaintext HTTP servers get
 an HTTP connection manager fetching route configuration `http.<port>` over RDS; a TCP
 server gets tcp_proxy to the destination of the first bound VirtualService `tcp` rule
-that matches it (no such rule: no listener, as with istiod). HTTPS/TLS servers come
-with gateway TLS support.
+that matches it (no such rule: no listener, as with istiod). TLS servers on a port get
+one filter chain each, told apart by SNI (`server_names` = the server's hosts; the
+tls_inspector reads it): HTTPS terminates TLS (gateway_tls.py) in front of an HTTP
+connection manager with route configuration `https.<port>.<port name>.<gateway>.<ns>`;
+TLS with SIMPLE/MUTUAL/ISTIO_MUTUAL terminates and proxies TCP by the `tcp` routes;
+PASSTHROUGH gets a chain per VirtualService `tls` match (SNI from `sniHosts`) proxying
+the still encrypted bytes; AUTO_PASSTHROUGH routes by the SNI of Istio mTLS clients.
 
 Sidecar: the outbound listeners and `virtualOutbound` of sidecar_outbound.py, then
 `virtualInbound` of sidecar_inbound.py (istiod's order).
@@ -22,7 +27,9 @@ from .. import names
 from ..config.objects import ConfigObject
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
-from . import filters
+from ..model.gateways import AUTO_PASSTHROUGH
+from ..model.hosts import covers
+from . import filter_chains, filters, gateway_tls, tls
 from .convert import as_int, as_list, as_map
 from .gateway_servers import HTTP, TCP, GatewayPort, Server, gateway_ports, matching_hosts, virtual_services_for_gateway
 from .http_routes import RouteContext, destination_cluster
@@ -55,7 +62,7 @@ def gateway_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Lis
         elif gp.kind == TCP:
             chains = _tcp_filter_chains(mesh, proxy, gp.servers[0])
         else:
-            continue  # TLS servers: built with gateway TLS support
+            chains = _tls_filter_chains(mesh, proxy, gp)
         if chains:
             out.append(_gateway_listener(gp.listen_port, chains))
     return out
@@ -64,13 +71,17 @@ def gateway_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Lis
 def _gateway_listener(port: int, chains: list[listener_components_pb2.FilterChain]) -> listener_pb2.Listener:
     for chain in chains:
         chain.transport_socket_connect_timeout.CopyFrom(GATEWAY_TRANSPORT_SOCKET_CONNECT_TIMEOUT)
-    return listener_pb2.Listener(
+    out = listener_pb2.Listener(
         name=names.gateway_listener_name(port, WILDCARD),
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=WILDCARD, port_value=port)),
         filter_chains=chains,
         # istiod marks gateway listeners OUTBOUND: traffic leaves for the mesh.
         traffic_direction=base_pb2.OUTBOUND,
     )
+    if any(c.filter_chain_match.server_names or c.HasField("transport_socket") for c in chains):
+        # SNI (server_names) is read from the ClientHello by the tls_inspector.
+        out.listener_filters.append(filters.tls_inspector_filter())
+    return out
 
 
 def stat_prefix(port: int) -> str:
@@ -82,36 +93,128 @@ def _http_filter_chain(gp: GatewayPort) -> listener_components_pb2.FilterChain:
     return listener_components_pb2.FilterChain(filters=[filters.network_filter(filters.HTTP_CONNECTION_MANAGER, hcm)])
 
 
+# --- TLS servers: terminated (HTTPS, TLS) or passed through, told apart by SNI ------------
+
+
+def _tls_filter_chains(mesh: MeshSnapshot, proxy: Proxy, gp: GatewayPort) -> list[listener_components_pb2.FilterChain]:
+    chains: list[listener_components_pb2.FilterChain] = []
+    for server in gp.servers:
+        if gateway_tls.unusable_reason(mesh, proxy, server) is not None:
+            continue  # reported as a gateway conflict when the snapshot is built
+        if server.terminates_http:
+            chains.append(_https_filter_chain(gp, server))
+        elif server.tls_mode == AUTO_PASSTHROUGH:
+            chains += _auto_passthrough_chains(mesh, proxy, server)
+        elif server.passthrough:
+            chains += _passthrough_chains(mesh, proxy, server)
+        else:
+            # TLS terminated here, then opaque TCP to the VirtualService `tcp` route.
+            tcp = _tcp_route_filter(mesh, proxy, server)
+            if tcp is not None:
+                chains.append(_tls_chain(server.sni_hosts(), [tcp], gateway_tls.downstream_context(server)))
+    # Equal matches would make Envoy refuse the listener: the first chain wins (the
+    # conflicting servers were already reported; duplicate VirtualService SNI rules are
+    # skipped as istiod skips them).
+    return filter_chains.dedupe(chains)
+
+
+def _tls_chain(sni: list[str], network_filters: list, context=None) -> listener_components_pb2.FilterChain:
+    chain = listener_components_pb2.FilterChain(filters=network_filters)
+    if sni:
+        chain.filter_chain_match.server_names.extend(sni)
+    if context is not None:
+        chain.transport_socket.CopyFrom(tls.transport_socket(context))
+    return chain
+
+
+def _https_filter_chain(gp: GatewayPort, server: Server) -> listener_components_pb2.FilterChain:
+    hcm = filters.gateway_http_connection_manager(stat_prefix(gp.listen_port), server.route_name, server.protocol)
+    return _tls_chain(server.sni_hosts(), [filters.network_filter(filters.HTTP_CONNECTION_MANAGER, hcm)],
+                      gateway_tls.downstream_context(server))
+
+
+def _passthrough_chains(mesh: MeshSnapshot, proxy: Proxy, server: Server) -> list[listener_components_pb2.FilterChain]:
+    """One chain per VirtualService `tls` match that fits the server: SNI from the match's
+    `sniHosts`, tcp_proxy to the rule's destinations; TLS is not terminated."""
+    out = []
+    for vs in virtual_services_for_gateway(mesh, proxy, server.gateway_name):
+        if not matching_hosts(server, vs):
+            continue
+        for rule in as_list(vs.spec.get("tls")):
+            rule = as_map(rule)
+            destinations = [as_map(d) for d in as_list(rule.get("route"))]
+            if not destinations:
+                continue
+            for m in as_list(rule.get("match")):
+                m = as_map(m)
+                if not _l4_match_applies(m, server, vs, proxy):
+                    continue
+                sni = sorted({str(h).lower() for h in as_list(m.get("sniHosts")) if h})
+                if "*" in sni:
+                    sni = []
+                tcp = filters.network_filter(filters.TCP_PROXY, _tcp_proxy(mesh, proxy, server, vs, destinations))
+                out.append(_tls_chain(sni, [tcp]))
+    return out
+
+
+def _auto_passthrough_chains(mesh: MeshSnapshot, proxy: Proxy, server: Server) -> list[listener_components_pb2.FilterChain]:
+    """AUTO_PASSTHROUGH: the client's SNI names the cluster (`outbound_.<port>_.<subset>_.<host>`,
+    what Istio mTLS clients send); one chain per service port (and subset) the server's
+    hosts cover."""
+    from .destinations import service_clusters
+
+    out = []
+    hosts = server.host_names()
+    for svc in sorted(mesh.services.values(), key=lambda s: s.hostname):
+        if not any(covers(h, svc.hostname) for h in hosts):
+            continue
+        for oc in service_clusters(mesh, proxy, svc):
+            sni = tls.outbound_sni(oc.port.port, oc.subset, svc.hostname)
+            tcp = filters.network_filter(filters.TCP_PROXY, filters.tcp_proxy(oc.name, [(oc.name, 1)]))
+            chain = _tls_chain([sni], [tcp])
+            chain.filter_chain_match.application_protocols.extend(tls.ALPN_ISTIO_MTLS)
+            out.append(chain)
+    return out
+
+
 # --- TCP servers ---------------------------------------------------------------------
 
 
 def _tcp_filter_chains(mesh: MeshSnapshot, proxy: Proxy, server: Server) -> list[listener_components_pb2.FilterChain]:
+    tcp = _tcp_route_filter(mesh, proxy, server)
+    return [listener_components_pb2.FilterChain(filters=[tcp])] if tcp is not None else []
+
+
+def _tcp_route_filter(mesh: MeshSnapshot, proxy: Proxy, server: Server):
+    """tcp_proxy to the first VirtualService `tcp` rule bound to the server whose match
+    fits (istiod: only one rule can win, there is no SNI or header to choose by)."""
     for vs in virtual_services_for_gateway(mesh, proxy, server.gateway_name):
         if not matching_hosts(server, vs):
             continue
         for rule in as_list(vs.spec.get("tcp")):
             rule = as_map(rule)
             destinations = [as_map(d) for d in as_list(rule.get("route"))]
-            if destinations and _l4_matches(as_list(rule.get("match")), server, vs):
-                tcp = filters.network_filter(filters.TCP_PROXY, _tcp_proxy(mesh, proxy, server, vs, destinations))
-                return [listener_components_pb2.FilterChain(filters=[tcp])]
-    return []
+            if destinations and _l4_matches(as_list(rule.get("match")), server, vs, proxy):
+                return filters.network_filter(filters.TCP_PROXY, _tcp_proxy(mesh, proxy, server, vs, destinations))
+    return None
 
 
-def _l4_matches(matches: list, server: Server, vs: ConfigObject) -> bool:
-    """No match conditions, or one whose port and gateways (if given) fit this server."""
+def _l4_matches(matches: list, server: Server, vs: ConfigObject, proxy: Proxy) -> bool:
+    """No match conditions, or one that fits this server (istiod's l4MultiMatch)."""
     if not matches:
         return True
-    for m in matches:
-        m = as_map(m)
-        port = as_int(m.get("port"), 0)
-        if port and port != server.number:
-            continue
-        gateways = [resolve_gateway_name(str(g), vs.namespace) for g in as_list(m.get("gateways"))]
-        if gateways and server.gateway_name not in gateways:
-            continue
-        return True
-    return False
+    return any(_l4_match_applies(as_map(m), server, vs, proxy) for m in matches)
+
+
+def _l4_match_applies(m, server: Server, vs: ConfigObject, proxy: Proxy) -> bool:
+    """A `tcp`/`tls` match on a gateway: its port and gateways (if given) fit the server.
+    As istiod (l4SingleMatch), a gateway ignores `sourceLabels`, `sourceNamespace` and
+    `destinationSubnets`: they describe sidecar clients."""
+    port = as_int(m.get("port"), 0)
+    if port and port != server.number:
+        return False
+    gateways = [resolve_gateway_name(str(g), vs.namespace) for g in as_list(m.get("gateways"))]
+    return not gateways or server.gateway_name in gateways
 
 
 def _tcp_proxy(mesh: MeshSnapshot, proxy: Proxy, server: Server, vs: ConfigObject, destinations: list):

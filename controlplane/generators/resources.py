@@ -4,12 +4,22 @@ A generator returns protobuf messages; this module packs each into an `Any` exac
 once, hashes the bytes, and keeps the result so every proxy that receives the same
 resource shares one copy. Versions are derived from content: the same config always
 gives the same version strings, also across meshd restarts.
+
+A resource also keeps its bytes as they appear inside a response (`sotw_chunk`,
+`delta_chunk`, see server/wire.py), so a response to one more proxy is a join of bytes
+already made, not a new serialization.
+
+A proxy's resources of one type are a `ResourceSet`; a set made of shareable parts is a
+`ComposedSet` (see parts.py). A set rebuilt from an earlier one remembers it (`base`)
+and what changed, so the server can tell each connection what is new without comparing
+thousands of versions per proxy (`changes`).
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from functools import cached_property
+from typing import Iterable, Iterator, Mapping
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
@@ -26,6 +36,35 @@ class Resource:
     def size(self) -> int:
         return len(self.any.value)
 
+    # Wire forms, made on first use and kept (cached_property writes the instance
+    # __dict__, which a frozen dataclass allows).
+    @cached_property
+    def sotw_chunk(self) -> bytes:
+        """This resource as one `resources` entry of a DiscoveryResponse."""
+        return field_bytes(2, self.any.SerializeToString())
+
+    @cached_property
+    def delta_chunk(self) -> bytes:
+        """This resource as one `resources` entry of a DeltaDiscoveryResponse: an
+        envoy.service.discovery.v3.Resource with name (3), version (1), resource (2)."""
+        body = field_bytes(3, self.name.encode()) + field_bytes(1, self.version.encode()) + field_bytes(
+            2, self.any.SerializeToString())
+        return field_bytes(2, body)
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def field_bytes(number: int, data: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2)."""
+    return varint(number << 3 | 2) + varint(len(data)) + data
+
 
 def pack(name: str, type_url: str, msg: Message) -> Resource:
     # deterministic=True: map fields serialize in a stable order, so equal messages
@@ -38,7 +77,7 @@ def pack(name: str, type_url: str, msg: Message) -> Resource:
 class ResourceSet(Mapping[str, Resource]):
     """All resources of one type for one proxy, by name, with a content version."""
 
-    __slots__ = ("type_url", "_items", "_version")
+    __slots__ = ("type_url", "_items", "_version", "_names", "_blob", "_size", "base", "changed", "removed", "__weakref__")
 
     def __init__(self, type_url: str, items: Iterable[Resource]):
         self.type_url = type_url
@@ -46,6 +85,14 @@ class ResourceSet(Mapping[str, Resource]):
         for r in items:
             self._items[r.name] = r
         self._version: str | None = None
+        self._names: frozenset[str] | None = None
+        self._blob: bytes | None = None
+        self._size: int | None = None
+        # Lineage (set by the generator): the set this one was rebuilt from, and the
+        # names whose resource differs from it / that it no longer has.
+        self.base: ResourceSet | None = None
+        self.changed: frozenset[str] = frozenset()
+        self.removed: frozenset[str] = frozenset()
 
     def __getitem__(self, name: str) -> Resource:
         return self._items[name]
@@ -62,6 +109,29 @@ class ResourceSet(Mapping[str, Resource]):
             self._version = version_of(self._items.values())
         return self._version
 
+    @property
+    def names(self) -> frozenset[str]:
+        if self._names is None:
+            self._names = frozenset(self._items)
+        return self._names
+
+    @property
+    def parts(self) -> tuple["ResourceSet", ...]:
+        return (self,)
+
+    @property
+    def size(self) -> int:
+        """Bytes of all resources (as istiod's push log counts them)."""
+        if self._size is None:
+            self._size = sum(r.size for r in self._items.values())
+        return self._size
+
+    def sotw_blob(self) -> bytes:
+        """Every resource as DiscoveryResponse `resources` entries, joined (kept)."""
+        if self._blob is None:
+            self._blob = b"".join(r.sotw_chunk for r in self._items.values())
+        return self._blob
+
     def subset(self, names: Iterable[str]) -> list[Resource]:
         """The named resources that exist, in request order, without duplicates."""
         seen, out = set(), []
@@ -70,6 +140,118 @@ class ResourceSet(Mapping[str, Resource]):
                 seen.add(n)
                 out.append(self._items[n])
         return out
+
+    def derive_from(self, base: "ResourceSet") -> None:
+        """Record `base` as this set's predecessor and what differs from it."""
+        old = base._items
+        self.base = base
+        self.changed = frozenset(n for n, r in self._items.items() if (o := old.get(n)) is not r and (o is None or o.version != r.version))
+        self.removed = frozenset(n for n in old if n not in self._items)
+
+
+class ComposedSet(ResourceSet):
+    """A proxy's resources of one type made of parts (each a shareable ResourceSet,
+    names disjoint). Lookups go through the parts: no merged copy per proxy."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, type_url: str, parts: Iterable[ResourceSet]):
+        super().__init__(type_url, ())
+        self._parts = tuple(parts)
+
+    @property
+    def parts(self) -> tuple[ResourceSet, ...]:
+        return self._parts
+
+    def __getitem__(self, name: str) -> Resource:
+        for p in self._parts:
+            r = p._items.get(name)
+            if r is not None:
+                return r
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return any(name in p._items for p in self._parts)
+
+    def __iter__(self) -> Iterator[str]:
+        for p in self._parts:
+            yield from p._items
+
+    def __len__(self) -> int:
+        return sum(len(p._items) for p in self._parts)
+
+    def get(self, name, default=None):  # type: ignore[override]
+        for p in self._parts:
+            r = p._items.get(name)
+            if r is not None:
+                return r
+        return default
+
+    @property
+    def version(self) -> str:
+        if self._version is None:
+            h = hashlib.sha256()
+            for p in self._parts:
+                h.update(p.version.encode())
+                h.update(b"\n")
+            self._version = h.hexdigest()[:16]
+        return self._version
+
+    @property
+    def names(self) -> frozenset[str]:
+        if self._names is None:
+            self._names = frozenset().union(*(p.names for p in self._parts))
+        return self._names
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self._parts)
+
+    def sotw_blob(self) -> bytes:
+        # Not kept: the parts keep theirs, and a per-proxy copy of a megabyte would
+        # multiply memory by the fleet size.
+        return b"".join(p.sotw_blob() for p in self._parts)
+
+    def subset(self, names: Iterable[str]) -> list[Resource]:
+        seen, out = set(), []
+        for n in names:
+            if n not in seen and (r := self.get(n)) is not None:
+                seen.add(n)
+                out.append(r)
+        return out
+
+
+def changes(old: ResourceSet | None, new: ResourceSet, max_steps: int = 16) -> tuple[set[str], set[str]] | None:
+    """(names changed or added, names removed) from `old` to `new`, from the sets'
+    lineage alone; None when the lineage does not connect them (compare versions then)."""
+    if old is None:
+        return None
+    if old is new:
+        return set(), set()
+    if len(old.parts) != len(new.parts) or (len(new.parts) > 1 and not isinstance(old, ComposedSet)):
+        return None
+    if len(new.parts) > 1:
+        changed: set[str] = set()
+        removed: set[str] = set()
+        for o, n in zip(old.parts, new.parts):
+            d = changes(o, n, max_steps)
+            if d is None:
+                return None
+            changed |= d[0]
+            removed |= d[1]
+        return changed, removed - changed
+    changed, removed = set(), set()
+    cur: ResourceSet | None = new
+    for _ in range(max_steps):
+        if cur is None:
+            return None
+        if cur is old:
+            present = new.names
+            return {n for n in changed if n in present}, {n for n in removed if n not in present}
+        changed |= cur.changed
+        removed |= cur.removed
+        cur = cur.base
+    return None
 
 
 def version_of(resources: Iterable[Resource]) -> str:

@@ -1,6 +1,8 @@
 """RDS: RouteConfigurations, per proxy type.
 
-Router (ingress gateway): one `http.<listen port>` per plaintext HTTP port. Virtual
+Router (ingress gateway): one `http.<listen port>` per plaintext HTTP port, and one
+`https.<port>.<port name>.<gateway>.<namespace>` per HTTPS server that terminates TLS
+(its virtual hosts only, since each SNI filter chain names its own). Virtual
 hosts come from the VirtualServices bound to the port's servers: one per host shared
 by a server and a VirtualService, named `<host>:<server port>` with exactly that host
 as domain (ports are ignored in host matching). With no VirtualService bound, a single
@@ -21,7 +23,7 @@ from envoy.config.route.v3 import route_pb2
 from .. import names
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
-from .gateway_servers import HTTP, GatewayPort, gateway_ports, matching_hosts, virtual_services_for_gateway
+from .gateway_servers import HTTP, TLS, GatewayPort, Server, gateway_ports, matching_hosts, virtual_services_for_gateway
 from .http_routes import RouteContext, catch_all_last, virtual_service_routes
 
 # istiod raises Envoy's 4 KiB direct response body limit to what its webhook accepts.
@@ -39,16 +41,29 @@ def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
 
 
 def gateway_route_configs(mesh: MeshSnapshot, proxy: Proxy) -> list[route_pb2.RouteConfiguration]:
-    return [gateway_route_config(mesh, proxy, gp) for gp in gateway_ports(mesh, proxy) if gp.kind == HTTP]
+    out = []
+    for gp in gateway_ports(mesh, proxy):
+        if gp.kind == HTTP:
+            out.append(gateway_route_config(mesh, proxy, gp))
+        elif gp.kind == TLS:
+            # One route configuration per HTTPS server terminating TLS: each SNI filter
+            # chain sees only its own server's virtual hosts (istiod's choice too).
+            for server in gp.servers:
+                if server.terminates_http:
+                    out.append(_route_config_for(mesh, proxy, server.route_name, [server], is_tls=True))
+    return out
 
 
 def gateway_route_config(mesh: MeshSnapshot, proxy: Proxy, gp: GatewayPort) -> route_pb2.RouteConfiguration:
-    vhosts = _gateway_virtual_hosts(mesh, proxy, gp)
+    return _route_config_for(mesh, proxy, gp.route_name, list(gp.servers), is_tls=False)
+
+
+def _route_config_for(mesh: MeshSnapshot, proxy: Proxy, name: str, servers: list[Server],
+                      is_tls: bool) -> route_pb2.RouteConfiguration:
+    vhosts = _gateway_virtual_hosts(mesh, proxy, servers, is_tls)
     if not vhosts:
-        vhosts = [
-            rc.VirtualHost(name=names.virtual_host_name("blackhole", gp.servers[0].number), domains=["*"])
-        ]
-    return route_config(gp.route_name, vhosts)
+        vhosts = [rc.VirtualHost(name=names.virtual_host_name("blackhole", servers[0].number), domains=["*"])]
+    return route_config(name, vhosts)
 
 
 def route_config(name: str, vhosts: list[rc.VirtualHost]) -> route_pb2.RouteConfiguration:
@@ -85,7 +100,7 @@ class _VHost:
         return vh
 
 
-def _gateway_virtual_hosts(mesh: MeshSnapshot, proxy: Proxy, gp: GatewayPort) -> list[rc.VirtualHost]:
+def _gateway_virtual_hosts(mesh: MeshSnapshot, proxy: Proxy, servers: list[Server], is_tls: bool) -> list[rc.VirtualHost]:
     by_host: dict[str, _VHost] = {}
 
     def vhost(host: str, server_port: int) -> _VHost:
@@ -95,8 +110,8 @@ def _gateway_virtual_hosts(mesh: MeshSnapshot, proxy: Proxy, gp: GatewayPort) ->
         return by_host[host]
 
     built: dict[tuple[str, str, str], list[rc.Route]] = {}  # (gateway, vs namespace, vs name)
-    for server in gp.servers:
-        ctx = RouteContext(mesh, proxy, server.number, frozenset({server.gateway_name}))
+    for server in servers:
+        ctx = RouteContext(mesh, proxy, server.number, frozenset({server.gateway_name}), is_tls=is_tls)
         redirect = bool(server.tls.get("httpsRedirect"))
         for vs in virtual_services_for_gateway(mesh, proxy, server.gateway_name):
             hosts = matching_hosts(server, vs)

@@ -9,7 +9,9 @@ port of its own (istiod's buildSidecarOutboundListeners, read not copied).
   over RDS; anything else falls to the default chain, tcp_proxy to PassthroughCluster.
 - TCP ports (and ports without a protocol: no sniffing here, they are TCP):
   `<clusterIP>_<port>` with tcp_proxy to `outbound|<port>||<host>` (or to the
-  destination of a VirtualService `tcp` route). A headless service gets a listener per
+  destination of a VirtualService `tcp` route whose match fits: port, source labels and
+  namespace, `destinationSubnets` holding the listener's address). TLS/HTTPS ports add
+  one chain per VirtualService `tls` match, told apart by SNI (`sniHosts`). A headless service gets a listener per
   endpoint (`<podIP>_<port>`, never the sidecar's own IP); a service without any cluster
   IP (a static file) gets `0.0.0.0_<port>`.
 - Conflicts on one address and port resolve as istiod does, services taken oldest first:
@@ -117,7 +119,8 @@ def outbound_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Li
                 _add(entries, WILDCARD, sp.port, HTTP, [_http_chain(sp.port, proto)])
                 continue
             for bind in _tcp_binds(mesh, proxy, svc, sp):
-                _add(entries, bind, sp.port, TCP, [_tcp_chain(mesh, proxy, svc, sp, vss)])
+                _add(entries, bind, sp.port, TCP, [*_tls_route_chains(mesh, proxy, svc, sp, vss, bind),
+                                                   _tcp_chain(mesh, proxy, svc, sp, vss, bind)])
     return [_listener(entries[k]) for k in sorted(entries, key=lambda k: (k[1], k[0]))]
 
 
@@ -156,8 +159,9 @@ def _http_chain(port: int, proto: str) -> _Chain:
     return _Chain([filters.network_filter(filters.HTTP_CONNECTION_MANAGER, hcm)], match)
 
 
-def _tcp_chain(mesh: MeshSnapshot, proxy: Proxy, svc: Service, sp: ServicePort, vss: list[ConfigObject]) -> _Chain:
-    tcp = _virtual_service_tcp_proxy(mesh, proxy, svc, sp, vss)
+def _tcp_chain(mesh: MeshSnapshot, proxy: Proxy, svc: Service, sp: ServicePort, vss: list[ConfigObject],
+               bind: str = WILDCARD) -> _Chain:
+    tcp = _virtual_service_tcp_proxy(mesh, proxy, svc, sp, vss, bind)
     if tcp is None:
         cluster = names.outbound_cluster(sp.port, svc.hostname)
         tcp = filters.tcp_proxy(cluster, [(cluster, 1)])
@@ -171,12 +175,31 @@ def _vs_matches_host(vs: ConfigObject, host: str) -> bool:
     return any(h == host or (h.startswith("*") and covers(h, host)) for h in virtual_service_hosts(vs))
 
 
-def _tcp_match_applies(m: Mapping[str, Any], vs: ConfigObject, proxy: Proxy, port: int) -> bool:
+def _in_subnets(address: str, subnets: list) -> bool:
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    for cidr in subnets:
+        try:
+            if ip in ipaddress.ip_network(str(cidr), strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _tcp_match_applies(m: Mapping[str, Any], vs: ConfigObject, proxy: Proxy, port: int, bind: str = WILDCARD) -> bool:
     p = as_int(m.get("port"), 0)
     if p and p != port:
         return False
-    if as_list(m.get("destinationSubnets")):
-        return False  # subnet matches are not supported: the rule does not apply
+    subnets = as_list(m.get("destinationSubnets"))
+    if subnets and not _in_subnets(bind, subnets):
+        # The listener is the service's own address: the rule applies when that address
+        # is in one of the subnets (a wildcard listener has no address to compare).
+        return False
     gateways = [resolve_gateway_name(str(g), vs.namespace) for g in as_list(m.get("gateways"))]
     if gateways and MESH_GATEWAY not in gateways:
         return False
@@ -186,7 +209,47 @@ def _tcp_match_applies(m: Mapping[str, Any], vs: ConfigObject, proxy: Proxy, por
     return not ns or ns == proxy.namespace
 
 
-def _virtual_service_tcp_proxy(mesh: MeshSnapshot, proxy: Proxy, svc: Service, sp: ServicePort, vss: list[ConfigObject]):
+def _tls_route_chains(mesh: MeshSnapshot, proxy: Proxy, svc: Service, sp: ServicePort, vss: list[ConfigObject],
+                      bind: str) -> list[_Chain]:
+    """VirtualService `tls` rules for a TLS/HTTPS service port: one chain per match, told
+    apart by SNI (`sniHosts`), proxying the still encrypted bytes to the rule's route
+    (istiod's buildSidecarOutboundTLSFilterChainOpts). Other connections fall to the
+    port's default chain."""
+    if protocol.of_service_port(sp) not in (protocol.TLS, protocol.HTTPS):
+        return []
+    ctx = RouteContext(mesh, proxy, sp.port, frozenset({MESH_GATEWAY}))
+    out: list[_Chain] = []
+    for vs in vss:
+        if not _vs_matches_host(vs, svc.hostname):
+            continue
+        for rule in as_list(vs.spec.get("tls")):
+            rule = as_map(rule)
+            destinations = [as_map(d) for d in as_list(rule.get("route"))]
+            if not destinations:
+                continue
+            for m in (as_map(m) for m in as_list(rule.get("match"))):
+                if not _tcp_match_applies(m, vs, proxy, sp.port, bind):
+                    continue
+                sni = sorted({str(h).lower() for h in as_list(m.get("sniHosts")) if h and h != "*"})
+                match = lc.FilterChainMatch(transport_protocol=tls.TLS_TRANSPORT, server_names=sni)
+                out.append(_Chain([filters.network_filter(filters.TCP_PROXY, _route_tcp_proxy(vs, destinations, ctx))],
+                                  match))
+    return out
+
+
+def _route_tcp_proxy(vs: ConfigObject, destinations: list, ctx: RouteContext):
+    clusters = [
+        (destination_cluster(as_map(d.get("destination")), vs.namespace, ctx), as_int(d.get("weight"), 0) or 0)
+        for d in destinations
+    ]
+    weighted = [c for c in clusters if c[1] > 0] if len(clusters) > 1 else []
+    if weighted:
+        return filters.tcp_proxy(f"{vs.name}.{vs.namespace}", weighted)
+    return filters.tcp_proxy(clusters[0][0], [(clusters[0][0], 1)])
+
+
+def _virtual_service_tcp_proxy(mesh: MeshSnapshot, proxy: Proxy, svc: Service, sp: ServicePort, vss: list[ConfigObject],
+                               bind: str = WILDCARD):
     """tcp_proxy for the first VirtualService `tcp` rule of the host that applies here."""
     ctx = RouteContext(mesh, proxy, sp.port, frozenset({MESH_GATEWAY}))
     for vs in vss:
@@ -198,16 +261,9 @@ def _virtual_service_tcp_proxy(mesh: MeshSnapshot, proxy: Proxy, svc: Service, s
             destinations = [as_map(d) for d in as_list(rule.get("route"))]
             if not destinations:
                 continue
-            if matches and not any(_tcp_match_applies(m, vs, proxy, sp.port) for m in matches):
+            if matches and not any(_tcp_match_applies(m, vs, proxy, sp.port, bind) for m in matches):
                 continue
-            clusters = [
-                (destination_cluster(as_map(d.get("destination")), vs.namespace, ctx), as_int(d.get("weight"), 0) or 0)
-                for d in destinations
-            ]
-            weighted = [c for c in clusters if c[1] > 0] if len(clusters) > 1 else []
-            if weighted:
-                return filters.tcp_proxy(f"{vs.name}.{vs.namespace}", weighted)
-            return filters.tcp_proxy(clusters[0][0], [(clusters[0][0], 1)])
+            return _route_tcp_proxy(vs, destinations, ctx)
     return None
 
 

@@ -115,11 +115,12 @@ def _separate(vs: ConfigObject, services: dict[str, Service], wildcard_owner: di
 def route_config_for_port(
     mesh: MeshSnapshot, proxy: Proxy, port: int, vss: list[ConfigObject]
 ) -> route_pb2.RouteConfiguration:
-    services = {svc.hostname: svc for svc in services_by_age(mesh) if svc.port(port) is not None}
+    all_services = {svc.hostname: svc for svc in services_by_age(mesh)}
+    services = {h: svc for h, svc in all_services.items() if svc.port(port) is not None}
     if port != 80:
         # istiod keeps VirtualServices naming no service of the port off other ports.
         vss = [vs for vs in vss if any(_names_service(h, services) for h in virtual_service_hosts(vs))]
-    owners = _most_specific_wildcards(vss, services)
+    owners = _most_specific_wildcards(vss, all_services)
     ctx = RouteContext(mesh, proxy, port, frozenset({MESH_GATEWAY}))
 
     wrappers: list[_Wrapper] = []
@@ -128,10 +129,14 @@ def route_config_for_port(
         routes = virtual_service_routes(vs, ctx)
         if not routes:
             continue
-        other_hosts, matched = _separate(vs, services, owners)
-        http_services = [s for s in matched if is_http_port(s.port(port))]
-        if not http_services and port != 80:
-            continue
+        # Hosts that name a service of any port are that service's (istiod's
+        # separateVSHostsAndServices); only a VirtualService naming no HTTP service at all
+        # lands on port 80 with its other hosts.
+        other_hosts, matched = _separate(vs, all_services, owners)
+        http_services = [s for s in matched if s.port(port) is not None and is_http_port(s.port(port))]
+        if not http_services:
+            if port != 80 or any(is_http_port(sp) for svc in matched for sp in svc.ports):
+                continue
         wrappers.append(_Wrapper(routes, http_services, other_hosts))
         routed.update(s.hostname for s in http_services)
     for svc in services.values():

@@ -178,6 +178,9 @@ def _typed_san_matchers(sans: Iterable[str]) -> list[common_pb2.SubjectAltNameMa
     return out
 
 
+typed_san_matchers = _typed_san_matchers
+
+
 def _is_ip(value: str) -> bool:
     import ipaddress
 

@@ -97,10 +97,12 @@ def default_thresholds() -> circuit_breaker_pb2.CircuitBreakers.Thresholds:
 
 def apply(cluster: cluster_pb2.Cluster, policy: Mapping[str, Any], http2: bool) -> None:
     """Apply connection pool, load balancer and outlier detection settings."""
-    http_options = _apply_connection_pool(cluster, as_map(policy.get("connectionPool")))
+    pool = as_map(policy.get("connectionPool"))
+    http_options = _apply_connection_pool(cluster, pool)
     _apply_outlier_detection(cluster, as_map(policy.get("outlierDetection")))
     _apply_load_balancer(cluster, as_map(policy.get("loadBalancer")))
-    _set_http_protocol_options(cluster, http_options, http2)
+    _set_http_protocol_options(cluster, http_options, _http2_wanted(pool, http2),
+                               as_map(pool.get("http")))
 
 
 def _positive(value: Any) -> int | None:
@@ -130,21 +132,45 @@ def _apply_connection_pool(cluster: cluster_pb2.Cluster, pool: Mapping[str, Any]
         thresholds.max_connections.value = n
     if (d := duration(tcp.get("maxConnectionDuration"))) is not None:
         common.max_connection_duration.CopyFrom(d)
+    keepalive = as_map(tcp.get("tcpKeepalive"))
+    if keepalive:
+        ka = cluster.upstream_connection_options.tcp_keepalive
+        ka.SetInParent()
+        if (n := _positive(keepalive.get("probes"))) is not None:
+            ka.keepalive_probes.value = n
+        if (d := duration(keepalive.get("time"))) is not None:
+            ka.keepalive_time.value = max(d.seconds, 1)
+        if (d := duration(keepalive.get("interval"))) is not None:
+            ka.keepalive_interval.value = max(d.seconds, 1)
     cluster.circuit_breakers.thresholds.append(thresholds)
     return common
 
 
+def _http2_wanted(pool: Mapping[str, Any], http2: bool) -> bool:
+    """HTTP/2 upstream: the port speaks it, or connectionPool.http.h2UpgradePolicy UPGRADE."""
+    return http2 or str(as_map(pool.get("http")).get("h2UpgradePolicy") or "").upper() == "UPGRADE"
+
+
 def _set_http_protocol_options(
-    cluster: cluster_pb2.Cluster, common: protocol_pb2.HttpProtocolOptions, http2: bool
+    cluster: cluster_pb2.Cluster, common: protocol_pb2.HttpProtocolOptions, http2: bool,
+    http_pool: Mapping[str, Any] | None = None,
 ) -> None:
-    if not http2 and common.ByteSize() == 0:
+    http_pool = http_pool or {}
+    use_client = bool(http_pool.get("useClientProtocol"))
+    if not http2 and not use_client and common.ByteSize() == 0:
         return
     opts = http_protocol_options_pb2.HttpProtocolOptions()
     if common.ByteSize():
         opts.common_http_protocol_options.CopyFrom(common)
+    if use_client:
+        # The client's own protocol upstream (istiod's useClientProtocol).
+        opts.use_downstream_protocol_config.http_protocol_options.SetInParent()
+        opts.use_downstream_protocol_config.http2_protocol_options.SetInParent()
     # Envoy requires an upstream protocol choice in these options; HTTP/1.1 is its default.
-    if http2:
+    elif http2:
         opts.explicit_http_config.http2_protocol_options.SetInParent()
+        if (n := _positive(http_pool.get("maxConcurrentStreams"))) is not None:
+            opts.explicit_http_config.http2_protocol_options.max_concurrent_streams.value = n
     else:
         opts.explicit_http_config.http_protocol_options.SetInParent()
     cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(typed(opts))
@@ -168,6 +194,13 @@ def _apply_outlier_detection(cluster: cluster_pb2.Cluster, od: Mapping[str, Any]
         out.base_ejection_time.CopyFrom(d)
     if (n := _positive(od.get("maxEjectionPercent"))) is not None:
         out.max_ejection_percent.value = n
+    if od.get("splitExternalLocalOriginErrors"):
+        out.split_external_local_origin_errors = True
+        local = as_int(od.get("consecutiveLocalOriginFailures"))
+        if local is not None:
+            out.consecutive_local_origin_failure.value = local
+            out.enforcing_consecutive_local_origin_failure.value = 100 if local > 0 else 0
+        out.enforcing_local_origin_success_rate.value = 0
     cluster.outlier_detection.CopyFrom(out)
     # Panic mode rarely helps with the few pods a Kubernetes service has: istiod sets the
     # threshold to minHealthPercent, which defaults to 0 (off), whenever outliers are detected.

@@ -4,23 +4,10 @@ from __future__ import annotations
 
 from .. import names
 from ..config.objects import ConfigObject
+from ..model.delegates import resolve_gateway_name  # noqa: F401 (one rule for the model and generators)
 from .convert import as_list
 
 MESH_GATEWAY = "mesh"  # the reserved gateway name meaning "all sidecars"
-
-
-def resolve_gateway_name(ref: str, namespace: str) -> str:
-    """A VirtualService `gateways` entry as "namespace/name" (Istio's resolveGatewayName)."""
-    ref = ref.strip()
-    if ref == MESH_GATEWAY:
-        return ref
-    if "/" in ref:
-        ns, _, name = ref.partition("/")
-        return f"{namespace if ns == '.' else ns}/{name}"
-    if "." in ref:  # legacy "name.namespace.svc.cluster.local"
-        name, ns = ref.split(".")[:2]
-        return f"{ns}/{name}"
-    return f"{namespace}/{ref}"
 
 
 def bound_gateways(vs: ConfigObject) -> set[str]:

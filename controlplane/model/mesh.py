@@ -6,13 +6,29 @@ back than this object.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Mapping
+
+import structlog
 
 from ..config import kinds
 from ..config.objects import ConfigObject
 from ..config.snapshot import ConfigSnapshot
 from ..names import ROOT_NAMESPACE, resolve_host
+from .credentials import Credential, credentials_from
+from .delegates import resolve_delegates
+from .destination_rules import DestinationRuleIndex
+from .gateways import (
+    ISTIO_MUTUAL,
+    MUTUAL,
+    OPTIONAL_MUTUAL,
+    GatewayConflict,
+    MergedGateway,
+    Server,
+    credential_names,
+    merge_gateways,
+)
 from .peer_authentication import MtlsPolicy, effective_policy
 from .proxy import Proxy
 from .services import (
@@ -27,6 +43,8 @@ from .services import (
 )
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+log = structlog.get_logger("meshd.model")
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,14 @@ class MeshSnapshot:
     root_namespace: str = ROOT_NAMESPACE
     _instances_by_ip: Mapping[str, tuple[ServiceInstance, ...]] = field(default_factory=dict, repr=False)
     _dr_by_host: Mapping[str, tuple[ConfigObject, ...]] = field(default_factory=dict, repr=False)
+    # The wildcard hosts of _dr_by_host: looked up for every host without a rule of its
+    # own, so scanning only these keeps outbound cluster generation linear.
+    _wildcard_dr_hosts: tuple[str, ...] = field(default=(), repr=False)
+    # TLS credentials from Secrets, by (namespace, name); see credentials.py.
+    credentials: Mapping[tuple[str, str], Credential] = field(default_factory=dict, repr=False)
+    # Gateway servers that are not served (or merged), found when the snapshot is built.
+    gateway_conflicts: tuple[GatewayConflict, ...] = ()
+    _dr_index: DestinationRuleIndex | None = field(default=None, repr=False)
 
     # --- lookups generators use ------------------------------------------------
     def service(self, hostname: str) -> Service | None:
@@ -88,29 +114,89 @@ class MeshSnapshot:
         return None
 
     def destination_rule(self, hostname: str, client_namespace: str) -> ConfigObject | None:
-        """The DestinationRule for a host as seen from `client_namespace`: one in the
-        client's namespace wins, then the service's namespace, then the root namespace
-        (a simplified form of Istio's lookup order), then any other visible one."""
+        """The DestinationRule for a host as seen from `client_namespace`, as istiod picks
+        it: the client's namespace, then the service's, then the root namespace, honouring
+        `exportTo`; several rules for one host in a namespace are merged
+        (destination_rules.py)."""
+        if self._dr_index is None:
+            return self._legacy_destination_rule(hostname, client_namespace)
+        svc = self.services.get(hostname)
+        got = self._dr_index.lookup(hostname, client_namespace, svc.namespace if svc else None)
+        return got.rule if got is not None else None
+
+    def _legacy_destination_rule(self, hostname: str, client_namespace: str) -> ConfigObject | None:
+        # A snapshot built without build_mesh (tests constructing MeshSnapshot directly).
         candidates = self._dr_by_host.get(hostname)
         if not candidates:
-            return self._wildcard_destination_rule(hostname, client_namespace)
+            from .hosts import covers
+
+            for host in self._wildcard_dr_hosts:
+                if covers(host, hostname):
+                    return self._dr_by_host[host][0]
+            return None
         svc = self.services.get(hostname)
-        order = [client_namespace, svc.namespace if svc else None, "istio-system"]
-        for ns in order:
+        for ns in (client_namespace, svc.namespace if svc else None, self.root_namespace):
             for dr in candidates:
                 if dr.namespace == ns:
                     return dr
-        return candidates[0]
+        return None
 
-    def _wildcard_destination_rule(self, hostname: str, client_namespace: str) -> ConfigObject | None:
-        from .hosts import covers
+    # --- gateways and credentials ----------------------------------------------
+    def merged_gateway(self, proxy: Proxy) -> MergedGateway:
+        """The servers of every Gateway selecting `proxy`, merged per listening port."""
+        gw_service = self.gateway_service_for(proxy)
+        return merge_gateways(self.gateways_for(proxy), lambda number: self.listen_port(number, gw_service))
 
-        best: ConfigObject | None = None
-        best_len = -1
-        for host, drs in self._dr_by_host.items():
-            if host.startswith("*") and covers(host, hostname) and len(host) > best_len:
-                best, best_len = drs[0], len(host)
-        return best
+    def listen_port(self, number: int, gw_service: Service | None) -> int:
+        """Translate a Gateway server port through the gateway's own Service: Envoy must
+        listen where the Service sends traffic (its targetPort), not on the Service port."""
+        sp = gw_service.port(number) if gw_service else None
+        if sp is None:
+            return number
+        tp = sp.target_port
+        if isinstance(tp, int) and not isinstance(tp, bool) or (isinstance(tp, str) and tp.isdigit()):
+            target = int(tp)
+            return target if 0 < target < 65536 else number
+        if isinstance(tp, str) and tp:
+            # A named container port: the gateway pods behind the Service resolved it already.
+            for ep in self.service_endpoints(gw_service.hostname, number):
+                return ep.port
+        return number
+
+    def credential(self, namespace: str, name: str) -> Credential | None:
+        """The Secret `name` of `namespace` as a credential (certificate chain and key)."""
+        return self.credentials.get((namespace, name))
+
+    def credential_problem(self, namespace: str, server: Server) -> str | None:
+        """Why a Gateway server's TLS cannot be set up on a gateway in `namespace`: its
+        Secrets are missing there (or lack a key or CA), or its protocol versions exclude
+        each other. None: it can (or the server does not terminate TLS)."""
+        if server.passthrough or not server.tls:
+            return None
+        versions = ("TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")
+        lo, hi = (str(server.tls.get(k) or "").upper() for k in ("minProtocolVersion", "maxProtocolVersion"))
+        if lo in versions and hi in versions and versions.index(lo) > versions.index(hi):
+            return f"minProtocolVersion {lo} is above maxProtocolVersion {hi}: no TLS version is left"
+        if server.tls_mode == ISTIO_MUTUAL:
+            return None
+        creds = credential_names(server.tls)
+        for name in creds:
+            cred = self.credentials.get((namespace, name))
+            if cred is None or not (cred.cert_chain and cred.private_key):
+                return f"credential kubernetes://{name}: no Secret {name} with a certificate and key in namespace {namespace}"
+        if creds and server.tls_mode in (MUTUAL, OPTIONAL_MUTUAL) and not self.ca_credential(namespace, creds[0]):
+            return (f"credential kubernetes://{creds[0]}-cacert: {server.tls_mode} needs a CA: no Secret "
+                    f"{creds[0]}-cacert and no ca.crt in Secret {creds[0]} in namespace {namespace}")
+        return None
+
+    def ca_credential(self, namespace: str, name: str) -> bytes:
+        """The CA bundle for `kubernetes://<name>-cacert`: a Secret `<name>-cacert`, else
+        the `ca.crt` of the Secret `<name>` (istiod's GetCaCert); b"" when there is none."""
+        own = self.credentials.get((namespace, name + "-cacert"))
+        if own is not None and (own.ca or own.cert_chain):
+            return own.ca or own.cert_chain
+        base = self.credentials.get((namespace, name))
+        return base.ca if base is not None else b""
 
 
 def _dr_host(dr: ConfigObject) -> str:
@@ -144,20 +230,92 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE) -> 
                     instances.setdefault(ep.address, []).append(ServiceInstance(svc, sp, ep))
 
     drs = tuple(config.of_kind(kinds.DESTINATION_RULE.kind))
+    gateways = tuple(config.of_kind(kinds.GATEWAY.kind))
     dr_by_host: dict[str, list[ConfigObject]] = {}
     for dr in drs:
         dr_by_host.setdefault(_dr_host(dr), []).append(dr)
 
-    return MeshSnapshot(
+    mesh = MeshSnapshot(
         version=config.version,
         config=config,
         services=services,
         endpoints=endpoints,
-        gateways=tuple(config.of_kind(kinds.GATEWAY.kind)),
-        virtual_services=tuple(config.of_kind(kinds.VIRTUAL_SERVICE.kind)),
+        gateways=gateways,
+        virtual_services=resolve_delegates(config.of_kind(kinds.VIRTUAL_SERVICE.kind)),
         destination_rules=drs,
         peer_authentications=tuple(config.of_kind(kinds.PEER_AUTHENTICATION.kind)),
         root_namespace=root_namespace,
         _instances_by_ip={ip: tuple(sorted(v, key=lambda i: (i.service.hostname, i.port.port))) for ip, v in instances.items()},
         _dr_by_host={h: tuple(v) for h, v in dr_by_host.items()},
+        _wildcard_dr_hosts=tuple(h for h in dr_by_host if h.startswith("*")),
+        credentials=credentials_from(config.of_kind(kinds.SECRET.kind)),
+        _dr_index=DestinationRuleIndex(drs, root_namespace),
     )
+    conflicts = gateway_conflicts(mesh, pods)
+    report_gateway_conflicts(conflicts)
+    return dataclasses.replace(mesh, gateway_conflicts=conflicts)
+
+
+def gateway_conflicts(mesh: MeshSnapshot, pods) -> tuple[GatewayConflict, ...]:
+    """Conflicts of every distinct set of Gateways a gateway workload selects: the pods the
+    selectors match (or, with no such pod in the snapshot, a pod with just the selector's
+    labels where a Service selects it), each merged as that proxy would merge them."""
+    selectors: dict[tuple, Mapping[str, str]] = {}
+    for gw in mesh.gateways:
+        sel = gw.spec.get("selector") or {}
+        if isinstance(sel, Mapping) and sel:
+            selectors.setdefault(tuple(sorted((str(k), str(v)) for k, v in sel.items())), sel)
+    if not selectors:
+        return ()
+    workloads: dict[tuple, Proxy] = {}
+
+    def add(namespace: str, labels: Mapping[str, str]) -> None:
+        # Proxies selected by the same Gateways in the same namespace merge the same way.
+        chosen = tuple(k for k, sel in selectors.items() if labels_match(sel, labels))
+        if chosen:
+            workloads.setdefault((namespace, chosen), Proxy(id="", type="router", ip="", pod="", namespace=namespace,
+                                                            labels=dict(labels)))
+
+    for key, sel in selectors.items():
+        matched = [p for p in pods if labels_match(sel, p.labels)]
+        for pod in matched:
+            add(pod.namespace, pod.labels)
+        if not matched:
+            # No pod in the snapshot: the gateway runs where a Service selects such pods
+            # (istio-ingressgateway in istio-system), else in its Gateways' namespaces.
+            namespaces = sorted({svc.namespace for svc in mesh.services.values()
+                                 if svc.selector and labels_match(svc.selector, sel)}) or \
+                sorted({gw.namespace for gw in mesh.gateways if gw.spec.get("selector") == sel})
+            for ns in namespaces:
+                add(ns, sel)
+    seen: dict[tuple, GatewayConflict] = {}
+    for key in sorted(workloads):
+        proxy = workloads[key]
+        merged = mesh.merged_gateway(proxy)
+        for c in merged.conflicts:
+            seen.setdefault(c.key(), c)
+        for gp in merged.ports:
+            for server in gp.servers:
+                problem = mesh.credential_problem(proxy.namespace, server)
+                if problem is not None:
+                    c = GatewayConflict(server, problem + " (its filter chain is left out)")
+                    seen.setdefault(c.key(), c)
+    return tuple(seen[k] for k in sorted(seen, key=repr))
+
+
+_reported: set[tuple] = set()
+
+
+def report_gateway_conflicts(conflicts: tuple[GatewayConflict, ...]) -> None:
+    """One `gateway conflict` event per conflict when it appears (not on every rebuild)."""
+    global _reported
+    current = {c.key() for c in conflicts}
+    for c in conflicts:
+        if c.key() not in _reported:
+            log.warning(
+                "gateway conflict", gateway=c.server.gateway_name, server=c.server.index, port=c.server.number,
+                hosts=list(c.server.hosts), reason=c.reason, action="ignored" if c.dropped else "merged",
+                conflicts_with=(f"{c.other.gateway_name} spec.servers[{c.other.index}]" if c.other else None),
+                message=c.message(),
+            )
+    _reported = current

@@ -8,4 +8,10 @@ they may receive.
 - `sds`: the SDS secrets `default` (the workload's key and certificate) and `ROOTCA`
   (the trust bundle), issued per identity and cached; never shared across identities.
 - `serving`: meshd's own certificate for the secure xDS port (15012), reissued in time.
+- `authority`: the running CA: active signer, trust bundle, root rotation in phases.
+- `rotation`: renews workload certificates ahead of expiry and pushes them over SDS.
+- `ca_service`: the Istio CA API (IstioCertificateService/CreateCertificate).
+- `plane`: all of the above wired together for `meshd serve`.
+- `tokenreview`: Kubernetes mode: ServiceAccount tokens checked with the TokenReview API.
+- `kube_ca`: Kubernetes mode: the CA directory as a mirror of Secrets istio-ca-secret / cacerts.
 """

@@ -15,13 +15,24 @@ Kubernetes TokenReview authenticator will do I/O, so results may be awaitables.
 File mode uses `JwtAuthenticator`: `authorization: Bearer <jwt>` signed by meshd's own
 token key (ca.tokens.TokenAuthority, as minted by `meshd token`), audience `istio-ca`
 (what istio-agent's CA client asks Kubernetes for).
+
+`ClientCertAuthenticator` (istiod's ClientCertAuthenticator) takes the identity from a
+TLS client certificate this CA issued: the SPIFFE ID in its URI SAN, after checking
+that it chains to a root of the current trust bundle. It needs the connection's
+gRPC auth context; authenticators that do set `needs_auth_context = True` and take it
+as a third argument. gRPC Python cannot ask for a client certificate without also
+requiring one, so meshd offers it on its own port (`--ca-mtls-port`, see app.py).
 """
 from __future__ import annotations
 
 import inspect
-from typing import Awaitable, Iterable, Protocol, Sequence, Union
+from datetime import datetime
+from typing import Awaitable, Callable, Iterable, Mapping, Protocol, Sequence, Union
+
+from cryptography import x509
 
 from ca import Identity, TokenAuthority, TokenError
+from ca.clock import Clock, utc_now
 from ca.tokens import DEFAULT_AUDIENCE
 
 # Lower-case keys, as gRPC delivers them.
@@ -86,13 +97,98 @@ class JwtAuthenticator:
             raise AuthenticationError(f"token names an invalid identity: {e}") from None
 
 
-async def authenticate_stream(authenticators: Sequence[Authenticator], metadata: Metadata, peer: str) -> Identity:
+AuthContext = Mapping[str, Sequence[bytes]]
+
+
+class ClientCertAuthenticator:
+    """The identity of a verified TLS client certificate (URI SAN spiffe://<td>/ns/<ns>/sa/<sa>).
+
+    gRPC has verified the handshake against the port's client roots; this checks again,
+    against the CA's trust bundle as it is now (`roots()`), and the validity period."""
+
+    name = "client-cert"
+    needs_auth_context = True
+
+    def __init__(self, roots: Callable[[], Sequence[x509.Certificate]], trust_domain: str, *, clock: Clock = utc_now):
+        self._roots = roots
+        self._trust_domain = trust_domain
+        self._clock = clock
+
+    def authenticate(self, metadata: Metadata, peer: str, auth_context: AuthContext | None = None) -> Identity | None:
+        pems = list((auth_context or {}).get("x509_pem_cert") or ())
+        if not pems:
+            return None
+        try:
+            leaf = x509.load_pem_x509_certificate(pems[0])
+        except ValueError:
+            raise AuthenticationError("client certificate is not a PEM certificate") from None
+        chain_pems = list((auth_context or {}).get("x509_pem_cert_chain") or ())
+        chain: list[x509.Certificate] = []
+        for blob in chain_pems:
+            try:
+                chain += x509.load_pem_x509_certificates(blob)
+            except ValueError:
+                pass
+        now: datetime = self._clock()
+        if not (leaf.not_valid_before_utc <= now < leaf.not_valid_after_utc):
+            raise AuthenticationError("client certificate is expired or not yet valid")
+        if not _chains_to(leaf, [c for c in chain if c != leaf], list(self._roots())):
+            raise AuthenticationError("client certificate does not chain to a trusted root")
+        try:
+            san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            raise AuthenticationError("client certificate has no SPIFFE ID (no SAN)") from None
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        if len(uris) != 1:
+            raise AuthenticationError(f"client certificate must carry exactly one URI SAN, has {len(uris)}")
+        try:
+            identity = Identity.from_spiffe_uri(uris[0])
+        except ValueError as e:
+            raise AuthenticationError(f"client certificate: {e}") from None
+        if identity.trust_domain != self._trust_domain:
+            raise AuthenticationError(f"client certificate is for trust domain {identity.trust_domain!r}")
+        return identity
+
+
+def _chains_to(leaf: x509.Certificate, intermediates: list[x509.Certificate], roots: list[x509.Certificate]) -> bool:
+    """Does `leaf` lead to one of `roots` through `intermediates` (signatures only; the
+    TLS stack checked the rest of the path)?"""
+    current, pool = leaf, list(intermediates)
+    for _ in range(len(pool) + 1):
+        for root in roots:
+            if current.issuer == root.subject:
+                try:
+                    current.verify_directly_issued_by(root)
+                    return True
+                except Exception:  # noqa: BLE001 - wrong key / algorithm: try the others
+                    pass
+        nxt = None
+        for cand in pool:
+            if current.issuer == cand.subject:
+                try:
+                    current.verify_directly_issued_by(cand)
+                    nxt = cand
+                    break
+                except Exception:  # noqa: BLE001
+                    continue
+        if nxt is None:
+            return False
+        pool.remove(nxt)
+        current = nxt
+    return False
+
+
+async def authenticate_stream(authenticators: Sequence[Authenticator], metadata: Metadata, peer: str,
+                              auth_context: AuthContext | None = None) -> Identity:
     """The first identity any authenticator vouches for; AuthenticationError (with every
     authenticator's reason) when none does."""
     reasons = []
     for authn in authenticators:
         try:
-            result = authn.authenticate(metadata, peer)
+            if getattr(authn, "needs_auth_context", False):
+                result = authn.authenticate(metadata, peer, auth_context)
+            else:
+                result = authn.authenticate(metadata, peer)
             if inspect.isawaitable(result):
                 result = await result
         except AuthenticationError as e:

@@ -4,10 +4,14 @@ Default: `$MESHD_HOME/ca` when MESHD_HOME is set, else `~/.meshd/ca`. Not relati
 the working directory: a CA that silently moves with `cd` would mint a second root,
 and every workload trusting the first would stop trusting the new certificates.
 
-Files (see ca/root.py and ca/tokens.py; the directory is 0700):
-  root-cert.pem  the trust bundle (what `openssl verify -CAfile` and bootstraps use)
-  root-key.pem   the root's private key (0600)
-  token-key.pem  the ES256 key meshd signs and verifies file-mode tokens with (0600)
+Files (see ca/store.py for the whole layout, ca/root.py, ca/signer.py, ca/tokens.py;
+the directory is 0700):
+  root-cert.pem     the active root
+  root-key.pem      the self-signed root's private key (0600)
+  ca-cert.pem, ca-key.pem, cert-chain.pem   a plug-in CA (Istio's cacerts), when present
+  trust-bundle.pem  every trusted root (two during a root rotation): what bootstraps and
+                    `openssl verify -CAfile` should use
+  token-key.pem     the ES256 key meshd signs and verifies file-mode tokens with (0600)
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from pathlib import Path
 
 from ca import CertificateAuthority, RootCA, TokenAuthority, load_or_create_root, load_or_create_token_key
 from ca.root import ROOT_CERT_FILE
+from ca.store import TRUST_BUNDLE_FILE
 
 MESHD_HOME_ENV = "MESHD_HOME"
 
@@ -28,6 +33,12 @@ def default_ca_dir() -> Path:
 
 def root_cert_path(ca_dir: Path) -> Path:
     return Path(ca_dir) / ROOT_CERT_FILE
+
+
+def trust_bundle_path(ca_dir: Path) -> Path:
+    """`trust-bundle.pem` (every trusted root, written by meshd), else `root-cert.pem`."""
+    bundle = Path(ca_dir) / TRUST_BUNDLE_FILE
+    return bundle if bundle.is_file() else root_cert_path(ca_dir)
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import structlog
 from cryptography import x509
@@ -36,6 +37,7 @@ from google.protobuf import any_pb2
 from ca import DEFAULT_WORKLOAD_TTL, CertificateAuthority, Identity
 from ca.clock import Clock, utc_now
 from ca.keys import KeyType
+from ca.root import fingerprint
 
 from .. import names
 from ..generators.resources import Resource
@@ -66,6 +68,12 @@ class IssuedCert:
     issued_at: datetime
     not_after: datetime
     resource: Resource = field(repr=False)  # the packed `default` Secret: holds the key
+    signer_fingerprint: str = ""  # the CA certificate that signed it
+    root_fingerprint: str = ""  # the root it chains to
+
+    @property
+    def lifetime(self) -> timedelta:
+        return self.not_after - self.issued_at
 
     def due(self, now: datetime) -> bool:
         """Reissue once less than half of the lifetime remains."""
@@ -116,6 +124,8 @@ class WorkloadSecrets:
         clock: Clock = utc_now,
         metrics: Any = None,
         logger: Any = None,
+        renew_on_request: bool = True,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self._ca = ca
         self._trust_domain = trust_domain
@@ -124,9 +134,45 @@ class WorkloadSecrets:
         self._clock = clock
         self._metrics = metrics
         self._log = logger if logger is not None else structlog.get_logger("meshd.sds")
-        self._root = root_secret(ca.root_cert_pem)
+        self._root_pem = b""
+        self._root = self._root_resource()
         self._certs: dict[Identity, IssuedCert] = {}
         self._inflight: dict[Identity, asyncio.Future] = {}
+        # False once a rotation scheduler renews ahead of time (see module docstring).
+        self.renew_on_request = renew_on_request
+        self._executor = executor
+        self._listeners: list[Callable[[IssuedCert], None]] = []
+
+    @property
+    def ttl(self) -> timedelta:
+        return self._ttl
+
+    @property
+    def key_type(self) -> KeyType:
+        return self._key_type
+
+    def on_issued(self, fn: Callable[[IssuedCert], None]) -> None:
+        """Call `fn(cert)` (on the event loop) after every workload certificate issued."""
+        self._listeners.append(fn)
+
+    def _root_resource(self) -> Resource:
+        """ROOTCA for the CA's current trust bundle (re-packed only when it changed)."""
+        pem = self._ca.root_cert_pem
+        if pem != self._root_pem:
+            self._root_pem = pem
+            self._root = root_secret(pem)
+        return self._root
+
+    def current_signer(self) -> str | None:
+        """Fingerprint of the CA certificate issuing now (None if the CA cannot say)."""
+        return getattr(self._ca, "signer_fingerprint", None)
+
+    def cached(self, identity: Identity) -> IssuedCert | None:
+        return self._certs.get(identity)
+
+    def forget(self, identity: Identity) -> None:
+        """Drop the cached certificate (nobody holds it any more): the next request issues."""
+        self._certs.pop(identity, None)
 
     @property
     def trust_domain(self) -> str:
@@ -141,7 +187,7 @@ class WorkloadSecrets:
         withheld: dict[str, str] = {}
         for name in requested:
             if name == names.SDS_ROOT:
-                out.append(self._root)
+                out.append(self._root_resource())
             elif name == names.SDS_DEFAULT:
                 reason = self._refuse(proxy, identity)
                 if reason:
@@ -160,13 +206,24 @@ class WorkloadSecrets:
 
     async def certificate(self, identity: Identity, requested_by: str = "") -> IssuedCert:
         """The current certificate of `identity`, issued (once, however many ask) when
-        there is none or less than half of its lifetime remains."""
+        there is none, it expired, or (renew_on_request) less than half of its lifetime
+        remains."""
         current = self._certs.get(identity)
-        if current is not None and not current.due(self._clock()):
+        now = self._clock()
+        if current is not None and now < current.not_after and not (self.renew_on_request and current.due(now)):
             return current
+        return await self._issue_shared(identity, requested_by, current, "renewal" if current is not None else "first request")
+
+    async def renew(self, identity: Identity, reason: str = "rotation") -> IssuedCert:
+        """Issue a new certificate for `identity` now (the rotation scheduler's call);
+        joins an issuance already running for it."""
+        return await self._issue_shared(identity, reason, self._certs.get(identity), reason, fallback=False)
+
+    async def _issue_shared(self, identity: Identity, requested_by: str, current: IssuedCert | None,
+                            reason: str, *, fallback: bool = True) -> IssuedCert:
         fut = self._inflight.get(identity)
         if fut is None:
-            fut = asyncio.ensure_future(self._issue(identity, requested_by, renewal=current is not None))
+            fut = asyncio.ensure_future(self._issue(identity, requested_by, reason))
             self._inflight[identity] = fut
 
             def done(f: asyncio.Future, identity: Identity = identity) -> None:
@@ -180,23 +237,32 @@ class WorkloadSecrets:
             # shield: a proxy disconnecting mid-issuance must not cancel it for the others.
             return await asyncio.shield(fut)
         except Exception as e:
-            if current is not None and self._clock() < current.not_after:
+            if fallback and current is not None and self._clock() < current.not_after:
                 # A failed renewal is not an outage: the current certificate is still valid.
                 self._log.warning("cert renewal failed, serving the current certificate",
                                   identity=identity.spiffe_uri, serial=f"{current.serial:x}", error=repr(e))
                 return current
             raise
 
-    async def _issue(self, identity: Identity, requested_by: str, renewal: bool) -> IssuedCert:
+    async def _issue(self, identity: Identity, requested_by: str, reason: str) -> IssuedCert:
         issued_at = self._clock()
-        kc = await asyncio.to_thread(self._ca.issue_workload, identity, self._ttl, self._key_type)
-        leaf = x509.load_pem_x509_certificate(kc.chain_pem)  # the first PEM block: the leaf
+        try:
+            kc = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._ca.issue_workload, identity, self._ttl, self._key_type)
+        except Exception:
+            if self._metrics is not None:
+                self._metrics.cert_issue_failed("workload")
+            raise
+        chain = x509.load_pem_x509_certificates(kc.chain_pem)  # leaf, intermediates..., root
+        leaf = chain[0]
         cert = IssuedCert(
             identity=identity,
             serial=leaf.serial_number,
             issued_at=issued_at,
             not_after=leaf.not_valid_after_utc,
             resource=key_secret(kc.chain_pem, kc.key_pem),
+            signer_fingerprint=fingerprint(chain[1]) if len(chain) > 1 else "",
+            root_fingerprint=fingerprint(chain[-1]) if len(chain) > 1 else "",
         )
         self._certs[identity] = cert
         self._evict_expired(issued_at)
@@ -205,8 +271,13 @@ class WorkloadSecrets:
         self._log.info(
             "cert issued", identity=identity.spiffe_uri, serial=f"{cert.serial:x}",
             not_after=cert.not_after.isoformat(), ttl_seconds=int(self._ttl.total_seconds()),
-            reason="renewal" if renewal else "first request", proxy=requested_by,
+            reason=reason, proxy=requested_by, root_fingerprint=cert.root_fingerprint,
         )
+        for fn in self._listeners:
+            try:
+                fn(cert)
+            except Exception:
+                self._log.exception("cert listener failed", identity=identity.spiffe_uri)
         return cert
 
     def _evict_expired(self, now: datetime) -> None:

@@ -6,13 +6,18 @@ server: gRPC asks `fetch` before every TLS handshake (dynamic server credentials
 once less than half of the lifetime remains a new certificate is issued and used from
 the next handshake on. Streams already open keep their connection.
 
+With a rotating CA (controlplane/security/authority.py, `MeshCA`), the certificate is
+also re-issued as soon as the CA's serving signer changes (it is the oldest signer
+whose root is still trusted, so proxies bootstrapped before a root rotation keep
+reconnecting until the old root is dropped).
+
 `fetch` is called from gRPC's own threads, hence the lock.
 """
 from __future__ import annotations
 
 import threading
 from datetime import datetime, timedelta
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import grpc
 import structlog
@@ -34,8 +39,14 @@ class ServingCertificate:
         clock: Clock = utc_now,
         metrics: Any = None,
         logger: Any = None,
+        client_roots: Callable[[], bytes] | None = None,
     ) -> None:
+        """`client_roots`: for a port that requires client certificates (the CA API's
+        `--ca-mtls-port`), the PEM roots to verify them with, read before every handshake
+        (the trust bundle changes during a root rotation)."""
         self._ca = ca
+        self._client_roots = client_roots
+        self._roots_handed_out: bytes | None = None
         self._dns_names = tuple(dns_names)
         self._ttl = ttl
         self._clock = clock
@@ -47,6 +58,7 @@ class ServingCertificate:
         self._not_after: datetime | None = None
         self._generation = 0  # bumped per issuance
         self._handed_out = 0  # the generation gRPC was last given
+        self._signer_generation: str | None = None  # the CA's serving signer when issued
         self._issue()
         self._handed_out = self._generation
 
@@ -55,9 +67,15 @@ class ServingCertificate:
         assert self._current is not None
         return self._current.chain_pem
 
+    def _ca_generation(self) -> str | None:
+        fn = getattr(self._ca, "serving_generation", None)
+        return fn() if fn is not None else None
+
     def _issue(self) -> None:
         now = self._clock()
+        generation = self._ca_generation()
         kc = self._ca.issue_server_cert(self._dns_names, self._ttl)
+        self._signer_generation = generation
         leaf = x509.load_pem_x509_certificate(kc.chain_pem)
         self._current, self._issued_at, self._not_after = kc, now, leaf.not_valid_after_utc
         self._generation += 1
@@ -70,11 +88,16 @@ class ServingCertificate:
 
     def _due(self) -> bool:
         assert self._issued_at is not None and self._not_after is not None
+        if self._ca_generation() != self._signer_generation:
+            return True
         return self._clock() >= self._issued_at + (self._not_after - self._issued_at) / 2
 
     def _config(self) -> grpc.ServerCertificateConfiguration:
         assert self._current is not None
-        return grpc.ssl_server_certificate_configuration([(self._current.key_pem, self._current.chain_pem)])
+        roots = self._client_roots() if self._client_roots is not None else None
+        self._roots_handed_out = roots
+        return grpc.ssl_server_certificate_configuration(
+            [(self._current.key_pem, self._current.chain_pem)], root_certificates=roots)
 
     def refresh(self) -> bool:
         """Issue a new certificate if the current one is past half its lifetime; True if
@@ -95,13 +118,20 @@ class ServingCertificate:
         (keep the one in use). Must not raise (gRPC would fail the handshake)."""
         self.refresh()
         with self._lock:
-            if self._handed_out == self._generation:
+            try:
+                roots_changed = self._client_roots is not None and self._client_roots() != self._roots_handed_out
+            except Exception:  # noqa: BLE001 - must not raise into gRPC
+                roots_changed = False
+            if self._handed_out == self._generation and not roots_changed:
                 return None
             self._handed_out = self._generation
             return self._config()
 
     def credentials(self) -> grpc.ServerCredentials:
+        """TLS for the port; client certificates are required exactly when this was
+        built with `client_roots` (the secure xDS port authenticates bearer tokens
+        instead, as istiod's 15012 does)."""
         with self._lock:
             initial = self._config()
-        # No client certificates: proxies authenticate with a bearer token (as with istiod).
-        return grpc.dynamic_ssl_server_credentials(initial, self.fetch, require_client_authentication=False)
+        return grpc.dynamic_ssl_server_credentials(
+            initial, self.fetch, require_client_authentication=self._client_roots is not None)

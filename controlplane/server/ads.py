@@ -22,6 +22,17 @@ shouldRespond and what Envoy 1.40 does (DESIGN.md):
 Versions are derived from the content sent (resources.version_of), nonces from the
 version and a per-stream counter, so a restarted meshd sends the same versions.
 
+Pushes (`update`) go only to the connections whose output the new snapshot changes: for
+each subscribed type the generator's cache key (what the output depends on) is compared
+with the key of the last response; equal keys mean nothing to send, so a Gateway change
+never reaches a sidecar's queue. A push of EDS sends only the assignments that changed
+(SotW allows partial EDS: Envoy keeps the ones not named); a request is always answered
+in full. Responses are assembled from bytes serialized once (wire.py) and written
+through the PushLimiter (flow.py): a bounded number in flight, a stuck stream dropped.
+
+Delta xDS (DeltaAggregatedResources) shares all of this: connection, subscription state,
+view and limiter; its state machine is delta.py.
+
 Identity: a stream carries the identity it authenticated as (`serve_stream(...,
 identity=...)`; the secure port's servicer in secure.py authenticates before any
 request is read). With an identity, the node must claim exactly that namespace and
@@ -34,6 +45,7 @@ the generator if it serves SDS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -47,13 +59,17 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from ca import Identity
 
 from .. import names
-from ..generators.resources import Resource, ResourceSet, version_of
+from ..generators.resources import ResourceSet, changes
 from ..model.proxy import NodeError, Proxy, parse_node
 from ..security.authz import claimed_identity, identity_mismatch
 from ..security.sds import SecretProvider
+from . import wire
 from .connection import Connection, EventQueue, Push
+from .delta import DeltaProtocol
+from .flow import PushLimiter, StreamStuck
 from .metrics import Metrics
 from .subscription import Nack, Subscription
+from .view import ResourceView, wanted_resources
 
 # After sending the key type, answer the next request for these even if it looks like
 # an ACK (see module docstring).
@@ -61,6 +77,10 @@ _FOLLOW_UPS = {
     names.CLUSTER: (names.ENDPOINT, names.SECRET),
     names.LISTENER: (names.ROUTE, names.SECRET),
 }
+
+
+# Types whose SotW pushes carry only what changed (never LDS/CDS: those must be whole).
+_PARTIAL_PUSH = frozenset({names.ENDPOINT})
 
 
 class Generator(Protocol):
@@ -79,6 +99,15 @@ def byte_count(n: int) -> str:
     return f"{n / div:.1f}{'kMGTPE'[exp]}B"
 
 
+def _debug_node(first: discovery_pb2.DiscoveryRequest) -> Any:
+    """The stream's node for debug views (config_dump's bootstrap), without the ~60 KB
+    extension list Envoy sends."""
+    node = type(first.node)()
+    node.CopyFrom(first.node)
+    node.ClearField("extensions")
+    return node
+
+
 def make_nonce(type_url: str, version: str, counter: int) -> str:
     """Unique per response on a stream (the counter), reproducible across restarts."""
     return hashlib.sha256(f"{type_url}\n{version}\n{counter}".encode()).hexdigest()[:16]
@@ -94,9 +123,14 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         secrets: SecretProvider | None = None,
         trust_domain: str = names.TRUST_DOMAIN,
         max_queued_requests: int = 64,
+        max_pushes_in_flight: int = 100,
+        write_timeout: float = 30.0,
     ):
         self._generator = generator
         self._secrets = secrets
+        self._view = ResourceView(generator, secrets, on_withheld=self._withheld)
+        self.limiter = PushLimiter(max_pushes_in_flight, write_timeout)
+        self._delta = DeltaProtocol(self)
         self._trust_domain = trust_domain
         self._metrics = metrics
         self._log = logger if logger is not None else structlog.get_logger("meshd.ads")
@@ -105,6 +139,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._ready = asyncio.Event()
         self._connections: dict[str, Connection] = {}
         self._ids = itertools.count(1)
+        # Debug hook (controlplane/debug/push_status.py): push_started(reason, n_conns),
+        # sent(conn, sub, n_resources, size, request), proxy_pushed(conn). None: off.
+        self.observer: Any = None
 
     # --- public API --------------------------------------------------------------
     @property
@@ -119,14 +156,61 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def connections(self) -> list[Connection]:
         return list(self._connections.values())
 
-    def update(self, mesh: Any, reason: str = "config") -> None:
-        """Serve `mesh` from now on and push it to every connected proxy. Call from the
-        event loop; never blocks (pushes are queued per connection)."""
-        self._mesh = mesh
+    def update(self, mesh: Any, reason: str = "config") -> int:
+        """Serve `mesh` from now on and push it to every connected proxy whose output it
+        changes (all of them when `mesh` is the snapshot already served: an explicit
+        re-push). Call from the event loop; never blocks (pushes are queued per
+        connection). Returns the connections queued."""
+        previous, self._mesh = self._mesh, mesh
         self._metrics.push_triggered(reason)
+        if self.observer is not None:
+            self.observer.push_started(reason, len(self._connections))
+        queued = 0
         for conn in self._connections.values():
-            conn.events.push(reason)
+            types = None if previous is None or mesh is previous else self._changed_types(conn, mesh)
+            if types is None or types:
+                conn.events.push(reason, types)
+                queued += 1
+            elif self.observer is not None:
+                self.observer.proxy_pushed(conn)  # unaffected: done with this push already
+        self._metrics.push_queued(reason, queued)
         self._ready.set()
+        return queued
+
+    def _changed_types(self, conn: Connection, mesh: Any) -> set[str]:
+        """The subscribed types whose output under `mesh` may differ from what was sent."""
+        out = set()
+        for type_url, sub in conn.subscriptions.items():
+            if self._view.secrets is not None and type_url == names.SECRET and not self._view.generated_secrets(sub):
+                continue  # not config: rotations push SDS themselves (push_secrets)
+            key = self._view.key(conn, sub, mesh)
+            if key is None or key != sub.sent_key:
+                out.add(type_url)
+        return out
+
+    # --- hooks for the CA (controlplane/security/rotation.py) ----------------------
+    def push_secrets(self, identity: Identity | None = None, reason: str = "secret rotation") -> int:
+        """Queue a push to the connections authenticated as `identity` (every connection
+        when None, e.g. for a new trust bundle) so they re-fetch their SDS secrets with no
+        request from the proxy. Coalesces like any push; returns the connections queued."""
+        queued = 0
+        for conn in self._connections.values():
+            if identity is None or conn.identity == identity:
+                conn.events.push(reason)
+                queued += 1
+        return queued
+
+    def secret_unsynced(self, name: str, since: float) -> list[str]:
+        """Connections subscribed to SDS `name` that have not yet ACKed an SDS response
+        sent at or after `since` (time.time()): they may still hold an older version."""
+        out = []
+        for conn in self._connections.values():
+            sub = conn.subscriptions.get(names.SECRET)
+            if sub is None or name not in sub.names:
+                continue
+            if not (sub.sent_at >= since and sub.acked_nonce == sub.sent_nonce):
+                out.append(conn.id)
+        return out
 
     # --- gRPC methods ------------------------------------------------------------
     async def StreamAggregatedResources(
@@ -144,6 +228,17 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         identity: Identity | None = None,
     ) -> None:
         """One ADS stream; `identity` is what the caller authenticated as (None: nothing)."""
+        await self._run_stream(request_iterator, context, identity, delta=False)
+
+    async def serve_delta_stream(
+        self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext,
+        *, identity: Identity | None = None,
+    ) -> None:
+        """One incremental ADS stream; identity rules as for serve_stream."""
+        await self._run_stream(request_iterator, context, identity, delta=True)
+
+    async def _run_stream(self, request_iterator: AsyncIterator, context: grpc.aio.ServicerContext,
+                          identity: Identity | None, *, delta: bool) -> None:
         peer = context.peer()
         requests = request_iterator.__aiter__()
         try:
@@ -158,18 +253,26 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         proxy = dataclasses.replace(proxy, workload_cert=identity is not None and self._secrets is not None)
         conn = Connection(
             id=f"{proxy.id}-{next(self._ids)}", proxy=proxy, peer=peer, events=EventQueue(self._max_queued),
-            identity=identity,
+            identity=identity, node=_debug_node(first), delta=delta,
         )
         self._connections[conn.id] = conn
         self._metrics.set_connections(len(self._connections))
         self._log.info(
             "ads connect", proxy=proxy.id, conn=conn.id, peer=peer, proxy_type=proxy.type, namespace=proxy.namespace,
-            identity=identity.spiffe_uri if identity is not None else None,
+            identity=identity.spiffe_uri if identity is not None else None, delta=delta,
         )
         await conn.events.put_request(first)
         reader = asyncio.create_task(self._read(requests, conn), name=f"ads-read-{conn.id}")
+        protocol = self._delta if delta else self
+        stuck: StreamStuck | None = None
         try:
-            await self._serve(conn, context)
+            await self._serve(conn, context, protocol)
+        except StreamStuck as e:
+            # The proxy stopped reading: give up on this stream (it reconnects) rather
+            # than hold a push slot and its queued responses any longer.
+            stuck = e
+            self._metrics.stream_dropped("write_timeout")
+            self._log.warning("ads stream stuck, closing", proxy=proxy.id, conn=conn.id, peer=peer, error=str(e))
         finally:
             reader.cancel()
             conn.events.close()
@@ -182,12 +285,18 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 "ads disconnect", proxy=proxy.id, conn=conn.id, peer=peer,
                 duration=round(time.time() - conn.connected_at, 3),
             )
+        if stuck is not None:
+            # The status can only follow the bytes already handed to gRPC: end the
+            # stream once the proxy has read them (if it never does, keepalive closes
+            # its connection and this handler with it).
+            with contextlib.suppress(Exception):
+                if stuck.pending is not None:
+                    await stuck.pending
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"meshd: {stuck}; reconnect")
 
     async def DeltaAggregatedResources(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "meshd does not serve delta xDS yet; configure Envoy with api_type: GRPC (state of the world)",
-        )
+        """The plaintext port's incremental ADS: no identity, as for SotW."""
+        await self.serve_delta_stream(request_iterator, context, identity=None)
 
     # --- stream plumbing ---------------------------------------------------------
     async def _accept(
@@ -219,10 +328,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         raise AssertionError("unreachable: context.abort raises")
 
     def _types(self) -> tuple[str, ...]:
-        served = tuple(self._generator.types())
-        if self._secrets is not None and names.SECRET not in served:
-            served += (names.SECRET,)
-        return served
+        return self._view.types()
 
     async def _read(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], conn: Connection) -> None:
         try:
@@ -235,14 +341,14 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         finally:
             conn.events.close()
 
-    async def _serve(self, conn: Connection, context: grpc.aio.ServicerContext) -> None:
+    async def _serve(self, conn: Connection, context: grpc.aio.ServicerContext, protocol: Any) -> None:
         if not await self._wait_ready(conn):
             return
         while (event := await conn.events.get()) is not None:
             if isinstance(event, Push):
-                await self._on_push(conn, context, event)
+                await protocol._on_push(conn, context, event)
             else:
-                await self._on_request(conn, context, event)
+                await protocol._on_request(conn, context, event)
 
     async def _wait_ready(self, conn: Connection) -> bool:
         """Hold the stream until the first mesh exists; False if the client left first."""
@@ -301,28 +407,20 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         reason = ",".join(sorted(push.reasons))
         for type_url in names.PUSH_ORDER:
             sub = conn.subscriptions.get(type_url)
-            if sub is not None and type_url in served:
+            if sub is not None and type_url in served and (push.types is None or type_url in push.types):
                 await self._respond(conn, context, sub, request=False, force=False, reason=reason)
+        self._metrics.push_done(time.monotonic() - push.queued_at)
+        if self.observer is not None:
+            self.observer.proxy_pushed(conn)
 
-    async def _secret_resources(self, conn: Connection, sub: Subscription) -> list[Resource]:
-        """SDS: the provider's names with the stream's identity, the rest from the generator."""
-        assert self._secrets is not None
-        wanted = sorted(sub.names)  # SDS is always named: never enumerate secrets
-        own = [n for n in wanted if n in self._secrets.names]
-        others = [n for n in wanted if n not in self._secrets.names]
-        out: list[Resource] = []
-        if others and names.SECRET in self._generator.types():
-            out += self._generator.generate(conn.mesh, conn.proxy, names.SECRET).subset(others)
-        answer = await self._secrets.secrets(conn.proxy, conn.identity, own)
-        for name, reason in answer.withheld.items():
-            if name not in conn.withheld_logged:
-                conn.withheld_logged.add(name)
-                self._log.warning(
-                    "sds secret withheld", proxy=conn.proxy.id, conn=conn.id, secret=name, reason=reason,
-                    identity=conn.identity.spiffe_uri if conn.identity is not None else None,
-                )
-        out += answer.resources
-        return sorted(out, key=lambda r: r.name)
+    def _withheld(self, conn: Connection, name: str, reason: str) -> None:
+        """The SecretProvider refused an SDS name to this stream: say so once per stream."""
+        if name not in conn.withheld_logged:
+            conn.withheld_logged.add(name)
+            self._log.warning(
+                "sds secret withheld", proxy=conn.proxy.id, conn=conn.id, secret=name, reason=reason,
+                identity=conn.identity.spiffe_uri if conn.identity is not None else None,
+            )
 
     def _record_nack(self, conn: Connection, sub: Subscription, req: discovery_pb2.DiscoveryRequest) -> None:
         current = req.response_nonce == sub.sent_nonce
@@ -347,42 +445,72 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             conn.mesh = self._mesh
         started = time.perf_counter()
         try:
-            if sub.type_url == names.SECRET and self._secrets is not None:
-                resources: list[Resource] = await self._secret_resources(conn, sub)
-                version = version_of(resources)
-            else:
-                rs = self._generator.generate(conn.mesh, conn.proxy, sub.type_url)
-                if sub.wildcard:
-                    resources = list(rs.values())
-                    version = rs.version
-                else:
-                    resources = rs.subset(sorted(sub.names))
-                    version = version_of(resources)
+            key = self._view.key(conn, sub, conn.mesh)
+            if not force and key is not None and key == sub.sent_key:
+                return  # the output this proxy holds is current
+            rs = await self._view.resolve(conn, sub, conn.mesh)
         except Exception:
             # A generator (or CA) failure must not end the stream: keep serving the last good state.
             self._metrics.internal_error()
             self._log.exception("ads generate failed", proxy=conn.proxy.id, type=sub.short)
             return
+        wanted, version, whole = wanted_resources(sub, rs)
         if not force and version == sub.sent_version:
+            sub.sent_set, sub.sent_key = rs, key  # same content under a newer snapshot
             return
 
+        if not request and not force and sub.type_url in _PARTIAL_PUSH and sub.sent_set is not None:
+            # Only what changed since the last response; the client keeps the rest.
+            resources = [rs[n] for n in sorted(changed_names(sub, rs))]
+            chunks = [r.sotw_chunk for r in resources]
+            count, size = len(resources), sum(r.size for r in resources)
+        elif whole:
+            chunks, count, size = [rs.sotw_blob()], len(rs), rs.size
+        else:
+            chunks, count, size = [r.sotw_chunk for r in wanted], len(wanted), sum(r.size for r in wanted)
         sub.responses += 1
         nonce = make_nonce(sub.type_url, version, sub.responses)
-        await context.write(
-            discovery_pb2.DiscoveryResponse(
-                version_info=version, resources=[r.any for r in resources], type_url=sub.type_url, nonce=nonce
-            )
-        )
-        sub.record_sent(version, nonce, tuple(r.name for r in resources))
+        data = wire.sotw_response(version, chunks, sub.type_url, nonce)
+        # Recorded before the write: the answer to it may be read before the write returns.
+        sub.record_sent(version, nonce, resource_set=rs, key=key)
         for follow in _FOLLOW_UPS.get(sub.type_url, ()):
             if (other := conn.subscriptions.get(follow)) is not None:
                 other.must_answer = True
+        self._sent(conn, sub, count, size, version, nonce, request, reason, started)
+        await self._send(conn, context, data)
 
+    async def _send(self, conn: Connection, context: grpc.aio.ServicerContext, data: bytes) -> None:
+        """Write one response through the limiter (raises StreamStuck)."""
+        waited = await self.limiter.write(context, data)
+        self._metrics.push_waited(waited)
+
+    def _sent(self, conn: Connection, sub: Subscription, count: int, size: int, version: str, nonce: str,
+              request: bool, reason: str, started: float, removed: int = 0) -> None:
+        """Metrics, debug hook and the istiod-style push log line for one response."""
         self._metrics.pushed(sub.type_url, time.perf_counter() - started)
-        size = sum(r.size for r in resources)
+        if self.observer is not None:
+            self.observer.sent(conn, sub, count, size, request)
         kind = "PUSH request" if request else "PUSH"
+        delta = " delta" if conn.delta else ""
         self._log.info(
-            f"ads {sub.short}: {kind} for node:{conn.proxy.short} resources:{len(resources)} size:{byte_count(size)}",
+            f"ads {sub.short}:{delta} {kind} for node:{conn.proxy.short} resources:{count} "
+            f"{'removed:' + str(removed) + ' ' if removed else ''}size:{byte_count(size)}",
             type=sub.short, version=version, nonce=nonce, proxy=conn.proxy.id, conn=conn.id,
-            resources=len(resources), size=size, reason=reason,
+            resources=count, size=size, reason=reason, delta=conn.delta,
         )
+
+
+def changed_names(sub: Subscription, rs: ResourceSet) -> set[str]:
+    """Names of `rs` the client wants whose resource differs from what it was sent: from
+    the sets' lineage when it connects them (no per-name work), else by comparing."""
+    d = changes(sub.sent_set, rs)
+    if d is not None:
+        return {n for n in d[0] if sub.wants(n)}
+    old = sub.sent_set
+    out = set()
+    for n in (rs if sub.wildcard else (n for n in sub.names if n in rs)):
+        r = rs[n]
+        o = old.get(n) if old is not None else None
+        if o is None or o.version != r.version:
+            out.add(n)
+    return out

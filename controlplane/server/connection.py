@@ -20,13 +20,16 @@ from .subscription import Subscription
 
 @dataclass
 class Push:
-    """'Re-check everything against the newest mesh'. Carries no snapshot: the
-    handler reads the server's current one, so a queued push never goes stale."""
+    """'Re-check against the newest mesh'. Carries no snapshot: the handler reads the
+    server's current one, so a queued push never goes stale. `types` are the types to
+    re-check (None: every type, e.g. a secret rotation or an operator's request)."""
 
     reasons: set[str] = field(default_factory=set)
+    types: set[str] | None = field(default_factory=set)
+    queued_at: float = field(default_factory=time.monotonic)
 
 
-Event = Union[discovery_pb2.DiscoveryRequest, Push]
+Event = Union[discovery_pb2.DiscoveryRequest, discovery_pb2.DeltaDiscoveryRequest, Push]
 
 
 class EventQueue:
@@ -67,17 +70,27 @@ class EventQueue:
         self._requests += 1
         self._readable.set()
 
-    def push(self, reason: str) -> bool:
-        """Queue a push; False if it merged into one already waiting."""
+    def push(self, reason: str, types: set[str] | None = None) -> bool:
+        """Queue a push of `types` (None: all); False if it merged into one already
+        waiting (the merged push re-checks the union of both)."""
         if self._closed:
             return False
         if self._push is not None:
             self._push.reasons.add(reason)
+            if self._push.types is not None:
+                if types is None:
+                    self._push.types = None
+                else:
+                    self._push.types |= types
             return False
-        self._push = Push({reason})
+        self._push = Push({reason}, None if types is None else set(types))
         self._items.append(self._push)
         self._readable.set()
         return True
+
+    @property
+    def pending_push(self) -> Push | None:
+        return self._push
 
     def close(self) -> None:
         """The stream is gone: wake everyone; `get` returns None from now on."""
@@ -124,6 +137,12 @@ class Connection:
     identity: Any = None
     # SDS names already reported as withheld on this stream (log once, not per request).
     withheld_logged: set[str] = field(default_factory=set)
+    delta: bool = False  # incremental xDS (DeltaAggregatedResources) rather than SotW
+    # Called with the connection when the server gives up on it (a write stuck past the
+    # timeout): ends the stream so the proxy reconnects.
+    abort: Any = None
+    # The xDS node of the first request, extensions dropped (debug views; may be None).
+    node: Any = None
 
     def subscription(self, type_url: str) -> Subscription:
         sub = self.subscriptions.get(type_url)

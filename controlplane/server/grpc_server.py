@@ -5,6 +5,8 @@ authenticates each stream before it reaches the protocol (see secure.py).
 """
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import grpc
 import structlog
 from envoy.service.discovery.v3 import ads_pb2_grpc
@@ -30,6 +32,29 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 
+def add_ads_servicer(servicer: ads_pb2_grpc.AggregatedDiscoveryServiceServicer, server: grpc.aio.Server) -> None:
+    """Register ADS (SotW and delta) like the generated add_..._to_server, except that
+    responses may be bytes already in wire form (wire.py): the servicer writes responses
+    assembled from resources serialized once, and gRPC sends them as they are."""
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    from .wire import serialize
+
+    handlers = {
+        "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamAggregatedResources,
+            request_deserializer=discovery_pb2.DiscoveryRequest.FromString, response_serializer=serialize,
+        ),
+        "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            servicer.DeltaAggregatedResources,
+            request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString, response_serializer=serialize,
+        ),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("envoy.service.discovery.v3.AggregatedDiscoveryService", handlers),)
+    )
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -38,7 +63,7 @@ def build_xds_server(ads: AdsServer, host: str, port: int) -> tuple[grpc.aio.Ser
     """An unstarted server with ADS bound to host:port; returns it and the bound port
     (useful with port 0). Raises RuntimeError if the port cannot be bound."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    add_ads_servicer(ads, server)
     address = _address(host, port)
     bound = server.add_insecure_port(address)
     if bound == 0:  # older grpcio reported failure this way
@@ -47,11 +72,15 @@ def build_xds_server(ads: AdsServer, host: str, port: int) -> tuple[grpc.aio.Ser
 
 
 def build_secure_xds_server(
-    servicer: SecureAdsServicer, credentials: grpc.ServerCredentials, host: str, port: int
+    servicer: SecureAdsServicer, credentials: grpc.ServerCredentials, host: str, port: int,
+    extra: Sequence[Callable[[grpc.aio.Server], None]] = (),
 ) -> tuple[grpc.aio.Server, int]:
-    """Like build_xds_server, over TLS, with the authenticating servicer."""
+    """Like build_xds_server, over TLS, with the authenticating servicer. `extra` adds
+    more services to the port (the Istio CA API, security/ca_service.py)."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
+    add_ads_servicer(servicer, server)
+    for add in extra:
+        add(server)
     address = _address(host, port)
     bound = server.add_secure_port(address, credentials)
     if bound == 0:
@@ -67,9 +96,10 @@ async def start_xds_server(ads: AdsServer, host: str, port: int, logger=None) ->
 
 
 async def start_secure_xds_server(
-    servicer: SecureAdsServicer, credentials: grpc.ServerCredentials, host: str, port: int, logger=None
+    servicer: SecureAdsServicer, credentials: grpc.ServerCredentials, host: str, port: int, logger=None,
+    extra: Sequence[Callable[[grpc.aio.Server], None]] = (),
 ) -> grpc.aio.Server:
-    server, bound = build_secure_xds_server(servicer, credentials, host, port)
+    server, bound = build_secure_xds_server(servicer, credentials, host, port, extra)
     await server.start()
     (logger or structlog.get_logger("meshd.ads")).info("xds server listening", host=host, port=bound, tls=True)
     return server

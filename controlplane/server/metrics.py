@@ -11,6 +11,7 @@ series prometheus-client adds, which istiod does not have.
 """
 from __future__ import annotations
 
+import time
 from typing import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -34,6 +35,12 @@ _BARE_COUNTERS = (
     "pilot_xds_expired_nonce",
     "pilot_total_xds_internal_errors",
     "pilot_push_triggers",
+    "pilot_k8s_cfg_events",
+    "citadel_server_csr_count",
+    "citadel_server_success_cert_issuance_count",
+    "citadel_server_csr_sign_err_count",
+    "citadel_server_authentication_failure_count",
+    "citadel_server_csr_parsing_err_count",
 )
 
 # istiod's pilot_xds_push_time buckets.
@@ -94,7 +101,7 @@ class Metrics:
         # Identity: meshd issues keys itself (no CSRs), so its own names rather than
         # istiod's citadel_server_csr_count; the root expiry gauge keeps istiod's name.
         self.certs_issued = Counter(
-            "meshd_certs_issued", "Certificates issued by meshd's CA, by kind (workload, server).", ["kind"],
+            "meshd_certs_issued", "Certificates issued by meshd's CA, by kind (workload, server, csr).", ["kind"],
             registry=r,
         )
         self.auth_failures = Counter(
@@ -104,6 +111,67 @@ class Metrics:
         )
         self.root_cert_expiry = Gauge(
             "citadel_server_root_cert_expiry_timestamp", "The unix timestamp, in seconds, when the root CA expires.",
+            registry=r,
+        )
+        # The CA (istiod's citadel_server_* names where istiod has them).
+        self.cert_chain_expiry = Gauge(
+            "citadel_server_cert_chain_expiry_timestamp",
+            "The unix timestamp, in seconds, when the CA certificate chain (the signing intermediate) expires.",
+            registry=r,
+        )
+        self.root_cert_expiry_seconds = Gauge(
+            "citadel_server_root_cert_expiry_seconds", "Seconds until the root CA expires.", registry=r,
+        )
+        self.cert_chain_expiry_seconds = Gauge(
+            "citadel_server_cert_chain_expiry_seconds",
+            "Seconds until the CA certificate chain (the signing intermediate) expires.", registry=r,
+        )
+        self.csr_count = Counter("citadel_server_csr_count", "CreateCertificate requests received.", registry=r)
+        self.csr_success = Counter(
+            "citadel_server_success_cert_issuance_count", "CreateCertificate requests answered with a certificate.",
+            registry=r,
+        )
+        self.csr_sign_errors = Counter(
+            "citadel_server_csr_sign_err_count", "CreateCertificate requests refused or failed, by reason.",
+            ["error"], registry=r,
+        )
+        self.csr_auth_failures = Counter(
+            "citadel_server_authentication_failure_count", "CreateCertificate requests that failed authentication.",
+            registry=r,
+        )
+        self.csr_parse_errors = Counter(
+            "citadel_server_csr_parsing_err_count", "CreateCertificate requests with a malformed CSR.", registry=r,
+        )
+        self.cert_issue_failures = Counter(
+            "meshd_cert_issue_failures", "Certificates the CA failed to issue, by kind.", ["kind"], registry=r,
+        )
+        self.cert_rotations = Counter(
+            "meshd_cert_rotations", "Workload certificates renewed ahead of expiry and pushed, by reason "
+            "(rotation, new signer).", ["reason"], registry=r,
+        )
+        self.trust_bundle_roots = Gauge(
+            "meshd_trust_bundle_roots", "Roots in the trust bundle (2 during a root rotation).", registry=r,
+        )
+        self.ca_reload_failures = Counter(
+            "meshd_ca_reload_failures", "Changes of the CA directory refused as unusable.", registry=r,
+        )
+        # The push engine (server/flow.py): how long a queued push waits until its
+        # proxy was served, how long a response waits for a write slot, streams given up
+        # on. (pilot_proxy_convergence_time is the debug push tracker's.)
+        self.push_latency = Histogram(
+            "meshd_xds_push_queue_seconds", "Time from a push being queued for a proxy until it was handled (sent or found current).",
+            buckets=(0.01, 0.1, 0.5, 1, 3, 5, 10, 30), registry=r,
+        )
+        self.send_wait = Histogram(
+            "meshd_xds_push_slot_wait_seconds", "Time a response waited for one of the limited write slots.",
+            buckets=(0.001, 0.01, 0.1, 0.5, 1, 5), registry=r,
+        )
+        self.pushes_queued = Counter(
+            "meshd_xds_push_targets", "Connections a config change was queued for (the others were unaffected).",
+            registry=r,
+        )
+        self.streams_dropped = Counter(
+            "meshd_xds_streams_dropped", "Streams the server ended because the proxy stopped reading.", ["reason"],
             registry=r,
         )
         self._reject_series: dict[str, set[tuple[str, str]]] = {}  # node -> {(type_url, err)}
@@ -116,6 +184,18 @@ class Metrics:
         label = type_label(type_url)
         self.pushes.labels(label).inc()
         self.push_time.labels(label).observe(seconds)
+
+    def push_queued(self, reason: str, connections: int) -> None:
+        self.pushes_queued.inc(connections)
+
+    def push_done(self, seconds: float) -> None:
+        self.push_latency.observe(seconds)
+
+    def push_waited(self, seconds: float) -> None:
+        self.send_wait.observe(seconds)
+
+    def stream_dropped(self, reason: str) -> None:
+        self.streams_dropped.labels(reason).inc()
 
     def nacked(self, type_url: str, node: str, code: int) -> None:
         self.rejects.labels(type_label(type_url)).inc()
@@ -152,6 +232,41 @@ class Metrics:
 
     def set_root_expiry(self, timestamp: float) -> None:
         self.root_cert_expiry.set(timestamp)
+        self.root_cert_expiry_seconds.set_function(lambda: timestamp - time.time())
+
+    def set_ca_expiry(self, root_timestamp: float, chain_timestamp: float) -> None:
+        """The active signer: its root's and its chain's (intermediate's) expiry."""
+        self.set_root_expiry(root_timestamp)
+        self.cert_chain_expiry.set(chain_timestamp)
+        self.cert_chain_expiry_seconds.set_function(lambda: chain_timestamp - time.time())
+
+    def cert_issue_failed(self, kind: str) -> None:
+        self.cert_issue_failures.labels(kind).inc()
+
+    def cert_rotated(self, reason: str) -> None:
+        self.cert_rotations.labels(reason).inc()
+
+    def set_trust_bundle_roots(self, n: int) -> None:
+        self.trust_bundle_roots.set(n)
+
+    def ca_reload_failed(self) -> None:
+        self.ca_reload_failures.inc()
+
+    def csr_received(self) -> None:
+        self.csr_count.inc()
+
+    def csr_issued(self) -> None:
+        self.csr_success.inc()
+        self.certs_issued.labels("csr").inc()
+
+    def csr_failed(self, error: str) -> None:
+        self.csr_sign_errors.labels(error).inc()
+
+    def csr_auth_failed(self) -> None:
+        self.csr_auth_failures.inc()
+
+    def csr_malformed(self) -> None:
+        self.csr_parse_errors.inc()
 
     # --- exposition --------------------------------------------------------------
     content_type = CONTENT_TYPE_LATEST

@@ -43,11 +43,12 @@ class SecureAdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         await self._ads.serve_stream(request_iterator, context, identity=identity)
 
     async def DeltaAggregatedResources(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-        # Authenticate here too, so a delta server added later cannot be reached without
-        # a credential (it will need the identity passed on, as serve_stream takes it).
-        if await self._authenticate(context) is None:
+        # The same rules as SotW: authenticated before any request is read, and the
+        # identity passed on (it decides who gets a workload key over SDS).
+        identity = await self._authenticate(context)
+        if identity is None:
             return
-        await self._ads.DeltaAggregatedResources(request_iterator, context)
+        await self._ads.serve_delta_stream(request_iterator, context, identity=identity)
 
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> Identity | None:
         """The stream's identity; None after ending the stream with UNAUTHENTICATED."""

@@ -1,29 +1,40 @@
-"""What one ADS stream has asked for and been sent, per resource type.
+"""What one ADS stream has asked for and been sent, per resource type: the state both
+the state-of-the-world (ads.py) and the incremental (delta.py) state machines keep.
 
-The state-of-the-world protocol (envoy/api/envoy/service/discovery/v3 and
-https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol) in brief:
+The protocol (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol) in
+brief:
 
-- The client names what it wants in every request; the full list each time. For the
-  wildcard types (CDS, LDS) an EMPTY `resource_names` means "everything" (Envoy never
-  sends "*" in SotW, but accept it too). EDS, RDS and SDS are always named.
-- Each response carries a nonce; the next request for that type echoes it in
-  `response_nonce`. A request echoing an older nonce answers a response that has
-  since been superseded: it is stale and carries no new information.
-- A request with `error_detail` is a NACK: the client rejected the response with that
-  nonce and keeps its previous config (its `version_info` stays at the last accepted
-  version). Anything else with the current nonce is an ACK.
+- SotW: the client names what it wants in every request, the full list each time.
+  Delta: it adds and removes names (`resource_names_subscribe`/`_unsubscribe`).
+- Wildcard (CDS, LDS): a client that has never named anything for the type (legacy
+  wildcard: Envoy's first request has no names) or that names "*" gets every resource
+  the server decides it should have. Once it names something, an empty list no longer
+  means wildcard: it means nothing (SotW), and only an explicit "*" is wildcard again.
+  (go-control-plane: pkg/server/stream/v3/subscription.go, same rules.)
+- Each response carries a nonce; the next request for that type echoes it. A SotW
+  request echoing an older nonce is stale. A request with `error_detail` is a NACK:
+  the client keeps its previous config. Anything else with the current nonce is an ACK.
+- Delta: every resource has its own version (a content hash here); the server sends
+  only resources whose version the client does not have and names in
+  `removed_resources` what the client should drop. A reconnecting client tells the
+  server what it holds (`initial_resource_versions`); nothing it holds at the current
+  version is sent again. A name the client subscribes to is always sent (even at the
+  version it holds: it may have forgotten it).
 
-The server keeps one `Subscription` per (stream, type): the protocol state machine in
-ads.py reads and updates it, and debug views show it (compare go-control-plane's
-pkg/server/stream/v3/subscription.go and istiod's WatchedResource).
+`known` is what the client holds as far as the server knows (name -> version): what was
+sent, plus what a delta client declared on reconnect. `sent_set`/`sent_key` remember the
+ResourceSet and generator key of the last response, so a push can skip a proxy whose
+output did not change and compute what did change from the set's lineage.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 from .. import names
+
+WILDCARD = "*"
 
 
 @dataclass(frozen=True)
@@ -43,11 +54,15 @@ class Subscription:
     # What the client asks for.
     names: frozenset[str] = frozenset()
     wildcard: bool = False
+    legacy_wildcard: bool = True  # never named anything yet: an empty request is "*"
+    # What the client holds, as far as the server knows (name -> version).
+    known: dict[str, str] = field(default_factory=dict)
     # The last response sent on this stream for this type.
     sent_version: str = ""
     sent_nonce: str = ""
-    sent_names: tuple[str, ...] = ()
     sent_at: float = 0.0
+    sent_set: Any = None  # the ResourceSet the last response was made from
+    sent_key: Any = None  # the generator key of that set (None: always re-check)
     responses: int = 0  # responses sent so far; feeds the nonce
     # What the client confirmed.
     acked_version: str = ""
@@ -57,23 +72,108 @@ class Subscription:
     # (RDS, SDS) with an unchanged-looking request after a CDS (LDS) push and keeps the
     # new clusters (listeners) warming until it gets an answer.
     must_answer: bool = False
+    # Delta: names that must be sent on the next response even at a version the client
+    # holds (newly subscribed, or forgotten by a wildcard unsubscribe).
+    resend: set[str] = field(default_factory=set)
 
     @property
     def short(self) -> str:
         return names.SHORT.get(self.type_url, self.type_url.rsplit(".", 1)[-1])
 
+    @property
+    def wildcard_type(self) -> bool:
+        return self.type_url in names.WILDCARD_TYPES
+
+    def wants(self, name: str) -> bool:
+        return self.wildcard or name in self.names
+
+    # --- state of the world ---------------------------------------------------------
     def set_names(self, requested: Iterable[str]) -> bool:
-        """Record the names of a request; True if the subscription changed."""
+        """Record the names of a SotW request; True if the subscription changed."""
         new = frozenset(requested)
-        wildcard = "*" in new or (not new and self.type_url in names.WILDCARD_TYPES)
+        if self.legacy_wildcard and not new and self.wildcard_type:
+            wildcard = True
+        else:
+            self.legacy_wildcard = self.legacy_wildcard and not new
+            wildcard = WILDCARD in new
+        new = new - {WILDCARD}
         changed = new != self.names or wildcard != self.wildcard
         self.names, self.wildcard = new, wildcard
         return changed
 
-    def record_sent(self, version: str, nonce: str, sent_names: tuple[str, ...]) -> None:
-        self.sent_version, self.sent_nonce, self.sent_names = version, nonce, sent_names
+    # --- incremental --------------------------------------------------------------------
+    def update_delta(self, subscribe: Iterable[str], unsubscribe: Iterable[str], first: bool) -> set[str]:
+        """Apply a delta request's subscription changes; returns the names newly (re)subscribed,
+        which must be answered even if the client holds them ("*" among them when the
+        wildcard was subscribed: everything the client lacks must be sent)."""
+        subscribe, unsubscribe = list(subscribe), list(unsubscribe)
+        if first and not subscribe and not unsubscribe and self.wildcard_type:
+            self.wildcard = True
+        if subscribe:
+            self.legacy_wildcard = False
+        added: set[str] = set()
+        current = set(self.names)
+        for n in subscribe:
+            if n == WILDCARD:
+                if not self.wildcard and self.sent_set is not None:
+                    # From now on everything is wanted, but the client holds only what
+                    # it named: pin that down before `sent_set` would claim the rest.
+                    self.known = {**{m: self.sent_set[m].version for m in self.names if m in self.sent_set},
+                                  **self.known}
+                    self.sent_set = None
+                self.wildcard = True
+                added.add(WILDCARD)
+                continue
+            current.add(n)
+            added.add(n)
+        for n in unsubscribe:
+            if n == WILDCARD:
+                self.wildcard = False
+                continue
+            if n in current and self.wildcard:
+                # Still wanted through the wildcard or gone: the client cannot tell, so
+                # the next response must say (resend it, or list it as removed).
+                self.known.pop(n, None)
+                self.resend.add(n)
+            elif not self.wildcard:
+                self.known.pop(n, None)
+            current.discard(n)
+        self.names = frozenset(current)
+        self.resend |= added - {WILDCARD}
+        return added
+
+    def set_initial_versions(self, versions: dict[str, str]) -> None:
+        """A reconnecting delta client's resources: sent again only when they differ."""
+        self.known = dict(versions)
+
+    # --- bookkeeping --------------------------------------------------------------------
+    def record_sent(self, version: str, nonce: str, sent_names: tuple[str, ...] = (), sent_resources: tuple = (), *,
+                    resource_set: Any = None, key: Any = None) -> None:
+        """A response went out. With `resource_set`, the client now holds that set's
+        resources that it wants (a push may send only the changed ones: the rest it
+        had); without, exactly `sent_resources`."""
+        self.sent_version, self.sent_nonce = version, nonce
         self.sent_at = time.time()
+        if resource_set is None and sent_resources:
+            from ..generators.resources import ResourceSet
+
+            resource_set = ResourceSet(self.type_url, sent_resources)
+        self.sent_set, self.sent_key = resource_set, key
         self.must_answer = False
+
+    @property
+    def sent_resources(self) -> tuple:
+        """The resources the client holds from this stream (as of the last response)."""
+        rs = self.sent_set
+        if rs is None:
+            return ()
+        if self.wildcard:
+            return tuple(rs.values())
+        return tuple(rs.subset(sorted(self.names)))
+
+    @property
+    def sent_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.sent_resources)
 
     def record_ack(self, version: str, nonce: str) -> None:
         self.acked_version, self.acked_nonce = version, nonce

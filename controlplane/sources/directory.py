@@ -20,6 +20,9 @@ from ..config.store import ConfigStore
 from .yamlfile import YamlError, load_documents
 
 SUFFIXES = (".yaml", ".yml")
+# At most this many scans (1 s at the default interval) hold settled files back while
+# others are still being written, so a burst of edits is applied together.
+MAX_HELD_SCANS = 5
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class DirectorySource:
         self._log = logger or structlog.get_logger("meshd.source.directory")
         self._applied: dict[str, FileStat] = {}  # what the store holds, by file
         self._pending: dict[str, FileStat] = {}  # seen changed once, waiting to settle
+        self._held = 0  # scans that held settled files back while others were still changing
 
     def scan(self) -> dict[str, FileStat]:
         found: dict[str, FileStat] = {}
@@ -76,14 +80,25 @@ class DirectorySource:
         """Files to (re)read and files gone. Blocking; called in a worker thread."""
         current = self.scan()
         removed = [p for p in self._applied if p not in current]
-        results = []
+        settled, settling = [], False
         for path, st in current.items():
             if self._applied.get(path) == st:
                 self._pending.pop(path, None)
                 continue
             if settle and self._pending.get(path) != st:
                 self._pending[path] = st  # changed since last look: wait one more scan
+                settling = True
                 continue
+            settled.append((path, st))
+        if settle and settling and (settled or removed) and self._held < MAX_HELD_SCANS:
+            # A burst of edits (kubectl apply -f dir/, a git checkout) is still being
+            # written: hold what settled so the burst lands in the store as one change,
+            # one push, rather than one per scan. Bounded, so churn cannot starve it.
+            self._held += 1
+            return [], []
+        self._held = 0
+        results = []
+        for path, st in settled:
             self._pending.pop(path, None)
             results.append(read_file(path))
             self._applied[path] = st

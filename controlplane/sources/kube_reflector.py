@@ -27,15 +27,15 @@ import random
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from kubernetes import client
 
 from ..config.objects import ConfigKey, Origin, Rejection
-from ..config.parse import Parsed, parse_document
+from ..config.parse import Parsed, content_hash, parse_document
 from ..names import DEFAULT_NAMESPACE
-from .kube_resources import KubeResource, as_document, object_ref, read_json, served_version
+from .kube_resources import KubeResource, ObjectInfo, as_document, object_info, object_ref, read_json, served_version
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ class Sync:
     objects: dict[str, Parsed]  # location -> parsed document
     reason: str
     resource_version: str
+    infos: dict[str, ObjectInfo] = field(default_factory=dict)  # Istio kinds: location -> uid, status...
+    digests: dict[str, str] = field(default_factory=dict)  # location -> content hash of a rejected document
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class Put:
     stream: str
     location: str
     parsed: Parsed
+    info: ObjectInfo | None = None  # Istio kinds only
+    digest: str = ""  # content hash of a rejected document (the same rejection is not reported twice)
 
 
 @dataclass(frozen=True)
@@ -219,14 +223,20 @@ class Reflector:
         rv = str(meta.get("resourceVersion") or "")
         api_version = self.resource.api_version(self.version)
         objects: dict[str, Parsed] = {}
+        infos: dict[str, ObjectInfo] = {}
+        digests: dict[str, str] = {}
         for item in items:
             if self._accept is not None and not self._accept(item):
                 continue
-            loc, parsed = self._parse(item, api_version)
+            loc, parsed, digest = self._parse(item, api_version)
             if loc:
                 objects[loc] = parsed
+                if digest:
+                    digests[loc] = digest
+                if self.resource.kind.istio:
+                    infos[loc] = object_info(item, api_version)
         self._log.info("k8s relist", reason=self._relist_reason, objects=len(objects), resourceVersion=rv)
-        self._emit(Sync(self.stream, objects, self._relist_reason, rv))
+        self._emit(Sync(self.stream, objects, self._relist_reason, rv, infos, digests))
         self.resource_version = rv or None
         self._relist_reason = "relist"
 
@@ -292,9 +302,11 @@ class Reflector:
                 # Outside our scope (client-side filter): forget it if we had it.
                 self._emit(Delete(self.stream, self._location(obj)))
             else:
-                loc, parsed = self._parse(obj, self.resource.api_version(self.version))
+                api_version = self.resource.api_version(self.version)
+                loc, parsed, digest = self._parse(obj, api_version)
                 if loc:
-                    self._emit(Put(self.stream, loc, parsed))
+                    info = object_info(obj, api_version) if self.resource.kind.istio else None
+                    self._emit(Put(self.stream, loc, parsed, info, digest))
         elif typ == "DELETED":
             self._emit(Delete(self.stream, self._location(obj)))
         else:
@@ -307,19 +319,24 @@ class Reflector:
         ns, name, _ = object_ref(obj)
         return self.resource.location(ns, name or "")
 
-    def _parse(self, obj: dict, api_version: str) -> tuple[str, Parsed]:
+    def _parse(self, obj: dict, api_version: str) -> tuple[str, Parsed, str]:
+        """(location, parse result, digest): the digest (content hash of the document) only
+        for a rejection, so that the same rejected content is reported once, not again for
+        every status write or relist of it."""
         ns, name, _ = object_ref(obj)
         if not name:
             self._log.warning("k8s object without a name ignored")
-            return "", None
+            return "", None, ""
         loc = self.resource.location(ns, name)
         origin = Origin("kubernetes", loc)
+        doc = as_document(obj, api_version, self.resource.name)
         try:
-            return loc, parse_document(as_document(obj, api_version, self.resource.name), origin)
+            parsed = parse_document(doc, origin)
         except Exception as e:  # noqa: BLE001 - a validator bug must not wedge the watch on one event
             self._log.exception("k8s object could not be parsed", location=loc)
             namespace = (ns or DEFAULT_NAMESPACE) if self.resource.kind.namespaced else ""
-            return loc, Rejection(origin, ConfigKey(self.resource.name, namespace, name), "", f"internal error while parsing: {e}")
+            parsed = Rejection(origin, ConfigKey(self.resource.name, namespace, name), "", f"internal error while parsing: {e}")
+        return loc, parsed, content_hash(doc) if isinstance(parsed, Rejection) else ""
 
     def _backoff(self, failures: int) -> float:
         # Exponential with "equal jitter": between half and all of the capped step.

@@ -142,16 +142,50 @@ def served_version(api: client.ApiClient, res: KubeResource, request_timeout: fl
 
 def as_document(obj: dict, api_version: str, kind: str) -> dict:
     """An API object as the parse gate wants it. List items come without apiVersion and
-    kind (the list carries them), so they are filled in from the version we asked for."""
+    kind (the list carries them), so they are filled in from the version we asked for.
+    An Istio object's `status` is dropped: controllers (meshd's leader among them, see
+    controlplane/cluster/status.py) write it, meshd never reads it, and a status write
+    must not count as a change of the object."""
     doc = dict(obj)
     if not doc.get("apiVersion"):
         doc["apiVersion"] = api_version
     if not doc.get("kind"):
         doc["kind"] = kind
+    if kinds.is_istio_group(kinds.split_api_version(api_version)[0]):
+        doc.pop("status", None)
     md = doc.get("metadata")
     if isinstance(md, dict):
         doc["metadata"] = {k: v for k, v in md.items() if k not in _VOLATILE_METADATA}
     return doc
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the cluster says about an (Istio) object beyond its content: enough to write
+    its status and name it in an Event."""
+
+    api_version: str  # the version it was read at (its status is written at the same)
+    namespace: str
+    name: str
+    uid: str
+    generation: int | None
+    resource_version: str
+    status: dict
+
+
+def object_info(obj: dict, api_version: str) -> ObjectInfo:
+    md = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    generation = md.get("generation")
+    status = obj.get("status")
+    return ObjectInfo(
+        api_version=api_version,
+        namespace=str(md.get("namespace") or ""),
+        name=str(md.get("name") or ""),
+        uid=str(md.get("uid") or ""),
+        generation=generation if isinstance(generation, int) and not isinstance(generation, bool) else None,
+        resource_version=str(md.get("resourceVersion") or ""),
+        status=status if isinstance(status, dict) else {},
+    )
 
 
 def object_ref(obj: Any) -> tuple[str | None, str | None, str | None]:

@@ -11,6 +11,13 @@ keeps its last good version, exactly as a file does.
     source = KubernetesSource(api_client, store, namespaces=["shop"])
     task = asyncio.create_task(source.run(stop))
     await source.wait_synced(30)   # every kind's initial list is in the store
+
+An `observer` (e.g. the status writer, controlplane/cluster/status.py) also hears about
+every Istio object, with its uid, generation, resourceVersion and current status and the
+parse gate's verdict, on the loop and in the same order as the store.
+
+The same rejected content is applied once: a status write or a relist that does not
+change a rejected object does not log (and count) its rejection again.
 """
 from __future__ import annotations
 
@@ -18,16 +25,29 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 from kubernetes import client
 
+from ..config.objects import Rejection
 from ..config.parse import Parsed
 from ..config.store import ConfigStore
 from .kube_reflector import Delete, Operation, Put, Reflector, ReflectorOptions, Sync
-from .kube_resources import RESOURCES, SECRETS, KubeResource
+from .kube_resources import RESOURCES, SECRETS, KubeResource, ObjectInfo
 
-__all__ = ["KubernetesSource", "ReflectorOptions"]
+__all__ = ["KubernetesSource", "ObjectObserver", "ReflectorOptions"]
+
+
+class ObjectObserver(Protocol):
+    """Told about Istio objects (only) as the source applies them, on the event loop."""
+
+    def synced(self, stream: str, resource: KubeResource, objects: dict[str, tuple[Parsed, ObjectInfo]]) -> None:
+        """The complete set of `stream`'s objects (location -> verdict, info)."""
+
+    def put(self, stream: str, resource: KubeResource, location: str, parsed: Parsed, info: ObjectInfo) -> None: ...
+
+    def deleted(self, stream: str, resource: KubeResource, location: str) -> None: ...
 
 # While applying a relist, give the loop back this often (seconds): each store call costs
 # time proportional to the whole store, so a count of calls would not bound the stall.
@@ -46,6 +66,7 @@ class _StreamState:
     reflector: Reflector
     locations: set[str] = field(default_factory=set)  # what this stream put in the store
     synced: bool = False
+    rejected: dict[str, str] = field(default_factory=dict)  # location -> digest of the rejected content applied
 
 
 class _Slicer:
@@ -69,6 +90,7 @@ class KubernetesSource:
         *,
         watch_secrets: bool = False,
         options: ReflectorOptions | None = None,
+        observer: ObjectObserver | None = None,
     ):
         self.api_client = api_client
         self.store = store
@@ -76,6 +98,7 @@ class KubernetesSource:
         self.label_selector = label_selector or None
         self._log = logger or structlog.get_logger("meshd.source.kubernetes")
         self._options = options or ReflectorOptions()
+        self.observer = observer
         self.resources: tuple[KubeResource, ...] = RESOURCES + ((SECRETS,) if watch_secrets else ())
         self._threads_stop = threading.Event()
         self._streams: dict[str, _StreamState] = {}
@@ -197,11 +220,18 @@ class KubernetesSource:
             # Unchanged objects cost nothing: the store sees the same content hash and
             # origin and notifies no one; only real differences become change events.
             for loc, parsed in op.objects.items():
-                self._put(loc, parsed)
+                if not (isinstance(parsed, Rejection) and state.rejected.get(loc) == op.digests.get(loc)):
+                    self._put(loc, parsed)
                 await slice_.pause()
             stats.objects += len(op.objects) - len(state.locations)
             state.locations = set(op.objects)
+            state.rejected = {loc: op.digests[loc] for loc, p in op.objects.items()
+                              if isinstance(p, Rejection) and loc in op.digests}
             stats.relists += 1
+            if self.observer is not None and state.reflector.resource.kind.istio:
+                res = state.reflector.resource
+                self._notify(self.observer.synced, op.stream, res,
+                             {loc: (p, op.infos[loc]) for loc, p in op.objects.items() if loc in op.infos})
             if not state.synced:
                 state.synced = True
                 self._check_synced()
@@ -209,14 +239,31 @@ class KubernetesSource:
             if op.location not in state.locations:
                 state.locations.add(op.location)
                 stats.objects += 1
-            self._put(op.location, op.parsed)
+            if isinstance(op.parsed, Rejection):
+                if state.rejected.get(op.location) != op.digest:  # new rejected content: report it
+                    self._put(op.location, op.parsed)
+                state.rejected[op.location] = op.digest
+            else:
+                state.rejected.pop(op.location, None)
+                self._put(op.location, op.parsed)
             stats.events += 1
+            if self.observer is not None and op.info is not None:
+                self._notify(self.observer.put, op.stream, state.reflector.resource, op.location, op.parsed, op.info)
         elif isinstance(op, Delete):
+            state.rejected.pop(op.location, None)
             if op.location in state.locations:
                 state.locations.discard(op.location)
                 stats.objects -= 1
                 self.store.remove_location(op.location)
             stats.events += 1
+            if self.observer is not None and state.reflector.resource.kind.istio:
+                self._notify(self.observer.deleted, op.stream, state.reflector.resource, op.location)
+
+    def _notify(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:  # noqa: BLE001 - an observer must never stop the source
+            self._log.exception("k8s observer failed")
 
     def _put(self, location: str, parsed: Parsed) -> None:
         self.store.replace_location(location, [parsed] if parsed is not None else [])

@@ -18,15 +18,29 @@ parameters, list and watch bodies, status codes). What it implements:
 - one object storage per kind served at several versions at once, the apiVersion
   rewritten to the version asked for.
 
+- writes, as meshd's cluster code sends them: `POST` (create; 409 AlreadyExists),
+  `PUT` (update; a stale metadata.resourceVersion is a 409 Conflict, as for Leases),
+  `PATCH` (JSON merge patch; a resourceVersion in the patch is a precondition) and
+  `DELETE`, on objects and on the `status` subresource of kinds that have one (a write
+  to the object keeps its status, a write to /status changes only the status, and
+  metadata.generation moves only when the spec does); Leases, Secrets, ConfigMaps and
+  Events are ordinary stored kinds (watchable like the rest);
+- `POST /apis/authentication.k8s.io/v1/tokenreviews`: tokens registered with
+  `add_token` are reviewed as the API server would (user, groups, audiences), any other
+  token is not authenticated.
+
 Test hooks (Python calls, not HTTP): apply/delete objects, cut every open watch
 mid-stream, compact the history, fail the next N requests, an outage during which every
-request fails, change the versions a group serves, and the log of requests received.
+request fails, change the versions a group serves, register tokens, and the log of
+requests received (with the RBAC verb each one needs: `verbs()`).
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import json
+import re
 import socket
 import threading
 import time
@@ -50,6 +64,7 @@ class ResourceType:
     namespaced: bool
     versions: list[str]
     served: bool = True
+    status: bool = False  # has a /status subresource (the Istio CRDs, Pods, Services)
 
     def api_version(self, version: str) -> str:
         return f"{self.group}/{version}" if self.group else version
@@ -58,17 +73,26 @@ class ResourceType:
 def default_types() -> list[ResourceType]:
     return [
         ResourceType("", "Namespace", "namespaces", False, ["v1"]),
-        ResourceType("", "Service", "services", True, ["v1"]),
-        ResourceType("", "Pod", "pods", True, ["v1"]),
+        ResourceType("", "Service", "services", True, ["v1"], status=True),
+        ResourceType("", "Pod", "pods", True, ["v1"], status=True),
         ResourceType("", "Secret", "secrets", True, ["v1"]),
         ResourceType("", "ConfigMap", "configmaps", True, ["v1"]),
+        ResourceType("", "Event", "events", True, ["v1"]),
         ResourceType("discovery.k8s.io", "EndpointSlice", "endpointslices", True, ["v1"]),
-        ResourceType("networking.istio.io", "Gateway", "gateways", True, list(ISTIO_NET)),
-        ResourceType("networking.istio.io", "VirtualService", "virtualservices", True, list(ISTIO_NET)),
-        ResourceType("networking.istio.io", "DestinationRule", "destinationrules", True, list(ISTIO_NET)),
-        ResourceType("networking.istio.io", "ServiceEntry", "serviceentries", True, list(ISTIO_NET)),
-        ResourceType("security.istio.io", "PeerAuthentication", "peerauthentications", True, ["v1", "v1beta1"]),
+        ResourceType("coordination.k8s.io", "Lease", "leases", True, ["v1"]),
+        ResourceType("networking.istio.io", "Gateway", "gateways", True, list(ISTIO_NET), status=True),
+        ResourceType("networking.istio.io", "VirtualService", "virtualservices", True, list(ISTIO_NET), status=True),
+        ResourceType("networking.istio.io", "DestinationRule", "destinationrules", True, list(ISTIO_NET), status=True),
+        ResourceType("networking.istio.io", "ServiceEntry", "serviceentries", True, list(ISTIO_NET), status=True),
+        ResourceType("security.istio.io", "PeerAuthentication", "peerauthentications", True, ["v1", "v1beta1"],
+                     status=True),
     ]
+
+
+# Not stored: a TokenReview is answered, never kept (as the API server does).
+TOKEN_REVIEW_GROUP, TOKEN_REVIEW_PLURAL = "authentication.k8s.io", "tokenreviews"
+
+_VERB_OF = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
 @dataclass
@@ -84,10 +108,45 @@ class _Event:
 class Request:
     path: str
     query: dict[str, str]
+    method: str = "GET"
+    status: int = 0  # the response code (0 until answered; a watch: 200 once streaming)
 
     @property
     def watch(self) -> bool:
         return self.query.get("watch") in ("true", "1")
+
+    def resource(self) -> tuple[str, str, str, str | None] | None:
+        """(group, resource, subresource, name) of a resource request; None for discovery."""
+        parts = [p for p in self.path.split("/") if p]
+        if len(parts) >= 2 and parts[0] == "api" and parts[1] == "v1":
+            group, rest = "", parts[2:]
+        elif len(parts) >= 3 and parts[0] == "apis":
+            group, rest = parts[1], parts[3:]
+        else:
+            return None
+        if len(rest) >= 2 and rest[0] == "namespaces" and len(rest) != 2:
+            rest = rest[2:]  # /namespaces/{ns}/{plural}...; a lone /namespaces/{name} is the Namespace
+        if not rest:
+            return None
+        return group, rest[0], rest[2] if len(rest) > 2 else "", rest[1] if len(rest) > 1 else None
+
+    @property
+    def namespace(self) -> str | None:
+        """The namespace in the path (/namespaces/{ns}/...), None for cluster-wide requests."""
+        parts = [p for p in self.path.split("/") if p]
+        base = 2 if parts[:1] == ["api"] else 3
+        rest = parts[base:]
+        return rest[1] if len(rest) >= 3 and rest[0] == "namespaces" else None
+
+    @property
+    def verb(self) -> str | None:
+        """The RBAC verb this request needs (get/list/watch/create/update/patch/delete)."""
+        res = self.resource()
+        if res is None:
+            return None
+        if self.method == "GET":
+            return "watch" if self.watch else ("get" if res[3] is not None else "list")
+        return _VERB_OF.get(self.method)
 
 
 @dataclass(eq=False)  # kept in a set by identity
@@ -125,6 +184,7 @@ class FakeApiServer:
         self._outage = False
         self._closing = False
         self.requests: list[Request] = []
+        self._tokens: dict[str, dict] = {}  # bearer token -> what a TokenReview says about it
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -173,7 +233,9 @@ class FakeApiServer:
     # --- test hooks: objects --------------------------------------------------------
     def apply(self, obj: dict) -> dict:
         """Create or update `obj` (apiVersion, kind, metadata.name[, namespace]);
-        returns the stored object (with its new resourceVersion)."""
+        returns the stored object (with its new resourceVersion). Without a `status` of
+        its own, an update keeps the stored status (as `kubectl apply` does); with one, it
+        sets it (how tests give a Pod its IP)."""
         rtype = self._type_of(obj.get("apiVersion", ""), obj["kind"])
         new = copy.deepcopy(obj)
         new.pop("apiVersion", None)
@@ -186,6 +248,8 @@ class FakeApiServer:
         with self._cond:
             store = self._objects[(rtype.group, rtype.plural)]
             old = store.get(key)
+            if old is not None and rtype.status and "status" not in new and "status" in old:
+                new["status"] = copy.deepcopy(old["status"])  # like kubectl apply: status is a subresource
             if old is not None:
                 md["uid"] = old["metadata"]["uid"]
                 md["creationTimestamp"] = old["metadata"]["creationTimestamp"]
@@ -292,10 +356,66 @@ class FakeApiServer:
                                      f"(open: {self.open_watches(plural)})")
             time.sleep(0.01)
 
-    def requests_for(self, plural: str, watch: bool | None = None) -> list[Request]:
+    def requests_for(self, plural: str, watch: bool | None = None, method: str = "GET") -> list[Request]:
         with self._cond:
             return [r for r in self.requests if r.path.rstrip("/").endswith("/" + plural)
-                    and (watch is None or r.watch == watch)]
+                    and r.method == method and (watch is None or r.watch == watch)]
+
+    def verbs(self) -> set[tuple[str, str, str]]:
+        """Every (apiGroup, resource[/subresource], verb) requested so far: what the
+        caller's RBAC role must grant. Discovery requests (/api, /apis/...) need none."""
+        with self._cond:
+            out = set()
+            for r in self.requests:
+                res = r.resource()
+                if res is not None and r.verb:
+                    group, plural, sub, _ = res
+                    out.add((group, f"{plural}/{sub}" if sub else plural, r.verb))
+            return out
+
+    def writes(self, plural: str, method: str | None = None, name: str | None = None,
+               status: int | None = None) -> list[Request]:
+        """Write requests (not GET) to `plural`, optionally of one method / object / outcome."""
+        with self._cond:
+            out = []
+            for r in self.requests:
+                res = r.resource()
+                if r.method == "GET" or res is None or res[1] != plural:
+                    continue
+                if (method is None or r.method == method) and (name is None or res[3] == name) \
+                        and (status is None or r.status == status):
+                    out.append(r)
+            return out
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict | None:
+        """The stored object (rendered at the kind's first version), or None."""
+        rtype = self._type_of(api_version, kind)
+        key = ((namespace or "default") if rtype.namespaced else "", name)
+        with self._cond:
+            obj = self._objects[(rtype.group, rtype.plural)].get(key)
+            return self._render(obj, rtype, rtype.versions[0]) if obj is not None else None
+
+    # --- test hooks: TokenReview ----------------------------------------------------
+    def add_token(self, token: str, username: str, *, audiences: list[str] | tuple[str, ...] = ("istio-ca",),
+                  groups: list[str] | None = None, uid: str | None = None) -> None:
+        """Make `token` valid for TokenReview: it authenticates as `username`, for
+        `audiences`. A service account's groups are filled in as Kubernetes does."""
+        if groups is None:
+            groups = ["system:authenticated"]
+            parts = username.split(":")
+            if len(parts) == 4 and parts[:2] == ["system", "serviceaccount"]:
+                groups = ["system:serviceaccounts", f"system:serviceaccounts:{parts[2]}", "system:authenticated"]
+        with self._cond:
+            self._tokens[token] = {"username": username, "uid": uid or str(uuid.uuid4()), "groups": list(groups),
+                                   "audiences": list(audiences)}
+
+    def revoke_token(self, token: str) -> None:
+        with self._cond:
+            self._tokens.pop(token, None)
+
+    def token_reviews(self) -> int:
+        with self._cond:
+            return sum(1 for r in self.requests if r.method == "POST" and r.path.endswith("/" + TOKEN_REVIEW_PLURAL))
 
     # --- internals: state ----------------------------------------------------------
     def _type_of(self, api_version: str, kind: str) -> ResourceType:
@@ -338,10 +458,25 @@ class FakeApiServer:
 
     # --- internals: HTTP -----------------------------------------------------------
     def handle_get(self, h: "_Handler") -> None:
+        self.handle(h, "GET")
+
+    def handle(self, h: "_Handler", method: str) -> None:
         url = urlsplit(h.path)
         query = dict(parse_qsl(url.query, keep_blank_values=True))
+        body: Any = None
+        length = int(h.headers.get("Content-Length") or 0)
+        raw = h.rfile.read(length) if length else b""  # always read: the connection is kept alive
+        request = Request(url.path, query, method)
+        h.request_record = request
+        if method in ("POST", "PUT", "PATCH"):
+            try:
+                body = json.loads(raw or b"null")
+            except ValueError:
+                with self._cond:
+                    self.requests.append(request)
+                return _send(h, 400, status(400, "BadRequest", "request body is not JSON"))
         with self._cond:
-            self.requests.append(Request(url.path, query))
+            self.requests.append(request)
             if self._closing:
                 return _send(h, 503, status(503, "ServiceUnavailable", "shutting down"))
             if self._outage:
@@ -352,9 +487,14 @@ class FakeApiServer:
                 return _send(h, code, status(code, "InternalError", "injected failure (test hook)"))
         parts = [p for p in url.path.split("/") if p]
         try:
-            self._route(h, parts, query)
+            if method == "GET":
+                self._route(h, parts, query)
+            else:
+                self._route_write(h, method, parts, body, h.headers.get("Content-Type") or "")
         except _NotFound as e:
             _send(h, 404, status(404, "NotFound", str(e) or "the server could not find the requested resource"))
+        except _Failure as e:
+            _send(h, e.code, status(e.code, e.reason, e.message))
 
     def _route(self, h, parts: list[str], query: dict[str, str]) -> None:
         if parts == ["api"]:
@@ -381,13 +521,15 @@ class FakeApiServer:
         ns = None
         if rest[0] == "namespaces" and len(rest) >= 3:
             ns, rest = rest[1], rest[2:]
-        if len(rest) > 2:
+        if len(rest) > 3 or (len(rest) == 3 and rest[2] != "status"):
             raise _NotFound()
         with self._cond:
             rtype = self._types.get((group, rest[0]))
             if rtype is None or not rtype.served or version not in rtype.versions or (ns and not rtype.namespaced):
                 raise _NotFound()
-        if len(rest) == 2:
+            if len(rest) == 3 and not rtype.status:
+                raise _NotFound()
+        if len(rest) >= 2:
             return self._get(h, rtype, version, ns, rest[1])
         if query.get("watch") in ("true", "1"):
             return self._watch(h, rtype, version, ns, query)
@@ -409,6 +551,186 @@ class FakeApiServer:
         if obj is None:
             raise _NotFound(f'{rtype.plural} "{name}" not found')
         _send(h, 200, self._render(obj, rtype, version))
+
+    # --- internals: writes -----------------------------------------------------------
+    def _route_write(self, h, method: str, parts: list[str], body: Any, content_type: str) -> None:
+        if parts == ["apis", TOKEN_REVIEW_GROUP, "v1", TOKEN_REVIEW_PLURAL]:
+            if method != "POST":
+                raise _Failure(405, "MethodNotAllowed", f"{method} is not supported on tokenreviews")
+            return self._token_review(h, body)
+        if len(parts) >= 2 and parts[0] == "api" and parts[1] == "v1":
+            group, version, rest = "", "v1", parts[2:]
+        elif len(parts) >= 3 and parts[0] == "apis":
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise _NotFound()
+        ns = None
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            ns, rest = rest[1], rest[2:]
+        if not rest or len(rest) > 3 or (len(rest) == 3 and rest[2] != "status"):
+            raise _NotFound()
+        with self._cond:
+            rtype = self._types.get((group, rest[0]))
+            if rtype is None or not rtype.served or version not in rtype.versions or bool(ns) != rtype.namespaced:
+                raise _NotFound()
+        status_only = len(rest) == 3
+        if status_only and not rtype.status:
+            raise _NotFound()
+        name = rest[1] if len(rest) > 1 else None
+        if method == "POST":
+            if name is not None:
+                raise _Failure(405, "MethodNotAllowed", "create is a POST to the collection")
+            return _send(h, 201, self._create(rtype, version, ns, body))
+        if name is None:
+            raise _Failure(405, "MethodNotAllowed", f"{method} needs an object name")
+        if method == "PUT":
+            return _send(h, 200, self._update(rtype, version, ns, name, body, status_only))
+        if method == "PATCH":
+            if not content_type.startswith(("application/merge-patch+json", "application/strategic-merge-patch+json")):
+                raise _Failure(415, "UnsupportedMediaType", f"the stand-in only speaks merge patches, not {content_type!r}")
+            return _send(h, 200, self._patch(rtype, version, ns, name, body, status_only))
+        if method == "DELETE":
+            return _send(h, 200, self._delete_http(rtype, version, ns, name))
+        raise _Failure(405, "MethodNotAllowed", f"{method} is not supported")
+
+    def _create(self, rtype: ResourceType, version: str, ns: str | None, body: Any) -> dict:
+        new = self._incoming(rtype, version, ns, body)
+        md = new["metadata"]
+        if md.get("resourceVersion"):
+            raise _Failure(400, "BadRequest", "resourceVersion should not be set on objects to be created")
+        if not md.get("name"):
+            if not md.get("generateName"):
+                raise _Failure(422, "Invalid", f"{rtype.kind} is invalid: metadata.name: Required value: name or generateName is required")
+            md["name"] = md["generateName"] + uuid.uuid4().hex[:5]
+        _validate(rtype, new)
+        key = (ns or "", md["name"])
+        with self._cond:
+            if key in self._objects[(rtype.group, rtype.plural)]:
+                raise _Failure(409, "AlreadyExists", f'{_qualified(rtype)} "{md["name"]}" already exists')
+            return self._render(self._put(rtype, key, new, None), rtype, version)
+
+    def _update(self, rtype: ResourceType, version: str, ns: str | None, name: str, body: Any, status_only: bool) -> dict:
+        new = self._incoming(rtype, version, ns, body)
+        if new["metadata"].get("name") != name:
+            raise _Failure(400, "BadRequest", "the name of the object does not match the name on the URL")
+        key = (ns or "", name)
+        with self._cond:
+            old = self._objects[(rtype.group, rtype.plural)].get(key)
+            if old is None:
+                raise _NotFound(f'{_qualified(rtype)} "{name}" not found')
+            self._precondition(rtype, name, old, new["metadata"].get("resourceVersion"))
+            if status_only:
+                merged = copy.deepcopy(old)
+                merged["status"] = new.get("status")
+                new = merged
+            elif rtype.status:
+                new.pop("status", None)
+                if "status" in old:
+                    new["status"] = copy.deepcopy(old["status"])
+            _validate(rtype, new)
+            return self._render(self._put(rtype, key, new, old), rtype, version)
+
+    def _patch(self, rtype: ResourceType, version: str, ns: str | None, name: str, patch: Any, status_only: bool) -> dict:
+        if not isinstance(patch, dict):
+            raise _Failure(400, "BadRequest", "a merge patch must be a JSON object")
+        key = (ns or "", name)
+        with self._cond:
+            old = self._objects[(rtype.group, rtype.plural)].get(key)
+            if old is None:
+                raise _NotFound(f'{_qualified(rtype)} "{name}" not found')
+            self._precondition(rtype, name, old, (patch.get("metadata") or {}).get("resourceVersion"))
+            patched = _merge_patch(copy.deepcopy(old), patch)
+            if status_only:
+                new = copy.deepcopy(old)
+                if patched.get("status") is None:
+                    new.pop("status", None)
+                else:
+                    new["status"] = patched["status"]
+            else:
+                new = patched
+                new["metadata"] = {**patched.get("metadata", {}), "name": name}
+                if rtype.status:
+                    new.pop("status", None)
+                    if "status" in old:
+                        new["status"] = copy.deepcopy(old["status"])
+            new.pop("apiVersion", None)
+            _validate(rtype, new)
+            return self._render(self._put(rtype, key, new, old), rtype, version)
+
+    def _delete_http(self, rtype: ResourceType, version: str, ns: str | None, name: str) -> dict:
+        with self._cond:
+            old = self._objects[(rtype.group, rtype.plural)].get((ns or "", name))
+            if old is None:
+                raise _NotFound(f'{_qualified(rtype)} "{name}" not found')
+            self.delete(rtype.api_version(version), rtype.kind, name, ns)
+            return self._render(old, rtype, version)
+
+    def _incoming(self, rtype: ResourceType, version: str, ns: str | None, body: Any) -> dict:
+        """A request body as a stored object (no apiVersion), checked against the URL."""
+        if not isinstance(body, dict):
+            raise _Failure(400, "BadRequest", "the body must be a JSON object")
+        if body.get("kind") not in (None, rtype.kind):
+            raise _Failure(400, "BadRequest", f"kind {body.get('kind')!r} does not match {rtype.kind}")
+        if body.get("apiVersion") not in (None, rtype.api_version(version)):
+            raise _Failure(400, "BadRequest", f"apiVersion {body.get('apiVersion')!r} does not match {rtype.api_version(version)}")
+        new = copy.deepcopy(body)
+        new.pop("apiVersion", None)
+        new["kind"] = rtype.kind
+        md = new.setdefault("metadata", {})
+        if not isinstance(md, dict):
+            raise _Failure(400, "BadRequest", "metadata must be an object")
+        if rtype.namespaced:
+            if md.get("namespace") not in (None, "", ns):
+                raise _Failure(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")
+            md["namespace"] = ns
+        return new
+
+    @staticmethod
+    def _precondition(rtype: ResourceType, name: str, old: dict, rv: Any) -> None:
+        if rv and str(rv) != old["metadata"]["resourceVersion"]:
+            raise _Failure(409, "Conflict", f'Operation cannot be fulfilled on {_qualified(rtype)} "{name}": the object has '
+                                            "been modified; please apply your changes to the latest version and try again")
+
+    def _put(self, rtype: ResourceType, key: tuple[str, str], new: dict, old: dict | None) -> dict:
+        """Store `new` (caller holds the lock): server-set metadata, a new resourceVersion,
+        a watch event. metadata.generation moves when anything but metadata/status does."""
+        md = new["metadata"]
+        if old is not None:
+            omd = old["metadata"]
+            md["uid"], md["creationTimestamp"] = omd["uid"], omd["creationTimestamp"]
+            changed = _content(new) != _content(old)
+            md["generation"] = omd.get("generation", 1) + (1 if changed else 0)
+        else:
+            md["uid"] = str(uuid.uuid4())
+            md["creationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            md["generation"] = 1
+        self._rv += 1
+        md["resourceVersion"] = str(self._rv)
+        self._objects[(rtype.group, rtype.plural)][key] = new
+        self._record(_Event(self._rv, rtype, "MODIFIED" if old else "ADDED", new, old))
+        return new
+
+    def _token_review(self, h, body: Any) -> None:
+        spec = (body or {}).get("spec") if isinstance(body, dict) else None
+        token = (spec or {}).get("token")
+        if not isinstance(token, str) or not token:
+            raise _Failure(422, "Invalid", "TokenReview.authentication.k8s.io is invalid: spec.token: Required value")
+        wanted = [a for a in (spec.get("audiences") or []) if isinstance(a, str)]
+        with self._cond:
+            info = copy.deepcopy(self._tokens.get(token))
+        result: dict[str, Any] = {"user": {}}
+        if info is None:
+            result["error"] = "[invalid bearer token, token lookup failed]"
+        else:
+            audiences = [a for a in wanted if a in info["audiences"]] if wanted else info["audiences"]
+            if wanted and not audiences:
+                result["error"] = (f"[invalid bearer token, token audiences {json.dumps(info['audiences'])} is invalid "
+                                   f"for the target audiences {json.dumps(wanted)}]")
+            else:
+                result = {"authenticated": True, "audiences": audiences,
+                          "user": {"username": info["username"], "uid": info["uid"], "groups": info["groups"]}}
+        _send(h, 201, {"kind": "TokenReview", "apiVersion": f"{TOKEN_REVIEW_GROUP}/v1",
+                       "metadata": {"creationTimestamp": None}, "spec": spec, "status": result})
 
     def _matching(self, rtype: ResourceType, ns: str | None, query: dict[str, str]):
         labels, fields = label_matcher(query.get("labelSelector")), field_matcher(query.get("fieldSelector"))
@@ -473,6 +795,8 @@ class FakeApiServer:
             gone = pos < self._compacted
         if gone and self.gone == "http":
             return _send(h, 410, status(410, "Expired", f"too old resource version: {pos} ({self._compacted})"))
+        if h.request_record is not None:
+            h.request_record.status = 200
         h.send_response(200)
         h.send_header("Content-Type", "application/json")
         h.send_header("Transfer-Encoding", "chunked")
@@ -537,6 +861,92 @@ class _NotFound(Exception):
     pass
 
 
+class _Failure(Exception):
+    def __init__(self, code: int, reason: str, message: str):
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+
+
+def _qualified(rtype: ResourceType) -> str:
+    return f"{rtype.plural}.{rtype.group}" if rtype.group else rtype.plural
+
+
+def _content(obj: dict) -> dict:
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    if not isinstance(target, dict):
+        target = {}
+    for k, v in patch.items():
+        if v is None:
+            target.pop(k, None)
+        else:
+            target[k] = _merge_patch(target.get(k), v)
+    return target
+
+
+_MICRO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|[+-]\d{2}:\d{2})$")
+_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+def _validate(rtype: ResourceType, obj: dict) -> None:
+    """The API server's validation of the kinds meshd writes, as far as a client can get it wrong."""
+    def invalid(field: str, why: str) -> _Failure:
+        return _Failure(422, "Invalid", f'{rtype.kind} "{obj["metadata"].get("name")}" is invalid: {field}: {why}')
+
+    if rtype.kind == "Lease":
+        spec = obj.get("spec") or {}
+        if not isinstance(spec, dict):
+            raise invalid("spec", "must be an object")
+        for f in ("acquireTime", "renewTime"):
+            if spec.get(f) is not None and not (isinstance(spec[f], str) and _MICRO_TIME.match(spec[f])):
+                raise invalid(f"spec.{f}", f"{spec[f]!r} is not a MicroTime (RFC 3339 with microseconds)")
+        for f in ("leaseDurationSeconds", "leaseTransitions"):
+            v = spec.get(f)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < (1 if f == "leaseDurationSeconds" else 0)):
+                raise invalid(f"spec.{f}", f"{v!r} must be a {'positive' if f == 'leaseDurationSeconds' else 'non-negative'} integer")
+        if spec.get("holderIdentity") is not None and not isinstance(spec["holderIdentity"], str):
+            raise invalid("spec.holderIdentity", "must be a string")
+    elif rtype.kind == "Secret":
+        for k, v in (obj.get("data") or {}).items():
+            try:
+                base64.b64decode(v, validate=True)
+            except (ValueError, TypeError):
+                raise invalid(f"data[{k}]", "must be base64") from None
+    elif rtype.kind == "ConfigMap":
+        for k, v in (obj.get("data") or {}).items():
+            if not isinstance(v, str):
+                raise invalid(f"data[{k}]", "must be a string")
+    elif rtype.kind == "Event":
+        inv = obj.get("involvedObject")
+        if not isinstance(inv, dict) or not inv.get("kind") or not inv.get("name"):
+            raise invalid("involvedObject", "Required value: kind and name")
+        if inv.get("namespace", obj["metadata"]["namespace"]) != obj["metadata"]["namespace"]:
+            raise invalid("involvedObject.namespace", "does not match event.namespace")
+        for f in ("firstTimestamp", "lastTimestamp"):
+            if obj.get(f) is not None and not (isinstance(obj[f], str) and _TIME.match(obj[f])):
+                raise invalid(f, f"{obj[f]!r} is not an RFC 3339 time")
+        if obj.get("type") not in (None, "Normal", "Warning"):
+            raise invalid("type", "must be Normal or Warning")
+    if rtype.status and rtype.group.endswith("istio.io") and obj.get("status") is not None:
+        st = obj["status"]
+        if not isinstance(st, dict):
+            raise invalid("status", "must be an object")
+        for i, c in enumerate(st.get("conditions") or []):
+            for f in ("type", "status", "reason", "message"):
+                if c.get(f) is not None and not isinstance(c[f], str):
+                    raise invalid(f"status.conditions[{i}].{f}", "must be a string")
+            if c.get("lastTransitionTime") is not None and not _TIME.match(str(c["lastTransitionTime"])):
+                raise invalid(f"status.conditions[{i}].lastTransitionTime", "must be a date-time")
+        for i, m in enumerate(st.get("validationMessages") or []):
+            if m.get("level") not in (None, "UNKNOWN", "ERROR", "WARNING", "INFO"):
+                raise invalid(f"status.validationMessages[{i}].level", "Unsupported value")
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = False  # server_close() joins every handler thread
     block_on_close = True
@@ -564,14 +974,30 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    request_record: Request | None = None
+
     def do_GET(self) -> None:  # noqa: N802
-        self.server.api.handle_get(self)
+        self.server.api.handle(self, "GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.server.api.handle(self, "POST")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self.server.api.handle(self, "PUT")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self.server.api.handle(self, "PATCH")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self.server.api.handle(self, "DELETE")
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002
         pass
 
 
 def _send(h: _Handler, code: int, body: dict) -> None:
+    if h.request_record is not None:
+        h.request_record.status = code
     data = json.dumps(body).encode()
     h.send_response(code)
     h.send_header("Content-Type", "application/json")

@@ -478,7 +478,8 @@ def test_metrics_count_connected_proxies():
     run(main())
 
 
-def test_delta_is_unimplemented():
+def test_delta_stream_without_node_is_rejected():
+    # Delta xDS is served (tests/unit/test_delta.py); its first request needs the node too.
     async def main():
         async with Harness() as h:
 
@@ -489,7 +490,7 @@ def test_delta_is_unimplemented():
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 async for _ in call:
                     pass
-            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     run(main())
 

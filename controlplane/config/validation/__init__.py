@@ -23,6 +23,7 @@ from .errors import FieldError, type_name
 from .gateway import validate_gateway
 from .metadata import validate_envelope
 from .schema import schema_for, validate_document
+from .secret import validate_secret
 from .virtualservice import validate_virtual_service
 
 __all__ = ["FieldError", "as_json", "validate"]
@@ -39,6 +40,7 @@ _KUBERNETES: dict[tuple[str, str], Callable[[dict], list[FieldError]]] = {
     ("", "Service"): kubernetes.validate_service,
     ("", "Pod"): kubernetes.validate_pod,
     ("discovery.k8s.io", "EndpointSlice"): kubernetes.validate_endpoint_slice,
+    ("", "Secret"): validate_secret,
 }
 
 

@@ -1,0 +1,410 @@
+"""The push-engine benchmark: meshd against a fleet of simulated Envoys, and the floor.
+
+    python bench/run.py                          # reference scenario, SotW and delta
+    python bench/run.py --services 100 --sidecars 200 --gateways 2 --transport sotw
+
+For each transport it
+1. writes the scenario (bench/scenario.py) and starts `meshd serve` on it: start-up time
+   is process start to /ready;
+2. starts the load generator (bench/loadgen.py) in its own process and waits until every
+   proxy has received and ACKed CDS, EDS, LDS and RDS;
+3. full push: rewrites one DestinationRule (every proxy's CDS changes) and measures until
+   every proxy has ACKed the new CDS version (after answering its EDS re-request), from
+   the file write (end to end) and from meshd's snapshot (the push itself); meshd's CPU
+   seconds for it;
+4. endpoint change: rewrites one EndpointSlice and measures, per proxy, until it has
+   ACKed an EDS response carrying that cluster (p50/p99), and counts the responses of
+   every type sent meanwhile (only EDS is expected);
+5. the floor (bench/floor.py): the same clients, served the captured bytes by a trivial
+   grpcio server in its own process; its full push time, and meshd's divided by it;
+and prints a JSON document and a table. Nothing here asserts: these are figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench import floor, loadgen  # noqa: E402
+from bench.scenario import HTTP_PORT, Scenario  # noqa: E402
+
+CDS, EDS = loadgen.CDS, loadgen.EDS
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return {"rss_mb": round(out.get("VmRSS", 0), 1), "peak_rss_mb": round(out.get("VmHWM", 0), 1)}
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, int(round(p / 100 * len(values) + 0.5)) - 1))
+    return values[k]
+
+
+class Meshd:
+    def __init__(self, config_dir: Path, work: Path, extra: list[str]):
+        self.xds, self.mon = free_port(), free_port()
+        self.log_path = work / f"meshd-{self.xds}.log"
+        argv = [sys.executable, "-m", "controlplane", "serve", "--config-dir", str(config_dir),
+                "--xds-port", str(self.xds), "--monitoring-port", str(self.mon), "--secure-xds-port", "0",
+                "--listen-address", "127.0.0.1", "--ca-dir", str(work / "ca"), "--log-format", "json", *extra]
+        self.started = time.time()
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
+                                     env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+        self.ready_after = self._wait_ready()
+
+    def _wait_ready(self) -> float:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"meshd exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.mon}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return time.time() - self.started
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("meshd not ready after 300 s")
+
+    def snapshots(self) -> list[dict]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if '"mesh snapshot built"' in line:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+
+
+class Fleet:
+    """The load generator processes (one by default)."""
+
+    def __init__(self, specs, address: str, transport: str, procs: int = 1):
+        ctx = mp.get_context("spawn")
+        self.pipes, self.procs = [], []
+        for i in range(procs):
+            mine = specs[i::procs]
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=loadgen.process_main, args=(mine, address, transport, child), daemon=True)
+            p.start()
+            self.pipes.append(parent)
+            self.procs.append(p)
+
+    def ask(self, *cmd):
+        for p in self.pipes:
+            p.send(cmd)
+        return [p.recv() for p in self.pipes]
+
+    def synced(self) -> dict:
+        parts = self.ask("synced")
+        return {"synced": sum(p["synced"] for p in parts), "total": sum(p["total"] for p in parts),
+                "last": max(p["last"] for p in parts), "errors": sum(p["errors"] for p in parts),
+                "bytes": sum(p["bytes"] for p in parts)}
+
+    def wait_synced(self, timeout: float) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            s = self.synced()
+            if s["synced"] == s["total"]:
+                return s
+            time.sleep(0.2)
+        raise RuntimeError(f"fleet not synced after {timeout}s: {self.synced()}")
+
+    def status(self, label: str) -> dict:
+        parts = self.ask("status", label)
+        since: dict[str, int] = {}
+        for p in parts:
+            for k, v in p["responses_since"].items():
+                since[k] = since.get(k, 0) + v
+        return {"done": sum(p["done"] for p in parts), "total": sum(p["total"] for p in parts),
+                "times": [t for p in parts for t in p["times"]], "responses_since": since}
+
+    def wait(self, label: str, timeout: float) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            s = self.status(label)
+            if s["done"] == s["total"]:
+                return s
+            time.sleep(0.05)
+        s = self.status(label)
+        raise RuntimeError(f"{label}: only {s['done']}/{s['total']} proxies converged in {timeout}s")
+
+    def capture(self) -> dict:
+        merged: dict = {}
+        for part in self.ask("capture"):
+            for k, v in part.items():
+                merged.setdefault(k, v)
+        return merged
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.procs)
+
+    def stop(self) -> None:
+        try:
+            self.ask("stop")
+        except (BrokenPipeError, EOFError):
+            pass
+        for p in self.procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+
+
+def quiesce(meshd: Meshd, seconds: float = 1.0) -> None:
+    """Wait until meshd's CPU stops moving (the push and its ACKs are over)."""
+    last = cpu_seconds(meshd.proc.pid)
+    while True:
+        time.sleep(seconds)
+        now = cpu_seconds(meshd.proc.pid)
+        if now - last < 0.02 * seconds:
+            return
+        last = now
+
+
+def snapshot_after(meshd: Meshd, t: float, timeout: float = 30) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for s in meshd.snapshots():
+            if s.get("at", 0) >= t:
+                return s
+        time.sleep(0.05)
+    raise RuntimeError("no snapshot logged after the change")
+
+
+def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
+    config = work / f"config-{transport}"
+    sc.write(config)
+    specs = sc.proxies()
+    result: dict = {"transport": transport}
+    meshd = Meshd(config, work, args.meshd_arg)
+    try:
+        result["startup_to_ready_s"] = round(meshd.ready_after, 3)
+        t0 = time.time()
+        fleet = Fleet(specs, f"127.0.0.1:{meshd.xds}", transport, args.loadgen_procs)
+        try:
+            s = fleet.wait_synced(args.timeout)
+            result["initial_sync_s"] = round(s["last"] - t0, 3)
+            result["initial_bytes_mb"] = round(s["bytes"] / 1e6, 1)
+            quiesce(meshd)
+            result["memory_after_sync"] = memory_mb(meshd.proc.pid)
+
+            # --- full push: a DestinationRule change reaches every proxy's CDS ------------
+            full = []
+            routed = [i for i in range(sc.services) if sc.routed(i)]
+            for rep in range(args.repeat):
+                i = routed[rep % len(routed)]
+                label = f"full-{rep}"
+                fleet.arm(label, "version", CDS)
+                cpu0 = cpu_seconds(meshd.proc.pid)
+                t_write = time.time()
+                (config / "rules" / f"{sc.service_name(i)}.yaml").write_text(sc.rules_yaml(i, rep + 1))
+                st = fleet.wait(label, args.timeout)
+                snap = snapshot_after(meshd, t_write)
+                pushed_at = snap["at"] - snap.get("queue_ms", 0) / 1000
+                quiesce(meshd)
+                full.append({
+                    "e2e_s": round(max(st["times"]) - t_write, 3),
+                    "push_s": round(max(st["times"]) - pushed_at, 3),
+                    "p50_push_s": round(pct([t - pushed_at for t in st["times"]], 50), 3),
+                    "cpu_s": round(cpu_seconds(meshd.proc.pid) - cpu0, 2),
+                    "responses": st["responses_since"],
+                    "proxies_queued": snap.get("proxies_queued"),
+                })
+            result["full_push"] = full
+
+            # --- endpoint change: one EndpointSlice ------------------------------------------
+            eps = []
+            for rep in range(args.repeat):
+                j = (rep * 7 + 3) % sc.services
+                cluster = f"outbound|{HTTP_PORT}||{sc.service_name(j)}.{sc.namespace_of(j)}.svc.cluster.local"
+                label = f"ep-{rep}"
+                fleet.arm(label, "resource", EDS, cluster)
+                cpu0 = cpu_seconds(meshd.proc.pid)
+                t_write = time.time()
+                sc.endpoints_path(config, j).write_text(sc.endpoints_yaml(j, rep + 1))
+                st = fleet.wait(label, args.timeout)
+                snap = snapshot_after(meshd, t_write)
+                pushed_at = snap["at"] - snap.get("queue_ms", 0) / 1000
+                quiesce(meshd, 0.5)
+                lat = [t - t_write for t in st["times"]]
+                push_lat = [t - pushed_at for t in st["times"]]
+                eps.append({
+                    "p50_e2e_s": round(pct(lat, 50), 3), "p99_e2e_s": round(pct(lat, 99), 3),
+                    "p50_push_s": round(pct(push_lat, 50), 3), "p99_push_s": round(pct(push_lat, 99), 3),
+                    "proxies": st["done"], "cpu_s": round(cpu_seconds(meshd.proc.pid) - cpu0, 2),
+                    "responses": st["responses_since"],
+                })
+            result["endpoint_change"] = eps
+            result["memory_end"] = memory_mb(meshd.proc.pid)
+            result["loadgen_cpu_s"] = round(fleet.cpu(), 1)
+            capture = fleet.capture()
+        finally:
+            fleet.stop()
+    finally:
+        meshd.stop()
+
+    # --- the floor: the same clients, the captured bytes, a trivial server ---------------
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    port = free_port()
+    fp = ctx.Process(target=floor.process_main, args=(capture, transport == "delta", port, child), daemon=True)
+    fp.start()
+    try:
+        assert parent.recv() == "ready"
+        fleet = Fleet(specs, f"127.0.0.1:{port}", transport, args.loadgen_procs)
+        try:
+            fleet.wait_synced(args.timeout)
+            time.sleep(1)
+            runs = []
+            for rep in range(args.repeat):
+                label = f"floor-{rep}"
+                fleet.arm(label, "version", CDS)
+                cpu0 = cpu_seconds(fp.pid)
+                t_push = time.time()
+                parent.send(("push", [CDS, EDS]))
+                parent.recv()
+                st = fleet.wait(label, args.timeout)
+                time.sleep(1)
+                runs.append({"push_s": round(max(st["times"]) - t_push, 3), "cpu_s": round(cpu_seconds(fp.pid) - cpu0, 2)})
+            result["floor_full_push"] = runs
+        finally:
+            fleet.stop()
+    finally:
+        parent.send(("stop",))
+        fp.join(10)
+        if fp.is_alive():
+            fp.kill()
+
+    med = statistics.median(r["push_s"] for r in result["full_push"])
+    floor_med = statistics.median(r["push_s"] for r in result["floor_full_push"])
+    result["full_push_vs_floor"] = round(med / floor_med, 2) if floor_med else None
+    return result
+
+
+def table(results: list[dict], sc: Scenario) -> str:
+    lines = [f"scenario: {sc.services} services, {sc.sidecars} sidecars, {sc.gateways} gateways, "
+             f"{sc.namespaces} namespaces; {os.cpu_count()} CPUs"]
+    head = f"{'':34}" + "".join(f"{r['transport']:>14}" for r in results)
+    lines.append(head)
+
+    def row(label: str, f) -> None:
+        vals = []
+        for r in results:
+            try:
+                vals.append(f"{f(r):>14}")
+            except (KeyError, ValueError, ZeroDivisionError, TypeError):
+                vals.append(f"{'-':>14}")
+        lines.append(f"{label:34}" + "".join(vals))
+
+    med = statistics.median
+    row("start-up to ready (s)", lambda r: f"{r['startup_to_ready_s']:.2f}")
+    row("initial sync of the fleet (s)", lambda r: f"{r['initial_sync_s']:.2f}")
+    row("full push, e2e median (s)", lambda r: f"{med(x['e2e_s'] for x in r['full_push']):.2f}")
+    row("full push, push median (s)", lambda r: f"{med(x['push_s'] for x in r['full_push']):.2f}")
+    row("floor full push median (s)", lambda r: f"{med(x['push_s'] for x in r['floor_full_push']):.2f}")
+    row("meshd / floor", lambda r: f"{r['full_push_vs_floor']:.2f}x")
+    row("full push CPU (s)", lambda r: f"{med(x['cpu_s'] for x in r['full_push']):.2f}")
+    row("endpoint p50 e2e (s)", lambda r: f"{med(x['p50_e2e_s'] for x in r['endpoint_change']):.3f}")
+    row("endpoint p99 e2e (s)", lambda r: f"{max(x['p99_e2e_s'] for x in r['endpoint_change']):.3f}")
+    row("endpoint p99 push (s)", lambda r: f"{max(x['p99_push_s'] for x in r['endpoint_change']):.3f}")
+    row("endpoint push CPU (s)", lambda r: f"{med(x['cpu_s'] for x in r['endpoint_change']):.2f}")
+    row("endpoint push: non-EDS responses", lambda r: str(sum(v for x in r['endpoint_change']
+                                                              for k, v in x['responses'].items() if k != 'EDS')))
+    row("RSS after sync (MB)", lambda r: f"{r['memory_after_sync']['rss_mb']:.0f}")
+    row("peak RSS (MB)", lambda r: f"{r['memory_end']['peak_rss_mb']:.0f}")
+    row("load generator CPU (s)", lambda r: f"{r['loadgen_cpu_s']:.0f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--services", type=int, default=1000)
+    ap.add_argument("--sidecars", type=int, default=2000)
+    ap.add_argument("--gateways", type=int, default=10)
+    ap.add_argument("--namespaces", type=int, default=10)
+    ap.add_argument("--transport", choices=["sotw", "delta", "both"], default="both")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--loadgen-procs", type=int, default=1)
+    ap.add_argument("--meshd-arg", action="append", default=None,
+                    help="extra `meshd serve` argument (repeat), default: --poll-interval 0.05")
+    ap.add_argument("--json", help="also write the JSON document to this file")
+    args = ap.parse_args(argv)
+    if args.meshd_arg is None:
+        args.meshd_arg = ["--poll-interval", "0.05"]
+    sc = Scenario(services=args.services, sidecars=args.sidecars, gateways=args.gateways, namespaces=args.namespaces)
+    work = Path(tempfile.mkdtemp(prefix="meshd-bench-"))
+    try:
+        results = []
+        for t in (["sotw", "delta"] if args.transport == "both" else [args.transport]):
+            results.append(run_transport(sc, t, args, work))
+        doc = {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+            "scenario": {"services": sc.services, "sidecars": sc.sidecars, "gateways": sc.gateways,
+                         "namespaces": sc.namespaces, "routed_fraction": sc.routed_fraction},
+            "meshd_args": args.meshd_arg,
+            "results": results,
+        }
+        text = json.dumps(doc, indent=2)
+        print(text)
+        if args.json:
+            Path(args.json).write_text(text + "\n")
+        print()
+        print(table(results, sc))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""`meshd analyze`: Istio's configuration analyzers, on files or a running meshd.
+
+    resources, errors = load_paths(["config/"])
+    messages = analyze(resources)          # sorted and de-duplicated, as istioctl prints them
+
+Analyzers carry Istio's names (`virtualservice.GatewayAnalyzer`, ...) and emit Istio's
+message codes and wording (messages.py); `ANALYZERS` lists what is implemented, and the
+README has the table of codes implemented against Istio's.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from .analyzers.gateway import (CertificateAnalyzer, ConflictingGatewayAnalyzer, IngressGatewayPortAnalyzer,
+                                SecretAnalyzer)
+from .analyzers.others import (CaCertificateAnalyzer, PeerAuthenticationAnalyzer, PortNameAnalyzer,
+                               SchemaValidationAnalyzer)
+from .analyzers.virtualservice import (ConflictingMeshGatewayHostsAnalyzer, DestinationHostAnalyzer,
+                                       DestinationRuleAnalyzer, GatewayAnalyzer)
+from .context import Context
+from .messages import Message
+from .resources import LoadError, Resource, default_resources, load_paths, service_stand_ins
+
+ANALYZERS = (
+    SchemaValidationAnalyzer(),
+    GatewayAnalyzer(),
+    DestinationHostAnalyzer(),
+    DestinationRuleAnalyzer(),
+    ConflictingMeshGatewayHostsAnalyzer(),
+    IngressGatewayPortAnalyzer(),
+    ConflictingGatewayAnalyzer(),
+    SecretAnalyzer(),
+    CertificateAnalyzer(),
+    CaCertificateAnalyzer(),
+    PortNameAnalyzer(),
+    PeerAuthenticationAnalyzer(),
+)
+BY_NAME = {a.name: a for a in ANALYZERS}
+
+
+def analyze(resources: Iterable[Resource], analyzers: Sequence = ANALYZERS, *, defaults: bool = True,
+            service_workloads: bool = False) -> list[Message]:
+    """Run analyzers; `defaults` adds what istioctl assumes offline (the default ingress
+    gateway pod and service in istio-system) unless the input defines that service.
+
+    `service_workloads` (meshd's directory configs, which describe workloads by Services
+    and EndpointSlices rather than Pods): when the input has no Pod at all, each Service
+    selector stands for a workload with those labels, so selectors are not reported as
+    matching nothing merely because no Pod objects exist."""
+    resources = list(resources)
+    if service_workloads and not any(r.kind == "Pod" for r in resources):
+        resources += service_stand_ins(resources)
+    if defaults and not any(r.kind == "Service" and r.namespace == "istio-system" and r.name == "istio-ingressgateway"
+                            for r in resources):
+        have = {(r.kind, r.namespace, r.name) for r in resources}
+        resources += [r for r in default_resources() if (r.kind, r.namespace, r.name) not in have]
+    ctx = Context(resources)
+    for a in analyzers:
+        a.analyze(ctx)
+    seen: set[str] = set()
+    out = []
+    for m in sorted(ctx.messages, key=lambda m: m.sort_key()):
+        key = str(m)
+        if key not in seen:
+            seen.add(key)
+            out.append(m)
+    return out
+
+
+__all__ = ["ANALYZERS", "BY_NAME", "analyze", "load_paths", "LoadError", "Message", "Resource"]

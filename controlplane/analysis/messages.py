@@ -1,0 +1,177 @@
+"""Istio's analysis messages: codes, levels and templates (pkg/config/analysis/msg/messages.yaml).
+
+A message renders exactly as istioctl prints it:
+
+    Error [IST0101] (VirtualService default/foo vs.yaml:12) Referenced host not found: "bar"
+
+`level [code] (<kind> <namespace>/<name> <file>:<line>) <text>`; the origin part is left
+out for messages without a resource.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .resources import Resource
+
+LEVELS = {"Error": 0, "Warning": 1, "Info": 2}  # istioctl's sort order (worst first)
+
+
+@dataclass(frozen=True)
+class MessageType:
+    name: str
+    code: str
+    level: str
+    template: str
+
+
+def _t(name: str, code: str, level: str, template: str) -> MessageType:
+    return MessageType(name, code, level, template)
+
+
+# The ones meshd's analyzers emit (wording verbatim from Istio).
+INTERNAL_ERROR = _t("InternalError", "IST0001", "Error", "Internal error: %v")
+REFERENCED_RESOURCE_NOT_FOUND = _t("ReferencedResourceNotFound", "IST0101", "Error", "Referenced %s not found: %q")
+SCHEMA_VALIDATION_ERROR = _t("SchemaValidationError", "IST0106", "Error", "Schema validation error: %v")
+CONFLICTING_MESH_GATEWAY_HOSTS = _t(
+    "ConflictingMeshGatewayVirtualServiceHosts", "IST0109", "Error",
+    "The VirtualServices %s associated with mesh gateway define the same host %s which can lead to undefined "
+    "behavior. This can be fixed by merging the conflicting VirtualServices into a single resource.")
+VS_DESTINATION_PORT_SELECTOR_REQUIRED = _t(
+    "VirtualServiceDestinationPortSelectorRequired", "IST0112", "Error",
+    "This VirtualService routes to a service %q that exposes multiple ports %v. Specifying a port in the "
+    "destination is required to disambiguate.")
+PORT_NAME_NOT_UNDER_CONVENTION = _t(
+    "PortNameIsNotUnderNamingConvention", "IST0118", "Info",
+    "Port name %s (port: %d, targetPort: %s) doesn't follow the naming convention of Istio port.")
+NO_MATCHING_WORKLOADS = _t(
+    "NoMatchingWorkloadsFound", "IST0127", "Warning",
+    "No matching workloads for this resource with the following labels: %s")
+NO_SERVER_CERT_VERIFICATION_DEST = _t(
+    "NoServerCertificateVerificationDestinationLevel", "IST0128", "Warning",
+    "DestinationRule %s in namespace %s has TLS mode set to %s but no caCertificates are set to validate server "
+    "identity for host: %s")
+NO_SERVER_CERT_VERIFICATION_PORT = _t(
+    "NoServerCertificateVerificationPortLevel", "IST0129", "Warning",
+    "DestinationRule %s in namespace %s has TLS mode set to %s but no caCertificates are set to validate server "
+    "identity for host: %s at port %s")
+VS_HOST_NOT_FOUND_IN_GATEWAY = _t(
+    "VirtualServiceHostNotFoundInGateway", "IST0132", "Warning",
+    "one or more host %v defined in VirtualService %s not found in Gateway %s.")
+GATEWAY_DUPLICATE_CERTIFICATE = _t(
+    "GatewayDuplicateCertificate", "IST0138", "Warning",
+    "Duplicate certificate in multiple gateways %v may cause 404s if clients re-use HTTP2 connections.")
+INGRESS_ROUTE_RULES_NOT_AFFECTED = _t(
+    "IngressRouteRulesNotAffected", "IST0140", "Warning",
+    "Subset in virtual service %s has no effect on ingress gateway %s requests")
+CONFLICTING_GATEWAYS = _t(
+    "ConflictingGateways", "IST0145", "Error",
+    "Conflict with gateways %s (workload selector %s, port %s, hosts %v).")
+EXTERNAL_NAME_INVALID_PORT_NAME = _t(
+    "ExternalNameServiceTypeInvalidPortName", "IST0150", "Warning",
+    "Port name for ExternalName service is invalid. Proxy may prevent tcp named ports and unmatched traffic for "
+    "ports serving TCP protocol from being forwarded correctly")
+GATEWAY_PORT_NOT_DEFINED_ON_SERVICE = _t(
+    "GatewayPortNotDefinedOnService", "IST0162", "Warning",
+    "The gateway is listening on a target port (port %d) that is not defined in the Service associated with its "
+    "workload instances (Pod selector %s). If you need to access the gateway port through the gateway Service, it "
+    "will not be available.")
+
+ALL = [v for v in list(globals().values()) if isinstance(v, MessageType)]
+BY_NAME = {t.name: t for t in ALL}
+BY_CODE = {t.code: t for t in ALL}
+
+
+def go_quote(s: str) -> str:
+    """Go's %q for a string (strconv.Quote)."""
+    out = ['"']
+    for ch in s:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append("\\x%02x" % ord(ch))
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def go_value(v: Any) -> str:
+    """Go's %v/%s for the argument types the templates use."""
+    if isinstance(v, (list, tuple)):
+        return "[" + " ".join(go_value(x) for x in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def render_template(template: str, args: Sequence[Any]) -> str:
+    out, i, n = [], 0, 0
+    while i < len(template):
+        ch = template[i]
+        if ch == "%" and i + 1 < len(template):
+            verb = template[i + 1]
+            if verb == "%":
+                out.append("%")
+            else:
+                arg = args[n] if n < len(args) else "%!" + verb + "(MISSING)"
+                n += 1
+                out.append(go_quote(str(arg)) if verb == "q" else go_value(arg))
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+@dataclass
+class Message:
+    type: MessageType
+    args: tuple
+    resource: Resource | None = None
+    line: int = 0  # the offending field's line when known
+
+    @property
+    def text(self) -> str:
+        return render_template(self.type.template, self.args)
+
+    @property
+    def origin(self) -> str:
+        if self.resource is None:
+            return ""
+        loc = self.resource.location
+        ref = ""
+        if loc is not None and loc.file:
+            ref = f" {loc.file}:{self.line or loc.line}" if (self.line or loc.line) else f" {loc.file}"
+        return f"{self.resource.friendly_name}{ref}"
+
+    def __str__(self) -> str:
+        origin = f" ({self.origin})" if self.resource is not None else ""
+        return f"{self.type.level} [{self.type.code}]{origin} {self.text}"
+
+    def as_dict(self) -> dict:
+        out = {"code": self.type.code, "level": self.type.level, "message": self.text,
+               "documentationUrl": f"https://istio.io/latest/docs/reference/config/analysis/{self.type.code.lower()}/"}
+        if self.resource is not None:
+            out["origin"] = self.resource.friendly_name
+            loc = self.resource.location
+            if loc is not None and loc.file:
+                out["reference"] = f"{loc.file}:{self.line or loc.line}"
+        return out
+
+    def sort_key(self) -> tuple:
+        r = self.resource
+        return (LEVELS.get(self.type.level, 9), self.type.code, r is not None,
+                f"{r.kind}/{r.full_name}" if r is not None else "", str(self))
+
+
+def new(t: MessageType, resource: Resource | None, *args: Any, line: int = 0) -> Message:
+    return Message(t, tuple(args), resource, line)

@@ -1,0 +1,266 @@
+"""What generated output depends on, as cheap fingerprints of a mesh snapshot.
+
+The generator cache keys every piece of output on the fingerprints of exactly the inputs
+it reads, so a new snapshot invalidates only what a change touched (istiod reaches the
+same end with ConfigsUpdated and per-type "needs push" filters). The inputs are:
+
+- one fingerprint per config kind (every object's key and content generation);
+- `OTHER`: every kind not listed in KNOWN_KINDS. A kind added later (ServiceEntry,
+  AuthorizationPolicy, ...) is therefore a dependency of everything until someone
+  declares who reads it: correct first, precise later;
+- `ENDPOINT_FACTS`: the few things non-EDS output reads from endpoints (the service
+  accounts behind each service, the endpoints of headless services, the endpoint port
+  of a named targetPort). A pod moving or turning ready changes none of them, so an
+  endpoint change leaves clusters, listeners and routes cached;
+- per host, the endpoints themselves (EDS, rebuilt per changed host only);
+- per workload IP, the service instances a sidecar at that IP serves (its inbound side).
+
+Endpoint kinds (EndpointSlice, Pod) are read only through these.
+
+Facts are computed lazily, once per snapshot (a snapshot is immutable).
+"""
+from __future__ import annotations
+
+import hashlib
+import weakref
+from typing import Iterable
+
+from .. import names
+from ..config import kinds
+from ..model.mesh import MeshSnapshot
+from ..model.services import Endpoint
+
+GATEWAY = kinds.GATEWAY.kind
+VIRTUAL_SERVICE = kinds.VIRTUAL_SERVICE.kind
+DESTINATION_RULE = kinds.DESTINATION_RULE.kind
+PEER_AUTHENTICATION = kinds.PEER_AUTHENTICATION.kind
+SERVICE = kinds.SERVICE.kind
+ENDPOINT_KINDS = frozenset({kinds.ENDPOINT_SLICE.kind, kinds.POD.kind})
+# Kinds whose readers are declared precisely (dependency sets in parts.py).
+KNOWN_KINDS = frozenset({GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE}) | ENDPOINT_KINDS
+
+OTHER = "*other*"
+MESH_VERSION = "*mesh*"  # the whole snapshot: for output nobody has analysed
+# What routes read of DestinationRules: which rule applies to a host (host, namespace,
+# exportTo) and its consistent-hash settings. A connection pool or TLS change is not
+# in it, so it leaves every route configuration cached.
+DR_ROUTING = "*dr-routing*"
+ENDPOINT_FACTS = "*endpoint-facts*"
+ALL_CONFIG = (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, OTHER, ENDPOINT_FACTS)
+
+
+def _digest(parts: Iterable[str]) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _endpoint_text(ep: Endpoint) -> str:
+    return f"{ep.address}:{ep.port}:{int(ep.ready)}:{ep.namespace}/{ep.pod}/{ep.service_account}:{sorted(ep.labels.items())}"
+
+
+class MeshFacts:
+    """Fingerprints of one snapshot, computed on first use."""
+
+    def __init__(self, mesh: MeshSnapshot):
+        self._mesh = weakref.ref(mesh)
+        self._kinds: dict[str, str] | None = None
+        self._facts: str | None = None
+        self._hosts: dict[str, str] | None = None
+        self._all_endpoints: str | None = None
+        self._dr_routing: str | None = None
+        self._instances: dict[str, str] = {}
+        self._shapes: dict[str, str] = {}
+        self._policies: dict[tuple, tuple] = {}
+        self._service_generation: dict[str, str] | None = None
+        self._service_accounts: dict[str, str] = {}
+        self._namespace_modes: dict[str, str] = {}
+        self._source_labels: bool | None = None
+        self._headless_ips: frozenset[str] | None = None
+
+    @property
+    def mesh(self) -> MeshSnapshot:
+        m = self._mesh()
+        assert m is not None, "facts outlived their snapshot"
+        return m
+
+    # --- per kind ---------------------------------------------------------------
+    def kind(self, kind: str) -> str:
+        if self._kinds is None:
+            by_kind: dict[str, list[str]] = {}
+            for key, obj in self.mesh.config.objects.items():
+                kind_name = key.kind if key.kind in KNOWN_KINDS else OTHER
+                by_kind.setdefault(kind_name, []).append(f"{key.kind}/{key.namespace}/{key.name}={obj.generation}")
+            self._kinds = {k: _digest(sorted(v)) for k, v in by_kind.items()}
+        if kind == ENDPOINT_FACTS:
+            return self.endpoint_facts()
+        if kind == MESH_VERSION:
+            return self.mesh.version
+        if kind == DR_ROUTING:
+            return self.dr_routing()
+        return self._kinds.get(kind, "")
+
+    def of(self, deps: Iterable[str]) -> tuple[str, ...]:
+        return tuple(self.kind(d) for d in deps)
+
+    def dr_routing(self) -> str:
+        if self._dr_routing is None:
+            lines = []
+            for dr in self.mesh.destination_rules:
+                spec = dr.spec
+                lines.append(f"{dr.namespace}/{dr.name} host={spec.get('host')} export={spec.get('exportTo')} "
+                             f"lb={_load_balancers(spec)}")
+            self._dr_routing = _digest(lines)
+        return self._dr_routing
+
+    # --- what non-EDS output reads from endpoints -------------------------------
+    def endpoint_facts(self) -> str:
+        if self._facts is None:
+            mesh = self.mesh
+            lines = []
+            for host in sorted(mesh.services):
+                svc = mesh.services[host]
+                lines.append(f"{host} sa={self.service_accounts(host)}")
+                named = any(isinstance(p.target_port, str) and p.target_port and not p.target_port.isdigit() for p in svc.ports)
+                if svc.headless or named:
+                    for sp in svc.ports:
+                        eps = mesh.service_endpoints(host, sp.port)
+                        lines.append(f"{host}:{sp.port} " + ";".join(_endpoint_text(e) for e in eps))
+            self._facts = _digest(lines)
+        return self._facts
+
+    def service_accounts(self, host: str) -> str:
+        """The identities behind a service (as auto_mtls.service_accounts reads them)."""
+        got = self._service_accounts.get(host)
+        if got is None:
+            mesh = self.mesh
+            svc = mesh.services.get(host)
+            out: set[str] = set()
+            if svc is not None:
+                for sp in svc.ports:
+                    for ep in mesh.service_endpoints(host, sp.port):
+                        if ep.service_account:
+                            out.add(f"{ep.namespace or svc.namespace}/{ep.service_account}")
+            got = self._service_accounts[host] = ",".join(sorted(out))
+        return got
+
+    def headless_ips(self) -> frozenset[str]:
+        """Addresses of headless services' endpoints: a sidecar at one of them gets no
+        listener for itself, so its outbound listeners depend on its IP."""
+        if self._headless_ips is None:
+            mesh = self.mesh
+            self._headless_ips = frozenset(
+                ep.address for svc in mesh.services.values() if svc.headless
+                for sp in svc.ports for ep in mesh.service_endpoints(svc.hostname, sp.port)
+            )
+        return self._headless_ips
+
+    def uses_source_labels(self) -> bool:
+        """Whether any VirtualService matches on `sourceLabels`: only then do a sidecar's
+        routes (and TCP listeners) depend on its labels."""
+        if self._source_labels is None:
+            self._source_labels = any(_has_source_labels(vs.spec) for vs in self.mesh.virtual_services)
+        return self._source_labels
+
+    # --- EDS --------------------------------------------------------------------
+    def host_endpoints(self) -> dict[str, str]:
+        """host -> fingerprint of its endpoints (all ports)."""
+        if self._hosts is None:
+            mesh = self.mesh
+            per_host: dict[str, list[str]] = {}
+            for (host, port), eps in mesh.endpoints.items():
+                per_host.setdefault(host, []).append(f"{port}=" + ";".join(_endpoint_text(e) for e in eps))
+            self._hosts = {h: _digest(sorted(v)) for h, v in per_host.items()}
+        return self._hosts
+
+    def all_endpoints(self) -> str:
+        if self._all_endpoints is None:
+            self._all_endpoints = _digest(f"{h}={v}" for h, v in sorted(self.host_endpoints().items()))
+        return self._all_endpoints
+
+    # --- per proxy / per service ---------------------------------------------------
+    def instances(self, ip: str) -> str:
+        """Fingerprint of the service instances at a workload IP (a sidecar's inbound side)."""
+        got = self._instances.get(ip)
+        if got is None:
+            insts = self.mesh._instances_by_ip.get(ip, ())
+            got = self._instances[ip] = _digest(
+                f"{i.service.hostname}|{i.service.created}|{i.port}|{_endpoint_text(i.endpoint)}" for i in insts
+            ) if insts else ""
+        return got
+
+    def instance_shape(self, ip: str) -> str:
+        """What a sidecar's inbound side reads of its instances: the services and ports,
+        not the pod's address or labels, so the replicas of a workload share it."""
+        got = self._shapes.get(ip)
+        if got is None:
+            insts = self.mesh._instances_by_ip.get(ip, ())
+            got = self._shapes[ip] = _digest(
+                f"{i.service.hostname}|{i.service.created}|{i.port}|{i.endpoint.port}" for i in insts
+            ) if insts else ""
+        return got
+
+    def mtls_policy(self, namespace: str, labels) -> tuple:
+        """The effective PeerAuthentication of a workload, as the inbound side reads it."""
+        key = (namespace, tuple(sorted(labels.items())))
+        got = self._policies.get(key)
+        if got is None:
+            pol = self.mesh.mtls_policy(namespace, labels)
+            got = self._policies[key] = (pol.mode, tuple(sorted(pol.port_modes.items())))
+        return got
+
+    def service_generation(self, host: str) -> str:
+        if self._service_generation is None:
+            self._service_generation = {}
+            for obj in self.mesh.config.of_kind(SERVICE):
+                self._service_generation[names.fqdn(obj.name, obj.namespace)] = obj.generation
+        return self._service_generation.get(host, "")
+
+    def namespace_mode(self, namespace: str) -> str:
+        """The namespace-level PeerAuthentication mode clients consult (auto mTLS)."""
+        got = self._namespace_modes.get(namespace)
+        if got is None:
+            got = self._namespace_modes[namespace] = self.mesh.mtls_policy(namespace, {}).mode
+        return got
+
+
+def _load_balancers(spec) -> str:
+    """Every `loadBalancer` block of a DestinationRule (top level, per port, per subset)."""
+    found = []
+
+    def policy(p, where: str) -> None:
+        p = p or {}
+        if p.get("loadBalancer"):
+            found.append(f"{where}:{p['loadBalancer']!r}")
+        for i, pl in enumerate(p.get("portLevelSettings") or ()):
+            if (pl or {}).get("loadBalancer"):
+                found.append(f"{where}.port{i}:{pl!r}")
+
+    policy(spec.get("trafficPolicy"), "")
+    for s in spec.get("subsets") or ():
+        policy((s or {}).get("trafficPolicy"), f"subset={(s or {}).get('name')}")
+    return ";".join(found)
+
+
+def _has_source_labels(spec) -> bool:
+    for section in ("http", "tcp", "tls"):
+        for rule in spec.get(section) or ():
+            for m in (rule or {}).get("match") or ():
+                if isinstance(m, dict) and m.get("sourceLabels"):
+                    return True
+    return False
+
+
+_facts: dict[int, MeshFacts] = {}
+
+
+def facts(mesh: MeshSnapshot) -> MeshFacts:
+    """The facts of `mesh`, memoized for the snapshot's lifetime."""
+    key = id(mesh)
+    got = _facts.get(key)
+    if got is None or got._mesh() is not mesh:
+        got = _facts[key] = MeshFacts(mesh)
+        weakref.finalize(mesh, _facts.pop, key, None)
+    return got

@@ -1,0 +1,91 @@
+"""What a connection is served, for both protocol state machines (ads.py, delta.py).
+
+The narrow interface between the protocol and the served data (compare
+go-control-plane's pkg/cache/v3/cache.go): for one connection and type, the full set of
+resources the proxy should have (`resolve`), and a cheap key that changes whenever that
+set may change (`key`), so a push can pass over a proxy whose output is unchanged
+without generating anything.
+
+Two sources:
+- the Generator, shared between proxies (cached by what the output depends on);
+- the SecretProvider, for the SDS names it owns (`default`, `ROOTCA`): answered per
+  stream with the stream's authenticated identity, never from a shared cache, and never
+  keyed (a rotation changes them with no config change; they are re-checked on every
+  push that includes SDS).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from .. import names
+from ..generators.resources import ResourceSet
+from ..security.sds import SecretProvider
+from .connection import Connection
+from .subscription import Subscription
+
+
+class ResourceView:
+    def __init__(self, generator: Any, secrets: SecretProvider | None,
+                 on_withheld: Callable[[Connection, str, str], None] | None = None):
+        self.generator = generator
+        self.secrets = secrets
+        self._on_withheld = on_withheld
+
+    def types(self) -> tuple[str, ...]:
+        served = tuple(self.generator.types())
+        if self.secrets is not None and names.SECRET not in served:
+            served += (names.SECRET,)
+        return served
+
+    def _provider_owned(self, sub: Subscription) -> bool:
+        return sub.type_url == names.SECRET and self.secrets is not None
+
+    def generated_secrets(self, sub: Subscription) -> bool:
+        """The SDS subscription names secrets the generator serves (gateway credentials,
+        `kubernetes://...`): those follow config (a Secret change), not the CA."""
+        return (sub.type_url == names.SECRET and self.secrets is not None
+                and any(n not in self.secrets.names for n in sub.names))
+
+    def key(self, conn: Connection, sub: Subscription, mesh: Any) -> Any:
+        """Equal keys mean the same resolved set; None means "cannot tell: resolve"."""
+        if self._provider_owned(sub) or mesh is None:
+            return None
+        key_of = getattr(self.generator, "key", None)
+        if key_of is None:
+            return None
+        return key_of(mesh, conn.proxy, sub.type_url)
+
+    async def resolve(self, conn: Connection, sub: Subscription, mesh: Any) -> ResourceSet:
+        """Every resource of the type this proxy should have (for SDS: the named ones)."""
+        if self._provider_owned(sub):
+            return await self._secrets(conn, sub, mesh)
+        rs = self.generator.generate(mesh, conn.proxy, sub.type_url)
+        if not isinstance(rs, ResourceSet):  # a generator returning a plain mapping
+            rs = ResourceSet(sub.type_url, list(rs.values()))
+        return rs
+
+    async def _secrets(self, conn: Connection, sub: Subscription, mesh: Any) -> ResourceSet:
+        assert self.secrets is not None
+        wanted = sorted(sub.names)  # SDS is always named: never enumerate secrets
+        own = [n for n in wanted if n in self.secrets.names]
+        others = [n for n in wanted if n not in self.secrets.names]
+        out = []
+        if others and names.SECRET in self.generator.types():
+            out += self.generator.generate(mesh, conn.proxy, names.SECRET).subset(others)
+        answer = await self.secrets.secrets(conn.proxy, conn.identity, own)
+        if self._on_withheld is not None:
+            for name, reason in answer.withheld.items():
+                self._on_withheld(conn, name, reason)
+        out += answer.resources
+        return ResourceSet(names.SECRET, sorted(out, key=lambda r: r.name))
+
+
+def wanted_resources(sub: Subscription, rs: ResourceSet) -> tuple[Sequence, str, bool]:
+    """The resources of `rs` the subscription asks for, the SotW version of exactly
+    those, and whether that is the whole set (then its shared blob can be sent)."""
+    from ..generators.resources import version_of
+
+    if sub.wildcard or rs.names <= sub.names:
+        return rs, rs.version, True
+    subset = rs.subset(sorted(sub.names))
+    return subset, version_of(subset), False

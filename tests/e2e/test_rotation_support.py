@@ -1,0 +1,309 @@
+"""Shared by the rotation, plug-in CA and CA API end-to-end tests (no tests here).
+
+Two real Envoys on loopback, both bootstrapped with `meshd bootstrap --ca-dir` over
+meshd's secure port (so each gets its own `default` certificate and `ROOTCA` over SDS):
+
+    test --HTTP--> client Envoy :G ----Istio mTLS---------------> server Envoy 127.0.0.2:S
+                   (ingress gateway,  DestinationRule ISTIO_MUTUAL,  (static listener requiring
+                    sa rot/client)    SAN rot/server, generated      a client cert with SAN
+                                      by meshd; one request per      rot/client) -> 200 "ok"
+                                      connection)
+
+The client's route and mTLS cluster come from meshd (Gateway, VirtualService,
+DestinationRule in the config directory). The cluster allows one request per connection
+(connectionPool.http.maxRequestsPerConnection: 1), so every request is a fresh mTLS
+handshake with whatever certificates and trust bundle both Envoys hold at that moment:
+a rotation that breaks anything shows up as a failed request.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from cryptography import x509
+
+from tests.harness import REPO, EnvoyHandle, MeshdHandle, envoy, free_port, http_get, wait_for
+
+NS = "rot"
+TD = "cluster.local"
+
+
+def spiffe(sa: str) -> str:
+    return f"spiffe://{TD}/ns/{NS}/sa/{sa}"
+
+
+def _sds(name: str) -> dict:
+    return {"name": name, "sds_config": {"ads": {}, "resource_api_version": "V3"}}
+
+
+def _validation(peer_sa: str) -> dict:
+    return {"combined_validation_context": {
+        "default_validation_context": {"match_typed_subject_alt_names": [
+            {"san_type": "URI", "matcher": {"exact": spiffe(peer_sa)}}]},
+        "validation_context_sds_secret_config": _sds("ROOTCA"),
+    }}
+
+
+def _hcm(stat_prefix: str, route: dict) -> dict:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": stat_prefix,
+            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
+                                                "routes": [{"match": {"prefix": "/"}, **route}]}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        },
+    }
+
+
+def server_edit(port: int):
+    """A listener on `port` that requires a client certificate of rot/client and answers 200."""
+    def edit(doc: dict) -> None:
+        doc["static_resources"]["listeners"].append({
+            "name": "mtls_in",
+            "address": {"socket_address": {"address": SERVER_IP, "port_value": port}},
+            "filter_chains": [{
+                "filters": [_hcm("mtls_in", {"direct_response": {"status": 200, "body": {"inline_string": "ok"}}})],
+                "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": True,
+                    "common_tls_context": {"tls_certificate_sds_secret_configs": [_sds("default")],
+                                           **_validation("client")}}},
+            }],
+        })
+    return edit
+
+
+HOST = "rot.example"
+SERVER_IP = "127.0.0.2"
+
+
+def mesh_yaml(gateway_port: int, server_port: int) -> str:
+    """The client is an ingress gateway: Gateway + VirtualService to the `server` Service,
+    whose DestinationRule asks for Istio mTLS (ISTIO_MUTUAL, `default` + ROOTCA over SDS)
+    and one request per connection. The server Pod's service account gives the SAN the
+    gateway expects."""
+    return f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: istio-ingressgateway, namespace: {NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  ports: [{{name: http2, port: 80, targetPort: {gateway_port}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: {NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ["{HOST}"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: to-server, namespace: {NS}}}
+spec:
+  hosts: ["{HOST}"]
+  gateways: [gw]
+  http:
+  - route:
+    - destination: {{host: server, port: {{number: 80}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: server, namespace: {NS}}}
+spec:
+  selector: {{app: server}}
+  ports: [{{name: http, port: 80, targetPort: {server_port}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: server-0
+  namespace: {NS}
+  labels: {{app: server, security.istio.io/tlsMode: istio}}
+spec: {{serviceAccountName: server, containers: [{{name: server}}]}}
+status: {{podIP: {SERVER_IP}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: server, namespace: {NS}}}
+spec:
+  host: server
+  trafficPolicy:
+    tls: {{mode: ISTIO_MUTUAL}}
+    connectionPool:
+      http: {{maxRequestsPerConnection: 1}}
+"""
+
+
+def bootstrap_args(m: MeshdHandle, sa: str, labels: str) -> list[str]:
+    return ["--type", "router", "--namespace", NS, "--service-account", sa, "--pod", f"{sa}-0",
+            "--ip", "127.0.0.1", "--labels", labels, "--xds-address", f"127.0.0.1:{m.secure_port}",
+            "--ca-dir", str(m.ca_dir)]
+
+
+def leaf_serials(e: EnvoyHandle) -> set[str]:
+    """Serial numbers of the workload certificates Envoy holds now (admin /certs)."""
+    out = set()
+    for c in json.loads(e.admin("/certs")).get("certificates", []):
+        for cert in c.get("cert_chain") or []:
+            if any(s.get("uri", "").startswith("spiffe://") for s in cert.get("subject_alt_names", [])):
+                out.add(cert["serial_number"].lower())
+    return out
+
+
+def envoy_secret(e: EnvoyHandle, name: str) -> dict | None:
+    dump = json.loads(e.admin("/config_dump?resource=dynamic_active_secrets"))
+    for s in dump.get("configs", []):
+        if s.get("name") == name:
+            return s["secret"]
+    return None
+
+
+def envoy_chain(e: EnvoyHandle) -> list[x509.Certificate]:
+    import base64
+
+    secret = envoy_secret(e, "default")
+    assert secret is not None, "Envoy holds no `default` secret"
+    return x509.load_pem_x509_certificates(
+        base64.b64decode(secret["tls_certificate"]["certificate_chain"]["inline_bytes"]))
+
+
+def envoy_roots(e: EnvoyHandle) -> list[x509.Certificate]:
+    import base64
+
+    secret = envoy_secret(e, "ROOTCA")
+    assert secret is not None, "Envoy holds no `ROOTCA` secret"
+    return x509.load_pem_x509_certificates(
+        base64.b64decode(secret["validation_context"]["trusted_ca"]["inline_bytes"]))
+
+
+@dataclass
+class Traffic:
+    """A steady request stream through the client Envoy, on its own thread."""
+
+    port: int
+    interval: float = 0.03
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    max_seconds: float = 600.0  # bounded, whatever happens to the test
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                status, body = http_get("127.0.0.1", self.port, "/", headers={"Host": HOST}, timeout=5)
+                if status == 200 and body == b"ok":
+                    self.ok += 1
+                else:
+                    self.failures.append(f"{time.strftime('%H:%M:%S')} HTTP {status} {body[:120]!r}")
+            except OSError as e:
+                self.failures.append(f"{time.strftime('%H:%M:%S')} {e!r}")
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "Traffic":
+        self._thread = threading.Thread(target=self._run, daemon=True, name="traffic")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+def ports() -> tuple[int, int]:
+    """(gateway port, server port) for mesh_yaml and mtls_pair."""
+    return free_port("127.0.0.1"), free_port("127.0.0.1")
+
+
+def config_dir(tmp_path: Path, gateway_port: int, server_port: int) -> Path:
+    d = tmp_path / "config"
+    d.mkdir(exist_ok=True)
+    (d / "mesh.yaml").write_text(mesh_yaml(gateway_port, server_port))
+    return d
+
+
+@contextlib.contextmanager
+def mtls_pair(m: MeshdHandle, tmp_path: Path, gateway_port: int, server_port: int
+              ) -> Iterator[tuple[EnvoyHandle, EnvoyHandle]]:
+    """(server Envoy, client gateway Envoy), both serving once ready."""
+    with envoy(tmp_path, bootstrap_args(m, "server", "app=server"), edit=server_edit(server_port)) as server, \
+            envoy(tmp_path, bootstrap_args(m, "client", "istio=ingressgateway")) as client:
+        def serving() -> bool:
+            status, body = http_get("127.0.0.1", gateway_port, "/", headers={"Host": HOST}, timeout=3)
+            return status == 200 and body == b"ok"
+
+        wait_for(serving, 30, interval=0.2,
+                 what=f"mTLS between the Envoys\n{client.process.log()[-1500:]}\n{server.process.log()[-1500:]}\n"
+                      f"{m.log()[-3000:]}")
+        yield server, client
+
+
+def meshd_ca_view(m: MeshdHandle) -> dict:
+    status, body = http_get("127.0.0.1", m.monitoring_port, "/debug/ca")
+    assert status == 200, body
+    return json.loads(body)
+
+
+def meshd_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "controlplane", *args], capture_output=True, text=True,
+                          check=check, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+
+
+def make_cacerts(d: Path, name: str = "Test") -> tuple[x509.Certificate, x509.Certificate]:
+    """Istio's cacerts files in `d`, as an operator would make them (Istio's tools/certs
+    Makefile: a root, an intermediate under it): ca-cert.pem, ca-key.pem (0600),
+    cert-chain.pem (intermediate + root), root-cert.pem. Returns (root, intermediate)."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from ca.keys import write_private
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def ca_cert(subject, issuer, pub, signer, days, pathlen):
+        return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(pub)
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=days))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=pathlen), critical=True)
+                .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                             data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                             crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
+                .sign(signer, hashes.SHA256()))
+
+    root_key, int_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    root_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Istio"),
+                           x509.NameAttribute(NameOID.COMMON_NAME, f"{name} Root CA")])
+    int_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Istio"),
+                          x509.NameAttribute(NameOID.COMMON_NAME, f"{name} Intermediate CA"),
+                          x509.NameAttribute(NameOID.LOCALITY_NAME, "cluster1")])
+    root = ca_cert(root_name, root_name, root_key.public_key(), root_key, 3650, None)
+    inter = ca_cert(int_name, root_name, int_key.public_key(), root_key, 730, 0)
+    d.mkdir(parents=True, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    (d / "root-cert.pem").write_bytes(root.public_bytes(pem))
+    (d / "ca-cert.pem").write_bytes(inter.public_bytes(pem))
+    (d / "cert-chain.pem").write_bytes(inter.public_bytes(pem) + root.public_bytes(pem))
+    write_private(d / "ca-key.pem", int_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()))
+    return root, inter

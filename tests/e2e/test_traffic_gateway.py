@@ -1,0 +1,344 @@
+"""VirtualService and DestinationRule behaviour through a real Envoy gateway.
+
+One meshd and one Envoy gateway (plaintext xDS, loopback backends) serve every test of
+the module; each test exercises one rule of the `shop` VirtualService and checks what
+the client and the backends saw:
+header-match routing, an 80/20 split within +-5 % over 2000 requests, fault abort and
+delay, retries on a backend failing the first attempt, a timeout giving 504, redirect
+and rewrite, a mirror receiving a copy, a CORS preflight, direct responses and header
+changes, consistent hashing keeping one header value on one backend, and outlier
+detection ejecting a failing endpoint. At the end Envoy has rejected nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_traffic_support import backend, service_yaml, write
+from tests.harness import envoy, free_port, meshd, wait_for
+
+pytestmark = pytest.mark.e2e
+
+NS = "shop"
+HOST = "shop.example.com"
+
+ROUTING = f"""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: shop-gateway, namespace: {NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ["{NS}/{HOST}"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: {NS}}}
+spec:
+  hosts: ["{HOST}"]
+  gateways: [shop-gateway]
+  http:
+  - name: jason
+    match: [{{headers: {{end-user: {{exact: jason}}}}, uri: {{prefix: /user}}}}]
+    route: [{{destination: {{host: web, subset: v2}}}}]
+  - name: split
+    match: [{{uri: {{prefix: /split}}}}]
+    route:
+    - {{destination: {{host: web, subset: v1}}, weight: 80}}
+    - {{destination: {{host: web, subset: v2}}, weight: 20}}
+  - match: [{{uri: {{prefix: /abort}}}}]
+    fault: {{abort: {{httpStatus: 418, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: web, subset: v1}}}}]
+  - match: [{{uri: {{prefix: /delay}}}}]
+    fault: {{delay: {{fixedDelay: 1s, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: web, subset: v1}}}}]
+  - match: [{{uri: {{prefix: /fail-first}}}}]
+    retries: {{attempts: 3, perTryTimeout: 2s, retryOn: 5xx}}
+    route: [{{destination: {{host: web, subset: v1}}}}]
+  - match: [{{uri: {{prefix: /no-retry/fail-first}}}}]
+    retries: {{attempts: 0}}
+    route: [{{destination: {{host: web, subset: v1}}}}]
+  - match: [{{uri: {{prefix: /slow}}}}]
+    timeout: 0.5s
+    route: [{{destination: {{host: web, subset: v1}}}}]
+  - match: [{{uri: {{exact: /old}}}}]
+    redirect: {{uri: /new, authority: new.example.com}}
+  - match: [{{uri: {{exact: /moved}}}}]
+    redirect: {{uri: /elsewhere, redirectCode: 308, scheme: https}}
+  - match: [{{uri: {{prefix: /api/v1/}}}}]
+    rewrite: {{uri: /v2/, authority: rewritten.example.com}}
+    route: [{{destination: {{host: web, subset: v1}}}}]
+  - match: [{{uri: {{regex: "/items/[0-9]+"}}}}]
+    rewrite: {{uriRegexRewrite: {{match: "/items/([0-9]+)", rewrite: "/catalog/item?id=\\\\1"}}}}
+    route: [{{destination: {{host: web, subset: v1}}}}]
+  - match: [{{uri: {{prefix: /mirror}}}}]
+    route: [{{destination: {{host: web, subset: v1}}}}]
+    mirror: {{host: mirror}}
+    mirrorPercentage: {{value: 100}}
+  - match: [{{uri: {{prefix: /cors}}}}]
+    corsPolicy:
+      allowOrigins: [{{exact: "https://ok.example.com"}}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-custom]
+      maxAge: 24h
+    route: [{{destination: {{host: web, subset: v1}}}}]
+  - match: [{{uri: {{exact: /teapot}}}}]
+    directResponse: {{status: 418, body: {{string: "short and stout"}}}}
+  - match: [{{uri: {{prefix: /headers}}}}]
+    headers:
+      request: {{set: {{x-request-set: "yes"}}, remove: [x-remove-me]}}
+      response: {{add: {{x-response-added: "yes"}}}}
+    route:
+    - destination: {{host: web, subset: v1}}
+      headers: {{request: {{add: {{x-per-destination: v1}}}}}}
+  - match: [{{uri: {{prefix: /sticky}}}}]
+    route: [{{destination: {{host: sticky}}}}]
+  - match: [{{uri: {{prefix: /od}}}}]
+    retries: {{attempts: 0}}
+    route: [{{destination: {{host: od}}}}]
+  - route: [{{destination: {{host: web, subset: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  host: web
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: sticky, namespace: {NS}}}
+spec:
+  host: sticky
+  trafficPolicy:
+    loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: od, namespace: {NS}}}
+spec:
+  host: od
+  trafficPolicy:
+    loadBalancer: {{simple: ROUND_ROBIN}}
+    outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}}
+"""
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    tmp: Path = tmp_path_factory.mktemp("traffic")
+    cfg = tmp / "config"
+    cfg.mkdir()
+    gw_port = free_port()
+    port = free_port("127.0.0.31")
+    ips = {f"127.0.0.{i}": port for i in range(31, 39)}
+    write(cfg / "ingress.yaml", f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: istio-ingressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  ports: [{{name: http2, port: 80, targetPort: {gw_port}}}]
+""")
+    write(cfg / "services.yaml", "\n---\n".join([
+        service_yaml("web", NS, [("http", 80, port)], [("127.0.0.31", {"version": "v1"}), ("127.0.0.32", {"version": "v2"})]),
+        service_yaml("mirror", NS, [("http", 80, port)], [("127.0.0.33", {})]),
+        service_yaml("sticky", NS, [("http", 80, port)], [("127.0.0.34", {}), ("127.0.0.35", {}), ("127.0.0.36", {})]),
+        service_yaml("od", NS, [("http", 80, port)], [("127.0.0.37", {}), ("127.0.0.38", {})]),
+    ]))
+    write(cfg / "routing.yaml", ROUTING)
+    names = {"127.0.0.31": "web-v1", "127.0.0.32": "web-v2", "127.0.0.33": "mirror", "127.0.0.34": "sticky-a",
+             "127.0.0.35": "sticky-b", "127.0.0.36": "sticky-c", "127.0.0.37": "od-good", "127.0.0.38": "od-broken"}
+    with contextlib.ExitStack() as stack:
+        backends = {names[ip]: stack.enter_context(backend(names[ip], ip, p)) for ip, p in ips.items()}
+        cp = stack.enter_context(meshd(cfg, tmp))
+        gw = stack.enter_context(envoy(tmp, [
+            "--type", "router", "--namespace", "istio-system", "--pod", "istio-ingressgateway-7d4b9", "--ip", "127.0.0.1",
+            "--labels", "istio=ingressgateway,app=istio-ingressgateway", "--xds-address", f"127.0.0.1:{cp.xds_port}"]))
+        client = Client(gw_port)
+        wait_for(lambda: client.get("/")[0] == 200, 20, what="first 200 through the gateway")
+        yield client, backends, gw, cp
+        rejected = {k: v for k, v in gw.rejected_counters().items() if v}
+        assert rejected == {}, rejected
+
+
+class Client:
+    """Requests to the gateway with Host: shop.example.com over a kept-alive connection."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self._conn: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, headers: dict | None = None, timeout: float = 10.0):
+        for attempt in range(2):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+            try:
+                self._conn.request(method, path, headers={"Host": HOST, **(headers or {})})
+                r = self._conn.getresponse()
+                body = r.read()
+                if r.getheader("connection", "").lower() == "close":
+                    self.close()
+                return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+            except (http.client.HTTPException, OSError):
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def get(self, path: str, headers: dict | None = None):
+        status, hdrs, body = self.request("GET", path, headers)
+        return status, hdrs, body
+
+    def json(self, path: str, headers: dict | None = None) -> dict:
+        status, _, body = self.get(path, headers)
+        assert status == 200, (status, body[:200])
+        return json.loads(body)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def test_header_match_routes_jason_to_v2(shop):
+    client, *_ = shop
+    assert client.json("/user", {"end-user": "jason"})["backend"] == "web-v2"
+    assert client.json("/user", {"end-user": "bob"})["backend"] == "web-v1"
+    assert client.json("/user")["backend"] == "web-v1"
+
+
+def test_weights_80_20_within_five_percent_over_2000_requests(shop):
+    client, *_ = shop
+    counts = Counter(client.get("/split")[1].get("x-backend") for _ in range(2000))
+    assert counts["web-v1"] + counts["web-v2"] == 2000, counts
+    assert 0.75 <= counts["web-v1"] / 2000 <= 0.85, counts
+    assert 0.15 <= counts["web-v2"] / 2000 <= 0.25, counts
+
+
+def test_fault_abort_gives_the_configured_status(shop):
+    client, backends, *_ = shop
+    before = backends["web-v1"].count("/abort")
+    statuses = Counter(client.get("/abort")[0] for _ in range(20))
+    assert statuses == Counter({418: 20})
+    assert backends["web-v1"].count("/abort") == before  # never reached the backend
+
+
+def test_fault_delay_is_observed(shop):
+    client, *_ = shop
+    t0 = time.monotonic()
+    status, hdrs, _ = client.get("/delay")
+    elapsed = time.monotonic() - t0
+    assert status == 200 and hdrs["x-backend"] == "web-v1"
+    assert elapsed >= 0.95, elapsed
+    t0 = time.monotonic()
+    client.get("/")
+    assert time.monotonic() - t0 < 0.9
+
+
+def test_retries_on_a_backend_failing_the_first_attempt(shop):
+    client, backends, *_ = shop
+    test_id = str(uuid.uuid4())
+    status, hdrs, body = client.get("/fail-first", {"x-test-id": test_id})
+    assert status == 200, body
+    seen = json.loads(body)
+    assert seen["attempt"] == 2  # the first attempt got 503, Envoy retried
+    assert seen["headers"]["x-envoy-attempt-count"] == "2"
+    # the same backend behaviour without retries: the client sees the 503
+    status, _, _ = client.get("/no-retry/fail-first", {"x-test-id": str(uuid.uuid4())})
+    assert status == 503
+
+
+def test_timeout_gives_504(shop):
+    client, *_ = shop
+    t0 = time.monotonic()
+    status, _, body = client.get("/slow")
+    assert status == 504, body
+    assert time.monotonic() - t0 < 1.8
+
+
+def test_redirect_and_rewrite(shop):
+    client, backends, *_ = shop
+    status, hdrs, _ = client.get("/old")
+    assert status == 301 and hdrs["location"] == "http://new.example.com/new", hdrs
+    status, hdrs, _ = client.get("/moved")
+    assert status == 308 and hdrs["location"] == f"https://{HOST}/elsewhere", hdrs
+    seen = client.json("/api/v1/items?page=2")
+    assert seen["path"] == "/v2/items?page=2"
+    assert seen["headers"]["host"] == "rewritten.example.com"
+    seen = client.json("/items/42")
+    assert seen["path"] == "/catalog/item?id=42"
+
+
+def test_mirror_receives_a_copy(shop):
+    client, backends, *_ = shop
+    before = backends["mirror"].count("/mirror")
+    status, hdrs, _ = client.get("/mirror/please")
+    assert status == 200 and hdrs["x-backend"] == "web-v1"  # the client sees the primary only
+    wait_for(lambda: backends["mirror"].count("/mirror") == before + 1, 5, what="mirrored copy")
+    copy = [r for r in backends["mirror"].requests if r["path"] == "/mirror/please"][-1]
+    assert copy["headers"]["host"] == f"{HOST}-shadow"
+
+
+def test_cors_preflight_is_answered(shop):
+    client, backends, *_ = shop
+    before = backends["web-v1"].count("/cors")
+    status, hdrs, _ = client.request("OPTIONS", "/cors", {
+        "Origin": "https://ok.example.com", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "x-custom"})
+    assert status == 200, hdrs
+    assert hdrs["access-control-allow-origin"] == "https://ok.example.com"
+    assert "POST" in hdrs["access-control-allow-methods"]
+    assert hdrs["access-control-allow-headers"] == "x-custom"
+    assert hdrs["access-control-max-age"] == "86400"
+    assert backends["web-v1"].count("/cors") == before  # Envoy answered it
+    # an origin the policy does not allow gets no CORS grant
+    status, hdrs, _ = client.request("OPTIONS", "/cors", {
+        "Origin": "https://evil.example.com", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in hdrs
+    # a simple request from an allowed origin gets the header on the response
+    status, hdrs, _ = client.get("/cors", {"Origin": "https://ok.example.com"})
+    assert status == 200 and hdrs["access-control-allow-origin"] == "https://ok.example.com"
+
+
+def test_direct_response_and_header_changes(shop):
+    client, *_ = shop
+    status, _, body = client.get("/teapot")
+    assert (status, body) == (418, b"short and stout")
+    status, hdrs, body = client.get("/headers", {"x-remove-me": "1", "x-request-set": "no"})
+    seen = json.loads(body)
+    assert seen["headers"]["x-request-set"] == "yes"
+    assert seen["headers"]["x-per-destination"] == "v1"
+    assert "x-remove-me" not in seen["headers"]
+    assert hdrs["x-response-added"] == "yes"
+
+
+def test_consistent_hash_keeps_one_header_value_on_one_backend(shop):
+    client, *_ = shop
+    chosen = {}
+    for user in [f"user-{i}" for i in range(12)]:
+        seen = {client.get("/sticky", {"x-user": user})[1]["x-backend"] for _ in range(8)}
+        assert len(seen) == 1, (user, seen)
+        chosen[user] = seen.pop()
+    assert len(set(chosen.values())) >= 2, chosen  # the values spread over the endpoints
+
+
+def test_outlier_detection_ejects_a_failing_endpoint(shop):
+    client, backends, gw, _ = shop
+    results = [client.get("/od")[1].get("x-backend") for _ in range(30)]
+    assert "od-broken" in results[:4], results  # round robin reached it early
+    first_broken = results.index("od-broken")
+    # after its first 500 the endpoint is ejected: everything else goes to the healthy one
+    assert set(results[first_broken + 1:]) == {"od-good"}, results
+    stats = gw.stats("outlier_detection.ejections_enforced_total")
+    assert any("od.shop.svc.cluster.local" in k and v >= 1 for k, v in stats.items()), stats

@@ -1,0 +1,294 @@
+"""Helpers for the traffic management tests (no tests here): certificates made with
+`cryptography`, Kubernetes Secret manifests, and small backends that behave the way a
+test needs (echo, fail first, slow, always 500, TLS-terminating, TCP echo).
+
+Each backend answers with its own name in the body and in `x-backend`, and records the
+requests it saw, so a test can tell which endpoint served a request and what reached it.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import http.server
+import json
+import socket
+import socketserver
+import ssl
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+# --- certificates ----------------------------------------------------------------------
+
+
+@dataclass
+class Pem:
+    cert: bytes
+    key: bytes
+    serial: int = 0
+    _cert_obj: object = None
+    _key_obj: object = None
+
+
+def make_ca(common_name: str = "meshd test CA") -> Pem:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshd tests"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return Pem(_pem(cert), _key_pem(key), cert.serial_number, cert, key)
+
+
+def make_cert(ca: Pem, dns_names: list[str], *, client: bool = False) -> Pem:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    usage = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [ExtendedKeyUsageOID.SERVER_AUTH]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
+        .issuer_name(ca._cert_obj.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+        .sign(ca._key_obj, hashes.SHA256())
+    )
+    return Pem(_pem(cert), _key_pem(key), cert.serial_number, cert, key)
+
+
+def _pem(cert) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def tls_secret_yaml(name: str, namespace: str, pem: Pem, ca: bytes | None = None) -> str:
+    """A `kubernetes.io/tls` Secret as `kubectl create secret tls` writes it (base64 data)."""
+    data = {"tls.crt": b64(pem.cert), "tls.key": b64(pem.key)}
+    if ca is not None:
+        data["ca.crt"] = b64(ca)
+    return json.dumps({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                       "metadata": {"name": name, "namespace": namespace}, "data": data})
+
+
+def generic_secret_yaml(name: str, namespace: str, pem: Pem | None = None, ca: bytes | None = None) -> str:
+    """A generic (Opaque) Secret with plain-text `stringData`."""
+    data = {}
+    if pem is not None:
+        data.update({"tls.crt": pem.cert.decode(), "tls.key": pem.key.decode()})
+    if ca is not None:
+        data["ca.crt"] = ca.decode()
+    return json.dumps({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                       "metadata": {"name": name, "namespace": namespace}, "stringData": data})
+
+
+def write_files(workdir: Path, **files: bytes) -> dict[str, Path]:
+    out = {}
+    for name, data in files.items():
+        p = workdir / name
+        p.write_bytes(data)
+        out[name] = p
+    return out
+
+
+# --- curl ------------------------------------------------------------------------------
+
+
+def curl(*args: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    """curl with -s and a timeout; the caller reads returncode/stdout/stderr."""
+    return subprocess.run(["curl", "-s", "--max-time", str(timeout), *args], capture_output=True, text=True,
+                          timeout=timeout + 5)
+
+
+def served_certificate_serial(host: str, port: int, sni: str) -> int:
+    """The serial of the certificate a TLS server presents for `sni` (no verification)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, port), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=sni) as s:
+        der = s.getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+# --- HTTP backends ---------------------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    name: str
+    server: http.server.ThreadingHTTPServer
+    requests: list[dict] = field(default_factory=list)
+    seen: dict[str, int] = field(default_factory=dict)  # x-test-id -> attempts
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, path_prefix: str = "") -> int:
+        with self.lock:
+            return sum(1 for r in self.requests if r["path"].startswith(path_prefix))
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests.clear()
+            self.seen.clear()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body leave in separate writes: without this, Nagle and delayed ACKs
+    # cost 40 ms per request on a kept-alive connection.
+    disable_nagle_algorithm = True
+    backend: Backend
+
+    def _answer(self) -> None:
+        b = self.backend
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        path = self.path
+        req = {"method": self.command, "path": path, "headers": {k.lower(): v for k, v in self.headers.items()},
+               "backend": b.name}
+        with b.lock:
+            b.requests.append(req)
+            test_id = self.headers.get("x-test-id", "")
+            attempts = b.seen[test_id] = b.seen.get(test_id, 0) + 1
+        status = 200
+        if path.startswith("/always-500") or b.name.endswith("-broken"):
+            status = 500
+        elif "fail-first" in path and attempts == 1:
+            status = 503
+        elif path.startswith("/slow"):
+            time.sleep(2.0)
+        body = json.dumps({**req, "attempt": attempts}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("x-backend", b.name)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_OPTIONS = _answer  # noqa: N815
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+@contextlib.contextmanager
+def backend(name: str, host: str, port: int, tls_pem: Pem | None = None) -> Iterator[Backend]:
+    """An HTTP (or, with `tls_pem`, HTTPS) backend at host:port answering every request
+    with a JSON echo of what it received."""
+    handler = type("Handler", (_Handler,), {})
+    srv = http.server.ThreadingHTTPServer((host, port), handler)
+    srv.daemon_threads = True
+    b = Backend(name, srv)
+    handler.backend = b
+    if tls_pem is not None:
+        import tempfile
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        with tempfile.TemporaryDirectory() as d:
+            files = write_files(Path(d), cert=tls_pem.cert, key=tls_pem.key)
+            ctx.load_cert_chain(files["cert"], files["key"])
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield b
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+class _EchoHandler(socketserver.BaseRequestHandler):
+    prefix = b""
+
+    def handle(self):
+        while True:
+            data = self.request.recv(65536)
+            if not data:
+                return
+            self.request.sendall(self.prefix + data)
+
+
+@contextlib.contextmanager
+def tcp_echo(host: str, port: int, prefix: bytes = b"hello ") -> Iterator[socketserver.ThreadingTCPServer]:
+    """Istio's tcp-echo sample: every chunk comes back with `prefix` in front."""
+    handler = type("Echo", (_EchoHandler,), {"prefix": prefix})
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    srv = socketserver.ThreadingTCPServer((host, port), handler)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def tcp_roundtrip(host: str, port: int, payload: bytes, timeout: float = 5) -> bytes:
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(payload)
+        out = b""
+        deadline = time.monotonic() + timeout
+        while len(out) < len(payload) and time.monotonic() < deadline:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+# --- manifests -------------------------------------------------------------------------
+
+
+def service_yaml(name: str, namespace: str, ports: list[tuple[str, int, int]], endpoints: list[tuple[str, dict]],
+                 app: str | None = None) -> str:
+    """A Service (ports: (name, port, targetPort)) with one Pod per endpoint (ip, labels),
+    in the shape `kubectl get -o yaml` gives (the Pods feed the endpoints)."""
+    app = app or name
+    ports_yaml = ", ".join(f"{{name: {n}, port: {p}, targetPort: {t}}}" for n, p, t in ports)
+    docs = [f"""apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  selector: {{app: {app}}}
+  ports: [{ports_yaml}]"""]
+    for i, (ip, labels) in enumerate(endpoints):
+        lab = {"app": app, **labels}
+        lab_yaml = ", ".join(f"{k}: {v}" for k, v in lab.items())
+        docs.append(f"""apiVersion: v1
+kind: Pod
+metadata: {{name: {name}-{i}, namespace: {namespace}, labels: {{{lab_yaml}}}}}
+spec: {{containers: [{{name: app, image: app}}]}}
+status: {{podIP: {ip}}}""")
+    return "\n---\n".join(docs) + "\n"
+
+
+def write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,231 @@
+"""Shared generation: the Generator composes each proxy's resources from shared, cached
+parts (generators/parts.py). Whatever the cache does, the bytes must equal what the plain
+builders (clusters.build, listeners.build, ...) make for that proxy and snapshot, also
+after a sequence of changes of every kind with one long-lived cache; and a change must
+rebuild only what depends on it.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from controlplane import names
+from controlplane.generators import Generator, builders
+from controlplane.generators.resources import changes, pack
+from controlplane.model.proxy import parse_node
+from tests.unit.test_sidecar_generators import (
+    CATALOG_PROXY,
+    GATEWAY_PROXY,
+    LAYOUT,
+    NS,
+    RICH,
+    SLEEP_PROXY,
+    STRICT_MESH,
+    TCP_SERVICES,
+    WEBAPP_PROXY,
+    dr,
+    mesh,
+    pa,
+)
+
+TYPES = (names.CLUSTER, names.ENDPOINT, names.LISTENER, names.ROUTE)
+
+HEADLESS = """
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: istioinaction}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{name: tcp, port: 5432}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, namespace: istioinaction, labels: {app: db, security.istio.io/tlsMode: istio}}
+spec: {serviceAccountName: db, containers: [{name: db}]}
+status: {podIP: 10.1.0.40}
+"""
+DB_PROXY = parse_node(f"sidecar~10.1.0.40~db-0.{NS}~{NS}.svc.cluster.local", {"NAMESPACE": NS, "LABELS": {"app": "db"}})
+SOURCE_LABELS = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: mysql-canary, namespace: default}
+spec:
+  hosts: [mysql]
+  tcp:
+  - match: [{port: 3306, sourceLabels: {app: webapp}}]
+    route: [{destination: {host: mysql}}]
+"""
+CATALOG_2 = parse_node(  # a replica of catalog-1: shares its inbound side
+    f"sidecar~10.1.0.12~catalog-2.{NS}~{NS}.svc.cluster.local",
+    {"NAMESPACE": NS, "LABELS": {"app": "catalog", "version": "v2", "security.istio.io/tlsMode": "istio"},
+     "SERVICE_ACCOUNT": "catalog-v2"},
+)
+PROXIES = [WEBAPP_PROXY, CATALOG_PROXY, CATALOG_2, SLEEP_PROXY, GATEWAY_PROXY, DB_PROXY]
+
+
+def expected(m, proxy, type_url) -> dict[str, bytes]:
+    return {name: pack(name, type_url, msg).any.value for name, msg in builders()[type_url](m, proxy)}
+
+
+def got(g: Generator, m, proxy, type_url) -> dict[str, bytes]:
+    rs = g.generate(m, proxy, type_url)
+    out = {name: rs[name].any.value for name in rs}
+    assert len(out) == len(rs)  # no name twice across parts
+    return out
+
+
+def check_all(g: Generator, m) -> None:
+    for proxy in PROXIES:
+        for wc in (True, False):
+            p = dataclasses.replace(proxy, workload_cert=wc)
+            for t in TYPES:
+                assert got(g, m, p, t) == expected(m, p, t), (p.id, wc, names.SHORT[t])
+
+
+def endpoints_v2(ip: str) -> str:
+    return f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: catalog-3, namespace: {NS}, labels: {{app: catalog, version: v2, security.istio.io/tlsMode: istio}}}}
+spec: {{serviceAccountName: catalog-v2, containers: [{{name: catalog}}]}}
+status: {{podIP: {ip}}}
+"""
+
+
+# Each step is a whole configuration; one Generator sees them in order.
+STEPS = [
+    ("base", []),
+    ("rich", ["rich"]),
+    ("endpoint added", ["rich", "ep1"]),
+    ("endpoint moved", ["rich", "ep2"]),
+    ("mesh STRICT", ["rich", "ep2", "strict"]),
+    ("workload policy", ["rich", "ep2", "strict", "pa-webapp"]),
+    ("destination rule", ["rich", "ep2", "strict", "pa-webapp", "dr"]),
+    ("source labels", ["rich", "ep2", "strict", "pa-webapp", "dr", "srclabels"]),
+    ("headless", ["rich", "ep2", "headless", "dr"]),
+    ("back to base", []),
+]
+
+
+def config(tmp_path, parts: list[str]) -> list[str]:
+    from tests.unit.test_sidecar_generators import _rich_drs
+
+    texts = {
+        "rich": RICH,
+        "ep1": endpoints_v2("10.1.0.13"),
+        "ep2": endpoints_v2("10.1.0.14"),
+        "strict": STRICT_MESH,
+        "pa-webapp": pa("webapp", NS, "PERMISSIVE", selector={"app": "webapp"}, ports={8080: "STRICT"}),
+        "dr": _rich_drs(tmp_path),
+        "srclabels": TCP_SERVICES + "\n---\n" + SOURCE_LABELS,
+        "headless": HEADLESS,
+    }
+    return [texts[p] for p in parts]
+
+
+def test_composed_output_equals_the_builders_across_changes(tmp_path):
+    g = Generator()
+    for label, parts in STEPS:
+        m = mesh(*config(tmp_path, parts))
+        check_all(g, m)
+
+
+def test_key_is_stable_and_changes_with_the_output(tmp_path):
+    g = Generator()
+    m1 = mesh()
+    m2 = mesh(pa("default", "istio-system", "STRICT"))
+    for p in PROXIES:
+        for t in TYPES:
+            assert g.key(m1, p, t) == g.key(mesh(), p, t)  # a rebuilt identical snapshot
+            if g.key(m1, p, t) == g.key(m2, p, t):
+                assert got(g, m1, p, t) == got(g, m2, p, t), (p.id, names.SHORT[t])
+
+
+def test_proxies_with_identical_output_share_one_copy():
+    g = Generator()
+    m = mesh()
+    a = dataclasses.replace(CATALOG_PROXY, id="sidecar~10.1.0.11~catalog-1b.x~x", pod="catalog-1b")
+    for t in TYPES:
+        assert g.generate(m, CATALOG_PROXY, t) is g.generate(m, a, t)
+    # replicas of one workload (different IPs) share their inbound side
+    r1 = g.generate(m, CATALOG_PROXY, names.LISTENER)
+    r2 = g.generate(m, CATALOG_2, names.LISTENER)
+    assert r1["virtualInbound"] is r2["virtualInbound"]
+    # and everyone in the namespace shares the outbound clusters, resource by resource
+    c1 = g.generate(m, CATALOG_PROXY, names.CLUSTER)
+    c2 = g.generate(m, WEBAPP_PROXY, names.CLUSTER)
+    name = f"outbound|80||catalog.{NS}.svc.cluster.local"
+    assert c1[name] is c2[name]
+
+
+def test_an_endpoint_change_rebuilds_only_the_changed_assignments():
+    g = Generator()
+    m1 = mesh()
+    for p in PROXIES:
+        for t in TYPES:
+            g.generate(m1, p, t)
+    before = {(p.id, t): g.generate(m1, p, t) for p in PROXIES for t in TYPES}
+    m2 = mesh(endpoints_v2("10.1.0.13"))  # one more catalog pod (no new service account)
+    built = g.builds
+    for p in PROXIES:
+        for t in (names.CLUSTER, names.LISTENER, names.ROUTE):
+            if p is CATALOG_PROXY or p is CATALOG_2:
+                continue
+            assert g.key(m1, p, t) == g.key(m2, p, t), (p.id, names.SHORT[t])
+            assert g.generate(m2, p, t) is before[(p.id, t)]
+    assert g.builds == built  # nothing rebuilt for them
+    eds = g.generate(m2, WEBAPP_PROXY, names.ENDPOINT)
+    old = before[(WEBAPP_PROXY.id, names.ENDPOINT)]
+    changed, removed = changes(old, eds)
+    assert changed == {f"outbound|80||catalog.{NS}.svc.cluster.local", f"outbound|81||catalog.{NS}.svc.cluster.local"}
+    assert not removed
+    for n in eds:
+        if n not in changed:
+            assert eds[n] is old[n]
+
+
+def test_a_gateway_change_leaves_every_sidecar_output_untouched():
+    g = Generator()
+    m1 = mesh()
+    gw = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: second, namespace: istioinaction}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 81, name: http, protocol: HTTP}
+    hosts: ["other.example.com"]
+"""
+    m2 = mesh(gw)
+    for p in (WEBAPP_PROXY, CATALOG_PROXY, SLEEP_PROXY):
+        for t in TYPES:
+            assert g.key(m1, p, t) == g.key(m2, p, t), (p.id, names.SHORT[t])
+    assert g.key(m1, GATEWAY_PROXY, names.LISTENER) != g.key(m2, GATEWAY_PROXY, names.LISTENER)
+
+
+def test_a_connection_pool_change_leaves_routes_and_listeners_cached():
+    g = Generator()
+    base = dr("catalog", "catalog", "  trafficPolicy: {connectionPool: {tcp: {maxConnections: 10}}}\n")
+    m1, m2 = mesh(base), mesh(base.replace("maxConnections: 10", "maxConnections: 20"))
+    for p in (WEBAPP_PROXY, SLEEP_PROXY):
+        assert g.key(m1, p, names.ROUTE) == g.key(m2, p, names.ROUTE)
+        assert g.key(m1, p, names.LISTENER) == g.key(m2, p, names.LISTENER)
+        assert g.key(m1, p, names.CLUSTER) != g.key(m2, p, names.CLUSTER)
+        c1, c2 = g.generate(m1, p, names.CLUSTER), g.generate(m2, p, names.CLUSTER)
+        changed, _ = changes(c1, c2)
+        assert changed == {f"outbound|80||catalog.{NS}.svc.cluster.local", f"outbound|81||catalog.{NS}.svc.cluster.local"}
+
+
+@pytest.mark.parametrize("layout", [LAYOUT])
+def test_old_generations_are_dropped(layout):
+    g = Generator(keep_generations=2)
+    for i in range(6):
+        m = mesh(pa("default", "istio-system", ["STRICT", "PERMISSIVE"][i % 2]))
+        for p in PROXIES:
+            for t in TYPES:
+                g.generate(m, p, t)
+    # bounded: a couple of generations' worth, not six
+    assert g.stats()["sets"] <= 3 * len(PROXIES) * len(TYPES) * 2

@@ -1,0 +1,184 @@
+"""The CA's state in the cluster (controlplane/security/kube_ca.py) against the stand-in
+API server: one root Secret however many replicas race to create it, Istio's layouts
+(istio-ca-secret, cacerts), refusal to overwrite a CA that is not the cluster's, and a
+plug-in CA appearing while meshd runs becoming a rotation of the CA directory."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from kubernetes import client
+
+from ca import CAStateError
+from ca.root import create_root, fingerprint
+from ca.signer import PLUG_IN, SELF_SIGNED
+from ca.store import CADirectory
+from controlplane.cluster.kubeapi import KubeApi
+from controlplane.security.authority import MeshCA
+from controlplane.security.kube_ca import CA_SECRET, KubeCAStore
+from tests.e2e.test_rotation_support import make_cacerts
+from tests.kubeapi import FakeApiServer
+
+NS = "istio-system"
+TD = "cluster.local"
+
+
+@pytest.fixture
+def kubeapi():
+    api = FakeApiServer().start()
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
+@pytest.fixture
+def kube(kubeapi):
+    api_client = client.ApiClient(kubeapi.configuration())
+    k = KubeApi(api_client)
+    yield k
+    k.close()
+    api_client.close()
+
+
+def secret(api: FakeApiServer, name: str) -> dict | None:
+    return api.get("v1", "Secret", name, NS)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def root_fp(ca_dir: Path) -> str:
+    return fingerprint(x509.load_pem_x509_certificate((ca_dir / "root-cert.pem").read_bytes()))
+
+
+def cacerts_secret(d: Path) -> dict:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cacerts", "namespace": NS}, "type": "Opaque",
+            "data": {n: b64((d / n).read_bytes()) for n in ("ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem")}}
+
+
+def test_racing_replicas_create_one_root_and_all_use_it(kubeapi, kube, tmp_path):
+    stores = [KubeCAStore(kube, NS, tmp_path / f"ca-{i}", TD) for i in range(3)]
+    barrier = threading.Barrier(len(stores))
+    for s in stores:  # every replica reads "no Secret" before any of them creates one
+        real = s.cluster_ca
+
+        def looked(real=real):
+            found = real()
+            barrier.wait(5)
+            return found
+        s.cluster_ca = looked
+    with ThreadPoolExecutor(len(stores)) as ex:
+        events = list(ex.map(lambda s: s.prepare(), stores))
+    assert sorted(events).count("root CA created in the cluster") == 1
+    creates = kubeapi.writes("secrets", "POST")
+    assert sorted(r.status for r in creates) == [201, 409, 409]
+    # everyone uses the winner's root; the losers' candidates never reached their directories
+    stored = secret(kubeapi, CA_SECRET)
+    assert stored["type"] == "istio.io/ca-root"
+    assert set(stored["data"]) == {"ca-cert.pem", "ca-key.pem", "cert-chain.pem", "key.pem", "root-cert.pem"}
+    winner = base64.b64decode(stored["data"]["ca-cert.pem"])
+    for s in stores:
+        assert (s.ca_dir / "root-cert.pem").read_bytes() == winner
+        assert CADirectory(s.ca_dir).load(TD, create=False).active.kind == SELF_SIGNED
+        assert not list(s.ca_dir.glob("previous/*"))
+
+
+def test_a_root_istiod_left_in_the_cluster_is_used_as_is(kubeapi, kube, tmp_path):
+    istiod = tmp_path / "istiod"
+    istiod.mkdir()
+    root = create_root(istiod, TD, "rsa-2048")  # istiod's self-signed roots are RSA 2048
+    kubeapi.apply({"apiVersion": "v1", "kind": "Secret", "type": "istio.io/ca-root",
+                   "metadata": {"name": CA_SECRET, "namespace": NS},
+                   "data": {"ca-cert.pem": b64(root.cert_pem), "ca-key.pem": b64((istiod / "root-key.pem").read_bytes()),
+                            "cert-chain.pem": "", "key.pem": "", "root-cert.pem": ""}})
+    store = KubeCAStore(kube, NS, tmp_path / "ca", TD)
+    assert store.prepare() == f"CA loaded from Secret {CA_SECRET}"
+    assert root_fp(store.ca_dir) == root.fingerprint
+    assert kubeapi.writes("secrets") == []
+    assert kubeapi.verbs() == {("", "secrets", "get")}
+
+
+def test_cacerts_wins_and_a_broken_one_is_refused(kubeapi, kube, tmp_path):
+    root, inter = make_cacerts(tmp_path / "cacerts")
+    kubeapi.apply(cacerts_secret(tmp_path / "cacerts"))
+    store = KubeCAStore(kube, NS, tmp_path / "ca", TD)
+    assert store.prepare() == "CA loaded from Secret cacerts"
+    active = CADirectory(store.ca_dir).load(TD, create=False).active
+    assert active.kind == PLUG_IN and active.fingerprint == fingerprint(inter) and active.root_fingerprint == fingerprint(root)
+    assert secret(kubeapi, CA_SECRET) is None  # no self-signed root is made when cacerts exists
+    # a cacerts whose key is not the certificate's: meshd refuses to start on it
+    _, _ = make_cacerts(tmp_path / "other", name="Other")
+    broken = cacerts_secret(tmp_path / "cacerts")
+    broken["data"]["ca-key.pem"] = b64((tmp_path / "other" / "ca-key.pem").read_bytes())
+    kubeapi.apply(broken)
+    with pytest.raises(CAStateError, match="not the key"):
+        KubeCAStore(kube, NS, tmp_path / "ca2", TD).prepare()
+
+
+def test_a_directory_with_another_ca_is_not_overwritten(kubeapi, kube, tmp_path):
+    mine = tmp_path / "home-ca"
+    CADirectory(mine).load(TD)  # a developer's ~/.meshd/ca with its own root
+    before = (mine / "root-key.pem").read_bytes()
+    KubeCAStore(kube, NS, tmp_path / "first", TD).prepare()  # the cluster has another root
+    with pytest.raises(CAStateError, match="not the cluster's"):
+        KubeCAStore(kube, NS, mine, TD).prepare()
+    assert (mine / "root-key.pem").read_bytes() == before
+    # a directory that already holds the cluster's CA is adopted as the mirror
+    KubeCAStore(kube, NS, tmp_path / "first", TD).prepare()
+
+
+def test_api_server_trouble_at_start_is_retried_then_refused(kubeapi, kube, tmp_path):
+    kubeapi.fail_next(2, 503)
+    assert KubeCAStore(kube, NS, tmp_path / "ca", TD).prepare(timeout=10) == "root CA created in the cluster"
+    with kubeapi.outage():
+        with pytest.raises(CAStateError, match="cannot read the CA Secrets"):
+            KubeCAStore(kube, NS, tmp_path / "ca2", TD).prepare(timeout=1)
+
+
+def test_plugging_in_cacerts_while_running_rotates(kubeapi, kube, tmp_path):
+    store = KubeCAStore(kube, NS, tmp_path / "ca", TD, keep_old_for=timedelta(hours=24))
+    store.prepare()
+    ca = MeshCA.open(store.ca_dir, TD)
+    old = ca.active
+    assert old.kind == SELF_SIGNED
+    store._follow_once(ca)  # nothing changed: nothing written
+    assert not list(store.ca_dir.glob("previous/*"))
+
+    root, inter = make_cacerts(tmp_path / "cacerts")
+    kubeapi.apply(cacerts_secret(tmp_path / "cacerts"))  # the operator plugs in a CA
+    store._follow_once(ca)
+    # the directory now holds the plug-in CA, the old root is archived, and the ledger
+    # keeps it trusted for a certificate lifetime (other replicas issued from it too)
+    assert CADirectory(store.ca_dir).load(TD, create=False).active.fingerprint == fingerprint(inter)
+    assert len(list(store.ca_dir.glob("previous/*"))) == 1
+    until = CADirectory(store.ca_dir).issued_until(old.fingerprint)
+    assert until is not None and abs(until - (datetime.now(timezone.utc) + timedelta(hours=24))) < timedelta(minutes=1)
+    # the running CA picks it up as a rotation: both roots trusted, then the new signer
+    asyncio.run(ca.check())
+    asyncio.run(ca.check())
+    asyncio.run(ca.check())
+    roots = {fingerprint(r) for r in ca.trusted_roots()}
+    assert roots == {old.root_fingerprint, fingerprint(root)}
+    assert ca.active.fingerprint == fingerprint(inter)
+    bundle = ca.trust_bundle_pem
+    assert old.root_pem in bundle and root.public_bytes(Encoding.PEM) in bundle
+
+
+def test_a_deleted_root_secret_is_put_back(kubeapi, kube, tmp_path):
+    store = KubeCAStore(kube, NS, tmp_path / "ca", TD)
+    store.prepare()
+    ca = MeshCA.open(store.ca_dir, TD)
+    kubeapi.delete("v1", "Secret", CA_SECRET, NS)
+    store._follow_once(ca)
+    again = secret(kubeapi, CA_SECRET)
+    assert base64.b64decode(again["data"]["ca-cert.pem"]) == ca.active.root_pem
+    assert not list(store.ca_dir.glob("previous/*"))  # the same root: no rotation
