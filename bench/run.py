@@ -77,10 +77,11 @@ def pct(values: list[float], p: float) -> float:
 
 
 class Meshd:
-    def __init__(self, config_dir: Path, work: Path, extra: list[str]):
+    def __init__(self, config_dir: Path, work: Path, extra: list[str], profile: str | None = None):
         self.xds, self.mon = free_port(), free_port()
         self.log_path = work / f"meshd-{self.xds}.log"
-        argv = [sys.executable, "-m", "controlplane", "serve", "--config-dir", str(config_dir),
+        prefix = ["-m", "cProfile", "-o", profile] if profile else []
+        argv = [sys.executable, *prefix, "-m", "controlplane", "serve", "--config-dir", str(config_dir),
                 "--xds-port", str(self.xds), "--monitoring-port", str(self.mon), "--secure-xds-port", "0",
                 "--listen-address", "127.0.0.1", "--ca-dir", str(work / "ca"), "--log-format", "json", *extra]
         self.started = time.time()
@@ -158,6 +159,9 @@ class Fleet:
             time.sleep(0.2)
         raise RuntimeError(f"fleet not synced after {timeout}s: {self.synced()}")
 
+    def arm(self, label: str, kind: str, type_url: str, name: str = "") -> None:
+        self.ask("arm", label, kind, type_url, name)
+
     def status(self, label: str) -> dict:
         parts = self.ask("status", label)
         since: dict[str, int] = {}
@@ -198,13 +202,21 @@ class Fleet:
                 p.kill()
 
 
-def quiesce(meshd: Meshd, seconds: float = 1.0) -> None:
-    """Wait until meshd's CPU stops moving (the push and its ACKs are over)."""
+def idle_rate(meshd: "Meshd", seconds: float = 2.0) -> float:
+    """meshd's CPU use at rest (directory polling), in CPU seconds per second."""
+    c0 = cpu_seconds(meshd.proc.pid)
+    time.sleep(seconds)
+    return (cpu_seconds(meshd.proc.pid) - c0) / seconds
+
+
+def quiesce(meshd: "Meshd", idle: float = 0.0, seconds: float = 0.5, timeout: float = 30) -> None:
+    """Wait until meshd's CPU use is back to its resting rate (the push and its ACKs are over)."""
     last = cpu_seconds(meshd.proc.pid)
-    while True:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
         time.sleep(seconds)
         now = cpu_seconds(meshd.proc.pid)
-        if now - last < 0.02 * seconds:
+        if now - last <= (idle + 0.05) * seconds:
             return
         last = now
 
@@ -224,7 +236,7 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
     sc.write(config)
     specs = sc.proxies()
     result: dict = {"transport": transport}
-    meshd = Meshd(config, work, args.meshd_arg)
+    meshd = Meshd(config, work, args.meshd_arg, args.profile)
     try:
         result["startup_to_ready_s"] = round(meshd.ready_after, 3)
         t0 = time.time()
@@ -233,13 +245,15 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
             s = fleet.wait_synced(args.timeout)
             result["initial_sync_s"] = round(s["last"] - t0, 3)
             result["initial_bytes_mb"] = round(s["bytes"] / 1e6, 1)
-            quiesce(meshd)
+            quiesce(meshd, idle=0.2, timeout=60)
+            idle = idle_rate(meshd)
+            result["idle_cpu_per_s"] = round(idle, 3)
             result["memory_after_sync"] = memory_mb(meshd.proc.pid)
 
             # --- full push: a DestinationRule change reaches every proxy's CDS ------------
             full = []
             routed = [i for i in range(sc.services) if sc.routed(i)]
-            for rep in range(args.repeat):
+            for rep in range(args.repeat if "full" in args.measure else 0):
                 i = routed[rep % len(routed)]
                 label = f"full-{rep}"
                 fleet.arm(label, "version", CDS)
@@ -249,12 +263,13 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
                 st = fleet.wait(label, args.timeout)
                 snap = snapshot_after(meshd, t_write)
                 pushed_at = snap["at"] - snap.get("queue_ms", 0) / 1000
-                quiesce(meshd)
+                quiesce(meshd, idle)
                 full.append({
                     "e2e_s": round(max(st["times"]) - t_write, 3),
+                    "from_store_s": round(max(st["times"]) - (snap.get("changed_at") or pushed_at), 3),
                     "push_s": round(max(st["times"]) - pushed_at, 3),
                     "p50_push_s": round(pct([t - pushed_at for t in st["times"]], 50), 3),
-                    "cpu_s": round(cpu_seconds(meshd.proc.pid) - cpu0, 2),
+                    "cpu_s": round(cpu_seconds(meshd.proc.pid) - cpu0 - idle * (time.time() - t_write), 2),
                     "responses": st["responses_since"],
                     "proxies_queued": snap.get("proxies_queued"),
                 })
@@ -262,7 +277,7 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
 
             # --- endpoint change: one EndpointSlice ------------------------------------------
             eps = []
-            for rep in range(args.repeat):
+            for rep in range(args.repeat if "endpoint" in args.measure else 0):
                 j = (rep * 7 + 3) % sc.services
                 cluster = f"outbound|{HTTP_PORT}||{sc.service_name(j)}.{sc.namespace_of(j)}.svc.cluster.local"
                 label = f"ep-{rep}"
@@ -273,13 +288,16 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
                 st = fleet.wait(label, args.timeout)
                 snap = snapshot_after(meshd, t_write)
                 pushed_at = snap["at"] - snap.get("queue_ms", 0) / 1000
-                quiesce(meshd, 0.5)
+                quiesce(meshd, idle)
                 lat = [t - t_write for t in st["times"]]
+                store_lat = [t - (snap.get("changed_at") or pushed_at) for t in st["times"]]
                 push_lat = [t - pushed_at for t in st["times"]]
                 eps.append({
                     "p50_e2e_s": round(pct(lat, 50), 3), "p99_e2e_s": round(pct(lat, 99), 3),
+                    "p50_from_store_s": round(pct(store_lat, 50), 3), "p99_from_store_s": round(pct(store_lat, 99), 3),
                     "p50_push_s": round(pct(push_lat, 50), 3), "p99_push_s": round(pct(push_lat, 99), 3),
-                    "proxies": st["done"], "cpu_s": round(cpu_seconds(meshd.proc.pid) - cpu0, 2),
+                    "proxies": st["done"],
+                    "cpu_s": round(cpu_seconds(meshd.proc.pid) - cpu0 - idle * (time.time() - t_write), 2),
                     "responses": st["responses_since"],
                 })
             result["endpoint_change"] = eps
@@ -291,6 +309,8 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
     finally:
         meshd.stop()
 
+    if args.no_floor:
+        return result
     # --- the floor: the same clients, the captured bytes, a trivial server ---------------
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -348,12 +368,14 @@ def table(results: list[dict], sc: Scenario) -> str:
     row("start-up to ready (s)", lambda r: f"{r['startup_to_ready_s']:.2f}")
     row("initial sync of the fleet (s)", lambda r: f"{r['initial_sync_s']:.2f}")
     row("full push, e2e median (s)", lambda r: f"{med(x['e2e_s'] for x in r['full_push']):.2f}")
+    row("full push, from store median (s)", lambda r: f"{med(x['from_store_s'] for x in r['full_push']):.2f}")
     row("full push, push median (s)", lambda r: f"{med(x['push_s'] for x in r['full_push']):.2f}")
     row("floor full push median (s)", lambda r: f"{med(x['push_s'] for x in r['floor_full_push']):.2f}")
     row("meshd / floor", lambda r: f"{r['full_push_vs_floor']:.2f}x")
     row("full push CPU (s)", lambda r: f"{med(x['cpu_s'] for x in r['full_push']):.2f}")
     row("endpoint p50 e2e (s)", lambda r: f"{med(x['p50_e2e_s'] for x in r['endpoint_change']):.3f}")
     row("endpoint p99 e2e (s)", lambda r: f"{max(x['p99_e2e_s'] for x in r['endpoint_change']):.3f}")
+    row("endpoint p99 from store (s)", lambda r: f"{max(x['p99_from_store_s'] for x in r['endpoint_change']):.3f}")
     row("endpoint p99 push (s)", lambda r: f"{max(x['p99_push_s'] for x in r['endpoint_change']):.3f}")
     row("endpoint push CPU (s)", lambda r: f"{med(x['cpu_s'] for x in r['endpoint_change']):.2f}")
     row("endpoint push: non-EDS responses", lambda r: str(sum(v for x in r['endpoint_change']
@@ -375,11 +397,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--loadgen-procs", type=int, default=1)
     ap.add_argument("--meshd-arg", action="append", default=None,
-                    help="extra `meshd serve` argument (repeat), default: --poll-interval 0.05")
+                    help="extra `meshd serve` argument (repeat), e.g. --meshd-arg=--poll-interval=0.1")
     ap.add_argument("--json", help="also write the JSON document to this file")
+    ap.add_argument("--profile", help="run meshd under cProfile, writing the profile to this file")
+    ap.add_argument("--no-floor", action="store_true", help="skip the floor measurement")
+    ap.add_argument("--measure", default="full,endpoint", help="what to measure: full,endpoint (default both)")
     args = ap.parse_args(argv)
     if args.meshd_arg is None:
-        args.meshd_arg = ["--poll-interval", "0.05"]
+        args.meshd_arg = []
     sc = Scenario(services=args.services, sidecars=args.sidecars, gateways=args.gateways, namespaces=args.namespaces)
     work = Path(tempfile.mkdtemp(prefix="meshd-bench-"))
     try:

@@ -113,6 +113,8 @@ def ensure_private_dir(path: Path) -> None:
     path = Path(path)
     if path.is_dir():
         return
+    if path.exists() or path.is_symlink():
+        raise NotADirectoryError(f"{path} exists and is not a directory")
     # mkdir's mode is filtered by the umask; chmod makes it exactly 0700. Only the
     # owner can enter the directory in between, because umask only removes bits.
     path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)

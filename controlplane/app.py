@@ -107,9 +107,12 @@ class MeshBuilder:
         self.pushes = 0  # snapshots handed to the server (one per merged change)
         self._dirty = asyncio.Event()
         self._changed: set = set()
+        self._first_change = 0.0
         store.subscribe(self._on_change)
 
     def _on_change(self, _snapshot, changed) -> None:
+        if not self._changed:
+            self._first_change = time.time()  # logged with the snapshot: change-to-push latency
         self._changed |= set(changed)
         self._dirty.set()
 
@@ -137,7 +140,9 @@ class MeshBuilder:
             proxies_queued=queued,
             queue_ms=round((time.perf_counter() - built) * 1000, 2),
             at=time.time(),
+            changed_at=self._first_change or None,
         )
+        self._first_change = 0.0
 
     @classmethod
     def classify(cls, changed) -> str:

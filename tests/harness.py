@@ -93,8 +93,13 @@ def meshd(config_dir: Path | None, workdir: Path, extra: list[str] | None = None
     free one too and the CA lives in a fresh directory under `workdir` (never ~/.meshd)."""
     extra = list(extra or [])
     xds, mon = free_port("127.0.0.1"), free_port("127.0.0.1")
+    while mon == xds:  # free_port may hand out the port it just released
+        mon = free_port("127.0.0.1")
     if "--secure-xds-port" not in extra:
-        extra += ["--secure-xds-port", str(free_port("127.0.0.1"))]
+        secure = free_port("127.0.0.1")
+        while secure in (xds, mon):
+            secure = free_port("127.0.0.1")
+        extra += ["--secure-xds-port", str(secure)]
     if "--ca-dir" not in extra:
         extra += ["--ca-dir", str(workdir / f"meshd-ca-{xds}")]
     argv = [

@@ -7,4 +7,6 @@
 - `status`: the verdict on each Istio object, where operators look: a condition and an
   IST0106 validation message in `.status`, and a Warning Event on the object.
 - `rootcert`: the trust bundle as ConfigMap `istio-ca-root-cert` in every namespace.
+- `member`: the above wired for `meshd serve` (with TokenReview and the CA in Secrets,
+  controlplane/security/tokenreview.py and kube_ca.py); `options`: its flags.
 """

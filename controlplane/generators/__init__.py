@@ -143,6 +143,7 @@ class Generator:
                 items[name] = res
         rs = ResourceSet(part.type_url, ())
         rs._items = items
+        rs._names = base.names  # the same names: share the set (memos compare it by identity)
         rs.base = base
         rs.changed = frozenset(n for n, r in replaced.items() if n in base._items and base._items[n].version != r.version)
         return rs

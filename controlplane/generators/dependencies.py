@@ -13,7 +13,7 @@ same end with ConfigsUpdated and per-type "needs push" filters). The inputs are:
   of a named targetPort). A pod moving or turning ready changes none of them, so an
   endpoint change leaves clusters, listeners and routes cached;
 - per host, the endpoints themselves (EDS, rebuilt per changed host only);
-- per workload IP, the service instances a sidecar at that IP serves (its inbound side).
+- per workload IP, the services and ports a sidecar at that IP serves (its inbound side).
 
 Endpoint kinds (EndpointSlice, Pod) are read only through these.
 
@@ -67,12 +67,12 @@ class MeshFacts:
     def __init__(self, mesh: MeshSnapshot):
         self._mesh = weakref.ref(mesh)
         self._kinds: dict[str, str] | None = None
+        self._of: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._facts: str | None = None
         self._hosts: dict[str, str] | None = None
         self._all_endpoints: str | None = None
         self._dr_routing: str | None = None
-        self._instances: dict[str, str] = {}
-        self._shapes: dict[str, str] = {}
+        self._shapes: dict[str, tuple] = {}
         self._policies: dict[tuple, tuple] = {}
         self._service_generation: dict[str, str] | None = None
         self._service_accounts: dict[str, str] = {}
@@ -102,8 +102,11 @@ class MeshFacts:
             return self.dr_routing()
         return self._kinds.get(kind, "")
 
-    def of(self, deps: Iterable[str]) -> tuple[str, ...]:
-        return tuple(self.kind(d) for d in deps)
+    def of(self, deps: tuple[str, ...]) -> tuple[str, ...]:
+        got = self._of.get(deps)
+        if got is None:
+            got = self._of[deps] = tuple(self.kind(d) for d in deps)
+        return got
 
     def dr_routing(self) -> str:
         if self._dr_routing is None:
@@ -181,25 +184,17 @@ class MeshFacts:
         return self._all_endpoints
 
     # --- per proxy / per service ---------------------------------------------------
-    def instances(self, ip: str) -> str:
-        """Fingerprint of the service instances at a workload IP (a sidecar's inbound side)."""
-        got = self._instances.get(ip)
-        if got is None:
-            insts = self.mesh._instances_by_ip.get(ip, ())
-            got = self._instances[ip] = _digest(
-                f"{i.service.hostname}|{i.service.created}|{i.port}|{_endpoint_text(i.endpoint)}" for i in insts
-            ) if insts else ""
-        return got
-
-    def instance_shape(self, ip: str) -> str:
+    def instance_shape(self, ip: str) -> tuple:
         """What a sidecar's inbound side reads of its instances: the services and ports,
         not the pod's address or labels, so the replicas of a workload share it."""
         got = self._shapes.get(ip)
         if got is None:
-            insts = self.mesh._instances_by_ip.get(ip, ())
-            got = self._shapes[ip] = _digest(
-                f"{i.service.hostname}|{i.service.created}|{i.port}|{i.endpoint.port}" for i in insts
-            ) if insts else ""
+            # A tuple of plain values (cheap; keys never leave the process).
+            got = self._shapes[ip] = tuple(
+                (i.service.hostname, i.service.name, i.service.namespace, i.service.created, i.port.name,
+                 i.port.port, str(i.port.target_port), i.port.protocol, i.port.app_protocol, i.endpoint.port)
+                for i in self.mesh._instances_by_ip.get(ip, ())
+            )
         return got
 
     def mtls_policy(self, namespace: str, labels) -> tuple:

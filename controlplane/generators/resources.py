@@ -147,6 +147,8 @@ class ResourceSet(Mapping[str, Resource]):
         self.base = base
         self.changed = frozenset(n for n, r in self._items.items() if (o := old.get(n)) is not r and (o is None or o.version != r.version))
         self.removed = frozenset(n for n in old if n not in self._items)
+        if not self.removed and len(old) == len(self._items):
+            self._names = base.names  # same names: share the set (memos compare it by identity)
 
 
 class ComposedSet(ResourceSet):

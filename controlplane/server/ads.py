@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import itertools
 import time
@@ -67,6 +68,7 @@ from . import wire
 from .connection import Connection, EventQueue, Push
 from .delta import DeltaProtocol
 from .flow import PushLimiter, StreamStuck
+from .limits import names_problem
 from .metrics import Metrics
 from .subscription import Nack, Subscription
 from .view import ResourceView, wanted_resources
@@ -138,6 +140,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._mesh: Any = None
         self._ready = asyncio.Event()
         self._connections: dict[str, Connection] = {}
+        self._per_proxy: dict[str, int] = {}  # node id -> open connections (metrics series)
         self._ids = itertools.count(1)
         # Debug hook (controlplane/debug/push_status.py): push_started(reason, n_conns),
         # sent(conn, sub, n_resources, size, request), proxy_pushed(conn). None: off.
@@ -256,6 +259,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             identity=identity, node=_debug_node(first), delta=delta,
         )
         self._connections[conn.id] = conn
+        self._per_proxy[proxy.id] = self._per_proxy.get(proxy.id, 0) + 1
         self._metrics.set_connections(len(self._connections))
         self._log.info(
             "ads connect", proxy=proxy.id, conn=conn.id, peer=peer, proxy_type=proxy.type, namespace=proxy.namespace,
@@ -268,31 +272,40 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         try:
             await self._serve(conn, context, protocol)
         except StreamStuck as e:
-            # The proxy stopped reading: give up on this stream (it reconnects) rather
-            # than hold a push slot and its queued responses any longer.
+            # The stuck write finally went through (the proxy read again): end the
+            # stream so that it reconnects and is served from scratch.
             stuck = e
-            self._metrics.stream_dropped("write_timeout")
-            self._log.warning("ads stream stuck, closing", proxy=proxy.id, conn=conn.id, peer=peer, error=str(e))
         finally:
             reader.cancel()
             conn.events.close()
             await asyncio.gather(reader, return_exceptions=True)
-            self._connections.pop(conn.id, None)
-            self._metrics.set_connections(len(self._connections))
-            if not any(c.proxy.id == proxy.id for c in self._connections.values()):
-                self._metrics.forget_node(proxy.id)
+            self._forget(conn)
             self._log.info(
                 "ads disconnect", proxy=proxy.id, conn=conn.id, peer=peer,
                 duration=round(time.time() - conn.connected_at, 3),
             )
         if stuck is not None:
-            # The status can only follow the bytes already handed to gRPC: end the
-            # stream once the proxy has read them (if it never does, keepalive closes
-            # its connection and this handler with it).
-            with contextlib.suppress(Exception):
-                if stuck.pending is not None:
-                    await stuck.pending
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"meshd: {stuck}; reconnect")
+
+    def _forget(self, conn: Connection) -> None:
+        """The connection is gone (or given up): no more pushes, no more metrics series."""
+        if self._connections.pop(conn.id, None) is None:
+            return
+        left = self._per_proxy.pop(conn.proxy.id, 1) - 1
+        if left:
+            self._per_proxy[conn.proxy.id] = left
+        self._metrics.set_connections(len(self._connections))
+        if not left:
+            self._metrics.forget_node(conn.proxy.id)
+
+    def _stuck(self, conn: Connection) -> None:
+        """A write to `conn` outlasted the timeout: the proxy stopped reading. Give the
+        stream up now (its slot is already free); it ends once the write completes."""
+        self._metrics.stream_dropped("write_timeout")
+        self._log.warning("ads stream stuck, closing", proxy=conn.proxy.id, conn=conn.id, peer=conn.peer,
+                          timeout=self.limiter.write_timeout)
+        conn.events.close()
+        self._forget(conn)
 
     async def DeltaAggregatedResources(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         """The plaintext port's incremental ADS: no identity, as for SotW."""
@@ -371,29 +384,45 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if not type_url:
             self._log.warning("ads request without type_url ignored", proxy=conn.proxy.id, conn=conn.id)
             return
-        new = type_url not in conn.subscriptions
-        sub = conn.subscription(type_url)
+        version, nonce = req.version_info, req.response_nonce
+        sub = conn.subscriptions.get(type_url)
+        new = sub is None
+        # Envoy's ACKs repeat the whole name list (a sidecar's EDS request names every
+        # cluster): compare it with the previous request in C (upb message equality)
+        # rather than building a set of a thousand strings per ACK.
+        req.ClearField("version_info")
+        req.ClearField("response_nonce")
+        req.ClearField("node")
+        same_names = sub is not None and sub.last_request is not None and req == sub.last_request
+        if not same_names and (problem := names_problem(req.resource_names)) is not None:
+            self._log.warning("ads request refused", proxy=conn.proxy.id, conn=conn.id, type_url=type_url[:200],
+                              reason=problem)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"meshd: {problem}")
+        if sub is None:
+            sub = conn.subscription(type_url)
 
         # NACKs first and regardless of nonce (as istiod): a rejection is worth
         # recording even when a newer response is already on its way.
         if req.HasField("error_detail"):
-            self._record_nack(conn, sub, req)
+            self._record_nack(conn, sub, req, nonce, version)
             return
 
         # Nothing sent yet for this type: whatever the nonce says, this is an initial
         # request (Envoy clears nonces on reconnect; other clients may not).
-        initial = not req.response_nonce or not sub.sent_nonce
-        if not initial and req.response_nonce != sub.sent_nonce:
+        initial = not nonce or not sub.sent_nonce
+        if not initial and nonce != sub.sent_nonce:
             self._metrics.stale_nonce(type_url)
             self._log.debug(
                 "ads stale nonce ignored", proxy=conn.proxy.id, type=sub.short,
-                nonce=req.response_nonce, sent_nonce=sub.sent_nonce,
+                nonce=nonce, sent_nonce=sub.sent_nonce,
             )
             return
 
-        changed = sub.set_names(req.resource_names)
+        changed = False if same_names else sub.set_names(req.resource_names)
+        if not req.HasField("error_detail"):
+            sub.last_request = req
         if not initial:
-            sub.record_ack(req.version_info, req.response_nonce)
+            sub.record_ack(version, nonce)
         if type_url not in self._types():
             if new:
                 self._log.warning("ads type not served", proxy=conn.proxy.id, conn=conn.id, type=type_url)
@@ -422,18 +451,19 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 identity=conn.identity.spiffe_uri if conn.identity is not None else None,
             )
 
-    def _record_nack(self, conn: Connection, sub: Subscription, req: discovery_pb2.DiscoveryRequest) -> None:
-        current = req.response_nonce == sub.sent_nonce
+    def _record_nack(self, conn: Connection, sub: Subscription, req: discovery_pb2.DiscoveryRequest,
+                     nonce: str, accepted_version: str) -> None:
+        current = nonce == sub.sent_nonce
         sub.nack = Nack(
             version=sub.sent_version if current else "",
-            nonce=req.response_nonce,
+            nonce=nonce,
             message=req.error_detail.message,
             code=req.error_detail.code,
         )
         self._metrics.nacked(sub.type_url, conn.proxy.id, req.error_detail.code)
         self._log.warning(
             "ads NACK", proxy=conn.proxy.id, conn=conn.id, type=sub.short, version=sub.nack.version,
-            nonce=req.response_nonce, stale=not current, accepted_version=req.version_info,
+            nonce=nonce, stale=not current, accepted_version=accepted_version,
             error=req.error_detail.message,
         )
 
@@ -459,40 +489,45 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             sub.sent_set, sub.sent_key = rs, key  # same content under a newer snapshot
             return
 
-        if not request and not force and sub.type_url in _PARTIAL_PUSH and sub.sent_set is not None:
+        partial = not request and not force and sub.type_url in _PARTIAL_PUSH and sub.sent_set is not None
+        if partial:
             # Only what changed since the last response; the client keeps the rest.
             resources = [rs[n] for n in sorted(changed_names(sub, rs))]
             chunks = [r.sotw_chunk for r in resources]
             count, size = len(resources), sum(r.size for r in resources)
         elif whole:
-            chunks, count, size = [rs.sotw_blob()], len(rs), rs.size
+            # The parts' shared blobs, joined once into the response below.
+            chunks, count, size = [part.sotw_blob() for part in rs.parts], len(rs), rs.size
         else:
             chunks, count, size = [r.sotw_chunk for r in wanted], len(wanted), sum(r.size for r in wanted)
         sub.responses += 1
         nonce = make_nonce(sub.type_url, version, sub.responses)
-        data = wire.sotw_response(version, chunks, sub.type_url, nonce)
+        data = functools.partial(wire.sotw_response, version, chunks, sub.type_url, nonce)  # made in the slot
         # Recorded before the write: the answer to it may be read before the write returns.
         sub.record_sent(version, nonce, resource_set=rs, key=key)
         for follow in _FOLLOW_UPS.get(sub.type_url, ()):
             if (other := conn.subscriptions.get(follow)) is not None:
                 other.must_answer = True
-        self._sent(conn, sub, count, size, version, nonce, request, reason, started)
+        self._sent(conn, sub, count, size, version, nonce, request, reason, started, incremental=partial)
         await self._send(conn, context, data)
 
-    async def _send(self, conn: Connection, context: grpc.aio.ServicerContext, data: bytes) -> None:
-        """Write one response through the limiter (raises StreamStuck)."""
-        waited = await self.limiter.write(context, data)
+    async def _send(self, conn: Connection, context: grpc.aio.ServicerContext, data: Any) -> None:
+        """Write one response (bytes, or a callable making them) through the limiter
+        (raises StreamStuck)."""
+        waited = await self.limiter.write(context, data, on_stuck=lambda: self._stuck(conn))
         self._metrics.push_waited(waited)
 
     def _sent(self, conn: Connection, sub: Subscription, count: int, size: int, version: str, nonce: str,
-              request: bool, reason: str, started: float, removed: int = 0) -> None:
-        """Metrics, debug hook and the istiod-style push log line for one response."""
+              request: bool, reason: str, started: float, removed: int = 0, incremental: bool = False) -> None:
+        """Metrics, debug hook and the istiod-style push log line for one response.
+        Incremental EDS pushes (endpoint churn, thousands of proxies a second) are logged
+        at debug level, as istiod does; everything else at info."""
         self._metrics.pushed(sub.type_url, time.perf_counter() - started)
         if self.observer is not None:
             self.observer.sent(conn, sub, count, size, request)
         kind = "PUSH request" if request else "PUSH"
         delta = " delta" if conn.delta else ""
-        self._log.info(
+        (self._log.debug if incremental else self._log.info)(
             f"ads {sub.short}:{delta} {kind} for node:{conn.proxy.short} resources:{count} "
             f"{'removed:' + str(removed) + ' ' if removed else ''}size:{byte_count(size)}",
             type=sub.short, version=version, nonce=nonce, proxy=conn.proxy.id, conn=conn.id,

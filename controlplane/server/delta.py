@@ -26,6 +26,7 @@ when its generator key changed, and only the resources that changed are sent.
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ from .. import names
 from ..generators.resources import ResourceSet, changes
 from . import wire
 from .connection import Connection, Push
+from .limits import names_problem
 from .subscription import Nack, Subscription
 
 if TYPE_CHECKING:
@@ -54,6 +56,10 @@ class DeltaProtocol:
         if not type_url:
             s._log.warning("ads delta request without type_url ignored", proxy=conn.proxy.id, conn=conn.id)
             return
+        if (problem := names_problem(req.resource_names_subscribe, req.resource_names_unsubscribe)) is not None:
+            s._log.warning("ads request refused", proxy=conn.proxy.id, conn=conn.id, type_url=type_url[:200],
+                           reason=problem, delta=True)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"meshd: {problem}")
         first = type_url not in conn.subscriptions
         sub = conn.subscription(type_url)
         if first and req.initial_resource_versions:
@@ -119,7 +125,8 @@ class DeltaProtocol:
         sub.responses += 1
         version = rs.version
         nonce = make_nonce(sub.type_url, version, sub.responses)
-        data = wire.delta_response(version, [r.delta_chunk for r in resources], sub.type_url, nonce, sorted(removed))
+        chunks = [r.delta_chunk for r in resources]
+        data = functools.partial(wire.delta_response, version, chunks, sub.type_url, nonce, sorted(removed))
         had = self._holds(sub)
         # Recorded before the write: the answer to it may be read before the write returns.
         sub.record_sent(version, nonce, resource_set=rs, key=key)
@@ -130,7 +137,7 @@ class DeltaProtocol:
             if eds is not None:
                 eds.resend |= {n for n in send if had(n) and eds.wants(n)}
         s._sent(conn, sub, len(resources), sum(r.size for r in resources), version, nonce, request, reason, started,
-                removed=len(removed))
+                removed=len(removed), incremental=not request and sub.type_url == names.ENDPOINT)
         await s._send(conn, context, data)
 
     # --- what the client holds and lacks ----------------------------------------------

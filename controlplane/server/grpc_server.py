@@ -14,10 +14,16 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from .ads import AdsServer
 from .secure import SecureAdsServicer
 
-# Tuned for thousands of long-lived streams (istiod: MaxConcurrentStreams 100000,
-# keepalive 30s/10s, MaxRecvMsgSize 4MB; Envoy's first request with its node is ~60KB).
+# Tuned for thousands of long-lived streams (istiod: keepalive 30s/10s, MaxRecvMsgSize
+# 4MB; Envoy's first request with its node is ~60KB). Streams per connection are capped
+# (istiod allows 100000): an Envoy opens one ADS stream per connection, an agent a few;
+# a client opening more waits for its own streams to end, it cannot exhaust the server.
+MAX_STREAMS_PER_CONNECTION = 128
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.max_concurrent_streams", 100_000),
+    ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+    # A connection without any stream for 5 minutes is closed (Envoy's ADS connection
+    # always carries its stream); one that stops answering pings after keepalive below.
+    ("grpc.max_connection_idle_ms", 300_000),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.max_send_message_length", -1),
     ("grpc.keepalive_time_ms", 30_000),
@@ -30,6 +36,9 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     # A second meshd on the same port must fail to bind, not silently share it.
     ("grpc.so_reuseport", 0),
 )
+import os as _os  # EXPERIMENT (temporary): let several meshd processes share the port
+if _os.environ.get("MESHD_EXPERIMENT_REUSEPORT"):
+    SERVER_OPTIONS = tuple(o for o in SERVER_OPTIONS if o[0] != "grpc.so_reuseport") + (("grpc.so_reuseport", 1),)
 
 
 def add_ads_servicer(servicer: ads_pb2_grpc.AggregatedDiscoveryServiceServicer, server: grpc.aio.Server) -> None:

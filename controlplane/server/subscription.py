@@ -75,6 +75,12 @@ class Subscription:
     # Delta: names that must be sent on the next response even at a version the client
     # holds (newly subscribed, or forgotten by a wildcard unsubscribe).
     resend: set[str] = field(default_factory=set)
+    # SotW: the last request without its version, nonce and node, to recognise in C an
+    # ACK that repeats the name list (ads.py).
+    last_request: Any = field(default=None, repr=False)
+    # Memos of view.py (per snapshot, per pair of name sets): cheap pushes to thousands.
+    key_memo: Any = field(default=None, repr=False)
+    covers_memo: Any = field(default=None, repr=False)
 
     @property
     def short(self) -> str:

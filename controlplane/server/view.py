@@ -47,13 +47,20 @@ class ResourceView:
                 and any(n not in self.secrets.names for n in sub.names))
 
     def key(self, conn: Connection, sub: Subscription, mesh: Any) -> Any:
-        """Equal keys mean the same resolved set; None means "cannot tell: resolve"."""
+        """Equal keys mean the same resolved set; None means "cannot tell: resolve".
+        Memoized per subscription and snapshot: a push computes it when queueing and
+        again when sending."""
         if self._provider_owned(sub) or mesh is None:
             return None
+        memo = sub.key_memo
+        if memo is not None and memo[0] is mesh:
+            return memo[1]
         key_of = getattr(self.generator, "key", None)
         if key_of is None:
             return None
-        return key_of(mesh, conn.proxy, sub.type_url)
+        key = key_of(mesh, conn.proxy, sub.type_url)
+        sub.key_memo = (mesh, key)
+        return key
 
     async def resolve(self, conn: Connection, sub: Subscription, mesh: Any) -> ResourceSet:
         """Every resource of the type this proxy should have (for SDS: the named ones)."""
@@ -85,7 +92,15 @@ def wanted_resources(sub: Subscription, rs: ResourceSet) -> tuple[Sequence, str,
     those, and whether that is the whole set (then its shared blob can be sent)."""
     from ..generators.resources import version_of
 
-    if sub.wildcard or rs.names <= sub.names:
+    if sub.wildcard:
+        return rs, rs.version, True
+    memo = sub.covers_memo  # Envoy's EDS names equal the set's: checked once per pair of sets
+    if memo is not None and memo[0] is rs.names and memo[1] is sub.names:
+        covered = memo[2]
+    else:
+        covered = rs.names <= sub.names
+        sub.covers_memo = (rs.names, sub.names, covered)
+    if covered:
         return rs, rs.version, True
     subset = rs.subset(sorted(sub.names))
     return subset, version_of(subset), False

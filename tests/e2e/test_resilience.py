@@ -1,0 +1,253 @@
+"""Resilience end to end, with a real Envoy gateway carrying a steady request stream:
+
+- bad input (Istio's own invalid corpus and hand-made hostile files) dropped into the
+  config directory of a running meshd never reaches Envoy: each is reported with file,
+  object, field and reason, traffic keeps flowing, Envoy rejects nothing;
+- meshd SIGKILLed or SIGTERMed and restarted on the same ports and CA: no request fails,
+  Envoy reconnects and receives the same (content-derived) versions, so nothing changes.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.test_gateway_ingress import HOST, backends_yaml, gateway_yaml, one_subset, vs_yaml, write
+from tests.harness import REPO, Process, envoy, free_port, http_backend, http_get, meshd, wait_for
+
+pytestmark = pytest.mark.e2e
+
+CORPUS = REPO.parent / "shared/corpus/istio/pkg/config/validation/testdata/crds"
+SERVED = {"destinationrule", "peerauth"}
+
+
+class Traffic:
+    """GETs through the gateway in a loop on a background thread, counting failures."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            try:
+                conn.request("GET", "/api/catalog", headers={"Host": HOST})
+                r = conn.getresponse()
+                body = r.read()
+                if r.status == 200 and body.startswith(b"webapp-v1"):
+                    self.ok += 1
+                else:
+                    self.failures.append(f"{r.status} {body[:80]!r}")
+            except OSError as e:
+                self.failures.append(repr(e))
+            finally:
+                conn.close()
+            time.sleep(0.01)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _setup(tmp_path: Path):
+    cfg = tmp_path / "config"
+    cfg.mkdir()
+    gw_port, backend_port = free_port(), free_port("127.0.0.2")
+    write(cfg / "gateway.yaml", gateway_yaml(gw_port))
+    write(cfg / "backends.yaml", backends_yaml(backend_port))
+    write(cfg / "virtualservice.yaml", vs_yaml(one_subset("v1")))
+    return cfg, gw_port, backend_port
+
+
+def _gateway_args(xds_port: int) -> list[str]:
+    return ["--type", "router", "--namespace", "istio-system", "--pod", "istio-ingressgateway-0",
+            "--ip", "127.0.0.1", "--labels", "istio=ingressgateway,app=istio-ingressgateway",
+            "--xds-address", f"127.0.0.1:{xds_port}"]
+
+
+def _events(log: str, name: str) -> list[dict]:
+    out = []
+    for line in log.splitlines():
+        if line.startswith("{"):
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("event") == name:
+                out.append(ev)
+    return out
+
+
+def _versions(gw) -> dict[str, str]:
+    dump = json.loads(gw.admin("/config_dump"))
+    out = {}
+    for c in dump["configs"]:
+        t = c["@type"].rsplit(".", 1)[-1]
+        if "version_info" in c:
+            out[t] = c["version_info"]
+        for key in ("dynamic_listeners", "dynamic_active_clusters", "dynamic_route_configs"):
+            for item in c.get(key, []):
+                state = item.get("active_state", item)
+                out[f"{t}/{item.get('name') or state.get('cluster', {}).get('name') or state.get('route_config', {}).get('name')}"] = \
+                    state.get("version_info", item.get("version_info"))
+    return out
+
+
+def _hostile_documents() -> dict[str, bytes]:
+    good_vs = vs_yaml(one_subset("v1"))
+    bomb = "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
+        f"{c}: &{c} [{','.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefghi", "bcdefghij"))
+    return {
+        "huge.yaml": b"# " + b"x" * (9 * 1024 * 1024),
+        "deep.yaml": (b"apiVersion: v1\nkind: Service\nmetadata: {name: deep}\nspec: " + b"[" * 5000 + b"]" * 5000),
+        "deep-map.yaml": (b"apiVersion: v1\nkind: Service\nmetadata: {name: deep2}\nspec: " + b"{a: " * 3000 + b"1" + b"}" * 3000),
+        "bomb.yaml": bomb.encode(),
+        "junk.yaml": os.urandom(4096),
+        "nul.yaml": b"apiVersion: v1\x00\x00\xff\xfe",
+        "dupkeys.yaml": good_vs.replace("metadata:", "metadata: {name: dup}\nmetadata:").replace(
+            "name: webapp-vs-from-gw", "name: dup-vs").encode(),
+        "wrongtype.yaml": vs_yaml("    - destination: {host: webapp, port: {number: eighty}}").replace(
+            "webapp-vs-from-gw", "wrongtype-vs").encode(),
+        "wrongtype2.yaml": good_vs.replace(f'hosts: ["{HOST}"]', f'hosts: "{HOST}"').replace(
+            "webapp-vs-from-gw", "wrongtype2-vs").encode(),
+        # the same VirtualService as virtualservice.yaml, sending traffic elsewhere: a conflict
+        "zz-conflict.yaml": vs_yaml(one_subset("v2")).encode(),
+        "notutf8.yaml": "kind: Service\nmetadata: {name: caf\u00e9}\n".encode("latin-1"),
+        "list.yaml": b"- 1\n- 2\n",
+    }
+
+
+def test_bad_input_never_reaches_envoy(tmp_path: Path):
+    cfg, gw_port, backend_port = _setup(tmp_path)
+    with http_backend("127.0.0.2", backend_port, b"webapp-v1"), http_backend("127.0.0.3", backend_port, b"webapp-v2"), \
+            meshd(cfg, tmp_path, extra=["--log-format", "json"]) as cp, envoy(tmp_path, _gateway_args(cp.xds_port)) as gw:
+        wait_for(lambda: http_get("127.0.0.1", gw_port, "/api/catalog", {"Host": HOST})[0] == 200, 15, what="first 200")
+        versions = _versions(gw)
+        expected_rejected: dict[str, str | None] = {}  # file -> field prefix (None: any)
+        expected_unsupported: set[str] = set()
+        with Traffic(gw_port) as traffic:
+            # Istio's own invalid corpus, one document per file
+            for path in sorted(CORPUS.glob("*-invalid.yaml")):
+                kind = path.name.removesuffix("-invalid.yaml")
+                for i, doc in enumerate(d for d in yaml.safe_load_all(path.read_text()) if d):
+                    err = doc.pop("_err", "")
+                    name = f"corpus-{kind}-{i}.yaml"
+                    write(cfg / name, yaml.safe_dump(doc))
+                    if kind in SERVED:
+                        m = re.match(r"^(spec[\w.\[\]]*)(:| in body)", err)
+                        expected_rejected[name] = m.group(1) if m else "spec"  # else: some spec field
+                    else:
+                        expected_unsupported.add(name)
+            for name, data in _hostile_documents().items():
+                (cfg / name).write_bytes(data)
+                expected_rejected[name] = None
+            time.sleep(1.5)  # while meshd reads and reports all that, traffic keeps flowing
+
+            def reported():
+                log = cp.log()
+                files = {Path(e["file"]).name for e in _events(log, "config rejected")}
+                unsup = {Path(e["file"]).name for e in _events(log, "config unsupported")}
+                unsup |= {Path(e["file"]).name for e in _events(log, "config rejected") if Path(e["file"]).name in expected_unsupported}
+                return set(expected_rejected) <= files and expected_unsupported <= unsup
+
+            wait_for(reported, 20, what="every bad file reported")
+            time.sleep(0.5)
+        assert cp.process.alive()
+        rejections = _events(cp.log(), "config rejected")
+        by_file: dict[str, list[dict]] = {}
+        for ev in rejections:
+            by_file.setdefault(Path(ev["file"]).name, []).append(ev)
+        for name, field in expected_rejected.items():
+            evs = by_file[name]
+            for ev in evs:
+                assert ev["reason"] and ev["message"], ev
+            if field:  # Istio's expected field is named (or a parent of it)
+                assert any(ev.get("object") and (ev.get("field") or "") and
+                           (field.startswith(ev["field"]) or ev["field"].startswith(field)) for ev in evs), (field, evs)
+        assert "conflict" in by_file["zz-conflict.yaml"][0]["reason"]
+        assert by_file["wrongtype.yaml"][0]["object"] == "VirtualService istioinaction/wrongtype-vs"
+        assert by_file["wrongtype.yaml"][0]["field"] == "spec.http[0].route[0].destination.port.number"
+        assert traffic.failures == [], traffic.failures[:5]
+        assert traffic.ok > 50
+        assert "meshd_config_rejections_total" in cp.metrics()
+        # Envoy still holds exactly the last good configuration and rejected nothing
+        assert _versions(gw) == versions
+        assert {k: v for k, v in gw.rejected_counters().items() if v} == {}
+        assert gw.stats("control_plane.connected_state") == {"control_plane.connected_state": 1}
+
+        # fixing a file brings its change in; the rest keeps being refused
+        write(cfg / "zz-conflict.yaml", "# nothing here any more\n")
+        (cfg / "virtualservice.yaml").write_text(vs_yaml(one_subset("v2")))
+        wait_for(lambda: http_get("127.0.0.1", gw_port, "/api/catalog", {"Host": HOST})[1].startswith(b"webapp-v2"),
+                 5, what="fix applied")
+        assert {k: v for k, v in gw.rejected_counters().items() if v} == {}
+
+
+def _stats_of_change(gw) -> dict[str, int]:
+    keep = ("listener_manager.listener_added", "listener_manager.listener_modified", "listener_manager.listener_removed",
+            "cluster_manager.cluster_added", "cluster_manager.cluster_modified", "cluster_manager.cluster_removed")
+    s = gw.stats("listener_manager") | gw.stats("cluster_manager")
+    return {k: s.get(k, 0) for k in keep}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_restart_loses_nothing(tmp_path: Path, sig: int):
+    cfg, gw_port, backend_port = _setup(tmp_path)
+    with http_backend("127.0.0.2", backend_port, b"webapp-v1"), \
+            meshd(cfg, tmp_path, extra=["--log-format", "json"]) as cp, envoy(tmp_path, _gateway_args(cp.xds_port)) as gw:
+        wait_for(lambda: http_get("127.0.0.1", gw_port, "/api/catalog", {"Host": HOST})[0] == 200, 15, what="first 200")
+        wait_for(lambda: gw.stats("control_plane.connected_state") == {"control_plane.connected_state": 1}, 5)
+        time.sleep(0.5)
+        versions, changes = _versions(gw), _stats_of_change(gw)
+        argv, first = cp.process.argv, cp.process
+        second = None
+        try:
+            with Traffic(gw_port) as traffic:
+                time.sleep(0.5)
+                t0 = time.monotonic()
+                first.stop(sig)
+                rc = first.proc.returncode
+                if sig == signal.SIGTERM:
+                    # graceful: streams closed, exit 0, quickly
+                    assert rc == 0, first.log_path.read_text()[-2000:]
+                    assert time.monotonic() - t0 < 8
+                    assert "meshd stopping" in first.log_path.read_text()
+                else:
+                    assert rc == -signal.SIGKILL
+                wait_for(lambda: gw.stats("control_plane.connected_state") == {"control_plane.connected_state": 0},
+                         10, what="envoy notices the control plane is gone")
+                time.sleep(1.0)  # envoy serves on without a control plane
+                second = Process("meshd", argv, tmp_path / "meshd-restarted.log",
+                                 env={**os.environ, "PYTHONPATH": str(REPO)})
+                wait_for(lambda: cp.ready() or not second.alive(), 30, what="restarted meshd /ready")
+                assert second.alive(), second.log()
+                wait_for(lambda: gw.stats("control_plane.connected_state") == {"control_plane.connected_state": 1},
+                         30, what="envoy reconnects")
+                wait_for(lambda: "ads" in second.log() and "PUSH" in second.log() or _events(second.log(), "ads push"),
+                         10, interval=0.2, what="restarted meshd serves the gateway")
+                time.sleep(1.5)
+            assert traffic.failures == [], traffic.failures[:5]
+            assert traffic.ok > 100
+            # content-derived versions: the same versions again, and Envoy changed nothing
+            assert _versions(gw) == versions
+            assert _stats_of_change(gw) == changes
+            assert {k: v for k, v in gw.rejected_counters().items() if v} == {}
+        finally:
+            if second is not None:
+                second.stop()
