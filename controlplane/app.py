@@ -279,6 +279,9 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
             member_task.cancel()
         for t in tasks:
             t.cancel()
+        # End the ADS streams now (UNAVAILABLE, "meshd shutting down") rather than after
+        # the grace period: proxies reconnect at once, and meshd exits without waiting.
+        log.info("ads streams closed", streams=ads.close_all())
         await asyncio.gather(*(s.stop(grace=2) for s in servers))
         if plane is not None:
             plane.close()

@@ -56,6 +56,7 @@ class BootstrapParams:
     health_port: int = names.PORT_HEALTH  # 0: no readiness listener
     xds_transport: str = "sotw"  # "sotw" (api_type GRPC) | "delta" (DELTA_GRPC, incremental xDS)
     tls: "XdsTls | None" = None  # None: plaintext xDS (port 15010)
+    locality: str = ""  # "region/zone/subzone": the node's locality (locality load balancing)
 
 
 @dataclass(frozen=True)
@@ -218,8 +219,14 @@ def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
         clusters[0]["transport_socket"] = _xds_transport_socket(p.tls)
         if p.tls.token:
             grpc_service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {p.tls.token}"}]
+    node: dict[str, Any] = {"id": node_id, "cluster": f"{app}.{p.namespace}", "metadata": metadata}
+    if p.locality:
+        parts = (p.locality.split("/", 2) + ["", ""])[:3]
+        if not parts[0].strip():
+            raise ValueError(f"--locality {p.locality!r} is not region[/zone[/subzone]]")
+        node["locality"] = {k: v.strip() for k, v in zip(("region", "zone", "sub_zone"), parts) if v.strip()}
     return {
-        "node": {"id": node_id, "cluster": f"{app}.{p.namespace}", "metadata": metadata},
+        "node": node,
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p.admin_port}}},
         "dynamic_resources": {
             "ads_config": {

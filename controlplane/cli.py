@@ -105,6 +105,15 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
     from ca import CAError
 
+    from .server import grpc_server, workers
+
+    children = []
+    if args.workers > 1 or args.worker_of:
+        grpc_server.share_ports()  # every process binds the xDS ports (SO_REUSEPORT)
+        if args.worker_of:
+            workers.die_with_parent()
+        else:
+            children = workers.start_workers(args.workers, sys.argv[1:])
     try:
         asyncio.run(serve(opts))
     except KeyboardInterrupt:
@@ -112,6 +121,8 @@ def _serve(args: argparse.Namespace) -> int:
     except (CAError, OSError) as e:  # an unusable CA directory: refuse to start, say why
         print(f"meshd: {e}", file=sys.stderr)
         return 2
+    finally:
+        workers.stop_workers(children)
     return 0
 
 
@@ -191,6 +202,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
             health_port=args.health_port,
             xds_transport=args.xds_transport,
             tls=tls,
+            locality=args.locality or "",
         )
         doc = build_bootstrap(params)
     except (ValueError, CAError, OSError) as e:
@@ -260,6 +272,10 @@ def parser() -> argparse.ArgumentParser:
     add_cluster_flags(s)  # --leader-elect, --leader-election-namespace/-id, --leader-lease-duration, ...
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--log-format", default="console", choices=["console", "json"])
+    s.add_argument("--workers", type=int, default=1,
+                   help="processes serving the xDS ports (SO_REUSEPORT; each reads the config itself; "
+                        "monitoring and debug views are the first one's) (default %(default)s)")
+    s.add_argument("--worker-of", type=int, default=0, help=argparse.SUPPRESS)
     s.set_defaults(func=_serve)
 
     b = sub.add_parser(
@@ -285,6 +301,9 @@ UID 1337 in a pod), e.g. chown 1337 FILE.""",
     b.add_argument("--ip", default="127.0.0.1")
     b.add_argument("--labels", default="", help="pod labels, k=v,k2=v2 (a gateway needs the ones its Gateway selects)")
     b.add_argument("--service-account", default="default")
+    b.add_argument("--locality", help="where the proxy runs, region/zone/subzone (Envoy's node.locality); meshd "
+                                       "orders endpoints by it when locality load balancing applies. Topology labels "
+                                       "in --labels (topology.kubernetes.io/region, ...) win over it, as in istiod")
     b.add_argument("--xds-address", help="meshd's ADS address host:port (default 127.0.0.1:15012 with TLS, "
                                           "127.0.0.1:15010 without)")
     b.add_argument("--ca-dir", help="meshd's CA directory: TLS to the secure port, roots from <ca-dir>/trust-bundle.pem, "

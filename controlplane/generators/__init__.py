@@ -50,6 +50,7 @@ class Generator:
         self._standard = table is None
         self._builders = table or builders()
         self._routers = router_parts(self._builders)
+        self._parts_of: dict[tuple[str, str], Sequence[Part]] = {}
         self._resources = ResourceCache(keep_generations)
         self._keep = keep_generations
         # part key -> (epoch last used, set)
@@ -66,7 +67,11 @@ class Generator:
         return tuple(t for t in names.PUSH_ORDER if t in self._builders)
 
     def parts(self, proxy: Proxy, type_url: str) -> Sequence[Part]:
-        return parts_for(proxy, type_url, self._builders, self._routers, self._standard)
+        key = (proxy.type, type_url)
+        got = self._parts_of.get(key)
+        if got is None:
+            got = self._parts_of[key] = parts_for(proxy, type_url, self._builders, self._routers, self._standard)
+        return got
 
     def key(self, mesh: MeshSnapshot, proxy: Proxy, type_url: str) -> tuple:
         """Cache key of `proxy`'s resources of `type_url` under `mesh`: equal keys mean

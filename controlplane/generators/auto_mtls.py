@@ -21,6 +21,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from .. import names
+from ..model.destination_rules import selector_of
 from ..model.mesh import MeshSnapshot
 from ..model.peer_authentication import DISABLE
 from ..model.proxy import SIDECAR, Proxy
@@ -63,7 +64,7 @@ def cluster_tls(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> Cluste
             mode in ("SIMPLE", "MUTUAL")
             and settings.get("credentialName")
             and proxy.type == SIDECAR
-            and not as_map(oc.rule.spec.get("workloadSelector") if oc.rule else None)
+            and (oc.rule is None or selector_of(oc.rule) is None)
         ):
             # istiod never hands a Secret to every sidecar a rule reaches: without a
             # workloadSelector the rule's credentialName leaves the cluster without TLS.

@@ -27,7 +27,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from .. import names
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
-from . import auto_mtls, protocol, traffic_policy
+from . import auto_mtls, locality_lb, protocol, traffic_policy
 from .convert import ads_config_source, struct, typed
 from .destinations import OutboundCluster, outbound_clusters
 from .sidecar_inbound import InboundPort, inbound_ports
@@ -73,6 +73,7 @@ def outbound_cluster(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> c
         c.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
     else:
         c.type = cluster_pb2.Cluster.EDS
+        locality_lb.apply_cluster(c, policy)  # locality weights, when the assignment carries them
         c.eds_cluster_config.CopyFrom(
             cluster_pb2.Cluster.EdsClusterConfig(service_name=oc.name, eds_config=ads_config_source())
         )

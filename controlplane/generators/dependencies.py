@@ -35,9 +35,14 @@ VIRTUAL_SERVICE = kinds.VIRTUAL_SERVICE.kind
 DESTINATION_RULE = kinds.DESTINATION_RULE.kind
 PEER_AUTHENTICATION = kinds.PEER_AUTHENTICATION.kind
 SERVICE = kinds.SERVICE.kind
+# Secrets are read only as credentials (model/credentials.py): by the SDS builder, by
+# gateway listeners (credentialName servers) and by clusters whose DestinationRule names
+# a `credentialName` (through MeshFacts.namespace_secrets, so a Secret change leaves
+# everything else cached).
+SECRET = kinds.SECRET.kind
 ENDPOINT_KINDS = frozenset({kinds.ENDPOINT_SLICE.kind, kinds.POD.kind})
 # Kinds whose readers are declared precisely (dependency sets in parts.py).
-KNOWN_KINDS = frozenset({GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE}) | ENDPOINT_KINDS
+KNOWN_KINDS = frozenset({GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, SECRET}) | ENDPOINT_KINDS
 
 OTHER = "*other*"
 MESH_VERSION = "*mesh*"  # the whole snapshot: for output nobody has analysed
@@ -46,7 +51,7 @@ MESH_VERSION = "*mesh*"  # the whole snapshot: for output nobody has analysed
 # in it, so it leaves every route configuration cached.
 DR_ROUTING = "*dr-routing*"
 ENDPOINT_FACTS = "*endpoint-facts*"
-ALL_CONFIG = (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, OTHER, ENDPOINT_FACTS)
+ALL_CONFIG = (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, SECRET, OTHER, ENDPOINT_FACTS)
 
 
 def _digest(parts: Iterable[str]) -> str:
@@ -79,6 +84,11 @@ class MeshFacts:
         self._namespace_modes: dict[str, str] = {}
         self._source_labels: bool | None = None
         self._headless_ips: frozenset[str] | None = None
+        self._dr_selectors: dict[tuple, tuple] = {}
+        self._dr_credentials: bool | None = None
+        self._namespace_secrets: dict[str, str] | None = None
+        self._locality_inputs: tuple[bool, bool] | None = None
+        self._localized_hosts: frozenset[str] | None = None
 
     @property
     def mesh(self) -> MeshSnapshot:
@@ -114,7 +124,7 @@ class MeshFacts:
             for dr in self.mesh.destination_rules:
                 spec = dr.spec
                 lines.append(f"{dr.namespace}/{dr.name} host={spec.get('host')} export={spec.get('exportTo')} "
-                             f"lb={_load_balancers(spec)}")
+                             f"selector={spec.get('workloadSelector')!r} lb={_load_balancers(spec)}")
             self._dr_routing = _digest(lines)
         return self._dr_routing
 
@@ -160,6 +170,56 @@ class MeshFacts:
             )
         return self._headless_ips
 
+    def locality_inputs(self) -> tuple[bool, bool]:
+        """Whether some assignment can depend on the proxy's locality (a DestinationRule
+        sets `outlierDetection`, which turns on the mesh's default locality failover, or
+        a `localityLbSetting`) and on its labels (`failoverPriority`). Without such
+        rules, proxies in different localities share their endpoints."""
+        if self._locality_inputs is None:
+            text = [repr(dr.spec.get("trafficPolicy")) + repr(dr.spec.get("subsets")) for dr in self.mesh.destination_rules]
+            # Plain failover orders localities of endpoints: with every endpoint in the
+            # empty locality, it gives one priority wherever the proxy is.
+            failover = any("outlierDetection" in t or "localityLbSetting" in t for t in text) and bool(self.localized_hosts())
+            self._locality_inputs = (
+                failover or any("distribute" in t or "failoverPriority" in t for t in text),
+                any("failoverPriority" in t for t in text),
+            )
+        return self._locality_inputs
+
+    def localized_hosts(self) -> frozenset[str]:
+        """Hosts with at least one endpoint in a known locality."""
+        if self._localized_hosts is None:
+            self._localized_hosts = frozenset(host for (host, _), eps in self.mesh.endpoints.items()
+                                              if any(ep.locality for ep in eps))
+        return self._localized_hosts
+
+    def dr_selectors(self, namespace: str, labels, label_key: tuple | None = None) -> tuple:
+        """The DestinationRule `workloadSelector`s of `namespace` that select a proxy with
+        `labels`: with the namespace, all a proxy's rule lookups depend on. Empty unless
+        such a rule selects the proxy, so proxies without one keep sharing output."""
+        key = (namespace, label_key if label_key is not None else tuple(sorted(labels.items())))
+        got = self._dr_selectors.get(key)
+        if got is None:
+            got = self._dr_selectors[key] = self.mesh.dr_selectors(namespace, labels)
+        return got
+
+    def uses_dr_credentials(self) -> bool:
+        """Whether some DestinationRule names a `credentialName`: only then do outbound
+        clusters depend on Secrets (destinations.credential_problem)."""
+        if self._dr_credentials is None:
+            self._dr_credentials = any("credentialName" in repr(dr.spec) for dr in self.mesh.destination_rules)
+        return self._dr_credentials
+
+    def namespace_secrets(self, namespace: str) -> str:
+        """Fingerprint of the credentials (Secrets) of one namespace: all a proxy of that
+        namespace can be sent over SDS."""
+        if self._namespace_secrets is None:
+            per_ns: dict[str, list[str]] = {}
+            for (ns, name), cred in self.mesh.credentials.items():
+                per_ns.setdefault(ns, []).append(f"{name}={cred.generation}")
+            self._namespace_secrets = {ns: _digest(sorted(v)) for ns, v in per_ns.items()}
+        return self._namespace_secrets.get(namespace, "")
+
     def uses_source_labels(self) -> bool:
         """Whether any VirtualService matches on `sourceLabels`: only then do a sidecar's
         routes (and TCP listeners) depend on its labels."""
@@ -197,9 +257,9 @@ class MeshFacts:
             )
         return got
 
-    def mtls_policy(self, namespace: str, labels) -> tuple:
+    def mtls_policy(self, namespace: str, labels, label_key: tuple | None = None) -> tuple:
         """The effective PeerAuthentication of a workload, as the inbound side reads it."""
-        key = (namespace, tuple(sorted(labels.items())))
+        key = (namespace, label_key if label_key is not None else tuple(sorted(labels.items())))
         got = self._policies.get(key)
         if got is None:
             pol = self.mesh.mtls_policy(namespace, labels)

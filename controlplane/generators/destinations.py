@@ -4,19 +4,36 @@ istiod gives a gateway, and every sidecar (no Sidecar resource narrows it here),
 cluster for every port of every service (`outbound|port||host`) plus one per
 DestinationRule subset of that host (`outbound|port|subset|host`). UDP ports get none:
 Envoy proxies TCP and HTTP only.
+
+The rule of a host is the one the proxy sees (its namespace and labels: a rule's
+`workloadSelector` narrows it to the proxies it selects, model/destination_rules.py).
+
+A cluster whose DestinationRule `tls` takes its certificate or CA from a Secret
+(`credentialName`) that this proxy will never be sent over SDS (the proxy is not
+authenticated, or the Secret, its key or its CA is missing in the proxy's namespace) is
+left out, and reported: Envoy would keep it warming, and with it every cluster and
+listener of the proxy, waiting for the secret. Traffic routed to it fails (503, no
+cluster), as it fails in istiod once its credential fetch times out; it never goes out
+in plaintext.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
+
+import structlog
 
 from .. import names
 from ..config.objects import ConfigObject
+from ..model.credentials import sds_ca_name, sds_name
+from ..model.destination_rules import rule_host, selector_of
 from ..model.mesh import MeshSnapshot
-from ..model.proxy import Proxy
+from ..model.proxy import SIDECAR, Proxy
 from ..model.services import Service, ServicePort
-from . import protocol
-from .convert import as_list, as_map
+from . import protocol, traffic_policy
+from .convert import as_int, as_list, as_map
+
+log = structlog.get_logger("meshd.generators")
 
 
 @dataclass(frozen=True)
@@ -43,7 +60,7 @@ def service_clusters(mesh: MeshSnapshot, proxy: Proxy, svc: Service) -> list[Out
     of different services never collide)."""
     out: list[OutboundCluster] = []
     seen: set[str] = set()
-    rule = mesh.destination_rule(svc.hostname, proxy.namespace)
+    rule = mesh.destination_rule(svc.hostname, proxy.namespace, proxy.labels)
     for sp in svc.ports:
         proto = protocol.of_service_port(sp)
         if proto == protocol.UDP:
@@ -52,7 +69,140 @@ def service_clusters(mesh: MeshSnapshot, proxy: Proxy, svc: Service) -> list[Out
             # A repeated subset name would give Envoy two clusters with one name.
             if oc.name not in seen:
                 seen.add(oc.name)
+                if rule is not None and _credential_left_out(mesh, proxy, oc):
+                    continue
                 out.append(oc)
+    return out
+
+
+# --- DestinationRule credentials a proxy will never get ---------------------------------
+
+
+@dataclass(frozen=True)
+class CredentialProblem:
+    """A DestinationRule `tls.credentialName` that a proxy cannot be served."""
+
+    rule: str  # "namespace/name" of the DestinationRule that sets it
+    field: str  # e.g. "spec.trafficPolicy.tls.credentialName"
+    reason: str
+
+    def message(self) -> str:
+        return f"DestinationRule {self.rule}: {self.field}: {self.reason}"
+
+
+def credential_problem(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> CredentialProblem | None:
+    """Why the client TLS of `oc` cannot be set up on `proxy`: its `credentialName` Secret
+    would never be served to it over SDS. None: it can (or no Secret is involved)."""
+    if oc.rule is None:
+        return None
+    settings = as_map(traffic_policy.effective_policy(oc.rule.spec, oc.port.port, oc.subset).get("tls"))
+    credential = str(settings.get("credentialName") or "")
+    mode = str(settings.get("mode") or "DISABLE").upper()
+    if not credential or mode not in ("SIMPLE", "MUTUAL"):
+        return None
+    if proxy.type == SIDECAR and selector_of(oc.rule) is None:
+        return None  # istiod ignores it there: no TLS at all (auto_mtls.cluster_tls)
+    reason = None
+    if not proxy.workload_cert:
+        reason = (f"credential {sds_name(credential)} is only served to a proxy that proved its identity "
+                  "(this one is connected to the plaintext xDS port)")
+    elif "/" in credential or "://" in credential:
+        reason = f"credential {credential}: meshd serves only Secret names of the proxy's own namespace"
+    else:
+        cred = mesh.credential(proxy.namespace, credential)
+        if mode == "MUTUAL" and (cred is None or not (cred.cert_chain and cred.private_key)):
+            reason = (f"credential {sds_name(credential)}: no Secret {credential} with a certificate and key "
+                      f"in namespace {proxy.namespace}")
+        elif not settings.get("insecureSkipVerify") and not mesh.ca_credential(proxy.namespace, credential):
+            reason = (f"credential {sds_ca_name(credential)}: no Secret {credential}-cacert and no ca.crt in "
+                      f"Secret {credential} in namespace {proxy.namespace}")
+    if reason is None:
+        return None
+    owner, path = _tls_source(mesh, oc, credential)
+    return CredentialProblem(owner, path + ".credentialName", reason + "; the cluster is left out")
+
+
+def _credential_left_out(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> bool:
+    problem = credential_problem(mesh, proxy, oc)
+    if problem is None:
+        return False
+    _report(proxy, oc, problem)
+    return True
+
+
+def _tls_source(mesh: MeshSnapshot, oc: OutboundCluster, credential: str) -> tuple[str, str]:
+    """The rule (of those merged into `oc.rule`) that names `credential` for the cluster,
+    and the path of its `tls` block."""
+    rule = oc.rule
+    assert rule is not None
+    host = rule_host(rule)
+    same = sorted((dr for dr in mesh.destination_rules if dr.namespace == rule.namespace and rule_host(dr) == host),
+                  key=lambda dr: dr.name != rule.name)  # the merged rule's own name first
+    for dr in same:
+        path = _tls_path(dr.spec, oc.port.port, oc.subset, credential)
+        if path is not None:
+            return f"{dr.namespace}/{dr.name}", path
+    return f"{rule.namespace}/{rule.name}", "spec.trafficPolicy.tls"
+
+
+def _tls_path(spec: Mapping[str, Any], port: int, subset: str, credential: str) -> str | None:
+    """Where in `spec` a `tls` naming `credential` applies to `port` (and `subset`), most
+    specific first (the order traffic_policy.effective_policy layers them)."""
+    places: list[tuple[str, Any]] = []
+    for i, s in enumerate(as_list(spec.get("subsets"))):
+        if subset and as_map(s).get("name") == subset:
+            places.append((f"spec.subsets[{i}].trafficPolicy", as_map(as_map(s).get("trafficPolicy"))))
+            break
+    places.append(("spec.trafficPolicy", as_map(spec.get("trafficPolicy"))))
+    for where, policy in places:
+        for j, pl in enumerate(as_list(policy.get("portLevelSettings"))):
+            pl = as_map(pl)
+            if as_int(as_map(pl.get("port")).get("number")) == port and _names(pl.get("tls"), credential):
+                return f"{where}.portLevelSettings[{j}].tls"
+        if _names(policy.get("tls"), credential):
+            return f"{where}.tls"
+    return None
+
+
+def _names(tls: Any, credential: str) -> bool:
+    return str(as_map(tls).get("credentialName") or "") == credential
+
+
+_reported: set[tuple] = set()
+
+
+def _report(proxy: Proxy, oc: OutboundCluster, problem: CredentialProblem) -> None:
+    """One event per problem and kind of proxy when it first appears (generation is
+    cached, so this runs once per distinct output, not once per proxy)."""
+    key = (problem, proxy.type, proxy.namespace, proxy.workload_cert)
+    if key in _reported:
+        return
+    if len(_reported) > 10_000:
+        _reported.clear()
+    _reported.add(key)
+    log.warning(
+        "destination rule conflict", destination_rule=problem.rule, field=problem.field, reason=problem.reason,
+        cluster=oc.name, proxy=proxy.id, proxy_type=proxy.type, namespace=proxy.namespace, action="ignored",
+        message=problem.message(),
+    )
+
+
+def credential_problems(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, CredentialProblem]]:
+    """(cluster, problem) for every outbound cluster left out of `proxy`'s CDS (debug
+    views and golden notes)."""
+    out = []
+    for svc in sorted(mesh.services.values(), key=lambda s: s.hostname):
+        rule = mesh.destination_rule(svc.hostname, proxy.namespace, proxy.labels)
+        if rule is None:
+            continue
+        for sp in svc.ports:
+            proto = protocol.of_service_port(sp)
+            if proto == protocol.UDP:
+                continue
+            for oc in _clusters_for_port(svc, sp, proto, rule):
+                problem = credential_problem(mesh, proxy, oc)
+                if problem is not None:
+                    out.append((oc.name, problem))
     return out
 
 

@@ -8,6 +8,11 @@ Routers and sidecars get the same outbound clusters (sidecars reach headless ser
 through ORIGINAL_DST clusters, which have no assignment). Endpoints that should be
 reached over Istio mTLS carry `envoy.transport_socket_match: {tlsMode: istio}` metadata,
 which the clusters' transport_socket_matches key on (auto_mtls.py).
+
+Endpoints are grouped by locality (region/zone/subzone of their pod, sorted; weight =
+endpoint count). The DestinationRule's `localityLbSetting` then sets priorities or
+locality weights relative to the proxy's own locality (locality_lb.py), so an
+assignment can differ between proxies in different localities.
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ from .. import names
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
 from ..model.services import Endpoint, labels_match
-from . import auto_mtls
+from ..model.locality import Locality
+from . import auto_mtls, locality_lb, traffic_policy
 from .destinations import OutboundCluster, outbound_clusters
 
 
@@ -35,8 +41,13 @@ def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
         ct = auto_mtls.cluster_tls(mesh, proxy, oc)
         eps = cluster_endpoints(mesh, oc)
         mtls = {(ep.address, ep.port) for ep in eps if auto_mtls.endpoint_wants_mtls(mesh, oc, ep, ct)}
-        out.append((oc.name, load_assignment(oc, eps, mtls)))
+        out.append((oc.name, load_assignment(oc, eps, mtls, proxy)))
     return out
+
+
+def cluster_policy(oc: OutboundCluster) -> dict:
+    """The effective traffic policy of the cluster (what its CDS side applies too)."""
+    return traffic_policy.effective_policy(oc.rule.spec if oc.rule else None, oc.port.port, oc.subset)
 
 
 def cluster_endpoints(mesh: MeshSnapshot, oc: OutboundCluster) -> list[Endpoint]:
@@ -50,20 +61,30 @@ def cluster_endpoints(mesh: MeshSnapshot, oc: OutboundCluster) -> list[Endpoint]
 
 
 def load_assignment(
-    oc: OutboundCluster, endpoints: list[Endpoint], mtls: set[tuple[str, int]] | None = None
+    oc: OutboundCluster, endpoints: list[Endpoint], mtls: set[tuple[str, int]] | None = None,
+    proxy: Proxy | None = None,
 ) -> endpoint_pb2.ClusterLoadAssignment:
+    """The cluster's assignment; with `proxy`, prioritized / weighted for its locality."""
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=oc.name)
     if not endpoints:
         return cla
-    locality = cla.endpoints.add()
-    locality.locality.SetInParent()  # one locality until meshd knows about zones
-    # gRPC xDS clients drop a locality whose weight is 0 (or unset).
-    locality.load_balancing_weight.value = len(endpoints)
+    groups: dict[Locality, list[Endpoint]] = {}
     for ep in endpoints:
-        lb = _lb_endpoint(ep)
-        if mtls and (ep.address, ep.port) in mtls:
-            lb.metadata.filter_metadata[names.TRANSPORT_SOCKET_MATCH].CopyFrom(auto_mtls.endpoint_metadata())
-        locality.lb_endpoints.append(lb)
+        groups.setdefault(ep.locality, []).append(ep)
+    ordered = [groups[loc] for loc in sorted(groups)]
+    for loc, eps in zip(sorted(groups), ordered):
+        llb = cla.endpoints.add()
+        llb.locality.SetInParent()
+        llb.locality.region, llb.locality.zone, llb.locality.sub_zone = loc
+        # gRPC xDS clients drop a locality whose weight is 0 (or unset).
+        llb.load_balancing_weight.value = len(eps)
+        for ep in eps:
+            lb = _lb_endpoint(ep)
+            if mtls and (ep.address, ep.port) in mtls:
+                lb.metadata.filter_metadata[names.TRANSPORT_SOCKET_MATCH].CopyFrom(auto_mtls.endpoint_metadata())
+            llb.lb_endpoints.append(lb)
+    if proxy is not None:
+        locality_lb.apply(cla, ordered, cluster_policy(oc), proxy.locality, proxy.labels)
     return cla
 
 

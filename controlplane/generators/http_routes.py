@@ -425,7 +425,7 @@ def _apply_mirrors(action: rc.RouteAction, vs: ConfigObject, rule: Mapping[str, 
 def hash_policy(dest: Mapping[str, Any], vs_namespace: str, ctx: RouteContext) -> rc.RouteAction.HashPolicy | None:
     """The consistent-hash key a DestinationRule asks for on this destination."""
     host = names.resolve_host(str(dest.get("host") or ""), vs_namespace)
-    dr = ctx.mesh.destination_rule(host, ctx.proxy.namespace)
+    dr = ctx.mesh.destination_rule(host, ctx.proxy.namespace, ctx.proxy.labels)
     if dr is None:
         return None
     port = as_int(as_map(dest.get("port")).get("number"), 0) or 0

@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 from .. import names
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
-from . import auto_mtls, clusters, endpoints
+from . import auto_mtls, clusters, endpoints, locality_lb
 from .dependencies import (
     ALL_CONFIG,
     DESTINATION_RULE,
@@ -35,6 +35,7 @@ from .dependencies import (
     MESH_VERSION,
     OTHER,
     PEER_AUTHENTICATION,
+    SECRET,
     SERVICE,
     VIRTUAL_SERVICE,
     MeshFacts,
@@ -100,13 +101,27 @@ class Part:
 # --- scopes: which of the proxy's properties a part reads -----------------------------
 
 def _client_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
-    # Outbound clusters and endpoints: DestinationRule lookup by the client namespace,
-    # ORIGINAL_DST and credentialName handling by type, mTLS by certificate.
-    return (proxy.type, proxy.namespace, proxy.workload_cert)
+    # Outbound clusters and endpoints: DestinationRule lookup by the client namespace
+    # (and by the labels, only when a rule's workloadSelector selects the proxy: the
+    # selectors that do, not the labels, so that such proxies share too), ORIGINAL_DST
+    # and credentialName handling by type, mTLS by certificate, clusters left out for
+    # want of a credential by the Secrets of the namespace (only if a rule names one).
+    secrets = facts.namespace_secrets(proxy.namespace) if facts.uses_dr_credentials() else None
+    selectors = facts.dr_selectors(proxy.namespace, proxy.labels, proxy.label_key)
+    return (proxy.type, proxy.namespace, proxy.workload_cert, selectors, secrets)
+
+
+def _eds_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
+    # Endpoints also read the proxy's locality (and labels, for failoverPriority), but
+    # only when some DestinationRule can make them matter: 2,000 sidecars of a namespace
+    # share one generation per locality, or one in all when no rule reads it.
+    by_locality, by_labels = facts.locality_inputs()
+    return (_client_scope(facts, proxy), proxy.locality if by_locality else None,
+            proxy.label_key if by_labels else None)
 
 
 def _labels(facts: MeshFacts, proxy: Proxy) -> tuple:
-    return tuple(sorted(proxy.labels.items())) if facts.uses_source_labels() else ()
+    return proxy.label_key if facts.uses_source_labels() else ()
 
 
 def _outbound_listener_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
@@ -115,12 +130,13 @@ def _outbound_listener_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
 
 
 def _route_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
-    return (proxy.namespace, _labels(facts, proxy))
+    # Routes read DestinationRules too (consistent hash), as the proxy sees them.
+    return (proxy.namespace, _labels(facts, proxy), facts.dr_selectors(proxy.namespace, proxy.labels, proxy.label_key))
 
 
 def _inbound_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
     # The replicas of a workload (same services and ports, same effective policy) share it.
-    return (facts.mtls_policy(proxy.namespace, proxy.labels), proxy.workload_cert, facts.instance_shape(proxy.ip))
+    return (facts.mtls_policy(proxy.namespace, proxy.labels, proxy.label_key), proxy.workload_cert, facts.instance_shape(proxy.ip))
 
 
 def _instances_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
@@ -129,6 +145,17 @@ def _instances_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
 
 def _group_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
     return proxy.group_key()
+
+
+def _router_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
+    # Gateway listeners leave out the TLS servers whose credentials are missing in the
+    # gateway's namespace (gateway_tls.unusable_reason): the only Secrets they read.
+    return proxy.group_key() + (facts.namespace_secrets(proxy.namespace),)
+
+
+def _secret_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
+    # secrets.build: the credentials of the proxy's namespace, for an authenticated proxy.
+    return (proxy.namespace, proxy.workload_cert, facts.namespace_secrets(proxy.namespace) if proxy.workload_cert else "")
 
 
 # --- builders ---------------------------------------------------------------------------
@@ -152,6 +179,8 @@ def _cluster_key(facts: MeshFacts, proxy: Proxy, oc: OutboundCluster) -> tuple:
         facts.service_accounts(svc.hostname), facts.namespace_mode(svc.namespace),
         facts.endpoint_facts() if svc.headless else "",
     )
+    # (A cluster whose credential cannot be served is left out before it is built, so
+    # the Secrets never reach this key: the part's scope carries them.)
 
 
 def _outbound_clusters(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: ResourceCache, facts: MeshFacts) -> list[Resource]:
@@ -199,14 +228,28 @@ def _assignment(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster, cache: Re
     cluster's inputs plus the host's endpoints and the PeerAuthentications (endpoint
     metadata follows each endpoint's own policy)."""
     host = oc.service.hostname
-    key = ("eds",) + _cluster_key(facts, proxy, oc) + (facts.host_endpoints().get(host, ""), facts.kind(PEER_AUTHENTICATION))
+    key = ("eds",) + _cluster_key(facts, proxy, oc) + (facts.host_endpoints().get(host, ""), facts.kind(PEER_AUTHENTICATION),
+                                                         _locality_key(facts, proxy, oc))
     res = cache.get(key)
     if res is None:
         ct = auto_mtls.cluster_tls(mesh, proxy, oc)
         eps = endpoints.cluster_endpoints(mesh, oc)
         mtls = {(ep.address, ep.port) for ep in eps if auto_mtls.endpoint_wants_mtls(mesh, oc, ep, ct)}
-        res = cache.put(key, pack(oc.name, names.ENDPOINT, endpoints.load_assignment(oc, eps, mtls)))
+        res = cache.put(key, pack(oc.name, names.ENDPOINT, endpoints.load_assignment(oc, eps, mtls, proxy)))
     return res
+
+
+def _locality_key(facts: MeshFacts, proxy: Proxy, oc: OutboundCluster) -> tuple | None:
+    """What one assignment reads of the proxy for locality load balancing: nothing
+    unless the cluster's own policy applies it (locality_lb.py)."""
+    by_locality, by_labels = facts.locality_inputs()
+    if not (by_locality or by_labels):
+        return None
+    policy = endpoints.cluster_policy(oc)
+    if not locality_lb.reads_proxy_locality(policy, oc.service.hostname in facts.localized_hosts()):
+        return None
+    labels = proxy.label_key if locality_lb.reads_proxy_labels(policy) else None
+    return (proxy.locality, labels)
 
 
 def _endpoints_of_hosts(mesh: MeshSnapshot, proxy: Proxy, cache: ResourceCache, facts: MeshFacts,
@@ -247,7 +290,9 @@ def _sidecar_routes(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: Resourc
 
 CLIENT_DEPS = (SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, OTHER, ENDPOINT_FACTS)
 # Routers read (almost) everything but are few: one part per type, all config kinds.
-ROUTER_DEPS = ALL_CONFIG
+# Secrets are left out: what a gateway reads of them (credentialName servers) is the
+# Secrets of its own namespace, carried by its scope (_router_scope).
+ROUTER_DEPS = tuple(d for d in ALL_CONFIG if d != SECRET)
 
 SIDECAR_PARTS: dict[str, Sequence[Part]] = {
     names.CLUSTER: (
@@ -255,7 +300,7 @@ SIDECAR_PARTS: dict[str, Sequence[Part]] = {
         Part("sidecar-inbound-clusters", names.CLUSTER, (SERVICE, OTHER), _instances_scope, _inbound_clusters),
     ),
     names.ENDPOINT: (
-        Part("sidecar-endpoints", names.ENDPOINT, CLIENT_DEPS, _client_scope, _endpoints, endpoints=True,
+        Part("sidecar-endpoints", names.ENDPOINT, CLIENT_DEPS, _eds_scope, _endpoints, endpoints=True,
              update_hosts=_endpoints_of_hosts),
     ),
     names.LISTENER: (
@@ -272,13 +317,23 @@ SIDECAR_PARTS: dict[str, Sequence[Part]] = {
 def router_parts(table: dict[str, Builder]) -> dict[str, Sequence[Part]]:
     out: dict[str, Sequence[Part]] = {
         names.CLUSTER: (Part("router-clusters", names.CLUSTER, CLIENT_DEPS, _client_scope, _outbound_clusters),),
-        names.ENDPOINT: (Part("router-endpoints", names.ENDPOINT, CLIENT_DEPS, _client_scope, _endpoints, endpoints=True,
+        names.ENDPOINT: (Part("router-endpoints", names.ENDPOINT, CLIENT_DEPS, _eds_scope, _endpoints, endpoints=True,
                               update_hosts=_endpoints_of_hosts),),
     }
     for type_url in (names.LISTENER, names.ROUTE):
         if type_url in table:
-            out[type_url] = (Part(f"router-{names.SHORT[type_url].lower()}", type_url, ROUTER_DEPS, _group_scope, whole(table[type_url])),)
+            scope = _router_scope if type_url == names.LISTENER else _group_scope
+            out[type_url] = (Part(f"router-{names.SHORT[type_url].lower()}", type_url, ROUTER_DEPS, scope, whole(table[type_url])),)
+    if names.SECRET in table:
+        out[names.SECRET] = (secret_part("router-secrets", table[names.SECRET]),)
     return out
+
+
+def secret_part(name: str, builder: Builder) -> Part:
+    """Credentials (`kubernetes://...`): they read the Secrets of the proxy's namespace
+    and nothing else, so no other change rebuilds them and a Secret change rebuilds only
+    the namespace's."""
+    return Part(name, names.SECRET, (), _secret_scope, whole(builder))
 
 
 def fallback_part(type_url: str, builder: Builder) -> Part:
@@ -298,6 +353,8 @@ def parts_for(proxy: Proxy, type_url: str, table: dict[str, Builder], routers: d
     if standard:
         if proxy.type == SIDECAR and type_url in SIDECAR_PARTS:
             return SIDECAR_PARTS[type_url]
+        if proxy.type == SIDECAR and type_url == names.SECRET:
+            return (secret_part("sidecar-secrets", builder),)
         if proxy.type == ROUTER and type_url in routers:
             return routers[type_url]
     return (fallback_part(type_url, builder),)

@@ -32,9 +32,9 @@ class Resource:
     any: any_pb2.Any  # packed once; reused for every response that carries it
     version: str  # content hash (hex) of the serialized resource
 
-    @property
+    @cached_property
     def size(self) -> int:
-        return len(self.any.value)
+        return len(self.any.value)  # (upb copies the bytes on every access: once)
 
     # Wire forms, made on first use and kept (cached_property writes the instance
     # __dict__, which a frozen dataclass allows).

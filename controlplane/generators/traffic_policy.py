@@ -99,7 +99,7 @@ def apply(cluster: cluster_pb2.Cluster, policy: Mapping[str, Any], http2: bool) 
     """Apply connection pool, load balancer and outlier detection settings."""
     pool = as_map(policy.get("connectionPool"))
     http_options = _apply_connection_pool(cluster, pool)
-    _apply_outlier_detection(cluster, as_map(policy.get("outlierDetection")))
+    _apply_outlier_detection(cluster, policy.get("outlierDetection"))
     _apply_load_balancer(cluster, as_map(policy.get("loadBalancer")))
     _set_http_protocol_options(cluster, http_options, _http2_wanted(pool, http2),
                                as_map(pool.get("http")))
@@ -176,9 +176,12 @@ def _set_http_protocol_options(
     cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(typed(opts))
 
 
-def _apply_outlier_detection(cluster: cluster_pb2.Cluster, od: Mapping[str, Any]) -> None:
-    if not od:
+def _apply_outlier_detection(cluster: cluster_pb2.Cluster, od: Any) -> None:
+    # An empty `outlierDetection: {}` still turns detection on with Envoy's defaults
+    # (5 consecutive 5xx), as in istiod; locality failover relies on it.
+    if od is None:
         return
+    od = as_map(od)
     out = outlier_detection_pb2.OutlierDetection(enforcing_success_rate=wrappers_pb2.UInt32Value(value=0))
     errors = as_int(od.get("consecutive5xxErrors"))
     if errors is not None:

@@ -113,16 +113,24 @@ class MeshSnapshot:
                 return svc
         return None
 
-    def destination_rule(self, hostname: str, client_namespace: str) -> ConfigObject | None:
-        """The DestinationRule for a host as seen from `client_namespace`, as istiod picks
-        it: the client's namespace, then the service's, then the root namespace, honouring
-        `exportTo`; several rules for one host in a namespace are merged
-        (destination_rules.py)."""
+    def destination_rule(self, hostname: str, client_namespace: str,
+                         labels: Mapping[str, str] | None = None) -> ConfigObject | None:
+        """The DestinationRule for a host as seen from a proxy of `client_namespace` with
+        `labels`, as istiod picks it: the client's namespace (a rule whose
+        `workloadSelector` selects the proxy first), then the service's, then the root
+        namespace, honouring `exportTo`; several rules for one host in a namespace are
+        merged (destination_rules.py). Without `labels`, selector rules are not seen."""
         if self._dr_index is None:
             return self._legacy_destination_rule(hostname, client_namespace)
         svc = self.services.get(hostname)
-        got = self._dr_index.lookup(hostname, client_namespace, svc.namespace if svc else None)
+        got = self._dr_index.lookup(hostname, client_namespace, svc.namespace if svc else None, labels)
         return got.rule if got is not None else None
+
+    def dr_selectors(self, namespace: str, labels: Mapping[str, str]) -> tuple:
+        """The `workloadSelector`s of `namespace`'s DestinationRules that select a proxy with
+        `labels` (empty for most proxies): proxies of one namespace with equal answers
+        see the same rules."""
+        return self._dr_index.selectors_matching(namespace, labels) if self._dr_index is not None else ()
 
     def _legacy_destination_rule(self, hostname: str, client_namespace: str) -> ConfigObject | None:
         # A snapshot built without build_mesh (tests constructing MeshSnapshot directly).

@@ -6,7 +6,10 @@ carries LABELS, NAMESPACE, SERVICE_ACCOUNT, ... (as pilot-agent sends them).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping
+
+from .locality import NO_LOCALITY, Locality, from_labels
 
 ROUTER = "router"
 SIDECAR = "sidecar"
@@ -31,6 +34,15 @@ class Proxy:
     # decides: only streams that proved an identity get one. Without it, generated config
     # must never reference `default`, or Envoy would wait for it forever.
     workload_cert: bool = True
+    # Where the proxy runs (locality.py): its workload's topology labels, else the
+    # Envoy node's `locality`. EDS priorities and weights depend on it.
+    locality: Locality = NO_LOCALITY
+
+    @cached_property
+    def label_key(self) -> tuple:
+        """The labels as a sorted tuple, made once per proxy: cache keys of every push
+        read it for thousands of proxies."""
+        return tuple(sorted(self.labels.items()))
 
     @property
     def short(self) -> str:
@@ -43,9 +55,10 @@ class Proxy:
         return (
             self.type,
             self.namespace,
-            tuple(sorted(self.labels.items())),
+            self.label_key,
             self.ip if self.type == SIDECAR else "",
             self.workload_cert,
+            self.locality,
         )
 
 
@@ -60,8 +73,21 @@ def _metadata_dict(metadata: Any) -> dict[str, Any]:
     return MessageToDict(metadata)
 
 
-def parse_node(node_id: str, metadata: Any = None) -> Proxy:
-    """Build a Proxy from an Envoy node id and its metadata (Struct or dict)."""
+def _node_locality(locality: Any) -> Locality:
+    """An Envoy node's `locality` (envoy.config.core.v3.Locality, a dict or "r/z/s")."""
+    if locality is None:
+        return NO_LOCALITY
+    if isinstance(locality, str):
+        return Locality.parse(locality)
+    if isinstance(locality, Mapping):
+        return Locality(str(locality.get("region") or ""), str(locality.get("zone") or ""),
+                        str(locality.get("sub_zone") or locality.get("subZone") or ""))
+    return Locality(str(locality.region), str(locality.zone), str(locality.sub_zone))
+
+
+def parse_node(node_id: str, metadata: Any = None, locality: Any = None) -> Proxy:
+    """Build a Proxy from an Envoy node id, its metadata (Struct or dict) and its
+    locality. As istiod, the workload's topology labels win over the node's locality."""
     parts = node_id.split("~")
     if len(parts) != 4:
         raise NodeError(f"node id {node_id!r}: want <type>~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>")
@@ -89,4 +115,5 @@ def parse_node(node_id: str, metadata: Any = None) -> Proxy:
         labels=labels,
         metadata=md,
         cluster_id=str(md.get("CLUSTER_ID") or "Kubernetes"),
+        locality=from_labels(labels) or _node_locality(locality),
     )

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping
 
 from ..config.objects import ConfigObject
 from ..names import fqdn
+from .locality import NO_LOCALITY, Locality, from_labels
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Endpoint:
     namespace: str = ""
     service_account: str = ""
     ready: bool = True
+    locality: Locality = NO_LOCALITY  # from the pod's labels (locality.py)
 
 
 def labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
@@ -131,14 +133,16 @@ def _target_port_on_pod(sp: ServicePort, pod: ConfigObject) -> int | None:
 
 
 def _endpoint_for_pod(pod: ConfigObject | None, address: str, port: int, ready: bool) -> Endpoint:
+    labels = dict(pod.labels) if pod else {}
     return Endpoint(
         address=address,
         port=port,
-        labels=dict(pod.labels) if pod else {},
+        labels=labels,
         pod=pod.name if pod else "",
         namespace=pod.namespace if pod else "",
         service_account=_service_account(pod),
         ready=ready,
+        locality=from_labels(labels),
     )
 
 

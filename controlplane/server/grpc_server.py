@@ -36,8 +36,12 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     # A second meshd on the same port must fail to bind, not silently share it.
     ("grpc.so_reuseport", 0),
 )
-import os as _os  # EXPERIMENT (temporary): let several meshd processes share the port
-if _os.environ.get("MESHD_EXPERIMENT_REUSEPORT"):
+
+
+def share_ports() -> None:
+    """From now on, xDS servers bind with SO_REUSEPORT: `meshd serve --workers N` runs N
+    processes on the same ports (server/workers.py)."""
+    global SERVER_OPTIONS
     SERVER_OPTIONS = tuple(o for o in SERVER_OPTIONS if o[0] != "grpc.so_reuseport") + (("grpc.so_reuseport", 1),)
 
 

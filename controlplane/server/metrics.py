@@ -175,15 +175,21 @@ class Metrics:
             registry=r,
         )
         self._reject_series: dict[str, set[tuple[str, str]]] = {}  # node -> {(type_url, err)}
+        self._pushed_children: dict[str, tuple] = {}
 
     # --- recording ---------------------------------------------------------------
     def set_connections(self, n: int) -> None:
         self.xds_clients.set(n)
 
     def pushed(self, type_url: str, seconds: float) -> None:
-        label = type_label(type_url)
-        self.pushes.labels(label).inc()
-        self.push_time.labels(label).observe(seconds)
+        # Called for every response (thousands per push): the labelled children are
+        # looked up once per type, not per call (prometheus-client's labels() locks).
+        children = self._pushed_children.get(type_url)
+        if children is None:
+            label = type_label(type_url)
+            children = self._pushed_children[type_url] = (self.pushes.labels(label), self.push_time.labels(label))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def push_queued(self, reason: str, connections: int) -> None:
         self.pushes_queued.inc(connections)

@@ -36,6 +36,21 @@ from .. import names
 
 WILDCARD = "*"
 
+# One copy of each distinct name set, shared by every subscription holding it: a sidecar's
+# EDS subscription names every cluster of the mesh, and 2,000 sidecars naming the same
+# 1,200 clusters would otherwise hold 2,000 copies of 1,200 strings.
+_CANONICAL: dict[frozenset, frozenset] = {}
+_CANONICAL_MAX = 4096
+
+
+def canonical(names_: frozenset[str]) -> frozenset[str]:
+    got = _CANONICAL.get(names_)
+    if got is None:
+        if len(_CANONICAL) >= _CANONICAL_MAX:
+            _CANONICAL.clear()  # a cache: dropping it costs only sharing
+        got = _CANONICAL[names_] = names_
+    return got
+
 
 @dataclass(frozen=True)
 class Nack:
@@ -75,9 +90,9 @@ class Subscription:
     # Delta: names that must be sent on the next response even at a version the client
     # holds (newly subscribed, or forgotten by a wildcard unsubscribe).
     resend: set[str] = field(default_factory=set)
-    # SotW: the last request without its version, nonce and node, to recognise in C an
-    # ACK that repeats the name list (ads.py).
-    last_request: Any = field(default=None, repr=False)
+    # SotW: a digest of the last request without its version, nonce and node, to
+    # recognise an ACK that repeats the name list (ads.py) without keeping the request.
+    last_request: tuple[int, int] | None = field(default=None, repr=False)
     # Memos of view.py (per snapshot, per pair of name sets): cheap pushes to thousands.
     key_memo: Any = field(default=None, repr=False)
     covers_memo: Any = field(default=None, repr=False)
@@ -104,7 +119,7 @@ class Subscription:
             wildcard = WILDCARD in new
         new = new - {WILDCARD}
         changed = new != self.names or wildcard != self.wildcard
-        self.names, self.wildcard = new, wildcard
+        self.names, self.wildcard = canonical(new), wildcard
         return changed
 
     # --- incremental --------------------------------------------------------------------
@@ -113,8 +128,10 @@ class Subscription:
         which must be answered even if the client holds them ("*" among them when the
         wildcard was subscribed: everything the client lacks must be sent)."""
         subscribe, unsubscribe = list(subscribe), list(unsubscribe)
-        if first and not subscribe and not unsubscribe and self.wildcard_type:
-            self.wildcard = True
+        if not subscribe and not unsubscribe:  # an ACK: nothing changes (the common case)
+            if first and self.wildcard_type:
+                self.wildcard = True
+            return set()
         if subscribe:
             self.legacy_wildcard = False
         added: set[str] = set()
@@ -144,7 +161,7 @@ class Subscription:
             elif not self.wildcard:
                 self.known.pop(n, None)
             current.discard(n)
-        self.names = frozenset(current)
+        self.names = canonical(frozenset(current))
         self.resend |= added - {WILDCARD}
         return added
 

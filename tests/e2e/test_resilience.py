@@ -75,10 +75,10 @@ def _setup(tmp_path: Path):
     return cfg, gw_port, backend_port
 
 
-def _gateway_args(xds_port: int) -> list[str]:
+def _gateway_args(xds_port: int, transport: str = "sotw") -> list[str]:
     return ["--type", "router", "--namespace", "istio-system", "--pod", "istio-ingressgateway-0",
             "--ip", "127.0.0.1", "--labels", "istio=ingressgateway,app=istio-ingressgateway",
-            "--xds-address", f"127.0.0.1:{xds_port}"]
+            "--xds-address", f"127.0.0.1:{xds_port}", "--xds-transport", transport]
 
 
 def _events(log: str, name: str) -> list[dict]:
@@ -206,11 +206,15 @@ def _stats_of_change(gw) -> dict[str, int]:
     return {k: s.get(k, 0) for k in keep}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
-def test_restart_loses_nothing(tmp_path: Path, sig: int):
+@pytest.mark.parametrize("sig,transport", [(signal.SIGKILL, "sotw"), (signal.SIGTERM, "sotw"), (signal.SIGKILL, "delta")],
+                         ids=["sigkill", "sigterm", "sigkill-delta"])
+def test_restart_loses_nothing(tmp_path: Path, sig: int, transport: str):
+    """Over delta xDS the reconnecting Envoy declares what it holds
+    (`initial_resource_versions`), and the restarted meshd sends it no resource at all."""
     cfg, gw_port, backend_port = _setup(tmp_path)
     with http_backend("127.0.0.2", backend_port, b"webapp-v1"), \
-            meshd(cfg, tmp_path, extra=["--log-format", "json"]) as cp, envoy(tmp_path, _gateway_args(cp.xds_port)) as gw:
+            meshd(cfg, tmp_path, extra=["--log-format", "json"]) as cp, \
+            envoy(tmp_path, _gateway_args(cp.xds_port, transport)) as gw:
         wait_for(lambda: http_get("127.0.0.1", gw_port, "/api/catalog", {"Host": HOST})[0] == 200, 15, what="first 200")
         wait_for(lambda: gw.stats("control_plane.connected_state") == {"control_plane.connected_state": 1}, 5)
         time.sleep(0.5)
@@ -239,9 +243,18 @@ def test_restart_loses_nothing(tmp_path: Path, sig: int):
                 assert second.alive(), second.log()
                 wait_for(lambda: gw.stats("control_plane.connected_state") == {"control_plane.connected_state": 1},
                          30, what="envoy reconnects")
-                wait_for(lambda: "ads" in second.log() and "PUSH" in second.log() or _events(second.log(), "ads push"),
-                         10, interval=0.2, what="restarted meshd serves the gateway")
+                if transport == "delta":
+                    wait_for(lambda: _events(second.log(), "ads connect"), 10, interval=0.2,
+                             what="the gateway's delta stream on the restarted meshd")
+                else:
+                    wait_for(lambda: "ads" in second.log() and "PUSH" in second.log() or _events(second.log(), "ads push"),
+                             10, interval=0.2, what="restarted meshd serves the gateway")
                 time.sleep(1.5)
+            if transport == "delta":
+                assert all(e.get("delta") for e in _events(second.log(), "ads connect"))
+                resent = [line for line in second.log().splitlines() if '"delta": true' in line and "PUSH" in line
+                          and '"resources": 0' not in line]
+                assert resent == [], resent[:3]
             assert traffic.failures == [], traffic.failures[:5]
             assert traffic.ok > 100
             # content-derived versions: the same versions again, and Envoy changed nothing

@@ -7,7 +7,8 @@ header-match routing, an 80/20 split within +-5 % over 2000 requests, fault abor
 delay, retries on a backend failing the first attempt, a timeout giving 504, redirect
 and rewrite, a mirror receiving a copy, a CORS preflight, direct responses and header
 changes, consistent hashing keeping one header value on one backend, and outlier
-detection ejecting a failing endpoint. At the end Envoy has rejected nothing.
+detection ejecting a failing endpoint. At the end Envoy has rejected nothing. The whole
+module runs twice: the gateway bootstrapped for state-of-the-world xDS, then for delta.
 """
 from __future__ import annotations
 
@@ -134,9 +135,10 @@ spec:
 """
 
 
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory):
-    tmp: Path = tmp_path_factory.mktemp("traffic")
+@pytest.fixture(scope="module", params=["sotw", "delta"])
+def shop(tmp_path_factory, request):
+    """The gateway over state-of-the-world xDS, then (every test again) over delta xDS."""
+    tmp: Path = tmp_path_factory.mktemp(f"traffic-{request.param}")
     cfg = tmp / "config"
     cfg.mkdir()
     gw_port = free_port()
@@ -164,7 +166,8 @@ spec:
         cp = stack.enter_context(meshd(cfg, tmp))
         gw = stack.enter_context(envoy(tmp, [
             "--type", "router", "--namespace", "istio-system", "--pod", "istio-ingressgateway-7d4b9", "--ip", "127.0.0.1",
-            "--labels", "istio=ingressgateway,app=istio-ingressgateway", "--xds-address", f"127.0.0.1:{cp.xds_port}"]))
+            "--labels", "istio=ingressgateway,app=istio-ingressgateway", "--xds-address", f"127.0.0.1:{cp.xds_port}",
+            "--xds-transport", request.param]))
         client = Client(gw_port)
         wait_for(lambda: client.get("/")[0] == 200, 20, what="first 200 through the gateway")
         yield client, backends, gw, cp

@@ -145,6 +145,7 @@ class Backend:
     requests: list[dict] = field(default_factory=list)
     seen: dict[str, int] = field(default_factory=dict)  # x-test-id -> attempts
     lock: threading.Lock = field(default_factory=threading.Lock)
+    failing: bool = False  # set to make every answer a 500 (a backend going bad)
 
     def count(self, path_prefix: str = "") -> int:
         with self.lock:
@@ -176,7 +177,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             test_id = self.headers.get("x-test-id", "")
             attempts = b.seen[test_id] = b.seen.get(test_id, 0) + 1
         status = 200
-        if path.startswith("/always-500") or b.name.endswith("-broken"):
+        if path.startswith("/always-500") or b.name.endswith("-broken") or b.failing:
             status = 500
         elif "fail-first" in path and attempts == 1:
             status = 503

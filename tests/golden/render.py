@@ -12,6 +12,7 @@ from controlplane.config.objects import Origin, Rejection
 from controlplane.config.parse import Unsupported, parse_document
 from controlplane.config.store import ConfigStore
 from controlplane.generators import builders
+from controlplane.generators.destinations import credential_problems
 from controlplane.model.mesh import build_mesh
 from controlplane.model.proxy import parse_node
 from controlplane.sources.yamlfile import load_documents
@@ -57,7 +58,9 @@ def render(case: Case, directory: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     for proxy_spec in case.proxies:
         proxy = parse_node(proxy_spec.node_id, proxy_spec.metadata)
-        doc: dict = {"proxy": proxy.id, "notes": notes}
+        # DestinationRule credentials this proxy cannot be served (its clusters are left out).
+        own = [f"destination rule conflict: {p.message()} (cluster {c})" for c, p in credential_problems(mesh, proxy)]
+        doc: dict = {"proxy": proxy.id, "notes": notes + own}
         for key, type_url in TYPES:
             doc[key] = [json_format.MessageToDict(msg) for _, msg in table[type_url](mesh, proxy)]
         out[f"{proxy_spec.name}.json"] = json.dumps(doc, indent=1, sort_keys=True) + "\n"

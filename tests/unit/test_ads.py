@@ -533,3 +533,28 @@ def test_event_queue_coalesces_pushes_and_bounds_requests():
         assert await q.get() is None
 
     run(main())
+
+
+def test_close_all_ends_streams_with_unavailable_at_once():
+    """Shutdown (SIGTERM): every stream ends now with UNAVAILABLE and the reason, not
+    after gRPC's grace period; a stream opened afterwards is refused the same way."""
+    async def main():
+        async with Harness() as h:
+            h.ads.update(FakeMesh("v1"))
+            s = h.stream()
+            s.send(names.CLUSTER)
+            await s.recv()
+            await eventually(lambda: len(h.ads.connections()) == 1)
+            assert h.ads.close_all() == 1
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await s.recv(2.0)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "meshd shutting down" in err.value.details()
+            await eventually(lambda: h.ads.connections() == [])
+            late = h.stream()
+            late.send(names.CLUSTER)
+            with pytest.raises(grpc.aio.AioRpcError) as err2:
+                await late.recv(2.0)
+            assert err2.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    run(main())

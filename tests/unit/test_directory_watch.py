@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
+
+import pytest
 
 from controlplane.config.store import ConfigStore
 from controlplane.sources.directory import DirectorySource
@@ -16,13 +20,14 @@ spec:
 """
 
 
-def test_changes_are_picked_up_within_a_second(tmp_path):
+@pytest.mark.parametrize("use_inotify", [True, False], ids=["inotify", "polling"])
+def test_changes_are_picked_up_within_a_second(tmp_path, use_inotify):
     async def scenario():
         store = ConfigStore()
         src = DirectorySource(tmp_path, store, interval=0.2)
         src.load()
         stop = asyncio.Event()
-        task = asyncio.create_task(src.run(stop))
+        task = asyncio.create_task(src.run(stop, use_inotify=use_inotify))
 
         async def until(pred, what):
             t0 = time.monotonic()
@@ -44,6 +49,56 @@ def test_changes_are_picked_up_within_a_second(tmp_path):
             (tmp_path / "ignored.txt").write_text(SVC.format(name="nope", port=1))
             await asyncio.sleep(0.5)
             assert store.snapshot().get("Service", "shop", "nope") is None
+        finally:
+            stop.set()
+            await task
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+def test_inotify_wakes_the_scan_and_a_file_still_open_is_not_read(tmp_path):
+    """With scans 10 s apart, only inotify can make changes visible within a second: a
+    closed file, a file renamed into place, and a file in a new directory are read at
+    once; a file still open for writing (half written) is not, until its writer closes it."""
+    async def scenario():
+        store = ConfigStore()
+        (tmp_path / "a").mkdir()
+        src = DirectorySource(tmp_path, store, interval=10)
+        src.load()
+        stop = asyncio.Event()
+        task = asyncio.create_task(src.run(stop))
+
+        async def until(pred, what, within=1.0):
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < within:
+                if pred(store.snapshot()):
+                    return
+                await asyncio.sleep(0.02)
+            raise AssertionError(f"{what} not seen within {within}s")
+
+        try:
+            await asyncio.sleep(0.1)
+            (tmp_path / "a" / "cart.yaml").write_text(SVC.format(name="cart", port=80))
+            await until(lambda s: s.get("Service", "shop", "cart"), "closed file")
+            tmp = tmp_path / "a" / ".pay.yaml.tmp"
+            tmp.write_text(SVC.format(name="pay", port=81))
+            os.rename(tmp, tmp_path / "a" / "pay.yaml")
+            await until(lambda s: s.get("Service", "shop", "pay"), "file renamed into place")
+            (tmp_path / "b" / "c").mkdir(parents=True)
+            await asyncio.sleep(0.2)  # the new directories are watched after the scan they wake
+            (tmp_path / "b" / "c" / "ship.yaml").write_text(SVC.format(name="ship", port=82))
+            await until(lambda s: s.get("Service", "shop", "ship"), "file in a new directory")
+
+            text = SVC.format(name="half", port=83)
+            with open(tmp_path / "a" / "half.yaml", "w") as f:
+                f.write(text[: text.index("spec:")])  # a valid prefix: metadata only
+                f.flush()
+                await asyncio.sleep(1.0)
+                assert store.snapshot().get("Service", "shop", "half") is None, "read while still being written"
+                f.write(text[text.index("spec:"):])
+            await until(lambda s: s.get("Service", "shop", "half") is not None
+                        and s.get("Service", "shop", "half").spec["spec"]["ports"][0]["port"] == 83, "closed writer")
         finally:
             stop.set()
             await task

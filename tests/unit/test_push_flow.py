@@ -152,7 +152,7 @@ def test_the_limiter_bounds_writes_in_flight_and_times_out():
                 nonlocal peak
                 peak = max(peak, limiter.in_flight)
                 if data == "stuck":
-                    await asyncio.sleep(10)
+                    await asyncio.sleep(1)  # past the timeout, then completes
                 await gate.wait()
 
         writes = [asyncio.create_task(limiter.write(Ctx(), i)) for i in range(6)]
@@ -161,8 +161,12 @@ def test_the_limiter_bounds_writes_in_flight_and_times_out():
         gate.set()
         await asyncio.gather(*writes)
         assert peak == 2 and limiter.in_flight == 0
+        stuck = []
+        write = asyncio.create_task(limiter.write(Ctx(), "stuck", on_stuck=lambda: stuck.append(limiter.in_flight)))
+        await asyncio.sleep(0.7)
+        assert stuck == [0]  # told at the timeout, slot already free while the write goes on
         with pytest.raises(StreamStuck):
-            await limiter.write(Ctx(), "stuck")
+            await write  # raised once the write completed
         assert limiter.in_flight == 0
 
     run(main())

@@ -669,8 +669,15 @@ def test_destination_rule_simple_and_mutual_tls():
 
 
 def test_destination_rule_credential_name():
+    from tests.e2e.test_traffic_support import make_ca, make_cert, tls_secret_yaml
+
     body = "  trafficPolicy: {tls: {mode: MUTUAL, credentialName: catalog-client}}\n"
-    m = mesh(dr("catalog", "catalog", body))
+    # without the Secret in the gateway's namespace the cluster would wait for it for ever:
+    # it is left out (tests/unit/test_destination_rule_scope.py)
+    assert CATALOG not in by_name(clusters.build(mesh(dr("catalog", "catalog", body)), GATEWAY_PROXY))
+    ca = make_ca()
+    secret = tls_secret_yaml("catalog-client", "istio-system", make_cert(ca, ["gw"], client=True), ca.cert)
+    m = mesh(dr("catalog", "catalog", body), secret)
     gw = _upstream_ctx(by_name(clusters.build(m, GATEWAY_PROXY))[CATALOG].transport_socket)
     assert [s.name for s in gw.common_tls_context.tls_certificate_sds_secret_configs] == ["kubernetes://catalog-client"]
     assert gw.common_tls_context.combined_validation_context.validation_context_sds_secret_config.name == (
