@@ -282,7 +282,7 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
                 i = routed[rep % len(routed)]
                 label = f"full-{rep}"
                 fleet.arm(label, "version", CDS)
-                cpu0 = cpu_seconds(meshd.proc.pid)
+                cpu0, gen0 = cpu_seconds(meshd.proc.pid), fleet.cpu()
                 t_write = time.time()
                 (config / "rules" / f"{sc.service_name(i)}.yaml").write_text(sc.rules_yaml(i, rep + 1))
                 st = fleet.wait(label, args.timeout)
@@ -295,6 +295,7 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
                     "push_s": round(max(st["times"]) - pushed_at, 3),
                     "p50_push_s": round(pct([t - pushed_at for t in st["times"]], 50), 3),
                     "cpu_s": round(cpu_seconds(meshd.proc.pid) - cpu0 - idle * (time.time() - t_write), 2),
+                    "loadgen_cpu_s": round(fleet.cpu() - gen0, 2),
                     "responses": st["responses_since"],
                     "proxies_queued": snap.get("proxies_queued"),
                 })
@@ -307,7 +308,7 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
                 cluster = f"outbound|{HTTP_PORT}||{sc.service_name(j)}.{sc.namespace_of(j)}.svc.cluster.local"
                 label = f"ep-{rep}"
                 fleet.arm(label, "resource", EDS, cluster)
-                cpu0 = cpu_seconds(meshd.proc.pid)
+                cpu0, gen0 = cpu_seconds(meshd.proc.pid), fleet.cpu()
                 t_write = time.time()
                 sc.endpoints_path(config, j).write_text(sc.endpoints_yaml(j, rep + 1))
                 st = fleet.wait(label, args.timeout)
@@ -323,6 +324,7 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
                     "p50_push_s": round(pct(push_lat, 50), 3), "p99_push_s": round(pct(push_lat, 99), 3),
                     "proxies": st["done"],
                     "cpu_s": round(cpu_seconds(meshd.proc.pid) - cpu0 - idle * (time.time() - t_write), 2),
+                    "loadgen_cpu_s": round(fleet.cpu() - gen0, 2),
                     "responses": st["responses_since"],
                 })
             result["endpoint_change"] = eps
@@ -398,11 +400,13 @@ def table(results: list[dict], sc: Scenario) -> str:
     row("floor full push median (s)", lambda r: f"{med(x['push_s'] for x in r['floor_full_push']):.2f}")
     row("meshd / floor", lambda r: f"{r['full_push_vs_floor']:.2f}x")
     row("full push CPU (s)", lambda r: f"{med(x['cpu_s'] for x in r['full_push']):.2f}")
+    row("  load generator CPU meanwhile (s)", lambda r: f"{med(x['loadgen_cpu_s'] for x in r['full_push']):.2f}")
     row("endpoint p50 e2e (s)", lambda r: f"{med(x['p50_e2e_s'] for x in r['endpoint_change']):.3f}")
     row("endpoint p99 e2e (s)", lambda r: f"{max(x['p99_e2e_s'] for x in r['endpoint_change']):.3f}")
     row("endpoint p99 from store (s)", lambda r: f"{max(x['p99_from_store_s'] for x in r['endpoint_change']):.3f}")
     row("endpoint p99 push (s)", lambda r: f"{max(x['p99_push_s'] for x in r['endpoint_change']):.3f}")
     row("endpoint push CPU (s)", lambda r: f"{med(x['cpu_s'] for x in r['endpoint_change']):.2f}")
+    row("  load generator CPU meanwhile (s)", lambda r: f"{med(x['loadgen_cpu_s'] for x in r['endpoint_change']):.2f}")
     row("endpoint push: non-EDS responses", lambda r: str(sum(v for x in r['endpoint_change']
                                                               for k, v in x['responses'].items() if k != 'EDS')))
     row("RSS after sync (MB)", lambda r: f"{r['memory_after_sync']['rss_mb']:.0f}")

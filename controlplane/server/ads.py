@@ -132,6 +132,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._secrets = secrets
         self._view = ResourceView(generator, secrets, on_withheld=self._withheld)
         self.limiter = PushLimiter(max_pushes_in_flight, write_timeout)
+        self._shared = wire.SharedResponses()  # whole SotW responses joined once per group
         self._delta = DeltaProtocol(self)
         self._trust_domain = trust_domain
         self._metrics = metrics
@@ -536,6 +537,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         sub.responses += 1
         nonce = make_nonce(sub.type_url, version, sub.responses)
         data = functools.partial(wire.sotw_response, version, chunks, sub.type_url, nonce)  # made in the slot
+        if whole and not partial:  # the same bytes for every proxy holding this set at this count
+            data = functools.partial(self._shared.get, rs, version, nonce, data)
         # Recorded before the write: the answer to it may be read before the write returns.
         sub.record_sent(version, nonce, resource_set=rs, key=key)
         for follow in _FOLLOW_UPS.get(sub.type_url, ()):

@@ -16,7 +16,8 @@ Field numbers (envoy/service/discovery/v3/discovery.proto):
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections import OrderedDict
+from typing import Any, Callable, Iterable
 
 from google.protobuf.message import Message
 
@@ -37,6 +38,36 @@ def delta_response(system_version: str, resources: Iterable[bytes], type_url: st
         field_bytes(1, system_version.encode()), *resources, field_bytes(4, type_url.encode()),
         field_bytes(5, nonce.encode()), *(field_bytes(6, n.encode()) for n in removed),
     ))
+
+
+class SharedResponses:
+    """Whole responses made once and sent to many: proxies that share a generated set
+    and have had as many responses of the type (equal nonce, made from the count) get
+    byte-identical responses, so a sidecar's megabyte of CDS is joined once per group
+    rather than once per proxy. Keyed by the set's identity (the set is kept with the
+    bytes, so the identity cannot be reused while cached); bounded in bytes."""
+
+    def __init__(self, max_bytes: int = 64 << 20):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple, tuple[Any, bytes]] = OrderedDict()
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+    def get(self, owner: Any, version: str, nonce: str, make: Callable[[], bytes]) -> bytes:
+        key = (id(owner), version, nonce)
+        got = self._items.get(key)
+        if got is not None and got[0] is owner:
+            self.hits += 1
+            return got[1]
+        self.misses += 1
+        data = make()
+        if len(data) <= self.max_bytes // 4:
+            self._items[key] = (owner, data)
+            self._bytes += len(data)
+            while self._bytes > self.max_bytes:
+                _, (_, old) = self._items.popitem(last=False)
+                self._bytes -= len(old)
+        return data
 
 
 def serialize(response: bytes | Message) -> bytes:

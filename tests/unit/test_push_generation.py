@@ -229,3 +229,25 @@ def test_old_generations_are_dropped(layout):
                 g.generate(m, p, t)
     # bounded: a couple of generations' worth, not six
     assert g.stats()["sets"] <= 3 * len(PROXIES) * len(TYPES) * 2
+
+
+def test_whole_responses_are_joined_once_per_group_and_bounded():
+    """Proxies holding the same generated set at the same response count get the very
+    same bytes (joined once); other nonces or sets are made anew; memory stays bounded."""
+    from controlplane.server.wire import SharedResponses
+
+    made = []
+
+    def make(tag: bytes, size: int = 100):
+        return lambda: made.append(tag) or tag * size
+
+    shared = SharedResponses(max_bytes=1000)
+    group, other = object(), object()
+    first = shared.get(group, "v1", "n1", make(b"a"))
+    assert shared.get(group, "v1", "n1", make(b"b")) is first and made == [b"a"]
+    assert shared.get(group, "v1", "n2", make(b"c")) == b"c" * 100
+    assert shared.get(other, "v1", "n1", make(b"d")) == b"d" * 100
+    for i in range(20):  # 2,000 bytes through a 1,000-byte cache: the oldest go
+        shared.get(group, "v2", f"n{i}", make(b"e"))
+    assert shared._bytes <= 1000
+    assert shared.get(group, "v1", "n1", make(b"f")) == b"f" * 100  # evicted, made again
