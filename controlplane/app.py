@@ -91,10 +91,11 @@ class MeshBuilder:
     from the generator's dependency keys (a Gateway change reaches routers only; an
     endpoint change sends only the changed ClusterLoadAssignments to the proxies
     subscribed to them). The builder only classifies the change for logs and metrics:
-    `endpoint` when every changed object is an EndpointSlice or a Pod, else `config`.
+    `endpoint` when every changed object is an EndpointSlice, a Pod or a Node (read for
+    locality only, by EDS only), else `config`.
     """
 
-    ENDPOINT_KINDS = frozenset({"EndpointSlice", "Pod"})
+    ENDPOINT_KINDS = frozenset({"EndpointSlice", "Pod", "Node"})
 
     def __init__(self, store: ConfigStore, ads: AdsServer, debounce_after: float, root_namespace: str = names.ROOT_NAMESPACE,
                  debounce_max: float = 10.0):

@@ -33,13 +33,15 @@ NAMESPACE = Kind("", "Namespace", ("v1",), namespaced=False)
 SERVICE = Kind("", "Service", ("v1",))
 POD = Kind("", "Pod", ("v1",))
 ENDPOINT_SLICE = Kind("discovery.k8s.io", "EndpointSlice", ("v1",))
+# Where pods run: only a Node's name and topology labels are kept (endpoint locality).
+NODE = Kind("", "Node", ("v1",), namespaced=False)
 # TLS credentials of gateways (`credentialName`); other Secrets are skipped at the gate.
 SECRET = Kind("", "Secret", ("v1",))
 
 SERVED: dict[tuple[str, str], Kind] = {
     (k.group, k.kind): k
     for k in (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, NAMESPACE, SERVICE, POD, ENDPOINT_SLICE,
-              SECRET)
+              SECRET, NODE)
 }
 
 # Istio kinds an operator may apply that meshd does not act on yet.

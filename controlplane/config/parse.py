@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..model.locality import NODE_LABELS
 from ..names import DEFAULT_NAMESPACE
 from . import kinds
 from .objects import ConfigKey, ConfigObject, Origin, Rejection
@@ -32,6 +33,19 @@ Parsed = ConfigObject | Rejection | Unsupported | None  # None: skipped quietly
 def content_hash(doc: Any) -> str:
     data = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+def node_essentials(doc: dict) -> dict:
+    """What meshd keeps of a Node: its name and topology labels (model/locality.py). The
+    rest (status heartbeats, conditions, images, annotations, resourceVersion) would cost
+    memory and, worse, turn every kubelet status update into a change of the object."""
+    md = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    labels = md.get("labels") if isinstance(md.get("labels"), dict) else {}
+    meta: dict[str, Any] = {"name": md.get("name")}
+    kept = {k: labels[k] for k in NODE_LABELS if k in labels}
+    if kept:
+        meta["labels"] = kept
+    return {"apiVersion": doc.get("apiVersion"), "kind": doc.get("kind"), "metadata": meta}
 
 
 def _key_of(doc: dict, kind: kinds.Kind | None) -> ConfigKey | None:
@@ -80,6 +94,10 @@ def parse_document(doc: Any, origin: Origin) -> Parsed:
         reason = first.reason if len(errors) == 1 else f"{first.reason} (and {len(errors) - 1} more: " + "; ".join(f"{e.field}: {e.reason}" for e in errors[1:4]) + ")"
         return Rejection(origin, key, first.field, reason)
     assert key is not None  # validate() requires metadata.name
+    if kind is kinds.NODE:
+        # Only name and topology labels from here on: the content hash (generation) of a
+        # Node moves with its labels, never with its status.
+        doc = node_essentials(doc)
 
     md = doc.get("metadata") or {}
     extra: dict[str, Any] = {"creationTimestamp": str(md.get("creationTimestamp") or "")}

@@ -15,7 +15,10 @@ same end with ConfigsUpdated and per-type "needs push" filters). The inputs are:
 - per host, the endpoints themselves (EDS, rebuilt per changed host only);
 - per workload IP, the services and ports a sidecar at that IP serves (its inbound side).
 
-Endpoint kinds (EndpointSlice, Pod) are read only through these.
+Endpoint kinds (EndpointSlice, Pod, Node) are read only through these. A Node is read
+for its topology labels only, i.e. for the locality of the endpoints on it (part of the
+per-host endpoint fingerprints, not of ENDPOINT_FACTS) and of the proxies on it
+(`proxy_locality`, read by EDS only): relabelling a Node can change EDS and nothing else.
 
 Facts are computed lazily, once per snapshot (a snapshot is immutable).
 """
@@ -27,7 +30,9 @@ from typing import Iterable
 
 from .. import names
 from ..config import kinds
+from ..model.locality import Locality
 from ..model.mesh import MeshSnapshot
+from ..model.proxy import Proxy
 from ..model.services import Endpoint
 
 GATEWAY = kinds.GATEWAY.kind
@@ -40,7 +45,8 @@ SERVICE = kinds.SERVICE.kind
 # a `credentialName` (through MeshFacts.namespace_secrets, so a Secret change leaves
 # everything else cached).
 SECRET = kinds.SECRET.kind
-ENDPOINT_KINDS = frozenset({kinds.ENDPOINT_SLICE.kind, kinds.POD.kind})
+NODE = kinds.NODE.kind
+ENDPOINT_KINDS = frozenset({kinds.ENDPOINT_SLICE.kind, kinds.POD.kind, NODE})
 # Kinds whose readers are declared precisely (dependency sets in parts.py).
 KNOWN_KINDS = frozenset({GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, SECRET}) | ENDPOINT_KINDS
 
@@ -66,6 +72,11 @@ def _endpoint_text(ep: Endpoint) -> str:
     return f"{ep.address}:{ep.port}:{int(ep.ready)}:{ep.namespace}/{ep.pod}/{ep.service_account}:{sorted(ep.labels.items())}"
 
 
+def _eds_endpoint_text(ep: Endpoint) -> str:
+    # EDS also reads the locality, which may come from the pod's Node rather than its labels.
+    return f"{_endpoint_text(ep)}@{'/'.join(ep.locality)}"
+
+
 class MeshFacts:
     """Fingerprints of one snapshot, computed on first use."""
 
@@ -89,6 +100,7 @@ class MeshFacts:
         self._namespace_secrets: dict[str, str] | None = None
         self._locality_inputs: tuple[bool, bool] | None = None
         self._localized_hosts: frozenset[str] | None = None
+        self._proxy_localities: dict[tuple, Locality] = {}
 
     @property
     def mesh(self) -> MeshSnapshot:
@@ -234,7 +246,7 @@ class MeshFacts:
             mesh = self.mesh
             per_host: dict[str, list[str]] = {}
             for (host, port), eps in mesh.endpoints.items():
-                per_host.setdefault(host, []).append(f"{port}=" + ";".join(_endpoint_text(e) for e in eps))
+                per_host.setdefault(host, []).append(f"{port}=" + ";".join(_eds_endpoint_text(e) for e in eps))
             self._hosts = {h: _digest(sorted(v)) for h, v in per_host.items()}
         return self._hosts
 
@@ -244,6 +256,14 @@ class MeshFacts:
         return self._all_endpoints
 
     # --- per proxy / per service ---------------------------------------------------
+    def proxy_locality(self, proxy: Proxy) -> Locality:
+        """Where the proxy runs, as the mesh places it (MeshSnapshot.proxy_locality)."""
+        key = (proxy.namespace, proxy.pod, proxy.ip, proxy.locality)
+        got = self._proxy_localities.get(key)
+        if got is None:
+            got = self._proxy_localities[key] = self.mesh.proxy_locality(proxy)
+        return got
+
     def instance_shape(self, ip: str) -> tuple:
         """What a sidecar's inbound side reads of its instances: the services and ports,
         not the pod's address or labels, so the replicas of a workload share it."""

@@ -9,10 +9,11 @@ through ORIGINAL_DST clusters, which have no assignment). Endpoints that should 
 reached over Istio mTLS carry `envoy.transport_socket_match: {tlsMode: istio}` metadata,
 which the clusters' transport_socket_matches key on (auto_mtls.py).
 
-Endpoints are grouped by locality (region/zone/subzone of their pod, sorted; weight =
-endpoint count). The DestinationRule's `localityLbSetting` then sets priorities or
-locality weights relative to the proxy's own locality (locality_lb.py), so an
-assignment can differ between proxies in different localities.
+Endpoints are grouped by locality (region/zone/subzone of their pod, or of its Node;
+sorted; weight = endpoint count). The DestinationRule's `localityLbSetting` then sets
+priorities or locality weights relative to the proxy's own locality (its pod's when the
+mesh knows it: MeshSnapshot.proxy_locality; locality_lb.py), so an assignment can differ
+between proxies in different localities.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
         ct = auto_mtls.cluster_tls(mesh, proxy, oc)
         eps = cluster_endpoints(mesh, oc)
         mtls = {(ep.address, ep.port) for ep in eps if auto_mtls.endpoint_wants_mtls(mesh, oc, ep, ct)}
-        out.append((oc.name, load_assignment(oc, eps, mtls, proxy)))
+        out.append((oc.name, load_assignment(oc, eps, mtls, proxy, mesh.proxy_locality(proxy))))
     return out
 
 
@@ -62,9 +63,10 @@ def cluster_endpoints(mesh: MeshSnapshot, oc: OutboundCluster) -> list[Endpoint]
 
 def load_assignment(
     oc: OutboundCluster, endpoints: list[Endpoint], mtls: set[tuple[str, int]] | None = None,
-    proxy: Proxy | None = None,
+    proxy: Proxy | None = None, locality: Locality | None = None,
 ) -> endpoint_pb2.ClusterLoadAssignment:
-    """The cluster's assignment; with `proxy`, prioritized / weighted for its locality."""
+    """The cluster's assignment; with `proxy`, prioritized / weighted for its locality
+    (`locality`, as the mesh places the proxy; the proxy's own word when not given)."""
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=oc.name)
     if not endpoints:
         return cla
@@ -84,7 +86,8 @@ def load_assignment(
                 lb.metadata.filter_metadata[names.TRANSPORT_SOCKET_MATCH].CopyFrom(auto_mtls.endpoint_metadata())
             llb.lb_endpoints.append(lb)
     if proxy is not None:
-        locality_lb.apply(cla, ordered, cluster_policy(oc), proxy.locality, proxy.labels)
+        locality_lb.apply(cla, ordered, cluster_policy(oc), proxy.locality if locality is None else locality,
+                          proxy.labels)
     return cla
 
 

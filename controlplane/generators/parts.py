@@ -115,8 +115,9 @@ def _eds_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
     # Endpoints also read the proxy's locality (and labels, for failoverPriority), but
     # only when some DestinationRule can make them matter: 2,000 sidecars of a namespace
     # share one generation per locality, or one in all when no rule reads it.
+    # The locality is the mesh's (the proxy's pod, or its Node): a Node relabelled moves it.
     by_locality, by_labels = facts.locality_inputs()
-    return (_client_scope(facts, proxy), proxy.locality if by_locality else None,
+    return (_client_scope(facts, proxy), facts.proxy_locality(proxy) if by_locality else None,
             proxy.label_key if by_labels else None)
 
 
@@ -145,6 +146,11 @@ def _instances_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
 
 def _group_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
     return proxy.group_key()
+
+
+def _fallback_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
+    # Whole builders may read anything of the proxy, EDS its locality as the mesh sees it.
+    return proxy.group_key() + (facts.proxy_locality(proxy),)
 
 
 def _router_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
@@ -235,7 +241,8 @@ def _assignment(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster, cache: Re
         ct = auto_mtls.cluster_tls(mesh, proxy, oc)
         eps = endpoints.cluster_endpoints(mesh, oc)
         mtls = {(ep.address, ep.port) for ep in eps if auto_mtls.endpoint_wants_mtls(mesh, oc, ep, ct)}
-        res = cache.put(key, pack(oc.name, names.ENDPOINT, endpoints.load_assignment(oc, eps, mtls, proxy)))
+        res = cache.put(key, pack(oc.name, names.ENDPOINT,
+                                  endpoints.load_assignment(oc, eps, mtls, proxy, facts.proxy_locality(proxy))))
     return res
 
 
@@ -249,7 +256,7 @@ def _locality_key(facts: MeshFacts, proxy: Proxy, oc: OutboundCluster) -> tuple 
     if not locality_lb.reads_proxy_locality(policy, oc.service.hostname in facts.localized_hosts()):
         return None
     labels = proxy.label_key if locality_lb.reads_proxy_labels(policy) else None
-    return (proxy.locality, labels)
+    return (facts.proxy_locality(proxy), labels)
 
 
 def _endpoints_of_hosts(mesh: MeshSnapshot, proxy: Proxy, cache: ResourceCache, facts: MeshFacts,
@@ -339,7 +346,7 @@ def secret_part(name: str, builder: Builder) -> Part:
 def fallback_part(type_url: str, builder: Builder) -> Part:
     """A type (or proxy type) without a declared split: one part per proxy group that
     depends on the whole snapshot (mesh version), exactly as the cache worked before."""
-    return Part(f"whole-{type_url}", type_url, (MESH_VERSION,), _group_scope, whole(builder))
+    return Part(f"whole-{type_url}", type_url, (MESH_VERSION,), _fallback_scope, whole(builder))
 
 
 def parts_for(proxy: Proxy, type_url: str, table: dict[str, Builder], routers: dict[str, Sequence[Part]],

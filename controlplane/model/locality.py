@@ -1,14 +1,17 @@
 """Where a workload or a proxy runs: region / zone / subzone.
 
-istiod reads an endpoint's locality from its pod: the `istio-locality` label
-(`region.zone.subzone`, dots because a label value cannot hold `/`) wins, else the
-topology labels `topology.kubernetes.io/region`, `topology.kubernetes.io/zone` (or
-their deprecated `failure-domain.beta.kubernetes.io/*` forms) and
-`topology.istio.io/subzone`. (istiod finds the topology labels on the pod's Node;
-meshd, which does not follow Nodes, reads them from the pod.)
+An endpoint's locality, as istiod finds it, with one convenience added:
+1. the pod's `istio-locality` label (`region.zone.subzone`, dots because a label value
+   cannot hold `/`);
+2. else topology labels on the pod itself (`topology.kubernetes.io/region`,
+   `topology.kubernetes.io/zone` or their deprecated `failure-domain.beta.kubernetes.io/*`
+   forms, and `topology.istio.io/subzone`): istiod does not read these from pods, meshd
+   does so that a directory of YAML without Nodes can still place its workloads;
+3. else the same topology labels of the pod's Node (`spec.nodeName`), as istiod.
 
-A proxy's locality comes from the same labels of its workload (metadata LABELS) and,
-when they carry none, from the Envoy node's `locality` (`meshd bootstrap --locality`).
+A proxy whose pod the mesh knows (by pod name and namespace, else by IP) gets its pod's
+locality; otherwise the topology labels of its workload (metadata LABELS) and, when they
+carry none, the Envoy node's `locality` (`meshd bootstrap --locality`).
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ ZONE_LABEL = "topology.kubernetes.io/zone"
 SUBZONE_LABEL = "topology.istio.io/subzone"
 _OLD_REGION_LABEL = "failure-domain.beta.kubernetes.io/region"
 _OLD_ZONE_LABEL = "failure-domain.beta.kubernetes.io/zone"
+# The labels of a Node meshd keeps (config/parse.py drops everything else of a Node, so
+# its status heartbeats are no change at all).
+NODE_LABELS = (REGION_LABEL, ZONE_LABEL, SUBZONE_LABEL, _OLD_REGION_LABEL, _OLD_ZONE_LABEL)
 
 
 class Locality(NamedTuple):
@@ -51,11 +57,22 @@ def from_labels(labels: Mapping[str, str]) -> Locality:
     explicit = labels.get(LOCALITY_LABEL)
     if explicit:
         return Locality.parse(explicit, ".")
+    return topology_locality(labels)
+
+
+def topology_locality(labels: Mapping[str, str]) -> Locality:
+    """The locality the topology labels name (a Node's, or a pod's); empty when none."""
     return Locality(
         str(labels.get(REGION_LABEL) or labels.get(_OLD_REGION_LABEL) or ""),
         str(labels.get(ZONE_LABEL) or labels.get(_OLD_ZONE_LABEL) or ""),
         str(labels.get(SUBZONE_LABEL) or ""),
     )
+
+
+def workload_locality(pod_labels: Mapping[str, str], node_labels: Mapping[str, str] | None) -> Locality:
+    """An endpoint's locality: the pod's `istio-locality`, else the pod's own topology
+    labels, else those of its Node (`node_labels`, None when the Node is not known)."""
+    return from_labels(pod_labels) or (topology_locality(node_labels) if node_labels else NO_LOCALITY)
 
 
 def with_topology_labels(labels: Mapping[str, str], locality: Locality) -> dict[str, str]:

@@ -29,6 +29,7 @@ from .gateways import (
     credential_names,
     merge_gateways,
 )
+from .locality import Locality
 from .peer_authentication import MtlsPolicy, effective_policy
 from .proxy import Proxy
 from .services import (
@@ -40,6 +41,7 @@ from .services import (
     endpoints_from_pods,
     endpoints_from_slices,
     labels_match,
+    pod_locality,
 )
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -77,6 +79,8 @@ class MeshSnapshot:
     # Gateway servers that are not served (or merged), found when the snapshot is built.
     gateway_conflicts: tuple[GatewayConflict, ...] = ()
     _dr_index: DestinationRuleIndex | None = field(default=None, repr=False)
+    # Pods by name and IP, Node labels by name: where proxies run (proxy_locality).
+    _pods: PodIndex | None = field(default=None, repr=False)
 
     # --- lookups generators use ------------------------------------------------
     def service(self, hostname: str) -> Service | None:
@@ -89,6 +93,21 @@ class MeshSnapshot:
         """The service ports this proxy's workload serves (its endpoints' IP is the
         proxy's IP), as istiod finds a sidecar's service instances."""
         return self._instances_by_ip.get(proxy.ip, ())
+
+    def proxy_locality(self, proxy: Proxy) -> Locality:
+        """Where `proxy` runs: the locality of its pod when the mesh knows the pod (by pod
+        name and namespace, else by IP) and can place it (its labels, or its Node's),
+        else what the proxy said (its metadata labels, or the Envoy node's locality)."""
+        index = self._pods
+        if index is not None:
+            pod = index.by_name.get((proxy.namespace, proxy.pod)) if proxy.pod else None
+            if pod is None and proxy.ip:
+                pod = index.by_ip.get(proxy.ip)
+            if pod is not None:
+                found = pod_locality(pod, index.nodes)
+                if found:
+                    return found
+        return proxy.locality
 
     def mtls_policy(self, namespace: str, labels: Mapping[str, str]) -> MtlsPolicy:
         """Effective PeerAuthentication for a workload (see peer_authentication.py)."""
@@ -213,7 +232,8 @@ def _dr_host(dr: ConfigObject) -> str:
 
 def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE) -> MeshSnapshot:
     pods = config.of_kind(kinds.POD.kind)
-    pod_index = PodIndex(pods)
+    nodes = {n.name: n.labels for n in config.of_kind(kinds.NODE.kind)}
+    pod_index = PodIndex(pods, nodes)
     services: dict[str, Service] = {}
     for obj in config.of_kind(kinds.SERVICE.kind):
         svc = build_service(obj)
@@ -229,7 +249,7 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE) -> 
     instances: dict[str, list[ServiceInstance]] = {}
     for svc in services.values():
         slices = slices_by_service.get((svc.namespace, svc.name))
-        per_port = endpoints_from_slices(svc, slices, pod_index) if slices else endpoints_from_pods(svc, pods)
+        per_port = endpoints_from_slices(svc, slices, pod_index) if slices else endpoints_from_pods(svc, pods, nodes)
         for port, eps in per_port.items():
             endpoints[(svc.hostname, port)] = eps
             sp = svc.port(port)
@@ -258,6 +278,7 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE) -> 
         _wildcard_dr_hosts=tuple(h for h in dr_by_host if h.startswith("*")),
         credentials=credentials_from(config.of_kind(kinds.SECRET.kind)),
         _dr_index=DestinationRuleIndex(drs, root_namespace),
+        _pods=pod_index,
     )
     conflicts = gateway_conflicts(mesh, pods)
     report_gateway_conflicts(conflicts)

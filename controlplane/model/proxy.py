@@ -34,8 +34,9 @@ class Proxy:
     # decides: only streams that proved an identity get one. Without it, generated config
     # must never reference `default`, or Envoy would wait for it forever.
     workload_cert: bool = True
-    # Where the proxy runs (locality.py): its workload's topology labels, else the
-    # Envoy node's `locality`. EDS priorities and weights depend on it.
+    # Where the proxy says it runs (locality.py): its workload's topology labels, else
+    # the Envoy node's `locality`. When the mesh knows the proxy's pod, its pod's (or
+    # Node's) locality wins: generators read MeshSnapshot.proxy_locality, not this.
     locality: Locality = NO_LOCALITY
 
     @cached_property

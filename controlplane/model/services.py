@@ -1,4 +1,5 @@
-"""Services and their endpoints, built from Kubernetes Service, EndpointSlice and Pod.
+"""Services and their endpoints, built from Kubernetes Service, EndpointSlice and Pod
+(and Node, for where each pod runs: locality.py).
 
 Endpoints come from EndpointSlices. A Service that has no EndpointSlice at all gets its
 endpoints from the Pods its selector matches, the way the Kubernetes endpoints controller
@@ -11,7 +12,7 @@ from typing import Any, Iterable, Mapping
 
 from ..config.objects import ConfigObject
 from ..names import fqdn
-from .locality import NO_LOCALITY, Locality, from_labels
+from .locality import NO_LOCALITY, Locality, workload_locality
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class Endpoint:
     namespace: str = ""
     service_account: str = ""
     ready: bool = True
-    locality: Locality = NO_LOCALITY  # from the pod's labels (locality.py)
+    locality: Locality = NO_LOCALITY  # from the pod's labels, else its Node's (locality.py)
 
 
 def labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
@@ -132,7 +133,18 @@ def _target_port_on_pod(sp: ServicePort, pod: ConfigObject) -> int | None:
     return _container_port(pod, tp)
 
 
-def _endpoint_for_pod(pod: ConfigObject | None, address: str, port: int, ready: bool) -> Endpoint:
+def _node_name(pod: ConfigObject) -> str:
+    return str((pod.spec.get("spec") or {}).get("nodeName") or "")
+
+
+def pod_locality(pod: ConfigObject, nodes: Mapping[str, Mapping[str, str]]) -> Locality:
+    """Where `pod` runs: its own labels, else the topology labels of its Node (`nodes`:
+    Node name -> labels)."""
+    return workload_locality(pod.labels, nodes.get(_node_name(pod)))
+
+
+def _endpoint_for_pod(pod: ConfigObject | None, address: str, port: int, ready: bool,
+                      nodes: Mapping[str, Mapping[str, str]]) -> Endpoint:
     labels = dict(pod.labels) if pod else {}
     return Endpoint(
         address=address,
@@ -142,14 +154,16 @@ def _endpoint_for_pod(pod: ConfigObject | None, address: str, port: int, ready: 
         namespace=pod.namespace if pod else "",
         service_account=_service_account(pod),
         ready=ready,
-        locality=from_labels(labels),
+        locality=pod_locality(pod, nodes) if pod else NO_LOCALITY,
     )
 
 
 class PodIndex:
-    """Pods by (namespace, name) and by IP, to give endpoints their labels."""
+    """Pods by (namespace, name) and by IP, to give endpoints their labels; and the labels
+    of Nodes by name (`nodes`), to give them their locality."""
 
-    def __init__(self, pods: Iterable[ConfigObject]):
+    def __init__(self, pods: Iterable[ConfigObject], nodes: Mapping[str, Mapping[str, str]] | None = None):
+        self.nodes: Mapping[str, Mapping[str, str]] = nodes or {}
         self.by_name: dict[tuple[str, str], ConfigObject] = {}
         self.by_ip: dict[str, ConfigObject] = {}
         for p in pods:
@@ -185,12 +199,15 @@ def endpoints_from_slices(svc: Service, slices: list[ConfigObject], pods: PodInd
                 ready = cond.get("ready", True) is not False
                 for addr in ep.get("addresses") or []:
                     pod = pods.for_endpoint(ep, svc.namespace, addr)
-                    out[sp.port].append(_endpoint_for_pod(pod, addr, int(target), ready))
+                    out[sp.port].append(_endpoint_for_pod(pod, addr, int(target), ready, pods.nodes))
     return {k: tuple(v) for k, v in out.items()}
 
 
-def endpoints_from_pods(svc: Service, pods: Iterable[ConfigObject]) -> dict[int, tuple[Endpoint, ...]]:
-    """What the endpoints controller would compute for a Service without slices."""
+def endpoints_from_pods(svc: Service, pods: Iterable[ConfigObject],
+                        nodes: Mapping[str, Mapping[str, str]] | None = None) -> dict[int, tuple[Endpoint, ...]]:
+    """What the endpoints controller would compute for a Service without slices (`nodes`:
+    Node name -> labels, for the endpoints' locality)."""
+    nodes = nodes or {}
     out: dict[int, list[Endpoint]] = {p.port: [] for p in svc.ports}
     if not svc.selector:  # selector-less Services only get endpoints from slices
         return {k: () for k in out}
@@ -204,5 +221,5 @@ def endpoints_from_pods(svc: Service, pods: Iterable[ConfigObject]) -> dict[int,
         for sp in svc.ports:
             port = _target_port_on_pod(sp, pod)
             if port is not None:
-                out[sp.port].append(_endpoint_for_pod(pod, ip, port, ready))
+                out[sp.port].append(_endpoint_for_pod(pod, ip, port, ready, nodes))
     return {k: tuple(v) for k, v in out.items()}

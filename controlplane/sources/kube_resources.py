@@ -16,6 +16,7 @@ from typing import Any, Callable
 from kubernetes import client
 
 from ..config import kinds
+from ..config.parse import node_essentials
 
 # Not a served kind yet: the parse gate skips Secrets quietly, so watching them is
 # harmless, but it costs memory and needs RBAC on Secrets; hence opt-in (watch_secrets).
@@ -33,6 +34,10 @@ Lister = Callable[..., Any]  # (**query) -> urllib3 response (always _preload_co
 class KubeResource:
     kind: kinds.Kind
     plural: str
+    # Whether `--namespaces` and `--label-selector` limit what is watched. Not for Nodes:
+    # they are where pods run, not configuration, and a pod's Node is needed whatever it
+    # is labelled.
+    scoped: bool = True
 
     @property
     def group(self) -> str:
@@ -87,8 +92,8 @@ def _snake(name: str) -> str:
     return "".join("_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(name))
 
 
-def _resource(kind: kinds.Kind, plural: str) -> KubeResource:
-    return KubeResource(kind, plural)
+def _resource(kind: kinds.Kind, plural: str, scoped: bool = True) -> KubeResource:
+    return KubeResource(kind, plural, scoped)
 
 
 RESOURCES: tuple[KubeResource, ...] = (
@@ -96,6 +101,7 @@ RESOURCES: tuple[KubeResource, ...] = (
     _resource(kinds.SERVICE, "services"),
     _resource(kinds.POD, "pods"),
     _resource(kinds.ENDPOINT_SLICE, "endpointslices"),
+    _resource(kinds.NODE, "nodes", scoped=False),  # name + topology labels only (endpoint locality)
     _resource(kinds.GATEWAY, "gateways"),
     _resource(kinds.VIRTUAL_SERVICE, "virtualservices"),
     _resource(kinds.DESTINATION_RULE, "destinationrules"),
@@ -145,7 +151,10 @@ def as_document(obj: dict, api_version: str, kind: str) -> dict:
     kind (the list carries them), so they are filled in from the version we asked for.
     An Istio object's `status` is dropped: controllers (meshd's leader among them, see
     controlplane/cluster/status.py) write it, meshd never reads it, and a status write
-    must not count as a change of the object."""
+    must not count as a change of the object. Of a Node only its name and topology labels
+    are kept (config/parse.py node_essentials): the rest is big and changes all the time."""
+    if kind == kinds.NODE.kind and not kinds.split_api_version(api_version)[0]:
+        return node_essentials({**obj, "apiVersion": obj.get("apiVersion") or api_version, "kind": kind})
     doc = dict(obj)
     if not doc.get("apiVersion"):
         doc["apiVersion"] = api_version

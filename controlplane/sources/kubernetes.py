@@ -1,7 +1,8 @@
 """The Kubernetes source: Istio config and the workloads it applies to, from the API
 server, into the same store the directory source feeds.
 
-One list+watch per kind (and per namespace when the namespaces are limited), each in its
+One list+watch per kind (and per namespace when the namespaces are limited; Nodes,
+kept as name + topology labels for endpoint locality, always cluster-wide), each in its
 own thread because the client is synchronous (kube_reflector.py). The threads only read
 and parse; every change reaches the store on the event loop, in the order it happened,
 through one queue, so the store is never touched from two threads. Each API object is
@@ -174,16 +175,18 @@ class KubernetesSource:
         for res in self.resources:
             scopes: list[str | None] = [None]
             accept = None
-            if self.namespaces is not None:
+            if self.namespaces is not None and res.scoped:
                 if res.kind.namespaced:
                     scopes = list(self.namespaces)
                 else:
                     # Namespaces are cluster-scoped: one watch, filtered here.
                     allowed = frozenset(self.namespaces)
                     accept = lambda obj, allowed=allowed: (obj.get("metadata") or {}).get("name") in allowed  # noqa: E731
+            # Nodes (not scoped) are watched whole, whatever --namespaces/--label-selector say.
             for ns in scopes:
                 r = Reflector(res, ns, self.api_client, emit, self._threads_stop, self._log,
-                              label_selector=self.label_selector, accept=accept, options=self._options)
+                              label_selector=self.label_selector if res.scoped else None, accept=accept,
+                              options=self._options)
                 self._streams[r.stream] = _StreamState(r)
         self._log.info("k8s source starting", streams=len(self._streams), namespaces=self.namespaces,
                        labelSelector=self.label_selector)

@@ -75,6 +75,7 @@ def default_types() -> list[ResourceType]:
         ResourceType("", "Namespace", "namespaces", False, ["v1"]),
         ResourceType("", "Service", "services", True, ["v1"], status=True),
         ResourceType("", "Pod", "pods", True, ["v1"], status=True),
+        ResourceType("", "Node", "nodes", False, ["v1"], status=True),
         ResourceType("", "Secret", "secrets", True, ["v1"]),
         ResourceType("", "ConfigMap", "configmaps", True, ["v1"]),
         ResourceType("", "Event", "events", True, ["v1"]),

@@ -135,6 +135,9 @@ def test_rbac_is_least_privilege(docs):
     assert writes == {(f"{p}/status", "patch") for p in ("gateways", "virtualservices", "destinationrules",
                                                          "peerauthentications")}
     assert ("authentication.k8s.io", "tokenreviews", "create") in {(g.group, g.resource, g.verb) for g in grants}
+    # Nodes (their topology labels give endpoints their locality): read, cluster-wide, nothing else
+    assert {(g.group, g.verb, g.namespace) for g in grants if g.resource.startswith("nodes")} == {
+        ("", "list", None), ("", "watch", None)}
 
 
 def test_the_rbac_checker_finds_forbidden_and_unused_verbs(docs):

@@ -39,6 +39,7 @@ _KUBERNETES: dict[tuple[str, str], Callable[[dict], list[FieldError]]] = {
     ("", "Namespace"): kubernetes.validate_namespace,
     ("", "Service"): kubernetes.validate_service,
     ("", "Pod"): kubernetes.validate_pod,
+    ("", "Node"): kubernetes.validate_node,
     ("discovery.k8s.io", "EndpointSlice"): kubernetes.validate_endpoint_slice,
     ("", "Secret"): validate_secret,
 }

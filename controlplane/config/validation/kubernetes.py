@@ -1,4 +1,4 @@
-"""Light checks for the core Kubernetes kinds meshd reads (Namespace, Service, Pod, EndpointSlice).
+"""Light checks for the core Kubernetes kinds meshd reads (Namespace, Service, Pod, EndpointSlice, Node).
 
 No schema files here: these are the fields meshd uses (ports, selectors, addresses, pod IPs),
 checked for type and range as apimachinery's validation would, with unknown fields rejected
@@ -85,6 +85,18 @@ def validate_namespace(doc: dict) -> list[FieldError]:
     finalizers = _optional(spec, "finalizers", list, "array", "spec", errs) or []
     for i, f in enumerate(finalizers):
         _typed(f, str, "string", index("spec.finalizers", i), errs)
+    _object(doc, "status", errs)
+    return errs
+
+
+# --- Node ------------------------------------------------------------------------------------
+
+def validate_node(doc: dict) -> list[FieldError]:
+    """meshd reads a Node's name and labels only (metadata, checked for every kind): the
+    rest must have the shape of an object, whatever a kubelet of any version puts there."""
+    errs: list[FieldError] = []
+    _unknown(doc, _OBJECT, "", errs)
+    _object(doc, "spec", errs)
     _object(doc, "status", errs)
     return errs
 
