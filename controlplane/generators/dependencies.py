@@ -82,6 +82,9 @@ class MeshFacts:
 
     def __init__(self, mesh: MeshSnapshot):
         self._mesh = weakref.ref(mesh)
+        # Memos of derived values other modules keep for this snapshot (destinations.py:
+        # the clusters of a service port under a rule, shared by every namespace's build).
+        self.memo: dict[tuple, object] = {}
         self._kinds: dict[str, str] | None = None
         self._of: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._facts: str | None = None

@@ -31,6 +31,7 @@ from ..model.mesh import MeshSnapshot
 from ..model.proxy import SIDECAR, Proxy
 from ..model.services import Service, ServicePort
 from . import protocol, traffic_policy
+from .dependencies import facts
 from .convert import as_int, as_list, as_map
 
 log = structlog.get_logger("meshd.generators")
@@ -61,11 +62,18 @@ def service_clusters(mesh: MeshSnapshot, proxy: Proxy, svc: Service) -> list[Out
     out: list[OutboundCluster] = []
     seen: set[str] = set()
     rule = mesh.destination_rule(svc.hostname, proxy.namespace, proxy.labels)
+    # Every namespace's (and selector group's) build walks all services: the clusters of
+    # a port under a rule are made once per snapshot (a merged rule's generation names
+    # its content) and shared.
+    memo = facts(mesh).memo
+    rule_id = (rule.namespace, rule.name, rule.generation) if rule is not None else None
     for sp in svc.ports:
-        proto = protocol.of_service_port(sp)
-        if proto == protocol.UDP:
-            continue
-        for oc in _clusters_for_port(svc, sp, proto, rule):
+        key = ("clusters", svc.hostname, sp.name, sp.port, rule_id)
+        ocs = memo.get(key)
+        if ocs is None:
+            proto = protocol.of_service_port(sp)
+            ocs = memo[key] = () if proto == protocol.UDP else tuple(_clusters_for_port(svc, sp, proto, rule))
+        for oc in ocs:
             # A repeated subset name would give Envoy two clusters with one name.
             if oc.name not in seen:
                 seen.add(oc.name)
@@ -123,7 +131,16 @@ def credential_problem(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) ->
 
 
 def _credential_left_out(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> bool:
-    problem = credential_problem(mesh, proxy, oc)
+    rule = oc.rule
+    assert rule is not None
+    # What credential_problem reads of the proxy (its namespace's Secrets via `mesh`).
+    key = ("credential", rule.namespace, rule.name, rule.generation, oc.name, proxy.type, proxy.workload_cert,
+           proxy.namespace)
+    memo = facts(mesh).memo
+    if key in memo:
+        problem = memo[key]
+    else:
+        problem = memo[key] = credential_problem(mesh, proxy, oc)
     if problem is None:
         return False
     _report(proxy, oc, problem)
