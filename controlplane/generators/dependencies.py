@@ -32,6 +32,7 @@ from .. import names
 from ..config import kinds
 from ..model.locality import Locality
 from ..model.mesh import MeshSnapshot
+from ..model.peer_authentication import selector_labels
 from ..model.proxy import Proxy
 from ..model.services import Endpoint
 
@@ -85,6 +86,7 @@ class MeshFacts:
         # Memos of derived values other modules keep for this snapshot (destinations.py:
         # the clusters of a service port under a rule, shared by every namespace's build).
         self.memo: dict[tuple, object] = {}
+        self._selector_policy_namespaces: frozenset[str] | None = None
         self._kinds: dict[str, str] | None = None
         self._of: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._facts: str | None = None
@@ -281,8 +283,16 @@ class MeshFacts:
         return got
 
     def mtls_policy(self, namespace: str, labels, label_key: tuple | None = None) -> tuple:
-        """The effective PeerAuthentication of a workload, as the inbound side reads it."""
-        key = (namespace, label_key if label_key is not None else tuple(sorted(labels.items())))
+        """The effective PeerAuthentication of a workload, as the inbound side reads it.
+        Labels matter only in a namespace with a selector policy: elsewhere one answer
+        serves the whole namespace (thousands of pods, one evaluation)."""
+        if self._selector_policy_namespaces is None:
+            self._selector_policy_namespaces = frozenset(
+                pa.namespace for pa in self.mesh.peer_authentications if selector_labels(pa))
+        if namespace not in self._selector_policy_namespaces:
+            key = (namespace, None)
+        else:
+            key = (namespace, label_key if label_key is not None else tuple(sorted(labels.items())))
         got = self._policies.get(key)
         if got is None:
             pol = self.mesh.mtls_policy(namespace, labels)

@@ -42,8 +42,12 @@ def _mode(obj: ConfigObject | None) -> str:
     return str((obj.spec.get("mtls") or {}).get("mode") or UNSET)
 
 
-def _selector(obj: ConfigObject) -> Mapping[str, str]:
+def selector_labels(obj: ConfigObject) -> Mapping[str, str]:
+    """A PeerAuthentication's `selector.matchLabels` (empty: namespace- or mesh-wide)."""
     return (obj.spec.get("selector") or {}).get("matchLabels") or {}
+
+
+_selector = selector_labels
 
 
 def _oldest(objs: Iterable[ConfigObject]) -> ConfigObject | None:
