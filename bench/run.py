@@ -52,7 +52,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     """Direct children of `pid` (meshd's --workers processes)."""
     out = []
     for entry in os.listdir("/proc"):
@@ -69,7 +69,7 @@ def _children(pid: int) -> list[int]:
 def cpu_seconds(pid: int, tree: bool = True) -> float:
     """utime + stime of `pid`, and of its children (meshd's workers) when `tree`."""
     total = 0.0
-    for p in [pid] + (_children(pid) if tree else []):
+    for p in [pid] + (children(pid) if tree else []):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
@@ -82,7 +82,7 @@ def cpu_seconds(pid: int, tree: bool = True) -> float:
 def memory_mb(pid: int) -> dict[str, float]:
     """Resident and peak resident memory of `pid` and its children (summed)."""
     out = {"VmRSS": 0, "VmHWM": 0}
-    for p in [pid] + _children(pid):
+    for p in [pid] + children(pid):
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:

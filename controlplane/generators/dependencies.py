@@ -73,6 +73,12 @@ def _endpoint_text(ep: Endpoint) -> str:
     return f"{ep.address}:{ep.port}:{int(ep.ready)}:{ep.namespace}/{ep.pod}/{ep.service_account}:{sorted(ep.labels.items())}"
 
 
+def _label_key(labels, label_key: tuple | None) -> tuple:
+    """Labels as a memo key: the proxy's precomputed `label_key` when given (callers on
+    the push path pass it), else sorted here."""
+    return label_key if label_key is not None else tuple(sorted(labels.items()))
+
+
 def _eds_endpoint_text(ep: Endpoint) -> str:
     # EDS also reads the locality, which may come from the pod's Node rather than its labels.
     return f"{_endpoint_text(ep)}@{'/'.join(ep.locality)}"
@@ -214,7 +220,7 @@ class MeshFacts:
         """The DestinationRule `workloadSelector`s of `namespace` that select a proxy with
         `labels`: with the namespace, all a proxy's rule lookups depend on. Empty unless
         such a rule selects the proxy, so proxies without one keep sharing output."""
-        key = (namespace, label_key if label_key is not None else tuple(sorted(labels.items())))
+        key = (namespace, _label_key(labels, label_key))
         got = self._dr_selectors.get(key)
         if got is None:
             got = self._dr_selectors[key] = self.mesh.dr_selectors(namespace, labels)
@@ -292,7 +298,7 @@ class MeshFacts:
         if namespace not in self._selector_policy_namespaces:
             key = (namespace, None)
         else:
-            key = (namespace, label_key if label_key is not None else tuple(sorted(labels.items())))
+            key = (namespace, _label_key(labels, label_key))
         got = self._policies.get(key)
         if got is None:
             pol = self.mesh.mtls_policy(namespace, labels)

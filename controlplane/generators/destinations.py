@@ -19,7 +19,7 @@ in plaintext.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import structlog
 
@@ -62,9 +62,20 @@ def service_clusters(mesh: MeshSnapshot, proxy: Proxy, svc: Service) -> list[Out
     out: list[OutboundCluster] = []
     seen: set[str] = set()
     rule = mesh.destination_rule(svc.hostname, proxy.namespace, proxy.labels)
-    # Every namespace's (and selector group's) build walks all services: the clusters of
-    # a port under a rule are made once per snapshot (a merged rule's generation names
-    # its content) and shared.
+    for oc in _rule_clusters(mesh, svc, rule):
+        # A repeated subset name would give Envoy two clusters with one name.
+        if oc.name not in seen:
+            seen.add(oc.name)
+            if rule is not None and _credential_left_out(mesh, proxy, oc):
+                continue
+            out.append(oc)
+    return out
+
+
+def _rule_clusters(mesh: MeshSnapshot, svc: Service, rule: ConfigObject | None) -> Iterator[OutboundCluster]:
+    """The clusters of every (non-UDP) port of `svc` under `rule`. Every namespace's (and
+    selector group's) build walks all services: the clusters of a port under a rule are
+    made once per snapshot (a merged rule's generation names its content) and shared."""
     memo = facts(mesh).memo
     rule_id = (rule.namespace, rule.name, rule.generation) if rule is not None else None
     for sp in svc.ports:
@@ -73,14 +84,7 @@ def service_clusters(mesh: MeshSnapshot, proxy: Proxy, svc: Service) -> list[Out
         if ocs is None:
             proto = protocol.of_service_port(sp)
             ocs = memo[key] = () if proto == protocol.UDP else tuple(_clusters_for_port(svc, sp, proto, rule))
-        for oc in ocs:
-            # A repeated subset name would give Envoy two clusters with one name.
-            if oc.name not in seen:
-                seen.add(oc.name)
-                if rule is not None and _credential_left_out(mesh, proxy, oc):
-                    continue
-                out.append(oc)
-    return out
+        yield from ocs
 
 
 # --- DestinationRule credentials a proxy will never get ---------------------------------
@@ -212,14 +216,10 @@ def credential_problems(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Cre
         rule = mesh.destination_rule(svc.hostname, proxy.namespace, proxy.labels)
         if rule is None:
             continue
-        for sp in svc.ports:
-            proto = protocol.of_service_port(sp)
-            if proto == protocol.UDP:
-                continue
-            for oc in _clusters_for_port(svc, sp, proto, rule):
-                problem = credential_problem(mesh, proxy, oc)
-                if problem is not None:
-                    out.append((oc.name, problem))
+        for oc in _rule_clusters(mesh, svc, rule):
+            problem = credential_problem(mesh, proxy, oc)
+            if problem is not None:
+                out.append((oc.name, problem))
     return out
 
 

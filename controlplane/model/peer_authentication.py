@@ -47,8 +47,6 @@ def selector_labels(obj: ConfigObject) -> Mapping[str, str]:
     return (obj.spec.get("selector") or {}).get("matchLabels") or {}
 
 
-_selector = selector_labels
-
 
 def _oldest(objs: Iterable[ConfigObject]) -> ConfigObject | None:
     return min(objs, key=_age_key, default=None)
@@ -59,7 +57,7 @@ def effective_policy(
 ) -> MtlsPolicy:
     mesh, ns_wide, workload = [], [], []
     for pa in policies:
-        sel = _selector(pa)
+        sel = selector_labels(pa)
         if pa.namespace == namespace and sel:
             if labels_match(sel, labels):
                 workload.append(pa)

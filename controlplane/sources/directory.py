@@ -40,6 +40,10 @@ class FileStat:
     size: int
     inode: int
 
+    @classmethod
+    def of(cls, st: os.stat_result) -> "FileStat":
+        return cls(st.st_mtime_ns, st.st_size, st.st_ino)
+
 
 @dataclass
 class FileResult:
@@ -90,7 +94,7 @@ def _stat(path: str) -> FileStat | None:
         st = os.stat(path)
     except OSError:
         return None
-    return FileStat(st.st_mtime_ns, st.st_size, st.st_ino)
+    return FileStat.of(st)
 
 
 class DirectorySource:
@@ -130,7 +134,7 @@ class DirectorySource:
                             dirs.append((name, e.path))
                         elif name.endswith(SUFFIXES):
                             st = e.stat()
-                            files.append((name, e.path, FileStat(st.st_mtime_ns, st.st_size, st.st_ino)))
+                            files.append((name, e.path, FileStat.of(st)))
                     except OSError:
                         continue
         except OSError:

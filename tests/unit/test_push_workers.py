@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from bench.run import children
 from controlplane import names
 from controlplane.server.workers import WORKER_FLAG, worker_argv
 from tests.harness import REPO, ads_fetch, free_port, wait_for
@@ -23,19 +23,6 @@ def test_worker_argv_keeps_the_serve_arguments_and_drops_the_monitoring_port():
     assert out[5:] == ["--monitoring-port", "0", WORKER_FLAG, str(os.getpid()), "--workers", "1"]
 
 
-def _children(pid: int) -> set[int]:
-    out = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.add(int(entry.name))
-    return out
-
-
 @pytest.mark.e2e
 def test_two_workers_serve_one_port_and_stop_together(tmp_path):
     xds, mon = free_port("127.0.0.1"), free_port("127.0.0.1")
@@ -46,8 +33,8 @@ def test_two_workers_serve_one_port_and_stop_together(tmp_path):
          "127.0.0.1", "--ca-dir", str(tmp_path / "ca"), "--workers", "2"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
     try:
-        wait_for(lambda: _children(proc.pid), 20, what="a worker process")
-        workers = _children(proc.pid)
+        wait_for(lambda: set(children(proc.pid)), 20, what="a worker process")
+        workers = set(children(proc.pid))
         wait_for(lambda: (tmp_path / "meshd.log").read_text().count("xds server listening") == 2, 30,
                  what="both processes listening")
         node = "router~127.0.0.1~gw-{}.istio-system~istio-system.svc.cluster.local"
