@@ -142,6 +142,7 @@ class Fleet:
     def __init__(self):
         self.records: list[Record] = []
         self.conditions: dict[str, Condition] = {}
+        self.active: list[Condition] = []
         self.capture: dict[tuple[str, str], dict[str, dict[str, bytes]]] = {}  # group -> {first,last} -> type -> bytes
 
     def arm(self, label: str, kind: str, type_url: str, name: str = "") -> None:
@@ -150,6 +151,7 @@ class Fleet:
             r.baseline[label] = dict(r.acked)
             r.counts_at[label] = dict(r.received)
         self.conditions[label] = cond
+        self.active = [cond]  # the driver waits for one condition at a time
 
     def status(self, label: str) -> dict:
         times = [r.done[label] for r in self.records if label in r.done]
@@ -165,7 +167,7 @@ class Fleet:
 
     def check(self, rec: Record, type_url: str, version: str, data: bytes | None) -> None:
         now = time.time()
-        for cond in self.conditions.values():
+        for cond in self.active:
             if cond.label in rec.done or cond.type_url != type_url:
                 continue
             if cond.kind == "version" and version != rec.baseline.get(cond.label, {}).get(type_url):
@@ -180,6 +182,23 @@ class Fleet:
 
 
 # --- simulated proxies ---------------------------------------------------------------------
+async def _converse(proxy, first_type: str) -> None:
+    """One stream, read and written by one task: each response is handled and the
+    requests it causes are written before the next is read (an Envoy answers a response
+    before it looks at the next one too). Writing on the call directly, instead of
+    feeding a request iterator through a queue, saves a task switch per message."""
+    call = proxy.call()
+    proxy.send(first_type)
+    while True:
+        for req in proxy.out:
+            await call.write(req)
+        proxy.out.clear()
+        data = await call.read()
+        if data is grpc.aio.EOF:
+            return
+        proxy.on_response(data)
+
+
 def _node(req: Any, spec: ProxySpec) -> None:
     req.node.id = spec.node_id
     md = struct_pb2.Struct()
@@ -195,7 +214,7 @@ class SotwProxy:
             "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
             request_serializer=_ident, response_deserializer=_ident,
         )
-        self.out: asyncio.Queue = asyncio.Queue()
+        self.out: list = []  # requests to write after the response being handled
         self.first = True
         self._body: dict[str, tuple[Any, bytes]] = {}  # type -> (names object, serialized names + type)
         self.state: dict[str, tuple[str, str, list[str]]] = {}  # type -> (version, nonce, names)
@@ -217,16 +236,10 @@ class SotwProxy:
         if self.first:
             _node(rest, self.spec)
             self.first = False
-        self.out.put_nowait(body[1] + rest.SerializeToString())
-
-    async def requests(self):
-        while (r := await self.out.get()) is not None:
-            yield r
+        self.out.append(body[1] + rest.SerializeToString())
 
     async def run(self) -> None:
-        self.send(CDS)
-        async for data in self.call(self.requests()):
-            self.on_response(data)
+        await _converse(self, CDS)
 
     def on_response(self, data: bytes) -> None:
         resp = discovery_pb2.DiscoveryResponse.FromString(data)
@@ -301,7 +314,7 @@ class DeltaProxy:
             "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
             request_serializer=discovery_pb2.DeltaDiscoveryRequest.SerializeToString, response_deserializer=_ident,
         )
-        self.out: asyncio.Queue = asyncio.Queue()
+        self.out: list = []
         self.first = True
         self.held: dict[str, dict[str, str]] = {}
         self.eds: set[str] = set()
@@ -316,16 +329,10 @@ class DeltaProxy:
         if self.first:
             _node(req, self.spec)
             self.first = False
-        self.out.put_nowait(req)
-
-    async def requests(self):
-        while (r := await self.out.get()) is not None:
-            yield r
+        self.out.append(req)
 
     async def run(self) -> None:
-        self.send(CDS)
-        async for data in self.call(self.requests()):
-            self.on_response(data)
+        await _converse(self, CDS)
 
     def on_response(self, data: bytes) -> None:
         resp = discovery_pb2.DeltaDiscoveryResponse.FromString(data)
@@ -403,7 +410,7 @@ async def _fleet_main(specs: list[ProxySpec], address: str, transport: str, pipe
                 return
             await asyncio.sleep(1)  # reconnect, as Envoy does (with backoff)
             proxy.first = True
-            proxy.out = asyncio.Queue()
+            proxy.out = []
 
     for i, spec in enumerate(specs):
         if credentials is not None:
@@ -452,8 +459,8 @@ async def _fleet_main(specs: list[ProxySpec], address: str, transport: str, pipe
 
 
 def _with_token(method, token: str):
-    def call(requests):
-        return method(requests, metadata=[("authorization", f"Bearer {token}")])
+    def call():
+        return method(metadata=[("authorization", f"Bearer {token}")])
     return call
 
 

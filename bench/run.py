@@ -351,7 +351,7 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
             fleet.wait_synced(args.timeout)
             time.sleep(1)
             runs = []
-            for rep in range(args.repeat):
+            for rep in range(args.repeat if "full" in args.measure else 0):
                 label = f"floor-{rep}"
                 fleet.arm(label, "version", CDS)
                 cpu0 = cpu_seconds(fp.pid)
@@ -362,6 +362,22 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
                 time.sleep(1)
                 runs.append({"push_s": round(max(st["times"]) - t_push, 3), "cpu_s": round(cpu_seconds(fp.pid) - cpu0, 2)})
             result["floor_full_push"] = runs
+            # The endpoint floor: the last EDS response each group got (one assignment,
+            # after the endpoint changes above) sent again to every stream.
+            eps = []
+            for rep in range(args.repeat if "endpoint" in args.measure else 0):
+                label = f"floor-ep-{rep}"
+                fleet.arm(label, "version", EDS)
+                cpu0, gen0 = cpu_seconds(fp.pid), fleet.cpu()
+                t_push = time.time()
+                parent.send(("push", [EDS]))
+                parent.recv()
+                st = fleet.wait(label, args.timeout)
+                time.sleep(1)
+                lat = [t - t_push for t in st["times"]]
+                eps.append({"p50_s": round(pct(lat, 50), 3), "p99_s": round(pct(lat, 99), 3),
+                            "cpu_s": round(cpu_seconds(fp.pid) - cpu0, 2), "loadgen_cpu_s": round(fleet.cpu() - gen0, 2)})
+            result["floor_endpoint"] = eps
         finally:
             fleet.stop()
     finally:
@@ -370,9 +386,10 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
         if fp.is_alive():
             fp.kill()
 
-    med = statistics.median(r["push_s"] for r in result["full_push"])
-    floor_med = statistics.median(r["push_s"] for r in result["floor_full_push"])
-    result["full_push_vs_floor"] = round(med / floor_med, 2) if floor_med else None
+    if result["full_push"]:
+        med = statistics.median(r["push_s"] for r in result["full_push"])
+        floor_med = statistics.median(r["push_s"] for r in result["floor_full_push"])
+        result["full_push_vs_floor"] = round(med / floor_med, 2) if floor_med else None
     return result
 
 
@@ -405,6 +422,7 @@ def table(results: list[dict], sc: Scenario) -> str:
     row("endpoint p99 e2e (s)", lambda r: f"{max(x['p99_e2e_s'] for x in r['endpoint_change']):.3f}")
     row("endpoint p99 from store (s)", lambda r: f"{max(x['p99_from_store_s'] for x in r['endpoint_change']):.3f}")
     row("endpoint p99 push (s)", lambda r: f"{max(x['p99_push_s'] for x in r['endpoint_change']):.3f}")
+    row("floor endpoint p99 (s)", lambda r: f"{max(x['p99_s'] for x in r['floor_endpoint']):.3f}")
     row("endpoint push CPU (s)", lambda r: f"{med(x['cpu_s'] for x in r['endpoint_change']):.2f}")
     row("  load generator CPU meanwhile (s)", lambda r: f"{med(x['loadgen_cpu_s'] for x in r['endpoint_change']):.2f}")
     row("endpoint push: non-EDS responses", lambda r: str(sum(v for x in r['endpoint_change']

@@ -15,6 +15,7 @@ API is served on the secure port (security/plane.py).
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ from .config.store import ConfigStore
 from .debug.monitoring import start_monitoring
 from .debug.operator import operator_view
 from .generators import Generator
+from .generators.dependencies import facts
 from .model.mesh import MeshSnapshot, build_mesh
-from . import names
+from . import gcpolicy, names
 from .security.plane import DEFAULT_KEY_TYPE, SecurityOptions, SecurityPlane
 from .server.ads import AdsServer
 from .server.grpc_server import start_secure_xds_server, start_xds_server
@@ -107,7 +109,12 @@ class MeshBuilder:
         self.mesh: MeshSnapshot | None = None
         self.pushes = 0  # snapshots handed to the server (one per merged change)
         self._dirty = asyncio.Event()
-        self._changed: set = set()
+        self._changed: set = set()  # keys changed in this debounce window (for the reason)
+        # Keys changed since self.mesh was built: with them, an EndpointSlice-only change
+        # is built from self.mesh (build_mesh's fast path). After a failed build the next
+        # one is full.
+        self._unbuilt: set = set()
+        self._full_next = False
         self._first_change = 0.0
         store.subscribe(self._on_change)
 
@@ -115,6 +122,7 @@ class MeshBuilder:
         if not self._changed:
             self._first_change = time.time()  # logged with the snapshot: change-to-push latency
         self._changed |= set(changed)
+        self._unbuilt |= changed
         self._dirty.set()
 
     def rebuild(self, reason: str) -> None:
@@ -122,11 +130,17 @@ class MeshBuilder:
         if self.mesh is not None and snap.version == self.mesh.version:
             return
         started = time.perf_counter()
+        previous = None if self._full_next else self.mesh
         try:
-            mesh = build_mesh(snap, root_namespace=self.root_namespace)
+            mesh = build_mesh(snap, root_namespace=self.root_namespace, previous=previous, changed=frozenset(self._unbuilt))
         except Exception as e:  # keep serving the last good mesh
             log.exception("mesh build failed", config_version=snap.version, error=str(e))
+            self._full_next = True
             return
+        # The store only changes on this thread: `snap` has every change in _unbuilt.
+        self._unbuilt.clear()
+        self._full_next = False
+        facts(mesh)  # while the previous snapshot lives: what it shares is inherited
         self.mesh = mesh
         built = time.perf_counter()
         queued = self.ads.update(mesh, reason=reason)
@@ -144,6 +158,11 @@ class MeshBuilder:
             changed_at=self._first_change or None,
         )
         self._first_change = 0.0
+
+    @property
+    def pending(self) -> bool:
+        """Changes wait to be built and pushed."""
+        return self._dirty.is_set() or bool(self._changed)
 
     @classmethod
     def classify(cls, changed) -> str:
@@ -235,6 +254,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     servers: list = []
     monitoring = None
     tasks: list[asyncio.Task] = []
+    gc_before = gcpolicy.configure()  # restored when serving ends (tests serve in-process)
     try:
         # Inside the try: if a later port cannot be bound, the ones already up are closed.
         servers.append(await start_xds_server(ads, opts.listen_address, opts.xds_port))
@@ -269,6 +289,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                 log.info("waiting for the initial kubernetes lists")
             builder.rebuild(reason="initial kubernetes sync")
         tasks.append(asyncio.create_task(builder.run(stop)))
+        tasks.append(asyncio.create_task(gcpolicy.collect_when_idle(lambda: ads.busy or builder.pending, stop)))
         if plane is not None:
             tasks += plane.tasks(stop)
         await stop.wait()
@@ -283,6 +304,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         # End the ADS streams now (UNAVAILABLE, "meshd shutting down") rather than after
         # the grace period: proxies reconnect at once, and meshd exits without waiting.
         log.info("ads streams closed", streams=ads.close_all())
+        gc.set_threshold(*gc_before)
         await asyncio.gather(*(s.stop(grace=2) for s in servers))
         if plane is not None:
             plane.close()

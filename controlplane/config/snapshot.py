@@ -11,6 +11,8 @@ from .objects import ConfigKey, ConfigObject
 class ConfigSnapshot:
     objects: Mapping[ConfigKey, ConfigObject]
     version: str = ""  # content hash of every object's generation
+    # of_kind lists, filled lazily; the store hands a new snapshot the previous one's
+    # lists for the kinds a change left alone (store._carried_over).
     _by_kind: dict = field(default_factory=dict, compare=False, repr=False)
 
     def of_kind(self, kind: str) -> list[ConfigObject]:

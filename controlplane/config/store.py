@@ -142,6 +142,7 @@ class ConfigStore:
         self._recompute_owners(location, affected)
         objects = dict(before)
         changed = set()
+        replaced: dict[ConfigKey, ConfigObject | None] = {}  # keys whose object is not the one before
         for k in affected:
             loc = self._owner.get(k)
             new_obj = self._locations[loc].objects[k] if loc is not None else None
@@ -150,6 +151,8 @@ class ConfigStore:
                 objects.pop(k, None)
             else:
                 objects[k] = new_obj
+            if old_obj is not new_obj:
+                replaced[k] = new_obj
             if old_obj is not new_obj and (
                 old_obj is None or new_obj is None or old_obj.generation != new_obj.generation
                 or old_obj.origin != new_obj.origin
@@ -158,7 +161,8 @@ class ConfigStore:
                 self._version_sum = (self._version_sum - _object_hash(k, old_obj) + _object_hash(k, new_obj)) % _MOD
         if not changed:
             return
-        self._snapshot = ConfigSnapshot(objects, _version_text(self._version_sum))
+        self._snapshot = ConfigSnapshot(objects, _version_text(self._version_sum),
+                                        _by_kind=_carried_over(self._snapshot._by_kind, replaced))
         for listener in self._listeners:
             listener(self._snapshot, frozenset(changed))
 
@@ -188,6 +192,26 @@ class ConfigStore:
                 # Only report the conflict when the newcomer's location changes.
                 if not any(r.key == key and "conflict" in r.reason for r in st.rejections):
                     self._reject(st, Rejection(obj.origin, key, "metadata.name", f"conflict: {key} is already defined in {owner}; this definition is ignored"))
+
+
+def _carried_over(by_kind: dict[str, list[ConfigObject]], replaced: dict[ConfigKey, ConfigObject | None]) -> dict:
+    """The previous snapshot's of_kind lists, valid for the new one: untouched kinds as
+    they are, touched ones patched (O(objects of the kind), not a scan of the store)."""
+    touched: dict[str, dict[ConfigKey, ConfigObject | None]] = {}
+    for k, obj in replaced.items():
+        touched.setdefault(k.kind, {})[k] = obj
+    out = {}
+    for kind, objs in by_kind.items():
+        keys = touched.get(kind)
+        if keys is None:
+            out[kind] = objs  # never mutated: shared between snapshots
+            continue
+        gone = {(k.namespace, k.name) for k in keys}
+        kept = [o for o in objs if (o.namespace, o.name) not in gone]
+        kept.extend(o for o in keys.values() if o is not None)
+        # (namespace, name) is unique within a kind: the order is the one a fresh scan gives.
+        out[kind] = sorted(kept, key=lambda o: (o.namespace, o.name))
+    return out
 
 
 # The store's version is a content hash of every object's (kind, namespace, name,

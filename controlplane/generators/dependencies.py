@@ -84,6 +84,34 @@ def _eds_endpoint_text(ep: Endpoint) -> str:
     return f"{_endpoint_text(ep)}@{'/'.join(ep.locality)}"
 
 
+# What facts of a snapshot built by build_mesh's EndpointSlice fast path (only endpoints
+# and instances differ from the snapshot it was derived from) are carried over from the
+# facts of that snapshot. Whole, the memos below: they read no endpoint or instance.
+INHERITED = (
+    ("_selector_policy_namespaces", "PeerAuthentications"),
+    ("_dr_routing", "DestinationRules"),
+    ("_policies", "PeerAuthentications"),
+    ("_service_generation", "Service objects"),
+    ("_namespace_modes", "PeerAuthentications"),
+    ("_source_labels", "VirtualServices"),
+    ("_dr_selectors", "DestinationRules"),
+    ("_dr_credentials", "DestinationRules"),
+    ("_namespace_secrets", "credentials (Secrets)"),
+    ("_proxy_localities", "Pods and Nodes (MeshSnapshot._pods), not endpoints"),
+)
+# Carried over in part:
+# - `_kinds` but the EndpointSlice digest (recomputed on use);
+# - `_of` but the tuples reading _ENDPOINT_DEPS;
+# - `memo` entries of the prefixes _INHERITED_MEMOS (destinations.py: clusters of a
+#   Service port under a rule, credential problems: Services, rules, Secrets only);
+# - the memos reading endpoints or instances, but for the hosts whose endpoints and the
+#   IPs whose instances changed: `_hosts`, `_service_accounts`, `_localized_hosts` (per
+#   host), `_shapes` (per IP), `_headless_ips` (whole, unless a headless host changed).
+# Never: `_facts`, `_all_endpoints`, `_locality_inputs` (digests of every endpoint).
+_INHERITED_MEMOS = ("clusters", "credential")
+_ENDPOINT_DEPS = frozenset({kinds.ENDPOINT_SLICE.kind, ENDPOINT_FACTS, MESH_VERSION})
+
+
 class MeshFacts:
     """Fingerprints of one snapshot, computed on first use."""
 
@@ -112,6 +140,40 @@ class MeshFacts:
         self._locality_inputs: tuple[bool, bool] | None = None
         self._localized_hosts: frozenset[str] | None = None
         self._proxy_localities: dict[tuple, Locality] = {}
+        self._stale_kinds: tuple[str, ...] = ()  # entries of an inherited `_kinds` to recompute
+
+    def inherit(self, previous: "MeshFacts", base: MeshSnapshot) -> None:
+        """Start from `previous`'s facts (those of `base`): this snapshot differs from
+        `base` in EndpointSlices (so endpoints and instances) only."""
+        for name, _why in INHERITED:
+            value = getattr(previous, name)
+            setattr(self, name, dict(value) if isinstance(value, dict) else value)
+        self.memo = {k: v for k, v in previous.memo.items() if k[0] in _INHERITED_MEMOS}
+        self._of = {deps: v for deps, v in previous._of.items() if _ENDPOINT_DEPS.isdisjoint(deps)}
+        if previous._kinds is not None:
+            self._kinds = dict(previous._kinds)
+            self._stale_kinds = previous._stale_kinds + (kinds.ENDPOINT_SLICE.kind,)
+        mesh = self.mesh
+        if mesh.endpoints.keys() != base.endpoints.keys():
+            return  # not a fast-path pair after all: nothing per host
+        # The fast path replaces exactly the entries it recomputes: identity tells them.
+        hosts = {h for (h, port), eps in mesh.endpoints.items() if base.endpoints[(h, port)] is not eps}
+        old_ips, new_ips = base._instances_by_ip, mesh._instances_by_ip
+        ips = {ip for ip in old_ips.keys() | new_ips.keys() if old_ips.get(ip) is not new_ips.get(ip)}
+        self._service_accounts = {h: v for h, v in previous._service_accounts.items() if h not in hosts}
+        self._shapes = {ip: v for ip, v in previous._shapes.items() if ip not in ips}
+        if previous._headless_ips is not None and not any(h not in mesh.services or mesh.services[h].headless for h in hosts):
+            self._headless_ips = previous._headless_ips
+        if previous._hosts is not None:
+            per_host: dict[str, list[str]] = {}
+            for (h, port), eps in mesh.endpoints.items():  # as host_endpoints reads them
+                if h in hosts:
+                    per_host.setdefault(h, []).append(f"{port}=" + ";".join(_eds_endpoint_text(e) for e in eps))
+            self._hosts = {h: v for h, v in previous._hosts.items() if h not in hosts}
+            self._hosts.update((h, _digest(sorted(v))) for h, v in per_host.items())
+        if previous._localized_hosts is not None:
+            self._localized_hosts = (previous._localized_hosts - hosts) | {
+                h for (h, _), eps in mesh.endpoints.items() if h in hosts and any(ep.locality for ep in eps)}
 
     @property
     def mesh(self) -> MeshSnapshot:
@@ -127,6 +189,13 @@ class MeshFacts:
                 kind_name = key.kind if key.kind in KNOWN_KINDS else OTHER
                 by_kind.setdefault(kind_name, []).append(f"{key.kind}/{key.namespace}/{key.name}={obj.generation}")
             self._kinds = {k: _digest(sorted(v)) for k, v in by_kind.items()}
+        elif self._stale_kinds:
+            for stale in self._stale_kinds:  # known kinds: their objects are of_kind's
+                lines = [f"{o.kind}/{o.namespace}/{o.name}={o.generation}" for o in self.mesh.config.of_kind(stale)]
+                self._kinds.pop(stale, None)
+                if lines:
+                    self._kinds[stale] = _digest(sorted(lines))
+            self._stale_kinds = ()
         if kind == ENDPOINT_FACTS:
             return self.endpoint_facts()
         if kind == MESH_VERSION:
@@ -357,4 +426,9 @@ def facts(mesh: MeshSnapshot) -> MeshFacts:
     if got is None or got._mesh() is not mesh:
         got = _facts[key] = MeshFacts(mesh)
         weakref.finalize(mesh, _facts.pop, key, None)
+        derived_from = getattr(mesh, "_derived_from", None)
+        base = derived_from() if derived_from is not None else None
+        prev = _facts.get(id(base)) if base is not None else None
+        if prev is not None and prev._mesh() is base:
+            got.inherit(prev, base)
     return got

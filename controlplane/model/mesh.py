@@ -7,15 +7,16 @@ back than this object.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import AbstractSet, Any, Mapping
 
 import structlog
 
 from ..config import kinds
-from ..config.objects import ConfigObject
+from ..config.objects import ConfigKey, ConfigObject
 from ..config.snapshot import ConfigSnapshot
-from ..names import ROOT_NAMESPACE, resolve_host
+from ..names import ROOT_NAMESPACE, fqdn, resolve_host
 from .credentials import Credential, credentials_from
 from .delegates import resolve_delegates
 from .destination_rules import DestinationRuleIndex
@@ -81,6 +82,10 @@ class MeshSnapshot:
     _dr_index: DestinationRuleIndex | None = field(default=None, repr=False)
     # Pods by name and IP, Node labels by name: where proxies run (proxy_locality).
     _pods: PodIndex | None = field(default=None, repr=False)
+    # Built from this snapshot (a weakref, never keeping it alive) when only EndpointSlices
+    # changed: everything but endpoints and instances is shared with it (dependencies.py
+    # carries over its facts that do not read endpoints).
+    _derived_from: Any = field(default=None, repr=False, compare=False)
 
     # --- lookups generators use ------------------------------------------------
     def service(self, hostname: str) -> Service | None:
@@ -230,7 +235,15 @@ def _dr_host(dr: ConfigObject) -> str:
     return resolve_host(str(dr.spec.get("host") or ""), dr.namespace)
 
 
-def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE) -> MeshSnapshot:
+def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, previous: MeshSnapshot | None = None,
+               changed: AbstractSet[ConfigKey] | None = None) -> MeshSnapshot:
+    """The mesh of `config`. With `previous` (a mesh built by this function) and `changed`
+    (every key changed since `previous.config`), an EndpointSlice-only change rebuilds just
+    the endpoints of the services owning the changed slices; anything else is built anew."""
+    if (previous is not None and changed and previous._pods is not None
+            and previous.root_namespace == root_namespace
+            and all(k.kind == kinds.ENDPOINT_SLICE.kind for k in changed)):
+        return _with_changed_slices(config, previous, changed)
     pods = config.of_kind(kinds.POD.kind)
     nodes = {n.name: n.labels for n in config.of_kind(kinds.NODE.kind)}
     pod_index = PodIndex(pods, nodes)
@@ -248,14 +261,7 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE) -> 
     endpoints: dict[tuple[str, int], tuple[Endpoint, ...]] = {}
     instances: dict[str, list[ServiceInstance]] = {}
     for svc in services.values():
-        slices = slices_by_service.get((svc.namespace, svc.name))
-        per_port = endpoints_from_slices(svc, slices, pod_index) if slices else endpoints_from_pods(svc, pods, nodes)
-        for port, eps in per_port.items():
-            endpoints[(svc.hostname, port)] = eps
-            sp = svc.port(port)
-            for ep in eps:
-                if sp is not None:
-                    instances.setdefault(ep.address, []).append(ServiceInstance(svc, sp, ep))
+        _add_endpoints(svc, slices_by_service.get((svc.namespace, svc.name)), pod_index, pods, endpoints, instances)
 
     drs = tuple(config.of_kind(kinds.DESTINATION_RULE.kind))
     gateways = tuple(config.of_kind(kinds.GATEWAY.kind))
@@ -281,6 +287,67 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE) -> 
         _pods=pod_index,
     )
     conflicts = gateway_conflicts(mesh, pods)
+    report_gateway_conflicts(conflicts)
+    return dataclasses.replace(mesh, gateway_conflicts=conflicts)
+
+
+def _add_endpoints(svc: Service, slices: list[ConfigObject] | None, pod_index: PodIndex, pods,
+                   endpoints: dict, instances: dict) -> None:
+    """`svc`'s endpoints per port (from its slices, else from the pods it selects) into
+    `endpoints`, and its instances by address into `instances`."""
+    per_port = endpoints_from_slices(svc, slices, pod_index) if slices else endpoints_from_pods(svc, pods, pod_index.nodes)
+    for port, eps in per_port.items():
+        endpoints[(svc.hostname, port)] = eps
+        sp = svc.port(port)
+        if sp is not None:
+            for ep in eps:
+                instances.setdefault(ep.address, []).append(ServiceInstance(svc, sp, ep))
+
+
+def _with_changed_slices(config: ConfigSnapshot, previous: MeshSnapshot, changed: AbstractSet[ConfigKey]) -> MeshSnapshot:
+    """`previous` with the endpoints of the services owning `changed` slices recomputed as
+    build_mesh computes them; Services, Pods, Nodes and routing config are unchanged."""
+    owners: dict[tuple[str, str], list[ConfigObject]] = {}
+    for key in changed:
+        # A deleted or relabelled slice leaves its former owner as well.
+        for obj in (config.objects.get(key), previous.config.objects.get(key)):
+            owner = obj.labels.get(SERVICE_NAME_LABEL) if obj is not None else None
+            if owner:
+                owners.setdefault((obj.namespace, owner), [])
+    for sl in config.of_kind(kinds.ENDPOINT_SLICE.kind):  # the order build_mesh reads them in
+        got = owners.get((sl.namespace, sl.labels.get(SERVICE_NAME_LABEL)))
+        if got is not None:
+            got.append(sl)
+
+    pod_index = previous._pods
+    assert pod_index is not None
+    endpoints = dict(previous.endpoints)
+    fresh: dict[str, list[ServiceInstance]] = {}
+    hosts: set[str] = set()
+    addresses: set[str] = set()  # IPs whose instances may change: old and new endpoints
+    named_target = False
+    for (ns, name), slices in owners.items():
+        svc = previous.services.get(fqdn(name, ns))
+        if svc is None or (svc.namespace, svc.name) != (ns, name):
+            continue  # slices of no Service are never read
+        hosts.add(svc.hostname)
+        named_target |= any(isinstance(p.target_port, str) and not p.target_port.isdigit() for p in svc.ports)
+        for sp in svc.ports:
+            addresses.update(ep.address for ep in previous.endpoints.get((svc.hostname, sp.port), ()))
+        _add_endpoints(svc, slices, pod_index, config.of_kind(kinds.POD.kind), endpoints, fresh)
+    instances = dict(previous._instances_by_ip)
+    for ip in addresses | fresh.keys():
+        kept = [i for i in instances.get(ip, ()) if i.service.hostname not in hosts]
+        # A stable sort, as build_mesh's: equal keys are one service's, in endpoint order.
+        merged = sorted(kept + fresh.get(ip, []), key=lambda i: (i.service.hostname, i.port.port))
+        if merged:
+            instances[ip] = tuple(merged)
+        else:
+            instances.pop(ip, None)
+    mesh = dataclasses.replace(previous, version=config.version, config=config, endpoints=endpoints,
+                               _instances_by_ip=instances, _derived_from=weakref.ref(previous))
+    # Conflicts read endpoints only to resolve a gateway Service's named targetPort.
+    conflicts = gateway_conflicts(mesh, config.of_kind(kinds.POD.kind)) if named_target else previous.gateway_conflicts
     report_gateway_conflicts(conflicts)
     return dataclasses.replace(mesh, gateway_conflicts=conflicts)
 

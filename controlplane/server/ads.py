@@ -64,7 +64,7 @@ from ..generators.resources import ResourceSet, changes
 from ..model.proxy import NodeError, Proxy, parse_node
 from ..security.authz import claimed_identity, identity_mismatch
 from ..security.sds import SecretProvider
-from . import wire
+from . import acks, wire
 from .connection import Connection, EventQueue, Push
 from .delta import DeltaProtocol
 from .flow import PushLimiter, StreamStuck
@@ -83,6 +83,8 @@ _FOLLOW_UPS = {
 
 # Types whose SotW pushes carry only what changed (never LDS/CDS: those must be whole).
 _PARTIAL_PUSH = frozenset({names.ENDPOINT})
+
+_NONCE_FIELD_LEN = 18  # how an ACK ends: field 5's tag, its length, make_nonce's 16 chars
 
 
 class Generator(Protocol):
@@ -157,6 +159,12 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     @property
     def mesh(self) -> Any:
         return self._mesh
+
+    @property
+    def busy(self) -> bool:
+        """A push is under way: some connection has one queued or a response is being
+        written (gcpolicy waits for a quiet moment)."""
+        return self.limiter.in_flight > 0 or any(c.events.pending_push is not None for c in self._connections.values())
 
     def connections(self) -> list[Connection]:
         return list(self._connections.values())
@@ -269,6 +277,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             first = await requests.__anext__()
         except StopAsyncIteration:
             return
+        if isinstance(first, bytes):  # SotW requests arrive as bytes (acks.py)
+            first = discovery_pb2.DiscoveryRequest.FromString(first)
         proxy = await self._accept(first, peer, context)
         if identity is not None:
             await self._authorize(proxy, identity, peer, context)
@@ -374,6 +384,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     async def _read(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], conn: Connection) -> None:
         try:
             async for req in requests:
+                # A plain ACK needing no answer, while the handler waits for work, is
+                # settled here: no queueing and no wake-up of the handler, per proxy
+                # per push.
+                if conn.events.idle and type(req) is bytes and self._settle_ack(conn, req):
+                    continue
                 await conn.events.put_request(req)
         except asyncio.CancelledError:
             raise
@@ -405,9 +420,33 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         return self._ready.is_set() and not conn.events.closed
 
     # --- protocol ----------------------------------------------------------------
+    def _plain_ack(self, conn: Connection, raw: bytes) -> Subscription | None:
+        """The subscription `raw` ACKs with the same names as before, recorded; or None
+        (then the request must be decoded and handled in full)."""
+        sub = acks.match(raw, conn.acks, _NONCE_FIELD_LEN)
+        if sub is not None:
+            sub.record_ack(sub.sent_version, sub.sent_nonce)
+        return sub
+
+    def _settle_ack(self, conn: Connection, raw: bytes) -> bool:
+        """Handle `raw` at once if it is a plain ACK whose answer would be nothing."""
+        sub = conn.acks.get(raw[-_NONCE_FIELD_LEN:])
+        if sub is None or sub.must_answer or conn.mesh is None:
+            return False
+        key = self._view.key(conn, sub, conn.mesh)
+        if key is None or key != sub.sent_key:
+            return False
+        return self._plain_ack(conn, raw) is not None
+
     async def _on_request(
-        self, conn: Connection, context: grpc.aio.ServicerContext, req: discovery_pb2.DiscoveryRequest
+        self, conn: Connection, context: grpc.aio.ServicerContext, req: discovery_pb2.DiscoveryRequest | bytes
     ) -> None:
+        if type(req) is bytes:
+            sub = self._plain_ack(conn, req)
+            if sub is not None:
+                await self._respond(conn, context, sub, request=True, force=sub.must_answer, reason="request")
+                return
+            req = discovery_pb2.DiscoveryRequest.FromString(req)
         type_url = req.type_url
         if not type_url:
             self._log.warning("ads request without type_url ignored", proxy=conn.proxy.id, conn=conn.id)
@@ -416,18 +455,15 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         sub = conn.subscriptions.get(type_url)
         new = sub is None
         # Envoy's ACKs repeat the whole name list (a sidecar's EDS request names every
-        # cluster): compare a digest of the rest of the request with the previous one
-        # (serialization and hashing in C) rather than build a set of a thousand strings
-        # per ACK, and keep a few bytes per subscription rather than the request. The
-        # digest is Python's keyed 64-bit SipHash of the bytes (per-process random key,
-        # so a client cannot aim for a collision): 10 us for a 1,200-name request where
-        # blake2b took 200 us, per ACK, times every proxy on every push.
+        # cluster): compare the rest of the request, re-encoded, with the previous one
+        # (in C) rather than build a set of a thousand strings per ACK; the bytes are
+        # kept interned (shared by every proxy asking the same).
+        # Most ACKs never get here: acks.py matches them on their bytes.
         req.ClearField("version_info")
         req.ClearField("response_nonce")
         req.ClearField("node")
         body = req.SerializeToString()
-        digest = (len(body), hash(body))
-        same_names = sub is not None and sub.last_request == digest
+        same_names = sub is not None and sub.last_request == body
         if not same_names and (problem := names_problem(req.resource_names)) is not None:
             self._log.warning("ads request refused", proxy=conn.proxy.id, conn=conn.id, type_url=type_url[:200],
                               reason=problem)
@@ -454,7 +490,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
         changed = False if same_names else sub.set_names(req.resource_names)
         if not req.HasField("error_detail"):
-            sub.last_request = digest
+            sub.last_request = acks.intern(body)
         if not initial:
             sub.record_ack(version, nonce)
         if type_url not in self._types():
@@ -541,6 +577,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             data = functools.partial(self._shared.get, rs, version, nonce, data)
         # Recorded before the write: the answer to it may be read before the write returns.
         sub.record_sent(version, nonce, resource_set=rs, key=key)
+        if sub.ack_fields is not None:
+            conn.acks.pop(sub.ack_fields[1], None)
+        acks.expect(sub)
+        conn.acks[sub.ack_fields[1]] = sub
         for follow in _FOLLOW_UPS.get(sub.type_url, ()):
             if (other := conn.subscriptions.get(follow)) is not None:
                 other.must_answer = True

@@ -52,6 +52,7 @@ class EventQueue:
         self._writable = asyncio.Event()
         self._writable.set()
         self._closed_event = asyncio.Event()
+        self._consumer_waiting = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -89,6 +90,12 @@ class EventQueue:
         return True
 
     @property
+    def idle(self) -> bool:
+        """The consumer is waiting for the next event and none is queued: handling a
+        request right now, without awaiting anything, is what the consumer would do."""
+        return self._consumer_waiting and not self._items and not self._closed
+
+    @property
     def pending_push(self) -> Push | None:
         return self._push
 
@@ -108,7 +115,11 @@ class EventQueue:
             if self._closed:
                 return None
             self._readable.clear()
-            await self._readable.wait()
+            self._consumer_waiting = True
+            try:
+                await self._readable.wait()
+            finally:
+                self._consumer_waiting = False
         if self._closed:
             return None
         item = self._items.popleft()
@@ -143,6 +154,8 @@ class Connection:
     abort: Any = None
     # The xDS node of the first request, extensions dropped (debug views; may be None).
     node: Any = None
+    # SotW: the nonce field of each type's last response -> its subscription (acks.py).
+    acks: dict[bytes, Subscription] = field(default_factory=dict)
 
     def subscription(self, type_url: str) -> Subscription:
         sub = self.subscriptions.get(type_url)

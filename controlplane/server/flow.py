@@ -17,18 +17,31 @@
 - Each connection is handled by its own task, and a push only queues one coalescing
   event per connection (connection.py): a slow proxy delays nobody's queue but its own.
 
-The timeout is a timer on the event loop, not a task per write: pushes to thousands of
-proxies pay for a timer handle each, nothing more.
+The timeout is watched by one sweep over the writes in flight (oldest first), not a timer
+per write, and a free slot is taken without awaiting anything: a push to thousands of
+proxies pays a dict entry per write. A write is given up between `write_timeout` and
+1.25 times it.
 """
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from typing import Any, Callable
 
 
 class StreamStuck(Exception):
     """A write to a proxy took longer than the timeout (raised once it completed)."""
+
+
+class _Write:
+    __slots__ = ("started", "held", "stuck", "on_stuck")
+
+    def __init__(self, started: float, on_stuck: Callable[[], None] | None):
+        self.started = started
+        self.held = True
+        self.stuck = False
+        self.on_stuck = on_stuck
 
 
 class PushLimiter:
@@ -37,9 +50,64 @@ class PushLimiter:
             raise ValueError("max_in_flight must be at least 1")
         self.max_in_flight = max_in_flight
         self.write_timeout = write_timeout
-        self._slots = asyncio.Semaphore(max_in_flight)
         self.in_flight = 0
-        self.waiting = 0
+        self._waiters: deque[asyncio.Future] = deque()
+        self._writes: dict[_Write, None] = {}  # in flight, oldest first
+        self._sweep: asyncio.TimerHandle | None = None
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for w in self._waiters if not w.done())
+
+    async def _acquire(self) -> None:
+        if self.in_flight < self.max_in_flight and not self._waiters:
+            self.in_flight += 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut  # the slot is handed over by _release (in_flight already counts it)
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._release()  # granted as we were cancelled: pass it on
+            else:
+                try:
+                    self._waiters.remove(fut)
+                except ValueError:
+                    pass
+            raise
+
+    def _release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # hand the slot over: in_flight unchanged
+                return
+        self.in_flight -= 1
+
+    def _free(self, w: _Write) -> None:
+        if w.held:
+            w.held = False
+            self._writes.pop(w, None)
+            self._release()
+
+    def _swept(self) -> None:
+        self._sweep = None
+        now = time.monotonic()
+        for w in list(self._writes):
+            if now - w.started < self.write_timeout:
+                break  # the rest started later
+            w.stuck = True
+            self._free(w)  # the others need not wait for this proxy
+            if w.on_stuck is not None:
+                w.on_stuck()
+        self._watch()
+
+    def _watch(self) -> None:
+        if self._sweep is None and self._writes and self.write_timeout > 0:
+            oldest = next(iter(self._writes)).started
+            delay = max(oldest + self.write_timeout - time.monotonic(), 0) + self.write_timeout / 4
+            self._sweep = asyncio.get_running_loop().call_later(delay, self._swept)
 
     async def write(self, context: Any, data: Any, on_stuck: Callable[[], None] | None = None) -> float:
         """Write one response when a slot is free; returns the seconds spent waiting for
@@ -47,41 +115,17 @@ class PushLimiter:
         held). `on_stuck` is called when the write outlasts the timeout; the write then
         raises StreamStuck when it finally completes."""
         queued = time.perf_counter()
-        self.waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self.waiting -= 1
+        await self._acquire()
         waited = time.perf_counter() - queued
-        self.in_flight += 1
-        held = True
-        stuck = False
-
-        def release() -> None:
-            nonlocal held
-            if held:
-                held = False
-                self.in_flight -= 1
-                self._slots.release()
-
-        def timed_out() -> None:
-            nonlocal stuck
-            stuck = True
-            release()  # the others need not wait for this proxy
-            if on_stuck is not None:
-                on_stuck()
-
-        timer = None
+        w = _Write(time.monotonic(), on_stuck)
+        self._writes[w] = None
+        self._watch()
         try:
             if callable(data):
                 data = data()
-            if self.write_timeout > 0:
-                timer = asyncio.get_running_loop().call_later(self.write_timeout, timed_out)
             await context.write(data)
         finally:
-            if timer is not None:
-                timer.cancel()
-            release()
-        if stuck:
+            self._free(w)
+        if w.stuck:
             raise StreamStuck(f"a write did not complete within {self.write_timeout:g}s")
         return waited

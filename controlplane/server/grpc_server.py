@@ -55,8 +55,9 @@ def add_ads_servicer(servicer: ads_pb2_grpc.AggregatedDiscoveryServiceServicer, 
 
     handlers = {
         "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-            servicer.StreamAggregatedResources,
-            request_deserializer=discovery_pb2.DiscoveryRequest.FromString, response_serializer=serialize,
+            # Requests as bytes: the server recognises most ACKs without decoding them
+            # (acks.py) and decodes the others itself.
+            servicer.StreamAggregatedResources, request_deserializer=None, response_serializer=serialize,
         ),
         "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
             servicer.DeltaAggregatedResources,

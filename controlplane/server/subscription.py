@@ -90,9 +90,11 @@ class Subscription:
     # Delta: names that must be sent on the next response even at a version the client
     # holds (newly subscribed, or forgotten by a wildcard unsubscribe).
     resend: set[str] = field(default_factory=set)
-    # SotW: a digest of the last request without its version, nonce and node, to
-    # recognise an ACK that repeats the name list (ads.py) without keeping the request.
-    last_request: tuple[int, int] | None = field(default=None, repr=False)
+    # SotW: the last request without its version, nonce and node, re-encoded (shared
+    # between subscriptions, acks.intern), to recognise an ACK that repeats the name list.
+    last_request: bytes | None = field(default=None, repr=False)
+    # SotW: the version and nonce fields an ACK of the last response carries (acks.py).
+    ack_fields: tuple[bytes, bytes] | None = field(default=None, repr=False)
     # Memos of view.py (per snapshot, per pair of name sets): cheap pushes to thousands.
     key_memo: Any = field(default=None, repr=False)
     covers_memo: Any = field(default=None, repr=False)

@@ -30,11 +30,16 @@ class ResourceView:
         self.generator = generator
         self.secrets = secrets
         self._on_withheld = on_withheld
+        self._types: tuple[str, ...] | None = None
 
     def types(self) -> tuple[str, ...]:
-        served = tuple(self.generator.types())
-        if self.secrets is not None and names.SECRET not in served:
-            served += (names.SECRET,)
+        # Asked on every request and push: made once (a generator's types never change).
+        served = self._types
+        if served is None:
+            served = tuple(self.generator.types())
+            if self.secrets is not None and names.SECRET not in served:
+                served += (names.SECRET,)
+            self._types = served
         return served
 
     def _provider_owned(self, sub: Subscription) -> bool:

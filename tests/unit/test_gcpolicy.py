@@ -1,0 +1,40 @@
+"""Full garbage collections happen between pushes (controlplane/gcpolicy.py)."""
+from __future__ import annotations
+
+import asyncio
+import gc
+
+from controlplane import gcpolicy
+
+
+def test_full_collections_wait_for_a_quiet_moment_but_not_for_ever(monkeypatch):
+    collected: list[bool] = []
+    busy = {"now": True}
+    monkeypatch.setattr(gcpolicy.gc, "collect", lambda *a: collected.append(busy["now"]) or 0)
+
+    async def main():
+        stop = asyncio.Event()
+        task = asyncio.create_task(gcpolicy.collect_when_idle(lambda: busy["now"], stop, interval=0.1,
+                                                              max_wait=0.6, poll=0.02))
+        await asyncio.sleep(0.35)
+        assert collected == []  # due, but a push is under way
+        busy["now"] = False
+        await asyncio.sleep(0.1)
+        assert collected == [False]  # the first quiet moment
+        busy["now"] = True
+        await asyncio.sleep(0.8)
+        assert collected == [False, True]  # busy for longer than max_wait: collected anyway
+        stop.set()
+        await asyncio.wait_for(task, 1)
+
+    asyncio.run(main())
+
+
+def test_thresholds_leave_full_collections_to_the_policy():
+    before = gc.get_threshold()
+    try:
+        gcpolicy.configure()
+        young, middle, full = gc.get_threshold()
+        assert young > 700 and full >= 1_000_000
+    finally:
+        gc.set_threshold(*before)
