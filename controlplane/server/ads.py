@@ -135,6 +135,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._view = ResourceView(generator, secrets, on_withheld=self._withheld)
         self.limiter = PushLimiter(max_pushes_in_flight, write_timeout)
         self._shared = wire.SharedResponses()  # whole SotW responses joined once per group
+        self._partial = PartialPushes()  # what changed, worked out once per group
         self._delta = DeltaProtocol(self)
         self._trust_domain = trust_domain
         self._metrics = metrics
@@ -562,9 +563,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         partial = not request and not force and sub.type_url in _PARTIAL_PUSH and sub.sent_set is not None
         if partial:
             # Only what changed since the last response; the client keeps the rest.
-            resources = [rs[n] for n in sorted(changed_names(sub, rs))]
-            chunks = [r.sotw_chunk for r in resources]
-            count, size = len(resources), sum(r.size for r in resources)
+            chunks, count, size = self._partial.get(sub, rs)
         elif whole:
             # The parts' shared blobs, joined once into the response below.
             chunks, count, size = [part.sotw_blob() for part in rs.parts], len(rs), rs.size
@@ -609,6 +608,31 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             type=sub.short, version=version, nonce=nonce, proxy=conn.proxy.id, conn=conn.id,
             resources=count, size=size, reason=reason, delta=conn.delta,
         )
+
+
+class PartialPushes:
+    """The changed resources of a partial push, worked out once for every subscription
+    that was sent the same set, wants the same names and is now due the same new set
+    (the 2,000 sidecars of an endpoint change are a handful of such groups). Keyed by
+    identity; the key objects are kept so their ids cannot be reused while cached."""
+
+    def __init__(self, max_items: int = 256):
+        self.max_items = max_items
+        self._items: dict[tuple, tuple] = {}
+
+    def get(self, sub: Subscription, rs: ResourceSet) -> tuple[list[bytes], int, int]:
+        """(chunks, count, size) of what `sub` lacks of `rs`."""
+        old, wanted = sub.sent_set, (sub.names, sub.wildcard)
+        key = (id(old), id(rs), id(wanted[0]), wanted[1])
+        got = self._items.get(key)
+        if got is not None and got[0] is old and got[1] is rs and got[2] is wanted[0]:
+            return got[3]
+        resources = [rs[n] for n in sorted(changed_names(sub, rs))]
+        out = ([r.sotw_chunk for r in resources], len(resources), sum(r.size for r in resources))
+        if len(self._items) >= self.max_items:
+            self._items.clear()  # a cache: dropping it costs only the sharing
+        self._items[key] = (old, rs, wanted[0], out)
+        return out
 
 
 def changed_names(sub: Subscription, rs: ResourceSet) -> set[str]:
