@@ -24,6 +24,7 @@ resource received and ACKed) and asks for `status`: how many proxies met it and 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import sys
@@ -143,6 +144,7 @@ class Fleet:
         self.records: list[Record] = []
         self.conditions: dict[str, Condition] = {}
         self.active: list[Condition] = []
+        self.done: dict[str, int] = {}  # label -> proxies that met it (cheap to poll)
         self.capture: dict[tuple[str, str], dict[str, dict[str, bytes]]] = {}  # group -> {first,last} -> type -> bytes
 
     def arm(self, label: str, kind: str, type_url: str, name: str = "") -> None:
@@ -170,10 +172,10 @@ class Fleet:
         for cond in self.active:
             if cond.label in rec.done or cond.type_url != type_url:
                 continue
-            if cond.kind == "version" and version != rec.baseline.get(cond.label, {}).get(type_url):
+            if (cond.kind == "version" and version != rec.baseline.get(cond.label, {}).get(type_url)) or (
+                    cond.kind == "resource" and data is not None and cond.name.encode() in data):
                 rec.done[cond.label] = now
-            elif cond.kind == "resource" and data is not None and cond.name.encode() in data:
-                rec.done[cond.label] = now
+                self.done[cond.label] = self.done.get(cond.label, 0) + 1
 
     def keep(self, group: tuple[str, str], type_url: str, data: bytes) -> None:
         slot = self.capture.setdefault(group, {"first": {}, "last": {}})
@@ -443,7 +445,13 @@ async def _fleet_main(specs: list[ProxySpec], address: str, transport: str, pipe
                            "bytes": sum(r.bytes for r in fleet.records)})
             elif op == "arm":
                 fleet.arm(*cmd[1:])
+                # Before a measurement: a full collection now, and survivors frozen, so
+                # none runs in the middle of it (a ~0.5 s pause of the simulated fleet).
+                gc.collect()
+                gc.freeze()
                 pipe.send("ok")
+            elif op == "progress":  # polled while a push goes on: must cost next to nothing
+                pipe.send((fleet.done.get(cmd[1], 0), len(fleet.records)))
             elif op == "status":
                 pipe.send(fleet.status(cmd[1]))
             elif op == "capture":
@@ -468,4 +476,5 @@ def process_main(specs: list[ProxySpec], address: str, transport: str, pipe: Any
                  root_pem: bytes | None = None, tokens: dict | None = None, ramp: float = 0.0) -> None:
     """Entry point of the load generator process."""
     creds = grpc.ssl_channel_credentials(root_pem) if root_pem else None
+    gc.set_threshold(50_000, 20, 1_000_000_000)  # full collections only when armed (above)
     asyncio.run(_fleet_main(specs, address, transport, pipe, sds, creds, tokens, ramp))

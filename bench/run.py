@@ -199,9 +199,9 @@ class Fleet:
     def wait(self, label: str, timeout: float) -> dict:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            s = self.status(label)
-            if s["done"] == s["total"]:
-                return s
+            parts = self.ask("progress", label)  # a count, not the whole status, while it runs
+            if sum(d for d, _ in parts) == sum(t for _, t in parts):
+                return self.status(label)
             time.sleep(0.05)
         s = self.status(label)
         raise RuntimeError(f"{label}: only {s['done']}/{s['total']} proxies converged in {timeout}s")
@@ -449,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", help="run meshd under cProfile, writing the profile to this file")
     ap.add_argument("--no-floor", action="store_true", help="skip the floor measurement")
     ap.add_argument("--measure", default="full,endpoint", help="what to measure: full,endpoint (default both)")
+    ap.add_argument("--keep-logs", type=Path, help="copy meshd's logs into this directory")
     args = ap.parse_args(argv)
     if args.meshd_arg is None:
         args.meshd_arg = []
@@ -474,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(table(results, sc))
     finally:
+        if args.keep_logs:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in work.glob("meshd-*.log"):
+                shutil.copy(log, args.keep_logs / log.name)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

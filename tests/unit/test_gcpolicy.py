@@ -11,11 +11,14 @@ def test_full_collections_wait_for_a_quiet_moment_but_not_for_ever(monkeypatch):
     collected: list[bool] = []
     busy = {"now": True}
     monkeypatch.setattr(gcpolicy.gc, "collect", lambda *a: collected.append(busy["now"]) or 0)
+    frozen: list[str] = []
+    monkeypatch.setattr(gcpolicy.gc, "freeze", lambda: frozen.append("freeze"))
+    monkeypatch.setattr(gcpolicy.gc, "unfreeze", lambda: frozen.append("unfreeze"))
 
     async def main():
         stop = asyncio.Event()
         task = asyncio.create_task(gcpolicy.collect_when_idle(lambda: busy["now"], stop, interval=0.1,
-                                                              max_wait=0.6, poll=0.02))
+                                                              max_wait=0.6, poll=0.02, deep_interval=0.5))
         await asyncio.sleep(0.35)
         assert collected == []  # due, but a push is under way
         busy["now"] = False
@@ -24,8 +27,11 @@ def test_full_collections_wait_for_a_quiet_moment_but_not_for_ever(monkeypatch):
         busy["now"] = True
         await asyncio.sleep(0.8)
         assert collected == [False, True]  # busy for longer than max_wait: collected anyway
+        # Survivors frozen after each; the second, past deep_interval, unfroze first.
+        assert frozen == ["freeze", "unfreeze", "freeze"]
         stop.set()
         await asyncio.wait_for(task, 1)
+        assert frozen[-1] == "unfreeze"  # left as it was
 
     asyncio.run(main())
 
