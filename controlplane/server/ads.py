@@ -71,7 +71,7 @@ from .flow import PushLimiter, StreamStuck
 from .limits import names_problem
 from .metrics import Metrics
 from .subscription import Nack, Subscription
-from .view import ResourceView, wanted_resources
+from .view import PerGroup, ResourceView, wanted_resources
 
 # After sending the key type, answer the next request for these even if it looks like
 # an ACK (see module docstring).
@@ -135,7 +135,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._view = ResourceView(generator, secrets, on_withheld=self._withheld)
         self.limiter = PushLimiter(max_pushes_in_flight, write_timeout)
         self._shared = wire.SharedResponses()  # whole SotW responses joined once per group
-        self._partial = PartialPushes()  # what changed, worked out once per group
+        self._partial = PerGroup(partial_push)  # what changed, worked out once per group
         self._delta = DeltaProtocol(self)
         self._trust_domain = trust_domain
         self._metrics = metrics
@@ -388,7 +388,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 # A plain ACK needing no answer, while the handler waits for work, is
                 # settled here: no queueing and no wake-up of the handler, per proxy
                 # per push.
-                if conn.events.idle and type(req) is bytes and self._settle_ack(conn, req):
+                if conn.events.idle and (self._settle_ack(conn, req) if type(req) is bytes
+                                         else conn.delta and self._delta.settle_ack(conn, req)):
                     continue
                 await conn.events.put_request(req)
         except asyncio.CancelledError:
@@ -610,29 +611,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         )
 
 
-class PartialPushes:
-    """The changed resources of a partial push, worked out once for every subscription
-    that was sent the same set, wants the same names and is now due the same new set
-    (the 2,000 sidecars of an endpoint change are a handful of such groups). Keyed by
-    identity; the key objects are kept so their ids cannot be reused while cached."""
-
-    def __init__(self, max_items: int = 256):
-        self.max_items = max_items
-        self._items: dict[tuple, tuple] = {}
-
-    def get(self, sub: Subscription, rs: ResourceSet) -> tuple[list[bytes], int, int]:
-        """(chunks, count, size) of what `sub` lacks of `rs`."""
-        old, wanted = sub.sent_set, (sub.names, sub.wildcard)
-        key = (id(old), id(rs), id(wanted[0]), wanted[1])
-        got = self._items.get(key)
-        if got is not None and got[0] is old and got[1] is rs and got[2] is wanted[0]:
-            return got[3]
-        resources = [rs[n] for n in sorted(changed_names(sub, rs))]
-        out = ([r.sotw_chunk for r in resources], len(resources), sum(r.size for r in resources))
-        if len(self._items) >= self.max_items:
-            self._items.clear()  # a cache: dropping it costs only the sharing
-        self._items[key] = (old, rs, wanted[0], out)
-        return out
+def partial_push(sub: Subscription, rs: ResourceSet) -> tuple[list[bytes], int, int]:
+    """(chunks, count, size) of the resources of `rs` that `sub` wants and lacks."""
+    resources = [rs[n] for n in sorted(changed_names(sub, rs))]
+    return [r.sotw_chunk for r in resources], len(resources), sum(r.size for r in resources)
 
 
 def changed_names(sub: Subscription, rs: ResourceSet) -> set[str]:

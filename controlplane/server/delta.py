@@ -39,6 +39,7 @@ from . import wire
 from .connection import Connection, Push
 from .limits import names_problem
 from .subscription import Nack, Subscription
+from .view import PerGroup
 
 if TYPE_CHECKING:
     from .ads import AdsServer
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 class DeltaProtocol:
     def __init__(self, server: "AdsServer"):
         self._s = server
+        self._diffs = PerGroup(self._diff)  # for subscriptions with nothing declared or owed
 
     # --- events -----------------------------------------------------------------------
     async def _on_request(self, conn: Connection, context: grpc.aio.ServicerContext,
@@ -81,6 +83,17 @@ class DeltaProtocol:
         if first or added or sub.resend:
             await self.respond(conn, context, sub, request=True, reason="request", first=first)
 
+    def settle_ack(self, conn: Connection, req: discovery_pb2.DeltaDiscoveryRequest) -> bool:
+        """Record `req` at once if it is a plain ACK of the last response that needs no
+        answer (the reader calls this while the handler waits: no queueing, no wake-up)."""
+        sub = conn.subscriptions.get(req.type_url)
+        if (sub is None or not req.response_nonce or req.response_nonce != sub.sent_nonce or sub.resend
+                or req.resource_names_subscribe or req.resource_names_unsubscribe
+                or req.HasField("error_detail") or req.initial_resource_versions):
+            return False
+        sub.record_ack(sub.sent_version, req.response_nonce)
+        return True
+
     async def _on_push(self, conn: Connection, context: grpc.aio.ServicerContext, push: Push) -> None:
         s = self._s
         conn.mesh = s._mesh
@@ -113,7 +126,7 @@ class DeltaProtocol:
             s._metrics.internal_error()
             s._log.exception("ads generate failed", proxy=conn.proxy.id, type=sub.short)
             return
-        send, removed = self._diff(sub, rs)
+        send, removed = self._diff_shared(sub, rs)
         if not send and not removed and not (first and not sub.known):
             # Nothing the client lacks. (The first request of a fresh client is always
             # answered, even with nothing: Envoy's initialisation waits for it.)
@@ -146,6 +159,12 @@ class DeltaProtocol:
         """name -> whether the client held the resource before this response."""
         known, sent = dict(sub.known), sub.sent_set
         return lambda n: n in known or (sent is not None and n in sent)
+
+    def _diff_shared(self, sub: Subscription, rs: ResourceSet) -> tuple[set[str], set[str]]:
+        """_diff, worked out once per group of subscriptions in the same state (read-only)."""
+        if sub.known or sub.resend or sub.sent_set is None:
+            return self._diff(sub, rs)
+        return self._diffs.get(sub, rs)
 
     @staticmethod
     def _diff(sub: Subscription, rs: ResourceSet) -> tuple[set[str], set[str]]:
