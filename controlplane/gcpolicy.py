@@ -66,7 +66,10 @@ async def collect_when_idle(busy: Callable[[], bool], stop: asyncio.Event, inter
             found = gc.collect()
             gc.freeze()
             last = time.monotonic()
-            log.debug("gc full collection", seconds=round(time.perf_counter() - started, 3), unreachable=found,
-                      deep=deep, frozen=gc.get_freeze_count(), waited=round(since, 1))
+            took = time.perf_counter() - started
+            # A long one is a pause of the whole server: worth an info line.
+            (log.info if took >= 0.05 else log.debug)(
+                "gc full collection", seconds=round(took, 3), unreachable=found, deep=deep,
+                frozen=gc.get_freeze_count(), waited=round(since, 1))
     finally:
         gc.unfreeze()  # serving ends: leave the process as it was (tests serve in-process)
