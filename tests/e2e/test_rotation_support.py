@@ -247,7 +247,7 @@ def mtls_pair(m: MeshdHandle, tmp_path: Path, gateway_port: int, server_port: in
             status, body = http_get("127.0.0.1", gateway_port, "/", headers={"Host": HOST}, timeout=3)
             return status == 200 and body == b"ok"
 
-        wait_for(serving, 30, interval=0.2,
+        wait_for(serving, 60, interval=0.2,
                  what=f"mTLS between the Envoys\n{client.process.log()[-1500:]}\n{server.process.log()[-1500:]}\n"
                       f"{m.log()[-3000:]}")
         yield server, client

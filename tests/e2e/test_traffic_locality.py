@@ -116,7 +116,7 @@ spec:
             "--labels", "istio=ingressgateway,app=istio-ingressgateway", "--locality", "r1/z1",
             "--xds-address", f"127.0.0.1:{cp.xds_port}"]))
         client = Client(gw_port)
-        wait_for(lambda: client.get("/")[0] == 200, 20, what="first 200 through the gateway")
+        wait_for(lambda: client.get("/")[0] == 200, 60, what="first 200 through the gateway")
         yield client, backends, gw, cp
         rejected = {k: v for k, v in gw.rejected_counters().items() if v}
         assert rejected == {}, rejected
@@ -155,18 +155,22 @@ def test_all_traffic_stays_in_the_gateways_zone_then_fails_over(bed):
     try:
         # well within the 10 s ejection (a backend let back in while still failing
         # would be ejected again after one more 500)
-        results = [client.get("/failover") for _ in range(40)]
+        # The first 500 gets the backend ejected, but Envoy ejects on its main thread and
+        # the worker learns of it a moment later: the next requests (sent back to back)
+        # may still reach it, more of them on a loaded machine (4 to 17 seen). Then zone 2
+        # serves everything.
+        results = []
+        while len(results) < 40 and (not results or results[-1][0] != 200):
+            results.append(client.get("/failover"))
+        failed = len(results) - 1
         statuses = [s for s, _, _ in results]
         served = [h.get("x-backend") for _, h, _ in results]
-        # The first 500 gets the backend ejected, but Envoy ejects on its main thread and
-        # the worker learns of it a moment later: the next few requests (sent back to
-        # back) may still reach it. Then zone 2 serves everything.
-        failed = statuses.index(200)
-        assert 1 <= failed <= 10, statuses
+        assert statuses[-1] == 200 and failed >= 1, statuses
         assert statuses[:failed] == [500] * failed and served[:failed] == ["failover-z1"] * failed, served
-        assert statuses[failed:] == [200] * (40 - failed), statuses
-        assert served[failed:] == ["failover-z2"] * (40 - failed), served
-        assert b.count("/failover") == 40 - failed
+        after = [client.get("/failover") for _ in range(40)]
+        assert [s for s, _, _ in after] == [200] * 40, after
+        assert [h.get("x-backend") for _, h, _ in after] == ["failover-z2"] * 40, after
+        assert b.count("/failover") == 41
         stats = gw.stats("outlier_detection.ejections_enforced_total")
         assert [v for k, v in stats.items() if f"failover.{NS}" in k] == [1], stats
     finally:
