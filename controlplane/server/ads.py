@@ -84,6 +84,7 @@ _FOLLOW_UPS = {
 # Types whose SotW pushes carry only what changed (never LDS/CDS: those must be whole).
 _PARTIAL_PUSH = frozenset({names.ENDPOINT})
 
+_QUIET = 1.0  # seconds without a write before the server counts as not busy (gcpolicy)
 _NONCE_FIELD_LEN = 18  # how an ACK ends: field 5's tag, its length, make_nonce's 16 chars
 
 
@@ -163,9 +164,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     @property
     def busy(self) -> bool:
-        """A push is under way: some connection has one queued or a response is being
-        written (gcpolicy waits for a quiet moment)."""
-        return self.limiter.in_flight > 0 or any(c.events.pending_push is not None for c in self._connections.values())
+        """A push is under way: some connection has one queued, a response is being
+        written, or one was written less than _QUIET seconds ago (the requests that
+        follow a push, such as Envoy's EDS re-requests, are answered between writes).
+        gcpolicy waits for a quiet moment."""
+        limiter = self.limiter
+        return (limiter.in_flight > 0 or time.monotonic() - limiter.last_write < _QUIET
+                or any(c.events.pending_push is not None for c in self._connections.values()))
 
     def connections(self) -> list[Connection]:
         return list(self._connections.values())

@@ -54,6 +54,7 @@ class PushLimiter:
         self._waiters: deque[asyncio.Future] = deque()
         self._writes: dict[_Write, None] = {}  # in flight, oldest first
         self._sweep: asyncio.TimerHandle | None = None
+        self.last_write = 0.0  # time.monotonic() when the last write ended (gcpolicy's "quiet")
 
     @property
     def waiting(self) -> int:
@@ -126,6 +127,7 @@ class PushLimiter:
             await context.write(data)
         finally:
             self._free(w)
+            self.last_write = time.monotonic()
         if w.stuck:
             raise StreamStuck(f"a write did not complete within {self.write_timeout:g}s")
         return waited

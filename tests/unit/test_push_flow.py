@@ -170,3 +170,22 @@ def test_the_limiter_bounds_writes_in_flight_and_times_out():
         assert limiter.in_flight == 0
 
     run(main())
+
+
+def test_the_server_is_busy_while_it_writes_and_for_a_moment_after():
+    """gcpolicy collects only when the server is not busy: a response written just now
+    (say, the answer to an EDS re-request after a push) still counts."""
+    from tests.unit.test_ads import FakeMesh, Harness
+
+    async def main():
+        async with Harness() as h:
+            h.ads.update(FakeMesh("v1"))
+            assert not h.ads.busy  # nothing written yet, no push queued
+            s = h.stream()
+            s.send(names.CLUSTER)
+            await s.recv()
+            assert h.ads.busy
+            await asyncio.sleep(1.2)
+            assert not h.ads.busy
+
+    run(main())
