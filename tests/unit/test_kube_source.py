@@ -82,15 +82,6 @@ def no_threads_left():
     assert left == [], f"threads left running: {left}"
 
 
-@pytest.fixture
-def kubeapi():
-    api = FakeApiServer(bookmark_interval=0.1).start()
-    try:
-        yield api
-    finally:
-        api.stop()
-
-
 def k8s_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("k8s-")]
 

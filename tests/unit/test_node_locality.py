@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import copy
 
-import pytest
 import yaml
 from structlog.testing import capture_logs
 
@@ -25,7 +24,6 @@ from controlplane.model.mesh import build_mesh
 from controlplane.model.proxy import parse_node
 from controlplane.sources.directory import DirectorySource
 from tests.configs import mesh_from_yaml
-from tests.kubeapi import FakeApiServer
 from tests.unit.test_kube_source import Changes, get, running, until
 
 NS = "shop"
@@ -277,15 +275,6 @@ def test_an_unused_node_relabelled_changes_no_key():
 
 
 # --- the Kubernetes source -------------------------------------------------------------------
-
-@pytest.fixture
-def kubeapi():
-    api = FakeApiServer(bookmark_interval=0.1).start()
-    try:
-        yield api
-    finally:
-        api.stop()
-
 
 def test_nodes_are_listed_and_watched_and_heartbeats_change_nothing(kubeapi):
     kubeapi.apply(node("node-1", "r1", "z1"))

@@ -9,7 +9,6 @@ import contextlib
 import functools
 import time
 
-import pytest
 from kubernetes import client
 
 from controlplane.cluster.kubeapi import ApiError, KubeApi
@@ -35,15 +34,6 @@ def aio(fn):
     def run(*args, **kwargs):
         return asyncio.run(fn(*args, **kwargs))
     return run
-
-
-@pytest.fixture
-def kubeapi():
-    api = FakeApiServer(bookmark_interval=0.1).start()
-    try:
-        yield api
-    finally:
-        api.stop()
 
 
 def vs(port=80, version="v1", name="webapp"):
