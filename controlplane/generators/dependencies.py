@@ -84,6 +84,19 @@ def _eds_endpoint_text(ep: Endpoint) -> str:
     return f"{_endpoint_text(ep)}@{'/'.join(ep.locality)}"
 
 
+def _host_digests(endpoints: Iterable[tuple[tuple[str, int], tuple[Endpoint, ...]]]) -> dict[str, str]:
+    """A fingerprint per host of its endpoints on every port, as EDS reads them."""
+    per_host: dict[str, list[str]] = {}
+    for (host, port), eps in endpoints:
+        per_host.setdefault(host, []).append(f"{port}=" + ";".join(_eds_endpoint_text(e) for e in eps))
+    return {h: _digest(sorted(v)) for h, v in per_host.items()}
+
+
+def _object_line(key, obj) -> str:
+    """One object in a per-kind fingerprint."""
+    return f"{key.kind}/{key.namespace}/{key.name}={obj.generation}"
+
+
 # What facts of a snapshot built by build_mesh's EndpointSlice fast path (only endpoints
 # and instances differ from the snapshot it was derived from) are carried over from the
 # facts of that snapshot. Whole, the memos below: they read no endpoint or instance.
@@ -165,12 +178,8 @@ class MeshFacts:
         if previous._headless_ips is not None and not any(h not in mesh.services or mesh.services[h].headless for h in hosts):
             self._headless_ips = previous._headless_ips
         if previous._hosts is not None:
-            per_host: dict[str, list[str]] = {}
-            for (h, port), eps in mesh.endpoints.items():  # as host_endpoints reads them
-                if h in hosts:
-                    per_host.setdefault(h, []).append(f"{port}=" + ";".join(_eds_endpoint_text(e) for e in eps))
             self._hosts = {h: v for h, v in previous._hosts.items() if h not in hosts}
-            self._hosts.update((h, _digest(sorted(v))) for h, v in per_host.items())
+            self._hosts.update(_host_digests(item for item in mesh.endpoints.items() if item[0][0] in hosts))
         if previous._localized_hosts is not None:
             self._localized_hosts = (previous._localized_hosts - hosts) | {
                 h for (h, _), eps in mesh.endpoints.items() if h in hosts and any(ep.locality for ep in eps)}
@@ -187,11 +196,11 @@ class MeshFacts:
             by_kind: dict[str, list[str]] = {}
             for key, obj in self.mesh.config.objects.items():
                 kind_name = key.kind if key.kind in KNOWN_KINDS else OTHER
-                by_kind.setdefault(kind_name, []).append(f"{key.kind}/{key.namespace}/{key.name}={obj.generation}")
+                by_kind.setdefault(kind_name, []).append(_object_line(key, obj))
             self._kinds = {k: _digest(sorted(v)) for k, v in by_kind.items()}
         elif self._stale_kinds:
             for stale in self._stale_kinds:  # known kinds: their objects are of_kind's
-                lines = [f"{o.kind}/{o.namespace}/{o.name}={o.generation}" for o in self.mesh.config.of_kind(stale)]
+                lines = [_object_line(o.key, o) for o in self.mesh.config.of_kind(stale)]
                 self._kinds.pop(stale, None)
                 if lines:
                     self._kinds[stale] = _digest(sorted(lines))
@@ -323,11 +332,7 @@ class MeshFacts:
     def host_endpoints(self) -> dict[str, str]:
         """host -> fingerprint of its endpoints (all ports)."""
         if self._hosts is None:
-            mesh = self.mesh
-            per_host: dict[str, list[str]] = {}
-            for (host, port), eps in mesh.endpoints.items():
-                per_host.setdefault(host, []).append(f"{port}=" + ";".join(_eds_endpoint_text(e) for e in eps))
-            self._hosts = {h: _digest(sorted(v)) for h, v in per_host.items()}
+            self._hosts = _host_digests(self.mesh.endpoints.items())
         return self._hosts
 
     def all_endpoints(self) -> str:

@@ -279,7 +279,7 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, pre
         destination_rules=drs,
         peer_authentications=tuple(config.of_kind(kinds.PEER_AUTHENTICATION.kind)),
         root_namespace=root_namespace,
-        _instances_by_ip={ip: tuple(sorted(v, key=lambda i: (i.service.hostname, i.port.port))) for ip, v in instances.items()},
+        _instances_by_ip={ip: tuple(sorted(v, key=_instance_order)) for ip, v in instances.items()},
         _dr_by_host={h: tuple(v) for h, v in dr_by_host.items()},
         _wildcard_dr_hosts=tuple(h for h in dr_by_host if h.startswith("*")),
         credentials=credentials_from(config.of_kind(kinds.SECRET.kind)),
@@ -289,6 +289,11 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, pre
     conflicts = gateway_conflicts(mesh, pods)
     report_gateway_conflicts(conflicts)
     return dataclasses.replace(mesh, gateway_conflicts=conflicts)
+
+
+def _instance_order(i: ServiceInstance) -> tuple[str, int]:
+    """The order of the instances at one address (MeshSnapshot._instances_by_ip)."""
+    return (i.service.hostname, i.port.port)
 
 
 def _add_endpoints(svc: Service, slices: list[ConfigObject] | None, pod_index: PodIndex, pods,
@@ -339,7 +344,7 @@ def _with_changed_slices(config: ConfigSnapshot, previous: MeshSnapshot, changed
     for ip in addresses | fresh.keys():
         kept = [i for i in instances.get(ip, ()) if i.service.hostname not in hosts]
         # A stable sort, as build_mesh's: equal keys are one service's, in endpoint order.
-        merged = sorted(kept + fresh.get(ip, []), key=lambda i: (i.service.hostname, i.port.port))
+        merged = sorted(kept + fresh.get(ip, []), key=_instance_order)
         if merged:
             instances[ip] = tuple(merged)
         else:

@@ -16,33 +16,25 @@ another layout) is decoded and handled in full.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from ..generators.resources import field_bytes
+from .wire import BoundedBytes
 
 if TYPE_CHECKING:
     from .subscription import Subscription
 
 # Request bodies shared between subscriptions, bounded in bytes (evicted bodies stay with
 # the subscriptions holding them; they are just no longer shared with new ones).
-_BODIES: OrderedDict[bytes, bytes] = OrderedDict()
-_BODIES_MAX = 32 << 20
-_bodies_size = 0
+_BODIES = BoundedBytes(32 << 20, 4 << 20)
 
 
 def intern(body: bytes) -> bytes:
     """One shared copy of a request body (its fields but version, nonce and node)."""
-    global _bodies_size
     got = _BODIES.get(body)
     if got is not None:
         return got
-    if len(body) <= _BODIES_MAX // 8:
-        _BODIES[body] = body
-        _bodies_size += len(body)
-        while _bodies_size > _BODIES_MAX:
-            old, _ = _BODIES.popitem(last=False)
-            _bodies_size -= len(old)
+    _BODIES.put(body, body, len(body))
     return body
 
 

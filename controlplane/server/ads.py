@@ -45,7 +45,6 @@ the generator if it serves SDS.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -437,13 +436,14 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     def _settle_ack(self, conn: Connection, raw: bytes) -> bool:
         """Handle `raw` at once if it is a plain ACK whose answer would be nothing."""
-        sub = conn.acks.get(raw[-_NONCE_FIELD_LEN:])
+        sub = acks.match(raw, conn.acks, _NONCE_FIELD_LEN)
         if sub is None or sub.must_answer or conn.mesh is None:
             return False
         key = self._view.key(conn, sub, conn.mesh)
         if key is None or key != sub.sent_key:
             return False
-        return self._plain_ack(conn, raw) is not None
+        sub.record_ack(sub.sent_version, sub.sent_nonce)
+        return True
 
     async def _on_request(
         self, conn: Connection, context: grpc.aio.ServicerContext, req: discovery_pb2.DiscoveryRequest | bytes

@@ -35,11 +35,10 @@ class StreamStuck(Exception):
 
 
 class _Write:
-    __slots__ = ("started", "held", "stuck", "on_stuck")
+    __slots__ = ("started", "stuck", "on_stuck")
 
     def __init__(self, started: float, on_stuck: Callable[[], None] | None):
         self.started = started
-        self.held = True
         self.stuck = False
         self.on_stuck = on_stuck
 
@@ -52,7 +51,7 @@ class PushLimiter:
         self.write_timeout = write_timeout
         self.in_flight = 0
         self._waiters: deque[asyncio.Future] = deque()
-        self._writes: dict[_Write, None] = {}  # in flight, oldest first
+        self._writes: dict[_Write, None] = {}  # holding a slot, oldest first
         self._sweep: asyncio.TimerHandle | None = None
         self.last_write = 0.0  # time.monotonic() when the last write ended (gcpolicy's "quiet")
 
@@ -87,9 +86,8 @@ class PushLimiter:
         self.in_flight -= 1
 
     def _free(self, w: _Write) -> None:
-        if w.held:
-            w.held = False
-            self._writes.pop(w, None)
+        if w in self._writes:  # once: at the timeout or when the write ends
+            del self._writes[w]
             self._release()
 
     def _swept(self) -> None:

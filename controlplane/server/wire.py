@@ -40,6 +40,37 @@ def delta_response(system_version: str, resources: Iterable[bytes], type_url: st
     ))
 
 
+class BoundedBytes:
+    """Values by key, at most `max_bytes` of them in all (each counted by the size given
+    when put), the oldest dropped first; a value over `max_item` bytes is not kept."""
+
+    def __init__(self, max_bytes: int, max_item: int):
+        self.max_bytes, self.max_item = max_bytes, max_item
+        self._items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes held."""
+        return self._bytes
+
+    def get(self, key: Any) -> Any:
+        got = self._items.get(key)
+        return got[0] if got is not None else None
+
+    def put(self, key: Any, value: Any, size: int) -> None:
+        replaced = self._items.pop(key, None)
+        if replaced is not None:
+            self._bytes -= replaced[1]
+        if size > self.max_item:
+            return
+        self._items[key] = (value, size)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, (_, old) = self._items.popitem(last=False)
+            self._bytes -= old
+
+
 class SharedResponses:
     """Whole responses made once and sent to many: proxies that share a generated set
     and have had as many responses of the type (equal nonce, made from the count) get
@@ -48,25 +79,23 @@ class SharedResponses:
     bytes, so the identity cannot be reused while cached); bounded in bytes."""
 
     def __init__(self, max_bytes: int = 64 << 20):
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple, tuple[Any, bytes]] = OrderedDict()
-        self._bytes = 0
+        self._cache = BoundedBytes(max_bytes, max_bytes // 4)
         self.hits = self.misses = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes of responses held."""
+        return self._cache.size
 
     def get(self, owner: Any, version: str, nonce: str, make: Callable[[], bytes]) -> bytes:
         key = (id(owner), version, nonce)
-        got = self._items.get(key)
+        got = self._cache.get(key)
         if got is not None and got[0] is owner:
             self.hits += 1
             return got[1]
         self.misses += 1
         data = make()
-        if len(data) <= self.max_bytes // 4:
-            self._items[key] = (owner, data)
-            self._bytes += len(data)
-            while self._bytes > self.max_bytes:
-                _, (_, old) = self._items.popitem(last=False)
-                self._bytes -= len(old)
+        self._cache.put(key, (owner, data), len(data))
         return data
 
 

@@ -249,5 +249,5 @@ def test_whole_responses_are_joined_once_per_group_and_bounded():
     assert shared.get(other, "v1", "n1", make(b"d")) == b"d" * 100
     for i in range(20):  # 2,000 bytes through a 1,000-byte cache: the oldest go
         shared.get(group, "v2", f"n{i}", make(b"e"))
-    assert shared._bytes <= 1000
+    assert shared.size <= 1000
     assert shared.get(group, "v1", "n1", make(b"f")) == b"f" * 100  # evicted, made again
