@@ -9,7 +9,8 @@ what it reads of the proxy and of the mesh (dependencies.py), so
 - proxies whose output would be identical share one generation and one serialized copy;
 - a new snapshot regenerates only the parts whose inputs changed: an endpoint change
   leaves clusters, listeners and routes cached and rebuilds the assignments of the
-  changed hosts only; a Gateway change leaves every sidecar's output untouched.
+  changed hosts only, a DestinationRule change the clusters and assignments of its
+  hosts only; a Gateway change leaves every sidecar's output untouched.
 `key()` gives the cache key of a proxy's output without generating it: the server
 compares it with what it last sent to decide whether a proxy needs a push at all.
 """
@@ -22,7 +23,7 @@ from google.protobuf.message import Message
 from .. import names
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
-from .dependencies import facts
+from .dependencies import DESTINATION_RULE, DR_ROUTING, facts
 from .parts import Part, ResourceCache, parts_for, router_parts
 from .resources import ComposedSet, Resource, ResourceSet, pack
 
@@ -57,7 +58,8 @@ class Generator:
         self._sets: dict[tuple, tuple[int, ResourceSet]] = {}
         # (part name, scope) -> newest set: the base a rebuilt set records changes against
         self._latest: dict[tuple, ResourceSet] = {}
-        self._latest_key: dict[tuple, tuple] = {}  # lineage -> (part key, host endpoints) of _latest
+        # lineage -> (part key, host endpoints, host rules) of _latest (for _update_hosts)
+        self._latest_key: dict[tuple, tuple] = {}
         self._composed: dict[tuple, tuple[int, ComposedSet]] = {}
         self._mesh_version: str | None = None
         self._epoch = 0
@@ -121,7 +123,7 @@ class Generator:
         base = self._latest.get(lineage)
         rs = None
         if base is not None and part.update_hosts is not None:
-            rs = self._update_endpoints(mesh, proxy, part, key, f, base)
+            rs = self._update_hosts(mesh, proxy, part, key, f, base)
         if rs is None:
             rs = ResourceSet(part.type_url, part.build(mesh, proxy, part, self._resources, f))
             if base is not None:
@@ -129,28 +131,63 @@ class Generator:
         if base is not None:
             base.base = None  # keep one step of history: enough for connections in sync
         self._latest[lineage] = rs
-        self._latest_key[lineage] = (key, f.host_endpoints() if part.endpoints else None)
+        self._latest_key[lineage] = (key, f.host_endpoints() if part.endpoints else None,
+                                     f.host_rules() if part.update_hosts is not None else None)
         self._sets[key] = (self._epoch, rs)
         return rs
 
-    def _update_endpoints(self, mesh: MeshSnapshot, proxy: Proxy, part: Part, key: tuple, f, base: ResourceSet):
-        """Incremental EDS: when only endpoints changed since `base` was built, replace
-        the assignments of the changed hosts and keep every other resource."""
-        prev_key, prev_hosts = self._latest_key.get((part.name, key[1]), (None, None))
-        if prev_key is None or prev_key[:-1] != key[:-1] or prev_hosts is None:
+    def _update_hosts(self, mesh: MeshSnapshot, proxy: Proxy, part: Part, key: tuple, f, base: ResourceSet):
+        """Incremental update: when what the part read changed only per host (endpoints,
+        DestinationRules) since `base` was built, replace the resources of the changed
+        hosts in place and keep every other one. None: build the part whole."""
+        prev = self._latest_key.get((part.name, key[1]))
+        if prev is None:
             return None
-        hosts = f.host_endpoints()
-        changed_hosts = [h for h in hosts.keys() | prev_hosts.keys() if hosts.get(h) != prev_hosts.get(h)]
-        replaced = part.update_hosts(mesh, proxy, self._resources, f, changed_hosts)
-        items = dict(base._items)
-        for name, res in replaced.items():
-            if name in items:  # endpoints never add or remove clusters
-                items[name] = res
+        prev_key, prev_endpoints, prev_rules = prev
+        if len(prev_key) != len(key) or prev_key[0] != key[0]:
+            return None
+        rules_changed = False
+        for dep, old, new in zip(part.deps, prev_key[2], key[2]):
+            if old != new:
+                if dep not in _PER_HOST_DEPS:
+                    return None
+                rules_changed = True
+        changed: set[str] = set()
+        if part.endpoints and prev_key[3] != key[3]:
+            if prev_endpoints is None:
+                return None
+            hosts = f.host_endpoints()
+            changed.update(h for h in hosts.keys() | prev_endpoints.keys() if hosts.get(h) != prev_endpoints.get(h))
+        if rules_changed:
+            if prev_rules is None:
+                return None
+            rules = f.host_rules()
+            changed.update(h for h in rules.keys() | prev_rules.keys() if rules.get(h) != prev_rules.get(h))
+        replaced = part.update_hosts(mesh, proxy, self._resources, f, changed)
+        # A host's resources are contiguous and in host order (destinations.outbound_clusters):
+        # its new ones take the place of its old ones, so the set equals a whole build.
+        items: dict[str, Resource] = {}
+        pending = dict(replaced)
+        dropped: list[str] = []
+        for name, res in base._items.items():
+            host = _host_of(name)
+            if host is not None and host in replaced:
+                dropped.append(name)
+                for r in pending.pop(host, ()):
+                    items[r.name] = r
+                continue
+            items[name] = res
+        if any(pending.values()):
+            return None  # a host's first resources: only a whole build knows their place
         rs = ResourceSet(part.type_url, ())
         rs._items = items
-        rs._names = base.names  # the same names: share the set (memos compare it by identity)
+        removed = frozenset(n for n in dropped if n not in items)
+        if not removed and len(items) == len(base._items):
+            rs._names = base.names  # the same names: share the set (memos compare it by identity)
         rs.base = base
-        rs.changed = frozenset(n for n, r in replaced.items() if n in base._items and base._items[n].version != r.version)
+        rs.changed = frozenset(r.name for rs_ in replaced.values() for r in rs_
+                               if (old := base._items.get(r.name)) is None or old.version != r.version)
+        rs.removed = removed
         return rs
 
     def _see(self, mesh: MeshSnapshot) -> None:
@@ -173,6 +210,16 @@ class Generator:
     def stats(self) -> dict[str, int]:
         return {"sets": len(self._sets), "composed": len(self._composed), "resources": len(self._resources),
                 "builds": self.builds}
+
+
+# Part inputs a change of which _update_hosts can follow host by host (MeshFacts.host_rules).
+_PER_HOST_DEPS = frozenset({DESTINATION_RULE, DR_ROUTING})
+
+
+def _host_of(name: str) -> str | None:
+    """The host of an outbound cluster (or assignment) name `outbound|port|subset|host`."""
+    fields = name.split("|")
+    return fields[3] if len(fields) == 4 else None
 
 
 def _endpoint_fingerprint(f) -> str:

@@ -30,6 +30,8 @@ from typing import Iterable
 
 from .. import names
 from ..config import kinds
+from ..model.destination_rules import rule_host
+from ..model.hosts import covers
 from ..model.locality import Locality
 from ..model.mesh import MeshSnapshot
 from ..model.peer_authentication import selector_labels
@@ -103,6 +105,7 @@ def _object_line(key, obj) -> str:
 INHERITED = (
     ("_selector_policy_namespaces", "PeerAuthentications"),
     ("_dr_routing", "DestinationRules"),
+    ("_host_rules", "DestinationRules and Service hosts"),
     ("_policies", "PeerAuthentications"),
     ("_service_generation", "Service objects"),
     ("_namespace_modes", "PeerAuthentications"),
@@ -140,6 +143,7 @@ class MeshFacts:
         self._hosts: dict[str, str] | None = None
         self._all_endpoints: str | None = None
         self._dr_routing: str | None = None
+        self._host_rules: dict[str, tuple] | None = None
         self._shapes: dict[str, tuple] = {}
         self._policies: dict[tuple, tuple] = {}
         self._service_generation: dict[str, str] | None = None
@@ -228,6 +232,27 @@ class MeshFacts:
                              f"selector={spec.get('workloadSelector')!r} lb={_load_balancers(spec)}")
             self._dr_routing = _digest(lines)
         return self._dr_routing
+
+    def host_rules(self) -> dict[str, tuple]:
+        """host -> every DestinationRule whose `host` covers it (key and generation),
+        whatever namespaces it serves: a changed rule can change the clusters and
+        assignments of these hosts and of no other (generators: incremental updates)."""
+        if self._host_rules is None:
+            exact: dict[str, list[tuple]] = {}
+            wild: list[tuple[str, tuple]] = []
+            for dr in self.mesh.destination_rules:
+                host, line = rule_host(dr), (dr.namespace, dr.name, dr.generation)
+                if host.startswith("*"):
+                    wild.append((host, line))
+                else:
+                    exact.setdefault(host, []).append(line)
+            out: dict[str, tuple] = {}
+            for host in self.mesh.services:
+                lines = exact.get(host, []) + [line for w, line in wild if covers(w, host)]
+                if lines:
+                    out[host] = tuple(sorted(lines))
+            self._host_rules = out
+        return self._host_rules
 
     # --- what non-EDS output reads from endpoints -------------------------------
     def endpoint_facts(self) -> str:

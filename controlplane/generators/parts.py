@@ -90,9 +90,11 @@ class Part:
     scope: Callable[[MeshFacts, Proxy], tuple]  # the proxy's inputs it reads
     build: Callable[[MeshSnapshot, Proxy, "Part", ResourceCache, MeshFacts], list[Resource]]
     endpoints: bool = False  # also reads endpoints (per host; EDS)
-    # Given the hosts whose endpoints changed, the resources to replace (by name); the
-    # generator applies them to the previous set when nothing else changed.
-    update_hosts: Callable[[MeshSnapshot, Proxy, ResourceCache, MeshFacts, Iterable[str]], dict[str, Resource]] | None = None
+    # Given hosts whose endpoints or DestinationRules changed, each one's resources in
+    # build order; the generator splices them into the previous set when nothing else
+    # it reads changed (Generator._update_hosts).
+    update_hosts: Callable[[MeshSnapshot, Proxy, ResourceCache, MeshFacts, Iterable[str]],
+                           dict[str, list[Resource]]] | None = None
 
     def key(self, facts: MeshFacts, proxy: Proxy) -> tuple:
         return (self.name, self.scope(facts, proxy), facts.of(self.deps))
@@ -190,14 +192,27 @@ def _cluster_key(facts: MeshFacts, proxy: Proxy, oc: OutboundCluster) -> tuple:
 
 
 def _outbound_clusters(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: ResourceCache, facts: MeshFacts) -> list[Resource]:
-    out = []
-    for oc in outbound_clusters(mesh, proxy):
-        key = ("cds",) + _cluster_key(facts, proxy, oc)
-        res = cache.get(key)
-        if res is None:
-            res = cache.put(key, pack(oc.name, names.CLUSTER, clusters.outbound_cluster(mesh, proxy, oc)))
-        out.append(res)
-    return out + _static_clusters(proxy)
+    return [_cluster(mesh, proxy, oc, cache, facts) for oc in outbound_clusters(mesh, proxy)] + _static_clusters(proxy)
+
+
+def _cluster(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster, cache: ResourceCache, facts: MeshFacts) -> Resource:
+    key = ("cds",) + _cluster_key(facts, proxy, oc)
+    res = cache.get(key)
+    if res is None:
+        res = cache.put(key, pack(oc.name, names.CLUSTER, clusters.outbound_cluster(mesh, proxy, oc)))
+    return res
+
+
+def _clusters_of_hosts(mesh: MeshSnapshot, proxy: Proxy, cache: ResourceCache, facts: MeshFacts,
+                       hosts: Iterable[str]) -> dict[str, list[Resource]]:
+    """The outbound clusters of `hosts` only: a DestinationRule change costs the clusters
+    of its hosts per sharing group, whatever the mesh size."""
+    out: dict[str, list[Resource]] = {}
+    for host in hosts:
+        svc = mesh.services.get(host)
+        out[host] = [] if svc is None else [
+            _cluster(mesh, proxy, oc, cache, facts) for oc in service_clusters(mesh, proxy, svc)]
+    return out
 
 
 _STATIC: dict[str, list[Resource]] = {}
@@ -260,17 +275,15 @@ def _locality_key(facts: MeshFacts, proxy: Proxy, oc: OutboundCluster) -> tuple 
 
 
 def _endpoints_of_hosts(mesh: MeshSnapshot, proxy: Proxy, cache: ResourceCache, facts: MeshFacts,
-                        hosts: Iterable[str]) -> dict[str, Resource]:
+                        hosts: Iterable[str]) -> dict[str, list[Resource]]:
     """The assignments of the clusters of `hosts` only: an endpoint change of a few
     services costs a few assignments per sharing group, whatever the mesh size."""
-    out: dict[str, Resource] = {}
+    out: dict[str, list[Resource]] = {}
     for host in hosts:
         svc = mesh.services.get(host)
-        if svc is None:
-            continue
-        for oc in service_clusters(mesh, proxy, svc):
-            if not auto_mtls.original_dst(oc, proxy):
-                out[oc.name] = _assignment(mesh, proxy, oc, cache, facts)
+        out[host] = [] if svc is None else [
+            _assignment(mesh, proxy, oc, cache, facts) for oc in service_clusters(mesh, proxy, svc)
+            if not auto_mtls.original_dst(oc, proxy)]
     return out
 
 
@@ -303,7 +316,8 @@ ROUTER_DEPS = tuple(d for d in ALL_CONFIG if d != SECRET)
 
 SIDECAR_PARTS: dict[str, Sequence[Part]] = {
     names.CLUSTER: (
-        Part("sidecar-outbound-clusters", names.CLUSTER, CLIENT_DEPS, _client_scope, _outbound_clusters),
+        Part("sidecar-outbound-clusters", names.CLUSTER, CLIENT_DEPS, _client_scope, _outbound_clusters,
+             update_hosts=_clusters_of_hosts),
         Part("sidecar-inbound-clusters", names.CLUSTER, (SERVICE, OTHER), _instances_scope, _inbound_clusters),
     ),
     names.ENDPOINT: (
@@ -323,7 +337,8 @@ SIDECAR_PARTS: dict[str, Sequence[Part]] = {
 
 def router_parts(table: dict[str, Builder]) -> dict[str, Sequence[Part]]:
     out: dict[str, Sequence[Part]] = {
-        names.CLUSTER: (Part("router-clusters", names.CLUSTER, CLIENT_DEPS, _client_scope, _outbound_clusters),),
+        names.CLUSTER: (Part("router-clusters", names.CLUSTER, CLIENT_DEPS, _client_scope, _outbound_clusters,
+                             update_hosts=_clusters_of_hosts),),
         names.ENDPOINT: (Part("router-endpoints", names.ENDPOINT, CLIENT_DEPS, _eds_scope, _endpoints, endpoints=True,
                               update_hosts=_endpoints_of_hosts),),
     }

@@ -25,9 +25,11 @@ version and a per-stream counter, so a restarted meshd sends the same versions.
 Pushes (`update`) go only to the connections whose output the new snapshot changes: for
 each subscribed type the generator's cache key (what the output depends on) is compared
 with the key of the last response; equal keys mean nothing to send, so a Gateway change
-never reaches a sidecar's queue. A push of EDS sends only the assignments that changed
-(SotW allows partial EDS: Envoy keeps the ones not named); a request is always answered
-in full. Responses are assembled from bytes serialized once (wire.py) and written
+never reaches a sidecar's queue. An EDS response other than the answer to a first
+request or new names carries only what the client lacks (SotW allows partial EDS: Envoy
+keeps the ones not named): the assignments that changed, and those of the clusters a CDS
+response updated, changed or not (Envoy keeps an updated cluster warming until it gets
+its assignment; istiod resends every assignment instead). Responses are assembled from bytes serialized once (wire.py) and written
 through the PushLimiter (flow.py): a bounded number in flight, a stuck stream dropped.
 
 Delta xDS (DeltaAggregatedResources) shares all of this: connection, subscription state,
@@ -136,6 +138,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.limiter = PushLimiter(max_pushes_in_flight, write_timeout)
         self._shared = wire.SharedResponses()  # whole SotW responses joined once per group
         self._partial = PerGroup(partial_push)  # what changed, worked out once per group
+        self._updated = PerGroup(lambda sub, rs: frozenset(changed_names(sub, rs)))  # clusters a CDS response updates
         self._delta = DeltaProtocol(self)
         self._trust_domain = trust_domain
         self._metrics = metrics
@@ -505,7 +508,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 self._log.warning("ads type not served", proxy=conn.proxy.id, conn=conn.id, type=type_url)
             return
         force = initial or changed or sub.must_answer
-        await self._respond(conn, context, sub, request=True, force=force, reason="request")
+        await self._respond(conn, context, sub, request=True, force=force, complete=initial or changed,
+                            reason="request")
 
     async def _on_push(self, conn: Connection, context: grpc.aio.ServicerContext, push: Push) -> None:
         conn.mesh = self._mesh
@@ -546,8 +550,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     async def _respond(
         self, conn: Connection, context: grpc.aio.ServicerContext, sub: Subscription, *,
-        request: bool, force: bool, reason: str,
+        request: bool, force: bool, reason: str, complete: bool = False,
     ) -> None:
+        """Answer a request or push the type. `force`: answer even if the client holds the
+        current version; `complete`: the answer must hold everything the client asks for
+        (a first request, new names), else EDS carries only what the client lacks."""
         if conn.mesh is None:
             conn.mesh = self._mesh
         started = time.perf_counter()
@@ -566,20 +573,25 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             sub.sent_set, sub.sent_key = rs, key  # same content under a newer snapshot
             return
 
-        partial = not request and not force and sub.type_url in _PARTIAL_PUSH and sub.sent_set is not None
+        partial = not complete and sub.type_url in _PARTIAL_PUSH and sub.sent_set is not None
         if partial:
-            # Only what changed since the last response; the client keeps the rest.
+            # Only what changed since the last response, and the assignments of clusters
+            # a CDS response updated (Envoy's re-request after it): the client keeps the
+            # rest. Where that is nothing, the answer is whole.
             chunks, count, size = self._partial.get(sub, rs)
-        elif whole:
-            # The parts' shared blobs, joined once into the response below.
-            chunks, count, size = [part.sotw_blob() for part in rs.parts], len(rs), rs.size
-        else:
-            chunks, count, size = [r.sotw_chunk for r in wanted], len(wanted), sum(r.size for r in wanted)
+            partial = count > 0
+        if not partial:
+            if whole:  # the parts' shared blobs, joined once into the response below
+                chunks, count, size = [part.sotw_blob() for part in rs.parts], len(rs), rs.size
+            else:
+                chunks, count, size = [r.sotw_chunk for r in wanted], len(wanted), sum(r.size for r in wanted)
         sub.responses += 1
         nonce = make_nonce(sub.type_url, version, sub.responses)
         data = functools.partial(wire.sotw_response, version, chunks, sub.type_url, nonce)  # made in the slot
         if whole and not partial:  # the same bytes for every proxy holding this set at this count
             data = functools.partial(self._shared.get, rs, version, nonce, data)
+        if sub.type_url == names.CLUSTER:
+            self._mark_warming(conn, sub, rs)
         # Recorded before the write: the answer to it may be read before the write returns.
         sub.record_sent(version, nonce, resource_set=rs, key=key)
         if sub.ack_fields is not None:
@@ -591,6 +603,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 other.must_answer = True
         self._sent(conn, sub, count, size, version, nonce, request, reason, started, incremental=partial)
         await self._send(conn, context, data)
+
+    def _mark_warming(self, conn: Connection, cds: Subscription, rs: ResourceSet) -> None:
+        """Before a CDS response goes out: the clusters it updates warm in Envoy until
+        their assignments arrive, so the next EDS response must carry them."""
+        eds = conn.subscriptions.get(names.ENDPOINT)
+        if cds.sent_set is None or eds is None or eds.sent_set is None:
+            return  # a first CDS or EDS response: EDS will be answered whole
+        updated = self._updated.get(cds, rs)
+        if updated:
+            eds.warming = updated if not eds.warming else eds.warming | updated
 
     async def _send(self, conn: Connection, context: grpc.aio.ServicerContext, data: Any) -> None:
         """Write one response (bytes, or a callable making them) through the limiter
@@ -617,8 +639,12 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
 
 def partial_push(sub: Subscription, rs: ResourceSet) -> tuple[list[bytes], int, int]:
-    """(chunks, count, size) of the resources of `rs` that `sub` wants and lacks."""
-    resources = [rs[n] for n in sorted(changed_names(sub, rs))]
+    """(chunks, count, size) of the resources of `rs` that `sub` wants and lacks, and of
+    the clusters warming in it (SotW EDS)."""
+    wanted = changed_names(sub, rs)
+    if sub.warming:
+        wanted |= {n for n in sub.warming if n in rs and sub.wants(n)}
+    resources = [rs[n] for n in sorted(wanted)]
     return [r.sotw_chunk for r in resources], len(resources), sum(r.size for r in resources)
 
 

@@ -90,6 +90,10 @@ class Subscription:
     # Delta: names that must be sent on the next response even at a version the client
     # holds (newly subscribed, or forgotten by a wildcard unsubscribe).
     resend: set[str] = field(default_factory=set)
+    # SotW EDS: clusters that CDS responses updated since the last EDS response. Envoy
+    # keeps an updated cluster warming until it gets its assignment, so the next EDS
+    # response carries these, changed or not; the others it keeps (shared, read-only).
+    warming: frozenset[str] = frozenset()
     # SotW: the last request without its version, nonce and node, re-encoded (shared
     # between subscriptions, acks.intern), to recognise an ACK that repeats the name list.
     last_request: bytes | None = field(default=None, repr=False)
@@ -185,6 +189,7 @@ class Subscription:
             resource_set = ResourceSet(self.type_url, sent_resources)
         self.sent_set, self.sent_key = resource_set, key
         self.must_answer = False
+        self.warming = frozenset()  # every EDS response carries them (ads.partial_push)
 
     @property
     def sent_resources(self) -> tuple:

@@ -112,9 +112,10 @@ def wanted_resources(sub: Subscription, rs: ResourceSet) -> tuple[Sequence, str,
 
 
 class PerGroup:
-    """Answers that depend only on what a subscription was sent, what it is due now and
-    what it asks for (`make(sub, rs)`), worked out once for every subscription in that
-    state: the 2,000 sidecars of a push are a handful of such groups. Keyed by identity
+    """Answers that depend only on what a subscription was sent, what it is due now,
+    what it asks for and (SotW EDS) which of its clusters warm (`make(sub, rs)`),
+    worked out once for every subscription in that state: the 2,000 sidecars of a push
+    are a handful of such groups. Keyed by identity
     (sets are shared between proxies, name sets are canonical); the key objects are kept
     so their ids cannot be reused while cached. Answers are shared: read-only."""
 
@@ -124,13 +125,13 @@ class PerGroup:
         self._items: dict[tuple, tuple] = {}
 
     def get(self, sub: Subscription, rs: ResourceSet) -> Any:
-        old, wanted = sub.sent_set, sub.names
-        key = (id(old), id(rs), id(wanted), sub.wildcard)
+        old, wanted, warming = sub.sent_set, sub.names, sub.warming or None
+        key = (id(old), id(rs), id(wanted), sub.wildcard, id(warming))
         got = self._items.get(key)
-        if got is not None and got[0] is old and got[1] is rs and got[2] is wanted:
-            return got[3]
+        if got is not None and got[0] is old and got[1] is rs and got[2] is wanted and got[3] is warming:
+            return got[4]
         out = self._make(sub, rs)
         if len(self._items) >= self.max_items:
             self._items.clear()  # a cache: dropping it costs only the sharing
-        self._items[key] = (old, rs, wanted, out)
+        self._items[key] = (old, rs, wanted, warming, out)
         return out

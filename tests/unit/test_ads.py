@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import pytest
@@ -329,29 +329,66 @@ def test_changed_update_pushes_new_version_identical_does_not():
     run(main())
 
 
+async def synced_cds_eds(h: "Harness", eds: list[str]):
+    """A stream that holds and ACKed FakeMesh v1's clusters and the assignments `eds`."""
+    h.ads.update(FakeMesh("v1"))
+    s = h.stream()
+    s.send(names.CLUSTER)
+    c1 = await s.recv()
+    s.send(names.ENDPOINT, eds)
+    e1 = await s.recv()
+    s.ack(c1)
+    s.ack(e1, eds)
+    await s.barrier()
+    return s, e1
+
+
 def test_eds_ack_lookalike_after_cds_push_is_answered():
     async def main():
         async with Harness() as h:
-            h.ads.update(FakeMesh("v1"))
-            s = h.stream()
-            s.send(names.CLUSTER)
-            c1 = await s.recv()
-            s.send(names.ENDPOINT, ["a", "b"])
-            e1 = await s.recv()
-            s.ack(c1)
-            s.ack(e1, ["a", "b"])
-            await s.barrier()
+            s, e1 = await synced_cds_eds(h, ["a", "b"])
             h.ads.update(CHANGED)  # cluster a changed, its endpoints did not
             c2 = await s.recv()
             assert c2.type_url == names.CLUSTER
-            # Envoy re-requests EDS exactly like the previous ACK; it must be answered.
+            # Envoy re-requests EDS exactly like the previous ACK; it must be answered,
+            # with the assignment of the updated cluster (warming in Envoy) and nothing
+            # else: Envoy keeps b's.
             s.ack(e1, ["a", "b"])
             e2 = await s.recv()
             assert e2.type_url == names.ENDPOINT
             assert e2.version_info == e1.version_info and e2.nonce != e1.nonce
+            assert names_of(e2, endpoint_pb2.ClusterLoadAssignment) == ["a"]
             # The ACK of that answer is a plain ACK again.
             s.ack(e2, ["a", "b"])
-            await s.barrier()
+            await s.expect_nothing(0.3)
+
+    run(main())
+
+
+def test_eds_push_racing_the_re_request_carries_the_updated_clusters():
+    """An endpoint change pushed after a CDS response but before Envoy's EDS re-request:
+    Envoy's re-request then carries a stale nonce and is ignored, so the push itself
+    must bring the updated cluster's assignment along with the changed one."""
+    async def main():
+        async with Harness() as h:
+            s, e1 = await synced_cds_eds(h, ["a", "b", "c"])
+            h.ads.update(CHANGED)  # cluster a updated
+            c2 = await s.recv()
+            assert c2.type_url == names.CLUSTER
+            h.ads.update(replace(CHANGED, version="v3",
+                                             endpoints=(("a", "10.0.0.1"), ("b", "10.0.0.9"), ("c", "10.0.0.3"))))
+            e2 = await s.recv()
+            assert e2.type_url == names.ENDPOINT
+            assert names_of(e2, endpoint_pb2.ClusterLoadAssignment) == ["a", "b"]
+            s.ack(e1, ["a", "b", "c"])  # the re-request, sent before e2 arrived: stale
+            await s.expect_nothing(0.3)
+            # A request naming a new set is answered with all of it.
+            s.send(names.ENDPOINT, ["a", "b"], version=e2.version_info, nonce=e2.nonce)
+            e3 = await s.recv()
+            assert names_of(e3, endpoint_pb2.ClusterLoadAssignment) == ["a", "b"]
+            s.send(names.ENDPOINT, ["a", "b", "c"], version=e3.version_info, nonce=e3.nonce)
+            e4 = await s.recv()
+            assert names_of(e4, endpoint_pb2.ClusterLoadAssignment) == ["a", "b", "c"]
 
     run(main())
 

@@ -219,6 +219,50 @@ def test_a_connection_pool_change_leaves_routes_and_listeners_cached():
         assert changed == {f"outbound|80||catalog.{NS}.svc.cluster.local", f"outbound|81||catalog.{NS}.svc.cluster.local"}
 
 
+SUBSETS = "  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n"
+# DestinationRule-only steps: each differs from the one before in rules alone.
+RULE_STEPS = [
+    [],
+    [dr("catalog", "catalog", SUBSETS)],  # subsets appear: clusters added inside the host's block
+    [dr("catalog", "catalog", "  trafficPolicy: {connectionPool: {tcp: {maxConnections: 5}}}\n" + SUBSETS)],
+    [dr("catalog", "catalog", SUBSETS), dr("wide", f"\"*.{NS}.svc.cluster.local\"",
+                                             "  trafficPolicy: {tls: {mode: DISABLE}}\n")],  # a wildcard
+    [dr("catalog", "webapp", SUBSETS)],  # the rule moves to another host
+    [dr("catalog", "webapp", SUBSETS, namespace="default")],  # and to another namespace
+    [],  # gone
+]
+
+
+def test_a_destination_rule_change_rebuilds_only_its_hosts_in_place():
+    """A rule change splices the new clusters and assignments of the hosts the rule
+    covers (before or after) into the previous sets: same names in the same order and
+    bytes as a whole build, the other hosts' resources untouched."""
+    g = Generator()
+    before: dict = {}
+    for step, rules in enumerate(RULE_STEPS):
+        m = mesh(*rules)
+        for p in PROXIES:
+            for t in (names.CLUSTER, names.ENDPOINT):
+                rs = g.generate(m, p, t)
+                parts = rs.parts
+                fresh = Generator().generate(m, p, t)  # built whole
+                assert [n for part in parts for n in part] == [n for part in fresh.parts for n in part], (step, p.id)
+                assert got(g, m, p, t) == expected(m, p, t), (step, p.id, names.SHORT[t])
+                old, before[(p.id, t)] = before.get((p.id, t)), rs
+                if old is None:
+                    continue
+                changed, removed = changes(old, rs)
+                hosts = {f"catalog.{NS}.svc.cluster.local", f"webapp.{NS}.svc.cluster.local"}  # the rules' hosts
+                assert {n.split("|")[3] for n in changed | removed} <= hosts, (step, changed, removed)
+                for part, old_part in zip(parts, old.parts):
+                    if part is old_part:
+                        continue
+                    assert part.base is old_part, (step, p.id, "not an incremental update")
+                    for n in part:
+                        if n.count("|") != 3 or n.split("|")[3] not in hosts:
+                            assert part[n] is old_part[n], (step, n)
+
+
 @pytest.mark.parametrize("layout", [LAYOUT])
 def test_old_generations_are_dropped(layout):
     g = Generator(keep_generations=2)
