@@ -175,6 +175,12 @@ class Bed:
         def ok() -> bool:
             return all(all(self.reviews_pod(c) == p for _ in range(5)) for c, p in want.items())
         wait_for(ok, timeout, interval=0.2, what=f"routing {want}")
+        # The clusters the rule change updated got their assignments (meshd answers
+        # Envoy's EDS re-request with just those): none is left warming, well within
+        # Envoy's 15 s initial fetch timeout.
+        for c in want:
+            wait_for(lambda: not self.envoys[c].config_dump("dynamic_warming_clusters").get("configs"), 5,
+                     interval=0.2, what=f"{c}: no cluster warming")
 
     def gateway_get(self, path: str) -> tuple[int, bytes]:
         status, _, body = self.pods["tester"].http_get(self.pods["gateway"].ip, GW_PORT, path, timeout=5)
