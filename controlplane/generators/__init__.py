@@ -87,29 +87,27 @@ class Generator:
             out.append(k)
         return tuple(out)
 
-    def generate(self, mesh: MeshSnapshot, proxy: Proxy, type_url: str) -> ResourceSet:
+    def generate(self, mesh: MeshSnapshot, proxy: Proxy, type_url: str, key: tuple | None = None) -> ResourceSet:
+        """`proxy`'s resources of `type_url`; `key`: its key() under `mesh`, if known
+        (the server has it already: a push looks at the key first)."""
         self._see(mesh)
-        f = facts(mesh)
-        sets = []
-        keys = []
-        for part in self.parts(proxy, type_url):
-            k = part.key(f, proxy)
-            if part.endpoints:
-                k += (_endpoint_fingerprint(f),)
-            keys.append(k)
-            sets.append(self._part(mesh, proxy, part, k, f))
-        if not sets:
+        if key is None:
+            key = self.key(mesh, proxy, type_url)
+        parts = self.parts(proxy, type_url)
+        if not parts:
             return ResourceSet(type_url, ())
+        if len(parts) > 1:
+            hit = self._composed.get(key)
+            if hit is not None:
+                if hit[0] != self._epoch:
+                    self._composed[key] = (self._epoch, hit[1])
+                return hit[1]
+        f = facts(mesh)
+        sets = [self._part(mesh, proxy, part, k, f) for part, k in zip(parts, key)]
         if len(sets) == 1:
             return sets[0]
-        ck = tuple(keys)
-        hit = self._composed.get(ck)
-        if hit is not None:
-            if hit[0] != self._epoch:
-                self._composed[ck] = (self._epoch, hit[1])
-            return hit[1]
         composed = ComposedSet(type_url, sets)
-        self._composed[ck] = (self._epoch, composed)
+        self._composed[key] = (self._epoch, composed)
         return composed
 
     def _part(self, mesh: MeshSnapshot, proxy: Proxy, part: Part, key: tuple, f) -> ResourceSet:
@@ -199,9 +197,13 @@ class Generator:
         self._epoch += 1
         self._resources.advance()
         cutoff = self._epoch - self._keep
-        for store in (self._sets, self._composed):
-            for k in [k for k, (e, _) in store.items() if e < cutoff]:
-                del store[k]
+        for k in [k for k, (e, _) in self._composed.items() if e < cutoff]:
+            del self._composed[k]
+        # A composed set served from its cache (generate) does not touch its parts: they
+        # live as long as a composed set uses them.
+        used = {k for ck in self._composed for k in ck}
+        for k in [k for k, (e, _) in self._sets.items() if e < cutoff and k not in used]:
+            del self._sets[k]
         live = {(k[0], k[1]) for k in self._sets}
         for lineage in [k for k in self._latest if k not in live]:
             del self._latest[lineage]
@@ -217,9 +219,21 @@ _PER_HOST_DEPS = frozenset({DESTINATION_RULE, DR_ROUTING})
 
 
 def _host_of(name: str) -> str | None:
-    """The host of an outbound cluster (or assignment) name `outbound|port|subset|host`."""
+    """The host of an outbound cluster (or assignment) name `outbound|port|subset|host`
+    (remembered: every group's sets hold the same names)."""
+    try:
+        return _HOSTS[name]
+    except KeyError:
+        pass
     fields = name.split("|")
-    return fields[3] if len(fields) == 4 else None
+    host = fields[3] if len(fields) == 4 else None
+    if len(_HOSTS) >= 200_000:
+        _HOSTS.clear()
+    _HOSTS[name] = host
+    return host
+
+
+_HOSTS: dict[str, str | None] = {}
 
 
 def _endpoint_fingerprint(f) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import cached_property
+from operator import attrgetter
 from typing import Iterable, Iterator, Mapping
 
 from google.protobuf import any_pb2
@@ -42,6 +43,11 @@ class Resource:
     def sotw_chunk(self) -> bytes:
         """This resource as one `resources` entry of a DiscoveryResponse."""
         return field_bytes(2, self.any.SerializeToString())
+
+    @cached_property
+    def version_line(self) -> bytes:
+        """What this resource adds to the version of a set or response (version_of)."""
+        return f"{self.name}\0{self.version}\n".encode()
 
     @cached_property
     def delta_chunk(self) -> bytes:
@@ -258,10 +264,7 @@ def changes(old: ResourceSet | None, new: ResourceSet, max_steps: int = 16) -> t
 
 def version_of(resources: Iterable[Resource]) -> str:
     """Version of a response: a hash over the names and versions it carries."""
-    h = hashlib.sha256()
-    for r in sorted(resources, key=lambda r: r.name):
-        h.update(r.name.encode())
-        h.update(b"\0")
-        h.update(r.version.encode())
-        h.update(b"\n")
-    return h.hexdigest()[:16]
+    return hashlib.sha256(b"".join(r.version_line for r in sorted(resources, key=_name))).hexdigest()[:16]
+
+
+_name = attrgetter("name")
