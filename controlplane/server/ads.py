@@ -29,8 +29,9 @@ never reaches a sidecar's queue. An EDS response other than the answer to a firs
 request or new names carries only what the client lacks (SotW allows partial EDS: Envoy
 keeps the ones not named): the assignments that changed, and those of the clusters a CDS
 response updated, changed or not (Envoy keeps an updated cluster warming until it gets
-its assignment; istiod resends every assignment instead). Responses are assembled from bytes serialized once (wire.py) and written
-through the PushLimiter (flow.py): a bounded number in flight, a stuck stream dropped.
+its assignment; istiod resends every assignment instead). Responses are assembled from
+bytes serialized once (wire.py) and written through the PushLimiter (flow.py): a
+bounded number in flight, a stuck stream dropped.
 
 Delta xDS (DeltaAggregatedResources) shares all of this: connection, subscription state,
 view and limiter; its state machine is delta.py.
@@ -601,7 +602,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         for follow in _FOLLOW_UPS.get(sub.type_url, ()):
             if (other := conn.subscriptions.get(follow)) is not None:
                 other.must_answer = True
-        self._sent(conn, sub, count, size, version, nonce, request, reason, started, incremental=partial)
+        self._sent(conn, sub, count, size, version, nonce, request, reason, started,
+                   incremental=partial and not request)
         await self._send(conn, context, data)
 
     def _mark_warming(self, conn: Connection, cds: Subscription, rs: ResourceSet) -> None:
