@@ -202,13 +202,14 @@ class MeshFacts:
                 kind_name = key.kind if key.kind in KNOWN_KINDS else OTHER
                 by_kind.setdefault(kind_name, []).append(_object_line(key, obj))
             self._kinds = {k: _digest(sorted(v)) for k, v in by_kind.items()}
-        elif self._stale_kinds:
-            for stale in self._stale_kinds:  # known kinds: their objects are of_kind's
-                lines = [_object_line(o.key, o) for o in self.mesh.config.of_kind(stale)]
-                self._kinds.pop(stale, None)
-                if lines:
-                    self._kinds[stale] = _digest(sorted(lines))
-            self._stale_kinds = ()
+        elif kind in self._stale_kinds:  # a known kind: its objects are of_kind's
+            # Recomputed when asked for only: no part reads the EndpointSlice digest, so
+            # an endpoint change does not pay for hashing a thousand slices.
+            lines = [_object_line(o.key, o) for o in self.mesh.config.of_kind(kind)]
+            self._kinds.pop(kind, None)
+            if lines:
+                self._kinds[kind] = _digest(sorted(lines))
+            self._stale_kinds = tuple(k for k in self._stale_kinds if k != kind)
         if kind == ENDPOINT_FACTS:
             return self.endpoint_facts()
         if kind == MESH_VERSION:

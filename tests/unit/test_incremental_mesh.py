@@ -240,7 +240,7 @@ def every_fact(f, proxies) -> dict:
     hosts = sorted(f.mesh.services)
     return {
         "kinds": [f.kind(k) for k in kinds], "of": f.of(tuple(kinds)),
-        "hosts": f.host_endpoints(), "all": f.all_endpoints(), "headless": f.headless_ips(),
+        "hosts": f.host_endpoints(), "all": f.all_endpoints(), "headless": f.headless_ips(), "rules": f.host_rules(),
         "localized": f.localized_hosts(), "locality_inputs": f.locality_inputs(),
         "service_accounts": [f.service_accounts(h) for h in hosts],
         "generations": [f.service_generation(h) for h in hosts],
