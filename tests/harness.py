@@ -29,17 +29,24 @@ def free_port(host: str = "0.0.0.0") -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.05, what: str = "condition"):
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.05,
+             what: str | Callable[[], str] = "condition"):
+    """Poll `predicate` until it returns something true (returned) or `timeout` passes
+    (AssertionError naming `what`; a callable `what` is asked then, so logs in it are
+    those of the moment of failure). The predicate is tried once more at the deadline."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
-    while time.monotonic() < deadline:
+    while True:
         try:
             result = predicate()
             if result:
                 return result
         except Exception as e:  # noqa: BLE001 - keep polling, report the last error
             last_exc = e
+        if time.monotonic() >= deadline:
+            break
         time.sleep(interval)
+    what = what() if callable(what) else what
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 

@@ -101,7 +101,7 @@ def test_envoy_gets_its_workload_certificate_over_the_secure_port(tmp_path: Path
                 "--ca-dir", str(ca_dir)]
         with envoy(tmp_path, args, edit=_sds_probe_listener(probe)) as e:
             wait_for(lambda: e.stats("control_plane.connected_state").get("control_plane.connected_state") == 1, 20,
-                     what=f"envoy connected over TLS\n{e.process.log()[-2000:]}\n{m.log()[-2000:]}")
+                     what=lambda: f"envoy connected over TLS\n{e.process.log()[-2000:]}\n{m.log()[-2000:]}")
 
             def default_secret():
                 dump = json.loads(e.admin("/config_dump?resource=dynamic_active_secrets"))
@@ -110,7 +110,7 @@ def test_envoy_gets_its_workload_certificate_over_the_secure_port(tmp_path: Path
                         return s
                 return None
 
-            secret = wait_for(default_secret, 20, what=f"`default` in Envoy's secrets\n{m.log()[-3000:]}")
+            secret = wait_for(default_secret, 20, what=lambda: f"`default` in Envoy's secrets\n{m.log()[-3000:]}")
             chain_pem = base64.b64decode(secret["secret"]["tls_certificate"]["certificate_chain"]["inline_bytes"])
             leaf = x509.load_pem_x509_certificates(chain_pem)[0]
             assert _uri_sans(leaf) == [CATALOG_URI]

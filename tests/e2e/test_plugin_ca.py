@@ -102,7 +102,7 @@ def test_switch_from_self_signed_to_plugin_ca_without_a_failed_request(tmp_path:
                     return False
                 return all([_fp(c) for c in envoy_chain(e)[1:]] == [_fp(inter), _fp(root)] for e in (server, client))
 
-            wait_for(done, 120, interval=0.3, what=f"the switch to the plug-in CA\n{m.log()[-4000:]}")
+            wait_for(done, 120, interval=0.3, what=lambda: f"the switch to the plug-in CA\n{m.log()[-4000:]}")
             time.sleep(1.0)
         assert traffic.failures == [], traffic.failures[:10]
         assert traffic.ok >= 100

@@ -61,7 +61,7 @@ def test_workload_certificates_rotate_without_a_failed_request(tmp_path: Path):
             return all(len(v) >= 4 for v in seen.values())  # the first + three rotations
 
         with Traffic(port) as traffic:
-            wait_for(sample, 60, interval=0.2, what=f"three rotations on both Envoys (seen {seen})\n{m.log()[-3000:]}")
+            wait_for(sample, 60, interval=0.2, what=lambda: f"three rotations on both Envoys (seen {seen})\n{m.log()[-3000:]}")
             time.sleep(0.5)
         assert traffic.failures == [], traffic.failures[:10]
         assert traffic.ok >= 100, traffic.ok
@@ -107,7 +107,7 @@ def test_root_rotation_without_a_failed_request(tmp_path: Path):
                 # every workload certificate Envoy holds now chains to the new root
                 return all(_fp(envoy_chain(e)[-1]) == new_fp for e in (server, client))
 
-            wait_for(done, 120, interval=0.3, what=f"the old root dropped everywhere\n{m.log()[-4000:]}")
+            wait_for(done, 120, interval=0.3, what=lambda: f"the old root dropped everywhere\n{m.log()[-4000:]}")
             time.sleep(1.0)  # and traffic keeps flowing after the drop
         assert traffic.failures == [], traffic.failures[:10]
         assert traffic.ok >= 100, traffic.ok

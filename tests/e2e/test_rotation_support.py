@@ -248,8 +248,8 @@ def mtls_pair(m: MeshdHandle, tmp_path: Path, gateway_port: int, server_port: in
             return status == 200 and body == b"ok"
 
         wait_for(serving, 60, interval=0.2,
-                 what=f"mTLS between the Envoys\n{client.process.log()[-1500:]}\n{server.process.log()[-1500:]}\n"
-                      f"{m.log()[-3000:]}")
+                 what=lambda: f"mTLS between the Envoys\n{client.process.log()[-1500:]}\n"
+                              f"{server.process.log()[-1500:]}\n{m.log()[-3000:]}")
         yield server, client
 
 

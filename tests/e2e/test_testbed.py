@@ -253,7 +253,7 @@ def test_envoy_in_a_pod_connects_to_meshd_on_the_host(testbed: TestBed, tmp_path
         )
         envoy = pod.start_envoy(boot, admin_port=15000)
         wait_for(lambda: envoy.stat("control_plane.connected_state") == 1, 20,
-                 what=f"pod Envoy connected to meshd\n{envoy.log()}\n{m.log()[-3000:]}")
+                 what=lambda: f"pod Envoy connected to meshd\n{envoy.log()}\n{m.log()[-3000:]}")
 
 
 @pytest.mark.e2e

@@ -52,7 +52,9 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+from tests.harness import wait_for  # (re-exported: the e2e tests import it from here)
 
 from . import iptables, netns
 
@@ -63,21 +65,6 @@ SUBNET_POOL = ipaddress.ip_network("10.250.0.0/16")
 POD_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 
 _open_beds: "weakref.WeakSet[TestBed]" = weakref.WeakSet()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while True:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except Exception as e:  # noqa: BLE001 - keep polling, report the last error
-            last = e
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last!r})" if last else ""))
-        time.sleep(interval)
 
 
 # ---- processes ---------------------------------------------------------------------
