@@ -15,7 +15,6 @@ API is served on the secure port (security/plane.py).
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 import time
 from dataclasses import dataclass
@@ -254,7 +253,6 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     servers: list = []
     monitoring = None
     tasks: list[asyncio.Task] = []
-    gc_before = gcpolicy.configure()  # restored when serving ends (tests serve in-process)
     try:
         # Inside the try: if a later port cannot be bound, the ones already up are closed.
         servers.append(await start_xds_server(ads, opts.listen_address, opts.xds_port))
@@ -289,6 +287,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                 log.info("waiting for the initial kubernetes lists")
             builder.rebuild(reason="initial kubernetes sync")
         tasks.append(asyncio.create_task(builder.run(stop)))
+        # The collector's thresholds and full collections, for as long as serving lasts.
         tasks.append(asyncio.create_task(gcpolicy.collect_when_idle(lambda: ads.busy or builder.pending, stop)))
         if plane is not None:
             tasks += plane.tasks(stop)
@@ -304,7 +303,6 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         # End the ADS streams now (UNAVAILABLE, "meshd shutting down") rather than after
         # the grace period: proxies reconnect at once, and meshd exits without waiting.
         log.info("ads streams closed", streams=ads.close_all())
-        gc.set_threshold(*gc_before)
         await asyncio.gather(*(s.stop(grace=2) for s in servers))
         if plane is not None:
             plane.close()

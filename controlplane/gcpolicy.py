@@ -34,18 +34,14 @@ log = structlog.get_logger("meshd.gc")
 THRESHOLDS = (50_000, 20, 1_000_000_000)
 
 
-def configure() -> tuple[int, ...]:
-    """Apply THRESHOLDS; returns the previous ones (to restore when serving ends)."""
-    before = gc.get_threshold()
-    gc.set_threshold(*THRESHOLDS)
-    return before
-
-
 async def collect_when_idle(busy: Callable[[], bool], stop: asyncio.Event, interval: float = 30.0,
                             max_wait: float = 300.0, poll: float = 1.0, deep_interval: float = 600.0) -> None:
     """Full collections between pushes: once `interval` has passed since the last one,
     at the first moment `busy()` is false, or regardless once `max_wait` has passed;
-    survivors frozen, and everything unfrozen and collected every `deep_interval`."""
+    survivors frozen, and everything unfrozen and collected every `deep_interval`.
+    THRESHOLDS apply while this runs; the process is left as it was when it ends."""
+    before = gc.get_threshold()
+    gc.set_threshold(*THRESHOLDS)
     last = last_deep = time.monotonic()
     try:
         while not stop.is_set():
@@ -73,3 +69,4 @@ async def collect_when_idle(busy: Callable[[], bool], stop: asyncio.Event, inter
                 frozen=gc.get_freeze_count(), waited=round(since, 1))
     finally:
         gc.unfreeze()  # serving ends: leave the process as it was (tests serve in-process)
+        gc.set_threshold(*before)

@@ -36,11 +36,20 @@ def test_full_collections_wait_for_a_quiet_moment_but_not_for_ever(monkeypatch):
     asyncio.run(main())
 
 
-def test_thresholds_leave_full_collections_to_the_policy():
+def test_thresholds_leave_full_collections_to_the_policy_while_it_runs():
     before = gc.get_threshold()
-    try:
-        gcpolicy.configure()
+
+    async def main():
+        stop = asyncio.Event()
+        task = asyncio.create_task(gcpolicy.collect_when_idle(lambda: True, stop, poll=0.02))
+        await asyncio.sleep(0.05)
         young, middle, full = gc.get_threshold()
         assert young > 700 and full >= 1_000_000
+        task.cancel()  # as serving ends
+        await asyncio.gather(task, return_exceptions=True)
+        assert gc.get_threshold() == before
+
+    try:
+        asyncio.run(main())
     finally:
         gc.set_threshold(*before)
