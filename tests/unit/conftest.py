@@ -7,10 +7,12 @@ from tests.kubeapi import FakeApiServer
 
 
 @pytest.fixture
-def kubeapi():
-    """A stand-in Kubernetes API server (real list/watch over HTTP), bookmarks every 0.1 s;
-    always stopped. Modules that need the default bookmark interval define their own."""
-    api = FakeApiServer(bookmark_interval=0.1).start()
+def kubeapi(request):
+    """A stand-in Kubernetes API server (real list/watch over HTTP), always stopped.
+    Bookmarks every 0.1 s, unless the test module sets KUBEAPI_BOOKMARKS (seconds, or
+    None for the server's default interval)."""
+    interval = getattr(request.module, "KUBEAPI_BOOKMARKS", 0.1)
+    api = (FakeApiServer() if interval is None else FakeApiServer(bookmark_interval=interval)).start()
     try:
         yield api
     finally:

@@ -29,13 +29,7 @@ def aio(fn):
     return run
 
 
-@pytest.fixture
-def kubeapi():
-    api = FakeApiServer().start()
-    try:
-        yield api
-    finally:
-        api.stop()
+KUBEAPI_BOOKMARKS = None  # the stand-in API server's default interval (conftest.kubeapi)
 
 
 class Replica:

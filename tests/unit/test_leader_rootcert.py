@@ -7,7 +7,6 @@ import contextlib
 import functools
 import time
 
-import pytest
 from kubernetes import client
 
 from controlplane.cluster.kubeapi import KubeApi
@@ -25,13 +24,7 @@ def aio(fn):
     return run
 
 
-@pytest.fixture
-def kubeapi():
-    api = FakeApiServer().start()
-    try:
-        yield api
-    finally:
-        api.stop()
+KUBEAPI_BOOKMARKS = None  # the stand-in API server's default interval (conftest.kubeapi)
 
 
 class World:

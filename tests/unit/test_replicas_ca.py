@@ -30,13 +30,7 @@ NS = "istio-system"
 TD = "cluster.local"
 
 
-@pytest.fixture
-def kubeapi():
-    api = FakeApiServer().start()
-    try:
-        yield api
-    finally:
-        api.stop()
+KUBEAPI_BOOKMARKS = None  # the stand-in API server's default interval (conftest.kubeapi)
 
 
 @pytest.fixture

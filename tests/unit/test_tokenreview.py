@@ -33,13 +33,7 @@ def md(token: str | None):
     return [("authorization", f"Bearer {token}")] if token is not None else []
 
 
-@pytest.fixture
-def kubeapi():
-    api = FakeApiServer().start()
-    try:
-        yield api
-    finally:
-        api.stop()
+KUBEAPI_BOOKMARKS = None  # the stand-in API server's default interval (conftest.kubeapi)
 
 
 @pytest.fixture
