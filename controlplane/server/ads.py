@@ -93,7 +93,9 @@ _NONCE_FIELD_LEN = 18  # how an ACK ends: field 5's tag, its length, make_nonce'
 class Generator(Protocol):
     def types(self) -> Sequence[str]: ...
 
-    def generate(self, mesh: Any, proxy: Proxy, type_url: str) -> ResourceSet: ...
+    # `key`: what the generator's optional key(mesh, proxy, type_url) gave, when the
+    # server has it (None otherwise): the generator need not work it out again.
+    def generate(self, mesh: Any, proxy: Proxy, type_url: str, key: Any = None) -> ResourceSet: ...
 
 
 def byte_count(n: int) -> str:

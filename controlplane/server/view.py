@@ -15,7 +15,6 @@ Two sources:
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Sequence
 
 from .. import names
@@ -32,7 +31,6 @@ class ResourceView:
         self.secrets = secrets
         self._on_withheld = on_withheld
         self._types: tuple[str, ...] | None = None
-        self._keyed = "key" in inspect.signature(generator.generate).parameters
 
     def types(self) -> tuple[str, ...]:
         # Asked on every request and push: made once (a generator's types never change).
@@ -73,10 +71,8 @@ class ResourceView:
         """Every resource of the type this proxy should have (for SDS: the named ones)."""
         if self._provider_owned(sub):
             return await self._secrets(conn, sub, mesh)
-        if self._keyed:  # the key a push just compared (memoized): no second computation
-            rs = self.generator.generate(mesh, conn.proxy, sub.type_url, key=self.key(conn, sub, mesh))
-        else:
-            rs = self.generator.generate(mesh, conn.proxy, sub.type_url)
+        # The key a push just compared (memoized): the generator need not compute it again.
+        rs = self.generator.generate(mesh, conn.proxy, sub.type_url, key=self.key(conn, sub, mesh))
         if not isinstance(rs, ResourceSet):  # a generator returning a plain mapping
             rs = ResourceSet(sub.type_url, list(rs.values()))
         return rs

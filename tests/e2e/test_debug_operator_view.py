@@ -111,7 +111,7 @@ class BreakableGenerator(Generator):
 
     broken = threading.Event()
 
-    def generate(self, mesh, proxy, type_url):
+    def generate(self, mesh, proxy, type_url, key=None):
         rs = super().generate(mesh, proxy, type_url)
         if not (self.broken.is_set() and type_url == names.LISTENER and proxy.type == "router"):
             return rs

@@ -49,7 +49,7 @@ class FakeGenerator:
     def types(self):
         return (names.CLUSTER, names.ENDPOINT, names.LISTENER)
 
-    def generate(self, mesh: FakeMesh, proxy, type_url: str) -> ResourceSet:
+    def generate(self, mesh: FakeMesh, proxy, type_url: str, key=None) -> ResourceSet:
         self.calls += 1
         if type_url == names.CLUSTER:
             items = [

@@ -92,7 +92,7 @@ class FakeGenerator:
     def types(self):
         return (names.CLUSTER, names.LISTENER, names.SECRET)
 
-    def generate(self, mesh, proxy, type_url):
+    def generate(self, mesh, proxy, type_url, key=None):
         if type_url == names.CLUSTER:
             items = [pack("outbound|80||web.default.svc.cluster.local", type_url,
                           cluster_pb2.Cluster(name="outbound|80||web.default.svc.cluster.local",

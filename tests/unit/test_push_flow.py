@@ -33,7 +33,7 @@ class BigGenerator:
     def types(self):
         return (names.CLUSTER,)
 
-    def generate(self, mesh, proxy, type_url):
+    def generate(self, mesh, proxy, type_url, key=None):
         filler = "x" * 16_000
         return ResourceSet(type_url, [
             pack(f"c{i}", type_url, cluster_pb2.Cluster(

@@ -53,7 +53,7 @@ class NoGenerator:
     def types(self):
         return ()
 
-    def generate(self, mesh, proxy, type_url):
+    def generate(self, mesh, proxy, type_url, key=None):
         return ResourceSet(type_url, [])
 
 
