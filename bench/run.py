@@ -350,33 +350,32 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
         try:
             fleet.wait_synced(args.timeout)
             time.sleep(1)
-            runs = []
-            for rep in range(args.repeat if "full" in args.measure else 0):
-                label = f"floor-{rep}"
-                fleet.arm(label, "version", CDS)
-                cpu0 = cpu_seconds(fp.pid)
+
+            def replay(label: str, types: list[str]) -> tuple[list[float], dict]:
+                """The floor sends each group's captured last response of `types` to every
+                stream; per proxy the seconds until it ACKed a new version of the first
+                type, and the CPU seconds spent meanwhile."""
+                fleet.arm(label, "version", types[0])
+                cpu0, gen0 = cpu_seconds(fp.pid), fleet.cpu()
                 t_push = time.time()
-                parent.send(("push", [CDS, EDS]))
+                parent.send(("push", types))
                 parent.recv()
                 st = fleet.wait(label, args.timeout)
                 time.sleep(1)
-                runs.append({"push_s": round(max(st["times"]) - t_push, 3), "cpu_s": round(cpu_seconds(fp.pid) - cpu0, 2)})
+                return [t - t_push for t in st["times"]], {
+                    "cpu_s": round(cpu_seconds(fp.pid) - cpu0, 2), "loadgen_cpu_s": round(fleet.cpu() - gen0, 2)}
+
+            runs = []
+            for rep in range(args.repeat if "full" in args.measure else 0):
+                lat, cpu = replay(f"floor-{rep}", [CDS, EDS])
+                runs.append({"push_s": round(max(lat), 3), "cpu_s": cpu["cpu_s"]})
             result["floor_full_push"] = runs
             # The endpoint floor: the last EDS response each group got (one assignment,
             # after the endpoint changes above) sent again to every stream.
             eps = []
             for rep in range(args.repeat if "endpoint" in args.measure else 0):
-                label = f"floor-ep-{rep}"
-                fleet.arm(label, "version", EDS)
-                cpu0, gen0 = cpu_seconds(fp.pid), fleet.cpu()
-                t_push = time.time()
-                parent.send(("push", [EDS]))
-                parent.recv()
-                st = fleet.wait(label, args.timeout)
-                time.sleep(1)
-                lat = [t - t_push for t in st["times"]]
-                eps.append({"p50_s": round(pct(lat, 50), 3), "p99_s": round(pct(lat, 99), 3),
-                            "cpu_s": round(cpu_seconds(fp.pid) - cpu0, 2), "loadgen_cpu_s": round(fleet.cpu() - gen0, 2)})
+                lat, cpu = replay(f"floor-ep-{rep}", [EDS])
+                eps.append({"p50_s": round(pct(lat, 50), 3), "p99_s": round(pct(lat, 99), 3), **cpu})
             result["floor_endpoint"] = eps
         finally:
             fleet.stop()
