@@ -21,11 +21,11 @@ import pytest
 import yaml
 
 from tests.e2e.test_gateway_ingress import HOST, backends_yaml, gateway_yaml, one_subset, vs_yaml, write
-from tests.harness import REPO, Process, envoy, free_port, http_backend, http_get, meshd, wait_for
+from tests.harness import REPO, Process, envoy, free_port, http_backend, http_get, meshd, shared, wait_for
 
 pytestmark = pytest.mark.e2e
 
-CORPUS = REPO.parent / "shared/corpus/istio/pkg/config/validation/testdata/crds"
+CORPUS = ("corpus", "istio", "pkg", "config", "validation", "testdata", "crds")
 SERVED = {"destinationrule", "peerauth"}
 
 
@@ -143,7 +143,7 @@ def test_bad_input_never_reaches_envoy(tmp_path: Path):
         expected_unsupported: set[str] = set()
         with Traffic(gw_port) as traffic:
             # Istio's own invalid corpus, one document per file
-            for path in sorted(CORPUS.glob("*-invalid.yaml")):
+            for path in sorted(shared(*CORPUS).glob("*-invalid.yaml")):
                 kind = path.name.removesuffix("-invalid.yaml")
                 for i, doc in enumerate(d for d in yaml.safe_load_all(path.read_text()) if d):
                     err = doc.pop("_err", "")

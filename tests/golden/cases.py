@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
+from tests.harness import SHARED
+
+CORPUS = SHARED / "corpus"
 HERE = Path(__file__).resolve().parent
 
 

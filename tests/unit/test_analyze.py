@@ -21,7 +21,9 @@ from controlplane import cli
 from controlplane.analysis import BY_NAME, analyze, messages
 from controlplane.analysis.resources import parse_text
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+from tests.harness import SHARED
+
+CORPUS = SHARED / "corpus"
 TESTDATA = CORPUS / "istio" / "pkg" / "config" / "analysis" / "analyzers" / "testdata"
 _CASE = re.compile(r"analyzers_test\.go case '([^']+)' \[([^\]]+)\](?: \(meshConfig [^)]+\))?: expect (.*?)"
                    r"(?= analyzers_test\.go case|$)")

@@ -6,9 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 import yaml
 
 from controlplane.cluster.status import desired_status
@@ -16,15 +14,13 @@ from controlplane.commands.crds import crd_documents, render
 from controlplane.config import kinds
 from controlplane.config.validation.schema import Node, validate_document
 
-REPO = Path(__file__).resolve().parents[2]
-CORPUS = REPO.parent / "shared" / "corpus"
+from tests.harness import REPO, shared
+
 DEPLOYED = REPO / "deploy" / "kubernetes" / "01-crds.yaml"
 
 
 def istio_crds() -> dict[str, dict]:
-    path = CORPUS / "crds" / "crd-all.gen.yaml"
-    if not path.exists():
-        pytest.skip(f"corpus missing: {path}")
+    path = shared("corpus", "crds", "crd-all.gen.yaml")
     return {d["metadata"]["name"]: d for d in yaml.safe_load_all(path.read_text()) if d}
 
 
@@ -69,9 +65,7 @@ def test_compatible_with_istios_crds():
 
 
 def test_istio_examples_validate_against_the_generated_schemas():
-    samples = CORPUS / "istio" / "samples" / "bookinfo" / "networking"
-    if not samples.is_dir():
-        pytest.skip("corpus missing")
+    samples = shared("corpus", "istio", "samples", "bookinfo", "networking")
     schemas = {(d["spec"]["group"], d["spec"]["names"]["kind"], v["name"]): Node(v["schema"]["openAPIV3Schema"])
                for d in crd_documents() for v in d["spec"]["versions"]}
     checked = 0

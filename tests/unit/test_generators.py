@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
@@ -26,9 +25,10 @@ from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from tests.harness import shared
 
 K8S_KINDS = {"Service", "Pod", "EndpointSlice", "Namespace"}
-GOLDEN = Path("/work/shared/corpus/istioctl-golden/istioctl/pkg/writer/envoy/configdump/testdata/routes")
+GOLDEN = ("corpus", "istioctl-golden", "istioctl", "pkg", "writer", "envoy", "configdump", "testdata", "routes")
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -386,9 +386,8 @@ spec:
 """
 
 
-@pytest.mark.skipif(not GOLDEN.exists(), reason="shared corpus not available")
 def test_route_config_matches_istiod_golden():
-    golden = json.loads((GOLDEN / "istio-gateway-http-route-prefix" / "configdump.json").read_text())
+    golden = json.loads(shared(*GOLDEN, "istio-gateway-http-route-prefix", "configdump.json").read_text())
     want = golden["configs"][0]["dynamic_route_configs"][0]["route_config"]
     want.pop("@type")
     got = to_dict(by_name(routes.build(mesh_of(HTTPBIN), GATEWAY_PROXY))["http.8080"])

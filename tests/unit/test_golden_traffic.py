@@ -14,9 +14,10 @@ import os
 
 import pytest
 
-from tests.golden.cases import CASES, CORPUS
+from tests.golden.cases import CASES
 from tests.golden.regen import regen
 from tests.golden.render import input_text, render
+from tests.harness import shared
 
 UPDATE = os.environ.get("MESHD_GOLDEN_UPDATE") == "1"
 
@@ -38,8 +39,7 @@ def test_generated_output_matches_golden(case):
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_golden_inputs_are_the_corpus_files(case):
-    if not CORPUS.exists():
-        pytest.skip("the shared corpus is not here")
+    shared("corpus")  # fails (never skips) without the corpus
     assert (case.dir / "input.yaml").read_text() == input_text(case), "corpus changed: regenerate and review"
     assert (case.dir / "supplement.yaml").read_text() == case.supplement
 

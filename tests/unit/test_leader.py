@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import threading
 import time
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 
 from controlplane.cluster.kubeapi import ApiError, KubeApi
 from controlplane.cluster.leader import LeaderElectionConfig, LeaderElector
@@ -62,6 +63,36 @@ def lease(api: FakeApiServer) -> dict | None:
     return api.get("coordination.k8s.io/v1", "Lease", "meshd-leader", NS)
 
 
+class LeaseHolders:
+    """Watches the Lease (from its current version) in a thread: `seen` is the holder
+    identity after each change, in the order the API server made them."""
+
+    def __init__(self, api: FakeApiServer):
+        self.seen: list[str] = []
+        self._closed = False
+        self._client = client.ApiClient(api.configuration())
+        self._watch = watch.Watch()
+        coordination = client.CoordinationV1Api(self._client)
+        since = coordination.read_namespaced_lease("meshd-leader", NS).metadata.resource_version
+        self._thread = threading.Thread(target=self._run, args=(coordination, since), daemon=True)
+        self._thread.start()
+
+    def _run(self, coordination, since: str) -> None:
+        try:
+            for event in self._watch.stream(coordination.list_namespaced_lease, NS, resource_version=since,
+                                            field_selector="metadata.name=meshd-leader", timeout_seconds=30):
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    self.seen.append(event["object"].spec.holder_identity or "")
+        except Exception:  # noqa: BLE001 - the stream ends when close() closes the client
+            if not self._closed:
+                raise
+
+    def close(self) -> None:
+        self._closed = True
+        self._watch.stop()
+        self._client.close()
+
+
 async def until(pred, what: str, timeout: float = 5.0, interval: float = 0.02) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -98,15 +129,20 @@ async def test_graceful_shutdown_releases_and_hands_over_at_once(kubeapi):
     a = Replica(kubeapi, "a").start()
     await until(lambda: a.elector.is_leader, "a leads")
     b = Replica(kubeapi, "b").start()
+    holders = LeaseHolders(kubeapi)  # every holder the Lease has from now on, as the API saw it
     try:
-        await asyncio.sleep(0.5)
+        await until(lambda: b.elector.holder == "a", "b sees a's lease")
         assert not b.elector.is_leader
         await a.shutdown()
-        assert lease(kubeapi)["spec"]["holderIdentity"] == ""  # released
+        # b may take the lease as soon as a released it: read the release from the Lease's
+        # history (a watch), not from one GET that can come after b's takeover.
         took = await until(lambda: b.elector.is_leader, "b takes over after the release")
         assert took < FAST["lease_duration"], f"hand-over after a release took {took:.2f}s: it waited out the lease"
+        await until(lambda: "b" in holders.seen, "the Lease names b")
+        assert holders.seen[holders.seen.index("b") - 1] == "", f"a did not release before b took over: {holders.seen}"
         assert lease(kubeapi)["spec"]["leaseTransitions"] == 1
     finally:
+        holders.close()
         await b.shutdown()
 
 

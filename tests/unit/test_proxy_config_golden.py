@@ -16,7 +16,9 @@ import pytest
 
 from controlplane import cli
 
-GOLDEN = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "istioctl-golden" / "istioctl" / "pkg"
+from tests.harness import SHARED
+
+GOLDEN = SHARED / "corpus" / "istioctl-golden" / "istioctl" / "pkg"
 PROXYCONFIG = GOLDEN / "proxyconfig" / "testdata"
 CONFIGDUMP = GOLDEN / "writer" / "envoy" / "configdump" / "testdata"
 

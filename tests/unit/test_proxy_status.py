@@ -12,7 +12,6 @@ import http.server
 import io
 import json
 import threading
-from pathlib import Path
 
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
@@ -23,7 +22,9 @@ from controlplane.debug import status
 from controlplane.debug.compare import compare
 from controlplane.debug.configdump import ConfigDump
 
-GOLDEN = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "istioctl-golden" / "istioctl" / "pkg"
+from tests.harness import SHARED
+
+GOLDEN = SHARED / "corpus" / "istioctl-golden" / "istioctl" / "pkg"
 PILOT = GOLDEN / "writer" / "pilot" / "testdata"
 COMPARE = GOLDEN / "writer" / "compare" / "testdata"
 

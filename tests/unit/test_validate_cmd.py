@@ -18,7 +18,9 @@ import yaml
 
 from controlplane import cli
 
-CRDS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "istio" / "pkg" / "config" / "validation" \
+from tests.harness import SHARED
+
+CRDS = SHARED / "corpus" / "istio" / "pkg" / "config" / "validation" \
     / "testdata" / "crds"
 # Kinds meshd serves (DestinationRule, PeerAuthentication) and those it has schemas for.
 PREFIXES = ["destinationrule", "peerauth", "serviceentry", "authz"]

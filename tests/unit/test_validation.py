@@ -18,7 +18,9 @@ from controlplane.config.kinds import Kind
 from controlplane.config.validation import FieldError, validate
 from controlplane.config.validation import cel, durations, schema
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+from tests.harness import SHARED
+
+CORPUS = SHARED / "corpus"
 CRD_FIXTURES = ("istio", "pkg", "config", "validation", "testdata", "crds")
 
 SERVICE_ENTRY = Kind(kinds.ISTIO_NETWORKING, "ServiceEntry", kinds.ISTIO_VERSIONS)
