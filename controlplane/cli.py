@@ -340,6 +340,9 @@ UID 1337 in a pod), e.g. chown 1337 FILE.""",
     from .commands import crds as crds_command
 
     crds_command.register(sub)  # meshd crds
+    from .commands import authz as authz_command
+
+    authz_command.register(sub)  # meshd experimental|x authz check
     return p
 
 

@@ -107,9 +107,18 @@ def debug_routes(views: DebugViews) -> dict[str, Handler]:
                           "connected": sorted({c.proxy.short for c in views.ads.connections()})}, 404)
         return Response(200, (dump.to_json("  ") + "\n").encode(), JSON)
 
+    def mtlsz(req: Request) -> Response:
+        proxy = req.query.get("proxyID") or req.query.get("proxy") or ""
+        data = views.mtlsz(proxy) if proxy else None
+        if data is None:
+            return _json({"error": f"proxy {proxy!r} is not connected to this meshd" if proxy else "want ?proxyID=",
+                          "connected": sorted({c.proxy.short for c in views.ads.connections()})}, 404 if proxy else 400)
+        return _json(data)
+
     routes: dict[str, Handler] = {
         "/debug/syncz": syncz,
         "/debug/config_dump": config_dump,
+        "/debug/mtlsz": mtlsz,
         "/debug/adsz": adsz,
         "/debug/registryz": registryz,
         "/debug/endpointz": endpointz,

@@ -4,6 +4,7 @@
 |---|---|
 | /debug/syncz | per connection and type: sent version/nonce, acked version/nonce, last NACK |
 | /debug/config_dump?proxyID= | Envoy-style config dump of exactly what the proxy was sent |
+| /debug/mtlsz?proxyID= | the effective PeerAuthentication mode of a sidecar's workload, per port |
 | /debug/adsz | connections: id, address, connected since, subscribed types and names |
 | /debug/registryz | services |
 | /debug/endpointz | endpoints per service and port |
@@ -98,6 +99,21 @@ class DebugViews:
         sent = [Sent(t, s.sent_version, s.sent_at, tuple(getattr(s, "sent_resources", ())))
                 for t, s in conn.subscriptions.items() if s.sent_nonce]
         return from_sent(getattr(conn, "node", None), sent)
+
+    def mtlsz(self, proxy_id: str) -> dict | None:
+        """The effective PeerAuthentication of a connected sidecar's workload (mode,
+        per-port modes, the policies that decided): the mTLS column of `meshd x authz
+        check --listeners`. A gateway has none (`mode` null)."""
+        conn = self.find_connection(proxy_id)
+        if conn is None:
+            return None
+        proxy, mesh = conn.proxy, self.ads.mesh
+        out = {"proxy": proxy.id, "type": proxy.type, "mode": None, "portModes": {}, "sources": []}
+        if proxy.type == "sidecar" and mesh is not None:
+            policy = mesh.mtls_policy(proxy.namespace, proxy.labels)
+            out.update(mode=policy.mode, portModes={str(p): m for p, m in sorted(policy.port_modes.items())},
+                       sources=list(policy.sources))
+        return out
 
     # --- the model ----------------------------------------------------------------
     def registryz(self) -> list[dict]:
