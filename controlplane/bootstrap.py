@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import names
+from .version import meshd_version
 
 XDS_SERVER_NAME = "istiod.istio-system.svc"  # SNI and verified SAN of the secure xDS port
 
@@ -196,7 +197,8 @@ def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
         "CLUSTER_ID": p.cluster_id,
         "MESH_ID": names.DOMAIN_SUFFIX,
         "WORKLOAD_NAME": app,
-        "ISTIO_VERSION": "meshd",
+        # The agent's version, as pilot-agent reports Istio's: `proxy-status` shows it.
+        "ISTIO_VERSION": meshd_version(),
     }
     if p.proxy_type == "sidecar":
         metadata["INTERCEPTION_MODE"] = "REDIRECT"

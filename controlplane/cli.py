@@ -180,6 +180,12 @@ def _bootstrap_tls(args: argparse.Namespace):
     return None
 
 
+def bootstrap_format(output: str | None) -> str:
+    """"yaml" for a .yaml/.yml file, else "json": how Envoy's `-c` reads the file (by its
+    extension, JSON for any other), and what istiod's bootstrap is (stdout too)."""
+    return "yaml" if output and Path(output).suffix.lower() in (".yaml", ".yml") else "json"
+
+
 def _bootstrap(args: argparse.Namespace) -> int:
     from ca import CAError
 
@@ -211,8 +217,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
     if tls is None and args.type == "sidecar":
         print("meshd bootstrap: plaintext xDS: meshd will not send this sidecar a workload certificate "
               "(mTLS needs --ca-dir or --root-cert/--token)", file=sys.stderr)
-    as_json = bool(args.output and args.output.endswith(".json"))
-    text = json.dumps(doc, indent=2) + "\n" if as_json else _yaml(doc)
+    text = _yaml(doc) if bootstrap_format(args.output) == "yaml" else json.dumps(doc, indent=2) + "\n"
     if args.output:
         if tls is not None and tls.token:
             from ca import write_private
@@ -226,7 +231,10 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .version import meshd_version
+
     p = argparse.ArgumentParser(prog="meshd", description="xDS control plane for Envoy speaking Istio's config API")
+    p.add_argument("--version", action="version", version=f"meshd {meshd_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the control plane")
@@ -321,7 +329,9 @@ UID 1337 in a pod), e.g. chown 1337 FILE.""",
     b.add_argument("--admin-port", type=int, default=names.PORT_ENVOY_ADMIN)
     b.add_argument("--stats-port", type=int, default=names.PORT_STATS, help="Prometheus listener port, 0 for none")
     b.add_argument("--health-port", type=int, default=names.PORT_HEALTH, help="readiness listener port, 0 for none")
-    b.add_argument("--output", "-o", help="write to this file (.json for JSON, else YAML) instead of stdout")
+    b.add_argument("--output", "-o", help="write to this file instead of stdout: YAML for a .yaml/.yml name, JSON "
+                                          "otherwise (Envoy reads a file by its extension, and any other name as "
+                                          "JSON: istio-agent's envoy-rev.json); stdout gets JSON")
     b.set_defaults(func=_bootstrap)
 
     t = sub.add_parser("token", help="print a service account token (file mode stand-in for a Kubernetes projected token)")

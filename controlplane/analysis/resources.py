@@ -14,6 +14,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from ..sources.yamlfile import field_lines
+
 # Kinds without a namespace (the rest default to the analysis namespace).
 CLUSTER_SCOPED = frozenset({
     "Namespace", "Node", "CustomResourceDefinition", "MutatingWebhookConfiguration",
@@ -90,18 +92,6 @@ class LoadError(Exception):
         self.file, self.line, self.reason = file, line, reason
 
 
-def _walk(node: yaml.Node, path: tuple, out: dict) -> None:
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = k.value if isinstance(k, yaml.ScalarNode) else str(k)
-            _walk(v, path + (key,), out)
-            out[path + (key,)] = k.start_mark.line + 1  # a field's line is its key's
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _walk(v, path + (i,), out)
-
-
 def _as_json(v: Any) -> Any:
     """YAML values as the API server sees them: string keys, timestamps as strings."""
     if isinstance(v, dict):
@@ -124,8 +114,7 @@ def parse_text(text: str, file: str, default_namespace: str = "default") -> list
             if node is None:
                 continue
             data = loader.construct_document(node)
-            lines: dict[tuple, int] = {}
-            _walk(node, (), lines)
+            lines = field_lines(node)
             index += 1
             if not isinstance(data, dict):
                 continue

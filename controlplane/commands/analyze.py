@@ -38,7 +38,7 @@ def _threshold(name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..analysis import ANALYZERS, BY_NAME, analyze
     from ..analysis import messages as msg
-    from ..analysis.resources import Location, Resource, from_configz, load_paths
+    from ..analysis.resources import LoadError, Location, Resource, files_under, from_configz, load_paths
 
     namespace = args.namespace or "default"
     resources, load_errors = load_paths(args.paths, namespace) if args.paths else ([], [])
@@ -54,10 +54,15 @@ def run(args: argparse.Namespace) -> int:
         # Documents the running meshd refused are findings too (the last good version is in force).
         for rej in configz.get("rejections") or []:
             origin = rej.get("origin") or {}
+            if not rej.get("object") and not rej.get("field"):
+                # No object to name: the file (or document) could not be read at all: not
+                # YAML, over the size limit, not a mapping. A parse error, not a schema one.
+                load_errors.append(LoadError(origin.get("location", ""), origin.get("line", 0), rej.get("reason", "")))
+                continue
             kind, _, rest = (rej.get("object") or "").partition(" ")
             ns, _, name = rest.rpartition("/")
             res = Resource("", kind or "document", ns, name or origin.get("display", ""), {},
-                           Location(origin.get("location", ""), 0, origin.get("index", 0)))
+                           Location(origin.get("location", ""), origin.get("line", 0), origin.get("index", 0)))
             text = f"{rej['field']}: {rej['reason']}" if rej.get("field") else rej.get("reason", "")
             extra.append(msg.new(msg.SCHEMA_VALIDATION_ERROR, res, text))
 
@@ -78,7 +83,11 @@ def run(args: argparse.Namespace) -> int:
     for e in load_errors:
         print(f'Error(s) adding files: errors parsing content "{e.file}": {e.reason}', file=sys.stderr)
 
-    target = "all namespaces" if args.all_namespaces else f"namespace: {namespace}"
+    # istioctl's footers: what was analyzed. Without --namespace meshd reports on every
+    # namespace; a success with files names them (and meshd), as istioctl names its files.
+    target = f"namespace: {args.namespace}" if args.namespace and not args.all_namespaces else "all namespaces"
+    analyzed = "\n".join([str(f) for f in files_under(args.paths)] + ([args.meshd] if args.meshd else [])) \
+        if args.paths else target
     if args.output in ("json", "yaml"):
         data = [m.as_dict() for m in shown]
         if args.output == "json":
@@ -91,7 +100,10 @@ def run(args: argparse.Namespace) -> int:
         for m in shown:
             print(m)
     elif not load_errors:
-        print(f"\u2714 No validation issues found when analyzing {target}.")
+        print(f"\u2714 No validation issues found when analyzing {analyzed}.")
+    else:
+        files = "file" if len(load_errors) == 1 else "files"
+        print(f"No validation issues found when analyzing {target} (but {len(load_errors)} {files} could not be parsed).")
 
     fail_rank = _level_rank(args.failure_threshold)
     if any(_level_rank(m.type.level) >= fail_rank for m in messages):

@@ -1,9 +1,11 @@
 """`meshd proxy-status [<proxy>]`: is every proxy in sync with meshd?
 
-Without a proxy: one row per connected proxy with its state per xDS type (SYNCED,
-NOT SENT, STALE), the meshd instance and the proxy's Istio version, from meshd's
-/debug/syncz; a NACKed type shows STALE and Envoy's message below the table. `--brief`
-prints istioctl's default layout (SUBSCRIBED TYPES), `-o json|yaml` the CSDS response.
+Without a proxy: one row per connected proxy, from meshd's /debug/syncz, in istioctl's
+default layout (NAME, CLUSTER, ISTIOD, VERSION: the meshd version that wrote the proxy's
+bootstrap, SUBSCRIBED TYPES); `-v 1` (istioctl's --verbosity) shows the state per xDS
+type instead (SYNCED, NOT SENT, STALE). A type whose latest response Envoy rejected is
+listed below the table with Envoy's message in both layouts. `-o json|yaml` prints the
+CSDS response.
 
 With a proxy: the diff between what meshd sent it (/debug/config_dump) and what its Envoy
 reports (`--envoy`, default http://127.0.0.1:15000): `Clusters Match`, `Listeners Match`,
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         if args.output in ("json", "yaml"):
             print_status_dump(dr, sys.stdout, args.output)
             return 0
-        print_status([dr], sys.stdout, verbose=not args.brief, namespace=args.namespace or "",
+        print_status([dr], sys.stdout, verbose=args.verbosity >= 1, namespace=args.namespace or "",
                      proxy=args.proxy or "")
     except (DumpError, FetchError, OSError, ValueError) as e:
         print(f"Error: {e}", file=sys.stderr)
@@ -56,7 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--envoy-file", help="compare against this saved Envoy config dump instead")
     p.add_argument("--no-diff", action="store_true", help="with a proxy: only its status row, no diff")
     p.add_argument("--token", help="bearer token for meshd's /debug (or @FILE); default $MESHD_TOKEN")
-    p.add_argument("--brief", action="store_true", help="istioctl's default columns (SUBSCRIBED TYPES)")
+    p.add_argument("--verbosity", "-v", type=int, default=0, choices=[0, 1],
+                   help="0: istioctl's default columns (SUBSCRIBED TYPES); 1: the state of every xDS type")
+    p.add_argument("--brief", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     p.add_argument("--namespace", "-n", help="only proxies in this namespace")
     p.add_argument("--output", "-o", choices=["json", "yaml"], help="the CSDS DiscoveryResponse instead of a table")
     p.set_defaults(func=run)

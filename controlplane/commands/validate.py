@@ -1,75 +1,136 @@
-"""`meshd validate <file-or-dir>...`: Istio resources against Istio's own CRD schemas.
+"""`meshd validate [-f] <file-or-dir>...`: would `meshd serve` accept these files?
 
-The same checks `meshd serve` applies before an object enters the config store
-(controlplane/config/validation): the CRD's structural schema as the API server applies
-it (types, enums, unknown fields, required fields, CEL `x-kubernetes-validations` rules
-such as PeerAuthentication's "portLevelMtls requires selector"), then Istio's semantic
-rules for the kinds meshd serves. Kinds with a schema in the repository are checked even
-if meshd does not act on them yet (ServiceEntry, Sidecar, AuthorizationPolicy); Istio kinds
-without one are reported as skipped; Kubernetes kinds meshd reads (Service, Pod,
-EndpointSlice, Namespace) get meshd's checks; other kinds are ignored.
+Each file goes through the gate `meshd serve` uses (sources/yamlfile.py, then
+config/parse.py): the same size limits and strict YAML (duplicate keys are errors), the
+same kinds skipped (a Secret that is not a TLS credential, Kubernetes kinds meshd has no
+use for), the same checks: the CRD's structural schema as the API server applies it
+(types, enums, unknown fields, required fields, CEL `x-kubernetes-validations` rules such
+as PeerAuthentication's "portLevelMtls requires selector"), then Istio's semantic rules.
+Kinds with a schema in the repository are checked even if meshd does not act on them yet
+(ServiceEntry, Sidecar).
 
-One line per problem, naming file, line, object, field and reason; exit code 1 if any.
+Istio kinds meshd does not serve and has no schema for are reported as skipped.
+
+Every problem of a document is printed at once, one line each, naming file:line, the
+object, the field and the reason. Paths are files, directories (recursively: .yaml, .yml,
+.json) or `-` for standard input, given as arguments or with -f/--filename (istioctl's
+form, repeatable). Exit code 1 if any problem.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, TextIO
+
+from ..config.validation.errors import FieldError
+
+STDIN = "-"
 
 
-def validate_paths(paths: list[str], out=None, err=None) -> int:
-    from ..analysis.analyzers.others import schema_kind
-    from ..analysis.resources import LoadError, files_under, parse_text
-    from ..config import kinds
-    from ..config.validation import validate
+def validate_paths(paths: list[str], out: TextIO | None = None, err: TextIO | None = None,
+                   stdin: Any = None) -> int:
+    from ..analysis.resources import files_under
 
     out = out or sys.stdout
     err = err or sys.stderr
-    problems = 0
-    bad_docs = 0
-    files = files_under(paths)
-    if not files:
+    names = [STDIN if p == STDIN else str(f) for p in paths for f in ([p] if p == STDIN else files_under([p]))]
+    if not names:
         print("Error: no files to validate", file=err)
         return 1
-    for f in files:
+    problems = bad_docs = 0
+    for name in names:
         try:
-            resources = parse_text(f.read_text(), str(f), "")
-        except (OSError, UnicodeDecodeError) as e:
-            print(f"{f}: {e}", file=err)
+            data = (stdin or sys.stdin.buffer).read() if name == STDIN else Path(name).read_bytes()
+        except OSError as e:
+            print(f"{name}: cannot read file: {e.strerror or e}", file=err)
             problems += 1
             continue
-        except LoadError as e:
-            print(f"{e.file}:{e.line}: not valid YAML: {e.reason}", file=err)
-            problems += 1
-            continue
-        file_ok = True
-        for r in resources:
-            kind = schema_kind(r.group, r.kind)
-            if kind is None:
-                k8s = kinds.SERVED.get((r.group, r.kind))
-                if k8s is not None and not k8s.istio:
-                    kind = k8s
-            if kind is None:
-                if r.group.endswith(".istio.io"):
-                    print(f"{r.location}: {r.kind} {r.full_name}: skipped (no schema for {r.kind} in meshd)",
-                          file=err)
-                continue
-            errors = validate(dict(r.doc), kind)
-            if errors:
-                file_ok = False
-                bad_docs += 1
-                for e in errors:
-                    problems += 1
-                    path = tuple(int(p) if p.isdigit() else p for p in _split(e.field))
-                    line = r.line_of(*path) if path else (r.location.line if r.location else 0)
-                    where = f"{r.location.file}:{line}" if r.location else str(f)
-                    print(f"{where}: {r.kind} {r.full_name or '<unnamed>'}: {e}", file=err)
-        if file_ok:
-            print(f'"{f}" is valid', file=out)
+        lines = check_file(name, data)
+        for line in lines:
+            print(line.text, file=err)
+        errors = [ln for ln in lines if ln.error]
+        problems += len(errors)
+        bad_docs += len({ln.document for ln in errors})
+        if not errors:
+            print(f'"{name}" is valid', file=out)
     if problems:
         print(f"Error: validation failed: {problems} problem(s) in {bad_docs} document(s)", file=err)
         return 1
     return 0
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of the report: an error (counts) or a warning/notice (does not)."""
+
+    text: str
+    document: int  # index in the file; -1 for the whole file
+    error: bool = True
+
+
+def check_file(name: str, data: bytes) -> list[Line]:
+    """Every problem of one file, in document order."""
+    from ..analysis.analyzers.others import schema_kind
+    from ..config import kinds
+    from ..config.objects import ConfigObject, Origin, Rejection
+    from ..config.parse import parse_document
+    from ..config.validation import validate
+    from ..sources.yamlfile import YamlError, load_located
+
+    try:
+        docs = load_located(data, with_lines=True)
+    except YamlError as e:
+        return [Line(e.at(name), -1)]
+    report: list[Line] = []
+    seen: set = set()
+    for i, d in enumerate(docs):
+        def say(errors: Iterable[FieldError], error: bool = True) -> None:
+            what = _display(d.data)
+            report.extend(Line(f"{name}:{_line_of(d.lines, e.field, d.line)}: {what}: {e}", i, error) for e in errors)
+
+        parsed = parse_document(d.data, Origin("file", name, i, d.line))
+        if isinstance(parsed, ConfigObject):
+            if parsed.key in seen:  # the store keeps the first definition (config/store.py)
+                say([FieldError("metadata.name", "defined twice in the same file; the first definition is used")])
+            seen.add(parsed.key)
+        elif isinstance(parsed, Rejection):
+            say(parsed.errors or [FieldError(parsed.field, parsed.reason)])
+        elif parsed is not None:  # Unsupported: an Istio kind meshd does not serve
+            group = kinds.split_api_version(str(d.data.get("apiVersion")))[0]
+            kind_name = str(d.data.get("kind"))
+            schema = schema_kind(group, kind_name)
+            if schema is None:
+                say([FieldError("", f"skipped (no schema for {kind_name} in meshd)")], error=False)
+            else:
+                say(validate(d.data, schema))
+        elif isinstance(d.data, dict) and d.data.get("kind") == "List":
+            # `meshd serve` skips it too: say so rather than pass it as valid in silence.
+            say([FieldError("", "skipped: meshd reads no `kind: List`; write its items as documents of their own")],
+                error=False)
+    return report
+
+
+def _display(doc: Any) -> str:
+    """The object as the file names it: `Kind ns/name`, `Kind name` (no namespace written)."""
+    if not isinstance(doc, dict):
+        return "document"
+    md = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    ns, name = md.get("namespace"), md.get("name")
+    full = f"{ns}/{name}" if ns and name else str(name or "<unnamed>")
+    return f"{doc.get('kind') or 'document'} {full}"
+
+
+def _line_of(lines: dict, field: str, default: int) -> int:
+    """The line of a field, else of its nearest parent that is written in the file (a
+    missing required field points at the object holding it)."""
+    path = tuple(int(p) if p.isdigit() else p for p in _split(field))
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return default
 
 
 def _split(field: str) -> list[str]:
@@ -80,8 +141,18 @@ def _split(field: str) -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("validate", help="validate Istio resources against Istio's CRD schemas",
+    p = sub.add_parser("validate", help="check files as `meshd serve` would read them (Istio's CRD schemas and rules)",
                        formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__)
-    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
-    p.add_argument("--filename", "-f", action="append", default=[], help="istioctl-style: a file to validate")
-    p.set_defaults(func=lambda a: validate_paths(list(a.paths) + list(a.filename)))
+    p.add_argument("paths", nargs="*", metavar="FILE_OR_DIR", help="files, directories or - (standard input)")
+    p.add_argument("--filename", "-f", action="append", default=[], metavar="FILE_OR_DIR",
+                   help="istioctl's form: a file, directory or - to validate (repeatable)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    paths = list(args.filename) + list(args.paths)
+    if not paths:
+        print("Error: give files or directories to validate (FILE, -f FILE, or - for standard input)",
+              file=sys.stderr)
+        return 1
+    return validate_paths(paths)

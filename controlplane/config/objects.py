@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .validation.errors import FieldError
+
 
 @dataclass(frozen=True, order=True)
 class ConfigKey:
@@ -22,14 +24,20 @@ class ConfigKey:
 
 @dataclass(frozen=True)
 class Origin:
-    """Where an object came from: a file (and document index) or a Kubernetes API."""
+    """Where an object came from: a file (document index and the line it starts on) or a
+    Kubernetes API. Shown as `file:line`, the form editors and terminals jump to."""
 
     source: str  # "file" | "kubernetes"
     location: str  # file path, or API path
-    index: int = 0  # document number inside a multi-document file
+    index: int = 0  # document number inside a multi-document file (identity, not for people)
+    line: int = 0  # 1-based line where the document starts; 0 when unknown or the whole file
 
     def __str__(self) -> str:
-        return f"{self.location}#{self.index}" if self.source == "file" else self.location
+        if self.source != "file":
+            return self.location
+        if self.line:
+            return f"{self.location}:{self.line}"
+        return f"{self.location}#{self.index}" if self.index else self.location
 
 
 @dataclass(frozen=True)
@@ -62,9 +70,12 @@ class Rejection:
     origin: Origin
     key: ConfigKey | None  # None when the document could not be identified
     field: str  # dotted path, e.g. "spec.http[0].route"; "" for whole-document problems
-    reason: str
+    reason: str  # the first error (with a count of the others)
+    # Every error of the document, when validation found them (`meshd validate` prints all).
+    errors: tuple[FieldError, ...] = ()
 
     def message(self) -> str:
-        what = str(self.key) if self.key else "document"
+        # A whole-file or whole-document problem reads on its own ("a.yaml: invalid YAML: ...").
+        what = f"{self.key}: " if self.key else ("document: " if self.field else "")
         where = f"{self.field}: " if self.field else ""
-        return f"{self.origin}: {what}: {where}{self.reason}"
+        return f"{self.origin}: {what}{where}{self.reason}"

@@ -86,13 +86,15 @@ def parse_document(doc: Any, origin: Origin) -> Parsed:
         return None  # service account tokens, registry credentials, ...: not meshd's business
     key = _key_of(doc, kind)
     if version not in kind.versions:
-        return Rejection(origin, key, "apiVersion", f"{api_version} is not a served version of {kind_name} (want one of {', '.join(group + '/' + v if group else v for v in kind.versions)})")
+        # Every error at once (checked against the preferred version), not one round per fix.
+        return Rejection(origin, key, "apiVersion", f"{api_version} is not a served version of {kind_name} (want one of {', '.join(group + '/' + v if group else v for v in kind.versions)})",
+                         errors=tuple(validate(doc, kind)))
 
     errors = validate(doc, kind)
     if errors:
         first = errors[0]
         reason = first.reason if len(errors) == 1 else f"{first.reason} (and {len(errors) - 1} more: " + "; ".join(f"{e.field}: {e.reason}" for e in errors[1:4]) + ")"
-        return Rejection(origin, key, first.field, reason)
+        return Rejection(origin, key, first.field, reason, errors=tuple(errors))
     assert key is not None  # validate() requires metadata.name
     if kind is kinds.NODE:
         # Only name and topology labels from here on: the content hash (generation) of a

@@ -105,7 +105,7 @@ class ConfigStore:
         self._log.warning(
             "config rejected",
             file=rej.origin.location,
-            document=rej.origin.index,
+            line=rej.origin.line or None,  # where the document starts (the message says file:line)
             object=str(rej.key) if rej.key else None,
             field=rej.field or None,
             reason=rej.reason,

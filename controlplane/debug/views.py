@@ -19,19 +19,11 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from ..version import meshd_version
 from .configdump import ConfigDump, Sent, from_sent, rfc3339
 from .status import syncz_entry
 
 DEFAULT_INSTANCE = f"meshd-{socket.gethostname()}"
-
-
-def meshd_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("meshd")
-    except Exception:  # noqa: BLE001 - not installed (tests run from the tree)
-        return "0.1.0"
 
 
 class DebugViews:
@@ -201,4 +193,4 @@ class DebugViews:
 
 
 def _origin(o: Any) -> dict:
-    return {"source": o.source, "location": o.location, "index": o.index, "display": str(o)}
+    return {"source": o.source, "location": o.location, "index": o.index, "line": o.line, "display": str(o)}

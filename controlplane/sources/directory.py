@@ -21,7 +21,7 @@ from ..config.objects import Origin
 from ..config.parse import Parsed, parse_document
 from ..config.store import ConfigStore
 from .inotify import Watcher
-from .yamlfile import YamlError, load_documents
+from .yamlfile import YamlError, load_located
 
 SUFFIXES = (".yaml", ".yml")
 # At most this many scans (1 s at the default interval) hold settled files back while
@@ -57,10 +57,10 @@ def read_file(path: str) -> FileResult:
     try:
         with open(path, "rb") as f:
             data = f.read()
-        docs = load_documents(data)
+        docs = load_located(data)
     except (OSError, YamlError) as e:
         return FileResult(path, None, str(e) if isinstance(e, YamlError) else f"cannot read file: {e.strerror or e}")
-    parsed = [parse_document(doc, Origin("file", path, i)) for i, doc in enumerate(docs)]
+    parsed = [parse_document(d.data, Origin("file", path, i, d.line)) for i, d in enumerate(docs)]
     return FileResult(path, parsed)
 
 

@@ -265,7 +265,7 @@ def test_proxy_config_status_and_nack(tmp_path: Path, monkeypatch):
         assert "default" in secrets and "Cert Chain" in secrets and "ROOTCA" in secrets
 
         # proxy-status: every type SYNCED for both; no diff against Envoy.
-        code, table = run_cli("proxy-status", "--meshd", meshd_url)
+        code, table = run_cli("proxy-status", "--meshd", meshd_url, "-v", "1")
         assert code == 0
         rows = {line.split()[0]: line for line in table.splitlines()[1:] if line.strip()}
         assert set(rows) >= {gw_name, sc_name}, table
@@ -300,7 +300,7 @@ def test_proxy_config_status_and_nack(tmp_path: Path, monkeypatch):
 
         lds = wait_for(lds_nacked, 20, what="the gateway's LDS NACK")
         assert lds["nack"]["message"], lds
-        code, table = run_cli("proxy-status", "--meshd", meshd_url)
+        code, table = run_cli("proxy-status", "--meshd", meshd_url, "-v", "1")
         gw_row = next(line for line in table.splitlines() if line.startswith(gw_name))
         assert "STALE" in gw_row, table
         assert f"{gw_name} LDS STALE: Envoy rejected" in table and lds["nack"]["message"].splitlines()[0] in table

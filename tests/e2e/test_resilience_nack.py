@@ -61,8 +61,8 @@ def test_nack_is_recorded_not_resent_and_recovered(tmp_path: Path, monkeypatch):
         lds = wait_for(lambda: (l := _lds(mon)) and l["nack"] and l["nack"]["nonce"] == l["sentNonce"] and l,
                        20, what="the gateway's LDS NACK")
         assert lds["status"] != "SYNCED" and lds["nack"]["message"]
-        assert "STALE" in next(r for r in run_cli("proxy-status", "--meshd", f"http://127.0.0.1:{mon}")[1].splitlines()
-                               if r.startswith(GW))
+        table = run_cli("proxy-status", "--meshd", f"http://127.0.0.1:{mon}", "-v", "1")[1]
+        assert "STALE" in next(r for r in table.splitlines() if r.startswith(GW))
         assert _metric(mon, 'pilot_total_xds_rejects{type="lds"}') >= 1
         nacks = [e for e in logs if e["event"] == "ads NACK" and e["type"] == "LDS"]
         assert nacks and nacks[0]["error"], nacks
@@ -88,6 +88,6 @@ def test_nack_is_recorded_not_resent_and_recovered(tmp_path: Path, monkeypatch):
         wait_for(lambda: gw.stats("listener_manager.lds.update_success")["listener_manager.lds.update_success"]
                  > good_success, 10, what="Envoy accepts the next listener")
         assert gw.stats("listener_manager.lds.update_rejected")["listener_manager.lds.update_rejected"] == rejected
-        code, table = run_cli("proxy-status", "--meshd", f"http://127.0.0.1:{mon}")
+        code, table = run_cli("proxy-status", "--meshd", f"http://127.0.0.1:{mon}", "-v", "1")
         assert "STALE" not in next(r for r in table.splitlines() if r.startswith(GW)), table
         assert http_get("127.0.0.1", gw_port, "/", {"Host": HOST})[0] == 200

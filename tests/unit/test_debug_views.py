@@ -245,14 +245,14 @@ def test_configz_objects_origin_status_and_rejections():
     store = _store_with({"a.yaml": [VS]})
     bad = json.loads(json.dumps(VS))
     bad["spec"]["http"][0]["route"][0]["destination"]["host"] = ""
-    store.replace_location("a.yaml", [parse_document(bad, Origin("file", "a.yaml", 0))])
+    store.replace_location("a.yaml", [parse_document(bad, Origin("file", "a.yaml", 0, line=4))])
     cz = DebugViews(type("Ads", (), {"connections": lambda s: [], "mesh": None})(), store).configz(content=True)
     (obj,) = cz["objects"]
     assert obj["kind"] == "VirtualService" and obj["origin"]["location"] == "a.yaml"
     assert obj["status"].startswith("Accepted (last good version")
     assert obj["content"]["spec"]["hosts"] == ["web"]
     (rej,) = cz["rejections"]
-    assert rej["object"] == "VirtualService default/web" and rej["inForce"] and "a.yaml#0" in rej["message"]
+    assert rej["object"] == "VirtualService default/web" and rej["inForce"] and "a.yaml:4: VirtualService default/web: " in rej["message"]
 
 
 def test_config_events_add_update_delete():
