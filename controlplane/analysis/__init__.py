@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+from ..model.meshconfig import DEFAULT as DEFAULT_MESH_CONFIG
+from ..model.meshconfig import MeshConfig
+from .analyzers.authorization import (AuthorizationPoliciesAnalyzer, AuthorizationPrincipalAnalyzer,
+                                      CustomProviderAnalyzer)
 from .analyzers.gateway import (CertificateAnalyzer, ConflictingGatewayAnalyzer, IngressGatewayPortAnalyzer,
                                 SecretAnalyzer)
 from .analyzers.others import (CaCertificateAnalyzer, PeerAuthenticationAnalyzer, PortNameAnalyzer,
@@ -34,14 +38,18 @@ ANALYZERS = (
     CaCertificateAnalyzer(),
     PortNameAnalyzer(),
     PeerAuthenticationAnalyzer(),
+    AuthorizationPoliciesAnalyzer(),
+    AuthorizationPrincipalAnalyzer(),
+    CustomProviderAnalyzer(),
 )
 BY_NAME = {a.name: a for a in ANALYZERS}
 
 
 def analyze(resources: Iterable[Resource], analyzers: Sequence = ANALYZERS, *, defaults: bool = True,
-            service_workloads: bool = False) -> list[Message]:
+            service_workloads: bool = False, mesh_config: MeshConfig = DEFAULT_MESH_CONFIG) -> list[Message]:
     """Run analyzers; `defaults` adds what istioctl assumes offline (the default ingress
-    gateway pod and service in istio-system) unless the input defines that service.
+    gateway pod and service in istio-system) unless the input defines that service;
+    `mesh_config` is the mesh's MeshConfig (root namespace, extension providers).
 
     `service_workloads` (meshd's directory configs, which describe workloads by Services
     and EndpointSlices rather than Pods): when the input has no Pod at all, each Service
@@ -54,7 +62,7 @@ def analyze(resources: Iterable[Resource], analyzers: Sequence = ANALYZERS, *, d
                             for r in resources):
         have = {(r.kind, r.namespace, r.name) for r in resources}
         resources += [r for r in default_resources() if (r.kind, r.namespace, r.name) not in have]
-    ctx = Context(resources)
+    ctx = Context(resources, mesh_config)
     for a in analyzers:
         a.analyze(ctx)
     seen: set[str] = set()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from ..model.meshconfig import DEFAULT as DEFAULT_MESH_CONFIG
+from ..model.meshconfig import MeshConfig
 from .messages import Message
 from .resources import Resource
 
@@ -15,16 +17,19 @@ DESTINATION_RULE = (ISTIO_NET, "DestinationRule")
 SERVICE_ENTRY = (ISTIO_NET, "ServiceEntry")
 SIDECAR = (ISTIO_NET, "Sidecar")
 PEER_AUTHENTICATION = (ISTIO_SEC, "PeerAuthentication")
+AUTHORIZATION_POLICY = (ISTIO_SEC, "AuthorizationPolicy")
 K8S_GATEWAY = ("gateway.networking.k8s.io", "Gateway")
 SERVICE = ("", "Service")
 POD = ("", "Pod")
 SECRET = ("", "Secret")
+SERVICE_ACCOUNT = ("", "ServiceAccount")
 NAMESPACE = ("", "Namespace")
 DEPLOYMENT = ("apps", "Deployment")
 
 
 class Context:
-    def __init__(self, resources: list[Resource]):
+    def __init__(self, resources: list[Resource], mesh_config: MeshConfig = DEFAULT_MESH_CONFIG):
+        self.mesh_config = mesh_config  # `analyze --mesh-config`, else Istio's defaults
         self._by_kind: dict[tuple[str, str], list[Resource]] = {}
         for r in resources:
             self._by_kind.setdefault((r.group, r.kind), []).append(r)

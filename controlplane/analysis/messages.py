@@ -77,6 +77,12 @@ GATEWAY_PORT_NOT_DEFINED_ON_SERVICE = _t(
     "workload instances (Pod selector %s). If you need to access the gateway port through the gateway Service, it "
     "will not be available.")
 
+# meshd's own authorization checks (analyzers/authorization.py): Istio has no message for them.
+PRINCIPAL_NOT_FOUND = _t("AuthorizationPrincipalNotFound", "MSH0003", "Warning",
+                         "Principal %q: %s %q not found in the mesh")
+UNKNOWN_EXTENSION_PROVIDER = _t("UnknownExtensionProvider", "MSH0004", "Error",
+                                "CUSTOM provider %q %s; the proxies deny the requests its rules match")
+
 ALL = [v for v in list(globals().values()) if isinstance(v, MessageType)]
 BY_NAME = {t.name: t for t in ALL}
 BY_CODE = {t.code: t for t in ALL}

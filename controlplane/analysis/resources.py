@@ -203,9 +203,11 @@ def service_stand_ins(resources: Iterable[Resource]) -> list[Resource]:
     for r in resources:
         sel = r.spec.get("selector") if r.kind == "Service" and not r.group else None
         if isinstance(sel, dict) and sel:
+            # A meshd workload has a sidecar: marked as injected, as Istio's analyzers check.
             doc = {"apiVersion": "v1", "kind": "Pod",
                    "metadata": {"name": f"{r.name}-workload", "namespace": r.namespace,
-                                "labels": {str(k): str(v) for k, v in sel.items()}}}
+                                "labels": {str(k): str(v) for k, v in sel.items()},
+                                "annotations": {"sidecar.istio.io/inject": "true"}}}
             out.append(Resource("v1", "Pod", r.namespace, f"{r.name}-workload", doc, None))
     return out
 

@@ -41,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.resources import LoadError, Location, Resource, files_under, from_configz, load_paths
 
     namespace = args.namespace or "default"
+    try:
+        mesh_config = mesh_config_file(args.mesh_config)
+    except ValueError as e:
+        print(f"Error: --mesh-config {args.mesh_config}: {e}", file=sys.stderr)
+        return EXIT_INPUT
     resources, load_errors = load_paths(args.paths, namespace) if args.paths else ([], [])
     extra: list = []
     if args.meshd:
@@ -74,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_INPUT
         analyzers = [BY_NAME[a] for a in args.analyzer]
 
-    messages = analyze(resources, analyzers, service_workloads=True) + extra
+    messages = analyze(resources, analyzers, service_workloads=True, mesh_config=mesh_config) + extra
     if not args.all_namespaces and args.namespace:
         messages = [m for m in messages if m.resource is None or m.resource.namespace in ("", args.namespace)]
     out_rank = _level_rank(args.output_threshold)
@@ -116,6 +121,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def mesh_config_file(path: str | None):
+    """The MeshConfig of `--mesh-config`: the `mesh` key's YAML, or the whole `istio`
+    ConfigMap holding it; Istio's defaults without a file. ValueError names the problem."""
+    import yaml
+
+    from ..model.meshconfig import DEFAULT, parse_mesh_config
+
+    if not path:
+        return DEFAULT
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+        if isinstance(doc, dict) and doc.get("kind") == "ConfigMap":
+            doc = yaml.safe_load(str((doc.get("data") or {}).get("mesh") or "")) or {}
+    except OSError as e:
+        raise ValueError(e.strerror or str(e)) from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"not YAML: {e}") from None
+    return parse_mesh_config(doc)
+
+
 def _list_analyzers() -> int:
     from ..analysis import ANALYZERS
 
@@ -138,6 +164,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="lowest level that makes the exit code non-zero (Info|Warning|Error; default Error)")
     p.add_argument("--output-threshold", type=_threshold, default="Info",
                    help="lowest level printed (default Info)")
+    p.add_argument("--mesh-config", metavar="FILE",
+                   help="the mesh's MeshConfig (the `mesh` key of the istio ConfigMap, or that ConfigMap): its "
+                        "rootNamespace and extensionProviders (default: Istio's defaults, no providers)")
     p.add_argument("--analyzer", action="append", help="run only this analyzer (repeatable)")
     p.add_argument("--list-analyzers", action="store_true", help="list the analyzers and exit")
     p.set_defaults(func=lambda a: _list_analyzers() if a.list_analyzers else _check(a))
