@@ -202,7 +202,8 @@ class Mesh:
         """Wait until `client` -> `url` gives curl exit `exit_code` and status `http_code`
         (and the given stderr/body fragments), then check once more that it stays so."""
         last: Reply | None = None
-        what = f"{client} {method} {url}: exit {exit_code}, http {http_code}" + (f", body ~ {body_part!r}" if body_part else "")
+        what = f"{client} {method} {url}: exit {exit_code}, http {http_code}"
+        what += f", body ~ {body_part!r}" if body_part else ""
 
         def holds(r: Reply) -> bool:
             return (r.exit_code == exit_code and r.status == http_code and stderr_part in r.stderr
@@ -222,13 +223,22 @@ class Mesh:
         assert holds(got), f"{what}: then {got}"
         return got
 
+    def rejected_updates(self) -> dict[str, dict[str, int]]:
+        """Each Envoy's non-zero `update_rejected` counters (empty: it took every update)."""
+        out = {}
+        for name, e in self.envoys.items():
+            bad = {k: v for k, v in e.stats("update_rejected").items() if v}
+            if bad:
+                out[name] = bad
+        return out
+
     def diagnosis(self) -> str:
         """What an operator would look at when an outcome does not come: the rejected
         updates of each Envoy and the tail of meshd's log."""
-        rejected = {}
-        for name, e in self.envoys.items():
-            with contextlib.suppress(Exception):
-                rejected[name] = {k: v for k, v in e.stats("update_rejected").items() if v}
+        try:
+            rejected = repr(self.rejected_updates())
+        except Exception as e:  # noqa: BLE001 - a diagnosis must not fail
+            rejected = f"(unreadable: {e!r})"
         return f"envoy update_rejected: {rejected}\nmeshd log tail:\n{self.cp.log()[-3000:]}"
 
     def url(self, pod: str, port: int, path: str = "/") -> str:
