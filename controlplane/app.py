@@ -202,7 +202,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     def on_reject(rej: Rejection) -> None:
         metrics.config_rejected(rej.key.kind if rej.key else "unknown")
 
-    store = ConfigStore(on_reject=on_reject)
+    store = ConfigStore(on_reject=on_reject, on_unsupported=metrics.set_config_unsupported)
     secrets = serving = authenticators = plane = None
     debug_routes = {}
     k8s = k8s_api = member = member_task = None

@@ -19,6 +19,7 @@ from .analyzers.gateway import (CertificateAnalyzer, ConflictingGatewayAnalyzer,
                                 SecretAnalyzer)
 from .analyzers.others import (CaCertificateAnalyzer, PeerAuthenticationAnalyzer, PortNameAnalyzer,
                                SchemaValidationAnalyzer)
+from .analyzers.unsupported import UnsupportedKindAnalyzer
 from .analyzers.virtualservice import (ConflictingMeshGatewayHostsAnalyzer, DestinationHostAnalyzer,
                                        DestinationRuleAnalyzer, GatewayAnalyzer)
 from .context import Context
@@ -41,6 +42,7 @@ ANALYZERS = (
     AuthorizationPoliciesAnalyzer(),
     AuthorizationPrincipalAnalyzer(),
     CustomProviderAnalyzer(),
+    UnsupportedKindAnalyzer(),
 )
 BY_NAME = {a.name: a for a in ANALYZERS}
 

@@ -83,6 +83,12 @@ PRINCIPAL_NOT_FOUND = _t("AuthorizationPrincipalNotFound", "MSH0003", "Warning",
 UNKNOWN_EXTENSION_PROVIDER = _t("UnknownExtensionProvider", "MSH0004", "Error",
                                 "CUSTOM provider %q %s; the proxies deny the requests its rules match")
 
+# meshd's own (docs/unsupported.md): an object of a kind meshd does not serve has no
+# effect; an error when it is a security kind (its access control is not enforced).
+# Codes MSHxxxx so they can never be taken for one of Istio's ISTxxxx.
+UNSUPPORTED_SECURITY_KIND = _t("UnsupportedSecurityKind", "MSH0001", "Error", "%s")
+UNSUPPORTED_KIND = _t("UnsupportedKind", "MSH0002", "Warning", "%s")
+
 ALL = [v for v in list(globals().values()) if isinstance(v, MessageType)]
 BY_NAME = {t.name: t for t in ALL}
 BY_CODE = {t.code: t for t in ALL}
@@ -164,8 +170,9 @@ class Message:
         return f"{self.type.level} [{self.type.code}]{origin} {self.text}"
 
     def as_dict(self) -> dict:
-        out = {"code": self.type.code, "level": self.type.level, "message": self.text,
-               "documentationUrl": f"https://istio.io/latest/docs/reference/config/analysis/{self.type.code.lower()}/"}
+        out = {"code": self.type.code, "level": self.type.level, "message": self.text}
+        if self.type.code.startswith("IST"):  # meshd's own MSH codes have no page on istio.io
+            out["documentationUrl"] = f"https://istio.io/latest/docs/reference/config/analysis/{self.type.code.lower()}/"
         if self.resource is not None:
             out["origin"] = self.resource.friendly_name
             loc = self.resource.location

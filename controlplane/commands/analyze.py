@@ -38,6 +38,7 @@ def _threshold(name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..analysis import ANALYZERS, BY_NAME, analyze
     from ..analysis import messages as msg
+    from ..analysis.analyzers.unsupported import unsupported_message
     from ..analysis.resources import LoadError, Location, Resource, files_under, from_configz, load_paths
 
     namespace = args.namespace or "default"
@@ -70,6 +71,15 @@ def run(args: argparse.Namespace) -> int:
                            Location(origin.get("location", ""), origin.get("line", 0), origin.get("index", 0)))
             text = f"{rej['field']}: {rej['reason']}" if rej.get("field") else rej.get("reason", "")
             extra.append(msg.new(msg.SCHEMA_VALIDATION_ERROR, res, text))
+        # Objects the running meshd holds but does not serve (the files given are analyzed
+        # for the same by UnsupportedKindAnalyzer).
+        for u in configz.get("unsupported") or []:
+            if (u.get("kind"), u.get("namespace"), u.get("name")) in local:
+                continue
+            origin = u.get("origin") or {}
+            res = Resource(u.get("apiVersion", ""), u.get("kind", ""), u.get("namespace", ""), u.get("name", ""), {},
+                           Location(origin.get("location", ""), origin.get("line", 0), origin.get("index", 0)))
+            extra.append(unsupported_message(res, u.get("reason", "")))
 
     analyzers = ANALYZERS
     if args.analyzer:

@@ -9,7 +9,10 @@ as PeerAuthentication's "portLevelMtls requires selector"), then Istio's semanti
 Kinds with a schema in the repository are checked even if meshd does not act on them yet
 (ServiceEntry, Sidecar).
 
-Istio kinds meshd does not serve and has no schema for are reported as skipped.
+Objects of mesh config kinds meshd does not serve (other Istio kinds, the Kubernetes
+Gateway API) are named with the reason: they would have no effect. For a security kind
+(security.istio.io) that is an error, since the access control it describes would not be
+enforced; for the others a warning.
 
 Every problem of a document is printed at once, one line each, naming file:line, the
 object, the field and the reason. Paths are files, directories (recursively: .yaml, .yml,
@@ -73,7 +76,6 @@ class Line:
 def check_file(name: str, data: bytes) -> list[Line]:
     """Every problem of one file, in document order."""
     from ..analysis.analyzers.others import schema_kind
-    from ..config import kinds
     from ..config.objects import ConfigObject, Origin, Rejection
     from ..config.parse import parse_document
     from ..config.validation import validate
@@ -97,13 +99,11 @@ def check_file(name: str, data: bytes) -> list[Line]:
             seen.add(parsed.key)
         elif isinstance(parsed, Rejection):
             say(parsed.errors or [FieldError(parsed.field, parsed.reason)])
-        elif parsed is not None:  # Unsupported: an Istio kind meshd does not serve
-            group = kinds.split_api_version(str(d.data.get("apiVersion")))[0]
-            kind_name = str(d.data.get("kind"))
-            schema = schema_kind(group, kind_name)
-            if schema is None:
-                say([FieldError("", f"skipped (no schema for {kind_name} in meshd)")], error=False)
-            else:
+        elif parsed is not None:  # Unsupported: a mesh config kind meshd does not serve (no effect)
+            say([FieldError("", f"{'Error' if parsed.security else 'Warning'}: {parsed.reason}")],
+                error=parsed.security)
+            schema = schema_kind(parsed.group, parsed.key.kind)
+            if schema is not None:
                 say(validate(d.data, schema))
         elif isinstance(d.data, dict) and d.data.get("kind") == "List":
             # `meshd serve` skips it too: say so rather than pass it as valid in silence.

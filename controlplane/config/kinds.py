@@ -1,8 +1,12 @@
 """The kinds meshd reads, and what it does with every other kind.
 
-Served kinds become ConfigObjects. Istio kinds meshd does not serve yet are reported
-once as unsupported (an operator applied them and deserves to know they do nothing);
-Kubernetes kinds meshd has no use for (Deployment, ConfigMap, ...) are skipped quietly.
+Served kinds become ConfigObjects. Kinds of the API groups an operator writes mesh
+config in (every `*.istio.io` group, the Kubernetes Gateway API and its extension
+groups) that meshd does not serve are *unsupported*: never dropped silently, each object
+is kept by the store and reported (/debug/configz, `meshd_config_unsupported`, `meshd
+analyze`, `meshd validate`; docs/unsupported.md). Those of the security groups are
+errors: the access control they describe is not enforced. Kubernetes kinds meshd has no
+use for (Deployment, ConfigMap, ...) are skipped quietly.
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ GATEWAY = Kind(ISTIO_NETWORKING, "Gateway", ISTIO_VERSIONS)
 VIRTUAL_SERVICE = Kind(ISTIO_NETWORKING, "VirtualService", ISTIO_VERSIONS)
 DESTINATION_RULE = Kind(ISTIO_NETWORKING, "DestinationRule", ISTIO_VERSIONS)
 PEER_AUTHENTICATION = Kind(ISTIO_SECURITY, "PeerAuthentication", ("v1", "v1beta1"))
+AUTHORIZATION_POLICY = Kind(ISTIO_SECURITY, "AuthorizationPolicy", ("v1", "v1beta1"))
+REQUEST_AUTHENTICATION = Kind(ISTIO_SECURITY, "RequestAuthentication", ("v1", "v1beta1"))
 NAMESPACE = Kind("", "Namespace", ("v1",), namespaced=False)
 SERVICE = Kind("", "Service", ("v1",))
 POD = Kind("", "Pod", ("v1",))
@@ -40,18 +46,32 @@ SECRET = Kind("", "Secret", ("v1",))
 
 SERVED: dict[tuple[str, str], Kind] = {
     (k.group, k.kind): k
-    for k in (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, NAMESPACE, SERVICE, POD, ENDPOINT_SLICE,
-              SECRET, NODE)
+    for k in (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, AUTHORIZATION_POLICY,
+              REQUEST_AUTHENTICATION, NAMESPACE, SERVICE, POD, ENDPOINT_SLICE, SECRET, NODE)
 }
 
 # Istio kinds an operator may apply that meshd does not act on yet.
 ISTIO_UNSUPPORTED = frozenset(
     {
-        "ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup", "EnvoyFilter", "ProxyConfig",
-        "AuthorizationPolicy", "RequestAuthentication", "Telemetry",
+        "ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup", "EnvoyFilter", "ProxyConfig", "Telemetry",
         "WasmPlugin",
     }
 )
+
+# The Kubernetes Gateway API and its extension groups: mesh config an operator expects
+# to matter, which meshd does not implement (it serves Istio's Gateway/VirtualService).
+GATEWAY_API_GROUPS = frozenset({
+    "gateway.networking.k8s.io",
+    "gateway.networking.x-k8s.io",  # experimental: XListenerSet, XBackendTrafficPolicy, XMesh
+    "inference.networking.k8s.io",  # Gateway API Inference Extension
+    "inference.networking.x-k8s.io",
+})
+# Groups whose kinds control access: an unsupported one means an operator believes
+# requests are checked that are not. The two older ones are Istio's pre-1.6 APIs
+# (ServiceRole, ServiceRoleBinding, Policy, MeshPolicy), which istiod no longer reads either.
+SECURITY_GROUPS = frozenset({ISTIO_SECURITY, "rbac.istio.io", "authentication.istio.io"})
+# Cluster-scoped kinds among the unsupported ones (the rest are namespaced).
+CLUSTER_SCOPED_UNSERVED = frozenset({("gateway.networking.k8s.io", "GatewayClass")})
 
 
 def split_api_version(api_version: str) -> tuple[str, str]:
@@ -69,3 +89,28 @@ def lookup(api_version: str, kind: str) -> Kind | None:
 
 def is_istio_group(group: str) -> bool:
     return group.endswith(".istio.io")
+
+
+def is_mesh_group(group: str) -> bool:
+    """A group an operator writes mesh config in: its kinds are served or reported."""
+    return is_istio_group(group) or group in GATEWAY_API_GROUPS
+
+
+def is_security_group(group: str) -> bool:
+    return group in SECURITY_GROUPS
+
+
+def unsupported_reason(group: str, kind: str) -> str | None:
+    """Why an object of (group, kind) has no effect in meshd; None when the kind is served
+    or is not mesh config at all (a Deployment, a ConfigMap)."""
+    if (group, kind) in SERVED or not is_mesh_group(group):
+        return None
+    if is_security_group(group):
+        what = "a security kind meshd does not serve: the access control it describes is NOT enforced"
+    elif group in GATEWAY_API_GROUPS:
+        what = "a Kubernetes Gateway API kind; meshd does not implement the Gateway API, so it has no effect"
+    elif kind in ISTIO_UNSUPPORTED:
+        what = "an Istio kind meshd does not serve yet, so it has no effect"
+    else:
+        what = "not a kind meshd knows, so it has no effect"
+    return f"{kind} ({group}) is {what}"

@@ -20,11 +20,26 @@ from .validation.secret import is_credential, secret_body
 
 @dataclass(frozen=True)
 class Unsupported:
-    """An Istio kind meshd does not act on (yet): worth one notice, not an error."""
+    """An object of a mesh config kind meshd does not serve (kinds.unsupported_reason):
+    not an error of the document, but never silently ignored. The store keeps it, by
+    location, for /debug/configz, the `meshd_config_unsupported` gauge and `analyze`."""
 
     origin: Origin
     key: ConfigKey
     api_version: str
+    reason: str
+
+    @property
+    def group(self) -> str:
+        return kinds.split_api_version(self.api_version)[0]
+
+    @property
+    def security(self) -> bool:
+        """An access-control kind: what it asks for is not enforced (reported as an error)."""
+        return kinds.is_security_group(self.group)
+
+    def message(self) -> str:
+        return f"{self.origin}: {self.key}: {self.reason}"
 
 
 Parsed = ConfigObject | Rejection | Unsupported | None  # None: skipped quietly
@@ -76,11 +91,14 @@ def parse_document(doc: Any, origin: Origin) -> Parsed:
     group, version = kinds.split_api_version(api_version)
     kind = kinds.SERVED.get((group, kind_name))
     if kind is None:
-        if kinds.is_istio_group(group):
+        reason = kinds.unsupported_reason(group, kind_name)
+        if reason is not None:
             key = _key_of(doc, None)
             if key is None:
                 return Rejection(origin, None, "metadata.name", "Required value")
-            return Unsupported(origin, key, api_version)
+            if (group, kind_name) in kinds.CLUSTER_SCOPED_UNSERVED:
+                key = ConfigKey(key.kind, "", key.name)
+            return Unsupported(origin, key, api_version, reason)
         return None  # a Kubernetes kind meshd has no use for
     if kind is kinds.SECRET and not is_credential(doc):
         return None  # service account tokens, registry credentials, ...: not meshd's business

@@ -7,13 +7,17 @@ the store decides what is in force:
 - a location that cannot be read at all keeps everything it held before;
 - two locations defining the same object: the one that defined it first keeps it and
   the other is rejected as a conflict, until the first lets go.
-Every decision that drops input is logged once, as one event.
+Every decision that drops input is logged once, as one event. Objects of kinds meshd
+does not serve (parse.Unsupported) are kept by location too, beside the rejections, so a
+running server can show them (/debug/configz) and count them (`on_unsupported`) until
+their file or API object goes away.
 """
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import structlog
 
@@ -22,17 +26,21 @@ from .parse import Unsupported
 from .snapshot import ConfigSnapshot
 
 ChangeListener = Callable[[ConfigSnapshot, frozenset[ConfigKey]], None]
+# (group, kind) -> objects held of that unsupported kind; called whenever a count changes.
+UnsupportedListener = Callable[[Mapping[tuple[str, str], int]], None]
 
 
 @dataclass
 class LocationState:
     objects: dict[ConfigKey, ConfigObject] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)
+    unsupported: list[Unsupported] = field(default_factory=list)
     unreadable: str = ""  # why the whole location failed, if it did
 
 
 class ConfigStore:
-    def __init__(self, logger=None, on_reject: Callable[[Rejection], None] | None = None):
+    def __init__(self, logger=None, on_reject: Callable[[Rejection], None] | None = None,
+                 on_unsupported: UnsupportedListener | None = None):
         self._log = logger or structlog.get_logger("meshd.config")
         self._locations: dict[str, LocationState] = {}
         self._owner: dict[ConfigKey, str] = {}  # which location an object in force comes from
@@ -40,7 +48,8 @@ class ConfigStore:
         self._version_sum = 0
         self._listeners: list[ChangeListener] = []
         self._on_reject = on_reject
-        self._unsupported_seen: set[tuple[str, ConfigKey]] = set()
+        self._on_unsupported = on_unsupported
+        self._unsupported_counts: Counter[tuple[str, str]] = Counter()
         self._snapshot = ConfigSnapshot({}, _version({}))
 
     # --- reading ------------------------------------------------------------------
@@ -52,6 +61,17 @@ class ConfigStore:
         for loc in sorted(self._locations):
             out.extend(self._locations[loc].rejections)
         return out
+
+    def unsupported(self) -> list[Unsupported]:
+        """Objects of kinds meshd does not serve, held now (sorted by location)."""
+        out: list[Unsupported] = []
+        for loc in sorted(self._locations):
+            out.extend(self._locations[loc].unsupported)
+        return out
+
+    def unsupported_counts(self) -> dict[tuple[str, str], int]:
+        """(group, kind) -> how many unsupported objects of that kind are held."""
+        return {k: n for k, n in self._unsupported_counts.items() if n}
 
     def subscribe(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
@@ -77,7 +97,9 @@ class ConfigStore:
                 if item.key is not None:
                     rejected_keys.add(item.key)
             elif isinstance(item, Unsupported):
-                self._unsupported(item)
+                if all(u.key != item.key for u in new.unsupported):
+                    new.unsupported.append(item)
+        self._report_unsupported(old, new)
         # The last good version of a rejected object stays in force.
         for key in rejected_keys:
             if key not in new.objects and key in old.objects:
@@ -88,7 +110,7 @@ class ConfigStore:
     def location_unreadable(self, location: str, reason: str, origin: Origin | None = None) -> None:
         """The whole location failed (not YAML, unreadable...): keep what it held."""
         old = self._locations.get(location, LocationState())
-        new = LocationState(objects=dict(old.objects))
+        new = LocationState(objects=dict(old.objects), unsupported=list(old.unsupported))
         new.unreadable = reason
         self._reject(new, Rejection(origin or Origin("file", location), None, "", reason))
         if old.objects:
@@ -114,18 +136,31 @@ class ConfigStore:
         if self._on_reject:
             self._on_reject(rej)
 
-    def _unsupported(self, item: Unsupported) -> None:
-        mark = (item.origin.location, item.key)
-        if mark in self._unsupported_seen:
+    def _report_unsupported(self, old: LocationState, new: LocationState) -> None:
+        """Log each unsupported object once while its location holds it (again only after
+        it went away and came back, or changed apiVersion)."""
+        before = {(u.key, u.api_version) for u in old.unsupported}
+        for u in new.unsupported:
+            if (u.key, u.api_version) in before:
+                continue
+            log = self._log.error if u.security else self._log.warning
+            log("config unsupported", file=u.origin.location, document=u.origin.index, object=str(u.key),
+                api_version=u.api_version, reason=u.reason, message=u.message())
+
+    def _count_unsupported(self, old: LocationState | None, new: LocationState | None) -> None:
+        delta: Counter[tuple[str, str]] = Counter()
+        for u in new.unsupported if new is not None else ():
+            delta[(u.group, u.key.kind)] += 1
+        for u in old.unsupported if old is not None else ():
+            delta[(u.group, u.key.kind)] -= 1
+        changed = {k: n for k, n in delta.items() if n}
+        if not changed:
             return
-        self._unsupported_seen.add(mark)
-        self._log.warning(
-            "config unsupported",
-            file=item.origin.location,
-            object=str(item.key),
-            api_version=item.api_version,
-            reason=f"{item.key.kind} is not served by meshd yet; it has no effect",
-        )
+        for k, n in changed.items():
+            self._unsupported_counts[k] += n
+        if self._on_unsupported is not None:
+            # Every kind ever seen, zeros included: a gauge must fall back to 0, not vanish.
+            self._on_unsupported(dict(self._unsupported_counts))
 
     def _install(self, location: str, state: LocationState | None) -> None:
         # Incremental: only the keys the location held before or holds now can change
@@ -133,6 +168,7 @@ class ConfigStore:
         # (Recomputing everything made loading N files O(N^2): minutes for a large mesh.)
         before = self._snapshot.objects
         old = self._locations.get(location)
+        self._count_unsupported(old, state)
         affected = set(old.objects) if old is not None else set()
         if state is None:
             self._locations.pop(location, None)

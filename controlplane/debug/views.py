@@ -8,7 +8,7 @@
 | /debug/adsz | connections: id, address, connected since, subscribed types and names |
 | /debug/registryz | services |
 | /debug/endpointz | endpoints per service and port |
-| /debug/configz | the config store: objects with their origin and validation status |
+| /debug/configz | the config store: objects with their origin and validation status; rejections; objects of kinds meshd does not serve |
 | /debug/push_status | the last pushes: time, trigger, duration, proxies and resources |
 
 Each view reads live server state and returns plain JSON-able data; handlers.py serves
@@ -148,7 +148,7 @@ class DebugViews:
         """The store; with `content`, each object's labels, annotations and spec (what
         `meshd analyze --meshd` analyzes)."""
         if self.store is None:
-            return {"version": "", "objects": [], "rejections": []}
+            return {"version": "", "objects": [], "rejections": [], "unsupported": []}
         snap = self.store.snapshot()
         rejections = self.store.rejections()
         rejected_keys: dict = {}
@@ -182,6 +182,7 @@ class DebugViews:
             "rejections": [{"origin": _origin(r.origin), "object": str(r.key) if r.key else None, "field": r.field,
                             "reason": r.reason, "message": r.message(),
                             "inForce": r.key in snap.objects if r.key else False} for r in rejections],
+            "unsupported": [_unsupported(u) for u in self.store.unsupported()],
         }
 
     def push_status(self) -> dict:
@@ -190,6 +191,13 @@ class DebugViews:
         if self.pushes is not None:
             out.update(self.pushes.status())
         return out
+
+
+def _unsupported(u: Any) -> dict:
+    """One object of a kind meshd does not serve: it is in no snapshot and has no effect."""
+    return {"kind": u.key.kind, "apiVersion": u.api_version, "namespace": u.key.namespace, "name": u.key.name,
+            "object": str(u.key), "origin": _origin(u.origin), "reason": u.reason,
+            "level": "Error" if u.security else "Warning", "message": u.message()}
 
 
 def _origin(o: Any) -> dict:

@@ -98,6 +98,11 @@ class Metrics:
         self.config_rejections = Counter(
             "meshd_config_rejections", "Configuration objects rejected as invalid, by kind.", ["kind"], registry=r
         )
+        self.config_unsupported = Gauge(
+            "meshd_config_unsupported", "Configuration objects held of kinds meshd does not serve (they have no "
+            "effect; security.istio.io ones mean access control that is not enforced), by API group and kind.",
+            ["group", "kind"], registry=r,
+        )
         # Identity: meshd issues keys itself (no CSRs), so its own names rather than
         # istiod's citadel_server_csr_count; the root expiry gauge keeps istiod's name.
         self.certs_issued = Counter(
@@ -229,6 +234,11 @@ class Metrics:
 
     def config_rejected(self, kind: str) -> None:
         self.config_rejections.labels(kind).inc()
+
+    def set_config_unsupported(self, counts) -> None:
+        """(group, kind) -> objects held (ConfigStore's on_unsupported); 0 when gone."""
+        for (group, kind), n in counts.items():
+            self.config_unsupported.labels(group, kind).set(n)
 
     def cert_issued(self, kind: str) -> None:
         self.certs_issued.labels(kind).inc()

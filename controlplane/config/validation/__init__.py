@@ -5,7 +5,8 @@
 Istio kinds go through the same two gates as on a cluster: the CRD's structural schema
 (`schema.py`, with CEL rules from `cel.py`) as the API server applies it, then, only if
 that passes, Istio's own semantic checks (`gateway.py`, `virtualservice.py`,
-`destinationrule.py`) as its validating webhook applies them. Kubernetes kinds get light
+`destinationrule.py`, `authorization.py`, `requestauthentication.py`) as its validating
+webhook applies them. Kubernetes kinds get light
 hand-written checks (`kubernetes.py`). Every kind gets apiVersion/kind/metadata checks
 (`metadata.py`). Errors name the field path and the reason; the caller adds the file and
 object name.
@@ -18,10 +19,12 @@ from typing import Any, Callable
 
 from ..kinds import Kind, split_api_version
 from . import kubernetes
+from .authorization import validate_authorization_policy
 from .destinationrule import validate_destination_rule
 from .errors import FieldError, type_name
 from .gateway import validate_gateway
 from .metadata import validate_envelope
+from .requestauthentication import validate_request_authentication
 from .schema import schema_for, validate_document
 from .secret import validate_secret
 from .virtualservice import validate_virtual_service
@@ -33,6 +36,8 @@ _ISTIO_SEMANTICS: dict[str, Callable[[dict, dict], list[FieldError]]] = {
     "Gateway": lambda spec, meta: validate_gateway(spec, meta.get("name")),
     "VirtualService": lambda spec, meta: validate_virtual_service(spec, meta.get("namespace")),
     "DestinationRule": lambda spec, meta: validate_destination_rule(spec, meta.get("namespace")),
+    "AuthorizationPolicy": validate_authorization_policy,
+    "RequestAuthentication": validate_request_authentication,
 }
 
 _KUBERNETES: dict[tuple[str, str], Callable[[dict], list[FieldError]]] = {

@@ -77,6 +77,12 @@ def _service_accounts_exclusive(self: dict) -> bool:
     return True
 
 
+def _url_scheme_http_or_https(self: str) -> bool:
+    # CEL's url() accepts absolute URLs only; its getScheme() is lower-cased, as Go's url.Parse does.
+    scheme, sep, _ = self.partition("://")
+    return bool(sep) and scheme.lower() in ("http", "https")
+
+
 _PORT_NAME = re.compile(r"^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 
 RULES: dict[str, Predicate] = {
@@ -130,6 +136,10 @@ RULES: dict[str, Predicate] = {
         _service_accounts_exclusive,
     # targetRef.namespace must be empty.
     "self.size() == 0": lambda self: len(self) == 0,
+    # RequestAuthentication JWT rules.
+    '(has(self.jwksUri) ? 1 : 0) + (has(self.jwks_uri) ? 1 : 0) + (has(self.jwks) ? 1 : 0) <= 1':
+        _at_most_one("jwksUri", "jwks_uri", "jwks"),
+    'url(self).getScheme() in ["http", "https"]': _url_scheme_http_or_https,
 }
 
 
