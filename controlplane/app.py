@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,8 +33,10 @@ from .generators import Generator
 from .generators.dependencies import facts
 from .model.mesh import MeshSnapshot, build_mesh
 from . import gcpolicy, names
+from .ports import ServePort, StartupError, bind_error, check_free
 from .security.plane import DEFAULT_KEY_TYPE, SecurityOptions, SecurityPlane
 from .server.ads import AdsServer
+from .server import grpc_server
 from .server.grpc_server import start_secure_xds_server, start_xds_server
 from .server.metrics import Metrics
 from .server.secure import SecureAdsServicer
@@ -59,6 +62,12 @@ class ServeOptions:
     # The CA: None serves no SDS and no secure port (in-process tests); the CLI always
     # passes one (default ~/.meshd/ca, see security/cadir.py).
     ca_dir: Path | None = None
+    # ca_dir is the default, not named by the operator: Kubernetes mode then keeps the CA
+    # in the cluster and never reads it (security/kube_ca.py, docs/kubernetes-ca.md).
+    ca_dir_default: bool = False
+    # meshd's state directory ($MESHD_HOME, docs/state.md): the last good version of each
+    # config object survives restarts there. None (in-process tests): kept in memory only.
+    state_dir: Path | None = None
     trust_domain: str = names.TRUST_DOMAIN
     workload_cert_ttl: timedelta = timedelta(hours=24)
     rotation_ratio: float = 0.5  # renew once this share of a workload cert's lifetime has passed
@@ -188,7 +197,32 @@ class MeshBuilder:
             self.rebuild(reason=f"{self.classify(changed)} change: " + ",".join(kinds))
 
 
+def serve_ports(opts: ServeOptions) -> list[ServePort]:
+    """The ports this serve listens on, with their flags (0: an ephemeral port)."""
+    shared = dict(grpc_server.SERVER_OPTIONS).get("grpc.so_reuseport") == 1  # --workers
+    ports = [ServePort("--xds-port", opts.xds_port, shared)]
+    if opts.ca_dir is not None:
+        ports += [ServePort("--secure-xds-port", opts.secure_xds_port, shared),
+                  ServePort("--ca-mtls-port", opts.ca_mtls_port, shared)]
+    return ports + [ServePort("--monitoring-port", opts.monitoring_port)]
+
+
+async def _listening(host: str, port: ServePort, starting):
+    """Await a server's start; a failed bind (another process was faster than the check)
+    is the same one line as check_free's."""
+    try:
+        return await starting
+    except (RuntimeError, OSError) as e:
+        raise StartupError(bind_error(host, port, e)) from None
+
+
+async def _set_when(stop: asyncio.Event, halt: threading.Event) -> None:
+    await stop.wait()
+    halt.set()
+
+
 async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
+    """Serve until `stop` (or SIGTERM/SIGINT) is set. StartupError when a port is taken."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -196,6 +230,12 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass
+    ports = {p.flag: p for p in serve_ports(opts)}
+    check_free(opts.listen_address, ports.values())  # before a CA or a cluster is touched
+    # Start-up work in threads (the cluster's CA while its namespace does not exist yet)
+    # watches `halt`: a SIGTERM then ends it at once, not after its retries.
+    halt = threading.Event()
+    halt_task = asyncio.create_task(_set_when(stop, halt))
 
     metrics = Metrics()
 
@@ -206,19 +246,33 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     secrets = serving = authenticators = plane = None
     debug_routes = {}
     k8s = k8s_api = member = member_task = None
+    ca_dir = opts.ca_dir
     if opts.kubeconfig or opts.in_cluster:
         from .cluster.member import ClusterMember, ClusterOptions
         from .sources.kube_client import kube_api_client
 
         k8s_api = kube_api_client(opts.kubeconfig)  # None: in-cluster config inside a pod
         member = ClusterMember(k8s_api, opts.cluster or ClusterOptions(), opts.trust_domain)
-        if opts.ca_dir is not None:  # the CA directory mirrors the cluster's CA Secrets
-            await asyncio.to_thread(member.prepare_ca, opts.ca_dir, opts.workload_cert_ttl)
-    if opts.ca_dir is not None:
+        if ca_dir is not None:  # the CA lives in the cluster's Secrets; a directory mirrors it
+            from .security.kube_ca import cluster_ca_dirs, own_mirror_dir
+            from .state import meshd_home
+
+            dirs = cluster_ca_dirs(None if opts.ca_dir_default else ca_dir,
+                                   own_mirror_dir(opts.state_dir or meshd_home(), k8s_api.configuration.host,
+                                                  member.namespace))
+            ca_dir = dirs.mirror
+            prepared = await asyncio.to_thread(member.prepare_ca, dirs.mirror, opts.workload_cert_ttl,
+                                               offered=dirs.offered, stop=halt)
+            if not prepared:  # stopped while waiting for the cluster
+                log.info("meshd stopped before it started")
+                member.close()
+                k8s_api.close()
+                return
+    if ca_dir is not None:
         # The CA, SDS, rotation and the CA API (security/plane.py). Raises CAStateError on
         # unsafe or inconsistent CA files: better not to start than to mint a second root.
         plane = SecurityPlane(SecurityOptions(
-            ca_dir=opts.ca_dir, trust_domain=opts.trust_domain, workload_cert_ttl=opts.workload_cert_ttl,
+            ca_dir=ca_dir, trust_domain=opts.trust_domain, workload_cert_ttl=opts.workload_cert_ttl,
             rotation_ratio=opts.rotation_ratio, workload_key_type=opts.workload_key_type,
             secure_xds_port=opts.secure_xds_port, ca_mtls_port=opts.ca_mtls_port,
             listen_address=opts.listen_address, ca_poll_interval=opts.ca_poll_interval,
@@ -239,7 +293,14 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     builder = MeshBuilder(store, ads, opts.debounce_after, opts.root_namespace, debounce_max=opts.debounce_max)
     source = DirectorySource(opts.config_dir, store, interval=opts.poll_interval) if opts.config_dir else None
     if source is not None:
+        if opts.state_dir is not None:  # an invalid file at start gets its last good objects back
+            from .config.lastgood import LastGood
+
+            store.last_good = LastGood(opts.state_dir / "lastgood", opts.config_dir,
+                                       on_restored=metrics.set_config_restored)
         source.load()
+        if store.last_good is not None:
+            store.last_good.prune()  # copies of files that are gone
     if member is not None:
         from .sources.kubernetes import KubernetesSource
 
@@ -255,36 +316,39 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     tasks: list[asyncio.Task] = []
     try:
         # Inside the try: if a later port cannot be bound, the ones already up are closed.
-        servers.append(await start_xds_server(ads, opts.listen_address, opts.xds_port))
+        host = opts.listen_address
+        servers.append(await _listening(host, ports["--xds-port"], start_xds_server(ads, host, opts.xds_port)))
         if serving is not None and authenticators:
             secure = SecureAdsServicer(ads, authenticators, metrics)
-            servers.append(
-                await start_secure_xds_server(secure, serving.credentials(), opts.listen_address, opts.secure_xds_port,
-                                              extra=plane.secure_servicers() if plane is not None else ())
-            )
+            servers.append(await _listening(host, ports["--secure-xds-port"], start_secure_xds_server(
+                secure, serving.credentials(), host, opts.secure_xds_port,
+                extra=plane.secure_servicers() if plane is not None else ())))
         if plane is not None:
-            servers += await plane.start_servers()
-        monitoring = await start_monitoring(
-            opts.listen_address, opts.monitoring_port, lambda: ads.ready and (k8s is None or k8s.synced), metrics,
+            servers += await _listening(host, ports["--ca-mtls-port"], plane.start_servers())
+        monitoring = await _listening(host, ports["--monitoring-port"], start_monitoring(
+            host, opts.monitoring_port, lambda: ads.ready and (k8s is None or k8s.synced), metrics,
             routes=debug_routes,
-        )
+        ))
         log.info(
             "meshd serving", xds_port=opts.xds_port, secure_xds_port=opts.secure_xds_port if serving else None,
             monitoring_port=opts.monitoring_port, config_dir=str(opts.config_dir) if opts.config_dir else None,
             kubernetes=bool(k8s),
-            ca_dir=str(opts.ca_dir) if opts.ca_dir else None, trust_domain=opts.trust_domain,
+            ca_dir=str(ca_dir) if ca_dir else None, trust_domain=opts.trust_domain,
         )
         if source is not None:
             tasks.append(asyncio.create_task(source.run(stop)))
+        if store.last_good is not None:
+            tasks.append(asyncio.create_task(store.last_good.run(stop)))
         if k8s is not None:
             # No push before the initial lists are in: a partial picture (a route before its
             # Service, a workload before its STRICT policy) must never reach a proxy.
             tasks.append(asyncio.create_task(k8s.run(stop)))
             member_task = asyncio.create_task(member.run(stop), name="meshd-cluster")
-            while not await k8s.wait_synced(5):
-                if stop.is_set():
-                    break
+            synced, stopped = asyncio.ensure_future(k8s.wait_synced()), asyncio.ensure_future(stop.wait())
+            while not (await asyncio.wait({synced, stopped}, timeout=5, return_when=asyncio.FIRST_COMPLETED))[0]:
                 log.info("waiting for the initial kubernetes lists")
+            synced.cancel()
+            stopped.cancel()
             builder.rebuild(reason="initial kubernetes sync")
         tasks.append(asyncio.create_task(builder.run(stop)))
         # The collector's thresholds and full collections, for as long as serving lasts.
@@ -294,6 +358,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
     finally:
         log.info("meshd stopping")
+        halt_task.cancel()
         if member_task is not None:  # the leader stops its work and releases the Lease first
             stop.set()
             await asyncio.wait([member_task], timeout=5)
@@ -304,6 +369,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         # the grace period: proxies reconnect at once, and meshd exits without waiting.
         log.info("ads streams closed", streams=ads.close_all())
         await asyncio.gather(*(s.stop(grace=2) for s in servers))
+        if store.last_good is not None:
+            store.last_good.flush()  # what changed since the last write
         if plane is not None:
             plane.close()
         if member is not None:

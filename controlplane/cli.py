@@ -10,7 +10,8 @@ from pathlib import Path
 
 from . import names
 
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "deploy" / "examples"
+# The bundled example, shipped in the package (deploy/examples links here for the walk-through).
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 DEFAULT_TTL = "24h"
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -50,6 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .app import ServeOptions, serve
     from .logging import configure
+    from .state import meshd_home
 
     configure(args.log_level, args.log_format)
     kube = bool(args.kubeconfig or args.in_cluster)
@@ -80,6 +82,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_pushes_in_flight=args.max_pushes_in_flight,
         write_timeout=args.push_write_timeout,
         ca_dir=_ca_dir(args.ca_dir),
+        ca_dir_default=not args.ca_dir,
+        state_dir=meshd_home(),
         trust_domain=args.trust_domain,
         workload_cert_ttl=args.workload_cert_ttl,
         rotation_ratio=args.rotation_ratio,
@@ -105,6 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
     from ca import CAError
 
+    from .ports import StartupError
     from .server import grpc_server, workers
 
     children = []
@@ -118,7 +123,7 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.run(serve(opts))
     except KeyboardInterrupt:
         pass
-    except (CAError, OSError) as e:  # an unusable CA directory: refuse to start, say why
+    except (CAError, OSError, StartupError) as e:  # an unusable CA directory, a port in use: one line
         print(f"meshd: {e}", file=sys.stderr)
         return 2
     finally:
@@ -258,7 +263,10 @@ def parser() -> argparse.ArgumentParser:
                         "(default %(default)s, 0 to disable)")
     s.add_argument("--ca-dir", help="the CA's directory: root created there on first start and reused after "
                                     "(default $MESHD_HOME/ca, else ~/.meshd/ca), or Istio's cacerts files (plug-in CA); "
-                                    "watched for `meshd ca rotate-root`; the trust bundle is <ca-dir>/trust-bundle.pem")
+                                    "watched for `meshd ca rotate-root`; the trust bundle is <ca-dir>/trust-bundle.pem. "
+                                    "With --kubeconfig/--in-cluster the CA lives in the cluster (Secret cacerts or "
+                                    "istio-ca-secret) and no default directory is read; a --ca-dir holding a CA is "
+                                    "offered to the cluster as its plug-in CA (docs/kubernetes-ca.md)")
     s.add_argument("--trust-domain", default=names.TRUST_DOMAIN, help="SPIFFE trust domain (default %(default)s)")
     s.add_argument("--kubeconfig", help="follow a Kubernetes cluster through this kubeconfig")
     s.add_argument("--in-cluster", action="store_true", help="follow the cluster meshd runs in (service account)")

@@ -20,6 +20,7 @@ namespace (leader work, cluster/rootcert.py).
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -76,14 +77,16 @@ class ClusterMember:
         return out
 
     # --- the CA in the cluster ----------------------------------------------------------
-    def prepare_ca(self, ca_dir: Path, keep_old_for: timedelta) -> str:
+    def prepare_ca(self, ca_dir: Path, keep_old_for: timedelta, *, offered: Path | None = None,
+                   stop: threading.Event | None = None) -> str:
         """Blocking, before the CA directory is opened: make it hold the cluster's CA
-        (Secret cacerts, else istio-ca-secret, created once if absent)."""
+        (Secret cacerts, else istio-ca-secret, created once if absent; `offered`, the
+        operator's CA, becomes cacerts when the cluster has none). "" when `stop` came first."""
         from ..security.kube_ca import KubeCAStore
 
-        self.ca_store = KubeCAStore(self.kube, self.namespace, ca_dir, self.trust_domain, keep_old_for=keep_old_for,
-                                    poll_interval=self.options.ca_secrets_poll_interval)
-        return self.ca_store.prepare()
+        self.ca_store = KubeCAStore(self.kube, self.namespace, ca_dir, self.trust_domain, offered=offered,
+                                    keep_old_for=keep_old_for, poll_interval=self.options.ca_secrets_poll_interval)
+        return self.ca_store.prepare(stop=stop)
 
     def attach_ca(self, ca: Any, store: Any) -> None:
         """With the CA open (security/authority.py MeshCA) and the config store: follow the

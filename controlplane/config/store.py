@@ -5,6 +5,8 @@ Sources hand the store whole locations (a file's documents, or a Kubernetes obje
 the store decides what is in force:
 - an object rejected now keeps its last good version in force (nothing is lost);
 - a location that cannot be read at all keeps everything it held before;
+- with `last_good` (config/lastgood.py) set, both survive a restart: at start, what an
+  invalid file cannot give is restored from the state directory's copy;
 - two locations defining the same object: the one that defined it first keeps it and
   the other is rejected as a conflict, until the first lets go.
 Every decision that drops input is logged once, as one event. Objects of kinds meshd
@@ -21,6 +23,7 @@ from typing import Callable, Iterable, Mapping
 
 import structlog
 
+from .lastgood import LastGood
 from .objects import ConfigKey, ConfigObject, Origin, Rejection
 from .parse import Unsupported
 from .snapshot import ConfigSnapshot
@@ -51,6 +54,7 @@ class ConfigStore:
         self._on_unsupported = on_unsupported
         self._unsupported_counts: Counter[tuple[str, str]] = Counter()
         self._snapshot = ConfigSnapshot({}, _version({}))
+        self.last_good: LastGood | None = None  # the copy on disk (app.py sets it for a config directory)
 
     # --- reading ------------------------------------------------------------------
     def snapshot(self) -> ConfigSnapshot:
@@ -76,6 +80,11 @@ class ConfigStore:
     def subscribe(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
 
+    def restored(self) -> dict[ConfigKey, float]:
+        """Objects in force from the state directory's last good copy because their file is
+        invalid since start: key -> when the copy was written (epoch seconds)."""
+        return self.last_good.restored() if self.last_good is not None else {}
+
     # --- writing ------------------------------------------------------------------
     def replace_location(
         self,
@@ -100,12 +109,17 @@ class ConfigStore:
                 if all(u.key != item.key for u in new.unsupported):
                     new.unsupported.append(item)
         self._report_unsupported(old, new)
+        defined = set(new.objects)
         # The last good version of a rejected object stays in force.
         for key in rejected_keys:
             if key not in new.objects and key in old.objects:
                 new.objects[key] = old.objects[key]
                 self._log.info("config kept last good version", object=str(key), file=location)
+        if self.last_good is not None and location not in self._locations:  # first seen since start
+            new.objects.update(self.last_good.restore(location, rejected_keys - new.objects.keys()))
         self._install(location, new)
+        if self.last_good is not None:
+            self.last_good.held(location, new.objects, defined)
 
     def location_unreadable(self, location: str, reason: str, origin: Origin | None = None) -> None:
         """The whole location failed (not YAML, unreadable...): keep what it held."""
@@ -115,11 +129,17 @@ class ConfigStore:
         self._reject(new, Rejection(origin or Origin("file", location), None, "", reason))
         if old.objects:
             self._log.info("config kept last good version", file=location, objects=len(old.objects))
+        elif self.last_good is not None and location not in self._locations:  # first seen since start
+            new.objects.update(self.last_good.restore(location, None))
         self._install(location, new)
+        if self.last_good is not None:
+            self.last_good.held(location, new.objects, ())
 
     def remove_location(self, location: str) -> None:
         if location in self._locations:
             self._install(location, None)
+        if self.last_good is not None:
+            self.last_good.removed(location)
 
     # --- internals ----------------------------------------------------------------
     def _reject(self, state: LocationState, rej: Rejection) -> None:

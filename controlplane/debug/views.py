@@ -155,6 +155,7 @@ class DebugViews:
         for r in rejections:
             if r.key is not None:
                 rejected_keys.setdefault(r.key, r)
+        restored = self.store.restored() if hasattr(self.store, "restored") else {}  # from $MESHD_HOME at start
         objects = []
         for key in sorted(snap.objects):
             o = snap.objects[key]
@@ -166,7 +167,10 @@ class DebugViews:
                 "name": o.name,
                 "origin": _origin(o.origin),
                 "generation": o.generation,
-                "status": "Accepted" if rej is None else "Accepted (last good version; a newer one was rejected)",
+                "status": "Accepted (last good version restored from meshd's state directory at start; the file is "
+                          "invalid)" if key in restored else
+                          "Accepted" if rej is None else "Accepted (last good version; a newer one was rejected)",
+                "restored": key in restored,
                 "rejection": None if rej is None else rej.message(),
             })
             if content:

@@ -15,7 +15,6 @@ the directory is 0700):
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +22,11 @@ from ca import CertificateAuthority, RootCA, TokenAuthority, load_or_create_root
 from ca.root import ROOT_CERT_FILE
 from ca.store import TRUST_BUNDLE_FILE
 
-MESHD_HOME_ENV = "MESHD_HOME"
+from ..state import meshd_home
 
 
 def default_ca_dir() -> Path:
-    home = os.environ.get(MESHD_HOME_ENV)
-    return (Path(home) if home else Path.home() / ".meshd") / "ca"
+    return meshd_home() / "ca"
 
 
 def root_cert_path(ca_dir: Path) -> Path:

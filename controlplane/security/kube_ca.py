@@ -30,9 +30,15 @@ trust both roots, sign with the new one, drop the old root when no certificate n
 Because other replicas issued certificates this replica has no ledger entry for, the
 old signer is recorded as having issued until now + the workload certificate lifetime.
 
-A directory already holding a CA that did not come from the cluster (no `.kubernetes`
-marker, e.g. a developer's ~/.meshd/ca) is refused rather than overwritten: meshd does
-not replace a root it cannot prove is disposable.
+Which directories (docs/kubernetes-ca.md): the mirror is the operator's `--ca-dir` when
+it is empty or already a mirror (it has the `.kubernetes` marker); otherwise it is
+meshd's own, `$MESHD_HOME/kubernetes/<server>-<namespace>/ca` (`cluster_ca_dirs`). The
+CA of file mode (`~/.meshd/ca`) is never read in Kubernetes mode. A `--ca-dir` that holds
+a CA of its own (no marker: a developer's ~/.meshd/ca, Istio's cacerts files) is
+*offered* to the cluster: it becomes Secret `cacerts`, the cluster's plug-in CA, when the
+cluster has none (create-if-absent, so racing replicas agree), and is only read, never
+written. When the cluster's plug-in CA is another one, the cluster's stays in force and
+the offer is reported; meshd starts either way.
 
 What this relies on from the CA directory code (ca/): CADirectory(path).load(td,
 create=False).active (a Signer with .fingerprint, .kind, .cert, .key), .archive(signer),
@@ -47,13 +53,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from cryptography import x509
@@ -63,8 +72,10 @@ from ca.clock import utc_now
 from ca.errors import CAError, CAStateError
 from ca.keys import ensure_private_dir, locked_dir, private_key_to_pem, read_private, write_private, write_public
 from ca.root import ROOT_CERT_FILE, ROOT_KEY_FILE, create_root, fingerprint
-from ca.signer import CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, PLUG_IN, PLUGIN_ROOT_FILE, has_plugin_files, load_plugin
+from ca.signer import (CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, PLUG_IN, PLUGIN_ROOT_FILE, has_plugin_files,
+                       load_plugin, pem)
 from ca.store import CADirectory
+from ca.tokens import TOKEN_KEY_FILE
 
 from ..cluster.kubeapi import ApiError, KubeApi, path
 
@@ -148,13 +159,53 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _holds_ca(d: Path) -> bool:
+    return has_plugin_files(d) or (d / ROOT_KEY_FILE).exists() or (d / ROOT_CERT_FILE).exists()
+
+
+@dataclass(frozen=True)
+class ClusterCADirs:
+    mirror: Path  # holds the cluster's CA for the signer; meshd writes it
+    offered: Path | None  # the operator's own CA, offered as the plug-in CA; only read
+
+
+def cluster_ca_dirs(ca_dir: Path | None, own_mirror: Path) -> ClusterCADirs:
+    """The directories of Kubernetes mode for the operator's `--ca-dir` (None: not given):
+    an empty directory or a mirror is the mirror; one holding a CA of its own is offered,
+    and `own_mirror` (meshd's, under $MESHD_HOME) mirrors the cluster's CA."""
+    if ca_dir is None:
+        return ClusterCADirs(own_mirror, None)
+    if _holds_ca(ca_dir) and not (ca_dir / MARKER).exists():
+        return ClusterCADirs(own_mirror, ca_dir)
+    return ClusterCADirs(ca_dir, None)
+
+
+def own_mirror_dir(home: Path, server: str, namespace: str) -> Path:
+    """meshd's mirror of one cluster's CA: one per API server and namespace, so that two
+    clusters never share (or rotate into each other's) CA."""
+    where = urlsplit(server).netloc or server
+    return Path(home) / "kubernetes" / re.sub(r"[^A-Za-z0-9._-]", "_", f"{where}-{namespace}") / "ca"
+
+
+def offered_ca(d: Path, trust_domain: str) -> ClusterCA:
+    """The CA in directory `d` (meshd's self-signed root or Istio's cacerts files) in the
+    plug-in layout of Secret cacerts. CAStateError when it is not a usable CA."""
+    signer = CADirectory(d).load(trust_domain, create=False).active
+    files = {CA_CERT_FILE: pem(signer.cert), CA_KEY_FILE: private_key_to_pem(signer.key),
+             CERT_CHAIN_FILE: signer.chain_pem,  # Istio's: the signing cert (unless it is the root) up to the root
+             PLUGIN_ROOT_FILE: pem(signer.root)}
+    _validate_plugin(files)
+    return ClusterCA(CACERTS_SECRET, files, signer.fingerprint)
+
+
 class KubeCAStore:
     def __init__(self, kube: KubeApi, namespace: str, ca_dir: Path, trust_domain: str, *,
-                 keep_old_for: timedelta = timedelta(hours=24), poll_interval: float = DEFAULT_POLL_INTERVAL,
-                 key_type: str = "ec-p256", logger: Any = None):
+                 offered: Path | None = None, keep_old_for: timedelta = timedelta(hours=24),
+                 poll_interval: float = DEFAULT_POLL_INTERVAL, key_type: str = "ec-p256", logger: Any = None):
         self.kube = kube
         self.namespace = namespace
-        self.ca_dir = Path(ca_dir)
+        self.ca_dir = Path(ca_dir)  # the mirror
+        self.offered = Path(offered) if offered is not None else None  # the operator's CA (read only)
         self.trust_domain = trust_domain
         self.keep_old_for = keep_old_for
         self.poll_interval = poll_interval
@@ -200,6 +251,21 @@ class KubeCAStore:
             raise CAStateError(f"Secret {CA_SECRET} exists and then does not: retry")
         return cluster_ca_from_ca_secret(winner), False
 
+    def _offer(self, offer: ClusterCA) -> bool:
+        """Create Secret cacerts from the offered CA unless the cluster has one (409: a
+        replica was first; the cluster's stays). Whether it was created."""
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": CACERTS_SECRET, "namespace": self.namespace,
+                             "labels": {"app.kubernetes.io/managed-by": "meshd"}},
+                "data": {k: _b64(v) for k, v in offer.files.items()}}
+        try:
+            self.kube.request("POST", self._secret_path(), body)
+            return True
+        except ApiError as e:
+            if not e.conflict:
+                raise
+        return False
+
     def _new_root(self) -> tuple[bytes, bytes]:
         tmp = Path(tempfile.mkdtemp(prefix="meshd-root-"))
         try:
@@ -209,32 +275,55 @@ class KubeCAStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     # --- start ------------------------------------------------------------------------
-    def prepare(self, timeout: float = STARTUP_TIMEOUT) -> str:
-        """Make the CA directory hold the cluster's CA (creating the root Secret when the
-        cluster has none). Retries API trouble for `timeout` seconds; CAStateError for a
-        CA that cannot be used. Returns what happened, for the log."""
+    def prepare(self, timeout: float = STARTUP_TIMEOUT, stop: threading.Event | None = None) -> str:
+        """Make the CA directory hold the cluster's CA (offering the operator's CA as the
+        plug-in CA, or creating the root Secret, when the cluster has none). Retries API
+        trouble (a namespace not created yet) for `timeout` seconds, or until `stop` is
+        set (returns ""); CAStateError for a CA that cannot be used. Returns what
+        happened, for the log."""
+        stop = stop or threading.Event()
+        offer = offered_ca(self.offered, self.trust_domain) if self.offered is not None else None
         deadline = time.monotonic() + timeout
         delay = 0.5
-        while True:
+        while not stop.is_set():
             try:
-                return self._prepare_once()
+                return self._prepare_once(offer)
             except ApiError as e:
                 if time.monotonic() + delay > deadline:
                     raise CAStateError(f"cannot read the CA Secrets in {self.namespace}: {e}") from None
                 self._log.warning("ca secrets not readable yet", error=str(e), retry_in=delay)
-                time.sleep(delay)
+                stop.wait(delay)
                 delay = min(delay * 2, 5.0)
+        return ""
 
-    def _prepare_once(self) -> str:
+    def _prepare_once(self, offer: ClusterCA | None = None) -> str:
         wanted = self.cluster_ca()
-        created = False
+        created = offered = False
+        if offer is not None and (wanted is None or wanted.source != CACERTS_SECRET):
+            offered = self._offer(offer)
+            wanted = self.cluster_ca()
         if wanted is None:
             cert_pem, key_pem = self._new_root()
             wanted, created = self._create_root_secret(cert_pem, key_pem)
-        event = ("root CA created in the cluster" if created else
-                 f"CA loaded from Secret {wanted.source}")
-        self._log.info(event, secret=f"{self.namespace}/{wanted.source}", signer_fingerprint=wanted.signer_fingerprint)
+        secret = f"{self.namespace}/{wanted.source}"
+        if offered:
+            event = f"CA of {self.offered} is the cluster's plug-in CA now"
+            self._log.warning(event, secret=secret, signer_fingerprint=wanted.signer_fingerprint,
+                              note="created Secret cacerts; every replica signs with it (a rotation where a "
+                                   "self-signed root was in force before)")
+        else:
+            event = ("root CA created in the cluster" if created else f"CA loaded from Secret {wanted.source}")
+            self._log.info(event, secret=secret, signer_fingerprint=wanted.signer_fingerprint)
+        if offer is not None and offer.signer_fingerprint != wanted.signer_fingerprint:
+            self._log.warning("offered CA not used: the cluster has its plug-in CA", ca_dir=str(self.offered),
+                              secret=secret, signer_fingerprint=wanted.signer_fingerprint,
+                              offered_fingerprint=offer.signer_fingerprint,
+                              note=f"{self.offered} is left as it is; to use it, replace Secret "
+                                   f"{self.namespace}/{CACERTS_SECRET} with its files (meshd rotates to it)")
         self._install(wanted, at_start=True)
+        if self.offered is not None and (self.offered / TOKEN_KEY_FILE).is_file():
+            # Tokens minted from the operator's directory (`meshd token --ca-dir`) stay valid.
+            write_private(self.ca_dir / TOKEN_KEY_FILE, read_private(self.offered / TOKEN_KEY_FILE))
         return event
 
     # --- following the cluster ----------------------------------------------------------
@@ -277,18 +366,12 @@ class KubeCAStore:
         d = self.ca_dir
         ensure_private_dir(d)
         directory = CADirectory(d)
-        holds_ca = has_plugin_files(d) or (d / ROOT_KEY_FILE).exists() or (d / ROOT_CERT_FILE).exists()
+        holds_ca = _holds_ca(d)
         if holds_ca and not (d / MARKER).exists():
-            local = None
-            try:
-                local = directory.load(self.trust_domain, create=False).active
-            except (CAError, OSError, ValueError):
-                pass
-            if local is None or local.fingerprint != wanted.signer_fingerprint:
-                raise CAStateError(
-                    f"{d} holds a CA that is not the cluster's (Secret {self.namespace}/{wanted.source}); "
-                    "in Kubernetes mode give meshd an empty --ca-dir (it mirrors the cluster's CA there), or put "
-                    f"this CA into the cluster as Secret {CACERTS_SECRET}")
+            # cluster_ca_dirs never makes a directory with a CA of its own the mirror: a
+            # caller that does gets an error, not a CA silently replaced.
+            raise CAStateError(f"{d} holds a CA that did not come from the cluster: it is not overwritten "
+                               f"(offer it with --ca-dir, see docs/kubernetes-ca.md)")
         old = None
         if holds_ca:
             try:

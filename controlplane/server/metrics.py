@@ -103,6 +103,11 @@ class Metrics:
             "effect; security.istio.io ones mean access control that is not enforced), by API group and kind.",
             ["group", "kind"], registry=r,
         )
+        self.config_restored = Gauge(
+            "meshd_config_restored", "Configuration objects in force from the last good copy in meshd's state "
+            "directory because their file was invalid when meshd started, by kind (0 once the files are fixed).",
+            ["kind"], registry=r,
+        )
         # Identity: meshd issues keys itself (no CSRs), so its own names rather than
         # istiod's citadel_server_csr_count; the root expiry gauge keeps istiod's name.
         self.certs_issued = Counter(
@@ -239,6 +244,11 @@ class Metrics:
         """(group, kind) -> objects held (ConfigStore's on_unsupported); 0 when gone."""
         for (group, kind), n in counts.items():
             self.config_unsupported.labels(group, kind).set(n)
+
+    def set_config_restored(self, counts) -> None:
+        """kind -> objects restored from the state directory (config/lastgood.py); 0 when fixed."""
+        for kind, n in counts.items():
+            self.config_restored.labels(kind).set(n)
 
     def cert_issued(self, kind: str) -> None:
         self.certs_issued.labels(kind).inc()

@@ -1,6 +1,6 @@
 """The CA's state in the cluster (controlplane/security/kube_ca.py) against the stand-in
 API server: one root Secret however many replicas race to create it, Istio's layouts
-(istio-ca-secret, cacerts), refusal to overwrite a CA that is not the cluster's, and a
+(istio-ca-secret, cacerts), a local CA offered as the plug-in CA and never overwritten, and a
 plug-in CA appearing while meshd runs becoming a rotation of the CA directory."""
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from ca.signer import PLUG_IN, SELF_SIGNED
 from ca.store import CADirectory
 from controlplane.cluster.kubeapi import KubeApi
 from controlplane.security.authority import MeshCA
-from controlplane.security.kube_ca import CA_SECRET, KubeCAStore
+from controlplane.security.cadir import open_ca
+from controlplane.security.kube_ca import CA_SECRET, ClusterCADirs, KubeCAStore, cluster_ca_dirs
 from tests.e2e.test_rotation_support import make_cacerts
 from tests.kubeapi import FakeApiServer
 
@@ -118,16 +119,47 @@ def test_cacerts_wins_and_a_broken_one_is_refused(kubeapi, kube, tmp_path):
         KubeCAStore(kube, NS, tmp_path / "ca2", TD).prepare()
 
 
-def test_a_directory_with_another_ca_is_not_overwritten(kubeapi, kube, tmp_path):
+def files_of(d: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(d)): f.read_bytes() for f in sorted(d.rglob("*")) if f.is_file() and f.name != ".lock"}
+
+
+def test_a_directory_with_its_own_ca_is_offered_as_the_plugin_ca_and_never_written(kubeapi, kube, tmp_path):
     mine = tmp_path / "home-ca"
-    CADirectory(mine).load(TD)  # a developer's ~/.meshd/ca with its own root
-    before = (mine / "root-key.pem").read_bytes()
-    KubeCAStore(kube, NS, tmp_path / "first", TD).prepare()  # the cluster has another root
-    with pytest.raises(CAStateError, match="not the cluster's"):
+    open_ca(mine, TD)  # a developer's ~/.meshd/ca: its own root and token key
+    before = files_of(mine)
+    KubeCAStore(kube, NS, tmp_path / "first", TD).prepare()  # the cluster has a self-signed root already
+    dirs = cluster_ca_dirs(mine, tmp_path / "mirror")
+    assert dirs == ClusterCADirs(tmp_path / "mirror", mine)
+    store = KubeCAStore(kube, NS, dirs.mirror, TD, offered=dirs.offered)
+    assert store.prepare() == f"CA of {mine} is the cluster's plug-in CA now"
+    offered = CADirectory(mine).load(TD, create=False).active
+    cacerts = {k: base64.b64decode(v) for k, v in secret(kubeapi, "cacerts")["data"].items()}
+    assert cacerts["root-cert.pem"] == cacerts["ca-cert.pem"] == (mine / "root-cert.pem").read_bytes()
+    active = CADirectory(dirs.mirror).load(TD, create=False).active
+    assert active.kind == PLUG_IN and active.fingerprint == offered.fingerprint
+    assert (dirs.mirror / "token-key.pem").read_bytes() == (mine / "token-key.pem").read_bytes()
+    assert files_of(mine) == before
+    # A mirror (the marker) or an empty directory is the mirror itself; no default, meshd's own.
+    assert cluster_ca_dirs(dirs.mirror, tmp_path / "x") == ClusterCADirs(dirs.mirror, None)
+    assert cluster_ca_dirs(tmp_path / "empty", tmp_path / "x") == ClusterCADirs(tmp_path / "empty", None)
+    assert cluster_ca_dirs(None, tmp_path / "x") == ClusterCADirs(tmp_path / "x", None)
+    # A directory with a CA of its own used as the mirror directly: refused, not overwritten.
+    with pytest.raises(CAStateError, match="did not come from the cluster"):
         KubeCAStore(kube, NS, mine, TD).prepare()
-    assert (mine / "root-key.pem").read_bytes() == before
-    # a directory that already holds the cluster's CA is adopted as the mirror
-    KubeCAStore(kube, NS, tmp_path / "first", TD).prepare()
+    assert files_of(mine) == before
+
+
+def test_an_offer_the_cluster_does_not_take_still_starts_on_the_clusters_ca(kubeapi, kube, tmp_path):
+    root, inter = make_cacerts(tmp_path / "cacerts")
+    kubeapi.apply(cacerts_secret(tmp_path / "cacerts"))  # the cluster's plug-in CA
+    mine = tmp_path / "home-ca"
+    CADirectory(mine).load(TD)
+    before = files_of(mine)
+    store = KubeCAStore(kube, NS, tmp_path / "mirror", TD, offered=mine)
+    assert store.prepare() == "CA loaded from Secret cacerts"
+    assert CADirectory(store.ca_dir).load(TD, create=False).active.fingerprint == fingerprint(inter)
+    assert [r.status for r in kubeapi.writes("secrets")] == []  # cacerts exists: not offered again
+    assert files_of(mine) == before
 
 
 def test_api_server_trouble_at_start_is_retried_then_refused(kubeapi, kube, tmp_path):
