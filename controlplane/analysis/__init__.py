@@ -5,7 +5,7 @@
 
 Analyzers carry Istio's names (`virtualservice.GatewayAnalyzer`, ...) and emit Istio's
 message codes and wording (messages.py); `ANALYZERS` lists what is implemented, and the
-README has the table of codes implemented against Istio's.
+docs/operator-view.md has the table of codes implemented against Istio's.
 """
 from __future__ import annotations
 

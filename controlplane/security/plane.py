@@ -36,7 +36,7 @@ from .rotation import DEFAULT_RATIO, RotationScheduler
 from .sds import WorkloadSecrets
 from .serving import ServingCertificate
 
-# Chosen by measurement (bench/ca_issue.py, README "Key types"): ECDSA P-256 issues
+# Chosen by measurement (bench/ca_issue.py, docs/ca.md "Key types"): ECDSA P-256 issues
 # roughly 100x more certificates per second than RSA 2048, whose key generation dominates.
 DEFAULT_KEY_TYPE: KeyType = "ec-p256"
 

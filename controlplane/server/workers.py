@@ -11,7 +11,7 @@ the debug views belong to the first process and see its connections only (the ot
 listen on an ephemeral monitoring port). Workers end with the first process (they are
 its children and get SIGTERM when it exits).
 
-README (Use the machine) has the measurements that decide the default (1).
+docs/push-engine.md ("Use of the machine") has the measurements that decide the default (1).
 """
 from __future__ import annotations
 
