@@ -51,7 +51,13 @@ SECRET = kinds.SECRET.kind
 NODE = kinds.NODE.kind
 ENDPOINT_KINDS = frozenset({kinds.ENDPOINT_SLICE.kind, kinds.POD.kind, NODE})
 # Kinds whose readers are declared precisely (dependency sets in parts.py).
-KNOWN_KINDS = frozenset({GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, SECRET}) | ENDPOINT_KINDS
+# Authorization and request authentication: read by the inbound listener of a sidecar and
+# by gateway listeners only (generators/security_filters.py).
+AUTHORIZATION_POLICY = kinds.AUTHORIZATION_POLICY.kind
+REQUEST_AUTHENTICATION = kinds.REQUEST_AUTHENTICATION.kind
+SECURITY_KINDS = (AUTHORIZATION_POLICY, REQUEST_AUTHENTICATION)
+KNOWN_KINDS = frozenset({GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, SECRET,
+                         *SECURITY_KINDS}) | ENDPOINT_KINDS
 
 OTHER = "*other*"
 MESH_VERSION = "*mesh*"  # the whole snapshot: for output nobody has analysed
@@ -60,7 +66,8 @@ MESH_VERSION = "*mesh*"  # the whole snapshot: for output nobody has analysed
 # in it, so it leaves every route configuration cached.
 DR_ROUTING = "*dr-routing*"
 ENDPOINT_FACTS = "*endpoint-facts*"
-ALL_CONFIG = (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, SECRET, OTHER, ENDPOINT_FACTS)
+ALL_CONFIG = (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, SECRET, *SECURITY_KINDS, OTHER,
+              ENDPOINT_FACTS)
 
 
 def _digest(parts: Iterable[str]) -> str:
@@ -157,6 +164,7 @@ class MeshFacts:
         self._locality_inputs: tuple[bool, bool] | None = None
         self._localized_hosts: frozenset[str] | None = None
         self._proxy_localities: dict[tuple, Locality] = {}
+        self._security: dict[tuple, tuple] = {}
         self._stale_kinds: tuple[str, ...] = ()  # entries of an inherited `_kinds` to recompute
 
     def inherit(self, previous: "MeshFacts", base: MeshSnapshot) -> None:
@@ -201,6 +209,9 @@ class MeshFacts:
             for key, obj in self.mesh.config.objects.items():
                 kind_name = key.kind if key.kind in KNOWN_KINDS else OTHER
                 by_kind.setdefault(kind_name, []).append(_object_line(key, obj))
+            # The mesh config (root namespace, trust domain, providers) can change any
+            # output: it counts as an unanalysed input, like the kinds under OTHER.
+            by_kind.setdefault(OTHER, []).append(f"meshconfig={self.mesh.mesh_config!r}")
             self._kinds = {k: _digest(sorted(v)) for k, v in by_kind.items()}
         elif kind in self._stale_kinds:  # a known kind: its objects are of_kind's
             # Recomputed when asked for only: no part reads the EndpointSlice digest, so
@@ -411,6 +422,17 @@ class MeshFacts:
             for obj in self.mesh.config.of_kind(SERVICE):
                 self._service_generation[names.fqdn(obj.name, obj.namespace)] = obj.generation
         return self._service_generation.get(host, "")
+
+    def security(self, proxy: Proxy) -> tuple:
+        """What a proxy's authentication and authorization filters read: the policies
+        that select its workload (by namespace and labels), the key sets their JWT rules
+        use and the mesh config's providers (MeshSnapshot.security_key). Not inherited by
+        endpoint-only snapshots: cheap, and it must follow fetched key sets."""
+        key = (proxy.type, proxy.namespace, proxy.label_key)
+        got = self._security.get(key)
+        if got is None:
+            got = self._security[key] = self.mesh.security_key(proxy)
+        return got
 
     def namespace_mode(self, namespace: str) -> str:
         """The namespace-level PeerAuthentication mode clients consult (auto mTLS)."""

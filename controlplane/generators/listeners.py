@@ -29,7 +29,7 @@ from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
 from ..model.gateways import AUTO_PASSTHROUGH
 from ..model.hosts import covers
-from . import filter_chains, filters, gateway_tls, tls
+from . import filter_chains, filters, gateway_tls, security_filters, tls
 from .convert import as_int, as_list, as_map
 from .gateway_servers import HTTP, TCP, GatewayPort, Server, gateway_ports, matching_hosts, virtual_services_for_gateway
 from .http_routes import RouteContext, destination_cluster
@@ -56,6 +56,7 @@ def sidecar_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Lis
 
 def gateway_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Listener]:
     out = []
+    sec = security_filters.for_proxy(mesh, proxy, is_gateway=True)
     for gp in gateway_ports(mesh, proxy):
         if gp.kind == HTTP:
             chains = [_http_filter_chain(gp)]
@@ -64,7 +65,9 @@ def gateway_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Lis
         else:
             chains = _tls_filter_chains(mesh, proxy, gp)
         if chains:
-            out.append(_gateway_listener(gp.listen_port, chains))
+            listener = _gateway_listener(gp.listen_port, chains)
+            security_filters.secure(listener, sec)
+            out.append(listener)
     return out
 
 

@@ -36,6 +36,7 @@ from .dependencies import (
     OTHER,
     PEER_AUTHENTICATION,
     SECRET,
+    SECURITY_KINDS,
     SERVICE,
     VIRTUAL_SERVICE,
     MeshFacts,
@@ -139,7 +140,8 @@ def _route_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
 
 def _inbound_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
     # The replicas of a workload (same services and ports, same effective policy) share it.
-    return (facts.mtls_policy(proxy.namespace, proxy.labels, proxy.label_key), proxy.workload_cert, facts.instance_shape(proxy.ip))
+    return (facts.mtls_policy(proxy.namespace, proxy.labels, proxy.label_key), proxy.workload_cert, facts.instance_shape(proxy.ip),
+            facts.security(proxy))
 
 
 def _instances_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
@@ -158,7 +160,8 @@ def _fallback_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
 def _router_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
     # Gateway listeners leave out the TLS servers whose credentials are missing in the
     # gateway's namespace (gateway_tls.unusable_reason): the only Secrets they read.
-    return proxy.group_key() + (facts.namespace_secrets(proxy.namespace),)
+    # Authorization and JWT filters read fetched key sets and the mesh config too.
+    return proxy.group_key() + (facts.namespace_secrets(proxy.namespace), facts.security(proxy))
 
 
 def _secret_scope(facts: MeshFacts, proxy: Proxy) -> tuple:
@@ -327,7 +330,8 @@ SIDECAR_PARTS: dict[str, Sequence[Part]] = {
     names.LISTENER: (
         Part("sidecar-outbound-listeners", names.LISTENER, (SERVICE, VIRTUAL_SERVICE, OTHER, ENDPOINT_FACTS),
              _outbound_listener_scope, _outbound_listeners),
-        Part("sidecar-virtual-inbound", names.LISTENER, (SERVICE, PEER_AUTHENTICATION, OTHER), _inbound_scope, _virtual_inbound),
+        Part("sidecar-virtual-inbound", names.LISTENER, (SERVICE, PEER_AUTHENTICATION, *SECURITY_KINDS, OTHER),
+             _inbound_scope, _virtual_inbound),
     ),
     names.ROUTE: (
         Part("sidecar-routes", names.ROUTE, (SERVICE, VIRTUAL_SERVICE, DR_ROUTING, OTHER), _route_scope, _sidecar_routes),

@@ -41,7 +41,7 @@ from ..model.mesh import MeshSnapshot
 from ..model.peer_authentication import DISABLE, PERMISSIVE, STRICT
 from ..model.proxy import SIDECAR, Proxy
 from ..model.services import Service, ServicePort
-from . import filter_chains, filters, protocol, tls
+from . import filter_chains, filters, protocol, security_filters, tls
 
 WILDCARD = "0.0.0.0"
 VIRTUAL_INBOUND = "virtualInbound"
@@ -184,6 +184,7 @@ def virtual_inbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
     )
     listener.listener_filters.append(filters.original_dst_filter())
     listener.listener_filters.extend(filter_chains.inspectors(chains))
+    security_filters.secure(listener, security_filters.for_proxy(mesh, proxy, is_gateway=False), frozenset({BLACKHOLE_CHAIN}))
     return listener
 
 

@@ -7,6 +7,7 @@ back than this object.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import weakref
 from dataclasses import dataclass, field
 from typing import AbstractSet, Any, Mapping
@@ -31,6 +32,9 @@ from .gateways import (
     merge_gateways,
 )
 from .locality import Locality
+from .meshconfig import DEFAULT as DEFAULT_MESH_CONFIG
+from .meshconfig import MeshConfig
+from .request_authentication import EMPTY_JWKS, JwksView
 from .peer_authentication import MtlsPolicy, effective_policy
 from .proxy import Proxy
 from .services import (
@@ -70,6 +74,12 @@ class MeshSnapshot:
     destination_rules: tuple[ConfigObject, ...]
     peer_authentications: tuple[ConfigObject, ...] = ()
     root_namespace: str = ROOT_NAMESPACE
+    # AuthorizationPolicy and RequestAuthentication objects (security.py reads them).
+    authorization_policies: tuple[ConfigObject, ...] = ()
+    request_authentications: tuple[ConfigObject, ...] = ()
+    mesh_config: MeshConfig = DEFAULT_MESH_CONFIG
+    # The JWT key sets meshd fetched for RequestAuthentications' jwksUri (sources/jwks.py).
+    jwks: JwksView = EMPTY_JWKS
     _instances_by_ip: Mapping[str, tuple[ServiceInstance, ...]] = field(default_factory=dict, repr=False)
     _dr_by_host: Mapping[str, tuple[ConfigObject, ...]] = field(default_factory=dict, repr=False)
     # The wildcard hosts of _dr_by_host: looked up for every host without a rule of its
@@ -117,6 +127,32 @@ class MeshSnapshot:
     def mtls_policy(self, namespace: str, labels: Mapping[str, str]) -> MtlsPolicy:
         """Effective PeerAuthentication for a workload (see peer_authentication.py)."""
         return effective_policy(self.peer_authentications, namespace, labels, self.root_namespace)
+
+    # --- authentication and authorization (security.py) ------------------------
+    def authz_policies_for(self, proxy: Proxy):
+        from .security import authz_policies_for
+
+        return authz_policies_for(self, proxy)
+
+    def jwt_rules_for(self, proxy: Proxy):
+        from .security import jwt_rules_for
+
+        return jwt_rules_for(self, proxy)
+
+    def jwks_view(self) -> JwksView:
+        return self.jwks
+
+    def jwks_digest(self, rules) -> str:
+        """Fingerprint of the fetched key sets `rules` verify tokens with."""
+        return self.jwks.digest_of(r.key_set for r in rules)
+
+    def security_key(self, proxy: Proxy) -> tuple:
+        """Everything a proxy's authn/authz filters are built from, as a hashable key."""
+        if not self.authorization_policies and not self.request_authentications:
+            return ()
+        from .security import security_key
+
+        return security_key(self, proxy)
 
     def gateways_for(self, proxy: Proxy) -> list[ConfigObject]:
         """Gateways whose `selector` matches the proxy's labels (any namespace, as
@@ -236,12 +272,19 @@ def _dr_host(dr: ConfigObject) -> str:
 
 
 def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, previous: MeshSnapshot | None = None,
-               changed: AbstractSet[ConfigKey] | None = None) -> MeshSnapshot:
+               changed: AbstractSet[ConfigKey] | None = None, mesh_config: MeshConfig | None = None,
+               jwks: JwksView = EMPTY_JWKS) -> MeshSnapshot:
     """The mesh of `config`. With `previous` (a mesh built by this function) and `changed`
     (every key changed since `previous.config`), an EndpointSlice-only change rebuilds just
-    the endpoints of the services owning the changed slices; anything else is built anew."""
+    the endpoints of the services owning the changed slices; anything else is built anew.
+    `mesh_config` (else the defaults with `root_namespace`) decides the root namespace;
+    it and `jwks` (the fetched key sets) are part of the snapshot's version."""
+    if mesh_config is None:
+        mesh_config = dataclasses.replace(DEFAULT_MESH_CONFIG, root_namespace=root_namespace)
+    root_namespace = mesh_config.root_namespace
+    version = mesh_version(config.version, mesh_config, jwks)
     if (previous is not None and changed and previous._pods is not None
-            and previous.root_namespace == root_namespace
+            and previous.mesh_config == mesh_config and previous.jwks.digest == jwks.digest
             and all(k.kind == kinds.ENDPOINT_SLICE.kind for k in changed)):
         return _with_changed_slices(config, previous, changed)
     pods = config.of_kind(kinds.POD.kind)
@@ -270,7 +313,7 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, pre
         dr_by_host.setdefault(_dr_host(dr), []).append(dr)
 
     mesh = MeshSnapshot(
-        version=config.version,
+        version=version,
         config=config,
         services=services,
         endpoints=endpoints,
@@ -279,6 +322,10 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, pre
         destination_rules=drs,
         peer_authentications=tuple(config.of_kind(kinds.PEER_AUTHENTICATION.kind)),
         root_namespace=root_namespace,
+        mesh_config=mesh_config,
+        jwks=jwks,
+        authorization_policies=tuple(config.of_kind(kinds.AUTHORIZATION_POLICY.kind)),
+        request_authentications=tuple(config.of_kind(kinds.REQUEST_AUTHENTICATION.kind)),
         _instances_by_ip={ip: tuple(sorted(v, key=_instance_order)) for ip, v in instances.items()},
         _dr_by_host={h: tuple(v) for h, v in dr_by_host.items()},
         _wildcard_dr_hosts=tuple(h for h in dr_by_host if h.startswith("*")),
@@ -289,6 +336,15 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, pre
     conflicts = gateway_conflicts(mesh, pods)
     report_gateway_conflicts(conflicts)
     return dataclasses.replace(mesh, gateway_conflicts=conflicts)
+
+
+def mesh_version(config_version: str, mesh_config: MeshConfig, jwks: JwksView) -> str:
+    """The snapshot's version: the config's, and (when not the defaults) the mesh config's
+    and the fetched key sets', so that a change of either is a new snapshot."""
+    if mesh_config == DEFAULT_MESH_CONFIG and not jwks.key_sets:
+        return config_version
+    h = hashlib.blake2b(f"{config_version}\0{mesh_config!r}\0{jwks.digest}".encode(), digest_size=8)
+    return f"{config_version}-{h.hexdigest()}"
 
 
 def _instance_order(i: ServiceInstance) -> tuple[str, int]:
@@ -349,7 +405,8 @@ def _with_changed_slices(config: ConfigSnapshot, previous: MeshSnapshot, changed
             instances[ip] = tuple(merged)
         else:
             instances.pop(ip, None)
-    mesh = dataclasses.replace(previous, version=config.version, config=config, endpoints=endpoints,
+    version = mesh_version(config.version, previous.mesh_config, previous.jwks)
+    mesh = dataclasses.replace(previous, version=version, config=config, endpoints=endpoints,
                                _instances_by_ip=instances, _derived_from=weakref.ref(previous))
     # Conflicts read endpoints only to resolve a gateway Service's named targetPort.
     conflicts = gateway_conflicts(mesh, config.of_kind(kinds.POD.kind)) if named_target else previous.gateway_conflicts

@@ -105,8 +105,40 @@ STEPS = [
     ("destination rule", ["rich", "ep2", "strict", "pa-webapp", "dr"]),
     ("source labels", ["rich", "ep2", "strict", "pa-webapp", "dr", "srclabels"]),
     ("headless", ["rich", "ep2", "headless", "dr"]),
+    ("authz on one catalog version", ["rich", "ep2", "authz-v2"]),
+    ("authz mesh-wide and at the gateway", ["rich", "ep2", "authz-v2", "authz-mesh", "authz-gw"]),
+    ("authz changed", ["rich", "ep2", "authz-v2b", "authz-mesh", "authz-gw"]),
     ("back to base", []),
 ]
+
+AUTHZ_V2 = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: catalog-v2, namespace: istioinaction}
+spec:
+  selector: {matchLabels: {app: catalog, version: v2}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/istioinaction/sa/webapp"]}}]
+    to: [{operation: {methods: [%s]}}]
+"""
+AUTHZ_MESH = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: istio-system}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"], ports: ["3000"]}}]}]
+"""
+AUTHZ_GW = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: gw-deny-api, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/api/*"]}}]}]
+"""
 
 
 def config(tmp_path, parts: list[str]) -> list[str]:
@@ -121,6 +153,10 @@ def config(tmp_path, parts: list[str]) -> list[str]:
         "dr": _rich_drs(tmp_path),
         "srclabels": TCP_SERVICES + "\n---\n" + SOURCE_LABELS,
         "headless": HEADLESS,
+        "authz-v2": AUTHZ_V2 % "GET",
+        "authz-v2b": AUTHZ_V2 % "GET, POST",
+        "authz-mesh": AUTHZ_MESH,
+        "authz-gw": AUTHZ_GW,
     }
     return [texts[p] for p in parts]
 

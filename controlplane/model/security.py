@@ -1,0 +1,58 @@
+"""Which authentication and authorization policies apply to a proxy's workload.
+
+The selection rules live with each kind (authorization.py, request_authentication.py);
+this module gives them what they need to know about a proxy: its namespace and labels,
+the Services of its namespace that select it (for `targetRef(s)` of kind Service) and
+the Kubernetes Gateway it implements (kind Gateway, by Istio's gateway-name label).
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+from .proxy import Proxy
+from .services import labels_match
+
+if TYPE_CHECKING:
+    from .mesh import MeshSnapshot
+
+# The label Istio puts on the pods of a Kubernetes Gateway it deploys.
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+
+
+def service_names(mesh: MeshSnapshot, proxy: Proxy) -> tuple[str, ...]:
+    """The Services of the proxy's namespace whose selector selects its workload."""
+    return tuple(sorted(
+        svc.name for svc in mesh.services.values()
+        if svc.namespace == proxy.namespace and svc.selector and labels_match(svc.selector, proxy.labels)
+    ))
+
+
+def gateway_names(proxy: Proxy) -> tuple[str, ...]:
+    name = proxy.labels.get(GATEWAY_NAME_LABEL)
+    return (name,) if name else ()
+
+
+def authz_policies_for(mesh: MeshSnapshot, proxy: Proxy):
+    from .authorization import authz_policy, policies_for
+
+    typed = [authz_policy(obj) for obj in mesh.authorization_policies]
+    return policies_for(typed, proxy.namespace, proxy.labels, mesh.mesh_config.root_namespace,
+                        service_names=service_names(mesh, proxy), gateway_names=gateway_names(proxy))
+
+
+def jwt_rules_for(mesh: MeshSnapshot, proxy: Proxy):
+    from .request_authentication import jwt_rules_for as select
+
+    return select(mesh.request_authentications, proxy.namespace, proxy.labels, mesh.mesh_config.root_namespace)
+
+
+def security_key(mesh: MeshSnapshot, proxy: Proxy) -> tuple:
+    """A hashable digest of everything the proxy's authn/authz filters are built from."""
+    wp = authz_policies_for(mesh, proxy)
+    rules = jwt_rules_for(mesh, proxy) if mesh.request_authentications else ()
+    h = hashlib.blake2b(digest_size=12)
+    h.update(repr(mesh.mesh_config).encode())
+    h.update(repr(rules).encode())
+    h.update(repr(mesh.jwks_digest(rules)).encode())
+    return (wp.key(), h.hexdigest())
