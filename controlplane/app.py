@@ -15,6 +15,7 @@ API is served on the secure port (security/plane.py).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import threading
 import time
@@ -25,13 +26,15 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from .config.objects import Rejection
+from .config.objects import ConfigKey, Rejection
 from .config.store import ConfigStore
 from .debug.monitoring import start_monitoring
 from .debug.operator import operator_view
 from .generators import Generator
 from .generators.dependencies import facts
-from .model.mesh import MeshSnapshot, build_mesh
+from .model.mesh import MeshSnapshot, build_mesh, mesh_version
+from .model.meshconfig import DEFAULT as DEFAULT_MESH_CONFIG
+from .model.request_authentication import EMPTY_JWKS, KIND as REQUEST_AUTHENTICATION, key_sets_needed
 from . import gcpolicy, names
 from .ports import ServePort, StartupError, bind_error, check_free
 from .security.plane import DEFAULT_KEY_TYPE, SecurityOptions, SecurityPlane
@@ -41,6 +44,8 @@ from .server.grpc_server import start_secure_xds_server, start_xds_server
 from .server.metrics import Metrics
 from .server.secure import SecureAdsServicer
 from .sources.directory import DirectorySource
+from .sources.jwks import JwksSource
+from .sources.meshconfig import MeshConfigSource, MeshConfigSourceError
 
 if TYPE_CHECKING:
     from .cluster.member import ClusterOptions
@@ -76,6 +81,11 @@ class ServeOptions:
     ca_poll_interval: float = 1.0  # seconds between checks of the CA directory (root rotation)
     secure_xds_port: int = names.PORT_XDS_SECURE  # 0: no secure port
     root_namespace: str = names.ROOT_NAMESPACE  # where mesh-wide policies live
+    # Istio's MeshConfig (the `mesh` key of ConfigMap istio, or the whole ConfigMap),
+    # watched; in Kubernetes mode without it, ConfigMap istio of the root namespace.
+    mesh_config_file: str | None = None
+    mesh_config_poll_interval: float = 1.0
+    jwks_refresh_interval: float = 20 * 60.0  # istiod's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL
     debug_access: str = "localhost"  # who may read /debug: localhost | authenticated | open
     # Kubernetes source (issue: operators apply CRDs with kubectl): a kubeconfig path,
     # or in-cluster config when running in a pod.
@@ -103,6 +113,12 @@ class MeshBuilder:
     subscribed to them). The builder only classifies the change for logs and metrics:
     `endpoint` when every changed object is an EndpointSlice, a Pod or a Node (read for
     locality only, by EDS only), else `config`.
+
+    Two inputs come from other sources than the store: the mesh config
+    (`set_mesh_config`) and the JWT key sets meshd fetched (`set_jwks`); a change of
+    either is a change like any other (a new snapshot, a push). After each snapshot the
+    builder tells `key_sets` (sources/jwks.py) which key sets the RequestAuthentications
+    need.
     """
 
     ENDPOINT_KINDS = frozenset({"EndpointSlice", "Pod", "Node"})
@@ -124,7 +140,24 @@ class MeshBuilder:
         self._unbuilt: set = set()
         self._full_next = False
         self._first_change = 0.0
+        self.mesh_config = dataclasses.replace(DEFAULT_MESH_CONFIG, root_namespace=root_namespace)
+        self.jwks = EMPTY_JWKS
+        self.key_sets = None  # the JwksSource to tell which key sets are needed
         store.subscribe(self._on_change)
+
+    def set_mesh_config(self, mesh_config) -> None:
+        self.mesh_config = mesh_config
+        self._input_changed("MeshConfig")
+
+    def set_jwks(self, view) -> None:
+        self.jwks = view
+        self._input_changed("JWKS")
+
+    def _input_changed(self, what: str) -> None:
+        if not self._changed:
+            self._first_change = time.time()
+        self._changed.add(ConfigKey(what, "", ""))  # names the change in the push reason
+        self._dirty.set()
 
     def _on_change(self, _snapshot, changed) -> None:
         if not self._changed:
@@ -135,12 +168,13 @@ class MeshBuilder:
 
     def rebuild(self, reason: str) -> None:
         snap = self.store.snapshot()
-        if self.mesh is not None and snap.version == self.mesh.version:
+        if self.mesh is not None and mesh_version(snap.version, self.mesh_config, self.jwks) == self.mesh.version:
             return
         started = time.perf_counter()
         previous = None if self._full_next else self.mesh
         try:
-            mesh = build_mesh(snap, root_namespace=self.root_namespace, previous=previous, changed=frozenset(self._unbuilt))
+            mesh = build_mesh(snap, root_namespace=self.root_namespace, previous=previous, changed=frozenset(self._unbuilt),
+                              mesh_config=self.mesh_config, jwks=self.jwks)
         except Exception as e:  # keep serving the last good mesh
             log.exception("mesh build failed", config_version=snap.version, error=str(e))
             self._full_next = True
@@ -150,6 +184,8 @@ class MeshBuilder:
         self._full_next = False
         facts(mesh)  # while the previous snapshot lives: what it shares is inherited
         self.mesh = mesh
+        if self.key_sets is not None:
+            self.key_sets.want(key_sets_needed(snap.of_kind(REQUEST_AUTHENTICATION)))
         built = time.perf_counter()
         queued = self.ads.update(mesh, reason=reason)
         self.pushes += 1
@@ -221,6 +257,18 @@ async def _set_when(stop: asyncio.Event, halt: threading.Event) -> None:
     halt.set()
 
 
+def _json_view(view):
+    """A /debug handler answering `view()` as JSON."""
+    import json
+
+    from .debug.monitoring import Response
+
+    def handler(_request):
+        return Response(200, (json.dumps(view(), indent=1) + "\n").encode(), "application/json")
+
+    return handler
+
+
 async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` (or SIGTERM/SIGINT) is set. StartupError when a port is taken."""
     stop = stop or asyncio.Event()
@@ -286,11 +334,20 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                     max_pushes_in_flight=opts.max_pushes_in_flight, write_timeout=opts.write_timeout)
     if plane is not None:
         plane.attach(ads)
+    # The mesh config and the JWT key sets: inputs of the snapshot from outside the store.
+    mesh_source = MeshConfigSource(root_namespace=opts.root_namespace, trust_domain=opts.trust_domain)
+    if opts.mesh_config_file:
+        mesh_source.load_file(opts.mesh_config_file)  # MeshConfigSourceError: meshd does not start
+    key_sets = JwksSource(refresh_interval=opts.jwks_refresh_interval, registry=metrics.registry)
+    debug_routes["/debug/jwksz"] = _json_view(key_sets.status)
     debug_routes = operator_view(ads, store, metrics, debug_routes, access=opts.debug_access,
+                                 configz_sections={"meshConfig": mesh_source.status, "jwks": key_sets.status},
                                  # /debug checks tokens synchronously: not with TokenReview (it awaits I/O)
                                  authenticators=[a for a in authenticators or () if not getattr(a, "awaits_io", False)],
                                  root_namespace=opts.root_namespace)
     builder = MeshBuilder(store, ads, opts.debounce_after, opts.root_namespace, debounce_max=opts.debounce_max)
+    builder.mesh_config, builder.key_sets = mesh_source.current, key_sets
+    mesh_source.on_change, key_sets.on_change = builder.set_mesh_config, builder.set_jwks
     source = DirectorySource(opts.config_dir, store, interval=opts.poll_interval) if opts.config_dir else None
     if source is not None:
         if opts.state_dir is not None:  # an invalid file at start gets its last good objects back
@@ -307,9 +364,13 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         k8s = KubernetesSource(
             k8s_api, store, namespaces=opts.namespaces, label_selector=opts.label_selector,
             watch_secrets=opts.watch_secrets, observer=member.status,
+            mesh_config=None if opts.mesh_config_file else mesh_source.apply_configmap,
+            mesh_config_namespace=opts.root_namespace,
         )
     else:
+        await key_sets.prime(key_sets_needed(store.snapshot().of_kind(REQUEST_AUTHENTICATION)))
         builder.rebuild(reason="initial load")
+        mesh_source.pin_root_namespace()
 
     servers: list = []
     monitoring = None
@@ -349,8 +410,16 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                 log.info("waiting for the initial kubernetes lists")
             synced.cancel()
             stopped.cancel()
+            if mesh_source.error and mesh_source.origin == "defaults":  # the ConfigMap was never valid
+                raise MeshConfigSourceError(f"ConfigMap {opts.root_namespace}/istio", "", mesh_source.error)
+            await key_sets.prime(key_sets_needed(store.snapshot().of_kind(REQUEST_AUTHENTICATION)))
             builder.rebuild(reason="initial kubernetes sync")
+            mesh_source.pin_root_namespace()
         tasks.append(asyncio.create_task(builder.run(stop)))
+        tasks.append(asyncio.create_task(key_sets.run(stop)))
+        if opts.mesh_config_file:
+            tasks.append(asyncio.create_task(
+                mesh_source.watch_file(opts.mesh_config_file, stop, opts.mesh_config_poll_interval)))
         # The collector's thresholds and full collections, for as long as serving lasts.
         tasks.append(asyncio.create_task(gcpolicy.collect_when_idle(lambda: ads.busy or builder.pending, stop)))
         if plane is not None:

@@ -71,6 +71,15 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workload_cert_ttl > MAX_WORKLOAD_TTL:
         print(f"meshd: --workload-cert-ttl {args.workload_cert_ttl} is above the maximum {MAX_WORKLOAD_TTL}", file=sys.stderr)
         return 2
+    root_namespace = args.root_namespace
+    if args.mesh_config:
+        from .sources.meshconfig import MeshConfigSourceError, read_file
+
+        try:  # now, so that a bad file is one line before anything starts
+            root_namespace = read_file(args.mesh_config, args.root_namespace)[0].root_namespace
+        except MeshConfigSourceError as e:
+            print(f"meshd: --mesh-config {e}", file=sys.stderr)
+            return 2
     opts = ServeOptions(
         config_dir=config_dir,
         xds_port=args.xds_port,
@@ -91,7 +100,9 @@ def _serve(args: argparse.Namespace) -> int:
         ca_mtls_port=args.ca_mtls_port,
         ca_poll_interval=args.ca_poll_interval,
         secure_xds_port=args.secure_xds_port,
-        root_namespace=args.root_namespace,
+        root_namespace=root_namespace,
+        mesh_config_file=args.mesh_config,
+        jwks_refresh_interval=args.jwks_refresh_interval.total_seconds(),
         debug_access=args.debug_access,
         kubeconfig=args.kubeconfig,
         in_cluster=args.in_cluster,
@@ -111,6 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .ports import StartupError
     from .server import grpc_server, workers
+    from .sources.meshconfig import MeshConfigSourceError
 
     children = []
     if args.workers > 1 or args.worker_of:
@@ -125,6 +137,9 @@ def _serve(args: argparse.Namespace) -> int:
         pass
     except (CAError, OSError, StartupError) as e:  # an unusable CA directory, a port in use: one line
         print(f"meshd: {e}", file=sys.stderr)
+        return 2
+    except MeshConfigSourceError as e:  # the cluster's mesh config is invalid (a file was checked above)
+        print(f"meshd: mesh config {e}", file=sys.stderr)
         return 2
     finally:
         workers.stop_workers(children)
@@ -277,7 +292,15 @@ def parser() -> argparse.ArgumentParser:
                    help="who may read /debug on the monitoring port: loopback callers only (default), also callers "
                         "with a root-namespace token (authenticated), or anyone (open)")
     s.add_argument("--root-namespace", default=names.ROOT_NAMESPACE,
-                   help="namespace whose selector-less policies apply mesh-wide (default %(default)s)")
+                   help="namespace whose selector-less policies apply mesh-wide (default %(default)s); "
+                        "a mesh config's rootNamespace takes precedence")
+    s.add_argument("--mesh-config", metavar="FILE",
+                   help="Istio's MeshConfig YAML (the `mesh` key of ConfigMap istio, or that whole ConfigMap), "
+                        "watched: changes apply live. Without it, in Kubernetes mode, ConfigMap istio of the root "
+                        "namespace is watched (docs/mesh-config.md)")
+    s.add_argument("--jwks-refresh-interval", type=parse_duration, default="20m",
+                   help="how often the key sets of RequestAuthentications' jwksUri are fetched again "
+                        "(istiod's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL; default %(default)s)")
     s.add_argument("--workload-cert-ttl", type=parse_duration, default=DEFAULT_TTL,
                    help="lifetime of workload certificates (default %(default)s, at most 90d)")
     from .commands.ca import add_serve_flags

@@ -4,11 +4,14 @@ JWKS, and tokens signed with it (or forged, or expired), made with `cryptography
     issuer = Issuer("https://issuer.example", "RS256")
     token = issuer.token(sub="alice", group="admins")
     issuer.jwks()          # the JWKS document (JSON text) with the public key
+    server = KeyServer(); server.routes["/jwks"] = (200, issuer.jwks())   # at server.url + "/jwks"
 """
 from __future__ import annotations
 
 import base64
+import http.server
 import json
+import threading
 import time
 from typing import Any
 
@@ -66,3 +69,40 @@ def forged(token: str, **changes: Any) -> str:
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     claims.update(changes)
     return f"{header}.{b64url(json.dumps(claims).encode())}.{sig}"
+
+
+class KeyServer:
+    """A local HTTP server for key sets: `routes` maps a path to (status, body); `/hang`
+    never answers until the server stops. `hits` counts requests per path."""
+
+    def __init__(self):
+        self.routes: dict[str, tuple[int, str]] = {}
+        self.hits: dict[str, int] = {}
+        self._release = threading.Event()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                if self.path == "/hang":
+                    server._release.wait(10)
+                    return
+                status, body = server.routes.get(self.path, (404, "not found"))
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self._release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -19,11 +19,13 @@ from .views import DebugViews
 
 def operator_view(ads: Any, store: Any, metrics: Any, routes: Mapping[str, Handler] | None = None, *,
                   access: str = "localhost", authenticators: Sequence[Any] = (),
-                  root_namespace: str = "istio-system") -> dict[str, Handler]:
+                  root_namespace: str = "istio-system",
+                  configz_sections: Mapping[str, Any] | None = None) -> dict[str, Handler]:
     registry = getattr(metrics, "registry", None)
     pushes = PushTracker(ads, registry)
     ads.observer = pushes
     if registry is not None:
         ConfigEvents(store, registry)
     views = DebugViews(ads, store, pushes)
+    views.configz_sections.update(configz_sections or {})
     return install(dict(routes or {}), views, DebugAccess(access, authenticators, root_namespace))

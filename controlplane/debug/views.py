@@ -34,6 +34,9 @@ class DebugViews:
         self.pushes = pushes
         self.instance = instance
         self.version = version or meshd_version()
+        # More /debug/configz entries (name -> a function giving them): the mesh config
+        # and the JWT key sets, which come from sources other than the store.
+        self.configz_sections: dict[str, Any] = {}
 
     # --- proxies ------------------------------------------------------------------
     def control_plane(self) -> dict:
@@ -187,6 +190,7 @@ class DebugViews:
                             "reason": r.reason, "message": r.message(),
                             "inForce": r.key in snap.objects if r.key else False} for r in rejections],
             "unsupported": [_unsupported(u) for u in self.store.unsupported()],
+            **{name: section() for name, section in self.configz_sections.items()},
         }
 
     def push_status(self) -> dict:

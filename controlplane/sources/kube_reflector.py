@@ -105,6 +105,8 @@ class Reflector:
         label_selector: str | None = None,
         accept: Callable[[dict], bool] | None = None,
         options: ReflectorOptions | None = None,
+        field_selector: str | None = None,
+        raw: bool = False,
     ):
         self.resource = resource
         self.namespace = namespace
@@ -114,6 +116,10 @@ class Reflector:
         self._stop = stop
         self._label_selector = label_selector or None
         self._accept = accept
+        self._field_selector = field_selector or None
+        # raw: hand on the API object itself (a dict) instead of the parse gate's verdict,
+        # for what is not config of the store (the mesh config's ConfigMap).
+        self._raw = raw
         self._opt = options or ReflectorOptions()
         self._log = log.bind(kind=resource.name, namespace=namespace) if namespace else log.bind(kind=resource.name)
         self.version: str | None = None  # API version watched, once discovered
@@ -203,6 +209,8 @@ class Reflector:
             query: dict[str, Any] = {"_request_timeout": self._opt.request_timeout}
             if self._label_selector:
                 query["label_selector"] = self._label_selector
+            if self._field_selector:
+                query["field_selector"] = self._field_selector
             if self._opt.page_size:
                 query["limit"] = self._opt.page_size
             if cont:
@@ -254,6 +262,8 @@ class Reflector:
         }
         if self._label_selector:
             query["label_selector"] = self._label_selector
+        if self._field_selector:
+            query["field_selector"] = self._field_selector
         started = time.monotonic()
         try:
             resp = self._lister()(**query)
@@ -328,6 +338,8 @@ class Reflector:
             self._log.warning("k8s object without a name ignored")
             return "", None, ""
         loc = self.resource.location(ns, name)
+        if self._raw:
+            return loc, obj, ""
         origin = Origin("kubernetes", loc)
         doc = as_document(obj, api_version, self.resource.name)
         try:

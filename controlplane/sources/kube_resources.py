@@ -108,6 +108,10 @@ RESOURCES: tuple[KubeResource, ...] = (
     _resource(kinds.PEER_AUTHENTICATION, "peerauthentications"),
 )
 SECRETS = _resource(SECRET, "secrets")
+# The mesh config: ConfigMap `istio` of the root namespace (read raw, never through the
+# parse gate or the store: sources/meshconfig.py turns it into a MeshConfig).
+CONFIG_MAP = kinds.Kind("", "ConfigMap", ("v1",))
+MESH_CONFIG_MAP = _resource(CONFIG_MAP, "configmaps", scoped=False)
 
 
 def read_json(resp: Any) -> Any:

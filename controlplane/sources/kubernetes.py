@@ -19,6 +19,11 @@ parse gate's verdict, on the loop and in the same order as the store.
 
 The same rejected content is applied once: a status write or a relist that does not
 change a rejected object does not log (and count) its rejection again.
+
+With `mesh_config`, the source also watches the ConfigMap `istio` of the root namespace
+(whatever --namespaces says) and hands it, as the API server has it (None once it is
+gone), to that callback on the loop; it is not config of the store. Its initial list is
+part of being synced, so the first snapshot has the mesh config.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import structlog
 from kubernetes import client
@@ -35,7 +40,9 @@ from ..config.objects import Rejection
 from ..config.parse import Parsed
 from ..config.store import ConfigStore
 from .kube_reflector import Delete, Operation, Put, Reflector, ReflectorOptions, Sync
-from .kube_resources import RESOURCES, SECRETS, KubeResource, ObjectInfo
+from ..names import ROOT_NAMESPACE
+from .meshconfig import CONFIGMAP_NAME
+from .kube_resources import MESH_CONFIG_MAP, RESOURCES, SECRETS, KubeResource, ObjectInfo
 
 __all__ = ["KubernetesSource", "ObjectObserver", "ReflectorOptions"]
 
@@ -92,6 +99,8 @@ class KubernetesSource:
         watch_secrets: bool = False,
         options: ReflectorOptions | None = None,
         observer: ObjectObserver | None = None,
+        mesh_config: Callable[[dict | None], None] | None = None,
+        mesh_config_namespace: str = ROOT_NAMESPACE,
     ):
         self.api_client = api_client
         self.store = store
@@ -100,6 +109,8 @@ class KubernetesSource:
         self._log = logger or structlog.get_logger("meshd.source.kubernetes")
         self._options = options or ReflectorOptions()
         self.observer = observer
+        self.mesh_config = mesh_config
+        self.mesh_config_namespace = mesh_config_namespace
         self.resources: tuple[KubeResource, ...] = RESOURCES + ((SECRETS,) if watch_secrets else ())
         self._threads_stop = threading.Event()
         self._streams: dict[str, _StreamState] = {}
@@ -188,6 +199,12 @@ class KubernetesSource:
                               label_selector=self.label_selector if res.scoped else None, accept=accept,
                               options=self._options)
                 self._streams[r.stream] = _StreamState(r)
+        if self.mesh_config is not None:
+            r = Reflector(MESH_CONFIG_MAP, self.mesh_config_namespace, self.api_client, emit, self._threads_stop,
+                          self._log, field_selector=f"metadata.name={CONFIGMAP_NAME}", raw=True,
+                          accept=lambda obj: (obj.get("metadata") or {}).get("name") == CONFIGMAP_NAME,
+                          options=self._options)
+            self._streams[r.stream] = _StreamState(r)
         self._log.info("k8s source starting", streams=len(self._streams), namespaces=self.namespaces,
                        labelSelector=self.label_selector)
         self._threads = [
@@ -213,6 +230,9 @@ class KubernetesSource:
     async def _apply(self, op: Operation) -> None:
         state = self._streams.get(op.stream)
         if state is None:
+            return
+        if state.reflector.resource is MESH_CONFIG_MAP:
+            self._apply_mesh_config(state, op)
             return
         stats = self._stats[state.reflector.resource.name]
         if isinstance(op, Sync):
@@ -261,6 +281,21 @@ class KubernetesSource:
             stats.events += 1
             if self.observer is not None and state.reflector.resource.kind.istio:
                 self._notify(self.observer.deleted, op.stream, state.reflector.resource, op.location)
+
+    def _apply_mesh_config(self, state: _StreamState, op: Operation) -> None:
+        if isinstance(op, Sync):
+            obj = next(iter(op.objects.values()), None)
+            state.locations = set(op.objects)
+        elif isinstance(op, Put):
+            obj = op.parsed
+            state.locations.add(op.location)
+        else:
+            obj = None
+            state.locations.discard(op.location)
+        self._notify(self.mesh_config, obj)
+        if isinstance(op, Sync) and not state.synced:
+            state.synced = True
+            self._check_synced()
 
     def _notify(self, fn, *args) -> None:
         try:

@@ -79,7 +79,11 @@ def uses(api: FakeApiServer) -> set[Use]:
             continue  # discovery: allowed to every authenticated user (system:discovery)
         group, plural, sub, name = res
         if r.verb in ("list", "watch", "create"):
-            name = None  # collections: no object name
+            # Collections have no object name, unless a list/watch selects one by
+            # fieldSelector metadata.name: the API server authorizes that against resourceNames.
+            selected = r.query.get("fieldSelector", "")
+            name = selected[len("metadata.name="):] if r.verb != "create" and selected.startswith("metadata.name=") \
+                and "," not in selected else None
         out.add(Use(r.namespace, group, f"{plural}/{sub}" if sub else plural, r.verb, name))
     return out
 

@@ -128,8 +128,13 @@ def test_rbac_is_least_privilege(docs):
         {"list", "watch"} if watch_secrets else set())
     assert {(g.verb, g.namespace) for g in grants if g.resource == "secrets" and g.verb not in ("list", "watch")} == {
         ("create", NS), ("get", NS)}
-    # ConfigMaps: read and written only under the root certificate's name
-    assert all(g.names == {"istio-ca-root-cert"} for g in grants if g.resource == "configmaps" and g.verb != "create")
+    # ConfigMaps: read and written only under the root certificate's name; the mesh config
+    # (ConfigMap istio) read and watched in meshd's namespace only
+    assert all(g.names == {"istio-ca-root-cert"} for g in grants
+               if g.resource == "configmaps" and g.verb not in ("create", "list", "watch"))
+    assert {(g.verb, g.namespace, frozenset(g.names)) for g in grants
+            if g.resource == "configmaps" and g.verb in ("list", "watch")} == {
+        ("list", NS, frozenset({"istio"})), ("watch", NS, frozenset({"istio"}))}
     # Istio objects: read, and only their status written
     writes = {(g.resource, g.verb) for g in grants if g.group.endswith("istio.io") and g.verb not in ("list", "watch")}
     assert writes == {(f"{p}/status", "patch") for p in ("gateways", "virtualservices", "destinationrules",

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.server
 import json
-import threading
 import time
 
 import pytest
@@ -17,48 +15,12 @@ from structlog.testing import capture_logs
 from controlplane.generators.authn import UNAVAILABLE_JWKS, local_jwks
 from controlplane.model.request_authentication import JwtRule, KeySetNeed, KeySetRef
 from controlplane.sources.jwks import JwksSource
-from tests.jwt_support import Issuer
-
-
-class Server:
-    """path -> (status, body); `/hang` never answers until the server stops."""
-
-    def __init__(self):
-        self.routes: dict[str, tuple[int, str]] = {}
-        self.hits: dict[str, int] = {}
-        self._release = threading.Event()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                server.hits[self.path] = server.hits.get(self.path, 0) + 1
-                if self.path == "/hang":
-                    server._release.wait(10)
-                    return
-                status, body = server.routes.get(self.path, (404, "not found"))
-                data = body.encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self._release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+from tests.jwt_support import Issuer, KeyServer
 
 
 @pytest.fixture
 def server():
-    s = Server()
+    s = KeyServer()
     yield s
     s.close()
 
