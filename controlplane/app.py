@@ -38,6 +38,7 @@ from .model.request_authentication import EMPTY_JWKS, KIND as REQUEST_AUTHENTICA
 from . import gcpolicy, names
 from .ports import ServePort, StartupError, bind_error, check_free
 from .security.plane import DEFAULT_KEY_TYPE, SecurityOptions, SecurityPlane
+from .security.policy_report import PolicyReport
 from .server.ads import AdsServer
 from .server import grpc_server
 from .server.grpc_server import start_secure_xds_server, start_xds_server
@@ -143,6 +144,8 @@ class MeshBuilder:
         self.mesh_config = dataclasses.replace(DEFAULT_MESH_CONFIG, root_namespace=root_namespace)
         self.jwks = EMPTY_JWKS
         self.key_sets = None  # the JwksSource to tell which key sets are needed
+        # Told of each new snapshot (e.g. the report of policies not enforced as written).
+        self.observers: list = []
         store.subscribe(self._on_change)
 
     def set_mesh_config(self, mesh_config) -> None:
@@ -186,6 +189,8 @@ class MeshBuilder:
         self.mesh = mesh
         if self.key_sets is not None:
             self.key_sets.want(key_sets_needed(snap.of_kind(REQUEST_AUTHENTICATION)))
+        for observe in self.observers:
+            observe(mesh)
         built = time.perf_counter()
         queued = self.ads.update(mesh, reason=reason)
         self.pushes += 1
@@ -340,14 +345,17 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         mesh_source.load_file(opts.mesh_config_file)  # MeshConfigSourceError: meshd does not start
     key_sets = JwksSource(refresh_interval=opts.jwks_refresh_interval, registry=metrics.registry)
     debug_routes["/debug/jwksz"] = _json_view(key_sets.status)
+    policy_report = PolicyReport(metrics.registry)
     debug_routes = operator_view(ads, store, metrics, debug_routes, access=opts.debug_access,
-                                 configz_sections={"meshConfig": mesh_source.status, "jwks": key_sets.status},
+                                 configz_sections={"meshConfig": mesh_source.status, "jwks": key_sets.status,
+                                                   "policyProblems": policy_report.status},
                                  # /debug checks tokens synchronously: not with TokenReview (it awaits I/O)
                                  authenticators=[a for a in authenticators or () if not getattr(a, "awaits_io", False)],
                                  root_namespace=opts.root_namespace)
     builder = MeshBuilder(store, ads, opts.debounce_after, opts.root_namespace, debounce_max=opts.debounce_max)
     builder.mesh_config, builder.key_sets = mesh_source.current, key_sets
     mesh_source.on_change, key_sets.on_change = builder.set_mesh_config, builder.set_jwks
+    builder.observers.append(policy_report.update)
     source = DirectorySource(opts.config_dir, store, interval=opts.poll_interval) if opts.config_dir else None
     if source is not None:
         if opts.state_dir is not None:  # an invalid file at start gets its last good objects back
