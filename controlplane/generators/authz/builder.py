@@ -269,7 +269,7 @@ def problems(policies: WorkloadPolicies | Iterable[AuthzPolicy], mesh_config: Me
         for w in p.warnings:
             add(*_split(w), severity=WARNING)
         for ref in p.target_refs:
-            if ref.kind == "Service" and not ref.group:
+            if ref.kind == "Service" and ref.group in ("", "core"):
                 add("spec.targetRef", f"targetRef Service {ref.name!r} binds only to waypoint proxies (ambient), "
                     "which meshd does not run: the policy applies to no workload", WARNING)
             elif ref.kind == "Gateway" and ref.group != GATEWAY_API_GROUP:
