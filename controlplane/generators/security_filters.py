@@ -49,7 +49,9 @@ def for_proxy(mesh: MeshSnapshot, proxy: Proxy, *, is_gateway: bool) -> ProxySec
     # which read what the JWT filters verified.
     http = authz_builder.custom_http_filters(wp, mesh.mesh_config, services=mesh.services)
     if mesh.request_authentications:
-        http += authn.http_filters(mesh.jwt_rules_for(proxy), mesh.jwks_view())
+        # RBAC reads the verified payload from jwt_authn's own metadata (as istiod's does):
+        # the istio_authn emulation is not needed on the proxies meshd configures.
+        http += authn.http_filters(mesh.jwt_rules_for(proxy), mesh.jwks_view(), istio_authn_metadata=False)
     http += authz_builder.rbac_http_filters(wp, mesh.mesh_config)
     network = authz_builder.network_filters(wp, mesh.mesh_config, is_gateway=is_gateway, services=mesh.services)
     return ProxySecurity(tuple(http), tuple(network))
