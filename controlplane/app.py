@@ -254,6 +254,7 @@ async def _listening(host: str, port: ServePort, starting):
     try:
         return await starting
     except (RuntimeError, OSError) as e:
+        check_free(host, [port])  # the server library's error names no reason: ask the port
         raise StartupError(bind_error(host, port, e)) from None
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -110,9 +111,13 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
 
 
 @contextlib.contextmanager
-def meshd(config_dir: Path | None, workdir: Path, extra: list[str] | None = None) -> Iterator["MeshdHandle"]:
+def meshd(config_dir: Path | None, workdir: Path, extra: list[str] | None = None,
+          home: Path | None = None, fresh_ca_dir: bool = True) -> Iterator["MeshdHandle"]:
     """meshd serve on free ports. Unless `extra` says otherwise, the secure xDS port is a
-    free one too and the CA lives in a fresh directory under `workdir` (never ~/.meshd)."""
+    free one too and the CA lives in a fresh directory under `workdir` (`fresh_ca_dir`
+    False: no --ca-dir, meshd's default). Its state directory ($MESHD_HOME: the last
+    good config, the file-mode CA) is `home`, else a fresh one under `workdir` (never
+    ~/.meshd); a restart that should find its state passes `handle.env`."""
     extra = list(extra or [])
     xds, mon = free_port("127.0.0.1"), free_port("127.0.0.1")
     while mon == xds:  # free_port may hand out the port it just released
@@ -122,7 +127,7 @@ def meshd(config_dir: Path | None, workdir: Path, extra: list[str] | None = None
         while secure in (xds, mon):
             secure = free_port("127.0.0.1")
         extra += ["--secure-xds-port", str(secure)]
-    if "--ca-dir" not in extra:
+    if "--ca-dir" not in extra and fresh_ca_dir:
         extra += ["--ca-dir", str(workdir / f"meshd-ca-{xds}")]
     argv = [
         sys.executable, "-m", "controlplane", "serve",
@@ -132,10 +137,11 @@ def meshd(config_dir: Path | None, workdir: Path, extra: list[str] | None = None
         "--listen-address", "127.0.0.1",
         *extra,
     ]
-    p = Process("meshd", argv, workdir / f"meshd-{xds}.log", env={**os.environ, "PYTHONPATH": str(REPO)})
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MESHD_HOME": str(home or workdir / f"meshd-home-{xds}")}
+    p = Process("meshd", argv, workdir / f"meshd-{xds}.log", env=env)
     try:
         handle = MeshdHandle(p, xds, mon, secure_port=int(_flag_value(argv, "--secure-xds-port") or 0),
-                             ca_dir=Path(_flag_value(argv, "--ca-dir") or ""))
+                             ca_dir=Path(_flag_value(argv, "--ca-dir") or ""), env=env)
         wait_for(lambda: handle.ready() or not p.alive(), 30, what="meshd /ready")
         assert p.alive(), f"meshd exited:\n{p.log()}"
         yield handle
@@ -145,8 +151,9 @@ def meshd(config_dir: Path | None, workdir: Path, extra: list[str] | None = None
 
 class MeshdHandle:
     def __init__(self, process: Process, xds_port: int, monitoring_port: int, *, secure_port: int = 0,
-                 ca_dir: Path | None = None):
+                 ca_dir: Path | None = None, env: dict | None = None):
         self.process = process
+        self.env = env  # the process's environment (MESHD_HOME): what a restart needs too
         self.xds_port = xds_port
         self.monitoring_port = monitoring_port
         self.secure_port = secure_port  # TLS + bearer token (0: disabled)
@@ -177,6 +184,44 @@ class MeshdHandle:
 
     def log(self) -> str:
         return self.process.log()
+
+
+@dataclass(frozen=True)
+class KubeCluster:
+    """A running test cluster: a real etcd and kube-apiserver, nothing else (../shared/k8s/README.md)."""
+
+    state: Path
+    kubeconfig: Path
+    server: str
+
+    def api_client(self):
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+
+@contextlib.contextmanager
+def kube_apiserver(workdir: Path) -> Iterator[KubeCluster]:
+    """../shared/k8s's real kube-apiserver and etcd on free loopback ports, with the state
+    under `workdir`; stopped (`down --rm`) however the test ends, also when `up` failed
+    half way."""
+    up, down = shared("k8s", "up"), shared("k8s", "down")
+    state = workdir / "k8s"
+    ports: list[int] = []
+    while len(ports) < 3:
+        p = free_port("127.0.0.1")
+        if p not in ports:
+            ports.append(p)
+    try:
+        cp = subprocess.run([sys.executable, str(up), str(state), "--port", str(ports[0]), "--etcd-port", str(ports[1]),
+                             "--etcd-peer-port", str(ports[2]), "--bind-address", "127.0.0.1", "--fresh"],
+                            capture_output=True, text=True, timeout=180)
+        if cp.returncode != 0:
+            raise AssertionError(f"k8s/up failed ({cp.returncode}):\n{cp.stderr[-4000:]}")
+        info = json.loads((state / "up.json").read_text())
+        yield KubeCluster(state, Path(info["kubeconfig"]), info["server"])
+    finally:
+        subprocess.run([sys.executable, str(down), str(state), "--rm"], capture_output=True, timeout=60)
 
 
 def envoy_binary() -> str:
@@ -240,6 +285,69 @@ class EnvoyHandle:
 
     def rejected_counters(self) -> dict[str, int]:
         return {k: v for k, v in self.stats("update_rejected").items()}
+
+    def xds_versions(self) -> dict[str, str]:
+        """The version_info of each xDS type and of each listener, cluster and route
+        configuration Envoy holds (from /config_dump)."""
+        dump = json.loads(self.admin("/config_dump"))
+        out = {}
+        for c in dump["configs"]:
+            t = c["@type"].rsplit(".", 1)[-1]
+            if "version_info" in c:
+                out[t] = c["version_info"]
+            for key in ("dynamic_listeners", "dynamic_active_clusters", "dynamic_route_configs"):
+                for item in c.get(key, []):
+                    state = item.get("active_state", item)
+                    name = (item.get("name") or state.get("cluster", {}).get("name")
+                            or state.get("route_config", {}).get("name"))
+                    out[f"{t}/{name}"] = state.get("version_info", item.get("version_info"))
+        return out
+
+    def config_changes(self) -> dict[str, int]:
+        """How often Envoy added, modified or removed a listener or cluster so far."""
+        keep = ("listener_manager.listener_added", "listener_manager.listener_modified",
+                "listener_manager.listener_removed", "cluster_manager.cluster_added",
+                "cluster_manager.cluster_modified", "cluster_manager.cluster_removed")
+        s = self.stats("listener_manager") | self.stats("cluster_manager")
+        return {k: s.get(k, 0) for k in keep}
+
+
+class Traffic:
+    """GETs of `path` with Host `host` through 127.0.0.1:port in a loop on a background
+    thread (bounded: it stops with the context), counting failures: anything but a 200
+    whose body starts with `expect`."""
+
+    def __init__(self, port: int, host: str, expect: bytes, path: str = "/api/catalog"):
+        self.port, self.host, self.expect, self.path = port, host, expect, path
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            try:
+                conn.request("GET", self.path, headers={"Host": self.host})
+                r = conn.getresponse()
+                body = r.read()
+                if r.status == 200 and body.startswith(self.expect):
+                    self.ok += 1
+                else:
+                    self.failures.append(f"{r.status} {body[:80]!r}")
+            except OSError as e:
+                self.failures.append(repr(e))
+            finally:
+                conn.close()
+            time.sleep(0.01)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -236,7 +236,9 @@ class LastGood:
         if not pending:
             return
         try:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.dir.parent.parent.mkdir(parents=True, exist_ok=True)  # $MESHD_HOME
+            for d in (self.dir.parent, self.dir):  # ours: private (copies may hold Secrets)
+                d.mkdir(mode=0o700, exist_ok=True)
         except OSError as e:
             self._log.warning("last good copies not written", dir=str(self.dir), error=str(e))
             return

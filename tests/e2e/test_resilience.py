@@ -8,12 +8,10 @@
 """
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -21,48 +19,12 @@ import pytest
 import yaml
 
 from tests.e2e.test_gateway_ingress import HOST, backends_yaml, gateway_yaml, one_subset, vs_yaml, write
-from tests.harness import REPO, Process, envoy, free_port, http_backend, http_get, meshd, shared, wait_for
+from tests.harness import Process, Traffic, envoy, free_port, http_backend, http_get, meshd, shared, wait_for
 
 pytestmark = pytest.mark.e2e
 
 CORPUS = ("corpus", "istio", "pkg", "config", "validation", "testdata", "crds")
 SERVED = {"destinationrule", "peerauth"}
-
-
-class Traffic:
-    """GETs through the gateway in a loop on a background thread, counting failures."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self.ok = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-            try:
-                conn.request("GET", "/api/catalog", headers={"Host": HOST})
-                r = conn.getresponse()
-                body = r.read()
-                if r.status == 200 and body.startswith(b"webapp-v1"):
-                    self.ok += 1
-                else:
-                    self.failures.append(f"{r.status} {body[:80]!r}")
-            except OSError as e:
-                self.failures.append(repr(e))
-            finally:
-                conn.close()
-            time.sleep(0.01)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(10)
 
 
 def _setup(tmp_path: Path):
@@ -91,21 +53,6 @@ def _events(log: str, name: str) -> list[dict]:
                 continue
             if ev.get("event") == name:
                 out.append(ev)
-    return out
-
-
-def _versions(gw) -> dict[str, str]:
-    dump = json.loads(gw.admin("/config_dump"))
-    out = {}
-    for c in dump["configs"]:
-        t = c["@type"].rsplit(".", 1)[-1]
-        if "version_info" in c:
-            out[t] = c["version_info"]
-        for key in ("dynamic_listeners", "dynamic_active_clusters", "dynamic_route_configs"):
-            for item in c.get(key, []):
-                state = item.get("active_state", item)
-                out[f"{t}/{item.get('name') or state.get('cluster', {}).get('name') or state.get('route_config', {}).get('name')}"] = \
-                    state.get("version_info", item.get("version_info"))
     return out
 
 
@@ -138,10 +85,10 @@ def test_bad_input_never_reaches_envoy(tmp_path: Path):
     with http_backend("127.0.0.2", backend_port, b"webapp-v1"), http_backend("127.0.0.3", backend_port, b"webapp-v2"), \
             meshd(cfg, tmp_path, extra=["--log-format", "json"]) as cp, envoy(tmp_path, _gateway_args(cp.xds_port)) as gw:
         wait_for(lambda: http_get("127.0.0.1", gw_port, "/api/catalog", {"Host": HOST})[0] == 200, 15, what="first 200")
-        versions = _versions(gw)
+        versions = gw.xds_versions()
         expected_rejected: dict[str, str | None] = {}  # file -> field prefix (None: any)
         expected_unsupported: set[str] = set()
-        with Traffic(gw_port) as traffic:
+        with Traffic(gw_port, HOST, b"webapp-v1") as traffic:
             # Istio's own invalid corpus, one document per file
             for path in sorted(shared(*CORPUS).glob("*-invalid.yaml")):
                 kind = path.name.removesuffix("-invalid.yaml")
@@ -187,7 +134,7 @@ def test_bad_input_never_reaches_envoy(tmp_path: Path):
         assert traffic.ok > 50
         assert "meshd_config_rejections_total" in cp.metrics()
         # Envoy still holds exactly the last good configuration and rejected nothing
-        assert _versions(gw) == versions
+        assert gw.xds_versions() == versions
         assert {k: v for k, v in gw.rejected_counters().items() if v} == {}
         assert gw.stats("control_plane.connected_state") == {"control_plane.connected_state": 1}
 
@@ -197,13 +144,6 @@ def test_bad_input_never_reaches_envoy(tmp_path: Path):
         wait_for(lambda: http_get("127.0.0.1", gw_port, "/api/catalog", {"Host": HOST})[1].startswith(b"webapp-v2"),
                  5, what="fix applied")
         assert {k: v for k, v in gw.rejected_counters().items() if v} == {}
-
-
-def _stats_of_change(gw) -> dict[str, int]:
-    keep = ("listener_manager.listener_added", "listener_manager.listener_modified", "listener_manager.listener_removed",
-            "cluster_manager.cluster_added", "cluster_manager.cluster_modified", "cluster_manager.cluster_removed")
-    s = gw.stats("listener_manager") | gw.stats("cluster_manager")
-    return {k: s.get(k, 0) for k in keep}
 
 
 @pytest.mark.parametrize("sig,transport", [(signal.SIGKILL, "sotw"), (signal.SIGTERM, "sotw"), (signal.SIGKILL, "delta")],
@@ -218,11 +158,11 @@ def test_restart_loses_nothing(tmp_path: Path, sig: int, transport: str):
         wait_for(lambda: http_get("127.0.0.1", gw_port, "/api/catalog", {"Host": HOST})[0] == 200, 15, what="first 200")
         wait_for(lambda: gw.stats("control_plane.connected_state") == {"control_plane.connected_state": 1}, 5)
         time.sleep(0.5)
-        versions, changes = _versions(gw), _stats_of_change(gw)
+        versions, changes = gw.xds_versions(), gw.config_changes()
         argv, first = cp.process.argv, cp.process
         second = None
         try:
-            with Traffic(gw_port) as traffic:
+            with Traffic(gw_port, HOST, b"webapp-v1") as traffic:
                 time.sleep(0.5)
                 t0 = time.monotonic()
                 first.stop(sig)
@@ -237,8 +177,7 @@ def test_restart_loses_nothing(tmp_path: Path, sig: int, transport: str):
                 wait_for(lambda: gw.stats("control_plane.connected_state") == {"control_plane.connected_state": 0},
                          10, what="envoy notices the control plane is gone")
                 time.sleep(1.0)  # envoy serves on without a control plane
-                second = Process("meshd", argv, tmp_path / "meshd-restarted.log",
-                                 env={**os.environ, "PYTHONPATH": str(REPO)})
+                second = Process("meshd", argv, tmp_path / "meshd-restarted.log", env=cp.env)
                 wait_for(lambda: cp.ready() or not second.alive(), 30, what="restarted meshd /ready")
                 assert second.alive(), second.log()
                 wait_for(lambda: gw.stats("control_plane.connected_state") == {"control_plane.connected_state": 1},
@@ -258,8 +197,8 @@ def test_restart_loses_nothing(tmp_path: Path, sig: int, transport: str):
             assert traffic.failures == [], traffic.failures[:5]
             assert traffic.ok > 100
             # content-derived versions: the same versions again, and Envoy changed nothing
-            assert _versions(gw) == versions
-            assert _stats_of_change(gw) == changes
+            assert gw.xds_versions() == versions
+            assert gw.config_changes() == changes
             assert {k: v for k, v in gw.rejected_counters().items() if v} == {}
         finally:
             if second is not None:
