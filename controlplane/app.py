@@ -69,7 +69,7 @@ class ServeOptions:
     # passes one (default ~/.meshd/ca, see security/cadir.py).
     ca_dir: Path | None = None
     # ca_dir is the default, not named by the operator: Kubernetes mode then keeps the CA
-    # in the cluster and never reads it (security/kube_ca.py, docs/kubernetes-ca.md).
+    # in the cluster and never reads it (security/kube_ca.py, docs/kubernetes.md).
     ca_dir_default: bool = False
     # meshd's state directory ($MESHD_HOME, docs/state.md): the last good version of each
     # config object survives restarts there. None (in-process tests): kept in memory only.

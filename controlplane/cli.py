@@ -281,7 +281,7 @@ def parser() -> argparse.ArgumentParser:
                                     "watched for `meshd ca rotate-root`; the trust bundle is <ca-dir>/trust-bundle.pem. "
                                     "With --kubeconfig/--in-cluster the CA lives in the cluster (Secret cacerts or "
                                     "istio-ca-secret) and no default directory is read; a --ca-dir holding a CA is "
-                                    "offered to the cluster as its plug-in CA (docs/kubernetes-ca.md)")
+                                    "offered to the cluster as its plug-in CA (docs/kubernetes.md)")
     s.add_argument("--trust-domain", default=names.TRUST_DOMAIN, help="SPIFFE trust domain (default %(default)s)")
     s.add_argument("--kubeconfig", help="follow a Kubernetes cluster through this kubeconfig")
     s.add_argument("--in-cluster", action="store_true", help="follow the cluster meshd runs in (service account)")

@@ -30,7 +30,7 @@ trust both roots, sign with the new one, drop the old root when no certificate n
 Because other replicas issued certificates this replica has no ledger entry for, the
 old signer is recorded as having issued until now + the workload certificate lifetime.
 
-Which directories (docs/kubernetes-ca.md): the mirror is the operator's `--ca-dir` when
+Which directories (docs/kubernetes.md): the mirror is the operator's `--ca-dir` when
 it is empty or already a mirror (it has the `.kubernetes` marker); otherwise it is
 meshd's own, `$MESHD_HOME/kubernetes/<server>-<namespace>/ca` (`cluster_ca_dirs`). The
 CA of file mode (`~/.meshd/ca`) is never read in Kubernetes mode. A `--ca-dir` that holds
@@ -371,7 +371,7 @@ class KubeCAStore:
             # cluster_ca_dirs never makes a directory with a CA of its own the mirror: a
             # caller that does gets an error, not a CA silently replaced.
             raise CAStateError(f"{d} holds a CA that did not come from the cluster: it is not overwritten "
-                               f"(offer it with --ca-dir, see docs/kubernetes-ca.md)")
+                               f"(offer it with --ca-dir, see docs/kubernetes.md)")
         old = None
         if holds_ca:
             try:
