@@ -81,6 +81,8 @@ def _get(url: str, timeout: float) -> bytes:
         raise FetchError(f"GET {url}: HTTP {e.code}" + (f": {detail}" if detail else "")) from None
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError):  # the socket's deadline, the same as the caller's
+            raise FetchError(f"GET {url}: no answer within {timeout:g}s") from None
         raise FetchError(f"GET {url}: {reason}") from None
     if len(body) > MAX_BODY:
         raise FetchError(f"GET {url}: answer larger than {MAX_BODY} bytes")

@@ -166,8 +166,8 @@ def test_a_server_that_never_answers_times_out_without_blocking_the_loop(server)
         t.cancel()
         row = src.status()["keySets"][0]
         assert row["state"] == "unavailable" and "no answer within 0.5s" in row["lastError"]
-        assert elapsed < 2.0
-        assert ticks >= 20  # the loop kept running while the fetch waited
+        assert elapsed < 5.0  # the deadline ended it (the server would hold it for 10 s)
+        assert ticks >= 5  # the loop kept running while the fetch waited (blocked: 1 tick)
         src.close()
 
     run(main())
