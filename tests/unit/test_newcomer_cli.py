@@ -297,3 +297,32 @@ def test_bootstrap_on_stdout_is_json():
     cp = meshd_cli("bootstrap")
     assert cp.returncode == 0
     assert json.loads(cp.stdout)["node"]["id"].startswith("router~")
+
+
+# --- 11. the README ----------------------------------------------------------------------------
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings (outside code blocks)."""
+    out, in_code = set(), False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and (m := re.match(r"^#+ (.*)", line)):
+            out.add(re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-"))
+    return out
+
+
+def test_readme_starts_with_the_two_commands_and_every_link_resolves():
+    readme = REPO / "README.md"
+    blocks = re.findall(r"^```sh\n(.*?)\n```", readme.read_text(), re.M | re.S)
+    assert blocks[:2] == ["pip install -e . && meshd serve", "pip install -e '.[test]' && python -m pytest"]
+    docs = sorted((REPO / "docs").glob("*.md"))
+    for page in [readme, REPO / "bench" / "README.md", *docs]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith("http"):
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path) if path else page
+            assert dest.exists(), (page.name, target)
+            if anchor and dest.suffix == ".md":
+                assert anchor in _anchors(dest), (page.name, target)
