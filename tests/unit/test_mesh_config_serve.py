@@ -8,8 +8,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.harness import REPO, http_get, meshd, wait_for
 from tests.jwt_support import Issuer, KeyServer
+
+pytestmark = pytest.mark.e2e  # meshd as a process
 
 MESH = """
 defaultConfig: {discoveryAddress: istiod.istio-system.svc:15012}
