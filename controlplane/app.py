@@ -263,6 +263,27 @@ async def _set_when(stop: asyncio.Event, halt: threading.Event) -> None:
     halt.set()
 
 
+async def _unless_stopped(stop: asyncio.Event, step) -> bool:
+    """Await a start-up step unless `stop` (a signal) comes first, which cancels it: no
+    step keeps a stopping meshd waiting. Whether the step completed."""
+    task, stopped = asyncio.ensure_future(step), asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled() or not task.done():
+        return False
+    task.result()  # its exception, if it failed
+    return True
+
+
+async def _initial_lists(k8s) -> None:
+    while not await k8s.wait_synced(5):
+        log.info("waiting for the initial kubernetes lists")
+
+
 def _json_view(view):
     """A /debug handler answering `view()` as JSON."""
     import json
@@ -377,7 +398,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
             mesh_config_namespace=opts.root_namespace,
         )
     else:
-        await key_sets.prime(key_sets_needed(store.snapshot().of_kind(REQUEST_AUTHENTICATION)))
+        await _unless_stopped(stop, key_sets.prime(key_sets_needed(store.snapshot().of_kind(REQUEST_AUTHENTICATION))))
         builder.rebuild(reason="initial load")
         mesh_source.pin_root_namespace()
 
@@ -414,16 +435,12 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
             # Service, a workload before its STRICT policy) must never reach a proxy.
             tasks.append(asyncio.create_task(k8s.run(stop)))
             member_task = asyncio.create_task(member.run(stop), name="meshd-cluster")
-            synced, stopped = asyncio.ensure_future(k8s.wait_synced()), asyncio.ensure_future(stop.wait())
-            while not (await asyncio.wait({synced, stopped}, timeout=5, return_when=asyncio.FIRST_COMPLETED))[0]:
-                log.info("waiting for the initial kubernetes lists")
-            synced.cancel()
-            stopped.cancel()
-            if mesh_source.error and mesh_source.origin == "defaults":  # the ConfigMap was never valid
-                raise MeshConfigSourceError(f"ConfigMap {opts.root_namespace}/istio", "", mesh_source.error)
-            await key_sets.prime(key_sets_needed(store.snapshot().of_kind(REQUEST_AUTHENTICATION)))
-            builder.rebuild(reason="initial kubernetes sync")
-            mesh_source.pin_root_namespace()
+            if await _unless_stopped(stop, _initial_lists(k8s)):
+                if mesh_source.error and mesh_source.origin == "defaults":  # the ConfigMap was never valid
+                    raise MeshConfigSourceError(f"ConfigMap {opts.root_namespace}/istio", "", mesh_source.error)
+                await _unless_stopped(stop, key_sets.prime(key_sets_needed(store.snapshot().of_kind(REQUEST_AUTHENTICATION))))
+                builder.rebuild(reason="initial kubernetes sync")
+                mesh_source.pin_root_namespace()
         tasks.append(asyncio.create_task(builder.run(stop)))
         tasks.append(asyncio.create_task(key_sets.run(stop)))
         if opts.mesh_config_file:
