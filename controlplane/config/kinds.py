@@ -73,6 +73,33 @@ SECURITY_GROUPS = frozenset({ISTIO_SECURITY, "rbac.istio.io", "authentication.is
 # Cluster-scoped kinds among the unsupported ones (the rest are namespaced).
 CLUSTER_SCOPED_UNSERVED = frozenset({("gateway.networking.k8s.io", "GatewayClass")})
 
+_GW = "gateway.networking.k8s.io"
+_GW_VERSIONS = ("v1", "v1beta1", "v1alpha3", "v1alpha2")
+# The unsupported kinds the Kubernetes source lists and watches (when their CRDs are
+# installed) so that objects applied with kubectl are reported like those of files:
+# (kind, plural). Istio's from ISTIO_UNSUPPORTED, and the Gateway API's standard and
+# experimental channel kinds.
+WATCHED_UNSUPPORTED: tuple[tuple[Kind, str], ...] = (
+    (Kind(ISTIO_NETWORKING, "ServiceEntry", ISTIO_VERSIONS), "serviceentries"),
+    (Kind(ISTIO_NETWORKING, "Sidecar", ISTIO_VERSIONS), "sidecars"),
+    (Kind(ISTIO_NETWORKING, "WorkloadEntry", ISTIO_VERSIONS), "workloadentries"),
+    (Kind(ISTIO_NETWORKING, "WorkloadGroup", ISTIO_VERSIONS), "workloadgroups"),
+    (Kind(ISTIO_NETWORKING, "EnvoyFilter", ("v1alpha3",)), "envoyfilters"),
+    (Kind(ISTIO_NETWORKING, "ProxyConfig", ("v1beta1",)), "proxyconfigs"),
+    (Kind("telemetry.istio.io", "Telemetry", ("v1", "v1alpha1")), "telemetries"),
+    (Kind("extensions.istio.io", "WasmPlugin", ("v1alpha1",)), "wasmplugins"),
+    (Kind(_GW, "GatewayClass", _GW_VERSIONS, namespaced=False), "gatewayclasses"),
+    (Kind(_GW, "Gateway", _GW_VERSIONS), "gateways"),
+    (Kind(_GW, "HTTPRoute", _GW_VERSIONS), "httproutes"),
+    (Kind(_GW, "GRPCRoute", _GW_VERSIONS), "grpcroutes"),
+    (Kind(_GW, "TCPRoute", _GW_VERSIONS), "tcproutes"),
+    (Kind(_GW, "TLSRoute", _GW_VERSIONS), "tlsroutes"),
+    (Kind(_GW, "UDPRoute", _GW_VERSIONS), "udproutes"),
+    (Kind(_GW, "ReferenceGrant", _GW_VERSIONS), "referencegrants"),
+    (Kind(_GW, "BackendTLSPolicy", _GW_VERSIONS), "backendtlspolicies"),
+    (Kind(_GW, "ListenerSet", _GW_VERSIONS), "listenersets"),
+)
+
 
 def split_api_version(api_version: str) -> tuple[str, str]:
     """`networking.istio.io/v1` -> (group, version); core `v1` -> ("", "v1")."""

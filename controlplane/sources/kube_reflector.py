@@ -110,7 +110,7 @@ class Reflector:
     ):
         self.resource = resource
         self.namespace = namespace
-        self.stream = f"{resource.name}/{namespace}" if namespace else resource.name
+        self.stream = f"{resource.ident}/{namespace}" if namespace else resource.ident
         self._api = api
         self._emit = emit
         self._stop = stop
@@ -121,7 +121,7 @@ class Reflector:
         # for what is not config of the store (the mesh config's ConfigMap).
         self._raw = raw
         self._opt = options or ReflectorOptions()
-        self._log = log.bind(kind=resource.name, namespace=namespace) if namespace else log.bind(kind=resource.name)
+        self._log = log.bind(kind=resource.ident, namespace=namespace) if namespace else log.bind(kind=resource.ident)
         self.version: str | None = None  # API version watched, once discovered
         self.resource_version: str | None = None  # None: list before watching
         self._relist_reason = "initial"
@@ -187,8 +187,8 @@ class Reflector:
         if version is None:
             # Not installed: an empty set is the truth for now (and counts as synced);
             # look again later, the CRD may be installed after meshd starts.
-            self._log.warning("k8s kind not served", group=self.resource.group,
-                              retry_in=self._opt.rediscover_interval)
+            report = self._log.debug if self.resource.optional else self._log.warning
+            report("k8s kind not served", group=self.resource.group, retry_in=self._opt.rediscover_interval)
             self._emit(Sync(self.stream, {}, "kind not served", ""))
             self._sleep(self._opt.rediscover_interval)
             return False

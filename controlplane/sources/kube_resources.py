@@ -38,6 +38,9 @@ class KubeResource:
     # they are where pods run, not configuration, and a pod's Node is needed whatever it
     # is labelled.
     scoped: bool = True
+    # Watched only to report its objects (a kind meshd does not serve): a cluster without
+    # its CRD is the common case, not worth a warning.
+    optional: bool = False
 
     @property
     def group(self) -> str:
@@ -48,9 +51,15 @@ class KubeResource:
         return self.kind.kind
 
     @property
+    def ident(self) -> str:
+        """The name of its watch streams and stats: the kind, qualified by its group when
+        only reported (the Gateway API has a Gateway too)."""
+        return f"{self.name}.{self.group}" if self.optional else self.name
+
+    @property
     def needs_discovery(self) -> bool:
         # CRDs may be installed at any subset of versions; built-in kinds are fixed.
-        return self.kind.istio
+        return kinds.is_mesh_group(self.group)
 
     def api_version(self, version: str) -> str:
         return f"{self.group}/{version}" if self.group else version
@@ -106,7 +115,9 @@ RESOURCES: tuple[KubeResource, ...] = (
     _resource(kinds.VIRTUAL_SERVICE, "virtualservices"),
     _resource(kinds.DESTINATION_RULE, "destinationrules"),
     _resource(kinds.PEER_AUTHENTICATION, "peerauthentications"),
-)
+    _resource(kinds.AUTHORIZATION_POLICY, "authorizationpolicies"),
+    _resource(kinds.REQUEST_AUTHENTICATION, "requestauthentications"),
+) + tuple(KubeResource(kind, plural, optional=True) for kind, plural in kinds.WATCHED_UNSUPPORTED)
 SECRETS = _resource(SECRET, "secrets")
 # The mesh config: ConfigMap `istio` of the root namespace (read raw, never through the
 # parse gate or the store: sources/meshconfig.py turns it into a MeshConfig).

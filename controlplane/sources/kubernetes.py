@@ -116,7 +116,7 @@ class KubernetesSource:
         self._streams: dict[str, _StreamState] = {}
         self._threads: list[threading.Thread] = []
         self._synced = asyncio.Event()
-        self._stats: dict[str, KindStats] = {r.name: KindStats() for r in self.resources}
+        self._stats: dict[str, KindStats] = {r.ident: KindStats() for r in self.resources}
 
     # --- state for /ready and metrics ---------------------------------------------
     @property
@@ -234,7 +234,7 @@ class KubernetesSource:
         if state.reflector.resource is MESH_CONFIG_MAP:
             self._apply_mesh_config(state, op)
             return
-        stats = self._stats[state.reflector.resource.name]
+        stats = self._stats[state.reflector.resource.ident]
         if isinstance(op, Sync):
             slice_ = _Slicer()
             for loc in state.locations - op.objects.keys():

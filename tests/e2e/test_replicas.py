@@ -71,6 +71,10 @@ def bad_objects(suffix: str) -> list[dict]:
          "spec": {"host": "webapp", "trafficPolicy": {"tls": {"mode": "BOGUS"}}}},
         {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", "metadata": md("PeerAuthentication"),
          "spec": {"mtls": {"mode": "SOMETIMES"}}},
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": md("AuthorizationPolicy"),
+         "spec": {"action": "SOMETIMES"}},
+        {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+         "metadata": md("RequestAuthentication"), "spec": {"jwtRules": [{"issuer": ""}]}},
     ]
 
 

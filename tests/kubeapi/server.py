@@ -51,6 +51,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from controlplane.config.kinds import WATCHED_UNSUPPORTED
+
 from .selectors import field_matcher, label_matcher
 
 ISTIO_NET = ("v1", "v1beta1", "v1alpha3")
@@ -87,6 +89,13 @@ def default_types() -> list[ResourceType]:
         ResourceType("networking.istio.io", "ServiceEntry", "serviceentries", True, list(ISTIO_NET), status=True),
         ResourceType("security.istio.io", "PeerAuthentication", "peerauthentications", True, ["v1", "v1beta1"],
                      status=True),
+        ResourceType("security.istio.io", "AuthorizationPolicy", "authorizationpolicies", True, ["v1", "v1beta1"],
+                     status=True),
+        ResourceType("security.istio.io", "RequestAuthentication", "requestauthentications", True,
+                     ["v1", "v1beta1"], status=True),
+        # Kinds meshd watches only to report their objects (the Istio CRDs, the Gateway API's).
+        *(ResourceType(k.group, k.kind, plural, k.namespaced, list(k.versions), status=True)
+          for k, plural in WATCHED_UNSUPPORTED if (k.group, k.kind) != ("networking.istio.io", "ServiceEntry")),
     ]
 
 

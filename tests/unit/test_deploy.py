@@ -14,6 +14,7 @@ from ca.issuer import ISTIOD_DNS_NAMES
 from controlplane import names
 from controlplane.cli import parser
 from tests.kubeapi import FakeApiServer
+from controlplane.sources.kube_resources import RESOURCES
 from tests.kubeapi.rbac import grants_for, load_manifests, rbac_mismatch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -138,7 +139,13 @@ def test_rbac_is_least_privilege(docs):
     # Istio objects: read, and only their status written
     writes = {(g.resource, g.verb) for g in grants if g.group.endswith("istio.io") and g.verb not in ("list", "watch")}
     assert writes == {(f"{p}/status", "patch") for p in ("gateways", "virtualservices", "destinationrules",
-                                                         "peerauthentications")}
+                                                         "peerauthentications", "authorizationpolicies",
+                                                         "requestauthentications")}
+    # every kind the Kubernetes source lists and watches, the reported-only ones included
+    reads = {(g.group, g.resource, g.verb) for g in grants}
+    for res in RESOURCES:
+        for verb in ("list", "watch"):
+            assert (res.group, res.plural, verb) in reads, (res.ident, verb)
     assert ("authentication.k8s.io", "tokenreviews", "create") in {(g.group, g.resource, g.verb) for g in grants}
     # Nodes (their topology labels give endpoints their locality): read, cluster-wide, nothing else
     assert {(g.group, g.verb, g.namespace) for g in grants if g.resource.startswith("nodes")} == {
