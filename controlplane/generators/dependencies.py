@@ -35,6 +35,7 @@ from ..model.hosts import covers
 from ..model.locality import Locality
 from ..model.mesh import MeshSnapshot
 from ..model.peer_authentication import selector_labels
+from ..model import security
 from ..model.proxy import Proxy
 from ..model.services import Endpoint
 
@@ -426,12 +427,12 @@ class MeshFacts:
     def security(self, proxy: Proxy) -> tuple:
         """What a proxy's authentication and authorization filters read: the policies
         that select its workload (by namespace and labels), the key sets their JWT rules
-        use and the mesh config's providers (MeshSnapshot.security_key). Not inherited by
+        use and the mesh config's providers (model/security.py security_key). Not inherited by
         endpoint-only snapshots: cheap, and it must follow fetched key sets."""
         key = (proxy.type, proxy.namespace, proxy.label_key)
         got = self._security.get(key)
         if got is None:
-            got = self._security[key] = self.mesh.security_key(proxy)
+            got = self._security[key] = security.security_key(self.mesh, proxy)
         return got
 
     def namespace_mode(self, namespace: str) -> str:

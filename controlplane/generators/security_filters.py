@@ -17,6 +17,7 @@ from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
+from ..model import security
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
 from . import filters
@@ -44,14 +45,14 @@ def for_proxy(mesh: MeshSnapshot, proxy: Proxy, *, is_gateway: bool) -> ProxySec
     from . import authn
     from .authz import builder as authz_builder
 
-    wp = mesh.authz_policies_for(proxy)
+    wp = security.authz_policies_for(mesh, proxy)
     # istiod's order: CUSTOM (ext_authz) first, then the JWT filters, then AUDIT/DENY/ALLOW,
     # which read what the JWT filters verified.
     http = authz_builder.custom_http_filters(wp, mesh.mesh_config, services=mesh.services)
     if mesh.request_authentications:
         # RBAC reads the verified payload from jwt_authn's own metadata (as istiod's does):
         # the istio_authn emulation is not needed on the proxies meshd configures.
-        http += authn.http_filters(mesh.jwt_rules_for(proxy), mesh.jwks_view(), istio_authn_metadata=False)
+        http += authn.http_filters(security.jwt_rules_for(mesh, proxy), mesh.jwks_view(), istio_authn_metadata=False)
     http += authz_builder.rbac_http_filters(wp, mesh.mesh_config)
     network = authz_builder.network_filters(wp, mesh.mesh_config, is_gateway=is_gateway, services=mesh.services)
     return ProxySecurity(tuple(http), tuple(network))

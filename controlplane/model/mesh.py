@@ -128,31 +128,13 @@ class MeshSnapshot:
         """Effective PeerAuthentication for a workload (see peer_authentication.py)."""
         return effective_policy(self.peer_authentications, namespace, labels, self.root_namespace)
 
-    # --- authentication and authorization (security.py) ------------------------
-    def authz_policies_for(self, proxy: Proxy):
-        from .security import authz_policies_for
-
-        return authz_policies_for(self, proxy)
-
-    def jwt_rules_for(self, proxy: Proxy):
-        from .security import jwt_rules_for
-
-        return jwt_rules_for(self, proxy)
-
+    # --- authentication and authorization (selection: security.py) -------------
     def jwks_view(self) -> JwksView:
         return self.jwks
 
     def jwks_digest(self, rules) -> str:
         """Fingerprint of the fetched key sets `rules` verify tokens with."""
         return self.jwks.digest_of(r.key_set for r in rules)
-
-    def security_key(self, proxy: Proxy) -> tuple:
-        """Everything a proxy's authn/authz filters are built from, as a hashable key."""
-        if not self.authorization_policies and not self.request_authentications:
-            return ()
-        from .security import security_key
-
-        return security_key(self, proxy)
 
     def gateways_for(self, proxy: Proxy) -> list[ConfigObject]:
         """Gateways whose `selector` matches the proxy's labels (any namespace, as

@@ -49,6 +49,8 @@ def jwt_rules_for(mesh: MeshSnapshot, proxy: Proxy):
 
 def security_key(mesh: MeshSnapshot, proxy: Proxy) -> tuple:
     """A hashable digest of everything the proxy's authn/authz filters are built from."""
+    if not mesh.authorization_policies and not mesh.request_authentications:
+        return ()
     wp = authz_policies_for(mesh, proxy)
     rules = jwt_rules_for(mesh, proxy) if mesh.request_authentications else ()
     h = hashlib.blake2b(digest_size=12)
