@@ -1,7 +1,24 @@
+import os
 import sys
 from pathlib import Path
+
+import pytest
 
 # Tests import `tests.harness`; make the repo root importable however pytest is run.
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def meshd_home(tmp_path_factory):
+    """Every meshd a test starts (they inherit the environment) keeps its state
+    ($MESHD_HOME: the CA, the last good config) in a temporary directory, never in the
+    developer's ~/.meshd. Tests that need their own pass MESHD_HOME themselves."""
+    before = os.environ.get("MESHD_HOME")
+    os.environ["MESHD_HOME"] = str(tmp_path_factory.mktemp("meshd-home"))
+    yield Path(os.environ["MESHD_HOME"])
+    if before is None:
+        os.environ.pop("MESHD_HOME", None)
+    else:
+        os.environ["MESHD_HOME"] = before

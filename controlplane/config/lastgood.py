@@ -18,7 +18,8 @@ stricter). Only files are kept: in Kubernetes mode the API server holds the obje
 Writes happen off the event loop (`run`), batched; what changed in the last moments
 before a crash may be missing, never half written. Saved files of paths that no longer
 exist at start are deleted (`prune`), so a file created later at the same path never
-inherits objects of one deleted long ago.
+inherits objects of one deleted long ago; so are the folders of config directories that
+are gone.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -44,6 +46,7 @@ from .validation import validate
 
 FORMAT = 1
 SUFFIX = ".json"
+CONFIG_DIR_FILE = "config-dir"  # in each folder: the config directory it holds copies for
 FLUSH_DELAY = 0.2  # seconds changes are gathered before they are written
 
 RestoredListener = Callable[[Mapping[str, int]], None]  # kind -> objects restored now (0 when none)
@@ -215,7 +218,8 @@ class LastGood:
 
     # --- writing --------------------------------------------------------------------
     def prune(self) -> int:
-        """Delete saved copies of locations not held since start (after the initial load)."""
+        """After the initial load: delete saved copies of files not held since start, and
+        the folders of config directories that no longer exist (a temporary one, say)."""
         keep = {_file_name(loc) for loc in self._seen}
         with self._lock:
             keep |= {_file_name(loc) for loc in self._pending}
@@ -225,6 +229,14 @@ class LastGood:
                 with contextlib.suppress(OSError):
                     p.unlink()
                     removed += 1
+        for d in self.dir.parent.iterdir() if self.dir.parent.is_dir() else ():
+            try:
+                gone = d != self.dir and not Path((d / CONFIG_DIR_FILE).read_text()).is_dir()
+            except OSError:
+                continue  # not a folder of ours
+            if gone:
+                shutil.rmtree(d, ignore_errors=True)
+                removed += 1
         return removed
 
     def flush(self) -> None:
@@ -242,6 +254,10 @@ class LastGood:
         except OSError as e:
             self._log.warning("last good copies not written", dir=str(self.dir), error=str(e))
             return
+        marker = self.dir / CONFIG_DIR_FILE
+        if not marker.exists():
+            with contextlib.suppress(OSError):
+                _write_atomically(marker, self._root.encode())
         for location, objects in pending.items():
             path = self.dir / _file_name(location)
             try:

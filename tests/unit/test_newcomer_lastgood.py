@@ -144,15 +144,22 @@ def test_a_copy_that_is_not_valid_any_more_is_not_restored(tmp_path):
 def test_copies_are_private_whole_files_per_config_directory(tmp_path):
     config, home = setup(tmp_path)
     lg = Meshd(config, home).store.last_good
-    files = sorted(lg.dir.iterdir())
-    assert len(files) == 2 and all(p.suffix == ".json" for p in files)  # no temporary file left behind
+    files = sorted(lg.dir.glob("*.json"))
+    assert sorted(p.name for p in lg.dir.iterdir()) == sorted([*(p.name for p in files), "config-dir"])
+    assert len(files) == 2  # no temporary file left behind
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files)
     assert stat.S_IMODE(lg.dir.parent.stat().st_mode) == 0o700
     # another config directory under the same $MESHD_HOME neither sees nor prunes these
     other = tmp_path / "other"
     other.mkdir()
-    Meshd(other, home)
-    assert sorted(lg.dir.iterdir()) == files
+    (other / "gw.yaml").write_text(GATEWAY)
+    theirs = Meshd(other, home).store.last_good.dir
+    assert sorted(lg.dir.glob("*.json")) == files
+    # a config directory that is gone (a temporary one) loses its folder at the next start
+    (other / "gw.yaml").unlink()
+    other.rmdir()
+    Meshd(config, home)
+    assert not theirs.exists() and sorted(lg.dir.glob("*.json")) == files
     assert all(json.loads(p.read_bytes())["location"].startswith(os.fspath(config)) for p in files)
 
 
