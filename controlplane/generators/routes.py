@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -25,17 +24,14 @@ from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
 from .gateway_servers import HTTP, TLS, GatewayPort, Server, gateway_ports, matching_hosts, virtual_services_for_gateway
 from .http_routes import RouteContext, catch_all_last, virtual_service_routes
-
-# istiod raises Envoy's 4 KiB direct response body limit to what its webhook accepts.
-MAX_DIRECT_RESPONSE_BODY_BYTES = 1024 * 1024
+from .route_config import route_config
+from .sidecar_routes import sidecar_route_configs
 
 
 def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
     if proxy.type == ROUTER:
         return [(cfg.name, cfg) for cfg in gateway_route_configs(mesh, proxy)]
     if proxy.type == SIDECAR:
-        from .sidecar_routes import sidecar_route_configs  # imports route_config from here
-
         return [(cfg.name, cfg) for cfg in sidecar_route_configs(mesh, proxy)]
     return []
 
@@ -64,18 +60,6 @@ def _route_config_for(mesh: MeshSnapshot, proxy: Proxy, name: str, servers: list
     if not vhosts:
         vhosts = [rc.VirtualHost(name=names.virtual_host_name("blackhole", servers[0].number), domains=["*"])]
     return route_config(name, vhosts)
-
-
-def route_config(name: str, vhosts: list[rc.VirtualHost]) -> route_pb2.RouteConfiguration:
-    return route_pb2.RouteConfiguration(
-        name=name,
-        virtual_hosts=vhosts,
-        # Routes may name clusters the proxy does not have (yet): Envoy answers 503 for
-        # them instead of rejecting the whole configuration.
-        validate_clusters=wrappers_pb2.BoolValue(value=False),
-        max_direct_response_body_size_bytes=wrappers_pb2.UInt32Value(value=MAX_DIRECT_RESPONSE_BODY_BYTES),
-        ignore_port_in_host_matching=True,
-    )
 
 
 @dataclass
