@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_authorization_support import CLOSED, JwksServer, bearer, expect_tcp, meshd_cli, table_rows
-from tests.harness import REPO
-from tests.jwt_support import Issuer, forged
+from tests.support.authorization import CLOSED, JwksServer, bearer, expect_tcp, meshd_cli, table_rows
+from tests.support.jwt import Issuer, forged
+from tests.support.paths import REPO
 from tests.testbed.bed import wait_for
 from tests.testbed.fixtures import require_testbed
 from tests.testbed.mesh import (CATALOG_PORT, CHAPTER9_PODS, CHAPTER9_SERVICES, ENVOY_ADMIN, GATEWAY_HOST, GW_PORT,

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from controlplane._gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
-from tests.harness import free_port, meshd
+from tests.support.harness import free_port, meshd
 
 pytestmark = pytest.mark.e2e
 PEM = serialization.Encoding.PEM

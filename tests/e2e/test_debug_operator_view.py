@@ -26,7 +26,8 @@ from controlplane import app as meshd_app
 from controlplane import cli, names
 from controlplane.generators import Generator
 from controlplane.generators.resources import ResourceSet, pack
-from tests.harness import envoy, free_port, http_backend, http_get, wait_for
+from tests.support.envoy import envoy
+from tests.support.harness import free_port, http_backend, http_get, wait_for
 
 pytestmark = pytest.mark.e2e
 

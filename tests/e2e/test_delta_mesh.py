@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_mesh_mtls import CATALOG_PORT, GW_PORT, NS, WEBAPP_PORT, Mesh, _ssl_handshakes, services_yaml
-from tests.harness import REPO, free_port, meshd
+from tests.support.harness import free_port, meshd
+from tests.support.paths import REPO
 from tests.testbed.bed import TestBed, wait_for
 from tests.testbed.fixtures import require_testbed
 

@@ -13,7 +13,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from controlplane import names
 from tests.e2e.test_gateway_ingress import backends_yaml, gateway_yaml, one_subset, vs_yaml, write
-from tests.harness import free_port, meshd
+from tests.support.harness import free_port, meshd
 from tests.unit.test_delta import DeltaStream, by_name
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import envoy, free_port, http_backend, http_get, meshd, wait_for
+from tests.support.envoy import envoy
+from tests.support.harness import free_port, http_backend, http_get, meshd, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -27,7 +27,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from controlplane import names
-from tests.harness import ads_fetch, envoy, free_port, http_get, meshd, wait_for
+from tests.support.ads import ads_fetch
+from tests.support.envoy import envoy
+from tests.support.harness import free_port, http_get, meshd, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -31,8 +31,9 @@ from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
-from tests.harness import Process, envoy_binary, free_port, wait_for
-from tests.jwt_support import Issuer, forged
+from tests.support.envoy import envoy_binary
+from tests.support.harness import Process, free_port, wait_for
+from tests.support.jwt import Issuer, forged
 
 pytestmark = pytest.mark.e2e
 

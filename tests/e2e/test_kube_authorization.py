@@ -12,7 +12,9 @@ import subprocess
 import pytest
 from kubernetes import client
 
-from tests.harness import http_get, kube_apiserver, meshd, shared, wait_for
+from tests.support.harness import http_get, meshd, wait_for
+from tests.support.kube import kube_apiserver
+from tests.support.paths import shared
 
 pytestmark = pytest.mark.e2e
 

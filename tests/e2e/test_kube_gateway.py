@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness import envoy, free_port, http_backend, http_get, meshd, wait_for
-from tests.kubeapi import FakeApiServer
+from tests.support.envoy import envoy
+from tests.support.harness import free_port, http_backend, http_get, meshd, wait_for
+from tests.support.kubeapi import FakeApiServer
 
 pytestmark = pytest.mark.e2e
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, MeshdHandle, Process, free_port, http_get, wait_for
+from tests.support.harness import MeshdHandle, Process, free_port, http_get, wait_for
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.e2e
 

@@ -27,7 +27,9 @@ from kubernetes import client
 from ca.root import fingerprint
 from controlplane.security.cadir import open_ca
 from controlplane.security.kube_ca import offered_ca
-from tests.harness import REPO, Process, free_port, kube_apiserver, meshd, wait_for
+from tests.support.harness import Process, free_port, meshd, wait_for
+from tests.support.kube import kube_apiserver
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.e2e
 

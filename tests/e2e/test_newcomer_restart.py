@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.configs import ingress_gateway_yaml
-from tests.harness import Process, Traffic, envoy, free_port, http_backend, http_get, meshd, wait_for
+from tests.support.configs import ingress_gateway_yaml
+from tests.support.envoy import envoy
+from tests.support.harness import Process, Traffic, free_port, http_backend, http_get, meshd, wait_for
 
 pytestmark = pytest.mark.e2e
 

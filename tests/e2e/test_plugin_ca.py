@@ -1,4 +1,4 @@
-"""A plug-in CA (Istio's cacerts) with real Envoys (see test_rotation_support.py).
+"""A plug-in CA (Istio's cacerts) with real Envoys (see tests/support/rotation.py).
 
 (a) meshd started on a CA directory holding cacerts made by the test (an intermediate
     under a test root): workload certificates chain leaf -> intermediate -> root, Envoy
@@ -19,19 +19,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from tests.e2e.test_rotation_support import (
-    Traffic,
-    config_dir,
-    envoy_chain,
-    envoy_roots,
-    make_cacerts,
-    meshd_ca_view,
-    meshd_cli,
-    mtls_pair,
-    ports,
-    spiffe,
-)
-from tests.harness import meshd, wait_for
+from tests.support.harness import meshd_cli
+from tests.support.harness import meshd, wait_for
+from tests.support.pki import make_cacerts
+from tests.support.rotation import (Traffic, config_dir, envoy_chain, envoy_roots, meshd_ca_view, mtls_pair, ports,
+                                    spiffe)
 
 pytestmark = pytest.mark.e2e
 PEM = serialization.Encoding.PEM

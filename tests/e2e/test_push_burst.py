@@ -14,7 +14,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from controlplane import names
 from tests.e2e.test_gateway_ingress import backends_yaml, write
-from tests.harness import free_port, meshd, wait_for
+from tests.support.harness import free_port, meshd, wait_for
 from tests.unit.test_push_targeting import GATEWAY, SotwClient
 
 pytestmark = pytest.mark.e2e

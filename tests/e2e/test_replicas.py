@@ -27,10 +27,12 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from controlplane import names
 from tests.e2e.test_kube_gateway import kubeconfig
-from tests.e2e.test_rotation_support import make_cacerts
-from tests.harness import REPO, ads_fetch, meshd, wait_for
-from tests.kubeapi import FakeApiServer
-from tests.kubeapi.rbac import load_manifests, rbac_mismatch
+from tests.support.ads import ads_fetch
+from tests.support.harness import meshd, wait_for
+from tests.support.kubeapi import FakeApiServer
+from tests.support.kubeapi.rbac import load_manifests, rbac_mismatch
+from tests.support.paths import REPO
+from tests.support.pki import make_cacerts
 
 MANIFESTS = REPO / "deploy" / "kubernetes"
 

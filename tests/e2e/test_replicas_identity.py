@@ -13,8 +13,9 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from controlplane import names
 from tests.e2e.test_kube_gateway import kubeconfig
-from tests.harness import ads_fetch, meshd
-from tests.kubeapi import FakeApiServer
+from tests.support.ads import ads_fetch
+from tests.support.harness import meshd
+from tests.support.kubeapi import FakeApiServer
 
 pytestmark = pytest.mark.e2e
 

@@ -26,8 +26,9 @@ from ca.keys import generate_private_key
 from ca.tokens import TokenAuthority
 from controlplane import names
 from controlplane.security.cadir import open_tokens
-from tests.e2e.test_traffic_support import make_ca, make_cert, tls_secret_yaml
-from tests.harness import ads_fetch, http_get, meshd, wait_for
+from tests.support.ads import ads_fetch
+from tests.support.harness import http_get, meshd, wait_for
+from tests.support.pki import make_ca, make_cert, tls_secret_yaml
 
 pytestmark = pytest.mark.e2e
 

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, Process, free_port, meshd
+from tests.support.harness import Process, free_port, meshd
+from tests.support.paths import REPO
 from tests.testbed.bed import wait_for
 from tests.testbed.fixtures import testbed  # noqa: F401  (the fixture)
 

@@ -1,4 +1,4 @@
-"""Certificate rotation under traffic, with real Envoys (see test_rotation_support.py).
+"""Certificate rotation under traffic, with real Envoys (see tests/support/rotation.py).
 
 (a) Workload certificates with a 6 s lifetime renew at half-life, pushed over SDS with
     no request from Envoy: through at least three rotations of both Envoys, a steady
@@ -20,19 +20,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from tests.e2e.test_rotation_support import (
-    Traffic,
-    config_dir,
-    envoy_chain,
-    envoy_roots,
-    leaf_serials,
-    meshd_ca_view,
-    meshd_cli,
-    mtls_pair,
-    ports,
-    spiffe,
-)
-from tests.harness import meshd, wait_for
+from tests.support.harness import meshd_cli
+from tests.support.harness import meshd, wait_for
+from tests.support.rotation import (Traffic, config_dir, envoy_chain, envoy_roots, leaf_serials, meshd_ca_view,
+                                    mtls_pair, ports, spiffe)
 
 pytestmark = pytest.mark.e2e
 

@@ -220,7 +220,7 @@ def test_sidecar_to_sidecar(testbed: TestBed):
 @pytest.mark.e2e
 def test_pod_reaches_host_service_on_localhost(testbed: TestBed):
     """The forwarder: a server on the host's 127.0.0.1 appears on the pod's 127.0.0.1."""
-    from tests.harness import free_port, http_backend
+    from tests.support.harness import free_port, http_backend
 
     port = free_port("127.0.0.1")
     host_before = host_snapshot()
@@ -237,7 +237,8 @@ def test_pod_reaches_host_service_on_localhost(testbed: TestBed):
 def test_envoy_in_a_pod_connects_to_meshd_on_the_host(testbed: TestBed, tmp_path: Path):
     """The path a sidecar test uses: meshd in the host namespace, Envoy (uid 1337) in a
     sidecar pod with `meshd bootstrap --type sidecar`, xDS through 127.0.0.1:15010."""
-    from tests.harness import REPO, meshd
+    from tests.support.harness import meshd
+    from tests.support.paths import REPO
 
     config = tmp_path / "config"
     config.mkdir()

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_traffic_support import make_ca, make_cert, tls_secret_yaml
-from tests.harness import REPO, free_port, meshd
+from tests.support.harness import free_port, meshd
+from tests.support.paths import REPO
+from tests.support.pki import make_ca, make_cert, tls_secret_yaml
 from tests.testbed.bed import TestBed, wait_for
 from tests.testbed.fixtures import require_testbed
 

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_traffic_support import backend, service_yaml, write
-from tests.harness import envoy, free_port, meshd, wait_for
+from tests.support.envoy import envoy
+from tests.support.harness import free_port, meshd, wait_for
+from tests.support.traffic import backend, service_yaml, write
 
 pytestmark = pytest.mark.e2e
 

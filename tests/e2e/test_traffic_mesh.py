@@ -18,7 +18,8 @@ from collections import Counter
 
 import pytest
 
-from tests.harness import REPO, free_port, meshd
+from tests.support.harness import free_port, meshd
+from tests.support.paths import REPO
 from tests.testbed.bed import TestBed, wait_for
 from tests.testbed.fixtures import require_testbed
 

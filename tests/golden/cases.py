@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness import SHARED
+from tests.support.paths import SHARED
 
 CORPUS = SHARED / "corpus"
 HERE = Path(__file__).resolve().parent

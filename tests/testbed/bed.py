@@ -54,7 +54,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tests.harness import wait_for  # (re-exported: the e2e tests import it from here)
+from tests.support.harness import wait_for  # (re-exported: the e2e tests import it from here)
 
 from . import iptables, netns
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-from tests.harness import REPO, free_port, meshd
+from tests.support.harness import free_port, meshd
+from tests.support.paths import REPO
 
 from .bed import Pod, TestBed, wait_for
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.kubeapi import FakeApiServer
+from tests.support.kubeapi import FakeApiServer
 
 
 @pytest.fixture

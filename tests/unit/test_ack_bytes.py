@@ -7,18 +7,20 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
 from controlplane import names
-from controlplane.server import acks, ads as ads_module
+from controlplane.server import acks
+from controlplane.server.caches import ServerCaches
 from controlplane.server.subscription import Subscription
 from tests.unit.test_ads import FakeMesh, Harness, names_of, run
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 EDS_NAMES = ["a", "b", "c"]
+CACHES = ServerCaches()
 
 
 def _sub(version: str = "v1", nonce: str = "0123456789abcdef", names_=EDS_NAMES) -> Subscription:
     sub = Subscription(names.ENDPOINT)
     sub.set_names(names_)
-    sub.last_request = acks.intern(discovery_pb2.DiscoveryRequest(
+    sub.last_request = CACHES.request_body(discovery_pb2.DiscoveryRequest(
         type_url=names.ENDPOINT, resource_names=names_).SerializeToString())
     sub.record_sent(version, nonce)
     acks.expect(sub)
@@ -57,34 +59,13 @@ def test_what_is_not_a_plain_ack_is_not_matched():
 def test_interned_bodies_are_shared():
     a = discovery_pb2.DiscoveryRequest(type_url=names.ENDPOINT, resource_names=EDS_NAMES).SerializeToString()
     b = discovery_pb2.DiscoveryRequest(type_url=names.ENDPOINT, resource_names=EDS_NAMES).SerializeToString()
-    assert a is not b and acks.intern(a) is acks.intern(b)
+    assert a is not b and CACHES.request_body(a) is CACHES.request_body(b)
 
 
-class _CountingDecode:
-    """discovery_pb2 as ads.py sees it, counting the SotW requests it decodes."""
-
-    def __init__(self):
-        self.decoded = 0
-        outer = self
-
-        class Request:
-            @staticmethod
-            def FromString(data):
-                outer.decoded += 1
-                return discovery_pb2.DiscoveryRequest.FromString(data)
-
-        self.DiscoveryRequest = Request
-
-    def __getattr__(self, name):
-        return getattr(discovery_pb2, name)
-
-
-def test_the_server_records_plain_acks_undecoded_and_handles_the_rest(monkeypatch):
-    counting = _CountingDecode()
-    monkeypatch.setattr(ads_module, "discovery_pb2", counting)
-
+def test_the_server_records_plain_acks_undecoded_and_handles_the_rest():
     async def main():
         async with Harness() as h:
+            counting = h.ads.sotw  # counts the SotW requests it decodes
             h.ads.update(FakeMesh("v1"))
             s = h.stream()
             s.send(names.ENDPOINT, EDS_NAMES)

@@ -24,7 +24,8 @@ from structlog.testing import capture_logs
 
 from controlplane import names
 from controlplane.generators.resources import ResourceSet, pack
-from controlplane.server.ads import AdsServer, byte_count, make_nonce
+from controlplane.server.host import AdsServer, byte_count
+from controlplane.server.subscription import make_nonce
 from controlplane.server.connection import EventQueue, Push
 from controlplane.server.grpc_server import build_xds_server
 from controlplane.server.metrics import Metrics

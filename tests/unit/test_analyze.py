@@ -21,7 +21,7 @@ from controlplane import cli
 from controlplane.analysis import BY_NAME, analyze, messages
 from controlplane.analysis.resources import parse_text
 
-from tests.harness import SHARED
+from tests.support.paths import SHARED
 
 CORPUS = SHARED / "corpus"
 TESTDATA = CORPUS / "istio" / "pkg" / "config" / "analysis" / "analyzers" / "testdata"

@@ -12,7 +12,7 @@ from controlplane.analysis import BY_NAME, analyze
 from controlplane.analysis.resources import parse_text
 from controlplane.cli import main
 from controlplane.model.meshconfig import parse_mesh_config
-from tests.harness import shared
+from tests.support.paths import shared
 
 TESTDATA = ("corpus", "istio", "pkg", "config", "analysis", "analyzers", "testdata")
 ISTIO = BY_NAME["auth.AuthorizationPoliciesAnalyzer"]

@@ -26,7 +26,7 @@ from controlplane.security.authn import (
 )
 from controlplane.security.authz import identity_mismatch
 from controlplane.security.serving import SERVER_DNS_NAMES, ServingCertificate
-from tests.unit.test_sds_support import NS, TD, FakeClock, Plane, node_id
+from tests.support.sds import NS, TD, FakeClock, Plane, node_id
 
 
 def run(coro):

@@ -38,9 +38,9 @@ from controlplane.generators.authz import builder
 from controlplane.model.authorization import authz_policy, policies_for
 from controlplane.model.meshconfig import MeshConfig, parse_mesh_config
 from controlplane.model.services import Service
-from tests.configs import objects_from_yaml
-from tests.envoy_static import StaticEnvoy
-from tests.harness import SHARED, shared
+from tests.support.configs import objects_from_yaml
+from tests.support.envoy import StaticEnvoy
+from tests.support.paths import SHARED, shared
 
 TESTDATA = ("corpus", "istio", "pilot", "pkg", "security", "authz", "builder", "testdata")
 HTTPBIN = {"app": "httpbin", "version": "v1"}

@@ -30,8 +30,8 @@ from controlplane.debug.views import DebugViews
 from controlplane.generators import listeners as lds
 from controlplane.generators.resources import pack
 from controlplane.model.proxy import parse_node
-from tests.configs import mesh_from_yaml
-from tests.harness import shared
+from tests.support.configs import mesh_from_yaml
+from tests.support.paths import shared
 
 GOLDEN = ("corpus", "istioctl-golden", "istioctl", "pkg", "authz", "testdata", "configdump.yaml")
 # istioctl/pkg/authz/authz_test.go, TestAuthz, for `-f testdata/configdump.yaml`

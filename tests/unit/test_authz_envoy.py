@@ -21,9 +21,9 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from controlplane.generators.authz import builder
 from controlplane.model.authorization import authz_policy, policies_for
 from controlplane.model.meshconfig import parse_mesh_config
-from tests.configs import objects_from_yaml
-from tests.envoy_static import StaticEnvoy
-from tests.harness import free_port, http_backend
+from tests.support.configs import objects_from_yaml
+from tests.support.envoy import StaticEnvoy
+from tests.support.harness import free_port, http_backend
 
 pytestmark = pytest.mark.e2e
 

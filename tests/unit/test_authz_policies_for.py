@@ -7,7 +7,7 @@ import textwrap
 
 from controlplane.model.authorization import (ALLOW, AUDIT, CUSTOM, DENY, GATEWAY_NAME_LABEL, authz_policy,
                                               policies_for)
-from tests.configs import objects_from_yaml, unvalidated_objects
+from tests.support.configs import objects_from_yaml, unvalidated_objects
 
 ROOT = "istio-system"
 WEB = {"app": "web", "version": "v1"}

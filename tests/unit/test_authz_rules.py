@@ -16,7 +16,7 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb
 from controlplane.generators.authz import builder
 from controlplane.model.authorization import authz_policy, policies_for
 from controlplane.model.meshconfig import parse_mesh_config
-from tests.configs import objects_from_yaml, unvalidated_objects
+from tests.support.configs import objects_from_yaml, unvalidated_objects
 
 NS = "shop"
 LABELS = {"app": "web"}

@@ -18,7 +18,8 @@ from ca import TokenAuthority, load_or_create_root, load_or_create_token_key
 from controlplane import names
 from controlplane.bootstrap import BootstrapParams, XdsTls, build_bootstrap
 from controlplane.cli import parse_duration
-from tests.harness import REPO, envoy_binary
+from tests.support.envoy import envoy_binary
+from tests.support.paths import REPO
 
 NS = "istioinaction"
 SIDECAR_ARGS = ["--type", "sidecar", "--namespace", NS, "--service-account", "catalog", "--pod", "catalog-0",

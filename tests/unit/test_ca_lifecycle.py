@@ -19,7 +19,7 @@ from ca.signer import PLUG_IN, SELF_SIGNED, load_plugin
 from ca.store import CADirectory
 from controlplane.security.authority import MeshCA
 from controlplane.server.metrics import Metrics
-from tests.e2e.test_rotation_support import make_cacerts
+from tests.support.pki import make_cacerts
 
 CATALOG = Identity("cluster.local", "istioinaction", "catalog")
 

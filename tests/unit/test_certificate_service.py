@@ -26,7 +26,7 @@ from controlplane.security.authority import MeshCA
 from controlplane.security.ca_service import METHOD, IstioCertificateService
 from controlplane.security.serving import ServingCertificate
 from controlplane.server.metrics import Metrics
-from tests.e2e.test_rotation_support import make_cacerts
+from tests.support.pki import make_cacerts
 
 TD, NS = "cluster.local", "istioinaction"
 CATALOG = f"spiffe://{TD}/ns/{NS}/sa/catalog"

@@ -14,7 +14,7 @@ from controlplane.commands.crds import crd_documents, render
 from controlplane.config import kinds
 from controlplane.config.validation.schema import Node, validate_document
 
-from tests.harness import REPO, shared
+from tests.support.paths import REPO, shared
 
 DEPLOYED = REPO / "deploy" / "kubernetes" / "01-crds.yaml"
 

@@ -20,7 +20,7 @@ from google.rpc import status_pb2
 from controlplane import names
 from controlplane.generators.resources import pack
 from controlplane.security.sds import SecretAnswer
-from controlplane.server.ads import AdsServer
+from controlplane.server.host import AdsServer
 from controlplane.server.grpc_server import build_xds_server
 from controlplane.server.metrics import Metrics
 from tests.unit.test_ads import CHANGED, NODE_ID, TIMEOUT, FakeGenerator, FakeMesh, _metadata, eventually, run

@@ -13,9 +13,9 @@ from kubernetes import client
 from ca.issuer import ISTIOD_DNS_NAMES
 from controlplane import names
 from controlplane.cli import parser
-from tests.kubeapi import FakeApiServer
+from tests.support.kubeapi import FakeApiServer
 from controlplane.sources.kube_resources import RESOURCES
-from tests.kubeapi.rbac import grants_for, load_manifests, rbac_mismatch
+from tests.support.kubeapi.rbac import grants_for, load_manifests, rbac_mismatch
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -22,7 +22,7 @@ from controlplane.generators.dependencies import KNOWN_KINDS, OTHER, SECRET, fac
 from controlplane.generators.resources import pack
 from controlplane.model.proxy import parse_node
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
-from tests.e2e.test_traffic_support import make_ca, make_cert, tls_secret_yaml
+from tests.support.pki import make_ca, make_cert, tls_secret_yaml
 from tests.unit.test_sidecar_generators import CATALOG_HOST, NS, dr, mesh
 
 CATALOG = f"outbound|80||{CATALOG_HOST}"

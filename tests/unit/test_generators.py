@@ -25,7 +25,7 @@ from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from tests.harness import shared
+from tests.support.paths import shared
 
 K8S_KINDS = {"Service", "Pod", "EndpointSlice", "Namespace"}
 GOLDEN = ("corpus", "istioctl-golden", "istioctl", "pkg", "writer", "envoy", "configdump", "testdata", "routes")

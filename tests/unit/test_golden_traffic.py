@@ -17,7 +17,7 @@ import pytest
 from tests.golden.cases import CASES
 from tests.golden.regen import regen
 from tests.golden.render import input_text, render
-from tests.harness import shared
+from tests.support.paths import shared
 
 UPDATE = os.environ.get("MESHD_GOLDEN_UPDATE") == "1"
 

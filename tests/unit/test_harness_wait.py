@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import wait_for
+from tests.support.harness import wait_for
 
 
 def test_a_callable_description_is_taken_at_the_failure():

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from controlplane.generators.authn import UNAVAILABLE_JWKS, local_jwks
 from controlplane.model.request_authentication import JwtRule, KeySetNeed, KeySetRef
 from controlplane.sources.jwks import JwksSource
-from tests.jwt_support import Issuer, KeyServer
+from tests.support.jwt import Issuer, KeyServer
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from controlplane.generators.authn import JWT_AUTHN, UNAVAILABLE_JWKS
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from tests.harness import ads_fetch, meshd, wait_for
-from tests.jwt_support import Issuer, KeyServer
+from tests.support.ads import ads_fetch
+from tests.support.harness import meshd, wait_for
+from tests.support.jwt import Issuer, KeyServer
 
 pytestmark = pytest.mark.e2e  # meshd as a process, answering ADS
 

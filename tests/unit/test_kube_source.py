@@ -1,4 +1,4 @@
-"""The Kubernetes source against the stand-in API server (tests/kubeapi): the real client,
+"""The Kubernetes source against the stand-in API server (tests/support/kubeapi): the real client,
 the real list/watch protocol over HTTP, the real store and parse gate."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from controlplane.config.objects import ConfigObject, Rejection
 from controlplane.config.store import ConfigStore
 from controlplane.model.mesh import build_mesh
 from controlplane.sources.kubernetes import KubernetesSource, ReflectorOptions
-from tests.kubeapi import FakeApiServer
+from tests.support.kubeapi import FakeApiServer
 
 FAST = ReflectorOptions(backoff_initial=0.02, backoff_max=0.2, watch_timeout=(30, 30), request_timeout=5,
                         page_size=2, rediscover_interval=0.2)

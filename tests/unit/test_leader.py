@@ -15,7 +15,7 @@ from kubernetes import client, watch
 
 from controlplane.cluster.kubeapi import ApiError, KubeApi
 from controlplane.cluster.leader import LeaderElectionConfig, LeaderElector
-from tests.kubeapi import FakeApiServer
+from tests.support.kubeapi import FakeApiServer
 
 NS = "istio-system"
 FAST = dict(lease_duration=2.0, renew_deadline=1.2, retry_period=0.25)

@@ -11,7 +11,7 @@ from kubernetes import client
 
 from controlplane.cluster.kubeapi import KubeApi
 from controlplane.cluster.rootcert import CONFIGMAP, RootCertPublisher
-from tests.kubeapi import FakeApiServer
+from tests.support.kubeapi import FakeApiServer
 
 ROOT_A = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
 ROOT_B = "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n"

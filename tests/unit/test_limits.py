@@ -16,7 +16,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from controlplane import names
 from controlplane.server import grpc_server, limits
-from tests.harness import ads_fetch, meshd, wait_for
+from tests.support.ads import ads_fetch
+from tests.support.harness import meshd, wait_for
 
 NS = "istioinaction"
 NODE = names.node_id("sidecar", "127.0.0.2", "webapp-0", NS)

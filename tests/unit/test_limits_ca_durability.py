@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ca.keys import generate_private_key, private_key_to_pem
-from tests.harness import REPO
+from tests.support.paths import REPO
 
 
 def serve(ca_dir: Path, cwd: Path) -> tuple[object, str]:

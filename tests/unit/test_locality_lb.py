@@ -16,7 +16,7 @@ from controlplane.generators import Generator, builders, clusters, endpoints, lo
 from controlplane.generators.resources import pack
 from controlplane.model.locality import Locality, from_labels
 from controlplane.model.proxy import parse_node
-from tests.configs import mesh_from_yaml
+from tests.support.configs import mesh_from_yaml
 
 NS = "shop"
 HOST = f"web.{NS}.svc.cluster.local"

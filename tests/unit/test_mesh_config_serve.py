@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from tests.harness import REPO, http_get, meshd, wait_for
-from tests.jwt_support import Issuer, KeyServer
+from tests.support.harness import http_get, meshd, wait_for
+from tests.support.jwt import Issuer, KeyServer
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.e2e  # meshd as a process
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from controlplane.model.proxy import NodeError, parse_node
-from tests.configs import mesh_from_yaml
+from tests.support.configs import mesh_from_yaml
 
 import pytest
 
@@ -116,7 +116,7 @@ def test_node_id_parsing():
 
 def test_root_namespace_decides_where_mesh_wide_policies_live():
     from controlplane.model.mesh import build_mesh
-    from tests.configs import snapshot_from_yaml
+    from tests.support.configs import snapshot_from_yaml
 
     snap = snapshot_from_yaml(
         """

@@ -34,7 +34,9 @@ from controlplane import cli
 from controlplane.commands.validate import check_file
 from controlplane.config.store import ConfigStore
 from controlplane.sources.directory import DirectorySource
-from tests.harness import REPO, envoy, envoy_binary, meshd, shared, wait_for
+from tests.support.envoy import envoy, envoy_binary
+from tests.support.harness import meshd, wait_for
+from tests.support.paths import REPO, shared
 
 VS = """apiVersion: networking.istio.io/v1
 kind: VirtualService

@@ -16,7 +16,8 @@ from controlplane.app import _listening
 from controlplane.debug.monitoring import start_monitoring
 from controlplane.ports import ServePort, StartupError, check_free
 from controlplane.server.metrics import Metrics
-from tests.harness import REPO, free_port
+from tests.support.harness import free_port
+from tests.support.paths import REPO
 
 PORT_FLAGS = ["--xds-port", "--secure-xds-port", "--monitoring-port", "--ca-mtls-port"]
 

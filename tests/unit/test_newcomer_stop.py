@@ -11,7 +11,7 @@ import yaml
 
 from controlplane import app
 from controlplane.cluster.member import ClusterOptions
-from tests.harness import free_port, http_get, wait_for
+from tests.support.harness import free_port, http_get, wait_for
 
 KUBEAPI_BOOKMARKS = None  # the stand-in API server's default interval (conftest.kubeapi)
 

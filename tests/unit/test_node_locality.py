@@ -1,6 +1,6 @@
 """Endpoint and proxy locality from the pod's Node (model/locality.py): Nodes parsed down
 to name + topology labels (a status heartbeat is no change), read from a config
-directory and listed/watched from the API server (tests/kubeapi), and a Node relabelled
+directory and listed/watched from the API server (tests/support/kubeapi), and a Node relabelled
 being an endpoint-only change for the push engine (EDS keys move, nothing else)."""
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from controlplane.model.locality import Locality
 from controlplane.model.mesh import build_mesh
 from controlplane.model.proxy import parse_node
 from controlplane.sources.directory import DirectorySource
-from tests.configs import mesh_from_yaml
+from tests.support.configs import mesh_from_yaml
 from tests.unit.test_kube_source import Changes, get, running, until
 
 NS = "shop"

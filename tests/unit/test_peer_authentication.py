@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from controlplane.model.peer_authentication import effective_policy
-from tests.configs import mesh_from_yaml, objects_from_yaml
+from tests.support.configs import mesh_from_yaml, objects_from_yaml
 
 NS = "istioinaction"
 CATALOG = {"app": "catalog", "version": "v1"}

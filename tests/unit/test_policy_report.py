@@ -7,7 +7,7 @@ from structlog.testing import capture_logs
 
 from controlplane.model.meshconfig import parse_mesh_config
 from controlplane.security.policy_report import PolicyReport
-from tests.configs import build_mesh, snapshot_from_yaml
+from tests.support.configs import build_mesh, snapshot_from_yaml
 
 CUSTOM = """
 apiVersion: security.istio.io/v1
@@ -60,7 +60,7 @@ def test_custom_policy_with_unknown_provider_is_reported_once_and_cleared_when_f
 def test_a_running_meshd_reports_the_policy_in_configz_metrics_and_log(tmp_path):
     import json
 
-    from tests.harness import http_get, meshd, wait_for
+    from tests.support.harness import http_get, meshd, wait_for
 
     config = tmp_path / "config"
     config.mkdir()

@@ -23,7 +23,7 @@ from controlplane.config.objects import ConfigObject, Origin, Rejection
 from controlplane.config.parse import parse_document
 from controlplane.config.store import ConfigStore
 from controlplane.model.mesh import build_mesh
-from tests.configs import objects_from_yaml
+from tests.support.configs import objects_from_yaml
 from tests.unit.test_sidecar_generators import GATEWAY_PROXY, LAYOUT, NS, WEBAPP_PROXY, static_config
 
 # --- strategies ------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 
 from controlplane import cli
 
-from tests.harness import SHARED
+from tests.support.paths import SHARED
 
 GOLDEN = SHARED / "corpus" / "istioctl-golden" / "istioctl" / "pkg"
 PROXYCONFIG = GOLDEN / "proxyconfig" / "testdata"

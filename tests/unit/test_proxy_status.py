@@ -22,7 +22,7 @@ from controlplane.debug import status
 from controlplane.debug.compare import compare
 from controlplane.debug.configdump import ConfigDump
 
-from tests.harness import SHARED
+from tests.support.paths import SHARED
 
 GOLDEN = SHARED / "corpus" / "istioctl-golden" / "istioctl" / "pkg"
 PILOT = GOLDEN / "writer" / "pilot" / "testdata"

@@ -19,7 +19,7 @@ from google.protobuf import duration_pb2
 
 from controlplane import names
 from controlplane.generators.resources import ResourceSet, pack
-from controlplane.server.ads import AdsServer
+from controlplane.server.host import AdsOptions, AdsServer
 from controlplane.server.flow import PushLimiter, StreamStuck
 from controlplane.server.grpc_server import build_xds_server
 from controlplane.server.metrics import Metrics
@@ -45,7 +45,7 @@ class BigGenerator:
 class Plane:
     def __init__(self, **kw):
         self.metrics = Metrics()
-        self.ads = AdsServer(BigGenerator(), self.metrics, structlog.get_logger("test"), **kw)
+        self.ads = AdsServer(BigGenerator(), self.metrics, structlog.get_logger("test"), options=AdsOptions(**kw))
 
     async def __aenter__(self):
         self.server, self.port = build_xds_server(self.ads, "127.0.0.1", 0)

@@ -314,7 +314,7 @@ def test_old_generations_are_dropped(layout):
 def test_whole_responses_are_joined_once_per_group_and_bounded():
     """Proxies holding the same generated set at the same response count get the very
     same bytes (joined once); other nonces or sets are made anew; memory stays bounded."""
-    from controlplane.server.wire import SharedResponses
+    from controlplane.server.caches import SharedResponses
 
     made = []
 

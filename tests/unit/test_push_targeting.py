@@ -17,7 +17,7 @@ from google.protobuf import struct_pb2
 
 from controlplane import names
 from controlplane.generators import Generator
-from controlplane.server.ads import AdsServer
+from controlplane.server.host import AdsServer
 from controlplane.server.grpc_server import build_xds_server
 from controlplane.server.metrics import Metrics
 from tests.unit.test_ads import eventually, run

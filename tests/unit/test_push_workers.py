@@ -13,7 +13,9 @@ import pytest
 from bench.run import children
 from controlplane import names
 from controlplane.server.workers import WORKER_FLAG, worker_argv
-from tests.harness import REPO, ads_fetch, free_port, wait_for
+from tests.support.ads import ads_fetch
+from tests.support.harness import free_port, wait_for
+from tests.support.paths import REPO
 
 
 def test_worker_argv_keeps_the_serve_arguments_and_drops_the_monitoring_port():

@@ -24,8 +24,8 @@ from controlplane.cluster.kubeapi import KubeApi
 from controlplane.security.authority import MeshCA
 from controlplane.security.cadir import open_ca
 from controlplane.security.kube_ca import CA_SECRET, ClusterCADirs, KubeCAStore, cluster_ca_dirs
-from tests.e2e.test_rotation_support import make_cacerts
-from tests.kubeapi import FakeApiServer
+from tests.support.kubeapi import FakeApiServer
+from tests.support.pki import make_cacerts
 
 NS = "istio-system"
 TD = "cluster.local"

@@ -27,8 +27,8 @@ from controlplane.model.request_authentication import (
     rules_of,
 )
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
-from tests.harness import shared
-from tests.jwt_support import Issuer
+from tests.support.jwt import Issuer
+from tests.support.paths import shared
 
 ROOT = "istio-system"
 

@@ -21,7 +21,7 @@ from ca import Identity
 from controlplane import names
 from controlplane.model.proxy import parse_node
 from controlplane.security.sds import PLAINTEXT_REASON
-from tests.unit.test_sds_support import NS, TD, Plane, node_id
+from tests.support.sds import NS, TD, Plane, node_id
 
 CATALOG = Identity(TD, NS, "catalog")
 WEBAPP = Identity(TD, NS, "webapp")

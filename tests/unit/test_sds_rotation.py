@@ -16,7 +16,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from ca import Identity
 from controlplane import names
 from controlplane.security.rotation import RotationScheduler, check_ratio
-from tests.unit.test_sds_support import NS, TD, Plane, node_id
+from tests.support.sds import NS, TD, Plane, node_id
 
 CATALOG = Identity(TD, NS, "catalog")
 WEBAPP = Identity(TD, NS, "webapp")

@@ -27,7 +27,7 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
-from tests.configs import mesh_from_yaml
+from tests.support.configs import mesh_from_yaml
 
 NS = "istioinaction"
 WEBAPP_HOST = f"webapp.{NS}.svc.cluster.local"
@@ -669,7 +669,7 @@ def test_destination_rule_simple_and_mutual_tls():
 
 
 def test_destination_rule_credential_name():
-    from tests.e2e.test_traffic_support import make_ca, make_cert, tls_secret_yaml
+    from tests.support.pki import make_ca, make_cert, tls_secret_yaml
 
     body = "  trafficPolicy: {tls: {mode: MUTUAL, credentialName: catalog-client}}\n"
     # without the Secret in the gateway's namespace the cluster would wait for it for ever:

@@ -21,7 +21,7 @@ from controlplane.cluster.status import (
 )
 from controlplane.config.store import ConfigStore
 from controlplane.sources.kubernetes import KubernetesSource, ReflectorOptions
-from tests.kubeapi import FakeApiServer
+from tests.support.kubeapi import FakeApiServer
 
 FAST = ReflectorOptions(backoff_initial=0.02, backoff_max=0.2, watch_timeout=(30, 30), request_timeout=5,
                         rediscover_interval=0.2)

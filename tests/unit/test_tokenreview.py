@@ -13,7 +13,7 @@ from ca import Identity, TokenAuthority, generate_private_key
 from controlplane.cluster.kubeapi import KubeApi
 from controlplane.security.authn import AuthenticationError, JwtAuthenticator, authenticate_stream
 from controlplane.security.tokenreview import MeshdTokens, TokenReviewAuthenticator, unverified_issuer
-from tests.kubeapi import FakeApiServer
+from tests.support.kubeapi import FakeApiServer
 
 TD = "cluster.local"
 WEBAPP = "system:serviceaccount:istioinaction:webapp"

@@ -21,8 +21,8 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
-from tests.configs import mesh_from_yaml
-from tests.e2e.test_traffic_support import b64, generic_secret_yaml, make_ca, make_cert, tls_secret_yaml
+from tests.support.configs import mesh_from_yaml
+from tests.support.pki import b64, generic_secret_yaml, make_ca, make_cert, tls_secret_yaml
 
 CA = make_ca()
 WEBAPP = make_cert(CA, ["webapp.istioinaction.io"])

@@ -9,7 +9,7 @@ from controlplane.generators import clusters, listeners, routes
 from controlplane.model.proxy import parse_node
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from tests.configs import mesh_from_yaml
+from tests.support.configs import mesh_from_yaml
 
 GATEWAY = parse_node("router~10.0.0.1~gw-0.istio-system~istio-system.svc.cluster.local",
                      {"LABELS": {"istio": "ingressgateway"}, "NAMESPACE": "istio-system"})

@@ -28,7 +28,7 @@ from controlplane.debug.views import DebugViews
 from controlplane.server.metrics import Metrics
 from controlplane.sources.directory import DirectorySource
 from controlplane.sources.kube_resources import as_document
-from tests.harness import http_get, meshd, wait_for
+from tests.support.harness import http_get, meshd, wait_for
 
 SERVICE_ENTRY = """
 apiVersion: networking.istio.io/v1

@@ -18,7 +18,7 @@ import yaml
 
 from controlplane import cli
 
-from tests.harness import SHARED
+from tests.support.paths import SHARED
 
 CRDS = SHARED / "corpus" / "istio" / "pkg" / "config" / "validation" \
     / "testdata" / "crds"

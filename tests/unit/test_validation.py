@@ -18,7 +18,7 @@ from controlplane.config.kinds import Kind
 from controlplane.config.validation import FieldError, validate
 from controlplane.config.validation import cel, durations, schema
 
-from tests.harness import SHARED
+from tests.support.paths import SHARED
 
 CORPUS = SHARED / "corpus"
 CRD_FIXTURES = ("istio", "pkg", "config", "validation", "testdata", "crds")

@@ -20,7 +20,7 @@ from controlplane.config.objects import Origin, Rejection
 from controlplane.config.parse import parse_document
 from controlplane.config.store import ConfigStore
 from controlplane.config.validation import FieldError, validate
-from tests.harness import shared
+from tests.support.paths import shared
 
 AP = kinds.AUTHORIZATION_POLICY
 RA = kinds.REQUEST_AUTHENTICATION

@@ -1,7 +1,7 @@
 """How long the Kubernetes source takes to sync N Pods from the stand-in API server, and
 the longest the event loop was held up meanwhile. Prints figures; asserts nothing.
 
-    python -m tests.kubeapi.bench_sync [N ...]     (default: 500 2000)
+    python -m tests.support.kubeapi.bench_sync [N ...]     (default: 500 2000)
 """
 from __future__ import annotations
 

