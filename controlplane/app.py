@@ -39,7 +39,7 @@ from . import gcpolicy, names
 from .ports import ServePort, StartupError, bind_error, check_free
 from .security.plane import DEFAULT_KEY_TYPE, SecurityOptions, SecurityPlane
 from .security.policy_report import PolicyReport
-from .server.ads import AdsServer
+from .server.host import AdsServer
 from .server import grpc_server
 from .server.grpc_server import start_secure_xds_server, start_xds_server
 from .server.metrics import Metrics

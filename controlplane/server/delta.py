@@ -42,7 +42,7 @@ from .subscription import Nack, Subscription
 from .view import PerGroup
 
 if TYPE_CHECKING:
-    from .ads import AdsServer
+    from .host import AdsServer
 
 
 class DeltaProtocol:
@@ -209,6 +209,6 @@ class DeltaProtocol:
 
 
 def make_nonce(type_url: str, version: str, counter: int) -> str:
-    from .ads import make_nonce as nonce  # ads imports this module
+    from .host import make_nonce as nonce  # ads imports this module
 
     return nonce(type_url, version, counter)

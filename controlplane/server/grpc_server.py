@@ -11,7 +11,7 @@ import grpc
 import structlog
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
-from .ads import AdsServer
+from .host import AdsServer
 from .secure import SecureAdsServicer
 
 # Tuned for thousands of long-lived streams (istiod: keepalive 30s/10s, MaxRecvMsgSize

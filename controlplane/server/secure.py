@@ -22,7 +22,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from ca import Identity
 
 from ..security.authn import AuthenticationError, Authenticator, authenticate_stream, normalize_metadata
-from .ads import AdsServer
+from .host import AdsServer
 
 
 class SecureAdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
