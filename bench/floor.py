@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from envoy.service.discovery.v3 import discovery_pb2  # noqa: E402
 
-from controlplane.generators.resources import field_bytes  # noqa: E402
+from controlplane.server.wire import field_bytes  # noqa: E402
 from controlplane.server.grpc_server import SERVER_OPTIONS  # noqa: E402
 from controlplane.server.wire import delta_response, serialize, sotw_response  # noqa: E402
 

@@ -39,7 +39,7 @@ from . import gcpolicy, names
 from .ports import ServePort, StartupError, bind_error, check_free
 from .security.plane import DEFAULT_KEY_TYPE, SecurityOptions, SecurityPlane
 from .security.policy_report import PolicyReport
-from .server.host import AdsServer
+from .server.host import AdsOptions, AdsServer
 from .server import grpc_server
 from .server.grpc_server import start_secure_xds_server, start_xds_server
 from .server.metrics import Metrics
@@ -357,8 +357,9 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         debug_routes.update(plane.debug_routes())
         if member is not None:
             member.attach_ca(plane.ca, store)  # follow the CA Secrets; istio-ca-root-cert ConfigMaps
-    ads = AdsServer(Generator(), metrics, secrets=secrets, trust_domain=opts.trust_domain,
-                    max_pushes_in_flight=opts.max_pushes_in_flight, write_timeout=opts.write_timeout)
+    ads = AdsServer(Generator(), metrics, secrets=secrets, options=AdsOptions(
+        trust_domain=opts.trust_domain, max_pushes_in_flight=opts.max_pushes_in_flight,
+        write_timeout=opts.write_timeout))
     if plane is not None:
         plane.attach(ads)
     # The mesh config and the JWT key sets: inputs of the snapshot from outside the store.

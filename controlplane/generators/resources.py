@@ -5,9 +5,9 @@ once, hashes the bytes, and keeps the result so every proxy that receives the sa
 resource shares one copy. Versions are derived from content: the same config always
 gives the same version strings, also across meshd restarts.
 
-A resource also keeps its bytes as they appear inside a response (`sotw_chunk`,
-`delta_chunk`, see server/wire.py), so a response to one more proxy is a join of bytes
-already made, not a new serialization.
+How a resource is framed inside a response is the server's business (server/wire.py);
+a resource and a set offer it `forms`, where those encodings are kept once made, so a
+response to one more proxy is a join of bytes already made, not a new serialization.
 
 A proxy's resources of one type are a `ResourceSet`; a set made of shareable parts is a
 `ComposedSet` (see parts.py). A set rebuilt from an earlier one remembers it (`base`)
@@ -17,7 +17,7 @@ thousands of versions per proxy (`changes`).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from operator import attrgetter
 from typing import Iterable, Iterator, Mapping
@@ -32,44 +32,18 @@ class Resource:
     type_url: str
     any: any_pb2.Any  # packed once; reused for every response that carries it
     version: str  # content hash (hex) of the serialized resource
+    # Encodings of this resource made by whoever sends it (server/wire.py keeps its
+    # response framings here), made once and shared by every proxy that receives it.
+    forms: dict[str, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @cached_property
     def size(self) -> int:
         return len(self.any.value)  # (upb copies the bytes on every access: once)
 
-    # Wire forms, made on first use and kept (cached_property writes the instance
-    # __dict__, which a frozen dataclass allows).
-    @cached_property
-    def sotw_chunk(self) -> bytes:
-        """This resource as one `resources` entry of a DiscoveryResponse."""
-        return field_bytes(2, self.any.SerializeToString())
-
     @cached_property
     def version_line(self) -> bytes:
         """What this resource adds to the version of a set or response (version_of)."""
         return f"{self.name}\0{self.version}\n".encode()
-
-    @cached_property
-    def delta_chunk(self) -> bytes:
-        """This resource as one `resources` entry of a DeltaDiscoveryResponse: an
-        envoy.service.discovery.v3.Resource with name (3), version (1), resource (2)."""
-        body = field_bytes(3, self.name.encode()) + field_bytes(1, self.version.encode()) + field_bytes(
-            2, self.any.SerializeToString())
-        return field_bytes(2, body)
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def field_bytes(number: int, data: bytes) -> bytes:
-    """A length-delimited protobuf field (wire type 2)."""
-    return varint(number << 3 | 2) + varint(len(data)) + data
 
 
 def pack(name: str, type_url: str, msg: Message) -> Resource:
@@ -83,7 +57,8 @@ def pack(name: str, type_url: str, msg: Message) -> Resource:
 class ResourceSet(Mapping[str, Resource]):
     """All resources of one type for one proxy, by name, with a content version."""
 
-    __slots__ = ("type_url", "_items", "_version", "_names", "_blob", "_size", "base", "changed", "removed", "__weakref__")
+    __slots__ = ("type_url", "_items", "_version", "_names", "_size", "forms", "base", "changed", "removed",
+                 "__weakref__")
 
     def __init__(self, type_url: str, items: Iterable[Resource]):
         self.type_url = type_url
@@ -92,8 +67,10 @@ class ResourceSet(Mapping[str, Resource]):
             self._items[r.name] = r
         self._version: str | None = None
         self._names: frozenset[str] | None = None
-        self._blob: bytes | None = None
         self._size: int | None = None
+        # As Resource.forms: the set's resources framed for a response, kept by the
+        # server (server/wire.py) on sets it shares between proxies.
+        self.forms: dict[str, bytes] = {}
         # Lineage (set by the generator): the set this one was rebuilt from, and the
         # names whose resource differs from it / that it no longer has.
         self.base: ResourceSet | None = None
@@ -131,12 +108,6 @@ class ResourceSet(Mapping[str, Resource]):
         if self._size is None:
             self._size = sum(r.size for r in self._items.values())
         return self._size
-
-    def sotw_blob(self) -> bytes:
-        """Every resource as DiscoveryResponse `resources` entries, joined (kept)."""
-        if self._blob is None:
-            self._blob = b"".join(r.sotw_chunk for r in self._items.values())
-        return self._blob
 
     def subset(self, names: Iterable[str]) -> list[Resource]:
         """The named resources that exist, in request order, without duplicates."""
@@ -214,11 +185,6 @@ class ComposedSet(ResourceSet):
     @property
     def size(self) -> int:
         return sum(p.size for p in self._parts)
-
-    def sotw_blob(self) -> bytes:
-        # Not kept: the parts keep theirs, and a per-proxy copy of a megabyte would
-        # multiply memory by the fleet size.
-        return b"".join(p.sotw_blob() for p in self._parts)
 
     def subset(self, names: Iterable[str]) -> list[Resource]:
         seen, out = set(), []

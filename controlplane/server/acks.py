@@ -9,38 +9,23 @@ field 5, and in between (or before the version) exactly the bytes of the previou
 request's other fields. Envoy writes fields in number order ([version][names][type]
 [nonce]); other clients may put the version after the rest. If the request has either
 layout, its other fields are compared in place (one memcmp) with the previous request's,
-which every subscription keeps: the ads.py slow path keeps them re-encoded in number
-order, and interned, so the 2,000 sidecars of a mesh that ask for the same names hold one
-copy. Anything else (a NACK carries error_detail after the nonce, a changed name list,
+which every subscription keeps: the sotw.py slow path keeps them re-encoded in number
+order, and shared (ServerCaches.request_body), so the 2,000 sidecars of a mesh that ask for
+the same names hold one copy. Anything else (a NACK carries error_detail after the nonce, a changed name list,
 another layout) is decoded and handled in full.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from .subscription import NONCE_LEN, Subscription
+from .wire import NONCE, VERSION, field_bytes
 
-from ..generators.resources import field_bytes
-from .wire import BoundedBytes
-
-if TYPE_CHECKING:
-    from .subscription import Subscription
-
-# Request bodies shared between subscriptions, bounded in bytes (evicted bodies stay with
-# the subscriptions holding them; they are just no longer shared with new ones).
-_BODIES = BoundedBytes(32 << 20, 4 << 20)
+# How an ACK ends: the nonce field's tag, its length, and the nonce.
+NONCE_FIELD_LEN = 2 + NONCE_LEN
 
 
-def intern(body: bytes) -> bytes:
-    """One shared copy of a request body (its fields but version, nonce and node)."""
-    got = _BODIES.get(body)
-    if got is not None:
-        return got
-    _BODIES.put(body, body, len(body))
-    return body
-
-
-def expect(sub: "Subscription") -> None:
+def expect(sub: Subscription) -> None:
     """Remember how the ACK of `sub`'s last response starts and ends (after record_sent)."""
-    sub.ack_fields = (field_bytes(1, sub.sent_version.encode()), field_bytes(5, sub.sent_nonce.encode()))
+    sub.ack_fields = (field_bytes(VERSION, sub.sent_version.encode()), field_bytes(NONCE, sub.sent_nonce.encode()))
 
 
 def rest_of_ack(raw: bytes, version_field: bytes, nonce_field: bytes) -> memoryview | None:
@@ -57,7 +42,7 @@ def rest_of_ack(raw: bytes, version_field: bytes, nonce_field: bytes) -> memoryv
     return None
 
 
-def match(raw: bytes, by_nonce: dict[bytes, "Subscription"], nonce_len: int) -> "Subscription | None":
+def match(raw: bytes, by_nonce: dict[bytes, Subscription], nonce_len: int = NONCE_FIELD_LEN) -> Subscription | None:
     """The subscription `raw` is a plain ACK for (current nonce, same names), or None."""
     sub = by_nonce.get(raw[-nonce_len:])
     if sub is None or sub.ack_fields is None:

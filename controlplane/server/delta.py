@@ -1,9 +1,10 @@
 """Incremental ADS (DeltaAggregatedResources): the delta state machine.
 
-It shares everything but the protocol with the state-of-the-world server (ads.py): the
-connection and its event queue, the per-type Subscription, the ResourceView that
-resolves what a proxy should have, the PushLimiter, identity rules and SDS handling.
-See subscription.py for the protocol's vocabulary; in brief:
+It shares everything but the protocol with the state-of-the-world one (sotw.py), through
+the stream host (host.py, protocol.py): the connection and its event queue, the
+per-type Subscription, the ResourceView that resolves what a proxy should have, the
+PushLimiter, identity rules and SDS handling. See subscription.py for the protocol's
+vocabulary; in brief:
 
 - Requests add and remove names (`resource_names_subscribe`/`_unsubscribe`). The first
   request for LDS/CDS without names is a (legacy) wildcard; "*" is an explicit one.
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Callable
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
@@ -36,56 +37,54 @@ from envoy.service.discovery.v3 import discovery_pb2
 from .. import names
 from ..generators.resources import ResourceSet, changes
 from . import wire
+from .caches import PerGroup
 from .connection import Connection, Push
-from .limits import names_problem
-from .subscription import Nack, Subscription
-from .view import PerGroup
-
-if TYPE_CHECKING:
-    from .host import AdsServer
+from .protocol import Host, Sent
+from .subscription import Subscription
 
 
 class DeltaProtocol:
-    def __init__(self, server: "AdsServer"):
-        self._s = server
+    def __init__(self, host: Host):
+        self._host = host
         self._diffs = PerGroup(self._diff)  # for subscriptions with nothing declared or owed
 
     # --- events -----------------------------------------------------------------------
-    async def _on_request(self, conn: Connection, context: grpc.aio.ServicerContext,
-                          req: discovery_pb2.DeltaDiscoveryRequest) -> None:
-        s = self._s
+    async def on_request(self, conn: Connection, context: grpc.aio.ServicerContext,
+                         req: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        host = self._host
         type_url = req.type_url
         if not type_url:
-            s._log.warning("ads delta request without type_url ignored", proxy=conn.proxy.id, conn=conn.id)
+            host.log.warning("ads delta request without type_url ignored", proxy=conn.proxy.id, conn=conn.id)
             return
-        if (problem := names_problem(req.resource_names_subscribe, req.resource_names_unsubscribe)) is not None:
-            s._log.warning("ads request refused", proxy=conn.proxy.id, conn=conn.id, type_url=type_url[:200],
-                           reason=problem, delta=True)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"meshd: {problem}")
+        problem = host.limits.names_problem(req.resource_names_subscribe, req.resource_names_unsubscribe)
+        if problem is not None:
+            await host.refuse(conn, context, problem, type_url, delta=True)
         first = type_url not in conn.subscriptions
         sub = conn.subscription(type_url)
         if first and req.initial_resource_versions:
             sub.set_initial_versions(dict(req.initial_resource_versions))
-        if req.response_nonce:
+        if nonce := req.response_nonce:
             if req.HasField("error_detail"):
-                self._record_nack(conn, sub, req)
-            elif req.response_nonce == sub.sent_nonce:
-                sub.record_ack(sub.sent_version, req.response_nonce)
+                # A stale nonce never blocks a NACK (nor subscription changes, below).
+                nack = sub.record_nack(nonce, req.error_detail.message, req.error_detail.code)
+                host.nacked(conn, sub, nack, stale=nonce != sub.sent_nonce, delta=True)
+            elif nonce == sub.sent_nonce:
+                sub.record_ack(sub.sent_version, nonce)
             else:
-                s._metrics.stale_nonce(type_url)
-        added = sub.update_delta(req.resource_names_subscribe, req.resource_names_unsubscribe, first)
+                host.metrics.stale_nonce(type_url)
+        added = sub.update_delta(req.resource_names_subscribe, req.resource_names_unsubscribe, first,
+                                 host.caches.name_set)
         if first:
             sub.resend -= set(sub.known)  # declared on reconnect: sent only if it changed
-        if type_url not in s._types():
+        if type_url not in host.view.types():
             if first:
-                s._log.warning("ads type not served", proxy=conn.proxy.id, conn=conn.id, type=type_url)
+                host.log.warning("ads type not served", proxy=conn.proxy.id, conn=conn.id, type=type_url)
             return
         if first or added or sub.resend:
-            await self.respond(conn, context, sub, request=True, reason="request", first=first)
+            await self._respond(conn, context, sub, request=True, reason="request", first=first)
 
     def settle_ack(self, conn: Connection, req: discovery_pb2.DeltaDiscoveryRequest) -> bool:
-        """Record `req` at once if it is a plain ACK of the last response that needs no
-        answer (the reader calls this while the handler waits: no queueing, no wake-up)."""
+        """A plain ACK of the last response that needs no answer, recorded at once."""
         sub = conn.subscriptions.get(req.type_url)
         if (sub is None or not req.response_nonce or req.response_nonce != sub.sent_nonce or sub.resend
                 or req.resource_names_subscribe or req.resource_names_unsubscribe
@@ -94,10 +93,8 @@ class DeltaProtocol:
         sub.record_ack(sub.sent_version, req.response_nonce)
         return True
 
-    async def _on_push(self, conn: Connection, context: grpc.aio.ServicerContext, push: Push) -> None:
-        s = self._s
-        conn.mesh = s._mesh
-        served = s._types()
+    async def on_push(self, conn: Connection, context: grpc.aio.ServicerContext, push: Push) -> None:
+        served = self._host.view.types()
         reason = ",".join(sorted(push.reasons))
         for type_url in names.PUSH_ORDER:
             sub = conn.subscriptions.get(type_url)
@@ -105,27 +102,17 @@ class DeltaProtocol:
                 continue
             # `resend` may have been filled by this very push (assignments of updated clusters).
             if push.types is None or type_url in push.types or sub.resend:
-                await self.respond(conn, context, sub, request=False, reason=reason)
-        s._metrics.push_done(time.monotonic() - push.queued_at)
-        if s.observer is not None:
-            s.observer.proxy_pushed(conn)
+                await self._respond(conn, context, sub, request=False, reason=reason)
 
     # --- responses --------------------------------------------------------------------
-    async def respond(self, conn: Connection, context: grpc.aio.ServicerContext, sub: Subscription, *,
-                      request: bool, reason: str, first: bool = False) -> None:
-        s = self._s
-        if conn.mesh is None:
-            conn.mesh = s._mesh
+    async def _respond(self, conn: Connection, context: grpc.aio.ServicerContext, sub: Subscription, *,
+                       request: bool, reason: str, first: bool = False) -> None:
+        host = self._host
         started = time.perf_counter()
-        try:
-            key = s._view.key(conn, sub, conn.mesh)
-            if not request and not sub.resend and key is not None and key == sub.sent_key:
-                return
-            rs = await s._view.resolve(conn, sub, conn.mesh)
-        except Exception:
-            s._metrics.internal_error()
-            s._log.exception("ads generate failed", proxy=conn.proxy.id, type=sub.short)
+        resolved = await host.resolve(conn, sub, unless_current=not request and not sub.resend)
+        if resolved is None:
             return
+        key, rs = resolved
         send, removed = self._diff_shared(sub, rs)
         if not send and not removed and not (first and not sub.known):
             # Nothing the client lacks. (The first request of a fresh client is always
@@ -135,10 +122,9 @@ class DeltaProtocol:
             sub.resend.clear()
             return
         resources = [rs[n] for n in sorted(send)]
-        sub.responses += 1
         version = rs.version
-        nonce = make_nonce(sub.type_url, version, sub.responses)
-        chunks = [r.delta_chunk for r in resources]
+        nonce = sub.next_nonce(version)
+        chunks = [wire.delta_chunk(r) for r in resources]
         data = functools.partial(wire.delta_response, version, chunks, sub.type_url, nonce, sorted(removed))
         had = self._holds(sub)
         # Recorded before the write: the answer to it may be read before the write returns.
@@ -149,13 +135,14 @@ class DeltaProtocol:
             eds = conn.subscriptions.get(names.ENDPOINT)
             if eds is not None:
                 eds.resend |= {n for n in send if had(n) and eds.wants(n)}
-        s._sent(conn, sub, len(resources), sum(r.size for r in resources), version, nonce, request, reason, started,
-                removed=len(removed), incremental=not request and sub.type_url == names.ENDPOINT)
-        await s._send(conn, context, data)
+        host.sent(conn, sub, Sent(len(resources), sum(r.size for r in resources), version, nonce, request, reason,
+                                  started, removed=len(removed),
+                                  incremental=not request and sub.type_url == names.ENDPOINT))
+        await host.write(conn, context, data)
 
     # --- what the client holds and lacks ----------------------------------------------
     @staticmethod
-    def _holds(sub: Subscription):
+    def _holds(sub: Subscription) -> Callable[[str], bool]:
         """name -> whether the client held the resource before this response."""
         known, sent = dict(sub.known), sub.sent_set
         return lambda n: n in known or (sent is not None and n in sent)
@@ -193,22 +180,3 @@ class DeltaProtocol:
             elif n not in rs:
                 removed.add(n)  # gone, or never existed: say so rather than leave the client waiting
         return send, removed - send
-
-    def _record_nack(self, conn: Connection, sub: Subscription, req: discovery_pb2.DeltaDiscoveryRequest) -> None:
-        s = self._s
-        current = req.response_nonce == sub.sent_nonce
-        sub.nack = Nack(
-            version=sub.sent_version if current else "", nonce=req.response_nonce,
-            message=req.error_detail.message, code=req.error_detail.code,
-        )
-        s._metrics.nacked(sub.type_url, conn.proxy.id, req.error_detail.code)
-        s._log.warning(
-            "ads NACK", proxy=conn.proxy.id, conn=conn.id, type=sub.short, version=sub.nack.version,
-            nonce=req.response_nonce, stale=not current, error=req.error_detail.message, delta=True,
-        )
-
-
-def make_nonce(type_url: str, version: str, counter: int) -> str:
-    from .host import make_nonce as nonce  # ads imports this module
-
-    return nonce(type_url, version, counter)

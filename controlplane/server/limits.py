@@ -6,6 +6,7 @@ Sizes beside these are gRPC's: messages up to 16 MiB (grpc_server.SERVER_OPTIONS
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 # Names in one request (SotW resource_names, delta subscribe/unsubscribe). Envoy asks for
@@ -16,13 +17,20 @@ MAX_RESOURCE_NAMES = 8192
 MAX_NAME_BYTES = 4096
 
 
-def names_problem(*lists: Sequence[str]) -> str | None:
-    """Why these requested names are over the limits, or None."""
-    count = sum(len(names) for names in lists)
-    if count > MAX_RESOURCE_NAMES:
-        return f"request names {count} resources, more than the limit of {MAX_RESOURCE_NAMES}"
-    for names in lists:
-        for name in names:
-            if len(name) > MAX_NAME_BYTES // 4 and len(name.encode()) > MAX_NAME_BYTES:
-                return f"resource name of {len(name.encode())} bytes, more than the limit of {MAX_NAME_BYTES}"
-    return None
+@dataclass(frozen=True)
+class Limits:
+    max_resource_names: int = MAX_RESOURCE_NAMES
+    max_name_bytes: int = MAX_NAME_BYTES
+
+    def names_problem(self, *lists: Sequence[str]) -> str | None:
+        """Why these requested names are over the limits, or None."""
+        count = sum(len(names) for names in lists)
+        if count > self.max_resource_names:
+            return f"request names {count} resources, more than the limit of {self.max_resource_names}"
+        limit = self.max_name_bytes
+        for names in lists:
+            for name in names:
+                # (a str has at most 4 bytes per character: most names need no encoding)
+                if len(name) > limit // 4 and len(name.encode()) > limit:
+                    return f"resource name of {len(name.encode())} bytes, more than the limit of {limit}"
+        return None

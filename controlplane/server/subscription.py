@@ -1,5 +1,6 @@
 """What one ADS stream has asked for and been sent, per resource type: the state both
-the state-of-the-world (ads.py) and the incremental (delta.py) state machines keep.
+the state-of-the-world (sotw.py) and the incremental (delta.py) state machines keep,
+including the nonce and NACK bookkeeping they share.
 
 The protocol (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol) in
 brief:
@@ -21,6 +22,10 @@ brief:
   version is sent again. A name the client subscribes to is always sent (even at the
   version it holds: it may have forgotten it).
 
+Nonces are derived from the type, the version and a per-stream count of responses
+(`next_nonce`), so they are unique per response on a stream and a restarted meshd sends
+the same ones again.
+
 `known` is what the client holds as far as the server knows (name -> version): what was
 sent, plus what a delta client declared on reconnect. `sent_set`/`sent_key` remember the
 ResourceSet and generator key of the last response, so a push can skip a proxy whose
@@ -28,28 +33,27 @@ output did not change and compute what did change from the set's lineage.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .. import names
 
 WILDCARD = "*"
+NONCE_LEN = 16  # characters of make_nonce's nonces (acks.py recognises ACKs by them)
 
-# One copy of each distinct name set, shared by every subscription holding it: a sidecar's
-# EDS subscription names every cluster of the mesh, and 2,000 sidecars naming the same
-# 1,200 clusters would otherwise hold 2,000 copies of 1,200 strings.
-_CANONICAL: dict[frozenset, frozenset] = {}
-_CANONICAL_MAX = 4096
+# Gives the shared copy of an equal name set (ServerCaches.name_set); by default none.
+Canonical = Callable[[frozenset[str]], frozenset[str]]
 
 
-def canonical(names_: frozenset[str]) -> frozenset[str]:
-    got = _CANONICAL.get(names_)
-    if got is None:
-        if len(_CANONICAL) >= _CANONICAL_MAX:
-            _CANONICAL.clear()  # a cache: dropping it costs only sharing
-        got = _CANONICAL[names_] = names_
-    return got
+def _own(names_: frozenset[str]) -> frozenset[str]:
+    return names_
+
+
+def make_nonce(type_url: str, version: str, counter: int) -> str:
+    """Unique per response on a stream (the counter), reproducible across restarts."""
+    return hashlib.sha256(f"{type_url}\n{version}\n{counter}".encode()).hexdigest()[:NONCE_LEN]
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,8 @@ class Subscription:
     # response carries these, changed or not; the others it keeps (shared, read-only).
     warming: frozenset[str] = frozenset()
     # SotW: the last request without its version, nonce and node, re-encoded (shared
-    # between subscriptions, acks.intern), to recognise an ACK that repeats the name list.
+    # between subscriptions, ServerCaches.request_body), to recognise an ACK that repeats
+    # the name list.
     last_request: bytes | None = field(default=None, repr=False)
     # SotW: the version and nonce fields an ACK of the last response carries (acks.py).
     ack_fields: tuple[bytes, bytes] | None = field(default=None, repr=False)
@@ -115,7 +120,7 @@ class Subscription:
         return self.wildcard or name in self.names
 
     # --- state of the world ---------------------------------------------------------
-    def set_names(self, requested: Iterable[str]) -> bool:
+    def set_names(self, requested: Iterable[str], canonical: Canonical = _own) -> bool:
         """Record the names of a SotW request; True if the subscription changed."""
         new = frozenset(requested)
         if self.legacy_wildcard and not new and self.wildcard_type:
@@ -129,7 +134,8 @@ class Subscription:
         return changed
 
     # --- incremental --------------------------------------------------------------------
-    def update_delta(self, subscribe: Iterable[str], unsubscribe: Iterable[str], first: bool) -> set[str]:
+    def update_delta(self, subscribe: Iterable[str], unsubscribe: Iterable[str], first: bool,
+                     canonical: Canonical = _own) -> set[str]:
         """Apply a delta request's subscription changes; returns the names newly (re)subscribed,
         which must be answered even if the client holds them ("*" among them when the
         wildcard was subscribed: everything the client lacks must be sent)."""
@@ -176,6 +182,11 @@ class Subscription:
         self.known = dict(versions)
 
     # --- bookkeeping --------------------------------------------------------------------
+    def next_nonce(self, version: str) -> str:
+        """The nonce of the response about to be sent (counts it)."""
+        self.responses += 1
+        return make_nonce(self.type_url, version, self.responses)
+
     def record_sent(self, version: str, nonce: str, sent_names: tuple[str, ...] = (), sent_resources: tuple = (), *,
                     resource_set: Any = None, key: Any = None) -> None:
         """A response went out. With `resource_set`, the client now holds that set's
@@ -189,7 +200,7 @@ class Subscription:
             resource_set = ResourceSet(self.type_url, sent_resources)
         self.sent_set, self.sent_key = resource_set, key
         self.must_answer = False
-        self.warming = frozenset()  # every EDS response carries them (ads.partial_push)
+        self.warming = frozenset()  # every EDS response carries them (sotw.partial_push)
 
     @property
     def sent_resources(self) -> tuple:
@@ -207,6 +218,14 @@ class Subscription:
 
     def record_ack(self, version: str, nonce: str) -> None:
         self.acked_version, self.acked_nonce = version, nonce
+
+    def record_nack(self, nonce: str, message: str, code: int) -> Nack:
+        """The client rejected the response with `nonce` (a request with error_detail):
+        kept, for debugging, whether or not it was our latest (as istiod: a rejection is
+        worth recording even when a newer response is already on its way)."""
+        self.nack = Nack(version=self.sent_version if nonce == self.sent_nonce else "", nonce=nonce,
+                         message=message, code=code)
+        return self.nack
 
     @property
     def status(self) -> str:

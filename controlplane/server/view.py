@@ -1,4 +1,4 @@
-"""What a connection is served, for both protocol state machines (ads.py, delta.py).
+"""What a connection is served, for both protocol state machines (sotw.py, delta.py).
 
 The narrow interface between the protocol and the served data (compare
 go-control-plane's pkg/cache/v3/cache.go): for one connection and type, the full set of
@@ -110,29 +110,3 @@ def wanted_resources(sub: Subscription, rs: ResourceSet) -> tuple[Sequence, str,
         return rs, rs.version, True
     subset = rs.subset(sorted(sub.names))
     return subset, version_of(subset), False
-
-
-class PerGroup:
-    """Answers that depend only on what a subscription was sent, what it is due now,
-    what it asks for and (SotW EDS) which of its clusters warm (`make(sub, rs)`),
-    worked out once for every subscription in that state: the 2,000 sidecars of a push
-    are a handful of such groups. Keyed by identity
-    (sets are shared between proxies, name sets are canonical); the key objects are kept
-    so their ids cannot be reused while cached. Answers are shared: read-only."""
-
-    def __init__(self, make: Callable[[Subscription, ResourceSet], Any], max_items: int = 256):
-        self._make = make
-        self.max_items = max_items
-        self._items: dict[tuple, tuple] = {}
-
-    def get(self, sub: Subscription, rs: ResourceSet) -> Any:
-        old, wanted, warming = sub.sent_set, sub.names, sub.warming or None
-        key = (id(old), id(rs), id(wanted), sub.wildcard, id(warming))
-        got = self._items.get(key)
-        if got is not None and got[0] is old and got[1] is rs and got[2] is wanted and got[3] is warming:
-            return got[4]
-        out = self._make(sub, rs)
-        if len(self._items) >= self.max_items:
-            self._items.clear()  # a cache: dropping it costs only the sharing
-        self._items[key] = (old, rs, wanted, warming, out)
-        return out
