@@ -1,14 +1,19 @@
 """Typed config objects as the store holds them.
 
 A ConfigObject is one accepted document: its identity (kind, namespace, name), where it
-came from, and its content as plain (JSON-like) data. Objects are treated as immutable
-once in the store; generators read them but never change them.
+came from, its content as plain (JSON-like) data (`spec`: what debug views dump and the
+last good copies keep), and, for the Istio kinds meshd serves, the typed, frozen reading
+of that content (`typed`, config/types/), which is all the model and generators read.
+Objects are treated as immutable once in the store; generators read them but never
+change them.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from . import types
 from .validation.errors import FieldError
 
 
@@ -53,6 +58,28 @@ class ConfigObject:
     origin: Origin
     generation: str = ""  # content hash: changes exactly when the object changes
     extra: Mapping[str, Any] = field(default_factory=dict)  # kind-specific extras (k8s status, ...)
+
+    def __post_init__(self) -> None:
+        # Typed wherever the object is made (the parse gate, the last good copies, tests),
+        # and again by dataclasses.replace: `typed` never lags behind `spec`. It is no
+        # field, so equality, the content hash and the last good copies see the document.
+        typed = types.build(self.group, self.kind, self.spec)
+        if typed is not None:
+            object.__setattr__(self, "_typed", typed)
+
+    @property
+    def typed(self) -> Any:
+        """The typed reading of `spec` (config/types/: VirtualService, DestinationRule, ...);
+        None for kinds without one. For an object the model derived by merging several
+        (model/destination_rules.py, model/delegates.py) it is the merged reading, while
+        `spec` stays the document of the object it was derived from."""
+        return self.__dict__.get("_typed")
+
+    def derived(self, typed: Any, **changes: Any) -> ConfigObject:
+        """A copy with `changes` whose typed reading is `typed`: what the model merged."""
+        out = dataclasses.replace(self, **changes)
+        object.__setattr__(out, "_typed", typed)
+        return out
 
     @property
     def key(self) -> ConfigKey:

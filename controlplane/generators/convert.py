@@ -6,7 +6,6 @@ rather than one odd object taking down generation for every proxy.
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping
 
 from google.protobuf import any_pb2, duration_pb2, struct_pb2
@@ -16,36 +15,17 @@ from envoy.config.core.v3 import config_source_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 
-# Go's time.ParseDuration units, which Istio accepts besides protobuf's "1.5s".
-_UNITS_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
-             "m": 60_000_000_000, "h": 3_600_000_000_000}
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+from ..config.types import common as types_common
 
 
 def duration(value: Any) -> duration_pb2.Duration | None:
     """`"10s"`, `"0.5s"`, `"1m30s"`, `"250ms"` (or a number of seconds) -> Duration."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        total_ns = int(round(float(value) * 1_000_000_000))
-    elif isinstance(value, str):
-        text = value.strip()
-        pos, total = 0, 0.0
-        if not text:
-            return None
-        for m in _PART.finditer(text):
-            if m.start() != pos:
-                return None
-            total += float(m.group(1)) * _UNITS_NS[m.group(2)]
-            pos = m.end()
-        if pos != len(text):
-            return None
-        total_ns = int(round(total))
-    else:
-        return None
-    if total_ns < 0:
-        return None
-    return duration_pb2.Duration(seconds=total_ns // 1_000_000_000, nanos=total_ns % 1_000_000_000)
+    return proto_duration(types_common.duration(value))
+
+
+def proto_duration(d: types_common.Duration | None) -> duration_pb2.Duration | None:
+    """A typed config duration as the protobuf Duration (None stays None)."""
+    return None if d is None else duration_pb2.Duration(seconds=d.seconds, nanos=d.nanos)
 
 
 def fractional_percent(value: Any) -> percent_pb2.FractionalPercent | None:
