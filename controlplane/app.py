@@ -40,7 +40,6 @@ from .ports import ServePort, StartupError, bind_error, check_free
 from .security.plane import DEFAULT_KEY_TYPE, SecurityOptions, SecurityPlane
 from .security.policy_report import PolicyReport
 from .server.host import AdsOptions, AdsServer
-from .server import grpc_server
 from .server.grpc_server import start_secure_xds_server, start_xds_server
 from .server.metrics import Metrics
 from .server.secure import SecureAdsServicer
@@ -65,6 +64,7 @@ class ServeOptions:
     debounce_max: float = 10.0  # a push goes out at the latest this long after the first change
     max_pushes_in_flight: int = 100  # responses being written at once (istiod's PILOT_PUSH_THROTTLE)
     write_timeout: float = 30.0  # a proxy that stops reading longer than this is disconnected
+    share_ports: bool = False  # --workers: the gRPC ports are bound with SO_REUSEPORT (server/workers.py)
     # The CA: None serves no SDS and no secure port (in-process tests); the CLI always
     # passes one (default ~/.meshd/ca, see security/cadir.py).
     ca_dir: Path | None = None
@@ -240,7 +240,7 @@ class MeshBuilder:
 
 def serve_ports(opts: ServeOptions) -> list[ServePort]:
     """The ports this serve listens on, with their flags (0: an ephemeral port)."""
-    shared = dict(grpc_server.SERVER_OPTIONS).get("grpc.so_reuseport") == 1  # --workers
+    shared = opts.share_ports  # --workers
     ports = [ServePort("--xds-port", opts.xds_port, shared)]
     if opts.ca_dir is not None:
         ports += [ServePort("--secure-xds-port", opts.secure_xds_port, shared),
@@ -349,7 +349,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         plane = SecurityPlane(SecurityOptions(
             ca_dir=ca_dir, trust_domain=opts.trust_domain, workload_cert_ttl=opts.workload_cert_ttl,
             rotation_ratio=opts.rotation_ratio, workload_key_type=opts.workload_key_type,
-            secure_xds_port=opts.secure_xds_port, ca_mtls_port=opts.ca_mtls_port,
+            secure_xds_port=opts.secure_xds_port, ca_mtls_port=opts.ca_mtls_port, share_ports=opts.share_ports,
             listen_address=opts.listen_address, ca_poll_interval=opts.ca_poll_interval,
             authenticators=member.authenticators if member is not None else None,  # + TokenReview
         ), metrics)
@@ -409,12 +409,13 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     try:
         # Inside the try: if a later port cannot be bound, the ones already up are closed.
         host = opts.listen_address
-        servers.append(await _listening(host, ports["--xds-port"], start_xds_server(ads, host, opts.xds_port)))
+        servers.append(await _listening(host, ports["--xds-port"], start_xds_server(
+            ads, host, opts.xds_port, share_ports=opts.share_ports)))
         if serving is not None and authenticators:
             secure = SecureAdsServicer(ads, authenticators, metrics)
             servers.append(await _listening(host, ports["--secure-xds-port"], start_secure_xds_server(
                 secure, serving.credentials(), host, opts.secure_xds_port,
-                extra=plane.secure_servicers() if plane is not None else ())))
+                extra=plane.secure_servicers() if plane is not None else (), share_ports=opts.share_ports)))
         if plane is not None:
             servers += await _listening(host, ports["--ca-mtls-port"], plane.start_servers())
         monitoring = await _listening(host, ports["--monitoring-port"], start_monitoring(

@@ -121,12 +121,12 @@ def _serve(args: argparse.Namespace) -> int:
     from ca import CAError
 
     from .ports import StartupError
-    from .server import grpc_server, workers
+    from .server import workers
     from .sources.meshconfig import MeshConfigSourceError
 
     children = []
     if args.workers > 1 or args.worker_of:
-        grpc_server.share_ports()  # every process binds the xDS ports (SO_REUSEPORT)
+        opts.share_ports = True  # every process binds the xDS ports (SO_REUSEPORT)
         if args.worker_of:
             workers.die_with_parent()
         else:

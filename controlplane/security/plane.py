@@ -50,6 +50,7 @@ class SecurityOptions:
     workload_key_type: KeyType = DEFAULT_KEY_TYPE
     secure_xds_port: int = names.PORT_XDS_SECURE
     ca_mtls_port: int = 0  # 0: no client-certificate port for the CA API
+    share_ports: bool = False  # meshd serve --workers: the CA port bound with SO_REUSEPORT too
     listen_address: str = "0.0.0.0"
     ca_poll_interval: float = DEFAULT_POLL_INTERVAL
     propagation_timeout: timedelta = DEFAULT_PROPAGATION_TIMEOUT
@@ -138,7 +139,7 @@ class SecurityPlane:
         """The client-certificate port of the CA API, when configured."""
         if not self.opts.ca_mtls_port:
             return []
-        from ..server.grpc_server import SERVER_OPTIONS, _address
+        from ..server.grpc_server import address, server_options
 
         mtls_service = IstioCertificateService(
             self.ca, [ClientCertAuthenticator(self.ca.trusted_roots, self.opts.trust_domain), *self.authenticators],
@@ -146,13 +147,13 @@ class SecurityPlane:
             metrics=self.metrics,
         )
         serving = ServingCertificate(self.ca, metrics=self.metrics, client_roots=lambda: self.ca.trust_bundle_pem)
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server = grpc.aio.server(options=server_options(self.opts.share_ports))
         mtls_service.add_to_server(server)
-        address = _address(self.opts.listen_address, self.opts.ca_mtls_port)
-        if not server.add_secure_port(address, serving.credentials()):
-            raise RuntimeError(f"cannot bind the CA client-certificate port {address}")
+        bind = address(self.opts.listen_address, self.opts.ca_mtls_port)
+        if not server.add_secure_port(bind, serving.credentials()):
+            raise RuntimeError(f"cannot bind the CA client-certificate port {bind}")
         await server.start()
-        self._log.info("ca server listening", address=address, client_certificates="required")
+        self._log.info("ca server listening", address=bind, client_certificates="required")
         return [server]
 
     def tasks(self, stop: asyncio.Event) -> list[asyncio.Task]:

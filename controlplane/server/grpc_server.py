@@ -44,11 +44,13 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 
-def share_ports() -> None:
-    """From now on, xDS servers bind with SO_REUSEPORT: `meshd serve --workers N` runs N
-    processes on the same ports (server/workers.py)."""
-    global SERVER_OPTIONS
-    SERVER_OPTIONS = tuple(o for o in SERVER_OPTIONS if o[0] != "grpc.so_reuseport") + (("grpc.so_reuseport", 1),)
+def server_options(share_ports: bool = False) -> tuple[tuple[str, int], ...]:
+    """The options of every meshd gRPC port. With `share_ports` the port is bound with
+    SO_REUSEPORT: `meshd serve --workers N` runs N processes on the same ports
+    (server/workers.py)."""
+    if not share_ports:
+        return SERVER_OPTIONS
+    return tuple(o for o in SERVER_OPTIONS if o[0] != "grpc.so_reuseport") + (("grpc.so_reuseport", 1),)
 
 
 def add_ads_servicer(servicer: ads_pb2_grpc.AggregatedDiscoveryServiceServicer, server: grpc.aio.Server) -> None:
@@ -75,41 +77,44 @@ def add_ads_servicer(servicer: ads_pb2_grpc.AggregatedDiscoveryServiceServicer, 
     )
 
 
-def _address(host: str, port: int) -> str:
+def address(host: str, port: int) -> str:
+    """host:port as gRPC binds it (IPv6 hosts in brackets)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def build_xds_server(ads: AdsServer, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+def build_xds_server(ads: AdsServer, host: str, port: int, *,
+                     share_ports: bool = False) -> tuple[grpc.aio.Server, int]:
     """An unstarted server with ADS bound to host:port; returns it and the bound port
     (useful with port 0). Raises RuntimeError if the port cannot be bound."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=server_options(share_ports))
     add_ads_servicer(ads, server)
-    address = _address(host, port)
-    bound = server.add_insecure_port(address)
+    bind = address(host, port)
+    bound = server.add_insecure_port(bind)
     if bound == 0:  # older grpcio reported failure this way
-        raise RuntimeError(f"cannot bind the xDS server to {address}")
+        raise RuntimeError(f"cannot bind the xDS server to {bind}")
     return server, bound
 
 
 def build_secure_xds_server(
     servicer: SecureAdsServicer, credentials: grpc.ServerCredentials, host: str, port: int,
-    extra: Sequence[Callable[[grpc.aio.Server], None]] = (),
+    extra: Sequence[Callable[[grpc.aio.Server], None]] = (), *, share_ports: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """Like build_xds_server, over TLS, with the authenticating servicer. `extra` adds
     more services to the port (the Istio CA API, security/ca_service.py)."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=server_options(share_ports))
     add_ads_servicer(servicer, server)
     for add in extra:
         add(server)
-    address = _address(host, port)
-    bound = server.add_secure_port(address, credentials)
+    bind = address(host, port)
+    bound = server.add_secure_port(bind, credentials)
     if bound == 0:
-        raise RuntimeError(f"cannot bind the secure xDS server to {address}")
+        raise RuntimeError(f"cannot bind the secure xDS server to {bind}")
     return server, bound
 
 
-async def start_xds_server(ads: AdsServer, host: str, port: int, logger=None) -> grpc.aio.Server:
-    server, bound = build_xds_server(ads, host, port)
+async def start_xds_server(ads: AdsServer, host: str, port: int, logger=None, *,
+                           share_ports: bool = False) -> grpc.aio.Server:
+    server, bound = build_xds_server(ads, host, port, share_ports=share_ports)
     await server.start()
     (logger or structlog.get_logger("meshd.ads")).info("xds server listening", host=host, port=bound, tls=False)
     return server
@@ -117,9 +122,9 @@ async def start_xds_server(ads: AdsServer, host: str, port: int, logger=None) ->
 
 async def start_secure_xds_server(
     servicer: SecureAdsServicer, credentials: grpc.ServerCredentials, host: str, port: int, logger=None,
-    extra: Sequence[Callable[[grpc.aio.Server], None]] = (),
+    extra: Sequence[Callable[[grpc.aio.Server], None]] = (), *, share_ports: bool = False,
 ) -> grpc.aio.Server:
-    server, bound = build_secure_xds_server(servicer, credentials, host, port, extra)
+    server, bound = build_secure_xds_server(servicer, credentials, host, port, extra, share_ports=share_ports)
     await server.start()
     (logger or structlog.get_logger("meshd.ads")).info("xds server listening", host=host, port=bound, tls=True)
     return server

@@ -131,6 +131,8 @@ def test_both_ports_have_keepalive_idle_and_size_limits():
     import inspect
 
     from controlplane.security import plane
-    assert inspect.getsource(grpc_server.build_xds_server).count("options=SERVER_OPTIONS") == 1
-    assert inspect.getsource(grpc_server.build_secure_xds_server).count("options=SERVER_OPTIONS") == 1
-    assert "options=SERVER_OPTIONS" in inspect.getsource(plane)
+    assert inspect.getsource(grpc_server.build_xds_server).count("options=server_options(") == 1
+    assert inspect.getsource(grpc_server.build_secure_xds_server).count("options=server_options(") == 1
+    assert "options=server_options(" in inspect.getsource(plane)
+    # --workers only adds SO_REUSEPORT
+    assert dict(grpc_server.server_options(share_ports=True)) == {**opts, "grpc.so_reuseport": 1}
