@@ -70,10 +70,7 @@ class StaticEnvoy:
                 "static_resources": {"listeners": self.listeners, "clusters": self.clusters}}
 
     def validate(self, path: Path) -> None:
-        path.write_text(json.dumps(self.bootstrap()))
-        proc = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "warn",
-                               "--use-dynamic-base-id"], capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        envoy_validate(self.bootstrap(), path)
 
     @contextlib.contextmanager
     def run(self, workdir: Path) -> Iterator[EnvoyHandle]:
@@ -96,6 +93,16 @@ class StaticEnvoy:
 
 def _json(msg: Message) -> dict:
     return json.loads(json_format.MessageToJson(msg))
+
+
+def envoy_validate(config: dict | Message, path: Path) -> None:
+    """`envoy --mode validate` of a bootstrap (a dict or a Bootstrap message), written to
+    `path`; fails the test with Envoy's complaint (or when Envoy is missing: it is a test
+    dependency, so a missing one is a broken set-up, not a reason to pass)."""
+    path.write_text(json.dumps(config) if isinstance(config, dict) else json_format.MessageToJson(config))
+    proc = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "warn",
+                           "--use-dynamic-base-id"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
 
 def envoy_binary() -> str:

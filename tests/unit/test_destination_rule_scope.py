@@ -23,7 +23,7 @@ from controlplane.generators.resources import pack
 from controlplane.model.proxy import parse_node
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from tests.support.pki import make_ca, make_cert, tls_secret_yaml
-from tests.unit.test_sidecar_generators import CATALOG_HOST, NS, dr, mesh
+from tests.support.chapter9 import CATALOG_HOST, NS, dr, mesh
 
 CATALOG = f"outbound|80||{CATALOG_HOST}"
 CATALOG_V1 = f"outbound|80|v1|{CATALOG_HOST}"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
 import pytest
 import yaml
@@ -25,7 +24,9 @@ from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from tests.support.envoy import envoy_validate
 from tests.support.paths import shared
+from tests.support.static_xds import gateway_bootstrap
 
 K8S_KINDS = {"Service", "Pod", "EndpointSlice", "Namespace"}
 GOLDEN = ("corpus", "istioctl-golden", "istioctl", "pkg", "writer", "envoy", "configdump", "testdata", "routes")
@@ -747,80 +748,7 @@ def test_builds_are_deterministic():
 
 
 def static_bootstrap(mesh, proxy) -> bootstrap_pb2.Bootstrap:
-    """The generated resources as one static bootstrap: RDS replaced by the inline route
-    configuration, EDS clusters by STATIC ones carrying their load assignment."""
-    rds = by_name(routes.build(mesh, proxy))
-    eds = by_name(endpoints.build(mesh, proxy))
-    boot = bootstrap_pb2.Bootstrap()
-    boot.node.id = proxy.id
-    boot.node.cluster = "istio-ingressgateway.istio-system"
-    for _, lst in listeners.build(mesh, proxy):
-        lst = type(lst).FromString(lst.SerializeToString())
-        for chain in lst.filter_chains:
-            for f in chain.filters:
-                if f.name != "envoy.filters.network.http_connection_manager":
-                    continue
-                hcm = hcm_pb2.HttpConnectionManager()
-                f.typed_config.Unpack(hcm)
-                hcm.route_config.CopyFrom(rds[hcm.rds.route_config_name])
-                f.typed_config.Pack(hcm)
-        boot.static_resources.listeners.append(lst)
-    for name, c in clusters.build(mesh, proxy):
-        c = type(c).FromString(c.SerializeToString())
-        if c.type == cluster_pb2.Cluster.EDS:
-            c.ClearField("eds_cluster_config")
-            c.type = cluster_pb2.Cluster.STATIC
-            c.load_assignment.CopyFrom(eds[name])
-        boot.static_resources.clusters.append(c)
-    _static_secrets(boot)
-    return boot
-
-
-def _throwaway_certificate() -> tuple[str, str]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cluster.local")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
-
-
-def _static_secrets(boot: bootstrap_pb2.Bootstrap) -> None:
-    """Clusters reference the Istio mTLS secrets (`default`, `ROOTCA`) over SDS; Envoy's
-    validate mode crashes on SDS-over-ADS references, so make them static secrets."""
-    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
-
-    def strip(ctx) -> None:
-        for s in ctx.common_tls_context.tls_certificate_sds_secret_configs:
-            s.ClearField("sds_config")
-        ctx.common_tls_context.combined_validation_context.validation_context_sds_secret_config.ClearField("sds_config")
-
-    for c in boot.static_resources.clusters:
-        for m in c.transport_socket_matches:
-            if m.transport_socket.name == "envoy.transport_sockets.tls":
-                ctx = tls_pb2.UpstreamTlsContext()
-                m.transport_socket.typed_config.Unpack(ctx)
-                strip(ctx)
-                m.transport_socket.typed_config.Pack(ctx)
-    if not any(c.transport_socket_matches for c in boot.static_resources.clusters):
-        return
-    cert, key = _throwaway_certificate()
-    boot.static_resources.secrets.add(name="default").tls_certificate.certificate_chain.inline_string = cert
-    boot.static_resources.secrets[0].tls_certificate.private_key.inline_string = key
-    boot.static_resources.secrets.add(name="ROOTCA").validation_context.trusted_ca.inline_string = cert
+    return gateway_bootstrap(mesh, proxy, node_cluster="istio-ingressgateway.istio-system")
 
 
 @pytest.mark.e2e
@@ -882,17 +810,6 @@ spec:
     mesh = mesh_of(INGRESS_SERVICE, WEBAPP, COOLSTORE_GATEWAY, WEBAPP_VS, rich_vs, dr, TCP_ECHO, TCP_ECHO_VS)
     boot = static_bootstrap(mesh, GATEWAY_PROXY)
     assert len(boot.static_resources.listeners) == 2
-    path = tmp_path / "bootstrap.json"
-    path.write_text(json_format.MessageToJson(boot))
-    proc = subprocess.run(
-        [envoy, "--mode", "validate", "-c", str(path), "--log-level", "warn"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-
+    envoy_validate(boot, tmp_path / "bootstrap.json")
     # and the empty gateway (404 virtual host) too
-    path.write_text(json_format.MessageToJson(static_bootstrap(story_mesh(), GATEWAY_PROXY)))
-    proc = subprocess.run([envoy, "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    envoy_validate(static_bootstrap(story_mesh(), GATEWAY_PROXY), tmp_path / "bootstrap.json")

@@ -23,8 +23,9 @@ from controlplane.config.objects import ConfigObject, Origin, Rejection
 from controlplane.config.parse import parse_document
 from controlplane.config.store import ConfigStore
 from controlplane.model.mesh import build_mesh
+from tests.support.chapter9 import GATEWAY_PROXY, LAYOUT, NS, WEBAPP_PROXY
 from tests.support.configs import objects_from_yaml
-from tests.unit.test_sidecar_generators import GATEWAY_PROXY, LAYOUT, NS, WEBAPP_PROXY, static_config
+from tests.support.static_xds import sidecar_config
 
 # --- strategies ------------------------------------------------------------------------
 
@@ -168,7 +169,7 @@ def test_random_istio_objects_are_rejected_or_valid_for_envoy(objs):
     store.replace_location("gen.yaml", accepted)
     mesh = build_mesh(store.snapshot())
     with tempfile.TemporaryDirectory() as tmp:
-        configs = [static_config(mesh, proxy, Path(tmp)) for proxy in (WEBAPP_PROXY, GATEWAY_PROXY)]
+        configs = [sidecar_config(mesh, proxy, Path(tmp)) for proxy in (WEBAPP_PROXY, GATEWAY_PROXY)]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         results = list(pool.map(_validate, configs))
     for (rc, out), proxy in zip(results, ("sidecar", "gateway")):

@@ -14,20 +14,8 @@ from controlplane import names
 from controlplane.generators import Generator, builders
 from controlplane.generators.resources import changes, pack
 from controlplane.model.proxy import parse_node
-from tests.unit.test_sidecar_generators import (
-    CATALOG_PROXY,
-    GATEWAY_PROXY,
-    LAYOUT,
-    NS,
-    RICH,
-    SLEEP_PROXY,
-    STRICT_MESH,
-    TCP_SERVICES,
-    WEBAPP_PROXY,
-    dr,
-    mesh,
-    pa,
-)
+from tests.support.chapter9 import (CATALOG_PROXY, GATEWAY_PROXY, LAYOUT, NS, RICH, SLEEP_PROXY, STRICT_MESH,
+                                    TCP_SERVICES, WEBAPP_PROXY, dr, endpoints_v2, mesh, pa)
 
 TYPES = (names.CLUSTER, names.ENDPOINT, names.LISTENER, names.ROUTE)
 
@@ -84,16 +72,6 @@ def check_all(g: Generator, m) -> None:
                 assert got(g, m, p, t) == expected(m, p, t), (p.id, wc, names.SHORT[t])
 
 
-def endpoints_v2(ip: str) -> str:
-    return f"""
-apiVersion: v1
-kind: Pod
-metadata: {{name: catalog-3, namespace: {NS}, labels: {{app: catalog, version: v2, security.istio.io/tlsMode: istio}}}}
-spec: {{serviceAccountName: catalog-v2, containers: [{{name: catalog}}]}}
-status: {{podIP: {ip}}}
-"""
-
-
 # Each step is a whole configuration; one Generator sees them in order.
 STEPS = [
     ("base", []),
@@ -142,7 +120,7 @@ spec:
 
 
 def config(tmp_path, parts: list[str]) -> list[str]:
-    from tests.unit.test_sidecar_generators import _rich_drs
+    from tests.support.chapter9 import rich_drs as _rich_drs
 
     texts = {
         "rich": RICH,

@@ -20,9 +20,8 @@ from controlplane.generators import Generator
 from controlplane.server.host import AdsServer
 from controlplane.server.grpc_server import build_xds_server
 from controlplane.server.metrics import Metrics
+from tests.support.chapter9 import NS, endpoints_v2, mesh
 from tests.unit.test_ads import eventually, run
-from tests.unit.test_push_generation import endpoints_v2
-from tests.unit.test_sidecar_generators import NS, mesh
 
 CATALOG_80 = f"outbound|80||catalog.{NS}.svc.cluster.local"
 CATALOG_81 = f"outbound|81||catalog.{NS}.svc.cluster.local"

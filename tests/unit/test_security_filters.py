@@ -12,7 +12,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from controlplane import names
 from controlplane.generators import Generator, listeners
 from controlplane.generators.resources import pack
-from tests.unit.test_sidecar_generators import CATALOG_PROXY, GATEWAY_PROXY, NS, WEBAPP_PROXY, mesh
+from tests.support.chapter9 import CATALOG_PROXY, GATEWAY_PROXY, NS, WEBAPP_PROXY, mesh
 
 CATALOG_V2 = dataclasses.replace(
     CATALOG_PROXY, id=f"sidecar~10.1.0.12~catalog-2.{NS}~{NS}.svc.cluster.local", ip="10.1.0.12", pod="catalog-2",

@@ -8,135 +8,26 @@ without one, the ingress gateway in `istio-system`. Expectations follow what ist
 """
 from __future__ import annotations
 
-import datetime
-import json
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 from google.protobuf import json_format
 
 from controlplane.generators import clusters, endpoints, filter_chains, listeners, routes
 from controlplane.generators.resources import pack
 from controlplane.model.proxy import parse_node
-from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from tests.support.chapter9 import (CATALOG, CATALOG_HOST, CATALOG_PROXY, GATEWAY_PROXY, LAYOUT, NS, RICH, SLEEP_PROXY,
+                                    STRICT_MESH, TCP_SERVICES, WEBAPP, WEBAPP_HOST, WEBAPP_PROXY, dr, mesh, pa,
+                                    rich_drs)
 from tests.support.configs import mesh_from_yaml
+from tests.support.envoy import envoy_validate
+from tests.support.static_xds import self_signed, sidecar_config
 
-NS = "istioinaction"
-WEBAPP_HOST = f"webapp.{NS}.svc.cluster.local"
-CATALOG_HOST = f"catalog.{NS}.svc.cluster.local"
-CATALOG = f"outbound|80||{CATALOG_HOST}"
-WEBAPP = f"outbound|80||{WEBAPP_HOST}"
 MTLS_ALPN = ["istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2"]
-
-LAYOUT = f"""
-apiVersion: v1
-kind: Service
-metadata: {{name: webapp, namespace: {NS}}}
-spec:
-  clusterIP: 10.96.0.10
-  selector: {{app: webapp}}
-  ports: [{{name: http, port: 80, targetPort: 8080}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: catalog, namespace: {NS}}}
-spec:
-  clusterIP: 10.96.0.11
-  selector: {{app: catalog}}
-  ports:
-  - {{name: http, port: 80, targetPort: 3000}}
-  - {{name: http-admin, port: 81, targetPort: 3001}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: sleep, namespace: default}}
-spec:
-  clusterIP: 10.96.0.20
-  selector: {{app: sleep}}
-  ports: [{{name: http, port: 80}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: webapp-1, namespace: {NS}, labels: {{app: webapp, security.istio.io/tlsMode: istio}}}}
-spec: {{serviceAccountName: webapp, containers: [{{name: webapp}}]}}
-status: {{podIP: 10.1.0.10}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: catalog-1, namespace: {NS}, labels: {{app: catalog, version: v1, security.istio.io/tlsMode: istio}}}}
-spec: {{serviceAccountName: catalog, containers: [{{name: catalog}}]}}
-status: {{podIP: 10.1.0.11}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: catalog-2, namespace: {NS}, labels: {{app: catalog, version: v2, security.istio.io/tlsMode: istio}}}}
-spec: {{serviceAccountName: catalog-v2, containers: [{{name: catalog}}]}}
-status: {{podIP: 10.1.0.12}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: sleep-1, namespace: default, labels: {{app: sleep}}}}
-spec: {{containers: [{{name: sleep}}]}}
-status: {{podIP: 10.1.0.20}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: istio-ingressgateway, namespace: istio-system}}
-spec:
-  clusterIP: 10.96.0.2
-  selector: {{istio: ingressgateway}}
-  ports: [{{name: http2, port: 80, targetPort: 8080}}]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: coolstore-gateway, namespace: {NS}}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: ["webapp.istioinaction.io"]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: webapp-vs-from-gw, namespace: {NS}}}
-spec:
-  hosts: ["webapp.istioinaction.io"]
-  gateways: [coolstore-gateway]
-  http:
-  - route:
-    - destination: {{host: webapp, port: {{number: 80}}}}
-"""
-
-WEBAPP_PROXY = parse_node(
-    f"sidecar~10.1.0.10~webapp-1.{NS}~{NS}.svc.cluster.local",
-    {"NAMESPACE": NS, "LABELS": {"app": "webapp", "security.istio.io/tlsMode": "istio"},
-     "SERVICE_ACCOUNT": "webapp", "INTERCEPTION_MODE": "REDIRECT"},
-)
-CATALOG_PROXY = parse_node(
-    f"sidecar~10.1.0.11~catalog-1.{NS}~{NS}.svc.cluster.local",
-    {"NAMESPACE": NS, "LABELS": {"app": "catalog", "version": "v1", "security.istio.io/tlsMode": "istio"},
-     "SERVICE_ACCOUNT": "catalog", "INTERCEPTION_MODE": "REDIRECT"},
-)
-SLEEP_PROXY = parse_node(
-    "sidecar~10.1.0.20~sleep-1.default~default.svc.cluster.local",
-    {"NAMESPACE": "default", "LABELS": {"app": "sleep"}, "INTERCEPTION_MODE": "REDIRECT"},
-)
-GATEWAY_PROXY = parse_node(
-    "router~10.1.0.2~gw-1.istio-system~istio-system.svc.cluster.local",
-    {"NAMESPACE": "istio-system", "LABELS": {"istio": "ingressgateway"}},
-)
-
-
-def mesh(*extra: str):
-    return mesh_from_yaml("\n---\n".join([LAYOUT, *extra]))
 
 
 def by_name(items):
@@ -176,23 +67,6 @@ def chain_summary(lst, port: int | None = None) -> list[tuple]:
     return out
 
 
-def pa(name: str, namespace: str, mode: str, selector: dict | None = None, ports: dict | None = None) -> str:
-    text = f"apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n"
-    if selector:
-        text += "  selector: {matchLabels: {" + ", ".join(f"{k}: {v}" for k, v in selector.items()) + "}}\n"
-    text += f"  mtls: {{mode: {mode}}}\n"
-    if ports:
-        text += "  portLevelMtls:\n" + "".join(f"    {p}: {{mode: {m}}}\n" for p, m in ports.items())
-    return text
-
-
-def dr(name: str, host: str, body: str, namespace: str = NS) -> str:
-    return f"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  host: {host}\n{body}"
-
-
-STRICT_MESH = pa("default", "istio-system", "STRICT")
-
-
 # --- LDS: names and the outbound side ------------------------------------------------
 
 
@@ -228,45 +102,6 @@ def test_outbound_http_listener_uses_rds_per_port():
     assert tcp_of(lst.default_filter_chain).cluster == "PassthroughCluster"
     assert [f.name for f in lst.listener_filters] == [
         "envoy.filters.listener.tls_inspector", "envoy.filters.listener.http_inspector"]
-
-
-TCP_SERVICES = """
-apiVersion: v1
-kind: Service
-metadata: {name: mysql, namespace: default, creationTimestamp: "2024-01-01T00:00:00Z"}
-spec:
-  clusterIP: 10.96.0.30
-  selector: {app: mysql}
-  ports: [{name: tcp-mysql, port: 3306}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: legacy-a, namespace: default, creationTimestamp: "2024-01-02T00:00:00Z"}
-spec:
-  selector: {app: a}
-  ports: [{port: 7000}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: legacy-b, namespace: default, creationTimestamp: "2024-01-01T00:00:00Z"}
-spec:
-  selector: {app: b}
-  ports: [{port: 7000}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: mixed-tcp, namespace: default}
-spec:
-  selector: {app: c}
-  ports: [{name: tcp, port: 9000}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: mixed-http, namespace: default}
-spec:
-  selector: {app: d}
-  ports: [{name: http, port: 9000}]
-"""
 
 
 def test_outbound_tcp_listeners_and_conflicts():
@@ -843,173 +678,12 @@ def test_no_listener_has_duplicate_matches():
 # --- Envoy accepts it ----------------------------------------------------------------
 
 
-def _self_signed(tmp_path: Path) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cluster.local")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://cluster.local/ns/test/sa/test")]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    (tmp_path / "cert.pem").write_text(cert_pem)
-    (tmp_path / "key.pem").write_text(key_pem)
-    (tmp_path / "ca.pem").write_text(cert_pem)
-    return cert_pem, key_pem
-
-
-def _static_sds(node, secrets: set[str]):
-    """SDS references without a config source (static secrets), collecting their names."""
-    if isinstance(node, dict):
-        if "sds_config" in node and "name" in node:
-            secrets.add(node["name"])
-            del node["sds_config"]
-        for v in node.values():
-            _static_sds(v, secrets)
-    elif isinstance(node, list):
-        for v in node:
-            _static_sds(v, secrets)
-
-
-def static_config(m, proxy, tmp_path: Path) -> dict:
-    """The generated resources as one static bootstrap: RDS inline, EDS as STATIC clusters
-    with their assignment, SDS as static secrets (Envoy's validate mode crashes on
-    SDS-over-ADS references, see the report)."""
-    rds_by_name = by_name(routes.build(m, proxy))
-    eds = by_name(endpoints.build(m, proxy))
-    boot = bootstrap_pb2.Bootstrap()
-    boot.node.id = proxy.id
-    boot.node.cluster = f"{proxy.pod}.{proxy.namespace}"
-    boot.admin.address.socket_address.address = "127.0.0.1"
-    boot.admin.address.socket_address.port_value = 15000
-    for _, lst in listeners.build(m, proxy):
-        lst = type(lst).FromString(lst.SerializeToString())
-        for chain in [*lst.filter_chains, lst.default_filter_chain]:
-            for f in chain.filters:
-                if f.name != "envoy.filters.network.http_connection_manager":
-                    continue
-                hcm = hcm_pb2.HttpConnectionManager()
-                f.typed_config.Unpack(hcm)
-                if hcm.HasField("rds"):
-                    hcm.route_config.CopyFrom(rds_by_name[hcm.rds.route_config_name])
-                f.typed_config.Pack(hcm)
-        boot.static_resources.listeners.append(lst)
-    for name, c in clusters.build(m, proxy):
-        c = type(c).FromString(c.SerializeToString())
-        if c.type == cluster_pb2.Cluster.EDS:
-            c.ClearField("eds_cluster_config")
-            c.type = cluster_pb2.Cluster.STATIC
-            c.load_assignment.CopyFrom(eds[name])
-        boot.static_resources.clusters.append(c)
-    config = json_format.MessageToDict(boot, preserving_proto_field_name=True)
-    secrets: set[str] = set()
-    _static_sds(config, secrets)
-    cert_pem, key_pem = _self_signed(tmp_path)
-    config["static_resources"]["secrets"] = [
-        {"name": s, "validation_context": {"trusted_ca": {"inline_string": cert_pem}}}
-        if s == "ROOTCA" or s.endswith("-cacert")
-        else {"name": s, "tls_certificate": {"certificate_chain": {"inline_string": cert_pem},
-                                             "private_key": {"inline_string": key_pem}}}
-        for s in sorted(secrets)
-    ]
-    return config
-
-
-def envoy_validate(config: dict, path: Path) -> None:
-    envoy = shutil.which("envoy")
-    if envoy is None:
-        pytest.skip("envoy binary not installed")
-    path.write_text(json.dumps(config))
-    proc = subprocess.run([envoy, "--mode", "validate", "-c", str(path), "--log-level", "warn"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-
-
-RICH = f"""
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: catalog, namespace: {NS}}}
-spec:
-  hosts: [catalog, "*.example.com"]
-  http:
-  - match: [{{headers: {{x-version: {{exact: v2}}}}, port: 80}}]
-    route: [{{destination: {{host: catalog, subset: v2}}}}]
-    retries: {{attempts: 3, perTryTimeout: 1s}}
-  - route:
-    - {{destination: {{host: catalog, subset: v1}}, weight: 90}}
-    - {{destination: {{host: catalog, subset: v2}}, weight: 10}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: mysql, namespace: default}}
-spec:
-  hosts: [mysql.default.svc.cluster.local]
-  tcp: [{{route: [{{destination: {{host: mysql.default.svc.cluster.local}}}}]}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: grpc, namespace: {NS}}}
-spec:
-  clusterIP: 10.96.0.50
-  selector: {{app: webapp}}
-  ports: [{{name: grpc, port: 7000, targetPort: 7070}}, {{name: tcp-raw, port: 7001, targetPort: 7071}}, {{name: other, port: 7002}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: db, namespace: {NS}}}
-spec:
-  clusterIP: None
-  selector: {{app: catalog}}
-  ports: [{{name: tcp, port: 5432}}, {{name: http, port: 8081}}]
----
-{pa("webapp", NS, "STRICT", selector={"app": "webapp"}, ports={7071: "PERMISSIVE", 7072: "DISABLE", 9999: "STRICT"})}
-"""
-
-
-def _rich_drs(tmp_path: Path) -> str:
-    return "\n---\n".join([
-        dr("catalog", "catalog", f"""  trafficPolicy:
-    loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}
-    portLevelSettings:
-    - port: {{number: 81}}
-      tls: {{mode: MUTUAL, clientCertificate: {tmp_path}/cert.pem, privateKey: {tmp_path}/key.pem, caCertificates: {tmp_path}/ca.pem}}
-  subsets:
-  - {{name: v1, labels: {{version: v1}}, trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}}}
-  - {{name: v2, labels: {{version: v2}}}}
-"""),
-        dr("webapp", "webapp", "  trafficPolicy: {tls: {mode: DISABLE}}\n"),
-        dr("sleep", "sleep.default.svc.cluster.local",
-           f"  trafficPolicy: {{tls: {{mode: SIMPLE, caCertificates: {tmp_path}/ca.pem, sni: sleep.example.com}}}}\n"),
-        dr("gw", "istio-ingressgateway.istio-system.svc.cluster.local",
-           "  trafficPolicy: {tls: {mode: MUTUAL, credentialName: gw-client}}\n", namespace="istio-system"),
-    ])
-
-
 @pytest.mark.e2e
 @pytest.mark.parametrize("proxy", [WEBAPP_PROXY, CATALOG_PROXY, GATEWAY_PROXY], ids=["webapp", "catalog", "router"])
 def test_envoy_accepts_sidecar_and_router_config(tmp_path, proxy):
-    _self_signed(tmp_path)  # the files the DestinationRules name
-    m = mesh(TCP_SERVICES, RICH, _rich_drs(tmp_path))
-    config = static_config(m, proxy, tmp_path)
+    self_signed(tmp_path)  # the files the DestinationRules name
+    m = mesh(TCP_SERVICES, RICH, rich_drs(tmp_path))
+    config = sidecar_config(m, proxy, tmp_path)
     assert config["static_resources"]["secrets"], "expected mTLS secrets"
     envoy_validate(config, tmp_path / "envoy.json")
 
@@ -1018,7 +692,7 @@ def test_envoy_accepts_sidecar_and_router_config(tmp_path, proxy):
 @pytest.mark.parametrize("policy", [STRICT_MESH, pa("default", NS, "DISABLE"), ""], ids=["strict", "disable", "permissive"])
 def test_envoy_accepts_every_inbound_mode(tmp_path, policy):
     m = mesh(TCP_SERVICES, policy) if policy else mesh(TCP_SERVICES)
-    envoy_validate(static_config(m, CATALOG_PROXY, tmp_path), tmp_path / "envoy.json")
+    envoy_validate(sidecar_config(m, CATALOG_PROXY, tmp_path), tmp_path / "envoy.json")
 
 
 @pytest.mark.parametrize("proxy", [WEBAPP_PROXY, GATEWAY_PROXY], ids=["sidecar", "router"])

@@ -5,24 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import subprocess
 
 import pytest
 import yaml
-from google.protobuf import json_format
 
 from controlplane.config.objects import ConfigObject, Origin, Rejection
 from controlplane.config.parse import parse_document
-from controlplane.generators import clusters, endpoints, filter_chains, listeners, routes, secrets
+from controlplane.generators import filter_chains, listeners, routes, secrets
 from controlplane.model.proxy import parse_node
 from envoy.config.bootstrap.v3 import bootstrap_pb2
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from tests.support.configs import mesh_from_yaml
+from tests.support.envoy import envoy_validate
 from tests.support.pki import b64, generic_secret_yaml, make_ca, make_cert, tls_secret_yaml
+from tests.support.static_xds import gateway_bootstrap
 
 CA = make_ca()
 WEBAPP = make_cert(CA, ["webapp.istioinaction.io"])
@@ -423,76 +421,8 @@ def test_secret_change_changes_sds_only():
 
 
 def static_bootstrap(mesh, proxy) -> bootstrap_pb2.Bootstrap:
-    """Everything the gateway would get, inlined into one bootstrap for `envoy --mode
-    validate`: RDS into the listeners, EDS into STATIC clusters, SDS into static secrets."""
-    rds = by_name(routes.build(mesh, proxy))
-    eds = by_name(endpoints.build(mesh, proxy))
-    sds = by_name(secrets.build(mesh, proxy))
-    boot = bootstrap_pb2.Bootstrap()
-    boot.node.id = proxy.id
-    needed: set[str] = set()
-
-    def strip(ctx) -> None:
-        common = ctx.common_tls_context
-        for s in common.tls_certificate_sds_secret_configs:
-            s.ClearField("sds_config")
-            needed.add(s.name)
-        if common.HasField("combined_validation_context"):
-            v = common.combined_validation_context.validation_context_sds_secret_config
-            v.ClearField("sds_config")
-            needed.add(v.name)
-
-    for _, lst in listeners.build(mesh, proxy):
-        lst = type(lst).FromString(lst.SerializeToString())
-        for chain in lst.filter_chains:
-            for f in chain.filters:
-                if f.name == "envoy.filters.network.http_connection_manager":
-                    hcm = hcm_pb2.HttpConnectionManager()
-                    f.typed_config.Unpack(hcm)
-                    hcm.route_config.CopyFrom(rds[hcm.rds.route_config_name])
-                    f.typed_config.Pack(hcm)
-            if chain.HasField("transport_socket"):
-                ctx = tls_pb2.DownstreamTlsContext()
-                chain.transport_socket.typed_config.Unpack(ctx)
-                strip(ctx)
-                chain.transport_socket.typed_config.Pack(ctx)
-        boot.static_resources.listeners.append(lst)
-    for name, c in clusters.build(mesh, proxy):
-        c = type(c).FromString(c.SerializeToString())
-        if c.type == cluster_pb2.Cluster.EDS:
-            c.ClearField("eds_cluster_config")
-            c.type = cluster_pb2.Cluster.STATIC
-            c.load_assignment.CopyFrom(eds[name])
-        for m in c.transport_socket_matches:
-            if m.transport_socket.name == "envoy.transport_sockets.tls":
-                ctx = tls_pb2.UpstreamTlsContext()
-                m.transport_socket.typed_config.Unpack(ctx)
-                strip(ctx)
-                m.transport_socket.typed_config.Pack(ctx)
-        boot.static_resources.clusters.append(c)
-    for name in sorted(needed):
-        if name in sds:
-            boot.static_resources.secrets.append(sds[name])
-        elif name == "ROOTCA":
-            boot.static_resources.secrets.add(name=name).validation_context.trusted_ca.inline_bytes = CA.cert
-        elif name == "default":
-            s = boot.static_resources.secrets.add(name=name)
-            s.tls_certificate.certificate_chain.inline_bytes = OTHER.cert
-            s.tls_certificate.private_key.inline_bytes = OTHER.key
-        else:
-            raise AssertionError(f"listener references secret {name} that SDS does not serve")
-    return boot
-
-
-def envoy_validate(tmp_path, boot) -> None:
-    envoy = shutil.which("envoy")
-    if envoy is None:
-        pytest.skip("envoy binary not installed")
-    path = tmp_path / "bootstrap.json"
-    path.write_text(json_format.MessageToJson(boot))
-    proc = subprocess.run([envoy, "--mode", "validate", "-c", str(path), "--log-level", "warn"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    """Everything the gateway would get, inlined (the workload's own certificate: OTHER)."""
+    return gateway_bootstrap(mesh, proxy, root=CA.cert, leaf=OTHER)
 
 
 @pytest.mark.e2e
@@ -526,7 +456,7 @@ spec:
 """
     boot = static_bootstrap(full_mesh(extra), GATEWAY)
     assert len(boot.static_resources.listeners) == 6
-    envoy_validate(tmp_path, boot)
+    envoy_validate(boot, tmp_path / "bootstrap.json")
 
 
 def test_secret_yaml_round_trip_through_yaml_loader():

@@ -376,7 +376,8 @@ def test_traffic_policy_fields_reach_the_cluster():
 def test_envoy_accepts_every_traffic_policy(tmp_path):
     import pytest
 
-    from tests.unit.test_traffic_gateway_tls import envoy_validate, static_bootstrap
+    from tests.support.envoy import envoy_validate
+    from tests.support.static_xds import gateway_bootstrap
 
     text = FULL_POLICY + GW + DELEGATION.replace(GW, "") + """
 ---
@@ -396,4 +397,4 @@ spec:
 """
     if __import__("shutil").which("envoy") is None:
         pytest.skip("envoy binary not installed")
-    envoy_validate(tmp_path, static_bootstrap(mesh_from_yaml(text), GATEWAY))
+    envoy_validate(gateway_bootstrap(mesh_from_yaml(text), GATEWAY), tmp_path / "bootstrap.json")
