@@ -23,9 +23,12 @@ from .wire import NONCE, VERSION, field_bytes
 NONCE_FIELD_LEN = 2 + NONCE_LEN
 
 
-def expect(sub: Subscription) -> None:
-    """Remember how the ACK of `sub`'s last response starts and ends (after record_sent)."""
-    sub.ack_fields = (field_bytes(VERSION, sub.sent_version.encode()), field_bytes(NONCE, sub.sent_nonce.encode()))
+def expect(sub: Subscription) -> tuple[bytes, bytes]:
+    """Remember how the ACK of `sub`'s last response starts and ends (after record_sent);
+    returns it (sub.ack_fields)."""
+    fields = (field_bytes(VERSION, sub.sent_version.encode()), field_bytes(NONCE, sub.sent_nonce.encode()))
+    sub.ack_fields = fields
+    return fields
 
 
 def rest_of_ack(raw: bytes, version_field: bytes, nonce_field: bytes) -> memoryview | None:

@@ -64,7 +64,7 @@ class SharedResponses:
 
     def get(self, owner: Any, version: str, nonce: str, make: Callable[[], bytes]) -> bytes:
         key = (id(owner), version, nonce)
-        got = self._cache.get(key)
+        got: tuple[Any, bytes] | None = self._cache.get(key)
         if got is not None and got[0] is owner:
             self.hits += 1
             return got[1]
@@ -85,7 +85,7 @@ class PerGroup:
     def __init__(self, make: Callable[[Subscription, ResourceSet], Any], max_items: int = 256):
         self._make = make
         self.max_items = max_items
-        self._items: dict[tuple, tuple] = {}
+        self._items: dict[tuple[int, int, int, bool, int], tuple[Any, ...]] = {}
 
     def get(self, sub: Subscription, rs: ResourceSet) -> Any:
         old, wanted, warming = sub.sent_set, sub.names, sub.warming or None
@@ -123,7 +123,7 @@ class ServerCaches:
 
     def request_body(self, body: bytes) -> bytes:
         """The shared copy of a request body equal to `body`."""
-        got = self._bodies.get(body)
+        got: bytes | None = self._bodies.get(body)
         if got is not None:
             return got
         self._bodies.put(body, body, len(body))

@@ -151,7 +151,8 @@ class DeltaProtocol:
         """_diff, worked out once per group of subscriptions in the same state (read-only)."""
         if sub.known or sub.resend or sub.sent_set is None:
             return self._diff(sub, rs)
-        return self._diffs.get(sub, rs)
+        shared: tuple[set[str], set[str]] = self._diffs.get(sub, rs)
+        return shared
 
     @staticmethod
     def _diff(sub: Subscription, rs: ResourceSet) -> tuple[set[str], set[str]]:

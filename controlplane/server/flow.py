@@ -50,7 +50,7 @@ class PushLimiter:
         self.max_in_flight = max_in_flight
         self.write_timeout = write_timeout
         self.in_flight = 0
-        self._waiters: deque[asyncio.Future] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._writes: dict[_Write, None] = {}  # holding a slot, oldest first
         self._sweep: asyncio.TimerHandle | None = None
         self.last_write = 0.0  # time.monotonic() when the last write ended (gcpolicy's "quiet")
@@ -63,7 +63,7 @@ class PushLimiter:
         if self.in_flight < self.max_in_flight and not self._waiters:
             self.in_flight += 1
             return
-        fut = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
             await fut  # the slot is handed over by _release (in_flight already counts it)

@@ -5,7 +5,7 @@ authenticates each stream before it reaches the protocol (see secure.py).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import grpc
 import structlog
@@ -112,7 +112,7 @@ def build_secure_xds_server(
     return server, bound
 
 
-async def start_xds_server(ads: AdsServer, host: str, port: int, logger=None, *,
+async def start_xds_server(ads: AdsServer, host: str, port: int, logger: Any = None, *,
                            share_ports: bool = False) -> grpc.aio.Server:
     server, bound = build_xds_server(ads, host, port, share_ports=share_ports)
     await server.start()
@@ -121,7 +121,7 @@ async def start_xds_server(ads: AdsServer, host: str, port: int, logger=None, *,
 
 
 async def start_secure_xds_server(
-    servicer: SecureAdsServicer, credentials: grpc.ServerCredentials, host: str, port: int, logger=None,
+    servicer: SecureAdsServicer, credentials: grpc.ServerCredentials, host: str, port: int, logger: Any = None,
     extra: Sequence[Callable[[grpc.aio.Server], None]] = (), *, share_ports: bool = False,
 ) -> grpc.aio.Server:
     server, bound = build_secure_xds_server(servicer, credentials, host, port, extra, share_ports=share_ports)

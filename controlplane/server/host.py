@@ -252,7 +252,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         """One incremental ADS stream; identity rules as for serve_stream."""
         await self._run_stream(request_iterator, context, identity, delta=True)
 
-    async def _run_stream(self, request_iterator: AsyncIterator, context: grpc.aio.ServicerContext,
+    async def _run_stream(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext,
                           identity: Identity | None, *, delta: bool) -> None:
         peer = context.peer()
         if self._closing is not None:
@@ -284,7 +284,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         )
         protocol: StreamProtocol = self.delta if delta else self.sotw
         stuck: StreamStuck | None = None
-        reader: asyncio.Task | None = None
+        reader: asyncio.Task[None] | None = None
         try:  # from registration on: whatever ends the stream, the connection is forgotten
             await conn.events.put_request(first)
             reader = asyncio.create_task(self._read(requests, conn, protocol), name=f"ads-read-{conn.id}")

@@ -12,7 +12,7 @@ series prometheus-client adds, which istiod does not have.
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
@@ -185,7 +185,7 @@ class Metrics:
             registry=r,
         )
         self._reject_series: dict[str, set[tuple[str, str]]] = {}  # node -> {(type_url, err)}
-        self._pushed_children: dict[str, tuple] = {}
+        self._pushed_children: dict[str, tuple[Any, ...]] = {}
 
     # --- recording ---------------------------------------------------------------
     def set_connections(self, n: int) -> None:
@@ -240,12 +240,12 @@ class Metrics:
     def config_rejected(self, kind: str) -> None:
         self.config_rejections.labels(kind).inc()
 
-    def set_config_unsupported(self, counts) -> None:
+    def set_config_unsupported(self, counts: Mapping[tuple[str, str], int]) -> None:
         """(group, kind) -> objects held (ConfigStore's on_unsupported); 0 when gone."""
         for (group, kind), n in counts.items():
             self.config_unsupported.labels(group, kind).set(n)
 
-    def set_config_restored(self, counts) -> None:
+    def set_config_restored(self, counts: Mapping[str, int]) -> None:
         """kind -> objects restored from the state directory (config/lastgood.py); 0 when fixed."""
         for kind, n in counts.items():
             self.config_restored.labels(kind).set(n)

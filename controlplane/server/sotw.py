@@ -89,15 +89,17 @@ class SotwProtocol:
 
     # --- events -----------------------------------------------------------------------
     async def on_request(self, conn: Connection, context: grpc.aio.ServicerContext,
-                         req: discovery_pb2.DiscoveryRequest | bytes) -> None:
+                         request: discovery_pb2.DiscoveryRequest | bytes) -> None:
         host = self._host
-        if type(req) is bytes:
-            sub = self._plain_ack(conn, req)
+        if isinstance(request, bytes):
+            sub = self._plain_ack(conn, request)
             if sub is not None:
                 await self._respond(conn, context, sub, request=True, force=sub.must_answer, reason="request")
                 return
-            req = discovery_pb2.DiscoveryRequest.FromString(req)
+            req = discovery_pb2.DiscoveryRequest.FromString(request)
             self.decoded += 1
+        else:
+            req = request  # the first request (decoded by the host for its node)
         type_url = req.type_url
         if not type_url:
             host.log.warning("ads request without type_url ignored", proxy=conn.proxy.id, conn=conn.id)
@@ -170,7 +172,8 @@ class SotwProtocol:
         if resolved is None:
             return
         key, rs = resolved
-        wanted, version, whole = wanted_resources(sub, rs)
+        version, wanted = wanted_resources(sub, rs)
+        whole = wanted is None
         if not force and version == sub.sent_version:
             sub.sent_set, sub.sent_key = rs, key  # same content under a newer snapshot
             return
@@ -183,7 +186,7 @@ class SotwProtocol:
             chunks, count, size = self._partial.get(sub, rs)
             partial = count > 0
         if not partial:
-            if whole:  # the parts' shared blobs, joined once into the response below
+            if wanted is None:  # the parts' shared blobs, joined once into the response below
                 chunks, count, size = wire.sotw_blobs(rs), len(rs), rs.size
             else:
                 chunks, count, size = [wire.sotw_chunk(r) for r in wanted], len(wanted), sum(r.size for r in wanted)
@@ -197,8 +200,7 @@ class SotwProtocol:
         sub.record_sent(version, nonce, resource_set=rs, key=key)
         if sub.ack_fields is not None:
             conn.acks.pop(sub.ack_fields[1], None)
-        acks.expect(sub)
-        conn.acks[sub.ack_fields[1]] = sub
+        conn.acks[acks.expect(sub)[1]] = sub
         for follow in _FOLLOW_UPS.get(sub.type_url, ()):
             if (other := conn.subscriptions.get(follow)) is not None:
                 other.must_answer = True

@@ -187,7 +187,7 @@ class Subscription:
         self.responses += 1
         return make_nonce(self.type_url, version, self.responses)
 
-    def record_sent(self, version: str, nonce: str, sent_names: tuple[str, ...] = (), sent_resources: tuple = (), *,
+    def record_sent(self, version: str, nonce: str, sent_names: tuple[str, ...] = (), sent_resources: tuple[Any, ...] = (), *,
                     resource_set: Any = None, key: Any = None) -> None:
         """A response went out. With `resource_set`, the client now holds that set's
         resources that it wants (a push may send only the changed ones: the rest it
@@ -203,7 +203,7 @@ class Subscription:
         self.warming = frozenset()  # every EDS response carries them (sotw.partial_push)
 
     @property
-    def sent_resources(self) -> tuple:
+    def sent_resources(self) -> tuple[Any, ...]:
         """The resources the client holds from this stream (as of the last response)."""
         rs = self.sent_set
         if rs is None:

@@ -15,10 +15,10 @@ Two sources:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from .. import names
-from ..generators.resources import ResourceSet
+from ..generators.resources import Resource, ResourceSet, version_of
 from ..security.sds import SecretProvider
 from .connection import Connection
 from .subscription import Subscription
@@ -93,13 +93,11 @@ class ResourceView:
         return ResourceSet(names.SECRET, sorted(out, key=lambda r: r.name))
 
 
-def wanted_resources(sub: Subscription, rs: ResourceSet) -> tuple[Sequence, str, bool]:
-    """The resources of `rs` the subscription asks for, the SotW version of exactly
-    those, and whether that is the whole set (then its shared blob can be sent)."""
-    from ..generators.resources import version_of
-
+def wanted_resources(sub: Subscription, rs: ResourceSet) -> tuple[str, list[Resource] | None]:
+    """The SotW version of the resources of `rs` the subscription asks for, and those
+    resources; None when that is the whole set (then its shared blobs can be sent)."""
     if sub.wildcard:
-        return rs, rs.version, True
+        return rs.version, None
     memo = sub.covers_memo  # Envoy's EDS names equal the set's: checked once per pair of sets
     if memo is not None and memo[0] is rs.names and memo[1] is sub.names:
         covered = memo[2]
@@ -107,6 +105,6 @@ def wanted_resources(sub: Subscription, rs: ResourceSet) -> tuple[Sequence, str,
         covered = rs.names <= sub.names
         sub.covers_memo = (rs.names, sub.names, covered)
     if covered:
-        return rs, rs.version, True
+        return rs.version, None
     subset = rs.subset(sorted(sub.names))
-    return subset, version_of(subset), False
+    return version_of(subset), subset

@@ -104,4 +104,5 @@ def serialize(response: bytes | Message) -> bytes:
     """gRPC response serializer: bytes as they are, messages serialized."""
     if isinstance(response, (bytes, bytearray, memoryview)):
         return bytes(response)
-    return response.SerializeToString()
+    data: bytes = response.SerializeToString()
+    return data

@@ -41,7 +41,7 @@ def worker_argv(argv: list[str], index: int) -> list[str]:
     return out + ["--monitoring-port", "0", WORKER_FLAG, str(os.getpid()), "--workers", "1"]
 
 
-def start_workers(n: int, argv: list[str]) -> list[subprocess.Popen]:
+def start_workers(n: int, argv: list[str]) -> list[subprocess.Popen[bytes]]:
     """Start workers 1..n-1 (this process is worker 0)."""
     return [
         subprocess.Popen([sys.executable, "-m", "controlplane", *worker_argv(argv, i)], start_new_session=False)
@@ -49,7 +49,7 @@ def start_workers(n: int, argv: list[str]) -> list[subprocess.Popen]:
     ]
 
 
-def stop_workers(procs: list[subprocess.Popen]) -> None:
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
