@@ -48,7 +48,7 @@ from .sources.jwks import JwksSource
 from .sources.meshconfig import MeshConfigSource, MeshConfigSourceError
 
 if TYPE_CHECKING:
-    from .cluster.member import ClusterOptions
+    from .kube.options import ClusterOptions
 
 log = structlog.get_logger("meshd")
 
@@ -69,7 +69,7 @@ class ServeOptions:
     # passes one (default ~/.meshd/ca, see security/cadir.py).
     ca_dir: Path | None = None
     # ca_dir is the default, not named by the operator: Kubernetes mode then keeps the CA
-    # in the cluster and never reads it (security/kube_ca.py, docs/kubernetes.md).
+    # in the cluster and never reads it (kube/ca_secrets.py, docs/kubernetes.md).
     ca_dir_default: bool = False
     # meshd's state directory ($MESHD_HOME, docs/state.md): the last good version of each
     # config object survives restarts there. None (in-process tests): kept in memory only.
@@ -96,7 +96,7 @@ class ServeOptions:
     label_selector: str | None = None
     watch_secrets: bool = False
     # With a Kubernetes source: leader election (the leader writes status/events) and
-    # TokenReview authentication on the secure port (controlplane/cluster/member.py).
+    # TokenReview authentication on the secure port (controlplane/kube/member.py).
     cluster: "ClusterOptions | None" = None
 
 
@@ -323,13 +323,13 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     k8s = k8s_api = member = member_task = None
     ca_dir = opts.ca_dir
     if opts.kubeconfig or opts.in_cluster:
-        from .cluster.member import ClusterMember, ClusterOptions
-        from .sources.kube_client import kube_api_client
+        from .kube.client import kube_api_client
+        from .kube.member import ClusterMember, ClusterOptions
 
         k8s_api = kube_api_client(opts.kubeconfig)  # None: in-cluster config inside a pod
         member = ClusterMember(k8s_api, opts.cluster or ClusterOptions(), opts.trust_domain)
         if ca_dir is not None:  # the CA lives in the cluster's Secrets; a directory mirrors it
-            from .security.kube_ca import cluster_ca_dirs, own_mirror_dir
+            from .kube.ca_secrets import cluster_ca_dirs, own_mirror_dir
             from .state import meshd_home
 
             dirs = cluster_ca_dirs(None if opts.ca_dir_default else ca_dir,
@@ -390,7 +390,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         if store.last_good is not None:
             store.last_good.prune()  # copies of files that are gone
     if member is not None:
-        from .sources.kubernetes import KubernetesSource
+        from .kube.source import KubernetesSource
 
         k8s = KubernetesSource(
             k8s_api, store, namespaces=opts.namespaces, label_selector=opts.label_selector,

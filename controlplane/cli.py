@@ -111,7 +111,7 @@ def _serve(args: argparse.Namespace) -> int:
         watch_secrets=args.watch_secrets,
     )
     if kube:
-        from .cluster.options import options_from_args
+        from .kube.options import options_from_args
 
         try:
             opts.cluster = options_from_args(args)
@@ -306,9 +306,9 @@ def parser() -> argparse.ArgumentParser:
     from .commands.ca import add_serve_flags
 
     add_serve_flags(s)  # --rotation-ratio, --workload-key-type, --ca-mtls-port, --ca-poll-interval
-    from .cluster.options import add_serve_flags as add_cluster_flags
+    from .kube.options import add_serve_flags as add_cluster_flags
 
-    add_cluster_flags(s)  # --leader-elect, --leader-election-namespace/-id, --leader-lease-duration, ...
+    add_cluster_flags(s, parse_duration)  # --leader-elect, --leader-election-namespace/-id, --leader-lease-duration, ...
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--log-format", default="console", choices=["console", "json"])
     s.add_argument("--workers", type=int, default=1,

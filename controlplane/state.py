@@ -4,7 +4,7 @@ Never relative to the working directory: state that moves with `cd` would be a s
 CA, or a restart that forgot the last good configuration.
 
     ca/                             the CA of file mode (security/cadir.py)
-    kubernetes/<server>-<ns>/ca/    a mirror of a cluster's CA (security/kube_ca.py)
+    kubernetes/<server>-<ns>/ca/    a mirror of a cluster's CA (kube/ca_secrets.py)
     lastgood/                       the last good version of config objects (config/lastgood.py)
 """
 from __future__ import annotations

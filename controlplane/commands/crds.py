@@ -9,7 +9,7 @@ objects written for Istio apply unchanged, and a cluster that has Istio's CRDs a
 keeps its objects. Two things are meshd's:
 
 - printer columns: STATUS shows why meshd rejected an object (the reason of its
-  `Reconciled` condition, see controlplane/cluster/status.py; empty when accepted) and
+  `Reconciled` condition, see controlplane/kube/status.py; empty when accepted) and
   MESSAGE (`kubectl get -o wide`) the message; AGE stays last;
 - labels `app.kubernetes.io/part-of: meshd` instead of Istio's Helm chart labels.
 

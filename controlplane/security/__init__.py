@@ -3,7 +3,8 @@ they may receive.
 
 - `cadir`: where the CA's files live and how meshd opens them (root, token key).
 - `authn`: authenticators turning a stream's gRPC metadata into an `Identity`
-  (file mode: meshd's own JWTs; Kubernetes TokenReview plugs in behind the same interface).
+  (file mode: meshd's own JWTs; Kubernetes TokenReview, kube/tokenreview.py, plugs in
+  behind the same interface).
 - `authz`: the one rule that ties a connection's identity to the node it claims to be.
 - `sds`: the SDS secrets `default` (the workload's key and certificate) and `ROOTCA`
   (the trust bundle), issued per identity and cached; never shared across identities.
@@ -12,6 +13,4 @@ they may receive.
 - `rotation`: renews workload certificates ahead of expiry and pushes them over SDS.
 - `ca_service`: the Istio CA API (IstioCertificateService/CreateCertificate).
 - `plane`: all of the above wired together for `meshd serve`.
-- `tokenreview`: Kubernetes mode: ServiceAccount tokens checked with the TokenReview API.
-- `kube_ca`: Kubernetes mode: the CA directory as a mirror of Secrets istio-ca-secret / cacerts.
 """

@@ -55,7 +55,7 @@ class SecurityOptions:
     ca_poll_interval: float = DEFAULT_POLL_INTERVAL
     propagation_timeout: timedelta = DEFAULT_PROPAGATION_TIMEOUT
     # Who may authenticate, given meshd's own JWT authenticator: None is just that one;
-    # in Kubernetes mode, cluster/member.py adds TokenReview (ServiceAccount tokens).
+    # in Kubernetes mode, kube/member.py adds TokenReview (ServiceAccount tokens).
     authenticators: Callable[[JwtAuthenticator], list] | None = None
 
 

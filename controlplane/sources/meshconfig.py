@@ -1,6 +1,6 @@
 """The mesh config source: Istio's MeshConfig from a file (`meshd serve --mesh-config FILE`)
 or, in Kubernetes mode, from the ConfigMap `istio` (key `mesh`) in the root namespace
-(the watch is in sources/kubernetes.py), handed to the model as a typed MeshConfig.
+(the watch is in kube/source.py), handed to the model as a typed MeshConfig.
 
 - A file holds the content of the `mesh` key (MeshConfig YAML), or a whole ConfigMap
   with `data.mesh`; it is watched, and a change applies live.

@@ -9,7 +9,7 @@ import sys
 
 import yaml
 
-from controlplane.cluster.status import desired_status
+from controlplane.kube.status import desired_status
 from controlplane.commands.crds import crd_documents, render
 from controlplane.config import kinds
 from controlplane.config.validation.schema import Node, validate_document

@@ -14,7 +14,7 @@ from ca.issuer import ISTIOD_DNS_NAMES
 from controlplane import names
 from controlplane.cli import parser
 from tests.support.kubeapi import FakeApiServer
-from controlplane.sources.kube_resources import RESOURCES
+from controlplane.kube.resources import RESOURCES
 from tests.support.kubeapi.rbac import grants_for, load_manifests, rbac_mismatch
 
 REPO = Path(__file__).resolve().parents[2]

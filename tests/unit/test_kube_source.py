@@ -14,7 +14,7 @@ from kubernetes import client
 from controlplane.config.objects import ConfigObject, Rejection
 from controlplane.config.store import ConfigStore
 from controlplane.model.mesh import build_mesh
-from controlplane.sources.kubernetes import KubernetesSource, ReflectorOptions
+from controlplane.kube.source import KubernetesSource, ReflectorOptions
 from tests.support.kubeapi import FakeApiServer
 
 FAST = ReflectorOptions(backoff_initial=0.02, backoff_max=0.2, watch_timeout=(30, 30), request_timeout=5,
@@ -462,7 +462,7 @@ def test_cancelling_run_stops_the_watch_threads(kubeapi):
 
 
 def test_a_kubeconfig_file_points_the_source_at_the_cluster(kubeapi, tmp_path):
-    from controlplane.sources.kube_client import kube_api_client
+    from controlplane.kube.client import kube_api_client
 
     kubeconfig = tmp_path / "config"
     kubeconfig.write_text(f"""

@@ -13,8 +13,8 @@ import time
 import pytest
 from kubernetes import client, watch
 
-from controlplane.cluster.kubeapi import ApiError, KubeApi
-from controlplane.cluster.leader import LeaderElectionConfig, LeaderElector
+from controlplane.kube.api import ApiError, KubeApi
+from controlplane.kube.leader import LeaderElectionConfig, LeaderElector
 from tests.support.kubeapi import FakeApiServer
 
 NS = "istio-system"

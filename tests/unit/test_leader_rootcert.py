@@ -1,5 +1,5 @@
 """Leader work: the trust bundle as ConfigMap istio-ca-root-cert in every namespace meshd
-serves (controlplane/cluster/rootcert.py), against the stand-in API server."""
+serves (controlplane/kube/rootcert.py), against the stand-in API server."""
 from __future__ import annotations
 
 import asyncio
@@ -9,8 +9,8 @@ import time
 
 from kubernetes import client
 
-from controlplane.cluster.kubeapi import KubeApi
-from controlplane.cluster.rootcert import CONFIGMAP, RootCertPublisher
+from controlplane.kube.api import KubeApi
+from controlplane.kube.rootcert import CONFIGMAP, RootCertPublisher
 from tests.support.kubeapi import FakeApiServer
 
 ROOT_A = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"

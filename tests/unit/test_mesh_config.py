@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from controlplane.app import MeshBuilder
 from controlplane.config.store import ConfigStore
 from controlplane.model.request_authentication import JwksView, KeySetRef
-from controlplane.sources.kubernetes import KubernetesSource, ReflectorOptions
+from controlplane.kube.source import KubernetesSource, ReflectorOptions
 from controlplane.sources.meshconfig import MeshConfigSource, MeshConfigSourceError, read_file
 from tests.support.configs import objects_from_yaml
 from tests.unit.test_ads import run

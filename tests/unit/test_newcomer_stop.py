@@ -10,7 +10,7 @@ import time
 import yaml
 
 from controlplane import app
-from controlplane.cluster.member import ClusterOptions
+from controlplane.kube.options import ClusterOptions
 from tests.support.harness import free_port, http_get, wait_for
 
 KUBEAPI_BOOKMARKS = None  # the stand-in API server's default interval (conftest.kubeapi)

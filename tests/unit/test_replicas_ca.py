@@ -1,4 +1,4 @@
-"""The CA's state in the cluster (controlplane/security/kube_ca.py) against the stand-in
+"""The CA's state in the cluster (controlplane/kube/ca_secrets.py) against the stand-in
 API server: one root Secret however many replicas race to create it, Istio's layouts
 (istio-ca-secret, cacerts), a local CA offered as the plug-in CA and never overwritten, and a
 plug-in CA appearing while meshd runs becoming a rotation of the CA directory."""
@@ -20,10 +20,10 @@ from ca import CAStateError
 from ca.root import create_root, fingerprint
 from ca.signer import PLUG_IN, SELF_SIGNED
 from ca.store import CADirectory
-from controlplane.cluster.kubeapi import KubeApi
+from controlplane.kube.api import KubeApi
 from controlplane.security.authority import MeshCA
 from controlplane.security.cadir import open_ca
-from controlplane.security.kube_ca import CA_SECRET, ClusterCADirs, KubeCAStore, cluster_ca_dirs
+from controlplane.kube.ca_secrets import CA_SECRET, ClusterCADirs, KubeCAStore, cluster_ca_dirs
 from tests.support.kubeapi import FakeApiServer
 from tests.support.pki import make_cacerts
 

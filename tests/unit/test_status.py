@@ -11,8 +11,8 @@ import time
 
 from kubernetes import client
 
-from controlplane.cluster.kubeapi import ApiError, KubeApi
-from controlplane.cluster.status import (
+from controlplane.kube.api import ApiError, KubeApi
+from controlplane.kube.status import (
     ANALYSIS_CODE,
     CONDITION_TYPE,
     REASON_REJECTED,
@@ -20,7 +20,7 @@ from controlplane.cluster.status import (
     desired_status,
 )
 from controlplane.config.store import ConfigStore
-from controlplane.sources.kubernetes import KubernetesSource, ReflectorOptions
+from controlplane.kube.source import KubernetesSource, ReflectorOptions
 from tests.support.kubeapi import FakeApiServer
 
 FAST = ReflectorOptions(backoff_initial=0.02, backoff_max=0.2, watch_timeout=(30, 30), request_timeout=5,

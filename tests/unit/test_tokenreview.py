@@ -10,9 +10,9 @@ import pytest
 from kubernetes import client
 
 from ca import Identity, TokenAuthority, generate_private_key
-from controlplane.cluster.kubeapi import KubeApi
+from controlplane.kube.api import KubeApi
 from controlplane.security.authn import AuthenticationError, JwtAuthenticator, authenticate_stream
-from controlplane.security.tokenreview import MeshdTokens, TokenReviewAuthenticator, unverified_issuer
+from controlplane.kube.tokenreview import MeshdTokens, TokenReviewAuthenticator, unverified_issuer
 from tests.support.kubeapi import FakeApiServer
 
 TD = "cluster.local"

@@ -27,7 +27,7 @@ from controlplane.config.store import ConfigStore
 from controlplane.debug.views import DebugViews
 from controlplane.server.metrics import Metrics
 from controlplane.sources.directory import DirectorySource
-from controlplane.sources.kube_resources import as_document
+from controlplane.kube.resources import as_document
 from tests.support.harness import http_get, meshd, wait_for
 
 SERVICE_ENTRY = """
@@ -132,7 +132,7 @@ def test_served_security_kinds_and_plain_kubernetes_kinds_are_not_unsupported():
 
 
 def test_an_object_from_the_kubernetes_source_is_reported_the_same_way():
-    """What the reflector does with a listed object (kube_reflector._parse), and what the
+    """What the reflector does with a listed object (kube/reflector.py _parse), and what the
     source does when it is deleted (remove_location)."""
     store = ConfigStore()
     loc = "k8s:/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/bookinfo"

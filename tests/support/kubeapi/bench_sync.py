@@ -14,7 +14,7 @@ import structlog
 from kubernetes import client
 
 from controlplane.config.store import ConfigStore
-from controlplane.sources.kubernetes import KubernetesSource, ReflectorOptions
+from controlplane.kube.source import KubernetesSource, ReflectorOptions
 
 from .server import FakeApiServer
 

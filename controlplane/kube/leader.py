@@ -45,7 +45,7 @@ from typing import Any, Awaitable, Callable
 
 import structlog
 
-from .kubeapi import ApiError, KubeApi, path
+from .api import ApiError, KubeApi, path
 from .options import DEFAULT_LEASE_NAME
 
 LEASE_GROUP, LEASE_VERSION, LEASE_PLURAL = "coordination.k8s.io", "v1", "leases"

@@ -35,7 +35,7 @@ from kubernetes import client
 from ..config.objects import ConfigKey, Origin, Rejection
 from ..config.parse import Parsed, content_hash, parse_document
 from ..names import DEFAULT_NAMESPACE
-from .kube_resources import KubeResource, ObjectInfo, as_document, object_info, object_ref, read_json, served_version
+from .resources import KubeResource, ObjectInfo, as_document, object_info, object_ref, read_json, served_version
 
 
 @dataclass(frozen=True)

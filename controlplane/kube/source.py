@@ -3,17 +3,17 @@ server, into the same store the directory source feeds.
 
 One list+watch per kind (and per namespace when the namespaces are limited; Nodes,
 kept as name + topology labels for endpoint locality, always cluster-wide), each in its
-own thread because the client is synchronous (kube_reflector.py). The threads only read
+own thread because the client is synchronous (reflector.py). The threads only read
 and parse; every change reaches the store on the event loop, in the order it happened,
 through one queue, so the store is never touched from two threads. Each API object is
-one store location (kube_resources.py names it), so an object rejected by the parse gate
+one store location (resources.py names it), so an object rejected by the parse gate
 keeps its last good version, exactly as a file does.
 
     source = KubernetesSource(api_client, store, namespaces=["shop"])
     task = asyncio.create_task(source.run(stop))
     await source.wait_synced(30)   # every kind's initial list is in the store
 
-An `observer` (e.g. the status writer, controlplane/cluster/status.py) also hears about
+An `observer` (e.g. the status writer, status.py) also hears about
 every Istio object, with its uid, generation, resourceVersion and current status and the
 parse gate's verdict, on the loop and in the same order as the store.
 
@@ -39,10 +39,10 @@ from kubernetes import client
 from ..config.objects import Rejection
 from ..config.parse import Parsed
 from ..config.store import ConfigStore
-from .kube_reflector import Delete, Operation, Put, Reflector, ReflectorOptions, Sync
 from ..names import ROOT_NAMESPACE
-from .meshconfig import CONFIGMAP_NAME
-from .kube_resources import MESH_CONFIG_MAP, RESOURCES, SECRETS, KubeResource, ObjectInfo
+from ..sources.meshconfig import CONFIGMAP_NAME
+from .reflector import Delete, Operation, Put, Reflector, ReflectorOptions, Sync
+from .resources import MESH_CONFIG_MAP, RESOURCES, SECRETS, KubeResource, ObjectInfo
 
 __all__ = ["KubernetesSource", "ObjectObserver", "ReflectorOptions"]
 

@@ -13,7 +13,7 @@ front of meshd, so meshd's parse gate plays Istio's webhook and analyzers) gets
   `kubectl get events`), once per new rejection.
 
 When the object is accepted again, meshd removes its condition and message (other
-writers' conditions are left alone). Only the leader writes (controlplane/cluster/leader.py):
+writers' conditions are left alone). Only the leader writes (leader.py):
 every replica keeps the picture (the Kubernetes source tells it about every Istio object
 with its verdict and current status), and a newly elected leader reconciles all of it,
 so a verdict found while another replica led is still written, and a leader change
@@ -36,8 +36,8 @@ import structlog
 
 from ..config.objects import Rejection
 from ..config.parse import Parsed
-from ..sources.kube_resources import KubeResource, ObjectInfo
-from .kubeapi import MERGE_PATCH, ApiError, KubeApi, path
+from .api import MERGE_PATCH, ApiError, KubeApi, path
+from .resources import KubeResource, ObjectInfo
 
 CONDITION_TYPE = "Reconciled"
 REASON_REJECTED = "Rejected"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Callable
 
 DEFAULT_LEASE_NAME = "meshd-leader"
 DEFAULT_NAMESPACE = "istio-system"
@@ -35,9 +37,8 @@ class ClusterOptions:
     ca_secrets_poll_interval: float = 10.0  # how often every replica re-reads cacerts / istio-ca-secret
 
 
-def add_serve_flags(s: argparse.ArgumentParser) -> None:
-    from ..cli import parse_duration
-
+def add_serve_flags(s: argparse.ArgumentParser, parse_duration: Callable[[str], timedelta]) -> None:
+    """The flags, their durations read by the CLI's `parse_duration` (Go-style: 15s, 2m)."""
     g = s.add_argument_group("replicas (with --kubeconfig / --in-cluster)")
     g.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
                    help="elect one replica (coordination.k8s.io/v1 Lease) to write status, events and the "

@@ -12,8 +12,9 @@ service account (`system:serviceaccount:<ns>:<sa>`, in group `system:serviceacco
 and the API server vouches for the audience (`status.audiences` contains `istio-ca`:
 an API server that is not audience-aware would accept a token minted for anything, see
 the TokenReview API reference). The identity is then `spiffe://<td>/ns/<ns>/sa/<sa>`,
-and the stream goes through the same authorization as a file-mode token (authz.py: the
-node must claim that namespace and service account, else PERMISSION_DENIED).
+and the stream goes through the same authorization as a file-mode token
+(security/authz.py: the node must claim that namespace and service account, else
+PERMISSION_DENIED).
 
     authenticators = [MeshdTokens(JwtAuthenticator(...)), TokenReviewAuthenticator(kube_api, td)]
 
@@ -45,8 +46,8 @@ import structlog
 from ca import Identity
 from ca.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, MAX_TOKEN_BYTES
 
-from ..cluster.kubeapi import ApiError, KubeApi
-from .authn import AuthenticationError, Authenticator, Metadata, bearer_token
+from ..security.authn import AuthenticationError, Authenticator, Metadata, bearer_token
+from .api import ApiError, KubeApi
 
 TOKEN_REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 SERVICE_ACCOUNTS_GROUP = "system:serviceaccounts"

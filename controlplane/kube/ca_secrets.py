@@ -1,9 +1,9 @@
 """The CA's state in a Kubernetes cluster: Secrets `istio-ca-secret` and `cacerts`.
 
-Every replica runs the CA of the CA directory (ca/store.py, authority.py: signing,
-the trust bundle, the three-phase rotation). In a cluster that directory is a mirror of
-the cluster's CA, kept by this module, so that every replica signs with the same CA and
-a restarted pod (an emptyDir) finds it again:
+Every replica runs the CA of the CA directory (ca/store.py, security/authority.py:
+signing, the trust bundle, the three-phase rotation). In a cluster that directory is a
+mirror of the cluster's CA, kept by this module, so that every replica signs with the
+same CA and a restarted pod (an emptyDir) finds it again:
 
 - Secret `cacerts` in meshd's namespace (Istio's plug-in CA: `ca-cert.pem`,
   `ca-key.pem`, `cert-chain.pem`, `root-cert.pem`) wins when present: its files are
@@ -25,7 +25,7 @@ While running, every replica re-reads both Secrets every `poll_interval` (GET: t
 RBAC rules allow exactly these two names). When the cluster's signer changes (cacerts
 created or replaced, istio-ca-secret replaced), the new files are written into the
 directory under its lock, with the old signer archived under previous/ first; the CA
-directory watcher (authority.py) then rotates as it does for `meshd ca rotate-root`:
+directory watcher (security/authority.py) then rotates as it does for `meshd ca rotate-root`:
 trust both roots, sign with the new one, drop the old root when no certificate needs it.
 Because other replicas issued certificates this replica has no ledger entry for, the
 old signer is recorded as having issued until now + the workload certificate lifetime.
@@ -77,7 +77,7 @@ from ca.signer import (CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, PLUG_IN, PLUG
 from ca.store import CADirectory
 from ca.tokens import TOKEN_KEY_FILE
 
-from ..cluster.kubeapi import ApiError, KubeApi, path
+from .api import ApiError, KubeApi, path
 
 CA_SECRET = "istio-ca-secret"
 CACERTS_SECRET = "cacerts"

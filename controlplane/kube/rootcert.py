@@ -2,7 +2,7 @@
 namespace meshd serves, as istiod's namespace controller publishes it: pods mount it
 (istio-proxy verifies istiod with it; applications use it to trust mesh certificates).
 
-Leader work (controlplane/cluster/leader.py). The ConfigMaps follow
+Leader work (leader.py). The ConfigMaps follow
 - the namespaces in the store (the Kubernetes source's Namespaces: all of them, or those
   of --namespaces), except Kubernetes' own (kube-system, kube-public, kube-node-lease)
   and namespaces being deleted;
@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 
 import structlog
 
-from .kubeapi import ApiError, KubeApi, path
+from .api import ApiError, KubeApi, path
 
 CONFIGMAP = "istio-ca-root-cert"
 KEY = "root-cert.pem"

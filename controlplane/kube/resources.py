@@ -2,7 +2,7 @@
 API version to use, the store location of each object and how an API object becomes a
 document for the parse gate.
 
-Kept apart from the list/watch loop (kube_reflector.py) so the table is easy to read and
+Kept apart from the list/watch loop (reflector.py) so the table is easy to read and
 to extend (Secrets are in it already, watched only on request until the parse gate
 learns them).
 """
@@ -165,8 +165,8 @@ def as_document(obj: dict, api_version: str, kind: str) -> dict:
     """An API object as the parse gate wants it. List items come without apiVersion and
     kind (the list carries them), so they are filled in from the version we asked for.
     An Istio object's `status` is dropped: controllers (meshd's leader among them, see
-    controlplane/cluster/status.py) write it, meshd never reads it, and a status write
-    must not count as a change of the object. Of a Node only its name and topology labels
+    status.py) write it, meshd never reads it, and a status write must not count as a
+    change of the object. Of a Node only its name and topology labels
     are kept (config/parse.py node_essentials): the rest is big and changes all the time."""
     if kind == kinds.NODE.kind and not kinds.split_api_version(api_version)[0]:
         return node_essentials({**obj, "apiVersion": obj.get("apiVersion") or api_version, "kind": kind})

@@ -12,10 +12,10 @@ every Istio object's verdict; only the elected leader writes to the cluster (sta
 events, and whatever else is registered with `add_leader_task`). Without leader election
 (`leader_elect=False`, a single replica) this replica does the leader work itself.
 
-The CA (security/kube_ca.py) lives in Secrets: `prepare_ca` makes the CA directory
+The CA (ca_secrets.py) lives in Secrets: `prepare_ca` makes the CA directory
 mirror the cluster's CA before it is opened; `attach_ca` then follows the Secrets (every
 replica) and publishes the trust bundle as ConfigMap istio-ca-root-cert in every
-namespace (leader work, cluster/rootcert.py).
+namespace (leader work, rootcert.py).
 """
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ from typing import Any, Awaitable, Callable
 import structlog
 
 from ..security.authn import Authenticator
-from ..security.tokenreview import MeshdTokens, TokenReviewAuthenticator
-from .kubeapi import KubeApi
+from .api import KubeApi
 from .leader import LeaderElectionConfig, LeaderElector, default_identity
 from .options import ClusterOptions, pod_namespace
 from .rootcert import RootCertPublisher
 from .status import StatusWriter
+from .tokenreview import MeshdTokens, TokenReviewAuthenticator
 
 __all__ = ["ClusterMember", "ClusterOptions"]
 
@@ -82,7 +82,7 @@ class ClusterMember:
         """Blocking, before the CA directory is opened: make it hold the cluster's CA
         (Secret cacerts, else istio-ca-secret, created once if absent; `offered`, the
         operator's CA, becomes cacerts when the cluster has none). "" when `stop` came first."""
-        from ..security.kube_ca import KubeCAStore
+        from .ca_secrets import KubeCAStore
 
         self.ca_store = KubeCAStore(self.kube, self.namespace, ca_dir, self.trust_domain, offered=offered,
                                     keep_old_for=keep_old_for, poll_interval=self.options.ca_secrets_poll_interval)

@@ -1,0 +1,30 @@
+"""Kubernetes, in one room: meshd as a source of config from a cluster, and as a member of
+that cluster (the work several replicas share).
+
+Talking to the API server:
+- `client`: the `kubernetes` ApiClient, from a kubeconfig or in-cluster.
+- `api`: plain JSON requests through that client's connection (auth, TLS, in-cluster
+  token refresh), sync or off the event loop; `ApiError`, REST paths.
+
+The source (config into the store, as the directory source does):
+- `resources`: the table of what is watched: one entry per kind, its API version, the
+  store location of each object, an API object as a document for the parse gate.
+- `reflector`: one list+watch of one kind, in its own thread (client-go's protocol).
+- `source`: `KubernetesSource`, every reflector feeding the store on the event loop.
+
+The cluster member (`meshd serve --kubeconfig/--in-cluster`):
+- `leader`: leader election on a `coordination.k8s.io/v1` Lease; work that must happen
+  once (status, events, trust bundle ConfigMaps) runs only on the leader.
+- `status`: the verdict on each Istio object, where operators look: a condition and an
+  IST0106 validation message in `.status`, and a Warning Event on the object.
+- `rootcert`: the trust bundle as ConfigMap `istio-ca-root-cert` in every namespace.
+- `tokenreview`: a proxy's ServiceAccount token, checked with the TokenReview API (an
+  authenticator behind security/authn.py's interface).
+- `ca_secrets`: the CA directory as a mirror of Secrets istio-ca-secret / cacerts.
+- `member`: the above wired for `meshd serve`; `options`: its flags (free of the
+  `kubernetes` import, so that every other command starts fast).
+
+This room reads the config stage (the parse gate, the store) and implements security's
+interfaces; it never imports the CLI, app.py, the server or debug. app.py wires it to
+security (tests/unit/test_architecture.py holds the rules).
+"""
