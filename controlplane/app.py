@@ -28,6 +28,7 @@ import structlog
 
 from .config.objects import ConfigKey, Rejection
 from .config.store import ConfigStore
+from .debug.certs import certs_handler
 from .debug.monitoring import start_monitoring
 from .debug.operator import operator_view
 from .generators import Generator
@@ -40,7 +41,7 @@ from .ports import ServePort, StartupError, bind_error, check_free
 from .security.plane import DEFAULT_KEY_TYPE, SecurityOptions, SecurityPlane
 from .security.policy_report import PolicyReport
 from .server.host import AdsOptions, AdsServer
-from .server.grpc_server import start_secure_xds_server, start_xds_server
+from .server.grpc_server import address, server_options, start_secure_xds_server, start_xds_server
 from .server.metrics import Metrics
 from .server.secure import SecureAdsServicer
 from .sources.directory import DirectorySource
@@ -349,12 +350,13 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         plane = SecurityPlane(SecurityOptions(
             ca_dir=ca_dir, trust_domain=opts.trust_domain, workload_cert_ttl=opts.workload_cert_ttl,
             rotation_ratio=opts.rotation_ratio, workload_key_type=opts.workload_key_type,
-            secure_xds_port=opts.secure_xds_port, ca_mtls_port=opts.ca_mtls_port, share_ports=opts.share_ports,
+            secure_xds_port=opts.secure_xds_port, ca_mtls_port=opts.ca_mtls_port,
             listen_address=opts.listen_address, ca_poll_interval=opts.ca_poll_interval,
             authenticators=member.authenticators if member is not None else None,  # + TokenReview
         ), metrics)
         secrets, serving, authenticators = plane.secrets, plane.serving, plane.authenticators
-        debug_routes.update(plane.debug_routes())
+        debug_routes.update({"/debug/certs": certs_handler(plane.live_root, plane.secrets),
+                             "/debug/ca": _json_view(plane.describe)})
         if member is not None:
             member.attach_ca(plane.ca, store)  # follow the CA Secrets; istio-ca-root-cert ConfigMaps
     ads = AdsServer(Generator(), metrics, secrets=secrets, options=AdsOptions(
@@ -417,7 +419,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                 secure, serving.credentials(), host, opts.secure_xds_port,
                 extra=plane.secure_servicers() if plane is not None else (), share_ports=opts.share_ports)))
         if plane is not None:
-            servers += await _listening(host, ports["--ca-mtls-port"], plane.start_servers())
+            servers += await _listening(host, ports["--ca-mtls-port"], plane.start_servers(
+                server_options(opts.share_ports), address))
         monitoring = await _listening(host, ports["--monitoring-port"], start_monitoring(
             host, opts.monitoring_port, lambda: ads.ready and (k8s is None or k8s.synced), metrics,
             routes=debug_routes,

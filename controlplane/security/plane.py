@@ -9,17 +9,20 @@ this; the parts live in their own modules):
 - `IstioCertificateService` (ca_service.py): the Istio CA API on the secure port, and on
   `--ca-mtls-port` for callers authenticating with a client certificate;
 - one worker thread for all CA work (key generation, signing), off the event loop.
+
+Security provides; it does not reach for the server or the debug endpoints: app.py hands
+in what a gRPC port needs (the server's options, its address form) and serves the views
+(`describe`, `live_root`) on /debug.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import grpc
 import structlog
@@ -50,7 +53,6 @@ class SecurityOptions:
     workload_key_type: KeyType = DEFAULT_KEY_TYPE
     secure_xds_port: int = names.PORT_XDS_SECURE
     ca_mtls_port: int = 0  # 0: no client-certificate port for the CA API
-    share_ports: bool = False  # meshd serve --workers: the CA port bound with SO_REUSEPORT too
     listen_address: str = "0.0.0.0"
     ca_poll_interval: float = DEFAULT_POLL_INTERVAL
     propagation_timeout: timedelta = DEFAULT_PROPAGATION_TIMEOUT
@@ -115,39 +117,41 @@ class SecurityPlane:
         self.ca.on_bundle_change(lambda: ads.push_secrets(None, "trust bundle"))
         self.ca.on_signer_change(lambda _signer: self.scheduler.reissue_from_other_signers())
 
-    def debug_routes(self) -> dict[str, Callable]:
-        from ..debug.certs import certs_handler
-        from ..debug.monitoring import Response
+    # --- what /debug shows (app.py serves it: debug/certs.py and /debug/ca) -------------
+    @property
+    def live_root(self) -> _LiveRoot:
+        """The active root, as debug/certs.py reads it."""
+        return _LiveRoot(self.ca)
 
-        def ca_view(_request: Any) -> Any:
-            body = self.ca.describe()
-            body["workload_certificates"] = [
-                {"identity": c.identity.spiffe_uri, "serial": f"{c.serial:x}", "not_after": c.not_after.isoformat(),
-                 "root_fingerprint": c.root_fingerprint,
-                 "renewal_due": (d.isoformat() if self.scheduler and (d := self.scheduler.due_at(c.identity)) else None)}
-                for c in self.secrets.certificates()
-            ]
-            return Response(200, (json.dumps(body, indent=1) + "\n").encode(), "application/json")
-
-        return {"/debug/certs": certs_handler(_LiveRoot(self.ca), self.secrets), "/debug/ca": ca_view}
+    def describe(self) -> dict[str, Any]:
+        """/debug/ca: the CA's state, and each workload certificate with its renewal."""
+        body = self.ca.describe()
+        body["workload_certificates"] = [
+            {"identity": c.identity.spiffe_uri, "serial": f"{c.serial:x}", "not_after": c.not_after.isoformat(),
+             "root_fingerprint": c.root_fingerprint,
+             "renewal_due": (d.isoformat() if self.scheduler and (d := self.scheduler.due_at(c.identity)) else None)}
+            for c in self.secrets.certificates()
+        ]
+        return body
 
     def secure_servicers(self) -> list[Callable[[grpc.aio.Server], None]]:
         """Registered on the secure xDS port next to ADS."""
         return [self.ca_service.add_to_server]
 
-    async def start_servers(self) -> list[grpc.aio.Server]:
-        """The client-certificate port of the CA API, when configured."""
+    async def start_servers(self, options: Sequence[tuple[str, Any]],
+                            address: Callable[[str, int], str]) -> list[grpc.aio.Server]:
+        """The client-certificate port of the CA API, when configured, bound as every meshd
+        gRPC port: with the server's `options` at `address(host, port)` (app.py passes
+        server/grpc_server.py's)."""
         if not self.opts.ca_mtls_port:
             return []
-        from ..server.grpc_server import address, server_options
-
         mtls_service = IstioCertificateService(
             self.ca, [ClientCertAuthenticator(self.ca.trusted_roots, self.opts.trust_domain), *self.authenticators],
             trust_domain=self.opts.trust_domain, default_ttl=self.opts.workload_cert_ttl, executor=self.executor,
             metrics=self.metrics,
         )
         serving = ServingCertificate(self.ca, metrics=self.metrics, client_roots=lambda: self.ca.trust_bundle_pem)
-        server = grpc.aio.server(options=server_options(self.opts.share_ports))
+        server = grpc.aio.server(options=options)
         mtls_service.add_to_server(server)
         bind = address(self.opts.listen_address, self.opts.ca_mtls_port)
         if not server.add_secure_port(bind, serving.credentials()):

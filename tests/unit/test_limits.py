@@ -130,9 +130,12 @@ def test_both_ports_have_keepalive_idle_and_size_limits():
     # the plaintext, secure and CA ports are all built with them
     import inspect
 
+    from controlplane import app
     from controlplane.security import plane
     assert inspect.getsource(grpc_server.build_xds_server).count("options=server_options(") == 1
     assert inspect.getsource(grpc_server.build_secure_xds_server).count("options=server_options(") == 1
-    assert "options=server_options(" in inspect.getsource(plane)
+    # the CA port: app.py hands the server's options to security/plane.py, which binds it
+    assert "plane.start_servers(\n                server_options(opts.share_ports)" in inspect.getsource(app.serve)
+    assert "grpc.aio.server(options=options)" in inspect.getsource(plane.SecurityPlane.start_servers)
     # --workers only adds SO_REUSEPORT
     assert dict(grpc_server.server_options(share_ports=True)) == {**opts, "grpc.so_reuseport": 1}
