@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_gateway_ingress import HOST, SPLIT, backends_yaml, gateway_yaml, one_subset, vs_yaml, write
 from tests.support.envoy import envoy
-from tests.support.harness import free_port, http_backend, http_get, meshd, wait_for
+from tests.support.harness import free_port, http_backend, http_get, meshd, wait_for, write
+from tests.support.ingress import HOST, SPLIT, backends_yaml, gateway_yaml, one_subset, vs_yaml
 
 pytestmark = pytest.mark.e2e
 

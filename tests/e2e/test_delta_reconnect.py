@@ -1,6 +1,6 @@
 """A delta client reconnecting to a real meshd with `initial_resource_versions` is sent
 nothing it already holds; a later change sends only the changed resource. The client is
-a Python delta xDS client (tests/unit/test_delta.py) acting as the ingress gateway.
+a Python delta xDS client (tests/support/ads.py) acting as the ingress gateway.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from controlplane import names
-from tests.e2e.test_gateway_ingress import backends_yaml, gateway_yaml, one_subset, vs_yaml, write
-from tests.support.harness import free_port, meshd
-from tests.unit.test_delta import DeltaStream, by_name
+from tests.support.ads import DeltaStream, by_name
+from tests.support.harness import free_port, meshd, write
+from tests.support.ingress import backends_yaml, gateway_yaml, one_subset, vs_yaml
 
 pytestmark = pytest.mark.e2e
 

@@ -27,9 +27,9 @@ import pytest
 from controlplane import names
 from tests.support.ads import ads_fetch
 from tests.support.envoy import envoy
-from tests.support.harness import free_port, meshd, wait_for
+from tests.support.harness import free_port, meshd, wait_for, write
 from tests.support.pki import generic_secret_yaml, make_ca, make_cert, served_certificate_serial, tls_secret_yaml
-from tests.support.traffic import backend, curl, service_yaml, tcp_echo, tcp_roundtrip, write, write_files
+from tests.support.traffic import backend, curl, service_yaml, tcp_echo, tcp_roundtrip, write_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(shutil.which("curl") is None, reason="curl is needed")]
 

@@ -19,8 +19,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from tests.support.harness import meshd_cli
-from tests.support.harness import meshd, wait_for
+from tests.support.harness import meshd, meshd_cli, wait_for
 from tests.support.pki import make_cacerts
 from tests.support.rotation import (Traffic, config_dir, envoy_chain, envoy_roots, meshd_ca_view, mtls_pair, ports,
                                     spiffe)

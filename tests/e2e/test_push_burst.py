@@ -13,9 +13,10 @@ from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from controlplane import names
-from tests.e2e.test_gateway_ingress import backends_yaml, write
-from tests.support.harness import free_port, meshd, wait_for
-from tests.unit.test_push_targeting import GATEWAY, SotwClient
+from tests.support.ads import SotwStream
+from tests.support.chapter9 import GATEWAY_NODE
+from tests.support.harness import free_port, meshd, wait_for, write
+from tests.support.ingress import backends_yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -64,7 +65,7 @@ def test_a_burst_of_100_file_changes_is_one_push(tmp_path: Path):
 
     async def main(cp):
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{cp.xds_port}")
-        gw = SotwClient(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel), *GATEWAY)
+        gw = SotwStream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel), *GATEWAY_NODE)
         try:
             await gw.sync([])
             gw.send(names.ROUTE, ["http.8080"])

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.test_gateway_ingress import HOST, backends_yaml, gateway_yaml, one_subset, vs_yaml, write
 from tests.support.envoy import envoy
-from tests.support.harness import Process, Traffic, free_port, http_backend, http_get, meshd, wait_for
+from tests.support.harness import Process, Traffic, free_port, http_backend, http_get, meshd, wait_for, write
+from tests.support.ingress import HOST, backends_yaml, gateway_yaml, one_subset, vs_yaml
 from tests.support.paths import shared
 
 pytestmark = pytest.mark.e2e

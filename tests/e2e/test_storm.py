@@ -18,8 +18,8 @@ import pytest
 
 from bench.loadgen import process_main
 from bench.scenario import ProxySpec
-from tests.e2e.test_gateway_ingress import backends_yaml, gateway_yaml, one_subset, vs_yaml, write
-from tests.support.harness import free_port, http_get, meshd, wait_for
+from tests.support.harness import free_port, http_get, meshd, wait_for, write
+from tests.support.ingress import backends_yaml, gateway_yaml, one_subset, vs_yaml
 
 pytestmark = pytest.mark.e2e
 

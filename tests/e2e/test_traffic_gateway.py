@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.envoy import envoy
-from tests.support.harness import free_port, meshd, wait_for
-from tests.support.traffic import backend, service_yaml, write
+from tests.support.harness import free_port, meshd, wait_for, write
+from tests.support.traffic import backend, service_yaml
 
 pytestmark = pytest.mark.e2e
 

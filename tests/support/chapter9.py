@@ -113,10 +113,10 @@ SLEEP_PROXY = parse_node(
     "sidecar~10.1.0.20~sleep-1.default~default.svc.cluster.local",
     {"NAMESPACE": "default", "LABELS": {"app": "sleep"}, "INTERCEPTION_MODE": "REDIRECT"},
 )
-GATEWAY_PROXY = parse_node(
-    "router~10.1.0.2~gw-1.istio-system~istio-system.svc.cluster.local",
-    {"NAMESPACE": "istio-system", "LABELS": {"istio": "ingressgateway"}},
-)
+# The ingress gateway's node (id, metadata), as an ADS client sends it.
+GATEWAY_NODE = ("router~10.1.0.2~gw-1.istio-system~istio-system.svc.cluster.local",
+                {"NAMESPACE": "istio-system", "LABELS": {"istio": "ingressgateway"}})
+GATEWAY_PROXY = parse_node(*GATEWAY_NODE)
 
 
 def mesh(*extra: str) -> MeshSnapshot:

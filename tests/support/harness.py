@@ -48,6 +48,14 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
+def write(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically (a temporary file renamed over it), as
+    kubectl-style tools and ConfigMap volumes do: a watcher never reads half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def http_get(host: str, port: int, path: str = "/", headers: dict | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:

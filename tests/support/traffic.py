@@ -1,6 +1,6 @@
 """Backends for the traffic management tests: small servers that behave the way a test
-needs (echo, fail first, slow, always 500, TLS-terminating, TCP echo), curl, and writing
-config files in place. Certificates are in pki.py.
+needs (echo, fail first, slow, always 500, TLS-terminating, TCP echo), and curl.
+Certificates are in pki.py.
 
 Each backend answers with its own name in the body and in `x-backend`, and records the
 requests it saw, so a test can tell which endpoint served a request and what reached it.
@@ -193,9 +193,3 @@ metadata: {{name: {name}-{i}, namespace: {namespace}, labels: {{{lab_yaml}}}}}
 spec: {{containers: [{{name: app, image: app}}]}}
 status: {{podIP: {ip}}}""")
     return "\n---\n".join(docs) + "\n"
-
-
-def write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -10,7 +10,8 @@ from controlplane import names
 from controlplane.server import acks
 from controlplane.server.caches import ServerCaches
 from controlplane.server.subscription import Subscription
-from tests.unit.test_ads import FakeMesh, Harness, names_of, run
+from tests.support.ads import names_of, run
+from tests.support.ads_server import FakeMesh, Harness
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 EDS_NAMES = ["a", "b", "c"]

@@ -1,4 +1,5 @@
-"""The SotW ADS server, driven over real gRPC on 127.0.0.1 with a Python ADS client.
+"""The SotW ADS server, driven over real gRPC on 127.0.0.1 with a Python ADS client
+(tests/support/ads.py, ads_server.py).
 
 "Not answered" is checked with a barrier where possible: responses on a stream are
 strictly ordered, so if the answer to a later request arrives first, the earlier
@@ -8,198 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import grpc
 import pytest
 import structlog
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.config.listener.v3 import listener_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import duration_pb2, struct_pb2
-from google.rpc import status_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from structlog.testing import capture_logs
 
 from controlplane import names
-from controlplane.generators.resources import ResourceSet, pack
-from controlplane.server.host import AdsServer, byte_count
+from controlplane.server.host import byte_count
 from controlplane.server.subscription import make_nonce
 from controlplane.server.connection import EventQueue, Push
-from controlplane.server.grpc_server import build_xds_server
-from controlplane.server.metrics import Metrics
-
-NODE_ID = "router~10.0.0.1~gw-abc.istio-system~istio-system.svc.cluster.local"
-TIMEOUT = 5.0
-
-
-# --- a tiny mesh and generator ------------------------------------------------------
-@dataclass(frozen=True)
-class FakeMesh:
-    version: str
-    clusters: tuple[tuple[str, int], ...] = (("a", 1), ("b", 1), ("c", 1))  # (name, connect timeout s)
-    endpoints: tuple[tuple[str, str], ...] = (("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3"))
-    listeners: tuple[str, ...] = ("0.0.0.0_8080",)
-
-
-class FakeGenerator:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def types(self):
-        return (names.CLUSTER, names.ENDPOINT, names.LISTENER)
-
-    def generate(self, mesh: FakeMesh, proxy, type_url: str, key=None) -> ResourceSet:
-        self.calls += 1
-        if type_url == names.CLUSTER:
-            items = [
-                pack(n, type_url, cluster_pb2.Cluster(name=n, connect_timeout=duration_pb2.Duration(seconds=s)))
-                for n, s in mesh.clusters
-            ]
-        elif type_url == names.ENDPOINT:
-            items = [pack(n, type_url, _cla(n, ip)) for n, ip in mesh.endpoints]
-        elif type_url == names.LISTENER:
-            items = [pack(n, type_url, listener_pb2.Listener(name=n)) for n in mesh.listeners]
-        else:
-            items = []
-        return ResourceSet(type_url, items)
-
-
-def _cla(cluster: str, ip: str) -> endpoint_pb2.ClusterLoadAssignment:
-    sock = address_pb2.SocketAddress(address=ip, port_value=8080)
-    lb = endpoint_components_pb2.LbEndpoint(
-        endpoint=endpoint_components_pb2.Endpoint(address=address_pb2.Address(socket_address=sock))
-    )
-    return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=cluster, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[lb])]
-    )
-
-
-# --- harness ------------------------------------------------------------------------
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 60))
-
-
-class Harness:
-    """An AdsServer on a real gRPC port plus a client channel; always torn down."""
-
-    def __init__(self, logger=None):
-        self.metrics = Metrics()
-        self.generator = FakeGenerator()
-        self.ads = AdsServer(self.generator, self.metrics, logger or structlog.get_logger("test"))
-        self.streams: list[Stream] = []
-
-    async def __aenter__(self) -> "Harness":
-        self.server, self.port = build_xds_server(self.ads, "127.0.0.1", 0)
-        await self.server.start()
-        try:
-            self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
-            self.stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
-        except BaseException:
-            await self.server.stop(None)
-            raise
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        try:
-            for s in self.streams:
-                await s.close()
-            await self.channel.close()
-        finally:
-            await self.server.stop(None)
-
-    def stream(self) -> "Stream":
-        s = Stream(self.stub)
-        self.streams.append(s)
-        return s
-
-
-class Stream:
-    def __init__(self, stub):
-        self._out: asyncio.Queue = asyncio.Queue()
-        self._in: asyncio.Queue = asyncio.Queue()
-        self.call = stub.StreamAggregatedResources(self._requests())
-        self._pump_task = asyncio.create_task(self._pump())
-        self._sent_node = False
-
-    async def _requests(self):
-        while (r := await self._out.get()) is not None:
-            yield r
-
-    async def _pump(self):
-        try:
-            async for resp in self.call:
-                await self._in.put(resp)
-            await self._in.put(EOFError("stream ended"))
-        except grpc.aio.AioRpcError as e:
-            await self._in.put(e)
-        except asyncio.CancelledError:
-            pass
-
-    def send(self, type_url, names_=(), version="", nonce="", error=None, node_id=NODE_ID):
-        req = discovery_pb2.DiscoveryRequest(
-            type_url=type_url, resource_names=list(names_), version_info=version, response_nonce=nonce
-        )
-        if not self._sent_node:  # set_node_on_first_message_only, as our bootstraps do
-            req.node.id = node_id
-            req.node.metadata.CopyFrom(_metadata())
-            self._sent_node = True
-        if error is not None:
-            req.error_detail.CopyFrom(status_pb2.Status(code=13, message=error))
-        self._out.put_nowait(req)
-
-    def ack(self, resp, names_=()):
-        self.send(resp.type_url, names_, version=resp.version_info, nonce=resp.nonce)
-
-    async def recv(self, timeout: float = TIMEOUT) -> discovery_pb2.DiscoveryResponse:
-        item = await asyncio.wait_for(self._in.get(), timeout)
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    async def expect_nothing(self, wait: float = 0.3) -> None:
-        with pytest.raises(asyncio.TimeoutError):
-            await self.recv(wait)
-
-    async def barrier(self) -> None:
-        """An LDS request with an empty nonce is always answered: the next response."""
-        self.send(names.LISTENER)
-        resp = await self.recv()
-        assert resp.type_url == names.LISTENER, f"unexpected earlier response for {resp.type_url}"
-
-    async def close(self) -> None:
-        self._out.put_nowait(None)
-        self.call.cancel()
-        self._pump_task.cancel()
-        await asyncio.gather(self._pump_task, return_exceptions=True)
-
-
-def _metadata() -> struct_pb2.Struct:
-    md = struct_pb2.Struct()
-    md.update({"NAMESPACE": "istio-system", "LABELS": {"istio": "ingressgateway"}, "CLUSTER_ID": "Kubernetes"})
-    return md
-
-
-async def eventually(pred, timeout: float = TIMEOUT) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not pred():
-        if loop.time() > end:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-def names_of(resp, msg_type) -> list[str]:
-    out = []
-    for a in resp.resources:
-        m = msg_type()
-        a.Unpack(m)
-        out.append(getattr(m, "name", "") or getattr(m, "cluster_name", ""))
-    return out
-
-
-CHANGED = FakeMesh("v2", clusters=(("a", 2), ("b", 1), ("c", 1)))
+from tests.support.ads import NODE_ID, eventually, names_of, run
+from tests.support.ads_server import CHANGED, FakeMesh, Harness
 
 
 # --- tests --------------------------------------------------------------------------

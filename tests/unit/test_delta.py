@@ -4,126 +4,20 @@ initial_resource_versions on reconnect, NACKs, and SDS through the SecretProvide
 
 "Not answered" is checked with a barrier, as in test_ads.py: responses on a stream are
 ordered, so if the answer to a later request arrives first, the earlier one got none.
+The client and the in-process server are tests/support/ads.py and ads_server.py.
 """
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
-import grpc
 import pytest
-import structlog
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.rpc import status_pb2
 
 from controlplane import names
 from controlplane.generators.resources import pack
 from controlplane.security.sds import SecretAnswer
-from controlplane.server.host import AdsServer
-from controlplane.server.grpc_server import build_xds_server
-from controlplane.server.metrics import Metrics
-from tests.unit.test_ads import CHANGED, NODE_ID, TIMEOUT, FakeGenerator, FakeMesh, _metadata, eventually, run
-
-
-class DeltaHarness:
-    def __init__(self, secrets=None):
-        self.metrics = Metrics()
-        self.generator = FakeGenerator()
-        self.ads = AdsServer(self.generator, self.metrics, structlog.get_logger("test"), secrets=secrets)
-        self.streams: list[DeltaStream] = []
-
-    async def __aenter__(self) -> "DeltaHarness":
-        self.server, self.port = build_xds_server(self.ads, "127.0.0.1", 0)
-        await self.server.start()
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
-        self.stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        try:
-            for s in self.streams:
-                await s.close()
-            await self.channel.close()
-        finally:
-            await self.server.stop(None)
-
-    def stream(self) -> "DeltaStream":
-        s = DeltaStream(self.stub)
-        self.streams.append(s)
-        return s
-
-
-class DeltaStream:
-    """A delta xDS client that remembers what it holds, as Envoy does."""
-
-    def __init__(self, stub):
-        self._out: asyncio.Queue = asyncio.Queue()
-        self._in: asyncio.Queue = asyncio.Queue()
-        self.call = stub.DeltaAggregatedResources(self._requests())
-        self._pump_task = asyncio.create_task(self._pump())
-        self._sent_node = False
-        self.held: dict[str, dict[str, str]] = {}  # type -> name -> version
-
-    async def _requests(self):
-        while (r := await self._out.get()) is not None:
-            yield r
-
-    async def _pump(self):
-        try:
-            async for resp in self.call:
-                await self._in.put(resp)
-            await self._in.put(EOFError("stream ended"))
-        except grpc.aio.AioRpcError as e:
-            await self._in.put(e)
-        except asyncio.CancelledError:
-            pass
-
-    def send(self, type_url, subscribe=(), unsubscribe=(), nonce="", error=None, initial=None):
-        req = discovery_pb2.DeltaDiscoveryRequest(
-            type_url=type_url, resource_names_subscribe=list(subscribe), resource_names_unsubscribe=list(unsubscribe),
-            response_nonce=nonce,
-        )
-        if initial:
-            req.initial_resource_versions.update(initial)
-        if not self._sent_node:
-            req.node.id = NODE_ID
-            req.node.metadata.CopyFrom(_metadata())
-            self._sent_node = True
-        if error is not None:
-            req.error_detail.CopyFrom(status_pb2.Status(code=13, message=error))
-        self._out.put_nowait(req)
-
-    async def recv(self, timeout: float = TIMEOUT) -> discovery_pb2.DeltaDiscoveryResponse:
-        item = await asyncio.wait_for(self._in.get(), timeout)
-        if isinstance(item, BaseException):
-            raise item
-        held = self.held.setdefault(item.type_url, {})
-        for r in item.resources:
-            held[r.name] = r.version
-        for n in item.removed_resources:
-            held.pop(n, None)
-        return item
-
-    def ack(self, resp):
-        self.send(resp.type_url, nonce=resp.nonce)
-
-    async def barrier(self) -> None:
-        """Subscribing to a name is always answered (even if held): the next response
-        must be that answer."""
-        self.send(names.LISTENER, subscribe=["0.0.0.0_8080"])
-        resp = await self.recv()
-        assert resp.type_url == names.LISTENER, f"unexpected earlier response for {resp.type_url}"
-
-    async def close(self) -> None:
-        self._out.put_nowait(None)
-        self.call.cancel()
-        self._pump_task.cancel()
-        await asyncio.gather(self._pump_task, return_exceptions=True)
-
-
-def by_name(resp) -> dict[str, discovery_pb2.Resource]:
-    return {r.name: r for r in resp.resources}
+from tests.support.ads import by_name, eventually, run
+from tests.support.ads_server import CHANGED, DeltaHarness, FakeMesh
 
 
 def test_wildcard_cds_gets_every_cluster_with_content_versions_and_ack_is_not_answered():
@@ -310,16 +204,13 @@ def test_sds_over_delta_goes_through_the_secret_provider_with_the_stream_identit
 
 
 def test_delta_and_sotw_streams_share_pushes():
-    from tests.unit.test_ads import Stream
-
     async def main():
         async with DeltaHarness() as h:
             h.ads.update(FakeMesh("v1"))
             d = h.stream()
             d.send(names.CLUSTER)
             d.ack(await d.recv())
-            sotw = Stream(h.stub)
-            h.streams.append(sotw)  # closed with the harness
+            sotw = h.sotw()  # closed with the harness
             sotw.send(names.CLUSTER)
             first = await sotw.recv()
             sotw.ack(first)

@@ -15,8 +15,8 @@ from controlplane.config.store import ConfigStore
 from controlplane.model.request_authentication import JwksView, KeySetRef
 from controlplane.kube.source import KubernetesSource, ReflectorOptions
 from controlplane.sources.meshconfig import MeshConfigSource, MeshConfigSourceError, read_file
+from tests.support.ads import run
 from tests.support.configs import objects_from_yaml
-from tests.unit.test_ads import run
 
 MESH = """
 rootNamespace: mesh-root

@@ -8,8 +8,8 @@ import asyncio
 from controlplane.app import MeshBuilder
 from controlplane.config.objects import ConfigKey
 from controlplane.config.store import ConfigStore
+from tests.support.ads import run
 from tests.support.configs import objects_from_yaml
-from tests.unit.test_ads import run
 
 
 class RecordingAds:

@@ -23,7 +23,8 @@ from controlplane.server.host import AdsOptions, AdsServer
 from controlplane.server.flow import PushLimiter, StreamStuck
 from controlplane.server.grpc_server import build_xds_server
 from controlplane.server.metrics import Metrics
-from tests.unit.test_ads import NODE_ID, Stream, _metadata, eventually, run
+from tests.support.ads import NODE_ID, SotwStream, eventually, node_metadata, run
+from tests.support.ads_server import FakeMesh, Harness
 
 
 class BigGenerator:
@@ -68,7 +69,7 @@ async def stalled_client(channel: grpc.aio.Channel, node_id: str):
     async def reqs():
         req = discovery_pb2.DiscoveryRequest(type_url=names.CLUSTER)
         req.node.id = node_id
-        req.node.metadata.CopyFrom(_metadata())
+        req.node.metadata.CopyFrom(node_metadata())
         yield req
         await done.wait()
 
@@ -85,7 +86,7 @@ def test_a_stalled_proxy_does_not_stop_another_from_converging():
             await eventually(lambda: len(p.ads.connections()) == 1)
             await eventually(lambda: p.ads.limiter.in_flight == 1)  # its first write is stuck
             healthy_ch = p.channel()
-            healthy = Stream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(healthy_ch))
+            healthy = SotwStream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(healthy_ch))
             try:
                 healthy.send(names.CLUSTER)
                 first = await healthy.recv()
@@ -129,7 +130,7 @@ def test_a_stuck_stream_is_dropped_after_the_write_timeout_and_can_reconnect():
             await ch.close()
             # the proxy reconnects (reading this time) and is served in full
             ch2 = p.channel()
-            s = Stream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch2))
+            s = SotwStream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch2))
             try:
                 s.send(names.CLUSTER)
                 resp = await s.recv()
@@ -175,8 +176,6 @@ def test_the_limiter_bounds_writes_in_flight_and_times_out():
 def test_the_server_is_busy_while_it_writes_and_for_a_moment_after():
     """gcpolicy collects only when the server is not busy: a response written just now
     (say, the answer to an EDS re-request after a push) still counts."""
-    from tests.unit.test_ads import FakeMesh, Harness
-
     async def main():
         async with Harness() as h:
             h.ads.update(FakeMesh("v1"))

@@ -7,21 +7,14 @@
 """
 from __future__ import annotations
 
-import asyncio
 
-import grpc
-import structlog
 from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import struct_pb2
 
 from controlplane import names
 from controlplane.generators import Generator
-from controlplane.server.host import AdsServer
-from controlplane.server.grpc_server import build_xds_server
-from controlplane.server.metrics import Metrics
+from tests.support.ads import by_name, eventually, run
+from tests.support.ads_server import Harness
 from tests.support.chapter9 import NS, endpoints_v2, mesh
-from tests.unit.test_ads import eventually, run
 
 CATALOG_80 = f"outbound|80||catalog.{NS}.svc.cluster.local"
 CATALOG_81 = f"outbound|81||catalog.{NS}.svc.cluster.local"
@@ -47,97 +40,9 @@ spec:
 """
 
 
-class Server:
-    def __init__(self):
-        self.metrics = Metrics()
-        self.ads = AdsServer(Generator(), self.metrics, structlog.get_logger("test"))
-        self.clients: list = []
-
-    async def __aenter__(self):
-        self.server, self.port = build_xds_server(self.ads, "127.0.0.1", 0)
-        await self.server.start()
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
-        self.stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
-        return self
-
-    async def __aexit__(self, *exc):
-        try:
-            for c in self.clients:
-                await c.close()
-            await self.channel.close()
-        finally:
-            await self.server.stop(None)
-
-    def sotw(self, node) -> "SotwClient":
-        c = SotwClient(self.stub, *node)
-        self.clients.append(c)
-        return c
-
-
-class SotwClient:
-    """An Envoy-like SotW client: CDS and LDS wildcard, EDS for the given clusters."""
-
-    def __init__(self, stub, node_id, metadata):
-        self.node_id, self.metadata = node_id, metadata
-        self._out: asyncio.Queue = asyncio.Queue()
-        self._in: asyncio.Queue = asyncio.Queue()
-        self.call = stub.StreamAggregatedResources(self._requests())
-        self._pump_task = asyncio.create_task(self._pump())
-        self._sent_node = False
-        self.received: list[discovery_pb2.DiscoveryResponse] = []
-
-    async def _requests(self):
-        while (r := await self._out.get()) is not None:
-            yield r
-
-    async def _pump(self):
-        try:
-            async for resp in self.call:
-                self.received.append(resp)
-                await self._in.put(resp)
-        except (grpc.aio.AioRpcError, asyncio.CancelledError):
-            pass
-
-    def send(self, type_url, names_=(), version="", nonce=""):
-        req = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=list(names_), version_info=version,
-                                             response_nonce=nonce)
-        if not self._sent_node:
-            req.node.id = self.node_id
-            md = struct_pb2.Struct()
-            md.update(self.metadata)
-            req.node.metadata.CopyFrom(md)
-            self._sent_node = True
-        self._out.put_nowait(req)
-
-    async def recv(self, timeout: float = 5.0) -> discovery_pb2.DiscoveryResponse:
-        return await asyncio.wait_for(self._in.get(), timeout)
-
-    def ack(self, resp, names_=()):
-        self.send(resp.type_url, names_, resp.version_info, resp.nonce)
-
-    async def sync(self, eds: list[str]) -> None:
-        """Subscribe like Envoy and ACK everything."""
-        self.send(names.CLUSTER)
-        cds = await self.recv()
-        self.send(names.ENDPOINT, eds)
-        self.ack(cds)
-        self.ack(await self.recv(), eds)
-        self.send(names.LISTENER)
-        self.ack(await self.recv())
-
-    async def barrier(self) -> None:
-        """An RDS request naming a new route is always answered: anything received before
-        its answer was pushed before it."""
-        self.send(names.ROUTE, [f"barrier-{len(self.received)}"])
-        resp = await self.recv()
-        assert resp.type_url == names.ROUTE, f"unexpected {names.SHORT.get(resp.type_url)} push"
-        self.ack(resp, [f"barrier-{len(self.received) - 1}"])
-
-    async def close(self):
-        self._out.put_nowait(None)
-        self.call.cancel()
-        self._pump_task.cancel()
-        await asyncio.gather(self._pump_task, return_exceptions=True)
+def server() -> Harness:
+    """meshd's Generator behind an in-process ADS server (tests/support/ads_server.py)."""
+    return Harness(Generator())
 
 
 def cla_names(resp) -> list[str]:
@@ -151,9 +56,9 @@ def cla_names(resp) -> list[str]:
 
 def test_a_gateway_change_pushes_to_gateways_and_nothing_to_sidecars():
     async def main():
-        async with Server() as s:
+        async with server() as s:
             s.ads.update(mesh())
-            sidecar, gateway = s.sotw(SIDECAR), s.sotw(GATEWAY)
+            sidecar, gateway = s.sotw(*SIDECAR), s.sotw(*GATEWAY)
             await sidecar.sync([CATALOG_80])
             await gateway.sync([WEBAPP_80])
             await eventually(lambda: len(s.ads.connections()) == 2)
@@ -161,16 +66,16 @@ def test_a_gateway_change_pushes_to_gateways_and_nothing_to_sidecars():
             assert queued == 1  # the gateway's connection only
             lds = await gateway.recv()
             assert lds.type_url == names.LISTENER and len(lds.resources) == 2
-            await sidecar.barrier()  # nothing arrived before the barrier's answer
+            await sidecar.route_barrier()  # nothing arrived before the barrier's answer
 
     run(main())
 
 
 def test_an_endpoint_change_pushes_only_the_changed_assignments_to_their_subscribers():
     async def main():
-        async with Server() as s:
+        async with server() as s:
             s.ads.update(mesh())
-            webapp, sleep, gateway = s.sotw(SIDECAR), s.sotw(SLEEP), s.sotw(GATEWAY)
+            webapp, sleep, gateway = s.sotw(*SIDECAR), s.sotw(*SLEEP), s.sotw(*GATEWAY)
             await webapp.sync([CATALOG_80, CATALOG_81, WEBAPP_80])
             await sleep.sync([WEBAPP_80])  # not subscribed to catalog's endpoints
             await gateway.sync([WEBAPP_80, CATALOG_80])
@@ -183,19 +88,16 @@ def test_an_endpoint_change_pushes_only_the_changed_assignments_to_their_subscri
             gw_eds = await gateway.recv()
             assert gw_eds.type_url == names.ENDPOINT and cla_names(gw_eds) == [CATALOG_80]
             for c in (webapp, sleep, gateway):
-                await c.barrier()  # no CDS, LDS or RDS pushed to anyone, nothing to sleep
+                await c.route_barrier()  # no CDS, LDS or RDS pushed to anyone, nothing to sleep
 
     run(main())
 
 
 def test_an_endpoint_change_over_delta_sends_one_resource():
-    from tests.unit.test_delta import DeltaStream, by_name
-
     async def main():
-        async with Server() as s:
+        async with server() as s:
             s.ads.update(mesh())
-            d = DeltaStream(s.stub)
-            s.clients.append(d)
+            d = s.delta()
             d.send(names.CLUSTER)
             d.ack(await d.recv())
             d.send(names.ENDPOINT, subscribe=[CATALOG_80, WEBAPP_80])
@@ -210,9 +112,9 @@ def test_an_endpoint_change_over_delta_sends_one_resource():
 
 def test_an_unrelated_change_queues_no_push():
     async def main():
-        async with Server() as s:
+        async with server() as s:
             s.ads.update(mesh())
-            sleep = s.sotw(SLEEP)
+            sleep = s.sotw(*SLEEP)
             await sleep.sync([WEBAPP_80])
             await eventually(lambda: len(s.ads.connections()) == 1)
             unrelated = """
@@ -223,7 +125,7 @@ spec: {containers: [{name: job}]}
 status: {podIP: 10.1.0.99}
 """
             assert s.ads.update(mesh(unrelated)) == 0
-            await sleep.barrier()
+            await sleep.route_barrier()
             # and re-pushing the same snapshot re-checks everyone (an explicit push)
             assert s.ads.update(s.ads.mesh, "manual") == 1
 
