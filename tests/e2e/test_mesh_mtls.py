@@ -15,7 +15,7 @@ import pytest
 
 from tests.testbed.fixtures import require_testbed
 from tests.testbed.mesh import (CATALOG_ADMIN_PORT, CATALOG_PORT, CHAPTER9_PODS, GW_PORT, NS, WEBAPP_PORT, Mesh,
-                                chapter9_layout, run_mesh)
+                                chapter9_layout, run_mesh, ssl_handshakes)
 
 pytestmark = pytest.mark.e2e
 
@@ -27,18 +27,14 @@ def mesh(tmp_path_factory):
         yield m
 
 
-def _ssl_handshakes(envoy, prefix: str) -> int:
-    return sum(v for k, v in envoy.stats("ssl.handshake").items() if k.startswith(prefix))
-
-
 def test_no_policy_permissive_and_auto_mtls(mesh: Mesh):
     # a client without a sidecar gets 200 from meshed workloads (PERMISSIVE by default)
     mesh.expect("sleep", mesh.url("catalog", CATALOG_PORT), 0, "200")
     mesh.expect("sleep", mesh.url("webapp", WEBAPP_PORT), 0, "200")
     # sidecar to sidecar is mTLS anyway (auto mTLS): the catalog's inbound TLS handshakes grow
-    before = _ssl_handshakes(mesh.envoys["catalog"], "listener.0.0.0.0_15006")
+    before = ssl_handshakes(mesh.envoys["catalog"], "listener.0.0.0.0_15006")
     mesh.expect("webapp", mesh.vip("catalog"), 0, "200")
-    assert _ssl_handshakes(mesh.envoys["catalog"], "listener.0.0.0.0_15006") > before
+    assert ssl_handshakes(mesh.envoys["catalog"], "listener.0.0.0.0_15006") > before
     # a workload without a sidecar is reached in plaintext (auto mTLS sees no tlsMode label)
     mesh.expect("webapp", mesh.vip("legacy"), 0, "200")
 

@@ -13,10 +13,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from controlplane import app as meshd_app
-from tests.e2e.test_debug_operator_view import (HOST, BreakableGenerator, config, inprocess_meshd, run_cli, syncz,
-                                                vs)
 from tests.support.envoy import envoy
 from tests.support.harness import free_port, http_backend, http_get, wait_for
+from tests.support.operator_view import HOST, BreakableGenerator, config, inprocess_meshd, run_cli, syncz, vs
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,6 @@ module runs twice: the gateway bootstrapped for state-of-the-world xDS, then for
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import time
 import uuid
@@ -24,7 +23,7 @@ import pytest
 
 from tests.support.envoy import envoy
 from tests.support.harness import free_port, meshd, wait_for, write
-from tests.support.traffic import backend, service_yaml
+from tests.support.traffic import Client, backend, service_yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -169,50 +168,11 @@ spec:
             "--type", "router", "--namespace", "istio-system", "--pod", "istio-ingressgateway-7d4b9", "--ip", "127.0.0.1",
             "--labels", "istio=ingressgateway,app=istio-ingressgateway", "--xds-address", f"127.0.0.1:{cp.xds_port}",
             "--xds-transport", request.param]))
-        client = Client(gw_port)
+        client = Client(gw_port, HOST)
         wait_for(lambda: client.get("/")[0] == 200, 20, what="first 200 through the gateway")
         yield client, backends, gw, cp
         rejected = {k: v for k, v in gw.rejected_counters().items() if v}
         assert rejected == {}, rejected
-
-
-class Client:
-    """Requests to the gateway with Host: shop.example.com over a kept-alive connection."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self._conn: http.client.HTTPConnection | None = None
-
-    def request(self, method: str, path: str, headers: dict | None = None, timeout: float = 10.0):
-        for attempt in range(2):
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-            try:
-                self._conn.request(method, path, headers={"Host": HOST, **(headers or {})})
-                r = self._conn.getresponse()
-                body = r.read()
-                if r.getheader("connection", "").lower() == "close":
-                    self.close()
-                return r.status, {k.lower(): v for k, v in r.getheaders()}, body
-            except (http.client.HTTPException, OSError):
-                self.close()
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
-
-    def get(self, path: str, headers: dict | None = None):
-        status, hdrs, body = self.request("GET", path, headers)
-        return status, hdrs, body
-
-    def json(self, path: str, headers: dict | None = None) -> dict:
-        status, _, body = self.get(path, headers)
-        assert status == 200, (status, body[:200])
-        return json.loads(body)
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
 
 def test_header_match_routes_jason_to_v2(shop):

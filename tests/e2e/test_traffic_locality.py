@@ -23,10 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_traffic_gateway import Client
 from tests.support.envoy import envoy
 from tests.support.harness import free_port, meshd, wait_for, write
-from tests.support.traffic import backend, service_yaml
+from tests.support.traffic import Client, backend, service_yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -116,7 +115,7 @@ spec:
             "--type", "router", "--namespace", "istio-system", "--pod", "istio-ingressgateway-0", "--ip", "127.0.0.1",
             "--labels", "istio=ingressgateway,app=istio-ingressgateway", "--locality", "r1/z1",
             "--xds-address", f"127.0.0.1:{cp.xds_port}"]))
-        client = Client(gw_port)
+        client = Client(gw_port, "shop.example.com")
         wait_for(lambda: client.get("/")[0] == 200, 60, what="first 200 through the gateway")
         yield client, backends, gw, cp
         rejected = {k: v for k, v in gw.rejected_counters().items() if v}

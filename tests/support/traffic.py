@@ -8,6 +8,7 @@ requests it saw, so a test can tell which endpoint served a request and what rea
 from __future__ import annotations
 
 import contextlib
+import http.client
 import http.server
 import json
 import socket
@@ -193,3 +194,42 @@ metadata: {{name: {name}-{i}, namespace: {namespace}, labels: {{{lab_yaml}}}}}
 spec: {{containers: [{{name: app, image: app}}]}}
 status: {{podIP: {ip}}}""")
     return "\n---\n".join(docs) + "\n"
+
+
+class Client:
+    """Requests to 127.0.0.1:port (a gateway) with Host: `host` over a kept-alive connection."""
+
+    def __init__(self, port: int, host: str):
+        self.port, self.host = port, host
+        self._conn: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, headers: dict | None = None, timeout: float = 10.0):
+        for attempt in range(2):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+            try:
+                self._conn.request(method, path, headers={"Host": self.host, **(headers or {})})
+                r = self._conn.getresponse()
+                body = r.read()
+                if r.getheader("connection", "").lower() == "close":
+                    self.close()
+                return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+            except (http.client.HTTPException, OSError):
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def get(self, path: str, headers: dict | None = None):
+        status, hdrs, body = self.request("GET", path, headers)
+        return status, hdrs, body
+
+    def json(self, path: str, headers: dict | None = None) -> dict:
+        status, _, body = self.get(path, headers)
+        assert status == 200, (status, body[:200])
+        return json.loads(body)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -64,14 +64,16 @@ CHAPTER9_PODS: dict[str, PodSpec] = {
 CHAPTER9_SERVICES = ("webapp", "catalog", "legacy")
 
 
-def bootstrap(path: Path, kind: str, namespace: str, sa: str, pod: Pod, labels: str, ca_dir: Path) -> Path:
-    """`meshd bootstrap` for a pod of the bed, talking TLS to 127.0.0.1:15012 (forwarded to meshd)."""
+def bootstrap(path: Path, kind: str, namespace: str, sa: str, pod: Pod, labels: str, ca_dir: Path,
+              extra: Sequence[str] = ()) -> Path:
+    """`meshd bootstrap` for a pod of the bed, talking TLS to 127.0.0.1:15012 (forwarded to
+    meshd); `extra`: more flags (e.g. `--xds-transport delta`)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run(
         [sys.executable, "-m", "controlplane", "bootstrap", "--type", kind, "--namespace", namespace,
          "--service-account", sa, "--pod", f"{pod.name}-0", "--ip", pod.ip, "--labels", labels,
          "--xds-address", "127.0.0.1:15012", "--admin-port", str(ENVOY_ADMIN), "--ca-dir", str(ca_dir),
-         "--output", str(path)],
+         *extra, "--output", str(path)],
         check=True, env=env,
     )
     return path
@@ -149,6 +151,11 @@ def chapter9_layout(pods: Mapping[str, Pod], vips: Mapping[str, str]) -> str:
           - route:
             - destination: {{host: webapp, port: {{number: 80}}}}
         """) + pods_yaml(CHAPTER9_PODS, pods)
+
+
+def ssl_handshakes(envoy, prefix: str) -> int:
+    """TLS handshakes of an Envoy's listeners whose stats start with `prefix`."""
+    return sum(v for k, v in envoy.stats("ssl.handshake").items() if k.startswith(prefix))
 
 
 @dataclass(frozen=True)
@@ -255,9 +262,11 @@ class Mesh:
 @contextlib.contextmanager
 def run_mesh(work: Path, pods: Mapping[str, PodSpec], layout: Callable[[dict, dict], str],
              services: Sequence[str] = CHAPTER9_SERVICES, meshd_args: Sequence[str] = (),
-             prepare: Callable[[TestBed, dict, dict], None] | None = None) -> Iterator[Mesh]:
+             prepare: Callable[[TestBed, dict, dict], None] | None = None,
+             bootstrap_args: Sequence[str] = ()) -> Iterator[Mesh]:
     """The bed with `pods`, a VIP per name of `services`, `layout(pods, vips)` as meshd's
-    first config file, each pod's echo app, then meshd and the Envoys (all ready).
+    first config file, each pod's echo app, then meshd and the Envoys (all ready, each
+    bootstrapped with `bootstrap_args` too).
     `prepare(bed, pods, vips)` runs before meshd starts (servers a test needs in pods).
     On exit: no Envoy may have rejected an update; everything is stopped and removed."""
     config_dir, ca_dir = work / "config", work / "ca"
@@ -281,7 +290,7 @@ def run_mesh(work: Path, pods: Mapping[str, PodSpec], layout: Callable[[dict, di
                 pod = bed_pods[name]
                 pod.forward_to_host(secure, pod_port=15012)
                 boot = bootstrap(work / f"{name}-bootstrap.yaml", spec.proxy, spec.namespace, spec.service_account,
-                                 pod, spec.labels, ca_dir)
+                                 pod, spec.labels, ca_dir, bootstrap_args)
                 envoys[name] = pod.start_envoy(boot, admin_port=ENVOY_ADMIN)
             for name, e in envoys.items():
                 wait_for(e.ready, 30, what=lambda name=name: f"{name} envoy ready\n{envoys[name].log(40)}")
