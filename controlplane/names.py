@@ -52,6 +52,16 @@ TLS_MODE_LABEL = "security.istio.io/tlsMode"
 TLS_MODE_ISTIO = "istio"
 TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"
 
+# Where a workload runs: the topology labels of Kubernetes (and their deprecated forms)
+# and Istio's subzone label, on pods and Nodes (model/locality.py reads them; a Node's
+# are all meshd keeps of it, config/parse.py).
+REGION_LABEL = "topology.kubernetes.io/region"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+SUBZONE_LABEL = "topology.istio.io/subzone"
+OLD_REGION_LABEL = "failure-domain.beta.kubernetes.io/region"
+OLD_ZONE_LABEL = "failure-domain.beta.kubernetes.io/zone"
+TOPOLOGY_LABELS = (REGION_LABEL, ZONE_LABEL, SUBZONE_LABEL, OLD_REGION_LABEL, OLD_ZONE_LABEL)
+
 # ALPN values Istio's sidecars speak to each other over mTLS.
 ALPN_ISTIO_HTTP = ("istio-http/1.0", "istio-http/1.1", "istio-h2")
 ALPN_ISTIO = "istio"

@@ -10,8 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..model.locality import NODE_LABELS
-from ..names import DEFAULT_NAMESPACE
+from ..names import DEFAULT_NAMESPACE, TOPOLOGY_LABELS
 from . import kinds
 from .objects import ConfigKey, ConfigObject, Origin, Rejection
 from .validation import as_json, validate
@@ -51,13 +50,13 @@ def content_hash(doc: Any) -> str:
 
 
 def node_essentials(doc: dict) -> dict:
-    """What meshd keeps of a Node: its name and topology labels (model/locality.py). The
+    """What meshd keeps of a Node: its name and topology labels (names.TOPOLOGY_LABELS). The
     rest (status heartbeats, conditions, images, annotations, resourceVersion) would cost
     memory and, worse, turn every kubelet status update into a change of the object."""
     md = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
     labels = md.get("labels") if isinstance(md.get("labels"), dict) else {}
     meta: dict[str, Any] = {"name": md.get("name")}
-    kept = {k: labels[k] for k in NODE_LABELS if k in labels}
+    kept = {k: labels[k] for k in TOPOLOGY_LABELS if k in labels}
     if kept:
         meta["labels"] = kept
     return {"apiVersion": doc.get("apiVersion"), "kind": doc.get("kind"), "metadata": meta}

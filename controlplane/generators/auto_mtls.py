@@ -26,8 +26,7 @@ from ..model.mesh import MeshSnapshot
 from ..model.peer_authentication import DISABLE
 from ..model.proxy import SIDECAR, Proxy
 from ..model.services import Endpoint, Service
-from . import protocol, tls, traffic_policy
-from .convert import as_map
+from . import protocol, tls
 from .destinations import OutboundCluster
 
 # How a cluster's transport is chosen.
@@ -53,16 +52,16 @@ def original_dst(oc: OutboundCluster, proxy: Proxy) -> bool:
 
 
 def cluster_tls(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> ClusterTls:
-    settings = as_map(traffic_policy.effective_policy(oc.rule.spec if oc.rule else None, oc.port.port, oc.subset).get("tls"))
+    settings = oc.policy.client_tls
     sni = tls.outbound_sni(oc.port.port, oc.subset, oc.service.hostname)
     http2 = protocol.is_http2(oc.protocol)
-    if settings:
-        mode = str(settings.get("mode") or "DISABLE").upper()
+    if settings is not None:
+        mode = settings.effective_mode
         if mode == "DISABLE":
             return ClusterTls(PLAINTEXT)
         if (
             mode in ("SIMPLE", "MUTUAL")
-            and settings.get("credentialName")
+            and settings.credential_name
             and proxy.type == SIDECAR
             and (oc.rule is None or selector_of(oc.rule) is None)
         ):

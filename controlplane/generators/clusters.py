@@ -25,6 +25,7 @@ from envoy.config.core.v3 import address_pb2, protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from .. import names
+from ..config.types.trafficpolicy import NO_POLICY
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
 from . import auto_mtls, locality_lb, protocol, traffic_policy
@@ -66,14 +67,13 @@ def outbound_cluster(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> c
         connect_timeout=DEFAULT_CONNECT_TIMEOUT,
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(),
     )
-    policy = traffic_policy.effective_policy(oc.rule.spec if oc.rule else None, oc.port.port, oc.subset)
-    traffic_policy.apply(c, policy, http2=protocol.is_http2(oc.protocol))
+    traffic_policy.apply(c, oc.policy, http2=protocol.is_http2(oc.protocol))
     if auto_mtls.original_dst(oc, proxy):
         c.type = cluster_pb2.Cluster.ORIGINAL_DST
         c.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
     else:
         c.type = cluster_pb2.Cluster.EDS
-        locality_lb.apply_cluster(c, policy)  # locality weights, when the assignment carries them
+        locality_lb.apply_cluster(c, oc.policy)  # locality weights, when the assignment carries them
         c.eds_cluster_config.CopyFrom(
             cluster_pb2.Cluster.EdsClusterConfig(service_name=oc.name, eds_config=ads_config_source())
         )
@@ -125,7 +125,7 @@ def inbound_cluster(ip: InboundPort) -> cluster_pb2.Cluster:
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(),
         upstream_bind_config=_bind(INBOUND_PASSTHROUGH_BIND),
     )
-    traffic_policy.apply(c, {}, http2=protocol.is_http2(ip.protocol))
+    traffic_policy.apply(c, NO_POLICY, http2=protocol.is_http2(ip.protocol))
     c.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
     svc = ip.service
     c.metadata.filter_metadata["istio"].CopyFrom(

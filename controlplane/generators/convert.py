@@ -1,8 +1,7 @@
 """Istio API values (durations, percentages, string matches) as Envoy protos.
 
-Config reaches generators as plain YAML data, so every value is read defensively: a
-value that cannot be understood yields None and the caller leaves the field unset,
-rather than one odd object taking down generation for every proxy.
+Config reaches generators typed (config/types/): what could not be read there is None,
+and the caller leaves the field unset.
 """
 from __future__ import annotations
 
@@ -28,44 +27,24 @@ def proto_duration(d: types_common.Duration | None) -> duration_pb2.Duration | N
     return None if d is None else duration_pb2.Duration(seconds=d.seconds, nanos=d.nanos)
 
 
-def fractional_percent(value: Any) -> percent_pb2.FractionalPercent | None:
+def fractional_percent(value: float) -> percent_pb2.FractionalPercent:
     """Istio `Percent {value: 12.5}` (a float in [0, 100]) -> parts per million, as istiod does."""
-    if not isinstance(value, Mapping):
-        return None
-    v = value.get("value", 0)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return percent_pb2.FractionalPercent(
-        numerator=int(float(v) * 10000), denominator=percent_pb2.FractionalPercent.MILLION
-    )
+    return percent_pb2.FractionalPercent(numerator=int(value * 10000), denominator=percent_pb2.FractionalPercent.MILLION)
 
 
-def integer_percent(value: Any) -> percent_pb2.FractionalPercent:
+def integer_percent(value: int) -> percent_pb2.FractionalPercent:
     """The deprecated integer `percent` fields (0..100)."""
-    n = value if isinstance(value, int) and not isinstance(value, bool) else 0
-    return percent_pb2.FractionalPercent(numerator=max(n, 0), denominator=percent_pb2.FractionalPercent.HUNDRED)
+    return percent_pb2.FractionalPercent(numerator=max(value, 0), denominator=percent_pb2.FractionalPercent.HUNDRED)
 
 
-def is_presence_match(match: Any) -> bool:
-    """An empty StringMatch, or the regex `*`, means "present" in Istio (not a regex)."""
-    if not isinstance(match, Mapping):
-        return True
-    kinds = [k for k in ("exact", "prefix", "regex") if k in match]
-    if not kinds:
-        return True
-    return kinds == ["regex"] and match.get("regex") == "*"
-
-
-def string_matcher(match: Any) -> string_pb2.StringMatcher | None:
+def string_matcher(match: types_common.StringMatch) -> string_pb2.StringMatcher | None:
     """Istio StringMatch {exact|prefix|regex} -> Envoy StringMatcher (RE2 is Envoy's default engine)."""
-    if not isinstance(match, Mapping):
-        return None
-    if "exact" in match:
-        return string_pb2.StringMatcher(exact=str(match["exact"]))
-    if "prefix" in match:
-        return string_pb2.StringMatcher(prefix=str(match["prefix"]))
-    if "regex" in match:
-        return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=str(match["regex"])))
+    if match.exact is not None:
+        return string_pb2.StringMatcher(exact=match.exact)
+    if match.prefix is not None:
+        return string_pb2.StringMatcher(prefix=match.prefix)
+    if match.regex is not None:
+        return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=match.regex))
     return None
 
 
@@ -79,25 +58,6 @@ def struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(dict(data))
     return s
-
-
-def as_int(value: Any, default: int | None = None) -> int | None:
-    """An integer from YAML data (ints, or digit strings); bools are not numbers here."""
-    if isinstance(value, bool):
-        return default
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return default
-
-
-def as_list(value: Any) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else []
-
-
-def as_map(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
 
 
 def ads_config_source() -> config_source_pb2.ConfigSource:

@@ -19,20 +19,21 @@ in plaintext.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import structlog
 
 from .. import names
 from ..config.objects import ConfigObject
+from ..config.types.destinationrule import DestinationRule
+from ..config.types.trafficpolicy import NO_POLICY, ClientTLSSettings, TrafficPolicy
 from ..model.credentials import sds_ca_name, sds_name
 from ..model.destination_rules import rule_host, selector_of
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import SIDECAR, Proxy
 from ..model.services import Service, ServicePort
-from . import protocol, traffic_policy
+from . import protocol
 from .dependencies import facts
-from .convert import as_int, as_list, as_map
 
 log = structlog.get_logger("meshd.generators")
 
@@ -46,6 +47,9 @@ class OutboundCluster:
     rule: ConfigObject | None  # the DestinationRule that applies to the host, if any
     subset: str = ""
     subset_labels: Mapping[str, str] = field(default_factory=dict)
+    # The rule's traffic policy for this port and subset (DestinationRule.policy_for): what
+    # CDS, EDS and the client TLS read.
+    policy: TrafficPolicy = NO_POLICY
 
 
 def outbound_clusters(mesh: MeshSnapshot, proxy: Proxy) -> list[OutboundCluster]:
@@ -107,10 +111,10 @@ def credential_problem(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) ->
     would never be served to it over SDS. None: it can (or no Secret is involved)."""
     if oc.rule is None:
         return None
-    settings = as_map(traffic_policy.effective_policy(oc.rule.spec, oc.port.port, oc.subset).get("tls"))
-    credential = str(settings.get("credentialName") or "")
-    mode = str(settings.get("mode") or "DISABLE").upper()
-    if not credential or mode not in ("SIMPLE", "MUTUAL"):
+    settings = oc.policy.client_tls
+    credential = settings.credential_name if settings is not None else ""
+    mode = settings.effective_mode if settings is not None else "DISABLE"
+    if settings is None or not credential or mode not in ("SIMPLE", "MUTUAL"):
         return None
     if proxy.type == SIDECAR and selector_of(oc.rule) is None:
         return None  # istiod ignores it there: no TLS at all (auto_mtls.cluster_tls)
@@ -125,7 +129,7 @@ def credential_problem(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) ->
         if mode == "MUTUAL" and (cred is None or not (cred.cert_chain and cred.private_key)):
             reason = (f"credential {sds_name(credential)}: no Secret {credential} with a certificate and key "
                       f"in namespace {proxy.namespace}")
-        elif not settings.get("insecureSkipVerify") and not mesh.ca_credential(proxy.namespace, credential):
+        elif not settings.insecure_skip_verify and not mesh.ca_credential(proxy.namespace, credential):
             reason = (f"credential {sds_ca_name(credential)}: no Secret {credential}-cacert and no ca.crt in "
                       f"Secret {credential} in namespace {proxy.namespace}")
     if reason is None:
@@ -160,33 +164,34 @@ def _tls_source(mesh: MeshSnapshot, oc: OutboundCluster, credential: str) -> tup
     same = sorted((dr for dr in mesh.destination_rules if dr.namespace == rule.namespace and rule_host(dr) == host),
                   key=lambda dr: dr.name != rule.name)  # the merged rule's own name first
     for dr in same:
-        path = _tls_path(dr.spec, oc.port.port, oc.subset, credential)
+        path = _tls_path(dr.typed, oc.port.port, oc.subset, credential)
         if path is not None:
             return f"{dr.namespace}/{dr.name}", path
     return f"{rule.namespace}/{rule.name}", "spec.trafficPolicy.tls"
 
 
-def _tls_path(spec: Mapping[str, Any], port: int, subset: str, credential: str) -> str | None:
-    """Where in `spec` a `tls` naming `credential` applies to `port` (and `subset`), most
-    specific first (the order traffic_policy.effective_policy layers them)."""
-    places: list[tuple[str, Any]] = []
-    for i, s in enumerate(as_list(spec.get("subsets"))):
-        if subset and as_map(s).get("name") == subset:
-            places.append((f"spec.subsets[{i}].trafficPolicy", as_map(as_map(s).get("trafficPolicy"))))
+def _tls_path(rule: DestinationRule, port: int, subset: str, credential: str) -> str | None:
+    """Where in the rule a `tls` naming `credential` applies to `port` (and `subset`), most
+    specific first (the order DestinationRule.policy_for layers them)."""
+    places: list[tuple[str, TrafficPolicy | None]] = []
+    for i, s in enumerate(rule.subsets):
+        if subset and s.name == subset:
+            places.append((f"spec.subsets[{i}].trafficPolicy", s.traffic_policy))
             break
-    places.append(("spec.trafficPolicy", as_map(spec.get("trafficPolicy"))))
+    places.append(("spec.trafficPolicy", rule.traffic_policy))
     for where, policy in places:
-        for j, pl in enumerate(as_list(policy.get("portLevelSettings"))):
-            pl = as_map(pl)
-            if as_int(as_map(pl.get("port")).get("number")) == port and _names(pl.get("tls"), credential):
+        if policy is None:
+            continue
+        for j, pl in enumerate(policy.port_level_settings):
+            if pl.port == port and _names(pl.tls, credential):
                 return f"{where}.portLevelSettings[{j}].tls"
-        if _names(policy.get("tls"), credential):
+        if _names(policy.tls, credential):
             return f"{where}.tls"
     return None
 
 
-def _names(tls: Any, credential: str) -> bool:
-    return str(as_map(tls).get("credentialName") or "") == credential
+def _names(tls: ClientTLSSettings | None, credential: str) -> bool:
+    return (tls.credential_name if tls is not None else "") == credential
 
 
 _reported: set[tuple] = set()
@@ -224,14 +229,12 @@ def credential_problems(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Cre
 
 
 def _clusters_for_port(svc: Service, sp: ServicePort, proto: str, rule: ConfigObject | None) -> list[OutboundCluster]:
-    out = [OutboundCluster(names.outbound_cluster(sp.port, svc.hostname), svc, sp, proto, rule)]
-    for subset in as_list(rule.spec.get("subsets")) if rule is not None else []:
-        subset = as_map(subset)
-        name = str(subset.get("name") or "")
-        if not name:
+    spec: DestinationRule | None = rule.typed if rule is not None else None
+    policy = spec.policy_for(sp.port) if spec is not None else NO_POLICY
+    out = [OutboundCluster(names.outbound_cluster(sp.port, svc.hostname), svc, sp, proto, rule, policy=policy)]
+    for subset in spec.subsets if spec is not None else ():
+        if not subset.name:
             continue
-        labels = {str(k): str(v) for k, v in as_map(subset.get("labels")).items()}
-        out.append(
-            OutboundCluster(names.outbound_cluster(sp.port, svc.hostname, name), svc, sp, proto, rule, name, labels)
-        )
+        out.append(OutboundCluster(names.outbound_cluster(sp.port, svc.hostname, subset.name), svc, sp, proto, rule,
+                                   subset.name, subset.labels, spec.policy_for(sp.port, subset.name)))
     return out

@@ -24,11 +24,12 @@ from envoy.config.core.v3 import address_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 
 from .. import names
+from ..config.types.trafficpolicy import TrafficPolicy
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
 from ..model.services import Endpoint, labels_match
 from ..model.locality import Locality
-from . import auto_mtls, locality_lb, traffic_policy
+from . import auto_mtls, locality_lb
 from .destinations import OutboundCluster, outbound_clusters
 
 
@@ -46,9 +47,9 @@ def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
     return out
 
 
-def cluster_policy(oc: OutboundCluster) -> dict:
+def cluster_policy(oc: OutboundCluster) -> TrafficPolicy:
     """The effective traffic policy of the cluster (what its CDS side applies too)."""
-    return traffic_policy.effective_policy(oc.rule.spec if oc.rule else None, oc.port.port, oc.subset)
+    return oc.policy
 
 
 def cluster_endpoints(mesh: MeshSnapshot, oc: OutboundCluster) -> list[Endpoint]:

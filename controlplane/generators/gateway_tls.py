@@ -20,15 +20,14 @@ server is left out (and reported, see model/mesh.py gateway_conflicts).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from google.protobuf import wrappers_pb2
 
 from .. import names
+from ..config.types.gateway import ServerTLSSettings, TLSCertificate
 from ..model.credentials import sds_ca_name, sds_name
-from ..model.gateways import ISTIO_MUTUAL, MUTUAL, OPTIONAL_MUTUAL, Server, credential_names
+from ..model.gateways import ISTIO_MUTUAL, MUTUAL, OPTIONAL_MUTUAL, Server
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
 from . import tls
@@ -55,28 +54,27 @@ VALID_CIPHER_SUITES = frozenset({
 
 def unusable_reason(mesh: MeshSnapshot, proxy: Proxy, server: Server) -> str | None:
     """Why the server's TLS cannot be set up for this proxy (None: it can)."""
-    if server.passthrough or not server.tls:
+    if server.passthrough or server.tls is None:
         return None
     if server.tls_mode == ISTIO_MUTUAL and not proxy.workload_cert:
         return "ISTIO_MUTUAL needs the gateway's workload certificate, and this proxy is not connected to the secure xDS port"
-    creds = credential_names(server.tls)
+    creds = server.tls.credentials
     if creds and not proxy.workload_cert:
         return (f"credential {sds_name(creds[0])} is only served to an authenticated gateway "
                 "(connect it to the secure xDS port)")
     return mesh.credential_problem(proxy.namespace, server)
 
 
-def _tls_params(settings: Mapping[str, Any]) -> common_pb2.TlsParameters:
+def _tls_params(settings: ServerTLSSettings) -> common_pb2.TlsParameters:
     params = common_pb2.TlsParameters(tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2)
-    lo = _VERSIONS.get(str(settings.get("minProtocolVersion") or "TLS_AUTO").upper(), common_pb2.TlsParameters.TLS_AUTO)
-    hi = _VERSIONS.get(str(settings.get("maxProtocolVersion") or "TLS_AUTO").upper(), common_pb2.TlsParameters.TLS_AUTO)
+    lo = _VERSIONS.get(settings.min_protocol_version or "TLS_AUTO", common_pb2.TlsParameters.TLS_AUTO)
+    hi = _VERSIONS.get(settings.max_protocol_version or "TLS_AUTO", common_pb2.TlsParameters.TLS_AUTO)
     if lo != common_pb2.TlsParameters.TLS_AUTO:
         params.tls_minimum_protocol_version = lo
     if hi != common_pb2.TlsParameters.TLS_AUTO:
         params.tls_maximum_protocol_version = hi
     suites: list[str] = []
-    for c in settings.get("cipherSuites") or []:
-        c = str(c)
+    for c in settings.cipher_suites:
         if (c in VALID_CIPHER_SUITES or _is_group(c)) and c not in suites:
             suites.append(c)
     params.cipher_suites.extend(suites)
@@ -88,17 +86,18 @@ def _is_group(c: str) -> bool:
     return c.startswith("[") and c.endswith("]") and all(p in VALID_CIPHER_SUITES for p in c[1:-1].split("|"))
 
 
-def _validation(settings: Mapping[str, Any]) -> common_pb2.CertificateValidationContext:
+def _validation(settings: ServerTLSSettings) -> common_pb2.CertificateValidationContext:
     v = common_pb2.CertificateValidationContext(
-        match_typed_subject_alt_names=tls.typed_san_matchers(str(s) for s in settings.get("subjectAltNames") or ()),
+        match_typed_subject_alt_names=tls.typed_san_matchers(settings.subject_alt_names),
     )
-    v.verify_certificate_spki.extend(str(s) for s in settings.get("verifyCertificateSpki") or ())
-    v.verify_certificate_hash.extend(str(s) for s in settings.get("verifyCertificateHash") or ())
+    v.verify_certificate_spki.extend(settings.verify_certificate_spki)
+    v.verify_certificate_hash.extend(settings.verify_certificate_hash)
     return v
 
 
 def downstream_context(server: Server) -> tls_pb2.DownstreamTlsContext:
     settings = server.tls
+    assert settings is not None  # only TLS servers get a downstream context
     mode = server.tls_mode
     ctx = tls_pb2.DownstreamTlsContext(
         common_tls_context=tls_pb2.CommonTlsContext(alpn_protocols=list(ALPN_HTTP)),
@@ -112,7 +111,7 @@ def downstream_context(server: Server) -> tls_pb2.DownstreamTlsContext:
         common.combined_validation_context.default_validation_context.CopyFrom(_validation(settings))
         common.combined_validation_context.validation_context_sds_secret_config.CopyFrom(tls.sds(names.SDS_ROOT))
         return ctx
-    creds = credential_names(settings)
+    creds = settings.credentials
     if creds:
         for name in creds:
             common.tls_certificate_sds_secret_configs.append(tls.sds(sds_name(name)))
@@ -121,18 +120,18 @@ def downstream_context(server: Server) -> tls_pb2.DownstreamTlsContext:
             common.combined_validation_context.validation_context_sds_secret_config.CopyFrom(
                 tls.sds(sds_ca_name(creds[0])))
     else:
-        certs = [c for c in settings.get("tlsCertificates") or [] if isinstance(c, Mapping)] or [settings]
+        certs = settings.tls_certificates or (TLSCertificate(settings.server_certificate, settings.private_key),)
         for c in certs:
-            if c.get("serverCertificate") and c.get("privateKey"):
+            if c.server_certificate and c.private_key:
                 common.tls_certificates.add(
-                    certificate_chain=base_pb2.DataSource(filename=str(c["serverCertificate"])),
-                    private_key=base_pb2.DataSource(filename=str(c["privateKey"])),
+                    certificate_chain=base_pb2.DataSource(filename=c.server_certificate),
+                    private_key=base_pb2.DataSource(filename=c.private_key),
                 )
-        if validate_client and settings.get("caCertificates"):
+        if validate_client and settings.ca_certificates:
             v = _validation(settings)
-            v.trusted_ca.filename = str(settings["caCertificates"])
-            if settings.get("caCrl"):
-                v.crl.filename = str(settings["caCrl"])
+            v.trusted_ca.filename = settings.ca_certificates
+            if settings.ca_crl:
+                v.crl.filename = settings.ca_crl
             common.validation_context.CopyFrom(v)
     common.tls_params.CopyFrom(_tls_params(settings))
     return ctx

@@ -7,9 +7,8 @@ a rule without `match` is a catch-all `/` prefix and ends the VirtualService.
 """
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Mapping
 
 from google.protobuf import duration_pb2, wrappers_pb2
 
@@ -21,25 +20,27 @@ from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.type.matcher.v3 import regex_pb2
+from envoy.type.v3 import percent_pb2
 
 from .. import names
 from ..config.objects import ConfigObject
+from ..config.types.common import StringMatch
+from ..config.types.virtualservice import (
+    CorsPolicy,
+    Destination,
+    Headers,
+    HTTPDirectResponse,
+    HTTPFaultInjection,
+    HTTPMatchRequest,
+    HTTPRedirect,
+    HTTPRetry,
+    HTTPRoute,
+    RouteDestination,
+)
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
 from ..model.services import labels_match
-from . import traffic_policy
-from .convert import (
-    as_int,
-    as_list,
-    as_map,
-    duration,
-    fractional_percent,
-    integer_percent,
-    is_presence_match,
-    string_matcher,
-    struct,
-    typed,
-)
+from .convert import fractional_percent, integer_percent, proto_duration, string_matcher, struct, typed
 from .filters import CORS, FAULT
 from .virtual_services import resolve_gateway_name
 
@@ -75,9 +76,8 @@ class RouteContext:
 def virtual_service_routes(vs: ConfigObject, ctx: RouteContext) -> list[rc.Route]:
     """All Envoy routes of one VirtualService, in rule order, stopping after a catch-all."""
     out: list[rc.Route] = []
-    for rule in as_list(vs.spec.get("http")):
-        rule = as_map(rule)
-        matches = [as_map(m) for m in as_list(rule.get("match"))]
+    for rule in vs.typed.http:
+        matches = rule.match
         if not matches:
             r = translate_route(vs, rule, None, ctx)
             if r is not None:
@@ -115,90 +115,77 @@ def catch_all_last(routes: list[rc.Route]) -> list[rc.Route]:
 # --- one rule, one match -------------------------------------------------------------
 
 
-def _source_matches(match: Mapping[str, Any] | None, ctx: RouteContext) -> bool:
-    """A match applies to this proxy: its `gateways` (already resolved to "ns/name"), or
-    else its source labels and namespace."""
+def _source_matches(match: HTTPMatchRequest | None, vs_namespace: str, ctx: RouteContext) -> bool:
+    """A match applies to this proxy: its `gateways` (short names resolved in the
+    VirtualService's namespace, as istiod does when it reads the object), or else its
+    source labels and namespace."""
     if match is None:
         return True
-    gateways = [str(g) for g in as_list(match.get("gateways"))]
-    if gateways:
-        return any(g in ctx.gateway_names for g in gateways)
-    if not labels_match(as_map(match.get("sourceLabels")), ctx.proxy.labels):
+    if match.gateways:
+        return any(resolve_gateway_name(g, vs_namespace) in ctx.gateway_names for g in match.gateways)
+    if not labels_match(match.source_labels, ctx.proxy.labels):
         return False
-    ns = match.get("sourceNamespace")
+    ns = match.source_namespace
     return not ns or ns == ctx.proxy.namespace
 
 
-def translate_route(
-    vs: ConfigObject, rule: Mapping[str, Any], match: Mapping[str, Any] | None, ctx: RouteContext
-) -> rc.Route | None:
+def translate_route(vs: ConfigObject, rule: HTTPRoute, match: HTTPMatchRequest | None, ctx: RouteContext) -> rc.Route | None:
     """One Envoy route for one entry of a rule's match list (None: it does not apply here)."""
-    if match is not None:
-        port = as_int(match.get("port"), 0)
-        if port and port != ctx.port:
-            return None
-    if not _source_matches(_with_vs_namespace(match, vs), ctx):
+    if match is not None and match.port and match.port != ctx.port:
+        return None
+    if not _source_matches(match, vs.namespace, ctx):
         return None
     out = rc.Route(match=route_match(match))
-    route_name = str(rule.get("name") or "")
-    if match is not None and match.get("name"):
-        route_name = f"{route_name}.{match['name']}"
+    route_name = rule.name
+    if match is not None and match.name:
+        route_name = f"{route_name}.{match.name}"
     if route_name:
         out.name = route_name
     out.metadata.filter_metadata["istio"].CopyFrom(
         struct({"config": names.virtual_service_path(vs.namespace, vs.name, vs.version)})
     )
-    authority = _apply_headers(out, as_map(rule.get("headers")))
-    if rule.get("redirect") is not None:
-        _apply_redirect(out, as_map(rule.get("redirect")), ctx)
-    elif rule.get("directResponse") is not None:
-        _apply_direct_response(out, as_map(rule.get("directResponse")))
+    authority = _apply_headers(out, rule.headers)
+    if rule.redirect is not None:
+        _apply_redirect(out, rule.redirect, ctx)
+    elif rule.direct_response is not None:
+        _apply_direct_response(out, rule.direct_response)
     else:
         _apply_route_action(out, vs, rule, authority, ctx)
     out.decorator.operation = route_operation(out, vs.name, ctx.port)
-    if (f := fault(as_map(rule.get("fault")))) is not None:
+    if (f := fault(rule.fault)) is not None:
         out.typed_per_filter_config[FAULT].CopyFrom(typed(f))
-    if (c := cors(as_map(rule.get("corsPolicy")))) is not None:
+    if (c := cors(rule.cors_policy)) is not None:
         out.typed_per_filter_config[CORS].CopyFrom(typed(c))
     return out
 
 
-def _with_vs_namespace(match: Mapping[str, Any] | None, vs: ConfigObject) -> Mapping[str, Any] | None:
-    """Resolve `match.gateways` short names in the VirtualService namespace, as istiod does
-    when it reads the object."""
-    if match is None or not as_list(match.get("gateways")):
-        return match
-    resolved = [resolve_gateway_name(str(g), vs.namespace) for g in as_list(match.get("gateways"))]
-    return {**match, "gateways": resolved}
-
-
-def route_match(match: Mapping[str, Any] | None) -> rc.RouteMatch:
+def route_match(match: HTTPMatchRequest | None) -> rc.RouteMatch:
     out = rc.RouteMatch(prefix="/")
     if match is None:
         return out
-    headers = [header_matcher(str(k), v) for k, v in as_map(match.get("headers")).items()]
-    headers += [header_matcher(str(k), v, invert=True) for k, v in as_map(match.get("withoutHeaders")).items()]
+    headers = [header_matcher(k, v) for k, v in match.headers.items()]
+    headers += [header_matcher(k, v, invert=True) for k, v in match.without_headers.items()]
     headers.sort(key=lambda h: h.name)  # YAML map order must not change the output
-    uri = as_map(match.get("uri"))
-    if "exact" in uri:
-        out.path = str(uri["exact"])
-    elif "prefix" in uri:
-        out.prefix = str(uri["prefix"])
-    elif "regex" in uri:
-        out.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=str(uri["regex"])))
-    out.case_sensitive.CopyFrom(wrappers_pb2.BoolValue(value=not bool(match.get("ignoreUriCase"))))
-    for pseudo, key in ((":method", "method"), (":authority", "authority"), (":scheme", "scheme")):
-        if match.get(key) is not None:
-            headers.append(header_matcher(pseudo, match.get(key)))
+    uri = match.uri
+    if uri is not None and uri.exact is not None:
+        out.path = uri.exact
+    elif uri is not None and uri.prefix is not None:
+        out.prefix = uri.prefix
+    elif uri is not None and uri.regex is not None:
+        out.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=uri.regex))
+    out.case_sensitive.CopyFrom(wrappers_pb2.BoolValue(value=not match.ignore_uri_case))
+    for pseudo, sm in ((":method", match.method), (":authority", match.authority), (":scheme", match.scheme)):
+        if sm is not None:
+            headers.append(header_matcher(pseudo, sm))
     out.headers.extend(headers)
-    for name in sorted(as_map(match.get("queryParams"))):
-        out.query_parameters.append(_query_matcher(str(name), match["queryParams"][name]))
+    for name in sorted(match.query_params):
+        out.query_parameters.append(_query_matcher(name, match.query_params[name]))
     return out
 
 
-def header_matcher(name: str, sm: Any, invert: bool = False) -> rc.HeaderMatcher:
+def header_matcher(name: str, sm: StringMatch, invert: bool = False) -> rc.HeaderMatcher:
     out = rc.HeaderMatcher(name=name)
-    if is_presence_match(sm):
+    if sm.presence:
         out.present_match = True
     elif (m := string_matcher(sm)) is not None:
         out.string_match.CopyFrom(m)
@@ -206,14 +193,14 @@ def header_matcher(name: str, sm: Any, invert: bool = False) -> rc.HeaderMatcher
         out.invert_match = True
         # A missing header must count as "not equal" for withoutHeaders, except for
         # presence checks where Envoy forbids the flag.
-        if not is_presence_match(sm):
+        if not sm.presence:
             out.treat_missing_header_as_empty = True
     return out
 
 
-def _query_matcher(name: str, sm: Any) -> rc.QueryParameterMatcher:
+def _query_matcher(name: str, sm: StringMatch) -> rc.QueryParameterMatcher:
     out = rc.QueryParameterMatcher(name=name)
-    if is_presence_match(sm):
+    if sm.presence:
         out.present_match = True
     elif (m := string_matcher(sm)) is not None:
         out.string_match.CopyFrom(m)
@@ -232,12 +219,12 @@ def _is_internal(key: str) -> bool:
     return key.startswith(":") or key.lower() == "host"
 
 
-def _header_options(values: Mapping[str, Any], append: bool) -> tuple[list[base_pb2.HeaderValueOption], str]:
+def _header_options(values: Mapping[str, str], append: bool) -> tuple[list[base_pb2.HeaderValueOption], str]:
     opt = base_pb2.HeaderValueOption
     action = opt.APPEND_IF_EXISTS_OR_ADD if append else opt.OVERWRITE_IF_EXISTS_OR_ADD
     authority, out = "", []
     for key in sorted(values):
-        value = str(values[key])
+        value = values[key]
         if _is_authority(key):
             authority = value
         if _is_internal(key):
@@ -246,20 +233,20 @@ def _header_options(values: Mapping[str, Any], append: bool) -> tuple[list[base_
     return out, authority
 
 
-def header_operations(headers: Mapping[str, Any]) -> tuple[list, list[str], list, list[str], str]:
+def header_operations(headers: Headers) -> tuple[list, list[str], list, list[str], str]:
     """Istio `headers` -> (request add, request remove, response add, response remove, authority)."""
-    req, resp = as_map(headers.get("request")), as_map(headers.get("response"))
-    req_set, set_auth = _header_options(as_map(req.get("set")), append=False)
-    req_add, add_auth = _header_options(as_map(req.get("add")), append=True)
-    resp_set, _ = _header_options(as_map(resp.get("set")), append=False)
-    resp_add, _ = _header_options(as_map(resp.get("add")), append=True)
-    req_remove = [str(k) for k in as_list(req.get("remove")) if not _is_internal(str(k))]
-    resp_remove = [str(k) for k in as_list(resp.get("remove")) if not _is_internal(str(k))]
+    req, resp = headers.request, headers.response
+    req_set, set_auth = _header_options(req.set, append=False)
+    req_add, add_auth = _header_options(req.add, append=True)
+    resp_set, _ = _header_options(resp.set, append=False)
+    resp_add, _ = _header_options(resp.add, append=True)
+    req_remove = [k for k in req.remove if not _is_internal(k)]
+    resp_remove = [k for k in resp.remove if not _is_internal(k)]
     return req_set + req_add, req_remove, resp_set + resp_add, resp_remove, set_auth or add_auth
 
 
-def _apply_headers(out: rc.Route, headers: Mapping[str, Any]) -> str:
-    if not headers:
+def _apply_headers(out: rc.Route, headers: Headers | None) -> str:
+    if headers is None:
         return ""
     req_add, req_remove, resp_add, resp_remove, authority = header_operations(headers)
     out.request_headers_to_add.extend(req_add)
@@ -272,26 +259,26 @@ def _apply_headers(out: rc.Route, headers: Mapping[str, Any]) -> str:
 # --- actions -------------------------------------------------------------------------
 
 
-def _apply_redirect(out: rc.Route, redirect: Mapping[str, Any], ctx: RouteContext) -> None:
-    code = as_int(redirect.get("redirectCode"), 0) or 301
+def _apply_redirect(out: rc.Route, redirect: HTTPRedirect, ctx: RouteContext) -> None:
+    code = redirect.redirect_code or 301
     if code not in _REDIRECT_CODES:
         # istiod drops the action and Envoy would reject a route without one: answer 500.
         out.direct_response.status = 500
         return
     action = rc.RedirectAction(response_code=_REDIRECT_CODES[code])
-    if redirect.get("uri"):
-        action.path_redirect = str(redirect["uri"])
-    if redirect.get("authority"):
-        action.host_redirect = str(redirect["authority"])
-    scheme = str(redirect.get("scheme") or "")
+    if redirect.uri:
+        action.path_redirect = redirect.uri
+    if redirect.authority:
+        action.host_redirect = redirect.authority
+    scheme = redirect.scheme
     if scheme:
         action.scheme_redirect = scheme
     port = None
-    if redirect.get("derivePort") == "FROM_REQUEST_PORT":
+    if redirect.derive_port == "FROM_REQUEST_PORT":
         # Envoy cannot derive it; routes are built per port, so that port is the request's.
         port = ctx.port
-    elif as_int(redirect.get("port")) is not None:
-        port = as_int(redirect.get("port"))
+    elif redirect.port is not None:
+        port = redirect.port
     if port:
         effective_scheme = scheme or ("https" if ctx.is_tls else "http")
         # No explicit :80 for http or :443 for https.
@@ -300,96 +287,88 @@ def _apply_redirect(out: rc.Route, redirect: Mapping[str, Any], ctx: RouteContex
     out.redirect.CopyFrom(action)
 
 
-def _apply_direct_response(out: rc.Route, dr: Mapping[str, Any]) -> None:
-    action = rc.DirectResponseAction(status=as_int(dr.get("status"), 200) or 200)
-    body = as_map(dr.get("body"))
-    if "string" in body:
-        action.body.inline_string = str(body["string"])
-    elif "bytes" in body:
-        try:
-            action.body.inline_bytes = base64.b64decode(str(body["bytes"]), validate=True)
-        except ValueError:
-            pass  # validation rejects undecodable bytes; keep the status at least
+def _apply_direct_response(out: rc.Route, dr: HTTPDirectResponse) -> None:
+    action = rc.DirectResponseAction(status=dr.status)
+    if dr.body_string is not None:
+        action.body.inline_string = dr.body_string
+    elif dr.body_bytes is not None:
+        action.body.inline_bytes = dr.body_bytes
     out.direct_response.CopyFrom(action)
 
 
-def _apply_route_action(
-    out: rc.Route, vs: ConfigObject, rule: Mapping[str, Any], authority: str, ctx: RouteContext
-) -> None:
+def _apply_route_action(out: rc.Route, vs: ConfigObject, rule: HTTPRoute, authority: str, ctx: RouteContext) -> None:
     action = out.route
-    timeout = duration(rule.get("timeout"))
+    timeout = proto_duration(rule.timeout)
     action.timeout.CopyFrom(timeout if timeout is not None else NO_TIMEOUT)
     # gRPC requests time out like others unless the VS sets a timeout (istiod sets the
     # deprecated max_grpc_timeout because max_stream_duration regressed for it).
     action.max_grpc_timeout.CopyFrom(action.timeout)
-    rewrite = as_map(rule.get("rewrite"))
-    regex_rewrite = as_map(rewrite.get("uriRegexRewrite"))
-    if regex_rewrite.get("match") is not None:
-        action.regex_rewrite.pattern.regex = str(regex_rewrite["match"])
-        action.regex_rewrite.substitution = str(regex_rewrite.get("rewrite") or "")
-    elif rewrite.get("uri"):
-        action.prefix_rewrite = str(rewrite["uri"])
-    if rewrite.get("authority"):
-        authority = str(rewrite["authority"])
+    rewrite = rule.rewrite
+    if rewrite is not None and rewrite.uri_regex_rewrite is not None:
+        action.regex_rewrite.pattern.regex = rewrite.uri_regex_rewrite.match
+        action.regex_rewrite.substitution = rewrite.uri_regex_rewrite.rewrite
+    elif rewrite is not None and rewrite.uri:
+        action.prefix_rewrite = rewrite.uri
+    if rewrite is not None and rewrite.authority:
+        authority = rewrite.authority
     if authority:
         action.host_rewrite_literal = authority
     _apply_mirrors(action, vs, rule, ctx)
-    destinations = [as_map(d) for d in as_list(rule.get("route"))]
-    consistent = _apply_destinations(out, action, vs, destinations, ctx)
-    policy = retry_policy(rule.get("retries"), consistent_hash=consistent)
+    consistent = _apply_destinations(out, action, vs, rule.route, ctx)
+    policy = retry_policy(rule.retries, consistent_hash=consistent)
     if policy is not None:
         action.retry_policy.CopyFrom(policy)
 
 
-def destination_cluster(dest: Mapping[str, Any], vs_namespace: str, ctx: RouteContext) -> str:
+def destination_cluster(dest: Destination, vs_namespace: str, ctx: RouteContext) -> str:
     """Cluster for a `destination`: the port defaults to the service's only port, else to
     the port the routes are built for (istiod's GetDestinationCluster)."""
-    host = names.resolve_host(str(dest.get("host") or ""), vs_namespace)
-    port = as_int(as_map(dest.get("port")).get("number"))
+    host = names.resolve_host(dest.host, vs_namespace)
+    port = dest.port
     if port is None:
         svc = ctx.mesh.service(host)
         port = svc.ports[0].port if svc is not None and len(svc.ports) == 1 else ctx.port
-    return names.outbound_cluster(port, host, str(dest.get("subset") or ""))
+    return names.outbound_cluster(port, host, dest.subset)
 
 
 def _apply_destinations(
-    out: rc.Route, action: rc.RouteAction, vs: ConfigObject, destinations: list, ctx: RouteContext
+    out: rc.Route, action: rc.RouteAction, vs: ConfigObject, destinations: tuple[RouteDestination, ...],
+    ctx: RouteContext,
 ) -> bool:
     """Set the cluster(s); returns whether a consistent-hash policy applies (no retry host predicate then)."""
     if not destinations:
         # Validation requires a destination; Envoy requires an action. Nothing to route to.
         action.cluster = names.BLACKHOLE_CLUSTER
         return False
-    weighted = [d for d in destinations if as_int(d.get("weight"), 0) > 0] if len(destinations) > 1 else []
+    weighted = [d for d in destinations if d.weight > 0] if len(destinations) > 1 else []
     if len(destinations) == 1 or not weighted:
         # One destination (or no usable weights): route to the first one outright.
         dest = destinations[0]
-        action.cluster = destination_cluster(as_map(dest.get("destination")), vs.namespace, ctx)
-        _apply_destination_headers(out, action, as_map(dest.get("headers")))
-        hp = hash_policy(as_map(dest.get("destination")), vs.namespace, ctx)
+        action.cluster = destination_cluster(dest.destination, vs.namespace, ctx)
+        _apply_destination_headers(out, action, dest.headers)
+        hp = hash_policy(dest.destination, vs.namespace, ctx)
         if hp is not None:
             action.hash_policy.append(hp)
         return hp is not None
     for dest in weighted:
-        cw = action.weighted_clusters.clusters.add(
-            name=destination_cluster(as_map(dest.get("destination")), vs.namespace, ctx),
-        )
-        cw.weight.value = as_int(dest.get("weight"), 0)
-        req_add, req_remove, resp_add, resp_remove, authority = header_operations(as_map(dest.get("headers")))
-        cw.request_headers_to_add.extend(req_add)
-        cw.request_headers_to_remove.extend(req_remove)
-        cw.response_headers_to_add.extend(resp_add)
-        cw.response_headers_to_remove.extend(resp_remove)
-        if authority:
-            cw.host_rewrite_literal = authority
-        hp = hash_policy(as_map(dest.get("destination")), vs.namespace, ctx)
+        cw = action.weighted_clusters.clusters.add(name=destination_cluster(dest.destination, vs.namespace, ctx))
+        cw.weight.value = dest.weight
+        if dest.headers is not None:
+            req_add, req_remove, resp_add, resp_remove, authority = header_operations(dest.headers)
+            cw.request_headers_to_add.extend(req_add)
+            cw.request_headers_to_remove.extend(req_remove)
+            cw.response_headers_to_add.extend(resp_add)
+            cw.response_headers_to_remove.extend(resp_remove)
+            if authority:
+                cw.host_rewrite_literal = authority
+        hp = hash_policy(dest.destination, vs.namespace, ctx)
         if hp is not None:
             action.hash_policy.append(hp)
     return False
 
 
-def _apply_destination_headers(out: rc.Route, action: rc.RouteAction, headers: Mapping[str, Any]) -> None:
-    if not headers:
+def _apply_destination_headers(out: rc.Route, action: rc.RouteAction, headers: Headers | None) -> None:
+    if headers is None:
         return
     req_add, req_remove, resp_add, resp_remove, authority = header_operations(headers)
     out.request_headers_to_add.extend(req_add)
@@ -400,52 +379,51 @@ def _apply_destination_headers(out: rc.Route, action: rc.RouteAction, headers: M
         action.host_rewrite_literal = authority
 
 
-def _apply_mirrors(action: rc.RouteAction, vs: ConfigObject, rule: Mapping[str, Any], ctx: RouteContext) -> None:
-    mirrors: list[tuple[Mapping[str, Any], Any]] = []
-    if rule.get("mirror") is not None:
-        if rule.get("mirrorPercentage") is not None:
-            pct = fractional_percent(rule.get("mirrorPercentage"))
-        elif rule.get("mirrorPercent") is not None:
-            pct = integer_percent(rule.get("mirrorPercent"))
+def _apply_mirrors(action: rc.RouteAction, vs: ConfigObject, rule: HTTPRoute, ctx: RouteContext) -> None:
+    mirrors: list[tuple[Destination, percent_pb2.FractionalPercent]] = []
+    if rule.mirror is not None:
+        if rule.mirror_percentage is not None:
+            pct = fractional_percent(rule.mirror_percentage)
+        elif rule.mirror_percent is not None:
+            pct = integer_percent(rule.mirror_percent)
         else:
             pct = integer_percent(100)
-        mirrors.append((as_map(rule.get("mirror")), pct))
-    for m in as_list(rule.get("mirrors")):
-        m = as_map(m)
-        pct = fractional_percent(m.get("percentage")) if m.get("percentage") is not None else integer_percent(100)
-        mirrors.append((as_map(m.get("destination")), pct))
+        mirrors.append((rule.mirror, pct))
+    for m in rule.mirrors:
+        pct = fractional_percent(m.percentage) if m.percentage is not None else integer_percent(100)
+        mirrors.append((m.destination, pct))
     for dest, pct in mirrors:
-        if not dest.get("host") or pct is None or pct.numerator == 0:
+        if not dest.host or pct.numerator == 0:
             continue  # an explicit 0% means no mirroring
         policy = action.request_mirror_policies.add(cluster=destination_cluster(dest, vs.namespace, ctx))
         policy.runtime_fraction.default_value.CopyFrom(pct)
         policy.trace_sampled.value = False
 
 
-def hash_policy(dest: Mapping[str, Any], vs_namespace: str, ctx: RouteContext) -> rc.RouteAction.HashPolicy | None:
+def hash_policy(dest: Destination, vs_namespace: str, ctx: RouteContext) -> rc.RouteAction.HashPolicy | None:
     """The consistent-hash key a DestinationRule asks for on this destination."""
-    host = names.resolve_host(str(dest.get("host") or ""), vs_namespace)
+    host = names.resolve_host(dest.host, vs_namespace)
     dr = ctx.mesh.destination_rule(host, ctx.proxy.namespace, ctx.proxy.labels)
     if dr is None:
         return None
-    port = as_int(as_map(dest.get("port")).get("number"), 0) or 0
-    ch = traffic_policy.consistent_hash(traffic_policy.effective_policy(dr.spec, port, str(dest.get("subset") or "")))
-    if not ch:
+    lb = dr.typed.policy_for(dest.port or 0, dest.subset).load_balancer
+    ch = lb.consistent_hash if lb is not None else None
+    if ch is None:
         return None
-    if ch.get("httpHeaderName"):
-        return rc.RouteAction.HashPolicy(header=rc.RouteAction.HashPolicy.Header(header_name=str(ch["httpHeaderName"])))
-    if isinstance(ch.get("httpCookie"), Mapping):
-        cookie = ch["httpCookie"]
-        c = rc.RouteAction.HashPolicy.Cookie(name=str(cookie.get("name") or ""), path=str(cookie.get("path") or ""))
-        if (ttl := duration(cookie.get("ttl"))) is not None:
+    if ch.http_header_name:
+        return rc.RouteAction.HashPolicy(header=rc.RouteAction.HashPolicy.Header(header_name=ch.http_header_name))
+    if ch.http_cookie is not None:
+        cookie = ch.http_cookie
+        c = rc.RouteAction.HashPolicy.Cookie(name=cookie.name, path=cookie.path)
+        if (ttl := proto_duration(cookie.ttl)) is not None:
             c.ttl.CopyFrom(ttl)
         return rc.RouteAction.HashPolicy(cookie=c)
-    if ch.get("useSourceIp"):
+    if ch.use_source_ip:
         props = rc.RouteAction.HashPolicy.ConnectionProperties(source_ip=True)
         return rc.RouteAction.HashPolicy(connection_properties=props)
-    if ch.get("httpQueryParameterName"):
+    if ch.http_query_parameter_name:
         return rc.RouteAction.HashPolicy(
-            query_parameter=rc.RouteAction.HashPolicy.QueryParameter(name=str(ch["httpQueryParameterName"]))
+            query_parameter=rc.RouteAction.HashPolicy.QueryParameter(name=ch.http_query_parameter_name)
         )
     return None
 
@@ -453,7 +431,7 @@ def hash_policy(dest: Mapping[str, Any], vs_namespace: str, ctx: RouteContext) -
 # --- retries, faults, CORS -----------------------------------------------------------
 
 
-def retry_policy(retries: Any, consistent_hash: bool = False) -> rc.RetryPolicy | None:
+def retry_policy(retries: HTTPRetry | None, consistent_hash: bool = False) -> rc.RetryPolicy | None:
     """Istio's default retry policy, overridden by the VirtualService `retries`; attempts 0
     (or `retries` without attempts) turns retries off."""
     out = rc.RetryPolicy(
@@ -467,30 +445,29 @@ def retry_policy(retries: Any, consistent_hash: bool = False) -> rc.RetryPolicy 
         out.retry_host_predicate.append(_previous_hosts())
     if retries is None:
         return out
-    retries = as_map(retries)
-    attempts = as_int(retries.get("attempts"), 0) or 0
+    attempts = retries.attempts
     if attempts <= 0:
         return None
     out.num_retries.value = attempts
-    if retries.get("retryOn"):
-        on, codes = _parse_retry_on(str(retries["retryOn"]))
+    if retries.retry_on:
+        on, codes = _parse_retry_on(retries.retry_on)
         if codes and "retriable-status-codes" not in on:
             on = f"{on},retriable-status-codes" if on else "retriable-status-codes"
         out.retry_on = on
         del out.retriable_status_codes[:]
         out.retriable_status_codes.extend(codes)
-    if (d := duration(retries.get("perTryTimeout"))) is not None:
+    if (d := proto_duration(retries.per_try_timeout)) is not None:
         out.per_try_timeout.CopyFrom(d)
-    if retries.get("retryIgnorePreviousHosts") is not None:
+    if retries.retry_ignore_previous_hosts is not None:
         del out.retry_host_predicate[:]
-        if retries.get("retryIgnorePreviousHosts"):
+        if retries.retry_ignore_previous_hosts:
             out.retry_host_predicate.append(_previous_hosts())
-    if retries.get("retryRemoteLocalities"):
+    if retries.retry_remote_localities:
         out.retry_priority.name = "envoy.retry_priorities.previous_priorities"
         out.retry_priority.typed_config.CopyFrom(
             typed(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=2))
         )
-    if (d := duration(retries.get("backoff"))) is not None:
+    if (d := proto_duration(retries.backoff)) is not None:
         out.retry_back_off.base_interval.CopyFrom(d)
     return out
 
@@ -515,58 +492,55 @@ def _parse_retry_on(text: str) -> tuple[str, list[int]]:
     return ",".join(conditions), codes
 
 
-def fault(f: Mapping[str, Any]) -> fault_pb2.HTTPFault | None:
-    if not f:
+def fault(f: HTTPFaultInjection | None) -> fault_pb2.HTTPFault | None:
+    if f is None:
         return None
     out = fault_pb2.HTTPFault()
-    delay = as_map(f.get("delay"))
-    fixed = duration(delay.get("fixedDelay")) if delay else None
-    if fixed is not None:  # exponential delays are not supported by istiod either
+    delay = f.delay
+    fixed = proto_duration(delay.fixed_delay) if delay is not None else None
+    if delay is not None and fixed is not None:  # exponential delays are not supported by istiod either
         d = common_fault_pb2.FaultDelay(fixed_delay=fixed)
-        if delay.get("percentage") is not None:
-            pct = fractional_percent(delay.get("percentage"))
+        if delay.percentage is not None:
+            d.percentage.CopyFrom(fractional_percent(delay.percentage))
         else:
-            pct = integer_percent(delay.get("percent"))  # deprecated; absent means 0%
-        if pct is not None:
-            d.percentage.CopyFrom(pct)
+            d.percentage.CopyFrom(integer_percent(delay.percent))  # deprecated; absent means 0%
         out.delay.CopyFrom(d)
-    abort = as_map(f.get("abort"))
-    if abort:
+    abort = f.abort
+    if abort is not None:
         a = fault_pb2.FaultAbort()
-        if abort.get("percentage") is not None and (pct := fractional_percent(abort.get("percentage"))) is not None:
-            a.percentage.CopyFrom(pct)
-        if as_int(abort.get("httpStatus")) is not None:
-            a.http_status = as_int(abort.get("httpStatus"))
+        if abort.percentage is not None:
+            a.percentage.CopyFrom(fractional_percent(abort.percentage))
+        if abort.http_status is not None:
+            a.http_status = abort.http_status
             out.abort.CopyFrom(a)
-        elif str(abort.get("grpcStatus") or "").upper() in GRPC_STATUS:
-            a.grpc_status = GRPC_STATUS[str(abort["grpcStatus"]).upper()]
+        elif abort.grpc_status in GRPC_STATUS:
+            a.grpc_status = GRPC_STATUS[abort.grpc_status]
             out.abort.CopyFrom(a)
     if not out.HasField("delay") and not out.HasField("abort"):
         return None
     return out
 
 
-def cors(policy: Mapping[str, Any]) -> cors_pb2.CorsPolicy | None:
-    if not policy:
+def cors(policy: CorsPolicy | None) -> cors_pb2.CorsPolicy | None:
+    if policy is None:
         return None
     out = cors_pb2.CorsPolicy()
-    out.forward_not_matching_preflights.value = policy.get("unmatchedPreflights") != "IGNORE"
-    origins = as_list(policy.get("allowOrigins"))
-    if origins:
-        for o in origins:
+    out.forward_not_matching_preflights.value = policy.unmatched_preflights != "IGNORE"
+    if policy.allow_origins:
+        for o in policy.allow_origins:
             if (m := string_matcher(o)) is not None:
                 out.allow_origin_string_match.append(m)
     else:
-        for o in as_list(policy.get("allowOrigin")):  # deprecated exact-match list
-            out.allow_origin_string_match.add(exact=str(o))
+        for exact in policy.allow_origin:  # deprecated exact-match list
+            out.allow_origin_string_match.add(exact=exact)
     out.filter_enabled.default_value.numerator = 100
-    if policy.get("allowCredentials") is not None:
-        out.allow_credentials.value = bool(policy.get("allowCredentials"))
-    out.allow_headers = ",".join(str(h) for h in as_list(policy.get("allowHeaders")))
-    out.allow_methods = ",".join(str(m) for m in as_list(policy.get("allowMethods")))
-    out.expose_headers = ",".join(str(h) for h in as_list(policy.get("exposeHeaders")))
-    if (d := duration(policy.get("maxAge"))) is not None:
-        out.max_age = str(d.seconds)
+    if policy.allow_credentials is not None:
+        out.allow_credentials.value = policy.allow_credentials
+    out.allow_headers = ",".join(policy.allow_headers)
+    out.allow_methods = ",".join(policy.allow_methods)
+    out.expose_headers = ",".join(policy.expose_headers)
+    if policy.max_age is not None:
+        out.max_age = str(policy.max_age.seconds)
     return out
 
 

@@ -25,12 +25,12 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 
 from .. import names
 from ..config.objects import ConfigObject
+from ..config.types.virtualservice import L4Match, RouteDestination
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
 from ..model.gateways import AUTO_PASSTHROUGH
 from ..model.hosts import covers
 from . import filter_chains, filters, gateway_tls, security_filters, tls
-from .convert import as_int, as_list, as_map
 from .gateway_servers import HTTP, TCP, GatewayPort, Server, gateway_ports, matching_hosts, virtual_services_for_gateway
 from .http_routes import RouteContext, destination_cluster
 from .sidecar_inbound import virtual_inbound
@@ -143,19 +143,16 @@ def _passthrough_chains(mesh: MeshSnapshot, proxy: Proxy, server: Server) -> lis
     for vs in virtual_services_for_gateway(mesh, proxy, server.gateway_name):
         if not matching_hosts(server, vs):
             continue
-        for rule in as_list(vs.spec.get("tls")):
-            rule = as_map(rule)
-            destinations = [as_map(d) for d in as_list(rule.get("route"))]
-            if not destinations:
+        for rule in vs.typed.tls:
+            if not rule.route:
                 continue
-            for m in as_list(rule.get("match")):
-                m = as_map(m)
+            for m in rule.match:
                 if not _l4_match_applies(m, server, vs, proxy):
                     continue
-                sni = sorted({str(h).lower() for h in as_list(m.get("sniHosts")) if h})
+                sni = sorted({h.lower() for h in m.sni_hosts})
                 if "*" in sni:
                     sni = []
-                tcp = filters.network_filter(filters.TCP_PROXY, _tcp_proxy(mesh, proxy, server, vs, destinations))
+                tcp = filters.network_filter(filters.TCP_PROXY, _tcp_proxy(mesh, proxy, server, vs, rule.route))
                 out.append(_tls_chain(sni, [tcp]))
     return out
 
@@ -194,38 +191,33 @@ def _tcp_route_filter(mesh: MeshSnapshot, proxy: Proxy, server: Server):
     for vs in virtual_services_for_gateway(mesh, proxy, server.gateway_name):
         if not matching_hosts(server, vs):
             continue
-        for rule in as_list(vs.spec.get("tcp")):
-            rule = as_map(rule)
-            destinations = [as_map(d) for d in as_list(rule.get("route"))]
-            if destinations and _l4_matches(as_list(rule.get("match")), server, vs, proxy):
-                return filters.network_filter(filters.TCP_PROXY, _tcp_proxy(mesh, proxy, server, vs, destinations))
+        for rule in vs.typed.tcp:
+            if rule.route and _l4_matches(rule.match, server, vs, proxy):
+                return filters.network_filter(filters.TCP_PROXY, _tcp_proxy(mesh, proxy, server, vs, rule.route))
     return None
 
 
-def _l4_matches(matches: list, server: Server, vs: ConfigObject, proxy: Proxy) -> bool:
+def _l4_matches(matches: tuple[L4Match, ...], server: Server, vs: ConfigObject, proxy: Proxy) -> bool:
     """No match conditions, or one that fits this server (istiod's l4MultiMatch)."""
     if not matches:
         return True
-    return any(_l4_match_applies(as_map(m), server, vs, proxy) for m in matches)
+    return any(_l4_match_applies(m, server, vs, proxy) for m in matches)
 
 
-def _l4_match_applies(m, server: Server, vs: ConfigObject, proxy: Proxy) -> bool:
+def _l4_match_applies(m: L4Match, server: Server, vs: ConfigObject, proxy: Proxy) -> bool:
     """A `tcp`/`tls` match on a gateway: its port and gateways (if given) fit the server.
     As istiod (l4SingleMatch), a gateway ignores `sourceLabels`, `sourceNamespace` and
     `destinationSubnets`: they describe sidecar clients."""
-    port = as_int(m.get("port"), 0)
-    if port and port != server.number:
+    if m.port and m.port != server.number:
         return False
-    gateways = [resolve_gateway_name(str(g), vs.namespace) for g in as_list(m.get("gateways"))]
+    gateways = [resolve_gateway_name(g, vs.namespace) for g in m.gateways]
     return not gateways or server.gateway_name in gateways
 
 
-def _tcp_proxy(mesh: MeshSnapshot, proxy: Proxy, server: Server, vs: ConfigObject, destinations: list):
+def _tcp_proxy(mesh: MeshSnapshot, proxy: Proxy, server: Server, vs: ConfigObject,
+               destinations: tuple[RouteDestination, ...]):
     ctx = RouteContext(mesh, proxy, server.number, frozenset({server.gateway_name}))
-    clusters = [
-        (destination_cluster(as_map(d.get("destination")), vs.namespace, ctx), as_int(d.get("weight"), 0) or 0)
-        for d in destinations
-    ]
+    clusters = [(destination_cluster(d.destination, vs.namespace, ctx), d.weight) for d in destinations]
     if len(clusters) > 1:
         weighted = [c for c in clusters if c[1] > 0]
         if weighted:

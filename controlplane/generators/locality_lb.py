@@ -28,71 +28,55 @@ labels before `failoverPriority` compares them (as istiod augments them).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 
+from ..config.types.trafficpolicy import LocalityDistribute, LocalityFailover, LocalityLbSetting, TrafficPolicy
 from ..model.locality import Locality, with_topology_labels
 from ..model.services import Endpoint
-from .convert import as_list, as_map
 
 # meshConfig.localityLbSetting as istiod defaults it.
-MESH_DEFAULT: Mapping[str, Any] = {"enabled": True}
+MESH_DEFAULT = LocalityLbSetting(enabled=True)
 
 
-def _disabled(setting: Mapping[str, Any]) -> bool:
-    enabled = setting.get("enabled")
-    return enabled is False or (isinstance(enabled, str) and enabled.lower() == "false")
-
-
-def setting(policy: Mapping[str, Any], mesh_default: Mapping[str, Any] = MESH_DEFAULT) -> Mapping[str, Any] | None:
+def setting(policy: TrafficPolicy, mesh_default: LocalityLbSetting = MESH_DEFAULT) -> LocalityLbSetting | None:
     """The locality setting in force for a cluster's effective traffic policy, or None."""
-    raw = as_map(policy.get("loadBalancer")).get("localityLbSetting")
-    if raw is not None:
-        raw = as_map(raw)
-        return None if _disabled(raw) else raw
-    return None if _disabled(mesh_default) else mesh_default
+    lb = policy.load_balancer
+    chosen = lb.locality_lb_setting if lb is not None and lb.locality_lb_setting is not None else mesh_default
+    return chosen if chosen.enabled else None
 
 
-def failover_enabled(policy: Mapping[str, Any]) -> bool:
+def failover_enabled(policy: TrafficPolicy) -> bool:
     """Failover needs outlier detection (istiod: OutlierDetection != nil)."""
-    return policy.get("outlierDetection") is not None
+    return policy.outlier_detection is not None
 
 
-def _distribute(s: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return [as_map(d) for d in as_list(s.get("distribute")) if d is not None]
-
-
-def _failover_priority(s: Mapping[str, Any]) -> list[str]:
-    return [str(label) for label in as_list(s.get("failoverPriority")) if label]
-
-
-def reads_proxy_locality(policy: Mapping[str, Any], localized: bool = True) -> bool:
+def reads_proxy_locality(policy: TrafficPolicy, localized: bool = True) -> bool:
     """Whether the assignment of a cluster with this policy depends on where the proxy
     is. `localized`: some endpoint has a locality (else plain failover puts every
     endpoint at priority 0 wherever the proxy is)."""
     s = setting(policy)
     if s is None:
         return False
-    if _distribute(s):
+    if s.distribute:
         return True
-    return failover_enabled(policy) and (localized or bool(_failover_priority(s)))
+    return failover_enabled(policy) and (localized or bool(s.failover_priority))
 
 
-def reads_proxy_labels(policy: Mapping[str, Any]) -> bool:
+def reads_proxy_labels(policy: TrafficPolicy) -> bool:
     """Whether it also depends on the proxy's labels (`failoverPriority`)."""
     s = setting(policy)
-    return (s is not None and not _distribute(s) and failover_enabled(policy)
-            and bool(_failover_priority(s)))
+    return s is not None and not s.distribute and failover_enabled(policy) and bool(s.failover_priority)
 
 
-def apply_cluster(cluster: cluster_pb2.Cluster, policy: Mapping[str, Any]) -> None:
+def apply_cluster(cluster: cluster_pb2.Cluster, policy: TrafficPolicy) -> None:
     """CDS: ask Envoy for locality weighted load balancing where weights are sent."""
     s = setting(policy)
     if s is None:
         return
-    if _distribute(s) or (failover_enabled(policy) and (as_list(s.get("failover")) or _failover_priority(s))):
+    if s.distribute or (failover_enabled(policy) and (s.failover or s.failover_priority)):
         cluster.common_lb_config.locality_weighted_lb_config.SetInParent()
 
 
@@ -122,7 +106,7 @@ def locality_match(locality: Locality, rule: str) -> bool:
 def apply(
     cla: endpoint_pb2.ClusterLoadAssignment,
     groups: Sequence[Sequence[Endpoint]],
-    policy: Mapping[str, Any],
+    policy: TrafficPolicy,
     proxy_locality: Locality,
     proxy_labels: Mapping[str, str],
 ) -> None:
@@ -131,12 +115,11 @@ def apply(
     s = setting(policy)
     if s is None or not cla.endpoints:
         return
-    distribute = _distribute(s)
-    if distribute:
-        _apply_weights(cla, proxy_locality, distribute)
+    if s.distribute:
+        _apply_weights(cla, proxy_locality, s.distribute)
     elif failover_enabled(policy):
-        failover = [as_map(f) for f in as_list(s.get("failover"))]
-        labels = _failover_priority(s)
+        failover = s.failover
+        labels = s.failover_priority
         if labels:
             _apply_failover_priority(cla, groups, with_topology_labels(proxy_labels, proxy_locality), labels)
             if failover:
@@ -146,17 +129,16 @@ def apply(
 
 
 def _apply_weights(cla: endpoint_pb2.ClusterLoadAssignment, proxy: Locality,
-                   distribute: list[Mapping[str, Any]]) -> None:
+                   distribute: tuple[LocalityDistribute, ...]) -> None:
     for rule in distribute:
-        if not locality_match(proxy, str(rule.get("from") or "")):
+        if not locality_match(proxy, rule.from_):
             continue
         unmatched = set(range(len(cla.endpoints)))
-        for target, weight in as_map(rule.get("to")).items():
-            weight = int(weight or 0)
+        for target, weight in rule.to.items():
             chosen: dict[int, int] = {}
             for i in sorted(unmatched):
                 llb = cla.endpoints[i]
-                if locality_match(locality_of(llb), str(target)):
+                if locality_match(locality_of(llb), target):
                     chosen[i] = llb.load_balancing_weight.value if llb.HasField("load_balancing_weight") else 1
             unmatched -= set(chosen)
             total = sum(chosen.values())
@@ -176,15 +158,15 @@ def _renumber(priorities: list[int]) -> list[int]:
 
 
 def _apply_failover(cla: endpoint_pb2.ClusterLoadAssignment, proxy: Locality,
-                    failover: list[Mapping[str, Any]]) -> None:
+                    failover: tuple[LocalityFailover, ...]) -> None:
     raw = []
     for llb in cla.endpoints:
         loc = locality_of(llb)
         p = lb_priority(proxy, loc)
         if p == 3:
             for f in failover:
-                if str(f.get("from") or "") == proxy.region:
-                    if loc.region != str(f.get("to") or ""):
+                if f.from_ == proxy.region:
+                    if loc.region != f.to:
                         p = 4
                     break
         # Keep an earlier failoverPriority split: five locality levels per priority.
@@ -194,7 +176,7 @@ def _apply_failover(cla: endpoint_pb2.ClusterLoadAssignment, proxy: Locality,
 
 
 def _apply_failover_priority(cla: endpoint_pb2.ClusterLoadAssignment, groups: Sequence[Sequence[Endpoint]],
-                             proxy_labels: Mapping[str, str], labels: list[str]) -> None:
+                             proxy_labels: Mapping[str, str], labels: tuple[str, ...]) -> None:
     names: list[str] = []
     fixed: dict[str, str] = {}
     for entry in labels:

@@ -96,7 +96,7 @@ def _gateway_virtual_hosts(mesh: MeshSnapshot, proxy: Proxy, servers: list[Serve
     built: dict[tuple[str, str, str], list[rc.Route]] = {}  # (gateway, vs namespace, vs name)
     for server in servers:
         ctx = RouteContext(mesh, proxy, server.number, frozenset({server.gateway_name}), is_tls=is_tls)
-        redirect = bool(server.tls.get("httpsRedirect"))
+        redirect = server.tls is not None and server.tls.https_redirect
         for vs in virtual_services_for_gateway(mesh, proxy, server.gateway_name):
             hosts = matching_hosts(server, vs)
             if not hosts:

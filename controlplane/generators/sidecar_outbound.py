@@ -24,7 +24,6 @@ port of its own (istiod's buildSidecarOutboundListeners, read not copied).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
 
 from google.protobuf import duration_pb2, wrappers_pb2
 
@@ -34,12 +33,12 @@ from envoy.config.listener.v3 import listener_pb2
 
 from .. import names
 from ..config.objects import ConfigObject
+from ..config.types.virtualservice import L4Match, RouteDestination
 from ..model.hosts import covers
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
 from ..model.services import Service, ServicePort, labels_match
 from . import filter_chains, filters, protocol, tls
-from .convert import as_int, as_list, as_map
 from .http_routes import RouteContext, destination_cluster
 from .virtual_services import MESH_GATEWAY, mesh_virtual_services, resolve_gateway_name, virtual_service_hosts
 
@@ -175,7 +174,7 @@ def _vs_matches_host(vs: ConfigObject, host: str) -> bool:
     return any(h == host or (h.startswith("*") and covers(h, host)) for h in virtual_service_hosts(vs))
 
 
-def _in_subnets(address: str, subnets: list) -> bool:
+def _in_subnets(address: str, subnets: tuple[str, ...]) -> bool:
     import ipaddress
 
     try:
@@ -184,28 +183,27 @@ def _in_subnets(address: str, subnets: list) -> bool:
         return False
     for cidr in subnets:
         try:
-            if ip in ipaddress.ip_network(str(cidr), strict=False):
+            if ip in ipaddress.ip_network(cidr, strict=False):
                 return True
         except ValueError:
             continue
     return False
 
 
-def _tcp_match_applies(m: Mapping[str, Any], vs: ConfigObject, proxy: Proxy, port: int, bind: str = WILDCARD) -> bool:
-    p = as_int(m.get("port"), 0)
-    if p and p != port:
+def _tcp_match_applies(m: L4Match, vs: ConfigObject, proxy: Proxy, port: int, bind: str = WILDCARD) -> bool:
+    if m.port and m.port != port:
         return False
-    subnets = as_list(m.get("destinationSubnets"))
+    subnets = m.destination_subnets
     if subnets and not _in_subnets(bind, subnets):
         # The listener is the service's own address: the rule applies when that address
         # is in one of the subnets (a wildcard listener has no address to compare).
         return False
-    gateways = [resolve_gateway_name(str(g), vs.namespace) for g in as_list(m.get("gateways"))]
+    gateways = [resolve_gateway_name(g, vs.namespace) for g in m.gateways]
     if gateways and MESH_GATEWAY not in gateways:
         return False
-    if not labels_match(as_map(m.get("sourceLabels")), proxy.labels):
+    if not labels_match(m.source_labels, proxy.labels):
         return False
-    ns = m.get("sourceNamespace")
+    ns = m.source_namespace
     return not ns or ns == proxy.namespace
 
 
@@ -222,26 +220,21 @@ def _tls_route_chains(mesh: MeshSnapshot, proxy: Proxy, svc: Service, sp: Servic
     for vs in vss:
         if not _vs_matches_host(vs, svc.hostname):
             continue
-        for rule in as_list(vs.spec.get("tls")):
-            rule = as_map(rule)
-            destinations = [as_map(d) for d in as_list(rule.get("route"))]
-            if not destinations:
+        for rule in vs.typed.tls:
+            if not rule.route:
                 continue
-            for m in (as_map(m) for m in as_list(rule.get("match"))):
+            for m in rule.match:
                 if not _tcp_match_applies(m, vs, proxy, sp.port, bind):
                     continue
-                sni = sorted({str(h).lower() for h in as_list(m.get("sniHosts")) if h and h != "*"})
+                sni = sorted({h.lower() for h in m.sni_hosts if h != "*"})
                 match = lc.FilterChainMatch(transport_protocol=tls.TLS_TRANSPORT, server_names=sni)
-                out.append(_Chain([filters.network_filter(filters.TCP_PROXY, _route_tcp_proxy(vs, destinations, ctx))],
+                out.append(_Chain([filters.network_filter(filters.TCP_PROXY, _route_tcp_proxy(vs, rule.route, ctx))],
                                   match))
     return out
 
 
-def _route_tcp_proxy(vs: ConfigObject, destinations: list, ctx: RouteContext):
-    clusters = [
-        (destination_cluster(as_map(d.get("destination")), vs.namespace, ctx), as_int(d.get("weight"), 0) or 0)
-        for d in destinations
-    ]
+def _route_tcp_proxy(vs: ConfigObject, destinations: tuple[RouteDestination, ...], ctx: RouteContext):
+    clusters = [(destination_cluster(d.destination, vs.namespace, ctx), d.weight) for d in destinations]
     weighted = [c for c in clusters if c[1] > 0] if len(clusters) > 1 else []
     if weighted:
         return filters.tcp_proxy(f"{vs.name}.{vs.namespace}", weighted)
@@ -255,15 +248,12 @@ def _virtual_service_tcp_proxy(mesh: MeshSnapshot, proxy: Proxy, svc: Service, s
     for vs in vss:
         if not _vs_matches_host(vs, svc.hostname):
             continue
-        for rule in as_list(vs.spec.get("tcp")):
-            rule = as_map(rule)
-            matches = [as_map(m) for m in as_list(rule.get("match"))]
-            destinations = [as_map(d) for d in as_list(rule.get("route"))]
-            if not destinations:
+        for rule in vs.typed.tcp:
+            if not rule.route:
                 continue
-            if matches and not any(_tcp_match_applies(m, vs, proxy, sp.port, bind) for m in matches):
+            if rule.match and not any(_tcp_match_applies(m, vs, proxy, sp.port, bind) for m in rule.match):
                 continue
-            return _route_tcp_proxy(vs, destinations, ctx)
+            return _route_tcp_proxy(vs, rule.route, ctx)
     return None
 
 

@@ -20,6 +20,7 @@ from envoy.config.route.v3 import route_pb2
 
 from .. import names
 from ..config.objects import ConfigObject
+from ..config.types.virtualservice import Destination
 from ..model.hosts import covers
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
@@ -179,7 +180,7 @@ def default_route(mesh: MeshSnapshot, proxy: Proxy, svc: Service, port: int) -> 
     cluster = names.outbound_cluster(port, svc.hostname)
     action = rc.RouteAction(cluster=cluster, timeout=NO_TIMEOUT, max_grpc_timeout=NO_TIMEOUT)
     ctx = RouteContext(mesh, proxy, port, frozenset({MESH_GATEWAY}))
-    hp = hash_policy({"host": svc.hostname, "port": {"number": port}}, svc.namespace, ctx)
+    hp = hash_policy(Destination(svc.hostname, port=port), svc.namespace, ctx)
     if hp is not None:
         action.hash_policy.append(hp)
     policy = retry_policy(None, consistent_hash=hp is not None)

@@ -8,13 +8,14 @@ accounts behind the destination, as istiod does.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
 from .. import names
+from ..config.types.trafficpolicy import ClientTLSSettings
 from .convert import ads_config_source, typed
 
 TLS_SOCKET = "envoy.transport_sockets.tls"
@@ -107,17 +108,17 @@ def inbound_mtls() -> tls_pb2.DownstreamTlsContext:
 
 
 def client_tls(
-    settings: Mapping[str, Any], *, sni: str, sans: Sequence[str], http2: bool, own_cert: bool = True
+    settings: ClientTLSSettings, *, sni: str, sans: Sequence[str], http2: bool, own_cert: bool = True
 ) -> tls_pb2.UpstreamTlsContext | None:
     """The client side a DestinationRule `tls` block asks for (istiod's
     buildUpstreamClusterTLSContext). `sni` and `sans` are the Istio defaults used by
     ISTIO_MUTUAL when the rule leaves them out. DISABLE (or no mode) gives None."""
-    mode = str(settings.get("mode") or "DISABLE").upper()
+    mode = settings.effective_mode
     if mode == "ISTIO_MUTUAL":
-        explicit_sans = settings.get("subjectAltNames")
+        explicit_sans = settings.subject_alt_names
         return istio_mutual_upstream(
-            str(settings.get("sni") or sni),
-            [str(s) for s in explicit_sans] if explicit_sans else sans,
+            settings.sni or sni,
+            list(explicit_sans) if explicit_sans else sans,
             ALPN_IN_MESH_H2 if http2 else ALPN_IN_MESH,
             own_cert=own_cert,
         )
@@ -125,14 +126,14 @@ def client_tls(
         return None
     ctx = tls_pb2.UpstreamTlsContext(
         common_tls_context=tls_pb2.CommonTlsContext(tls_params=_tls_params()),
-        sni=str(settings.get("sni") or ""),
+        sni=settings.sni,
     )
     common = ctx.common_tls_context
     validation = common_pb2.CertificateValidationContext(
-        match_typed_subject_alt_names=_typed_san_matchers(str(s) for s in settings.get("subjectAltNames") or ())
+        match_typed_subject_alt_names=_typed_san_matchers(settings.subject_alt_names)
     )
-    skip_verify = bool(settings.get("insecureSkipVerify"))
-    credential = str(settings.get("credentialName") or "")
+    skip_verify = settings.insecure_skip_verify
+    credential = settings.credential_name
     if credential:
         # The certificate (and `<name>-cacert` trust bundle) of a Kubernetes Secret, over SDS.
         if mode == "MUTUAL":
@@ -148,15 +149,15 @@ def client_tls(
         # Files mounted into the proxy's pod.
         if mode == "MUTUAL":
             common.tls_certificates.add(
-                certificate_chain=base_pb2.DataSource(filename=str(settings.get("clientCertificate") or "")),
-                private_key=base_pb2.DataSource(filename=str(settings.get("privateKey") or "")),
+                certificate_chain=base_pb2.DataSource(filename=settings.client_certificate),
+                private_key=base_pb2.DataSource(filename=settings.private_key),
             )
         if skip_verify:
             common.validation_context.SetInParent()
         else:
-            validation.trusted_ca.filename = str(settings.get("caCertificates") or SYSTEM_CA_BUNDLE)
-            if settings.get("caCrl"):
-                validation.crl.filename = str(settings["caCrl"])
+            validation.trusted_ca.filename = settings.ca_certificates or SYSTEM_CA_BUNDLE
+            if settings.ca_crl:
+                validation.crl.filename = settings.ca_crl
             common.validation_context.CopyFrom(validation)
     if http2:
         common.alpn_protocols.extend(ALPN_H2_ONLY)

@@ -5,14 +5,13 @@ from __future__ import annotations
 from .. import names
 from ..config.objects import ConfigObject
 from ..model.delegates import resolve_gateway_name  # noqa: F401 (one rule for the model and generators)
-from .convert import as_list
 
 MESH_GATEWAY = "mesh"  # the reserved gateway name meaning "all sidecars"
 
 
 def bound_gateways(vs: ConfigObject) -> set[str]:
     """Gateways a VirtualService binds to; none listed means only `mesh` (sidecars)."""
-    refs = [str(g) for g in as_list(vs.spec.get("gateways")) if g]
+    refs = vs.typed.gateways
     if not refs:
         return {MESH_GATEWAY}
     return {resolve_gateway_name(r, vs.namespace) for r in refs}
@@ -20,14 +19,14 @@ def bound_gateways(vs: ConfigObject) -> set[str]:
 
 def visible_to(obj: ConfigObject, namespace: str) -> bool:
     """Istio `exportTo`: absent or "*" is everywhere, "." is the object's own namespace."""
-    export = [str(e) for e in as_list(obj.spec.get("exportTo"))]
+    export = obj.typed.export_to
     if not export or "*" in export:
         return True
     return namespace in export or ("." in export and obj.namespace == namespace)
 
 
 def virtual_service_hosts(vs: ConfigObject) -> list[str]:
-    return [names.resolve_host(str(h), vs.namespace).lower() for h in as_list(vs.spec.get("hosts")) if h]
+    return [names.resolve_host(h, vs.namespace).lower() for h in vs.typed.hosts]
 
 
 def mesh_virtual_services(virtual_services, namespace: str) -> list[ConfigObject]:

@@ -17,102 +17,101 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Iterable, Mapping
+from typing import Iterable
 
 import structlog
 
 from ..config.objects import ConfigObject
+from ..config.types.common import StringMatch
+from ..config.types.virtualservice import Destination, HTTPMatchRequest, HTTPRoute, VirtualService
 from ..names import resolve_host
 
 log = structlog.get_logger("meshd.model")
 
-_INHERITED = ("rewrite", "directResponse", "timeout", "retries", "fault", "mirror", "mirrorPercent",
-              "mirrorPercentage", "corsPolicy", "mirrors", "headers")
+# What a delegate rule inherits from the root rule when it leaves it unset.
+_INHERITED = ("rewrite", "direct_response", "timeout", "retries", "fault", "mirror", "mirror_percent",
+              "mirror_percentage", "cors_policy", "headers")
 
 
 def _exported_to(vs: ConfigObject, namespace: str) -> bool:
-    export = [str(e) for e in vs.spec.get("exportTo") or []]
+    export = vs.typed.export_to
     if not export or "*" in export:
         return True
     return namespace in export or ("." in export and vs.namespace == namespace)
 
 
-def _string_conflict(root: Any, leaf: Any) -> bool:
-    if not isinstance(root, Mapping) or not isinstance(leaf, Mapping):
-        return False
-    if root.get("regex"):
-        return bool(leaf.get("regex") or leaf.get("prefix") or leaf.get("exact"))
-    if leaf.get("regex"):
-        return bool(root.get("prefix") or root.get("exact"))
-    if root.get("exact"):
-        return bool(leaf.get("prefix")) or leaf.get("exact") != root.get("exact")
-    if root.get("prefix"):
-        if leaf.get("prefix"):
-            return not str(leaf["prefix"]).startswith(str(root["prefix"]))
-        if leaf.get("exact"):
-            return not str(leaf["exact"]).startswith(str(root["prefix"]))
+def _string_conflict(root: StringMatch, leaf: StringMatch) -> bool:
+    if root.regex:
+        return bool(leaf.regex or leaf.prefix or leaf.exact)
+    if leaf.regex:
+        return bool(root.prefix or root.exact)
+    if root.exact:
+        return bool(leaf.prefix) or leaf.exact != root.exact
+    if root.prefix:
+        if leaf.prefix:
+            return not leaf.prefix.startswith(root.prefix)
+        if leaf.exact:
+            return not leaf.exact.startswith(root.prefix)
     return True
 
 
-def _map(m: Mapping, key: str) -> Mapping:
-    v = m.get(key)
-    return v if isinstance(v, Mapping) else {}
+_STRINGS = ("uri", "scheme", "method", "authority")
+_STRING_MAPS = ("headers", "without_headers", "query_params")
 
 
-def has_conflict(root: Mapping, leaf: Mapping) -> bool:
-    for key in ("uri", "scheme", "method", "authority"):
-        if root.get(key) is not None and leaf.get(key) is not None and _string_conflict(root[key], leaf[key]):
+def has_conflict(root: HTTPMatchRequest, leaf: HTTPMatchRequest) -> bool:
+    for key in _STRINGS:
+        r, lf = getattr(root, key), getattr(leaf, key)
+        if r is not None and lf is not None and _string_conflict(r, lf):
             return True
-    for key in ("headers", "withoutHeaders", "queryParams"):
-        r = _map(root, key)
-        for k, v in _map(leaf, key).items():
+    for key in _STRING_MAPS:
+        r = getattr(root, key)
+        for k, v in getattr(leaf, key).items():
             if k in r and _string_conflict(r[k], v):
                 return True
-    if bool(root.get("ignoreUriCase")) != bool(leaf.get("ignoreUriCase")):
+    if bool(root.ignore_uri_case) != bool(leaf.ignore_uri_case):
         return True
-    rp, lp = root.get("port") or 0, leaf.get("port") or 0
-    if rp and lp and rp != lp:
+    if root.port and leaf.port and root.port != leaf.port:
         return True
-    if root.get("sourceNamespace") and leaf.get("sourceNamespace") != root.get("sourceNamespace"):
+    if root.source_namespace and leaf.source_namespace != root.source_namespace:
         return True
-    rl = _map(root, "sourceLabels")
-    for k, v in _map(leaf, "sourceLabels").items():
-        if k in rl and rl[k] != v:
+    for k, v in leaf.source_labels.items():
+        if k in root.source_labels and root.source_labels[k] != v:
             return True
-    rg, lg = list(root.get("gateways") or []), list(leaf.get("gateways") or [])
-    if rg and lg and not set(lg) <= set(rg):
+    if root.gateways and leaf.gateways and not set(leaf.gateways) <= set(root.gateways):
         return True
     return False
 
 
-def merge_match(root: Mapping, leaf: Mapping) -> dict:
-    out = dict(leaf)
-    if root.get("name"):
-        out["name"] = f"{root['name']}-{leaf['name']}" if leaf.get("name") else root["name"]
-    for key in ("uri", "scheme", "method", "authority"):
-        if out.get(key) is None and root.get(key) is not None:
-            out[key] = root[key]
-    for key in ("headers", "withoutHeaders", "queryParams", "sourceLabels"):
-        merged = {**_map(root, key), **_map(leaf, key)}
-        if merged:
-            out[key] = merged
-    if not out.get("port") and root.get("port"):
-        out["port"] = root["port"]
-    if not out.get("sourceNamespace") and root.get("sourceNamespace"):
-        out["sourceNamespace"] = root["sourceNamespace"]
-    if not out.get("gateways") and root.get("gateways"):
-        out["gateways"] = root["gateways"]
-    if "ignoreUriCase" in root and "ignoreUriCase" not in out:
-        out["ignoreUriCase"] = root["ignoreUriCase"]
-    return out
+def merge_match(root: HTTPMatchRequest, leaf: HTTPMatchRequest) -> HTTPMatchRequest:
+    name = leaf.name
+    if root.name:
+        name = f"{root.name}-{leaf.name}" if leaf.name else root.name
+    return dataclasses.replace(
+        leaf,
+        name=name,
+        uri=leaf.uri if leaf.uri is not None else root.uri,
+        scheme=leaf.scheme if leaf.scheme is not None else root.scheme,
+        method=leaf.method if leaf.method is not None else root.method,
+        authority=leaf.authority if leaf.authority is not None else root.authority,
+        headers={**root.headers, **leaf.headers},
+        without_headers={**root.without_headers, **leaf.without_headers},
+        query_params={**root.query_params, **leaf.query_params},
+        source_labels={**root.source_labels, **leaf.source_labels},
+        port=leaf.port or root.port,
+        source_namespace=leaf.source_namespace or root.source_namespace,
+        gateways=leaf.gateways or root.gateways,
+        ignore_uri_case=leaf.ignore_uri_case if leaf.ignore_uri_case is not None else root.ignore_uri_case,
+    )
 
 
-def merge_matches(root: list, leaf: list) -> list | None:
+def merge_matches(root: tuple[HTTPMatchRequest, ...],
+                  leaf: tuple[HTTPMatchRequest, ...]) -> tuple[HTTPMatchRequest, ...] | None:
     """The merged match list; None when a delegate match fits no root match."""
     if not root:
-        return list(leaf)
+        return leaf
     if not leaf:
-        return list(root)
+        return root
     out = []
     for sub in leaf:
         found = False
@@ -123,7 +122,7 @@ def merge_matches(root: list, leaf: list) -> list | None:
             found = True
         if not found:
             return None
-    return out or None
+    return tuple(out) or None
 
 
 def resolve_gateway_name(ref: str, namespace: str) -> str:
@@ -140,71 +139,58 @@ def resolve_gateway_name(ref: str, namespace: str) -> str:
     return f"{namespace}/{ref}"
 
 
-def _resolved(rule: Mapping, namespace: str) -> dict:
+def _resolved(rule: HTTPRoute, namespace: str) -> HTTPRoute:
     """A delegate rule with its short host names and gateway references made absolute
     (they belong to the delegate's namespace, not the root's)."""
-    out = dict(rule)
 
-    def dest(d: Any) -> Any:
-        if isinstance(d, Mapping) and d.get("host"):
-            return {**d, "host": resolve_host(str(d["host"]), namespace)}
-        return d
+    def dest(d: Destination) -> Destination:
+        return dataclasses.replace(d, host=resolve_host(d.host, namespace)) if d.host else d
 
-    if isinstance(rule.get("route"), list):
-        out["route"] = [{**r, "destination": dest(r.get("destination"))} if isinstance(r, Mapping) else r
-                        for r in rule["route"]]
-    if rule.get("mirror") is not None:
-        out["mirror"] = dest(rule["mirror"])
-    if isinstance(rule.get("mirrors"), list):
-        out["mirrors"] = [{**m, "destination": dest(m.get("destination"))} if isinstance(m, Mapping) else m
-                          for m in rule["mirrors"]]
-    if isinstance(rule.get("match"), list):
-        out["match"] = [
-            {**m, "gateways": [resolve_gateway_name(str(g), namespace) for g in m["gateways"]]}
-            if isinstance(m, Mapping) and isinstance(m.get("gateways"), list) else m
-            for m in rule["match"]
-        ]
-    return out
+    return dataclasses.replace(
+        rule,
+        route=tuple(dataclasses.replace(r, destination=dest(r.destination)) for r in rule.route),
+        mirror=dest(rule.mirror) if rule.mirror is not None else None,
+        mirrors=tuple(dataclasses.replace(m, destination=dest(m.destination)) for m in rule.mirrors),
+        match=tuple(dataclasses.replace(m, gateways=tuple(resolve_gateway_name(g, namespace) for g in m.gateways))
+                    if m.gateways else m for m in rule.match),
+    )
 
 
-def merge_route(root: Mapping, delegate: Mapping) -> dict | None:
-    matches = merge_matches([m for m in root.get("match") or [] if isinstance(m, Mapping)],
-                            [m for m in delegate.get("match") or [] if isinstance(m, Mapping)])
+def merge_route(root: HTTPRoute, delegate: HTTPRoute) -> HTTPRoute | None:
+    matches = merge_matches(root.match, delegate.match)
     if matches is None:
         return None
-    out = dict(delegate)
-    out.pop("delegate", None)
-    if matches:
-        out["match"] = matches
-    if root.get("name"):
-        out["name"] = f"{root['name']}-{delegate['name']}" if delegate.get("name") else root["name"]
-    for key in _INHERITED:
-        if out.get(key) is None and root.get(key) is not None:
-            out[key] = root[key]
-    return out
+    name = delegate.name
+    if root.name:
+        name = f"{root.name}-{delegate.name}" if delegate.name else root.name
+    inherited = {key: getattr(root, key) for key in _INHERITED
+                 if getattr(delegate, key) is None and getattr(root, key) is not None}
+    if not delegate.mirrors and root.mirrors:
+        inherited["mirrors"] = root.mirrors
+    return dataclasses.replace(delegate, delegate=None, match=matches or delegate.match, name=name, **inherited)
 
 
 def resolve_delegates(virtual_services: Iterable[ConfigObject]) -> tuple[ConfigObject, ...]:
     """The VirtualServices in force: roots with their delegates merged in, delegates
     (VirtualServices without hosts) left out."""
     vss = list(virtual_services)
-    delegates = {(vs.namespace, vs.name): vs for vs in vss if not vs.spec.get("hosts")}
+    delegates = {(vs.namespace, vs.name): vs for vs in vss if not vs.typed.hosts}
     out = []
     for vs in vss:
         if (vs.namespace, vs.name) in delegates:
             continue
-        rules = vs.spec.get("http") or []
-        if not any(isinstance(r, Mapping) and r.get("delegate") for r in rules):
+        spec: VirtualService = vs.typed
+        if not any(rule.delegate is not None for rule in spec.http):
             out.append(vs)
             continue
-        merged_rules: list = []
+        merged_rules: list[HTTPRoute] = []
         generations = [vs.generation]
-        for rule in rules:
-            ref = rule.get("delegate") if isinstance(rule, Mapping) else None
-            if not isinstance(ref, Mapping):
+        for rule in spec.http:
+            ref = rule.delegate
+            if ref is None:
                 merged_rules.append(rule)
                 continue
-            key = (str(ref.get("namespace") or vs.namespace), str(ref.get("name") or ""))
+            key = (ref.namespace or vs.namespace, ref.name)
             target = delegates.get(key)
             if target is None or not _exported_to(target, vs.namespace):
                 log.warning("delegate virtual service not found", virtual_service=f"{vs.namespace}/{vs.name}",
@@ -212,13 +198,12 @@ def resolve_delegates(virtual_services: Iterable[ConfigObject]) -> tuple[ConfigO
                             reason="missing" if target is None else f"not exported to {vs.namespace}")
                 continue  # istiod drops just this rule
             generations.append(target.generation)
-            for sub in target.spec.get("http") or []:
-                if not isinstance(sub, Mapping) or sub.get("delegate"):
+            for sub in target.typed.http:
+                if sub.delegate is not None:
                     continue  # one level of delegation only
                 merged = merge_route(rule, _resolved(sub, target.namespace))
                 if merged is not None:
                     merged_rules.append(merged)
-        spec = {**vs.spec, "http": merged_rules}
         generation = hashlib.sha256("+".join(generations).encode()).hexdigest()[:16]
-        out.append(dataclasses.replace(vs, spec=spec, generation=generation))
+        out.append(vs.derived(dataclasses.replace(spec, http=tuple(merged_rules)), generation=generation))
     return tuple(out)

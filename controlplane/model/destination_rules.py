@@ -29,15 +29,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 from ..config.objects import ConfigObject
+from ..config.types import DestinationRule
 from ..names import resolve_host
 from .hosts import covers
 
 
 def rule_host(dr: ConfigObject) -> str:
-    return resolve_host(str(dr.spec.get("host") or ""), dr.namespace).lower()
+    return resolve_host(dr.typed.host, dr.namespace).lower()
 
 
 def _age(obj: ConfigObject) -> tuple:
@@ -51,12 +52,8 @@ Selector = tuple[tuple[str, str], ...]
 def selector_of(obj: ConfigObject) -> Selector | None:
     """The rule's `workloadSelector.matchLabels` as sorted pairs; None without a selector
     (an empty selector selects every workload of the namespace, as in istiod)."""
-    raw = obj.spec.get("workloadSelector")
-    if not isinstance(raw, Mapping):
-        return None
-    labels = raw.get("matchLabels")
-    labels = labels if isinstance(labels, Mapping) else {}
-    return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+    labels = obj.typed.workload_selector
+    return None if labels is None else tuple(sorted(labels.items()))
 
 
 def selects(selector: Selector, labels: Mapping[str, str]) -> bool:
@@ -64,8 +61,7 @@ def selects(selector: Selector, labels: Mapping[str, str]) -> bool:
 
 
 def export_list(obj: ConfigObject) -> tuple[str, ...]:
-    raw = obj.spec.get("exportTo")
-    return tuple(str(e) for e in raw) if isinstance(raw, list) else ()
+    return obj.typed.export_to
 
 
 def exported_to(export: tuple[str, ...], owner_namespace: str, client_namespace: str) -> bool:
@@ -78,7 +74,8 @@ def exported_to(export: tuple[str, ...], owner_namespace: str, client_namespace:
 
 @dataclass(frozen=True)
 class MergedRule:
-    rule: ConfigObject  # a ConfigObject with the merged spec (name/namespace of the oldest rule)
+    # The oldest rule, its typed reading merged from all (`spec` stays its own document).
+    rule: ConfigObject
     export: tuple[str, ...]
     sources: tuple[str, ...]  # "ns/name" of every merged rule, oldest first
     selector: Selector | None = None  # the proxies of the rule's namespace it applies to
@@ -91,23 +88,24 @@ def merge_rules(rules: list[ConfigObject], ordered: bool = False) -> MergedRule:
     base = rules[0]
     if len(rules) == 1:
         return MergedRule(base, export_list(base), (f"{base.namespace}/{base.name}",))
-    spec: dict[str, Any] = dict(base.spec)
-    subsets = [s for s in (spec.get("subsets") or []) if isinstance(s, Mapping)]
-    names = {s.get("name") for s in subsets}
+    first: DestinationRule = base.typed
+    subsets = list(first.subsets)
+    names = {s.name for s in subsets}
+    policy = first.traffic_policy
     export = export_list(base)
     for other in rules[1:]:
-        for s in other.spec.get("subsets") or []:
-            if isinstance(s, Mapping) and s.get("name") not in names:
-                names.add(s.get("name"))
+        typed: DestinationRule = other.typed
+        for s in typed.subsets:
+            if s.name not in names:
+                names.add(s.name)
                 subsets.append(s)
-        if spec.get("trafficPolicy") is None and other.spec.get("trafficPolicy") is not None:
-            spec["trafficPolicy"] = other.spec["trafficPolicy"]
+        if policy is None:
+            policy = typed.traffic_policy
         if not export and export_list(other):
             export = export_list(other)
-    if subsets:
-        spec["subsets"] = subsets
     generation = hashlib.sha256("+".join(r.generation for r in rules).encode()).hexdigest()[:16]
-    merged = dataclasses.replace(base, spec=spec, generation=generation)
+    merged = base.derived(dataclasses.replace(first, subsets=tuple(subsets), traffic_policy=policy),
+                          generation=generation)
     return MergedRule(merged, export, tuple(f"{r.namespace}/{r.name}" for r in rules))
 
 

@@ -21,9 +21,10 @@ servers of different Gateways on one port (merged, as istiod merges it, but wort
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Callable, Iterable
 
 from ..config.objects import ConfigObject
+from ..config.types.gateway import Gateway, ServerTLSSettings
 from . import protocol
 from .hosts import split_namespace
 
@@ -36,16 +37,6 @@ SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL = "SIMPLE", "MUTUAL", "OPTIONAL_MU
 PASSTHROUGH, AUTO_PASSTHROUGH = "PASSTHROUGH", "AUTO_PASSTHROUGH"
 
 
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
 @dataclass(frozen=True)
 class Server:
     gateway: ConfigObject
@@ -55,7 +46,7 @@ class Server:
     port_name: str
     protocol: str  # canonical Istio protocol (protocol.HTTP, ...)
     hosts: tuple[str, ...]  # as written, possibly "ns/host"
-    tls: Mapping[str, Any]
+    tls: ServerTLSSettings | None  # None: no (or an empty) `tls`
     listen_port: int  # where Envoy listens (the gateway Service's targetPort)
     kind: str  # HTTP | TCP | TLS
     bind: str = ""
@@ -67,14 +58,14 @@ class Server:
 
     @property
     def tls_mode(self) -> str:
-        if not self.tls:
+        if self.tls is None:
             return ""
-        return str(self.tls.get("mode") or PASSTHROUGH).upper()
+        return self.tls.mode or PASSTHROUGH
 
     @property
     def terminates_http(self) -> bool:
         """HTTPS with TLS terminated here: an HTTP connection manager behind TLS."""
-        return self.protocol == protocol.HTTPS and bool(self.tls) and not self.passthrough
+        return self.protocol == protocol.HTTPS and self.tls is not None and not self.passthrough
 
     @property
     def passthrough(self) -> bool:
@@ -152,14 +143,7 @@ class MergedGateway:
     conflicts: tuple[GatewayConflict, ...] = field(default=())
 
 
-def credential_names(settings: Mapping[str, Any]) -> list[str]:
-    """The Secrets a server's `tls` names (`credentialName`, or `credentialNames`)."""
-    if settings.get("credentialName"):
-        return [str(settings["credentialName"])]
-    return [str(n) for n in settings.get("credentialNames") or [] if n]
-
-
-def server_kind(proto: str, tls: Mapping[str, Any]) -> str | None:
+def server_kind(proto: str, tls: ServerTLSSettings | None) -> str | None:
     """How a server is served; None for protocols a gateway cannot serve."""
     if protocol.is_http(proto):
         # Validation allows only `httpsRedirect` in a plaintext HTTP server's `tls`.
@@ -168,29 +152,25 @@ def server_kind(proto: str, tls: Mapping[str, Any]) -> str | None:
         return TLS
     if protocol.is_tcp_family(proto):
         # Any `tls` block on a TCP server means TLS (its mode defaults to PASSTHROUGH).
-        return TLS if tls else TCP
+        return TLS if tls is not None else TCP
     return None
 
 
 def servers_of(gw: ConfigObject, listen_port: Callable[[int], int]) -> list[Server]:
     out = []
-    for i, raw in enumerate(gw.spec.get("servers") or []):
-        if not isinstance(raw, Mapping):
-            continue
-        port = raw.get("port") if isinstance(raw.get("port"), Mapping) else {}
-        number = _as_int(port.get("number"))
+    spec: Gateway = gw.typed
+    for i, raw in enumerate(spec.servers):
+        number = raw.number
         if number is None or not 0 < number < 65536:
             continue  # unix domain socket servers (port 0) are not served
-        proto = protocol.parse(str(port.get("protocol") or ""))
-        tls = raw.get("tls") if isinstance(raw.get("tls"), Mapping) else {}
-        kind = server_kind(proto, tls)
-        hosts = tuple(str(h) for h in raw.get("hosts") or [] if h)
-        if kind is None or not hosts:
+        proto = protocol.parse(raw.protocol)
+        kind = server_kind(proto, raw.tls)
+        if kind is None or not raw.hosts:
             continue
         out.append(Server(
             gateway=gw, gateway_name=f"{gw.namespace}/{gw.name}", index=i, number=number,
-            port_name=str(port.get("name") or ""), protocol=proto, hosts=hosts, tls=tls,
-            listen_port=listen_port(number), kind=kind, bind=str(raw.get("bind") or ""),
+            port_name=raw.port_name, protocol=proto, hosts=raw.hosts, tls=raw.tls,
+            listen_port=listen_port(number), kind=kind, bind=raw.bind,
         ))
     return out
 
@@ -204,7 +184,7 @@ def merge_gateways(gateways: Iterable[ConfigObject], listen_port: Callable[[int]
     for gw in sorted(gateways, key=lambda g: (g.namespace, g.name)):
         for s in servers_of(gw, listen_port):
             port = s.listen_port
-            if s.tls:
+            if s.tls is not None:
                 known = tls_hosts.setdefault(port, {})
                 dups = [h for h in s.host_names() if h in known]
                 if dups:
@@ -221,7 +201,7 @@ def merge_gateways(gateways: Iterable[ConfigObject], listen_port: Callable[[int]
                             s, f"listening port {port} is already served as {first.protocol}; {s.protocol} cannot share it", first))
                         continue
                 else:
-                    if not s.tls:
+                    if s.tls is None:
                         conflicts.append(GatewayConflict(
                             s, f"listening port {port} serves TLS; a server without tls settings cannot share it", first))
                         continue
@@ -233,7 +213,7 @@ def merge_gateways(gateways: Iterable[ConfigObject], listen_port: Callable[[int]
                 existing.append(s)
             else:
                 by_port[port] = [s]
-            if s.tls:
+            if s.tls is not None:
                 for h in s.host_names():
                     tls_hosts.setdefault(port, {})[h] = s
             if s.terminates_http:

@@ -17,15 +17,9 @@ from __future__ import annotations
 
 from typing import Mapping, NamedTuple
 
+from ..names import OLD_REGION_LABEL, OLD_ZONE_LABEL, REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL
+
 LOCALITY_LABEL = "istio-locality"
-REGION_LABEL = "topology.kubernetes.io/region"
-ZONE_LABEL = "topology.kubernetes.io/zone"
-SUBZONE_LABEL = "topology.istio.io/subzone"
-_OLD_REGION_LABEL = "failure-domain.beta.kubernetes.io/region"
-_OLD_ZONE_LABEL = "failure-domain.beta.kubernetes.io/zone"
-# The labels of a Node meshd keeps (config/parse.py drops everything else of a Node, so
-# its status heartbeats are no change at all).
-NODE_LABELS = (REGION_LABEL, ZONE_LABEL, SUBZONE_LABEL, _OLD_REGION_LABEL, _OLD_ZONE_LABEL)
 
 
 class Locality(NamedTuple):
@@ -63,8 +57,8 @@ def from_labels(labels: Mapping[str, str]) -> Locality:
 def topology_locality(labels: Mapping[str, str]) -> Locality:
     """The locality the topology labels name (a Node's, or a pod's); empty when none."""
     return Locality(
-        str(labels.get(REGION_LABEL) or labels.get(_OLD_REGION_LABEL) or ""),
-        str(labels.get(ZONE_LABEL) or labels.get(_OLD_ZONE_LABEL) or ""),
+        str(labels.get(REGION_LABEL) or labels.get(OLD_REGION_LABEL) or ""),
+        str(labels.get(ZONE_LABEL) or labels.get(OLD_ZONE_LABEL) or ""),
         str(labels.get(SUBZONE_LABEL) or ""),
     )
 

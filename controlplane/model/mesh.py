@@ -28,7 +28,6 @@ from .gateways import (
     GatewayConflict,
     MergedGateway,
     Server,
-    credential_names,
     merge_gateways,
 )
 from .locality import Locality
@@ -142,7 +141,7 @@ class MeshSnapshot:
         selector selects nothing useful in Istio either, so it is skipped."""
         out = []
         for gw in self.gateways:
-            sel = gw.spec.get("selector") or {}
+            sel = gw.typed.selector
             if sel and labels_match(sel, proxy.labels):
                 out.append(gw)
         return out
@@ -221,15 +220,15 @@ class MeshSnapshot:
         """Why a Gateway server's TLS cannot be set up on a gateway in `namespace`: its
         Secrets are missing there (or lack a key or CA), or its protocol versions exclude
         each other. None: it can (or the server does not terminate TLS)."""
-        if server.passthrough or not server.tls:
+        if server.passthrough or server.tls is None:
             return None
         versions = ("TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")
-        lo, hi = (str(server.tls.get(k) or "").upper() for k in ("minProtocolVersion", "maxProtocolVersion"))
+        lo, hi = server.tls.min_protocol_version, server.tls.max_protocol_version
         if lo in versions and hi in versions and versions.index(lo) > versions.index(hi):
             return f"minProtocolVersion {lo} is above maxProtocolVersion {hi}: no TLS version is left"
         if server.tls_mode == ISTIO_MUTUAL:
             return None
-        creds = credential_names(server.tls)
+        creds = server.tls.credentials
         for name in creds:
             cred = self.credentials.get((namespace, name))
             if cred is None or not (cred.cert_chain and cred.private_key):
@@ -250,7 +249,7 @@ class MeshSnapshot:
 
 
 def _dr_host(dr: ConfigObject) -> str:
-    return resolve_host(str(dr.spec.get("host") or ""), dr.namespace)
+    return resolve_host(dr.typed.host, dr.namespace)
 
 
 def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, previous: MeshSnapshot | None = None,
@@ -402,8 +401,8 @@ def gateway_conflicts(mesh: MeshSnapshot, pods) -> tuple[GatewayConflict, ...]:
     labels where a Service selects it), each merged as that proxy would merge them."""
     selectors: dict[tuple, Mapping[str, str]] = {}
     for gw in mesh.gateways:
-        sel = gw.spec.get("selector") or {}
-        if isinstance(sel, Mapping) and sel:
+        sel = gw.typed.selector
+        if sel:
             selectors.setdefault(tuple(sorted((str(k), str(v)) for k, v in sel.items())), sel)
     if not selectors:
         return ()
@@ -425,7 +424,7 @@ def gateway_conflicts(mesh: MeshSnapshot, pods) -> tuple[GatewayConflict, ...]:
             # (istio-ingressgateway in istio-system), else in its Gateways' namespaces.
             namespaces = sorted({svc.namespace for svc in mesh.services.values()
                                  if svc.selector and labels_match(svc.selector, sel)}) or \
-                sorted({gw.namespace for gw in mesh.gateways if gw.spec.get("selector") == sel})
+                sorted({gw.namespace for gw in mesh.gateways if gw.typed.selector == sel})
             for ns in namespaces:
                 add(ns, sel)
     seen: dict[tuple, GatewayConflict] = {}

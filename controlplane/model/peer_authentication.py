@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from ..config.objects import ConfigObject
+from ..config.types.peerauthentication import UNSET
 from .services import labels_match
 
-STRICT, PERMISSIVE, DISABLE, UNSET = "STRICT", "PERMISSIVE", "DISABLE", "UNSET"
+STRICT, PERMISSIVE, DISABLE = "STRICT", "PERMISSIVE", "DISABLE"
 
 
 @dataclass(frozen=True)
@@ -37,15 +38,12 @@ def _age_key(obj: ConfigObject) -> tuple:
 
 
 def _mode(obj: ConfigObject | None) -> str:
-    if obj is None:
-        return UNSET
-    return str((obj.spec.get("mtls") or {}).get("mode") or UNSET)
+    return UNSET if obj is None else obj.typed.mode
 
 
 def selector_labels(obj: ConfigObject) -> Mapping[str, str]:
     """A PeerAuthentication's `selector.matchLabels` (empty: namespace- or mesh-wide)."""
-    return (obj.spec.get("selector") or {}).get("matchLabels") or {}
-
+    return obj.typed.selector
 
 
 def _oldest(objs: Iterable[ConfigObject]) -> ConfigObject | None:
@@ -74,8 +72,7 @@ def effective_policy(
     port_modes: dict[int, str] = {}
     wl = chosen[2]
     if wl is not None:
-        for port, setting in (wl.spec.get("portLevelMtls") or {}).items():
-            m = str((setting or {}).get("mode") or UNSET)
-            port_modes[int(port)] = mode if m == UNSET else m
+        for port, m in wl.typed.port_level_mtls.items():
+            port_modes[port] = mode if m == UNSET else m
     sources = tuple(f"{p.namespace}/{p.name}" for p in chosen if p is not None)
     return MtlsPolicy(mode=mode, port_modes=port_modes, sources=sources)

@@ -189,9 +189,6 @@ ARROWS = [
 # Arrows that run today where another room of issue 17 is moving the code: xfail(strict)
 # until that room lands, then the mark goes.
 EXPECTED_TO_RUN = {
-    # controlplane/config/parse.py reads model/locality.py's NODE_LABELS: the typed-config
-    # room (config/) owns the parse gate.
-    "the config store -> the mesh model": "typed config room (config/parse.py imports model.locality)",
     # debug/monitoring.py types its argument with server/metrics.py's Metrics: the
     # server/ split room (where Metrics lives, and what the monitoring server is handed).
     "debug views -> the server": "server/ split room (debug/monitoring.py imports server.metrics)",

@@ -172,7 +172,7 @@ def test_several_rules_for_one_host_merge():
     # the first rule keeps its policy and its v1; the second only adds what is new
     assert cluster_pb2.Cluster.LbPolicy.Name(cds["outbound|9080|v2|reviews.products.svc.cluster.local"].lb_policy) == "RANDOM"
     rule = mesh.destination_rule("reviews.products.svc.cluster.local", "frontend")
-    assert [s["labels"]["version"] for s in rule.spec["subsets"]] == ["v1", "v2"]
+    assert [s.labels["version"] for s in rule.typed.subsets] == ["v1", "v2"]
     # the merged rule's identity follows both: editing the second changes it
     mesh2 = mesh_from_yaml(base + first + second.replace("version: v2", "version: v3"))
     assert mesh2.destination_rule("reviews.products.svc.cluster.local", "frontend").generation != rule.generation
