@@ -4,10 +4,14 @@ from pathlib import Path
 
 import pytest
 
-# Tests import `tests.harness`; make the repo root importable however pytest is run.
+# Tests import `tests.support`; make the repo root importable however pytest is run.
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# The Kubernetes API servers (the real one per session, the stand-in per test) and the
+# report of which one each test used.
+pytest_plugins = ["tests.support.kube_fixtures"]
 
 
 @pytest.fixture(scope="session", autouse=True)

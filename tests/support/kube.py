@@ -1,20 +1,42 @@
 """The real Kubernetes API server for tests: ../shared/k8s's etcd and kube-apiserver.
 
 See ../shared/k8s/README.md: no controllers, no scheduler, no nodes; new namespaces get no
-ServiceAccount; a deleted namespace stays Terminating.
+ServiceAccount; a deleted namespace stays Terminating until someone finalizes it.
+
+The suite starts one server per session, on first use (`kube_cluster`, conftest), with
+Istio's CRDs and the Gateway API's HTTPRoute CRD installed, and hands each test a `Kube`:
+its own corner of that server. A test makes its namespaces with `kube.ns("shop")` (a name
+no other test uses), writes and reads objects as the stand-in API server's hooks do
+(`apply`, `get`, `delete`, `objects`), talks to the server through `kube.api_client()`
+(which records every request it sends: `requests_for`, `writes`, `verbs`, as the stand-in
+logs what it receives), and gets ServiceAccount tokens the server signs (`token`). When
+the test ends, however it ends, the server is put back as the session found it: every
+object made since (by the test or by meshd) is deleted, its namespaces finalized away.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
 import json
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+from urllib.parse import parse_qsl, urlsplit
 
-from tests.support.harness import free_port
+from tests.support.harness import free_port, wait_for
+from tests.support.kube_log import Request, RequestLog
 from tests.support.paths import shared
+
+ISTIO_CRDS = ("corpus", "crds", "crd-all.gen.yaml")
+HTTPROUTE_CRD = ("corpus", "gateway-api", "config", "crd", "standard", "gateway.networking.k8s.io_httproutes.yaml")
+# What ../shared/k8s/up itself makes: the namespaces and ServiceAccounts of a fresh cluster.
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
 @dataclass(frozen=True)
@@ -29,6 +51,23 @@ class KubeCluster:
         from kubernetes import config
 
         return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                timeout: float = 120) -> subprocess.CompletedProcess:
+        """The state directory's kubectl (same version as the server) on this cluster."""
+        cp = subprocess.run([str(self.state / "bin" / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+                            input=input, capture_output=True, text=True, timeout=timeout)
+        if check and cp.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({cp.returncode}):\n{cp.stderr[-2000:]}")
+        return cp
+
+    def version(self) -> str:
+        """The server's gitVersion (GET /version)."""
+        api = self.api_client()
+        try:
+            return json.loads(_raw(api, "GET", "/version"))["gitVersion"]
+        finally:
+            api.close()
 
 
 @contextlib.contextmanager
@@ -53,3 +92,331 @@ def kube_apiserver(workdir: Path) -> Iterator[KubeCluster]:
         yield KubeCluster(state, Path(info["kubeconfig"]), info["server"])
     finally:
         subprocess.run([sys.executable, str(down), str(state), "--rm"], capture_output=True, timeout=60)
+
+
+def install_crds(cluster: KubeCluster, *files: Path, timeout: float = 60) -> None:
+    """Create the CRDs in `files` (as `kubectl create -f`) and wait until each is Established."""
+    import yaml
+
+    api = cluster.api_client()
+    try:
+        names = []
+        for f in files:
+            for doc in yaml.safe_load_all(f.read_text()):
+                if doc:
+                    _raw(api, "POST", CRD_PATH, doc)
+                    names.append(doc["metadata"]["name"])
+
+        def established(name: str) -> bool:
+            crd = json.loads(_raw(api, "GET", f"{CRD_PATH}/{name}"))
+            return any(c["type"] == "Established" and c["status"] == "True"
+                       for c in (crd.get("status") or {}).get("conditions") or [])
+
+        wait_for(lambda: all(established(n) for n in names), timeout, what=f"CRDs established: {names}")
+    finally:
+        api.close()
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+def _raw(api_client, method: str, path: str, body: Any = None, query: dict | None = None,
+         content_type: str = "application/json") -> bytes:
+    """One request through `api_client`; the body of a 2xx answer, else KubeError."""
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = content_type
+    method_, url, headers, body_, post = api_client.param_serialize(
+        method=method, resource_path=path, query_params=list((query or {}).items()), header_params=headers,
+        body=body, auth_settings=["BearerToken"])
+    resp = api_client.call_api(method_, url, header_params=headers, body=body_, post_params=post,
+                               _request_timeout=30)
+    data = resp.read()
+    if not 200 <= resp.status < 300:
+        raise KubeError(resp.status, f"{method} {path}: {resp.status} {(data or b'')[:300].decode(errors='replace')}")
+    return data
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Recorder(RequestLog):
+    """Every request the clients made with it sent, with the answer's status."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self._requests_lock = threading.Lock()
+
+    def client(self, cluster: KubeCluster):
+        """An ApiClient for `cluster` whose requests land in this log."""
+        from kubernetes import client, config
+
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=cfg)
+        cfg.connection_pool_maxsize = 64
+        recorder = self
+
+        class RecordingApiClient(client.ApiClient):
+            def call_api(self, method, url, *args, **kwargs):
+                parts = urlsplit(url)
+                req = Request(parts.path, dict(parse_qsl(parts.query)), method.upper())
+                try:
+                    resp = super().call_api(method, url, *args, **kwargs)
+                except client.ApiException as e:
+                    req.status = e.status or 0
+                    raise
+                except Exception:
+                    req.status = 0  # no answer: a transport error
+                    raise
+                finally:
+                    with recorder._requests_lock:
+                        recorder.requests.append(req)
+                req.status = resp.status
+                return resp
+
+        return RecordingApiClient(cfg)
+
+
+# --- kinds ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kind:
+    group: str
+    kind: str
+    plural: str
+    namespaced: bool
+    version: str  # the version to list at (any served one)
+    status: bool = False  # has a /status subresource
+
+    def path(self, namespace: str | None = None, name: str | None = None, version: str | None = None) -> str:
+        v = version or self.version
+        base = f"/api/{v}" if not self.group else f"/apis/{self.group}/{v}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        return base + (f"/{name}" if name else "")
+
+
+BUILT_IN = [
+    Kind("", "Namespace", "namespaces", False, "v1"),
+    Kind("", "Node", "nodes", False, "v1", status=True),
+    Kind("", "Service", "services", True, "v1", status=True),
+    Kind("", "Pod", "pods", True, "v1", status=True),
+    Kind("", "Secret", "secrets", True, "v1"),
+    Kind("", "ConfigMap", "configmaps", True, "v1"),
+    Kind("", "Event", "events", True, "v1"),
+    Kind("", "ServiceAccount", "serviceaccounts", True, "v1"),
+    Kind("", "Endpoints", "endpoints", True, "v1"),
+    Kind("discovery.k8s.io", "EndpointSlice", "endpointslices", True, "v1"),
+    Kind("coordination.k8s.io", "Lease", "leases", True, "v1"),
+]
+
+
+def crd_kinds(api_client) -> list[Kind]:
+    """The kinds the cluster's CRDs define (at their storage version)."""
+    crds = json.loads(_raw(api_client, "GET", CRD_PATH))
+    out = []
+    for crd in crds["items"]:
+        spec = crd["spec"]
+        storage = next(v for v in spec["versions"] if v.get("storage"))
+        out.append(Kind(spec["group"], spec["names"]["kind"], spec["names"]["plural"], spec["scope"] == "Namespaced",
+                        storage["name"], status="status" in (storage.get("subresources") or {})))
+    return out
+
+
+# --- the session's server and each test's part of it -------------------------------------------
+
+
+class KubeSession:
+    """The session's real API server (CRDs installed) and what it held before any test:
+    the baseline every test's cleanup returns to."""
+
+    def __init__(self, cluster: KubeCluster):
+        self.cluster = cluster
+        self.version = cluster.version()
+        self._admin = cluster.api_client()
+        self.kinds = BUILT_IN + crd_kinds(self._admin)
+        self.baseline = self._uids()
+        self._tags = itertools.count(1)
+
+    def close(self) -> None:
+        self._admin.close()
+
+    def kind(self, api_version: str, kind: str) -> Kind:
+        group = api_version.rpartition("/")[0] if "/" in api_version else ""
+        for k in self.kinds:
+            if k.group == group and k.kind == kind:
+                return k
+        raise KeyError(f"the test cluster has no kind {api_version} {kind}")
+
+    def test(self, name: str) -> "Kube":
+        return Kube(self, f"k{next(self._tags)}", name)
+
+    def _uids(self) -> set[str]:
+        return {item["metadata"]["uid"] for _, items in self._list_all() for item in items}
+
+    def _list_all(self) -> list[tuple[Kind, list[dict]]]:
+        """Every object of every kind, listed in parallel (a CRD's first list takes the
+        server a second to serve)."""
+        with ThreadPoolExecutor(8) as pool:
+            lists = pool.map(lambda k: json.loads(_raw(self._admin, "GET", k.path()))["items"], self.kinds)
+            return list(zip(self.kinds, lists))
+
+    def reset(self) -> list[str]:
+        """Delete every object made since the session started (Pods at once, as if their
+        kubelet confirmed it; namespaces finalized, as the namespace controller would once
+        they are empty). Returns what it deleted, as kind ns/name."""
+        gone: list[str] = []
+        namespaces: list[str] = []
+        for k, items in self._list_all():
+            for item in items:
+                md = item["metadata"]
+                if md["uid"] in self.baseline:
+                    continue
+                if k.kind == "Namespace":
+                    namespaces.append(md["name"])
+                    continue
+                query = {"gracePeriodSeconds": "0"} if k.kind == "Pod" else None
+                with contextlib.suppress(KubeError):
+                    _raw(self._admin, "DELETE", k.path(md.get("namespace"), md["name"]), query=query)
+                gone.append(f"{k.kind} {md.get('namespace', '')}/{md['name']}".replace(" /", " "))
+        for ns in namespaces:
+            with contextlib.suppress(KubeError):
+                _raw(self._admin, "DELETE", f"/api/v1/namespaces/{ns}")
+            with contextlib.suppress(KubeError):
+                _raw(self._admin, "PUT", f"/api/v1/namespaces/{ns}/finalize",
+                     {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "spec": {"finalizers": []}})
+            gone.append(f"Namespace {ns}")
+        return gone
+
+
+class Kube(RequestLog):
+    """One test's part of the session's real API server (see the module's docstring)."""
+
+    server = "real"
+
+    def __init__(self, session: KubeSession, tag: str, test: str):
+        self.session, self.cluster, self.tag, self.test = session, session.cluster, tag, test
+        self.requests: list[Request] = []
+        self._requests_lock = threading.Lock()
+        self._recorder = Recorder()
+        self._recorder.requests, self._recorder._requests_lock = self.requests, self._requests_lock
+        self._clients: list = []
+        self._admin = self.api_client(record=False)
+        self.namespaces: list[str] = []
+
+    # --- names and clients ---------------------------------------------------------------
+    def ns(self, base: str, **labels: str) -> str:
+        """A new namespace for this test only, `<base>-<tag>`, with its `default`
+        ServiceAccount (the server has no controller to make it)."""
+        name = f"{base}-{self.tag}"
+        self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+        self._ensure_service_account(name, "default")
+        self.namespaces.append(name)
+        return name
+
+    def api_client(self, record: bool = True):
+        """An ApiClient for the server (closed when the test ends); with `record`, its
+        requests land in this test's log (`requests_for`, `writes`, `verbs`)."""
+        if record:
+            c = self._recorder.client(self.cluster)
+        else:
+            c = self.cluster.api_client()
+        self._clients.append(c)
+        return c
+
+    def configuration(self):
+        """The kubeconfig's client configuration (for code that builds its own client;
+        its requests are not recorded)."""
+        from kubernetes import client, config
+
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=str(self.cluster.kubeconfig), client_configuration=cfg)
+        cfg.connection_pool_maxsize = 64
+        return cfg
+
+    # --- objects -------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: Any = None, query: dict | None = None) -> dict:
+        data = _raw(self._admin, method, path, body, query)
+        return json.loads(data) if data else {}
+
+    def apply(self, obj: dict) -> dict:
+        """Create or replace `obj`, as the stand-in's apply does: without a `status` of its
+        own an update keeps the stored status; with one (and a /status subresource) the
+        status is written too, as a kubelet or a controller would. Pods get the
+        ServiceAccount they name. Returns the stored object."""
+        k = self.session.kind(obj["apiVersion"], obj["kind"])
+        version = obj["apiVersion"].rpartition("/")[2]
+        md = obj["metadata"]
+        ns = md.get("namespace") if k.namespaced else None
+        body = copy.deepcopy(obj)
+        status = body.pop("status", None) if k.status else None
+        if k.kind == "Pod":
+            self._ensure_service_account(ns, (obj.get("spec") or {}).get("serviceAccountName") or "default")
+        try:
+            current = self._request("GET", k.path(ns, md["name"], version))
+        except KubeError as e:
+            if e.status != 404:
+                raise
+            stored = self._request("POST", k.path(ns, version=version), body)
+        else:
+            body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            stored = self._request("PUT", k.path(ns, md["name"], version), body)
+        if status is not None:
+            stored = self._request("PUT", k.path(ns, md["name"], version) + "/status", {**stored, "status": status})
+        return stored
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict | None:
+        k = self.session.kind(api_version, kind)
+        try:
+            return self._request("GET", k.path(namespace, name, api_version.rpartition("/")[2]))
+        except KubeError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+        k = self.session.kind(api_version, kind)
+        try:
+            self._request("DELETE", k.path(namespace, name, api_version.rpartition("/")[2]),
+                          query={"gracePeriodSeconds": "0"} if kind == "Pod" else None)
+        except KubeError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    def objects(self, kind: str, namespace: str | None = None) -> list[dict]:
+        """Every object of `kind` (at its listing version), in `namespace` if given."""
+        k = next(k for k in self.session.kinds if k.kind == kind)
+        return self._request("GET", k.path(namespace))["items"]
+
+    def token(self, namespace: str, service_account: str, audiences: tuple[str, ...] = ("istio-ca",),
+              seconds: int = 3600) -> str:
+        """A token the server signs for namespace/service_account (the TokenRequest API, as
+        `kubectl create token` and a projected volume get it); the account is made if
+        missing."""
+        self._ensure_service_account(namespace, service_account)
+        got = self._request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token",
+                            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                             "spec": {"audiences": list(audiences), "expirationSeconds": seconds}})
+        return got["status"]["token"]
+
+    def _ensure_service_account(self, namespace: str, name: str) -> None:
+        try:
+            self._request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
+                          {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
+        except KubeError as e:
+            if e.status != 409:
+                raise
+
+    # --- the end -------------------------------------------------------------------------
+    def close(self) -> None:
+        for c in self._clients:
+            with contextlib.suppress(Exception):
+                c.close()
+        self._clients.clear()

@@ -1,7 +1,9 @@
-"""Leader election on a coordination.k8s.io/v1 Lease, against the stand-in API server:
-one leader among replicas, optimistic concurrency on takeover, renewal, step-down before
-the Lease can expire, hand-over after a crash (lease expiry) and after a graceful
-release (at once), and leader-only work started and stopped with leadership."""
+"""Leader election on a coordination.k8s.io/v1 Lease, against the real API server (the
+`kube` fixture, each test in a namespace of its own): one leader among replicas,
+optimistic concurrency on takeover (the server's 409 Conflict), renewal, step-down before
+the Lease can expire, hand-over after a crash (lease expiry) and after a graceful release
+(at once), and leader-only work started and stopped with leadership. Two tests need an
+API server outage at a chosen moment: they use the stand-in, and say so."""
 from __future__ import annotations
 
 import asyncio
@@ -15,9 +17,8 @@ from kubernetes import client, watch
 
 from controlplane.kube.api import ApiError, KubeApi
 from controlplane.kube.leader import LeaderElectionConfig, LeaderElector
-from tests.support.kubeapi import FakeApiServer
 
-NS = "istio-system"
+NS = "istio-system"  # the stand-in's tests; the real server's get a namespace each
 FAST = dict(lease_duration=2.0, renew_deadline=1.2, retry_period=0.25)
 MICRO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
@@ -34,9 +35,9 @@ KUBEAPI_BOOKMARKS = None  # the stand-in API server's default interval (conftest
 
 
 class Replica:
-    def __init__(self, api: FakeApiServer, identity: str, **timing):
-        self.kube = KubeApi(client.ApiClient(api.configuration()))
-        self.elector = LeaderElector(self.kube, LeaderElectionConfig(namespace=NS, identity=identity, **{**FAST, **timing}))
+    def __init__(self, api, identity: str, ns: str = NS, **timing):
+        self.kube = KubeApi(api.api_client())
+        self.elector = LeaderElector(self.kube, LeaderElectionConfig(namespace=ns, identity=identity, **{**FAST, **timing}))
         self.stop = asyncio.Event()
         self.task: asyncio.Task | None = None
 
@@ -59,27 +60,27 @@ class Replica:
         await self.shutdown()
 
 
-def lease(api: FakeApiServer) -> dict | None:
-    return api.get("coordination.k8s.io/v1", "Lease", "meshd-leader", NS)
+def lease(api, ns: str = NS) -> dict | None:
+    return api.get("coordination.k8s.io/v1", "Lease", "meshd-leader", ns)
 
 
 class LeaseHolders:
     """Watches the Lease (from its current version) in a thread: `seen` is the holder
     identity after each change, in the order the API server made them."""
 
-    def __init__(self, api: FakeApiServer):
+    def __init__(self, api, ns: str = NS):
         self.seen: list[str] = []
         self._closed = False
-        self._client = client.ApiClient(api.configuration())
+        self._client = api.api_client()
         self._watch = watch.Watch()
         coordination = client.CoordinationV1Api(self._client)
-        since = coordination.read_namespaced_lease("meshd-leader", NS).metadata.resource_version
-        self._thread = threading.Thread(target=self._run, args=(coordination, since), daemon=True)
+        since = coordination.read_namespaced_lease("meshd-leader", ns).metadata.resource_version
+        self._thread = threading.Thread(target=self._run, args=(coordination, ns, since), daemon=True)
         self._thread.start()
 
-    def _run(self, coordination, since: str) -> None:
+    def _run(self, coordination, ns: str, since: str) -> None:
         try:
-            for event in self._watch.stream(coordination.list_namespaced_lease, NS, resource_version=since,
+            for event in self._watch.stream(coordination.list_namespaced_lease, ns, resource_version=since,
                                             field_selector="metadata.name=meshd-leader", timeout_seconds=30):
                 if event["type"] in ("ADDED", "MODIFIED"):
                     self.seen.append(event["object"].spec.holder_identity or "")
@@ -103,33 +104,35 @@ async def until(pred, what: str, timeout: float = 5.0, interval: float = 0.02) -
 
 
 @aio
-async def test_one_leader_among_three_and_the_lease_says_who(kubeapi):
-    replicas = [Replica(kubeapi, f"meshd-{i}").start() for i in range(3)]
+async def test_one_leader_among_three_and_the_lease_says_who(kube):
+    ns = kube.ns("istio-system")
+    replicas = [Replica(kube, f"meshd-{i}", ns).start() for i in range(3)]
     try:
         await until(lambda: sum(r.elector.is_leader for r in replicas) == 1, "a leader")
         await asyncio.sleep(FAST["lease_duration"] * 1.5)  # renewals keep it, nobody else takes it
         leaders = [r for r in replicas if r.elector.is_leader]
         assert len(leaders) == 1
-        spec = lease(kubeapi)["spec"]
+        spec = lease(kube, ns)["spec"]
         assert spec["holderIdentity"] == leaders[0].elector.identity
         assert spec["leaseDurationSeconds"] == 2  # whole seconds, rounded up
         assert MICRO.match(spec["renewTime"]) and MICRO.match(spec["acquireTime"])
         assert spec["leaseTransitions"] == 0
         assert all(r.elector.holder == leaders[0].elector.identity for r in replicas)
         # exactly one create succeeded; renewals are updates by the leader only
-        assert len(kubeapi.writes("leases", "POST", status=201)) == 1
-        assert len(kubeapi.writes("leases", "PUT", status=200)) >= 3
+        assert len(kube.writes("leases", "POST", status=201)) == 1
+        assert len(kube.writes("leases", "PUT", status=200)) >= 3
     finally:
         for r in replicas:
             await r.shutdown()
 
 
 @aio
-async def test_graceful_shutdown_releases_and_hands_over_at_once(kubeapi):
-    a = Replica(kubeapi, "a").start()
+async def test_graceful_shutdown_releases_and_hands_over_at_once(kube):
+    ns = kube.ns("istio-system")
+    a = Replica(kube, "a", ns).start()
     await until(lambda: a.elector.is_leader, "a leads")
-    b = Replica(kubeapi, "b").start()
-    holders = LeaseHolders(kubeapi)  # every holder the Lease has from now on, as the API saw it
+    b = Replica(kube, "b", ns).start()
+    holders = LeaseHolders(kube, ns)  # every holder the Lease has from now on, as the API saw it
     try:
         await until(lambda: b.elector.holder == "a", "b sees a's lease")
         assert not b.elector.is_leader
@@ -140,17 +143,18 @@ async def test_graceful_shutdown_releases_and_hands_over_at_once(kubeapi):
         assert took < FAST["lease_duration"], f"hand-over after a release took {took:.2f}s: it waited out the lease"
         await until(lambda: "b" in holders.seen, "the Lease names b")
         assert holders.seen[holders.seen.index("b") - 1] == "", f"a did not release before b took over: {holders.seen}"
-        assert lease(kubeapi)["spec"]["leaseTransitions"] == 1
+        assert lease(kube, ns)["spec"]["leaseTransitions"] == 1
     finally:
         holders.close()
         await b.shutdown()
 
 
 @aio
-async def test_a_crashed_leader_is_replaced_once_its_lease_expires(kubeapi):
-    a = Replica(kubeapi, "a").start()
+async def test_a_crashed_leader_is_replaced_once_its_lease_expires(kube):
+    ns = kube.ns("istio-system")
+    a = Replica(kube, "a", ns).start()
     await until(lambda: a.elector.is_leader, "a leads")
-    b = Replica(kubeapi, "b").start()
+    b = Replica(kube, "b", ns).start()
     try:
         await asyncio.sleep(0.5)
         last_renew = time.monotonic()
@@ -161,7 +165,7 @@ async def test_a_crashed_leader_is_replaced_once_its_lease_expires(kubeapi):
         assert waited >= FAST["lease_duration"] - FAST["retry_period"], f"took over after {waited:.2f}s"
         # seen within one jittered retry (<= 2.2 x) of the last renewal, taken at the next attempt
         assert took <= FAST["lease_duration"] + 2 * 2.2 * FAST["retry_period"] + 0.5, f"hand-over took {took:.2f}s"
-        spec = lease(kubeapi)["spec"]
+        spec = lease(kube, ns)["spec"]
         assert spec["holderIdentity"] == "b" and spec["leaseTransitions"] == 1
     finally:
         await b.shutdown()
@@ -169,6 +173,7 @@ async def test_a_crashed_leader_is_replaced_once_its_lease_expires(kubeapi):
 
 @aio
 async def test_leader_that_cannot_renew_steps_down_before_its_lease_expires(kubeapi):
+    """The stand-in: the API server goes away at a chosen moment (an outage) and comes back."""
     a = Replica(kubeapi, "a").start()
     steps: list[tuple[bool, float]] = []
     a.elector.on_change(lambda leader: steps.append((leader, time.monotonic())))
@@ -187,43 +192,45 @@ async def test_leader_that_cannot_renew_steps_down_before_its_lease_expires(kube
 
 
 @aio
-async def test_displaced_leader_stops_at_once(kubeapi):
-    a = Replica(kubeapi, "a").start()
+async def test_displaced_leader_stops_at_once(kube):
+    ns = kube.ns("istio-system")
+    a = Replica(kube, "a", ns).start()
     try:
         await until(lambda: a.elector.is_leader, "a leads")
         # an operator (or a split brain) hands the lease to someone else
-        current = lease(kubeapi)
+        current = lease(kube, ns)
         current["spec"]["holderIdentity"] = "intruder"
-        kubeapi.apply(current)
+        kube.apply(current)
         took = await until(lambda: not a.elector.is_leader, "a notices", timeout=3)
         assert took < FAST["renew_deadline"]
     finally:
         await a.shutdown()
     # a was not the holder any more: shutting down must not release the intruder's lease
-    assert lease(kubeapi)["spec"]["holderIdentity"] == "intruder"
+    assert lease(kube, ns)["spec"]["holderIdentity"] == "intruder"
 
 
 @aio
-async def test_racing_takeovers_have_one_winner(kubeapi):
+async def test_racing_takeovers_have_one_winner(kube):
     """Two replicas that both see an expired lease both PUT it: the resourceVersion makes
     the API server accept one and refuse the other with 409 Conflict."""
-    kubeapi.apply({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                   "metadata": {"name": "meshd-leader", "namespace": NS},
-                   "spec": {"holderIdentity": "dead", "leaseDurationSeconds": 1,
-                            "renewTime": "2020-01-01T00:00:00.000000Z", "acquireTime": "2020-01-01T00:00:00.000000Z",
-                            "leaseTransitions": 4}})
+    ns = kube.ns("istio-system")
+    kube.apply({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "meshd-leader", "namespace": ns},
+                "spec": {"holderIdentity": "dead", "leaseDurationSeconds": 1,
+                         "renewTime": "2020-01-01T00:00:00.000000Z", "acquireTime": "2020-01-01T00:00:00.000000Z",
+                         "leaseTransitions": 4}})
     electors = []
     for i in range(2):
-        kube = KubeApi(client.ApiClient(kubeapi.configuration()))
-        e = LeaderElector(kube, LeaderElectionConfig(namespace=NS, identity=f"r{i}", **FAST))
+        api = KubeApi(kube.api_client())
+        e = LeaderElector(api, LeaderElectionConfig(namespace=ns, identity=f"r{i}", **FAST))
         await e._attempt()  # observe the record (both see holder "dead")
         e._observed_at -= 10  # ...and both have watched it long enough to call it expired
         electors.append(e)
     outcomes = await asyncio.gather(*(e._attempt() for e in electors))
     try:
         assert sorted(outcomes) == ["held", "other"], outcomes
-        assert lease(kubeapi)["spec"]["leaseTransitions"] == 5
-        assert len(kubeapi.writes("leases", "PUT", status=409)) == 1
+        assert lease(kube, ns)["spec"]["leaseTransitions"] == 5
+        assert len(kube.writes("leases", "PUT", status=409)) == 1
     finally:
         for e in electors:
             e.api.close()
@@ -232,6 +239,7 @@ async def test_racing_takeovers_have_one_winner(kubeapi):
 
 @aio
 async def test_leader_tasks_run_only_while_leading(kubeapi):
+    """The stand-in: the API server goes away at a chosen moment (an outage) and comes back."""
     a = Replica(kubeapi, "a")
     runs: list[str] = []
     cancelled = asyncio.Event()
@@ -264,8 +272,9 @@ def test_config_wants_retry_below_deadline_below_duration():
 
 
 @aio
-async def test_a_hung_api_server_cannot_keep_a_leader_past_its_renew_deadline(kubeapi):
-    a = Replica(kubeapi, "a").start()
+async def test_a_hung_api_server_cannot_keep_a_leader_past_its_renew_deadline(kube):
+    ns = kube.ns("istio-system")
+    a = Replica(kube, "a", ns).start()
     try:
         await until(lambda: a.elector.is_leader, "a leads")
         renewed = time.monotonic()

@@ -53,6 +53,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from controlplane.config.kinds import WATCHED_UNSUPPORTED
 
+from tests.support.kube_log import TOKEN_REVIEW_PLURAL, Request, RequestLog
+
 from .selectors import field_matcher, label_matcher
 
 ISTIO_NET = ("v1", "v1beta1", "v1alpha3")
@@ -100,10 +102,7 @@ def default_types() -> list[ResourceType]:
 
 
 # Not stored: a TokenReview is answered, never kept (as the API server does).
-TOKEN_REVIEW_GROUP, TOKEN_REVIEW_PLURAL = "authentication.k8s.io", "tokenreviews"
-
-_VERB_OF = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
-
+TOKEN_REVIEW_GROUP = "authentication.k8s.io"
 
 @dataclass
 class _Event:
@@ -112,51 +111,6 @@ class _Event:
     type: str  # ADDED | MODIFIED | DELETED
     obj: dict  # the object after the change (the last state for DELETED)
     old: dict | None
-
-
-@dataclass
-class Request:
-    path: str
-    query: dict[str, str]
-    method: str = "GET"
-    status: int = 0  # the response code (0 until answered; a watch: 200 once streaming)
-
-    @property
-    def watch(self) -> bool:
-        return self.query.get("watch") in ("true", "1")
-
-    def resource(self) -> tuple[str, str, str, str | None] | None:
-        """(group, resource, subresource, name) of a resource request; None for discovery."""
-        parts = [p for p in self.path.split("/") if p]
-        if len(parts) >= 2 and parts[0] == "api" and parts[1] == "v1":
-            group, rest = "", parts[2:]
-        elif len(parts) >= 3 and parts[0] == "apis":
-            group, rest = parts[1], parts[3:]
-        else:
-            return None
-        if len(rest) >= 2 and rest[0] == "namespaces" and len(rest) != 2:
-            rest = rest[2:]  # /namespaces/{ns}/{plural}...; a lone /namespaces/{name} is the Namespace
-        if not rest:
-            return None
-        return group, rest[0], rest[2] if len(rest) > 2 else "", rest[1] if len(rest) > 1 else None
-
-    @property
-    def namespace(self) -> str | None:
-        """The namespace in the path (/namespaces/{ns}/...), None for cluster-wide requests."""
-        parts = [p for p in self.path.split("/") if p]
-        base = 2 if parts[:1] == ["api"] else 3
-        rest = parts[base:]
-        return rest[1] if len(rest) >= 3 and rest[0] == "namespaces" else None
-
-    @property
-    def verb(self) -> str | None:
-        """The RBAC verb this request needs (get/list/watch/create/update/patch/delete)."""
-        res = self.resource()
-        if res is None:
-            return None
-        if self.method == "GET":
-            return "watch" if self.watch else ("get" if res[3] is not None else "list")
-        return _VERB_OF.get(self.method)
 
 
 @dataclass(eq=False)  # kept in a set by identity
@@ -173,7 +127,7 @@ def status(code: int, reason: str, message: str) -> dict:
             "message": message, "reason": reason, "code": code}
 
 
-class FakeApiServer:
+class FakeApiServer(RequestLog):
     def __init__(self, port: int = 0, history: int = 1000, bookmark_interval: float = 0.2,
                  gone: str = "event", host: str = "127.0.0.1"):
         self.host, self.port = host, port
@@ -194,8 +148,12 @@ class FakeApiServer:
         self._outage = False
         self._closing = False
         self.requests: list[Request] = []
+        self._requests_lock = self._cond
         self._tokens: dict[str, dict] = {}  # bearer token -> what a TokenReview says about it
         self._httpd: ThreadingHTTPServer | None = None
+        from tests.support.kube_fixtures import STAND_IN, note
+
+        note(STAND_IN)  # the test report lists the tests that used the stand-in
         self._thread: threading.Thread | None = None
 
     # --- lifecycle ----------------------------------------------------------------
@@ -239,6 +197,11 @@ class FakeApiServer:
         cfg.connection_pool_maxsize = 64
         cfg.retries = False  # connection errors surface at once; the source retries itself
         return cfg
+
+    def api_client(self):
+        """A client for this server (as the real server's `Kube.api_client()`)."""
+        from kubernetes import client
+        return client.ApiClient(self.configuration())
 
     # --- test hooks: objects --------------------------------------------------------
     def apply(self, obj: dict) -> dict:
@@ -366,37 +329,6 @@ class FakeApiServer:
                                      f"(open: {self.open_watches(plural)})")
             time.sleep(0.01)
 
-    def requests_for(self, plural: str, watch: bool | None = None, method: str = "GET") -> list[Request]:
-        with self._cond:
-            return [r for r in self.requests if r.path.rstrip("/").endswith("/" + plural)
-                    and r.method == method and (watch is None or r.watch == watch)]
-
-    def verbs(self) -> set[tuple[str, str, str]]:
-        """Every (apiGroup, resource[/subresource], verb) requested so far: what the
-        caller's RBAC role must grant. Discovery requests (/api, /apis/...) need none."""
-        with self._cond:
-            out = set()
-            for r in self.requests:
-                res = r.resource()
-                if res is not None and r.verb:
-                    group, plural, sub, _ = res
-                    out.add((group, f"{plural}/{sub}" if sub else plural, r.verb))
-            return out
-
-    def writes(self, plural: str, method: str | None = None, name: str | None = None,
-               status: int | None = None) -> list[Request]:
-        """Write requests (not GET) to `plural`, optionally of one method / object / outcome."""
-        with self._cond:
-            out = []
-            for r in self.requests:
-                res = r.resource()
-                if r.method == "GET" or res is None or res[1] != plural:
-                    continue
-                if (method is None or r.method == method) and (name is None or res[3] == name) \
-                        and (status is None or r.status == status):
-                    out.append(r)
-            return out
-
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict | None:
         """The stored object (rendered at the kind's first version), or None."""
         rtype = self._type_of(api_version, kind)
@@ -422,10 +354,6 @@ class FakeApiServer:
     def revoke_token(self, token: str) -> None:
         with self._cond:
             self._tokens.pop(token, None)
-
-    def token_reviews(self) -> int:
-        with self._cond:
-            return sum(1 for r in self.requests if r.method == "POST" and r.path.endswith("/" + TOKEN_REVIEW_PLURAL))
 
     # --- internals: state ----------------------------------------------------------
     def _type_of(self, api_version: str, kind: str) -> ResourceType:
