@@ -61,7 +61,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import structlog
@@ -70,10 +70,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ca.clock import utc_now
 from ca.errors import CAError, CAStateError
-from ca.keys import ensure_private_dir, locked_dir, private_key_to_pem, read_private, write_private, write_public
+from ca.keys import (KeyType, ensure_private_dir, locked_dir, private_key_to_pem, read_private, write_private,
+                     write_public)
 from ca.root import ROOT_CERT_FILE, ROOT_KEY_FILE, create_root, fingerprint
-from ca.signer import (CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, PLUG_IN, PLUGIN_ROOT_FILE, has_plugin_files,
-                       load_plugin, pem)
+from ca.signer import (CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, PLUG_IN, PLUGIN_ROOT_FILE, Signer,
+                       has_plugin_files, load_plugin, pem)
 from ca.store import CADirectory
 from ca.tokens import TOKEN_KEY_FILE
 
@@ -89,6 +90,17 @@ STARTUP_TIMEOUT = 60.0  # how long to wait for the API server at start before gi
 # istio-ca-secret keys (Istio's): the self-signed root is ca-cert.pem, its key ca-key.pem.
 _SECRET_CERT, _SECRET_KEY = "ca-cert.pem", "ca-key.pem"
 _ISTIO_EMPTY_KEYS = ("cert-chain.pem", "key.pem", "root-cert.pem")
+
+
+class SignersInForce(Protocol):
+    """What the store reads of the running CA (security/authority.py MeshCA, handed in by
+    app.py): the signer in force, and the one a rotation is moving to."""
+
+    @property
+    def active(self) -> Signer: ...
+
+    @property
+    def pending(self) -> Signer | None: ...
 
 
 @dataclass(frozen=True)
@@ -201,7 +213,7 @@ def offered_ca(d: Path, trust_domain: str) -> ClusterCA:
 class KubeCAStore:
     def __init__(self, kube: KubeApi, namespace: str, ca_dir: Path, trust_domain: str, *,
                  offered: Path | None = None, keep_old_for: timedelta = timedelta(hours=24),
-                 poll_interval: float = DEFAULT_POLL_INTERVAL, key_type: str = "ec-p256", logger: Any = None):
+                 poll_interval: float = DEFAULT_POLL_INTERVAL, key_type: KeyType = "ec-p256", logger: Any = None):
         self.kube = kube
         self.namespace = namespace
         self.ca_dir = Path(ca_dir)  # the mirror
@@ -327,7 +339,7 @@ class KubeCAStore:
         return event
 
     # --- following the cluster ----------------------------------------------------------
-    async def run(self, stop: asyncio.Event, ca: Any) -> None:
+    async def run(self, stop: asyncio.Event, ca: SignersInForce) -> None:
         """Every replica, until `stop`: mirror changes of the cluster's CA into the directory
         (the directory watcher rotates), and re-create istio-ca-secret if it was deleted."""
         while not stop.is_set():
@@ -344,7 +356,7 @@ class KubeCAStore:
                     self._warned = message
                     self._log.warning("cluster CA not followed", error=message)
 
-    def _follow_once(self, ca: Any) -> None:
+    def _follow_once(self, ca: SignersInForce) -> None:
         wanted = self.cluster_ca()
         current = ca.pending or ca.active
         if wanted is None:

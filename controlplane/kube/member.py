@@ -23,12 +23,14 @@ import asyncio
 import threading
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable, Coroutine, Protocol
 
 import structlog
 
+from ..config.store import ConfigStore
 from ..security.authn import Authenticator
 from .api import KubeApi
+from .ca_secrets import KubeCAStore, SignersInForce
 from .leader import LeaderElectionConfig, LeaderElector, default_identity
 from .options import ClusterOptions, pod_namespace
 from .rootcert import RootCertPublisher
@@ -38,6 +40,17 @@ from .tokenreview import MeshdTokens, TokenReviewAuthenticator
 __all__ = ["ClusterMember", "ClusterOptions"]
 
 log = structlog.get_logger("meshd.cluster")
+
+
+class RunningCA(SignersInForce, Protocol):
+    """What the member reads of the running CA (security/authority.py MeshCA, handed in by
+    app.py): its signers (to follow the CA Secrets), the trust bundle and its changes (to
+    publish the ConfigMaps)."""
+
+    @property
+    def trust_bundle_pem(self) -> bytes: ...
+
+    def on_bundle_change(self, fn: Callable[[], None]) -> None: ...
 
 
 class ClusterMember:
@@ -54,16 +67,16 @@ class ClusterMember:
                 namespace=self.namespace, identity=self.identity, name=options.lease_name,
                 lease_duration=options.lease_duration, renew_deadline=options.renew_deadline,
                 retry_period=options.retry_period))
-        self._leader_tasks: dict[str, Callable[[], Awaitable[None]]] = {"status": self.status.run}
-        self._replica_tasks: list[Callable[[asyncio.Event], Awaitable[None]]] = []
-        self.ca_store: Any = None
+        self._leader_tasks: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {"status": self.status.run}
+        self._replica_tasks: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
+        self.ca_store: KubeCAStore | None = None
         self.root_certs: RootCertPublisher | None = None
 
     @property
     def is_leader(self) -> bool:
         return self.elector.is_leader if self.elector is not None else True
 
-    def add_leader_task(self, name: str, task: Callable[[], Awaitable[None]]) -> None:
+    def add_leader_task(self, name: str, task: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Work that must happen once per cluster: started on the leader only."""
         self._leader_tasks[name] = task
         if self.elector is not None:
@@ -82,13 +95,11 @@ class ClusterMember:
         """Blocking, before the CA directory is opened: make it hold the cluster's CA
         (Secret cacerts, else istio-ca-secret, created once if absent; `offered`, the
         operator's CA, becomes cacerts when the cluster has none). "" when `stop` came first."""
-        from .ca_secrets import KubeCAStore
-
         self.ca_store = KubeCAStore(self.kube, self.namespace, ca_dir, self.trust_domain, offered=offered,
                                     keep_old_for=keep_old_for, poll_interval=self.options.ca_secrets_poll_interval)
         return self.ca_store.prepare(stop=stop)
 
-    def attach_ca(self, ca: Any, store: Any) -> None:
+    def attach_ca(self, ca: RunningCA, store: ConfigStore) -> None:
         """With the CA open (security/authority.py MeshCA) and the config store: follow the
         CA Secrets on every replica; publish the trust bundle from the leader."""
         publisher = RootCertPublisher(self.kube, lambda: ca.trust_bundle_pem, lambda: _namespaces(store))
@@ -97,8 +108,9 @@ class ClusterMember:
         store.subscribe(lambda _snap, changed: publisher.changed()
                         if any(k.kind == "Namespace" for k in changed) else None)
         self.add_leader_task("root-cert", publisher.run)
-        if self.ca_store is not None:
-            self._replica_tasks.append(lambda stop: self.ca_store.run(stop, ca))
+        ca_store = self.ca_store
+        if ca_store is not None:
+            self._replica_tasks.append(lambda stop: ca_store.run(stop, ca))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop`: the election (leader work on the leader), or, without election,
@@ -128,7 +140,7 @@ class ClusterMember:
         self.kube.close()
 
 
-def _namespaces(store: Any) -> list[str]:
+def _namespaces(store: ConfigStore) -> list[str]:
     """The namespaces meshd serves: the store's Namespaces, less those being deleted."""
     out = []
     for ns in store.snapshot().of_kind("Namespace"):

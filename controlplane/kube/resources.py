@@ -198,7 +198,9 @@ class ObjectInfo:
 
 
 def object_info(obj: dict, api_version: str) -> ObjectInfo:
-    md = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    md = obj.get("metadata")
+    if not isinstance(md, dict):
+        md = {}
     generation = md.get("generation")
     status = obj.get("status")
     return ObjectInfo(

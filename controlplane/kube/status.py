@@ -86,8 +86,9 @@ def desired_status(status: dict, rejection: str | None, generation: int | None,
     if rejection is not None:
         old = next((c for c in status.get("conditions") or [] if _ours(c)), None)
         same = old is not None and old.get("message") == rejection and old.get("status") == "False"
+        since = old.get("lastTransitionTime") if same and old is not None else None
         cond = {"type": CONDITION_TYPE, "status": "False", "reason": REASON_REJECTED, "message": rejection,
-                "lastTransitionTime": old.get("lastTransitionTime") if same and old.get("lastTransitionTime") else now()}
+                "lastTransitionTime": since or now()}
         if generation is not None:
             cond["observedGeneration"] = generation
             new["observedGeneration"] = generation
@@ -214,8 +215,9 @@ class StatusWriter:
         current = self._objects.get(loc)
         if current is not None and current.info.resource_version == info.resource_version:
             # What we wrote is now the latest state (until the watch says otherwise).
+            written = obj.get("status")
             self._objects[loc] = replace(current, info=replace(
-                current.info, status=obj.get("status") if isinstance(obj.get("status"), dict) else {},
+                current.info, status=written if isinstance(written, dict) else {},
                 resource_version=str(md.get("resourceVersion") or info.resource_version)))
         self._log.info("status written", object=f"{t.resource.name} {info.namespace}/{info.name}",
                        verdict="rejected" if t.rejection else "accepted")
@@ -245,4 +247,8 @@ class StatusWriter:
 
     def _retry(self, loc: str) -> None:
         loop = asyncio.get_running_loop()
-        loop.call_later(self.retry_after, lambda: self._leading and self._mark(loc))
+        def again() -> None:
+            if self._leading:
+                self._mark(loc)
+
+        loop.call_later(self.retry_after, again)

@@ -181,8 +181,10 @@ class TokenReviewAuthenticator:
         if not isinstance(audiences, list) or self._audience not in audiences:
             raise AuthenticationError(f"the API server did not confirm audience {self._audience!r} "
                                       f"(token audiences: {audiences!r})")
-        user = status.get("user") if isinstance(status.get("user"), dict) else {}
-        groups = user.get("groups") if isinstance(user.get("groups"), list) else []
+        user = status.get("user")
+        user = user if isinstance(user, dict) else {}
+        groups = user.get("groups")
+        groups = groups if isinstance(groups, list) else []
         username = user.get("username")
         if SERVICE_ACCOUNTS_GROUP not in groups or not isinstance(username, str) \
                 or not username.startswith(SERVICE_ACCOUNT_PREFIX):
