@@ -32,7 +32,6 @@ from .debug.certs import certs_handler
 from .debug.monitoring import start_monitoring
 from .debug.operator import operator_view
 from .generators import Generator
-from .generators.dependencies import facts
 from .model.mesh import MeshSnapshot, build_mesh, mesh_version
 from .model.meshconfig import DEFAULT as DEFAULT_MESH_CONFIG
 from .model.request_authentication import EMPTY_JWKS, KIND as REQUEST_AUTHENTICATION, key_sets_needed
@@ -186,7 +185,6 @@ class MeshBuilder:
         # The store only changes on this thread: `snap` has every change in _unbuilt.
         self._unbuilt.clear()
         self._full_next = False
-        facts(mesh)  # while the previous snapshot lives: what it shares is inherited
         self.mesh = mesh
         if self.key_sets is not None:
             self.key_sets.want(key_sets_needed(snap.of_kind(REQUEST_AUTHENTICATION)))

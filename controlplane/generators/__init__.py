@@ -16,14 +16,15 @@ compares it with what it last sent to decide whether a proxy needs a push at all
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from google.protobuf.message import Message
 
 from .. import names
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
-from .dependencies import DESTINATION_RULE, DR_ROUTING, facts
+from . import dependencies as dep
+from .dependencies import DESTINATION_RULE, DR_ROUTING
 from .parts import Part, ResourceCache, parts_for, router_parts
 from .resources import ComposedSet, Resource, ResourceSet, pack
 
@@ -55,12 +56,12 @@ class Generator:
         self._resources = ResourceCache(keep_generations)
         self._keep = keep_generations
         # part key -> (epoch last used, set)
-        self._sets: dict[tuple, tuple[int, ResourceSet]] = {}
+        self._sets: dict[tuple[Any, ...], tuple[int, ResourceSet]] = {}
         # (part name, scope) -> newest set: the base a rebuilt set records changes against
-        self._latest: dict[tuple, ResourceSet] = {}
+        self._latest: dict[tuple[Any, ...], ResourceSet] = {}
         # lineage -> (part key, host endpoints, host rules) of _latest (for _update_hosts)
-        self._latest_key: dict[tuple, tuple] = {}
-        self._composed: dict[tuple, tuple[int, ComposedSet]] = {}
+        self._latest_key: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._composed: dict[tuple[Any, ...], tuple[int, ComposedSet]] = {}
         self._mesh_version: str | None = None
         self._epoch = 0
         self.builds = 0  # parts built (not served from cache): for tests and metrics
@@ -75,19 +76,20 @@ class Generator:
             got = self._parts_of[key] = parts_for(proxy, type_url, self._builders, self._routers, self._standard)
         return got
 
-    def key(self, mesh: MeshSnapshot, proxy: Proxy, type_url: str) -> tuple:
+    def key(self, mesh: MeshSnapshot, proxy: Proxy, type_url: str) -> tuple[Any, ...]:
         """Cache key of `proxy`'s resources of `type_url` under `mesh`: equal keys mean
         equal output. Cheap (fingerprints are computed once per snapshot)."""
-        f = facts(mesh)
         out = []
         for part in self.parts(proxy, type_url):
-            k = part.key(f, proxy)
+            k = part.key(mesh, proxy)
             if part.endpoints:
-                k += (_endpoint_fingerprint(f),)
+                # Every host's endpoints in one string: the EDS key changes with any endpoint,
+                # while the per-cluster cache inside the part rebuilds only the changed hosts'.
+                k += (dep.all_endpoints(mesh),)
             out.append(k)
         return tuple(out)
 
-    def generate(self, mesh: MeshSnapshot, proxy: Proxy, type_url: str, key: tuple | None = None) -> ResourceSet:
+    def generate(self, mesh: MeshSnapshot, proxy: Proxy, type_url: str, key: tuple[Any, ...] | None = None) -> ResourceSet:
         """`proxy`'s resources of `type_url`; `key`: its key() under `mesh`, if known
         (the server has it already: a push looks at the key first)."""
         self._see(mesh)
@@ -102,15 +104,14 @@ class Generator:
                 if hit[0] != self._epoch:
                     self._composed[key] = (self._epoch, hit[1])
                 return hit[1]
-        f = facts(mesh)
-        sets = [self._part(mesh, proxy, part, k, f) for part, k in zip(parts, key)]
+        sets = [self._part(mesh, proxy, part, k) for part, k in zip(parts, key)]
         if len(sets) == 1:
             return sets[0]
         composed = ComposedSet(type_url, sets)
         self._composed[key] = (self._epoch, composed)
         return composed
 
-    def _part(self, mesh: MeshSnapshot, proxy: Proxy, part: Part, key: tuple, f) -> ResourceSet:
+    def _part(self, mesh: MeshSnapshot, proxy: Proxy, part: Part, key: tuple[Any, ...]) -> ResourceSet:
         hit = self._sets.get(key)
         if hit is not None:
             if hit[0] != self._epoch:
@@ -121,20 +122,21 @@ class Generator:
         base = self._latest.get(lineage)
         rs = None
         if base is not None and part.update_hosts is not None:
-            rs = self._update_hosts(mesh, proxy, part, key, f, base)
+            rs = self._update_hosts(mesh, proxy, part, key, base)
         if rs is None:
-            rs = ResourceSet(part.type_url, part.build(mesh, proxy, part, self._resources, f))
+            rs = ResourceSet(part.type_url, part.build(mesh, proxy, part, self._resources))
             if base is not None:
                 rs.derive_from(base)
         if base is not None:
             base.base = None  # keep one step of history: enough for connections in sync
         self._latest[lineage] = rs
-        self._latest_key[lineage] = (key, f.host_endpoints() if part.endpoints else None,
-                                     f.host_rules() if part.update_hosts is not None else None)
+        self._latest_key[lineage] = (key, dep.host_endpoints(mesh) if part.endpoints else None,
+                                     dep.host_rules(mesh) if part.update_hosts is not None else None)
         self._sets[key] = (self._epoch, rs)
         return rs
 
-    def _update_hosts(self, mesh: MeshSnapshot, proxy: Proxy, part: Part, key: tuple, f, base: ResourceSet):
+    def _update_hosts(self, mesh: MeshSnapshot, proxy: Proxy, part: Part, key: tuple[Any, ...],
+                      base: ResourceSet) -> ResourceSet | None:
         """Incremental update: when what the part read changed only per host (endpoints,
         DestinationRules) since `base` was built, replace the resources of the changed
         hosts in place and keep every other one. None: build the part whole."""
@@ -145,23 +147,24 @@ class Generator:
         if len(prev_key) != len(key) or prev_key[0] != key[0]:
             return None
         rules_changed = False
-        for dep, old, new in zip(part.deps, prev_key[2], key[2]):
+        for name, old, new in zip(part.deps, prev_key[2], key[2]):
             if old != new:
-                if dep not in _PER_HOST_DEPS:
+                if name not in _PER_HOST_DEPS:
                     return None
                 rules_changed = True
         changed: set[str] = set()
         if part.endpoints and prev_key[3] != key[3]:
             if prev_endpoints is None:
                 return None
-            hosts = f.host_endpoints()
+            hosts = dep.host_endpoints(mesh)
             changed.update(h for h in hosts.keys() | prev_endpoints.keys() if hosts.get(h) != prev_endpoints.get(h))
         if rules_changed:
             if prev_rules is None:
                 return None
-            rules = f.host_rules()
+            rules = dep.host_rules(mesh)
             changed.update(h for h in rules.keys() | prev_rules.keys() if rules.get(h) != prev_rules.get(h))
-        replaced = part.update_hosts(mesh, proxy, self._resources, f, changed)
+        assert part.update_hosts is not None
+        replaced = part.update_hosts(mesh, proxy, self._resources, changed)
         # A host's resources are contiguous and in host order (destinations.outbound_clusters):
         # its new ones take the place of its old ones, so the set equals a whole build.
         items: dict[str, Resource] = {}
@@ -214,7 +217,7 @@ class Generator:
                 "builds": self.builds}
 
 
-# Part inputs a change of which _update_hosts can follow host by host (MeshFacts.host_rules).
+# Part inputs a change of which _update_hosts can follow host by host (dependencies.host_rules).
 _PER_HOST_DEPS = frozenset({DESTINATION_RULE, DR_ROUTING})
 
 
@@ -234,12 +237,6 @@ def _host_of(name: str) -> str | None:
 
 
 _HOSTS: dict[str, str | None] = {}
-
-
-def _endpoint_fingerprint(f) -> str:
-    # Every host's endpoints in one string: the EDS key changes with any endpoint, while
-    # the per-cluster cache inside the part rebuilds only the changed hosts' assignments.
-    return f.all_endpoints()
 
 
 __all__ = ["Generator", "builders", "Resource", "ResourceSet", "pack"]

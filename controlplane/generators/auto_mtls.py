@@ -135,10 +135,5 @@ def apply(cluster: cluster_pb2.Cluster, ct: ClusterTls) -> None:
 def service_accounts(mesh: MeshSnapshot, svc: Service) -> list[str]:
     """SPIFFE identities of the workloads behind a service (all ports, ready or not), as
     istiod's PushContext.ServiceAccounts, sorted."""
-    out: set[str] = set()
-    for sp in svc.ports:
-        for ep in mesh.service_endpoints(svc.hostname, sp.port):
-            if ep.service_account:
-                out.add(names.spiffe_id(ep.namespace or svc.namespace, ep.service_account))
-    return sorted(out)
+    return sorted(names.spiffe_id(ns, sa) for ns, sa in mesh.service_accounts(svc.hostname))
 

@@ -29,11 +29,11 @@ from ..config.types.destinationrule import DestinationRule
 from ..config.types.trafficpolicy import NO_POLICY, ClientTLSSettings, TrafficPolicy
 from ..model.credentials import sds_ca_name, sds_name
 from ..model.destination_rules import rule_host, selector_of
+from ..model.indexes import Index, Lifetime
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import SIDECAR, Proxy
 from ..model.services import Service, ServicePort
 from . import protocol
-from .dependencies import facts
 
 log = structlog.get_logger("meshd.generators")
 
@@ -50,6 +50,12 @@ class OutboundCluster:
     # The rule's traffic policy for this port and subset (DestinationRule.policy_for): what
     # CDS, EDS and the client TLS read.
     policy: TrafficPolicy = NO_POLICY
+
+
+# The clusters of a service port under a rule (made once per snapshot, shared by every
+# namespace's build): they read Services and rules only, so a snapshot derived by an
+# EndpointSlice change keeps them.
+_PORT_CLUSTERS = Index[tuple, tuple[OutboundCluster, ...]]("outbound clusters of a port under a rule", Lifetime.CONFIG)
 
 
 def outbound_clusters(mesh: MeshSnapshot, proxy: Proxy) -> list[OutboundCluster]:
@@ -80,10 +86,10 @@ def _rule_clusters(mesh: MeshSnapshot, svc: Service, rule: ConfigObject | None) 
     """The clusters of every (non-UDP) port of `svc` under `rule`. Every namespace's (and
     selector group's) build walks all services: the clusters of a port under a rule are
     made once per snapshot (a merged rule's generation names its content) and shared."""
-    memo = facts(mesh).memo
+    memo = mesh.indexes[_PORT_CLUSTERS]
     rule_id = (rule.namespace, rule.name, rule.generation) if rule is not None else None
     for sp in svc.ports:
-        key = ("clusters", svc.hostname, sp.name, sp.port, rule_id)
+        key = (svc.hostname, sp.name, sp.port, rule_id)
         ocs = memo.get(key)
         if ocs is None:
             proto = protocol.of_service_port(sp)
@@ -104,6 +110,10 @@ class CredentialProblem:
 
     def message(self) -> str:
         return f"DestinationRule {self.rule}: {self.field}: {self.reason}"
+
+
+# credential_problem reads rules and Secrets only.
+_CREDENTIAL_PROBLEMS = Index[tuple, CredentialProblem | None]("credential problem of a cluster", Lifetime.CONFIG)
 
 
 def credential_problem(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> CredentialProblem | None:
@@ -142,9 +152,8 @@ def _credential_left_out(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) 
     rule = oc.rule
     assert rule is not None
     # What credential_problem reads of the proxy (its namespace's Secrets via `mesh`).
-    key = ("credential", rule.namespace, rule.name, rule.generation, oc.name, proxy.type, proxy.workload_cert,
-           proxy.namespace)
-    memo = facts(mesh).memo
+    key = (rule.namespace, rule.name, rule.generation, oc.name, proxy.type, proxy.workload_cert, proxy.namespace)
+    memo = mesh.indexes[_CREDENTIAL_PROBLEMS]
     if key in memo:
         problem = memo[key]
     else:

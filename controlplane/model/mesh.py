@@ -2,15 +2,14 @@
 routing config that every generator reads (compare istiod's PushContext).
 
 Built once per config change from a ConfigSnapshot; generators never look further
-back than this object.
+back than this object. It owns what readers derive from it (`indexes`, indexes.py).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import weakref
-from dataclasses import dataclass, field
-from typing import AbstractSet, Any, Mapping
+from dataclasses import InitVar, dataclass, field
+from typing import AbstractSet, Mapping
 
 import structlog
 
@@ -21,6 +20,7 @@ from ..names import ROOT_NAMESPACE, fqdn, resolve_host
 from .credentials import Credential, credentials_from
 from .delegates import resolve_delegates
 from .destination_rules import DestinationRuleIndex
+from .indexes import MeshIndexes
 from .gateways import (
     ISTIO_MUTUAL,
     MUTUAL,
@@ -91,10 +91,16 @@ class MeshSnapshot:
     _dr_index: DestinationRuleIndex | None = field(default=None, repr=False)
     # Pods by name and IP, Node labels by name: where proxies run (proxy_locality).
     _pods: PodIndex | None = field(default=None, repr=False)
-    # Built from this snapshot (a weakref, never keeping it alive) when only EndpointSlices
-    # changed: everything but endpoints and instances is shared with it (dependencies.py
-    # carries over its facts that do not read endpoints).
-    _derived_from: Any = field(default=None, repr=False, compare=False)
+    # The version of the snapshot this one was derived from when only EndpointSlices
+    # changed (build_mesh's fast path): everything but endpoints and instances is its.
+    derived_from: str = field(default="", compare=False)
+    # What readers derive from this snapshot, kept as long as it lives (indexes.py): new
+    # and empty, or carried over from the snapshot this one is derived from.
+    indexes: MeshIndexes = field(init=False, repr=False, compare=False)
+    indexes_from: InitVar[MeshIndexes | None] = None
+
+    def __post_init__(self, indexes_from: MeshIndexes | None) -> None:
+        object.__setattr__(self, "indexes", MeshIndexes() if indexes_from is None else indexes_from)
 
     # --- lookups generators use ------------------------------------------------
     def service(self, hostname: str) -> Service | None:
@@ -102,6 +108,20 @@ class MeshSnapshot:
 
     def service_endpoints(self, hostname: str, port: int) -> tuple[Endpoint, ...]:
         return self.endpoints.get((hostname, port), ())
+
+    def service_accounts(self, hostname: str) -> tuple[tuple[str, str], ...]:
+        """(namespace, service account) of the workloads behind a service (all ports, ready
+        or not), sorted: istiod's PushContext.ServiceAccounts, the identities its clients
+        verify. All that non-EDS output reads of most services' endpoints."""
+        svc = self.services.get(hostname)
+        if svc is None:
+            return ()
+        out: set[tuple[str, str]] = set()
+        for sp in svc.ports:
+            for ep in self.service_endpoints(hostname, sp.port):
+                if ep.service_account:
+                    out.add((ep.namespace or svc.namespace, ep.service_account))
+        return tuple(sorted(out))
 
     def instances_for(self, proxy: Proxy) -> tuple[ServiceInstance, ...]:
         """The service ports this proxy's workload serves (its endpoints' IP is the
@@ -378,7 +398,8 @@ def _with_changed_slices(config: ConfigSnapshot, previous: MeshSnapshot, changed
             addresses.update(ep.address for ep in previous.endpoints.get((svc.hostname, sp.port), ()))
         _add_endpoints(svc, slices, pod_index, config.of_kind(kinds.POD.kind), endpoints, fresh)
     instances = dict(previous._instances_by_ip)
-    for ip in addresses | fresh.keys():
+    changed_addresses = addresses | fresh.keys()
+    for ip in changed_addresses:
         kept = [i for i in instances.get(ip, ()) if i.service.hostname not in hosts]
         # A stable sort, as build_mesh's: equal keys are one service's, in endpoint order.
         merged = sorted(kept + fresh.get(ip, []), key=_instance_order)
@@ -388,11 +409,12 @@ def _with_changed_slices(config: ConfigSnapshot, previous: MeshSnapshot, changed
             instances.pop(ip, None)
     version = mesh_version(config.version, previous.mesh_config, previous.jwks)
     mesh = dataclasses.replace(previous, version=version, config=config, endpoints=endpoints,
-                               _instances_by_ip=instances, _derived_from=weakref.ref(previous))
+                               _instances_by_ip=instances, derived_from=previous.version,
+                               indexes_from=previous.indexes.after_endpoint_change(hosts, changed_addresses))
     # Conflicts read endpoints only to resolve a gateway Service's named targetPort.
     conflicts = gateway_conflicts(mesh, config.of_kind(kinds.POD.kind)) if named_target else previous.gateway_conflicts
     report_gateway_conflicts(conflicts)
-    return dataclasses.replace(mesh, gateway_conflicts=conflicts)
+    return dataclasses.replace(mesh, gateway_conflicts=conflicts, indexes_from=mesh.indexes)
 
 
 def gateway_conflicts(mesh: MeshSnapshot, pods) -> tuple[GatewayConflict, ...]:

@@ -18,7 +18,8 @@ from structlog.testing import capture_logs
 
 from controlplane import names
 from controlplane.generators import Generator, builders, clusters, destinations, routes, secrets
-from controlplane.generators.dependencies import KNOWN_KINDS, OTHER, SECRET, facts
+from controlplane.generators import dependencies
+from controlplane.generators.dependencies import KNOWN_KINDS, OTHER, SECRET
 from controlplane.generators.resources import pack
 from controlplane.model.proxy import parse_node
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
@@ -155,9 +156,8 @@ spec:
 def test_cluster_cache_keys_on_labels_only_when_a_selector_rule_selects_the_proxy():
     g = Generator()
     m = mesh(PLAIN, SELECTED)
-    f = facts(m)
-    assert f.dr_selectors(NS, STABLE.labels) == ()
-    assert f.dr_selectors(NS, CANARY.labels) == ((("track", "canary"),),)
+    assert dependencies.dr_selectors(m, NS, STABLE.labels) == ()
+    assert dependencies.dr_selectors(m, NS, CANARY.labels) == ((("track", "canary"),),)
     k_stable, k_stable2, k_canary = (g.key(m, p, names.CLUSTER) for p in (STABLE, STABLE_2, CANARY))
     assert k_stable == k_stable2  # different labels, no selector rule selects them: shared
     assert k_canary != k_stable
@@ -275,7 +275,7 @@ def test_secret_is_a_known_kind_and_a_change_rebuilds_only_its_readers():
     base = [PLAIN]
     m1 = mesh(*base, tls_secret_yaml("gw-cred", "istio-system", CLIENT, CA.cert))
     m2 = mesh(*base, tls_secret_yaml("gw-cred", "istio-system", make_cert(CA, ["x"]), CA.cert))
-    assert facts(m1).kind(OTHER) == facts(m2).kind(OTHER)
+    assert dependencies.kind(m1, OTHER) == dependencies.kind(m2, OTHER)
     g = Generator()
     for m in (m1, m2):
         for p in (STABLE, CANARY, GATEWAY):

@@ -1,7 +1,7 @@
 """The EndpointSlice fast path of build_mesh (a new snapshot from the previous one, only
 the changed services' endpoints recomputed), the of_kind lists the store carries over,
-and the facts a fast-path snapshot inherits: each must give exactly what a full build
-(and fresh facts) gives."""
+and the indexes a fast-path snapshot takes over from the previous one (model/indexes.py):
+each must give exactly what a full build (and fresh indexes) gives."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +13,7 @@ from bench.scenario import Scenario
 from controlplane.config.snapshot import ConfigSnapshot
 from controlplane.config.store import ConfigStore
 from controlplane.generators import Generator
-from controlplane.generators.dependencies import facts
+from controlplane.generators import dependencies as dep
 from controlplane.model.mesh import MeshSnapshot, build_mesh
 from controlplane.model.proxy import Proxy
 from controlplane.sources.directory import DirectorySource, read_file
@@ -102,8 +102,6 @@ class World:
         snap = self.store.snapshot()
         fast = build_mesh(snap, previous=self.mesh, changed=frozenset(self.changed))
         self.changed.clear()
-        # Facts are inherited from the previous snapshot's while it lives (the server
-        # holds it until the new one is served, and MeshBuilder asks for the facts first).
         self.previous, self.mesh = self.mesh, fast
         return fast, build_mesh(snap)
 
@@ -116,7 +114,7 @@ def world(tmp_path):
 def assert_same_mesh(got: MeshSnapshot, want: MeshSnapshot) -> None:
     assert got.config is want.config
     for f in dataclasses.fields(MeshSnapshot):
-        if f.name in ("_derived_from", "config"):
+        if f.name in ("derived_from", "config", "indexes"):
             continue
         a, b = getattr(got, f.name), getattr(want, f.name)
         if f.name == "_pods":
@@ -168,7 +166,7 @@ def test_fast_path_equals_a_full_build_after_every_slice_edit(world):
         assert {k.kind for k in world.changed} == {"EndpointSlice"}, what
         before = world.mesh
         fast, full = world.rebuild()
-        assert fast._derived_from is not None and fast._derived_from() is before, what
+        assert fast.derived_from == before.version and fast.indexes.shares_config_with(before.indexes), what
         assert fast.services is before.services and fast._dr_index is before._dr_index  # shared, not rebuilt
         assert_same_mesh(fast, full)
         assert_of_kind_fresh(world.store.snapshot())
@@ -191,16 +189,16 @@ def test_the_steps_change_what_they_should(world):
 def test_other_changes_take_the_full_path(world):
     world.write(f"rules/{SCENARIO.service_name(0)}.yaml", SCENARIO.rules_yaml(0, 3))
     fast, full = world.rebuild()
-    assert fast._derived_from is None
+    assert not derived(fast)
     assert_same_mesh(fast, full)
     # A slice and a Pod changed together: full.
     world.write("endpoints/svc-1.yaml", SCENARIO.endpoints_yaml(1, 9))
     world.write(f"services/{SCENARIO.service_name(1)}.yaml", SCENARIO.service_yaml(1).replace("containers: [{name: app}]", "containers: [{name: app2}]"))
     fast, full = world.rebuild()
-    assert fast._derived_from is None
+    assert not derived(fast)
     assert_same_mesh(fast, full)
-    assert build_mesh(world.store.snapshot(), previous=world.mesh, changed=frozenset())._derived_from is None
-    assert build_mesh(world.store.snapshot(), previous=None, changed=frozenset(world.changed))._derived_from is None
+    assert not derived(build_mesh(world.store.snapshot(), previous=world.mesh, changed=frozenset()))
+    assert not derived(build_mesh(world.store.snapshot(), previous=None, changed=frozenset(world.changed)))
 
 
 def test_the_store_carries_of_kind_lists_over(world):
@@ -220,44 +218,62 @@ def keys(gen: Generator, mesh: MeshSnapshot, proxies) -> dict:
     return {(p.id, t): gen.key(mesh, p, t) for p in proxies for t in gen.types()}
 
 
-def test_keys_with_inherited_facts_equal_fresh_ones(world):
+def derived(mesh: MeshSnapshot) -> bool:
+    return bool(mesh.derived_from)
+
+
+def test_keys_with_carried_over_indexes_equal_fresh_ones(world):
     gen = Generator()
-    keys(gen, world.mesh, world.proxies)  # the previous snapshot's facts, filled
+    keys(gen, world.mesh, world.proxies)  # the previous snapshot's indexes, filled
     for what, edits in STEPS:
         for rel, text in edits:
             world.write(rel, text)
         fast, full = world.rebuild()
-        f = facts(fast)
-        assert f._dr_selectors and f._kinds is not None, "nothing inherited"
+        # Before any key of the new snapshot: what reads no endpoint is there already,
+        # and so is what reads the endpoints of hosts that did not change.
+        assert fast.indexes[dep._DR_SELECTORS] and fast.indexes.get(dep._KIND_DIGESTS), "nothing carried over"
+        assert fast.indexes[dep._SERVICE_ACCOUNTS] and fast.indexes[dep._SHAPES], "nothing carried over"
+        assert fast.indexes.get(dep._ENDPOINT_FACTS) is None, "a fingerprint across hosts carried over"
         assert keys(gen, fast, world.proxies) == keys(Generator(), full, world.proxies), what
-    assert f._mesh() is fast  # the facts hold their own snapshot only (weakly)
 
 
-def every_fact(f, proxies) -> dict:
-    from controlplane.generators import dependencies as d
-
-    kinds = sorted(d.KNOWN_KINDS) + [d.OTHER, d.MESH_VERSION, d.DR_ROUTING, d.ENDPOINT_FACTS]
-    hosts = sorted(f.mesh.services)
+def every_fact(mesh: MeshSnapshot, proxies) -> dict:
+    kinds = sorted(dep.KNOWN_KINDS) + [dep.OTHER, dep.MESH_VERSION, dep.DR_ROUTING, dep.ENDPOINT_FACTS]
+    hosts = sorted(mesh.services)
     return {
-        "kinds": [f.kind(k) for k in kinds], "of": f.of(tuple(kinds)),
-        "hosts": f.host_endpoints(), "all": f.all_endpoints(), "headless": f.headless_ips(), "rules": f.host_rules(),
-        "localized": f.localized_hosts(), "locality_inputs": f.locality_inputs(),
-        "service_accounts": [f.service_accounts(h) for h in hosts],
-        "generations": [f.service_generation(h) for h in hosts],
-        "per_proxy": [(f.instance_shape(p.ip), f.proxy_locality(p), f.mtls_policy(p.namespace, p.labels),
-                       f.dr_selectors(p.namespace, p.labels), f.namespace_secrets(p.namespace), f.namespace_mode(p.namespace))
+        "kinds": [dep.kind(mesh, k) for k in kinds], "fingerprints": dep.fingerprints(mesh, tuple(kinds)),
+        "hosts": dep.host_endpoints(mesh), "all": dep.all_endpoints(mesh), "headless": dep.headless_ips(mesh),
+        "rules": dep.host_rules(mesh), "localized": dep.localized_hosts(mesh), "locality_inputs": dep.locality_inputs(mesh),
+        "service_accounts": [dep.service_accounts(mesh, h) for h in hosts],
+        "generations": [dep.service_generation(mesh, h) for h in hosts],
+        "per_proxy": [(dep.instance_shape(mesh, p.ip), dep.proxy_locality(mesh, p), dep.mtls_policy(mesh, p.namespace, p.labels),
+                       dep.dr_selectors(mesh, p.namespace, p.labels), dep.namespace_secrets(mesh, p.namespace),
+                       dep.namespace_mode(mesh, p.namespace), dep.security(mesh, p))
                       for p in proxies],
-        "flags": (f.uses_dr_credentials(), f.uses_source_labels()),
+        "flags": (dep.uses_dr_credentials(mesh), dep.uses_source_labels(mesh)),
     }
 
 
-def test_every_inherited_fact_equals_a_fresh_one(world):
-    every_fact(facts(world.mesh), world.proxies)
+def test_every_carried_over_fact_equals_a_fresh_one(world):
+    every_fact(world.mesh, world.proxies)
     for what, edits in STEPS:
         for rel, text in edits:
             world.write(rel, text)
         fast, full = world.rebuild()
-        assert every_fact(facts(fast), world.proxies) == every_fact(facts(full), world.proxies), what
+        assert every_fact(fast, world.proxies) == every_fact(full, world.proxies), what
+
+
+def test_what_reads_no_endpoint_is_shared_along_derived_snapshots(world):
+    """The CONFIG tables are the previous snapshot's own: filled by either snapshot, in
+    either order, for the whole chain of snapshots derived by EndpointSlice changes."""
+    first = world.mesh
+    world.write("endpoints/svc-1.yaml", SCENARIO.endpoints_yaml(1, 4))
+    second, _ = world.rebuild()
+    world.write("endpoints/svc-2.yaml", SCENARIO.endpoints_yaml(2, 4))
+    third, _ = world.rebuild()
+    assert dep.host_rules(first) is dep.host_rules(third)  # filled after the derivations
+    assert dep.security(third, world.proxies[0]) is dep.security(second, world.proxies[0])
+    assert dep.host_endpoints(second) is not dep.host_endpoints(third)
 
 
 def versions(rs) -> tuple:
@@ -279,7 +295,7 @@ def test_generated_output_equals_a_full_builds(world):
                 assert versions(gen.generate(fast, p, t)) == versions(fresh.generate(full, p, t)), (what, p.id, t)
 
 
-def test_inherited_facts_do_not_keep_the_previous_snapshot_alive(world):
+def test_carried_over_indexes_do_not_keep_the_previous_snapshot_alive(world):
     import gc
     import weakref
 
@@ -307,12 +323,12 @@ def test_mesh_builder_passes_every_key_since_the_last_build_and_goes_full_after_
 
     builder = app.MeshBuilder(world.store, RecordingAds(), debounce_after=0.1)
     builder.rebuild("initial load")
-    assert builder.mesh._derived_from is None
+    assert not derived(builder.mesh)
     world.write("endpoints/svc-1.yaml", SCENARIO.endpoints_yaml(1, 2))
     builder._changed.clear()  # a debounce window ends without a build: the keys stay
     world.write("endpoints/svc-2.yaml", None)
     builder.rebuild("endpoint change")
-    assert builder.mesh._derived_from is not None
+    assert derived(builder.mesh)
     assert_same_mesh(builder.mesh, build_mesh(world.store.snapshot()))
 
     def broken(*args, **kwargs):
@@ -326,9 +342,9 @@ def test_mesh_builder_passes_every_key_since_the_last_build_and_goes_full_after_
     monkeypatch.undo()
     world.write("endpoints/svc-5.yaml", SCENARIO.endpoints_yaml(5, 2))
     builder.rebuild("endpoint change")
-    assert builder.mesh._derived_from is None  # full after the failure
+    assert not derived(builder.mesh)  # full after the failure
     assert_same_mesh(builder.mesh, build_mesh(world.store.snapshot()))
     world.write("endpoints/svc-6.yaml", SCENARIO.endpoints_yaml(6, 2))
     builder.rebuild("endpoint change")
-    assert builder.mesh._derived_from is not None
+    assert derived(builder.mesh)
     assert_same_mesh(builder.mesh, build_mesh(world.store.snapshot()))
