@@ -11,12 +11,19 @@ import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Awaitable, Callable, Mapping
+from typing import Awaitable, Callable, Mapping, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 
-from ..server.metrics import Metrics
+
+class Exposition(Protocol):
+    """What /metrics serves: the registry's text and its content type (server.metrics.Metrics)."""
+
+    content_type: str
+
+    def render(self) -> bytes: ...
+
 
 MAX_HEAD = 16 * 1024  # request line + headers
 READ_TIMEOUT = 10.0
@@ -51,7 +58,7 @@ async def start_monitoring(
     host: str,
     port: int,
     ready: Callable[[], bool],
-    metrics: Metrics,
+    metrics: Exposition,
     routes: Mapping[str, Handler] | None = None,
     logger=None,
 ) -> asyncio.Server:

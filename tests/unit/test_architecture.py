@@ -188,11 +188,7 @@ ARROWS = [
 
 # Arrows that run today where another room of issue 17 is moving the code: xfail(strict)
 # until that room lands, then the mark goes.
-EXPECTED_TO_RUN = {
-    # debug/monitoring.py types its argument with server/metrics.py's Metrics: the
-    # server/ split room (where Metrics lives, and what the monitoring server is handed).
-    "debug views -> the server": "server/ split room (debug/monitoring.py imports server.metrics)",
-}
+EXPECTED_TO_RUN: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
