@@ -25,7 +25,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
 from tests.support.harness import free_port, wait_for
@@ -313,11 +313,27 @@ class Kube(RequestLog):
     def ns(self, base: str, **labels: str) -> str:
         """A new namespace for this test only, `<base>-<tag>`, with its `default`
         ServiceAccount (the server has no controller to make it)."""
-        name = f"{base}-{self.tag}"
+        name = self.name(base)
         self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
         self._ensure_service_account(name, "default")
         self.namespaces.append(name)
         return name
+
+    def name(self, base: str) -> str:
+        """A name for a namespace this test makes itself (`<base>-<tag>`), not made yet."""
+        return f"{base}-{self.tag}"
+
+    def mine(self, objects) -> list:
+        """The ConfigObjects among `objects` that this test made: in its namespaces, or its
+        namespaces themselves (the cluster has its own: default, kube-system...)."""
+        suffix = f"-{self.tag}"
+        return [o for o in objects if (o.namespace or (o.name if o.kind == "Namespace" else "")).endswith(suffix)]
+
+    def wait_watches(self, n: int, plural: str | None = None, timeout: float = 10) -> None:
+        """Until this test's clients have opened `n` watches (of `plural`, if given)."""
+        wait_for(lambda: len([r for r in self.requests if r.watch and (plural is None or (r.resource() or ("", ""))[1]
+                                                                        == plural)]) >= n,
+                 timeout, what=f"{n} watches of {plural or 'any kind'}")
 
     def api_client(self, record: bool = True):
         """An ApiClient for the server (closed when the test ends); with `record`, its
@@ -348,7 +364,8 @@ class Kube(RequestLog):
         """Create or replace `obj`, as the stand-in's apply does: without a `status` of its
         own an update keeps the stored status; with one (and a /status subresource) the
         status is written too, as a kubelet or a controller would. Pods get the
-        ServiceAccount they name. Returns the stored object."""
+        ServiceAccount they name; an update of a Pod changes its labels, annotations and
+        status (its spec is immutable). Returns the stored object."""
         k = self.session.kind(obj["apiVersion"], obj["kind"])
         version = obj["apiVersion"].rpartition("/")[2]
         md = obj["metadata"]
@@ -365,6 +382,8 @@ class Kube(RequestLog):
             stored = self._request("POST", k.path(ns, version=version), body)
         else:
             body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            if k.kind == "Pod":  # a Pod's spec is immutable (and defaulted by the server): keep it
+                body["spec"] = current["spec"]
             stored = self._request("PUT", k.path(ns, md["name"], version), body)
         if status is not None:
             stored = self._request("PUT", k.path(ns, md["name"], version) + "/status", {**stored, "status": status})
@@ -380,6 +399,8 @@ class Kube(RequestLog):
             raise
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+        """Delete an object: a Pod at once (as if its kubelet confirmed it), a Namespace
+        finalized at once (as the namespace controller does once it is empty)."""
         k = self.session.kind(api_version, kind)
         try:
             self._request("DELETE", k.path(namespace, name, api_version.rpartition("/")[2]),
@@ -388,6 +409,9 @@ class Kube(RequestLog):
             if e.status == 404:
                 return False
             raise
+        if kind == "Namespace":
+            self._request("PUT", f"/api/v1/namespaces/{name}/finalize",
+                          {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}, "spec": {"finalizers": []}})
         return True
 
     def objects(self, kind: str, namespace: str | None = None) -> list[dict]:
@@ -413,6 +437,48 @@ class Kube(RequestLog):
         except KubeError as e:
             if e.status != 409:
                 raise
+
+    @contextlib.contextmanager
+    def crds_removed(self, group: str) -> Iterator[Callable[[], None]]:
+        """The CRDs of `group` (Istio's) deleted, with their objects, until the block ends
+        or it calls the function it gets, which creates them again (as an operator
+        installing Istio's CRDs while meshd runs): the cluster is whole again either way."""
+        import yaml
+
+        docs = [d for d in yaml.safe_load_all(shared(*ISTIO_CRDS).read_text()) if d and d["spec"]["group"] == group]
+        names = [d["metadata"]["name"] for d in docs]
+        for n in names:
+            self._request("DELETE", f"{CRD_PATH}/{n}")
+
+        wait_for(lambda: all(self._crd_gone(n) for n in names), 60, what=f"the {group} CRDs deleted")
+        restored: list[bool] = []
+
+        def restore() -> None:
+            if not restored:
+                restored.append(True)
+                for d in docs:
+                    self._request("POST", CRD_PATH, d)
+                wait_for(lambda: all(self._crd_established(n) for n in names), 60, what=f"the {group} CRDs back")
+
+        try:
+            yield restore
+        finally:
+            restore()
+
+    def _crd_gone(self, name: str) -> bool:
+        try:
+            self._request("GET", f"{CRD_PATH}/{name}")
+        except KubeError as e:
+            return e.status == 404
+        return False
+
+    def _crd_established(self, name: str) -> bool:
+        try:
+            crd = self._request("GET", f"{CRD_PATH}/{name}")
+        except KubeError:
+            return False
+        return any(c["type"] == "Established" and c["status"] == "True"
+                   for c in (crd.get("status") or {}).get("conditions") or [])
 
     # --- the end -------------------------------------------------------------------------
     def close(self) -> None:

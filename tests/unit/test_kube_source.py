@@ -1,5 +1,8 @@
-"""The Kubernetes source against the stand-in API server (tests/support/kubeapi): the real client,
-the real list/watch protocol over HTTP, the real store and parse gate."""
+"""The Kubernetes source against the real API server (the `kube` fixture: each test in
+namespaces of its own): the real client, the real list/watch protocol, the real store
+and parse gate. What a real server cannot be made to do on demand (cut watches, fail
+requests, ERROR events, 410 Gone, a group preferring an old or unknown version, no
+server at all) runs on the stand-in (tests/support/kubeapi), and each such test says so."""
 from __future__ import annotations
 
 import asyncio
@@ -11,14 +14,13 @@ import time
 import pytest
 from kubernetes import client
 
-from controlplane.config.objects import ConfigObject, Rejection
+from controlplane.config.objects import Rejection
 from controlplane.config.store import ConfigStore
 from controlplane.model.mesh import build_mesh
-from controlplane.kube.source import KubernetesSource, ReflectorOptions
+from controlplane.kube.source import KubernetesSource
+from tests.support.kube_source import FAST, Changes, get, k8s_threads, running, until
 from tests.support.kubeapi import FakeApiServer
 
-FAST = ReflectorOptions(backoff_initial=0.02, backoff_max=0.2, watch_timeout=(30, 30), request_timeout=5,
-                        page_size=2, rediscover_interval=0.2)
 
 
 # --- objects -------------------------------------------------------------------------
@@ -82,110 +84,66 @@ def no_threads_left():
     assert left == [], f"threads left running: {left}"
 
 
-def k8s_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("k8s-")]
-
-
-@contextlib.asynccontextmanager
-async def running(api: FakeApiServer, store: ConfigStore | None = None, sync: bool = True, **kwargs):
-    store = store or ConfigStore()
-    api_client = client.ApiClient(api.configuration())
-    src = KubernetesSource(api_client, store, options=FAST, **kwargs)
-    stop = asyncio.Event()
-    task = asyncio.create_task(src.run(stop))
-    try:
-        if sync:
-            assert await src.wait_synced(5), "initial lists not synced within 5s"
-        yield src, store
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        api_client.close()
-        assert k8s_threads() == [], "watch threads left running"
-
-
-async def until(pred, what: str, timeout: float = 3.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{what}: not within {timeout}s")
-
-
-class Changes:
-    """Counts the store's change notifications, per object key."""
-
-    def __init__(self, store: ConfigStore):
-        self.keys: list = []
-        store.subscribe(lambda _snap, changed: self.keys.extend(changed))
-
-    def clear(self):
-        self.keys.clear()
-
-
-def get(store, kind, ns, name) -> ConfigObject | None:
-    return store.snapshot().get(kind, ns, name)
-
-
 # --- tests ---------------------------------------------------------------------------
 
-def test_every_kind_added_updated_deleted_reaches_the_store(kubeapi):
-    seeded = [namespace("shop"), service("web", "shop"), pod("web-1", "shop", "10.0.0.1"),
-              slice_("web-abc", "shop", "web", "10.0.0.1"), gateway("gw", "shop"),
-              virtual_service("vs", "shop"), destination_rule("dr", "shop"), peer_auth("default", "istio-system")]
+def test_every_kind_added_updated_deleted_reaches_the_store(kube):
+    shop, blog, system = kube.name("shop"), kube.name("blog"), kube.ns("istio-system")
+    seeded = [namespace(shop), service("web", shop), pod("web-1", shop, "10.0.0.1"),
+              slice_("web-abc", shop, "web", "10.0.0.1"), gateway("gw", shop),
+              virtual_service("vs", shop), destination_rule("dr", shop), peer_auth("default", system)]
     for obj in seeded:
-        kubeapi.apply(obj)
+        kube.apply(obj)
 
     async def scenario():
-        async with running(kubeapi) as (src, store):
+        async with running(kube) as (src, store):
             snap = store.snapshot()
-            for kind, ns, name in [("Namespace", "", "shop"), ("Service", "shop", "web"), ("Pod", "shop", "web-1"),
-                                   ("EndpointSlice", "shop", "web-abc"), ("Gateway", "shop", "gw"),
-                                   ("VirtualService", "shop", "vs"), ("DestinationRule", "shop", "dr"),
-                                   ("PeerAuthentication", "istio-system", "default")]:
+            for kind, ns, name in [("Namespace", "", shop), ("Service", shop, "web"), ("Pod", shop, "web-1"),
+                                   ("EndpointSlice", shop, "web-abc"), ("Gateway", shop, "gw"),
+                                   ("VirtualService", shop, "vs"), ("DestinationRule", shop, "dr"),
+                                   ("PeerAuthentication", system, "default")]:
                 obj = snap.get(kind, ns, name)
                 assert obj is not None, f"{kind} {ns}/{name} missing after the initial list"
                 assert obj.origin.source == "kubernetes"
-            assert snap.get("VirtualService", "shop", "vs").origin.location == \
-                "k8s:/apis/networking.istio.io/v1/namespaces/shop/virtualservices/vs"
-            assert snap.get("Namespace", "", "shop").origin.location == "k8s:/api/v1/namespaces/shop"
+            assert snap.get("VirtualService", shop, "vs").origin.location == \
+                f"k8s:/apis/networking.istio.io/v1/namespaces/{shop}/virtualservices/vs"
+            assert snap.get("Namespace", "", shop).origin.location == f"k8s:/api/v1/namespaces/{shop}"
 
             # added while watching
-            added = [namespace("blog"), service("api", "blog"), pod("api-1", "blog", "10.0.1.1", app="api"),
-                     slice_("api-x", "blog", "api", "10.0.1.1"), gateway("gw2", "blog"), virtual_service("vs2", "blog"),
-                     destination_rule("dr2", "blog"), peer_auth("ns-wide", "blog")]
+            added = [namespace(blog), service("api", blog), pod("api-1", blog, "10.0.1.1", app="api"),
+                     slice_("api-x", blog, "api", "10.0.1.1"), gateway("gw2", blog), virtual_service("vs2", blog),
+                     destination_rule("dr2", blog), peer_auth("ns-wide", blog)]
             for obj in added:
-                kubeapi.apply(obj)
+                kube.apply(obj)
             await until(lambda: all(get(store, o["kind"], o["metadata"].get("namespace", "") if o["kind"] != "Namespace" else "",
                                         o["metadata"]["name"]) for o in added), "added objects")
 
             # updated
-            kubeapi.apply(service("web", "shop", port=8000))
-            kubeapi.apply(pod("web-1", "shop", "10.0.0.9"))
-            kubeapi.apply(slice_("web-abc", "shop", "web", "10.0.0.9"))
-            kubeapi.apply(gateway("gw", "shop", host="new.example.com"))
-            kubeapi.apply(virtual_service("vs", "shop", dest="web2"))
-            kubeapi.apply(destination_rule("dr", "shop", mode="DISABLE"))
-            kubeapi.apply(peer_auth("default", "istio-system", mode="PERMISSIVE"))
-            kubeapi.apply(namespace("shop", team="a"))
+            kube.apply(service("web", shop, port=8000))
+            kube.apply(pod("web-1", shop, "10.0.0.9"))
+            kube.apply(slice_("web-abc", shop, "web", "10.0.0.9"))
+            kube.apply(gateway("gw", shop, host="new.example.com"))
+            kube.apply(virtual_service("vs", shop, dest="web2"))
+            kube.apply(destination_rule("dr", shop, mode="DISABLE"))
+            kube.apply(peer_auth("default", system, mode="PERMISSIVE"))
+            kube.apply(namespace(shop, team="a"))
             checks = [
-                lambda: get(store, "Service", "shop", "web").spec["spec"]["ports"][0]["port"] == 8000,
-                lambda: get(store, "Pod", "shop", "web-1").spec["status"]["podIP"] == "10.0.0.9",
-                lambda: get(store, "EndpointSlice", "shop", "web-abc").spec["endpoints"][0]["addresses"] == ["10.0.0.9"],
-                lambda: get(store, "Gateway", "shop", "gw").spec["servers"][0]["hosts"] == ["new.example.com"],
-                lambda: get(store, "VirtualService", "shop", "vs").spec["http"][0]["route"][0]["destination"]["host"] == "web2",
-                lambda: get(store, "DestinationRule", "shop", "dr").spec["trafficPolicy"]["tls"]["mode"] == "DISABLE",
-                lambda: get(store, "PeerAuthentication", "istio-system", "default").spec["mtls"]["mode"] == "PERMISSIVE",
-                lambda: get(store, "Namespace", "", "shop").labels == {"team": "a"},
+                lambda: get(store, "Service", shop, "web").spec["spec"]["ports"][0]["port"] == 8000,
+                lambda: get(store, "Pod", shop, "web-1").spec["status"]["podIP"] == "10.0.0.9",
+                lambda: get(store, "EndpointSlice", shop, "web-abc").spec["endpoints"][0]["addresses"] == ["10.0.0.9"],
+                lambda: get(store, "Gateway", shop, "gw").spec["servers"][0]["hosts"] == ["new.example.com"],
+                lambda: get(store, "VirtualService", shop, "vs").spec["http"][0]["route"][0]["destination"]["host"] == "web2",
+                lambda: get(store, "DestinationRule", shop, "dr").spec["trafficPolicy"]["tls"]["mode"] == "DISABLE",
+                lambda: get(store, "PeerAuthentication", system, "default").spec["mtls"]["mode"] == "PERMISSIVE",
+                # (the server adds kubernetes.io/metadata.name to every Namespace itself)
+                lambda: get(store, "Namespace", "", shop).labels.get("team") == "a",
             ]
             await until(lambda: all(c() for c in checks), "updates")
 
-            # deleted
+            # deleted (of the cluster's objects, only this test's count)
             for obj in seeded:
                 md = obj["metadata"]
-                assert kubeapi.delete(obj["apiVersion"], obj["kind"], md["name"], md.get("namespace"))
-            await until(lambda: {(o.kind, o.namespace) for o in store.snapshot()} ==
+                assert kube.delete(obj["apiVersion"], obj["kind"], md["name"], md.get("namespace"))
+            await until(lambda: {(o.kind, o.namespace) for o in kube.mine(store.snapshot())} ==
                         {(o["kind"], o["metadata"].get("namespace", "")) for o in added}, "deletions")
             assert src.stats()["Pod"].objects == 1
 
@@ -193,6 +151,8 @@ def test_every_kind_added_updated_deleted_reaches_the_store(kubeapi):
 
 
 def test_a_cut_watch_resumes_from_the_last_resource_version(kubeapi):
+    """The stand-in: every open watch is cut mid-stream at a chosen moment, and the test counts
+    the lists and watches the server received."""
     for i in range(5):
         kubeapi.apply(pod(f"p{i}", "shop", f"10.0.0.{i}"))
 
@@ -224,6 +184,7 @@ def test_a_cut_watch_resumes_from_the_last_resource_version(kubeapi):
 
 
 def test_server_errors_back_off_and_resume_without_relisting(kubeapi):
+    """The stand-in: the server fails the next requests with 500 on demand and cuts every watch."""
     kubeapi.apply(pod("p0", "shop", "10.0.0.1"))
 
     async def scenario():
@@ -240,6 +201,7 @@ def test_server_errors_back_off_and_resume_without_relisting(kubeapi):
 
 
 def test_an_error_event_is_retried_from_the_last_resource_version(kubeapi):
+    """The stand-in: every open watch gets an ERROR event on demand."""
     kubeapi.apply(pod("p0", "shop", "10.0.0.1"))
 
     async def scenario():
@@ -258,6 +220,8 @@ def test_an_error_event_is_retried_from_the_last_resource_version(kubeapi):
 
 @pytest.mark.parametrize("gone", ["event", "http"])
 def test_410_gone_forces_a_relist_that_diffs_against_the_store(kubeapi, gone):
+    """The stand-in: an outage while objects change and the history is compacted, so the
+    resumed watch meets 410 Gone at a chosen moment (as an event or as the HTTP status)."""
     kubeapi.gone = gone
     for i in range(1, 4):
         kubeapi.apply(pod(f"p{i}", "shop", f"10.0.0.{i}"))
@@ -284,18 +248,19 @@ def test_410_gone_forces_a_relist_that_diffs_against_the_store(kubeapi, gone):
     asyncio.run(scenario())
 
 
-def test_a_pod_ip_change_moves_the_endpoint_of_a_service_without_slices(kubeapi):
-    kubeapi.apply(service("web", "shop"))
-    kubeapi.apply(pod("web-1", "shop", "10.0.0.1"))
-    kubeapi.apply(pod("other", "shop", "10.0.0.7", app="other"))
-    host = "web.shop.svc.cluster.local"
+def test_a_pod_ip_change_moves_the_endpoint_of_a_service_without_slices(kube):
+    shop = kube.ns("shop")
+    kube.apply(service("web", shop))
+    kube.apply(pod("web-1", shop, "10.0.0.1"))
+    kube.apply(pod("other", shop, "10.0.0.7", app="other"))
+    host = f"web.{shop}.svc.cluster.local"
 
     async def scenario():
-        async with running(kubeapi) as (_, store):
+        async with running(kube) as (_, store):
             mesh = build_mesh(store.snapshot())
             assert [(e.address, e.port) for e in mesh.service_endpoints(host, 80)] == [("10.0.0.1", 8080)]
-            kubeapi.apply(pod("web-1", "shop", "10.0.0.2"))
-            await until(lambda: get(store, "Pod", "shop", "web-1").spec["status"]["podIP"] == "10.0.0.2", "pod update")
+            kube.apply(pod("web-1", shop, "10.0.0.2"))
+            await until(lambda: get(store, "Pod", shop, "web-1").spec["status"]["podIP"] == "10.0.0.2", "pod update")
             mesh = build_mesh(store.snapshot())
             assert [e.address for e in mesh.service_endpoints(host, 80)] == ["10.0.0.2"]
 
@@ -303,6 +268,8 @@ def test_a_pod_ip_change_moves_the_endpoint_of_a_service_without_slices(kubeapi)
 
 
 def test_a_crd_served_at_two_versions_is_one_object_watched_at_the_preferred_version(kubeapi):
+    """The stand-in: a group whose preferred version is not its newest (on a real server
+    Istio's CRDs make v1 the preferred version of their groups)."""
     kubeapi.serve_group("networking.istio.io", versions=["v1", "v1beta1"], preferred="v1beta1")
     kubeapi.apply(virtual_service("vs", "shop", version="v1"))
 
@@ -322,6 +289,8 @@ def test_a_crd_served_at_two_versions_is_one_object_watched_at_the_preferred_ver
 
 
 def test_falls_back_to_an_older_version_when_the_preferred_one_is_unknown(kubeapi):
+    """The stand-in: a group that prefers a version meshd does not know (v2), which no Istio
+    CRD defines."""
     # A future version meshd does not know is preferred: use the newest one it knows.
     kubeapi.serve_group("networking.istio.io", versions=["v2", "v1beta1", "v1alpha3"], preferred="v2")
     kubeapi.apply(gateway("gw", "shop", version="v1beta1"))
@@ -333,74 +302,80 @@ def test_falls_back_to_an_older_version_when_the_preferred_one_is_unknown(kubeap
     asyncio.run(scenario())
 
 
-def test_crds_installed_after_start_are_picked_up(kubeapi):
-    kubeapi.serve_group("security.istio.io", served=False)
-    kubeapi.apply(peer_auth("default", "istio-system"))
+def test_crds_installed_after_start_are_picked_up(kube):
+    """Istio's security.istio.io CRDs are deleted from the real server before the source
+    starts, and created again while it runs."""
+    system = kube.ns("istio-system")
+    with kube.crds_removed("security.istio.io") as install:
+        async def scenario():
+            async with running(kube) as (_, store):  # synced: an absent kind has no objects
+                assert get(store, "PeerAuthentication", system, "default") is None
+                install()
+                kube.apply(peer_auth("default", system))
+                await until(lambda: get(store, "PeerAuthentication", system, "default") is not None, "rediscovery",
+                            timeout=15)
+
+        asyncio.run(scenario())
+
+
+def test_namespaces_limit_what_is_seen(kube):
+    a, b, c = (kube.ns(n) for n in ("a", "b", "c"))
+    for ns in (a, b, c):
+        kube.apply(service("web", ns))
+        kube.apply(virtual_service("vs", ns))
 
     async def scenario():
-        async with running(kubeapi) as (_, store):  # synced: an absent kind has no objects
-            assert get(store, "PeerAuthentication", "istio-system", "default") is None
-            kubeapi.serve_group("security.istio.io", served=True)
-            await until(lambda: get(store, "PeerAuthentication", "istio-system", "default") is not None, "rediscovery")
-
-    asyncio.run(scenario())
-
-
-def test_namespaces_limit_what_is_seen(kubeapi):
-    for ns in ("a", "b", "c"):
-        kubeapi.apply(namespace(ns))
-        kubeapi.apply(service("web", ns))
-        kubeapi.apply(virtual_service("vs", ns))
-
-    async def scenario():
-        async with running(kubeapi, namespaces=["a", "c"]) as (_, store):
-            kubeapi.apply(pod("p", "b", "10.0.0.2"))
-            kubeapi.apply(pod("p", "c", "10.0.0.3"))
-            kubeapi.apply(namespace("b", team="x"))
-            await until(lambda: get(store, "Pod", "c", "p") is not None, "pod in c")
+        async with running(kube, namespaces=[a, c]) as (_, store):
+            kube.apply(pod("p", b, "10.0.0.2"))
+            kube.apply(pod("p", c, "10.0.0.3"))
+            kube.apply(namespace(b, team="x"))
+            await until(lambda: get(store, "Pod", c, "p") is not None, "pod in c")
             await asyncio.sleep(0.2)
             seen = sorted((o.kind, o.namespace, o.name) for o in store.snapshot())
-            assert seen == [("Namespace", "", "a"), ("Namespace", "", "c"), ("Pod", "c", "p"),
-                            ("Service", "a", "web"), ("Service", "c", "web"),
-                            ("VirtualService", "a", "vs"), ("VirtualService", "c", "vs")]
-            watched = {r.path for r in kubeapi.requests_for("services", watch=True)}
-            assert watched == {"/api/v1/namespaces/a/services", "/api/v1/namespaces/c/services"}
+            assert seen == [("Namespace", "", a), ("Namespace", "", c), ("Pod", c, "p"),
+                            ("Service", a, "web"), ("Service", c, "web"),
+                            ("VirtualService", a, "vs"), ("VirtualService", c, "vs")]
+            watched = {r.path for r in kube.requests_for("services", watch=True)}
+            assert watched == {f"/api/v1/namespaces/{a}/services", f"/api/v1/namespaces/{c}/services"}
 
     asyncio.run(scenario())
 
 
-def test_label_selector_limits_what_is_seen(kubeapi):
-    kubeapi.apply(virtual_service("on", "shop", mesh="on"))
-    kubeapi.apply(virtual_service("off", "shop"))
+def test_label_selector_limits_what_is_seen(kube):
+    shop = kube.ns("shop")
+    kube.apply(virtual_service("on", shop, mesh="on"))
+    kube.apply(virtual_service("off", shop))
 
     async def scenario():
-        async with running(kubeapi, label_selector="mesh=on") as (_, store):
+        async with running(kube, label_selector="mesh=on") as (_, store):
             assert [o.name for o in store.snapshot().of_kind("VirtualService")] == ["on"]
-            kubeapi.apply(virtual_service("on", "shop"))  # label removed: leaves the selection
-            kubeapi.apply(virtual_service("off", "shop", mesh="on"))  # joins it
+            kube.apply(virtual_service("on", shop))  # label removed: leaves the selection
+            kube.apply(virtual_service("off", shop, mesh="on"))  # joins it
             await until(lambda: [o.name for o in store.snapshot().of_kind("VirtualService")] == ["off"], "relabel")
 
     asyncio.run(scenario())
 
 
-def test_invalid_objects_are_rejected_and_the_last_good_version_kept(kubeapi):
+def test_invalid_objects_are_rejected_and_the_last_good_version_kept(kube):
+    shop = kube.ns("shop")
     rejected: list[Rejection] = []
     store = ConfigStore(on_reject=rejected.append)
-    bad = virtual_service("vs", "shop")
-    bad["spec"]["http"][0]["route"][0]["destination"]["bogus"] = 1
+    # valid for the CRD's schema (a uint32 port), invalid for meshd (and Istio): no such port
+    bad = virtual_service("vs", shop)
+    bad["spec"]["http"][0]["route"][0]["destination"]["port"]["number"] = 70000
 
     async def scenario():
-        async with running(kubeapi, store=store) as (_, store_):
-            kubeapi.apply(bad)
+        async with running(kube, store=store) as (_, store_):
+            kube.apply(bad)
             await until(lambda: rejected, "rejection")
-            assert get(store_, "VirtualService", "shop", "vs") is None
-            assert rejected[0].origin.location == "k8s:/apis/networking.istio.io/v1/namespaces/shop/virtualservices/vs"
-            assert "bogus" in rejected[0].message()
-            kubeapi.apply(virtual_service("vs", "shop", dest="good"))
-            await until(lambda: get(store_, "VirtualService", "shop", "vs") is not None, "fixed object")
-            kubeapi.apply(bad)
+            assert get(store_, "VirtualService", shop, "vs") is None
+            assert rejected[0].origin.location == f"k8s:/apis/networking.istio.io/v1/namespaces/{shop}/virtualservices/vs"
+            assert "70000" in rejected[0].message()
+            kube.apply(virtual_service("vs", shop, dest="good"))
+            await until(lambda: get(store_, "VirtualService", shop, "vs") is not None, "fixed object")
+            kube.apply(bad)
             await until(lambda: len(rejected) == 2, "second rejection")
-            assert get(store_, "VirtualService", "shop", "vs").spec["http"][0]["route"][0]["destination"]["host"] == "good"
+            assert get(store_, "VirtualService", shop, "vs").spec["http"][0]["route"][0]["destination"]["host"] == "good"
 
     asyncio.run(scenario())
 
@@ -412,6 +387,7 @@ def free_port() -> int:
 
 
 def test_api_server_down_at_start_is_retried_and_synced_only_after_the_lists():
+    """The stand-in: no API server listening at first (an outage), then one on that port."""
     api = FakeApiServer(port=free_port(), bookmark_interval=0.1)
     api.apply(service("web", "shop"))
     api.apply(virtual_service("vs", "shop"))
@@ -445,13 +421,13 @@ def test_api_server_down_at_start_is_retried_and_synced_only_after_the_lists():
     asyncio.run(scenario())
 
 
-def test_cancelling_run_stops_the_watch_threads(kubeapi):
+def test_cancelling_run_stops_the_watch_threads(kube):
     async def scenario():
-        api_client = client.ApiClient(kubeapi.configuration())
+        api_client = kube.api_client()
         src = KubernetesSource(api_client, ConfigStore(), options=FAST)
         task = asyncio.create_task(src.run(asyncio.Event()))
         assert await src.wait_synced(5)
-        kubeapi.wait_watches(8)
+        kube.wait_watches(8)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -461,29 +437,23 @@ def test_cancelling_run_stops_the_watch_threads(kubeapi):
     asyncio.run(scenario())
 
 
-def test_a_kubeconfig_file_points_the_source_at_the_cluster(kubeapi, tmp_path):
+def test_a_kubeconfig_file_points_the_source_at_the_cluster(kube):
+    """The real server's kubeconfig (client certificates, its CA), as `meshd serve
+    --kubeconfig` reads it."""
     from controlplane.kube.client import kube_api_client
 
-    kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(f"""
-apiVersion: v1
-kind: Config
-clusters: [{{name: stand-in, cluster: {{server: "{kubeapi.url}"}}}}]
-users: [{{name: tester, user: {{token: not-checked}}}}]
-contexts: [{{name: test, context: {{cluster: stand-in, user: tester}}}}]
-current-context: test
-""")
-    kubeapi.apply(service("web", "shop"))
+    shop = kube.ns("shop")
+    kube.apply(service("web", shop))
 
     async def scenario():
-        api_client = kube_api_client(str(kubeconfig))
+        api_client = kube_api_client(str(kube.cluster.kubeconfig))
         store = ConfigStore()
         src = KubernetesSource(api_client, store, options=FAST)
         stop = asyncio.Event()
         task = asyncio.create_task(src.run(stop))
         try:
             assert await src.wait_synced(5)
-            assert get(store, "Service", "shop", "web") is not None
+            assert get(store, "Service", shop, "web") is not None
         finally:
             stop.set()
             await asyncio.wait_for(task, 10)
@@ -492,18 +462,19 @@ current-context: test
     asyncio.run(scenario())
 
 
-def test_secrets_are_watched_only_on_request(kubeapi):
-    kubeapi.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cred", "namespace": "istio-system"},
-                   "type": "kubernetes.io/tls", "data": {"tls.crt": "", "tls.key": ""}})
+def test_secrets_are_watched_only_on_request(kube):
+    system = kube.ns("istio-system")
+    kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cred", "namespace": system},
+                "type": "kubernetes.io/tls", "data": {"tls.crt": "", "tls.key": ""}})
 
     async def scenario():
-        async with running(kubeapi) as (src, _):
+        async with running(kube) as (src, _):
             assert "Secret" not in src.stats()
-            assert not kubeapi.requests_for("secrets")
-        async with running(kubeapi, watch_secrets=True) as (src, store):
+            assert not kube.requests_for("secrets")
+        async with running(kube, watch_secrets=True) as (src, store):
             # Listed and watched; the parse gate skips Secrets quietly until it learns them.
-            assert kubeapi.requests_for("secrets", watch=False)
-            assert src.stats()["Secret"].objects == 1
+            assert kube.requests_for("secrets", watch=False)
+            assert src.stats()["Secret"].objects == 1  # the cluster holds no other Secret
             # [] today; the Secret itself once the parse gate serves TLS Secrets.
             assert [o.name for o in store.snapshot().of_kind("Secret")] in ([], ["cred"])
 

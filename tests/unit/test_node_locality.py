@@ -1,7 +1,7 @@
 """Endpoint and proxy locality from the pod's Node (model/locality.py): Nodes parsed down
 to name + topology labels (a status heartbeat is no change), read from a config
-directory and listed/watched from the API server (tests/support/kubeapi), and a Node relabelled
-being an endpoint-only change for the push engine (EDS keys move, nothing else)."""
+directory and listed/watched from the real API server (the `kube` fixture), and a Node
+relabelled being an endpoint-only change for the push engine (EDS keys move, nothing else)."""
 from __future__ import annotations
 
 import asyncio
@@ -24,7 +24,7 @@ from controlplane.model.mesh import build_mesh
 from controlplane.model.proxy import parse_node
 from controlplane.sources.directory import DirectorySource
 from tests.support.configs import mesh_from_yaml
-from tests.unit.test_kube_source import Changes, get, running, until
+from tests.support.kube_source import Changes, get, running, until
 
 NS = "shop"
 HOST = f"web.{NS}.svc.cluster.local"
@@ -103,8 +103,8 @@ def router(pod_name: str = "gw-0", ip: str = "10.8.0.1"):
     return parse_node(f"router~{ip}~{pod_name}.istio-system~istio-system.svc.cluster.local", md, None)
 
 
-def endpoint_localities(m) -> dict[str, Locality]:
-    return {ep.pod: ep.locality for ep in m.service_endpoints(HOST, 80)}
+def endpoint_localities(m, host: str = HOST) -> dict[str, Locality]:
+    return {ep.pod: ep.locality for ep in m.service_endpoints(host, 80)}
 
 
 # --- the parse gate ----------------------------------------------------------------------
@@ -276,39 +276,54 @@ def test_an_unused_node_relabelled_changes_no_key():
 
 # --- the Kubernetes source -------------------------------------------------------------------
 
-def test_nodes_are_listed_and_watched_and_heartbeats_change_nothing(kubeapi):
-    kubeapi.apply(node("node-1", "r1", "z1"))
-    kubeapi.apply(service())
-    kubeapi.apply(pod("web-a", "10.0.0.1", "node-1", mesh="on"))
+def test_nodes_are_listed_and_watched_and_heartbeats_change_nothing(kube):
+    ns = kube.ns(NS)
+    n1, n2 = kube.name("node-1"), kube.name("node-2")
+
+    def here(obj: dict) -> dict:  # this test's namespace
+        obj["metadata"]["namespace"] = ns
+        return obj
+
+    kube.apply(node(n1, "r1", "z1"))
+    kube.apply(here(service()))
+    web_a = here(pod("web-a", "10.0.0.1", n1, mesh="on"))
+    kube.apply(web_a)
+    # Kubernetes 1.36 copies the Node's topology labels onto a pod created on it
+    # (PodTopologyLabels admission), and a pod's own labels win (model/locality.py):
+    # applied again, the pod is one that does not say where it runs, as the test wants.
+    assert kube.get("v1", "Pod", "web-a", ns)["metadata"]["labels"].get(REGION) == "r1"
+    kube.apply(web_a)
+    host = f"web.{ns}.svc.cluster.local"
 
     async def scenario():
         # --namespaces and --label-selector do not hide Nodes: pods on them need them
-        async with running(kubeapi, namespaces=[NS], label_selector="mesh=on") as (src, store):
-            n1 = get(store, "Node", "", "node-1")
-            assert n1 is not None and n1.origin.location == "k8s:/api/v1/nodes/node-1"
-            assert n1.labels == {REGION: "r1", ZONE: "z1"} and n1.spec == {}
-            assert endpoint_localities(build_mesh(store.snapshot())) == {"web-a": Locality("r1", "z1")}
-            await asyncio.to_thread(kubeapi.wait_watches, 1, "nodes")
-            assert {r.path for r in kubeapi.requests_for("nodes")} == {"/api/v1/nodes"}  # list and watch
-            assert all("labelSelector" not in r.query for r in kubeapi.requests_for("nodes"))
+        async with running(kube, namespaces=[ns], label_selector="mesh=on") as (src, store):
+            got = get(store, "Node", "", n1)
+            assert got is not None and got.origin.location == f"k8s:/api/v1/nodes/{n1}"
+            assert got.labels == {REGION: "r1", ZONE: "z1"} and got.spec == {}
+            assert endpoint_localities(build_mesh(store.snapshot()), host) == {"web-a": Locality("r1", "z1")}
+            await asyncio.to_thread(kube.wait_watches, 1, "nodes")
+            assert {r.path for r in kube.requests_for("nodes")} == {"/api/v1/nodes"}  # list and watch
+            assert all("labelSelector" not in r.query for r in kube.requests_for("nodes"))
 
             changes = Changes(store)
             version = store.snapshot().version
             events = src.stats()["Node"].events
             for i in range(3):  # kubelet status updates (and a label meshd does not keep)
-                kubeapi.apply(node("node-1", "r1", "z1", heartbeat=f"2026-11-22T10:1{i}:00Z", team=f"t{i}"))
-            await until(lambda: src.stats()["Node"].events == events + 3, "heartbeats seen")
+                kube.apply(node(n1, "r1", "z1", heartbeat=f"2026-11-22T10:1{i}:00Z", team=f"t{i}"))
+            # each is two writes on a real server (the Node, then its /status): two events
+            await until(lambda: src.stats()["Node"].events == events + 6, "heartbeats seen")
             await asyncio.sleep(0.1)
             assert changes.keys == [] and store.snapshot().version == version
 
-            kubeapi.apply(node("node-1", "r2", "z2"))  # relabelled
-            await until(lambda: changes.keys == [ConfigKey("Node", "", "node-1")], "relabel")
-            assert endpoint_localities(build_mesh(store.snapshot())) == {"web-a": Locality("r2", "z2")}
+            kube.apply(node(n1, "r2", "z2"))  # relabelled
+            await until(lambda: changes.keys == [ConfigKey("Node", "", n1)], "relabel")
+            assert endpoint_localities(build_mesh(store.snapshot()), host) == {"web-a": Locality("r2", "z2")}
 
-            kubeapi.apply(node("node-2", "r3"))  # added
-            await until(lambda: get(store, "Node", "", "node-2") is not None, "new node")
-            assert kubeapi.delete("v1", "Node", "node-1")
-            await until(lambda: get(store, "Node", "", "node-1") is None, "deleted node")
-            assert endpoint_localities(build_mesh(store.snapshot())) == {"web-a": Locality()}
+            kube.apply(node(n2, "r3"))  # added
+            await until(lambda: get(store, "Node", "", n2) is not None, "new node")
+            assert kube.delete("v1", "Node", n1)
+            await until(lambda: get(store, "Node", "", n1) is None, "deleted node")
+            assert endpoint_localities(build_mesh(store.snapshot()), host) == {"web-a": Locality()}
 
     asyncio.run(scenario())

@@ -1,0 +1,64 @@
+"""Driving meshd's Kubernetes source in a test: run it on an API server (the real one's
+`kube` or the stand-in) until a block ends, wait for what it stores, count the store's
+change notifications."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+
+from controlplane.config.objects import ConfigObject
+from controlplane.config.store import ConfigStore
+from controlplane.kube.source import KubernetesSource, ReflectorOptions
+
+# Quick retries and rediscovery, pages of two (so paging is exercised), long watches.
+FAST = ReflectorOptions(backoff_initial=0.02, backoff_max=0.2, watch_timeout=(30, 30), request_timeout=5,
+                        page_size=2, rediscover_interval=0.2)
+
+
+def k8s_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("k8s-")]
+
+
+@contextlib.asynccontextmanager
+async def running(api, store: ConfigStore | None = None, sync: bool = True, **kwargs):
+    """The source on `api` (the real server's `kube` or the stand-in) until the block ends."""
+    store = store or ConfigStore()
+    api_client = api.api_client()
+    src = KubernetesSource(api_client, store, options=FAST, **kwargs)
+    stop = asyncio.Event()
+    task = asyncio.create_task(src.run(stop))
+    try:
+        if sync:
+            assert await src.wait_synced(5), "initial lists not synced within 5s"
+        yield src, store
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        api_client.close()
+        assert k8s_threads() == [], "watch threads left running"
+
+
+async def until(pred, what: str, timeout: float = 3.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{what}: not within {timeout}s")
+
+
+class Changes:
+    """Counts the store's change notifications, per object key."""
+
+    def __init__(self, store: ConfigStore):
+        self.keys: list = []
+        store.subscribe(lambda _snap, changed: self.keys.extend(changed))
+
+    def clear(self):
+        self.keys.clear()
+
+
+def get(store, kind, ns, name) -> ConfigObject | None:
+    return store.snapshot().get(kind, ns, name)
