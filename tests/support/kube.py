@@ -430,6 +430,14 @@ class Kube(RequestLog):
                              "spec": {"audiences": list(audiences), "expirationSeconds": seconds}})
         return got["status"]["token"]
 
+    def review(self, token: str, audiences: tuple[str, ...] = ("istio-ca",)) -> dict:
+        """What the server's TokenReview says of `token` now (its status), asked outside
+        the test's recorded clients."""
+        got = self._request("POST", "/apis/authentication.k8s.io/v1/tokenreviews",
+                            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                             "spec": {"token": token, "audiences": list(audiences)}})
+        return got.get("status") or {}
+
     def _ensure_service_account(self, namespace: str, name: str) -> None:
         try:
             self._request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
