@@ -9,7 +9,8 @@ entry costs only the sharing) and bounded. Each AdsServer has its own `ServerCac
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..generators.resources import ResourceSet
 from .subscription import Subscription

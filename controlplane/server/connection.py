@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -29,7 +29,7 @@ class Push:
     queued_at: float = field(default_factory=time.monotonic)
 
 
-Event = Union[discovery_pb2.DiscoveryRequest, discovery_pb2.DeltaDiscoveryRequest, Push]
+Event: TypeAlias = discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest | Push
 
 
 class EventQueue:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2

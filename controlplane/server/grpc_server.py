@@ -5,11 +5,11 @@ authenticates each stream before it reaches the protocol (see secure.py).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Protocol
 
 import grpc
 import structlog
-from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from .host import AdsServer
 from .secure import SecureAdsServicer
@@ -53,7 +53,18 @@ def server_options(share_ports: bool = False) -> tuple[tuple[str, int], ...]:
     return tuple(o for o in SERVER_OPTIONS if o[0] != "grpc.so_reuseport") + (("grpc.so_reuseport", 1),)
 
 
-def add_ads_servicer(servicer: ads_pb2_grpc.AggregatedDiscoveryServiceServicer, server: grpc.aio.Server) -> None:
+class AdsServicer(Protocol):
+    """The two ADS methods (AdsServer, SecureAdsServicer); requests and responses as
+    add_ads_servicer below registers them."""
+
+    async def StreamAggregatedResources(self, request_iterator: AsyncIterator[bytes],
+                                        context: grpc.aio.ServicerContext) -> None: ...
+
+    async def DeltaAggregatedResources(self, request_iterator: AsyncIterator[Any],
+                                       context: grpc.aio.ServicerContext) -> None: ...
+
+
+def add_ads_servicer(servicer: AdsServicer, server: grpc.aio.Server) -> None:
     """Register ADS (SotW and delta) like the generated add_..._to_server, except that
     responses may be bytes already in wire form (wire.py): the servicer writes responses
     assembled from resources serialized once, and gRPC sends them as they are."""

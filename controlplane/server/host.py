@@ -35,11 +35,12 @@ import asyncio
 import dataclasses
 import itertools
 import time
-from typing import Any, AsyncIterator, NoReturn, Protocol, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import structlog
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from ca import Identity
 
@@ -54,7 +55,8 @@ from .delta import DeltaProtocol
 from .flow import PushLimiter, StreamStuck
 from .limits import Limits
 from .metrics import Metrics
-from .protocol import Protocol as StreamProtocol, ResponseData, Sent
+from .protocol import Protocol as StreamProtocol
+from .protocol import ResponseData, Sent
 from .sotw import SotwProtocol
 from .subscription import Nack, Subscription
 from .view import ResourceView
@@ -98,7 +100,7 @@ def _debug_node(first: Any) -> Any:
     return node
 
 
-class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+class AdsServer:
     """The stream host; implements protocol.Host for SotwProtocol and DeltaProtocol."""
 
     def __init__(

@@ -6,8 +6,8 @@ Sizes beside these are gRPC's: messages up to 16 MiB (grpc_server.SERVER_OPTIONS
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 # Names in one request (SotW resource_names, delta subscribe/unsubscribe). Envoy asks for
 # one EDS name per EDS cluster, so this bounds the services one proxy can see.

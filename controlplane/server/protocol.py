@@ -17,8 +17,10 @@ the names, a delta ACK carries none), but what they record is the same, in the s
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NoReturn, Protocol as _Protocol, Union
+from typing import Any, NoReturn, TypeAlias
+from typing import Protocol as _Protocol
 
 import grpc
 
@@ -31,7 +33,7 @@ from .view import ResourceView
 
 # A response: bytes already in wire form (wire.py), or a callable making them once the
 # write limiter grants the stream a slot (so memory holds only the responses in flight).
-ResponseData = Union[bytes, Callable[[], bytes]]
+ResponseData: TypeAlias = bytes | Callable[[], bytes]
 
 
 class Protocol(_Protocol):
@@ -72,7 +74,7 @@ class Host(_Protocol):
         stream goes on serving the last good state)."""
         ...
 
-    def sent(self, conn: Connection, sub: Subscription, response: "Sent") -> None:
+    def sent(self, conn: Connection, sub: Subscription, response: Sent) -> None:
         """A response is about to be written: metrics, the debug observer, the push log."""
         ...
 

@@ -13,11 +13,12 @@ and therefore never receive a workload key.
 """
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
 import structlog
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from ca import Identity
 
@@ -25,7 +26,7 @@ from ..security.authn import AuthenticationError, Authenticator, authenticate_st
 from .host import AdsServer
 
 
-class SecureAdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+class SecureAdsServicer:
     def __init__(self, ads: AdsServer, authenticators: Sequence[Authenticator], metrics: Any, logger: Any = None):
         if not authenticators:
             raise ValueError("the secure xDS port needs at least one authenticator")

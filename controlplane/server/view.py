@@ -15,7 +15,8 @@ Two sources:
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .. import names
 from ..generators.resources import Resource, ResourceSet, version_of

@@ -18,7 +18,7 @@ Field numbers (envoy/service/discovery/v3/discovery.proto):
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from google.protobuf.message import Message
 

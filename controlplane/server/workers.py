@@ -28,7 +28,7 @@ def worker_argv(argv: list[str], index: int) -> list[str]:
     """The command line of worker `index`: the same serve arguments, an ephemeral
     monitoring port, and no further workers."""
     out, skip = [], False
-    for i, a in enumerate(argv):
+    for a in argv:
         if skip:
             skip = False
             continue
