@@ -1,5 +1,6 @@
 """Leader work: the trust bundle as ConfigMap istio-ca-root-cert in every namespace meshd
-serves (controlplane/kube/rootcert.py), against the stand-in API server."""
+serves (controlplane/kube/rootcert.py), against the real API server (namespaces of each
+test's own, and the cluster's default and kube-system)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,11 +8,8 @@ import contextlib
 import functools
 import time
 
-from kubernetes import client
-
-from controlplane.kube.api import KubeApi
+from controlplane.kube.api import ApiError, KubeApi
 from controlplane.kube.rootcert import CONFIGMAP, RootCertPublisher
-from tests.support.kubeapi import FakeApiServer
 
 ROOT_A = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
 ROOT_B = "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n"
@@ -24,12 +22,9 @@ def aio(fn):
     return run
 
 
-KUBEAPI_BOOKMARKS = None  # the stand-in API server's default interval (conftest.kubeapi)
-
-
 class World:
-    def __init__(self, api: FakeApiServer, namespaces, resync=60.0):
-        self.api_client = client.ApiClient(api.configuration())
+    def __init__(self, api, namespaces, resync=60.0):
+        self.api_client = api.api_client()
         self.kube = KubeApi(self.api_client)
         self.bundle = ROOT_A
         self.namespaces = list(namespaces)
@@ -49,7 +44,7 @@ class World:
         self.api_client.close()
 
 
-def published(api: FakeApiServer, ns: str) -> str | None:
+def published(api, ns: str) -> str | None:
     cm = api.get("v1", "ConfigMap", CONFIGMAP, ns)
     return (cm or {}).get("data", {}).get("root-cert.pem")
 
@@ -64,76 +59,87 @@ async def until(pred, what: str, timeout: float = 5.0):
 
 
 @aio
-async def test_every_served_namespace_gets_the_bundle_and_follows_it(kubeapi):
-    w = World(kubeapi, ["istio-system", "istioinaction", "kube-system", "default"])
+async def test_every_served_namespace_gets_the_bundle_and_follows_it(kube):
+    system, shop, late = kube.ns("istio-system"), kube.ns("istioinaction"), kube.name("late")
+    w = World(kube, [system, shop, "kube-system", "default"])
     try:
         w.lead()
-        await until(lambda: all(published(kubeapi, ns) == ROOT_A for ns in ("istio-system", "istioinaction", "default")),
-                    "published")
-        cm = kubeapi.get("v1", "ConfigMap", CONFIGMAP, "istioinaction")
+        await until(lambda: all(published(kube, ns) == ROOT_A for ns in (system, shop, "default")), "published")
+        cm = kube.get("v1", "ConfigMap", CONFIGMAP, shop)
         assert cm["metadata"]["labels"] == {"istio.io/config": "true"}
-        assert published(kubeapi, "kube-system") is None  # Kubernetes' own namespaces are left alone
+        assert published(kube, "kube-system") is None  # Kubernetes' own namespaces are left alone
         # a new namespace gets it when the store says so
-        w.namespaces.append("late")
+        kube.ns("late")
+        w.namespaces.append(late)
         w.pub.changed()
-        await until(lambda: published(kubeapi, "late") == ROOT_A, "new namespace")
+        await until(lambda: published(kube, late) == ROOT_A, "new namespace")
         # a root rotation: the bundle (both roots) replaces the old content everywhere
         w.bundle = ROOT_A + ROOT_B
         w.pub.changed()
-        await until(lambda: all(published(kubeapi, ns) == ROOT_A + ROOT_B
-                                for ns in ("istio-system", "istioinaction", "default", "late")), "rotated")
-        assert {r.status for r in kubeapi.writes("configmaps", "PUT")} == {200}
-        assert len(kubeapi.writes("configmaps", "POST")) == 4  # one create per namespace, ever
+        await until(lambda: all(published(kube, ns) == ROOT_A + ROOT_B for ns in (system, shop, "default", late)),
+                    "rotated")
+        assert {r.status for r in kube.writes("configmaps", "PUT")} == {200}
+        assert len(kube.writes("configmaps", "POST")) == 4  # one create per namespace, ever
         # nothing to do: no writes, no reads
-        before = len(kubeapi.requests)
+        before = len(kube.requests)
         w.pub.changed()
         await asyncio.sleep(0.3)
-        assert len(kubeapi.requests) == before
+        assert len(kube.requests) == before
     finally:
         await w.close()
 
 
 @aio
-async def test_deleted_or_edited_configmaps_are_put_back_on_resync(kubeapi):
-    w = World(kubeapi, ["shop"], resync=0.5)
+async def test_deleted_or_edited_configmaps_are_put_back_on_resync(kube):
+    shop = kube.ns("shop")
+    w = World(kube, [shop], resync=0.5)
     try:
         w.lead()
-        await until(lambda: published(kubeapi, "shop") == ROOT_A, "published")
-        cm = kubeapi.get("v1", "ConfigMap", CONFIGMAP, "shop")
+        await until(lambda: published(kube, shop) == ROOT_A, "published")
+        cm = kube.get("v1", "ConfigMap", CONFIGMAP, shop)
         cm["data"] = {"root-cert.pem": "tampered", "extra": "kept"}
-        kubeapi.apply(cm)
-        await until(lambda: published(kubeapi, "shop") == ROOT_A, "repaired")
-        assert kubeapi.get("v1", "ConfigMap", CONFIGMAP, "shop")["data"]["extra"] == "kept"
-        kubeapi.delete("v1", "ConfigMap", CONFIGMAP, "shop")
-        await until(lambda: published(kubeapi, "shop") == ROOT_A, "re-created")
+        kube.apply(cm)
+        await until(lambda: published(kube, shop) == ROOT_A, "repaired")
+        assert kube.get("v1", "ConfigMap", CONFIGMAP, shop)["data"]["extra"] == "kept"
+        kube.delete("v1", "ConfigMap", CONFIGMAP, shop)
+        await until(lambda: published(kube, shop) == ROOT_A, "re-created")
     finally:
         await w.close()
 
 
 @aio
-async def test_failures_are_retried_and_a_concurrent_writer_is_not_overwritten_blindly(kubeapi):
-    w = World(kubeapi, ["shop"])
+async def test_failures_are_retried_and_a_concurrent_writer_is_not_overwritten_blindly(kube):
+    shop = kube.ns("shop")
+    w = World(kube, [shop])
     try:
-        kubeapi.fail_next(1, 500)
+        real = w.kube.call
+
+        async def failing_once(method, target, *a, **kw):  # the API server's 500, once
+            if not failing_once.done:
+                failing_once.done = True
+                raise ApiError(500, "InternalError", "injected")
+            return await real(method, target, *a, **kw)
+        failing_once.done = False
+        w.kube.call = failing_once
         w.lead()
-        await until(lambda: published(kubeapi, "shop") == ROOT_A, "published after a retry")
+        await until(lambda: published(kube, shop) == ROOT_A, "published after a retry")
+        assert failing_once.done
         # updates carry the resourceVersion read: a write in between is a 409, read again
         w.bundle = ROOT_B
-        real = w.kube.call
 
         async def racing(method, target, *a, **kw):
             result = await real(method, target, *a, **kw)
             if method == "GET" and target.endswith(CONFIGMAP) and not racing.done:
                 racing.done = True
-                other = kubeapi.get("v1", "ConfigMap", CONFIGMAP, "shop")
+                other = kube.get("v1", "ConfigMap", CONFIGMAP, shop)
                 other["metadata"].setdefault("annotations", {})["touched"] = "by someone else"
-                kubeapi.apply(other)
+                kube.apply(other)
             return result
         racing.done = False
         w.kube.call = racing
         w.pub.changed()
-        await until(lambda: published(kubeapi, "shop") == ROOT_B, "updated after the conflict")
-        assert [r.status for r in kubeapi.writes("configmaps", "PUT")] == [409, 200]
-        assert kubeapi.get("v1", "ConfigMap", CONFIGMAP, "shop")["metadata"]["annotations"] == {"touched": "by someone else"}
+        await until(lambda: published(kube, shop) == ROOT_B, "updated after the conflict")
+        assert [r.status for r in kube.writes("configmaps", "PUT")] == [409, 200]
+        assert kube.get("v1", "ConfigMap", CONFIGMAP, shop)["metadata"]["annotations"] == {"touched": "by someone else"}
     finally:
         await w.close()
