@@ -31,7 +31,7 @@ def aio(fn):
     return run
 
 
-KUBEAPI_BOOKMARKS = None  # the stand-in API server's default interval (conftest.kubeapi)
+KUBEAPI_BOOKMARKS = None  # the stand-in API server's default interval (the kubeapi fixture)
 
 
 class Replica:

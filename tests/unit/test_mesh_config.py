@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from kubernetes import client
 from structlog.testing import capture_logs
 
 from controlplane.app import MeshBuilder
@@ -211,25 +210,26 @@ def test_mesh_config_and_key_sets_reach_the_snapshot_and_push():
 
 # --- Kubernetes: ConfigMap istio of the root namespace -----------------------------------------
 
-def test_configmap_istio_is_watched_in_the_root_namespace(kubeapi):
-    kubeapi.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio", "namespace": "istio-system"},
-                   "data": {"mesh": "extensionProviders: [{name: a, envoyExtAuthzHttp: {service: s, port: 1}}]\n"}})
-    kubeapi.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "other", "namespace": "istio-system"},
-                   "data": {"mesh": "rootNamespace: wrong"}})
-    kubeapi.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio", "namespace": "shop"},
-                   "data": {"mesh": "rootNamespace: wrong"}})
+def test_configmap_istio_is_watched_in_the_root_namespace(kube):
+    system, shop = kube.ns("istio-system"), kube.ns("shop")
+    kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio", "namespace": system},
+                "data": {"mesh": "extensionProviders: [{name: a, envoyExtAuthzHttp: {service: s, port: 1}}]\n"}})
+    kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "other", "namespace": system},
+                "data": {"mesh": "rootNamespace: wrong"}})
+    kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio", "namespace": shop},
+                "data": {"mesh": "rootNamespace: wrong"}})
 
     async def main():
-        src = MeshConfigSource(root_namespace="istio-system")
-        api = client.ApiClient(kubeapi.configuration())
-        k8s = KubernetesSource(api, ConfigStore(), namespaces=["shop"], mesh_config=src.apply_configmap,
-                               mesh_config_namespace="istio-system", options=ReflectorOptions(backoff_initial=0.05))
+        src = MeshConfigSource(root_namespace=system)
+        api = kube.api_client()
+        k8s = KubernetesSource(api, ConfigStore(), namespaces=[shop], mesh_config=src.apply_configmap,
+                               mesh_config_namespace=system, options=ReflectorOptions(backoff_initial=0.05))
         stop = asyncio.Event()
         task = asyncio.create_task(k8s.run(stop))
         assert await k8s.wait_synced(10)
         # Synced means the mesh config is in: the first snapshot has it.
-        assert src.origin == "ConfigMap istio-system/istio" and src.current.provider("a") is not None
-        assert src.current.root_namespace == "istio-system"
+        assert src.origin == f"ConfigMap {system}/istio" and src.current.provider("a") is not None
+        assert src.current.root_namespace == system
 
         async def until(pred):
             for _ in range(500):
@@ -238,17 +238,17 @@ def test_configmap_istio_is_watched_in_the_root_namespace(kubeapi):
                 await asyncio.sleep(0.01)
             raise AssertionError(f"timed out: {src.status()}")
 
-        kubeapi.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio", "namespace": "istio-system"},
-                       "data": {"mesh": "extensionProviders: [{name: b}]"}})
+        kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio", "namespace": system},
+                    "data": {"mesh": "extensionProviders: [{name: b}]"}})
         await until(lambda: src.error)
-        assert src.error.startswith("ConfigMap istio-system/istio: data.mesh: extensionProviders[0]")
+        assert src.error.startswith(f"ConfigMap {system}/istio: data.mesh: extensionProviders[0]")
         assert src.current.provider("a") is not None  # the last good one
-        kubeapi.delete("v1", "ConfigMap", "istio", "istio-system")
+        kube.delete("v1", "ConfigMap", "istio", system)
         await until(lambda: src.origin == "defaults")
         assert src.current.extension_providers == ()
         # Only the one ConfigMap was ever asked for, in the root namespace.
-        reqs = kubeapi.requests_for("configmaps")
-        assert reqs and all(r.namespace == "istio-system" and r.query.get("fieldSelector") == "metadata.name=istio" for r in reqs)
+        reqs = kube.requests_for("configmaps")
+        assert reqs and all(r.namespace == system and r.query.get("fieldSelector") == "metadata.name=istio" for r in reqs)
         stop.set()
         await task
         api.close()

@@ -13,10 +13,11 @@ from controlplane import app
 from controlplane.kube.options import ClusterOptions
 from tests.support.harness import free_port, http_get, wait_for
 
-KUBEAPI_BOOKMARKS = None  # the stand-in API server's default interval (conftest.kubeapi)
+KUBEAPI_BOOKMARKS = None  # the stand-in API server's default interval (the kubeapi fixture)
 
 
 def test_stop_while_waiting_for_the_initial_lists_ends_serve_at_once(kubeapi, tmp_path):
+    """The stand-in, in an outage (every request a 503) for as long as meshd waits."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "c",
