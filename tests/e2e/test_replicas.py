@@ -30,9 +30,9 @@ from tests.e2e.test_kube_gateway import kubeconfig
 from tests.support.ads import ads_fetch
 from tests.support.harness import meshd, wait_for
 from tests.support.kubeapi import FakeApiServer
-from tests.support.kubeapi.rbac import load_manifests, rbac_mismatch
 from tests.support.paths import REPO
 from tests.support.pki import make_cacerts
+from tests.support.rbac import load_manifests, rbac_mismatch
 
 MANIFESTS = REPO / "deploy" / "kubernetes"
 

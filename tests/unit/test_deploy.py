@@ -13,9 +13,8 @@ from kubernetes import client
 from ca.issuer import ISTIOD_DNS_NAMES
 from controlplane import names
 from controlplane.cli import parser
-from tests.support.kubeapi import FakeApiServer
 from controlplane.kube.resources import RESOURCES
-from tests.support.kubeapi.rbac import grants_for, load_manifests, rbac_mismatch
+from tests.support.rbac import grants_for, load_manifests, rbac_mismatch
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -152,15 +151,14 @@ def test_rbac_is_least_privilege(docs):
         ("", "list", None), ("", "watch", None)}
 
 
-def test_the_rbac_checker_finds_forbidden_and_unused_verbs(docs):
-    with FakeApiServer() as api:
-        api_client = client.ApiClient(api.configuration())
-        core = client.CoreV1Api(api_client)
-        core.list_namespace()
-        with pytest.raises(client.ApiException):
-            core.read_namespaced_secret("someone-elses", NS)
-        api_client.close()
-        problems = rbac_mismatch(api, docs)
+def test_the_rbac_checker_finds_forbidden_and_unused_verbs(docs, kube):
+    """The checker on what a client sent the real API server (its recording client)."""
+    api_client = kube.api_client()
+    core = client.CoreV1Api(api_client)
+    core.list_namespace()
+    with pytest.raises(client.ApiException):
+        core.read_namespaced_secret("someone-elses", NS)  # no such Secret (nor namespace): a 404, still a get
+    problems = rbac_mismatch(kube, docs)
     assert "forbidden: get core/secrets someone-elses in istio-system" in problems
     assert "never used: list core/namespaces in the cluster" not in problems
     assert "never used: watch core/namespaces in the cluster" in problems

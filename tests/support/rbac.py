@@ -1,7 +1,8 @@
 """RBAC as the API server applies it, for checking meshd's manifests against what meshd
-does: the requests the stand-in API server received (each needs a verb on a resource,
-in a namespace or cluster-wide, sometimes on one named object) against the rules of the
-ClusterRoles/Roles bound to meshd's ServiceAccount in deploy/kubernetes/.
+does: the requests of a request log (what the stand-in API server received, or what a
+recording client sent the real one: tests/support/kube_log.py; each needs a verb on a
+resource, in a namespace or cluster-wide, sometimes on one named object) against the
+rules of the ClusterRoles/Roles bound to meshd's ServiceAccount in deploy/kubernetes/.
 
     problems = rbac_mismatch(api, load_manifests(DEPLOY))   # [] when exact
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .server import FakeApiServer
+from tests.support.kube_log import RequestLog
 
 
 def load_manifests(directory: Path) -> list[dict]:
@@ -71,7 +72,7 @@ def grants_for(docs: list[dict], sa_namespace: str, sa_name: str) -> list[Grant]
     return out
 
 
-def uses(api: FakeApiServer) -> set[Use]:
+def uses(api: RequestLog) -> set[Use]:
     out = set()
     for r in list(api.requests):
         res = r.resource()
@@ -88,7 +89,7 @@ def uses(api: FakeApiServer) -> set[Use]:
     return out
 
 
-def rbac_mismatch(api: FakeApiServer, docs: list[dict], sa_namespace: str = "istio-system",
+def rbac_mismatch(api: RequestLog, docs: list[dict], sa_namespace: str = "istio-system",
                   sa_name: str = "meshd") -> list[str]:
     grants = grants_for(docs, sa_namespace, sa_name)
     used = uses(api)
