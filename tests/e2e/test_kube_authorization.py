@@ -1,20 +1,17 @@
-"""Kubernetes mode against the real kube-apiserver of ../shared/k8s (with Istio's CRDs and
-the Gateway API's HTTPRoute CRD installed): AuthorizationPolicies applied to the cluster
-are served, an invalid one is refused with its status saying why, and an object of a kind
-meshd does not serve (an HTTPRoute) is reported, never dropped: /debug/configz, the
-`meshd_config_unsupported` gauge, and back to 0 once it is deleted.
+"""Kubernetes mode against the real kube-apiserver of ../shared/k8s (the session's, with
+Istio's CRDs and the Gateway API's HTTPRoute CRD installed): AuthorizationPolicies applied
+to the cluster are served, an invalid one is refused with its status saying why, and an
+object of a kind meshd does not serve (an HTTPRoute) is reported, never dropped:
+/debug/configz, the `meshd_config_unsupported` gauge, and back to 0 once it is deleted.
 """
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 from kubernetes import client
 
 from tests.support.harness import http_get, meshd, wait_for
-from tests.support.kube import kube_apiserver
-from tests.support.paths import shared
 
 pytestmark = pytest.mark.e2e
 
@@ -22,49 +19,38 @@ NS = "istioinaction"
 SEC = ("security.istio.io", "v1")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with kube_apiserver(tmp_path_factory.mktemp("cluster")) as c:
-        kubectl = [str(c.state / "bin" / "kubectl"), "--kubeconfig", str(c.kubeconfig)]
-        crds = [shared("corpus", "crds", "crd-all.gen.yaml"),
-                shared("corpus", "gateway-api", "config", "crd", "standard", "gateway.networking.k8s.io_httproutes.yaml")]
-        for crd in crds:
-            subprocess.run(kubectl + ["create", "-f", str(crd)], check=True, capture_output=True, timeout=120)
-        for crd in ("authorizationpolicies.security.istio.io", "httproutes.gateway.networking.k8s.io"):
-            subprocess.run(kubectl + ["wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s"],
-                           check=True, capture_output=True, timeout=90)
-        api = c.api_client()
-        core = client.CoreV1Api(api)
-        for ns in ("istio-system", NS):
-            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
-        try:
-            yield c, client.CustomObjectsApi(api)
-        finally:
-            api.close()
+@pytest.fixture
+def cluster(kube):
+    """This test's part of the session's real API server (Istio's CRDs and HTTPRoute's
+    installed): its namespaces for meshd (istio-system's part) and the workloads."""
+    system, ns = kube.ns("istio-system"), kube.ns(NS)
+    return kube.cluster, client.CustomObjectsApi(kube.api_client()), system, ns
 
 
-def policy(name: str, principals: list[str]) -> dict:
+def policy(name: str, principals: list[str], ns: str) -> dict:
     return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-            "metadata": {"name": name, "namespace": NS},
+            "metadata": {"name": name, "namespace": ns},
             "spec": {"selector": {"matchLabels": {"app": "catalog"}},
                      "rules": [{"from": [{"source": {"principals": principals}}]}]}}
 
 
-HTTPROUTE = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-             "metadata": {"name": "catalog", "namespace": NS},
-             "spec": {"parentRefs": [{"name": "catalog", "kind": "Service", "group": ""}],
-                      "rules": [{"backendRefs": [{"name": "catalog", "port": 80}]}]}}
+def httproute(ns: str) -> dict:
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "catalog", "namespace": ns},
+            "spec": {"parentRefs": [{"name": "catalog", "kind": "Service", "group": ""}],
+                     "rules": [{"backendRefs": [{"name": "catalog", "port": 80}]}]}}
 
 
 def test_policies_are_served_refused_with_status_and_unserved_kinds_reported(cluster, tmp_path):
-    c, custom = cluster
-    custom.create_namespaced_custom_object(*SEC, NS, "authorizationpolicies",
-                                           policy("catalog-viewer", [f"cluster.local/ns/{NS}/sa/webapp"]))
+    c, custom, system, ns = cluster
+    custom.create_namespaced_custom_object(*SEC, ns, "authorizationpolicies",
+                                           policy("catalog-viewer", [f"cluster.local/ns/{ns}/sa/webapp"], ns))
     # the CRD's schema accepts it; Istio's validation does not (a wildcard inside a principal)
-    custom.create_namespaced_custom_object(*SEC, NS, "authorizationpolicies",
-                                           policy("broken", ["cluster.local/ns/*/sa/webapp"]))
-    custom.create_namespaced_custom_object("gateway.networking.k8s.io", "v1", NS, "httproutes", HTTPROUTE)
-    with meshd(None, tmp_path, extra=["--kubeconfig", str(c.kubeconfig)]) as m:
+    custom.create_namespaced_custom_object(*SEC, ns, "authorizationpolicies",
+                                           policy("broken", ["cluster.local/ns/*/sa/webapp"], ns))
+    custom.create_namespaced_custom_object("gateway.networking.k8s.io", "v1", ns, "httproutes", httproute(ns))
+    with meshd(None, tmp_path, extra=["--kubeconfig", str(c.kubeconfig), "--leader-election-namespace", system,
+                                      "--root-namespace", system]) as m:
         def configz() -> dict:
             return json.loads(http_get("127.0.0.1", m.monitoring_port, "/debug/configz")[1])
 
@@ -74,20 +60,20 @@ def test_policies_are_served_refused_with_status_and_unserved_kinds_reported(clu
         wait_for(lambda: "catalog-viewer" in served(), 30,
                  what=lambda: "the AuthorizationPolicy served; meshd log:\n" + m.log()[-3000:])
         assert "broken" not in served()
-        rejection = next(r for r in configz()["rejections"] if r["object"] == f"AuthorizationPolicy {NS}/broken")
+        rejection = next(r for r in configz()["rejections"] if r["object"] == f"AuthorizationPolicy {ns}/broken")
         assert "principals" in rejection["field"], rejection
 
         def status_reason() -> str | None:
-            got = custom.get_namespaced_custom_object(*SEC, NS, "authorizationpolicies", "broken")
+            got = custom.get_namespaced_custom_object(*SEC, ns, "authorizationpolicies", "broken")
             conds = (got.get("status") or {}).get("conditions") or []
             return next((x.get("reason") for x in conds if x.get("type") == "Reconciled"), None)
 
         wait_for(lambda: status_reason() == "Rejected", 30, what="the invalid policy's status says Rejected")
 
         [route] = [u for u in configz()["unsupported"] if u["kind"] == "HTTPRoute"]
-        assert (route["namespace"], route["name"], route["level"]) == (NS, "catalog", "Warning")
+        assert (route["namespace"], route["name"], route["level"]) == (ns, "catalog", "Warning")
         gauge = 'meshd_config_unsupported{group="gateway.networking.k8s.io",kind="HTTPRoute"}'
         assert f"{gauge} 1.0" in m.metrics()
-        custom.delete_namespaced_custom_object("gateway.networking.k8s.io", "v1", NS, "httproutes", "catalog")
+        custom.delete_namespaced_custom_object("gateway.networking.k8s.io", "v1", ns, "httproutes", "catalog")
         wait_for(lambda: f"{gauge} 0.0" in m.metrics(), 30, what="the gauge back to 0 once the route is gone")
         assert not [u for u in configz()["unsupported"] if u["kind"] == "HTTPRoute"]

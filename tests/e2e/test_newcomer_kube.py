@@ -9,7 +9,7 @@ the real kube-apiserver of ../shared/k8s:
 - SIGTERM or SIGINT while meshd waits for its namespace to exist ends it within seconds.
 
 Each test uses its own namespace (meshd's --leader-election-namespace, where the CA
-Secrets live), so the tests share one API server.
+Secrets live) on the session's API server (the `kube` fixture).
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ from ca.root import fingerprint
 from controlplane.security.cadir import open_ca
 from controlplane.kube.ca_secrets import offered_ca
 from tests.support.harness import Process, free_port, meshd, wait_for
-from tests.support.kube import kube_apiserver
 from tests.support.paths import REPO
 
 pytestmark = pytest.mark.e2e
@@ -36,19 +35,10 @@ pytestmark = pytest.mark.e2e
 TD = "cluster.local"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with kube_apiserver(tmp_path_factory.mktemp("cluster")) as c:
-        api = c.api_client()
-        try:
-            yield c, client.CoreV1Api(api)
-        finally:
-            api.close()
-
-
-def namespace(core: client.CoreV1Api, name: str) -> str:
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    return name
+@pytest.fixture
+def cluster(kube):
+    """This test's part of the session's real API server: the cluster and a core client."""
+    return kube.cluster, client.CoreV1Api(kube.api_client())
 
 
 def secret_files(core: client.CoreV1Api, ns: str, name: str) -> dict[str, bytes] | None:
@@ -85,9 +75,9 @@ def kube_args(cluster, ns: str) -> list[str]:
     return ["--kubeconfig", str(cluster.kubeconfig), "--leader-election-namespace", ns]
 
 
-def test_a_local_ca_from_file_mode_is_neither_used_nor_a_reason_to_refuse(cluster, tmp_path):
+def test_a_local_ca_from_file_mode_is_neither_used_nor_a_reason_to_refuse(cluster, kube, tmp_path):
     c, core = cluster
-    ns = namespace(core, "newcomer-default")
+    ns = kube.ns("newcomer-default")
     home, local_root = home_with_a_ca(tmp_path)
     before = files_of(home / "ca")
     with meshd(None, tmp_path, extra=kube_args(c, ns), home=home, fresh_ca_dir=False) as cp:
@@ -103,9 +93,9 @@ def test_a_local_ca_from_file_mode_is_neither_used_nor_a_reason_to_refuse(cluste
     assert list((home / "kubernetes").glob("*/ca/.kubernetes"))  # the mirror is meshd's own, per cluster
 
 
-def test_ca_dir_is_offered_as_the_clusters_plugin_ca(cluster, tmp_path):
+def test_ca_dir_is_offered_as_the_clusters_plugin_ca(cluster, kube, tmp_path):
     c, core = cluster
-    ns = namespace(core, "newcomer-offer")
+    ns = kube.ns("newcomer-offer")
     home, local_root = home_with_a_ca(tmp_path)
     before = files_of(home / "ca")
     with meshd(None, tmp_path, extra=kube_args(c, ns) + ["--ca-dir", str(home / "ca")], home=home) as cp:
@@ -119,9 +109,9 @@ def test_ca_dir_is_offered_as_the_clusters_plugin_ca(cluster, tmp_path):
     assert files_of(home / "ca") == before
 
 
-def test_an_offer_the_cluster_does_not_take_leaves_both_cas_as_they_are(cluster, tmp_path):
+def test_an_offer_the_cluster_does_not_take_leaves_both_cas_as_they_are(cluster, kube, tmp_path):
     c, core = cluster
-    ns = namespace(core, "newcomer-taken")
+    ns = kube.ns("newcomer-taken")
     open_ca(tmp_path / "theirs", TD)
     theirs = offered_ca(tmp_path / "theirs", TD)  # another CA, in Secret cacerts's layout
     core.create_namespaced_secret(ns, client.V1Secret(
@@ -139,9 +129,9 @@ def test_an_offer_the_cluster_does_not_take_leaves_both_cas_as_they_are(cluster,
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
-def test_a_signal_while_waiting_for_the_namespace_stops_meshd_at_once(cluster, tmp_path, sig):
+def test_a_signal_while_waiting_for_the_namespace_stops_meshd_at_once(cluster, kube, tmp_path, sig):
     c, _ = cluster
-    argv = [sys.executable, "-m", "controlplane", "serve", *kube_args(c, f"not-yet-{sig.name.lower()}"),
+    argv = [sys.executable, "-m", "controlplane", "serve", *kube_args(c, kube.name("not-yet")),
             "--listen-address", "127.0.0.1", "--xds-port", str(free_port("127.0.0.1")),
             "--monitoring-port", str(free_port("127.0.0.1")), "--secure-xds-port", str(free_port("127.0.0.1"))]
     p = Process("meshd", argv, tmp_path / "meshd.log",
