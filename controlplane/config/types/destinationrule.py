@@ -4,7 +4,7 @@ for one host merge, is the model's business (model/destination_rules.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from .common import each, labels, mapping, optional, text
 from .trafficpolicy import NO_POLICY, TrafficPolicy, traffic_policy
@@ -32,6 +32,16 @@ class DestinationRule:
             if s.name == name:
                 return s
         return None
+
+    def policies(self) -> Iterator[tuple[str, TrafficPolicy]]:
+        """Every traffic policy the rule writes, as written (not layered), with where it is:
+        "" for the top level, "subset=<name>" for a subset's. What a cache key needs to
+        know of the rule's policies (generators/dependencies.py) reads them here."""
+        if self.traffic_policy is not None:
+            yield "", self.traffic_policy
+        for s in self.subsets:
+            if s.traffic_policy is not None:
+                yield f"subset={s.name}", s.traffic_policy
 
     def policy_for(self, port: int, subset: str = "") -> TrafficPolicy:
         """The traffic policy of `port` (and `subset`) of the rule's host, layered as Istio
