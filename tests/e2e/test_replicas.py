@@ -26,7 +26,6 @@ import pytest
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from controlplane import names
-from tests.e2e.test_kube_gateway import kubeconfig
 from tests.support.ads import ads_fetch
 from tests.support.harness import meshd, wait_for
 from tests.support.kubeapi import FakeApiServer
@@ -131,7 +130,7 @@ def test_replicas_share_one_ca_elect_one_leader_and_hand_over(tmp_path: Path):
         for obj in before:
             api.apply(obj)
         api.add_token(WEBAPP_TOKEN, f"system:serviceaccount:{NS}:webapp")
-        args = [*deployment_args(kubeconfig(tmp_path / "kubeconfig", api.url)), *ELECTION]
+        args = [*deployment_args(api.kubeconfig(tmp_path / "kubeconfig")), *ELECTION]
 
         # --- two replicas start together: one root Secret, one root everywhere ---------------
         a, b = start_together(stack, tmp_path, args, ["a", "b"])

@@ -12,7 +12,6 @@ from cryptography import x509
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from controlplane import names
-from tests.e2e.test_kube_gateway import kubeconfig
 from tests.support.ads import ads_fetch
 from tests.support.harness import meshd
 from tests.support.kubeapi import FakeApiServer
@@ -46,7 +45,7 @@ def test_token_review_decides_identity(tmp_path: Path):
         api.add_token(WEBAPP_TOKEN, WEBAPP_SA)
         api.add_token("token-for-another-audience", WEBAPP_SA, audiences=["https://kubernetes.default.svc"])
         api.add_token("token-of-a-user", "jane@example.com")
-        cfg = kubeconfig(tmp_path / "kubeconfig", api.url)
+        cfg = api.kubeconfig(tmp_path / "kubeconfig")
         with meshd(None, tmp_path, extra=["--kubeconfig", str(cfg), "--no-leader-elect"]) as m:
             root = m.root_cert.read_bytes()
             webapp = names.node_id("sidecar", "10.0.0.2", "webapp-0", NS)

@@ -198,6 +198,18 @@ class FakeApiServer(RequestLog):
         cfg.retries = False  # connection errors surface at once; the source retries itself
         return cfg
 
+    def kubeconfig(self, path):
+        """A kubeconfig file at `path` for this server (plain HTTP, a token it never checks)."""
+        import yaml
+
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "stand-in",
+            "clusters": [{"name": "stand-in", "cluster": {"server": self.url}}],
+            "users": [{"name": "meshd", "user": {"token": "test"}}],
+            "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "meshd"}}],
+        }))
+        return path
+
     def api_client(self):
         """A client for this server (as the real server's `Kube.api_client()`)."""
         from kubernetes import client
