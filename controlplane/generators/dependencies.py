@@ -28,7 +28,7 @@ no endpoint, and the per-host and per-address entries of what did not change.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from .. import names
 from ..config import kinds
@@ -79,6 +79,39 @@ ALL_CONFIG = (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, S
 # Fingerprints that read endpoints (or everything): the others hold for every snapshot
 # derived from this one by an EndpointSlice change.
 _ENDPOINT_DEPS = frozenset({ENDPOINT_SLICE, ENDPOINT_FACTS, MESH_VERSION})
+
+# --- what each fingerprint stands for -------------------------------------------------
+# A Part declares fingerprints (`deps`) and the per-proxy ones its scope calls; tracking
+# mode (ledger.py) checks that its build reads nothing else. Inputs a build can read
+# besides the fingerprint names above:
+ENDPOINTS = "*endpoints*"  # every endpoint: read by the parts that declare `endpoints` (EDS)
+INSTANCES = "*instances*"  # the service instances at the proxy's address
+PROXY_LOCALITY = "*proxy-locality*"  # where the proxy runs (its Pod, the Pod's Node)
+JWKS = "*jwks*"  # the key sets meshd fetched
+MESH_CONFIG = "*mesh-config*"  # the mesh config (counted under OTHER)
+DR_SELECTORS = "*dr-selectors*"  # which DestinationRule workloadSelectors select the proxy
+STANDS_FOR: dict[str, frozenset[str]] = {
+    **{k: frozenset({k}) for k in KNOWN_KINDS},
+    DESTINATION_RULE: frozenset({DESTINATION_RULE, DR_ROUTING, DR_SELECTORS}),
+    DR_ROUTING: frozenset({DR_ROUTING, DR_SELECTORS}),
+    OTHER: frozenset({OTHER, MESH_CONFIG}),
+    ENDPOINT_FACTS: frozenset({ENDPOINT_FACTS}),
+    MESH_VERSION: frozenset({MESH_VERSION}),  # everything
+}
+F = TypeVar("F", bound=Callable[..., Any])
+# fingerprint function -> (what it stands for, what a call stands for by its arguments)
+DECLARED: dict[Callable[..., Any], tuple[frozenset[str], Callable[..., Iterable[str]] | None]] = {}
+
+
+def stands_for(*inputs: str, per_call: Callable[..., Iterable[str]] | None = None) -> Callable[[F], F]:
+    """Declares what a fingerprint function stands for: its result changes when these do.
+    A switch (a yes/no a scope asks, such as uses_source_labels) stands for nothing but
+    its answer, which the key holds."""
+    def declare(fn: F) -> F:
+        DECLARED[fn] = (frozenset(inputs), per_call)
+        return fn
+    return declare
+
 
 # --- what the fingerprints keep in the snapshot (model/indexes.py), for how long --------
 CONFIG, HOST, ADDRESS, SNAPSHOT = Lifetime.CONFIG, Lifetime.HOST, Lifetime.ADDRESS, Lifetime.SNAPSHOT
@@ -140,6 +173,7 @@ def _object_line(key: ConfigKey, obj: ConfigObject) -> str:
 
 # --- per kind ---------------------------------------------------------------------------
 
+@stands_for(per_call=lambda mesh, name: STANDS_FOR[name])
 def kind(mesh: MeshSnapshot, name: str) -> str:
     """The fingerprint `name`: a config kind's, OTHER, or one of the narrower ones."""
     if name == ENDPOINT_FACTS:
@@ -182,11 +216,13 @@ def fingerprints_value(deps: tuple[str, ...]) -> Value[tuple[str, ...]]:
     return Value[tuple[str, ...]](f"fingerprints of {', '.join(deps)}", lifetime)
 
 
+@stands_for(per_call=lambda mesh, deps: (i for d in deps for i in STANDS_FOR[d]))
 def fingerprints(mesh: MeshSnapshot, deps: tuple[str, ...]) -> tuple[str, ...]:
     """The fingerprints of `deps` (a part's declared inputs)."""
     return tuple(kind(mesh, d) for d in deps)
 
 
+@stands_for(DR_ROUTING, DR_SELECTORS)
 def dr_routing(mesh: MeshSnapshot) -> str:
     got = mesh.indexes.get(_DR_ROUTING)
     return got if got is not None else mesh.indexes.value(_DR_ROUTING, _dr_routing, mesh)
@@ -202,6 +238,7 @@ def _dr_routing(mesh: MeshSnapshot) -> str:
     return _digest(lines)
 
 
+@stands_for(DESTINATION_RULE)
 def host_rules(mesh: MeshSnapshot) -> dict[str, tuple[Any, ...]]:
     """host -> every DestinationRule whose `host` covers it (key and generation),
     whatever namespaces it serves: a changed rule can change the clusters and
@@ -229,6 +266,7 @@ def _host_rules(mesh: MeshSnapshot) -> dict[str, tuple[Any, ...]]:
 
 # --- what non-EDS output reads from endpoints -------------------------------------------
 
+@stands_for(ENDPOINT_FACTS)
 def endpoint_facts(mesh: MeshSnapshot) -> str:
     got = mesh.indexes.get(_ENDPOINT_FACTS)
     return got if got is not None else mesh.indexes.value(_ENDPOINT_FACTS, _endpoint_facts, mesh)
@@ -247,6 +285,7 @@ def _endpoint_facts(mesh: MeshSnapshot) -> str:
     return _digest(lines)
 
 
+@stands_for(ENDPOINT_FACTS)
 def service_accounts(mesh: MeshSnapshot, host: str) -> str:
     """The identities behind a service (MeshSnapshot.service_accounts)."""
     table = mesh.indexes[_SERVICE_ACCOUNTS]
@@ -256,6 +295,7 @@ def service_accounts(mesh: MeshSnapshot, host: str) -> str:
     return got
 
 
+@stands_for()
 def headless_ips(mesh: MeshSnapshot) -> frozenset[str]:
     """Addresses of headless services' endpoints: a sidecar at one of them gets no
     listener for itself, so its outbound listeners depend on its IP."""
@@ -276,6 +316,7 @@ def _headless_ips(mesh: MeshSnapshot) -> frozenset[str]:
     return frozenset(out)
 
 
+@stands_for()
 def locality_inputs(mesh: MeshSnapshot) -> tuple[bool, bool]:
     """Whether some assignment can depend on the proxy's locality (a DestinationRule
     sets `outlierDetection`, which turns on the mesh's default locality failover, or
@@ -308,6 +349,7 @@ def _dr_locality(mesh: MeshSnapshot) -> tuple[bool, bool, bool]:
     return got
 
 
+@stands_for()
 def localized_hosts(mesh: MeshSnapshot) -> frozenset[str]:
     """Hosts with at least one endpoint in a known locality."""
     got = mesh.indexes.get(_LOCALIZED_HOSTS)
@@ -324,6 +366,7 @@ def _localized_hosts(mesh: MeshSnapshot) -> frozenset[str]:
     return frozenset(host for (host, _) in mesh.endpoints if per_host[host])
 
 
+@stands_for(DR_SELECTORS)
 def dr_selectors(mesh: MeshSnapshot, namespace: str, labels: Mapping[str, str], label_key: tuple[Any, ...] | None = None) -> tuple[Any, ...]:
     """The DestinationRule `workloadSelector`s of `namespace` that select a proxy with
     `labels`: with the namespace, all a proxy's rule lookups depend on. Empty unless
@@ -336,6 +379,7 @@ def dr_selectors(mesh: MeshSnapshot, namespace: str, labels: Mapping[str, str], 
     return got
 
 
+@stands_for()
 def uses_dr_credentials(mesh: MeshSnapshot) -> bool:
     """Whether some DestinationRule names a `credentialName`: only then do outbound
     clusters depend on Secrets (destinations.credential_problem)."""
@@ -346,6 +390,7 @@ def uses_dr_credentials(mesh: MeshSnapshot) -> bool:
     return got
 
 
+@stands_for(per_call=lambda mesh, namespace: (f"{SECRET}@{namespace}",))
 def namespace_secrets(mesh: MeshSnapshot, namespace: str) -> str:
     """Fingerprint of the credentials (Secrets) of one namespace: all a proxy of that
     namespace can be sent over SDS."""
@@ -362,6 +407,7 @@ def _namespace_secrets(mesh: MeshSnapshot) -> dict[str, str]:
     return {ns: _digest(sorted(v)) for ns, v in lines.items()}
 
 
+@stands_for()
 def uses_source_labels(mesh: MeshSnapshot) -> bool:
     """Whether any VirtualService matches on `sourceLabels`: only then do a sidecar's
     routes (and TCP listeners) depend on its labels."""
@@ -373,6 +419,7 @@ def uses_source_labels(mesh: MeshSnapshot) -> bool:
 
 # --- EDS --------------------------------------------------------------------------------
 
+@stands_for(ENDPOINTS)
 def host_endpoints(mesh: MeshSnapshot) -> dict[str, str]:
     """host -> fingerprint of its endpoints (all ports)."""
     got = mesh.indexes.get(_ALL_HOST_ENDPOINTS)
@@ -389,6 +436,7 @@ def _host_endpoints(mesh: MeshSnapshot) -> dict[str, str]:
     return {host: per_host[host] for (host, _) in mesh.endpoints}
 
 
+@stands_for(ENDPOINTS)
 def all_endpoints(mesh: MeshSnapshot) -> str:
     got = mesh.indexes.get(_ALL_ENDPOINTS)
     if got is None:
@@ -398,6 +446,7 @@ def all_endpoints(mesh: MeshSnapshot) -> str:
 
 # --- per proxy / per service ------------------------------------------------------------
 
+@stands_for(PROXY_LOCALITY)
 def proxy_locality(mesh: MeshSnapshot, proxy: Proxy) -> Locality:
     """Where the proxy runs, as the mesh places it (MeshSnapshot.proxy_locality)."""
     table = mesh.indexes[_PROXY_LOCALITIES]
@@ -408,6 +457,7 @@ def proxy_locality(mesh: MeshSnapshot, proxy: Proxy) -> Locality:
     return got
 
 
+@stands_for(INSTANCES)
 def instance_shape(mesh: MeshSnapshot, ip: str) -> tuple[Any, ...]:
     """What a sidecar's inbound side reads of its instances: the services and ports,
     not the pod's address or labels, so the replicas of a workload share it."""
@@ -423,6 +473,7 @@ def instance_shape(mesh: MeshSnapshot, ip: str) -> tuple[Any, ...]:
     return got
 
 
+@stands_for(PEER_AUTHENTICATION)
 def mtls_policy(mesh: MeshSnapshot, namespace: str, labels: Mapping[str, str], label_key: tuple[Any, ...] | None = None) -> tuple[Any, ...]:
     """The effective PeerAuthentication of a workload, as the inbound side reads it.
     Labels matter only in a namespace with a selector policy: elsewhere one answer
@@ -440,6 +491,7 @@ def mtls_policy(mesh: MeshSnapshot, namespace: str, labels: Mapping[str, str], l
     return got
 
 
+@stands_for(SERVICE)
 def service_generation(mesh: MeshSnapshot, host: str) -> str:
     generations = mesh.indexes.get(_SERVICE_GENERATIONS)
     if generations is None:
@@ -448,6 +500,7 @@ def service_generation(mesh: MeshSnapshot, host: str) -> str:
     return generations.get(host, "")
 
 
+@stands_for(AUTHORIZATION_POLICY, REQUEST_AUTHENTICATION, JWKS, MESH_CONFIG, SERVICE)
 def security(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
     """What a proxy's authentication and authorization filters read: the policies
     that select its workload (by namespace and labels), the key sets their JWT rules
@@ -460,6 +513,7 @@ def security(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
     return got
 
 
+@stands_for(PEER_AUTHENTICATION)
 def namespace_mode(mesh: MeshSnapshot, namespace: str) -> str:
     """The namespace-level PeerAuthentication mode clients consult (auto mTLS)."""
     table = mesh.indexes[_NAMESPACE_MODES]

@@ -233,7 +233,7 @@ def OUTBOUND_CLUSTERS(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: Resou
 # --- inbound clusters (sidecars) -------------------------------------------------------
 
 def _instances_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
-    return (instance_shape(mesh, proxy.ip),)
+    return (proxy.type, instance_shape(mesh, proxy.ip))
 
 
 @part("sidecar-inbound-clusters", names.CLUSTER, (SERVICE, OTHER), _instances_scope)

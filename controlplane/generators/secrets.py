@@ -31,9 +31,8 @@ def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
     if not proxy.workload_cert:
         return []
     out: dict[str, Message] = {}
-    for (ns, name), cred in sorted(mesh.credentials.items()):
-        if ns != proxy.namespace:
-            continue
+    ns = proxy.namespace
+    for name, cred in mesh.credentials_of(ns):
         if cred.cert_chain and cred.private_key:
             out[SDS_PREFIX + name] = certificate_secret(SDS_PREFIX + name, cred)
         base = name[: -len(CA_SUFFIX)] if name.endswith(CA_SUFFIX) else name

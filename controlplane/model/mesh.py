@@ -20,7 +20,7 @@ from ..names import ROOT_NAMESPACE, fqdn, resolve_host
 from .credentials import Credential, credentials_from
 from .delegates import resolve_delegates
 from .destination_rules import DestinationRuleIndex
-from .indexes import MeshIndexes
+from .indexes import Lifetime, MeshIndexes, Value
 from .gateways import (
     ISTIO_MUTUAL,
     MUTUAL,
@@ -236,6 +236,13 @@ class MeshSnapshot:
         """The Secret `name` of `namespace` as a credential (certificate chain and key)."""
         return self.credentials.get((namespace, name))
 
+    def credentials_of(self, namespace: str) -> tuple[tuple[str, Credential], ...]:
+        """The credentials of one namespace, by name: all a proxy there may be sent."""
+        by_namespace = self.indexes.get(_CREDENTIALS_BY_NAMESPACE)
+        if by_namespace is None:
+            by_namespace = self.indexes.value(_CREDENTIALS_BY_NAMESPACE, _by_namespace, self.credentials)
+        return by_namespace.get(namespace, ())
+
     def credential_problem(self, namespace: str, server: Server) -> str | None:
         """Why a Gateway server's TLS cannot be set up on a gateway in `namespace`: its
         Secrets are missing there (or lack a key or CA), or its protocol versions exclude
@@ -266,6 +273,17 @@ class MeshSnapshot:
             return own.ca or own.cert_chain
         base = self.credentials.get((namespace, name))
         return base.ca if base is not None else b""
+
+
+_CREDENTIALS_BY_NAMESPACE = Value[Mapping[str, tuple[tuple[str, Credential], ...]]](
+    "credentials by namespace", Lifetime.CONFIG)
+
+
+def _by_namespace(credentials: Mapping[tuple[str, str], Credential]) -> dict[str, tuple[tuple[str, Credential], ...]]:
+    out: dict[str, list[tuple[str, Credential]]] = {}
+    for (namespace, name), cred in sorted(credentials.items()):
+        out.setdefault(namespace, []).append((name, cred))
+    return {ns: tuple(v) for ns, v in out.items()}
 
 
 def _dr_host(dr: ConfigObject) -> str:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from controlplane import names
 from controlplane.generators import Generator, builders
 from controlplane.generators.resources import changes, pack
 from controlplane.model.proxy import parse_node
+from tests.support import mesh_changes
 from tests.support.chapter9 import (CATALOG_PROXY, GATEWAY_PROXY, LAYOUT, NS, RICH, SLEEP_PROXY, STRICT_MESH,
                                     TCP_SERVICES, WEBAPP_PROXY, dr, endpoints_v2, mesh, pa)
 
@@ -144,6 +147,21 @@ def test_composed_output_equals_the_builders_across_changes(tmp_path):
     for label, parts in STEPS:
         m = mesh(*config(tmp_path, parts))
         check_all(g, m)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(initial=mesh_changes.initial_states(), walk=st.lists(mesh_changes.steps(), min_size=1, max_size=6))
+def test_composed_output_equals_the_builders_over_random_changes(initial, walk):
+    """A random mesh (tests/support/mesh_changes.py: every kind the generators serve), then
+    random steps adding, changing and removing objects of any kind (an EndpointSlice alone
+    takes build_mesh's fast path), seen by one long-lived Generator: after every step, each
+    proxy's composed output of every type equals the plain builders' byte for byte."""
+    world = mesh_changes.World(initial)
+    g = Generator()
+    for m in [world.mesh, *(world.apply(step) for step in walk)]:
+        for proxy in mesh_changes.PROXIES:
+            for t in (*TYPES, names.SECRET):
+                assert got(g, m, proxy, t) == expected(m, proxy, t), (world.state, proxy.id, proxy.workload_cert, names.SHORT[t])
 
 
 def test_key_is_stable_and_changes_with_the_output(tmp_path):

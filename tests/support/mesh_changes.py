@@ -1,0 +1,348 @@
+"""A small mesh whose every object can be added, changed or removed: for tests that walk
+random change sequences through the generator cache (tests/unit/test_push_generation.py)
+and build every part in tracking mode (tests/unit/test_part_inputs.py).
+
+The mesh is a set of slots, one per object (kind, namespace, name), each either empty or
+holding one of a few variants of that object; a `World` keeps them in a ConfigStore (one
+location per slot, as the directory source keeps a file) and builds each new snapshot
+from the previous one with the changed keys, as MeshBuilder does, so an EndpointSlice
+change takes build_mesh's fast path. Every kind the generators serve is here: Services,
+Pods, EndpointSlices, Nodes, VirtualServices, DestinationRules, PeerAuthentications,
+AuthorizationPolicies, RequestAuthentications, Gateways and Secrets.
+
+Namespaces: `shop` (cart, with two versions; db, headless), `web` (front, a client with
+DestinationRules of its own), `istio-system` (the root namespace and the ingress gateway).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from functools import cache
+
+from controlplane.config.objects import ConfigKey
+from controlplane.config.store import ConfigStore
+from controlplane.model.mesh import MeshSnapshot, build_mesh
+from controlplane.model.proxy import Proxy, parse_node
+
+from .configs import objects_from_yaml
+from .jwt import Issuer
+from .pki import make_ca, make_cert, tls_secret_yaml
+
+TLS_MODE = "security.istio.io/tlsMode: istio"
+
+
+def _service(name: str, ns: str, ports: str, *, selector: str = "", headless: bool = False) -> str:
+    ip = "clusterIP: None" if headless else f"clusterIP: 10.96.{len(ns)}.{len(name)}"
+    return f"""apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  {ip}
+  selector: {{{selector or 'app: ' + name}}}
+  ports: {ports}
+"""
+
+
+def _pod(name: str, ns: str, ip: str, labels: str, sa: str, node: str = "") -> str:
+    node_name = f", nodeName: {node}" if node else ""
+    return f"""apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}
+spec: {{serviceAccountName: {sa}{node_name}, containers: [{{name: app, ports: [{{name: web, containerPort: 8080}}]}}]}}
+status: {{podIP: {ip}}}
+"""
+
+
+def _slice(addresses: list[tuple[str, bool, str]], port: int = 8080) -> str:
+    eps = "\n".join(f"- addresses: [\"{a}\"]\n  conditions: {{ready: {str(ready).lower()}}}\n"
+                    f"  targetRef: {{kind: Pod, name: {pod}, namespace: shop}}" for a, ready, pod in addresses)
+    return f"""apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: cart-x, namespace: shop, labels: {{kubernetes.io/service-name: cart}}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}, protocol: TCP}}]
+endpoints:
+{eps}
+"""
+
+
+def _node(region: str, zone: str) -> str:
+    return f"""apiVersion: v1
+kind: Node
+metadata: {{name: n1, labels: {{topology.kubernetes.io/region: {region}, topology.kubernetes.io/zone: {zone}}}}}
+"""
+
+
+def _vs(name: str, ns: str, body: str) -> str:
+    return f"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{body}"
+
+
+def _dr(name: str, ns: str, host: str, body: str) -> str:
+    return (f"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {ns}}}\n"
+            f"spec:\n  host: \"{host}\"\n{body}")
+
+
+def _pa(name: str, ns: str, body: str) -> str:
+    return f"apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{body}"
+
+
+def _authz(name: str, ns: str, body: str) -> str:
+    return f"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{body}"
+
+
+def _gateway(servers: str) -> str:
+    return f"""apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw-1, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+{servers}"""
+
+
+HTTP_SERVER = "  - {port: {number: 80, name: http, protocol: HTTP}, hosts: [\"shop.example.com\"]}\n"
+SUBSETS = "  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n"
+
+
+@cache
+def _pki() -> tuple[str, str, str, str]:
+    """Two gateway credentials, a client credential with and without a CA (made once)."""
+    ca = make_ca()
+    a, b = make_cert(ca, ["shop.example.com"]), make_cert(ca, ["shop.example.com"])
+    client = make_cert(ca, ["front.web"], client=True)
+    return (tls_secret_yaml("gw-cred", "istio-system", a, ca.cert), tls_secret_yaml("gw-cred", "istio-system", b),
+            tls_secret_yaml("client-cred", "web", client, ca.cert), tls_secret_yaml("client-cred", "web", client))
+
+
+@cache
+def _jwks() -> str:
+    return json.dumps(Issuer("https://issuer.example", "ES256").jwks())
+
+
+def _request_authentication(issuer: str) -> str:
+    return f"""apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: cart-jwt, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: cart}}}}
+  jwtRules: [{{issuer: "{issuer}", jwks: {_jwks()}}}]
+"""
+
+
+@cache
+def slots() -> dict[str, tuple[str, ...]]:
+    """slot -> the variants of its object (YAML); a slot may also be empty."""
+    gw_a, gw_b, client_ca, client_plain = _pki()
+    return {
+        "service/shop/cart": (
+            _service("cart", "shop", "[{name: http, port: 80, targetPort: 8080}]"),
+            _service("cart", "shop", "[{name: http, port: 80, targetPort: 8080}, {name: tcp-db, port: 9000}]"),
+            _service("cart", "shop", "[{name: http, port: 80, targetPort: web}]"),
+            _service("cart", "shop", "[{name: grpc, port: 80, targetPort: 8080}]"),
+        ),
+        "service/shop/db": (
+            _service("db", "shop", "[{name: tcp, port: 5432}]", headless=True),
+            _service("db", "shop", "[{name: http, port: 8081}]", headless=True),
+        ),
+        "service/web/front": (
+            _service("front", "web", "[{name: http, port: 80, targetPort: 8080}]"),
+            _service("front", "web", "[{name: http, port: 80, targetPort: 8080}, {name: http-admin, port: 81}]"),
+        ),
+        "service/istio-system/istio-ingressgateway": (
+            _service("istio-ingressgateway", "istio-system", "[{name: http2, port: 80, targetPort: 8080}, "
+                     "{name: https, port: 443, targetPort: 8443}, {name: tcp, port: 31400}]",
+                     selector="istio: ingressgateway"),
+            _service("istio-ingressgateway", "istio-system", "[{name: http2, port: 80, targetPort: 8081}]",
+                     selector="istio: ingressgateway"),
+        ),
+        "pod/shop/cart-1": (
+            _pod("cart-1", "shop", "10.1.0.11", f"app: cart, version: v1, {TLS_MODE}", "cart"),
+            _pod("cart-1", "shop", "10.1.0.11", f"app: cart, version: v2, {TLS_MODE}", "cart"),
+            _pod("cart-1", "shop", "10.1.0.11", "app: cart, version: v1", "cart"),
+            _pod("cart-1", "shop", "10.1.0.11", f"app: cart, version: v1, {TLS_MODE}", "cart", node="n1"),
+        ),
+        "pod/shop/cart-2": (
+            _pod("cart-2", "shop", "10.1.0.12", f"app: cart, version: v2, {TLS_MODE}", "cart-v2"),
+            _pod("cart-2", "shop", "10.1.0.12", f"app: cart, version: v2, {TLS_MODE}", "cart-v2", node="n1"),
+        ),
+        "pod/shop/db-0": (_pod("db-0", "shop", "10.1.0.40", f"app: db, {TLS_MODE}", "db"),),
+        "pod/web/front-1": (_pod("front-1", "web", "10.2.0.10", f"app: front, {TLS_MODE}", "front"),),
+        "pod/istio-system/gw-1": (_pod("gw-1", "istio-system", "10.0.0.2", "istio: ingressgateway", "gateway"),),
+        "endpointslice/shop/cart-x": (
+            _slice([("10.1.0.11", True, "cart-1")]),
+            _slice([("10.1.0.11", True, "cart-1"), ("10.1.0.12", True, "cart-2")]),
+            _slice([("10.1.0.11", False, "cart-1"), ("10.1.0.12", True, "cart-2")]),
+            _slice([("10.1.0.12", True, "cart-2")], port=8081),
+        ),
+        "node/n1": (_node("r1", "z1"), _node("r2", "z2")),
+        "virtualservice/shop/cart": (
+            _vs("cart", "shop", "  hosts: [cart]\n  http:\n  - route:\n    - {destination: {host: cart, subset: v1}, weight: 90}\n"
+                "    - {destination: {host: cart, subset: v2}, weight: 10}\n"),
+            _vs("cart", "shop", "  hosts: [cart]\n  http:\n  - match: [{headers: {x-version: {exact: v2}}}]\n"
+                "    route: [{destination: {host: cart, subset: v2}}]\n    retries: {attempts: 3, perTryTimeout: 1s}\n"
+                "    timeout: 5s\n  - route: [{destination: {host: cart, subset: v1}}]\n"),
+            _vs("cart", "shop", "  hosts: [cart]\n  http:\n  - match: [{sourceLabels: {app: front}}]\n"
+                "    route: [{destination: {host: cart, subset: v2}}]\n  - route: [{destination: {host: cart}}]\n"),
+            _vs("cart", "shop", "  hosts: [cart]\n  tcp:\n  - match: [{port: 9000, sourceLabels: {app: front}}]\n"
+                "    route: [{destination: {host: cart, port: {number: 9000}}}]\n"),
+        ),
+        "virtualservice/istio-system/shop": (
+            _vs("shop", "istio-system", "  hosts: [shop.example.com]\n  gateways: [gw-1]\n  http:\n"
+                "  - route: [{destination: {host: cart.shop.svc.cluster.local, port: {number: 80}}}]\n"),
+            _vs("shop", "istio-system", "  hosts: [shop.example.com]\n  gateways: [gw-1]\n  http:\n"
+                "  - match: [{uri: {prefix: /front}}]\n    route: [{destination: {host: front.web.svc.cluster.local}}]\n"
+                "  - route: [{destination: {host: cart.shop.svc.cluster.local, subset: v1}}]\n"),
+            _vs("shop", "istio-system", "  hosts: [\"*\"]\n  gateways: [gw-1]\n  tcp:\n"
+                "  - match: [{port: 31400}]\n    route: [{destination: {host: db.shop.svc.cluster.local, port: {number: 5432}}}]\n"),
+        ),
+        "destinationrule/shop/cart": (
+            _dr("cart", "shop", "cart", SUBSETS),
+            _dr("cart", "shop", "cart", "  trafficPolicy: {connectionPool: {tcp: {maxConnections: 10}}}\n" + SUBSETS),
+            _dr("cart", "shop", "cart", "  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}\n"),
+            _dr("cart", "shop", "cart", "  trafficPolicy: {tls: {mode: DISABLE}}\n  subsets:\n"
+                "  - {name: v2, labels: {version: v2}, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}\n"),
+            _dr("cart", "shop", "cart", "  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 3}\n"
+                "    loadBalancer: {localityLbSetting: {failover: [{from: r1, to: r2}]}}\n"),
+            _dr("cart", "shop", "cart", "  trafficPolicy:\n    loadBalancer: {localityLbSetting: {distribute: "
+                "[{from: r1/z1/*, to: {r1/z1/*: 70, r2/z2/*: 30}}]}}\n"),
+            _dr("cart", "shop", "cart", "  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 3}\n"
+                "    loadBalancer: {localityLbSetting: {failoverPriority: [topology.kubernetes.io/region]}}\n"),
+        ),
+        "destinationrule/web/cart-from-front": (
+            _dr("cart-from-front", "web", "cart.shop.svc.cluster.local",
+                "  workloadSelector: {matchLabels: {app: front}}\n  trafficPolicy: {tls: {mode: SIMPLE, credentialName: client-cred}}\n"),
+            _dr("cart-from-front", "web", "cart.shop.svc.cluster.local",
+                "  workloadSelector: {matchLabels: {app: front}}\n  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}}\n"),
+            _dr("cart-from-front", "web", "cart.shop.svc.cluster.local", "  exportTo: [\".\"]\n" + SUBSETS),
+        ),
+        "destinationrule/istio-system/wildcard": (
+            _dr("wildcard", "istio-system", "*.shop.svc.cluster.local", "  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n"),
+            _dr("wildcard", "istio-system", "*.shop.svc.cluster.local",
+                "  trafficPolicy: {connectionPool: {http: {http1MaxPendingRequests: 5}}}\n"),
+        ),
+        "peerauthentication/istio-system/default": tuple(
+            _pa("default", "istio-system", f"  mtls: {{mode: {m}}}\n") for m in ("STRICT", "PERMISSIVE", "DISABLE")),
+        "peerauthentication/shop/default": tuple(
+            _pa("default", "shop", f"  mtls: {{mode: {m}}}\n") for m in ("STRICT", "DISABLE", "UNSET")),
+        "peerauthentication/shop/cart": (
+            _pa("cart", "shop", "  selector: {matchLabels: {app: cart}}\n  mtls: {mode: PERMISSIVE}\n"
+                "  portLevelMtls: {8080: {mode: STRICT}}\n"),
+            _pa("cart", "shop", "  selector: {matchLabels: {app: cart, version: v2}}\n  mtls: {mode: DISABLE}\n"),
+        ),
+        "authorizationpolicy/shop/cart": (
+            _authz("cart", "shop", "  selector: {matchLabels: {app: cart}}\n  action: ALLOW\n  rules:\n"
+                   "  - from: [{source: {principals: [\"cluster.local/ns/web/sa/front\"]}}]\n"),
+            _authz("cart", "shop", "  selector: {matchLabels: {app: cart}}\n  action: DENY\n  rules:\n"
+                   "  - to: [{operation: {paths: [\"/admin*\"], methods: [POST]}}]\n"),
+        ),
+        "authorizationpolicy/istio-system/gateway": (
+            _authz("gateway", "istio-system", "  selector: {matchLabels: {istio: ingressgateway}}\n  action: DENY\n"
+                   "  rules: [{to: [{operation: {paths: [\"/private*\"]}}]}]\n"),
+            _authz("gateway", "istio-system", "  action: ALLOW\n  rules: [{}]\n"),
+        ),
+        "requestauthentication/shop/cart-jwt": (
+            _request_authentication("https://issuer.example"),
+            _request_authentication("https://other.example"),
+        ),
+        "gateway/istio-system/gw-1": (
+            _gateway(HTTP_SERVER),
+            _gateway(HTTP_SERVER + "  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [\"shop.example.com\"]\n"
+                     "    tls: {mode: SIMPLE, credentialName: gw-cred}\n"),
+            _gateway("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [\"shop.example.com\"]\n"
+                     "    tls: {mode: MUTUAL, credentialName: gw-cred}\n"),
+            _gateway(HTTP_SERVER + "  - {port: {number: 31400, name: tcp, protocol: TCP}, hosts: [\"*\"]}\n"),
+            _gateway("  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"shop.example.com\"]\n"
+                     "    tls: {httpsRedirect: true}\n"),
+        ),
+        "secret/istio-system/gw-cred": (gw_a, gw_b),
+        "secret/web/client-cred": (client_ca, client_plain),
+    }
+
+
+def _node_of(pod: str, ip: str, ns: str, labels: dict[str, str], sa: str, kind: str = "sidecar") -> Proxy:
+    return parse_node(f"{kind}~{ip}~{pod}.{ns}~{ns}.svc.cluster.local",
+                      {"NAMESPACE": ns, "LABELS": labels, "SERVICE_ACCOUNT": sa})
+
+
+CART_1 = _node_of("cart-1", "10.1.0.11", "shop", {"app": "cart", "version": "v1", "security.istio.io/tlsMode": "istio"}, "cart")
+CART_2 = _node_of("cart-2", "10.1.0.12", "shop", {"app": "cart", "version": "v2", "security.istio.io/tlsMode": "istio"}, "cart-v2")
+DB_0 = _node_of("db-0", "10.1.0.40", "shop", {"app": "db", "security.istio.io/tlsMode": "istio"}, "db")
+FRONT_1 = _node_of("front-1", "10.2.0.10", "web", {"app": "front", "security.istio.io/tlsMode": "istio"}, "front")
+# Beside front-1 in its namespace, with other labels: what selects front-1 (sourceLabels,
+# workloadSelectors) does not select it. No pod of the mesh is behind it.
+ADMIN_1 = _node_of("admin-1", "10.2.0.20", "web", {"app": "admin", "security.istio.io/tlsMode": "istio"}, "admin")
+GATEWAY = _node_of("gw-1", "10.0.0.2", "istio-system", {"istio": "ingressgateway"}, "gateway", kind="router")
+# Every proxy, and the client one again without a workload certificate (plaintext xDS).
+PROXIES = (CART_1, CART_2, DB_0, FRONT_1, ADMIN_1, GATEWAY, dataclasses.replace(FRONT_1, workload_cert=False))
+
+
+@dataclass(frozen=True)
+class Change:
+    slot: str
+    variant: int | None  # None: the slot empties
+
+
+class World:
+    """The slots in a ConfigStore; each `apply` builds the next snapshot from the last."""
+
+    def __init__(self, initial: dict[str, int] | None = None):
+        self.store = ConfigStore()
+        self.changed: set[ConfigKey] = set()
+        self.store.subscribe(lambda _snap, keys: self.changed.update(keys))
+        self.state: dict[str, int] = {}
+        for slot, variant in (initial or {}).items():
+            self._set(Change(slot, variant))
+        self.mesh = build_mesh(self.store.snapshot())
+        self.changed.clear()
+
+    def _set(self, change: Change) -> None:
+        if change.variant is None:
+            self.state.pop(change.slot, None)
+            self.store.remove_location(change.slot)
+        else:
+            self.state[change.slot] = change.variant
+            self.store.replace_location(change.slot, objects_from_yaml(slots()[change.slot][change.variant], change.slot))
+
+    def apply(self, changes: list[Change]) -> MeshSnapshot:
+        for change in changes:
+            self._set(change)
+        self.mesh = build_mesh(self.store.snapshot(), previous=self.mesh, changed=frozenset(self.changed))
+        self.changed.clear()
+        return self.mesh
+
+
+def everything() -> dict[str, int]:
+    """Every slot filled with its first variant."""
+    return dict.fromkeys(slots(), 0)
+
+
+# --- hypothesis strategies -----------------------------------------------------------------
+
+def _strategies():
+    from hypothesis import strategies as st
+
+    names = sorted(slots())
+
+    def variant_of(slot: str):
+        return st.one_of(st.none(), st.integers(0, len(slots()[slot]) - 1))
+
+    change = st.sampled_from(names).flatmap(lambda slot: variant_of(slot).map(lambda v: Change(slot, v)))
+    slice_change = st.integers(0, len(slots()["endpointslice/shop/cart-x"]) - 1).map(
+        lambda v: Change("endpointslice/shop/cart-x", v))
+    # A step: a few changes of any kind, or an EndpointSlice alone (build_mesh's fast path).
+    step = st.one_of(st.lists(change, min_size=1, max_size=3), slice_change.map(lambda c: [c]))
+    initial = st.fixed_dictionaries({slot: variant_of(slot) for slot in names}).map(
+        lambda d: {k: v for k, v in d.items() if v is not None})
+    return initial, step
+
+
+def initial_states():
+    """Any mesh of the slots: each empty or holding one of its variants."""
+    return _strategies()[0]
+
+
+def steps():
+    """One step of changes: up to three objects of any kind added, changed or removed, or
+    the EndpointSlice alone."""
+    return _strategies()[1]
