@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.configs import ingress_gateway_yaml
 from tests.support.envoy import envoy
 from tests.support.harness import Process, Traffic, free_port, http_backend, http_get, meshd, wait_for
+from tests.support.manifests import documents, gateway, ingress_gateway_service
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +24,7 @@ HOST = "shop.example.com"
 
 def config(gw_port: int, backend_port: int) -> dict[str, str]:
     return {
-        "gateway.yaml": ingress_gateway_yaml(gw_port, HOST, "shop-gateway", "shop"),
+        "gateway.yaml": documents(ingress_gateway_service(gw_port), gateway("shop-gateway", "shop", [HOST])),
         "backend.yaml": f"""
 apiVersion: v1
 kind: Service

@@ -17,26 +17,11 @@ from tests.support.ads import SotwStream
 from tests.support.chapter9 import GATEWAY_NODE
 from tests.support.harness import free_port, meshd, wait_for, write
 from tests.support.ingress import backends_yaml
+from tests.support.manifests import documents, gateway, ingress_gateway_service
 
 pytestmark = pytest.mark.e2e
 
-GATEWAY_CONFIG = """
-apiVersion: v1
-kind: Service
-metadata: {name: istio-ingressgateway, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  ports: [{name: http2, port: 80, targetPort: 8080}]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: burst, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 80, name: http, protocol: HTTP}
-    hosts: ["*.example.com"]
-"""
+GATEWAY_CONFIG = documents(ingress_gateway_service(8080), gateway("burst", "istio-system", ["*.example.com"]))
 
 
 def vs(i: int) -> str:

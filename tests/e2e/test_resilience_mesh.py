@@ -28,9 +28,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -38,103 +35,39 @@ from pathlib import Path
 import pytest
 
 from tests.support.harness import Process, free_port, meshd
+from tests.support.manifests import documents, peer_authentication, service
 from tests.support.paths import REPO
 from tests.testbed.bed import wait_for
 from tests.testbed.fixtures import testbed  # noqa: F401  (the fixture)
+from tests.testbed.mesh import (CATALOG_PORT, GATEWAY_HOST, GW_PORT, MESHED, NS, WEBAPP_PORT, PodSpec, bootstrap,
+                                gateway_to_webapp, pods_yaml)
 
 pytestmark = pytest.mark.e2e
 
-NS = "istioinaction"
-WEBAPP_PORT, CATALOG_PORT, GW_PORT = 8080, 3000, 8080
-GW_HOST = "webapp.istioinaction.io"
 ADS = "cluster.xds-grpc.grpc.envoy.service.discovery.v3.AggregatedDiscoveryService.StreamAggregatedResources"
 
 
-def layout(pods: dict, vips: dict) -> str:
-    def pod(name: str, ns: str, sa: str, labels: str) -> str:
-        return f"""
-            ---
-            apiVersion: v1
-            kind: Pod
-            metadata: {{name: {name}-0, namespace: {ns}, labels: {{{labels}}}}}
-            spec: {{serviceAccountName: {sa}, containers: [{{name: {name}}}]}}
-            status: {{podIP: {pods[name].ip}}}"""
-
-    return textwrap.dedent(f"""
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: webapp, namespace: {NS}}}
-        spec:
-          clusterIP: {vips['webapp']}
-          selector: {{app: webapp}}
-          ports: [{{name: http, port: 80, targetPort: {WEBAPP_PORT}}}]
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: catalog, namespace: {NS}}}
-        spec:
-          clusterIP: {vips['catalog']}
-          selector: {{app: catalog}}
-          ports: [{{name: http, port: 80, targetPort: {CATALOG_PORT}}}]
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: istio-ingressgateway, namespace: istio-system}}
-        spec:
-          selector: {{istio: ingressgateway}}
-          ports: [{{name: http2, port: 80, targetPort: {GW_PORT}}}]
-        ---
-        apiVersion: networking.istio.io/v1
-        kind: Gateway
-        metadata: {{name: coolstore-gateway, namespace: {NS}}}
-        spec:
-          selector: {{istio: ingressgateway}}
-          servers:
-          - port: {{number: 80, name: http, protocol: HTTP}}
-            hosts: ["{GW_HOST}"]
-        ---
-        apiVersion: networking.istio.io/v1
-        kind: VirtualService
-        metadata: {{name: webapp-vs-from-gw, namespace: {NS}}}
-        spec:
-          hosts: ["{GW_HOST}"]
-          gateways: [coolstore-gateway]
-          http:
-          - route:
-            - destination: {{host: webapp, port: {{number: 80}}}}
-        ---
-        apiVersion: security.istio.io/v1
-        kind: PeerAuthentication
-        metadata: {{name: default, namespace: istio-system}}
-        spec: {{mtls: {{mode: STRICT}}}}
-        """) + textwrap.dedent("".join([
-        pod("sleep", "default", "sleep", "app: sleep, security.istio.io/tlsMode: istio"),
-        pod("webapp", NS, "webapp", "app: webapp, security.istio.io/tlsMode: istio"),
-        pod("catalog", NS, "catalog", "app: catalog, security.istio.io/tlsMode: istio"),
-        pod("gateway", "istio-system", "istio-ingressgateway-service-account",
-            "istio: ingressgateway, app: istio-ingressgateway"),
-    ])) + "\n"
-
-
-# name: (proxy type, namespace, service account, labels)
-PROXIES = {
-    "sleep": ("sidecar", "default", "sleep", "app=sleep,security.istio.io/tlsMode=istio"),
-    "webapp": ("sidecar", NS, "webapp", "app=webapp,security.istio.io/tlsMode=istio"),
-    "catalog": ("sidecar", NS, "catalog", "app=catalog,security.istio.io/tlsMode=istio"),
-    "gateway": ("router", "istio-system", "istio-ingressgateway-service-account",
-                "istio=ingressgateway,app=istio-ingressgateway"),
+# name: the pod's place in the layout, its proxy and how meshd bootstrap labels it
+PODS = {
+    "sleep": PodSpec("default", "sidecar", "sleep", f"app=sleep,{MESHED}"),
+    "webapp": PodSpec(NS, "sidecar", "webapp", f"app=webapp,{MESHED}"),
+    "catalog": PodSpec(NS, "sidecar", "catalog", f"app=catalog,{MESHED}"),
+    "gateway": PodSpec("istio-system", "router", "istio-ingressgateway-service-account",
+                       "istio=ingressgateway,app=istio-ingressgateway"),
 }
 
 
+def layout(pods: dict, vips: dict) -> str:
+    return documents(
+        service("webapp", NS, [("http", 80, WEBAPP_PORT)], cluster_ip=vips["webapp"]),
+        service("catalog", NS, [("http", 80, CATALOG_PORT)], cluster_ip=vips["catalog"]),
+        *gateway_to_webapp(),
+        peer_authentication("default", "istio-system", "STRICT")) + pods_yaml(PODS, pods)
+
+
 def _bootstrap(path: Path, name: str, pod, ca_dir: Path) -> Path:
-    kind, ns, sa, labels = PROXIES[name]
-    subprocess.run(
-        [sys.executable, "-m", "controlplane", "bootstrap", "--type", kind, "--namespace", ns,
-         "--service-account", sa, "--pod", f"{name}-0", "--ip", pod.ip, "--labels", labels,
-         "--xds-address", "127.0.0.1:15012", "--admin-port", "15000", "--ca-dir", str(ca_dir),
-         "--output", str(path)],
-        check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    return path
+    spec = PODS[name]
+    return bootstrap(path, spec.proxy, spec.namespace, spec.service_account, pod, spec.labels, ca_dir)
 
 
 class Traffic:
@@ -233,7 +166,7 @@ def log_size(envoy) -> int:
 def test_restart_loses_nothing_in_the_mesh(testbed, tmp_path: Path):  # noqa: F811
     config_dir, ca_dir = tmp_path / "config", tmp_path / "ca"
     config_dir.mkdir()
-    pods = {name: testbed.add_pod(name, sidecar=(PROXIES[name][0] == "sidecar")) for name in PROXIES}
+    pods = {name: testbed.add_pod(name, sidecar=PODS[name].sidecar) for name in PODS}
     vips = {name: testbed.service_ip() for name in ("webapp", "catalog")}
     (config_dir / "layout.yaml").write_text(layout(pods, vips))
     pods["webapp"].run_echo(http=[WEBAPP_PORT])
@@ -252,7 +185,7 @@ def test_restart_loses_nothing_in_the_mesh(testbed, tmp_path: Path):  # noqa: F8
         streams = {  # STRICT mTLS on every hop into a sidecar
             "sleep->webapp": (pods["sleep"], vips["webapp"], 80, None, "webapp"),
             "webapp->catalog": (pods["webapp"], vips["catalog"], 80, None, "catalog"),
-            "gateway->webapp": (pods["gateway"], pods["gateway"].ip, GW_PORT, {"Host": GW_HOST}, "webapp"),
+            "gateway->webapp": (pods["gateway"], pods["gateway"].ip, GW_PORT, {"Host": GATEWAY_HOST}, "webapp"),
         }
         for name, (pod, host, port, headers, _) in streams.items():
             wait_for(lambda: pod.http_get(host, port, "/", headers=headers, timeout=2)[0] == 200, 20,

@@ -13,6 +13,7 @@ from pathlib import Path
 from controlplane.model.mesh import MeshSnapshot
 from controlplane.model.proxy import parse_node
 from tests.support.configs import mesh_from_yaml
+from tests.support.manifests import documents, peer_authentication
 
 NS = "istioinaction"
 WEBAPP_HOST = f"webapp.{NS}.svc.cluster.local"
@@ -136,13 +137,8 @@ status: {{podIP: {ip}}}
 
 
 def pa(name: str, namespace: str, mode: str, selector: dict | None = None, ports: dict | None = None) -> str:
-    text = f"apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n"
-    if selector:
-        text += "  selector: {matchLabels: {" + ", ".join(f"{k}: {v}" for k, v in selector.items()) + "}}\n"
-    text += f"  mtls: {{mode: {mode}}}\n"
-    if ports:
-        text += "  portLevelMtls:\n" + "".join(f"    {p}: {{mode: {m}}}\n" for p, m in ports.items())
-    return text
+    """A PeerAuthentication (YAML text)."""
+    return documents(peer_authentication(name, namespace, mode, selector=selector, ports=ports))
 
 
 def dr(name: str, host: str, body: str, namespace: str = NS) -> str:

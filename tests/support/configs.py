@@ -45,23 +45,3 @@ def unvalidated_objects(text: str, location: str = "unvalidated.yaml") -> list[C
             spec=doc.get("spec") or {}, origin=Origin("file", location, i), generation=f"{location}#{i}",
             extra={"creationTimestamp": str(md.get("creationTimestamp") or "")}))
     return out
-
-
-def ingress_gateway_yaml(gw_port: int, host: str, name: str = "coolstore-gateway", namespace: str = "istioinaction") -> str:
-    """The ingress gateway's Service (port 80 to the gateway Envoy's `gw_port`) and a
-    Gateway serving HTTP for `host` on it: what an e2e test with a gateway starts from."""
-    return f"""
-apiVersion: v1
-kind: Service
-metadata: {{name: istio-ingressgateway, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  ports: [{{name: http2, port: 80, targetPort: {gw_port}}}]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ["{host}"]}}]
-"""

@@ -4,84 +4,34 @@ v1 and v2 (Pods at 127.0.0.2 and 127.0.0.3 with an EndpointSlice, a DestinationR
 a subset per version), and the VirtualService routing the gateway's traffic to them."""
 from __future__ import annotations
 
+from tests.support.manifests import (destination_rule, documents, endpoint_slice, gateway, ingress_gateway_service, pod,
+                                     service)
+
 HOST = "webapp.istioinaction.io"
+NS = "istioinaction"
 
 
 def gateway_yaml(gw_port: int) -> str:
-    return f"""
-apiVersion: v1
-kind: Service
-metadata: {{name: istio-ingressgateway, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  ports:
-  - {{name: http2, port: 80, targetPort: {gw_port}}}
----
-apiVersion: networking.istio.io/v1beta1
-kind: Gateway
-metadata: {{name: coolstore-gateway, namespace: istioinaction}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: ["{HOST}"]
-"""
+    return documents(ingress_gateway_service(gw_port), gateway("coolstore-gateway", NS, [HOST], version="v1beta1"))
 
 
 def backends_yaml(backend_port: int) -> str:
-    return f"""
-apiVersion: v1
-kind: Service
-metadata: {{name: webapp, namespace: istioinaction}}
-spec:
-  selector: {{app: webapp}}
-  ports:
-  - {{name: http, port: 80, targetPort: {backend_port}}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: webapp-abcde
-  namespace: istioinaction
-  labels: {{kubernetes.io/service-name: webapp}}
-addressType: IPv4
-ports: [{{name: http, port: {backend_port}, protocol: TCP}}]
-endpoints:
-- addresses: ["127.0.0.2"]
-  conditions: {{ready: true}}
-  targetRef: {{kind: Pod, name: webapp-v1, namespace: istioinaction}}
-- addresses: ["127.0.0.3"]
-  conditions: {{ready: true}}
-  targetRef: {{kind: Pod, name: webapp-v2, namespace: istioinaction}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: webapp-v1, namespace: istioinaction, labels: {{app: webapp, version: v1}}}}
-spec: {{containers: [{{name: webapp, image: webapp}}]}}
-status: {{podIP: 127.0.0.2}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: webapp-v2, namespace: istioinaction, labels: {{app: webapp, version: v2}}}}
-spec: {{containers: [{{name: webapp, image: webapp}}]}}
-status: {{podIP: 127.0.0.3}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: webapp, namespace: istioinaction}}
-spec:
-  host: webapp
-  subsets:
-  - {{name: v1, labels: {{version: v1}}}}
-  - {{name: v2, labels: {{version: v2}}}}
-"""
+    """webapp v1 at 127.0.0.2 and v2 at 127.0.0.3 (Pods and an EndpointSlice naming them),
+    their Service (port 80 to `backend_port`) and a DestinationRule with a subset each."""
+    return documents(
+        service("webapp", NS, [("http", 80, backend_port)]),
+        endpoint_slice("webapp-abcde", NS, "webapp", backend_port, ["127.0.0.2", "127.0.0.3"],
+                       pods=["webapp-v1", "webapp-v2"]),
+        pod("webapp-v1", NS, "127.0.0.2", {"app": "webapp", "version": "v1"}),
+        pod("webapp-v2", NS, "127.0.0.3", {"app": "webapp", "version": "v2"}),
+        destination_rule("webapp", NS, "webapp", subsets={"v1": {"version": "v1"}, "v2": {"version": "v2"}}))
 
 
 def vs_yaml(route: str) -> str:
     return f"""
 apiVersion: networking.istio.io/v1alpha3
 kind: VirtualService
-metadata: {{name: webapp-vs-from-gw, namespace: istioinaction}}
+metadata: {{name: webapp-vs-from-gw, namespace: {NS}}}
 spec:
   hosts: ["{HOST}"]
   gateways: [coolstore-gateway]

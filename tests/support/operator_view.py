@@ -15,66 +15,24 @@ from controlplane import cli, names
 from controlplane.generators import Generator
 from controlplane.generators.resources import ResourceSet, pack
 from tests.support.harness import http_get, wait_for
+from tests.support.manifests import (MESHED, destination_rule, documents, gateway, ingress_gateway_service, pod,
+                                     service)
 
+NS = "istioinaction"
 HOST = "webapp.istioinaction.io"
 SIDECAR_IP = "127.0.0.5"
 CATALOG_PORT = 3000
 
 
 def config(gw_port: int, backend_port: int) -> str:
-    return f"""
-apiVersion: v1
-kind: Service
-metadata: {{name: istio-ingressgateway, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  ports: [{{name: http2, port: 80, targetPort: {gw_port}}}]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: coolstore-gateway, namespace: istioinaction}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: ["{HOST}"]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: webapp, namespace: istioinaction}}
-spec:
-  selector: {{app: webapp}}
-  ports: [{{name: http, port: 80, targetPort: {backend_port}}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: webapp-v1, namespace: istioinaction, labels: {{app: webapp, version: v1}}}}
-spec: {{containers: [{{name: webapp}}]}}
-status: {{podIP: 127.0.0.1}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: webapp, namespace: istioinaction}}
-spec:
-  host: webapp
-  subsets: [{{name: v1, labels: {{version: v1}}}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: catalog, namespace: istioinaction}}
-spec:
-  selector: {{app: catalog}}
-  ports: [{{name: http, port: 80, targetPort: {CATALOG_PORT}}}]
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: catalog-0
-  namespace: istioinaction
-  labels: {{app: catalog, security.istio.io/tlsMode: istio}}
-spec: {{serviceAccountName: catalog, containers: [{{name: catalog}}]}}
-status: {{podIP: {SIDECAR_IP}}}
-"""
+    return documents(
+        ingress_gateway_service(gw_port),
+        gateway("coolstore-gateway", NS, [HOST]),
+        service("webapp", NS, [("http", 80, backend_port)]),
+        pod("webapp-v1", NS, "127.0.0.1", {"app": "webapp", "version": "v1"}),
+        destination_rule("webapp", NS, "webapp", subsets={"v1": {"version": "v1"}}),
+        service("catalog", NS, [("http", 80, CATALOG_PORT)]),
+        pod("catalog-0", NS, SIDECAR_IP, {"app": "catalog", **MESHED}, service_account="catalog"))
 
 
 def vs(subset: str) -> str:

@@ -29,6 +29,8 @@ from cryptography import x509
 
 from tests.support.envoy import EnvoyHandle, envoy
 from tests.support.harness import MeshdHandle, free_port, http_get, wait_for
+from tests.support.manifests import (MESHED, destination_rule, documents, gateway, ingress_gateway_service, pod,
+                                     service, virtual_service)
 
 NS = "rot"
 TD = "cluster.local"
@@ -91,59 +93,14 @@ def mesh_yaml(gateway_port: int, server_port: int) -> str:
     whose DestinationRule asks for Istio mTLS (ISTIO_MUTUAL, `default` + ROOTCA over SDS)
     and one request per connection. The server Pod's service account gives the SAN the
     gateway expects."""
-    return f"""
-apiVersion: v1
-kind: Service
-metadata: {{name: istio-ingressgateway, namespace: {NS}}}
-spec:
-  selector: {{istio: ingressgateway}}
-  ports: [{{name: http2, port: 80, targetPort: {gateway_port}}}]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: {NS}}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: ["{HOST}"]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: to-server, namespace: {NS}}}
-spec:
-  hosts: ["{HOST}"]
-  gateways: [gw]
-  http:
-  - route:
-    - destination: {{host: server, port: {{number: 80}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: server, namespace: {NS}}}
-spec:
-  selector: {{app: server}}
-  ports: [{{name: http, port: 80, targetPort: {server_port}}}]
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: server-0
-  namespace: {NS}
-  labels: {{app: server, security.istio.io/tlsMode: istio}}
-spec: {{serviceAccountName: server, containers: [{{name: server}}]}}
-status: {{podIP: {SERVER_IP}}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: server, namespace: {NS}}}
-spec:
-  host: server
-  trafficPolicy:
-    tls: {{mode: ISTIO_MUTUAL}}
-    connectionPool:
-      http: {{maxRequestsPerConnection: 1}}
-"""
+    return documents(
+        ingress_gateway_service(gateway_port, namespace=NS),
+        gateway("gw", NS, [HOST]),
+        virtual_service("to-server", NS, [HOST], "server", gateways=["gw"], port=80),
+        service("server", NS, [("http", 80, server_port)]),
+        pod("server-0", NS, SERVER_IP, {"app": "server", **MESHED}, service_account="server"),
+        destination_rule("server", NS, "server", traffic_policy={
+            "tls": {"mode": "ISTIO_MUTUAL"}, "connectionPool": {"http": {"maxRequestsPerConnection": 1}}}))
 
 
 def bootstrap_args(m: MeshdHandle, sa: str, labels: str) -> list[str]:

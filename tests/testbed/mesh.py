@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 from tests.support.harness import free_port, meshd
+from tests.support.manifests import documents, gateway, ingress_gateway_service, service, virtual_service
 from tests.support.paths import REPO
 
 from .bed import Pod, TestBed, wait_for
@@ -96,61 +97,21 @@ def pods_yaml(specs: Mapping[str, PodSpec], pods: Mapping[str, Pod]) -> str:
     return "".join(pod_yaml(name, spec, pods[name].ip) for name, spec in specs.items())
 
 
+def gateway_to_webapp() -> list[dict]:
+    """The ingress gateway's Service (port 80 to GW_PORT), the coolstore Gateway for
+    GATEWAY_HOST and its VirtualService to webapp."""
+    return [ingress_gateway_service(GW_PORT), gateway("coolstore-gateway", NS, [GATEWAY_HOST]),
+            virtual_service("webapp-vs-from-gw", NS, [GATEWAY_HOST], "webapp", gateways=["coolstore-gateway"], port=80)]
+
+
 def chapter9_layout(pods: Mapping[str, Pod], vips: Mapping[str, str]) -> str:
     """Kubernetes objects for the chapter 9 pods, as the API server would hold them."""
-    return textwrap.dedent(f"""
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: webapp, namespace: {NS}}}
-        spec:
-          clusterIP: {vips['webapp']}
-          selector: {{app: webapp}}
-          ports: [{{name: http, port: 80, targetPort: {WEBAPP_PORT}}}]
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: catalog, namespace: {NS}}}
-        spec:
-          clusterIP: {vips['catalog']}
-          selector: {{app: catalog}}
-          ports:
-          - {{name: http, port: 80, targetPort: {CATALOG_PORT}}}
-          - {{name: http-admin, port: 81, targetPort: {CATALOG_ADMIN_PORT}}}
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: legacy, namespace: {NS}}}
-        spec:
-          clusterIP: {vips['legacy']}
-          selector: {{app: legacy}}
-          ports: [{{name: http, port: 80, targetPort: {LEGACY_PORT}}}]
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: istio-ingressgateway, namespace: istio-system}}
-        spec:
-          selector: {{istio: ingressgateway}}
-          ports: [{{name: http2, port: 80, targetPort: {GW_PORT}}}]
-        ---
-        apiVersion: networking.istio.io/v1
-        kind: Gateway
-        metadata: {{name: coolstore-gateway, namespace: {NS}}}
-        spec:
-          selector: {{istio: ingressgateway}}
-          servers:
-          - port: {{number: 80, name: http, protocol: HTTP}}
-            hosts: ["{GATEWAY_HOST}"]
-        ---
-        apiVersion: networking.istio.io/v1
-        kind: VirtualService
-        metadata: {{name: webapp-vs-from-gw, namespace: {NS}}}
-        spec:
-          hosts: ["{GATEWAY_HOST}"]
-          gateways: [coolstore-gateway]
-          http:
-          - route:
-            - destination: {{host: webapp, port: {{number: 80}}}}
-        """) + pods_yaml(CHAPTER9_PODS, pods)
+    return documents(
+        service("webapp", NS, [("http", 80, WEBAPP_PORT)], cluster_ip=vips["webapp"]),
+        service("catalog", NS, [("http", 80, CATALOG_PORT), ("http-admin", 81, CATALOG_ADMIN_PORT)],
+                cluster_ip=vips["catalog"]),
+        service("legacy", NS, [("http", 80, LEGACY_PORT)], cluster_ip=vips["legacy"]),
+        *gateway_to_webapp()) + pods_yaml(CHAPTER9_PODS, pods)
 
 
 def ssl_handshakes(envoy, prefix: str) -> int:
