@@ -1,4 +1,4 @@
-"""Several meshd replicas against one cluster (the stand-in API server), as the Deployment
+"""Several meshd replicas against one cluster (the stand-in API server, see the test), as the Deployment
 in deploy/kubernetes runs them: real `meshd serve --kubeconfig` processes that
 
 - start at the same moment and end up with one root CA: one Secret istio-ca-secret is
@@ -123,6 +123,9 @@ def start_together(stack: contextlib.ExitStack, tmp_path: Path, args: list[str],
 
 
 def test_replicas_share_one_ca_elect_one_leader_and_hand_over(tmp_path: Path):
+    """The stand-in: the RBAC check at the end needs every request of the whole run as the
+    API server saw it, and objects each Istio kind's CRD schema would refuse (so that meshd
+    rejects one of every kind) must reach meshd."""
     with FakeApiServer() as api, contextlib.ExitStack() as stack:
         for ns in (NS, "istio-system"):
             api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})

@@ -180,6 +180,97 @@ class Recorder(RequestLog):
         return RecordingApiClient(cfg)
 
 
+class RecordingProxy(RequestLog):
+    """A plain-HTTP front for the real API server that logs every request passing through
+    it (with the answer's status) and streams the answers, watches included: for a meshd
+    process, whose requests a recording client cannot see. Upstream it authenticates as
+    the cluster's admin (so RBAC is not the server's to apply here: tests/support/rbac.py
+    checks the log against meshd's manifests instead).
+
+        with RecordingProxy(kube.cluster) as proxy:
+            meshd(..., extra=["--kubeconfig", str(proxy.kubeconfig(tmp_path / "kubeconfig"))])
+            proxy.writes("tokenreviews", "POST")
+    """
+
+    HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection", "host",
+           "authorization", "content-length"}
+
+    def __init__(self, cluster: KubeCluster):
+        import http.server
+        import ssl
+
+        self.requests: list[Request] = []
+        self._requests_lock = threading.Lock()
+        upstream = urlsplit(cluster.server)
+        pki = cluster.state / "pki"
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self) -> None:
+                import http.client
+
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                parts = urlsplit(self.path)
+                req = Request(parts.path, dict(parse_qsl(parts.query)), self.command)
+                conn = http.client.HTTPSConnection(upstream.hostname, upstream.port, context=ctx, timeout=600)
+                try:
+                    conn.request(self.command, self.path, body=body,
+                                 headers={k: v for k, v in self.headers.items() if k.lower() not in proxy.HOP})
+                    resp = conn.getresponse()
+                    req.status = resp.status
+                    with proxy._requests_lock:
+                        proxy.requests.append(req)
+                    self.send_response(resp.status, resp.reason)
+                    for k, v in resp.getheaders():
+                        if k.lower() not in proxy.HOP:
+                            self.send_header(k, v)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    while chunk := resp.read1(65536):  # as it comes: a watch is one long answer
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError:  # the client went away (a watch it stopped), or the server did
+                    self.close_connection = True
+                finally:
+                    conn.close()
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward  # noqa: N815
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="kube-proxy")
+
+    def kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig file at `path` pointing at this proxy."""
+        import yaml
+
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "proxy",
+            "clusters": [{"name": "proxy", "cluster": {"server": self.url}}],
+            "users": [{"name": "meshd", "user": {"token": "unused"}}],
+            "contexts": [{"name": "proxy", "context": {"cluster": "proxy", "user": "meshd"}}]}))
+        return path
+
+    def __enter__(self) -> "RecordingProxy":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
+
+
 # --- kinds ---------------------------------------------------------------------------------
 
 
