@@ -1,8 +1,8 @@
 """Time as the CA sees it: injectable so tests can issue and expire on demand."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 Clock = Callable[[], datetime]
 
@@ -15,4 +15,4 @@ CLOCK_SKEW_GRACE = timedelta(minutes=2)
 def utc_now() -> datetime:
     # X.509 times have one-second resolution; dropping microseconds keeps what we
     # compute equal to what ends up in the certificate.
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)

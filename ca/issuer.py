@@ -20,20 +20,29 @@ from the CSR: a CSR only contributes its public key.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
-from datetime import datetime
-from typing import Callable, Iterable, NamedTuple
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import structlog
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .clock import CLOCK_SKEW_GRACE, Clock, utc_now
 from .errors import CSRError
 from .identity import Identity
-from .keys import KeyType, PublicKey, check_public_key, generate_private_key, key_type_of, private_key_to_pem
+from .keys import (
+    KeyType,
+    PrivateKey,
+    PublicKey,
+    check_public_key,
+    generate_private_key,
+    key_type_of,
+    private_key_to_pem,
+)
 from .root import RootCA, random_serial
 from .signer import Signer
 
@@ -119,15 +128,17 @@ class CertificateAuthority:
 
     # --- workload certificates --------------------------------------------
 
-    def sign_workload(self, public_key: PublicKey, identity: Identity, ttl: timedelta = DEFAULT_WORKLOAD_TTL) -> bytes:
+    def sign_workload(
+        self, public_key: CertificatePublicKeyTypes, identity: Identity, ttl: timedelta = DEFAULT_WORKLOAD_TTL
+    ) -> bytes:
         """Certify ``public_key`` as ``identity``; returns the PEM chain: leaf, the
         signer's intermediates (plug-in CA), root."""
         try:
-            check_public_key(public_key)
+            checked = check_public_key(public_key)
         except ValueError as e:
             raise CSRError(str(e)) from None
         san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.spiffe_uri)])
-        cert = self._sign(public_key, san, ttl, _LEAF_EXT_KEY_USAGE, subject=identity.spiffe_uri, record=True)
+        cert = self._sign(checked, san, ttl, _LEAF_EXT_KEY_USAGE, subject=identity.spiffe_uri, record=True)
         return cert.public_bytes(serialization.Encoding.PEM) + self._chain_pem
 
     def sign_csr(self, csr_pem: bytes, identity: Identity, ttl: timedelta = DEFAULT_WORKLOAD_TTL) -> bytes:
@@ -220,7 +231,7 @@ class CertificateAuthority:
         return cert
 
 
-def _key_type_or_default(key) -> KeyType:
+def _key_type_or_default(key: PrivateKey) -> KeyType:
     try:
         return key_type_of(key)
     except ValueError:  # e.g. a P-384 or RSA-4096 plug-in key: serve with the default
@@ -232,7 +243,7 @@ def load_csr(csr_pem: bytes | str) -> x509.CertificateSigningRequest:
     return _load_csr(csr_pem)
 
 
-def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
+def _load_csr(csr_pem: bytes | str) -> x509.CertificateSigningRequest:
     if isinstance(csr_pem, str):
         csr_pem = csr_pem.encode()
     try:

@@ -11,20 +11,22 @@ import fcntl
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Literal, Union, get_args
+from typing import Literal, get_args
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from .errors import CAStateError
 
 KeyType = Literal["ec-p256", "rsa-2048"]
 KEY_TYPES: tuple[str, ...] = get_args(KeyType)
 
-PrivateKey = Union[ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]
-PublicKey = Union[ec.EllipticCurvePublicKey, rsa.RSAPublicKey]
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 # What we accept from others (CSRs, stored keys): NIST curves Envoy/BoringSSL
 # support, and RSA no weaker than Istio's minimum of 2048 bits.
@@ -99,7 +101,7 @@ def public_key_to_pem(key: PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def spki_der(key: PrivateKey | PublicKey) -> bytes:
+def spki_der(key: PrivateKey | CertificatePublicKeyTypes) -> bytes:
     """DER SubjectPublicKeyInfo: the canonical bytes to compare two keys by."""
     pub = key.public_key() if isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)) else key
     return pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

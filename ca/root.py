@@ -59,9 +59,17 @@ def fingerprint(cert: x509.Certificate) -> str:
 @dataclass(frozen=True)
 class RootCA:
     cert: x509.Certificate
-    key: PrivateKey = field(repr=False)
-    cert_path: Path
-    key_path: Path
+    # None, and no paths: the view of a plug-in CA's root, whose key is not ours (ca/issuer.py).
+    key: PrivateKey | None = field(repr=False)
+    cert_path: Path | None
+    key_path: Path | None
+
+    @property
+    def signing_key(self) -> PrivateKey:
+        """The key of a root that is ours; CAStateError for the view of a plug-in CA's root."""
+        if self.key is None:
+            raise CAStateError(f"root {self.fingerprint} is a plug-in CA's: its key is not ours")
+        return self.key
 
     @property
     def cert_pem(self) -> bytes:
@@ -108,7 +116,7 @@ def load_or_create_root(
     log.info(
         event,
         cert_path=str(cert_path), key_path=str(key_path), serial=f"{root.serial:x}",
-        fingerprint_sha256=root.fingerprint, key=describe_key(root.key),
+        fingerprint_sha256=root.fingerprint, key=describe_key(root.signing_key),
         not_after=root.cert.not_valid_after_utc.isoformat(),
     )
     return root
@@ -178,7 +186,7 @@ def _load_cert(cert_path: Path) -> x509.Certificate:
 
 def _check_loaded(root: RootCA, clock: Clock) -> None:
     cert, path = root.cert, root.cert_path
-    if spki_der(cert.public_key()) != spki_der(root.key):
+    if spki_der(cert.public_key()) != spki_der(root.signing_key):
         raise CAStateError(f"{path} and {root.key_path} do not match: the certificate is for another key")
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value

@@ -21,8 +21,11 @@ swaps one signer for another (see ca/store.py).
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -60,7 +63,7 @@ class Signer:
 
     @classmethod
     def from_root(cls, root: RootCA) -> Signer:
-        return cls(cert=root.cert, key=root.key, intermediates=(), root=root.cert, kind=SELF_SIGNED,
+        return cls(cert=root.cert, key=root.signing_key, intermediates=(), root=root.cert, kind=SELF_SIGNED,
                    source=Path(root.cert_path).parent if root.cert_path else None)
 
     @property
@@ -88,11 +91,11 @@ class Signer:
         return ([] if self.cert == self.root else [self.cert]) + list(self.intermediates) + [self.root]
 
     @property
-    def not_after(self):
+    def not_after(self) -> datetime:
         """When the first certificate of the chain expires: nothing it signs may outlive it."""
         return min(c.not_valid_after_utc for c in [self.cert, *self.intermediates, self.root])
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """Safe to log: fingerprints, subjects and expiry, never the key."""
         return {
             "signer": self.kind,
@@ -165,7 +168,7 @@ def verify_chain(signing: x509.Certificate, intermediates: list[x509.Certificate
         if now < cert.not_valid_before_utc:
             raise CAStateError(f"{prefix}the {what} is not valid before {cert.not_valid_before_utc.isoformat()}")
     path = [signing, *intermediates, root]
-    for child, parent in zip(path, path[1:]):
+    for child, parent in itertools.pairwise(path):
         if child == parent:
             continue
         if not _issued_by(child, parent):

@@ -33,8 +33,9 @@ import json
 import shutil
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -85,7 +86,7 @@ class CAState:
 
 def _utc(text: str) -> datetime:
     value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def bundle_pem(roots: list[x509.Certificate]) -> bytes:
@@ -104,7 +105,7 @@ class CADirectory:
         self.path = Path(path)
         self._clock = clock
         self._ledger_lock = threading.Lock()
-        self._ledger_cache: dict[str, dict] | None = None
+        self._ledger_cache: dict[str, dict[str, Any]] | None = None
 
     # --- reading -------------------------------------------------------------------
     def load(self, trust_domain: str = "cluster.local", key_type: KeyType = "ec-p256", *,
@@ -152,10 +153,10 @@ class CADirectory:
         p = self.path / PREVIOUS_DIR
         return sorted(p.glob("*")) if p.is_dir() else []
 
-    def stat_signature(self) -> tuple:
+    def stat_signature(self) -> tuple[tuple[object, ...], ...]:
         """Cheap fingerprint of the watched files (mtime, size, inode) and the archive:
         changes whenever the signer on disk may have changed."""
-        sig = []
+        sig: list[tuple[object, ...]] = []
         for name in WATCHED_FILES:
             try:
                 st = (self.path / name).stat()
@@ -182,14 +183,14 @@ class CADirectory:
         return p if p.exists() else self.path / ROOT_CERT_FILE
 
     # --- the ledger --------------------------------------------------------------------
-    def _read_ledger(self) -> dict[str, dict]:
+    def _read_ledger(self) -> dict[str, dict[str, Any]]:
         try:
             data = json.loads((self.path / LEDGER_FILE).read_text())
             return data if isinstance(data, dict) else {}
         except (FileNotFoundError, ValueError):
             return {}
 
-    def ledger(self) -> dict[str, dict]:
+    def ledger(self) -> dict[str, dict[str, Any]]:
         with self._ledger_lock:
             if self._ledger_cache is None:
                 self._ledger_cache = self._read_ledger()
@@ -293,6 +294,7 @@ class CADirectory:
             if new_plugin is None:
                 new = Signer.from_root(create_root(self.path, trust_domain, key_type, ttl=root_ttl, clock=self._clock))
             else:
+                assert cacerts is not None  # new_plugin was loaded from it
                 src = Path(cacerts)
                 # The key first and the root last: a watcher reads under the lock anyway.
                 write_private(self.path / CA_KEY_FILE, read_private(src / CA_KEY_FILE))

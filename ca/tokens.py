@@ -16,10 +16,11 @@ import binascii
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, overload
 
 import structlog
 from cryptography.exceptions import InvalidSignature
@@ -31,7 +32,6 @@ from .clock import Clock, utc_now
 from .errors import CAStateError, TokenError
 from .keys import (
     ensure_private_dir,
-    generate_private_key,
     locked_dir,
     private_key_from_pem,
     private_key_to_pem,
@@ -98,6 +98,10 @@ def _key_id(public_key: ec.EllipticCurvePublicKey) -> str:
     return b64url_encode(hashlib.sha256(json.dumps(jwk, separators=(",", ":"), sort_keys=True).encode()).digest()).decode()
 
 
+@overload
+def _numeric_date(claims: dict[str, Any], name: str, required: Literal[True]) -> int: ...
+@overload
+def _numeric_date(claims: dict[str, Any], name: str, required: bool) -> int | None: ...
 def _numeric_date(claims: dict[str, Any], name: str, required: bool) -> int | None:
     value = claims.get(name)
     if value is None:
@@ -241,7 +245,7 @@ def load_or_create_token_key(
                 raise CAStateError(f"{path}: token signing key must be ECDSA P-256 (ES256)")
             event = "token signing key loaded"
         else:
-            key = generate_private_key("ec-p256")
+            key = ec.generate_private_key(ec.SECP256R1())  # generate_private_key("ec-p256"), typed
             write_private(path, private_key_to_pem(key))
             event = "token signing key created"
     log.info(event, key_path=str(path), kid=_key_id(key.public_key()))
