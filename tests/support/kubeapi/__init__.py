@@ -1,4 +1,5 @@
-"""A stand-in Kubernetes API server for the Kubernetes source's tests (see server.py)."""
+"""The stand-in Kubernetes API server (see server.py): for what the real one
+(tests/support/kube.py) cannot be made to do on demand."""
 from .server import FakeApiServer, Request, ResourceType
 
 __all__ = ["FakeApiServer", "Request", "ResourceType"]

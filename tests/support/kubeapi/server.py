@@ -1,8 +1,13 @@
 """A stand-in Kubernetes API server that speaks the real list/watch protocol.
 
-No cluster runs here, so the Kubernetes source is tested against this: the `kubernetes`
-client talks plain HTTP to it exactly as it would to an API server (same paths, query
-parameters, list and watch bodies, status codes). What it implements:
+The Kubernetes tests run against the real kube-apiserver of ../shared/k8s (tests/support/
+kube.py). This one stays for what a real server cannot be made to do on demand: cut every
+watch mid-stream, answer 410 Gone or an ERROR event at a chosen moment, fail the next
+requests or all of them for a while (an outage), prefer an old or unknown version of a
+group, review tokens the way a test needs (a user's, an account without its groups), and
+log every request it received (a whole run of meshd processes, for the RBAC check). The
+`kubernetes` client talks plain HTTP to it exactly as it would to an API server (same
+paths, query parameters, list and watch bodies, status codes). What it implements:
 
 - discovery: `/api`, `/api/v1`, `/apis`, `/apis/{group}` (with preferredVersion),
   `/apis/{group}/{version}` resource lists;
