@@ -14,6 +14,7 @@ Where things are:
   configs.py: YAML through the real parse gate into snapshots and meshes.
 - chapter9.py (the generator tests' layout), ingress.py (the foundation story's files),
   operator_view.py, rotation.py, authorization.py, sds.py: the set-ups several tests share.
+- mesh_changes.py: random change sequences of a small mesh (generator cache tests).
 - pki.py (certificates, cacerts), jwt.py (issuers, tokens, key servers), traffic.py
   (backends that echo, fail, stall; curl).
 - kube.py: the real kube-apiserver of ../shared/k8s (one per session: kube_fixtures.py,
