@@ -16,7 +16,8 @@ compares it with what it last sent to decide whether a proxy needs a push at all
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -24,7 +25,7 @@ from .. import names
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
 from . import dependencies as dep
-from .dependencies import DESTINATION_RULE, DR_ROUTING
+from .inputs import DESTINATION_RULE, DR_ROUTING
 from .parts import Part, ResourceCache, parts_for, router_parts
 from .resources import ComposedSet, Resource, ResourceSet, pack
 
@@ -104,7 +105,7 @@ class Generator:
                 if hit[0] != self._epoch:
                     self._composed[key] = (self._epoch, hit[1])
                 return hit[1]
-        sets = [self._part(mesh, proxy, part, k) for part, k in zip(parts, key)]
+        sets = [self._part(mesh, proxy, part, k) for part, k in zip(parts, key, strict=True)]
         if len(sets) == 1:
             return sets[0]
         composed = ComposedSet(type_url, sets)
@@ -147,7 +148,7 @@ class Generator:
         if len(prev_key) != len(key) or prev_key[0] != key[0]:
             return None
         rules_changed = False
-        for name, old, new in zip(part.deps, prev_key[2], key[2]):
+        for name, old, new in zip(part.deps, prev_key[2], key[2], strict=True):
             if old != new:
                 if name not in _PER_HOST_DEPS:
                     return None

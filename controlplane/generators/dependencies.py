@@ -1,19 +1,20 @@
 """What generated output depends on, as cheap fingerprints of a mesh snapshot.
 
 The generator cache keys every piece of output on the fingerprints of exactly the inputs
-it reads, so a new snapshot invalidates only what a change touched (istiod reaches the
-same end with ConfigsUpdated and per-type "needs push" filters). The inputs are:
+it reads (inputs.py names them), so a new snapshot invalidates only what a change
+touched (istiod reaches the same end with ConfigsUpdated and per-type "needs push"
+filters):
 
-- one fingerprint per config kind (every object's key and content generation);
-- `OTHER`: every kind not listed in KNOWN_KINDS. A kind added later (ServiceEntry,
-  Sidecar, ...) is therefore a dependency of everything until someone declares who
-  reads it: correct first, precise later;
+- one fingerprint per config kind (every object's key and content generation), and one
+  for OTHER;
 - `ENDPOINT_FACTS`: the few things non-EDS output reads from endpoints (the service
   accounts behind each service, the endpoints of headless services, the endpoint port
   of a named targetPort). A pod moving or turning ready changes none of them, so an
   endpoint change leaves clusters, listeners and routes cached;
 - per host, the endpoints themselves (EDS, rebuilt per changed host only);
-- per workload IP, the services and ports a sidecar at that IP serves (its inbound side).
+- per workload IP, the services and ports a sidecar at that IP serves (its inbound side);
+- per proxy, what its scope reads through them (its effective PeerAuthentication, the
+  DestinationRule selectors selecting it, the Secrets of its namespace, ...).
 
 Endpoint kinds (EndpointSlice, Pod, Node) are read only through these. A Node is read
 for its topology labels only, i.e. for the locality of the endpoints on it (part of the
@@ -23,15 +24,16 @@ per-host endpoint fingerprints, not of ENDPOINT_FACTS) and of the proxies on it
 Every fingerprint is computed once per snapshot, on first use, into the snapshot's own
 indexes (model/indexes.py), each declared below with the lifetime of what it reads: a
 snapshot derived from the previous one when only EndpointSlices changed keeps what reads
-no endpoint, and the per-host and per-address entries of what did not change.
+no endpoint, and the per-host and per-address entries of what did not change. Each
+fingerprint function says what it stands for (`@stands_for`, checked in tracking mode).
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from .. import names
-from ..config import kinds
 from ..config.objects import ConfigKey, ConfigObject
 from ..config.types.destinationrule import DestinationRule
 from ..config.types.trafficpolicy import PortTrafficPolicy, TrafficPolicy
@@ -44,74 +46,32 @@ from ..model.mesh import MeshSnapshot
 from ..model.peer_authentication import selector_labels
 from ..model.proxy import Proxy
 from ..model.services import Endpoint
+from .inputs import (
+    AUTHORIZATION_POLICY,
+    DESTINATION_RULE,
+    DR_ROUTING,
+    DR_SELECTORS,
+    ENDPOINT_FACTS,
+    ENDPOINT_SLICE,
+    ENDPOINTS,
+    INSTANCES,
+    JWKS,
+    KNOWN_KINDS,
+    MESH_CONFIG,
+    MESH_VERSION,
+    OTHER,
+    PEER_AUTHENTICATION,
+    PROXY_LOCALITY,
+    REQUEST_AUTHENTICATION,
+    SECRET,
+    SERVICE,
+    STANDS_FOR,
+    stands_for,
+)
 
-GATEWAY = kinds.GATEWAY.kind
-VIRTUAL_SERVICE = kinds.VIRTUAL_SERVICE.kind
-DESTINATION_RULE = kinds.DESTINATION_RULE.kind
-PEER_AUTHENTICATION = kinds.PEER_AUTHENTICATION.kind
-SERVICE = kinds.SERVICE.kind
-# Secrets are read only as credentials (model/credentials.py): by the SDS builder, by
-# gateway listeners (credentialName servers) and by clusters whose DestinationRule names
-# a `credentialName` (through namespace_secrets, so a Secret change leaves everything
-# else cached).
-SECRET = kinds.SECRET.kind
-NODE = kinds.NODE.kind
-ENDPOINT_SLICE = kinds.ENDPOINT_SLICE.kind
-ENDPOINT_KINDS = frozenset({ENDPOINT_SLICE, kinds.POD.kind, NODE})
-# Authorization and request authentication: read by the inbound listener of a sidecar and
-# by gateway listeners only (generators/security_filters.py).
-AUTHORIZATION_POLICY = kinds.AUTHORIZATION_POLICY.kind
-REQUEST_AUTHENTICATION = kinds.REQUEST_AUTHENTICATION.kind
-SECURITY_KINDS = (AUTHORIZATION_POLICY, REQUEST_AUTHENTICATION)
-# Kinds whose readers are declared precisely (parts.py).
-KNOWN_KINDS = frozenset({GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, SECRET,
-                         *SECURITY_KINDS}) | ENDPOINT_KINDS
-
-OTHER = "*other*"
-MESH_VERSION = "*mesh*"  # the whole snapshot: for output nobody has analysed
-# What routes read of DestinationRules: which rule applies to a host (host, namespace,
-# exportTo) and its consistent-hash settings. A connection pool or TLS change is not
-# in it, so it leaves every route configuration cached.
-DR_ROUTING = "*dr-routing*"
-ENDPOINT_FACTS = "*endpoint-facts*"
-ALL_CONFIG = (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, SECRET, *SECURITY_KINDS, OTHER,
-              ENDPOINT_FACTS)
 # Fingerprints that read endpoints (or everything): the others hold for every snapshot
 # derived from this one by an EndpointSlice change.
 _ENDPOINT_DEPS = frozenset({ENDPOINT_SLICE, ENDPOINT_FACTS, MESH_VERSION})
-
-# --- what each fingerprint stands for -------------------------------------------------
-# A Part declares fingerprints (`deps`) and the per-proxy ones its scope calls; tracking
-# mode (ledger.py) checks that its build reads nothing else. Inputs a build can read
-# besides the fingerprint names above:
-ENDPOINTS = "*endpoints*"  # every endpoint: read by the parts that declare `endpoints` (EDS)
-INSTANCES = "*instances*"  # the service instances at the proxy's address
-PROXY_LOCALITY = "*proxy-locality*"  # where the proxy runs (its Pod, the Pod's Node)
-JWKS = "*jwks*"  # the key sets meshd fetched
-MESH_CONFIG = "*mesh-config*"  # the mesh config (counted under OTHER)
-DR_SELECTORS = "*dr-selectors*"  # which DestinationRule workloadSelectors select the proxy
-STANDS_FOR: dict[str, frozenset[str]] = {
-    **{k: frozenset({k}) for k in KNOWN_KINDS},
-    DESTINATION_RULE: frozenset({DESTINATION_RULE, DR_ROUTING, DR_SELECTORS}),
-    DR_ROUTING: frozenset({DR_ROUTING, DR_SELECTORS}),
-    OTHER: frozenset({OTHER, MESH_CONFIG}),
-    ENDPOINT_FACTS: frozenset({ENDPOINT_FACTS}),
-    MESH_VERSION: frozenset({MESH_VERSION}),  # everything
-}
-F = TypeVar("F", bound=Callable[..., Any])
-# fingerprint function -> (what it stands for, what a call stands for by its arguments)
-DECLARED: dict[Callable[..., Any], tuple[frozenset[str], Callable[..., Iterable[str]] | None]] = {}
-
-
-def stands_for(*inputs: str, per_call: Callable[..., Iterable[str]] | None = None) -> Callable[[F], F]:
-    """Declares what a fingerprint function stands for: its result changes when these do.
-    A switch (a yes/no a scope asks, such as uses_source_labels) stands for nothing but
-    its answer, which the key holds."""
-    def declare(fn: F) -> F:
-        DECLARED[fn] = (frozenset(inputs), per_call)
-        return fn
-    return declare
-
 
 # --- what the fingerprints keep in the snapshot (model/indexes.py), for how long --------
 CONFIG, HOST, ADDRESS, SNAPSHOT = Lifetime.CONFIG, Lifetime.HOST, Lifetime.ADDRESS, Lifetime.SNAPSHOT
@@ -524,9 +484,9 @@ def namespace_mode(mesh: MeshSnapshot, namespace: str) -> str:
 
 
 def _policies(rule: DestinationRule) -> Iterator[tuple[str, TrafficPolicy | PortTrafficPolicy]]:
-    """Every traffic policy of a rule, where it is: top level, per port, per subset."""
-    for where, policy in [("", rule.traffic_policy)] + [(f"subset={s.name}", s.traffic_policy) for s in rule.subsets]:
-        if policy is not None:
-            yield where, policy
-            for level in policy.port_level_settings:
-                yield f"{where}.port={level.port}", level
+    """Every traffic policy of a rule, where it is: top level, per subset, and their
+    port-level entries."""
+    for where, policy in rule.policies():
+        yield where, policy
+        for level in policy.port_level_settings:
+            yield f"{where}.port={level.port}", level

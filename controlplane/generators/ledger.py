@@ -1,8 +1,8 @@
 """Tracking mode: what a part's build reads, recorded and held against what it declares.
 
 A Part declares what its output reads (parts.py): of the proxy, what its `scope` reads;
-of the mesh, its `deps` (fingerprints, dependencies.py), `endpoints`, and the per-proxy
-fingerprints its scope calls. The Generator trusts that declaration: a build reading
+of the mesh, its `deps` (fingerprints, dependencies.py; inputs.py names them),
+`endpoints`, and the per-proxy fingerprints its scope calls. The Generator trusts that declaration: a build reading
 anything else is served stale to every proxy sharing the part, and after a change of
 it. In tracking mode (tests/unit/test_part_inputs.py) a part's scope, then its build,
 run against a recording snapshot and proxy, and `undeclared()` is what the build read
@@ -11,7 +11,7 @@ that the scope and deps do not cover:
 - a read of the snapshot is recorded as the input it belongs to: READS classifies every
   MeshSnapshot field and lookup (reading one it does not list is an error, so a new one
   cannot be read unclassified);
-- a fingerprint function records what it stands for (dependencies.stands_for), not what
+- a fingerprint function records what it stands for (inputs.stands_for), not what
   computing it reads;
 - a read of a proxy field is recorded as `proxy.<field>` (but its `id`: logs name the
   proxy; an id in output would be caught by the differential tests, which compare
@@ -35,9 +35,9 @@ from ..config.snapshot import ConfigSnapshot
 from ..model.indexes import MeshIndexes
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
-from . import dependencies as dep
-from .dependencies import (
+from .inputs import (
     AUTHORIZATION_POLICY,
+    DECLARED,
     DESTINATION_RULE,
     DR_ROUTING,
     DR_SELECTORS,
@@ -238,7 +238,7 @@ def tracking() -> Iterator[Ledger]:
     are bound (dependencies and the generator modules importing them)."""
     global _current
     patched: list[tuple[object, str, object]] = []
-    wrappers = {fn: _recording_fingerprint(fn, inputs, per_call) for fn, (inputs, per_call) in dep.DECLARED.items()}
+    wrappers = {fn: _recording_fingerprint(fn, inputs, per_call) for fn, (inputs, per_call) in DECLARED.items()}
     for name, module in list(sys.modules.items()):
         if not name.startswith("controlplane.") or module is None:
             continue

@@ -5,7 +5,7 @@ outbound clusters, endpoints, listeners and routes); only a small part is its ow
 inbound side, which depends on the services its workload serves). Each `Part` is its
 build function with, declared on it, what the build reads: of the proxy (`scope`, a
 function returning exactly the proxy's inputs to the output) and of the mesh (`deps`,
-fingerprints from dependencies.py). The Generator builds a part once per distinct
+fingerprints from dependencies.py, named in inputs.py). The Generator builds a part once per distinct
 (scope, deps) and composes a proxy's answer from its parts, so 2,000 sidecars in ten
 namespaces cost ten outbound generations, not 2,000.
 
@@ -23,8 +23,9 @@ Two tests keep the declarations honest:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -35,17 +36,6 @@ from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
 from . import auto_mtls, clusters, endpoints, locality_lb
 from .dependencies import (
-    ALL_CONFIG,
-    DESTINATION_RULE,
-    DR_ROUTING,
-    ENDPOINT_FACTS,
-    MESH_VERSION,
-    OTHER,
-    PEER_AUTHENTICATION,
-    SECRET,
-    SECURITY_KINDS,
-    SERVICE,
-    VIRTUAL_SERVICE,
     dr_selectors,
     endpoint_facts,
     fingerprints,
@@ -67,6 +57,19 @@ from .dependencies import (
     uses_source_labels,
 )
 from .destinations import OutboundCluster, outbound_clusters, service_clusters
+from .inputs import (
+    ALL_CONFIG,
+    DESTINATION_RULE,
+    DR_ROUTING,
+    ENDPOINT_FACTS,
+    MESH_VERSION,
+    OTHER,
+    PEER_AUTHENTICATION,
+    SECRET,
+    SECURITY_KINDS,
+    SERVICE,
+    VIRTUAL_SERVICE,
+)
 from .resources import Resource, pack
 from .sidecar_inbound import inbound_ports, virtual_inbound
 from .sidecar_outbound import outbound_listeners, virtual_outbound

@@ -2,10 +2,9 @@
 sidecar's (sidecar_routes.py): the settings every route configuration meshd sends has."""
 from __future__ import annotations
 
-from google.protobuf import wrappers_pb2
-
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from google.protobuf import wrappers_pb2
 
 # istiod raises Envoy's 4 KiB direct response body limit to what its webhook accepts.
 MAX_DIRECT_RESPONSE_BODY_BYTES = 1024 * 1024

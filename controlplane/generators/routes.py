@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from google.protobuf.message import Message
-
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from google.protobuf.message import Message
 
 from .. import names
+from ..model.gateways import HTTP, TLS, GatewayPort, Server
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
-from .gateway_servers import HTTP, TLS, GatewayPort, Server, gateway_ports, matching_hosts, virtual_services_for_gateway
+from .gateway_servers import gateway_ports, matching_hosts, virtual_services_for_gateway
 from .http_routes import RouteContext, catch_all_last, virtual_service_routes
 from .route_config import route_config
 from .sidecar_routes import sidecar_route_configs

@@ -92,7 +92,8 @@ def _names_service(vs_host: str, services: dict[str, Service]) -> bool:
     return vs_host.startswith("*") and any(covers(vs_host, host) for host in services)
 
 
-def _separate(vs: ConfigObject, services: dict[str, Service], wildcard_owner: dict[str, tuple[str, str]]):
+def _separate(vs: ConfigObject, services: dict[str, Service],
+              wildcard_owner: dict[str, tuple[str, str]]) -> tuple[list[str], list[Service]]:
     other_hosts: list[str] = []
     matched: list[Service] = []
     for h in virtual_service_hosts(vs):
@@ -134,14 +135,15 @@ def route_config_for_port(
         # separateVSHostsAndServices); only a VirtualService naming no HTTP service at all
         # lands on port 80 with its other hosts.
         other_hosts, matched = _separate(vs, all_services, owners)
-        http_services = [s for s in matched if s.port(port) is not None and is_http_port(s.port(port))]
+        http_services = [s for s in matched if (sp := s.port(port)) is not None and is_http_port(sp)]
         if not http_services:
             if port != 80 or any(is_http_port(sp) for svc in matched for sp in svc.ports):
                 continue
         wrappers.append(_Wrapper(routes, http_services, other_hosts))
         routed.update(s.hostname for s in http_services)
     for svc in services.values():
-        if svc.hostname not in routed and is_http_port(svc.port(port)):
+        sp = svc.port(port)
+        if svc.hostname not in routed and sp is not None and is_http_port(sp):  # every one has the port
             wrappers.append(_Wrapper([default_route(mesh, proxy, svc, port)], [svc], []))
 
     known_fqdns = {h for w in wrappers for s in w.services for h in (s.hostname, names.virtual_host_name(s.hostname, port))}

@@ -24,7 +24,9 @@ copied without the changed keys, and the SNAPSHOT ones start empty.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Generic, Hashable, TypeVar, overload
+from collections.abc import Callable, Hashable
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import InitVar, dataclass, field
-from typing import AbstractSet, Mapping
 
 import structlog
 
@@ -20,7 +21,6 @@ from ..names import ROOT_NAMESPACE, fqdn, resolve_host
 from .credentials import Credential, credentials_from
 from .delegates import resolve_delegates
 from .destination_rules import DestinationRuleIndex
-from .indexes import Lifetime, MeshIndexes, Value
 from .gateways import (
     ISTIO_MUTUAL,
     MUTUAL,
@@ -30,12 +30,13 @@ from .gateways import (
     Server,
     merge_gateways,
 )
+from .indexes import Lifetime, MeshIndexes, Value
 from .locality import Locality
 from .meshconfig import DEFAULT as DEFAULT_MESH_CONFIG
 from .meshconfig import MeshConfig
-from .request_authentication import EMPTY_JWKS, JwksView
 from .peer_authentication import MtlsPolicy, effective_policy
 from .proxy import Proxy
+from .request_authentication import EMPTY_JWKS, JwksView
 from .services import (
     Endpoint,
     PodIndex,
@@ -228,6 +229,7 @@ class MeshSnapshot:
             return target if 0 < target < 65536 else number
         if isinstance(tp, str) and tp:
             # A named container port: the gateway pods behind the Service resolved it already.
+            assert gw_service is not None  # sp is one of its ports
             for ep in self.service_endpoints(gw_service.hostname, number):
                 return ep.port
         return number
@@ -392,10 +394,10 @@ def _with_changed_slices(config: ConfigSnapshot, previous: MeshSnapshot, changed
         # A deleted or relabelled slice leaves its former owner as well.
         for obj in (config.objects.get(key), previous.config.objects.get(key)):
             owner = obj.labels.get(SERVICE_NAME_LABEL) if obj is not None else None
-            if owner:
+            if obj is not None and owner:
                 owners.setdefault((obj.namespace, owner), [])
     for sl in config.of_kind(kinds.ENDPOINT_SLICE.kind):  # the order build_mesh reads them in
-        got = owners.get((sl.namespace, sl.labels.get(SERVICE_NAME_LABEL)))
+        got = owners.get((sl.namespace, sl.labels.get(SERVICE_NAME_LABEL, "")))
         if got is not None:
             got.append(sl)
 
@@ -455,7 +457,7 @@ def gateway_conflicts(mesh: MeshSnapshot, pods) -> tuple[GatewayConflict, ...]:
             workloads.setdefault((namespace, chosen), Proxy(id="", type="router", ip="", pod="", namespace=namespace,
                                                             labels=dict(labels)))
 
-    for key, sel in selectors.items():
+    for sel in selectors.values():
         matched = [p for p in pods if labels_match(sel, p.labels)]
         for pod in matched:
             add(pod.namespace, pod.labels)

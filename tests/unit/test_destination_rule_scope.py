@@ -19,12 +19,12 @@ from structlog.testing import capture_logs
 from controlplane import names
 from controlplane.generators import Generator, builders, clusters, destinations, routes, secrets
 from controlplane.generators import dependencies
-from controlplane.generators.dependencies import KNOWN_KINDS, OTHER, SECRET
+from controlplane.generators.inputs import KNOWN_KINDS, OTHER, SECRET
 from controlplane.generators.resources import pack
 from controlplane.model.proxy import parse_node
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
-from tests.support.pki import make_ca, make_cert, tls_secret_yaml
 from tests.support.chapter9 import CATALOG_HOST, NS, dr, mesh
+from tests.support.pki import make_ca, make_cert, tls_secret_yaml
 
 CATALOG = f"outbound|80||{CATALOG_HOST}"
 CATALOG_V1 = f"outbound|80|v1|{CATALOG_HOST}"

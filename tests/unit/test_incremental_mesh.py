@@ -12,7 +12,7 @@ import pytest
 from bench.scenario import Scenario
 from controlplane.config.snapshot import ConfigSnapshot
 from controlplane.config.store import ConfigStore
-from controlplane.generators import Generator
+from controlplane.generators import Generator, inputs
 from controlplane.generators import dependencies as dep
 from controlplane.model.mesh import MeshSnapshot, build_mesh
 from controlplane.model.proxy import Proxy
@@ -129,7 +129,7 @@ def assert_of_kind_fresh(snap: ConfigSnapshot) -> None:
     fresh = ConfigSnapshot(snap.objects, snap.version)
     for kind in {k.kind for k in snap.objects} | set(snap._by_kind):
         assert snap.of_kind(kind) == fresh.of_kind(kind), kind
-        assert all(a is b for a, b in zip(snap.of_kind(kind), fresh.of_kind(kind))), kind
+        assert all(a is b for a, b in zip(snap.of_kind(kind), fresh.of_kind(kind), strict=True)), kind
 
 
 def ns(i: int) -> str:
@@ -238,7 +238,7 @@ def test_keys_with_carried_over_indexes_equal_fresh_ones(world):
 
 
 def every_fact(mesh: MeshSnapshot, proxies) -> dict:
-    kinds = sorted(dep.KNOWN_KINDS) + [dep.OTHER, dep.MESH_VERSION, dep.DR_ROUTING, dep.ENDPOINT_FACTS]
+    kinds = sorted(inputs.KNOWN_KINDS) + [inputs.OTHER, inputs.MESH_VERSION, inputs.DR_ROUTING, inputs.ENDPOINT_FACTS]
     hosts = sorted(mesh.services)
     return {
         "kinds": [dep.kind(mesh, k) for k in kinds], "fingerprints": dep.fingerprints(mesh, tuple(kinds)),

@@ -11,13 +11,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from controlplane import names
-from controlplane.generators import Generator
-from controlplane.generators import dependencies as dep
+from controlplane.generators import Generator, inputs
 from controlplane.generators.ledger import READS, UnclassifiedRead, undeclared
 from controlplane.generators.parts import Part, ResourceCache, whole
 from controlplane.model.mesh import MeshSnapshot
 from tests.support import chapter9
-from tests.support.mesh_changes import CART_1, FRONT_1, GATEWAY, PROXIES, Change, World, everything, initial_states, slots
+from tests.support.mesh_changes import (
+    CART_1,
+    FRONT_1,
+    GATEWAY,
+    PROXIES,
+    Change,
+    World,
+    everything,
+    initial_states,
+    slots,
+)
 
 
 def worlds():
@@ -75,14 +84,14 @@ def _reads_virtual_services_and_labels(mesh: MeshSnapshot, proxy) -> list:
     return [(name, listener_pb2.Listener(name=name))]
 
 
-CARELESS = Part("test-careless", names.LISTENER, (dep.SERVICE,), lambda mesh, proxy: (proxy.namespace,),
+CARELESS = Part("test-careless", names.LISTENER, (inputs.SERVICE,), lambda mesh, proxy: (proxy.namespace,),
                 whole(_reads_virtual_services_and_labels))
 
 
 def test_a_build_reading_what_its_part_does_not_declare_is_caught():
     mesh = World(everything()).mesh
-    assert undeclared(CARELESS, mesh, CART_1) == {dep.VIRTUAL_SERVICE, "proxy.labels"}
-    declared = dataclasses.replace(CARELESS, deps=(dep.SERVICE, dep.VIRTUAL_SERVICE),
+    assert undeclared(CARELESS, mesh, CART_1) == {inputs.VIRTUAL_SERVICE, "proxy.labels"}
+    declared = dataclasses.replace(CARELESS, deps=(inputs.SERVICE, inputs.VIRTUAL_SERVICE),
                                    scope=lambda mesh, proxy: (proxy.namespace, proxy.label_key))
     assert undeclared(declared, mesh, CART_1) == frozenset()
 
@@ -106,20 +115,20 @@ def test_what_an_undeclared_read_costs():
 
 # Each part's deps, less one it needs: the check names what is then undeclared.
 NEEDED = [
-    ("sidecar-outbound-clusters", dep.SERVICE, dep.SERVICE),
-    ("sidecar-outbound-clusters", dep.DESTINATION_RULE, dep.DR_ROUTING),
-    ("sidecar-outbound-clusters", dep.PEER_AUTHENTICATION, dep.PEER_AUTHENTICATION),
-    ("sidecar-outbound-clusters", dep.ENDPOINT_FACTS, dep.ENDPOINT_FACTS),
-    ("sidecar-endpoints", dep.SERVICE, dep.SERVICE),
-    ("sidecar-endpoints", dep.PEER_AUTHENTICATION, dep.PEER_AUTHENTICATION),
-    ("sidecar-outbound-listeners", dep.VIRTUAL_SERVICE, dep.VIRTUAL_SERVICE),
-    ("sidecar-outbound-listeners", dep.ENDPOINT_FACTS, dep.ENDPOINT_FACTS),
-    ("sidecar-routes", dep.VIRTUAL_SERVICE, dep.VIRTUAL_SERVICE),
-    ("sidecar-routes", dep.DR_ROUTING, dep.DR_ROUTING),
-    ("router-clusters", dep.DESTINATION_RULE, dep.DR_ROUTING),
-    ("router-lds", dep.GATEWAY, dep.GATEWAY),
-    ("router-rds", dep.VIRTUAL_SERVICE, dep.VIRTUAL_SERVICE),
-    ("router-rds", dep.DESTINATION_RULE, dep.DR_ROUTING),
+    ("sidecar-outbound-clusters", inputs.SERVICE, inputs.SERVICE),
+    ("sidecar-outbound-clusters", inputs.DESTINATION_RULE, inputs.DR_ROUTING),
+    ("sidecar-outbound-clusters", inputs.PEER_AUTHENTICATION, inputs.PEER_AUTHENTICATION),
+    ("sidecar-outbound-clusters", inputs.ENDPOINT_FACTS, inputs.ENDPOINT_FACTS),
+    ("sidecar-endpoints", inputs.SERVICE, inputs.SERVICE),
+    ("sidecar-endpoints", inputs.PEER_AUTHENTICATION, inputs.PEER_AUTHENTICATION),
+    ("sidecar-outbound-listeners", inputs.VIRTUAL_SERVICE, inputs.VIRTUAL_SERVICE),
+    ("sidecar-outbound-listeners", inputs.ENDPOINT_FACTS, inputs.ENDPOINT_FACTS),
+    ("sidecar-routes", inputs.VIRTUAL_SERVICE, inputs.VIRTUAL_SERVICE),
+    ("sidecar-routes", inputs.DR_ROUTING, inputs.DR_ROUTING),
+    ("router-clusters", inputs.DESTINATION_RULE, inputs.DR_ROUTING),
+    ("router-lds", inputs.GATEWAY, inputs.GATEWAY),
+    ("router-rds", inputs.VIRTUAL_SERVICE, inputs.VIRTUAL_SERVICE),
+    ("router-rds", inputs.DESTINATION_RULE, inputs.DR_ROUTING),
 ]
 
 
@@ -151,6 +160,6 @@ def test_a_lookup_added_to_the_snapshot_cannot_be_read_unclassified(monkeypatch)
     def reads_hosts(mesh: MeshSnapshot, proxy) -> list:
         return [(h, None) for h in mesh.hosts]  # type: ignore[attr-defined]
 
-    part = Part("test-new-lookup", names.LISTENER, (dep.MESH_VERSION,), lambda mesh, proxy: (), whole(reads_hosts))
+    part = Part("test-new-lookup", names.LISTENER, (inputs.MESH_VERSION,), lambda mesh, proxy: (), whole(reads_hosts))
     with pytest.raises(UnclassifiedRead, match="MeshSnapshot.hosts"):
         undeclared(part, World(everything()).mesh, CART_1)

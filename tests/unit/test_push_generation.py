@@ -17,8 +17,21 @@ from controlplane.generators import Generator, builders
 from controlplane.generators.resources import changes, pack
 from controlplane.model.proxy import parse_node
 from tests.support import mesh_changes
-from tests.support.chapter9 import (CATALOG_PROXY, GATEWAY_PROXY, LAYOUT, NS, RICH, SLEEP_PROXY, STRICT_MESH,
-                                    TCP_SERVICES, WEBAPP_PROXY, dr, endpoints_v2, mesh, pa)
+from tests.support.chapter9 import (
+    CATALOG_PROXY,
+    GATEWAY_PROXY,
+    LAYOUT,
+    NS,
+    RICH,
+    SLEEP_PROXY,
+    STRICT_MESH,
+    TCP_SERVICES,
+    WEBAPP_PROXY,
+    dr,
+    endpoints_v2,
+    mesh,
+    pa,
+)
 
 TYPES = (names.CLUSTER, names.ENDPOINT, names.LISTENER, names.ROUTE)
 
@@ -144,7 +157,7 @@ def config(tmp_path, parts: list[str]) -> list[str]:
 
 def test_composed_output_equals_the_builders_across_changes(tmp_path):
     g = Generator()
-    for label, parts in STEPS:
+    for _label, parts in STEPS:
         m = mesh(*config(tmp_path, parts))
         check_all(g, m)
 
@@ -286,7 +299,7 @@ def test_a_destination_rule_change_rebuilds_only_its_hosts_in_place():
                 changed, removed = changes(old, rs)
                 hosts = {f"catalog.{NS}.svc.cluster.local", f"webapp.{NS}.svc.cluster.local"}  # the rules' hosts
                 assert {n.split("|")[3] for n in changed | removed} <= hosts, (step, changed, removed)
-                for part, old_part in zip(parts, old.parts):
+                for part, old_part in zip(parts, old.parts, strict=True):
                     if part is old_part:
                         continue
                     assert part.base is old_part, (step, p.id, "not an incremental update")
