@@ -21,8 +21,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from tests.support.harness import meshd, meshd_cli, wait_for
 from tests.support.pki import make_cacerts
-from tests.support.rotation import (Traffic, config_dir, envoy_chain, envoy_roots, meshd_ca_view, mtls_pair, ports,
-                                    spiffe)
+from tests.support.rotation import (
+    config_dir,
+    envoy_chain,
+    envoy_roots,
+    meshd_ca_view,
+    mtls_pair,
+    ports,
+    spiffe,
+    steady_traffic,
+)
 
 pytestmark = pytest.mark.e2e
 PEM = serialization.Encoding.PEM
@@ -80,7 +88,7 @@ def test_switch_from_self_signed_to_plugin_ca_without_a_failed_request(tmp_path:
     with meshd(config_dir(tmp_path, port, server_port), tmp_path, extra=extra) as m, \
             mtls_pair(m, tmp_path, port, server_port) as (server, client):
         self_signed = x509.load_pem_x509_certificate((ca_dir / "root-cert.pem").read_bytes())
-        with Traffic(port) as traffic:
+        with steady_traffic(port) as traffic:
             time.sleep(1.0)
             out = json.loads(meshd_cli("ca", "rotate-root", "--ca-dir", str(ca_dir), "--cacerts", str(cacerts)).stdout)
             assert out["old"]["root_fingerprint"] == _fp(self_signed)

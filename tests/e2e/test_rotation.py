@@ -21,8 +21,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from tests.support.harness import meshd, meshd_cli, wait_for
-from tests.support.rotation import (Traffic, config_dir, envoy_chain, envoy_roots, leaf_serials, meshd_ca_view,
-                                    mtls_pair, ports, spiffe)
+from tests.support.rotation import (
+    config_dir,
+    envoy_chain,
+    envoy_roots,
+    leaf_serials,
+    meshd_ca_view,
+    mtls_pair,
+    ports,
+    spiffe,
+    steady_traffic,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +59,7 @@ def test_workload_certificates_rotate_without_a_failed_request(tmp_path: Path):
                         seen[name].append(serial)
             return all(len(v) >= 4 for v in seen.values())  # the first + three rotations
 
-        with Traffic(port) as traffic:
+        with steady_traffic(port) as traffic:
             wait_for(sample, 60, interval=0.2, what=lambda: f"three rotations on both Envoys (seen {seen})\n{m.log()[-3000:]}")
             time.sleep(0.5)
         assert traffic.failures == [], traffic.failures[:10]
@@ -78,7 +87,7 @@ def test_root_rotation_without_a_failed_request(tmp_path: Path):
         assert [_fp(r) for r in envoy_roots(client)] == [_fp(old_root)]
         max_roots = 0
 
-        with Traffic(port) as traffic:
+        with steady_traffic(port) as traffic:
             time.sleep(1.0)
             out = json.loads(meshd_cli("ca", "rotate-root", "--ca-dir", str(ca_dir)).stdout)
             assert out["old"]["root_fingerprint"] == _fp(old_root)

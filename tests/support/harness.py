@@ -184,32 +184,31 @@ class MeshdHandle:
 
 class Traffic:
     """GETs of `path` with Host `host` through 127.0.0.1:port in a loop on a background
-    thread (bounded: it stops with the context), counting failures: anything but a 200
-    whose body starts with `expect`."""
+    thread (bounded: it stops with the context, or after `max_seconds`), counting failures:
+    anything but a 200 whose body starts with `expect` (is `expect`, when `exact`), each
+    with the time it happened."""
 
-    def __init__(self, port: int, host: str, expect: bytes, path: str = "/api/catalog"):
+    def __init__(self, port: int, host: str, expect: bytes, path: str = "/api/catalog", *, exact: bool = False,
+                 interval: float = 0.01, max_seconds: float = 600.0):
         self.port, self.host, self.expect, self.path = port, host, expect, path
+        self.exact, self.interval, self.max_seconds = exact, interval, max_seconds
         self.ok = 0
         self.failures: list[str] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="traffic")
 
     def _run(self):
-        while not self._stop.is_set():
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        deadline = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
             try:
-                conn.request("GET", self.path, headers={"Host": self.host})
-                r = conn.getresponse()
-                body = r.read()
-                if r.status == 200 and body.startswith(self.expect):
+                status, body = http_get("127.0.0.1", self.port, self.path, headers={"Host": self.host})
+                if status == 200 and (body == self.expect if self.exact else body.startswith(self.expect)):
                     self.ok += 1
                 else:
-                    self.failures.append(f"{r.status} {body[:80]!r}")
+                    self.failures.append(f"{time.strftime('%H:%M:%S')} HTTP {status} {body[:120]!r}")
             except OSError as e:
-                self.failures.append(repr(e))
-            finally:
-                conn.close()
-            time.sleep(0.01)
+                self.failures.append(f"{time.strftime('%H:%M:%S')} {e!r}")
+            self._stop.wait(self.interval)
 
     def __enter__(self):
         self._thread.start()

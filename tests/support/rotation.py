@@ -19,18 +19,23 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from cryptography import x509
 
 from tests.support.envoy import EnvoyHandle, envoy
-from tests.support.harness import MeshdHandle, free_port, http_get, wait_for
-from tests.support.manifests import (MESHED, destination_rule, documents, gateway, ingress_gateway_service, pod,
-                                     service, virtual_service)
+from tests.support.harness import MeshdHandle, Traffic, free_port, http_get, wait_for
+from tests.support.manifests import (
+    MESHED,
+    destination_rule,
+    documents,
+    gateway,
+    ingress_gateway_service,
+    pod,
+    service,
+    virtual_service,
+)
 
 NS = "rot"
 TD = "cluster.local"
@@ -145,40 +150,9 @@ def envoy_roots(e: EnvoyHandle) -> list[x509.Certificate]:
         base64.b64decode(secret["validation_context"]["trusted_ca"]["inline_bytes"]))
 
 
-@dataclass
-class Traffic:
-    """A steady request stream through the client Envoy, on its own thread."""
-
-    port: int
-    interval: float = 0.03
-    ok: int = 0
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    max_seconds: float = 600.0  # bounded, whatever happens to the test
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + self.max_seconds
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                status, body = http_get("127.0.0.1", self.port, "/", headers={"Host": HOST}, timeout=5)
-                if status == 200 and body == b"ok":
-                    self.ok += 1
-                else:
-                    self.failures.append(f"{time.strftime('%H:%M:%S')} HTTP {status} {body[:120]!r}")
-            except OSError as e:
-                self.failures.append(f"{time.strftime('%H:%M:%S')} {e!r}")
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "Traffic":
-        self._thread = threading.Thread(target=self._run, daemon=True, name="traffic")
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+def steady_traffic(port: int) -> Traffic:
+    """A steady request stream through the client Envoy: every answer must be 200 "ok"."""
+    return Traffic(port, HOST, b"ok", path="/", exact=True, interval=0.03)
 
 
 def ports() -> tuple[int, int]:
