@@ -32,8 +32,22 @@ from tests.support.jwt import Issuer, forged
 from tests.support.paths import REPO
 from tests.testbed.bed import wait_for
 from tests.testbed.fixtures import require_testbed
-from tests.testbed.mesh import (CATALOG_PORT, CHAPTER9_PODS, CHAPTER9_SERVICES, ENVOY_ADMIN, GATEWAY_HOST, GW_PORT,
-                                MESHED, NS, WEBAPP_PORT, Mesh, PodSpec, chapter9_layout, pods_yaml, run_mesh)
+from tests.testbed.mesh import (
+    CATALOG_PORT,
+    CHAPTER9_PODS,
+    CHAPTER9_SERVICES,
+    ENVOY_ADMIN,
+    GATEWAY_HOST,
+    GW_PORT,
+    MESHED,
+    NS,
+    WEBAPP_PORT,
+    Mesh,
+    PodSpec,
+    chapter9_layout,
+    pods_yaml,
+    run_mesh,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -23,8 +23,17 @@ from controlplane import app as meshd_app
 from controlplane import names
 from tests.support.envoy import envoy
 from tests.support.harness import free_port, http_backend, http_get, wait_for
-from tests.support.operator_view import (HOST, SIDECAR_IP, BreakableGenerator, config, inprocess_meshd, quiet_get, run_cli,
-                                         syncz, vs)
+from tests.support.operator_view import (
+    HOST,
+    SIDECAR_IP,
+    BreakableGenerator,
+    config,
+    inprocess_meshd,
+    quiet_get,
+    run_cli,
+    syncz,
+    vs,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -44,8 +53,7 @@ def envoy_table(admin_port: int, kind: str) -> str:
     """The same table from Envoy's own config dump, without what Envoy's bootstrap
     defined (static clusters, listeners, routes and their endpoints)."""
     from controlplane.debug.configdump import ConfigDump
-    from controlplane.debug.configwriter import (ClusterFilter, ConfigWriter, EndpointFilter, ListenerFilter,
-                                                 RouteFilter)
+    from controlplane.debug.configwriter import ClusterFilter, ConfigWriter, EndpointFilter, ListenerFilter, RouteFilter
 
     status, body = http_get("127.0.0.1", admin_port, "/config_dump?include_eds", timeout=5)
     assert status == 200

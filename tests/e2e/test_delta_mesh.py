@@ -9,8 +9,16 @@ from __future__ import annotations
 import pytest
 
 from tests.testbed.fixtures import require_testbed
-from tests.testbed.mesh import (CATALOG_PORT, CHAPTER9_PODS, GW_PORT, WEBAPP_PORT, Mesh, chapter9_layout, run_mesh,
-                                ssl_handshakes)
+from tests.testbed.mesh import (
+    CATALOG_PORT,
+    CHAPTER9_PODS,
+    GW_PORT,
+    WEBAPP_PORT,
+    Mesh,
+    chapter9_layout,
+    run_mesh,
+    ssl_handshakes,
+)
 
 pytestmark = pytest.mark.e2e
 

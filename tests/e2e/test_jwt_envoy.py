@@ -17,11 +17,6 @@ import json
 from pathlib import Path
 
 import pytest
-from google.protobuf import struct_pb2
-
-from controlplane.generators.authn import http_filters
-from controlplane.generators.convert import typed
-from controlplane.model.request_authentication import ClaimToHeader, JwksView, JwtRule, KeySetRef
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -31,6 +26,10 @@ from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
+
+from controlplane.generators.authn import http_filters
+from controlplane.generators.convert import typed
+from controlplane.model.request_authentication import ClaimToHeader, JwksView, JwtRule, KeySetRef
 from tests.support.envoy import envoy_binary
 from tests.support.harness import Process, free_port, wait_for
 from tests.support.jwt import Issuer, forged

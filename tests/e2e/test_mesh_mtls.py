@@ -14,8 +14,18 @@ from pathlib import Path
 import pytest
 
 from tests.testbed.fixtures import require_testbed
-from tests.testbed.mesh import (CATALOG_ADMIN_PORT, CATALOG_PORT, CHAPTER9_PODS, GW_PORT, NS, WEBAPP_PORT, Mesh,
-                                chapter9_layout, run_mesh, ssl_handshakes)
+from tests.testbed.mesh import (
+    CATALOG_ADMIN_PORT,
+    CATALOG_PORT,
+    CHAPTER9_PODS,
+    GW_PORT,
+    NS,
+    WEBAPP_PORT,
+    Mesh,
+    chapter9_layout,
+    run_mesh,
+    ssl_handshakes,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -40,11 +50,11 @@ def test_no_policy_permissive_and_auto_mtls(mesh: Mesh):
 
 
 def test_mesh_wide_strict(mesh: Mesh):
-    mesh.apply("pa-mesh", f"""
+    mesh.apply("pa-mesh", """
         apiVersion: security.istio.io/v1
         kind: PeerAuthentication
-        metadata: {{name: default, namespace: istio-system}}
-        spec: {{mtls: {{mode: STRICT}}}}
+        metadata: {name: default, namespace: istio-system}
+        spec: {mtls: {mode: STRICT}}
         """)
     try:
         # plaintext from outside the mesh: reset by peer, curl exit 56, http code 000

@@ -25,8 +25,8 @@ from cryptography import x509
 from kubernetes import client
 
 from ca.root import fingerprint
-from controlplane.security.cadir import open_ca
 from controlplane.kube.ca_secrets import offered_ca
+from controlplane.security.cadir import open_ca
 from tests.support.harness import Process, free_port, meshd, wait_for
 from tests.support.paths import REPO
 

@@ -60,7 +60,7 @@ WEBAPP_TOKEN = "projected-token-of-webapp"
 
 def bad_objects(suffix: str) -> list[dict]:
     """One rejected object of every Istio kind meshd serves (so every status is written)."""
-    md = lambda kind: {"name": f"{kind.lower()}-{suffix}", "namespace": NS}  # noqa: E731
+    md = lambda kind: {"name": f"{kind.lower()}-{suffix}", "namespace": NS}
     return [
         {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": md("VirtualService"),
          "spec": {"hosts": ["webapp.istioinaction.io"],

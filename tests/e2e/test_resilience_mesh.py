@@ -39,8 +39,18 @@ from tests.support.manifests import documents, peer_authentication, service
 from tests.support.paths import REPO
 from tests.testbed.bed import wait_for
 from tests.testbed.fixtures import testbed  # noqa: F401  (the fixture)
-from tests.testbed.mesh import (CATALOG_PORT, GATEWAY_HOST, GW_PORT, MESHED, NS, WEBAPP_PORT, PodSpec, bootstrap,
-                                gateway_to_webapp, pods_yaml)
+from tests.testbed.mesh import (
+    CATALOG_PORT,
+    GATEWAY_HOST,
+    GW_PORT,
+    MESHED,
+    NS,
+    WEBAPP_PORT,
+    PodSpec,
+    bootstrap,
+    gateway_to_webapp,
+    pods_yaml,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -108,7 +108,7 @@ class _Stream:
         """No response within `wait` seconds."""
         try:
             got = await self._next(wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
         raise AssertionError(f"expected no response, got {names.SHORT.get(got.type_url, got.type_url)}")
 

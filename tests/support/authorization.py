@@ -8,11 +8,10 @@ import http.server
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 from tests.support import harness
 from tests.support.jwt import Issuer
@@ -32,7 +31,7 @@ class JwksServer:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 if self.path != "/jwks.json":
                     self.send_error(404)
                     return
@@ -52,7 +51,7 @@ class JwksServer:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
 
     @contextlib.contextmanager
-    def running(self) -> Iterator["JwksServer"]:
+    def running(self) -> Iterator[JwksServer]:
         t = threading.Thread(target=self.server.serve_forever, daemon=True)
         t.start()
         try:
@@ -92,7 +91,7 @@ def tcp_exchange(pod: Pod, host: str, port: int, line: str, timeout: float = 3.0
                 data += chunk
         except (ConnectionResetError, BrokenPipeError):
             return CLOSED if not data else f"partial: {data!r}"
-        except socket.timeout:
+        except TimeoutError:
             return "timeout"
         return data.decode(errors="replace").rstrip("\n")
 

@@ -5,8 +5,8 @@ import yaml
 
 from controlplane.config.objects import ConfigObject, Origin, Rejection
 from controlplane.config.parse import parse_document
-from controlplane.config.store import ConfigStore
 from controlplane.config.snapshot import ConfigSnapshot
+from controlplane.config.store import ConfigStore
 from controlplane.model.mesh import MeshSnapshot, build_mesh
 
 

@@ -14,9 +14,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -114,7 +114,7 @@ def envoy_binary() -> str:
 
 @contextlib.contextmanager
 def envoy(workdir: Path, bootstrap_args: list[str], admin_port: int | None = None,
-          edit: Callable[[dict], None] | None = None) -> Iterator["EnvoyHandle"]:
+          edit: Callable[[dict], None] | None = None) -> Iterator[EnvoyHandle]:
     """Bootstrap via `meshd bootstrap` (the operator's path), then run Envoy. `edit`, if
     given, may change the bootstrap (a dict) before Envoy starts (e.g. add a listener)."""
     admin = admin_port or free_port("127.0.0.1")

@@ -15,8 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from tests.support.paths import REPO
 
@@ -39,7 +39,7 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
             result = predicate()
             if result:
                 return result
-        except Exception as e:  # noqa: BLE001 - keep polling, report the last error
+        except Exception as e:
             last_exc = e
         if time.monotonic() >= deadline:
             break
@@ -102,7 +102,7 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
 
 @contextlib.contextmanager
 def meshd(config_dir: Path | None, workdir: Path, extra: list[str] | None = None,
-          home: Path | None = None, fresh_ca_dir: bool = True) -> Iterator["MeshdHandle"]:
+          home: Path | None = None, fresh_ca_dir: bool = True) -> Iterator[MeshdHandle]:
     """meshd serve on free ports. Unless `extra` says otherwise, the secure xDS port is a
     free one too and the CA lives in a fresh directory under `workdir` (`fresh_ca_dir`
     False: no --ca-dir, meshd's default). Its state directory ($MESHD_HOME: the last
@@ -224,7 +224,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall per request
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         payload = self.body + b" " + self.path.encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")

@@ -4,8 +4,15 @@ v1 and v2 (Pods at 127.0.0.2 and 127.0.0.3 with an EndpointSlice, a DestinationR
 a subset per version), and the VirtualService routing the gateway's traffic to them."""
 from __future__ import annotations
 
-from tests.support.manifests import (destination_rule, documents, endpoint_slice, gateway, ingress_gateway_service, pod,
-                                     service)
+from tests.support.manifests import (
+    destination_rule,
+    documents,
+    endpoint_slice,
+    gateway,
+    ingress_gateway_service,
+    pod,
+    service,
+)
 
 HOST = "webapp.istioinaction.io"
 NS = "istioinaction"

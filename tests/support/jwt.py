@@ -82,7 +82,7 @@ class KeyServer:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 server.hits[self.path] = server.hits.get(self.path, 0) + 1
                 if self.path == "/hang":
                     server._release.wait(10)

@@ -22,10 +22,11 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from tests.support.harness import free_port, wait_for
@@ -240,7 +241,7 @@ class RecordingProxy(RequestLog):
                 finally:
                     conn.close()
 
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward  # noqa: N815
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 
             def log_message(self, *args):  # quiet
                 pass
@@ -261,7 +262,7 @@ class RecordingProxy(RequestLog):
             "contexts": [{"name": "proxy", "context": {"cluster": "proxy", "user": "meshd"}}]}))
         return path
 
-    def __enter__(self) -> "RecordingProxy":
+    def __enter__(self) -> RecordingProxy:
         self._thread.start()
         return self
 
@@ -344,7 +345,7 @@ class KubeSession:
                 return k
         raise KeyError(f"the test cluster has no kind {api_version} {kind}")
 
-    def test(self, name: str) -> "Kube":
+    def test(self, name: str) -> Kube:
         return Kube(self, f"k{next(self._tags)}", name)
 
     def _uids(self) -> set[str]:

@@ -9,7 +9,8 @@ way; a test that is about one field of an object writes that object out itself.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 

@@ -15,8 +15,7 @@ from controlplane import cli, names
 from controlplane.generators import Generator
 from controlplane.generators.resources import ResourceSet, pack
 from tests.support.harness import http_get, wait_for
-from tests.support.manifests import (MESHED, destination_rule, documents, gateway, ingress_gateway_service, pod,
-                                     service)
+from tests.support.manifests import MESHED, destination_rule, documents, gateway, ingress_gateway_service, pod, service
 
 NS = "istioinaction"
 HOST = "webapp.istioinaction.io"
@@ -81,7 +80,7 @@ def inprocess_meshd(opts: meshd_app.ServeOptions):
         holder["stop"] = asyncio.Event()
         try:
             loop.run_until_complete(meshd_app.serve(opts, holder["stop"]))
-        except Exception as e:  # noqa: BLE001 - reported by the readiness wait below
+        except Exception as e:
             holder["error"] = e
 
     t = threading.Thread(target=run, name="meshd", daemon=True)

@@ -30,7 +30,7 @@ def make_ca(common_name: str = "meshd test CA") -> Pem:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshd tests"),
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -46,7 +46,7 @@ def make_ca(common_name: str = "meshd test CA") -> Pem:
 
 def make_cert(ca: Pem, dns_names: list[str], *, client: bool = False) -> Pem:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     usage = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [ExtendedKeyUsageOID.SERVER_AUTH]
     cert = (
         x509.CertificateBuilder()
@@ -109,7 +109,7 @@ def make_cacerts(d: Path, name: str = "Test") -> tuple[x509.Certificate, x509.Ce
     cert-chain.pem (intermediate + root), root-cert.pem. Returns (root, intermediate)."""
     from ca.keys import write_private
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def ca_cert(subject, issuer, pub, signer, days, pathlen):
         return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(pub)

@@ -34,7 +34,7 @@ class Grant:
     verb: str
     names: frozenset[str]  # empty: any object
 
-    def allows(self, use: "Use") -> bool:
+    def allows(self, use: Use) -> bool:
         return (self.group == use.group and self.resource == use.resource and self.verb == use.verb
                 and (self.namespace is None or self.namespace == use.namespace)
                 and (not self.names or (use.name is not None and use.name in self.names)))

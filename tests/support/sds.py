@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -19,8 +19,8 @@ from controlplane.generators.resources import ResourceSet
 from controlplane.security.authn import JwtAuthenticator
 from controlplane.security.sds import WorkloadSecrets
 from controlplane.security.serving import ServingCertificate
-from controlplane.server.host import AdsOptions, AdsServer
 from controlplane.server.grpc_server import build_secure_xds_server, build_xds_server
+from controlplane.server.host import AdsOptions, AdsServer
 from controlplane.server.metrics import Metrics
 from controlplane.server.secure import SecureAdsServicer
 
@@ -33,7 +33,7 @@ class FakeClock:
     """A clock tests move by hand; shared by the CA and the providers."""
 
     def __init__(self) -> None:
-        self.now = datetime.now(timezone.utc).replace(microsecond=0)
+        self.now = datetime.now(UTC).replace(microsecond=0)
 
     def __call__(self) -> datetime:
         return self.now
@@ -79,7 +79,7 @@ class Plane:
         self.secure_servicer = SecureAdsServicer(self.ads, [JwtAuthenticator(self.tokens, TD)], self.metrics, log)
         self._channels: list[grpc.aio.Channel] = []
 
-    async def __aenter__(self) -> "Plane":
+    async def __aenter__(self) -> Plane:
         self.plain, self.plain_port = build_xds_server(self.ads, "127.0.0.1", 0)
         self.secure, self.secure_port = build_secure_xds_server(
             self.secure_servicer, self.serving.credentials(), "127.0.0.1", 0

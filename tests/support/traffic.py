@@ -17,9 +17,9 @@ import ssl
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from tests.support.pki import Pem
 
@@ -98,7 +98,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_OPTIONS = _answer  # noqa: N815
+    do_GET = do_POST = do_PUT = do_DELETE = do_OPTIONS = _answer
 
     def log_message(self, *args):  # quiet
         pass

@@ -49,10 +49,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import weakref
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from tests.support.harness import wait_for  # (re-exported: the e2e tests import it from here)
 
@@ -64,7 +64,7 @@ FORWARDER = HERE / "forward.py"
 SUBNET_POOL = ipaddress.ip_network("10.250.0.0/16")
 POD_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 
-_open_beds: "weakref.WeakSet[TestBed]" = weakref.WeakSet()
+_open_beds: weakref.WeakSet[TestBed] = weakref.WeakSet()
 
 
 # ---- processes ---------------------------------------------------------------------
@@ -141,7 +141,7 @@ class Process:
 class Envoy:
     """An Envoy running in a pod; its admin interface is on 127.0.0.1 inside the pod."""
 
-    def __init__(self, pod: "Pod", process: Process, admin_port: int, bootstrap_path: Path):
+    def __init__(self, pod: Pod, process: Process, admin_port: int, bootstrap_path: Path):
         self.pod = pod
         self.process = process
         self.admin_port = admin_port
@@ -193,7 +193,7 @@ class Envoy:
 class Pod:
     """One pod: a network namespace with eth0 on the bed's bridge."""
 
-    def __init__(self, bed: "TestBed", name: str, ip: str, netns_name: str, sidecar: bool,
+    def __init__(self, bed: TestBed, name: str, ip: str, netns_name: str, sidecar: bool,
                  proxy_uid: int, proxy_gid: int, workdir: Path):
         self.bed = bed
         self.name = name
@@ -414,14 +414,14 @@ class TestBed:
 
     # -- lifecycle --
 
-    def __enter__(self) -> "TestBed":
+    def __enter__(self) -> TestBed:
         self.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close(raise_errors=exc[0] is None)
 
-    def start(self) -> "TestBed":
+    def start(self) -> TestBed:
         check_environment()
         netns.sweep_stale()
         netns.register_run(self.run_id, self.workdir if self._own_workdir and not self.keep_workdir else None)
@@ -454,12 +454,12 @@ class TestBed:
         for p in reversed(procs):
             try:
                 p.stop()
-            except Exception as e:  # noqa: BLE001 - keep cleaning up
+            except Exception as e:
                 errors.append(f"stop {p.name}: {e!r}")
         for name in [*(pod.netns for pod in self.pods.values()), self.bridge_netns]:
             try:
                 netns.delete(name)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 errors.append(f"delete netns {name}: {e!r}")
         # anything of this run that slipped through (e.g. a pod whose add_pod failed half-way)
         for name in netns.namespaces_of(self.run_id):

@@ -45,7 +45,7 @@ def http_handler(name: str):
             if self.command != "HEAD":
                 self.wfile.write(payload)
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _answer  # noqa: N815
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _answer
 
         def log_message(self, fmt: str, *args) -> None:
             sys.stderr.write("%s %s\n" % (self.address_string(), fmt % args))

@@ -39,7 +39,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         sys.stderr.write(f"check {self.command} {self.path} {HEADER}={value} -> {200 if allowed else 403}\n")
         sys.stderr.flush()
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _check  # noqa: N815
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _check
 
     def log_message(self, fmt: str, *args) -> None:  # the check line above says it all
         pass

@@ -13,7 +13,7 @@ teardown the bed's process logs are printed; pytest shows them only for a failed
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

@@ -34,8 +34,9 @@ import functools
 import ipaddress
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 from . import netns
 

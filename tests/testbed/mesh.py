@@ -20,9 +20,9 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 from tests.support.harness import free_port, meshd
 from tests.support.manifests import documents, gateway, ingress_gateway_service, service, virtual_service
@@ -206,7 +206,7 @@ class Mesh:
         updates of each Envoy and the tail of meshd's log."""
         try:
             rejected = repr(self.rejected_updates())
-        except Exception as e:  # noqa: BLE001 - a diagnosis must not fail
+        except Exception as e:
             rejected = f"(unreadable: {e!r})"
         return f"envoy update_rejected: {rejected}\nmeshd log tail:\n{self.cp.log()[-3000:]}"
 

@@ -21,8 +21,9 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -120,7 +121,7 @@ def call_in(name: str, fn: Callable[[], T]) -> T:
             finally:
                 os.close(fd)
             result["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+        except BaseException as e:
             result["error"] = e
 
     t = threading.Thread(target=target, name=f"netns-{name}", daemon=True)

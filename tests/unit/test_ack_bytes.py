@@ -3,6 +3,7 @@ recorded without decoding the request, and anything that is not one (new names, 
 NACK, an old nonce, another version) still gets the full protocol handling."""
 from __future__ import annotations
 
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
@@ -12,7 +13,6 @@ from controlplane.server.caches import ServerCaches
 from controlplane.server.subscription import Subscription
 from tests.support.ads import names_of, run
 from tests.support.ads_server import FakeMesh, Harness
-from envoy.config.endpoint.v3 import endpoint_pb2
 
 EDS_NAMES = ["a", "b", "c"]
 CACHES = ServerCaches()

@@ -20,9 +20,9 @@ from envoy.service.discovery.v3 import discovery_pb2
 from structlog.testing import capture_logs
 
 from controlplane import names
+from controlplane.server.connection import EventQueue, Push
 from controlplane.server.host import byte_count
 from controlplane.server.subscription import make_nonce
-from controlplane.server.connection import EventQueue, Push
 from tests.support.ads import NODE_ID, eventually, names_of, run
 from tests.support.ads_server import CHANGED, FakeMesh, Harness
 
@@ -155,7 +155,7 @@ def test_changed_update_pushes_new_version_identical_does_not():
     run(main())
 
 
-async def synced_cds_eds(h: "Harness", eds: list[str]):
+async def synced_cds_eds(h: Harness, eds: list[str]):
     """A stream that holds and ACKed FakeMesh v1's clusters and the assignments `eds`."""
     h.ads.update(FakeMesh("v1"))
     s = h.stream()

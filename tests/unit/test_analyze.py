@@ -20,7 +20,6 @@ import pytest
 from controlplane import cli
 from controlplane.analysis import BY_NAME, analyze, messages
 from controlplane.analysis.resources import parse_text
-
 from tests.support.paths import SHARED
 
 CORPUS = SHARED / "corpus"
@@ -202,7 +201,7 @@ def test_against_a_running_meshd():
     body = json.dumps(DebugViews(ads, store).configz(content=True)).encode()
 
     class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             assert self.path.startswith("/debug/configz?content=true")
             self.send_response(200)
             self.end_headers()

@@ -23,9 +23,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
 from envoy.config.listener.v3 import listener_components_pb2 as lc_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2 as _http_ext_authz  # noqa: F401 (Any types)
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
@@ -33,6 +30,8 @@ from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2 as _net_
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as _net_rbac  # noqa: F401
 from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2 as _uri  # noqa: F401
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from controlplane.generators.authz import builder
 from controlplane.model.authorization import authz_policy, policies_for

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import code_pb2, status_pb2
-
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from google.rpc import code_pb2, status_pb2
 
 from controlplane.generators.authz import builder
 from controlplane.model.authorization import authz_policy, policies_for
@@ -127,7 +126,7 @@ class _HttpCheck(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     seen: list[str] = []
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self.seen.append(self.path)
         status = 200 if self.headers.get("x-allow") == "yes" else 403
         self.send_response(status)
@@ -144,7 +143,7 @@ class _GrpcCheck(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(self):
         self.seen: list[str] = []
 
-    def Check(self, request, context):  # noqa: N802
+    def Check(self, request, context):
         http_req = request.attributes.request.http
         self.seen.append(http_req.path)
         ok = http_req.headers.get("x-allow") == "yes"

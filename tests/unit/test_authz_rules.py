@@ -6,12 +6,11 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from google.protobuf import json_format
-
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2 as http_ext_authz_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
+from google.protobuf import json_format
 
 from controlplane.generators.authz import builder
 from controlplane.model.authorization import authz_policy, policies_for

@@ -10,7 +10,7 @@ import re
 import shutil
 import stat
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -35,7 +35,7 @@ from ca import keys as keys_module
 from ca.keys import generate_private_key, private_key_from_pem
 
 CATALOG = Identity("cluster.local", "istioinaction", "catalog")
-NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def fixed_clock(at: datetime = NOW):

@@ -8,7 +8,7 @@ import asyncio
 import json
 import os
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ CATALOG = Identity("cluster.local", "istioinaction", "catalog")
 
 class Clock:
     def __init__(self) -> None:
-        self.now = datetime.now(timezone.utc).replace(microsecond=0)
+        self.now = datetime.now(UTC).replace(microsecond=0)
 
     def __call__(self) -> datetime:
         return self.now
@@ -143,7 +143,7 @@ def test_ledger_records_before_issue_with_little_writing(tmp_path: Path):
         ca.issue_workload(CATALOG, timedelta(hours=1))
     assert ledger.stat().st_mtime_ns == mtime
     until = datetime.fromisoformat(first["issued_until"])
-    assert timedelta(minutes=59) < until - datetime.now(timezone.utc) <= timedelta(hours=1, minutes=1)
+    assert timedelta(minutes=59) < until - datetime.now(UTC) <= timedelta(hours=1, minutes=1)
     assert first["root"] == ca.active.root_fingerprint
 
 

@@ -8,7 +8,7 @@ a lifetime above the maximum INVALID_ARGUMENT; the chain is leaf first, root las
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -67,7 +67,7 @@ class CAPlane:
         self.mtls_serving = ServingCertificate(self.ca, client_roots=lambda: self.ca.trust_bundle_pem)
         self.channels: list[grpc.aio.Channel] = []
 
-    async def __aenter__(self) -> "CAPlane":
+    async def __aenter__(self) -> CAPlane:
         self.server = grpc.aio.server()
         self.service.add_to_server(self.server)
         self.port = self.server.add_secure_port("127.0.0.1:0", self.serving.credentials())
@@ -135,7 +135,7 @@ def test_caller_gets_its_own_identity(tmp_path: Path):
     assert uris(chain[0]) == [CATALOG]
     chain[0].verify_directly_issued_by(chain[1])
     assert chain[0].public_key().public_numbers() == key.public_key().public_numbers()
-    lifetime = chain[0].not_valid_after_utc - datetime.now(timezone.utc)
+    lifetime = chain[0].not_valid_after_utc - datetime.now(UTC)
     assert timedelta(hours=23, minutes=58) < lifetime <= timedelta(hours=24)  # the default TTL
     leaf2 = x509.load_pem_x509_certificate(resp2.cert_chain[0].encode())
     assert uris(leaf2) == [CATALOG] and leaf2.subject == x509.Name([])
@@ -213,9 +213,9 @@ def test_validity(tmp_path: Path):
 
     one_hour, at_max, too_long = run(main())
     leaf = x509.load_pem_x509_certificate(one_hour.cert_chain[0].encode())
-    assert abs((leaf.not_valid_after_utc - datetime.now(timezone.utc)) - timedelta(hours=1)) < timedelta(seconds=30)
+    assert abs((leaf.not_valid_after_utc - datetime.now(UTC)) - timedelta(hours=1)) < timedelta(seconds=30)
     leaf = x509.load_pem_x509_certificate(at_max.cert_chain[0].encode())
-    assert leaf.not_valid_after_utc - datetime.now(timezone.utc) > timedelta(days=89)
+    assert leaf.not_valid_after_utc - datetime.now(UTC) > timedelta(days=89)
     assert too_long.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "greater than the max allowed TTL" in too_long.details()
 

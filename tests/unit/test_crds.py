@@ -9,11 +9,10 @@ import sys
 
 import yaml
 
-from controlplane.kube.status import desired_status
 from controlplane.commands.crds import crd_documents, render
 from controlplane.config import kinds
 from controlplane.config.validation.schema import Node, validate_document
-
+from controlplane.kube.status import desired_status
 from tests.support.paths import REPO, shared
 
 DEPLOYED = REPO / "deploy" / "kubernetes" / "01-crds.yaml"

@@ -28,8 +28,8 @@ from controlplane.debug.push_status import ConfigEvents, PushTracker
 from controlplane.debug.tabwriter import render
 from controlplane.debug.views import DebugViews
 from controlplane.generators.resources import ResourceSet, pack
-from controlplane.server.host import AdsServer
 from controlplane.server.grpc_server import build_xds_server
+from controlplane.server.host import AdsServer
 from controlplane.server.metrics import Metrics
 
 NODE_ID = "router~10.0.0.1~gw-abc.istio-system~istio-system.svc.cluster.local"

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from structlog.testing import capture_logs
 
 from controlplane import names
-from controlplane.generators import Generator, builders, clusters, destinations, routes, secrets
-from controlplane.generators import dependencies
+from controlplane.generators import Generator, builders, clusters, dependencies, destinations, routes, secrets
 from controlplane.generators.inputs import KNOWN_KINDS, OTHER, SECRET
 from controlplane.generators.resources import pack
 from controlplane.model.proxy import parse_node
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from tests.support.chapter9 import CATALOG_HOST, NS, dr, mesh
 from tests.support.pki import make_ca, make_cert, tls_secret_yaml
 

@@ -10,6 +10,12 @@ import shutil
 
 import pytest
 import yaml
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 
 from controlplane.config.kinds import split_api_version
@@ -18,12 +24,6 @@ from controlplane.config.snapshot import ConfigSnapshot
 from controlplane.generators import clusters, endpoints, listeners, routes
 from controlplane.model.mesh import build_mesh
 from controlplane.model.proxy import parse_node
-from envoy.config.bootstrap.v3 import bootstrap_pb2
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2, config_source_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from tests.support.envoy import envoy_validate
 from tests.support.paths import shared
 from tests.support.static_xds import gateway_bootstrap

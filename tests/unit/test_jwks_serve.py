@@ -4,12 +4,12 @@ an issuer whose jwksUri fails gets the key set nobody can sign for (its tokens r
 from __future__ import annotations
 
 import pytest
-
-from controlplane import names
-from controlplane.generators.authn import JWT_AUTHN, UNAVAILABLE_JWKS
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+from controlplane import names
+from controlplane.generators.authn import JWT_AUTHN, UNAVAILABLE_JWKS
 from tests.support.ads import ads_fetch
 from tests.support.harness import meshd, wait_for
 from tests.support.jwt import Issuer, KeyServer

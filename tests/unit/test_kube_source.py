@@ -16,12 +16,10 @@ from kubernetes import client
 
 from controlplane.config.objects import Rejection
 from controlplane.config.store import ConfigStore
-from controlplane.model.mesh import build_mesh
 from controlplane.kube.source import KubernetesSource
+from controlplane.model.mesh import build_mesh
 from tests.support.kube_source import FAST, Changes, get, k8s_threads, running, until
 from tests.support.kubeapi import FakeApiServer
-
-
 
 # --- objects -------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ class Replica:
         self.stop = asyncio.Event()
         self.task: asyncio.Task | None = None
 
-    def start(self) -> "Replica":
+    def start(self) -> Replica:
         self.task = asyncio.create_task(self.elector.run(self.stop))
         return self
 
@@ -84,7 +84,7 @@ class LeaseHolders:
                                             field_selector="metadata.name=meshd-leader", timeout_seconds=30):
                 if event["type"] in ("ADDED", "MODIFIED"):
                     self.seen.append(event["object"].spec.holder_identity or "")
-        except Exception:  # noqa: BLE001 - the stream ends when close() closes the client
+        except Exception:
             if not self._closed:
                 raise
 

@@ -11,8 +11,8 @@ from structlog.testing import capture_logs
 
 from controlplane.app import MeshBuilder
 from controlplane.config.store import ConfigStore
-from controlplane.model.request_authentication import JwksView, KeySetRef
 from controlplane.kube.source import KubernetesSource, ReflectorOptions
+from controlplane.model.request_authentication import JwksView, KeySetRef
 from controlplane.sources.meshconfig import MeshConfigSource, MeshConfigSourceError, read_file
 from tests.support.ads import run
 from tests.support.configs import objects_from_yaml

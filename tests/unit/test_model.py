@@ -1,10 +1,10 @@
 """Services and endpoints as the model builds them from Kubernetes objects."""
 from __future__ import annotations
 
+import pytest
+
 from controlplane.model.proxy import NodeError, parse_node
 from tests.support.configs import mesh_from_yaml
-
-import pytest
 
 SERVICE = """
 apiVersion: v1

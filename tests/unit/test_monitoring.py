@@ -17,7 +17,7 @@ class Monitoring:
         self.metrics = Metrics()
         self.routes = routes
 
-    async def __aenter__(self) -> "Monitoring":
+    async def __aenter__(self) -> Monitoring:
         self.server = await start_monitoring("127.0.0.1", 0, lambda: self.is_ready, self.metrics, routes=self.routes)
         self.port = self.server.sockets[0].getsockname()[1]
         return self

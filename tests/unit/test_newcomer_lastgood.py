@@ -164,9 +164,10 @@ def test_copies_are_private_whole_files_per_config_directory(tmp_path):
 
 
 def test_kubernetes_objects_are_not_copied(tmp_path):
+    import yaml
+
     from controlplane.config.objects import Origin
     from controlplane.config.parse import parse_document
-    import yaml
 
     store = ConfigStore()
     store.last_good = LastGood(tmp_path / "lastgood", tmp_path / "config")

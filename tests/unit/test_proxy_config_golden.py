@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from controlplane import cli
-
 from tests.support.paths import SHARED
 
 GOLDEN = SHARED / "corpus" / "istioctl-golden" / "istioctl" / "pkg"

@@ -21,7 +21,6 @@ from controlplane import cli
 from controlplane.debug import status
 from controlplane.debug.compare import compare
 from controlplane.debug.configdump import ConfigDump
-
 from tests.support.paths import SHARED
 
 GOLDEN = SHARED / "corpus" / "istioctl-golden" / "istioctl" / "pkg"
@@ -147,7 +146,7 @@ def test_syncz_table_per_type_with_nack_message():
 @contextlib.contextmanager
 def fake_meshd(routes: dict):
     class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             body = routes.get(self.path.split("?")[0])
             self.send_response(200 if body is not None else 404)
             self.end_headers()

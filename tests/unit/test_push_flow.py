@@ -19,9 +19,9 @@ from google.protobuf import duration_pb2
 
 from controlplane import names
 from controlplane.generators.resources import ResourceSet, pack
-from controlplane.server.host import AdsOptions, AdsServer
 from controlplane.server.flow import PushLimiter, StreamStuck
 from controlplane.server.grpc_server import build_xds_server
+from controlplane.server.host import AdsOptions, AdsServer
 from controlplane.server.metrics import Metrics
 from tests.support.ads import NODE_ID, SotwStream, eventually, node_metadata, run
 from tests.support.ads_server import FakeMesh, Harness

@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from controlplane import names

@@ -10,7 +10,7 @@ import asyncio
 import base64
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,9 +22,9 @@ from ca.root import create_root, fingerprint
 from ca.signer import PLUG_IN, SELF_SIGNED
 from ca.store import CADirectory
 from controlplane.kube.api import KubeApi
+from controlplane.kube.ca_secrets import CA_SECRET, ClusterCADirs, KubeCAStore, cluster_ca_dirs
 from controlplane.security.authority import MeshCA
 from controlplane.security.cadir import open_ca
-from controlplane.kube.ca_secrets import CA_SECRET, ClusterCADirs, KubeCAStore, cluster_ca_dirs
 from tests.support.pki import make_cacerts
 
 NS = "istio-system"
@@ -201,7 +201,7 @@ def test_plugging_in_cacerts_while_running_rotates(kube, api, tmp_path):
     assert CADirectory(store.ca_dir).load(TD, create=False).active.fingerprint == fingerprint(inter)
     assert len(list(store.ca_dir.glob("previous/*"))) == 1
     until = CADirectory(store.ca_dir).issued_until(old.fingerprint)
-    assert until is not None and abs(until - (datetime.now(timezone.utc) + timedelta(hours=24))) < timedelta(minutes=1)
+    assert until is not None and abs(until - (datetime.now(UTC) + timedelta(hours=24))) < timedelta(minutes=1)
     # the running CA picks it up as a rotation: both roots trusted, then the new signer
     asyncio.run(ca.check())
     asyncio.run(ca.check())

@@ -6,6 +6,7 @@ import json
 import re
 
 import yaml
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 
 from controlplane.config.objects import ConfigObject, Origin
 from controlplane.generators.authn import (
@@ -26,7 +27,6 @@ from controlplane.model.request_authentication import (
     key_sets_needed,
     rules_of,
 )
-from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from tests.support.jwt import Issuer
 from tests.support.paths import shared
 

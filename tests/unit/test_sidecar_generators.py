@@ -9,20 +9,36 @@ without one, the ingress gateway in `istio-system`. Expectations follow what ist
 from __future__ import annotations
 
 import pytest
-from google.protobuf import json_format
-
-from controlplane.generators import clusters, endpoints, filter_chains, listeners, routes
-from controlplane.generators.resources import pack
-from controlplane.model.proxy import parse_node
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
-from tests.support.chapter9 import (CATALOG, CATALOG_HOST, CATALOG_PROXY, GATEWAY_PROXY, LAYOUT, NS, RICH, SLEEP_PROXY,
-                                    STRICT_MESH, TCP_SERVICES, WEBAPP, WEBAPP_HOST, WEBAPP_PROXY, dr, mesh, pa,
-                                    rich_drs)
+from google.protobuf import json_format
+
+from controlplane.generators import clusters, endpoints, filter_chains, listeners, routes
+from controlplane.generators.resources import pack
+from controlplane.model.proxy import parse_node
+from tests.support.chapter9 import (
+    CATALOG,
+    CATALOG_HOST,
+    CATALOG_PROXY,
+    GATEWAY_PROXY,
+    LAYOUT,
+    NS,
+    RICH,
+    SLEEP_PROXY,
+    STRICT_MESH,
+    TCP_SERVICES,
+    WEBAPP,
+    WEBAPP_HOST,
+    WEBAPP_PROXY,
+    dr,
+    mesh,
+    pa,
+    rich_drs,
+)
 from tests.support.configs import mesh_from_yaml
 from tests.support.envoy import envoy_validate
 from tests.support.static_xds import self_signed, sidecar_config

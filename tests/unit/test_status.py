@@ -10,8 +10,9 @@ import contextlib
 import functools
 import time
 
-
+from controlplane.config.store import ConfigStore
 from controlplane.kube.api import ApiError, KubeApi
+from controlplane.kube.source import KubernetesSource, ReflectorOptions
 from controlplane.kube.status import (
     ANALYSIS_CODE,
     CONDITION_TYPE,
@@ -19,8 +20,6 @@ from controlplane.kube.status import (
     StatusWriter,
     desired_status,
 )
-from controlplane.config.store import ConfigStore
-from controlplane.kube.source import KubernetesSource, ReflectorOptions
 
 FAST = ReflectorOptions(backoff_initial=0.02, backoff_max=0.2, watch_timeout=(30, 30), request_timeout=5,
                         rediscover_interval=0.2)
@@ -63,7 +62,7 @@ class Cluster:
         self.tasks: list[asyncio.Task] = []
         self.leading: asyncio.Task | None = None
 
-    async def __aenter__(self) -> "Cluster":
+    async def __aenter__(self) -> Cluster:
         self.tasks.append(asyncio.create_task(self.source.run(self.stop)))
         assert await self.source.wait_synced(5)
         return self
@@ -226,7 +225,7 @@ async def test_a_failed_write_is_retried(kube):
 
 
 def test_desired_status_rules():
-    now = lambda: "2024-01-01T00:00:00Z"  # noqa: E731
+    now = lambda: "2024-01-01T00:00:00Z"
     assert desired_status({}, None, 1) is None  # accepted, nothing of ours: nothing to do
     patch = desired_status({}, "spec.hosts: Required value", 3, now)
     assert patch["conditions"] == [{"type": "Reconciled", "status": "False", "reason": "Rejected",

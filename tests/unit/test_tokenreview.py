@@ -15,8 +15,8 @@ from kubernetes import client
 
 from ca import Identity, TokenAuthority, generate_private_key
 from controlplane.kube.api import KubeApi
-from controlplane.security.authn import AuthenticationError, JwtAuthenticator, authenticate_stream
 from controlplane.kube.tokenreview import MeshdTokens, TokenReviewAuthenticator, unverified_issuer
+from controlplane.security.authn import AuthenticationError, JwtAuthenticator, authenticate_stream
 from tests.support.harness import wait_for
 
 TD = "cluster.local"

@@ -8,15 +8,15 @@ import json
 
 import pytest
 import yaml
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 
 from controlplane.config.objects import ConfigObject, Origin, Rejection
 from controlplane.config.parse import parse_document
 from controlplane.generators import filter_chains, listeners, routes, secrets
 from controlplane.model.proxy import parse_node
-from envoy.config.bootstrap.v3 import bootstrap_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from tests.support.configs import mesh_from_yaml
 from tests.support.envoy import envoy_validate
 from tests.support.pki import b64, generic_secret_yaml, make_ca, make_cert, tls_secret_yaml
@@ -409,7 +409,7 @@ def test_secret_change_changes_sds_only():
     rotated = make_cert(CA, ["webapp.istioinaction.io"])
     mesh2 = mesh_from_yaml("\n---\n".join([INGRESS, GATEWAYS, tls_secret_yaml("webapp-credential", "istio-system", rotated),
                                            generic_secret_yaml("catalog-credential", "istio-system", CATALOG, CA.cert)]))
-    ser = lambda items: {n: m.SerializeToString(deterministic=True) for n, m in items}  # noqa: E731
+    ser = lambda items: {n: m.SerializeToString(deterministic=True) for n, m in items}
     assert ser(listeners.build(mesh1, GATEWAY)) == ser(listeners.build(mesh2, GATEWAY))  # no listener drain
     assert ser(routes.build(mesh1, GATEWAY)) == ser(routes.build(mesh2, GATEWAY))
     s1, s2 = ser(secrets.build(mesh1, GATEWAY)), ser(secrets.build(mesh2, GATEWAY))

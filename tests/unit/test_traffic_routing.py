@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from controlplane.generators import clusters, listeners, routes
-from controlplane.model.proxy import parse_node
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from controlplane.generators import clusters, listeners, routes
+from controlplane.model.proxy import parse_node
 from tests.support.configs import mesh_from_yaml
 
 GATEWAY = parse_node("router~10.0.0.1~gw-0.istio-system~istio-system.svc.cluster.local",

@@ -25,9 +25,9 @@ from controlplane.config.objects import Origin
 from controlplane.config.parse import Unsupported, parse_document
 from controlplane.config.store import ConfigStore
 from controlplane.debug.views import DebugViews
+from controlplane.kube.resources import as_document
 from controlplane.server.metrics import Metrics
 from controlplane.sources.directory import DirectorySource
-from controlplane.kube.resources import as_document
 from tests.support.harness import http_get, meshd, wait_for
 
 SERVICE_ENTRY = """

@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 from controlplane import cli
-
 from tests.support.paths import SHARED
 
 CRDS = SHARED / "corpus" / "istio" / "pkg" / "config" / "validation" \

@@ -15,9 +15,7 @@ import yaml
 
 from controlplane.config import kinds
 from controlplane.config.kinds import Kind
-from controlplane.config.validation import FieldError, validate
-from controlplane.config.validation import cel, durations, schema
-
+from controlplane.config.validation import FieldError, cel, durations, schema, validate
 from tests.support.paths import SHARED
 
 CORPUS = SHARED / "corpus"

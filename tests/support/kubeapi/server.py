@@ -57,7 +57,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from controlplane.config.kinds import WATCHED_UNSUPPORTED
-
 from tests.support.kube_log import TOKEN_REVIEW_PLURAL, Request, RequestLog
 
 from .selectors import field_matcher, label_matcher
@@ -162,7 +161,7 @@ class FakeApiServer(RequestLog):
         self._thread: threading.Thread | None = None
 
     # --- lifecycle ----------------------------------------------------------------
-    def start(self) -> "FakeApiServer":
+    def start(self) -> FakeApiServer:
         httpd = _HTTPServer((self.host, self.port), _Handler)
         httpd.api = self
         self._httpd = httpd
@@ -186,7 +185,7 @@ class FakeApiServer(RequestLog):
         self._thread.join(5)
         self._httpd = None
 
-    def __enter__(self) -> "FakeApiServer":
+    def __enter__(self) -> FakeApiServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -412,10 +411,10 @@ class FakeApiServer(RequestLog):
                 "preferredVersion": {"groupVersion": f"{name}/{preferred}", "version": preferred}}
 
     # --- internals: HTTP -----------------------------------------------------------
-    def handle_get(self, h: "_Handler") -> None:
+    def handle_get(self, h: _Handler) -> None:
         self.handle(h, "GET")
 
-    def handle(self, h: "_Handler", method: str) -> None:
+    def handle(self, h: _Handler, method: str) -> None:
         url = urlsplit(h.path)
         query = dict(parse_qsl(url.query, keep_blank_values=True))
         body: Any = None
@@ -734,7 +733,7 @@ class FakeApiServer(RequestLog):
     def _watch(self, h, rtype: ResourceType, version: str, ns: str | None, query: dict[str, str]) -> None:
         labels = label_matcher(query.get("labelSelector"))
         fields = field_matcher(query.get("fieldSelector"))
-        sel = lambda o: labels(o) and fields(o)  # noqa: E731
+        sel = lambda o: labels(o) and fields(o)
         timeout = float(query.get("timeoutSeconds") or 1800)
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
         rv_param = query.get("resourceVersion", "")
@@ -931,22 +930,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     request_record: Request | None = None
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.server.api.handle(self, "GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.server.api.handle(self, "POST")
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self.server.api.handle(self, "PUT")
 
-    def do_PATCH(self) -> None:  # noqa: N802
+    def do_PATCH(self) -> None:
         self.server.api.handle(self, "PATCH")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self.server.api.handle(self, "DELETE")
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002
+    def log_message(self, format: str, *args) -> None:
         pass
 
 
