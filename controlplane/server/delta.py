@@ -31,7 +31,6 @@ import functools
 import time
 from collections.abc import Callable
 
-import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from .. import names
@@ -39,7 +38,7 @@ from ..generators.resources import ResourceSet, changes
 from . import wire
 from .caches import PerGroup
 from .connection import Connection, Push
-from .protocol import Host, Sent
+from .protocol import Context, Host, Sent
 from .subscription import Subscription
 
 
@@ -49,7 +48,7 @@ class DeltaProtocol:
         self._diffs = PerGroup(self._diff)  # for subscriptions with nothing declared or owed
 
     # --- events -----------------------------------------------------------------------
-    async def on_request(self, conn: Connection, context: grpc.aio.ServicerContext,
+    async def on_request(self, conn: Connection, context: Context,
                          req: discovery_pb2.DeltaDiscoveryRequest) -> None:
         host = self._host
         type_url = req.type_url
@@ -93,7 +92,7 @@ class DeltaProtocol:
         sub.record_ack(sub.sent_version, req.response_nonce)
         return True
 
-    async def on_push(self, conn: Connection, context: grpc.aio.ServicerContext, push: Push) -> None:
+    async def on_push(self, conn: Connection, context: Context, push: Push) -> None:
         served = self._host.view.types()
         reason = ",".join(sorted(push.reasons))
         for type_url in names.PUSH_ORDER:
@@ -105,7 +104,7 @@ class DeltaProtocol:
                 await self._respond(conn, context, sub, request=False, reason=reason)
 
     # --- responses --------------------------------------------------------------------
-    async def _respond(self, conn: Connection, context: grpc.aio.ServicerContext, sub: Subscription, *,
+    async def _respond(self, conn: Connection, context: Context, sub: Subscription, *,
                        request: bool, reason: str, first: bool = False) -> None:
         host = self._host
         started = time.perf_counter()

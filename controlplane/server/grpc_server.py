@@ -12,6 +12,7 @@ import grpc
 import structlog
 
 from .host import AdsServer
+from .protocol import Context
 from .secure import SecureAdsServicer
 
 # Tuned for thousands of long-lived streams (istiod: keepalive 30s/10s, MaxRecvMsgSize
@@ -58,10 +59,10 @@ class AdsServicer(Protocol):
     add_ads_servicer below registers them."""
 
     async def StreamAggregatedResources(self, request_iterator: AsyncIterator[bytes],
-                                        context: grpc.aio.ServicerContext) -> None: ...
+                                        context: Context) -> None: ...
 
     async def DeltaAggregatedResources(self, request_iterator: AsyncIterator[Any],
-                                       context: grpc.aio.ServicerContext) -> None: ...
+                                       context: Context) -> None: ...
 
 
 def add_ads_servicer(servicer: AdsServicer, server: grpc.aio.Server) -> None:

@@ -55,8 +55,8 @@ from .delta import DeltaProtocol
 from .flow import PushLimiter, StreamStuck
 from .limits import Limits
 from .metrics import Metrics
+from .protocol import Context, ResponseData, Sent
 from .protocol import Protocol as StreamProtocol
-from .protocol import ResponseData, Sent
 from .sotw import SotwProtocol
 from .subscription import Nack, Subscription
 from .view import ResourceView
@@ -231,7 +231,7 @@ class AdsServer:
 
     # --- gRPC methods ------------------------------------------------------------
     async def StreamAggregatedResources(
-        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Context
     ) -> None:
         """The plaintext port: no authentication, so no identity (and no workload key).
         A bearer token sent here is ignored: it would have crossed the wire in clear."""
@@ -240,7 +240,7 @@ class AdsServer:
     async def serve_stream(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
-        context: grpc.aio.ServicerContext,
+        context: Context,
         *,
         identity: Identity | None = None,
     ) -> None:
@@ -248,13 +248,13 @@ class AdsServer:
         await self._run_stream(request_iterator, context, identity, delta=False)
 
     async def serve_delta_stream(
-        self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext,
+        self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: Context,
         *, identity: Identity | None = None,
     ) -> None:
         """One incremental ADS stream; identity rules as for serve_stream."""
         await self._run_stream(request_iterator, context, identity, delta=True)
 
-    async def _run_stream(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext,
+    async def _run_stream(self, request_iterator: AsyncIterator[Any], context: Context,
                           identity: Identity | None, *, delta: bool) -> None:
         peer = context.peer()
         if self._closing is not None:
@@ -332,13 +332,13 @@ class AdsServer:
         conn.events.close()
         self._forget(conn)
 
-    async def DeltaAggregatedResources(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+    async def DeltaAggregatedResources(self, request_iterator: Any, context: Context) -> None:
         """The plaintext port's incremental ADS: no identity, as for SotW."""
         await self.serve_delta_stream(request_iterator, context, identity=None)
 
     # --- stream plumbing ---------------------------------------------------------
     async def _accept(
-        self, first: discovery_pb2.DiscoveryRequest, peer: str, context: grpc.aio.ServicerContext
+        self, first: discovery_pb2.DiscoveryRequest, peer: str, context: Context
     ) -> Proxy:
         node_id = first.node.id if first.HasField("node") else ""
         if not node_id:
@@ -353,7 +353,7 @@ class AdsServer:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, msg)
         raise AssertionError("unreachable: context.abort raises")
 
-    async def _authorize(self, proxy: Proxy, identity: Identity, peer: str, context: grpc.aio.ServicerContext) -> None:
+    async def _authorize(self, proxy: Proxy, identity: Identity, peer: str, context: Context) -> None:
         """Refuse the stream unless the node claims the identity the caller proved."""
         reason = identity_mismatch(proxy, identity)
         if reason is None:
@@ -383,7 +383,7 @@ class AdsServer:
         finally:
             conn.events.close()
 
-    async def _serve(self, conn: Connection, context: grpc.aio.ServicerContext, protocol: StreamProtocol) -> None:
+    async def _serve(self, conn: Connection, context: Context, protocol: StreamProtocol) -> None:
         if not await self._wait_ready(conn):
             return
         if conn.mesh is None:
@@ -426,7 +426,7 @@ class AdsServer:
             self.log.exception("ads generate failed", proxy=conn.proxy.id, type=sub.short)
             return None
 
-    async def write(self, conn: Connection, context: grpc.aio.ServicerContext, data: ResponseData) -> None:
+    async def write(self, conn: Connection, context: Context, data: ResponseData) -> None:
         waited = await self.limiter.write(context, data, on_stuck=lambda: self._stuck(conn))
         self.metrics.push_waited(waited)
 
@@ -454,7 +454,7 @@ class AdsServer:
             nonce=nack.nonce, error=nack.message, **fields,
         )
 
-    async def refuse(self, conn: Connection, context: grpc.aio.ServicerContext, problem: str,
+    async def refuse(self, conn: Connection, context: Context, problem: str,
                      type_url: str, **fields: Any) -> NoReturn:
         self.log.warning("ads request refused", proxy=conn.proxy.id, conn=conn.id, type_url=type_url[:200],
                          reason=problem, **fields)

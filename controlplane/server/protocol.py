@@ -35,6 +35,11 @@ from .view import ResourceView
 # write limiter grants the stream a slot (so memory holds only the responses in flight).
 ResponseData: TypeAlias = bytes | Callable[[], bytes]
 
+# One stream's gRPC context. grpc's stubs make it generic in the request and response
+# types; ours are Envoy's generated messages, which have no stubs (a string: the runtime
+# class is not subscriptable).
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
 
 class Protocol(_Protocol):
     """One xDS protocol's state machine, called by the host for each stream's events, in
@@ -47,11 +52,11 @@ class Protocol(_Protocol):
         per proxy per push. Must not await or write."""
         ...
 
-    async def on_request(self, conn: Connection, context: grpc.aio.ServicerContext, request: Any) -> None:
+    async def on_request(self, conn: Connection, context: Context, request: Any) -> None:
         """A request from the client (the first carries the node; the host has read it)."""
         ...
 
-    async def on_push(self, conn: Connection, context: grpc.aio.ServicerContext, push: Push) -> None:
+    async def on_push(self, conn: Connection, context: Context, push: Push) -> None:
         """Bring the client up to `conn.mesh` (the host has just moved it to the newest
         snapshot) for the types in `push.types` (None: all)."""
         ...
@@ -78,7 +83,7 @@ class Host(_Protocol):
         """A response is about to be written: metrics, the debug observer, the push log."""
         ...
 
-    async def write(self, conn: Connection, context: grpc.aio.ServicerContext, data: ResponseData) -> None:
+    async def write(self, conn: Connection, context: Context, data: ResponseData) -> None:
         """Write a response through the limiter (raises flow.StreamStuck)."""
         ...
 
@@ -86,7 +91,7 @@ class Host(_Protocol):
         """The client rejected a response: metric and log line (`fields` join the log)."""
         ...
 
-    async def refuse(self, conn: Connection, context: grpc.aio.ServicerContext, problem: str,
+    async def refuse(self, conn: Connection, context: Context, problem: str,
                      type_url: str, **fields: Any) -> NoReturn:
         """End the stream with RESOURCE_EXHAUSTED: a request over the limits."""
         ...

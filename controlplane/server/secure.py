@@ -24,6 +24,7 @@ from ca import Identity
 
 from ..security.authn import AuthenticationError, Authenticator, authenticate_stream, normalize_metadata
 from .host import AdsServer
+from .protocol import Context
 
 
 class SecureAdsServicer:
@@ -36,14 +37,14 @@ class SecureAdsServicer:
         self._log = logger if logger is not None else structlog.get_logger("meshd.ads")
 
     async def StreamAggregatedResources(
-        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Context
     ) -> None:
         identity = await self._authenticate(context)
         if identity is None:
             return
         await self._ads.serve_stream(request_iterator, context, identity=identity)
 
-    async def DeltaAggregatedResources(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+    async def DeltaAggregatedResources(self, request_iterator: Any, context: Context) -> None:
         # The same rules as SotW: authenticated before any request is read, and the
         # identity passed on (it decides who gets a workload key over SDS).
         identity = await self._authenticate(context)
@@ -51,7 +52,7 @@ class SecureAdsServicer:
             return
         await self._ads.serve_delta_stream(request_iterator, context, identity=identity)
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Identity | None:
+    async def _authenticate(self, context: Context) -> Identity | None:
         """The stream's identity; None after ending the stream with UNAUTHENTICATED."""
         peer = context.peer()
         try:
@@ -65,7 +66,7 @@ class SecureAdsServicer:
             await self._refuse(context, peer, f"authenticator error: {type(e).__name__}")
         return None
 
-    async def _refuse(self, context: grpc.aio.ServicerContext, peer: str, reason: str) -> None:
+    async def _refuse(self, context: Context, peer: str, reason: str) -> None:
         self._metrics.auth_failed("unauthenticated")
         self._log.warning("ads auth failed", peer=peer, reason=reason)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"authentication failed: {reason}")

@@ -35,7 +35,6 @@ import functools
 import time
 from typing import Any
 
-import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from .. import names
@@ -43,7 +42,7 @@ from ..generators.resources import ResourceSet, changes
 from . import acks, wire
 from .caches import PerGroup
 from .connection import Connection, Push
-from .protocol import Host, Sent
+from .protocol import Context, Host, Sent
 from .subscription import Subscription
 from .view import wanted_resources
 
@@ -88,7 +87,7 @@ class SotwProtocol:
         return True
 
     # --- events -----------------------------------------------------------------------
-    async def on_request(self, conn: Connection, context: grpc.aio.ServicerContext,
+    async def on_request(self, conn: Connection, context: Context,
                          request: discovery_pb2.DiscoveryRequest | bytes) -> None:
         host = self._host
         if isinstance(request, bytes):
@@ -150,7 +149,7 @@ class SotwProtocol:
         await self._respond(conn, context, sub, request=True, force=force, complete=initial or changed,
                             reason="request")
 
-    async def on_push(self, conn: Connection, context: grpc.aio.ServicerContext, push: Push) -> None:
+    async def on_push(self, conn: Connection, context: Context, push: Push) -> None:
         served = self._host.view.types()
         reason = ",".join(sorted(push.reasons))
         for type_url in names.PUSH_ORDER:
@@ -160,7 +159,7 @@ class SotwProtocol:
 
     # --- responses --------------------------------------------------------------------
     async def _respond(
-        self, conn: Connection, context: grpc.aio.ServicerContext, sub: Subscription, *,
+        self, conn: Connection, context: Context, sub: Subscription, *,
         request: bool, force: bool, reason: str, complete: bool = False,
     ) -> None:
         """Answer a request or push the type. `force`: answer even if the client holds the
