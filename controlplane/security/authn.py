@@ -26,8 +26,9 @@ requiring one, so meshd offers it on its own port (`--ca-mtls-port`, see app.py)
 from __future__ import annotations
 
 import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Awaitable, Callable, Iterable, Mapping, Protocol, Sequence, Union
+from typing import Any, Protocol, TypeGuard
 
 from cryptography import x509
 
@@ -36,7 +37,7 @@ from ca.clock import Clock, utc_now
 from ca.tokens import DEFAULT_AUDIENCE
 
 # Lower-case keys, as gRPC delivers them.
-Metadata = Sequence[tuple[str, Union[str, bytes]]]
+Metadata = Sequence[tuple[str, str | bytes]]
 
 AUTHORIZATION = "authorization"
 BEARER = "bearer"
@@ -49,10 +50,24 @@ class AuthenticationError(Exception):
 class Authenticator(Protocol):
     name: str
 
-    def authenticate(self, metadata: Metadata, peer: str) -> "Identity | None | Awaitable[Identity | None]": ...
+    def authenticate(self, metadata: Metadata, peer: str) -> Identity | None | Awaitable[Identity | None]: ...
 
 
-def normalize_metadata(metadata: Iterable) -> list[tuple[str, str | bytes]]:
+class ContextAuthenticator(Protocol):
+    """An authenticator that also reads the gRPC auth context (`needs_auth_context = True`)."""
+
+    name: str
+    needs_auth_context: bool
+
+    def authenticate(self, metadata: Metadata, peer: str,
+                     auth_context: AuthContext | None) -> Identity | None | Awaitable[Identity | None]: ...
+
+
+def _needs_auth_context(authn: Authenticator) -> TypeGuard[ContextAuthenticator]:
+    return bool(getattr(authn, "needs_auth_context", False))
+
+
+def normalize_metadata(metadata: Iterable[Any] | None) -> list[tuple[str, str | bytes]]:
     """gRPC metadata (tuples or _Metadatum items) as (lower-case key, value) pairs."""
     return [(str(k).lower(), v) for k, v in (tuple(m) for m in (metadata or ()))]
 
@@ -160,7 +175,7 @@ def _chains_to(leaf: x509.Certificate, intermediates: list[x509.Certificate], ro
                 try:
                     current.verify_directly_issued_by(root)
                     return True
-                except Exception:  # noqa: BLE001 - wrong key / algorithm: try the others
+                except Exception:  # wrong key / algorithm: try the others
                     pass
         nxt = None
         for cand in pool:
@@ -169,7 +184,7 @@ def _chains_to(leaf: x509.Certificate, intermediates: list[x509.Certificate], ro
                     current.verify_directly_issued_by(cand)
                     nxt = cand
                     break
-                except Exception:  # noqa: BLE001
+                except Exception:
                     continue
         if nxt is None:
             return False
@@ -185,7 +200,7 @@ async def authenticate_stream(authenticators: Sequence[Authenticator], metadata:
     reasons = []
     for authn in authenticators:
         try:
-            if getattr(authn, "needs_auth_context", False):
+            if _needs_auth_context(authn):
                 result = authn.authenticate(metadata, peer, auth_context)
             else:
                 result = authn.authenticate(metadata, peer)

@@ -34,9 +34,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import structlog
 from cryptography import x509
@@ -44,7 +45,7 @@ from cryptography import x509
 from ca import CertificateAuthority, Identity, KeyAndChain
 from ca.clock import Clock, utc_now
 from ca.errors import CAError
-from ca.issuer import MAX_WORKLOAD_TTL, ISTIOD_DNS_NAMES, DEFAULT_WORKLOAD_TTL
+from ca.issuer import DEFAULT_WORKLOAD_TTL, ISTIOD_DNS_NAMES, MAX_WORKLOAD_TTL
 from ca.keys import KeyType
 from ca.root import fingerprint
 from ca.signer import Signer
@@ -82,17 +83,17 @@ class MeshCA:
         self._pending: Signer | None = None
         self._pending_since = 0.0
         self._synced_checks = 0
-        self._signature = directory.stat_signature()
-        self._rejected_signature: tuple | None = None
+        self._signature: tuple[tuple[object, ...], ...] | None = directory.stat_signature()
+        self._rejected_signature: tuple[tuple[object, ...], ...] | None = None
         self._bundle_listeners: list[Callable[[], None]] = []
-        self._signer_listeners: list[Callable[[Signer], None]] = []
+        self._signer_listeners: list[Callable[[Signer], object]] = []
         self.propagation_check: Callable[[float], list[str]] | None = None
         self._set_active(state.active)
         self._bundle: list[x509.Certificate] = []
         self._refresh_bundle(initial=True)
 
     @classmethod
-    def open(cls, ca_dir: Path, trust_domain: str, **kw: Any) -> "MeshCA":
+    def open(cls, ca_dir: Path, trust_domain: str, **kw: Any) -> MeshCA:
         directory = CADirectory(Path(ca_dir), clock=kw.get("clock", utc_now))
         state = directory.load(trust_domain)
         ca = cls(directory, state, trust_domain=trust_domain, **kw)
@@ -182,10 +183,10 @@ class MeshCA:
     def on_bundle_change(self, fn: Callable[[], None]) -> None:
         self._bundle_listeners.append(fn)
 
-    def on_signer_change(self, fn: Callable[[Signer], None]) -> None:
+    def on_signer_change(self, fn: Callable[[Signer], object]) -> None:
         self._signer_listeners.append(fn)
 
-    def _notify(self, listeners: list, *args: Any) -> None:
+    def _notify(self, listeners: list[Any], *args: Any) -> None:
         for fn in listeners:
             try:
                 fn(*args)
@@ -207,7 +208,8 @@ class MeshCA:
         if self._pending is not None:
             roots.append(self._pending.root)
         roots.append(self._active.root)
-        keep, dropped = [], []
+        keep: list[PreviousSigner] = []
+        dropped: list[PreviousSigner] = []
         for p in self._previous:
             if p.signer.fingerprint == self._active.fingerprint and self._pending is None:
                 continue  # the active signer archived by a CLI run that meshd then reloaded
@@ -282,7 +284,7 @@ class MeshCA:
         if self._refresh_bundle():
             self._notify(self._bundle_listeners)
 
-    async def _reload(self, sig: tuple) -> None:
+    async def _reload(self, sig: tuple[tuple[object, ...], ...]) -> None:
         try:
             state = await asyncio.to_thread(self.directory.load, self.trust_domain, self._key_type)
         except (CAError, OSError, ValueError) as e:
@@ -341,7 +343,7 @@ class MeshCA:
         self._notify(self._bundle_listeners)
 
     # --- debug ------------------------------------------------------------------------------
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {
             "active": self._active.describe(),
             "pending": self._pending.describe() if self._pending else None,

@@ -28,9 +28,10 @@ every issue logged as `cert issued` (identity, serial, not_after; never key mate
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 import structlog
@@ -54,11 +55,14 @@ except ImportError as e:  # pragma: no cover - a checkout that was never built
 SERVICE = "istio.v1.auth.IstioCertificateService"
 METHOD = f"/{SERVICE}/CreateCertificate"
 
+# A string: grpc's runtime class is not subscriptable, only its stubs' is.
+_Context: TypeAlias = "grpc.aio.ServicerContext[ca_pb2.IstioCertificateRequest, ca_pb2.IstioCertificateResponse]"
 
-def _auth_context(context: grpc.aio.ServicerContext) -> dict:
+
+def _auth_context(context: _Context) -> dict[str, Any]:
     try:
         return dict(context.auth_context() or {})
-    except Exception:  # noqa: BLE001 - plaintext or a test double without TLS
+    except Exception:  # plaintext or a test double without TLS
         return {}
 
 
@@ -114,14 +118,15 @@ class IstioCertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
         if self._metrics is not None:
             getattr(self._metrics, what)(*args)
 
-    async def _fail(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, label: str, message: str,
-                    **log: Any) -> None:
+    async def _fail(self, context: _Context, code: grpc.StatusCode, label: str, message: str,
+                    **log: Any) -> NoReturn:
         self._count("csr_failed", label)
         self._log.warning("csr refused", code=code.name, reason=message, **log)
         await context.abort(code, message)
+        raise AssertionError("context.abort returned")  # it raises; never go on to sign
 
     async def CreateCertificate(
-        self, request: ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext
+        self, request: ca_pb2.IstioCertificateRequest, context: _Context
     ) -> ca_pb2.IstioCertificateResponse:
         self._count("csr_received")
         peer = context.peer()
@@ -134,12 +139,10 @@ class IstioCertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
             self._count("csr_auth_failed")
             await self._fail(context, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated",
                              f"authentication failed: {e}", peer=peer)
-            raise AssertionError("unreachable")
         except Exception as e:  # an authenticator's own failure
             self._log.exception("ca authenticator failed", peer=peer)
             await self._fail(context, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated",
                              f"authentication failed: authenticator error: {type(e).__name__}", peer=peer)
-            raise AssertionError("unreachable")
         who = {"identity": identity.spiffe_uri, "peer": peer}
 
         # 2. the CSR itself
@@ -153,7 +156,6 @@ class IstioCertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
         except CSRError as e:
             self._count("csr_malformed")
             await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed_csr", str(e), **who)
-            raise AssertionError("unreachable")
 
         # 3. may the caller have what it asks for?
         foreign = [f"{kind}:{value}" for kind, value in sans if not (kind == "URI" and value == identity.spiffe_uri)]
@@ -163,7 +165,6 @@ class IstioCertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
                 f"the CSR asks for {', '.join(foreign)}; the caller is authenticated as {identity.spiffe_uri} "
                 "and may only request its own identity", **who,
             )
-            raise AssertionError("unreachable")
 
         # 4. how long
         max_ttl: timedelta = getattr(self._ca, "max_ttl", timedelta(days=90))
@@ -177,8 +178,7 @@ class IstioCertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
                     f"requested TTL {int(ttl.total_seconds())}s is greater than the max allowed TTL "
                     f"{int(max_ttl.total_seconds())}s", **who,
                 )
-                raise AssertionError("unreachable")
-
+    
         # 5. sign, off the event loop
         csr_pem = csr.public_bytes(serialization.Encoding.PEM)
         try:
@@ -186,12 +186,10 @@ class IstioCertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
                 self._executor, self._ca.sign_csr, csr_pem, identity, ttl)
         except (CSRError, ValueError) as e:
             await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, "sign", str(e), **who)
-            raise AssertionError("unreachable")
         except Exception as e:
             self._count("cert_issue_failed", "csr")
             self._log.exception("csr signing failed", **who)
             await self._fail(context, grpc.StatusCode.INTERNAL, "internal", f"signing failed: {type(e).__name__}", **who)
-            raise AssertionError("unreachable")
         certs = x509.load_pem_x509_certificates(chain_pem)
         leaf = certs[0]
         self._count("csr_issued")

@@ -18,20 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import grpc
 import structlog
+from cryptography import x509
 
 from ca import Identity
 from ca.keys import KeyType
 
 from .. import names
-from .authn import ClientCertAuthenticator, JwtAuthenticator
+from .authn import Authenticator, ClientCertAuthenticator, JwtAuthenticator
 from .authority import DEFAULT_POLL_INTERVAL, DEFAULT_PROPAGATION_TIMEOUT, MeshCA
 from .ca_service import IstioCertificateService
 from .cadir import open_tokens
@@ -58,7 +60,7 @@ class SecurityOptions:
     propagation_timeout: timedelta = DEFAULT_PROPAGATION_TIMEOUT
     # Who may authenticate, given meshd's own JWT authenticator: None is just that one;
     # in Kubernetes mode, kube/member.py adds TokenReview (ServiceAccount tokens).
-    authenticators: Callable[[JwtAuthenticator], list] | None = None
+    authenticators: Callable[[JwtAuthenticator], list[Authenticator]] | None = None
 
 
 class _LiveRoot:
@@ -68,7 +70,7 @@ class _LiveRoot:
         self._ca = ca
 
     @property
-    def cert(self):
+    def cert(self) -> x509.Certificate:
         return self._ca.active.root
 
     @property
@@ -109,13 +111,13 @@ class SecurityPlane:
         def holders(identity: Identity) -> bool:
             return any(c.identity == identity for c in ads.connections())
 
-        self.scheduler = RotationScheduler(
+        self.scheduler = scheduler = RotationScheduler(
             self.secrets, push=lambda identity: ads.push_secrets(identity, "secret rotation"), holders=holders,
             ratio=self.opts.rotation_ratio, metrics=self.metrics,
         )
         self.ca.propagation_check = lambda since: ads.secret_unsynced(names.SDS_ROOT, since)
         self.ca.on_bundle_change(lambda: ads.push_secrets(None, "trust bundle"))
-        self.ca.on_signer_change(lambda _signer: self.scheduler.reissue_from_other_signers())
+        self.ca.on_signer_change(lambda _signer: scheduler.reissue_from_other_signers())
 
     # --- what /debug shows (app.py serves it: debug/certs.py and /debug/ca) -------------
     @property
@@ -160,7 +162,7 @@ class SecurityPlane:
         self._log.info("ca server listening", address=bind, client_certificates="required")
         return [server]
 
-    def tasks(self, stop: asyncio.Event) -> list[asyncio.Task]:
+    def tasks(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
         self._wake = asyncio.Event()
         loop = asyncio.get_running_loop()
         try:

@@ -32,7 +32,7 @@ class PolicyReport:
     current: tuple[Problem, ...] = ()
     _seen: set[Problem] = field(default_factory=set)
     _gauge: Any = None
-    _input: tuple = ()
+    _input: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if self.registry is not None:
@@ -60,6 +60,6 @@ class PolicyReport:
             for severity in ("error", "warning"):
                 self._gauge.labels(KIND, severity).set(sum(1 for p in found if p.severity == severity))
 
-    def status(self) -> list[dict]:
+    def status(self) -> list[dict[str, Any]]:
         return [{"kind": KIND, "namespace": p.namespace, "name": p.name, "field": p.field, "severity": p.severity,
                  "reason": p.reason, "message": p.message()} for p in self.current]

@@ -29,8 +29,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import random
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 import structlog
 
@@ -147,7 +148,7 @@ class RotationScheduler:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._next_wait(self._clock()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _renew(self, identity: Identity, reason: str) -> None:

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import structlog
 from cryptography import x509
@@ -42,6 +43,7 @@ from ca.root import fingerprint
 from .. import names
 from ..generators.resources import Resource
 from ..model.proxy import Proxy
+from .authority import MeshCA
 from .authz import identity_mismatch
 
 PLAINTEXT_REASON = "connection is not authenticated (plaintext xDS port): workload keys are only sent over the secure port"
@@ -116,7 +118,7 @@ class WorkloadSecrets:
 
     def __init__(
         self,
-        ca: CertificateAuthority,
+        ca: CertificateAuthority | MeshCA,
         trust_domain: str,
         ttl: timedelta = DEFAULT_WORKLOAD_TTL,
         *,
@@ -137,7 +139,7 @@ class WorkloadSecrets:
         self._root_pem = b""
         self._root = self._root_resource()
         self._certs: dict[Identity, IssuedCert] = {}
-        self._inflight: dict[Identity, asyncio.Future] = {}
+        self._inflight: dict[Identity, asyncio.Future[IssuedCert]] = {}
         # False once a rotation scheduler renews ahead of time (see module docstring).
         self.renew_on_request = renew_on_request
         self._executor = executor
@@ -226,7 +228,7 @@ class WorkloadSecrets:
             fut = asyncio.ensure_future(self._issue(identity, requested_by, reason))
             self._inflight[identity] = fut
 
-            def done(f: asyncio.Future, identity: Identity = identity) -> None:
+            def done(f: asyncio.Future[IssuedCert], identity: Identity = identity) -> None:
                 if self._inflight.get(identity) is f:
                     del self._inflight[identity]
                 if not f.cancelled():

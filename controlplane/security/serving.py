@@ -16,8 +16,9 @@ reconnecting until the old root is dropped).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import grpc
 import structlog
@@ -26,13 +27,15 @@ from cryptography import x509
 from ca import DEFAULT_WORKLOAD_TTL, CertificateAuthority, KeyAndChain
 from ca.clock import Clock, utc_now
 
+from .authority import MeshCA
+
 SERVER_DNS_NAMES = ("istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local")
 
 
 class ServingCertificate:
     def __init__(
         self,
-        ca: CertificateAuthority,
+        ca: CertificateAuthority | MeshCA,
         dns_names: Sequence[str] = SERVER_DNS_NAMES,
         ttl: timedelta = DEFAULT_WORKLOAD_TTL,
         *,
@@ -120,7 +123,7 @@ class ServingCertificate:
         with self._lock:
             try:
                 roots_changed = self._client_roots is not None and self._client_roots() != self._roots_handed_out
-            except Exception:  # noqa: BLE001 - must not raise into gRPC
+            except Exception:  # must not raise into gRPC
                 roots_changed = False
             if self._handed_out == self._generation and not roots_changed:
                 return None
@@ -133,5 +136,7 @@ class ServingCertificate:
         instead, as istiod's 15012 does)."""
         with self._lock:
             initial = self._config()
+        # types-grpcio has the fetcher return a configuration; gRPC takes None as "no change".
         return grpc.dynamic_ssl_server_credentials(
-            initial, self.fetch, require_client_authentication=self._client_roots is not None)
+            initial, self.fetch,  # type: ignore[arg-type]
+            require_client_authentication=self._client_roots is not None)
