@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import quote
 
 from kubernetes import client
@@ -69,7 +70,7 @@ class KubeApi:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="k8s-call")
 
     def request(self, method: str, resource_path: str, body: Any = None, *, query: Mapping[str, Any] | None = None,
-                content_type: str = JSON, timeout: float | None = None) -> dict:
+                content_type: str = JSON, timeout: float | None = None) -> dict[str, Any]:
         """One request; the decoded JSON answer (a dict), or ApiError."""
         headers = {"Accept": JSON}
         if body is not None:
@@ -84,7 +85,7 @@ class KubeApi:
             data = resp.read()
         except client.ApiException as e:  # the client's own transport errors
             raise ApiError(e.status or 0, e.reason or "", str(e.body or "")[:500]) from None
-        except Exception as e:  # noqa: BLE001 - urllib3 connection / timeout errors
+        except Exception as e:  # urllib3 connection / timeout errors
             raise ApiError(0, type(e).__name__, str(e)[:500]) from None
         try:
             decoded = json.loads(data) if data else {}
@@ -96,7 +97,7 @@ class KubeApi:
             raise ApiError(resp.status, resp.reason or "", (data or b"")[:200].decode("utf-8", "replace"))
         return decoded if isinstance(decoded, dict) else {}
 
-    async def call(self, method: str, resource_path: str, body: Any = None, **kw: Any) -> dict:
+    async def call(self, method: str, resource_path: str, body: Any = None, **kw: Any) -> dict[str, Any]:
         """`request` on the pool, awaited."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: self.request(method, resource_path, body, **kw))

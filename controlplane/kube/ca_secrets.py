@@ -70,11 +70,27 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ca.clock import utc_now
 from ca.errors import CAError, CAStateError
-from ca.keys import (KeyType, ensure_private_dir, locked_dir, private_key_to_pem, read_private, write_private,
-                     write_public)
+from ca.keys import (
+    KeyType,
+    ensure_private_dir,
+    locked_dir,
+    private_key_to_pem,
+    read_private,
+    write_private,
+    write_public,
+)
 from ca.root import ROOT_CERT_FILE, ROOT_KEY_FILE, create_root, fingerprint
-from ca.signer import (CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, PLUG_IN, PLUGIN_ROOT_FILE, Signer,
-                       has_plugin_files, load_plugin, pem)
+from ca.signer import (
+    CA_CERT_FILE,
+    CA_KEY_FILE,
+    CERT_CHAIN_FILE,
+    PLUG_IN,
+    PLUGIN_ROOT_FILE,
+    Signer,
+    has_plugin_files,
+    load_plugin,
+    pem,
+)
 from ca.store import CADirectory
 from ca.tokens import TOKEN_KEY_FILE
 
@@ -112,7 +128,7 @@ class ClusterCA:
     signer_fingerprint: str
 
 
-def _decode(secret: dict, name: str) -> dict[str, bytes]:
+def _decode(secret: dict[str, Any], name: str) -> dict[str, bytes]:
     out = {}
     for k, v in (secret.get("data") or {}).items():
         try:
@@ -129,7 +145,7 @@ def _signer_fingerprint(pem: bytes, where: str) -> str:
         raise CAStateError(f"{where}: not a PEM certificate: {e}") from None
 
 
-def cluster_ca_from_cacerts(secret: dict) -> ClusterCA:
+def cluster_ca_from_cacerts(secret: dict[str, Any]) -> ClusterCA:
     data = _decode(secret, CACERTS_SECRET)
     missing = [k for k in (CA_CERT_FILE, CA_KEY_FILE, PLUGIN_ROOT_FILE) if not data.get(k)]
     if missing:
@@ -142,7 +158,7 @@ def cluster_ca_from_cacerts(secret: dict) -> ClusterCA:
     return ClusterCA(CACERTS_SECRET, files, _signer_fingerprint(files[CA_CERT_FILE], f"Secret {CACERTS_SECRET}"))
 
 
-def cluster_ca_from_ca_secret(secret: dict) -> ClusterCA:
+def cluster_ca_from_ca_secret(secret: dict[str, Any]) -> ClusterCA:
     data = _decode(secret, CA_SECRET)
     if not data.get(_SECRET_CERT) or not data.get(_SECRET_KEY):
         raise CAStateError(f"Secret {CA_SECRET} lacks {_SECRET_CERT} or {_SECRET_KEY}")
@@ -229,7 +245,7 @@ class KubeCAStore:
     def _secret_path(self, name: str | None = None) -> str:
         return path("", "v1", "secrets", self.namespace, name)
 
-    def _get_secret(self, name: str) -> dict | None:
+    def _get_secret(self, name: str) -> dict[str, Any] | None:
         try:
             return self.kube.request("GET", self._secret_path(name))
         except ApiError as e:
@@ -346,7 +362,7 @@ class KubeCAStore:
             try:
                 await asyncio.wait_for(stop.wait(), self.poll_interval)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             try:
                 await asyncio.to_thread(self._follow_once, ca)

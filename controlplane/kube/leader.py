@@ -39,9 +39,10 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -62,7 +63,7 @@ def default_identity() -> str:
 
 def micro_time(t: datetime) -> str:
     """A Kubernetes MicroTime: RFC 3339 in UTC with exactly six fractional digits."""
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
@@ -95,7 +96,7 @@ _HELD, _FAILED, _OTHER = "held", "failed", "other"
 class LeaderElector:
     def __init__(self, api: KubeApi, config: LeaderElectionConfig, logger: Any = None,
                  monotonic: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+                 wall: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.api = api
         self.config = config
         self._log = (logger or structlog.get_logger("meshd.leader")).bind(lease=f"{config.namespace}/{config.name}")
@@ -105,9 +106,9 @@ class LeaderElector:
         self._leading = asyncio.Event()
         self._observed_rv: str | None = None
         self._observed_at = 0.0
-        self._observed_spec: dict = {}
+        self._observed_spec: dict[str, Any] = {}
         self._tasks: dict[str, LeaderTask] = {}
-        self._running: dict[str, asyncio.Task] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
         self._listeners: list[Callable[[bool], None]] = []
         self.transitions = 0  # times this replica became leader
 
@@ -128,7 +129,7 @@ class LeaderElector:
     async def wait_leader(self, timeout: float | None = None) -> bool:
         try:
             await asyncio.wait_for(self._leading.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -206,7 +207,7 @@ class LeaderElector:
         try:
             lease = await asyncio.wait_for(self.api.call("PUT", self._object, body, timeout=self.config.request_timeout),
                                            self.config.request_timeout + 1)
-        except (ApiError, asyncio.TimeoutError) as e:
+        except (TimeoutError, ApiError) as e:
             self._log.warning("leader release failed", error=str(e))
             return False
         self._observe(lease)
@@ -218,7 +219,7 @@ class LeaderElector:
         limit = self.config.request_timeout * 2 + 1
         try:
             return await asyncio.wait_for(self._try_acquire_or_renew(), min(limit, timeout) if timeout else limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._log.warning("leader election request timed out")
             return _FAILED
         except ApiError as e:
@@ -273,7 +274,7 @@ class LeaderElector:
         self._observe(updated)
         return _HELD
 
-    def _observe(self, lease: dict) -> None:
+    def _observe(self, lease: dict[str, Any]) -> None:
         rv = str((lease.get("metadata") or {}).get("resourceVersion") or "")
         spec = lease.get("spec") or {}
         if rv != self._observed_rv:
@@ -284,7 +285,7 @@ class LeaderElector:
             if self.holder != before and self.holder != self.config.identity:
                 self._log.info("leader observed", holder=self.holder or None)
 
-    def _expired(self, spec: dict) -> bool:
+    def _expired(self, spec: dict[str, Any]) -> bool:
         seconds = spec.get("leaseDurationSeconds")
         duration = float(seconds) if isinstance(seconds, (int, float)) and seconds > 0 else self.config.lease_duration
         return self._monotonic() >= self._observed_at + duration
@@ -303,7 +304,7 @@ class LeaderElector:
         for fn in self._listeners:
             try:
                 fn(leader)
-            except Exception:  # noqa: BLE001 - a listener must not break the election
+            except Exception:  # a listener must not break the election
                 self._log.exception("leader listener failed")
 
     async def _step_down(self) -> None:
@@ -329,7 +330,7 @@ class LeaderElector:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - restart leader work that failed
+            except Exception:  # restart leader work that failed
                 self._log.exception("leader task failed", task=name)
                 await asyncio.sleep(self.config.retry_period)
 
@@ -337,5 +338,5 @@ class LeaderElector:
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:
     try:
         await asyncio.wait_for(stop.wait(), seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -82,10 +83,10 @@ class ClusterMember:
         if self.elector is not None:
             self.elector.add_task(name, task)
 
-    def authenticators(self, jwt: Authenticator | None) -> list:
+    def authenticators(self, jwt: Authenticator | None) -> list[Any]:
         """TokenReview for the cluster's ServiceAccount tokens, after meshd's own JWTs
         (which only ever judge tokens meshd issued)."""
-        out: list = [MeshdTokens(jwt)] if jwt is not None else []
+        out: list[Any] = [MeshdTokens(jwt)] if jwt is not None else []
         out.append(TokenReviewAuthenticator(self.kube, self.trust_domain))
         return out
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable
 
 DEFAULT_LEASE_NAME = "meshd-leader"
 DEFAULT_NAMESPACE = "istio-system"

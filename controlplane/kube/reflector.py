@@ -27,15 +27,21 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
+import structlog
 from kubernetes import client
 
 from ..config.objects import ConfigKey, Origin, Rejection
 from ..config.parse import Parsed, content_hash, parse_document
 from ..names import DEFAULT_NAMESPACE
-from .resources import KubeResource, ObjectInfo, as_document, object_info, object_ref, read_json, served_version
+from .resources import KubeResource, Lister, ObjectInfo, as_document, object_info, object_ref, read_json, served_version
+
+# What a stream hands on per object: the parse gate's verdict, or (a raw stream) the API
+# object itself.
+Item = Parsed | dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ class Sync:
     held before and is not in `objects` is gone."""
 
     stream: str
-    objects: dict[str, Parsed]  # location -> parsed document
+    objects: dict[str, Item]  # location -> parsed document (raw: the object)
     reason: str
     resource_version: str
     infos: dict[str, ObjectInfo] = field(default_factory=dict)  # Istio kinds: location -> uid, status...
@@ -55,7 +61,7 @@ class Sync:
 class Put:
     stream: str
     location: str
-    parsed: Parsed
+    parsed: Item
     info: ObjectInfo | None = None  # Istio kinds only
     digest: str = ""  # content hash of a rejected document (the same rejection is not reported twice)
 
@@ -101,9 +107,9 @@ class Reflector:
         api: client.ApiClient,
         emit: Callable[[Operation], None],
         stop: threading.Event,
-        log,
+        log: structlog.typing.FilteringBoundLogger,
         label_selector: str | None = None,
-        accept: Callable[[dict], bool] | None = None,
+        accept: Callable[[dict[str, Any]], bool] | None = None,
         options: ReflectorOptions | None = None,
         field_selector: str | None = None,
         raw: bool = False,
@@ -149,7 +155,7 @@ class Reflector:
                     # Expired right after a fresh list: a server in trouble; do not spin.
                     failures += 1
                     self._sleep(self._backoff(failures))
-            except Exception as e:  # noqa: BLE001 - every failure is logged and retried
+            except Exception as e:  # every failure is logged and retried
                 if self._stop.is_set():
                     break
                 if self._progress:
@@ -178,7 +184,7 @@ class Reflector:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-        except Exception:  # noqa: BLE001 - already closed
+        except Exception:  # already closed
             pass
 
     # --- steps --------------------------------------------------------------------
@@ -197,12 +203,17 @@ class Reflector:
             self._log.info("k8s version discovered", apiVersion=self.resource.api_version(version))
         return True
 
-    def _lister(self):
-        return self.resource.lister(self._api, self.version, self.namespace)
+    def _lister(self) -> Lister:
+        return self.resource.lister(self._api, self._version(), self.namespace)
+
+    def _version(self) -> str:
+        """The API version watched; listing and watching come after its discovery."""
+        assert self.version is not None, "list or watch before discovery"
+        return self.version
 
     def _list(self) -> None:
         lister = self._lister()
-        items: list[dict] = []
+        items: list[dict[str, Any]] = []
         cont: str | None = None
         restarted = False
         while True:
@@ -229,8 +240,8 @@ class Reflector:
             if not cont:
                 break
         rv = str(meta.get("resourceVersion") or "")
-        api_version = self.resource.api_version(self.version)
-        objects: dict[str, Parsed] = {}
+        api_version = self.resource.api_version(self._version())
+        objects: dict[str, Item] = {}
         infos: dict[str, ObjectInfo] = {}
         digests: dict[str, str] = {}
         for item in items:
@@ -284,7 +295,7 @@ class Reflector:
             self._resp = None
             try:
                 resp.release_conn()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         if not self._progress and time.monotonic() - started < 1.0 and not self._stop.is_set():
             # A server that ends watches at once, without a word, must not make us spin.
@@ -312,7 +323,7 @@ class Reflector:
                 # Outside our scope (client-side filter): forget it if we had it.
                 self._emit(Delete(self.stream, self._location(obj)))
             else:
-                api_version = self.resource.api_version(self.version)
+                api_version = self.resource.api_version(self._version())
                 loc, parsed, digest = self._parse(obj, api_version)
                 if loc:
                     info = object_info(obj, api_version) if self.resource.kind.istio else None
@@ -325,11 +336,11 @@ class Reflector:
             self.resource_version = rv
 
     # --- helpers ------------------------------------------------------------------
-    def _location(self, obj: dict) -> str:
+    def _location(self, obj: dict[str, Any]) -> str:
         ns, name, _ = object_ref(obj)
         return self.resource.location(ns, name or "")
 
-    def _parse(self, obj: dict, api_version: str) -> tuple[str, Parsed, str]:
+    def _parse(self, obj: dict[str, Any], api_version: str) -> tuple[str, Item, str]:
         """(location, parse result, digest): the digest (content hash of the document) only
         for a rejection, so that the same rejected content is reported once, not again for
         every status write or relist of it."""
@@ -344,7 +355,7 @@ class Reflector:
         doc = as_document(obj, api_version, self.resource.name)
         try:
             parsed = parse_document(doc, origin)
-        except Exception as e:  # noqa: BLE001 - a validator bug must not wedge the watch on one event
+        except Exception as e:  # a validator bug must not wedge the watch on one event
             self._log.exception("k8s object could not be parsed", location=loc)
             namespace = (ns or DEFAULT_NAMESPACE) if self.resource.kind.namespaced else ""
             parsed = Rejection(origin, ConfigKey(self.resource.name, namespace, name), "", f"internal error while parsing: {e}")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from kubernetes import client
 
@@ -146,7 +147,7 @@ def served_version(api: client.ApiClient, res: KubeResource, request_timeout: fl
         return None
     served = [v.get("version") for v in group.get("versions") or []]
     preferred = (group.get("preferredVersion") or {}).get("version")
-    candidates = [preferred] if preferred in res.kind.versions else []
+    candidates: list[str] = [preferred] if preferred in res.kind.versions else []
     candidates += [v for v in res.kind.versions if v in served and v != preferred]
     custom = client.CustomObjectsApi(api)
     for version in candidates:
@@ -161,7 +162,7 @@ def served_version(api: client.ApiClient, res: KubeResource, request_timeout: fl
     return None
 
 
-def as_document(obj: dict, api_version: str, kind: str) -> dict:
+def as_document(obj: dict[str, Any], api_version: str, kind: str) -> dict[str, Any]:
     """An API object as the parse gate wants it. List items come without apiVersion and
     kind (the list carries them), so they are filled in from the version we asked for.
     An Istio object's `status` is dropped: controllers (meshd's leader among them, see
@@ -194,10 +195,10 @@ class ObjectInfo:
     uid: str
     generation: int | None
     resource_version: str
-    status: dict
+    status: dict[str, Any]
 
 
-def object_info(obj: dict, api_version: str) -> ObjectInfo:
+def object_info(obj: dict[str, Any], api_version: str) -> ObjectInfo:
     md = obj.get("metadata")
     if not isinstance(md, dict):
         md = {}

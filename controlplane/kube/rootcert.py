@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import structlog
 
@@ -68,7 +69,7 @@ class RootCertPublisher:
                 timeout = min(next_resync - loop.time(), self.retry_after if failed else self.resync)
                 try:
                     await asyncio.wait_for(self._wake.wait(), max(0.0, timeout))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             self._wake = None

@@ -30,8 +30,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Protocol
 
 import structlog
 from kubernetes import client
@@ -41,7 +42,7 @@ from ..config.parse import Parsed
 from ..config.store import ConfigStore
 from ..names import ROOT_NAMESPACE
 from ..sources.meshconfig import CONFIGMAP_NAME
-from .reflector import Delete, Operation, Put, Reflector, ReflectorOptions, Sync
+from .reflector import Delete, Item, Operation, Put, Reflector, ReflectorOptions, Sync
 from .resources import MESH_CONFIG_MAP, RESOURCES, SECRETS, KubeResource, ObjectInfo
 
 __all__ = ["KubernetesSource", "ObjectObserver", "ReflectorOptions"]
@@ -78,7 +79,7 @@ class _StreamState:
 
 
 class _Slicer:
-    def __init__(self):
+    def __init__(self) -> None:
         self._since = time.monotonic()
 
     async def pause(self) -> None:
@@ -94,12 +95,12 @@ class KubernetesSource:
         store: ConfigStore,
         namespaces: list[str] | None = None,
         label_selector: str | None = None,
-        logger=None,
+        logger: structlog.typing.FilteringBoundLogger | None = None,
         *,
         watch_secrets: bool = False,
         options: ReflectorOptions | None = None,
         observer: ObjectObserver | None = None,
-        mesh_config: Callable[[dict | None], None] | None = None,
+        mesh_config: Callable[[dict[str, Any] | None], None] | None = None,
         mesh_config_namespace: str = ROOT_NAMESPACE,
     ):
         self.api_client = api_client
@@ -127,7 +128,7 @@ class KubernetesSource:
     async def wait_synced(self, timeout: float | None = None) -> bool:
         try:
             await asyncio.wait_for(self._synced.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -161,7 +162,7 @@ class KubernetesSource:
                     break
                 try:
                     await self._apply(op)
-                except Exception as e:  # noqa: BLE001 - one bad operation must not stop the source
+                except Exception as e:  # one bad operation must not stop the source
                     self._log.exception("k8s apply failed", stream=op.stream, error=str(e))
         finally:
             stopper.cancel()
@@ -177,11 +178,11 @@ class KubernetesSource:
         self._join(5.0)
 
     @staticmethod
-    async def _stop_when(stop: asyncio.Event, queue: asyncio.Queue) -> None:
+    async def _stop_when(stop: asyncio.Event, queue: asyncio.Queue[Operation | None]) -> None:
         await stop.wait()
         queue.put_nowait(None)
 
-    def _start(self, emit) -> None:
+    def _start(self, emit: Callable[[Operation], None]) -> None:
         self._streams.clear()
         for res in self.resources:
             scopes: list[str | None] = [None]
@@ -192,7 +193,7 @@ class KubernetesSource:
                 else:
                     # Namespaces are cluster-scoped: one watch, filtered here.
                     allowed = frozenset(self.namespaces)
-                    accept = lambda obj, allowed=allowed: (obj.get("metadata") or {}).get("name") in allowed  # noqa: E731
+                    accept = lambda obj, allowed=allowed: (obj.get("metadata") or {}).get("name") in allowed
             # Nodes (not scoped) are watched whole, whatever --namespaces/--label-selector say.
             for ns in scopes:
                 r = Reflector(res, ns, self.api_client, emit, self._threads_stop, self._log,
@@ -292,18 +293,21 @@ class KubernetesSource:
         else:
             obj = None
             state.locations.discard(op.location)
-        self._notify(self.mesh_config, obj)
+        if self.mesh_config is not None:
+            self._notify(self.mesh_config, obj)
         if isinstance(op, Sync) and not state.synced:
             state.synced = True
             self._check_synced()
 
-    def _notify(self, fn, *args) -> None:
+    def _notify(self, fn: Callable[..., object], *args: Any) -> None:
         try:
             fn(*args)
-        except Exception:  # noqa: BLE001 - an observer must never stop the source
+        except Exception:  # an observer must never stop the source
             self._log.exception("k8s observer failed")
 
-    def _put(self, location: str, parsed: Parsed) -> None:
+    def _put(self, location: str, parsed: Item) -> None:
+        if isinstance(parsed, dict):  # only the mesh config's raw stream carries objects
+            raise TypeError(f"{location}: a raw API object is not config for the store")
         self.store.replace_location(location, [parsed] if parsed is not None else [])
 
     def _check_synced(self) -> None:

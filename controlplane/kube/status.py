@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -56,7 +57,7 @@ def rejection_message(rej: Rejection) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _ours(condition: Any) -> bool:
@@ -68,7 +69,7 @@ def _our_message(msg: Any) -> bool:
     return isinstance(msg, dict) and isinstance(msg.get("type"), dict) and msg["type"].get("code") == ANALYSIS_CODE
 
 
-def rejected_message(status: dict) -> str | None:
+def rejected_message(status: dict[str, Any]) -> str | None:
     """The rejection message meshd wrote into this status, if any."""
     for c in status.get("conditions") or []:
         if _ours(c):
@@ -76,8 +77,8 @@ def rejected_message(status: dict) -> str | None:
     return None
 
 
-def desired_status(status: dict, rejection: str | None, generation: int | None,
-                   now: Callable[[], str] = _now) -> dict | None:
+def desired_status(status: dict[str, Any], rejection: str | None, generation: int | None,
+                   now: Callable[[], str] = _now) -> dict[str, Any] | None:
     """The merge patch turning `status` into what it should say (None: it already does).
     Only meshd's own entries change; conditions and messages of other writers stay."""
     conditions = [c for c in (status.get("conditions") or []) if not _ours(c)]
@@ -105,7 +106,7 @@ def desired_status(status: dict, rejection: str | None, generation: int | None,
     return {k: new.get(k) for k in set(status) | set(new)}  # absent keys -> null: removed by the merge patch
 
 
-def _comparable(status: dict) -> dict:
+def _comparable(status: dict[str, Any]) -> dict[str, Any]:
     out = dict(status)
     out["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"} if isinstance(c, dict) else c
                          for c in status.get("conditions") or []]
@@ -224,7 +225,7 @@ class StatusWriter:
         if t.rejection is not None and t.rejection != previously:
             await self._event(t, md)
 
-    async def _event(self, t: _Tracked, md: dict) -> None:
+    async def _event(self, t: _Tracked, md: dict[str, Any]) -> None:
         info = t.info
         now = _now()
         body = {

@@ -39,7 +39,8 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 
@@ -68,7 +69,7 @@ def unverified_issuer(token: str) -> str | None:
     return iss if isinstance(iss, str) else None
 
 
-def _claims(segment: str) -> dict | None:
+def _claims(segment: str) -> dict[str, Any] | None:
     try:
         value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
     except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
@@ -92,7 +93,7 @@ class MeshdTokens:
         self._issuer = issuer
         self.name = inner.name
 
-    def authenticate(self, metadata: Metadata, peer: str):
+    def authenticate(self, metadata: Metadata, peer: str) -> Identity | None | Awaitable[Identity | None]:
         token = bearer_token(metadata)
         if token is None or unverified_issuer(token) != self._issuer:
             return None
@@ -167,7 +168,7 @@ class TokenReviewAuthenticator:
             raise AuthenticationError(f"TokenReview failed: HTTP {e.status} {e.reason}".strip()) from None
         return self.identity_from_review(review)
 
-    def identity_from_review(self, review: dict) -> Identity:
+    def identity_from_review(self, review: dict[str, Any]) -> Identity:
         """The identity a TokenReview answer vouches for, or AuthenticationError."""
         status = review.get("status") if isinstance(review, dict) else None
         if not isinstance(status, dict):
