@@ -41,7 +41,7 @@ class FileStat:
     inode: int
 
     @classmethod
-    def of(cls, st: os.stat_result) -> "FileStat":
+    def of(cls, st: os.stat_result) -> FileStat:
         return cls(st.st_mtime_ns, st.st_size, st.st_ino)
 
 
@@ -139,8 +139,8 @@ class DirectorySource:
                         continue
         except OSError:
             return
-        for _, p, st in sorted(files):
-            found[p] = st
+        for _, p, fs in sorted(files):
+            found[p] = fs
         for _, p in sorted(dirs):
             self._scan_dir(p, found, seen)
 

@@ -14,7 +14,7 @@ import ctypes
 import ctypes.util
 import os
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 IN_MODIFY = 0x2
 IN_ATTRIB = 0x4
@@ -47,7 +47,7 @@ class Watcher:
         self.overflowed = False
 
     @classmethod
-    def open(cls, on_event: Callable[[], None]) -> "Watcher | None":
+    def open(cls, on_event: Callable[[], None]) -> Watcher | None:
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
             fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)

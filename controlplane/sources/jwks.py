@@ -30,9 +30,9 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Mapping
 
 import structlog
 
@@ -64,7 +64,7 @@ class HttpFetcher:
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(loop.run_in_executor(self._pool, _get, url, timeout), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise FetchError(f"GET {url}: no answer within {timeout:g}s") from None
 
     def close(self) -> None:
@@ -74,7 +74,7 @@ class HttpFetcher:
 def _get(url: str, timeout: float) -> bytes:
     req = urllib.request.Request(url, headers={"Accept": "application/json", "User-Agent": "meshd-jwks"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - http(s) only, checked above
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # http(s) only, checked above
             body = resp.read(MAX_BODY + 1)
     except urllib.error.HTTPError as e:
         detail = e.read(200).decode("utf-8", "replace").strip()
@@ -131,8 +131,10 @@ class JwksSource:
         self.retry_interval = retry_interval
         self.retry_max = max(retry_max, retry_interval)
         self.max_stale = max_stale
-        self._http = None if fetch is not None else HttpFetcher()
-        self._fetch: Fetch = fetch or self._http
+        self._http: HttpFetcher | None = None
+        if fetch is None:
+            fetch = self._http = HttpFetcher()
+        self._fetch: Fetch = fetch
         self._log = logger or structlog.get_logger("meshd.source.jwks")
         self._states: dict[KeySetRef, KeySetState] = {}
         self._tasks: dict[KeySetRef, asyncio.Task] = {}
@@ -198,7 +200,7 @@ class JwksSource:
             deadline = 2 * max(n.timeout for n in needed.values()) + 1
             try:
                 await asyncio.wait_for(asyncio.gather(*waits), deadline)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -253,7 +255,7 @@ class JwksSource:
             return self._failed(st, str(e))
         except UnicodeDecodeError:
             return self._failed(st, f"GET {uri}: not UTF-8 text")
-        except Exception as e:  # noqa: BLE001 - a fetch bug must not end the refresher
+        except Exception as e:  # a fetch bug must not end the refresher
             self._log.exception("jwks fetch crashed", key_set=str(st.ref))
             return self._failed(st, f"internal error: {e}")
         changed = st.text is None or _canonical(st.text) != _canonical(text)

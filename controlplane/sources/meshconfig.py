@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import structlog
 import yaml
@@ -43,7 +44,8 @@ class MeshConfigSourceError(ValueError):
 def parse_document(doc: Any, where: str, root_namespace: str) -> tuple[MeshConfig, tuple[str, ...]]:
     """A MeshConfig from a parsed YAML document (MeshConfig, or a ConfigMap with
     data.mesh), and the ConfigMap's other data keys (reported, not read)."""
-    prefix, extra = "", ()
+    prefix = ""
+    extra: tuple[str, ...] = ()
     if isinstance(doc, Mapping) and doc.get("kind") == "ConfigMap":
         data = doc.get("data") or {}
         if not isinstance(data, Mapping):
@@ -215,7 +217,7 @@ class MeshConfigSource:
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             if not stop.is_set():
                 self.check_file(path)

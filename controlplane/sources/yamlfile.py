@@ -6,8 +6,9 @@ silently different object.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -17,9 +18,9 @@ MAX_EXPANDED_NODES = 2_000_000
 MAX_DEPTH = 200
 
 try:  # libyaml is much faster; fall back to the pure Python loader when missing
-    _Base = yaml.CSafeLoader  # type: ignore[attr-defined]
-except AttributeError:  # pragma: no cover
-    _Base = yaml.SafeLoader
+    from yaml import CSafeLoader as _Base
+except ImportError:  # pragma: no cover
+    from yaml import SafeLoader as _Base  # type: ignore[assignment]  # the same loader, in Python
 
 
 class YamlError(ValueError):
@@ -45,7 +46,7 @@ class Document:
     lines: Mapping[tuple, int] = field(default_factory=dict, repr=False)  # field path -> line (if asked for)
 
 
-class _StrictLoader(_Base):  # type: ignore[misc,valid-type]
+class _StrictLoader(_Base):
     pass
 
 
