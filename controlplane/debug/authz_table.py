@@ -22,8 +22,8 @@ reported in `Listeners.warnings`, as istioctl logs and skips it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from envoy.config.core.v3 import base_pb2
 

@@ -4,14 +4,27 @@ the proxies of each identity). Certificates only: keys never leave through here.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Protocol
 
-from ca import RootCA
+from cryptography import x509
 
 from ..security.sds import WorkloadSecrets
 from .monitoring import Request, Response
 
 
-def certs_handler(root: RootCA, secrets: WorkloadSecrets):
+class ShownRoot(Protocol):
+    """What is shown of the root: a ca.RootCA, or security/plane.py's view of the active one."""
+
+    @property
+    def cert(self) -> x509.Certificate: ...
+    @property
+    def serial(self) -> int: ...
+    @property
+    def fingerprint(self) -> str: ...
+
+
+def certs_handler(root: ShownRoot, secrets: WorkloadSecrets) -> Callable[[Request], Response]:
     def handle(_: Request) -> Response:
         body = {
             "root": {

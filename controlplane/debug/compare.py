@@ -114,7 +114,7 @@ def compare(meshd: ConfigDump, envoy: ConfigDump, out: TextIO, source: str = "Me
         ok = False
         out.write(f"Routes Don't Match\n{text}\n")
     elif last:
-        when = _dt.datetime.fromtimestamp(last, _dt.timezone.utc).strftime("%a, %d %b %Y %H:%M:%S UTC")
+        when = _dt.datetime.fromtimestamp(last, _dt.UTC).strftime("%a, %d %b %Y %H:%M:%S UTC")
         out.write(f"Routes Match (RDS last loaded at {when})\n")
     else:
         out.write("Routes Match\n")

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2 as shared
+from envoy.admin.v3 import config_dump_pb2
+from envoy.admin.v3 import config_dump_shared_pb2 as shared
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import any_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message
@@ -152,7 +154,7 @@ class ConfigDump:
     proto: config_dump_pb2.ConfigDump
 
     @classmethod
-    def from_json(cls, data: str | bytes | Mapping) -> "ConfigDump":
+    def from_json(cls, data: str | bytes | Mapping) -> ConfigDump:
         doc = json.loads(data) if isinstance(data, (str, bytes)) else data
         if not isinstance(doc, dict) or not isinstance(doc.get("configs"), list):
             raise DumpError("not an Envoy config dump: no \"configs\" list")
@@ -303,7 +305,7 @@ def from_sent(node: base_pb2.Node | None, sent: Iterable[Sent]) -> ConfigDump:
 
 
 def rfc3339(t: float) -> str:
-    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if t else ""
+    return _dt.datetime.fromtimestamp(t, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else ""
 
 
 __all__ = [

@@ -8,10 +8,10 @@ tests/unit/test_proxy_config_golden.py hold this against istioctl's own test out
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TextIO
+from typing import TextIO
 
 from cryptography import x509
 from google.protobuf.message import Message
@@ -371,7 +371,7 @@ def _spiffe_trust_domain(pem: bytes) -> str:
 
 def envoy_secrets(dump: ConfigDump, now: _dt.datetime | None = None) -> tuple[list[SecretItem], bool]:
     """Secret rows (warming first, then active) and whether any is trust-domain aware (SPIFFE)."""
-    now = now or _dt.datetime.now(_dt.timezone.utc)
+    now = now or _dt.datetime.now(_dt.UTC)
     sd = dump.secrets()
     items: list[SecretItem] = []
     spiffe = False
@@ -479,9 +479,9 @@ class ConfigWriter:
             port = str(_listener_port(l))
             prefix = [f"listener/{l.name}"] if self.include_config_type else []
             if f.verbose:
-                matches = [(get_matches(fc.filter_chain_match if fc.HasField("filter_chain_match") else None),
+                matches: list[tuple[str, str]] = [(get_matches(fc.filter_chain_match if fc.HasField("filter_chain_match") else None),
                             get_filter_type(fc.filters)) for fc in _filter_chains(l)]
-                matches.sort(key=functools.cmp_to_key(lambda a, b: (a[1] < b[1]) - (a[1] > b[1])))
+                matches.sort(key=lambda m: m[1], reverse=True)  # by destination, descending; ties keep their order
                 for match, dest in matches:
                     w.write("\t".join(prefix + [addresses, port, match, dest]) + "\n")
             else:

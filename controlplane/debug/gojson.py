@@ -52,7 +52,7 @@ def go_string(s: str) -> str:
         elif ch == "\t":
             out.append("\\t")
         elif o < 0x20 or ch in "<>&" or o in (0x2028, 0x2029):
-            out.append("\\u%04x" % o)
+            out.append(f"\\u{o:04x}")
         elif 0xD800 <= o <= 0xDFFF:  # lone surrogate: Go writes U+FFFD for invalid UTF-8
             out.append("\ufffd")
         else:
@@ -64,7 +64,7 @@ def go_string(s: str) -> str:
 def _shortest_float32(f: float) -> str:
     packed = struct.unpack("f", struct.pack("f", f))[0]
     for p in range(1, 10):
-        s = "%.*g" % (p, packed)
+        s = f"{packed:.{p}g}"
         if struct.unpack("f", struct.pack("f", float(s)))[0] == packed:
             return s
     return repr(packed)
@@ -146,7 +146,7 @@ class UnknownType(Exception):
     """An Any names a type no imported module defines."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_package(package: str) -> bool:
     """Import every generated module of a protobuf package (e.g. envoy.config.cluster.v3)."""
     try:
@@ -157,7 +157,7 @@ def _import_package(package: str) -> bool:
         if info.name.endswith("_pb2"):
             try:
                 importlib.import_module(f"{package}.{info.name}")
-            except Exception:  # noqa: BLE001 - a broken module must not hide the others
+            except Exception:  # a broken module must not hide the others
                 pass
     return True
 
@@ -457,7 +457,7 @@ def _duration(s: int, ns: int) -> str:
 def _timestamp(s: int, ns: int) -> str:
     import datetime as dt
 
-    t = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=s)
+    t = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=s)
     x = t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns:09d}"
     for suffix in ("000", "000", ".000"):
         if x.endswith(suffix):
@@ -622,7 +622,8 @@ def _repr_float(dumper: yaml.SafeDumper, f: float):
 
 
 def _repr_dict(dumper: yaml.SafeDumper, d: dict):
-    items = sorted(d.items(), key=functools.cmp_to_key(lambda x, y: _yaml_key_cmp(x[0], y[0])))
+    key_of = functools.cmp_to_key(_yaml_key_cmp)
+    items = sorted(d.items(), key=lambda kv: key_of(kv[0]))
     return dumper.represent_mapping("tag:yaml.org,2002:map", items)
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .monitoring import Handler, Request, Response
 from .views import DebugViews
@@ -58,7 +59,7 @@ class DebugAccess:
         for a in self.authenticators:
             try:
                 ident = a.authenticate([("authorization", auth)], req.peer)
-            except Exception as e:  # noqa: BLE001 - AuthenticationError and friends
+            except Exception as e:  # AuthenticationError and friends
                 return f"debug access denied: {e}"
             if ident is None:
                 continue

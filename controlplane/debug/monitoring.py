@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Awaitable, Callable, Mapping, Protocol
+from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import structlog
@@ -84,7 +85,7 @@ async def start_monitoring(
             if response is not None:
                 writer.write(_encode(response, head_only))
                 await writer.drain()
-        except (ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError):
             pass
         except Exception:  # never let one request take the port down
             log.exception("monitoring request failed")
@@ -110,7 +111,7 @@ async def _serve_one(
     except asyncio.IncompleteReadError as e:
         # Closed before a full request: answer only if something was said.
         return (_text(400, "bad request\n") if e.partial.strip() else None), False
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return _text(408, "request timeout\n"), False
 
     request = _parse(head)

@@ -9,7 +9,8 @@ so the initial objects count as `add` events as they do in istiod.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .handlers import DebugAccess, install
 from .monitoring import Handler
