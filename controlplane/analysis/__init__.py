@@ -9,19 +9,34 @@ docs/operator-view.md has the table of codes implemented against Istio's.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from ..model.meshconfig import DEFAULT as DEFAULT_MESH_CONFIG
 from ..model.meshconfig import MeshConfig
-from .analyzers.authorization import (AuthorizationPoliciesAnalyzer, AuthorizationPrincipalAnalyzer,
-                                      CustomProviderAnalyzer)
-from .analyzers.gateway import (CertificateAnalyzer, ConflictingGatewayAnalyzer, IngressGatewayPortAnalyzer,
-                                SecretAnalyzer)
-from .analyzers.others import (CaCertificateAnalyzer, PeerAuthenticationAnalyzer, PortNameAnalyzer,
-                               SchemaValidationAnalyzer)
+from .analyzers.authorization import (
+    AuthorizationPoliciesAnalyzer,
+    AuthorizationPrincipalAnalyzer,
+    CustomProviderAnalyzer,
+)
+from .analyzers.gateway import (
+    CertificateAnalyzer,
+    ConflictingGatewayAnalyzer,
+    IngressGatewayPortAnalyzer,
+    SecretAnalyzer,
+)
+from .analyzers.others import (
+    CaCertificateAnalyzer,
+    PeerAuthenticationAnalyzer,
+    PortNameAnalyzer,
+    SchemaValidationAnalyzer,
+)
 from .analyzers.unsupported import UnsupportedKindAnalyzer
-from .analyzers.virtualservice import (ConflictingMeshGatewayHostsAnalyzer, DestinationHostAnalyzer,
-                                       DestinationRuleAnalyzer, GatewayAnalyzer)
+from .analyzers.virtualservice import (
+    ConflictingMeshGatewayHostsAnalyzer,
+    DestinationHostAnalyzer,
+    DestinationRuleAnalyzer,
+    GatewayAnalyzer,
+)
 from .context import Context
 from .messages import Message
 from .resources import LoadError, Resource, default_resources, load_paths, service_stand_ins

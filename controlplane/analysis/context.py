@@ -1,7 +1,7 @@
 """What analyzers see: the resources by kind, and where their findings go."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..model.meshconfig import DEFAULT as DEFAULT_MESH_CONFIG
 from ..model.meshconfig import MeshConfig

@@ -9,8 +9,9 @@ out for messages without a resource.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from .resources import Resource
 
@@ -109,7 +110,7 @@ def go_quote(s: str) -> str:
         elif ch == "\r":
             out.append("\\r")
         elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append("\\x%02x" % ord(ch))
+            out.append(f"\\x{ord(ch):02x}")
         else:
             out.append(ch)
     out.append('"')

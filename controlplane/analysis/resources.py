@@ -8,9 +8,10 @@ ServiceEntries...) and never rejects a document: a schema problem is itself a fi
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -145,7 +146,9 @@ def parse_text(text: str, file: str, default_namespace: str = "default") -> list
 def _resource(data: Any, file: str, line: int, index: int, lines: dict, default_namespace: str) -> Resource | None:
     if not isinstance(data, dict) or not data.get("kind") or not data.get("apiVersion"):
         return None
-    md = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+    md = data.get("metadata")
+    if not isinstance(md, dict):
+        md = {}
     kind = str(data["kind"])
     ns = md.get("namespace")
     namespace = "" if kind in CLUSTER_SCOPED else (str(ns) if ns else default_namespace)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 DEFAULT_DOMAIN = "svc.cluster.local"
 MESH_GATEWAY = "mesh"

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 from .http import FetchError, get, read_token
 
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                            Location(origin.get("location", ""), origin.get("line", 0), origin.get("index", 0)))
             extra.append(unsupported_message(res, u.get("reason", "")))
 
-    analyzers = ANALYZERS
+    analyzers: Sequence[Any] = ANALYZERS
     if args.analyzer:
         unknown = [a for a in args.analyzer if a not in BY_NAME]
         if unknown:
@@ -95,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
     out_rank = _level_rank(args.output_threshold)
     shown = [m for m in messages if _level_rank(m.type.level) >= out_rank]
 
-    for e in load_errors:
-        print(f'Error(s) adding files: errors parsing content "{e.file}": {e.reason}', file=sys.stderr)
+    for err in load_errors:
+        print(f'Error(s) adding files: errors parsing content "{err.file}": {err.reason}', file=sys.stderr)
 
     # istioctl's footers: what was analyzed. Without --namespace meshd reports on every
     # namespace; a success with files names them (and meshd), as istioctl names its files.

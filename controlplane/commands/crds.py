@@ -22,8 +22,14 @@ import copy
 import functools
 import importlib.resources
 import sys
+from typing import Any
 
 import yaml
+
+try:  # the C dumper: same text, 10x faster
+    from yaml import CSafeDumper as _FastDumper
+except ImportError:  # pragma: no cover
+    from yaml import SafeDumper as _FastDumper  # type: ignore[assignment]  # the same dumper, in Python
 
 from ..config import kinds
 from ..config.validation.schema import CRD_FILES
@@ -77,10 +83,10 @@ def crd_documents() -> list[dict]:
 
 
 def render() -> str:
-    class Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # the C dumper: same text, 10x faster
-        pass
+    class Dumper(_FastDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
 
-    Dumper.ignore_aliases = lambda self, data: True
     docs = [yaml.dump(d, Dumper=Dumper, sort_keys=False, width=120) for d in crd_documents()]
     return HEADER + "---\n" + "---\n".join(docs)
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, TextIO
 
 from ..config.validation.errors import FieldError
 
@@ -88,7 +89,7 @@ def check_file(name: str, data: bytes) -> list[Line]:
     report: list[Line] = []
     seen: set = set()
     for i, d in enumerate(docs):
-        def say(errors: Iterable[FieldError], error: bool = True) -> None:
+        def say(errors: Iterable[FieldError], error: bool = True, d: Any = d, i: int = i) -> None:
             what = _display(d.data)
             report.extend(Line(f"{name}:{_line_of(d.lines, e.field, d.line)}: {what}: {e}", i, error) for e in errors)
 
@@ -116,7 +117,9 @@ def _display(doc: Any) -> str:
     """The object as the file names it: `Kind ns/name`, `Kind name` (no namespace written)."""
     if not isinstance(doc, dict):
         return "document"
-    md = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    md = doc.get("metadata")
+    if not isinstance(md, dict):
+        md = {}
     ns, name = md.get("namespace"), md.get("name")
     full = f"{ns}/{name}" if ns and name else str(name or "<unnamed>")
     return f"{doc.get('kind') or 'document'} {full}"

@@ -30,7 +30,8 @@ Two checks are meshd's own (Istio has no message for them):
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from ...model.meshconfig import EXT_AUTHZ_KINDS
 from .. import messages as msg
