@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from ca.keys import KeyType
+
+from . import gcpolicy, names
 from .config.objects import ConfigKey, Rejection
 from .config.store import ConfigStore
 from .debug.certs import certs_handler
@@ -34,13 +37,13 @@ from .debug.operator import operator_view
 from .generators import Generator
 from .model.mesh import MeshSnapshot, build_mesh, mesh_version
 from .model.meshconfig import DEFAULT as DEFAULT_MESH_CONFIG
-from .model.request_authentication import EMPTY_JWKS, KIND as REQUEST_AUTHENTICATION, key_sets_needed
-from . import gcpolicy, names
+from .model.request_authentication import EMPTY_JWKS, key_sets_needed
+from .model.request_authentication import KIND as REQUEST_AUTHENTICATION
 from .ports import ServePort, StartupError, bind_error, check_free
 from .security.plane import DEFAULT_KEY_TYPE, SecurityOptions, SecurityPlane
 from .security.policy_report import PolicyReport
-from .server.host import AdsOptions, AdsServer
 from .server.grpc_server import address, server_options, start_secure_xds_server, start_xds_server
+from .server.host import AdsOptions, AdsServer
 from .server.metrics import Metrics
 from .server.secure import SecureAdsServicer
 from .sources.directory import DirectorySource
@@ -55,7 +58,7 @@ log = structlog.get_logger("meshd")
 
 @dataclass
 class ServeOptions:
-    config_dir: Path
+    config_dir: Path | None  # None: Kubernetes only
     xds_port: int = 15010
     monitoring_port: int = 15014
     listen_address: str = "0.0.0.0"
@@ -77,7 +80,7 @@ class ServeOptions:
     trust_domain: str = names.TRUST_DOMAIN
     workload_cert_ttl: timedelta = timedelta(hours=24)
     rotation_ratio: float = 0.5  # renew once this share of a workload cert's lifetime has passed
-    workload_key_type: str = DEFAULT_KEY_TYPE  # ec-p256 | rsa-2048
+    workload_key_type: KeyType = DEFAULT_KEY_TYPE
     ca_mtls_port: int = 0  # the CA API for client-certificate callers; 0: off
     ca_poll_interval: float = 1.0  # seconds between checks of the CA directory (root rotation)
     secure_xds_port: int = names.PORT_XDS_SECURE  # 0: no secure port
@@ -97,7 +100,7 @@ class ServeOptions:
     watch_secrets: bool = False
     # With a Kubernetes source: leader election (the leader writes status/events) and
     # TokenReview authentication on the secure port (controlplane/kube/member.py).
-    cluster: "ClusterOptions | None" = None
+    cluster: ClusterOptions | None = None
 
 
 class MeshBuilder:
@@ -143,7 +146,7 @@ class MeshBuilder:
         self._first_change = 0.0
         self.mesh_config = dataclasses.replace(DEFAULT_MESH_CONFIG, root_namespace=root_namespace)
         self.jwks = EMPTY_JWKS
-        self.key_sets = None  # the JwksSource to tell which key sets are needed
+        self.key_sets: JwksSource | None = None  # the JwksSource to tell which key sets are needed
         # Told of each new snapshot (e.g. the report of policies not enforced as written).
         self.observers: list = []
         store.subscribe(self._on_change)
@@ -230,7 +233,7 @@ class MeshBuilder:
                     break
                 try:
                     await asyncio.wait_for(self._dirty.wait(), wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             changed, self._changed = self._changed, set()
             kinds = sorted({k.kind for k in changed})
@@ -384,12 +387,12 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         if opts.state_dir is not None:  # an invalid file at start gets its last good objects back
             from .config.lastgood import LastGood
 
-            store.last_good = LastGood(opts.state_dir / "lastgood", opts.config_dir,
+            store.last_good = LastGood(opts.state_dir / "lastgood", source.root,
                                        on_restored=metrics.set_config_restored)
         source.load()
         if store.last_good is not None:
             store.last_good.prune()  # copies of files that are gone
-    if member is not None:
+    if member is not None and k8s_api is not None:  # set together
         from .kube.source import KubernetesSource
 
         k8s = KubernetesSource(
@@ -433,7 +436,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
             tasks.append(asyncio.create_task(source.run(stop)))
         if store.last_good is not None:
             tasks.append(asyncio.create_task(store.last_good.run(stop)))
-        if k8s is not None:
+        if k8s is not None and member is not None:  # set together
             # No push before the initial lists are in: a partial picture (a route before its
             # Service, a workload before its STRICT policy) must never reach a proxy.
             tasks.append(asyncio.create_task(k8s.run(stop)))

@@ -56,7 +56,7 @@ class BootstrapParams:
     stats_port: int = names.PORT_STATS  # 0: no Prometheus listener
     health_port: int = names.PORT_HEALTH  # 0: no readiness listener
     xds_transport: str = "sotw"  # "sotw" (api_type GRPC) | "delta" (DELTA_GRPC, incremental xDS)
-    tls: "XdsTls | None" = None  # None: plaintext xDS (port 15010)
+    tls: XdsTls | None = None  # None: plaintext xDS (port 15010)
     locality: str = ""  # "region/zone/subzone": the node's locality (locality load balancing)
 
 
@@ -226,7 +226,7 @@ def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
         parts = (p.locality.split("/", 2) + ["", ""])[:3]
         if not parts[0].strip():
             raise ValueError(f"--locality {p.locality!r} is not region[/zone[/subzone]]")
-        node["locality"] = {k: v.strip() for k, v in zip(("region", "zone", "sub_zone"), parts) if v.strip()}
+        node["locality"] = {k: v.strip() for k, v in zip(("region", "zone", "sub_zone"), parts, strict=True) if v.strip()}
     return {
         "node": node,
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p.admin_port}}},

@@ -7,6 +7,7 @@ import re
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from . import names
 
@@ -157,14 +158,14 @@ def _yaml(doc) -> str:
     import yaml
 
     class Dumper(yaml.SafeDumper):
-        pass
+        def ignore_aliases(self, data: Any) -> bool:
+            return True  # no &id001 anchors in a file people read
 
     def text(dumper: yaml.SafeDumper, value: str):
         # PEM blocks read best as literal blocks, exactly as they appear in the file.
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
 
     Dumper.add_representer(str, text)
-    Dumper.ignore_aliases = lambda self, data: True  # no &id001 anchors in a file people read
     return yaml.dump(doc, Dumper=Dumper, sort_keys=False)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import structlog
 
@@ -48,7 +48,7 @@ async def collect_when_idle(busy: Callable[[], bool], stop: asyncio.Event, inter
             try:
                 await asyncio.wait_for(stop.wait(), poll)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             now = time.monotonic()
             since = now - last
