@@ -24,13 +24,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cryptography  # noqa: E402
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.backends.openssl.backend import backend  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+import cryptography
+from cryptography import x509
+from cryptography.hazmat.backends.openssl.backend import backend
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca import CertificateAuthority, Identity, TokenAuthority, load_or_create_root  # noqa: E402
-from ca.keys import KEY_TYPES, generate_private_key  # noqa: E402
+from ca import CertificateAuthority, Identity, TokenAuthority, load_or_create_root
+from ca.keys import KEY_TYPES, KeyType, generate_private_key
 
 
 class NullLogger:
@@ -60,17 +61,18 @@ def main() -> None:
             root = load_or_create_root(Path(tmp) / root_type, key_type=root_type, logger=NullLogger())
             authority = CertificateAuthority(root, logger=NullLogger())
             for leaf_type in KEY_TYPES:
-                per_sec, ms = rate(n, lambda i: authority.issue_workload(identities[i], key_type=leaf_type))
+                per_sec, ms = rate(n, lambda i, authority=authority, leaf_type=leaf_type: authority.issue_workload(
+                    identities[i], key_type=leaf_type))
                 print(f"{root_type:<10} {leaf_type:<10} {'keygen+sign':<12} {per_sec:>9.1f} {ms:>9.2f}")
                 csrs = []
                 for _ in range(n):
                     key = generate_private_key(leaf_type)
                     csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
                     csrs.append(csr.public_bytes(serialization.Encoding.PEM))
-                per_sec, ms = rate(n, lambda i: authority.sign_csr(csrs[i], identities[i]))
+                per_sec, ms = rate(n, lambda i, authority=authority, csrs=csrs: authority.sign_csr(csrs[i], identities[i]))
                 print(f"{root_type:<10} {leaf_type:<10} {'sign-only':<12} {per_sec:>9.1f} {ms:>9.2f}")
 
-        tokens = TokenAuthority(generate_private_key("ec-p256"))
+        tokens = TokenAuthority(ec.generate_private_key(ec.SECP256R1()))
         per_sec, ms = rate(n, lambda i: tokens.issue("bench", f"sa-{i}"))
         print(f"{'ES256 JWT':<21} {'issue':<12} {per_sec:>9.1f} {ms:>9.2f}")
         issued = [tokens.issue("bench", f"sa-{i}") for i in range(n)]
@@ -78,10 +80,9 @@ def main() -> None:
         print(f"{'ES256 JWT':<21} {'verify':<12} {per_sec:>9.1f} {ms:>9.2f}")
 
 
-async def _loop_lag_during(n: int, key_type: str, authority) -> tuple[float, float, float]:
+async def _loop_lag_during(n: int, key_type: KeyType, authority) -> tuple[float, float, float]:
     """(certs/s, p99 lag ms, max lag ms) of n renewals on the CA thread, probed every 1 ms."""
     import asyncio
-    import statistics
     from concurrent.futures import ThreadPoolExecutor
     from datetime import timedelta
 

@@ -26,11 +26,10 @@ import grpc
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from envoy.service.discovery.v3 import discovery_pb2  # noqa: E402
+from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane.server.wire import field_bytes  # noqa: E402
-from controlplane.server.grpc_server import SERVER_OPTIONS  # noqa: E402
-from controlplane.server.wire import delta_response, serialize, sotw_response  # noqa: E402
+from controlplane.server.grpc_server import SERVER_OPTIONS
+from controlplane.server.wire import delta_response, field_bytes, serialize, sotw_response
 
 
 def _group(node_id: str, metadata: Any) -> tuple[str, str]:

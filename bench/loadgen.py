@@ -36,12 +36,12 @@ import grpc
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from envoy.config.listener.v3 import listener_pb2  # noqa: E402
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2  # noqa: E402
-from envoy.service.discovery.v3 import discovery_pb2  # noqa: E402
-from google.protobuf import any_pb2, struct_pb2  # noqa: E402
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2, struct_pb2
 
-from bench.scenario import ProxySpec  # noqa: E402
+from bench.scenario import ProxySpec
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -313,6 +313,7 @@ class SotwProxy:
             self._acked(t, version, data)
 
     def _ack_cds(self) -> None:
+        assert self.pending_cds is not None  # called only while an ACK is held
         version, nonce = self.pending_cds
         self.pending_cds = None
         self.send(CDS, (), version, nonce)

@@ -40,8 +40,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import floor, loadgen  # noqa: E402
-from bench.scenario import HTTP_PORT, Scenario  # noqa: E402
+from bench import floor, loadgen
+from bench.scenario import HTTP_PORT, Scenario
 
 CDS, EDS = loadgen.CDS, loadgen.EDS
 
@@ -66,9 +66,12 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int, tree: bool = True) -> float:
-    """utime + stime of `pid`, and of its children (meshd's workers) when `tree`."""
+def cpu_seconds(pid: int | None, tree: bool = True) -> float:
+    """utime + stime of `pid`, and of its children (meshd's workers) when `tree`; a
+    process not started (no pid yet) has spent none."""
     total = 0.0
+    if pid is None:
+        return total
     for p in [pid] + (children(pid) if tree else []):
         try:
             with open(f"/proc/{p}/stat") as f:
@@ -81,7 +84,7 @@ def cpu_seconds(pid: int, tree: bool = True) -> float:
 
 def memory_mb(pid: int) -> dict[str, float]:
     """Resident and peak resident memory of `pid` and its children (summed)."""
-    out = {"VmRSS": 0, "VmHWM": 0}
+    out: dict[str, float] = {"VmRSS": 0, "VmHWM": 0}
     for p in [pid] + children(pid):
         try:
             with open(f"/proc/{p}/status") as f:
@@ -227,14 +230,14 @@ class Fleet:
                 p.kill()
 
 
-def idle_rate(meshd: "Meshd", seconds: float = 2.0) -> float:
+def idle_rate(meshd: Meshd, seconds: float = 2.0) -> float:
     """meshd's CPU use at rest (directory polling), in CPU seconds per second."""
     c0 = cpu_seconds(meshd.proc.pid)
     time.sleep(seconds)
     return (cpu_seconds(meshd.proc.pid) - c0) / seconds
 
 
-def quiesce(meshd: "Meshd", idle: float = 0.0, seconds: float = 0.5, timeout: float = 30) -> None:
+def quiesce(meshd: Meshd, idle: float = 0.0, seconds: float = 0.5, timeout: float = 30) -> None:
     """Wait until meshd's CPU use is back to its resting rate (the push and its ACKs are over)."""
     last = cpu_seconds(meshd.proc.pid)
     deadline = time.time() + timeout

@@ -131,8 +131,8 @@ status: {{podIP: {self.pod_ip(i, e)}}}
   conditions: {{ready: true}}"""
             slices = [(f"{svc}-abcde", port, eps + [extra])]
         out = []
-        for name, p, e in slices:
-            body = "\n".join(e)
+        for name, slice_port, addresses in slices:
+            body = "\n".join(addresses)
             out.append(f"""apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
@@ -140,7 +140,7 @@ metadata:
   namespace: {ns}
   labels: {{kubernetes.io/service-name: {svc}}}
 addressType: IPv4
-ports: [{{name: http, port: {p}, protocol: TCP}}]
+ports: [{{name: http, port: {slice_port}, protocol: TCP}}]
 endpoints:
 {body}
 """)

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from .errors import CAStateError
 
 KeyType = Literal["ec-p256", "rsa-2048"]
-KEY_TYPES: tuple[str, ...] = get_args(KeyType)
+KEY_TYPES: tuple[KeyType, ...] = get_args(KeyType)
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
