@@ -10,8 +10,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # The Kubernetes API servers (the real one per session, the stand-in per test) and the
-# report of which one each test used.
-pytest_plugins = ["tests.support.kube_fixtures"]
+# report of which one each test used; the mesh test bed (`testbed`).
+pytest_plugins = ["tests.support.kube_fixtures", "tests.testbed.fixtures"]
 
 
 @pytest.fixture(scope="session", autouse=True)

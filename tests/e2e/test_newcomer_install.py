@@ -45,8 +45,8 @@ def test_a_non_editable_install_serves_the_bundled_example_from_anywhere(tmp_pat
     run(*build, "-w", str(tmp_path / "direct"), str(src))
     (whl,) = (tmp_path / "direct").glob("meshd-*.whl")
     # python -m build's way: sdist, then the wheel from the unpacked sdist
-    sdist = run(sys.executable, "-c", "from setuptools import build_meta as b; print(b.build_sdist(%r))"
-                % str(tmp_path / "sdist"), cwd=src).strip().splitlines()[-1]
+    sdist = run(sys.executable, "-c", f"from setuptools import build_meta as b; print(b.build_sdist({str(tmp_path / 'sdist')!r}))",
+                cwd=src).strip().splitlines()[-1]
     with tarfile.open(tmp_path / "sdist" / sdist) as t:
         t.extractall(tmp_path / "unpacked", filter="data")
     (unpacked,) = (tmp_path / "unpacked").iterdir()

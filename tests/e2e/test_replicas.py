@@ -116,7 +116,7 @@ def start_together(stack: contextlib.ExitStack, tmp_path: Path, args: list[str],
     with ThreadPoolExecutor(len(cms)) as ex:
         futures = [ex.submit(cm.__enter__) for cm in cms]
         handles = []
-        for cm, f in zip(cms, futures):
+        for cm, f in zip(cms, futures, strict=True):
             handles.append(f.result())
             stack.push(cm)
     return handles

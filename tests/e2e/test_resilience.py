@@ -61,7 +61,7 @@ def _events(log: str, name: str) -> list[dict]:
 def _hostile_documents() -> dict[str, bytes]:
     good_vs = vs_yaml(one_subset("v1"))
     bomb = "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
-        f"{c}: &{c} [{','.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefghi", "bcdefghij"))
+        f"{c}: &{c} [{','.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefghi", "bcdefghij", strict=True))
     return {
         "huge.yaml": b"# " + b"x" * (9 * 1024 * 1024),
         "deep.yaml": (b"apiVersion: v1\nkind: Service\nmetadata: {name: deep}\nspec: " + b"[" * 5000 + b"]" * 5000),

@@ -38,7 +38,6 @@ from tests.support.harness import Process, free_port, meshd
 from tests.support.manifests import documents, peer_authentication, service
 from tests.support.paths import REPO
 from tests.testbed.bed import wait_for
-from tests.testbed.fixtures import testbed  # noqa: F401  (the fixture)
 from tests.testbed.mesh import (
     CATALOG_PORT,
     GATEWAY_HOST,
@@ -173,7 +172,7 @@ def log_size(envoy) -> int:
     return len(envoy.process.log_path.read_text(errors="replace"))
 
 
-def test_restart_loses_nothing_in_the_mesh(testbed, tmp_path: Path):  # noqa: F811
+def test_restart_loses_nothing_in_the_mesh(testbed, tmp_path: Path):
     config_dir, ca_dir = tmp_path / "config", tmp_path / "ca"
     config_dir.mkdir()
     pods = {name: testbed.add_pod(name, sidecar=PODS[name].sidecar) for name in PODS}
@@ -198,7 +197,8 @@ def test_restart_loses_nothing_in_the_mesh(testbed, tmp_path: Path):  # noqa: F8
             "gateway->webapp": (pods["gateway"], pods["gateway"].ip, GW_PORT, {"Host": GATEWAY_HOST}, "webapp"),
         }
         for name, (pod, host, port, headers, _) in streams.items():
-            wait_for(lambda: pod.http_get(host, port, "/", headers=headers, timeout=2)[0] == 200, 20,
+            wait_for(lambda pod=pod, host=host, port=port, headers=headers:
+                     pod.http_get(host, port, "/", headers=headers, timeout=2)[0] == 200, 20,
                      interval=0.2, what=f"first 200 {name}")
         wait_for(lambda: all(cert_serials(e) for e in envoys.values()), 10, what="workload certificates")
         time.sleep(0.5)
@@ -236,7 +236,7 @@ def test_restart_loses_nothing_in_the_mesh(testbed, tmp_path: Path):  # noqa: F8
                     current = Process("meshd", argv, tmp_path / f"meshd-restarted-{i}.log",
                                       env={**os.environ, "PYTHONPATH": str(REPO)})
                     restarted.append(current)
-                    wait_for(lambda: cp.ready() or not current.alive(), 30, what="restarted meshd /ready")
+                    wait_for(lambda current=current: cp.ready() or not current.alive(), 30, what="restarted meshd /ready")
                     assert current.alive(), current.log()
                     wait_for(lambda: all(e.stat("control_plane.connected_state") == 1 for e in envoys.values()),
                              45, interval=0.1, what="every envoy reconnects")  # Envoy backoff: up to 30 s

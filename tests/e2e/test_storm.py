@@ -92,7 +92,7 @@ def test_thousand_proxies_reconnecting_ten_times(tmp_path: Path):
                 try:
                     last: dict = {}
 
-                    def synced():
+                    def synced(parent=parent, last=last):
                         parent.send(("synced",))
                         last.update(parent.recv())
                         return dict(last) if last["synced"] == PROXIES else None

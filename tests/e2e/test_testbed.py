@@ -30,7 +30,7 @@ import pytest
 
 from tests.testbed import TestBed, host_snapshot, iptables, netns, wait_for
 from tests.testbed.bed import missing_tools
-from tests.testbed.fixtures import require_testbed, testbed  # noqa: F401 - the fixture
+from tests.testbed.fixtures import require_testbed
 from tests.testbed.sidecar import static_sidecar_bootstrap
 
 INBOUND_LISTENER = "listener.0.0.0.0_15006.downstream_cx_total"
@@ -303,12 +303,14 @@ def test_a_killed_run_is_swept_by_the_next():
     """A run whose owner died (here: a child process SIGKILLed mid-test) leaves namespaces
     and processes; the next TestBed removes them."""
     require_testbed()
+    from tests.support.paths import REPO
+
     code = (
-        "import sys, time; sys.path.insert(0, %r)\n"
+        f"import sys, time; sys.path.insert(0, {str(REPO)!r})\n"
         "from tests.testbed import TestBed\n"
         "bed = TestBed().start(); p = bed.add_pod('orphan'); p.run_echo(http=[8080])\n"
         "print(bed.run_id, flush=True); time.sleep(300)\n"
-    ) % str(Path(__file__).resolve().parents[2])
+    )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         run_id = child.stdout.readline().strip()

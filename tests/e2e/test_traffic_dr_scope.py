@@ -180,7 +180,7 @@ class Bed:
         # Envoy's EDS re-request with just those): none is left warming, well within
         # Envoy's 15 s initial fetch timeout.
         for c in want:
-            wait_for(lambda: not self.envoys[c].config_dump("dynamic_warming_clusters").get("configs"), 5,
+            wait_for(lambda c=c: not self.envoys[c].config_dump("dynamic_warming_clusters").get("configs"), 5,
                      interval=0.2, what=f"{c}: no cluster warming")
 
     def gateway_get(self, path: str) -> tuple[int, bytes]:

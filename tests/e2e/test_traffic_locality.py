@@ -25,6 +25,7 @@ import pytest
 
 from tests.support.envoy import envoy
 from tests.support.harness import free_port, meshd, wait_for, write
+from tests.support.manifests import documents, ingress_gateway_service
 from tests.support.traffic import Client, backend, service_yaml
 
 pytestmark = pytest.mark.e2e
@@ -94,14 +95,7 @@ def bed(tmp_path_factory):
     port = free_port("127.0.0.51")
     ips = {"127.0.0.51": "failover-z1", "127.0.0.52": "failover-z2", "127.0.0.53": "dist-z1", "127.0.0.54": "dist-z2",
            "127.0.0.55": "plain-z1", "127.0.0.56": "plain-z2"}
-    write(cfg / "ingress.yaml", """
-apiVersion: v1
-kind: Service
-metadata: {name: istio-ingressgateway, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  ports: [{name: http2, port: 80, targetPort: %d}]
-""" % gw_port)
+    write(cfg / "ingress.yaml", documents(ingress_gateway_service(gw_port)))
     write(cfg / "services.yaml", "\n---\n".join([
         service_yaml("failover", NS, [("http", 80, port)], [("127.0.0.51", Z1), ("127.0.0.52", Z2)]),
         service_yaml("dist", NS, [("http", 80, port)], [("127.0.0.53", Z1), ("127.0.0.54", Z2)]),

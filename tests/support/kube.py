@@ -356,7 +356,7 @@ class KubeSession:
         server a second to serve)."""
         with ThreadPoolExecutor(8) as pool:
             lists = pool.map(lambda k: json.loads(_raw(self._admin, "GET", k.path()))["items"], self.kinds)
-            return list(zip(self.kinds, lists))
+            return list(zip(self.kinds, lists, strict=True))
 
     def reset(self) -> list[str]:
         """Delete every object made since the session started (Pods at once, as if their

@@ -92,7 +92,7 @@ def endpoint_slice(name: str, namespace: str, service_name: str, port: int, addr
             "addressType": "IPv4", "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
             "endpoints": [{"addresses": [a], "conditions": {"ready": True},
                            **({"targetRef": {"kind": "Pod", "name": r, "namespace": namespace}} if r else {})}
-                          for a, r in zip(addresses, refs)]}
+                          for a, r in zip(addresses, refs, strict=True)]}
 
 
 # --- Istio networking ------------------------------------------------------------------------

@@ -10,7 +10,7 @@
         envoy = web.start_envoy(bootstrap_dict)              # runs as uid 1337
         sleep.curl(f"http://{web.ip}:8080/")
 
-Pytest: `from tests.testbed.fixtures import testbed` gives a `testbed` fixture (skips
+Pytest: the `testbed` fixture (tests/testbed/fixtures.py, a plugin of tests/conftest.py; skips
 unless root). Modules: netns (namespaces), bed (TestBed, Pod, Envoy), iptables (istio-init
 rules), sidecar (a static interception bootstrap), echo (a test app), forward (pod ->
 host TCP forwarder). See bed.py's docstring for the topology and how pods reach meshd.

@@ -33,8 +33,8 @@ def http_handler(name: str):
                 "method": self.command,
                 "path": self.path,
                 "headers": {k.lower(): v for k, v in self.headers.items()},
-                "peer": "%s:%d" % self.client_address[:2],
-                "local": "%s:%d" % self.connection.getsockname()[:2],
+                "peer": "{}:{}".format(*self.client_address[:2]),
+                "local": "{}:{}".format(*self.connection.getsockname()[:2]),
                 "body": body_in.decode(errors="replace"),
             }).encode() + b"\n"
             self.send_response(200)
@@ -48,7 +48,7 @@ def http_handler(name: str):
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _answer
 
         def log_message(self, fmt: str, *args) -> None:
-            sys.stderr.write("%s %s\n" % (self.address_string(), fmt % args))
+            sys.stderr.write(f"{self.address_string()} {fmt % args}\n")
 
     return Handler
 

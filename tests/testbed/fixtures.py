@@ -1,6 +1,4 @@
-"""Pytest fixture for the test bed.
-
-    from tests.testbed.fixtures import testbed  # noqa: F401  (pytest finds it by name)
+"""Pytest fixture for the test bed (a plugin of tests/conftest.py: every test can ask for it).
 
     @pytest.mark.e2e
     def test_something(testbed):

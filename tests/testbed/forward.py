@@ -91,7 +91,7 @@ async def main_async(socks: list[socket.socket], targets: list[tuple[str, int]],
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    servers = [await asyncio.start_server(_handler(t), sock=s) for s, t in zip(socks, targets)]
+    servers = [await asyncio.start_server(_handler(t), sock=s) for s, t in zip(socks, targets, strict=True)]
     print("READY", flush=True)
     while not stop.done():
         if os.getppid() != parent:  # the test process died: do not linger

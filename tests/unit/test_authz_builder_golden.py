@@ -188,7 +188,7 @@ def readable(msg: Message) -> str:
 
 def assert_same(got: list[Message], want: list[Message]) -> None:
     assert len(got) == len(want), f"got {len(got)} filters, want {len(want)}:\n" + "\n---\n".join(map(readable, got))
-    for i, (g, w) in enumerate(zip(got, want)):
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
         if canonical(g) != canonical(w):
             diff = "\n".join(difflib.unified_diff(readable(w).splitlines(), readable(g).splitlines(),
                                                   "istiod", "meshd", lineterm=""))

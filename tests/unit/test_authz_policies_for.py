@@ -93,14 +93,19 @@ def test_a_sidecar_ignores_policies_with_target_refs_even_with_a_matching_select
 
 def test_a_kubernetes_gateway_is_selected_by_a_gateway_target_ref_in_its_namespace():
     gw_labels = {GATEWAY_NAME_LABEL: "edge", "app": "edge"}
-    ref = "{group: gateway.networking.k8s.io, kind: Gateway, name: %s}"
+    def ref(name: str) -> str:
+        return "{group: gateway.networking.k8s.io, kind: Gateway, name: " + name + "}"
+
+    def refs(*names: str) -> str:
+        return "{targetRefs: [" + ", ".join(ref(n) for n in names) + "], rules: [{}]}"
+
     ps = load_unvalidated(
-              policy("to-edge", "infra", "{targetRefs: [%s], rules: [{}]}" % (ref % "edge")),
-              policy("legacy-ref", "infra", "{targetRef: %s, rules: [{}]}" % (ref % "edge")),
-              policy("one-of-two", "infra", "{targetRefs: [%s, %s], rules: [{}]}" % (ref % "x", ref % "edge")),
-              policy("to-other", "infra", "{targetRefs: [%s], rules: [{}]}" % (ref % "other")),
+              policy("to-edge", "infra", refs("edge")),
+              policy("legacy-ref", "infra", "{targetRef: " + ref("edge") + ", rules: [{}]}"),
+              policy("one-of-two", "infra", refs("x", "edge")),
+              policy("to-other", "infra", refs("other")),
               policy("no-group", "infra", "{targetRefs: [{kind: Gateway, name: edge}], rules: [{}]}"),
-              policy("from-root", ROOT, "{targetRefs: [%s], rules: [{}]}" % (ref % "edge")),
+              policy("from-root", ROOT, refs("edge")),
               # Without targetRefs a gateway falls back to the selector (istiod's default).
               policy("by-selector", "infra", "{selector: {matchLabels: {app: edge}}, rules: [{}]}"),
               policy("ns-wide", "infra", "{rules: [{}]}"))

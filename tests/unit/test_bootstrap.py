@@ -5,6 +5,7 @@ that Envoy accepts what it writes (marked e2e: it needs the Envoy binary).
 """
 from __future__ import annotations
 
+import argparse
 import os
 import stat
 import subprocess
@@ -164,7 +165,7 @@ def test_parse_duration():
     assert parse_duration("90").total_seconds() == 90
     assert parse_duration("2d").total_seconds() == 172800
     for bad in ("", "h", "10x", "-1h", "0s", "1h 2m"):
-        with pytest.raises(Exception):
+        with pytest.raises(argparse.ArgumentTypeError):
             parse_duration(bad)
 
 

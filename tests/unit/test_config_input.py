@@ -152,7 +152,7 @@ def test_conflicting_definitions_first_one_wins(tmp_path):
 
 def test_anchor_bomb_and_huge_file_rejected(tmp_path):
     bomb = "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
-        f"{c}: &{c} [{','.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefg", "bcdefgh")
+        f"{c}: &{c} [{','.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefg", "bcdefgh", strict=True)
     )
     huge = "# " + "x" * (9 * 1024 * 1024)
     _, _, logs = load(tmp_path, {"bomb.yaml": bomb, "huge.yaml": huge})

@@ -54,7 +54,7 @@ def test_compatible_with_istios_crds():
         assert (o["group"], o["names"], o["scope"]) == (t["group"], t["names"], t["scope"])
         assert [(v["name"], v["served"], v["storage"]) for v in o["versions"]] == \
                [(v["name"], v["served"], v["storage"]) for v in t["versions"]]
-        for ov, tv in zip(o["versions"], t["versions"]):
+        for ov, tv in zip(o["versions"], t["versions"], strict=True):
             assert ov["schema"] == tv["schema"]
             assert ov.get("subresources") == tv.get("subresources")
             # Istio's columns stay, in order; meshd's come before AGE

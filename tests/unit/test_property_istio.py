@@ -172,6 +172,6 @@ def test_random_istio_objects_are_rejected_or_valid_for_envoy(objs):
         configs = [sidecar_config(mesh, proxy, Path(tmp)) for proxy in (WEBAPP_PROXY, GATEWAY_PROXY)]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         results = list(pool.map(_validate, configs))
-    for (rc, out), proxy in zip(results, ("sidecar", "gateway")):
+    for (rc, out), proxy in zip(results, ("sidecar", "gateway"), strict=True):
         assert rc == 0, f"envoy rejects {proxy} config built from accepted objects " \
                         f"{[o.spec for o in accepted]}:\n{out}"

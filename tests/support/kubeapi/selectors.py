@@ -46,7 +46,8 @@ def label_matcher(selector: str | None) -> Match:
             k, v = (s.strip() for s in req.replace("==", "=").split("=", 1))
             tests.append(lambda l, k=k, v=v: l.get(k) == v)
         elif req.startswith("!"):
-            tests.append(lambda l, k=req[1:].strip(): k not in l)
+            absent = req[1:].strip()
+            tests.append(lambda l, k=absent: k not in l)
         else:
             tests.append(lambda l, k=req: k in l)
 
