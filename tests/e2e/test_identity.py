@@ -24,10 +24,9 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from controlplane import names
-from tests.support.ads import ads_fetch
+from tests.support.ads import ads_fetch, secrets_of
 from tests.support.envoy import envoy
 from tests.support.harness import free_port, http_get, meshd, wait_for
 
@@ -42,15 +41,6 @@ def _config_dir(tmp_path: Path) -> Path:
     d = tmp_path / "config"
     d.mkdir(exist_ok=True)
     return d
-
-
-def _secrets(resp) -> dict[str, secret_pb2.Secret]:
-    out = {}
-    for a in resp.resources:
-        s = secret_pb2.Secret()
-        a.Unpack(s)
-        out[s.name] = s
-    return out
 
 
 def _uri_sans(cert: x509.Certificate) -> list[str]:
@@ -148,7 +138,7 @@ def test_token_for_another_identity_gets_no_key(tmp_path: Path):
         webapp_node = names.node_id("sidecar", "127.0.0.2", "webapp-0", NS)
         resp = ads_fetch(m.secure_port, webapp_node, {"NAMESPACE": NS, "SERVICE_ACCOUNT": "webapp"}, names.SECRET,
                          ["default"], root_pem=root, token=webapp_token)
-        leaf = x509.load_pem_x509_certificates(_secrets(resp)["default"].tls_certificate.certificate_chain.inline_bytes)[0]
+        leaf = x509.load_pem_x509_certificates(secrets_of(resp)["default"].tls_certificate.certificate_chain.inline_bytes)[0]
         assert _uri_sans(leaf) == ["spiffe://cluster.local/ns/istioinaction/sa/webapp"]
         # meshd's debug view holds webapp's certificate and none for catalog (and no keys)
         status, body = http_get("127.0.0.1", m.monitoring_port, "/debug/certs")
@@ -164,12 +154,12 @@ def test_no_key_without_a_token(tmp_path: Path):
         root = m.root_cert.read_bytes()
         md = {"NAMESPACE": NS, "SERVICE_ACCOUNT": "catalog"}
         resp = ads_fetch(m.xds_port, CATALOG_NODE, md, names.SECRET, ["default", "ROOTCA"])
-        got = _secrets(resp)
+        got = secrets_of(resp)
         assert set(got) == {"ROOTCA"}
         assert got["ROOTCA"].validation_context.trusted_ca.inline_bytes == root
         # a token sent in clear on the plaintext port does not unlock anything
         resp = ads_fetch(m.xds_port, CATALOG_NODE, md, names.SECRET, ["default"], token=m.token(NS, "catalog"))
-        assert _secrets(resp) == {}
+        assert secrets_of(resp) == {}
         with pytest.raises(grpc.RpcError) as err:
             ads_fetch(m.secure_port, CATALOG_NODE, md, names.SECRET, ["default"], root_pem=root)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -189,12 +179,12 @@ def test_restart_keeps_the_root(tmp_path: Path):
         root_before = m.root_cert.read_bytes()
         resp = ads_fetch(m.secure_port, CATALOG_NODE, md, names.SECRET, ["default"],
                          root_pem=root_before, token=m.token(NS, "catalog"))
-        chain = _secrets(resp)["default"].tls_certificate.certificate_chain.inline_bytes
+        chain = secrets_of(resp)["default"].tls_certificate.certificate_chain.inline_bytes
         leaf_before = x509.load_pem_x509_certificates(chain)[0].public_bytes(serialization.Encoding.PEM)
         token = m.token(NS, "catalog", ttl="2h")
     with meshd(_config_dir(tmp_path), tmp_path, extra=["--ca-dir", str(ca_dir)]) as m2:
         assert "root CA loaded" in m2.log() and "root CA created" not in m2.log()
-        served = _secrets(ads_fetch(m2.xds_port, CATALOG_NODE, md, names.SECRET, ["ROOTCA"]))
+        served = secrets_of(ads_fetch(m2.xds_port, CATALOG_NODE, md, names.SECRET, ["ROOTCA"]))
         root_after = served["ROOTCA"].validation_context.trusted_ca.inline_bytes
         assert fingerprint(root_after) == fingerprint(root_before)
         assert m2.root_cert.read_bytes() == root_before
@@ -202,4 +192,4 @@ def test_restart_keeps_the_root(tmp_path: Path):
         assert verify.returncode == 0 and "OK" in verify.stdout, verify
         # a token minted before the restart is still accepted (same token key)
         resp = ads_fetch(m2.secure_port, CATALOG_NODE, md, names.SECRET, ["default"], root_pem=root_after, token=token)
-        assert "default" in _secrets(resp)
+        assert "default" in secrets_of(resp)

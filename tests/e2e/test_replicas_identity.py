@@ -11,24 +11,14 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
-from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from controlplane import names
-from tests.support.ads import ads_fetch
+from tests.support.ads import ads_fetch, secrets_of
 from tests.support.harness import meshd
 from tests.support.kube import RecordingProxy
 
 pytestmark = pytest.mark.e2e
 
-
-
-def _secrets(resp) -> dict[str, secret_pb2.Secret]:
-    out = {}
-    for a in resp.resources:
-        s = secret_pb2.Secret()
-        a.Unpack(s)
-        out[s.name] = s
-    return out
 
 
 def _uri_sans(pem: bytes) -> list[str]:
@@ -53,7 +43,7 @@ def test_token_review_decides_identity(kube, tmp_path: Path):
             # the reviewed token: webapp's certificate and key, for webapp's identity only
             resp = ads_fetch(m.secure_port, webapp, webapp_md, names.SECRET, ["default", "ROOTCA"],
                              root_pem=root, token=webapp_token)
-            got = _secrets(resp)
+            got = secrets_of(resp)
             assert set(got) == {"default", "ROOTCA"}
             assert _uri_sans(got["default"].tls_certificate.certificate_chain.inline_bytes) == [webapp_uri]
             assert got["default"].tls_certificate.private_key.inline_bytes.startswith(b"-----BEGIN")
@@ -84,7 +74,7 @@ def test_token_review_decides_identity(kube, tmp_path: Path):
             reviews_before = len(api.writes("tokenreviews", "POST"))
             resp = ads_fetch(m.secure_port, webapp, webapp_md, names.SECRET, ["default"], root_pem=root,
                              token=m.token(ns, "webapp"))
-            assert _uri_sans(_secrets(resp)["default"].tls_certificate.certificate_chain.inline_bytes) == [webapp_uri]
+            assert _uri_sans(secrets_of(resp)["default"].tls_certificate.certificate_chain.inline_bytes) == [webapp_uri]
             assert len(api.writes("tokenreviews", "POST")) == reviews_before
 
             log = m.log()

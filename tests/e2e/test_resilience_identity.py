@@ -26,7 +26,7 @@ from ca.keys import generate_private_key
 from ca.tokens import TokenAuthority
 from controlplane import names
 from controlplane.security.cadir import open_tokens
-from tests.support.ads import ads_fetch
+from tests.support.ads import ads_fetch, secrets_of
 from tests.support.harness import http_get, meshd, wait_for
 from tests.support.pki import make_ca, make_cert, tls_secret_yaml
 
@@ -37,15 +37,6 @@ WEBAPP = "spiffe://cluster.local/ns/istioinaction/sa/webapp"
 CATALOG = "spiffe://cluster.local/ns/istioinaction/sa/catalog"
 WEBAPP_NODE = names.node_id("sidecar", "127.0.0.2", "webapp-0", NS)
 WEBAPP_MD = {"NAMESPACE": NS, "SERVICE_ACCOUNT": "webapp"}
-
-
-def _secrets(resp) -> dict[str, secret_pb2.Secret]:
-    out = {}
-    for a in resp.resources:
-        s = secret_pb2.Secret()
-        a.Unpack(s)
-        out[s.name] = s
-    return out
 
 
 def _identity(secret: secret_pb2.Secret) -> list[str]:
@@ -116,7 +107,7 @@ def test_a_proxy_gets_only_its_own_identity(tmp_path: Path):
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, what
 
         # SDS names: `default` is the caller's own identity; names of others give nothing
-        got = _secrets(fetch(want=("default", CATALOG, "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway",
+        got = secrets_of(fetch(want=("default", CATALOG, "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway",
                                    "catalog", "default/catalog", "kubernetes://gw-cred",
                                    "kubernetes://istio-system/gw-cred", "kubernetes://own-cred")))
         assert _identity(got.pop("default")) == [WEBAPP]
@@ -127,7 +118,7 @@ def test_a_proxy_gets_only_its_own_identity(tmp_path: Path):
         # the positive control: an istio-system router with its own token gets gw-cred
         gw_node = names.node_id("router", "127.0.0.4", "gw-0", "istio-system")
         gw_md = {"NAMESPACE": "istio-system", "SERVICE_ACCOUNT": "istio-ingressgateway"}
-        got = _secrets(fetch(gw_node, gw_md, want=("kubernetes://gw-cred",),
+        got = secrets_of(fetch(gw_node, gw_md, want=("kubernetes://gw-cred",),
                              token=m.token("istio-system", "istio-ingressgateway")))
         assert set(got) == {"kubernetes://gw-cred"}
 
@@ -153,7 +144,7 @@ def test_a_proxy_gets_only_its_own_identity(tmp_path: Path):
         for token in (None, webapp):
             resp = ads_fetch(m.xds_port, WEBAPP_NODE, WEBAPP_MD, names.SECRET,
                              ["default", "ROOTCA", "kubernetes://own-cred", "kubernetes://gw-cred", CATALOG], token=token)
-            assert set(_secrets(resp)) <= {"ROOTCA"}
+            assert set(secrets_of(resp)) <= {"ROOTCA"}
             assert b"PRIVATE KEY" not in resp.SerializeToString()
 
         # /debug/config_dump of a proxy holding its key: certificates, never the key

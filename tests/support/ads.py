@@ -14,6 +14,7 @@ import asyncio
 import threading
 
 import grpc
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
@@ -54,6 +55,16 @@ def names_of(resp, msg_type) -> list[str]:
         m = msg_type()
         a.Unpack(m)
         out.append(getattr(m, "name", "") or getattr(m, "cluster_name", ""))
+    return out
+
+
+def secrets_of(resp) -> dict[str, secret_pb2.Secret]:
+    """A SotW SDS response's Secrets by name."""
+    out = {}
+    for a in resp.resources:
+        s = secret_pb2.Secret()
+        a.Unpack(s)
+        out[s.name] = s
     return out
 
 

@@ -23,6 +23,7 @@ from controlplane.server.grpc_server import build_secure_xds_server, build_xds_s
 from controlplane.server.host import AdsOptions, AdsServer
 from controlplane.server.metrics import Metrics
 from controlplane.server.secure import SecureAdsServicer
+from tests.support.ads import secrets_of
 
 TD = "cluster.local"
 NS = "istioinaction"
@@ -146,9 +147,4 @@ class Plane:
         finally:
             done.set()
             call.cancel()
-        out = {}
-        for a in resp.resources:
-            s = secret_pb2.Secret()
-            a.Unpack(s)
-            out[s.name] = s
-        return out
+        return secrets_of(resp)

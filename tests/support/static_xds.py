@@ -9,13 +9,8 @@ what meshd's SDS builder has for it (a name SDS would not serve fails the test),
 """
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -115,25 +110,11 @@ def gateway_bootstrap(mesh, proxy, *, root: bytes | None = None, leaf: Pem | Non
 
 
 def self_signed(tmp_path: Path | None = None) -> tuple[str, str]:
-    """A throwaway self-signed CA certificate with a SPIFFE SAN and its key (PEM text);
-    with `tmp_path`, also written there as cert.pem, key.pem and ca.pem (the files a
-    DestinationRule of a test may name)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cluster.local")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://cluster.local/ns/test/sa/test")]),
-            critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
+    """A throwaway self-signed CA certificate and its key (PEM text); with `tmp_path`, also
+    written there as cert.pem, key.pem and ca.pem (the files a DestinationRule of a test
+    may name)."""
+    ca = make_ca("cluster.local")
+    cert_pem, key_pem = ca.cert.decode(), ca.key.decode()
     if tmp_path is not None:
         (tmp_path / "cert.pem").write_text(cert_pem)
         (tmp_path / "key.pem").write_text(key_pem)
