@@ -25,13 +25,12 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib import resources
 
-from google.protobuf import empty_pb2
-
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from google.protobuf import empty_pb2
 
 from ..model.request_authentication import DEFAULT_SPACE_DELIMITED_CLAIMS, JwksView, JwtRule, jwks_problem
 from .convert import typed

@@ -15,18 +15,19 @@ read not copied).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from google.protobuf import struct_pb2
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from google.protobuf import struct_pb2
 
 from .. import names
+from ..model import protocol
 from ..model.destination_rules import selector_of
 from ..model.mesh import MeshSnapshot
 from ..model.peer_authentication import DISABLE
 from ..model.proxy import SIDECAR, Proxy
 from ..model.services import Endpoint, Service
-from . import protocol, tls
+from . import tls
 from .destinations import OutboundCluster
 
 # How a cluster's transport is chosen.

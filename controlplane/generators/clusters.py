@@ -17,18 +17,20 @@ Sidecars also get:
 """
 from __future__ import annotations
 
-from google.protobuf import duration_pb2
-from google.protobuf.message import Message
+from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
 
 from .. import names
 from ..config.types.trafficpolicy import NO_POLICY
+from ..model import protocol
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
-from . import auto_mtls, locality_lb, protocol, traffic_policy
+from . import auto_mtls, locality_lb, traffic_policy
 from .convert import ads_config_source, struct, typed
 from .destinations import OutboundCluster, outbound_clusters
 from .sidecar_inbound import InboundPort, inbound_ports
@@ -82,11 +84,11 @@ def outbound_cluster(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> c
     return c
 
 
-def istio_metadata(oc: OutboundCluster) -> dict:
+def istio_metadata(oc: OutboundCluster) -> dict[str, Any]:
     """What istiod records on a cluster for telemetry and istioctl: the service behind
     it, its port, and the DestinationRule (and subset) that shaped it."""
     svc = oc.service
-    md: dict = {
+    md: dict[str, Any] = {
         "default_original_port": oc.port.port,
         "services": [{"host": svc.hostname, "name": svc.name, "namespace": svc.namespace}],
     }

@@ -5,14 +5,14 @@ and the caller leaves the field unset.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from google.protobuf import any_pb2, duration_pb2, struct_pb2
-from google.protobuf.message import Message
+from collections.abc import Mapping
+from typing import Any
 
 from envoy.config.core.v3 import config_source_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2
+from google.protobuf.message import Message
 
 from ..config.types import common as types_common
 

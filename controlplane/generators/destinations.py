@@ -18,8 +18,9 @@ in plaintext.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Any
 
 import structlog
 
@@ -27,13 +28,13 @@ from .. import names
 from ..config.objects import ConfigObject
 from ..config.types.destinationrule import DestinationRule
 from ..config.types.trafficpolicy import NO_POLICY, ClientTLSSettings, TrafficPolicy
+from ..model import protocol
 from ..model.credentials import sds_ca_name, sds_name
 from ..model.destination_rules import rule_host, selector_of
 from ..model.indexes import Index, Lifetime
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import SIDECAR, Proxy
 from ..model.services import Service, ServicePort
-from . import protocol
 
 log = structlog.get_logger("meshd.generators")
 
@@ -55,7 +56,8 @@ class OutboundCluster:
 # The clusters of a service port under a rule (made once per snapshot, shared by every
 # namespace's build): they read Services and rules only, so a snapshot derived by an
 # EndpointSlice change keeps them.
-_PORT_CLUSTERS = Index[tuple, tuple[OutboundCluster, ...]]("outbound clusters of a port under a rule", Lifetime.CONFIG)
+_PORT_CLUSTERS = Index[tuple[Any, ...], tuple[OutboundCluster, ...]](
+    "outbound clusters of a port under a rule", Lifetime.CONFIG)
 
 
 def outbound_clusters(mesh: MeshSnapshot, proxy: Proxy) -> list[OutboundCluster]:
@@ -113,7 +115,8 @@ class CredentialProblem:
 
 
 # credential_problem reads rules and Secrets only.
-_CREDENTIAL_PROBLEMS = Index[tuple, CredentialProblem | None]("credential problem of a cluster", Lifetime.CONFIG)
+_CREDENTIAL_PROBLEMS = Index[tuple[Any, ...], CredentialProblem | None](
+    "credential problem of a cluster", Lifetime.CONFIG)
 
 
 def credential_problem(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> CredentialProblem | None:
@@ -203,7 +206,7 @@ def _names(tls: ClientTLSSettings | None, credential: str) -> bool:
     return (tls.credential_name if tls is not None else "") == credential
 
 
-_reported: set[tuple] = set()
+_reported: set[tuple[Any, ...]] = set()
 
 
 def _report(proxy: Proxy, oc: OutboundCluster, problem: CredentialProblem) -> None:
@@ -241,7 +244,9 @@ def _clusters_for_port(svc: Service, sp: ServicePort, proto: str, rule: ConfigOb
     spec: DestinationRule | None = rule.typed if rule is not None else None
     policy = spec.policy_for(sp.port) if spec is not None else NO_POLICY
     out = [OutboundCluster(names.outbound_cluster(sp.port, svc.hostname), svc, sp, proto, rule, policy=policy)]
-    for subset in spec.subsets if spec is not None else ():
+    if spec is None:
+        return out
+    for subset in spec.subsets:
         if not subset.name:
             continue
         out.append(OutboundCluster(names.outbound_cluster(sp.port, svc.hostname, subset.name), svc, sp, proto, rule,

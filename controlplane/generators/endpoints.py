@@ -17,18 +17,17 @@ between proxies in different localities.
 """
 from __future__ import annotations
 
+from envoy.config.core.v3 import address_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
-from envoy.config.core.v3 import address_pb2, health_check_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-
 from .. import names
 from ..config.types.trafficpolicy import TrafficPolicy
+from ..model.locality import Locality
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
 from ..model.services import Endpoint, labels_match
-from ..model.locality import Locality
 from . import auto_mtls, locality_lb
 from .destinations import OutboundCluster, outbound_clusters
 
@@ -75,7 +74,7 @@ def load_assignment(
     for ep in endpoints:
         groups.setdefault(ep.locality, []).append(ep)
     ordered = [groups[loc] for loc in sorted(groups)]
-    for loc, eps in zip(sorted(groups), ordered):
+    for loc, eps in zip(sorted(groups), ordered, strict=True):
         llb = cla.endpoints.add()
         llb.locality.SetInParent()
         llb.locality.region, llb.locality.zone, llb.locality.sub_zone = loc

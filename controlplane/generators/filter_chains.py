@@ -6,7 +6,7 @@ istiod's conflict resolution) and tests check `duplicate_matches` stays empty.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 
@@ -17,7 +17,7 @@ HTTP_INSPECTED_ALPN = frozenset(tls.ALPN_PLAINTEXT_HTTP)
 
 def match_key(chain: lc.FilterChain) -> bytes:
     """Two chains with equal keys have equal matches (an absent match equals an empty one)."""
-    return chain.filter_chain_match.SerializeToString(deterministic=True)
+    return bytes(chain.filter_chain_match.SerializeToString(deterministic=True))  # the same object: typed
 
 
 def dedupe(chains: Iterable[lc.FilterChain]) -> list[lc.FilterChain]:

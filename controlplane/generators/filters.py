@@ -6,24 +6,24 @@ Only filters the upstream Envoy binary ships are used: istiod's own extensions
 """
 from __future__ import annotations
 
-from google.protobuf import duration_pb2, wrappers_pb2
-
 from envoy.config.core.v3 import protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
-from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
-from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
-from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as grpc_stats_pb2
 from envoy.extensions.filters.http.grpc_web.v3 import grpc_web_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.request_id.uuid.v3 import uuid_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
+from google.protobuf.message import Message
 
-from . import protocol
+from ..model import protocol
 from .convert import ads_config_source, typed
 
 HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
@@ -143,7 +143,7 @@ def http_inspector_filter() -> listener_components_pb2.ListenerFilter:
     return listener_components_pb2.ListenerFilter(name=HTTP_INSPECTOR, typed_config=typed(http_inspector_pb2.HttpInspector()))
 
 
-def network_filter(name: str, config) -> listener_components_pb2.Filter:
+def network_filter(name: str, config: Message) -> listener_components_pb2.Filter:
     return listener_components_pb2.Filter(name=name, typed_config=typed(config))
 
 

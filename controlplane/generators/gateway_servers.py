@@ -12,7 +12,7 @@ may restrict the VirtualService namespace (`ns/host`, `./host`, `*/host`).
 from __future__ import annotations
 
 from ..config.objects import ConfigObject
-from ..model.gateways import HTTP, TCP, TLS, GatewayPort, Server, server_kind  # noqa: F401 (re-exported)
+from ..model.gateways import GatewayPort, Server
 from ..model.hosts import intersect
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy

@@ -7,10 +7,9 @@ a rule without `match` is a catch-all `/` prefix and ends the VirtualService.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
-
-from google.protobuf import duration_pb2, wrappers_pb2
+from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -21,6 +20,7 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.type.matcher.v3 import regex_pb2
 from envoy.type.v3 import percent_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 
 from .. import names
 from ..config.objects import ConfigObject
@@ -37,12 +37,12 @@ from ..config.types.virtualservice import (
     HTTPRoute,
     RouteDestination,
 )
+from ..model.delegates import resolve_gateway_name
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
 from ..model.services import labels_match
 from .convert import fractional_percent, integer_percent, proto_duration, string_matcher, struct, typed
 from .filters import CORS, FAULT
-from .virtual_services import resolve_gateway_name
 
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 NO_TIMEOUT = duration_pb2.Duration()
@@ -233,7 +233,7 @@ def _header_options(values: Mapping[str, str], append: bool) -> tuple[list[base_
     return out, authority
 
 
-def header_operations(headers: Headers) -> tuple[list, list[str], list, list[str], str]:
+def header_operations(headers: Headers) -> tuple[list[Any], list[str], list[Any], list[str], str]:
     """Istio `headers` -> (request add, request remove, response add, response remove, authority)."""
     req, resp = headers.request, headers.response
     req_set, set_auth = _header_options(req.set, append=False)

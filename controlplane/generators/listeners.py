@@ -17,25 +17,27 @@ Sidecar: the outbound listeners and `virtualOutbound` of sidecar_outbound.py, th
 """
 from __future__ import annotations
 
-from google.protobuf import duration_pb2
-from google.protobuf.message import Message
+from typing import Any
 
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
 
 from .. import names
 from ..config.objects import ConfigObject
 from ..config.types.virtualservice import L4Match, RouteDestination
+from ..model.delegates import resolve_gateway_name
+from ..model.gateways import AUTO_PASSTHROUGH, HTTP, TCP, GatewayPort, Server
+from ..model.hosts import covers
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
-from ..model.gateways import AUTO_PASSTHROUGH
-from ..model.hosts import covers
 from . import filter_chains, filters, gateway_tls, security_filters, tls
-from .gateway_servers import HTTP, TCP, GatewayPort, Server, gateway_ports, matching_hosts, virtual_services_for_gateway
+from .gateway_servers import gateway_ports, matching_hosts, virtual_services_for_gateway
 from .http_routes import RouteContext, destination_cluster
 from .sidecar_inbound import virtual_inbound
 from .sidecar_outbound import outbound_listeners, virtual_outbound
-from .virtual_services import resolve_gateway_name
 
 WILDCARD = "0.0.0.0"
 # istiod bounds how long a downstream TLS handshake may take on gateways (slow-handshake DoS).
@@ -121,7 +123,8 @@ def _tls_filter_chains(mesh: MeshSnapshot, proxy: Proxy, gp: GatewayPort) -> lis
     return filter_chains.dedupe(chains)
 
 
-def _tls_chain(sni: list[str], network_filters: list, context=None) -> listener_components_pb2.FilterChain:
+def _tls_chain(sni: list[str], network_filters: list[Any],
+               context: Message | None = None) -> listener_components_pb2.FilterChain:
     chain = listener_components_pb2.FilterChain(filters=network_filters)
     if sni:
         chain.filter_chain_match.server_names.extend(sni)
@@ -185,7 +188,7 @@ def _tcp_filter_chains(mesh: MeshSnapshot, proxy: Proxy, server: Server) -> list
     return [listener_components_pb2.FilterChain(filters=[tcp])] if tcp is not None else []
 
 
-def _tcp_route_filter(mesh: MeshSnapshot, proxy: Proxy, server: Server):
+def _tcp_route_filter(mesh: MeshSnapshot, proxy: Proxy, server: Server) -> listener_components_pb2.Filter | None:
     """tcp_proxy to the first VirtualService `tcp` rule bound to the server whose match
     fits (istiod: only one rule can win, there is no SNI or header to choose by)."""
     for vs in virtual_services_for_gateway(mesh, proxy, server.gateway_name):
@@ -215,7 +218,7 @@ def _l4_match_applies(m: L4Match, server: Server, vs: ConfigObject, proxy: Proxy
 
 
 def _tcp_proxy(mesh: MeshSnapshot, proxy: Proxy, server: Server, vs: ConfigObject,
-               destinations: tuple[RouteDestination, ...]):
+               destinations: tuple[RouteDestination, ...]) -> tcp_proxy_pb2.TcpProxy:
     ctx = RouteContext(mesh, proxy, server.number, frozenset({server.gateway_name}))
     clusters = [(destination_cluster(d.destination, vs.namespace, ctx), d.weight) for d in destinations]
     if len(clusters) > 1:

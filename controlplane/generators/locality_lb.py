@@ -28,7 +28,7 @@ labels before `failoverPriority` compares them (as istiod augments them).
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -171,7 +171,7 @@ def _apply_failover(cla: endpoint_pb2.ClusterLoadAssignment, proxy: Locality,
                     break
         # Keep an earlier failoverPriority split: five locality levels per priority.
         raw.append(llb.priority * 5 + p)
-    for llb, p in zip(cla.endpoints, _renumber(raw)):
+    for llb, p in zip(cla.endpoints, _renumber(raw), strict=True):
         llb.priority = p
 
 
@@ -186,7 +186,7 @@ def _apply_failover_priority(cla: endpoint_pb2.ClusterLoadAssignment, groups: Se
             fixed[name] = value
     lowest = len(names)
     split: list[tuple[int, endpoint_components_pb2.LocalityLbEndpoints]] = []
-    for llb, eps in zip(cla.endpoints, groups):
+    for llb, eps in zip(cla.endpoints, groups, strict=True):
         by_priority: dict[int, list[int]] = {}
         for i, ep in enumerate(eps):
             ep_labels = with_topology_labels(ep.labels, ep.locality)
@@ -208,6 +208,6 @@ def _apply_failover_priority(cla: endpoint_pb2.ClusterLoadAssignment, groups: Se
             part.load_balancing_weight.value = weight
             split.append((priority, part))
     del cla.endpoints[:]
-    for (_, part), p in zip(split, _renumber([p for p, _ in split])):
+    for (_, part), p in zip(split, _renumber([p for p, _ in split]), strict=True):
         part.priority = p
         cla.endpoints.append(part)

@@ -17,10 +17,10 @@ thousands of versions per proxy (`changes`).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import attrgetter
-from typing import Iterable, Iterator, Mapping
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
@@ -80,7 +80,7 @@ class ResourceSet(Mapping[str, Resource]):
     def __getitem__(self, name: str) -> Resource:
         return self._items[name]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._items)
 
     def __len__(self) -> int:
@@ -99,7 +99,7 @@ class ResourceSet(Mapping[str, Resource]):
         return self._names
 
     @property
-    def parts(self) -> tuple["ResourceSet", ...]:
+    def parts(self) -> tuple[ResourceSet, ...]:
         return (self,)
 
     @property
@@ -118,7 +118,7 @@ class ResourceSet(Mapping[str, Resource]):
                 out.append(self._items[n])
         return out
 
-    def derive_from(self, base: "ResourceSet") -> None:
+    def derive_from(self, base: ResourceSet) -> None:
         """Record `base` as this set's predecessor and what differs from it."""
         old = base._items
         self.base = base
@@ -159,7 +159,8 @@ class ComposedSet(ResourceSet):
     def __len__(self) -> int:
         return sum(len(p._items) for p in self._parts)
 
-    def get(self, name, default=None):  # type: ignore[override]
+    # Mapping.get takes a default of any type; this one, a Resource or None.
+    def get(self, name: str, default: Resource | None = None) -> Resource | None:  # type: ignore[override]
         for p in self._parts:
             r = p._items.get(name)
             if r is not None:
@@ -207,7 +208,7 @@ def changes(old: ResourceSet | None, new: ResourceSet, max_steps: int = 16) -> t
     if len(new.parts) > 1:
         changed: set[str] = set()
         removed: set[str] = set()
-        for o, n in zip(old.parts, new.parts):
+        for o, n in zip(old.parts, new.parts, strict=True):
             d = changes(o, n, max_steps)
             if d is None:
                 return None

@@ -17,10 +17,9 @@ Secrets are sent inline, never as file names: the proxy has no other way to get 
 """
 from __future__ import annotations
 
-from google.protobuf.message import Message
-
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
+from google.protobuf.message import Message
 
 from ..model.credentials import CA_SUFFIX, SDS_PREFIX, Credential
 from ..model.mesh import MeshSnapshot

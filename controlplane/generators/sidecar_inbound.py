@@ -28,20 +28,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from google.protobuf import duration_pb2, wrappers_pb2
-
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 
 from .. import names
+from ..model import protocol
 from ..model.mesh import MeshSnapshot
 from ..model.peer_authentication import DISABLE, PERMISSIVE, STRICT
 from ..model.proxy import SIDECAR, Proxy
 from ..model.services import Service, ServicePort
-from . import filter_chains, filters, protocol, security_filters, tls
+from . import filter_chains, filters, security_filters, tls
 
 WILDCARD = "0.0.0.0"
 VIRTUAL_INBOUND = "virtualInbound"
@@ -74,7 +74,7 @@ class InboundPort:
         return protocol.is_http(self.protocol)
 
 
-def _age(svc: Service) -> tuple:
+def _age(svc: Service) -> tuple[bool, str, str]:
     return (svc.created == "", svc.created, svc.hostname)
 
 

@@ -25,22 +25,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from google.protobuf import duration_pb2, wrappers_pb2
-
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 
 from .. import names
 from ..config.objects import ConfigObject
 from ..config.types.virtualservice import L4Match, RouteDestination
+from ..model import protocol
+from ..model.delegates import resolve_gateway_name
 from ..model.hosts import covers
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
 from ..model.services import Service, ServicePort, labels_match
-from . import filter_chains, filters, protocol, tls
+from . import filter_chains, filters, tls
 from .http_routes import RouteContext, destination_cluster
-from .virtual_services import MESH_GATEWAY, mesh_virtual_services, resolve_gateway_name, virtual_service_hosts
+from .virtual_services import MESH_GATEWAY, mesh_virtual_services, virtual_service_hosts
 
 WILDCARD = "0.0.0.0"
 VIRTUAL_OUTBOUND = "virtualOutbound"
@@ -56,7 +58,7 @@ RESERVED_WILDCARD_PORTS = RESERVED_PORTS | {names.PORT_HEALTH, names.PORT_STATS}
 HTTP, TCP, MIXED = "HTTP", "TCP", "MIXED"
 
 
-def _age(svc: Service) -> tuple:
+def _age(svc: Service) -> tuple[bool, str, str]:
     return (svc.created == "", svc.created, svc.hostname)
 
 
@@ -83,10 +85,10 @@ class _Chain:
     name: str = ""
 
     def key(self) -> bytes:
-        return self.match.SerializeToString(deterministic=True)
+        return bytes(self.match.SerializeToString(deterministic=True))  # the same object: typed
 
     def match_all(self) -> bool:
-        return self.match.ByteSize() == 0
+        return not self.match.ByteSize()
 
 
 @dataclass
@@ -233,7 +235,8 @@ def _tls_route_chains(mesh: MeshSnapshot, proxy: Proxy, svc: Service, sp: Servic
     return out
 
 
-def _route_tcp_proxy(vs: ConfigObject, destinations: tuple[RouteDestination, ...], ctx: RouteContext):
+def _route_tcp_proxy(vs: ConfigObject, destinations: tuple[RouteDestination, ...],
+                     ctx: RouteContext) -> tcp_proxy_pb2.TcpProxy:
     clusters = [(destination_cluster(d.destination, vs.namespace, ctx), d.weight) for d in destinations]
     weighted = [c for c in clusters if c[1] > 0] if len(clusters) > 1 else []
     if weighted:
@@ -242,7 +245,7 @@ def _route_tcp_proxy(vs: ConfigObject, destinations: tuple[RouteDestination, ...
 
 
 def _virtual_service_tcp_proxy(mesh: MeshSnapshot, proxy: Proxy, svc: Service, sp: ServicePort, vss: list[ConfigObject],
-                               bind: str = WILDCARD):
+                               bind: str = WILDCARD) -> tcp_proxy_pb2.TcpProxy | None:
     """tcp_proxy for the first VirtualService `tcp` rule of the host that applies here."""
     ctx = RouteContext(mesh, proxy, sp.port, frozenset({MESH_GATEWAY}))
     for vs in vss:

@@ -8,11 +8,13 @@ accounts behind the destination, as istiod does.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
+from google.protobuf import wrappers_pb2
+from google.protobuf.message import Message
 
 from .. import names
 from ..config.types.trafficpolicy import ClientTLSSettings
@@ -192,7 +194,7 @@ def _is_ip(value: str) -> bool:
     return True
 
 
-def transport_socket(ctx) -> base_pb2.TransportSocket:
+def transport_socket(ctx: Message) -> base_pb2.TransportSocket:
     return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=typed(ctx))
 
 
@@ -207,7 +209,5 @@ def outbound_sni(port: int, subset: str, host: str) -> str:
     return f"outbound_.{port}_.{subset}_.{host}"
 
 
-def _true():
-    from google.protobuf import wrappers_pb2
-
+def _true() -> wrappers_pb2.BoolValue:
     return wrappers_pb2.BoolValue(value=True)

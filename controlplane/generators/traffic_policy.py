@@ -5,12 +5,11 @@ DestinationRule.policy_for); destinations.py hands it to every builder on the cl
 """
 from __future__ import annotations
 
-from google.protobuf import wrappers_pb2
-
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import percent_pb2
+from google.protobuf import wrappers_pb2
 
 from ..config.types.trafficpolicy import (
     ConnectionPoolSettings,

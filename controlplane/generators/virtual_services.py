@@ -2,9 +2,11 @@
 VirtualService binds to, who may see it (`exportTo`), and its hosts as FQDNs."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .. import names
 from ..config.objects import ConfigObject
-from ..model.delegates import resolve_gateway_name  # noqa: F401 (one rule for the model and generators)
+from ..model.delegates import resolve_gateway_name
 
 MESH_GATEWAY = "mesh"  # the reserved gateway name meaning "all sidecars"
 
@@ -29,7 +31,7 @@ def virtual_service_hosts(vs: ConfigObject) -> list[str]:
     return [names.resolve_host(h, vs.namespace).lower() for h in vs.typed.hosts]
 
 
-def mesh_virtual_services(virtual_services, namespace: str) -> list[ConfigObject]:
+def mesh_virtual_services(virtual_services: Iterable[ConfigObject], namespace: str) -> list[ConfigObject]:
     """VirtualServices that apply to sidecars in `namespace`: bound to `mesh` (no
     `gateways`, or `mesh` among them) and exported to the namespace, in stable order."""
     return [vs for vs in virtual_services if MESH_GATEWAY in bound_gateways(vs) and visible_to(vs, namespace)]

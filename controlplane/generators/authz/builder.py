@@ -25,17 +25,17 @@ The functions are pure: the same policies and mesh config give the same filters.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
-
-from google.protobuf import any_pb2
-from google.protobuf.message import Message
+from typing import Any, TypeAlias
 
 from envoy.config.listener.v3 import listener_components_pb2 as lc_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
 
 from ...model.authorization import ALLOW, AUDIT, CUSTOM, DENY, GATEWAY_API_GROUP, AuthzPolicy, WorkloadPolicies
 from ...model.meshconfig import MeshConfig
@@ -53,7 +53,7 @@ DRY_RUN_ALLOW_PREFIX = "istio_dry_run_allow_"
 DRY_RUN_DENY_PREFIX = "istio_dry_run_deny_"
 BAD_CUSTOM_SUFFIX = "-deny-due-to-bad-CUSTOM-action"
 
-RBAC = rbac_pb2.RBAC
+RBAC: TypeAlias = rbac_pb2.RBAC
 _ACTIONS = {ALLOW: RBAC.ALLOW, DENY: RBAC.DENY, AUDIT: RBAC.LOG, CUSTOM: RBAC.DENY}
 
 
@@ -139,7 +139,7 @@ def _rbac_filter(r: _Rules, for_tcp: bool) -> Message:
     return _http_rbac(http_rbac_pb2.RBAC(**kwargs))
 
 
-def _action_filters(wp: WorkloadPolicies, mesh_config: MeshConfig, for_tcp: bool) -> list:
+def _action_filters(wp: WorkloadPolicies, mesh_config: MeshConfig, for_tcp: bool) -> list[Any]:
     bundle = _bundle(mesh_config)
     filters = []
     for action, policies in ((AUDIT, wp.audit), (DENY, wp.deny + wp.invalid), (ALLOW, wp.allow)):
@@ -159,9 +159,9 @@ def _by_provider(wp: WorkloadPolicies) -> dict[str, list[AuthzPolicy]]:
 
 
 def _custom_filters(wp: WorkloadPolicies, mesh_config: MeshConfig, services: Mapping[str, Any] | None,
-                    for_tcp: bool) -> list:
+                    for_tcp: bool) -> list[Any]:
     bundle = _bundle(mesh_config)
-    out: list = []
+    out: list[Any] = []
     for provider, policies in _by_provider(wp).items():
         prefix = extauthz.policy_prefix(provider) + "-"
         try:

@@ -12,16 +12,16 @@ ProviderError; the builder then denies what the CUSTOM rules would have sent to 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
-
-from google.protobuf import duration_pb2
+from typing import Any
 
 from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2, http_uri_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2 as http_ext_authz_pb2
 from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2 as network_ext_authz_pb2
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import duration_pb2
 
 from ...model.meshconfig import EXT_AUTHZ_GRPC, EXT_AUTHZ_HTTP, ExtensionProvider
 from ...names import outbound_cluster
@@ -82,7 +82,7 @@ class _Settings:
             return False
         return v
 
-    def str(self, key: str) -> str:
+    def text(self, key: str) -> str:
         v = self.s.get(key, "")
         if not isinstance(v, str):
             self.fail(key, "must be a string")
@@ -118,7 +118,7 @@ def header_patterns(names: list[str]) -> string_pb2.ListStringMatcher:
 def _service(st: _Settings, services: Mapping[str, Any] | None) -> str:
     """The provider's `service` as a hostname: `[<namespace>/]<hostname>`, looked up in
     `services` (hostname -> Service) when given, as istiod's LookupCluster."""
-    raw = st.str("service")
+    raw = st.text("service")
     if not raw:
         st.fail("service", "Required value")
         return ""
@@ -200,7 +200,7 @@ def _common(st: _Settings, services: Mapping[str, Any] | None) -> _Common:
 def _http(provider: ExtensionProvider, services: Mapping[str, Any] | None) -> BuiltExtAuthz:
     st = _Settings(provider, HTTP_SETTINGS)
     c = _common(st, services)
-    path_prefix = st.str("pathPrefix")
+    path_prefix = st.text("pathPrefix")
     if path_prefix and not path_prefix.startswith("/"):
         st.fail("pathPrefix", f"must begin with '/', got {path_prefix!r}")
     # includeHeadersInCheck is the deprecated name, read only without the new one.

@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import ipaddress
 import re
-
-from google.protobuf import any_pb2, wrappers_pb2
+from typing import TypeAlias
 
 from envoy.config.core.v3 import address_pb2, extension_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2 as route_pb2
 from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2
 from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2, value_pb2
+from google.protobuf import any_pb2, wrappers_pb2
 
 SPIFFE_PREFIX = "spiffe://"
 JWT_FILTER = "envoy.filters.http.jwt_authn"  # the JWT filter's dynamic metadata namespace
 JWT_PAYLOAD = "payload"  # where it puts the verified payload (payload_in_metadata)
 URI_TEMPLATE = "uri-template"
 
-Principal = rbac_pb2.Principal
-Permission = rbac_pb2.Permission
+Principal: TypeAlias = rbac_pb2.Principal
+Permission: TypeAlias = rbac_pb2.Permission
 
 # Go's regexp.QuoteMeta escapes exactly these; Python's re.escape escapes more (`-`, ` `).
 _META = re.compile(r"([\\.+*?()|\[\]{}^$])")

@@ -17,16 +17,18 @@ would drop the rule for whatever the action (for DENY, that would fail open).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, TypeAlias
 
 from envoy.config.rbac.v3 import rbac_pb2
 
-from ...model.authorization import ALLOW, Rule, Source
+from ...model.authorization import ALLOW, Operation, Rule, Source
 from . import matchers as m
 from .trust_domains import Bundle
 
-Principal, Permission = rbac_pb2.Principal, rbac_pb2.Permission
+Principal: TypeAlias = rbac_pb2.Principal
+Permission: TypeAlias = rbac_pb2.Permission
 
 
 class HttpOnly(ValueError):
@@ -212,7 +214,7 @@ class _Term:
     key: str
     values: tuple[str, ...]
     not_values: tuple[str, ...]
-    make: Callable  # (key, value, for_tcp) -> message; or (key, values, for_tcp) when `extended`
+    make: Callable[..., Any]  # (key, value, for_tcp) -> message; or (key, values, for_tcp) when `extended`
     extended: bool = False
 
 
@@ -223,7 +225,7 @@ class RuleError(ValueError):
 def _when_term(key: str, values: tuple[str, ...], not_values: tuple[str, ...], policy_namespace: str
                ) -> tuple[str, _Term] | None:
     """("permission" | "principal", term) for a `when` key, None for an unknown key."""
-    table: list[tuple[bool, str, Callable, bool, str]] = [
+    table: list[tuple[bool, str, Callable[..., Any], bool, str]] = [
         # (prefix?, key, make, extended, side)
         (False, "destination.ip", _dest_ip, False, "permission"),
         (False, "destination.port", _dest_port, False, "permission"),
@@ -260,7 +262,7 @@ def _source_terms(s: Source, policy_namespace: str) -> list[_Term]:
     return [t for t in terms if t.values or t.not_values]
 
 
-def _operation_terms(o) -> list[_Term]:
+def _operation_terms(o: Operation) -> list[_Term]:
     terms = [
         _Term("host", o.hosts, o.not_hosts, _host),
         _Term("method", o.methods, o.not_methods, _method),
@@ -279,7 +281,7 @@ class _Generation:
         self.bundle = bundle
         self.dropped: list[str] = []  # values left out (non-ALLOW), for problems()
 
-    def _guard(self, key: str, what: Callable):
+    def _guard(self, key: str, what: Callable[..., Any]) -> Any:
         try:
             return what()
         except ValueError as e:
@@ -298,14 +300,14 @@ class _Generation:
             return list(self.bundle.trust_domain_values(values))
         return list(values)
 
-    def term(self, term: _Term, negate: Callable, any_of: Callable) -> list:
+    def term(self, term: _Term, negate: Callable[..., Any], any_of: Callable[..., Any]) -> list[Any]:
         out = []
-        for values, is_not in ((term.values, False), (term.not_values, True)):
-            if not values:
+        for written, is_not in ((term.values, False), (term.not_values, True)):
+            if not written:
                 continue
-            values = self._values(term, values)
+            values = self._values(term, written)
             if term.extended:
-                got = self._guard(term.key, lambda: term.make(term.key, tuple(values), self.for_tcp))
+                got = self._guard(term.key, lambda values=values: term.make(term.key, tuple(values), self.for_tcp))
             else:
                 ors = [g for v in values
                        if (g := self._guard(term.key, lambda v=v: term.make(term.key, v, self.for_tcp))) is not None]
