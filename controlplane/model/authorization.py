@@ -21,8 +21,9 @@ filter that fails closed (never open), and problems() names the object and field
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from ..config.objects import ConfigObject
 from .services import labels_match
@@ -188,8 +189,10 @@ def _operation(r: _Reader, data: Any, where: str) -> Operation:
 def _rule(r: _Reader, data: Any, where: str) -> Rule:
     data = r.mapping(data, where)
     r.unknown(data, ("from", "to", "when"), where)
-    sources, operations, conditions = [], [], []
-    for key, out in (("from", sources), ("to", operations)):
+    sources: list[Source] = []
+    operations: list[Operation] = []
+    conditions: list[Condition] = []
+    for key in ("from", "to"):
         items = data.get(key)
         if items is None:
             continue
@@ -201,8 +204,10 @@ def _rule(r: _Reader, data: Any, where: str) -> Rule:
             item_where = f"{where}.{key}[{i}]"
             item = r.mapping(item, item_where)
             r.unknown(item, (inner,), item_where)
-            read = _source if key == "from" else _operation
-            out.append(read(r, item.get(inner), f"{item_where}.{inner}"))
+            if key == "from":
+                sources.append(_source(r, item.get(inner), f"{item_where}.{inner}"))
+            else:
+                operations.append(_operation(r, item.get(inner), f"{item_where}.{inner}"))
     when = data.get("when")
     if when is not None and not isinstance(when, list):
         r.error(f"{where}.when", "must be a list")
@@ -211,11 +216,11 @@ def _rule(r: _Reader, data: Any, where: str) -> Rule:
         item_where = f"{where}.when[{i}]"
         item = r.mapping(item, item_where)
         r.unknown(item, ("key", "values", "notValues"), item_where)
-        key = item.get("key")
-        if not isinstance(key, str) or not key:
+        name = item.get("key")
+        if not isinstance(name, str) or not name:
             r.error(f"{item_where}.key", "Required value")
             continue
-        conditions.append(Condition(key, r.strings(item.get("values"), f"{item_where}.values"),
+        conditions.append(Condition(name, r.strings(item.get("values"), f"{item_where}.values"),
                                     r.strings(item.get("notValues"), f"{item_where}.notValues")))
     return Rule(tuple(sources), tuple(operations), tuple(conditions))
 

@@ -11,8 +11,8 @@ lets a gateway read the Secrets of its own namespace, never another's).
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from ..config.objects import ConfigObject
 

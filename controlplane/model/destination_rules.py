@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from ..config.objects import ConfigObject
 from ..config.types import DestinationRule
@@ -170,9 +170,9 @@ class DestinationRuleIndex:
             for m in self._selected.get(namespace, {}).get(host, ()):
                 if m.selector is not None and selects(m.selector, labels):
                     return m
-        m = self._by_ns.get(namespace, {}).get(host)
-        if m is not None and exported_to(m.export, namespace, client_namespace):
-            return m
+        rule = self._by_ns.get(namespace, {}).get(host)
+        if rule is not None and exported_to(rule.export, namespace, client_namespace):
+            return rule
         return None
 
     def _best(self, namespace: str, host: str, client_namespace: str,

@@ -20,8 +20,8 @@ servers of different Gateways on one port (merged, as istiod merges it, but wort
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from ..config.objects import ConfigObject
 from ..config.types.gateway import Gateway, ServerTLSSettings

@@ -15,7 +15,8 @@ carry none, the Envoy node's `locality` (`meshd bootstrap --locality`).
 """
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 from ..names import OLD_REGION_LABEL, OLD_ZONE_LABEL, REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL
 
@@ -38,7 +39,7 @@ class Locality(NamedTuple):
         return bool(self.region or self.zone or self.subzone)
 
     @classmethod
-    def parse(cls, text: str, sep: str = "/") -> "Locality":
+    def parse(cls, text: str, sep: str = "/") -> Locality:
         parts = (str(text or "").split(sep, 2) + ["", ""])[:3]
         return cls(*(p.strip() for p in parts))
 

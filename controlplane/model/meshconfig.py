@@ -6,8 +6,9 @@ not read yet are kept in `unread` so they can be reported, never silently droppe
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..names import ROOT_NAMESPACE, TRUST_DOMAIN
 

@@ -11,8 +11,8 @@ precedence (pilot/pkg/model/authentication.go, read not copied):
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 from ..config.objects import ConfigObject
 from ..config.types.peerauthentication import UNSET
@@ -65,8 +65,8 @@ def effective_policy(
             mesh.append(pa)
     chosen = [_oldest(mesh), _oldest(ns_wide), _oldest(workload)]
     mode = PERMISSIVE
-    for pa in chosen:
-        m = _mode(pa)
+    for one in chosen:
+        m = _mode(one)
         if m != UNSET:
             mode = m
     port_modes: dict[int, str] = {}

@@ -5,9 +5,10 @@ carries LABELS, NAMESPACE, SERVICE_ACCOUNT, ... (as pilot-agent sends them).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Mapping
+from typing import Any
 
 from .locality import NO_LOCALITY, Locality, from_labels
 

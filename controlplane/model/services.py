@@ -7,8 +7,9 @@ would compute them (status.podIP; targetPort by number or by container port name
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ..config.objects import ConfigObject
 from ..names import fqdn
