@@ -35,8 +35,9 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import structlog
 
@@ -119,7 +120,7 @@ def still_valid(obj: ConfigObject) -> bool:
         doc.update(obj.spec)
     try:
         return not validate(doc, kind)
-    except Exception:  # noqa: BLE001 - a validator that cannot read it: not valid
+    except Exception:  # a validator that cannot read it: not valid
         return False
 
 

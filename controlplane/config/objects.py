@@ -10,8 +10,9 @@ change them.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from . import types
 from .validation.errors import FieldError

@@ -53,8 +53,12 @@ def node_essentials(doc: dict) -> dict:
     """What meshd keeps of a Node: its name and topology labels (names.TOPOLOGY_LABELS). The
     rest (status heartbeats, conditions, images, annotations, resourceVersion) would cost
     memory and, worse, turn every kubelet status update into a change of the object."""
-    md = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
-    labels = md.get("labels") if isinstance(md.get("labels"), dict) else {}
+    md = doc.get("metadata")
+    if not isinstance(md, dict):
+        md = {}
+    labels = md.get("labels")
+    if not isinstance(labels, dict):
+        labels = {}
     meta: dict[str, Any] = {"name": md.get("name")}
     kept = {k: labels[k] for k in TOPOLOGY_LABELS if k in labels}
     if kept:

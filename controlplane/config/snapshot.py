@@ -1,8 +1,8 @@
 """An immutable view of the store at one moment."""
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
 
 from .objects import ConfigKey, ConfigObject
 

@@ -11,7 +11,8 @@ per-field problems that make a policy fail closed, which is the model's to repor
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..kinds import DESTINATION_RULE, GATEWAY, PEER_AUTHENTICATION, VIRTUAL_SERVICE
 from .destinationrule import DestinationRule, destination_rule

@@ -3,8 +3,9 @@ its subsets and traffic policies. Which rule applies to a proxy, and how several
 for one host merge, is the model's business (model/destination_rules.py)."""
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from .common import each, labels, mapping, optional, text
 from .trafficpolicy import NO_POLICY, TrafficPolicy, traffic_policy

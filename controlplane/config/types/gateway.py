@@ -3,8 +3,9 @@ Gateway selecting a proxy merge per listening port is the model's business
 (model/gateways.py)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .common import each, integer, labels, mapping, nonempty_strings, strings, text
 

@@ -2,8 +2,9 @@
 policy decides for a workload is the model's business (model/peer_authentication.py)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .common import integer, labels, mapping, text
 

@@ -11,11 +11,21 @@ present and counts (it turns outlier detection on with Envoy's defaults).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .common import (
-    Duration, duration, each, entries, integer, mapping, nonempty_strings, optional, strings, text,
+    Duration,
+    duration,
+    each,
+    entries,
+    integer,
+    mapping,
+    nonempty_strings,
+    optional,
+    strings,
+    text,
 )
 
 # --- connectionPool ------------------------------------------------------------------

@@ -11,12 +11,26 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .common import (
-    Duration, StringMatch, duration, each, integer, integer_percent, labels, mapping, nonempty_strings,
-    optional, percent, string_match, string_matches, strings, text,
+    Duration,
+    StringMatch,
+    duration,
+    each,
+    integer,
+    integer_percent,
+    labels,
+    mapping,
+    nonempty_strings,
+    optional,
+    percent,
+    string_match,
+    string_matches,
+    strings,
+    text,
 )
 
 # --- destinations and header operations ------------------------------------------------

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..kinds import Kind, split_api_version
 from . import kubernetes
@@ -72,7 +73,9 @@ def validate(doc: dict, kind: Kind) -> list[FieldError]:
         return errs + structural
     semantics = _ISTIO_SEMANTICS.get(kind.kind)
     if semantics is not None:
-        meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+        meta = doc.get("metadata")
+        if not isinstance(meta, dict):
+            meta = {}
         errs += semantics(doc.get("spec") or {}, meta)
     return errs
 

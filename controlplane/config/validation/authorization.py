@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any
 
 from .errors import FieldError, child, index, invalid
 from .istio_common import get
@@ -103,7 +102,9 @@ def _check_target_ref(ref: dict, path: str, errs: list[FieldError]) -> None:
 
 
 def _check_dry_run(metadata: dict, action: str, errs: list[FieldError]) -> None:
-    annotations = metadata.get("annotations") if isinstance(metadata.get("annotations"), dict) else {}
+    annotations = metadata.get("annotations")
+    if not isinstance(annotations, dict):
+        annotations = {}
     if DRY_RUN_ANNOTATION not in annotations:
         return
     path = f"metadata.annotations[{DRY_RUN_ANNOTATION}]"

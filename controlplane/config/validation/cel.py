@@ -14,7 +14,8 @@ loudly in CI rather than silently at runtime.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import durations
 
@@ -67,7 +68,7 @@ def _port_level_mtls_requires_selector(self: dict) -> bool:
     if not has(self, "portLevelMtls"):
         return True
     selector = self.get("selector")
-    labels = selector.get("matchLabels") if has(self, "selector") and has(selector, "matchLabels") else {}
+    labels = selector["matchLabels"] if isinstance(selector, dict) and has(selector, "matchLabels") else {}
     return len(labels) > 0
 
 

@@ -7,7 +7,13 @@ from typing import Any
 from . import dns, durations
 from .errors import FieldError, child, index, invalid
 from .istio_common import (
-    check_duration, check_export_to, check_labels, check_percent, check_port, check_subset_name, get,
+    check_duration,
+    check_export_to,
+    check_labels,
+    check_percent,
+    check_port,
+    check_subset_name,
+    get,
 )
 
 _POLICY_FIELDS = ("outlierDetection", "connectionPool", "loadBalancer", "tls", "portLevelSettings", "tunnel",

@@ -6,7 +6,7 @@ fields are rejected as strict decoding would.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..kinds import Kind, split_api_version
 from . import dns

@@ -132,7 +132,8 @@ def _exclusive_keys(one_of: list) -> tuple[str, ...] | None:
             return None
         keys.append(alt["required"][0])
     rest = one_of[1:]
-    if len(rest) != len(keys) or any(set(r) != {"required"} or r["required"] != [k] for r, k in zip(rest, keys)):
+    if len(rest) != len(keys) or any(set(r) != {"required"} or r["required"] != [k]
+                                     for r, k in zip(rest, keys, strict=True)):
         return None
     return tuple(keys)
 
@@ -255,8 +256,9 @@ def _validate_array(node: Node, value: list, path: str, errs: list[FieldError], 
         for i, item in enumerate(value):
             validate_node(node.items, item, index(path, i), errs, strict)
     if node.list_type in ("set", "map"):
-        seen: set = set()
+        seen: set[object] = set()
         for i, item in enumerate(value):
+            key: object
             if node.list_type == "map" and isinstance(item, dict):
                 key = tuple((k, repr(item.get(k))) for k in node.list_keys)
                 shown = ", ".join(f"{k}={render(item.get(k))}" for k in node.list_keys)

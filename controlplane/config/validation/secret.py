@@ -151,7 +151,7 @@ def check_material(values: dict[str, bytes], field_of=lambda k: map_key("data", 
         except (ValueError, TypeError):
             errs.append(FieldError(key_field, "Invalid value: not an unencrypted PEM private key"))
             key = None
-        except Exception:  # noqa: BLE001 - unsupported key types
+        except Exception:  # unsupported key types
             errs.append(FieldError(key_field, "Invalid value: unsupported private key"))
             key = None
         if key is not None and certs:

@@ -11,10 +11,26 @@ from typing import Any
 from . import dns, durations
 from .errors import FieldError, child, index, invalid, map_key
 from .istio_common import (
-    MESH_GATEWAY, authority_header, check_destination, check_duration, check_export_to,
-    check_gateway_names, check_header_operations, check_labels, check_percent, check_percentage,
-    check_port, check_regex, check_string_match_regex, get, header_name_error, is_jwt_claim,
-    is_regex_match, is_valid_http_status, host_matches, host_subset_of,
+    MESH_GATEWAY,
+    authority_header,
+    check_destination,
+    check_duration,
+    check_export_to,
+    check_gateway_names,
+    check_header_operations,
+    check_labels,
+    check_percent,
+    check_percentage,
+    check_port,
+    check_regex,
+    check_string_match_regex,
+    get,
+    header_name_error,
+    host_matches,
+    host_subset_of,
+    is_jwt_claim,
+    is_regex_match,
+    is_valid_http_status,
 )
 
 # Envoy's x-envoy-retry-on / x-envoy-retry-grpc-on policies.
