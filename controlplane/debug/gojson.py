@@ -604,7 +604,8 @@ def _v2_non_string(s: str) -> bool:
 
 
 class _GoYamlDumper(yaml.SafeDumper):
-    pass
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _repr_str(dumper: yaml.SafeDumper, s: str):
@@ -630,7 +631,6 @@ def _repr_dict(dumper: yaml.SafeDumper, d: dict):
 _GoYamlDumper.add_representer(str, _repr_str)
 _GoYamlDumper.add_representer(float, _repr_float)
 _GoYamlDumper.add_representer(dict, _repr_dict)
-_GoYamlDumper.ignore_aliases = lambda self, data: True  # type: ignore[method-assign]
 
 
 def _parse_json_like_go_yaml(text: str) -> Any:
