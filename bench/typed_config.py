@@ -26,8 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -35,11 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.scenario import Scenario  # noqa: E402
-from controlplane.config import types  # noqa: E402
-from controlplane.config.objects import ConfigObject, Origin  # noqa: E402
-from controlplane.config.parse import parse_document  # noqa: E402
-from controlplane.config.store import ConfigStore  # noqa: E402
+from bench.scenario import Scenario
+from controlplane.config import types
+from controlplane.config.objects import ConfigObject, Origin
+from controlplane.config.parse import parse_document
+from controlplane.config.store import ConfigStore
 
 SCHEMA = """
 syntax = "proto3";
@@ -291,6 +292,13 @@ def child(option: str, services: int, schema: Path) -> dict:
     return {"rss_kb": rss_kb(), "store_kb": rss_kb() - before, "objects": len(store.snapshot())}
 
 
+def _served(parsed: object) -> ConfigObject:
+    """The scenario's documents are all served config: anything else is a broken scenario."""
+    if not isinstance(parsed, ConfigObject):
+        raise ValueError(f"the scenario wrote a document the parse gate does not serve: {parsed}")
+    return parsed
+
+
 def child_objects(option: str, services: int, schema: Path) -> dict:
     """In a fresh process that parsed only the scenario's Istio documents (so little freed
     memory is left to reuse): the memory one typed object holds, from the RSS growth of
@@ -299,7 +307,7 @@ def child_objects(option: str, services: int, schema: Path) -> dict:
     sc = Scenario(services=services, sidecars=2 * services)
     texts = [sc.rules_yaml(i) for i in range(services) if sc.routed(i)] + [sc.gateway_yaml()]
     docs = [d for t in texts for d in yaml.safe_load_all(t) if d.get("kind") != "Service"]
-    specs = [(o.group, o.kind, o.spec) for o in (parse_document(d, Origin("file", "x")) for d in docs)]
+    specs = [(o.group, o.kind, o.spec) for o in (_served(parse_document(d, Origin("file", "x"))) for d in docs)]
     del docs, texts
     gc.collect()
     before = rss_kb()
