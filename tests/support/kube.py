@@ -35,8 +35,6 @@ from tests.support.paths import shared
 
 ISTIO_CRDS = ("corpus", "crds", "crd-all.gen.yaml")
 HTTPROUTE_CRD = ("corpus", "gateway-api", "config", "crd", "standard", "gateway.networking.k8s.io_httproutes.yaml")
-# What ../shared/k8s/up itself makes: the namespaces and ServiceAccounts of a fresh cluster.
-SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
@@ -436,16 +434,6 @@ class Kube(RequestLog):
             c = self.cluster.api_client()
         self._clients.append(c)
         return c
-
-    def configuration(self):
-        """The kubeconfig's client configuration (for code that builds its own client;
-        its requests are not recorded)."""
-        from kubernetes import client, config
-
-        cfg = client.Configuration()
-        config.load_kube_config(config_file=str(self.cluster.kubeconfig), client_configuration=cfg)
-        cfg.connection_pool_maxsize = 64
-        return cfg
 
     # --- objects -------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: Any = None, query: dict | None = None) -> dict:
