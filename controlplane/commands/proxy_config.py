@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             if fmt == "short":
                 w.print_full_summary(cf, lf, rf, ef, with_headers=args.with_headers)
             else:  # istioctl prints the dump as it came (YAML: converted)
-                from ..debug.gojson import to_yaml
+                from ..debug.goyaml import to_yaml
 
                 out.write((to_yaml(raw) if fmt == "yaml" else raw.rstrip("\n")) + "\n")
         elif kind == "cluster":

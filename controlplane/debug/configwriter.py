@@ -7,185 +7,43 @@ tests/unit/test_proxy_config_golden.py hold this against istioctl's own test out
 """
 from __future__ import annotations
 
-import datetime as _dt
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TextIO
 
-from cryptography import x509
 from google.protobuf.message import Message
 
-from .configdump import ConfigDump, DumpError, unpack
-from .gojson import jsonpb, marshal_indent_messages, to_yaml
+from .config_filters import (
+    BLACKHOLE,
+    HTTP_CONNECTION_MANAGER,
+    TCP_PROXY,
+    ClusterFilter,
+    EndpointFilter,
+    ListenerFilter,
+    RouteFilter,
+    additional_addresses,
+    describe_management,
+    endpoint_address,
+    filter_chains,
+    listener_address,
+    listener_port,
+    listener_type,
+    parse_subset_key,
+    subset_sort_key,
+    unpack_as,
+)
+from .configdump import ConfigDump, DumpError
+from .gojson import jsonpb, marshal_indent_messages
+from .goyaml import to_yaml
+from .secret_rows import envoy_secrets
 from .tabwriter import TabWriter
 
-HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
-TCP_PROXY = "envoy.filters.network.tcp_proxy"
-BLACKHOLE = "BlackHoleCluster"
 PASSTHROUGH = "PassthroughCluster"
 
 _HEALTH = {0: "UNKNOWN", 1: "HEALTHY", 2: "UNHEALTHY", 3: "DRAINING", 4: "TIMEOUT", 5: "DEGRADED"}
 _CLUSTER_TYPE = {0: "STATIC", 1: "STRICT_DNS", 2: "LOGICAL_DNS", 3: "EDS", 4: "ORIGINAL_DST"}
 
 
-# --- filters (istioctl's *Filter.Verify) ------------------------------------------------
-
-@dataclass
-class ClusterFilter:
-    fqdn: str = ""
-    port: int = 0
-    subset: str = ""
-    direction: str = ""
-
-    def verify(self, name: str) -> bool:
-        if not (self.fqdn or self.port or self.subset or self.direction):
-            return True
-        if self.fqdn and self.fqdn not in name:
-            return False
-        if self.direction and self.direction not in name:
-            return False
-        if self.subset and self.subset not in name:
-            return False
-        if self.port and f"|{self.port}|" not in name:
-            return False
-        return True
-
-
-@dataclass
-class ListenerFilter:
-    address: str = ""
-    port: int = 0
-    type: str = ""
-    verbose: bool = True
-
-    def verify(self, l: Message) -> bool:
-        if not (self.address or self.port or self.type):
-            return True
-        if self.address:
-            addresses = _additional_addresses(l) + [_listener_address(l)]
-            if not any(a.lower() == self.address.lower() for a in addresses):
-                return False
-        if self.port and _listener_port(l) != self.port:
-            return False
-        if self.type and _listener_type(l).lower() != self.type.lower():
-            return False
-        return True
-
-
-@dataclass
-class RouteFilter:
-    name: str = ""
-    verbose: bool = True
-
-    def verify(self, r: Message) -> bool:
-        return not self.name or self.name == r.name
-
-
-@dataclass
-class EndpointFilter:
-    address: str = ""
-    port: int = 0
-    cluster: str = ""
-    status: str = ""
-
-    def verify(self, ep: Message, cluster: str) -> bool:
-        if not (self.address or self.port or self.cluster or self.status):
-            return True
-        if self.address and _endpoint_address(ep).lower() != self.address.lower():
-            return False
-        if self.port and ep.endpoint.address.socket_address.port_value != self.port:
-            return False
-        if self.cluster and cluster.lower() != self.cluster.lower():
-            return False
-        if self.status and _HEALTH.get(ep.health_status, str(ep.health_status)).lower() != self.status.lower():
-            return False
-        return True
-
-
-# --- names (Istio's subset keys) -------------------------------------------------------
-
-def parse_subset_key(name: str) -> tuple[str, str, str, int]:
-    """model.ParseSubsetKey: `direction|port|subset|host` -> (direction, subset, host, port)."""
-    parts = name.split("|")
-    if len(parts) < 4:
-        return "", "", "", 0
-    try:
-        port = int(parts[1])
-    except ValueError:
-        port = 0
-    return parts[0], parts[2], parts[3], port
-
-
-def _safe_subset_key(name: str) -> tuple[str, str, str, int]:
-    if len(name.split("|")) > 3:
-        return parse_subset_key(name)
-    return "", "", name, 0
-
-
-def _subset_sort_key(name: str):
-    direction, subset, host, port = _safe_subset_key(name)
-    return (host, subset, port, direction)
-
-
-_CONFIG_PATH = re.compile(r"^/apis/networking\.istio\.io/[^/]+/namespaces/")
-
-
-def render_config(path: str) -> str:
-    if _CONFIG_PATH.match(path):
-        pieces = path.split("/")
-        if len(pieces) != 8:
-            return ""
-        return f"{pieces[7]}.{pieces[5]}"
-    return "<unknown>"
-
-
-def describe_management(metadata: Message | None) -> str:
-    if metadata is None or "istio" not in metadata.filter_metadata:
-        return ""
-    fields = metadata.filter_metadata["istio"].fields
-    if "config" not in fields:
-        return ""
-    return render_config(fields["config"].string_value)
-
-
 # --- listeners ------------------------------------------------------------------------
-
-def _listener_address(l: Message) -> str:
-    a = l.address
-    if a.HasField("socket_address"):
-        return a.socket_address.address
-    if a.HasField("pipe"):
-        return a.pipe.path
-    return ""
-
-
-def _additional_addresses(l: Message) -> list[str]:
-    return [x.address.socket_address.address for x in l.additional_addresses]
-
-
-def _listener_port(l: Message) -> int:
-    return l.address.socket_address.port_value
-
-
-def _filter_chains(l: Message) -> list[Message]:
-    chains = list(l.filter_chains)
-    if l.HasField("default_filter_chain"):
-        chains.append(l.default_filter_chain)
-    return chains
-
-
-def _listener_type(l: Message) -> str:
-    n_http = n_tcp = 0
-    for fc in _filter_chains(l):
-        for f in fc.filters:
-            if f.name == HTTP_CONNECTION_MANAGER:
-                n_http += 1
-            elif f.name == TCP_PROXY and BLACKHOLE.encode() not in f.typed_config.value:
-                n_tcp += 1
-    if n_http:
-        return "HTTP" if not n_tcp else "HTTP+TCP"
-    return "TCP" if n_tcp else "UNKNOWN"
 
 
 _PLAINTEXT_HTTP = ["http/1.0", "http/1.1", "h2c"]
@@ -274,7 +132,7 @@ def _describe_route_config(rc: Message) -> str:
 def get_filter_type(filters) -> str:
     for f in filters:
         if f.name == HTTP_CONNECTION_MANAGER:
-            hcm = _unpack_as(f.typed_config,
+            hcm = unpack_as(f.typed_config,
                              "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager")
             if hcm is None:
                 return "HTTP"
@@ -284,32 +142,13 @@ def get_filter_type(filters) -> str:
                 return f"Route: {hcm.rds.route_config_name}"
             return "HTTP"
         if f.name == TCP_PROXY and BLACKHOLE.encode() not in f.typed_config.value:
-            tcp = _unpack_as(f.typed_config, "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy")
+            tcp = unpack_as(f.typed_config, "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy")
             cluster = tcp.cluster if tcp is not None else ""
             return cluster if "Cluster" in cluster else f"Cluster: {cluster}"
     return "Non-HTTP/Non-TCP"
 
 
-def _unpack_as(a: Message, full_name: str) -> Message | None:
-    from google.protobuf import any_pb2
-
-    fixed = any_pb2.Any(type_url="type.googleapis.com/" + full_name, value=a.value)
-    return unpack(fixed)
-
-
 # --- endpoints ------------------------------------------------------------------------
-
-def _endpoint_address(ep: Message) -> str:
-    addr = ep.endpoint.address
-    if addr.HasField("socket_address"):
-        return f"{addr.socket_address.address}:{addr.socket_address.port_value}"
-    if addr.HasField("pipe"):
-        return addr.pipe.path
-    if addr.HasField("envoy_internal_address"):
-        ia = addr.envoy_internal_address
-        if ia.WhichOneof("address_name_specifier") == "server_listener_name":
-            return f"envoy://{ia.server_listener_name}/{ia.endpoint_id}"
-    return "unknown"
 
 
 def _locality(l: Message | None) -> str:
@@ -322,98 +161,6 @@ def _locality(l: Message | None) -> str:
     if not l.sub_zone:
         return resp
     return resp + "/" + l.sub_zone
-
-
-# --- secrets --------------------------------------------------------------------------
-
-@dataclass
-class SecretItem:
-    name: str
-    state: str
-    type: str = ""
-    valid: bool = False
-    serial: str = ""
-    not_after: str = ""
-    not_before: str = ""
-    trust_domain: str = ""
-
-
-def _cert_meta(pem: bytes, item: SecretItem, now: _dt.datetime) -> None:
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-    except ValueError:
-        item.valid = False
-        return
-    try:
-        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        is_ca = False
-    nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
-    item.type = "CA" if is_ca else "Cert Chain"
-    n = cert.serial_number  # Go: fmt.Sprintf("%x", SerialNumber.Bytes()), leading zero byte kept
-    item.serial = n.to_bytes((n.bit_length() + 7) // 8, "big").hex()
-    item.not_after = na.strftime("%Y-%m-%dT%H:%M:%SZ")
-    item.not_before = nb.strftime("%Y-%m-%dT%H:%M:%SZ")
-    item.valid = nb < now < na
-
-
-def _spiffe_trust_domain(pem: bytes) -> str:
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (ValueError, x509.ExtensionNotFound):
-        return ""
-    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
-        if uri.startswith("spiffe://"):
-            return uri[len("spiffe://"):].split("/", 1)[0]
-    return ""
-
-
-def envoy_secrets(dump: ConfigDump, now: _dt.datetime | None = None) -> tuple[list[SecretItem], bool]:
-    """Secret rows (warming first, then active) and whether any is trust-domain aware (SPIFFE)."""
-    now = now or _dt.datetime.now(_dt.UTC)
-    sd = dump.secrets()
-    items: list[SecretItem] = []
-    spiffe = False
-
-    def parse(ds: Message, state: str) -> list[SecretItem]:
-        nonlocal spiffe
-        secret = _unpack_as(ds.secret, "envoy.extensions.transport_sockets.tls.v3.Secret")
-        base = SecretItem(ds.name, state)
-        if secret is None:
-            return [base]
-        chain = secret.tls_certificate.certificate_chain.inline_bytes
-        ca = secret.validation_context.trusted_ca.inline_bytes
-        if chain:
-            _cert_meta(chain, base, now)
-            base.trust_domain = _spiffe_trust_domain(chain)
-            return [base]
-        if ca:
-            _cert_meta(ca, base, now)
-            return [base]
-        cv = secret.validation_context.custom_validator_config
-        if cv.HasField("typed_config"):
-            spiffe_cfg = _unpack_as(cv.typed_config,
-                                    "envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig")
-            if spiffe_cfg is not None and spiffe_cfg.trust_domains:
-                spiffe = True
-                out = []
-                for td in spiffe_cfg.trust_domains:
-                    item = SecretItem(ds.name, state, trust_domain=td.name)
-                    _cert_meta(td.trust_bundle.inline_bytes, item, now)
-                    out.append(item)
-                return out
-        return [base]
-
-    for ws in sd.dynamic_warming_secrets:
-        items += parse(ws, "WARMING")
-    for s in sd.dynamic_active_secrets:
-        rows = parse(s, "ACTIVE")
-        if s.version_info == "uninitialized":
-            for r in rows:
-                r.state = "UNINITIALIZED"
-        items += rows
-    return items, spiffe
 
 
 # --- the writer -----------------------------------------------------------------------
@@ -432,7 +179,7 @@ class ConfigWriter:
         clusters = self.dump.clusters()
         if not clusters:
             raise DumpError("no clusters found")
-        return sorted(clusters, key=lambda c: _subset_sort_key(c.name))
+        return sorted(clusters, key=lambda c: subset_sort_key(c.name))
 
     def print_cluster_summary(self, f: ClusterFilter) -> None:
         clusters = self._sorted_clusters()
@@ -467,7 +214,7 @@ class ConfigWriter:
 
     def print_listener_summary(self, f: ListenerFilter) -> None:
         listeners = [l for l in self._listeners() if f.verify(l)]
-        listeners.sort(key=lambda l: (_listener_port(l), _listener_address(l), _listener_type(l)))
+        listeners.sort(key=lambda l: (listener_port(l), listener_address(l), listener_type(l)))
         w = self._tw(padding=1)
         head = "ADDRESSES\tPORT"
         if self.include_config_type:
@@ -475,17 +222,17 @@ class ConfigWriter:
         head += "\tMATCH\tDESTINATION" if f.verbose else "\tTYPE"
         w.write(head + "\n")
         for l in listeners:
-            addresses = ",".join([_listener_address(l)] + _additional_addresses(l))
-            port = str(_listener_port(l))
+            addresses = ",".join([listener_address(l)] + additional_addresses(l))
+            port = str(listener_port(l))
             prefix = [f"listener/{l.name}"] if self.include_config_type else []
             if f.verbose:
                 matches: list[tuple[str, str]] = [(get_matches(fc.filter_chain_match if fc.HasField("filter_chain_match") else None),
-                            get_filter_type(fc.filters)) for fc in _filter_chains(l)]
+                            get_filter_type(fc.filters)) for fc in filter_chains(l)]
                 matches.sort(key=lambda m: m[1], reverse=True)  # by destination, descending; ties keep their order
                 for match, dest in matches:
                     w.write("\t".join(prefix + [addresses, port, match, dest]) + "\n")
             else:
-                w.write("\t".join(prefix + [addresses, port, _listener_type(l)]) + "\n")
+                w.write("\t".join(prefix + [addresses, port, listener_type(l)]) + "\n")
         w.flush()
 
     def print_listener_dump(self, f: ListenerFilter, fmt: str) -> None:
@@ -538,7 +285,7 @@ class ConfigWriter:
                 count += len(kept)
             if count:
                 out.append(cla)
-        return sorted(out, key=lambda c: _subset_sort_key(c.cluster_name))
+        return sorted(out, key=lambda c: subset_sort_key(c.cluster_name))
 
     def print_endpoints_summary(self, f: EndpointFilter) -> None:
         w = self._tw()
@@ -546,7 +293,7 @@ class ConfigWriter:
         for cla in self._sorted_endpoints(f):
             for llb in cla.endpoints:
                 for ep in llb.lb_endpoints:
-                    addr = _endpoint_address(ep)
+                    addr = endpoint_address(ep)
                     if self.include_config_type:
                         addr = f"endpoint/{addr}"
                     loc = _locality(llb.locality if llb.HasField("locality") else None)

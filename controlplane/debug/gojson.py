@@ -1,7 +1,7 @@
 """JSON and YAML exactly as istioctl prints them (Go's encoders, not Python's).
 
 istioctl's `-o json` and `-o yaml` outputs are what operators diff against, so three Go
-behaviours are reproduced here:
+behaviours are reproduced (the third in goyaml.py):
 
 - `jsonpb(msg, indent)`: github.com/golang/protobuf/jsonpb's Marshaler (istio's
   `protomarshal.ToJSONWithIndent`): fields in declaration order, camelCase names, int64 as
@@ -10,8 +10,7 @@ behaviours are reproduced here:
   deeper than its braces, which is how istioctl's bootstrap dump looks).
 - `indent(compact)`: encoding/json's MarshalIndent over a compact document (istioctl's
   `json.MarshalIndent(protio.MessageSlice)`): literals kept verbatim, `{}`/`[]` stay inline.
-- `to_yaml(json_text)`: sigs.k8s.io/yaml's JSONToYAML (go-yaml v2): keys sorted with
-  go-yaml's "natural" order, strings that would read back as another type double-quoted.
+- `to_yaml(json_text)` (goyaml.py): sigs.k8s.io/yaml's JSONToYAML (go-yaml v2).
 """
 from __future__ import annotations
 
@@ -21,114 +20,13 @@ import importlib
 import json
 import math
 import pkgutil
-import re
-import struct
 from typing import Any
 
-import yaml
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-# --- Go json.Marshal pieces ------------------------------------------------------------
-
-_HEX = "0123456789abcdef"
-
-
-def go_string(s: str) -> str:
-    """encoding/json's quoting: HTML-safe, \\u2028/\\u2029 escaped, control chars as \\u00XX
-    except \\n \\r \\t."""
-    out = ['"']
-    for ch in s:
-        o = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif o < 0x20 or ch in "<>&" or o in (0x2028, 0x2029):
-            out.append(f"\\u{o:04x}")
-        elif 0xD800 <= o <= 0xDFFF:  # lone surrogate: Go writes U+FFFD for invalid UTF-8
-            out.append("\ufffd")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-def _shortest_float32(f: float) -> str:
-    packed = struct.unpack("f", struct.pack("f", f))[0]
-    for p in range(1, 10):
-        s = f"{packed:.{p}g}"
-        if struct.unpack("f", struct.pack("f", float(s)))[0] == packed:
-            return s
-    return repr(packed)
-
-
-def _digits(f: float, bits: int) -> tuple[str, int]:
-    """Shortest decimal digits and decimal exponent (value = 0.d1d2.. * 10**dp) of |f|."""
-    r = _shortest_float32(abs(f)) if bits == 32 else repr(abs(f))
-    mant, _, exp = r.lower().partition("e")
-    e = int(exp) if exp else 0
-    intpart, _, frac = mant.partition(".")
-    digits = (intpart + frac).lstrip("0")
-    lead_zeros = len(intpart + frac) - len((intpart + frac).lstrip("0"))
-    dp = len(intpart) + e - lead_zeros
-    digits = digits.rstrip("0") or "0"
-    return digits, dp
-
-
-def _format_f(digits: str, dp: int) -> str:
-    if dp <= 0:
-        return "0." + "0" * (-dp) + digits
-    if dp >= len(digits):
-        return digits + "0" * (dp - len(digits))
-    return digits[:dp] + "." + digits[dp:]
-
-
-def _format_e(digits: str, dp: int) -> str:
-    exp = dp - 1
-    m = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-    sign = "-" if exp < 0 else "+"
-    return f"{m}e{sign}{abs(exp):02d}"
-
-
-def go_float(f: float, bits: int = 64) -> str:
-    """encoding/json's float formatting ('f' between 1e-6 and 1e21, else 'e', e-07 -> e-7)."""
-    if f == 0:
-        return "-0" if math.copysign(1, f) < 0 else "0"
-    sign = "-" if f < 0 else ""
-    digits, dp = _digits(f, bits)
-    a = abs(f)
-    if a < 1e-6 or a >= 1e21:
-        s = _format_e(digits, dp)
-        s = re.sub(r"e([+-])0(\d)$", r"e\1\2", s)
-    else:
-        s = _format_f(digits, dp)
-    return sign + s
-
-
-def go_float_g(f: float, bits: int = 64) -> str:
-    """strconv.FormatFloat(f, 'g', -1, bits), as go-yaml prints floats."""
-    if math.isinf(f):
-        return "+Inf" if f > 0 else "-Inf"
-    if math.isnan(f):
-        return "NaN"
-    if f == 0:
-        return "-0" if math.copysign(1, f) < 0 else "0"
-    sign = "-" if f < 0 else ""
-    digits, dp = _digits(f, bits)
-    exp = dp - 1
-    eprec = 6  # strconv: shortest %g switches to %e at exponent < -4 or >= 6
-    if exp < -4 or exp >= eprec:
-        return sign + _format_e(digits, dp)
-    return sign + _format_f(digits, dp)
-
+from .goscalars import go_float, go_string
 
 # --- jsonpb ---------------------------------------------------------------------------
 
@@ -529,117 +427,3 @@ def marshal_indent_messages(messages: list[Message]) -> str:
     """`json.MarshalIndent(protio.MessageSlice(messages), "", "    ")`."""
     compact = "[" + ",".join(jsonpb(m) for m in messages) + "]"
     return indent(compact)
-
-
-# --- go-yaml v2 ------------------------------------------------------------------------
-
-def _yaml_key_less(a: str, b: str) -> bool:
-    """go-yaml v2's keyList.Less for two string keys."""
-    ar, br = a, b
-    for i in range(min(len(ar), len(br))):
-        if ar[i] == br[i]:
-            continue
-        al, bl = ar[i].isalpha(), br[i].isalpha()
-        if al and bl:
-            return ar[i] < br[i]
-        if al or bl:
-            return bl
-        an = bn = 0
-        if ar[i] == "0" or br[i] == "0":
-            j = i - 1
-            while j >= 0 and ar[j].isdigit():
-                if ar[j] != "0":
-                    an = bn = 1
-                    break
-                j -= 1
-        ai = i
-        while ai < len(ar) and ar[ai].isdigit():
-            an = an * 10 + int(ar[ai])
-            ai += 1
-        bi = i
-        while bi < len(br) and br[bi].isdigit():
-            bn = bn * 10 + int(br[bi])
-            bi += 1
-        if an != bn:
-            return an < bn
-        if ai != bi:
-            return ai < bi
-        return ar[i] < br[i]
-    return len(ar) < len(br)
-
-
-def _yaml_key_cmp(a: Any, b: Any) -> int:
-    if not isinstance(a, str) or not isinstance(b, str):
-        return (str(a) > str(b)) - (str(a) < str(b))
-    if _yaml_key_less(a, b):
-        return -1
-    if _yaml_key_less(b, a):
-        return 1
-    return 0
-
-
-_V2_BOOL_NULL = {
-    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false", "False", "FALSE",
-    "on", "On", "ON", "off", "Off", "OFF", "~", "null", "Null", "NULL", "", ".inf", ".Inf", ".INF", "+.inf",
-    "+.Inf", "+.INF", "-.inf", "-.Inf", "-.INF", ".nan", ".NaN", ".NAN", "<<",
-}
-_V2_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
-_V2_BASE60 = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
-_V2_TIMESTAMP = re.compile(
-    r"^\d{4}-\d{1,2}-\d{1,2}(?:(?:[Tt]| )\d{1,2}:\d{1,2}:\d{1,2}(?:\.\d*)?(?:Z|[+-]\d{1,2}:\d{2})?)?$"
-)
-_V2_INT = re.compile(r"^[-+]?(0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|0[0-7]*|[1-9][0-9]*)$")
-
-
-def _v2_non_string(s: str) -> bool:
-    """Would go-yaml v2 read this plain scalar back as something other than a string?"""
-    if s in _V2_BOOL_NULL:
-        return True
-    plain = s.replace("_", "")
-    if _V2_INT.match(plain) or _V2_FLOAT.match(plain) and plain not in (".", "-.", "+."):
-        return True
-    if s[:2] in ("0b", "-0") and re.match(r"^-?0b[01_]+$", s):
-        return True
-    return bool(_V2_BASE60.match(s) or _V2_TIMESTAMP.match(s))
-
-
-class _GoYamlDumper(yaml.SafeDumper):
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def _repr_str(dumper: yaml.SafeDumper, s: str):
-    if "\n" in s:
-        return dumper.represent_scalar("tag:yaml.org,2002:str", s, style="|")
-    if _v2_non_string(s):
-        return dumper.represent_scalar("tag:yaml.org,2002:str", s, style='"')
-    return dumper.represent_scalar("tag:yaml.org,2002:str", s)
-
-
-def _repr_float(dumper: yaml.SafeDumper, f: float):
-    text = go_float_g(f)
-    text = {"+Inf": ".inf", "-Inf": "-.inf", "NaN": ".nan"}.get(text, text)
-    return dumper.represent_scalar("tag:yaml.org,2002:float", text)
-
-
-def _repr_dict(dumper: yaml.SafeDumper, d: dict):
-    key_of = functools.cmp_to_key(_yaml_key_cmp)
-    items = sorted(d.items(), key=lambda kv: key_of(kv[0]))
-    return dumper.represent_mapping("tag:yaml.org,2002:map", items)
-
-
-_GoYamlDumper.add_representer(str, _repr_str)
-_GoYamlDumper.add_representer(float, _repr_float)
-_GoYamlDumper.add_representer(dict, _repr_dict)
-
-
-def _parse_json_like_go_yaml(text: str) -> Any:
-    """JSON to Python values the way go-yaml reads JSON: integers stay integers."""
-    return json.loads(text)
-
-
-def to_yaml(json_text: str) -> str:
-    """sigs.k8s.io/yaml.JSONToYAML."""
-    data = _parse_json_like_go_yaml(json_text)
-    return yaml.dump(data, Dumper=_GoYamlDumper, default_flow_style=False, allow_unicode=True, width=80,
-                     sort_keys=False)

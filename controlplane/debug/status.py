@@ -22,7 +22,8 @@ from envoy.service.status.v3 import csds_pb2
 from google.protobuf import any_pb2
 
 from .. import names
-from .gojson import jsonpb, to_yaml
+from .gojson import jsonpb
+from .goyaml import to_yaml
 from .tabwriter import TabWriter
 
 CLIENT_CONFIG = "type.googleapis.com/envoy.service.status.v3.ClientConfig"

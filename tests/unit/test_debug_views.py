@@ -20,7 +20,7 @@ from controlplane import names
 from controlplane.config.objects import Origin
 from controlplane.config.parse import parse_document
 from controlplane.config.store import ConfigStore
-from controlplane.debug import gojson
+from controlplane.debug import gojson, goscalars, goyaml
 from controlplane.debug.configdump import REDACTED, ConfigDump
 from controlplane.debug.handlers import DebugAccess, install, is_loopback
 from controlplane.debug.monitoring import Request, start_monitoring
@@ -67,14 +67,14 @@ def test_jsonpb_struct_quirk_and_field_order():
 
 
 def test_go_json_escapes_and_floats():
-    assert gojson.go_string("<a&b>\u2028") == '"\\u003ca\\u0026b\\u003e\\u2028"'
-    assert [gojson.go_float(f) for f in (1.0, 0.5, 1e21, 1e-7)] == ["1", "0.5", "1e+21", "1e-7"]
+    assert goscalars.go_string("<a&b>\u2028") == '"\\u003ca\\u0026b\\u003e\\u2028"'
+    assert [goscalars.go_float(f) for f in (1.0, 0.5, 1e21, 1e-7)] == ["1", "0.5", "1e+21", "1e-7"]
     c = cluster_pb2.Cluster(name="c", connect_timeout=duration_pb2.Duration(seconds=1, nanos=500_000_000))
     assert gojson.jsonpb(c) == '{"name":"c","connectTimeout":"1.500s"}'
 
 
 def test_go_yaml_quoting_and_key_order():
-    text = gojson.to_yaml('{"b": "1.20", "@type": "x", "a10": 1, "a9": true, "s": "yes", "t": "2024-01-01", "e": ""}')
+    text = goyaml.to_yaml('{"b": "1.20", "@type": "x", "a10": 1, "a9": true, "s": "yes", "t": "2024-01-01", "e": ""}')
     assert text == "'@type': x\na9: true\na10: 1\nb: \"1.20\"\ne: \"\"\ns: \"yes\"\nt: \"2024-01-01\"\n"
 
 
