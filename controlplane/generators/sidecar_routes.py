@@ -25,8 +25,9 @@ from ..model.hosts import covers
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
 from ..model.services import Service
-from .http_routes import NO_TIMEOUT, RouteContext, hash_policy, retry_policy, virtual_service_routes
+from .http_routes import NO_TIMEOUT, RouteContext, hash_policy, virtual_service_routes
 from .route_config import route_config
+from .route_policies import retry_policy
 from .sidecar_outbound import http_route_ports, is_http_port, services_by_age
 from .virtual_services import MESH_GATEWAY, mesh_virtual_services, virtual_service_hosts
 
