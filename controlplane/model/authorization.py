@@ -126,7 +126,7 @@ class AuthzPolicy:
         """`name.namespace`, as istioctl and istiod's logs name a policy."""
         return f"{self.name}.{self.namespace}"
 
-    def order_key(self) -> tuple:
+    def order_key(self) -> tuple[Any, ...]:
         # istiod's sortConfigByCreationTime: time, then name, then namespace; Go's zero
         # time (no timestamp) is the earliest.
         return (self.created != "", self.created, self.name, self.namespace)
@@ -323,7 +323,7 @@ class WorkloadPolicies:
     def all(self) -> tuple[AuthzPolicy, ...]:
         return self.custom + self.deny + self.allow + self.audit + self.invalid
 
-    def key(self) -> tuple:
+    def key(self) -> tuple[Any, ...]:
         """A hashable identity of the selection: (namespace, name, generation) per bucket."""
         return tuple(tuple((p.namespace, p.name, p.generation) for p in bucket)
                      for bucket in (self.custom, self.deny, self.allow, self.audit, self.invalid))

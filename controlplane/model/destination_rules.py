@@ -41,7 +41,7 @@ def rule_host(dr: ConfigObject) -> str:
     return resolve_host(dr.typed.host, dr.namespace).lower()
 
 
-def _age(obj: ConfigObject) -> tuple:
+def _age(obj: ConfigObject) -> tuple[bool, str, str]:
     created = str(obj.extra.get("creationTimestamp") or "") if obj.extra else ""
     return (created == "", created, obj.name)
 
@@ -61,7 +61,8 @@ def selects(selector: Selector, labels: Mapping[str, str]) -> bool:
 
 
 def export_list(obj: ConfigObject) -> tuple[str, ...]:
-    return obj.typed.export_to
+    rule: DestinationRule = obj.typed
+    return rule.export_to
 
 
 def exported_to(export: tuple[str, ...], owner_namespace: str, client_namespace: str) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..config.objects import ConfigObject
 from ..config.types.gateway import Gateway, ServerTLSSettings
@@ -126,7 +127,7 @@ class GatewayConflict:
     other: Server | None = None
     dropped: bool = True
 
-    def key(self) -> tuple:
+    def key(self) -> tuple[Any, ...]:
         o = self.other
         return (self.server.gateway_name, self.server.index, self.reason,
                 (o.gateway_name, o.index) if o is not None else None, self.dropped)

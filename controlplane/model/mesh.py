@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import InitVar, dataclass, field
+from typing import Any
 
 import structlog
 
@@ -20,7 +21,7 @@ from ..config.snapshot import ConfigSnapshot
 from ..names import ROOT_NAMESPACE, fqdn, resolve_host
 from .credentials import Credential, credentials_from
 from .delegates import resolve_delegates
-from .destination_rules import DestinationRuleIndex
+from .destination_rules import DestinationRuleIndex, Selector
 from .gateways import (
     ISTIO_MUTUAL,
     MUTUAL,
@@ -36,7 +37,7 @@ from .meshconfig import DEFAULT as DEFAULT_MESH_CONFIG
 from .meshconfig import MeshConfig
 from .peer_authentication import MtlsPolicy, effective_policy
 from .proxy import Proxy
-from .request_authentication import EMPTY_JWKS, JwksView
+from .request_authentication import EMPTY_JWKS, JwksView, JwtRule
 from .services import (
     Endpoint,
     PodIndex,
@@ -152,7 +153,7 @@ class MeshSnapshot:
     def jwks_view(self) -> JwksView:
         return self.jwks
 
-    def jwks_digest(self, rules) -> str:
+    def jwks_digest(self, rules: Iterable[JwtRule]) -> str:
         """Fingerprint of the fetched key sets `rules` verify tokens with."""
         return self.jwks.digest_of(r.key_set for r in rules)
 
@@ -188,7 +189,7 @@ class MeshSnapshot:
         got = self._dr_index.lookup(hostname, client_namespace, svc.namespace if svc else None, labels)
         return got.rule if got is not None else None
 
-    def dr_selectors(self, namespace: str, labels: Mapping[str, str]) -> tuple:
+    def dr_selectors(self, namespace: str, labels: Mapping[str, str]) -> tuple[Selector, ...]:
         """The `workloadSelector`s of `namespace`'s DestinationRules that select a proxy with
         `labels` (empty for most proxies): proxies of one namespace with equal answers
         see the same rules."""
@@ -373,8 +374,9 @@ def _instance_order(i: ServiceInstance) -> tuple[str, int]:
     return (i.service.hostname, i.port.port)
 
 
-def _add_endpoints(svc: Service, slices: list[ConfigObject] | None, pod_index: PodIndex, pods,
-                   endpoints: dict, instances: dict) -> None:
+def _add_endpoints(svc: Service, slices: list[ConfigObject] | None, pod_index: PodIndex, pods: list[ConfigObject],
+                   endpoints: dict[tuple[str, int], tuple[Endpoint, ...]],
+                   instances: dict[str, list[ServiceInstance]]) -> None:
     """`svc`'s endpoints per port (from its slices, else from the pods it selects) into
     `endpoints`, and its instances by address into `instances`."""
     per_port = endpoints_from_slices(svc, slices, pod_index) if slices else endpoints_from_pods(svc, pods, pod_index.nodes)
@@ -437,18 +439,18 @@ def _with_changed_slices(config: ConfigSnapshot, previous: MeshSnapshot, changed
     return dataclasses.replace(mesh, gateway_conflicts=conflicts, indexes_from=mesh.indexes)
 
 
-def gateway_conflicts(mesh: MeshSnapshot, pods) -> tuple[GatewayConflict, ...]:
+def gateway_conflicts(mesh: MeshSnapshot, pods: list[ConfigObject]) -> tuple[GatewayConflict, ...]:
     """Conflicts of every distinct set of Gateways a gateway workload selects: the pods the
     selectors match (or, with no such pod in the snapshot, a pod with just the selector's
     labels where a Service selects it), each merged as that proxy would merge them."""
-    selectors: dict[tuple, Mapping[str, str]] = {}
+    selectors: dict[tuple[Any, ...], Mapping[str, str]] = {}
     for gw in mesh.gateways:
         sel = gw.typed.selector
         if sel:
             selectors.setdefault(tuple(sorted((str(k), str(v)) for k, v in sel.items())), sel)
     if not selectors:
         return ()
-    workloads: dict[tuple, Proxy] = {}
+    workloads: dict[tuple[Any, ...], Proxy] = {}
 
     def add(namespace: str, labels: Mapping[str, str]) -> None:
         # Proxies selected by the same Gateways in the same namespace merge the same way.
@@ -469,7 +471,7 @@ def gateway_conflicts(mesh: MeshSnapshot, pods) -> tuple[GatewayConflict, ...]:
                 sorted({gw.namespace for gw in mesh.gateways if gw.typed.selector == sel})
             for ns in namespaces:
                 add(ns, sel)
-    seen: dict[tuple, GatewayConflict] = {}
+    seen: dict[tuple[Any, ...], GatewayConflict] = {}
     for key in sorted(workloads):
         proxy = workloads[key]
         merged = mesh.merged_gateway(proxy)
@@ -484,7 +486,7 @@ def gateway_conflicts(mesh: MeshSnapshot, pods) -> tuple[GatewayConflict, ...]:
     return tuple(seen[k] for k in sorted(seen, key=repr))
 
 
-_reported: set[tuple] = set()
+_reported: set[tuple[Any, ...]] = set()
 
 
 def report_gateway_conflicts(conflicts: tuple[GatewayConflict, ...]) -> None:

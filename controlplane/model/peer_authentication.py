@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..config.objects import ConfigObject
-from ..config.types.peerauthentication import UNSET
+from ..config.types.peerauthentication import UNSET, PeerAuthentication
 from .services import labels_match
 
 STRICT, PERMISSIVE, DISABLE = "STRICT", "PERMISSIVE", "DISABLE"
@@ -31,7 +31,7 @@ class MtlsPolicy:
         return self.port_modes.get(port, self.mode)
 
 
-def _age_key(obj: ConfigObject) -> tuple:
+def _age_key(obj: ConfigObject) -> tuple[bool, str, str]:
     ts = str(obj.extra.get("creationTimestamp") or "")
     # Objects without a timestamp (plain files) sort after those with one, by name.
     return (ts == "", ts, obj.name)
@@ -43,7 +43,8 @@ def _mode(obj: ConfigObject | None) -> str:
 
 def selector_labels(obj: ConfigObject) -> Mapping[str, str]:
     """A PeerAuthentication's `selector.matchLabels` (empty: namespace- or mesh-wide)."""
-    return obj.typed.selector
+    policy: PeerAuthentication = obj.typed
+    return policy.selector
 
 
 def _oldest(objs: Iterable[ConfigObject]) -> ConfigObject | None:

@@ -41,7 +41,7 @@ class Proxy:
     locality: Locality = NO_LOCALITY
 
     @cached_property
-    def label_key(self) -> tuple:
+    def label_key(self) -> tuple[tuple[str, str], ...]:
         """The labels as a sorted tuple, made once per proxy: cache keys of every push
         read it for thousands of proxies."""
         return tuple(sorted(self.labels.items()))
@@ -51,7 +51,7 @@ class Proxy:
         """`pod.namespace`, as istioctl shows proxies."""
         return f"{self.pod}.{self.namespace}"
 
-    def group_key(self) -> tuple:
+    def group_key(self) -> tuple[Any, ...]:
         """What this proxy's generated config can depend on. Proxies with equal keys
         get identical resources, so generation is shared between them."""
         return (
@@ -72,7 +72,8 @@ def _metadata_dict(metadata: Any) -> dict[str, Any]:
     # google.protobuf.Struct
     from google.protobuf.json_format import MessageToDict
 
-    return MessageToDict(metadata)
+    out: dict[str, Any] = MessageToDict(metadata)
+    return out
 
 
 def _node_locality(locality: Any) -> Locality:

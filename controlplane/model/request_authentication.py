@@ -115,7 +115,7 @@ class JwksView:
 EMPTY_JWKS = JwksView()
 
 
-def _age_key(obj: ConfigObject) -> tuple:
+def _age_key(obj: ConfigObject) -> tuple[bool, str, str]:
     ts = str(obj.extra.get("creationTimestamp") or "")
     return (ts == "", ts, obj.name)  # without a timestamp (files): after, by name
 

@@ -8,13 +8,15 @@ the Kubernetes Gateway it implements (kind Gateway, by Istio's gateway-name labe
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .proxy import Proxy
 from .services import labels_match
 
 if TYPE_CHECKING:
+    from .authorization import WorkloadPolicies
     from .mesh import MeshSnapshot
+    from .request_authentication import JwtRule
 
 # The label Istio puts on the pods of a Kubernetes Gateway it deploys.
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
@@ -33,7 +35,7 @@ def gateway_names(proxy: Proxy) -> tuple[str, ...]:
     return (name,) if name else ()
 
 
-def authz_policies_for(mesh: MeshSnapshot, proxy: Proxy):
+def authz_policies_for(mesh: MeshSnapshot, proxy: Proxy) -> WorkloadPolicies:
     from .authorization import authz_policy, policies_for
 
     typed = [authz_policy(obj) for obj in mesh.authorization_policies]
@@ -41,13 +43,13 @@ def authz_policies_for(mesh: MeshSnapshot, proxy: Proxy):
                         service_names=service_names(mesh, proxy), gateway_names=gateway_names(proxy))
 
 
-def jwt_rules_for(mesh: MeshSnapshot, proxy: Proxy):
+def jwt_rules_for(mesh: MeshSnapshot, proxy: Proxy) -> tuple[JwtRule, ...]:
     from .request_authentication import jwt_rules_for as select
 
     return select(mesh.request_authentications, proxy.namespace, proxy.labels, mesh.mesh_config.root_namespace)
 
 
-def security_key(mesh: MeshSnapshot, proxy: Proxy) -> tuple:
+def security_key(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
     """A hashable digest of everything the proxy's authn/authz filters are built from."""
     if not mesh.authorization_policies and not mesh.request_authentications:
         return ()
