@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -137,7 +138,7 @@ class Bed:
     def resolve(self, host: str, port: int | None = None) -> list[str]:
         return ["--resolve", f"{host}:{port or self.ports['https']}:127.0.0.1"]
 
-    def https(self, host: str, *extra: str, path: str = "/") -> subprocess.CompletedProcess:  # noqa: F821
+    def https(self, host: str, *extra: str, path: str = "/") -> subprocess.CompletedProcess[str]:
         return curl("--cacert", str(self.files["ca.pem"]), *self.resolve(host), *extra,
                     "-w", "\n%{http_code}", f"https://{host}:{self.ports['https']}{path}")
 
