@@ -73,8 +73,9 @@ def load_assignment(
     groups: dict[Locality, list[Endpoint]] = {}
     for ep in endpoints:
         groups.setdefault(ep.locality, []).append(ep)
-    ordered = [groups[loc] for loc in sorted(groups)]
-    for loc, eps in zip(sorted(groups), ordered, strict=True):
+    locs = sorted(groups)
+    ordered = [groups[loc] for loc in locs]
+    for loc, eps in zip(locs, ordered, strict=True):
         llb = cla.endpoints.add()
         llb.locality.SetInParent()
         llb.locality.region, llb.locality.zone, llb.locality.sub_zone = loc
