@@ -31,7 +31,7 @@ import argparse
 import json
 import sys
 
-from .http import DEFAULT_MESHD, FetchError, get, read_token
+from .http import FetchError, add_dump_sources, get, read_token
 
 
 def _read_file(path: str):
@@ -102,11 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = asub.add_parser("check", help="the AuthorizationPolicies a proxy enforces (istioctl x authz check)",
                         formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__)
     p.add_argument("pod", nargs="?", help="the proxy: POD.NAMESPACE or node id (not needed with --file/--envoy)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--meshd", default=DEFAULT_MESHD, help="meshd's monitoring address (default %(default)s)")
-    src.add_argument("--envoy", help="read the proxy's own Envoy admin instead, e.g. http://127.0.0.1:15000")
-    src.add_argument("--file", "-f", help="an Envoy config dump file, JSON or YAML ('-' for stdin)")
-    p.add_argument("--token", help="bearer token for meshd's /debug (or @FILE); default $MESHD_TOKEN")
+    add_dump_sources(p, "an Envoy config dump file, JSON or YAML ('-' for stdin)")
     p.add_argument("--listeners", action="store_true",
                    help="per filter chain: certificate, mTLS and the PeerAuthentication mode (inferred from the "
                         "chains with --file/--envoy), authorization rules")

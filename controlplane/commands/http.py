@@ -1,6 +1,7 @@
 """Small HTTP GET helper for the operator commands (meshd's debug port, Envoy's admin)."""
 from __future__ import annotations
 
+import argparse
 import os
 import urllib.error
 import urllib.parse
@@ -12,6 +13,16 @@ DEFAULT_ENVOY = "http://127.0.0.1:15000"
 
 class FetchError(Exception):
     pass
+
+
+def add_dump_sources(p: argparse.ArgumentParser, file_help: str) -> None:
+    """Where a command reads a proxy's config dump from: meshd (what it sent; default),
+    the proxy's own Envoy admin, or a file; and the token for meshd's /debug."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--meshd", default=DEFAULT_MESHD, help="meshd's monitoring address (default %(default)s)")
+    src.add_argument("--envoy", help="read the proxy's own Envoy admin instead, e.g. http://127.0.0.1:15000")
+    src.add_argument("--file", "-f", help=file_help)
+    p.add_argument("--token", help="bearer token for meshd's /debug (or @FILE); default $MESHD_TOKEN")
 
 
 def get(base: str, path: str, params: dict | None = None, token: str | None = None, timeout: float = 10.0) -> bytes:

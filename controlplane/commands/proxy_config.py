@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .http import DEFAULT_MESHD, FetchError, get, read_token
+from .http import FetchError, add_dump_sources, get, read_token
 
 KINDS = {
     "cluster": ("clusters", "c"),
@@ -93,11 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("kind", choices=sorted(KINDS) + sorted(a for al in KINDS.values() for a in al),
                    metavar="{cluster,listener,route,endpoint,secret,bootstrap,all}")
     p.add_argument("proxy", nargs="?", help="node id (router~IP~POD.NS~NS.svc.cluster.local) or POD.NAMESPACE")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--meshd", default=DEFAULT_MESHD, help="meshd's monitoring address (default %(default)s)")
-    src.add_argument("--envoy", help="read the proxy's own Envoy admin instead, e.g. http://127.0.0.1:15000")
-    src.add_argument("--file", "-f", help="an Envoy config dump JSON file ('-' for stdin)")
-    p.add_argument("--token", help="bearer token for meshd's /debug (or @FILE); default $MESHD_TOKEN")
+    add_dump_sources(p, "an Envoy config dump JSON file ('-' for stdin)")
     p.add_argument("--output", "-o", help="json|yaml|short (default short; json for bootstrap)")
     p.add_argument("--fqdn", help="clusters: substring of the service FQDN")
     p.add_argument("--port", type=int, help="clusters, listeners, endpoints: port")
