@@ -10,16 +10,30 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
+from .indexes import Lifetime, Value
 from .proxy import Proxy
 from .services import labels_match
 
 if TYPE_CHECKING:
-    from .authorization import WorkloadPolicies
+    from .authorization import AuthzPolicy, WorkloadPolicies
     from .mesh import MeshSnapshot
     from .request_authentication import JwtRule
 
 # The label Istio puts on the pods of a Kubernetes Gateway it deploys.
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+
+_TYPED_POLICIES = Value["tuple[AuthzPolicy, ...]"]("the AuthorizationPolicies, typed", Lifetime.CONFIG)
+
+
+def typed_policies(mesh: MeshSnapshot) -> tuple[AuthzPolicy, ...]:
+    """The snapshot's AuthorizationPolicies as typed policies, read once per snapshot
+    (every workload's selection reads them all)."""
+    got = mesh.indexes.get(_TYPED_POLICIES)
+    if got is None:
+        from .authorization import authz_policy
+
+        got = mesh.indexes.value(_TYPED_POLICIES, lambda: tuple(authz_policy(o) for o in mesh.authorization_policies))
+    return got
 
 
 def service_names(mesh: MeshSnapshot, proxy: Proxy) -> tuple[str, ...]:
@@ -36,10 +50,9 @@ def gateway_names(proxy: Proxy) -> tuple[str, ...]:
 
 
 def authz_policies_for(mesh: MeshSnapshot, proxy: Proxy) -> WorkloadPolicies:
-    from .authorization import authz_policy, policies_for
+    from .authorization import policies_for
 
-    typed = [authz_policy(obj) for obj in mesh.authorization_policies]
-    return policies_for(typed, proxy.namespace, proxy.labels, mesh.mesh_config.root_namespace,
+    return policies_for(typed_policies(mesh), proxy.namespace, proxy.labels, mesh.mesh_config.root_namespace,
                         service_names=service_names(mesh, proxy), gateway_names=gateway_names(proxy))
 
 

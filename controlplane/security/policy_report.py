@@ -18,8 +18,8 @@ import structlog
 from prometheus_client import CollectorRegistry, Gauge
 
 from ..generators.authz.builder import Problem, problems
-from ..model.authorization import authz_policy
 from ..model.mesh import MeshSnapshot
+from ..model.security import typed_policies
 
 log = structlog.get_logger("meshd.security")
 
@@ -48,8 +48,7 @@ class PolicyReport:
         if key == self._input:
             return
         self._input = key
-        typed = [authz_policy(obj) for obj in mesh.authorization_policies]
-        found = problems(typed, mesh.mesh_config, services=mesh.services)
+        found = problems(typed_policies(mesh), mesh.mesh_config, services=mesh.services)
         for p in found:
             if p not in self._seen:
                 log.warning("policy not enforced as written", kind=KIND, object=f"{p.namespace}/{p.name}",
