@@ -43,8 +43,10 @@ class PolicyReport:
                 self._gauge.labels(KIND, severity).set(0)
 
     def update(self, mesh: MeshSnapshot) -> None:
-        key = (tuple((p.namespace, p.name, p.generation) for p in mesh.authorization_policies), repr(mesh.mesh_config),
-               tuple(sorted(mesh.services)))
+        policies = mesh.authorization_policies
+        # Services matter only to CUSTOM providers: no policy, nothing to look up on every snapshot.
+        key = (tuple((p.namespace, p.name, p.generation) for p in policies), repr(mesh.mesh_config),
+               tuple(sorted(mesh.services)) if policies else ())
         if key == self._input:
             return
         self._input = key
