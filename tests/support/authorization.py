@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 
 from tests.support import harness
@@ -52,13 +51,8 @@ class JwksServer:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[JwksServer]:
-        t = threading.Thread(target=self.server.serve_forever, daemon=True)
-        t.start()
-        try:
+        with harness.serving(self.server):
             yield self
-        finally:
-            self.server.shutdown()
-            self.server.server_close()
 
 
 def bearer(token: str) -> dict:

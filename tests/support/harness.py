@@ -11,6 +11,7 @@ import http.server
 import os
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -237,17 +238,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def http_backend(host: str, port: int, body: bytes) -> Iterator[http.server.ThreadingHTTPServer]:
-    """A tiny HTTP server answering every GET with `body` and the path."""
-    handler = type("Handler", (_Handler,), {"body": body})
-    srv = http.server.ThreadingHTTPServer((host, port), handler)
-    srv.daemon_threads = True
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
+def serving(srv: socketserver.BaseServer) -> Iterator[socketserver.BaseServer]:
+    """`srv` answering from a thread for the block, shut down and closed however it ends."""
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         yield srv
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+@contextlib.contextmanager
+def http_backend(host: str, port: int, body: bytes) -> Iterator[http.server.ThreadingHTTPServer]:
+    """A tiny HTTP server answering every GET with `body` and the path."""
+    handler = type("Handler", (_Handler,), {"body": body})
+    srv = http.server.ThreadingHTTPServer((host, port), handler)
+    srv.daemon_threads = True
+    with serving(srv):
+        yield srv
 
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.harness import serving
 from tests.support.pki import Pem
 
 
@@ -121,13 +122,8 @@ def backend(name: str, host: str, port: int, tls_pem: Pem | None = None) -> Iter
             files = write_files(Path(d), cert=tls_pem.cert, key=tls_pem.key)
             ctx.load_cert_chain(files["cert"], files["key"])
         srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
+    with serving(srv):
         yield b
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 class _EchoHandler(socketserver.BaseRequestHandler):
@@ -148,13 +144,8 @@ def tcp_echo(host: str, port: int, prefix: bytes = b"hello ") -> Iterator[socket
     socketserver.ThreadingTCPServer.allow_reuse_address = True
     srv = socketserver.ThreadingTCPServer((host, port), handler)
     srv.daemon_threads = True
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
+    with serving(srv):
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def tcp_roundtrip(host: str, port: int, payload: bytes, timeout: float = 5) -> bytes:

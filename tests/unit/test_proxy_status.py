@@ -11,7 +11,6 @@ import contextlib
 import http.server
 import io
 import json
-import threading
 
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
@@ -21,6 +20,7 @@ from controlplane import cli
 from controlplane.debug import status
 from controlplane.debug.compare import compare
 from controlplane.debug.configdump import ConfigDump
+from tests.support.harness import serving
 from tests.support.paths import SHARED
 
 GOLDEN = SHARED / "corpus" / "istioctl-golden" / "istioctl" / "pkg"
@@ -156,13 +156,8 @@ def fake_meshd(routes: dict):
             pass
 
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
+    with serving(srv):
         yield f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def run(*argv: str) -> tuple[int, str]:
