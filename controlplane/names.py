@@ -49,6 +49,10 @@ TRUST_DOMAIN = DOMAIN_SUFFIX
 
 # Pod label the injector sets on meshed workloads; endpoint metadata auto mTLS keys on.
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
+# The Kubernetes Gateway API's group, and the label Istio puts on the pods of a Gateway it
+# deploys (a policy's targetRef to that Gateway selects them).
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 TLS_MODE_ISTIO = "istio"
 TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"
 

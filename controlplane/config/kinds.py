@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..names import GATEWAY_API_GROUP
+
 ISTIO_NETWORKING = "networking.istio.io"
 ISTIO_SECURITY = "security.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
@@ -73,7 +75,7 @@ SECURITY_GROUPS = frozenset({ISTIO_SECURITY, "rbac.istio.io", "authentication.is
 # Cluster-scoped kinds among the unsupported ones (the rest are namespaced).
 CLUSTER_SCOPED_UNSERVED = frozenset({("gateway.networking.k8s.io", "GatewayClass")})
 
-_GW = "gateway.networking.k8s.io"
+_GW = GATEWAY_API_GROUP
 _GW_VERSIONS = ("v1", "v1beta1", "v1alpha3", "v1alpha2")
 # The unsupported kinds the Kubernetes source lists and watches (when their CRDs are
 # installed) so that objects applied with kubectl are reported like those of files:

@@ -26,14 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config.objects import ConfigObject
+from ..names import GATEWAY_API_GROUP, GATEWAY_NAME_LABEL
 from .services import labels_match
 
 ALLOW, DENY, AUDIT, CUSTOM = "ALLOW", "DENY", "AUDIT", "CUSTOM"
 ACTIONS = (ALLOW, DENY, AUDIT, CUSTOM)
 
 DRY_RUN_ANNOTATION = "istio.io/dry-run"
-GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
-GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 
 # Go's strconv.ParseBool, which istiod uses for the dry-run annotation.
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})

@@ -29,11 +29,10 @@ from typing import Any
 
 from ..config.objects import ConfigObject
 from ..config.validation.durations import parse_duration
+from ..names import GATEWAY_API_GROUP, GATEWAY_NAME_LABEL
 from .services import labels_match
 
 KIND = "RequestAuthentication"
-GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
-GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 DEFAULT_FETCH_TIMEOUT = 5.0  # seconds; JWTRule.timeout's default in istiod
 # Claims whose string value Envoy splits into a list in the payload metadata (istiod's
 # buildSpaceDelimitedClaims defaults; a rule's spaceDelimitedClaims adds to them).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
+from ..names import GATEWAY_NAME_LABEL
 from .indexes import Lifetime, Value
 from .proxy import Proxy
 from .services import labels_match
@@ -19,8 +20,6 @@ if TYPE_CHECKING:
     from .mesh import MeshSnapshot
     from .request_authentication import JwtRule
 
-# The label Istio puts on the pods of a Kubernetes Gateway it deploys.
-GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 
 _TYPED_POLICIES = Value["tuple[AuthzPolicy, ...]"]("the AuthorizationPolicies, typed", Lifetime.CONFIG)
 

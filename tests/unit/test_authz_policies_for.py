@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import textwrap
 
-from controlplane.model.authorization import ALLOW, AUDIT, CUSTOM, DENY, GATEWAY_NAME_LABEL, authz_policy, policies_for
+from controlplane.model.authorization import ALLOW, AUDIT, CUSTOM, DENY, authz_policy, policies_for
+from controlplane.names import GATEWAY_NAME_LABEL
 from tests.support.configs import objects_from_yaml, unvalidated_objects
 
 ROOT = "istio-system"

@@ -37,8 +37,9 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from ...model.authorization import ALLOW, AUDIT, CUSTOM, DENY, GATEWAY_API_GROUP, AuthzPolicy, WorkloadPolicies
+from ...model.authorization import ALLOW, AUDIT, CUSTOM, DENY, AuthzPolicy, WorkloadPolicies
 from ...model.meshconfig import MeshConfig
+from ...names import GATEWAY_API_GROUP
 from . import extauthz
 from . import matchers as m
 from .rules import rule_policy
