@@ -37,6 +37,12 @@ DESTINATION_RULE = Kind(ISTIO_NETWORKING, "DestinationRule", ISTIO_VERSIONS)
 PEER_AUTHENTICATION = Kind(ISTIO_SECURITY, "PeerAuthentication", ("v1", "v1beta1"))
 AUTHORIZATION_POLICY = Kind(ISTIO_SECURITY, "AuthorizationPolicy", ("v1", "v1beta1"))
 REQUEST_AUTHENTICATION = Kind(ISTIO_SECURITY, "RequestAuthentication", ("v1", "v1beta1"))
+# The service registry and its scope (docs/registry.md). Each joins SERVED (and leaves
+# ISTIO_UNSUPPORTED and WATCHED_UNSUPPORTED) once its parse gate and model exist.
+SERVICE_ENTRY = Kind(ISTIO_NETWORKING, "ServiceEntry", ISTIO_VERSIONS)
+WORKLOAD_ENTRY = Kind(ISTIO_NETWORKING, "WorkloadEntry", ISTIO_VERSIONS)
+WORKLOAD_GROUP = Kind(ISTIO_NETWORKING, "WorkloadGroup", ISTIO_VERSIONS)
+SIDECAR = Kind(ISTIO_NETWORKING, "Sidecar", ISTIO_VERSIONS)
 NAMESPACE = Kind("", "Namespace", ("v1",), namespaced=False)
 SERVICE = Kind("", "Service", ("v1",))
 POD = Kind("", "Pod", ("v1",))

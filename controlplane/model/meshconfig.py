@@ -18,7 +18,13 @@ EXT_AUTHZ_GRPC = "envoyExtAuthzGrpc"
 EXT_AUTHZ_KINDS = (EXT_AUTHZ_HTTP, EXT_AUTHZ_GRPC)
 
 # Top-level MeshConfig fields meshd acts on.
-READ_FIELDS = frozenset({"rootNamespace", "trustDomain", "trustDomainAliases", "extensionProviders"})
+READ_FIELDS = frozenset({"rootNamespace", "trustDomain", "trustDomainAliases", "extensionProviders",
+                         "outboundTrafficPolicy", "defaultServiceExportTo", "defaultVirtualServiceExportTo",
+                         "defaultDestinationRuleExportTo"})
+
+ALLOW_ANY = "ALLOW_ANY"
+REGISTRY_ONLY = "REGISTRY_ONLY"
+OUTBOUND_MODES = (ALLOW_ANY, REGISTRY_ONLY)
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,13 @@ class MeshConfig:
     trust_domain: str = TRUST_DOMAIN
     trust_domain_aliases: tuple[str, ...] = ()
     extension_providers: tuple[ExtensionProvider, ...] = ()
+    # Where a sidecar sends traffic to hosts outside its registry (a Sidecar's own
+    # outboundTrafficPolicy wins over it).
+    outbound_traffic_policy: str = ALLOW_ANY
+    # Who sees a Service, VirtualService or DestinationRule without exportTo of its own.
+    default_service_export_to: tuple[str, ...] = ("*",)
+    default_virtual_service_export_to: tuple[str, ...] = ("*",)
+    default_destination_rule_export_to: tuple[str, ...] = ("*",)
     unread: tuple[str, ...] = ()  # top-level fields present but not acted on by meshd
 
     def provider(self, name: str) -> ExtensionProvider | None:
@@ -90,5 +103,27 @@ def parse_mesh_config(data: Any) -> MeshConfig:
         if not isinstance(block, Mapping):
             raise MeshConfigError(f"{where}.{kinds[0]}", "must be a mapping")
         providers.append(ExtensionProvider(name, kinds[0], dict(block)))
+    outbound = data.get("outboundTrafficPolicy") or {}
+    if not isinstance(outbound, Mapping):
+        raise MeshConfigError("outboundTrafficPolicy", "must be a mapping with `mode`")
+    mode = outbound.get("mode", ALLOW_ANY)
+    if mode not in OUTBOUND_MODES:
+        raise MeshConfigError("outboundTrafficPolicy.mode", f"must be one of {', '.join(OUTBOUND_MODES)}, got {mode!r}")
+    exports = {f: _export_list(data, f) for f in ("defaultServiceExportTo", "defaultVirtualServiceExportTo",
+                                                   "defaultDestinationRuleExportTo")}
     unread = tuple(sorted(k for k in data if k not in READ_FIELDS))
-    return MeshConfig(root, td, tuple(aliases), tuple(providers), unread)
+    return MeshConfig(root, td, tuple(aliases), tuple(providers), outbound_traffic_policy=str(mode),
+                      default_service_export_to=exports["defaultServiceExportTo"],
+                      default_virtual_service_export_to=exports["defaultVirtualServiceExportTo"],
+                      default_destination_rule_export_to=exports["defaultDestinationRuleExportTo"],
+                      unread=unread)
+
+
+def _export_list(data: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    """An exportTo default: `*`, `.`, `~` or namespace names; absent is `*`."""
+    value = data.get(name)
+    if value is None:
+        return ("*",)
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise MeshConfigError(name, "must be a list of namespaces, '.', '*' or '~'")
+    return tuple(value) or ("*",)

@@ -35,6 +35,16 @@ class Service:
     labels: Mapping[str, str]
     cluster_ip: str = ""  # an IP, "None" (headless) or "" (not given, e.g. a static file)
     created: str = ""  # metadata.creationTimestamp; istiod resolves listener conflicts oldest first
+    # Where the service comes from and how clients reach it, as istiod's model.Service
+    # says it (Kubernetes Services keep the defaults; ServiceEntry hosts set them).
+    source: str = "Kubernetes"  # "Kubernetes" | "ServiceEntry"
+    resolution: str = "ClientSideLB"  # istiod's Resolution: ClientSideLB | Passthrough | DNS | DNSRoundRobin
+    mesh_external: bool = False
+    addresses: tuple[str, ...] = ()  # a ServiceEntry's addresses (VIPs, CIDRs); Kubernetes: cluster_ip
+    # Namespaces that see the service (`networking.istio.io/exportTo`, a ServiceEntry's
+    # exportTo): () means the mesh config's defaultServiceExportTo.
+    export_to: tuple[str, ...] = ()
+    subject_alt_names: tuple[str, ...] = ()  # identities clients verify besides the endpoints'
 
     @property
     def headless(self) -> bool:
@@ -63,6 +73,8 @@ class Endpoint:
     service_account: str = ""
     ready: bool = True
     locality: Locality = NO_LOCALITY  # from the pod's labels, else its Node's (locality.py)
+    network: str = ""  # a ServiceEntry endpoint's or WorkloadEntry's `network`
+    weight: int = 0  # a ServiceEntry endpoint's or WorkloadEntry's `weight` (0: not given)
 
 
 def labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
