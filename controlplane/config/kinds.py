@@ -37,8 +37,7 @@ DESTINATION_RULE = Kind(ISTIO_NETWORKING, "DestinationRule", ISTIO_VERSIONS)
 PEER_AUTHENTICATION = Kind(ISTIO_SECURITY, "PeerAuthentication", ("v1", "v1beta1"))
 AUTHORIZATION_POLICY = Kind(ISTIO_SECURITY, "AuthorizationPolicy", ("v1", "v1beta1"))
 REQUEST_AUTHENTICATION = Kind(ISTIO_SECURITY, "RequestAuthentication", ("v1", "v1beta1"))
-# The service registry and its scope (docs/registry.md). Each joins SERVED (and leaves
-# ISTIO_UNSUPPORTED and WATCHED_UNSUPPORTED) once its parse gate and model exist.
+# The service registry and its scope (docs/registry.md).
 SERVICE_ENTRY = Kind(ISTIO_NETWORKING, "ServiceEntry", ISTIO_VERSIONS)
 WORKLOAD_ENTRY = Kind(ISTIO_NETWORKING, "WorkloadEntry", ISTIO_VERSIONS)
 WORKLOAD_GROUP = Kind(ISTIO_NETWORKING, "WorkloadGroup", ISTIO_VERSIONS)
@@ -55,14 +54,14 @@ SECRET = Kind("", "Secret", ("v1",))
 SERVED: dict[tuple[str, str], Kind] = {
     (k.group, k.kind): k
     for k in (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, AUTHORIZATION_POLICY,
-              REQUEST_AUTHENTICATION, NAMESPACE, SERVICE, POD, ENDPOINT_SLICE, SECRET, NODE)
+              REQUEST_AUTHENTICATION, NAMESPACE, SERVICE, POD, ENDPOINT_SLICE, SECRET, NODE, SIDECAR, SERVICE_ENTRY,
+              WORKLOAD_ENTRY, WORKLOAD_GROUP)
 }
 
 # Istio kinds an operator may apply that meshd does not act on yet.
 ISTIO_UNSUPPORTED = frozenset(
     {
-        "ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup", "EnvoyFilter", "ProxyConfig", "Telemetry",
-        "WasmPlugin",
+        "EnvoyFilter", "ProxyConfig", "Telemetry", "WasmPlugin",
     }
 )
 
@@ -88,10 +87,6 @@ _GW_VERSIONS = ("v1", "v1beta1", "v1alpha3", "v1alpha2")
 # (kind, plural). Istio's from ISTIO_UNSUPPORTED, and the Gateway API's standard and
 # experimental channel kinds.
 WATCHED_UNSUPPORTED: tuple[tuple[Kind, str], ...] = (
-    (Kind(ISTIO_NETWORKING, "ServiceEntry", ISTIO_VERSIONS), "serviceentries"),
-    (Kind(ISTIO_NETWORKING, "Sidecar", ISTIO_VERSIONS), "sidecars"),
-    (Kind(ISTIO_NETWORKING, "WorkloadEntry", ISTIO_VERSIONS), "workloadentries"),
-    (Kind(ISTIO_NETWORKING, "WorkloadGroup", ISTIO_VERSIONS), "workloadgroups"),
     (Kind(ISTIO_NETWORKING, "EnvoyFilter", ("v1alpha3",)), "envoyfilters"),
     (Kind(ISTIO_NETWORKING, "ProxyConfig", ("v1beta1",)), "proxyconfigs"),
     (Kind("telemetry.istio.io", "Telemetry", ("v1", "v1alpha1")), "telemetries"),

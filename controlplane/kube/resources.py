@@ -115,6 +115,7 @@ RESOURCES: tuple[KubeResource, ...] = (
     _resource(kinds.GATEWAY, "gateways"),
     _resource(kinds.VIRTUAL_SERVICE, "virtualservices"),
     _resource(kinds.DESTINATION_RULE, "destinationrules"),
+    _resource(kinds.SIDECAR, "sidecars"),
     _resource(kinds.PEER_AUTHENTICATION, "peerauthentications"),
     _resource(kinds.AUTHORIZATION_POLICY, "authorizationpolicies"),
     _resource(kinds.REQUEST_AUTHENTICATION, "requestauthentications"),

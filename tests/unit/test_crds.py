@@ -33,7 +33,7 @@ def test_the_deployed_crds_are_the_commands_output():
 def test_one_crd_per_served_istio_kind_at_every_version_meshd_reads():
     docs = {d["spec"]["names"]["kind"]: d for d in yaml.safe_load_all(DEPLOYED.read_text()) if d}
     served = {k.kind: k for k in kinds.SERVED.values() if k.istio}
-    assert set(docs) == set(served) == {"Gateway", "VirtualService", "DestinationRule", "PeerAuthentication",
+    assert set(docs) == set(served) == {"Gateway", "VirtualService", "DestinationRule", "PeerAuthentication", "Sidecar",
                                         "AuthorizationPolicy", "RequestAuthentication"}
     for kind, doc in docs.items():
         assert doc["apiVersion"] == "apiextensions.k8s.io/v1" and doc["kind"] == "CustomResourceDefinition"

@@ -137,7 +137,7 @@ def test_rbac_is_least_privilege(docs):
         ("list", NS, frozenset({"istio"})), ("watch", NS, frozenset({"istio"}))}
     # Istio objects: read, and only their status written
     writes = {(g.resource, g.verb) for g in grants if g.group.endswith("istio.io") and g.verb not in ("list", "watch")}
-    assert writes == {(f"{p}/status", "patch") for p in ("gateways", "virtualservices", "destinationrules",
+    assert writes == {(f"{p}/status", "patch") for p in ("gateways", "virtualservices", "destinationrules", "sidecars",
                                                          "peerauthentications", "authorizationpolicies",
                                                          "requestauthentications")}
     # every kind the Kubernetes source lists and watches, the reported-only ones included

@@ -48,11 +48,11 @@ kind: Telemetry
 metadata: {name: mesh-default, namespace: istio-system}
 spec: {accessLogging: [{providers: [{name: envoy}]}]}
 """
-SIDECAR = """
-apiVersion: networking.istio.io/v1
-kind: Sidecar
+WASM_PLUGIN = """
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
 metadata: {name: default, namespace: shop}
-spec: {egress: [{hosts: ["./*"]}]}
+spec: {url: oci://example.com/plugin:1}
 """
 HTTP_ROUTE = """
 apiVersion: gateway.networking.k8s.io/v1
@@ -111,7 +111,7 @@ def doc(text: str) -> dict:
     (SERVICE_ENTRY, "ServiceEntry shop/external", False, "an Istio kind meshd does not serve"),
     (ENVOY_FILTER, "EnvoyFilter shop/lua", False, "an Istio kind meshd does not serve"),
     (TELEMETRY, "Telemetry istio-system/mesh-default", False, "an Istio kind meshd does not serve"),
-    (SIDECAR, "Sidecar shop/default", False, "an Istio kind meshd does not serve"),
+    (WASM_PLUGIN, "WasmPlugin shop/default", False, "an Istio kind meshd does not serve"),
     (HTTP_ROUTE, "HTTPRoute shop/bookinfo", False, "meshd does not implement the Gateway API"),
     (GATEWAY_CLASS, "GatewayClass istio", False, "meshd does not implement the Gateway API"),
     (UNKNOWN_SECURITY, "AuthorisationPolicy shop/deny-all", True, "the access control it describes is NOT enforced"),
@@ -166,12 +166,12 @@ def served(tmp_path: Path, files: dict[str, str]):
 
 def test_configz_and_metric_list_every_unsupported_object_until_its_file_goes(tmp_path):
     store, src, metrics, views, logs = served(tmp_path, {
-        "istio.yaml": SERVICE_ENTRY + "---" + ENVOY_FILTER + "---" + TELEMETRY + "---" + SIDECAR,
+        "istio.yaml": SERVICE_ENTRY + "---" + ENVOY_FILTER + "---" + TELEMETRY + "---" + WASM_PLUGIN,
         "route.yaml": HTTP_ROUTE, "security.yaml": UNKNOWN_SECURITY, "authz.yaml": AUTHZ, "quiet.yaml": QUIET,
     })
     listed = {u["object"]: u for u in views.configz()["unsupported"]}
     assert set(listed) == {"ServiceEntry shop/external", "EnvoyFilter shop/lua", "Telemetry istio-system/mesh-default",
-                           "Sidecar shop/default", "HTTPRoute shop/bookinfo", "AuthorisationPolicy shop/deny-all"}
+                           "WasmPlugin shop/default", "HTTPRoute shop/bookinfo", "AuthorisationPolicy shop/deny-all"}
     route = listed["HTTPRoute shop/bookinfo"]
     assert route["apiVersion"] == "gateway.networking.k8s.io/v1" and route["level"] == "Warning"
     assert route["origin"]["location"] == str(tmp_path / "route.yaml")

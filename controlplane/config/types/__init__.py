@@ -14,17 +14,33 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..kinds import DESTINATION_RULE, GATEWAY, PEER_AUTHENTICATION, VIRTUAL_SERVICE
+from ..kinds import (
+    DESTINATION_RULE,
+    GATEWAY,
+    PEER_AUTHENTICATION,
+    SERVICE_ENTRY,
+    SIDECAR,
+    VIRTUAL_SERVICE,
+    WORKLOAD_ENTRY,
+    WORKLOAD_GROUP,
+)
 from .destinationrule import DestinationRule, destination_rule
 from .gateway import Gateway, gateway
 from .peerauthentication import PeerAuthentication, peer_authentication
+from .serviceentry import ServiceEntry, service_entry
+from .sidecar import Sidecar, sidecar
 from .virtualservice import VirtualService, virtual_service
+from .workloadentry import WorkloadEntry, WorkloadGroup, workload_entry, workload_group
 
 BUILDERS: dict[tuple[str, str], Callable[[Mapping[str, Any]], Any]] = {
     (GATEWAY.group, GATEWAY.kind): gateway,
     (VIRTUAL_SERVICE.group, VIRTUAL_SERVICE.kind): virtual_service,
     (DESTINATION_RULE.group, DESTINATION_RULE.kind): destination_rule,
     (PEER_AUTHENTICATION.group, PEER_AUTHENTICATION.kind): peer_authentication,
+    (SIDECAR.group, SIDECAR.kind): sidecar,
+    (SERVICE_ENTRY.group, SERVICE_ENTRY.kind): service_entry,
+    (WORKLOAD_ENTRY.group, WORKLOAD_ENTRY.kind): workload_entry,
+    (WORKLOAD_GROUP.group, WORKLOAD_GROUP.kind): workload_group,
 }
 
 
@@ -34,4 +50,5 @@ def build(group: str, kind: str, spec: Mapping[str, Any]) -> Any:
     return builder(spec if isinstance(spec, Mapping) else {}) if builder is not None else None
 
 
-__all__ = ["BUILDERS", "DestinationRule", "Gateway", "PeerAuthentication", "VirtualService", "build"]
+__all__ = ["BUILDERS", "DestinationRule", "Gateway", "PeerAuthentication", "ServiceEntry", "Sidecar", "VirtualService",
+           "WorkloadEntry", "WorkloadGroup", "build"]

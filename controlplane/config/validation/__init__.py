@@ -28,6 +28,7 @@ from .metadata import validate_envelope
 from .requestauthentication import validate_request_authentication
 from .schema import schema_for, validate_document
 from .secret import validate_secret
+from .sidecar import validate_sidecar
 from .virtualservice import validate_virtual_service
 
 __all__ = ["FieldError", "as_json", "validate"]
@@ -37,6 +38,7 @@ _ISTIO_SEMANTICS: dict[str, Callable[[dict, dict], list[FieldError]]] = {
     "Gateway": lambda spec, meta: validate_gateway(spec, meta.get("name")),
     "VirtualService": lambda spec, meta: validate_virtual_service(spec, meta.get("namespace")),
     "DestinationRule": lambda spec, meta: validate_destination_rule(spec, meta.get("namespace")),
+    "Sidecar": lambda spec, meta: validate_sidecar(spec, meta.get("namespace")),
     "AuthorizationPolicy": validate_authorization_policy,
     "RequestAuthentication": validate_request_authentication,
 }
