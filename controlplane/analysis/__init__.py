@@ -18,6 +18,7 @@ from .analyzers.authorization import (
     AuthorizationPrincipalAnalyzer,
     CustomProviderAnalyzer,
 )
+from .analyzers.deprecation import FieldAnalyzer
 from .analyzers.gateway import (
     CertificateAnalyzer,
     ConflictingGatewayAnalyzer,
@@ -30,6 +31,12 @@ from .analyzers.others import (
     PortNameAnalyzer,
     SchemaValidationAnalyzer,
 )
+from .analyzers.serviceentry import (
+    ConflictingServiceEntryProtocolAnalyzer,
+    ProtocolAddressesAnalyzer,
+    WorkloadSelectorAnalyzer,
+)
+from .analyzers.sidecar import SelectorAnalyzer as SidecarSelectorAnalyzer
 from .analyzers.unsupported import UnsupportedKindAnalyzer
 from .analyzers.virtualservice import (
     ConflictingMeshGatewayHostsAnalyzer,
@@ -57,6 +64,11 @@ ANALYZERS = (
     AuthorizationPoliciesAnalyzer(),
     AuthorizationPrincipalAnalyzer(),
     CustomProviderAnalyzer(),
+    SidecarSelectorAnalyzer(),
+    ProtocolAddressesAnalyzer(),
+    ConflictingServiceEntryProtocolAnalyzer(),
+    WorkloadSelectorAnalyzer(),
+    FieldAnalyzer(),
     UnsupportedKindAnalyzer(),
 )
 BY_NAME = {a.name: a for a in ANALYZERS}

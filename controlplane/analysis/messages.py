@@ -32,12 +32,19 @@ def _t(name: str, code: str, level: str, template: str) -> MessageType:
 
 # The ones meshd's analyzers emit (wording verbatim from Istio).
 INTERNAL_ERROR = _t("InternalError", "IST0001", "Error", "Internal error: %v")
+DEPRECATED = _t("Deprecated", "IST0002", "Warning", "Deprecated: %s")
 REFERENCED_RESOURCE_NOT_FOUND = _t("ReferencedResourceNotFound", "IST0101", "Error", "Referenced %s not found: %q")
 SCHEMA_VALIDATION_ERROR = _t("SchemaValidationError", "IST0106", "Error", "Schema validation error: %v")
 CONFLICTING_MESH_GATEWAY_HOSTS = _t(
     "ConflictingMeshGatewayVirtualServiceHosts", "IST0109", "Error",
     "The VirtualServices %s associated with mesh gateway define the same host %s which can lead to undefined "
     "behavior. This can be fixed by merging the conflicting VirtualServices into a single resource.")
+CONFLICTING_SIDECAR_WORKLOAD_SELECTORS = _t(
+    "ConflictingSidecarWorkloadSelectors", "IST0110", "Error",
+    "The Sidecars %v in namespace %q select the same workload pod %q, which can lead to undefined behavior.")
+MULTIPLE_SIDECARS_WITHOUT_SELECTORS = _t(
+    "MultipleSidecarsWithoutWorkloadSelectors", "IST0111", "Error",
+    "The Sidecars %v in namespace %q have no workload selector, which can lead to undefined behavior.")
 VS_DESTINATION_PORT_SELECTOR_REQUIRED = _t(
     "VirtualServiceDestinationPortSelectorRequired", "IST0112", "Error",
     "This VirtualService routes to a service %q that exposes multiple ports %v. Specifying a port in the "
@@ -59,6 +66,8 @@ NO_SERVER_CERT_VERIFICATION_PORT = _t(
 VS_HOST_NOT_FOUND_IN_GATEWAY = _t(
     "VirtualServiceHostNotFoundInGateway", "IST0132", "Warning",
     "one or more host %v defined in VirtualService %s not found in Gateway %s.")
+SERVICE_ENTRY_ADDRESSES_REQUIRED = _t(
+    "ServiceEntryAddressesRequired", "IST0134", "Warning", "ServiceEntry addresses are required for this protocol.")
 GATEWAY_DUPLICATE_CERTIFICATE = _t(
     "GatewayDuplicateCertificate", "IST0138", "Warning",
     "Duplicate certificate in multiple gateways %v may cause 404s if clients re-use HTTP2 connections.")
@@ -77,6 +86,10 @@ GATEWAY_PORT_NOT_DEFINED_ON_SERVICE = _t(
     "The gateway is listening on a target port (port %d) that is not defined in the Service associated with its "
     "workload instances (Pod selector %s). If you need to access the gateway port through the gateway Service, it "
     "will not be available.")
+INEFFECTIVE_POLICY = _t("IneffectivePolicy", "IST0167", "Warning", "The policy has no impact: %s.")
+CONFLICTING_SERVICE_ENTRY_PROTOCOL = _t(
+    "ConflictingServiceEntryProtocol", "IST0177", "Warning",
+    "Multiple ServiceEntries (%s) define the same host %q and port %d with conflicting protocols (%s).")
 
 # meshd's own authorization checks (analyzers/authorization.py): Istio has no message for them.
 PRINCIPAL_NOT_FOUND = _t("AuthorizationPrincipalNotFound", "MSH0003", "Warning",

@@ -6,8 +6,9 @@ from typing import Any
 from ...config import kinds
 from ...config.validation import validate
 from .. import messages as msg
-from ..context import DESTINATION_RULE, PEER_AUTHENTICATION, POD, SERVICE, Context
-from ..util import SYSTEM_NAMESPACES, selector_matches, selector_string
+from ..context import DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, Context
+from ..util import SYSTEM_NAMESPACES
+from .workloads import report_unmatched, workloads_of
 
 
 def _list(v: Any) -> list:
@@ -92,22 +93,19 @@ class PortNameAnalyzer:
 
 
 class PeerAuthenticationAnalyzer:
-    """meshd's own: a PeerAuthentication whose workload selector matches no pod in its
-    namespace does nothing (Istio reports the same for AuthorizationPolicy, IST0127)."""
+    """meshd's own: a PeerAuthentication whose workload selector matches no pod (or
+    WorkloadEntry) in its namespace does nothing (Istio reports the same for
+    AuthorizationPolicy, IST0127)."""
 
     name = "peerauthentication.SelectorAnalyzer"
     description = "Checks that PeerAuthentication workload selectors match a pod"
 
     def analyze(self, ctx: Context) -> None:
-        pods = ctx.all(POD)
+        workloads = workloads_of(ctx)
         for r in ctx.for_each(PEER_AUTHENTICATION):
             labels = _dict(_dict(r.spec.get("selector")).get("matchLabels"))
-            if not labels:
-                continue
-            if any(p.namespace == r.namespace and selector_matches(labels, p.labels) for p in pods):
-                continue
-            ctx.report(msg.new(msg.NO_MATCHING_WORKLOADS, r, selector_string(labels),
-                               line=r.line_of("spec", "selector", "matchLabels")))
+            report_unmatched(ctx, workloads, r, {str(k): str(v) for k, v in labels.items()},
+                             r.line_of("spec", "selector", "matchLabels"))
 
 
 # Istio kinds with a schema in controlplane/config/schemas (served or not).

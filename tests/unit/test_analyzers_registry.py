@@ -1,0 +1,194 @@
+"""`meshd analyze` for the registry kinds: Sidecar, ServiceEntry, WorkloadEntry, exportTo.
+
+Istio's own cases (../shared/corpus/INDEX.md, analyzers_test.go) for the analyzers whose
+Go type name differs from the name Istio registers them under (test_analyze.py runs the
+cases whose names agree: sidecar.SelectorAnalyzer, the ServiceEntry protocol conflicts),
+the exact wording and lines istioctl prints, and meshd's own checks for WorkloadEntries.
+"""
+from __future__ import annotations
+
+import pytest
+
+from controlplane.analysis import BY_NAME, analyze, messages
+from controlplane.analysis.resources import parse_text
+from tests.unit.test_analyze import TESTDATA, istio_cases, run
+
+# Istio's test names its analyzers by Go type; `istioctl analyze` (and meshd) by Metadata().Name.
+REGISTERED_AS = {
+    "serviceentry.ProtocolAddressesAnalyzer": "serviceentry.Analyzer",
+    "deprecation.FieldAnalyzer": "deprecation.DeprecationAnalyzer",
+}
+# Where meshd reports what istiod would not, and why.
+MESHD_DIFFERS = {
+    # Istio trusts the agent's DNS proxy to give each host a VIP when the mesh config turns
+    # on ISTIO_META_DNS_AUTO_ALLOCATE; meshd has no DNS proxy, so a TCP ServiceEntry without
+    # addresses still gets 0.0.0.0:<port> and takes that port's traffic to every host.
+    "missing Addresses and Protocol in Service Entry with ISTIO_META_DNS_AUTO_ALLOCATE enabled": [
+        "ServiceEntryAddressesRequired ServiceEntry default/service-entry-test-03",
+        "ServiceEntryAddressesRequired ServiceEntry default/service-entry-test-04",
+        "ServiceEntryAddressesRequired ServiceEntry default/service-entry-test-07"],
+    # status.addresses is written by istiod's IP allocator; meshd neither allocates nor
+    # serves those addresses.
+    "ServiceEntry Addresses Allocated": ["ServiceEntryAddressesRequired ServiceEntry address-allocated"],
+}
+CASES = {name: c for name, c in istio_cases().items() if c["analyzer"] in REGISTERED_AS}
+CODES = {t.name for t in messages.ALL}
+
+
+def test_the_renamed_analyzers_have_corpus_cases():
+    assert len(CASES) == 6, sorted(CASES)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_istio_analyzer_case(case):
+    c = CASES[case]
+    resources = []
+    for f in sorted(c["files"]):
+        resources += parse_text((TESTDATA / f).read_text(), f, "")
+    analyzer = BY_NAME[REGISTERED_AS[c["analyzer"]]]
+    got = sorted(f"{m.type.name} {m.resource.friendly_name}" for m in analyze(resources, [analyzer]))
+    if case in MESHD_DIFFERS:
+        expected = MESHD_DIFFERS[case]
+    else:
+        expected = [] if c["expect"] == "no messages" else [e.strip() for e in c["expect"].split(";")]
+    assert got == sorted(e for e in expected if e.split()[0] in CODES)
+
+
+def _lines(*files: str, analyzer: str | None = None) -> list[str]:
+    resources = []
+    for f in files:
+        resources += parse_text((TESTDATA / f).read_text(), f"testdata/{f}", "")
+    chosen = [BY_NAME[analyzer]] if analyzer else None
+    return [str(m) for m in (analyze(resources, chosen) if chosen else analyze(resources))]
+
+
+def test_wording_and_lines_as_istioctl_prints_them():
+    """The texts of Istio's messages.yaml, the object and the line istio.io's pages show."""
+    side = _lines("sidecar-default-selector.yaml", analyzer="sidecar.SelectorAnalyzer")
+    # istio.io/latest/docs/reference/config/analysis/ist0167 shows lines 84 and 90 of this file.
+    assert ("Warning [IST0167] (Sidecar ns-ambient/namespace-scoped testdata/sidecar-default-selector.yaml:84) "
+            "The policy has no impact: namespace is in ambient mode, the policy has no impact.") in side
+    assert ("Warning [IST0167] (Sidecar ns-ambient/pod-scoped testdata/sidecar-default-selector.yaml:90) "
+            "The policy has no impact: selected workload is in ambient mode, the policy has no impact.") in side
+    assert ('Error [IST0111] (Sidecar ns2/has-conflict-1 testdata/sidecar-default-selector.yaml:24) The Sidecars '
+            '[has-conflict-1 has-conflict-2] in namespace "ns2" have no workload selector, which can lead to '
+            'undefined behavior.') in side
+    sel = _lines("sidecar-selector.yaml", analyzer="sidecar.SelectorAnalyzer")
+    assert ('Error [IST0101] (Sidecar default/maps-to-nonexistent testdata/sidecar-selector.yaml:55) '
+            'Referenced selector not found: "app=bogus"') in sel  # the selector label's line
+    assert ('Error [IST0110] (Sidecar default/dupe-1 testdata/sidecar-selector.yaml:76) The Sidecars [dupe-1 dupe-2] '
+            'in namespace "default" select the same workload pod "reviews", which can lead to undefined behavior.') in sel
+    se = _lines("serviceentry-missing-addresses-protocol.yaml", analyzer="serviceentry.Analyzer")
+    assert se[0] == ("Warning [IST0134] (ServiceEntry default/service-entry-test-03 "
+                     "testdata/serviceentry-missing-addresses-protocol.yaml:48) "
+                     "ServiceEntry addresses are required for this protocol.")  # the port's line
+    conflict = _lines("serviceentry-conflicting-protocol.yaml",
+                      analyzer="serviceentry.ConflictingServiceEntryProtocolAnalyzer")
+    assert conflict == [
+        f"Warning [IST0177] (ServiceEntry default/{name} testdata/serviceentry-conflicting-protocol.yaml:{line}) "
+        'Multiple ServiceEntries (default/se-http, default/se-https) define the same host "example.com" and port '
+        "13835 with conflicting protocols (HTTP, HTTPS)." for name, line in (("se-http", 19), ("se-https", 4))]
+    dep = _lines("deprecation.yaml", analyzer="deprecation.DeprecationAnalyzer")
+    assert "Deprecated: OutboundTrafficPolicy.EgressProxy ignored" in dep[0]
+    assert "Deprecated: HTTPRoute.fault.delay.percent is deprecated; use HTTPRoute.fault.delay.percentage" in dep[1]
+
+
+def _analyze(text: str, *names: str) -> list[str]:
+    return [f"{m.type.code} {m.resource.friendly_name if m.resource else ''}: {m.text}"
+            for m in analyze(parse_text(text, "mesh.yaml"), [BY_NAME[n] for n in names])]
+
+
+WORKLOAD_ENTRY = """
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-1, namespace: vms}
+spec: {address: 10.9.0.1, labels: {app: legacy}}
+"""
+
+
+def test_sidecars_select_workload_entries():
+    """A VM's proxy takes its Sidecar by the WorkloadEntry's labels: a selector matching
+    only WorkloadEntries matches something; two such Sidecars conflict on the VM."""
+    one = WORKLOAD_ENTRY + """---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: vm-scope, namespace: vms}
+spec: {workloadSelector: {labels: {app: legacy}}, egress: [{hosts: ["./*"]}]}
+"""
+    assert _analyze(one, "sidecar.SelectorAnalyzer") == []
+    two = one + """---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: vm-scope-2, namespace: vms}
+spec: {workloadSelector: {labels: {app: legacy}}, egress: [{hosts: ["*/*"]}]}
+"""
+    got = _analyze(two, "sidecar.SelectorAnalyzer")
+    assert got == [f'IST0110 Sidecar vms/{n}: The Sidecars [vm-scope vm-scope-2] in namespace "vms" select the same '
+                   'workload pod "vm-1", which can lead to undefined behavior.' for n in ("vm-scope", "vm-scope-2")]
+    # The WorkloadEntry's own metadata labels are not what selectors see.
+    elsewhere = WORKLOAD_ENTRY.replace("namespace: vms", "namespace: other") + one.split("---", 1)[1]
+    assert _analyze("---\n".join([elsewhere]), "sidecar.SelectorAnalyzer") == [
+        'IST0101 Sidecar vms/vm-scope: Referenced selector not found: "app=legacy"']
+
+
+def test_service_entry_workload_selector_matches_pods_or_workload_entries():
+    se = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: vms}
+spec:
+  hosts: [legacy.example.com]
+  addresses: [240.0.0.9]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: legacy}}
+"""
+    assert _analyze(se, "serviceentry.WorkloadSelectorAnalyzer") == [
+        "IST0127 ServiceEntry vms/legacy: No matching workloads for this resource with the following labels: app=legacy"]
+    assert _analyze(se + "---" + WORKLOAD_ENTRY, "serviceentry.WorkloadSelectorAnalyzer") == []
+    pod = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: vms, labels: {app: legacy}}\n"
+    assert _analyze(se + pod, "serviceentry.WorkloadSelectorAnalyzer") == []
+
+
+def test_protocol_conflicts_follow_export_to():
+    """What one namespace sees: a ServiceEntry exported everywhere meets one kept to its
+    own namespace there; two kept to different namespaces never meet."""
+    def se(name: str, ns: str, protocol: str, export: str) -> str:
+        return f"""---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  hosts: [api.example.com]
+  ports: [{{number: 443, name: p, protocol: {protocol}}}]
+  resolution: DNS
+  exportTo: [{export}]
+"""
+    name = "serviceentry.ConflictingServiceEntryProtocolAnalyzer"
+    got = _analyze(se("a", "ns1", "TLS", '"*"') + se("b", "ns2", "HTTPS", '"."'), name)
+    assert got == [f'IST0177 ServiceEntry {n}: Multiple ServiceEntries (ns1/a, ns2/b) define the same host '
+                   '"api.example.com" and port 443 with conflicting protocols (HTTPS, TLS).' for n in ("ns1/a", "ns2/b")]
+    assert _analyze(se("a", "ns1", "TLS", '"."') + se("b", "ns2", "HTTPS", '"."'), name) == []
+    assert _analyze(se("a", "ns1", "TLS", "ns3") + se("b", "ns2", "https", "ns3"), name) != []
+    assert _analyze(se("a", "ns1", "tls", '"*"') + se("b", "ns2", "TLS", '"*"'), name) == []  # case does not matter
+
+
+def test_cli_lists_and_runs_them(tmp_path):
+    code, out = run("analyze", "--list-analyzers")
+    for n in ("sidecar.SelectorAnalyzer", "serviceentry.Analyzer", "serviceentry.ConflictingServiceEntryProtocolAnalyzer",
+              "serviceentry.WorkloadSelectorAnalyzer", "deprecation.DeprecationAnalyzer"):
+        assert n in out
+    (tmp_path / "mesh.yaml").write_text("""
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: a, namespace: shop}
+spec: {egress: [{hosts: ["./*"]}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: b, namespace: shop}
+spec: {egress: [{hosts: ["istio-system/*"]}]}
+""")
+    code, out = run("analyze", str(tmp_path))
+    assert code == 79
+    assert "Error [IST0111] (Sidecar shop/a " in out and "Error [IST0111] (Sidecar shop/b " in out
