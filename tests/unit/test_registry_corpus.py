@@ -1,0 +1,85 @@
+"""Istio's FakeDiscoveryServer inputs (tests/testdata/networking/*) through meshd.
+
+Every document goes through the parse gate `meshd serve` uses; each must be served except
+the ones named here with the reason. Then the proxy Istio's lds_test connects gets what
+that test asserts, from meshd's generators (tests/support/registry_corpus.py; the table in
+docs/registry-corpus.md is its output).
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.support.registry_corpus import CASES, NETWORKING, run
+
+BY_NAME = {c.name: c for c in CASES}
+# The documents meshd does not serve, and why (everything else must be "served").
+NOT_SERVED = {
+    "envoyfilter-without-service": {"EnvoyFilter istio-system/test-lua": "unsupported: EnvoyFilter"},
+    # Kubernetes would refuse the name too (a DNS-1123 subdomain); Istio's file-based test
+    # registry does not check object names.
+    "ingress-gateway": {"ServiceEntry istio-system/BACKEND": 'rejected: ingress-gateway/configs.yaml: ServiceEntry '
+                        'istio-system/BACKEND: metadata.name: Invalid value: "BACKEND"'},
+    "sidecar-ns-scope": {},
+    "sidecar-without-service": {},
+}
+
+
+def test_every_networking_input_has_a_case():
+    assert sorted(p.name for p in NETWORKING.iterdir() if (p / "configs.yaml").exists()) == sorted(BY_NAME)
+    assert sorted(NOT_SERVED) == sorted(BY_NAME)
+
+
+@pytest.mark.parametrize("name", sorted(BY_NAME))
+def test_parse_gate_serves_every_document_but_the_named_ones(name):
+    out = run(BY_NAME[name])
+    assert len(out.documents) >= 4
+    not_served = {doc: outcome for doc, outcome in out.documents if outcome != "served"}
+    assert sorted(not_served) == sorted(NOT_SERVED[name]), not_served
+    for doc, start in NOT_SERVED[name].items():
+        assert not_served[doc].startswith(start), not_served[doc]
+
+
+def _eds_clusters(out) -> list[str]:
+    return [c for c in out.clusters if c.startswith("outbound|")]
+
+
+def test_ingress_gateway_listeners():
+    """TestLDSWithIngressGateway: listeners for 80 and 443, three filter chains on 443
+    (the SIMPLE server, the passthrough server, the TLS route's server)."""
+    out = run(BY_NAME["ingress-gateway"])
+    assert out.listeners == {"0.0.0.0_80": 1, "0.0.0.0_443": 3}
+    assert "istio-ingressgateway.istio-system.svc.cluster.local (ServiceEntry)" in out.services
+
+
+def test_envoy_filter_is_not_applied():
+    """TestLDSEnvoyFilterWithWorkloadSelector expects a Lua filter for the selected
+    workload; meshd does not serve EnvoyFilter (reported unsupported above), so its
+    0.0.0.0_8081 listener is the plain one."""
+    out = run(BY_NAME["envoyfilter-without-service"])
+    assert out.listeners["0.0.0.0_8081"] == 1
+    assert _eds_clusters(out) == ["outbound|8081||http1.ns1.svc.cluster.local"]
+
+
+SCOPE_PENDING = pytest.mark.xfail(
+    strict=True, reason="the generators do not read the proxy's Sidecar scope yet (issue 18, sidecar-scope): the "
+                        "services of other namespaces are still pushed; remove this mark when they are not")
+
+
+@SCOPE_PENDING
+def test_root_namespace_sidecar_scopes_a_namespace():
+    """TestLDSWithDefaultSidecar: the root namespace's Sidecar (`./*`) limits a ns1 proxy to
+    ns1: 4 listeners (HTTP 8080, TCP 2.1.1.3:3306, virtualInbound, virtualOutbound), 9
+    clusters, 3 virtual hosts in route 8080 (http1, http2, and the passthrough one)."""
+    out = run(BY_NAME["sidecar-ns-scope"])
+    assert sorted(out.listeners) == ["0.0.0.0_8080", "2.1.1.3_3306", "virtualInbound", "virtualOutbound"]
+    assert len(out.clusters) == 9, out.clusters
+    assert out.routes["8080"] == 3
+
+
+@SCOPE_PENDING
+def test_workload_sidecar_without_service():
+    """TestLDSWithSidecarForWorkloadWithoutService: egress `ns1/*` gives the consumer only
+    http1.ns1 (listener 0.0.0.0_8081, one EDS cluster) besides virtualInbound."""
+    out = run(BY_NAME["sidecar-without-service"])
+    assert out.listeners["0.0.0.0_8081"] == 1 and "virtualInbound" in out.listeners
+    assert _eds_clusters(out) == ["outbound|8081||http1.ns1.svc.cluster.local"]
