@@ -38,6 +38,7 @@ from .meshconfig import MeshConfig
 from .peer_authentication import MtlsPolicy, effective_policy
 from .proxy import Proxy
 from .request_authentication import EMPTY_JWKS, JwksView, JwtRule
+from .service_entries import endpoints_of, host_endpoints, resolves_host, services_of
 from .services import (
     Endpoint,
     PodIndex,
@@ -49,6 +50,7 @@ from .services import (
     labels_match,
     pod_locality,
 )
+from .workloads import Workload, is_ip, service_endpoints, workloads_of
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
@@ -93,6 +95,11 @@ class MeshSnapshot:
     _dr_index: DestinationRuleIndex | None = field(default=None, repr=False)
     # Pods by name and IP, Node labels by name: where proxies run (proxy_locality).
     _pods: PodIndex | None = field(default=None, repr=False)
+    # The WorkloadEntries (Kubernetes Services select them too: workloads.py).
+    _workloads: tuple[Workload, ...] = field(default=(), repr=False)
+    # ServiceEntry hosts another Service holds (a Kubernetes Service, or an older
+    # ServiceEntry): not served (build_mesh, _add_service_entries).
+    hidden_services: tuple[Service, ...] = field(default=(), repr=False)
     # The version of the snapshot this one was derived from when only EndpointSlices
     # changed (build_mesh's fast path): everything but endpoints and instances is its.
     derived_from: str = field(default="", compare=False)
@@ -325,8 +332,11 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, pre
 
     endpoints: dict[tuple[str, int], tuple[Endpoint, ...]] = {}
     instances: dict[str, list[ServiceInstance]] = {}
+    workloads = workloads_of(config)
     for svc in services.values():
-        _add_endpoints(svc, slices_by_service.get((svc.namespace, svc.name)), pod_index, pods, endpoints, instances)
+        _add_endpoints(svc, slices_by_service.get((svc.namespace, svc.name)), pod_index, pods, workloads, endpoints,
+                       instances)
+    hidden = _add_service_entries(config, pods, workloads, nodes, services, endpoints, instances)
 
     drs = tuple(config.of_kind(kinds.DESTINATION_RULE.kind))
     gateways = tuple(config.of_kind(kinds.GATEWAY.kind))
@@ -354,6 +364,8 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, pre
         credentials=credentials_from(config.of_kind(kinds.SECRET.kind)),
         _dr_index=DestinationRuleIndex(drs, root_namespace),
         _pods=pod_index,
+        _workloads=workloads,
+        hidden_services=hidden,
     )
     conflicts = gateway_conflicts(mesh, pods)
     report_gateway_conflicts(conflicts)
@@ -375,17 +387,60 @@ def _instance_order(i: ServiceInstance) -> tuple[str, int]:
 
 
 def _add_endpoints(svc: Service, slices: list[ConfigObject] | None, pod_index: PodIndex, pods: list[ConfigObject],
-                   endpoints: dict[tuple[str, int], tuple[Endpoint, ...]],
+                   workloads: tuple[Workload, ...], endpoints: dict[tuple[str, int], tuple[Endpoint, ...]],
                    instances: dict[str, list[ServiceInstance]]) -> None:
-    """`svc`'s endpoints per port (from its slices, else from the pods it selects) into
-    `endpoints`, and its instances by address into `instances`."""
+    """`svc`'s endpoints per port (from its slices, else from the pods it selects, then
+    the WorkloadEntries it selects) into `endpoints`, and its instances by address into
+    `instances`."""
     per_port = endpoints_from_slices(svc, slices, pod_index) if slices else endpoints_from_pods(svc, pods, pod_index.nodes)
+    if workloads:
+        for port, more in service_endpoints(svc, workloads).items():
+            per_port[port] = per_port.get(port, ()) + tuple(more)
+    _add_instances(svc, per_port, endpoints, instances)
+
+
+def _add_instances(svc: Service, per_port: Mapping[int, tuple[Endpoint, ...]],
+                   endpoints: dict[tuple[str, int], tuple[Endpoint, ...]],
+                   instances: dict[str, list[ServiceInstance]], ip_only: bool = False) -> None:
     for port, eps in per_port.items():
         endpoints[(svc.hostname, port)] = eps
         sp = svc.port(port)
         if sp is not None:
             for ep in eps:
-                instances.setdefault(ep.address, []).append(ServiceInstance(svc, sp, ep))
+                # A ServiceEntry's DNS names and sockets: no proxy is found by them.
+                if not ip_only or is_ip(ep.address):
+                    instances.setdefault(ep.address, []).append(ServiceInstance(svc, sp, ep))
+
+
+def _add_service_entries(config: ConfigSnapshot, pods: list[ConfigObject], workloads: tuple[Workload, ...],
+                         nodes: Mapping[str, Mapping[str, str]], services: dict[str, Service],
+                         endpoints: dict[tuple[str, int], tuple[Endpoint, ...]],
+                         instances: dict[str, list[ServiceInstance]]) -> tuple[Service, ...]:
+    """The Services of the ServiceEntries (service_entries.py) into `services`, their
+    endpoints and instances (those at an IP: a VM's sidecar finds its inbound side) as
+    _add_endpoints adds a Kubernetes Service's. A host that is already a Service stays
+    that Service, as istiod's PushContext keeps it: a Kubernetes Service wins over a
+    ServiceEntry, an older ServiceEntry over a newer one (creation time, then namespace
+    and name). The ServiceEntry hosts left out are returned."""
+    entries = sorted(config.of_kind(kinds.SERVICE_ENTRY.kind),
+                     key=lambda o: (str(o.extra.get("creationTimestamp") or ""), o.namespace, o.name))
+    hidden: list[Service] = []
+    for obj in entries:
+        shared: dict[int, tuple[Endpoint, ...]] | None = None
+        for svc in services_of(obj):
+            if svc.hostname in services:
+                hidden.append(svc)
+                continue
+            services[svc.hostname] = svc
+            if resolves_host(obj.typed):
+                per_port = host_endpoints(svc, obj.typed)
+            else:
+                if shared is None:
+                    shared = endpoints_of(obj, pods, workloads, nodes)
+                per_port = shared
+            _add_instances(svc, per_port, endpoints, instances, ip_only=True)
+    _report_hidden(hidden, services)
+    return tuple(hidden)
 
 
 def _with_changed_slices(config: ConfigSnapshot, previous: MeshSnapshot, changed: AbstractSet[ConfigKey]) -> MeshSnapshot:
@@ -405,6 +460,7 @@ def _with_changed_slices(config: ConfigSnapshot, previous: MeshSnapshot, changed
 
     pod_index = previous._pods
     assert pod_index is not None
+    workloads = previous._workloads  # a WorkloadEntry change takes the full build
     endpoints = dict(previous.endpoints)
     fresh: dict[str, list[ServiceInstance]] = {}
     hosts: set[str] = set()
@@ -418,7 +474,7 @@ def _with_changed_slices(config: ConfigSnapshot, previous: MeshSnapshot, changed
         named_target |= any(isinstance(p.target_port, str) and not p.target_port.isdigit() for p in svc.ports)
         for sp in svc.ports:
             addresses.update(ep.address for ep in previous.endpoints.get((svc.hostname, sp.port), ()))
-        _add_endpoints(svc, slices, pod_index, config.of_kind(kinds.POD.kind), endpoints, fresh)
+        _add_endpoints(svc, slices, pod_index, config.of_kind(kinds.POD.kind), workloads, endpoints, fresh)
     instances = dict(previous._instances_by_ip)
     changed_addresses = addresses | fresh.keys()
     for ip in changed_addresses:
@@ -487,6 +543,24 @@ def gateway_conflicts(mesh: MeshSnapshot, pods: list[ConfigObject]) -> tuple[Gat
 
 
 _reported: set[tuple[Any, ...]] = set()
+_reported_hidden: set[tuple[str, str, str]] = set()
+
+
+def _report_hidden(hidden: list[Service], services: Mapping[str, Service]) -> None:
+    """One `service host conflict` event per ServiceEntry host left out, when it appears."""
+    global _reported_hidden
+    current = set()
+    for svc in hidden:
+        key = (svc.namespace, svc.hostname, svc.created)
+        current.add(key)
+        if key not in _reported_hidden:
+            holder = services[svc.hostname]
+            log.warning("service host conflict", host=svc.hostname, namespace=svc.namespace, ignored="ServiceEntry",
+                        kept=f"{holder.source} {holder.namespace}/{holder.name}",
+                        message=f"ServiceEntry host {svc.hostname} in namespace {svc.namespace} is ignored: "
+                                f"{holder.source} {holder.namespace}/{holder.name} defines it "
+                                + ("(a Kubernetes Service wins)" if holder.source != svc.source else "(the older one wins)"))
+    _reported_hidden = current
 
 
 def report_gateway_conflicts(conflicts: tuple[GatewayConflict, ...]) -> None:

@@ -28,8 +28,10 @@ from .metadata import validate_envelope
 from .requestauthentication import validate_request_authentication
 from .schema import schema_for, validate_document
 from .secret import validate_secret
+from .serviceentry import validate_service_entry
 from .sidecar import validate_sidecar
 from .virtualservice import validate_virtual_service
+from .workloadentry import validate_workload_entry, validate_workload_group
 
 __all__ = ["FieldError", "as_json", "validate"]
 
@@ -39,6 +41,9 @@ _ISTIO_SEMANTICS: dict[str, Callable[[dict, dict], list[FieldError]]] = {
     "VirtualService": lambda spec, meta: validate_virtual_service(spec, meta.get("namespace")),
     "DestinationRule": lambda spec, meta: validate_destination_rule(spec, meta.get("namespace")),
     "Sidecar": lambda spec, meta: validate_sidecar(spec, meta.get("namespace")),
+    "ServiceEntry": lambda spec, meta: validate_service_entry(spec, meta.get("namespace")),
+    "WorkloadEntry": lambda spec, meta: validate_workload_entry(spec),
+    "WorkloadGroup": lambda spec, meta: validate_workload_group(spec),
     "AuthorizationPolicy": validate_authorization_policy,
     "RequestAuthentication": validate_request_authentication,
 }

@@ -124,6 +124,8 @@ RULES: dict[str, Predicate] = {
     "0 < self && self <= 65535": lambda self: 0 < self <= 65535,
     'self != "*"': lambda self: self != "*",
     "self.all(l1, self.exists_one(l2, l1.number == l2.number))": _unique_port_numbers,
+    # WorkloadGroup probe (httpGet.scheme).
+    'self in ["", "HTTP", "HTTPS"]': lambda self: self in ("", "HTTP", "HTTPS"),
     # PeerAuthentication.
     "has(self.portLevelMtls) ? (((has(self.selector) && has(self.selector.matchLabels)) ? "
     "self.selector.matchLabels : {}).size() > 0) : true": _port_level_mtls_requires_selector,
