@@ -65,6 +65,9 @@ class ServeOptions:
     poll_interval: float = 0.2
     debounce_after: float = 0.1
     debounce_max: float = 10.0  # a push goes out at the latest this long after the first change
+    # The quiet time of a window holding endpoint changes only (EndpointSlices, Pods,
+    # Nodes): shorter, as their push is small (istiod: PILOT_ENABLE_EDS_DEBOUNCE=false).
+    eds_debounce_after: float = 0.01
     max_pushes_in_flight: int = 100  # responses being written at once (istiod's PILOT_PUSH_THROTTLE)
     write_timeout: float = 30.0  # a proxy that stops reading longer than this is disconnected
     share_ports: bool = False  # --workers: the gRPC ports are bound with SO_REUSEPORT (server/workers.py)
@@ -128,11 +131,14 @@ class MeshBuilder:
     ENDPOINT_KINDS = frozenset({"EndpointSlice", "Pod", "Node"})
 
     def __init__(self, store: ConfigStore, ads: AdsServer, debounce_after: float, root_namespace: str = names.ROOT_NAMESPACE,
-                 debounce_max: float = 10.0):
+                 debounce_max: float = 10.0, eds_debounce_after: float | None = None):
         self.store = store
         self.root_namespace = root_namespace
         self.ads = ads
         self.debounce_after = debounce_after
+        # A window of endpoint changes only waits this long for quiet (None: debounce_after).
+        self.eds_debounce_after = debounce_after if eds_debounce_after is None else eds_debounce_after
+        self._debounced_at = 0.0  # when the last window closed (logged with the snapshot)
         self.debounce_max = max(debounce_max, debounce_after)
         self.mesh: MeshSnapshot | None = None
         self.pushes = 0  # snapshots handed to the server (one per merged change)
@@ -205,8 +211,10 @@ class MeshBuilder:
             ms=round((built - started) * 1000, 2),
             proxies_queued=queued,
             queue_ms=round((time.perf_counter() - built) * 1000, 2),
+            express=getattr(self.ads, "express", False),
             at=time.time(),
             changed_at=self._first_change or None,
+            debounced_at=self._debounced_at or None,
         )
         self._first_change = 0.0
 
@@ -225,10 +233,12 @@ class MeshBuilder:
         while not stop.is_set():
             await self._dirty.wait()
             first = loop.time()
-            # Debounce: until no change for `debounce_after`, at most `debounce_max`.
+            # Debounce: until no change for `debounce_after` (`eds_debounce_after` while the
+            # window holds endpoint changes only), at most `debounce_max`.
             while True:
                 self._dirty.clear()
-                wait = min(self.debounce_after, first + self.debounce_max - loop.time())
+                quiet = self.eds_debounce_after if self.classify(self._changed) == "endpoint" else self.debounce_after
+                wait = min(quiet, first + self.debounce_max - loop.time())
                 if wait <= 0:
                     break
                 try:
@@ -236,6 +246,7 @@ class MeshBuilder:
                 except TimeoutError:
                     break
             changed, self._changed = self._changed, set()
+            self._debounced_at = time.time()
             kinds = sorted({k.kind for k in changed})
             self.rebuild(reason=f"{self.classify(changed)} change: " + ",".join(kinds))
 
@@ -378,7 +389,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                                  # /debug checks tokens synchronously: not with TokenReview (it awaits I/O)
                                  authenticators=[a for a in authenticators or () if not getattr(a, "awaits_io", False)],
                                  root_namespace=opts.root_namespace)
-    builder = MeshBuilder(store, ads, opts.debounce_after, opts.root_namespace, debounce_max=opts.debounce_max)
+    builder = MeshBuilder(store, ads, opts.debounce_after, opts.root_namespace, debounce_max=opts.debounce_max,
+                          eds_debounce_after=opts.eds_debounce_after)
     builder.mesh_config, builder.key_sets = mesh_source.current, key_sets
     mesh_source.on_change, key_sets.on_change = builder.set_mesh_config, builder.set_jwks
     builder.observers.append(policy_report.update)

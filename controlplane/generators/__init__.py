@@ -25,6 +25,7 @@ from .. import names
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
 from . import dependencies as dep
+from .express import EndpointChange, endpoint_change
 from .inputs import DESTINATION_RULE, DR_ROUTING
 from .parts import Part, ResourceCache, parts_for, router_parts
 from .resources import ComposedSet, Resource, ResourceSet, pack
@@ -89,6 +90,12 @@ class Generator:
                 k += (dep.all_endpoints(mesh),)
             out.append(k)
         return tuple(out)
+
+    def endpoint_change(self, previous: MeshSnapshot, mesh: MeshSnapshot) -> EndpointChange | None:
+        """What `mesh` changed over `previous` when only EDS reads it (express.py), so the
+        server can push without comparing every proxy's keys; None: compare them. Only
+        for the standard parts, whose inputs are declared."""
+        return endpoint_change(previous, mesh) if self._standard else None
 
     def generate(self, mesh: MeshSnapshot, proxy: Proxy, type_url: str, key: tuple[Any, ...] | None = None) -> ResourceSet:
         """`proxy`'s resources of `type_url`; `key`: its key() under `mesh`, if known

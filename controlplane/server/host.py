@@ -129,6 +129,9 @@ class AdsServer:
         self._per_proxy: dict[str, int] = {}  # node id -> open connections (metrics series)
         self._ids = itertools.count(1)
         self._closing: str | None = None  # set by close_all(): the server is shutting down
+        # perf_counter() of the last update() until its first response is written (logged)
+        self._first_write: float | None = None
+        self.express = False  # the last update() took the express path of an endpoint change
         # Debug hook (controlplane/debug/push_status.py): push_started(reason, n_conns),
         # sent(conn, sub, n_resources, size, request), proxy_pushed(conn). None: off.
         self.observer: Any = None
@@ -165,9 +168,20 @@ class AdsServer:
         self.metrics.push_triggered(reason)
         if self.observer is not None:
             self.observer.push_started(reason, len(self._connections))
+        self._first_write = time.perf_counter()
+        change = self.view.endpoint_change(previous, mesh)
+        self.express = change is not None
         queued = 0
         for conn in self._connections.values():
-            types = None if previous is None or mesh is previous else self._changed_types(conn, mesh)
+            if previous is None or mesh is previous:
+                types = None
+            elif change is not None and conn.proxy.ip not in change.addresses:
+                # The express path (generators/express.py): an endpoint change only EDS
+                # reads reaches the subscribers of the changed hosts' assignments, EDS only.
+                eds = conn.subscriptions.get(names.ENDPOINT)
+                types = {names.ENDPOINT} if eds is not None and (eds.wildcard or change.touches(eds.names)) else set()
+            else:
+                types = self._changed_types(conn, mesh)
             if types is None or types:
                 conn.events.push(reason, types)
                 queued += 1
@@ -427,6 +441,10 @@ class AdsServer:
             return None
 
     async def write(self, conn: Connection, context: Context, data: ResponseData) -> None:
+        if self._first_write is not None:  # the first response of a push: its latency, logged
+            self.log.info("push first write", ms=round((time.perf_counter() - self._first_write) * 1000, 2),
+                          at=time.time(), proxy=conn.proxy.id)
+            self._first_write = None
         waited = await self.limiter.write(context, data, on_stuck=lambda: self._stuck(conn))
         self.metrics.push_waited(waited)
 

@@ -68,6 +68,13 @@ class ResourceView:
         sub.key_memo = (mesh, key)
         return key
 
+    def endpoint_change(self, previous: Any, mesh: Any) -> Any:
+        """The generator's account of an endpoint-only change from `previous` to `mesh`
+        (generators/express.py EndpointChange: `hosts`, `addresses`, `touches(names)`), or
+        None: every proxy's keys decide."""
+        of = getattr(self.generator, "endpoint_change", None)
+        return None if of is None or previous is None or mesh is previous else of(previous, mesh)
+
     async def resolve(self, conn: Connection, sub: Subscription, mesh: Any) -> ResourceSet:
         """Every resource of the type this proxy should have (for SDS: the named ones)."""
         if self._provider_owned(sub):
