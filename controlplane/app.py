@@ -33,6 +33,7 @@ from .config.objects import ConfigKey, Rejection
 from .config.store import ConfigStore
 from .debug.certs import certs_handler
 from .debug.monitoring import start_monitoring
+from .debug.ui.routes import ui_routes
 from .debug.operator import operator_view
 from .generators import Generator
 from .model.mesh import MeshSnapshot, build_mesh, mesh_version
@@ -45,6 +46,7 @@ from .security.policy_report import PolicyReport
 from .server.grpc_server import address, server_options, start_secure_xds_server, start_xds_server
 from .server.host import AdsOptions, AdsServer
 from .server.metrics import Metrics
+from .telemetry.wiring import Telemetry
 from .server.secure import SecureAdsServicer
 from .sources.directory import DirectorySource
 from .sources.jwks import JwksSource
@@ -383,6 +385,10 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     key_sets = JwksSource(refresh_interval=opts.jwks_refresh_interval, registry=metrics.registry)
     debug_routes["/debug/jwksz"] = _json_view(key_sets.status)
     policy_report = PolicyReport(metrics.registry)
+    # Envoy's metrics service on the secure port, its Istio metrics, and /ui/ (docs/ui.md).
+    telemetry = Telemetry.attach(metrics.registry, authenticators if serving is not None else None,
+                                 mesh=lambda: ads.mesh, trust_domain=opts.trust_domain)
+    debug_routes.update(ui_routes(ads, telemetry.store if telemetry.service is not None else None, opts.trust_domain))
     debug_routes = operator_view(ads, store, metrics, debug_routes, access=opts.debug_access,
                                  configz_sections={"meshConfig": mesh_source.status, "jwks": key_sets.status,
                                                    "policyProblems": policy_report.status},
@@ -430,7 +436,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
             secure = SecureAdsServicer(ads, authenticators, metrics)
             servers.append(await _listening(host, ports["--secure-xds-port"], start_secure_xds_server(
                 secure, serving.credentials(), host, opts.secure_xds_port,
-                extra=plane.secure_servicers() if plane is not None else (), share_ports=opts.share_ports)))
+                extra=(*(plane.secure_servicers() if plane is not None else ()), telemetry.add_to),
+                share_ports=opts.share_ports)))
         if plane is not None:
             servers += await _listening(host, ports["--ca-mtls-port"], plane.start_servers(
                 server_options(opts.share_ports), address))

@@ -58,6 +58,9 @@ class BootstrapParams:
     xds_transport: str = "sotw"  # "sotw" (api_type GRPC) | "delta" (DELTA_GRPC, incremental xDS)
     tls: XdsTls | None = None  # None: plaintext xDS (port 15010)
     locality: str = ""  # "region/zone/subzone": the node's locality (locality load balancing)
+    # Stream Envoy's counters to meshd's metrics service (telemetry/service.py) every
+    # `metrics_flush_interval` seconds; 0: no stats sink. Needs `tls` (the authenticated port).
+    metrics_flush_interval: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,7 @@ def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
         if p.tls.token:
             grpc_service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {p.tls.token}"}]
     node: dict[str, Any] = {"id": node_id, "cluster": f"{app}.{p.namespace}", "metadata": metadata}
+    metrics = _metrics_sink(p, grpc_service) if p.metrics_flush_interval else {}
     if p.locality:
         parts = (p.locality.split("/", 2) + ["", ""])[:3]
         if not parts[0].strip():
@@ -244,4 +248,29 @@ def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
         "layered_runtime": {
             "layers": [{"name": "global config", "static_layer": {"overload.global_downstream_max_connections": 2147483647}}]
         },
+        **metrics,
+    }
+
+
+def _metrics_sink(p: BootstrapParams, grpc_service: dict[str, Any]) -> dict[str, Any]:
+    """Envoy's metrics service sink to meshd over the ADS cluster and credentials.
+    `emit_tags_as_labels: false`: stats keep their full names, because Envoy's default tag
+    extractors cut Istio's cluster names at the first dot (`outbound|80||a.ns.svc...`
+    becomes cluster `outbound|80||a`), and meshd reads the names (telemetry/counters.py)."""
+    if p.tls is None:
+        raise ValueError("--metrics-service needs the authenticated xDS port (--ca-dir, --secure or --root-cert): "
+                         "meshd serves the metrics service only there")
+    if p.metrics_flush_interval < 1:
+        raise ValueError(f"--metrics-flush-interval {p.metrics_flush_interval:g}s: want at least 1s")
+    return {
+        "stats_flush_interval": f"{p.metrics_flush_interval:g}s",
+        "stats_sinks": [{
+            "name": "envoy.stat_sinks.metrics_service",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig",
+                "transport_api_version": "V3",
+                "emit_tags_as_labels": False,
+                "grpc_service": grpc_service,
+            },
+        }],
     }

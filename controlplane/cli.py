@@ -231,6 +231,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
             xds_transport=args.xds_transport,
             tls=tls,
             locality=args.locality or "",
+            metrics_flush_interval=args.metrics_flush_interval.total_seconds() if args.metrics_service else 0.0,
         )
         doc = build_bootstrap(params)
     except (ValueError, CAError, OSError) as e:
@@ -365,6 +366,11 @@ UID 1337 in a pod), e.g. chown 1337 FILE.""",
     b.add_argument("--admin-port", type=int, default=names.PORT_ENVOY_ADMIN)
     b.add_argument("--stats-port", type=int, default=names.PORT_STATS, help="Prometheus listener port, 0 for none")
     b.add_argument("--health-port", type=int, default=names.PORT_HEALTH, help="readiness listener port, 0 for none")
+    b.add_argument("--metrics-service", action="store_true",
+                   help="stream Envoy's counters to meshd's metrics service on the secure xDS port (needs TLS): the "
+                        "traffic on meshd's /ui/ page and istio_requests_total on its /metrics (docs/ui.md)")
+    b.add_argument("--metrics-flush-interval", type=parse_duration, default="10s",
+                   help="with --metrics-service: how often Envoy sends its counters (default %(default)s)")
     b.add_argument("--output", "-o", help="write to this file instead of stdout: YAML for a .yaml/.yml name, JSON "
                                           "otherwise (Envoy reads a file by its extension, and any other name as "
                                           "JSON: istio-agent's envoy-rev.json); stdout gets JSON")

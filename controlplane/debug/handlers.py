@@ -140,8 +140,9 @@ def with_index(routes: Mapping[str, Handler]) -> dict[str, Handler]:
 
 
 def protect(routes: Mapping[str, Handler], access: DebugAccess) -> dict[str, Handler]:
-    """Every /debug path behind the access check; other paths untouched."""
-    return {p: (access.guard(h) if p == "/debug" or p.startswith("/debug/") else h) for p, h in routes.items()}
+    """Every /debug and /ui path behind the access check; other paths untouched."""
+    return {p: (access.guard(h) if p in ("/debug", "/ui") or p.startswith(("/debug/", "/ui/")) else h)
+            for p, h in routes.items()}
 
 
 def install(routes: dict[str, Handler], views: DebugViews, access: DebugAccess) -> dict[str, Handler]:

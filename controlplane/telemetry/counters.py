@@ -1,0 +1,137 @@
+"""One metrics report of an Envoy -> the counters meshd keeps (pure).
+
+Envoy's `envoy.stat_sinks.metrics_service` sends every stat at every flush (a sidecar with
+a few clusters: about 200 families, 20 KB). meshd reads only these, by their full Envoy
+names (the bootstrap sets `emit_tags_as_labels: false`: Envoy's default tag extractors cut
+Istio's cluster names at their first dot, `outbound|80||up.ns.svc.cluster.local` becoming
+cluster `outbound|80||up`, so the full name is the one that can be read back):
+
+| stat | what |
+|---|---|
+| `cluster.outbound|P|S|H.upstream_rq_total`, `.upstream_rq_Nxx` | requests sent to a service, by class |
+| `cluster.outbound|P|S|H.upstream_cx_total` | connections opened to it |
+| `cluster.outbound|P|S|H[.tlsMode-istio].ssl.handshake` | ... of which TLS (mTLS: meshd's clusters) |
+| `http.inbound_0.0.0.0_P.downstream_rq_total`, `_Nxx` | requests received on workload port P |
+| `http.inbound_0.0.0.0_P.downstream_cx_total`, `downstream_cx_ssl_total` | connections, of which TLS |
+| `cluster.inbound|P||.upstream_cx_total` | connections to the app on port P (TCP ports too) |
+| `listener.0.0.0.0_15006.no_filter_chain_match` | inbound connections no chain accepted (plaintext under STRICT) |
+
+Everything else is skipped by name before its samples are read.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+COUNTER = 0  # io.prometheus.client.MetricType.COUNTER
+INBOUND_HCM = "http.inbound_0.0.0.0_"
+VIRTUAL_INBOUND_REFUSED = "listener.0.0.0.0_15006.no_filter_chain_match"
+_CLUSTER_STATS = {"upstream_rq_total": "requests", "upstream_cx_total": "connections",
+                  **{f"upstream_rq_{c}": c for c in CLASSES}}
+_HCM_STATS = {"downstream_rq_total": "requests", "downstream_cx_total": "connections",
+              "downstream_cx_ssl_total": "tls", **{f"downstream_rq_{c}": c for c in CLASSES}}
+_SSL_SUFFIXES = (".tlsMode-istio.ssl.handshake", ".ssl.handshake")
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Cumulative counters of one outbound cluster or one inbound port."""
+
+    requests: int = 0
+    by_class: Mapping[str, int] | None = None  # "2xx" -> count (classes seen only)
+    connections: int = 0
+    tls: int = 0  # connections that were TLS (handshakes)
+
+    def count(self, cls: str) -> int:
+        return (self.by_class or {}).get(cls, 0)
+
+    def minus(self, older: Traffic | None) -> Traffic:
+        """The increase since `older` (a counter that went down: Envoy restarted, so all of it)."""
+        if older is None or self.requests < older.requests or self.connections < older.connections:
+            return self
+        classes = {c: self.count(c) - older.count(c) for c in (self.by_class or {})}
+        return Traffic(self.requests - older.requests, {c: n for c, n in classes.items() if n},
+                       self.connections - older.connections, max(0, self.tls - older.tls))
+
+
+@dataclass(frozen=True)
+class ProxyCounters:
+    """What meshd keeps of one report. `truncated`: clusters or ports over the cap were
+    dropped (the report names how many)."""
+
+    outbound: Mapping[str, Traffic]  # by cluster name (outbound|port|subset|host)
+    inbound: Mapping[int, Traffic]  # by workload port
+    refused: int = 0  # virtualInbound connections no filter chain accepted
+    truncated: int = 0
+
+
+EMPTY = ProxyCounters({}, {})
+
+
+def _outbound_split(rest: str) -> tuple[str, str] | None:
+    """`outbound|80||h.ns.svc.cluster.local.upstream_rq_2xx` -> (cluster, stat key)."""
+    for suffix in _SSL_SUFFIXES:
+        if rest.endswith(suffix):
+            return rest[: -len(suffix)], "tls"
+    cluster, _, stat = rest.rpartition(".")
+    key = _CLUSTER_STATS.get(stat)
+    return (cluster, key) if key is not None and cluster else None
+
+
+def read_counters(families: Iterable[Any], max_clusters: int = 256) -> ProxyCounters:
+    """The counters meshd keeps from a report's metric families (MetricFamily messages:
+    `name`, `type`, `metric[].counter.value`). At most `max_clusters` outbound clusters
+    and as many inbound ports are kept (the first by name order of arrival)."""
+    out: dict[str, dict[str, int]] = {}
+    inb: dict[int, dict[str, int]] = {}
+    inbound_cx: dict[int, int] = {}
+    refused = 0
+    dropped: set[str] = set()
+    for fam in families:
+        name = fam.name
+        if fam.type != COUNTER:
+            continue
+        if name.startswith("cluster.outbound|"):
+            split = _outbound_split(name[8:])
+            if split is None:
+                continue
+            cluster, key = split
+            row = out.get(cluster)
+            if row is None:
+                if len(out) >= max_clusters:
+                    dropped.add(cluster)
+                    continue
+                row = out[cluster] = {}
+            row[key] = row.get(key, 0) + _value(fam)
+        elif name.startswith(INBOUND_HCM):
+            port_text, _, stat = name[len(INBOUND_HCM):].partition(".")
+            key = _HCM_STATS.get(stat)
+            if key is None or not port_text.isdigit():
+                continue
+            port = int(port_text)
+            if port not in inb and len(inb) >= max_clusters:
+                dropped.add(f"port {port}")
+                continue
+            inb.setdefault(port, {})[key] = _value(fam)
+        elif name.startswith("cluster.inbound|") and name.endswith("||.upstream_cx_total"):
+            port_text = name[len("cluster.inbound|"):-len("||.upstream_cx_total")]
+            if port_text.isdigit():
+                inbound_cx[int(port_text)] = _value(fam)
+        elif name == VIRTUAL_INBOUND_REFUSED:
+            refused = _value(fam)
+    for port, cx in inbound_cx.items():  # TCP ports: connections only, TLS unknown (no HCM)
+        if port not in inb and len(inb) < max_clusters:
+            inb[port] = {"connections": cx, "tls": -1}
+    return ProxyCounters({c: _traffic(row) for c, row in out.items()},
+                         {p: _traffic(row) for p, row in inb.items()}, refused, len(dropped))
+
+
+def _value(fam: Any) -> int:
+    return int(sum(m.counter.value for m in fam.metric))
+
+
+def _traffic(row: Mapping[str, int]) -> Traffic:
+    return Traffic(row.get("requests", 0), {c: row[c] for c in CLASSES if row.get(c)},
+                   row.get("connections", 0), row.get("tls", 0))
