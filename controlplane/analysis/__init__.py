@@ -33,9 +33,11 @@ from .analyzers.others import (
 )
 from .analyzers.serviceentry import (
     ConflictingServiceEntryProtocolAnalyzer,
+    HostConflictAnalyzer,
     ProtocolAddressesAnalyzer,
     WorkloadSelectorAnalyzer,
 )
+from .analyzers.sidecar import EgressHostAnalyzer
 from .analyzers.sidecar import SelectorAnalyzer as SidecarSelectorAnalyzer
 from .analyzers.unsupported import UnsupportedKindAnalyzer
 from .analyzers.virtualservice import (
@@ -68,6 +70,8 @@ ANALYZERS = (
     ProtocolAddressesAnalyzer(),
     ConflictingServiceEntryProtocolAnalyzer(),
     WorkloadSelectorAnalyzer(),
+    HostConflictAnalyzer(),
+    EgressHostAnalyzer(),
     FieldAnalyzer(),
     UnsupportedKindAnalyzer(),
 )

@@ -97,6 +97,13 @@ PRINCIPAL_NOT_FOUND = _t("AuthorizationPrincipalNotFound", "MSH0003", "Warning",
 UNKNOWN_EXTENSION_PROVIDER = _t("UnknownExtensionProvider", "MSH0004", "Error",
                                 "CUSTOM provider %q %s; the proxies deny the requests its rules match")
 
+# meshd's own registry checks (analyzers/serviceentry.py, sidecar.py).
+SERVICE_HOST_CONFLICT = _t("ServiceEntryHostNotServed", "MSH0005", "Warning",
+                           "Host %q is not served from this ServiceEntry: %s %s defines it (%s)")
+SIDECAR_EGRESS_HOST_NOT_FOUND = _t("SidecarEgressHostNotFound", "MSH0006", "Warning",
+                                   "Egress host %q selects no Service, ServiceEntry or VirtualService visible to "
+                                   "namespace %q")
+
 # meshd's own (docs/unsupported.md): an object of a kind meshd does not serve has no
 # effect; an error when it is a security kind (its access control is not enforced).
 # Codes MSHxxxx so they can never be taken for one of Istio's ISTxxxx.

@@ -45,6 +45,9 @@ class Resource:
     doc: Mapping[str, Any]
     location: Location | None = None
     lines: Mapping[tuple, int] = field(default_factory=dict, repr=False)  # field path -> line
+    # What istioctl assumes offline (default_resources): not the input's, so never the
+    # reason for a finding about the registry meshd would build from the input.
+    assumed: bool = False
 
     @property
     def group(self) -> str:
@@ -197,6 +200,7 @@ def default_resources() -> list[Resource]:
     out = parse_text(DEFAULT_RESOURCES, "", "")
     for r in out:
         r.location = None  # never reported with a file
+        r.assumed = True
     return out
 
 

@@ -72,6 +72,7 @@ class Outcome:
     documents: list[tuple[str, str]]  # ("Kind ns/name", "served" | "unsupported: why" | "rejected: why")
     services: list[str]
     listeners: dict[str, int]  # name -> filter chains
+    chain_ports: dict[str, list[int]]  # listener -> the destination ports its filter chains match
     clusters: list[str]
     routes: dict[str, int]  # route configuration -> virtual hosts
 
@@ -113,11 +114,14 @@ def run(case: Case) -> Outcome:
     mesh = build_mesh(store.snapshot(), mesh_config=mesh_config)
     proxy = parse_node(case.node_id, case.metadata)
     table = builders()
-    listeners = {m.name: len(m.filter_chains) for _, m in table[names.LISTENER](mesh, proxy)}
+    built = [m for _, m in table[names.LISTENER](mesh, proxy)]
+    listeners = {m.name: len(m.filter_chains) for m in built}
+    chain_ports = {m.name: sorted({c.filter_chain_match.destination_port.value for c in m.filter_chains
+                                   if c.filter_chain_match.HasField("destination_port")}) for m in built}
     clusters = sorted(m.name for _, m in table[names.CLUSTER](mesh, proxy))
     routes = {m.name: len(m.virtual_hosts) for _, m in table[names.ROUTE](mesh, proxy)}
     services = sorted(f"{s.hostname} ({s.source})" for s in mesh.services.values())
-    return Outcome(documents, services, listeners, clusters, routes)
+    return Outcome(documents, services, listeners, chain_ports, clusters, routes)
 
 
 def markdown() -> str:

@@ -176,7 +176,8 @@ spec:
 def test_cli_lists_and_runs_them(tmp_path):
     code, out = run("analyze", "--list-analyzers")
     for n in ("sidecar.SelectorAnalyzer", "serviceentry.Analyzer", "serviceentry.ConflictingServiceEntryProtocolAnalyzer",
-              "serviceentry.WorkloadSelectorAnalyzer", "deprecation.DeprecationAnalyzer"):
+              "serviceentry.WorkloadSelectorAnalyzer", "serviceentry.HostConflictAnalyzer", "sidecar.EgressHostAnalyzer",
+              "deprecation.DeprecationAnalyzer"):
         assert n in out
     (tmp_path / "mesh.yaml").write_text("""
 apiVersion: networking.istio.io/v1
@@ -192,3 +193,87 @@ spec: {egress: [{hosts: ["istio-system/*"]}]}
     code, out = run("analyze", str(tmp_path))
     assert code == 79
     assert "Error [IST0111] (Sidecar shop/a " in out and "Error [IST0111] (Sidecar shop/b " in out
+
+
+def test_service_entry_hosts_meshd_does_not_serve():
+    """meshd keeps one Service per host: a Kubernetes Service wins over a ServiceEntry
+    host, the older ServiceEntry over a newer one; the loser is named with the winner."""
+    text = """
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: old, namespace: a, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec: {hosts: [api.example.com], ports: [{number: 443, name: tls, protocol: TLS}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: new, namespace: a, creationTimestamp: "2025-01-01T00:00:00Z"}
+spec:
+  hosts: [api.example.com, reviews.shop.svc.cluster.local, own.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+"""
+    assert _analyze(text, "serviceentry.HostConflictAnalyzer") == [
+        'MSH0005 ServiceEntry a/new: Host "api.example.com" is not served from this ServiceEntry: ServiceEntry a/old '
+        "defines it (the older one wins)",
+        'MSH0005 ServiceEntry a/new: Host "reviews.shop.svc.cluster.local" is not served from this ServiceEntry: '
+        "Service shop/reviews defines it (a Kubernetes Service wins)"]
+    # istioctl's assumed ingress gateway Service is not part of the input.
+    gw = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: gw, namespace: istio-system}
+spec: {hosts: [istio-ingressgateway.istio-system.svc.cluster.local], addresses: [1.1.1.3],
+       ports: [{number: 80, name: http, protocol: HTTP}], resolution: STATIC, endpoints: [{address: 1.2.3.4}]}
+"""
+    assert [m for m in analyze(parse_text(gw, "gw.yaml")) if m.type.code == "MSH0005"] == []
+
+
+def test_sidecar_egress_hosts_that_select_nothing():
+    """An egress host naming no visible Service/ServiceEntry/mesh VirtualService of its
+    namespace: a short name, a host in another namespace, a Service exported elsewhere."""
+    text = """
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: secret, namespace: shop, annotations: {networking.istio.io/exportTo: "."}}
+spec: {selector: {app: secret}, ports: [{name: http, port: 80}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: egress}
+spec: {hosts: ["*.example.com"], ports: [{number: 443, name: tls, protocol: TLS}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: alias, namespace: shop}
+spec: {hosts: [store.internal], http: [{route: [{destination: {host: reviews}}]}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: web}
+spec:
+  egress:
+  - hosts:
+    - shop/reviews.shop.svc.cluster.local
+    - shop/reviews
+    - shop/secret.shop.svc.cluster.local
+    - egress/api.example.com
+    - "*/reviews.shop.svc.cluster.local"
+    - shop/store.internal
+    - other/reviews.shop.svc.cluster.local
+    - "./*"
+    - "~/*"
+"""
+    got = _analyze(text, "sidecar.EgressHostAnalyzer")
+    assert got == [f'MSH0006 Sidecar web/default: Egress host "{h}" selects no Service, ServiceEntry or VirtualService '
+                   'visible to namespace "web"'
+                   for h in ("shop/reviews", "shop/secret.shop.svc.cluster.local", "other/reviews.shop.svc.cluster.local")]

@@ -60,26 +60,33 @@ def test_envoy_filter_is_not_applied():
     assert _eds_clusters(out) == ["outbound|8081||http1.ns1.svc.cluster.local"]
 
 
-SCOPE_PENDING = pytest.mark.xfail(
-    strict=True, reason="the generators do not read the proxy's Sidecar scope yet (issue 18, sidecar-scope): the "
-                        "services of other namespaces are still pushed; remove this mark when they are not")
-
-
-@SCOPE_PENDING
 def test_root_namespace_sidecar_scopes_a_namespace():
     """TestLDSWithDefaultSidecar: the root namespace's Sidecar (`./*`) limits a ns1 proxy to
     ns1: 4 listeners (HTTP 8080, TCP 2.1.1.3:3306, virtualInbound, virtualOutbound), 9
     clusters, 3 virtual hosts in route 8080 (http1, http2, and the passthrough one)."""
     out = run(BY_NAME["sidecar-ns-scope"])
     assert sorted(out.listeners) == ["0.0.0.0_8080", "2.1.1.3_3306", "virtualInbound", "virtualOutbound"]
-    assert len(out.clusters) == 9, out.clusters
+    assert out.clusters == sorted([
+        "BlackHoleCluster", "InboundPassthroughCluster", "PassthroughCluster", "inbound|8080||",
+        "outbound|3306||tcp1.ns1.svc.cluster.local", "outbound|8080|v1|http1.ns1.svc.cluster.local",
+        "outbound|8080|v2|http1.ns1.svc.cluster.local", "outbound|8080||http1.ns1.svc.cluster.local",
+        "outbound|8080||http2.ns1.svc.cluster.local"])
     assert out.routes["8080"] == 3
 
 
-@SCOPE_PENDING
 def test_workload_sidecar_without_service():
     """TestLDSWithSidecarForWorkloadWithoutService: egress `ns1/*` gives the consumer only
     http1.ns1 (listener 0.0.0.0_8081, one EDS cluster) besides virtualInbound."""
     out = run(BY_NAME["sidecar-without-service"])
     assert out.listeners["0.0.0.0_8081"] == 1 and "virtualInbound" in out.listeners
     assert _eds_clusters(out) == ["outbound|8081||http1.ns1.svc.cluster.local"]
+
+
+@pytest.mark.xfail(strict=True, reason="Sidecar ingress listeners are not generated yet: model/sidecar_scope.py reads "
+                                       "them, generators/sidecar_inbound.py does not (issue 18, sidecar-scope); remove "
+                                       "this mark when they are")
+def test_sidecar_ingress_port_without_service():
+    """The same test: the Sidecar's ingress port 9080 (defaultEndpoint 127.0.0.1:8080) is a
+    filter chain of virtualInbound although no Service selects the workload."""
+    out = run(BY_NAME["sidecar-without-service"])
+    assert 9080 in out.chain_ports["virtualInbound"], out.chain_ports

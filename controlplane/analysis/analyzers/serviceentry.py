@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from .. import messages as msg
-from ..context import SERVICE_ENTRY, Context
+from ..context import SERVICE, SERVICE_ENTRY, Context
 from ..resources import Resource
 from ..util import EXPORT_ALL, EXPORT_LOCAL, export_to_all
+from .registry import service_fqdn
 from .workloads import report_unmatched, workloads_of
 
 
@@ -97,5 +98,33 @@ class WorkloadSelectorAnalyzer:
                              r.line_of("spec", "workloadSelector", "labels"))
 
 
-__all__ = ["ConflictingServiceEntryProtocolAnalyzer", "ProtocolAddressesAnalyzer", "WorkloadSelectorAnalyzer",
+class HostConflictAnalyzer:
+    """meshd's own: meshd keeps one Service per host (model/mesh.py), as istiod's push
+    context does across registries: a Kubernetes Service wins over a ServiceEntry host, an
+    older ServiceEntry (creationTimestamp, then namespace and name) over a newer one.
+    The host of the losing ServiceEntry is not served from it (istiod would merge the
+    ports of two ServiceEntries; meshd does not)."""
+
+    name = "serviceentry.HostConflictAnalyzer"
+    description = "Reports ServiceEntry hosts meshd does not serve because a Service or an older ServiceEntry has them"
+
+    def analyze(self, ctx: Context) -> None:
+        kube = {service_fqdn(r): r for r in ctx.for_each(SERVICE) if not r.assumed}
+        held: dict[str, Resource] = {}
+        entries = sorted(ctx.all(SERVICE_ENTRY),
+                         key=lambda r: (str(r.metadata.get("creationTimestamp") or ""), r.namespace, r.name))
+        for r in entries:
+            for i, h in enumerate(_list(r.spec.get("hosts"))):
+                host = str(h)
+                holder, why = kube.get(host), "a Kubernetes Service wins"
+                if holder is None:
+                    holder, why = held.get(host), "the older one wins"
+                if holder is None:
+                    held[host] = r
+                elif (holder.kind, holder.full_name) != (r.kind, r.full_name):  # not the same object twice
+                    ctx.report(msg.new(msg.SERVICE_HOST_CONFLICT, r, host, holder.kind, holder.full_name, why,
+                                       line=r.line_of("spec", "hosts", i)))
+
+
+__all__ = ["HostConflictAnalyzer", "ConflictingServiceEntryProtocolAnalyzer", "ProtocolAddressesAnalyzer", "WorkloadSelectorAnalyzer",
            "export_scopes"]

@@ -10,13 +10,18 @@ from typing import Any
 from .. import messages as msg
 from ..context import NAMESPACE, SIDECAR, Context
 from ..resources import Resource
-from ..util import selector_matches, selector_string
+from ..util import EXPORT_ALL, EXPORT_LOCAL, host_matches, selector_matches, selector_string
+from .registry import EXPORT_NONE, host_definitions
 from .workloads import workloads_of
 
 AMBIENT_REDIRECTION = "ambient.istio.io/redirection"
 DATAPLANE_MODE = "istio.io/dataplane-mode"
 INJECTION_LABEL = "istio-injection"
 REVISION_LABEL = "istio.io/rev"
+
+
+def _list(v: Any) -> list:
+    return v if isinstance(v, list) else []
 
 
 def _dict(v: Any) -> dict:
@@ -102,4 +107,30 @@ class SelectorAnalyzer:
                     ctx.report(msg.new(msg.MULTIPLE_SIDECARS_WITHOUT_SELECTORS, s, names, ns))
 
 
-__all__ = ["SelectorAnalyzer", "selector_labels"]
+class EgressHostAnalyzer:
+    """meshd's own: an egress host `ns/name` (no wildcard in the name) that no Service,
+    ServiceEntry or mesh VirtualService of that namespace, exported to the Sidecar's,
+    defines. The proxies it applies to get nothing for it (istiod accepts it silently),
+    typically a short name (`ns/reviews`: egress hosts are matched as written) or a
+    host the owner does not export."""
+
+    name = "sidecar.EgressHostAnalyzer"
+    description = "Checks that each Sidecar egress host names a host visible to the Sidecar's namespace"
+
+    def analyze(self, ctx: Context) -> None:
+        defs = host_definitions(ctx)
+        for r in ctx.for_each(SIDECAR):
+            for i, egress in enumerate(_list(r.spec.get("egress"))):
+                for j, entry in enumerate(_list(_dict(egress).get("hosts"))):
+                    ns, _, host = str(entry).partition("/")
+                    if not host or ns == EXPORT_NONE or "*" in host:
+                        continue
+                    ns = r.namespace if ns == EXPORT_LOCAL else ns
+                    if any((ns == EXPORT_ALL or d.resource.namespace == ns) and d.visible_to(r.namespace)
+                           and host_matches(d.host, host) for d in defs):
+                        continue
+                    ctx.report(msg.new(msg.SIDECAR_EGRESS_HOST_NOT_FOUND, r, str(entry), r.namespace,
+                                       line=r.line_of("spec", "egress", i, "hosts", j)))
+
+
+__all__ = ["EgressHostAnalyzer", "SelectorAnalyzer", "selector_labels"]
