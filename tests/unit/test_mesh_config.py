@@ -20,7 +20,7 @@ from tests.support.configs import objects_from_yaml
 MESH = """
 rootNamespace: mesh-root
 trustDomain: cluster.local
-defaultConfig: {holdApplicationUntilProxyStarts: true}
+defaultConfig: {holdApplicationUntilProxyStarts: true, tracing: {zipkin: {}}}
 enableTracing: true
 extensionProviders:
 - name: ext-authz
@@ -80,7 +80,7 @@ def test_unread_fields_are_reported_once_and_listed(tmp_path):
         src.check_file(str(path))  # unchanged: nothing new to say
     reports = [e for e in logs if e["event"] == "mesh config fields not read"]
     assert len(reports) == 1
-    expected = ["defaultConfig", "enableTracing", "extensionProviders[1] zipkin (zipkin)", "data.meshNetworks"]
+    expected = ["enableTracing", "defaultConfig.tracing", "extensionProviders[1] zipkin (zipkin)", "data.meshNetworks"]
     assert reports[0]["fields"] == expected and reports[0]["source"] == f"file {path}"
     status = src.status()
     assert status["unread"] == expected and status["source"] == f"file {path}"

@@ -60,7 +60,7 @@ def test_mesh_config_and_key_sets_of_a_running_meshd(tmp_path):
                 return json.loads(http_get("127.0.0.1", m.monitoring_port, "/debug/configz")[1])
 
             mc = configz()["meshConfig"]
-            assert mc["source"] == f"file {mesh}" and mc["unread"] == ["defaultConfig"]
+            assert mc["source"] == f"file {mesh}" and mc["unread"] == ["defaultConfig.discoveryAddress"]
             assert [p["name"] for p in mc["extensionProviders"]] == ["ext-authz"]
             rows = {r["keySet"]: r for r in configz()["jwks"]["keySets"]}
             assert rows[good]["state"] == "ok" and rows[good]["keys"] == 1  # fetched before the first push
