@@ -135,9 +135,15 @@ def markdown() -> str:
                f"{len(out.listeners)} listeners ({', '.join(f'{k} [{v}]' for k, v in sorted(out.listeners.items()))}); "
                f"{len(out.clusters)} clusters ({', '.join(out.clusters)}); "
                f"routes {', '.join(f'{k} [{v} vhosts]' for k, v in sorted(out.routes.items())) or 'none'}")
-        rows.append(f"| {case.name} | {docs} | {services} | {got} | {case.istio_expects} |")
+        cells = [case.name, docs, services, got, case.istio_expects]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")  # cluster names hold `|`
     return "\n".join(rows) + "\n"
 
 
 if __name__ == "__main__":
+    import sys
+
+    import structlog
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # the table alone on stdout
     print(markdown(), end="")

@@ -90,3 +90,12 @@ def test_sidecar_ingress_port_without_service():
     filter chain of virtualInbound although no Service selects the workload."""
     out = run(BY_NAME["sidecar-without-service"])
     assert 9080 in out.chain_ports["virtualInbound"], out.chain_ports
+
+
+def test_docs_table_is_current():
+    """docs/registry-corpus.md shows what meshd generates for these inputs today."""
+    from tests.support.paths import REPO
+    from tests.support.registry_corpus import markdown
+
+    assert markdown() in (REPO / "docs" / "registry-corpus.md").read_text(), \
+        "docs/registry-corpus.md is stale: replace its table with `python -m tests.support.registry_corpus`"
