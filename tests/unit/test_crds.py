@@ -34,7 +34,8 @@ def test_one_crd_per_served_istio_kind_at_every_version_meshd_reads():
     docs = {d["spec"]["names"]["kind"]: d for d in yaml.safe_load_all(DEPLOYED.read_text()) if d}
     served = {k.kind: k for k in kinds.SERVED.values() if k.istio}
     assert set(docs) == set(served) == {"Gateway", "VirtualService", "DestinationRule", "PeerAuthentication", "Sidecar",
-                                        "AuthorizationPolicy", "RequestAuthentication"}
+                                        "ServiceEntry", "WorkloadEntry", "WorkloadGroup", "AuthorizationPolicy",
+                                        "RequestAuthentication"}
     for kind, doc in docs.items():
         assert doc["apiVersion"] == "apiextensions.k8s.io/v1" and doc["kind"] == "CustomResourceDefinition"
         assert doc["spec"]["group"] == served[kind].group
@@ -57,10 +58,11 @@ def test_compatible_with_istios_crds():
         for ov, tv in zip(o["versions"], t["versions"], strict=True):
             assert ov["schema"] == tv["schema"]
             assert ov.get("subresources") == tv.get("subresources")
-            # Istio's columns stay, in order; meshd's come before AGE
+            # Istio's columns stay, in order; meshd's come before AGE, which is last (Istio's
+            # WorkloadEntry lists it before ADDRESS)
             names = [c["name"] for c in ov["additionalPrinterColumns"]]
-            istio_names = [c["name"] for c in tv.get("additionalPrinterColumns") or []] or ["Age"]
-            assert [n for n in names if n not in ("Status", "Message")] == istio_names
+            istio_names = [c["name"] for c in tv.get("additionalPrinterColumns") or []]
+            assert [n for n in names if n not in ("Status", "Message", "Age")] == [n for n in istio_names if n != "Age"]
             assert names[-3:] == ["Status", "Message", "Age"]
 
 

@@ -30,11 +30,11 @@ from controlplane.server.metrics import Metrics
 from controlplane.sources.directory import DirectorySource
 from tests.support.harness import http_get, meshd, wait_for
 
-SERVICE_ENTRY = """
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
+PROXY_CONFIG = """
+apiVersion: networking.istio.io/v1beta1
+kind: ProxyConfig
 metadata: {name: external, namespace: shop}
-spec: {hosts: [example.com], ports: [{number: 80, name: http, protocol: HTTP}], resolution: DNS}
+spec: {concurrency: 2}
 """
 ENVOY_FILTER = """
 apiVersion: networking.istio.io/v1alpha3
@@ -108,7 +108,7 @@ def doc(text: str) -> dict:
 # --- the parse gate --------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, key, security, says", [
-    (SERVICE_ENTRY, "ServiceEntry shop/external", False, "an Istio kind meshd does not serve"),
+    (PROXY_CONFIG, "ProxyConfig shop/external", False, "an Istio kind meshd does not serve"),
     (ENVOY_FILTER, "EnvoyFilter shop/lua", False, "an Istio kind meshd does not serve"),
     (TELEMETRY, "Telemetry istio-system/mesh-default", False, "an Istio kind meshd does not serve"),
     (WASM_PLUGIN, "WasmPlugin shop/default", False, "an Istio kind meshd does not serve"),
@@ -166,11 +166,11 @@ def served(tmp_path: Path, files: dict[str, str]):
 
 def test_configz_and_metric_list_every_unsupported_object_until_its_file_goes(tmp_path):
     store, src, metrics, views, logs = served(tmp_path, {
-        "istio.yaml": SERVICE_ENTRY + "---" + ENVOY_FILTER + "---" + TELEMETRY + "---" + WASM_PLUGIN,
+        "istio.yaml": PROXY_CONFIG + "---" + ENVOY_FILTER + "---" + TELEMETRY + "---" + WASM_PLUGIN,
         "route.yaml": HTTP_ROUTE, "security.yaml": UNKNOWN_SECURITY, "authz.yaml": AUTHZ, "quiet.yaml": QUIET,
     })
     listed = {u["object"]: u for u in views.configz()["unsupported"]}
-    assert set(listed) == {"ServiceEntry shop/external", "EnvoyFilter shop/lua", "Telemetry istio-system/mesh-default",
+    assert set(listed) == {"ProxyConfig shop/external", "EnvoyFilter shop/lua", "Telemetry istio-system/mesh-default",
                            "WasmPlugin shop/default", "HTTPRoute shop/bookinfo", "AuthorisationPolicy shop/deny-all"}
     route = listed["HTTPRoute shop/bookinfo"]
     assert route["apiVersion"] == "gateway.networking.k8s.io/v1" and route["level"] == "Warning"
@@ -180,7 +180,7 @@ def test_configz_and_metric_list_every_unsupported_object_until_its_file_goes(tm
     # The served AuthorizationPolicy is an object in force, not an unsupported one.
     assert [o["kind"] for o in views.configz()["objects"]] == ["AuthorizationPolicy"]
 
-    assert gauge(metrics, "networking.istio.io", "ServiceEntry") == 1
+    assert gauge(metrics, "networking.istio.io", "ProxyConfig") == 1
     assert gauge(metrics, "gateway.networking.k8s.io", "HTTPRoute") == 1
     assert gauge(metrics, "security.istio.io", "AuthorisationPolicy") == 1
     assert gauge(metrics, "telemetry.istio.io", "Telemetry") == 1
@@ -198,22 +198,22 @@ def test_configz_and_metric_list_every_unsupported_object_until_its_file_goes(tm
     assert "HTTPRoute shop/bookinfo" not in listed and "AuthorisationPolicy shop/deny-all" not in listed
     assert gauge(metrics, "gateway.networking.k8s.io", "HTTPRoute") == 0
     assert gauge(metrics, "security.istio.io", "AuthorisationPolicy") == 0
-    assert gauge(metrics, "networking.istio.io", "ServiceEntry") == 1
+    assert gauge(metrics, "networking.istio.io", "ProxyConfig") == 1
 
 
 def test_a_file_that_changes_is_counted_again_and_logged_only_for_what_is_new(tmp_path):
-    store, src, metrics, views, _ = served(tmp_path, {"se.yaml": SERVICE_ENTRY})
-    assert gauge(metrics, "networking.istio.io", "ServiceEntry") == 1
-    second = SERVICE_ENTRY.replace("name: external", "name: other")
-    (tmp_path / "se.yaml").write_text(SERVICE_ENTRY + "---" + second)
+    store, src, metrics, views, _ = served(tmp_path, {"pc.yaml": PROXY_CONFIG})
+    assert gauge(metrics, "networking.istio.io", "ProxyConfig") == 1
+    second = PROXY_CONFIG.replace("name: external", "name: other")
+    (tmp_path / "pc.yaml").write_text(PROXY_CONFIG + "---" + second)
     with capture_logs() as logs:
         src._apply(*src._changes(settle=False))
-    assert gauge(metrics, "networking.istio.io", "ServiceEntry") == 2
-    assert [e["object"] for e in logs if e["event"] == "config unsupported"] == ["ServiceEntry shop/other"]
+    assert gauge(metrics, "networking.istio.io", "ProxyConfig") == 2
+    assert [e["object"] for e in logs if e["event"] == "config unsupported"] == ["ProxyConfig shop/other"]
     # A file that can no longer be read keeps what it held (as it keeps its objects).
-    (tmp_path / "se.yaml").write_text("kind: [unclosed\n")
+    (tmp_path / "pc.yaml").write_text("kind: [unclosed\n")
     src._apply(*src._changes(settle=False))
-    assert gauge(metrics, "networking.istio.io", "ServiceEntry") == 2
+    assert gauge(metrics, "networking.istio.io", "ProxyConfig") == 2
     assert len(views.configz()["unsupported"]) == 2
 
 
@@ -227,12 +227,12 @@ def run(*argv: str) -> tuple[int, str, str]:
 
 
 def test_analyze_reports_security_kinds_as_errors_and_the_others_as_warnings(tmp_path):
-    (tmp_path / "mesh.yaml").write_text(SERVICE_ENTRY + "---" + HTTP_ROUTE + "---" + ENVOY_FILTER)
+    (tmp_path / "mesh.yaml").write_text(PROXY_CONFIG + "---" + HTTP_ROUTE + "---" + ENVOY_FILTER)
     code, out, _ = run("analyze", "--analyzer", "meshd.UnsupportedKindAnalyzer", str(tmp_path))
     assert code == 0, out  # warnings only: below the default failure threshold
     assert re.search(r"^Warning \[MSH0002\] \(HTTPRoute shop/bookinfo \S+mesh\.yaml:\d+\) HTTPRoute "
                      r"\(gateway\.networking\.k8s\.io\) is a Kubernetes Gateway API kind", out, re.M), out
-    assert "Warning [MSH0002] (ServiceEntry shop/external" in out
+    assert "Warning [MSH0002] (ProxyConfig shop/external" in out
     assert "Warning [MSH0002] (EnvoyFilter shop/lua" in out
 
     (tmp_path / "old.yaml").write_text(UNKNOWN_SECURITY + "---" + LEGACY_RBAC)
@@ -244,11 +244,11 @@ def test_analyze_reports_security_kinds_as_errors_and_the_others_as_warnings(tmp
 
 
 def test_validate_names_unsupported_objects_and_fails_only_for_security_kinds(tmp_path):
-    (tmp_path / "mesh.yaml").write_text(SERVICE_ENTRY + "---" + HTTP_ROUTE + "---" + AUTHZ)
+    (tmp_path / "mesh.yaml").write_text(PROXY_CONFIG + "---" + HTTP_ROUTE + "---" + AUTHZ)
     code, out, err = run("validate", str(tmp_path))
     assert code == 0, err
     assert re.search(r"mesh\.yaml:\d+: HTTPRoute shop/bookinfo: Warning: HTTPRoute \(gateway\.networking\.k8s\.io\)", err)
-    assert "ServiceEntry shop/external: Warning:" in err
+    assert "ProxyConfig shop/external: Warning:" in err
     assert "AuthorizationPolicy" not in err  # served: validated, not reported
     assert f'"{tmp_path / "mesh.yaml"}" is valid' in out
 
