@@ -277,3 +277,45 @@ spec:
     assert got == [f'MSH0006 Sidecar web/default: Egress host "{h}" selects no Service, ServiceEntry or VirtualService '
                    'visible to namespace "web"'
                    for h in ("shop/reviews", "shop/secret.shop.svc.cluster.local", "other/reviews.shop.svc.cluster.local")]
+
+
+def test_mesh_export_defaults_decide_what_is_visible():
+    """Without exportTo of their own, Services, ServiceEntries and VirtualServices are
+    exported as the mesh config's defaults say (defaultServiceExportTo, ...)."""
+    import dataclasses
+
+    from controlplane.model.meshconfig import DEFAULT
+
+    text = """
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: shop}
+spec: {hosts: [api.example.com], ports: [{number: 443, name: tls, protocol: TLS}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: web}
+spec:
+  hosts: [web]
+  http: [{route: [{destination: {host: reviews.shop.svc.cluster.local}}]}]
+  tls: [{match: [{sniHosts: [api.example.com]}], route: [{destination: {host: api.example.com}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web-too, namespace: shop}
+spec: {hosts: [web.web.svc.cluster.local], http: [{route: [{destination: {host: reviews}}]}]}
+"""
+    resources = parse_text(text, "mesh.yaml")
+    hosts = [BY_NAME["virtualservice.DestinationHostAnalyzer"]]
+    conflicts = [BY_NAME["virtualservice.ConflictingMeshGatewayHostsAnalyzer"]]
+    assert analyze(resources, hosts) == [] and len(analyze(resources, conflicts)) == 2
+    local = dataclasses.replace(DEFAULT, default_service_export_to=(".",), default_virtual_service_export_to=(".",))
+    got = sorted(m.text for m in analyze(resources, hosts, mesh_config=local))
+    assert got == ['Referenced host not found: "api.example.com"',
+                   'Referenced host not found: "reviews.shop.svc.cluster.local"']
+    assert analyze(resources, conflicts, mesh_config=local) == []  # each VirtualService seen in its namespace only

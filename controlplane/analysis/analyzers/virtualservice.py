@@ -121,9 +121,10 @@ def _host_in_gateway(istio_gw: Resource | None, k8s_gw: Resource | None, vs_host
 def service_entry_hosts(ctx: Context) -> dict[str, dict]:
     """InitServiceEntryHostMap: scoped FQDN -> {ports: [...]} for ServiceEntries and Services."""
     out: dict[str, dict] = {}
+    default = list(ctx.mesh_config.default_service_export_to)  # without exportTo of their own
     for r in ctx.for_each(SERVICE_ENTRY):
         spec = r.spec
-        export = [str(e) for e in _list(spec.get("exportTo"))]
+        export = [str(e) for e in _list(spec.get("exportTo"))] or default
         se = {"ports": [_dict(p) for p in _list(spec.get("ports"))]}
         for h in _list(spec.get("hosts")):
             h = str(h)
@@ -140,7 +141,8 @@ def service_entry_hosts(ctx: Context) -> dict[str, dict]:
                  for p in _list(r.spec.get("ports")) if isinstance(p, dict)]
         se = {"ports": ports}
         anno = r.annotations.get("networking.istio.io/exportTo", "")
-        scopes = [r.namespace if s == EXPORT_LOCAL else s for s in anno.split(",")] if anno else [EXPORT_ALL]
+        named = [s.strip() for s in anno.split(",") if s.strip()] or default
+        scopes = [r.namespace if s == EXPORT_LOCAL else s for s in named]
         for scope in scopes:
             out[scoped_fqdn(scope, r.namespace, r.name)] = se
     return out
@@ -262,7 +264,8 @@ class ConflictingMeshGatewayHostsAnalyzer:
             gateways = [str(g) for g in _list(r.spec.get("gateways"))]
             if gateways and MESH_GATEWAY not in gateways:
                 continue
-            export = [str(e) for e in _list(r.spec.get("exportTo"))]
+            export = [str(e) for e in _list(r.spec.get("exportTo"))] or list(
+                ctx.mesh_config.default_virtual_service_export_to)
             if export_to_all(export):
                 scopes = [EXPORT_ALL]
             else:
