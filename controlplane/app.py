@@ -48,6 +48,7 @@ from .server.host import AdsOptions, AdsServer
 from .server.metrics import Metrics
 from .telemetry.wiring import Telemetry
 from .server.secure import SecureAdsServicer
+from .sources.autoregistration import StoreEntries, WorkloadRegistry
 from .sources.directory import DirectorySource
 from .sources.jwks import JwksSource
 from .sources.meshconfig import MeshConfigSource, MeshConfigSourceError
@@ -95,6 +96,9 @@ class ServeOptions:
     mesh_config_file: str | None = None
     mesh_config_poll_interval: float = 1.0
     jwks_refresh_interval: float = 20 * 60.0  # istiod's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL
+    # How long an auto-registered WorkloadEntry outlives its proxy's connection (istiod's
+    # PILOT_WORKLOAD_ENTRY_GRACE_PERIOD; sources/autoregistration.py).
+    workload_entry_grace_period: float = 10.0
     debug_access: str = "localhost"  # who may read /debug: localhost | authenticated | open
     # Kubernetes source (issue: operators apply CRDs with kubectl): a kubeconfig path,
     # or in-cluster config when running in a pod.
@@ -311,6 +315,26 @@ def _json_view(view):
     return handler
 
 
+def _workload_registry(opts: ServeOptions, store: ConfigStore, member) -> WorkloadRegistry:
+    """WorkloadGroup auto-registration: entries in the store (directory mode), or in the
+    API server written by the replica holding the proxy's stream (Kubernetes mode), where
+    the leader also sweeps entries whose proxy left while their meshd was gone."""
+    def groups(namespace: str, name: str):
+        return store.snapshot().get("WorkloadGroup", namespace, name)
+
+    grace = opts.workload_entry_grace_period
+    if member is None:
+        import socket
+
+        return WorkloadRegistry(StoreEntries(store), groups, instance=socket.gethostname(), grace_period=grace)
+    from .kube.autoregistration import KubeEntries
+
+    backend = KubeEntries(member.kube)
+    registry = WorkloadRegistry(backend, groups, instance=member.identity, grace_period=grace)
+    member.add_leader_task("workload-entry-cleanup", lambda: backend.sweep(registry))
+    return registry
+
+
 async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` (or SIGTERM/SIGINT) is set. StartupError when a port is taken."""
     stop = stop or asyncio.Event()
@@ -385,13 +409,16 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     key_sets = JwksSource(refresh_interval=opts.jwks_refresh_interval, registry=metrics.registry)
     debug_routes["/debug/jwksz"] = _json_view(key_sets.status)
     policy_report = PolicyReport(metrics.registry)
+    registry = _workload_registry(opts, store, member)  # WorkloadGroup auto-registration (docs/vm.md)
+    ads.registrations = registry
     # Envoy's metrics service on the secure port, its Istio metrics, and /ui/ (docs/ui.md).
     telemetry = Telemetry.attach(metrics.registry, authenticators if serving is not None else None,
                                  mesh=lambda: ads.mesh, trust_domain=opts.trust_domain)
     debug_routes.update(ui_routes(ads, telemetry.store if telemetry.service is not None else None, opts.trust_domain))
     debug_routes = operator_view(ads, store, metrics, debug_routes, access=opts.debug_access,
                                  configz_sections={"meshConfig": mesh_source.status, "jwks": key_sets.status,
-                                                   "policyProblems": policy_report.status},
+                                                   "policyProblems": policy_report.status,
+                                                   "autoRegistration": registry.status},
                                  # /debug checks tokens synchronously: not with TokenReview (it awaits I/O)
                                  authenticators=[a for a in authenticators or () if not getattr(a, "awaits_io", False)],
                                  root_namespace=opts.root_namespace)
@@ -476,6 +503,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         if plane is not None:
             tasks += plane.tasks(stop)
         await stop.wait()
+        await registry.close()
     finally:
         log.info("meshd stopping")
         halt_task.cancel()

@@ -58,6 +58,11 @@ class BootstrapParams:
     xds_transport: str = "sotw"  # "sotw" (api_type GRPC) | "delta" (DELTA_GRPC, incremental xDS)
     tls: XdsTls | None = None  # None: plaintext xDS (port 15010)
     locality: str = ""  # "region/zone/subzone": the node's locality (locality load balancing)
+    # A VM joining through a WorkloadGroup (docs/vm.md): node metadata AUTO_REGISTER_GROUP
+    # makes meshd register it as a WorkloadEntry while it is connected.
+    auto_register_group: str = ""
+    workload_name: str = ""  # WORKLOAD_NAME ("": the app label, else the pod name)
+    network: str = ""  # NETWORK: the network the proxy is on ("": the default one)
     # Stream Envoy's counters to meshd's metrics service (telemetry/service.py) every
     # `metrics_flush_interval` seconds; 0: no stats sink. Needs `tls` (the authenticated port).
     metrics_flush_interval: float = 0.0
@@ -118,6 +123,43 @@ def _xds_transport_socket(tls: XdsTls) -> dict[str, Any]:
             },
         },
     }
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """What a proxy joining a WorkloadGroup claims (istioctl x workload entry configure):
+    the group's namespace, the template's service account, the labels its entries get."""
+
+    group: str
+    namespace: str
+    service_account: str
+    labels: dict[str, str]
+
+
+def read_workload_group(path: Path) -> GroupMember:
+    """The WorkloadGroup of a YAML file (the one applied to the mesh), through the parse
+    gate; ValueError naming the file, field and reason when it is not one valid group."""
+    from .config.objects import ConfigObject, Origin
+    from .config.parse import parse_document
+    from .sources.yamlfile import YamlError, load_located
+
+    try:
+        docs = load_located(path.read_bytes())
+    except YamlError as e:
+        raise ValueError(f"--workload-group {path}: {e}") from None
+    groups: list[ConfigObject] = []
+    for i, d in enumerate(docs):
+        parsed = parse_document(d.data, Origin("file", str(path), i, d.line))
+        if isinstance(parsed, ConfigObject) and parsed.kind == "WorkloadGroup":
+            groups.append(parsed)
+        elif parsed is not None and not isinstance(parsed, ConfigObject):
+            raise ValueError(f"--workload-group: {parsed.message()}")
+    if len(groups) != 1:
+        raise ValueError(f"--workload-group {path}: want exactly one WorkloadGroup, found {len(groups)}")
+    g = groups[0]
+    wg = g.typed
+    return GroupMember(g.name, g.namespace, wg.template.service_account or "default",
+                       {**wg.template.labels, **wg.labels})
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -199,12 +241,16 @@ def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
         "SERVICE_ACCOUNT": p.service_account,
         "CLUSTER_ID": p.cluster_id,
         "MESH_ID": names.DOMAIN_SUFFIX,
-        "WORKLOAD_NAME": app,
+        "WORKLOAD_NAME": p.workload_name or app,
         # The agent's version, as pilot-agent reports Istio's: `proxy-status` shows it.
         "ISTIO_VERSION": meshd_version(),
     }
     if p.proxy_type == "sidecar":
         metadata["INTERCEPTION_MODE"] = "REDIRECT"
+    if p.auto_register_group:
+        metadata[names.META_AUTO_REGISTER_GROUP] = p.auto_register_group
+    if p.network:
+        metadata["NETWORK"] = p.network
     ads_source = {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"}
     api_type = "DELTA_GRPC" if p.xds_transport == "delta" else "GRPC"
     clusters = [_address_cluster("xds-grpc", host, int(port), http2=True)]

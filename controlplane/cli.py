@@ -105,6 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
         root_namespace=root_namespace,
         mesh_config_file=args.mesh_config,
         jwks_refresh_interval=args.jwks_refresh_interval.total_seconds(),
+        workload_entry_grace_period=args.workload_entry_grace_period,
         debug_access=args.debug_access,
         kubeconfig=args.kubeconfig,
         in_cluster=args.in_cluster,
@@ -202,6 +203,33 @@ def _bootstrap_tls(args: argparse.Namespace):
     return None
 
 
+def _workload_group_args(args: argparse.Namespace) -> dict[str, str]:
+    """--workload-group FILE: the group's namespace, service account and name fill the
+    flags not given (a flag that contradicts the group is an error); the group's labels,
+    returned, go under --labels. Without it, the defaults of --namespace/--pod/
+    --service-account."""
+    if not args.workload_group:
+        args.namespace = args.namespace or "istio-system"
+        args.pod = args.pod or "istio-ingressgateway-0"
+        args.service_account = args.service_account or "default"
+        return {}
+    from .bootstrap import read_workload_group
+
+    if args.type != "sidecar":
+        raise ValueError("--workload-group: a WorkloadGroup member is a sidecar (--type sidecar)")
+    m = read_workload_group(Path(args.workload_group))
+    for flag, given, want in (("--namespace", args.namespace, m.namespace),
+                              ("--service-account", args.service_account, m.service_account),
+                              ("--auto-register-group", args.auto_register_group, m.group)):
+        if given and given != want:
+            raise ValueError(f"{flag} {given!r} contradicts WorkloadGroup {m.namespace}/{m.group} ({want!r})")
+    args.namespace, args.service_account, args.auto_register_group = m.namespace, m.service_account, m.group
+    import socket
+
+    args.pod = args.pod or socket.gethostname().split(".")[0]  # istio-agent's POD_NAME on a VM: the host name
+    return m.labels
+
+
 def bootstrap_format(output: str | None) -> str:
     """"yaml" for a .yaml/.yml file, else "json": how Envoy's `-c` reads the file (by its
     extension, JSON for any other), and what istiod's bootstrap is (stdout too)."""
@@ -215,6 +243,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
     _quiet_logs()
     try:
+        group_labels = _workload_group_args(args)
         tls = _bootstrap_tls(args)
         default_port = names.PORT_XDS_SECURE if tls is not None else names.PORT_XDS
         params = BootstrapParams(
@@ -223,7 +252,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
             pod=args.pod,
             ip=args.ip,
             xds_address=args.xds_address or f"127.0.0.1:{default_port}",
-            labels=parse_labels(args.labels or ""),
+            labels={**group_labels, **parse_labels(args.labels or "")},
             admin_port=args.admin_port,
             service_account=args.service_account,
             stats_port=args.stats_port,
@@ -231,6 +260,9 @@ def _bootstrap(args: argparse.Namespace) -> int:
             xds_transport=args.xds_transport,
             tls=tls,
             locality=args.locality or "",
+            auto_register_group=args.auto_register_group or "",
+            workload_name=args.workload_name or "",
+            network=args.network or "",
             metrics_flush_interval=args.metrics_flush_interval.total_seconds() if args.metrics_service else 0.0,
         )
         doc = build_bootstrap(params)
@@ -307,6 +339,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--jwks-refresh-interval", type=parse_duration, default="20m",
                    help="how often the key sets of RequestAuthentications' jwksUri are fetched again "
                         "(istiod's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL; default %(default)s)")
+    s.add_argument("--workload-entry-grace-period", type=_seconds, default=10.0,
+                   help="how long a WorkloadEntry auto-registered for a WorkloadGroup member outlives the proxy's "
+                        "connection before it is deleted (istiod's PILOT_WORKLOAD_ENTRY_GRACE_PERIOD; default 10s; "
+                        "docs/vm.md)")
     s.add_argument("--workload-cert-ttl", type=parse_duration, default=DEFAULT_TTL,
                    help="lifetime of workload certificates (default %(default)s, at most 90d)")
     from .commands.ca import add_serve_flags
@@ -341,11 +377,20 @@ token is written with mode 0600: make it readable by the proxy's user (Envoy run
 UID 1337 in a pod), e.g. chown 1337 FILE.""",
     )
     b.add_argument("--type", choices=["router", "sidecar"], default="router")
-    b.add_argument("--namespace", default="istio-system")
-    b.add_argument("--pod", default="istio-ingressgateway-0")
+    b.add_argument("--namespace", help="the proxy's namespace (default istio-system, or the --workload-group's)")
+    b.add_argument("--pod", help="the pod (or VM) name in the node id (default istio-ingressgateway-0, or the host "
+                                 "name with --workload-group)")
     b.add_argument("--ip", default="127.0.0.1")
     b.add_argument("--labels", default="", help="pod labels, k=v,k2=v2 (a gateway needs the ones its Gateway selects)")
-    b.add_argument("--service-account", default="default")
+    b.add_argument("--service-account", help="default: default, or the --workload-group template's")
+    b.add_argument("--workload-group", metavar="FILE",
+                   help="a VM joining the mesh (docs/vm.md): the WorkloadGroup YAML it is a member of; sets "
+                        "AUTO_REGISTER_GROUP, the namespace, the service account and the labels from it, so meshd "
+                        "registers the proxy as a WorkloadEntry while it is connected")
+    b.add_argument("--auto-register-group", help="node metadata AUTO_REGISTER_GROUP without a --workload-group file: "
+                                                 "the WorkloadGroup (of --namespace) the proxy joins")
+    b.add_argument("--workload-name", help="node metadata WORKLOAD_NAME (default: the app label, else --pod)")
+    b.add_argument("--network", help="node metadata NETWORK: the network the proxy is on")
     b.add_argument("--locality", help="where the proxy runs, region/zone/subzone (Envoy's node.locality); meshd "
                                        "orders endpoints by it when locality load balancing applies. Topology labels "
                                        "in --labels (topology.kubernetes.io/region, ...) win over it, as in istiod")

@@ -66,6 +66,14 @@ OLD_REGION_LABEL = "failure-domain.beta.kubernetes.io/region"
 OLD_ZONE_LABEL = "failure-domain.beta.kubernetes.io/zone"
 TOPOLOGY_LABELS = (REGION_LABEL, ZONE_LABEL, SUBZONE_LABEL, OLD_REGION_LABEL, OLD_ZONE_LABEL)
 
+# WorkloadGroup auto-registration (sources/autoregistration.py): the node metadata key
+# naming the group, and istiod's annotations on the WorkloadEntry it makes.
+META_AUTO_REGISTER_GROUP = "AUTO_REGISTER_GROUP"
+AUTO_REGISTRATION_GROUP_ANNOTATION = "istio.io/autoRegistrationGroup"
+WORKLOAD_CONTROLLER_ANNOTATION = "istio.io/workloadController"
+CONNECTED_AT_ANNOTATION = "istio.io/connectedAt"
+DISCONNECTED_AT_ANNOTATION = "istio.io/disconnectedAt"
+
 # ALPN values Istio's sidecars speak to each other over mTLS.
 ALPN_ISTIO_HTTP = ("istio-http/1.0", "istio-http/1.1", "istio-h2")
 ALPN_ISTIO = "istio"

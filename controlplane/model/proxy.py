@@ -21,6 +21,17 @@ class NodeError(ValueError):
     """The node cannot be served: its id or metadata is malformed."""
 
 
+class ProxyRefused(Exception):
+    """A connection observer refuses to serve the proxy (e.g. WorkloadGroup
+    auto-registration, sources/autoregistration.py): the message says why. `permission`:
+    the proxy's identity may not do what it asked (PERMISSION_DENIED), else a
+    precondition failed (FAILED_PRECONDITION, e.g. its WorkloadGroup does not exist)."""
+
+    def __init__(self, message: str, *, permission: bool):
+        super().__init__(message)
+        self.permission = permission
+
+
 @dataclass(frozen=True)
 class Proxy:
     id: str

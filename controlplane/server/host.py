@@ -46,7 +46,7 @@ from ca import Identity
 
 from .. import names
 from ..generators.resources import ResourceSet
-from ..model.proxy import NodeError, Proxy, parse_node
+from ..model.proxy import NodeError, Proxy, ProxyRefused, parse_node
 from ..security.authz import claimed_identity, identity_mismatch
 from ..security.sds import SecretProvider
 from .caches import ServerCaches
@@ -135,6 +135,11 @@ class AdsServer:
         # Debug hook (controlplane/debug/push_status.py): push_started(reason, n_conns),
         # sent(conn, sub, n_resources, size, request), proxy_pushed(conn). None: off.
         self.observer: Any = None
+        # Told of each proxy that connects (`await connected(proxy, identity)`, which may
+        # refuse it with model.proxy.ProxyRefused) and of each stream that ends
+        # (`disconnected(proxy)`, synchronous): WorkloadGroup auto-registration
+        # (sources/autoregistration.py), wired by app.py. None: nobody listens.
+        self.registrations: Any = None
 
     # --- public API --------------------------------------------------------------
     @property
@@ -286,6 +291,9 @@ class AdsServer:
         # Only a stream that proved its identity can be given `default`; generated config
         # for the others must not wait for it (see Proxy.workload_cert).
         proxy = dataclasses.replace(proxy, workload_cert=identity is not None and self._secrets is not None)
+        registrations = self.registrations
+        if registrations is not None:
+            await self._register(registrations, proxy, identity, peer, context)
         conn = Connection(
             id=f"{proxy.id}-{next(self._ids)}", proxy=proxy, peer=peer,
             events=EventQueue(self.options.max_queued_requests),
@@ -317,6 +325,8 @@ class AdsServer:
                 reader.cancel()
             conn.events.close()
             self._forget(conn)
+            if registrations is not None:
+                registrations.disconnected(proxy)
             self.log.info(
                 "ads disconnect", proxy=proxy.id, conn=conn.id, peer=peer,
                 duration=round(time.time() - conn.connected_at, 3),
@@ -379,6 +389,19 @@ class AdsServer:
             authenticated_identity=identity.spiffe_uri, reason=reason,
         )
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"authorization failed: {reason}")
+        raise AssertionError("unreachable: context.abort raises")
+
+    async def _register(self, registrations: Any, proxy: Proxy, identity: Identity | None, peer: str,
+                        context: Context) -> None:
+        """Report the connect; end the stream if the observer refuses the proxy."""
+        try:
+            await registrations.connected(proxy, identity)
+            return
+        except ProxyRefused as e:
+            refused = e
+        self.log.warning("ads connection refused", proxy=proxy.id, peer=peer, reason=str(refused))
+        code = grpc.StatusCode.PERMISSION_DENIED if refused.permission else grpc.StatusCode.FAILED_PRECONDITION
+        await context.abort(code, str(refused))
         raise AssertionError("unreachable: context.abort raises")
 
     async def _read(self, requests: AsyncIterator[Any], conn: Connection, protocol: StreamProtocol) -> None:

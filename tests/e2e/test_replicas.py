@@ -224,4 +224,6 @@ def test_replicas_share_one_ca_elect_one_leader_and_hand_over(tmp_path: Path):
 
         # --- RBAC: exactly the verbs this run used ------------------------------------------------------
         problems = rbac_mismatch(api, load_manifests(MANIFESTS))
+        # (no VM joins here: auto-registration's writes are checked by test_autoregistration)
+        problems = [p for p in problems if not (p.startswith("never used") and "/workloadentries" in p)]
         assert problems == [], "\n".join(problems)
