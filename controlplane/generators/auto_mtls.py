@@ -10,7 +10,11 @@ read not copied).
   mesh) runs PeerAuthentication DISABLE gets plaintext only; an endpoint whose own
   workload policy is DISABLE on its port is treated as having no sidecar.
 - The client checks the server's SPIFFE identity against the service accounts of the
-  service's endpoints, and sends istiod's SNI `outbound_.<port>_.<subset>_.<host>`.
+  service's endpoints (and a ServiceEntry's `subjectAltNames`), and sends istiod's SNI
+  `outbound_.<port>_.<subset>_.<host>`.
+- MESH_EXTERNAL ServiceEntry hosts never get auto mTLS (no sidecar there); a
+  DestinationRule `tls` still applies (TLS origination). A SIMPLE/MUTUAL rule without
+  `subjectAltNames` for a ServiceEntry host verifies the SE's `subjectAltNames`.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from ..model.mesh import MeshSnapshot
 from ..model.peer_authentication import DISABLE
 from ..model.proxy import SIDECAR, Proxy
 from ..model.services import Endpoint, Service
-from . import tls
+from . import cluster_discovery, tls
 from .destinations import OutboundCluster
 
 # How a cluster's transport is chosen.
@@ -35,6 +39,8 @@ AUTO = "auto"  # transport_socket_matches: mTLS for tlsMode=istio endpoints, pla
 ISTIO = "istio"  # Istio mTLS to every endpoint (DestinationRule ISTIO_MUTUAL)
 PLAINTEXT = "plaintext"  # no TLS (DestinationRule DISABLE, or the destination disabled mTLS)
 USER = "user"  # the DestinationRule's SIMPLE/MUTUAL settings
+
+SERVICE_ENTRY = "ServiceEntry"  # Service.source of ServiceEntry hosts
 
 MATCH_ISTIO = "tlsMode-" + names.TLS_MODE_ISTIO
 MATCH_DISABLED = "tlsMode-disabled"
@@ -47,9 +53,10 @@ class ClusterTls:
 
 
 def original_dst(oc: OutboundCluster, proxy: Proxy) -> bool:
-    """Sidecars reach headless services at the address the application dialled (istiod's
-    Passthrough resolution); gateways cannot, and load balance over EDS instead."""
-    return proxy.type == SIDECAR and oc.service.headless
+    """Sidecars reach headless services (and ServiceEntry hosts with `resolution: NONE`)
+    at the address the application dialled (istiod's Passthrough resolution); gateways
+    cannot, and load balance over EDS instead."""
+    return cluster_discovery.discovery_type(oc.service, proxy) == cluster_discovery.ORIGINAL_DST
 
 
 def cluster_tls(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> ClusterTls:
@@ -69,15 +76,19 @@ def cluster_tls(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> Cluste
             # istiod never hands a Secret to every sidecar a rule reaches: without a
             # workloadSelector the rule's credentialName leaves the cluster without TLS.
             return ClusterTls(PLAINTEXT)
+        sans = service_accounts(mesh, oc.service)
         ctx = tls.client_tls(
-            settings, sni=sni, sans=service_accounts(mesh, oc.service), http2=http2, own_cert=proxy.workload_cert
+            settings, sni=sni, sans=sans, http2=http2, own_cert=proxy.workload_cert,
+            # istiod: a ServiceEntry's subjectAltNames (and its workloads' identities)
+            # verify the TLS a rule originates when the rule names none.
+            default_sans=sans if oc.service.source == SERVICE_ENTRY else (),
         )
         if ctx is None:
             return ClusterTls(PLAINTEXT)
         return ClusterTls(ISTIO if mode == "ISTIO_MUTUAL" else USER, ctx)
-    if not proxy.workload_cert or service_mtls_disabled(mesh, oc):
+    if not proxy.workload_cert or oc.service.mesh_external or service_mtls_disabled(mesh, oc):
         # A proxy that holds no workload certificate is a plaintext client, like a
-        # workload outside the mesh.
+        # workload outside the mesh; a MESH_EXTERNAL host has no sidecar to talk mTLS to.
         return ClusterTls(PLAINTEXT)
     alpn = tls.ALPN_IN_MESH_H2 if http2 else tls.ALPN_IN_MESH
     ctx = tls.istio_mutual_upstream(sni, service_accounts(mesh, oc.service), alpn)
@@ -90,9 +101,10 @@ def cluster_tls(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> Cluste
 
 def service_mtls_disabled(mesh: MeshSnapshot, oc: OutboundCluster) -> bool:
     """istiod's BestEffortInferServiceMTLSMode == DISABLE: the destination namespace (or the
-    mesh) disables mTLS; for a headless service also when any endpoint lacks a sidecar."""
+    mesh) disables mTLS; for a headless service (or a ServiceEntry with `resolution: NONE`)
+    also when any endpoint lacks a sidecar."""
     svc = oc.service
-    if svc.headless:
+    if cluster_discovery.passthrough(svc):
         eps = mesh.service_endpoints(svc.hostname, oc.port.port)
         if not eps or any(not has_sidecar(ep) for ep in eps):
             return True
@@ -134,7 +146,7 @@ def apply(cluster: cluster_pb2.Cluster, ct: ClusterTls) -> None:
 
 
 def service_accounts(mesh: MeshSnapshot, svc: Service) -> list[str]:
-    """SPIFFE identities of the workloads behind a service (all ports, ready or not), as
-    istiod's PushContext.ServiceAccounts, sorted."""
-    return sorted(names.spiffe_id(ns, sa) for ns, sa in mesh.service_accounts(svc.hostname))
-
+    """SPIFFE identities of the workloads behind a service (all ports, ready or not) and a
+    ServiceEntry's `subjectAltNames`, as istiod's PushContext.ServiceAccounts, sorted."""
+    ids = {names.spiffe_id(ns, sa) for ns, sa in mesh.service_accounts(svc.hostname)}
+    return sorted(ids | set(svc.subject_alt_names))

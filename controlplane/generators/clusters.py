@@ -1,8 +1,12 @@
 """CDS: Clusters, per proxy type.
 
-Both proxy types get an EDS cluster for every service port and DestinationRule subset
-(see destinations.py), shaped by the DestinationRule's traffic policy, with the client
-side TLS of auto_mtls.py, plus `BlackHoleCluster`.
+Both proxy types get a cluster for every service port and DestinationRule subset (see
+destinations.py), of the type the service's resolution asks for (EDS, STRICT_DNS or
+LOGICAL_DNS with the endpoints inline, ORIGINAL_DST: cluster_discovery.py), shaped by the
+DestinationRule's traffic policy, with the client side TLS of auto_mtls.py (a TLS
+origination without `sni` lets Envoy pick it from the Host: tls_origination.py), plus
+`BlackHoleCluster`. Clusters of MESH_EXTERNAL ServiceEntry hosts say so in their
+`istio` metadata (`external: true`).
 
 Sidecars also get:
 - `inbound|<port>||` for every port their workload serves: ORIGINAL_DST (the address the
@@ -12,8 +16,8 @@ Sidecars also get:
 - `PassthroughCluster` (ORIGINAL_DST) for outbound traffic to unknown destinations
   (outboundTrafficPolicy ALLOW_ANY) and `InboundPassthroughCluster` (ORIGINAL_DST from
   127.0.0.6) for inbound traffic to ports no service declares;
-- headless services as ORIGINAL_DST clusters instead of EDS (the application dialled one
-  particular pod).
+- headless services and ServiceEntry hosts with `resolution: NONE` as ORIGINAL_DST
+  clusters instead of EDS (the application dialled one particular address).
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from ..config.types.trafficpolicy import NO_POLICY
 from ..model import protocol
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
-from . import auto_mtls, locality_lb, traffic_policy
+from . import auto_mtls, cluster_discovery, endpoints, locality_lb, tls_origination, traffic_policy
 from .convert import ads_config_source, struct, typed
 from .destinations import OutboundCluster, outbound_clusters
 from .sidecar_inbound import InboundPort, inbound_ports
@@ -47,7 +51,7 @@ def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
     if proxy.type not in (ROUTER, SIDECAR):
         return []
     out: list[tuple[str, Message]] = [
-        (oc.name, outbound_cluster(mesh, proxy, oc)) for oc in outbound_clusters(mesh, proxy)
+        (oc.name, c) for oc in outbound_clusters(mesh, proxy) if (c := outbound_cluster(mesh, proxy, oc)) is not None
     ]
     if proxy.type == SIDECAR:
         out += [(c.name, c) for c in (inbound_cluster(ip) for ip in inbound_ports(mesh, proxy))]
@@ -63,23 +67,37 @@ def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
     return out
 
 
-def outbound_cluster(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> cluster_pb2.Cluster:
+def outbound_cluster(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> cluster_pb2.Cluster | None:
+    """The cluster of `oc`, of the type its service's resolution asks for
+    (cluster_discovery.py); None for a DNS cluster without any endpoint (istiod leaves it out)."""
     c = cluster_pb2.Cluster(
         name=oc.name,
         connect_timeout=DEFAULT_CONNECT_TIMEOUT,
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(),
     )
     traffic_policy.apply(c, oc.policy, http2=protocol.is_http2(oc.protocol))
-    if auto_mtls.original_dst(oc, proxy):
-        c.type = cluster_pb2.Cluster.ORIGINAL_DST
+    ct = auto_mtls.cluster_tls(mesh, proxy, oc)
+    c.type = cluster_discovery.discovery_type(oc.service, proxy)
+    if c.type == cluster_discovery.ORIGINAL_DST:
         c.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
-    else:
-        c.type = cluster_pb2.Cluster.EDS
+    elif c.type == cluster_discovery.EDS:
         locality_lb.apply_cluster(c, oc.policy)  # locality weights, when the assignment carries them
         c.eds_cluster_config.CopyFrom(
             cluster_pb2.Cluster.EdsClusterConfig(service_name=oc.name, eds_config=ads_config_source())
         )
-    auto_mtls.apply(c, auto_mtls.cluster_tls(mesh, proxy, oc))
+    else:
+        svc = oc.service
+        eps = endpoints.select_endpoints(oc, mesh.service_endpoints(svc.hostname, oc.port.port))
+        eps = cluster_discovery.first_for_logical_dns(svc, eps)
+        if not eps:
+            return None
+        cluster_discovery.apply_dns(c, proxy)
+        locality_lb.apply_cluster(c, oc.policy)
+        mtls = {(ep.address, ep.port) for ep in eps if auto_mtls.endpoint_wants_mtls(mesh, oc, ep, ct)}
+        c.load_assignment.CopyFrom(endpoints.load_assignment(oc, eps, mtls, proxy, mesh.proxy_locality(proxy)))
+    auto_mtls.apply(c, ct)
+    if ct.kind == auto_mtls.USER:
+        tls_origination.apply_auto_sni(c, oc.policy.client_tls)
     c.metadata.filter_metadata["istio"].CopyFrom(struct(istio_metadata(oc)))
     return c
 
@@ -96,6 +114,8 @@ def istio_metadata(oc: OutboundCluster) -> dict[str, Any]:
         md["config"] = destination_rule_path(oc.rule.namespace, oc.rule.name, oc.rule.version)
     if oc.subset:
         md["subset"] = oc.subset
+    if svc.mesh_external and not oc.subset:
+        md["external"] = True  # istiod marks clusters of MESH_EXTERNAL ServiceEntries
     return md
 
 

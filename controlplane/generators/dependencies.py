@@ -112,7 +112,8 @@ def _digest(parts: Iterable[str]) -> str:
 
 
 def _endpoint_text(ep: Endpoint) -> str:
-    return f"{ep.address}:{ep.port}:{int(ep.ready)}:{ep.namespace}/{ep.pod}/{ep.service_account}:{sorted(ep.labels.items())}"
+    return (f"{ep.address}:{ep.port}:{int(ep.ready)}:{ep.namespace}/{ep.pod}/{ep.service_account}:"
+            f"{sorted(ep.labels.items())}:w{ep.weight}")
 
 
 def _label_key(labels: Mapping[str, str], label_key: tuple[Any, ...] | None) -> tuple[Any, ...]:
@@ -238,10 +239,13 @@ def _endpoint_facts(mesh: MeshSnapshot) -> str:
         svc = mesh.services[host]
         lines.append(f"{host} sa={service_accounts(mesh, host)}")
         named = any(isinstance(p.target_port, str) and p.target_port and not p.target_port.isdigit() for p in svc.ports)
-        if svc.headless or named:
+        # DNS clusters carry their endpoints inline (cluster_discovery.py): CDS reads them all.
+        dns = svc.resolution in ("DNS", "DNSRoundRobin")
+        if svc.headless or named or dns or svc.resolution == "Passthrough":
+            text = _eds_endpoint_text if dns else _endpoint_text
             for sp in svc.ports:
                 eps = mesh.service_endpoints(host, sp.port)
-                lines.append(f"{host}:{sp.port} " + ";".join(_endpoint_text(e) for e in eps))
+                lines.append(f"{host}:{sp.port} " + ";".join(text(e) for e in eps))
     return _digest(lines)
 
 

@@ -5,17 +5,21 @@ its assignment arrives. Only ready endpoints are sent (istiod's default); a subs
 cluster keeps the endpoints whose labels carry the subset's labels.
 
 Routers and sidecars get the same outbound clusters (sidecars reach headless services
-through ORIGINAL_DST clusters, which have no assignment). Endpoints that should be
+and ServiceEntry hosts with `resolution: NONE` through ORIGINAL_DST clusters, which have
+no assignment; DNS clusters carry theirs inline: cluster_discovery.py). Endpoints that should be
 reached over Istio mTLS carry `envoy.transport_socket_match: {tlsMode: istio}` metadata,
 which the clusters' transport_socket_matches key on (auto_mtls.py).
 
 Endpoints are grouped by locality (region/zone/subzone of their pod, or of its Node;
-sorted; weight = endpoint count). The DestinationRule's `localityLbSetting` then sets
+sorted; weight = the sum of the endpoints' weights, 1 each unless a ServiceEntry
+endpoint or WorkloadEntry gives one). The DestinationRule's `localityLbSetting` then sets
 priorities or locality weights relative to the proxy's own locality (its pod's when the
 mesh knows it: MeshSnapshot.proxy_locality; locality_lb.py), so an assignment can differ
 between proxies in different localities.
 """
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from envoy.config.core.v3 import address_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -28,7 +32,7 @@ from ..model.locality import Locality
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
 from ..model.services import Endpoint, labels_match
-from . import auto_mtls, locality_lb
+from . import auto_mtls, cluster_discovery, locality_lb
 from .destinations import OutboundCluster, outbound_clusters
 
 
@@ -37,8 +41,8 @@ def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
         return []
     out: list[tuple[str, Message]] = []
     for oc in outbound_clusters(mesh, proxy):
-        if auto_mtls.original_dst(oc, proxy):
-            continue
+        if not cluster_discovery.uses_eds(oc.service, proxy):
+            continue  # ORIGINAL_DST has no assignment; DNS clusters carry theirs inline
         ct = auto_mtls.cluster_tls(mesh, proxy, oc)
         eps = cluster_endpoints(mesh, oc)
         mtls = {(ep.address, ep.port) for ep in eps if auto_mtls.endpoint_wants_mtls(mesh, oc, ep, ct)}
@@ -54,8 +58,13 @@ def cluster_policy(oc: OutboundCluster) -> TrafficPolicy:
 def cluster_endpoints(mesh: MeshSnapshot, oc: OutboundCluster) -> list[Endpoint]:
     """Ready endpoints of the cluster, each address once, sorted so that the order of
     EndpointSlices cannot change the bytes (and so the version) of the assignment."""
+    return select_endpoints(oc, mesh.service_endpoints(oc.service.hostname, oc.port.port))
+
+
+def select_endpoints(oc: OutboundCluster, endpoints: Iterable[Endpoint]) -> list[Endpoint]:
+    """The ready endpoints of `endpoints` in the cluster's subset, each address once, sorted."""
     chosen: dict[tuple[str, int], Endpoint] = {}
-    for ep in mesh.service_endpoints(oc.service.hostname, oc.port.port):
+    for ep in endpoints:
         if ep.ready and labels_match(oc.subset_labels, ep.labels):
             chosen.setdefault((ep.address, ep.port), ep)
     return [chosen[k] for k in sorted(chosen)]
@@ -80,7 +89,7 @@ def load_assignment(
         llb.locality.SetInParent()
         llb.locality.region, llb.locality.zone, llb.locality.sub_zone = loc
         # gRPC xDS clients drop a locality whose weight is 0 (or unset).
-        llb.load_balancing_weight.value = len(eps)
+        llb.load_balancing_weight.value = sum(_weight(ep) for ep in eps)
         for ep in eps:
             lb = _lb_endpoint(ep)
             if mtls and (ep.address, ep.port) in mtls:
@@ -100,5 +109,10 @@ def _lb_endpoint(ep: Endpoint) -> endpoint_components_pb2.LbEndpoint:
             )
         ),
         health_status=health_check_pb2.HEALTHY,
-        load_balancing_weight=wrappers_pb2.UInt32Value(value=1),
+        load_balancing_weight=wrappers_pb2.UInt32Value(value=_weight(ep)),
     )
+
+
+def _weight(ep: Endpoint) -> int:
+    """A ServiceEntry endpoint's or WorkloadEntry's `weight`; 1 when not given."""
+    return ep.weight if ep.weight > 0 else 1

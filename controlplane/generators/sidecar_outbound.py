@@ -14,6 +14,11 @@ port of its own (istiod's buildSidecarOutboundListeners, read not copied).
   one chain per VirtualService `tls` match, told apart by SNI (`sniHosts`). A headless service gets a listener per
   endpoint (`<podIP>_<port>`, never the sidecar's own IP); a service without any cluster
   IP (a static file) gets `0.0.0.0_<port>`.
+- ServiceEntry hosts: TCP ports listen on each IP of `addresses`; a CIDR becomes chains
+  of `0.0.0.0_<port>` matching the range (`prefix_ranges`); without addresses the port
+  is `0.0.0.0_<port>`, so every TCP connection to that port goes to the host, as in
+  istiod. TLS/HTTPS ports on the wildcard tell hosts apart by SNI (`server_names`).
+  HTTP ports join `0.0.0.0_<port>` like any service (virtual hosts: sidecar_routes.py).
 - Conflicts on one address and port resolve as istiod does, services taken oldest first:
   HTTP and TCP mix into one listener that tells them apart by ALPN (the match-all TCP
   chain becomes the default chain); a second TCP service whose chain would match exactly
@@ -23,6 +28,7 @@ port of its own (istiod's buildSidecarOutboundListeners, read not copied).
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from envoy.config.core.v3 import address_pb2, base_pb2
@@ -56,6 +62,7 @@ RESERVED_PORTS = frozenset({names.PORT_OUTBOUND, names.PORT_INBOUND})
 RESERVED_WILDCARD_PORTS = RESERVED_PORTS | {names.PORT_HEALTH, names.PORT_STATS}
 
 HTTP, TCP, MIXED = "HTTP", "TCP", "MIXED"
+SERVICE_ENTRY = "ServiceEntry"  # Service.source of ServiceEntry hosts
 
 
 def _age(svc: Service) -> tuple[bool, str, str]:
@@ -126,6 +133,8 @@ def outbound_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Li
 
 
 def _tcp_binds(mesh: MeshSnapshot, proxy: Proxy, svc: Service, sp: ServicePort) -> list[str]:
+    if svc.source == SERVICE_ENTRY:
+        return service_entry_binds(svc)
     if svc.vip:
         return [svc.vip]
     if svc.headless:
@@ -135,7 +144,30 @@ def _tcp_binds(mesh: MeshSnapshot, proxy: Proxy, svc: Service, sp: ServicePort) 
     return [WILDCARD]
 
 
+def service_entry_binds(svc: Service) -> list[str]:
+    """A ServiceEntry's listener addresses: each IP of `addresses` (a /32 or /128 is an IP),
+    each CIDR as itself (the wildcard listener matches it: _add), none: the wildcard
+    (istiod gives each (host, address) a service of its own; without addresses 0.0.0.0,
+    so every connection to the port goes to the host)."""
+    out = []
+    for a in svc.addresses:
+        try:
+            net = ipaddress.ip_network(a, strict=False)
+        except ValueError:
+            continue  # validation rejects it; never a listener
+        single = net.prefixlen == net.max_prefixlen
+        out.append(str(net.network_address) if single else str(net))
+    return sorted(set(out)) or [WILDCARD]
+
+
 def _add(entries: dict[tuple[str, int], _Entry], bind: str, port: int, kind: str, chains: list[_Chain]) -> None:
+    if "/" in bind:
+        # A CIDR: the wildcard listener, its chains matching the range (istiod).
+        net = ipaddress.ip_network(bind, strict=False)
+        for c in chains:
+            r = c.match.prefix_ranges.add(address_prefix=str(net.network_address))
+            r.prefix_len.value = net.prefixlen
+        bind = WILDCARD
     if port in RESERVED_PORTS or (bind == WILDCARD and port in RESERVED_WILDCARD_PORTS):
         return
     key = (bind, port)
@@ -166,7 +198,14 @@ def _tcp_chain(mesh: MeshSnapshot, proxy: Proxy, svc: Service, sp: ServicePort, 
     if tcp is None:
         cluster = names.outbound_cluster(sp.port, svc.hostname)
         tcp = filters.tcp_proxy(cluster, [(cluster, 1)])
-    return _Chain([filters.network_filter(filters.TCP_PROXY, tcp)])
+    match = lc.FilterChainMatch()
+    if (svc.source == SERVICE_ENTRY and protocol.of_service_port(sp) in (protocol.TLS, protocol.HTTPS)
+            and (bind == WILDCARD or "/" in bind)):
+        # Without an address of its own, TLS to the port is told apart by SNI: the host
+        # (istiod's buildSidecarOutboundTLSFilterChainOpts; a Kubernetes Service always
+        # has a cluster IP there, one from a static file without keeps its match-all chain).
+        match = lc.FilterChainMatch(transport_protocol=tls.TLS_TRANSPORT, server_names=[svc.hostname])
+    return _Chain([filters.network_filter(filters.TCP_PROXY, tcp)], match)
 
 
 # --- VirtualService tcp routes --------------------------------------------------------

@@ -4,8 +4,10 @@
 Virtual hosts are named `<host>:<port>`. A service's domains are its FQDN, the short
 names a client in the proxy's namespace can use (`name`, `name.ns`, `name.ns.svc` for a
 service of the same namespace; `name.ns`, `name.ns.svc` for one of another namespace) and
-its cluster IP; ports are not listed because the route configuration ignores the port in
-the Host header (`ignore_port_in_host_matching`, as current istiod sets for sidecars).
+its cluster IP (a ServiceEntry: each IP of its `addresses`; a wildcard host such as
+`*.wikipedia.org` is its own domain); ports are not listed because the route
+configuration ignores the port in the Host header (`ignore_port_in_host_matching`, as
+current istiod sets for sidecars).
 A service a VirtualService (bound to `mesh`) routes for gets the VirtualService's routes;
 other services a default route to `outbound|<port>||<host>`. VirtualService hosts that are
 no service become virtual hosts of their own (on port 80, or next to a service they also
@@ -28,7 +30,14 @@ from ..model.services import Service
 from .http_routes import NO_TIMEOUT, RouteContext, hash_policy, virtual_service_routes
 from .route_config import route_config
 from .route_policies import retry_policy
-from .sidecar_outbound import http_route_ports, is_http_port, services_by_age
+from .sidecar_outbound import (
+    SERVICE_ENTRY,
+    WILDCARD,
+    http_route_ports,
+    is_http_port,
+    service_entry_binds,
+    services_by_age,
+)
 from .virtual_services import MESH_GATEWAY, mesh_virtual_services, virtual_service_hosts
 
 ALLOW_ANY = "allow_any"
@@ -69,7 +78,10 @@ def service_domains(svc: Service, proxy_namespace: str) -> tuple[list[str], list
     if svc.headless:
         # Clients address single pods of a headless service by `<pod>.<service>...`.
         domains += [f"*.{d}" for d in domains]
-    if svc.vip:
+    if svc.source == SERVICE_ENTRY:
+        # Each IP of a ServiceEntry's `addresses` (istiod leaves CIDRs out).
+        domains += [a for a in service_entry_binds(svc) if a != WILDCARD and "/" not in a]
+    elif svc.vip:
         domains.append(svc.vip)
     return domains, alts
 

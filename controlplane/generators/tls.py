@@ -110,11 +110,13 @@ def inbound_mtls() -> tls_pb2.DownstreamTlsContext:
 
 
 def client_tls(
-    settings: ClientTLSSettings, *, sni: str, sans: Sequence[str], http2: bool, own_cert: bool = True
+    settings: ClientTLSSettings, *, sni: str, sans: Sequence[str], http2: bool, own_cert: bool = True,
+    default_sans: Sequence[str] = (),
 ) -> tls_pb2.UpstreamTlsContext | None:
     """The client side a DestinationRule `tls` block asks for (istiod's
     buildUpstreamClusterTLSContext). `sni` and `sans` are the Istio defaults used by
-    ISTIO_MUTUAL when the rule leaves them out. DISABLE (or no mode) gives None."""
+    ISTIO_MUTUAL when the rule leaves them out; `default_sans` those of SIMPLE/MUTUAL (a
+    ServiceEntry's subjectAltNames). DISABLE (or no mode) gives None."""
     mode = settings.effective_mode
     if mode == "ISTIO_MUTUAL":
         explicit_sans = settings.subject_alt_names
@@ -132,7 +134,7 @@ def client_tls(
     )
     common = ctx.common_tls_context
     validation = common_pb2.CertificateValidationContext(
-        match_typed_subject_alt_names=_typed_san_matchers(settings.subject_alt_names)
+        match_typed_subject_alt_names=_typed_san_matchers(settings.subject_alt_names or default_sans)
     )
     skip_verify = settings.insecure_skip_verify
     credential = settings.credential_name

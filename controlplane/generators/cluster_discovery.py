@@ -1,0 +1,87 @@
+"""How a proxy finds the hosts of an outbound cluster: the cluster type a service's
+resolution asks for (istiod's convertResolution and ClusterBuilder.buildCluster, read not
+copied).
+
+- ClientSideLB (Kubernetes Services, ServiceEntry `resolution: STATIC`): EDS, the
+  endpoints come over ADS (endpoints.py).
+- DNS (`resolution: DNS`): STRICT_DNS, every endpoint address (a name or an IP) is
+  resolved and each answer is a host; DNSRoundRobin (`DNS_ROUND_ROBIN`): LOGICAL_DNS,
+  one name, connections go to the first answer of the latest lookup. The endpoints ride
+  inline in the cluster (`load_assignment`), so there is no EDS for them (a ServiceEntry
+  without endpoints has its own host as one: model/service_entries.py). Lookups follow istiod: the address family of the proxy's IP,
+  every 60 s (MeshConfig.dnsRefreshRate's default) unless the answer's TTL says
+  otherwise (`respect_dns_ttl`). A DNS cluster without any endpoint is left out, as
+  istiod leaves it out.
+- Passthrough (headless Services, ServiceEntry `resolution: NONE`): ORIGINAL_DST on
+  sidecars, to the address the application dialled; gateways have no such address and
+  load balance over EDS instead.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+from envoy.config.cluster.v3 import cluster_pb2
+from google.protobuf import duration_pb2
+
+from ..model.proxy import SIDECAR, Proxy
+from ..model.services import Endpoint, Service
+
+# istiod's model.Resolution names, as model/services.py carries them.
+CLIENT_SIDE_LB = "ClientSideLB"
+PASSTHROUGH = "Passthrough"
+DNS = "DNS"
+DNS_ROUND_ROBIN = "DNSRoundRobin"
+
+EDS = cluster_pb2.Cluster.EDS
+STRICT_DNS = cluster_pb2.Cluster.STRICT_DNS
+LOGICAL_DNS = cluster_pb2.Cluster.LOGICAL_DNS
+ORIGINAL_DST = cluster_pb2.Cluster.ORIGINAL_DST
+
+# MeshConfig.dnsRefreshRate's default.
+DNS_REFRESH_RATE = duration_pb2.Duration(seconds=60)
+
+
+def passthrough(svc: Service) -> bool:
+    """The application dials the endpoint itself: a headless Service or a ServiceEntry
+    with `resolution: NONE`."""
+    return svc.headless or svc.resolution == PASSTHROUGH
+
+
+def discovery_type(svc: Service, proxy: Proxy) -> cluster_pb2.Cluster.DiscoveryType.ValueType:
+    if svc.resolution == DNS:
+        return STRICT_DNS
+    if svc.resolution == DNS_ROUND_ROBIN:
+        return LOGICAL_DNS
+    if passthrough(svc) and proxy.type == SIDECAR:
+        return ORIGINAL_DST
+    return EDS
+
+
+def uses_eds(svc: Service, proxy: Proxy) -> bool:
+    return discovery_type(svc, proxy) == EDS
+
+
+def is_dns(svc: Service) -> bool:
+    return svc.resolution in (DNS, DNS_ROUND_ROBIN)
+
+
+def first_for_logical_dns(svc: Service, endpoints: list[Endpoint]) -> list[Endpoint]:
+    """Envoy's LOGICAL_DNS takes exactly one host (validation allows DNS_ROUND_ROBIN one
+    endpoint at most)."""
+    return endpoints[:1] if svc.resolution == DNS_ROUND_ROBIN else endpoints
+
+
+def apply_dns(cluster: cluster_pb2.Cluster, proxy: Proxy) -> None:
+    """istiod's lookup settings for STRICT_DNS and LOGICAL_DNS clusters."""
+    cluster.dns_lookup_family = (
+        cluster_pb2.Cluster.V6_ONLY if _is_ipv6(proxy.ip) else cluster_pb2.Cluster.V4_ONLY
+    )
+    cluster.dns_refresh_rate.CopyFrom(DNS_REFRESH_RATE)
+    cluster.respect_dns_ttl = True
+
+
+def _is_ipv6(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).version == 6
+    except ValueError:
+        return False
