@@ -38,7 +38,9 @@ class FieldAnalyzer:
                                        line=r.line_of("spec", "http", i, "fault", "delay", "percent")))
         for r in ctx.for_each(SIDECAR):
             if _dict(r.spec.get("outboundTrafficPolicy")).get("egressProxy") is not None:
-                ctx.report(msg.new(msg.DEPRECATED, r, "OutboundTrafficPolicy.EgressProxy ignored",
+                # Istio's text says "ignored"; meshd's Sidecar scope does apply it (ALLOW_ANY).
+                ctx.report(msg.new(msg.DEPRECATED, r, "OutboundTrafficPolicy.EgressProxy is deprecated (meshd "
+                                   "still applies it in ALLOW_ANY mode)",
                                    line=r.line_of("spec", "outboundTrafficPolicy", "egressProxy")))
         for r in ctx.for_each(CRD):
             group = str(r.spec.get("group") or "")
