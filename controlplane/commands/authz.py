@@ -107,3 +107,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per filter chain: certificate, mTLS and the PeerAuthentication mode (inferred from the "
                         "chains with --file/--envoy), authorization rules")
     p.set_defaults(func=run)
+    from . import describe
+
+    describe.register(xsub)  # meshd x describe pod|service
