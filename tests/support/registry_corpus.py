@@ -14,7 +14,7 @@ from controlplane.config.objects import Origin, Rejection
 from controlplane.config.parse import Unsupported, parse_document
 from controlplane.config.store import ConfigStore
 from controlplane.generators import builders
-from controlplane.model.mesh import build_mesh
+from controlplane.model.mesh import MeshSnapshot, build_mesh
 from controlplane.model.meshconfig import DEFAULT as DEFAULT_MESH_CONFIG
 from controlplane.model.proxy import parse_node
 from controlplane.sources.yamlfile import load_documents
@@ -84,19 +84,19 @@ def _label(doc: object) -> str:
     return f"{d.get('kind')} {ns}{md.get('name')}"
 
 
-def run(case: Case) -> Outcome:
-    """The case's file through the parse gate, the store and the mesh model, then the
-    generators for its proxy."""
+def load(files: list[tuple[str, bytes]], root_namespace: str = "istio-system",
+         reported: str = "") -> tuple[list[tuple[str, str]], MeshSnapshot]:
+    """`files` ((location, content)) through the parse gate and the store into a mesh; what
+    the gate made of each document of the `reported` location."""
     store = ConfigStore()
     documents: list[tuple[str, str]] = []
-    corpus_file = f"{case.name}/configs.yaml"
-    for location, data in ((corpus_file, case.path.read_bytes()), ("supplement", case.supplement.encode())):
+    for location, data in files:
         items = []
         for i, doc in enumerate(load_documents(data)):
             if doc is None:  # an empty document (a trailing `---`)
                 continue
             parsed = parse_document(doc, Origin("file", location, i))
-            if location == corpus_file:
+            if location == reported:
                 if isinstance(parsed, Rejection):
                     documents.append((_label(doc), f"rejected: {parsed.message()}"))
                 elif isinstance(parsed, Unsupported):
@@ -110,8 +110,16 @@ def run(case: Case) -> Outcome:
     for r in store.rejections():  # conflicts the store found between documents
         if f"rejected: {r.message()}" not in seen:
             documents.append((str(r.origin), f"rejected: {r.message()}"))
-    mesh_config = dataclasses.replace(DEFAULT_MESH_CONFIG, root_namespace=case.root_namespace)
-    mesh = build_mesh(store.snapshot(), mesh_config=mesh_config)
+    mesh_config = dataclasses.replace(DEFAULT_MESH_CONFIG, root_namespace=root_namespace)
+    return documents, build_mesh(store.snapshot(), mesh_config=mesh_config)
+
+
+def run(case: Case) -> Outcome:
+    """The case's file through the parse gate, the store and the mesh model, then the
+    generators for its proxy."""
+    corpus_file = f"{case.name}/configs.yaml"
+    documents, mesh = load([(corpus_file, case.path.read_bytes()), ("supplement", case.supplement.encode())],
+                           case.root_namespace, corpus_file)
     proxy = parse_node(case.node_id, case.metadata)
     table = builders()
     built = [m for _, m in table[names.LISTENER](mesh, proxy)]

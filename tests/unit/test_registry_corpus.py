@@ -99,3 +99,24 @@ def test_docs_table_is_current():
 
     assert markdown() in (REPO / "docs" / "registry-corpus.md").read_text(), \
         "docs/registry-corpus.md is stale: replace its table with `python -m tests.support.registry_corpus`"
+
+
+def test_weighted_service_entry_endpoints():
+    """pilot/pkg/xds/eds_test.go TestEdsWeightedServiceEntry on
+    tests/testdata/config/static-weighted-se.yaml: endpoint weights as written (none is 1),
+    a locality's weight their sum: a = 9 (1 + 8), b = 3."""
+    from controlplane import names
+    from controlplane.generators import builders
+    from controlplane.model.proxy import parse_node
+    from tests.support.registry_corpus import load
+
+    path = NETWORKING.parent / "config" / "static-weighted-se.yaml"
+    _, mesh = load([("static-weighted-se.yaml", path.read_bytes())])
+    proxy = parse_node("sidecar~10.0.0.9~client.default~default.svc.cluster.local", {"NAMESPACE": "default"})
+    got = {c.cluster_name: c for _, c in builders()[names.ENDPOINT](mesh, proxy)}
+    cla = got["outbound|80||weighted.static.svc.cluster.local"]
+    localities = {e.locality.region: e.load_balancing_weight.value for e in cla.endpoints}
+    weights = {lb.endpoint.address.socket_address.address: lb.load_balancing_weight.value
+               for e in cla.endpoints for lb in e.lb_endpoints}
+    assert localities == {"a": 9, "b": 3}
+    assert weights == {"3.3.3.3": 1, "2.2.2.2": 8, "1.1.1.1": 3}
