@@ -1,0 +1,323 @@
+"""ServiceEntry hosts through real Envoys on the netns test bed, as in Istio's egress tasks.
+
+A `client` pod with a sidecar (Istio's interception, `meshd bootstrap` with the CA) in
+namespace `apps` calls hosts that are no Kubernetes Service:
+- a STATIC entry (`legacy.external.test`, a VIP in `addresses`, the endpoint a server
+  outside the mesh with no Pod object at all): HTTP by Host and TCP to the VIP;
+- DNS entries (`api.dns.test` over HTTP, `tcp.dns.test` over TCP without an address, so
+  on 0.0.0.0): the client connects to an address nothing listens on, and its Envoy
+  finds the server by resolving the name through the pod's hosts file
+  (/etc/netns/<ns>/hosts, which `ip netns exec` mounts over /etc/hosts);
+- TLS origination: the client speaks plain HTTP to `secure.external.test:80`, a
+  DestinationRule (SIMPLE, sni) makes its sidecar speak TLS to the HTTPS server's 443,
+  verified with the server's own CA and the entry's `subjectAltNames` (an entry whose
+  subjectAltNames do not name the server's certificate gets 503);
+- egress through an egress gateway (Istio's egress-gateway task): a Gateway on the
+  `istio: egressgateway` pod and a VirtualService bound to `mesh` and to that Gateway
+  send the client's request for `edition.external.test` to the gateway, which resolves
+  the host (its own hosts file) and calls it.
+Every Envoy rejects nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.support.harness import meshd, wait_for
+from tests.support.paths import REPO
+from tests.support.pki import make_ca, make_cert
+from tests.testbed.bed import TestBed
+from tests.testbed.fixtures import require_testbed
+
+pytestmark = pytest.mark.e2e
+
+NS = "apps"
+TLS_ECHO = Path(__file__).resolve().parents[1] / "testbed" / "tls_echo.py"
+
+
+def layout(pods: dict, vips: dict, ca_path: Path) -> str:
+    return textwrap.dedent(f"""
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: client-0, namespace: {NS}, labels: {{app: client, security.istio.io/tlsMode: istio}}}}
+        spec: {{serviceAccountName: client, containers: [{{name: app}}]}}
+        status: {{podIP: {pods['client'].ip}}}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {{name: istio-egressgateway, namespace: istio-system}}
+        spec:
+          clusterIP: {vips['egress']}
+          selector: {{istio: egressgateway}}
+          ports: [{{name: http, port: 80, targetPort: 8080}}]
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: istio-egressgateway-0, namespace: istio-system, labels: {{istio: egressgateway}}}}
+        spec: {{serviceAccountName: istio-egressgateway, containers: [{{name: istio-proxy}}]}}
+        status: {{podIP: {pods['egress'].ip}}}
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {{name: legacy, namespace: {NS}}}
+        spec:
+          hosts: [legacy.external.test]
+          addresses: [{vips['legacy']}]
+          location: MESH_EXTERNAL
+          resolution: STATIC
+          ports:
+          - {{number: 80, name: http, protocol: HTTP, targetPort: 8080}}
+          - {{number: 9000, name: tcp, protocol: TCP}}
+          endpoints: [{{address: {pods['legacy'].ip}}}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {{name: dns-api, namespace: {NS}}}
+        spec:
+          hosts: [api.dns.test]
+          location: MESH_EXTERNAL
+          resolution: DNS
+          ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {{name: dns-tcp, namespace: {NS}}}
+        spec:
+          hosts: [tcp.dns.test]
+          location: MESH_EXTERNAL
+          resolution: DNS
+          ports: [{{number: 9100, name: tcp, protocol: TCP, targetPort: 9000}}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {{name: secure, namespace: {NS}}}
+        spec:
+          hosts: [secure.external.test]
+          location: MESH_EXTERNAL
+          resolution: DNS
+          subjectAltNames: [secure.external.test]
+          ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 443}}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {{name: wrongsan, namespace: {NS}}}
+        spec:
+          hosts: [wrongsan.external.test]
+          location: MESH_EXTERNAL
+          resolution: DNS
+          subjectAltNames: [not-this.external.test]
+          ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 443}}]
+        """) + "".join(textwrap.dedent(f"""
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata: {{name: {name}, namespace: {NS}}}
+        spec:
+          host: {name}.external.test
+          trafficPolicy:
+            portLevelSettings:
+            - port: {{number: 80}}
+              tls: {{mode: SIMPLE, sni: secure.external.test, caCertificates: {ca_path}}}
+        """) for name in ("secure", "wrongsan")) + EGRESS
+
+
+# Istio's egress-gateway task (edition.cnn.com), on a host of the bed.
+EGRESS = textwrap.dedent(f"""
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: ServiceEntry
+    metadata: {{name: edition, namespace: {NS}}}
+    spec:
+      hosts: [edition.external.test]
+      location: MESH_EXTERNAL
+      resolution: DNS
+      ports: [{{number: 80, name: http-port, protocol: HTTP}}]
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: Gateway
+    metadata: {{name: istio-egressgateway, namespace: {NS}}}
+    spec:
+      selector: {{istio: egressgateway}}
+      servers:
+      - port: {{number: 80, name: http, protocol: HTTP}}
+        hosts: [edition.external.test]
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {{name: egressgateway-for-edition, namespace: {NS}}}
+    spec:
+      host: istio-egressgateway.istio-system.svc.cluster.local
+      subsets: [{{name: edition}}]
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {{name: direct-edition-through-egress-gateway, namespace: {NS}}}
+    spec:
+      hosts: [edition.external.test]
+      gateways: [istio-egressgateway, mesh]
+      http:
+      - match: [{{gateways: [mesh], port: 80}}]
+        route:
+        - destination: {{host: istio-egressgateway.istio-system.svc.cluster.local, subset: edition, port: {{number: 80}}}}
+          weight: 100
+      - match: [{{gateways: [istio-egressgateway], port: 80}}]
+        route:
+        - destination: {{host: edition.external.test, port: {{number: 80}}}}
+          weight: 100
+    """)
+
+
+def write_netns_files(netns_name: str, hosts: dict[str, str]) -> Path:
+    """/etc/netns/<ns>/hosts (names the pod resolves) and a resolv.conf whose only server
+    is the pod's own loopback, so no lookup ever leaves the pod."""
+    d = Path("/etc/netns") / netns_name
+    d.mkdir(parents=True, exist_ok=True)
+    lines = ["127.0.0.1 localhost", *(f"{ip} {name}" for name, ip in sorted(hosts.items()))]
+    (d / "hosts").write_text("\n".join(lines) + "\n")
+    (d / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    return d
+
+
+def bootstrap(work: Path, name: str, args: list[str]) -> Path:
+    out = work / f"{name}-bootstrap.yaml"
+    subprocess.run([sys.executable, "-m", "controlplane", "bootstrap", *args, "--admin-port", "15000",
+                    "--output", str(out)], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    out.chmod(0o644)
+    return out
+
+
+class Bed:
+    def __init__(self, pods: dict, vips: dict, envoys: dict):
+        self.pods, self.vips, self.envoys = pods, vips, envoys
+
+    def get(self, host: str, path: str = "/", address: str | None = None, port: int = 80):
+        """GET from the client pod to `address` (default: an address nothing listens on,
+        so only the sidecar's routing can reach a server) with Host `host`."""
+        return self.pods["client"].http_get(address or self.vips["nowhere"], port, path, headers={"Host": host})
+
+    def tcp(self, address: str, port: int, data: bytes = b"ping\n") -> bytes:
+        s = self.pods["client"].connect(address, port)
+        try:
+            s.sendall(data)
+            got = b""
+            while not got.endswith(b"\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            return got
+        finally:
+            s.close()
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory):
+    require_testbed()
+    work = tmp_path_factory.mktemp("service-entry")
+    config_dir = work / "config"
+    config_dir.mkdir()
+    # The HTTPS server's own CA: a file Envoy (uid 1337) reads, as a DestinationRule names it.
+    ca_dir = Path(tempfile.mkdtemp(prefix="meshd-se-ca-"))
+    ca_dir.chmod(0o755)
+    netns_dirs: list[Path] = []
+    try:
+        ca = make_ca("secure.external.test CA")
+        server = make_cert(ca, ["secure.external.test"])
+        ca_path = ca_dir / "ca.pem"
+        ca_path.write_bytes(ca.cert)
+        ca_path.chmod(0o644)
+        (work / "server.pem").write_bytes(server.cert)
+        (work / "server-key.pem").write_bytes(server.key)
+        with TestBed() as tb:
+            pods = {n: tb.add_pod(n, sidecar=(n == "client"))
+                    for n in ("client", "legacy", "dnsapi", "secure", "edition", "egress")}
+            vips = {n: tb.service_ip() for n in ("legacy", "egress", "nowhere")}
+            (config_dir / "mesh.yaml").write_text(layout(pods, vips, ca_path))
+            pods["legacy"].run_echo(http=[8080], tcp=[9000])
+            pods["dnsapi"].run_echo(http=[8080], tcp=[9000])
+            pods["edition"].run_echo(http=[80])
+            tls = pods["secure"].spawn([sys.executable, str(TLS_ECHO), "--name", "secure", "--port", "443",
+                                        "--cert", str(work / "server.pem"), "--key", str(work / "server-key.pem")],
+                                       name="tls-echo", stdout_pipe=True)
+            tls.wait_line("READY", timeout=15)
+            netns_dirs.append(write_netns_files(pods["client"].netns, {
+                "api.dns.test": pods["dnsapi"].ip, "tcp.dns.test": pods["dnsapi"].ip,
+                "secure.external.test": pods["secure"].ip, "wrongsan.external.test": pods["secure"].ip,
+            }))
+            netns_dirs.append(write_netns_files(pods["egress"].netns, {"edition.external.test": pods["edition"].ip}))
+            with meshd(config_dir, work) as cp:
+                client, egress = pods["client"], pods["egress"]
+                client.forward_to_host(cp.secure_port, pod_port=15012)
+                egress.forward_to_host(cp.xds_port, pod_port=15010)
+                client_boot = bootstrap(work, "client", [
+                    "--type", "sidecar", "--namespace", NS, "--service-account", "client", "--pod", "client-0",
+                    "--ip", client.ip, "--labels", "app=client,security.istio.io/tlsMode=istio",
+                    "--xds-address", "127.0.0.1:15012", "--ca-dir", str(cp.ca_dir)])
+                egress_boot = bootstrap(work, "egress", [
+                    "--type", "router", "--namespace", "istio-system", "--pod", "istio-egressgateway-0",
+                    "--ip", egress.ip, "--labels", "istio=egressgateway", "--xds-address", "127.0.0.1:15010"])
+                envoys = {"client": client.start_envoy(client_boot, admin_port=15000),
+                          "egress": egress.start_envoy(egress_boot, admin_port=15000)}
+                for name, e in envoys.items():
+                    wait_for(e.ready, 30, what=f"{name} envoy ready")
+                b = Bed(pods, vips, envoys)
+                wait_for(lambda: b.get("legacy.external.test", address=vips["legacy"])[0] == 200, 20,
+                         what="first request through the sidecar")
+                yield b
+                for name, e in envoys.items():
+                    bad = {k: v for k, v in e.stats("update_rejected").items() if v}
+                    assert bad == {}, (name, bad)
+    finally:
+        shutil.rmtree(ca_dir, ignore_errors=True)
+        for d in netns_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def body(resp) -> dict:
+    status, _, raw = resp
+    assert status == 200, (status, raw[:300])
+    return json.loads(raw)
+
+
+def test_static_entry_reaches_a_server_outside_the_mesh(bed):
+    got = body(bed.get("legacy.external.test", "/static", address=bed.vips["legacy"]))
+    assert got["pod"] == "legacy" and got["path"] == "/static"
+    # TCP to the entry's address goes to its endpoint too (listener <VIP>_9000).
+    assert bed.tcp(bed.vips["legacy"], 9000) == b"legacy ping\n"
+
+
+def test_dns_entry_is_resolved_by_the_sidecar_through_the_pods_hosts_file(bed):
+    got = body(bed.get("api.dns.test", "/dns"))
+    assert got["pod"] == "dnsapi"
+    # TCP without an address: every connection to port 9100 goes to the resolved host.
+    assert bed.tcp(bed.vips["nowhere"], 9100) == b"dnsapi ping\n"
+    clusters = bed.envoys["client"].admin("/clusters")
+    assert f"outbound|80||api.dns.test::{bed.pods['dnsapi'].ip}:8080" in clusters
+
+
+def test_sidecar_originates_tls_to_an_https_server_with_its_own_ca(bed):
+    got = body(bed.get("secure.external.test", "/tls"))
+    assert got["pod"] == "secure"
+    assert got["sni"] == "secure.external.test" and got["tls"].startswith("TLSv1")
+    assert got["host"] == "secure.external.test"
+    # The entry's subjectAltNames are what the sidecar verifies: a name the server's
+    # certificate lacks fails the handshake (503), never plaintext.
+    status, _, raw = bed.get("wrongsan.external.test", "/tls")
+    assert status == 503, raw[:200]
+
+
+def test_egress_through_the_egress_gateway(bed):
+    got = body(bed.get("edition.external.test", "/politics"))
+    assert got["pod"] == "edition" and got["path"] == "/politics"
+    # The server saw the egress gateway, not the client.
+    assert got["peer"].split(":")[0] == bed.pods["egress"].ip
+    stats = bed.envoys["egress"].stats("outbound|80||edition.external.test.upstream_rq_")
+    assert stats.get("cluster.outbound|80||edition.external.test.upstream_rq_200", 0) >= 1, stats
