@@ -42,8 +42,6 @@ USER = "user"  # the DestinationRule's SIMPLE/MUTUAL settings
 
 SERVICE_ENTRY = "ServiceEntry"  # Service.source of ServiceEntry hosts
 
-SERVICE_ENTRY = "ServiceEntry"  # Service.source of ServiceEntry hosts
-
 MATCH_ISTIO = "tlsMode-" + names.TLS_MODE_ISTIO
 MATCH_DISABLED = "tlsMode-disabled"
 

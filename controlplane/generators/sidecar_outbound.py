@@ -19,11 +19,6 @@ port of its own (istiod's buildSidecarOutboundListeners, read not copied).
   is `0.0.0.0_<port>`, so every TCP connection to that port goes to the host, as in
   istiod. TLS/HTTPS ports on the wildcard tell hosts apart by SNI (`server_names`).
   HTTP ports join `0.0.0.0_<port>` like any service (virtual hosts: sidecar_routes.py).
-- ServiceEntry hosts: TCP ports listen on each IP of `addresses`; a CIDR becomes chains
-  of `0.0.0.0_<port>` matching the range (`prefix_ranges`); without addresses the port
-  is `0.0.0.0_<port>`, so every TCP connection to that port goes to the host, as in
-  istiod. TLS/HTTPS ports on the wildcard tell hosts apart by SNI (`server_names`).
-  HTTP ports join `0.0.0.0_<port>` like any service (virtual hosts: sidecar_routes.py).
 - Conflicts on one address and port resolve as istiod does, services taken oldest first:
   HTTP and TCP mix into one listener that tells them apart by ALPN (the match-all TCP
   chain becomes the default chain); a second TCP service whose chain would match exactly
@@ -33,7 +28,6 @@ port of its own (istiod's buildSidecarOutboundListeners, read not copied).
 """
 from __future__ import annotations
 
-import ipaddress
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -68,7 +62,6 @@ RESERVED_PORTS = frozenset({names.PORT_OUTBOUND, names.PORT_INBOUND})
 RESERVED_WILDCARD_PORTS = RESERVED_PORTS | {names.PORT_HEALTH, names.PORT_STATS}
 
 HTTP, TCP, MIXED = "HTTP", "TCP", "MIXED"
-SERVICE_ENTRY = "ServiceEntry"  # Service.source of ServiceEntry hosts
 SERVICE_ENTRY = "ServiceEntry"  # Service.source of ServiceEntry hosts
 
 
