@@ -321,3 +321,45 @@ spec: {hosts: [web.web.svc.cluster.local], http: [{route: [{destination: {host: 
     assert got == ['Referenced host not found: "api.example.com"',
                    'Referenced host not found: "reviews.shop.svc.cluster.local"']
     assert analyze(resources, conflicts, mesh_config=local) == []  # each VirtualService seen in its namespace only
+
+
+def test_malformed_documents_are_findings_not_crashes():
+    """Wrong types anywhere in these kinds: the registry analyzers report what they can
+    and leave the rest to schema validation (IST0106), never raising."""
+    text = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: bad, namespace: x}
+spec: {hosts: api.example.com, ports: [{number: "443", protocol: [TLS]}, 7], exportTo: ".", addresses: {a: 1},
+       workloadSelector: {labels: [app]}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: worse, namespace: x}
+spec: [1, 2]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: bad, namespace: x}
+spec: {workloadSelector: {labels: "app=x"}, egress: [{hosts: "x/*"}, 3, {hosts: [null, 5, "x/"]}],
+       outboundTrafficPolicy: [1]}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: bad, namespace: x}
+spec: {labels: [a, b]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bad, namespace: x}
+spec: {hosts: [a], http: [{fault: {delay: {percent: "50"}}}, 4], exportTo: "*"}
+"""
+    names = ["sidecar.SelectorAnalyzer", "sidecar.EgressHostAnalyzer", "serviceentry.Analyzer",
+             "serviceentry.ConflictingServiceEntryProtocolAnalyzer", "serviceentry.WorkloadSelectorAnalyzer",
+             "serviceentry.HostConflictAnalyzer", "deprecation.DeprecationAnalyzer"]
+    got = analyze(parse_text(text, "bad.yaml"), [BY_NAME[n] for n in names])
+    # The port without protocol of a ServiceEntry without addresses still needs them.
+    assert [str(m.resource.friendly_name) for m in got if m.type.code == "IST0134"] == ["ServiceEntry x/bad"]
+    full = analyze(parse_text(text, "bad.yaml"))  # every analyzer: the schema errors are the findings
+    assert {m.resource.friendly_name for m in full if m.type.code == "IST0106"} >= {
+        "ServiceEntry x/bad", "ServiceEntry x/worse", "Sidecar x/bad", "WorkloadEntry x/bad"}

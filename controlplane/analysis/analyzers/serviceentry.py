@@ -62,7 +62,10 @@ class ConflictingServiceEntryProtocolAnalyzer:
                 for h in _list(r.spec.get("hosts")):
                     for p in _list(r.spec.get("ports")):
                         p = _dict(p)
-                        key = (scope, str(h), int(p.get("number") or 0))
+                        number = p.get("number")
+                        if not isinstance(number, int) or isinstance(number, bool):
+                            continue  # a schema error (IST0106), not a port to compare
+                        key = (scope, str(h), number)
                         index.setdefault(key, []).append((str(p.get("protocol") or ""), r))
         reported: set[str] = set()
         for key in sorted(index):
