@@ -185,3 +185,102 @@ def test_a_proxy_of_another_identity_cannot_join_the_group(mesh: Mesh):
         assert envoy.stat("control_plane.connected_state") == 0
     finally:
         envoy.stop()
+
+
+# --- Kubernetes mode: the entry in the API server ------------------------------------------
+class HeldStream:
+    """An ADS stream to meshd's secure port held open (a connected proxy) until close()."""
+
+    def __init__(self, port: int, root_pem: bytes, token: str, node_id: str, metadata: dict):
+        import threading
+
+        import grpc
+        from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+        req = discovery_pb2.DiscoveryRequest(type_url=names.CLUSTER)
+        req.node.id = node_id
+        req.node.metadata.update(metadata)
+        self._done = threading.Event()
+
+        def requests():
+            yield req
+            self._done.wait(60)
+
+        self.channel = grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(root_pem),
+                                           options=[("grpc.ssl_target_name_override", "istiod.istio-system.svc")])
+        self.call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel).StreamAggregatedResources(
+            requests(), metadata=[("authorization", f"Bearer {token}")], timeout=60)
+
+    def first(self):
+        return next(self.call)
+
+    def close(self) -> None:
+        self._done.set()
+        self.call.cancel()
+        self.channel.close()
+
+
+def test_kubernetes_mode_registers_the_member_in_the_api_server(kube, tmp_path: Path):
+    """`meshd serve --kubeconfig` (leader election on) and the real kube-apiserver: the
+    WorkloadGroup is watched, a proxy holding a ServiceAccount token of the group's
+    template joins, and its WorkloadEntry is created in the API server with istiod's
+    annotations, comes back through the watch, is marked disconnected when the stream
+    ends and deleted after the grace period; a token of another service account is
+    refused with PERMISSION_DENIED naming both."""
+    import grpc
+
+    from tests.support.harness import meshd
+
+    system, ns = kube.ns("istio-system"), kube.ns("vm")
+    kube.apply({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadGroup",
+                "metadata": {"name": "reviews", "namespace": ns},
+                "spec": {"metadata": {"labels": {"app": "reviews"}}, "template": {"serviceAccount": "reviews-vm"}}})
+    token, other = kube.token(ns, "reviews-vm"), kube.token(ns, "web")
+    name = "reviews-10.250.0.7"
+    node = names.node_id("sidecar", "10.250.0.7", "vm-1", ns)
+    md = {"NAMESPACE": ns, "SERVICE_ACCOUNT": "reviews-vm", names.META_AUTO_REGISTER_GROUP: "reviews",
+          "LABELS": {"version": "v1"}}
+
+    def api_entry() -> dict | None:
+        return kube.get("networking.istio.io/v1", "WorkloadEntry", name, ns)
+
+    with meshd(None, tmp_path, extra=["--kubeconfig", str(kube.cluster.kubeconfig),
+                                      "--leader-election-namespace", system, "--root-namespace", system,
+                                      "--workload-entry-grace-period", "1s"]) as m:
+        root = m.root_cert.read_bytes()
+
+        def served(kind: str, obj: str) -> bool:
+            objects = json.loads(http_get("127.0.0.1", m.monitoring_port, "/debug/configz")[1])["objects"]
+            return any(o["kind"] == kind and o["namespace"] == ns and o["name"] == obj for o in objects)
+
+        wait_for(lambda: served("WorkloadGroup", "reviews"), 30, what="the WorkloadGroup watched")
+        stream = HeldStream(m.secure_port, root, token, node, md)
+        try:
+            stream.first()
+            doc = api_entry()
+            assert doc is not None, m.log()[-3000:]
+            assert doc["spec"]["address"] == "10.250.0.7" and doc["spec"]["serviceAccount"] == "reviews-vm"
+            assert doc["spec"]["labels"] == {"app": "reviews", "version": "v1"}
+            ann = doc["metadata"]["annotations"]
+            assert ann[names.AUTO_REGISTRATION_GROUP_ANNOTATION] == "reviews"
+            assert ann[names.WORKLOAD_CONTROLLER_ANNOTATION] and names.CONNECTED_AT_ANNOTATION in ann
+            wait_for(lambda: served("WorkloadEntry", name), 10, what="the entry back through the watch")
+        finally:
+            stream.close()
+        wait_for(lambda: names.DISCONNECTED_AT_ANNOTATION in ((api_entry() or {}).get("metadata", {})
+                                                              .get("annotations") or {}) or api_entry() is None,
+                 10, what="the entry marked disconnected")
+        wait_for(lambda: api_entry() is None, 15, what="the entry deleted after the grace period")
+        wait_for(lambda: not served("WorkloadEntry", name), 10, what="the entry gone from meshd's store")
+
+        intruder = HeldStream(m.secure_port, root, other, names.node_id("sidecar", "10.250.0.8", "vm-2", ns),
+                              {**md, "SERVICE_ACCOUNT": "web"})
+        try:
+            with pytest.raises(grpc.RpcError) as err:
+                intruder.first()
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert ("serviceAccount 'reviews-vm' is not the proxy's authenticated service account 'web'"
+                    in err.value.details())
+        finally:
+            intruder.close()
+        assert kube.get("networking.istio.io/v1", "WorkloadEntry", "reviews-10.250.0.8", ns) is None
