@@ -245,6 +245,9 @@ def _bootstrap(args: argparse.Namespace) -> int:
     try:
         group_labels = _workload_group_args(args)
         tls = _bootstrap_tls(args)
+        if tls is None and args.auto_register_group:
+            raise ValueError("joining a WorkloadGroup needs the secure xDS port (--ca-dir, --secure or --root-cert/"
+                             "--token): meshd registers only a proxy whose identity it verified (docs/vm.md)")
         default_port = names.PORT_XDS_SECURE if tls is not None else names.PORT_XDS
         params = BootstrapParams(
             proxy_type=args.type,

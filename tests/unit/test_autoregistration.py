@@ -457,3 +457,13 @@ def test_bootstrap_refuses_flags_that_contradict_the_group(tmp_path):
     bad.write_text(WG_YAML.replace("serviceAccount: ratings-vm", "serviceAccount: [x]"))
     out = meshd_cli("bootstrap", "--type", "sidecar", "--workload-group", str(bad), check=False)
     assert out.returncode == 2 and "WorkloadGroup vm-apps/ratings" in out.stderr and "serviceAccount" in out.stderr
+
+
+def test_a_plaintext_bootstrap_cannot_join_a_group(tmp_path):
+    """meshd registers only verified identities: a bootstrap that could never join is an error."""
+    from tests.support.harness import meshd_cli
+
+    wg = tmp_path / "wg.yaml"
+    wg.write_text(WG_YAML)
+    out = meshd_cli("bootstrap", "--type", "sidecar", "--workload-group", str(wg), check=False)
+    assert out.returncode == 2 and "needs the secure xDS port" in out.stderr
