@@ -21,10 +21,13 @@ from __future__ import annotations
 import ipaddress
 
 from envoy.config.cluster.v3 import cluster_pb2
-from google.protobuf import duration_pb2
+from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
+from envoy.extensions.network.dns_resolver.cares.v3 import cares_dns_resolver_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 
 from ..model.proxy import SIDECAR, Proxy
 from ..model.services import Endpoint, Service
+from .convert import typed
 
 # istiod's model.Resolution names, as model/services.py carries them.
 CLIENT_SIDE_LB = "ClientSideLB"
@@ -39,6 +42,11 @@ ORIGINAL_DST = cluster_pb2.Cluster.ORIGINAL_DST
 
 # MeshConfig.dnsRefreshRate's default.
 DNS_REFRESH_RATE = duration_pb2.Duration(seconds=60)
+DNS_JITTER = duration_pb2.Duration(nanos=100_000_000)
+_CARES = core_extension_pb2.TypedExtensionConfig(
+    name="envoy.network.dns_resolver.cares",
+    typed_config=typed(cares_dns_resolver_pb2.CaresDnsResolverConfig(udp_max_queries=wrappers_pb2.UInt32Value(value=100))),
+)
 
 
 def passthrough(svc: Service) -> bool:
@@ -72,10 +80,14 @@ def first_for_logical_dns(svc: Service, endpoints: list[Endpoint]) -> list[Endpo
 
 
 def apply_dns(cluster: cluster_pb2.Cluster, proxy: Proxy) -> None:
-    """istiod's lookup settings for STRICT_DNS and LOGICAL_DNS clusters."""
+    """istiod's lookup settings for STRICT_DNS and LOGICAL_DNS clusters: c-ares with at
+    most 100 queries per UDP channel (PILOT_DNS_CARES_UDP_MAX_QUERIES), refreshes
+    jittered by up to 100 ms (PILOT_DNS_JITTER_DURATION)."""
     cluster.dns_lookup_family = (
         cluster_pb2.Cluster.V6_ONLY if _is_ipv6(proxy.ip) else cluster_pb2.Cluster.V4_ONLY
     )
+    cluster.typed_dns_resolver_config.CopyFrom(_CARES)
+    cluster.dns_jitter.CopyFrom(DNS_JITTER)
     cluster.dns_refresh_rate.CopyFrom(DNS_REFRESH_RATE)
     cluster.respect_dns_ttl = True
 

@@ -64,7 +64,8 @@ def test_dns_resolution_is_strict_dns_resolving_the_host_with_istiods_settings()
     c = cds(m)["outbound|80||api.example.com"]
     assert c.type == cluster_pb2.Cluster.STRICT_DNS
     assert c.dns_lookup_family == cluster_pb2.Cluster.V4_ONLY
-    assert c.respect_dns_ttl and c.dns_refresh_rate.seconds == 60
+    assert c.respect_dns_ttl and c.dns_refresh_rate.seconds == 60 and c.dns_jitter.nanos == 100_000_000
+    assert c.typed_dns_resolver_config.name == "envoy.network.dns_resolver.cares"
     # No endpoints in the entry: the host itself is resolved, on the port.
     assert hosts_of(c) == [("api.example.com", 80, 1)]
     assert c.load_assignment.cluster_name == "outbound|80||api.example.com"
