@@ -15,7 +15,8 @@ namespace `apps` calls hosts that are no Kubernetes Service:
 - egress through an egress gateway (Istio's egress-gateway task): a Gateway on the
   `istio: egressgateway` pod and a VirtualService bound to `mesh` and to that Gateway
   send the client's request for `edition.external.test` to the gateway, which resolves
-  the host (its own hosts file) and calls it.
+  the host (its own hosts file) and calls it; for `gw-secure.external.test` the gateway
+  originates the TLS (Istio's egress gateway TLS origination task).
 Every Envoy rejects nothing.
 """
 from __future__ import annotations
@@ -126,53 +127,77 @@ def layout(pods: dict, vips: dict, ca_path: Path) -> str:
             portLevelSettings:
             - port: {{number: 80}}
               tls: {{mode: SIMPLE, sni: secure.external.test, caCertificates: {ca_path}}}
-        """) for name in ("secure", "wrongsan")) + EGRESS
+        """) for name in ("secure", "wrongsan")) + egress(ca_path)
 
 
-# Istio's egress-gateway task (edition.cnn.com), on a host of the bed.
-EGRESS = textwrap.dedent(f"""
-    ---
-    apiVersion: networking.istio.io/v1
-    kind: ServiceEntry
-    metadata: {{name: edition, namespace: {NS}}}
-    spec:
-      hosts: [edition.external.test]
-      location: MESH_EXTERNAL
-      resolution: DNS
-      ports: [{{number: 80, name: http-port, protocol: HTTP}}]
-    ---
-    apiVersion: networking.istio.io/v1
-    kind: Gateway
-    metadata: {{name: istio-egressgateway, namespace: {NS}}}
-    spec:
-      selector: {{istio: egressgateway}}
-      servers:
-      - port: {{number: 80, name: http, protocol: HTTP}}
-        hosts: [edition.external.test]
-    ---
-    apiVersion: networking.istio.io/v1
-    kind: DestinationRule
-    metadata: {{name: egressgateway-for-edition, namespace: {NS}}}
-    spec:
-      host: istio-egressgateway.istio-system.svc.cluster.local
-      subsets: [{{name: edition}}]
-    ---
-    apiVersion: networking.istio.io/v1
-    kind: VirtualService
-    metadata: {{name: direct-edition-through-egress-gateway, namespace: {NS}}}
-    spec:
-      hosts: [edition.external.test]
-      gateways: [istio-egressgateway, mesh]
-      http:
-      - match: [{{gateways: [mesh], port: 80}}]
-        route:
-        - destination: {{host: istio-egressgateway.istio-system.svc.cluster.local, subset: edition, port: {{number: 80}}}}
-          weight: 100
-      - match: [{{gateways: [istio-egressgateway], port: 80}}]
-        route:
-        - destination: {{host: edition.external.test, port: {{number: 80}}}}
-          weight: 100
-    """)
+# Istio's egress-gateway tasks, on hosts of the bed: edition.cnn.com through the egress
+# gateway, and the gateway originating TLS (gw-secure: plain HTTP from the client, TLS
+# from the gateway to the HTTPS server).
+def egress(ca_path: Path) -> str:
+    return textwrap.dedent(f"""
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {{name: edition, namespace: {NS}}}
+        spec:
+          hosts: [edition.external.test]
+          location: MESH_EXTERNAL
+          resolution: DNS
+          ports: [{{number: 80, name: http-port, protocol: HTTP}}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {{name: gw-secure, namespace: {NS}}}
+        spec:
+          hosts: [gw-secure.external.test]
+          location: MESH_EXTERNAL
+          resolution: DNS
+          subjectAltNames: [secure.external.test]
+          ports: [{{number: 80, name: http-port, protocol: HTTP, targetPort: 443}}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata: {{name: originate-tls-for-gw-secure, namespace: {NS}}}
+        spec:
+          host: gw-secure.external.test
+          trafficPolicy:
+            portLevelSettings:
+            - port: {{number: 80}}
+              tls: {{mode: SIMPLE, sni: secure.external.test, caCertificates: {ca_path}}}
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: Gateway
+        metadata: {{name: istio-egressgateway, namespace: {NS}}}
+        spec:
+          selector: {{istio: egressgateway}}
+          servers:
+          - port: {{number: 80, name: http, protocol: HTTP}}
+            hosts: [edition.external.test, gw-secure.external.test]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata: {{name: egressgateway-for-edition, namespace: {NS}}}
+        spec:
+          host: istio-egressgateway.istio-system.svc.cluster.local
+          subsets: [{{name: edition}}]
+        """) + "".join(textwrap.dedent(f"""
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {{name: direct-{name}-through-egress-gateway, namespace: {NS}}}
+        spec:
+          hosts: [{name}.external.test]
+          gateways: [istio-egressgateway, mesh]
+          http:
+          - match: [{{gateways: [mesh], port: 80}}]
+            route:
+            - destination: {{host: istio-egressgateway.istio-system.svc.cluster.local, subset: edition, port: {{number: 80}}}}
+              weight: 100
+          - match: [{{gateways: [istio-egressgateway], port: 80}}]
+            route:
+            - destination: {{host: {name}.external.test, port: {{number: 80}}}}
+              weight: 100
+        """) for name in ("edition", "gw-secure"))
 
 
 def write_netns_files(netns_name: str, hosts: dict[str, str]) -> Path:
@@ -252,7 +277,8 @@ def bed(tmp_path_factory):
                 "api.dns.test": pods["dnsapi"].ip, "tcp.dns.test": pods["dnsapi"].ip,
                 "secure.external.test": pods["secure"].ip, "wrongsan.external.test": pods["secure"].ip,
             }))
-            netns_dirs.append(write_netns_files(pods["egress"].netns, {"edition.external.test": pods["edition"].ip}))
+            netns_dirs.append(write_netns_files(pods["egress"].netns, {
+                "edition.external.test": pods["edition"].ip, "gw-secure.external.test": pods["secure"].ip}))
             with meshd(config_dir, work) as cp:
                 client, egress = pods["client"], pods["egress"]
                 client.forward_to_host(cp.secure_port, pod_port=15012)
@@ -321,3 +347,12 @@ def test_egress_through_the_egress_gateway(bed):
     assert got["peer"].split(":")[0] == bed.pods["egress"].ip
     stats = bed.envoys["egress"].stats("outbound|80||edition.external.test.upstream_rq_")
     assert stats.get("cluster.outbound|80||edition.external.test.upstream_rq_200", 0) >= 1, stats
+
+
+def test_egress_gateway_originates_tls(bed):
+    # Istio's "TLS origination with an egress gateway": the client's request goes to the
+    # gateway in plain HTTP, the gateway's cluster for the host speaks TLS to its 443.
+    got = body(bed.get("gw-secure.external.test", "/gw-tls"))
+    assert got["pod"] == "secure" and got["path"] == "/gw-tls"
+    assert got["sni"] == "secure.external.test" and got["tls"].startswith("TLSv1")
+    assert got["peer"].split(":")[0] == bed.pods["egress"].ip
