@@ -5,9 +5,11 @@ namespace `apps` calls hosts that are no Kubernetes Service:
 - a STATIC entry (`legacy.external.test`, a VIP in `addresses`, the endpoint a server
   outside the mesh with no Pod object at all): HTTP by Host and TCP to the VIP;
 - DNS entries (`api.dns.test` over HTTP, `tcp.dns.test` over TCP without an address, so
-  on 0.0.0.0): the client connects to an address nothing listens on, and its Envoy
+  on 0.0.0.0; `rr.dns.test` with DNS_ROUND_ROBIN): the client connects to an address nothing listens on, and its Envoy
   finds the server by resolving the name through the pod's hosts file
   (/etc/netns/<ns>/hosts, which `ip netns exec` mounts over /etc/hosts);
+- a NONE entry (`*.passthrough.test`, TCP without an address): connections to its port
+  go where the application dialled, through the entry's ORIGINAL_DST cluster;
 - TLS origination: the client speaks plain HTTP to `secure.external.test:80`, a
   DestinationRule (SIMPLE, sni) makes its sidecar speak TLS to the HTTPS server's 443,
   verified with the server's own CA and the entry's `subjectAltNames` (an entry whose
@@ -17,7 +19,8 @@ namespace `apps` calls hosts that are no Kubernetes Service:
   send the client's request for `edition.external.test` to the gateway, which resolves
   the host (its own hosts file) and calls it; for `gw-secure.external.test` the gateway
   originates the TLS (Istio's egress gateway TLS origination task).
-Every Envoy rejects nothing.
+`meshd proxy-config cluster` shows each resolution's cluster type. Every Envoy rejects
+nothing.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.harness import meshd, wait_for
+from tests.support.operator_view import run_cli
 from tests.support.paths import REPO
 from tests.support.pki import make_ca, make_cert
 from tests.testbed.bed import TestBed
@@ -87,6 +91,24 @@ def layout(pods: dict, vips: dict, ca_path: Path) -> str:
           location: MESH_EXTERNAL
           resolution: DNS
           ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {{name: dns-rr, namespace: {NS}}}
+        spec:
+          hosts: [rr.dns.test]
+          location: MESH_EXTERNAL
+          resolution: DNS_ROUND_ROBIN
+          ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {{name: passthrough, namespace: {NS}}}
+        spec:
+          hosts: ["*.passthrough.test"]
+          location: MESH_EXTERNAL
+          resolution: NONE
+          ports: [{{number: 9300, name: tcp, protocol: TCP}}]
         ---
         apiVersion: networking.istio.io/v1
         kind: ServiceEntry
@@ -220,8 +242,8 @@ def bootstrap(work: Path, name: str, args: list[str]) -> Path:
 
 
 class Bed:
-    def __init__(self, pods: dict, vips: dict, envoys: dict):
-        self.pods, self.vips, self.envoys = pods, vips, envoys
+    def __init__(self, pods: dict, vips: dict, envoys: dict, meshd_url: str = ""):
+        self.pods, self.vips, self.envoys, self.meshd_url = pods, vips, envoys, meshd_url
 
     def get(self, host: str, path: str = "/", address: str | None = None, port: int = 80):
         """GET from the client pod to `address` (default: an address nothing listens on,
@@ -266,7 +288,7 @@ def bed(tmp_path_factory):
                     for n in ("client", "legacy", "dnsapi", "secure", "edition", "egress")}
             vips = {n: tb.service_ip() for n in ("legacy", "egress", "nowhere")}
             (config_dir / "mesh.yaml").write_text(layout(pods, vips, ca_path))
-            pods["legacy"].run_echo(http=[8080], tcp=[9000])
+            pods["legacy"].run_echo(http=[8080], tcp=[9000, 9300])
             pods["dnsapi"].run_echo(http=[8080], tcp=[9000])
             pods["edition"].run_echo(http=[80])
             tls = pods["secure"].spawn([sys.executable, str(TLS_ECHO), "--name", "secure", "--port", "443",
@@ -274,7 +296,7 @@ def bed(tmp_path_factory):
                                        name="tls-echo", stdout_pipe=True)
             tls.wait_line("READY", timeout=15)
             netns_dirs.append(write_netns_files(pods["client"].netns, {
-                "api.dns.test": pods["dnsapi"].ip, "tcp.dns.test": pods["dnsapi"].ip,
+                "api.dns.test": pods["dnsapi"].ip, "tcp.dns.test": pods["dnsapi"].ip, "rr.dns.test": pods["dnsapi"].ip,
                 "secure.external.test": pods["secure"].ip, "wrongsan.external.test": pods["secure"].ip,
             }))
             netns_dirs.append(write_netns_files(pods["egress"].netns, {
@@ -294,7 +316,7 @@ def bed(tmp_path_factory):
                           "egress": egress.start_envoy(egress_boot, admin_port=15000)}
                 for name, e in envoys.items():
                     wait_for(e.ready, 30, what=f"{name} envoy ready")
-                b = Bed(pods, vips, envoys)
+                b = Bed(pods, vips, envoys, f"http://127.0.0.1:{cp.monitoring_port}")
                 wait_for(lambda: b.get("legacy.external.test", address=vips["legacy"])[0] == 200, 20,
                          what="first request through the sidecar")
                 yield b
@@ -327,6 +349,15 @@ def test_dns_entry_is_resolved_by_the_sidecar_through_the_pods_hosts_file(bed):
     assert bed.tcp(bed.vips["nowhere"], 9100) == b"dnsapi ping\n"
     clusters = bed.envoys["client"].admin("/clusters")
     assert f"outbound|80||api.dns.test::{bed.pods['dnsapi'].ip}:8080" in clusters
+    # DNS_ROUND_ROBIN: one logical host, connections to the name's latest answer.
+    assert body(bed.get("rr.dns.test", "/rr"))["pod"] == "dnsapi"
+
+
+def test_none_resolution_goes_where_the_application_dialled(bed):
+    # resolution NONE, no address: 0.0.0.0_9300 to the entry's ORIGINAL_DST cluster.
+    assert bed.tcp(bed.pods["legacy"].ip, 9300) == b"legacy ping\n"
+    stats = bed.envoys["client"].stats("passthrough.test.upstream_cx_total")
+    assert stats.get("cluster.outbound|9300||*.passthrough.test.upstream_cx_total", 0) >= 1, stats
 
 
 def test_sidecar_originates_tls_to_an_https_server_with_its_own_ca(bed):
@@ -356,3 +387,14 @@ def test_egress_gateway_originates_tls(bed):
     assert got["pod"] == "secure" and got["path"] == "/gw-tls"
     assert got["sni"] == "secure.external.test" and got["tls"].startswith("TLSv1")
     assert got["peer"].split(":")[0] == bed.pods["egress"].ip
+
+
+def test_operator_sees_each_resolutions_cluster_type(bed):
+    code, out = run_cli("proxy-config", "cluster", "client-0.apps", "--meshd", bed.meshd_url)
+    assert code == 0, out
+    types = {(row.split()[0], row.split()[1]): row.split()[4] for row in out.splitlines()[1:] if row.strip()}
+    assert types[("legacy.external.test", "80")] == "EDS"
+    assert types[("api.dns.test", "80")] == "STRICT_DNS"
+    assert types[("secure.external.test", "80")] == "STRICT_DNS"
+    assert types[("rr.dns.test", "80")] == "LOGICAL_DNS"
+    assert types[("*.passthrough.test", "9300")] == "ORIGINAL_DST"
