@@ -18,7 +18,9 @@ namespace `apps` calls hosts that are no Kubernetes Service:
   `istio: egressgateway` pod and a VirtualService bound to `mesh` and to that Gateway
   send the client's request for `edition.external.test` to the gateway, which resolves
   the host (its own hosts file) and calls it; for `gw-secure.external.test` the gateway
-  originates the TLS (Istio's egress gateway TLS origination task).
+  originates the TLS (Istio's egress gateway TLS origination task); the application's own
+  HTTPS to `pass.external.test` is routed by SNI to the gateway, which passes it through
+  (Gateway `tls.mode: PASSTHROUGH`, VirtualService `tls` routes).
 `meshd proxy-config cluster` shows each resolution's cluster type. Every Envoy rejects
 nothing.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -62,7 +65,7 @@ def layout(pods: dict, vips: dict, ca_path: Path) -> str:
         spec:
           clusterIP: {vips['egress']}
           selector: {{istio: egressgateway}}
-          ports: [{{name: http, port: 80, targetPort: 8080}}]
+          ports: [{{name: http, port: 80, targetPort: 8080}}, {{name: tls, port: 443, targetPort: 8443}}]
         ---
         apiVersion: v1
         kind: Pod
@@ -195,6 +198,9 @@ def egress(ca_path: Path) -> str:
           servers:
           - port: {{number: 80, name: http, protocol: HTTP}}
             hosts: [edition.external.test, gw-secure.external.test]
+          - port: {{number: 443, name: tls, protocol: TLS}}
+            hosts: [pass.external.test]
+            tls: {{mode: PASSTHROUGH}}
         ---
         apiVersion: networking.istio.io/v1
         kind: DestinationRule
@@ -219,7 +225,32 @@ def egress(ca_path: Path) -> str:
             route:
             - destination: {{host: {name}.external.test, port: {{number: 80}}}}
               weight: 100
-        """) for name in ("edition", "gw-secure"))
+        """) for name in ("edition", "gw-secure")) + textwrap.dedent(f"""
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {{name: pass, namespace: {NS}}}
+        spec:
+          hosts: [pass.external.test]
+          location: MESH_EXTERNAL
+          resolution: DNS
+          ports: [{{number: 443, name: tls, protocol: TLS}}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {{name: direct-pass-through-egress-gateway, namespace: {NS}}}
+        spec:
+          hosts: [pass.external.test]
+          gateways: [mesh, istio-egressgateway]
+          tls:
+          - match: [{{gateways: [mesh], port: 443, sniHosts: [pass.external.test]}}]
+            route:
+            - destination: {{host: istio-egressgateway.istio-system.svc.cluster.local, subset: edition, port: {{number: 443}}}}
+          - match: [{{gateways: [istio-egressgateway], port: 443, sniHosts: [pass.external.test]}}]
+            route:
+            - destination: {{host: pass.external.test, port: {{number: 443}}}}
+              weight: 100
+        """)
 
 
 def write_netns_files(netns_name: str, hosts: dict[str, str]) -> Path:
@@ -242,13 +273,27 @@ def bootstrap(work: Path, name: str, args: list[str]) -> Path:
 
 
 class Bed:
-    def __init__(self, pods: dict, vips: dict, envoys: dict, meshd_url: str = ""):
-        self.pods, self.vips, self.envoys, self.meshd_url = pods, vips, envoys, meshd_url
+    def __init__(self, pods: dict, vips: dict, envoys: dict, meshd_url: str, ca_path: Path):
+        self.pods, self.vips, self.envoys, self.meshd_url, self.ca_path = pods, vips, envoys, meshd_url, ca_path
 
     def get(self, host: str, path: str = "/", address: str | None = None, port: int = 80):
         """GET from the client pod to `address` (default: an address nothing listens on,
         so only the sidecar's routing can reach a server) with Host `host`."""
         return self.pods["client"].http_get(address or self.vips["nowhere"], port, path, headers={"Host": host})
+
+    def https_get(self, host: str, path: str) -> dict:
+        """The application's own HTTPS (SNI `host`, verified with the server's CA) to an
+        address nothing listens on, port 443."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_path))
+        raw = self.pods["client"].connect(self.vips["nowhere"], 443)
+        with ctx.wrap_socket(raw, server_hostname=host) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        head, _, payload = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head[:200]
+        return json.loads(payload)
 
     def tcp(self, address: str, port: int, data: bytes = b"ping\n") -> bytes:
         s = self.pods["client"].connect(address, port)
@@ -277,7 +322,7 @@ def bed(tmp_path_factory):
     netns_dirs: list[Path] = []
     try:
         ca = make_ca("secure.external.test CA")
-        server = make_cert(ca, ["secure.external.test"])
+        server = make_cert(ca, ["secure.external.test", "pass.external.test"])
         ca_path = ca_dir / "ca.pem"
         ca_path.write_bytes(ca.cert)
         ca_path.chmod(0o644)
@@ -300,7 +345,8 @@ def bed(tmp_path_factory):
                 "secure.external.test": pods["secure"].ip, "wrongsan.external.test": pods["secure"].ip,
             }))
             netns_dirs.append(write_netns_files(pods["egress"].netns, {
-                "edition.external.test": pods["edition"].ip, "gw-secure.external.test": pods["secure"].ip}))
+                "edition.external.test": pods["edition"].ip, "gw-secure.external.test": pods["secure"].ip,
+                "pass.external.test": pods["secure"].ip}))
             with meshd(config_dir, work) as cp:
                 client, egress = pods["client"], pods["egress"]
                 client.forward_to_host(cp.secure_port, pod_port=15012)
@@ -316,7 +362,7 @@ def bed(tmp_path_factory):
                           "egress": egress.start_envoy(egress_boot, admin_port=15000)}
                 for name, e in envoys.items():
                     wait_for(e.ready, 30, what=f"{name} envoy ready")
-                b = Bed(pods, vips, envoys, f"http://127.0.0.1:{cp.monitoring_port}")
+                b = Bed(pods, vips, envoys, f"http://127.0.0.1:{cp.monitoring_port}", ca_path)
                 wait_for(lambda: b.get("legacy.external.test", address=vips["legacy"])[0] == 200, 20,
                          what="first request through the sidecar")
                 yield b
@@ -398,3 +444,11 @@ def test_operator_sees_each_resolutions_cluster_type(bed):
     assert types[("secure.external.test", "80")] == "STRICT_DNS"
     assert types[("rr.dns.test", "80")] == "LOGICAL_DNS"
     assert types[("*.passthrough.test", "9300")] == "ORIGINAL_DST"
+
+
+def test_https_through_the_egress_gateway_by_sni(bed):
+    # Istio's egress gateway for HTTPS: the application's own TLS, routed by SNI on the
+    # sidecar (VirtualService `tls` bound to `mesh`) and passed through by the gateway.
+    got = bed.https_get("pass.external.test", "/pass")
+    assert got["pod"] == "secure" and got["sni"] == "pass.external.test"
+    assert got["peer"].split(":")[0] == bed.pods["egress"].ip
