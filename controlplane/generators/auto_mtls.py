@@ -86,6 +86,9 @@ def cluster_tls(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> Cluste
         if ctx is None:
             return ClusterTls(PLAINTEXT)
         return ClusterTls(ISTIO if mode == "ISTIO_MUTUAL" else USER, ctx)
+    if not mesh.mesh_config.enable_auto_mtls:
+        # enableAutoMtls false: Istio mTLS only where a DestinationRule asks for it.
+        return ClusterTls(PLAINTEXT)
     if not proxy.workload_cert or oc.service.mesh_external or service_mtls_disabled(mesh, oc):
         # A proxy that holds no workload certificate is a plaintext client, like a
         # workload outside the mesh; a MESH_EXTERNAL host has no sidecar to talk mTLS to.
@@ -147,6 +150,9 @@ def apply(cluster: cluster_pb2.Cluster, ct: ClusterTls) -> None:
 
 def service_accounts(mesh: MeshSnapshot, svc: Service) -> list[str]:
     """SPIFFE identities of the workloads behind a service (all ports, ready or not) and a
-    ServiceEntry's `subjectAltNames`, as istiod's PushContext.ServiceAccounts, sorted."""
-    ids = {names.spiffe_id(ns, sa) for ns, sa in mesh.service_accounts(svc.hostname)}
-    return sorted(ids | set(svc.subject_alt_names))
+    ServiceEntry's `subjectAltNames`, as istiod's PushContext.ServiceAccounts, sorted;
+    with trustDomainAliases each identity also under every alias (istiod's
+    ExpandWithTrustDomains), so a server whose certificate names an alias is verified."""
+    aliases = mesh.mesh_config.trust_domain_aliases
+    return sorted({names.spiffe_id(ns, sa, td) for ns, sa in mesh.service_accounts(svc.hostname)
+                   for td in (names.TRUST_DOMAIN, *aliases)} | set(svc.subject_alt_names))

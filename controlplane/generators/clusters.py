@@ -81,7 +81,7 @@ def outbound_cluster(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> c
     if c.type == cluster_discovery.ORIGINAL_DST:
         c.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
     elif c.type == cluster_discovery.EDS:
-        locality_lb.apply_cluster(c, oc.policy)  # locality weights, when the assignment carries them
+        locality_lb.apply_cluster(c, oc.policy, mesh.mesh_config.locality_lb_setting)  # locality weights, when the assignment carries them
         c.eds_cluster_config.CopyFrom(
             cluster_pb2.Cluster.EdsClusterConfig(service_name=oc.name, eds_config=ads_config_source())
         )
@@ -92,9 +92,10 @@ def outbound_cluster(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> c
         if not eps:
             return None
         cluster_discovery.apply_dns(c, proxy)
-        locality_lb.apply_cluster(c, oc.policy)
+        locality_lb.apply_cluster(c, oc.policy, mesh.mesh_config.locality_lb_setting)
         mtls = {(ep.address, ep.port) for ep in eps if auto_mtls.endpoint_wants_mtls(mesh, oc, ep, ct)}
-        c.load_assignment.CopyFrom(endpoints.load_assignment(oc, eps, mtls, proxy, mesh.proxy_locality(proxy)))
+        c.load_assignment.CopyFrom(endpoints.load_assignment(oc, eps, mtls, proxy, mesh.proxy_locality(proxy),
+                                                               mesh.mesh_config.locality_lb_setting))
     auto_mtls.apply(c, ct)
     if ct.kind == auto_mtls.USER:
         tls_origination.apply_auto_sni(c, oc.policy.client_tls)

@@ -292,6 +292,10 @@ def locality_inputs(mesh: MeshSnapshot) -> tuple[bool, bool]:
 
 def _locality_inputs(mesh: MeshSnapshot) -> tuple[bool, bool]:
     failover, distribute, by_labels = _dr_locality(mesh)
+    default = mesh.mesh_config.locality_lb_setting  # for clusters whose rule sets none
+    if default.enabled:
+        distribute = distribute or bool(default.distribute)
+        by_labels = by_labels or (failover and bool(default.failover_priority))
     # Plain failover orders localities of endpoints: with every endpoint in the empty
     # locality, it gives one priority wherever the proxy is.
     failover = failover and bool(localized_hosts(mesh))
@@ -453,6 +457,14 @@ def mtls_policy(mesh: MeshSnapshot, namespace: str, labels: Mapping[str, str], l
         pol = mesh.mtls_policy(namespace, labels)
         got = table[key] = (pol.mode, tuple(sorted(pol.port_modes.items())))
     return got
+
+
+@stands_for(MESH_CONFIG)
+def client_mesh_settings(mesh: MeshSnapshot) -> str:
+    """What a cluster and its assignment read of the mesh config (auto mTLS, the trust
+    domain aliases its SANs carry, the default locality load balancing)."""
+    mc = mesh.mesh_config
+    return f"{mc.enable_auto_mtls} {mc.trust_domain_aliases} {mc.locality_lb_setting!r}"
 
 
 @stands_for(SERVICE)

@@ -27,7 +27,7 @@ from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
 from .. import names
-from ..config.types.trafficpolicy import TrafficPolicy
+from ..config.types.trafficpolicy import LocalityLbSetting, TrafficPolicy
 from ..model.locality import Locality
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
@@ -46,7 +46,8 @@ def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
         ct = auto_mtls.cluster_tls(mesh, proxy, oc)
         eps = cluster_endpoints(mesh, oc)
         mtls = {(ep.address, ep.port) for ep in eps if auto_mtls.endpoint_wants_mtls(mesh, oc, ep, ct)}
-        out.append((oc.name, load_assignment(oc, eps, mtls, proxy, mesh.proxy_locality(proxy))))
+        out.append((oc.name, load_assignment(oc, eps, mtls, proxy, mesh.proxy_locality(proxy),
+                                             mesh.mesh_config.locality_lb_setting)))
     return out
 
 
@@ -73,6 +74,7 @@ def select_endpoints(oc: OutboundCluster, endpoints: Iterable[Endpoint]) -> list
 def load_assignment(
     oc: OutboundCluster, endpoints: list[Endpoint], mtls: set[tuple[str, int]] | None = None,
     proxy: Proxy | None = None, locality: Locality | None = None,
+    mesh_locality: LocalityLbSetting = locality_lb.MESH_DEFAULT,
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """The cluster's assignment; with `proxy`, prioritized / weighted for its locality
     (`locality`, as the mesh places the proxy; the proxy's own word when not given)."""
@@ -97,7 +99,7 @@ def load_assignment(
             llb.lb_endpoints.append(lb)
     if proxy is not None:
         locality_lb.apply(cla, ordered, cluster_policy(oc), proxy.locality if locality is None else locality,
-                          proxy.labels)
+                          proxy.labels, mesh_locality)
     return cla
 
 

@@ -300,7 +300,8 @@ def _apply_route_action(out: rc.Route, vs: ConfigObject, rule: HTTPRoute, author
         action.host_rewrite_literal = authority
     _apply_mirrors(action, vs, rule, ctx)
     consistent = _apply_destinations(out, action, vs, rule.route, ctx)
-    policy = retry_policy(rule.retries, consistent_hash=consistent)
+    policy = retry_policy(rule.retries, consistent_hash=consistent,
+                          mesh_default=ctx.mesh.mesh_config.default_http_retry_policy)
     if policy is not None:
         action.retry_policy.CopyFrom(policy)
 

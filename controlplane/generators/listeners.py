@@ -33,7 +33,8 @@ from ..model.gateways import AUTO_PASSTHROUGH, HTTP, TCP, GatewayPort, Server
 from ..model.hosts import covers
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
-from . import filter_chains, filters, gateway_tls, security_filters, tls
+from ..model.meshconfig import MeshConfig
+from . import access_log, filter_chains, filters, gateway_tls, security_filters, tls
 from .gateway_servers import gateway_ports, matching_hosts, virtual_services_for_gateway
 from .http_routes import RouteContext, destination_cluster
 from .sidecar_inbound import virtual_inbound
@@ -46,10 +47,22 @@ GATEWAY_TRANSPORT_SOCKET_CONNECT_TIMEOUT = duration_pb2.Duration(seconds=15)
 
 def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
     if proxy.type == ROUTER:
-        return [(lst.name, lst) for lst in gateway_listeners(mesh, proxy)]
+        return [(lst.name, lst) for lst in finish(gateway_listeners(mesh, proxy), mesh.mesh_config)]
     if proxy.type == SIDECAR:
-        return [(lst.name, lst) for lst in sidecar_listeners(mesh, proxy)]
+        return [(lst.name, lst) for lst in finish(sidecar_listeners(mesh, proxy), mesh.mesh_config)]
     return []
+
+
+def finish(listeners: list[listener_pb2.Listener], mc: MeshConfig) -> list[listener_pb2.Listener]:
+    """What the mesh config adds to built listeners (in place): access logs, and the
+    protocol detection timeout of the listeners that sniff (those that continue on a
+    listener filter timeout: virtualInbound, outbound ports with HTTP and TCP)."""
+    access_log.apply(listeners, mc)
+    timeout = mc.protocol_detection_timeout
+    for lst in listeners:
+        if lst.continue_on_listener_filters_timeout:
+            lst.listener_filters_timeout.seconds, lst.listener_filters_timeout.nanos = timeout.seconds, timeout.nanos
+    return listeners
 
 
 def sidecar_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Listener]:

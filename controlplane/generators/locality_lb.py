@@ -4,8 +4,8 @@ What istiod does with `trafficPolicy.loadBalancer.localityLbSetting` (behaviour 
 pilot/pkg/networking/core/loadbalancer, reimplemented):
 
 - Which setting applies: the DestinationRule's `localityLbSetting` when it has one
-  (`enabled: false` turns locality load balancing off), else the mesh default, which is
-  `{enabled: true}` (meshConfig.localityLbSetting; meshd has no MeshConfig to change it).
+  (`enabled: false` turns locality load balancing off), else the mesh config's
+  `localityLbSetting` (`mesh_default`), which is `{enabled: true}` unless set.
 - `distribute`: the first entry whose `from` matches the proxy's locality (`*` wildcards)
   sets each matching locality's weight to its share of the `to` weight (split over the
   localities one `to` entry covers, in proportion to their endpoint counts, rounded up);
@@ -53,11 +53,11 @@ def failover_enabled(policy: TrafficPolicy) -> bool:
     return policy.outlier_detection is not None
 
 
-def reads_proxy_locality(policy: TrafficPolicy, localized: bool = True) -> bool:
+def reads_proxy_locality(policy: TrafficPolicy, localized: bool = True, mesh_default: LocalityLbSetting = MESH_DEFAULT) -> bool:
     """Whether the assignment of a cluster with this policy depends on where the proxy
     is. `localized`: some endpoint has a locality (else plain failover puts every
     endpoint at priority 0 wherever the proxy is)."""
-    s = setting(policy)
+    s = setting(policy, mesh_default)
     if s is None:
         return False
     if s.distribute:
@@ -65,15 +65,15 @@ def reads_proxy_locality(policy: TrafficPolicy, localized: bool = True) -> bool:
     return failover_enabled(policy) and (localized or bool(s.failover_priority))
 
 
-def reads_proxy_labels(policy: TrafficPolicy) -> bool:
+def reads_proxy_labels(policy: TrafficPolicy, mesh_default: LocalityLbSetting = MESH_DEFAULT) -> bool:
     """Whether it also depends on the proxy's labels (`failoverPriority`)."""
-    s = setting(policy)
+    s = setting(policy, mesh_default)
     return s is not None and not s.distribute and failover_enabled(policy) and bool(s.failover_priority)
 
 
-def apply_cluster(cluster: cluster_pb2.Cluster, policy: TrafficPolicy) -> None:
+def apply_cluster(cluster: cluster_pb2.Cluster, policy: TrafficPolicy, mesh_default: LocalityLbSetting = MESH_DEFAULT) -> None:
     """CDS: ask Envoy for locality weighted load balancing where weights are sent."""
-    s = setting(policy)
+    s = setting(policy, mesh_default)
     if s is None:
         return
     if s.distribute or (failover_enabled(policy) and (s.failover or s.failover_priority)):
@@ -109,10 +109,11 @@ def apply(
     policy: TrafficPolicy,
     proxy_locality: Locality,
     proxy_labels: Mapping[str, str],
+    mesh_default: LocalityLbSetting = MESH_DEFAULT,
 ) -> None:
     """Set priorities / weights of `cla` (whose localities hold `groups`, in order) for
     a proxy at `proxy_locality`."""
-    s = setting(policy)
+    s = setting(policy, mesh_default)
     if s is None or not cla.endpoints:
         return
     if s.distribute:

@@ -34,8 +34,9 @@ from ..model.indexes import Value
 from ..model.locality import NO_LOCALITY
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
-from . import auto_mtls, clusters, endpoints, locality_lb
+from . import auto_mtls, clusters, endpoints, listeners, locality_lb
 from .dependencies import (
+    client_mesh_settings,
     dr_selectors,
     endpoint_facts,
     fingerprints,
@@ -184,7 +185,7 @@ def _cluster_key(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> tuple
     """Everything clusters.outbound_cluster reads for one cluster."""
     svc, rule = oc.service, oc.rule
     return (
-        oc.name, proxy.type, proxy.workload_cert, service_generation(mesh, svc.hostname),
+        oc.name, proxy.type, proxy.workload_cert, service_generation(mesh, svc.hostname), client_mesh_settings(mesh),
         (rule.namespace, rule.name, rule.generation) if rule is not None else None,
         service_accounts(mesh, svc.hostname), namespace_mode(mesh, svc.namespace),
         endpoint_facts(mesh) if svc.headless else "",
@@ -262,10 +263,10 @@ def _locality_key(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> tupl
     by_locality, by_labels = locality_inputs(mesh)
     if not (by_locality or by_labels):
         return None
-    policy = endpoints.cluster_policy(oc)
-    if not locality_lb.reads_proxy_locality(policy, oc.service.hostname in localized_hosts(mesh)):
+    policy, default = endpoints.cluster_policy(oc), mesh.mesh_config.locality_lb_setting
+    if not locality_lb.reads_proxy_locality(policy, oc.service.hostname in localized_hosts(mesh), default):
         return None
-    labels = proxy.label_key if locality_lb.reads_proxy_labels(policy) else None
+    labels = proxy.label_key if locality_lb.reads_proxy_labels(policy, default) else None
     return (proxy_locality(mesh, proxy), labels)
 
 
@@ -283,7 +284,7 @@ def _assignment(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster, cache: Re
         mtls = {(ep.address, ep.port) for ep in eps if auto_mtls.endpoint_wants_mtls(mesh, oc, ep, ct)}
         # Without a locality key the cluster's policy reads no locality of the proxy.
         res = cache.put(key, pack(oc.name, names.ENDPOINT, endpoints.load_assignment(
-            oc, eps, mtls, proxy, at[0] if at is not None else NO_LOCALITY)))
+            oc, eps, mtls, proxy, at[0] if at is not None else NO_LOCALITY, mesh.mesh_config.locality_lb_setting)))
     return res
 
 
@@ -322,7 +323,8 @@ def _outbound_listener_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...
 @part("sidecar-outbound-listeners", names.LISTENER, (SERVICE, VIRTUAL_SERVICE, OTHER, ENDPOINT_FACTS),
       _outbound_listener_scope)
 def OUTBOUND_LISTENERS(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: ResourceCache) -> list[Resource]:
-    return _packed(names.LISTENER, ((lst.name, lst) for lst in [*outbound_listeners(mesh, proxy), virtual_outbound()]))
+    built = listeners.finish([*outbound_listeners(mesh, proxy), virtual_outbound()], mesh.mesh_config)
+    return _packed(names.LISTENER, ((lst.name, lst) for lst in built))
 
 
 def _inbound_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
@@ -333,7 +335,7 @@ def _inbound_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
 
 @part("sidecar-virtual-inbound", names.LISTENER, (SERVICE, PEER_AUTHENTICATION, *SECURITY_KINDS, OTHER), _inbound_scope)
 def VIRTUAL_INBOUND(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: ResourceCache) -> list[Resource]:
-    lst = virtual_inbound(mesh, proxy)
+    lst = listeners.finish([virtual_inbound(mesh, proxy)], mesh.mesh_config)[0]
     return _packed(names.LISTENER, [(lst.name, lst)])
 
 

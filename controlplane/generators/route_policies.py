@@ -31,9 +31,14 @@ GRPC_STATUS = {
 
 
 
-def retry_policy(retries: HTTPRetry | None, consistent_hash: bool = False) -> rc.RetryPolicy | None:
-    """Istio's default retry policy, overridden by the VirtualService `retries`; attempts 0
+def retry_policy(retries: HTTPRetry | None, consistent_hash: bool = False,
+                 mesh_default: HTTPRetry | None = None) -> rc.RetryPolicy | None:
+    """Istio's default retry policy, overridden by the VirtualService `retries`, or else by
+    the mesh config's `defaultHttpRetryPolicy` (`mesh_default`; istiod reads it in place
+    of a rule's missing `retries`, and for routes without a VirtualService); attempts 0
     (or `retries` without attempts) turns retries off."""
+    if retries is None:
+        retries = mesh_default
     out = rc.RetryPolicy(
         retry_on=DEFAULT_RETRY_ON,
         num_retries=wrappers_pb2.UInt32Value(value=2),

@@ -173,6 +173,7 @@ def virtual_inbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
         # No certificate to terminate mTLS with: drop those chains rather than leave the
         # listener waiting for `default` forever (STRICT ports then refuse everything).
         chains = [c for c in chains if not c.HasField("transport_socket")]
+    tls.accept_trust_domain_aliases(chains, mesh.mesh_config.trust_domain, mesh.mesh_config.trust_domain_aliases)
     listener = listener_pb2.Listener(
         name=VIRTUAL_INBOUND,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=WILDCARD, port_value=names.PORT_INBOUND)),

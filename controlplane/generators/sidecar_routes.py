@@ -198,7 +198,7 @@ def default_route(mesh: MeshSnapshot, proxy: Proxy, svc: Service, port: int) -> 
     hp = hash_policy(Destination(svc.hostname, port=port), svc.namespace, ctx)
     if hp is not None:
         action.hash_policy.append(hp)
-    policy = retry_policy(None, consistent_hash=hp is not None)
+    policy = retry_policy(None, consistent_hash=hp is not None, mesh_default=mesh.mesh_config.default_http_retry_policy)
     if policy is not None:
         action.retry_policy.CopyFrom(policy)
     return rc.Route(

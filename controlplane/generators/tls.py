@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import wrappers_pb2
@@ -82,11 +83,14 @@ def istio_common_context(
     )
 
 
-def istio_mutual_downstream(alpn: Sequence[str], trust_domain: str = names.TRUST_DOMAIN) -> tls_pb2.DownstreamTlsContext:
+def istio_mutual_downstream(alpn: Sequence[str], trust_domain: str = names.TRUST_DOMAIN,
+                            aliases: Sequence[str] = ()) -> tls_pb2.DownstreamTlsContext:
     """Server side of Istio mTLS: present `default`, require a client certificate that
-    chains to ROOTCA and carries a SPIFFE identity of our trust domain."""
+    chains to ROOTCA and carries a SPIFFE identity of our trust domain or one of its
+    aliases (the mesh config's trustDomainAliases, as istiod's inbound validation)."""
+    domains = [trust_domain, *(a for a in aliases if a != trust_domain)]
     return tls_pb2.DownstreamTlsContext(
-        common_tls_context=istio_common_context([f"spiffe://{trust_domain}/"], alpn, san_prefix=True),
+        common_tls_context=istio_common_context([f"spiffe://{td}/" for td in domains], alpn, san_prefix=True),
         require_client_certificate=_true(),
     )
 
@@ -104,9 +108,21 @@ def istio_mutual_upstream(
     )
 
 
-def inbound_mtls() -> tls_pb2.DownstreamTlsContext:
+def inbound_mtls(trust_domain: str = names.TRUST_DOMAIN, aliases: Sequence[str] = ()) -> tls_pb2.DownstreamTlsContext:
     """The server side of a sidecar's inbound mTLS filter chains (STRICT and PERMISSIVE)."""
-    return istio_mutual_downstream(ALPN_DOWNSTREAM)
+    return istio_mutual_downstream(ALPN_DOWNSTREAM, trust_domain, aliases)
+
+
+def accept_trust_domain_aliases(chains: Iterable[listener_components_pb2.FilterChain], trust_domain: str,
+                                aliases: Sequence[str]) -> None:
+    """Inbound mTLS chains (in place) that accept peers of the mesh's trust domain and its
+    aliases (istiod validates both once aliases are configured)."""
+    if not aliases:
+        return
+    socket = transport_socket(inbound_mtls(trust_domain, aliases))
+    for chain in chains:
+        if chain.HasField("transport_socket"):
+            chain.transport_socket.CopyFrom(socket)
 
 
 def client_tls(

@@ -1,0 +1,133 @@
+"""Envoy file access logs from the mesh config (`accessLogFile`, `accessLogEncoding`,
+`accessLogFormat`), as istiod adds them when no Telemetry resource configures logging
+(meshd serves no Telemetry: the mesh config is the only source).
+
+- Every HTTP connection manager and tcp_proxy of sidecar and gateway listeners writes
+  to `accessLogFile` (`/dev/stdout` is Envoy's standard output: the proxy's log).
+- Every listener also logs connections no filter chain took (response flag NR), the
+  only trace those leave (istiod's listener access log).
+- TEXT: `accessLogFormat`, with a newline added when missing, or Istio's default format
+  (below) when empty. JSON: `accessLogFormat` as a JSON object of field -> command
+  operator, or Istio's default fields when empty.
+
+The listeners are built without access logs and finished here (`apply`), so no builder
+of a filter needs the mesh config.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.core.v3 import substitution_format_string_pb2 as sfs_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import struct_pb2
+
+from ..model.meshconfig import JSON, MeshConfig
+from .convert import typed
+from .filters import HTTP_CONNECTION_MANAGER, TCP_PROXY
+
+FILE_ACCESS_LOG = "envoy.access_loggers.file"
+
+# Istio's default TEXT format (model.EnvoyTextLogFormat, Istio 1.9 onwards).
+DEFAULT_TEXT_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "
+    '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% '
+    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW% '
+    "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
+    "%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"
+)
+# Istio's default JSON fields (model.EnvoyJSONLogFormatIstio).
+DEFAULT_JSON_FORMAT = {
+    "start_time": "%START_TIME%",
+    "route_name": "%ROUTE_NAME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration": "%DURATION%",
+    "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%",
+    "user_agent": "%REQ(USER-AGENT)%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER_RAW%",
+    "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
+    "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "requested_server_name": "%REQUESTED_SERVER_NAME%",
+    "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+}
+
+
+def text_format(fmt: str) -> str:
+    """The TEXT format in force: Istio appends the newline a format lacks."""
+    if not fmt:
+        return DEFAULT_TEXT_FORMAT
+    return fmt if fmt.endswith("\n") else fmt + "\n"
+
+
+@functools.lru_cache(maxsize=8)
+def file_access_log(path: str, encoding: str, fmt: str, no_route_only: bool = False) -> accesslog_pb2.AccessLog:
+    """One file access log (built once per mesh config; callers copy it in)."""
+    log_format = sfs_pb2.SubstitutionFormatString()
+    if encoding == JSON:
+        fields = json.loads(fmt) if fmt.strip() else DEFAULT_JSON_FORMAT
+        s = struct_pb2.Struct()
+        s.update(fields)
+        log_format.json_format.CopyFrom(s)
+    else:
+        log_format.text_format_source.CopyFrom(base_pb2.DataSource(inline_string=text_format(fmt)))
+    out = accesslog_pb2.AccessLog(name=FILE_ACCESS_LOG, typed_config=typed(file_pb2.FileAccessLog(path=path, log_format=log_format)))
+    if no_route_only:
+        # NR: no filter chain matched, the only connections no filter logs.
+        out.filter.response_flag_filter.flags.append("NR")
+    return out
+
+
+def enabled(mc: MeshConfig) -> bool:
+    return bool(mc.access_log_file)
+
+
+def apply(listeners: Iterable[listener_pb2.Listener], mc: MeshConfig) -> None:
+    """Add the mesh config's access log to the HTTP connection managers and tcp_proxies of
+    `listeners` (in place), and the no-route log to each listener. Nothing without
+    `accessLogFile`."""
+    if not enabled(mc):
+        return
+    log = file_access_log(mc.access_log_file, mc.access_log_encoding, mc.access_log_format)
+    listener_log = file_access_log(mc.access_log_file, mc.access_log_encoding, mc.access_log_format, True)
+    for listener in listeners:
+        listener.access_log.append(listener_log)
+        chains = list(listener.filter_chains)
+        if listener.HasField("default_filter_chain"):
+            chains.append(listener.default_filter_chain)
+        for chain in chains:
+            for f in chain.filters:
+                _add(f, log)
+
+
+def _add(f, log: accesslog_pb2.AccessLog) -> None:
+    msg: hcm_pb2.HttpConnectionManager | tcp_proxy_pb2.TcpProxy
+    if f.name == HTTP_CONNECTION_MANAGER:
+        msg = hcm_pb2.HttpConnectionManager()
+    elif f.name == TCP_PROXY:
+        msg = tcp_proxy_pb2.TcpProxy()
+    else:
+        return
+    f.typed_config.Unpack(msg)
+    msg.access_log.append(log)
+    f.typed_config.CopyFrom(typed(msg))
