@@ -33,6 +33,7 @@ from .. import names
 from ..config.types.trafficpolicy import NO_POLICY
 from ..model import protocol
 from ..model.mesh import MeshSnapshot
+from ..model.meshconfig import LOCALHOST as LOCALHOST_MODE
 from ..model.proxy import ROUTER, SIDECAR, Proxy
 from . import auto_mtls, cluster_discovery, endpoints, locality_lb, tls_origination, traffic_policy
 from .convert import ads_config_source, struct, typed
@@ -43,6 +44,7 @@ from .sidecar_inbound import InboundPort, inbound_ports
 DEFAULT_CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)
 # Where inbound traffic to the application comes from (istio-iptables lets it through).
 INBOUND_PASSTHROUGH_BIND = "127.0.0.6"
+LOCALHOST = "127.0.0.1"  # where inbound traffic goes with inboundTrafficPolicy LOCALHOST
 # istiod's idle timeout for passthrough HTTP connections.
 PASSTHROUGH_IDLE_TIMEOUT = duration_pb2.Duration(seconds=300)
 
@@ -54,7 +56,7 @@ def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
         (oc.name, c) for oc in outbound_clusters(mesh, proxy) if (c := outbound_cluster(mesh, proxy, oc)) is not None
     ]
     if proxy.type == SIDECAR:
-        out += [(c.name, c) for c in (inbound_cluster(ip) for ip in inbound_ports(mesh, proxy))]
+        out += [(c.name, c) for c in inbound_clusters(mesh, proxy)]
     out.append((names.BLACKHOLE_CLUSTER, blackhole_cluster()))
     if proxy.type == SIDECAR:
         out.append((names.PASSTHROUGH_CLUSTER, passthrough_cluster(names.PASSTHROUGH_CLUSTER)))
@@ -138,23 +140,35 @@ def _bind(address: str) -> address_pb2.BindConfig:
     return address_pb2.BindConfig(source_address=address_pb2.SocketAddress(address=address, port_value=0))
 
 
-def inbound_cluster(ip: InboundPort) -> cluster_pb2.Cluster:
+def inbound_cluster(ip: InboundPort, localhost: bool = False) -> cluster_pb2.Cluster:
     """`inbound|<port>||`: to the application at the address the client dialled (the pod
-    IP and the workload port), from 127.0.0.6."""
+    IP and the workload port), from 127.0.0.6; with the mesh config's inboundTrafficPolicy
+    LOCALHOST (`localhost`), to 127.0.0.1 and the workload port (STATIC, as istiod)."""
     c = cluster_pb2.Cluster(
         name=ip.cluster,
-        type=cluster_pb2.Cluster.ORIGINAL_DST,
         connect_timeout=DEFAULT_CONNECT_TIMEOUT,
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(),
-        upstream_bind_config=_bind(INBOUND_PASSTHROUGH_BIND),
     )
     traffic_policy.apply(c, NO_POLICY, http2=protocol.is_http2(ip.protocol))
-    c.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
+    if localhost:
+        c.type = cluster_pb2.Cluster.STATIC
+        c.load_assignment.cluster_name = ip.cluster
+        ep = c.load_assignment.endpoints.add().lb_endpoints.add().endpoint
+        ep.address.socket_address.address, ep.address.socket_address.port_value = LOCALHOST, ip.port
+    else:
+        c.type = cluster_pb2.Cluster.ORIGINAL_DST
+        c.upstream_bind_config.CopyFrom(_bind(INBOUND_PASSTHROUGH_BIND))
+        c.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
     svc = ip.service
     c.metadata.filter_metadata["istio"].CopyFrom(
         struct({"services": [{"host": svc.hostname, "name": svc.name, "namespace": svc.namespace}]})
     )
     return c
+
+
+def inbound_clusters(mesh: MeshSnapshot, proxy: Proxy) -> list[cluster_pb2.Cluster]:
+    localhost = mesh.mesh_config.inbound_traffic_policy == LOCALHOST_MODE
+    return [inbound_cluster(ip, localhost) for ip in inbound_ports(mesh, proxy)]
 
 
 def passthrough_cluster(name: str, bind: str = "") -> cluster_pb2.Cluster:

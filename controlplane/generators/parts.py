@@ -72,7 +72,7 @@ from .inputs import (
     VIRTUAL_SERVICE,
 )
 from .resources import Resource, pack
-from .sidecar_inbound import inbound_ports, virtual_inbound
+from .sidecar_inbound import virtual_inbound
 from .sidecar_outbound import outbound_listeners, virtual_outbound
 from .sidecar_routes import sidecar_route_configs
 
@@ -242,7 +242,7 @@ def _instances_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
 
 @part("sidecar-inbound-clusters", names.CLUSTER, (SERVICE, OTHER), _instances_scope)
 def INBOUND_CLUSTERS(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: ResourceCache) -> list[Resource]:
-    return _packed(names.CLUSTER, ((c.name, c) for c in (clusters.inbound_cluster(ip) for ip in inbound_ports(mesh, proxy))))
+    return _packed(names.CLUSTER, ((c.name, c) for c in clusters.inbound_clusters(mesh, proxy)))
 
 
 # --- endpoints of the outbound clusters (sidecars and routers) --------------------------
