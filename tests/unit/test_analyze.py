@@ -9,40 +9,15 @@ Istio's test loads them (objects without a namespace keep an empty one).
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import re
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from controlplane import cli
 from controlplane.analysis import BY_NAME, analyze, messages
 from controlplane.analysis.resources import parse_text
-from tests.support.paths import SHARED
-
-CORPUS = SHARED / "corpus"
-TESTDATA = CORPUS / "istio" / "pkg" / "config" / "analysis" / "analyzers" / "testdata"
-_CASE = re.compile(r"analyzers_test\.go case '([^']+)' \[([^\]]+)\](?: \(meshConfig [^)]+\))?: expect (.*?)"
-                   r"(?= analyzers_test\.go case|$)")
-
-
-def istio_cases() -> dict[str, dict]:
-    index = CORPUS / "INDEX.md"
-    if not index.exists():
-        pytest.fail(f"test corpus missing: {index}")
-    cases: dict[str, dict] = defaultdict(lambda: {"files": set(), "analyzer": "", "expect": ""})
-    for line in index.read_text().splitlines():
-        if "analysis/analyzers/testdata/" not in line:
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        for m in _CASE.finditer(cells[-1]):
-            c = cases[m.group(1)]
-            c["files"].add(cells[0].split("testdata/", 1)[1])
-            c["analyzer"], c["expect"] = m.group(2), m.group(3).strip()
-    return dict(cases)
-
+from tests.support.analyzer_cases import TESTDATA, istio_cases
+from tests.support.analyzer_cases import run_cli as run
 
 CASES = istio_cases()
 IMPLEMENTED = {name: c for name, c in CASES.items() if c["analyzer"] in BY_NAME}
@@ -64,13 +39,6 @@ def test_istio_analyzer_case(case):
     expected = [] if c["expect"] == "no messages" else [e.strip() for e in c["expect"].split(";")]
     expected = sorted(e for e in expected if e.split()[0] in CODES)
     assert got == expected
-
-
-def run(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = cli.main(list(argv))
-    return code, out.getvalue()
 
 
 def test_cli_output_format_and_exit_code(capsys):

@@ -11,7 +11,8 @@ import pytest
 
 from controlplane.analysis import BY_NAME, analyze, messages
 from controlplane.analysis.resources import parse_text
-from tests.unit.test_analyze import TESTDATA, istio_cases, run
+from tests.support.analyzer_cases import TESTDATA, istio_cases
+from tests.support.analyzer_cases import run_cli as run
 
 # Istio's test names its analyzers by Go type; `istioctl analyze` (and meshd) by Metadata().Name.
 REGISTERED_AS = {
