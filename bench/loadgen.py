@@ -117,9 +117,20 @@ def eds_cluster_names(data: bytes, resp: Any) -> list[str]:
         count += 1
         if data[end:end + 2] == b"\x10\x03":
             names.append(data[start:end].decode())
-    if count != len(resp.resources):
-        return sorted({n for a in resp.resources if (n := cluster_eds_name(_any_value(a)))})
-    return sorted(set(names))
+    if count == len(resp.resources) and names:
+        return sorted(set(names))
+    # Another server's field order (istiod writes a Cluster's type after other fields):
+    # decode, once per distinct set of clusters across the fleet.
+    key = hash(b"".join(resp.resources))
+    got = _eds_sets.get(key)
+    if got is None:
+        if len(_eds_sets) > 256:
+            _eds_sets.clear()
+        got = _eds_sets[key] = sorted({n for a in resp.resources if (n := cluster_eds_name(_any_value(a)))})
+    return got
+
+
+_eds_sets: dict[int, list[str]] = {}
 
 
 def listener_routes(value: bytes) -> tuple[str, ...]:

@@ -104,18 +104,36 @@ def pct(values: list[float], p: float) -> float:
     return values[k]
 
 
+def bytecode_env(root: Path = REPO) -> dict[str, str]:
+    """meshd's environment: its modules' bytecode cached (outside the checkout), as an
+    installed meshd has it. Without a cache (PYTHONDONTWRITEBYTECODE, as this machine's
+    shells set it) every start compiles 200 modules from source: 0.5-2 s of CPU that is
+    not meshd's start-up but the checkout's."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = str(root)
+    env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / f"meshd-bench-pycache-{os.getuid()}")
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "controlplane", "ca"], cwd=root, env=env,
+                   check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return env
+
+
 class Meshd:
-    def __init__(self, config_dir: Path, work: Path, extra: list[str], profile: str | None = None):
+    """`meshd serve` on `config_dir`, or (None) on what `extra` names (--kubeconfig)."""
+
+    def __init__(self, config_dir: Path | None, work: Path, extra: list[str], profile: str | None = None,
+                 python: str = sys.executable, cwd: Path = REPO):
         self.xds, self.mon = free_port(), free_port()
         self.log_path = work / f"meshd-{self.xds}.log"
         prefix = ["-m", "cProfile", "-o", profile] if profile else []
-        argv = [sys.executable, *prefix, "-m", "controlplane", "serve", "--config-dir", str(config_dir),
+        source = ["--config-dir", str(config_dir)] if config_dir is not None else []
+        argv = [python, *prefix, "-m", "controlplane", "serve", *source,
                 "--xds-port", str(self.xds), "--monitoring-port", str(self.mon), "--secure-xds-port", "0",
                 "--listen-address", "127.0.0.1", "--ca-dir", str(work / "ca"), "--log-format", "json", *extra]
+        env = bytecode_env(cwd)
         self.started = time.time()
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
-                                     env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd,
+                                     env=env, start_new_session=True)
         self.ready_after = self._wait_ready()
 
     def _wait_ready(self) -> float:
@@ -136,6 +154,17 @@ class Meshd:
         out = []
         for line in self.log_path.read_text(errors="replace").splitlines():
             if '"mesh snapshot built"' in line:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
+
+    def events(self, event: str) -> list[dict]:
+        """meshd's JSON log lines of `event`."""
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if f'"{event}"' in line:
                 try:
                     out.append(json.loads(line))
                 except ValueError:
@@ -259,6 +288,26 @@ def snapshot_after(meshd: Meshd, t: float, timeout: float = 30) -> dict:
     raise RuntimeError("no snapshot logged after the change")
 
 
+def stages(meshd: Meshd, snap: dict, t_write: float, times: list[float]) -> dict:
+    """Where an endpoint change's time went, from the change (file write or API write) to
+    the last proxy's ACK: to the store (file scan, or watch delivery and decoding), the
+    debounce, the snapshot, the server's update (keys, queueing), to the first byte on
+    the wire, and the fan-out to the 99th percentile proxy. A meshd that does not log a
+    stage (an older build) leaves it out or has it derived."""
+    at = snap["at"]
+    updated = at - snap.get("queue_ms", 0) / 1000
+    built = updated - snap.get("ms", 0) / 1000
+    changed = snap.get("changed_at") or built
+    debounced = snap.get("debounced_at") or built
+    first = next((e["at"] for e in meshd.events("push first write") if e.get("at", 0) >= updated), None)
+    out = {"to_store_s": changed - t_write, "debounce_s": debounced - changed, "snapshot_s": built - debounced,
+           "update_s": at - built, "express": snap.get("express")}
+    if first is not None:
+        out["first_byte_s"] = first - t_write
+        out["fanout_p99_s"] = pct(times, 99) - first
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
+
+
 def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
     config = work / f"config-{transport}"
     sc.write(config)
@@ -329,6 +378,7 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
                     "cpu_s": round(cpu_seconds(meshd.proc.pid) - cpu0 - idle * (time.time() - t_write), 2),
                     "loadgen_cpu_s": round(fleet.cpu() - gen0, 2),
                     "responses": st["responses_since"],
+                    "stages": stages(meshd, snap, t_write, st["times"]),
                 })
             result["endpoint_change"] = eps
             result["memory_end"] = memory_mb(meshd.proc.pid)

@@ -34,6 +34,7 @@ class ProxySpec:
     ip: str
     labels: dict = field(default_factory=dict, hash=False, compare=False)
     service_account: str = "default"
+    istio_version: str = "meshd-bench"  # istiod takes old-proxy code paths unless it parses (1.14.6)
 
     @property
     def node_id(self) -> str:
@@ -42,7 +43,7 @@ class ProxySpec:
     def metadata(self) -> dict:
         md = {
             "NAMESPACE": self.namespace, "LABELS": dict(self.labels), "SERVICE_ACCOUNT": self.service_account,
-            "CLUSTER_ID": "Kubernetes", "INSTANCE_IPS": self.ip, "ISTIO_VERSION": "meshd-bench",
+            "CLUSTER_ID": "Kubernetes", "INSTANCE_IPS": self.ip, "ISTIO_VERSION": self.istio_version,
         }
         if self.kind == "sidecar":
             md["INTERCEPTION_MODE"] = "REDIRECT"
