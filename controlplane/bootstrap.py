@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import names
+from . import names, proxy_settings
+from .model.meshconfig import ProxyConfig
 from .version import meshd_version
 
 XDS_SERVER_NAME = "istiod.istio-system.svc"  # SNI and verified SAN of the secure xDS port
@@ -66,6 +67,9 @@ class BootstrapParams:
     # Stream Envoy's counters to meshd's metrics service (telemetry/service.py) every
     # `metrics_flush_interval` seconds; 0: no stats sink. Needs `tls` (the authenticated port).
     metrics_flush_interval: float = 0.0
+    # The mesh config's defaultConfig (`meshd bootstrap --mesh-config`): stats matcher and
+    # node metadata (proxy_settings.py). None: Envoy's defaults, all stats kept.
+    proxy_config: ProxyConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,8 @@ def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
         metadata[names.META_AUTO_REGISTER_GROUP] = p.auto_register_group
     if p.network:
         metadata["NETWORK"] = p.network
+    if p.proxy_config is not None:
+        metadata.update(proxy_settings.node_metadata(p.proxy_config))
     ads_source = {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"}
     api_type = "DELTA_GRPC" if p.xds_transport == "delta" else "GRPC"
     clusters = [_address_cluster("xds-grpc", host, int(port), http2=True)]
@@ -295,6 +301,7 @@ def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
             "layers": [{"name": "global config", "static_layer": {"overload.global_downstream_max_connections": 2147483647}}]
         },
         **metrics,
+        **(proxy_settings.stats_config(p.proxy_config) if p.proxy_config is not None else {}),
     }
 
 

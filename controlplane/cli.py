@@ -236,13 +236,34 @@ def bootstrap_format(output: str | None) -> str:
     return "yaml" if output and Path(output).suffix.lower() in (".yaml", ".yml") else "json"
 
 
+def _bootstrap_proxy_config(args: argparse.Namespace):
+    """The mesh config's defaultConfig (--mesh-config), or None; notes what has no effect."""
+    if not args.mesh_config:
+        return None
+    from .proxy_settings import ignored_metadata
+    from .sources.meshconfig import read_file
+
+    pc = read_file(args.mesh_config, names.ROOT_NAMESPACE)[0].default_config
+    for what in [f"defaultConfig.{f}" for f in pc.unread] + [f"defaultConfig.proxyMetadata.{k}" for k in ignored_metadata(pc)]:
+        print(f"meshd bootstrap: {args.mesh_config}: {what} has no effect (pilot-agent's; meshd has no agent)",
+              file=sys.stderr)
+    return pc
+
+
 def _bootstrap(args: argparse.Namespace) -> int:
     from ca import CAError
 
     from .bootstrap import BootstrapParams, build_bootstrap, parse_labels
+    from .model.meshconfig import ProxyConfig
 
     _quiet_logs()
     try:
+        proxy_config = _bootstrap_proxy_config(args)
+        if args.envoy_args:
+            from .proxy_settings import envoy_args
+
+            print(" ".join(envoy_args(proxy_config or ProxyConfig())))
+            return 0
         group_labels = _workload_group_args(args)
         tls = _bootstrap_tls(args)
         if tls is None and args.auto_register_group:
@@ -267,6 +288,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
             workload_name=args.workload_name or "",
             network=args.network or "",
             metrics_flush_interval=args.metrics_flush_interval.total_seconds() if args.metrics_service else 0.0,
+            proxy_config=proxy_config,
         )
         doc = build_bootstrap(params)
     except (ValueError, CAError, OSError) as e:
@@ -419,6 +441,12 @@ UID 1337 in a pod), e.g. chown 1337 FILE.""",
                         "traffic on meshd's /ui/ page and istio_requests_total on its /metrics (docs/ui.md)")
     b.add_argument("--metrics-flush-interval", type=parse_duration, default="10s",
                    help="with --metrics-service: how often Envoy sends its counters (default %(default)s)")
+    b.add_argument("--mesh-config", metavar="FILE",
+                   help="Istio's MeshConfig YAML (as for `meshd serve`): its defaultConfig (ProxyConfig) sets the "
+                        "stats matcher and node metadata (docs/mesh-config.md)")
+    b.add_argument("--envoy-args", action="store_true",
+                   help="print the Envoy command-line flags for the mesh config's defaultConfig (--concurrency, "
+                        "--drain-time-s, as pilot-agent starts Envoy) instead of the bootstrap")
     b.add_argument("--output", "-o", help="write to this file instead of stdout: YAML for a .yaml/.yml name, JSON "
                                           "otherwise (Envoy reads a file by its extension, and any other name as "
                                           "JSON: istio-agent's envoy-rev.json); stdout gets JSON")

@@ -332,3 +332,45 @@ def test_a_mesh_config_change_reaches_a_connected_proxy():
 
     run(main())
 
+
+
+# --- defaultConfig: the bootstrap and Envoy's command line ----------------------------------
+
+
+def test_default_config_reaches_the_bootstrap_and_envoy_accepts_it(tmp_path):
+    from controlplane.bootstrap import BootstrapParams, build_bootstrap
+    from controlplane.proxy_settings import envoy_args
+    from tests.support.envoy import envoy_validate
+
+    pc = parse_mesh_config(_yaml("""
+defaultConfig:
+  concurrency: 3
+  drainDuration: 20s
+  proxyStatsMatcher: {inclusionPrefixes: [cluster.outbound], inclusionSuffixes: [upstream_rq_total], inclusionRegexps: ['.*ssl.*']}
+  proxyMetadata: {ISTIO_META_DNS_CAPTURE: "true", BOOTSTRAP_XDS_AGENT: "true"}
+""")).default_config
+    doc = build_bootstrap(BootstrapParams("sidecar", NS, "webapp-1", "10.1.0.10", "127.0.0.1:15010", proxy_config=pc))
+    patterns = doc["stats_config"]["stats_matcher"]["inclusion_list"]["patterns"]
+    assert {"prefix": "cluster.outbound"} in patterns and {"prefix": "cluster_manager"} in patterns
+    assert {"suffix": "upstream_rq_total"} in patterns and {"safe_regex": {"regex": ".*ssl.*"}} in patterns
+    meta = doc["node"]["metadata"]
+    assert meta["DNS_CAPTURE"] == "true" and "BOOTSTRAP_XDS_AGENT" not in meta
+    assert meta["PROXY_CONFIG"]["concurrency"] == 3 and meta["PROXY_CONFIG"]["drainDuration"] == "20s"
+    envoy_validate(doc, tmp_path / "boot.json")
+    assert envoy_args(pc) == ["--concurrency", "3", "--drain-time-s", "20", "--drain-strategy", "immediate"]
+    plain = build_bootstrap(BootstrapParams("sidecar", NS, "webapp-1", "10.1.0.10", "127.0.0.1:15010"))
+    assert "stats_config" not in plain and "PROXY_CONFIG" not in plain["node"]["metadata"]
+
+
+def test_meshd_bootstrap_reads_the_mesh_config_and_names_what_has_no_effect(tmp_path):
+    from tests.support.harness import meshd_cli
+
+    path = tmp_path / "mesh.yaml"
+    path.write_text("defaultConfig: {concurrency: 0, drainDuration: 5s, tracing: {}, proxyMetadata: {FOO: bar}}\n")
+    assert meshd_cli("bootstrap", "--mesh-config", str(path), "--envoy-args").stdout.split() == [
+        "--drain-time-s", "5", "--drain-strategy", "immediate"]
+    out = meshd_cli("bootstrap", "--mesh-config", str(path))
+    assert "defaultConfig.tracing has no effect" in out.stderr and "defaultConfig.proxyMetadata.FOO has no effect" in out.stderr
+    path.write_text("defaultConfig: {concurrency: many}\n")
+    bad = meshd_cli("bootstrap", "--mesh-config", str(path), check=False)
+    assert bad.returncode == 2 and f"{path}: defaultConfig.concurrency: must be a non-negative integer" in bad.stderr
