@@ -19,6 +19,7 @@ from .analyzers.authorization import (
     CustomProviderAnalyzer,
 )
 from .analyzers.deprecation import FieldAnalyzer
+from .analyzers.destinationrule import SubsetSelectPodAnalyzer
 from .analyzers.gateway import (
     CertificateAnalyzer,
     ConflictingGatewayAnalyzer,
@@ -72,6 +73,7 @@ ANALYZERS = (
     WorkloadSelectorAnalyzer(),
     HostConflictAnalyzer(),
     EgressHostAnalyzer(),
+    SubsetSelectPodAnalyzer(),
     FieldAnalyzer(),
     UnsupportedKindAnalyzer(),
 )

@@ -87,6 +87,13 @@ GATEWAY_PORT_NOT_DEFINED_ON_SERVICE = _t(
     "workload instances (Pod selector %s). If you need to access the gateway port through the gateway Service, it "
     "will not be available.")
 INEFFECTIVE_POLICY = _t("IneffectivePolicy", "IST0167", "Warning", "The policy has no impact: %s.")
+DESTINATION_RULE_SUBSET_NOT_SELECT_PODS = _t(
+    "DestinationRuleSubsetNotSelectPods", "IST0173", "Error",
+    "The Subset %s defined in the DestinationRule does not select any pods. Which may lead to 503 UH "
+    "(NoHealthyUpstream).")
+UNKNOWN_DESTINATION_RULE_HOST = _t(
+    "UnknownDestinationRuleHost", "IST0174", "Warning",
+    "The host %s defined in the DestinationRule does not match any services in the mesh.")
 CONFLICTING_SERVICE_ENTRY_PROTOCOL = _t(
     "ConflictingServiceEntryProtocol", "IST0177", "Warning",
     "Multiple ServiceEntries (%s) define the same host %q and port %d with conflicting protocols (%s).")

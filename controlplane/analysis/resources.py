@@ -204,10 +204,27 @@ def default_resources() -> list[Resource]:
     return out
 
 
+# Workload controllers: their pod template's labels are what their Pods will carry.
+POD_TEMPLATE_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"})
+
+
 def service_stand_ins(resources: Iterable[Resource]) -> list[Resource]:
-    """A Pod per Service selector (labels = the selector), never reported on."""
+    """A Pod per Service selector (labels = the selector) and per workload controller's pod
+    template (its labels: a subset's `version` is there, not in the Service's selector),
+    never reported on."""
     out = []
     for r in resources:
+        if r.kind in POD_TEMPLATE_KINDS and r.group == "apps":
+            template = r.spec.get("template")
+            md = template.get("metadata") if isinstance(template, dict) else None
+            labels = md.get("labels") if isinstance(md, dict) else None
+            if isinstance(labels, dict) and labels:
+                doc = {"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": f"{r.name}-template", "namespace": r.namespace,
+                                    "labels": {str(k): str(v) for k, v in labels.items()},
+                                    "annotations": {"sidecar.istio.io/inject": "true"}}}
+                out.append(Resource("v1", "Pod", r.namespace, f"{r.name}-template", doc, None, assumed=True))
+            continue
         sel = r.spec.get("selector") if r.kind == "Service" and not r.group else None
         if isinstance(sel, dict) and sel:
             # A meshd workload has a sidecar: marked as injected, as Istio's analyzers check.
@@ -215,7 +232,7 @@ def service_stand_ins(resources: Iterable[Resource]) -> list[Resource]:
                    "metadata": {"name": f"{r.name}-workload", "namespace": r.namespace,
                                 "labels": {str(k): str(v) for k, v in sel.items()},
                                 "annotations": {"sidecar.istio.io/inject": "true"}}}
-            out.append(Resource("v1", "Pod", r.namespace, f"{r.name}-workload", doc, None))
+            out.append(Resource("v1", "Pod", r.namespace, f"{r.name}-workload", doc, None, assumed=True))
     return out
 
 

@@ -18,6 +18,7 @@ from tests.support.analyzer_cases import run_cli as run
 REGISTERED_AS = {
     "serviceentry.ProtocolAddressesAnalyzer": "serviceentry.Analyzer",
     "deprecation.FieldAnalyzer": "deprecation.DeprecationAnalyzer",
+    "destinationrule.PodNotSelectedAnalyzer": "destinationrule.SubsetSelectPodAnalyzer",
 }
 # Where meshd reports what istiod would not, and why.
 MESHD_DIFFERS = {
@@ -31,13 +32,17 @@ MESHD_DIFFERS = {
     # status.addresses is written by istiod's IP allocator; meshd neither allocates nor
     # serves those addresses.
     "ServiceEntry Addresses Allocated": ["ServiceEntryAddressesRequired ServiceEntry address-allocated"],
+    # istiod adds the Node's topology labels to an endpoint's labels (AugmentLabels); meshd's
+    # endpoints carry the Pod's own labels only, so these subsets select no endpoint in meshd.
+    "DestinationRuleSubsetsWithTopologyLabels": [
+        "DestinationRuleSubsetNotSelectPods DestinationRule default/subsets-with-topology-labels"] * 3,
 }
 CASES = {name: c for name, c in istio_cases().items() if c["analyzer"] in REGISTERED_AS}
 CODES = {t.name for t in messages.ALL}
 
 
 def test_the_renamed_analyzers_have_corpus_cases():
-    assert len(CASES) == 6, sorted(CASES)
+    assert len(CASES) == 10, sorted(CASES)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -364,3 +369,79 @@ spec: {hosts: [a], http: [{fault: {delay: {percent: "50"}}}, 4], exportTo: "*"}
     full = analyze(parse_text(text, "bad.yaml"))  # every analyzer: the schema errors are the findings
     assert {m.resource.friendly_name for m in full if m.type.code == "IST0106"} >= {
         "ServiceEntry x/bad", "ServiceEntry x/worse", "Sidecar x/bad", "WorkloadEntry x/bad"}
+
+
+def test_destination_rule_hosts_and_subsets_against_the_registry():
+    """A subset selects the endpoints of its host: a Service's Pods, a ServiceEntry's
+    selected Pods and WorkloadEntries or its inline endpoints; a host resolved by DNS has
+    nothing for labels to select. A wildcard rule is known when it covers a host."""
+    text = WORKLOAD_ENTRY + """---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: vms}
+spec: {hosts: [legacy.example.com], addresses: [240.0.0.9], ports: [{number: 80, name: http, protocol: HTTP}],
+       resolution: STATIC, workloadSelector: {labels: {app: legacy}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: static, namespace: vms}
+spec: {hosts: [db.example.com], addresses: [240.0.0.10], ports: [{number: 5432, name: tcp, protocol: TCP}],
+       resolution: STATIC, endpoints: [{address: 10.0.0.1, labels: {role: primary}}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: dns, namespace: vms}
+spec: {hosts: [api.example.com], ports: [{number: 443, name: tls, protocol: TLS}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: legacy, namespace: vms}
+spec: {host: legacy.example.com, subsets: [{name: vm, labels: {app: legacy}}, {name: v9, labels: {version: v9}}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: vms}
+spec: {host: db.example.com, subsets: [{name: primary, labels: {role: primary}}, {name: replica, labels: {role: replica}}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: vms}
+spec: {host: api.example.com, subsets: [{name: any, labels: {x: y}}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mesh-wide, namespace: istio-system}
+spec: {host: "*.example.com", trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: typo, namespace: vms}
+spec: {host: legacy.exmaple.com}
+"""
+    got = _analyze(text, "destinationrule.SubsetSelectPodAnalyzer")
+    assert got == [
+        "IST0173 DestinationRule vms/db: The Subset replica defined in the DestinationRule does not select any pods. "
+        "Which may lead to 503 UH (NoHealthyUpstream).",
+        "IST0173 DestinationRule vms/legacy: The Subset v9 defined in the DestinationRule does not select any pods. "
+        "Which may lead to 503 UH (NoHealthyUpstream).",
+        "IST0174 DestinationRule vms/typo: The host legacy.exmaple.com defined in the DestinationRule does not match "
+        "any services in the mesh."]
+    # A host kept to its own namespace is unknown to a rule elsewhere.
+    hidden = text.replace("name: dns, namespace: vms}\nspec: {", "name: dns, namespace: vms}\nspec: {exportTo: [.], ")
+    hidden = hidden.replace("name: api, namespace: vms", "name: api, namespace: web")
+    assert any("IST0174 DestinationRule web/api" in m for m in _analyze(hidden, "destinationrule.SubsetSelectPodAnalyzer"))
+
+
+def test_manifests_without_pods_use_the_pod_templates(tmp_path):
+    """`meshd analyze` on manifests (Deployments, no Pods): a Deployment's pod template
+    stands for its Pods, so bookinfo's v1 subsets select something and the subsets of
+    versions bookinfo.yaml does not deploy are reported."""
+    from tests.support.analyzer_cases import CORPUS
+
+    book = CORPUS / "istio" / "samples" / "bookinfo"
+    code, out = run("analyze", str(book / "networking" / "destination-rule-all.yaml"),
+                    str(book / "platform" / "kube" / "bookinfo.yaml"))
+    subsets = sorted(line.split(") ", 1)[1].split()[2] + "@" + line.split()[3] for line in out.splitlines()
+                     if "[IST0173]" in line)
+    assert subsets == ["v2-mysql-vm@default/ratings", "v2-mysql@default/ratings", "v2@default/details",
+                       "v2@default/ratings"], out
