@@ -489,6 +489,23 @@ def table(results: list[dict], sc: Scenario) -> str:
     return "\n".join(lines)
 
 
+def machine() -> dict:
+    """The machine's size, for the record (and how busy it was: others share it)."""
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "loadavg": os.getloadavg()}
+
+
+def report(doc: dict, json_path: str | None, text_table: str) -> None:
+    """The JSON document (also to `json_path`), then the table."""
+    text = json.dumps(doc, indent=2)
+    print(text)
+    if json_path:
+        Path(json_path).write_text(text + "\n")
+    print()
+    print(text_table)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--services", type=int, default=1000)
@@ -517,19 +534,13 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_transport(sc, t, args, work))
         doc = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+            "machine": machine(),
             "scenario": {"services": sc.services, "sidecars": sc.sidecars, "gateways": sc.gateways,
                          "namespaces": sc.namespaces, "routed_fraction": sc.routed_fraction},
             "meshd_args": args.meshd_arg,
             "results": results,
         }
-        text = json.dumps(doc, indent=2)
-        print(text)
-        if args.json:
-            Path(args.json).write_text(text + "\n")
-        print()
-        print(table(results, sc))
+        report(doc, args.json, table(results, sc))
     finally:
         if args.keep_logs:
             args.keep_logs.mkdir(parents=True, exist_ok=True)

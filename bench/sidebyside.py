@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -40,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.cluster import SHARED, Cluster, Istiod, scratch
-from bench.run import CDS, EDS, Fleet, Meshd, cpu_seconds, memory_mb, pct, snapshot_after, stages
+from bench.run import CDS, EDS, Fleet, Meshd, cpu_seconds, machine, memory_mb, pct, report, snapshot_after, stages
 from bench.scenario import HTTP_PORT, Scenario
 
 ISTIO_VERSION = "1.14.6"
@@ -225,20 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         doc = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-                        "loadavg_at_end": os.getloadavg()},
+            "machine": machine(),
             "scenario": {"services": sc.services, "sidecars": sc.sidecars, "gateways": sc.gateways,
                          "namespaces": sc.namespaces, "objects": counts, "load_s": loaded},
             "meshd_args": args.meshd_arg,
             "results": results,
         }
-        text = json.dumps(doc, indent=2)
-        print(text)
-        if args.json:
-            Path(args.json).write_text(text + "\n")
-        print()
-        print(table(results, sc))
+        report(doc, args.json, table(results, sc))
     finally:
         cluster.down()
         if args.keep:

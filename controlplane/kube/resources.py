@@ -8,7 +8,6 @@ learns them).
 """
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from kubernetes import client
 
 from ..config import kinds
 from ..config.parse import node_essentials
+from .api import path
 
 # Not a served kind yet: the parse gate skips Secrets quietly, so watching them is
 # harmless, but it costs memory and needs RBAC on Secrets; hence opt-in (watch_secrets).
@@ -81,18 +81,11 @@ class KubeResource:
         raw response: the JSON as the API server sent it keeps camelCase field names,
         which is what the parse gate and Istio's schemas expect, and skips the typed
         models we would only turn back into dicts."""
-        if self.group == "":
-            # Not through CoreV1Api: importing its module costs about a second of CPU at
-            # start-up (measured: 1-4 s before the first core list on a loaded machine).
-            scope = f"/namespaces/{namespace}" if namespace is not None and self.kind.namespaced else ""
-            return _path_lister(api, f"/api/{version}{scope}/{self.plural}")
-        else:
-            custom = client.CustomObjectsApi(api)  # any /apis/{group}/{version}/... path
-            if namespace is None:
-                fn = functools.partial(custom.list_cluster_custom_object, self.group, version, self.plural)
-            else:
-                fn = functools.partial(custom.list_namespaced_custom_object, self.group, version, namespace, self.plural)
-        return functools.partial(fn, _preload_content=False)
+        # By path, not through the client's typed API classes: importing their modules
+        # (CoreV1Api, CustomObjectsApi, ApisApi) cost 1-4 s before the first list on a
+        # loaded machine, on every start.
+        return _path_lister(api, path(self.group, version, self.plural,
+                                      namespace if namespace is not None and self.kind.namespaced else None))
 
 
 # list/watch keyword arguments (as the generated clients take them) -> query parameters
@@ -159,7 +152,7 @@ def served_version(api: client.ApiClient, res: KubeResource, request_timeout: fl
     only if its resource list names the kind's plural (a group can outlive a CRD)."""
     if not res.needs_discovery:
         return res.kind.versions[0]
-    groups = read_json(client.ApisApi(api).get_api_versions(_preload_content=False, _request_timeout=request_timeout))
+    groups = read_json(_path_lister(api, "/apis")(_request_timeout=request_timeout))
     group = next((g for g in groups.get("groups") or [] if g.get("name") == res.group), None)
     if group is None:
         return None
@@ -167,10 +160,9 @@ def served_version(api: client.ApiClient, res: KubeResource, request_timeout: fl
     preferred = (group.get("preferredVersion") or {}).get("version")
     candidates: list[str] = [preferred] if preferred in res.kind.versions else []
     candidates += [v for v in res.kind.versions if v in served and v != preferred]
-    custom = client.CustomObjectsApi(api)
     for version in candidates:
         try:
-            listing = read_json(custom.get_api_resources(res.group, version, _preload_content=False, _request_timeout=request_timeout))
+            listing = read_json(_path_lister(api, f"/apis/{res.group}/{version}")(_request_timeout=request_timeout))
         except client.ApiException as e:
             if e.status == 404:
                 continue
