@@ -8,6 +8,8 @@ namespace `apps` calls hosts that are no Kubernetes Service:
   on 0.0.0.0; `rr.dns.test` with DNS_ROUND_ROBIN): the client connects to an address nothing listens on, and its Envoy
   finds the server by resolving the name through the pod's hosts file
   (/etc/netns/<ns>/hosts, which `ip netns exec` mounts over /etc/hosts);
+- a MESH_INTERNAL entry selecting a workload with a sidecar (STRICT mTLS there): auto
+  mTLS, while MESH_EXTERNAL hosts get none;
 - a NONE entry (`*.passthrough.test`, TCP without an address): connections to its port
   go where the application dialled, through the entry's ORIGINAL_DST cluster;
 - TLS origination: the client speaks plain HTTP to `secure.external.test:80`, a
@@ -58,6 +60,29 @@ def layout(pods: dict, vips: dict, ca_path: Path) -> str:
         metadata: {{name: client-0, namespace: {NS}, labels: {{app: client, security.istio.io/tlsMode: istio}}}}
         spec: {{serviceAccountName: client, containers: [{{name: app}}]}}
         status: {{podIP: {pods['client'].ip}}}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: internal-0, namespace: {NS}, labels: {{app: internal, security.istio.io/tlsMode: istio}}}}
+        spec: {{serviceAccountName: internal, containers: [{{name: app}}]}}
+        status: {{podIP: {pods['internal'].ip}}}
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {{name: internal, namespace: {NS}}}
+        spec:
+          hosts: [internal.mesh.test]
+          location: MESH_INTERNAL
+          resolution: STATIC
+          ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+          workloadSelector: {{labels: {{app: internal}}}}
+        ---
+        apiVersion: security.istio.io/v1
+        kind: PeerAuthentication
+        metadata: {{name: internal-strict, namespace: {NS}}}
+        spec:
+          selector: {{matchLabels: {{app: internal}}}}
+          mtls: {{mode: STRICT}}
         ---
         apiVersion: v1
         kind: Service
@@ -329,13 +354,14 @@ def bed(tmp_path_factory):
         (work / "server.pem").write_bytes(server.cert)
         (work / "server-key.pem").write_bytes(server.key)
         with TestBed() as tb:
-            pods = {n: tb.add_pod(n, sidecar=(n == "client"))
-                    for n in ("client", "legacy", "dnsapi", "secure", "edition", "egress")}
+            pods = {n: tb.add_pod(n, sidecar=(n in ("client", "internal")))
+                    for n in ("client", "internal", "legacy", "dnsapi", "secure", "edition", "egress")}
             vips = {n: tb.service_ip() for n in ("legacy", "egress", "nowhere")}
             (config_dir / "mesh.yaml").write_text(layout(pods, vips, ca_path))
             pods["legacy"].run_echo(http=[8080], tcp=[9000, 9300])
             pods["dnsapi"].run_echo(http=[8080], tcp=[9000])
             pods["edition"].run_echo(http=[80])
+            pods["internal"].run_echo(http=[8080])
             tls = pods["secure"].spawn([sys.executable, str(TLS_ECHO), "--name", "secure", "--port", "443",
                                         "--cert", str(work / "server.pem"), "--key", str(work / "server-key.pem")],
                                        name="tls-echo", stdout_pipe=True)
@@ -344,21 +370,30 @@ def bed(tmp_path_factory):
                 "api.dns.test": pods["dnsapi"].ip, "tcp.dns.test": pods["dnsapi"].ip, "rr.dns.test": pods["dnsapi"].ip,
                 "secure.external.test": pods["secure"].ip, "wrongsan.external.test": pods["secure"].ip,
             }))
+            # No name the internal pod's Envoy looks up leaves the pod either (a lookup that
+            # times out holds the proxy's readiness back).
+            netns_dirs.append(write_netns_files(pods["internal"].netns, {}))
             netns_dirs.append(write_netns_files(pods["egress"].netns, {
                 "edition.external.test": pods["edition"].ip, "gw-secure.external.test": pods["secure"].ip,
                 "pass.external.test": pods["secure"].ip}))
             with meshd(config_dir, work) as cp:
-                client, egress = pods["client"], pods["egress"]
+                client, egress, internal = pods["client"], pods["egress"], pods["internal"]
                 client.forward_to_host(cp.secure_port, pod_port=15012)
+                internal.forward_to_host(cp.secure_port, pod_port=15012)
                 egress.forward_to_host(cp.xds_port, pod_port=15010)
                 client_boot = bootstrap(work, "client", [
                     "--type", "sidecar", "--namespace", NS, "--service-account", "client", "--pod", "client-0",
                     "--ip", client.ip, "--labels", "app=client,security.istio.io/tlsMode=istio",
                     "--xds-address", "127.0.0.1:15012", "--ca-dir", str(cp.ca_dir)])
+                internal_boot = bootstrap(work, "internal", [
+                    "--type", "sidecar", "--namespace", NS, "--service-account", "internal", "--pod", "internal-0",
+                    "--ip", internal.ip, "--labels", "app=internal,security.istio.io/tlsMode=istio",
+                    "--xds-address", "127.0.0.1:15012", "--ca-dir", str(cp.ca_dir)])
                 egress_boot = bootstrap(work, "egress", [
                     "--type", "router", "--namespace", "istio-system", "--pod", "istio-egressgateway-0",
                     "--ip", egress.ip, "--labels", "istio=egressgateway", "--xds-address", "127.0.0.1:15010"])
                 envoys = {"client": client.start_envoy(client_boot, admin_port=15000),
+                          "internal": internal.start_envoy(internal_boot, admin_port=15000),
                           "egress": egress.start_envoy(egress_boot, admin_port=15000)}
                 for name, e in envoys.items():
                     wait_for(e.ready, 30, what=f"{name} envoy ready")
@@ -452,3 +487,16 @@ def test_https_through_the_egress_gateway_by_sni(bed):
     got = bed.https_get("pass.external.test", "/pass")
     assert got["pod"] == "secure" and got["sni"] == "pass.external.test"
     assert got["peer"].split(":")[0] == bed.pods["egress"].ip
+
+
+def test_mesh_internal_entry_is_called_with_mutual_tls(bed):
+    # MESH_INTERNAL, the workload selected by the entry has a sidecar: auto mTLS. Its
+    # PeerAuthentication is STRICT, so only an mTLS request gets through; its sidecar
+    # hands it to the application from 127.0.0.6.
+    got = body(bed.get("internal.mesh.test", "/internal"))
+    assert got["pod"] == "internal" and got["peer"].startswith("127.0.0.6:")
+    stats = bed.envoys["client"].stats("internal.mesh.test.ssl.handshake")
+    assert stats.get("cluster.outbound|80||internal.mesh.test.ssl.handshake", 0) >= 1, stats
+    # A MESH_EXTERNAL host never gets Istio mTLS: the legacy server answered in plaintext.
+    assert bed.envoys["client"].stats("legacy.external.test.ssl.handshake").get(
+        "cluster.outbound|80||legacy.external.test.ssl.handshake", 0) == 0
