@@ -272,6 +272,8 @@ def from_configz(configz: Mapping[str, Any]) -> list[Resource]:
         if not isinstance(body, dict):
             continue
         md = {"name": o["name"], "labels": body.get("labels") or {}, "annotations": body.get("annotations") or {}}
+        if body.get("creationTimestamp"):
+            md["creationTimestamp"] = body["creationTimestamp"]
         if o.get("namespace"):
             md["namespace"] = o["namespace"]
         doc = {"apiVersion": o["apiVersion"], "kind": o["kind"], "metadata": md}

@@ -178,6 +178,8 @@ class DebugViews:
             })
             if content:
                 body = {"labels": dict(o.labels), "annotations": dict(o.annotations)}
+                if o.extra.get("creationTimestamp"):  # `analyze --meshd`: which of two hosts is older
+                    body["creationTimestamp"] = o.extra["creationTimestamp"]
                 if o.group.endswith("istio.io"):
                     body["spec"] = o.spec
                 else:

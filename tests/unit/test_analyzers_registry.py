@@ -445,3 +445,30 @@ def test_manifests_without_pods_use_the_pod_templates(tmp_path):
                      if "[IST0173]" in line)
     assert subsets == ["v2-mysql-vm@default/ratings", "v2-mysql@default/ratings", "v2@default/details",
                        "v2@default/ratings"], out
+
+
+def test_host_conflicts_of_a_running_meshd_follow_creation_time():
+    """--meshd: /debug/configz?content=true carries each object's creationTimestamp, so
+    the ServiceEntry reported is the one the server left out (the newer), not the one
+    whose name sorts last."""
+    from controlplane.analysis.resources import from_configz
+    from controlplane.config.objects import Origin
+    from controlplane.config.parse import parse_document
+    from controlplane.config.store import ConfigStore
+    from controlplane.debug.views import DebugViews
+
+    def se(name: str, created: str) -> dict:
+        return {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+                "metadata": {"name": name, "namespace": "ext", "creationTimestamp": created},
+                "spec": {"hosts": ["api.example.com"], "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
+                         "resolution": "DNS"}}
+
+    store = ConfigStore()
+    store.replace_location("/cfg/se.yaml", [parse_document(se("a-newer", "2025-06-01T00:00:00Z"),
+                                                           Origin("file", "/cfg/se.yaml", 0)),
+                                            parse_document(se("b-older", "2024-06-01T00:00:00Z"),
+                                                           Origin("file", "/cfg/se.yaml", 1))])
+    ads = type("Ads", (), {"connections": lambda s: [], "mesh": None})()
+    resources = from_configz(DebugViews(ads, store).configz(content=True))
+    got = [m.resource.full_name for m in analyze(resources, [BY_NAME["serviceentry.HostConflictAnalyzer"]])]
+    assert got == ["ext/a-newer"]
