@@ -134,6 +134,14 @@ class MeshConfigSource:
             "trustDomainAliases": list(mc.trust_domain_aliases),
             "extensionProviders": [{"name": p.name, "kind": p.kind, "served": p.kind in EXT_AUTHZ_KINDS}
                                    for p in mc.extension_providers],
+            # What proxies receive from it (docs/mesh-config.md), as an operator checks it.
+            "accessLogFile": mc.access_log_file,
+            "accessLogEncoding": mc.access_log_encoding,
+            "enableAutoMtls": mc.enable_auto_mtls,
+            "inboundTrafficPolicy": mc.inbound_traffic_policy,
+            "protocolDetectionTimeout": f"{mc.protocol_detection_timeout.total_nanos / 1e9:g}s",
+            "defaultHttpRetryPolicy": None if mc.default_http_retry_policy is None else {
+                "attempts": mc.default_http_retry_policy.attempts, "retryOn": mc.default_http_retry_policy.retry_on},
             "unread": list(unread_fields(mc) + self.extra),
             "pendingRestart": list(self.pending),
             "error": self.error,

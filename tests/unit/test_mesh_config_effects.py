@@ -374,3 +374,14 @@ def test_meshd_bootstrap_reads_the_mesh_config_and_names_what_has_no_effect(tmp_
     path.write_text("defaultConfig: {concurrency: many}\n")
     bad = meshd_cli("bootstrap", "--mesh-config", str(path), check=False)
     assert bad.returncode == 2 and f"{path}: defaultConfig.concurrency: must be a non-negative integer" in bad.stderr
+
+
+def test_configz_shows_what_proxies_receive_from_the_mesh_config():
+    from controlplane.sources.meshconfig import MeshConfigSource
+
+    src = MeshConfigSource(root_namespace="istio-system")
+    src.apply(parse_mesh_config(_yaml("accessLogFile: /dev/stdout\nenableAutoMtls: false\n"
+                                      "defaultHttpRetryPolicy: {attempts: 3}\nprotocolDetectionTimeout: 100ms")), "test")
+    status = src.status()
+    assert (status["accessLogFile"], status["enableAutoMtls"], status["protocolDetectionTimeout"]) == ("/dev/stdout", False, "0.1s")
+    assert status["defaultHttpRetryPolicy"] == {"attempts": 3, "retryOn": ""} and status["inboundTrafficPolicy"] == "PASSTHROUGH"
