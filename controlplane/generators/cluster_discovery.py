@@ -35,10 +35,11 @@ PASSTHROUGH = "Passthrough"
 DNS = "DNS"
 DNS_ROUND_ROBIN = "DNSRoundRobin"
 
-EDS = cluster_pb2.Cluster.EDS
-STRICT_DNS = cluster_pb2.Cluster.STRICT_DNS
-LOGICAL_DNS = cluster_pb2.Cluster.LOGICAL_DNS
-ORIGINAL_DST = cluster_pb2.Cluster.ORIGINAL_DST
+# Cluster.DiscoveryType values (the Envoy messages have no type stubs: plain ints).
+EDS: int = cluster_pb2.Cluster.EDS
+STRICT_DNS: int = cluster_pb2.Cluster.STRICT_DNS
+LOGICAL_DNS: int = cluster_pb2.Cluster.LOGICAL_DNS
+ORIGINAL_DST: int = cluster_pb2.Cluster.ORIGINAL_DST
 
 # MeshConfig.dnsRefreshRate's default.
 DNS_REFRESH_RATE = duration_pb2.Duration(seconds=60)
@@ -55,7 +56,7 @@ def passthrough(svc: Service) -> bool:
     return svc.headless or svc.resolution == PASSTHROUGH
 
 
-def discovery_type(svc: Service, proxy: Proxy) -> cluster_pb2.Cluster.DiscoveryType.ValueType:
+def discovery_type(svc: Service, proxy: Proxy) -> int:
     if svc.resolution == DNS:
         return STRICT_DNS
     if svc.resolution == DNS_ROUND_ROBIN:
