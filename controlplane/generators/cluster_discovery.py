@@ -85,7 +85,7 @@ def apply_dns(cluster: cluster_pb2.Cluster, proxy: Proxy) -> None:
     most 100 queries per UDP channel (PILOT_DNS_CARES_UDP_MAX_QUERIES), refreshes
     jittered by up to 100 ms (PILOT_DNS_JITTER_DURATION)."""
     cluster.dns_lookup_family = (
-        cluster_pb2.Cluster.V6_ONLY if _is_ipv6(proxy.ip) else cluster_pb2.Cluster.V4_ONLY
+        cluster_pb2.Cluster.V6_ONLY if is_ipv6(proxy.ip) else cluster_pb2.Cluster.V4_ONLY
     )
     cluster.typed_dns_resolver_config.CopyFrom(_CARES)
     cluster.dns_jitter.CopyFrom(DNS_JITTER)
@@ -93,7 +93,7 @@ def apply_dns(cluster: cluster_pb2.Cluster, proxy: Proxy) -> None:
     cluster.respect_dns_ttl = True
 
 
-def _is_ipv6(address: str) -> bool:
+def is_ipv6(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).version == 6
     except ValueError:

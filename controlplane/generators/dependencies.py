@@ -56,7 +56,6 @@ from .inputs import (
     ENDPOINTS,
     INSTANCES,
     JWKS,
-    KNOWN_KINDS,
     MESH_CONFIG,
     MESH_VERSION,
     OTHER,
@@ -65,7 +64,9 @@ from .inputs import (
     REQUEST_AUTHENTICATION,
     SECRET,
     SERVICE,
+    SERVICE_ENTRY,
     STANDS_FOR,
+    input_of,
     stands_for,
 )
 
@@ -84,6 +85,7 @@ _DR_SELECTORS = Index[tuple[Any, ...], tuple[Any, ...]]("DestinationRule selecto
 _DR_CREDENTIALS = Value[bool]("some DestinationRule names a credentialName", CONFIG)
 _NAMESPACE_SECRETS = Value[dict[str, str]]("digest of the Secrets per namespace", CONFIG)
 _SOURCE_LABELS = Value[bool]("some VirtualService matches sourceLabels", CONFIG)
+_DNS_HOSTS = Value[bool]("some service is resolved by DNS", CONFIG)
 _SELECTOR_POLICY_NAMESPACES = Value[frozenset[str]]("namespaces with a selector PeerAuthentication", CONFIG)
 _POLICIES = Index[tuple[Any, ...], tuple[Any, ...]]("effective PeerAuthentication of a workload", CONFIG)
 _NAMESPACE_MODES = Index[str, str]("namespace PeerAuthentication mode", CONFIG)
@@ -163,7 +165,7 @@ def _kind_digests(mesh: MeshSnapshot) -> dict[str, str]:
     by_kind: dict[str, list[str]] = {}
     for key, obj in mesh.config.objects.items():
         if key.kind != ENDPOINT_SLICE:
-            by_kind.setdefault(key.kind if key.kind in KNOWN_KINDS else OTHER, []).append(_object_line(key, obj))
+            by_kind.setdefault(input_of(key.kind), []).append(_object_line(key, obj))
     # The mesh config (root namespace, trust domain, providers) can change any output:
     # it counts as an unanalysed input, like the kinds under OTHER.
     by_kind.setdefault(OTHER, []).append(f"meshconfig={mesh.mesh_config!r}")
@@ -376,6 +378,18 @@ def _namespace_secrets(mesh: MeshSnapshot) -> dict[str, str]:
 
 
 @stands_for()
+def dns_hosts(mesh: MeshSnapshot) -> bool:
+    """Whether some service is resolved by DNS (ServiceEntry DNS, DNS_ROUND_ROBIN): only
+    then do outbound clusters read the proxy's IP family and, for the endpoints they
+    carry, its locality (cluster_discovery.py)."""
+    got = mesh.indexes.get(_DNS_HOSTS)
+    if got is None:
+        got = mesh.indexes.value(_DNS_HOSTS, lambda: any(
+            s.resolution in ("DNS", "DNSRoundRobin") for s in mesh.services.values()))
+    return got
+
+
+@stands_for()
 def uses_source_labels(mesh: MeshSnapshot) -> bool:
     """Whether any VirtualService matches on `sourceLabels`: only then do a sidecar's
     routes (and TCP listeners) depend on its labels."""
@@ -469,11 +483,20 @@ def client_mesh_settings(mesh: MeshSnapshot) -> str:
 
 @stands_for(SERVICE)
 def service_generation(mesh: MeshSnapshot, host: str) -> str:
+    """The generation of the objects defining `host`: its Kubernetes Service, and every
+    ServiceEntry naming it (the one whose Service the mesh keeps, and those it hides)."""
     generations = mesh.indexes.get(_SERVICE_GENERATIONS)
     if generations is None:
-        generations = mesh.indexes.value(_SERVICE_GENERATIONS, lambda: {
-            names.fqdn(obj.name, obj.namespace): obj.generation for obj in mesh.config.of_kind(SERVICE)})
+        generations = mesh.indexes.value(_SERVICE_GENERATIONS, _service_generations, mesh)
     return generations.get(host, "")
+
+
+def _service_generations(mesh: MeshSnapshot) -> dict[str, str]:
+    out = {names.fqdn(obj.name, obj.namespace): obj.generation for obj in mesh.config.of_kind(SERVICE)}
+    for obj in mesh.config.of_kind(SERVICE_ENTRY):
+        for host in dict.fromkeys(obj.typed.hosts):
+            out[host] = f"{out[host]}+{obj.generation}" if host in out else obj.generation
+    return out
 
 
 @stands_for(AUTHORIZATION_POLICY, REQUEST_AUTHENTICATION, JWKS, MESH_CONFIG, SERVICE)

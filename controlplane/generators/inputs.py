@@ -24,6 +24,14 @@ VIRTUAL_SERVICE = kinds.VIRTUAL_SERVICE.kind
 DESTINATION_RULE = kinds.DESTINATION_RULE.kind
 PEER_AUTHENTICATION = kinds.PEER_AUTHENTICATION.kind
 SERVICE = kinds.SERVICE.kind
+# The registry's services are Kubernetes Services and ServiceEntries (model/service_entries.py):
+# a ServiceEntry counts as a change of SERVICE (input_of), so whatever reads services reads
+# both. WorkloadEntries (and the Pods a ServiceEntry selects) are endpoints: read only
+# through the endpoint fingerprints (ENDPOINTS, ENDPOINT_FACTS, INSTANCES), like
+# EndpointSlices. WorkloadGroups are read by auto-registration only, no generator.
+SERVICE_ENTRY = kinds.SERVICE_ENTRY.kind
+WORKLOAD_ENTRY = kinds.WORKLOAD_ENTRY.kind
+WORKLOAD_GROUP = kinds.WORKLOAD_GROUP.kind
 # Secrets are read only as credentials (model/credentials.py): by the SDS builder, by
 # gateway listeners (credentialName servers) and by clusters whose DestinationRule names
 # a `credentialName` (through namespace_secrets, so a Secret change leaves everything
@@ -32,6 +40,7 @@ SECRET = kinds.SECRET.kind
 NODE = kinds.NODE.kind
 ENDPOINT_SLICE = kinds.ENDPOINT_SLICE.kind
 ENDPOINT_KINDS = frozenset({ENDPOINT_SLICE, kinds.POD.kind, NODE})
+REGISTRY_KINDS = frozenset({SERVICE_ENTRY, WORKLOAD_ENTRY, WORKLOAD_GROUP})
 # Authorization and request authentication: read by the inbound listener of a sidecar and
 # by gateway listeners only (generators/security_filters.py).
 AUTHORIZATION_POLICY = kinds.AUTHORIZATION_POLICY.kind
@@ -39,7 +48,14 @@ REQUEST_AUTHENTICATION = kinds.REQUEST_AUTHENTICATION.kind
 SECURITY_KINDS = (AUTHORIZATION_POLICY, REQUEST_AUTHENTICATION)
 # Kinds whose readers are declared precisely (parts.py).
 KNOWN_KINDS = frozenset({GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, SECRET,
-                         *SECURITY_KINDS}) | ENDPOINT_KINDS
+                         *SECURITY_KINDS}) | ENDPOINT_KINDS | REGISTRY_KINDS
+# Kinds counted as another input (their own fingerprint is that input's).
+_COUNTED_AS = {SERVICE_ENTRY: SERVICE}
+
+
+def input_of(kind: str) -> str:
+    """The input a change of an object of `kind` is a change of."""
+    return _COUNTED_AS.get(kind, kind) if kind in KNOWN_KINDS else OTHER
 
 OTHER = "*other*"
 MESH_VERSION = "*mesh*"  # the whole snapshot: for output nobody has analysed

@@ -46,10 +46,8 @@ from .inputs import (
     GATEWAY,
     INSTANCES,
     JWKS,
-    KNOWN_KINDS,
     MESH_CONFIG,
     MESH_VERSION,
-    OTHER,
     PEER_AUTHENTICATION,
     PROXY_LOCALITY,
     REQUEST_AUTHENTICATION,
@@ -57,6 +55,8 @@ from .inputs import (
     SERVICE,
     STANDS_FOR,
     VIRTUAL_SERVICE,
+    WORKLOAD_ENTRY,
+    input_of,
 )
 from .parts import Part, ResourceCache
 
@@ -73,11 +73,13 @@ class By:
 
 
 def _endpoints_of(mesh: MeshSnapshot, hostname: str, port: int) -> tuple[str, ...]:
-    # Non-EDS output may read the endpoints of headless services and of services with a
-    # named targetPort (ENDPOINT_FACTS digests them whole); of the others, EDS only.
+    # Non-EDS output may read the endpoints of headless services, of services with a
+    # named targetPort and of ServiceEntry hosts resolved by DNS or passed through (their
+    # clusters carry them): ENDPOINT_FACTS digests them whole; of the others, EDS only.
     svc = mesh.services.get(hostname)
     named = svc is not None and any(isinstance(p.target_port, str) and not p.target_port.isdigit() for p in svc.ports)
-    return (ENDPOINT_FACTS,) if svc is not None and (svc.headless or named) else (ENDPOINTS,)
+    inline = svc is not None and svc.resolution in ("DNS", "DNSRoundRobin", "Passthrough")
+    return (ENDPOINT_FACTS,) if svc is not None and (svc.headless or named or inline) else (ENDPOINTS,)
 
 
 def _secrets_of(mesh: MeshSnapshot, namespace: str, *args: Any) -> tuple[str, ...]:
@@ -98,6 +100,9 @@ READS: dict[str, tuple[str, ...] | By] = {
     "_instances_by_ip": (INSTANCES,),
     "instances_for": (INSTANCES,),
     "_pods": (PROXY_LOCALITY,),
+    # The WorkloadEntries as build_mesh read them: output reads them through endpoints only.
+    "_workloads": (WORKLOAD_ENTRY,),
+    "hidden_services": (SERVICE,),
     "proxy_locality": (PROXY_LOCALITY,),
     "gateways": (GATEWAY,),
     "gateways_for": (GATEWAY,),
@@ -151,17 +156,17 @@ _current: Ledger | None = None
 
 
 class RecordingConfig:
-    """The snapshot's ConfigSnapshot: objects read by kind are that kind's input."""
+    """The snapshot's ConfigSnapshot: objects read by kind are that kind's input (inputs.input_of)."""
 
     def __init__(self, config: ConfigSnapshot, ledger: Ledger):
         self._config, self._ledger = config, ledger
 
     def of_kind(self, kind: str) -> list[Any]:
-        self._ledger.record(kind if kind in KNOWN_KINDS else OTHER)
+        self._ledger.record(input_of(kind))
         return self._config.of_kind(kind)
 
     def get(self, kind: str, namespace: str, name: str) -> Any:
-        self._ledger.record(kind if kind in KNOWN_KINDS else OTHER)
+        self._ledger.record(input_of(kind))
         return self._config.get(kind, namespace, name)
 
     def __getattr__(self, name: str) -> Any:

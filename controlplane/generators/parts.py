@@ -34,9 +34,10 @@ from ..model.indexes import Value
 from ..model.locality import NO_LOCALITY
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
-from . import auto_mtls, clusters, endpoints, listeners, locality_lb
+from . import auto_mtls, cluster_discovery, clusters, endpoints, listeners, locality_lb
 from .dependencies import (
     client_mesh_settings,
+    dns_hosts,
     dr_selectors,
     endpoint_facts,
     fingerprints,
@@ -178,7 +179,16 @@ def _client_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
     # want of a credential by the Secrets of the namespace (only if a rule names one).
     secrets = namespace_secrets(mesh, proxy.namespace) if uses_dr_credentials(mesh) else None
     selectors = dr_selectors(mesh, proxy.namespace, proxy.labels, proxy.label_key)
-    return (proxy.type, proxy.namespace, proxy.workload_cert, selectors, secrets)
+    return (proxy.type, proxy.namespace, proxy.workload_cert, selectors, secrets,
+            _dns_scope(mesh, proxy) if dns_hosts(mesh) else None)
+
+
+def _dns_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
+    # DNS clusters (cluster_discovery.py) look names up in the proxy's IP family and carry
+    # their endpoints for the proxy's locality (clusters.outbound_cluster reads the mesh's
+    # placement of the proxy whether or not a rule makes it matter).
+    by_labels = locality_inputs(mesh)[1]
+    return (cluster_discovery.is_ipv6(proxy.ip), mesh.proxy_locality(proxy), proxy.label_key if by_labels else None)
 
 
 def _cluster_key(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> tuple[Any, ...]:
@@ -189,6 +199,9 @@ def _cluster_key(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> tuple
         (rule.namespace, rule.name, rule.generation) if rule is not None else None,
         service_accounts(mesh, svc.hostname), namespace_mode(mesh, svc.namespace),
         endpoint_facts(mesh) if svc.headless else "",
+        # A DNS cluster carries its endpoints (ENDPOINT_FACTS digests them) and reads the proxy.
+        (endpoint_facts(mesh), cluster_discovery.is_ipv6(proxy.ip), proxy_locality(mesh, proxy),
+         _locality_key(mesh, proxy, oc)) if cluster_discovery.is_dns(svc) else None,
     )
     # (A cluster whose credential cannot be served is left out before it is built, so
     # the Secrets never reach this key: the part's scope carries them.)
@@ -297,14 +310,14 @@ def _endpoints_of_hosts(mesh: MeshSnapshot, proxy: Proxy, cache: ResourceCache,
         svc = mesh.services.get(host)
         out[host] = [] if svc is None else [
             _assignment(mesh, proxy, oc, cache) for oc in service_clusters(mesh, proxy, svc)
-            if not auto_mtls.original_dst(oc, proxy)]
+            if cluster_discovery.uses_eds(oc.service, proxy)]
     return out
 
 
 @part("sidecar-endpoints", names.ENDPOINT, CLIENT_DEPS, _eds_scope, endpoints=True, update_hosts=_endpoints_of_hosts)
 def ENDPOINTS(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: ResourceCache) -> list[Resource]:
     return [_assignment(mesh, proxy, oc, cache) for oc in outbound_clusters(mesh, proxy)
-            if not auto_mtls.original_dst(oc, proxy)]
+            if cluster_discovery.uses_eds(oc.service, proxy)]
 
 
 # --- sidecar listeners -----------------------------------------------------------------

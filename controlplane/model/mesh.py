@@ -555,11 +555,11 @@ def _report_hidden(hidden: list[Service], services: Mapping[str, Service]) -> No
         current.add(key)
         if key not in _reported_hidden:
             holder = services[svc.hostname]
+            why = "a Kubernetes Service wins" if holder.source != svc.source else "the older one wins"
             log.warning("service host conflict", host=svc.hostname, namespace=svc.namespace, ignored="ServiceEntry",
-                        kept=f"{holder.source} {holder.namespace}/{holder.name}",
+                        kept=f"{holder.source} in {holder.namespace}",
                         message=f"ServiceEntry host {svc.hostname} in namespace {svc.namespace} is ignored: "
-                                f"{holder.source} {holder.namespace}/{holder.name} defines it "
-                                + ("(a Kubernetes Service wins)" if holder.source != svc.source else "(the older one wins)"))
+                                f"a {holder.source} in namespace {holder.namespace} defines it ({why})")
     _reported_hidden = current
 
 

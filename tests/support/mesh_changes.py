@@ -8,7 +8,10 @@ location per slot, as the directory source keeps a file) and builds each new sna
 from the previous one with the changed keys, as MeshBuilder does, so an EndpointSlice
 change takes build_mesh's fast path. Every kind the generators serve is here: Services,
 Pods, EndpointSlices, Nodes, VirtualServices, DestinationRules, PeerAuthentications,
-AuthorizationPolicies, RequestAuthentications, Gateways and Secrets.
+AuthorizationPolicies, RequestAuthentications, Gateways, Secrets, ServiceEntries (each
+resolution, a workloadSelector, a host a Kubernetes Service or an older ServiceEntry
+holds), WorkloadEntries (selected by a ServiceEntry or by the Kubernetes Service cart)
+and a WorkloadGroup.
 
 Namespaces: `shop` (cart, with two versions; db, headless), `web` (front, a client with
 DestinationRules of its own), `istio-system` (the root namespace and the ingress gateway).
@@ -101,7 +104,17 @@ spec:
 {servers}"""
 
 
+def _service_entry(name: str, ns: str, body: str, created: str = "") -> str:
+    stamp = f", creationTimestamp: \"{created}\"" if created else ""
+    return f"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {ns}{stamp}}}\nspec:\n{body}"
+
+
+def _workload_entry(body: str) -> str:
+    return f"apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: vm-1, namespace: shop}}\nspec:\n{body}"
+
+
 HTTP_SERVER = "  - {port: {number: 80, name: http, protocol: HTTP}, hosts: [\"shop.example.com\"]}\n"
+SE_PORTS = "  ports: [{number: 443, name: https, protocol: TLS}, {number: 80, name: http, protocol: HTTP}]\n"
 SUBSETS = "  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n"
 
 
@@ -256,6 +269,42 @@ def slots() -> dict[str, tuple[str, ...]]:
                      "    tls: {httpsRedirect: true}\n"),
         ),
         "secret/istio-system/gw-cred": (gw_a, gw_b),
+        "serviceentry/shop/payments": (
+            _service_entry("payments", "shop", "  hosts: [api.payments.example]\n  addresses: [240.0.0.10]\n" + SE_PORTS
+                           + "  resolution: STATIC\n  endpoints:\n  - {address: 192.0.2.10}\n"
+                           "  - {address: 192.0.2.11, weight: 3, locality: r2/z2, labels: {version: v2}}\n",
+                           created="2024-01-01T00:00:00Z"),
+            _service_entry("payments", "shop", "  hosts: [api.payments.example]\n" + SE_PORTS + "  resolution: DNS\n"),
+            _service_entry("payments", "shop", "  hosts: [vm.shop.internal]\n  location: MESH_INTERNAL\n"
+                           "  ports: [{number: 8080, name: http, protocol: HTTP, targetPort: 9080}]\n"
+                           "  resolution: STATIC\n  workloadSelector: {labels: {app: vm}}\n"),
+            _service_entry("payments", "shop", "  hosts: [db.payments.example]\n  addresses: [203.0.113.0/24]\n"
+                           "  ports: [{number: 5432, name: tcp, protocol: TCP}]\n  resolution: NONE\n"),
+            _service_entry("payments", "shop", "  hosts: [api.payments.example]\n"
+                           "  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: DNS_ROUND_ROBIN\n"
+                           "  endpoints: [{address: lb.payments.example}]\n"),
+            _service_entry("payments", "shop", "  hosts: [cart.shop.svc.cluster.local]\n  location: MESH_INTERNAL\n"
+                           "  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n"
+                           "  endpoints: [{address: 10.1.0.99, serviceAccount: cart}]\n"),
+        ),
+        # The same host from another namespace, older: it holds the host (istiod's rule).
+        "serviceentry/web/payments": (
+            _service_entry("payments", "web", "  hosts: [api.payments.example]\n"
+                           "  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n"
+                           "  endpoints: [{address: 192.0.2.20}]\n", created="2020-01-01T00:00:00Z"),
+        ),
+        "workloadentry/shop/vm-1": (
+            _workload_entry("  address: 10.3.0.5\n  labels: {app: vm, version: v1}\n  serviceAccount: vm\n"
+                            "  ports: {http: 9090}\n"),
+            _workload_entry("  address: 10.3.0.5\n  labels: {app: cart, version: v1}\n  serviceAccount: vm\n"),
+            _workload_entry("  address: 10.3.0.5\n  labels: {app: vm}\n  serviceAccount: vm\n  network: net-2\n  locality: r2/z2\n"
+                            "  weight: 5\n"),
+            _workload_entry("  address: 10.3.0.6\n  labels: {app: vm, version: v1}\n  serviceAccount: vm\n"),
+        ),
+        "workloadgroup/shop/vm": (
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: vm, namespace: shop}\n"
+            "spec: {metadata: {labels: {app: vm}}, template: {serviceAccount: vm}}\n",
+        ),
         "secret/web/client-cred": (client_ca, client_plain),
     }
 
@@ -273,8 +322,10 @@ FRONT_1 = _node_of("front-1", "10.2.0.10", "web", {"app": "front", "security.ist
 # workloadSelectors) does not select it. No pod of the mesh is behind it.
 ADMIN_1 = _node_of("admin-1", "10.2.0.20", "web", {"app": "admin", "security.istio.io/tlsMode": "istio"}, "admin")
 GATEWAY = _node_of("gw-1", "10.0.0.2", "istio-system", {"istio": "ingressgateway"}, "gateway", kind="router")
+# The sidecar of the WorkloadEntry vm-1 (a VM: no Pod).
+VM_1 = _node_of("vm-1", "10.3.0.5", "shop", {"app": "vm", "version": "v1"}, "vm")
 # Every proxy, and the client one again without a workload certificate (plaintext xDS).
-PROXIES = (CART_1, CART_2, DB_0, FRONT_1, ADMIN_1, GATEWAY, dataclasses.replace(FRONT_1, workload_cert=False))
+PROXIES = (CART_1, CART_2, DB_0, FRONT_1, ADMIN_1, GATEWAY, VM_1, dataclasses.replace(FRONT_1, workload_cert=False))
 
 
 @dataclass(frozen=True)

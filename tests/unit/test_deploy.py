@@ -140,6 +140,7 @@ def test_rbac_is_least_privilege(docs):
     # meshd registers for WorkloadGroup members (docs/vm.md)
     writes = {(g.resource, g.verb) for g in grants if g.group.endswith("istio.io") and g.verb not in ("list", "watch")}
     assert writes == {("workloadentries", v) for v in ("get", "create", "update", "delete")} | {(f"{p}/status", "patch") for p in ("gateways", "virtualservices", "destinationrules", "sidecars",
+                                                         "serviceentries", "workloadentries", "workloadgroups",
                                                          "peerauthentications", "authorizationpolicies",
                                                          "requestauthentications")}
     # every kind the Kubernetes source lists and watches, the reported-only ones included

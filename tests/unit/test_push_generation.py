@@ -340,3 +340,56 @@ def test_whole_responses_are_joined_once_per_group_and_bounded():
         shared.get(group, "v2", f"n{i}", make(b"e"))
     assert shared.size <= 1000
     assert shared.get(group, "v1", "n1", make(b"f")) == b"f" * 100  # evicted, made again
+
+
+# ServiceEntry and WorkloadEntry changes (tests/support/mesh_changes.py slots), in order.
+REGISTRY_WALK = [
+    ("a STATIC entry and a WorkloadEntry", [("serviceentry/shop/payments", 0), ("workloadentry/shop/vm-1", 0)]),
+    ("the entry selects the WorkloadEntry (app: vm)", [("serviceentry/shop/payments", 2)]),
+    ("the WorkloadEntry's network, locality and weight", [("workloadentry/shop/vm-1", 2)]),
+    ("the WorkloadEntry moves to another address", [("workloadentry/shop/vm-1", 3)]),
+    ("the WorkloadEntry joins the Kubernetes Service cart", [("workloadentry/shop/vm-1", 1)]),
+    ("DNS", [("serviceentry/shop/payments", 1)]),
+    ("DNS_ROUND_ROBIN", [("serviceentry/shop/payments", 4)]),
+    ("NONE with a CIDR", [("serviceentry/shop/payments", 3)]),
+    ("the host of the Service cart: hidden", [("serviceentry/shop/payments", 5)]),
+    ("the Service goes: the entry holds the host", [("service/shop/cart", None)]),
+    ("an older entry in another namespace holds api.payments.example",
+     [("service/shop/cart", 0), ("serviceentry/web/payments", 0), ("serviceentry/shop/payments", 0)]),
+    ("the older one goes", [("serviceentry/web/payments", None)]),
+    ("a WorkloadGroup", [("workloadgroup/shop/vm", 0)]),
+    ("all gone", [("serviceentry/shop/payments", None), ("workloadentry/shop/vm-1", None),
+                  ("workloadgroup/shop/vm", None)]),
+]
+
+
+def test_composed_output_equals_the_builders_across_registry_changes():
+    """Every ServiceEntry resolution, a WorkloadEntry selected by an entry and by a
+    Kubernetes Service, host conflicts: one long-lived Generator equals the plain builders
+    after each step, for every proxy (the VM's sidecar among them)."""
+    registry = ("serviceentry/", "workloadentry/", "workloadgroup/")
+    world = mesh_changes.World({s: v for s, v in mesh_changes.everything().items() if not s.startswith(registry)})
+    g = Generator()
+    for what, step in REGISTRY_WALK:
+        m = world.apply([mesh_changes.Change(slot, variant) for slot, variant in step])
+        for proxy in mesh_changes.PROXIES:
+            for t in (*TYPES, names.SECRET):
+                assert got(g, m, proxy, t) == expected(m, proxy, t), (what, proxy.id, proxy.workload_cert, names.SHORT[t])
+
+
+def test_a_workload_entry_change_rebuilds_only_what_reads_it():
+    """A WorkloadEntry behind a STATIC entry changes its weight and locality: the entry's
+    assignment changes, nothing else any proxy holds (clusters, listeners, routes keep
+    their keys); a ServiceEntry change is a change of the services."""
+    world = mesh_changes.World({**mesh_changes.everything(), "serviceentry/shop/payments": 2, "workloadentry/shop/vm-1": 0})
+    world.apply([mesh_changes.Change("serviceentry/web/payments", None)])
+    g = Generator()
+    before = world.mesh
+    after = world.apply([mesh_changes.Change("workloadentry/shop/vm-1", 2)])
+    client = mesh_changes.FRONT_1
+    for t in (names.CLUSTER, names.LISTENER, names.ROUTE):
+        assert g.key(before, client, t) == g.key(after, client, t), names.SHORT[t]
+    changed, removed = changes(g.generate(before, client, names.ENDPOINT), g.generate(after, client, names.ENDPOINT))
+    assert changed == {"outbound|8080||vm.shop.internal"} and not removed
+    moved = world.apply([mesh_changes.Change("serviceentry/shop/payments", 1)])
+    assert g.key(after, client, names.CLUSTER) != g.key(moved, client, names.CLUSTER)
