@@ -49,7 +49,7 @@ def stats_config(pc: ProxyConfig) -> dict[str, Any]:
 def node_metadata(pc: ProxyConfig) -> dict[str, Any]:
     """Node metadata from ProxyConfig: `PROXY_CONFIG`, and the ISTIO_META_ entries of
     proxyMetadata (their key without the prefix)."""
-    out: dict[str, Any] = {k[len(META_PREFIX):]: v for k, v in sorted(pc.proxy_metadata.items())
+    out: dict[str, Any] = {k[len(META_PREFIX):]: v for k, v in pc.proxy_metadata
                            if k.startswith(META_PREFIX) and len(k) > len(META_PREFIX)}
     config: dict[str, Any] = {
         "concurrency": pc.concurrency,
@@ -58,7 +58,7 @@ def node_metadata(pc: ProxyConfig) -> dict[str, Any]:
         "holdApplicationUntilProxyStarts": pc.hold_application_until_proxy_starts,
     }
     if pc.proxy_metadata:
-        config["proxyMetadata"] = dict(sorted(pc.proxy_metadata.items()))
+        config["proxyMetadata"] = dict(pc.proxy_metadata)
     m = pc.stats_matcher
     if m:
         config["proxyStatsMatcher"] = {k: list(v) for k, v in (("inclusionPrefixes", m.inclusion_prefixes),
@@ -70,7 +70,7 @@ def node_metadata(pc: ProxyConfig) -> dict[str, Any]:
 
 def ignored_metadata(pc: ProxyConfig) -> list[str]:
     """proxyMetadata entries that configure pilot-agent: no agent here, no effect."""
-    return sorted(k for k in pc.proxy_metadata if not k.startswith(META_PREFIX))
+    return sorted(k for k, _ in pc.proxy_metadata if not k.startswith(META_PREFIX))
 
 
 def envoy_args(pc: ProxyConfig) -> list[str]:

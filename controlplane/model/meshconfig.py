@@ -65,7 +65,7 @@ class ProxyConfig:
     termination_drain_duration: Duration = Duration(5_000_000_000)
     stats_matcher: StatsMatcher = StatsMatcher()
     hold_application_until_proxy_starts: bool = False
-    proxy_metadata: Mapping[str, str] = field(default_factory=dict)
+    proxy_metadata: tuple[tuple[str, str], ...] = ()  # sorted (key, value): the config stays hashable
     unread: tuple[str, ...] = ()  # ProxyConfig fields present that meshd does not act on
 
 
@@ -244,7 +244,7 @@ def _proxy_config(raw: Any) -> ProxyConfig:
             _strings(matcher.get("inclusionPrefixes"), where + "proxyStatsMatcher.inclusionPrefixes"),
             _strings(matcher.get("inclusionSuffixes"), where + "proxyStatsMatcher.inclusionSuffixes"), regexps),
         hold_application_until_proxy_starts=hold,
-        proxy_metadata=dict(metadata),
+        proxy_metadata=tuple(sorted(metadata.items())),
         unread=tuple(sorted(k for k in raw if k not in PROXY_CONFIG_FIELDS)),
     )
 
