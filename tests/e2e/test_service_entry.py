@@ -22,7 +22,9 @@ namespace `apps` calls hosts that are no Kubernetes Service:
   the host (its own hosts file) and calls it; for `gw-secure.external.test` the gateway
   originates the TLS (Istio's egress gateway TLS origination task); the application's own
   HTTPS to `pass.external.test` is routed by SNI to the gateway, which passes it through
-  (Gateway `tls.mode: PASSTHROUGH`, VirtualService `tls` routes).
+  (Gateway `tls.mode: PASSTHROUGH`, VirtualService `tls` routes); for
+  `mtls.external.test` the sidecar talks Istio mTLS to the gateway (a DestinationRule
+  subset with ISTIO_MUTUAL and sni, a Gateway HTTPS server with ISTIO_MUTUAL).
 `meshd proxy-config cluster` shows each resolution's cluster type. Every Envoy rejects
 nothing.
 """
@@ -226,13 +228,45 @@ def egress(ca_path: Path) -> str:
           - port: {{number: 443, name: tls, protocol: TLS}}
             hosts: [pass.external.test]
             tls: {{mode: PASSTHROUGH}}
+          - port: {{number: 443, name: https, protocol: HTTPS}}
+            hosts: [mtls.external.test]
+            tls: {{mode: ISTIO_MUTUAL}}
         ---
         apiVersion: networking.istio.io/v1
         kind: DestinationRule
         metadata: {{name: egressgateway-for-edition, namespace: {NS}}}
         spec:
           host: istio-egressgateway.istio-system.svc.cluster.local
-          subsets: [{{name: edition}}]
+          subsets:
+          - {{name: edition}}
+          - name: mtls
+            trafficPolicy:
+              portLevelSettings:
+              - port: {{number: 443}}
+                tls: {{mode: ISTIO_MUTUAL, sni: mtls.external.test}}
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {{name: mtls, namespace: {NS}}}
+        spec:
+          hosts: [mtls.external.test]
+          location: MESH_EXTERNAL
+          resolution: DNS
+          ports: [{{number: 80, name: http, protocol: HTTP}}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {{name: direct-mtls-through-egress-gateway, namespace: {NS}}}
+        spec:
+          hosts: [mtls.external.test]
+          gateways: [istio-egressgateway, mesh]
+          http:
+          - match: [{{gateways: [mesh], port: 80}}]
+            route:
+            - destination: {{host: istio-egressgateway.istio-system.svc.cluster.local, subset: mtls, port: {{number: 443}}}}
+          - match: [{{gateways: [istio-egressgateway], port: 443}}]
+            route:
+            - destination: {{host: mtls.external.test, port: {{number: 80}}}}
         """) + "".join(textwrap.dedent(f"""
         ---
         apiVersion: networking.istio.io/v1
@@ -375,12 +409,12 @@ def bed(tmp_path_factory):
             netns_dirs.append(write_netns_files(pods["internal"].netns, {}))
             netns_dirs.append(write_netns_files(pods["egress"].netns, {
                 "edition.external.test": pods["edition"].ip, "gw-secure.external.test": pods["secure"].ip,
-                "pass.external.test": pods["secure"].ip}))
+                "pass.external.test": pods["secure"].ip, "mtls.external.test": pods["edition"].ip}))
             with meshd(config_dir, work) as cp:
                 client, egress, internal = pods["client"], pods["egress"], pods["internal"]
                 client.forward_to_host(cp.secure_port, pod_port=15012)
                 internal.forward_to_host(cp.secure_port, pod_port=15012)
-                egress.forward_to_host(cp.xds_port, pod_port=15010)
+                egress.forward_to_host(cp.secure_port, pod_port=15012)
                 client_boot = bootstrap(work, "client", [
                     "--type", "sidecar", "--namespace", NS, "--service-account", "client", "--pod", "client-0",
                     "--ip", client.ip, "--labels", "app=client,security.istio.io/tlsMode=istio",
@@ -391,7 +425,8 @@ def bed(tmp_path_factory):
                     "--xds-address", "127.0.0.1:15012", "--ca-dir", str(cp.ca_dir)])
                 egress_boot = bootstrap(work, "egress", [
                     "--type", "router", "--namespace", "istio-system", "--pod", "istio-egressgateway-0",
-                    "--ip", egress.ip, "--labels", "istio=egressgateway", "--xds-address", "127.0.0.1:15010"])
+                    "--service-account", "istio-egressgateway", "--ip", egress.ip, "--labels", "istio=egressgateway",
+                    "--xds-address", "127.0.0.1:15012", "--ca-dir", str(cp.ca_dir)])
                 envoys = {"client": client.start_envoy(client_boot, admin_port=15000),
                           "internal": internal.start_envoy(internal_boot, admin_port=15000),
                           "egress": egress.start_envoy(egress_boot, admin_port=15000)}
@@ -500,3 +535,15 @@ def test_mesh_internal_entry_is_called_with_mutual_tls(bed):
     # A MESH_EXTERNAL host never gets Istio mTLS: the legacy server answered in plaintext.
     assert bed.envoys["client"].stats("legacy.external.test.ssl.handshake").get(
         "cluster.outbound|80||legacy.external.test.ssl.handshake", 0) == 0
+
+
+def test_sidecar_to_egress_gateway_is_istio_mutual_tls(bed):
+    # Istio's egress gateway task with mTLS between sidecar and gateway: the rule's subset
+    # sends ISTIO_MUTUAL (sni mtls.external.test) to the gateway's HTTPS server, which
+    # requires the client's mesh certificate, then calls the host in plain HTTP.
+    got = body(bed.get("mtls.external.test", "/mtls"))
+    assert got["pod"] == "edition" and got["path"] == "/mtls"
+    assert got["peer"].split(":")[0] == bed.pods["egress"].ip
+    stats = bed.envoys["client"].stats("istio-egressgateway.istio-system.svc.cluster.local.ssl.handshake")
+    assert stats.get("cluster.outbound|443|mtls|istio-egressgateway.istio-system.svc.cluster.local.ssl.handshake",
+                     0) >= 1, stats
