@@ -85,9 +85,10 @@ class Generator:
         for part in self.parts(proxy, type_url):
             k = part.key(mesh, proxy)
             if part.endpoints:
-                # Every host's endpoints in one string: the EDS key changes with any endpoint,
-                # while the per-cluster cache inside the part rebuilds only the changed hosts'.
-                k += (dep.all_endpoints(mesh),)
+                # The endpoints of every host the proxy sees in one string: the EDS key changes
+                # with any of them, while the per-cluster cache inside the part rebuilds only
+                # the changed hosts'.
+                k += (dep.seen_endpoints(mesh, proxy),)
             out.append(k)
         return tuple(out)
 
@@ -155,7 +156,10 @@ class Generator:
         if len(prev_key) != len(key) or prev_key[0] != key[0]:
             return None
         rules_changed = False
-        for name, old, new in zip(part.deps, prev_key[2], key[2], strict=True):
+        n = len(part.deps)
+        if prev_key[2][n:] != key[2][n:]:
+            return None  # what the proxy sees changed (Part.view)
+        for name, old, new in zip(part.deps, prev_key[2][:n], key[2][:n], strict=True):
             if old != new:
                 if name not in _PER_HOST_DEPS:
                     return None

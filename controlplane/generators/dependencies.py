@@ -65,6 +65,7 @@ from .inputs import (
     SECRET,
     SERVICE,
     SERVICE_ENTRY,
+    SIDECAR_SCOPE,
     STANDS_FOR,
     input_of,
     stands_for,
@@ -103,6 +104,9 @@ _ENDPOINT_FACTS = Value[str]("digest of what non-EDS output reads of endpoints",
 _HEADLESS_IPS = Value[frozenset[str]]("endpoint addresses of headless services", SNAPSHOT)
 _LOCALIZED_HOSTS = Value[frozenset[str]]("hosts with an endpoint in a known locality", SNAPSHOT)
 _LOCALITY_INPUTS = Value[tuple[bool, bool]]("assignments read the proxy's locality, labels", SNAPSHOT)
+_HOST_FACTS = Index[str, str]("what non-EDS output reads of a host's endpoints", HOST)
+_SCOPED_FACTS = Index[str, str]("endpoint facts of the hosts of a sidecar scope", SNAPSHOT)
+_SCOPED_ENDPOINTS = Index[str, str]("digest of the endpoints of the hosts of a sidecar scope", SNAPSHOT)
 
 
 def _digest(parts: Iterable[str]) -> str:
@@ -479,6 +483,52 @@ def client_mesh_settings(mesh: MeshSnapshot) -> str:
     domain aliases its SANs carry, the default locality load balancing)."""
     mc = mesh.mesh_config
     return f"{mc.enable_auto_mtls} {mc.trust_domain_aliases} {mc.locality_lb_setting!r}"
+
+
+@stands_for(*STANDS_FOR[SIDECAR_SCOPE], ENDPOINT_FACTS)
+def sidecar_view(mesh: MeshSnapshot, proxy: Proxy) -> tuple[str, ...]:
+    """What the proxy sees of services and VirtualServices: the digest of its sidecar
+    scope (model/sidecar_scope.py), one per (namespace, Sidecar) and snapshot, and the
+    endpoint facts of the hosts in it (what ENDPOINT_FACTS says of every host). A change
+    of a service, VirtualService or endpoint fact the scope does not hold leaves both
+    unchanged."""
+    scope = mesh.sidecar_scope(proxy)
+    table = mesh.indexes[_SCOPED_FACTS]
+    facts = table.get(scope.digest)
+    if facts is None:
+        facts = table[scope.digest] = _digest(_host_facts(mesh, h) for h in scope.services)
+    return (scope.digest, facts)
+
+
+@stands_for(ENDPOINTS)
+def seen_endpoints(mesh: MeshSnapshot, proxy: Proxy) -> str:
+    """The endpoints of the hosts in the proxy's scope (what its EDS can hold): an
+    endpoint change elsewhere leaves the proxy's EDS key alone."""
+    scope = mesh.sidecar_scope(proxy)
+    table = mesh.indexes[_SCOPED_ENDPOINTS]
+    got = table.get(scope.digest)
+    if got is None:
+        per_host = host_endpoints(mesh)
+        got = table[scope.digest] = _digest(f"{h}={per_host.get(h, '')}" for h in scope.services)
+    return got
+
+
+def _host_facts(mesh: MeshSnapshot, host: str) -> str:
+    """One host's part of ENDPOINT_FACTS (as _endpoint_facts writes it)."""
+    table = mesh.indexes[_HOST_FACTS]
+    got = table.get(host)
+    if got is None:
+        svc = mesh.services.get(host)
+        lines = [f"{host} sa={service_accounts(mesh, host)}"]
+        if svc is not None:
+            named = any(isinstance(p.target_port, str) and p.target_port and not p.target_port.isdigit()
+                        for p in svc.ports)
+            if svc.headless or named:
+                for sp in svc.ports:
+                    eps = mesh.service_endpoints(host, sp.port)
+                    lines.append(f"{host}:{sp.port} " + ";".join(_endpoint_text(e) for e in eps))
+        got = table[host] = "\n".join(lines)
+    return got
 
 
 @stands_for(SERVICE)

@@ -1,9 +1,10 @@
 """The outbound clusters a proxy gets, shared by CDS (clusters) and EDS (their endpoints).
 
-istiod gives a gateway, and every sidecar (no Sidecar resource narrows it here), a
-cluster for every port of every service (`outbound|port||host`) plus one per
-DestinationRule subset of that host (`outbound|port|subset|host`). UDP ports get none:
-Envoy proxies TCP and HTTP only.
+istiod gives a proxy a cluster for every port of every service in its scope (the
+services exported to its namespace, narrowed by the Sidecar that applies to it:
+model/sidecar_scope.py) (`outbound|port||host`) plus one per DestinationRule subset of
+that host (`outbound|port|subset|host`). UDP ports get none: Envoy proxies TCP and HTTP
+only.
 
 The rule of a host is the one the proxy sees (its namespace and labels: a rule's
 `workloadSelector` narrows it to the proxies it selects, model/destination_rules.py).
@@ -63,7 +64,7 @@ _PORT_CLUSTERS = Index[tuple[Any, ...], tuple[OutboundCluster, ...]](
 def outbound_clusters(mesh: MeshSnapshot, proxy: Proxy) -> list[OutboundCluster]:
     """In a stable order: services by host, ports as declared, subsets as declared."""
     out: list[OutboundCluster] = []
-    for svc in sorted(mesh.services.values(), key=lambda s: s.hostname):
+    for svc in mesh.sidecar_scope(proxy).services.values():  # by host
         out += service_clusters(mesh, proxy, svc)
     return out
 
@@ -229,7 +230,7 @@ def credential_problems(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Cre
     """(cluster, problem) for every outbound cluster left out of `proxy`'s CDS (debug
     views and golden notes)."""
     out = []
-    for svc in sorted(mesh.services.values(), key=lambda s: s.hostname):
+    for svc in mesh.sidecar_scope(proxy).services.values():
         rule = mesh.destination_rule(svc.hostname, proxy.namespace, proxy.labels)
         if rule is None:
             continue

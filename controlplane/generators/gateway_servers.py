@@ -32,7 +32,8 @@ def virtual_services_for_gateway(mesh: MeshSnapshot, proxy: Proxy, gateway_name:
     return [
         vs
         for vs in mesh.virtual_services
-        if gateway_name in bound_gateways(vs) and visible_to(vs, proxy.namespace)
+        if gateway_name in bound_gateways(vs)
+        and visible_to(vs, proxy.namespace, mesh.mesh_config.default_virtual_service_export_to)
     ]
 
 

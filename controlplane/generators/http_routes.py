@@ -312,7 +312,7 @@ def destination_cluster(dest: Destination, vs_namespace: str, ctx: RouteContext)
     host = names.resolve_host(dest.host, vs_namespace)
     port = dest.port
     if port is None:
-        svc = ctx.mesh.service(host)
+        svc = ctx.mesh.sidecar_scope(ctx.proxy).service(host)  # the proxy's view, as istiod's ServiceForHostname
         port = svc.ports[0].port if svc is not None and len(svc.ports) == 1 else ctx.port
     return names.outbound_cluster(port, host, dest.subset)
 

@@ -46,8 +46,10 @@ REGISTRY_KINDS = frozenset({SERVICE_ENTRY, WORKLOAD_ENTRY, WORKLOAD_GROUP})
 AUTHORIZATION_POLICY = kinds.AUTHORIZATION_POLICY.kind
 REQUEST_AUTHENTICATION = kinds.REQUEST_AUTHENTICATION.kind
 SECURITY_KINDS = (AUTHORIZATION_POLICY, REQUEST_AUTHENTICATION)
+# Sidecars are read only through the sidecar scope (SIDECAR_SCOPE below).
+SIDECAR = kinds.SIDECAR.kind
 # Kinds whose readers are declared precisely (parts.py).
-KNOWN_KINDS = frozenset({GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, SECRET,
+KNOWN_KINDS = frozenset({GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, SECRET, SIDECAR,
                          *SECURITY_KINDS}) | ENDPOINT_KINDS | REGISTRY_KINDS
 # Kinds counted as another input (their own fingerprint is that input's).
 _COUNTED_AS = {SERVICE_ENTRY: SERVICE}
@@ -64,8 +66,8 @@ MESH_VERSION = "*mesh*"  # the whole snapshot: for output nobody has analysed
 # in it, so it leaves every route configuration cached.
 DR_ROUTING = "*dr-routing*"
 ENDPOINT_FACTS = "*endpoint-facts*"
-ALL_CONFIG = (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, SECRET, *SECURITY_KINDS, OTHER,
-              ENDPOINT_FACTS)
+ALL_CONFIG = (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, SECRET, SIDECAR,
+              *SECURITY_KINDS, OTHER, ENDPOINT_FACTS)
 # --- what each fingerprint stands for ---------------------------------------------------
 # A Part declares fingerprints (`deps`) and the per-proxy ones its scope calls; tracking
 # mode (ledger.py) checks that its build reads nothing else. Inputs a build can read
@@ -76,10 +78,17 @@ PROXY_LOCALITY = "*proxy-locality*"  # where the proxy runs (its Pod, the Pod's 
 JWKS = "*jwks*"  # the key sets meshd fetched
 MESH_CONFIG = "*mesh-config*"  # the mesh config (counted under OTHER)
 DR_SELECTORS = "*dr-selectors*"  # which DestinationRule workloadSelectors select the proxy
+# What the proxy sees (model/sidecar_scope.py: the Sidecar that applies to it, the services
+# and VirtualServices exported to its namespace that it imports). Its fingerprint is the
+# scope's digest, which names the content of every service and VirtualService in it: a
+# part reading services and VirtualServices only through the scope declares this instead
+# of SERVICE and VIRTUAL_SERVICE, so a change outside the scope leaves its key alone.
+SIDECAR_SCOPE = "*sidecar-scope*"
 STANDS_FOR: dict[str, frozenset[str]] = {
     **{k: frozenset({k}) for k in KNOWN_KINDS},
     DESTINATION_RULE: frozenset({DESTINATION_RULE, DR_ROUTING, DR_SELECTORS}),
     DR_ROUTING: frozenset({DR_ROUTING, DR_SELECTORS}),
+    SIDECAR_SCOPE: frozenset({SIDECAR_SCOPE, SERVICE, VIRTUAL_SERVICE, SIDECAR}),
     OTHER: frozenset({OTHER, MESH_CONFIG}),
     ENDPOINT_FACTS: frozenset({ENDPOINT_FACTS}),
     MESH_VERSION: frozenset({MESH_VERSION}),  # everything

@@ -34,7 +34,7 @@ from typing import Any
 from ..config.snapshot import ConfigSnapshot
 from ..model.indexes import MeshIndexes
 from ..model.mesh import MeshSnapshot
-from ..model.proxy import Proxy
+from ..model.proxy import ROUTER, Proxy
 from .inputs import (
     AUTHORIZATION_POLICY,
     DECLARED,
@@ -53,6 +53,7 @@ from .inputs import (
     REQUEST_AUTHENTICATION,
     SECRET,
     SERVICE,
+    SIDECAR_SCOPE,
     STANDS_FOR,
     VIRTUAL_SERVICE,
     WORKLOAD_ENTRY,
@@ -80,6 +81,11 @@ def _endpoints_of(mesh: MeshSnapshot, hostname: str, port: int) -> tuple[str, ..
     named = svc is not None and any(isinstance(p.target_port, str) and not p.target_port.isdigit() for p in svc.ports)
     inline = svc is not None and svc.resolution in ("DNS", "DNSRoundRobin", "Passthrough")
     return (ENDPOINT_FACTS,) if svc is not None and (svc.headless or named or inline) else (ENDPOINTS,)
+
+
+def _scope_of(mesh: MeshSnapshot, proxy: Proxy) -> tuple[str, ...]:
+    # A gateway never takes a Sidecar: its scope is what is exported to its namespace.
+    return (SIDECAR_SCOPE,) if proxy.type != ROUTER else (SERVICE, VIRTUAL_SERVICE, MESH_CONFIG)
 
 
 def _secrets_of(mesh: MeshSnapshot, namespace: str, *args: Any) -> tuple[str, ...]:
@@ -112,6 +118,7 @@ READS: dict[str, tuple[str, ...] | By] = {
     "listen_port": (ENDPOINT_FACTS,),
     "gateway_conflicts": (GATEWAY, SERVICE, SECRET),
     "virtual_services": (VIRTUAL_SERVICE,),
+    "sidecar_scope": By(_scope_of),
     "destination_rules": (DESTINATION_RULE,),
     "_dr_by_host": (DESTINATION_RULE,),
     "_wildcard_dr_hosts": (DESTINATION_RULE,),
@@ -279,6 +286,8 @@ def undeclared(part: Part, mesh: MeshSnapshot, proxy: Proxy, hosts: Iterable[str
     with tracking() as ledger:
         snapshot, who = RecordingMesh(mesh, ledger), recording(proxy)
         part.scope(snapshot, who)  # type: ignore[arg-type]
+        if part.view is not None:
+            part.view(snapshot, who)  # type: ignore[arg-type]
         allowed = ledger.take() | declared(part)
         snapshot.indexes = MeshIndexes()
         part.build(snapshot, who, part, ResourceCache())  # type: ignore[arg-type]

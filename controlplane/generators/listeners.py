@@ -32,8 +32,8 @@ from ..model.delegates import resolve_gateway_name
 from ..model.gateways import AUTO_PASSTHROUGH, HTTP, TCP, GatewayPort, Server
 from ..model.hosts import covers
 from ..model.mesh import MeshSnapshot
-from ..model.proxy import ROUTER, SIDECAR, Proxy
 from ..model.meshconfig import MeshConfig
+from ..model.proxy import ROUTER, SIDECAR, Proxy
 from . import access_log, filter_chains, filters, gateway_tls, security_filters, tls
 from .gateway_servers import gateway_ports, matching_hosts, virtual_services_for_gateway
 from .http_routes import RouteContext, destination_cluster
@@ -66,7 +66,7 @@ def finish(listeners: list[listener_pb2.Listener], mc: MeshConfig) -> list[liste
 
 
 def sidecar_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Listener]:
-    return [*outbound_listeners(mesh, proxy), virtual_outbound(), virtual_inbound(mesh, proxy)]
+    return [*outbound_listeners(mesh, proxy), virtual_outbound(mesh, proxy), virtual_inbound(mesh, proxy)]
 
 
 def gateway_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Listener]:

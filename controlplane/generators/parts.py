@@ -55,6 +55,7 @@ from .dependencies import (
     security,
     service_accounts,
     service_generation,
+    sidecar_view,
     uses_dr_credentials,
     uses_source_labels,
 )
@@ -63,14 +64,11 @@ from .inputs import (
     ALL_CONFIG,
     DESTINATION_RULE,
     DR_ROUTING,
-    ENDPOINT_FACTS,
     MESH_VERSION,
     OTHER,
     PEER_AUTHENTICATION,
     SECRET,
     SECURITY_KINDS,
-    SERVICE,
-    VIRTUAL_SERVICE,
 )
 from .resources import Resource, pack
 from .sidecar_inbound import virtual_inbound
@@ -133,6 +131,10 @@ class Part:
     # build order; the generator splices them into the previous set when nothing else
     # it reads changed (Generator._update_hosts).
     update_hosts: UpdateHosts | None = None
+    # Per-proxy fingerprints standing for kinds the proxy sees only part of (its sidecar
+    # scope: the services and VirtualServices it imports, dependencies.sidecar_view),
+    # appended to the deps' fingerprints in the key.
+    view: Scope | None = None
     # The fingerprints of `deps`, kept by the snapshot (dependencies.fingerprints).
     _fingerprints: Value[tuple[str, ...]] = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -143,14 +145,16 @@ class Part:
         got = mesh.indexes.get(self._fingerprints)
         if got is None:
             got = mesh.indexes.value(self._fingerprints, fingerprints, mesh, self.deps)
+        if self.view is not None:
+            got = got + self.view(mesh, proxy)
         return (self.name, self.scope(mesh, proxy), got)
 
 
 def part(name: str, type_url: str, deps: tuple[str, ...], scope: Scope, *, endpoints: bool = False,
-         update_hosts: UpdateHosts | None = None) -> Callable[[Build], Part]:
+         update_hosts: UpdateHosts | None = None, view: Scope | None = None) -> Callable[[Build], Part]:
     """Declares a build function a Part: what it reads, on the function itself."""
     def declare(build: Build) -> Part:
-        return Part(name, type_url, deps, scope, build, endpoints, update_hosts)
+        return Part(name, type_url, deps, scope, build, endpoints, update_hosts, view)
     return declare
 
 
@@ -164,11 +168,17 @@ def whole(builder: Builder) -> Build:
     return build
 
 
+def _sees(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
+    # What the proxy sees of services and VirtualServices: its sidecar scope.
+    return sidecar_view(mesh, proxy)
+
+
 # --- outbound clusters (sidecars and routers) ------------------------------------------
 
-# What the outbound side reads of the mesh: every Service with the rule and the
-# namespace-level policy of its namespace that apply, the identities behind it.
-CLIENT_DEPS = (SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, OTHER, ENDPOINT_FACTS)
+# What the outbound side reads of the mesh: the Services the proxy sees and the
+# identities behind them (its sidecar scope: `view`, dependencies.sidecar_view) with the
+# rule and the namespace-level policy of its namespace that apply.
+CLIENT_DEPS = (DESTINATION_RULE, PEER_AUTHENTICATION, OTHER)
 
 
 def _client_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
@@ -220,8 +230,9 @@ def _clusters_of_hosts(mesh: MeshSnapshot, proxy: Proxy, cache: ResourceCache,
     """The outbound clusters of `hosts` only: a DestinationRule change costs the clusters
     of its hosts per sharing group, whatever the mesh size."""
     out: dict[str, list[Resource]] = {}
+    scope = mesh.sidecar_scope(proxy)
     for host in hosts:
-        svc = mesh.services.get(host)
+        svc = scope.service(host)
         out[host] = [] if svc is None else [
             _cluster(mesh, proxy, oc, cache) for oc in service_clusters(mesh, proxy, svc)]
     return out
@@ -242,7 +253,8 @@ def _static_clusters(proxy: Proxy) -> list[Resource]:
     return got
 
 
-@part("sidecar-outbound-clusters", names.CLUSTER, CLIENT_DEPS, _client_scope, update_hosts=_clusters_of_hosts)
+@part("sidecar-outbound-clusters", names.CLUSTER, CLIENT_DEPS, _client_scope, update_hosts=_clusters_of_hosts,
+      view=_sees)
 def OUTBOUND_CLUSTERS(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: ResourceCache) -> list[Resource]:
     return [_cluster(mesh, proxy, oc, cache) for oc in outbound_clusters(mesh, proxy)] + _static_clusters(proxy)
 
@@ -253,7 +265,9 @@ def _instances_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
     return (proxy.type, instance_shape(mesh, proxy.ip))
 
 
-@part("sidecar-inbound-clusters", names.CLUSTER, (SERVICE, OTHER), _instances_scope)
+# The inbound side reads Services only as the instances at the proxy's address
+# (instance_shape): a Service elsewhere changing leaves it alone.
+@part("sidecar-inbound-clusters", names.CLUSTER, (OTHER,), _instances_scope)
 def INBOUND_CLUSTERS(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: ResourceCache) -> list[Resource]:
     return _packed(names.CLUSTER, ((c.name, c) for c in clusters.inbound_clusters(mesh, proxy)))
 
@@ -306,15 +320,17 @@ def _endpoints_of_hosts(mesh: MeshSnapshot, proxy: Proxy, cache: ResourceCache,
     """The assignments of the clusters of `hosts` only: an endpoint change of a few
     services costs a few assignments per sharing group, whatever the mesh size."""
     out: dict[str, list[Resource]] = {}
+    scope = mesh.sidecar_scope(proxy)
     for host in hosts:
-        svc = mesh.services.get(host)
+        svc = scope.service(host)
         out[host] = [] if svc is None else [
             _assignment(mesh, proxy, oc, cache) for oc in service_clusters(mesh, proxy, svc)
             if cluster_discovery.uses_eds(oc.service, proxy)]
     return out
 
 
-@part("sidecar-endpoints", names.ENDPOINT, CLIENT_DEPS, _eds_scope, endpoints=True, update_hosts=_endpoints_of_hosts)
+@part("sidecar-endpoints", names.ENDPOINT, CLIENT_DEPS, _eds_scope, endpoints=True, update_hosts=_endpoints_of_hosts,
+      view=_sees)
 def ENDPOINTS(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: ResourceCache) -> list[Resource]:
     return [_assignment(mesh, proxy, oc, cache) for oc in outbound_clusters(mesh, proxy)
             if cluster_discovery.uses_eds(oc.service, proxy)]
@@ -333,10 +349,10 @@ def _outbound_listener_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...
     return (proxy.namespace, _labels(mesh, proxy), own_ip, proxy.workload_cert)
 
 
-@part("sidecar-outbound-listeners", names.LISTENER, (SERVICE, VIRTUAL_SERVICE, OTHER, ENDPOINT_FACTS),
-      _outbound_listener_scope)
+@part("sidecar-outbound-listeners", names.LISTENER, (OTHER,), _outbound_listener_scope,
+      view=_sees)
 def OUTBOUND_LISTENERS(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: ResourceCache) -> list[Resource]:
-    built = listeners.finish([*outbound_listeners(mesh, proxy), virtual_outbound()], mesh.mesh_config)
+    built = listeners.finish([*outbound_listeners(mesh, proxy), virtual_outbound(mesh, proxy)], mesh.mesh_config)
     return _packed(names.LISTENER, ((lst.name, lst) for lst in built))
 
 
@@ -346,7 +362,7 @@ def _inbound_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
             instance_shape(mesh, proxy.ip), security(mesh, proxy))
 
 
-@part("sidecar-virtual-inbound", names.LISTENER, (SERVICE, PEER_AUTHENTICATION, *SECURITY_KINDS, OTHER), _inbound_scope)
+@part("sidecar-virtual-inbound", names.LISTENER, (PEER_AUTHENTICATION, *SECURITY_KINDS, OTHER), _inbound_scope)
 def VIRTUAL_INBOUND(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: ResourceCache) -> list[Resource]:
     lst = listeners.finish([virtual_inbound(mesh, proxy)], mesh.mesh_config)[0]
     return _packed(names.LISTENER, [(lst.name, lst)])
@@ -359,7 +375,7 @@ def _route_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
     return (proxy.namespace, _labels(mesh, proxy), dr_selectors(mesh, proxy.namespace, proxy.labels, proxy.label_key))
 
 
-@part("sidecar-routes", names.ROUTE, (SERVICE, VIRTUAL_SERVICE, DR_ROUTING, OTHER), _route_scope)
+@part("sidecar-routes", names.ROUTE, (DR_ROUTING, OTHER), _route_scope, view=_sees)
 def SIDECAR_ROUTES(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: ResourceCache) -> list[Resource]:
     return _packed(names.ROUTE, ((cfg.name, cfg) for cfg in sidecar_route_configs(mesh, proxy)))
 

@@ -23,8 +23,12 @@ port of its own (istiod's buildSidecarOutboundListeners, read not copied).
   HTTP and TCP mix into one listener that tells them apart by ALPN (the match-all TCP
   chain becomes the default chain); a second TCP service whose chain would match exactly
   what the first one matches is dropped (Envoy rejects duplicate matches).
+- Only the services of the proxy's scope (model/sidecar_scope.py: exportTo, the Sidecar
+  that applies) get listeners, and only its VirtualServices apply.
 - `virtualOutbound` passes everything no listener claims to PassthroughCluster (Istio's
-  default outboundTrafficPolicy ALLOW_ANY), except connections to 15001 itself.
+  default outboundTrafficPolicy ALLOW_ANY), to the Sidecar's `egressProxy`, or, with
+  REGISTRY_ONLY, to BlackHoleCluster (so do HTTP listeners' non-HTTP default chains),
+  except connections to 15001 itself.
 """
 from __future__ import annotations
 
@@ -46,9 +50,10 @@ from ..model.hosts import covers
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
 from ..model.services import Service, ServicePort, labels_match
+from ..model.sidecar_scope import SidecarScope
 from . import filter_chains, filters, tls
 from .http_routes import RouteContext, destination_cluster
-from .virtual_services import MESH_GATEWAY, mesh_virtual_services, virtual_service_hosts
+from .virtual_services import MESH_GATEWAY, virtual_service_hosts
 
 WILDCARD = "0.0.0.0"
 VIRTUAL_OUTBOUND = "virtualOutbound"
@@ -65,24 +70,36 @@ HTTP, TCP, MIXED = "HTTP", "TCP", "MIXED"
 SERVICE_ENTRY = "ServiceEntry"  # Service.source of ServiceEntry hosts
 
 
-def _age(svc: Service) -> tuple[bool, str, str]:
+def service_age(svc: Service) -> tuple[bool, str, str]:
     return (svc.created == "", svc.created, svc.hostname)
 
 
-def services_by_age(mesh: MeshSnapshot) -> list[Service]:
-    """istiod orders services by creation time (then host) wherever the first one wins."""
-    return sorted(mesh.services.values(), key=_age)
+def services_by_age(mesh: MeshSnapshot, proxy: Proxy) -> list[Service]:
+    """The services in `proxy`'s scope (model/sidecar_scope.py), ordered as istiod orders
+    them wherever the first one wins: by creation time, then host."""
+    return sorted(mesh.sidecar_scope(proxy).services.values(), key=service_age)
+
+
+def fallback_cluster(scope: SidecarScope) -> str:
+    """Where traffic to a host outside the registry goes (outboundTrafficPolicy):
+    PassthroughCluster (ALLOW_ANY), the `egressProxy`'s cluster, or BlackHoleCluster
+    (REGISTRY_ONLY)."""
+    if scope.registry_only:
+        return names.BLACKHOLE_CLUSTER
+    proxy = scope.egress_proxy
+    if proxy is not None:
+        return names.outbound_cluster(proxy.port or 0, proxy.host, proxy.subset)
+    return names.PASSTHROUGH_CLUSTER
 
 
 def is_http_port(sp: ServicePort) -> bool:
     return protocol.is_http(protocol.of_service_port(sp))
 
 
-def http_route_ports(mesh: MeshSnapshot) -> list[int]:
+def http_route_ports(mesh: MeshSnapshot, proxy: Proxy) -> list[int]:
     """The ports whose outbound listener fetches route configuration `<port>` over RDS."""
-    return sorted(
-        {sp.port for svc in mesh.services.values() for sp in svc.ports if is_http_port(sp)} - RESERVED_WILDCARD_PORTS
-    )
+    services = mesh.sidecar_scope(proxy).services.values()
+    return sorted({sp.port for svc in services for sp in svc.ports if is_http_port(sp)} - RESERVED_WILDCARD_PORTS)
 
 
 @dataclass
@@ -117,8 +134,9 @@ class _Entry:
 
 def outbound_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Listener]:
     entries: dict[tuple[str, int], _Entry] = {}
-    vss = mesh_virtual_services(mesh.virtual_services, proxy.namespace)
-    for svc in services_by_age(mesh):
+    scope = mesh.sidecar_scope(proxy)
+    vss = list(scope.virtual_services)
+    for svc in services_by_age(mesh, proxy):
         for sp in svc.ports:
             proto = protocol.of_service_port(sp)
             if proto == protocol.UDP:
@@ -129,7 +147,8 @@ def outbound_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Li
             for bind in _tcp_binds(mesh, proxy, svc, sp):
                 _add(entries, bind, sp.port, TCP, [*_tls_route_chains(mesh, proxy, svc, sp, vss, bind),
                                                    _tcp_chain(mesh, proxy, svc, sp, vss, bind)])
-    return [_listener(entries[k]) for k in sorted(entries, key=lambda k: (k[1], k[0]))]
+    fallback = fallback_cluster(scope)
+    return [_listener(entries[k], fallback) for k in sorted(entries, key=lambda k: (k[1], k[0]))]
 
 
 def _tcp_binds(mesh: MeshSnapshot, proxy: Proxy, svc: Service, sp: ServicePort) -> list[str]:
@@ -302,13 +321,11 @@ def _virtual_service_tcp_proxy(mesh: MeshSnapshot, proxy: Proxy, svc: Service, s
 # --- listeners -----------------------------------------------------------------------
 
 
-def _passthrough_filter() -> lc.Filter:
-    return filters.network_filter(
-        filters.TCP_PROXY, filters.tcp_proxy(names.PASSTHROUGH_CLUSTER, [(names.PASSTHROUGH_CLUSTER, 1)])
-    )
+def _passthrough_filter(cluster: str = names.PASSTHROUGH_CLUSTER) -> lc.Filter:
+    return filters.network_filter(filters.TCP_PROXY, filters.tcp_proxy(cluster, [(cluster, 1)]))
 
 
-def _listener(e: _Entry) -> listener_pb2.Listener:
+def _listener(e: _Entry, fallback: str = names.PASSTHROUGH_CLUSTER) -> listener_pb2.Listener:
     out = listener_pb2.Listener(
         name=f"{e.bind}_{e.port}",
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=e.bind, port_value=e.port)),
@@ -334,7 +351,8 @@ def _listener(e: _Entry) -> listener_pb2.Listener:
     else:
         # Only HTTP chains: what is not plaintext HTTP passes through untouched.
         out.default_filter_chain.CopyFrom(
-            lc.FilterChain(name=PASSTHROUGH_CHAIN, filter_chain_match=lc.FilterChainMatch(), filters=[_passthrough_filter()])
+            lc.FilterChain(name=PASSTHROUGH_CHAIN, filter_chain_match=lc.FilterChainMatch(),
+                           filters=[_passthrough_filter(fallback)])
         )
     deduped = filter_chains.dedupe(out.filter_chains)  # a no-op: entries merge by match
     del out.filter_chains[:]
@@ -351,7 +369,10 @@ def _listener(e: _Entry) -> listener_pb2.Listener:
     return out
 
 
-def virtual_outbound() -> listener_pb2.Listener:
+def virtual_outbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
+    """15001: what no listener claims goes where the outbound traffic policy says
+    (fallback_cluster): PassthroughCluster, the egress proxy, or BlackHoleCluster."""
+    fallback = fallback_cluster(mesh.sidecar_scope(proxy))
     blackhole_match = lc.FilterChainMatch()
     blackhole_match.destination_port.value = names.PORT_OUTBOUND
     blackhole = filters.network_filter(
@@ -366,7 +387,7 @@ def virtual_outbound() -> listener_pb2.Listener:
         filter_chains=[
             # Connections to 15001 itself would loop back into this listener.
             lc.FilterChain(name=BLACKHOLE_CHAIN, filter_chain_match=blackhole_match, filters=[blackhole]),
-            lc.FilterChain(name=CATCHALL_CHAIN, filters=[_passthrough_filter()]),
+            lc.FilterChain(name=CATCHALL_CHAIN, filters=[_passthrough_filter(fallback)]),
         ],
         traffic_direction=base_pb2.OUTBOUND,
     )

@@ -11,10 +11,14 @@ current istiod sets for sidecars).
 A service a VirtualService (bound to `mesh`) routes for gets the VirtualService's routes;
 other services a default route to `outbound|<port>||<host>`. VirtualService hosts that are
 no service become virtual hosts of their own (on port 80, or next to a service they also
-name). Last, `allow_any` sends requests for unknown hosts to PassthroughCluster.
+name). Last, `allow_any` sends requests for unknown hosts to PassthroughCluster (or to
+the Sidecar's `egressProxy`); with outboundTrafficPolicy REGISTRY_ONLY, `block_all`
+answers them 502. Only the services and VirtualServices of the proxy's scope take part
+(model/sidecar_scope.py): those of the egress listener serving the port.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -27,27 +31,38 @@ from ..model.hosts import covers
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
 from ..model.services import Service
+from ..model.sidecar_scope import SidecarScope
 from .http_routes import NO_TIMEOUT, RouteContext, hash_policy, virtual_service_routes
 from .route_config import route_config
 from .route_policies import retry_policy
 from .sidecar_outbound import (
     SERVICE_ENTRY,
     WILDCARD,
+    fallback_cluster,
     http_route_ports,
     is_http_port,
+    service_age,
     service_entry_binds,
     services_by_age,
 )
-from .virtual_services import MESH_GATEWAY, mesh_virtual_services, virtual_service_hosts
+from .virtual_services import MESH_GATEWAY, virtual_service_hosts
 
 ALLOW_ANY = "allow_any"
+BLOCK_ALL = "block_all"
 DEFAULT_ROUTE = "default"
 KUBE_SUFFIX = f".svc.{names.DOMAIN_SUFFIX}"
 
 
 def sidecar_route_configs(mesh: MeshSnapshot, proxy: Proxy) -> list[route_pb2.RouteConfiguration]:
-    vss = mesh_virtual_services(mesh.virtual_services, proxy.namespace)
-    return [route_config_for_port(mesh, proxy, port, vss) for port in http_route_ports(mesh)]
+    """One route configuration per HTTP port of the proxy's scope, each made of what the
+    egress listener serving the port imports (istiod's GetEgressListenerForRDS)."""
+    scope = mesh.sidecar_scope(proxy)
+    out = []
+    for port in http_route_ports(mesh, proxy):
+        egress = scope.egress_for(port)
+        vss = list(egress.virtual_services) if egress is not None else []
+        out.append(route_config_for_port(mesh, proxy, port, vss, egress.services if egress is not None else ()))
+    return out
 
 
 @dataclass
@@ -128,9 +143,12 @@ def _separate(vs: ConfigObject, services: dict[str, Service],
 
 
 def route_config_for_port(
-    mesh: MeshSnapshot, proxy: Proxy, port: int, vss: list[ConfigObject]
+    mesh: MeshSnapshot, proxy: Proxy, port: int, vss: list[ConfigObject], imported: Iterable[Service] | None = None,
 ) -> route_pb2.RouteConfiguration:
-    all_services = {svc.hostname: svc for svc in services_by_age(mesh)}
+    """Route configuration `<port>`: of `imported` (the egress listener's services; by
+    default the proxy's scope), the virtual hosts of those with the port."""
+    pool = services_by_age(mesh, proxy) if imported is None else sorted(imported, key=service_age)
+    all_services = {svc.hostname: svc for svc in pool}
     services = {h: svc for h, svc in all_services.items() if svc.port(port) is not None}
     if port != 80:
         # istiod keeps VirtualServices naming no service of the port off other ports.
@@ -185,7 +203,7 @@ def route_config_for_port(
             domains, expanded = service_domains(svc, proxy.namespace)
             add(svc.hostname, domains, expanded, w.routes)
     vhosts.sort(key=lambda v: v.name)
-    vhosts.append(allow_any_virtual_host())
+    vhosts.append(fallback_virtual_host(mesh.sidecar_scope(proxy)))
     return route_config(str(port), vhosts)
 
 
@@ -209,9 +227,23 @@ def default_route(mesh: MeshSnapshot, proxy: Proxy, svc: Service, port: int) -> 
     )
 
 
-def allow_any_virtual_host() -> rc.VirtualHost:
+def fallback_virtual_host(scope: SidecarScope) -> rc.VirtualHost:
+    """Requests for hosts outside the registry: `block_all` answers 502 (REGISTRY_ONLY),
+    else `allow_any` passes them on (to the `egressProxy`, if one is set)."""
+    if scope.registry_only:
+        return block_all_virtual_host()
+    return allow_any_virtual_host(fallback_cluster(scope))
+
+
+def block_all_virtual_host() -> rc.VirtualHost:
+    """outboundTrafficPolicy REGISTRY_ONLY: a host the proxy does not know gets a 502."""
+    route = rc.Route(name=BLOCK_ALL, match=rc.RouteMatch(prefix="/"), direct_response=rc.DirectResponseAction(status=502))
+    return rc.VirtualHost(name=BLOCK_ALL, domains=["*"], routes=[route], include_request_attempt_count=True)
+
+
+def allow_any_virtual_host(cluster: str = names.PASSTHROUGH_CLUSTER) -> rc.VirtualHost:
     """Unknown hosts pass through to where the application was connecting
-    (outboundTrafficPolicy ALLOW_ANY)."""
-    action = rc.RouteAction(cluster=names.PASSTHROUGH_CLUSTER, timeout=NO_TIMEOUT, max_grpc_timeout=NO_TIMEOUT)
+    (outboundTrafficPolicy ALLOW_ANY), or to the egress proxy."""
+    action = rc.RouteAction(cluster=cluster, timeout=NO_TIMEOUT, max_grpc_timeout=NO_TIMEOUT)
     route = rc.Route(name=ALLOW_ANY, match=rc.RouteMatch(prefix="/"), route=action)
     return rc.VirtualHost(name=ALLOW_ANY, domains=["*"], routes=[route], include_request_attempt_count=True)

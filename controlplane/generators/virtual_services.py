@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from .. import names
 from ..config.objects import ConfigObject
 from ..model.delegates import resolve_gateway_name
+from ..model.sidecar_scope import visible
 
 MESH_GATEWAY = "mesh"  # the reserved gateway name meaning "all sidecars"
 
@@ -19,19 +20,19 @@ def bound_gateways(vs: ConfigObject) -> set[str]:
     return {resolve_gateway_name(r, vs.namespace) for r in refs}
 
 
-def visible_to(obj: ConfigObject, namespace: str) -> bool:
-    """Istio `exportTo`: absent or "*" is everywhere, "." is the object's own namespace."""
-    export = obj.typed.export_to
-    if not export or "*" in export:
-        return True
-    return namespace in export or ("." in export and obj.namespace == namespace)
+def visible_to(obj: ConfigObject, namespace: str, default: tuple[str, ...] = ("*",)) -> bool:
+    """Istio `exportTo`: "*" is everywhere, "." is the object's own namespace, "~" nowhere;
+    absent, `default` (the mesh config's defaultVirtualServiceExportTo)."""
+    return visible(obj.typed.export_to, default, obj.namespace, namespace)
 
 
 def virtual_service_hosts(vs: ConfigObject) -> list[str]:
     return [names.resolve_host(h, vs.namespace).lower() for h in vs.typed.hosts]
 
 
-def mesh_virtual_services(virtual_services: Iterable[ConfigObject], namespace: str) -> list[ConfigObject]:
+def mesh_virtual_services(virtual_services: Iterable[ConfigObject], namespace: str,
+                          default: tuple[str, ...] = ("*",)) -> list[ConfigObject]:
     """VirtualServices that apply to sidecars in `namespace`: bound to `mesh` (no
-    `gateways`, or `mesh` among them) and exported to the namespace, in stable order."""
-    return [vs for vs in virtual_services if MESH_GATEWAY in bound_gateways(vs) and visible_to(vs, namespace)]
+    `gateways`, or `mesh` among them) and exported to the namespace, in stable order.
+    (Sidecars read theirs from their scope, model/sidecar_scope.py, which narrows these.)"""
+    return [vs for vs in virtual_services if MESH_GATEWAY in bound_gateways(vs) and visible_to(vs, namespace, default)]

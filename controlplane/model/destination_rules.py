@@ -11,7 +11,8 @@ Lookup for a client in namespace C and a service host H in namespace S:
 2. else the merged rules of S exported to C;
 3. else the merged rules of the root namespace exported to C.
 Within a namespace the most specific host wins: H itself, else the longest wildcard
-covering H. `exportTo`: absent or `*` is every namespace, `.` the rule's own, `~` none.
+covering H. `exportTo`: `*` is every namespace, `.` the rule's own, `~` none; absent, the
+mesh config's `defaultDestinationRuleExportTo` (`*` unless set).
 
 Rules with a `workloadSelector` (istiod's sidecar scope, read not copied) apply only to
 the proxies of their own namespace whose labels include the selector's; they are never
@@ -127,8 +128,10 @@ def _merge_selected(rules: list[ConfigObject], plain: list[ConfigObject]) -> lis
 class DestinationRuleIndex:
     """Merged rules by namespace and host, and the lookup order above."""
 
-    def __init__(self, rules: Iterable[ConfigObject], root_namespace: str):
+    def __init__(self, rules: Iterable[ConfigObject], root_namespace: str, default_export: tuple[str, ...] = ("*",)):
         self.root_namespace = root_namespace
+        # Who sees a rule without `exportTo` (the mesh config's defaultDestinationRuleExportTo).
+        self.default_export = default_export
         grouped: dict[str, dict[str, list[ConfigObject]]] = {}
         selected: dict[str, dict[str, list[ConfigObject]]] = {}
         for dr in rules:
@@ -172,7 +175,7 @@ class DestinationRuleIndex:
                 if m.selector is not None and selects(m.selector, labels):
                     return m
         rule = self._by_ns.get(namespace, {}).get(host)
-        if rule is not None and exported_to(rule.export, namespace, client_namespace):
+        if rule is not None and exported_to(rule.export or self.default_export, namespace, client_namespace):
             return rule
         return None
 

@@ -50,6 +50,7 @@ from .services import (
     labels_match,
     pod_locality,
 )
+from .sidecar_scope import SidecarScope, scope_for
 from .workloads import Workload, is_ip, service_endpoints, workloads_of
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -136,6 +137,12 @@ class MeshSnapshot:
         """The service ports this proxy's workload serves (its endpoints' IP is the
         proxy's IP), as istiod finds a sidecar's service instances."""
         return self._instances_by_ip.get(proxy.ip, ())
+
+    def sidecar_scope(self, proxy: Proxy) -> SidecarScope:
+        """What `proxy` sees of the mesh: the services, VirtualServices and outbound
+        traffic policy of the Sidecar that applies to it, narrowed by `exportTo`
+        (sidecar_scope.py; istiod's SidecarScope)."""
+        return scope_for(self, proxy)
 
     def proxy_locality(self, proxy: Proxy) -> Locality:
         """Where `proxy` runs: the locality of its pod when the mesh knows the pod (by pod
@@ -362,7 +369,7 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, pre
         _dr_by_host={h: tuple(v) for h, v in dr_by_host.items()},
         _wildcard_dr_hosts=tuple(h for h in dr_by_host if h.startswith("*")),
         credentials=credentials_from(config.of_kind(kinds.SECRET.kind)),
-        _dr_index=DestinationRuleIndex(drs, root_namespace),
+        _dr_index=DestinationRuleIndex(drs, root_namespace, mesh_config.default_destination_rule_export_to),
         _pods=pod_index,
         _workloads=workloads,
         hidden_services=hidden,

@@ -15,6 +15,9 @@ from ..config.objects import ConfigObject
 from ..names import fqdn
 from .locality import NO_LOCALITY, Locality, workload_locality
 
+# Who sees a Kubernetes Service (Istio's annotation): namespaces, ".", "*" or "~".
+EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
+
 
 @dataclass(frozen=True)
 class ServicePort:
@@ -104,7 +107,16 @@ def build_service(obj: ConfigObject) -> Service:
         labels=dict(obj.labels),
         cluster_ip=str(spec.get("clusterIP") or ""),
         created=str(obj.extra.get("creationTimestamp") or ""),
+        export_to=export_annotation(obj.annotations.get(EXPORT_TO_ANNOTATION)),
     )
+
+
+def export_annotation(value: Any) -> tuple[str, ...]:
+    """`networking.istio.io/exportTo: "ns1,ns2"` as its entries; () when absent (the mesh
+    default applies)."""
+    if not isinstance(value, str):
+        return ()
+    return tuple(e.strip() for e in value.split(",") if e.strip())
 
 
 def _pod_ip(pod: ConfigObject) -> str:

@@ -109,6 +109,10 @@ def _service_entry(name: str, ns: str, body: str, created: str = "") -> str:
     return f"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {ns}{stamp}}}\nspec:\n{body}"
 
 
+def _sidecar(name: str, ns: str, body: str) -> str:
+    return f"apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{body}"
+
+
 def _workload_entry(body: str) -> str:
     return f"apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: vm-1, namespace: shop}}\nspec:\n{body}"
 
@@ -161,6 +165,9 @@ def slots() -> dict[str, tuple[str, ...]]:
         "service/web/front": (
             _service("front", "web", "[{name: http, port: 80, targetPort: 8080}]"),
             _service("front", "web", "[{name: http, port: 80, targetPort: 8080}, {name: http-admin, port: 81}]"),
+            # seen by its own namespace only (Istio's exportTo annotation)
+            _service("front", "web", "[{name: http, port: 80, targetPort: 8080}]").replace(
+                "namespace: web}", "namespace: web, annotations: {networking.istio.io/exportTo: \".\"}}"),
         ),
         "service/istio-system/istio-ingressgateway": (
             _service("istio-ingressgateway", "istio-system", "[{name: http2, port: 80, targetPort: 8080}, "
@@ -199,6 +206,28 @@ def slots() -> dict[str, tuple[str, ...]]:
                 "    route: [{destination: {host: cart, subset: v2}}]\n  - route: [{destination: {host: cart}}]\n"),
             _vs("cart", "shop", "  hosts: [cart]\n  tcp:\n  - match: [{port: 9000, sourceLabels: {app: front}}]\n"
                 "    route: [{destination: {host: cart, port: {number: 9000}}}]\n"),
+            _vs("cart", "shop", "  hosts: [cart]\n  exportTo: [\".\"]\n  http:\n"
+                "  - route: [{destination: {host: cart, subset: v2}}]\n"),
+        ),
+        # What sidecars see (model/sidecar_scope.py); the first variants import everything.
+        "sidecar/shop/default": (
+            _sidecar("default", "shop", "  egress: [{hosts: [\"*/*\"]}]\n"),
+            _sidecar("default", "shop", "  egress: [{hosts: [\"./*\", \"istio-system/*\"]}]\n"),
+            _sidecar("default", "shop", "  egress: [{hosts: [\"./*\"]}]\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n"),
+            _sidecar("default", "shop", "  egress:\n  - port: {number: 80, protocol: HTTP, name: http}\n"
+                     "    hosts: [\"web/*\"]\n  - hosts: [\"./*\"]\n"),
+            _sidecar("default", "shop", "  egress: [{hosts: [\"~/*\"]}]\n  outboundTrafficPolicy:\n    mode: ALLOW_ANY\n"
+                     "    egressProxy: {host: front.web.svc.cluster.local, port: {number: 80}}\n"),
+        ),
+        "sidecar/shop/cart": (
+            _sidecar("cart", "shop", "  workloadSelector: {labels: {app: cart}}\n  egress: [{hosts: [\"*/*\"]}]\n"),
+            _sidecar("cart", "shop", "  workloadSelector: {labels: {app: cart, version: v2}}\n"
+                     "  egress: [{hosts: [\"web/front.web.svc.cluster.local\"]}]\n"),
+        ),
+        "sidecar/istio-system/default": (
+            _sidecar("default", "istio-system", "  egress: [{hosts: [\"*/*\"]}]\n"),
+            _sidecar("default", "istio-system", "  egress: [{hosts: [\"./*\", \"istio-system/*\"]}]\n"
+                     "  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n"),
         ),
         "virtualservice/istio-system/shop": (
             _vs("shop", "istio-system", "  hosts: [shop.example.com]\n  gateways: [gw-1]\n  http:\n"

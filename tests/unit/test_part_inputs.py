@@ -115,15 +115,9 @@ def test_what_an_undeclared_read_costs():
 
 # Each part's deps, less one it needs: the check names what is then undeclared.
 NEEDED = [
-    ("sidecar-outbound-clusters", inputs.SERVICE, inputs.SERVICE),
     ("sidecar-outbound-clusters", inputs.DESTINATION_RULE, inputs.DR_ROUTING),
     ("sidecar-outbound-clusters", inputs.PEER_AUTHENTICATION, inputs.PEER_AUTHENTICATION),
-    ("sidecar-outbound-clusters", inputs.ENDPOINT_FACTS, inputs.ENDPOINT_FACTS),
-    ("sidecar-endpoints", inputs.SERVICE, inputs.SERVICE),
     ("sidecar-endpoints", inputs.PEER_AUTHENTICATION, inputs.PEER_AUTHENTICATION),
-    ("sidecar-outbound-listeners", inputs.VIRTUAL_SERVICE, inputs.VIRTUAL_SERVICE),
-    ("sidecar-outbound-listeners", inputs.ENDPOINT_FACTS, inputs.ENDPOINT_FACTS),
-    ("sidecar-routes", inputs.VIRTUAL_SERVICE, inputs.VIRTUAL_SERVICE),
     ("sidecar-routes", inputs.DR_ROUTING, inputs.DR_ROUTING),
     ("router-clusters", inputs.DESTINATION_RULE, inputs.DR_ROUTING),
     ("router-lds", inputs.GATEWAY, inputs.GATEWAY),
@@ -146,6 +140,26 @@ def test_a_part_without_an_input_it_reads_is_caught(name, left_out, caught):
         if caught in found:
             return
     pytest.fail(f"{name} without {left_out}: {sorted(found)}")
+
+
+# The sidecar parts read services, VirtualServices and endpoint facts through the proxy's
+# sidecar scope (their `view`, dependencies.sidecar_view), not through SERVICE,
+# VIRTUAL_SERVICE and ENDPOINT_FACTS.
+VIEWED = ["sidecar-outbound-clusters", "sidecar-endpoints", "sidecar-outbound-listeners", "sidecar-routes"]
+
+
+@pytest.mark.parametrize("name", VIEWED)
+def test_a_part_without_its_view_of_the_mesh_is_caught(name):
+    gen = Generator()
+    mesh = World(everything()).mesh
+    found: set[str] = set()
+    for proxy in (CART_1, FRONT_1):
+        for part in parts_of(gen, proxy):
+            if part.name == name:
+                assert part.view is not None
+                assert not {inputs.SERVICE, inputs.VIRTUAL_SERVICE, inputs.ENDPOINT_FACTS} & set(part.deps)
+                found |= undeclared(dataclasses.replace(part, view=None), mesh, proxy, hosts=sorted(mesh.services))
+    assert inputs.SIDECAR_SCOPE in found, sorted(found)
 
 
 def test_every_field_and_lookup_of_the_snapshot_says_what_it_reads():
