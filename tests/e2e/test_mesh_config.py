@@ -8,7 +8,12 @@ meshd serving `--mesh-config FILE`:
 - the mesh config file changed while everything runs (JSON encoding): meshd pushes it
   and the next request is logged as JSON, with no Envoy restarted;
 - defaultConfig.proxyStatsMatcher: Envoy's /stats keeps the configured prefix and drops
-  what neither it nor Istio's inclusion list names.
+  what neither it nor Istio's inclusion list names;
+- the other fields changed live (inboundTrafficPolicy LOCALHOST, enableAutoMtls false with
+  a DestinationRule asking for ISTIO_MUTUAL, trustDomainAliases, protocolDetectionTimeout,
+  defaultHttpRetryPolicy): the Envoys take all of it (no update rejected, checked at
+  teardown), requests still succeed, and the application now sees its connections
+  from 127.0.0.1 (LOCALHOST) instead of the sidecar's 127.0.0.6.
 """
 from __future__ import annotations
 
@@ -94,6 +99,51 @@ def test_a_changed_mesh_config_reaches_the_running_sidecars(mesh):
     wait_for(logged_as_json, 20, interval=0.5, what="a JSON access log line after the mesh config change")
     entry = next(e for e in json_logs(webapp) if e.get("path") == "/json")
     assert entry["meshlog"] == "json" and str(entry["code"]) == "200", entry
+
+
+EVERYTHING = JSON_LOGS + """\
+inboundTrafficPolicy: {mode: LOCALHOST}
+enableAutoMtls: false
+trustDomainAliases: [old.example]
+protocolDetectionTimeout: 1s
+defaultHttpRetryPolicy: {attempts: 1, retryOn: "connect-failure,503"}
+"""
+ISTIO_MUTUAL = f"""
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: catalog, namespace: {NS}}}
+spec:
+  host: catalog.{NS}.svc.cluster.local
+  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}
+"""
+
+
+def test_the_other_fields_changed_live_reach_envoy_and_traffic(mesh):
+    def peer() -> str:
+        r = mesh.request("webapp", mesh.vip("catalog", 80, "/peer"))
+        return json.loads(r.body)["peer"].split(":")[0] if r.status == "200" else r.status
+
+    assert peer() == "127.0.0.6"  # PASSTHROUGH: the sidecar connects from 127.0.0.6 to the pod IP
+    mesh.apply("catalog-mtls", ISTIO_MUTUAL)
+    tmp = mesh.mesh_config.with_suffix(".tmp")
+    tmp.write_text(EVERYTHING)
+    tmp.replace(mesh.mesh_config)
+    wait_for(lambda: peer() == "127.0.0.1", 20, interval=0.5, what="catalog's app reached at 127.0.0.1 (LOCALHOST)")
+    webapp = mesh.envoys["webapp"]
+    clusters = webapp.config_dump("dynamic_active_clusters")["configs"]
+    catalog = next(c["cluster"] for c in clusters if c["cluster"]["name"] == CATALOG)
+    sans = [m["matcher"]["exact"] for m in catalog["transport_socket"]["typed_config"]["common_tls_context"]
+            ["combined_validation_context"]["default_validation_context"]["match_typed_subject_alt_names"]]
+    assert f"spiffe://old.example/ns/{NS}/sa/catalog" in sans, sans
+    # enableAutoMtls false: the ISTIO_MUTUAL rule is the only mTLS left; webapp's own
+    # service, which no rule names, is reached in plaintext.
+    assert "transport_socket_matches" not in catalog
+    own = next(c["cluster"] for c in clusters if c["cluster"]["name"] == f"outbound|80||webapp.{NS}.svc.cluster.local")
+    assert "transport_socket" not in own and "transport_socket_matches" not in own, own
+    mesh.apply("catalog-mtls", None)
+    tmp.write_text(JSON_LOGS)
+    tmp.replace(mesh.mesh_config)
+    wait_for(lambda: peer() == "127.0.0.6", 20, interval=0.5, what="PASSTHROUGH again")
 
 
 def test_proxy_stats_matcher_keeps_what_it_names(mesh):
