@@ -332,8 +332,9 @@ def bootstrap(work: Path, name: str, args: list[str]) -> Path:
 
 
 class Bed:
-    def __init__(self, pods: dict, vips: dict, envoys: dict, meshd_url: str, ca_path: Path):
+    def __init__(self, pods: dict, vips: dict, envoys: dict, meshd_url: str, ca_path: Path, config_dir: Path):
         self.pods, self.vips, self.envoys, self.meshd_url, self.ca_path = pods, vips, envoys, meshd_url, ca_path
+        self.config_dir = config_dir
 
     def get(self, host: str, path: str = "/", address: str | None = None, port: int = 80):
         """GET from the client pod to `address` (default: an address nothing listens on,
@@ -402,6 +403,7 @@ def bed(tmp_path_factory):
             tls.wait_line("READY", timeout=15)
             netns_dirs.append(write_netns_files(pods["client"].netns, {
                 "api.dns.test": pods["dnsapi"].ip, "tcp.dns.test": pods["dnsapi"].ip, "rr.dns.test": pods["dnsapi"].ip,
+                "late.dns.test": pods["dnsapi"].ip,
                 "secure.external.test": pods["secure"].ip, "wrongsan.external.test": pods["secure"].ip,
             }))
             # No name the internal pod's Envoy looks up leaves the pod either (a lookup that
@@ -432,7 +434,7 @@ def bed(tmp_path_factory):
                           "egress": egress.start_envoy(egress_boot, admin_port=15000)}
                 for name, e in envoys.items():
                     wait_for(e.ready, 30, what=f"{name} envoy ready")
-                b = Bed(pods, vips, envoys, f"http://127.0.0.1:{cp.monitoring_port}", ca_path)
+                b = Bed(pods, vips, envoys, f"http://127.0.0.1:{cp.monitoring_port}", ca_path, config_dir)
                 wait_for(lambda: b.get("legacy.external.test", address=vips["legacy"])[0] == 200, 20,
                          what="first request through the sidecar")
                 yield b
@@ -547,3 +549,25 @@ def test_sidecar_to_egress_gateway_is_istio_mutual_tls(bed):
     stats = bed.envoys["client"].stats("istio-egressgateway.istio-system.svc.cluster.local.ssl.handshake")
     assert stats.get("cluster.outbound|443|mtls|istio-egressgateway.istio-system.svc.cluster.local.ssl.handshake",
                      0) >= 1, stats
+
+
+def test_entry_added_while_proxies_run_is_pushed(bed):
+    # Before the entry exists the host is unknown: its request passes through to the
+    # address the client dialled, where nothing listens (503 from the sidecar).
+    assert bed.get("late.dns.test", "/late")[0] == 503
+    (bed.config_dir / "late.yaml").write_text(textwrap.dedent(f"""
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {{name: late, namespace: {NS}}}
+        spec:
+          hosts: [late.dns.test]
+          location: MESH_EXTERNAL
+          resolution: DNS
+          ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+        """))
+    try:
+        wait_for(lambda: bed.get("late.dns.test", "/late")[0] == 200, 20, what="the new entry pushed to the sidecar")
+        assert body(bed.get("late.dns.test", "/late"))["pod"] == "dnsapi"
+    finally:
+        (bed.config_dir / "late.yaml").unlink()
+    wait_for(lambda: bed.get("late.dns.test", "/late")[0] == 503, 20, what="the removed entry gone from the sidecar")
