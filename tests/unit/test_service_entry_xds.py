@@ -335,3 +335,22 @@ def test_envoy_accepts_everything_a_sidecar_and_a_gateway_get(tmp_path):
              vm("internal", "MESH_INTERNAL", "DNS", "vm-1.example.com"))
     for proxy in (WEBAPP_PROXY, GATEWAY_PROXY):
         envoy_validate(sidecar_config(m, proxy, tmp_path), tmp_path / f"{proxy.type}.json")
+
+
+def test_dns_endpoints_inline_keep_their_localities_weights_and_subsets():
+    m = mesh(entry("multi", """
+  hosts: [multi.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: a.example.com, locality: us-east/z1, weight: 2, labels: {version: v1}}
+  - {address: b.example.com, locality: us-west/z2, labels: {version: v2}}
+"""), dr("multi", "multi.example.com", "  subsets: [{name: v2, labels: {version: v2}}]\n"))
+    got = cds(m)
+    cla = got["outbound|80||multi.example.com"].load_assignment
+    assert [(e.locality.region, e.locality.zone, e.load_balancing_weight.value,
+             [lb.endpoint.address.socket_address.address for lb in e.lb_endpoints]) for e in cla.endpoints] == [
+        ("us-east", "z1", 2, ["a.example.com"]), ("us-west", "z2", 1, ["b.example.com"])]
+    # The subset cluster resolves only the endpoints with the subset's labels.
+    assert hosts_of(got["outbound|80|v2|multi.example.com"]) == [("b.example.com", 80, 1)]
