@@ -315,7 +315,7 @@ def _json_view(view):
     return handler
 
 
-def _workload_registry(opts: ServeOptions, store: ConfigStore, member) -> WorkloadRegistry:
+def _workload_registry(opts: ServeOptions, store: ConfigStore, member, metrics: Metrics) -> WorkloadRegistry:
     """WorkloadGroup auto-registration: entries in the store (directory mode), or in the
     API server written by the replica holding the proxy's stream (Kubernetes mode), where
     the leader also sweeps entries whose proxy left while their meshd was gone."""
@@ -326,11 +326,13 @@ def _workload_registry(opts: ServeOptions, store: ConfigStore, member) -> Worklo
     if member is None:
         import socket
 
-        return WorkloadRegistry(StoreEntries(store), groups, instance=socket.gethostname(), grace_period=grace)
+        return WorkloadRegistry(StoreEntries(store), groups, instance=socket.gethostname(), grace_period=grace,
+                                registry=metrics.registry)
     from .kube.autoregistration import KubeEntries
 
     backend = KubeEntries(member.kube)
-    registry = WorkloadRegistry(backend, groups, instance=member.identity, grace_period=grace)
+    registry = WorkloadRegistry(backend, groups, instance=member.identity, grace_period=grace,
+                                registry=metrics.registry)
     member.add_leader_task("workload-entry-cleanup", lambda: backend.sweep(registry))
     return registry
 
@@ -409,7 +411,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     key_sets = JwksSource(refresh_interval=opts.jwks_refresh_interval, registry=metrics.registry)
     debug_routes["/debug/jwksz"] = _json_view(key_sets.status)
     policy_report = PolicyReport(metrics.registry)
-    registry = _workload_registry(opts, store, member)  # WorkloadGroup auto-registration (docs/vm.md)
+    registry = _workload_registry(opts, store, member, metrics)  # WorkloadGroup auto-registration (docs/vm.md)
     ads.registrations = registry
     # Envoy's metrics service on the secure port, its Istio metrics, and /ui/ (docs/ui.md).
     telemetry = Telemetry.attach(metrics.registry, authenticators if serving is not None else None,

@@ -36,6 +36,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as PromCounter
 
 from .. import names
 from ..config import kinds
@@ -231,6 +233,23 @@ class StoreEntries:
 
 
 # --- the lifecycle ----------------------------------------------------------------------
+class RegistrationMetrics:
+    """istiod's auto-registration counters, under its names (meshd's /metrics)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        r = registry
+        self.success = PromCounter("auto_registration_success", "Total number of successful auto registrations.",
+                                   registry=r)
+        self.updates = PromCounter("auto_registration_updates", "Total number of auto registration updates.",
+                                   registry=r)
+        self.unregistrations = PromCounter("auto_registration_unregister", "Total number of unregistrations.",
+                                           registry=r)
+        self.deletes = PromCounter("auto_registration_deletes",
+                                   "Total number of auto registration cleaned up by periodic timer.", registry=r)
+        self.errors = PromCounter("auto_registration_errors", "Total number of auto registration errors.",
+                                  registry=r)
+
+
 @dataclass(frozen=True)
 class Registered:
     namespace: str
@@ -245,8 +264,10 @@ class WorkloadRegistry:
     through a WorkloadGroup. Runs on the event loop."""
 
     def __init__(self, backend: EntryBackend, groups: GroupLookup, *, instance: str,
-                 grace_period: float = DEFAULT_GRACE_PERIOD, clock: Callable[[], datetime] | None = None):
+                 grace_period: float = DEFAULT_GRACE_PERIOD, clock: Callable[[], datetime] | None = None,
+                 registry: CollectorRegistry | None = None):
         self.backend = backend
+        self.metrics = RegistrationMetrics(registry if registry is not None else CollectorRegistry())
         self.groups = groups
         self.instance = instance
         self.grace_period = grace_period
@@ -275,6 +296,7 @@ class WorkloadRegistry:
         if current is None:
             group = self.groups(ns, group_name)
             if group is None:
+                self.metrics.errors.inc()
                 raise ProxyRefused(f"auto-registration of {proxy.id} failed: cannot find WorkloadGroup "
                                    f"{ns}/{group_name} (node metadata {names.META_AUTO_REGISTER_GROUP})",
                                    permission=False)
@@ -307,14 +329,17 @@ class WorkloadRegistry:
             if self._forget(proxy.id, key):
                 self._spawn(self._unregister(Registered(ns, name, group_name, now), self._clock()))
             if isinstance(e, Exception):
+                self.metrics.errors.inc()
                 raise ProxyRefused(f"auto-registration of {proxy.id} failed: writing WorkloadEntry {ns}/{name}: {e}",
                                    permission=False) from e
             raise
         if current is None:
             self.registered += 1
+            self.metrics.success.inc()
             log.info("auto-registered WorkloadEntry", entry=f"{ns}/{name}", group=group_name, proxy=proxy.id,
                      address=proxy.ip)
         else:
+            self.metrics.updates.inc()
             log.info("updated auto-registered WorkloadEntry", entry=f"{ns}/{name}", proxy=proxy.id)
 
     def disconnected(self, proxy: Proxy) -> None:
@@ -364,9 +389,12 @@ class WorkloadRegistry:
             if last is not None and last > reg.connected_at:
                 return  # a newer connection wrote its time after this one
             await self.backend.put(disconnected_meta(doc, at))
+            if ann.get(names.AUTO_REGISTRATION_GROUP_ANNOTATION):
+                self.metrics.unregistrations.inc()
             log.info("WorkloadEntry disconnected", entry=f"{reg.namespace}/{reg.name}",
                      grace_period=self.grace_period)
         except Exception as e:  # a backend failure must not reach the server
+            self.metrics.errors.inc()
             log.warning("marking WorkloadEntry disconnected failed", entry=f"{reg.namespace}/{reg.name}", error=str(e))
         if key not in self._streams:
             self._cleanups[key] = self._spawn(self._cleanup_later(key))
@@ -383,10 +411,12 @@ class WorkloadRegistry:
             gone = await self.backend.delete(namespace, name,
                                              unless=lambda doc: not expired(doc, self.grace_period, now))
         except Exception as e:
+            self.metrics.errors.inc()
             log.warning("cleaning up auto-registered WorkloadEntry failed", entry=f"{namespace}/{name}", error=str(e))
             return False
         if gone:
             self.deleted += 1
+            self.metrics.deletes.inc()
             log.info("cleaned up auto-registered WorkloadEntry", entry=f"{namespace}/{name}")
         return gone
 

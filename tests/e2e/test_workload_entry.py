@@ -147,6 +147,7 @@ def test_a_proxy_joining_a_workload_group_is_registered_while_connected(mesh: Me
     assert ann[names.AUTO_REGISTRATION_GROUP_ANNOTATION] == "reviews"
     assert names.CONNECTED_AT_ANNOTATION in ann and ann[names.WORKLOAD_CONTROLLER_ANNOTATION]
     assert configz(mesh)["autoRegistration"]["connected"] == [f"{NS}/{name}"]
+    assert "auto_registration_success_total 1.0" in mesh.cp.metrics()  # istiod's counter
 
     # another proxy has it as an endpoint of the Service selecting app=reviews, and reaches it with mTLS
     wait_for(lambda: f"{joiner.ip}:{APP_PORT}" in endpoints(mesh, f"client-0.{NS}", "reviews"), 10,

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
 from ca import Identity
 from controlplane import names
@@ -120,17 +121,19 @@ def test_expired_only_after_the_grace_period_and_only_when_disconnected():
 
 
 # --- the lifecycle, in directory mode (entries in the store) --------------------------
-def registry(grace: float = 0.2, groups=None):
+def registry(grace: float = 0.2, groups=None, prom=None):
     store = ConfigStore()
     backend = StoreEntries(store)
     known = {(NS, "ratings"): group()} if groups is None else groups
-    reg = WorkloadRegistry(backend, lambda ns, name: known.get((ns, name)), instance="meshd-0", grace_period=grace)
+    reg = WorkloadRegistry(backend, lambda ns, name: known.get((ns, name)), instance="meshd-0", grace_period=grace,
+                           registry=prom)
     return store, backend, reg
 
 
 def test_a_member_is_an_entry_while_connected_and_gone_after_the_grace_period():
     async def main():
-        store, backend, reg = registry(grace=0.3)
+        prom = CollectorRegistry()
+        store, backend, reg = registry(grace=0.3, prom=prom)
         proxy = member()
         await reg.connected(proxy, SA)
         [doc] = backend.entries()
@@ -147,6 +150,10 @@ def test_a_member_is_an_entry_while_connected_and_gone_after_the_grace_period():
         await eventually(lambda: backend.entries() == [], timeout=3)
         assert _locations(store) == set()
         assert (reg.registered, reg.deleted) == (1, 1)
+        # istiod's counters, under its names
+        counts = [prom.get_sample_value(f"auto_registration_{n}_total")
+                  for n in ("success", "unregister", "deletes", "errors")]
+        assert counts == [1, 1, 1, 0]
 
     run(main())
 
