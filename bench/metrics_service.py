@@ -81,14 +81,18 @@ def report(tick: int, clusters: int) -> pb.StreamMetricsMessage:
     return msg
 
 
-def first_message(i: int, sa: str, body: pb.StreamMetricsMessage) -> bytes:
+def first_message(i: int, sa: str, body: pb.StreamMetricsMessage, extensions: int = 600) -> bytes:
     from envoy.config.core.v3 import base_pb2
 
     node = base_pb2.Node(id=f"sidecar~10.{i // 65536}.{i // 256 % 256}.{i % 256}~app-{i}-0.{NS}~{NS}.svc.cluster.local",
                          cluster=f"app-{i}.{NS}")
     node.metadata.update({"NAMESPACE": NS, "SERVICE_ACCOUNT": sa, "WORKLOAD_NAME": f"app-{i}",
                           "LABELS": {"app": f"app-{i}", "security.istio.io/tlsMode": "istio"},
-                          "padding": "x" * 50_000})  # Envoy's first message carries ~60 KB of node
+                          "ISTIO_VERSION": "1.0", "INTERCEPTION_MODE": "REDIRECT"})
+    # Envoy's node is ~60 KB, nearly all of it the list of its extensions.
+    for k in range(extensions):
+        node.extensions.add(name=f"envoy.filters.extension_{k}", category="envoy.filters.network",
+                            type_urls=[f"type.googleapis.com/envoy.extensions.example.v3.Extension{k}"])
     msg = pb.StreamMetricsMessage()
     msg.CopyFrom(body)
     msg.identifier.node = node.SerializeToString()
@@ -99,6 +103,7 @@ class Fleet:
     def __init__(self, port: int, root: bytes, tokens: dict[str, str], n: int, interval: float, clusters: int):
         self.port, self.root, self.tokens, self.n, self.interval, self.clusters = port, root, tokens, n, interval, clusters
         self.ramp = 0.02
+        self.extensions = 600
         self.bodies = [report(1, clusters)]
         self.sent = 0
         self.errors: list[str] = []
@@ -109,7 +114,7 @@ class Fleet:
         call: Any = channel.stream_unary("/envoy.service.metrics.v3.MetricsService/StreamMetrics",
                                     request_serializer=None, response_deserializer=None)
         await asyncio.sleep(i * self.ramp)  # connect gradually, as a fleet rolls out
-        first = first_message(i, sa, self.bodies[0])
+        first = first_message(i, sa, self.bodies[0], self.extensions)
 
         async def messages():
             yield first
@@ -163,6 +168,8 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=60.0)
     ap.add_argument("--clusters", type=int, default=20)
     ap.add_argument("--service-accounts", type=int, default=50)
+    ap.add_argument("--node-extensions", type=int, default=600,
+                    help="extensions listed in each node (600: about the 70 KB node Envoy sends)")
     a = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,6 +202,7 @@ def main() -> None:
             print(f"idle       meshd CPU {idle_cpu:6.2f} %   RSS {idle_rss:7.1f} MB")
 
             fleet = Fleet(secure, root, tokens, a.proxies, a.interval, a.clusters)
+            fleet.extensions = a.node_extensions
             loop = asyncio.new_event_loop()
             import threading
 
@@ -204,7 +212,7 @@ def main() -> None:
                      what="every proxy connected")
             if fleet.errors:
                 raise SystemExit(f"streams failed: {fleet.errors[:3]}")
-            time.sleep(a.interval)  # one full round of reports before measuring
+            time.sleep(min(a.interval, 30))  # one full round of reports before measuring
             sent0 = fleet.sent
             cpu, rss = measure(meshd.pid, a.window)
             reports = fleet.sent - sent0

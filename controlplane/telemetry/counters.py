@@ -107,14 +107,14 @@ def read_counters(families: Iterable[Any], max_clusters: int = 256) -> ProxyCoun
             row[key] = row.get(key, 0) + _value(fam)
         elif name.startswith(INBOUND_HCM):
             port_text, _, stat = name[len(INBOUND_HCM):].partition(".")
-            key = _HCM_STATS.get(stat)
-            if key is None or not port_text.isdigit():
+            hcm_key = _HCM_STATS.get(stat)
+            if hcm_key is None or not port_text.isdigit():
                 continue
             port = int(port_text)
             if port not in inb and len(inb) >= max_clusters:
                 dropped.add(f"port {port}")
                 continue
-            inb.setdefault(port, {})[key] = _value(fam)
+            inb.setdefault(port, {})[hcm_key] = _value(fam)
         elif name.startswith("cluster.inbound|") and name.endswith("||.upstream_cx_total"):
             port_text = name[len("cluster.inbound|"):-len("||.upstream_cx_total")]
             if port_text.isdigit():

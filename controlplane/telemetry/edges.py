@@ -115,6 +115,7 @@ def edges(traffic: Iterable[ProxyTraffic], mesh: Any, recent: Any = None,
     """Every call the reports show. `recent(p, key)` says whether a counter group grew
     lately (TelemetryStore.grew_recently); None: everything counts as recent."""
     out: list[Edge] = []
+    behind_cache: dict[tuple[str, int], tuple[Workload, ...]] = {}  # thousands of proxies call the same services
 
     def is_recent(p: ProxyTraffic, key: str) -> bool:
         return True if recent is None else bool(recent(p, key))
@@ -126,7 +127,9 @@ def edges(traffic: Iterable[ProxyTraffic], mesh: Any, recent: Any = None,
             if parsed is None or not (total.requests or total.connections):
                 continue
             port, _subset, host = parsed
-            behind = service_workloads(mesh, host, port, trust_domain)
+            behind = behind_cache.get((host, port))
+            if behind is None:
+                behind = behind_cache[(host, port)] = service_workloads(mesh, host, port, trust_domain)
             dest = behind[0] if len(behind) == 1 else OUTSIDE
             window = p.window.outbound.get(cluster, Traffic())
             sec = security(window) if window.connections else security(total)

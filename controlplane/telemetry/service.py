@@ -25,6 +25,7 @@ from .store import TelemetryStore
 SERVICE = "envoy.service.metrics.v3.MetricsService"
 METHOD = "StreamMetrics"
 DEFAULT_MAX_CLUSTERS = 256
+KEPT_METADATA = ("NAMESPACE", "LABELS", "SERVICE_ACCOUNT", "WORKLOAD_NAME", "CLUSTER_ID", "INSTANCE_IPS")
 
 
 def _messages() -> Any:
@@ -50,10 +51,11 @@ class MetricsService:
         except AuthenticationError as e:
             self._log.warning("metrics auth failed", peer=peer, reason=str(e))
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"authentication failed: {e}")
-        requests = request_iterator.__aiter__()
-        try:
-            first = await requests.__anext__()
-        except StopAsyncIteration:
+        # Messages are read with context.read(), not through `request_iterator`: grpc.aio's
+        # iterator keeps the last message referenced in its generator frame while it waits
+        # for the next, i.e. the first message (the node, ~70 KB) of every idle proxy.
+        first = await context.read()
+        if first is grpc.aio.EOF:
             return pb.StreamMetricsResponse()
         proxy = self._proxy(first)
         if proxy is None:
@@ -71,13 +73,11 @@ class MetricsService:
                                 f"meshd keeps metrics of at most {self.store.max_proxies} proxies")
         self._log.debug("metrics stream", proxy=proxy.id, peer=peer)
         try:
-            message = first
-            while True:
+            self.store.report(token, proxy.id, read_counters(first.envoy_metrics, self.max_clusters))
+            del first  # the node (Envoy's is ~60 KB) is not kept for the stream's life
+            while (message := await context.read()) is not grpc.aio.EOF:
                 self.store.report(token, proxy.id, read_counters(message.envoy_metrics, self.max_clusters))
-                try:
-                    message = await requests.__anext__()
-                except StopAsyncIteration:
-                    break
+                del message
         finally:
             self.store.close(token, proxy.id)
         return pb.StreamMetricsResponse()
@@ -90,7 +90,14 @@ class MetricsService:
 
         try:
             node = base_pb2.Node.FromString(first.identifier.node)
-            return parse_node(node.id, node.metadata, node.locality if node.HasField("locality") else None)
+            # Only the metadata the reports are labelled with: bounded per proxy.
+            md = {k: node.metadata.fields[k] for k in KEPT_METADATA if k in node.metadata.fields}
+            from google.protobuf import struct_pb2
+
+            kept = struct_pb2.Struct()
+            for k, v in md.items():
+                kept.fields[k].CopyFrom(v)
+            return parse_node(node.id, kept, node.locality if node.HasField("locality") else None)
         except (NodeError, ValueError):
             return None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import grpc
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -250,6 +251,12 @@ def test_metrics_service_refuses_a_node_of_another_identity():
     class Context:
         code = None
 
+        def __init__(self, *messages):
+            self.messages = list(messages)
+
+        async def read(self):
+            return self.messages.pop(0) if self.messages else grpc.aio.EOF
+
         def peer(self):
             return "ipv4:127.0.0.1:1"
 
@@ -269,17 +276,21 @@ def test_metrics_service_refuses_a_node_of_another_identity():
         msg.identifier.node = node.SerializeToString()
         return msg
 
-    async def stream(*messages):
-        for m in messages:
-            yield m
-
     store = TelemetryStore()
     svc = MetricsService(store, [Authn()])
-    ctx = Context()
+    ctx = Context(first(f"sidecar~10.0.0.2~catalog-0.{NS}~{NS}.svc.cluster.local", "catalog"))
     with pytest.raises(Aborted, match="service account 'catalog'"):
-        asyncio.run(svc.StreamMetrics(stream(first(f"sidecar~10.0.0.2~catalog-0.{NS}~{NS}.svc.cluster.local",
-                                                   "catalog")), ctx))
+        asyncio.run(svc.StreamMetrics(None, ctx))
     assert len(store) == 0
-    asyncio.run(svc.StreamMetrics(stream(first(f"sidecar~10.0.0.1~webapp-0.{NS}~{NS}.svc.cluster.local",
-                                               "webapp")), Context()))
+
+    seen = []
+
+    class Watching(Context):
+        async def read(self):
+            seen.append(len(store))
+            return await super().read()
+
+    webapp = first(f"sidecar~10.0.0.1~webapp-0.{NS}~{NS}.svc.cluster.local", "webapp")
+    asyncio.run(svc.StreamMetrics(None, Watching(webapp, webapp)))
+    assert seen == [0, 1, 1]  # held while the stream lasted
     assert len(store) == 0  # the stream ended: the proxy went away

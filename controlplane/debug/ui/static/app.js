@@ -71,13 +71,18 @@
       const a = byId.get(e.from), b = byId.get(e.to);
       if (!a || !b) return svg("g");
       const x1 = a.x + NODE_W / 2, y1 = a.y, x2 = b.x - NODE_W / 2, y2 = b.y;
-      const bend = e.security === "refused" ? 18 : 0;
-      const mx = (x1 + x2) / 2, my = (y1 + y2) / 2 + bend;
+      // An edge across more than one layer bows above the nodes between its ends; the
+      // refused and plaintext edges between the same two nodes bow apart.
+      const layers = Math.round(Math.abs(b.x - a.x) / 230);
+      const apart = e.security === "refused" ? 22 : 0;
+      const cx = (x1 + x2) / 2;
+      const cy = layers > 1 ? Math.min(y1, y2) - 40 - 12 * layers - apart : (y1 + y2) / 2 + apart;
+      const mx = (x1 + 2 * cx + x2) / 4, my = (y1 + 2 * cy + y2) / 4;  // the curve's midpoint
       const g = svg("g", {class: `edge ${e.kind} ${e.lock || ""}`, tabindex: e.kind === "call" ? "0" : "-1",
                           "data-edge-id": e.id, "data-lock": e.lock || "", "data-security": e.security || "",
                           role: "img", "aria-label": e.label});
       g.appendChild(svg("title", {}, e.label));
-      g.appendChild(svg("path", {d: `M${x1},${y1} Q${mx},${my} ${x2},${y2}`, "marker-end": "url(#arrow)"}));
+      g.appendChild(svg("path", {d: `M${x1},${y1} Q${cx},${cy} ${x2},${y2}`, "marker-end": "url(#arrow)"}));
       if (e.kind === "call") {
         const sym = LOCK_SYMBOL[e.lock];
         if (sym) g.appendChild(svg("use", {href: sym, x: mx - 8, y: my - 22, width: 16, height: 16, class: "lock"}));
