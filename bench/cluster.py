@@ -14,7 +14,8 @@ such as Sidecars, reaches the API server too), with three changes the API server
 Istio kinds as `v1beta1` (Istio 1.14's CRDs, which istiod needs, have no `v1`; meshd reads
 any served version), Services without their fixed clusterIP (the server allocates one in
 its range), and no Pods (nothing would schedule them or give them an address: the
-EndpointSlices carry the addresses, as the file scenario's do).
+EndpointSlices carry the addresses, without a targetRef, which would make istiod wait
+for the Pod).
 """
 from __future__ import annotations
 
@@ -143,6 +144,7 @@ class Cluster:
     def patch_endpoints(self, sc: Any, j: int, generation: int) -> None:
         """Service `j`'s EndpointSlice as Scenario.endpoints_yaml(j, generation) has it."""
         for d in yaml.safe_load_all(sc.endpoints_yaml(j, generation)):
+            d = api_object(d)
             self.merge_patch("EndpointSlice", d["metadata"]["namespace"], d["metadata"]["name"],
                              {"endpoints": d["endpoints"]})
 
@@ -160,6 +162,10 @@ def api_object(doc: dict[str, Any]) -> dict[str, Any] | None:
         if spec.get("clusterIP") not in (None, "None"):
             spec.pop("clusterIP")
         doc = {**doc, "spec": spec}
+    if kind == "EndpointSlice":
+        # No Pods: istiod holds back an endpoint whose targetRef names a Pod it has not
+        # seen (it would serve empty assignments), so the endpoints name none.
+        doc = {**doc, "endpoints": [{k: v for k, v in ep.items() if k != "targetRef"} for ep in doc.get("endpoints") or []]}
     return doc
 
 
