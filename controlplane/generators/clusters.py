@@ -150,7 +150,16 @@ def inbound_cluster(ip: InboundPort, localhost: bool = False) -> cluster_pb2.Clu
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(),
     )
     traffic_policy.apply(c, NO_POLICY, http2=protocol.is_http2(ip.protocol))
-    if localhost:
+    if ip.default_endpoint:
+        # A Sidecar ingress listener's defaultEndpoint (`127.0.0.1:8080`; `0.0.0.0` is the pod IP).
+        host, _, port = ip.default_endpoint.rpartition(":")
+        host = host.strip("[]")
+        c.type = cluster_pb2.Cluster.STATIC
+        c.load_assignment.cluster_name = ip.cluster
+        ep = c.load_assignment.endpoints.add().lb_endpoints.add().endpoint
+        ep.address.socket_address.address = host or LOCALHOST
+        ep.address.socket_address.port_value = int(port)
+    elif localhost:
         c.type = cluster_pb2.Cluster.STATIC
         c.load_assignment.cluster_name = ip.cluster
         ep = c.load_assignment.endpoints.add().lb_endpoints.add().endpoint

@@ -500,6 +500,21 @@ def sidecar_view(mesh: MeshSnapshot, proxy: Proxy) -> tuple[str, ...]:
     return (scope.digest, facts)
 
 
+@stands_for(SIDECAR_SCOPE)
+def sidecar_ingress(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...] | None:
+    """The Sidecar whose ingress listeners replace the proxy's inbound side (None for most
+    proxies), and the proxy's address when a `defaultEndpoint` names the workload's own
+    (`0.0.0.0:<port>`). The inbound side reads nothing else of the scope."""
+    if proxy.type != "sidecar":
+        return None
+    scope = mesh.sidecar_scope(proxy)
+    if not scope.ingress or scope.sidecar is None:
+        return None
+    sc = scope.sidecar
+    own = any(lst.default_endpoint.startswith(("0.0.0.0:", "[::]:")) for lst in scope.ingress)
+    return (sc.namespace, sc.name, sc.generation, proxy.ip if own else "")
+
+
 @stands_for(ENDPOINTS)
 def seen_endpoints(mesh: MeshSnapshot, proxy: Proxy) -> str:
     """The endpoints of the hosts in the proxy's scope (what its EDS can hold): an

@@ -55,6 +55,7 @@ from .dependencies import (
     security,
     service_accounts,
     service_generation,
+    sidecar_ingress,
     sidecar_view,
     uses_dr_credentials,
     uses_source_labels,
@@ -262,7 +263,8 @@ def OUTBOUND_CLUSTERS(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: Resou
 # --- inbound clusters (sidecars) -------------------------------------------------------
 
 def _instances_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
-    return (proxy.type, instance_shape(mesh, proxy.ip))
+    # A Sidecar's ingress listeners, when it has some, replace the services' ports.
+    return (proxy.type, instance_shape(mesh, proxy.ip), sidecar_ingress(mesh, proxy))
 
 
 # The inbound side reads Services only as the instances at the proxy's address
@@ -359,7 +361,7 @@ def OUTBOUND_LISTENERS(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: Reso
 def _inbound_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
     # The replicas of a workload (same services and ports, same effective policy) share it.
     return (mtls_policy(mesh, proxy.namespace, proxy.labels, proxy.label_key), proxy.workload_cert,
-            instance_shape(mesh, proxy.ip), security(mesh, proxy))
+            instance_shape(mesh, proxy.ip), security(mesh, proxy), sidecar_ingress(mesh, proxy))
 
 
 @part("sidecar-virtual-inbound", names.LISTENER, (PEER_AUTHENTICATION, *SECURITY_KINDS, OTHER), _inbound_scope)

@@ -36,8 +36,9 @@ from envoy.config.route.v3 import route_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from .. import names
+from ..config.types.sidecar import IngressListener
 from ..model import protocol
-from ..model.mesh import MeshSnapshot
+from ..model.mesh import MeshSnapshot, ServiceInstance
 from ..model.peer_authentication import DISABLE, PERMISSIVE, STRICT
 from ..model.proxy import SIDECAR, Proxy
 from ..model.services import Service, ServicePort
@@ -64,6 +65,9 @@ class InboundPort:
     service: Service
     service_port: ServicePort
     protocol: str
+    # A Sidecar ingress listener's `defaultEndpoint` (`127.0.0.1:8080`): where the inbound
+    # cluster sends connections instead of the address the client dialled.
+    default_endpoint: str = ""
 
     @property
     def cluster(self) -> str:
@@ -84,6 +88,9 @@ def inbound_ports(mesh: MeshSnapshot, proxy: Proxy) -> list[InboundPort]:
     treated as TCP (no protocol sniffing); UDP and the sidecar's own ports are skipped."""
     if proxy.type != SIDECAR:
         return []
+    ingress = mesh.sidecar_scope(proxy).ingress
+    if ingress:
+        return _ingress_ports(mesh, proxy, ingress)
     chosen: dict[int, InboundPort] = {}
     for inst in sorted(mesh.instances_for(proxy), key=lambda i: (_age(i.service), i.port.port)):
         proto = protocol.of_service_port(inst.port)
@@ -92,6 +99,38 @@ def inbound_ports(mesh: MeshSnapshot, proxy: Proxy) -> list[InboundPort]:
             continue
         chosen[port] = InboundPort(port, inst.service, inst.port, proto)
     return [chosen[p] for p in sorted(chosen)]
+
+
+def _ingress_ports(mesh: MeshSnapshot, proxy: Proxy, ingress: tuple[IngressListener, ...]) -> list[InboundPort]:
+    """A Sidecar's ingress listeners replace the ports of the services the workload serves
+    (istiod: the listener's port, protocol and `defaultEndpoint`; the service of an
+    instance on that port names the cluster's metadata, else a stand-in of the proxy's
+    namespace, as for a workload no Service selects)."""
+    by_port: dict[int, ServiceInstance] = {}
+    for inst in sorted(mesh.instances_for(proxy), key=lambda i: (_age(i.service), i.port.port)):
+        by_port.setdefault(inst.endpoint.port, inst)  # the oldest service on the port
+    out: dict[int, InboundPort] = {}
+    for listener in ingress:
+        number = listener.port.number
+        if number in out or number in RESERVED_PORTS:
+            continue
+        inst = by_port.get(number)
+        sp = ServicePort(listener.port.name, number, number, app_protocol=listener.port.protocol.lower())
+        svc = inst.service if inst is not None else Service(
+            name="sidecar", namespace=proxy.namespace, hostname=f"sidecar.{proxy.namespace}", ports=(sp,),
+            selector={}, labels={})
+        out[number] = InboundPort(number, svc, inst.port if inst is not None else sp,
+                                  protocol.parse(listener.port.protocol), _endpoint(listener.default_endpoint, proxy))
+    return [out[p] for p in sorted(out)]
+
+
+def _endpoint(default_endpoint: str, proxy: Proxy) -> str:
+    """`0.0.0.0:<port>` (or `[::]`) is the workload's own address (istiod); "" keeps the
+    address the client dialled."""
+    host, _, port = default_endpoint.rpartition(":")
+    if host in ("0.0.0.0", "[::]") and proxy.ip:
+        return f"{proxy.ip}:{port}"
+    return default_endpoint
 
 
 # --- filter chain match options per mTLS mode ---------------------------------------

@@ -223,6 +223,10 @@ def slots() -> dict[str, tuple[str, ...]]:
             _sidecar("cart", "shop", "  workloadSelector: {labels: {app: cart}}\n  egress: [{hosts: [\"*/*\"]}]\n"),
             _sidecar("cart", "shop", "  workloadSelector: {labels: {app: cart, version: v2}}\n"
                      "  egress: [{hosts: [\"web/front.web.svc.cluster.local\"]}]\n"),
+            # ingress listeners replace the inbound side (9090 to the app's 8080; 0.0.0.0: the pod's)
+            _sidecar("cart", "shop", "  workloadSelector: {labels: {app: cart}}\n  ingress:\n"
+                     "  - {port: {number: 9090, protocol: HTTP, name: http-in}, defaultEndpoint: \"127.0.0.1:8080\"}\n"
+                     "  - {port: {number: 9091, protocol: TCP, name: tcp-in}, defaultEndpoint: \"0.0.0.0:7070\"}\n"),
         ),
         "sidecar/istio-system/default": (
             _sidecar("default", "istio-system", "  egress: [{hosts: [\"*/*\"]}]\n"),

@@ -82,9 +82,6 @@ def test_workload_sidecar_without_service():
     assert _eds_clusters(out) == ["outbound|8081||http1.ns1.svc.cluster.local"]
 
 
-@pytest.mark.xfail(strict=True, reason="Sidecar ingress listeners are not generated yet: model/sidecar_scope.py reads "
-                                       "them, generators/sidecar_inbound.py does not (issue 18, sidecar-scope); remove "
-                                       "this mark when they are")
 def test_sidecar_ingress_port_without_service():
     """The same test: the Sidecar's ingress port 9080 (defaultEndpoint 127.0.0.1:8080) is a
     filter chain of virtualInbound although no Service selects the workload."""

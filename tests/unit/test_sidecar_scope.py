@@ -163,6 +163,28 @@ def test_clusters_listeners_and_routes_hold_only_the_scope():
     assert any(n.endswith(FRONT) for n in cluster_names(mesh, GATEWAY))
 
 
+def test_ingress_listeners_replace_the_inbound_side():
+    from envoy.config.cluster.v3 import cluster_pb2
+
+    world = _world(**{"sidecar__shop__cart": 2, "peerauthentication__shop__cart": None})  # no portLevelMtls 8080
+    mesh = world.mesh
+    clusters = dict(builders()[names.CLUSTER](mesh, CART_1))
+    inbound = {n: c for n, c in clusters.items() if n.startswith("inbound|")}
+    assert set(inbound) == {"inbound|9090||", "inbound|9091||"}  # not the Service's 8080
+    http = inbound["inbound|9090||"]
+    assert http.type == cluster_pb2.Cluster.STATIC
+    addr = http.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+    assert (addr.address, addr.port_value) == ("127.0.0.1", 8080)
+    own = inbound["inbound|9091||"].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+    assert (own.address, own.port_value) == (CART_1.ip, 7070)
+    vin = _listener(mesh, CART_1, "virtualInbound")
+    ports = {c.filter_chain_match.destination_port.value for c in vin.filter_chains}
+    assert {9090, 9091} <= ports and 8080 not in ports
+    # the replica that Sidecar does not select keeps the Service's port
+    world.apply([Change("sidecar/shop/cart", 1)])
+    assert "inbound|8080||" in dict(builders()[names.CLUSTER](world.mesh, CART_1))
+
+
 # --- the push engine ------------------------------------------------------------------------
 
 def keys(gen: Generator, mesh, proxy) -> dict[str, tuple]:

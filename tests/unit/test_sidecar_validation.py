@@ -70,6 +70,8 @@ INVALID = [
      "spec.egress[0].bind", "ports with 0 value must have a unix domain socket bind address"),
     ({"egress": [{"hosts": ["./*"], "port": {"number": 80, "protocol": "HTTP"}, "bind": "not-an-ip"}]},
      "spec.egress[0].bind", "is not a valid IP"),
+    ({"egress": [{"hosts": ["./*"], "port": {"number": 0, "protocol": "HTTP"}, "bind": "unix://", "captureMode": "IPTABLES"}]},
+     "spec.egress[0].captureMode", "captureMode must be DEFAULT/NONE for unix domain socket listeners"),
     ({"ingress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "http"}, "defaultEndpoint": "10.0.0.1:80"}]},
      "spec.ingress[0].defaultEndpoint", "defaultEndpoint must be of form 127.0.0.1:<port>"),
     ({"ingress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "http"}, "tls": {"mode": "SIMPLE"}}]},
@@ -91,14 +93,35 @@ def test_what_istio_rejects_is_rejected_naming_the_field(spec, field, reason):
     assert any(e.field == field and reason in e.reason for e in got.errors), [str(e) for e in got.errors]
 
 
+NOT_SERVED = [
+    ({"egress": [{"hosts": ["./*"], "port": {"number": 9080, "protocol": "HTTP"}, "bind": "127.0.0.1"}]},
+     "spec.egress[0].bind"),
+    ({"egress": [{"hosts": ["./*"], "port": {"number": 9080, "protocol": "HTTP"}, "captureMode": "NONE"}]},
+     "spec.egress[0].captureMode"),
+    ({"ingress": [{"port": {"number": 9443, "protocol": "HTTPS", "name": "https"}, "defaultEndpoint": "127.0.0.1:8443",
+                   "tls": {"mode": "SIMPLE", "serverCertificate": "/etc/c.pem", "privateKey": "/etc/k.pem"}}]},
+     "spec.ingress[0].tls"),
+    ({"ingress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "http"},
+                   "defaultEndpoint": "unix:///var/run/app.sock"}]}, "spec.ingress[0].defaultEndpoint"),
+]
+
+
+@pytest.mark.parametrize(("spec", "field"), NOT_SERVED)
+def test_what_istio_accepts_but_meshd_does_not_serve_is_refused_naming_the_field(spec, field):
+    got = parse_document(_sidecar(spec), Origin("file", "sidecar.yaml"))
+    assert isinstance(got, Rejection), got
+    assert [e.reason for e in got.errors if e.field == field][0].endswith(
+        "meshd does not serve this field of a Sidecar yet (docs/sidecar-scope.md)"), [str(e) for e in got.errors]
+
+
 def test_the_typed_reading():
     spec = {
         "workloadSelector": {"labels": {"app": "ratings"}},
-        "egress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "egresshttp"}, "bind": "127.0.0.1",
-                    "captureMode": "NONE", "hosts": ["prod-us1/*"]},
+        "egress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "egresshttp"}, "captureMode": "IPTABLES",
+                    "hosts": ["prod-us1/*"]},
                    {"hosts": ["istio-system/*", "~/*"]}],
         "ingress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "somename"},
-                     "defaultEndpoint": "127.0.0.1:8080", "captureMode": "NONE"}],
+                     "defaultEndpoint": "127.0.0.1:8080"}],
         "outboundTrafficPolicy": {"mode": "ALLOW_ANY", "egressProxy": {"host": "egress.example.com",
                                                                        "port": {"number": 3128}}},
     }
@@ -107,7 +130,7 @@ def test_the_typed_reading():
     sc = got.typed
     assert sc.workload_selector == {"app": "ratings"}
     assert sc.egress[0].port.number == 9080 and sc.egress[0].port.protocol == "HTTP"
-    assert (sc.egress[0].bind, sc.egress[0].capture_mode) == ("127.0.0.1", "NONE")
+    assert (sc.egress[0].bind, sc.egress[0].capture_mode) == ("", "IPTABLES")
     assert sc.egress[1].port is None and sc.egress[1].hosts == ("istio-system/*", "~/*")
     assert sc.ingress[0].default_endpoint == "127.0.0.1:8080" and sc.ingress[0].port.number == 9080
     assert sc.outbound_traffic_policy.mode == "ALLOW_ANY"

@@ -2,7 +2,10 @@
 
 Istio's warnings (duplicated egress hosts, `*/*` beside other hosts, a selector without
 labels) do not reject a Sidecar there and do not here either; everything Istio rejects is
-rejected, with its wording."""
+rejected, with its wording. What Istio accepts but meshd does not serve (listeners bound
+to an address or a Unix socket, `captureMode: NONE`, ingress TLS, connection pools) is
+rejected too, naming the field: served without it, the Sidecar would not do what it says
+(docs/sidecar-scope.md)."""
 from __future__ import annotations
 
 from typing import Any
@@ -72,6 +75,7 @@ def validate_sidecar(spec: dict, namespace: str | None) -> list[FieldError]:
             if err:
                 errs.append(invalid(index(child(path, "hosts"), j), host, err))
 
+    _unserved(spec, errs)
     policy = get(spec, "outboundTrafficPolicy")
     proxy = get(policy, "egressProxy")
     if proxy is not None:
@@ -87,6 +91,27 @@ def validate_sidecar(spec: dict, namespace: str | None) -> list[FieldError]:
             else:
                 check_destination(proxy, path, errs)
     return errs
+
+
+_NOT_SERVED = "meshd does not serve this field of a Sidecar yet (docs/sidecar-scope.md)"
+
+
+def _unserved(spec: dict, errs: list[FieldError]) -> None:
+    if get(spec, "inboundConnectionPool") is not None:
+        errs.append(FieldError("spec.inboundConnectionPool", _NOT_SERVED))
+    for side in ("egress", "ingress"):
+        for i, listener in enumerate(get(spec, side, [])):
+            path = index(f"spec.{side}", i)
+            if get(listener, "bind"):
+                errs.append(invalid(child(path, "bind"), listener["bind"], _NOT_SERVED))
+            if get(listener, "captureMode") == "NONE":
+                errs.append(invalid(child(path, "captureMode"), "NONE", _NOT_SERVED))
+            if side == "ingress":
+                for fld in ("tls", "connectionPool"):
+                    if get(listener, fld) is not None:
+                        errs.append(FieldError(child(path, fld), _NOT_SERVED))
+                if str(get(listener, "defaultEndpoint", "")).startswith(UNIX_PREFIX):
+                    errs.append(invalid(child(path, "defaultEndpoint"), listener["defaultEndpoint"], _NOT_SERVED))
 
 
 def egress_host_error(host: str) -> str | None:
