@@ -35,6 +35,7 @@ import grpc
 
 from controlplane._gen.meshd.telemetry.v1 import metrics_sink_pb2 as pb
 from controlplane.security.cadir import open_tokens
+from tests.support.envoy_stats import family
 from tests.support.harness import free_port, wait_for
 
 NS = "bench"
@@ -57,8 +58,7 @@ def report(tick: int, clusters: int) -> pb.StreamMetricsMessage:
     msg = pb.StreamMetricsMessage()
 
     def counter(name: str, value: float) -> None:
-        f = msg.envoy_metrics.add(name=name, type=0)
-        f.metric.add().counter.value = value
+        msg.envoy_metrics.append(family(name, value))
 
     for c in range(clusters):
         name = f"cluster.outbound|80||svc-{c}.{NS}.svc.cluster.local"
@@ -66,7 +66,8 @@ def report(tick: int, clusters: int) -> pb.StreamMetricsMessage:
                         ("upstream_cx_total", tick), ("tlsMode-istio.ssl.handshake", tick),
                         ("upstream_rq_completed", 10 * tick), ("upstream_cx_destroy", 0), ("upstream_rq_retry", 0),
                         ("upstream_cx_connect_fail", 0), ("lb_healthy_panic", 0), ("update_success", 3),
-                        ("upstream_rq_pending_total", tick)):
+                        ("upstream_rq_pending_total", tick),
+                        *((f"other_cluster_counter_{k}", k) for k in range(40))):  # Envoy has ~50 per cluster
             counter(f"{name}.{stat}", v)
     for port in (8080, 9090):
         for stat, v in (("downstream_rq_total", 5 * tick), ("downstream_rq_2xx", 5 * tick),
@@ -76,8 +77,8 @@ def report(tick: int, clusters: int) -> pb.StreamMetricsMessage:
     for i in range(150):  # server, runtime, listener manager...: read by name, then skipped
         counter(f"server.misc_stat_{i}", i)
     for i in range(30):
-        f = msg.envoy_metrics.add(name=f"cluster.outbound|80||svc-{i % clusters}.{NS}.svc.cluster.local.upstream_rq_active", type=1)
-        f.metric.add().gauge.value = 1
+        msg.envoy_metrics.append(family(f"cluster.outbound|80||svc-{i % clusters}.{NS}.svc.cluster.local"
+                                        ".upstream_rq_active", 1, type_=1))
     return msg
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 COUNTER = 0  # io.prometheus.client.MetricType.COUNTER
@@ -33,6 +32,7 @@ _CLUSTER_STATS = {"upstream_rq_total": "requests", "upstream_cx_total": "connect
 _HCM_STATS = {"downstream_rq_total": "requests", "downstream_cx_total": "connections",
               "downstream_cx_ssl_total": "tls", **{f"downstream_rq_{c}": c for c in CLASSES}}
 _SSL_SUFFIXES = (".tlsMode-istio.ssl.handshake", ".ssl.handshake")
+_STR_PREFIXES = ("cluster.outbound|", "cluster.inbound|", INBOUND_HCM, VIRTUAL_INBOUND_REFUSED)
 
 
 @dataclass(frozen=True)
@@ -80,19 +80,60 @@ def _outbound_split(rest: str) -> tuple[str, str] | None:
     return (cluster, key) if key is not None and cluster else None
 
 
-def read_counters(families: Iterable[Any], max_clusters: int = 256) -> ProxyCounters:
-    """The counters meshd keeps from a report's metric families (MetricFamily messages:
-    `name`, `type`, `metric[].counter.value`). At most `max_clusters` outbound clusters
-    and as many inbound ports are kept (the first by name order of arrival)."""
+_PREFIXES = tuple(p.encode() for p in _STR_PREFIXES)
+# The last dot-separated part of every name read: most families are rejected by it alone.
+_LAST = frozenset(stat.encode() for stat in (*_CLUSTER_STATS, *_HCM_STATS, "handshake", "no_filter_chain_match"))
+
+
+def _name_span(raw: bytes) -> tuple[int, int] | None:
+    """Where a serialized MetricFamily's name is, when it comes first (field 1, as Envoy
+    writes it); None otherwise (the family is then parsed in full)."""
+    if len(raw) < 2 or raw[0] != 0x0A:
+        return None
+    n, i = raw[1], 2
+    if n & 0x80:  # a two-byte length: names of 128 to 16383 bytes
+        if len(raw) < 3 or raw[2] & 0x80:
+            return None
+        n, i = (n & 0x7F) | (raw[2] << 7), 3
+    return i, i + n
+
+
+def report_counters(report: bytes, max_clusters: int = 256) -> ProxyCounters:
+    """The counters of a serialized StreamMetricsMessage."""
+    from .._gen.meshd.telemetry.v1.metrics_sink_pb2 import StreamMetricsMessage
+
+    return read_counters(StreamMetricsMessage.FromString(report).envoy_metrics, max_clusters)
+
+
+def read_counters(families: Iterable[bytes], max_clusters: int = 256) -> ProxyCounters:
+    """The counters meshd keeps from a report's metric families (each a serialized
+    io.prometheus.client.MetricFamily). A family whose name meshd does not read is skipped
+    by looking at its bytes; the others are parsed."""
+    from .._gen.meshd.telemetry.v1.metrics_sink_pb2 import MetricFamily
+
+    def counters() -> Iterable[tuple[str, int]]:
+        for raw in families:
+            span = _name_span(raw)
+            if span is not None:
+                a, b = span
+                if raw[raw.rfind(b".", a, b) + 1:b] not in _LAST or not raw.startswith(_PREFIXES, a, b):
+                    continue
+            fam = MetricFamily.FromString(raw)
+            if fam.type == COUNTER and fam.name.startswith(_STR_PREFIXES):
+                yield fam.name, int(sum(m.counter.value for m in fam.metric))
+
+    return _collect(counters(), max_clusters)
+
+
+def _collect(counters: Iterable[tuple[str, int]], max_clusters: int) -> ProxyCounters:
+    """(full stat name, value) pairs -> what meshd keeps. At most `max_clusters` outbound
+    clusters and as many inbound ports (the first to arrive); the rest are counted."""
     out: dict[str, dict[str, int]] = {}
     inb: dict[int, dict[str, int]] = {}
     inbound_cx: dict[int, int] = {}
     refused = 0
     dropped: set[str] = set()
-    for fam in families:
-        name = fam.name
-        if fam.type != COUNTER:
-            continue
+    for name, value in counters:
         if name.startswith("cluster.outbound|"):
             split = _outbound_split(name[8:])
             if split is None:
@@ -104,7 +145,7 @@ def read_counters(families: Iterable[Any], max_clusters: int = 256) -> ProxyCoun
                     dropped.add(cluster)
                     continue
                 row = out[cluster] = {}
-            row[key] = row.get(key, 0) + _value(fam)
+            row[key] = row.get(key, 0) + value
         elif name.startswith(INBOUND_HCM):
             port_text, _, stat = name[len(INBOUND_HCM):].partition(".")
             hcm_key = _HCM_STATS.get(stat)
@@ -114,22 +155,18 @@ def read_counters(families: Iterable[Any], max_clusters: int = 256) -> ProxyCoun
             if port not in inb and len(inb) >= max_clusters:
                 dropped.add(f"port {port}")
                 continue
-            inb.setdefault(port, {})[hcm_key] = _value(fam)
+            inb.setdefault(port, {})[hcm_key] = value
         elif name.startswith("cluster.inbound|") and name.endswith("||.upstream_cx_total"):
             port_text = name[len("cluster.inbound|"):-len("||.upstream_cx_total")]
             if port_text.isdigit():
-                inbound_cx[int(port_text)] = _value(fam)
+                inbound_cx[int(port_text)] = value
         elif name == VIRTUAL_INBOUND_REFUSED:
-            refused = _value(fam)
+            refused = value
     for port, cx in inbound_cx.items():  # TCP ports: connections only, TLS unknown (no HCM)
         if port not in inb and len(inb) < max_clusters:
             inb[port] = {"connections": cx, "tls": -1}
     return ProxyCounters({c: _traffic(row) for c, row in out.items()},
                          {p: _traffic(row) for p, row in inb.items()}, refused, len(dropped))
-
-
-def _value(fam: Any) -> int:
-    return int(sum(m.counter.value for m in fam.metric))
 
 
 def _traffic(row: Mapping[str, int]) -> Traffic:

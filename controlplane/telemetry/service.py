@@ -19,7 +19,7 @@ import structlog
 from ..model.proxy import NodeError, parse_node
 from ..security.authn import AuthenticationError, Authenticator, authenticate_stream, normalize_metadata
 from ..security.authz import identity_mismatch
-from .counters import read_counters
+from .counters import report_counters
 from .store import TelemetryStore
 
 SERVICE = "envoy.service.metrics.v3.MetricsService"
@@ -54,10 +54,10 @@ class MetricsService:
         # Messages are read with context.read(), not through `request_iterator`: grpc.aio's
         # iterator keeps the last message referenced in its generator frame while it waits
         # for the next, i.e. the first message (the node, ~70 KB) of every idle proxy.
-        first = await context.read()
+        first = await context.read()  # bytes: counters are found in them (counters.py)
         if first is grpc.aio.EOF:
             return pb.StreamMetricsResponse()
-        proxy = self._proxy(first)
+        proxy = self._proxy(pb.StreamMetricsMessage.FromString(first))
         if proxy is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "the first StreamMetricsMessage must carry identifier.node with an Istio node id")
@@ -73,10 +73,10 @@ class MetricsService:
                                 f"meshd keeps metrics of at most {self.store.max_proxies} proxies")
         self._log.debug("metrics stream", proxy=proxy.id, peer=peer)
         try:
-            self.store.report(token, proxy.id, read_counters(first.envoy_metrics, self.max_clusters))
-            del first  # the node (Envoy's is ~60 KB) is not kept for the stream's life
+            self.store.report(token, proxy.id, report_counters(first, self.max_clusters))
+            del first  # the node (Envoy's is ~70 KB) is not kept for the stream's life
             while (message := await context.read()) is not grpc.aio.EOF:
-                self.store.report(token, proxy.id, read_counters(message.envoy_metrics, self.max_clusters))
+                self.store.report(token, proxy.id, report_counters(message, self.max_clusters))
                 del message
         finally:
             self.store.close(token, proxy.id)
@@ -106,6 +106,6 @@ def add_metrics_servicer(service: MetricsService, server: grpc.aio.Server) -> No
     """Register StreamMetrics under Envoy's service name (client streaming)."""
     pb = _messages()
     handler = grpc.stream_unary_rpc_method_handler(
-        service.StreamMetrics, request_deserializer=pb.StreamMetricsMessage.FromString,
+        service.StreamMetrics, request_deserializer=None,  # bytes: see StreamMetrics
         response_serializer=pb.StreamMetricsResponse.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),))

@@ -19,6 +19,7 @@ from controlplane.telemetry.edges import MUTUAL_TLS, NONE, REFUSED, edges
 from controlplane.telemetry.istio_metrics import IstioMetricsCollector
 from controlplane.telemetry.store import TelemetryStore
 from tests.support.configs import mesh_from_yaml
+from tests.support.envoy_stats import family
 from tests.support.manifests import MESHED, documents, pod, service
 
 NS = "istioinaction"
@@ -26,15 +27,8 @@ CATALOG = f"catalog.{NS}.svc.cluster.local"
 OUT = f"outbound|80||{CATALOG}"
 
 
-def family(name: str, value: float, type_: int = 0) -> pb.MetricFamily:
-    f = pb.MetricFamily(name=name, type=type_)
-    m = f.metric.add()
-    (m.counter if type_ == 0 else m.gauge).value = value
-    return f
-
-
 def report(rq2: int = 0, rq5: int = 0, cx: int = 0, tls: int = 0, in_cx: int = 0, in_tls: int = 0,
-           refused: int = 0, extra: int = 0) -> list[pb.MetricFamily]:
+           refused: int = 0, extra: int = 0) -> list[bytes]:
     fams = [
         family(f"cluster.{OUT}.upstream_rq_total", rq2 + rq5), family(f"cluster.{OUT}.upstream_rq_2xx", rq2),
         family(f"cluster.{OUT}.upstream_rq_5xx", rq5), family(f"cluster.{OUT}.upstream_cx_total", cx),
@@ -269,12 +263,12 @@ def test_metrics_service_refuses_a_node_of_another_identity():
 
     from envoy.config.core.v3 import base_pb2
 
-    def first(node_id: str, sa: str) -> pb.StreamMetricsMessage:
+    def first(node_id: str, sa: str) -> bytes:
         node = base_pb2.Node(id=node_id)
         node.metadata.update({"NAMESPACE": NS, "SERVICE_ACCOUNT": sa})
         msg = pb.StreamMetricsMessage(envoy_metrics=report(rq2=1, cx=1, tls=1))
         msg.identifier.node = node.SerializeToString()
-        return msg
+        return msg.SerializeToString()
 
     store = TelemetryStore()
     svc = MetricsService(store, [Authn()])
@@ -294,3 +288,27 @@ def test_metrics_service_refuses_a_node_of_another_identity():
     asyncio.run(svc.StreamMetrics(None, Watching(webapp, webapp)))
     assert seen == [0, 1, 1]  # held while the stream lasted
     assert len(store) == 0  # the stream ended: the proxy went away
+
+
+def test_long_names_and_families_not_in_envoys_field_order_are_read():
+    host = "a" * 150 + f".{NS}.svc.cluster.local"  # a name over 127 bytes: two-byte length
+    long_name = family(f"cluster.outbound|80||{host}.upstream_rq_total", 5)
+    reordered = family("http.inbound_0.0.0.0_3000.downstream_cx_total", 7)
+    reordered = reordered[reordered.index(b"\x22"):] + reordered[:reordered.index(b"\x22")]  # metric before name
+    c = read_counters([long_name, reordered])
+    assert c.outbound[f"outbound|80||{host}"].requests == 5
+    assert c.inbound[3000].connections == 7
+
+
+def test_families_in_another_shape_are_read_too():
+    """Envoy writes `type` even for COUNTER and one unlabelled sample; a family serialized
+    otherwise (proto3 omits the zero type; labels) is read all the same."""
+    from controlplane.telemetry.counters import report_counters
+
+    labelled = pb.MetricFamily(name=f"cluster.{OUT}.upstream_rq_total", type=0)
+    for value in (3, 4):
+        m = labelled.metric.add()
+        m.label.add(name="worker", value=str(value))
+        m.counter.value = value
+    raw = pb.StreamMetricsMessage(envoy_metrics=[labelled.SerializeToString()]).SerializeToString()
+    assert report_counters(raw).outbound[OUT].requests == 7
