@@ -472,3 +472,29 @@ def test_host_conflicts_of_a_running_meshd_follow_creation_time():
     resources = from_configz(DebugViews(ads, store).configz(content=True))
     got = [m.resource.full_name for m in analyze(resources, [BY_NAME["serviceentry.HostConflictAnalyzer"]])]
     assert got == ["ext/a-newer"]
+
+
+def test_workload_groups_stand_for_the_vms_that_will_register():
+    """A VM joining with a WorkloadGroup identity is registered as a WorkloadEntry with the
+    template's labels under the group's metadata.labels: selectors matching those select
+    something before any VM has connected."""
+    group = """
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: legacy, namespace: vms}
+spec:
+  metadata: {labels: {app: legacy}}
+  template: {serviceAccount: legacy, labels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: vm-scope, namespace: vms}
+spec: {workloadSelector: {labels: {app: legacy, version: v1}}, egress: [{hosts: ["./*"]}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: wrong, namespace: vms}
+spec: {workloadSelector: {labels: {app: legacy, version: v2}}, egress: [{hosts: ["./*"]}]}
+"""
+    assert _analyze(group, "sidecar.SelectorAnalyzer") == [
+        'IST0101 Sidecar vms/wrong: Referenced selector not found: "app=legacy,version=v2"']
