@@ -74,7 +74,7 @@
       // An edge across more than one layer bows above the nodes between its ends; the
       // refused and plaintext edges between the same two nodes bow apart.
       const layers = Math.round(Math.abs(b.x - a.x) / 230);
-      const apart = e.security === "refused" ? 22 : 0;
+      const apart = e.security === "refused" ? 40 : 0;
       const cx = (x1 + x2) / 2;
       const cy = layers > 1 ? Math.min(y1, y2) - 40 - 12 * layers - apart : (y1 + y2) / 2 + apart;
       const mx = (x1 + 2 * cx + x2) / 4, my = (y1 + 2 * cy + y2) / 4;  // the curve's midpoint
