@@ -215,9 +215,16 @@ def main(argv: list[str] | None = None) -> int:
         loaded = round(time.time() - t, 1)
         for n, name in enumerate(args.planes.split(",")):
             args.generation = 100 * (n + 1)  # each plane's changes are new content
-            plane = start_plane(name, cluster, work, args)
+            try:
+                plane = start_plane(name, cluster, work, args)
+            except Exception as e:  # one plane failing to start must not lose the others' figures
+                results.append({"plane": name.partition("=")[0], "error": f"start: {e}"})
+                continue
             try:
                 results.append(measure(plane, sc, cluster, args))
+            except Exception as e:
+                results.append({"plane": plane.name, "startup_to_ready_s": round(plane.ready_after, 3),
+                                "error": str(e)})
             finally:
                 plane.stop()
         doc = {
