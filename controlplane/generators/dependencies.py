@@ -23,7 +23,7 @@ per-host endpoint fingerprints, not of ENDPOINT_FACTS) and of the proxies on it
 
 Every fingerprint is computed once per snapshot, on first use, into the snapshot's own
 indexes (model/indexes.py), each declared below with the lifetime of what it reads: a
-snapshot derived from the previous one when only EndpointSlices changed keeps what reads
+snapshot derived from the previous one when only EndpointSlices (or WorkloadEntries) changed keeps what reads
 no endpoint, and the per-host and per-address entries of what did not change. Each
 fingerprint function says what it stands for (`@stands_for`, checked in tracking mode).
 """
@@ -67,18 +67,22 @@ from .inputs import (
     SERVICE_ENTRY,
     SIDECAR_SCOPE,
     STANDS_FOR,
+    WORKLOAD_ENTRY,
     input_of,
     stands_for,
 )
 
 # Fingerprints that read endpoints (or everything): the others hold for every snapshot
 # derived from this one by an EndpointSlice change.
-_ENDPOINT_DEPS = frozenset({ENDPOINT_SLICE, ENDPOINT_FACTS, MESH_VERSION})
+_ENDPOINT_DEPS = frozenset({ENDPOINT_SLICE, WORKLOAD_ENTRY, ENDPOINT_FACTS, MESH_VERSION})
+# Kinds build_mesh's fast path follows (endpoints only): their digests are the snapshot's own.
+_ENDPOINT_CHANGE_KINDS = (ENDPOINT_SLICE, WORKLOAD_ENTRY)
 
 # --- what the fingerprints keep in the snapshot (model/indexes.py), for how long --------
 CONFIG, HOST, ADDRESS, SNAPSHOT = Lifetime.CONFIG, Lifetime.HOST, Lifetime.ADDRESS, Lifetime.SNAPSHOT
 _KIND_DIGESTS = Value[dict[str, str]]("digest per kind but EndpointSlice, and OTHER", CONFIG)
 _SLICES_DIGEST = Value[str]("digest of the EndpointSlices", SNAPSHOT)
+_WORKLOAD_ENTRIES_DIGEST = Value[str]("digest of the WorkloadEntries", SNAPSHOT)
 _DR_ROUTING = Value[str]("DestinationRules as routes read them", CONFIG)
 _HOST_RULES = Value[dict[str, tuple[Any, ...]]]("DestinationRules covering each host", CONFIG)
 _DR_LOCALITY = Value[tuple[bool, bool, bool]]("DestinationRule locality settings", CONFIG)
@@ -154,6 +158,9 @@ def kind(mesh: MeshSnapshot, name: str) -> str:
         # those, and no part reads this one, so an endpoint change hashes no slice.
         got = mesh.indexes.get(_SLICES_DIGEST)
         return got if got is not None else mesh.indexes.value(_SLICES_DIGEST, _slices_digest, mesh)
+    if name == WORKLOAD_ENTRY:  # the same, for a snapshot derived by a WorkloadEntry change
+        got = mesh.indexes.get(_WORKLOAD_ENTRIES_DIGEST)
+        return got if got is not None else mesh.indexes.value(_WORKLOAD_ENTRIES_DIGEST, _entries_digest, mesh)
     digests = mesh.indexes.get(_KIND_DIGESTS)
     if digests is None:
         digests = mesh.indexes.value(_KIND_DIGESTS, _kind_digests, mesh)
@@ -165,10 +172,15 @@ def _slices_digest(mesh: MeshSnapshot) -> str:
     return _digest(sorted(lines)) if lines else ""
 
 
+def _entries_digest(mesh: MeshSnapshot) -> str:
+    lines = [_object_line(o.key, o) for o in mesh.config.of_kind(WORKLOAD_ENTRY)]
+    return _digest(sorted(lines)) if lines else ""
+
+
 def _kind_digests(mesh: MeshSnapshot) -> dict[str, str]:
     by_kind: dict[str, list[str]] = {}
     for key, obj in mesh.config.objects.items():
-        if key.kind != ENDPOINT_SLICE:
+        if key.kind not in _ENDPOINT_CHANGE_KINDS:
             by_kind.setdefault(input_of(key.kind), []).append(_object_line(key, obj))
     # The mesh config (root namespace, trust domain, providers) can change any output:
     # it counts as an unanalysed input, like the kinds under OTHER.

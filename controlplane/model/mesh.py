@@ -101,8 +101,9 @@ class MeshSnapshot:
     # ServiceEntry hosts another Service holds (a Kubernetes Service, or an older
     # ServiceEntry): not served (build_mesh, _add_service_entries).
     hidden_services: tuple[Service, ...] = field(default=(), repr=False)
-    # The version of the snapshot this one was derived from when only EndpointSlices
-    # changed (build_mesh's fast path): everything but endpoints and instances is its.
+    # The version of the snapshot this one was derived from when only EndpointSlices and
+    # WorkloadEntries changed (build_mesh's fast path): everything but endpoints, instances
+    # and the WorkloadEntries is its.
     derived_from: str = field(default="", compare=False)
     # What readers derive from this snapshot, kept as long as it lives (indexes.py): new
     # and empty, or carried over from the snapshot this one is derived from.
@@ -311,8 +312,9 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, pre
                changed: AbstractSet[ConfigKey] | None = None, mesh_config: MeshConfig | None = None,
                jwks: JwksView = EMPTY_JWKS) -> MeshSnapshot:
     """The mesh of `config`. With `previous` (a mesh built by this function) and `changed`
-    (every key changed since `previous.config`), an EndpointSlice-only change rebuilds just
-    the endpoints of the services owning the changed slices; anything else is built anew.
+    (every key changed since `previous.config`), a change of EndpointSlices and
+    WorkloadEntries only rebuilds just the endpoints of the services owning the changed
+    slices or selecting the changed entries; anything else is built anew.
     `mesh_config` (else the defaults with `root_namespace`) decides the root namespace;
     it and `jwks` (the fetched key sets) are part of the snapshot's version."""
     if mesh_config is None:
@@ -321,7 +323,7 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, pre
     version = mesh_version(config.version, mesh_config, jwks)
     if (previous is not None and changed and previous._pods is not None
             and previous.mesh_config == mesh_config and previous.jwks.digest == jwks.digest
-            and all(k.kind == kinds.ENDPOINT_SLICE.kind for k in changed)):
+            and all(k.kind in _ENDPOINT_KINDS for k in changed)):
         return _with_changed_slices(config, previous, changed)
     pods = config.of_kind(kinds.POD.kind)
     nodes = {n.name: n.labels for n in config.of_kind(kinds.NODE.kind)}
@@ -450,16 +452,28 @@ def _add_service_entries(config: ConfigSnapshot, pods: list[ConfigObject], workl
     return tuple(hidden)
 
 
+# What build_mesh's fast path follows: endpoints, and nothing but endpoints.
+_ENDPOINT_KINDS = frozenset({kinds.ENDPOINT_SLICE.kind, kinds.WORKLOAD_ENTRY.kind})
+
+
 def _with_changed_slices(config: ConfigSnapshot, previous: MeshSnapshot, changed: AbstractSet[ConfigKey]) -> MeshSnapshot:
-    """`previous` with the endpoints of the services owning `changed` slices recomputed as
+    """`previous` with the endpoints of the services owning `changed` slices, and of the
+    services selecting `changed` WorkloadEntries (before or after), recomputed as
     build_mesh computes them; Services, Pods, Nodes and routing config are unchanged."""
     owners: dict[tuple[str, str], list[ConfigObject]] = {}
+    selected: list[tuple[str, Mapping[str, str]]] = []  # (namespace, labels) of changed WorkloadEntries
     for key in changed:
         # A deleted or relabelled slice leaves its former owner as well.
         for obj in (config.objects.get(key), previous.config.objects.get(key)):
+            if obj is not None and key.kind == kinds.WORKLOAD_ENTRY.kind:
+                selected.append((obj.namespace, obj.typed.labels))
+                continue
             owner = obj.labels.get(SERVICE_NAME_LABEL) if obj is not None else None
             if obj is not None and owner:
                 owners.setdefault((obj.namespace, owner), [])
+    for known in previous.services.values() if selected else ():
+        if known.source == "Kubernetes" and known.selector and _selects(known.namespace, known.selector, selected):
+            owners.setdefault((known.namespace, known.name), [])
     for sl in config.of_kind(kinds.ENDPOINT_SLICE.kind):  # the order build_mesh reads them in
         got = owners.get((sl.namespace, sl.labels.get(SERVICE_NAME_LABEL, "")))
         if got is not None:
@@ -467,7 +481,7 @@ def _with_changed_slices(config: ConfigSnapshot, previous: MeshSnapshot, changed
 
     pod_index = previous._pods
     assert pod_index is not None
-    workloads = previous._workloads  # a WorkloadEntry change takes the full build
+    workloads = workloads_of(config) if selected else previous._workloads
     endpoints = dict(previous.endpoints)
     fresh: dict[str, list[ServiceInstance]] = {}
     hosts: set[str] = set()
@@ -482,6 +496,21 @@ def _with_changed_slices(config: ConfigSnapshot, previous: MeshSnapshot, changed
         for sp in svc.ports:
             addresses.update(ep.address for ep in previous.endpoints.get((svc.hostname, sp.port), ()))
         _add_endpoints(svc, slices, pod_index, config.of_kind(kinds.POD.kind), workloads, endpoints, fresh)
+    for obj in config.of_kind(kinds.SERVICE_ENTRY.kind) if selected else ():
+        selector = obj.typed.workload_selector
+        if selector is None or not _selects(obj.namespace, selector, selected):
+            continue
+        per_port: dict[int, tuple[Endpoint, ...]] | None = None
+        for of_entry in services_of(obj):
+            served = previous.services.get(of_entry.hostname)
+            if served is None or served != of_entry:
+                continue  # another Service holds the host
+            if per_port is None:
+                per_port = endpoints_of(obj, config.of_kind(kinds.POD.kind), workloads, pod_index.nodes)
+            hosts.add(served.hostname)
+            for sp in served.ports:
+                addresses.update(ep.address for ep in previous.endpoints.get((served.hostname, sp.port), ()))
+            _add_instances(served, per_port, endpoints, fresh, ip_only=True)
     instances = dict(previous._instances_by_ip)
     changed_addresses = addresses | fresh.keys()
     for ip in changed_addresses:
@@ -494,12 +523,17 @@ def _with_changed_slices(config: ConfigSnapshot, previous: MeshSnapshot, changed
             instances.pop(ip, None)
     version = mesh_version(config.version, previous.mesh_config, previous.jwks)
     mesh = dataclasses.replace(previous, version=version, config=config, endpoints=endpoints,
-                               _instances_by_ip=instances, derived_from=previous.version,
+                               _instances_by_ip=instances, _workloads=workloads, derived_from=previous.version,
                                indexes_from=previous.indexes.after_endpoint_change(hosts, changed_addresses))
     # Conflicts read endpoints only to resolve a gateway Service's named targetPort.
     conflicts = gateway_conflicts(mesh, config.of_kind(kinds.POD.kind)) if named_target else previous.gateway_conflicts
     report_gateway_conflicts(conflicts)
     return dataclasses.replace(mesh, gateway_conflicts=conflicts, indexes_from=mesh.indexes)
+
+
+def _selects(namespace: str, selector: Mapping[str, str], workloads: list[tuple[str, Mapping[str, str]]]) -> bool:
+    """Whether `selector` (of `namespace`) selects one of `workloads` (namespace, labels)."""
+    return any(ns == namespace and labels_match(selector, labels) for ns, labels in workloads)
 
 
 def gateway_conflicts(mesh: MeshSnapshot, pods: list[ConfigObject]) -> tuple[GatewayConflict, ...]:

@@ -163,9 +163,9 @@ def test_a_vm_proxy_gets_the_instances_of_the_service_selecting_its_entry():
 
 
 def test_an_endpoint_slice_change_keeps_the_workload_entries():
-    """build_mesh's EndpointSlice fast path recomputes a Service's endpoints with the
-    WorkloadEntries it selects, equal to a full build; a WorkloadEntry change is a full
-    build (never the fast path)."""
+    """build_mesh's fast path recomputes a Service's endpoints with the WorkloadEntries it
+    selects after an EndpointSlice change, and after a WorkloadEntry change, equal to a
+    full build."""
     store = ConfigStore()
     changed: set = set()
     store.subscribe(lambda _s, keys: changed.update(keys))
@@ -183,6 +183,39 @@ def test_an_endpoint_slice_change_keeps_the_workload_entries():
     changed.clear()
     store.replace_location("vm", objects_from_yaml(entry("vm-1", "  address: 10.3.0.9\n  labels: {app: cart}\n"), "vm"))
     moved = build_mesh(store.snapshot(), previous=fast, changed=frozenset(changed))
-    assert moved.derived_from == ""
+    assert moved.derived_from == fast.version
     assert endpoints(moved, 80) == [("10.1.0.12", 8080), ("10.3.0.9", 8080)]
     assert "10.3.0.5" not in moved._instances_by_ip and "10.3.0.9" in moved._instances_by_ip
+    assert dict(moved._instances_by_ip) == dict(build_mesh(store.snapshot())._instances_by_ip)
+
+
+# WorkloadEntry-only steps over tests/support/mesh_changes.py: each takes the fast path.
+ENTRY_STEPS = [2, 3, 1, None, 0, 1, 3, None]
+
+
+def test_a_workload_entry_change_derives_the_snapshot_as_a_full_build_makes_it():
+    """Selected by a ServiceEntry (app: vm) or by the Kubernetes Service cart (app: cart),
+    moved, relabelled, removed: the derived snapshot's endpoints, instances and every
+    proxy's cache keys and output equal those of a snapshot built whole."""
+    from controlplane import names
+    from controlplane.generators import Generator, builders
+    from controlplane.generators.resources import pack
+    from tests.support import mesh_changes
+
+    for entry_variant in (2, 0):  # the ServiceEntry selecting app: vm; then STATIC endpoints of its own
+        state = {**mesh_changes.everything(), "serviceentry/shop/payments": entry_variant}
+        world = mesh_changes.World(state)
+        g = Generator()
+        for variant in ENTRY_STEPS:
+            previous = world.mesh
+            fast = world.apply([mesh_changes.Change("workloadentry/shop/vm-1", variant)])
+            full = build_mesh(world.store.snapshot())
+            assert fast.derived_from == previous.version, variant
+            assert fast.endpoints == full.endpoints and dict(fast._instances_by_ip) == dict(full._instances_by_ip), variant
+            assert fast._workloads == full._workloads
+            for proxy in mesh_changes.PROXIES:
+                for t in (names.CLUSTER, names.ENDPOINT, names.LISTENER, names.ROUTE):
+                    assert g.key(fast, proxy, t) == Generator().key(full, proxy, t), (variant, proxy.id, t)
+                    rs = g.generate(fast, proxy, t)
+                    plain = {n: pack(n, t, m).any.value for n, m in builders()[t](full, proxy)}
+                    assert {n: rs[n].any.value for n in rs} == plain, (variant, proxy.id, names.SHORT[t])
