@@ -232,11 +232,13 @@ class Fleet:
         return {"done": sum(p["done"] for p in parts), "total": sum(p["total"] for p in parts),
                 "times": [t for p in parts for t in p["times"]], "responses_since": since}
 
-    def wait(self, label: str, timeout: float) -> dict:
+    def wait(self, label: str, timeout: float, expected: int | None = None) -> dict:
+        """Until every proxy (or `expected` of them: with --sidecar-scope only those that
+        see the changed service get it) met the condition armed as `label`."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             parts = self.ask("progress", label)  # a count, not the whole status, while it runs
-            if sum(d for d, _ in parts) == sum(t for _, t in parts):
+            if sum(d for d, _ in parts) >= (sum(t for _, t in parts) if expected is None else expected):
                 return self.status(label)
             time.sleep(0.05)
         s = self.status(label)
@@ -341,7 +343,7 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
                 cpu0, gen0 = cpu_seconds(meshd.proc.pid), fleet.cpu()
                 t_write = time.time()
                 (config / "rules" / f"{sc.service_name(i)}.yaml").write_text(sc.rules_yaml(i, rep + 1))
-                st = fleet.wait(label, args.timeout)
+                st = fleet.wait(label, args.timeout, sc.seeing(i))
                 snap = snapshot_after(meshd, t_write)
                 pushed_at = snap["at"] - snap.get("queue_ms", 0) / 1000
                 quiesce(meshd, idle)
@@ -367,7 +369,7 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
                 cpu0, gen0 = cpu_seconds(meshd.proc.pid), fleet.cpu()
                 t_write = time.time()
                 sc.endpoints_path(config, j).write_text(sc.endpoints_yaml(j, rep + 1))
-                st = fleet.wait(label, args.timeout)
+                st = fleet.wait(label, args.timeout, sc.seeing(j))
                 snap = snapshot_after(meshd, t_write)
                 pushed_at = snap["at"] - snap.get("queue_ms", 0) / 1000
                 quiesce(meshd, idle)
@@ -527,10 +529,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-floor", action="store_true", help="skip the floor measurement")
     ap.add_argument("--measure", default="full,endpoint", help="what to measure: full,endpoint (default both)")
     ap.add_argument("--keep-logs", type=Path, help="copy meshd's logs into this directory")
+    ap.add_argument("--sidecar-scope", action="store_true",
+                    help="one Sidecar per namespace importing ./* and istio-system/* (scenario.sidecars_yaml)")
     args = ap.parse_args(argv)
     if args.meshd_arg is None:
         args.meshd_arg = []
-    sc = Scenario(services=args.services, sidecars=args.sidecars, gateways=args.gateways, namespaces=args.namespaces)
+    sc = Scenario(services=args.services, sidecars=args.sidecars, gateways=args.gateways, namespaces=args.namespaces,
+                  sidecar_scope=args.sidecar_scope)
     work = Path(tempfile.mkdtemp(prefix="meshd-bench-"))
     try:
         results = []
@@ -540,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": machine(),
             "scenario": {"services": sc.services, "sidecars": sc.sidecars, "gateways": sc.gateways,
-                         "namespaces": sc.namespaces, "routed_fraction": sc.routed_fraction},
+                         "namespaces": sc.namespaces, "routed_fraction": sc.routed_fraction,
+                         "sidecar_scope": sc.sidecar_scope},
             "meshd_args": args.meshd_arg,
             "results": results,
         }

@@ -58,6 +58,9 @@ class Scenario:
     sidecars: int = 2000
     gateways: int = 10
     namespaces: int = 10
+    # One Sidecar per namespace importing `./*` and `istio-system/*` (docs/sidecar-scope.md):
+    # each sidecar sees its own namespace's services, not the mesh's.
+    sidecar_scope: bool = False
 
     def namespace_of(self, i: int) -> str:
         return f"ns-{i % self.namespaces}"
@@ -216,6 +219,25 @@ spec:
             if self.routed(i):
                 write_atomic(self.rules_path(root, i), self.rules_yaml(i))
         write_atomic(root / "gateway.yaml", self.gateway_yaml())
+        if self.sidecar_scope:
+            write_atomic(root / "sidecars.yaml", self.sidecars_yaml())
+
+    def seeing(self, i: int) -> int | None:
+        """How many proxies see service `i` (None: all of them, without --sidecar-scope):
+        the sidecars of its namespace and the gateways."""
+        if not self.sidecar_scope:
+            return None
+        ns = self.namespace_of(i)
+        return sum(1 for p in self.proxies() if p.kind == "router" or p.namespace == ns)
+
+    def sidecars_yaml(self) -> str:
+        """A namespace default Sidecar in each namespace: its own services and the gateways'."""
+        return "---\n".join(f"""apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: {self.namespace_of(n)}}}
+spec:
+  egress: [{{hosts: ["./*", "{GATEWAY_NS}/*"]}}]
+""" for n in range(self.namespaces))
 
     def endpoints_path(self, root: Path, i: int) -> Path:
         return root / "endpoints" / f"{self.service_name(i)}.yaml"

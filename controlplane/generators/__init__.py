@@ -156,9 +156,11 @@ class Generator:
         if len(prev_key) != len(key) or prev_key[0] != key[0]:
             return None
         rules_changed = False
-        n = len(part.deps)
-        if prev_key[2][n:] != key[2][n:]:
+        n, m = len(part.deps), len(key[2]) - part.per_host_view
+        if prev_key[2][n:m] != key[2][n:m]:
             return None  # what the proxy sees changed (Part.view)
+        if prev_key[2][m:] != key[2][m:]:
+            rules_changed = True  # the rules of the hosts it sees (dependencies.seen_rules)
         for name, old, new in zip(part.deps, prev_key[2][:n], key[2][:n], strict=True):
             if old != new:
                 if name not in _PER_HOST_DEPS:

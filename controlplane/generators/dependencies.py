@@ -111,6 +111,7 @@ _LOCALITY_INPUTS = Value[tuple[bool, bool]]("assignments read the proxy's locali
 _HOST_FACTS = Index[str, str]("what non-EDS output reads of a host's endpoints", HOST)
 _SCOPED_FACTS = Index[str, str]("endpoint facts of the hosts of a sidecar scope", SNAPSHOT)
 _SCOPED_ENDPOINTS = Index[str, str]("digest of the endpoints of the hosts of a sidecar scope", SNAPSHOT)
+_SCOPED_RULES = Index[str, str]("DestinationRules covering the hosts of a sidecar scope", CONFIG)
 
 
 def _digest(parts: Iterable[str]) -> str:
@@ -510,6 +511,20 @@ def sidecar_view(mesh: MeshSnapshot, proxy: Proxy) -> tuple[str, ...]:
     if facts is None:
         facts = table[scope.digest] = _digest(_host_facts(mesh, h) for h in scope.services)
     return (scope.digest, facts)
+
+
+@stands_for(*STANDS_FOR[DESTINATION_RULE])
+def seen_rules(mesh: MeshSnapshot, proxy: Proxy) -> str:
+    """The DestinationRules covering the hosts the proxy sees (host_rules of each): a rule
+    for other hosts leaves it unchanged. It changes host by host, as host_rules does, so the
+    generator can follow it incrementally (Part.per_host_view)."""
+    scope = mesh.sidecar_scope(proxy)
+    table = mesh.indexes[_SCOPED_RULES]
+    got = table.get(scope.digest)
+    if got is None:
+        rules = host_rules(mesh)
+        got = table[scope.digest] = _digest(f"{h}={rules[h]}" for h in scope.services if h in rules)
+    return got
 
 
 @stands_for(SIDECAR_SCOPE)

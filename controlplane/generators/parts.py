@@ -53,6 +53,7 @@ from .dependencies import (
     namespace_secrets,
     proxy_locality,
     security,
+    seen_rules,
     service_accounts,
     service_generation,
     sidecar_ingress,
@@ -63,7 +64,6 @@ from .dependencies import (
 from .destinations import OutboundCluster, outbound_clusters, service_clusters
 from .inputs import (
     ALL_CONFIG,
-    DESTINATION_RULE,
     DR_ROUTING,
     MESH_VERSION,
     OTHER,
@@ -136,6 +136,9 @@ class Part:
     # scope: the services and VirtualServices it imports, dependencies.sidecar_view),
     # appended to the deps' fingerprints in the key.
     view: Scope | None = None
+    # How many of the view's fingerprints (the last ones) change host by host, as
+    # DESTINATION_RULE does: the generator follows them incrementally (_update_hosts).
+    per_host_view: int = 0
     # The fingerprints of `deps`, kept by the snapshot (dependencies.fingerprints).
     _fingerprints: Value[tuple[str, ...]] = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -152,10 +155,11 @@ class Part:
 
 
 def part(name: str, type_url: str, deps: tuple[str, ...], scope: Scope, *, endpoints: bool = False,
-         update_hosts: UpdateHosts | None = None, view: Scope | None = None) -> Callable[[Build], Part]:
+         update_hosts: UpdateHosts | None = None, view: Scope | None = None,
+         per_host_view: int = 0) -> Callable[[Build], Part]:
     """Declares a build function a Part: what it reads, on the function itself."""
     def declare(build: Build) -> Part:
-        return Part(name, type_url, deps, scope, build, endpoints, update_hosts, view)
+        return Part(name, type_url, deps, scope, build, endpoints, update_hosts, view, per_host_view)
     return declare
 
 
@@ -174,12 +178,18 @@ def _sees(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
     return sidecar_view(mesh, proxy)
 
 
+def _sees_with_rules(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
+    # ... and the DestinationRules of the hosts it sees (last: it changes host by host).
+    return sidecar_view(mesh, proxy) + (seen_rules(mesh, proxy),)
+
+
 # --- outbound clusters (sidecars and routers) ------------------------------------------
 
-# What the outbound side reads of the mesh: the Services the proxy sees and the
-# identities behind them (its sidecar scope: `view`, dependencies.sidecar_view) with the
-# rule and the namespace-level policy of its namespace that apply.
-CLIENT_DEPS = (DESTINATION_RULE, PEER_AUTHENTICATION, OTHER)
+# What the outbound side reads of the mesh: the Services the proxy sees, the identities
+# behind them and the DestinationRules of their hosts (its sidecar scope: `view`,
+# dependencies.sidecar_view and seen_rules) with the namespace-level policy of its
+# namespace that applies.
+CLIENT_DEPS = (PEER_AUTHENTICATION, OTHER)
 
 
 def _client_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
@@ -199,7 +209,8 @@ def _dns_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
     # their endpoints for the proxy's locality (clusters.outbound_cluster reads the mesh's
     # placement of the proxy whether or not a rule makes it matter).
     by_labels = locality_inputs(mesh)[1]
-    return (cluster_discovery.is_ipv6(proxy.ip), mesh.proxy_locality(proxy), proxy.label_key if by_labels else None)
+    # (through the fingerprint the cluster key reads too: the same proxy fields)
+    return (cluster_discovery.is_ipv6(proxy.ip), proxy_locality(mesh, proxy), proxy.label_key if by_labels else None)
 
 
 def _cluster_key(mesh: MeshSnapshot, proxy: Proxy, oc: OutboundCluster) -> tuple[Any, ...]:
@@ -255,7 +266,7 @@ def _static_clusters(proxy: Proxy) -> list[Resource]:
 
 
 @part("sidecar-outbound-clusters", names.CLUSTER, CLIENT_DEPS, _client_scope, update_hosts=_clusters_of_hosts,
-      view=_sees)
+      view=_sees_with_rules, per_host_view=1)
 def OUTBOUND_CLUSTERS(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: ResourceCache) -> list[Resource]:
     return [_cluster(mesh, proxy, oc, cache) for oc in outbound_clusters(mesh, proxy)] + _static_clusters(proxy)
 
@@ -332,7 +343,7 @@ def _endpoints_of_hosts(mesh: MeshSnapshot, proxy: Proxy, cache: ResourceCache,
 
 
 @part("sidecar-endpoints", names.ENDPOINT, CLIENT_DEPS, _eds_scope, endpoints=True, update_hosts=_endpoints_of_hosts,
-      view=_sees)
+      view=_sees_with_rules, per_host_view=1)
 def ENDPOINTS(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: ResourceCache) -> list[Resource]:
     return [_assignment(mesh, proxy, oc, cache) for oc in outbound_clusters(mesh, proxy)
             if cluster_discovery.uses_eds(oc.service, proxy)]

@@ -115,11 +115,9 @@ def test_what_an_undeclared_read_costs():
 
 # Each part's deps, less one it needs: the check names what is then undeclared.
 NEEDED = [
-    ("sidecar-outbound-clusters", inputs.DESTINATION_RULE, inputs.DR_ROUTING),
     ("sidecar-outbound-clusters", inputs.PEER_AUTHENTICATION, inputs.PEER_AUTHENTICATION),
     ("sidecar-endpoints", inputs.PEER_AUTHENTICATION, inputs.PEER_AUTHENTICATION),
     ("sidecar-routes", inputs.DR_ROUTING, inputs.DR_ROUTING),
-    ("router-clusters", inputs.DESTINATION_RULE, inputs.DR_ROUTING),
     ("router-lds", inputs.GATEWAY, inputs.GATEWAY),
     ("router-rds", inputs.VIRTUAL_SERVICE, inputs.VIRTUAL_SERVICE),
     ("router-rds", inputs.DESTINATION_RULE, inputs.DR_ROUTING),
@@ -142,9 +140,10 @@ def test_a_part_without_an_input_it_reads_is_caught(name, left_out, caught):
     pytest.fail(f"{name} without {left_out}: {sorted(found)}")
 
 
-# The sidecar parts read services, VirtualServices and endpoint facts through the proxy's
-# sidecar scope (their `view`, dependencies.sidecar_view), not through SERVICE,
-# VIRTUAL_SERVICE and ENDPOINT_FACTS.
+# The sidecar parts read services, VirtualServices and endpoint facts (and the outbound
+# clusters the DestinationRules of their hosts) through the proxy's sidecar scope (their
+# `view`, dependencies.sidecar_view, seen_rules), not through SERVICE, VIRTUAL_SERVICE,
+# ENDPOINT_FACTS and DESTINATION_RULE.
 VIEWED = ["sidecar-outbound-clusters", "sidecar-endpoints", "sidecar-outbound-listeners", "sidecar-routes"]
 
 
@@ -157,9 +156,12 @@ def test_a_part_without_its_view_of_the_mesh_is_caught(name):
         for part in parts_of(gen, proxy):
             if part.name == name:
                 assert part.view is not None
-                assert not {inputs.SERVICE, inputs.VIRTUAL_SERVICE, inputs.ENDPOINT_FACTS} & set(part.deps)
+                assert not {inputs.SERVICE, inputs.VIRTUAL_SERVICE, inputs.ENDPOINT_FACTS,
+                            inputs.DESTINATION_RULE} & set(part.deps)
                 found |= undeclared(dataclasses.replace(part, view=None), mesh, proxy, hosts=sorted(mesh.services))
     assert inputs.SIDECAR_SCOPE in found, sorted(found)
+    if name in ("sidecar-outbound-clusters", "sidecar-endpoints"):
+        assert inputs.DR_ROUTING in found, sorted(found)
 
 
 def test_every_field_and_lookup_of_the_snapshot_says_what_it_reads():

@@ -212,6 +212,18 @@ def test_a_change_outside_a_proxys_scope_changes_none_of_its_keys():
     assert keys(gen, world.mesh, CART_1)[names.CLUSTER] != moved[names.CLUSTER]
 
 
+def test_a_destination_rule_for_a_host_outside_the_scope_changes_none_of_its_keys():
+    world = _world(**{"sidecar__shop__cart": None, "sidecar__shop__default": 4,  # ~/*: shop sees nothing
+                      "destinationrule__istio-system__wildcard": None})
+    gen = Generator()
+    before = keys(gen, world.mesh, CART_1)
+    world.apply([Change("destinationrule/shop/cart", 1)])  # cart's connection pool
+    assert keys(gen, world.mesh, CART_1) == before
+    assert keys(gen, world.mesh, FRONT_1)[names.CLUSTER] != keys(gen, _world(**{
+        "sidecar__shop__cart": None, "sidecar__shop__default": 4,
+        "destinationrule__istio-system__wildcard": None}).mesh, FRONT_1)[names.CLUSTER]
+
+
 def test_a_virtual_service_hidden_by_export_to_leaves_other_namespaces_alone():
     world = _world(**{"sidecar__shop__default": None, "sidecar__shop__cart": None,
                       "sidecar__istio-system__default": None, "virtualservice__shop__cart": 4})  # exportTo "."
