@@ -107,8 +107,8 @@ def _ingress_ports(mesh: MeshSnapshot, proxy: Proxy, ingress: tuple[IngressListe
     instance on that port names the cluster's metadata, else a stand-in of the proxy's
     namespace, as for a workload no Service selects)."""
     by_port: dict[int, ServiceInstance] = {}
-    for inst in sorted(mesh.instances_for(proxy), key=lambda i: (_age(i.service), i.port.port)):
-        by_port.setdefault(inst.endpoint.port, inst)  # the oldest service on the port
+    for found in sorted(mesh.instances_for(proxy), key=lambda i: (_age(i.service), i.port.port)):
+        by_port.setdefault(found.endpoint.port, found)  # the oldest service on the port
     out: dict[int, InboundPort] = {}
     for listener in ingress:
         number = listener.port.number
