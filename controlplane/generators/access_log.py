@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.core.v3 import substitution_format_string_pb2 as sfs_pb2
-from envoy.config.listener.v3 import listener_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
@@ -120,7 +120,7 @@ def apply(listeners: Iterable[listener_pb2.Listener], mc: MeshConfig) -> None:
                 _add(f, log)
 
 
-def _add(f, log: accesslog_pb2.AccessLog) -> None:
+def _add(f: listener_components_pb2.Filter, log: accesslog_pb2.AccessLog) -> None:
     msg: hcm_pb2.HttpConnectionManager | tcp_proxy_pb2.TcpProxy
     if f.name == HTTP_CONNECTION_MANAGER:
         msg = hcm_pb2.HttpConnectionManager()
