@@ -193,7 +193,7 @@ class Reflector:
         if version is None:
             # Not installed: an empty set is the truth for now (and counts as synced);
             # look again later, the CRD may be installed after meshd starts.
-            report = self._log.debug if self.resource.optional else self._log.warning
+            report = self._log.debug if self.resource.optional or self.resource.crd_optional else self._log.warning
             report("k8s kind not served", group=self.resource.group, retry_in=self._opt.rediscover_interval)
             self._emit(Sync(self.stream, {}, "kind not served", ""))
             self._sleep(self._opt.rediscover_interval)
@@ -252,7 +252,7 @@ class Reflector:
                 objects[loc] = parsed
                 if digest:
                     digests[loc] = digest
-                if self.resource.kind.istio:
+                if self.resource.kind.custom:  # Istio and Gateway API kinds: their status is written
                     infos[loc] = object_info(item, api_version)
         self._log.info("k8s relist", reason=self._relist_reason, objects=len(objects), resourceVersion=rv)
         self._emit(Sync(self.stream, objects, self._relist_reason, rv, infos, digests))
@@ -326,7 +326,7 @@ class Reflector:
                 api_version = self.resource.api_version(self._version())
                 loc, parsed, digest = self._parse(obj, api_version)
                 if loc:
-                    info = object_info(obj, api_version) if self.resource.kind.istio else None
+                    info = object_info(obj, api_version) if self.resource.kind.custom else None
                     self._emit(Put(self.stream, loc, parsed, info, digest))
         elif typ == "DELETED":
             self._emit(Delete(self.stream, self._location(obj)))

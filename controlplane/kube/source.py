@@ -252,7 +252,7 @@ class KubernetesSource:
             state.rejected = {loc: op.digests[loc] for loc, p in op.objects.items()
                               if isinstance(p, Rejection) and loc in op.digests}
             stats.relists += 1
-            if self.observer is not None and state.reflector.resource.kind.istio:
+            if self.observer is not None and state.reflector.resource.kind.custom:
                 res = state.reflector.resource
                 self._notify(self.observer.synced, op.stream, res,
                              {loc: (p, op.infos[loc]) for loc, p in op.objects.items() if loc in op.infos})
@@ -280,7 +280,7 @@ class KubernetesSource:
                 stats.objects -= 1
                 self.store.remove_location(op.location)
             stats.events += 1
-            if self.observer is not None and state.reflector.resource.kind.istio:
+            if self.observer is not None and state.reflector.resource.kind.custom:
                 self._notify(self.observer.deleted, op.stream, state.reflector.resource, op.location)
 
     def _apply_mesh_config(self, state: _StreamState, op: Operation) -> None:

@@ -19,6 +19,13 @@ with its verdict and current status), and a newly elected leader reconciles all 
 so a verdict found while another replica led is still written, and a leader change
 neither loses nor repeats an Event (the status in the cluster says what was reported).
 
+The Gateway API kinds get the status their spec defines instead (gateway_status.py):
+the model computes it after every build (`gateway_api_status`: conditions with the
+spec's reasons on GatewayClass, Gateway and its listeners, a route's parents with
+controllerName istio.io/gateway-controller), and the leader writes what differs from
+the cluster's; a rejected Gateway API object's `Accepted` condition says why (and gets
+the same Warning Event).
+
 Writes are JSON merge patches of `<plural>/status` carrying the resourceVersion they were
 computed from (409 Conflict: a newer version is on its way through the watch, and the
 verdict is computed again from it); the watch event caused by meshd's own write leaves
@@ -28,15 +35,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from ..config.objects import Rejection
+from ..config.objects import ConfigKey, Rejection
 from ..config.parse import Parsed
+from ..names import GATEWAY_API_GROUP
+from . import gateway_status
 from .api import MERGE_PATCH, ApiError, KubeApi, path
 from .resources import KubeResource, ObjectInfo
 
@@ -121,6 +130,14 @@ class _Tracked:
     info: ObjectInfo
     rejection: str | None  # the message, None when accepted
 
+    @property
+    def gateway_api(self) -> bool:
+        return self.resource.group == GATEWAY_API_GROUP
+
+    @property
+    def key(self) -> ConfigKey:
+        return ConfigKey(self.resource.kind.key_kind, self.info.namespace, self.info.name)
+
 
 class StatusWriter:
     """An ObjectObserver for the Kubernetes source, and the leader task writing status."""
@@ -135,6 +152,9 @@ class StatusWriter:
         self._dirty: set[str] = set()
         self._wake: asyncio.Event | None = None
         self._leading = False
+        # ConfigKey -> status the model computed for each Gateway API object meshd controls
+        # (None until the first mesh snapshot: nothing is written before it).
+        self._gateway_api: Mapping[ConfigKey, dict[str, Any]] | None = None
         self.writes = 0
         self.events = 0
 
@@ -156,9 +176,32 @@ class StatusWriter:
 
     def _track(self, loc: str, resource: KubeResource, parsed: Parsed, info: ObjectInfo) -> None:
         rejection = rejection_message(parsed) if isinstance(parsed, Rejection) else None
-        self._objects[loc] = _Tracked(resource, info, rejection)
-        if desired_status(info.status, rejection, info.generation) is not None:
+        tracked = self._objects[loc] = _Tracked(resource, info, rejection)
+        if self._patch(tracked) is not None:
             self._mark(loc)
+
+    def gateway_api_status(self, statuses: Mapping[ConfigKey, dict[str, Any]]) -> None:
+        """The Gateway API status the model computed from its latest snapshot (every
+        replica keeps it; the leader writes it): ConfigKey -> `status` as the CRD has it."""
+        self._gateway_api = statuses
+        for loc, tracked in self._objects.items():
+            if tracked.gateway_api and self._patch(tracked) is not None:
+                self._mark(loc)
+
+    def _patch(self, t: _Tracked) -> dict[str, Any] | None:
+        """The merge patch of the object's status (None: nothing to write)."""
+        info = t.info
+        if not t.gateway_api:
+            return desired_status(info.status, t.rejection, info.generation)
+        ours = self._gateway_api.get(t.key) if self._gateway_api is not None else None
+        if ours is None:  # not meshd's (another controller's class), or not computed yet
+            return None
+        return gateway_status.status_patch(t.resource.name, info.status, ours, info.generation, t.rejection, _now)
+
+    def _previous_rejection(self, t: _Tracked) -> str | None:
+        if t.gateway_api:
+            return gateway_status.rejected_message(t.resource.name, t.info.status)
+        return rejected_message(t.info.status)
 
     def _mark(self, loc: str) -> None:
         self._dirty.add(loc)
@@ -191,13 +234,13 @@ class StatusWriter:
 
     async def _reconcile(self, loc: str, t: _Tracked) -> None:
         info = t.info
-        patch = desired_status(info.status, t.rejection, info.generation)
+        patch = self._patch(t)
         if patch is None:
             return
         group, _, version = info.api_version.rpartition("/")
         target = path(group, version, t.resource.plural, info.namespace or None, info.name, "status")
         body = {"metadata": {"resourceVersion": info.resource_version}, "status": patch}
-        previously = rejected_message(info.status)
+        previously = self._previous_rejection(t)
         try:
             obj = await self.api.call("PATCH", target, body, content_type=MERGE_PATCH)
         except ApiError as e:

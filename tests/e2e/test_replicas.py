@@ -76,6 +76,14 @@ def bad_objects(suffix: str) -> list[dict]:
          "spec": {"action": "SOMETIMES"}},
         {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
          "metadata": md("RequestAuthentication"), "spec": {"jwtRules": [{"issuer": ""}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "Sidecar", "metadata": md("Sidecar"),
+         "spec": {"egress": [{"hosts": ["no-namespace"]}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": md("ServiceEntry"),
+         "spec": {"hosts": []}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": md("WorkloadEntry"),
+         "spec": {"address": ""}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadGroup", "metadata": md("WorkloadGroup"),
+         "spec": {"template": {"ports": {"http": "eighty"}}}},
     ]
 
 

@@ -143,6 +143,10 @@ def test_rbac_is_least_privilege(docs):
                                                          "serviceentries", "workloadentries", "workloadgroups",
                                                          "peerauthentications", "authorizationpolicies",
                                                          "requestauthentications")}
+    # Gateway API objects: read, and only the status of those meshd controls written
+    assert {(g.resource, g.verb) for g in grants if g.group == "gateway.networking.k8s.io"
+            and g.verb not in ("list", "watch")} == {(f"{p}/status", "patch") for p in (
+                "gatewayclasses", "gateways", "httproutes", "grpcroutes", "tcproutes", "tlsroutes")}
     # every kind the Kubernetes source lists and watches, the reported-only ones included
     reads = {(g.group, g.resource, g.verb) for g in grants}
     for res in RESOURCES:

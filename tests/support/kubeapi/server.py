@@ -56,12 +56,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from controlplane.config.kinds import WATCHED_UNSUPPORTED
+from controlplane.config.kinds import GATEWAY_API_KINDS, WATCHED_UNSUPPORTED
 from tests.support.kube_log import TOKEN_REVIEW_PLURAL, Request, RequestLog
 
 from .selectors import field_matcher, label_matcher
 
 ISTIO_NET = ("v1", "v1beta1", "v1alpha3")
+GATEWAY_API_PLURALS = {"GatewayClass": "gatewayclasses", "Gateway": "gateways", "HTTPRoute": "httproutes",
+                       "GRPCRoute": "grpcroutes", "TCPRoute": "tcproutes", "TLSRoute": "tlsroutes",
+                       "ReferenceGrant": "referencegrants"}
+# Served kinds listed above (an older WATCHED_UNSUPPORTED may still name them).
+_SERVED_HERE = frozenset({"serviceentries", "sidecars", "workloadentries", "workloadgroups"})
 
 
 @dataclass
@@ -93,6 +98,12 @@ def default_types() -> list[ResourceType]:
         ResourceType("networking.istio.io", "VirtualService", "virtualservices", True, list(ISTIO_NET), status=True),
         ResourceType("networking.istio.io", "DestinationRule", "destinationrules", True, list(ISTIO_NET), status=True),
         ResourceType("networking.istio.io", "ServiceEntry", "serviceentries", True, list(ISTIO_NET), status=True),
+        ResourceType("networking.istio.io", "Sidecar", "sidecars", True, list(ISTIO_NET), status=True),
+        ResourceType("networking.istio.io", "WorkloadEntry", "workloadentries", True, list(ISTIO_NET), status=True),
+        ResourceType("networking.istio.io", "WorkloadGroup", "workloadgroups", True, list(ISTIO_NET), status=True),
+        # The Gateway API's standard channel (meshd serves it, docs/gateway-api.md).
+        *(ResourceType(k.group, k.kind, GATEWAY_API_PLURALS[k.kind], k.namespaced, list(k.versions), status=True)
+          for k in GATEWAY_API_KINDS),
         ResourceType("security.istio.io", "PeerAuthentication", "peerauthentications", True, ["v1", "v1beta1"],
                      status=True),
         ResourceType("security.istio.io", "AuthorizationPolicy", "authorizationpolicies", True, ["v1", "v1beta1"],
@@ -101,7 +112,7 @@ def default_types() -> list[ResourceType]:
                      ["v1", "v1beta1"], status=True),
         # Kinds meshd watches only to report their objects (the Istio CRDs, the Gateway API's).
         *(ResourceType(k.group, k.kind, plural, k.namespaced, list(k.versions), status=True)
-          for k, plural in WATCHED_UNSUPPORTED if (k.group, k.kind) != ("networking.istio.io", "ServiceEntry")),
+          for k, plural in WATCHED_UNSUPPORTED if plural not in _SERVED_HERE),
     ]
 
 
