@@ -25,10 +25,23 @@ class Kind:
     kind: str
     versions: tuple[str, ...]
     namespaced: bool = True
+    # The kind the store keys its objects by when `kind` alone is taken: the Gateway API's
+    # Gateway is "KubernetesGateway" (istiod's name for it), beside Istio's Gateway.
+    store_kind: str = ""
 
     @property
     def istio(self) -> bool:
         return self.group.endswith("istio.io")
+
+    @property
+    def key_kind(self) -> str:
+        """ConfigObject.kind and ConfigKey.kind of this kind's objects."""
+        return self.store_kind or self.kind
+
+    @property
+    def custom(self) -> bool:
+        """A CRD kind (Istio's, the Gateway API's): the store keeps its `spec`, not `status`."""
+        return self.istio or self.group == GATEWAY_API_GROUP
 
 
 GATEWAY = Kind(ISTIO_NETWORKING, "Gateway", ISTIO_VERSIONS)
@@ -50,12 +63,24 @@ ENDPOINT_SLICE = Kind("discovery.k8s.io", "EndpointSlice", ("v1",))
 NODE = Kind("", "Node", ("v1",), namespaced=False)
 # TLS credentials of gateways (`credentialName`); other Secrets are skipped at the gate.
 SECRET = Kind("", "Secret", ("v1",))
+# The Kubernetes Gateway API, standard channel (docs/gateway-api.md): the versions its CRDs
+# serve, storage version first. Translated into Istio Gateways and VirtualServices by the
+# model (model/gateway_api/).
+_GW = GATEWAY_API_GROUP
+GATEWAY_CLASS = Kind(_GW, "GatewayClass", ("v1", "v1beta1"), namespaced=False)
+K8S_GATEWAY = Kind(_GW, "Gateway", ("v1", "v1beta1"), store_kind="KubernetesGateway")
+HTTP_ROUTE = Kind(_GW, "HTTPRoute", ("v1", "v1beta1"))
+GRPC_ROUTE = Kind(_GW, "GRPCRoute", ("v1",))
+TCP_ROUTE = Kind(_GW, "TCPRoute", ("v1", "v1alpha2"))
+TLS_ROUTE = Kind(_GW, "TLSRoute", ("v1", "v1alpha3", "v1alpha2"))
+REFERENCE_GRANT = Kind(_GW, "ReferenceGrant", ("v1", "v1beta1"))
+GATEWAY_API_KINDS = (GATEWAY_CLASS, K8S_GATEWAY, HTTP_ROUTE, GRPC_ROUTE, TCP_ROUTE, TLS_ROUTE, REFERENCE_GRANT)
 
 SERVED: dict[tuple[str, str], Kind] = {
     (k.group, k.kind): k
     for k in (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, AUTHORIZATION_POLICY,
               REQUEST_AUTHENTICATION, NAMESPACE, SERVICE, POD, ENDPOINT_SLICE, SECRET, NODE, SIDECAR, SERVICE_ENTRY,
-              WORKLOAD_ENTRY, WORKLOAD_GROUP)
+              WORKLOAD_ENTRY, WORKLOAD_GROUP) + GATEWAY_API_KINDS
 }
 
 # Istio kinds an operator may apply that meshd does not act on yet.
@@ -78,27 +103,19 @@ GATEWAY_API_GROUPS = frozenset({
 # (ServiceRole, ServiceRoleBinding, Policy, MeshPolicy), which istiod no longer reads either.
 SECURITY_GROUPS = frozenset({ISTIO_SECURITY, "rbac.istio.io", "authentication.istio.io"})
 # Cluster-scoped kinds among the unsupported ones (the rest are namespaced).
-CLUSTER_SCOPED_UNSERVED = frozenset({("gateway.networking.k8s.io", "GatewayClass")})
+CLUSTER_SCOPED_UNSERVED: frozenset[tuple[str, str]] = frozenset()
 
-_GW = GATEWAY_API_GROUP
 _GW_VERSIONS = ("v1", "v1beta1", "v1alpha3", "v1alpha2")
 # The unsupported kinds the Kubernetes source lists and watches (when their CRDs are
 # installed) so that objects applied with kubectl are reported like those of files:
-# (kind, plural). Istio's from ISTIO_UNSUPPORTED, and the Gateway API's standard and
-# experimental channel kinds.
+# (kind, plural). Istio's from ISTIO_UNSUPPORTED, and the Gateway API's kinds meshd does
+# not serve (UDPRoute, BackendTLSPolicy, ListenerSet).
 WATCHED_UNSUPPORTED: tuple[tuple[Kind, str], ...] = (
     (Kind(ISTIO_NETWORKING, "EnvoyFilter", ("v1alpha3",)), "envoyfilters"),
     (Kind(ISTIO_NETWORKING, "ProxyConfig", ("v1beta1",)), "proxyconfigs"),
     (Kind("telemetry.istio.io", "Telemetry", ("v1", "v1alpha1")), "telemetries"),
     (Kind("extensions.istio.io", "WasmPlugin", ("v1alpha1",)), "wasmplugins"),
-    (Kind(_GW, "GatewayClass", _GW_VERSIONS, namespaced=False), "gatewayclasses"),
-    (Kind(_GW, "Gateway", _GW_VERSIONS), "gateways"),
-    (Kind(_GW, "HTTPRoute", _GW_VERSIONS), "httproutes"),
-    (Kind(_GW, "GRPCRoute", _GW_VERSIONS), "grpcroutes"),
-    (Kind(_GW, "TCPRoute", _GW_VERSIONS), "tcproutes"),
-    (Kind(_GW, "TLSRoute", _GW_VERSIONS), "tlsroutes"),
     (Kind(_GW, "UDPRoute", _GW_VERSIONS), "udproutes"),
-    (Kind(_GW, "ReferenceGrant", _GW_VERSIONS), "referencegrants"),
     (Kind(_GW, "BackendTLSPolicy", _GW_VERSIONS), "backendtlspolicies"),
     (Kind(_GW, "ListenerSet", _GW_VERSIONS), "listenersets"),
 )
@@ -138,7 +155,8 @@ def unsupported_reason(group: str, kind: str) -> str | None:
     if is_security_group(group):
         what = "a security kind meshd does not serve: the access control it describes is NOT enforced"
     elif group in GATEWAY_API_GROUPS:
-        what = "a Kubernetes Gateway API kind; meshd does not implement the Gateway API, so it has no effect"
+        what = ("a Kubernetes Gateway API kind meshd does not serve (it serves the standard channel's GatewayClass, "
+                "Gateway, HTTPRoute, GRPCRoute, TCPRoute, TLSRoute and ReferenceGrant), so it has no effect")
     elif kind in ISTIO_UNSUPPORTED:
         what = "an Istio kind meshd does not serve yet, so it has no effect"
     else:

@@ -73,7 +73,7 @@ def _key_of(doc: dict, kind: kinds.Kind | None) -> ConfigKey | None:
     ns = md.get("namespace")
     namespaced = kind.namespaced if kind else True
     namespace = (ns if isinstance(ns, str) and ns else DEFAULT_NAMESPACE) if namespaced else ""
-    return ConfigKey(str(doc.get("kind")), namespace, md["name"])
+    return ConfigKey(kind.key_kind if kind else str(doc.get("kind")), namespace, md["name"])
 
 
 def parse_document(doc: Any, origin: Origin) -> Parsed:
@@ -127,12 +127,12 @@ def parse_document(doc: Any, origin: Origin) -> Parsed:
     if kind is kinds.SECRET:
         # Key material stays out of `spec` (debug views dump specs): see validation/secret.py.
         body, extra["credential"] = secret_body(doc)
-    elif kind.istio:
+    elif kind.custom:
         body = doc.get("spec") or {}
     else:  # Kubernetes kinds: keep spec and status (and EndpointSlice's top-level fields)
         body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
     return ConfigObject(
-        kind=kind_name,
+        kind=kind.key_kind,
         group=group,
         version=version,
         namespace=key.namespace,

@@ -17,6 +17,7 @@ from kubernetes import client
 
 from ..config import kinds
 from ..config.parse import node_essentials
+from ..names import GATEWAY_API_GROUP
 from .api import path
 
 # Not a served kind yet: the parse gate skips Secrets quietly, so watching them is
@@ -42,6 +43,9 @@ class KubeResource:
     # Watched only to report its objects (a kind meshd does not serve): a cluster without
     # its CRD is the common case, not worth a warning.
     optional: bool = False
+    # Served, but its CRDs are often not installed (the Gateway API): a missing CRD is
+    # logged at debug level, as for the optional kinds.
+    crd_optional: bool = False
 
     @property
     def group(self) -> str:
@@ -54,8 +58,8 @@ class KubeResource:
     @property
     def ident(self) -> str:
         """The name of its watch streams and stats: the kind, qualified by its group when
-        only reported (the Gateway API has a Gateway too)."""
-        return f"{self.name}.{self.group}" if self.optional else self.name
+        only reported or of the Gateway API (which has a Gateway too)."""
+        return f"{self.name}.{self.group}" if self.optional or self.group == GATEWAY_API_GROUP else self.name
 
     @property
     def needs_discovery(self) -> bool:
@@ -129,7 +133,15 @@ RESOURCES: tuple[KubeResource, ...] = (
     _resource(kinds.PEER_AUTHENTICATION, "peerauthentications"),
     _resource(kinds.AUTHORIZATION_POLICY, "authorizationpolicies"),
     _resource(kinds.REQUEST_AUTHENTICATION, "requestauthentications"),
-) + tuple(KubeResource(kind, plural, optional=True) for kind, plural in kinds.WATCHED_UNSUPPORTED)
+) + tuple(KubeResource(kind, plural, crd_optional=True) for kind, plural in (
+    (kinds.GATEWAY_CLASS, "gatewayclasses"),
+    (kinds.K8S_GATEWAY, "gateways"),
+    (kinds.HTTP_ROUTE, "httproutes"),
+    (kinds.GRPC_ROUTE, "grpcroutes"),
+    (kinds.TCP_ROUTE, "tcproutes"),
+    (kinds.TLS_ROUTE, "tlsroutes"),
+    (kinds.REFERENCE_GRANT, "referencegrants"),
+)) + tuple(KubeResource(kind, plural, optional=True) for kind, plural in kinds.WATCHED_UNSUPPORTED)
 SECRETS = _resource(SECRET, "secrets")
 # The mesh config: ConfigMap `istio` of the root namespace (read raw, never through the
 # parse gate or the store: sources/meshconfig.py turns it into a MeshConfig).
@@ -175,7 +187,7 @@ def served_version(api: client.ApiClient, res: KubeResource, request_timeout: fl
 def as_document(obj: dict[str, Any], api_version: str, kind: str) -> dict[str, Any]:
     """An API object as the parse gate wants it. List items come without apiVersion and
     kind (the list carries them), so they are filled in from the version we asked for.
-    An Istio object's `status` is dropped: controllers (meshd's leader among them, see
+    An Istio (or Gateway API) object's `status` is dropped: controllers (meshd's leader among them, see
     status.py) write it, meshd never reads it, and a status write must not count as a
     change of the object. Of a Node only its name and topology labels
     are kept (config/parse.py node_essentials): the rest is big and changes all the time."""
@@ -186,7 +198,8 @@ def as_document(obj: dict[str, Any], api_version: str, kind: str) -> dict[str, A
         doc["apiVersion"] = api_version
     if not doc.get("kind"):
         doc["kind"] = kind
-    if kinds.is_istio_group(kinds.split_api_version(api_version)[0]):
+    group = kinds.split_api_version(api_version)[0]
+    if kinds.is_istio_group(group) or group == GATEWAY_API_GROUP:  # meshd's leader writes these
         doc.pop("status", None)
     md = doc.get("metadata")
     if isinstance(md, dict):

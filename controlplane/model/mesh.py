@@ -21,6 +21,8 @@ from ..config.snapshot import ConfigSnapshot
 from ..names import ROOT_NAMESPACE, fqdn, resolve_host
 from .credentials import Credential, credentials_from
 from .delegates import resolve_delegates
+from .gateway_api.conversion import EMPTY as NO_GATEWAY_API
+from .gateway_api.conversion import GatewayAPI, convert
 from .destination_rules import DestinationRuleIndex, Selector
 from .gateways import (
     ISTIO_MUTUAL,
@@ -93,6 +95,9 @@ class MeshSnapshot:
     credentials: Mapping[tuple[str, str], Credential] = field(default_factory=dict, repr=False)
     # Gateway servers that are not served (or merged), found when the snapshot is built.
     gateway_conflicts: tuple[GatewayConflict, ...] = ()
+    # The Kubernetes Gateway API, converted (gateway_api/conversion.py): its derived Istio
+    # Gateways and VirtualServices are in `gateways` and `virtual_services` too.
+    gateway_api: GatewayAPI = NO_GATEWAY_API
     _dr_index: DestinationRuleIndex | None = field(default=None, repr=False)
     # Pods by name and IP, Node labels by name: where proxies run (proxy_locality).
     _pods: PodIndex | None = field(default=None, repr=False)
@@ -348,7 +353,9 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, pre
     hidden = _add_service_entries(config, pods, workloads, nodes, services, endpoints, instances)
 
     drs = tuple(config.of_kind(kinds.DESTINATION_RULE.kind))
-    gateways = tuple(config.of_kind(kinds.GATEWAY.kind))
+    credentials = credentials_from(config.of_kind(kinds.SECRET.kind))
+    gateway_api = convert(config, services, credentials)
+    gateways = tuple(config.of_kind(kinds.GATEWAY.kind)) + gateway_api.gateways
     dr_by_host: dict[str, list[ConfigObject]] = {}
     for dr in drs:
         dr_by_host.setdefault(_dr_host(dr), []).append(dr)
@@ -359,7 +366,7 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, pre
         services=services,
         endpoints=endpoints,
         gateways=gateways,
-        virtual_services=resolve_delegates(config.of_kind(kinds.VIRTUAL_SERVICE.kind)),
+        virtual_services=resolve_delegates([*config.of_kind(kinds.VIRTUAL_SERVICE.kind), *gateway_api.virtual_services]),
         destination_rules=drs,
         peer_authentications=tuple(config.of_kind(kinds.PEER_AUTHENTICATION.kind)),
         root_namespace=root_namespace,
@@ -370,7 +377,8 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, pre
         _instances_by_ip={ip: tuple(sorted(v, key=_instance_order)) for ip, v in instances.items()},
         _dr_by_host={h: tuple(v) for h, v in dr_by_host.items()},
         _wildcard_dr_hosts=tuple(h for h in dr_by_host if h.startswith("*")),
-        credentials=credentials_from(config.of_kind(kinds.SECRET.kind)),
+        credentials=credentials,
+        gateway_api=gateway_api,
         _dr_index=DestinationRuleIndex(drs, root_namespace, mesh_config.default_destination_rule_export_to),
         _pods=pod_index,
         _workloads=workloads,

@@ -54,19 +54,21 @@ kind: WasmPlugin
 metadata: {name: default, namespace: shop}
 spec: {url: oci://example.com/plugin:1}
 """
+# A Gateway API kind of the standard channel meshd does not serve (HTTPRoute and the other
+# route kinds are served: docs/gateway-api.md).
 HTTP_ROUTE = """
 apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
+kind: UDPRoute
 metadata: {name: bookinfo, namespace: shop}
 spec:
   parentRefs: [{name: bookinfo-gateway}]
   rules: [{backendRefs: [{name: productpage, port: 9080}]}]
 """
-GATEWAY_CLASS = """
+LISTENER_SET = """
 apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: istio}
-spec: {controllerName: istio.io/gateway-controller}
+kind: ListenerSet
+metadata: {name: extra, namespace: shop}
+spec: {parentRef: {name: bookinfo-gateway}, listeners: [{name: http, port: 80, protocol: HTTP}]}
 """
 # No such kind in Istio: a typo (or a kind of a newer Istio) in the security group.
 UNKNOWN_SECURITY = """
@@ -112,8 +114,8 @@ def doc(text: str) -> dict:
     (ENVOY_FILTER, "EnvoyFilter shop/lua", False, "an Istio kind meshd does not serve"),
     (TELEMETRY, "Telemetry istio-system/mesh-default", False, "an Istio kind meshd does not serve"),
     (WASM_PLUGIN, "WasmPlugin shop/default", False, "an Istio kind meshd does not serve"),
-    (HTTP_ROUTE, "HTTPRoute shop/bookinfo", False, "meshd does not implement the Gateway API"),
-    (GATEWAY_CLASS, "GatewayClass istio", False, "meshd does not implement the Gateway API"),
+    (HTTP_ROUTE, "UDPRoute shop/bookinfo", False, "a Kubernetes Gateway API kind meshd does not serve"),
+    (LISTENER_SET, "ListenerSet shop/extra", False, "a Kubernetes Gateway API kind meshd does not serve"),
     (UNKNOWN_SECURITY, "AuthorisationPolicy shop/deny-all", True, "the access control it describes is NOT enforced"),
     (LEGACY_RBAC, "ServiceRole shop/reader", True, "the access control it describes is NOT enforced"),
 ])
@@ -135,11 +137,11 @@ def test_an_object_from_the_kubernetes_source_is_reported_the_same_way():
     """What the reflector does with a listed object (kube/reflector.py _parse), and what the
     source does when it is deleted (remove_location)."""
     store = ConfigStore()
-    loc = "k8s:/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/bookinfo"
+    loc = "k8s:/apis/gateway.networking.k8s.io/v1/namespaces/shop/udproutes/bookinfo"
     obj = {k: v for k, v in doc(HTTP_ROUTE).items() if k not in ("apiVersion", "kind")}  # as list items come
-    parsed = parse_document(as_document(obj, "gateway.networking.k8s.io/v1", "HTTPRoute"), Origin("kubernetes", loc))
+    parsed = parse_document(as_document(obj, "gateway.networking.k8s.io/v1", "UDPRoute"), Origin("kubernetes", loc))
     store.replace_location(loc, [parsed])
-    assert [str(u.key) for u in store.unsupported()] == ["HTTPRoute shop/bookinfo"]
+    assert [str(u.key) for u in store.unsupported()] == ["UDPRoute shop/bookinfo"]
     assert store.unsupported()[0].origin.source == "kubernetes"
     store.remove_location(loc)
     assert store.unsupported() == [] and store.unsupported_counts() == {}
@@ -171,17 +173,17 @@ def test_configz_and_metric_list_every_unsupported_object_until_its_file_goes(tm
     })
     listed = {u["object"]: u for u in views.configz()["unsupported"]}
     assert set(listed) == {"ProxyConfig shop/external", "EnvoyFilter shop/lua", "Telemetry istio-system/mesh-default",
-                           "WasmPlugin shop/default", "HTTPRoute shop/bookinfo", "AuthorisationPolicy shop/deny-all"}
-    route = listed["HTTPRoute shop/bookinfo"]
+                           "WasmPlugin shop/default", "UDPRoute shop/bookinfo", "AuthorisationPolicy shop/deny-all"}
+    route = listed["UDPRoute shop/bookinfo"]
     assert route["apiVersion"] == "gateway.networking.k8s.io/v1" and route["level"] == "Warning"
     assert route["origin"]["location"] == str(tmp_path / "route.yaml")
-    assert "does not implement the Gateway API" in route["reason"]
+    assert "a Kubernetes Gateway API kind meshd does not serve" in route["reason"]
     assert listed["AuthorisationPolicy shop/deny-all"]["level"] == "Error"
     # The served AuthorizationPolicy is an object in force, not an unsupported one.
     assert [o["kind"] for o in views.configz()["objects"]] == ["AuthorizationPolicy"]
 
     assert gauge(metrics, "networking.istio.io", "ProxyConfig") == 1
-    assert gauge(metrics, "gateway.networking.k8s.io", "HTTPRoute") == 1
+    assert gauge(metrics, "gateway.networking.k8s.io", "UDPRoute") == 1
     assert gauge(metrics, "security.istio.io", "AuthorisationPolicy") == 1
     assert gauge(metrics, "telemetry.istio.io", "Telemetry") == 1
 
@@ -189,14 +191,14 @@ def test_configz_and_metric_list_every_unsupported_object_until_its_file_goes(tm
     events = {e["object"]: e for e in logs if e["event"] == "config unsupported"}
     assert set(events) == set(listed)
     assert events["AuthorisationPolicy shop/deny-all"]["log_level"] == "error"
-    assert events["HTTPRoute shop/bookinfo"]["log_level"] == "warning"
+    assert events["UDPRoute shop/bookinfo"]["log_level"] == "warning"
 
     (tmp_path / "route.yaml").unlink()
     (tmp_path / "security.yaml").unlink()
     src._apply(*src._changes(settle=False))
     listed = {u["object"] for u in views.configz()["unsupported"]}
-    assert "HTTPRoute shop/bookinfo" not in listed and "AuthorisationPolicy shop/deny-all" not in listed
-    assert gauge(metrics, "gateway.networking.k8s.io", "HTTPRoute") == 0
+    assert "UDPRoute shop/bookinfo" not in listed and "AuthorisationPolicy shop/deny-all" not in listed
+    assert gauge(metrics, "gateway.networking.k8s.io", "UDPRoute") == 0
     assert gauge(metrics, "security.istio.io", "AuthorisationPolicy") == 0
     assert gauge(metrics, "networking.istio.io", "ProxyConfig") == 1
 
@@ -230,7 +232,7 @@ def test_analyze_reports_security_kinds_as_errors_and_the_others_as_warnings(tmp
     (tmp_path / "mesh.yaml").write_text(PROXY_CONFIG + "---" + HTTP_ROUTE + "---" + ENVOY_FILTER)
     code, out, _ = run("analyze", "--analyzer", "meshd.UnsupportedKindAnalyzer", str(tmp_path))
     assert code == 0, out  # warnings only: below the default failure threshold
-    assert re.search(r"^Warning \[MSH0002\] \(HTTPRoute shop/bookinfo \S+mesh\.yaml:\d+\) HTTPRoute "
+    assert re.search(r"^Warning \[MSH0002\] \(UDPRoute shop/bookinfo \S+mesh\.yaml:\d+\) UDPRoute "
                      r"\(gateway\.networking\.k8s\.io\) is a Kubernetes Gateway API kind", out, re.M), out
     assert "Warning [MSH0002] (ProxyConfig shop/external" in out
     assert "Warning [MSH0002] (EnvoyFilter shop/lua" in out
@@ -247,7 +249,7 @@ def test_validate_names_unsupported_objects_and_fails_only_for_security_kinds(tm
     (tmp_path / "mesh.yaml").write_text(PROXY_CONFIG + "---" + HTTP_ROUTE + "---" + AUTHZ)
     code, out, err = run("validate", str(tmp_path))
     assert code == 0, err
-    assert re.search(r"mesh\.yaml:\d+: HTTPRoute shop/bookinfo: Warning: HTTPRoute \(gateway\.networking\.k8s\.io\)", err)
+    assert re.search(r"mesh\.yaml:\d+: UDPRoute shop/bookinfo: Warning: UDPRoute \(gateway\.networking\.k8s\.io\)", err)
     assert "ProxyConfig shop/external: Warning:" in err
     assert "AuthorizationPolicy" not in err  # served: validated, not reported
     assert f'"{tmp_path / "mesh.yaml"}" is valid' in out
@@ -273,18 +275,18 @@ def test_a_running_meshd_shows_them_in_configz_metrics_and_analyze(tmp_path):
             return json.loads(http_get("127.0.0.1", cp.monitoring_port, "/debug/configz")[1])
 
         listed = {u["object"]: u["level"] for u in configz()["unsupported"]}
-        assert listed == {"HTTPRoute shop/bookinfo": "Warning", "EnvoyFilter shop/lua": "Warning",
+        assert listed == {"UDPRoute shop/bookinfo": "Warning", "EnvoyFilter shop/lua": "Warning",
                           "AuthorisationPolicy shop/deny-all": "Error"}
         metrics = cp.metrics()
-        assert 'meshd_config_unsupported{group="gateway.networking.k8s.io",kind="HTTPRoute"} 1.0' in metrics
+        assert 'meshd_config_unsupported{group="gateway.networking.k8s.io",kind="UDPRoute"} 1.0' in metrics
         assert 'meshd_config_unsupported{group="security.istio.io",kind="AuthorisationPolicy"} 1.0' in metrics
 
         url = f"http://127.0.0.1:{cp.monitoring_port}"
         code, out, _ = run("analyze", "--meshd", url)
         assert code == 79
         assert "Error [MSH0001] (AuthorisationPolicy shop/deny-all" in out
-        assert "Warning [MSH0002] (HTTPRoute shop/bookinfo" in out
+        assert "Warning [MSH0002] (UDPRoute shop/bookinfo" in out
 
         (cfg / "route.yaml").unlink()
-        wait_for(lambda: 'kind="HTTPRoute"} 0.0' in cp.metrics(), 10, what="the HTTPRoute gauge back to 0")
-        assert "HTTPRoute shop/bookinfo" not in {u["object"] for u in configz()["unsupported"]}
+        wait_for(lambda: 'kind="UDPRoute"} 0.0' in cp.metrics(), 10, what="the UDPRoute gauge back to 0")
+        assert "UDPRoute shop/bookinfo" not in {u["object"] for u in configz()["unsupported"]}

@@ -31,6 +31,7 @@ from .serviceentry import ServiceEntry, service_entry
 from .sidecar import Sidecar, sidecar
 from .virtualservice import VirtualService, virtual_service
 from .workloadentry import WorkloadEntry, WorkloadGroup, workload_entry, workload_group
+from .gateway_api import GATEWAY_API_BUILDERS
 
 BUILDERS: dict[tuple[str, str], Callable[[Mapping[str, Any]], Any]] = {
     (GATEWAY.group, GATEWAY.kind): gateway,
@@ -41,6 +42,7 @@ BUILDERS: dict[tuple[str, str], Callable[[Mapping[str, Any]], Any]] = {
     (SERVICE_ENTRY.group, SERVICE_ENTRY.kind): service_entry,
     (WORKLOAD_ENTRY.group, WORKLOAD_ENTRY.kind): workload_entry,
     (WORKLOAD_GROUP.group, WORKLOAD_GROUP.kind): workload_group,
+    **GATEWAY_API_BUILDERS,
 }
 
 

@@ -18,12 +18,14 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from ...names import GATEWAY_API_GROUP
 from ..kinds import Kind, split_api_version
 from . import kubernetes
 from .authorization import validate_authorization_policy
 from .destinationrule import validate_destination_rule
 from .errors import FieldError, type_name
 from .gateway import validate_gateway
+from .gateway_api import validate_gateway_api
 from .metadata import validate_envelope
 from .requestauthentication import validate_request_authentication
 from .schema import schema_for, validate_document
@@ -72,6 +74,8 @@ def validate(doc: dict, kind: Kind) -> list[FieldError]:
     _, version = split_api_version(str(doc.get("apiVersion") or ""))
     if version not in kind.versions:  # already reported; validate against the preferred version
         version = kind.versions[0]
+    if kind.group == GATEWAY_API_GROUP:
+        return errs + validate_gateway_api(doc, kind, version)
     root = schema_for(kind.group, kind.kind, version)
     if root is None:
         return errs + [FieldError("kind", f"Invalid value: no schema for {kind.group}/{version} {kind.kind}")]
