@@ -225,7 +225,8 @@ def main() -> None:
 
             metrics = u.urlopen(f"http://127.0.0.1:{mon}/metrics", timeout=30).read().decode()
             held = next((ln for ln in metrics.splitlines() if ln.startswith("meshd_telemetry_proxies ")), "?")
-            print(f"meshd holds: {held}; fleet errors: {len(fleet.errors)}")
+            print(f"meshd holds: {held}; fleet errors: {len(fleet.errors)}"
+                  + (f" (first: {sorted(set(fleet.errors))[:3]})" if fleet.errors else ""))
             loop.call_soon_threadsafe(fleet.stop.set)
             th.join(30)
         finally:
