@@ -32,10 +32,12 @@ from . import gcpolicy, names
 from .config.objects import ConfigKey, Rejection
 from .config.store import ConfigStore
 from .debug.certs import certs_handler
+from .debug.gateway_api import gateway_api_section
 from .debug.monitoring import start_monitoring
 from .debug.ui.routes import ui_routes
 from .debug.operator import operator_view
 from .generators import Generator
+from .model.gateway_api.status import gateway_api_status
 from .model.mesh import MeshSnapshot, build_mesh, mesh_version
 from .model.meshconfig import DEFAULT as DEFAULT_MESH_CONFIG
 from .model.request_authentication import EMPTY_JWKS, key_sets_needed
@@ -420,7 +422,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     debug_routes = operator_view(ads, store, metrics, debug_routes, access=opts.debug_access,
                                  configz_sections={"meshConfig": mesh_source.status, "jwks": key_sets.status,
                                                    "policyProblems": policy_report.status,
-                                                   "autoRegistration": registry.status},
+                                                   "autoRegistration": registry.status,
+                                                   "gatewayAPI": lambda: gateway_api_section(ads.mesh)},
                                  # /debug checks tokens synchronously: not with TokenReview (it awaits I/O)
                                  authenticators=[a for a in authenticators or () if not getattr(a, "awaits_io", False)],
                                  root_namespace=opts.root_namespace)
@@ -429,6 +432,9 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     builder.mesh_config, builder.key_sets = mesh_source.current, key_sets
     mesh_source.on_change, key_sets.on_change = builder.set_mesh_config, builder.set_jwks
     builder.observers.append(policy_report.update)
+    if member is not None:  # the Gateway API's status, written by the leader (kube/status.py)
+        writer = member.status
+        builder.observers.append(lambda mesh: writer.gateway_api_status(gateway_api_status(mesh.gateway_api)))
     source = DirectorySource(opts.config_dir, store, interval=opts.poll_interval) if opts.config_dir else None
     if source is not None:
         if opts.state_dir is not None:  # an invalid file at start gets its last good objects back

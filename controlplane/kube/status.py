@@ -193,8 +193,12 @@ class StatusWriter:
         info = t.info
         if not t.gateway_api:
             return desired_status(info.status, t.rejection, info.generation)
-        ours = self._gateway_api.get(t.key) if self._gateway_api is not None else None
-        if ours is None:  # not meshd's (another controller's class), or not computed yet
+        if self._gateway_api is None:  # not computed yet
+            return None
+        ours = self._gateway_api.get(t.key)
+        if ours is None and t.resource.name in gateway_status.ROUTE_KINDS:
+            ours = {"parents": []}  # no parent of meshd's (any left from before are removed)
+        if ours is None:  # not meshd's (a class of another controller, a Gateway of such a class)
             return None
         return gateway_status.status_patch(t.resource.name, info.status, ours, info.generation, t.rejection, _now)
 

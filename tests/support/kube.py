@@ -4,7 +4,7 @@ See ../shared/k8s/README.md: no controllers, no scheduler, no nodes; new namespa
 ServiceAccount; a deleted namespace stays Terminating until someone finalizes it.
 
 The suite starts one server per session, on first use (`kube_cluster`, conftest), with
-Istio's CRDs and the Gateway API's HTTPRoute CRD installed, and hands each test a `Kube`:
+Istio's CRDs and the Gateway API's standard-channel CRDs installed, and hands each test a `Kube`:
 its own corner of that server. A test makes its namespaces with `kube.ns("shop")` (a name
 no other test uses), writes and reads objects as the stand-in API server's hooks do
 (`apply`, `get`, `delete`, `objects`), talks to the server through `kube.api_client()`
@@ -35,6 +35,10 @@ from tests.support.paths import shared
 
 ISTIO_CRDS = ("corpus", "crds", "crd-all.gen.yaml")
 HTTPROUTE_CRD = ("corpus", "gateway-api", "config", "crd", "standard", "gateway.networking.k8s.io_httproutes.yaml")
+# The Gateway API's standard channel, the kinds meshd serves (docs/gateway-api.md)
+GATEWAY_API_CRDS = tuple(("corpus", "gateway-api", "config", "crd", "standard", f"gateway.networking.k8s.io_{plural}.yaml")
+                         for plural in ("gatewayclasses", "gateways", "grpcroutes", "tcproutes", "tlsroutes",
+                                        "referencegrants"))
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 

@@ -2,7 +2,7 @@
 
 - `kube_session` (session): the real kube-apiserver and etcd of ../shared/k8s, started on
   the first test that needs them, on free ports, Istio's CRDs and the Gateway API's
-  HTTPRoute CRD installed; stopped when the session ends.
+  standard-channel CRDs installed; stopped when the session ends.
 - `kube` (function): the test's part of it (tests/support/kube.py `Kube`), the server put
   back as the session found it when the test ends, passed or failed.
 - `kubeapi` (function): the stand-in API server (tests/support/kubeapi), for what a real
@@ -53,10 +53,10 @@ def pytest_runtest_protocol(item, nextitem):
 
 @pytest.fixture(scope="session")
 def kube_session(tmp_path_factory):
-    from tests.support.kube import HTTPROUTE_CRD, ISTIO_CRDS, KubeSession, install_crds, kube_apiserver
+    from tests.support.kube import GATEWAY_API_CRDS, HTTPROUTE_CRD, ISTIO_CRDS, KubeSession, install_crds, kube_apiserver
 
     with kube_apiserver(tmp_path_factory.mktemp("kube-apiserver")) as cluster:
-        install_crds(cluster, shared(*ISTIO_CRDS), shared(*HTTPROUTE_CRD))
+        install_crds(cluster, shared(*ISTIO_CRDS), shared(*HTTPROUTE_CRD), *(shared(*c) for c in GATEWAY_API_CRDS))
         session = KubeSession(cluster)
         _real_version[:] = [session.version]
         try:
