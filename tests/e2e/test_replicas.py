@@ -4,7 +4,8 @@ in deploy/kubernetes runs them: real `meshd serve --kubeconfig` processes that
 - start at the same moment and end up with one root CA: one Secret istio-ca-secret is
   created, every replica serves its root;
 - elect one leader through a coordination.k8s.io/v1 Lease; only the leader writes (status
-  and Events of rejected Istio objects, the istio-ca-root-cert ConfigMaps);
+  and Events of rejected Istio objects, the Gateway API's status, the istio-ca-root-cert
+  ConfigMaps);
 - hand over within the lease time when the leader is killed (SIGKILL), and at once when
   it stops gracefully (SIGTERM releases the Lease);
 - follow a plug-in CA (Secret cacerts) created while they run: the trust bundle in every
@@ -87,6 +88,34 @@ def bad_objects(suffix: str) -> list[dict]:
     ]
 
 
+def gateway_api_objects() -> list[dict]:
+    """A Gateway of class istio with a listener for every route kind, and one route of each
+    kind attached (their backends need not exist: the status says so), so that the leader
+    writes the status of every Gateway API kind meshd controls."""
+    api = "gateway.networking.k8s.io/v1"
+    listeners = [{"name": "http", "port": 80, "protocol": "HTTP"},
+                 {"name": "tls", "port": 443, "protocol": "TLS", "tls": {"mode": "Passthrough"}},
+                 {"name": "tcp", "port": 9000, "protocol": "TCP"}]
+    out: list[dict] = [
+        {"apiVersion": api, "kind": "GatewayClass", "metadata": {"name": "istio"},
+         "spec": {"controllerName": "istio.io/gateway-controller"}},
+        {"apiVersion": api, "kind": "Gateway", "metadata": {"name": "gw", "namespace": NS},
+         "spec": {"gatewayClassName": "istio", "listeners": listeners}},
+    ]
+    rules = [{"backendRefs": [{"name": "webapp", "port": 80}]}]
+    for kind, section in (("HTTPRoute", "http"), ("GRPCRoute", "http"), ("TLSRoute", "tls"), ("TCPRoute", "tcp")):
+        spec: dict = {"parentRefs": [{"name": "gw", "sectionName": section}], "rules": rules}
+        if kind == "TLSRoute":
+            spec["hostnames"] = ["webapp.istioinaction.io"]
+        out.append({"apiVersion": api, "kind": kind, "metadata": {"name": kind.lower(), "namespace": NS}, "spec": spec})
+    return out
+
+
+def gateway_api_status(api: FakeApiServer, obj: dict) -> dict:
+    got = api.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], obj["metadata"].get("namespace", "")) or {}
+    return got.get("status") or {}
+
+
 def identity_of(handle) -> str:
     found = re.search(r"leader election starting\s.*?identity=(\S+)", handle.log())
     assert found, handle.log()[-2000:]
@@ -138,7 +167,7 @@ def test_replicas_share_one_ca_elect_one_leader_and_hand_over(tmp_path: Path):
         for ns in (NS, "istio-system"):
             api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
         before = bad_objects("before")
-        for obj in before:
+        for obj in before + gateway_api_objects():
             api.apply(obj)
         api.add_token(WEBAPP_TOKEN, f"system:serviceaccount:{NS}:webapp")
         args = [*deployment_args(api.kubeconfig(tmp_path / "kubeconfig")), *ELECTION]
@@ -162,6 +191,10 @@ def test_replicas_share_one_ca_elect_one_leader_and_hand_over(tmp_path: Path):
         for obj in before:
             wait_for(lambda obj=obj: reason(api, obj) == "Rejected", 10, what=f"status of {obj['kind']}")
         wait_for(lambda: len(api.objects("Event")) == len(before), 5, what="one event per rejected object")
+        for obj in gateway_api_objects():  # the Gateway API's status (conditions, route parents)
+            wait_for(lambda obj=obj: gateway_api_status(api, obj).get("conditions" if "Route" not in obj["kind"]
+                                                                       else "parents"), 10,
+                     what=f"status of {obj['kind']}")
         for ns in (NS, "istio-system"):
             wait_for(lambda ns=ns: root_cert_configmap(api, ns) == root.decode(), 10, what=f"root cert in {ns}")
         wait_for(lambda: "status written" in leader.log(), 5, what="the leader logs its writes")
