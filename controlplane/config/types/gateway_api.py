@@ -94,7 +94,7 @@ def _value_match(raw: Mapping[str, Any], default: str = "Exact") -> ValueMatch:
 def http_route_match(raw: Mapping[str, Any]) -> HTTPRouteMatch:
     path = raw.get("path")
     return HTTPRouteMatch(
-        path=_value_match(mapping(path), "PathPrefix") if path is not None else ValueMatch("PathPrefix", "/"),
+        path=_value_match(mapping(path), "PathPrefix") if path is not None else None,  # None: any path
         headers=each(raw.get("headers"), _value_match),
         query_params=each(raw.get("queryParams"), _value_match),
         method=text(raw.get("method")),
@@ -164,6 +164,23 @@ def _mirror(raw: Mapping[str, Any]) -> RequestMirror:
 
 
 @dataclass(frozen=True, slots=True)
+class CORS:
+    allow_origins: tuple[str, ...] = ()
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: int | None = None  # seconds
+    allow_credentials: bool | None = None
+
+
+def _cors(raw: Mapping[str, Any]) -> CORS:
+    credentials = raw.get("allowCredentials")
+    return CORS(nonempty_strings(raw.get("allowOrigins")), nonempty_strings(raw.get("allowMethods")),
+                nonempty_strings(raw.get("allowHeaders")), nonempty_strings(raw.get("exposeHeaders")),
+                integer(raw.get("maxAge")), None if credentials is None else bool(credentials))
+
+
+@dataclass(frozen=True, slots=True)
 class HTTPRouteFilter:
     """One filter; `type` names which of the blocks is set (validation checks they agree)."""
 
@@ -174,6 +191,7 @@ class HTTPRouteFilter:
     url_rewrite: URLRewrite | None = None
     request_mirror: RequestMirror | None = None
     extension_ref: ObjectRef | None = None
+    cors: CORS | None = None
 
 
 def http_route_filter(raw: Mapping[str, Any]) -> HTTPRouteFilter:
@@ -194,6 +212,7 @@ def http_route_filter(raw: Mapping[str, Any]) -> HTTPRouteFilter:
         if rewrite is not None else None,
         request_mirror=_mirror(mapping(raw["requestMirror"])) if raw.get("requestMirror") is not None else None,
         extension_ref=object_ref(mapping(ext), "") if ext is not None else None,
+        cors=_cors(mapping(raw["cors"])) if raw.get("cors") is not None else None,
     )
 
 
@@ -224,7 +243,7 @@ class HTTPRouteRule:
 
 def http_route_rule(raw: Mapping[str, Any]) -> HTTPRouteRule:
     t = raw.get("timeouts")
-    matches = each(raw.get("matches"), http_route_match) if raw.get("matches") else (HTTPRouteMatch(ValueMatch("PathPrefix", "/")),)
+    matches = each(raw.get("matches"), http_route_match) if raw.get("matches") else (HTTPRouteMatch(),)
     return HTTPRouteRule(
         name=text(raw.get("name")),
         matches=matches,
@@ -426,6 +445,9 @@ class Gateway:
     listeners: tuple[Listener, ...] = ()
     addresses: tuple[GatewayAddress, ...] = ()
     infrastructure_labels: Mapping[str, str] = field(default_factory=dict)
+    # `spec.tls.frontend`: client certificate validation, which meshd does not implement
+    # (its HTTPS listeners are then not served: conversion.py)
+    frontend_validation: bool = False
 
 
 def gateway(spec: Mapping[str, Any]) -> Gateway:
@@ -435,6 +457,7 @@ def gateway(spec: Mapping[str, Any]) -> Gateway:
         addresses=tuple(GatewayAddress(text(a.get("type")) or "IPAddress", text(a.get("value")))
                         for a in map(mapping, spec.get("addresses") or ())),
         infrastructure_labels=labels(mapping(spec.get("infrastructure")).get("labels")),
+        frontend_validation=bool(mapping(spec.get("tls")).get("frontend")),
     )
 
 

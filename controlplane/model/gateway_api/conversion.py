@@ -61,6 +61,7 @@ ROUTE_SEMANTICS_ANNOTATION = "internal.istio.io/route-semantics"
 GATEWAY_SEMANTICS_ANNOTATION = "internal.istio.io/gateway-semantics"
 GATEWAY_SERVICE_ANNOTATION = "internal.istio.io/gateway-service"
 MESH = "mesh"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 _ORIGIN = Origin("derived", "gateway-api")
 
 HTTP_KINDS = (RouteKind("HTTPRoute"), RouteKind("GRPCRoute"))
@@ -280,8 +281,23 @@ def _route_kinds(ln: Listener) -> tuple[tuple[RouteKind, ...], Condition | None]
     return ok, None
 
 
+def _server_hosts(gw: ConfigObject, ln: Listener, namespace_labels: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """`<ns>/<host>`: the Gateway's namespace (Same), `*` (All), or each namespace the
+    selector picks (Selector; `~` when none does), as istiod writes them."""
+    host = ln.hostname or "*"
+    allowed = ln.allowed_routes
+    if allowed.namespaces_from == "All":
+        return [f"*/{host}"]
+    if allowed.namespaces_from == "Selector":
+        picked = sorted(ns for ns, got in namespace_labels.items()
+                        if allowed.selector is not None and allowed.selector.matches(got))
+        return [f"{ns}/{host}" for ns in picked] or [f"~/{host}"]
+    return [f"{gw.namespace}/{host}"]
+
+
 def _convert_gateway(gw: ConfigObject, services: Mapping[str, Service], credentials: Mapping[tuple[str, str], Credential],
-                     grants: Grants, domain: str) -> tuple[list[_Listener], list[ConfigObject], GatewayReport]:
+                     grants: Grants, domain: str, namespace_labels: Mapping[str, Mapping[str, str]] | None = None
+                     ) -> tuple[list[_Listener], list[ConfigObject], GatewayReport]:
     spec: Gateway = gw.typed
     selector, assigned, addresses, address_problem = _selector(gw, spec, services, domain)
     conflicts = _conflicts(spec.listeners)
@@ -299,6 +315,11 @@ def _convert_gateway(gw: ConfigObject, services: Mapping[str, Service], credenti
         if ln.name in conflicts:
             conditions["Conflicted"] = conflicts[ln.name]
         tls, tls_problem = _listener_tls(gw, ln, grants, credentials)
+        if spec.frontend_validation and tls is not None and tls.get("mode") != "PASSTHROUGH":
+            # Never serve without the client certificate check the Gateway asks for.
+            conditions["Accepted"] = Condition("Accepted", False, "NoValidCACertificate",
+                                               "client certificate validation (spec.tls.frontend) is not supported by meshd")
+            tls_problem = conditions["Accepted"]
         if tls_problem is not None:
             conditions["ResolvedRefs"] = tls_problem
         name = derived_gateway_name(gw.name, ln.name)
@@ -309,8 +330,7 @@ def _convert_gateway(gw: ConfigObject, services: Mapping[str, Service], credenti
         listeners.append(state)
         if invalid or address_problem:
             continue
-        ns_part = gw.namespace if ln.allowed_routes.namespaces_from == "Same" else "*"
-        server: dict[str, Any] = {"hosts": [f"{ns_part}/{ln.hostname or '*'}"],
+        server: dict[str, Any] = {"hosts": _server_hosts(gw, ln, namespace_labels or {}),
                                   "port": {"name": "default", "number": ln.port, "protocol": ln.protocol}}
         if tls is not None:
             server["tls"] = tls
@@ -337,13 +357,22 @@ def _convert_gateway(gw: ConfigObject, services: Mapping[str, Service], credenti
 # --- routes ----------------------------------------------------------------------------
 
 
-def _hosts(route_hostnames: tuple[str, ...], listener_hostname: str) -> list[str]:
-    """The route's hostnames a listener serves ("*" for a route without hostnames)."""
+def _hosts(route_hostnames: tuple[str, ...], listener_hostname: str, narrower: tuple[str, ...] = ()) -> list[str]:
+    """The route's hostnames a listener serves ("*" for a route without hostnames): those
+    that intersect its hostname, less those a more specific listener on the same port
+    claims (`narrower`: listener isolation, GEP-1713)."""
     if not route_hostnames:
         return ["*"]
-    if not listener_hostname:
-        return list(route_hostnames)
-    return [h for h in route_hostnames if covers(listener_hostname, h) or covers(h, listener_hostname)]
+    out = [h for h in route_hostnames
+           if not listener_hostname or covers(listener_hostname, h) or covers(h, listener_hostname)]
+    return [h for h in out if not any(covers(n, h) for n in narrower)]
+
+
+def _narrower(ln: _Listener, siblings: list[_Listener]) -> tuple[str, ...]:
+    """The hostnames of the other listeners on `ln`'s port more specific than its own."""
+    own = ln.spec.hostname or "*"
+    return tuple(o.spec.hostname for o in siblings if o is not ln and o.spec.port == ln.spec.port and o.spec.hostname
+                 and o.spec.hostname != own and covers(own, o.spec.hostname))
 
 
 def _namespace_allowed(ln: _Listener, route_namespace: str, namespace_labels: Mapping[str, Mapping[str, str]]) -> bool:
@@ -382,7 +411,8 @@ def _attach(route: ConfigObject, ref: ParentRef, kind: str, listeners: Mapping[t
         return [], Condition("Accepted", False, "NotAllowedByListeners",
                              f"{kind} in namespace {route.namespace!r} is not allowed by the listeners' allowedRoutes")
     hostnames = route.typed.hostnames if kind != "TCPRoute" else ()
-    out = [_Attachment(ln, _hosts(hostnames, ln.spec.hostname)) for ln in allowed]
+    siblings = listeners[(ns, ref.name)]
+    out = [_Attachment(ln, _hosts(hostnames, ln.spec.hostname, _narrower(ln, siblings))) for ln in allowed]
     out = [a for a in out if a.hosts]
     if not out:
         return [], Condition("Accepted", False, "NoMatchingListenerHostname", "no hostname of the route matches a listener")
@@ -394,7 +424,12 @@ class _Converter:
                  credentials: Mapping[tuple[str, str], Credential], domain: str) -> None:
         self.config, self.services, self.credentials, self.domain = config, services, credentials, domain
         self.grants = grants_of(config.of_kind(kinds.REFERENCE_GRANT.key_kind))
-        self.namespace_labels = {o.name: o.labels for o in config.of_kind(kinds.NAMESPACE.kind)}
+        # Every namespace carries `kubernetes.io/metadata.name` (the API server sets it); a
+        # namespace known only from the objects in it has that label alone.
+        self.namespace_labels = {ns: {NAMESPACE_NAME_LABEL: ns} for ns in
+                                 {o.namespace for o in gateway_api_objects(config) if o.namespace}}
+        self.namespace_labels.update({o.name: {**o.labels, NAMESPACE_NAME_LABEL: o.name}
+                                      for o in config.of_kind(kinds.NAMESPACE.kind)})
         # (namespace, host or parent) -> host -> VirtualService spec under construction
         self.http_vs: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.vs: list[ConfigObject] = []
@@ -447,8 +482,6 @@ class _Converter:
                 vs = self.http_vs[key] = {"name": name, "parents": [],
                                           "created": str(route.extra.get("creationTimestamp") or ""),
                                           "spec": {"gateways": [MESH], "hosts": [mesh_host], "http": []}}
-                if exported := mesh.export_to(route.namespace, mesh_host.split(".")[1]):
-                    vs["spec"]["exportTo"] = exported
             if parents not in vs["parents"]:
                 vs["parents"].append(parents)
             vs["spec"]["http"].extend(rules)
@@ -468,8 +501,8 @@ class _Converter:
             routes = [r for rule in route.typed.rules for r in l4_routes(rule.backend_refs, resolve, problems)]
             rule: dict[str, Any] = {"route": routes} if routes else {"route": []}
             if kind == "TLSRoute":
-                rule["match"] = [{"sniHosts": att.hosts}]
-            spec = {"gateways": [att.listener.internal_name], "hosts": att.hosts, short: [rule]}
+                rule["match"] = [{"sniHosts": list(att.hosts)}]
+            spec = {"gateways": [att.listener.internal_name], "hosts": list(att.hosts), short: [rule]}
             annotations = {PARENTS_ANNOTATION: f"{kind}/{route.name}.{route.namespace}", ROUTE_SEMANTICS_ANNOTATION: "gateway"}
             name = f"{route.name}~{short}~{index}~{KUBERNETES_GATEWAY_NAME}"
             index += 1
@@ -500,7 +533,7 @@ def convert(config: ConfigSnapshot, services: Mapping[str, Service],
     for gw in sorted(gateway_objects, key=_age):
         if gw.typed.gateway_class_name not in classes:
             continue  # another implementation's
-        lns, derived, report = _convert_gateway(gw, services, credentials, conv.grants, domain)
+        lns, derived, report = _convert_gateway(gw, services, credentials, conv.grants, domain, conv.namespace_labels)
         listeners[(gw.namespace, gw.name)] = lns
         gateways.extend(derived)
         reports[gw.key] = report
@@ -518,6 +551,7 @@ def convert(config: ConfigSnapshot, services: Mapping[str, Service],
         else:
             rules = []
         l4_index = 0
+        l4_attachments: list[_Attachment] = []
         for ref in route.typed.parent_refs:
             if ref.is_service:  # GAMMA: the sidecars calling that Service (mesh.py)
                 report, made = mesh.attach(conv, route, kind, ref, l4_index)
@@ -537,11 +571,12 @@ def convert(config: ConfigSnapshot, services: Mapping[str, Service],
             if kind in ("HTTPRoute", "GRPCRoute"):
                 conv.add_http(route, kind, attachments, rules)
             elif attachments:
-                conv.add_l4(route, kind, attachments, l4_index)
-                l4_index += len(attachments)
+                l4_attachments.extend(attachments)
                 for rule in route.typed.rules:
                     l4_routes(rule.backend_refs, resolve, problems)
             parents.append(ParentReport(ref, (accepted, _resolved(problems))))
+        if l4_attachments:  # numbered in the order of their gateways' names, as istiod does
+            conv.add_l4(route, kind, sorted(l4_attachments, key=lambda a: a.listener.internal_name), l4_index)
         route_reports.append(RouteReport(route.key, tuple(parents)))
     conv.finish_http()
 

@@ -10,11 +10,13 @@ resolves answers 500 (`directResponse`), as the spec asks.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ...config.types.gateway_api import (
+    CORS,
     BackendRef,
     GRPCRouteMatch,
     GRPCRouteRule,
@@ -64,8 +66,7 @@ def _path(m: ValueMatch | None) -> dict[str, str] | None:
 def http_match(m: HTTPRouteMatch) -> dict[str, Any]:
     out: dict[str, Any] = {}
     path = _path(m.path)
-    # `PathPrefix /` matches everything: istiod leaves the match without a uri
-    if path is not None and path != {"prefix": "/"}:
+    if path is not None:
         out["uri"] = path
     if m.headers:
         out["headers"] = {h.name.lower(): _string_match(h) for h in m.headers}
@@ -150,6 +151,8 @@ def _filters(rule: dict[str, Any], filters: tuple[HTTPRouteFilter, ...], resolve
                     redirect["prefixRewrite"] = r.path.value
             if r.port is not None:
                 redirect["port"] = r.port
+            else:  # the scheme's well-known port, else the port the request came to
+                redirect["derivePort"] = "FROM_PROTOCOL_DEFAULT" if r.scheme else "FROM_REQUEST_PORT"
             if r.status_code:
                 redirect["redirectCode"] = r.status_code
             if r.scheme:
@@ -169,6 +172,8 @@ def _filters(rule: dict[str, Any], filters: tuple[HTTPRouteFilter, ...], resolve
                 else:
                     rewrite["uri"] = w.path.value or "/"
             rule["rewrite"] = rewrite
+        elif f.type == "CORS" and f.cors is not None:
+            rule["corsPolicy"] = _cors_policy(f.cors)
         elif f.type == "RequestMirror" and f.request_mirror is not None:
             m = f.request_mirror
             backend = resolve(m.backend_ref)
@@ -183,6 +188,38 @@ def _filters(rule: dict[str, Any], filters: tuple[HTTPRouteFilter, ...], resolve
             problems.add("UnsupportedValue", f"unsupported filter type {f.type!r}")
     if mirrors:
         rule["mirrors"] = mirrors
+
+
+# An origin `*`: any scheme://host[:port] (the Gateway API's wildcard origin).
+ANY_ORIGIN = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s?#]+$"
+
+
+def _origin(origin: str) -> dict[str, str]:
+    if origin == "*":
+        return {"regex": ANY_ORIGIN}
+    if "*" in origin:  # `https://*.example.com`: a wildcard label
+        return {"regex": "^" + ".*".join(re.escape(part) for part in origin.split("*")) + "$"}
+    return {"exact": origin}
+
+
+def _cors_policy(c: CORS) -> dict[str, Any]:
+    """A CORS filter as Istio's corsPolicy; preflights it does not match go on to the
+    backend (`unmatchedPreflights: IGNORE`), as istiod sets it."""
+    out: dict[str, Any] = {}
+    if c.allow_credentials:
+        out["allowCredentials"] = True
+    if c.allow_headers:
+        out["allowHeaders"] = list(c.allow_headers)
+    if c.allow_methods:
+        out["allowMethods"] = list(c.allow_methods)
+    if c.allow_origins:
+        out["allowOrigins"] = [_origin(o) for o in c.allow_origins]
+    if c.expose_headers:
+        out["exposeHeaders"] = list(c.expose_headers)
+    if c.max_age is not None:
+        out["maxAge"] = f"{c.max_age}s"
+    out["unmatchedPreflights"] = "IGNORE"
+    return out
 
 
 def _destination(b: Backend) -> dict[str, Any]:
@@ -220,6 +257,8 @@ def _routes(backends: tuple[BackendRef, ...], resolve: Resolve, problems: RulePr
             if f not in header_filters:
                 problems.add("UnsupportedValue", f"backendRef filter {f.type!r} is not supported")
         out.append(dest)
+    if len(out) == 1:
+        out[0].pop("weight", None)  # one destination takes everything
     return out, lost
 
 
@@ -253,7 +292,8 @@ def http_rules(namespace: str, route: str, rules: tuple[HTTPRouteRule, ...], res
                problems: RuleProblems) -> list[dict[str, Any]]:
     out = []
     for i, r in enumerate(rules):
-        timeout = r.timeouts.request if r.timeouts is not None else ""
+        # the time Envoy waits for the backend: backendRequest when given, else request
+        timeout = (r.timeouts.backend_request or r.timeouts.request) if r.timeouts is not None else ""
         # one Istio rule per match: precedence orders matches, not rules
         for m in r.matches:
             out.append(http_rule(r.name or f"{namespace}.{route}.{i}", [http_match(m)], r.filters, r.backend_refs,
@@ -272,10 +312,14 @@ def l4_routes(backends: tuple[ObjectRef, ...], resolve: Resolve, problems: RuleP
 
 
 def _uri_length(rule: Mapping[str, Any]) -> tuple[int, int]:
+    """(rank, length) of a rule's path: exact above prefix above a regex (which the
+    Gateway API leaves unordered; istiod puts it after the prefixes)."""
     uri = (rule.get("match") or [{}])[0].get("uri") or {}
     if "exact" in uri:
-        return 1, len(uri["exact"])
-    return 0, len(uri.get("prefix") or uri.get("regex") or "")
+        return 2, len(uri["exact"])
+    if "prefix" in uri:
+        return 1, len(uri["prefix"])
+    return (0, len(uri["regex"])) if "regex" in uri else (1, 0)
 
 
 def precedence(rule: Mapping[str, Any]) -> tuple:
