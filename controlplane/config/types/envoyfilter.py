@@ -1,0 +1,178 @@
+"""EnvoyFilter (networking.istio.io/v1alpha3), typed: which proxies it selects
+(`workloadSelector` / `targetRefs`), its `priority` and its config patches: where each
+applies (`applyTo`, `match`) and what it does (`patch.operation`, `patch.value`).
+
+A patch's `value` stays the document's mapping here; the generator converts it to the
+Envoy proto of its `applyTo` (generators/envoyfilter/values.py), as istiod's
+`xds.BuildXDSObjectFromStruct` does, and reports what does not convert.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .common import each, integer, labels, mapping, optional, text
+
+APPLY_TO = ("LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER", "ROUTE_CONFIGURATION", "VIRTUAL_HOST",
+            "HTTP_ROUTE", "CLUSTER", "EXTENSION_CONFIG", "BOOTSTRAP", "LISTENER_FILTER")
+OPERATIONS = ("MERGE", "ADD", "REMOVE", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "REPLACE")
+CONTEXTS = ("ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY")
+ROUTE_ACTIONS = ("ANY", "ROUTE", "REDIRECT", "DIRECT_RESPONSE")
+FILTER_CLASSES = ("UNSPECIFIED", "AUTHN", "AUTHZ", "STATS")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyMatch:
+    proxy_version: str = ""  # a regular expression on the proxy's ISTIO_VERSION
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FilterMatch:
+    name: str = ""
+    sub_filter: str = ""  # an HTTP filter's name inside the http_connection_manager
+
+
+@dataclass(frozen=True, slots=True)
+class FilterChainMatch:
+    name: str = ""
+    sni: str = ""
+    transport_protocol: str = ""
+    application_protocols: str = ""
+    destination_port: int = 0
+    filter: FilterMatch | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerMatch:
+    port_number: int = 0
+    name: str = ""
+    filter_chain: FilterChainMatch | None = None
+    listener_filter: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    name: str = ""
+    action: str = "ANY"
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualHostMatch:
+    name: str = ""
+    domain_name: str = ""
+    route: RouteMatch | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfigurationMatch:
+    port_number: int = 0
+    port_name: str = ""
+    gateway: str = ""
+    name: str = ""
+    vhost: VirtualHostMatch | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterMatch:
+    port_number: int = 0
+    service: str = ""
+    subset: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    context: str = "ANY"
+    proxy: ProxyMatch | None = None
+    listener: ListenerMatch | None = None
+    route_configuration: RouteConfigurationMatch | None = None
+    cluster: ClusterMatch | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Patch:
+    operation: str = ""
+    value: Mapping[str, Any] | None = None
+    filter_class: str = "UNSPECIFIED"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigPatch:
+    apply_to: str = ""
+    match: Match | None = None
+    patch: Patch | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRef:
+    group: str = ""
+    kind: str = ""
+    name: str = ""
+    namespace: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyFilter:
+    selector: Mapping[str, str] | None = None  # `workloadSelector.labels`; None: every workload
+    target_refs: tuple[TargetRef, ...] = ()
+    patches: tuple[ConfigPatch, ...] = ()
+    priority: int = 0
+
+
+def _filter_chain(m: Mapping[str, Any]) -> FilterChainMatch:
+    return FilterChainMatch(
+        name=text(m.get("name")), sni=text(m.get("sni")), transport_protocol=text(m.get("transportProtocol")),
+        application_protocols=text(m.get("applicationProtocols")),
+        destination_port=integer(m.get("destinationPort"), 0) or 0,
+        filter=optional(m.get("filter"), lambda f: FilterMatch(
+            text(f.get("name")), text(mapping(f.get("subFilter")).get("name")))))
+
+
+def _listener(m: Mapping[str, Any]) -> ListenerMatch:
+    return ListenerMatch(port_number=integer(m.get("portNumber"), 0) or 0, name=text(m.get("name")),
+                         filter_chain=optional(m.get("filterChain"), _filter_chain),
+                         listener_filter=text(m.get("listenerFilter")))
+
+
+def _route_configuration(m: Mapping[str, Any]) -> RouteConfigurationMatch:
+    return RouteConfigurationMatch(
+        port_number=integer(m.get("portNumber"), 0) or 0, port_name=text(m.get("portName")),
+        gateway=text(m.get("gateway")), name=text(m.get("name")),
+        vhost=optional(m.get("vhost"), lambda v: VirtualHostMatch(
+            text(v.get("name")), text(v.get("domainName")),
+            optional(v.get("route"), lambda r: RouteMatch(text(r.get("name")), text(r.get("action")) or "ANY")))))
+
+
+def _match(m: Mapping[str, Any]) -> Match:
+    return Match(
+        context=text(m.get("context")) or "ANY",
+        proxy=optional(m.get("proxy"), lambda p: ProxyMatch(text(p.get("proxyVersion")), labels(p.get("metadata")))),
+        listener=optional(m.get("listener"), _listener),
+        route_configuration=optional(m.get("routeConfiguration"), _route_configuration),
+        cluster=optional(m.get("cluster"), lambda c: ClusterMatch(
+            integer(c.get("portNumber"), 0) or 0, text(c.get("service")), text(c.get("subset")), text(c.get("name")))))
+
+
+def _config_patch(m: Mapping[str, Any]) -> ConfigPatch:
+    return ConfigPatch(
+        apply_to=text(m.get("applyTo")),
+        match=optional(m.get("match"), _match),
+        patch=optional(m.get("patch"), lambda p: Patch(
+            text(p.get("operation")), p.get("value") if isinstance(p.get("value"), Mapping) else None,
+            text(p.get("filterClass")) or "UNSPECIFIED")))
+
+
+def envoy_filter(spec: Mapping[str, Any]) -> EnvoyFilter:
+    selector = spec.get("workloadSelector")
+    return EnvoyFilter(
+        selector=labels(mapping(selector).get("labels")) if selector is not None else None,
+        target_refs=each(spec.get("targetRefs"), lambda r: TargetRef(
+            text(r.get("group")), text(r.get("kind")), text(r.get("name")), text(r.get("namespace")))),
+        patches=each(spec.get("configPatches"), _config_patch),
+        priority=integer(spec.get("priority"), 0) or 0,
+    )
+
+
+__all__ = ["EnvoyFilter", "ConfigPatch", "Match", "Patch", "envoy_filter", "APPLY_TO", "OPERATIONS", "CONTEXTS"]
