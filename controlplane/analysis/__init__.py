@@ -20,6 +20,7 @@ from .analyzers.authorization import (
 )
 from .analyzers.deprecation import FieldAnalyzer
 from .analyzers.destinationrule import SubsetSelectPodAnalyzer
+from .analyzers.gateway_api import GatewayAPIStatusAnalyzer
 from .analyzers.gateway import (
     CertificateAnalyzer,
     ConflictingGatewayAnalyzer,
@@ -76,6 +77,7 @@ ANALYZERS = (
     SubsetSelectPodAnalyzer(),
     FieldAnalyzer(),
     UnsupportedKindAnalyzer(),
+    GatewayAPIStatusAnalyzer(),
 )
 BY_NAME = {a.name: a for a in ANALYZERS}
 

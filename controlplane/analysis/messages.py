@@ -116,6 +116,10 @@ SIDECAR_EGRESS_HOST_NOT_FOUND = _t("SidecarEgressHostNotFound", "MSH0006", "Warn
 # Codes MSHxxxx so they can never be taken for one of Istio's ISTxxxx.
 UNSUPPORTED_SECURITY_KIND = _t("UnsupportedSecurityKind", "MSH0001", "Error", "%s")
 UNSUPPORTED_KIND = _t("UnsupportedKind", "MSH0002", "Warning", "%s")
+# The Gateway API's status as meshd computes it (analyzers/gateway_api.py): a route or
+# Gateway not accepted is not in force (an error); another condition not met, a warning.
+GATEWAY_API_NOT_ACCEPTED = _t("GatewayAPINotAccepted", "MSH0020", "Error", "%s")
+GATEWAY_API_CONDITION = _t("GatewayAPIConditionNotMet", "MSH0021", "Warning", "%s")
 
 ALL = [v for v in list(globals().values()) if isinstance(v, MessageType)]
 BY_NAME = {t.name: t for t in ALL}
