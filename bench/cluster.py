@@ -68,9 +68,15 @@ class Cluster:
     @classmethod
     def up(cls, work: Path) -> Cluster:
         state = work / "k8s"
-        port, etcd = free_port(), free_port()
-        subprocess.run([str(SHARED / "k8s" / "up"), str(state), "--port", str(port), "--etcd-port", str(etcd)],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=180)
+        for attempt in range(3):  # a port taken meanwhile, or a slow start on a busy machine
+            port, etcd = free_port(), free_port()
+            up = subprocess.run([str(SHARED / "k8s" / "up"), str(state), "--port", str(port), "--etcd-port", str(etcd),
+                                 "--timeout", "180"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                timeout=400)
+            if up.returncode == 0:
+                break
+            if attempt == 2:
+                raise RuntimeError(f"k8s up failed:\n{up.stderr[-2000:]}")
         facts = json.loads((state / "up.json").read_text())
         return cls(state, Path(facts["kubeconfig"]), facts["server"])
 

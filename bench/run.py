@@ -319,7 +319,7 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
     sc.write(config)
     specs = sc.proxies()
     result: dict = {"transport": transport}
-    meshd = Meshd(config, work, args.meshd_arg, args.profile)
+    meshd = Meshd(config, work, args.meshd_arg, args.profile, cwd=args.meshd_tree or REPO)
     try:
         result["startup_to_ready_s"] = round(meshd.ready_after, 3)
         t0 = time.time()
@@ -487,6 +487,10 @@ def table(results: list[dict], sc: Scenario) -> str:
     row("floor endpoint p99, worst (s)", lambda r: f"{max(x['p99_s'] for x in r['floor_endpoint']):.3f}")
     row("endpoint push CPU (s)", lambda r: f"{med(x['cpu_s'] for x in r['endpoint_change']):.2f}")
     row("  load generator CPU meanwhile (s)", lambda r: f"{med(x['loadgen_cpu_s'] for x in r['endpoint_change']):.2f}")
+    for stage, label in (("to_store_s", "endpoint: write -> store (s)"), ("debounce_s", "  debounce (s)"),
+                         ("snapshot_s", "  snapshot (s)"), ("update_s", "  keys and queueing (s)"),
+                         ("first_byte_s", "  write -> first byte (s)"), ("fanout_p99_s", "  first byte -> p99 (s)")):
+        row(label, lambda r, stage=stage: f"{med(x['stages'][stage] for x in r['endpoint_change'] if stage in x['stages']):.3f}")
     row("endpoint push: non-EDS responses", lambda r: str(sum(v for x in r['endpoint_change']
                                                               for k, v in x['responses'].items() if k != 'EDS')))
     row("RSS after sync (MB)", lambda r: f"{r['memory_after_sync']['rss_mb']:.0f}")
@@ -529,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-floor", action="store_true", help="skip the floor measurement")
     ap.add_argument("--measure", default="full,endpoint", help="what to measure: full,endpoint (default both)")
     ap.add_argument("--keep-logs", type=Path, help="copy meshd's logs into this directory")
+    ap.add_argument("--meshd-tree", type=Path, help="run the meshd of another checkout (e.g. before a change)")
     ap.add_argument("--sidecar-scope", action="store_true",
                     help="one Sidecar per namespace importing ./* and istio-system/* (scenario.sidecars_yaml)")
     args = ap.parse_args(argv)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import statistics
@@ -185,6 +186,13 @@ def table(results: list[dict], sc: Scenario) -> str:
     row("CPU per endpoint change (s)", lambda r: med(x["cpu_s"] for x in r["endpoint_change"]))
     row("RSS after sync (MB)", lambda r: r["memory_after_sync"]["rss_mb"], "{:.0f}")
     row("peak RSS (MB)", lambda r: r["memory_end"]["peak_rss_mb"], "{:.0f}")
+    lines.append("endpoint change by stage, medians (s; meshd only: its log says when each ended)")
+    for stage, label in (("to_store_s", "  API write -> store (watch, decode)"), ("debounce_s", "  debounce"),
+                         ("snapshot_s", "  snapshot"), ("update_s", "  keys and queueing"),
+                         ("first_byte_s", "  API write -> first byte on the wire"),
+                         ("fanout_p99_s", "  first byte -> p99 proxy (fan-out)")):
+        row(label, lambda r, stage=stage: med(x["stages"][stage] for x in r["endpoint_change"]
+                                              if stage in x.get("stages", {})), "{:.3f}")
     return "\n".join(lines)
 
 
@@ -227,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "error": str(e)})
             finally:
                 plane.stop()
+            if args.json:  # each plane's figures as soon as they are in (a long run may be cut short)
+                Path(args.json + ".partial").write_text(json.dumps(results, indent=2) + "\n")
         doc = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
