@@ -327,6 +327,12 @@ def _convert_gateway(gw: ConfigObject, services: Mapping[str, Service], credenti
         invalid = not state.usable or tls_problem is not None
         if invalid:
             conditions["Programmed"] = Condition("Programmed", False, "Invalid", "the listener is not valid")
+        elif tls is not None and any("/" in n for n in (tls.get("credentialName", ""), *tls.get("credentialNames", ()))):
+            # Allowed by a ReferenceGrant, but meshd's SDS serves a gateway the Secrets of
+            # its own namespace only: say so rather than leave Envoy waiting for it.
+            conditions["Programmed"] = Condition("Programmed", False, "Invalid",
+                                                 "certificates of another namespace are not served by meshd yet")
+            invalid = True
         listeners.append(state)
         if invalid or address_problem:
             continue
