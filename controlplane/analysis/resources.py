@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from ..config import kinds
 from ..sources.yamlfile import field_lines
 
 # Kinds without a namespace (the rest default to the analysis namespace).
@@ -264,6 +265,9 @@ def load_paths(paths: Iterable[str], default_namespace: str = "default") -> tupl
     return resources, errors
 
 
+_KIND_OF_STORE_KIND = {k.key_kind: k.kind for k in kinds.SERVED.values() if k.key_kind != k.kind}
+
+
 def from_configz(configz: Mapping[str, Any]) -> list[Resource]:
     """Objects of a running meshd (/debug/configz?content=true) as resources."""
     out = []
@@ -276,13 +280,14 @@ def from_configz(configz: Mapping[str, Any]) -> list[Resource]:
             md["creationTimestamp"] = body["creationTimestamp"]
         if o.get("namespace"):
             md["namespace"] = o["namespace"]
-        doc = {"apiVersion": o["apiVersion"], "kind": o["kind"], "metadata": md}
+        kind = _KIND_OF_STORE_KIND.get(o["kind"], o["kind"])  # the Gateway API's Gateway is stored as KubernetesGateway
+        doc = {"apiVersion": o["apiVersion"], "kind": kind, "metadata": md}
         if "spec" in body:
             doc["spec"] = body["spec"]
         doc.update(body.get("body") or {})
         origin = o.get("origin") or {}
         loc = Location(origin.get("location", ""), 0, origin.get("index", 0)) if origin.get("source") == "file" else None
-        out.append(Resource(o["apiVersion"], o["kind"], o.get("namespace", ""), o["name"], doc, loc))
+        out.append(Resource(o["apiVersion"], kind, o.get("namespace", ""), o["name"], doc, loc))
     return out
 
 

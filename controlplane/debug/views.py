@@ -19,6 +19,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from ..names import GATEWAY_API_GROUP
 from ..version import meshd_version
 from .configdump import ConfigDump, Sent, from_sent, rfc3339
 from .status import syncz_entry
@@ -180,7 +181,7 @@ class DebugViews:
                 body = {"labels": dict(o.labels), "annotations": dict(o.annotations)}
                 if o.extra.get("creationTimestamp"):  # `analyze --meshd`: which of two hosts is older
                     body["creationTimestamp"] = o.extra["creationTimestamp"]
-                if o.group.endswith("istio.io"):
+                if o.group.endswith("istio.io") or o.group == GATEWAY_API_GROUP:  # custom kinds: the store keeps the spec
                     body["spec"] = o.spec
                 else:
                     body["body"] = o.spec

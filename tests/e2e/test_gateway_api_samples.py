@@ -21,7 +21,10 @@ own sample.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -29,7 +32,7 @@ import pytest
 
 from controlplane.names import GATEWAY_NAME_LABEL
 from tests.support.envoy import envoy
-from tests.support.harness import free_port, meshd, wait_for, write
+from tests.support.harness import free_port, http_get, meshd, wait_for, write
 from tests.support.paths import shared
 from tests.support.traffic import Client, backend, service_yaml
 
@@ -51,12 +54,17 @@ def sample(*parts: str) -> Path:
     return shared(*SAMPLES, *parts)
 
 
+def gateway_vip(gateway: str) -> str:
+    return f"10.96.100.{GATEWAYS.index(gateway) + 1}"
+
+
 def gateway_service(gateway: str, target: int) -> str:
     """The Service istiod's deployment controller creates for a Gateway."""
     return f"""apiVersion: v1
 kind: Service
 metadata: {{name: {gateway}-istio, namespace: {NS}}}
 spec:
+  clusterIP: {gateway_vip(gateway)}
   selector: {{{GATEWAY_NAME_LABEL}: {gateway}}}
   ports: [{{name: http, port: 80, targetPort: {target}}}]
 """
@@ -155,3 +163,46 @@ def test_helloworld_splits_by_service_then_by_route_weights(samples):
     assert counts["helloworld-v1"] + counts["helloworld-v2"] == 400, counts
     assert 0.84 <= counts["helloworld-v1"] / 400 <= 0.96, counts
 
+
+
+BROKEN_ROUTE = """apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: broken, namespace: default}
+spec:
+  parentRefs: [{name: httpbin-gateway, sectionName: https}]
+  rules: [{backendRefs: [{name: httpbin, port: 8000}]}]
+"""
+
+
+def test_status_shows_in_configz_and_meshd_analyze(samples):
+    """Directory mode: /debug/configz's gatewayAPI section has the status meshd computed,
+    and `meshd analyze --meshd` reports a route that does not attach."""
+    cfg, _, cp = samples
+
+    def section() -> dict:
+        configz = json.loads(http_get("127.0.0.1", cp.monitoring_port, "/debug/configz")[1])
+        return {(e["kind"], e["name"]): e["status"] for e in configz["gatewayAPI"]}
+
+    bookinfo = section()[("HTTPRoute", "bookinfo")]["parents"][0]
+    assert bookinfo["parentRef"]["name"] == "bookinfo-gateway"
+    assert {c["type"]: c["status"] for c in bookinfo["conditions"]} == {"Accepted": "True", "ResolvedRefs": "True"}
+    gateway = section()[("Gateway", "httpbin-gateway")]
+    assert {c["type"]: c["status"] for c in gateway["conditions"]} == {"Accepted": "True", "Programmed": "True"}
+    # the README's INGRESS_HOST: `kubectl get gtw httpbin-gateway -o jsonpath='{.status.addresses[*].value}'`
+    assert gateway["addresses"] == [{"type": "IPAddress", "value": gateway_vip("httpbin-gateway")}]
+    assert gateway["listeners"][0]["attachedRoutes"] == 1
+
+    write(cfg / "broken-route.yaml", BROKEN_ROUTE)
+    try:
+        wait_for(lambda: ("HTTPRoute", "broken") in section(), 20, what="the broken route in configz")
+        parent = section()[("HTTPRoute", "broken")]["parents"][0]
+        accepted = next(c for c in parent["conditions"] if c["type"] == "Accepted")
+        assert (accepted["status"], accepted["reason"]) == ("False", "NoMatchingParent")
+        out = subprocess.run([sys.executable, "-m", "controlplane", "analyze", "--meshd",
+                              f"http://127.0.0.1:{cp.monitoring_port}"], capture_output=True, text=True, timeout=60)
+        lines = [ln for ln in out.stdout.splitlines() if "MSH002" in ln]
+        assert len(lines) == 1 and lines[0].startswith("Error [MSH0020] (HTTPRoute default/broken"), out.stdout + out.stderr
+        assert "NoMatchingParent" in lines[0]
+    finally:
+        (cfg / "broken-route.yaml").unlink()
+    wait_for(lambda: ("HTTPRoute", "broken") not in section(), 20, what="the broken route gone")
