@@ -155,6 +155,18 @@ def measure(plane: Plane, sc: Scenario, cluster: Cluster, args) -> dict:
     return result
 
 
+def startups(names: list[str], cluster: Cluster, work: Path, args) -> dict[str, list[float]]:
+    """Each plane started `args.startup_only` times in turn (alternating, so both see the
+    same moments of a busy machine) on the loaded cluster: seconds to /ready."""
+    out: dict[str, list[float]] = {}
+    for _ in range(args.startup_only):
+        for name in names:
+            plane = start_plane(name, cluster, work, args)
+            plane.stop()
+            out.setdefault(plane.name, []).append(round(plane.ready_after, 3))
+    return out
+
+
 def table(results: list[dict], sc: Scenario) -> str:
     med = statistics.median
     lines = [f"scenario: {sc.services} services, {sc.sidecars} sidecars, {sc.gateways} gateways, "
@@ -211,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--meshd-arg", action="append", default=[], help="extra `meshd serve` argument (repeat)")
     ap.add_argument("--json", help="also write the JSON document to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, cluster state)")
+    ap.add_argument("--startup-only", type=int, default=0, metavar="N",
+                    help="only start each plane N times (alternating) on the loaded cluster: start-up to /ready")
     args = ap.parse_args(argv)
     sc = Scenario(services=args.services, sidecars=args.sidecars, gateways=args.gateways, namespaces=args.namespaces)
     work = scratch()
@@ -221,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         t = time.time()
         counts = cluster.load(sc, work / "scenario")
         loaded = round(time.time() - t, 1)
+        if args.startup_only:
+            results = startups(args.planes.split(","), cluster, work, args)
+            report({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+                    "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "startup": results}, args.json,
+                   "\n".join(f"{name:>10} start-up to ready (s): " + ", ".join(f"{t:.2f}" for t in ts)
+                             + f"; median {statistics.median(ts):.2f}" for name, ts in results.items()))
+            return 0
         for n, name in enumerate(args.planes.split(",")):
             args.generation = 100 * (n + 1)  # each plane's changes are new content
             try:
