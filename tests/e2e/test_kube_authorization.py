@@ -1,7 +1,7 @@
 """Kubernetes mode against the real kube-apiserver of ../shared/k8s (the session's, with
-Istio's CRDs and the Gateway API's HTTPRoute CRD installed): AuthorizationPolicies applied
+Istio's CRDs installed): AuthorizationPolicies applied
 to the cluster are served, an invalid one is refused with its status saying why, and an
-object of a kind meshd does not serve (an HTTPRoute) is reported, never dropped:
+object of a kind meshd does not serve (a WasmPlugin) is reported, never dropped:
 /debug/configz, the `meshd_config_unsupported` gauge, and back to 0 once it is deleted.
 """
 from __future__ import annotations
@@ -21,8 +21,7 @@ SEC = ("security.istio.io", "v1")
 
 @pytest.fixture
 def cluster(kube):
-    """This test's part of the session's real API server (Istio's CRDs and HTTPRoute's
-    installed): its namespaces for meshd (istio-system's part) and the workloads."""
+    """This test's part of the session's real API server (Istio's CRDs installed): its namespaces for meshd (istio-system's part) and the workloads."""
     system, ns = kube.ns("istio-system"), kube.ns(NS)
     return kube.cluster, client.CustomObjectsApi(kube.api_client()), system, ns
 
@@ -34,11 +33,13 @@ def policy(name: str, principals: list[str], ns: str) -> dict:
                      "rules": [{"from": [{"source": {"principals": principals}}]}]}}
 
 
-def httproute(ns: str) -> dict:
-    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+WASM = ("extensions.istio.io", "v1alpha1")
+
+
+def wasm_plugin(ns: str) -> dict:
+    return {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
             "metadata": {"name": "catalog", "namespace": ns},
-            "spec": {"parentRefs": [{"name": "catalog", "kind": "Service", "group": ""}],
-                     "rules": [{"backendRefs": [{"name": "catalog", "port": 80}]}]}}
+            "spec": {"selector": {"matchLabels": {"app": "catalog"}}, "url": "oci://example.com/filter:1"}}
 
 
 def test_policies_are_served_refused_with_status_and_unserved_kinds_reported(cluster, tmp_path):
@@ -48,7 +49,7 @@ def test_policies_are_served_refused_with_status_and_unserved_kinds_reported(clu
     # the CRD's schema accepts it; Istio's validation does not (a wildcard inside a principal)
     custom.create_namespaced_custom_object(*SEC, ns, "authorizationpolicies",
                                            policy("broken", ["cluster.local/ns/*/sa/webapp"], ns))
-    custom.create_namespaced_custom_object("gateway.networking.k8s.io", "v1", ns, "httproutes", httproute(ns))
+    custom.create_namespaced_custom_object(*WASM, ns, "wasmplugins", wasm_plugin(ns))
     with meshd(None, tmp_path, extra=["--kubeconfig", str(c.kubeconfig), "--leader-election-namespace", system,
                                       "--root-namespace", system]) as m:
         def configz() -> dict:
@@ -70,10 +71,10 @@ def test_policies_are_served_refused_with_status_and_unserved_kinds_reported(clu
 
         wait_for(lambda: status_reason() == "Rejected", 30, what="the invalid policy's status says Rejected")
 
-        [route] = [u for u in configz()["unsupported"] if u["kind"] == "HTTPRoute"]
-        assert (route["namespace"], route["name"], route["level"]) == (ns, "catalog", "Warning")
-        gauge = 'meshd_config_unsupported{group="gateway.networking.k8s.io",kind="HTTPRoute"}'
+        [plugin] = [u for u in configz()["unsupported"] if u["kind"] == "WasmPlugin"]
+        assert (plugin["namespace"], plugin["name"], plugin["level"]) == (ns, "catalog", "Warning")
+        gauge = 'meshd_config_unsupported{group="extensions.istio.io",kind="WasmPlugin"}'
         assert f"{gauge} 1.0" in m.metrics()
-        custom.delete_namespaced_custom_object("gateway.networking.k8s.io", "v1", ns, "httproutes", "catalog")
-        wait_for(lambda: f"{gauge} 0.0" in m.metrics(), 30, what="the gauge back to 0 once the route is gone")
-        assert not [u for u in configz()["unsupported"] if u["kind"] == "HTTPRoute"]
+        custom.delete_namespaced_custom_object(*WASM, ns, "wasmplugins", "catalog")
+        wait_for(lambda: f"{gauge} 0.0" in m.metrics(), 30, what="the gauge back to 0 once the plugin is gone")
+        assert not [u for u in configz()["unsupported"] if u["kind"] == "WasmPlugin"]
