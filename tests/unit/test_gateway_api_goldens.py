@@ -28,6 +28,7 @@ from controlplane.config.parse import parse_document
 from controlplane.config.snapshot import ConfigSnapshot
 from controlplane.model.credentials import Credential
 from controlplane.model.gateway_api.conversion import convert
+from controlplane.model.gateway_api.status import gateway_api_status
 from controlplane.model.services import Service, ServicePort
 from tests.support.paths import REPO, SHARED, shared
 
@@ -193,4 +194,90 @@ def test_translation_matches_istiods_golden_or_the_difference_is_documented(case
 def test_the_docs_table_lists_every_known_difference():
     text = DOCS.read_text()
     missing = [c for c in KNOWN_DIFFERENCES if not re.search(rf"^\| `{re.escape(c)}` \|", text, re.M)]
+    assert missing == []
+
+
+# --- status (`<case>.status.yaml.golden`) ------------------------------------------------
+# Compared: per GatewayClass and Gateway the conditions' (type, status, reason), per listener
+# attachedRoutes and conditions, per route the parents meshd's controller reports and their
+# conditions (messages and addresses are not compared).
+
+_STATUS_KINDS = {"GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TCPRoute", "TLSRoute"}
+
+
+def _conditions(items: Any) -> dict:
+    return {c["type"]: (c["status"], c["reason"]) for c in items or []}
+
+
+def _status_shape(kind: str, status: Any) -> Any:
+    status = status or {}
+    if kind == "GatewayClass":
+        return _conditions(status.get("conditions"))
+    if kind == "Gateway":
+        return (_conditions(status.get("conditions")),
+                {ln["name"]: (ln.get("attachedRoutes"), _conditions(ln.get("conditions"))) for ln in status.get("listeners") or []})
+    return {(p["parentRef"].get("name"), p["parentRef"].get("sectionName"), p["parentRef"].get("port"),
+             p["parentRef"].get("kind", "Gateway")): _conditions(p.get("conditions"))
+            for p in status.get("parents") or [] if p.get("controllerName") == "istio.io/gateway-controller"}
+
+
+def status_differences(case: str) -> list[str]:
+    ours = {("Gateway" if k.kind == "KubernetesGateway" else k.kind, k.namespace, k.name): v for k, v in
+            gateway_api_status(convert(ConfigSnapshot(_objects(case)), _Services(), _Credentials())).items()}
+    out = []
+    for d in yaml.safe_load_all((TESTDATA / f"{case}.status.yaml.golden").read_text()):
+        if not d or d["kind"] not in _STATUS_KINDS:
+            continue
+        md = d["metadata"]
+        key = (d["kind"], md.get("namespace", ""), md["name"])
+        if _status_shape(d["kind"], d.get("status")) != _status_shape(d["kind"], ours.get(key)):
+            out.append("/".join(key))
+    return out
+
+
+_ADDRESS = ("istiod's test fixture gives some Gateways' addresses no usable Service (Programmed False, "
+            "AddressNotUsable) and lacks some backends (BackendNotFound) where meshd's fixture has every Service")
+KNOWN_STATUS_DIFFERENCES: dict[str, str] = {
+    **{c: KNOWN_DIFFERENCES[c] for c in (
+        "east-west-ambient", "eastwest", "eastwest-labelport", "eastwest-tlsoption", "listenerset",
+        "listenerset-empty-listeners", "listenerset-https-missing-tls", "listenerset-invalid",
+        "listenerset-overlapping-port", "listenerset-same-name-different-ns", "invalid", "mcs", "route-binding",
+        "route-precedence", "serviceentry", "xbackend", "reference-policy-inferencepool", "tls",
+        "reference-grant-multiple-to", "reference-policy-tls")},
+    "eastwest-remote": KNOWN_DIFFERENCES["eastwest"],
+    "waypoint": "waypoints (class istio-waypoint, ambient) are not served",
+    "foreign-waypoint": "a parentRef to a ServiceEntry is reported NoMatchingParent by meshd; istiod says nothing",
+    "valid-invalid-parent-ref": "a parentRef to a ServiceEntry is reported NoMatchingParent by meshd (not served); "
+                                "istiod accepts it",
+    "backend-tls-client-cert": "spec.tls.backend.clientCertificateRef is not read (meshd serves no BackendTLSPolicy "
+                               "that would use it): no InvalidClientCertificateRef",
+    "frontend-tls-invalid": "spec.tls.frontend is not implemented: the terminating listeners are Accepted False "
+                            "(NoValidCACertificate) where istiod checks the CA references",
+    "frontend-tls-refgrant": "spec.tls.frontend is not implemented: the terminating listeners are Accepted False "
+                             "(NoValidCACertificate) where istiod checks the CA references",
+    "gateway-invalid-parameters-ref": "infrastructure.parametersRef is not read (meshd deploys no gateways): no "
+                                      "InvalidParameters",
+    "http": KNOWN_DIFFERENCES["http"] + " (one route fewer attached, InvalidKind for InferencePool backends)",
+    "http-grpc-same-host": _ADDRESS,
+    "isolation": _ADDRESS,
+    "multi-gateway": _ADDRESS,
+    "tls-terminate": _ADDRESS,
+    "status": "a parentRef to a Gateway that does not exist is reported NoMatchingParent by meshd, istiod writes "
+              "nothing for it; istiod keeps the conditions other writers put on its parent entry",
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_status_matches_istiods_golden_or_the_difference_is_documented(case):
+    diff = status_differences(case)
+    if case in KNOWN_STATUS_DIFFERENCES:
+        assert diff, f"{case}'s status now matches istiod's: remove it from KNOWN_STATUS_DIFFERENCES and the docs"
+    else:
+        assert diff == [], "\n".join(diff)
+
+
+def test_the_docs_list_every_known_status_difference():
+    text = DOCS.read_text()
+    section = text[text.index("### Status goldens"):]
+    missing = [c for c in KNOWN_STATUS_DIFFERENCES if not re.search(rf"^\| `{re.escape(c)}` \|", section, re.M)]
     assert missing == []

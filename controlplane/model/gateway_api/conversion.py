@@ -346,7 +346,7 @@ def _convert_gateway(gw: ConfigObject, services: Mapping[str, Service], credenti
             annotations[GATEWAY_SERVICE_ANNOTATION] = ",".join(assigned)
         derived.append(_derived(kinds.GATEWAY, gw.namespace, name, gw_spec, annotations, str(gw.extra.get("creationTimestamp") or "")))
 
-    any_valid = any(ln.conditions["Programmed"].status for ln in listeners)
+    any_valid = any(ln.usable for ln in listeners)
     gw_conditions = [_ok("Accepted", "Accepted", "Resource accepted") if any_valid or not listeners else
                      Condition("Accepted", False, "ListenersNotValid", "no listener is valid")]
     if address_problem:
@@ -356,6 +356,10 @@ def _convert_gateway(gw: ConfigObject, services: Mapping[str, Service], credenti
         gw_conditions.append(_ok("Programmed", "Programmed", f"Resource programmed, assigned to service(s) {', '.join(assigned)}"))
     else:
         gw_conditions.append(_ok("Programmed", "Programmed", f"Resource programmed, proxies labelled {GATEWAY_NAME_LABEL}={gw.name}"))
+    # istiod's Gateway-level ResolvedRefs: the first listener reference that does not resolve
+    unresolved = next((ln.conditions["ResolvedRefs"] for ln in listeners if not ln.conditions["ResolvedRefs"].status), None)
+    gw_conditions.append(unresolved if unresolved is not None else
+                         _ok("ResolvedRefs", "ResolvedRefs", "All references resolved"))
     report = GatewayReport(gw.key, tuple(gw_conditions), (), tuple(addresses))
     return listeners, derived, report
 
