@@ -253,6 +253,8 @@ def _apply_redirect(out: rc.Route, redirect: HTTPRedirect, ctx: RouteContext) ->
     action = rc.RedirectAction(response_code=_REDIRECT_CODES[code])
     if redirect.uri:
         action.path_redirect = redirect.uri
+    elif redirect.prefix_rewrite:
+        action.prefix_rewrite = redirect.prefix_rewrite
     if redirect.authority:
         action.host_redirect = redirect.authority
     scheme = redirect.scheme
