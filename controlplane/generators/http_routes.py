@@ -30,6 +30,7 @@ from ..config.types.virtualservice import (
     RouteDestination,
 )
 from ..model.delegates import resolve_gateway_name
+from ..model.gateway_api.mesh import gateway_semantics
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
 from ..model.services import labels_match
@@ -120,7 +121,7 @@ def translate_route(vs: ConfigObject, rule: HTTPRoute, match: HTTPMatchRequest |
         return None
     if not _source_matches(match, vs.namespace, ctx):
         return None
-    out = rc.Route(match=route_match(match))
+    out = rc.Route(match=route_match(match, gateway_semantics(vs)))
     route_name = rule.name
     if match is not None and match.name:
         route_name = f"{route_name}.{match.name}"
@@ -144,7 +145,7 @@ def translate_route(vs: ConfigObject, rule: HTTPRoute, match: HTTPMatchRequest |
     return out
 
 
-def route_match(match: HTTPMatchRequest | None) -> rc.RouteMatch:
+def route_match(match: HTTPMatchRequest | None, gateway_api: bool = False) -> rc.RouteMatch:
     out = rc.RouteMatch(prefix="/")
     if match is None:
         return out
@@ -154,6 +155,9 @@ def route_match(match: HTTPMatchRequest | None) -> rc.RouteMatch:
     uri = match.uri
     if uri is not None and uri.exact is not None:
         out.path = uri.exact
+    elif uri is not None and uri.prefix is not None and gateway_api and uri.prefix.rstrip("/"):
+        # a Gateway API PathPrefix matches whole segments: /v2 takes /v2 and /v2/x, not /v2x (istiod)
+        out.path_separated_prefix = uri.prefix.rstrip("/")
     elif uri is not None and uri.prefix is not None:
         out.prefix = uri.prefix
     elif uri is not None and uri.regex is not None:

@@ -42,6 +42,7 @@ from ..config.types.sidecar import EgressListener, IngressListener, Sidecar
 from ..config.types.virtualservice import Destination
 from ..names import resolve_host
 from .destination_rules import exported_to
+from .gateway_api.mesh import consumer_route, preferred_in
 from .hosts import covers
 from .indexes import Index, Lifetime
 from .meshconfig import ALLOW_ANY, REGISTRY_ONLY
@@ -68,6 +69,8 @@ def service_visible(mesh: MeshSnapshot, svc: Service, namespace: str) -> bool:
 
 
 def virtual_service_visible(mesh: MeshSnapshot, vs: ConfigObject, namespace: str) -> bool:
+    if consumer_route(vs) and vs.namespace != namespace:
+        return False  # a Gateway API consumer route is its namespace's only (gateway_api/mesh.py)
     return visible(vs.typed.export_to, mesh.mesh_config.default_virtual_service_export_to, vs.namespace, namespace)
 
 
@@ -207,8 +210,9 @@ def _visible(mesh: MeshSnapshot, namespace: str) -> tuple[tuple[Service, ...], t
     if got is None:
         services = tuple(mesh.services[h] for h in sorted(mesh.services)
                          if service_visible(mesh, mesh.services[h], namespace))
-        vss = tuple(vs for vs in mesh.virtual_services
-                    if _bound_to_mesh(vs) and virtual_service_visible(mesh, vs, namespace))
+        vss = tuple(sorted((vs for vs in mesh.virtual_services
+                            if _bound_to_mesh(vs) and virtual_service_visible(mesh, vs, namespace)),
+                           key=lambda vs: not preferred_in(vs, namespace)))  # stable: else as before
         got = table[namespace] = (services, vss)
     return got
 

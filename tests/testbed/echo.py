@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         servers.append(http.server.ThreadingHTTPServer(("0.0.0.0", port), http_handler(args.name)))
     for port in args.tcp:
         servers.append(_Threading(("0.0.0.0", port), type("H", (TcpEcho,), {"name": args.name})))
+    return serve(servers)
+
+
+def serve(servers: list[socketserver.BaseServer]) -> int:
+    """Run `servers` until SIGTERM/SIGINT, saying READY once they listen (echo_advanced.py too)."""
     for s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()
     print("READY", flush=True)

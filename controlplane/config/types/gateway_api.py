@@ -94,7 +94,8 @@ def _value_match(raw: Mapping[str, Any], default: str = "Exact") -> ValueMatch:
 def http_route_match(raw: Mapping[str, Any]) -> HTTPRouteMatch:
     path = raw.get("path")
     return HTTPRouteMatch(
-        path=_value_match(mapping(path), "PathPrefix") if path is not None else None,  # None: any path
+        # the CRD defaults a match's path to PathPrefix / (the API server applies it; directory mode here)
+        path=_value_match(mapping(path), "PathPrefix") if path is not None else ValueMatch("PathPrefix", "/"),
         headers=each(raw.get("headers"), _value_match),
         query_params=each(raw.get("queryParams"), _value_match),
         method=text(raw.get("method")),
