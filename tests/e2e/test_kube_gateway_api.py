@@ -95,7 +95,7 @@ def test_gateway_api_status_accepted_unresolved_and_conflicting(cluster, tmp_pat
 
     with meshd(None, tmp_path, extra=["--kubeconfig", str(c.kubeconfig), "--leader-election-namespace", system,
                                       "--root-namespace", system]) as m:
-        logs = lambda: "meshd log:\n" + m.log()[-3000:]  # noqa: E731
+        logs = lambda: "meshd log:\n" + m.log()[-3000:]
         # --- accepted --------------------------------------------------------------------------------
         wait_for(lambda: conditions(parent("ok")).get("Accepted") == ("True", "Accepted"), 30,
                  what=lambda: f"the route accepted: {status('httproutes', 'ok')}; {logs()}")

@@ -3,7 +3,13 @@ meshd's part of it changes, conditions carry observedGeneration and keep their
 lastTransitionTime while their status holds, an unchanged verdict writes nothing."""
 from __future__ import annotations
 
+import asyncio
+
+from controlplane.config import kinds
+from controlplane.config.objects import ConfigKey
 from controlplane.kube.gateway_status import rejected_message, status_patch
+from controlplane.kube.resources import RESOURCES, ObjectInfo
+from controlplane.kube.status import StatusWriter
 from controlplane.names import GATEWAY_API_CONTROLLER
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"
@@ -74,3 +80,52 @@ def test_a_rejected_object_says_why_in_the_specs_terms():
     assert patch["parents"][0]["conditions"][0]["reason"] == "UnsupportedValue"
     assert rejected_message("HTTPRoute", patch) == "spec.rules[0]: bad"
     assert rejected_message("HTTPRoute", status_patch("HTTPRoute", {}, route, 2, now=lambda: T0)) is None
+
+
+# --- the status writer (kube/status.py) with the model's Gateway API status --------------
+
+
+class RecordingApi:
+    """KubeApi's `call`, answering a status PATCH with the object as the API server would."""
+
+    def __init__(self):
+        self.patches: list[tuple[str, dict]] = []
+
+    async def call(self, method, path, body=None, **_):
+        self.patches.append((path, body))
+        return {"metadata": {"resourceVersion": str(len(self.patches) + 100)}, "status": body["status"]}
+
+
+def _resource(kind: kinds.Kind):
+    return next(r for r in RESOURCES if r.kind is kind)
+
+
+def test_the_writer_writes_the_models_status_and_removes_parents_no_longer_meshds():
+    async def run():
+        api = RecordingApi()
+        writer = StatusWriter(api, retry_after=0.01)
+        route = _resource(kinds.HTTP_ROUTE)
+        mine = {"parentRef": {"name": "gw"}, "controllerName": GATEWAY_API_CONTROLLER,
+                "conditions": [{**cond("Accepted"), "lastTransitionTime": T0, "observedGeneration": 1}]}
+        theirs = {"parentRef": {"name": "x"}, "controllerName": "example.com/gw", "conditions": []}
+        info = ObjectInfo("gateway.networking.k8s.io/v1", "shop", "r", "uid", 2, "7", {"parents": [mine, theirs]})
+        writer.put("s", route, "loc", object(), info)
+        task = asyncio.create_task(writer.run())
+        await asyncio.sleep(0.05)
+        assert api.patches == []  # nothing before the model says what the status is
+        # the model's next snapshot: the route has no parent of meshd's any more
+        writer.gateway_api_status({ConfigKey("KubernetesGateway", "shop", "gw"): {"conditions": []}})
+        for _ in range(100):
+            if api.patches:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        [(path, body)] = api.patches
+        assert path == "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/r/status"
+        assert body == {"metadata": {"resourceVersion": "7"}, "status": {"parents": [theirs]}}
+        # a Gateway the model has no status for (another controller's class): never written
+        gateway = _resource(kinds.K8S_GATEWAY)
+        writer.put("g", gateway, "gw-loc", object(), ObjectInfo("gateway.networking.k8s.io/v1", "shop", "other", "u", 1,
+                                                                "9", {"conditions": [cond("Accepted")]}))
+        assert "gw-loc" not in writer._dirty
+    asyncio.run(run())
