@@ -135,11 +135,13 @@ class HTTPRedirect:
     port: int | None = None
     derive_port: str = ""
     redirect_code: int = 0  # 0: not given (301)
+    prefix_rewrite: str = ""  # replaces the matched prefix (the Gateway API's ReplacePrefixMatch)
 
 
 def _redirect(raw: Mapping[str, Any]) -> HTTPRedirect:
     return HTTPRedirect(text(raw.get("uri")), text(raw.get("authority")), text(raw.get("scheme")),
-                        integer(raw.get("port")), text(raw.get("derivePort")), integer(raw.get("redirectCode"), 0) or 0)
+                        integer(raw.get("port")), text(raw.get("derivePort")), integer(raw.get("redirectCode"), 0) or 0,
+                        text(raw.get("prefixRewrite")))
 
 
 @dataclass(frozen=True, slots=True)

@@ -229,7 +229,8 @@ def _destination(b: Backend) -> dict[str, Any]:
     return d
 
 
-def _routes(backends: tuple[BackendRef, ...], resolve: Resolve, problems: RuleProblems) -> tuple[list, bool]:
+def _routes(backends: tuple[BackendRef, ...], resolve: Resolve, problems: RuleProblems
+            ) -> tuple[list[dict[str, Any]], bool]:
     """The weighted destinations of a rule's backends, and whether some backend had a
     weight above zero but did not resolve (its share of requests answers 500)."""
     out, lost = [], False
@@ -319,10 +320,11 @@ def _uri_length(rule: Mapping[str, Any]) -> tuple[int, int]:
         return 2, len(uri["exact"])
     if "prefix" in uri:
         return 1, len(uri["prefix"])
-    return (0, len(uri["regex"])) if "regex" in uri else (1, 0)
+    # no path: the CRD's default, PathPrefix `/`
+    return (0, len(uri["regex"])) if "regex" in uri else (1, 1)
 
 
-def precedence(rule: Mapping[str, Any]) -> tuple:
+def precedence(rule: Mapping[str, Any]) -> tuple[int, ...]:
     """The Gateway API's order of rules for one host (smaller first): an exact path, then
     the longest path, then a method, then most headers, then most query parameters; the
     caller's order (routes by creation time, then name; rules in order) breaks ties."""
