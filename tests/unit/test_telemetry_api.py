@@ -1,0 +1,106 @@
+"""The Telemetry API (telemetry.istio.io): validation, precedence per proxy, and the Envoy
+config it becomes (access logs on the listeners of a direction, HCM tracing)."""
+from __future__ import annotations
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.trace.v3 import zipkin_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+from controlplane.config.types.telemetry import telemetry
+from controlplane.config.validation.telemetry import validate_telemetry
+from controlplane.generators import access_log
+from controlplane.generators.convert import typed
+from controlplane.generators.filters import HTTP_CONNECTION_MANAGER
+from controlplane.generators.tracing import hcm_tracing
+from controlplane.model.meshconfig import parse_mesh_config
+from controlplane.model.telemetry import NamedTelemetry, resolve
+
+MESH = parse_mesh_config({"extensionProviders": [
+    {"name": "zipkin", "zipkin": {"service": "zipkin.istio-system.svc.cluster.local", "port": 9411}},
+    {"name": "json-file", "envoyFileAccessLog": {"path": "/tmp/access.log",
+                                                 "logFormat": {"labels": {"code": "%RESPONSE_CODE%"}}}},
+]})
+
+
+def _t(ns: str, name: str, spec: dict) -> NamedTelemetry:
+    assert validate_telemetry(spec) == []
+    return NamedTelemetry(ns, name, telemetry(spec))
+
+
+def _errors(spec: dict) -> list[str]:
+    return [str(e) for e in validate_telemetry(spec)]
+
+
+def test_validation_rejects_what_istio_rejects():
+    assert any("randomSamplingPercentage" in e for e in _errors({"tracing": [{"randomSamplingPercentage": 101}]}))
+    assert any("multiple tracing" in e for e in _errors({"tracing": [{}, {}]}))
+    assert any("exactly one of literal" in e for e in _errors({"tracing": [{"customTags": {"a": {}}}]}))
+    assert any("literal.value" in e for e in _errors({"tracing": [{"customTags": {"a": {"literal": {}}}}]}))
+    assert any("mutually" in e or "only one of targetRefs" in e for e in _errors(
+        {"selector": {"matchLabels": {"app": "a"}}, "targetRefs": [{"kind": "Service", "name": "a"}]}))
+    assert any("expression" in e for e in _errors({"accessLogging": [{"filter": {"expression": "response.code >= (400"}}]}))
+    assert any("match.mode" in e for e in _errors({"accessLogging": [{"match": {"mode": "BOTH"}}]}))
+    assert any("value" in e for e in _errors({"metrics": [{"overrides": [{"tagOverrides": {"x": {"operation": "UPSERT"}}}]}]}))
+    assert _errors({"accessLogging": [{"providers": [{"name": "envoy"}], "filter": {"expression": "response.code >= 400"}}],
+                    "tracing": [{"randomSamplingPercentage": 50, "customTags": {"a": {"header": {"name": "x-a"}}}}]}) == []
+
+
+def test_workload_overrides_namespace_overrides_root():
+    root = _t("istio-system", "mesh-default", {"accessLogging": [{"providers": [{"name": "envoy"}]}],
+                                               "tracing": [{"providers": [{"name": "zipkin"}], "randomSamplingPercentage": 10}]})
+    ns = _t("shop", "ns", {"tracing": [{"randomSamplingPercentage": 50}]})
+    wl = _t("shop", "web", {"selector": {"matchLabels": {"app": "web"}}, "accessLogging": [{"disabled": True}]})
+    web = resolve([wl, ns, root], "istio-system", "shop", {"app": "web"})
+    other = resolve([wl, ns, root], "istio-system", "shop", {"app": "db"})
+    elsewhere = resolve([wl, ns, root], "istio-system", "billing", {"app": "web"})
+    assert web.sources == ("istio-system/mesh-default", "shop/ns", "shop/web")
+    assert web.logging["CLIENT"].providers == () and other.logging["CLIENT"].providers == ("envoy",)
+    assert web.tracing["SERVER"].random_sampling_percentage == 50
+    assert elsewhere.tracing["SERVER"].random_sampling_percentage == 10
+    assert resolve([], "istio-system", "shop", {}).logging["CLIENT"] is None  # mesh config applies
+
+
+def test_match_mode_and_default_providers():
+    server_only = _t("shop", "ns", {"accessLogging": [{"match": {"mode": "SERVER"}, "providers": [{"name": "json-file"}]}]})
+    got = resolve([server_only], "istio-system", "shop", {})
+    assert got.logging["SERVER"].providers == ("json-file",) and got.logging["CLIENT"] is None
+    defaults = resolve([], "istio-system", "shop", {}, {"tracing": ("zipkin",)})
+    assert defaults.tracing["CLIENT"].provider == "zipkin"
+
+
+def _listener(direction: int) -> listener_pb2.Listener:
+    lst = listener_pb2.Listener(name="l", traffic_direction=direction)
+    lst.filter_chains.add().filters.add(name=HTTP_CONNECTION_MANAGER, typed_config=typed(hcm_pb2.HttpConnectionManager()))
+    return lst
+
+
+def _hcm(lst: listener_pb2.Listener) -> hcm_pb2.HttpConnectionManager:
+    out = hcm_pb2.HttpConnectionManager()
+    lst.filter_chains[0].filters[0].typed_config.Unpack(out)
+    return out
+
+
+def test_access_logs_in_the_configured_format_only_on_the_selected_direction():
+    inbound, outbound = _listener(base_pb2.INBOUND), _listener(base_pb2.OUTBOUND)
+    logs = access_log.telemetry_logs(["json-file"], "response.code >= 400", MESH)
+    access_log.apply([inbound, outbound], MESH, {base_pb2.INBOUND: logs})
+    (log,) = _hcm(inbound).access_log
+    cfg = file_pb2.FileAccessLog()
+    log.typed_config.Unpack(cfg)
+    assert cfg.path == "/tmp/access.log" and dict(cfg.log_format.json_format) == {"code": "%RESPONSE_CODE%"}
+    assert log.filter.extension_filter.name == "envoy.access_loggers.extension_filters.cel"
+    assert list(_hcm(outbound).access_log) == []  # no accessLogFile in the mesh config
+
+
+def test_zipkin_tracing_resolves_the_provider_cluster():
+    t = resolve([_t("istio-system", "d", {"tracing": [{"providers": [{"name": "zipkin"}], "randomSamplingPercentage": 100,
+                                                       "customTags": {"env": {"literal": {"value": "prod"}}}}]})],
+                "istio-system", "shop", {})
+    tracing = hcm_tracing(t.tracing["CLIENT"], MESH, "web.shop")
+    cfg = zipkin_pb2.ZipkinConfig()
+    tracing.provider.typed_config.Unpack(cfg)
+    assert cfg.collector_cluster == "outbound|9411||zipkin.istio-system.svc.cluster.local"
+    assert cfg.collector_endpoint == "/api/v2/spans" and tracing.random_sampling.value == 100
+    assert [(c.tag, c.literal.value) for c in tracing.custom_tags] == [("env", "prod")]
