@@ -58,12 +58,22 @@ def validate_gateway_api(doc: dict, kind: Kind, version: str) -> list[FieldError
     root = schema(kind.kind, version) or schema(kind.kind, kind.versions[0])
     if root is None:
         return [FieldError("kind", f"Invalid value: no schema for {kind.group}/{version} {kind.kind}")]
-    errs = validate_document(doc, root)
+    errs = validate_document(_defaulted(doc, kind.kind), root)
     if errs:
         return errs
-    spec = doc.get("spec") if isinstance(doc.get("spec"), dict) else {}
+    spec = _dict(doc.get("spec"))
     check = _SEMANTICS.get(kind.kind)
     return check(spec, "spec") if check else []
+
+
+def _defaulted(doc: dict, kind: str) -> dict:
+    """The document with the schema defaults the API server fills in before it checks a
+    `oneOf` that depends on them: a Gateway address's `type` (IPAddress)."""
+    spec = _dict(doc.get("spec"))
+    if kind != "Gateway" or not any(isinstance(a, dict) and "type" not in a for a in _list(spec.get("addresses"))):
+        return doc
+    addresses = [{"type": "IPAddress", **a} if isinstance(a, dict) else a for a in _list(spec.get("addresses"))]
+    return {**doc, "spec": {**spec, "addresses": addresses}}
 
 
 # --- the CEL rules, by kind ------------------------------------------------------------

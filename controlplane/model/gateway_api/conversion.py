@@ -54,7 +54,7 @@ from ..hosts import covers
 from ..services import Service
 from . import mesh
 from .references import Grants, grants_of
-from .routes import Backend, RuleProblems, grpc_rules, http_rules, l4_routes, precedence, service_host
+from .routes import Backend, Resolve, RuleProblems, grpc_rules, http_rules, l4_routes, precedence, service_host
 
 PARENTS_ANNOTATION = "internal.istio.io/parents"
 ROUTE_SEMANTICS_ANNOTATION = "internal.istio.io/route-semantics"
@@ -444,7 +444,7 @@ class _Converter:
         self.http_vs: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.vs: list[ConfigObject] = []
 
-    def resolver(self, route: ConfigObject, route_kind: str):
+    def resolver(self, route: ConfigObject, route_kind: str) -> Resolve:
         def resolve(ref: ObjectRef) -> Backend:
             ns = ref.namespace or route.namespace
             if ref.is_core and ref.kind == "Service":
@@ -564,9 +564,9 @@ def convert(config: ConfigSnapshot, services: Mapping[str, Service],
         l4_attachments: list[_Attachment] = []
         for ref in route.typed.parent_refs:
             if ref.is_service:  # GAMMA: the sidecars calling that Service (mesh.py)
-                report, made = mesh.attach(conv, route, kind, ref, l4_index)
+                parent_report, made = mesh.attach(conv, route, kind, ref, l4_index)
                 l4_index += made
-                parents.append(report)
+                parents.append(parent_report)
                 continue
             if not ref.is_gateway:
                 parents.append(ParentReport(ref, (Condition("Accepted", False, "NoMatchingParent",
