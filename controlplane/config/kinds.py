@@ -55,6 +55,8 @@ SERVICE_ENTRY = Kind(ISTIO_NETWORKING, "ServiceEntry", ISTIO_VERSIONS)
 WORKLOAD_ENTRY = Kind(ISTIO_NETWORKING, "WorkloadEntry", ISTIO_VERSIONS)
 WORKLOAD_GROUP = Kind(ISTIO_NETWORKING, "WorkloadGroup", ISTIO_VERSIONS)
 SIDECAR = Kind(ISTIO_NETWORKING, "Sidecar", ISTIO_VERSIONS)
+# Patches to generated output (docs/envoyfilter.md).
+ENVOY_FILTER = Kind(ISTIO_NETWORKING, "EnvoyFilter", ("v1alpha3",))
 NAMESPACE = Kind("", "Namespace", ("v1",), namespaced=False)
 SERVICE = Kind("", "Service", ("v1",))
 POD = Kind("", "Pod", ("v1",))
@@ -80,13 +82,13 @@ SERVED: dict[tuple[str, str], Kind] = {
     (k.group, k.kind): k
     for k in (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, AUTHORIZATION_POLICY,
               REQUEST_AUTHENTICATION, NAMESPACE, SERVICE, POD, ENDPOINT_SLICE, SECRET, NODE, SIDECAR, SERVICE_ENTRY,
-              WORKLOAD_ENTRY, WORKLOAD_GROUP) + GATEWAY_API_KINDS
+              WORKLOAD_ENTRY, WORKLOAD_GROUP, ENVOY_FILTER) + GATEWAY_API_KINDS
 }
 
 # Istio kinds an operator may apply that meshd does not act on yet.
 ISTIO_UNSUPPORTED = frozenset(
     {
-        "EnvoyFilter", "ProxyConfig", "Telemetry", "WasmPlugin",
+        "ProxyConfig", "Telemetry", "WasmPlugin",
     }
 )
 
@@ -111,7 +113,6 @@ _GW_VERSIONS = ("v1", "v1beta1", "v1alpha3", "v1alpha2")
 # (kind, plural). Istio's from ISTIO_UNSUPPORTED, and the Gateway API's kinds meshd does
 # not serve (UDPRoute, BackendTLSPolicy, ListenerSet).
 WATCHED_UNSUPPORTED: tuple[tuple[Kind, str], ...] = (
-    (Kind(ISTIO_NETWORKING, "EnvoyFilter", ("v1alpha3",)), "envoyfilters"),
     (Kind(ISTIO_NETWORKING, "ProxyConfig", ("v1beta1",)), "proxyconfigs"),
     (Kind("telemetry.istio.io", "Telemetry", ("v1", "v1alpha1")), "telemetries"),
     (Kind("extensions.istio.io", "WasmPlugin", ("v1alpha1",)), "wasmplugins"),

@@ -25,6 +25,7 @@ from .. import names
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
 from . import dependencies as dep
+from .envoyfilter import stage as envoyfilter_stage
 from .express import EndpointChange, endpoint_change
 from .inputs import DESTINATION_RULE, DR_ROUTING
 from .parts import Part, ResourceCache, parts_for, router_parts
@@ -90,6 +91,8 @@ class Generator:
                 # the changed hosts'.
                 k += (dep.seen_endpoints(mesh, proxy),)
             out.append(k)
+        if self._standard:
+            out.extend(envoyfilter_stage.key(mesh, proxy, type_url))  # () unless an EnvoyFilter selects it
         return tuple(out)
 
     def endpoint_change(self, previous: MeshSnapshot, mesh: MeshSnapshot) -> EndpointChange | None:
@@ -107,6 +110,8 @@ class Generator:
         parts = self.parts(proxy, type_url)
         if not parts:
             return ResourceSet(type_url, ())
+        if len(key) > len(parts):
+            return self._patched(mesh, proxy, type_url, key, len(parts))
         if len(parts) > 1:
             hit = self._composed.get(key)
             if hit is not None:
@@ -119,6 +124,19 @@ class Generator:
         composed = ComposedSet(type_url, sets)
         self._composed[key] = (self._epoch, composed)
         return composed
+
+    def _patched(self, mesh: MeshSnapshot, proxy: Proxy, type_url: str, key: tuple[Any, ...],
+                 n: int) -> ResourceSet:
+        """The EnvoyFilter stage (envoyfilter/stage.py): the composed parts (`key[:n]`), patched,
+        cached by the whole key."""
+        hit = self._composed.get(key)
+        if hit is not None:
+            if hit[0] != self._epoch:
+                self._composed[key] = (self._epoch, hit[1])
+            return hit[1]
+        rs, _ = envoyfilter_stage.patch(mesh, proxy, type_url, self.generate(mesh, proxy, type_url, key[:n]))
+        self._composed[key] = (self._epoch, rs)
+        return rs
 
     def _part(self, mesh: MeshSnapshot, proxy: Proxy, part: Part, key: tuple[Any, ...]) -> ResourceSet:
         hit = self._sets.get(key)

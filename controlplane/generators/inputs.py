@@ -48,9 +48,12 @@ REQUEST_AUTHENTICATION = kinds.REQUEST_AUTHENTICATION.kind
 SECURITY_KINDS = (AUTHORIZATION_POLICY, REQUEST_AUTHENTICATION)
 # Sidecars are read only through the sidecar scope (SIDECAR_SCOPE below).
 SIDECAR = kinds.SIDECAR.kind
+# EnvoyFilters are read by no part: the Generator patches the composed output of the
+# proxies they select and keys it on them (generators/envoyfilter/stage.py).
+ENVOY_FILTER = kinds.ENVOY_FILTER.kind
 # Kinds whose readers are declared precisely (parts.py).
 KNOWN_KINDS = frozenset({GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, SECRET, SIDECAR,
-                         *SECURITY_KINDS}) | ENDPOINT_KINDS | REGISTRY_KINDS
+                         ENVOY_FILTER, *SECURITY_KINDS}) | ENDPOINT_KINDS | REGISTRY_KINDS
 # Kinds counted as another input (their own fingerprint is that input's).
 _COUNTED_AS = {SERVICE_ENTRY: SERVICE}
 

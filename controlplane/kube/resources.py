@@ -134,6 +134,7 @@ RESOURCES: tuple[KubeResource, ...] = (
     _resource(kinds.AUTHORIZATION_POLICY, "authorizationpolicies"),
     _resource(kinds.REQUEST_AUTHENTICATION, "requestauthentications"),
 ) + tuple(KubeResource(kind, plural, crd_optional=True) for kind, plural in (
+    (kinds.ENVOY_FILTER, "envoyfilters"),  # optional: an install without Istio's CRD has none
     (kinds.GATEWAY_CLASS, "gatewayclasses"),
     (kinds.K8S_GATEWAY, "gateways"),
     (kinds.HTTP_ROUTE, "httproutes"),

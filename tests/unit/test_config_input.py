@@ -112,10 +112,10 @@ def test_last_good_version_stays_in_force(tmp_path):
 
 def test_unsupported_istio_kind_reported_once_and_k8s_kinds_skipped_quietly(tmp_path):
     se = """
-apiVersion: networking.istio.io/v1alpha3
-kind: EnvoyFilter
+apiVersion: networking.istio.io/v1beta1
+kind: ProxyConfig
 metadata: {name: external}
-spec: {configPatches: []}
+spec: {concurrency: 2}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -129,7 +129,7 @@ data: {a: b}
 """
     store, src, logs = load(tmp_path, {"se.yaml": se})
     unsupported = [e for e in logs if e["event"] == "config unsupported"]
-    assert [e["object"] for e in unsupported] == ["EnvoyFilter default/external"]
+    assert [e["object"] for e in unsupported] == ["ProxyConfig default/external"]
     assert rejections(logs) == []
     assert len(store.snapshot()) == 0
     (tmp_path / "se.yaml").write_text(se + "\n# touched\n")

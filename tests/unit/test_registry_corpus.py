@@ -14,7 +14,7 @@ from tests.support.registry_corpus import CASES, NETWORKING, run
 BY_NAME = {c.name: c for c in CASES}
 # The documents meshd does not serve, and why (everything else must be "served").
 NOT_SERVED = {
-    "envoyfilter-without-service": {"EnvoyFilter istio-system/test-lua": "unsupported: EnvoyFilter"},
+    "envoyfilter-without-service": {},  # its EnvoyFilter is served (tests/unit/test_envoy_filter_served.py)
     # Kubernetes would refuse the name too (a DNS-1123 subdomain); Istio's file-based test
     # registry does not check object names.
     "ingress-gateway": {"ServiceEntry istio-system/BACKEND": 'rejected: ingress-gateway/configs.yaml: ServiceEntry '

@@ -37,10 +37,10 @@ metadata: {name: external, namespace: shop}
 spec: {concurrency: 2}
 """
 ENVOY_FILTER = """
-apiVersion: networking.istio.io/v1alpha3
-kind: EnvoyFilter
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
 metadata: {name: lua, namespace: shop}
-spec: {configPatches: []}
+spec: {url: "oci://example.com/plugin:1"}
 """
 TELEMETRY = """
 apiVersion: telemetry.istio.io/v1
@@ -111,7 +111,7 @@ def doc(text: str) -> dict:
 
 @pytest.mark.parametrize("text, key, security, says", [
     (PROXY_CONFIG, "ProxyConfig shop/external", False, "an Istio kind meshd does not serve"),
-    (ENVOY_FILTER, "EnvoyFilter shop/lua", False, "an Istio kind meshd does not serve"),
+    (ENVOY_FILTER, "WasmPlugin shop/lua", False, "an Istio kind meshd does not serve"),
     (TELEMETRY, "Telemetry istio-system/mesh-default", False, "an Istio kind meshd does not serve"),
     (WASM_PLUGIN, "WasmPlugin shop/default", False, "an Istio kind meshd does not serve"),
     (HTTP_ROUTE, "UDPRoute shop/bookinfo", False, "a Kubernetes Gateway API kind meshd does not serve"),
@@ -172,7 +172,7 @@ def test_configz_and_metric_list_every_unsupported_object_until_its_file_goes(tm
         "route.yaml": HTTP_ROUTE, "security.yaml": UNKNOWN_SECURITY, "authz.yaml": AUTHZ, "quiet.yaml": QUIET,
     })
     listed = {u["object"]: u for u in views.configz()["unsupported"]}
-    assert set(listed) == {"ProxyConfig shop/external", "EnvoyFilter shop/lua", "Telemetry istio-system/mesh-default",
+    assert set(listed) == {"ProxyConfig shop/external", "WasmPlugin shop/lua", "Telemetry istio-system/mesh-default",
                            "WasmPlugin shop/default", "UDPRoute shop/bookinfo", "AuthorisationPolicy shop/deny-all"}
     route = listed["UDPRoute shop/bookinfo"]
     assert route["apiVersion"] == "gateway.networking.k8s.io/v1" and route["level"] == "Warning"
@@ -235,7 +235,7 @@ def test_analyze_reports_security_kinds_as_errors_and_the_others_as_warnings(tmp
     assert re.search(r"^Warning \[MSH0002\] \(UDPRoute shop/bookinfo \S+mesh\.yaml:\d+\) UDPRoute "
                      r"\(gateway\.networking\.k8s\.io\) is a Kubernetes Gateway API kind", out, re.M), out
     assert "Warning [MSH0002] (ProxyConfig shop/external" in out
-    assert "Warning [MSH0002] (EnvoyFilter shop/lua" in out
+    assert "Warning [MSH0002] (WasmPlugin shop/lua" in out
 
     (tmp_path / "old.yaml").write_text(UNKNOWN_SECURITY + "---" + LEGACY_RBAC)
     code, out, _ = run("analyze", str(tmp_path))
@@ -275,7 +275,7 @@ def test_a_running_meshd_shows_them_in_configz_metrics_and_analyze(tmp_path):
             return json.loads(http_get("127.0.0.1", cp.monitoring_port, "/debug/configz")[1])
 
         listed = {u["object"]: u["level"] for u in configz()["unsupported"]}
-        assert listed == {"UDPRoute shop/bookinfo": "Warning", "EnvoyFilter shop/lua": "Warning",
+        assert listed == {"UDPRoute shop/bookinfo": "Warning", "WasmPlugin shop/lua": "Warning",
                           "AuthorisationPolicy shop/deny-all": "Error"}
         metrics = cp.metrics()
         assert 'meshd_config_unsupported{group="gateway.networking.k8s.io",kind="UDPRoute"} 1.0' in metrics

@@ -82,8 +82,8 @@ kind: VirtualService
 metadata: {name: vs}
 spec: {hosts: [a], http: [{route: [{destination: {host: a}}]}]}
 ---
-apiVersion: networking.istio.io/v1alpha3
-kind: EnvoyFilter
+apiVersion: networking.istio.io/v1beta1
+kind: ProxyConfig
 metadata: {name: ef}
 spec: {}
 ---
@@ -102,5 +102,5 @@ spec:
     assert code == 1
     assert f'"{tmp_path / "a.yaml"}" is valid' in out
     # Named as not served (no effect), a warning: it does not fail the file.
-    assert "EnvoyFilter ef: Warning: EnvoyFilter (networking.istio.io) is an Istio kind meshd does not serve" in err
+    assert "ProxyConfig ef: Warning: ProxyConfig (networking.istio.io) is an Istio kind meshd does not serve" in err
     assert re.search(r"b\.yaml:\d+: Gateway gw: spec\.servers\[0\]\.port\.protocol: ", err), err

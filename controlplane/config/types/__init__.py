@@ -16,6 +16,7 @@ from typing import Any
 
 from ..kinds import (
     DESTINATION_RULE,
+    ENVOY_FILTER,
     GATEWAY,
     PEER_AUTHENTICATION,
     SERVICE_ENTRY,
@@ -25,6 +26,7 @@ from ..kinds import (
     WORKLOAD_GROUP,
 )
 from .destinationrule import DestinationRule, destination_rule
+from .envoyfilter import envoy_filter
 from .gateway import Gateway, gateway
 from .peerauthentication import PeerAuthentication, peer_authentication
 from .serviceentry import ServiceEntry, service_entry
@@ -42,6 +44,7 @@ BUILDERS: dict[tuple[str, str], Callable[[Mapping[str, Any]], Any]] = {
     (SERVICE_ENTRY.group, SERVICE_ENTRY.kind): service_entry,
     (WORKLOAD_ENTRY.group, WORKLOAD_ENTRY.kind): workload_entry,
     (WORKLOAD_GROUP.group, WORKLOAD_GROUP.kind): workload_group,
+    (ENVOY_FILTER.group, ENVOY_FILTER.kind): envoy_filter,
     **GATEWAY_API_BUILDERS,
 }
 

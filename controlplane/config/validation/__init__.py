@@ -23,6 +23,7 @@ from ..kinds import Kind, split_api_version
 from . import kubernetes
 from .authorization import validate_authorization_policy
 from .destinationrule import validate_destination_rule
+from .envoyfilter import validate_envoy_filter
 from .errors import FieldError, type_name
 from .gateway import validate_gateway
 from .gateway_api import validate_gateway_api
@@ -46,6 +47,7 @@ _ISTIO_SEMANTICS: dict[str, Callable[[dict, dict], list[FieldError]]] = {
     "ServiceEntry": lambda spec, meta: validate_service_entry(spec, meta.get("namespace")),
     "WorkloadEntry": lambda spec, meta: validate_workload_entry(spec),
     "WorkloadGroup": lambda spec, meta: validate_workload_group(spec),
+    "EnvoyFilter": lambda spec, meta: validate_envoy_filter(spec),
     "AuthorizationPolicy": validate_authorization_policy,
     "RequestAuthentication": validate_request_authentication,
 }

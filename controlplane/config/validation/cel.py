@@ -100,6 +100,12 @@ RULES: dict[str, Predicate] = {
     'self.all(key, !key.contains("*"))': lambda self: all("*" not in k for k in self),
     "self.all(key, key.size() != 0)": lambda self: all(len(k) != 0 for k in self),
     '!self.contains("*")': lambda self: "*" not in self,
+    # EnvoyFilter.
+    "(has(self.workloadSelector) ? 1 : 0) + (has(self.targetRefs) ? 1 : 0) <= 1":
+        _at_most_one("workloadSelector", "targetRefs"),
+    'has(self.context) ? ((self.context == "WAYPOINT") ? has(self.waypoint) : !has(self.waypoint)) : '
+    '!has(self.waypoint)':
+        lambda self: (self.get("context") == "WAYPOINT") == has(self, "waypoint"),
     # ServiceEntry.
     "(has(self.workloadSelector) ? 1 : 0) + (has(self.endpoints) ? 1 : 0) <= 1":
         _at_most_one("workloadSelector", "endpoints"),

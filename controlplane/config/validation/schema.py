@@ -35,6 +35,7 @@ CRD_FILES: dict[tuple[str, str], str] = {
     ("networking.istio.io", "Sidecar"): "sidecars.networking.istio.io.yaml",
     ("networking.istio.io", "WorkloadEntry"): "workloadentries.networking.istio.io.yaml",
     ("networking.istio.io", "WorkloadGroup"): "workloadgroups.networking.istio.io.yaml",
+    ("networking.istio.io", "EnvoyFilter"): "envoyfilters.networking.istio.io.yaml",
     ("security.istio.io", "PeerAuthentication"): "peerauthentications.security.istio.io.yaml",
     ("security.istio.io", "AuthorizationPolicy"): "authorizationpolicies.security.istio.io.yaml",
     ("security.istio.io", "RequestAuthentication"): "requestauthentications.security.istio.io.yaml",

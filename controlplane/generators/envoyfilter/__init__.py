@@ -2,7 +2,6 @@
 and clusters as the last step of generation (docs/envoyfilter.md).
 
 - select.py: which EnvoyFilters apply to a proxy, in order;
-- values.py: a patch's value as its Envoy proto (`@type` resolved);
 - merge.py: Istio's proto merge (typed_config merged by type);
 - apply.py: every applyTo / match / operation;
 - checks.py: what Envoy would reject, so such a patch is left out and reported.

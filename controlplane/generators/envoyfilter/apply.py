@@ -19,12 +19,18 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from ...config.types.envoyfilter import ConfigPatch, FilterChainMatch, ListenerMatch, RouteConfigurationMatch
+from ...config.types.envoyfilter import (
+    ConfigPatch,
+    FilterChainMatch,
+    ListenerMatch,
+    PatchValueError,
+    RouteConfigurationMatch,
+    to_message,
+)
 from ...model.proxy import ROUTER, Proxy
 from . import checks
 from .merge import merge
 from .select import Selected
-from .values import PatchValueError, to_message
 
 HCM = "envoy.filters.network.http_connection_manager"
 LISTENER_LEVELS = ("LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER")
@@ -61,7 +67,7 @@ def apply(kind: str, resources: Iterable[tuple[str, Message]], filters: Sequence
     patches = [(sel, i, cp) for level in levels for sel in filters for i, cp in enumerate(sel.filter.patches)
                if cp.apply_to == level and _proxy_matches(cp, proxy)]
     for sel, i, cp in patches:
-        def report(reason: str) -> None:
+        def report(reason: str, sel: Selected = sel, i: int = i, cp: ConfigPatch = cp) -> None:
             problems.append(Problem(sel.key, i, cp.apply_to, reason))
         op = cp.patch.operation if cp.patch else ""
         try:

@@ -19,6 +19,7 @@ class Selected:
     name: str
     created: str  # metadata.creationTimestamp (RFC 3339 sorts as text); "" if unknown
     filter: EnvoyFilter
+    generation: str = ""  # the object's content hash: part of the cache key of patched output
 
     @property
     def key(self) -> str:

@@ -1,0 +1,86 @@
+"""EnvoyFilter semantics beyond the schema, after Istio's ValidateEnvoyFilter (with its
+wording), plus what meshd checks earlier than istiod: every patch value converts to the
+Envoy type of its applyTo (unknown fields and unknown `@type`s are errors, not dropped)."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..types.envoyfilter import PatchValueError, to_message
+from .errors import FieldError, child, index, invalid, map_key
+from .istio_common import get
+
+_LISTENER_CLASS = frozenset({"LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER", "LISTENER_FILTER"})
+_ROUTE_CLASS = frozenset({"ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE"})
+_INSERTS = frozenset({"INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST"})
+_INSERTABLE = frozenset({"HTTP_FILTER", "NETWORK_FILTER", "HTTP_ROUTE", "LISTENER_FILTER"})
+# What meshd cannot apply: it generates no ECDS resources and no bootstrap.
+_UNSERVED = frozenset({"EXTENSION_CONFIG", "BOOTSTRAP", "LISTENER_FILTER"})
+
+
+def validate_envoy_filter(spec: dict) -> list[FieldError]:
+    errs: list[FieldError] = []
+    selector = get(spec, "workloadSelector")
+    if selector is not None and get(spec, "targetRefs"):
+        errs.append(FieldError("spec", "only one of targetRefs or workloadSelector can be set"))
+    for key, value in (get(selector, "labels", {}) or {}).items():
+        if key == "" or "*" in key or "*" in str(value):
+            errs.append(invalid(map_key("spec.workloadSelector.labels", key), value,
+                                f"wildcard or empty key is not supported in selector: \"{key}={value}\""))
+    for i, ref in enumerate(get(spec, "targetRefs", []) or []):
+        if get(ref, "kind") != "Gateway" or get(ref, "group", "") not in ("", "gateway.networking.k8s.io"):
+            errs.append(invalid(child(index("spec.targetRefs", i), "kind"), get(ref, "kind"),
+                                "meshd supports targetRefs to a Gateway (gateway.networking.k8s.io) only"))
+    for i, cp in enumerate(get(spec, "configPatches", []) or []):
+        errs += _patch(index("spec.configPatches", i), cp or {})
+    return errs
+
+
+def _patch(path: str, cp: dict[str, Any]) -> list[FieldError]:
+    apply_to = get(cp, "applyTo") or "INVALID"
+    patch = get(cp, "patch")
+    match = get(cp, "match") or {}
+    if patch is None:
+        return [FieldError(child(path, "patch"), "Envoy filter: missing patch")]
+    if apply_to == "INVALID":
+        return [FieldError(child(path, "applyTo"), "Envoy filter: missing applyTo")]
+    if apply_to in _UNSERVED:
+        return [invalid(child(path, "applyTo"), apply_to, "not supported by meshd (docs/envoyfilter.md)")]
+    op = get(patch, "operation") or "INVALID"
+    if op == "INVALID":
+        return [FieldError(child(path, "patch.operation"), "Envoy filter: missing patch operation")]
+    errs: list[FieldError] = []
+    if op in _INSERTS and apply_to not in _INSERTABLE:
+        errs.append(invalid(child(path, "patch.operation"), op,
+                            f"Envoy filter: {op} is not valid for applyTo {apply_to}"))
+    if apply_to in _LISTENER_CLASS and (get(match, "routeConfiguration") or get(match, "cluster")):
+        errs.append(FieldError(child(path, "match"),
+                               "Envoy filter: applyTo for listener class objects cannot have non listener match"))
+    if apply_to in _ROUTE_CLASS and (get(match, "listener") or get(match, "cluster")):
+        errs.append(FieldError(child(path, "match"), "Envoy filter: applyTo for http route class objects cannot "
+                                                     "have non route configuration match"))
+    if apply_to == "CLUSTER" and (get(match, "listener") or get(match, "routeConfiguration")):
+        errs.append(FieldError(child(path, "match"),
+                               "Envoy filter: applyTo for cluster class objects cannot have non cluster match"))
+    route_config = get(match, "routeConfiguration") or {}
+    if get(route_config, "portName") or get(route_config, "gateway"):
+        errs.append(FieldError(child(path, "match.routeConfiguration"),
+                               "portName and gateway are not supported by meshd: match by name or portNumber"))
+    version = get(get(match, "proxy") or {}, "proxyVersion")
+    if version:
+        try:
+            re.compile(version)
+        except re.error as e:
+            errs.append(invalid(child(path, "match.proxy.proxyVersion"), version,
+                                f"Envoy filter: invalid regex for proxy version, [{e}]"))
+    value = get(patch, "value")
+    if op == "REMOVE":
+        return errs
+    if value is None:
+        errs.append(FieldError(child(path, "patch.value"), "Envoy filter: missing patch value for non-remove operation"))
+        return errs
+    try:
+        to_message(apply_to, value)
+    except PatchValueError as e:
+        errs.append(FieldError(child(path, "patch.value"), f"Envoy filter: {e}"))
+    return errs

@@ -1,0 +1,92 @@
+"""The EnvoyFilter stage of generation: after a proxy's listeners, route configurations
+or clusters are composed from their parts, the EnvoyFilters selecting it patch them.
+
+The parts stay cached as they are (they read no EnvoyFilter); what a proxy's patched
+output depends on is its `key` (the selected EnvoyFilters' content, in order, the proxy's
+type and the node metadata the patches match on), appended to the parts' keys by the
+Generator. So an EnvoyFilter change changes the keys, and pushes to, only the proxies it
+selects (before or after the change), and two proxies with equal keys share one patched
+copy.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from google.protobuf import any_pb2
+
+from ... import names
+from ...config import kinds
+from ...model.indexes import Index, Lifetime, Value
+from ...model.mesh import MeshSnapshot
+from ...model.proxy import Proxy
+from ..resources import ResourceSet, pack
+from .apply import Problem, apply
+from .select import Selected, ordered
+
+log = structlog.get_logger("meshd.envoyfilter")
+
+KIND_OF = {names.LISTENER: "LISTENER", names.ROUTE: "ROUTE_CONFIGURATION", names.CLUSTER: "CLUSTER"}
+_MESSAGES: dict[str, Any] = {}
+
+_ALL = Value[tuple[Selected, ...]]("EnvoyFilters", Lifetime.CONFIG)
+_BY_WORKLOAD = Index[tuple[Any, ...], tuple[Selected, ...]]("EnvoyFilters by workload", Lifetime.CONFIG)
+
+
+def _all(mesh: MeshSnapshot) -> tuple[Selected, ...]:
+    out = []
+    for obj in mesh.config.of_kind(kinds.ENVOY_FILTER.kind):
+        if obj.typed is not None:
+            out.append(Selected(obj.namespace, obj.name, str(obj.extra.get("creationTimestamp") or ""), obj.typed,
+                                obj.generation))
+    return tuple(out)
+
+
+def selected(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Selected, ...]:
+    """The EnvoyFilters selecting `proxy`, in the order their patches run."""
+    table = mesh.indexes[_BY_WORKLOAD]
+    k = (proxy.namespace, proxy.label_key)
+    got = table.get(k)
+    if got is None:
+        every = mesh.indexes.get(_ALL)
+        if every is None:
+            every = mesh.indexes.value(_ALL, _all, mesh)
+        got = table[k] = ordered(every, proxy, mesh.root_namespace)
+    return got
+
+
+def key(mesh: MeshSnapshot, proxy: Proxy, type_url: str) -> tuple[Any, ...]:
+    """What the patched output reads besides its parts; () when no EnvoyFilter selects it."""
+    if type_url not in KIND_OF:
+        return ()
+    chosen = selected(mesh, proxy)
+    if not chosen:
+        return ()
+    meta = sorted({k for s in chosen for cp in s.filter.patches if cp.match and cp.match.proxy
+                   for k in (*cp.match.proxy.metadata, "ISTIO_VERSION")})
+    return (("envoyfilter", tuple((s.key, s.generation) for s in chosen), proxy.type,
+             tuple(str(proxy.metadata.get(k, "")) for k in meta)),)
+
+
+def patch(mesh: MeshSnapshot, proxy: Proxy, type_url: str, rs: ResourceSet) -> tuple[ResourceSet, list[Problem]]:
+    """`rs` patched by the EnvoyFilters selecting `proxy`; the patches left out, logged."""
+    kind = KIND_OF[type_url]
+    items = [(name, _unpack(rs[name].any)) for name in rs]
+    out, problems = apply(kind, items, selected(mesh, proxy), proxy)
+    for p in problems:
+        log.warning("envoyfilter patch left out", envoy_filter=p.envoy_filter, patch=p.patch, apply_to=p.apply_to,
+                    reason=p.reason, proxy=proxy.id)
+    patched = ResourceSet(type_url, [pack(name, type_url, msg) for name, msg in out])
+    return patched, problems
+
+
+def _unpack(a: any_pb2.Any) -> Any:
+    cls = _MESSAGES.get(a.type_url)
+    if cls is None:
+        from google.protobuf import descriptor_pool, message_factory
+
+        cls = _MESSAGES[a.type_url] = message_factory.GetMessageClass(
+            descriptor_pool.Default().FindMessageTypeByName(a.type_url.rpartition("/")[2]))
+    msg = cls()
+    a.Unpack(msg)
+    return msg
