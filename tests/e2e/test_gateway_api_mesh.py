@@ -337,8 +337,6 @@ CONFORMANCE_TESTS: dict[str, tuple[str, list[Case]]] = {
 NOT_SUPPORTED = {
     "MeshFrontendHostname": "sidecars pick the route by the Host header (as istiod's), not by the Service "
                             "address the client called (MeshClusterIPMatching)",
-    "MeshHTTPRouteRedirectPath": "RequestRedirect ReplacePrefixMatch: the derived redirect's prefix replacement "
-                                 "is not served (the Location keeps the request path)",
 }
 
 
