@@ -201,12 +201,16 @@ def test_replicas_share_one_ca_elect_one_leader_and_hand_over(tmp_path: Path):
         time.sleep(1.0)
         assert len(api.writes("virtualservices", "PATCH")) == 1
         assert len(api.objects("Event")) == len(before)
+        gateway_api_plurals = ("gatewayclasses", "gateways", "httproutes", "grpcroutes", "tlsroutes", "tcproutes")
+        gateway_api_writes = sum(len(api.writes(p, "PATCH")) for p in gateway_api_plurals)
         assert len(api.writes("configmaps", "POST")) == 2
         assert "status written" not in follower.log() and "root cert published" not in follower.log()
         assert "leader elected" not in follower.log()
         # a namespace created later gets the bundle too
         api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "late"}})
         wait_for(lambda: root_cert_configmap(api, "late") == root.decode(), 10, what="root cert in a new namespace")
+        # the new namespace rebuilt the mesh: the Gateway API's status, unchanged, is not written again
+        assert sum(len(api.writes(p, "PATCH")) for p in gateway_api_plurals) == gateway_api_writes
 
         # --- every replica authenticates ServiceAccount tokens with TokenReview ----------------------
         resp = ads_fetch(follower.secure_port, names.node_id("sidecar", "10.0.0.2", "webapp-0", NS),

@@ -57,6 +57,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from controlplane.config.kinds import GATEWAY_API_KINDS, WATCHED_UNSUPPORTED
+from controlplane.kube.resources import RESOURCES
 from tests.support.kube_log import TOKEN_REVIEW_PLURAL, Request, RequestLog
 
 from .selectors import field_matcher, label_matcher
@@ -84,7 +85,7 @@ class ResourceType:
 
 
 def default_types() -> list[ResourceType]:
-    return [
+    out = [
         ResourceType("", "Namespace", "namespaces", False, ["v1"]),
         ResourceType("", "Service", "services", True, ["v1"], status=True),
         ResourceType("", "Pod", "pods", True, ["v1"], status=True),
@@ -114,6 +115,11 @@ def default_types() -> list[ResourceType]:
         *(ResourceType(k.group, k.kind, plural, k.namespaced, list(k.versions), status=True)
           for k, plural in WATCHED_UNSUPPORTED if plural not in _SERVED_HERE),
     ]
+    # Every other CRD kind meshd watches (a kind newly served keeps being served here).
+    have = {(t.group, t.plural) for t in out}
+    out += [ResourceType(r.group, r.kind.kind, r.plural, r.kind.namespaced, list(r.kind.versions), status=True)
+            for r in RESOURCES if r.needs_discovery and (r.group, r.plural) not in have]
+    return out
 
 
 # Not stored: a TokenReview is answered, never kept (as the API server does).
