@@ -176,7 +176,15 @@ class StatusWriter:
 
     def _track(self, loc: str, resource: KubeResource, parsed: Parsed, info: ObjectInfo) -> None:
         rejection = rejection_message(parsed) if isinstance(parsed, Rejection) else None
+        before = self._objects.get(loc)
         tracked = self._objects[loc] = _Tracked(resource, info, rejection)
+        if tracked.gateway_api and before is not None and before.rejection == rejection \
+                and before.info.generation != info.generation:
+            # A new generation is judged by the model's next snapshot (gateway_api_status):
+            # writing the last one's verdict with the new observedGeneration would claim a
+            # verdict on a spec nobody judged yet. (A status changed by someone else, same
+            # generation, is put right at once.)
+            return
         if self._patch(tracked) is not None:
             self._mark(loc)
 

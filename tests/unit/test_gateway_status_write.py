@@ -129,3 +129,26 @@ def test_the_writer_writes_the_models_status_and_removes_parents_no_longer_meshd
                                                                 "9", {"conditions": [cond("Accepted")]}))
         assert "gw-loc" not in writer._dirty
     asyncio.run(run())
+
+
+def test_a_new_generation_waits_for_the_model_and_another_writers_change_is_put_right():
+    async def run():
+        api = RecordingApi()
+        writer = StatusWriter(api, retry_after=0.01)
+        route = _resource(kinds.HTTP_ROUTE)
+        ours = {"parents": [{"parentRef": {"name": "gw"}, "controllerName": GATEWAY_API_CONTROLLER,
+                             "conditions": [cond("Accepted")]}]}
+        writer.gateway_api_status({ConfigKey("HTTPRoute", "shop", "r"): ours})
+        written = status_patch("HTTPRoute", {}, ours, 1, now=lambda: T0)
+        info = ObjectInfo("gateway.networking.k8s.io/v1", "shop", "r", "uid", 1, "7", written)
+        writer.put("s", route, "loc", object(), info)
+        assert not writer._dirty  # the cluster already says it
+        # generation 2: not written with the last snapshot's verdict
+        writer.put("s", route, "loc", object(), ObjectInfo("gateway.networking.k8s.io/v1", "shop", "r", "uid", 2, "8",
+                                                           written))
+        assert not writer._dirty
+        # another writer dropped meshd's parent (same generation): put right
+        writer.put("s", route, "loc", object(), ObjectInfo("gateway.networking.k8s.io/v1", "shop", "r", "uid", 2, "9",
+                                                           {}))
+        assert writer._dirty == {"loc"}
+    asyncio.run(run())
