@@ -19,6 +19,7 @@ from .analyzers.authorization import (
     CustomProviderAnalyzer,
 )
 from .analyzers.deprecation import FieldAnalyzer
+from .analyzers.envoyfilter import EnvoyPatchAnalyzer
 from .analyzers.destinationrule import SubsetSelectPodAnalyzer
 from .analyzers.gateway_api import GatewayAPIStatusAnalyzer
 from .analyzers.gateway import (
@@ -76,6 +77,7 @@ ANALYZERS = (
     EgressHostAnalyzer(),
     SubsetSelectPodAnalyzer(),
     FieldAnalyzer(),
+    EnvoyPatchAnalyzer(),
     UnsupportedKindAnalyzer(),
     GatewayAPIStatusAnalyzer(),
 )

@@ -121,6 +121,25 @@ UNSUPPORTED_KIND = _t("UnsupportedKind", "MSH0002", "Warning", "%s")
 GATEWAY_API_NOT_ACCEPTED = _t("GatewayAPINotAccepted", "MSH0020", "Error", "%s")
 GATEWAY_API_CONDITION = _t("GatewayAPIConditionNotMet", "MSH0021", "Warning", "%s")
 
+# EnvoyFilter (analyzers/envoyfilter.py).
+ENVOY_FILTER_RELATIVE = _t(
+    "EnvoyFilterUsesRelativeOperation", "IST0151", "Warning",
+    "This EnvoyFilter does not have a priority and has a relative patch operation set which can cause the "
+    "EnvoyFilter not to be applied. Using the INSERT_FIRST or ADD option or setting the priority may help in "
+    "ensuring the EnvoyFilter is applied correctly.")
+ENVOY_FILTER_RELATIVE_WITH_VERSION = _t(
+    "EnvoyFilterUsesRelativeOperationWithProxyVersion", "IST0155", "Warning",
+    "This EnvoyFilter does not have a priority and has a relative patch operation (NSTERT_BEFORE/AFTER, REPLACE, "
+    "MERGE, DELETE) and proxyVersion set which can cause the EnvoyFilter not to be applied during an upgrade. Using "
+    "the INSERT_FIRST or ADD option or setting the priority may help in ensuring the EnvoyFilter is applied correctly.")
+ENVOY_FILTER_REPLACE = _t("EnvoyFilterUsesReplaceOperationIncorrectly", "IST0156", "Error",
+                          "The REPLACE operation is only valid for HTTP_FILTER and NETWORK_FILTER.")
+ENVOY_FILTER_ADD = _t("EnvoyFilterUsesAddOperationIncorrectly", "IST0157", "Error",
+                      "The ADD operation will be ignored when applyTo is set to ROUTE_CONFIGURATION, or HTTP_ROUTE.")
+ENVOY_FILTER_REMOVE = _t("EnvoyFilterUsesRemoveOperationIncorrectly", "IST0158", "Error",
+                         "The REMOVE operation will be ignored when applyTo is set to ROUTE_CONFIGURATION, or "
+                         "HTTP_ROUTE.")
+
 ALL = [v for v in list(globals().values()) if isinstance(v, MessageType)]
 BY_NAME = {t.name: t for t in ALL}
 BY_CODE = {t.code: t for t in ALL}

@@ -202,3 +202,62 @@ configPatches:
 
 def test_lua_module_is_the_filter_type():
     assert lua_pb2.Lua.DESCRIPTOR.full_name == "envoy.extensions.filters.http.lua.v3.Lua"
+
+
+LOCAL_RATE_LIMIT = """
+configPatches:
+- applyTo: HTTP_FILTER
+  match:
+    context: SIDECAR_OUTBOUND
+    listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager,
+               subFilter: {name: envoy.filters.http.router}}}}
+  patch:
+    operation: INSERT_BEFORE
+    value:
+      name: envoy.filters.http.local_ratelimit
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+        stat_prefix: http_local_rate_limiter
+        token_bucket: {max_tokens: 1, tokens_per_fill: 1, fill_interval: 60s}
+        filter_enabled: {runtime_key: lrl_enabled, default_value: {numerator: 100, denominator: HUNDRED}}
+        filter_enforced: {runtime_key: lrl_enforced, default_value: {numerator: 100, denominator: HUNDRED}}
+"""
+ROUTE_RETRY = """
+configPatches:
+- applyTo: HTTP_ROUTE
+  match: {context: SIDECAR_OUTBOUND, routeConfiguration: {portNumber: 80}}
+  patch:
+    operation: MERGE
+    value: {route: {retry_policy: {retry_on: retriable-status-codes, retriable_status_codes: [408]}}}
+"""
+
+
+def test_real_envoy_accepts_the_patched_config(tmp_path, monkeypatch):
+    """`envoy --mode validate` of everything the webapp sidecar gets, patched by a Lua
+    filter, a local rate limit, a route merge and a cluster retry budget, with an invalid
+    patch among them left out."""
+    from types import SimpleNamespace
+
+    from tests.support import static_xds
+    from tests.support.envoy import envoy_validate
+
+    filters = [ef(LUA, name="lua"), ef(LOCAL_RATE_LIMIT, name="rl"), ef(ROUTE_RETRY, name="retry"),
+               ef(RETRY_BUDGET, name="budget"), ef(LUA.replace("INSERT_BEFORE", "INSERT_AFTER"), name="bad")]
+    seen: list = []
+
+    def patched_builder(kind, module):
+        def build(mesh, proxy):
+            out, problems = apply(kind, module.build(mesh, proxy), ordered(filters, proxy, ROOT), proxy)
+            seen.extend(problems)
+            return out
+        return SimpleNamespace(build=build)
+
+    monkeypatch.setattr(static_xds, "listeners", patched_builder("LISTENER", listeners))
+    monkeypatch.setattr(static_xds, "routes", patched_builder("ROUTE_CONFIGURATION", routes))
+    monkeypatch.setattr(static_xds, "clusters", patched_builder("CLUSTER", clusters))
+    config = static_xds.sidecar_config(chapter9.mesh(), WEBAPP_PROXY, tmp_path)
+    assert {p.envoy_filter for p in seen} == {f"{NS}/bad"}
+    text = str(config)
+    assert "envoy.filters.http.lua" in text and "envoy.filters.http.local_ratelimit" in text
+    assert "retry_budget" in text and "retriable_status_codes" in text
+    envoy_validate(config, tmp_path / "bootstrap.json")
