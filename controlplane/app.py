@@ -401,7 +401,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                              "/debug/ca": _json_view(plane.describe)})
         if member is not None:
             member.attach_ca(plane.ca, store)  # follow the CA Secrets; istio-ca-root-cert ConfigMaps
-    ads = AdsServer(Generator(), metrics, secrets=secrets, options=AdsOptions(
+    generator = Generator()
+    ads = AdsServer(generator, metrics, secrets=secrets, options=AdsOptions(
         trust_domain=opts.trust_domain, max_pushes_in_flight=opts.max_pushes_in_flight,
         write_timeout=opts.write_timeout))
     if plane is not None:
@@ -423,7 +424,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                                  configz_sections={"meshConfig": mesh_source.status, "jwks": key_sets.status,
                                                    "policyProblems": policy_report.status,
                                                    "autoRegistration": registry.status,
-                                                   "gatewayAPI": lambda: gateway_api_section(ads.mesh)},
+                                                   "gatewayAPI": lambda: gateway_api_section(ads.mesh),
+                                                   "envoyFilterProblems": generator.envoy_filter_problems},
                                  # /debug checks tokens synchronously: not with TokenReview (it awaits I/O)
                                  authenticators=[a for a in authenticators or () if not getattr(a, "awaits_io", False)],
                                  root_namespace=opts.root_namespace)

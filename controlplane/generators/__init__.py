@@ -68,6 +68,8 @@ class Generator:
         self._mesh_version: str | None = None
         self._epoch = 0
         self.builds = 0  # parts built (not served from cache): for tests and metrics
+        # key of patched output -> the EnvoyFilter patches left out of it (envoy_filter_problems)
+        self._ef_problems: dict[tuple[Any, ...], list[Any]] = {}
 
     def types(self) -> tuple[str, ...]:
         return tuple(t for t in names.PUSH_ORDER if t in self._builders)
@@ -134,9 +136,16 @@ class Generator:
             if hit[0] != self._epoch:
                 self._composed[key] = (self._epoch, hit[1])
             return hit[1]
-        rs, _ = envoyfilter_stage.patch(mesh, proxy, type_url, self.generate(mesh, proxy, type_url, key[:n]))
+        rs, problems = envoyfilter_stage.patch(mesh, proxy, type_url, self.generate(mesh, proxy, type_url, key[:n]))
         self._composed[key] = (self._epoch, rs)
+        if problems:
+            self._ef_problems[key] = problems
         return rs
+
+    def envoy_filter_problems(self) -> list[dict[str, Any]]:
+        """/debug/configz `envoyFilterProblems`: the patches left out of output still cached
+        (so still served), each with how many distinct outputs left it out."""
+        return envoyfilter_stage.problems_status(self._ef_problems.values())
 
     def _part(self, mesh: MeshSnapshot, proxy: Proxy, part: Part, key: tuple[Any, ...]) -> ResourceSet:
         hit = self._sets.get(key)
@@ -234,6 +243,7 @@ class Generator:
         cutoff = self._epoch - self._keep
         for k in [k for k, (e, _) in self._composed.items() if e < cutoff]:
             del self._composed[k]
+            self._ef_problems.pop(k, None)
         # A composed set served from its cache (generate) does not touch its parts: they
         # live as long as a composed set uses them.
         used = {k for ck in self._composed for k in ck}

@@ -96,3 +96,18 @@ def test_an_envoy_filter_changes_the_keys_of_the_proxies_it_selects_only():
     builds = gen.builds
     assert gen.generate(after, WEBAPP_PROXY, names.LISTENER) is patched  # cached by the whole key
     assert gen.builds == builds
+
+
+def test_a_patch_left_out_is_listed_for_configz_while_its_output_is_served():
+    bad = LUA.replace("name: lua,", "name: bad,").replace("INSERT_BEFORE", "INSERT_AFTER")
+    gen = Generator()
+    mesh = chapter9.mesh(bad)
+    rs = gen.generate(mesh, WEBAPP_PROXY, names.LISTENER)
+    assert all("envoy.filters.http.lua" not in v for v in http_filters(rs).values())
+    listed = gen.envoy_filter_problems()
+    assert [(p["envoyFilter"], p["patch"], p["applyTo"]) for p in listed] == [(f"{NS}/bad", 0, "HTTP_FILTER")]
+    assert "terminal" in listed[0]["reason"]
+    for i in range(3):  # fixed, and new snapshots: the output left without the patch ages out, its problem too
+        fixed = chapter9.mesh(LUA, chapter9.pa(f"p{i}", NS, "PERMISSIVE", selector={"app": f"none{i}"}))
+        gen.generate(fixed, WEBAPP_PROXY, names.LISTENER)
+    assert gen.envoy_filter_problems() == []

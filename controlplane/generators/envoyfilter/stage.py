@@ -10,6 +10,7 @@ copy.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -78,6 +79,15 @@ def patch(mesh: MeshSnapshot, proxy: Proxy, type_url: str, rs: ResourceSet) -> t
                     reason=p.reason, proxy=proxy.id)
     patched = ResourceSet(type_url, [pack(name, type_url, msg) for name, msg in out])
     return patched, problems
+
+
+def problems_status(found: Iterable[list[Problem]]) -> list[dict[str, Any]]:
+    counts: dict[Problem, int] = {}
+    for problems in found:
+        for p in set(problems):
+            counts[p] = counts.get(p, 0) + 1
+    return [{"envoyFilter": p.envoy_filter, "patch": p.patch, "applyTo": p.apply_to, "reason": p.reason,
+             "outputs": n} for p, n in sorted(counts.items(), key=lambda kv: (kv[0].envoy_filter, kv[0].patch))]
 
 
 def _unpack(a: any_pb2.Any) -> Any:
