@@ -1,0 +1,165 @@
+"""EnvoyFilter with real Envoy sidecars on the test bed (issue 21): webapp and catalog with
+sidecars, EnvoyFilters applied live to webapp's sidecar.
+
+- a Lua filter inserted before the router adds a request header catalog's app sees, and
+  an EnvoyFilter of a higher priority REMOVEs it again;
+- a local rate limit inserted before the router answers 429;
+- a cluster MERGE puts a retry budget in webapp's Envoy's config dump;
+- an invalid patch (a filter after the router) is left out while the rest is sent: the
+  Lua header arrives, and no Envoy rejects an update (checked here and at teardown).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support.manifests import documents, service
+from tests.testbed.bed import wait_for
+from tests.testbed.fixtures import require_testbed
+from tests.testbed.mesh import CATALOG_PORT, CHAPTER9_PODS, NS, WEBAPP_PORT, pods_yaml, run_mesh
+
+pytestmark = pytest.mark.e2e
+
+PODS = {name: CHAPTER9_PODS[name] for name in ("webapp", "catalog")}
+CATALOG = f"outbound|80||catalog.{NS}.svc.cluster.local"
+HCM = "envoy.filters.network.http_connection_manager"
+
+
+def layout(pods, vips) -> str:
+    return documents(service("webapp", NS, [("http", 80, WEBAPP_PORT)], cluster_ip=vips["webapp"]),
+                     service("catalog", NS, [("http", 80, CATALOG_PORT)], cluster_ip=vips["catalog"])) + pods_yaml(PODS, pods)
+
+
+def before_router(name: str, filter_name: str, typed_config: str, position: str = "INSERT_BEFORE",
+                  priority: int = 0) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: {name}, namespace: {NS}}}
+spec:
+  priority: {priority}
+  workloadSelector: {{labels: {{app: webapp}}}}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_OUTBOUND
+      listener: {{filterChain: {{filter: {{name: {HCM}, subFilter: {{name: envoy.filters.http.router}}}}}}}}
+    patch:
+      operation: {position}
+      value:
+        name: {filter_name}
+        typed_config:
+{typed_config}
+"""
+
+
+LUA = before_router("lua", "envoy.filters.http.lua", """\
+          "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+          inlineCode: "function envoy_on_request(h) h:headers():add('x-meshd-lua', 'yes') end"
+""")
+REMOVE_LUA = f"""
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: remove-lua, namespace: {NS}}}
+spec:
+  priority: 10
+  workloadSelector: {{labels: {{app: webapp}}}}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_OUTBOUND
+      listener: {{filterChain: {{filter: {{name: {HCM}, subFilter: {{name: envoy.filters.http.lua}}}}}}}}
+    patch: {{operation: REMOVE}}
+"""
+RATE_LIMIT = before_router("ratelimit", "envoy.filters.http.local_ratelimit", """\
+          "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+          stat_prefix: meshd_local_rate_limit
+          token_bucket: {max_tokens: 1, tokens_per_fill: 1, fill_interval: 60s}
+          filter_enabled: {runtime_key: lrl_enabled, default_value: {numerator: 100, denominator: HUNDRED}}
+          filter_enforced: {runtime_key: lrl_enforced, default_value: {numerator: 100, denominator: HUNDRED}}
+""")
+AFTER_ROUTER = before_router("after-router", "envoy.filters.http.lua", """\
+          "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+          inlineCode: "function envoy_on_request(h) end"
+""", position="INSERT_AFTER")
+RETRY_BUDGET = f"""
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: retry-budget, namespace: {NS}}}
+spec:
+  workloadSelector: {{labels: {{app: webapp}}}}
+  configPatches:
+  - applyTo: CLUSTER
+    match: {{context: SIDECAR_OUTBOUND, cluster: {{service: catalog.{NS}.svc.cluster.local}}}}
+    patch:
+      operation: MERGE
+      value:
+        circuit_breakers:
+          thresholds:
+          - retry_budget: {{budget_percent: {{value: 25}}, min_retry_concurrency: 4}}
+"""
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    require_testbed()
+    work = tmp_path_factory.mktemp("envoy-filter")
+    with run_mesh(work, PODS, layout, services=("webapp", "catalog")) as m:
+        yield m
+
+
+def lua_header(mesh, path: str) -> str | None:
+    r = mesh.request("webapp", mesh.vip("catalog", 80, path))
+    if r.status != "200":
+        return None
+    return json.loads(r.body)["headers"].get("x-meshd-lua")
+
+
+def test_a_lua_filter_before_the_router_and_its_removal_by_a_higher_priority(mesh):
+    mesh.expect("webapp", mesh.vip("catalog", 80, "/plain"), 0, "200")
+    assert lua_header(mesh, "/plain") is None
+    mesh.apply("lua", LUA)
+    wait_for(lambda: lua_header(mesh, "/lua") == "yes", 20, interval=0.5, what="the Lua filter's request header")
+    mesh.apply("remove-lua", REMOVE_LUA)
+    wait_for(lambda: lua_header(mesh, "/removed") is None and mesh.request(
+        "webapp", mesh.vip("catalog", 80, "/removed")).status == "200", 20, interval=0.5,
+        what="the Lua filter removed by the priority-10 EnvoyFilter")
+    mesh.apply("remove-lua", None)
+    mesh.apply("lua", None)
+
+
+def test_an_invalid_patch_is_left_out_and_the_rest_is_sent(mesh):
+    mesh.apply("after-router", AFTER_ROUTER)
+    mesh.apply("lua", LUA)
+    wait_for(lambda: lua_header(mesh, "/mixed") == "yes", 20, interval=0.5, what="the valid Lua patch")
+    assert mesh.rejected_updates() == {}
+    mesh.apply("after-router", None)
+    mesh.apply("lua", None)
+    wait_for(lambda: lua_header(mesh, "/gone") is None, 20, interval=0.5, what="the Lua filter gone")
+
+
+def test_a_cluster_merge_puts_a_retry_budget_in_envoys_config_dump(mesh):
+    mesh.apply("retry-budget", RETRY_BUDGET)
+    webapp = mesh.envoys["webapp"]
+
+    def budget():
+        for c in webapp.config_dump("dynamic_active_clusters")["configs"]:
+            if c["cluster"]["name"] == CATALOG:
+                for t in c["cluster"].get("circuit_breakers", {}).get("thresholds", []):
+                    if "retry_budget" in t:
+                        return t["retry_budget"]
+        return None
+
+    wait_for(budget, 20, interval=0.5, what="the retry budget in webapp's config dump")
+    assert budget() == {"budget_percent": {"value": 25}, "min_retry_concurrency": 4}
+    mesh.apply("retry-budget", None)
+    wait_for(lambda: budget() is None, 20, interval=0.5, what="the retry budget gone")
+
+
+def test_a_local_rate_limit_answers_429(mesh):
+    mesh.apply("ratelimit", RATE_LIMIT)
+    wait_for(lambda: mesh.request("webapp", mesh.vip("catalog", 80, "/limited")).status == "429", 20,
+             interval=0.5, what="a 429 from the local rate limit")
+    mesh.apply("ratelimit", None)
+    mesh.expect("webapp", mesh.vip("catalog", 80, "/free"), 0, "200", timeout=20)
