@@ -57,6 +57,8 @@ WORKLOAD_GROUP = Kind(ISTIO_NETWORKING, "WorkloadGroup", ISTIO_VERSIONS)
 SIDECAR = Kind(ISTIO_NETWORKING, "Sidecar", ISTIO_VERSIONS)
 # Patches to generated output (docs/envoyfilter.md).
 ENVOY_FILTER = Kind(ISTIO_NETWORKING, "EnvoyFilter", ("v1alpha3",))
+# Access logs, tracing and metrics per workload (docs/telemetry.md).
+TELEMETRY = Kind("telemetry.istio.io", "Telemetry", ("v1", "v1alpha1"))
 NAMESPACE = Kind("", "Namespace", ("v1",), namespaced=False)
 SERVICE = Kind("", "Service", ("v1",))
 POD = Kind("", "Pod", ("v1",))
@@ -82,13 +84,13 @@ SERVED: dict[tuple[str, str], Kind] = {
     (k.group, k.kind): k
     for k in (GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, AUTHORIZATION_POLICY,
               REQUEST_AUTHENTICATION, NAMESPACE, SERVICE, POD, ENDPOINT_SLICE, SECRET, NODE, SIDECAR, SERVICE_ENTRY,
-              WORKLOAD_ENTRY, WORKLOAD_GROUP, ENVOY_FILTER) + GATEWAY_API_KINDS
+              WORKLOAD_ENTRY, WORKLOAD_GROUP, ENVOY_FILTER, TELEMETRY) + GATEWAY_API_KINDS
 }
 
 # Istio kinds an operator may apply that meshd does not act on yet.
 ISTIO_UNSUPPORTED = frozenset(
     {
-        "ProxyConfig", "Telemetry", "WasmPlugin",
+        "ProxyConfig", "WasmPlugin",
     }
 )
 
@@ -114,7 +116,6 @@ _GW_VERSIONS = ("v1", "v1beta1", "v1alpha3", "v1alpha2")
 # not serve (UDPRoute, BackendTLSPolicy, ListenerSet).
 WATCHED_UNSUPPORTED: tuple[tuple[Kind, str], ...] = (
     (Kind(ISTIO_NETWORKING, "ProxyConfig", ("v1beta1",)), "proxyconfigs"),
-    (Kind("telemetry.istio.io", "Telemetry", ("v1", "v1alpha1")), "telemetries"),
     (Kind("extensions.istio.io", "WasmPlugin", ("v1alpha1",)), "wasmplugins"),
     (Kind(_GW, "UDPRoute", _GW_VERSIONS), "udproutes"),
     (Kind(_GW, "BackendTLSPolicy", _GW_VERSIONS), "backendtlspolicies"),

@@ -171,7 +171,7 @@ def apply(listeners: Iterable[listener_pb2.Listener], mc: MeshConfig,
     listener_log = file_access_log(mc.access_log_file, mc.access_log_encoding, mc.access_log_format, True) if enabled(mc) else None
     for listener in listeners:
         if listener.traffic_direction in by_direction:
-            for f in _filters(listener):
+            for f in listener_filters(listener):
                 for tlog in by_direction[listener.traffic_direction]:
                     _add(f, tlog)
             continue
@@ -186,7 +186,7 @@ def apply(listeners: Iterable[listener_pb2.Listener], mc: MeshConfig,
                 _add(f, log)
 
 
-def _filters(listener: listener_pb2.Listener) -> list[listener_components_pb2.Filter]:
+def listener_filters(listener: listener_pb2.Listener) -> list[listener_components_pb2.Filter]:
     chains = list(listener.filter_chains)
     if listener.HasField("default_filter_chain"):
         chains.append(listener.default_filter_chain)

@@ -51,9 +51,12 @@ SIDECAR = kinds.SIDECAR.kind
 # EnvoyFilters are read by no part: the Generator patches the composed output of the
 # proxies they select and keys it on them (generators/envoyfilter/stage.py).
 ENVOY_FILTER = kinds.ENVOY_FILTER.kind
+# Telemetries are read by listeners only through the per-proxy key of those that apply
+# to the proxy (generators/tracing.py telemetry_key), so a change re-keys those proxies alone.
+TELEMETRY = kinds.TELEMETRY.kind
 # Kinds whose readers are declared precisely (parts.py).
 KNOWN_KINDS = frozenset({GATEWAY, VIRTUAL_SERVICE, DESTINATION_RULE, PEER_AUTHENTICATION, SERVICE, SECRET, SIDECAR,
-                         ENVOY_FILTER, *SECURITY_KINDS}) | ENDPOINT_KINDS | REGISTRY_KINDS
+                         ENVOY_FILTER, TELEMETRY, *SECURITY_KINDS}) | ENDPOINT_KINDS | REGISTRY_KINDS
 # Kinds counted as another input (their own fingerprint is that input's).
 _COUNTED_AS = {SERVICE_ENTRY: SERVICE}
 

@@ -34,7 +34,9 @@ from ..model.hosts import covers
 from ..model.mesh import MeshSnapshot
 from ..model.meshconfig import MeshConfig
 from ..model.proxy import ROUTER, SIDECAR, Proxy
+from ..model.telemetry import ProxyTelemetry
 from . import access_log, filter_chains, filters, gateway_tls, security_filters, tls
+from .tracing import apply_tracing, proxy_telemetry, telemetry_access_logs
 from .gateway_servers import gateway_ports, matching_hosts, virtual_services_for_gateway
 from .http_routes import RouteContext, destination_cluster
 from .sidecar_inbound import virtual_inbound
@@ -47,17 +49,23 @@ GATEWAY_TRANSPORT_SOCKET_CONNECT_TIMEOUT = duration_pb2.Duration(seconds=15)
 
 def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
     if proxy.type == ROUTER:
-        return [(lst.name, lst) for lst in finish(gateway_listeners(mesh, proxy), mesh.mesh_config)]
+        return [(lst.name, lst) for lst in finish(gateway_listeners(mesh, proxy), mesh.mesh_config,
+                                                  proxy_telemetry(mesh, proxy))]
     if proxy.type == SIDECAR:
-        return [(lst.name, lst) for lst in finish(sidecar_listeners(mesh, proxy), mesh.mesh_config)]
+        return [(lst.name, lst) for lst in finish(sidecar_listeners(mesh, proxy), mesh.mesh_config,
+                                                  proxy_telemetry(mesh, proxy))]
     return []
 
 
-def finish(listeners: list[listener_pb2.Listener], mc: MeshConfig) -> list[listener_pb2.Listener]:
-    """What the mesh config adds to built listeners (in place): access logs, and the
-    protocol detection timeout of the listeners that sniff (those that continue on a
-    listener filter timeout: virtualInbound, outbound ports with HTTP and TCP)."""
-    access_log.apply(listeners, mc)
+def finish(listeners: list[listener_pb2.Listener], mc: MeshConfig,
+           telemetry: ProxyTelemetry | None = None) -> list[listener_pb2.Listener]:
+    """What the mesh config and the proxy's Telemetry add to built listeners (in place):
+    access logs and tracing (docs/telemetry.md), and the protocol detection timeout of the
+    listeners that sniff (those that continue on a listener filter timeout: virtualInbound,
+    outbound ports with HTTP and TCP)."""
+    access_log.apply(listeners, mc, telemetry_access_logs(telemetry, mc) if telemetry else None)
+    if telemetry is not None:
+        apply_tracing(listeners, telemetry, mc)
     timeout = mc.protocol_detection_timeout
     for lst in listeners:
         if lst.continue_on_listener_filters_timeout:

@@ -74,6 +74,7 @@ from .inputs import (
 from .resources import Resource, pack
 from .sidecar_inbound import virtual_inbound
 from .sidecar_outbound import outbound_listeners, virtual_outbound
+from .tracing import proxy_telemetry, telemetry_key
 from .sidecar_routes import sidecar_route_configs
 
 Builder = Callable[[MeshSnapshot, Proxy], Iterable[tuple[str, Message]]]
@@ -359,25 +360,27 @@ def _labels(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
 def _outbound_listener_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
     # A sidecar at a headless service's endpoint gets no listener for itself.
     own_ip = proxy.ip if proxy.ip in headless_ips(mesh) else ""
-    return (proxy.namespace, _labels(mesh, proxy), own_ip, proxy.workload_cert)
+    return (proxy.namespace, _labels(mesh, proxy), own_ip, proxy.workload_cert, telemetry_key(mesh, proxy))
 
 
 @part("sidecar-outbound-listeners", names.LISTENER, (OTHER,), _outbound_listener_scope,
       view=_sees)
 def OUTBOUND_LISTENERS(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: ResourceCache) -> list[Resource]:
-    built = listeners.finish([*outbound_listeners(mesh, proxy), virtual_outbound(mesh, proxy)], mesh.mesh_config)
+    built = listeners.finish([*outbound_listeners(mesh, proxy), virtual_outbound(mesh, proxy)], mesh.mesh_config,
+                             proxy_telemetry(mesh, proxy))
     return _packed(names.LISTENER, ((lst.name, lst) for lst in built))
 
 
 def _inbound_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
     # The replicas of a workload (same services and ports, same effective policy) share it.
     return (mtls_policy(mesh, proxy.namespace, proxy.labels, proxy.label_key), proxy.workload_cert,
-            instance_shape(mesh, proxy.ip), security(mesh, proxy), sidecar_ingress(mesh, proxy))
+            instance_shape(mesh, proxy.ip), security(mesh, proxy), sidecar_ingress(mesh, proxy),
+            telemetry_key(mesh, proxy))
 
 
 @part("sidecar-virtual-inbound", names.LISTENER, (PEER_AUTHENTICATION, *SECURITY_KINDS, OTHER), _inbound_scope)
 def VIRTUAL_INBOUND(mesh: MeshSnapshot, proxy: Proxy, part: Part, cache: ResourceCache) -> list[Resource]:
-    lst = listeners.finish([virtual_inbound(mesh, proxy)], mesh.mesh_config)[0]
+    lst = listeners.finish([virtual_inbound(mesh, proxy)], mesh.mesh_config, proxy_telemetry(mesh, proxy))[0]
     return _packed(names.LISTENER, [(lst.name, lst)])
 
 
@@ -417,7 +420,8 @@ def _router_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
     # Gateway listeners leave out the TLS servers whose credentials are missing in the
     # gateway's namespace (gateway_tls.unusable_reason): the only Secrets they read.
     # Authorization and JWT filters read fetched key sets and the mesh config too.
-    return proxy.group_key() + (namespace_secrets(mesh, proxy.namespace), security(mesh, proxy))
+    return proxy.group_key() + (namespace_secrets(mesh, proxy.namespace), security(mesh, proxy),
+                                telemetry_key(mesh, proxy))
 
 
 def router_parts(table: dict[str, Builder]) -> dict[str, Sequence[Part]]:

@@ -9,21 +9,44 @@ tracing block is left out, as istiod does. Other provider kinds raise TracingErr
 which the caller reports (never a silent missing trace)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import structlog
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_pb2
+
 from envoy.config.core.v3 import grpc_service_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2, zipkin_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.tracing.v3 import custom_tag_pb2
 from envoy.type.v3 import percent_pb2
 
+from ..config.kinds import TELEMETRY
+from ..config.types.telemetry import CLIENT, SERVER
+from ..model.mesh import MeshSnapshot
 from ..model.meshconfig import ExtensionProvider, MeshConfig
-from ..model.telemetry import TracingSettings
+from ..model.proxy import Proxy
+from ..model.telemetry import NamedTelemetry, ProxyTelemetry, TracingSettings, resolve
 from ..names import outbound_cluster
+from . import access_log, inputs
+from .inputs import stands_for
 from .convert import typed
+from .filters import HTTP_CONNECTION_MANAGER
 
 ZIPKIN = "zipkin"
 OPENTELEMETRY = "opentelemetry"
 TRACING_PROVIDER_KINDS = (ZIPKIN, OPENTELEMETRY)
 ZIPKIN_ENDPOINT = "/api/v2/spans"
+log = structlog.get_logger(__name__)
+
+
+def proxy_telemetry(mesh: MeshSnapshot, proxy: Proxy) -> ProxyTelemetry:
+    """The Telemetry settings of `proxy`."""
+    objs = [NamedTelemetry(o.namespace, o.name, o.typed, o.generation) for o in mesh.config.of_kind(TELEMETRY.kind)
+            if o.typed is not None]
+    return resolve(objs, mesh.root_namespace, proxy.namespace, proxy.labels,
+                   dict(mesh.mesh_config.default_providers))
 
 
 class TracingError(ValueError):
@@ -56,6 +79,23 @@ def _provider(provider: ExtensionProvider, service_name: str) -> http_tracer_pb2
                        f"meshd serves ({', '.join(TRACING_PROVIDER_KINDS)})")
 
 
+@stands_for(inputs.TELEMETRY)
+def telemetry_key(mesh: MeshSnapshot, proxy: Proxy) -> tuple[str, ...]:
+    """The part scopes' share of Telemetry: which objects apply to the proxy, and their versions."""
+    return proxy_telemetry(mesh, proxy).key
+
+
+def traced(settings: TracingSettings | None, mc: MeshConfig, service_name: str) -> hcm_pb2.HttpConnectionManager.Tracing | None:
+    """hcm_tracing, with a provider meshd cannot build reported and left out."""
+    if settings is None:
+        return None
+    try:
+        return hcm_tracing(settings, mc, service_name)
+    except TracingError as e:
+        log.warning("telemetry tracing not served", reason=str(e))
+        return None
+
+
 def hcm_tracing(settings: TracingSettings, mc: MeshConfig, service_name: str) -> hcm_pb2.HttpConnectionManager.Tracing | None:
     """The HCM tracing block, None when spans are not reported."""
     if settings.disable_span_reporting:
@@ -78,3 +118,44 @@ def hcm_tracing(settings: TracingSettings, mc: MeshConfig, service_name: str) ->
             ct.request_header.name, ct.request_header.default_value = tag.header, tag.default_value
         out.custom_tags.append(ct)
     return out
+
+
+# Telemetry's modes as the listeners they cover: CLIENT the outbound side (and gateways,
+# which istiod treats as clients), SERVER the inbound side.
+DIRECTIONS = ((CLIENT, base_pb2.OUTBOUND), (SERVER, base_pb2.INBOUND))
+
+
+def telemetry_access_logs(telemetry: ProxyTelemetry, mc: MeshConfig) -> dict[int, list[accesslog_pb2.AccessLog]]:
+    """Traffic direction -> the access logs a Telemetry sets there ([]: disabled); a direction
+    no Telemetry configures is left out (the mesh config's accessLogFile applies). A provider
+    meshd cannot build is reported and left out."""
+    out: dict[int, list[accesslog_pb2.AccessLog]] = {}
+    for mode, direction in DIRECTIONS:
+        settings = telemetry.logging.get(mode)
+        if settings is None:
+            continue
+        logs = []
+        for name in settings.providers:
+            try:
+                logs += access_log.telemetry_logs([name], settings.filter_expression, mc)
+            except access_log.AccessLogProviderError as e:
+                log.warning("telemetry access log not served", reason=str(e))
+        out[direction] = logs
+    return out
+
+
+def apply_tracing(listeners: Iterable[listener_pb2.Listener], telemetry: ProxyTelemetry, mc: MeshConfig) -> None:
+    """Set the HCM tracing of every HTTP connection manager of `listeners` (in place) by
+    the listener's direction."""
+    by_direction = {d: traced(telemetry.tracing.get(mode), mc, telemetry.service_name) for mode, d in DIRECTIONS}
+    for listener in listeners:
+        tracing = by_direction.get(listener.traffic_direction)
+        if tracing is None:
+            continue
+        for f in access_log.listener_filters(listener):
+            if f.name != HTTP_CONNECTION_MANAGER:
+                continue
+            hcm = hcm_pb2.HttpConnectionManager()
+            f.typed_config.Unpack(hcm)
+            hcm.tracing.CopyFrom(tracing)
+            f.typed_config.CopyFrom(typed(hcm))

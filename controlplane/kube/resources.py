@@ -135,6 +135,7 @@ RESOURCES: tuple[KubeResource, ...] = (
     _resource(kinds.REQUEST_AUTHENTICATION, "requestauthentications"),
 ) + tuple(KubeResource(kind, plural, crd_optional=True) for kind, plural in (
     (kinds.ENVOY_FILTER, "envoyfilters"),  # optional: an install without Istio's CRD has none
+    (kinds.TELEMETRY, "telemetries"),
     (kinds.GATEWAY_CLASS, "gatewayclasses"),
     (kinds.K8S_GATEWAY, "gateways"),
     (kinds.HTTP_ROUTE, "httproutes"),

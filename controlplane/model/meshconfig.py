@@ -27,7 +27,7 @@ READ_FIELDS = frozenset({"rootNamespace", "trustDomain", "trustDomainAliases", "
                          "outboundTrafficPolicy", "defaultServiceExportTo", "defaultVirtualServiceExportTo",
                          "defaultDestinationRuleExportTo", "defaultConfig", "enableAutoMtls", "localityLbSetting",
                          "accessLogFile", "accessLogEncoding", "accessLogFormat", "defaultHttpRetryPolicy",
-                         "protocolDetectionTimeout", "inboundTrafficPolicy"})
+                         "protocolDetectionTimeout", "inboundTrafficPolicy", "defaultProviders"})
 # ProxyConfig (defaultConfig) fields meshd acts on: in the bootstrap (`meshd bootstrap
 # --mesh-config`) or the Envoy command line it prints (`--envoy-args`).
 PROXY_CONFIG_FIELDS = frozenset({"concurrency", "drainDuration", "proxyStatsMatcher", "proxyMetadata",
@@ -101,6 +101,9 @@ class MeshConfig:
     default_http_retry_policy: HTTPRetry | None = None
     protocol_detection_timeout: Duration = Duration(0)  # 0: wait for the client's first bytes
     inbound_traffic_policy: str = PASSTHROUGH
+    # `defaultProviders`: sorted ("accessLogging" / "tracing" / "metrics", provider names),
+    # used where no Telemetry names providers (model/telemetry.py); pairs keep it hashable.
+    default_providers: tuple[tuple[str, tuple[str, ...]], ...] = ()
     unread: tuple[str, ...] = ()  # top-level fields present but not acted on by meshd
 
     def provider(self, name: str) -> ExtensionProvider | None:
@@ -186,7 +189,22 @@ def parse_mesh_config(data: Any) -> MeshConfig:
                       locality_lb_setting=_locality(data.get("localityLbSetting")),
                       **_access_log(data), default_http_retry_policy=_retry(data.get("defaultHttpRetryPolicy")),
                       protocol_detection_timeout=_duration(data, "protocolDetectionTimeout", Duration(0)),
-                      inbound_traffic_policy=str(inbound_mode), unread=unread)
+                      inbound_traffic_policy=str(inbound_mode), default_providers=_default_providers(data),
+                      unread=unread)
+
+
+def _default_providers(data: Mapping[str, Any]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    raw = data.get("defaultProviders") or {}
+    if not isinstance(raw, Mapping):
+        raise MeshConfigError("defaultProviders", "must be a mapping")
+    out = {}
+    for key, names in raw.items():
+        if key not in ("accessLogging", "tracing", "metrics"):
+            raise MeshConfigError(f"defaultProviders.{key}", "must be one of accessLogging, tracing, metrics")
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise MeshConfigError(f"defaultProviders.{key}", "must be a list of provider names")
+        out[str(key)] = tuple(names)
+    return tuple(sorted(out.items()))
 
 
 def _duration(data: Mapping[str, Any], name: str, default: Duration, where: str = "") -> Duration:

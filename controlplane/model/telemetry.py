@@ -27,6 +27,7 @@ class NamedTelemetry:
     namespace: str
     name: str
     spec: Telemetry
+    generation: str = ""  # content hash: the key of a proxy's telemetry changes with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,12 @@ class ProxyTelemetry:
     logging: Mapping[str, AccessLogSettings | None] = field(default_factory=dict)
     tracing: Mapping[str, TracingSettings | None] = field(default_factory=dict)
     sources: tuple[str, ...] = ()  # namespace/name of the Telemetries that apply, least specific first
+    service_name: str = ""  # the workload's tracing service name (canonical name, else app, . namespace)
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """What tells two proxies' telemetry apart within one snapshot (cache scopes)."""
+        return (*self.sources, self.service_name)
 
 
 def applicable(telemetries: Iterable[NamedTelemetry], root_namespace: str, namespace: str,
@@ -81,7 +88,8 @@ def resolve(telemetries: Iterable[NamedTelemetry], root_namespace: str, namespac
     for mode in (CLIENT, SERVER):
         logging[mode] = _logging(chain, mode, defaults.get("accessLogging", ()))
         tracing[mode] = _tracing(chain, mode, defaults.get("tracing", ()))
-    return ProxyTelemetry(logging, tracing, tuple(f"{t.namespace}/{t.name}" for t in chain))
+    app = labels.get("service.istio.io/canonical-name") or labels.get("app") or "unknown"
+    return ProxyTelemetry(logging, tracing, tuple(f"{t.namespace}/{t.name}@{t.generation}" for t in chain), f"{app}.{namespace}")
 
 
 def _logging(chain: list[NamedTelemetry], mode: str, defaults: tuple[str, ...]) -> AccessLogSettings | None:

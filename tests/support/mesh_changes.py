@@ -113,6 +113,10 @@ def _sidecar(name: str, ns: str, body: str) -> str:
     return f"apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{body}"
 
 
+def _telemetry(name: str, ns: str, body: str) -> str:
+    return f"apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{body}"
+
+
 def _workload_entry(body: str) -> str:
     return f"apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: vm-1, namespace: shop}}\nspec:\n{body}"
 
@@ -339,6 +343,17 @@ def slots() -> dict[str, tuple[str, ...]]:
             "spec: {metadata: {labels: {app: vm}}, template: {serviceAccount: vm}}\n",
         ),
         "secret/web/client-cred": (client_ca, client_plain),
+        # Telemetry: mesh-wide in the root namespace, and one selecting front-1 only.
+        "telemetry/istio-system/mesh-default": (
+            _telemetry("mesh-default", "istio-system", "  accessLogging: [{providers: [{name: envoy}]}]\n"),
+            _telemetry("mesh-default", "istio-system", "  accessLogging: [{disabled: true}]\n"),
+        ),
+        "telemetry/web/front": (
+            _telemetry("front", "web", "  selector: {matchLabels: {app: front}}\n"
+                       "  accessLogging: [{match: {mode: SERVER}, providers: [{name: envoy}],"
+                       " filter: {expression: 'response.code >= 400'}}]\n"),
+            _telemetry("front", "web", "  selector: {matchLabels: {app: front}}\n  accessLogging: [{disabled: true}]\n"),
+        ),
     }
 
 

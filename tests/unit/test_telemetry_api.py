@@ -55,7 +55,7 @@ def test_workload_overrides_namespace_overrides_root():
     web = resolve([wl, ns, root], "istio-system", "shop", {"app": "web"})
     other = resolve([wl, ns, root], "istio-system", "shop", {"app": "db"})
     elsewhere = resolve([wl, ns, root], "istio-system", "billing", {"app": "web"})
-    assert web.sources == ("istio-system/mesh-default", "shop/ns", "shop/web")
+    assert web.sources == ("istio-system/mesh-default@", "shop/ns@", "shop/web@")
     assert web.logging["CLIENT"].providers == () and other.logging["CLIENT"].providers == ("envoy",)
     assert web.tracing["SERVER"].random_sampling_percentage == 50
     assert elsewhere.tracing["SERVER"].random_sampling_percentage == 10
@@ -104,3 +104,43 @@ def test_zipkin_tracing_resolves_the_provider_cluster():
     assert cfg.collector_cluster == "outbound|9411||zipkin.istio-system.svc.cluster.local"
     assert cfg.collector_endpoint == "/api/v2/spans" and tracing.random_sampling.value == 100
     assert [(c.tag, c.literal.value) for c in tracing.custom_tags] == [("env", "prod")]
+
+
+def _inbound_logs(mesh, proxy) -> list:
+    from controlplane.generators import listeners as listener_builder
+    (inbound,) = [lst for _, lst in listener_builder.build(mesh, proxy) if lst.name == "virtualInbound"]
+    return [log for f in access_log.listener_filters(inbound) if f.name == HTTP_CONNECTION_MANAGER
+            for log in _hcm_of(f).access_log]
+
+
+def _hcm_of(f) -> hcm_pb2.HttpConnectionManager:
+    out = hcm_pb2.HttpConnectionManager()
+    f.typed_config.Unpack(out)
+    return out
+
+
+def test_a_workload_telemetry_logs_and_rekeys_only_the_proxies_it_selects():
+    from tests.support.mesh_changes import ADMIN_1, FRONT_1, Change, World
+    from controlplane.generators.tracing import telemetry_key
+    world = World({"service/web/front": 0})
+    before = {p.pod: telemetry_key(world.mesh, p) for p in (FRONT_1, ADMIN_1)}
+    assert _inbound_logs(world.mesh, FRONT_1) == []
+    mesh = world.apply([Change("telemetry/web/front", 0)])
+    logs = _inbound_logs(mesh, FRONT_1)
+    assert logs and all(log.filter.extension_filter.name.endswith(".cel") for log in logs)
+    assert _inbound_logs(mesh, ADMIN_1) == []
+    assert telemetry_key(mesh, FRONT_1) != before["front-1"]
+    assert telemetry_key(mesh, ADMIN_1) == before["admin-1"]
+    mesh = world.apply([Change("telemetry/web/front", None)])
+    assert _inbound_logs(mesh, FRONT_1) == []
+
+
+def test_telemetry_objects_are_served_and_validated():
+    from controlplane.config.kinds import ISTIO_UNSUPPORTED, TELEMETRY, lookup
+    from controlplane.config.validation import validate
+    assert lookup("telemetry.istio.io/v1alpha1", "Telemetry") is TELEMETRY and "Telemetry" not in ISTIO_UNSUPPORTED
+    doc = {"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry", "metadata": {"name": "t", "namespace": "a"},
+           "spec": {"tracing": [{"randomSamplingPercentage": 150}]}}
+    assert any("randomSamplingPercentage" in str(e) for e in validate(doc, TELEMETRY))
+    doc["spec"] = {"metrics": [{"overrides": [{"tagOverrides": {"x": {"operation": "REMOVE", "value": "v"}}}]}]}
+    assert validate(doc, TELEMETRY)

@@ -21,6 +21,7 @@ from ..kinds import (
     PEER_AUTHENTICATION,
     SERVICE_ENTRY,
     SIDECAR,
+    TELEMETRY,
     VIRTUAL_SERVICE,
     WORKLOAD_ENTRY,
     WORKLOAD_GROUP,
@@ -31,6 +32,7 @@ from .gateway import Gateway, gateway
 from .peerauthentication import PeerAuthentication, peer_authentication
 from .serviceentry import ServiceEntry, service_entry
 from .sidecar import Sidecar, sidecar
+from .telemetry import telemetry
 from .virtualservice import VirtualService, virtual_service
 from .workloadentry import WorkloadEntry, WorkloadGroup, workload_entry, workload_group
 from .gateway_api import GATEWAY_API_BUILDERS
@@ -45,6 +47,7 @@ BUILDERS: dict[tuple[str, str], Callable[[Mapping[str, Any]], Any]] = {
     (WORKLOAD_ENTRY.group, WORKLOAD_ENTRY.kind): workload_entry,
     (WORKLOAD_GROUP.group, WORKLOAD_GROUP.kind): workload_group,
     (ENVOY_FILTER.group, ENVOY_FILTER.kind): envoy_filter,
+    (TELEMETRY.group, TELEMETRY.kind): telemetry,
     **GATEWAY_API_BUILDERS,
 }
 

@@ -33,6 +33,7 @@ from .schema import schema_for, validate_document
 from .secret import validate_secret
 from .serviceentry import validate_service_entry
 from .sidecar import validate_sidecar
+from .telemetry import validate_telemetry
 from .virtualservice import validate_virtual_service
 from .workloadentry import validate_workload_entry, validate_workload_group
 
@@ -48,6 +49,7 @@ _ISTIO_SEMANTICS: dict[str, Callable[[dict, dict], list[FieldError]]] = {
     "WorkloadEntry": lambda spec, meta: validate_workload_entry(spec),
     "WorkloadGroup": lambda spec, meta: validate_workload_group(spec),
     "EnvoyFilter": lambda spec, meta: validate_envoy_filter(spec),
+    "Telemetry": lambda spec, meta: validate_telemetry(spec),
     "AuthorizationPolicy": validate_authorization_policy,
     "RequestAuthentication": validate_request_authentication,
 }

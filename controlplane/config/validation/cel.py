@@ -149,6 +149,11 @@ RULES: dict[str, Predicate] = {
     '(has(self.jwksUri) ? 1 : 0) + (has(self.jwks_uri) ? 1 : 0) + (has(self.jwks) ? 1 : 0) <= 1':
         _at_most_one("jwksUri", "jwks_uri", "jwks"),
     'url(self).getScheme() in ["http", "https"]': _url_scheme_http_or_https,
+    # Telemetry metric tagOverrides: UPSERT needs a value, REMOVE takes none.
+    '((has(self.operation) ? self.operation : "") == "UPSERT") ? (self.value != "") : true':
+        lambda self: self.get("operation") != "UPSERT" or self.get("value", "") != "",
+    '((has(self.operation) ? self.operation : "") == "REMOVE") ? !has(self.value) : true':
+        lambda self: self.get("operation") != "REMOVE" or not has(self, "value"),
 }
 
 

@@ -37,6 +37,7 @@ CRD_FILES: dict[tuple[str, str], str] = {
     ("networking.istio.io", "WorkloadGroup"): "workloadgroups.networking.istio.io.yaml",
     ("networking.istio.io", "EnvoyFilter"): "envoyfilters.networking.istio.io.yaml",
     ("security.istio.io", "PeerAuthentication"): "peerauthentications.security.istio.io.yaml",
+    ("telemetry.istio.io", "Telemetry"): "telemetries.telemetry.istio.io.yaml",
     ("security.istio.io", "AuthorizationPolicy"): "authorizationpolicies.security.istio.io.yaml",
     ("security.istio.io", "RequestAuthentication"): "requestauthentications.security.istio.io.yaml",
 }
