@@ -10,7 +10,8 @@ v1 pod of the producer namespace, or of the consumer namespace) and checks what 
 the backend that answered (namespace, pod), the path and headers it saw, the response
 status and headers, a redirect's Location.
 
-Not run here: the GRPCRoute tests (the bed has no gRPC echo).
+The GRPCRoute tests call through grpc_echo.py (a gRPC server answering any method with the
+metadata it saw, and its client run in the client pod).
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ pytestmark = pytest.mark.e2e
 CONFORMANCE = REPO.parent / "shared" / "corpus" / "gateway-api" / "conformance"
 PRODUCER, CONSUMER = "gateway-conformance-mesh", "gateway-conformance-mesh-consumer"
 ECHO = Path(__file__).resolve().parent.parent / "testbed" / "echo_advanced.py"
-ECHO_PORT = 8080
+GRPC_ECHO = ECHO.with_name("grpc_echo.py")
+ECHO_PORT, GRPC_PORT = 8080, 7070
 
 # bed pod name -> (namespace, Deployment, version); the pods report `<Deployment>-0`
 BACKENDS = {"echo-v1": (PRODUCER, "echo-v1", "v1"), "echo-v2": (PRODUCER, "echo-v2", "v2"),
@@ -64,6 +66,9 @@ def start_backends(bed, pods, vips) -> None:
         p = pods[name].spawn([python_for(None), str(ECHO), "--pod", f"{deployment}-0", "--namespace", ns,
                               "--version", version, "--http", str(ECHO_PORT)], name="echo", stdout_pipe=True)
         p.wait_line("READY", timeout=15)
+        g = pods[name].spawn([python_for(None), str(GRPC_ECHO), "serve", "--pod", f"{deployment}-0", "--namespace", ns,
+                              "--port", str(GRPC_PORT)], name="grpc-echo", stdout_pipe=True)
+        g.wait_line("READY", timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -355,7 +360,7 @@ def test_mesh_http_route_weight(mesh, apply_manifest):
     """MeshHTTPRouteWeight: echo-v1 70 / echo-v2 30 of a batch, within 0.05 each."""
     apply_manifest("httproute-weight.yaml")
     seen: collections.Counter[str] = collections.Counter()
-    total = 200
+    total = 500  # as many as the suite sends: 0.05 is then 2.4 standard deviations
     for _ in range(total):
         r = send(mesh, Case())
         assert r.status == 200, r
@@ -379,3 +384,48 @@ def test_consumer_route_yaml_is_in_corpus():
     names = {p.name for p in (CONFORMANCE / "tests" / "mesh").glob("*.yaml")}
     wanted = {m for m, _ in CONFORMANCE_TESTS.values() if m} | {"httproute-weight.yaml"}
     assert wanted <= names, textwrap.shorten(str(wanted - names), 200)
+
+
+def grpc_calls(mesh: Mesh, headers: Mapping[str, str] = {}, count: int = 1, client: str = "echo-v1") -> list[dict]:
+    """gRPC calls to the Service echo on 7070 from `client` (authority `echo:7070`, as the suite)."""
+    args = [a for k, v in headers.items() for a in ("-H", f"{k}={v}")]
+    cp = mesh.pods[client].exec([python_for(None), str(GRPC_ECHO), "call", "--target", f"{mesh.vips['echo']}:{GRPC_PORT}",
+                                 "--authority", f"echo:{GRPC_PORT}", "--count", str(count), *args], timeout=60)
+    return [json.loads(line) for line in cp.stdout.splitlines() if line.strip()]
+
+
+def test_mesh_grpc_route_request_header_modifier(mesh, apply_manifest):
+    """MeshGRPCRouteRequestHeaderModifier: rules picked by x-test-case, headers edited on the way."""
+    apply_manifest("grpcroute-request-header-modifier.yaml")
+    cases = [
+        ({"x-test-case": "set", "some-other-header": "val", "x-header-set": "this-value-should-be-overwritten"},
+         "echo-v1", {"x-header-set": "set-overwrites-values"}, ()),
+        ({"x-test-case": "add", "x-header-add": "this-value-should-be-appended"},
+         "echo-v1", {"x-header-add": "this-value-should-be-appended,add-appends-values"}, ()),
+        ({"x-test-case": "remove", "x-header-remove": "val"}, "echo-v1", {}, ("x-header-remove",)),
+        ({"x-test-case": "multi", "x-header-set-2": "val", "x-header-add-2": "add-header-2", "x-header-remove-2": "val"},
+         "echo-v2", {"x-header-set-1": "header-set-1", "x-header-set-2": "header-set-2",
+                     "x-header-add-1": "header-add-1", "x-header-add-2": "add-header-2,header-add-2"},
+         ("x-header-remove-1", "x-header-remove-2")),
+    ]
+    for sent, backend, want, absent in cases:
+        last: list = []
+
+        def holds() -> bool:
+            nonlocal last
+            last = grpc_calls(mesh, sent, count=3)
+            return len(last) == 3 and all(
+                "error" not in r and r["pod"].rsplit("-", 1)[0] == backend and r["namespace"] == PRODUCER
+                and all(",".join(r["headers"].get(k, [])) == v for k, v in want.items())
+                and not any(k in r["headers"] for k in absent) for r in last)
+
+        wait_for(holds, 20, what=lambda: f"{sent} -> {backend} {want}: got {last}")
+
+
+def test_mesh_grpc_route_weight(mesh, apply_manifest):
+    """MeshGRPCRouteWeight: echo-v1 70 / echo-v2 30 (echo-v3 0, no such Service) of a batch."""
+    apply_manifest("grpcroute-weight.yaml")
+    replies = grpc_calls(mesh, count=500)
+    assert len(replies) == 500 and all("error" not in r for r in replies), replies[:3]
+    seen = collections.Counter(r["pod"].rsplit("-", 1)[0] for r in replies)
+    assert abs(seen["echo-v1"] / 500 - 0.7) <= 0.05 and abs(seen["echo-v2"] / 500 - 0.3) <= 0.05, seen

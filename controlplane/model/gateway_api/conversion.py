@@ -564,9 +564,13 @@ def convert(config: ConfigSnapshot, services: Mapping[str, Service],
         l4_attachments: list[_Attachment] = []
         for ref in route.typed.parent_refs:
             if ref.is_service:  # GAMMA: the sidecars calling that Service (mesh.py)
-                parent_report, made = mesh.attach(conv, route, kind, ref, l4_index)
-                l4_index += made
-                parents.append(parent_report)
+                got = mesh.attach(conv, route, kind, ref, l4_index)
+                l4_index += got.made
+                for name, spec, annotations in got.derived:
+                    conv.vs.append(_derived(kinds.VIRTUAL_SERVICE, route.namespace, name, spec, annotations,
+                                            str(route.extra.get("creationTimestamp") or "")))
+                parents.append(ParentReport(ref, (Condition("Accepted", False, *got.refused),) if got.refused else
+                                            (_ok("Accepted", "Accepted", "Route was valid"), _resolved(got.problems))))
                 continue
             if not ref.is_gateway:
                 parents.append(ParentReport(ref, (Condition("Accepted", False, "NoMatchingParent",

@@ -20,9 +20,9 @@ Service) apply to the sidecars calling that Service, as istiod does it
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ...config import kinds
 from ...config.objects import ConfigObject
 from ...config.types.gateway_api import ParentRef
 from ...names import KUBERNETES_GATEWAY_NAME, fqdn
@@ -78,30 +78,37 @@ def mesh_rules(conv: _Converter, route: ConfigObject, kind: str, problems: RuleP
     return grpc_rules(route.namespace, route.name, route.typed.rules, resolve, problems)
 
 
-def attach(conv: _Converter, route: ConfigObject, kind: str, ref: ParentRef, tcp_index: int
-           ) -> tuple[ParentReport, int]:
-    """Bind `route` to the sidecars for the Service `ref` names; its parent status and the
-    number of TCP VirtualServices it made (their names count on)."""
-    from .conversion import Condition, ParentReport, _derived, _ok, _resolved
+@dataclass
+class Attached:
+    """What binding a route to a Service gives: a refusal (reason, message) or the rules'
+    problems, and the L4 VirtualServices made (name, spec, annotations); conversion.py turns
+    it into the parent's status and derived objects."""
 
+    refused: tuple[str, str] | None = None
+    problems: RuleProblems = field(default_factory=RuleProblems)
+    derived: list[tuple[str, dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    made: int = 0  # L4 VirtualServices counted (their names number on)
+
+
+def attach(conv: _Converter, route: ConfigObject, kind: str, ref: ParentRef, tcp_index: int) -> Attached:
+    """Bind `route` to the sidecars for the Service `ref` names (HTTP rules go into the
+    converter's per-host VirtualServices)."""
     host, _ = parent_host(route, ref, conv.domain)
     if kind not in MESH_ROUTE_KINDS:
-        return ParentReport(ref, (Condition("Accepted", False, "NotAllowedByParent",
-                                            f"{kind} cannot attach to a Service (the mesh takes "
-                                            f"{', '.join(MESH_ROUTE_KINDS)})"),)), 0
+        return Attached(("NotAllowedByParent",
+                         f"{kind} cannot attach to a Service (the mesh takes {', '.join(MESH_ROUTE_KINDS)})"))
     svc = conv.services.get(host)
     if svc is None:
-        return ParentReport(ref, (Condition("Accepted", False, "BackendNotFound", f"parent Service {host} not found"),)), 0
+        return Attached(("BackendNotFound", f"parent Service {host} not found"))
     if ref.port is not None and svc.port(ref.port) is None:
-        return ParentReport(ref, (Condition("Accepted", False, "NoMatchingParent",
-                                            f"parent Service {host} has no port {ref.port}"),)), 0
-    problems = RuleProblems()
+        return Attached(("NoMatchingParent", f"parent Service {host} has no port {ref.port}"))
+    out = Attached()
     if kind in ("TCPRoute", "TLSRoute"):
         short = "tcp" if kind == "TCPRoute" else "tls"
         ungranted = copy.copy(conv)
         ungranted.grants = _AnyGrant()  # type: ignore[assignment]
         resolve = ungranted.resolver(route, kind)
-        routes = [r for rule in route.typed.rules for r in l4_routes(rule.backend_refs, resolve, problems)]
+        routes = [r for rule in route.typed.rules for r in l4_routes(rule.backend_refs, resolve, out.problems)]
         rule: dict[str, Any] = {"route": routes}
         match: dict[str, Any] = {"port": ref.port} if ref.port is not None else {}
         if kind == "TLSRoute":
@@ -112,10 +119,8 @@ def attach(conv: _Converter, route: ConfigObject, kind: str, ref: ParentRef, tcp
         annotations = {"internal.istio.io/parents": f"{kind}/{route.name}.{route.namespace}",
                        "internal.istio.io/route-semantics": "gateway"}
         if routes:
-            conv.vs.append(_derived(kinds.VIRTUAL_SERVICE, route.namespace,
-                                    f"{route.name}~{short}~{tcp_index}~{KUBERNETES_GATEWAY_NAME}", spec, annotations,
-                                    str(route.extra.get("creationTimestamp") or "")))
-        return ParentReport(ref, (_ok("Accepted", "Accepted", "Route was valid"), _resolved(problems))), 1
-    rules = mesh_rules(conv, route, kind, problems)
-    conv.add_http(route, kind, [], rules, mesh_host=host, mesh_port=ref.port)
-    return ParentReport(ref, (_ok("Accepted", "Accepted", "Route was valid"), _resolved(problems))), 0
+            out.derived.append((f"{route.name}~{short}~{tcp_index}~{KUBERNETES_GATEWAY_NAME}", spec, annotations))
+        out.made = 1
+        return out
+    conv.add_http(route, kind, [], mesh_rules(conv, route, kind, out.problems), mesh_host=host, mesh_port=ref.port)
+    return out
