@@ -163,3 +163,67 @@ def test_a_local_rate_limit_answers_429(mesh):
              interval=0.5, what="a 429 from the local rate limit")
     mesh.apply("ratelimit", None)
     mesh.expect("webapp", mesh.vip("catalog", 80, "/free"), 0, "200", timeout=20)
+
+
+# catalog's sidecar answers 408 to a first attempt at /flaky (Envoy's x-envoy-attempt-count,
+# which webapp's sidecar sends once its virtual hosts are merged with
+# include_request_attempt_count); a retry reaches the app.
+FLAKY_408 = f"""
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: flaky, namespace: {NS}}}
+spec:
+  workloadSelector: {{labels: {{app: catalog}}}}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_INBOUND
+      listener: {{filterChain: {{filter: {{name: {HCM}, subFilter: {{name: envoy.filters.http.router}}}}}}}}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.lua
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+          inlineCode: |
+            function envoy_on_request(h)
+              local path = h:headers():get(":path") or ""
+              if string.sub(path, 1, 6) == "/flaky" and h:headers():get("x-envoy-attempt-count") == "1" then
+                h:respond({{[":status"] = "408"}}, "first attempt refused")
+              end
+            end
+"""
+ATTEMPT_COUNT = f"""
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: attempt-count, namespace: {NS}}}
+spec:
+  workloadSelector: {{labels: {{app: webapp}}}}
+  configPatches:
+  - applyTo: VIRTUAL_HOST
+    match: {{context: SIDECAR_OUTBOUND, routeConfiguration: {{portNumber: 80}}}}
+    patch: {{operation: MERGE, value: {{include_request_attempt_count: true}}}}
+"""
+RETRY_408 = f"""
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: retry-408, namespace: {NS}}}
+spec:
+  workloadSelector: {{labels: {{app: webapp}}}}
+  configPatches:
+  - applyTo: HTTP_ROUTE
+    match: {{context: SIDECAR_OUTBOUND, routeConfiguration: {{portNumber: 80}}}}
+    patch:
+      operation: MERGE
+      value: {{route: {{retry_policy: {{retry_on: retriable-status-codes, retriable_status_codes: [408]}}}}}}
+"""
+
+
+def test_a_route_merge_of_retriable_status_codes_retries_408(mesh):
+    mesh.apply("flaky", FLAKY_408)
+    mesh.apply("attempt-count", ATTEMPT_COUNT)
+    mesh.expect("webapp", mesh.vip("catalog", 80, "/flaky"), 0, "408", timeout=20)
+    mesh.apply("retry-408", RETRY_408)
+    mesh.expect("webapp", mesh.vip("catalog", 80, "/flaky"), 0, "200", timeout=20)
+    for name in ("retry-408", "attempt-count", "flaky"):
+        mesh.apply(name, None)
