@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterable, Mapping
 
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.core.v3 import base_pb2, grpc_service_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
 from envoy.config.core.v3 import substitution_format_string_pb2 as sfs_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
@@ -137,7 +137,7 @@ def provider_log(name: str, mc: MeshConfig) -> accesslog_pb2.AccessLog:
         if not service or not isinstance(port, int):
             raise AccessLogProviderError(f"extension provider {name!r}: service and port are required")
         common = als_pb2.CommonGrpcAccessLogConfig(
-            log_name="otel_envoy_accesslog", transport_api_version=base_pb2.V3,
+            log_name="otel_envoy_accesslog", transport_api_version=config_source_pb2.V3,
             grpc_service=grpc_service_pb2.GrpcService(envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
                 cluster_name=outbound_cluster(port, service), authority=service)))
         cfg = otel_pb2.OpenTelemetryAccessLogConfig(common_config=common)

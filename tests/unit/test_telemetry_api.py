@@ -144,3 +144,39 @@ def test_telemetry_objects_are_served_and_validated():
     assert any("randomSamplingPercentage" in str(e) for e in validate(doc, TELEMETRY))
     doc["spec"] = {"metrics": [{"overrides": [{"tagOverrides": {"x": {"operation": "REMOVE", "value": "v"}}}]}]}
     assert validate(doc, TELEMETRY)
+
+
+ZIPKIN_SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: zipkin, namespace: istio-system}
+spec: {ports: [{name: http-query, port: 9411}], selector: {app: zipkin}}
+"""
+
+
+def test_envoy_accepts_a_sidecar_with_telemetry_logs_cel_filter_and_zipkin_tracing(tmp_path):
+    """`envoy --mode validate` of everything the webapp sidecar gets with a mesh-wide
+    Telemetry: JSON file logs filtered by CEL, OpenTelemetry logs, zipkin tracing with tags."""
+    import dataclasses
+
+    from tests.support import chapter9, static_xds
+    from tests.support.envoy import envoy_validate
+    mc = parse_mesh_config({"extensionProviders": [
+        {"name": "zipkin", "zipkin": {"service": "zipkin.istio-system.svc.cluster.local", "port": 9411}},
+        {"name": "otel-logs", "envoyOtelAls": {"service": "zipkin.istio-system.svc.cluster.local", "port": 9411}},
+        {"name": "json-file", "envoyFileAccessLog": {"path": "/dev/stdout", "logFormat": {"labels": {"code": "%RESPONSE_CODE%"}}}},
+    ]})
+    tele = """
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  accessLogging: [{providers: [{name: json-file}, {name: otel-logs}], filter: {expression: "response.code >= 400"}}]
+  tracing: [{providers: [{name: zipkin}], randomSamplingPercentage: 100,
+             customTags: {env: {literal: {value: prod}}, user: {header: {name: x-user, defaultValue: none}}}}]
+"""
+    mesh = dataclasses.replace(chapter9.mesh(ZIPKIN_SERVICE, tele), mesh_config=mc)
+    config = static_xds.sidecar_config(mesh, chapter9.WEBAPP_PROXY, tmp_path)
+    text = str(config)
+    assert "envoy.tracers.zipkin" in text and "extension_filters.cel" in text and "open_telemetry" in text
+    envoy_validate(config, tmp_path / "bootstrap.json")
