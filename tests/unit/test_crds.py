@@ -35,13 +35,16 @@ def test_one_crd_per_served_istio_kind_at_every_version_meshd_reads():
     served = {k.kind: k for k in kinds.SERVED.values() if k.istio}
     assert set(docs) == set(served) == {"Gateway", "VirtualService", "DestinationRule", "PeerAuthentication", "Sidecar",
                                         "ServiceEntry", "WorkloadEntry", "WorkloadGroup", "AuthorizationPolicy",
-                                        "RequestAuthentication"}
+                                        "RequestAuthentication", "EnvoyFilter", "Telemetry"}
     for kind, doc in docs.items():
         assert doc["apiVersion"] == "apiextensions.k8s.io/v1" and doc["kind"] == "CustomResourceDefinition"
         assert doc["spec"]["group"] == served[kind].group
         versions = {v["name"]: v for v in doc["spec"]["versions"]}
         assert set(served[kind].versions) <= {n for n, v in versions.items() if v["served"]}
-        assert [n for n, v in versions.items() if v["storage"]] == ["v1"]
+        # One storage version: Istio's (test_compatible_with_istios_crds); v1 but for EnvoyFilter
+        # (v1alpha3, its only version) and Telemetry (v1alpha1).
+        stored = {"EnvoyFilter": "v1alpha3", "Telemetry": "v1alpha1"}.get(kind, "v1")
+        assert [n for n, v in versions.items() if v["storage"]] == [stored]
         assert all(v["subresources"] == {"status": {}} for v in versions.values())
 
 
