@@ -36,9 +36,10 @@ from typing import Any
 import yaml
 
 from bench.run import free_port
+from tests.support import paths
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = paths.SHARED  # ../shared beside the checkout
 
 # kind -> (API prefix, plural)
 PATHS = {
