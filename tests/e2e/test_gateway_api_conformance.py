@@ -22,6 +22,8 @@ import contextlib
 import http.client
 import json
 import re
+import socket
+import ssl
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from tests.support.echo_basic import EchoPod, echo_pod
 from tests.support.envoy import envoy
 from tests.support.harness import free_port, http_get, meshd, wait_for, write
 from tests.support.paths import shared
+from tests.support.pki import make_ca, make_cert, tls_secret_yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -96,6 +99,7 @@ class R:
     location: dict[str, str | None] | None = None  # scheme/host/port/path of Location that must match
     resp_headers: tuple[tuple[str, str], ...] = ()
     resp_absent: tuple[str, ...] = ()
+    sni: str | None = None  # TLS to the listener with this SNI (the client trusts the suite's certificates)
 
 
 def miss(to=None, **kw) -> R:
@@ -112,12 +116,20 @@ class Case:
     requests: tuple[R, ...] = ()
     route_status: tuple[tuple[str, str, str, str], ...] = ()  # (route ns/name, condition, status, reason)
     listener_routes: tuple[tuple[str, str, int], ...] = ()  # (gateway, listener, attachedRoutes)
+    # (kind:ns/name or ns/name of an HTTPRoute, condition, status, reason); Gateways in infra:
+    # (Gateway:<name> or Gateway:<name>/<listener>, condition, status, reason)
+    conditions: tuple[tuple[str, str, str, str], ...] = ()
+    unattached: tuple[str, ...] = ()  # Gateways with no route attached (every listener 0)
+    xfail: str = ""  # why meshd does not pass it yet (strict: a pass is reported)
 
 
 def H(**kw: str) -> tuple[tuple[str, str], ...]:
     return tuple((k.replace("_", "-"), v) for k, v in kw.items())
 
 
+# GatewayHTTPListenerIsolation: Host -> the one listener (and path) that serves it
+ISOLATION = {"bar.com": "empty-hostname", "bar.example.com": "wildcard-example-com",
+             "bar.foo.example.com": "wildcard-foo-example-com", "abc.foo.example.com": "abc-foo-example-com"}
 HEADER_EDITS_UP = H(X_Header_Add="header-val-1", X_Header_Add_Append="append-val-1,header-val-2",
                     X_Header_Set="set-overwrites-values")
 HEADER_EDITS_SENT = H(X_Header_Remove="remove-val", X_Header_Add_Append="append-val-1")
@@ -319,6 +331,93 @@ CASES: tuple[Case, ...] = (
     Case("HTTPRouteRequestMirror", "httproute-request-mirror.yaml", requests=(
         R("/mirror"), R("/mirror-and-modify-headers", headers=(*HEADER_EDITS_SENT,), up_headers=HEADER_EDITS_UP,
                         up_absent=("X-Header-Remove",)))),
+    Case("HTTPRouteHTTPSListener", "httproute-https-listener.yaml", gateway="same-namespace-with-https-listener",
+         xfail="the routes are accepted but the gateway Envoy gets no listener for the HTTPS listeners (LDS empty)",
+         std=("httproute-https-test", "httproute-https-test-no-hostname"), requests=(
+             R("/", host="example.org", sni="example.org"), miss(path="/", host="unknown-example.org",
+                                                                 sni="unknown-example.org"),
+             R("/", "v2", host="second-example.org", sni="second-example.org"))),
+    # status only (the suite sends no request)
+    Case("HTTPRouteDisallowedKind", "httproute-disallowed-kind.yaml", unattached=("tlsroutes-only",),
+         conditions=(("gateway-conformance-infra/disallowed-kind", "Accepted", "False", "NotAllowedByListeners"),
+                     ("gateway-conformance-infra/disallowed-kind", "ResolvedRefs", "True", "ResolvedRefs"))),
+    Case("HTTPRouteInvalidCrossNamespaceParentRef", "httproute-invalid-cross-namespace-parent-ref.yaml",
+         unattached=("same-namespace",),
+         conditions=((f"{WEB}/invalid-cross-namespace-parent-ref", "Accepted", "False", "NotAllowedByListeners"),
+                     (f"{WEB}/invalid-cross-namespace-parent-ref", "ResolvedRefs", "True", "ResolvedRefs"))),
+    Case("HTTPRouteInvalidParentRefNotMatchingListenerPort", "httproute-invalid-parentref-not-matching-listener-port.yaml",
+         unattached=("same-namespace",),
+         conditions=((f"{INFRA}/httproute-listener-not-matching-route-port", "Accepted", "False", "NoMatchingParent"),
+                     (f"{INFRA}/httproute-listener-not-matching-route-port", "ResolvedRefs", "True", ""))),
+    Case("HTTPRouteInvalidParentRefNotMatchingSectionName",
+         "httproute-invalid-parentref-not-matching-section-name.yaml", unattached=("same-namespace",),
+         conditions=((f"{INFRA}/httproute-listener-not-matching-section-name", "Accepted", "False",
+                      "NoMatchingParent"),)),
+    Case("HTTPRouteInvalidParentRefSectionNameNotMatchingPort",
+         "httproute-invalid-parentref-section-name-not-matching-port.yaml",
+         unattached=("gateway-with-one-not-matching-port-and-section-name-route",),
+         conditions=((f"{INFRA}/httproute-listener-section-name-not-matching-port", "Accepted", "False",
+                      "NoMatchingParent"),)),
+    Case("GatewayWithAttachedRoutes", "gateway-with-attached-routes.yaml",
+         listener_routes=(("gateway-with-one-attached-route", "http", 1), ("gateway-with-two-attached-routes", "http", 2),
+                          ("unresolved-gateway-with-one-attached-unresolved-route", "tls", 1)),
+         conditions=(("Gateway:gateway-with-one-attached-route/http", "Accepted", "True", ""),
+                     ("Gateway:gateway-with-one-attached-route/http", "ResolvedRefs", "True", ""),
+                     (f"{INFRA}/http-route-not-accepted", "Accepted", "False", "NoMatchingListenerHostname"),
+                     ("Gateway:unresolved-gateway-with-one-attached-unresolved-route/tls", "Programmed", "False", ""),
+                     ("Gateway:unresolved-gateway-with-one-attached-unresolved-route/tls", "ResolvedRefs", "False", ""),
+                     (f"{INFRA}/http-route-4", "ResolvedRefs", "False", ""))),
+    Case("GatewayWithAttachedRoutesWithPort8080", "gateway-with-attached-routes-with-port-8080.yaml",
+         listener_routes=(("gateway-with-two-listeners-and-one-attached-route", "http-unattached", 0),
+                          ("gateway-with-two-listeners-and-one-attached-route", "http", 1)),
+         conditions=tuple((f"Gateway:gateway-with-two-listeners-and-one-attached-route/{listener}", cond, "True", "")
+                          for listener in ("http", "http-unattached") for cond in ("Accepted", "ResolvedRefs"))),
+    Case("GatewayListenerUnsupportedProtocol", "gateway-invalid-listeners-unsupported-protocol.yaml",
+         listener_routes=(("gateway-only-unsupported-protocols", "invalid", 0),
+                          ("gateway-supported-and-unsupported-protocols", "http", 0),
+                          ("gateway-supported-and-unsupported-protocols", "invalid", 0)),
+         conditions=(("Gateway:gateway-only-unsupported-protocols", "Accepted", "False", "ListenersNotValid"),
+                     ("Gateway:gateway-only-unsupported-protocols/invalid", "Accepted", "False", "UnsupportedProtocol"),
+                     ("Gateway:gateway-supported-and-unsupported-protocols", "Accepted", "True", "ListenersNotValid"),
+                     ("Gateway:gateway-supported-and-unsupported-protocols/http", "Accepted", "True", "Accepted"),
+                     ("Gateway:gateway-supported-and-unsupported-protocols/invalid", "Accepted", "False",
+                      "UnsupportedProtocol"))),
+    Case("GatewayInvalidRouteKind", "gateway-invalid-route-kind.yaml",
+         listener_routes=(("gateway-only-invalid-route-kind", "http", 0),
+                          ("gateway-supported-and-invalid-route-kind", "http", 0)),
+         conditions=(("Gateway:gateway-only-invalid-route-kind/http", "ResolvedRefs", "False", "InvalidRouteKinds"),
+                     ("Gateway:gateway-supported-and-invalid-route-kind/http", "ResolvedRefs", "False",
+                      "InvalidRouteKinds"))),
+    Case("GatewayInvalidTLSConfiguration", "gateway-invalid-tls-configuration.yaml",
+         conditions=tuple((f"Gateway:gateway-certificate-{g}/https", "ResolvedRefs", "False", "InvalidCertificateRef")
+                          for g in ("nonexistent-secret", "unsupported-group", "unsupported-kind",
+                                    "malformed-secret"))),
+    Case("GatewaySecretInvalidReferenceGrant", "gateway-secret-invalid-reference-grant.yaml",
+         listener_routes=(("gateway-secret-invalid-reference-grant", "https", 0),),
+         conditions=(("Gateway:gateway-secret-invalid-reference-grant/https", "ResolvedRefs", "False",
+                      "RefNotPermitted"),)),
+    Case("GatewaySecretMissingReferenceGrant", "gateway-secret-missing-reference-grant.yaml",
+         listener_routes=(("gateway-secret-missing-reference-grant", "https", 0),),
+         conditions=(("Gateway:gateway-secret-missing-reference-grant/https", "ResolvedRefs", "False",
+                      "RefNotPermitted"),)),
+    *(Case(test, f"gateway-secret-reference-grant-{suffix}.yaml",
+           listener_routes=((f"gateway-secret-reference-grant-{suffix}", "https", 0),),
+           xfail="a Secret of another namespace is not served by meshd's gateway SDS: Programmed False/Invalid",
+           conditions=((f"Gateway:gateway-secret-reference-grant-{suffix}/https", "Programmed", "True", "Programmed"),
+                       (f"Gateway:gateway-secret-reference-grant-{suffix}/https", "ResolvedRefs", "True", "")))
+      for test, suffix in (("GatewaySecretReferenceGrantAllInNamespace", "all-in-namespace"),
+                           ("GatewaySecretReferenceGrantSpecific", "specific"))),
+    Case("GatewayInvalidParametersRef", "gateway-invalid-parameters-ref.yaml",
+         xfail="spec.infrastructure.parametersRef is not read: the Gateway is Accepted instead of InvalidParameters",
+         conditions=(("Gateway:gateway-invalid-parameters-ref", "Accepted", "False", "InvalidParameters"),)),
+    *(Case(test, file, gateway=gw, std=tuple(f"attaches-to-{listener}{suffix}" for listener in ISOLATION.values()), requests=tuple(
+        R(f"/{path}", host=host) if path == listener else miss(path=f"/{path}", host=host)
+        for host, listener in ISOLATION.items() for path in ISOLATION.values()))
+      for test, file, gw, suffix in (
+          ("GatewayHTTPListenerIsolation", "gateway-http-listener-isolation.yaml", "http-listener-isolation", ""),
+          ("GatewayHTTPListenerIsolation[hostname-intersection]",
+           "gateway-http-listener-isolation-with-hostname-intersection.yaml",
+           "http-listener-isolation-with-hostname-intersection", "-with-hostname-intersection"))),
 )
 
 
@@ -334,6 +433,7 @@ class Bed:
     pods: dict[tuple[str, str], EchoPod]
     ports: dict[tuple[str, int], int] = field(default_factory=dict)  # (gateway, listener port) -> local port
     proxies: dict[str, object] = field(default_factory=dict)
+    tls: ssl.SSLContext = field(default_factory=ssl.create_default_context)  # trusts the suite's certificates
 
     def configz(self) -> list[dict]:
         return json.loads(http_get("127.0.0.1", self.cp.monitoring_port, "/debug/configz")[1])["gatewayAPI"]
@@ -351,7 +451,7 @@ class Bed:
         gateways = {d["metadata"]["name"]: d for d in yaml.safe_load_all(text) if d and d["kind"] == "Gateway"}
         services = [self._gateway_service(name, doc) for name, doc in gateways.items()]
         write(self.cfg / "case.yaml", "\n---\n".join([text, *services]))
-        for gw in {case.gateway, *(r.gateway for r in case.requests if r.gateway)}:
+        for gw in {r.gateway or case.gateway for r in case.requests}:
             self._proxy(gw)
 
     def _gateway_service(self, name: str, doc: dict) -> str:
@@ -381,9 +481,14 @@ def bed(tmp_path_factory) -> Iterator[Bed]:
     with contextlib.ExitStack() as stack:
         pods = {key: stack.enter_context(echo_pod(*key, ip, ECHO_PORT)) for key, ip in pod_ips.items()}
         b = Bed(tmp, cfg, None, stack, pods)
-        base_gateways = [d for d in docs if d["kind"] == "Gateway" and d["metadata"]["name"] != "same-namespace-with-https-listener"]
-        services = [b._gateway_service(d["metadata"]["name"], d) for d in base_gateways]
-        write(cfg / "base.yaml", "\n---\n".join([yaml.safe_dump_all(docs), *services]))
+        services = [b._gateway_service(d["metadata"]["name"], d) for d in docs if d["kind"] == "Gateway"]
+        # the Secrets the suite creates after the base manifests
+        ca = make_ca("gateway-api conformance")
+        b.tls = ssl.create_default_context(cadata=ca.cert.decode())
+        secrets = [tls_secret_yaml("certificate", WEB, make_cert(ca, ["*"])),
+                   tls_secret_yaml("tls-validity-checks-certificate", INFRA,
+                                   make_cert(ca, ["*", "*.org", "*.wildcard.org", "example.org", "second-example.org"]))]
+        write(cfg / "base.yaml", "\n---\n".join([yaml.safe_dump_all(docs), *services, *secrets]))
         write(cfg / "case.yaml", "")
         b.cp = stack.enter_context(meshd(cfg, tmp))
         yield b
@@ -399,6 +504,9 @@ def send(bed: Bed, case: Case, r: R) -> tuple[int, dict[str, str], bytes]:
     gw = r.gateway or case.gateway
     port = r.port or min(p for (g, p) in bed.ports if g == gw)
     conn = http.client.HTTPConnection("127.0.0.1", bed.ports[(gw, port)], timeout=5)
+    if r.sni is not None:
+        conn.sock = bed.tls.wrap_socket(socket.create_connection(("127.0.0.1", bed.ports[(gw, port)]), timeout=5),
+                                        server_hostname=r.sni)
     try:
         headers = dict(r.headers)
         conn.putrequest(r.method, r.path, skip_host=True, skip_accept_encoding=True)
@@ -457,13 +565,24 @@ def status_problems(bed: Bed, case: Case) -> list[str]:
     wanted = [(route if "/" in route else f"{INFRA}/{route}", cond, status, reason)
               for route in case.std for cond, status, reason in (("Accepted", "True", "Accepted"),
                                                                    ("ResolvedRefs", "True", "ResolvedRefs"))]
-    for route, cond, status, reason in [*wanted, *case.route_status]:
-        ns, name = route.split("/")
-        parents = bed.status("HTTPRoute", ns, name).get("parents", [])
-        conds = [c for p in parents for c in p.get("conditions", []) if c["type"] == cond]
-        if not any(c["status"] == status and c["reason"] == reason for c in conds):
-            out.append(f"HTTPRoute {route}: {cond} {[(c['status'], c['reason']) for c in conds]}, "
-                       f"want {status}/{reason}")
+    for route, cond, status, reason in [*wanted, *case.route_status, *case.conditions]:
+        kind, _, ref = route.rpartition(":")
+        kind = kind or "HTTPRoute"
+        if kind == "Gateway":
+            gw, _, listener = ref.partition("/")
+            st = bed.status("Gateway", INFRA, gw)
+            holders = [entry for entry in st.get("listeners", []) if entry["name"] == listener] if listener else [st]
+        else:
+            ns, name = ref.split("/")
+            holders = bed.status(kind, ns, name).get("parents", [])
+        conds = [c for h in holders for c in h.get("conditions", []) if c["type"] == cond]
+        if not any(c["status"] == status and (not reason or c["reason"] == reason) for c in conds):
+            out.append(f"{kind} {ref}: {cond} {[(c['status'], c['reason']) for c in conds]}, "
+                       f"want {status}/{reason or '*'}")
+    for gw in case.unattached:
+        got = [entry.get("attachedRoutes") for entry in bed.status("Gateway", INFRA, gw).get("listeners", [])]
+        if any(got):
+            out.append(f"Gateway {gw}: attachedRoutes {got}, want none")
     for gw, listener, n in case.listener_routes:
         listeners = bed.status("Gateway", INFRA, gw).get("listeners", [])
         got = [entry.get("attachedRoutes") for entry in listeners if entry["name"] == listener]
@@ -472,7 +591,8 @@ def status_problems(bed: Bed, case: Case) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.test)
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.test, marks=[pytest.mark.xfail(reason=c.xfail, strict=True)]
+                                               if c.xfail else []) for c in CASES])
 def test_conformance(bed: Bed, case: Case):
     bed.apply(case)
     wait_for(lambda: not status_problems(bed, case), 20, what=lambda: "; ".join(status_problems(bed, case)))

@@ -347,7 +347,9 @@ def _convert_gateway(gw: ConfigObject, services: Mapping[str, Service], credenti
         derived.append(_derived(kinds.GATEWAY, gw.namespace, name, gw_spec, annotations, str(gw.extra.get("creationTimestamp") or "")))
 
     any_valid = any(ln.usable for ln in listeners)
-    gw_conditions = [_ok("Accepted", "Accepted", "Resource accepted") if any_valid or not listeners else
+    gw_conditions = [_ok("Accepted", "Accepted", "Resource accepted") if all(ln.usable for ln in listeners) else
+                     # some listeners serve: accepted, with the reason the spec gives for the others
+                     Condition("Accepted", True, "ListenersNotValid", "some listeners are not valid") if any_valid else
                      Condition("Accepted", False, "ListenersNotValid", "no listener is valid")]
     if address_problem:
         gw_conditions = [Condition("Accepted", False, "UnsupportedAddress", address_problem),
