@@ -42,6 +42,8 @@ from .analyzers.serviceentry import (
 )
 from .analyzers.sidecar import EgressHostAnalyzer
 from .analyzers.sidecar import SelectorAnalyzer as SidecarSelectorAnalyzer
+from .analyzers.telemetry import DefaultSelectorAnalyzer as TelemetryDefaultSelectorAnalyzer
+from .analyzers.telemetry import SelectorAnalyzer as TelemetrySelectorAnalyzer
 from .analyzers.unsupported import UnsupportedKindAnalyzer
 from .analyzers.virtualservice import (
     ConflictingMeshGatewayHostsAnalyzer,
@@ -78,6 +80,8 @@ ANALYZERS = (
     SubsetSelectPodAnalyzer(),
     FieldAnalyzer(),
     EnvoyPatchAnalyzer(),
+    TelemetrySelectorAnalyzer(),
+    TelemetryDefaultSelectorAnalyzer(),
     UnsupportedKindAnalyzer(),
     GatewayAPIStatusAnalyzer(),
 )

@@ -45,6 +45,12 @@ CONFLICTING_SIDECAR_WORKLOAD_SELECTORS = _t(
 MULTIPLE_SIDECARS_WITHOUT_SELECTORS = _t(
     "MultipleSidecarsWithoutWorkloadSelectors", "IST0111", "Error",
     "The Sidecars %v in namespace %q have no workload selector, which can lead to undefined behavior.")
+CONFLICTING_TELEMETRY_WORKLOAD_SELECTORS = _t(
+    "ConflictingTelemetryWorkloadSelectors", "IST0159", "Error",
+    "The Telemetries %v in namespace %q select the same workload pod %q, which can lead to undefined behavior.")
+MULTIPLE_TELEMETRIES_WITHOUT_SELECTORS = _t(
+    "MultipleTelemetriesWithoutWorkloadSelectors", "IST0160", "Error",
+    "The Telemetries %v in namespace %q have no workload selector, which can lead to undefined behavior.")
 VS_DESTINATION_PORT_SELECTOR_REQUIRED = _t(
     "VirtualServiceDestinationPortSelectorRequired", "IST0112", "Error",
     "This VirtualService routes to a service %q that exposes multiple ports %v. Specifying a port in the "

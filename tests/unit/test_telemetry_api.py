@@ -180,3 +180,21 @@ spec:
     text = str(config)
     assert "envoy.tracers.zipkin" in text and "extension_filters.cel" in text and "open_telemetry" in text
     envoy_validate(config, tmp_path / "bootstrap.json")
+
+
+def test_analyzers_report_conflicting_and_unselective_telemetries(tmp_path):
+    from controlplane.analysis import analyze, load_paths
+    doc = """
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: %s, namespace: shop}
+spec: %s
+"""
+    pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: shop, labels: {app: web}}\nspec: {containers: [{name: a}]}\n"
+    (tmp_path / "t.yaml").write_text("---".join([pod, doc % ("a", "{}"), doc % ("b", "{}"),
+                                                 doc % ("w1", "{selector: {matchLabels: {app: web}}}"),
+                                                 doc % ("w2", "{selector: {matchLabels: {app: web}}}"),
+                                                 doc % ("none", "{selector: {matchLabels: {app: gone}}}")]))
+    codes = sorted((m.type.code, m.resource.name) for m in analyze(load_paths([str(tmp_path)])[0]) if m.resource
+                   and m.resource.kind == "Telemetry")
+    assert codes == [("IST0101", "none"), ("IST0159", "w1"), ("IST0159", "w2"), ("IST0160", "a"), ("IST0160", "b")]
