@@ -328,6 +328,18 @@ CASES: tuple[Case, ...] = (
     Case("HTTPRouteNamedRule", "httproute-named-rule.yaml", std=("http-named-rules",),
          requests=(R("/named", "any"), R("/unnamed", "any"))),
     Case("HTTPRouteWeight", "httproute-weight.yaml", std=("weighted-backends",), requests=(R("/", None),)),
+    Case("HTTPRouteCORS", "httproute-cors.yaml", std=("cors-multiple-origins-methods-headers", "cors-wildcard-methods"),
+         requests=(
+             *(R("/cors-1", None, method="OPTIONS", headers=H(Origin=origin, Access_Control_Request_Method="GET",
+                                                               Access_Control_Request_Headers="x-header-1, x-header-2"),
+                 resp_headers=H(Access_Control_Allow_Origin=origin, Access_Control_Max_Age="3600",
+                                Access_Control_Allow_Credentials="true"))
+               for origin in ("https://www.foo.com", "https://www.bar.com", "https://xpto.www.bar.com")),
+             R("/cors-1", headers=H(Origin="https://www.foo.com"),
+               resp_headers=H(Access_Control_Allow_Origin="https://www.foo.com")),
+             R("/cors-1", headers=H(Origin="https://foobar.com"), resp_absent=("Access-Control-Allow-Origin",)))),
+    Case("HTTPRouteRequestHeaderModifierBackendWeights", "httproute-request-header-modifier-backend-weights.yaml",
+         std=("request-header-modifier-backend-weights",), requests=(R("/", None),)),
     Case("HTTPRouteRequestMirror", "httproute-request-mirror.yaml", requests=(
         R("/mirror"), R("/mirror-and-modify-headers", headers=(*HEADER_EDITS_SENT,), up_headers=HEADER_EDITS_UP,
                         up_absent=("X-Header-Remove",)))),
@@ -407,6 +419,38 @@ CASES: tuple[Case, ...] = (
                        (f"Gateway:gateway-secret-reference-grant-{suffix}/https", "ResolvedRefs", "True", "")))
       for test, suffix in (("GatewaySecretReferenceGrantAllInNamespace", "all-in-namespace"),
                            ("GatewaySecretReferenceGrantSpecific", "specific"))),
+    Case("TCPRouteInvalidBackendRefNonexistent", "tcproute-invalid-backendref-nonexistent.yaml", conditions=(
+        (f"TCPRoute:{INFRA}/tcp-route-invalid-backend-ref-nonexistent", "ResolvedRefs", "False", "BackendNotFound"),)),
+    Case("TCPRouteInvalidCrossNamespaceBackendRef", "tcproute-invalid-cross-namespace-backend-ref.yaml", conditions=(
+        (f"TCPRoute:{INFRA}/tcp-invalid-cross-namespace-backend-ref", "Accepted", "True", "Accepted"),
+        (f"TCPRoute:{INFRA}/tcp-invalid-cross-namespace-backend-ref", "ResolvedRefs", "False", "RefNotPermitted"))),
+    Case("TCPRouteInvalidNonTCPListener", "tcproute-invalid-non-tcp-listener.yaml",
+         unattached=("tcp-mixed-protocol-gateway",),
+         conditions=((f"TCPRoute:{INFRA}/tcp-route", "Accepted", "False", "NotAllowedByListeners"),)),
+    Case("TLSRouteInvalidBackendRefNonexistent", "tlsroute-invalid-backendref-nonexistent.yaml", conditions=(
+        (f"TLSRoute:{INFRA}/invalid-backend-ref-nonexistent", "Accepted", "True", "Accepted"),
+        (f"TLSRoute:{INFRA}/invalid-backend-ref-nonexistent", "ResolvedRefs", "False", "BackendNotFound"))),
+    Case("TLSRouteInvalidBackendRefUnknownKind", "tlsroute-invalid-backendref-unknown-kind.yaml", conditions=(
+        (f"TLSRoute:{INFRA}/invalid-backend-ref-unknown-kind", "Accepted", "True", "Accepted"),
+        (f"TLSRoute:{INFRA}/invalid-backend-ref-unknown-kind", "ResolvedRefs", "False", "InvalidKind"))),
+    Case("TLSRouteInvalidNoMatchingListenerHostname", "tlsroute-invalid-no-matching-listener-hostname.yaml",
+         unattached=("gateway-tls-exact-hostname", "gateway-tls-wildcard-hostname"),
+         conditions=tuple((f"TLSRoute:{INFRA}/tlsroute-hostname-mismatch-{i}", "Accepted", "False",
+                           "NoMatchingListenerHostname") for i in (1, 2))),
+    Case("TLSRouteInvalidNoMatchingListener", "tlsroute-invalid-no-matching-listener.yaml", conditions=(
+        (f"TLSRoute:{INFRA}/tlsroute-not-allowed-protocol-http", "Accepted", "False", "NotAllowedByListeners"),
+        (f"TLSRoute:{INFRA}/tlsroute-not-allowed-protocol-https", "Accepted", "False", "NotAllowedByListeners"),
+        (f"TLSRoute:{INFRA}/tlsroute-no-matching-section-name", "Accepted", "False", "NoMatchingParent"))),
+    Case("TLSRouteListenerPassthroughSupportedKinds", "tlsroute-listener-passthrough-supported-kinds.yaml",
+         listener_routes=(("gateway-tlsroute-passthrough-supported-kind", "tls-passthrough", 0),),
+         conditions=(("Gateway:gateway-tlsroute-passthrough-supported-kind/tls-passthrough", "ResolvedRefs", "False",
+                      "InvalidRouteKinds"),)),
+    Case("TLSRouteListenerTerminateSupportedKinds", "tlsroute-listener-terminate-supported-kinds.yaml",
+         listener_routes=(("gateway-tlsroute-terminate-supported", "tls-terminate", 0),),
+         conditions=(("Gateway:gateway-tlsroute-terminate-supported/tls-terminate", "Accepted", "True", "Accepted"),)),
+    Case("TLSRouteInvalidReferenceGrant", "tlsroute-invalid-reference-grant.yaml", conditions=(
+        (f"TLSRoute:{INFRA}/gateway-conformance-infra-test", "Accepted", "True", "Accepted"),
+        (f"TLSRoute:{INFRA}/gateway-conformance-infra-test", "ResolvedRefs", "False", "RefNotPermitted"))),
     Case("GatewayInvalidParametersRef", "gateway-invalid-parameters-ref.yaml",
          xfail="spec.infrastructure.parametersRef is not read: the Gateway is Accepted instead of InvalidParameters",
          conditions=(("Gateway:gateway-invalid-parameters-ref", "Accepted", "False", "InvalidParameters"),)),
@@ -607,6 +651,8 @@ def test_conformance(bed: Bed, case: Case):
         weights(bed, case)
     if case.test == "HTTPRouteRequestMirror":
         mirrored(bed, case)
+    if case.test == "HTTPRouteRequestHeaderModifierBackendWeights":
+        backend_headers(bed, case)
 
 
 def weights(bed: Bed, case: Case) -> None:
@@ -629,3 +675,11 @@ def mirrored(bed: Bed, case: Case) -> None:
         tag = f"gateway-api-conformance-request-id={free_port()}-{path.strip('/')}"
         assert send(bed, case, R(f"{path}?{tag}"))[0] == 200
         wait_for(lambda tag=tag: v2.saw(tag) == 1, 10, what=f"{path} mirrored to infra-backend-v2")
+
+
+def backend_headers(bed: Bed, case: Case) -> None:
+    """100 requests: each reaches the backend whose own filter set its one `Backend` header."""
+    for _ in range(100):
+        seen = json.loads(send(bed, case, R("/"))[2])
+        values = seen["headers"].get("Backend", [])
+        assert len(values) == 1 and seen["pod"].startswith(values[0]), seen
