@@ -42,12 +42,6 @@ kind: WasmPlugin
 metadata: {name: lua, namespace: shop}
 spec: {url: "oci://example.com/plugin:1"}
 """
-TELEMETRY = """
-apiVersion: telemetry.istio.io/v1
-kind: Telemetry
-metadata: {name: mesh-default, namespace: istio-system}
-spec: {accessLogging: [{providers: [{name: envoy}]}]}
-"""
 WASM_PLUGIN = """
 apiVersion: extensions.istio.io/v1alpha1
 kind: WasmPlugin
@@ -112,7 +106,6 @@ def doc(text: str) -> dict:
 @pytest.mark.parametrize("text, key, security, says", [
     (PROXY_CONFIG, "ProxyConfig shop/external", False, "an Istio kind meshd does not serve"),
     (ENVOY_FILTER, "WasmPlugin shop/lua", False, "an Istio kind meshd does not serve"),
-    (TELEMETRY, "Telemetry istio-system/mesh-default", False, "an Istio kind meshd does not serve"),
     (WASM_PLUGIN, "WasmPlugin shop/default", False, "an Istio kind meshd does not serve"),
     (HTTP_ROUTE, "UDPRoute shop/bookinfo", False, "a Kubernetes Gateway API kind meshd does not serve"),
     (LISTENER_SET, "ListenerSet shop/extra", False, "a Kubernetes Gateway API kind meshd does not serve"),
@@ -168,12 +161,11 @@ def served(tmp_path: Path, files: dict[str, str]):
 
 def test_configz_and_metric_list_every_unsupported_object_until_its_file_goes(tmp_path):
     store, src, metrics, views, logs = served(tmp_path, {
-        "istio.yaml": PROXY_CONFIG + "---" + ENVOY_FILTER + "---" + TELEMETRY + "---" + WASM_PLUGIN,
+        "istio.yaml": PROXY_CONFIG + "---" + ENVOY_FILTER + "---" + WASM_PLUGIN,
         "route.yaml": HTTP_ROUTE, "security.yaml": UNKNOWN_SECURITY, "authz.yaml": AUTHZ, "quiet.yaml": QUIET,
     })
     listed = {u["object"]: u for u in views.configz()["unsupported"]}
-    assert set(listed) == {"ProxyConfig shop/external", "WasmPlugin shop/lua", "Telemetry istio-system/mesh-default",
-                           "WasmPlugin shop/default", "UDPRoute shop/bookinfo", "AuthorisationPolicy shop/deny-all"}
+    assert set(listed) == {"ProxyConfig shop/external", "WasmPlugin shop/lua", "WasmPlugin shop/default", "UDPRoute shop/bookinfo", "AuthorisationPolicy shop/deny-all"}
     route = listed["UDPRoute shop/bookinfo"]
     assert route["apiVersion"] == "gateway.networking.k8s.io/v1" and route["level"] == "Warning"
     assert route["origin"]["location"] == str(tmp_path / "route.yaml")
@@ -185,7 +177,6 @@ def test_configz_and_metric_list_every_unsupported_object_until_its_file_goes(tm
     assert gauge(metrics, "networking.istio.io", "ProxyConfig") == 1
     assert gauge(metrics, "gateway.networking.k8s.io", "UDPRoute") == 1
     assert gauge(metrics, "security.istio.io", "AuthorisationPolicy") == 1
-    assert gauge(metrics, "telemetry.istio.io", "Telemetry") == 1
 
     # One log event per object; a security kind at error level.
     events = {e["object"]: e for e in logs if e["event"] == "config unsupported"}
