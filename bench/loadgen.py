@@ -259,6 +259,12 @@ class SotwProxy:
         self.rds_names: list[str] = []
         self.pending_cds: tuple[str, str] | None = None  # CDS ACK held until EDS arrives (warming)
         self.synced: set[str] = set()
+        self.listening = False  # LDS asked for on this stream
+
+    def reconnected(self) -> None:
+        """A new stream: Envoy subscribes afresh (its nonces are gone, it asks for LDS again)."""
+        self.first, self.out, self.state, self.pending_cds, self.listening = True, [], {}, None, False
+        self.cluster_count, self.rds_names = -1, []
 
     def send(self, type_url: str, names=(), version: str = "", nonce: str = "") -> None:
         # An ACK repeats the name list (1,200 EDS names for a sidecar): serialize the list
@@ -328,7 +334,8 @@ class SotwProxy:
         version, nonce = self.pending_cds
         self.pending_cds = None
         self.send(CDS, (), version, nonce)
-        first = CDS not in self.rec.acked
+        first = not self.listening
+        self.listening = True
         self._acked(CDS, version, None)
         if first:
             self.send(LDS)
@@ -359,6 +366,12 @@ class DeltaProxy:
         self.rds: set[str] = set()
         self.listener_rds: dict[str, tuple[str, ...]] = {}
         self.synced: set[str] = set()
+        self.listening = False  # LDS subscribed on this stream
+
+    def reconnected(self) -> None:
+        """A new stream: subscribed afresh, holding nothing."""
+        self.first, self.out, self.listening = True, [], False
+        self.held, self.eds, self.cluster_eds, self.rds, self.listener_rds = {}, set(), {}, set(), {}
 
     def send(self, type_url: str, subscribe=(), unsubscribe=(), nonce: str = "") -> None:
         req = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, resource_names_subscribe=list(subscribe),
@@ -397,7 +410,8 @@ class DeltaProxy:
             if add or drop:
                 self.send(EDS, sorted(add), sorted(drop))
             self.send(CDS, nonce=resp.nonce)
-            first = CDS not in self.synced
+            first = not self.listening
+            self.listening = True
             self._acked(CDS, resp.system_version_info, None)
             if first:
                 self.send(LDS)
@@ -446,8 +460,7 @@ async def _fleet_main(specs: list[ProxySpec], address: str, transport: str, pipe
             except asyncio.CancelledError:
                 return
             await asyncio.sleep(1)  # reconnect, as Envoy does (with backoff)
-            proxy.first = True
-            proxy.out = []
+            proxy.reconnected()
 
     for i, spec in enumerate(specs):
         if credentials is not None:
