@@ -187,7 +187,8 @@ def test_status_shows_in_configz_and_meshd_analyze(samples):
     assert bookinfo["parentRef"]["name"] == "bookinfo-gateway"
     assert {c["type"]: c["status"] for c in bookinfo["conditions"]} == {"Accepted": "True", "ResolvedRefs": "True"}
     gateway = section()[("Gateway", "httpbin-gateway")]
-    assert {c["type"]: c["status"] for c in gateway["conditions"]} == {"Accepted": "True", "Programmed": "True"}
+    conditions = {c["type"]: c["status"] for c in gateway["conditions"]}
+    assert conditions["Accepted"] == conditions["Programmed"] == "True" and set(conditions.values()) == {"True"}
     # the README's INGRESS_HOST: `kubectl get gtw httpbin-gateway -o jsonpath='{.status.addresses[*].value}'`
     assert gateway["addresses"] == [{"type": "IPAddress", "value": gateway_vip("httpbin-gateway")}]
     assert gateway["listeners"][0]["attachedRoutes"] == 1
