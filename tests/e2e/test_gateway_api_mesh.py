@@ -27,13 +27,13 @@ import pytest
 import yaml
 
 from tests.support.manifests import documents
-from tests.support.paths import REPO
+from tests.support.paths import SHARED
 from tests.testbed.bed import python_for, wait_for
 from tests.testbed.mesh import MESHED, Mesh, PodSpec, pods_yaml, run_mesh
 
 pytestmark = pytest.mark.e2e
 
-CONFORMANCE = REPO.parent / "shared" / "corpus" / "gateway-api" / "conformance"
+CONFORMANCE = SHARED / "corpus" / "gateway-api" / "conformance"
 PRODUCER, CONSUMER = "gateway-conformance-mesh", "gateway-conformance-mesh-consumer"
 ECHO = Path(__file__).resolve().parent.parent / "testbed" / "echo_advanced.py"
 GRPC_ECHO = ECHO.with_name("grpc_echo.py")
