@@ -48,6 +48,7 @@ from .inputs import (
     JWKS,
     MESH_CONFIG,
     MESH_VERSION,
+    OTHER,
     PEER_AUTHENTICATION,
     PROXY_LOCALITY,
     REQUEST_AUTHENTICATION,
@@ -111,6 +112,10 @@ READS: dict[str, tuple[str, ...] | By] = {
     "hidden_services": (SERVICE,),
     "proxy_locality": (PROXY_LOCALITY,),
     "gateways": (GATEWAY,),
+    # The Gateway API converted (model/gateway_api/): its kinds count as OTHER (inputs.py);
+    # the Gateways and VirtualServices it derives are read through `gateways` and
+    # `virtual_services` (router parts declare OTHER; sidecar scopes name their content).
+    "gateway_api": (OTHER,),
     "gateways_for": (GATEWAY,),
     # The servers of the Gateways selecting a proxy, on the ports its Service maps them to
     # (a named targetPort resolved through the gateway pods' endpoints).
