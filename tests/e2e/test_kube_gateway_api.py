@@ -2,7 +2,8 @@
 Gateway API's standard-channel CRDs installed): `meshd serve --kubeconfig`, the leader,
 writes the conditions the spec defines, and `kubectl get -o yaml` would show them:
 
-- accepted: GatewayClass `istio` Accepted; Gateway Accepted and Programmed, its listener
+- accepted: GatewayClass `istio` Accepted; Gateway Accepted (reason ListenersNotValid: some
+  listeners below are not) and Programmed, its listener
   Accepted/ResolvedRefs/Programmed with attachedRoutes counting the routes attached and
   supportedKinds; the HTTPRoute's parent (controllerName istio.io/gateway-controller)
   Accepted and ResolvedRefs; every condition with the object's observedGeneration;
@@ -102,7 +103,8 @@ def test_gateway_api_status_accepted_unresolved_and_conflicting(cluster, tmp_pat
         assert conditions(parent("ok"))["ResolvedRefs"] == ("True", "ResolvedRefs")
         assert parent("ok")["parentRef"]["name"] == "gw"
         gw = status("gateways", "gw")
-        assert conditions(gw)["Accepted"] == ("True", "Accepted") and conditions(gw)["Programmed"][0] == "True", gw
+        # accepted, saying that some listeners (the conflicting and the unresolved ones below) are not valid
+        assert conditions(gw)["Accepted"] == ("True", "ListenersNotValid") and conditions(gw)["Programmed"][0] == "True", gw
         generation = custom.get_namespaced_custom_object(*GW, ns, "gateways", "gw")["metadata"]["generation"]
         assert {cond["observedGeneration"] for cond in gw["conditions"]} == {generation}
         listeners = {ln["name"]: ln for ln in gw["listeners"]}
