@@ -50,7 +50,7 @@ from ..model.hosts import covers
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
 from ..model.services import Service, ServicePort, labels_match
-from ..model.sidecar_scope import SidecarScope
+from ..model.sidecar_scope import EgressScope, SidecarScope
 from . import filter_chains, filters, tls
 from .http_routes import RouteContext, destination_cluster
 from .virtual_services import MESH_GATEWAY, virtual_service_hosts
@@ -121,6 +121,7 @@ class _Entry:
     port: int
     kind: str
     chains: list[_Chain]
+    bind_to_port: bool = False  # a captureMode NONE egress listener: dialled, not captured
 
     def merge(self, incoming: list[_Chain]) -> None:
         """Add chains whose match differs from every existing one (istiod's
@@ -136,7 +137,10 @@ def outbound_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Li
     entries: dict[tuple[str, int], _Entry] = {}
     scope = mesh.sidecar_scope(proxy)
     vss = list(scope.virtual_services)
-    for svc in services_by_age(mesh, proxy):
+    for e in scope.egress:
+        if e.bind:
+            _egress_listener(entries, mesh, proxy, e, vss)
+    for svc in sorted(scope.captured.values(), key=service_age):
         for sp in svc.ports:
             proto = protocol.of_service_port(sp)
             if proto == protocol.UDP:
@@ -149,6 +153,24 @@ def outbound_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Li
                                                    _tcp_chain(mesh, proxy, svc, sp, vss, bind)])
     fallback = fallback_cluster(scope)
     return [_listener(entries[k], fallback) for k in sorted(entries, key=lambda k: (k[1], k[0]))]
+
+
+def _egress_listener(entries: dict[tuple[str, int], _Entry], mesh: MeshSnapshot, proxy: Proxy, e: EgressScope,
+                     vss: list[ConfigObject]) -> None:
+    """A Sidecar egress listener with an address (`bind`, or 127.0.0.1 under captureMode
+    NONE): one listener `<bind>_<port>` of the listener's protocol for its services on its
+    port, bound for real under captureMode NONE (istiod's buildSidecarOutboundListeners)."""
+    proto = protocol.parse(e.listener.port.protocol if e.listener.port is not None else "")
+    if proto == protocol.UDP:
+        return
+    if protocol.is_http(proto):
+        _add(entries, e.bind, e.port, HTTP, [_http_chain(e.port, proto, e.bind)], e.bind_to_port)
+        return
+    for svc in sorted(e.services, key=service_age):
+        sp = svc.port(e.port)
+        if sp is not None:
+            _add(entries, e.bind, e.port, TCP, [*_tls_route_chains(mesh, proxy, svc, sp, vss, e.bind),
+                                                 _tcp_chain(mesh, proxy, svc, sp, vss, e.bind)], e.bind_to_port)
 
 
 def _tcp_binds(mesh: MeshSnapshot, proxy: Proxy, svc: Service, sp: ServicePort) -> list[str]:
@@ -179,7 +201,8 @@ def service_entry_binds(svc: Service) -> list[str]:
     return sorted(set(out)) or [WILDCARD]
 
 
-def _add(entries: dict[tuple[str, int], _Entry], bind: str, port: int, kind: str, chains: list[_Chain]) -> None:
+def _add(entries: dict[tuple[str, int], _Entry], bind: str, port: int, kind: str, chains: list[_Chain],
+         bind_to_port: bool = False) -> None:
     if "/" in bind:
         # A CIDR: the wildcard listener, its chains matching the range (istiod).
         net = ipaddress.ip_network(bind, strict=False)
@@ -192,7 +215,7 @@ def _add(entries: dict[tuple[str, int], _Entry], bind: str, port: int, kind: str
     key = (bind, port)
     cur = entries.get(key)
     if cur is None:
-        entries[key] = _Entry(bind, port, kind, chains)
+        entries[key] = _Entry(bind, port, kind, chains, bind_to_port)
         return
     if kind == HTTP and cur.kind in (HTTP, MIXED):
         return  # one HTTP chain per port serves every host (virtual hosts come over RDS)
@@ -201,9 +224,9 @@ def _add(entries: dict[tuple[str, int], _Entry], bind: str, port: int, kind: str
         cur.kind = MIXED  # HTTP and TCP on one port: told apart by the http_inspector
 
 
-def _http_chain(port: int, proto: str) -> _Chain:
+def _http_chain(port: int, proto: str, bind: str = WILDCARD) -> _Chain:
     hcm = filters.sidecar_http_connection_manager(
-        f"outbound_{WILDCARD}_{port}", proto, inbound=False, rds=str(port)
+        f"outbound_{bind}_{port}", proto, inbound=False, rds=str(port)
     )
     match = lc.FilterChainMatch(
         transport_protocol=tls.RAW_BUFFER_TRANSPORT, application_protocols=list(tls.ALPN_PLAINTEXT_HTTP)
@@ -330,8 +353,9 @@ def _listener(e: _Entry, fallback: str = names.PASSTHROUGH_CLUSTER) -> listener_
         name=f"{e.bind}_{e.port}",
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=e.bind, port_value=e.port)),
         traffic_direction=base_pb2.OUTBOUND,
-        # Reached through virtualOutbound's use_original_dst, never on a port of its own.
-        bind_to_port=wrappers_pb2.BoolValue(value=False),
+        # Reached through virtualOutbound's use_original_dst, unless the application
+        # dials it (a captureMode NONE egress listener).
+        bind_to_port=wrappers_pb2.BoolValue(value=e.bind_to_port),
     )
     default: lc.FilterChain | None = None
     for c in e.chains:

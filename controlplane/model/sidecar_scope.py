@@ -56,6 +56,8 @@ SIDECAR_KIND = "Sidecar"
 DEFAULT_SIDECAR = "default-sidecar"  # istiod's name of the scope without a Sidecar
 MESH_GATEWAY = "mesh"
 HTTP_PROXY = "HTTP_PROXY"
+CAPTURE_NONE = "NONE"
+LOCALHOST = "127.0.0.1"  # istiod's bind of a captureMode NONE egress listener without one
 _CATCH_ALL = EgressListener(hosts=("*/*",))
 
 
@@ -92,6 +94,18 @@ class EgressScope:
     def catch_all(self) -> bool:
         return self.listener.port is None
 
+    @property
+    def bind_to_port(self) -> bool:
+        """`captureMode: NONE`: no iptables; the application dials the listener, which
+        binds its port for real (istiod's bindToPort)."""
+        return self.listener.capture_mode == CAPTURE_NONE
+
+    @property
+    def bind(self) -> str:
+        """The address of this listener's own outbound listener ("": none, its services
+        get theirs as without a Sidecar): `bind`, else 127.0.0.1 under captureMode NONE."""
+        return self.listener.bind or (LOCALHOST if self.bind_to_port else "")
+
 
 @dataclass(frozen=True)
 class SidecarScope:
@@ -103,6 +117,9 @@ class SidecarScope:
     outbound_mode: str = ALLOW_ANY  # ALLOW_ANY | REGISTRY_ONLY
     egress_proxy: Destination | None = None
     digest: str = field(default="", compare=False)
+    # The services of the listeners without an address of their own (EgressScope.bind):
+    # they get the usual outbound listeners; the others' come on their listener's address.
+    captured: Mapping[str, Service] = field(default_factory=dict, compare=False)
 
     @property
     def name(self) -> str:
@@ -324,7 +341,8 @@ def build_scope(mesh: MeshSnapshot, namespace: str, sidecar: ConfigObject | None
     policy = spec.outbound_traffic_policy if spec is not None else None
     mode = policy.mode if policy is not None else mesh.mesh_config.outbound_traffic_policy
     proxy = policy.egress_proxy if policy is not None and mode == ALLOW_ANY else None
-    scope = SidecarScope(namespace, sidecar, egress, services, tuple(vss), mode, proxy)
+    captured = services if all(not e.bind for e in egress) else _union(e for e in egress if not e.bind)
+    scope = SidecarScope(namespace, sidecar, egress, services, tuple(vss), mode, proxy, captured=captured)
     return replace(scope, digest=_digest(mesh, scope))
 
 

@@ -94,10 +94,9 @@ def test_what_istio_rejects_is_rejected_naming_the_field(spec, field, reason):
 
 
 NOT_SERVED = [
-    ({"egress": [{"hosts": ["./*"], "port": {"number": 9080, "protocol": "HTTP"}, "bind": "127.0.0.1"}]},
-     "spec.egress[0].bind"),
-    ({"egress": [{"hosts": ["./*"], "port": {"number": 9080, "protocol": "HTTP"}, "captureMode": "NONE"}]},
-     "spec.egress[0].captureMode"),
+    ({"egress": [{"hosts": ["./*"], "bind": "127.0.0.1"}]}, "spec.egress[0].bind"),  # the catch-all
+    ({"ingress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "http"}, "bind": "127.0.0.1"}]},
+     "spec.ingress[0].bind"),
     ({"ingress": [{"port": {"number": 9443, "protocol": "HTTPS", "name": "https"}, "defaultEndpoint": "127.0.0.1:8443",
                    "tls": {"mode": "SIMPLE", "serverCertificate": "/etc/c.pem", "privateKey": "/etc/k.pem"}}]},
      "spec.ingress[0].tls"),

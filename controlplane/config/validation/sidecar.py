@@ -2,9 +2,9 @@
 
 Istio's warnings (duplicated egress hosts, `*/*` beside other hosts, a selector without
 labels) do not reject a Sidecar there and do not here either; everything Istio rejects is
-rejected, with its wording. What Istio accepts but meshd does not serve (listeners bound
-to an address or a Unix socket, `captureMode: NONE`, ingress TLS, connection pools) is
-rejected too, naming the field: served without it, the Sidecar would not do what it says
+rejected, with its wording. What Istio accepts but meshd does not serve (ingress listeners bound
+to an address or with `captureMode: NONE`, egress ones on a Unix socket, the catch-all or
+HTTP_PROXY, ingress TLS, connection pools) is rejected too, naming the field: served without it, the Sidecar would not do what it says
 (docs/sidecar-scope.md)."""
 from __future__ import annotations
 
@@ -102,6 +102,8 @@ def _unserved(spec: dict, errs: list[FieldError]) -> None:
     for side in ("egress", "ingress"):
         for i, listener in enumerate(get(spec, side, [])):
             path = index(f"spec.{side}", i)
+            if side == "egress" and _served_address(listener):
+                continue
             if get(listener, "bind"):
                 errs.append(invalid(child(path, "bind"), listener["bind"], _NOT_SERVED))
             if get(listener, "captureMode") == "NONE":
@@ -112,6 +114,14 @@ def _unserved(spec: dict, errs: list[FieldError]) -> None:
                         errs.append(FieldError(child(path, fld), _NOT_SERVED))
                 if str(get(listener, "defaultEndpoint", "")).startswith(UNIX_PREFIX):
                     errs.append(invalid(child(path, "defaultEndpoint"), listener["defaultEndpoint"], _NOT_SERVED))
+
+
+def _served_address(listener: Any) -> bool:
+    """An egress listener's `bind` and `captureMode: NONE` are served on an IP port of
+    any protocol but HTTP_PROXY; not on a Unix domain socket or the catch-all."""
+    port = get(listener, "port")
+    return (port is not None and get(port, "number", 0) > 0
+            and str(get(port, "protocol", "")).upper() != "HTTP_PROXY")
 
 
 def egress_host_error(host: str) -> str | None:
