@@ -13,7 +13,10 @@ server on another Host, or on a TCP port no listener claims):
   `other`: `meshd proxy-config cluster` lists no cluster of `ratings`, and a request to
   it is refused (502) while `reviews` answers; removing the Sidecar brings both back;
 - a VirtualService of `other` for `ratings` (a fault abort 418) exported to `.` only is
-  not applied to the client in `shop`; exported to `*`, it is.
+  not applied to the client in `shop`; exported to `*`, it is;
+- a Sidecar whose egress listener on 9080 has `captureMode: NONE` makes the client's
+  sidecar listen on 127.0.0.1:9080 (refused before), where the application reaches
+  `ratings` by Host; removing the Sidecar closes that port again.
 Every Envoy rejects nothing.
 """
 from __future__ import annotations
@@ -250,3 +253,41 @@ def test_export_to_hides_a_virtual_service_from_other_namespaces(bed):
     finally:
         bed.apply("ratings-vs", None)
     bed.expect("ratings without the VirtualService", lambda: bed.service("ratings") == 200)
+
+
+# captureMode NONE: the application dials the sidecar itself on 127.0.0.1 (loopback is never
+# intercepted), the listener binds that port for real and routes by Host as usual.
+DIAL_LOCALHOST = textwrap.dedent(f"""
+    apiVersion: networking.istio.io/v1
+    kind: Sidecar
+    metadata: {{name: default, namespace: {NS}}}
+    spec:
+      egress:
+      - port: {{number: {PORT}, protocol: HTTP, name: http}}
+        captureMode: NONE
+        hosts: ["{OTHER}/ratings.{OTHER}.svc.cluster.local"]
+      - hosts: ["istio-system/*"]
+    """)
+
+
+def _local(bed) -> tuple[int, str]:
+    try:
+        status, headers, _ = bed.pods["client"].http_get("127.0.0.1", PORT,
+                                                         headers={"Host": f"ratings.{OTHER}.svc.cluster.local"})
+    except OSError:
+        return 0, ""
+    return status, headers.get("x-echo-pod", "")
+
+
+def test_capture_none_lets_the_application_dial_its_sidecar_on_localhost(bed):
+    assert _local(bed) == (0, "")  # nothing listens on the client's 127.0.0.1:9080
+    bed.apply("sidecar", DIAL_LOCALHOST)
+    try:
+        bed.expect("ratings through 127.0.0.1:9080", lambda: _local(bed) == (200, "ratings"))
+        listeners = {lis["active_state"]["listener"]["name"]: lis["active_state"]["listener"]
+                     for lis in bed.envoy.config_dump("dynamic_listeners")["configs"] if "active_state" in lis}
+        assert listeners[f"127.0.0.1_{PORT}"].get("bind_to_port") is True
+    finally:
+        bed.apply("sidecar", None)
+    bed.expect("the bound listener gone", lambda: _local(bed) == (0, ""))
+    bed.expect("reviews through its VIP again", lambda: bed.service("reviews") == 200)
