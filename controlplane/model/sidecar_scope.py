@@ -21,7 +21,9 @@ wildcard (`*.example.com`) or a host. A listener with a port (but HTTP_PROXY) ke
 that port of each service. It also imports the VirtualServices (bound to `mesh`, visible
 to the namespace) one of whose hosts matches an imported host of the VirtualService's
 namespace (or of `*`), and the services those VirtualServices route to. The scope's
-services (CDS) are the union over listeners; its VirtualServices too.
+services (CDS) are the union over listeners; its VirtualServices too. A listener with an
+address (`bind`, or 127.0.0.1 under `captureMode: NONE`) gets an outbound listener of its
+own there; `captured` holds the services of the others (generators/sidecar_outbound.py).
 
 `outboundTrafficPolicy` (the Sidecar's, else the mesh config's): ALLOW_ANY passes
 traffic to unknown hosts through (PassthroughCluster), REGISTRY_ONLY sends it to
