@@ -45,6 +45,7 @@ from .model.request_authentication import KIND as REQUEST_AUTHENTICATION
 from .ports import ServePort, StartupError, bind_error, check_free
 from .security.plane import DEFAULT_KEY_TYPE, SecurityOptions, SecurityPlane
 from .security.policy_report import PolicyReport
+from .telemetry.problem_report import TelemetryReport
 from .server.grpc_server import address, server_options, start_secure_xds_server, start_xds_server
 from .server.host import AdsOptions, AdsServer
 from .server.metrics import Metrics
@@ -414,6 +415,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     key_sets = JwksSource(refresh_interval=opts.jwks_refresh_interval, registry=metrics.registry)
     debug_routes["/debug/jwksz"] = _json_view(key_sets.status)
     policy_report = PolicyReport(metrics.registry)
+    telemetry_report = TelemetryReport(metrics.registry)
     registry = _workload_registry(opts, store, member, metrics)  # WorkloadGroup auto-registration (docs/vm.md)
     ads.registrations = registry
     # Envoy's metrics service on the secure port, its Istio metrics, and /ui/ (docs/ui.md).
@@ -425,7 +427,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                                                    "policyProblems": policy_report.status,
                                                    "autoRegistration": registry.status,
                                                    "gatewayAPI": lambda: gateway_api_section(ads.mesh),
-                                                   "envoyFilterProblems": generator.envoy_filter_problems},
+                                                   "envoyFilterProblems": generator.envoy_filter_problems,
+                                                   "telemetryProblems": telemetry_report.status},
                                  # /debug checks tokens synchronously: not with TokenReview (it awaits I/O)
                                  authenticators=[a for a in authenticators or () if not getattr(a, "awaits_io", False)],
                                  root_namespace=opts.root_namespace)
@@ -434,6 +437,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     builder.mesh_config, builder.key_sets = mesh_source.current, key_sets
     mesh_source.on_change, key_sets.on_change = builder.set_mesh_config, builder.set_jwks
     builder.observers.append(policy_report.update)
+    builder.observers.append(telemetry_report.update)
     if member is not None:  # the Gateway API's status, written by the leader (kube/status.py)
         writer = member.status
         builder.observers.append(lambda mesh: writer.gateway_api_status(gateway_api_status(mesh.gateway_api)))

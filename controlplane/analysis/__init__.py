@@ -43,6 +43,7 @@ from .analyzers.serviceentry import (
 from .analyzers.sidecar import EgressHostAnalyzer
 from .analyzers.sidecar import SelectorAnalyzer as SidecarSelectorAnalyzer
 from .analyzers.telemetry import DefaultSelectorAnalyzer as TelemetryDefaultSelectorAnalyzer
+from .analyzers.telemetry import NotServedAnalyzer as TelemetryNotServedAnalyzer
 from .analyzers.telemetry import SelectorAnalyzer as TelemetrySelectorAnalyzer
 from .analyzers.unsupported import UnsupportedKindAnalyzer
 from .analyzers.virtualservice import (
@@ -82,6 +83,7 @@ ANALYZERS = (
     EnvoyPatchAnalyzer(),
     TelemetrySelectorAnalyzer(),
     TelemetryDefaultSelectorAnalyzer(),
+    TelemetryNotServedAnalyzer(),
     UnsupportedKindAnalyzer(),
     GatewayAPIStatusAnalyzer(),
 )

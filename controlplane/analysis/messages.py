@@ -116,6 +116,8 @@ SERVICE_HOST_CONFLICT = _t("ServiceEntryHostNotServed", "MSH0005", "Warning",
 SIDECAR_EGRESS_HOST_NOT_FOUND = _t("SidecarEgressHostNotFound", "MSH0006", "Warning",
                                    "Egress host %q selects no Service, ServiceEntry or VirtualService visible to "
                                    "namespace %q")
+# meshd's own Telemetry check (analyzers/telemetry.py): a setting meshd accepts but does not serve.
+TELEMETRY_NOT_SERVED = _t("TelemetryNotServed", "MSH0007", "Warning", "%s")
 
 # meshd's own (docs/unsupported.md): an object of a kind meshd does not serve has no
 # effect; an error when it is a security kind (its access control is not enforced).

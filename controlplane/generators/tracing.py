@@ -41,11 +41,15 @@ ZIPKIN_ENDPOINT = "/api/v2/spans"
 log = structlog.get_logger(__name__)
 
 
+def mesh_telemetries(mesh: MeshSnapshot) -> list[NamedTelemetry]:
+    """The snapshot's valid Telemetry objects."""
+    return [NamedTelemetry(o.namespace, o.name, o.typed, o.generation) for o in mesh.config.of_kind(TELEMETRY.kind)
+            if o.typed is not None]
+
+
 def proxy_telemetry(mesh: MeshSnapshot, proxy: Proxy) -> ProxyTelemetry:
     """The Telemetry settings of `proxy`."""
-    objs = [NamedTelemetry(o.namespace, o.name, o.typed, o.generation) for o in mesh.config.of_kind(TELEMETRY.kind)
-            if o.typed is not None]
-    return resolve(objs, mesh.root_namespace, proxy.namespace, proxy.labels,
+    return resolve(mesh_telemetries(mesh), mesh.root_namespace, proxy.namespace, proxy.labels,
                    dict(mesh.mesh_config.default_providers))
 
 

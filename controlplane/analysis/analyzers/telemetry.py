@@ -6,6 +6,11 @@ undefined (meshd takes the first by name, istiod the oldest).
 """
 from __future__ import annotations
 
+import re
+
+from ...config.types.telemetry import telemetry
+from ...generators.telemetry_problems import problems
+from ...model.telemetry import NamedTelemetry
 from .. import messages as msg
 from ..context import TELEMETRY, Context
 from ..resources import Resource
@@ -66,3 +71,25 @@ class DefaultSelectorAnalyzer:
                 names = [t.name for t in telemetries]
                 for t in telemetries:
                     ctx.report(msg.new(msg.MULTIPLE_TELEMETRIES_WITHOUT_SELECTORS, t, names, ns))
+
+
+def _path(field: str) -> tuple[str | int, ...]:
+    """`spec.tracing[0].providers[1]` -> ("spec", "tracing", 0, "providers", 1)."""
+    return tuple(int(p) if p.isdigit() else p for p in re.findall(r"[A-Za-z]+|\d+", field))
+
+
+class NotServedAnalyzer:
+    """MSH0007 for every Telemetry setting meshd accepts but does not serve (metrics,
+    targetRefs, a provider it cannot build under the mesh config, useRequestIdForTraceSampling:
+    false): the rows of /debug/configz `telemetryProblems`."""
+
+    name = "telemetry.NotServedAnalyzer"
+    description = "Reports Telemetry settings meshd accepts but does not serve"
+
+    def analyze(self, ctx: Context) -> None:
+        resources = {(r.namespace, r.name): r for r in ctx.for_each(TELEMETRY)}
+        named = [NamedTelemetry(ns, name, telemetry(r.spec)) for (ns, name), r in resources.items()
+                 if isinstance(r.spec, dict)]
+        for p in problems(named, ctx.mesh_config):
+            r = resources[(p.namespace, p.name)]
+            ctx.report(msg.new(msg.TELEMETRY_NOT_SERVED, r, p.message(), line=r.line_of(*_path(p.field))))

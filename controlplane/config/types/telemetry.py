@@ -40,6 +40,7 @@ class Tracing:
     random_sampling_percentage: float | None = None  # None: inherit
     disable_span_reporting: bool | None = None  # None: inherit
     custom_tags: Mapping[str, CustomTag] = field(default_factory=dict)
+    use_request_id_for_trace_sampling: bool | None = None  # None: Istio's default, true
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,7 @@ def _tracing(raw: Mapping[str, Any]) -> Tracing:
         random_sampling_percentage=float(pct) if isinstance(pct, (int, float)) and not isinstance(pct, bool) else None,
         disable_span_reporting=_optional_bool(raw.get("disableSpanReporting")),
         custom_tags={str(k): _custom_tag(mapping(v)) for k, v in mapping(raw.get("customTags")).items()},
+        use_request_id_for_trace_sampling=_optional_bool(raw.get("useRequestIdForTraceSampling")),
     )
 
 

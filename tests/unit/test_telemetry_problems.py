@@ -1,0 +1,118 @@
+"""Telemetry settings meshd accepts but does not serve are reported, never silently ignored:
+the pure list of problems (object, field, reason), one log event per problem when it
+appears, /debug/configz `telemetryProblems`, the gauge `meshd_telemetry_problems{reason}`
+and `meshd analyze` (MSH0007)."""
+from __future__ import annotations
+
+import json
+
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from controlplane.config.types.telemetry import telemetry
+from controlplane.config.validation.telemetry import validate_telemetry
+from controlplane.generators.telemetry_problems import (METRICS_NOT_APPLIED, PROVIDER_NOT_SERVED,
+                                                        REQUEST_ID_SAMPLING_NOT_SERVED, TARGET_REFS_NOT_SERVED,
+                                                        UNKNOWN_PROVIDER, problems)
+from controlplane.model.meshconfig import parse_mesh_config
+from controlplane.model.telemetry import NamedTelemetry
+from controlplane.telemetry.problem_report import TelemetryReport
+from tests.support.configs import build_mesh, snapshot_from_yaml
+
+MESH = parse_mesh_config({"extensionProviders": [
+    {"name": "zipkin", "zipkin": {"service": "zipkin.istio-system.svc.cluster.local", "port": 9411}},
+    {"name": "dd", "datadog": {"service": "dd.istio-system.svc.cluster.local", "port": 8126}},
+    {"name": "otel-noport", "envoyOtelAls": {"service": "otel.istio-system.svc.cluster.local"}},
+]})
+
+
+def _problems(spec: dict, mc=MESH) -> list[tuple[str, str]]:
+    assert validate_telemetry(spec) == []
+    return [(p.field, p.reason) for p in problems([NamedTelemetry("shop", "t", telemetry(spec))], mc)]
+
+
+def test_a_telemetry_meshd_serves_in_full_has_no_problem():
+    assert _problems({"accessLogging": [{"providers": [{"name": "envoy"}]}],
+                      "tracing": [{"providers": [{"name": "zipkin"}], "useRequestIdForTraceSampling": True}]}) == []
+
+
+def test_each_setting_meshd_does_not_serve_is_listed_with_its_field_and_reason():
+    assert _problems({"metrics": [{"overrides": [{"disabled": True}]}]}) == [("spec.metrics[0]", METRICS_NOT_APPLIED)]
+    assert _problems({"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"}]}) == [
+        ("spec.targetRefs[0]", TARGET_REFS_NOT_SERVED)]
+    assert _problems({"accessLogging": [{"providers": [{"name": "envoy"}, {"name": "nope"}, {"name": "otel-noport"},
+                                                       {"name": "zipkin"}]}]}) == [
+        ("spec.accessLogging[0].providers[1]", UNKNOWN_PROVIDER),
+        ("spec.accessLogging[0].providers[2]", PROVIDER_NOT_SERVED),  # no port
+        ("spec.accessLogging[0].providers[3]", PROVIDER_NOT_SERVED)]  # a tracing kind
+    assert _problems({"tracing": [{"providers": [{"name": "dd"}], "useRequestIdForTraceSampling": False}]}) == [
+        ("spec.tracing[0].providers[0]", PROVIDER_NOT_SERVED),
+        ("spec.tracing[0].useRequestIdForTraceSampling", REQUEST_ID_SAMPLING_NOT_SERVED)]
+    # `envoy` is built in for logs, not a tracer
+    assert _problems({"tracing": [{"providers": [{"name": "envoy"}]}]}) == [
+        ("spec.tracing[0].providers[0]", UNKNOWN_PROVIDER)]
+
+
+TELEMETRY = """
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing: [{providers: [{name: zipkin}]}]
+  metrics: [{overrides: [{match: {metric: REQUEST_COUNT}, disabled: true}]}]
+"""
+
+
+def _gauge(registry: CollectorRegistry, reason: str) -> float:
+    return registry.get_sample_value("meshd_telemetry_problems", {"reason": reason})
+
+
+def test_report_logs_each_problem_once_and_follows_the_mesh_config():
+    registry = CollectorRegistry()
+    report = TelemetryReport(registry)
+    snap = snapshot_from_yaml(TELEMETRY)
+    with capture_logs() as logs:
+        report.update(build_mesh(snap))  # no extensionProviders: zipkin is unknown
+        report.update(build_mesh(snap))  # same input: no second event
+    events = [e for e in logs if e["event"] == "telemetry not served as written"]
+    assert sorted((e["object"], e["field"], e["reason"]) for e in events) == [
+        ("istio-system/mesh-default", "spec.metrics[0]", METRICS_NOT_APPLIED),
+        ("istio-system/mesh-default", "spec.tracing[0].providers[0]", UNKNOWN_PROVIDER)]
+    assert _gauge(registry, UNKNOWN_PROVIDER) == 1 and _gauge(registry, METRICS_NOT_APPLIED) == 1
+    assert _gauge(registry, TARGET_REFS_NOT_SERVED) == 0
+    # the provider added to the mesh config: only the metrics are left, and nothing new is logged
+    with capture_logs() as logs:
+        report.update(build_mesh(snap, mesh_config=MESH))
+    assert [e for e in logs if e["event"] == "telemetry not served as written"] == []
+    assert [(r["name"], r["field"], r["reason"]) for r in report.status()] == [
+        ("mesh-default", "spec.metrics[0]", METRICS_NOT_APPLIED)]
+    assert _gauge(registry, UNKNOWN_PROVIDER) == 0
+
+
+def test_analyze_warns_with_msh0007_at_the_field(tmp_path):
+    from controlplane.analysis import analyze, load_paths
+    (tmp_path / "t.yaml").write_text(TELEMETRY)
+    found = [m for m in analyze(load_paths([str(tmp_path)])[0], mesh_config=MESH) if m.type.code == "MSH0007"]
+    assert [(m.type.level, m.resource.name) for m in found] == [("Warning", "mesh-default")]
+    assert "spec.metrics[0]: metrics are not applied" in str(found[0])
+    assert found[0].line == 7  # the metrics entry
+
+
+def test_a_running_meshd_reports_the_telemetry_in_configz_metrics_and_log(tmp_path):
+    from tests.support.harness import http_get, meshd, wait_for
+
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "telemetry.yaml").write_text(TELEMETRY)
+    with meshd(config, tmp_path) as m:
+        def section():
+            return json.loads(http_get("127.0.0.1", m.monitoring_port, "/debug/configz")[1]).get("telemetryProblems")
+
+        wait_for(lambda: section(), 10, what="telemetryProblems in /debug/configz")
+        assert sorted((r["namespace"], r["name"], r["field"]) for r in section()) == [
+            ("istio-system", "mesh-default", "spec.metrics[0]"),
+            ("istio-system", "mesh-default", "spec.tracing[0].providers[0]")]
+        assert f'meshd_telemetry_problems{{reason="{METRICS_NOT_APPLIED}"}} 1.0' in m.metrics()
+        assert "telemetry not served as written" in m.log()
+        (config / "telemetry.yaml").unlink()
+        wait_for(lambda: section() == [], 10, what="the problems cleared once the Telemetry is gone")
