@@ -2,7 +2,8 @@
 field, so none is silently ignored (docs/telemetry.md, "What meshd does not serve"):
 
 - `metrics`: every override acts on Istio's stats filter, which upstream Envoy lacks;
-- `targetRef(s)`: meshd selects workloads by `selector` only, so the object applies to no proxy;
+- a `targetRef(s)` entry other than a Kubernetes Gateway of the Telemetry's namespace (a
+  Service, ServiceEntry or GatewayClass binds only waypoints in istiod): it selects no proxy;
 - a provider meshd cannot build for access logs or tracing (not in the mesh config's
   extensionProviders, another kind, no service/port): the generators leave it out;
 - `useRequestIdForTraceSampling: false`: Envoy keeps using the request id for sampling.
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from ..model.mesh import MeshSnapshot
 from ..model.meshconfig import MeshConfig
 from ..model.telemetry import ENVOY_PROVIDER, NamedTelemetry, TracingSettings
+from ..names import GATEWAY_API_GROUP
 from . import access_log
 from .tracing import TracingError, hcm_tracing, mesh_telemetries
 
@@ -65,9 +67,14 @@ def problems(telemetries: Iterable[NamedTelemetry], mc: MeshConfig) -> tuple[Tel
 
         spec = t.spec
         for i, ref in enumerate(spec.target_refs):
+            if ref.group == GATEWAY_API_GROUP and ref.kind == "Gateway":
+                if ref.namespace in ("", t.namespace):
+                    continue
+                why = f"a Gateway in another namespace ({ref.namespace}) is never selected"
+            else:
+                why = f"meshd selects only Kubernetes Gateways ({GATEWAY_API_GROUP}) by targetRef"
             add(f"spec.targetRefs[{i}]", TARGET_REFS_NOT_SERVED,
-                f"targetRef {ref.kind} {ref.name!r} is not served (meshd selects workloads by selector only): "
-                "this Telemetry applies to no proxy")
+                f"targetRef {ref.group or 'core'}/{ref.kind} {ref.name!r} selects no proxy: {why}")
         for i, _ in enumerate(spec.metrics):
             add(f"spec.metrics[{i}]", METRICS_NOT_APPLIED,
                 "metrics are not applied: they need Istio's stats filter, which upstream Envoy does not have")

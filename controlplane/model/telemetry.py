@@ -1,7 +1,10 @@
 """Which Telemetry settings apply to a proxy, as istiod computes them (model/telemetry.go):
 the root namespace's Telemetry without a selector, then the proxy's namespace's, then one
-in the proxy's namespace that selects it (`selector.matchLabels`; `targetRefs` select
-gateways' Services and are reported as not served for sidecars). A more specific level
+in the proxy's namespace that selects it: by `selector.matchLabels`, or by a `targetRefs` entry
+naming the Kubernetes Gateway (gateway.networking.k8s.io) the proxy implements, known by its
+`gateway.networking.k8s.io/gateway-name` label; a Telemetry with targetRefs never selects by
+labels, and other targetRef kinds (Service, ...) bind only waypoints in istiod, which meshd has
+not: generators/telemetry_problems.py reports them. A more specific level
 overrides a less specific one field by field, per mode (CLIENT: outbound and gateway
 listeners; SERVER: inbound). Where no level names providers, the mesh config's
 `defaultProviders` apply. Several Telemetries at one level: the first by name wins, as
@@ -14,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..config.types.telemetry import CLIENT, CLIENT_AND_SERVER, SERVER, CustomTag, Telemetry
+from ..config.types.telemetry import CLIENT, CLIENT_AND_SERVER, SERVER, CustomTag, TargetRef, Telemetry
+from ..names import GATEWAY_API_GROUP, GATEWAY_NAME_LABEL
 
 # Istio's built-in access log provider: the mesh config's accessLogFile (or stdout),
 # encoding and format.
@@ -59,6 +63,18 @@ class ProxyTelemetry:
         return (*self.sources, self.service_name)
 
 
+def selects_gateway(ref: TargetRef, namespace: str, gateway: str | None) -> bool:
+    """Whether `ref`, in a Telemetry of `namespace`, names the Kubernetes Gateway `gateway`."""
+    return (gateway is not None and ref.group == GATEWAY_API_GROUP and ref.kind == "Gateway" and ref.name == gateway
+            and ref.namespace in ("", namespace))
+
+
+def _selects(t: NamedTelemetry, labels: Mapping[str, str]) -> bool:
+    if t.spec.target_refs:
+        return any(selects_gateway(ref, t.namespace, labels.get(GATEWAY_NAME_LABEL)) for ref in t.spec.target_refs)
+    return bool(t.spec.selector) and all(labels.get(k) == v for k, v in t.spec.selector.items())
+
+
 def applicable(telemetries: Iterable[NamedTelemetry], root_namespace: str, namespace: str,
                labels: Mapping[str, str]) -> list[NamedTelemetry]:
     """The Telemetries that apply to a workload, least specific first (root, namespace, workload)."""
@@ -70,8 +86,7 @@ def applicable(telemetries: Iterable[NamedTelemetry], root_namespace: str, names
 
     root = first(lambda t: t.namespace == root_namespace and not t.spec.workload_scoped)
     ns = first(lambda t: t.namespace == namespace != root_namespace and not t.spec.workload_scoped)
-    workload = first(lambda t: t.namespace == namespace and bool(t.spec.selector)
-                     and all(labels.get(k) == v for k, v in t.spec.selector.items()))
+    workload = first(lambda t: t.namespace == namespace and _selects(t, labels))
     return root + ns + workload
 
 

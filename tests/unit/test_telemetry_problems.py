@@ -38,8 +38,11 @@ def test_a_telemetry_meshd_serves_in_full_has_no_problem():
 
 def test_each_setting_meshd_does_not_serve_is_listed_with_its_field_and_reason():
     assert _problems({"metrics": [{"overrides": [{"disabled": True}]}]}) == [("spec.metrics[0]", METRICS_NOT_APPLIED)]
-    assert _problems({"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"}]}) == [
-        ("spec.targetRefs[0]", TARGET_REFS_NOT_SERVED)]
+    assert _problems({"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"},
+                                     {"kind": "Service", "group": "", "name": "web"},
+                                     {"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw",
+                                      "namespace": "other"}]}) == [
+        ("spec.targetRefs[1]", TARGET_REFS_NOT_SERVED), ("spec.targetRefs[2]", TARGET_REFS_NOT_SERVED)]
     assert _problems({"accessLogging": [{"providers": [{"name": "envoy"}, {"name": "nope"}, {"name": "otel-noport"},
                                                        {"name": "zipkin"}]}]}) == [
         ("spec.accessLogging[0].providers[1]", UNKNOWN_PROVIDER),
@@ -51,6 +54,93 @@ def test_each_setting_meshd_does_not_serve_is_listed_with_its_field_and_reason()
     # `envoy` is built in for logs, not a tracer
     assert _problems({"tracing": [{"providers": [{"name": "envoy"}]}]}) == [
         ("spec.tracing[0].providers[0]", UNKNOWN_PROVIDER)]
+
+
+def test_a_target_ref_to_a_kubernetes_gateway_selects_its_proxies_only():
+    from controlplane.model.telemetry import resolve
+    gw = {"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "edge"}],
+          "accessLogging": [{"disabled": True}]}
+    objs = [NamedTelemetry("shop", "t", telemetry(gw))]
+    label = "gateway.networking.k8s.io/gateway-name"
+
+    def sources(namespace: str, labels: dict) -> tuple[str, ...]:
+        return resolve(objs, "istio-system", namespace, labels).sources
+
+    assert sources("shop", {label: "edge"}) == ("shop/t@",)
+    assert resolve(objs, "istio-system", "shop", {label: "edge"}).logging["CLIENT"].providers == ()  # disabled
+    assert sources("shop", {label: "other"}) == ()
+    assert sources("web", {label: "edge"}) == ()  # a Gateway of the same name elsewhere
+    assert sources("shop", {"app": "edge"}) == ()  # a sidecar
+    # a Telemetry with targetRefs never selects by labels, even those of the gateway
+    svc = {"targetRefs": [{"kind": "Service", "group": "", "name": "edge"}]}
+    assert resolve([NamedTelemetry("shop", "s", telemetry(svc))], "istio-system", "shop", {label: "edge"}).sources == ()
+
+
+GATEWAY_MESH = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: istio}
+spec: {controllerName: istio.io/gateway-controller}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {selector: {app: web}, ports: [{port: 8080, name: http}], clusterIP: 10.0.0.20}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: infra}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: shop}
+spec:
+  parentRefs: [{name: edge, namespace: infra}]
+  rules: [{backendRefs: [{name: web, port: 8080}]}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: edge-logs, namespace: infra}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: %s}]
+  accessLogging: [{providers: [{name: json-file}]}]
+"""
+
+
+def test_a_gateway_api_gateway_proxy_gets_the_logs_of_the_telemetry_targeting_its_gateway():
+    import dataclasses
+
+    from envoy.extensions.access_loggers.file.v3 import file_pb2
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+    from controlplane.generators import access_log, listeners
+    from controlplane.generators.filters import HTTP_CONNECTION_MANAGER
+    from controlplane.model.proxy import Proxy
+    from tests.support.configs import mesh_from_yaml
+    mc = parse_mesh_config({"extensionProviders": [
+        {"name": "json-file", "envoyFileAccessLog": {"path": "/tmp/edge.log", "logFormat": {"labels": {"c": "%RESPONSE_CODE%"}}}}]})
+    proxy = Proxy("router~10.1.0.5~edge-1.infra~infra.svc.cluster.local", "router", "10.1.0.5", "edge-1", "infra",
+                  labels={"gateway.networking.k8s.io/gateway-name": "edge"})
+
+    def log_paths(target: str) -> set[str]:
+        mesh = dataclasses.replace(mesh_from_yaml(GATEWAY_MESH % target), mesh_config=mc)
+        out = set()
+        for _, lst in listeners.build(mesh, proxy):
+            for f in access_log.listener_filters(lst):
+                if f.name == HTTP_CONNECTION_MANAGER:
+                    hcm = hcm_pb2.HttpConnectionManager()
+                    f.typed_config.Unpack(hcm)
+                    for log in hcm.access_log:
+                        cfg = file_pb2.FileAccessLog()
+                        log.typed_config.Unpack(cfg)
+                        out.add(cfg.path)
+        return out
+
+    assert log_paths("edge") == {"/tmp/edge.log"}
+    assert "/tmp/edge.log" not in log_paths("another")
 
 
 TELEMETRY = """

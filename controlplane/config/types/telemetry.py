@@ -22,6 +22,7 @@ class TargetRef:
     kind: str
     name: str
     group: str = ""
+    namespace: str = ""  # "": the Telemetry's own (another one never matches, as in istiod)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,8 @@ def _metrics(raw: Mapping[str, Any]) -> Metrics:
 
 
 def _target_ref(raw: Mapping[str, Any]) -> TargetRef:
-    return TargetRef(kind=text(raw.get("kind")), name=text(raw.get("name")), group=text(raw.get("group")))
+    return TargetRef(kind=text(raw.get("kind")), name=text(raw.get("name")), group=text(raw.get("group")),
+                     namespace=text(raw.get("namespace")))
 
 
 def telemetry(spec: Mapping[str, Any]) -> Telemetry:
