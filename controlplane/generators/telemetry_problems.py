@@ -88,7 +88,7 @@ def problems(telemetries: Iterable[NamedTelemetry], mc: MeshConfig) -> tuple[Tel
                     add(f"spec.tracing[{i}].providers[{j}]", *found)
             if entry.use_request_id_for_trace_sampling is False:
                 add(f"spec.tracing[{i}].useRequestIdForTraceSampling", REQUEST_ID_SAMPLING_NOT_SERVED,
-                    "useRequestIdForTraceSampling: false is not served: Envoy keeps sampling by the request id")
+                    "false is not served: Envoy keeps sampling by the request id")
     return tuple(out)
 
 
