@@ -101,7 +101,8 @@ def _copy(m: Message) -> Message:
 
 
 def _name(kind: str, m: Message) -> str:
-    return m.name  # type: ignore[attr-defined, no-any-return]
+    name: str = m.name
+    return name
 
 
 # --- proxy and context ----------------------------------------------------------------
@@ -162,7 +163,7 @@ def _on_list(items: Any, is_item: Callable[[Message], bool] | None, op: str, val
         return len(hit)
     if op == "MERGE":
         for i in hit:
-            merge(items[i], value)  # type: ignore[arg-type]
+            merge(items[i], value)
         return len(hit)
     if op == "REPLACE":
         for i in hit:
@@ -174,22 +175,23 @@ def _on_list(items: Any, is_item: Callable[[Message], bool] | None, op: str, val
 # --- listeners --------------------------------------------------------------------------
 
 def _inbound_listener(listener: Message) -> bool:
-    return listener.name == "virtualInbound" or listener.name.startswith("inbound")  # type: ignore[attr-defined]
+    name: str = listener.name
+    return name == "virtualInbound" or name.startswith("inbound")
 
 
 def _port(listener: Message) -> int:
-    return int(listener.address.socket_address.port_value)  # type: ignore[attr-defined]
+    return int(listener.address.socket_address.port_value)
 
 
 def _listener_matches(lm: ListenerMatch | None, listener: Message) -> bool:
     if lm is None:
         return True
-    if lm.name and lm.name != listener.name:  # type: ignore[attr-defined]
+    if lm.name and lm.name != listener.name:
         return False
     if lm.port_number and lm.port_number != _port(listener):
         # A virtual listener (15006, 15001) holds the port in its filter chains' match.
         if not any(fc.filter_chain_match.destination_port.value == lm.port_number
-                   for fc in listener.filter_chains):  # type: ignore[attr-defined]
+                   for fc in listener.filter_chains):
             return False
     return True
 
@@ -198,13 +200,13 @@ def _chain_matches(lm: ListenerMatch | None, listener: Message, chain: Message) 
     if lm is None:
         return True
     if lm.port_number and lm.port_number != _port(listener) \
-            and chain.filter_chain_match.destination_port.value != lm.port_number:  # type: ignore[attr-defined]
+            and chain.filter_chain_match.destination_port.value != lm.port_number:
         return False
     fcm: FilterChainMatch | None = lm.filter_chain
     if fcm is None:
         return True
-    m = chain.filter_chain_match  # type: ignore[attr-defined]
-    if fcm.name and fcm.name != chain.name:  # type: ignore[attr-defined]
+    m = chain.filter_chain_match
+    if fcm.name and fcm.name != chain.name:
         return False
     if fcm.sni and fcm.sni not in m.server_names:
         return False
@@ -214,7 +216,7 @@ def _chain_matches(lm: ListenerMatch | None, listener: Message, chain: Message) 
         return False
     if fcm.destination_port and fcm.destination_port != m.destination_port.value:
         return False
-    if fcm.filter is not None and fcm.filter.name and not any(f.name == fcm.filter.name for f in chain.filters):  # type: ignore[attr-defined]
+    if fcm.filter is not None and fcm.filter.name and not any(f.name == fcm.filter.name for f in chain.filters):
         return False
     return True
 
@@ -224,7 +226,7 @@ def _listeners(items: list[Message], cp: ConfigPatch, op: str, value: Message | 
     if op == "ADD":
         if not _context_ok(cp, False) or (cp.match and cp.match.context == "SIDECAR_INBOUND"):
             return 0
-        items.append(value)  # type: ignore[arg-type]
+        items.append(value)
         return 1
     return _on_list(items, lambda l: _context_ok(cp, _inbound_listener(l)) and _listener_matches(lm, l), op, value,
                     anchored=True)
@@ -234,7 +236,7 @@ def _chains(listener: Message, cp: ConfigPatch) -> Iterable[Message]:
     lm = cp.match.listener if cp.match else None
     if not _context_ok(cp, _inbound_listener(listener)) or not _listener_matches(lm, listener):
         return ()
-    return [c for c in listener.filter_chains if _chain_matches(lm, listener, c)]  # type: ignore[attr-defined]
+    return [c for c in listener.filter_chains if _chain_matches(lm, listener, c)]
 
 
 def _filter_chains(items: list[Message], cp: ConfigPatch, op: str, value: Message | None, proxy: Proxy) -> int:
@@ -244,11 +246,12 @@ def _filter_chains(items: list[Message], cp: ConfigPatch, op: str, value: Messag
         if not _context_ok(cp, _inbound_listener(listener)) or not _listener_matches(lm, listener):
             continue
         if op == "ADD":
-            listener.filter_chains.append(value)  # type: ignore[attr-defined]
+            listener.filter_chains.append(value)
             n += 1
             continue
-        n += _on_list(listener.filter_chains, lambda c, l=listener: _chain_matches(lm, l, c),  # type: ignore[attr-defined]
-                      op, value, anchored=True)
+        def is_chain(c: Message, l: Message = listener) -> bool:
+            return _chain_matches(lm, l, c)
+        n += _on_list(listener.filter_chains, is_chain, op, value, anchored=True)
     return n
 
 
@@ -259,7 +262,7 @@ def _network_filters(items: list[Message], cp: ConfigPatch, op: str, value: Mess
     n = 0
     for listener in items:
         for chain in _chains(listener, cp):
-            n += _on_list(chain.filters, (lambda f: f.name == name) if name else None,  # type: ignore[attr-defined]
+            n += _on_list(chain.filters, (lambda f: f.name == name) if name else None,
                           op, value, anchored=bool(name))
     return n
 
@@ -275,7 +278,7 @@ def _http_filters(items: list[Message], cp: ConfigPatch, op: str, value: Message
     n = 0
     for listener in items:
         for chain in _chains(listener, cp):
-            for f in chain.filters:  # type: ignore[attr-defined]
+            for f in chain.filters:
                 if f.name != HCM:
                     continue
                 hcm = hcm_pb2.HttpConnectionManager()
@@ -300,7 +303,7 @@ def _route_port(name: str) -> int:
 
 
 def _rc_matches(cp: ConfigPatch, rc: Message) -> bool:
-    name: str = rc.name  # type: ignore[attr-defined]
+    name: str = rc.name
     if not _context_ok(cp, name.startswith("inbound|")):
         return False
     m: RouteConfigurationMatch | None = cp.match.route_configuration if cp.match else None
@@ -319,9 +322,9 @@ def _vhost_matches(cp: ConfigPatch, vh: Message) -> bool:
     m = cp.match.route_configuration.vhost if cp.match and cp.match.route_configuration else None
     if m is None:
         return True
-    if m.name and m.name != vh.name:  # type: ignore[attr-defined]
+    if m.name and m.name != vh.name:
         return False
-    return not (m.domain_name and m.domain_name not in vh.domains)  # type: ignore[attr-defined]
+    return not (m.domain_name and m.domain_name not in vh.domains)
 
 
 def _route_matches(cp: ConfigPatch, route: Message) -> bool:
@@ -329,7 +332,7 @@ def _route_matches(cp: ConfigPatch, route: Message) -> bool:
     m = vm.route if vm else None
     if m is None:
         return True
-    if m.name and m.name != route.name:  # type: ignore[attr-defined]
+    if m.name and m.name != route.name:
         return False
     action = route.WhichOneof("action") or ""
     return m.action == "ANY" or m.action.lower() == action
@@ -337,7 +340,7 @@ def _route_matches(cp: ConfigPatch, route: Message) -> bool:
 
 def _route_configurations(items: list[Message], cp: ConfigPatch, op: str, value: Message | None, proxy: Proxy) -> int:
     if op == "ADD":
-        items.append(value)  # type: ignore[arg-type]
+        items.append(value)
         return 1
     return _on_list(items, lambda rc: _rc_matches(cp, rc), op, value, anchored=True)
 
@@ -348,10 +351,10 @@ def _virtual_hosts(items: list[Message], cp: ConfigPatch, op: str, value: Messag
         if not _rc_matches(cp, rc):
             continue
         if op == "ADD":
-            rc.virtual_hosts.append(value)  # type: ignore[attr-defined]
+            rc.virtual_hosts.append(value)
             n += 1
             continue
-        n += _on_list(rc.virtual_hosts, lambda v: _vhost_matches(cp, v), op, value, anchored=True)  # type: ignore[attr-defined]
+        n += _on_list(rc.virtual_hosts, lambda v: _vhost_matches(cp, v), op, value, anchored=True)
     return n
 
 
@@ -362,7 +365,7 @@ def _http_routes(items: list[Message], cp: ConfigPatch, op: str, value: Message 
     for rc in items:
         if not _rc_matches(cp, rc):
             continue
-        for vh in rc.virtual_hosts:  # type: ignore[attr-defined]
+        for vh in rc.virtual_hosts:
             if _vhost_matches(cp, vh):
                 n += _on_list(vh.routes, lambda r: _route_matches(cp, r), op, value, anchored=named)
     return n
@@ -371,7 +374,7 @@ def _http_routes(items: list[Message], cp: ConfigPatch, op: str, value: Message 
 # --- clusters ---------------------------------------------------------------------------
 
 def _cluster_matches(cp: ConfigPatch, cluster: Message) -> bool:
-    name: str = cluster.name  # type: ignore[attr-defined]
+    name: str = cluster.name
     if not _context_ok(cp, name.startswith("inbound|")):
         return False
     m = cp.match.cluster if cp.match else None
@@ -394,7 +397,7 @@ def _cluster_matches(cp: ConfigPatch, cluster: Message) -> bool:
 
 def _clusters(items: list[Message], cp: ConfigPatch, op: str, value: Message | None, proxy: Proxy) -> int:
     if op == "ADD":
-        items.append(value)  # type: ignore[arg-type]
+        items.append(value)
         return 1
     return _on_list(items, lambda c: _cluster_matches(cp, c), op, value, anchored=True)
 

@@ -23,13 +23,13 @@ class Rejected(Exception):
 
 def check(kind: str, items: Sequence[Message]) -> str:
     """Why Envoy would reject `items` of `kind`; "" when nothing was found."""
-    reason = _twice("name", [m.name for m in items])  # type: ignore[attr-defined]
+    reason = _twice("name", [m.name for m in items])
     if reason:
         return reason
     for m in items:
         reason = {"LISTENER": _listener, "ROUTE_CONFIGURATION": _route_config, "CLUSTER": _cluster}[kind](m)
         if reason:
-            return f"{m.name}: {reason}"  # type: ignore[attr-defined]
+            return f"{m.name}: {reason}"
     return ""
 
 
@@ -48,22 +48,22 @@ def _known(type_url: str) -> bool:
 
 def _filters(kind: str, filters: Sequence[Message], terminal: frozenset[str]) -> str:
     for i, f in enumerate(filters):
-        if not f.HasField("typed_config") and not f.HasField("config_discovery"):  # type: ignore[attr-defined]
-            return f"{kind} filter {f.name!r} has no typed_config"  # type: ignore[attr-defined]
-        url = f.typed_config.type_url  # type: ignore[attr-defined]
+        if not f.HasField("typed_config") and not f.HasField("config_discovery"):
+            return f"{kind} filter {f.name!r} has no typed_config"
+        url = f.typed_config.type_url
         if url and not _known(url):
-            return f"{kind} filter {f.name!r}: unknown type {url}"  # type: ignore[attr-defined]
+            return f"{kind} filter {f.name!r}: unknown type {url}"
         if url in terminal and i != len(filters) - 1:
-            return f"{kind} filter {f.name!r} is terminal but not the last filter"  # type: ignore[attr-defined]
-    if filters and terminal and filters[-1].typed_config.type_url not in terminal:  # type: ignore[attr-defined]
-        return f"the last {kind} filter {filters[-1].name!r} is not a terminal filter"  # type: ignore[attr-defined]
+            return f"{kind} filter {f.name!r} is terminal but not the last filter"
+    if filters and terminal and filters[-1].typed_config.type_url not in terminal:
+        return f"the last {kind} filter {filters[-1].name!r} is not a terminal filter"
     return ""
 
 
 def _listener(listener: Message) -> str:
     from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
-    chains = list(listener.filter_chains)  # type: ignore[attr-defined]
+    chains = list(listener.filter_chains)
     matches = [c.filter_chain_match.SerializeToString(deterministic=True) for c in chains]
     if len(set(matches)) != len(matches):
         return "two filter chains would have the same filter_chain_match"
@@ -82,10 +82,10 @@ def _listener(listener: Message) -> str:
 
 
 def _route_config(rc: Message) -> str:
-    vhosts = list(rc.virtual_hosts)  # type: ignore[attr-defined]
+    vhosts = list(rc.virtual_hosts)
     return (_twice("virtual host", [v.name for v in vhosts])
             or _twice("domain", [d for v in vhosts for d in v.domains]))
 
 
 def _cluster(cluster: Message) -> str:
-    return "" if cluster.name else "a cluster has no name"  # type: ignore[attr-defined]
+    return "" if cluster.name else "a cluster has no name"

@@ -15,7 +15,7 @@ _ANY = any_pb2.Any.DESCRIPTOR.full_name
 def merge(dst: Message, src: Message) -> None:
     """Merges `src` into `dst` in place."""
     if dst.DESCRIPTOR.full_name == _ANY:
-        _merge_any(dst, src)  # type: ignore[arg-type]
+        _merge_any(dst, src)
         return
     for fd, value in src.ListFields():
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
