@@ -124,8 +124,8 @@ class Cluster:
         """Every object `sc.write` writes (see the module docstring), namespaces first;
         returns the count per kind."""
         sc.write(root)
-        docs = [api_object(d) for f in sorted(root.rglob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
-        docs = [d for d in docs if d is not None]
+        converted = [api_object(d) for f in sorted(root.rglob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+        docs = [d for d in converted if d is not None]
         unknown = {d["kind"] for d in docs} - PATHS.keys()
         if unknown:
             raise ApiError(f"the scenario has kinds the benchmark cannot load: {sorted(unknown)}")
@@ -150,8 +150,10 @@ class Cluster:
 
     def patch_endpoints(self, sc: Any, j: int, generation: int) -> None:
         """Service `j`'s EndpointSlice as Scenario.endpoints_yaml(j, generation) has it."""
-        for d in yaml.safe_load_all(sc.endpoints_yaml(j, generation)):
-            d = api_object(d)
+        for raw in yaml.safe_load_all(sc.endpoints_yaml(j, generation)):
+            d = api_object(raw)
+            if d is None:
+                continue
             self.merge_patch("EndpointSlice", d["metadata"]["namespace"], d["metadata"]["name"],
                              {"endpoints": d["endpoints"]})
 

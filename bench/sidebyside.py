@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -229,18 +230,18 @@ def main(argv: list[str] | None = None) -> int:
     sc = Scenario(services=args.services, sidecars=args.sidecars, gateways=args.gateways, namespaces=args.namespaces)
     work = scratch()
     cluster = Cluster.up(work)
-    results = []
+    results: list[dict[str, Any]] = []
     try:
         prepare_cluster(cluster)
         t = time.time()
         counts = cluster.load(sc, work / "scenario")
         loaded = round(time.time() - t, 1)
         if args.startup_only:
-            results = startups(args.planes.split(","), cluster, work, args)
+            starts = startups(args.planes.split(","), cluster, work, args)
             report({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
-                    "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "startup": results}, args.json,
+                    "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "startup": starts}, args.json,
                    "\n".join(f"{name:>10} start-up to ready (s): " + ", ".join(f"{t:.2f}" for t in ts)
-                             + f"; median {statistics.median(ts):.2f}" for name, ts in results.items()))
+                             + f"; median {statistics.median(ts):.2f}" for name, ts in starts.items()))
             return 0
         for n, name in enumerate(args.planes.split(",")):
             args.generation = 100 * (n + 1)  # each plane's changes are new content

@@ -34,8 +34,8 @@ from .config.store import ConfigStore
 from .debug.certs import certs_handler
 from .debug.gateway_api import gateway_api_section
 from .debug.monitoring import start_monitoring
-from .debug.ui.routes import ui_routes
 from .debug.operator import operator_view
+from .debug.ui.routes import ui_routes
 from .generators import Generator
 from .model.gateway_api.status import gateway_api_status
 from .model.mesh import MeshSnapshot, build_mesh, mesh_version
@@ -45,16 +45,16 @@ from .model.request_authentication import KIND as REQUEST_AUTHENTICATION
 from .ports import ServePort, StartupError, bind_error, check_free
 from .security.plane import DEFAULT_KEY_TYPE, SecurityOptions, SecurityPlane
 from .security.policy_report import PolicyReport
-from .telemetry.problem_report import TelemetryReport
 from .server.grpc_server import address, server_options, start_secure_xds_server, start_xds_server
 from .server.host import AdsOptions, AdsServer
 from .server.metrics import Metrics
-from .telemetry.wiring import Telemetry
 from .server.secure import SecureAdsServicer
 from .sources.autoregistration import StoreEntries, WorkloadRegistry
 from .sources.directory import DirectorySource
 from .sources.jwks import JwksSource
 from .sources.meshconfig import MeshConfigSource, MeshConfigSourceError
+from .telemetry.problem_report import TelemetryReport
+from .telemetry.wiring import Telemetry
 
 if TYPE_CHECKING:
     from .kube.options import ClusterOptions

@@ -19,15 +19,15 @@ from .analyzers.authorization import (
     CustomProviderAnalyzer,
 )
 from .analyzers.deprecation import FieldAnalyzer
-from .analyzers.envoyfilter import EnvoyPatchAnalyzer
 from .analyzers.destinationrule import SubsetSelectPodAnalyzer
-from .analyzers.gateway_api import GatewayAPIStatusAnalyzer
+from .analyzers.envoyfilter import EnvoyPatchAnalyzer
 from .analyzers.gateway import (
     CertificateAnalyzer,
     ConflictingGatewayAnalyzer,
     IngressGatewayPortAnalyzer,
     SecretAnalyzer,
 )
+from .analyzers.gateway_api import GatewayAPIStatusAnalyzer
 from .analyzers.others import (
     CaCertificateAnalyzer,
     PeerAuthenticationAnalyzer,

@@ -64,7 +64,7 @@ class Generator:
         self._latest: dict[tuple[Any, ...], ResourceSet] = {}
         # lineage -> (part key, host endpoints, host rules) of _latest (for _update_hosts)
         self._latest_key: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        self._composed: dict[tuple[Any, ...], tuple[int, ComposedSet]] = {}
+        self._composed: dict[tuple[Any, ...], tuple[int, ResourceSet]] = {}
         self._mesh_version: str | None = None
         self._epoch = 0
         self.builds = 0  # parts built (not served from cache): for tests and metrics

@@ -36,11 +36,11 @@ from ..model.meshconfig import MeshConfig
 from ..model.proxy import ROUTER, SIDECAR, Proxy
 from ..model.telemetry import ProxyTelemetry
 from . import access_log, filter_chains, filters, gateway_tls, security_filters, tls
-from .tracing import apply_tracing, proxy_telemetry, telemetry_access_logs
 from .gateway_servers import gateway_ports, matching_hosts, virtual_services_for_gateway
 from .http_routes import RouteContext, destination_cluster
 from .sidecar_inbound import virtual_inbound
 from .sidecar_outbound import outbound_listeners, virtual_outbound
+from .tracing import apply_tracing, proxy_telemetry, telemetry_access_logs
 
 WILDCARD = "0.0.0.0"
 # istiod bounds how long a downstream TLS handshake may take on gateways (slow-handshake DoS).

@@ -74,8 +74,8 @@ from .inputs import (
 from .resources import Resource, pack
 from .sidecar_inbound import virtual_inbound
 from .sidecar_outbound import outbound_listeners, virtual_outbound
-from .tracing import proxy_telemetry, telemetry_key
 from .sidecar_routes import sidecar_route_configs
+from .tracing import proxy_telemetry, telemetry_key
 
 Builder = Callable[[MeshSnapshot, Proxy], Iterable[tuple[str, Message]]]
 

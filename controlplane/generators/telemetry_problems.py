@@ -62,7 +62,7 @@ def _provider_problem(name: str, mc: MeshConfig, tracing: bool) -> tuple[str, st
 def problems(telemetries: Iterable[NamedTelemetry], mc: MeshConfig) -> tuple[TelemetryProblem, ...]:
     out: list[TelemetryProblem] = []
     for t in sorted(telemetries, key=lambda t: (t.namespace, t.name)):
-        def add(field: str, reason: str, detail: str) -> None:
+        def add(field: str, reason: str, detail: str, t: NamedTelemetry = t) -> None:
             out.append(TelemetryProblem(t.namespace, t.name, field, reason, detail))
 
         spec = t.spec
@@ -82,11 +82,11 @@ def problems(telemetries: Iterable[NamedTelemetry], mc: MeshConfig) -> tuple[Tel
             for j, name in enumerate(entry.providers):
                 if (found := _provider_problem(name, mc, tracing=False)) is not None:
                     add(f"spec.accessLogging[{i}].providers[{j}]", *found)
-        for i, entry in enumerate(spec.tracing):
-            for j, name in enumerate(entry.providers):
+        for i, trace in enumerate(spec.tracing):
+            for j, name in enumerate(trace.providers):
                 if (found := _provider_problem(name, mc, tracing=True)) is not None:
                     add(f"spec.tracing[{i}].providers[{j}]", *found)
-            if entry.use_request_id_for_trace_sampling is False:
+            if trace.use_request_id_for_trace_sampling is False:
                 add(f"spec.tracing[{i}].useRequestIdForTraceSampling", REQUEST_ID_SAMPLING_NOT_SERVED,
                     "false is not served: Envoy keeps sampling by the request id")
     return tuple(out)

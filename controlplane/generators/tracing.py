@@ -13,10 +13,8 @@ from collections.abc import Iterable
 
 import structlog
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.core.v3 import base_pb2
+from envoy.config.core.v3 import base_pb2, grpc_service_pb2
 from envoy.config.listener.v3 import listener_pb2
-
-from envoy.config.core.v3 import grpc_service_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2, zipkin_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.tracing.v3 import custom_tag_pb2
@@ -30,9 +28,9 @@ from ..model.proxy import Proxy
 from ..model.telemetry import NamedTelemetry, ProxyTelemetry, TracingSettings, resolve
 from ..names import outbound_cluster
 from . import access_log, inputs
-from .inputs import stands_for
 from .convert import typed
 from .filters import HTTP_CONNECTION_MANAGER
+from .inputs import stands_for
 
 ZIPKIN = "zipkin"
 OPENTELEMETRY = "opentelemetry"

@@ -21,9 +21,9 @@ from ..config.snapshot import ConfigSnapshot
 from ..names import ROOT_NAMESPACE, fqdn, resolve_host
 from .credentials import Credential, credentials_from
 from .delegates import resolve_delegates
+from .destination_rules import DestinationRuleIndex, Selector
 from .gateway_api.conversion import EMPTY as NO_GATEWAY_API
 from .gateway_api.conversion import GatewayAPI, convert
-from .destination_rules import DestinationRuleIndex, Selector
 from .gateways import (
     ISTIO_MUTUAL,
     MUTUAL,

@@ -14,7 +14,7 @@ Pure: (Telemetries, mesh config, proxy) -> resolved settings the generators read
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..config.types.telemetry import CLIENT, CLIENT_AND_SERVER, SERVER, CustomTag, TargetRef, Telemetry
@@ -80,7 +80,7 @@ def applicable(telemetries: Iterable[NamedTelemetry], root_namespace: str, names
     """The Telemetries that apply to a workload, least specific first (root, namespace, workload)."""
     ordered = sorted(telemetries, key=lambda t: (t.namespace, t.name))
 
-    def first(match) -> list[NamedTelemetry]:
+    def first(match: Callable[[NamedTelemetry], bool]) -> list[NamedTelemetry]:
         found = [t for t in ordered if match(t)]
         return found[:1]
 

@@ -105,7 +105,7 @@ class MetricsService:
 def add_metrics_servicer(service: MetricsService, server: grpc.aio.Server) -> None:
     """Register StreamMetrics under Envoy's service name (client streaming)."""
     pb = _messages()
-    handler = grpc.stream_unary_rpc_method_handler(
+    handler: grpc.RpcMethodHandler = grpc.stream_unary_rpc_method_handler(
         service.StreamMetrics, request_deserializer=None,  # bytes: see StreamMetrics
         response_serializer=pb.StreamMetricsResponse.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),))

@@ -210,7 +210,8 @@ def apply_manifest(mesh):
         for d in (d for d in yaml.safe_load_all(text) if d):
             ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
             envoys = [mesh.envoys[p] for p, (pod_ns, _, _) in BACKENDS.items() if pod_ns == ns]
-            wait_for(lambda: all(f'"{ns}.{name}.' in json.dumps(e.config_dump()) for e in envoys), 20,
+            wait_for(lambda ns=ns, name=name, envoys=envoys:
+                     all(f'"{ns}.{name}.' in json.dumps(e.config_dump()) for e in envoys), 20,
                      what=f"route {ns}/{name} in the sidecars of {ns}")
 
     yield apply
@@ -411,15 +412,15 @@ def test_mesh_grpc_route_request_header_modifier(mesh, apply_manifest):
     for sent, backend, want, absent in cases:
         last: list = []
 
-        def holds() -> bool:
-            nonlocal last
-            last = grpc_calls(mesh, sent, count=3)
+        def holds(sent=sent, backend=backend, want=want, absent=absent, last=last) -> bool:
+            last[:] = grpc_calls(mesh, sent, count=3)
             return len(last) == 3 and all(
                 "error" not in r and r["pod"].rsplit("-", 1)[0] == backend and r["namespace"] == PRODUCER
                 and all(",".join(r["headers"].get(k, [])) == v for k, v in want.items())
                 and not any(k in r["headers"] for k in absent) for r in last)
 
-        wait_for(holds, 20, what=lambda: f"{sent} -> {backend} {want}: got {last}")
+        wait_for(holds, 20, what=lambda sent=sent, backend=backend, want=want, last=last:
+                 f"{sent} -> {backend} {want}: got {last}")
 
 
 def test_mesh_grpc_route_weight(mesh, apply_manifest):

@@ -53,7 +53,14 @@ def pytest_runtest_protocol(item, nextitem):
 
 @pytest.fixture(scope="session")
 def kube_session(tmp_path_factory):
-    from tests.support.kube import GATEWAY_API_CRDS, HTTPROUTE_CRD, ISTIO_CRDS, KubeSession, install_crds, kube_apiserver
+    from tests.support.kube import (
+        GATEWAY_API_CRDS,
+        HTTPROUTE_CRD,
+        ISTIO_CRDS,
+        KubeSession,
+        install_crds,
+        kube_apiserver,
+    )
 
     with kube_apiserver(tmp_path_factory.mktemp("kube-apiserver")) as cluster:
         install_crds(cluster, shared(*ISTIO_CRDS), shared(*HTTPROUTE_CRD), *(shared(*c) for c in GATEWAY_API_CRDS))

@@ -164,7 +164,7 @@ configPatches:
     before = dict(listeners.build(mesh, GATEWAY_PROXY))
     out, problems = apply("LISTENER", before.items(), ordered([merge], GATEWAY_PROXY, ROOT), GATEWAY_PROXY)
     assert problems == []
-    for name, l in out:
+    for _name, l in out:
         for chain in l.filter_chains:
             for f in chain.filters:
                 if f.name == "envoy.filters.network.http_connection_manager":

@@ -120,8 +120,8 @@ def _hcm_of(f) -> hcm_pb2.HttpConnectionManager:
 
 
 def test_a_workload_telemetry_logs_and_rekeys_only_the_proxies_it_selects():
-    from tests.support.mesh_changes import ADMIN_1, FRONT_1, Change, World
     from controlplane.generators.tracing import telemetry_key
+    from tests.support.mesh_changes import ADMIN_1, FRONT_1, Change, World
     world = World({"service/web/front": 0})
     before = {p.pod: telemetry_key(world.mesh, p) for p in (FRONT_1, ADMIN_1)}
     assert _inbound_logs(world.mesh, FRONT_1) == []

@@ -11,9 +11,14 @@ from structlog.testing import capture_logs
 
 from controlplane.config.types.telemetry import telemetry
 from controlplane.config.validation.telemetry import validate_telemetry
-from controlplane.generators.telemetry_problems import (METRICS_NOT_APPLIED, PROVIDER_NOT_SERVED,
-                                                        REQUEST_ID_SAMPLING_NOT_SERVED, TARGET_REFS_NOT_SERVED,
-                                                        UNKNOWN_PROVIDER, problems)
+from controlplane.generators.telemetry_problems import (
+    METRICS_NOT_APPLIED,
+    PROVIDER_NOT_SERVED,
+    REQUEST_ID_SAMPLING_NOT_SERVED,
+    TARGET_REFS_NOT_SERVED,
+    UNKNOWN_PROVIDER,
+    problems,
+)
 from controlplane.model.meshconfig import parse_mesh_config
 from controlplane.model.telemetry import NamedTelemetry
 from controlplane.telemetry.problem_report import TelemetryReport

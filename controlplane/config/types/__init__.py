@@ -29,13 +29,13 @@ from ..kinds import (
 from .destinationrule import DestinationRule, destination_rule
 from .envoyfilter import envoy_filter
 from .gateway import Gateway, gateway
+from .gateway_api import GATEWAY_API_BUILDERS
 from .peerauthentication import PeerAuthentication, peer_authentication
 from .serviceentry import ServiceEntry, service_entry
 from .sidecar import Sidecar, sidecar
 from .telemetry import telemetry
 from .virtualservice import VirtualService, virtual_service
 from .workloadentry import WorkloadEntry, WorkloadGroup, workload_entry, workload_group
-from .gateway_api import GATEWAY_API_BUILDERS
 
 BUILDERS: dict[tuple[str, str], Callable[[Mapping[str, Any]], Any]] = {
     (GATEWAY.group, GATEWAY.kind): gateway,

@@ -98,7 +98,8 @@ def _metrics(m: Any, path: str, errs: list[FieldError]) -> None:
             continue
         where = index(child(path, "overrides"), i)
         _mode(o, where, errs)
-        match = o.get("match") if isinstance(o.get("match"), dict) else {}
+        raw_match = o.get("match")
+        match = raw_match if isinstance(raw_match, dict) else {}
         if match.get("metric") and match.get("customMetric"):
             errs.append(FieldError(child(where, "match"), "only one of metric or customMetric can be set"))
         for tag, spec in (o.get("tagOverrides") or {}).items():

@@ -29,7 +29,7 @@ from ...names import KUBERNETES_GATEWAY_NAME, fqdn
 from .routes import RuleProblems, grpc_rules, http_rules, l4_routes
 
 if TYPE_CHECKING:  # conversion.py imports this module
-    from .conversion import ParentReport, _Converter
+    from .conversion import _Converter
 
 MESH = "mesh"
 MESH_ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TCPRoute", "TLSRoute")
