@@ -54,3 +54,12 @@ def test_the_check_sees_every_form_of_import():
     found = [m for _, m in imported_modules(source, "tests.e2e") if is_test_module(m)]
     assert found == ["tests.unit.test_ads", "tests.e2e.test_storm", "tests.unit.test_delta",
                      "tests.e2e.test_storm", "tests.unit.test_kube_source"]
+
+
+def test_every_test_module_has_its_own_basename():
+    """pytest imports test modules by basename (tests/unit and tests/e2e are not packages):
+    a second `test_x.py` anywhere under tests/ stops the whole run at collection."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted(TESTS.rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}
