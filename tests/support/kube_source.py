@@ -37,7 +37,12 @@ async def running(api, store: ConfigStore | None = None, sync: bool = True, **kw
         stop.set()
         await asyncio.wait_for(task, 10)
         api_client.close()
-        assert k8s_threads() == [], "watch threads left running"
+        # The source has returned; its watch threads (one per watched kind) end as their
+        # connections close: wait for that, do not assume it.
+        deadline = time.monotonic() + 10
+        while k8s_threads() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert k8s_threads() == [], f"watch threads left running: {k8s_threads()}"
 
 
 async def until(pred, what: str, timeout: float = 3.0):
