@@ -83,6 +83,10 @@ class NotServed(Exception):
     """404 on list/watch: the CRD (or version) went away; discover again."""
 
 
+class Stopped(Exception):
+    """The source is stopping: leave the current step."""
+
+
 class WatchError(Exception):
     """An ERROR event other than 410."""
 
@@ -217,6 +221,8 @@ class Reflector:
         cont: str | None = None
         restarted = False
         while True:
+            if self._stop.is_set():  # a long paged list must not outlive the source
+                raise Stopped()
             query: dict[str, Any] = {"_request_timeout": self._opt.request_timeout}
             if self._label_selector:
                 query["label_selector"] = self._label_selector

@@ -28,10 +28,13 @@ part of being synced, so the first snapshot has the mesh config.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Protocol
 
 import structlog
@@ -223,9 +226,13 @@ class KubernetesSource:
     def _join(self, timeout: float) -> None:
         for t in self._threads:
             t.join(timeout)
-        alive = [t.name for t in self._threads if t.is_alive()]
+        alive = [t for t in self._threads if t.is_alive()]
         if alive:
-            self._log.warning("k8s watch threads still running at stop", threads=alive)
+            # Where each is blocked (a request the interrupt cannot reach), so a slow stop
+            # can be explained from the log alone.
+            frames = sys._current_frames()
+            where = {t.name: _innermost(frames.get(t.ident or -1)) for t in alive}
+            self._log.warning("k8s watch threads still running at stop", threads=where)
 
     # --- applying operations (on the loop) ----------------------------------------
     async def _apply(self, op: Operation) -> None:
@@ -315,3 +322,13 @@ class KubernetesSource:
             return
         self._synced.set()
         self._log.info("k8s synced", objects={k: v.objects for k, v in self._stats.items()})
+
+
+def _innermost(frame: FrameType | None) -> str:
+    """`file:line function` of the deepest meshd frame and of the deepest frame overall."""
+    if frame is None:
+        return "?"
+    stack = traceback.extract_stack(frame)
+    ours = [f for f in stack if "controlplane" in f.filename]
+    picks = ([ours[-1]] if ours else []) + [stack[-1]]
+    return " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(picks))

@@ -21,6 +21,21 @@ def k8s_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("k8s-")]
 
 
+# A bound, not an expected duration: the interrupt cuts an open watch at once, but a thread
+# still waiting for a response's headers ends only when that request does (its read
+# timeout: the longest watch plus the request timeout).
+THREADS_END_WITHIN = FAST.watch_timeout[1] + FAST.request_timeout + 5
+
+
+async def watch_threads_gone() -> None:
+    """The source has returned; its watch threads (one per watched kind) end as their
+    connections close: wait for that, do not assume it."""
+    deadline = time.monotonic() + THREADS_END_WITHIN
+    while k8s_threads() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert k8s_threads() == [], f"watch threads left running: {k8s_threads()}"
+
+
 @contextlib.asynccontextmanager
 async def running(api, store: ConfigStore | None = None, sync: bool = True, **kwargs):
     """The source on `api` (the real server's `kube` or the stand-in) until the block ends."""
@@ -37,12 +52,7 @@ async def running(api, store: ConfigStore | None = None, sync: bool = True, **kw
         stop.set()
         await asyncio.wait_for(task, 10)
         api_client.close()
-        # The source has returned; its watch threads (one per watched kind) end as their
-        # connections close: wait for that, do not assume it.
-        deadline = time.monotonic() + 10
-        while k8s_threads() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert k8s_threads() == [], f"watch threads left running: {k8s_threads()}"
+        await watch_threads_gone()
 
 
 async def until(pred, what: str, timeout: float = 3.0):

@@ -18,7 +18,7 @@ from controlplane.config.objects import Rejection
 from controlplane.config.store import ConfigStore
 from controlplane.kube.source import KubernetesSource
 from controlplane.model.mesh import build_mesh
-from tests.support.kube_source import FAST, Changes, get, k8s_threads, running, until
+from tests.support.kube_source import FAST, THREADS_END_WITHIN, Changes, get, running, until, watch_threads_gone
 from tests.support.kubeapi import FakeApiServer
 
 # --- objects -------------------------------------------------------------------------
@@ -76,9 +76,7 @@ def no_threads_left():
     """Every server, handler and watch thread a test starts is gone when it ends."""
     before = set(threading.enumerate())
     yield
-    # A bound, not an expected duration: a watch thread in the middle of a discovery request
-    # (one per kind, 30 kinds) ends when that request returns, later on a loaded machine.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + THREADS_END_WITHIN
     while (left := [t.name for t in set(threading.enumerate()) - before if t.is_alive()]) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert left == [], f"threads left running: {left}"
@@ -416,7 +414,7 @@ def test_api_server_down_at_start_is_retried_and_synced_only_after_the_lists():
             await asyncio.wait_for(task, 10)
             api_client.close()
             api.stop()
-        assert k8s_threads() == []
+        await watch_threads_gone()
 
     asyncio.run(scenario())
 
@@ -432,7 +430,7 @@ def test_cancelling_run_stops_the_watch_threads(kube):
         with contextlib.suppress(asyncio.CancelledError):
             await task
         api_client.close()
-        assert k8s_threads() == []
+        await watch_threads_gone()
 
     asyncio.run(scenario())
 
