@@ -4,63 +4,44 @@ istiod turns a policy it cannot build (a CUSTOM policy whose provider is not in 
 config, a rule it cannot translate) into something that fails closed, and says so in its
 log only. meshd does the same and reports each such policy once per appearance as a
 `policy not enforced as written` event, in `/debug/configz` (section `policyProblems`)
-and in the gauge `meshd_policy_problems{kind,severity}`.
+and in the gauge `meshd_policy_problems{kind,severity}` (problem_report.py).
 
-Fed with each new mesh snapshot by app.py (one pass over the policies per snapshot, not
-per proxy).
+Fed with each new mesh snapshot by app.py (one pass over the policies per changed input,
+not per proxy).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Hashable
 
-import structlog
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
-from ..generators.authz.builder import Problem, problems
+from ..generators.authz.builder import ERROR, WARNING, Problem, problems
 from ..model.mesh import MeshSnapshot
 from ..model.security import typed_policies
-
-log = structlog.get_logger("meshd.security")
+from ..problem_report import ProblemReport, ReportSpec
 
 KIND = "AuthorizationPolicy"
 
+SPEC = ReportSpec[Problem](
+    kind=KIND, event="policy not enforced as written", logger="meshd.security",
+    metric="meshd_policy_problems",
+    help="Security policies meshd does not enforce as written (it fails closed instead, as istiod), by kind and "
+         "severity.",
+    labels=("kind", "severity"), label_values=lambda p: (KIND, p.severity),
+    always=((KIND, ERROR), (KIND, WARNING)), details=lambda p: {"severity": p.severity})
 
-@dataclass
-class PolicyReport:
-    registry: CollectorRegistry | None = None
-    current: tuple[Problem, ...] = ()
-    _seen: set[Problem] = field(default_factory=set)
-    _gauge: Any = None
-    _input: tuple[Any, ...] = ()
 
-    def __post_init__(self) -> None:
-        if self.registry is not None:
-            self._gauge = Gauge("meshd_policy_problems", "Security policies meshd does not enforce as written (it "
-                                "fails closed instead, as istiod), by kind and severity.", ["kind", "severity"],
-                                registry=self.registry)
-            for severity in ("error", "warning"):
-                self._gauge.labels(KIND, severity).set(0)
+def _input(mesh: MeshSnapshot) -> Hashable:
+    policies = mesh.authorization_policies
+    # Services matter only to CUSTOM providers: no policy, nothing to look up on every snapshot.
+    return (tuple((p.namespace, p.name, p.generation) for p in policies), repr(mesh.mesh_config),
+            tuple(sorted(mesh.services)) if policies else ())
 
-    def update(self, mesh: MeshSnapshot) -> None:
-        policies = mesh.authorization_policies
-        # Services matter only to CUSTOM providers: no policy, nothing to look up on every snapshot.
-        key = (tuple((p.namespace, p.name, p.generation) for p in policies), repr(mesh.mesh_config),
-               tuple(sorted(mesh.services)) if policies else ())
-        if key == self._input:
-            return
-        self._input = key
-        found = problems(typed_policies(mesh), mesh.mesh_config, services=mesh.services)
-        for p in found:
-            if p not in self._seen:
-                log.warning("policy not enforced as written", kind=KIND, object=f"{p.namespace}/{p.name}",
-                            field=p.field or None, severity=p.severity, reason=p.reason, message=p.message())
-        self._seen = set(found)
-        self.current = found
-        if self._gauge is not None:
-            for severity in ("error", "warning"):
-                self._gauge.labels(KIND, severity).set(sum(1 for p in found if p.severity == severity))
 
-    def status(self) -> list[dict[str, Any]]:
-        return [{"kind": KIND, "namespace": p.namespace, "name": p.name, "field": p.field, "severity": p.severity,
-                 "reason": p.reason, "message": p.message()} for p in self.current]
+def _find(mesh: MeshSnapshot) -> tuple[Problem, ...]:
+    return problems(typed_policies(mesh), mesh.mesh_config, services=mesh.services)
+
+
+class PolicyReport(ProblemReport[Problem]):
+    def __init__(self, registry: CollectorRegistry | None = None):
+        super().__init__(SPEC, _find, _input, registry)
