@@ -37,6 +37,7 @@ from .debug.monitoring import start_monitoring
 from .debug.operator import operator_view
 from .debug.ui.routes import ui_routes
 from .generators import Generator
+from .generators.envoyfilter.metrics import LeftOutPatches
 from .model.gateway_api.status import gateway_api_status
 from .model.mesh import MeshSnapshot, build_mesh, mesh_version
 from .model.meshconfig import DEFAULT as DEFAULT_MESH_CONFIG
@@ -416,6 +417,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     debug_routes["/debug/jwksz"] = _json_view(key_sets.status)
     policy_report = PolicyReport(metrics.registry)
     telemetry_report = TelemetryReport(metrics.registry)
+    metrics.registry.register(LeftOutPatches(generator.envoy_filter_problems))  # beside configz envoyFilterProblems
     registry = _workload_registry(opts, store, member, metrics)  # WorkloadGroup auto-registration (docs/vm.md)
     ads.registrations = registry
     # Envoy's metrics service on the secure port, its Istio metrics, and /ui/ (docs/ui.md).

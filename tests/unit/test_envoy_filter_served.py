@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import yaml
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from prometheus_client import CollectorRegistry
 
 from controlplane import names
 from controlplane.config import kinds
 from controlplane.config.validation import validate
 from controlplane.generators import Generator
+from controlplane.generators.envoyfilter.apply import ENVOY_WOULD_REJECT
+from controlplane.generators.envoyfilter.metrics import METRIC, LeftOutPatches
 from controlplane.model.proxy import parse_node
 from tests.support import chapter9
 from tests.support.chapter9 import NS, WEBAPP_PROXY
@@ -98,16 +101,53 @@ def test_an_envoy_filter_changes_the_keys_of_the_proxies_it_selects_only():
     assert gen.builds == builds
 
 
-def test_a_patch_left_out_is_listed_for_configz_while_its_output_is_served():
-    bad = LUA.replace("name: lua,", "name: bad,").replace("INSERT_BEFORE", "INSERT_AFTER")
+BAD = LUA.replace("name: lua,", "name: bad,").replace("INSERT_BEFORE", "INSERT_AFTER")  # a filter after the router
+
+
+def _left_out(registry, reason: str = ENVOY_WOULD_REJECT) -> float | None:
+    return registry.get_sample_value(METRIC, {"namespace": NS, "name": "bad", "reason": reason})
+
+
+def test_a_patch_left_out_is_listed_for_configz_and_counted_while_its_output_is_served():
     gen = Generator()
-    mesh = chapter9.mesh(bad)
+    registry = CollectorRegistry()
+    registry.register(LeftOutPatches(gen.envoy_filter_problems))
+    mesh = chapter9.mesh(BAD)
+    assert _left_out(registry) is None
     rs = gen.generate(mesh, WEBAPP_PROXY, names.LISTENER)
     assert all("envoy.filters.http.lua" not in v for v in http_filters(rs).values())
     listed = gen.envoy_filter_problems()
-    assert [(p["envoyFilter"], p["patch"], p["applyTo"]) for p in listed] == [(f"{NS}/bad", 0, "HTTP_FILTER")]
+    assert [(p["envoyFilter"], p["patch"], p["applyTo"], p["code"]) for p in listed] == [
+        (f"{NS}/bad", 0, "HTTP_FILTER", ENVOY_WOULD_REJECT)]
     assert "terminal" in listed[0]["reason"]
+    assert _left_out(registry) == 1
+    gen.generate(mesh, chapter9.SLEEP_PROXY, names.LISTENER)  # another output leaving the same patch out
+    assert _left_out(registry) == 1  # patches, not outputs
     for i in range(3):  # fixed, and new snapshots: the output left without the patch ages out, its problem too
         fixed = chapter9.mesh(LUA, chapter9.pa(f"p{i}", NS, "PERMISSIVE", selector={"app": f"none{i}"}))
         gen.generate(fixed, WEBAPP_PROXY, names.LISTENER)
     assert gen.envoy_filter_problems() == []
+    assert _left_out(registry) is None
+
+
+def test_a_running_meshd_reports_a_left_out_patch_in_configz_metrics_and_log(tmp_path):
+    import json
+
+    from tests.support.ads import ads_fetch
+    from tests.support.harness import http_get, meshd, wait_for
+
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "mesh.yaml").write_text(chapter9.LAYOUT)
+    (config / "bad.yaml").write_text(BAD)
+    with meshd(config, tmp_path) as m:
+        resp = ads_fetch(m.xds_port, WEBAPP_PROXY.id, dict(WEBAPP_PROXY.metadata), names.LISTENER, [])
+        assert resp.resources  # the rest of the config is sent
+
+        def section():
+            return json.loads(http_get("127.0.0.1", m.monitoring_port, "/debug/configz")[1]).get("envoyFilterProblems")
+
+        wait_for(lambda: section(), 10, what="envoyFilterProblems in /debug/configz")
+        assert [(r["envoyFilter"], r["code"]) for r in section()] == [(f"{NS}/bad", ENVOY_WOULD_REJECT)]
+        assert f'{METRIC}{{name="bad",namespace="{NS}",reason="{ENVOY_WOULD_REJECT}"}} 1.0' in m.metrics()
+        assert "envoyfilter patch left out" in m.log()

@@ -40,12 +40,23 @@ CLUSTER_LEVELS = ("CLUSTER",)
 UNSUPPORTED = frozenset({"EXTENSION_CONFIG", "BOOTSTRAP", "LISTENER_FILTER"})
 
 
+# Why a patch was left out, in few words (the `reason` label of
+# meshd_envoy_filter_patches_left_out: bounded); Problem.reason says it for people.
+UNSUPPORTED_APPLY_TO = "UnsupportedApplyTo"
+INVALID_VALUE = "InvalidValue"
+NOT_APPLICABLE = "NotApplicable"
+REPLACE_MATCHED_NOTHING = "ReplaceMatchedNothing"
+ENVOY_WOULD_REJECT = "EnvoyWouldReject"
+CODES = (UNSUPPORTED_APPLY_TO, INVALID_VALUE, NOT_APPLICABLE, REPLACE_MATCHED_NOTHING, ENVOY_WOULD_REJECT)
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     envoy_filter: str  # "namespace/name"
     patch: int  # index in configPatches
     apply_to: str
     reason: str
+    code: str = ENVOY_WOULD_REJECT  # one of CODES
 
     def __str__(self) -> str:
         return f"EnvoyFilter {self.envoy_filter} configPatches[{self.patch}] ({self.apply_to}): {self.reason}"
@@ -62,33 +73,34 @@ def apply(kind: str, resources: Iterable[tuple[str, Message]], filters: Sequence
     out: list[Message] = [m for _, m in resources]
     problems: list[Problem] = []
     if kind == "LISTENER":  # reported once per proxy, with the listeners
-        problems += [Problem(sel.key, i, cp.apply_to, f"applyTo {cp.apply_to} is not supported by meshd")
+        problems += [Problem(sel.key, i, cp.apply_to, f"applyTo {cp.apply_to} is not supported by meshd",
+                             UNSUPPORTED_APPLY_TO)
                      for sel in filters for i, cp in enumerate(sel.filter.patches) if cp.apply_to in UNSUPPORTED]
     patches = [(sel, i, cp) for level in levels for sel in filters for i, cp in enumerate(sel.filter.patches)
                if cp.apply_to == level and _proxy_matches(cp, proxy)]
     for sel, i, cp in patches:
-        def report(reason: str, sel: Selected = sel, i: int = i, cp: ConfigPatch = cp) -> None:
-            problems.append(Problem(sel.key, i, cp.apply_to, reason))
+        def report(reason: str, code: str, sel: Selected = sel, i: int = i, cp: ConfigPatch = cp) -> None:
+            problems.append(Problem(sel.key, i, cp.apply_to, reason, code))
         op = cp.patch.operation if cp.patch else ""
         try:
             value = None if op == "REMOVE" else to_message(cp.apply_to, cp.patch.value if cp.patch else None)
         except PatchValueError as e:
-            report(str(e))
+            report(str(e), INVALID_VALUE)
             continue
         trial = [_copy(m) for m in out]
         try:
             hits = _APPLY[cp.apply_to](trial, cp, op, value, proxy)
         except checks.Rejected as e:
-            report(str(e))
+            report(str(e), NOT_APPLICABLE)
             continue
         if hits == 0 and op == "REPLACE":
-            report("REPLACE matched nothing to replace")
+            report("REPLACE matched nothing to replace", REPLACE_MATCHED_NOTHING)
             continue
         if hits == 0:
             continue
         reason = checks.check(kind, trial)
         if reason and reason != checks.check(kind, out):  # blame a patch only for what it brought
-            report(reason)
+            report(reason, ENVOY_WOULD_REJECT)
             continue
         out = trial
     return [(_name(kind, m), m) for m in out], problems

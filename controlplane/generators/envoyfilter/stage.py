@@ -76,18 +76,18 @@ def patch(mesh: MeshSnapshot, proxy: Proxy, type_url: str, rs: ResourceSet) -> t
     out, problems = apply(kind, items, selected(mesh, proxy), proxy)
     for p in problems:
         log.warning("envoyfilter patch left out", envoy_filter=p.envoy_filter, patch=p.patch, apply_to=p.apply_to,
-                    reason=p.reason, proxy=proxy.id)
+                    code=p.code, reason=p.reason, proxy=proxy.id)
     patched = ResourceSet(type_url, [pack(name, type_url, msg) for name, msg in out])
     return patched, problems
 
 
 def problems_status(found: Iterable[list[Problem]]) -> list[dict[str, Any]]:
     counts: dict[Problem, int] = {}
-    for problems in found:
+    for problems in list(found):  # one step (CPython): a scrape thread may read while a push adds
         for p in set(problems):
             counts[p] = counts.get(p, 0) + 1
-    return [{"envoyFilter": p.envoy_filter, "patch": p.patch, "applyTo": p.apply_to, "reason": p.reason,
-             "outputs": n} for p, n in sorted(counts.items(), key=lambda kv: (kv[0].envoy_filter, kv[0].patch))]
+    return [{"envoyFilter": p.envoy_filter, "patch": p.patch, "applyTo": p.apply_to, "code": p.code,
+             "reason": p.reason, "outputs": n} for p, n in sorted(counts.items(), key=lambda kv: (kv[0].envoy_filter, kv[0].patch))]
 
 
 def _unpack(a: any_pb2.Any) -> Any:
