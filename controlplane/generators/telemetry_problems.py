@@ -1,7 +1,9 @@
 """The parts of Telemetry objects meshd accepts but does not serve, one row per object and
 field, so none is silently ignored (docs/telemetry.md, "What meshd does not serve"):
 
-- `metrics`: every override acts on Istio's stats filter, which upstream Envoy lacks;
+- `metrics` meshd's metrics service cannot apply (telemetry/istio_metrics.py applies the
+  rest): a provider other than Prometheus, `reportingInterval`, a custom metric, an override
+  of a metric meshd does not serve, a tag value it cannot compute;
 - a `targetRef(s)` entry other than a Kubernetes Gateway of the Telemetry's namespace (a
   Service, ServiceEntry or GatewayClass binds only waypoints in istiod): it selects no proxy;
 - a provider meshd cannot build for access logs or tracing (not in the mesh config's
@@ -17,9 +19,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..config.types.telemetry import Metrics
 from ..model.mesh import MeshSnapshot
 from ..model.meshconfig import MeshConfig
-from ..model.telemetry import ENVOY_PROVIDER, NamedTelemetry, TracingSettings
+from ..model.telemetry import (
+    ALL_METRICS,
+    ENVOY_PROVIDER,
+    PROMETHEUS_PROVIDER,
+    SERVED_METRICS,
+    NamedTelemetry,
+    TracingSettings,
+    is_prometheus,
+    tag_value,
+)
 from ..names import GATEWAY_API_GROUP
 from . import access_log
 from .tracing import TracingError, hcm_tracing, mesh_telemetries
@@ -59,6 +71,36 @@ def _provider_problem(name: str, mc: MeshConfig, tracing: bool) -> tuple[str, st
     return None
 
 
+def _metrics_problems(metrics: Metrics, mc: MeshConfig) -> list[tuple[str, str, str]]:
+    """(field under the entry, reason, detail) of what meshd's metrics service does not apply."""
+    out = []
+    for j, name in enumerate(metrics.providers):
+        if not is_prometheus(name, mc):
+            reason = UNKNOWN_PROVIDER if mc.provider(name) is None and name != PROMETHEUS_PROVIDER else PROVIDER_NOT_SERVED
+            out.append((f".providers[{j}]", reason, f"meshd serves metrics for Prometheus providers only; {name!r} "
+                        "gets none (and a workload whose metrics providers are all such gets no Istio metrics)"))
+    if metrics.reporting_interval:
+        out.append((".reportingInterval", METRICS_NOT_APPLIED, "not applied: the proxies report at their stats flush "
+                    "interval (meshd bootstrap --metrics-flush-interval)"))
+    for k, o in enumerate(metrics.overrides):
+        where = f".overrides[{k}]"
+        if o.custom_metric:
+            out.append((f"{where}.match.customMetric", METRICS_NOT_APPLIED,
+                        f"custom metric {o.custom_metric!r} not served: it needs Istio's stats filter"))
+            continue
+        if o.metric not in ("", ALL_METRICS) and o.metric not in SERVED_METRICS and (o.tag_overrides or o.disabled is False):
+            out.append((f"{where}.match.metric", METRICS_NOT_APPLIED, f"{o.metric} is not served by meshd (only "
+                        "REQUEST_COUNT and TCP_OPENED_CONNECTIONS, from Envoy's counters); its overrides change nothing"))
+            continue
+        for tag, (operation, value) in sorted(o.tag_overrides.items()):
+            if operation == "UPSERT" and tag_value(value, {}) is None:
+                out.append((f"{where}.tagOverrides.{tag}.value", METRICS_NOT_APPLIED,
+                            f"meshd cannot compute {value!r} from the proxies' counters (string literals and "
+                            "node.metadata['NAMESPACE' | 'SERVICE_ACCOUNT' | 'WORKLOAD_NAME' | 'CLUSTER_ID'] only): "
+                            f"tag {tag!r} is left as it is"))
+    return out
+
+
 def problems(telemetries: Iterable[NamedTelemetry], mc: MeshConfig) -> tuple[TelemetryProblem, ...]:
     out: list[TelemetryProblem] = []
     for t in sorted(telemetries, key=lambda t: (t.namespace, t.name)):
@@ -75,9 +117,9 @@ def problems(telemetries: Iterable[NamedTelemetry], mc: MeshConfig) -> tuple[Tel
                 why = f"meshd selects only Kubernetes Gateways ({GATEWAY_API_GROUP}) by targetRef"
             add(f"spec.targetRefs[{i}]", TARGET_REFS_NOT_SERVED,
                 f"targetRef {ref.group or 'core'}/{ref.kind} {ref.name!r} selects no proxy: {why}")
-        for i, _ in enumerate(spec.metrics):
-            add(f"spec.metrics[{i}]", METRICS_NOT_APPLIED,
-                "metrics are not applied: they need Istio's stats filter, which upstream Envoy does not have")
+        for i, metrics in enumerate(spec.metrics):
+            for field, reason, detail in _metrics_problems(metrics, mc):
+                add(f"spec.metrics[{i}]{field}", reason, detail)
         for i, entry in enumerate(spec.access_logging):
             for j, name in enumerate(entry.providers):
                 if (found := _provider_problem(name, mc, tracing=False)) is not None:

@@ -10,15 +10,24 @@ listeners; SERVER: inbound). Where no level names providers, the mesh config's
 `defaultProviders` apply. Several Telemetries at one level: the first by name wins, as
 istiod keeps the oldest (meshd has no creation time in files) and the analyzer reports it.
 
+Metrics (`resolve_metrics`) as istiod's mergeMetrics: the providers in scope are the last
+non-empty `providers` of the chain (else the mesh config's `defaultProviders.metrics`, else
+Istio's default `prometheus`); each entry's overrides apply in order to the providers it
+names (or inherits), an ALL_METRICS `disabled: true` drops a mode, any other override
+brings it back. meshd serves the prometheus provider's standard metrics itself
+(telemetry/istio_metrics.py), so only what the Telemetries say of that provider is kept.
+
 Pure: (Telemetries, mesh config, proxy) -> resolved settings the generators read.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..config.types.telemetry import CLIENT, CLIENT_AND_SERVER, SERVER, CustomTag, TargetRef, Telemetry
 from ..names import GATEWAY_API_GROUP, GATEWAY_NAME_LABEL
+from .meshconfig import MeshConfig
 
 # Istio's built-in access log provider: the mesh config's accessLogFile (or stdout),
 # encoding and format.
@@ -150,3 +159,97 @@ def _tracing(chain: list[NamedTelemetry], mode: str, defaults: tuple[str, ...]) 
     if not provider:
         return None
     return TracingSettings(provider, pct, disable, tags)
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+PROMETHEUS_PROVIDER = "prometheus"  # Istio's default metrics provider; meshd's metrics service
+ALL_METRICS = "ALL_METRICS"
+ISTIO_METRICS = ("REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE_SIZE", "TCP_OPENED_CONNECTIONS",
+                 "TCP_CLOSED_CONNECTIONS", "TCP_SENT_BYTES", "TCP_RECEIVED_BYTES", "GRPC_REQUEST_MESSAGES",
+                 "GRPC_RESPONSE_MESSAGES")
+# What meshd's metrics service serves (telemetry/istio_metrics.py): istio_requests_total and
+# istio_tcp_connections_opened_total. The others need Istio's stats filter.
+SERVED_METRICS = frozenset({"REQUEST_COUNT", "TCP_OPENED_CONNECTIONS"})
+# Node metadata meshd keeps of a reporting proxy (telemetry/service.py), usable in a tag value.
+TAG_METADATA = ("NAMESPACE", "SERVICE_ACCOUNT", "WORKLOAD_NAME", "CLUSTER_ID")
+_LITERAL = re.compile(r"""^\s*(?:"([^"\\]*)"|'([^'\\]*)')\s*$""")
+_NODE_METADATA = re.compile(r"""^\s*node\.metadata\[\s*(?:"([A-Z_]+)"|'([A-Z_]+)')\s*\]\s*$""")
+
+
+def is_prometheus(name: str, mc: MeshConfig) -> bool:
+    """Whether provider `name` is a Prometheus provider: one of that kind in the mesh config, or
+    the name `prometheus` when the mesh config does not define it (Istio's default config does)."""
+    p = mc.provider(name)
+    return p.kind == PROMETHEUS_PROVIDER if p is not None else name == PROMETHEUS_PROVIDER
+
+
+def tag_value(expression: str, metadata: Mapping[str, object]) -> str | None:
+    """The value of a tagOverride's `value` for a proxy, when meshd can compute it: a string
+    literal, or `node.metadata['KEY']` of TAG_METADATA. None: meshd cannot (Istio's stats filter
+    evaluates it as CEL against each request; meshd has only the proxies' counters)."""
+    if (m := _LITERAL.match(expression)) is not None:
+        return m.group(1) if m.group(1) is not None else m.group(2)
+    if (m := _NODE_METADATA.match(expression)) is not None and (key := m.group(1) or m.group(2)) in TAG_METADATA:
+        return str(metadata.get(key, ""))
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSettings:
+    disabled: bool = False
+    tags: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # tag -> (UPSERT|REMOVE, value)
+
+
+ENABLED = MetricSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyMetrics:
+    """The prometheus provider's metrics of one proxy. `served` False: the providers in scope
+    are not Prometheus ones, so the proxy has no Istio metrics (as without istiod's stats filter)."""
+
+    served: bool = True
+    all_disabled: frozenset[str] = frozenset()  # modes (CLIENT, SERVER) whose metrics are all dropped
+    overrides: Mapping[str, Mapping[str, MetricSettings]] = field(default_factory=dict)  # mode -> metric ->
+
+    def settings(self, mode: str, metric: str) -> MetricSettings | None:
+        """What applies to `metric` (an ISTIO_METRICS name) reported on side `mode`; None: dropped."""
+        if not self.served or mode in self.all_disabled:
+            return None
+        s = self.overrides.get(mode, {}).get(metric, ENABLED)
+        return None if s.disabled else s
+
+
+def resolve_metrics(chain: Iterable[NamedTelemetry], mc: MeshConfig) -> ProxyMetrics:
+    """`chain`: the applicable Telemetries, least specific first (`applicable`)."""
+    entries = [m for t in chain for m in t.spec.metrics]
+    defaults = dict(mc.default_providers).get("metrics") or (PROMETHEUS_PROVIDER,)
+    in_scope = defaults
+    for m in entries:
+        if m.providers:
+            in_scope = m.providers
+    if not any(is_prometheus(p, mc) for p in in_scope):
+        return ProxyMetrics(served=False)
+    parent = defaults
+    off: set[str] = set()
+    per: dict[str, dict[str, MetricSettings]] = {CLIENT: {}, SERVER: {}}
+    for m in entries:
+        names = m.providers or parent
+        parent = names
+        if not any(is_prometheus(p, mc) and p in in_scope for p in names):
+            continue
+        for o in m.overrides:
+            modes = (o.mode,) if o.mode in (CLIENT, SERVER) else (CLIENT, SERVER)
+            every = not o.custom_metric and o.metric in ("", ALL_METRICS)
+            if every and o.disabled:
+                off.update(modes)
+                continue
+            metrics = (o.custom_metric,) if o.custom_metric else ISTIO_METRICS if every else (o.metric,)
+            for mode in modes:
+                off.discard(mode)
+                for name in metrics:
+                    cur = per[mode].get(name, ENABLED)
+                    per[mode][name] = MetricSettings(cur.disabled if o.disabled is None else o.disabled,
+                                                     {**cur.tags, **o.tag_overrides})
+    return ProxyMetrics(True, frozenset(off), per)

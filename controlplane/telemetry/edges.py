@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..model.proxy import Proxy
 from .counters import Traffic
 from .store import ProxyTraffic
 
@@ -49,6 +50,7 @@ class Edge:
     window: Traffic
     window_seconds: float
     recent: bool  # traffic within the store's `recent` seconds
+    by: Proxy | None = None  # the reporting proxy (its Telemetry metrics settings apply)
 
     def rate(self) -> float:
         """Requests (or, without requests, connections) per second over the last window."""
@@ -134,7 +136,7 @@ def edges(traffic: Iterable[ProxyTraffic], mesh: Any, recent: Any = None,
             window = p.window.outbound.get(cluster, Traffic())
             sec = security(window) if window.connections else security(total)
             out.append(Edge("source", me, dest, host, port, sec, total, window, p.window_seconds,
-                            is_recent(p, f"out|{cluster}")))
+                            is_recent(p, f"out|{cluster}"), p.proxy))
         if p.proxy.type != "sidecar":
             continue
         for port, total in p.totals.inbound.items():
@@ -143,8 +145,9 @@ def edges(traffic: Iterable[ProxyTraffic], mesh: Any, recent: Any = None,
             window = p.window.inbound.get(port, Traffic())
             out.append(Edge("destination", OUTSIDE, me, "", port, NONE, _plain(total),
                             _plain(window) if window.tls >= 0 else Traffic(), p.window_seconds,
-                            is_recent(p, f"plain|{port}")))
+                            is_recent(p, f"plain|{port}"), p.proxy))
         if p.totals.refused:
             out.append(Edge("destination", OUTSIDE, me, "", 0, REFUSED, Traffic(connections=p.totals.refused),
-                            Traffic(connections=p.window.refused), p.window_seconds, is_recent(p, "refused")))
+                            Traffic(connections=p.window.refused), p.window_seconds, is_recent(p, "refused"),
+                            p.proxy))
     return tuple(out)

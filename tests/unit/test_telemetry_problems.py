@@ -42,7 +42,22 @@ def test_a_telemetry_meshd_serves_in_full_has_no_problem():
 
 
 def test_each_setting_meshd_does_not_serve_is_listed_with_its_field_and_reason():
-    assert _problems({"metrics": [{"overrides": [{"disabled": True}]}]}) == [("spec.metrics[0]", METRICS_NOT_APPLIED)]
+    # metrics: meshd's metrics service applies overrides of what it serves; the rest is listed
+    assert _problems({"metrics": [{"overrides": [{"disabled": True}]}]}) == []
+    assert _problems({"metrics": [{"providers": [{"name": "prometheus"}, {"name": "nope"}, {"name": "zipkin"}],
+                                   "reportingInterval": "10s", "overrides": [
+                                       {"match": {"customMetric": "my_metric"}, "disabled": False},
+                                       {"match": {"metric": "REQUEST_DURATION"}, "tagOverrides": {"x": {"value": "'y'"}}},
+                                       {"match": {"metric": "REQUEST_SIZE"}, "disabled": True},  # not there anyway
+                                       {"match": {"metric": "REQUEST_COUNT"}, "tagOverrides": {
+                                           "host": {"value": "request.host"}, "lit": {"value": "'v'"},
+                                           "source_principal": {"operation": "REMOVE"}}}]}]}) == [
+        ("spec.metrics[0].providers[1]", UNKNOWN_PROVIDER),
+        ("spec.metrics[0].providers[2]", PROVIDER_NOT_SERVED),  # a tracing kind
+        ("spec.metrics[0].reportingInterval", METRICS_NOT_APPLIED),
+        ("spec.metrics[0].overrides[0].match.customMetric", METRICS_NOT_APPLIED),
+        ("spec.metrics[0].overrides[1].match.metric", METRICS_NOT_APPLIED),
+        ("spec.metrics[0].overrides[3].tagOverrides.host.value", METRICS_NOT_APPLIED)]
     assert _problems({"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"},
                                      {"kind": "Service", "group": "", "name": "web"},
                                      {"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw",
@@ -154,7 +169,7 @@ kind: Telemetry
 metadata: {name: mesh-default, namespace: istio-system}
 spec:
   tracing: [{providers: [{name: zipkin}]}]
-  metrics: [{overrides: [{match: {metric: REQUEST_COUNT}, disabled: true}]}]
+  metrics: [{overrides: [{match: {metric: REQUEST_COUNT}, tagOverrides: {host: {value: request.host}}}]}]
 """
 
 
@@ -171,7 +186,7 @@ def test_report_logs_each_problem_once_and_follows_the_mesh_config():
         report.update(build_mesh(snap))  # same input: no second event
     events = [e for e in logs if e["event"] == "telemetry not served as written"]
     assert sorted((e["object"], e["field"], e["reason"]) for e in events) == [
-        ("istio-system/mesh-default", "spec.metrics[0]", METRICS_NOT_APPLIED),
+        ("istio-system/mesh-default", "spec.metrics[0].overrides[0].tagOverrides.host.value", METRICS_NOT_APPLIED),
         ("istio-system/mesh-default", "spec.tracing[0].providers[0]", UNKNOWN_PROVIDER)]
     assert _gauge(registry, UNKNOWN_PROVIDER) == 1 and _gauge(registry, METRICS_NOT_APPLIED) == 1
     assert _gauge(registry, TARGET_REFS_NOT_SERVED) == 0
@@ -180,7 +195,7 @@ def test_report_logs_each_problem_once_and_follows_the_mesh_config():
         report.update(build_mesh(snap, mesh_config=MESH))
     assert [e for e in logs if e["event"] == "telemetry not served as written"] == []
     assert [(r["name"], r["field"], r["reason"]) for r in report.status()] == [
-        ("mesh-default", "spec.metrics[0]", METRICS_NOT_APPLIED)]
+        ("mesh-default", "spec.metrics[0].overrides[0].tagOverrides.host.value", METRICS_NOT_APPLIED)]
     assert _gauge(registry, UNKNOWN_PROVIDER) == 0
 
 
@@ -189,7 +204,7 @@ def test_analyze_warns_with_msh0007_at_the_field(tmp_path):
     (tmp_path / "t.yaml").write_text(TELEMETRY)
     found = [m for m in analyze(load_paths([str(tmp_path)])[0], mesh_config=MESH) if m.type.code == "MSH0007"]
     assert [(m.type.level, m.resource.name) for m in found] == [("Warning", "mesh-default")]
-    assert "spec.metrics[0]: metrics are not applied" in str(found[0])
+    assert "spec.metrics[0].overrides[0].tagOverrides.host.value: meshd cannot compute" in str(found[0])
     assert found[0].line == 7  # the metrics entry
 
 
@@ -205,7 +220,7 @@ def test_a_running_meshd_reports_the_telemetry_in_configz_metrics_and_log(tmp_pa
 
         wait_for(lambda: section(), 10, what="telemetryProblems in /debug/configz")
         assert sorted((r["namespace"], r["name"], r["field"]) for r in section()) == [
-            ("istio-system", "mesh-default", "spec.metrics[0]"),
+            ("istio-system", "mesh-default", "spec.metrics[0].overrides[0].tagOverrides.host.value"),
             ("istio-system", "mesh-default", "spec.tracing[0].providers[0]")]
         assert f'meshd_telemetry_problems{{reason="{METRICS_NOT_APPLIED}"}} 1.0' in m.metrics()
         assert "telemetry not served as written" in m.log()
