@@ -30,7 +30,8 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 
 from .. import names
-from ..config.types.trafficpolicy import NO_POLICY
+from ..config.types.trafficpolicy import NO_POLICY, TrafficPolicy
+from ..config.types.workloadentry import UNIX_PREFIX
 from ..model import protocol
 from ..model.mesh import MeshSnapshot
 from ..model.meshconfig import LOCALHOST as LOCALHOST_MODE
@@ -143,22 +144,31 @@ def _bind(address: str) -> address_pb2.BindConfig:
 def inbound_cluster(ip: InboundPort, localhost: bool = False) -> cluster_pb2.Cluster:
     """`inbound|<port>||`: to the application at the address the client dialled (the pod
     IP and the workload port), from 127.0.0.6; with the mesh config's inboundTrafficPolicy
-    LOCALHOST (`localhost`), to 127.0.0.1 and the workload port (STATIC, as istiod)."""
+    LOCALHOST (`localhost`), to 127.0.0.1 and the workload port (STATIC, as istiod). A
+    Sidecar's connection pool for the port shapes it as a DestinationRule's would."""
     c = cluster_pb2.Cluster(
         name=ip.cluster,
         connect_timeout=DEFAULT_CONNECT_TIMEOUT,
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(),
     )
-    traffic_policy.apply(c, NO_POLICY, http2=protocol.is_http2(ip.protocol))
+    policy = TrafficPolicy(connection_pool=ip.connection_pool) if ip.connection_pool is not None else NO_POLICY
+    traffic_policy.apply(c, policy, http2=protocol.is_http2(ip.protocol))
     if ip.default_endpoint:
-        # A Sidecar ingress listener's defaultEndpoint (`127.0.0.1:8080`; `0.0.0.0` is the pod IP).
-        host, _, port = ip.default_endpoint.rpartition(":")
-        host = host.strip("[]")
+        # A Sidecar ingress listener's defaultEndpoint (`127.0.0.1:8080`; `0.0.0.0` is the
+        # pod IP; `unix:///path` a Unix domain socket).
         c.type = cluster_pb2.Cluster.STATIC
         c.load_assignment.cluster_name = ip.cluster
         ep = c.load_assignment.endpoints.add().lb_endpoints.add().endpoint
-        ep.address.socket_address.address = host or LOCALHOST
-        ep.address.socket_address.port_value = int(port)
+        if ip.default_endpoint.startswith(UNIX_PREFIX):
+            ep.address.pipe.path = ip.default_endpoint[len(UNIX_PREFIX):]
+        else:
+            host, _, port = ip.default_endpoint.rpartition(":")
+            host = host.strip("[]") or LOCALHOST
+            ep.address.socket_address.address = host
+            ep.address.socket_address.port_value = int(port)
+            if host not in (LOCALHOST, "::1"):
+                # The pod's own address: from 127.0.0.6, or iptables would send it back to 15006.
+                c.upstream_bind_config.CopyFrom(_bind(INBOUND_PASSTHROUGH_BIND))
     elif localhost:
         c.type = cluster_pb2.Cluster.STATIC
         c.load_assignment.cluster_name = ip.cluster

@@ -39,12 +39,13 @@ from ..config.types.destinationrule import DestinationRule
 from ..config.types.trafficpolicy import PortTrafficPolicy, TrafficPolicy
 from ..model import security as model_security
 from ..model.destination_rules import rule_host
+from ..model.gateway_api.certificates import authorized as authorized_certificates
 from ..model.hosts import covers
 from ..model.indexes import Index, Lifetime, Value
 from ..model.locality import Locality
 from ..model.mesh import MeshSnapshot
 from ..model.peer_authentication import selector_labels
-from ..model.proxy import Proxy
+from ..model.proxy import ROUTER, Proxy
 from ..model.services import Endpoint
 from .inputs import (
     AUTHORIZATION_POLICY,
@@ -387,6 +388,28 @@ def namespace_secrets(mesh: MeshSnapshot, namespace: str) -> str:
     return per_ns.get(namespace, "")
 
 
+# Stands for the Secrets only: which references it names follows from the Gateways
+# selecting the proxy and the ReferenceGrants, which the parts calling it declare
+# themselves (GATEWAY, OTHER); its value names them, so it changes with them too.
+@stands_for(SECRET)
+def gateway_certificates(mesh: MeshSnapshot, proxy: Proxy) -> str:
+    """Fingerprint of the Gateway API certificates (`kubernetes-gateway://ns/name`) an
+    authenticated gateway may read and of their Secrets, whatever their namespace: which
+    ones follow from the Gateways selecting it and the ReferenceGrants
+    (model/gateway_api/certificates.py). "" for a sidecar, which is sent none."""
+    if proxy.type != ROUTER or not proxy.workload_cert:
+        return ""
+    refs = authorized_certificates(mesh.gateways_for(proxy), proxy.namespace, mesh.gateway_api.grants)
+    if not refs:
+        return ""
+    lines = []
+    for ref, with_ca in refs:
+        for name in (ref.name, ref.name + "-cacert"):
+            cred = mesh.credential(ref.namespace, name)
+            lines.append(f"{ref.resource} {with_ca} {name}={cred.generation if cred is not None else ''}")
+    return _digest(lines)
+
+
 def _namespace_secrets(mesh: MeshSnapshot) -> dict[str, str]:
     lines: dict[str, list[str]] = {}
     for (ns, name), cred in mesh.credentials.items():
@@ -529,17 +552,19 @@ def seen_rules(mesh: MeshSnapshot, proxy: Proxy) -> str:
 
 @stands_for(SIDECAR_SCOPE)
 def sidecar_ingress(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...] | None:
-    """The Sidecar whose ingress listeners replace the proxy's inbound side (None for most
-    proxies), and the proxy's address when a `defaultEndpoint` names the workload's own
-    (`0.0.0.0:<port>`). The inbound side reads nothing else of the scope."""
+    """The Sidecar whose ingress listeners replace the proxy's inbound side, or whose
+    `inboundConnectionPool` shapes its inbound clusters (None for most proxies), and the
+    proxy's address when ingress listeners there are (their chains are named after it, and
+    `defaultEndpoint: 0.0.0.0:<port>` is the workload's own). The inbound side reads
+    nothing else of the scope."""
     if proxy.type != "sidecar":
         return None
     scope = mesh.sidecar_scope(proxy)
-    if not scope.ingress or scope.sidecar is None:
+    spec = scope.spec
+    if scope.sidecar is None or spec is None or not (spec.ingress or spec.inbound_connection_pool is not None):
         return None
     sc = scope.sidecar
-    own = any(lst.default_endpoint.startswith(("0.0.0.0:", "[::]:")) for lst in scope.ingress)
-    return (sc.namespace, sc.name, sc.generation, proxy.ip if own else "")
+    return (sc.namespace, sc.name, sc.generation, proxy.ip if spec.ingress else "")
 
 
 @stands_for(ENDPOINTS)

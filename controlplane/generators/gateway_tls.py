@@ -96,9 +96,13 @@ def _validation(settings: ServerTLSSettings) -> common_pb2.CertificateValidation
 
 
 def downstream_context(server: Server) -> tls_pb2.DownstreamTlsContext:
-    settings = server.tls
-    assert settings is not None  # only TLS servers get a downstream context
-    mode = server.tls_mode
+    assert server.tls is not None  # only TLS servers get a downstream context
+    return settings_context(server.tls, server.tls_mode)
+
+
+def settings_context(settings: ServerTLSSettings, mode: str) -> tls_pb2.DownstreamTlsContext:
+    """The DownstreamTlsContext of ServerTLSSettings in `mode` (a Gateway server's, or a
+    Sidecar ingress listener's)."""
     ctx = tls_pb2.DownstreamTlsContext(
         common_tls_context=tls_pb2.CommonTlsContext(alpn_protocols=list(ALPN_HTTP)),
         require_client_certificate=wrappers_pb2.BoolValue(value=mode in (MUTUAL, ISTIO_MUTUAL)),

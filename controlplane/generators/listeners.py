@@ -13,7 +13,8 @@ PASSTHROUGH gets a chain per VirtualService `tls` match (SNI from `sniHosts`) pr
 the still encrypted bytes; AUTO_PASSTHROUGH routes by the SNI of Istio mTLS clients.
 
 Sidecar: the outbound listeners and `virtualOutbound` of sidecar_outbound.py, then
-`virtualInbound` of sidecar_inbound.py (istiod's order).
+`virtualInbound` of sidecar_inbound.py (and the listeners of Sidecar ingress ports with
+`captureMode: NONE`; istiod's order).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from ..model.telemetry import ProxyTelemetry
 from . import access_log, filter_chains, filters, gateway_tls, security_filters, tls
 from .gateway_servers import gateway_ports, matching_hosts, virtual_services_for_gateway
 from .http_routes import RouteContext, destination_cluster
-from .sidecar_inbound import virtual_inbound
+from .sidecar_inbound import inbound_listeners
 from .sidecar_outbound import outbound_listeners, virtual_outbound
 from .tracing import apply_tracing, proxy_telemetry, telemetry_access_logs
 
@@ -74,7 +75,7 @@ def finish(listeners: list[listener_pb2.Listener], mc: MeshConfig,
 
 
 def sidecar_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Listener]:
-    return [*outbound_listeners(mesh, proxy), virtual_outbound(mesh, proxy), virtual_inbound(mesh, proxy)]
+    return [*outbound_listeners(mesh, proxy), virtual_outbound(mesh, proxy), *inbound_listeners(mesh, proxy)]
 
 
 def gateway_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Listener]:

@@ -36,13 +36,16 @@ from envoy.config.route.v3 import route_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from .. import names
+from ..config.types.gateway import ServerTLSSettings
 from ..config.types.sidecar import IngressListener
+from ..config.types.trafficpolicy import ConnectionPoolSettings
 from ..model import protocol
 from ..model.mesh import MeshSnapshot, ServiceInstance
 from ..model.peer_authentication import DISABLE, PERMISSIVE, STRICT
 from ..model.proxy import SIDECAR, Proxy
 from ..model.services import Service, ServicePort
-from . import filter_chains, filters, security_filters, tls
+from ..model.sidecar_scope import CAPTURE_NONE
+from . import filter_chains, filters, gateway_tls, security_filters, tls
 
 WILDCARD = "0.0.0.0"
 VIRTUAL_INBOUND = "virtualInbound"
@@ -65,13 +68,25 @@ class InboundPort:
     service: Service
     service_port: ServicePort
     protocol: str
-    # A Sidecar ingress listener's `defaultEndpoint` (`127.0.0.1:8080`): where the inbound
-    # cluster sends connections instead of the address the client dialled.
+    # A Sidecar ingress listener's `defaultEndpoint` (`127.0.0.1:8080`, `unix://...`): where
+    # the inbound cluster sends connections instead of the address the client dialled.
     default_endpoint: str = ""
+    # The address in the chain's name `<bind>_<port>` (istiod: a Sidecar ingress listener's
+    # `bind`, else the pod IP; 0.0.0.0 for service ports), and, with `bind_to_port`
+    # (captureMode NONE), where a listener of its own really binds.
+    bind: str = WILDCARD
+    bind_to_port: bool = False
+    tls: ServerTLSSettings | None = None  # a Sidecar ingress listener's TLS, terminated here
+    connection_pool: ConnectionPoolSettings | None = None  # of `inbound|<port>||` (the Sidecar's)
 
     @property
     def cluster(self) -> str:
         return names.inbound_cluster(self.port)
+
+    @property
+    def name(self) -> str:
+        """The name of its filter chains (and of its listener, when bound): `<bind>_<port>`."""
+        return f"{self.bind}_{self.port}"
 
     @property
     def http(self) -> bool:
@@ -88,16 +103,17 @@ def inbound_ports(mesh: MeshSnapshot, proxy: Proxy) -> list[InboundPort]:
     treated as TCP (no protocol sniffing); UDP and the sidecar's own ports are skipped."""
     if proxy.type != SIDECAR:
         return []
-    ingress = mesh.sidecar_scope(proxy).ingress
-    if ingress:
-        return _ingress_ports(mesh, proxy, ingress)
+    scope = mesh.sidecar_scope(proxy)
+    if scope.ingress:
+        return _ingress_ports(mesh, proxy, scope.ingress)
     chosen: dict[int, InboundPort] = {}
     for inst in sorted(mesh.instances_for(proxy), key=lambda i: (_age(i.service), i.port.port)):
         proto = protocol.of_service_port(inst.port)
         port = inst.endpoint.port
         if proto == protocol.UDP or port in RESERVED_PORTS or port in chosen:
             continue
-        chosen[port] = InboundPort(port, inst.service, inst.port, proto)
+        chosen[port] = InboundPort(port, inst.service, inst.port, proto,
+                                   connection_pool=scope.inbound_connection_pool(port))
     return [chosen[p] for p in sorted(chosen)]
 
 
@@ -109,6 +125,7 @@ def _ingress_ports(mesh: MeshSnapshot, proxy: Proxy, ingress: tuple[IngressListe
     by_port: dict[int, ServiceInstance] = {}
     for found in sorted(mesh.instances_for(proxy), key=lambda i: (_age(i.service), i.port.port)):
         by_port.setdefault(found.endpoint.port, found)  # the oldest service on the port
+    scope = mesh.sidecar_scope(proxy)
     out: dict[int, InboundPort] = {}
     for listener in ingress:
         number = listener.port.number
@@ -119,9 +136,21 @@ def _ingress_ports(mesh: MeshSnapshot, proxy: Proxy, ingress: tuple[IngressListe
         svc = inst.service if inst is not None else Service(
             name="sidecar", namespace=proxy.namespace, hostname=f"sidecar.{proxy.namespace}", ports=(sp,),
             selector={}, labels={})
-        out[number] = InboundPort(number, svc, inst.port if inst is not None else sp,
-                                  protocol.parse(listener.port.protocol), _endpoint(listener.default_endpoint, proxy))
+        proto = protocol.parse(listener.port.protocol)
+        if listener.tls is not None:
+            proto = _after_tls_termination(proto)
+        out[number] = InboundPort(number, svc, inst.port if inst is not None else sp, proto,
+                                  _endpoint(listener.default_endpoint, proxy),
+                                  bind=listener.bind or proxy.ip or WILDCARD,
+                                  bind_to_port=listener.capture_mode == CAPTURE_NONE, tls=listener.tls,
+                                  connection_pool=scope.inbound_connection_pool(number))
     return [out[p] for p in sorted(out)]
+
+
+def _after_tls_termination(proto: str) -> str:
+    """What a port speaks once the sidecar has terminated its TLS (istiod's
+    AfterTLSTermination): HTTPS is HTTP, TLS is TCP."""
+    return {protocol.HTTPS: protocol.HTTP, protocol.TLS: protocol.TCP}.get(proto, proto)
 
 
 def _endpoint(default_endpoint: str, proxy: Proxy) -> str:
@@ -195,24 +224,26 @@ def _chain(name: str, match: lc.FilterChainMatch, filter_: lc.Filter, opt: Chain
 # --- the listener --------------------------------------------------------------------
 
 
-def virtual_inbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
-    policy = mesh.mtls_policy(proxy.namespace, proxy.labels)
+def inbound_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Listener]:
+    """`virtualInbound`, then a listener of its own for each Sidecar ingress port with
+    `captureMode: NONE` (istiod's buildInboundListeners)."""
     ports = inbound_ports(mesh, proxy)
+    return [virtual_inbound(mesh, proxy, ports), *(_bound_listener(mesh, proxy, ip) for ip in ports if ip.bind_to_port)]
+
+
+def virtual_inbound(mesh: MeshSnapshot, proxy: Proxy, ports: list[InboundPort] | None = None) -> listener_pb2.Listener:
+    policy = mesh.mtls_policy(proxy.namespace, proxy.labels)
+    if ports is None:
+        ports = inbound_ports(mesh, proxy)
     chains = [_blackhole_chain()]
     chains += _passthrough_chains(None, _mode(policy.mode))
     served = {p.port for p in ports}
     for port, mode in sorted(policy.port_modes.items()):
         if port not in served and port not in RESERVED_PORTS and 0 < port < 65536:
             chains += _passthrough_chains(port, _mode(mode))
-    for ip in ports:
-        options = (HTTP_OPTIONS if ip.http else TCP_OPTIONS)[_mode(policy.for_port(ip.port))]
-        chains += [_service_chain(ip, opt) for opt in options]
-    chains = filter_chains.dedupe(chains)
-    if not proxy.workload_cert:
-        # No certificate to terminate mTLS with: drop those chains rather than leave the
-        # listener waiting for `default` forever (STRICT ports then refuse everything).
-        chains = [c for c in chains if not c.HasField("transport_socket")]
-    tls.accept_trust_domain_aliases(chains, mesh.mesh_config.trust_domain, mesh.mesh_config.trust_domain_aliases)
+    captured = [ip for ip in ports if not ip.bind_to_port]
+    chains = _mesh_chains(mesh, proxy, chains + [c for ip in captured for c in _port_chains(ip, policy.for_port(ip.port))])
+    chains += [c for ip in captured for c in _user_tls_chains(ip, policy.for_port(ip.port))]
     listener = listener_pb2.Listener(
         name=VIRTUAL_INBOUND,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=WILDCARD, port_value=names.PORT_INBOUND)),
@@ -226,6 +257,63 @@ def virtual_inbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
     listener.listener_filters.extend(filter_chains.inspectors(chains))
     security_filters.secure(listener, security_filters.for_proxy(mesh, proxy, is_gateway=False), frozenset({BLACKHOLE_CHAIN}))
     return listener
+
+
+def _bound_listener(mesh: MeshSnapshot, proxy: Proxy, ip: InboundPort) -> listener_pb2.Listener:
+    """A Sidecar ingress port with `captureMode: NONE`: a listener `<bind>_<port>` that
+    binds the address for real (no iptables: clients dial it), with the chains the port
+    would have had in virtualInbound and no original_dst filter (istiod's
+    inboundCustomListener)."""
+    mode = mesh.mtls_policy(proxy.namespace, proxy.labels).for_port(ip.port)
+    chains = _mesh_chains(mesh, proxy, _port_chains(ip, mode)) + _user_tls_chains(ip, mode)
+    listener = listener_pb2.Listener(
+        name=ip.name,
+        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=ip.bind, port_value=ip.port)),
+        filter_chains=chains,
+        traffic_direction=base_pb2.INBOUND,
+        listener_filters_timeout=duration_pb2.Duration(),
+        continue_on_listener_filters_timeout=True,
+    )
+    listener.listener_filters.extend(filter_chains.inspectors(chains))
+    security_filters.secure(listener, security_filters.for_proxy(mesh, proxy, is_gateway=False))
+    return listener
+
+
+def _mesh_chains(mesh: MeshSnapshot, proxy: Proxy, chains: list[lc.FilterChain]) -> list[lc.FilterChain]:
+    """Chains of the mesh's own TLS (Istio mTLS) and plaintext, de-duplicated."""
+    chains = filter_chains.dedupe(chains)
+    if not proxy.workload_cert:
+        # No certificate to terminate mTLS with: drop those chains rather than leave the
+        # listener waiting for `default` forever (STRICT ports then refuse everything).
+        chains = [c for c in chains if not c.HasField("transport_socket")]
+    tls.accept_trust_domain_aliases(chains, mesh.mesh_config.trust_domain, mesh.mesh_config.trust_domain_aliases)
+    return chains
+
+
+def _uses_own_tls(ip: InboundPort, mode: str) -> bool:
+    """A Sidecar ingress listener's `tls` is terminated only where the port's
+    PeerAuthentication mode is DISABLE (istiod: it does not combine with Istio mTLS); under
+    STRICT or PERMISSIVE the port is served as its protocol after TLS termination, with
+    the mesh's chains, and the `tls` does nothing (docs/sidecar-scope.md)."""
+    return ip.tls is not None and _mode(mode) == DISABLE
+
+
+def _port_chains(ip: InboundPort, mode: str) -> list[lc.FilterChain]:
+    if _uses_own_tls(ip, mode):
+        return []
+    options = (HTTP_OPTIONS if ip.http else TCP_OPTIONS)[_mode(mode)]
+    return [_service_chain(ip, opt) for opt in options]
+
+
+def _user_tls_chains(ip: InboundPort, mode: str) -> list[lc.FilterChain]:
+    """One chain terminating the listener's own TLS: any TLS client of the port (no ALPN
+    match), the certificate files of `tls` (as a Gateway server's: gateway_tls.py)."""
+    if not _uses_own_tls(ip, mode):
+        return []
+    assert ip.tls is not None
+    chain = _service_chain(ip, ChainOption(ip.http, _T))
+    chain.transport_socket.CopyFrom(tls.transport_socket(gateway_tls.settings_context(ip.tls, ip.tls.mode)))
+    return [chain]
 
 
 def _blackhole_chain() -> lc.FilterChain:
@@ -251,7 +339,7 @@ def _passthrough_chains(port: int | None, mode: str) -> list[lc.FilterChain]:
 
 
 def _service_chain(ip: InboundPort, opt: ChainOption) -> lc.FilterChain:
-    name = f"{WILDCARD}_{ip.port}"
+    name = ip.name
     if opt.http:
         route = inbound_route_config(ip.cluster, ip.service_port.port, f"{ip.service.hostname}:{ip.service_port.port}/*")
         hcm = filters.sidecar_http_connection_manager(f"inbound_{name}", ip.protocol, inbound=True, route_config=route)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config.objects import ConfigObject
 from ..config.types.sidecar import EgressListener, IngressListener, Sidecar
+from ..config.types.trafficpolicy import ConnectionPoolSettings
 from ..config.types.virtualservice import Destination
 from ..names import resolve_host
 from .destination_rules import exported_to
@@ -135,6 +136,18 @@ class SidecarScope:
     def ingress(self) -> tuple[IngressListener, ...]:
         """The Sidecar's ingress listeners: when present they replace the inbound side."""
         return self.spec.ingress if self.spec is not None else ()
+
+    def inbound_connection_pool(self, port: int) -> ConnectionPoolSettings | None:
+        """The connection pool of the inbound cluster of `port` (istiod's
+        InboundConnectionPoolForPort): its ingress listener's, else the Sidecar's
+        `inboundConnectionPool`; None: the defaults."""
+        spec = self.spec
+        if spec is None:
+            return None
+        for listener in spec.ingress:
+            if listener.port.number == port and listener.connection_pool is not None:
+                return listener.connection_pool
+        return spec.inbound_connection_pool
 
     @property
     def registry_only(self) -> bool:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .common import each, integer, labels, mapping, optional, strings, text
+from .gateway import ServerTLSSettings, server_tls
+from .trafficpolicy import ConnectionPoolSettings, connection_pool
 from .virtualservice import Destination, destination
 
 DEFAULT_CAPTURE = "DEFAULT"
@@ -30,20 +32,13 @@ class EgressListener:
 
 
 @dataclass(frozen=True, slots=True)
-class IngressTLS:
-    mode: str = ""
-    server_certificate: str = ""
-    private_key: str = ""
-    ca_certificates: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class IngressListener:
     port: SidecarPort = SidecarPort()
     bind: str = ""
     capture_mode: str = DEFAULT_CAPTURE
     default_endpoint: str = ""  # `127.0.0.1:<port>`, `0.0.0.0:<port>`, `unix://...`; "" forwards as captured
-    tls: IngressTLS | None = None
+    tls: ServerTLSSettings | None = None  # a Gateway server's kind of `tls` (file paths only, as Istio)
+    connection_pool: ConnectionPoolSettings | None = None  # of the inbound cluster `inbound|<port>||`
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +54,8 @@ class Sidecar:
     outbound_traffic_policy: OutboundTrafficPolicy | None = None  # None: the mesh config's
     # `workloadSelector.labels`; None without a selector (the namespace's default Sidecar).
     workload_selector: Mapping[str, str] | None = None
+    # Every inbound cluster's connection pool, unless its ingress listener has its own.
+    inbound_connection_pool: ConnectionPoolSettings | None = None
 
 
 def _port(raw: Mapping[str, Any]) -> SidecarPort:
@@ -70,15 +67,10 @@ def _egress(raw: Mapping[str, Any]) -> EgressListener:
                           text(raw.get("captureMode")) or DEFAULT_CAPTURE)
 
 
-def _tls(raw: Mapping[str, Any]) -> IngressTLS:
-    return IngressTLS(text(raw.get("mode")), text(raw.get("serverCertificate")), text(raw.get("privateKey")),
-                      text(raw.get("caCertificates")))
-
-
 def _ingress(raw: Mapping[str, Any]) -> IngressListener:
     return IngressListener(_port(mapping(raw.get("port"))), text(raw.get("bind")),
                            text(raw.get("captureMode")) or DEFAULT_CAPTURE, text(raw.get("defaultEndpoint")),
-                           optional(raw.get("tls"), _tls))
+                           optional(raw.get("tls"), server_tls), optional(raw.get("connectionPool"), connection_pool))
 
 
 def _outbound(raw: Mapping[str, Any]) -> OutboundTrafficPolicy:
@@ -92,4 +84,5 @@ def sidecar(spec: Mapping[str, Any]) -> Sidecar:
         ingress=each(spec.get("ingress"), _ingress),
         outbound_traffic_policy=optional(spec.get("outboundTrafficPolicy"), _outbound),
         workload_selector=labels(mapping(selector).get("labels")) if isinstance(selector, Mapping) else None,
+        inbound_connection_pool=optional(spec.get("inboundConnectionPool"), connection_pool),
     )

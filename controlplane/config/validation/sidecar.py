@@ -2,17 +2,18 @@
 
 Istio's warnings (duplicated egress hosts, `*/*` beside other hosts, a selector without
 labels) do not reject a Sidecar there and do not here either; everything Istio rejects is
-rejected, with its wording. What Istio accepts but meshd does not serve (ingress listeners bound
-to an address or with `captureMode: NONE`, egress ones on a Unix socket, the catch-all or
-HTTP_PROXY, ingress TLS, connection pools) is rejected too, naming the field: served without it, the Sidecar would not do what it says
-(docs/sidecar-scope.md)."""
+rejected, with its wording. What Istio accepts but meshd does not serve (egress listeners
+on a Unix socket, the catch-all or HTTP_PROXY with an address, ingress `tls` without a
+mode to terminate) is rejected too, naming the field: served without it, the Sidecar would
+not do what it says (docs/sidecar-scope.md)."""
 from __future__ import annotations
 
 from typing import Any
 
 from . import dns
+from .destinationrule import _check_connection_pool
 from .errors import FieldError, child, index, invalid, map_key
-from .gateway import UNIX_PREFIX, unix_address_error
+from .gateway import UNIX_PREFIX, _check_tls_options, unix_address_error
 from .istio_common import check_destination, check_port, get
 
 _LOCAL_HOSTS = ("127.0.0.1", "0.0.0.0", "::1", "::")
@@ -39,6 +40,7 @@ def validate_sidecar(spec: dict, namespace: str | None) -> list[FieldError]:
     ports: set[int] = set()
     for i, listener in enumerate(get(spec, "ingress", [])):
         _check_ingress(listener, index("spec.ingress", i), ports, errs)
+    _check_connection_pool(get(spec, "inboundConnectionPool"), "spec.inboundConnectionPool", errs)
 
     ports = set()
     sockets: set[str] = set()
@@ -97,23 +99,22 @@ _NOT_SERVED = "meshd does not serve this field of a Sidecar yet (docs/sidecar-sc
 
 
 def _unserved(spec: dict, errs: list[FieldError]) -> None:
-    if get(spec, "inboundConnectionPool") is not None:
-        errs.append(FieldError("spec.inboundConnectionPool", _NOT_SERVED))
-    for side in ("egress", "ingress"):
-        for i, listener in enumerate(get(spec, side, [])):
-            path = index(f"spec.{side}", i)
-            if side == "egress" and _served_address(listener):
-                continue
-            if get(listener, "bind"):
-                errs.append(invalid(child(path, "bind"), listener["bind"], _NOT_SERVED))
-            if get(listener, "captureMode") == "NONE":
-                errs.append(invalid(child(path, "captureMode"), "NONE", _NOT_SERVED))
-            if side == "ingress":
-                for fld in ("tls", "connectionPool"):
-                    if get(listener, fld) is not None:
-                        errs.append(FieldError(child(path, fld), _NOT_SERVED))
-                if str(get(listener, "defaultEndpoint", "")).startswith(UNIX_PREFIX):
-                    errs.append(invalid(child(path, "defaultEndpoint"), listener["defaultEndpoint"], _NOT_SERVED))
+    for i, listener in enumerate(get(spec, "egress", [])):
+        path = index("spec.egress", i)
+        if _served_address(listener):
+            continue
+        if get(listener, "bind"):
+            errs.append(invalid(child(path, "bind"), listener["bind"], _NOT_SERVED))
+        if get(listener, "captureMode") == "NONE":
+            errs.append(invalid(child(path, "captureMode"), "NONE", _NOT_SERVED))
+    for i, listener in enumerate(get(spec, "ingress", [])):
+        mode = get(get(listener, "tls"), "mode", "PASSTHROUGH")
+        if get(listener, "tls") is not None and mode not in ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL", "ISTIO_MUTUAL",
+                                                             "AUTO_PASSTHROUGH"):
+            # A sidecar terminates TLS (Istio's docs: SIMPLE and MUTUAL); PASSTHROUGH would leave
+            # the port with a TLS context and no certificate.
+            errs.append(invalid(child(child(index("spec.ingress", i), "tls"), "mode"), mode,
+                                f"a sidecar ingress listener terminates TLS (SIMPLE, MUTUAL or OPTIONAL_MUTUAL): {_NOT_SERVED}"))
 
 
 def _served_address(listener: Any) -> bool:
@@ -202,12 +203,8 @@ def _check_ingress(listener: Any, path: str, ports: set[int], errs: list[FieldEr
             errs.append(invalid(child(tpath, "mode"), mode, f"configuration is invalid: cannot set mode to {mode} in sidecar ingress tls"))
         if str(get(port, "protocol", "")).upper() not in ("HTTPS", "TLS"):
             errs.append(FieldError(tpath, "server cannot have TLS settings for non HTTPS/TLS ports"))
-        if mode in ("SIMPLE", "MUTUAL"):
-            for fld in ("serverCertificate", "privateKey"):
-                if not get(tls, fld):
-                    errs.append(FieldError(child(tpath, fld), f"Required value: {mode} TLS requires {fld}"))
-            if mode == "MUTUAL" and not get(tls, "caCertificates"):
-                errs.append(FieldError(child(tpath, "caCertificates"), "Required value: MUTUAL TLS requires caCertificates"))
+        _check_tls_options(tls, tpath, errs)
+    _check_connection_pool(get(listener, "connectionPool"), child(path, "connectionPool"), errs)
 
 
 def _check_default_endpoint(endpoint: str, path: str, errs: list[FieldError]) -> None:
