@@ -14,6 +14,14 @@ gRPC metadata `authorization: Bearer <jwt>` on the ADS stream: meshd answers SDS
 `default` (the workload key) only to a stream authenticated that way. The token is a
 credential: a bootstrap carrying one is written 0600 (see cli.py).
 
+A token that rotates (`XdsTls.token_path`: the pod's projected service-account token,
+which the kubelet replaces before it expires) is not copied: the ADS service becomes
+Envoy's `google_grpc` client with the `envoy.grpc_credentials.file_based_metadata` call
+credential, which reads the file again for every new stream, so a proxy that reconnects
+(meshd restarted, the stream cut) presents the current token. Envoy's own gRPC client
+(`envoy_grpc`, static `initial_metadata`) cannot do that. The xds-grpc cluster stays
+for the operator's eye (same address) but carries no traffic then.
+
 Sidecars get the pod label the injector adds, `security.istio.io/tlsMode: istio`, in
 LABELS unless given otherwise (auto mTLS and PeerAuthentication read it), and
 `INTERCEPTION_MODE: REDIRECT`.
@@ -77,6 +85,7 @@ class XdsTls:
     root_cert_pem: str  # the mesh root: verifies meshd's serving certificate
     token: str = field(default="", repr=False)  # bearer token for the ADS stream ("" : none)
     server_name: str = XDS_SERVER_NAME
+    token_path: str = ""  # a token file Envoy reads on every (re)connection instead of `token`
 
 
 def _check_root_pem(pem: str, source: str) -> str:
@@ -274,7 +283,9 @@ def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
     grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": "xds-grpc"}}
     if p.tls is not None:
         clusters[0]["transport_socket"] = _xds_transport_socket(p.tls)
-        if p.tls.token:
+        if p.tls.token_path:
+            grpc_service = _rotating_token_grpc_service(p.tls, p.xds_address)
+        elif p.tls.token:
             grpc_service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {p.tls.token}"}]
     node: dict[str, Any] = {"id": node_id, "cluster": f"{app}.{p.namespace}", "metadata": metadata}
     metrics = _metrics_sink(p, grpc_service) if p.metrics_flush_interval else {}
@@ -302,6 +313,34 @@ def build_bootstrap(p: BootstrapParams) -> dict[str, Any]:
         },
         **metrics,
         **(proxy_settings.stats_config(p.proxy_config) if p.proxy_config is not None else {}),
+    }
+
+
+def _rotating_token_grpc_service(tls: XdsTls, address: str) -> dict[str, Any]:
+    """ADS over Envoy's google_grpc client, authenticated with the token file as it is
+    when each stream starts (the kubelet rotates a projected token in place)."""
+    if tls.token:
+        raise ValueError("give the token inline or as a file to re-read (token_path), not both")
+    return {
+        "google_grpc": {
+            "target_uri": address,
+            "stat_prefix": "xds-grpc",
+            "channel_credentials": {"ssl_credentials": {"root_certs": {"inline_string": tls.root_cert_pem}}},
+            "call_credentials": [{
+                "from_plugin": {
+                    "name": "envoy.grpc_credentials.file_based_metadata",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.config.grpc_credential.v3.FileBasedMetadataConfig",
+                        "secret_data": {"filename": tls.token_path},
+                        "header_prefix": "Bearer ",
+                    },
+                },
+            }],
+            "credentials_factory_name": "envoy.grpc_credentials.file_based_metadata",
+            # The address may be an IP or a local forwarder: verify meshd's certificate
+            # for its service name, as the envoy_grpc cluster does with SNI and SAN.
+            "channel_args": {"args": {"grpc.ssl_target_name_override": {"string_value": tls.server_name}}},
+        }
     }
 
 

@@ -112,6 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
         namespaces=[n for n in (args.namespaces or "").split(",") if n] or None,
         label_selector=args.label_selector,
         watch_secrets=args.watch_secrets,
+        webhook_port=0 if args.worker_of else args.webhook_port,  # the main process serves the webhooks
     )
     if kube:
         from .kube.options import options_from_args
@@ -351,6 +352,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--namespaces", help="only watch these namespaces (comma separated; include the root namespace)")
     s.add_argument("--label-selector", help="only watch objects with these labels")
     s.add_argument("--watch-secrets", action="store_true", help="also watch TLS Secrets (gateway credentials)")
+    s.add_argument("--webhook-port", type=int, default=names.PORT_WEBHOOK,
+                   help="HTTPS admission webhooks /inject and /validate in Kubernetes mode (default %(default)s, as istiod); 0: none (docs/webhooks.md)")
     s.add_argument("--debug-access", choices=["localhost", "authenticated", "open"], default="localhost",
                    help="who may read /debug on the monitoring port: loopback callers only (default), also callers "
                         "with a root-namespace token (authenticated), or anyone (open)")
@@ -468,9 +471,15 @@ UID 1337 in a pod), e.g. chown 1337 FILE.""",
     from .commands import crds as crds_command
 
     crds_command.register(sub)  # meshd crds
+    from .commands import pod_init as pod_init_command
+
+    pod_init_command.register(sub)  # meshd pod-init (an injected pod's init container)
     from .commands import authz as authz_command
 
     authz_command.register(sub)  # meshd experimental|x authz check
+    from .commands import kube_inject as kube_inject_command
+
+    kube_inject_command.register(sub)  # meshd kube-inject (the sidecar injected offline)
     return p
 
 

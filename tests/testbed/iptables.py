@@ -1,9 +1,10 @@
 """The iptables rules an Istio init container (istio-iptables, REDIRECT mode) installs.
 
-Our own code, same chains and same rule semantics as `istio-iptables -p 15001 -z 15006
--u 1337 -m REDIRECT -i '*' -x "" -b '*' -d 15090,15021,15020`, which is what the sidecar
-injector puts in istio-init, so `iptables-save -t nat` inside a test pod reads like one from
-a Kubernetes pod:
+The rules are the product's (controlplane/podinit/iptables.py, the ones `meshd pod-init`
+installs in an injected pod: one implementation), the chains and rule semantics of
+`istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x "" -b '*' -d
+15090,15021,15020`, which is what the sidecar injector puts in istio-init, so
+`iptables-save -t nat` inside a test pod reads like one from a Kubernetes pod:
 
     -A PREROUTING -p tcp -j ISTIO_INBOUND
     -A OUTPUT -p tcp -j ISTIO_OUTPUT
@@ -34,15 +35,13 @@ import functools
 import ipaddress
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from . import netns
 
-INBOUND_TUNNEL_PORT = 15008  # HBONE; istio-iptables always lets it through
 INBOUND_PASSTHROUGH_SOURCE = "127.0.0.6"
-LOCALHOST = "127.0.0.1/32"
 
 
 class _InNamespace(Protocol):
@@ -115,54 +114,29 @@ def istio_rules(
     exclude_outbound_ip_ranges: Sequence[str] = (),
     include_outbound_ip_ranges: str | Sequence[str] = "*",
 ) -> str:
-    """The nat table istio-iptables writes in REDIRECT mode, as iptables-restore input.
+    """The nat table istio-iptables writes in REDIRECT mode, as iptables-restore input:
+    the product's rules (controlplane/podinit/iptables.py, what `meshd pod-init` installs).
 
     Arguments mirror istio-iptables flags: -u/-g proxy uid/gid, -z inbound port, -p outbound
     port, -d excluded inbound ports, -b included inbound ports ("*" or a list), -o excluded
     outbound ports, --redirect-owner-users-exclude (uids whose traffic is never
     redirected), -x/-i excluded/included outbound CIDRs ("*" or a list).
     """
-    out: list[str] = ["*nat"]
-    out += [f":{c} - [0:0]" for c in ("ISTIO_INBOUND", "ISTIO_REDIRECT", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT")]
-    out.append(f"-A ISTIO_INBOUND -p tcp --dport {INBOUND_TUNNEL_PORT} -j RETURN")
-    out.append(f"-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {outbound_port}")
-    out.append(f"-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {inbound_port}")
+    from controlplane.podinit import iptables as capture
 
-    # Inbound: everything but the excluded ports (wildcard), or only the listed ports.
-    if include_inbound_ports == "*":
-        out.append("-A PREROUTING -p tcp -j ISTIO_INBOUND")
-        out += [f"-A ISTIO_INBOUND -p tcp --dport {p} -j RETURN" for p in exclude_inbound_ports]
-        out.append("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT")
-    elif include_inbound_ports:
-        out.append("-A PREROUTING -p tcp -j ISTIO_INBOUND")
-        out += [f"-A ISTIO_INBOUND -p tcp --dport {p} -j ISTIO_IN_REDIRECT" for p in include_inbound_ports]
-
-    # Outbound.
-    out.append("-A OUTPUT -p tcp -j ISTIO_OUTPUT")
-    if exclude_outbound_ports:
-        out.append(f"-A ISTIO_OUTPUT -p tcp -m multiport --dports {_csv(exclude_outbound_ports)} -j RETURN")
-    out.append(f"-A ISTIO_OUTPUT -o lo -s {INBOUND_PASSTHROUGH_SOURCE}/32 -j RETURN")
-    for flag, ident in (("--uid-owner", proxy_uid), ("--gid-owner", proxy_gid)):
-        # The proxy talking to a local non-127.0.0.1 address (a pod calling itself through
-        # its service): send it to the inbound listener.
-        out.append(
-            f"-A ISTIO_OUTPUT -o lo ! -d {LOCALHOST} -p tcp ! --dport {INBOUND_TUNNEL_PORT} "
-            f"-m owner {flag} {ident} -j ISTIO_IN_REDIRECT"
-        )
-        # Anyone else on loopback (the app calling itself) is left alone.
-        out.append(f"-A ISTIO_OUTPUT -o lo -m owner ! {flag} {ident} -j RETURN")
-        # The proxy's own outbound connections are never redirected again (no loop).
-        out.append(f"-A ISTIO_OUTPUT -m owner {flag} {ident} -j RETURN")
-    out += [f"-A ISTIO_OUTPUT -m owner --uid-owner {u} -j RETURN" for u in exclude_outbound_uids]
-    out.append(f"-A ISTIO_OUTPUT -d {LOCALHOST} -j RETURN")
-    out += [f"-A ISTIO_OUTPUT -d {_cidr(c)} -j RETURN" for c in exclude_outbound_ip_ranges]
-    if include_outbound_ip_ranges == "*":
-        out.append("-A ISTIO_OUTPUT -j ISTIO_REDIRECT")
-    else:
-        out += [f"-A ISTIO_OUTPUT -d {_cidr(c)} -j ISTIO_REDIRECT" for c in include_outbound_ip_ranges]
-        out.append("-A ISTIO_OUTPUT -j RETURN")
-    out.append("COMMIT")
-    return "\n".join(out) + "\n"
+    return capture.rules(capture.CaptureConfig(
+        proxy_port=outbound_port,
+        inbound_capture_port=inbound_port,
+        proxy_uids=(proxy_uid,),
+        proxy_gids=(proxy_gid,),
+        inbound_ports_include="*" if include_inbound_ports == "*" else tuple(int(p) for p in include_inbound_ports),
+        inbound_ports_exclude=tuple(exclude_inbound_ports),
+        outbound_ports_exclude=tuple(exclude_outbound_ports),
+        outbound_ip_ranges_include="*" if include_outbound_ip_ranges == "*"
+        else tuple(_cidr(c) for c in include_outbound_ip_ranges),
+        outbound_ip_ranges_exclude=tuple(_cidr(c) for c in exclude_outbound_ip_ranges),
+        exclude_outbound_uids=tuple(exclude_outbound_uids),
+    ))
 
 
 def install_istio_redirect(
@@ -205,10 +179,6 @@ def counters(pod: _InNamespace, chain: str, table: str = "nat") -> list[tuple[in
         if len(parts) == 3 and parts[0].isdigit():
             rows.append((int(parts[0]), parts[2]))
     return rows
-
-
-def _csv(ports: Iterable[int]) -> str:
-    return ",".join(str(int(p)) for p in ports)
 
 
 def _cidr(c: str) -> str:
