@@ -19,6 +19,7 @@ from the CSR: a CSR only contributes its public key.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
@@ -170,16 +171,25 @@ class CertificateAuthority:
     ) -> KeyAndChain:
         """Key and certificate for meshd's secure xDS port, shaped like istiod's own:
         empty subject, critical SAN of DNS names, the workload key/extended key usages.
+        A name that is an IP address becomes an IP SAN (the webhook port registered by
+        `clientConfig.url: https://<ip>:<port>`, admission/certificate.py).
         The key type follows the signer's unless given (as istiod's GenKeyCert does).
         Not recorded in the ledger: it is re-issued whenever its signer changes."""
         names = [n.lower() for n in dns_names]
         if not names:
             raise ValueError("a server certificate needs at least one DNS name")
+        sans: list[x509.GeneralName] = []
         for name in names:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+                continue
+            except ValueError:
+                pass
             if len(name) > 253 or not _DNS_NAME.fullmatch(name):
                 raise ValueError(f"invalid DNS name {name!r}")
+            sans.append(x509.DNSName(name))
         key = generate_private_key(key_type or _key_type_or_default(self._signer.key))
-        san = x509.SubjectAlternativeName([x509.DNSName(n) for n in names])
+        san = x509.SubjectAlternativeName(sans)
         cert = self._sign(key.public_key(), san, ttl, _LEAF_EXT_KEY_USAGE, subject=",".join(names))
         return KeyAndChain(private_key_to_pem(key), cert.public_bytes(serialization.Encoding.PEM) + self._chain_pem)
 

@@ -111,6 +111,9 @@ class ServeOptions:
     namespaces: list[str] | None = None
     label_selector: str | None = None
     watch_secrets: bool = False
+    # The admission webhooks (/inject, /validate; docs/webhooks.md): served in Kubernetes
+    # mode with a CA only; 0: none (the CLI's default is istiod's 15017).
+    webhook_port: int = 0
     # With a Kubernetes source: leader election (the leader writes status/events) and
     # TokenReview authentication on the secure port (controlplane/kube/member.py).
     cluster: ClusterOptions | None = None
@@ -268,7 +271,14 @@ def serve_ports(opts: ServeOptions) -> list[ServePort]:
     if opts.ca_dir is not None:
         ports += [ServePort("--secure-xds-port", opts.secure_xds_port, shared),
                   ServePort("--ca-mtls-port", opts.ca_mtls_port, shared)]
-    return ports + [ServePort("--monitoring-port", opts.monitoring_port)]
+    ports.append(ServePort("--monitoring-port", opts.monitoring_port))
+    if _serves_webhooks(opts):
+        ports.append(ServePort("--webhook-port", opts.webhook_port))
+    return ports
+
+
+def _serves_webhooks(opts: ServeOptions) -> bool:
+    return bool(opts.webhook_port) and opts.ca_dir is not None and bool(opts.kubeconfig or opts.in_cluster)
 
 
 async def _listening(host: str, port: ServePort, starting):
@@ -305,6 +315,17 @@ async def _unless_stopped(stop: asyncio.Event, step) -> bool:
 async def _initial_lists(k8s) -> None:
     while not await k8s.wait_synced(5):
         log.info("waiting for the initial kubernetes lists")
+
+
+def _mesh_config_file(path: str | None):
+    """The --mesh-config file as parsed YAML (for injection; sources/meshconfig.py has
+    checked it already), None without one."""
+    if not path:
+        return None
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
 
 
 def _json_view(view):
@@ -366,6 +387,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     secrets = serving = authenticators = plane = None
     debug_routes = {}
     k8s = k8s_api = member = member_task = None
+    webhooks = None
     ca_dir = opts.ca_dir
     if opts.kubeconfig or opts.in_cluster:
         from .kube.client import kube_api_client
@@ -403,6 +425,12 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                              "/debug/ca": _json_view(plane.describe)})
         if member is not None:
             member.attach_ca(plane.ca, store)  # follow the CA Secrets; istio-ca-root-cert ConfigMaps
+            if _serves_webhooks(opts):  # admission webhooks; the leader keeps their caBundle (docs/webhooks.md)
+                from .admission.wiring import Webhooks
+
+                webhooks = Webhooks(plane.ca, store, member.kube, member.namespace,
+                                    mesh_config=_mesh_config_file(opts.mesh_config_file))
+                member.add_leader_task("webhooks", webhooks.patcher.run)
     generator = Generator()
     ads = AdsServer(generator, metrics, secrets=secrets, options=AdsOptions(
         trust_domain=opts.trust_domain, max_pushes_in_flight=opts.max_pushes_in_flight,
@@ -442,7 +470,16 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     builder.observers.append(telemetry_report.update)
     if member is not None:  # the Gateway API's status, written by the leader (kube/status.py)
         writer = member.status
-        builder.observers.append(lambda mesh: writer.gateway_api_status(gateway_api_status(mesh.gateway_api)))
+        # and the gateway of each Gateway of meshd's classes (kube/gateway_deployment.py)
+        from .kube.gateway_deployment import GatewayDeployer, settings_from_env
+
+        deployer = GatewayDeployer(member.kube, settings_from_env(member.namespace, opts.trust_domain),
+                                   namespaces=opts.namespaces)
+        deployer.on_status = writer.gateway_api_status
+        builder.observers.append(lambda mesh: writer.gateway_api_status(
+            deployer.with_status(gateway_api_status(mesh.gateway_api))))
+        builder.observers.append(deployer.observe)
+        member.add_leader_task("gateway-deployment", deployer.run)
     source = DirectorySource(opts.config_dir, store, interval=opts.poll_interval) if opts.config_dir else None
     if source is not None:
         if opts.state_dir is not None:  # an invalid file at start gets its last good objects back
@@ -459,7 +496,9 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         k8s = KubernetesSource(
             k8s_api, store, namespaces=opts.namespaces, label_selector=opts.label_selector,
             watch_secrets=opts.watch_secrets, observer=member.status,
-            mesh_config=None if opts.mesh_config_file else mesh_source.apply_configmap,
+            mesh_config=None if opts.mesh_config_file else (
+                webhooks.follow_mesh_config(mesh_source.apply_configmap) if webhooks is not None
+                else mesh_source.apply_configmap),
             mesh_config_namespace=opts.root_namespace,
         )
     else:
@@ -484,6 +523,12 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         if plane is not None:
             servers += await _listening(host, ports["--ca-mtls-port"], plane.start_servers(
                 server_options(opts.share_ports), address))
+        if webhooks is not None:
+            try:
+                webhooks.start(host, opts.webhook_port)
+            except OSError as e:
+                check_free(host, [ports["--webhook-port"]])
+                raise StartupError(bind_error(host, ports["--webhook-port"], e)) from None
         monitoring = await _listening(host, ports["--monitoring-port"], start_monitoring(
             host, opts.monitoring_port, lambda: ads.ready and (k8s is None or k8s.synced), metrics,
             routes=debug_routes,
@@ -541,5 +586,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
             member.close()
         if k8s_api is not None:
             k8s_api.close()
+        if webhooks is not None:
+            webhooks.stop()
         if monitoring is not None:
             monitoring.close()

@@ -133,7 +133,8 @@ def test_a_signal_while_waiting_for_the_namespace_stops_meshd_at_once(cluster, k
     c, _ = cluster
     argv = [sys.executable, "-m", "controlplane", "serve", *kube_args(c, kube.name("not-yet")),
             "--listen-address", "127.0.0.1", "--xds-port", str(free_port("127.0.0.1")),
-            "--monitoring-port", str(free_port("127.0.0.1")), "--secure-xds-port", str(free_port("127.0.0.1"))]
+            "--monitoring-port", str(free_port("127.0.0.1")), "--secure-xds-port", str(free_port("127.0.0.1")),
+            "--webhook-port", "0"]
     p = Process("meshd", argv, tmp_path / "meshd.log",
                 env={**os.environ, "PYTHONPATH": str(REPO), "MESHD_HOME": str(tmp_path / "home")})
     try:

@@ -118,6 +118,8 @@ def meshd(config_dir: Path | None, workdir: Path, extra: list[str] | None = None
         while secure in (xds, mon):
             secure = free_port("127.0.0.1")
         extra += ["--secure-xds-port", str(secure)]
+    if "--webhook-port" not in extra:  # Kubernetes mode serves the admission webhooks (15017 by default)
+        extra += ["--webhook-port", str(free_port("127.0.0.1"))]
     if "--ca-dir" not in extra and fresh_ca_dir:
         extra += ["--ca-dir", str(workdir / f"meshd-ca-{xds}")]
     argv = [

@@ -37,10 +37,12 @@ def test_every_manifest_parses_into_named_objects(docs):
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == sorted({"Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole",
                             "ClusterRoleBinding", "Role", "RoleBinding", "Deployment", "Service",
-                            "PodDisruptionBudget"})
+                            "PodDisruptionBudget", "MutatingWebhookConfiguration",
+                            "ValidatingWebhookConfiguration"})
     for d in docs:
         assert d.get("apiVersion") and d["metadata"].get("name"), d
-        if d["kind"] not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+        if d["kind"] not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
+                             "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
             assert d["metadata"].get("namespace") == NS, f"{d['kind']} {d['metadata']['name']}"
     # files apply in order with `kubectl apply -f deploy/kubernetes/`: the namespace and the CRDs first
     files = sorted(p.name for p in MANIFESTS.glob("*.yaml"))
@@ -72,7 +74,7 @@ def test_deployment(docs):
     for probe in ("readinessProbe", "startupProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": "/ready", "port": names.PORT_MONITORING}, probe
     assert c["resources"]["requests"].keys() >= {"cpu", "memory"}
-    assert {p["containerPort"] for p in c["ports"]} == {15010, 15012, 15014}
+    assert {p["containerPort"] for p in c["ports"]} == {15010, 15012, 15014, names.PORT_WEBHOOK}
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     # in-cluster: the pod's name and namespace from the downward API
     env = {e["name"]: e for e in c["env"]}
@@ -93,7 +95,8 @@ def test_service_is_istiod_with_its_ports(docs):
     svc = one(docs, "Service", "istiod")
     assert svc["metadata"]["namespace"] == NS
     ports = {p["port"]: p for p in svc["spec"]["ports"]}
-    assert set(ports) == {15010, 15012, 15014}
+    assert set(ports) == {15010, 15012, 15014, 443}
+    assert ports[443]["targetPort"] == names.PORT_WEBHOOK  # the admission webhooks, as istiod's
     assert ports[15010]["name"] == "grpc-xds" and ports[15012]["name"] == "https-dds"
     pods = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= pods.items()
@@ -137,9 +140,12 @@ def test_rbac_is_least_privilege(docs):
             if g.resource == "configmaps" and g.verb in ("list", "watch")} == {
         ("list", NS, frozenset({"istio"})), ("watch", NS, frozenset({"istio"}))}
     # Istio objects: read, and only their status written; but for the WorkloadEntries
-    # meshd registers for WorkloadGroup members (docs/vm.md)
+    # meshd registers for WorkloadGroup members (docs/vm.md), and the dry-run Gateway that
+    # proves the validating webhook ready, in meshd's namespace only (docs/webhooks.md)
     writes = {(g.resource, g.verb) for g in grants if g.group.endswith("istio.io") and g.verb not in ("list", "watch")}
-    assert writes == {("workloadentries", v) for v in ("get", "create", "update", "delete")} | {(f"{p}/status", "patch") for p in ("gateways", "virtualservices", "destinationrules", "sidecars",
+    assert {(g.resource, g.namespace) for g in grants if g.group.endswith("istio.io") and g.verb == "create"
+            and g.resource == "gateways"} == {("gateways", NS)}
+    assert writes == {("gateways", "create")} | {("workloadentries", v) for v in ("get", "create", "update", "delete")} | {(f"{p}/status", "patch") for p in ("gateways", "virtualservices", "destinationrules", "sidecars",
                                                          "serviceentries", "workloadentries", "workloadgroups",
                                                          "peerauthentications", "authorizationpolicies",
                                                          "requestauthentications")}
