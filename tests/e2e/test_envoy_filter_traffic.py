@@ -1,8 +1,12 @@
 """EnvoyFilter with real Envoy sidecars on the test bed (issue 21): webapp and catalog with
 sidecars, EnvoyFilters applied live to webapp's sidecar.
 
-- a Lua filter inserted before the router adds a request header catalog's app sees, and
-  an EnvoyFilter of a higher priority REMOVEs it again;
+- a Lua filter inserted before the router adds a request header catalog's app sees and a
+  response header webapp's client sees, and an EnvoyFilter of a higher priority REMOVEs it;
+- two EnvoyFilters whose Lua filters each append to a request header run in the order of
+  their priority (not of their names), and swapping the priorities swaps the order;
+- a cluster REPLACE swaps catalog's mTLS EDS cluster for a plaintext STATIC one: the app
+  stops seeing the client's certificate (x-forwarded-client-cert), and back on deletion;
 - a local rate limit inserted before the router answers 429;
 - a cluster MERGE puts a retry budget in webapp's Envoy's config dump;
 - an invalid patch (a filter after the router) is left out while the rest is sent: the
@@ -56,8 +60,45 @@ spec:
 
 LUA = before_router("lua", "envoy.filters.http.lua", """\
           "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
-          inlineCode: "function envoy_on_request(h) h:headers():add('x-meshd-lua', 'yes') end"
+          inlineCode: "function envoy_on_request(h) h:headers():add('x-meshd-lua', 'yes') end
+            function envoy_on_response(h) h:headers():add('x-meshd-lua-response', 'yes') end"
 """)
+
+
+def ordered_lua(name: str, priority: int) -> str:
+    """A Lua filter before the router appending `name` to the request header x-meshd-order."""
+    return before_router(name, f"meshd.lua.{name}", f"""\
+          "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+          inlineCode: "function envoy_on_request(h) local v = h:headers():get('x-meshd-order')
+            h:headers():replace('x-meshd-order', (v and v .. ',' or '') .. '{name}') end"
+""", priority=priority)
+
+
+def replace_catalog(ip: str) -> str:
+    """catalog's outbound cluster REPLACEd by a STATIC one to the pod, plaintext (no TLS)."""
+    return f"""
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: replace-catalog, namespace: {NS}}}
+spec:
+  workloadSelector: {{labels: {{app: webapp}}}}
+  configPatches:
+  - applyTo: CLUSTER
+    match: {{context: SIDECAR_OUTBOUND, cluster: {{service: catalog.{NS}.svc.cluster.local, portNumber: 80}}}}
+    patch:
+      operation: REPLACE
+      value:
+        name: "{CATALOG}"
+        type: STATIC
+        connect_timeout: 2s
+        load_assignment:
+          cluster_name: "{CATALOG}"
+          endpoints:
+          - lb_endpoints:
+            - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {CATALOG_PORT}}}}}}}
+"""
+
+
 REMOVE_LUA = f"""
 apiVersion: networking.istio.io/v1alpha3
 kind: EnvoyFilter
@@ -116,11 +157,31 @@ def lua_header(mesh, path: str) -> str | None:
     return json.loads(r.body)["headers"].get("x-meshd-lua")
 
 
+def response_headers(mesh, path: str) -> dict[str, str]:
+    """The response headers webapp's client (curl, through its sidecar) gets from catalog."""
+    cp = mesh.pods["webapp"].curl(mesh.vip("catalog", 80, path), "-o", "/dev/null", "-D", "-", timeout=5)
+    out = {}
+    for line in cp.stdout.splitlines()[1:]:
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key.strip().lower()] = value.strip()
+    return out
+
+
+def app_saw(mesh, path: str) -> dict:
+    """What catalog's app saw of webapp's request (the echo's JSON); {} when it did not answer."""
+    r = mesh.request("webapp", mesh.vip("catalog", 80, path))
+    return json.loads(r.body) if r.status == "200" else {}
+
+
 def test_a_lua_filter_before_the_router_and_its_removal_by_a_higher_priority(mesh):
     mesh.expect("webapp", mesh.vip("catalog", 80, "/plain"), 0, "200")
     assert lua_header(mesh, "/plain") is None
+    assert "x-meshd-lua-response" not in response_headers(mesh, "/plain")
     mesh.apply("lua", LUA)
     wait_for(lambda: lua_header(mesh, "/lua") == "yes", 20, interval=0.5, what="the Lua filter's request header")
+    got = response_headers(mesh, "/lua")
+    assert got.get("x-meshd-lua-response") == "yes" and got.get("x-echo-pod") == "catalog", got
     mesh.apply("remove-lua", REMOVE_LUA)
     wait_for(lambda: lua_header(mesh, "/removed") is None and mesh.request(
         "webapp", mesh.vip("catalog", 80, "/removed")).status == "200", 20, interval=0.5,
@@ -227,3 +288,47 @@ def test_a_route_merge_of_retriable_status_codes_retries_408(mesh):
     mesh.expect("webapp", mesh.vip("catalog", 80, "/flaky"), 0, "200", timeout=20)
     for name in ("retry-408", "attempt-count", "flaky"):
         mesh.apply(name, None)
+
+
+def test_two_envoy_filters_run_in_the_order_of_their_priority(mesh):
+    def order(path: str) -> str | None:
+        return app_saw(mesh, path).get("headers", {}).get("x-meshd-order")
+
+    # names sort the other way round: the priority decides
+    mesh.apply("a-second", ordered_lua("a-second", priority=10))
+    mesh.apply("z-first", ordered_lua("z-first", priority=-5))
+    wait_for(lambda: order("/ordered") == "z-first,a-second", 20, interval=0.5,
+             what=lambda: f"z-first (priority -5) before a-second (10); got {order('/ordered')!r}")
+    mesh.apply("a-second", ordered_lua("a-second", priority=-10))
+    wait_for(lambda: order("/swapped") == "a-second,z-first", 20, interval=0.5,
+             what=lambda: f"a-second (priority -10) before z-first (-5); got {order('/swapped')!r}")
+    assert mesh.rejected_updates() == {}
+    mesh.apply("a-second", None)
+    mesh.apply("z-first", None)
+    wait_for(lambda: order("/unordered") is None and app_saw(mesh, "/unordered"), 20, interval=0.5,
+             what="both Lua filters gone")
+
+
+def test_a_cluster_replace_is_what_envoy_uses(mesh):
+    def client_cert(path: str) -> str:
+        return app_saw(mesh, path).get("headers", {}).get("x-forwarded-client-cert", "")
+
+    wait_for(lambda: f"/ns/{NS}/sa/webapp" in client_cert("/mtls"), 20, interval=0.5,
+             what="catalog's app seeing webapp's certificate (mTLS through the EDS cluster)")
+    webapp = mesh.envoys["webapp"]
+
+    def catalog_cluster() -> dict:
+        for c in webapp.config_dump("dynamic_active_clusters")["configs"]:
+            if c["cluster"]["name"] == CATALOG:
+                return c["cluster"]
+        return {}
+
+    mesh.apply("replace-catalog", replace_catalog(mesh.pods["catalog"].ip))
+    wait_for(lambda: catalog_cluster().get("type") == "STATIC", 20, interval=0.5, what="the STATIC cluster in Envoy")
+    assert "transport_socket" not in catalog_cluster() and "transport_socket_matches" not in catalog_cluster()
+    wait_for(lambda: app_saw(mesh, "/replaced").get("path") == "/replaced" and client_cert("/replaced") == "", 20,
+             interval=0.5, what="catalog answering a plaintext request (no client certificate) through the replacement")
+    assert mesh.rejected_updates() == {}
+    mesh.apply("replace-catalog", None)
+    wait_for(lambda: f"/ns/{NS}/sa/webapp" in client_cert("/back"), 20, interval=0.5,
+             what="mTLS through the EDS cluster again")

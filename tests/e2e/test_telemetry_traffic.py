@@ -4,9 +4,14 @@ pod of istio-system without a sidecar, meshd serving a mesh config with a JSON f
 log provider and a zipkin tracing provider.
 
 - a Telemetry enabling the file provider makes webapp's Envoy write JSON access log lines
-  for a request to catalog; after the Telemetry is deleted, requests write none;
+  for a request to catalog; after the Telemetry is deleted, requests write none (shown by a
+  later request that webapp's Envoy logs to the same file, on its inbound side: Envoy
+  writes one file's lines in order, so a line of the earlier request would be there first);
 - a Telemetry with zipkin tracing at 100 % makes a request through webapp's sidecar reach
-  the collector as a span.
+  the collector as a span;
+- Telemetry metrics overrides change what meshd's /metrics serves of the sidecars' reports
+  (their metrics service streams): webapp's istio_requests_total without source_principal
+  and with a literal tag, then disabled, then back as Istio labels it once deleted.
 """
 from __future__ import annotations
 
@@ -14,11 +19,11 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.support.harness import http_get
 from tests.support.manifests import documents, service
 from tests.testbed.bed import wait_for
 from tests.testbed.fixtures import require_testbed
@@ -72,6 +77,8 @@ def telemetry(name: str, body: str) -> str:
 
 ACCESS_LOGS = telemetry("logs", "  selector: {matchLabels: {app: webapp}}\n"
                                 "  accessLogging: [{match: {mode: CLIENT}, providers: [{name: json-file}]}]\n")
+# Namespace-wide, the inbound side only: the marker requests that show what webapp's Envoy wrote.
+SERVER_LOGS = telemetry("server-logs", "  accessLogging: [{match: {mode: SERVER}, providers: [{name: json-file}]}]\n")
 TRACING = telemetry("traces", "  tracing: [{providers: [{name: zipkin}], randomSamplingPercentage: 100,"
                               " customTags: {meshd-test: {literal: {value: telemetry}}}}]\n")
 
@@ -101,7 +108,8 @@ extensionProviders:
         p.wait_line("READY", timeout=15)
 
     with run_mesh(work, PODS, layout, services=("webapp", "catalog", "zipkin"),
-                  meshd_args=["--mesh-config", str(work / "mesh.yaml")], prepare=start_collector) as m:
+                  meshd_args=["--mesh-config", str(work / "mesh.yaml")], prepare=start_collector,
+                  bootstrap_args=["--metrics-service", "--metrics-flush-interval", "1s"]) as m:
         m.access_log_path, m.spans_path = access_log, spans
         yield m
     shutil.rmtree(logs, ignore_errors=True)
@@ -113,8 +121,10 @@ def _lines(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _has_access_log(mesh) -> bool:
-    return str(mesh.access_log_path) in json.dumps(mesh.envoys["webapp"].config_dump("dynamic_listeners"))
+def _logging_listeners(mesh) -> set[str]:
+    """webapp's listeners that write to the access log file."""
+    dump = mesh.envoys["webapp"].config_dump("dynamic_listeners")
+    return {entry["name"] for entry in dump["configs"] if str(mesh.access_log_path) in json.dumps(entry)}
 
 
 def test_access_logs_in_the_configured_format_while_a_telemetry_enables_them(mesh):
@@ -128,12 +138,21 @@ def test_access_logs_in_the_configured_format_while_a_telemetry_enables_them(mes
 
     got = wait_for(logged, 30, interval=0.5, what="webapp's Envoy writing a JSON access log line")
     assert got[0]["code"] == 200 and got[0]["upstream"] == f"outbound|80||catalog.{NS}.svc.cluster.local"
+    mesh.apply("server-logs", SERVER_LOGS)
     mesh.apply("logs", None)
-    wait_for(lambda: not _has_access_log(mesh), 30, interval=0.5, what="the access log gone from webapp's listeners")
-    count = len(_lines(mesh.access_log_path))
+    wait_for(lambda: _logging_listeners(mesh) == {"virtualInbound"}, 30, interval=0.5,
+             what=lambda: f"webapp logging on its inbound side only; logging: {_logging_listeners(mesh)}")
     mesh.expect("webapp", mesh.vip("catalog", 80, "/after"), 0, "200")
-    time.sleep(1)  # Envoy flushes file logs every second: a line written now would show by then
-    assert [line for line in _lines(mesh.access_log_path)[count:] if line.get("path") == "/after"] == []
+
+    def marker():  # catalog -> webapp, logged by webapp's Envoy after anything it wrote for /after
+        mesh.request("catalog", mesh.vip("webapp", 80, "/marker"))
+        return [line for line in _lines(mesh.access_log_path) if line.get("path") == "/marker"]
+
+    wait_for(marker, 30, interval=0.5, what="webapp's Envoy logging the marker request on its inbound side")
+    # catalog's inbound side logs /after too (upstream inbound|...); webapp's outbound side must not
+    assert [line for line in _lines(mesh.access_log_path)
+            if line.get("path") == "/after" and line.get("upstream", "").startswith("outbound|")] == []
+    mesh.apply("server-logs", None)
 
 
 def test_a_request_through_a_sidecar_reaches_the_zipkin_collector_as_a_span(mesh):
@@ -152,3 +171,37 @@ def test_a_request_through_a_sidecar_reaches_the_zipkin_collector_as_a_span(mesh
                  f"{mesh.envoys['webapp'].stats('zipkin')} {mesh.envoys['webapp'].stats('tracing')}")
     assert s["traceId"] and s["kind"] in ("CLIENT", "SERVER")
     mesh.apply("traces", None)
+
+
+METRICS_TAGS = telemetry("metrics", "  selector: {matchLabels: {app: webapp}}\n  metrics:\n  - overrides:\n"
+                                    "    - match: {metric: REQUEST_COUNT, mode: CLIENT}\n"
+                                    "      tagOverrides: {source_principal: {operation: REMOVE}, meshd_test: {value: \"'e2e'\"}}\n")
+METRICS_OFF = telemetry("metrics", "  selector: {matchLabels: {app: webapp}}\n  metrics:\n  - overrides:\n"
+                                   "    - {match: {metric: REQUEST_COUNT, mode: CLIENT}, disabled: true}\n")
+
+
+def _webapp_samples(mesh, metric: str) -> list[str]:
+    """The lines of `metric` meshd serves for what webapp's sidecar reported calling catalog."""
+    status, body = http_get("127.0.0.1", mesh.cp.monitoring_port, "/metrics")
+    assert status == 200
+    return [line for line in body.decode().splitlines() if line.startswith(metric + "{")
+            and 'reporter="source"' in line and 'source_workload="webapp"' in line
+            and f'destination_service="catalog.{NS}.svc.cluster.local"' in line]
+
+
+def test_telemetry_metrics_overrides_change_what_the_metrics_service_serves(mesh):
+    def requests() -> list[str]:
+        mesh.request("webapp", mesh.vip("catalog", 80, "/counted"))
+        return _webapp_samples(mesh, "istio_requests_total")
+
+    got = wait_for(requests, 30, interval=1, what="istio_requests_total of webapp -> catalog")
+    assert all(f'source_principal="spiffe://cluster.local/ns/{NS}/sa/webapp"' in line for line in got)
+    mesh.apply("metrics", METRICS_TAGS)
+    wait_for(lambda: any('meshd_test="e2e"' in line and "source_principal" not in line for line in requests()), 30,
+             interval=1, what=lambda: f"webapp's requests without source_principal, with meshd_test; got {requests()}")
+    mesh.apply("metrics", METRICS_OFF)
+    wait_for(lambda: requests() == [], 30, interval=1, what="webapp's REQUEST_COUNT disabled on its client side")
+    assert _webapp_samples(mesh, "istio_tcp_connections_opened_total")  # another metric: still there
+    mesh.apply("metrics", None)
+    wait_for(lambda: any("source_principal" in line for line in requests()), 30, interval=1,
+             what="webapp's requests with Istio's labels again")
