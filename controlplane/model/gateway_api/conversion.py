@@ -52,7 +52,7 @@ from ...names import (
 from ..credentials import Credential
 from ..hosts import covers
 from ..services import Service
-from . import mesh
+from . import deployment, mesh
 from .references import Grants, grants_of
 from .routes import Backend, Resolve, RuleProblems, grpc_rules, http_rules, l4_routes, precedence, service_host
 
@@ -604,6 +604,7 @@ def convert(config: ConfigSnapshot, services: Mapping[str, Service],
             ListenerReport(ln.spec.name, ln.attached, ln.kinds, tuple(ln.conditions[t] for t in
                                                                       ("Accepted", "Conflicted", "Programmed", "ResolvedRefs")))
             for ln in lns), report.addresses))
+    gateway_reports = deployment.reported(config, gateway_reports, domain)  # parametersRef, the deployed Service
     return GatewayAPI(tuple(gateways), tuple(conv.vs), tuple(class_reports), tuple(gateway_reports), tuple(route_reports))
 
 
