@@ -26,7 +26,7 @@ from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
 from . import dependencies as dep
 from .envoyfilter import stage as envoyfilter_stage
-from .express import EndpointChange, endpoint_change
+from .express import EndpointChange, RuleChange, endpoint_change, rule_change
 from .inputs import DESTINATION_RULE, DR_ROUTING
 from .parts import Part, ResourceCache, parts_for, router_parts
 from .resources import ComposedSet, Resource, ResourceSet, pack
@@ -102,6 +102,12 @@ class Generator:
         server can push without comparing every proxy's keys; None: compare them. Only
         for the standard parts, whose inputs are declared."""
         return endpoint_change(previous, mesh) if self._standard else None
+
+    def rule_change(self, previous: MeshSnapshot, mesh: MeshSnapshot) -> RuleChange | None:
+        """What `mesh` changed over `previous` when that is DestinationRules only, read by
+        sidecars through the hosts they see (express.py), so the server can pass over the
+        sidecars that see none of them; None: compare every proxy's keys."""
+        return rule_change(previous, mesh) if self._standard else None
 
     def generate(self, mesh: MeshSnapshot, proxy: Proxy, type_url: str, key: tuple[Any, ...] | None = None) -> ResourceSet:
         """`proxy`'s resources of `type_url`; `key`: its key() under `mesh`, if known

@@ -18,14 +18,34 @@ endpoints (headless_ips), the hosts with a locality (localized_hosts, through
 locality_inputs), and the instances at the proxy's own address (instance_shape, per
 proxy: the addresses above). Pods and Nodes (where a proxy runs) are not endpoint-only
 changes here: those take the ordinary path.
+
+A DestinationRule change has an express path of its own (`rule_change`): when nothing
+but DestinationRules changed, and none of them selects workloads or changes what routes,
+locality or credentials read of rules, a sidecar's output can change only through the
+rules of the hosts in its sidecar scope (dependencies.seen_rules and the clusters and
+assignments of those hosts). Sidecars whose scope holds none of the changed rules' hosts
+are passed over without a key comparison: with one Sidecar per namespace, a rule change
+compares the keys of one namespace's sidecars (and the gateways), not of the fleet.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ..model.destination_rules import rule_host, selector_of
 from ..model.mesh import MeshSnapshot
-from .dependencies import endpoint_facts, headless_ips, host_endpoints, locality_inputs, localized_hosts
+from ..model.proxy import SIDECAR, Proxy
+from ..model.sidecar_scope import SidecarScope
+from .dependencies import (
+    dr_routing,
+    endpoint_facts,
+    headless_ips,
+    host_endpoints,
+    locality_inputs,
+    localized_hosts,
+    uses_dr_credentials,
+)
+from .inputs import DESTINATION_RULE
 
 
 @dataclass(frozen=True)
@@ -72,3 +92,67 @@ def _addresses(mesh: MeshSnapshot, hosts: frozenset[str]) -> Iterable[str]:
 def _host(name: str) -> str:
     fields = name.split("|")
     return fields[3] if len(fields) == 4 else ""
+
+
+@dataclass(frozen=True)
+class RuleChange:
+    """A change of DestinationRules only, each for one service host (`hosts`, before and
+    after): a sidecar whose scope holds none of them has the same output of every type."""
+
+    hosts: frozenset[str]
+    # id(scope) -> (scope, whether it holds a changed host); the scope is kept so its id
+    # cannot be reused. Scopes are shared per (namespace, Sidecar): a handful per push.
+    _seen: dict[int, tuple[SidecarScope, bool]] = field(default_factory=dict, compare=False, repr=False)
+
+    def reaches(self, mesh: MeshSnapshot, proxy: Proxy) -> bool:
+        """Whether `proxy`'s output under `mesh` may differ from before the change (a
+        router's always may: gateways read every rule; few, they are compared in full)."""
+        if proxy.type != SIDECAR:
+            return True
+        scope = mesh.sidecar_scope(proxy)
+        got = self._seen.get(id(scope))
+        if got is None or got[0] is not scope:
+            got = self._seen[id(scope)] = (scope, any(h in scope.services for h in self.hosts))
+        return got[1]
+
+
+def rule_change(previous: MeshSnapshot, mesh: MeshSnapshot) -> RuleChange | None:
+    """What `mesh` changed over `previous` when that is DestinationRules only, read by
+    sidecars only through the rules of the hosts they see; None when the ordinary push
+    must decide (anything else changed, a rule selects workloads, covers a wildcard or
+    a host that is not a service, or changes what routes, locality load balancing or
+    credentials read of rules: those reach proxies that do not see its host)."""
+    # A snapshot is made of the config objects, the mesh config and the key sets
+    # (model/mesh.py build_mesh): every object but DestinationRules must be the same.
+    if mesh is previous or mesh.derived_from or previous.mesh_config != mesh.mesh_config:
+        return None
+    if previous.jwks is not mesh.jwks and previous.jwks.digest != mesh.jwks.digest:
+        return None
+    before_objects, found = previous.config.objects, 0
+    for key, obj in mesh.config.objects.items():
+        was = before_objects.get(key)
+        if was is not None:
+            found += 1
+        if was is not obj and (was is None or was.generation != obj.generation) and key.kind != DESTINATION_RULE:
+            return None
+    if found != len(before_objects) and any(
+            k.kind != DESTINATION_RULE for k in before_objects.keys() - mesh.config.objects.keys()):
+        return None  # something else was deleted
+    if (dr_routing(previous) != dr_routing(mesh) or locality_inputs(previous) != locality_inputs(mesh)
+            or uses_dr_credentials(previous) != uses_dr_credentials(mesh)):
+        return None
+    old = {(dr.namespace, dr.name): dr for dr in previous.destination_rules}
+    new = {(dr.namespace, dr.name): dr for dr in mesh.destination_rules}
+    hosts: set[str] = set()
+    for name in old.keys() | new.keys():
+        before, after = old.get(name), new.get(name)
+        if before is not None and after is not None and before.generation == after.generation:
+            continue
+        for dr in (before, after):
+            if dr is None:
+                continue
+            host = rule_host(dr)
+            if selector_of(dr) is not None or "*" in host or host not in mesh.services or host not in previous.services:
+                return None
+            hosts.add(host)
+    return RuleChange(frozenset(hosts))

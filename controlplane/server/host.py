@@ -176,6 +176,7 @@ class AdsServer:
         self._first_write = time.perf_counter()
         change = self.view.endpoint_change(previous, mesh)
         self.express = change is not None
+        rules = self.view.rule_change(previous, mesh) if change is None else None
         queued = 0
         for conn in self._connections.values():
             if previous is None or mesh is previous:
@@ -185,6 +186,10 @@ class AdsServer:
                 # reads reaches the subscribers of the changed hosts' assignments, EDS only.
                 eds = conn.subscriptions.get(names.ENDPOINT)
                 types = {names.ENDPOINT} if eds is not None and (eds.wildcard or change.touches(eds.names)) else set()
+            elif rules is not None and not rules.reaches(mesh, conn.proxy):
+                # A DestinationRule change reaches only the sidecars that see its hosts
+                # (generators/express.py RuleChange): the others' output is unchanged.
+                types = set()
             else:
                 types = self._changed_types(conn, mesh)
             if types is None or types:

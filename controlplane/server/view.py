@@ -75,6 +75,12 @@ class ResourceView:
         of = getattr(self.generator, "endpoint_change", None)
         return None if of is None or previous is None or mesh is previous else of(previous, mesh)
 
+    def rule_change(self, previous: Any, mesh: Any) -> Any:
+        """The generator's account of a DestinationRule-only change (generators/express.py
+        RuleChange: `hosts`, `reaches(mesh, proxy)`), or None: every proxy's keys decide."""
+        of = getattr(self.generator, "rule_change", None)
+        return None if of is None or previous is None or mesh is previous else of(previous, mesh)
+
     async def resolve(self, conn: Connection, sub: Subscription, mesh: Any) -> ResourceSet:
         """Every resource of the type this proxy should have (for SDS: the named ones)."""
         if self._provider_owned(sub):
