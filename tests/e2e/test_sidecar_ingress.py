@@ -7,10 +7,14 @@ the mesh calls it. The namespace's Sidecar has three ingress listeners:
 - 9443 HTTPS with `tls: SIMPLE` (certificate files in the pod) and a PeerAuthentication
   turning mTLS off on that port, as Istio's "Ingress Sidecar TLS Termination" task does:
   the client gets HTTPS with the certificate of its own CA (and nothing in plaintext);
+- 9444 HTTPS with `tls: MUTUAL` (port mTLS DISABLE too): only a client presenting a
+  certificate of the CA file is served;
 - 9080 HTTP with `captureMode: NONE` and `bind: <pod IP>`: a listener of the sidecar bound
   to that address (nothing else listens on 9080), reached without iptables;
 - 9000 TCP with `connectionPool.tcp.maxConnections: 1`: while one connection is open a
-  second one overflows (Envoy's upstream_cx_overflow counts it) and is closed.
+  second one overflows (Envoy's upstream_cx_overflow counts it) and is closed;
+- 9001 HTTP with `defaultEndpoint: unix://<path>`: the application listens on a Unix
+  domain socket only.
 Every Envoy rejects nothing.
 """
 from __future__ import annotations
@@ -34,11 +38,11 @@ pytestmark = pytest.mark.e2e
 
 NS = "shop"
 HOST = "app.shop.test"  # the name in the server certificate
-HTTPS, BOUND, TCP = 9443, 9080, 9000
+HTTPS, MUTUAL, BOUND, TCP, UDS = 9443, 9444, 9080, 9000, 9001
 APP_HTTP, APP_TCP = 8080, 7000
 
 
-def config(app_ip: str, cert: Path, key: Path) -> str:
+def config(app_ip: str, cert: Path, key: Path, ca: Path, sock: Path) -> str:
     return textwrap.dedent(f"""
         apiVersion: networking.istio.io/v1
         kind: Sidecar
@@ -48,6 +52,9 @@ def config(app_ip: str, cert: Path, key: Path) -> str:
           - port: {{number: {HTTPS}, protocol: HTTPS, name: https}}
             defaultEndpoint: 127.0.0.1:{APP_HTTP}
             tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}
+          - port: {{number: {MUTUAL}, protocol: HTTPS, name: https-mutual}}
+            defaultEndpoint: 127.0.0.1:{APP_HTTP}
+            tls: {{mode: MUTUAL, serverCertificate: {cert}, privateKey: {key}, caCertificates: {ca}}}
           - port: {{number: {BOUND}, protocol: HTTP, name: http}}
             bind: {app_ip}
             captureMode: NONE
@@ -55,6 +62,8 @@ def config(app_ip: str, cert: Path, key: Path) -> str:
           - port: {{number: {TCP}, protocol: TCP, name: tcp}}
             defaultEndpoint: 127.0.0.1:{APP_TCP}
             connectionPool: {{tcp: {{maxConnections: 1}}}}
+          - port: {{number: {UDS}, protocol: HTTP, name: http-uds}}
+            defaultEndpoint: unix://{sock}
           egress: [{{hosts: ["./*"]}}]
         ---
         apiVersion: security.istio.io/v1
@@ -63,8 +72,28 @@ def config(app_ip: str, cert: Path, key: Path) -> str:
         spec:
           selector: {{matchLabels: {{app: app}}}}
           mtls: {{mode: PERMISSIVE}}
-          portLevelMtls: {{{HTTPS}: {{mode: DISABLE}}}}
+          portLevelMtls: {{{HTTPS}: {{mode: DISABLE}}, {MUTUAL}: {{mode: DISABLE}}}}
         """)
+
+
+# An HTTP server on a Unix domain socket only, answering "uds" (the socket writable by the proxy uid).
+UDS_SERVER = """
+import http.server, os, socketserver, sys
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "3")
+        self.end_headers()
+        self.wfile.write(b"uds")
+    def address_string(self):
+        return "uds"
+server = Server(sys.argv[1], Handler)
+os.chmod(sys.argv[1], 0o666)
+print("READY", flush=True)
+server.serve_forever()
+"""
 
 
 def _bootstrap(work: Path, pod, cp) -> Path:
@@ -82,8 +111,8 @@ class Bed:
     def __init__(self, app, client, envoy, ca: Path):
         self.app, self.client, self.envoy, self.ca = app, client, envoy, ca
 
-    def https(self, *args: str) -> subprocess.CompletedProcess:
-        return self.client.curl(f"https://{HOST}:{HTTPS}/", "--resolve", f"{HOST}:{HTTPS}:{self.app.ip}",
+    def https(self, *args: str, port: int = HTTPS) -> subprocess.CompletedProcess:
+        return self.client.curl(f"https://{HOST}:{port}/", "--resolve", f"{HOST}:{port}:{self.app.ip}",
                                 "-o", "/dev/null", "-w", "%{http_code}", *args, timeout=5)
 
     def http(self, port: int) -> int:
@@ -123,12 +152,17 @@ def bed(tmp_path_factory):
         client = tb.add_pod("client")
         ca = make_ca()
         server = make_cert(ca, [HOST])
+        user = make_cert(ca, ["client.shop.test"], client=True)
         cert, key, ca_file = app.dir / "cert.pem", app.dir / "key.pem", client.dir / "ca.pem"
-        for path, data in ((cert, server.cert), (key, server.key), (ca_file, ca.cert)):
+        app_ca = app.dir / "ca.pem"
+        for path, data in ((cert, server.cert), (key, server.key), (ca_file, ca.cert), (app_ca, ca.cert),
+                           (client.dir / "client.pem", user.cert), (client.dir / "client-key.pem", user.key)):
             path.write_bytes(data)
             path.chmod(0o644)  # read by Envoy as the proxy uid
-        (config_dir / "sidecar.yaml").write_text(config(app.ip, cert, key))
+        sock = app.dir / "app.sock"
+        (config_dir / "sidecar.yaml").write_text(config(app.ip, cert, key, app_ca, sock))
         app.run_echo(http=[APP_HTTP], tcp=[APP_TCP])
+        app.spawn([sys.executable, "-c", UDS_SERVER, str(sock)], name="uds", stdout_pipe=True).wait_line("READY", timeout=15)
         with meshd(config_dir, work) as cp:
             app.forward_to_host(cp.secure_port, pod_port=15012)
             envoy = app.start_envoy(_bootstrap(work, app, cp), admin_port=15000)
@@ -147,6 +181,15 @@ def test_tls_simple_serves_https_to_a_client_that_trusts_the_ca(bed):
     assert untrusted.returncode == 60, (untrusted.returncode, untrusted.stderr)  # curl: peer certificate not trusted
     # and the port speaks nothing but TLS
     assert bed.http(HTTPS) == 0
+
+
+def test_tls_mutual_serves_a_client_with_a_certificate_of_the_ca(bed):
+    mine = ("--cacert", str(bed.ca), "--cert", str(bed.client.dir / "client.pem"),
+            "--key", str(bed.client.dir / "client-key.pem"))
+    wait_for(lambda: bed.https(*mine, port=MUTUAL).stdout == "200", 20, interval=0.3,
+             what="HTTPS with a client certificate")
+    anonymous = bed.https("--cacert", str(bed.ca), port=MUTUAL)
+    assert anonymous.stdout != "200" and anonymous.returncode != 0, (anonymous.returncode, anonymous.stderr)
 
 
 def test_capture_none_with_a_bind_serves_on_that_address(bed):
@@ -186,3 +229,13 @@ def test_connection_pool_limits_the_inbound_cluster(bed):
         finally:
             s.close()
     wait_for(fresh, 10, interval=0.3, what="a new connection once the first one is closed")
+
+
+def test_a_unix_socket_default_endpoint(bed):
+    def body() -> bytes:
+        try:
+            status, _, data = bed.client.http_get(bed.app.ip, UDS, "/")
+        except OSError:
+            return b""
+        return data if status == 200 else b""
+    wait_for(lambda: body() == b"uds", 20, interval=0.3, what="the application on its Unix socket")
