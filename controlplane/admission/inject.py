@@ -71,9 +71,17 @@ def review(req: AdmissionRequest, inputs: InjectionInputs, namespace: NamespaceL
         md["namespace"] = req.namespace
     ns_name = req.namespace or str(md.get("namespace") or "default")
     what = f"{ns_name}/{md.get('name') or md.get('generateName') or req.name or '?'}"
+    ns = namespace(ns_name)
+    if ns is None:
+        # The API server sent the pod because the namespace's labels matched a webhook;
+        # meshd cannot check them: refuse rather than start the pod without its sidecar
+        # (its controller retries).
+        log.warning("pod injection refused", pod=what, reason=f"namespace {ns_name} is not known to meshd")
+        return Verdict.deny(f"sidecar injection: namespace {ns_name} is not known to meshd (not watched, or not "
+                            "seen yet): try again", 503)
     try:
         cfg = inputs.config()
-        decision = decide(pod, namespace(ns_name), cfg)
+        decision = decide(pod, ns, cfg)
         if not decision.inject:
             log.info("pod not injected", pod=what, reason=decision.reason, dry_run=req.dry_run)
             return Verdict(True)

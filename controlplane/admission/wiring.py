@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,8 @@ from .review import AdmissionRequest, Verdict
 from .server import WebhookServer
 
 log = structlog.get_logger("meshd.admission")
+
+NAMESPACE_WAIT = 2.0  # seconds a pod's namespace may take to reach the store
 
 
 def mesh_config_mapping(doc: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -61,8 +64,11 @@ class Webhooks:
         return both
 
     def namespace_of(self, name: str) -> dict[str, Any] | None:
-        """The Namespace as the config store has it (labels decide injection)."""
-        obj = self.store.snapshot().get("Namespace", "", name)
+        """The Namespace as the config store has it (labels decide injection); a
+        namespace created a moment ago is waited for a little (the watch brings it)."""
+        deadline = time.monotonic() + NAMESPACE_WAIT
+        while (obj := self.store.snapshot().get("Namespace", "", name)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         if obj is None:
             return None
         return {"apiVersion": "v1", "kind": "Namespace",
