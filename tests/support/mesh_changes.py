@@ -10,8 +10,8 @@ change takes build_mesh's fast path. Every kind the generators serve is here: Se
 Pods, EndpointSlices, Nodes, VirtualServices, DestinationRules, PeerAuthentications,
 AuthorizationPolicies, RequestAuthentications, Gateways, Secrets, ServiceEntries (each
 resolution, a workloadSelector, a host a Kubernetes Service or an older ServiceEntry
-holds), WorkloadEntries (selected by a ServiceEntry or by the Kubernetes Service cart)
-and a WorkloadGroup.
+holds), WorkloadEntries (selected by a ServiceEntry or by the Kubernetes Service cart),
+a WorkloadGroup, Telemetries and EnvoyFilters.
 
 Namespaces: `shop` (cart, with two versions; db, headless), `web` (front, a client with
 DestinationRules of its own), `istio-system` (the root namespace and the ingress gateway).
@@ -115,6 +115,16 @@ def _sidecar(name: str, ns: str, body: str) -> str:
 
 def _telemetry(name: str, ns: str, body: str) -> str:
     return f"apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{body}"
+
+
+def _envoy_filter(name: str, ns: str, body: str) -> str:
+    return f"apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{body}"
+
+
+ROUTER_MATCH = ("{filterChain: {filter: {name: envoy.filters.network.http_connection_manager, "
+                "subFilter: {name: envoy.filters.http.router}}}}")
+LUA = ("{name: envoy.filters.http.lua, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.lua."
+       "v3.Lua, inlineCode: \"function envoy_on_request(h) end\"}}")
 
 
 def _workload_entry(body: str) -> str:
@@ -353,6 +363,49 @@ def slots() -> dict[str, tuple[str, ...]]:
                        "  accessLogging: [{match: {mode: SERVER}, providers: [{name: envoy}],"
                        " filter: {expression: 'response.code >= 400'}}]\n"),
             _telemetry("front", "web", "  selector: {matchLabels: {app: front}}\n  accessLogging: [{disabled: true}]\n"),
+        ),
+        # EnvoyFilters (the Generator's last stage): one per workload, the root namespace's for
+        # every proxy, variants that are left out (Envoy would reject them) or match nothing.
+        "envoyfilter/shop/cart": (
+            _envoy_filter("cart", "shop", "  workloadSelector: {labels: {app: cart}}\n  configPatches:\n"
+                          f"  - applyTo: HTTP_FILTER\n    match: {{context: SIDECAR_INBOUND, listener: {ROUTER_MATCH}}}\n"
+                          f"    patch: {{operation: INSERT_BEFORE, value: {LUA}}}\n"),
+            _envoy_filter("cart", "shop", "  workloadSelector: {labels: {app: cart}}\n  configPatches:\n"
+                          "  - applyTo: CLUSTER\n    match: {context: SIDECAR_OUTBOUND, cluster: {service: cart.shop.svc.cluster.local}}\n"
+                          "    patch: {operation: MERGE, value: {circuit_breakers: {thresholds: "
+                          "[{retry_budget: {budget_percent: {value: 25}}}]}}}\n"),
+            # a filter after the router: left out, the rest sent
+            _envoy_filter("cart", "shop", "  workloadSelector: {labels: {app: cart}}\n  configPatches:\n"
+                          f"  - applyTo: HTTP_FILTER\n    match: {{context: SIDECAR_INBOUND, listener: {ROUTER_MATCH}}}\n"
+                          f"    patch: {{operation: INSERT_AFTER, value: {LUA}}}\n"),
+            # v2 only, on the node's metadata; a REPLACE of nothing is left out
+            _envoy_filter("cart", "shop", "  workloadSelector: {labels: {app: cart, version: v2}}\n  configPatches:\n"
+                          "  - applyTo: CLUSTER\n    match: {proxy: {metadata: {SERVICE_ACCOUNT: cart-v2}}, "
+                          "cluster: {name: nope}}\n    patch: {operation: REPLACE, value: {name: nope, "
+                          "connect_timeout: 1s}}\n"),
+        ),
+        "envoyfilter/istio-system/mesh": (
+            _envoy_filter("mesh", "istio-system", "  configPatches:\n  - applyTo: VIRTUAL_HOST\n"
+                          "    match: {context: SIDECAR_OUTBOUND}\n"
+                          "    patch: {operation: MERGE, value: {include_request_attempt_count: true}}\n"),
+            _envoy_filter("mesh", "istio-system", "  configPatches:\n  - applyTo: LISTENER\n    match: {context: GATEWAY}\n"
+                          "    patch: {operation: MERGE, value: {per_connection_buffer_limit_bytes: 32768}}\n"),
+            _envoy_filter("mesh", "istio-system", "  priority: 5\n  configPatches:\n  - applyTo: HTTP_ROUTE\n"
+                          "    match: {context: ANY, routeConfiguration: {vhost: {route: {action: ROUTE}}}}\n"
+                          "    patch: {operation: MERGE, value: {route: {timeout: 7s}}}\n"),
+        ),
+        "envoyfilter/web/front": (
+            _envoy_filter("front", "web", "  workloadSelector: {labels: {app: front}}\n  priority: -1\n  configPatches:\n"
+                          "  - applyTo: ROUTE_CONFIGURATION\n    match: {context: SIDECAR_OUTBOUND}\n"
+                          "    patch: {operation: MERGE, value: {validate_clusters: false}}\n"
+                          "  - applyTo: HTTP_ROUTE\n    match: {context: SIDECAR_OUTBOUND}\n"
+                          "    patch: {operation: MERGE, value: {route: {timeout: 3s}}}\n"),
+            _envoy_filter("front", "web", "  configPatches:\n  - applyTo: NETWORK_FILTER\n"
+                          "    match: {context: SIDECAR_OUTBOUND, listener: {filterChain: {filter: "
+                          "{name: envoy.filters.network.tcp_proxy}}}}\n"
+                          "    patch: {operation: MERGE, value: {name: envoy.filters.network.tcp_proxy, typed_config: "
+                          "{\"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, "
+                          "idle_timeout: 30s}}}\n"),
         ),
     }
 

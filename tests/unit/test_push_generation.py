@@ -13,7 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controlplane import names
+from controlplane.config import kinds
 from controlplane.generators import Generator, builders
+from controlplane.generators.envoyfilter import Selected, ordered, selects
+from controlplane.generators.envoyfilter import apply as apply_patches
+from controlplane.generators.envoyfilter import stage as envoyfilter_stage
 from controlplane.generators.resources import changes, pack
 from controlplane.model.proxy import parse_node
 from tests.support import mesh_changes
@@ -69,8 +73,20 @@ CATALOG_2 = parse_node(  # a replica of catalog-1: shares its inbound side
 PROXIES = [WEBAPP_PROXY, CATALOG_PROXY, CATALOG_2, SLEEP_PROXY, GATEWAY_PROXY, DB_PROXY]
 
 
+def envoy_filters(m) -> list[Selected]:
+    """The snapshot's EnvoyFilters, read directly (not through the stage's index)."""
+    return [Selected(o.namespace, o.name, str(o.extra.get("creationTimestamp") or ""), o.typed, o.generation)
+            for o in m.config.of_kind(kinds.ENVOY_FILTER.kind) if o.typed is not None]
+
+
 def expected(m, proxy, type_url) -> dict[str, bytes]:
-    return {name: pack(name, type_url, msg).any.value for name, msg in builders()[type_url](m, proxy)}
+    """The plain builders' output, patched by the EnvoyFilters selecting `proxy` (no cache)."""
+    items = list(builders()[type_url](m, proxy))
+    if type_url in envoyfilter_stage.KIND_OF:
+        chosen = ordered(envoy_filters(m), proxy, m.root_namespace)
+        if chosen:
+            items, _ = apply_patches(envoyfilter_stage.KIND_OF[type_url], items, chosen, proxy)
+    return {name: pack(name, type_url, msg).any.value for name, msg in items}
 
 
 def got(g: Generator, m, proxy, type_url) -> dict[str, bytes]:
@@ -393,3 +409,39 @@ def test_a_workload_entry_change_rebuilds_only_what_reads_it():
     assert changed == {"outbound|8080||vm.shop.internal"} and not removed
     moved = world.apply([mesh_changes.Change("serviceentry/shop/payments", 1)])
     assert g.key(after, client, names.CLUSTER) != g.key(moved, client, names.CLUSTER)
+
+
+ENVOY_FILTER_SLOTS = sorted(slot for slot in mesh_changes.slots() if slot.startswith("envoyfilter/"))
+
+
+def test_an_envoy_filter_change_pushes_exactly_to_the_proxies_it_selects():
+    """Every EnvoyFilter slot through every variant and back to empty, with one long-lived
+    Generator: a proxy that neither the old nor the new object selects keeps every key (no
+    push); each output equals the builders' patched by the selected EnvoyFilters, so a
+    proxy whose patched output changed got a new key (else the cache would serve the old
+    output and differ here). Each variant that applies patches changes some proxy's output."""
+    world = mesh_changes.World({s: v for s, v in mesh_changes.everything().items() if s not in ENVOY_FILTER_SLOTS})
+    g = Generator()
+    patch_types = tuple(envoyfilter_stage.KIND_OF)
+    for slot in ENVOY_FILTER_SLOTS:
+        variants = mesh_changes.slots()[slot]
+        for variant in [*range(len(variants)), None]:
+            before = world.mesh
+            old = {(o.namespace, o.name): o for o in envoy_filters(before)}
+            after = world.apply([mesh_changes.Change(slot, variant)])
+            new = {(o.namespace, o.name): o for o in envoy_filters(after)}
+            _, ns, name = slot.split("/")
+            changed_output = False
+            for proxy in mesh_changes.PROXIES:
+                selected = any(sel is not None and selects(sel, proxy, after.root_namespace)
+                               for sel in (old.get((ns, name)), new.get((ns, name))))
+                for t in (*TYPES, names.SECRET):
+                    if not selected or t not in patch_types:
+                        assert g.key(before, proxy, t) == g.key(after, proxy, t), (slot, variant, proxy.id, names.SHORT[t])
+                    now = expected(after, proxy, t)
+                    assert got(g, after, proxy, t) == now, (slot, variant, proxy.id, names.SHORT[t])
+                    if t in patch_types:
+                        changed_output |= now != expected(before, proxy, t)
+            left_out = {r["envoyFilter"] for r in g.envoy_filter_problems()}
+            assert changed_output or variant is None or f"{ns}/{name}" in left_out or variant == 0 and not old, (
+                slot, variant, "changed nothing")

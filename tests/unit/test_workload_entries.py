@@ -203,7 +203,8 @@ def test_a_workload_entry_change_derives_the_snapshot_as_a_full_build_makes_it()
     from tests.support import mesh_changes
 
     for entry_variant in (2, 0):  # the ServiceEntry selecting app: vm; then STATIC endpoints of its own
-        state = {**mesh_changes.everything(), "serviceentry/shop/payments": entry_variant}
+        state = {**{s: v for s, v in mesh_changes.everything().items() if not s.startswith("envoyfilter/")},
+                 "serviceentry/shop/payments": entry_variant}  # the builders' output here is not patched
         world = mesh_changes.World(state)
         g = Generator()
         for variant in ENTRY_STEPS:
