@@ -340,3 +340,24 @@ def test_an_empty_inbound_connection_pool_is_refused():
     got = parse_document(_doc([{"port": HTTPS}], inboundConnectionPool={}), Origin("file", "s.yaml"))
     assert isinstance(got, Rejection)
     assert any(e.field == "spec.inboundConnectionPool" for e in got.errors), [str(e) for e in got.errors]
+
+
+def test_tls_optional_mutual_validates_a_certificate_when_one_is_presented():
+    got = _listeners(_sidecar(f"""
+        - port: {{number: 9443, protocol: HTTPS, name: https}}
+          tls: {{mode: OPTIONAL_MUTUAL, {CERTS}, caCertificates: /etc/certs/ca.pem}}
+        """) + _disable(9443))
+    [chain] = _port_chains(got["virtualInbound"], 9443)
+    ctx = _downstream(chain)
+    assert not ctx.require_client_certificate.value
+    assert ctx.common_tls_context.validation_context.trusted_ca.filename == "/etc/certs/ca.pem"
+
+
+def test_tls_under_strict_keeps_istio_mtls_only():
+    text = _sidecar(f"""
+        - port: {{number: 9443, protocol: HTTPS, name: https}}
+          tls: {{mode: SIMPLE, {CERTS}}}
+        """) + _disable(9000)  # STRICT for the workload, DISABLE on another port
+    chains = _port_chains(_listeners(text)["virtualInbound"], 9443)
+    assert [c.filter_chain_match.transport_protocol for c in chains] == ["tls"]
+    assert _downstream(chains[0]).common_tls_context.tls_certificate_sds_secret_configs[0].name == "default"
