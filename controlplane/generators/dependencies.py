@@ -39,12 +39,13 @@ from ..config.types.destinationrule import DestinationRule
 from ..config.types.trafficpolicy import PortTrafficPolicy, TrafficPolicy
 from ..model import security as model_security
 from ..model.destination_rules import rule_host
+from ..model.gateway_api.certificates import authorized as authorized_certificates
 from ..model.hosts import covers
 from ..model.indexes import Index, Lifetime, Value
 from ..model.locality import Locality
 from ..model.mesh import MeshSnapshot
 from ..model.peer_authentication import selector_labels
-from ..model.proxy import Proxy
+from ..model.proxy import ROUTER, Proxy
 from ..model.services import Endpoint
 from .inputs import (
     AUTHORIZATION_POLICY,
@@ -385,6 +386,28 @@ def namespace_secrets(mesh: MeshSnapshot, namespace: str) -> str:
     if per_ns is None:
         per_ns = mesh.indexes.value(_NAMESPACE_SECRETS, _namespace_secrets, mesh)
     return per_ns.get(namespace, "")
+
+
+# Stands for the Secrets only: which references it names follows from the Gateways
+# selecting the proxy and the ReferenceGrants, which the parts calling it declare
+# themselves (GATEWAY, OTHER); its value names them, so it changes with them too.
+@stands_for(SECRET)
+def gateway_certificates(mesh: MeshSnapshot, proxy: Proxy) -> str:
+    """Fingerprint of the Gateway API certificates (`kubernetes-gateway://ns/name`) an
+    authenticated gateway may read and of their Secrets, whatever their namespace: which
+    ones follow from the Gateways selecting it and the ReferenceGrants
+    (model/gateway_api/certificates.py). "" for a sidecar, which is sent none."""
+    if proxy.type != ROUTER or not proxy.workload_cert:
+        return ""
+    refs = authorized_certificates(mesh.gateways_for(proxy), proxy.namespace, mesh.gateway_api.grants)
+    if not refs:
+        return ""
+    lines = []
+    for ref, with_ca in refs:
+        for name in (ref.name, ref.name + "-cacert"):
+            cred = mesh.credential(ref.namespace, name)
+            lines.append(f"{ref.resource} {with_ca} {name}={cred.generation if cred is not None else ''}")
+    return _digest(lines)
 
 
 def _namespace_secrets(mesh: MeshSnapshot) -> dict[str, str]:

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..config.snapshot import ConfigSnapshot
+from ..model.credentials import credential_ref
 from ..model.indexes import MeshIndexes
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, Proxy
@@ -93,6 +94,14 @@ def _secrets_of(mesh: MeshSnapshot, namespace: str, *args: Any) -> tuple[str, ..
     return (f"{SECRET}@{namespace}",)
 
 
+def _server_secrets(mesh: MeshSnapshot, namespace: str, server: Any) -> tuple[str, ...]:
+    # A server's kubernetes-gateway://ns/name references read that namespace's Secrets
+    # and the ReferenceGrants (the Gateway API's input, OTHER).
+    refs = [credential_ref(n, namespace) for n in (server.tls.credentials if server.tls is not None else ())]
+    out = {f"{SECRET}@{namespace}"} | {f"{SECRET}@{r.namespace}" for r in refs if r is not None}
+    return tuple(sorted(out | ({OTHER} if any(r is None or r.gateway_api for r in refs) else set())))
+
+
 # Every MeshSnapshot field and lookup, and the inputs reading it reads.
 READS: dict[str, tuple[str, ...] | By] = {
     "version": (MESH_VERSION,),
@@ -144,7 +153,7 @@ READS: dict[str, tuple[str, ...] | By] = {
     "credential": By(_secrets_of),
     "credentials_of": By(_secrets_of),
     "ca_credential": By(_secrets_of),
-    "credential_problem": By(_secrets_of),
+    "credential_problem": By(_server_secrets),
 }
 
 

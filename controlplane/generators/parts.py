@@ -42,6 +42,7 @@ from .dependencies import (
     endpoint_facts,
     fingerprints,
     fingerprints_value,
+    gateway_certificates,
     headless_ips,
     host_endpoints,
     instance_shape,
@@ -65,6 +66,7 @@ from .destinations import OutboundCluster, outbound_clusters, service_clusters
 from .inputs import (
     ALL_CONFIG,
     DR_ROUTING,
+    GATEWAY,
     MESH_VERSION,
     OTHER,
     PEER_AUTHENTICATION,
@@ -418,10 +420,11 @@ def _group_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
 
 def _router_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
     # Gateway listeners leave out the TLS servers whose credentials are missing in the
-    # gateway's namespace (gateway_tls.unusable_reason): the only Secrets they read.
+    # gateway's namespace (gateway_tls.unusable_reason), or, for the Gateway API's
+    # kubernetes-gateway:// references, missing or not granted: the only Secrets they read.
     # Authorization and JWT filters read fetched key sets and the mesh config too.
-    return proxy.group_key() + (namespace_secrets(mesh, proxy.namespace), security(mesh, proxy),
-                                telemetry_key(mesh, proxy))
+    return proxy.group_key() + (namespace_secrets(mesh, proxy.namespace), gateway_certificates(mesh, proxy),
+                                security(mesh, proxy), telemetry_key(mesh, proxy))
 
 
 def router_parts(table: dict[str, Builder]) -> dict[str, Sequence[Part]]:
@@ -434,21 +437,27 @@ def router_parts(table: dict[str, Builder]) -> dict[str, Sequence[Part]]:
             scope = _router_scope if type_url == names.LISTENER else _group_scope
             out[type_url] = (Part(f"router-{names.SHORT[type_url].lower()}", type_url, ROUTER_DEPS, scope, whole(table[type_url])),)
     if names.SECRET in table:
-        out[names.SECRET] = (secret_part("router-secrets", table[names.SECRET]),)
+        # a gateway's certificates follow the Gateways selecting it and the ReferenceGrants too
+        out[names.SECRET] = (dataclasses.replace(secret_part("router-secrets", table[names.SECRET]),
+                                                 deps=(GATEWAY, OTHER)),)
     return out
 
 
 # --- credentials, and types without a declared split ------------------------------------
 
 def _secret_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
-    # secrets.build: the credentials of the proxy's namespace, for an authenticated proxy.
-    return (proxy.namespace, proxy.workload_cert, namespace_secrets(mesh, proxy.namespace) if proxy.workload_cert else "")
+    # secrets.build: the credentials of the proxy's namespace, for an authenticated proxy,
+    # and for a gateway the Gateway API certificates it may read (of any namespace).
+    if not proxy.workload_cert:
+        return (proxy.namespace, False, "", "")
+    return (proxy.namespace, True, namespace_secrets(mesh, proxy.namespace), gateway_certificates(mesh, proxy))
 
 
 def secret_part(name: str, builder: Builder) -> Part:
     """Credentials (`kubernetes://...`): they read the Secrets of the proxy's namespace
-    and nothing else, so no other change rebuilds them and a Secret change rebuilds only
-    the namespace's."""
+    and, for a gateway, those the Gateway API lets it read (`kubernetes-gateway://...`,
+    dependencies.gateway_certificates), so a Secret change rebuilds only the proxies
+    that may read it."""
     return Part(name, names.SECRET, (), _secret_scope, whole(builder))
 
 

@@ -13,6 +13,11 @@ Who gets them: a proxy gets only the Secrets of its own namespace (a private key
 reaches a proxy of another namespace), and only when it proved its identity on the
 secure port (istiod refuses credentials to an unauthenticated proxy the same way); the
 server checks the node's namespace against that identity before anything is served.
+
+The Gateway API's certificates, `kubernetes-gateway://<ns>/<name>[-cacert]`, go to a
+gateway only as model/gateway_api/certificates.py authorizes them: named by a Gateway of
+its namespace that selects it, the Secret in its namespace or granted by a
+ReferenceGrant. Nothing else of another namespace is ever built for a proxy.
 Secrets are sent inline, never as file names: the proxy has no other way to get them.
 """
 from __future__ import annotations
@@ -21,9 +26,10 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 from google.protobuf.message import Message
 
-from ..model.credentials import CA_SUFFIX, SDS_PREFIX, Credential
+from ..model.credentials import CA_SUFFIX, SDS_PREFIX, Credential, CredentialRef
+from ..model.gateway_api.certificates import authorized
 from ..model.mesh import MeshSnapshot
-from ..model.proxy import Proxy
+from ..model.proxy import ROUTER, Proxy
 
 
 def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
@@ -40,7 +46,21 @@ def build(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Message]]:
             ca_name = SDS_PREFIX + base + CA_SUFFIX
             crl = _crl_for(mesh, ns, base)
             out[ca_name] = ca_secret(ca_name, ca, crl)
+    for ref, with_ca in gateway_certificates(mesh, proxy):
+        granted = mesh.credential(ref.namespace, ref.name)
+        if granted is not None and granted.cert_chain and granted.private_key:
+            out[ref.resource] = certificate_secret(ref.resource, granted)
+        ca = mesh.ca_credential(ref.namespace, ref.name) if with_ca else b""
+        if ca:
+            out[ref.resource + CA_SUFFIX] = ca_secret(ref.resource + CA_SUFFIX, ca, _crl_for(mesh, ref.namespace, ref.name))
     return sorted(out.items())
+
+
+def gateway_certificates(mesh: MeshSnapshot, proxy: Proxy) -> tuple[tuple[CredentialRef, bool], ...]:
+    """The `kubernetes-gateway://` references this proxy may read (a gateway's only)."""
+    if proxy.type != ROUTER or not proxy.workload_cert:
+        return ()
+    return authorized(mesh.gateways_for(proxy), proxy.namespace, mesh.gateway_api.grants)
 
 
 def _crl_for(mesh: MeshSnapshot, namespace: str, base: str) -> bytes:

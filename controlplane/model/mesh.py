@@ -19,9 +19,10 @@ from ..config import kinds
 from ..config.objects import ConfigKey, ConfigObject
 from ..config.snapshot import ConfigSnapshot
 from ..names import ROOT_NAMESPACE, fqdn, resolve_host
-from .credentials import Credential, credentials_from
+from .credentials import Credential, credential_ref, credentials_from
 from .delegates import resolve_delegates
 from .destination_rules import DestinationRuleIndex, Selector
+from .gateway_api.certificates import refusal as certificate_refusal
 from .gateway_api.conversion import EMPTY as NO_GATEWAY_API
 from .gateway_api.conversion import GatewayAPI, convert
 from .gateways import (
@@ -278,14 +279,25 @@ class MeshSnapshot:
             return f"minProtocolVersion {lo} is above maxProtocolVersion {hi}: no TLS version is left"
         if server.tls_mode == ISTIO_MUTUAL:
             return None
-        creds = server.tls.credentials
-        for name in creds:
-            cred = self.credentials.get((namespace, name))
+        refs = []
+        for name in server.tls.credentials:
+            ref = credential_ref(name, namespace)
+            if ref is None:
+                return f"credential {name}: not a kubernetes-gateway://<namespace>/<name> reference"
+            # A Gateway API reference (kubernetes-gateway://ns/name) is served only when
+            # authorized (gateway_api/certificates.py): never leave Envoy waiting for it.
+            refused = certificate_refusal(ref, server.gateway.namespace, namespace, self.gateway_api.grants) \
+                if ref.gateway_api else ""
+            if refused:
+                return f"credential {refused}"
+            cred = self.credentials.get((ref.namespace, ref.name))
             if cred is None or not (cred.cert_chain and cred.private_key):
-                return f"credential kubernetes://{name}: no Secret {name} with a certificate and key in namespace {namespace}"
-        if creds and server.tls_mode in (MUTUAL, OPTIONAL_MUTUAL) and not self.ca_credential(namespace, creds[0]):
-            return (f"credential kubernetes://{creds[0]}-cacert: {server.tls_mode} needs a CA: no Secret "
-                    f"{creds[0]}-cacert and no ca.crt in Secret {creds[0]} in namespace {namespace}")
+                return (f"credential {ref.resource}: no Secret {ref.name} with a certificate and key in namespace "
+                        f"{ref.namespace}")
+            refs.append(ref)
+        if refs and server.tls_mode in (MUTUAL, OPTIONAL_MUTUAL) and not self.ca_credential(refs[0].namespace, refs[0].name):
+            return (f"credential {refs[0].resource}-cacert: {server.tls_mode} needs a CA: no Secret "
+                    f"{refs[0].name}-cacert and no ca.crt in Secret {refs[0].name} in namespace {refs[0].namespace}")
         return None
 
     def ca_credential(self, namespace: str, name: str) -> bytes:

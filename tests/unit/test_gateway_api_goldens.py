@@ -9,9 +9,8 @@ that starts to match (or stops) fails here until the table says so.
 Compared: the derived objects' kind, namespace, name and spec, after the normalisations
 below (istiod's test domain `domain.suffix` is meshd's `cluster.local`; meshd writes the
 proxies' `selector` into the derived Gateway where istiod keeps a service annotation; a
-Passthrough server is `tls: {mode: PASSTHROUGH}` where istiod leaves `tls: {}`; istiod's
-credential names `kubernetes-gateway://<ns>/<name>` are meshd's `<name>` (`<ns>/<name>`
-across namespaces)). Annotations are not compared.
+Passthrough server is `tls: {mode: PASSTHROUGH}` where istiod leaves `tls: {}`).
+Annotations are not compared.
 """
 from __future__ import annotations
 
@@ -87,9 +86,6 @@ def _normal_gateway(obj: dict) -> dict:
         tls = server.get("tls")
         if tls == {} and server["port"]["protocol"] == "TLS":
             server["tls"] = {"mode": "PASSTHROUGH"}
-        if isinstance(tls, dict) and str(tls.get("credentialName", "")).startswith("kubernetes-gateway://"):
-            ns, _, name = tls["credentialName"].removeprefix("kubernetes-gateway://").partition("/")
-            tls["credentialName"] = name if ns == obj["namespace"] else f"{ns}/{name}"
     return {**obj, "spec": spec}
 
 
@@ -165,8 +161,6 @@ KNOWN_DIFFERENCES: dict[str, str] = {
     "zero": "a TCPRoute whose backends all weigh 0 gives no VirtualService; istiod routes to a placeholder subset",
     "reference-policy-tls": "the Gateway asks for client certificate validation (spec.tls.frontend), which meshd "
                             "does not implement: its HTTPS listener is not served (fail closed, Accepted False)",
-    "reference-grant-multiple-to": "a certificate of another namespace (allowed by the ReferenceGrant) is not served "
-                                   "by meshd's SDS yet: the listener is reported Programmed False and not configured",
     "route-binding": _FIXTURE,
     "route-precedence": _FIXTURE,
     "serviceentry": "routes whose parentRef is a ServiceEntry host (kind ServiceEntry, networking.istio.io) are not "
@@ -242,7 +236,7 @@ KNOWN_STATUS_DIFFERENCES: dict[str, str] = {
         "listenerset-empty-listeners", "listenerset-https-missing-tls", "listenerset-invalid",
         "listenerset-overlapping-port", "listenerset-same-name-different-ns", "invalid", "mcs", "route-binding",
         "route-precedence", "serviceentry", "xbackend", "reference-policy-inferencepool", "tls",
-        "reference-grant-multiple-to", "reference-policy-tls")},
+        "reference-policy-tls")},
     "eastwest-remote": KNOWN_DIFFERENCES["eastwest"],
     "waypoint": "waypoints (class istio-waypoint, ambient) are not served",
     "foreign-waypoint": "a parentRef to a ServiceEntry is reported NoMatchingParent by meshd; istiod says nothing",
@@ -258,6 +252,7 @@ KNOWN_STATUS_DIFFERENCES: dict[str, str] = {
                                       "InvalidParameters",
     "http": KNOWN_DIFFERENCES["http"] + " (one route fewer attached, InvalidKind for InferencePool backends)",
     "http-grpc-same-host": _ADDRESS,
+    "reference-grant-multiple-to": _ADDRESS,
     "isolation": _ADDRESS,
     "multi-gateway": _ADDRESS,
     "tls-terminate": _ADDRESS,

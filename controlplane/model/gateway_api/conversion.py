@@ -8,8 +8,10 @@ derives them (pilot/pkg/config/kube/gateway/, read not copied). Entry point: `co
   in the Gateway's namespace, one server (port name `default`, the listener's port and
   protocol, hosts `<ns>/<hostname or *>` with `ns` the Gateway's namespace for
   `allowedRoutes.namespaces.from: Same`, else `*`). TLS: Terminate serves the
-  `certificateRefs` Secret (`credentialName`; one of another namespace only with a
-  ReferenceGrant), Passthrough is PASSTHROUGH. The proxies it applies to: the pods of the
+  `certificateRefs` Secrets as istiod names them, `credentialName:
+  kubernetes-gateway://<ns>/<name>` (one of another namespace only with a
+  ReferenceGrant; the gateway's SDS checks that again, certificates.py), Passthrough is
+  PASSTHROUGH. The proxies it applies to: the pods of the
   Service its `addresses` name (a Hostname, or an IP that is a Service's), else the pods
   labelled `gateway.networking.k8s.io/gateway-name: <gateway>` (what Istio's deployment
   controller labels them) -- the derived Gateway's `selector`.
@@ -49,7 +51,7 @@ from ...names import (
     KUBERNETES_GATEWAY_NAME,
     fqdn,
 )
-from ..credentials import Credential
+from ..credentials import Credential, gateway_credential_name
 from ..hosts import covers
 from ..services import Service
 from . import deployment, mesh
@@ -121,6 +123,8 @@ class GatewayAPI:
     class_reports: tuple[ClassReport, ...] = ()
     gateway_reports: tuple[GatewayReport, ...] = ()
     route_reports: tuple[RouteReport, ...] = ()
+    # the ReferenceGrants: the gateway SDS authorizes cross-namespace certificates by them
+    grants: Grants = Grants(frozenset())
 
 
 EMPTY = GatewayAPI()
@@ -232,7 +236,7 @@ def _listener_tls(gw: ConfigObject, ln: Listener, grants: Grants,
             return None, Condition("ResolvedRefs", False, "InvalidCertificateRef",
                                    f"invalid certificate reference {ns}/{ref.name}: Secret not found or without "
                                    "tls.crt and tls.key")
-        names.append(ref.name if ns == gw.namespace else f"{ns}/{ref.name}")
+        names.append(gateway_credential_name(ns, ref.name))
     if not names:
         return None, Condition("ResolvedRefs", False, "InvalidCertificateRef", "no certificateRefs")
     out: dict[str, Any] = {"mode": "SIMPLE"}
@@ -327,12 +331,6 @@ def _convert_gateway(gw: ConfigObject, services: Mapping[str, Service], credenti
         invalid = not state.usable or tls_problem is not None
         if invalid:
             conditions["Programmed"] = Condition("Programmed", False, "Invalid", "the listener is not valid")
-        elif tls is not None and any("/" in n for n in (tls.get("credentialName", ""), *tls.get("credentialNames", ()))):
-            # Allowed by a ReferenceGrant, but meshd's SDS serves a gateway the Secrets of
-            # its own namespace only: say so rather than leave Envoy waiting for it.
-            conditions["Programmed"] = Condition("Programmed", False, "Invalid",
-                                                 "certificates of another namespace are not served by meshd yet")
-            invalid = True
         listeners.append(state)
         if invalid or address_problem:
             continue
@@ -536,7 +534,8 @@ def convert(config: ConfigSnapshot, services: Mapping[str, Service],
     gateway_objects = config.of_kind(kinds.K8S_GATEWAY.key_kind)
     routes = [r for k in _ROUTE_KINDS for r in config.of_kind(k.key_kind)]
     if not gateway_objects and not routes and not config.of_kind(kinds.GATEWAY_CLASS.key_kind):
-        return EMPTY
+        grant_objects = config.of_kind(kinds.REFERENCE_GRANT.key_kind)
+        return GatewayAPI(grants=grants_of(grant_objects)) if grant_objects else EMPTY
     classes, class_reports = our_classes(config)
     conv = _Converter(config, services, credentials, domain)
     listeners: dict[tuple[str, str], list[_Listener]] = {}
@@ -605,7 +604,8 @@ def convert(config: ConfigSnapshot, services: Mapping[str, Service],
                                                                       ("Accepted", "Conflicted", "Programmed", "ResolvedRefs")))
             for ln in lns), report.addresses))
     gateway_reports = deployment.reported(config, gateway_reports, domain)  # parametersRef, the deployed Service
-    return GatewayAPI(tuple(gateways), tuple(conv.vs), tuple(class_reports), tuple(gateway_reports), tuple(route_reports))
+    return GatewayAPI(tuple(gateways), tuple(conv.vs), tuple(class_reports), tuple(gateway_reports), tuple(route_reports),
+                      conv.grants)
 
 
 def gateway_api_objects(config: ConfigSnapshot) -> Iterable[ConfigObject]:
