@@ -19,7 +19,9 @@ from controlplane.generators.envoyfilter import Selected, ordered, selects
 from controlplane.generators.envoyfilter import apply as apply_patches
 from controlplane.generators.envoyfilter import stage as envoyfilter_stage
 from controlplane.generators.resources import changes, pack
+from controlplane.generators.tracing import mesh_telemetries
 from controlplane.model.proxy import parse_node
+from controlplane.model.telemetry import applicable
 from tests.support import mesh_changes
 from tests.support.chapter9 import (
     CATALOG_PROXY,
@@ -445,3 +447,30 @@ def test_an_envoy_filter_change_pushes_exactly_to_the_proxies_it_selects():
             left_out = {r["envoyFilter"] for r in g.envoy_filter_problems()}
             assert changed_output or variant is None or f"{ns}/{name}" in left_out or variant == 0 and not old, (
                 slot, variant, "changed nothing")
+
+
+TELEMETRY_SLOTS = sorted(slot for slot in mesh_changes.slots() if slot.startswith("telemetry/"))
+
+
+def test_a_telemetry_change_pushes_exactly_to_the_proxies_it_applies_to():
+    """Every Telemetry slot through every variant and back to empty, one long-lived Generator:
+    a proxy to which neither the old nor the new object applies (model/telemetry.applicable)
+    keeps every key; every output equals the builders'."""
+    world = mesh_changes.World({s: v for s, v in mesh_changes.everything().items() if s not in TELEMETRY_SLOTS})
+    g = Generator()
+
+    def applies(m, proxy, ns: str, name: str) -> bool:
+        chain = applicable(mesh_telemetries(m), m.root_namespace, proxy.namespace, proxy.labels)
+        return any((t.namespace, t.name) == (ns, name) for t in chain)
+
+    for slot in TELEMETRY_SLOTS:
+        _, ns, name = slot.split("/")
+        for variant in [*range(len(mesh_changes.slots()[slot])), None]:
+            before = world.mesh
+            after = world.apply([mesh_changes.Change(slot, variant)])
+            for proxy in mesh_changes.PROXIES:
+                touched = applies(before, proxy, ns, name) or applies(after, proxy, ns, name)
+                for t in (*TYPES, names.SECRET):
+                    if not touched:
+                        assert g.key(before, proxy, t) == g.key(after, proxy, t), (slot, variant, proxy.id, names.SHORT[t])
+                    assert got(g, after, proxy, t) == expected(after, proxy, t), (slot, variant, proxy.id, names.SHORT[t])
