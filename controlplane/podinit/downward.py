@@ -38,6 +38,11 @@ AGENT_ONLY_META = {
 }
 
 
+# ProxyConfig fields the injector applies itself (the xDS address, the -m flag, the
+# proxy container's drain): present in --proxy-config-json, not to be reported here.
+APPLIED_BY_INJECTOR = frozenset({"discoveryAddress", "interceptionMode", "terminationDrainDuration"})
+
+
 class PodInfoError(ValueError):
     """The downward API input is missing or malformed: names the variable or file."""
 
@@ -104,7 +109,8 @@ def unsupported(pod: PodInfo, pc: ProxyConfig | None) -> list[str]:
     out = [f"ISTIO_META_{k}={pod.meta[k]}: has no effect ({why}; meshd has no agent)"
            for k, why in AGENT_ONLY_META.items() if pod.meta.get(k, "").lower() in ("true", "1")]
     if pc is not None:
-        out += [f"proxy config {f}: has no effect (pilot-agent's; meshd has no agent)" for f in pc.unread]
+        out += [f"proxy config {f}: has no effect (pilot-agent's; meshd has no agent)" for f in pc.unread
+                if f not in APPLIED_BY_INJECTOR]
         out += [f"proxy config proxyMetadata.{k}: has no effect (pilot-agent's; meshd has no agent)"
                 for k, _ in pc.proxy_metadata if not k.startswith(META_PREFIX)]
     return out

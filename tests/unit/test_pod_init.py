@@ -217,3 +217,35 @@ def test_envoy_accepts_the_bootstrap(files, tmp_path):
     v = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(files["out"]), "--use-dynamic-base-id"],
                        capture_output=True, text=True, timeout=120)
     assert v.returncode == 0, v.stdout[-3000:] + v.stderr[-3000:]
+
+
+def test_the_injectors_istio_init_runs_as_written(files):
+    """The contract with the injector: its istio-init argv and env (downward fieldRefs
+    resolved as the kubelet would), mount paths mapped to files here, run with --dry-run."""
+    from controlplane.inject.config import InjectionConfig
+    from controlplane.inject.pod import INIT, inject_pod
+
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "catalog-5d8f", "namespace": "istioinaction", "labels": {"app": "catalog"},
+                        "annotations": {"proxy.istio.io/config": "{concurrency: 1, holdApplicationUntilProxyStarts: true}",
+                                        "traffic.sidecar.istio.io/excludeOutboundPorts": "5432"}},
+           "spec": {"serviceAccountName": "catalog", "containers": [{"name": "catalog", "image": "c"}]}}
+    mesh = {"defaultConfig": {"discoveryAddress": "istiod.istio-system.svc:15012"}}
+    injected = inject_pod(pod, InjectionConfig.from_sources(mesh, {})).pod
+    (init,) = [c for c in injected["spec"]["initContainers"] if c["name"] == INIT]
+    mapped = {"/var/run/secrets/istio/root-cert.pem": files["root"], "/var/run/secrets/tokens/istio-token": files["token"],
+              "/etc/istio/proxy/envoy.json": files["out"]}
+    args = [str(mapped.get(a, a)) for a in init["args"]]
+    fields = {"metadata.name": "catalog-5d8f", "metadata.namespace": "istioinaction", "status.podIP": "10.0.0.7",
+              "spec.serviceAccountName": "catalog", "status.hostIP": "", "spec.nodeName": ""}
+    env = {e["name"]: e["value"] if "value" in e else fields[e["valueFrom"]["fieldRef"]["fieldPath"]] for e in init["env"]}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ISTIO_META_")}
+    cp = subprocess.run([sys.executable, "-m", "controlplane", *args, "--labels-file", str(files["labels"]), "-n"],
+                        capture_output=True, text=True, timeout=60, env={**clean, "PYTHONPATH": str(REPO), **env})
+    assert cp.returncode == 0, cp.stderr
+    assert "-A ISTIO_OUTPUT -p tcp -m multiport --dports 5432 -j RETURN" in cp.stdout
+    assert "has no effect" not in cp.stderr  # discoveryAddress: the injector's, not reported again
+    doc = json.loads(files["out"].read_text())
+    assert doc["node"]["id"] == "sidecar~10.0.0.7~catalog-5d8f.istioinaction~istioinaction.svc.cluster.local"
+    assert doc["node"]["metadata"]["PROXY_CONFIG"]["concurrency"] == 1
+    assert doc["node"]["metadata"]["APP_CONTAINERS"] == "catalog"
