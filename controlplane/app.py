@@ -43,6 +43,7 @@ from .model.mesh import MeshSnapshot, build_mesh, mesh_version
 from .model.meshconfig import DEFAULT as DEFAULT_MESH_CONFIG
 from .model.request_authentication import EMPTY_JWKS, key_sets_needed
 from .model.request_authentication import KIND as REQUEST_AUTHENTICATION
+from .model.sidecar_problems import SidecarReport
 from .ports import ServePort, StartupError, bind_error, check_free
 from .security.plane import DEFAULT_KEY_TYPE, SecurityOptions, SecurityPlane
 from .security.policy_report import PolicyReport
@@ -445,6 +446,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     debug_routes["/debug/jwksz"] = _json_view(key_sets.status)
     policy_report = PolicyReport(metrics.registry)
     telemetry_report = TelemetryReport(metrics.registry)
+    sidecar_report = SidecarReport(metrics.registry)
     metrics.registry.register(LeftOutPatches(generator.envoy_filter_problems))  # beside configz envoyFilterProblems
     registry = _workload_registry(opts, store, member, metrics)  # WorkloadGroup auto-registration (docs/vm.md)
     ads.registrations = registry
@@ -458,7 +460,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                                                    "autoRegistration": registry.status,
                                                    "gatewayAPI": lambda: gateway_api_section(ads.mesh),
                                                    "envoyFilterProblems": generator.envoy_filter_problems,
-                                                   "telemetryProblems": telemetry_report.status},
+                                                   "telemetryProblems": telemetry_report.status,
+                                                   "sidecarProblems": sidecar_report.status},
                                  # /debug checks tokens synchronously: not with TokenReview (it awaits I/O)
                                  authenticators=[a for a in authenticators or () if not getattr(a, "awaits_io", False)],
                                  root_namespace=opts.root_namespace)
@@ -468,6 +471,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     mesh_source.on_change, key_sets.on_change = builder.set_mesh_config, builder.set_jwks
     builder.observers.append(policy_report.update)
     builder.observers.append(telemetry_report.update)
+    builder.observers.append(sidecar_report.update)
     if member is not None:  # the Gateway API's status, written by the leader (kube/status.py)
         writer = member.status
         # and the gateway of each Gateway of meshd's classes (kube/gateway_deployment.py)

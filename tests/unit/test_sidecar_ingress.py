@@ -15,6 +15,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from prometheus_client import CollectorRegistry
 
 from controlplane import names
 from controlplane.config.objects import ConfigObject, Origin, Rejection
@@ -22,6 +23,7 @@ from controlplane.config.parse import parse_document
 from controlplane.generators import builders
 from controlplane.generators.dependencies import sidecar_ingress
 from controlplane.model.proxy import parse_node
+from controlplane.model.sidecar_problems import SidecarReport, problems
 from tests.support.configs import mesh_from_yaml
 
 POD_IP = "10.1.0.10"
@@ -361,3 +363,33 @@ def test_tls_under_strict_keeps_istio_mtls_only():
     chains = _port_chains(_listeners(text)["virtualInbound"], 9443)
     assert [c.filter_chain_match.transport_protocol for c in chains] == ["tls"]
     assert _downstream(chains[0]).common_tls_context.tls_certificate_sds_secret_configs[0].name == "default"
+
+
+# --- reported: a tls that does nothing --------------------------------------------------
+
+TLS_ONLY = f"""
+    - port: {{number: 9443, protocol: HTTPS, name: https}}
+      tls: {{mode: SIMPLE, {CERTS}}}
+    """
+
+
+def test_a_tls_under_istio_mtls_is_reported_not_silently_ignored():
+    registry = CollectorRegistry()
+    report = SidecarReport(registry)
+    report.update(_mesh(_sidecar(TLS_ONLY)))
+    [row] = report.status()
+    assert (row["namespace"], row["name"], row["field"], row["reason"]) == (
+        "shop", "app", "spec.ingress[0].tls", "IngressTLSUnderMutualTLS")
+    assert "mode of port 9443 is PERMISSIVE" in row["message"]
+    assert registry.get_sample_value("meshd_sidecar_problems", {"reason": "IngressTLSUnderMutualTLS"}) == 1
+    # a PeerAuthentication turning mTLS off on that port makes the tls do its work: nothing to report
+    report.update(_mesh(_sidecar(TLS_ONLY) + _disable(9443)))
+    assert report.status() == []
+    assert registry.get_sample_value("meshd_sidecar_problems", {"reason": "IngressTLSUnderMutualTLS"}) == 0
+
+
+def test_a_disable_for_other_workloads_or_ports_does_not_count():
+    other_port = problems(_mesh(_sidecar(TLS_ONLY) + _disable(9000)))
+    assert [p.field for p in other_port] == ["spec.ingress[0].tls"]
+    other_workloads = _disable(9443).replace("{app: app}", "{app: other}")
+    assert [p.field for p in problems(_mesh(_sidecar(TLS_ONLY) + other_workloads))] == ["spec.ingress[0].tls"]
