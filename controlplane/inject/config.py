@@ -368,4 +368,8 @@ def _build(mesh: Mapping[str, Any], values: Mapping[str, Any], injector: Mapping
     )
     # Keys read only to compose an image are read; the rest of what is present is reported.
     r.read.update({"global.hub", "global.tag"})
-    return _replace(cfg, unread=r.unread())
+    # defaultConfig fields neither the bootstrap nor the injector applies.
+    applied_here = {"discoveryAddress", "interceptionMode", "terminationDrainDuration"}
+    mesh_unread = tuple(f"meshConfig.{f}" for f in (parsed_mesh.unread if parsed_mesh else ())
+                        if f.startswith("defaultConfig.") and f.split(".", 1)[1] not in applied_here)
+    return _replace(cfg, unread=r.unread() + mesh_unread)

@@ -29,7 +29,7 @@ import yaml
 from ..model.meshconfig import PROXY_CONFIG_FIELDS, MeshConfigError, ProxyConfig, parse_mesh_config
 from ..proxy_settings import envoy_args
 from .config import InjectionConfig, Resources
-from .selection import INJECT, STATUS
+from .selection import INJECT, STATUS, TEMPLATES
 from .traffic import HONOURED as TRAFFIC_ANNOTATIONS
 from .traffic import STATUS_PORT, AnnotationError, interception_mode, iptables_args
 
@@ -60,7 +60,6 @@ USER_VOLUME_MOUNT = "sidecar.istio.io/userVolumeMount"
 LOG_LEVEL = "sidecar.istio.io/logLevel"
 COMPONENT_LOG_LEVEL = "sidecar.istio.io/componentLogLevel"
 DISCOVERY_ADDRESS = "sidecar.istio.io/discoveryAddress"
-TEMPLATES = "inject.istio.io/templates"
 DEFAULT_CONTAINER = "kubectl.kubernetes.io/default-container"
 DEFAULT_LOGS_CONTAINER = "kubectl.kubernetes.io/default-logs-container"
 REVISION = "istio.io/rev"
@@ -419,6 +418,12 @@ def _inject(out: dict[str, Any], meta: dict[str, Any], spec: dict[str, Any], ann
                             "(interception rules, the Envoy bootstrap) may not run")
         init = _strategic_merge(init, own_init)
 
+    # The rules let the proxy's own traffic out uncaptured by its UID: a pod that runs
+    # istio-proxy as another user moves the exception with it (as Istio does).
+    uid = (proxy.get("securityContext") or {}).get("runAsUser", PROXY_UID)
+    if uid != PROXY_UID and init["args"][:1] == ["pod-init"]:
+        at = init["args"].index("-u") + 1
+        init["args"] = [*init["args"][:at], str(uid), *init["args"][at + 1:]]
     if native:
         inits = [init, proxy, *inits]
     else:
@@ -439,7 +444,7 @@ def _inject(out: dict[str, Any], meta: dict[str, Any], spec: dict[str, Any], ann
         annotations.setdefault(DEFAULT_CONTAINER, str(app[0]))
         annotations.setdefault(DEFAULT_LOGS_CONTAINER, annotations[DEFAULT_CONTAINER])
     annotations.setdefault(REVISION, cfg.revision)
-    if any(k.startswith("prometheus.io/") for k in annotations):
+    if any(k.startswith("prometheus.io") for k in annotations):
         warnings.append("the pod's prometheus.io annotations are kept: Envoy's metrics (port 15090, "
                         "/stats/prometheus) are not merged with the application's (no istio-agent)")
     else:
@@ -455,6 +460,8 @@ def _inject(out: dict[str, Any], meta: dict[str, Any], spec: dict[str, Any], ann
         "revision": cfg.revision,
     }, separators=(",", ":"))
     labels.setdefault(_TLS_MODE, "istio")
+    if cfg.network:
+        labels.setdefault("topology.istio.io/network", cfg.network)
     labels.setdefault(_CANONICAL_NAME, _truncate_label(
         labels.get("app.kubernetes.io/name") or labels.get("app") or owner.name))
     labels.setdefault(_CANONICAL_REVISION, _truncate_label(
@@ -468,9 +475,9 @@ def _report_annotations(annotations: Mapping[str, str], spec: Mapping[str, Any],
     """Warnings for Istio injection settings on the pod that meshd does not apply."""
     out = []
     templates = [t.strip() for t in str(annotations.get(TEMPLATES, "sidecar")).split(",") if t.strip()]
-    if templates != ["sidecar"]:
+    if set(templates) != {"sidecar"}:
         out.append(f"annotation {TEMPLATES}={annotations[TEMPLATES]!r}: meshd applies only its sidecar "
-                   "(Istio's injection templates are not read)")
+                   "(Istio's other injection templates are not applied)")
     if cfg.rewrite_app_http_probers and _flag(annotations, REWRITE_PROBES, True):
         probes = _has_probes(list(spec.get("containers") or []))
         if probes:

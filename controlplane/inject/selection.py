@@ -23,6 +23,7 @@ INJECT = "sidecar.istio.io/inject"
 STATUS = "sidecar.istio.io/status"
 NAMESPACE_INJECTION = "istio-injection"
 REVISION = "istio.io/rev"
+TEMPLATES = "inject.istio.io/templates"
 # The namespaces istiod never injects into (IgnoredNamespaces).
 IGNORED_NAMESPACES = frozenset({"kube-system", "kube-public"})
 _YES = ("y", "yes", "true", "on")
@@ -87,6 +88,10 @@ def decide(pod: Mapping[str, Any], namespace: Mapping[str, Any] | None, cfg: Inj
     annotations, labels = _meta(pod, "annotations"), _meta(pod, "labels")
     if STATUS in annotations:
         return Decision(False, f"pod {who} is already injected ({STATUS} present)")
+    templates = [t.strip() for t in str(annotations.get(TEMPLATES, "sidecar")).split(",") if t.strip()]
+    if "sidecar" not in templates:
+        return Decision(False, f"pod {who}: {TEMPLATES}={','.join(templates)}: meshd injects only the sidecar "
+                               "template (a gateway runs Envoy with `meshd bootstrap --type router`)")
     selected = None
     if namespace is not None:
         selected = _webhook_selects(pod, namespace, cfg)

@@ -70,7 +70,8 @@ def inject_object(obj: Any, cfg: InjectionConfig) -> Outcome:
     if namespace:
         pod_meta.setdefault("namespace", namespace)
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": template.get("spec") or {}}
-    decision = decide(pod, None, cfg)
+    # A template has no name: the decision names the workload.
+    decision = decide({**pod, "metadata": {"name": meta.get("name"), **pod_meta}}, None, cfg)
     if not decision.inject:
         return Outcome(obj, (f"skipped {_describe(obj)}: {decision.reason.split(': ', 1)[-1]}",))
     owner = Owner(str(obj.get("apiVersion") or ""), str(kind), str(meta.get("name") or ""), namespace)
