@@ -233,3 +233,34 @@ def test_the_certificate_is_renewed_past_half_its_life_and_on_a_new_signer(autho
     issuer.generation = "b"  # the CA's serving signer changed (a root rotation)
     cert.context()
     assert cert.issued == 3
+
+
+# --- the port ----------------------------------------------------------------------------
+
+
+def test_the_webhook_port_is_checked_with_the_others_in_kubernetes_mode_only(tmp_path):
+    from controlplane.app import ServeOptions, serve_ports
+    from controlplane.ports import StartupError, check_free
+
+    kube = ServeOptions(config_dir=None, ca_dir=tmp_path, kubeconfig="kubeconfig", webhook_port=15017)
+    assert ("--webhook-port", 15017) in [(p.flag, p.port) for p in serve_ports(kube)]
+    files = ServeOptions(config_dir=tmp_path, ca_dir=tmp_path, webhook_port=15017)  # no API server to call it
+    assert "--webhook-port" not in [p.flag for p in serve_ports(files)]
+    off = ServeOptions(config_dir=None, ca_dir=tmp_path, kubeconfig="kubeconfig", webhook_port=0)
+    assert "--webhook-port" not in [p.flag for p in serve_ports(off)]
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = ServeOptions(config_dir=None, ca_dir=tmp_path, kubeconfig="kubeconfig", webhook_port=port,
+                             xds_port=0, monitoring_port=0, secure_xds_port=0)
+        with pytest.raises(StartupError, match=rf"^port {port} \(--webhook-port\) is already in use$"):
+            check_free("127.0.0.1", serve_ports(taken))
+
+
+def test_the_cli_defaults_to_istiods_port():
+    from controlplane.cli import parser
+
+    args = parser().parse_args(["serve", "--in-cluster"])
+    assert args.webhook_port == 15017
