@@ -374,7 +374,10 @@ def _flag(annotations: Mapping[str, str], name: str, default: bool) -> bool:
 def inject_pod(pod: Mapping[str, Any], cfg: InjectionConfig, owner: Owner | None = None) -> Injected:
     """The pod with the sidecar (a new object; `pod` is not changed) and the warnings: what
     of Istio's injection settings it carries is not applied. Raises InjectionError (a
-    ValueError, as is AnnotationError) naming the pod and the field when it cannot be."""
+    ValueError) naming the pod and the field when it cannot be. The webhook sets
+    metadata.namespace from the AdmissionRequest first (a created pod often has none):
+    the owner's namespace in ISTIO_META_OWNER comes from it. `owner` defaults to the
+    pod's controller (owner_of)."""
     out = copy.deepcopy(dict(pod))
     meta = out.setdefault("metadata", {})
     spec = out.setdefault("spec", {})

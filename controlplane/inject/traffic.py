@@ -25,9 +25,12 @@ INTERCEPTION_MODE = "sidecar.istio.io/interceptionMode"
 HONOURED = frozenset({INCLUDE_IP_RANGES, EXCLUDE_IP_RANGES, INCLUDE_INBOUND_PORTS, EXCLUDE_INBOUND_PORTS,
                       INCLUDE_OUTBOUND_PORTS, EXCLUDE_OUTBOUND_PORTS, KUBEVIRT_INTERFACES, REROUTE_VIRTUAL_INTERFACES,
                       EXCLUDE_INTERFACES, STATUS_PORT, INTERCEPTION_MODE})
-# meshd's listeners are built for REDIRECT; NONE installs no rules (the application dials
-# the proxy itself, Sidecar captureMode NONE). TPROXY is not served.
-MODES = ("REDIRECT", "NONE")
+# meshd's listeners are built for REDIRECT, and `meshd pod-init` installs REDIRECT rules
+# only: TPROXY is not served, NONE (no rules, the bootstrap only) is not implemented by the
+# init step. Both are refused here rather than left to fail in the pod's init container.
+MODES = ("REDIRECT",)
+_WHY = {"TPROXY": " (TPROXY: listeners for original source addresses are not built)",
+        "NONE": " (NONE: meshd's init step has no mode that writes the bootstrap without rules)"}
 # Always kept out of inbound capture: Envoy's Prometheus and readiness ports.
 ALWAYS_EXCLUDED_INBOUND = "15090,15021"
 
@@ -73,9 +76,8 @@ def _cidrs(annotation: str, value: str, wildcard: bool) -> str:
 def interception_mode(annotations: Mapping[str, str], proxy_config: Mapping[str, object]) -> str:
     mode = str(annotations.get(INTERCEPTION_MODE) or proxy_config.get("interceptionMode") or "REDIRECT")
     if mode not in MODES:
-        raise AnnotationError(INTERCEPTION_MODE, mode, f"meshd serves interception modes {', '.join(MODES)}"
-                              + (" (TPROXY: listeners for original source addresses are not built)"
-                                 if mode == "TPROXY" else ""))
+        raise AnnotationError(INTERCEPTION_MODE, mode, f"meshd serves interception mode {', '.join(MODES)} only"
+                              + _WHY.get(mode, ""))
     return mode
 
 

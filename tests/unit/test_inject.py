@@ -189,6 +189,8 @@ def test_bad_traffic_annotation_names_pod_and_annotation():
         inject_pod(pod(annotations={"traffic.sidecar.istio.io/excludeInboundPorts": "x"}), CFG)
     with pytest.raises(InjectionError, match="TPROXY"):
         inject_pod(pod(annotations={"sidecar.istio.io/interceptionMode": "TPROXY"}), CFG)
+    with pytest.raises(InjectionError, match="interceptionMode='NONE'.*no mode that writes the bootstrap"):
+        inject_pod(pod(), InjectionConfig.from_sources({"defaultConfig": {"interceptionMode": "NONE"}}, None))
 
 
 def test_unknown_istio_annotations_and_probes_are_reported():

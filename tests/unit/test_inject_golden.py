@@ -245,7 +245,8 @@ EXPLAINED = {
     "cni": "istio-cni is not used: meshd's istio-init installs the rules itself (istio-validation not added)",
     "validation-flags": "istio-cni's istio-validation flags are Istio's",
     "tproxy": "TPROXY is refused (meshd builds REDIRECT listeners): error naming sidecar.istio.io/interceptionMode",
-    "no-init": "interception NONE: Istio adds no init container; meshd's istio-init still writes the bootstrap (-m NONE)",
+    "no-init": "interception NONE is refused (error naming sidecar.istio.io/interceptionMode): meshd's init step "
+               "installs REDIRECT rules and writes the bootstrap, it has no bootstrap-only mode yet",
     "core-dump": "enableCoreDump's enable-core-dump container is not added (reported)",
     "templates": "another injection template (gateway, grpc, custom): meshd injects only the sidecar (reported, or not injected)",
     "prometheus-port": "prometheus.io/port is Envoy's 15090 (/stats/prometheus), set only when the pod has no "
@@ -386,6 +387,8 @@ def run_case(case: Case) -> Result:
     except ValueError as e:
         if "TPROXY" in str(e) and case.golden:
             return Result(case, {**rows, "result": "rejected: tproxy"}, unexplained, (str(e),))
+        if "interceptionMode='NONE'" in str(e) and case.golden:
+            return Result(case, {**rows, "result": "rejected: no-init"}, unexplained, (str(e),))
         if case.error and case.error in str(e).lower():
             rows["result"] = "rejected: tproxy" if case.golden else "rejected as by Istio"
             return Result(case, rows, unexplained, (str(e),))
