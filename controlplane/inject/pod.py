@@ -222,17 +222,22 @@ def _bash(script: str) -> dict[str, Any]:
     return {"exec": {"command": ["bash", "-c", script]}}
 
 
-# Waits (up to 2 minutes) for Envoy's readiness on 15021 with bash alone: the Envoy image
-# has no curl. Each attempt runs in a subshell so that a refused connection only fails it.
-WAIT_READY = (f"for i in $(seq 240); do (exec 3<>/dev/tcp/127.0.0.1/{HEALTH_PORT} && "
-              "printf 'GET /healthz/ready HTTP/1.0\\r\\n\\r\\n' >&3 && read -r s <&3 && "
-              "[[ $s == *' 200 '* ]]) 2>/dev/null && exit 0; sleep 0.5; done; exit 1")
+def wait_ready_script(port: int = HEALTH_PORT) -> str:
+    """Waits (up to 2 minutes) for Envoy's readiness with bash alone (the Envoy image has
+    no curl). Each attempt runs in a subshell, so that a refused connection fails only it;
+    HTTP/1.1, since Envoy's listeners refuse HTTP/1.0."""
+    request = "GET /healthz/ready HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n"
+    return (f"for i in $(seq 240); do (exec 3<>/dev/tcp/127.0.0.1/{port} && printf '{request}' >&3 && "
+            "read -r s <&3 && [[ $s == *' 200 '* ]]) 2>/dev/null && exit 0; sleep 0.5; done; exit 1")
 
 
-def _drain(seconds: int) -> str:
-    """Stop accepting inbound connections (Envoy's graceful drain), then wait."""
-    return (f"(exec 3<>/dev/tcp/127.0.0.1/{ADMIN_PORT} && printf 'POST /drain_listeners?graceful&inboundonly "
-            f"HTTP/1.0\\r\\n\\r\\n' >&3 && read -r s <&3) 2>/dev/null; sleep {seconds}")
+def drain_script(seconds: int, port: int = ADMIN_PORT) -> str:
+    """Stop accepting inbound connections (Envoy's graceful drain of its inbound listeners,
+    as pilot-agent asks on shutdown), print Envoy's answer, then wait."""
+    request = ("POST /drain_listeners?graceful&inboundonly HTTP/1.1\\r\\nHost: localhost\\r\\n"
+               "Connection: close\\r\\nContent-Length: 0\\r\\n\\r\\n")
+    return (f"(exec 3<>/dev/tcp/127.0.0.1/{port} && printf '{request}' >&3 && read -r s <&3 && echo \"$s\" >&2); "
+            f"sleep {seconds}")
 
 
 def _proxy_container(cfg: InjectionConfig, annotations: Mapping[str, str], pc: ProxyConfig, native: bool,
@@ -248,7 +253,7 @@ def _proxy_container(cfg: InjectionConfig, annotations: Mapping[str, str], pc: P
         "args": args,
         "ports": [{"containerPort": STATS_PORT, "name": "http-envoy-prom", "protocol": "TCP"}],
         "resources": _resources(annotations, cfg.proxy_resources),
-        "lifecycle": {"preStop": _bash(_drain(drain_seconds))},
+        "lifecycle": {"preStop": _bash(drain_script(drain_seconds))},
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                             "privileged": False, "readOnlyRootFilesystem": True, "runAsGroup": PROXY_GID,
                             "runAsNonRoot": True, "runAsUser": PROXY_UID},
@@ -265,7 +270,7 @@ def _proxy_container(cfg: InjectionConfig, annotations: Mapping[str, str], pc: P
     if native:
         container["restartPolicy"] = "Always"
     elif hold:
-        container["lifecycle"]["postStart"] = _bash(WAIT_READY)
+        container["lifecycle"]["postStart"] = _bash(wait_ready_script())
     return container
 
 

@@ -24,7 +24,7 @@ from controlplane.inject import (
     owner_of,
 )
 from controlplane.inject.config import ENVOY_VERSION
-from controlplane.inject.pod import WAIT_READY
+from controlplane.inject.pod import wait_ready_script
 
 
 def pod(labels=None, annotations=None, **spec):
@@ -307,8 +307,7 @@ def test_post_start_wait_returns_once_envoy_is_ready():
         pytest.fail(f"cannot listen: {e}")
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        script = WAIT_READY.replace("/127.0.0.1/15021", f"/127.0.0.1/{server.server_port}")
-        done = subprocess.run(["bash", "-c", script], timeout=30)
+        done = subprocess.run(["bash", "-c", wait_ready_script(server.server_port)], timeout=30)
     finally:
         server.shutdown()
     assert done.returncode == 0
