@@ -67,16 +67,33 @@ def settings_from_env(namespace: str, trust_domain: str = TRUST_DOMAIN,
                           image_pull_policy=environ.get(PULL_POLICY_ENV, ""))
 
 
-def covers(current: Any, wanted: Any) -> bool:
-    """Whether `current` (as the API server has it, with its defaults) already says all
-    `wanted` says: maps may hold more keys, lists must match item by item."""
+def difference(current: Any, wanted: Any, where: str = "") -> str | None:
+    """The first field where `current` (as the API server has it, with its defaults) does
+    not say what `wanted` says (None: it says all of it): maps may hold more keys, lists
+    must match item by item, an absent field is its zero value (the API server omits empty
+    maps and lists, 0 and false)."""
     if isinstance(wanted, dict):
-        # an empty map or list is what the API server drops: absent says the same
-        return isinstance(current, dict) and all(covers(current[k], v) if k in current else v in ({}, [])
-                                                 for k, v in wanted.items())
+        if not isinstance(current, dict):
+            return where or "."
+        for k, v in wanted.items():
+            if k not in current:
+                if v in ({}, [], "", 0):  # False == 0
+                    continue
+                return f"{where}.{k}"
+            found = difference(current[k], v, f"{where}.{k}")
+            if found is not None:
+                return found
+        return None
     if isinstance(wanted, list):
-        return isinstance(current, list) and len(current) == len(wanted) and all(map(covers, current, wanted))
-    return bool(current == wanted)
+        if not isinstance(current, list) or len(current) != len(wanted):
+            return where
+        return next((d for i, (c, w) in enumerate(zip(current, wanted, strict=True))
+                     if (d := difference(c, w, f"{where}[{i}]")) is not None), None)
+    return None if current == wanted else where
+
+
+def covers(current: Any, wanted: Any) -> bool:
+    return difference(current, wanted) is None
 
 
 def with_problems(statuses: Mapping[ConfigKey, Status], problems: Mapping[ConfigKey, str]) -> dict[ConfigKey, Status]:
@@ -140,21 +157,16 @@ class GatewayDeployer:
     # --- the leader ------------------------------------------------------------------------
     async def run(self) -> None:
         """Until cancelled (leadership lost): a pass on every change and every `resync`."""
-        self._wake = asyncio.Event()
+        self._wake = wake = asyncio.Event()
         try:
             while True:
+                wake.clear()  # before the pass: a change during it brings another one
                 config = self._config
-                if config is not None:  # none before the first snapshot (the initial lists)
-                    ok = await self.reconcile(config)
-                    self._wake.clear()
-                    delay = self.resync if ok else min(self.resync, self.retry_after)
-                else:
-                    delay = self.resync
+                ok = config is None or await self.reconcile(config)  # none before the first snapshot
                 try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    await asyncio.wait_for(wake.wait(), self.resync if ok else min(self.resync, self.retry_after))
                 except TimeoutError:
                     pass
-                self._wake.clear()
         finally:
             self._wake = None
 
@@ -246,13 +258,14 @@ class GatewayDeployer:
                             object=f"{md['namespace']}/{md['name']}", label=model.MANAGED_LABEL)
             return
         self._refused.discard(where)
-        if covers(current, doc):
+        changed = difference(current, doc)
+        if changed is None:
             return
         patch = {**doc, "metadata": {**md, "resourceVersion": cur_md.get("resourceVersion")}}
         await self.kube.call("PATCH", path(group, version, plural, md["namespace"], md["name"]), patch,
                              content_type=MERGE_PATCH)
         self.writes += 1
-        log.info("gateway object updated", kind=doc["kind"], object=f"{md['namespace']}/{md['name']}")
+        log.info("gateway object updated", kind=doc["kind"], object=f"{md['namespace']}/{md['name']}", field=changed)
 
     async def _sweep(self, keep: set[tuple[str, str, str]]) -> None:
         """Delete the managed objects of Gateways that no longer want them."""

@@ -44,7 +44,10 @@ def service(name: str, ns: str) -> dict:
 
 
 def gateway(ns: str, other: str) -> dict:
-    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "gw", "namespace": ns},
+    # ClusterIP: meshd deploys this Gateway's Service, and a LoadBalancer one would keep it
+    # Programmed False (AddressNotAssigned) on this cluster, which has no load balancer
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": ns, "annotations": {"networking.istio.io/service-type": "ClusterIP"}},
             "spec": {"gatewayClassName": "istio", "listeners": [
                 {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "Same"}}},
                 # one port, two protocols (the CRD refuses one port, protocol and hostname twice)

@@ -307,6 +307,7 @@ BUILT_IN = [
     Kind("", "Endpoints", "endpoints", True, "v1"),
     Kind("discovery.k8s.io", "EndpointSlice", "endpointslices", True, "v1"),
     Kind("coordination.k8s.io", "Lease", "leases", True, "v1"),
+    Kind("apps", "Deployment", "deployments", True, "v1", status=True),  # meshd deploys Gateways' gateways
 ]
 
 

@@ -381,6 +381,9 @@ def test_covers_tolerates_what_the_api_server_adds_but_not_a_changed_list():
                    "metadata": {}}, want)
     assert not covers({"spec": {"ports": [{"port": 80}, {"port": 81}], "selector": {"a": "b"}}}, want)
     assert not covers({"spec": {"ports": [{"port": 80}], "selector": {"a": "c"}}}, want)
+    # the API server omits zero values: `initialDelaySeconds: 0` comes back absent
+    assert covers({"probe": {"periodSeconds": 15}}, {"probe": {"periodSeconds": 15, "initialDelaySeconds": 0}})
+    assert not covers({"probe": {}}, {"probe": {"periodSeconds": 15}})
 
 
 def test_images_come_from_meshds_environment():

@@ -230,7 +230,7 @@ def _pod_spec(gw: ConfigObject, name: str, account: str, settings: Settings) -> 
             "command": ["envoy"], "args": ["-c", BOOTSTRAP, "--service-cluster", name, "--log-level", "warning"],
             "ports": [{"containerPort": STATUS_PORT, "name": "status-port", "protocol": "TCP"},
                       {"containerPort": STATS_PORT, "name": "http-envoy-prom", "protocol": "TCP"}],
-            "readinessProbe": {**probe, "failureThreshold": 4, "initialDelaySeconds": 0, "periodSeconds": 15},
+            "readinessProbe": {**probe, "failureThreshold": 4, "periodSeconds": 15},
             "startupProbe": {**probe, "failureThreshold": 30, "initialDelaySeconds": 1, "periodSeconds": 1},
             "securityContext": unprivileged, "volumeMounts": mounts[:1]}],
         "volumes": [

@@ -95,6 +95,9 @@ def default_types() -> list[ResourceType]:
         ResourceType("", "Event", "events", True, ["v1"]),
         ResourceType("discovery.k8s.io", "EndpointSlice", "endpointslices", True, ["v1"]),
         ResourceType("coordination.k8s.io", "Lease", "leases", True, ["v1"]),
+        # what the leader writes for a Gateway of class istio (kube/gateway_deployment.py)
+        ResourceType("", "ServiceAccount", "serviceaccounts", True, ["v1"]),
+        ResourceType("apps", "Deployment", "deployments", True, ["v1"], status=True),
         ResourceType("networking.istio.io", "Gateway", "gateways", True, list(ISTIO_NET), status=True),
         ResourceType("networking.istio.io", "VirtualService", "virtualservices", True, list(ISTIO_NET), status=True),
         ResourceType("networking.istio.io", "DestinationRule", "destinationrules", True, list(ISTIO_NET), status=True),
