@@ -107,7 +107,7 @@ class Injected:
 def owner_of(pod: Mapping[str, Any]) -> Owner:
     """The pod's workload from its controller owner reference, as istiod derives it: a
     ReplicaSet named <deployment>-<pod-template-hash> is its Deployment, a Job named
-    <cronjob>-<digits> its CronJob; without a controller the pod itself."""
+    <cronjob>-<8 to 10 digits> its CronJob; without a controller the pod itself."""
     meta = pod.get("metadata") or {}
     ns = str(meta.get("namespace") or "")
     for ref in meta.get("ownerReferences") or []:
@@ -117,7 +117,7 @@ def owner_of(pod: Mapping[str, Any]) -> Owner:
         template_hash = (meta.get("labels") or {}).get("pod-template-hash")
         if kind == "ReplicaSet" and template_hash and name.endswith("-" + template_hash):
             return Owner("apps/v1", "Deployment", name[:-len(template_hash) - 1], ns)
-        if kind == "Job" and re.fullmatch(r".+-\d+", name):
+        if kind == "Job" and re.fullmatch(r".+-\d{8,10}", name):  # the CronJob's scheduled-time suffix
             return Owner("batch/v1", "CronJob", name.rsplit("-", 1)[0], ns)
         return Owner(api, kind, name, ns)
     name = meta.get("name") or ""

@@ -229,7 +229,10 @@ def test_owner_from_replicaset_and_job():
                                          "controller": True}]
     owner = owner_of(p)
     assert (owner.kind, owner.name) == ("Deployment", "web")
-    p["metadata"]["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": "nightly-2893", "controller": True}]
+    p["metadata"]["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": "migrate-2", "controller": True}]
+    assert (owner_of(p).kind, owner_of(p).name) == ("Job", "migrate-2")
+    p["metadata"]["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": "nightly-28937160",
+                                         "controller": True}]
     assert (owner_of(p).kind, owner_of(p).name) == ("CronJob", "nightly")
     env = {e["name"]: e.get("value") for e in _containers(inject_pod(p, CFG).pod)["istio-init"]["env"]}
     assert env["ISTIO_META_OWNER"] == "kubernetes://apis/batch/v1/namespaces/shop/cronjobs/nightly"
