@@ -453,7 +453,6 @@ CASES: tuple[Case, ...] = (
         (f"TLSRoute:{INFRA}/gateway-conformance-infra-test", "Accepted", "True", "Accepted"),
         (f"TLSRoute:{INFRA}/gateway-conformance-infra-test", "ResolvedRefs", "False", "RefNotPermitted"))),
     Case("GatewayInvalidParametersRef", "gateway-invalid-parameters-ref.yaml",
-         xfail="spec.infrastructure.parametersRef is not read: the Gateway is Accepted instead of InvalidParameters",
          conditions=(("Gateway:gateway-invalid-parameters-ref", "Accepted", "False", "InvalidParameters"),)),
     *(Case(test, file, gateway=gw, std=tuple(f"attaches-to-{listener}{suffix}" for listener in ISOLATION.values()), requests=tuple(
         R(f"/{path}", host=host) if path == listener else miss(path=f"/{path}", host=host)

@@ -248,8 +248,9 @@ KNOWN_STATUS_DIFFERENCES: dict[str, str] = {
                             "(NoValidCACertificate) where istiod checks the CA references",
     "frontend-tls-refgrant": "spec.tls.frontend is not implemented: the terminating listeners are Accepted False "
                              "(NoValidCACertificate) where istiod checks the CA references",
-    "gateway-invalid-parameters-ref": "infrastructure.parametersRef is not read (meshd deploys no gateways): no "
-                                      "InvalidParameters",
+    "gateway-invalid-parameters-ref": "a parametersRef to a ConfigMap that does not exist is found by the gateway "
+                                      "deployment in Kubernetes mode (the conversion has no ConfigMaps): that "
+                                      "Gateway is Accepted here; the ref of another kind is InvalidParameters",
     "http": KNOWN_DIFFERENCES["http"] + " (one route fewer attached, InvalidKind for InferencePool backends)",
     "http-grpc-same-host": _ADDRESS,
     "reference-grant-multiple-to": _ADDRESS,
