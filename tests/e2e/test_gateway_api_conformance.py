@@ -33,48 +33,70 @@ import pytest
 import yaml
 
 from controlplane.names import GATEWAY_NAME_LABEL
-from tests.support.echo_basic import EchoPod, echo_pod
+from tests.support.echo_basic import GRPC_SERVICE, TCP_WELCOME, EchoPod, echo_pod, grpc_echo_pod, tcp_echo_pod
 from tests.support.envoy import envoy
 from tests.support.harness import free_port, http_get, meshd, wait_for, write
 from tests.support.paths import shared
-from tests.support.pki import make_ca, make_cert, tls_secret_yaml
+from tests.support.pki import Pem, make_ca, make_cert, tls_secret_yaml
 
 pytestmark = pytest.mark.e2e
 
 CONFORMANCE = ("corpus", "gateway-api", "conformance")
 INFRA, APP, WEB = "gateway-conformance-infra", "gateway-conformance-app-backend", "gateway-conformance-web-backend"
 ECHO_PORT = 3000  # echo-basic's container port, the base Services' targetPort
+TLS_PORT = 8443  # echo-basic's TLS port (TLS_SERVER_CERT)
 # short backend name (as INDEX.md writes them) -> (namespace, pod name prefix)
 BACKENDS = {"v1": (INFRA, "infra-backend-v1"), "v2": (INFRA, "infra-backend-v2"), "v3": (INFRA, "infra-backend-v3"),
             "web": (WEB, "web-backend"), "app-v1": (APP, "app-backend-v1"), "app-v2": (APP, "app-backend-v2"),
-            "any": (INFRA, "")}
+            "any": (INFRA, ""), "tcp": (INFRA, "tcp-backend-0"), "tls": (INFRA, "tls-backend-0"),
+            "tls-2": (INFRA, "tls-backend-2-0"), "grpc-v1": (INFRA, "grpc-infra-backend-v1-0"),
+            "grpc-v2": (INFRA, "grpc-infra-backend-v2-0"), "grpc-v3": (INFRA, "grpc-infra-backend-v3-0")}
 
 
 def manifest(name: str) -> str:
     return shared(*CONFORMANCE, name).read_text().replace("{GATEWAY_CLASS_NAME}", "istio")
 
 
-def base_documents() -> tuple[list[dict], dict[tuple[str, str], str]]:
-    """The base manifests as meshd's directory would hold them: Deployments become one Pod
-    each (pod `<deployment>-0`, the template's labels, a loopback podIP); returns the
-    documents and (namespace, pod) -> IP of the echo pods to run."""
-    docs, pods = [], {}
+@dataclass(frozen=True)
+class PodRun:
+    """An echo-basic pod to run: which mode its Deployment's env asks for (HTTP, TCP_ECHO_SERVER
+    or GRPC_ECHO_SERVER) and the Secret of its TLS port (8443), if any."""
+    namespace: str
+    pod: str
+    ip: str
+    mode: str  # "http" | "tcp" | "grpc"
+    tls_secret: str = ""
+
+
+def as_pod(doc: dict, ip: str) -> tuple[dict, PodRun]:
+    """A Deployment as meshd's directory would hold it: one Pod `<deployment>-0` with the
+    template's labels on a loopback podIP, and how to answer for it."""
+    meta, template = doc["metadata"], doc["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container.get("env") or ()}
+    mode = "tcp" if env.get("TCP_ECHO_SERVER") else "grpc" if env.get("GRPC_ECHO_SERVER") else "http"
+    secret = next((v["secret"]["secretName"] for v in template["spec"].get("volumes") or () if "secret" in v), "")
+    pod = f"{meta['name']}-0"
+    run = PodRun(meta["namespace"], pod, ip, mode, secret if env.get("TLS_SERVER_CERT") else "")
+    return ({"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": pod, "namespace": meta["namespace"], "labels": template["metadata"]["labels"]},
+             "spec": {"containers": [{"name": "echo", "image": "echo-basic"}]}, "status": {"podIP": ip}}, run)
+
+
+def base_documents() -> tuple[list[dict], list[PodRun]]:
+    """The base manifests as meshd's directory would hold them (Deployments as Pods, as_pod)
+    and the echo pods to run."""
+    docs, runs = [], []
     for doc in yaml.safe_load_all(manifest("base/manifests.yaml")):
         if not doc:
             continue
         if doc["kind"] == "Deployment":
-            meta = doc["metadata"]
-            ip = f"127.0.2.{len(pods) + 10}"
-            pod = f"{meta['name']}-0"
-            pods[(meta["namespace"], pod)] = ip
-            docs.append({"apiVersion": "v1", "kind": "Pod",
-                         "metadata": {"name": pod, "namespace": meta["namespace"],
-                                      "labels": doc["spec"]["template"]["metadata"]["labels"]},
-                         "spec": {"containers": [{"name": "echo", "image": "echo-basic"}]},
-                         "status": {"podIP": ip}})
+            pod, run = as_pod(doc, f"127.0.2.{len(runs) + 10}")
+            docs.append(pod)
+            runs.append(run)
         elif doc["kind"] in ("Namespace", "Gateway", "Service"):
             docs.append(doc)
-    return docs, pods
+    return docs, runs
 
 
 # --- what a case sends and expects -------------------------------------------------------
@@ -107,20 +129,51 @@ def miss(to=None, **kw) -> R:
     return R(to=None, status=404, **kw)
 
 
+def refused(**kw) -> R:
+    """The connection (or TLS handshake) fails: no HTTP answer at all."""
+    return R(to=None, status=0, **kw)
+
+
+@dataclass(frozen=True)
+class T:
+    """One TCP connection to a listener (TLS with `sni`; the client trusts the suite's
+    certificates) speaking echo-basic's TCP protocol (`TEST`): `to` the backend that must
+    answer (None: the connection must fail), and what it must report of the connection."""
+    port: int
+    to: str | None = "tcp"
+    sni: str | None = None
+    gateway: str | None = None
+    backend_tls: bool = False  # the backend itself saw TLS (passthrough)
+    backend_sni: str = ""  # ... with this SNI
+
+
 @dataclass(frozen=True)
 class Case:
     test: str  # the suite's ShortName
     file: str
     gateway: str = "same-namespace"
     std: tuple[str, ...] = ()  # routes Accepted + ResolvedRefs on `gateway` before requests
-    requests: tuple[R, ...] = ()
+    requests: tuple[R | T | G, ...] = ()
     route_status: tuple[tuple[str, str, str, str], ...] = ()  # (route ns/name, condition, status, reason)
     listener_routes: tuple[tuple[str, str, int], ...] = ()  # (gateway, listener, attachedRoutes)
     # (kind:ns/name or ns/name of an HTTPRoute, condition, status, reason); Gateways in infra:
     # (Gateway:<name> or Gateway:<name>/<listener>, condition, status, reason)
     conditions: tuple[tuple[str, str, str, str], ...] = ()
     unattached: tuple[str, ...] = ()  # Gateways with no route attached (every listener 0)
+    newer: tuple[str, ...] = ()  # objects the suite creates after the others (a later creationTimestamp)
+    extra: tuple[str, ...] = ()  # objects the suite's Go code creates (YAML)
     xfail: str = ""  # why meshd does not pass it yet (strict: a pass is reported)
+
+
+@dataclass(frozen=True)
+class G:
+    """One gRPC call (h2c) of GrpcEcho's `method` through the gateway's first listener:
+    `to` the backend that must answer, None: the call must fail UNIMPLEMENTED (no route)."""
+    method: str = "Echo"
+    to: str | None = "grpc-v1"
+    authority: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+    gateway: str | None = None
 
 
 def H(**kw: str) -> tuple[tuple[str, str], ...]:
@@ -133,6 +186,16 @@ ISOLATION = {"bar.com": "empty-hostname", "bar.example.com": "wildcard-example-c
 HEADER_EDITS_UP = H(X_Header_Add="header-val-1", X_Header_Add_Append="append-val-1,header-val-2",
                     X_Header_Set="set-overwrites-values")
 HEADER_EDITS_SENT = H(X_Header_Remove="remove-val", X_Header_Add_Append="append-val-1")
+
+# TCPRouteMultipleRoutesAttachment: the route the suite creates a second after the others
+NEWER_TCP_ROUTE = f"""
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: tcproute-attach-newer, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: tcp-multi-route-attach-gateway, sectionName: tcp}}]
+  rules: [{{backendRefs: [{{name: tcp-attach-backend-2, port: 3000}}]}}]
+"""
 
 CASES: tuple[Case, ...] = (
     Case("HTTPRouteSimpleSameNamespace", "httproute-simple-same-namespace.yaml", std=("gateway-conformance-infra-test",),
@@ -428,10 +491,14 @@ CASES: tuple[Case, ...] = (
     Case("TCPRouteInvalidNonTCPListener", "tcproute-invalid-non-tcp-listener.yaml",
          unattached=("tcp-mixed-protocol-gateway",),
          conditions=((f"TCPRoute:{INFRA}/tcp-route", "Accepted", "False", "NotAllowedByListeners"),)),
-    Case("TLSRouteInvalidBackendRefNonexistent", "tlsroute-invalid-backendref-nonexistent.yaml", conditions=(
+    Case("TLSRouteInvalidBackendRefNonexistent", "tlsroute-invalid-backendref-nonexistent.yaml",
+         gateway="gateway-tlsroute-invalid-backend-ref-nonexistent", requests=(T(443, None, sni="example.com"),),
+         conditions=(
         (f"TLSRoute:{INFRA}/invalid-backend-ref-nonexistent", "Accepted", "True", "Accepted"),
         (f"TLSRoute:{INFRA}/invalid-backend-ref-nonexistent", "ResolvedRefs", "False", "BackendNotFound"))),
-    Case("TLSRouteInvalidBackendRefUnknownKind", "tlsroute-invalid-backendref-unknown-kind.yaml", conditions=(
+    Case("TLSRouteInvalidBackendRefUnknownKind", "tlsroute-invalid-backendref-unknown-kind.yaml",
+         gateway="gateway-tlsroute-invalid-backend-ref-unknown-kind", requests=(T(443, None, sni="example.com"),),
+         conditions=(
         (f"TLSRoute:{INFRA}/invalid-backend-ref-unknown-kind", "Accepted", "True", "Accepted"),
         (f"TLSRoute:{INFRA}/invalid-backend-ref-unknown-kind", "ResolvedRefs", "False", "InvalidKind"))),
     Case("TLSRouteInvalidNoMatchingListenerHostname", "tlsroute-invalid-no-matching-listener-hostname.yaml",
@@ -452,6 +519,89 @@ CASES: tuple[Case, ...] = (
     Case("TLSRouteInvalidReferenceGrant", "tlsroute-invalid-reference-grant.yaml", conditions=(
         (f"TLSRoute:{INFRA}/gateway-conformance-infra-test", "Accepted", "True", "Accepted"),
         (f"TLSRoute:{INFRA}/gateway-conformance-infra-test", "ResolvedRefs", "False", "RefNotPermitted"))),
+    Case("TLSRouteSimpleSameNamespace", "tlsroute-simple-same-namespace.yaml", gateway="gateway-tlsroute",
+         conditions=((f"TLSRoute:{INFRA}/gateway-conformance-infra-test", "Accepted", "True", "Accepted"),),
+         requests=(T(443, sni="abc.example.com", backend_tls=True, backend_sni="abc.example.com"),)),
+    Case("TLSRouteTerminateSimpleSameNamespace", "tlsroute-terminate-simple-same-namespace.yaml",
+         gateway="gateway-tlsroute-terminate",
+         conditions=((f"TLSRoute:{INFRA}/tlsroute-terminated-test", "Accepted", "True", "Accepted"),),
+         requests=(T(8443, sni="tls.example.com"),)),
+    Case("TLSRouteMixedTerminationSameNamespace", "tlsroute-mixed-termination-same-namespace.yaml",
+         gateway="gateway-tlsroute-mixed-termination",
+         listener_routes=(("gateway-tlsroute-mixed-termination", "tls-terminate", 1),
+                          ("gateway-tlsroute-mixed-termination", "tls-passthrough", 1)),
+         conditions=tuple((f"TLSRoute:{INFRA}/gateway-conformance-mixed-{r}route", "Accepted", "True", "Accepted")
+                          for r in ("passthrough", "terminate")),
+         requests=(T(8883, sni="tls.example.com"),
+                   T(8883, sni="abc.example.com", backend_tls=True, backend_sni="abc.example.com"))),
+    Case("TLSRouteHostnameIntersection", "tlsroute-hostname-intersection.yaml", gateway="gw-tlsroute-exact-hostname-x-1",
+         conditions=tuple((f"TLSRoute:{INFRA}/{r}", c, "True", c) for c in ("Accepted", "ResolvedRefs") for r in (
+             "tlsroute-more-specific-wc-hostname-x-1", "tlsroute-exact-hostname-x-2",
+             "tlsroute-less-specific-wc-hostname-x-2", "tlsroute-exact-hostname-x-3",
+             "tlsroute-more-specific-wc-hostname-x-3", "tlsroute-exact-hostname-x-4",
+             "tlsroute-less-specific-wc-hostname-x-4")),
+         requests=tuple(
+             r for gw, others, nomatch in (("gw-tlsroute-exact-hostname-x-1", False, "non.matching.com"),
+                                           ("gw-tlsroute-more-specific-wc-hostname-x-2", True, "non.matching.com"),
+                                           ("gw-tlsroute-less-specific-wc-hostname-x-3", True, "non.matching.com"),
+                                           ("gw-tlsroute-empty-hostname-x-4", True, "non.matching.org"))
+             for r in (R("/", "tls", host="abc.example.com", sni="abc.example.com", gateway=gw, port=443),
+                       *((R("/", "tls-2", host="other.example.com", sni="other.example.com", gateway=gw, port=443),)
+                         if others else ()),
+                       refused(path="/", host=nomatch, sni=nomatch, gateway=gw, port=443)))),
+    Case("TCPRouteParentRefPortAndSectionName", "tcproute-parentref-port-and-section-name.yaml",
+         gateway="tcp-multi-listener-gateway",
+         conditions=tuple((f"TCPRoute:{INFRA}/tcp-route-by-{r}", "Accepted", "True", "Accepted")
+                          for r in ("port", "section", "section-and-port")),
+         requests=(T(9300, "tcp-echo-one"), T(9301, "tcp-echo-two"), T(9302, "tcp-echo-three"))),
+    Case("TCPRouteParentRefAttachAll", "tcproute-parentref-attach-all.yaml", gateway="tcp-attach-all-gateway",
+         conditions=((f"TCPRoute:{INFRA}/tcp-route-attach-all", "Accepted", "True", "Accepted"),),
+         requests=tuple(T(port, "tcp-echo-attach-all") for port in (9310, 9311, 9312, 9313))),
+    Case("TCPRouteReferenceGrant", "tcproute-reference-grant.yaml", gateway="tcp-reference-grant-gateway",
+         conditions=((f"TCPRoute:{INFRA}/tcp-reference-grant", "Accepted", "True", "Accepted"),
+                     (f"TCPRoute:{INFRA}/tcp-reference-grant", "ResolvedRefs", "True", "ResolvedRefs")),
+         requests=(T(9320, "web/tcp-reference-grant-backend"),)),
+    Case("TCPRouteWeightedRouting", "tcproute-weighted-routing.yaml", gateway="tcp-weighted-gateway",
+         conditions=((f"TCPRoute:{INFRA}/tcp-weighted-route", "Accepted", "True", "Accepted"),),
+         requests=(T(9300, "tcp-backend-v"),)),
+    Case("TCPRouteMultipleRoutesAttachment", "tcproute-multiple-routes-attachment.yaml",
+         gateway="tcp-multi-route-attach-gateway", newer=("tcproute-attach-newer",), extra=(NEWER_TCP_ROUTE,),
+         listener_routes=(("tcp-multi-route-attach-gateway", "tcp", 2),),
+         conditions=tuple((f"TCPRoute:{INFRA}/tcproute-attach-{r}", "Accepted", "True", "Accepted")
+                          for r in ("older", "newer")),
+         requests=(T(9310, "tcp-attach-backend-1"),)),
+    Case("GRPCExactMethodMatching", "grpcroute-exact-method-matching.yaml",
+         conditions=((f"GRPCRoute:{INFRA}/exact-matching", "Accepted", "True", "Accepted"),),
+         requests=(G("Echo"), G("EchoTwo", "grpc-v2"), G("EchoThree", None))),
+    Case("GRPCRouteHeaderMatching", "grpcroute-header-matching.yaml",
+         conditions=((f"GRPCRoute:{INFRA}/grpc-header-matching", "Accepted", "True", "Accepted"),),
+         requests=tuple(G(metadata=tuple((k.lower(), v) for k, v in md), to=to) for md, to in (
+             (H(Version="one"), "grpc-v1"), (H(Version="two"), "grpc-v2"), (H(Version="two", Color="orange"), "grpc-v1"),
+             (H(Version="two", Color="blue"), "grpc-v2"), (H(Color="orange"), None), (H(Some_Other_Header="one"), None),
+             (H(Color="blue"), "grpc-v1"), (H(Color="green"), "grpc-v1"), (H(Color="red"), "grpc-v2"),
+             (H(Color="yellow"), "grpc-v2"), (H(Color="purple"), None)))),
+    Case("GRPCRouteListenerHostnameMatching", "grpcroute-listener-hostname-matching.yaml",
+         gateway="grpcroute-listener-hostname-matching",
+         conditions=tuple((f"GRPCRoute:{INFRA}/backend-v{i}", "Accepted", "True", "Accepted") for i in (1, 2, 3)),
+         requests=(G(authority="bar.com"), G(authority="foo.bar.com", to="grpc-v2"),
+                   *(G(authority=h, to="grpc-v3") for h in ("baz.bar.com", "boo.bar.com", "multiple.prefixes.bar.com",
+                                                           "multiple.prefixes.foo.com")),
+                   G(authority="foo.com", to=None), G(authority="no.matching.host", to=None))),
+    Case("GRPCRouteNamedRule", "grpcroute-named-rule.yaml",
+         conditions=((f"GRPCRoute:{INFRA}/grpc-named-rules", "Accepted", "True", "Accepted"),),
+         requests=(G("Echo"), G("EchoTwo", "grpc-v2"))),
+    Case("GRPCRouteRequestHeaderModifier", "grpcroute-request-header-modifier.yaml",
+         conditions=((f"GRPCRoute:{INFRA}/grpc-request-header-modifier", "Accepted", "True", "Accepted"),),
+         requests=(G(authority=GRPC_SERVICE, metadata=(("some-other-header", "val"),)),
+                   G(authority=GRPC_SERVICE, metadata=(("x-header-set", "this-value-should-be-overwritten"),)),
+                   G(authority=GRPC_SERVICE, metadata=(("x-header-add", "this-value-should-be-appended"),)),
+                   G(authority=GRPC_SERVICE, metadata=(("x-header-remove", "val"),)),
+                   G("EchoTwo", "grpc-v2", authority=GRPC_SERVICE,
+                     metadata=(("x-header-set-2", "set-val-2"), ("x-header-add-2", "add-val-2"),
+                               ("x-header-remove-2", "remove-val-2"), ("some-other-header", "val"))))),
+    Case("GRPCRouteWeight", "grpcroute-weight.yaml",
+         conditions=((f"GRPCRoute:{INFRA}/weighted-backends", "Accepted", "True", "Accepted"),),
+         requests=(G("Echo", "grpc-infra-backend-v"),)),
     Case("GatewayInvalidParametersRef", "gateway-invalid-parameters-ref.yaml",
          conditions=(("Gateway:gateway-invalid-parameters-ref", "Accepted", "False", "InvalidParameters"),)),
     *(Case(test, file, gateway=gw, std=tuple(f"attaches-to-{listener}{suffix}" for listener in ISOLATION.values()), requests=tuple(
@@ -475,9 +625,12 @@ class Bed:
     cp: object
     stack: contextlib.ExitStack
     pods: dict[tuple[str, str], EchoPod]
+    certs: dict[str, Pem]  # the suite's Secrets by name (one name, one certificate)
     ports: dict[tuple[str, int], int] = field(default_factory=dict)  # (gateway, listener port) -> local port
+    ips: dict[tuple[str, str], str] = field(default_factory=dict)  # the pods of the cases' own Deployments
     proxies: dict[str, object] = field(default_factory=dict)
     tls: ssl.SSLContext = field(default_factory=ssl.create_default_context)  # trusts the suite's certificates
+    tls_any: ssl.SSLContext = field(default_factory=lambda: ssl._create_unverified_context())
 
     def configz(self) -> list[dict]:
         return json.loads(http_get("127.0.0.1", self.cp.monitoring_port, "/debug/configz")[1])["gatewayAPI"]
@@ -489,14 +642,46 @@ class Bed:
         return {}
 
     def apply(self, case: Case) -> None:
-        """The case's manifest (plus a Service for each of its Gateways) as case.yaml; an
-        Envoy for every Gateway it talks to."""
-        text = manifest(f"tests/{case.file}")
-        gateways = {d["metadata"]["name"]: d for d in yaml.safe_load_all(text) if d and d["kind"] == "Gateway"}
-        services = [self._gateway_service(name, doc) for name, doc in gateways.items()]
-        write(self.cfg / "case.yaml", "\n---\n".join([text, *services]))
+        """The case's manifest (plus a Service for each of its Gateways, its Deployments as
+        Pods answered by echo pods) as case.yaml; an Envoy for every Gateway it talks to."""
+        docs = [d for d in yaml.safe_load_all(manifest(f"tests/{case.file}")) if d]
+        docs += [yaml.safe_load(extra) for extra in case.extra]
+        for i, doc in enumerate(docs):
+            if doc["kind"] == "Deployment":
+                key = (doc["metadata"]["namespace"], f"{doc['metadata']['name']}-0")
+                ip = self.ips.setdefault(key, f"127.0.3.{len(self.ips) + 10}")
+                docs[i], run = as_pod(doc, ip)
+                self.run(run)
+        for doc in docs:  # TCPRouteMultipleRoutesAttachment creates the newer route a second later
+            if doc["metadata"]["name"] in case.newer:
+                doc["metadata"]["creationTimestamp"] = "2030-01-01T00:00:00Z"
+        services = [self._gateway_service(d["metadata"]["name"], d) for d in docs if d["kind"] == "Gateway"]
+        write(self.cfg / "case.yaml", "\n---\n".join([yaml.safe_dump_all(docs), *services]))
         for gw in {r.gateway or case.gateway for r in case.requests}:
             self._proxy(gw)
+
+    def run(self, run: PodRun) -> None:
+        """The echo pod `run` stands for, started once for the session."""
+        key = (run.namespace, run.pod)
+        if key in self.pods:
+            return
+        tls = self.cert_files(run.tls_secret) if run.tls_secret else None
+        if run.mode == "tcp":
+            self.pods[key] = self.stack.enter_context(tcp_echo_pod(run.namespace, run.pod, run.ip, ECHO_PORT,
+                                                                   TLS_PORT if tls else None, *(tls or ("", ""))))
+        elif run.mode == "grpc":
+            self.pods[key] = self.stack.enter_context(grpc_echo_pod(run.namespace, run.pod, run.ip, ECHO_PORT))
+        else:
+            self.pods[key] = self.stack.enter_context(echo_pod(run.namespace, run.pod, run.ip, ECHO_PORT,
+                                                               tls_port=TLS_PORT if tls else None,
+                                                               cert=tls))
+
+    def cert_files(self, secret: str) -> tuple[str, str]:
+        pem = self.certs[secret]
+        cert, key = self.tmp / f"{secret}.crt", self.tmp / f"{secret}.key"
+        cert.write_bytes(pem.cert)
+        key.write_bytes(pem.key)
+        return str(cert), str(key)
 
     def _gateway_service(self, name: str, doc: dict) -> str:
         ns = doc["metadata"].get("namespace", INFRA)
@@ -523,20 +708,26 @@ def bed(tmp_path_factory) -> Iterator[Bed]:
     tmp = tmp_path_factory.mktemp("gateway-api-conformance")
     cfg = tmp / "config"
     cfg.mkdir()
-    docs, pod_ips = base_documents()
+    docs, runs = base_documents()
+    # the Secrets the suite creates after the base manifests, from one CA the clients trust.
+    # The suite's SANs, plus the names its clients reach through `*` and `*.org`: Go
+    # matches a wildcard over one label of a TLD, OpenSSL (this client) does not.
+    ca = make_ca("gateway-api conformance")
+    certs = {name: make_cert(ca, sans) for name, sans in (
+        ("certificate", ["*", "gateway.example"]),
+        ("tls-validity-checks-certificate", ["*", "*.org", "*.wildcard.org", "example.org", "second-example.org",
+                                             "unknown-example.org"]),
+        ("tls-checks-certificate", ["abc.example.com", "other.example.com"]),
+        ("tls-passthrough-checks-certificate", ["abc.example.com"]),
+        ("tls-terminate-checks-certificate", ["tls.example.com"]))}
+    secrets = [tls_secret_yaml(name, WEB if name == "certificate" else INFRA, pem) for name, pem in certs.items()]
+    secrets.append(tls_secret_yaml("tls-passthrough-checks-certificate", APP, certs["tls-passthrough-checks-certificate"]))
     with contextlib.ExitStack() as stack:
-        pods = {key: stack.enter_context(echo_pod(*key, ip, ECHO_PORT)) for key, ip in pod_ips.items()}
-        b = Bed(tmp, cfg, None, stack, pods)
-        services = [b._gateway_service(d["metadata"]["name"], d) for d in docs if d["kind"] == "Gateway"]
-        # the Secrets the suite creates after the base manifests
-        ca = make_ca("gateway-api conformance")
+        b = Bed(tmp, cfg, None, stack, {}, certs)
         b.tls = ssl.create_default_context(cadata=ca.cert.decode())
-        # The suite's SANs, plus the names its clients reach through `*` and `*.org`: Go
-        # matches a wildcard over one label of a TLD, OpenSSL (this client) does not.
-        secrets = [tls_secret_yaml("certificate", WEB, make_cert(ca, ["*", "gateway.example"])),
-                   tls_secret_yaml("tls-validity-checks-certificate", INFRA,
-                                   make_cert(ca, ["*", "*.org", "*.wildcard.org", "example.org", "second-example.org",
-                                                  "unknown-example.org"]))]
+        for run in runs:
+            b.run(run)
+        services = [b._gateway_service(d["metadata"]["name"], d) for d in docs if d["kind"] == "Gateway"]
         write(cfg / "base.yaml", "\n---\n".join([yaml.safe_dump_all(docs), *services, *secrets]))
         write(cfg / "case.yaml", "")
         b.cp = stack.enter_context(meshd(cfg, tmp))
@@ -554,8 +745,7 @@ def send(bed: Bed, case: Case, r: R) -> tuple[int, dict[str, str], bytes]:
     port = r.port or min(p for (g, p) in bed.ports if g == gw)
     conn = http.client.HTTPConnection("127.0.0.1", bed.ports[(gw, port)], timeout=5)
     if r.sni is not None:
-        conn.sock = bed.tls.wrap_socket(socket.create_connection(("127.0.0.1", bed.ports[(gw, port)]), timeout=5),
-                                        server_hostname=r.sni)
+        conn.sock = tcp_connect(bed, gw, port, r.sni, verify=r.status != 0)
     try:
         headers = dict(r.headers)
         conn.putrequest(r.method, r.path, skip_host=True, skip_accept_encoding=True)
@@ -573,11 +763,78 @@ def send(bed: Bed, case: Case, r: R) -> tuple[int, dict[str, str], bytes]:
         conn.close()
 
 
-def problems(bed: Bed, case: Case, r: R) -> list[str]:
+def backend(to: str) -> tuple[str, str]:
+    """(namespace, pod name prefix) of a backend: a BACKENDS short name, `web/<prefix>`, or
+    the prefix of a pod of the infra namespace."""
+    if to in BACKENDS:
+        return BACKENDS[to]
+    ns, _, prefix = to.rpartition("/")
+    return {"web": WEB, "": INFRA}[ns], prefix
+
+
+def tcp_connect(bed: Bed, gateway: str, port: int, sni: str | None, verify: bool = True) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", bed.ports[(gateway, port)]), timeout=5)
+    if sni is not None:
+        # a connection that must be refused is not verified: only a refusal may fail it
+        sock = (bed.tls if verify else bed.tls_any).wrap_socket(sock, server_hostname=sni)
+    return sock
+
+
+def tcp_problems(bed: Bed, case: Case, t: T) -> list[str]:
+    gw = t.gateway or case.gateway
+    where = f"{gw}:{t.port} {'SNI ' + t.sni if t.sni is not None else 'TCP'}"
+    try:
+        sock = tcp_connect(bed, gw, t.port, t.sni, verify=t.to is not None)
+        with sock, sock.makefile("rb") as reader:
+            if reader.readline() != TCP_WELCOME:
+                raise OSError("no echo-basic greeting")
+            sock.sendall(b"TEST\n")
+            seen = json.loads(reader.readline())
+    except (OSError, ValueError) as e:
+        return [] if t.to is None else [f"{where}: {e!r}"]
+    if t.to is None:
+        return [f"{where}: answered by {seen['namespace']}/{seen['pod']}, want the connection refused"]
+    ns, prefix = backend(t.to)
+    got = (seen["namespace"], seen["pod"].startswith(prefix), seen["isTLS"], (seen.get("tls") or {}).get("serverName", ""))
+    want = (ns, True, t.backend_tls, t.backend_sni)
+    return [] if got == want else [f"{where}: reached {seen}, want {ns}/{prefix}* isTLS {t.backend_tls} "
+                                   f"SNI {t.backend_sni!r}"]
+
+
+def grpc_call(bed: Bed, case: Case, g: G) -> dict:
+    """The call's answer (the backend's JSON), or {"error": <status code name>}."""
+    import grpc
+    gw = g.gateway or case.gateway
+    port = min(p for (name, p) in bed.ports if name == gw)
+    options = [("grpc.default_authority", g.authority)] if g.authority else []
+    with grpc.insecure_channel(f"127.0.0.1:{bed.ports[(gw, port)]}", options=options) as channel:
+        try:
+            return json.loads(channel.unary_unary(f"/{GRPC_SERVICE}/{g.method}")(b"", metadata=list(g.metadata),
+                                                                                 timeout=5))
+        except grpc.RpcError as e:
+            return {"error": e.code().name}
+
+
+def grpc_problems(bed: Bed, case: Case, g: G) -> list[str]:
+    got = grpc_call(bed, case, g)
+    where = f"{g.method} {g.authority or ''} {dict(g.metadata)}"
+    if g.to is None:
+        return [] if got.get("error") == "UNIMPLEMENTED" else [f"{where}: {got}, want UNIMPLEMENTED"]
+    ns, prefix = backend(g.to)
+    if "error" in got or got["namespace"] != ns or not got["pod"].startswith(prefix):
+        return [f"{where}: {got.get('error') or got['namespace'] + '/' + got['pod']}, want {ns}/{prefix}*"]
+    return []
+
+
+def problems(bed: Bed, case: Case, r: R | T | G) -> list[str]:
+    if isinstance(r, T):
+        return tcp_problems(bed, case, r)
+    if isinstance(r, G):
+        return grpc_problems(bed, case, r)
     try:
         status, headers, body = send(bed, case, r)
     except OSError as e:
-        return [f"{r.path}: {e}"]
+        return [] if r.status == 0 else [f"{r.path}: {e}"]
     where = f"{r.method} {r.host or ''}{r.path} {dict(r.headers)}"
     if status != r.status:
         return [f"{where}: status {status}, want {r.status}: {body[:200]!r}"]
@@ -658,6 +915,30 @@ def test_conformance(bed: Bed, case: Case):
         mirrored(bed, case)
     if case.test == "HTTPRouteRequestHeaderModifierBackendWeights":
         backend_headers(bed, case)
+    if case.test == "GRPCRouteWeight":  # 500 calls: v1 70 %, v2 30 %, v3 none, within 5 points
+        from collections import Counter
+        counts = Counter(re.sub(r"-\d+$", "", grpc_call(bed, case, G(metadata=(("x-jitter", str(i)),)))["pod"])
+                         for i in range(500))
+        assert counts["grpc-infra-backend-v3"] == 0 and abs(counts["grpc-infra-backend-v1"] / 500 - 0.7) <= 0.05 \
+            and abs(counts["grpc-infra-backend-v2"] / 500 - 0.3) <= 0.05, counts
+    if case.test == "TCPRouteWeightedRouting":  # 500 connections: v1 70 %, v2 30 %, v3 none, within 5 points
+        shares = tcp_shares(bed, case, 9300, 500)
+        assert shares.get("tcp-backend-v3", 0) == 0 and abs(shares.get("tcp-backend-v1", 0) - 0.7) <= 0.05 and \
+            abs(shares.get("tcp-backend-v2", 0) - 0.3) <= 0.05, shares
+    if case.test == "TCPRouteMultipleRoutesAttachment":  # the older route wins: 100 connections, all to it
+        assert tcp_shares(bed, case, 9310, 100) == {"tcp-attach-backend-1": 1.0}
+
+
+def tcp_shares(bed: Bed, case: Case, port: int, n: int) -> dict[str, float]:
+    """The share of `n` connections to the case's gateway each backend (pod less `-0`) answered."""
+    from collections import Counter
+    counts: Counter = Counter()
+    for _ in range(n):
+        with tcp_connect(bed, case.gateway, port, None) as sock, sock.makefile("rb") as reader:
+            assert reader.readline() == TCP_WELCOME
+            sock.sendall(b"TEST\n")
+            counts[re.sub(r"-\d+$", "", json.loads(reader.readline())["pod"])] += 1
+    return {k: v / n for k, v in counts.items()}
 
 
 def weights(bed: Bed, case: Case) -> None:

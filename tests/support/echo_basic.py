@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import socketserver
+import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent import futures
 from dataclasses import dataclass, field
 
 from tests.support.harness import serving
@@ -76,11 +79,142 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _TlsHTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    ctx: ssl.SSLContext
+
+    def get_request(self):  # type: ignore[no-untyped-def]
+        sock, addr = super().get_request()
+        # the handshake happens in the request's thread, on its first read
+        return self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+
 @contextlib.contextmanager
-def echo_pod(namespace: str, pod: str, ip: str, port: int) -> Iterator[EchoPod]:
-    """echo-basic of `namespace`/`pod` listening on ip:port for the block."""
+def echo_pod(namespace: str, pod: str, ip: str, port: int, tls_port: int | None = None,
+             cert: tuple[str, str] | None = None) -> Iterator[EchoPod]:
+    """echo-basic of `namespace`/`pod` listening on ip:port for the block (and, as with
+    TLS_SERVER_CERT, HTTPS on ip:tls_port with `cert`: (certificate file, key file))."""
     state = EchoPod(namespace, pod)
-    srv = http.server.ThreadingHTTPServer((ip, port), type("Handler", (_Handler,), {"pod": state}))
+    handler = type("Handler", (_Handler,), {"pod": state})
+    srv = http.server.ThreadingHTTPServer((ip, port), handler)
     srv.daemon_threads = True
-    with serving(srv):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(serving(srv))
+        if tls_port is not None and cert is not None:
+            secure = _TlsHTTPServer((ip, tls_port), handler)
+            secure.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            secure.ctx.load_cert_chain(*cert)
+            stack.enter_context(serving(secure))
         yield state
+
+
+# --- echo-basic's TCP mode (TCP_ECHO_SERVER=1) --------------------------------------------
+# On connect it greets with WELCOME; a line `TEST` is answered with one JSON line (namespace,
+# pod, isTLS and, over TLS, tls.serverName: the SNI the backend saw), `IS_TLS` with
+# true/false, `PING` with PONG. Plain TCP on one port, TLS (when given a certificate) on
+# another, as echo-basic listens on TCP_PORT and TLS_PORT.
+
+TCP_WELCOME = b"Gateway API Test TCP Server\n"
+
+
+class _TcpHandler(socketserver.StreamRequestHandler):
+    pod: EchoPod
+    cert: tuple[str, str] | None = None  # (certificate file, key file): this port speaks TLS
+
+    def handle(self) -> None:
+        sock, names = self.connection, []
+        if self.cert is not None:
+            # a context per connection: its SNI callback records this connection's name
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*self.cert)
+
+            def remember(_sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+                names.append(name or "")
+            ctx.sni_callback = remember
+            try:
+                sock = ctx.wrap_socket(sock, server_side=True)
+            except (ssl.SSLError, OSError):
+                return
+        answer: dict[str, object] = {"namespace": self.pod.namespace, "pod": self.pod.pod,
+                                     "isTLS": self.cert is not None}
+        if self.cert is not None:
+            answer["tls"] = {"serverName": names[0] if names else ""}
+        with self.pod.lock:
+            self.pod.seen.append({"path": "", **answer})
+        reader = sock.makefile("rb")
+        try:
+            sock.sendall(TCP_WELCOME)
+            for line in reader:
+                word = line.strip()
+                if word == b"TEST":
+                    sock.sendall(json.dumps(answer).encode() + b"\n")
+                elif word == b"IS_TLS":
+                    sock.sendall(b"true\n" if self.cert is not None else b"false\n")
+                elif word == b"PING":
+                    sock.sendall(b"PONG\n")
+        except OSError:
+            pass
+        finally:
+            reader.close()
+
+
+class _TcpServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+@contextlib.contextmanager
+def tcp_echo_pod(namespace: str, pod: str, ip: str, port: int, tls_port: int | None = None,
+                 cert_file: str = "", key_file: str = "") -> Iterator[EchoPod]:
+    """echo-basic of `namespace`/`pod` in TCP mode on ip:port (and TLS on ip:tls_port with
+    that certificate) for the block."""
+    state = EchoPod(namespace, pod)
+    with contextlib.ExitStack() as stack:
+        plain = _TcpServer((ip, port), type("Handler", (_TcpHandler,), {"pod": state}))
+        stack.enter_context(serving(plain))
+        if tls_port is not None:
+            secure = _TcpServer((ip, tls_port), type("Handler", (_TcpHandler,),
+                                                     {"pod": state, "cert": (cert_file, key_file)}))
+            stack.enter_context(serving(secure))
+        yield state
+
+
+# --- echo-basic's gRPC mode (GRPC_ECHO_SERVER=1) -------------------------------------------
+# Any method (gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo, EchoTwo, ...) is
+# answered with what the backend saw, as JSON bytes rather than echo-basic's protobuf (the
+# gateway routes on the method path and metadata only): method, authority, metadata,
+# namespace, pod.
+
+GRPC_SERVICE = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho"
+
+
+@contextlib.contextmanager
+def grpc_echo_pod(namespace: str, pod: str, ip: str, port: int) -> Iterator[EchoPod]:
+    """echo-basic of `namespace`/`pod` in gRPC mode (h2c) on ip:port for the block."""
+    import grpc  # only the gRPC cases need it
+
+    state = EchoPod(namespace, pod)
+
+    def answer(method: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+        def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+            headers: dict[str, list[str]] = {}
+            for k, v in context.invocation_metadata():
+                headers.setdefault(k, []).append(v if isinstance(v, str) else v.decode())
+            seen = {"path": method, "method": method.rsplit("/", 1)[-1], "headers": headers,
+                    "namespace": namespace, "pod": pod}
+            with state.lock:
+                state.seen.append(seen)
+            return json.dumps(seen).encode()
+        return echo
+
+    class AnyMethod(grpc.GenericRpcHandler):
+        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(answer(details.method))
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), handlers=[AnyMethod()])
+    server.add_insecure_port(f"{ip}:{port}")
+    server.start()
+    try:
+        yield state
+    finally:
+        server.stop(None)

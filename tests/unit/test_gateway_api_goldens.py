@@ -171,7 +171,8 @@ KNOWN_DIFFERENCES: dict[str, str] = {
            "and spec.tls.frontend client validation are not implemented: those listeners are not served "
            "(fail closed) and cipher options are not passed on",
     "tls-terminate": "a TLSRoute's VirtualService carries every route hostname the listener admits; istiod "
-                     "splits hostnames per listener differently",
+                     "splits hostnames per listener differently; on a Terminate listener the route is a `tcp` rule "
+                     "(what a TLS-terminating server reads, in istiod's generator too), istiod writes `tls`",
 }
 
 

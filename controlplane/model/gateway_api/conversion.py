@@ -510,15 +510,36 @@ class _Converter:
         for att in attachments:
             routes = [r for rule in route.typed.rules for r in l4_routes(rule.backend_refs, resolve, problems)]
             rule: dict[str, Any] = {"route": routes} if routes else {"route": []}
+            hosts, section = list(att.hosts), short
             if kind == "TLSRoute":
-                rule["match"] = [{"sniHosts": list(att.hosts)}]
-            spec = {"gateways": [att.listener.internal_name], "hosts": list(att.hosts), short: [rule]}
+                hosts = _tls_hosts(att.hosts, att.listener.spec.hostname)
+                ln_tls = att.listener.spec.tls
+                if ln_tls is not None and ln_tls.mode == "Terminate":
+                    # The gateway terminates TLS (the listener's certificate), then proxies TCP: a
+                    # terminated server reads the VirtualService's `tcp` rules (istiod's
+                    # generator does too; its conversion writes `tls`, which no listener reads).
+                    section = "tcp"
+                else:
+                    rule["match"] = [{"sniHosts": hosts}]
+            spec = {"gateways": [att.listener.internal_name], "hosts": hosts, section: [rule]}
             annotations = {PARENTS_ANNOTATION: f"{kind}/{route.name}.{route.namespace}", ROUTE_SEMANTICS_ANNOTATION: "gateway"}
             name = f"{route.name}~{short}~{index}~{KUBERNETES_GATEWAY_NAME}"
             index += 1
             if routes:
                 self.vs.append(_derived(kinds.VIRTUAL_SERVICE, route.namespace, name, spec, annotations,
                                         str(route.extra.get("creationTimestamp") or "")))
+
+
+def _tls_hosts(route_hosts: list[str], listener_hostname: str) -> list[str]:
+    """A TLSRoute's hostnames as the listener narrows them (the spec's intersection): a
+    route hostname wider than the listener's (`*.com` on `*.example.com`) stands for the
+    listener's, so SNI outside the listener's hostname never matches."""
+    out: list[str] = []
+    for h in route_hosts:
+        narrowed = listener_hostname if listener_hostname and h != listener_hostname and covers(h, listener_hostname) else h
+        if narrowed not in out:
+            out.append(narrowed)
+    return out
 
 
 def _resolved(problems: RuleProblems) -> Condition:
