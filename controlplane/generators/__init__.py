@@ -26,7 +26,7 @@ from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
 from . import dependencies as dep
 from .envoyfilter import stage as envoyfilter_stage
-from .express import EndpointChange, RuleChange, endpoint_change, rule_change
+from .express import EndpointChange, RuleChange, VisibleHosts, endpoint_change, rule_change
 from .inputs import DESTINATION_RULE, DR_ROUTING
 from .parts import Part, ResourceCache, parts_for, router_parts
 from .resources import ComposedSet, Resource, ResourceSet, pack
@@ -70,6 +70,8 @@ class Generator:
         self.builds = 0  # parts built (not served from cache): for tests and metrics
         # key of patched output -> the EnvoyFilter patches left out of it (envoy_filter_problems)
         self._ef_problems: dict[tuple[Any, ...], list[Any]] = {}
+        # (snapshot, the hosts of its sidecar scopes) after a DestinationRule-only change (rule_change)
+        self._rule_chain: tuple[MeshSnapshot, VisibleHosts] | None = None
 
     def types(self) -> tuple[str, ...]:
         return tuple(t for t in names.PUSH_ORDER if t in self._builders)
@@ -107,7 +109,13 @@ class Generator:
         """What `mesh` changed over `previous` when that is DestinationRules only, read by
         sidecars through the hosts they see (express.py), so the server can pass over the
         sidecars that see none of them; None: compare every proxy's keys."""
-        return rule_change(previous, mesh) if self._standard else None
+        if not self._standard:
+            return None
+        chain = self._rule_chain
+        change = rule_change(previous, mesh, chain[1] if chain is not None and chain[0] is previous else None)
+        # What the scopes hold stays true along a chain of rule changes: kept for the next.
+        self._rule_chain = (mesh, change.visible) if change is not None else None
+        return change
 
     def generate(self, mesh: MeshSnapshot, proxy: Proxy, type_url: str, key: tuple[Any, ...] | None = None) -> ResourceSet:
         """`proxy`'s resources of `type_url`; `key`: its key() under `mesh`, if known

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from ..model.destination_rules import rule_host, selector_of
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import SIDECAR, Proxy
-from ..model.sidecar_scope import SidecarScope
+from ..model.sidecar_scope import sidecar_for
 from .dependencies import (
     dr_routing,
     endpoint_facts,
@@ -94,34 +94,42 @@ def _host(name: str) -> str:
     return fields[3] if len(fields) == 4 else ""
 
 
+# (namespace, the Sidecar in force) -> the hosts of that sidecar scope: what a scope holds
+# stays true from one snapshot to the next while only DestinationRules change (a scope
+# reads none), so Generator.rule_change carries it along such a chain of changes.
+VisibleHosts = dict[tuple[str, tuple[str, str, str] | None], frozenset[str]]
+
+
 @dataclass(frozen=True)
 class RuleChange:
     """A change of DestinationRules only, each for one service host (`hosts`, before and
     after): a sidecar whose scope holds none of them has the same output of every type."""
 
     hosts: frozenset[str]
-    # id(scope) -> (scope, whether it holds a changed host); the scope is kept so its id
-    # cannot be reused. Scopes are shared per (namespace, Sidecar): a handful per push.
-    _seen: dict[int, tuple[SidecarScope, bool]] = field(default_factory=dict, compare=False, repr=False)
+    mesh: MeshSnapshot = field(compare=False, repr=False)  # the snapshot after the change
+    visible: VisibleHosts = field(default_factory=dict, compare=False, repr=False)
 
-    def reaches(self, mesh: MeshSnapshot, proxy: Proxy) -> bool:
-        """Whether `proxy`'s output under `mesh` may differ from before the change (a
-        router's always may: gateways read every rule; few, they are compared in full)."""
+    def reaches(self, proxy: Proxy) -> bool:
+        """Whether `proxy`'s output may differ from before the change (a router's always
+        may: gateways read every rule; few, they are compared in full)."""
         if proxy.type != SIDECAR:
             return True
-        scope = mesh.sidecar_scope(proxy)
-        got = self._seen.get(id(scope))
-        if got is None or got[0] is not scope:
-            got = self._seen[id(scope)] = (scope, any(h in scope.services for h in self.hosts))
-        return got[1]
+        sidecar = sidecar_for(self.mesh, proxy)
+        key = (proxy.namespace, (sidecar.namespace, sidecar.name, sidecar.generation) if sidecar is not None else None)
+        seen = self.visible.get(key)
+        if seen is None:
+            seen = self.visible[key] = frozenset(self.mesh.sidecar_scope(proxy).services)
+        return not self.hosts.isdisjoint(seen)
 
 
-def rule_change(previous: MeshSnapshot, mesh: MeshSnapshot) -> RuleChange | None:
+def rule_change(previous: MeshSnapshot, mesh: MeshSnapshot, visible: VisibleHosts | None = None) -> RuleChange | None:
     """What `mesh` changed over `previous` when that is DestinationRules only, read by
     sidecars only through the rules of the hosts they see; None when the ordinary push
     must decide (anything else changed, a rule selects workloads, covers a wildcard or
     a host that is not a service, or changes what routes, locality load balancing or
-    credentials read of rules: those reach proxies that do not see its host)."""
+    credentials read of rules: those reach proxies that do not see its host). `visible`:
+    what the scopes of `previous` hold, when known (RuleChange.visible of the change that
+    made it)."""
     # A snapshot is made of the config objects, the mesh config and the key sets
     # (model/mesh.py build_mesh): every object but DestinationRules must be the same.
     if mesh is previous or mesh.derived_from or previous.mesh_config != mesh.mesh_config:
@@ -155,4 +163,4 @@ def rule_change(previous: MeshSnapshot, mesh: MeshSnapshot) -> RuleChange | None
             if selector_of(dr) is not None or "*" in host or host not in mesh.services or host not in previous.services:
                 return None
             hosts.add(host)
-    return RuleChange(frozenset(hosts))
+    return RuleChange(frozenset(hosts), mesh, visible if visible is not None else {})

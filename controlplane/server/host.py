@@ -186,7 +186,7 @@ class AdsServer:
                 # reads reaches the subscribers of the changed hosts' assignments, EDS only.
                 eds = conn.subscriptions.get(names.ENDPOINT)
                 types = {names.ENDPOINT} if eds is not None and (eds.wildcard or change.touches(eds.names)) else set()
-            elif rules is not None and not rules.reaches(mesh, conn.proxy):
+            elif rules is not None and not rules.reaches(conn.proxy):
                 # A DestinationRule change reaches only the sidecars that see its hosts
                 # (generators/express.py RuleChange): the others' output is unchanged.
                 types = set()

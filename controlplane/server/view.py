@@ -77,7 +77,7 @@ class ResourceView:
 
     def rule_change(self, previous: Any, mesh: Any) -> Any:
         """The generator's account of a DestinationRule-only change (generators/express.py
-        RuleChange: `hosts`, `reaches(mesh, proxy)`), or None: every proxy's keys decide."""
+        RuleChange: `hosts`, `reaches(proxy)`), or None: every proxy's keys decide."""
         of = getattr(self.generator, "rule_change", None)
         return None if of is None or previous is None or mesh is previous else of(previous, mesh)
 
