@@ -97,7 +97,7 @@ def test_the_express_path_passes_over_exactly_proxies_whose_output_is_unchanged(
     for i, generation in steps:
         before = world.mesh
         after = world.rule(i, generation)
-        change = rule_change(before, after)
+        change = gen.rule_change(before, after)  # what the scopes hold, carried along the walk
         assert change is not None and change.hosts == {host(i)}
         for p in proxies():
             old_cds, new_cds = gen.generate(before, p, names.CLUSTER), gen.generate(after, p, names.CLUSTER)
@@ -109,6 +109,41 @@ def test_the_express_path_passes_over_exactly_proxies_whose_output_is_unchanged(
             assert not cds_changed, p.id
             for t in types:
                 assert gen.key(before, p, t) == gen.key(after, p, t), (p.id, t)
+
+
+def test_what_scopes_hold_is_not_carried_past_a_change_of_something_else(world):
+    """A new service between two rule changes: the second change, for the new host,
+    reaches the sidecars of its namespace (their scopes hold it now)."""
+    gen = Generator()
+    i = routed()[0]
+    ns = SCENARIO.namespace_of(i)
+
+    def extra_rule(connections: int) -> str:
+        return f"""apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: extra, namespace: {ns}}}
+spec:
+  host: extra
+  trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: {connections}}}}}}}
+"""
+    world.write("extra-rule.yaml", extra_rule(1))  # for a host that is no service yet
+    before = world.mesh
+    first = gen.rule_change(before, world.rule(i, 1))
+    assert first is not None
+    assert {p.id for p in proxies() if p.type == "sidecar" and first.reaches(p)} == {
+        p.id for p in proxies() if p.type == "sidecar" and p.namespace == ns}
+    before = world.write("extra.yaml", f"""apiVersion: v1
+kind: Service
+metadata: {{name: extra, namespace: {ns}}}
+spec:
+  selector: {{app: extra}}
+  ports: [{{name: http, port: {HTTP_PORT}, targetPort: 9080}}]
+""")
+    assert gen.rule_change(first.mesh, before) is None  # a Service changed: the ordinary path
+    change = gen.rule_change(before, world.write("extra-rule.yaml", extra_rule(2)))
+    assert change is not None and change.hosts == {f"extra.{ns}.svc.cluster.local"}
+    reached = {p.id for p in proxies() if p.type == "sidecar" and change.reaches(p)}
+    assert reached == {p.id for p in proxies() if p.type == "sidecar" and p.namespace == ns}
 
 
 def test_changes_that_reach_beyond_the_hosts_viewers_take_the_ordinary_path(world):
