@@ -20,10 +20,18 @@ deletes what the Gateway owned), as an operator would check it with kubectl:
 """
 from __future__ import annotations
 
+import json
+
 import pytest
+import yaml
 from kubernetes import client
 
-from tests.support.harness import meshd, wait_for
+from controlplane.config.objects import ConfigObject, Origin
+from controlplane.config.parse import parse_document
+from controlplane.model.gateway_api import deployment
+from tests.support.echo_basic import echo_pod
+from tests.support.envoy import envoy_binary
+from tests.support.harness import Process, free_port, http_get, meshd, meshd_cli, wait_for, write
 from tests.support.kube import RecordingProxy
 from tests.support.paths import REPO
 from tests.support.rbac import load_manifests, rbac_mismatch
@@ -142,3 +150,69 @@ def test_a_gateway_of_class_istio_gets_its_deployment_service_and_account_and_lo
     mine = ("apps/deployments ", "core/serviceaccounts ", "core/services ", "gateway.networking.k8s.io/gateways ",
             "get core/configmaps ")
     assert [p for p in problems if any(r in p for r in mine) and "istio-ca-root-cert" not in p] == []
+
+
+def test_the_deployed_pod_run_as_written_serves_the_gateways_route(tmp_path):
+    """No kubelet runs the Deployment on the test API server, so its pod is run here as a
+    kubelet would: the init container's `meshd <args>` with the downward API's values, then
+    the proxy container's command, the real Envoy. Only what the host shares is changed:
+    the addresses of meshd's xDS port, root certificate and token (the pod's volumes), free
+    ports instead of 15021/15090 and a dynamic base id (other Envoys run on this host)."""
+    listener, backend = free_port("127.0.0.1"), free_port("127.0.3.9")
+    gw_doc = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+              "metadata": {"name": "web", "namespace": "shop"},
+              "spec": {"gatewayClassName": "istio", "listeners": [{"name": "http", "port": listener,
+                                                                    "protocol": "HTTP"}]}}
+    cfg = tmp_path / "config"
+    cfg.mkdir()
+    write(cfg / "shop.yaml", yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
+        gw_doc,
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "web", "namespace": "shop"},
+         "spec": {"parentRefs": [{"name": "web"}], "rules": [{"backendRefs": [{"name": "backend", "port": 80}]}]}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "backend", "namespace": "shop"},
+         "spec": {"selector": {"app": "backend"}, "clusterIP": "10.96.5.5",
+                  "ports": [{"name": "http", "port": 80, "targetPort": backend}]}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "backend-0", "namespace": "shop",
+                                                         "labels": {"app": "backend"}},
+         "spec": {"containers": [{"name": "echo", "image": "echo-basic"}]}, "status": {"podIP": "127.0.3.9"}},
+    ]))
+    gw = parse_document(gw_doc, Origin("test", "gw"))
+    assert isinstance(gw, ConfigObject)
+    with meshd(cfg, tmp_path) as m, echo_pod("shop", "backend-0", "127.0.3.9", backend):
+        settings = deployment.Settings(xds_address=f"127.0.0.1:{m.secure_port}")
+        pod = next(d for d in deployment.objects(gw, "uid", settings) if d["kind"] == "Deployment")
+        spec = pod["spec"]["template"]["spec"]
+        init, proxy = spec["initContainers"][0], spec["containers"][0]
+        token = tmp_path / "istio-token"
+        token.write_text(meshd_cli("token", "--ca-dir", str(m.ca_dir), "--namespace", "shop",
+                                   "--service-account", spec["serviceAccountName"]).stdout.strip())
+        bootstrap = tmp_path / "envoy.yaml"
+        downward = {"$(POD_NAME)": "web-istio-5d8f9-0", "$(POD_NAMESPACE)": "shop", "$(INSTANCE_IP)": "127.0.0.1",
+                    "$(SERVICE_ACCOUNT)": spec["serviceAccountName"]}
+        host = {deployment.ROOT_CERT: str(m.root_cert), deployment.TOKEN: str(token), deployment.BOOTSTRAP: str(bootstrap),
+                str(deployment.STATUS_PORT): str(free_port("127.0.0.1")), str(deployment.STATS_PORT): "0"}
+        args = [host.get(a, downward.get(a, a)) for a in init["args"]]
+        meshd_cli(*args, "--admin-port", str(admin := free_port("127.0.0.1")))
+        argv = [envoy_binary(), *[host.get(a, a) for a in proxy["args"]], "--use-dynamic-base-id"]
+        assert proxy["command"] == ["envoy"]
+        envoy = Process("envoy", argv, tmp_path / "gateway-envoy.log")
+        try:
+            def answer() -> dict:
+                status, body = http_get("127.0.0.1", listener, "/hello", timeout=2)
+                return json.loads(body) if status == 200 else {}
+
+            wait_for(lambda: envoy.alive() and _quiet(answer).get("pod") == "backend-0", 30,
+                     what=lambda: f"the route through the gateway's Envoy:\n{envoy.log()[-2000:]}\n{m.log()[-2000:]}")
+            assert answer()["namespace"] == "shop"
+            status, body = http_get("127.0.0.1", admin, "/server_info")
+            assert status == 200 and b"router~127.0.0.1~web-istio-5d8f9-0.shop~shop.svc.cluster.local" in body
+        finally:
+            envoy.stop()
+
+
+def _quiet(fn):
+    try:
+        return fn()
+    except (OSError, ValueError):
+        return {}

@@ -117,8 +117,10 @@ def test_rbac_is_least_privilege(docs):
     assert grants, "the ServiceAccount is bound to nothing"
     for g in grants:
         assert "*" not in (g.group, g.resource, g.verb)
-        assert g.verb in {"get", "list", "watch", "create", "update", "patch"} or (
-            (g.resource, g.verb) == ("workloadentries", "delete")), g  # auto-registration's cleanup (docs/vm.md)
+        assert g.verb in {"get", "list", "watch", "create", "update", "patch"} or (g.resource, g.verb) in {
+            ("workloadentries", "delete"),  # auto-registration's cleanup (docs/vm.md)
+            # what the leader deployed for a Gateway that is gone (docs/gateway-deployment.md)
+            ("serviceaccounts", "delete"), ("services", "delete"), ("deployments", "delete")}, g
     # Leases and the CA's Secrets: only in meshd's namespace, and only the named ones (create cannot be named)
     for g in grants:
         if g.resource == "leases" or (g.resource == "secrets" and g.verb not in ("list", "watch")):
@@ -132,10 +134,13 @@ def test_rbac_is_least_privilege(docs):
         {"list", "watch"} if watch_secrets else set())
     assert {(g.verb, g.namespace) for g in grants if g.resource == "secrets" and g.verb not in ("list", "watch")} == {
         ("create", NS), ("get", NS)}
-    # ConfigMaps: read and written only under the root certificate's name; the mesh config
-    # (ConfigMap istio) read and watched in meshd's namespace only
+    # ConfigMaps: written only under the root certificate's name, read by any name only for a
+    # Gateway's parametersRef (docs/gateway-deployment.md); the mesh config (ConfigMap istio)
+    # read and watched in meshd's namespace only
     assert all(g.names == {"istio-ca-root-cert"} for g in grants
-               if g.resource == "configmaps" and g.verb not in ("create", "list", "watch"))
+               if g.resource == "configmaps" and g.verb not in ("create", "list", "watch") and (g.verb, g.names) != (
+                   "get", frozenset()))
+    assert {g.namespace for g in grants if g.resource == "configmaps" and g.verb == "get" and not g.names} == {None}
     assert {(g.verb, g.namespace, frozenset(g.names)) for g in grants
             if g.resource == "configmaps" and g.verb in ("list", "watch")} == {
         ("list", NS, frozenset({"istio"})), ("watch", NS, frozenset({"istio"}))}
@@ -149,10 +154,14 @@ def test_rbac_is_least_privilege(docs):
                                                          "serviceentries", "workloadentries", "workloadgroups",
                                                          "peerauthentications", "authorizationpolicies",
                                                          "requestauthentications")}
-    # Gateway API objects: read, and only the status of those meshd controls written
+    # Gateway API objects: read (a Gateway's uid for the owner references of its deployment),
+    # and only the status of those meshd controls written
     assert {(g.resource, g.verb) for g in grants if g.group == "gateway.networking.k8s.io"
             and g.verb not in ("list", "watch")} == {(f"{p}/status", "patch") for p in (
-                "gatewayclasses", "gateways", "httproutes", "grpcroutes", "tcproutes", "tlsroutes")}
+                "gatewayclasses", "gateways", "httproutes", "grpcroutes", "tcproutes", "tlsroutes")} | {("gateways", "get")}
+    # Deployments: only the gateways meshd deploys (docs/gateway-deployment.md)
+    assert {g.verb for g in grants if g.group == "apps"} == {"get", "list", "create", "patch", "delete"}
+    assert {g.resource for g in grants if g.group == "apps"} == {"deployments"}
     # every kind the Kubernetes source lists and watches, the reported-only ones included
     reads = {(g.group, g.resource, g.verb) for g in grants}
     for res in RESOURCES:

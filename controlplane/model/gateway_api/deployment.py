@@ -37,7 +37,16 @@ import yaml
 from ...config import kinds
 from ...config.objects import ConfigObject
 from ...config.snapshot import ConfigSnapshot
-from ...names import DOMAIN_SUFFIX, GATEWAY_API_GROUP, GATEWAY_NAME_LABEL, PORT_XDS_SECURE, TRUST_DOMAIN, fqdn
+from ...names import (
+    DOMAIN_SUFFIX,
+    GATEWAY_API_GROUP,
+    GATEWAY_NAME_LABEL,
+    PORT_HEALTH,
+    PORT_STATS,
+    PORT_XDS_SECURE,
+    TRUST_DOMAIN,
+    fqdn,
+)
 from ..workloads import is_ip
 from . import conversion
 
@@ -51,8 +60,8 @@ SERVICE_ACCOUNT_ANNOTATION = "gateway.istio.io/service-account"
 # Not copied onto the objects (istiod's template omits them).
 _OMITTED_ANNOTATIONS = frozenset({"kubectl.kubernetes.io/last-applied-configuration", NAME_OVERRIDE_ANNOTATION,
                                   SERVICE_ACCOUNT_ANNOTATION, "gateway.istio.io/controller-version"})
-STATUS_PORT = 15021
-STATS_PORT = 15090
+STATUS_PORT = PORT_HEALTH  # the readiness listener `meshd bootstrap` writes
+STATS_PORT = PORT_STATS
 GATEWAY_API_VERSION = f"{GATEWAY_API_GROUP}/v1"
 # What a parametersRef ConfigMap may overlay (istiod also takes horizontalPodAutoscaler and
 # podDisruptionBudget, which meshd does not create: reported, never ignored).
@@ -66,7 +75,7 @@ TOKEN = "/var/run/secrets/tokens/istio-token"
 class Settings:
     """What the operator chooses for every deployed gateway (docs/gateway-deployment.md)."""
 
-    envoy_image: str = "envoyproxy/envoy:v1.36-latest"
+    envoy_image: str = "envoyproxy/envoy:v1.40-latest"  # the Envoy meshd is tested with
     init_image: str = "meshd:latest"  # holds `meshd bootstrap`
     xds_address: str = f"istiod.istio-system.svc:{PORT_XDS_SECURE}"  # meshd's Service, named as istiod's
     trust_domain: str = TRUST_DOMAIN
