@@ -24,8 +24,9 @@ import json
 import re
 import socket
 import ssl
+import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,6 +163,10 @@ class Case:
     unattached: tuple[str, ...] = ()  # Gateways with no route attached (every listener 0)
     newer: tuple[str, ...] = ()  # objects the suite creates after the others (a later creationTimestamp)
     extra: tuple[str, ...] = ()  # objects the suite's Go code creates (YAML)
+    # a step after the case: how the suite edits the case's objects (in place), what must hold then
+    edit: Callable[[list[dict]], None] | None = None
+    then: tuple[Case, ...] = ()
+    listener_names: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (gateway, its listeners in status, exactly)
     xfail: str = ""  # why meshd does not pass it yet (strict: a pass is reported)
 
 
@@ -186,6 +191,33 @@ ISOLATION = {"bar.com": "empty-hostname", "bar.example.com": "wildcard-example-c
 HEADER_EDITS_UP = H(X_Header_Add="header-val-1", X_Header_Add_Append="append-val-1,header-val-2",
                     X_Header_Set="set-overwrites-values")
 HEADER_EDITS_SENT = H(X_Header_Remove="remove-val", X_Header_Add_Append="append-val-1")
+
+def modify_listeners(docs: list[dict]) -> None:
+    """GatewayModifyListeners: the suite adds listener `http` to one Gateway and removes
+    `https` from the other."""
+    for doc in docs:
+        if doc["kind"] != "Gateway":
+            continue
+        listeners = doc["spec"]["listeners"]
+        if doc["metadata"]["name"] == "gateway-add-listener":
+            listeners.append({"name": "http", "port": 80, "protocol": "HTTP", "hostname": "data.test.com",
+                              "allowedRoutes": {"namespaces": {"from": "All"}}})
+        elif doc["metadata"]["name"] == "gateway-remove-listener":
+            listeners[:] = [ln for ln in listeners if ln["name"] != "https"]
+
+
+def fill_endpoint_slices(docs: list[dict]) -> None:
+    """HTTPRouteServiceTypes: the suite fills the manual EndpointSlices with the addresses
+    of infra-backend-v1's pods (its IPv6 slices stay empty: the pods here have none)."""
+    ip = next(run.ip for run in base_documents()[1] if run.pod == "infra-backend-v1-0")
+    for doc in docs:
+        if doc["kind"] == "EndpointSlice":
+            doc["endpoints"] = [{"addresses": [ip], "conditions": {"ready": True}}] if doc["addressType"] == "IPv4" else []
+
+
+def delete_reference_grants(docs: list[dict]) -> None:
+    docs[:] = [d for d in docs if d["kind"] != "ReferenceGrant"]
+
 
 # TCPRouteMultipleRoutesAttachment: the route the suite creates a second after the others
 NEWER_TCP_ROUTE = f"""
@@ -406,6 +438,35 @@ CASES: tuple[Case, ...] = (
     Case("HTTPRouteRequestMirror", "httproute-request-mirror.yaml", requests=(
         R("/mirror"), R("/mirror-and-modify-headers", headers=(*HEADER_EDITS_SENT,), up_headers=HEADER_EDITS_UP,
                         up_absent=("X-Header-Remove",)))),
+    Case("HTTPRouteServiceTypes", "httproute-service-types.yaml", std=("service-types",), edit=fill_endpoint_slices,
+         requests=(R("/manual-endpointslices"), R("/headless"), R("/headless-manual-endpointslices"))),
+    Case("HTTPRouteRequestMultipleMirrors", "httproute-request-multiple-mirrors.yaml",
+         conditions=((f"{INFRA}/request-multiple-mirrors", "Accepted", "True", "Accepted"),), requests=(
+             R("/multi-mirror"), R("/multi-mirror-and-modify-request-headers", headers=HEADER_EDITS_SENT,
+                                   up_headers=HEADER_EDITS_UP, up_absent=("X-Header-Remove",)))),
+    Case("HTTPRouteRequestPercentageMirror", "httproute-request-percentage-mirror.yaml",
+         std=("request-percentage-mirror",), requests=(
+             R("/percent-mirror"), R("/percent-mirror-fraction"),
+             R("/percent-mirror-and-modify-headers", headers=HEADER_EDITS_SENT, up_headers=HEADER_EDITS_UP,
+               up_absent=("X-Header-Remove",)))),
+    Case("HTTPRouteRedirectPortAndScheme", "httproute-redirect-port-and-scheme.yaml", std=(
+        "http-route-for-listener-on-port-80", "http-route-for-listener-on-port-8080", "http-route-for-listener-on-port-443"),
+         requests=tuple(
+             R(path, None, status=302, gateway=gw, host=host, sni=sni,
+               location={"scheme": scheme, "host": "example.org", "port": port})
+             for gw, host, sni, redirects in (
+                 ("same-namespace", "example.org", None, (
+                     ("/scheme-nil-and-port-nil", "http", None), ("/scheme-nil-and-port-80", "http", None),
+                     ("/scheme-nil-and-port-8080", "http", "8080"), ("/scheme-https-and-port-nil", "https", None),
+                     ("/scheme-https-and-port-443", "https", None), ("/scheme-https-and-port-8443", "https", "8443"))),
+                 ("same-namespace-with-http-listener-on-8080", "example.org:8080", None, (
+                     ("/scheme-nil-and-port-nil", "http", "8080"), ("/scheme-nil-and-port-80", "http", None),
+                     ("/scheme-https-and-port-nil", "https", None))),
+                 ("same-namespace-with-https-listener", "example.org", "example.org", (
+                     ("/scheme-nil-and-port-nil", "https", None), ("/scheme-nil-and-port-443", "https", None),
+                     ("/scheme-nil-and-port-8443", "https", "8443"), ("/scheme-http-and-port-nil", "http", None),
+                     ("/scheme-http-and-port-80", "http", None), ("/scheme-http-and-port-8080", "http", "8080"))))
+             for path, scheme, port in redirects)),
     Case("HTTPRouteHTTPSListener", "httproute-https-listener.yaml", gateway="same-namespace-with-https-listener",
          std=("httproute-https-test", "httproute-https-test-no-hostname"), requests=(
              R("/", host="example.org", sni="example.org"), miss(path="/", host="unknown-example.org",
@@ -560,7 +621,20 @@ CASES: tuple[Case, ...] = (
     Case("TCPRouteReferenceGrant", "tcproute-reference-grant.yaml", gateway="tcp-reference-grant-gateway",
          conditions=((f"TCPRoute:{INFRA}/tcp-reference-grant", "Accepted", "True", "Accepted"),
                      (f"TCPRoute:{INFRA}/tcp-reference-grant", "ResolvedRefs", "True", "ResolvedRefs")),
-         requests=(T(9320, "web/tcp-reference-grant-backend"),)),
+         requests=(T(9320, "web/tcp-reference-grant-backend"),),
+         then=(Case("TCPRouteReferenceGrant", "tcproute-reference-grant.yaml", gateway="tcp-reference-grant-gateway",
+                    edit=delete_reference_grants, requests=(T(9320, None),), conditions=(
+                        (f"TCPRoute:{INFRA}/tcp-reference-grant", "ResolvedRefs", "False", "RefNotPermitted"),)),)),
+    Case("GatewayModifyListeners", "gateway-modify-listeners.yaml",
+         listener_routes=(("gateway-add-listener", "https", 1), ("gateway-remove-listener", "https", 1),
+                          ("gateway-remove-listener", "http", 1)),
+         then=(Case("GatewayModifyListeners", "gateway-modify-listeners.yaml", edit=modify_listeners,
+                    listener_names=(("gateway-add-listener", ("https", "http")), ("gateway-remove-listener", ("http",))),
+                    listener_routes=(("gateway-add-listener", "https", 1), ("gateway-add-listener", "http", 1),
+                                     ("gateway-remove-listener", "http", 1)),
+                    conditions=tuple((f"Gateway:{gw}/{ln}", c, "True", c) for gw, ln in (
+                        ("gateway-add-listener", "https"), ("gateway-add-listener", "http"),
+                        ("gateway-remove-listener", "http")) for c in ("Accepted", "ResolvedRefs"))),)),
     Case("TCPRouteWeightedRouting", "tcproute-weighted-routing.yaml", gateway="tcp-weighted-gateway",
          conditions=((f"TCPRoute:{INFRA}/tcp-weighted-route", "Accepted", "True", "Accepted"),),
          requests=(T(9300, "tcp-backend-v"),)),
@@ -646,6 +720,8 @@ class Bed:
         Pods answered by echo pods) as case.yaml; an Envoy for every Gateway it talks to."""
         docs = [d for d in yaml.safe_load_all(manifest(f"tests/{case.file}")) if d]
         docs += [yaml.safe_load(extra) for extra in case.extra]
+        if case.edit is not None:
+            case.edit(docs)
         for i, doc in enumerate(docs):
             if doc["kind"] == "Deployment":
                 key = (doc["metadata"]["namespace"], f"{doc['metadata']['name']}-0")
@@ -861,6 +937,8 @@ def problems(bed: Bed, case: Case, r: R | T | G) -> list[str]:
         loc = urllib.parse.urlsplit(headers.get("location", ""))
         got = {"scheme": loc.scheme, "host": loc.hostname, "port": str(loc.port) if loc.port else None,
                "path": loc.path}
+        if r.location.get("port", "") is None and got["port"] == {"http": "80", "https": "443"}.get(str(got["scheme"])):
+            got["port"] = None  # no port expected: absent or the scheme's default
         out += [f"{where}: Location {headers.get('location')!r}: {k} {got[k]!r}, want {v!r}"
                 for k, v in r.location.items() if got[k] != v]
     return out
@@ -889,6 +967,10 @@ def status_problems(bed: Bed, case: Case) -> list[str]:
         got = [entry.get("attachedRoutes") for entry in bed.status("Gateway", INFRA, gw).get("listeners", [])]
         if any(got):
             out.append(f"Gateway {gw}: attachedRoutes {got}, want none")
+    for gw, names in case.listener_names:
+        got_names = tuple(entry["name"] for entry in bed.status("Gateway", INFRA, gw).get("listeners", []))
+        if got_names != names:
+            out.append(f"Gateway {gw}: listeners {got_names}, want {names}")
     for gw, listener, n in case.listener_routes:
         listeners = bed.status("Gateway", INFRA, gw).get("listeners", [])
         got = [entry.get("attachedRoutes") for entry in listeners if entry["name"] == listener]
@@ -900,6 +982,24 @@ def status_problems(bed: Bed, case: Case) -> list[str]:
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.test, marks=[pytest.mark.xfail(reason=c.xfail, strict=True)]
                                                if c.xfail else []) for c in CASES])
 def test_conformance(bed: Bed, case: Case):
+    for step in (case, *case.then):  # the case, then the suite's edits of its objects
+        holds(bed, step)
+
+
+def tcp_shares(bed: Bed, case: Case, port: int, n: int) -> dict[str, float]:
+    """The share of `n` connections to the case's gateway each backend (pod less `-0`) answered."""
+    from collections import Counter
+    counts: Counter = Counter()
+    for _ in range(n):
+        with tcp_connect(bed, case.gateway, port, None) as sock, sock.makefile("rb") as reader:
+            assert reader.readline() == TCP_WELCOME
+            sock.sendall(b"TEST\n")
+            counts[re.sub(r"-\d+$", "", json.loads(reader.readline())["pod"])] += 1
+    return {k: v / n for k, v in counts.items()}
+
+
+def holds(bed: Bed, case: Case) -> None:
+    """Apply the case; its status holds, then every request's expectation, 3 times in a row."""
     bed.apply(case)
     wait_for(lambda: not status_problems(bed, case), 20, what=lambda: "; ".join(status_problems(bed, case)))
 
@@ -913,6 +1013,11 @@ def test_conformance(bed: Bed, case: Case):
         weights(bed, case)
     if case.test == "HTTPRouteRequestMirror":
         mirrored(bed, case)
+    if case.test == "HTTPRouteRequestMultipleMirrors":
+        mirrored(bed, case, ("/multi-mirror", "/multi-mirror-and-modify-request-headers"),
+                 ("infra-backend-v2", "infra-backend-v3"))
+    if case.test == "HTTPRouteRequestPercentageMirror":
+        mirrored_share(bed, case)
     if case.test == "HTTPRouteRequestHeaderModifierBackendWeights":
         backend_headers(bed, case)
     if case.test == "GRPCRouteWeight":  # 500 calls: v1 70 %, v2 30 %, v3 none, within 5 points
@@ -929,18 +1034,6 @@ def test_conformance(bed: Bed, case: Case):
         assert tcp_shares(bed, case, 9310, 100) == {"tcp-attach-backend-1": 1.0}
 
 
-def tcp_shares(bed: Bed, case: Case, port: int, n: int) -> dict[str, float]:
-    """The share of `n` connections to the case's gateway each backend (pod less `-0`) answered."""
-    from collections import Counter
-    counts: Counter = Counter()
-    for _ in range(n):
-        with tcp_connect(bed, case.gateway, port, None) as sock, sock.makefile("rb") as reader:
-            assert reader.readline() == TCP_WELCOME
-            sock.sendall(b"TEST\n")
-            counts[re.sub(r"-\d+$", "", json.loads(reader.readline())["pod"])] += 1
-    return {k: v / n for k, v in counts.items()}
-
-
 def weights(bed: Bed, case: Case) -> None:
     """500 requests: v1 70 %, v2 30 %, v3 none, each within 5 points (the suite's bounds)."""
     from collections import Counter
@@ -954,13 +1047,38 @@ def weights(bed: Bed, case: Case) -> None:
     assert abs(counts["infra-backend-v2"] / 500 - 0.3) <= 0.05, counts
 
 
-def mirrored(bed: Bed, case: Case) -> None:
-    """Each request, tagged with a unique id as the suite does, also reaches infra-backend-v2."""
-    v2 = bed.pods[(INFRA, "infra-backend-v2-0")]
-    for path in ("/mirror", "/mirror-and-modify-headers"):
+def mirrored(bed: Bed, case: Case, paths: tuple[str, ...] = ("/mirror", "/mirror-and-modify-headers"),
+             to: tuple[str, ...] = ("infra-backend-v2",)) -> None:
+    """Each request, tagged with a unique id as the suite does, also reaches each mirror."""
+    for path in paths:
         tag = f"gateway-api-conformance-request-id={free_port()}-{path.strip('/')}"
         assert send(bed, case, R(f"{path}?{tag}"))[0] == 200
-        wait_for(lambda tag=tag: v2.saw(tag) == 1, 10, what=f"{path} mirrored to infra-backend-v2")
+        for pod in to:
+            mirror = bed.pods[(INFRA, f"{pod}-0")]
+            wait_for(lambda tag=tag, mirror=mirror: mirror.saw(tag) == 1, 10, what=f"{path} mirrored to {pod}")
+
+
+def mirrored_share(bed: Bed, case: Case) -> None:
+    """500 requests per path (10 at a time): the share mirrored to infra-backend-v2 lies
+    within 3 standard deviations of the configured one (the suite's bound)."""
+    from concurrent.futures import ThreadPoolExecutor
+    v2 = bed.pods[(INFRA, "infra-backend-v2-0")]
+    for path, p in (("/percent-mirror", 0.2), ("/percent-mirror-fraction", 0.5), ("/percent-mirror-and-modify-headers", 0.35)):
+        tag = f"share-{free_port()}-{path.strip('/')}"
+        with ThreadPoolExecutor(10) as pool:
+            statuses = list(pool.map(lambda i, tag=tag, path=path: send(bed, case, R(f"{path}?{tag}-{i}"))[0], range(500)))
+        assert statuses == [200] * 500
+        # the mirrored copies may land a little after the answers: count once no more arrive
+        wait_for(lambda tag=tag: settled(lambda: v2.saw(tag)), 10, what=f"{path}: mirrored copies still arriving")
+        spread = 3 * (500 * p * (1 - p)) ** 0.5
+        assert abs(v2.saw(tag) - 500 * p) <= spread, (path, v2.saw(tag), 500 * p, spread)
+
+
+def settled(count: Callable[[], int]) -> bool:
+    """Whether `count` stays the same over half a second."""
+    before = count()
+    time.sleep(0.5)
+    return count() == before
 
 
 def backend_headers(bed: Bed, case: Case) -> None:
