@@ -14,11 +14,14 @@ the mesh calls it. The namespace's Sidecar has three ingress listeners:
 - 9000 TCP with `connectionPool.tcp.maxConnections: 1`: while one connection is open a
   second one overflows (Envoy's upstream_cx_overflow counts it) and is closed;
 - 9001 HTTP with `defaultEndpoint: unix://<path>`: the application listens on a Unix
-  domain socket only.
+  domain socket only;
+- 9002 HTTP with `defaultEndpoint: 0.0.0.0:8080`: the application is reached on the pod IP,
+  from 127.0.0.6 (else istio-iptables would send the sidecar's own connection back to 15006).
 Every Envoy rejects nothing.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -38,7 +41,7 @@ pytestmark = pytest.mark.e2e
 
 NS = "shop"
 HOST = "app.shop.test"  # the name in the server certificate
-HTTPS, MUTUAL, BOUND, TCP, UDS = 9443, 9444, 9080, 9000, 9001
+HTTPS, MUTUAL, BOUND, TCP, UDS, OWN = 9443, 9444, 9080, 9000, 9001, 9002
 APP_HTTP, APP_TCP = 8080, 7000
 
 
@@ -64,6 +67,8 @@ def config(app_ip: str, cert: Path, key: Path, ca: Path, sock: Path) -> str:
             connectionPool: {{tcp: {{maxConnections: 1}}}}
           - port: {{number: {UDS}, protocol: HTTP, name: http-uds}}
             defaultEndpoint: unix://{sock}
+          - port: {{number: {OWN}, protocol: HTTP, name: http-own}}
+            defaultEndpoint: 0.0.0.0:{APP_HTTP}
           egress: [{{hosts: ["./*"]}}]
         ---
         apiVersion: security.istio.io/v1
@@ -239,3 +244,18 @@ def test_a_unix_socket_default_endpoint(bed):
             return b""
         return data if status == 200 else b""
     wait_for(lambda: body() == b"uds", 20, interval=0.3, what="the application on its Unix socket")
+
+
+def test_a_default_endpoint_on_the_pod_ip(bed):
+    def seen() -> dict:
+        try:
+            status, _, data = bed.client.http_get(bed.app.ip, OWN, "/")
+        except OSError:
+            return {}
+        return json.loads(data) if status == 200 else {}
+    wait_for(lambda: seen().get("local") == f"{bed.app.ip}:{APP_HTTP}", 20, interval=0.3,
+             what="the application on the pod IP")
+    # straight to the application from 127.0.0.6, not looped through virtualInbound's passthrough
+    before = bed.envoy.stat("cluster.InboundPassthroughCluster.upstream_rq_total")
+    assert seen()["peer"].startswith("127.0.0.6:")
+    assert bed.envoy.stat("cluster.InboundPassthroughCluster.upstream_rq_total") == before
