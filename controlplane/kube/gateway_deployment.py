@@ -7,10 +7,12 @@ deployment controller does (docs/gateway-deployment.md):
 
 For each Gateway of one of meshd's classes without a Service address of its own
 (model/gateway_api/deployment.py `is_managed`), the leader writes the ServiceAccount,
-Service and Deployment `model/gateway_api/deployment.objects` describes: created when
-absent, patched (JSON merge patch at the resourceVersion read) when what meshd wants is not
-what the cluster has. An object of that name without the `gateway.istio.io/managed` label
-was not made by meshd: it is never changed, and the leader says so in its log.
+Service and Deployment `model/gateway_api/deployment.objects` describes, by server-side
+apply (field manager `meshd`, at the resourceVersion read, as istiod): when absent, when
+the cluster does not say what meshd wants, and once per object after each election (what
+meshd stopped setting is then removed: a label, an overlay's replicas). An object of that
+name without the `gateway.istio.io/managed` label was not made by meshd: it is never
+changed, and the leader says so in its log.
 
 Deletion does not wait for Kubernetes' garbage collector (the objects carry owner
 references, but a cluster may run none): after every pass the leader lists the objects
@@ -44,7 +46,7 @@ from ..model.gateway_api import deployment as model
 from ..model.gateway_api.conversion import our_classes
 from ..names import GATEWAY_API_GROUP, PORT_XDS_SECURE, TRUST_DOMAIN
 from ..version import meshd_version
-from .api import MERGE_PATCH, ApiError, KubeApi, path
+from .api import ApiError, KubeApi, path
 
 log = structlog.get_logger("meshd.gateway_deployment")
 
@@ -52,6 +54,8 @@ Status = dict[str, Any]
 # kind -> (group, version, plural) of what the controller writes
 RESOURCES = {"ServiceAccount": ("", "v1", "serviceaccounts"), "Service": ("", "v1", "services"),
              "Deployment": ("apps", "v1", "deployments")}
+APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply (JSON is YAML)
+FIELD_MANAGER = "meshd"
 ENVOY_IMAGE_ENV, INIT_IMAGE_ENV, PULL_POLICY_ENV = ("MESHD_GATEWAY_ENVOY_IMAGE", "MESHD_GATEWAY_INIT_IMAGE",
                                                     "MESHD_GATEWAY_IMAGE_PULL_POLICY")
 
@@ -132,6 +136,7 @@ class GatewayDeployer:
         self._problems: dict[ConfigKey, str] = {}  # parametersRef problems found in the cluster
         self._statuses: Mapping[ConfigKey, Status] | None = None  # the model's, last seen
         self._refused: set[tuple[str, str, str]] = set()  # objects not meshd's (logged once)
+        self._applied: dict[tuple[str, str, str], str] = {}  # object -> digest of what this leader applied
         self.on_status: Callable[[Mapping[ConfigKey, Status]], None] | None = None
         self.passes = self.writes = self.deletes = 0
 
@@ -158,6 +163,7 @@ class GatewayDeployer:
     async def run(self) -> None:
         """Until cancelled (leadership lost): a pass on every change and every `resync`."""
         self._wake = wake = asyncio.Event()
+        self._applied.clear()  # another leader may have written since: apply everything once
         try:
             while True:
                 wake.clear()  # before the pass: a change during it brings another one
@@ -241,31 +247,36 @@ class GatewayDeployer:
         return ""
 
     async def _apply(self, doc: dict[str, Any]) -> None:
+        """Server-side apply of one object, unless the cluster already says it all and this
+        leader applied exactly this before (so a field meshd stops setting -- a label, an
+        overlay's replicas -- is removed by the next apply, as the field manager's)."""
         group, version, plural = RESOURCES[doc["kind"]]
         md = doc["metadata"]
         where = (doc["kind"], md["namespace"], md["name"])
-        current = await self._get(path(group, version, plural, md["namespace"], md["name"]))
-        if current is None:
-            await self.kube.call("POST", path(group, version, plural, md["namespace"]), doc)
-            self.writes += 1
-            log.info("gateway object created", kind=doc["kind"], object=f"{md['namespace']}/{md['name']}")
-            return
-        cur_md = current.get("metadata") or {}
-        if (cur_md.get("labels") or {}).get(model.MANAGED_LABEL) is None:
+        target = path(group, version, plural, md["namespace"], md["name"])
+        current = await self._get(target)
+        cur_md = (current or {}).get("metadata") or {}
+        if current is not None and (cur_md.get("labels") or {}).get(model.MANAGED_LABEL) is None:
             if where not in self._refused:
                 self._refused.add(where)
                 log.warning("gateway object exists and is not meshd's: left alone", kind=doc["kind"],
                             object=f"{md['namespace']}/{md['name']}", label=model.MANAGED_LABEL)
             return
         self._refused.discard(where)
-        changed = difference(current, doc)
-        if changed is None:
+        digest = content_hash(doc)
+        changed = "(absent)" if current is None else difference(current, doc)
+        if changed is None and self._applied.get(where) == digest:
             return
-        patch = {**doc, "metadata": {**md, "resourceVersion": cur_md.get("resourceVersion")}}
-        await self.kube.call("PATCH", path(group, version, plural, md["namespace"], md["name"]), patch,
-                             content_type=MERGE_PATCH)
-        self.writes += 1
-        log.info("gateway object updated", kind=doc["kind"], object=f"{md['namespace']}/{md['name']}", field=changed)
+        # at the version read: one made by someone else meanwhile is not taken over (409, next pass)
+        body = {**doc, "metadata": {**md, **({"resourceVersion": cur_md["resourceVersion"]}
+                                             if cur_md.get("resourceVersion") else {})}}
+        await self.kube.call("PATCH", target, body, content_type=APPLY_PATCH,
+                             query={"fieldManager": FIELD_MANAGER, "force": "true"})
+        self._applied[where] = digest
+        if changed is not None:
+            self.writes += 1
+            log.info("gateway object created" if current is None else "gateway object updated", kind=doc["kind"],
+                     object=f"{md['namespace']}/{md['name']}", field=changed)
 
     async def _sweep(self, keep: set[tuple[str, str, str]]) -> None:
         """Delete the managed objects of Gateways that no longer want them."""

@@ -7,7 +7,8 @@ deletes what the Gateway owned), as an operator would check it with kubectl:
   owned (ownerReferences with the Gateway's uid) as istiod's deployment controller does;
   the Service has the status port and one port per listener, type LoadBalancer; the pod
   runs Envoy after `meshd bootstrap --type router`;
-- a listener added adds a Service port; infrastructure labels reach every object;
+- a listener added adds a Service port; infrastructure labels reach every object, and leave
+  it when taken out of the Gateway;
 - the Gateway's status: Programmed False AddressNotAssigned while the load balancer has no
   address, then (the address written into the Service's status, as a cloud's controller
   would) that address in status.addresses and Programmed True;
@@ -117,6 +118,10 @@ def test_a_gateway_of_class_istio_gets_its_deployment_service_and_account_and_lo
                  30, what=lambda: f"the new listener's port; {logs()}")
         wait_for(lambda: all((get(k, "web-istio") or {}).get("metadata", {}).get("labels", {}).get("team") == "shop"
                              for k in ("ServiceAccount", "Service", "Deployment")), 30, what="the infrastructure label")
+        # ... and what meshd stops setting is removed (server-side apply: the field was meshd's)
+        custom.patch_namespaced_custom_object(*GW, ns, "gateways", "web", {"spec": {"infrastructure": None}})
+        wait_for(lambda: all("team" not in (get(k, "web-istio") or {}).get("metadata", {}).get("labels", {})
+                             for k in ("ServiceAccount", "Service", "Deployment")), 30, what="the label removed")
 
         # --- what meshd did not make stays as it is -------------------------------------------------
         wait_for(lambda: get("Deployment", "manual-istio") is not None, 30, what="the second Gateway's Deployment")

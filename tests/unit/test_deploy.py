@@ -160,7 +160,7 @@ def test_rbac_is_least_privilege(docs):
             and g.verb not in ("list", "watch")} == {(f"{p}/status", "patch") for p in (
                 "gatewayclasses", "gateways", "httproutes", "grpcroutes", "tcproutes", "tlsroutes")} | {("gateways", "get")}
     # Deployments: only the gateways meshd deploys (docs/gateway-deployment.md)
-    assert {g.verb for g in grants if g.group == "apps"} == {"get", "list", "create", "patch", "delete"}
+    assert {g.verb for g in grants if g.group == "apps"} == {"get", "list", "patch", "delete"}
     assert {g.resource for g in grants if g.group == "apps"} == {"deployments"}
     # every kind the Kubernetes source lists and watches, the reported-only ones included
     reads = {(g.group, g.resource, g.verb) for g in grants}

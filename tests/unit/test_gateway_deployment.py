@@ -249,6 +249,7 @@ class MemoryApi:
     def __init__(self) -> None:
         self.objects: dict[str, dict] = {}
         self.calls: list[tuple[str, str]] = []
+        self.applies: list[str] = []
         self._n = 0
 
     def put(self, resource_path: str, obj: dict) -> dict:
@@ -272,6 +273,13 @@ class MemoryApi:
         if method == "POST":
             name = body["metadata"]["name"]
             return self.put(f"{resource_path}/{name}", body)
+        if method == "PATCH" and kw.get("content_type") == "application/apply-patch+yaml":
+            self.applies.append(resource_path)
+            current = self.objects.get(resource_path)
+            if current is not None and body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+                raise ApiError(409, "Conflict", resource_path)
+            md = {**body["metadata"], "uid": (current or {}).get("metadata", {}).get("uid") or f"uid-{self._n + 1}"}
+            return self.put(resource_path, {**body, "metadata": md})  # the applied fields, nothing else
         if resource_path not in self.objects:
             raise ApiError(404, "NotFound", resource_path)
         if method == "PATCH":
@@ -310,7 +318,8 @@ def test_the_leader_creates_the_objects_once_and_leaves_them_while_they_say_the_
     api.put(GW_PATH, {"metadata": {"name": "web", "namespace": "shop", "uid": "gw-uid"}})
     deployer = GatewayDeployer(api, deployment.Settings())  # type: ignore[arg-type]
     assert run(deployer.reconcile(config_of(gw)))
-    assert sorted(p for m, p in api.writes()) == sorted(p.rsplit("/", 1)[0] for p in OBJECTS.values())
+    # server-side apply creates them (field manager meshd)
+    assert sorted(api.writes()) == sorted(("PATCH", p) for p in OBJECTS.values())
     for kind, p in OBJECTS.items():
         owner, = api.objects[p]["metadata"]["ownerReferences"]
         assert (owner["kind"], owner["name"], owner["uid"]) == ("Gateway", "web", "gw-uid"), kind
@@ -373,6 +382,10 @@ def test_a_missing_parameters_configmap_stops_the_deployment_and_says_invalid_pa
     assert run(deployer.reconcile(config_of(gw)))
     assert api.objects[OBJECTS["Deployment"]]["spec"]["replicas"] == 3
     assert published[-1] == base  # Accepted again
+    # the overlay taken out again: applied without it, so the field is meshd's no more
+    api.objects["/api/v1/namespaces/shop/configmaps/web-params"]["data"] = {}
+    assert run(deployer.reconcile(config_of(gw)))
+    assert "replicas" not in api.objects[OBJECTS["Deployment"]]["spec"]
 
 
 def test_covers_tolerates_what_the_api_server_adds_but_not_a_changed_list():

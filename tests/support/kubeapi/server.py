@@ -25,7 +25,8 @@ paths, query parameters, list and watch bodies, status codes). What it implement
 
 - writes, as meshd's cluster code sends them: `POST` (create; 409 AlreadyExists),
   `PUT` (update; a stale metadata.resourceVersion is a 409 Conflict, as for Leases),
-  `PATCH` (JSON merge patch; a resourceVersion in the patch is a precondition) and
+  `PATCH` (JSON merge patch; a resourceVersion in the patch is a precondition; an apply
+  patch in JSON creates or merges, without field managers) and
   `DELETE`, on objects and on the `status` subresource of kinds that have one (a write
   to the object keeps its status, a write to /status changes only the status, and
   metadata.generation moves only when the spec does); Leases, Secrets, ConfigMaps and
@@ -559,6 +560,8 @@ class FakeApiServer(RequestLog):
             raise _Failure(405, "MethodNotAllowed", f"{method} needs an object name")
         if method == "PUT":
             return _send(h, 200, self._update(rtype, version, ns, name, body, status_only))
+        if method == "PATCH" and content_type.startswith("application/apply-patch"):
+            return _send(h, 200, self._server_side_apply(rtype, version, ns, name, body))
         if method == "PATCH":
             if not content_type.startswith(("application/merge-patch+json", "application/strategic-merge-patch+json")):
                 raise _Failure(415, "UnsupportedMediaType", f"the stand-in only speaks merge patches, not {content_type!r}")
@@ -630,6 +633,17 @@ class FakeApiServer(RequestLog):
             new.pop("apiVersion", None)
             _validate(rtype, new)
             return self._render(self._put(rtype, key, new, old), rtype, version)
+
+    def _server_side_apply(self, rtype: ResourceType, version: str, ns: str | None, name: str, body: Any) -> dict:
+        """An apply patch (JSON): creates the object when absent, else merges it in (field
+        managers are not tracked: what an applier stops setting stays)."""
+        if not isinstance(body, dict) or (body.get("metadata") or {}).get("name") != name:
+            raise _Failure(400, "BadRequest", "an apply patch is the object, named as on the URL")
+        with self._cond:
+            exists = (ns or "", name) in self._objects[(rtype.group, rtype.plural)]
+        if not exists:
+            return self._create(rtype, version, ns, body)
+        return self._patch(rtype, version, ns, name, body, False)
 
     def _delete_http(self, rtype: ResourceType, version: str, ns: str | None, name: str) -> dict:
         with self._cond:
