@@ -477,7 +477,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         # and the gateway of each Gateway of meshd's classes (kube/gateway_deployment.py)
         from .kube.gateway_deployment import GatewayDeployer, settings_from_env
 
-        deployer = GatewayDeployer(member.kube, settings_from_env(member.namespace, opts.trust_domain),
+        deployer = GatewayDeployer(member.kube, settings_from_env(member.namespace),
                                    namespaces=opts.namespaces)
         deployer.on_status = writer.gateway_api_status
         builder.observers.append(lambda mesh: writer.gateway_api_status(

@@ -1,7 +1,7 @@
 """The leader deploys a gateway for every Kubernetes Gateway meshd controls, as istiod's
 deployment controller does (docs/gateway-deployment.md):
 
-    deployer = GatewayDeployer(member.kube, settings_from_env(member.namespace, trust_domain))
+    deployer = GatewayDeployer(member.kube, settings_from_env(member.namespace))
     builder.observers.append(deployer.observe)            # every replica: the latest config
     member.add_leader_task("gateway-deployment", deployer.run)
 
@@ -44,7 +44,7 @@ from ..config.parse import content_hash
 from ..config.snapshot import ConfigSnapshot
 from ..model.gateway_api import deployment as model
 from ..model.gateway_api.conversion import our_classes
-from ..names import GATEWAY_API_GROUP, PORT_XDS_SECURE, TRUST_DOMAIN
+from ..names import GATEWAY_API_GROUP, PORT_XDS_SECURE
 from ..version import meshd_version
 from .api import ApiError, KubeApi, path
 
@@ -60,14 +60,13 @@ ENVOY_IMAGE_ENV, INIT_IMAGE_ENV, PULL_POLICY_ENV = ("MESHD_GATEWAY_ENVOY_IMAGE",
                                                     "MESHD_GATEWAY_IMAGE_PULL_POLICY")
 
 
-def settings_from_env(namespace: str, trust_domain: str = TRUST_DOMAIN,
-                      environ: Mapping[str, str] = os.environ) -> model.Settings:
+def settings_from_env(namespace: str, environ: Mapping[str, str] = os.environ) -> model.Settings:
     """The images from the environment of meshd's container (the Deployment in
     deploy/kubernetes sets them), meshd's own Service for xDS."""
     default = model.Settings()
     return model.Settings(envoy_image=environ.get(ENVOY_IMAGE_ENV) or default.envoy_image,
                           init_image=environ.get(INIT_IMAGE_ENV) or f"meshd:{meshd_version()}",
-                          xds_address=f"istiod.{namespace}.svc:{PORT_XDS_SECURE}", trust_domain=trust_domain,
+                          xds_address=f"istiod.{namespace}.svc:{PORT_XDS_SECURE}",
                           image_pull_policy=environ.get(PULL_POLICY_ENV, ""))
 
 

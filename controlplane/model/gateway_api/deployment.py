@@ -44,7 +44,6 @@ from ...names import (
     PORT_HEALTH,
     PORT_STATS,
     PORT_XDS_SECURE,
-    TRUST_DOMAIN,
     fqdn,
 )
 from ..workloads import is_ip
@@ -78,7 +77,6 @@ class Settings:
     envoy_image: str = "envoyproxy/envoy:v1.40-latest"  # the Envoy meshd is tested with
     init_image: str = "meshd:latest"  # holds `meshd bootstrap`
     xds_address: str = f"istiod.istio-system.svc:{PORT_XDS_SECURE}"  # meshd's Service, named as istiod's
-    trust_domain: str = TRUST_DOMAIN
     image_pull_policy: str = ""  # "": the cluster's default
 
 
