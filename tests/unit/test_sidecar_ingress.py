@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from controlplane import names
 from controlplane.config.objects import ConfigObject, Origin, Rejection
 from controlplane.config.parse import parse_document
-from controlplane.generators import builders
+from controlplane.generators import Generator, builders
 from controlplane.generators.dependencies import sidecar_ingress
 from controlplane.model.proxy import parse_node
 from controlplane.model.sidecar_problems import SidecarReport, problems
@@ -393,3 +393,54 @@ def test_a_disable_for_other_workloads_or_ports_does_not_count():
     assert [p.field for p in other_port] == ["spec.ingress[0].tls"]
     other_workloads = _disable(9443).replace("{app: app}", "{app: other}")
     assert [p.field for p in problems(_mesh(_sidecar(TLS_ONLY) + other_workloads))] == ["spec.ingress[0].tls"]
+
+
+# --- the push engine follows Sidecar ingress changes -------------------------------------
+
+def test_the_cached_generator_follows_every_ingress_change():
+    """Each step changes one ingress field (or the PeerAuthentication deciding the tls); the
+    cached generator gives what the plain builders do, so no step is served stale."""
+    pod = textwrap.dedent(f"""
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: app-1, namespace: shop, labels: {{app: app}}}}
+        spec: {{containers: [{{name: app}}]}}
+        status: {{podIP: {POD_IP}}}
+        """)
+    bound = f"""
+        - port: {{number: 9443, protocol: HTTPS, name: https}}
+          captureMode: NONE
+          tls: {{mode: SIMPLE, {CERTS}}}
+        """
+    steps = [  # (the mesh, the type that changed since the step before)
+        (_sidecar(TLS_ONLY), None),
+        (_sidecar(TLS_ONLY) + _disable(9443), names.LISTENER),  # the tls is now terminated
+        (_sidecar(bound) + _disable(9443), names.LISTENER),  # on a listener of its own
+        (_sidecar("""
+            - port: {number: 9443, protocol: HTTPS, name: https}
+              connectionPool: {tcp: {maxConnections: 3}}
+            """), names.CLUSTER),
+        (_sidecar("""
+            - port: {number: 9443, protocol: HTTPS, name: https}
+              connectionPool: {tcp: {maxConnections: 4}}
+            """), names.CLUSTER),
+        (SERVICE + pod, names.CLUSTER),  # no Sidecar: the service's ports
+        (SERVICE + pod + "---\n" + textwrap.dedent("""
+            apiVersion: networking.istio.io/v1
+            kind: Sidecar
+            metadata: {name: app, namespace: shop}
+            spec:
+            """) + POOL, names.CLUSTER),  # inboundConnectionPool on them
+    ]
+    gen, proxy = Generator(), parse_node(*NODE)
+    last: dict[str, dict] = {}
+    for text, changed in steps:
+        mesh = _mesh(text)
+        for type_url in (names.LISTENER, names.CLUSTER):
+            got = gen.generate(mesh, proxy, type_url)
+            plain = {n: m.SerializeToString(deterministic=True) for n, m in builders()[type_url](mesh, proxy)}
+            assert {n: got[n].any.value for n in got} == plain, (text, type_url)
+            if type_url == changed:
+                assert plain != last[type_url], (text, type_url)
+            last[type_url] = plain
