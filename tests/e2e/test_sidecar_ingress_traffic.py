@@ -3,7 +3,7 @@
 An `app` pod in namespace `shop` with a sidecar (istio-init's rules, 9080 excluded from
 inbound interception as `traffic.sidecar.istio.io/excludeInboundPorts` would) runs the echo
 application on 127.0.0.1-reachable ports 8080 (HTTP) and 7000 (TCP); a `client` pod outside
-the mesh calls it. The namespace's Sidecar has three ingress listeners:
+the mesh calls it. The namespace's Sidecar has these ingress listeners:
 - 9443 HTTPS with `tls: SIMPLE` (certificate files in the pod) and a PeerAuthentication
   turning mTLS off on that port, as Istio's "Ingress Sidecar TLS Termination" task does:
   the client gets HTTPS with the certificate of its own CA (and nothing in plaintext);
@@ -12,7 +12,8 @@ the mesh calls it. The namespace's Sidecar has three ingress listeners:
 - 9080 HTTP with `captureMode: NONE` and `bind: <pod IP>`: a listener of the sidecar bound
   to that address (nothing else listens on 9080), reached without iptables;
 - 9000 TCP with `connectionPool.tcp.maxConnections: 1`: while one connection is open a
-  second one overflows (Envoy's upstream_cx_overflow counts it) and is closed;
+  second one overflows (Envoy's upstream_cx_overflow counts it) and is closed; raised to 2
+  in the Sidecar file, the running proxy gets the new limit;
 - 9001 HTTP with `defaultEndpoint: unix://<path>`: the application listens on a Unix
   domain socket only;
 - 9002 HTTP with `defaultEndpoint: 0.0.0.0:8080`: the application is reached on the pod IP,
@@ -113,8 +114,20 @@ def _bootstrap(work: Path, pod, cp) -> Path:
 
 
 class Bed:
-    def __init__(self, app, client, envoy, ca: Path):
-        self.app, self.client, self.envoy, self.ca = app, client, envoy, ca
+    def __init__(self, app, client, envoy, ca: Path, sidecar: Path):
+        self.app, self.client, self.envoy, self.ca, self.sidecar = app, client, envoy, ca, sidecar
+
+    def edit_sidecar(self, old: str, new: str) -> None:
+        text = self.sidecar.read_text()
+        assert old in text
+        tmp = self.sidecar.with_suffix(".tmp")
+        tmp.write_text(text.replace(old, new))
+        tmp.replace(self.sidecar)
+
+    def max_connections(self, cluster: str) -> int:
+        dump = self.envoy.config_dump("dynamic_active_clusters")["configs"]
+        [c] = [c["cluster"] for c in dump if c["cluster"]["name"] == cluster]
+        return c["circuit_breakers"]["thresholds"][0]["max_connections"]
 
     def https(self, *args: str, port: int = HTTPS) -> subprocess.CompletedProcess:
         return self.client.curl(f"https://{HOST}:{port}/", "--resolve", f"{HOST}:{port}:{self.app.ip}",
@@ -172,7 +185,7 @@ def bed(tmp_path_factory):
             app.forward_to_host(cp.secure_port, pod_port=15012)
             envoy = app.start_envoy(_bootstrap(work, app, cp), admin_port=15000)
             wait_for(envoy.ready, 30, what="app envoy ready")
-            b = Bed(app, client, envoy, ca_file)
+            b = Bed(app, client, envoy, ca_file, config_dir / "sidecar.yaml")
             yield b
             bad = {k: v for k, v in envoy.stats("update_rejected").items() if v}
             assert bad == {}, bad
@@ -210,9 +223,7 @@ def test_capture_none_with_a_bind_serves_on_that_address(bed):
 
 def test_connection_pool_limits_the_inbound_cluster(bed):
     cluster = f"inbound|{TCP}||"
-    dump = bed.envoy.config_dump("dynamic_active_clusters")["configs"]
-    [c] = [c["cluster"] for c in dump if c["cluster"]["name"] == cluster]
-    assert c["circuit_breakers"]["thresholds"][0]["max_connections"] == 1
+    assert bed.max_connections(cluster) == 1
     first = bed.client.connect(bed.app.ip, TCP)
     try:
         assert bed.echo(first) == b"app ping\n"
@@ -224,8 +235,22 @@ def test_connection_pool_limits_the_inbound_cluster(bed):
             second.close()
         assert bed.envoy.stat(f"cluster.{cluster}.upstream_cx_overflow") == before + 1
         assert bed.echo(first) == b"app ping\n"  # the first one is untouched
+        # the limit raised in the Sidecar reaches the running proxy: a second connection now passes
+        bed.edit_sidecar("maxConnections: 1", "maxConnections: 2")
+        wait_for(lambda: bed.max_connections(cluster) == 2, 20, interval=0.3, what="the new limit pushed")
+        # the updated cluster counts its own connections (the first one stays with the old one): two
+        # pass, a third overflows
+        more = [bed.client.connect(bed.app.ip, TCP) for _ in range(3)]
+        try:
+            assert sorted(bed.echo(s) for s in more) == [b"", b"app ping\n", b"app ping\n"]
+        finally:
+            for s in more:
+                s.close()
     finally:
         first.close()
+        if "maxConnections: 2" in bed.sidecar.read_text():
+            bed.edit_sidecar("maxConnections: 2", "maxConnections: 1")
+    wait_for(lambda: bed.max_connections(cluster) == 1, 20, interval=0.3, what="the limit back to 1")
 
     def fresh() -> bool:
         s = bed.client.connect(bed.app.ip, TCP)
@@ -233,7 +258,7 @@ def test_connection_pool_limits_the_inbound_cluster(bed):
             return bed.echo(s) == b"app ping\n"
         finally:
             s.close()
-    wait_for(fresh, 10, interval=0.3, what="a new connection once the first one is closed")
+    wait_for(fresh, 10, interval=0.3, what="a new connection once the others are closed")
 
 
 def test_a_unix_socket_default_endpoint(bed):
