@@ -30,7 +30,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -47,7 +47,9 @@ from ...names import (
     fqdn,
 )
 from ..workloads import is_ip
-from . import conversion
+
+if TYPE_CHECKING:  # conversion.py calls `reported`: its types only
+    from .conversion import Condition, GatewayReport
 
 MANAGED_LABEL = "gateway.istio.io/managed"
 MANAGED_VALUE = "istio.io-gateway-controller"
@@ -326,36 +328,41 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def reported(config: ConfigSnapshot, reports: list[conversion.GatewayReport], domain: str = DOMAIN_SUFFIX
-             ) -> list[conversion.GatewayReport]:
-    """The Gateway reports with what deployment adds: Accepted False InvalidParameters for a
-    parametersRef that cannot name parameters, and, for a Gateway without addresses whose
-    Service (`<gateway>-<class>`) exists, that Service's addresses and a Programmed condition
-    that waits for its load balancer (AddressNotAssigned while the address is pending)."""
+def _set(conditions: tuple[Condition, ...], kind: str, status: bool, reason: str, message: str
+         ) -> tuple[Condition, ...]:
+    return tuple(dataclasses.replace(c, status=status, reason=reason, message=message) if c.type == kind else c
+                 for c in conditions)
+
+
+def reported(config: ConfigSnapshot, reports: list[GatewayReport], domain: str = DOMAIN_SUFFIX) -> list[GatewayReport]:
+    """The Gateway reports (conversion.py's, which always say Accepted and Programmed) with
+    what deployment adds: Accepted False InvalidParameters for a parametersRef that cannot
+    name parameters, and, for a Gateway without addresses whose Service (`<gateway>-<class>`)
+    exists, that Service's addresses and a Programmed condition that waits for its load
+    balancer (AddressNotAssigned while the address is pending)."""
     out = []
     for report in reports:
         gw = config.get(report.key.kind, report.key.namespace, report.key.name)
         if gw is None:
             out.append(report)
             continue
-        conditions = list(report.conditions)
+        conditions = report.conditions
         problem = parameters_problem(gw)
         if problem:
-            conditions = [conversion.Condition("Accepted", False, "InvalidParameters", problem) if c.type == "Accepted"
-                          else c for c in conditions]
+            conditions = _set(conditions, "Accepted", False, "InvalidParameters", problem)
         svc = config.get(kinds.SERVICE.kind, gw.namespace, deployment_name(gw)) if not gw.typed.addresses else None
         if svc is None:
-            out.append(dataclasses.replace(report, conditions=tuple(conditions)))
+            out.append(dataclasses.replace(report, conditions=conditions))
             continue
         host = fqdn(svc.name, svc.namespace, domain)
         addresses, pending = _service_addresses(svc, host)
-        programmed = (conversion.Condition("Programmed", False, "AddressNotAssigned",
-                                           f"Assigned to service(s) {host}, but failed to assign to all requested "
-                                           f"addresses: {pending}") if pending else
-                      conversion.Condition("Programmed", True, "Programmed",
-                                           f"Resource programmed, assigned to service(s) {host}"))
-        conditions = [programmed if c.type == "Programmed" else c for c in conditions]
-        out.append(dataclasses.replace(report, conditions=tuple(conditions), addresses=tuple(addresses)))
+        if pending:
+            conditions = _set(conditions, "Programmed", False, "AddressNotAssigned",
+                              f"Assigned to service(s) {host}, but failed to assign to all requested addresses: {pending}")
+        else:
+            conditions = _set(conditions, "Programmed", True, "Programmed",
+                              f"Resource programmed, assigned to service(s) {host}")
+        out.append(dataclasses.replace(report, conditions=conditions, addresses=tuple(addresses)))
     return out
 
 
