@@ -18,12 +18,15 @@ docs/gateway-api-conformance.md lists every standard conformance test and where 
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
+import os
 import re
 import socket
 import ssl
+import subprocess
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -34,7 +37,20 @@ import pytest
 import yaml
 
 from controlplane.names import GATEWAY_NAME_LABEL
-from tests.support.echo_basic import GRPC_SERVICE, TCP_WELCOME, EchoPod, echo_pod, grpc_echo_pod, tcp_echo_pod
+from tests.support.echo_basic import (
+    GRPC_SERVICE,
+    TCP_WELCOME,
+    WS_BINARY,
+    WS_CLOSE,
+    WS_TEXT,
+    EchoPod,
+    echo_pod,
+    grpc_echo_pod,
+    read_ws_frame,
+    tcp_echo_pod,
+    websocket_accept,
+    ws_frame,
+)
 from tests.support.envoy import envoy
 from tests.support.harness import free_port, http_get, meshd, wait_for, write
 from tests.support.paths import shared
@@ -154,7 +170,7 @@ class Case:
     file: str
     gateway: str = "same-namespace"
     std: tuple[str, ...] = ()  # routes Accepted + ResolvedRefs on `gateway` before requests
-    requests: tuple[R | T | G, ...] = ()
+    requests: tuple[R | T | G | W | C, ...] = ()
     route_status: tuple[tuple[str, str, str, str], ...] = ()  # (route ns/name, condition, status, reason)
     listener_routes: tuple[tuple[str, str, int], ...] = ()  # (gateway, listener, attachedRoutes)
     # (kind:ns/name or ns/name of an HTTPRoute, condition, status, reason); Gateways in infra:
@@ -178,6 +194,26 @@ class G:
     to: str | None = "grpc-v1"
     authority: str | None = None
     metadata: tuple[tuple[str, str], ...] = ()
+    gateway: str | None = None
+
+
+@dataclass(frozen=True)
+class W:
+    """A websocket dialled at `path` through the gateway's first listener: a text and a
+    binary message must come back unchanged."""
+    path: str = "/ws"
+    gateway: str | None = None
+
+
+@dataclass(frozen=True)
+class C:
+    """An HTTP/2 request over TLS (curl) with SNI `sni` and :authority `host` to the
+    gateway's first listener: `to` answers, else the status is `status`."""
+    path: str
+    sni: str
+    host: str
+    to: str | None = "v1"
+    status: int = 200
     gateway: str | None = None
 
 
@@ -438,6 +474,26 @@ CASES: tuple[Case, ...] = (
     Case("HTTPRouteRequestMirror", "httproute-request-mirror.yaml", requests=(
         R("/mirror"), R("/mirror-and-modify-headers", headers=(*HEADER_EDITS_SENT,), up_headers=HEADER_EDITS_UP,
                         up_absent=("X-Header-Remove",)))),
+    Case("HTTPRouteBackendProtocolWebSocket", "httproute-backend-protocol-websocket.yaml",
+         conditions=((f"{INFRA}/backend-protocol-ws", "Accepted", "True", "Accepted"),), requests=(W(),)),
+    Case("HTTPRouteHTTPSListenerDetectMisdirectedRequests", "httproute-https-listener-detect-misdirected-requests.yaml",
+         gateway="same-namespace-with-https-listener",
+         std=tuple(f"https-listener-detect-misdirected-requests-test-{i}" for i in (1, 2, 3, 4)),
+         xfail="a request whose :authority another listener of the port serves is answered by the listener its SNI "
+               "chose (404 or its route), not 421 Misdirected Request",
+         requests=tuple(C("/detect-misdirected-requests", sni, host, to if isinstance(to, str) else None,
+                          200 if isinstance(to, str) else to) for sni, host, to in (
+             ("example.org", "example.org", "v1"), ("example.org", "second-example.org", 421),
+             ("example.org", "unknown-example.org", 404), ("second-example.org", "second-example.org", "v2"),
+             ("second-example.org", "example.org", 421), ("second-example.org", "unknown-example.org", 421),
+             ("third-example.wildcard.org", "third-example.wildcard.org", "v3"),
+             ("third-example.wildcard.org", "fith-example.wildcard.org", "v3"),
+             ("third-example.wildcard.org", "fourth-example.wildcard.org", 421),
+             ("third-example.wildcard.org", "second-example.org", 421),
+             ("third-example.wildcard.org", "unknown-example.org", 421),
+             ("fourth-example.wildcard.org", "fourth-example.wildcard.org", "v1"),
+             ("fourth-example.wildcard.org", "fith-example.wildcard.org", 421),
+             ("unknown-example.org", "example.org", "v1"), ("unknown-example.org", "unknown-example.org", 404)))),
     Case("HTTPRouteServiceTypes", "httproute-service-types.yaml", std=("service-types",), edit=fill_endpoint_slices,
          requests=(R("/manual-endpointslices"), R("/headless"), R("/headless-manual-endpointslices"))),
     Case("HTTPRouteRequestMultipleMirrors", "httproute-request-multiple-mirrors.yaml",
@@ -801,6 +857,7 @@ def bed(tmp_path_factory) -> Iterator[Bed]:
     with contextlib.ExitStack() as stack:
         b = Bed(tmp, cfg, None, stack, {}, certs)
         b.tls = ssl.create_default_context(cadata=ca.cert.decode())
+        (tmp / "suite-ca.pem").write_bytes(ca.cert)
         for run in runs:
             b.run(run)
         services = [b._gateway_service(d["metadata"]["name"], d) for d in docs if d["kind"] == "Gateway"]
@@ -902,7 +959,59 @@ def grpc_problems(bed: Bed, case: Case, g: G) -> list[str]:
     return []
 
 
-def problems(bed: Bed, case: Case, r: R | T | G) -> list[str]:
+def ws_problems(bed: Bed, case: Case, w: W) -> list[str]:
+    gw = w.gateway or case.gateway
+    port = min(p for (g, p) in bed.ports if g == gw)
+    key = base64.b64encode(os.urandom(16)).decode()
+    try:
+        with socket.create_connection(("127.0.0.1", bed.ports[(gw, port)]), timeout=5) as sock, \
+                sock.makefile("rb") as reader:
+            sock.sendall(f"GET {w.path} HTTP/1.1\r\nHost: gateway.example\r\nUpgrade: websocket\r\n"
+                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                         f"Origin: ws://gateway/{case.test}\r\n\r\n".encode())
+            head = [reader.readline()]
+            while head[-1] not in (b"\r\n", b""):
+                head.append(reader.readline())
+            fields = dict(line.decode().rstrip("\r\n").split(": ", 1) for line in head[1:-1] if b": " in line)
+            accept = {k.lower(): v for k, v in fields.items()}.get("sec-websocket-accept")
+            if not head[0].startswith(b"HTTP/1.1 101") or accept != websocket_accept(key):
+                return [f"websocket {w.path}: {head[0]!r}, Sec-WebSocket-Accept {accept!r}"]
+            got = []
+            for opcode, payload in ((WS_TEXT, b"Websocket Support!"), (WS_BINARY, bytes(range(1, 8)))):
+                sock.sendall(ws_frame(opcode, payload, mask=os.urandom(4)))
+                got.append(read_ws_frame(reader))
+            sock.sendall(ws_frame(WS_CLOSE, b"", mask=os.urandom(4)))
+    except OSError as e:
+        return [f"websocket {w.path}: {e!r}"]
+    want = [(WS_TEXT, b"Websocket Support!"), (WS_BINARY, bytes(range(1, 8)))]
+    return [] if got == want else [f"websocket {w.path}: echoed {got}, want {want}"]
+
+
+def h2_problems(bed: Bed, case: Case, c: C) -> list[str]:
+    gw = c.gateway or case.gateway
+    port = bed.ports[(gw, min(p for (g, p) in bed.ports if g == gw))]
+    run = subprocess.run(["curl", "-s", "--http2", "--max-time", "5", "--cacert", str(bed.tmp / "suite-ca.pem"),
+                          "--connect-to", f"{c.sni}:443:127.0.0.1:{port}", "-H", f"Host: {c.host}",
+                          "-o", "-", "-w", "\n%{http_version} %{http_code}", f"https://{c.sni}{c.path}"],
+                         capture_output=True, text=True, timeout=10)
+    where = f"HTTP/2 SNI {c.sni} Host {c.host}"
+    body, _, last = run.stdout.rpartition("\n")
+    version, _, code = last.partition(" ")
+    if version != "2" or code != str(c.status):
+        return [f"{where}: HTTP/{version} {code} (curl {run.returncode}), want HTTP/2 {c.status}"]
+    if c.to is not None:
+        ns, prefix = backend(c.to)
+        seen = json.loads(body)
+        if seen["namespace"] != ns or not seen["pod"].startswith(prefix):
+            return [f"{where}: reached {seen['namespace']}/{seen['pod']}, want {ns}/{prefix}*"]
+    return []
+
+
+def problems(bed: Bed, case: Case, r: R | T | G | W | C) -> list[str]:
+    if isinstance(r, C):
+        return h2_problems(bed, case, r)
+    if isinstance(r, W):
+        return ws_problems(bed, case, r)
     if isinstance(r, T):
         return tcp_problems(bed, case, r)
     if isinstance(r, G):

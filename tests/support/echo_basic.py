@@ -8,7 +8,9 @@ test can tell that a mirrored copy arrived.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import http.server
 import json
 import socketserver
@@ -19,6 +21,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import Any
 
 from tests.support.harness import serving
 
@@ -47,6 +50,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     pod: EchoPod
 
     def _answer(self) -> None:
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            self._websocket()
+            return
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
@@ -73,10 +79,74 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _websocket(self) -> None:
+        """echo-basic's websocket echo: every message comes back as it was sent (RFC 6455)."""
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", websocket_accept(key))
+        self.end_headers()
+        self.wfile.flush()
+        with self.pod.lock:
+            self.pod.seen.append({"path": self.path, "websocket": True})
+        while True:
+            frame = read_ws_frame(self.rfile)
+            if frame is None:
+                break
+            opcode, payload = frame
+            self.wfile.write(ws_frame(opcode, payload))
+            self.wfile.flush()
+            if opcode == WS_CLOSE:
+                break
+        self.close_connection = True
+
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _answer
 
     def log_message(self, fmt: str, *args) -> None:
         pass
+
+
+# --- websocket frames (RFC 6455), for the echo above and the tests' client ----------------
+
+WS_TEXT, WS_BINARY, WS_CLOSE = 0x1, 0x2, 0x8
+
+
+def websocket_accept(key: str) -> str:
+    return base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+
+
+def ws_frame(opcode: int, payload: bytes, mask: bytes = b"") -> bytes:
+    """One final frame; a client's is masked (`mask`: 4 bytes), a server's is not."""
+    head = bytes([0x80 | opcode])
+    flag = 0x80 if mask else 0
+    n = len(payload)
+    if n < 126:
+        head += bytes([flag | n])
+    elif n < 1 << 16:
+        head += bytes([flag | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([flag | 127]) + n.to_bytes(8, "big")
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + payload
+
+
+def read_ws_frame(reader: Any) -> tuple[int, bytes] | None:
+    """(opcode, unmasked payload) of the next frame; None at the end of the stream."""
+    head = reader.read(2)
+    if len(head) < 2:
+        return None
+    opcode, masked, n = head[0] & 0x0F, head[1] & 0x80, head[1] & 0x7F
+    if n == 126:
+        n = int.from_bytes(reader.read(2), "big")
+    elif n == 127:
+        n = int.from_bytes(reader.read(8), "big")
+    mask = reader.read(4) if masked else b""
+    payload = reader.read(n)
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return opcode, payload
 
 
 class _TlsHTTPServer(http.server.ThreadingHTTPServer):
