@@ -40,7 +40,7 @@ from .analyzers.serviceentry import (
     ProtocolAddressesAnalyzer,
     WorkloadSelectorAnalyzer,
 )
-from .analyzers.sidecar import EgressHostAnalyzer
+from .analyzers.sidecar import EgressHostAnalyzer, IngressTLSAnalyzer
 from .analyzers.sidecar import SelectorAnalyzer as SidecarSelectorAnalyzer
 from .analyzers.telemetry import DefaultSelectorAnalyzer as TelemetryDefaultSelectorAnalyzer
 from .analyzers.telemetry import NotServedAnalyzer as TelemetryNotServedAnalyzer
@@ -78,6 +78,7 @@ ANALYZERS = (
     WorkloadSelectorAnalyzer(),
     HostConflictAnalyzer(),
     EgressHostAnalyzer(),
+    IngressTLSAnalyzer(),
     SubsetSelectPodAnalyzer(),
     FieldAnalyzer(),
     EnvoyPatchAnalyzer(),

@@ -118,6 +118,8 @@ SIDECAR_EGRESS_HOST_NOT_FOUND = _t("SidecarEgressHostNotFound", "MSH0006", "Warn
                                    "namespace %q")
 # meshd's own Telemetry check (analyzers/telemetry.py): a setting meshd accepts but does not serve.
 TELEMETRY_NOT_SERVED = _t("TelemetryNotServed", "MSH0007", "Warning", "%s")
+# meshd's own Sidecar check (analyzers/sidecar.py): an ingress `tls` that does nothing.
+SIDECAR_INGRESS_TLS_NOT_USED = _t("SidecarIngressTLSNotUsed", "MSH0008", "Warning", "%s")
 
 # meshd's own (docs/unsupported.md): an object of a kind meshd does not serve has no
 # effect; an error when it is a security kind (its access control is not enforced).

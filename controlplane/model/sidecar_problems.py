@@ -14,12 +14,13 @@ PeerAuthentications or the root namespace change.
 """
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from ..config.objects import ConfigObject
+from ..config.types.peerauthentication import PeerAuthentication
+from ..config.types.sidecar import Sidecar
 from ..problem_report import ProblemReport, ReportSpec
 from .mesh import MeshSnapshot
 from .peer_authentication import DISABLE
@@ -46,34 +47,39 @@ def _compatible(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
     return all(b.get(k, v) == v for k, v in a.items())
 
 
-def _may_disable(pa: ConfigObject, sidecar: ConfigObject, port: int, root: str) -> bool:
-    """`pa` sets DISABLE for `port` and may select a workload of `sidecar`."""
-    spec = pa.typed
-    if spec.mode != DISABLE and spec.port_level_mtls.get(port) != DISABLE:
+def _may_disable(pa_namespace: str, pa: PeerAuthentication, namespace: str, sidecar: Sidecar, port: int,
+                 root: str) -> bool:
+    """The PeerAuthentication sets DISABLE for `port` and may select a workload of `sidecar`."""
+    if pa.mode != DISABLE and pa.port_level_mtls.get(port) != DISABLE:
         return False
-    selector = sidecar.typed.workload_selector
-    mesh_default = sidecar.namespace == root and selector is None
-    if not mesh_default and pa.namespace not in (sidecar.namespace, root):
+    mesh_default = namespace == root and sidecar.workload_selector is None
+    if not mesh_default and pa_namespace not in (namespace, root):
         return False
-    return _compatible(spec.selector, selector or {})
+    return _compatible(pa.selector, sidecar.workload_selector or {})
+
+
+def ingress_tls_problems(sidecars: Iterable[tuple[str, str, Sidecar]],
+                         policies: Iterable[tuple[str, PeerAuthentication]], root: str) -> tuple[SidecarProblem, ...]:
+    """Of Sidecars (namespace, name, spec) and PeerAuthentications (namespace, spec); also
+    what `meshd analyze` reports (MSH0008, analysis/analyzers/sidecar.py)."""
+    pas = list(policies)
+    out: list[SidecarProblem] = []
+    for namespace, name, sc in sidecars:
+        for i, listener in enumerate(sc.ingress):
+            port = listener.port.number
+            if listener.tls is None or any(_may_disable(ns, pa, namespace, sc, port, root) for ns, pa in pas):
+                continue
+            out.append(SidecarProblem(
+                namespace, name, f"spec.ingress[{i}].tls", TLS_WITH_MTLS,
+                f"not used: no PeerAuthentication turns mTLS off (DISABLE) on port {port} for the workloads of "
+                "this Sidecar, and a Sidecar's TLS is terminated only there (as in istiod); set portLevelMtls "
+                f"{port}: DISABLE in a PeerAuthentication selecting them"))
+    return tuple(sorted(out, key=lambda p: (p.namespace, p.name, p.field)))
 
 
 def problems(mesh: MeshSnapshot) -> tuple[SidecarProblem, ...]:
-    out: list[SidecarProblem] = []
-    for sc in mesh.config.of_kind(SIDECAR_KIND):
-        for i, listener in enumerate(sc.typed.ingress):
-            if listener.tls is None:
-                continue
-            port = listener.port.number
-            if any(_may_disable(pa, sc, port, mesh.root_namespace) for pa in mesh.peer_authentications):
-                continue
-            mode = mesh.mtls_policy(sc.namespace, sc.typed.workload_selector or {}).for_port(port)
-            out.append(SidecarProblem(
-                sc.namespace, sc.name, f"spec.ingress[{i}].tls", TLS_WITH_MTLS,
-                f"not used: the PeerAuthentication mode of port {port} is {mode} for the workloads of this Sidecar, "
-                "and a Sidecar's TLS is terminated only where it is DISABLE (as in istiod); set portLevelMtls "
-                f"{port}: DISABLE in a PeerAuthentication selecting them"))
-    return tuple(sorted(out, key=lambda p: (p.namespace, p.name, p.field)))
+    return ingress_tls_problems(((o.namespace, o.name, o.typed) for o in mesh.config.of_kind(SIDECAR_KIND)),
+                                ((o.namespace, o.typed) for o in mesh.peer_authentications), mesh.root_namespace)
 
 
 def _input(mesh: MeshSnapshot) -> Hashable:

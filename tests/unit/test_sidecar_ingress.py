@@ -18,6 +18,8 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from prometheus_client import CollectorRegistry
 
 from controlplane import names
+from controlplane.analysis import BY_NAME, analyze
+from controlplane.analysis.resources import parse_text
 from controlplane.config.objects import ConfigObject, Origin, Rejection
 from controlplane.config.parse import parse_document
 from controlplane.generators import Generator, builders
@@ -380,7 +382,7 @@ def test_a_tls_under_istio_mtls_is_reported_not_silently_ignored():
     [row] = report.status()
     assert (row["namespace"], row["name"], row["field"], row["reason"]) == (
         "shop", "app", "spec.ingress[0].tls", "IngressTLSUnderMutualTLS")
-    assert "mode of port 9443 is PERMISSIVE" in row["message"]
+    assert "no PeerAuthentication turns mTLS off (DISABLE) on port 9443" in row["message"]
     assert registry.get_sample_value("meshd_sidecar_problems", {"reason": "IngressTLSUnderMutualTLS"}) == 1
     # a PeerAuthentication turning mTLS off on that port makes the tls do its work: nothing to report
     report.update(_mesh(_sidecar(TLS_ONLY) + _disable(9443)))
@@ -444,3 +446,13 @@ def test_the_cached_generator_follows_every_ingress_change():
             if type_url == changed:
                 assert plain != last[type_url], (text, type_url)
             last[type_url] = plain
+
+
+def test_meshd_analyze_reports_it_before_it_is_applied():
+    def found(text: str) -> list[str]:
+        return [f"{m.type.code} {m.line}" for m in analyze(parse_text(text, "mesh.yaml"),
+                                                           [BY_NAME["sidecar.IngressTLSAnalyzer"]])]
+    text = _sidecar(TLS_ONLY)
+    tls_line = next(i for i, line in enumerate(text.splitlines(), 1) if "tls:" in line)
+    assert found(text) == [f"MSH0008 {tls_line}"]
+    assert found(_sidecar(TLS_ONLY) + _disable(9443)) == []

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...config.types.peerauthentication import peer_authentication
+from ...config.types.sidecar import sidecar
+from ...model.sidecar_problems import ingress_tls_problems
 from .. import messages as msg
-from ..context import NAMESPACE, SIDECAR, Context
+from ..context import NAMESPACE, PEER_AUTHENTICATION, SIDECAR, Context
 from ..resources import Resource
 from ..util import EXPORT_ALL, EXPORT_LOCAL, host_matches, selector_matches, selector_string
 from .registry import EXPORT_NONE, host_definitions
@@ -133,4 +136,25 @@ class EgressHostAnalyzer:
                                        line=r.line_of("spec", "egress", i, "hosts", j)))
 
 
-__all__ = ["EgressHostAnalyzer", "SelectorAnalyzer", "selector_labels"]
+class IngressTLSAnalyzer:
+    """meshd's own: an ingress listener's `tls` on a port no PeerAuthentication that can
+    select the Sidecar's workloads turns mTLS off on: istiod terminates it only where the
+    port's mode is DISABLE, so it does nothing (the rows of /debug/configz
+    `sidecarProblems`, model/sidecar_problems.py)."""
+
+    name = "sidecar.IngressTLSAnalyzer"
+    description = "Checks that each Sidecar ingress tls is on a port whose mTLS is DISABLE"
+
+    def analyze(self, ctx: Context) -> None:
+        resources = {(r.namespace, r.name): r for r in ctx.for_each(SIDECAR) if isinstance(r.spec, dict)}
+        policies = [(r.namespace, peer_authentication(r.spec)) for r in ctx.for_each(PEER_AUTHENTICATION)
+                    if isinstance(r.spec, dict)]
+        found = ingress_tls_problems(((ns, name, sidecar(r.spec)) for (ns, name), r in resources.items()),
+                                     policies, ctx.mesh_config.root_namespace)
+        for p in found:
+            r = resources[(p.namespace, p.name)]
+            i = int(p.field.split("[", 1)[1].split("]", 1)[0])
+            ctx.report(msg.new(msg.SIDECAR_INGRESS_TLS_NOT_USED, r, p.message(), line=r.line_of("spec", "ingress", i, "tls")))
+
+
+__all__ = ["EgressHostAnalyzer", "IngressTLSAnalyzer", "SelectorAnalyzer", "selector_labels"]
