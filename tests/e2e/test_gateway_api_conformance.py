@@ -51,7 +51,7 @@ from tests.support.echo_basic import (
     websocket_accept,
     ws_frame,
 )
-from tests.support.envoy import envoy
+from tests.support.envoy import StaticEnvoy, envoy
 from tests.support.harness import free_port, http_get, meshd, wait_for, write
 from tests.support.paths import shared
 from tests.support.pki import Pem, make_ca, make_cert, tls_secret_yaml
@@ -219,8 +219,9 @@ class W:
 
 @dataclass(frozen=True)
 class C:
-    """An HTTP/2 request over TLS (curl) with SNI `sni` and :authority `host` to the
-    gateway's first listener: `to` answers, else the status is `status`."""
+    """An HTTP/2 request (curl) with :authority `host` to the gateway's first listener,
+    over TLS with SNI `sni`, or in clear text (prior knowledge, h2c) when `sni` is "":
+    `to` answers, else the status is `status`."""
     path: str
     sni: str
     host: str
@@ -538,6 +539,9 @@ CASES: tuple[Case, ...] = (
              ("fourth-example.wildcard.org", "fourth-example.wildcard.org", "v1"),
              ("fourth-example.wildcard.org", "fith-example.wildcard.org", 421),
              ("unknown-example.org", "example.org", "v1"), ("unknown-example.org", "unknown-example.org", 404)))),
+    Case("HTTPRouteBackendProtocolH2C", "httproute-backend-protocol-h2c.yaml",
+         conditions=((f"{INFRA}/backend-protocol-h2c", "Accepted", "True", "Accepted"),),
+         requests=(C("/", "", "gateway.example"),)),
     Case("HTTPRouteServiceTypes", "httproute-service-types.yaml", std=("service-types",), edit=fill_endpoint_slices,
          requests=(R("/manual-endpointslices"), R("/headless"), R("/headless-manual-endpointslices"))),
     Case("HTTPRouteRequestMultipleMirrors", "httproute-request-multiple-mirrors.yaml",
@@ -1034,11 +1038,11 @@ def ws_problems(bed: Bed, case: Case, w: W) -> list[str]:
 def h2_problems(bed: Bed, case: Case, c: C) -> list[str]:
     gw = c.gateway or case.gateway
     port = bed.ports[(gw, min(p for (g, p) in bed.ports if g == gw))]
-    run = subprocess.run(["curl", "-s", "--http2", "--max-time", "5", "--cacert", str(bed.tmp / "suite-ca.pem"),
-                          "--connect-to", f"{c.sni}:443:127.0.0.1:{port}", "-H", f"Host: {c.host}",
-                          "-o", "-", "-w", "\n%{http_version} %{http_code}", f"https://{c.sni}{c.path}"],
-                         capture_output=True, text=True, timeout=10)
-    where = f"HTTP/2 SNI {c.sni} Host {c.host}"
+    how = ["--http2", "--cacert", str(bed.tmp / "suite-ca.pem"), "--connect-to", f"{c.sni}:443:127.0.0.1:{port}",
+           f"https://{c.sni}{c.path}"] if c.sni else ["--http2-prior-knowledge", f"http://127.0.0.1:{port}{c.path}"]
+    run = subprocess.run(["curl", "-s", "--max-time", "5", "-H", f"Host: {c.host}", "-o", "-",
+                          "-w", "\n%{http_version} %{http_code}", *how], capture_output=True, text=True, timeout=10)
+    where = f"HTTP/2 SNI {c.sni} Host {c.host}" if c.sni else f"h2c Host {c.host}"
     body, _, last = run.stdout.rpartition("\n")
     version, _, code = last.partition(" ")
     if version != "2" or code != str(c.status):
@@ -1161,6 +1165,8 @@ def tcp_shares(bed: Bed, case: Case, port: int, n: int) -> dict[str, float]:
 
 def holds(bed: Bed, case: Case) -> None:
     """Apply the case; its status holds, then every request's expectation, 3 times in a row."""
+    if case.test == "HTTPRouteBackendProtocolH2C":
+        h2c_backend(bed)
     bed.apply(case)
     wait_for(lambda: not status_problems(bed, case), 20, what=lambda: "; ".join(status_problems(bed, case)))
 
@@ -1193,6 +1199,29 @@ def holds(bed: Bed, case: Case) -> None:
             abs(shares.get("tcp-backend-v2", 0) - 0.3) <= 0.05, shares
     if case.test == "TCPRouteMultipleRoutesAttachment":  # the older route wins: 100 connections, all to it
         assert tcp_shares(bed, case, 9310, 100) == {"tcp-attach-backend-1": 1.0}
+
+
+def h2c_backend(bed: Bed) -> None:
+    """infra-backend-v1's h2c port (3001, the Service's appProtocol kubernetes.io/h2c port):
+    an Envoy that speaks HTTP/2 only and answers as echo-basic would name the pod (an
+    HTTP/1 request, or a gateway that does not speak h2c to it, fails)."""
+    if ("h2c", "infra-backend-v1-0") in bed.pods:
+        return
+    ip = next(run.ip for run in base_documents()[1] if run.pod == "infra-backend-v1-0")
+    seen = json.dumps({"path": "/", "namespace": INFRA, "pod": "infra-backend-v1-0", "proto": "HTTP/2.0"})
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                    "HttpConnectionManager",
+           "stat_prefix": "h2c", "codec_type": "HTTP2",
+           "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+               {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": seen}}}]}]},
+           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
+    backend = StaticEnvoy(admin_port=free_port())
+    backend.listeners.append({"name": "h2c", "address": {"socket_address": {"address": ip, "port_value": 3001}},
+                              "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                              "typed_config": hcm}]}]})
+    bed.stack.enter_context(backend.run(bed.tmp))
+    bed.pods[("h2c", "infra-backend-v1-0")] = EchoPod(INFRA, "infra-backend-v1-0")
 
 
 def weights(bed: Bed, case: Case) -> None:
