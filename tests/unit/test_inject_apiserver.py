@@ -5,6 +5,7 @@ plain containers with holdApplicationUntilProxyStarts and with the pod's own ove
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from controlplane.inject import InjectionConfig, inject_pod
 from controlplane.inject.workloads import inject_object
@@ -83,7 +84,7 @@ def test_the_api_server_accepts_every_injected_workload(kube):
 
 def test_the_api_server_accepts_plain_container_variants(kube):
     namespace = kube.ns("inject-plain")
-    base = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "annotations": {}},
+    base: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "annotations": {}},
             "spec": {"containers": [{"name": "web", "image": "web:1", "ports": [{"containerPort": 8080}]}]}}
     hold = copy.deepcopy(base)
     hold["metadata"]["annotations"] = {"sidecar.istio.io/nativeSidecar": "false",
