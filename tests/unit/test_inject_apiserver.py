@@ -84,8 +84,9 @@ def test_the_api_server_accepts_every_injected_workload(kube):
 
 def test_the_api_server_accepts_plain_container_variants(kube):
     namespace = kube.ns("inject-plain")
-    base: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "annotations": {}},
-            "spec": {"containers": [{"name": "web", "image": "web:1", "ports": [{"containerPort": 8080}]}]}}
+    base: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "annotations": {}},
+        "spec": {"containers": [{"name": "web", "image": "web:1", "ports": [{"containerPort": 8080}]}]}}
     hold = copy.deepcopy(base)
     hold["metadata"]["annotations"] = {"sidecar.istio.io/nativeSidecar": "false",
                                        "proxy.istio.io/config": "holdApplicationUntilProxyStarts: true",
