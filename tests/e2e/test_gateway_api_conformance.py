@@ -195,6 +195,7 @@ class Case:
     edit: Callable[[list[dict]], None] | None = None
     then: tuple[Case, ...] = ()
     listener_names: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (gateway, its listeners in status, exactly)
+    addressed: tuple[str, ...] = ()  # Gateways whose status must hold an address
     xfail: str = ""  # why meshd does not pass it yet (strict: a pass is reported)
 
 
@@ -542,6 +543,8 @@ CASES: tuple[Case, ...] = (
     Case("HTTPRouteBackendProtocolH2C", "httproute-backend-protocol-h2c.yaml",
          conditions=((f"{INFRA}/backend-protocol-h2c", "Accepted", "True", "Accepted"),),
          requests=(C("/", "", "gateway.example"),)),
+    Case("GatewayOptionalAddressValue", "gateway-optional-address-value.yaml", addressed=("gateway-without-address-value",),
+         conditions=tuple(("Gateway:gateway-without-address-value", c, "True", c) for c in ("Accepted", "Programmed"))),
     Case("HTTPRouteServiceTypes", "httproute-service-types.yaml", std=("service-types",), edit=fill_endpoint_slices,
          requests=(R("/manual-endpointslices"), R("/headless"), R("/headless-manual-endpointslices"))),
     Case("HTTPRouteRequestMultipleMirrors", "httproute-request-multiple-mirrors.yaml",
@@ -806,6 +809,7 @@ class Bed:
     certs: dict[str, Pem]  # the suite's Secrets by name (one name, one certificate)
     ports: dict[tuple[str, int], int] = field(default_factory=dict)  # (gateway, listener port) -> local port
     ips: dict[tuple[str, str], str] = field(default_factory=dict)  # the pods of the cases' own Deployments
+    vips: dict[str, str] = field(default_factory=dict)  # Gateway -> its Service's cluster IP
     proxies: dict[str, object] = field(default_factory=dict)
     tls: ssl.SSLContext = field(default_factory=ssl.create_default_context)  # trusts the suite's certificates
     tls_any: ssl.SSLContext = field(default_factory=lambda: ssl._create_unverified_context())
@@ -868,9 +872,10 @@ class Bed:
         ports = sorted({listener["port"] for listener in doc["spec"]["listeners"]})
         for p in ports:
             self.ports.setdefault((name, p), free_port())
+        self.vips.setdefault(name, f"10.96.{len(self.vips) // 250}.{len(self.vips) % 250 + 1}")
         return yaml.safe_dump({"apiVersion": "v1", "kind": "Service",
                                "metadata": {"name": f"{name}-istio", "namespace": ns},
-                               "spec": {"selector": {GATEWAY_NAME_LABEL: name},
+                               "spec": {"selector": {GATEWAY_NAME_LABEL: name}, "clusterIP": self.vips[name],
                                         "ports": [{"name": f"p{p}", "port": p, "targetPort": self.ports[(name, p)]}
                                                   for p in ports]}})
 
@@ -1132,6 +1137,9 @@ def status_problems(bed: Bed, case: Case) -> list[str]:
         got = [entry.get("attachedRoutes") for entry in bed.status("Gateway", INFRA, gw).get("listeners", [])]
         if any(got):
             out.append(f"Gateway {gw}: attachedRoutes {got}, want none")
+    for gw in case.addressed:
+        if not [a for a in bed.status("Gateway", INFRA, gw).get("addresses") or () if a.get("type") and a.get("value")]:
+            out.append(f"Gateway {gw}: no status address")
     for gw, names in case.listener_names:
         got_names = tuple(entry["name"] for entry in bed.status("Gateway", INFRA, gw).get("listeners", []))
         if got_names != names:

@@ -259,6 +259,20 @@ def test_a_gateway_address_without_type_is_an_ip_address_and_selects_the_service
     assert conditions(status)["Programmed"] == ("True", "Programmed")
 
 
+def test_an_ip_address_without_value_is_assigned_the_gateway_service_address():
+    # GatewayAddressEmpty: no value asks the implementation for one (the `<gateway>-istio` Service's)
+    service = """
+apiVersion: v1
+kind: Service
+metadata: {name: gw-istio, namespace: infra}
+spec: {selector: {gateway.networking.k8s.io/gateway-name: gw}, ports: [{port: 80, name: http}], clusterIP: 10.0.0.30}
+"""
+    mesh = build(gateway(HTTP_ALL, extra="  addresses: [{type: IPAddress}]\n"), service)
+    status = status_of(mesh, "KubernetesGateway", "infra", "gw")
+    assert conditions(status)["Accepted"] == ("True", "Accepted")
+    assert status["addresses"] == [{"type": "IPAddress", "value": "10.0.0.30"}]
+
+
 def test_an_unsupported_address_type_is_not_accepted():
     doc = gateway(HTTP_ALL, extra="  addresses: [{type: test/fake-invalid-type, value: x}]\n")
     mesh = build(doc)

@@ -188,6 +188,8 @@ def _selector(gw: ConfigObject, spec: Gateway, services: Mapping[str, Service], 
     """The labels of the Gateway's proxies, the Services it is assigned to, its status
     addresses, and an address problem ("" none)."""
     for addr in spec.addresses:
+        if addr.type == "IPAddress" and not addr.value:
+            continue  # no value: "assign me one" (GatewayAddressEmpty): the Service below's
         if addr.type == "Hostname":
             host = addr.value if "." in addr.value else fqdn(addr.value, gw.namespace, domain)
             svc = services.get(host)
