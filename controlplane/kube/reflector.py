@@ -37,7 +37,17 @@ from kubernetes import client
 from ..config.objects import ConfigKey, Origin, Rejection
 from ..config.parse import Parsed, content_hash, parse_document
 from ..names import DEFAULT_NAMESPACE
-from .resources import KubeResource, Lister, ObjectInfo, as_document, object_info, object_ref, read_json, served_version
+from .resources import (
+    Discovery,
+    KubeResource,
+    Lister,
+    ObjectInfo,
+    as_document,
+    object_info,
+    object_ref,
+    read_json,
+    served_version,
+)
 
 # What a stream hands on per object: the parse gate's verdict, or (a raw stream) the API
 # object itself.
@@ -117,6 +127,7 @@ class Reflector:
         options: ReflectorOptions | None = None,
         field_selector: str | None = None,
         raw: bool = False,
+        discovery: Discovery | None = None,
     ):
         self.resource = resource
         self.namespace = namespace
@@ -131,6 +142,7 @@ class Reflector:
         # for what is not config of the store (the mesh config's ConfigMap).
         self._raw = raw
         self._opt = options or ReflectorOptions()
+        self._discovery = discovery  # API discovery shared with the source's other reflectors
         self._log = log.bind(kind=resource.ident, namespace=namespace) if namespace else log.bind(kind=resource.ident)
         self.version: str | None = None  # API version watched, once discovered
         self.resource_version: str | None = None  # None: list before watching
@@ -193,7 +205,7 @@ class Reflector:
 
     # --- steps --------------------------------------------------------------------
     def _discover(self) -> bool:
-        version = served_version(self._api, self.resource, self._opt.request_timeout)
+        version = served_version(self._api, self.resource, self._opt.request_timeout, self._discovery)
         if version is None:
             # Not installed: an empty set is the truth for now (and counts as synced);
             # look again later, the CRD may be installed after meshd starts.

@@ -9,6 +9,8 @@ learns them).
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -159,14 +161,51 @@ def read_json(resp: Any) -> Any:
         resp.release_conn()
 
 
-def served_version(api: client.ApiClient, res: KubeResource, request_timeout: float) -> str | None:
+class Discovery:
+    """Discovery documents (`/apis`, `/apis/<group>/<version>`) shared by the reflectors of
+    one source, each fetched once and kept `max_age` seconds: at start some twenty Istio
+    and Gateway API kinds would otherwise each fetch `/apis` and their group's resource
+    list (forty requests and parses where six do, on the start-up path). Thread-safe: a
+    reflector asking for a document being fetched waits for that fetch. A failed fetch
+    is not kept."""
+
+    def __init__(self, api: client.ApiClient, max_age: float = 5.0):
+        self._api = api
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._paths: dict[str, threading.Lock] = {}  # one fetch of a path at a time
+        self._docs: dict[str, tuple[float, Any]] = {}  # path -> (when fetched, document)
+        self.fetches = 0
+
+    def get(self, path_: str, request_timeout: float) -> Any:
+        with self._lock:
+            fetching = self._paths.setdefault(path_, threading.Lock())
+        with fetching:
+            got = self._docs.get(path_)
+            if got is not None and time.monotonic() - got[0] < self.max_age:
+                return got[1]
+            self.fetches += 1
+            doc = read_json(_path_lister(self._api, path_)(_request_timeout=request_timeout))
+            self._docs[path_] = (time.monotonic(), doc)
+            return doc
+
+
+def served_version(api: client.ApiClient, res: KubeResource, request_timeout: float,
+                   discovery: Discovery | None = None) -> str | None:
     """The version to watch `res` at, or None if the cluster does not serve it (CRD not
     installed). The group's preferredVersion when meshd understands it, else the first
     of the kind's versions (v1, v1beta1, v1alpha3) the group serves; a version counts
-    only if its resource list names the kind's plural (a group can outlive a CRD)."""
+    only if its resource list names the kind's plural (a group can outlive a CRD).
+    `discovery`: documents shared with other reflectors (else fetched here)."""
     if not res.needs_discovery:
         return res.kind.versions[0]
-    groups = read_json(_path_lister(api, "/apis")(_request_timeout=request_timeout))
+
+    def fetch(path_: str) -> Any:
+        if discovery is not None:
+            return discovery.get(path_, request_timeout)
+        return read_json(_path_lister(api, path_)(_request_timeout=request_timeout))
+
+    groups = fetch("/apis")
     group = next((g for g in groups.get("groups") or [] if g.get("name") == res.group), None)
     if group is None:
         return None
@@ -176,7 +215,7 @@ def served_version(api: client.ApiClient, res: KubeResource, request_timeout: fl
     candidates += [v for v in res.kind.versions if v in served and v != preferred]
     for version in candidates:
         try:
-            listing = read_json(_path_lister(api, f"/apis/{res.group}/{version}")(_request_timeout=request_timeout))
+            listing = fetch(f"/apis/{res.group}/{version}")
         except client.ApiException as e:
             if e.status == 404:
                 continue

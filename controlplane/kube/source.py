@@ -46,7 +46,7 @@ from ..config.store import ConfigStore
 from ..names import ROOT_NAMESPACE
 from ..sources.meshconfig import CONFIGMAP_NAME
 from .reflector import Delete, Item, Operation, Put, Reflector, ReflectorOptions, Sync
-from .resources import MESH_CONFIG_MAP, RESOURCES, SECRETS, KubeResource, ObjectInfo
+from .resources import MESH_CONFIG_MAP, RESOURCES, SECRETS, Discovery, KubeResource, ObjectInfo
 
 __all__ = ["KubernetesSource", "ObjectObserver", "ReflectorOptions"]
 
@@ -187,6 +187,7 @@ class KubernetesSource:
 
     def _start(self, emit: Callable[[Operation], None]) -> None:
         self._streams.clear()
+        discovery = Discovery(self.api_client)  # one /apis for every kind that needs discovery
         for res in self.resources:
             scopes: list[str | None] = [None]
             accept = None
@@ -201,7 +202,7 @@ class KubernetesSource:
             for ns in scopes:
                 r = Reflector(res, ns, self.api_client, emit, self._threads_stop, self._log,
                               label_selector=self.label_selector if res.scoped else None, accept=accept,
-                              options=self._options)
+                              options=self._options, discovery=discovery)
                 self._streams[r.stream] = _StreamState(r)
         if self.mesh_config is not None:
             r = Reflector(MESH_CONFIG_MAP, self.mesh_config_namespace, self.api_client, emit, self._threads_stop,
