@@ -643,12 +643,17 @@ CASES: tuple[Case, ...] = (
          conditions=(("Gateway:gateway-secret-missing-reference-grant/https", "ResolvedRefs", "False",
                       "RefNotPermitted"),)),
     # The suite checks status only; the TLS handshake (no route: 404) shows the gateway's
-    # Envoy was sent the Secret of the other namespace over SDS.
+    # Envoy was sent the Secret of the other namespace over SDS, and once the grant is
+    # deleted (meshd's own step) the listener and its certificate are gone.
     *(Case(test, f"gateway-secret-reference-grant-{suffix}.yaml", gateway=f"gateway-secret-reference-grant-{suffix}",
            listener_routes=((f"gateway-secret-reference-grant-{suffix}", "https", 0),),
            requests=(miss(path="/", sni="gateway.example"),),
            conditions=((f"Gateway:gateway-secret-reference-grant-{suffix}/https", "Programmed", "True", "Programmed"),
-                       (f"Gateway:gateway-secret-reference-grant-{suffix}/https", "ResolvedRefs", "True", "")))
+                       (f"Gateway:gateway-secret-reference-grant-{suffix}/https", "ResolvedRefs", "True", "")),
+           then=(Case(test, f"gateway-secret-reference-grant-{suffix}.yaml", edit=delete_reference_grants,
+                      gateway=f"gateway-secret-reference-grant-{suffix}", requests=(refused(path="/", sni="gateway.example"),),
+                      conditions=((f"Gateway:gateway-secret-reference-grant-{suffix}/https", "ResolvedRefs", "False",
+                                   "RefNotPermitted"),)),))
       for test, suffix in (("GatewaySecretReferenceGrantAllInNamespace", "all-in-namespace"),
                            ("GatewaySecretReferenceGrantSpecific", "specific"))),
     Case("TCPRouteInvalidBackendRefNonexistent", "tcproute-invalid-backendref-nonexistent.yaml", conditions=(
