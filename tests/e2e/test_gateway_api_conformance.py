@@ -196,6 +196,7 @@ class Case:
     then: tuple[Case, ...] = ()
     listener_names: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (gateway, its listeners in status, exactly)
     addressed: tuple[str, ...] = ()  # Gateways whose status must hold an address
+    own_address: tuple[str, ...] = ()  # Gateways whose status addresses are exactly their Service's
     xfail: str = ""  # why meshd does not pass it yet (strict: a pass is reported)
 
 
@@ -263,6 +264,19 @@ def fill_endpoint_slices(docs: list[dict]) -> None:
     for doc in docs:
         if doc["kind"] == "EndpointSlice":
             doc["endpoints"] = [{"addresses": [ip], "conditions": {"ready": True}}] if doc["addressType"] == "IPv4" else []
+
+
+UNUSABLE_ADDRESS = "10.255.255.254"  # no Service has it
+
+
+def without_addresses(*values: str) -> Callable[[list[dict]], None]:
+    """GatewayStaticAddresses: the suite removes addresses from the Gateway step by step."""
+    def edit(docs: list[dict]) -> None:
+        for doc in docs:
+            if doc["kind"] == "Gateway":
+                doc["spec"]["addresses"] = [a for a in doc["spec"]["addresses"]
+                                            if a.get("value") not in values and a.get("type") not in values]
+    return edit
 
 
 def delete_reference_grants(docs: list[dict]) -> None:
@@ -545,6 +559,18 @@ CASES: tuple[Case, ...] = (
          requests=(C("/", "", "gateway.example"),)),
     Case("GatewayOptionalAddressValue", "gateway-optional-address-value.yaml", addressed=("gateway-without-address-value",),
          conditions=tuple(("Gateway:gateway-without-address-value", c, "True", c) for c in ("Accepted", "Programmed"))),
+    Case("GatewayStaticAddresses", "gateway-static-addresses.yaml",
+         conditions=(("Gateway:gateway-static-addresses", "Accepted", "False", "UnsupportedAddress"),),
+         then=(Case("GatewayStaticAddresses", "gateway-static-addresses.yaml", edit=without_addresses("test/fake-invalid-type"),
+                    conditions=(("Gateway:gateway-static-addresses", "Accepted", "True", "Accepted"),
+                                ("Gateway:gateway-static-addresses", "Programmed", "False", "AddressNotUsable"))),
+               Case("GatewayStaticAddresses", "gateway-static-addresses.yaml",
+                    edit=without_addresses("test/fake-invalid-type", UNUSABLE_ADDRESS),
+                    own_address=("gateway-static-addresses",), listener_routes=(("gateway-static-addresses", "http", 0),),
+                    conditions=(("Gateway:gateway-static-addresses", "Accepted", "True", "Accepted"),
+                                ("Gateway:gateway-static-addresses", "Programmed", "True", "Programmed"),
+                                ("Gateway:gateway-static-addresses/http", "Accepted", "True", "Accepted"),
+                                ("Gateway:gateway-static-addresses/http", "ResolvedRefs", "True", "ResolvedRefs"))))),
     Case("HTTPRouteServiceTypes", "httproute-service-types.yaml", std=("service-types",), edit=fill_endpoint_slices,
          requests=(R("/manual-endpointslices"), R("/headless"), R("/headless-manual-endpointslices"))),
     Case("HTTPRouteRequestMultipleMirrors", "httproute-request-multiple-mirrors.yaml",
@@ -833,6 +859,12 @@ class Bed:
         Pods answered by echo pods) as case.yaml; an Envoy for every Gateway it talks to."""
         docs = [d for d in yaml.safe_load_all(manifest(f"tests/{case.file}")) if d]
         docs += [yaml.safe_load(extra) for extra in case.extra]
+        for doc in docs:  # the suite's address pools: this Gateway's own Service address, and an unused one
+            for addr in doc["spec"].get("addresses") or () if doc["kind"] == "Gateway" else ():
+                if addr.get("value") == "PLACEHOLDER_USABLE_ADDRS":
+                    addr["value"] = self.vip(doc["metadata"]["name"])
+                elif addr.get("value") == "PLACEHOLDER_UNUSABLE_ADDRS":
+                    addr["value"] = UNUSABLE_ADDRESS
         if case.edit is not None:
             case.edit(docs)
         for i, doc in enumerate(docs):
@@ -877,12 +909,15 @@ class Bed:
         ports = sorted({listener["port"] for listener in doc["spec"]["listeners"]})
         for p in ports:
             self.ports.setdefault((name, p), free_port())
-        self.vips.setdefault(name, f"10.96.{len(self.vips) // 250}.{len(self.vips) % 250 + 1}")
         return yaml.safe_dump({"apiVersion": "v1", "kind": "Service",
                                "metadata": {"name": f"{name}-istio", "namespace": ns},
-                               "spec": {"selector": {GATEWAY_NAME_LABEL: name}, "clusterIP": self.vips[name],
+                               "spec": {"selector": {GATEWAY_NAME_LABEL: name}, "clusterIP": self.vip(name),
                                         "ports": [{"name": f"p{p}", "port": p, "targetPort": self.ports[(name, p)]}
                                                   for p in ports]}})
+
+    def vip(self, gateway: str) -> str:
+        """The cluster IP of the Gateway's Service (`<gateway>-istio`)."""
+        return self.vips.setdefault(gateway, f"10.96.{len(self.vips) // 250}.{len(self.vips) % 250 + 1}")
 
     def _proxy(self, gateway: str) -> None:
         if gateway not in self.proxies:
@@ -1142,6 +1177,10 @@ def status_problems(bed: Bed, case: Case) -> list[str]:
         got = [entry.get("attachedRoutes") for entry in bed.status("Gateway", INFRA, gw).get("listeners", [])]
         if any(got):
             out.append(f"Gateway {gw}: attachedRoutes {got}, want none")
+    for gw in case.own_address:
+        got_addresses = bed.status("Gateway", INFRA, gw).get("addresses")
+        if got_addresses != [{"type": "IPAddress", "value": bed.vip(gw)}]:
+            out.append(f"Gateway {gw}: addresses {got_addresses}, want its Service's {bed.vip(gw)} alone")
     for gw in case.addressed:
         if not [a for a in bed.status("Gateway", INFRA, gw).get("addresses") or () if a.get("type") and a.get("value")]:
             out.append(f"Gateway {gw}: no status address")

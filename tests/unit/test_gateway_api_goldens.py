@@ -256,7 +256,6 @@ KNOWN_STATUS_DIFFERENCES: dict[str, str] = {
     "http-grpc-same-host": _ADDRESS,
     "reference-grant-multiple-to": _ADDRESS,
     "isolation": _ADDRESS,
-    "multi-gateway": _ADDRESS,
     "tls-terminate": _ADDRESS,
     "status": "a parentRef to a Gateway that does not exist is reported NoMatchingParent by meshd, istiod writes "
               "nothing for it; istiod keeps the conditions other writers put on its parent entry",

@@ -183,10 +183,20 @@ def our_classes(config: ConfigSnapshot) -> tuple[set[str], list[ClassReport]]:
 # --- Gateways --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _AddressProblem:
+    reason: str  # UnsupportedAddress (Accepted False) | AddressNotUsable (Programmed False)
+    message: str
+
+
 def _selector(gw: ConfigObject, spec: Gateway, services: Mapping[str, Service], domain: str
-              ) -> tuple[dict[str, str], list[str], list[tuple[str, str]], str]:
+              ) -> tuple[dict[str, str], list[str], list[tuple[str, str]], _AddressProblem | None]:
     """The labels of the Gateway's proxies, the Services it is assigned to, its status
-    addresses, and an address problem ("" none)."""
+    addresses, and an address problem: an address of a type meshd does not support
+    (UnsupportedAddress), or one no Service answers at (AddressNotUsable; as istiod, the
+    Gateway is still served by the proxies of the addresses that are usable, if any)."""
+    found: list[tuple[Service, str]] = []  # (Service, the status address value)
+    unusable: _AddressProblem | None = None
     for addr in spec.addresses:
         if addr.type == "IPAddress" and not addr.value:
             continue  # no value: "assign me one" (GatewayAddressEmpty): the Service below's
@@ -194,22 +204,33 @@ def _selector(gw: ConfigObject, spec: Gateway, services: Mapping[str, Service], 
             host = addr.value if "." in addr.value else fqdn(addr.value, gw.namespace, domain)
             svc = services.get(host)
             if svc is None or not svc.selector:
-                return {}, [], [], f"Hostname address {addr.value!r} is no Service with a selector"
-            return dict(svc.selector), [svc.hostname], [("IPAddress", svc.vip)] if svc.vip else [], ""
-        if addr.type == "IPAddress":
+                unusable = unusable or _AddressProblem("AddressNotUsable",
+                                                       f"Hostname address {addr.value!r} is no Service with a selector")
+                continue
+            found.append((svc, svc.vip or ""))
+        elif addr.type == "IPAddress":
             try:
                 ipaddress.ip_address(addr.value)
             except ValueError:
-                return {}, [], [], f"IPAddress address {addr.value!r} is not an IP address"
-            svc = next((s for s in services.values() if s.vip == addr.value and s.selector), None)
-            if svc is not None:
-                return dict(svc.selector), [svc.hostname], [("IPAddress", addr.value)], ""
-            return {}, [], [], f"no Service has the address {addr.value}"
-        return {}, [], [], f"address type {addr.type!r} is not supported"
+                return {}, [], [], _AddressProblem("UnsupportedAddress",
+                                                   f"IPAddress address {addr.value!r} is not an IP address")
+            by_vip = next((s for s in services.values() if s.vip == addr.value and s.selector), None)
+            if by_vip is None:
+                unusable = unusable or _AddressProblem("AddressNotUsable", f"no Service has the address {addr.value}")
+                continue
+            found.append((by_vip, addr.value))
+        else:
+            return {}, [], [], _AddressProblem("UnsupportedAddress", f"address type {addr.type!r} is not supported")
+    if found:
+        svc = found[0][0]  # the proxies the first usable address names
+        return (dict(svc.selector), sorted({s.hostname for s, _ in found}),
+                [("IPAddress", value) for _, value in found if value], unusable)
+    if unusable is not None:
+        return {}, [], [], unusable
     # No address: the Service istiod's deployment controller would create, `<name>-istio`.
-    svc = services.get(fqdn(f"{gw.name}-istio", gw.namespace, domain))
-    addresses = [("IPAddress", svc.vip)] if svc is not None and svc.vip else []
-    return {GATEWAY_NAME_LABEL: gw.name}, [svc.hostname] if svc is not None else [], addresses, ""
+    default = services.get(fqdn(f"{gw.name}-istio", gw.namespace, domain))
+    addresses = [("IPAddress", default.vip)] if default is not None and default.vip else []
+    return {GATEWAY_NAME_LABEL: gw.name}, [default.hostname] if default is not None else [], addresses, None
 
 
 def _listener_tls(gw: ConfigObject, ln: Listener, grants: Grants,
@@ -334,7 +355,7 @@ def _convert_gateway(gw: ConfigObject, services: Mapping[str, Service], credenti
         if invalid:
             conditions["Programmed"] = Condition("Programmed", False, "Invalid", "the listener is not valid")
         listeners.append(state)
-        if invalid or address_problem:
+        if invalid or not selector:  # no proxy to serve it: an address problem, reported below
             continue
         server: dict[str, Any] = {"hosts": _server_hosts(gw, ln, namespace_labels or {}),
                                   "port": {"name": "default", "number": ln.port, "protocol": ln.protocol}}
@@ -351,9 +372,11 @@ def _convert_gateway(gw: ConfigObject, services: Mapping[str, Service], credenti
                      # some listeners serve: accepted, with the reason the spec gives for the others
                      Condition("Accepted", True, "ListenersNotValid", "some listeners are not valid") if any_valid else
                      Condition("Accepted", False, "ListenersNotValid", "no listener is valid")]
-    if address_problem:
-        gw_conditions = [Condition("Accepted", False, "UnsupportedAddress", address_problem),
-                         Condition("Programmed", False, "AddressNotUsable", address_problem)]
+    if address_problem is not None and address_problem.reason == "UnsupportedAddress":
+        gw_conditions = [Condition("Accepted", False, "UnsupportedAddress", address_problem.message),
+                         Condition("Programmed", False, "AddressNotUsable", address_problem.message)]
+    elif address_problem is not None:  # accepted, but served by no proxy until its address is usable
+        gw_conditions = [*gw_conditions, Condition("Programmed", False, "AddressNotUsable", address_problem.message)]
     elif assigned:
         gw_conditions.append(_ok("Programmed", "Programmed", f"Resource programmed, assigned to service(s) {', '.join(assigned)}"))
     else:
