@@ -430,7 +430,9 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                 from .admission.wiring import Webhooks
 
                 webhooks = Webhooks(plane.ca, store, member.kube, member.namespace,
-                                    mesh_config=_mesh_config_file(opts.mesh_config_file))
+                                    mesh_config=_mesh_config_file(opts.mesh_config_file),
+                                    mesh_config_origin=f"file {opts.mesh_config_file}" if opts.mesh_config_file
+                                    else "defaults", root_namespace=opts.root_namespace)
                 member.add_leader_task("webhooks", webhooks.patcher.run)
     generator = Generator()
     ads = AdsServer(generator, metrics, secrets=secrets, options=AdsOptions(
@@ -461,7 +463,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                                                    "gatewayAPI": lambda: gateway_api_section(ads.mesh),
                                                    "envoyFilterProblems": generator.envoy_filter_problems,
                                                    "telemetryProblems": telemetry_report.status,
-                                                   "sidecarProblems": sidecar_report.status},
+                                                   "sidecarProblems": sidecar_report.status,
+                                                   **({"injection": webhooks.inputs.status} if webhooks else {})},
                                  # /debug checks tokens synchronously: not with TokenReview (it awaits I/O)
                                  authenticators=[a for a in authenticators or () if not getattr(a, "awaits_io", False)],
                                  root_namespace=opts.root_namespace)
@@ -469,6 +472,13 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                           eds_debounce_after=opts.eds_debounce_after)
     builder.mesh_config, builder.key_sets = mesh_source.current, key_sets
     mesh_source.on_change, key_sets.on_change = builder.set_mesh_config, builder.set_jwks
+    if webhooks is not None and opts.mesh_config_file:  # injection follows the file too
+        mesh_file, follow_mesh = opts.mesh_config_file, webhooks.mesh_config_file_changed
+
+        def mesh_changed(mc) -> None:
+            builder.set_mesh_config(mc)
+            follow_mesh(mesh_file)
+        mesh_source.on_change = mesh_changed
     builder.observers.append(policy_report.update)
     builder.observers.append(telemetry_report.update)
     builder.observers.append(sidecar_report.update)
@@ -504,6 +514,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                 webhooks.follow_mesh_config(mesh_source.apply_configmap) if webhooks is not None
                 else mesh_source.apply_configmap),
             mesh_config_namespace=opts.root_namespace,
+            injector_config=webhooks.follow_injector_config if webhooks is not None else None,
         )
     else:
         await _unless_stopped(stop, key_sets.prime(key_sets_needed(store.snapshot().of_kind(REQUEST_AUTHENTICATION))))

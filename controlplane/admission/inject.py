@@ -15,8 +15,9 @@ sidecar never starts without one.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -28,34 +29,173 @@ log = structlog.get_logger("meshd.admission")
 NamespaceLookup = Callable[[str], "dict[str, Any] | None"]
 
 
+class InjectionUnavailable(RuntimeError):
+    """No injection config is in force: the one given at start was invalid."""
+
+
 class InjectionInputs:
-    """The mesh config (its raw MeshConfig mapping) and the injection values, as they
-    change; the InjectionConfig built from them, once per change (read from the
-    webhook's threads, set from the event loop)."""
+    """The injection config in force, rebuilt from its two inputs on every change of
+    either: the mesh config (its raw MeshConfig mapping) and ConfigMap
+    `istio-sidecar-injector` (its `values` and `config` keys), as istiod's injector
+    reads them. Changes arrive on the event loop, the webhook's threads read `config()`.
 
-    def __init__(self, mesh_config: dict[str, Any] | None = None, values: dict[str, Any] | None = None):
+    An input that does not build (InjectionConfigError naming the key) keeps the last
+    good config in force and is reported (a log event, `error` in /debug/configz) until a
+    later change builds; with no good config yet, injection is refused naming the error
+    rather than done with settings the operator did not ask for. Keys meshd does not
+    honour (`cfg.unread`) are logged once per change and listed in /debug/configz."""
+
+    def __init__(self, mesh_config: dict[str, Any] | None = None, values: dict[str, Any] | None = None, *,
+                 mesh_origin: str = "defaults"):
         self._lock = threading.Lock()
-        self._mesh_config, self._values = mesh_config, values
-        self._built: Any = None
+        self._mesh_config, self._mesh_origin = mesh_config, mesh_origin
+        self._values = values  # chart values given directly (no ConfigMap)
+        self._data: Mapping[str, Any] | None = None  # istio-sidecar-injector's data
+        self._injector_origin = "defaults"
+        self._built: Any = None  # the InjectionConfig in force
+        self._from: tuple[str, str] = (mesh_origin, "defaults")  # the origins it was built from
+        self._error: str | None = None
+        self._reported: tuple[str, ...] | None = None
+        self._rebuild()
 
-    def set_mesh_config(self, mesh_config: dict[str, Any] | None) -> None:
+    def set_mesh_config(self, mesh_config: dict[str, Any] | None, origin: str = "mesh config") -> None:
         with self._lock:
-            if mesh_config != self._mesh_config:
-                self._mesh_config, self._built = mesh_config, None
+            if (mesh_config, origin) == (self._mesh_config, self._mesh_origin):
+                return
+            self._mesh_config, self._mesh_origin = mesh_config, origin
+        self._rebuild()
 
     def set_values(self, values: dict[str, Any] | None) -> None:
         with self._lock:
-            if values != self._values:
-                self._values, self._built = values, None
+            if values == self._values:
+                return
+            self._values = values
+        self._rebuild()
 
-    def config(self) -> Any:
-        """The InjectionConfig in force (controlplane/inject's)."""
-        from ..inject import InjectionConfig
+    def set_injector_configmap(self, obj: Mapping[str, Any] | None, where: str) -> None:
+        """ConfigMap istio-sidecar-injector as the API server has it (None: there is none,
+        and meshd's defaults apply, as istiod's without one). `where`: ns/name."""
+        if obj is None:
+            data, origin = None, "defaults"
+        else:
+            raw = obj.get("data")
+            data, origin = (raw if isinstance(raw, Mapping) else {"": raw}), f"ConfigMap {where}"
+        with self._lock:
+            if (data, origin) == (self._data, self._injector_origin):
+                return
+            self._data, self._injector_origin = data, origin
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        from ..inject import InjectionConfig, InjectionConfigError
 
         with self._lock:
+            mesh, values, data = self._mesh_config, self._values, self._data
+            origins = (self._mesh_origin, self._injector_origin)
+        try:
+            if data is not None:
+                extra = _check_injector_data(data)
+                cfg = InjectionConfig.from_configmap(mesh, data)
+                cfg = dataclasses.replace(cfg, unread=cfg.unread + extra)
+            else:
+                cfg = InjectionConfig.from_sources(mesh, values)
+        except InjectionConfigError as e:
+            where = origins[0] if e.path.startswith("meshConfig") else origins[1]
+            error = f"{where}: {e}"
+            with self._lock:
+                changed, self._error = self._error != error, error
+                in_force = "last good" if self._built is not None else "none: injection is refused"
+            if changed:
+                log.warning("injection config rejected", source=where, field=e.path, reason=e.reason, message=error,
+                            in_force=in_force)
+            return
+        with self._lock:
+            changed = cfg != self._built or origins != self._from
+            self._built, self._from, self._error = cfg, origins, None
+            report = cfg.unread if cfg.unread != self._reported else None
+            self._reported = cfg.unread
+        if changed:
+            log.info("injection config applied", mesh_config=origins[0], injector=origins[1],
+                     proxy_image=cfg.proxy_image, meshd_image=cfg.meshd_image)
+        if report:
+            log.warning("injection config keys not honoured", mesh_config=origins[0], injector=origins[1],
+                        keys=list(report), reason="meshd's injector does not read these keys; they have no effect")
+
+    def config(self) -> Any:
+        """The InjectionConfig in force (controlplane/inject's); InjectionUnavailable when
+        none ever built."""
+        with self._lock:
             if self._built is None:
-                self._built = InjectionConfig.from_sources(self._mesh_config, self._values)
+                raise InjectionUnavailable(f"no injection config in force: {self._error}")
             return self._built
+
+    def status(self) -> dict[str, Any]:
+        """The /debug/configz `injection` section."""
+        with self._lock:
+            cfg, (mesh, injector), error = self._built, self._from, self._error
+        return {"meshConfigSource": mesh, "injectorSource": injector,
+                "values": describe(cfg) if cfg is not None else None,
+                "unread": list(cfg.unread) if cfg is not None else [], "error": error}
+
+
+def _check_injector_data(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """What InjectionConfig.from_configmap takes for granted: `values` and `config`, each
+    a string of YAML holding a mapping. Other keys are returned, to be reported (istiod
+    reads only these two: a typo such as `value` must not pass unnoticed)."""
+    import yaml
+
+    from ..inject import InjectionConfigError
+
+    extra = []
+    for key, text in data.items():
+        if key not in ("values", "config"):
+            extra.append(f"data.{key}")
+            continue
+        if not isinstance(text, str):
+            raise InjectionConfigError(f"data.{key}", "must be a string of YAML")
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise InjectionConfigError(f"data.{key}", f"not YAML: {' '.join(str(e).split())}") from None
+        if doc is not None and not isinstance(doc, Mapping):
+            raise InjectionConfigError(f"data.{key}", f"must be a YAML mapping, got {type(doc).__name__}")
+    return tuple(sorted(extra))
+
+
+def describe(cfg: Any) -> dict[str, Any]:
+    """An InjectionConfig as an operator reads it (camelCase; resources, annotations
+    and label selectors as Kubernetes writes them)."""
+    from ..inject.config import Resources
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Resources):
+            return value.to_dict()
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {_camel(f.name): plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        return value
+
+    out = plain(cfg)
+    out.pop("unread", None)  # listed beside the values
+    out["injectedAnnotations"] = dict(cfg.injected_annotations)
+    for key in ("neverInjectSelector", "alwaysInjectSelector"):
+        out[key] = [{"matchLabels": dict(s.match_labels),
+                     "matchExpressions": [{"key": k, "operator": op, "values": list(v)}
+                                          for k, op, v in s.match_expressions]}
+                    for s in getattr(cfg, _snake(key))]
+    return out
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
 
 
 def review(req: AdmissionRequest, inputs: InjectionInputs, namespace: NamespaceLookup) -> Verdict:
@@ -81,6 +221,10 @@ def review(req: AdmissionRequest, inputs: InjectionInputs, namespace: NamespaceL
                             "seen yet): try again", 503)
     try:
         cfg = inputs.config()
+    except InjectionUnavailable as e:  # never inject with settings the operator did not give
+        log.warning("pod injection refused", pod=what, reason=str(e))
+        return Verdict.deny(f"sidecar injection: {e}", 503)
+    try:
         decision = decide(pod, ns, cfg)
         if not decision.inject:
             log.info("pod not injected", pod=what, reason=decision.reason, dry_run=req.dry_run)

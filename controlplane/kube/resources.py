@@ -151,6 +151,8 @@ SECRETS = _resource(SECRET, "secrets")
 # parse gate or the store: sources/meshconfig.py turns it into a MeshConfig).
 CONFIG_MAP = kinds.Kind("", "ConfigMap", ("v1",))
 MESH_CONFIG_MAP = _resource(CONFIG_MAP, "configmaps", scoped=False)
+# The injection values (`values`, `config`), read raw the same way (admission/inject.py).
+INJECTOR_CONFIGMAP_NAME = "istio-sidecar-injector"
 
 
 def read_json(resp: Any) -> Any:

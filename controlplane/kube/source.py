@@ -23,7 +23,9 @@ change a rejected object does not log (and count) its rejection again.
 With `mesh_config`, the source also watches the ConfigMap `istio` of the root namespace
 (whatever --namespaces says) and hands it, as the API server has it (None once it is
 gone), to that callback on the loop; it is not config of the store. Its initial list is
-part of being synced, so the first snapshot has the mesh config.
+part of being synced, so the first snapshot has the mesh config. `injector_config` does
+the same for ConfigMap `istio-sidecar-injector` of that namespace (the injection values,
+admission/inject.py).
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ from ..config.store import ConfigStore
 from ..names import ROOT_NAMESPACE
 from ..sources.meshconfig import CONFIGMAP_NAME
 from .reflector import Delete, Item, Operation, Put, Reflector, ReflectorOptions, Sync
-from .resources import MESH_CONFIG_MAP, RESOURCES, SECRETS, Discovery, KubeResource, ObjectInfo
+from .resources import INJECTOR_CONFIGMAP_NAME, MESH_CONFIG_MAP, RESOURCES, SECRETS, Discovery, KubeResource, ObjectInfo
 
 __all__ = ["KubernetesSource", "ObjectObserver", "ReflectorOptions"]
 
@@ -105,6 +107,7 @@ class KubernetesSource:
         observer: ObjectObserver | None = None,
         mesh_config: Callable[[dict[str, Any] | None], None] | None = None,
         mesh_config_namespace: str = ROOT_NAMESPACE,
+        injector_config: Callable[[dict[str, Any] | None], None] | None = None,
     ):
         self.api_client = api_client
         self.store = store
@@ -115,6 +118,10 @@ class KubernetesSource:
         self.observer = observer
         self.mesh_config = mesh_config
         self.mesh_config_namespace = mesh_config_namespace
+        # ConfigMaps of that namespace read raw, by name -> who is told (on the loop).
+        self._raw_maps = {name: fn for name, fn in ((CONFIGMAP_NAME, mesh_config),
+                                                    (INJECTOR_CONFIGMAP_NAME, injector_config)) if fn is not None}
+        self._raw_told: dict[str, Callable[[dict[str, Any] | None], None]] = {}  # stream -> callback
         self.resources: tuple[KubeResource, ...] = RESOURCES + ((SECRETS,) if watch_secrets else ())
         self._threads_stop = threading.Event()
         self._streams: dict[str, _StreamState] = {}
@@ -204,12 +211,15 @@ class KubernetesSource:
                               label_selector=self.label_selector if res.scoped else None, accept=accept,
                               options=self._options, discovery=discovery)
                 self._streams[r.stream] = _StreamState(r)
-        if self.mesh_config is not None:
+        self._raw_told.clear()
+        for cm, told in self._raw_maps.items():
             r = Reflector(MESH_CONFIG_MAP, self.mesh_config_namespace, self.api_client, emit, self._threads_stop,
-                          self._log, field_selector=f"metadata.name={CONFIGMAP_NAME}", raw=True,
-                          accept=lambda obj: (obj.get("metadata") or {}).get("name") == CONFIGMAP_NAME,
+                          self._log, field_selector=f"metadata.name={cm}", raw=True,
+                          accept=_named(cm),
                           options=self._options)
+            r.stream = f"{r.stream}/{cm}"  # one stream per ConfigMap of the same namespace
             self._streams[r.stream] = _StreamState(r)
+            self._raw_told[r.stream] = told
         self._log.info("k8s source starting", streams=len(self._streams), namespaces=self.namespaces,
                        labelSelector=self.label_selector)
         self._threads = [
@@ -301,8 +311,9 @@ class KubernetesSource:
         else:
             obj = None
             state.locations.discard(op.location)
-        if self.mesh_config is not None:
-            self._notify(self.mesh_config, obj)
+        told = self._raw_told.get(op.stream)
+        if told is not None:
+            self._notify(told, obj)
         if isinstance(op, Sync) and not state.synced:
             state.synced = True
             self._check_synced()
@@ -323,6 +334,10 @@ class KubernetesSource:
             return
         self._synced.set()
         self._log.info("k8s synced", objects={k: v.objects for k, v in self._stats.items()})
+
+
+def _named(name: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda obj: (obj.get("metadata") or {}).get("name") == name
 
 
 def _innermost(frame: FrameType | None) -> str:

@@ -136,14 +136,14 @@ def test_rbac_is_least_privilege(docs):
         ("create", NS), ("get", NS)}
     # ConfigMaps: written only under the root certificate's name, read by any name only for a
     # Gateway's parametersRef (docs/gateway-deployment.md); the mesh config (ConfigMap istio)
-    # read and watched in meshd's namespace only
+    # and the injection values (ConfigMap istio-sidecar-injector) read and watched in meshd's namespace only
     assert all(g.names == {"istio-ca-root-cert"} for g in grants
                if g.resource == "configmaps" and g.verb not in ("create", "list", "watch") and (g.verb, g.names) != (
                    "get", frozenset()))
     assert {g.namespace for g in grants if g.resource == "configmaps" and g.verb == "get" and not g.names} == {None}
     assert {(g.verb, g.namespace, frozenset(g.names)) for g in grants
             if g.resource == "configmaps" and g.verb in ("list", "watch")} == {
-        ("list", NS, frozenset({"istio"})), ("watch", NS, frozenset({"istio"}))}
+        (verb, NS, frozenset({"istio", "istio-sidecar-injector"})) for verb in ("list", "watch")}
     # Istio objects: read, and only their status written; but for the WorkloadEntries
     # meshd registers for WorkloadGroup members (docs/vm.md), and the dry-run Gateway that
     # proves the validating webhook ready, in meshd's namespace only (docs/webhooks.md)
