@@ -23,6 +23,12 @@ Chains, as istiod builds them (listener_inbound.go, filterchain_options.go):
   to `InboundPassthroughCluster`.
 A plaintext client of a STRICT port finds no chain; Envoy closes the connection and the
 client sees "Connection reset by peer".
+
+A Sidecar's ingress listeners replace the service ports (istiod's buildInboundChainConfigs):
+their chains are named `<bind>_<port>` (the pod IP without a `bind`); one with `tls` on a
+port whose mode is DISABLE gets a single chain terminating that TLS instead (any TLS
+client, the certificate files of `tls`); one with `captureMode: NONE` gets its chains on a
+listener of its own that binds `<bind>:<port>` for real (docs/sidecar-scope.md).
 """
 from __future__ import annotations
 
