@@ -39,14 +39,14 @@ from ..config.types.destinationrule import DestinationRule
 from ..config.types.trafficpolicy import PortTrafficPolicy, TrafficPolicy
 from ..model import security as model_security
 from ..model.destination_rules import rule_host
-from ..model.gateway_api.certificates import authorized as authorized_certificates
 from ..model.hosts import covers
 from ..model.indexes import Index, Lifetime, Value
 from ..model.locality import Locality
 from ..model.mesh import MeshSnapshot
 from ..model.peer_authentication import selector_labels
-from ..model.proxy import ROUTER, Proxy
+from ..model.proxy import Proxy
 from ..model.services import Endpoint
+from . import secrets
 from .inputs import (
     AUTHORIZATION_POLICY,
     DESTINATION_RULE,
@@ -397,9 +397,7 @@ def gateway_certificates(mesh: MeshSnapshot, proxy: Proxy) -> str:
     authenticated gateway may read and of their Secrets, whatever their namespace: which
     ones follow from the Gateways selecting it and the ReferenceGrants
     (model/gateway_api/certificates.py). "" for a sidecar, which is sent none."""
-    if proxy.type != ROUTER or not proxy.workload_cert:
-        return ""
-    refs = authorized_certificates(mesh.gateways_for(proxy), proxy.namespace, mesh.gateway_api.grants)
+    refs = secrets.gateway_certificates(mesh, proxy)
     if not refs:
         return ""
     lines = []

@@ -18,6 +18,7 @@ The Gateway API's certificates, `kubernetes-gateway://<ns>/<name>[-cacert]`, go 
 gateway only as model/gateway_api/certificates.py authorizes them: named by a Gateway of
 its namespace that selects it, the Secret in its namespace or granted by a
 ReferenceGrant. Nothing else of another namespace is ever built for a proxy.
+
 Secrets are sent inline, never as file names: the proxy has no other way to get them.
 """
 from __future__ import annotations
