@@ -3,16 +3,20 @@ gateways, data-driven from the suite's own manifests (../shared/corpus/gateway-a
 conformance/) and the expectations ../shared/corpus/INDEX.md lists per test.
 
 One meshd reads a directory holding the suite's base manifests (GatewayClass `istio` for
-`{GATEWAY_CLASS_NAME}`; each Deployment becomes one Pod on a loopback address, answered
-by an in-process echo-basic stand-in, tests/support/echo_basic.py) and one test manifest
+`{GATEWAY_CLASS_NAME}`; each Deployment, of the base or of a test manifest, becomes one
+Pod on a loopback address, answered by an in-process echo-basic stand-in in the mode its
+env asks for: HTTP(S), TCP or gRPC, tests/support/echo_basic.py) and one test manifest
 at a time (`case.yaml`, replaced between cases as `kubectl apply`/`delete` would). Every
 Gateway a case talks to gets its own Envoy, bootstrapped as that Gateway's proxy by the
-label gateway.networking.k8s.io/gateway-name and kept for the session, with the Service
-istiod's deployment controller would create (`<gateway>-istio`, listener ports on free
-local ports). A case first checks status as the suite does ("std": the routes Accepted
-and ResolvedRefs on their Gateway, read from meshd's /debug/configz), then sends the
-suite's requests until all expectations hold (the suite's MaxTimeToConsistency), then
-three times more, as the suite's "3 consecutive" rule.
+label gateway.networking.k8s.io/gateway-name on meshd's secure xDS port and kept for the
+session, with the Service istiod's deployment controller would create (`<gateway>-istio`,
+listener ports on free local ports). A case first checks status as the suite does
+("std": the routes Accepted and ResolvedRefs on their Gateway, read from meshd's
+/debug/configz), then sends the suite's requests (R: HTTP/1.1, over TLS with an SNI;
+T: echo-basic's TCP protocol, over TLS with an SNI; G: gRPC; W: a websocket; C: HTTP/2
+by curl) until all expectations hold (the suite's MaxTimeToConsistency), then three times
+more, as the suite's "3 consecutive" rule. Where the suite edits its objects between
+checks, a case's `then` steps apply the edited manifest and check what must hold then.
 
 docs/gateway-api-conformance.md lists every standard conformance test and where it stands.
 """
@@ -1273,7 +1277,7 @@ def h2c_backend(bed: Bed) -> None:
                               "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                               "typed_config": hcm}]}]})
     bed.stack.enter_context(backend.run(bed.tmp))
-    bed.pods[("h2c", "infra-backend-v1-0")] = EchoPod(INFRA, "infra-backend-v1-0")
+    bed.pods[("h2c", "infra-backend-v1-0")] = EchoPod(INFRA, "infra-backend-v1-0")  # started: once per session
 
 
 def weights(bed: Bed, case: Case) -> None:
