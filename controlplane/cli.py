@@ -196,12 +196,31 @@ def _bootstrap_tls(args: argparse.Namespace):
     if args.root_cert:
         if args.ca_dir:
             raise ValueError("give either --ca-dir or --root-cert/--token, not both")
+        if args.token_path:
+            return _rotating_token_tls(args, xds_tls_from_files(Path(args.root_cert), None, server_name))
         return xds_tls_from_files(Path(args.root_cert), Path(args.token) if args.token else None, server_name)
-    if args.token:
-        raise ValueError("--token needs --root-cert (the root that verifies meshd's certificate)")
+    if args.token or args.token_path:
+        raise ValueError(f"{'--token' if args.token else '--token-path'} needs --root-cert (the root that verifies "
+                         "meshd's certificate)")
     if args.ca_dir or args.secure:
         return xds_tls_from_ca_dir(_ca_dir(args.ca_dir), args.namespace, args.service_account, args.token_ttl, server_name)
     return None
+
+
+def _rotating_token_tls(args: argparse.Namespace, tls):
+    """--token-path: Envoy reads the token file at every (re)connection (I2's XdsTls.token_path,
+    as injected pods do), so a token rotated in place keeps the proxy connecting. Checked now
+    as the pod's init step checks it; kept as an absolute path but with its symlinks (a
+    projected token's `..data` link moves when the kubelet rotates it)."""
+    import dataclasses
+    import os
+
+    from .podinit.downward import _check_token_file
+
+    if args.token:
+        raise ValueError("give either --token (copied into the bootstrap) or --token-path (re-read), not both")
+    _check_token_file(Path(args.token_path))
+    return dataclasses.replace(tls, token_path=os.path.abspath(args.token_path))
 
 
 def _workload_group_args(args: argparse.Namespace) -> dict[str, str]:
@@ -429,6 +448,10 @@ UID 1337 in a pod), e.g. chown 1337 FILE.""",
     b.add_argument("--secure", action="store_true", help="TLS with the default CA directory ($MESHD_HOME/ca or ~/.meshd/ca)")
     b.add_argument("--root-cert", help="TLS with this root certificate file (instead of --ca-dir)")
     b.add_argument("--token", help="with --root-cert: file holding the bearer token (from `meshd token`)")
+    b.add_argument("--token-path", metavar="FILE",
+                   help="with --root-cert: a token file Envoy reads again at every (re)connection instead of a copy "
+                        "in the bootstrap, for a token rotated in place (a VM's renewed service-account token); "
+                        "must be readable by Envoy's user (docs/vm.md)")
     b.add_argument("--token-ttl", type=parse_duration, default=DEFAULT_TTL,
                    help="lifetime of the token minted with --ca-dir (default %(default)s); meshd checks it "
                         "when the proxy (re)connects")
