@@ -9,8 +9,8 @@ from typing import Any
 
 from controlplane.inject import InjectionConfig, inject_pod
 from controlplane.inject.workloads import inject_object
+from tests.support.inject_cases import cases, config_of, documents
 from tests.support.kube import KubeError
-from tests.unit.test_inject_golden import CASES, _config, _docs
 
 # kind -> (API path prefix, apiVersion, plural)
 PATHS = {
@@ -58,12 +58,12 @@ def _dry_run_create(kube, namespace: str, obj: dict) -> str | None:
 def test_the_api_server_accepts_every_injected_workload(kube):
     namespace = kube.ns("inject")
     refused, tried = [], 0
-    for case in CASES:
+    for case in cases():
         if case.error:
             continue
         try:
-            cfg = _config(case)
-            outcomes = [inject_object(d, cfg) for d in _docs(case.input)]
+            cfg = config_of(case)
+            outcomes = [inject_object(d, cfg) for d in documents(case.input)]
         except ValueError:
             continue  # refused by meshd (TPROXY, NONE): test_inject_golden says why
         for outcome in outcomes:
