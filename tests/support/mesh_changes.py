@@ -314,6 +314,15 @@ def slots() -> dict[str, tuple[str, ...]]:
             _gateway(HTTP_SERVER + "  - {port: {number: 31400, name: tcp, protocol: TCP}, hosts: [\"*\"]}\n"),
             _gateway("  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"shop.example.com\"]\n"
                      "    tls: {httpsRedirect: true}\n"),
+            # a Secret of another namespace, served only as the ReferenceGrant below allows
+            _gateway(HTTP_SERVER + "  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [\"shop.example.com\"]\n"
+                     "    tls: {mode: SIMPLE, credentialName: \"kubernetes-gateway://web/client-cred\"}\n"),
+        ),
+        "referencegrant/web/gateway-certs": (
+            "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n"
+            "metadata: {name: gateway-certs, namespace: web}\nspec:\n"
+            "  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: istio-system}]\n"
+            "  to: [{group: \"\", kind: Secret, name: client-cred}]\n",
         ),
         "secret/istio-system/gw-cred": (gw_a, gw_b),
         "serviceentry/shop/payments": (
