@@ -1,5 +1,5 @@
 """The injection values on the real API server (../shared/k8s): meshd, registered as the
-mutating webhook for this test's namespaces only (tests/e2e/test_kube_webhooks.py's
+mutating webhook for this test's namespaces only (tests/support/webhooks.py's
 configuration, removed however the test ends), reads ConfigMap istio-sidecar-injector of its
 root namespace. Its `values.global.proxy.image` and `resources` decide what a new pod of a
 labelled namespace is stored with; a change of the ConfigMap decides the next pod; a key meshd
@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from controlplane.admission.patcher import INJECTOR
-from tests.e2e.test_kube_webhooks import BASE, configurations, get, pod, registered
 from tests.support.harness import free_port, http_get, meshd, wait_for
 from tests.support.kube import RecordingProxy
 from tests.support.paths import REPO
 from tests.support.rbac import Use, grants_for, load_manifests, uses
+from tests.support.webhooks import BASE, configurations, get, pod, registered
 
 pytestmark = pytest.mark.e2e
 
