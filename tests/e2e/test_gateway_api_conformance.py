@@ -575,6 +575,10 @@ CASES: tuple[Case, ...] = (
                                 ("Gateway:gateway-static-addresses", "Programmed", "True", "Programmed"),
                                 ("Gateway:gateway-static-addresses/http", "Accepted", "True", "Accepted"),
                                 ("Gateway:gateway-static-addresses/http", "ResolvedRefs", "True", "ResolvedRefs"))))),
+    # observedGeneration is the Kubernetes writer's (test_kube_gateway_api.py): here, that a
+    # Gateway with a name of the longest length gets its conditions
+    Case("GatewayNameMaximumLength", "gateway-name-maximum-length.yaml", conditions=tuple(
+        (f"Gateway:gateway-name-maximum-length-{'a' * 225}", c, "True", c) for c in ("Accepted", "Programmed"))),
     Case("HTTPRouteServiceTypes", "httproute-service-types.yaml", std=("service-types",), edit=fill_endpoint_slices,
          requests=(R("/manual-endpointslices"), R("/headless"), R("/headless-manual-endpointslices"))),
     Case("HTTPRouteRequestMultipleMirrors", "httproute-request-multiple-mirrors.yaml",
