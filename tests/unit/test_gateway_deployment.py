@@ -106,6 +106,9 @@ def test_the_pod_runs_envoy_with_the_bootstrap_meshd_writes_from_the_downward_ap
     assert args[0] == "bootstrap" and flag["--type"] == "router"
     assert flag["--labels"] == "gateway.networking.k8s.io/gateway-name=web"
     assert flag["--xds-address"] == "istiod.mesh.svc:15012"
+    # the projected token is read by Envoy at every connection (it rotates), so Envoy mounts it too
+    assert flag["--token-path"] == "/var/run/secrets/tokens/istio-token"
+    assert {"name": "istio-token", "mountPath": "/var/run/secrets/tokens"} in proxy["volumeMounts"]
     assert (flag["--pod"], flag["--ip"], flag["--namespace"]) == ("$(POD_NAME)", "$(INSTANCE_IP)", "$(POD_NAMESPACE)")
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in init["env"]}
     assert env["INSTANCE_IP"] == "status.podIP" and env["SERVICE_ACCOUNT"] == "spec.serviceAccountName"

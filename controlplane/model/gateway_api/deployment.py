@@ -218,7 +218,9 @@ def _pod_spec(gw: ConfigObject, name: str, account: str, settings: Settings) -> 
         "--ip", "$(INSTANCE_IP)", "--service-account", "$(SERVICE_ACCOUNT)",
         # the labels the derived Istio Gateway selects its proxies by (conversion.py)
         "--labels", f"{GATEWAY_NAME_LABEL}={gw.name}", "--workload-name", name,
-        "--xds-address", settings.xds_address, "--root-cert", ROOT_CERT, "--token", TOKEN,
+        "--xds-address", settings.xds_address, "--root-cert", ROOT_CERT,
+        # Envoy reads the projected token at every connection: it keeps connecting after rotation
+        "--token-path", TOKEN,
         "--health-port", str(STATUS_PORT), "--stats-port", str(STATS_PORT), "--output", BOOTSTRAP,
     ]
     probe = {"httpGet": {"path": "/healthz/ready", "port": STATUS_PORT, "scheme": "HTTP"}, "timeoutSeconds": 1,
@@ -241,7 +243,7 @@ def _pod_spec(gw: ConfigObject, name: str, account: str, settings: Settings) -> 
                       {"containerPort": STATS_PORT, "name": "http-envoy-prom", "protocol": "TCP"}],
             "readinessProbe": {**probe, "failureThreshold": 4, "periodSeconds": 15},
             "startupProbe": {**probe, "failureThreshold": 30, "initialDelaySeconds": 1, "periodSeconds": 1},
-            "securityContext": unprivileged, "volumeMounts": mounts[:1]}],
+            "securityContext": unprivileged, "volumeMounts": mounts[:2]}],
         "volumes": [
             {"name": "istio-envoy", "emptyDir": {"medium": "Memory"}},
             {"name": "istio-token", "projected": {"sources": [{"serviceAccountToken": {
