@@ -91,3 +91,39 @@ def test_the_sidecar_injector_configmap_decides_what_new_pods_are_stored_with(ku
                  for u in uses(proxy) if u.resource == "configmaps" and u.verb in ("list", "watch")}
         assert {(u.verb, u.name) for u in reads} >= {(v, "istio-sidecar-injector") for v in ("list", "watch")}
         assert [u for u in reads if not any(g.allows(u) for g in grants)] == []
+
+
+def concurrency(stored: dict) -> str:
+    args = stored_proxy(stored)["args"]
+    return args[args.index("--concurrency") + 1]
+
+
+def test_a_change_of_the_mesh_config_file_reaches_the_next_pod(kube, tmp_path: Path):
+    """`--mesh-config FILE` (followed by meshd): its defaultConfig is what the injector hands the
+    proxy (here Envoy's --concurrency); a change of the file decides the next pod."""
+    scope_label = {"meshd-injection-values-test": kube.tag}
+    system = kube.ns("istio-system", **scope_label)
+    shop = kube.ns("shop", **scope_label, **{"istio-injection": "enabled"})
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text("defaultConfig:\n  concurrency: 2\n")
+    port = free_port("127.0.0.1")
+    admin = kube.api_client(record=False)
+    mutating = [c for c in configurations(port, "unused", {"matchLabels": scope_label})
+                if c[0] == "mutatingwebhookconfigurations"]
+    with registered(admin, mutating), \
+            meshd(None, tmp_path, extra=["--kubeconfig", str(kube.cluster.kubeconfig),
+                                         "--leader-election-namespace", system, "--root-namespace", system,
+                                         "--webhook-port", str(port), "--mesh-config", str(mesh)]) as cp:
+        def injection() -> dict:
+            return json.loads(http_get("127.0.0.1", cp.monitoring_port, "/debug/configz")[1])["injection"]
+
+        wait_for(lambda: get(admin, f"{BASE}/mutatingwebhookconfigurations/{INJECTOR}")["webhooks"][0]
+                 ["clientConfig"].get("caBundle"), 20, what="caBundle set by meshd")
+        assert injection()["meshConfigSource"] == f"file {mesh}"
+        assert concurrency(kube.apply(pod("web-1", shop))) == "2"
+        tmp = mesh.with_suffix(".tmp")
+        tmp.write_text("defaultConfig:\n  concurrency: 3\n")
+        tmp.replace(mesh)
+        wait_for(lambda: injection()["values"]["defaultProxyConfig"] == {"concurrency": 3}, 10,
+                 what="the changed mesh config file in force for injection")
+        assert concurrency(kube.apply(pod("web-2", shop))) == "3"
