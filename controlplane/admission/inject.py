@@ -55,7 +55,6 @@ class InjectionInputs:
         self._built: Any = None  # the InjectionConfig in force
         self._from: tuple[str, str] = (mesh_origin, "defaults")  # the origins it was built from
         self._error: str | None = None
-        self._reported: tuple[str, ...] | None = None
         self._rebuild()
 
     def set_mesh_config(self, mesh_config: dict[str, Any] | None, origin: str = "mesh config") -> None:
@@ -78,8 +77,7 @@ class InjectionInputs:
         if obj is None:
             data, origin = None, "defaults"
         else:
-            raw = obj.get("data")
-            data, origin = (raw if isinstance(raw, Mapping) else {"": raw}), f"ConfigMap {where}"
+            data, origin = obj.get("data") or {}, f"ConfigMap {where}"
         with self._lock:
             if (data, origin) == (self._data, self._injector_origin):
                 return
@@ -112,14 +110,13 @@ class InjectionInputs:
         with self._lock:
             changed = cfg != self._built or origins != self._from
             self._built, self._from, self._error = cfg, origins, None
-            report = cfg.unread if cfg.unread != self._reported else None
-            self._reported = cfg.unread
-        if changed:
-            log.info("injection config applied", mesh_config=origins[0], injector=origins[1],
-                     proxy_image=cfg.proxy_image, meshd_image=cfg.meshd_image)
-        if report:
+        if not changed:
+            return
+        log.info("injection config applied", mesh_config=origins[0], injector=origins[1],
+                 proxy_image=cfg.proxy_image, meshd_image=cfg.meshd_image)
+        if cfg.unread:
             log.warning("injection config keys not honoured", mesh_config=origins[0], injector=origins[1],
-                        keys=list(report), reason="meshd's injector does not read these keys; they have no effect")
+                        keys=list(cfg.unread), reason="meshd's injector does not read these keys; they have no effect")
 
     def config(self) -> Any:
         """The InjectionConfig in force (controlplane/inject's); InjectionUnavailable when
@@ -146,6 +143,8 @@ def _check_injector_data(data: Mapping[str, Any]) -> tuple[str, ...]:
 
     from ..inject import InjectionConfigError
 
+    if not isinstance(data, Mapping):
+        raise InjectionConfigError("data", "must be a mapping of keys to strings")
     extra = []
     for key, text in data.items():
         if key not in ("values", "config"):

@@ -87,9 +87,13 @@ def test_keys_not_honoured_are_logged_once_per_change_and_listed_in_configz():
         inputs.set_injector_configmap(cm, WHERE)
         inputs.set_injector_configmap(cm, WHERE)  # the same again (a relist): not logged again
         inputs.set_mesh_config({"trustDomain": "example.org"}, "ConfigMap istio-system/istio")  # another change
+        inputs.set_injector_configmap(injector({"global": {"proxy": {"image": "a/envoy:1"}}}), WHERE)  # all read
     unread = ["values.global.compliancePolicy", "config.templates", "data.note"]
     events = [e for e in logs if e["event"] == "injection config keys not honoured"]
-    assert len(events) == 1 and events[0]["keys"] == unread and events[0]["injector"] == f"ConfigMap {WHERE}"
+    assert [e["keys"] for e in events] == [unread, unread]
+    assert events[0]["injector"] == f"ConfigMap {WHERE}" and events[1]["mesh_config"] == "ConfigMap istio-system/istio"
+    assert inputs.status()["unread"] == []
+    inputs.set_injector_configmap(cm, WHERE)
     status = inputs.status()
     assert status["unread"] == unread and status["values"]["trustDomain"] == "example.org"
     assert status["meshConfigSource"] == "ConfigMap istio-system/istio"
@@ -107,6 +111,8 @@ def test_a_bad_configmap_keeps_the_last_good_config_with_an_error_naming_the_key
     assert proxy(injected(inputs)[0])["image"] == "registry.example/envoy:good"  # the last good one
     assert inputs.status()["values"]["proxyImage"] == "registry.example/envoy:good"
     # a key holding no YAML mapping, and YAML that does not parse, are named too
+    inputs.set_injector_configmap({"data": {"values": 7}}, WHERE)
+    assert inputs.status()["error"] == f"ConfigMap {WHERE}: data.values: must be a string of YAML"
     inputs.set_injector_configmap({"data": {"values": "[1, 2]"}}, WHERE)
     assert inputs.status()["error"] == f"ConfigMap {WHERE}: data.values: must be a YAML mapping, got list"
     inputs.set_injector_configmap({"data": {"config": "policy: [enabled"}}, WHERE)
