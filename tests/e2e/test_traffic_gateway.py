@@ -12,34 +12,24 @@ module runs twice: the gateway bootstrapped for state-of-the-world xDS, then for
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from tests.support.envoy import envoy
-from tests.support.harness import free_port, meshd, wait_for, write
-from tests.support.traffic import Client, backend, service_yaml
+from tests.support.harness import free_port, wait_for
+from tests.support.loopback_gateway import loopback_gateway
+from tests.support.manifests import destination_rule, documents, gateway
+from tests.support.traffic import service_yaml
 
 pytestmark = pytest.mark.e2e
 
 NS = "shop"
 HOST = "shop.example.com"
 
-ROUTING = f"""
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: shop-gateway, namespace: {NS}}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: ["{NS}/{HOST}"]
----
+SHOP = f"""
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: shop, namespace: {NS}}}
@@ -106,73 +96,35 @@ spec:
     retries: {{attempts: 0}}
     route: [{{destination: {{host: od}}}}]
   - route: [{{destination: {{host: web, subset: v1}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: web, namespace: {NS}}}
-spec:
-  host: web
-  subsets:
-  - {{name: v1, labels: {{version: v1}}}}
-  - {{name: v2, labels: {{version: v2}}}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: sticky, namespace: {NS}}}
-spec:
-  host: sticky
-  trafficPolicy:
-    loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: od, namespace: {NS}}}
-spec:
-  host: od
-  trafficPolicy:
-    loadBalancer: {{simple: ROUND_ROBIN}}
-    outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}}
 """
+ROUTING = documents(
+    gateway("shop-gateway", NS, [f"{NS}/{HOST}"]),
+    SHOP,
+    destination_rule("web", NS, "web", subsets={"v1": {"version": "v1"}, "v2": {"version": "v2"}}),
+    destination_rule("sticky", NS, "sticky",
+                     traffic_policy={"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}}}),
+    destination_rule("od", NS, "od", traffic_policy={
+        "loadBalancer": {"simple": "ROUND_ROBIN"},
+        "outlierDetection": {"consecutive5xxErrors": 1, "interval": "1s", "baseEjectionTime": "60s",
+                             "maxEjectionPercent": 100}}),
+)
 
 
 @pytest.fixture(scope="module", params=["sotw", "delta"])
 def shop(tmp_path_factory, request):
     """The gateway over state-of-the-world xDS, then (every test again) over delta xDS."""
-    tmp: Path = tmp_path_factory.mktemp(f"traffic-{request.param}")
-    cfg = tmp / "config"
-    cfg.mkdir()
-    gw_port = free_port()
     port = free_port("127.0.0.31")
-    ips = {f"127.0.0.{i}": port for i in range(31, 39)}
-    write(cfg / "ingress.yaml", f"""
-apiVersion: v1
-kind: Service
-metadata: {{name: istio-ingressgateway, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  ports: [{{name: http2, port: 80, targetPort: {gw_port}}}]
-""")
-    write(cfg / "services.yaml", "\n---\n".join([
+    names = {"127.0.0.31": "web-v1", "127.0.0.32": "web-v2", "127.0.0.33": "mirror", "127.0.0.34": "sticky-a",
+             "127.0.0.35": "sticky-b", "127.0.0.36": "sticky-c", "127.0.0.37": "od-good", "127.0.0.38": "od-broken"}
+    services = [
         service_yaml("web", NS, [("http", 80, port)], [("127.0.0.31", {"version": "v1"}), ("127.0.0.32", {"version": "v2"})]),
         service_yaml("mirror", NS, [("http", 80, port)], [("127.0.0.33", {})]),
         service_yaml("sticky", NS, [("http", 80, port)], [("127.0.0.34", {}), ("127.0.0.35", {}), ("127.0.0.36", {})]),
         service_yaml("od", NS, [("http", 80, port)], [("127.0.0.37", {}), ("127.0.0.38", {})]),
-    ]))
-    write(cfg / "routing.yaml", ROUTING)
-    names = {"127.0.0.31": "web-v1", "127.0.0.32": "web-v2", "127.0.0.33": "mirror", "127.0.0.34": "sticky-a",
-             "127.0.0.35": "sticky-b", "127.0.0.36": "sticky-c", "127.0.0.37": "od-good", "127.0.0.38": "od-broken"}
-    with contextlib.ExitStack() as stack:
-        backends = {names[ip]: stack.enter_context(backend(names[ip], ip, p)) for ip, p in ips.items()}
-        cp = stack.enter_context(meshd(cfg, tmp))
-        gw = stack.enter_context(envoy(tmp, [
-            "--type", "router", "--namespace", "istio-system", "--pod", "istio-ingressgateway-7d4b9", "--ip", "127.0.0.1",
-            "--labels", "istio=ingressgateway,app=istio-ingressgateway", "--xds-address", f"127.0.0.1:{cp.xds_port}",
-            "--xds-transport", request.param]))
-        client = Client(gw_port, HOST)
-        wait_for(lambda: client.get("/")[0] == 200, 20, what="first 200 through the gateway")
-        yield client, backends, gw, cp
-        rejected = {k: v for k, v in gw.rejected_counters().items() if v}
-        assert rejected == {}, rejected
+    ]
+    with loopback_gateway(tmp_path_factory.mktemp(f"traffic-{request.param}"), names, port, services, ROUTING,
+                          host=HOST, bootstrap_args=["--xds-transport", request.param]) as bed:
+        yield bed
 
 
 def test_header_match_routes_jason_to_v2(shop):

@@ -16,17 +16,15 @@ At the end Envoy has rejected nothing.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from tests.support.envoy import envoy
-from tests.support.harness import free_port, meshd, wait_for, write
-from tests.support.manifests import documents, ingress_gateway_service
-from tests.support.traffic import Client, backend, service_yaml
+from tests.support.harness import free_port, wait_for
+from tests.support.loopback_gateway import loopback_gateway
+from tests.support.manifests import destination_rule, documents, gateway
+from tests.support.traffic import service_yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -34,16 +32,7 @@ NS = "shop"
 Z1 = {"topology.kubernetes.io/region": "r1", "topology.kubernetes.io/zone": "z1"}
 Z2 = {"topology.kubernetes.io/region": "r1", "topology.kubernetes.io/zone": "z2"}
 
-ROUTING = f"""
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: shop-gateway, namespace: {NS}}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: ["{NS}/shop.example.com"]
----
+SHOP = f"""
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: shop, namespace: {NS}}}
@@ -57,63 +46,33 @@ spec:
   - match: [{{uri: {{prefix: /dist}}}}]
     route: [{{destination: {{host: dist}}}}]
   - route: [{{destination: {{host: plain}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: failover, namespace: {NS}}}
-spec:
-  host: failover
-  trafficPolicy:
-    outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 10s, maxEjectionPercent: 100}}
-    loadBalancer:
-      simple: ROUND_ROBIN
-      localityLbSetting:
-        enabled: true
-        failover: [{{from: r1, to: r2}}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: dist, namespace: {NS}}}
-spec:
-  host: dist
-  trafficPolicy:
-    loadBalancer:
-      localityLbSetting:
-        enabled: true
-        distribute:
-        - from: r1/z1/*
-          to: {{"r1/z1/*": 80, "r1/z2/*": 20}}
 """
+ROUTING = documents(
+    gateway("shop-gateway", NS, [f"{NS}/shop.example.com"]),
+    SHOP,
+    destination_rule("failover", NS, "failover", traffic_policy={
+        "outlierDetection": {"consecutive5xxErrors": 1, "interval": "1s", "baseEjectionTime": "10s",
+                             "maxEjectionPercent": 100},
+        "loadBalancer": {"simple": "ROUND_ROBIN",
+                         "localityLbSetting": {"enabled": True, "failover": [{"from": "r1", "to": "r2"}]}}}),
+    destination_rule("dist", NS, "dist", traffic_policy={"loadBalancer": {"localityLbSetting": {
+        "enabled": True, "distribute": [{"from": "r1/z1/*", "to": {"r1/z1/*": 80, "r1/z2/*": 20}}]}}}),
+)
 
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
-    tmp: Path = tmp_path_factory.mktemp("locality")
-    cfg = tmp / "config"
-    cfg.mkdir()
-    gw_port = free_port()
     port = free_port("127.0.0.51")
     ips = {"127.0.0.51": "failover-z1", "127.0.0.52": "failover-z2", "127.0.0.53": "dist-z1", "127.0.0.54": "dist-z2",
            "127.0.0.55": "plain-z1", "127.0.0.56": "plain-z2"}
-    write(cfg / "ingress.yaml", documents(ingress_gateway_service(gw_port)))
-    write(cfg / "services.yaml", "\n---\n".join([
+    services = [
         service_yaml("failover", NS, [("http", 80, port)], [("127.0.0.51", Z1), ("127.0.0.52", Z2)]),
         service_yaml("dist", NS, [("http", 80, port)], [("127.0.0.53", Z1), ("127.0.0.54", Z2)]),
         service_yaml("plain", NS, [("http", 80, port)], [("127.0.0.55", Z1), ("127.0.0.56", Z2)]),
-    ]))
-    write(cfg / "routing.yaml", ROUTING)
-    with contextlib.ExitStack() as stack:
-        backends = {name: stack.enter_context(backend(name, ip, port)) for ip, name in ips.items()}
-        cp = stack.enter_context(meshd(cfg, tmp))
-        gw = stack.enter_context(envoy(tmp, [
-            "--type", "router", "--namespace", "istio-system", "--pod", "istio-ingressgateway-0", "--ip", "127.0.0.1",
-            "--labels", "istio=ingressgateway,app=istio-ingressgateway", "--locality", "r1/z1",
-            "--xds-address", f"127.0.0.1:{cp.xds_port}"]))
-        client = Client(gw_port, "shop.example.com")
-        wait_for(lambda: client.get("/")[0] == 200, 60, what="first 200 through the gateway")
-        yield client, backends, gw, cp
-        rejected = {k: v for k, v in gw.rejected_counters().items() if v}
-        assert rejected == {}, rejected
+    ]
+    with loopback_gateway(tmp_path_factory.mktemp("locality"), ips, port, services, ROUTING, host="shop.example.com",
+                          bootstrap_args=["--locality", "r1/z1"], ready_timeout=60) as b:
+        yield b
 
 
 def _eds(gw, cluster: str) -> list[dict]:
@@ -153,7 +112,7 @@ def test_all_traffic_stays_in_the_gateways_zone_then_fails_over(bed):
         # the worker learns of it a moment later: the next requests (sent back to back)
         # may still reach it, more of them on a loaded machine (4 to 17 seen). Then zone 2
         # serves everything.
-        results = []
+        results: list[tuple[int, dict, bytes]] = []
         while len(results) < 40 and (not results or results[-1][0] != 200):
             results.append(client.get("/failover"))
         failed = len(results) - 1
