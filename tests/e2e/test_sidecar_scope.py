@@ -22,19 +22,15 @@ Every Envoy rejects nothing.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-from tests.support.harness import meshd, wait_for
+from tests.support.harness import wait_for
+from tests.support.manifests import documents, service, service_entry
 from tests.support.operator_view import run_cli
-from tests.support.paths import REPO
-from tests.testbed.bed import TestBed
 from tests.testbed.fixtures import require_testbed
+from tests.testbed.mesh import Mesh, PodSpec, pods_yaml, run_mesh, tcp_line
 
 pytestmark = pytest.mark.e2e
 
@@ -43,47 +39,21 @@ PORT = 9080  # the Services' port (and their pods')
 EXT_HTTP, EXT_TCP = 8080, 9000  # the external server's
 
 
+PODS = {
+    "client": PodSpec(NS, "sidecar", "client", "app=client,security.istio.io/tlsMode=istio"),
+    "reviews": PodSpec(NS, service_account="reviews", labels="app=reviews", http=(PORT,)),
+    "ratings": PodSpec(OTHER, service_account="ratings", labels="app=ratings", http=(PORT,)),
+    "external": PodSpec(NS, http=(EXT_HTTP,), tcp=(EXT_TCP,)),  # outside the mesh: no Pod object
+}
+
+
 def layout(pods: dict, vips: dict) -> str:
-    return textwrap.dedent(f"""
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: reviews, namespace: {NS}}}
-        spec:
-          clusterIP: {vips['reviews']}
-          selector: {{app: reviews}}
-          ports: [{{name: http, port: {PORT}}}]
-        ---
-        apiVersion: v1
-        kind: Pod
-        metadata: {{name: reviews-0, namespace: {NS}, labels: {{app: reviews}}}}
-        spec: {{serviceAccountName: reviews, containers: [{{name: app}}]}}
-        status: {{podIP: {pods['reviews'].ip}}}
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: ratings, namespace: {OTHER}}}
-        spec:
-          clusterIP: {vips['ratings']}
-          selector: {{app: ratings}}
-          ports: [{{name: http, port: {PORT}}}]
-        ---
-        apiVersion: v1
-        kind: Pod
-        metadata: {{name: ratings-0, namespace: {OTHER}, labels: {{app: ratings}}}}
-        spec: {{serviceAccountName: ratings, containers: [{{name: app}}]}}
-        status: {{podIP: {pods['ratings'].ip}}}
-        ---
-        apiVersion: networking.istio.io/v1
-        kind: ServiceEntry
-        metadata: {{name: legacy, namespace: {NS}}}
-        spec:
-          hosts: [legacy.external.test]
-          addresses: [{vips['legacy']}]
-          ports: [{{number: {EXT_HTTP}, name: http, protocol: HTTP}}]
-          location: MESH_EXTERNAL
-          resolution: STATIC
-          endpoints: [{{address: {pods['external'].ip}}}]
-        """)
+    return documents(
+        service("reviews", NS, [("http", PORT, None)], cluster_ip=vips["reviews"]),
+        service("ratings", OTHER, [("http", PORT, None)], cluster_ip=vips["ratings"]),
+        service_entry("legacy", NS, ["legacy.external.test"], [(EXT_HTTP, "http", "HTTP", None)],
+                      resolution="STATIC", addresses=[vips["legacy"]], endpoints=[pods["external"].ip]),
+    ) + pods_yaml({n: PODS[n] for n in ("reviews", "ratings")}, pods)
 
 
 def ratings_fault(export_to: str) -> str:
@@ -110,149 +80,106 @@ HIDE_OTHER = textwrap.dedent(f"""
     """)
 
 
-class Bed:
-    def __init__(self, pods: dict, vips: dict, envoy, config_dir: Path, mesh_config: Path, meshd_url: str):
-        self.pods, self.vips, self.envoy, self.config_dir = pods, vips, envoy, config_dir
-        self.mesh_config, self.meshd_url = mesh_config, meshd_url
-
-    def apply(self, name: str, text: str | None) -> None:
-        path = self.config_dir / f"{name}.yaml"
-        if text is None:
-            path.unlink(missing_ok=True)
-            return
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-
-    def outbound(self, mode: str) -> None:
-        tmp = self.mesh_config.with_suffix(".tmp")
-        tmp.write_text(f"outboundTrafficPolicy: {{mode: {mode}}}\n")
-        tmp.replace(self.mesh_config)
-
-    def status(self, address: str, port: int, host: str | None = None) -> int:
-        try:
-            status, _, _ = self.pods["client"].http_get(address, port, "/", headers={"Host": host} if host else None)
-        except OSError:
-            return 0
-        return status
-
-    def service(self, name: str) -> int:
-        return self.status(self.vips[name], PORT)
-
-    def tcp(self, port: int) -> bytes:
-        """What the external server's TCP echo answers the client ("" when the sidecar
-        drops the connection)."""
-        try:
-            s = self.pods["client"].connect(self.pods["external"].ip, port)
-        except OSError:
-            return b""
-        try:
-            s.sendall(b"ping\n")
-            got = b""
-            while not got.endswith(b"\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                got += chunk
-            return got
-        except OSError:
-            return b""
-        finally:
-            s.close()
-
-    def clusters(self) -> str:
-        code, out = run_cli("proxy-config", "cluster", f"client-0.{NS}", "--meshd", self.meshd_url)
-        assert code == 0, out
-        return out
-
-    def expect(self, what: str, check, timeout: float = 20) -> None:
-        wait_for(check, timeout, interval=0.3, what=what)
+def outbound(mesh: Mesh, mode: str) -> None:
+    """Change the mesh config's outboundTrafficPolicy (meshd watches the file)."""
+    path = mesh.config_dir.parent / MESH_CONFIG
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"outboundTrafficPolicy: {{mode: {mode}}}\n")
+    tmp.replace(path)
 
 
-def _bootstrap(work: Path, pod, cp) -> Path:
-    out = work / "client-bootstrap.yaml"
-    subprocess.run([sys.executable, "-m", "controlplane", "bootstrap", "--type", "sidecar", "--namespace", NS,
-                    "--service-account", "client", "--pod", "client-0", "--ip", pod.ip,
-                    "--labels", "app=client,security.istio.io/tlsMode=istio", "--xds-address", "127.0.0.1:15012",
-                    "--ca-dir", str(cp.ca_dir), "--admin-port", "15000", "--output", str(out)],
-                   check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    out.chmod(0o644)
+def status(mesh: Mesh, address: str, port: int, host: str | None = None) -> int:
+    try:
+        code, _, _ = mesh.pods["client"].http_get(address, port, "/", headers={"Host": host} if host else None)
+    except OSError:
+        return 0
+    return code
+
+
+def service_status(mesh: Mesh, name: str) -> int:
+    return status(mesh, mesh.vips[name], PORT)
+
+
+def tcp(mesh: Mesh, port: int) -> bytes:
+    """What the external server's TCP echo answers the client ("" when the sidecar
+    drops the connection)."""
+    try:
+        return tcp_line(mesh.pods["client"], mesh.pods["external"].ip, port)
+    except OSError:
+        return b""
+
+
+def clusters(mesh: Mesh) -> str:
+    code, out = run_cli("proxy-config", "cluster", f"client-0.{NS}", "--meshd",
+                        f"http://127.0.0.1:{mesh.cp.monitoring_port}")
+    assert code == 0, out
     return out
+
+
+def expect(what: str, check, timeout: float = 20) -> None:
+    wait_for(check, timeout, interval=0.3, what=what)
+
+
+MESH_CONFIG = "mesh.yaml"  # beside meshd's config directory
 
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     require_testbed()
     work = tmp_path_factory.mktemp("sidecar-scope")
-    config_dir = work / "config"
-    config_dir.mkdir()
-    mesh_config = work / "mesh.yaml"
-    mesh_config.write_text("outboundTrafficPolicy: {mode: ALLOW_ANY}\n")
-    with TestBed() as tb:
-        pods = {n: tb.add_pod(n, sidecar=(n == "client")) for n in ("client", "reviews", "ratings", "external")}
-        vips = {n: tb.service_ip() for n in ("reviews", "ratings", "legacy")}
-        (config_dir / "layout.yaml").write_text(layout(pods, vips))
-        pods["reviews"].run_echo(http=[PORT])
-        pods["ratings"].run_echo(http=[PORT])
-        pods["external"].run_echo(http=[EXT_HTTP], tcp=[EXT_TCP])
-        with meshd(config_dir, work, extra=["--mesh-config", str(mesh_config)]) as cp:
-            client = pods["client"]
-            client.forward_to_host(cp.secure_port, pod_port=15012)
-            envoy = client.start_envoy(_bootstrap(work, client, cp), admin_port=15000)
-            wait_for(envoy.ready, 30, what="client envoy ready")
-            b = Bed(pods, vips, envoy, config_dir, mesh_config, f"http://127.0.0.1:{cp.monitoring_port}")
-            b.expect("reviews through the sidecar", lambda: b.service("reviews") == 200)
-            yield b
-            bad = {k: v for k, v in envoy.stats("update_rejected").items() if v}
-            assert bad == {}, bad
+    (work / MESH_CONFIG).write_text("outboundTrafficPolicy: {mode: ALLOW_ANY}\n")
+    with run_mesh(work, PODS, layout, services=("reviews", "ratings", "legacy"),
+                  meshd_args=["--mesh-config", str(work / MESH_CONFIG)]) as mesh:
+        expect("reviews through the sidecar", lambda: service_status(mesh, "reviews") == 200)
+        yield mesh
 
 
 def test_registry_only_refuses_unknown_hosts_and_keeps_the_registry(bed):
     ext = bed.pods["external"].ip
     # ALLOW_ANY: a host the registry does not know passes through to where it was going
-    assert bed.status(ext, EXT_HTTP, host="unknown.test") == 200
-    assert bed.tcp(EXT_TCP) == b"external ping\n"
-    bed.outbound("REGISTRY_ONLY")
-    bed.expect("unknown HTTP host refused with 502", lambda: bed.status(ext, EXT_HTTP, host="unknown.test") == 502)
-    bed.expect("unknown TCP destination dropped (BlackHoleCluster)", lambda: bed.tcp(EXT_TCP) == b"")
+    assert status(bed, ext, EXT_HTTP, host="unknown.test") == 200
+    assert tcp(bed, EXT_TCP) == b"external ping\n"
+    outbound(bed, "REGISTRY_ONLY")
+    expect("unknown HTTP host refused with 502", lambda: status(bed, ext, EXT_HTTP, host="unknown.test") == 502)
+    expect("unknown TCP destination dropped (BlackHoleCluster)", lambda: tcp(bed, EXT_TCP) == b"")
     # the registry still works: the ServiceEntry host (by Host and by its address), the Services
-    assert bed.status(ext, EXT_HTTP, host="legacy.external.test") == 200
-    assert bed.status(bed.vips["legacy"], EXT_HTTP) == 200
-    assert bed.service("reviews") == 200 and bed.service("ratings") == 200
-    listeners = json.dumps(bed.envoy.config_dump("dynamic_listeners"))
+    assert status(bed, ext, EXT_HTTP, host="legacy.external.test") == 200
+    assert status(bed, bed.vips["legacy"], EXT_HTTP) == 200
+    assert service_status(bed, "reviews") == 200 and service_status(bed, "ratings") == 200
+    listeners = json.dumps(bed.envoys["client"].config_dump("dynamic_listeners"))
     assert "BlackHoleCluster" in listeners
-    bed.outbound("ALLOW_ANY")
-    bed.expect("unknown HTTP host passes through again", lambda: bed.status(ext, EXT_HTTP, host="unknown.test") == 200)
+    outbound(bed, "ALLOW_ANY")
+    expect("unknown HTTP host passes through again", lambda: status(bed, ext, EXT_HTTP, host="unknown.test") == 200)
 
 
 def test_a_sidecar_hides_another_namespace(bed):
     ratings = f"ratings.{OTHER}.svc.cluster.local"
-    assert ratings in bed.clusters()
+    assert ratings in clusters(bed)
     bed.apply("sidecar", HIDE_OTHER)
     try:
-        bed.expect("ratings' clusters gone from the client", lambda: ratings not in bed.clusters())
-        bed.expect("ratings refused", lambda: bed.service("ratings") == 502)
-        assert f"reviews.{NS}.svc.cluster.local" in bed.clusters()
-        assert bed.service("reviews") == 200
+        expect("ratings' clusters gone from the client", lambda: ratings not in clusters(bed))
+        expect("ratings refused", lambda: service_status(bed, "ratings") == 502)
+        assert f"reviews.{NS}.svc.cluster.local" in clusters(bed)
+        assert service_status(bed, "reviews") == 200
         # the envoy itself holds no cluster of the hidden namespace
-        assert ratings not in json.dumps(bed.envoy.config_dump("dynamic_active_clusters"))
+        assert ratings not in json.dumps(bed.envoys["client"].config_dump("dynamic_active_clusters"))
     finally:
         bed.apply("sidecar", None)
-    bed.expect("ratings back", lambda: ratings in bed.clusters() and bed.service("ratings") == 200)
+    expect("ratings back", lambda: ratings in clusters(bed) and service_status(bed, "ratings") == 200)
 
 
 def test_export_to_hides_a_virtual_service_from_other_namespaces(bed):
     bed.apply("ratings-vs", ratings_fault("."))
     try:
         # exported to `other` only: the client in `shop` routes ratings without it
-        wait_for(lambda: bed.service("ratings") == 200, 10, interval=0.3, what="ratings without the fault")
-        routes = json.dumps(bed.envoy.config_dump("dynamic_route_configs"))
+        wait_for(lambda: service_status(bed, "ratings") == 200, 10, interval=0.3, what="ratings without the fault")
+        routes = json.dumps(bed.envoys["client"].config_dump("dynamic_route_configs"))
         assert "418" not in routes
         bed.apply("ratings-vs", ratings_fault("*"))
-        bed.expect("the exported VirtualService's fault reaches the client", lambda: bed.service("ratings") == 418)
+        expect("the exported VirtualService's fault reaches the client", lambda: service_status(bed, "ratings") == 418)
     finally:
         bed.apply("ratings-vs", None)
-    bed.expect("ratings without the VirtualService", lambda: bed.service("ratings") == 200)
+    expect("ratings without the VirtualService", lambda: service_status(bed, "ratings") == 200)
 
 
 # captureMode NONE: the application dials the sidecar itself on 127.0.0.1 (loopback is never
@@ -272,22 +199,22 @@ DIAL_LOCALHOST = textwrap.dedent(f"""
 
 def _local(bed) -> tuple[int, str]:
     try:
-        status, headers, _ = bed.pods["client"].http_get("127.0.0.1", PORT,
-                                                         headers={"Host": f"ratings.{OTHER}.svc.cluster.local"})
+        code, headers, _ = bed.pods["client"].http_get("127.0.0.1", PORT,
+                                                       headers={"Host": f"ratings.{OTHER}.svc.cluster.local"})
     except OSError:
         return 0, ""
-    return status, headers.get("x-echo-pod", "")
+    return code, headers.get("x-echo-pod", "")
 
 
 def test_capture_none_lets_the_application_dial_its_sidecar_on_localhost(bed):
     assert _local(bed) == (0, "")  # nothing listens on the client's 127.0.0.1:9080
     bed.apply("sidecar", DIAL_LOCALHOST)
     try:
-        bed.expect("ratings through 127.0.0.1:9080", lambda: _local(bed) == (200, "ratings"))
+        expect("ratings through 127.0.0.1:9080", lambda: _local(bed) == (200, "ratings"))
         listeners = {lis["active_state"]["listener"]["name"]: lis["active_state"]["listener"]
-                     for lis in bed.envoy.config_dump("dynamic_listeners")["configs"] if "active_state" in lis}
+                     for lis in bed.envoys["client"].config_dump("dynamic_listeners")["configs"] if "active_state" in lis}
         assert listeners[f"127.0.0.1_{PORT}"].get("bind_to_port") is True
     finally:
         bed.apply("sidecar", None)
-    bed.expect("the bound listener gone", lambda: _local(bed) == (0, ""))
-    bed.expect("reviews through its VIP again", lambda: bed.service("reviews") == 200)
+    expect("the bound listener gone", lambda: _local(bed) == (0, ""))
+    expect("reviews through its VIP again", lambda: service_status(bed, "reviews") == 200)

@@ -9,19 +9,15 @@ one service to another. Envoy rejects nothing.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 import time
 from collections import Counter
 
 import pytest
 
-from tests.support.harness import free_port, meshd
-from tests.support.paths import REPO
-from tests.testbed.bed import TestBed, wait_for
+from tests.support.manifests import destination_rule, documents, service
+from tests.testbed.bed import wait_for
 from tests.testbed.fixtures import require_testbed
+from tests.testbed.mesh import Mesh, PodSpec, pods_yaml, run_mesh, tcp_line
 
 pytestmark = pytest.mark.e2e
 
@@ -29,59 +25,27 @@ NS = "bookinfo"
 PORT = 9080
 
 
-def layout(pods: dict, vips: dict) -> str:
-    def pod(name: str, labels: str, sa: str) -> str:
-        return f"""
-        ---
-        apiVersion: v1
-        kind: Pod
-        metadata: {{name: {name}-0, namespace: {NS}, labels: {{{labels}}}}}
-        spec: {{serviceAccountName: {sa}, containers: [{{name: app}}]}}
-        status: {{podIP: {pods[name].ip}}}"""
+PODS = {
+    "client": PodSpec(NS, "sidecar", "client", "app=client,security.istio.io/tlsMode=istio"),
+    "reviews-v1": PodSpec(NS, service_account="reviews", labels="app=reviews,version=v1", http=(PORT,)),
+    "reviews-v2": PodSpec(NS, service_account="reviews", labels="app=reviews,version=v2", http=(PORT,)),
+    "echo-v1": PodSpec(NS, service_account="tcp-echo", labels="app=tcp-echo,version=v1", tcp=(9000,)),
+    "echo-v2": PodSpec(NS, service_account="tcp-echo", labels="app=tcp-echo,version=v2", tcp=(9000,)),
+}
 
-    return textwrap.dedent(f"""
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: reviews, namespace: {NS}}}
-        spec:
-          clusterIP: {vips['reviews']}
-          selector: {{app: reviews}}
-          ports: [{{name: http, port: 9080, targetPort: {PORT}}}]
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: tcp-echo, namespace: {NS}}}
-        spec:
-          clusterIP: {vips['tcp-echo']}
-          selector: {{app: tcp-echo, version: v1}}
-          ports: [{{name: tcp, port: 9000, targetPort: 9000}}]
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: tcp-echo-v2, namespace: {NS}}}
-        spec:
-          clusterIP: {vips['tcp-echo-v2']}
-          selector: {{app: tcp-echo, version: v2}}
-          ports: [{{name: tcp, port: 9000, targetPort: 9000}}]
-        """) + textwrap.dedent("".join([
-        pod("client", "app: client, security.istio.io/tlsMode: istio", "client"),
-        pod("reviews-v1", "app: reviews, version: v1", "reviews"),
-        pod("reviews-v2", "app: reviews, version: v2", "reviews"),
-        pod("echo-v1", "app: tcp-echo, version: v1", "tcp-echo"),
-        pod("echo-v2", "app: tcp-echo, version: v2", "tcp-echo"),
-    ])) + "\n"
+
+def layout(pods: dict, vips: dict) -> str:
+    return documents(
+        service("reviews", NS, [("http", 9080, PORT)], cluster_ip=vips["reviews"]),
+        service("tcp-echo", NS, [("tcp", 9000, 9000)], selector={"app": "tcp-echo", "version": "v1"},
+                cluster_ip=vips["tcp-echo"]),
+        service("tcp-echo-v2", NS, [("tcp", 9000, 9000)], selector={"app": "tcp-echo", "version": "v2"},
+                cluster_ip=vips["tcp-echo-v2"]),
+        destination_rule("reviews", NS, "reviews", subsets={"v1": {"version": "v1"}, "v2": {"version": "v2"}}),
+        ROUTING) + pods_yaml(PODS, pods)
 
 
 ROUTING = f"""
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: reviews, namespace: {NS}}}
-spec:
-  host: reviews
-  subsets:
-  - {{name: v1, labels: {{version: v1}}}}
-  - {{name: v2, labels: {{version: v2}}}}
----
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: reviews, namespace: {NS}}}
@@ -119,84 +83,47 @@ spec:
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     require_testbed()
-    work = tmp_path_factory.mktemp("mesh-traffic")
-    config_dir, ca_dir = work / "config", work / "ca"
-    config_dir.mkdir()
-    with TestBed() as tb:
-        pods = {n: tb.add_pod(n, sidecar=(n == "client"))
-                for n in ("client", "reviews-v1", "reviews-v2", "echo-v1", "echo-v2")}
-        vips = {n: tb.service_ip() for n in ("reviews", "tcp-echo", "tcp-echo-v2")}
-        (config_dir / "layout.yaml").write_text(layout(pods, vips))
-        (config_dir / "routing.yaml").write_text(ROUTING)
-        for n in ("reviews-v1", "reviews-v2"):
-            pods[n].run_echo(http=[PORT])
-        for n in ("echo-v1", "echo-v2"):
-            pods[n].run_echo(http=[], tcp=[9000])
-        secure = free_port("127.0.0.1")
-        with meshd(config_dir, work, extra=["--ca-dir", str(ca_dir), "--secure-xds-port", str(secure)]) as cp:
-            client = pods["client"]
-            client.forward_to_host(secure, pod_port=15012)
-            boot = work / "client-bootstrap.yaml"
-            subprocess.run(
-                [sys.executable, "-m", "controlplane", "bootstrap", "--type", "sidecar", "--namespace", NS,
-                 "--service-account", "client", "--pod", "client-0", "--ip", client.ip,
-                 "--labels", "app=client,security.istio.io/tlsMode=istio", "--xds-address", "127.0.0.1:15012",
-                 "--admin-port", "15000", "--ca-dir", str(ca_dir), "--output", str(boot)],
-                check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-            envoy = client.start_envoy(boot, admin_port=15000)
-            wait_for(envoy.ready, 30, what="client envoy ready")
-            b = Bed(client, vips, envoy, cp)
-            wait_for(lambda: b.get("/")[0] == 200, 20, what="first request through the sidecar")
-            yield b
-            bad = {k: v for k, v in envoy.stats("update_rejected").items() if v}
-            assert bad == {}, bad
+    with run_mesh(tmp_path_factory.mktemp("mesh-traffic"), PODS, layout,
+                  services=("reviews", "tcp-echo", "tcp-echo-v2")) as mesh:
+        wait_for(lambda: get(mesh, "/")[0] == 200, 20, what="first request through the sidecar")
+        yield mesh
 
 
-class Bed:
-    def __init__(self, client, vips, envoy, cp):
-        self.client, self.vips, self.envoy, self.cp = client, vips, envoy, cp
+def get(mesh: Mesh, path: str, headers: dict | None = None, timeout: float = 5.0):
+    """The client's request to the `reviews` VIP, through its sidecar: (status, headers, body)."""
+    return mesh.pods["client"].http_get(mesh.vips["reviews"], 9080, path, headers=headers, timeout=timeout)
 
-    def get(self, path: str, headers: dict | None = None, timeout: float = 5.0):
-        status, hdrs, body = self.client.http_get(self.vips["reviews"], 9080, path, headers=headers, timeout=timeout)
-        return status, hdrs, body
 
-    def pod(self, path: str, headers: dict | None = None) -> str:
-        status, _, body = self.get(path, headers)
-        assert status == 200, (status, body[:200])
-        return json.loads(body)["pod"]
+def served_by(mesh: Mesh, path: str, headers: dict | None = None) -> str:
+    """The reviews pod that answered (the request must succeed)."""
+    status, _, body = get(mesh, path, headers)
+    assert status == 200, (status, body[:200])
+    return json.loads(body)["pod"]
 
 
 def test_header_match_on_the_sidecar(bed):
-    assert bed.pod("/", {"end-user": "jason"}) == "reviews-v2"
-    assert bed.pod("/", {"end-user": "bob"}) == "reviews-v1"
+    assert served_by(bed, "/", {"end-user": "jason"}) == "reviews-v2"
+    assert served_by(bed, "/", {"end-user": "bob"}) == "reviews-v1"
 
 
 def test_weighted_split_on_the_sidecar(bed):
-    counts = Counter(bed.pod("/split") for _ in range(400))
+    counts = Counter(served_by(bed, "/split") for _ in range(400))
     assert 0.72 <= counts["reviews-v1"] / 400 <= 0.88, counts
     assert counts["reviews-v1"] + counts["reviews-v2"] == 400
 
 
 def test_fault_abort_and_delay_on_the_sidecar(bed):
-    assert bed.get("/abort")[0] == 418
+    assert get(bed, "/abort")[0] == 418
     t0 = time.monotonic()
-    assert bed.get("/delay")[0] == 200
+    assert get(bed, "/delay")[0] == 200
     assert time.monotonic() - t0 >= 0.95
 
 
 def test_rewrite_on_the_sidecar(bed):
-    status, _, body = bed.get("/old/page")
+    status, _, body = get(bed, "/old/page")
     assert status == 200 and json.loads(body)["path"] == "/new/page"
 
 
 def test_tcp_route_on_the_sidecar(bed):
-    s = bed.client.connect(bed.vips["tcp-echo"], 9000)
-    try:
-        s.sendall(b"ping\n")
-        got = b""
-        deadline = time.monotonic() + 5
-        while not got.endswith(b"\n") and time.monotonic() < deadline:
-            got += s.recv(4096)
-    finally:
-        s.close()
+    got = tcp_line(bed.pods["client"], bed.vips["tcp-echo"], 9000)
     assert got == b"echo-v2 ping\n"  # the VirtualService sent tcp-echo's bytes to tcp-echo-v2

@@ -145,6 +145,27 @@ def destination_rule(name: str, namespace: str, host: str, *, subsets: Mapping[s
             "spec": spec}
 
 
+def service_entry(name: str, namespace: str, hosts: Sequence[str], ports: Sequence[tuple[int, str, str, int | None]],
+                  *, resolution: str, location: str = "MESH_EXTERNAL", addresses: Sequence[str] = (),
+                  endpoints: Sequence[str] = (), subject_alt_names: Sequence[str] = (),
+                  workload_selector: Mapping[str, str] | None = None) -> dict:
+    """A ServiceEntry: ports as (number, name, protocol, targetPort or None), endpoints by
+    address, or the workloads `workload_selector` picks."""
+    spec: dict[str, Any] = {"hosts": list(hosts), "location": location, "resolution": resolution}
+    if addresses:
+        spec["addresses"] = list(addresses)
+    spec["ports"] = [{"number": n, "name": pn, "protocol": proto, **({"targetPort": t} if t is not None else {})}
+                     for n, pn, proto, t in ports]
+    if endpoints:
+        spec["endpoints"] = [{"address": a} for a in endpoints]
+    if subject_alt_names:
+        spec["subjectAltNames"] = list(subject_alt_names)
+    if workload_selector:
+        spec["workloadSelector"] = {"labels": dict(workload_selector)}
+    return {"apiVersion": f"{NETWORKING}/v1", "kind": "ServiceEntry", "metadata": _meta(name, namespace),
+            "spec": spec}
+
+
 # --- Istio security --------------------------------------------------------------------------
 
 

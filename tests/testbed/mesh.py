@@ -47,6 +47,7 @@ class PodSpec:
     labels: str = ""  # k=v,k2=v2, as `meshd bootstrap --labels` takes them
     http: tuple[int, ...] = ()  # echo app ports
     tcp: tuple[int, ...] = ()
+    plaintext_xds: bool = False  # the proxy talks to meshd's plaintext xDS port: no CA, no identity
 
     @property
     def sidecar(self) -> bool:
@@ -65,15 +66,17 @@ CHAPTER9_PODS: dict[str, PodSpec] = {
 CHAPTER9_SERVICES = ("webapp", "catalog", "legacy")
 
 
-def bootstrap(path: Path, kind: str, namespace: str, sa: str, pod: Pod, labels: str, ca_dir: Path,
-              extra: Sequence[str] = ()) -> Path:
+def bootstrap(path: Path, kind: str, namespace: str, sa: str, pod: Pod, labels: str, ca_dir: Path | None,
+              extra: Sequence[str] = (), xds_address: str = "127.0.0.1:15012") -> Path:
     """`meshd bootstrap` for a pod of the bed, talking TLS to 127.0.0.1:15012 (forwarded to
-    meshd); `extra`: more flags (e.g. `--xds-transport delta`)."""
+    meshd); with `ca_dir` None, no CA (a proxy on meshd's plaintext port, e.g. 15010);
+    `extra`: more flags (e.g. `--xds-transport delta`)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ca = ["--ca-dir", str(ca_dir)] if ca_dir is not None else []
     subprocess.run(
         [sys.executable, "-m", "controlplane", "bootstrap", "--type", kind, "--namespace", namespace,
          "--service-account", sa, "--pod", f"{pod.name}-0", "--ip", pod.ip, "--labels", labels,
-         "--xds-address", "127.0.0.1:15012", "--admin-port", str(ENVOY_ADMIN), "--ca-dir", str(ca_dir),
+         "--xds-address", xds_address, "--admin-port", str(ENVOY_ADMIN), *ca,
          *extra, "--output", str(path)],
         check=True, env=env,
     )
@@ -112,6 +115,15 @@ def chapter9_layout(pods: Mapping[str, Pod], vips: Mapping[str, str]) -> str:
                 cluster_ip=vips["catalog"]),
         service("legacy", NS, [("http", 80, LEGACY_PORT)], cluster_ip=vips["legacy"]),
         *gateway_to_webapp()) + pods_yaml(CHAPTER9_PODS, pods)
+
+
+def tcp_line(pod: Pod, host: str, port: int, data: bytes = b"ping\n") -> bytes:
+    """Send `data` from `pod` over a new TCP connection and read the answer up to its first
+    newline (less when the peer closes first); a refused or reset connection raises OSError."""
+    s = pod.connect(host, port)
+    with s, s.makefile("rb") as answer:
+        s.sendall(data)
+        return answer.readline()
 
 
 def ssl_handshakes(envoy, prefix: str) -> int:
@@ -249,9 +261,10 @@ def run_mesh(work: Path, pods: Mapping[str, PodSpec], layout: Callable[[dict, di
                 if spec.proxy is None:
                     continue
                 pod = bed_pods[name]
-                pod.forward_to_host(secure, pod_port=15012)
+                host_port, pod_port, ca = (cp.xds_port, 15010, None) if spec.plaintext_xds else (secure, 15012, ca_dir)
+                pod.forward_to_host(host_port, pod_port=pod_port)
                 boot = bootstrap(work / f"{name}-bootstrap.yaml", spec.proxy, spec.namespace, spec.service_account,
-                                 pod, spec.labels, ca_dir, bootstrap_args)
+                                 pod, spec.labels, ca, bootstrap_args, xds_address=f"127.0.0.1:{pod_port}")
                 envoys[name] = pod.start_envoy(boot, admin_port=ENVOY_ADMIN)
             for name, e in envoys.items():
                 wait_for(e.ready, 30, what=lambda name=name: f"{name} envoy ready\n{envoys[name].log(40)}")
