@@ -2,7 +2,8 @@
 
 Router (ingress gateway): one `http.<listen port>` per plaintext HTTP port, and one
 `https.<port>.<port name>.<gateway>.<namespace>` per HTTPS server that terminates TLS
-(its virtual hosts only, since each SNI filter chain names its own). Virtual
+(its virtual hosts only, since each SNI filter chain names its own; a Gateway API
+server's also answers 421 for its port's other listeners' hosts, misdirected.py). Virtual
 hosts come from the VirtualServices bound to the port's servers: one per host shared
 by a server and a VirtualService, named `<host>:<server port>` with exactly that host
 as domain (ports are ignored in host matching). With no VirtualService bound, a single
@@ -24,6 +25,7 @@ from ..model.mesh import MeshSnapshot
 from ..model.proxy import ROUTER, SIDECAR, Proxy
 from .gateway_servers import gateway_ports, matching_hosts, virtual_services_for_gateway
 from .http_routes import RouteContext, catch_all_last, virtual_service_routes
+from .misdirected import misdirected_virtual_hosts
 from .route_config import route_config
 from .sidecar_routes import sidecar_route_configs
 
@@ -46,7 +48,8 @@ def gateway_route_configs(mesh: MeshSnapshot, proxy: Proxy) -> list[route_pb2.Ro
             # chain sees only its own server's virtual hosts (istiod's choice too).
             for server in gp.servers:
                 if server.terminates_http:
-                    out.append(_route_config_for(mesh, proxy, server.route_name, [server], is_tls=True))
+                    out.append(_route_config_for(mesh, proxy, server.route_name, [server], is_tls=True,
+                                                 siblings=gp.servers))
     return out
 
 
@@ -55,11 +58,13 @@ def gateway_route_config(mesh: MeshSnapshot, proxy: Proxy, gp: GatewayPort) -> r
 
 
 def _route_config_for(mesh: MeshSnapshot, proxy: Proxy, name: str, servers: list[Server],
-                      is_tls: bool) -> route_pb2.RouteConfiguration:
+                      is_tls: bool, siblings: tuple[Server, ...] = ()) -> route_pb2.RouteConfiguration:
     vhosts = _gateway_virtual_hosts(mesh, proxy, servers, is_tls)
-    if not vhosts:
+    # An HTTPS server of the Gateway API answers 421 for its port's other listeners' hosts.
+    extra = misdirected_virtual_hosts(servers[0], siblings, vhosts) if is_tls else []
+    if not vhosts and not any("*" in vh.domains for vh in extra):
         vhosts = [rc.VirtualHost(name=names.virtual_host_name("blackhole", servers[0].number), domains=["*"])]
-    return route_config(name, vhosts)
+    return route_config(name, vhosts + extra)
 
 
 @dataclass

@@ -56,6 +56,7 @@ from tests.support.echo_basic import (
     ws_frame,
 )
 from tests.support.envoy import StaticEnvoy, envoy
+from tests.support.gateway_api import MISDIRECTED_REQUESTS
 from tests.support.harness import free_port, http_get, meshd, wait_for, write
 from tests.support.paths import shared
 from tests.support.pki import Pem, make_ca, make_cert, tls_secret_yaml
@@ -543,21 +544,8 @@ CASES: tuple[Case, ...] = (
     Case("HTTPRouteHTTPSListenerDetectMisdirectedRequests", "httproute-https-listener-detect-misdirected-requests.yaml",
          gateway="same-namespace-with-https-listener",
          std=tuple(f"https-listener-detect-misdirected-requests-test-{i}" for i in (1, 2, 3, 4)),
-         xfail="a request whose :authority another listener of the port serves is answered by the listener its SNI "
-               "chose (404 or its route), not 421 Misdirected Request",
          requests=tuple(C("/detect-misdirected-requests", sni, host, to if isinstance(to, str) else None,
-                          200 if isinstance(to, str) else to) for sni, host, to in (
-             ("example.org", "example.org", "v1"), ("example.org", "second-example.org", 421),
-             ("example.org", "unknown-example.org", 404), ("second-example.org", "second-example.org", "v2"),
-             ("second-example.org", "example.org", 421), ("second-example.org", "unknown-example.org", 421),
-             ("third-example.wildcard.org", "third-example.wildcard.org", "v3"),
-             ("third-example.wildcard.org", "fith-example.wildcard.org", "v3"),
-             ("third-example.wildcard.org", "fourth-example.wildcard.org", 421),
-             ("third-example.wildcard.org", "second-example.org", 421),
-             ("third-example.wildcard.org", "unknown-example.org", 421),
-             ("fourth-example.wildcard.org", "fourth-example.wildcard.org", "v1"),
-             ("fourth-example.wildcard.org", "fith-example.wildcard.org", 421),
-             ("unknown-example.org", "example.org", "v1"), ("unknown-example.org", "unknown-example.org", 404)))),
+                          200 if isinstance(to, str) else to) for sni, host, to in MISDIRECTED_REQUESTS)),
     Case("HTTPRouteBackendProtocolH2C", "httproute-backend-protocol-h2c.yaml",
          conditions=((f"{INFRA}/backend-protocol-h2c", "Accepted", "True", "Accepted"),),
          requests=(C("/", "", "gateway.example"),)),
