@@ -20,7 +20,8 @@ Servers of Istio Gateways are left as istiod builds them. istiod itself does not
 answer 421 (istio/istio#60046 was closed over the cost: N listeners with distinct
 hostnames on one port mean N route configurations of N-1 domains). Here a domain that
 another 421 domain already covers is left out, so a port with a catch-all listener
-costs one domain per route configuration; distinct hostnames without one still cost N-1.
+costs one domain per route configuration; distinct hostnames without one still cost N-1
+(bounded: a Gateway has at most 64 listeners).
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def misdirected_virtual_hosts(server: Server, siblings: Iterable[Server],
                   for h in s.host_names()} - set(own_hosts) - taken
     # Own domains a 421 domain must beat: the server's hostnames and its virtual hosts'.
     mine = taken | set(own_hosts)
-    domains = sorted(d for d in candidates if not _redundant(d, candidates, mine))
+    wildcards = [c for c in candidates if c.startswith("*")]  # only these cover other domains
+    domains = sorted(d for d in candidates if not _redundant(d, wildcards, mine))
     if not domains:
         return []
     out = [rc.VirtualHost(
@@ -68,10 +70,10 @@ def misdirected_virtual_hosts(server: Server, siblings: Iterable[Server],
     return out
 
 
-def _redundant(domain: str, candidates: set[str], mine: set[str]) -> bool:
+def _redundant(domain: str, wildcards: list[str], mine: set[str]) -> bool:
     """True when a broader 421 domain answers for `domain` just as well: the most specific
-    other candidate covering it, with no own domain between the two (that one would win)."""
-    wider = [c for c in candidates if c != domain and covers(c, domain)]
+    other wildcard candidate covering it, with no own domain between the two (that one would win)."""
+    wider = [c for c in wildcards if c != domain and covers(c, domain)]
     if not wider:
         return False
     best = max(wider, key=len)  # covering domains are suffixes of one another: the longest is the narrowest
