@@ -98,15 +98,24 @@ def endpoint_slice(name: str, namespace: str, service_name: str, port: int, addr
 # --- Istio networking ------------------------------------------------------------------------
 
 
-def gateway(name: str, namespace: str, hosts: Sequence[str], *, port: int = 80, protocol: str = "HTTP",
-            port_name: str = "http", tls: Mapping[str, Any] | None = None,
-            selector: Mapping[str, str] = INGRESS, version: str = "v1") -> dict:
-    """A Gateway with one server (`hosts` on `port`) on the pods `selector` picks."""
+def gateway_server(hosts: Sequence[str], port: int = 80, protocol: str = "HTTP", port_name: str = "http",
+                   tls: Mapping[str, Any] | None = None) -> dict:
+    """One server of a Gateway: `hosts` on `port`, with its `tls` settings."""
     server: dict[str, Any] = {"port": {"number": port, "name": port_name, "protocol": protocol}, "hosts": list(hosts)}
     if tls:
         server["tls"] = dict(tls)
+    return server
+
+
+def gateway(name: str, namespace: str, hosts: Sequence[str], *, port: int = 80, protocol: str = "HTTP",
+            port_name: str = "http", tls: Mapping[str, Any] | None = None,
+            selector: Mapping[str, str] = INGRESS, version: str = "v1",
+            more_servers: Sequence[Mapping[str, Any]] = ()) -> dict:
+    """A Gateway with one server (`hosts` on `port`), then `more_servers` (see
+    gateway_server), on the pods `selector` picks."""
+    servers = [gateway_server(hosts, port, protocol, port_name, tls), *(dict(s) for s in more_servers)]
     return {"apiVersion": f"{NETWORKING}/{version}", "kind": "Gateway", "metadata": _meta(name, namespace),
-            "spec": {"selector": dict(selector), "servers": [server]}}
+            "spec": {"selector": dict(selector), "servers": servers}}
 
 
 def destination(host: str, *, port: int | None = None, subset: str | None = None) -> dict:

@@ -24,7 +24,9 @@ from controlplane.config.snapshot import ConfigSnapshot
 from controlplane.generators import clusters, endpoints, listeners, routes
 from controlplane.model.mesh import build_mesh
 from controlplane.model.proxy import parse_node
+from tests.support.coolstore import INGRESS_SERVICE, NS, WEBAPP_SERVICE, coolstore_gateway, tcp_echo_service
 from tests.support.envoy import envoy_validate
+from tests.support.manifests import documents, gateway
 from tests.support.paths import shared
 from tests.support.static_xds import gateway_bootstrap
 
@@ -91,26 +93,7 @@ def to_dict(msg) -> dict:
 
 # --- the Istio in Action story -----------------------------------------------------
 
-INGRESS_SERVICE = """
-apiVersion: v1
-kind: Service
-metadata: {name: istio-ingressgateway, namespace: istio-system, labels: {istio: ingressgateway}}
-spec:
-  selector: {istio: ingressgateway}
-  ports:
-  - {name: http2, port: 80, targetPort: 8080}
-  - {name: https, port: 443, targetPort: 8443}
-  - {name: tcp, port: 31400, targetPort: 31400}
-"""
-
-WEBAPP = """
-apiVersion: v1
-kind: Service
-metadata: {name: webapp, namespace: istioinaction}
-spec:
-  selector: {app: webapp}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
+WEBAPP = WEBAPP_SERVICE + """---
 apiVersion: v1
 kind: Pod
 metadata: {name: webapp-1, namespace: istioinaction, labels: {app: webapp, version: v1}}
@@ -130,16 +113,7 @@ spec: {containers: [{name: webapp, ports: [{containerPort: 8080}]}]}
 status: {phase: Running, podIP: 10.1.0.12, conditions: [{type: Ready, status: "False"}]}
 """
 
-COOLSTORE_GATEWAY = """
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: coolstore-gateway, namespace: istioinaction}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 80, name: http, protocol: HTTP}
-    hosts: ["webapp.istioinaction.io"]
-"""
+COOLSTORE_GATEWAY = coolstore_gateway()
 
 WEBAPP_VS = """
 apiVersion: networking.istio.io/v1
@@ -315,7 +289,7 @@ def test_gateway_reference_forms():
     ],
 )
 def test_namespace_prefixed_server_hosts_restrict_binding(server_host, vs_ns, bound):
-    gw = COOLSTORE_GATEWAY.replace('["webapp.istioinaction.io"]', f'["{server_host}"]')
+    gw = coolstore_gateway([server_host])
     vs = (
         WEBAPP_VS.replace("namespace: istioinaction}", f"namespace: {vs_ns}}}")
         .replace("[coolstore-gateway]", "[istioinaction/coolstore-gateway]")
@@ -338,7 +312,7 @@ def test_namespace_prefixed_server_hosts_restrict_binding(server_host, vs_ns, bo
     ],
 )
 def test_wildcard_host_intersection(server_host, vs_host, vhost):
-    gw = COOLSTORE_GATEWAY.replace('["webapp.istioinaction.io"]', f'["{server_host}"]')
+    gw = coolstore_gateway([server_host])
     vs = WEBAPP_VS.replace('hosts: ["webapp.istioinaction.io"]', f'hosts: ["{vs_host}"]')
     rc = by_name(routes.build(mesh_of(INGRESS_SERVICE, WEBAPP, gw, vs), GATEWAY_PROXY))["http.8080"]
     if vhost is None:
@@ -650,23 +624,8 @@ spec:
 
 # --- TCP servers ---------------------------------------------------------------------
 
-TCP_ECHO = """
-apiVersion: v1
-kind: Service
-metadata: {name: tcp-echo, namespace: istioinaction}
-spec:
-  selector: {app: tcp-echo}
-  ports: [{name: tcp, port: 2701}]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: echo-tcp-gateway, namespace: istioinaction}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 31400, name: tcp-echo, protocol: TCP}
-    hosts: ["*"]
-"""
+TCP_ECHO = documents(tcp_echo_service(2701),
+                     gateway("echo-tcp-gateway", NS, ["*"], port=31400, protocol="TCP", port_name="tcp-echo"))
 
 TCP_ECHO_VS = """
 apiVersion: networking.istio.io/v1
@@ -695,16 +654,7 @@ def test_tcp_server_proxies_to_virtual_service_destination():
 
 
 def test_conflicting_server_on_a_port_is_dropped():
-    other = """
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: zz-tcp, namespace: istioinaction}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 80, name: tcp, protocol: TCP}
-    hosts: ["*"]
-"""
+    other = documents(gateway("zz-tcp", NS, ["*"], protocol="TCP", port_name="tcp"))
     lds = listeners.build(story_mesh(WEBAPP_VS, other), GATEWAY_PROXY)
     assert [n for n, _ in lds] == ["0.0.0.0_8080"]
     assert hcm_of(lds[0][1]).rds.route_config_name == "http.8080"

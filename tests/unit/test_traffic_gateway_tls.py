@@ -18,7 +18,16 @@ from controlplane.config.parse import parse_document
 from controlplane.generators import filter_chains, listeners, routes, secrets
 from controlplane.model.proxy import parse_node
 from tests.support.configs import mesh_from_yaml
+from tests.support.coolstore import (
+    INGRESS_SERVICE,
+    NS,
+    WEBAPP_HOST,
+    WEBAPP_SERVICE,
+    coolstore_gateway,
+    tcp_echo_service,
+)
 from tests.support.envoy import envoy_validate
+from tests.support.manifests import destination, documents, gateway, gateway_server, service
 from tests.support.pki import b64, generic_secret_yaml, make_ca, make_cert, tls_secret_yaml
 from tests.support.static_xds import gateway_bootstrap
 
@@ -31,67 +40,20 @@ GATEWAY = parse_node("router~10.0.0.1~istio-ingressgateway-1.istio-system~istio-
                      {"LABELS": {"istio": "ingressgateway"}, "NAMESPACE": "istio-system"})
 PLAINTEXT_GATEWAY = dataclasses.replace(GATEWAY, workload_cert=False)
 
-INGRESS = """
-apiVersion: v1
-kind: Service
-metadata: {name: istio-ingressgateway, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  ports:
-  - {name: http2, port: 80, targetPort: 8080}
-  - {name: https, port: 443, targetPort: 8443}
-  - {name: tcp, port: 31400, targetPort: 31400}
----
-apiVersion: v1
-kind: Service
-metadata: {name: webapp, namespace: istioinaction}
-spec:
-  selector: {app: webapp}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: tls-backend, namespace: istioinaction}
-spec:
-  selector: {app: tls-backend}
-  ports: [{name: tls, port: 443, targetPort: 8443}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: tcp-echo, namespace: istioinaction}
-spec:
-  selector: {app: tcp-echo}
-  ports: [{name: tcp, port: 9000}]
-"""
+INGRESS = documents(INGRESS_SERVICE, WEBAPP_SERVICE, service("tls-backend", NS, [("tls", 443, 8443)]),
+                    tcp_echo_service(9000))
 
-GATEWAYS = """
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: coolstore-gateway, namespace: istioinaction}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 80, name: http, protocol: HTTP}
-    hosts: ["webapp.istioinaction.io"]
-    tls: {httpsRedirect: true}
-  - port: {number: 443, name: https-webapp, protocol: HTTPS}
-    hosts: ["istioinaction/webapp.istioinaction.io"]
-    tls: {mode: SIMPLE, credentialName: webapp-credential}
-  - port: {number: 443, name: https-catalog, protocol: HTTPS}
-    hosts: ["./catalog.istioinaction.io"]
-    tls:
-      mode: MUTUAL
-      credentialName: catalog-credential
-      minProtocolVersion: TLSV1_2
-      maxProtocolVersion: TLSV1_3
-      cipherSuites: [ECDHE-ECDSA-AES256-GCM-SHA384, NOT-A-CIPHER, ECDHE-ECDSA-AES256-GCM-SHA384]
-      subjectAltNames: [client.istioinaction.io]
-  - port: {number: 443, name: tls-passthrough, protocol: TLS}
-    hosts: ["*/simple-sni-1.istioinaction.io"]
-    tls: {mode: PASSTHROUGH}
-  - port: {number: 31400, name: tcp-echo, protocol: TCP}
-    hosts: ["*"]
----
+WEBAPP_TLS = {"mode": "SIMPLE", "credentialName": "webapp-credential"}
+GATEWAYS = coolstore_gateway(tls={"httpsRedirect": True}, more_servers=[
+    gateway_server(["istioinaction/webapp.istioinaction.io"], 443, "HTTPS", "https-webapp", WEBAPP_TLS),
+    gateway_server(["./catalog.istioinaction.io"], 443, "HTTPS", "https-catalog", {
+        "mode": "MUTUAL", "credentialName": "catalog-credential",
+        "minProtocolVersion": "TLSV1_2", "maxProtocolVersion": "TLSV1_3",
+        "cipherSuites": ["ECDHE-ECDSA-AES256-GCM-SHA384", "NOT-A-CIPHER", "ECDHE-ECDSA-AES256-GCM-SHA384"],
+        "subjectAltNames": ["client.istioinaction.io"]}),
+    gateway_server(["*/simple-sni-1.istioinaction.io"], 443, "TLS", "tls-passthrough", {"mode": "PASSTHROUGH"}),
+    gateway_server(["*"], 31400, "TCP", "tcp-echo"),
+]) + """---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: webapp, namespace: istioinaction}
@@ -313,21 +275,24 @@ def test_mutual_without_a_ca_is_left_out():
     assert any("catalog-credential-cacert" in c.reason for c in mesh.gateway_conflicts)
 
 
-DUPLICATE = """
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: zz-other, namespace: istioinaction}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 443, name: https, protocol: HTTPS}
-    hosts: ["webapp.istioinaction.io"]
-    tls: {mode: SIMPLE, credentialName: webapp-credential}
-  - port: {number: 31400, name: tcp-again, protocol: TCP}
-    hosts: ["*"]
-  - port: {number: 80, name: http-other, protocol: HTTP}
-    hosts: ["webapp.istioinaction.io"]
-"""
+DUPLICATE = documents(gateway("zz-other", NS, [WEBAPP_HOST], port=443, protocol="HTTPS", port_name="https",
+                              tls=WEBAPP_TLS, more_servers=[gateway_server(["*"], 31400, "TCP", "tcp-again"),
+                                                            gateway_server([WEBAPP_HOST], 80, "HTTP", "http-other")]))
+
+
+def tls_term(term_tls: dict, mesh_hosts: str, *more_servers: dict) -> str:
+    """The Gateway `tls-term`: TLS for echo.istioinaction.io terminated on 9443 with
+    `term_tls`, Istio mTLS on 15443 and `more_servers`; and its VirtualService sending
+    echo and `mesh_hosts` to tcp-echo."""
+    gw = gateway("tls-term", NS, ["echo.istioinaction.io"], port=9443, protocol="TLS", port_name="tls-term",
+                 tls=term_tls, more_servers=[
+                     gateway_server(["*.istioinaction.svc.cluster.local"], 15443, "TLS", "mtls", {"mode": "ISTIO_MUTUAL"}),
+                     *more_servers])
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+          "metadata": {"name": "echo-tls", "namespace": NS},
+          "spec": {"hosts": ["echo.istioinaction.io", mesh_hosts], "gateways": ["tls-term"],
+                   "tcp": [{"route": [{"destination": destination("tcp-echo", port=9000)}]}]}}
+    return documents(gw, vs)
 
 
 def test_conflicting_servers_are_reported_and_never_reach_envoy():
@@ -359,29 +324,7 @@ def test_gateway_conflict_is_logged_once():
 
 
 def test_tls_termination_with_tcp_route_and_istio_mutual():
-    extra = """
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: tls-term, namespace: istioinaction}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 9443, name: tls-term, protocol: TLS}
-    hosts: ["echo.istioinaction.io"]
-    tls: {mode: SIMPLE, credentialName: webapp-credential}
-  - port: {number: 15443, name: mtls, protocol: TLS}
-    hosts: ["*.istioinaction.svc.cluster.local"]
-    tls: {mode: ISTIO_MUTUAL}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: echo-tls, namespace: istioinaction}
-spec:
-  hosts: ["echo.istioinaction.io", "tcp-echo.istioinaction.svc.cluster.local"]
-  gateways: [tls-term]
-  tcp:
-  - route: [{destination: {host: tcp-echo, port: {number: 9000}}}]
-"""
+    extra = tls_term(WEBAPP_TLS, "tcp-echo.istioinaction.svc.cluster.local")
     lds = by_name(listeners.build(full_mesh(extra), GATEWAY))
     term = lds["0.0.0.0_9443"].filter_chains[0]
     assert list(term.filter_chain_match.server_names) == ["echo.istioinaction.io"]
@@ -427,33 +370,10 @@ def static_bootstrap(mesh, proxy) -> bootstrap_pb2.Bootstrap:
 
 @pytest.mark.e2e
 def test_envoy_accepts_the_tls_gateway(tmp_path):
-    extra = DUPLICATE + """
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: tls-term, namespace: istioinaction}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 9443, name: tls-term, protocol: TLS}
-    hosts: ["echo.istioinaction.io"]
-    tls: {mode: OPTIONAL_MUTUAL, credentialName: catalog-credential, verifyCertificateSpki: []}
-  - port: {number: 15443, name: mtls, protocol: TLS}
-    hosts: ["*.istioinaction.svc.cluster.local"]
-    tls: {mode: ISTIO_MUTUAL}
-  - port: {number: 15444, name: auto, protocol: TLS}
-    hosts: ["*.istioinaction.svc.cluster.local"]
-    tls: {mode: AUTO_PASSTHROUGH}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: echo-tls, namespace: istioinaction}
-spec:
-  hosts: ["echo.istioinaction.io", "*.istioinaction.svc.cluster.local"]
-  gateways: [tls-term]
-  tcp:
-  - route: [{destination: {host: tcp-echo, port: {number: 9000}}}]
-"""
+    extra = DUPLICATE + "---\n" + tls_term(
+        {"mode": "OPTIONAL_MUTUAL", "credentialName": "catalog-credential", "verifyCertificateSpki": []},
+        "*.istioinaction.svc.cluster.local",
+        gateway_server(["*.istioinaction.svc.cluster.local"], 15444, "TLS", "auto", {"mode": "AUTO_PASSTHROUGH"}))
     boot = static_bootstrap(full_mesh(extra), GATEWAY)
     assert len(boot.static_resources.listeners) == 6
     envoy_validate(boot, tmp_path / "bootstrap.json")
@@ -474,17 +394,9 @@ data:
 
 
 def test_min_protocol_above_max_is_reported_not_sent():
-    extra = """
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: minmax, namespace: istioinaction}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 9443, name: https-minmax, protocol: HTTPS}
-    hosts: ["minmax.istioinaction.io"]
-    tls: {mode: SIMPLE, credentialName: webapp-credential, minProtocolVersion: TLSV1_3, maxProtocolVersion: TLSV1_2}
-"""
+    extra = documents(gateway("minmax", NS, ["minmax.istioinaction.io"], port=9443, protocol="HTTPS",
+                              port_name="https-minmax", tls={**WEBAPP_TLS, "minProtocolVersion": "TLSV1_3",
+                                                              "maxProtocolVersion": "TLSV1_2"}))
     mesh = full_mesh(extra)
     assert "0.0.0.0_9443" not in by_name(listeners.build(mesh, GATEWAY))
     assert any("minProtocolVersion TLSV1_3 is above" in c.reason for c in mesh.gateway_conflicts)
