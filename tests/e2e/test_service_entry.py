@@ -45,6 +45,7 @@ from tests.support.manifests import (
     destination_rule,
     documents,
     gateway,
+    gateway_server,
     peer_authentication,
     service,
     service_entry,
@@ -127,14 +128,10 @@ def via_egress_gateway(host: str, subset: str, gateway_port: int, weight: int | 
 def egress_gateway() -> dict:
     """The egress Gateway: HTTP for edition and gw-secure, TLS passed through for pass,
     Istio mTLS from the sidecars for mtls."""
-    gw = gateway("istio-egressgateway", NS, ["edition.external.test", "gw-secure.external.test"],
-                 selector={"istio": "egressgateway"})
-    gw["spec"]["servers"] += [
-        {"port": {"number": 443, "name": "tls", "protocol": "TLS"}, "hosts": ["pass.external.test"],
-         "tls": {"mode": "PASSTHROUGH"}},
-        {"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["mtls.external.test"],
-         "tls": {"mode": "ISTIO_MUTUAL"}}]
-    return gw
+    return gateway("istio-egressgateway", NS, ["edition.external.test", "gw-secure.external.test"],
+                   selector={"istio": "egressgateway"}, more_servers=[
+                       gateway_server(["pass.external.test"], 443, "TLS", "tls", {"mode": "PASSTHROUGH"}),
+                       gateway_server(["mtls.external.test"], 443, "HTTPS", "https", {"mode": "ISTIO_MUTUAL"})])
 
 
 # Istio's egress-gateway tasks, on hosts of the bed: edition.cnn.com through the egress
