@@ -1,51 +1,78 @@
-"""The README carries, in full, the per-test conformance tables of
-docs/gateway-api-conformance.md (the Gateway API issue asks for them in the README); this
-keeps the copy equal to the source. Regenerate with
+"""The README carries, in full, what the Gateway API issue asks it to list: every
+conformance test with its result (the tables of docs/gateway-api-conformance.md) and every
+difference from Istio's translation goldens with its reason (the section "Differences
+from istiod" of docs/gateway-api.md). The docs are the source; this keeps the README's
+copies equal to them. Regenerate with
 
     python tests/unit/test_readme_tables.py --write
 """
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
-SOURCE = REPO / "docs" / "gateway-api-conformance.md"
-BEGIN = "<!-- BEGIN copied from docs/gateway-api-conformance.md by tests/unit/test_readme_tables.py -->"
 END = "<!-- END copied -->"
 
 
-def copied_block() -> str:
-    """Each table of the source under the heading it sits in."""
-    out: list[str] = []
-    heading = ""
-    in_table = False
-    for line in SOURCE.read_text().splitlines():
-        if line.startswith("## "):
-            heading = line[3:]
-        if line.startswith("|"):
-            if not in_table:
-                out += ["", f"**{heading}**", ""]
-            in_table = True
-            out.append(line)
-        else:
-            in_table = False
-    return "\n".join(out).strip("\n")
+@dataclass(frozen=True)
+class Copy:
+    source: Path
+    section: str  # "": the tables of the whole file; else that "## " section whole
+
+    @property
+    def begin(self) -> str:
+        what = f"section '{self.section}' of " if self.section else ""
+        return f"<!-- BEGIN copied from {what}{self.source.relative_to(REPO)} by tests/unit/test_readme_tables.py -->"
+
+    def block(self) -> str:
+        lines = self.source.read_text().splitlines()
+        if self.section:
+            start = lines.index(f"## {self.section}") + 1
+            end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+            # Its headings one level down, under the README's own "## Kubernetes Gateway API".
+            return "\n".join(("#" + ln if ln.startswith("### ") else ln) for ln in lines[start:end]).strip("\n")
+        out: list[str] = []
+        heading, in_table = "", False
+        for line in lines:
+            if line.startswith("## "):
+                heading = line[3:]
+            if line.startswith("|"):
+                if not in_table:
+                    out += ["", f"**{heading}**", ""]
+                in_table = True
+                out.append(line)
+            else:
+                in_table = False
+        return "\n".join(out).strip("\n")
 
 
-def current() -> str:
+COPIES = [Copy(REPO / "docs" / "gateway-api-conformance.md", ""),
+          Copy(REPO / "docs" / "gateway-api.md", "Differences from istiod")]
+
+
+def _current(copy: Copy) -> str:
     text = README.read_text()
-    assert BEGIN in text and END in text, "README.md lacks the copied-table markers"
-    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+    assert copy.begin in text, f"README.md lacks the marker {copy.begin}"
+    return text.split(copy.begin, 1)[1].split(END, 1)[0].strip("\n")
 
 
-def test_the_readme_holds_every_conformance_table_as_the_docs_have_it():
-    block = copied_block()
-    assert block.count("\n| ") > 100, "the source's tables were not found"
-    assert current() == block, "regenerate: python tests/unit/test_readme_tables.py --write"
+@pytest.mark.parametrize("copy", COPIES, ids=lambda c: c.source.name)
+def test_the_readme_holds_the_docs_tables_as_the_docs_have_them(copy: Copy):
+    block = copy.block()
+    assert block.count("\n| ") > 30, f"the tables of {copy.source} were not found"
+    assert _current(copy) == block, "regenerate: python tests/unit/test_readme_tables.py --write"
 
 
 if __name__ == "__main__":
     text = README.read_text()
-    head, rest = text.split(BEGIN, 1)
-    README.write_text(head + BEGIN + "\n" + copied_block() + "\n" + rest[rest.index(END):])
+    for copy in COPIES:
+        if copy.begin not in text:
+            sys.exit(f"README.md lacks the marker {copy.begin}")
+        head, rest = text.split(copy.begin, 1)
+        text = head + copy.begin + "\n" + copy.block() + "\n" + rest[rest.index(END):]
+    README.write_text(text)
