@@ -28,3 +28,7 @@ This room reads the config stage (the parse gate, the store) and implements secu
 interfaces; it never imports the CLI, app.py, the server or debug. app.py wires it to
 security (tests/unit/test_architecture.py holds the rules).
 """
+
+from .libimport import skip_package_init
+
+skip_package_init()  # before any module here imports kubernetes.client (start-up cost)
