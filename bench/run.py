@@ -322,11 +322,16 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
     meshd = Meshd(config, work, args.meshd_arg, args.profile, cwd=args.meshd_tree or REPO)
     try:
         result["startup_to_ready_s"] = round(meshd.ready_after, 3)
+        # Before any proxy: what the configuration alone costs (the per-proxy figures subtract it).
+        result["memory_at_ready"] = memory_mb(meshd.proc.pid)
+        cpu_ready = cpu_seconds(meshd.proc.pid)
+        result["cpu_to_ready_s"] = round(cpu_ready, 2)
         t0 = time.time()
         fleet = Fleet(specs, f"127.0.0.1:{meshd.xds}", transport, args.loadgen_procs)
         try:
             s = fleet.wait_synced(args.timeout)
             result["initial_sync_s"] = round(s["last"] - t0, 3)
+            result["initial_sync_cpu_s"] = round(cpu_seconds(meshd.proc.pid) - cpu_ready, 2)
             result["initial_bytes_mb"] = round(s["bytes"] / 1e6, 1)
             quiesce(meshd, idle=0.2, timeout=60)
             idle = idle_rate(meshd)
@@ -469,6 +474,7 @@ def table(results: list[dict], sc: Scenario) -> str:
     med = statistics.median
     row("start-up to ready (s)", lambda r: f"{r['startup_to_ready_s']:.2f}")
     row("initial sync of the fleet (s)", lambda r: f"{r['initial_sync_s']:.2f}")
+    row("  meshd CPU meanwhile (s)", lambda r: f"{r['initial_sync_cpu_s']:.1f}")
     row("full push, e2e median (s)", lambda r: f"{med(x['e2e_s'] for x in r['full_push']):.2f}")
     row("full push, from store median (s)", lambda r: f"{med(x['from_store_s'] for x in r['full_push']):.2f}")
     row("full push, push median (s)", lambda r: f"{med(x['push_s'] for x in r['full_push']):.2f}")
@@ -493,6 +499,7 @@ def table(results: list[dict], sc: Scenario) -> str:
         row(label, lambda r, stage=stage: f"{med(x['stages'][stage] for x in r['endpoint_change'] if stage in x['stages']):.3f}")
     row("endpoint push: non-EDS responses", lambda r: str(sum(v for x in r['endpoint_change']
                                                               for k, v in x['responses'].items() if k != 'EDS')))
+    row("RSS at ready, no proxy (MB)", lambda r: f"{r['memory_at_ready']['rss_mb']:.0f}")
     row("RSS after sync (MB)", lambda r: f"{r['memory_after_sync']['rss_mb']:.0f}")
     row("peak RSS (MB)", lambda r: f"{r['memory_end']['peak_rss_mb']:.0f}")
     row("load generator CPU (s)", lambda r: f"{r['loadgen_cpu_s']:.0f}")
