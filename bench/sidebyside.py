@@ -156,16 +156,19 @@ def measure(plane: Plane, sc: Scenario, cluster: Cluster, args) -> dict:
     return result
 
 
-def startups(names: list[str], cluster: Cluster, work: Path, args) -> dict[str, list[float]]:
+def startups(names: list[str], cluster: Cluster, work: Path, args) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Each plane started `args.startup_only` times in turn (alternating, so both see the
-    same moments of a busy machine) on the loaded cluster: seconds to /ready."""
+    same moments of a busy machine) on the loaded cluster: seconds to /ready, and the
+    process's CPU seconds when /ready was seen (less noisy than wall time on a shared machine)."""
     out: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     for _ in range(args.startup_only):
         for name in names:
             plane = start_plane(name, cluster, work, args)
+            cpu.setdefault(plane.name, []).append(round(cpu_seconds(plane.pid), 2))
             plane.stop()
             out.setdefault(plane.name, []).append(round(plane.ready_after, 3))
-    return out
+    return out, cpu
 
 
 def table(results: list[dict], sc: Scenario) -> str:
@@ -241,11 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         counts = cluster.load(sc, work / "scenario")
         loaded = round(time.time() - t, 1)
         if args.startup_only:
-            starts = startups(args.planes.split(","), cluster, work, args)
+            starts, cpus = startups(args.planes.split(","), cluster, work, args)
             report({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
-                    "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "startup": starts}, args.json,
+                    "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "startup": starts,
+                    "startup_cpu_s": cpus}, args.json,
                    "\n".join(f"{name:>10} start-up to ready (s): " + ", ".join(f"{t:.2f}" for t in ts)
-                             + f"; median {statistics.median(ts):.2f}" for name, ts in starts.items()))
+                             + f"; median {statistics.median(ts):.2f}" for name, ts in starts.items()) + "\n"
+                   + "\n".join(f"{name:>10} CPU at ready (s): " + ", ".join(f"{t:.2f}" for t in ts)
+                                + f"; median {statistics.median(ts):.2f}" for name, ts in cpus.items()))
             return 0
         for n, name in enumerate(args.planes.split(",")):
             args.generation = 100 * (n + 1)  # each plane's changes are new content

@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from ..ports import StartupError
+
 # Fields of a plain cluster / user entry; one outside these sends the file to the library.
 _CLUSTER_FIELDS = frozenset({"server", "certificate-authority", "certificate-authority-data",
                              "insecure-skip-tls-verify", "extensions"})
@@ -34,8 +36,9 @@ _USER_FIELDS = frozenset({"client-certificate", "client-certificate-data", "clie
 _CONTEXT_FIELDS = frozenset({"cluster", "user", "namespace", "extensions"})
 
 
-class KubeconfigError(ValueError):
-    """A kubeconfig meshd cannot use, naming the file, the entry and the field."""
+class KubeconfigError(StartupError, ValueError):
+    """A kubeconfig meshd cannot use, naming the file, the entry and the field (`meshd
+    serve` prints it as one line and exits 2)."""
 
 
 @dataclass(frozen=True)

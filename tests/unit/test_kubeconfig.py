@@ -4,6 +4,7 @@ module at start-up; anything it does not read goes to the library."""
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,12 @@ def test_the_kube_client_for_a_plain_kubeconfig_does_not_import_the_librarys_con
     out = subprocess.run([sys.executable, "-c", code, str(execed)], capture_output=True, text=True, check=True)
     assert out.stdout.split()[0] == "https://10.0.0.1:6443"
     assert "'kubernetes.config'" in out.stdout
+
+
+def test_meshd_serve_stops_with_one_line_naming_the_missing_context(tmp_path):
+    path = write(tmp_path, {"token": "t"}, **{"current-context": "gone"})
+    out = subprocess.run([sys.executable, "-m", "controlplane", "serve", "--kubeconfig", str(path)],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "MESHD_HOME": str(tmp_path)})
+    assert out.returncode == 2
+    assert f"meshd: kubeconfig {path}: context 'gone' is not in 'contexts'" in out.stderr.splitlines(), out.stderr
+    assert "Traceback" not in out.stderr
