@@ -372,7 +372,7 @@ class Reflector:
         origin = Origin("kubernetes", loc)
         doc = as_document(obj, api_version, self.resource.name)
         try:
-            parsed = parse_document(doc, origin)
+            parsed = parse_document(doc, origin, decoded_json=True)  # the API's JSON: no normalising copy
         except Exception as e:  # a validator bug must not wedge the watch on one event
             self._log.exception("k8s object could not be parsed", location=loc)
             namespace = (ns or DEFAULT_NAMESPACE) if self.resource.kind.namespaced else ""

@@ -64,11 +64,13 @@ _KUBERNETES: dict[tuple[str, str], Callable[[dict], list[FieldError]]] = {
 }
 
 
-def validate(doc: dict, kind: Kind) -> list[FieldError]:
-    """Check one parsed YAML document of the given kind; return its errors ([] if valid)."""
+def validate(doc: dict, kind: Kind, *, normalized: bool = False) -> list[FieldError]:
+    """Check one parsed YAML document of the given kind; return its errors ([] if valid).
+    `normalized`: the caller has already made `doc` JSON-typed (`as_json`, or a JSON decoder)."""
     if not isinstance(doc, dict):
         return [FieldError("", f"Invalid value: document must be an object, got {type_name(doc)}")]
-    doc = as_json(doc)
+    if not normalized:
+        doc = as_json(doc)
     errs = validate_envelope(doc, kind)
 
     k8s = _KUBERNETES.get((kind.group, kind.kind))
