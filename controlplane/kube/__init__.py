@@ -2,7 +2,9 @@
 that cluster (the work several replicas share).
 
 Talking to the API server:
-- `client`: the `kubernetes` ApiClient, from a kubeconfig or in-cluster.
+- `client`: the `kubernetes` ApiClient, from a kubeconfig or in-cluster; `kubeconfig`:
+  meshd's reader for plain kubeconfigs; `libimport`: `kubernetes.client` without the
+  package's `__init__` (both keep the library's `config` module out of start-up).
 - `api`: plain JSON requests through that client's connection (auth, TLS, in-cluster
   token refresh), sync or off the event loop; `ApiError`, REST paths.
 
