@@ -1,5 +1,5 @@
 """Who uses the machine during a benchmark run: every `--every` seconds, the CPU share
-(in cores) of meshd (`controlplane serve`, workers included), of the load generator
+(in cores) of the benchmark's meshd (`controlplane serve` in a meshd-bench- directory, workers included), of the load generator
 (bench/run.py's spawned fleet processes), of istiod (pilot-discovery), of everything
 else, and the idle cores, from /proc. Says which of them saturates the machine.
 
@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
-GROUPS = {"meshd": ("controlplane", "serve"), "loadgen": ("spawn_main",), "istiod": ("pilot-discovery",)}
+# The benchmark's meshd only: its command line names the bench's work directory (other
+# agents' tests run meshd too); the fleet processes are bench/run.py's multiprocessing spawns.
+GROUPS = {"meshd": ("controlplane", "serve", "meshd-bench-"), "loadgen": ("spawn_main",),
+          "istiod": ("pilot-discovery",)}
 
 
 def machine_ticks() -> tuple[int, int]:
