@@ -130,15 +130,28 @@ def test_the_other_fields_changed_live_reach_envoy_and_traffic(mesh):
     tmp.replace(mesh.mesh_config)
     wait_for(lambda: peer() == "127.0.0.1", 20, interval=0.5, what="catalog's app reached at 127.0.0.1 (LOCALHOST)")
     webapp = mesh.envoys["webapp"]
-    clusters = webapp.config_dump("dynamic_active_clusters")["configs"]
-    catalog = next(c["cluster"] for c in clusters if c["cluster"]["name"] == CATALOG)
-    sans = [m["matcher"]["exact"] for m in catalog["transport_socket"]["typed_config"]["common_tls_context"]
-            ["combined_validation_context"]["default_validation_context"]["match_typed_subject_alt_names"]]
-    assert f"spiffe://old.example/ns/{NS}/sa/catalog" in sans, sans
+
+    def clusters() -> list[dict]:
+        return webapp.config_dump("dynamic_active_clusters")["configs"]
+
+    def catalog_sans(configs: list[dict]) -> list[str]:
+        catalog = next(c["cluster"] for c in configs if c["cluster"]["name"] == CATALOG)
+        socket = catalog.get("transport_socket")
+        if socket is None:
+            return []
+        return [m["matcher"]["exact"] for m in socket["typed_config"]["common_tls_context"]
+                ["combined_validation_context"]["default_validation_context"]["match_typed_subject_alt_names"]]
+
+    # catalog's inbound change (above) and webapp's clusters are pushed to two proxies:
+    # wait for webapp's too.
+    wait_for(lambda: f"spiffe://old.example/ns/{NS}/sa/catalog" in catalog_sans(clusters()), 20, interval=0.5,
+             what="webapp's catalog cluster accepts the trust domain alias")
+    configs = clusters()
+    catalog = next(c["cluster"] for c in configs if c["cluster"]["name"] == CATALOG)
     # enableAutoMtls false: the ISTIO_MUTUAL rule is the only mTLS left; webapp's own
     # service, which no rule names, is reached in plaintext.
     assert "transport_socket_matches" not in catalog
-    own = next(c["cluster"] for c in clusters if c["cluster"]["name"] == f"outbound|80||webapp.{NS}.svc.cluster.local")
+    own = next(c["cluster"] for c in configs if c["cluster"]["name"] == f"outbound|80||webapp.{NS}.svc.cluster.local")
     assert "transport_socket" not in own and "transport_socket_matches" not in own, own
     mesh.apply("catalog-mtls", None)
     tmp.write_text(JSON_LOGS)

@@ -139,8 +139,10 @@ async def test_failures_are_retried_and_a_concurrent_writer_is_not_overwritten_b
         w.kube.call = racing
         w.pub.changed()
         await until(lambda: published(kube, shop) == ROOT_B, "updated after the conflict")
-        assert [r.status for r in kube.writes("configmaps", "PUT")] == [409, 200], \
-            [(r.method, r.path, r.status) for r in kube.requests]
+        # The client records a response's status after the server has applied the write:
+        # wait for the record too.
+        await until(lambda: [r.status for r in kube.writes("configmaps", "PUT")] == [409, 200],
+                    "a 409 then a 200 recorded for the PUTs")
         assert kube.get("v1", "ConfigMap", CONFIGMAP, shop)["metadata"]["annotations"] == {"touched": "by someone else"}
     finally:
         await w.close()
