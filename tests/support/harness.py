@@ -21,11 +21,21 @@ from pathlib import Path
 
 from tests.support.paths import REPO
 
+_handed_out: set[int] = set()
+
 
 def free_port(host: str = "0.0.0.0") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free now that this process has not been given before: the kernel may hand
+    the same ephemeral port to two successive binds once the first is closed, and two
+    listeners of one test given the same port make Envoy refuse its bootstrap."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no fresh free port in 100 tries")
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.05,
