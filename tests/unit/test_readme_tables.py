@@ -1,8 +1,10 @@
-"""The README carries, in full, what the Gateway API issue asks it to list: every
-conformance test with its result (the tables of docs/gateway-api-conformance.md) and every
+"""The README carries, in full, what the issues ask it to list: every Gateway API
+conformance test with its result (the tables of docs/gateway-api-conformance.md), every
 difference from Istio's translation goldens with its reason (the section "Differences
-from istiod" of docs/gateway-api.md). The docs are the source; this keeps the README's
-copies equal to them. Regenerate with
+from istiod" of docs/gateway-api.md), and what meshd's injector keeps of Istio's output
+per injection input (the section "Istio's injection goldens" of docs/injection.md, whose
+table tests/unit/test_inject_golden.py generates). The docs are the source; this keeps the
+README's copies equal to them. Regenerate with
 
     python tests/unit/test_readme_tables.py --write
 """
@@ -52,7 +54,8 @@ class Copy:
 
 
 COPIES = [Copy(REPO / "docs" / "gateway-api-conformance.md", ""),
-          Copy(REPO / "docs" / "gateway-api.md", "Differences from istiod")]
+          Copy(REPO / "docs" / "gateway-api.md", "Differences from istiod"),
+          Copy(REPO / "docs" / "injection.md", "Istio's injection goldens")]
 
 
 def _current(copy: Copy) -> str:
