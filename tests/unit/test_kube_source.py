@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import time
 
@@ -18,6 +17,7 @@ from controlplane.config.objects import Rejection
 from controlplane.config.store import ConfigStore
 from controlplane.kube.source import KubernetesSource
 from controlplane.model.mesh import build_mesh
+from tests.support.harness import free_port
 from tests.support.kube_source import FAST, THREADS_END_WITHIN, Changes, get, running, until, watch_threads_gone
 from tests.support.kubeapi import FakeApiServer
 
@@ -378,15 +378,9 @@ def test_invalid_objects_are_rejected_and_the_last_good_version_kept(kube):
     asyncio.run(scenario())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_api_server_down_at_start_is_retried_and_synced_only_after_the_lists():
     """The stand-in: no API server listening at first (an outage), then one on that port."""
-    api = FakeApiServer(port=free_port(), bookmark_interval=0.1)
+    api = FakeApiServer(port=free_port("127.0.0.1"), bookmark_interval=0.1)
     api.apply(service("web", "shop"))
     api.apply(virtual_service("vs", "shop"))
 
