@@ -51,6 +51,7 @@ from .server.grpc_server import address, server_options, start_secure_xds_server
 from .server.host import AdsOptions, AdsServer
 from .server.metrics import Metrics
 from .server.secure import SecureAdsServicer
+from .server.view import missing_extension_configs
 from .sources.autoregistration import StoreEntries, WorkloadRegistry
 from .sources.directory import DirectorySource
 from .sources.jwks import JwksSource
@@ -462,6 +463,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                                                    "autoRegistration": registry.status,
                                                    "gatewayAPI": lambda: gateway_api_section(ads.mesh),
                                                    "envoyFilterProblems": generator.envoy_filter_problems,
+                                                   "extensionConfigsMissing":
+                                                       lambda: missing_extension_configs(ads.connections()),
                                                    "telemetryProblems": telemetry_report.status,
                                                    "sidecarProblems": sidecar_report.status,
                                                    **({"injection": webhooks.inputs.status} if webhooks else {})},

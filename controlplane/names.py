@@ -11,12 +11,15 @@ ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+# ECDS: a filter's config by name, referenced by a filter's `config_discovery`
+# (EnvoyFilter applyTo EXTENSION_CONFIG, generators/envoyfilter/extension_config.py).
+EXTENSION_CONFIG = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 
 # The order resources must reach Envoy in (make-before-break): clusters before the
-# endpoints that fill them, listeners before the routes they name.
-PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
+# endpoints that fill them, listeners before the routes and extension configs they name.
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, EXTENSION_CONFIG, SECRET)
 
-SHORT = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS"}
+SHORT = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", EXTENSION_CONFIG: "ECDS", SECRET: "SDS"}
 BY_SHORT = {v: k for k, v in SHORT.items()}
 
 # Types whose SotW request with no names means "everything" (wildcard).

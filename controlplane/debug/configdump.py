@@ -301,6 +301,12 @@ def from_sent(node: base_pb2.Node | None, sent: Iterable[Sent]) -> ConfigDump:
                 name=r.name, version_info=s.version, last_updated=_timestamp(s.sent_at),
                 secret=redact_secret(r.any)))
     out.configs.append(_pack(secrets, SECRETS))
+    if (s := by_type.get(names.EXTENSION_CONFIG)) is not None and s.resources:  # only for proxies using ECDS
+        ecds = shared.EcdsConfigDump()
+        for r in s.resources:
+            ecds.ecds_filters.append(shared.EcdsConfigDump.EcdsFilterConfig(
+                version_info=s.version, ecds_filter=r.any, last_updated=_timestamp(s.sent_at)))
+        out.configs.append(_pack(ecds, ECDS))
     return ConfigDump(out)
 
 

@@ -45,6 +45,8 @@ def builders() -> dict[str, Builder]:
         # SDS names other than `default`/`ROOTCA` (the SecretProvider's): gateway
         # credentials `kubernetes://<name>[-cacert]` from Secrets (secrets.py).
         names.SECRET: secrets.build,
+        # EnvoyFilter EXTENSION_CONFIG patches, served over ECDS (envoyfilter/extension_config.py).
+        names.EXTENSION_CONFIG: envoyfilter_stage.extension_config_items,
     }
 
 
@@ -80,12 +82,15 @@ class Generator:
         key = (proxy.type, type_url)
         got = self._parts_of.get(key)
         if got is None:
-            got = self._parts_of[key] = parts_for(proxy, type_url, self._builders, self._routers, self._standard)
+            got = self._parts_of[key] = () if self._standard and type_url == names.EXTENSION_CONFIG else \
+                parts_for(proxy, type_url, self._builders, self._routers, self._standard)
         return got
 
     def key(self, mesh: MeshSnapshot, proxy: Proxy, type_url: str) -> tuple[Any, ...]:
         """Cache key of `proxy`'s resources of `type_url` under `mesh`: equal keys mean
         equal output. Cheap (fingerprints are computed once per snapshot)."""
+        if self._standard and type_url == names.EXTENSION_CONFIG:
+            return envoyfilter_stage.extension_key(mesh, proxy)
         out = []
         for part in self.parts(proxy, type_url):
             k = part.key(mesh, proxy)
@@ -123,6 +128,8 @@ class Generator:
         self._see(mesh)
         if key is None:
             key = self.key(mesh, proxy, type_url)
+        if self._standard and type_url == names.EXTENSION_CONFIG:
+            return self._extension_configs(mesh, proxy, key)
         parts = self.parts(proxy, type_url)
         if not parts:
             return ResourceSet(type_url, ())
@@ -151,6 +158,19 @@ class Generator:
                 self._composed[key] = (self._epoch, hit[1])
             return hit[1]
         rs, problems = envoyfilter_stage.patch(mesh, proxy, type_url, self.generate(mesh, proxy, type_url, key[:n]))
+        self._composed[key] = (self._epoch, rs)
+        if problems:
+            self._ef_problems[key] = problems
+        return rs
+
+    def _extension_configs(self, mesh: MeshSnapshot, proxy: Proxy, key: tuple[Any, ...]) -> ResourceSet:
+        """ECDS (envoyfilter/stage.py): the EnvoyFilters' EXTENSION_CONFIG patches, cached by key."""
+        hit = self._composed.get(key)
+        if hit is not None:
+            if hit[0] != self._epoch:
+                self._composed[key] = (self._epoch, hit[1])
+            return hit[1]
+        rs, problems = envoyfilter_stage.extension_configs(mesh, proxy)
         self._composed[key] = (self._epoch, rs)
         if problems:
             self._ef_problems[key] = problems

@@ -26,6 +26,7 @@ _TYPE_LABEL = {
     names.ENDPOINT: "eds",
     names.LISTENER: "lds",
     names.ROUTE: "rds",
+    names.EXTENSION_CONFIG: "ecds",
     names.SECRET: "sds",
 }
 

@@ -15,14 +15,18 @@ Two sources:
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+import structlog
 
 from .. import names
 from ..generators.resources import Resource, ResourceSet, version_of
 from ..security.sds import SecretProvider
 from .connection import Connection
 from .subscription import Subscription
+
+log = structlog.get_logger("meshd.ads")
 
 
 class ResourceView:
@@ -89,6 +93,10 @@ class ResourceView:
         rs = self.generator.generate(mesh, conn.proxy, sub.type_url, key=self.key(conn, sub, mesh))
         if not isinstance(rs, ResourceSet):  # a generator returning a plain mapping
             rs = ResourceSet(sub.type_url, list(rs.values()))
+        if sub.type_url == names.EXTENSION_CONFIG and (missing := unprovided(sub, rs)):
+            # istiod sends nothing for them, silently; Envoy keeps the listener that names
+            # one warming until its initial fetch timeout, then fails the filter chain.
+            log.warning("ecds names no EnvoyFilter provides", proxy=conn.proxy.id, conn=conn.id, names=missing)
         return rs
 
     async def _secrets(self, conn: Connection, sub: Subscription, mesh: Any) -> ResourceSet:
@@ -105,6 +113,22 @@ class ResourceView:
                 self._on_withheld(conn, name, reason)
         out += answer.resources
         return ResourceSet(names.SECRET, sorted(out, key=lambda r: r.name))
+
+
+def unprovided(sub: Subscription, rs: ResourceSet) -> list[str]:
+    """The names `sub` asks for that `rs` does not have."""
+    return [] if sub.wildcard else sorted(n for n in sub.names if n not in rs.names)
+
+
+def missing_extension_configs(connections: Iterable[Connection]) -> list[dict[str, Any]]:
+    """/debug/configz `extensionConfigsMissing`: per proxy, the ECDS names it asked for
+    and was not sent (no EnvoyFilter selecting it provides them)."""
+    rows = []
+    for conn in connections:
+        sub = conn.subscriptions.get(names.EXTENSION_CONFIG)
+        if sub is not None and sub.sent_set is not None and (missing := unprovided(sub, sub.sent_set)):
+            rows.append({"proxy": conn.proxy.id, "names": missing})
+    return sorted(rows, key=lambda r: r["proxy"])
 
 
 def wanted_resources(sub: Subscription, rs: ResourceSet) -> tuple[str, list[Resource] | None]:

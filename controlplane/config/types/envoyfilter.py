@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import extension_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -198,6 +199,7 @@ MESSAGE_OF: dict[str, type[Message]] = {
     "HTTP_ROUTE": route_components_pb2.Route,
     "CLUSTER": cluster_pb2.Cluster,
     "LISTENER_FILTER": listener_components_pb2.ListenerFilter,
+    "EXTENSION_CONFIG": extension_pb2.TypedExtensionConfig,
 }
 
 

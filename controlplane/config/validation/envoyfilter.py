@@ -15,7 +15,7 @@ _ROUTE_CLASS = frozenset({"ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE"})
 _INSERTS = frozenset({"INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST"})
 _INSERTABLE = frozenset({"HTTP_FILTER", "NETWORK_FILTER", "HTTP_ROUTE", "LISTENER_FILTER"})
 # What meshd cannot apply: it generates no ECDS resources and no bootstrap.
-_UNSERVED = frozenset({"EXTENSION_CONFIG", "BOOTSTRAP", "LISTENER_FILTER"})
+_UNSERVED = frozenset({"BOOTSTRAP"})
 
 
 def validate_envoy_filter(spec: dict) -> list[FieldError]:
@@ -50,6 +50,8 @@ def _patch(path: str, cp: dict[str, Any]) -> list[FieldError]:
     if op == "INVALID":
         return [FieldError(child(path, "patch.operation"), "Envoy filter: missing patch operation")]
     errs: list[FieldError] = []
+    if apply_to in _OWN_RULES:
+        errs += _OWN_RULES[apply_to](path, op, match)
     if op in _INSERTS and apply_to not in _INSERTABLE:
         errs.append(invalid(child(path, "patch.operation"), op,
                             f"Envoy filter: {op} is not valid for applyTo {apply_to}"))
@@ -84,3 +86,31 @@ def _patch(path: str, cp: dict[str, Any]) -> list[FieldError]:
     except PatchValueError as e:
         errs.append(FieldError(child(path, "patch.value"), f"Envoy filter: {e}"))
     return errs
+
+
+def _extension_config_patch(path: str, op: str, match: dict[str, Any]) -> list[FieldError]:
+    """istiod serves the EXTENSION_CONFIG patches whose operation is ADD over ECDS and
+    skips any other (InsertedExtensionConfigurations): meshd refuses what it would not
+    serve. The config has no object to match: a listener, route or cluster match means
+    nothing (context is ignored too, as istiod does)."""
+    errs: list[FieldError] = []
+    if op != "ADD":
+        errs.append(invalid(child(path, "patch.operation"), op,
+                            "Envoy filter: applyTo EXTENSION_CONFIG supports ADD only"))
+    named = [k for k in ("listener", "routeConfiguration", "cluster") if get(match, k)]
+    if named:
+        errs.append(FieldError(child(path, f"match.{named[0]}"), "Envoy filter: applyTo EXTENSION_CONFIG matches "
+                                                                 "proxies only, not a listener, route or cluster"))
+    return errs
+
+
+def _listener_filter_patch(path: str, op: str, match: dict[str, Any]) -> list[FieldError]:
+    """istiod does nothing for a LISTENER_FILTER MERGE, REPLACE or REMOVE that names no
+    listener filter (`match.listener.listenerFilter`): meshd refuses it."""
+    if op in ("MERGE", "REPLACE", "REMOVE") and not get(get(match, "listener") or {}, "listenerFilter"):
+        return [FieldError(child(path, "match.listener.listenerFilter"),
+                           f"Envoy filter: LISTENER_FILTER {op} needs the name of the listener filter to change")]
+    return []
+
+
+_OWN_RULES = {"EXTENSION_CONFIG": _extension_config_patch, "LISTENER_FILTER": _listener_filter_patch}

@@ -63,6 +63,9 @@ def _filters(kind: str, filters: Sequence[Message], terminal: frozenset[str]) ->
 def _listener(listener: Message) -> str:
     from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
+    reason = _listener_filters(listener.listener_filters)
+    if reason:
+        return reason
     chains = list(listener.filter_chains)
     matches = [c.filter_chain_match.SerializeToString(deterministic=True) for c in chains]
     if len(set(matches)) != len(matches):
@@ -78,6 +81,15 @@ def _listener(listener: Message) -> str:
                 reason = _filters("HTTP", hcm.http_filters, frozenset({TERMINAL_HTTP}))
                 if reason:
                     return reason
+    return ""
+
+
+def _listener_filters(filters: Sequence[Message]) -> str:
+    for f in filters:
+        if not f.HasField("typed_config") and not f.HasField("config_discovery"):
+            return f"listener filter {f.name!r} has no typed_config"
+        if f.typed_config.type_url and not _known(f.typed_config.type_url):
+            return f"listener filter {f.name!r}: unknown type {f.typed_config.type_url}"
     return ""
 
 

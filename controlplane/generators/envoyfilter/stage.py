@@ -22,6 +22,7 @@ from ...model.indexes import Index, Lifetime, Value
 from ...model.mesh import MeshSnapshot
 from ...model.proxy import Proxy
 from ..resources import ResourceSet, pack
+from . import extension_config
 from .apply import Problem, apply
 from .select import Selected, ordered
 
@@ -60,7 +61,8 @@ def key(mesh: MeshSnapshot, proxy: Proxy, type_url: str) -> tuple[Any, ...]:
     """What the patched output reads besides its parts; () when no EnvoyFilter selects it."""
     if type_url not in KIND_OF:
         return ()
-    chosen = selected(mesh, proxy)
+    # EXTENSION_CONFIG patches change no listener, route or cluster: ECDS only
+    chosen = tuple(s for s in selected(mesh, proxy) if not extension_config.serves_only(s))
     if not chosen:
         return ()
     meta = sorted({k for s in chosen for cp in s.filter.patches if cp.match and cp.match.proxy
@@ -100,3 +102,31 @@ def _unpack(a: any_pb2.Any) -> Any:
     msg = cls()
     a.Unpack(msg)
     return msg
+
+
+# --- ECDS: EnvoyFilter EXTENSION_CONFIG patches (extension_config.py) -------------------
+
+def extension_key(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
+    """What a proxy's extension configs read: the selected EnvoyFilters that have
+    EXTENSION_CONFIG patches (name and content, in order) and the node metadata those
+    patches match on (not the proxy type: the context does not apply)."""
+    chosen = [s for s in selected(mesh, proxy) if extension_config.bears(s)]
+    meta = sorted({k for s in chosen for cp in s.filter.patches
+                   if cp.apply_to == extension_config.APPLY_TO and cp.match and cp.match.proxy
+                   for k in (*cp.match.proxy.metadata, "ISTIO_VERSION")})
+    return ("ecds", tuple((s.key, s.generation) for s in chosen), tuple(str(proxy.metadata.get(k, "")) for k in meta))
+
+
+def extension_configs(mesh: MeshSnapshot, proxy: Proxy) -> tuple[ResourceSet, list[Problem]]:
+    """A proxy's extension configs (every name its EnvoyFilters provide; the server sends
+    those it asks for); the patches left out, logged."""
+    items, problems = extension_config.build(selected(mesh, proxy), proxy)
+    for p in problems:
+        log.warning("envoyfilter patch left out", envoy_filter=p.envoy_filter, patch=p.patch, apply_to=p.apply_to,
+                    code=p.code, reason=p.reason, proxy=proxy.id)
+    return ResourceSet(names.EXTENSION_CONFIG, [pack(n, names.EXTENSION_CONFIG, m) for n, m in items]), problems
+
+
+def extension_config_items(mesh: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Any]]:
+    """The plain builder of ECDS (generators.builders): no cache, no report."""
+    return extension_config.build(selected(mesh, proxy), proxy)[0]
