@@ -311,6 +311,10 @@ def _bootstrap(args: argparse.Namespace) -> int:
             proxy_config=proxy_config,
         )
         doc = build_bootstrap(params)
+        if args.fetch_envoy_filters:
+            from .bootstrap_patches import fetch, merge_into
+
+            doc = merge_into(doc, *fetch(doc, params.xds_address, tls, args.fetch_timeout.total_seconds()))
     except (ValueError, CAError, OSError) as e:
         print(f"meshd bootstrap: {e}", file=sys.stderr)
         return 2
@@ -470,6 +474,12 @@ UID 1337 in a pod), e.g. chown 1337 FILE.""",
     b.add_argument("--mesh-config", metavar="FILE",
                    help="Istio's MeshConfig YAML (as for `meshd serve`): its defaultConfig (ProxyConfig) sets the "
                         "stats matcher and node metadata (docs/mesh-config.md)")
+    b.add_argument("--fetch-envoy-filters", action="store_true",
+                   help="ask meshd (at --xds-address, as this proxy, with its credentials) for the EnvoyFilter "
+                        "BOOTSTRAP patches selecting the proxy and merge them in; a failed fetch is an error "
+                        "(docs/envoyfilter.md)")
+    b.add_argument("--fetch-timeout", type=parse_duration, default="15s",
+                   help="with --fetch-envoy-filters: how long to wait for meshd's answer (default %(default)s)")
     b.add_argument("--envoy-args", action="store_true",
                    help="print the Envoy command-line flags for the mesh config's defaultConfig (--concurrency, "
                         "--drain-time-s, as pilot-agent starts Envoy) instead of the bootstrap")

@@ -11,6 +11,10 @@ In this order, and nothing is changed unless every input is valid:
    no credential, only the token's path, and Envoy runs as UID 1337);
 3. installs the interception rules with one iptables-restore (--dry-run: prints them).
 
+With --fetch-envoy-filters, step 1 also asks meshd for the EnvoyFilter BOOTSTRAP patches
+selecting the pod's proxy and merges them into the bootstrap (bootstrap_patches.py),
+before the interception rules exist; a fetch that fails fails the step (exit 2).
+
 What has no effect without istio-agent (DNS capture metadata, pilot-agent's proxy config
 fields) is logged as a warning; what cannot be done (TPROXY, IPv6, CNI flags) fails the
 step with the flag and the reason. Exit 0 done, 1 the rules could not be installed, 2 bad
@@ -59,6 +63,13 @@ def register(sub: Any) -> None:
                    help="downward-API labels file (default %(default)s)")
     b.add_argument("--xds-server-name", default=downward.XDS_SERVER_NAME,
                    help="name meshd's certificate is verified for (default %(default)s)")
+    from ..cli import parse_duration
+
+    b.add_argument("--fetch-envoy-filters", action="store_true",
+                   help="ask meshd (at --xds-address, as this pod's proxy, with its token) for the EnvoyFilter "
+                        "BOOTSTRAP patches selecting it and merge them in; a failed fetch fails the step")
+    b.add_argument("--fetch-timeout", type=parse_duration, default="15s",
+                   help="with --fetch-envoy-filters: how long to wait for meshd's answer (default %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -79,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         pc = downward.parse_proxy_config(args.proxy_config_json) if args.proxy_config_json else None
         doc = downward.bootstrap(pod, args.xds_address, Path(args.root_cert), Path(args.token_path), pc,
                                  server_name=args.xds_server_name)
+        if args.fetch_envoy_filters:
+            doc = _with_envoy_filters(doc, args)
         rules = iptables.rules(cfg)
     except ValueError as e:
         print(f"meshd pod-init: {e}", file=sys.stderr)
@@ -103,6 +116,17 @@ def run(args: argparse.Namespace) -> int:
         return 1
     log.info("pod-init done", node=node, bootstrap=str(out), rules=sum(1 for r in rules.splitlines() if r[:2] in ("-A", "-I")))
     return 0
+
+
+def _with_envoy_filters(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The EnvoyFilter BOOTSTRAP patches merged in (bootstrap_patches.py), fetched as the
+    sidecar will connect: TLS to meshd with the mounted root, the projected token."""
+    from ..bootstrap import XdsTls
+    from ..bootstrap_patches import fetch, merge_into
+
+    tls = XdsTls(root_cert_pem=Path(args.root_cert).read_text(), server_name=args.xds_server_name,
+                 token_path=str(args.token_path))
+    return merge_into(doc, *fetch(doc, args.xds_address, tls, args.fetch_timeout.total_seconds()))
 
 
 def _write(path: Path, text: str) -> None:

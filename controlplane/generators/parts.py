@@ -63,6 +63,7 @@ from .dependencies import (
     uses_source_labels,
 )
 from .destinations import OutboundCluster, outbound_clusters, service_clusters
+from .envoyfilter import bootstrap as envoyfilter_bootstrap
 from .inputs import (
     ALL_CONFIG,
     DR_ROUTING,
@@ -472,6 +473,15 @@ def fallback_part(type_url: str, builder: Builder) -> Part:
     return Part(f"whole-{type_url}", type_url, (MESH_VERSION,), _fallback_scope, whole(builder))
 
 
+def _no_scope(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
+    return ()
+
+
+# The BOOTSTRAP type's base: the same empty Bootstrap for every proxy; the EnvoyFilter
+# stage merges the patches selecting a proxy into it (envoyfilter/bootstrap.py).
+BOOTSTRAP_BASE = Part("bootstrap", names.BOOTSTRAP, (), _no_scope, whole(envoyfilter_bootstrap.build))
+
+
 def parts_for(proxy: Proxy, type_url: str, table: dict[str, Builder], routers: dict[str, Sequence[Part]],
               standard: bool) -> Sequence[Part]:
     """The parts of `proxy`'s resources of `type_url`. `standard` is False when the
@@ -481,6 +491,8 @@ def parts_for(proxy: Proxy, type_url: str, table: dict[str, Builder], routers: d
     if builder is None:
         return ()
     if standard:
+        if type_url == names.BOOTSTRAP:
+            return (BOOTSTRAP_BASE,)
         if proxy.type == SIDECAR and type_url in SIDECAR_PARTS:
             return SIDECAR_PARTS[type_url]
         if proxy.type == SIDECAR and type_url == names.SECRET:

@@ -189,15 +189,15 @@ configPatches:
     assert routes_ and all(408 in r.route.retry_policy.retriable_status_codes for r in routes_)
 
 
-def test_unsupported_apply_to_is_reported():
+def test_a_bootstrap_patch_leaves_listeners_alone_and_is_not_reported_with_them():
     boot = ef("""
 configPatches:
 - applyTo: BOOTSTRAP
-  patch: {operation: MERGE, value: {}}
+  patch: {operation: MERGE, value: {stats_flush_interval: 5s}}
 """, name="boot")
-    _, problems = patched("LISTENER", WEBAPP_PROXY, boot)
-    assert [str(p) for p in problems] == [
-        f"EnvoyFilter {NS}/boot configPatches[0] (BOOTSTRAP): applyTo BOOTSTRAP is not supported by meshd"]
+    plain, _ = patched("LISTENER", WEBAPP_PROXY)
+    got, problems = patched("LISTENER", WEBAPP_PROXY, boot)
+    assert problems == [] and got == plain  # served as type Bootstrap (test_envoy_filter_bootstrap.py)
 
 
 def test_lua_module_is_the_filter_type():

@@ -1,0 +1,174 @@
+"""EnvoyFilter applyTo BOOTSTRAP: the parse gate, the served patch (type Bootstrap, one
+resource: the selected patches merged in order), its keys, and the merge of it into a
+bootstrap `meshd bootstrap` builds (bootstrap_patches.py)."""
+from __future__ import annotations
+
+import json
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from google.protobuf import json_format
+
+from controlplane import names
+from controlplane.bootstrap import BootstrapParams, build_bootstrap
+from controlplane.bootstrap_patches import MARKER, BootstrapPatchError, merge_into
+from controlplane.config import kinds
+from controlplane.config.validation import validate
+from controlplane.generators import Generator
+from tests.support import chapter9
+from tests.support.chapter9 import CATALOG_PROXY, GATEWAY_PROXY, NS, WEBAPP_PROXY
+
+
+def envoy_filter(name: str, patches: str, namespace: str = NS, selector: str = "{labels: {app: webapp}}",
+                 priority: int = 0) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  workloadSelector: {selector}
+  priority: {priority}
+  configPatches:
+{patches}
+"""
+
+
+def merge_patch(value: str, match: str = "") -> str:
+    return f"""  - applyTo: BOOTSTRAP
+{match}    patch:
+      operation: MERGE
+      value: {value}
+"""
+
+
+TAGS = envoy_filter("stats-tags", merge_patch(
+    "{stats_config: {stats_tags: [{tag_name: tenant, regex: '^tenant\\\\.((.+?)\\\\.)'}]}}"))
+RUNTIME = envoy_filter("runtime", merge_patch(
+    "{layered_runtime: {layers: [{name: ef-layer, static_layer: {meshd.test.flag: 7}}]}}"), priority=5)
+RUNTIME_LATER = envoy_filter("runtime-later", merge_patch(
+    "{layered_runtime: {layers: [{name: ef-later, static_layer: {meshd.test.flag: 9}}]}}"), priority=10)
+
+
+def _doc(text: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def served(gen: Generator, mesh, proxy) -> bootstrap_pb2.Bootstrap:
+    rs = gen.generate(mesh, proxy, names.BOOTSTRAP)
+    assert list(rs) == [names.BOOTSTRAP_RESOURCE]
+    bs = bootstrap_pb2.Bootstrap()
+    rs[names.BOOTSTRAP_RESOURCE].any.Unpack(bs)
+    return bs
+
+
+# --- the parse gate ---------------------------------------------------------------------
+
+def test_bootstrap_merge_passes_the_parse_gate():
+    assert validate(_doc(TAGS), kinds.ENVOY_FILTER) == []
+
+
+def test_bootstrap_operations_other_than_merge_are_refused_naming_the_field():
+    for op in ("ADD", "REPLACE", "INSERT_FIRST"):
+        errs = validate(_doc(TAGS.replace("operation: MERGE", f"operation: {op}")), kinds.ENVOY_FILTER)
+        assert any(e.field == "spec.configPatches[0].patch.operation" and "MERGE only" in str(e) for e in errs), (op, errs)
+    remove = _doc(TAGS.replace("operation: MERGE", "operation: REMOVE"))
+    assert any("MERGE only" in str(e) for e in validate(remove, kinds.ENVOY_FILTER))
+
+
+def test_bootstrap_patch_with_a_listener_match_or_unknown_field_is_refused():
+    errs = validate(_doc(envoy_filter("m", merge_patch("{stats_flush_interval: 5s}", "    match: {listener: {portNumber: 80}}\n"))),
+                    kinds.ENVOY_FILTER)
+    assert any(e.field == "spec.configPatches[0].match.listener" for e in errs), errs
+    errs = validate(_doc(envoy_filter("u", merge_patch("{no_such_field: 1}"))), kinds.ENVOY_FILTER)
+    assert any("no_such_field" in str(e) for e in errs), errs
+
+
+# --- the served patch -------------------------------------------------------------------
+
+def test_the_bootstrap_patch_is_served_to_the_selected_proxy_only():
+    gen = Generator()
+    mesh = chapter9.mesh(TAGS)
+    assert [t.tag_name for t in served(gen, mesh, WEBAPP_PROXY).stats_config.stats_tags] == ["tenant"]
+    assert served(gen, mesh, CATALOG_PROXY) == bootstrap_pb2.Bootstrap()  # not selected: an empty patch
+    assert served(gen, chapter9.mesh(), WEBAPP_PROXY) == bootstrap_pb2.Bootstrap()
+
+
+def test_patches_are_merged_in_priority_order():
+    gen = Generator()
+    bs = served(gen, chapter9.mesh(RUNTIME_LATER, RUNTIME, TAGS), WEBAPP_PROXY)
+    assert [layer.name for layer in bs.layered_runtime.layers] == ["ef-layer", "ef-later"]  # priority 5, then 10
+    assert len(bs.stats_config.stats_tags) == 1
+
+
+def test_context_and_proxy_match_select_the_proxy_type():
+    gateway_only = envoy_filter("gw", merge_patch("{stats_flush_interval: 7s}", "    match: {context: GATEWAY}\n"),
+                                namespace="istio-system", selector="{labels: {}}")
+    gen = Generator()
+    mesh = chapter9.mesh(gateway_only)
+    assert served(gen, mesh, GATEWAY_PROXY).stats_flush_interval.seconds == 7
+    assert served(gen, mesh, WEBAPP_PROXY) == bootstrap_pb2.Bootstrap()
+
+
+def test_a_bootstrap_only_change_changes_no_other_key_and_the_bootstrap_key_of_the_selected_only():
+    gen = Generator()
+    before, after = chapter9.mesh(), chapter9.mesh(TAGS)
+    for t in (names.LISTENER, names.ROUTE, names.CLUSTER, names.ENDPOINT):
+        assert gen.key(before, WEBAPP_PROXY, t) == gen.key(after, WEBAPP_PROXY, t), names.SHORT[t]
+    assert gen.key(before, CATALOG_PROXY, names.BOOTSTRAP) == gen.key(after, CATALOG_PROXY, names.BOOTSTRAP)
+    assert gen.key(before, WEBAPP_PROXY, names.BOOTSTRAP) != gen.key(after, WEBAPP_PROXY, names.BOOTSTRAP)
+
+
+def test_a_static_cluster_added_twice_is_left_out_and_reported():
+    cluster = "{static_resources: {clusters: [{name: extra, connect_timeout: 1s}]}}"
+    twice = envoy_filter("twice", merge_patch(cluster) + merge_patch(cluster))
+    gen = Generator()
+    mesh = chapter9.mesh(twice)
+    assert [c.name for c in served(gen, mesh, WEBAPP_PROXY).static_resources.clusters] == ["extra"]
+    rows = gen.envoy_filter_problems()
+    assert [(r["envoyFilter"], r["patch"], r["applyTo"], r["code"]) for r in rows] == [
+        (f"{NS}/twice", 1, "BOOTSTRAP", "EnvoyWouldReject")], rows
+    assert "extra" in rows[0]["reason"]
+
+
+# --- merging into the written bootstrap ----------------------------------------------------
+
+def _params() -> BootstrapParams:
+    return BootstrapParams(proxy_type="sidecar", namespace=NS, pod="webapp-1", ip="10.0.0.9",
+                           xds_address="127.0.0.1:15010", labels={"app": "webapp"})
+
+
+def test_merging_the_served_patch_equals_merging_each_patch_in_turn():
+    """Associativity: what meshd serves (the patches merged into an empty Bootstrap),
+    merged into the local bootstrap, equals istiod's patch-by-patch merge into it."""
+    gen = Generator()
+    mesh = chapter9.mesh(RUNTIME_LATER, RUNTIME, TAGS)
+    local = build_bootstrap(_params())
+    got = merge_into(local, served(gen, mesh, WEBAPP_PROXY), "v1")
+
+    one_by_one = json_format.ParseDict(json.loads(json.dumps(local)), bootstrap_pb2.Bootstrap())
+    one_by_one.node.metadata.fields[MARKER].string_value = "v1"
+    for text in (TAGS, RUNTIME, RUNTIME_LATER):  # priority 0, 5, 10
+        value = _doc(text)["spec"]["configPatches"][0]["patch"]["value"]
+        one_by_one.MergeFrom(json_format.ParseDict(value, bootstrap_pb2.Bootstrap()))
+    assert json_format.ParseDict(got, bootstrap_pb2.Bootstrap()) == one_by_one
+    layers = [layer["name"] for layer in got["layered_runtime"]["layers"]]
+    assert layers == ["global config", "ef-layer", "ef-later"]  # appended after meshd's own layer
+    assert got["node"]["id"] == local["node"]["id"]
+
+
+def test_an_empty_patch_leaves_the_bootstrap_as_built_but_for_the_marker():
+    local = build_bootstrap(_params())
+    got = merge_into(local, bootstrap_pb2.Bootstrap(), "v0")
+    assert got["node"]["metadata"].pop(MARKER) == "v0"
+    assert got == local and MARKER not in local["node"]["metadata"]
+
+
+def test_a_patch_clashing_with_the_built_bootstrap_is_a_clear_error():
+    patch = json_format.ParseDict({"static_resources": {"clusters": [{"name": "xds-grpc"}]}}, bootstrap_pb2.Bootstrap())
+    try:
+        merge_into(build_bootstrap(_params()), patch, "v1")
+    except BootstrapPatchError as e:
+        assert "xds-grpc" in str(e)
+    else:
+        raise AssertionError("a second xds-grpc cluster was merged")
