@@ -14,16 +14,22 @@ SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 # ECDS: a filter's config by name, referenced by a filter's `config_discovery`
 # (EnvoyFilter applyTo EXTENSION_CONFIG, generators/envoyfilter/extension_config.py).
 EXTENSION_CONFIG = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+# The BOOTSTRAP patches of the EnvoyFilters selecting a proxy, merged into one Bootstrap
+# (generators/envoyfilter/bootstrap.py): fetched by `meshd bootstrap` / `meshd pod-init`
+# when they write a bootstrap, never by Envoy.
+BOOTSTRAP = "type.googleapis.com/envoy.config.bootstrap.v3.Bootstrap"
+BOOTSTRAP_RESOURCE = "bootstrap"  # the one resource's name
 
 # The order resources must reach Envoy in (make-before-break): clusters before the
 # endpoints that fill them, listeners before the routes and extension configs they name.
-PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, EXTENSION_CONFIG, SECRET)
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, EXTENSION_CONFIG, SECRET, BOOTSTRAP)
 
-SHORT = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", EXTENSION_CONFIG: "ECDS", SECRET: "SDS"}
+SHORT = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", EXTENSION_CONFIG: "ECDS", SECRET: "SDS",
+         BOOTSTRAP: "BDS"}
 BY_SHORT = {v: k for k, v in SHORT.items()}
 
 # Types whose SotW request with no names means "everything" (wildcard).
-WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
+WILDCARD_TYPES = frozenset({CLUSTER, LISTENER, BOOTSTRAP})
 
 # --- Istio constants ---------------------------------------------------------
 DOMAIN_SUFFIX = "cluster.local"

@@ -25,6 +25,7 @@ from .. import names
 from ..model.mesh import MeshSnapshot
 from ..model.proxy import Proxy
 from . import dependencies as dep
+from .envoyfilter import bootstrap as envoyfilter_bootstrap
 from .envoyfilter import stage as envoyfilter_stage
 from .express import EndpointChange, RuleChange, VisibleHosts, endpoint_change, rule_change
 from .inputs import DESTINATION_RULE, DR_ROUTING
@@ -47,6 +48,8 @@ def builders() -> dict[str, Builder]:
         names.SECRET: secrets.build,
         # EnvoyFilter EXTENSION_CONFIG patches, served over ECDS (envoyfilter/extension_config.py).
         names.EXTENSION_CONFIG: envoyfilter_stage.extension_config_items,
+        # EnvoyFilter BOOTSTRAP patches, fetched when a bootstrap is written (envoyfilter/bootstrap.py).
+        names.BOOTSTRAP: envoyfilter_bootstrap.build,
     }
 
 

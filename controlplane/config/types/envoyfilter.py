@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import extension_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -200,6 +201,7 @@ MESSAGE_OF: dict[str, type[Message]] = {
     "CLUSTER": cluster_pb2.Cluster,
     "LISTENER_FILTER": listener_components_pb2.ListenerFilter,
     "EXTENSION_CONFIG": extension_pb2.TypedExtensionConfig,
+    "BOOTSTRAP": bootstrap_pb2.Bootstrap,
 }
 
 

@@ -14,8 +14,8 @@ _LISTENER_CLASS = frozenset({"LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP
 _ROUTE_CLASS = frozenset({"ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE"})
 _INSERTS = frozenset({"INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST"})
 _INSERTABLE = frozenset({"HTTP_FILTER", "NETWORK_FILTER", "HTTP_ROUTE", "LISTENER_FILTER"})
-# What meshd cannot apply: it generates no ECDS resources and no bootstrap.
-_UNSERVED = frozenset({"BOOTSTRAP"})
+# What meshd cannot apply.
+_UNSERVED: frozenset[str] = frozenset()
 
 
 def validate_envoy_filter(spec: dict) -> list[FieldError]:
@@ -50,6 +50,8 @@ def _patch(path: str, cp: dict[str, Any]) -> list[FieldError]:
     if op == "INVALID":
         return [FieldError(child(path, "patch.operation"), "Envoy filter: missing patch operation")]
     errs: list[FieldError] = []
+    if apply_to == "BOOTSTRAP":
+        errs += _bootstrap_patch(path, op, match)
     if apply_to in _OWN_RULES:
         errs += _OWN_RULES[apply_to](path, op, match)
     if op in _INSERTS and apply_to not in _INSERTABLE:
@@ -85,6 +87,21 @@ def _patch(path: str, cp: dict[str, Any]) -> list[FieldError]:
         to_message(apply_to, value)
     except PatchValueError as e:
         errs.append(FieldError(child(path, "patch.value"), f"Envoy filter: {e}"))
+    return errs
+
+
+def _bootstrap_patch(path: str, op: str, match: dict[str, Any]) -> list[FieldError]:
+    """istiod merges BOOTSTRAP patches and skips any other operation with only a metric
+    (BootstrapGenerator.applyPatches): meshd refuses what it would not apply. A BOOTSTRAP
+    patch has no object to match, so a listener, route or cluster match means nothing."""
+    errs: list[FieldError] = []
+    if op != "MERGE":
+        errs.append(invalid(child(path, "patch.operation"), op, "Envoy filter: applyTo BOOTSTRAP supports MERGE only"))
+    for key in ("listener", "routeConfiguration", "cluster"):
+        if get(match, key):
+            errs.append(FieldError(child(path, f"match.{key}"),
+                                   "Envoy filter: applyTo BOOTSTRAP cannot have a listener, route configuration "
+                                   "or cluster match (it matches by context and proxy only)"))
     return errs
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from ... import names
 from ...config.types.envoyfilter import (
     ConfigPatch,
     FilterChainMatch,
@@ -28,7 +29,7 @@ from ...config.types.envoyfilter import (
     to_message,
 )
 from ...model.proxy import ROUTER, Proxy
-from . import checks, listener_filters
+from . import bootstrap, checks, listener_filters
 from .merge import merge
 from .select import Selected
 
@@ -38,7 +39,7 @@ ROUTE_LEVELS = ("ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE")
 CLUSTER_LEVELS = ("CLUSTER",)
 # What meshd does not generate for a proxy, so a patch of it cannot be applied (reported).
 # (EXTENSION_CONFIG is served over ECDS: extension_config.py.)
-UNSUPPORTED = frozenset({"BOOTSTRAP"})
+UNSUPPORTED: frozenset[str] = frozenset()
 
 
 # Why a patch was left out, in few words (the `reason` label of
@@ -70,7 +71,8 @@ def apply(kind: str, resources: Iterable[tuple[str, Message]], filters: Sequence
           proxy: Proxy) -> tuple[Named, list[Problem]]:
     """`resources` of `kind` ("LISTENER", "ROUTE_CONFIGURATION", "CLUSTER") patched by
     `filters` (ordered), and the patches left out."""
-    levels = {"LISTENER": LISTENER_LEVELS, "ROUTE_CONFIGURATION": ROUTE_LEVELS, "CLUSTER": CLUSTER_LEVELS}[kind]
+    levels = {"LISTENER": LISTENER_LEVELS, "ROUTE_CONFIGURATION": ROUTE_LEVELS, "CLUSTER": CLUSTER_LEVELS,
+              bootstrap.KIND: (bootstrap.KIND,)}[kind]
     out: list[Message] = [m for _, m in resources]
     problems: list[Problem] = []
     if kind == "LISTENER":  # reported once per proxy, with the listeners
@@ -99,8 +101,9 @@ def apply(kind: str, resources: Iterable[tuple[str, Message]], filters: Sequence
             continue
         if hits == 0:
             continue
-        reason = checks.check(kind, trial)
-        if reason and reason != checks.check(kind, out):  # blame a patch only for what it brought
+        check = bootstrap.check if kind == bootstrap.KIND else lambda items: checks.check(kind, items)
+        reason = check(trial)
+        if reason and reason != check(out):  # blame a patch only for what it brought
             report(reason, ENVOY_WOULD_REJECT)
             continue
         out = trial
@@ -114,6 +117,8 @@ def _copy(m: Message) -> Message:
 
 
 def _name(kind: str, m: Message) -> str:
+    if kind == bootstrap.KIND:
+        return names.BOOTSTRAP_RESOURCE  # a Bootstrap has no name field
     name: str = m.name
     return name
 
@@ -434,4 +439,5 @@ _APPLY: Mapping[str, Callable[[list[Message], ConfigPatch, str, Message | None, 
     "VIRTUAL_HOST": _virtual_hosts,
     "HTTP_ROUTE": _http_routes,
     "CLUSTER": _clusters,
+    bootstrap.KIND: bootstrap.merge_patch,
 }

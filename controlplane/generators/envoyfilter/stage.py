@@ -28,7 +28,8 @@ from .select import Selected, ordered
 
 log = structlog.get_logger("meshd.envoyfilter")
 
-KIND_OF = {names.LISTENER: "LISTENER", names.ROUTE: "ROUTE_CONFIGURATION", names.CLUSTER: "CLUSTER"}
+KIND_OF = {names.LISTENER: "LISTENER", names.ROUTE: "ROUTE_CONFIGURATION", names.CLUSTER: "CLUSTER",
+           names.BOOTSTRAP: "BOOTSTRAP"}
 _MESSAGES: dict[str, Any] = {}
 
 _ALL = Value[tuple[Selected, ...]]("EnvoyFilters", Lifetime.CONFIG)
@@ -62,13 +63,25 @@ def key(mesh: MeshSnapshot, proxy: Proxy, type_url: str) -> tuple[Any, ...]:
     if type_url not in KIND_OF:
         return ()
     # EXTENSION_CONFIG patches change no listener, route or cluster: ECDS only
-    chosen = tuple(s for s in selected(mesh, proxy) if not extension_config.serves_only(s))
+    chosen = tuple(s for s in _bearing(selected(mesh, proxy), type_url) if not extension_config.serves_only(s))
     if not chosen:
         return ()
     meta = sorted({k for s in chosen for cp in s.filter.patches if cp.match and cp.match.proxy
                    for k in (*cp.match.proxy.metadata, "ISTIO_VERSION")})
     return (("envoyfilter", tuple((s.key, s.generation) for s in chosen), proxy.type,
              tuple(str(proxy.metadata.get(k, "")) for k in meta)),)
+
+
+def _bearing(chosen: tuple[Selected, ...], type_url: str) -> tuple[Selected, ...]:
+    """The EnvoyFilters whose patches can change output of `type_url`: BOOTSTRAP patches
+    only the bootstrap, and nothing else does (a bootstrap-only change pushes no LDS)."""
+    def boot(s: Selected) -> bool:
+        return any(cp.apply_to == "BOOTSTRAP" for cp in s.filter.patches)
+
+    def other(s: Selected) -> bool:
+        return any(cp.apply_to != "BOOTSTRAP" for cp in s.filter.patches)
+
+    return tuple(s for s in chosen if (boot(s) if type_url == names.BOOTSTRAP else other(s)))
 
 
 def patch(mesh: MeshSnapshot, proxy: Proxy, type_url: str, rs: ResourceSet) -> tuple[ResourceSet, list[Problem]]:
