@@ -77,6 +77,9 @@ class ServeOptions:
     # The quiet time of a window holding endpoint changes only (EndpointSlices, Pods,
     # Nodes): shorter, as their push is small (istiod: PILOT_ENABLE_EDS_DEBOUNCE=false).
     eds_debounce_after: float = 0.01
+    # The quiet time of an isolated change (the first after `debounce_after` of quiet,
+    # with no second one behind it): MeshBuilder.
+    debounce_isolated: float = 0.01
     max_pushes_in_flight: int = 100  # responses being written at once (istiod's PILOT_PUSH_THROTTLE)
     write_timeout: float = 30.0  # a proxy that stops reading longer than this is disconnected
     share_ports: bool = False  # --workers: the gRPC ports are bound with SO_REUSEPORT (server/workers.py)
@@ -129,6 +132,13 @@ class MeshBuilder:
     goes out every `debounce_max`), as istiod's PILOT_DEBOUNCE_AFTER/_MAX. One merged
     change is one snapshot and one push.
 
+    An isolated change (a store change that arrives after at least `debounce_after` of
+    quiet) waits only `debounce_isolated` for a second one; if none comes it is pushed
+    then, else the window is an ordinary one (quiet for `debounce_after` from the last
+    change). istiod waits the full quiet time for every change; this costs at most one
+    extra push per burst (its first change, when the rest came later than
+    `debounce_isolated`) and takes 90 ms off the common case, one object changed.
+
     Which proxies a push reaches, and what it sends them, is decided by the ADS server
     from the generator's dependency keys (a Gateway change reaches routers only; an
     endpoint change sends only the changed ClusterLoadAssignments to the proxies
@@ -146,13 +156,19 @@ class MeshBuilder:
     ENDPOINT_KINDS = frozenset({"EndpointSlice", "Pod", "Node"})
 
     def __init__(self, store: ConfigStore, ads: AdsServer, debounce_after: float, root_namespace: str = names.ROOT_NAMESPACE,
-                 debounce_max: float = 10.0, eds_debounce_after: float | None = None):
+                 debounce_max: float = 10.0, eds_debounce_after: float | None = None,
+                 debounce_isolated: float | None = None):
         self.store = store
         self.root_namespace = root_namespace
         self.ads = ads
         self.debounce_after = debounce_after
         # A window of endpoint changes only waits this long for quiet (None: debounce_after).
         self.eds_debounce_after = debounce_after if eds_debounce_after is None else eds_debounce_after
+        # An isolated change's quiet time (None: debounce_after, istiod's trailing-only shape).
+        self.debounce_isolated = debounce_after if debounce_isolated is None else min(debounce_isolated, debounce_after)
+        self._events = 0  # store notifications in this window
+        self._last_event = -float("inf")  # monotonic time of the latest notification
+        self._quiet_before = float("inf")  # quiet time before this window's first notification
         self._debounced_at = 0.0  # when the last window closed (logged with the snapshot)
         self.debounce_max = max(debounce_max, debounce_after)
         self.mesh: MeshSnapshot | None = None
@@ -181,14 +197,21 @@ class MeshBuilder:
         self._input_changed("JWKS")
 
     def _input_changed(self, what: str) -> None:
-        if not self._changed:
-            self._first_change = time.time()
+        self._event()
         self._changed.add(ConfigKey(what, "", ""))  # names the change in the push reason
         self._dirty.set()
 
-    def _on_change(self, _snapshot, changed) -> None:
+    def _event(self) -> None:
+        now = time.monotonic()
         if not self._changed:
             self._first_change = time.time()  # logged with the snapshot: change-to-push latency
+            self._quiet_before = now - self._last_event
+            self._events = 0
+        self._events += 1
+        self._last_event = now
+
+    def _on_change(self, _snapshot, changed) -> None:
+        self._event()
         self._changed |= set(changed)
         self._unbuilt |= changed
         self._dirty.set()
@@ -249,10 +272,13 @@ class MeshBuilder:
             await self._dirty.wait()
             first = loop.time()
             # Debounce: until no change for `debounce_after` (`eds_debounce_after` while the
-            # window holds endpoint changes only), at most `debounce_max`.
+            # window holds endpoint changes only, `debounce_isolated` while it holds one
+            # change that followed a quiet period), at most `debounce_max`.
             while True:
                 self._dirty.clear()
                 quiet = self.eds_debounce_after if self.classify(self._changed) == "endpoint" else self.debounce_after
+                if self._events == 1 and self._quiet_before >= self.debounce_after:
+                    quiet = min(quiet, self.debounce_isolated)
                 wait = min(quiet, first + self.debounce_max - loop.time())
                 if wait <= 0:
                     break
@@ -472,7 +498,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                                  authenticators=[a for a in authenticators or () if not getattr(a, "awaits_io", False)],
                                  root_namespace=opts.root_namespace)
     builder = MeshBuilder(store, ads, opts.debounce_after, opts.root_namespace, debounce_max=opts.debounce_max,
-                          eds_debounce_after=opts.eds_debounce_after)
+                          eds_debounce_after=opts.eds_debounce_after, debounce_isolated=opts.debounce_isolated)
     builder.mesh_config, builder.key_sets = mesh_source.current, key_sets
     mesh_source.on_change, key_sets.on_change = builder.set_mesh_config, builder.set_jwks
     if webhooks is not None and opts.mesh_config_file:  # injection follows the file too

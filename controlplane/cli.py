@@ -90,6 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
         debounce_after=args.debounce_after,
         debounce_max=args.debounce_max,
         eds_debounce_after=args.eds_debounce_after,
+        debounce_isolated=args.debounce_isolated,
         max_pushes_in_flight=args.max_pushes_in_flight,
         write_timeout=args.push_write_timeout,
         ca_dir=_ca_dir(args.ca_dir),
@@ -353,6 +354,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--eds-debounce-after", type=_seconds, default=0.01,
                    help="quiet time of a push of endpoint changes only (EndpointSlices, Pods, Nodes): "
                         "shorter than --debounce-after, as such a push is small (default 10ms)")
+    s.add_argument("--debounce-isolated", type=_seconds, default=0.01,
+                   help="quiet time of an isolated change (the first after --debounce-after of quiet): pushed once "
+                        "no other arrived for this long, else the window waits --debounce-after as usual "
+                        "(default 10ms; --debounce-isolated equal to --debounce-after: istiod's trailing debounce)")
     s.add_argument("--debounce-max", type=_seconds, default=10.0,
                    help="longest a change waits for quiet before it is pushed anyway (default 10s)")
     s.add_argument("--max-pushes-in-flight", type=int, default=100,

@@ -4,6 +4,7 @@ constant churn a push still goes out every `debounce_max`; changes are classifie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from controlplane.app import MeshBuilder
 from controlplane.config.objects import ConfigKey
@@ -101,6 +102,79 @@ def test_constant_churn_still_pushes_every_debounce_max():
         finally:
             stop.set()
             task.cancel()
+
+    run(main())
+
+
+@contextlib.asynccontextmanager
+async def running(**options):
+    """A builder with `options` after its initial push, running; yields it with its store."""
+    store = ConfigStore()
+    builder = MeshBuilder(store, RecordingAds(), **options)
+    builder.rebuild("initial load")
+    stop, task = await started(builder)
+    try:
+        yield store, builder
+    finally:
+        stop.set()
+        task.cancel()
+
+
+async def pushed_after(builder: MeshBuilder, pushes: int, timeout: float = 5.0) -> float:
+    """Seconds until the builder has made `pushes` pushes."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while builder.pushes < pushes:
+        assert loop.time() - start < timeout, f"{builder.pushes} pushes, wanted {pushes}"
+        await asyncio.sleep(0.002)
+    return loop.time() - start
+
+
+def test_a_burst_is_one_push_with_the_isolated_change_rule_too():
+    """The burst's changes arrive together: no leading push for its first one."""
+    async def main():
+        async with running(debounce_after=0.1, debounce_max=10, debounce_isolated=0.01) as (store, builder):
+            await asyncio.sleep(0.15)  # a quiet period before the burst
+            for i in range(100):
+                store.replace_location(f"vs-{i}.yaml", objects_from_yaml(vs(i)))
+                if i % 10 == 9:
+                    await asyncio.sleep(0.005)
+            await settle(builder, 2)
+            assert builder.pushes == 2
+            assert len(builder.mesh.virtual_services) == 100
+
+    run(main())
+
+
+def test_an_isolated_change_is_pushed_without_the_full_quiet_time():
+    """debounce_after is long here (1 s) so that the difference cannot be the machine's:
+    one change after a quiet period is pushed after debounce_isolated, well within it."""
+    async def main():
+        async with running(debounce_after=1.0, debounce_max=10, debounce_isolated=0.01) as (store, builder):
+            store.replace_location("vs-0.yaml", objects_from_yaml(vs(0)))
+            assert await pushed_after(builder, 2) < 0.5
+            assert builder.ads.updates[1][1] == "config change: VirtualService"
+
+    run(main())
+
+
+def test_a_second_change_makes_the_window_an_ordinary_one():
+    """A change arriving within debounce_isolated of the first: both wait for the full
+    quiet time and go out as one push; a change soon after a push is not isolated."""
+    async def main():
+        async with running(debounce_after=0.6, debounce_max=10, debounce_isolated=0.2) as (store, builder):
+            store.replace_location("vs-0.yaml", objects_from_yaml(vs(0)))
+            await asyncio.sleep(0.05)
+            store.replace_location("vs-1.yaml", objects_from_yaml(vs(1)))
+            assert await pushed_after(builder, 2) >= 0.55  # 0.6 s of quiet after the second
+            assert len(builder.mesh.virtual_services) == 2
+            await asyncio.sleep(0.7)
+            store.replace_location("vs-2.yaml", objects_from_yaml(vs(2)))
+            assert await pushed_after(builder, 3) < 0.5  # isolated: 1.3 s of quiet before it
+            # 0.2-0.5 s after vs-2: not isolated, though vs-2's window is closed
+            store.replace_location("vs-3.yaml", objects_from_yaml(vs(3)))
+            assert await pushed_after(builder, 4) >= 0.55
+            assert builder.pushes == 4
 
     run(main())
 
