@@ -10,7 +10,14 @@ sidecars, EnvoyFilters applied live to webapp's sidecar.
 - a local rate limit inserted before the router answers 429;
 - a cluster MERGE puts a retry budget in webapp's Envoy's config dump;
 - an invalid patch (a filter after the router) is left out while the rest is sent: the
-  Lua header arrives, and no Envoy rejects an update (checked here and at teardown).
+  Lua header arrives, and no Envoy rejects an update (checked here and at teardown);
+- a Lua filter before the router whose config Envoy fetches by name over ECDS
+  (`config_discovery`, config_source ads; EnvoyFilter EXTENSION_CONFIG) adds a response
+  header; editing the EXTENSION_CONFIG EnvoyFilter alone changes the header with an ECDS
+  update and no LDS response (Envoy's listener stays as it was); the config is in Envoy's
+  config dump and in meshd's `/debug/config_dump`;
+- a LISTENER_FILTER REMOVE takes tls_inspector off webapp's outbound listener for port
+  80: gone from Envoy's config dump, traffic still flows.
 """
 from __future__ import annotations
 
@@ -18,6 +25,8 @@ import json
 
 import pytest
 
+from controlplane import names
+from tests.support.harness import http_get
 from tests.support.manifests import documents, service
 from tests.testbed.bed import wait_for
 from tests.testbed.fixtures import require_testbed
@@ -332,3 +341,131 @@ def test_a_cluster_replace_is_what_envoy_uses(mesh):
     mesh.apply("replace-catalog", None)
     wait_for(lambda: f"/ns/{NS}/sa/webapp" in client_cert("/back"), 20, interval=0.5,
              what="mTLS through the EDS cluster again")
+
+
+# --- EXTENSION_CONFIG over ECDS, LISTENER_FILTER ---------------------------------------------
+
+LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+CONFIG_NAME = "meshd.ecds.lua"
+
+
+def webapp_filter(name: str, patches: str) -> str:
+    """An EnvoyFilter `name` selecting webapp with `patches` (YAML list items, indented 2)."""
+    return (f"apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {{name: {name}, namespace: {NS}}}\n"
+            f"spec:\n  workloadSelector: {{labels: {{app: webapp}}}}\n  configPatches:\n{patches}")
+
+
+# The filter: before the router of webapp's outbound listeners, its config by name over ADS.
+DISCOVERED_FILTER = webapp_filter("ecds-filter", f"""\
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_OUTBOUND
+      listener: {{filterChain: {{filter: {{name: {HCM}, subFilter: {{name: envoy.filters.http.router}}}}}}}}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: {CONFIG_NAME}
+        config_discovery:
+          config_source: {{ads: {{}}, initial_fetch_timeout: 5s}}
+          type_urls: ["{LUA_TYPE}"]
+""")
+
+
+def extension_config(value: str) -> str:
+    """The filter's config: a Lua script adding the response header x-meshd-ecds: `value`."""
+    return webapp_filter("ecds-config", f"""\
+  - applyTo: EXTENSION_CONFIG
+    patch:
+      operation: ADD
+      value:
+        name: {CONFIG_NAME}
+        typed_config:
+          "@type": {LUA_TYPE}
+          default_source_code:
+            inline_string: "function envoy_on_response(h) h:headers():add('x-meshd-ecds', '{value}') end"
+""")
+
+
+REMOVE_TLS_INSPECTOR = webapp_filter("no-tls-inspector", """\
+  - applyTo: LISTENER_FILTER
+    match:
+      context: SIDECAR_OUTBOUND
+      listener: {portNumber: 80, listenerFilter: envoy.filters.listener.tls_inspector}
+    patch: {operation: REMOVE}
+""")
+
+
+def ecds_header(mesh, path: str) -> str | None:
+    return response_headers(mesh, path).get("x-meshd-ecds")
+
+
+def outbound_listener(mesh, name: str = "0.0.0.0_80") -> dict:
+    """webapp's Envoy's dynamic listener `name`, as its config dump shows it (active state)."""
+    for entry in mesh.envoys["webapp"].config_dump("dynamic_listeners")["configs"]:
+        if entry["name"] == name:
+            return entry.get("active_state", {})
+    return {}
+
+
+def ecds_in_envoy(mesh) -> dict:
+    """The ECDS configs webapp's Envoy holds, by name (its config dump's EcdsConfigDump)."""
+    out = {}
+    for section in mesh.envoys["webapp"].config_dump()["configs"]:
+        if section.get("@type", "").endswith("EcdsConfigDump"):
+            for f in section.get("ecds_filters", []):
+                out[f["ecds_filter"]["name"]] = f
+    return out
+
+
+def test_a_lua_filter_configured_over_ecds_and_changed_without_a_listener_change(mesh):
+    mesh.expect("webapp", mesh.vip("catalog", 80, "/plain"), 0, "200")
+    assert ecds_header(mesh, "/plain") is None
+    mesh.apply("ecds-config", extension_config("one"))
+    mesh.apply("ecds-filter", DISCOVERED_FILTER)
+    wait_for(lambda: ecds_header(mesh, "/one") == "one", 30, interval=0.5, what="the ECDS Lua filter's header")
+    listener = outbound_listener(mesh)
+    assert listener, "webapp's outbound listener for port 80"
+    assert CONFIG_NAME in ecds_in_envoy(mesh)
+
+    envoy = mesh.envoys["webapp"]
+    lds_updates = envoy.stat("listener_manager.lds.update_success")
+    reloads = envoy.stats(f"extension_config_discovery.http_filter.{CONFIG_NAME}.config_reload")
+    mesh.apply("ecds-config", extension_config("two"))  # only the extension config changes
+    wait_for(lambda: ecds_header(mesh, "/two") == "two", 30, interval=0.5, what="the changed ECDS config")
+    # an ECDS update, no LDS response at all: the listener is the one Envoy had
+    assert envoy.stat("listener_manager.lds.update_success") == lds_updates
+    assert sum(envoy.stats(f"extension_config_discovery.http_filter.{CONFIG_NAME}.config_reload").values()) == \
+        sum(reloads.values()) + 1, (reloads, envoy.stats("extension_config_discovery"))
+    after = outbound_listener(mesh)
+    assert (after["version_info"], after["last_updated"]) == (listener["version_info"], listener["last_updated"])
+    assert mesh.rejected_updates() == {}
+
+    # meshd's own record of what it sent shows the extension config too
+    node = next(c["bootstrap"]["node"]["id"] for c in mesh.envoys["webapp"].config_dump()["configs"]
+                if c["@type"].endswith("BootstrapConfigDump"))
+    status, body = http_get("127.0.0.1", mesh.cp.monitoring_port, f"/debug/config_dump?proxyID={node}")
+    assert status == 200, body[:300]
+    sent = [c for c in json.loads(body)["configs"] if c["@type"].endswith("EcdsConfigDump")]
+    assert sent, [c["@type"] for c in json.loads(body)["configs"]]
+    assert [(f["ecdsFilter"]["@type"], f["ecdsFilter"]["name"]) for f in sent[0]["ecdsFilters"]] == [
+        (f"type.googleapis.com/{names.EXTENSION_CONFIG.rpartition('/')[2]}", CONFIG_NAME)]
+
+    mesh.apply("ecds-filter", None)
+    mesh.apply("ecds-config", None)
+    wait_for(lambda: ecds_header(mesh, "/gone") is None, 30, interval=0.5, what="the ECDS filter gone")
+    mesh.expect("webapp", mesh.vip("catalog", 80, "/after"), 0, "200")
+
+
+def test_a_listener_filter_removed_from_the_outbound_listener_with_traffic_still_flowing(mesh):
+    def listener_filters() -> list[str]:
+        return [f["name"] for f in outbound_listener(mesh).get("listener", {}).get("listener_filters", [])]
+
+    assert "envoy.filters.listener.tls_inspector" in listener_filters()
+    mesh.apply("no-tls-inspector", REMOVE_TLS_INSPECTOR)
+    wait_for(lambda: listener_filters() == ["envoy.filters.listener.http_inspector"], 30, interval=0.5,
+             what="tls_inspector gone from webapp's 0.0.0.0_80")
+    mesh.expect("webapp", mesh.vip("catalog", 80, "/no-inspector"), 0, "200")
+    assert mesh.rejected_updates() == {}
+    mesh.apply("no-tls-inspector", None)
+    wait_for(lambda: "envoy.filters.listener.tls_inspector" in listener_filters(), 30, interval=0.5,
+             what="tls_inspector back")

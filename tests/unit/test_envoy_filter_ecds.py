@@ -15,7 +15,10 @@ from controlplane.config.validation import validate
 from controlplane.generators import Generator, builders, listeners
 from controlplane.generators.envoyfilter import Selected, apply, extension_config, ordered
 from controlplane.generators.envoyfilter.apply import ENVOY_WOULD_REJECT, INVALID_VALUE
+from controlplane.server.view import missing_extension_configs
 from tests.support import chapter9
+from tests.support.ads import run
+from tests.support.ads_server import Harness
 from tests.support.chapter9 import GATEWAY_PROXY, NS, WEBAPP_PROXY
 from tests.support.paths import shared
 
@@ -279,3 +282,55 @@ def test_istios_ecds_fixture_is_served_to_every_proxy_it_selects():
         config = extension_pb2.TypedExtensionConfig()
         rs["extension-config"].any.Unpack(config)
         assert config.typed_config.type_url == "type.googleapis.com/udpa.type.v1.TypedStruct"
+
+
+# --- over ADS: SotW and delta ---------------------------------------------------------------
+
+SIDECAR = (f"sidecar~10.1.0.10~webapp-1.{NS}~{NS}.svc.cluster.local",
+           {"NAMESPACE": NS, "LABELS": {"app": "webapp"}, "SERVICE_ACCOUNT": "webapp"})
+
+
+def lua_code(resource) -> str:
+    config, code = extension_pb2.TypedExtensionConfig(), lua_pb2.Lua()
+    resource.Unpack(config)
+    config.typed_config.Unpack(code)
+    return code.default_source_code.inline_string
+
+
+def test_ecds_over_sotw_serves_the_names_asked_for_pushes_a_change_and_reports_a_missing_name():
+    async def main():
+        async with Harness(Generator()) as s:
+            s.ads.update(chapter9.mesh(ecds_filter("one")))
+            c = s.sotw(*SIDECAR)
+            c.send(names.EXTENSION_CONFIG, ["lua-a", "no-such-config"])
+            first = await c.recv()
+            assert first.type_url == names.EXTENSION_CONFIG and len(first.resources) == 1
+            assert '"one"' in lua_code(first.resources[0])
+            assert missing_extension_configs(s.ads.connections()) == [{"proxy": SIDECAR[0], "names": ["no-such-config"]}]
+            c.ack(first, ["lua-a", "no-such-config"])
+            assert s.ads.update(chapter9.mesh(ecds_filter("two"))) == 1
+            pushed = await c.recv()
+            assert pushed.type_url == names.EXTENSION_CONFIG and '"two"' in lua_code(pushed.resources[0])
+            assert pushed.version_info != first.version_info
+
+    run(main())
+
+
+def test_ecds_over_delta_sends_the_config_and_removes_a_name_no_envoy_filter_provides():
+    async def main():
+        async with Harness(Generator()) as s:
+            s.ads.update(chapter9.mesh(ecds_filter("one")))
+            d = s.delta(*SIDECAR)
+            d.send(names.EXTENSION_CONFIG, subscribe=["lua-a", "no-such-config"])
+            first = await d.recv()
+            assert [r.name for r in first.resources] == ["lua-a"] and list(first.removed_resources) == ["no-such-config"]
+            d.ack(first)
+            s.ads.update(chapter9.mesh(ecds_filter("two")))
+            pushed = await d.recv()
+            assert [r.name for r in pushed.resources] == ["lua-a"] and '"two"' in lua_code(pushed.resources[0].resource)
+            d.ack(pushed)
+            s.ads.update(chapter9.mesh())  # the EnvoyFilter deleted: the config goes
+            gone = await d.recv()
+            assert not gone.resources and list(gone.removed_resources) == ["lua-a"]
+
+    run(main())
