@@ -2,11 +2,14 @@
 that cluster (the work several replicas share).
 
 Talking to the API server:
-- `client`: the `kubernetes` ApiClient, from a kubeconfig or in-cluster; `kubeconfig`:
-  meshd's reader for plain kubeconfigs; `libimport`: `kubernetes.client` without the
-  package's `__init__` (both keep the library's `config` module out of start-up).
-- `api`: plain JSON requests through that client's connection (auth, TLS, in-cluster
-  token refresh), sync or off the event loop; `ApiError`, REST paths.
+- `http`: meshd's HTTP client for the API server (one pool, one TLS context; a
+  `kubernetes` ApiClient wrapped for what it does not read itself); `client`: that
+  client from a kubeconfig or in-cluster; `kubeconfig`: meshd's reader for plain
+  kubeconfigs; `libimport`: `kubernetes.client` without the package's `__init__`, for
+  when the library is used (exec/auth-provider kubeconfigs): `meshd serve` with a plain
+  kubeconfig or in a pod never imports the library (bench/README.md "Start-up").
+- `api`: plain JSON requests through that client (auth, TLS, in-cluster token
+  refresh), sync or off the event loop; `ApiError`, REST paths.
 
 The source (config into the store, as the directory source does):
 - `resources`: the table of what is watched: one entry per kind, its API version, the
@@ -33,4 +36,4 @@ security (tests/unit/test_architecture.py holds the rules).
 
 from .libimport import skip_package_init
 
-skip_package_init()  # before any module here imports kubernetes.client (start-up cost)
+skip_package_init()  # whoever imports kubernetes.client (tests, exec kubeconfigs) gets just that

@@ -1,17 +1,17 @@
 """JSON requests to the Kubernetes API server, for the writes meshd makes.
 
-The typed API classes of the `kubernetes` client turn every answer into models (and
-back), and disagree with the API server on details such as MicroTime; meshd's writes
-are few and small, so they go through the client's connection as plain JSON instead:
+Typed API models would turn every answer into objects (and back), and disagree with the
+API server on details such as MicroTime; meshd's writes are few and small, so they go
+as plain JSON through the room's HTTP client (kube/http.py):
 
-    api = KubeApi(api_client)
+    api = KubeApi(http)                                  # a KubeHttp, or a `kubernetes` ApiClient
     lease = api.request("GET", "/apis/coordination.k8s.io/v1/namespaces/istio-system/leases/meshd-leader")
     await api.call("POST", path, body)          # the same, off the event loop
 
-Authentication, TLS and the in-cluster token refresh are the client's (the ApiClient's
-Configuration). A non-2xx answer raises `ApiError` with the API server's Status reason
-and message. Blocking calls run on a small dedicated thread pool, so a slow API server
-never holds the event loop and never starves the loop's default executor.
+Authentication, TLS and the in-cluster token refresh are the client's. A non-2xx answer
+raises `ApiError` with the API server's Status reason and message. Blocking calls run
+on a small dedicated thread pool, so a slow API server never holds the event loop and
+never starves the loop's default executor.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
 
-from kubernetes import client
+from .http import TransportError, as_http
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -64,8 +64,9 @@ def path(group: str, version: str, plural: str, namespace: str | None = None, na
 
 
 class KubeApi:
-    def __init__(self, api_client: client.ApiClient, timeout: float = DEFAULT_TIMEOUT, workers: int = 4):
-        self.api_client = api_client
+    def __init__(self, api_client: Any, timeout: float = DEFAULT_TIMEOUT, workers: int = 4):
+        self.api_client = api_client  # as handed over (the caller closes it)
+        self.http = as_http(api_client)  # kube/http.py: meshd's client, or a `kubernetes` ApiClient wrapped
         self.timeout = timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="k8s-call")
 
@@ -76,16 +77,15 @@ class KubeApi:
         if body is not None:
             headers["Content-Type"] = content_type
         try:
-            method_, url, headers, body_, post = self.api_client.param_serialize(
-                method=method, resource_path=resource_path, query_params=list((query or {}).items()),
-                header_params=headers, body=body, auth_settings=["BearerToken"],
-            )
-            resp = self.api_client.call_api(method_, url, header_params=headers, body=body_, post_params=post,
-                                            _request_timeout=timeout or self.timeout)
-            data = resp.read()
-        except client.ApiException as e:  # the client's own transport errors
-            raise ApiError(e.status or 0, e.reason or "", str(e.body or "")[:500]) from None
-        except Exception as e:  # urllib3 connection / timeout errors
+            resp = self.http.request(method, resource_path, query=query, body=body, headers=headers,
+                                     timeout=timeout or self.timeout)
+            try:
+                data = resp.read()
+            finally:
+                resp.release_conn()
+        except TransportError as e:
+            raise ApiError(0, "", str(e)[:500]) from None
+        except Exception as e:  # urllib3 errors while reading the answer
             raise ApiError(0, type(e).__name__, str(e)[:500]) from None
         try:
             decoded = json.loads(data) if data else {}

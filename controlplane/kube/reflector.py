@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from kubernetes import client
 
 from ..config.objects import ConfigKey, Origin, Rejection
 from ..config.parse import Parsed, content_hash, parse_document
 from ..names import DEFAULT_NAMESPACE
+from .http import Http, StatusError
 from .resources import (
     Discovery,
     KubeResource,
@@ -118,7 +118,7 @@ class Reflector:
         self,
         resource: KubeResource,
         namespace: str | None,
-        api: client.ApiClient,
+        api: Http,
         emit: Callable[[Operation], None],
         stop: threading.Event,
         log: structlog.typing.FilteringBoundLogger,
@@ -246,7 +246,7 @@ class Reflector:
                 query["_continue"] = cont
             try:
                 body = read_json(lister(**query))
-            except client.ApiException as e:
+            except StatusError as e:
                 if e.status == 410 and cont and not restarted:
                     # The continue token expired between pages: start the list again.
                     items, cont, restarted = [], None, True
@@ -296,7 +296,7 @@ class Reflector:
         started = time.monotonic()
         try:
             resp = self._lister()(**query)
-        except client.ApiException as e:
+        except StatusError as e:
             raise _classify(e) from e
         self._resp = resp
         self._log.info("k8s watch started", resourceVersion=self.resource_version, timeoutSeconds=timeout)
@@ -388,7 +388,7 @@ class Reflector:
         self._stop.wait(seconds)
 
 
-def _classify(e: client.ApiException) -> Exception:
+def _classify(e: StatusError) -> Exception:
     if e.status == 410:
         return Gone(f"HTTP 410 {e.reason or ''}".strip())
     if e.status == 404:
@@ -397,8 +397,8 @@ def _classify(e: client.ApiException) -> Exception:
 
 
 def _describe(e: BaseException) -> str:
-    if isinstance(e, client.ApiException):
-        return f"HTTP {e.status} {e.reason or ''}".strip()
+    if isinstance(e, StatusError):
+        return str(e)
     return f"{type(e).__name__}: {e}"
 
 

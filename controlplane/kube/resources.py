@@ -15,12 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client
-
 from ..config import kinds
 from ..config.parse import node_essentials
 from ..names import GATEWAY_API_GROUP
 from .api import path
+from .http import Http, StatusError, as_http
 
 # Not a served kind yet: the parse gate skips Secrets quietly, so watching them is
 # harmless, but it costs memory and needs RBAC on Secrets; hence opt-in (watch_secrets).
@@ -31,7 +30,7 @@ SECRET = kinds.Kind("", "Secret", ("v1",))
 # relist of unchanged objects is not seen as a change and xDS versions stay the same.
 _VOLATILE_METADATA = ("managedFields", "resourceVersion")
 
-Lister = Callable[..., Any]  # (**query) -> urllib3 response (always _preload_content=False)
+Lister = Callable[..., Any]  # (**query) -> urllib3 response, not preloaded; StatusError for a non-2xx answer
 
 
 @dataclass(frozen=True)
@@ -82,36 +81,33 @@ class KubeResource:
             return f"k8s:{base}/namespaces/{namespace or ''}/{self.plural}/{name}"
         return f"k8s:{base}/{self.plural}/{name}"
 
-    def lister(self, api: client.ApiClient, version: str, namespace: str | None) -> Lister:
-        """The client's list function for this kind (all namespaces, or one), returning the
-        raw response: the JSON as the API server sent it keeps camelCase field names,
-        which is what the parse gate and Istio's schemas expect, and skips the typed
-        models we would only turn back into dicts."""
-        # By path, not through the client's typed API classes: importing their modules
-        # (CoreV1Api, CustomObjectsApi, ApisApi) cost 1-4 s before the first list on a
-        # loaded machine, on every start.
+    def lister(self, api: Http, version: str, namespace: str | None) -> Lister:
+        """A list/watch of this kind (all namespaces, or one) by path, returning the raw
+        response: the JSON as the API server sent it keeps camelCase field names, which
+        is what the parse gate and Istio's schemas expect, and no typed models are made
+        only to be turned back into dicts."""
         return _path_lister(api, path(self.group, version, self.plural,
                                       namespace if namespace is not None and self.kind.namespaced else None))
 
 
-# list/watch keyword arguments (as the generated clients take them) -> query parameters
+# list/watch keywords (as client-go and the generated clients name them) -> query parameters
 _QUERY = {"label_selector": "labelSelector", "field_selector": "fieldSelector", "limit": "limit",
           "_continue": "continue", "resource_version": "resourceVersion", "watch": "watch",
           "allow_watch_bookmarks": "allowWatchBookmarks", "timeout_seconds": "timeoutSeconds"}
 
 
-def _path_lister(api: client.ApiClient, path: str) -> Lister:
-    """A list/watch of `path` with the generated clients' keywords and raw answer (the
-    urllib3 response; ApiException for a status other than 2xx)."""
+def _path_lister(api: Http, path: str) -> Lister:
+    """A list/watch of `path` with those keywords: the urllib3 response of a 2xx answer
+    (not preloaded), StatusError for any other (its connection handed back)."""
     def call(_request_timeout: Any = None, **query: Any) -> Any:
-        params = [(_QUERY[k], str(v).lower() if isinstance(v, bool) else v) for k, v in query.items() if v is not None]
-        request = api.param_serialize(method="GET", resource_path=path, query_params=params,
-                                      header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
-        resp = api.call_api(*request, _request_timeout=_request_timeout)
+        resp = api.request("GET", path, query=[(_QUERY[k], v) for k, v in query.items()], timeout=_request_timeout)
         if not 200 <= resp.status <= 299:
-            resp.read()
-            raise client.ApiException.from_response(http_resp=resp, body=None, data=None)
-        return resp.response
+            try:
+                body = resp.read()
+            finally:
+                resp.release_conn()
+            raise StatusError(resp.status, resp.reason or "", body or b"")
+        return resp
     return call
 
 
@@ -171,8 +167,8 @@ class Discovery:
     reflector asking for a document being fetched waits for that fetch. A failed fetch
     is not kept."""
 
-    def __init__(self, api: client.ApiClient, max_age: float = 5.0):
-        self._api = api
+    def __init__(self, api: Http, max_age: float = 5.0):
+        self._api = as_http(api)
         self.max_age = max_age
         self._lock = threading.Lock()
         self._paths: dict[str, threading.Lock] = {}  # one fetch of a path at a time
@@ -192,7 +188,7 @@ class Discovery:
             return doc
 
 
-def served_version(api: client.ApiClient, res: KubeResource, request_timeout: float,
+def served_version(api: Http, res: KubeResource, request_timeout: float,
                    discovery: Discovery | None = None) -> str | None:
     """The version to watch `res` at, or None if the cluster does not serve it (CRD not
     installed). The group's preferredVersion when meshd understands it, else the first
@@ -205,7 +201,7 @@ def served_version(api: client.ApiClient, res: KubeResource, request_timeout: fl
     def fetch(path_: str) -> Any:
         if discovery is not None:
             return discovery.get(path_, request_timeout)
-        return read_json(_path_lister(api, path_)(_request_timeout=request_timeout))
+        return read_json(_path_lister(as_http(api), path_)(_request_timeout=request_timeout))
 
     groups = fetch("/apis")
     group = next((g for g in groups.get("groups") or [] if g.get("name") == res.group), None)
@@ -218,7 +214,7 @@ def served_version(api: client.ApiClient, res: KubeResource, request_timeout: fl
     for version in candidates:
         try:
             listing = fetch(f"/apis/{res.group}/{version}")
-        except client.ApiException as e:
+        except StatusError as e:
             if e.status == 404:
                 continue
             raise

@@ -40,13 +40,13 @@ from types import FrameType
 from typing import Any, Protocol
 
 import structlog
-from kubernetes import client
 
 from ..config.objects import Rejection
 from ..config.parse import Parsed
 from ..config.store import ConfigStore
 from ..names import ROOT_NAMESPACE
 from ..sources.meshconfig import CONFIGMAP_NAME
+from .http import as_http
 from .reflector import Delete, Item, Operation, Put, Reflector, ReflectorOptions, Sync
 from .resources import INJECTOR_CONFIGMAP_NAME, MESH_CONFIG_MAP, RESOURCES, SECRETS, Discovery, KubeResource, ObjectInfo
 
@@ -96,7 +96,7 @@ class _Slicer:
 class KubernetesSource:
     def __init__(
         self,
-        api_client: client.ApiClient,
+        api_client: Any,  # kube/http.py's KubeHttp, or a `kubernetes` ApiClient
         store: ConfigStore,
         namespaces: list[str] | None = None,
         label_selector: str | None = None,
@@ -110,6 +110,7 @@ class KubernetesSource:
         injector_config: Callable[[dict[str, Any] | None], None] | None = None,
     ):
         self.api_client = api_client
+        self._http = as_http(api_client)
         self.store = store
         self.namespaces = sorted(set(namespaces)) if namespaces else None
         self.label_selector = label_selector or None
@@ -194,7 +195,7 @@ class KubernetesSource:
 
     def _start(self, emit: Callable[[Operation], None]) -> None:
         self._streams.clear()
-        discovery = Discovery(self.api_client)  # one /apis for every kind that needs discovery
+        discovery = Discovery(self._http)  # one /apis for every kind that needs discovery
         for res in self.resources:
             scopes: list[str | None] = [None]
             accept = None
@@ -207,13 +208,13 @@ class KubernetesSource:
                     accept = lambda obj, allowed=allowed: (obj.get("metadata") or {}).get("name") in allowed
             # Nodes (not scoped) are watched whole, whatever --namespaces/--label-selector say.
             for ns in scopes:
-                r = Reflector(res, ns, self.api_client, emit, self._threads_stop, self._log,
+                r = Reflector(res, ns, self._http, emit, self._threads_stop, self._log,
                               label_selector=self.label_selector if res.scoped else None, accept=accept,
                               options=self._options, discovery=discovery)
                 self._streams[r.stream] = _StreamState(r)
         self._raw_told.clear()
         for cm, told in self._raw_maps.items():
-            r = Reflector(MESH_CONFIG_MAP, self.mesh_config_namespace, self.api_client, emit, self._threads_stop,
+            r = Reflector(MESH_CONFIG_MAP, self.mesh_config_namespace, self._http, emit, self._threads_stop,
                           self._log, field_selector=f"metadata.name={cm}", raw=True,
                           accept=_named(cm),
                           options=self._options)

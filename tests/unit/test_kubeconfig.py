@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from controlplane.kube.kubeconfig import KubeconfigError, read_plain
+from tests.support.pki import make_ca
 
 CA, CERT, KEY = b"-----CA-----\n", b"-----CERT-----\n", b"-----KEY-----\n"
 
@@ -101,14 +102,16 @@ def test_a_missing_context_or_cluster_is_an_error_naming_it(tmp_path):
         read_plain(path)
 
 
-def test_the_kube_client_for_a_plain_kubeconfig_does_not_import_the_librarys_config_module(tmp_path):
-    """The start-up cost this reader exists for: `config`, `stream` and their dependencies
-    stay out of a `meshd serve --kubeconfig` process; an exec user still gets the library."""
-    plain = write(tmp_path / "", {"token": "t"})
+def test_the_kube_client_for_a_plain_kubeconfig_does_not_import_the_kubernetes_library(tmp_path):
+    """The start-up cost meshd's own reader and HTTP client exist for: the `kubernetes`
+    package (its client with pydantic, its config module with oauthlib and requests)
+    stays out of a `meshd serve --kubeconfig` process; an exec user still gets the library."""
+    plain = write(tmp_path / "", {"token": "t"}, cluster={"server": "https://10.0.0.1:6443/",
+                                                          "certificate-authority-data": b64(make_ca().cert)})
     code = ("import sys; from controlplane.kube.client import kube_api_client; "
             "api = kube_api_client(sys.argv[1]); "
-            "print(api.configuration.host, sorted(m for m in ('kubernetes.config', 'kubernetes.stream', "
-            "'requests_oauthlib', 'websocket') if m in sys.modules))")
+            "print(api.host, sorted(m for m in ('kubernetes.client', 'kubernetes.config', 'kubernetes.stream', "
+            "'pydantic', 'requests_oauthlib', 'websocket') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(plain)], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["https://10.0.0.1:6443", "[]"]
     exec_dir = tmp_path / "exec"
@@ -117,6 +120,14 @@ def test_the_kube_client_for_a_plain_kubeconfig_does_not_import_the_librarys_con
     out = subprocess.run([sys.executable, "-c", code, str(execed)], capture_output=True, text=True, check=True)
     assert out.stdout.split()[0] == "https://10.0.0.1:6443"
     assert "'kubernetes.config'" in out.stdout
+
+
+def test_a_ca_that_is_not_a_certificate_is_an_error_naming_the_kubeconfig(tmp_path):
+    from controlplane.kube.client import kube_api_client
+
+    path = write(tmp_path, {"token": "t"})  # certificate-authority-data: not a PEM certificate
+    with pytest.raises(KubeconfigError, match=rf"kubeconfig {path}: cannot use its TLS settings"):
+        kube_api_client(str(path))
 
 
 def test_meshd_serve_stops_with_one_line_naming_the_missing_context(tmp_path):
