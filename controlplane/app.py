@@ -31,6 +31,7 @@ from ca.keys import KeyType
 from . import gcpolicy, names
 from .config.objects import ConfigKey, Rejection
 from .config.store import ConfigStore
+from .debug.bootstrap_patches import BootstrapPatchReport
 from .debug.certs import certs_handler
 from .debug.gateway_api import gateway_api_section
 from .debug.monitoring import start_monitoring
@@ -477,6 +478,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     telemetry_report = TelemetryReport(metrics.registry)
     sidecar_report = SidecarReport(metrics.registry)
     metrics.registry.register(LeftOutPatches(generator.envoy_filter_problems))  # beside configz envoyFilterProblems
+    bootstrap_report = BootstrapPatchReport(generator, lambda: [c.proxy for c in ads.connections()])
     registry = _workload_registry(opts, store, member, metrics)  # WorkloadGroup auto-registration (docs/vm.md)
     ads.registrations = registry
     # Envoy's metrics service on the secure port, its Istio metrics, and /ui/ (docs/ui.md).
@@ -489,6 +491,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                                                    "autoRegistration": registry.status,
                                                    "gatewayAPI": lambda: gateway_api_section(ads.mesh),
                                                    "envoyFilterProblems": generator.envoy_filter_problems,
+                                                   "bootstrapPatches": lambda: bootstrap_report.rows(ads.mesh),
                                                    "extensionConfigsMissing":
                                                        lambda: missing_extension_configs(ads.connections()),
                                                    "telemetryProblems": telemetry_report.status,
@@ -511,6 +514,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     builder.observers.append(policy_report.update)
     builder.observers.append(telemetry_report.update)
     builder.observers.append(sidecar_report.update)
+    builder.observers.append(bootstrap_report.observe)  # BOOTSTRAP patches changed under running proxies
     if member is not None:  # the Gateway API's status, written by the leader (kube/status.py)
         writer = member.status
         # and the gateway of each Gateway of meshd's classes (kube/gateway_deployment.py)

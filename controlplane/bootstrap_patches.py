@@ -17,6 +17,7 @@ proxy's next start, as in Istio.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from typing import Any
 
@@ -115,8 +116,17 @@ def merge_into(doc: dict[str, Any], patch: bootstrap_pb2.Bootstrap, version: str
                                       "bootstrap already has (Envoy would refuse it): rename it in the EnvoyFilter")
     built.MergeFrom(patch)
     built.node.metadata.fields[MARKER].string_value = version
-    out: dict[str, Any] = json_format.MessageToDict(built, preserving_proto_field_name=True)
+    # Plain dicts for the YAML writer (MessageToDict gives OrderedDicts for Any fields), and
+    # whole numbers as integers: a Struct holds every number as a double, and Envoy's
+    # runtime reads a written `42.0` as the text "42.0", not as the integer 42.
+    out: dict[str, Any] = json.loads(json_format.MessageToJson(built, preserving_proto_field_name=True),
+                                     parse_float=_number)
     return out
+
+
+def _number(text: str) -> float | int:
+    value = float(text)
+    return int(value) if value.is_integer() else value
 
 
 __all__ = ["BootstrapPatchError", "MARKER", "fetch", "merge_into", "patch_version"]

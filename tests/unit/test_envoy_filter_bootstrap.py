@@ -14,6 +14,7 @@ from controlplane.bootstrap_patches import MARKER, BootstrapPatchError, merge_in
 from controlplane.config import kinds
 from controlplane.config.validation import validate
 from controlplane.generators import Generator
+from controlplane.model.proxy import parse_node
 from tests.support import chapter9
 from tests.support.chapter9 import CATALOG_PROXY, GATEWAY_PROXY, NS, WEBAPP_PROXY
 
@@ -172,3 +173,89 @@ def test_a_patch_clashing_with_the_built_bootstrap_is_a_clear_error():
         assert "xds-grpc" in str(e)
     else:
         raise AssertionError("a second xds-grpc cluster was merged")
+
+
+# --- the commands, against a running meshd ------------------------------------------------
+
+def _pod_init(tmp_path, address: str, root, token_text: str, *extra: str):
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.paths import REPO
+
+    (tmp_path / "labels").write_text('app="webapp"\n')
+    (tmp_path / "token").write_text(token_text)
+    out = tmp_path / "envoy-rev.json"
+    argv = [sys.executable, "-m", "controlplane", "pod-init", "-p", "15001", "-z", "15006", "-u", "1337", "-m",
+            "REDIRECT", "-i", "*", "--dry-run", "--bootstrap-out", str(out), "--xds-address", address,
+            "--root-cert", str(root), "--token-path", str(tmp_path / "token"), "--labels-file", str(tmp_path / "labels"),
+            "--fetch-envoy-filters", *extra]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ISTIO_META_")}
+    env.update({"PYTHONPATH": str(REPO), "POD_NAME": "webapp-7c9", "POD_NAMESPACE": NS, "INSTANCE_IP": "10.0.0.8",
+                "SERVICE_ACCOUNT": "webapp"})
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env), out
+
+
+def test_pod_init_fetches_the_patches_with_the_pods_token_and_writes_them(tmp_path):
+    from tests.support.harness import meshd
+
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "mesh.yaml").write_text(chapter9.LAYOUT)
+    (config / "runtime.yaml").write_text(RUNTIME)
+    with meshd(config, tmp_path) as m:
+        token = m.token(NS, "webapp")
+        cp, out = _pod_init(tmp_path, f"127.0.0.1:{m.secure_port}", m.root_cert, token)
+        assert cp.returncode == 0, cp.stderr
+        doc = json.loads(out.read_text())
+        assert [layer["name"] for layer in doc["layered_runtime"]["layers"]] == ["global config", "ef-layer"]
+        assert doc["layered_runtime"]["layers"][1]["static_layer"] == {"meshd.test.flag": 7}  # an integer still
+        proxy = parse_node(doc["node"]["id"], doc["node"]["metadata"])
+        rs = Generator().generate(chapter9.mesh(RUNTIME), proxy, names.BOOTSTRAP)
+        assert doc["node"]["metadata"][MARKER] == rs[names.BOOTSTRAP_RESOURCE].version  # what meshd serves it
+        # the token is still read from its file by Envoy: the fetch did not copy it in
+        assert token not in out.read_text()
+        # a token for another identity is refused, and nothing is written
+        out.unlink()
+        cp, out = _pod_init(tmp_path, f"127.0.0.1:{m.secure_port}", m.root_cert, m.token(NS, "catalog"))
+        assert cp.returncode == 2 and "fetching the EnvoyFilter BOOTSTRAP patches" in cp.stderr, cp.stderr
+        assert "PERMISSION_DENIED" in cp.stderr and not out.exists()
+
+
+def test_a_failed_fetch_is_a_clear_error_and_writes_nothing(tmp_path):
+    from tests.support.harness import free_port, meshd_cli
+
+    port = free_port("127.0.0.1")  # nobody listens
+    out = tmp_path / "envoy.json"
+    cp = meshd_cli("bootstrap", "--xds-address", f"127.0.0.1:{port}", "--fetch-envoy-filters", "--fetch-timeout", "3s",
+                   "--output", str(out), check=False)
+    assert cp.returncode == 2
+    assert cp.stderr.startswith(f"meshd bootstrap: fetching the EnvoyFilter BOOTSTRAP patches from meshd at 127.0.0.1:{port}: "), cp.stderr
+    assert not out.exists()
+
+
+def test_running_proxies_without_their_current_patches_are_reported():
+    from controlplane.debug.bootstrap_patches import CHANGED, NOT_FETCHED, BootstrapPatchReport
+
+    gen = Generator()
+    mesh = chapter9.mesh(TAGS)
+    current = gen.generate(mesh, WEBAPP_PROXY, names.BOOTSTRAP)[names.BOOTSTRAP_RESOURCE].version
+
+    def webapp(pod: str, marker: str | None):
+        md = dict(WEBAPP_PROXY.metadata)
+        if marker is not None:
+            md[MARKER] = marker
+        return parse_node(f"sidecar~10.0.0.{len(pod)}~{pod}.{NS}~{NS}.svc.cluster.local", md)
+
+    unselected = parse_node(CATALOG_PROXY.id, dict(CATALOG_PROXY.metadata))  # no marker, nothing selects it
+    running = [webapp("fresh", current), webapp("stale-1", "0123456789abcdef"), webapp("unfetched", None),
+               webapp("fetch", "fetching"), unselected]
+    report = BootstrapPatchReport(gen, lambda: running)
+    rows = report.rows(mesh)
+    assert [(r["proxy"].split("~")[2].split(".")[0], r["reason"], r["envoyFilters"]) for r in rows] == [
+        ("stale-1", CHANGED, [f"{NS}/stats-tags"]), ("unfetched", NOT_FETCHED, [f"{NS}/stats-tags"])]
+    assert all(r["current"] == current for r in rows)
+    assert report.rows(None) == []
+    # deleted: a proxy started with patches meshd no longer serves it is out of date too
+    assert [r["proxy"].split("~")[2].split(".")[0] for r in report.rows(chapter9.mesh())] == ["fresh", "stale-1"]
