@@ -331,7 +331,8 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, pre
     """The mesh of `config`. With `previous` (a mesh built by this function) and `changed`
     (every key changed since `previous.config`), a change of EndpointSlices and
     WorkloadEntries only rebuilds just the endpoints of the services owning the changed
-    slices or selecting the changed entries; anything else is built anew.
+    slices or selecting the changed entries, a change of DestinationRules and
+    VirtualServices only just the rules and routes; anything else is built anew.
     `mesh_config` (else the defaults with `root_namespace`) decides the root namespace;
     it and `jwks` (the fetched key sets) are part of the snapshot's version."""
     if mesh_config is None:
@@ -342,6 +343,10 @@ def build_mesh(config: ConfigSnapshot, root_namespace: str = ROOT_NAMESPACE, pre
             and previous.mesh_config == mesh_config and previous.jwks.digest == jwks.digest
             and all(k.kind in _ENDPOINT_KINDS for k in changed)):
         return _with_changed_slices(config, previous, changed)
+    if (previous is not None and changed and previous._dr_index is not None
+            and previous.mesh_config == mesh_config and previous.jwks.digest == jwks.digest
+            and all(k.kind in _ROUTING_KINDS for k in changed)):
+        return _with_changed_routing(config, previous, version)
     pods = config.of_kind(kinds.POD.kind)
     nodes = {n.name: n.labels for n in config.of_kind(kinds.NODE.kind)}
     pod_index = PodIndex(pods, nodes)
@@ -549,6 +554,31 @@ def _with_changed_slices(config: ConfigSnapshot, previous: MeshSnapshot, changed
     conflicts = gateway_conflicts(mesh, config.of_kind(kinds.POD.kind)) if named_target else previous.gateway_conflicts
     report_gateway_conflicts(conflicts)
     return dataclasses.replace(mesh, gateway_conflicts=conflicts, indexes_from=mesh.indexes)
+
+
+# What the second fast path follows: rules and routes. Nothing else build_mesh makes reads
+# them (the Gateway API conversion, the services and endpoints, the gateway conflicts).
+_ROUTING_KINDS = frozenset({kinds.DESTINATION_RULE.kind, kinds.VIRTUAL_SERVICE.kind})
+
+
+def _with_changed_routing(config: ConfigSnapshot, previous: MeshSnapshot, version: str) -> MeshSnapshot:
+    """`previous` with its DestinationRules and VirtualServices read again from `config`,
+    as build_mesh reads them; services, endpoints, gateways and the rest are its. A new
+    snapshot otherwise (no `derived_from`, its own indexes: what readers derive may read
+    rules and routes)."""
+    drs = tuple(config.of_kind(kinds.DESTINATION_RULE.kind))
+    dr_by_host: dict[str, list[ConfigObject]] = {}
+    for dr in drs:
+        dr_by_host.setdefault(_dr_host(dr), []).append(dr)
+    return dataclasses.replace(
+        previous, version=version, config=config, derived_from="",
+        virtual_services=resolve_delegates([*config.of_kind(kinds.VIRTUAL_SERVICE.kind),
+                                            *previous.gateway_api.virtual_services]),
+        destination_rules=drs,
+        _dr_by_host={h: tuple(v) for h, v in dr_by_host.items()},
+        _wildcard_dr_hosts=tuple(h for h in dr_by_host if h.startswith("*")),
+        _dr_index=DestinationRuleIndex(drs, previous.root_namespace,
+                                       previous.mesh_config.default_destination_rule_export_to))
 
 
 def _selects(namespace: str, selector: Mapping[str, str], workloads: list[tuple[str, Mapping[str, str]]]) -> bool:

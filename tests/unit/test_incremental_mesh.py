@@ -201,6 +201,59 @@ def test_other_changes_take_the_full_path(world):
     assert not derived(build_mesh(world.store.snapshot(), previous=None, changed=frozenset(world.changed)))
 
 
+ROUTING_STEPS = [
+    ("a DestinationRule changes", [(f"rules/{SCENARIO.service_name(0)}.yaml", SCENARIO.rules_yaml(0, 3))]),
+    ("a VirtualService and its rule change", [(f"rules/{SCENARIO.service_name(0)}.yaml",
+                                               SCENARIO.rules_yaml(0, 4).replace("weight: 90", "weight: 70")
+                                               .replace("weight: 10", "weight: 30"))]),
+    ("a rule for every host of a namespace, and one selecting workloads", [("routing.yaml", f"""apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: all, namespace: {ns(1)}}}
+spec:
+  host: "*.{ns(1)}.svc.cluster.local"
+  trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: 7}}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: picky, namespace: {ns(2)}}}
+spec:
+  host: svc-2
+  workloadSelector: {{matchLabels: {{app: svc-5}}}}
+  trafficPolicy: {{tls: {{mode: DISABLE}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: delegate, namespace: {ns(2)}}}
+spec:
+  http: [{{route: [{{destination: {{host: svc-2}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: root, namespace: {ns(2)}}}
+spec:
+  hosts: [svc-2]
+  http: [{{delegate: {{name: delegate}}}}]
+""")]),
+    ("the rules go", [("routing.yaml", None), (f"rules/{SCENARIO.service_name(0)}.yaml", None)]),
+]
+
+
+def test_a_change_of_rules_and_routes_only_equals_a_full_build(world):
+    """The second fast path: DestinationRules and VirtualServices read anew, the rest
+    the previous snapshot's; a new snapshot for every reader (no `derived_from`, its own
+    indexes)."""
+    for what, edits in ROUTING_STEPS:
+        for rel, text in edits:
+            world.write(rel, text)
+        assert {k.kind for k in world.changed} <= {"DestinationRule", "VirtualService"}, what
+        before = world.mesh
+        fast, full = world.rebuild()
+        assert fast.services is before.services and fast.endpoints is before.endpoints, what  # not rebuilt
+        assert not derived(fast) and not fast.indexes.shares_config_with(before.indexes), what
+        assert_same_mesh(fast, full)
+    assert len(fast.destination_rules) < len(before.destination_rules)
+
+
 def test_the_store_carries_of_kind_lists_over(world):
     snap = world.store.snapshot()
     services = snap.of_kind("Service")
