@@ -1,4 +1,4 @@
-"""`meshd proxy-config cluster|listener|route|endpoint|secret|bootstrap|all [<proxy>]`.
+"""`meshd proxy-config cluster|listener|route|endpoint|secret|ecds|bootstrap|all [<proxy>]`.
 
 istioctl's tables and dumps (controlplane/debug/configwriter.py), from one of:
 - `--meshd URL` (default http://127.0.0.1:15014): what meshd sent the proxy
@@ -22,6 +22,7 @@ KINDS = {
     "route": ("routes", "r"),
     "endpoint": ("endpoints", "ep"),
     "secret": ("secrets", "s"),
+    "ecds": (),
     "bootstrap": ("b",),
     "all": ("a",),
 }
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
             w.print_endpoints_summary(ef) if fmt == "short" else w.print_endpoints(ef, fmt)
         elif kind == "secret":
             w.print_secret_summary() if fmt == "short" else w.print_secret_dump(fmt)
+        elif kind == "ecds":
+            w.print_ecds_summary() if fmt == "short" else w.print_ecds_dump(fmt)
         elif kind == "bootstrap":
             w.print_bootstrap_summary() if fmt == "short" else w.print_bootstrap_dump(fmt)
     except (DumpError, FetchError, OSError) as e:
@@ -91,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__,
     )
     p.add_argument("kind", choices=sorted(KINDS) + sorted(a for al in KINDS.values() for a in al),
-                   metavar="{cluster,listener,route,endpoint,secret,bootstrap,all}")
+                   metavar="{cluster,listener,route,endpoint,secret,ecds,bootstrap,all}")
     p.add_argument("proxy", nargs="?", help="node id (router~IP~POD.NS~NS.svc.cluster.local) or POD.NAMESPACE")
     add_dump_sources(p, "an Envoy config dump JSON file ('-' for stdin)")
     p.add_argument("--output", "-o", help="json|yaml|short (default short; json for bootstrap)")

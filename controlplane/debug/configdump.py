@@ -205,6 +205,15 @@ class ConfigDump:
     def secrets(self) -> config_dump_pb2.SecretsConfigDump:
         return self.require(SECRETS)
 
+    def ecds(self) -> shared.EcdsConfigDump:
+        """The ECDS section (empty when the proxy was sent, or holds, no extension config)."""
+        return self.section(ECDS) or shared.EcdsConfigDump()
+
+    def extension_configs(self) -> list[Message]:
+        """The TypedExtensionConfigs of the ECDS section, by name."""
+        out = [unpack(f.ecds_filter) for f in self.ecds().ecds_filters]
+        return sorted((c for c in out if c is not None), key=lambda c: c.name)
+
     def to_json(self, indent: str = "  ") -> str:
         from .gojson import jsonpb
 

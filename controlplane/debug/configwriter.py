@@ -329,6 +329,17 @@ class ConfigWriter:
     def print_secret_dump(self, fmt: str) -> None:
         self._print_jsonpb(self.dump.secrets(), fmt)
 
+    # extension configs (ECDS)
+    def print_ecds_summary(self) -> None:
+        w = TabWriter(self.out, 0, 8, 5)
+        w.write("ECDS NAME\tTYPE\n")
+        for c in self.dump.extension_configs():
+            w.write(f"{c.name}\t{c.typed_config.type_url.removeprefix('type.googleapis.com/')}\n")
+        w.flush()
+
+    def print_ecds_dump(self, fmt: str) -> None:
+        self._print_jsonpb(self.dump.ecds(), fmt)
+
     # bootstrap
     def print_bootstrap_summary(self) -> None:
         boot = self.dump.bootstrap()

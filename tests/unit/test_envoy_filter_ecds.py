@@ -334,3 +334,28 @@ def test_ecds_over_delta_sends_the_config_and_removes_a_name_no_envoy_filter_pro
             assert not gone.resources and list(gone.removed_resources) == ["lua-a"]
 
     run(main())
+
+
+def test_proxy_config_ecds_lists_what_the_proxy_was_sent(tmp_path):
+    import contextlib
+    import io
+
+    from controlplane import cli
+    from controlplane.debug.configdump import Sent, from_sent
+
+    rs = Generator().generate(chapter9.mesh(ecds_filter("one")), WEBAPP_PROXY, names.EXTENSION_CONFIG)
+    dump = tmp_path / "dump.json"
+    dump.write_text(from_sent(None, [Sent(names.EXTENSION_CONFIG, rs.version, 1.0, tuple(rs[n] for n in rs))]).to_json())
+    empty = tmp_path / "empty.json"
+    empty.write_text(from_sent(None, []).to_json())
+
+    def run(*argv: str) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert cli.main(["proxy-config", *argv]) == 0
+        return out.getvalue()
+
+    assert run("ecds", "--file", str(dump)).splitlines() == [
+        "ECDS NAME     TYPE", "lua-a         envoy.extensions.filters.http.lua.v3.Lua"]
+    assert '"name": "lua-a"' in run("ecds", "--file", str(dump), "-o", "json")
+    assert run("ecds", "--file", str(empty)).splitlines() == ["ECDS NAME     TYPE"]
