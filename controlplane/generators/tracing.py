@@ -9,6 +9,7 @@ tracing block is left out, as istiod does. Other provider kinds raise TracingErr
 which the caller reports (never a silent missing trace)."""
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 
 import structlog
@@ -21,7 +22,8 @@ from envoy.type.tracing.v3 import custom_tag_pb2
 from envoy.type.v3 import percent_pb2
 
 from ..config.kinds import TELEMETRY
-from ..config.types.telemetry import CLIENT, SERVER
+from ..config.types.telemetry import CLIENT, SERVER, Telemetry
+from ..model.indexes import Lifetime, Value
 from ..model.mesh import MeshSnapshot
 from ..model.meshconfig import ExtensionProvider, MeshConfig
 from ..model.proxy import Proxy
@@ -39,10 +41,29 @@ ZIPKIN_ENDPOINT = "/api/v2/spans"
 log = structlog.get_logger(__name__)
 
 
+# The snapshot's Telemetries as listeners read them (computed once per config).
+_TELEMETRIES = Value[tuple[NamedTelemetry, ...]]("Telemetries, keyed by what listeners read", Lifetime.CONFIG)
+
+
 def mesh_telemetries(mesh: MeshSnapshot) -> list[NamedTelemetry]:
-    """The snapshot's valid Telemetry objects."""
-    return [NamedTelemetry(o.namespace, o.name, o.typed, o.generation) for o in mesh.config.of_kind(TELEMETRY.kind)
-            if o.typed is not None]
+    """The snapshot's valid Telemetry objects, each with a `generation` digesting only what
+    xDS output reads of it (selection, access logging, tracing): a change to `metrics`
+    alone, which meshd's metrics service reads (telemetry/istio_metrics.py) and no
+    listener does, leaves every proxy's listener keys as they were."""
+    got = mesh.indexes.get(_TELEMETRIES)
+    if got is None:
+        got = mesh.indexes.value(_TELEMETRIES, _listener_view, mesh)
+    return list(got)
+
+
+def _listener_view(mesh: MeshSnapshot) -> tuple[NamedTelemetry, ...]:
+    return tuple(NamedTelemetry(o.namespace, o.name, o.typed, _xds_digest(o.typed))
+                 for o in mesh.config.of_kind(TELEMETRY.kind) if o.typed is not None)
+
+
+def _xds_digest(spec: Telemetry) -> str:
+    read = (sorted(spec.selector.items()), spec.target_refs, spec.access_logging, spec.tracing)
+    return hashlib.sha256(repr(read).encode()).hexdigest()[:16]
 
 
 def proxy_telemetry(mesh: MeshSnapshot, proxy: Proxy) -> ProxyTelemetry:
