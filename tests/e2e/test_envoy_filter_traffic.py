@@ -15,7 +15,9 @@ sidecars, EnvoyFilters applied live to webapp's sidecar.
   (`config_discovery`, config_source ads; EnvoyFilter EXTENSION_CONFIG) adds a response
   header; editing the EXTENSION_CONFIG EnvoyFilter alone changes the header with an ECDS
   update and no LDS response (Envoy's listener stays as it was); the config is in Envoy's
-  config dump and in meshd's `/debug/config_dump`;
+  config dump and in meshd's `/debug/config_dump`; a name Envoy asks for before any
+  EnvoyFilter provides it is listed in `/debug/configz` (`extensionConfigsMissing`) until
+  one does;
 - a LISTENER_FILTER REMOVE takes tls_inspector off webapp's outbound listener for port
   80: gone from Envoy's config dump, traffic still flows.
 """
@@ -454,6 +456,27 @@ def test_a_lua_filter_configured_over_ecds_and_changed_without_a_listener_change
     mesh.apply("ecds-config", None)
     wait_for(lambda: ecds_header(mesh, "/gone") is None, 30, interval=0.5, what="the ECDS filter gone")
     mesh.expect("webapp", mesh.vip("catalog", 80, "/after"), 0, "200")
+
+
+def test_an_ecds_name_no_envoy_filter_provides_is_reported_until_one_does(mesh):
+    def missing() -> list[dict]:
+        status, body = http_get("127.0.0.1", mesh.cp.monitoring_port, "/debug/configz")
+        assert status == 200, body[:300]
+        return json.loads(body)["extensionConfigsMissing"]
+
+    node = next(c["bootstrap"]["node"]["id"] for c in mesh.envoys["webapp"].config_dump()["configs"]
+                if c["@type"].endswith("BootstrapConfigDump"))
+    mesh.apply("ecds-filter", DISCOVERED_FILTER)  # the filter first: Envoy asks for a name nobody serves
+    wait_for(lambda: missing() == [{"proxy": node, "names": [CONFIG_NAME]}], 30, interval=0.5,
+             what=lambda: f"configz extensionConfigsMissing naming webapp's {CONFIG_NAME}: {missing()}")
+    mesh.apply("ecds-config", extension_config("late"))
+    wait_for(lambda: ecds_header(mesh, "/late") == "late", 30, interval=0.5, what="the config that came later")
+    assert missing() == []
+    assert mesh.rejected_updates() == {}
+    mesh.apply("ecds-filter", None)
+    mesh.apply("ecds-config", None)
+    wait_for(lambda: ecds_header(mesh, "/gone-again") is None, 30, interval=0.5, what="the ECDS filter gone")
+    mesh.expect("webapp", mesh.vip("catalog", 80, "/after-late"), 0, "200")
 
 
 def test_a_listener_filter_removed_from_the_outbound_listener_with_traffic_still_flowing(mesh):

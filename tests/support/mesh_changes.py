@@ -415,6 +415,14 @@ def slots() -> dict[str, tuple[str, ...]]:
                           "    patch: {operation: MERGE, value: {name: envoy.filters.network.tcp_proxy, typed_config: "
                           "{\"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, "
                           "idle_timeout: 30s}}}\n"),
+            # an extension config served over ECDS only (no listener, route or cluster changes)
+            _envoy_filter("front", "web", "  workloadSelector: {labels: {app: front}}\n  configPatches:\n"
+                          "  - applyTo: EXTENSION_CONFIG\n    patch: {operation: ADD, value: {name: front.lua, "
+                          "typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua}}}\n"),
+            # a listener filter removed from every sidecar's outbound listeners
+            _envoy_filter("front", "web", "  configPatches:\n  - applyTo: LISTENER_FILTER\n"
+                          "    match: {context: SIDECAR_OUTBOUND, listener: {listenerFilter: "
+                          "envoy.filters.listener.http_inspector}}\n    patch: {operation: REMOVE}\n"),
         ),
     }
 

@@ -424,7 +424,7 @@ def test_an_envoy_filter_change_pushes_exactly_to_the_proxies_it_selects():
     output and differ here). Each variant that applies patches changes some proxy's output."""
     world = mesh_changes.World({s: v for s, v in mesh_changes.everything().items() if s not in ENVOY_FILTER_SLOTS})
     g = Generator()
-    patch_types = tuple(envoyfilter_stage.KIND_OF)
+    patch_types = (*envoyfilter_stage.KIND_OF, names.EXTENSION_CONFIG)
     for slot in ENVOY_FILTER_SLOTS:
         variants = mesh_changes.slots()[slot]
         for variant in [*range(len(variants)), None]:
@@ -437,7 +437,7 @@ def test_an_envoy_filter_change_pushes_exactly_to_the_proxies_it_selects():
             for proxy in mesh_changes.PROXIES:
                 selected = any(sel is not None and selects(sel, proxy, after.root_namespace)
                                for sel in (old.get((ns, name)), new.get((ns, name))))
-                for t in (*TYPES, names.SECRET):
+                for t in (*TYPES, names.SECRET, names.EXTENSION_CONFIG):
                     if not selected or t not in patch_types:
                         assert g.key(before, proxy, t) == g.key(after, proxy, t), (slot, variant, proxy.id, names.SHORT[t])
                     now = expected(after, proxy, t)
