@@ -452,6 +452,14 @@ def test_a_lua_filter_configured_over_ecds_and_changed_without_a_listener_change
     assert [(f["ecdsFilter"]["@type"], f["ecdsFilter"]["name"]) for f in sent[0]["ecdsFilters"]] == [
         (f"type.googleapis.com/{names.EXTENSION_CONFIG.rpartition('/')[2]}", CONFIG_NAME)]
 
+    # a listener change beside it: the new listener takes the config Envoy holds (no warming stuck)
+    mesh.apply("lua", LUA)
+    wait_for(lambda: lua_header(mesh, "/both") == "yes", 30, interval=0.5, what="another Lua filter beside it")
+    assert ecds_header(mesh, "/both") == "two"
+    mesh.apply("lua", None)
+    wait_for(lambda: lua_header(mesh, "/ecds-only") is None, 30, interval=0.5, what="the other Lua filter gone")
+    assert ecds_header(mesh, "/ecds-only") == "two"
+
     mesh.apply("ecds-filter", None)
     mesh.apply("ecds-config", None)
     wait_for(lambda: ecds_header(mesh, "/gone") is None, 30, interval=0.5, what="the ECDS filter gone")
