@@ -28,6 +28,7 @@ _TYPE_LABEL = {
     names.ROUTE: "rds",
     names.EXTENSION_CONFIG: "ecds",
     names.SECRET: "sds",
+    names.BOOTSTRAP: "bds",  # EnvoyFilter BOOTSTRAP patches, fetched by `meshd bootstrap` (as istiod's label)
 }
 
 # Counters that istiod exposes without `_total`.
