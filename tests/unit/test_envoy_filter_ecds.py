@@ -225,6 +225,29 @@ def test_extension_configs_in_order_with_the_proxy_match_and_problems_named():
     assert [n for n, _ in extension_config.build([lua], edge)[0]] == ["lua-a", "edge-only"]
 
 
+def test_a_config_of_a_type_the_filter_naming_it_does_not_take_is_left_out():
+    referring = ef(f"""
+configPatches:
+- applyTo: HTTP_FILTER
+  match: {{context: SIDECAR_OUTBOUND}}
+  patch:
+    operation: INSERT_FIRST
+    value: {{name: lua-a, config_discovery: {{config_source: {{ads: {{}}}}, type_urls: ["{LUA}"]}}}}
+""", name="filter")
+    rbac = ef("""
+configPatches:
+- applyTo: EXTENSION_CONFIG
+  patch: {operation: ADD, value: {name: lua-a, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC}}}
+""", name="config")
+    items, problems = extension_config.build([referring, rbac], WEBAPP_PROXY)
+    assert items == [] and [(p.envoy_filter, p.code) for p in problems] == [(f"{NS}/config", ENVOY_WOULD_REJECT)]
+    assert "RBAC" in problems[0].reason and "type_urls" in problems[0].reason
+    # the filter's context is SIDECAR_OUTBOUND: a gateway is not sent it, so its config is fine there
+    assert [n for n, _ in extension_config.build([referring, rbac], GATEWAY_PROXY)[0]] == ["lua-a"]
+    assert [n for n, _ in extension_config.build([referring, ef("configPatches:" + lua_config("lua-a", "x"))],
+                                                 WEBAPP_PROXY)[0]] == ["lua-a"]
+
+
 def test_an_invalid_typed_config_is_left_out_as_an_invalid_value():
     bad = ef("""
 configPatches:

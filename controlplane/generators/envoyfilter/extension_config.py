@@ -12,7 +12,9 @@ selects. (The parse gate refuses other operations and listener, route or cluster
 
 Each value is converted as every patch value is (`@type` Struct -> proto) and checked for
 what Envoy would reject (no name, no typed_config, a type its API does not have, a name
-twice): such a patch is left out and reported as the other patches are (apply.Problem).
+twice, a type that a filter naming it does not take: its `config_discovery.type_urls`,
+from the filter patches of the same EnvoyFilters for that proxy): such a patch is left
+out and reported as the other patches are (apply.Problem).
 """
 from __future__ import annotations
 
@@ -31,9 +33,18 @@ from .select import Selected
 APPLY_TO = "EXTENSION_CONFIG"
 
 
+REFERRING = ("HTTP_FILTER", "NETWORK_FILTER", "LISTENER_FILTER")  # a filter with `config_discovery`
+
+
 def bears(sel: Selected) -> bool:
-    """Whether `sel` has an EXTENSION_CONFIG patch (only those change a proxy's ECDS)."""
-    return any(cp.apply_to == APPLY_TO for cp in sel.filter.patches)
+    """Whether `sel` can change a proxy's ECDS: it has an EXTENSION_CONFIG patch, or a
+    filter patch naming one (`config_discovery`: its `type_urls` are checked)."""
+    return any(cp.apply_to == APPLY_TO or _refers(cp) for cp in sel.filter.patches)
+
+
+def _refers(cp: ConfigPatch) -> bool:
+    value = (cp.patch.value if cp.patch else None) or {}
+    return cp.apply_to in REFERRING and ("config_discovery" in value or "configDiscovery" in value)
 
 
 def serves_only(sel: Selected) -> bool:
@@ -46,6 +57,7 @@ def build(filters: Sequence[Selected], proxy: Proxy) -> tuple[list[tuple[str, Me
     patches left out."""
     out: dict[str, Message] = {}
     problems: list[Problem] = []
+    wanted = _wanted_types(filters, proxy)
     for sel in filters:
         for i, cp in enumerate(sel.filter.patches):
             if cp.apply_to != APPLY_TO or not _selects(cp, proxy):
@@ -60,7 +72,7 @@ def build(filters: Sequence[Selected], proxy: Proxy) -> tuple[list[tuple[str, Me
             except PatchValueError as e:
                 problems.append(Problem(sel.key, i, APPLY_TO, str(e), INVALID_VALUE))
                 continue
-            reason = _rejected(value, out)
+            reason = _rejected(value, out) or _mistyped(value, wanted.get(value.name, ()))
             if reason:
                 problems.append(Problem(sel.key, i, APPLY_TO, reason, ENVOY_WOULD_REJECT))
                 continue
@@ -84,4 +96,31 @@ def _rejected(value: Message, served: dict[str, Message]) -> str:
     url = value.typed_config.type_url
     if not checks._known(url):
         return f"extension config {value.name!r}: unknown type {url}"
+    return ""
+
+
+def _wanted_types(filters: Sequence[Selected], proxy: Proxy) -> dict[str, list[frozenset[str]]]:
+    """Per extension config name, the `type_urls` of each filter patch for `proxy` that
+    names it in its `config_discovery`: Envoy rejects an ECDS update whose config is of a
+    type one of them does not take."""
+    out: dict[str, list[frozenset[str]]] = {}
+    for sel in filters:
+        for cp in sel.filter.patches:
+            if not _refers(cp) or not proxy_matches(cp, proxy) or (cp.patch and cp.patch.operation == "REMOVE"):
+                continue
+            try:
+                msg = to_message(cp.apply_to, cp.patch.value if cp.patch else None)
+            except PatchValueError:
+                continue  # reported with the listeners
+            if msg.HasField("config_discovery") and msg.config_discovery.type_urls:
+                out.setdefault(msg.name, []).append(frozenset(msg.config_discovery.type_urls))
+    return out
+
+
+def _mistyped(value: Message, wanted: Sequence[frozenset[str]]) -> str:
+    url = value.typed_config.type_url
+    for urls in wanted:
+        if url not in urls:
+            return (f"extension config {value.name!r} is a {url.rpartition('/')[2]}, but a filter naming it takes "
+                    f"only {', '.join(sorted(u.rpartition('/')[2] for u in urls))} (config_discovery.type_urls)")
     return ""

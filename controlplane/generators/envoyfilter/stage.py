@@ -121,13 +121,13 @@ def _unpack(a: any_pb2.Any) -> Any:
 
 def extension_key(mesh: MeshSnapshot, proxy: Proxy) -> tuple[Any, ...]:
     """What a proxy's extension configs read: the selected EnvoyFilters that have
-    EXTENSION_CONFIG patches (name and content, in order) and the node metadata those
-    patches match on (not the proxy type: the context does not apply)."""
+    EXTENSION_CONFIG patches or filters naming one (name and content, in order), the
+    proxy type (the context of those filters) and the node metadata their patches match on."""
     chosen = [s for s in selected(mesh, proxy) if extension_config.bears(s)]
-    meta = sorted({k for s in chosen for cp in s.filter.patches
-                   if cp.apply_to == extension_config.APPLY_TO and cp.match and cp.match.proxy
+    meta = sorted({k for s in chosen for cp in s.filter.patches if cp.match and cp.match.proxy
                    for k in (*cp.match.proxy.metadata, "ISTIO_VERSION")})
-    return ("ecds", tuple((s.key, s.generation) for s in chosen), tuple(str(proxy.metadata.get(k, "")) for k in meta))
+    return ("ecds", tuple((s.key, s.generation) for s in chosen), proxy.type,
+            tuple(str(proxy.metadata.get(k, "")) for k in meta))
 
 
 def extension_configs(mesh: MeshSnapshot, proxy: Proxy) -> tuple[ResourceSet, list[Problem]]:
