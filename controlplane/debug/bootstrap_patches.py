@@ -22,6 +22,7 @@ import structlog
 
 from .. import names
 from ..bootstrap_patches import FETCHING, MARKER, patch_version
+from ..config import kinds
 from ..generators.envoyfilter import stage
 from ..model.proxy import Proxy
 
@@ -38,6 +39,7 @@ class BootstrapPatchReport:
         self._generator = generator
         self._proxies = proxies
         self._logged: set[tuple[str, str]] = set()  # (proxy, current version) already logged
+        self._patches: Any = None  # the BOOTSTRAP EnvoyFilters last observed
 
     def rows(self, mesh: Any) -> list[dict[str, Any]]:
         if mesh is None:
@@ -61,7 +63,15 @@ class BootstrapPatchReport:
         return [out[k] for k in sorted(out)]
 
     def observe(self, mesh: Any) -> None:
-        """A new snapshot (MeshBuilder observer, on the event loop): log what it made stale."""
+        """A new snapshot (MeshBuilder observer, on the event loop): log what it made stale.
+        Most snapshots change no BOOTSTRAP EnvoyFilter (endpoints, other config): those cost
+        one pass over the EnvoyFilters, not one over the proxies."""
+        patches = (mesh.root_namespace, tuple(sorted(
+            (o.namespace, o.name, o.generation) for o in mesh.config.of_kind(kinds.ENVOY_FILTER.kind)
+            if o.typed is not None and any(cp.apply_to == "BOOTSTRAP" for cp in o.typed.patches))))
+        if patches == self._patches:
+            return
+        self._patches = patches
         rows = self.rows(mesh)
         seen = set()
         for row in rows:

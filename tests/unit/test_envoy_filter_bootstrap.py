@@ -259,3 +259,22 @@ def test_running_proxies_without_their_current_patches_are_reported():
     assert report.rows(None) == []
     # deleted: a proxy started with patches meshd no longer serves it is out of date too
     assert [r["proxy"].split("~")[2].split(".")[0] for r in report.rows(chapter9.mesh())] == ["fresh", "stale-1"]
+
+
+def test_a_change_under_a_running_proxy_is_logged_once():
+    from structlog.testing import capture_logs
+
+    from controlplane.debug.bootstrap_patches import BootstrapPatchReport
+
+    gen = Generator()
+    started = chapter9.mesh(TAGS)
+    version = gen.generate(started, WEBAPP_PROXY, names.BOOTSTRAP)[names.BOOTSTRAP_RESOURCE].version
+    running = parse_node(WEBAPP_PROXY.id, {**WEBAPP_PROXY.metadata, MARKER: version})
+    report = BootstrapPatchReport(gen, lambda: [running])
+    changed = chapter9.mesh(TAGS.replace("tenant", "team"))
+    with capture_logs() as logs:
+        for mesh in (started, changed, changed, chapter9.mesh(TAGS.replace("tenant", "team"), chapter9.STRICT_MESH)):
+            report.observe(mesh)
+    events = [e for e in logs if e["event"] == "bootstrap patches not applied"]
+    assert [(e["proxy"], e["envoy_filters"], e["written"]) for e in events] == [
+        (WEBAPP_PROXY.id, [f"{NS}/stats-tags"], version)]
