@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.envoy import envoy
-from tests.support.harness import http_get, meshd, wait_for, write
+from tests.support.harness import http_get, meshd, meshd_cli, wait_for, write
 
 pytestmark = pytest.mark.e2e
 
@@ -85,6 +85,9 @@ def test_a_bootstrap_merge_reaches_the_selected_proxy_at_its_start(tmp_path: Pat
             boot = bootstrap_of(selected)
             assert [t["tag_name"] for t in boot["stats_config"]["stats_tags"]] == ["meshd_tenant"]
             assert [layer["name"] for layer in boot["layered_runtime"]["layers"]] == ["global config", "envoyfilter-layer"]
+            # `meshd proxy-config bootstrap --envoy` shows the bootstrap Envoy runs (istioctl JSON): merged
+            shown = meshd_cli("proxy-config", "bootstrap", "--envoy", f"http://127.0.0.1:{selected.admin_port}")
+            assert json.loads(shown.stdout)["bootstrap"]["statsConfig"]["statsTags"][0]["tagName"] == "meshd_tenant"
             assert KEY not in runtime(other)
             assert "stats_tags" not in bootstrap_of(other).get("stats_config", {})
             for e in (selected, other):
