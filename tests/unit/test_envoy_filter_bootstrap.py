@@ -132,6 +132,16 @@ def test_a_static_cluster_added_twice_is_left_out_and_reported():
     assert "extra" in rows[0]["reason"]
 
 
+def test_a_second_ads_service_is_left_out_and_reported():
+    ads = envoy_filter("ads", merge_patch(
+        "{dynamic_resources: {ads_config: {grpc_services: [{envoy_grpc: {cluster_name: other}}]}}}")
+        + merge_patch("{stats_flush_interval: 5s}"))
+    gen = Generator()
+    bs = served(gen, chapter9.mesh(ads), WEBAPP_PROXY)
+    assert not bs.HasField("dynamic_resources") and bs.stats_flush_interval.seconds == 5  # the rest is served
+    assert [(r["patch"], r["code"]) for r in gen.envoy_filter_problems()] == [(0, "EnvoyWouldReject")]
+
+
 # --- merging into the written bootstrap ----------------------------------------------------
 
 def _params() -> BootstrapParams:

@@ -50,6 +50,10 @@ def check(items: Sequence[Message]) -> str:
     """What Envoy would refuse in the static resources the patches add (the rest of the
     bootstrap is checked where it is written, against what the writer built)."""
     for bs in items:
+        if bs.dynamic_resources.ads_config.grpc_services:
+            # meshd's bootstrap has its ADS service; Envoy takes exactly one ("Only
+            # singleton gRPC service lists supported"), so a second would stop it starting
+            return "dynamic_resources.ads_config.grpc_services: the bootstrap's ADS service is meshd's"
         static = bs.static_resources
         reason = checks.check("LISTENER", list(static.listeners)) or checks.check("CLUSTER", list(static.clusters))
         if reason:
