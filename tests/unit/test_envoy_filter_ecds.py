@@ -299,6 +299,17 @@ def test_istios_ecds_fixture_is_served_to_every_proxy_it_selects():
     fixture["metadata"]["namespace"] = ROOT
     mesh = chapter9.mesh(yaml.safe_dump(fixture))
     gen = Generator()
+    wasm = ef("""
+configPatches:
+- applyTo: HTTP_FILTER
+  patch:
+    operation: INSERT_FIRST
+    value: {name: extension-config, config_discovery: {config_source: {ads: {}},
+            type_urls: [type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm]}}
+""", namespace=ROOT)
+    # a filter taking Wasm configs: the TypedStruct carries a Wasm config, so it is served
+    assert [n for n, _ in extension_config.build(
+        [Selected(ROOT, "test", "", envoy_filter(fixture["spec"])), wasm], WEBAPP_PROXY)[0]] == ["extension-config"]
     for proxy in (WEBAPP_PROXY, GATEWAY_PROXY):  # its context SIDECAR_INBOUND does not apply (istiod)
         rs = gen.generate(mesh, proxy, names.EXTENSION_CONFIG)
         assert list(rs) == ["extension-config"]

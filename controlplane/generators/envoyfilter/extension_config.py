@@ -117,8 +117,23 @@ def _wanted_types(filters: Sequence[Selected], proxy: Proxy) -> dict[str, list[f
     return out
 
 
+_TYPED_STRUCTS = frozenset({"type.googleapis.com/udpa.type.v1.TypedStruct", "type.googleapis.com/xds.type.v3.TypedStruct"})
+
+
+def _config_type(value: Message) -> str:
+    """The type of the config: for a TypedStruct, the type it carries (as Envoy reads it)."""
+    url: str = value.typed_config.type_url
+    if url in _TYPED_STRUCTS:
+        from udpa.type.v1 import typed_struct_pb2
+
+        inner = typed_struct_pb2.TypedStruct()
+        inner.ParseFromString(value.typed_config.value)  # xds.type.v3's has the same fields
+        return inner.type_url
+    return url
+
+
 def _mistyped(value: Message, wanted: Sequence[frozenset[str]]) -> str:
-    url = value.typed_config.type_url
+    url = _config_type(value)
     for urls in wanted:
         if url not in urls:
             return (f"extension config {value.name!r} is a {url.rpartition('/')[2]}, but a filter naming it takes "
