@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 
 from ...config.types.envoyfilter import ConfigPatch, PatchValueError, to_message
@@ -123,12 +124,10 @@ _TYPED_STRUCTS = frozenset({"type.googleapis.com/udpa.type.v1.TypedStruct", "typ
 def _config_type(value: Message) -> str:
     """The type of the config: for a TypedStruct, the type it carries (as Envoy reads it)."""
     url: str = value.typed_config.type_url
-    if url in _TYPED_STRUCTS:
-        from udpa.type.v1 import typed_struct_pb2
-
-        inner = typed_struct_pb2.TypedStruct()
-        inner.ParseFromString(value.typed_config.value)  # xds.type.v3's has the same fields
-        return inner.type_url
+    if url in _TYPED_STRUCTS:  # in the pool: _rejected found it there
+        cls = message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(url.rpartition("/")[2]))
+        inner = cls.FromString(value.typed_config.value)
+        return str(inner.type_url)
     return url
 
 
