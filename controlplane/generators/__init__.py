@@ -27,7 +27,15 @@ from ..model.proxy import Proxy
 from . import dependencies as dep
 from .envoyfilter import bootstrap as envoyfilter_bootstrap
 from .envoyfilter import stage as envoyfilter_stage
-from .express import EndpointChange, RuleChange, VisibleHosts, endpoint_change, rule_change
+from .express import (
+    EndpointChange,
+    RuleChange,
+    VisibleHosts,
+    carry_past_rules,
+    endpoint_change,
+    rule_change,
+    rules_only,
+)
 from .inputs import DESTINATION_RULE, DR_ROUTING
 from .parts import Part, ResourceCache, parts_for, router_parts
 from .resources import ComposedSet, Resource, ResourceSet, pack
@@ -119,8 +127,13 @@ class Generator:
         sidecars that see none of them; None: compare every proxy's keys."""
         if not self._standard:
             return None
+        if not rules_only(previous, mesh):
+            self._rule_chain = None
+            return None
+        carry_past_rules(previous, mesh)  # before any key of `mesh`: what reads no rule is kept
         chain = self._rule_chain
-        change = rule_change(previous, mesh, chain[1] if chain is not None and chain[0] is previous else None)
+        change = rule_change(previous, mesh, chain[1] if chain is not None and chain[0] is previous else None,
+                             checked=True)
         # What the scopes hold stays true along a chain of rule changes: kept for the next.
         self._rule_chain = (mesh, change.visible) if change is not None else None
         return change

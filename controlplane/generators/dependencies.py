@@ -91,27 +91,27 @@ _DR_SELECTORS = Index[tuple[Any, ...], tuple[Any, ...]]("DestinationRule selecto
 _DR_CREDENTIALS = Value[bool]("some DestinationRule names a credentialName", CONFIG)
 _NAMESPACE_SECRETS = Value[dict[str, str]]("digest of the Secrets per namespace", CONFIG)
 _SOURCE_LABELS = Value[bool]("some VirtualService matches sourceLabels", CONFIG)
-_DNS_HOSTS = Value[bool]("some service is resolved by DNS", CONFIG)
+_DNS_HOSTS = Value[bool]("some service is resolved by DNS", CONFIG, reads_rules=False)
 _SELECTOR_POLICY_NAMESPACES = Value[frozenset[str]]("namespaces with a selector PeerAuthentication", CONFIG)
 _POLICIES = Index[tuple[Any, ...], tuple[Any, ...]]("effective PeerAuthentication of a workload", CONFIG)
 _NAMESPACE_MODES = Index[str, str]("namespace PeerAuthentication mode", CONFIG)
-_SERVICE_GENERATIONS = Value[dict[str, str]]("generation of each Service object", CONFIG)
+_SERVICE_GENERATIONS = Value[dict[str, str]]("generation of each Service object", CONFIG, reads_rules=False)
 _PROXY_LOCALITIES = Index[tuple[Any, ...], Locality]("where a proxy runs", CONFIG)
 _SECURITY = Index[tuple[Any, ...], tuple[Any, ...]]("authn/authz inputs of a workload", CONFIG)
-_HOST_ENDPOINTS = Index[str, str]("digest of a host's endpoints", HOST)
-_SERVICE_ACCOUNTS = Index[str, str]("service accounts behind a host", HOST)
+_HOST_ENDPOINTS = Index[str, str]("digest of a host's endpoints", HOST, reads_rules=False)
+_SERVICE_ACCOUNTS = Index[str, str]("service accounts behind a host", HOST, reads_rules=False)
 _LOCALIZED = Index[str, bool]("a host has an endpoint in a known locality", HOST)
-_HEADLESS_ADDRESSES = Index[str, frozenset[str]]("endpoint addresses of a headless host", HOST)
+_HEADLESS_ADDRESSES = Index[str, frozenset[str]]("endpoint addresses of a headless host", HOST, reads_rules=False)
 _SHAPES = Index[str, tuple[Any, ...]]("the instances at an address, as the inbound side reads them", ADDRESS)
-_ALL_HOST_ENDPOINTS = Value[dict[str, str]]("digest of each host's endpoints", SNAPSHOT)
-_ALL_ENDPOINTS = Value[str]("digest of every endpoint", SNAPSHOT)
-_ENDPOINT_FACTS = Value[str]("digest of what non-EDS output reads of endpoints", SNAPSHOT)
-_HEADLESS_IPS = Value[frozenset[str]]("endpoint addresses of headless services", SNAPSHOT)
+_ALL_HOST_ENDPOINTS = Value[dict[str, str]]("digest of each host's endpoints", SNAPSHOT, reads_rules=False)
+_ALL_ENDPOINTS = Value[str]("digest of every endpoint", SNAPSHOT, reads_rules=False)
+_ENDPOINT_FACTS = Value[str]("digest of what non-EDS output reads of endpoints", SNAPSHOT, reads_rules=False)
+_HEADLESS_IPS = Value[frozenset[str]]("endpoint addresses of headless services", SNAPSHOT, reads_rules=False)
 _LOCALIZED_HOSTS = Value[frozenset[str]]("hosts with an endpoint in a known locality", SNAPSHOT)
 _LOCALITY_INPUTS = Value[tuple[bool, bool]]("assignments read the proxy's locality, labels", SNAPSHOT)
-_HOST_FACTS = Index[str, str]("what non-EDS output reads of a host's endpoints", HOST)
-_SCOPED_FACTS = Index[str, str]("endpoint facts of the hosts of a sidecar scope", SNAPSHOT)
-_SCOPED_ENDPOINTS = Index[str, str]("digest of the endpoints of the hosts of a sidecar scope", SNAPSHOT)
+_HOST_FACTS = Index[str, str]("what non-EDS output reads of a host's endpoints", HOST, reads_rules=False)
+_SCOPED_FACTS = Index[str, str]("endpoint facts of the hosts of a sidecar scope", SNAPSHOT, reads_rules=False)
+_SCOPED_ENDPOINTS = Index[str, str]("digest of the endpoints of the hosts of a sidecar scope", SNAPSHOT, reads_rules=False)
 _SCOPED_RULES = Index[str, str]("DestinationRules covering the hosts of a sidecar scope", CONFIG)
 
 
@@ -167,6 +167,22 @@ def kind(mesh: MeshSnapshot, name: str) -> str:
     if digests is None:
         digests = mesh.indexes.value(_KIND_DIGESTS, _kind_digests, mesh)
     return digests.get(name, "")
+
+
+def carry_kind_digests(previous: MeshSnapshot, mesh: MeshSnapshot) -> None:
+    """`mesh` differs from `previous` in DestinationRules only: its digest per kind is
+    `previous`'s with the DestinationRules' made anew (hashing one kind, not every
+    object). Nothing when `previous` has none yet or `mesh` has its own."""
+    old = previous.indexes.get(_KIND_DIGESTS)
+    if old is None or mesh.indexes.get(_KIND_DIGESTS) is not None or input_of(DESTINATION_RULE) != DESTINATION_RULE:
+        return
+    digests = dict(old)
+    lines = [_object_line(o.key, o) for o in mesh.config.of_kind(DESTINATION_RULE)]
+    if lines:
+        digests[DESTINATION_RULE] = _digest(sorted(lines))
+    else:
+        digests.pop(DESTINATION_RULE, None)
+    mesh.indexes.value(_KIND_DIGESTS, lambda: digests)
 
 
 def _slices_digest(mesh: MeshSnapshot) -> str:

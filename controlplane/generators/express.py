@@ -37,6 +37,7 @@ from ..model.mesh import MeshSnapshot
 from ..model.proxy import SIDECAR, Proxy
 from ..model.sidecar_scope import sidecar_for
 from .dependencies import (
+    carry_kind_digests,
     dr_routing,
     endpoint_facts,
     headless_ips,
@@ -122,30 +123,47 @@ class RuleChange:
         return not self.hosts.isdisjoint(seen)
 
 
-def rule_change(previous: MeshSnapshot, mesh: MeshSnapshot, visible: VisibleHosts | None = None) -> RuleChange | None:
-    """What `mesh` changed over `previous` when that is DestinationRules only, read by
-    sidecars only through the rules of the hosts they see; None when the ordinary push
-    must decide (anything else changed, a rule selects workloads, covers a wildcard or
-    a host that is not a service, or changes what routes, locality load balancing or
-    credentials read of rules: those reach proxies that do not see its host). `visible`:
-    what the scopes of `previous` hold, when known (RuleChange.visible of the change that
-    made it)."""
+def rules_only(previous: MeshSnapshot, mesh: MeshSnapshot) -> bool:
+    """Whether `mesh` differs from `previous` in DestinationRules only (and is not the
+    same snapshot)."""
     # A snapshot is made of the config objects, the mesh config and the key sets
     # (model/mesh.py build_mesh): every object but DestinationRules must be the same.
     if mesh is previous or mesh.derived_from or previous.mesh_config != mesh.mesh_config:
-        return None
+        return False
     if previous.jwks is not mesh.jwks and previous.jwks.digest != mesh.jwks.digest:
-        return None
+        return False
     before_objects, found = previous.config.objects, 0
     for key, obj in mesh.config.objects.items():
         was = before_objects.get(key)
         if was is not None:
             found += 1
         if was is not obj and (was is None or was.generation != obj.generation) and key.kind != DESTINATION_RULE:
-            return None
-    if found != len(before_objects) and any(
-            k.kind != DESTINATION_RULE for k in before_objects.keys() - mesh.config.objects.keys()):
-        return None  # something else was deleted
+            return False
+    # Deleted objects: DestinationRules only.
+    return found == len(before_objects) or all(
+        k.kind == DESTINATION_RULE for k in before_objects.keys() - mesh.config.objects.keys())
+
+
+def carry_past_rules(previous: MeshSnapshot, mesh: MeshSnapshot) -> None:
+    """`mesh` differs from `previous` in DestinationRules only: it takes over what
+    `previous` derived that reads none (model/indexes.py; the sidecar scopes, the
+    endpoint digests, the digests of the other kinds), so a rule change pays for the
+    rules, not for a new snapshot."""
+    mesh.indexes.carry_past_rule_change(previous.indexes)
+    carry_kind_digests(previous, mesh)
+
+
+def rule_change(previous: MeshSnapshot, mesh: MeshSnapshot, visible: VisibleHosts | None = None, *,
+                checked: bool = False) -> RuleChange | None:
+    """What `mesh` changed over `previous` when that is DestinationRules only, read by
+    sidecars only through the rules of the hosts they see; None when the ordinary push
+    must decide (anything else changed, a rule selects workloads, covers a wildcard or
+    a host that is not a service, or changes what routes, locality load balancing or
+    credentials read of rules: those reach proxies that do not see its host). `visible`:
+    what the scopes of `previous` hold, when known (RuleChange.visible of the change that
+    made it); `checked`: rules_only(previous, mesh) is known to hold."""
+    if not checked and not rules_only(previous, mesh):
+        return None
     if (dr_routing(previous) != dr_routing(mesh) or locality_inputs(previous) != locality_inputs(mesh)
             or uses_dr_credentials(previous) != uses_dr_credentials(mesh)):
         return None

@@ -20,6 +20,11 @@ instances it recomputed, and takes the previous snapshot's indexes by lifetime
 (`after_endpoint_change`): what is CONFIG is shared (the very same tables and values,
 whichever snapshot of the chain computed them first), the HOST and ADDRESS tables are
 copied without the changed keys, and the SNAPSHOT ones start empty.
+
+A snapshot that differs from the previous one in DestinationRules only (the generator
+finds it so: generators/express.py `rules_only`) takes over what the previous one keeps
+that reads no DestinationRule (declared `reads_rules=False`), whatever its lifetime: the
+endpoints are the same too (`carry_past_rule_change`).
 """
 from __future__ import annotations
 
@@ -40,12 +45,15 @@ class Lifetime(enum.Enum):
 
 
 class _Declared:
-    __slots__ = ("name", "lifetime", "shared")
+    __slots__ = ("name", "lifetime", "shared", "reads_rules")
 
-    def __init__(self, name: str, lifetime: Lifetime):
+    def __init__(self, name: str, lifetime: Lifetime, *, reads_rules: bool = True):
         self.name = name
         self.lifetime = lifetime
         self.shared = lifetime is Lifetime.CONFIG
+        # False: what it holds reads no DestinationRule, so it stays true past a change
+        # of DestinationRules only.
+        self.reads_rules = reads_rules
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.lifetime.name})"
@@ -63,9 +71,9 @@ class Value(_Declared, Generic[V]):
 
     __slots__ = ()
 
-    def __init__(self, name: str, lifetime: Lifetime):
+    def __init__(self, name: str, lifetime: Lifetime, *, reads_rules: bool = True):
         assert lifetime in (Lifetime.CONFIG, Lifetime.SNAPSHOT), f"{name}: a Value is CONFIG or SNAPSHOT"
-        super().__init__(name, lifetime)
+        super().__init__(name, lifetime, reads_rules=reads_rules)
 
 
 class MeshIndexes(dict[_Declared, Any]):
@@ -117,6 +125,17 @@ class MeshIndexes(dict[_Declared, Any]):
             elif key.lifetime is Lifetime.ADDRESS:
                 out[key] = {k: v for k, v in list(table.items()) if k not in addresses}
         return out
+
+    def carry_past_rule_change(self, previous: MeshIndexes) -> None:
+        """These are the indexes of a snapshot that differs from `previous`'s in
+        DestinationRules only: take over, as they are, its tables and values that read
+        none (what this one computed already stays)."""
+        for key, got in list(previous._config.items()):
+            if not key.reads_rules:
+                self.setdefault(key, self._config.setdefault(key, got))
+        for key, got in list(previous.items()):
+            if not key.reads_rules and not key.shared:
+                self.setdefault(key, got)
 
     def shares_config_with(self, other: MeshIndexes) -> bool:
         """Whether `other` holds the very CONFIG tables of this one (a derived snapshot's)."""

@@ -182,12 +182,15 @@ class _Sidecars:
     root: ConfigObject | None
 
 
-_SIDECARS = Index[str, _Sidecars]("the Sidecars by namespace", Lifetime.CONFIG)
-_SELECTED = Index[tuple[Any, ...], "ConfigObject | None"]("the Sidecar selecting a workload", Lifetime.CONFIG)
-_SCOPES = Index[tuple[Any, ...], SidecarScope]("the scope of a namespace under a Sidecar", Lifetime.CONFIG)
+# A scope reads no DestinationRule: a change of rules only keeps them (indexes.py).
+_SIDECARS = Index[str, _Sidecars]("the Sidecars by namespace", Lifetime.CONFIG, reads_rules=False)
+_SELECTED = Index[tuple[Any, ...], "ConfigObject | None"]("the Sidecar selecting a workload", Lifetime.CONFIG,
+                                                           reads_rules=False)
+_SCOPES = Index[tuple[Any, ...], SidecarScope]("the scope of a namespace under a Sidecar", Lifetime.CONFIG,
+                                                reads_rules=False)
 _VISIBLE = Index[str, tuple[tuple[Service, ...], tuple[ConfigObject, ...]]](
-    "the services and mesh VirtualServices exported to a namespace", Lifetime.CONFIG)
-_SERVICE_DIGESTS = Index[str, str]("the digest of a service", Lifetime.CONFIG)
+    "the services and mesh VirtualServices exported to a namespace", Lifetime.CONFIG, reads_rules=False)
+_SERVICE_DIGESTS = Index[str, str]("the digest of a service", Lifetime.CONFIG, reads_rules=False)
 
 
 def _sidecars(mesh: MeshSnapshot) -> _Sidecars:

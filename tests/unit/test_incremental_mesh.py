@@ -14,6 +14,7 @@ from controlplane.config.snapshot import ConfigSnapshot
 from controlplane.config.store import ConfigStore
 from controlplane.generators import Generator, inputs
 from controlplane.generators import dependencies as dep
+from controlplane.model import sidecar_scope
 from controlplane.model.mesh import MeshSnapshot, build_mesh
 from controlplane.model.proxy import Proxy
 from controlplane.sources.directory import DirectorySource, read_file
@@ -314,6 +315,77 @@ def test_every_carried_over_fact_equals_a_fresh_one(world):
             world.write(rel, text)
         fast, full = world.rebuild()
         assert every_fact(fast, world.proxies) == every_fact(full, world.proxies), what
+
+
+RULE_STEPS = [
+    ("a rule's connection pool", [(f"rules/{SCENARIO.service_name(0)}.yaml", SCENARIO.rules_yaml(0, 3))]),
+    ("endpoints between two rule changes", [("endpoints/svc-1.yaml", SCENARIO.endpoints_yaml(1, 6))]),
+    ("a rule for every host of a namespace, one selecting workloads, one hashing", [("more-rules.yaml", f"""apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: all, namespace: {ns(1)}}}
+spec:
+  host: "*.{ns(1)}.svc.cluster.local"
+  trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: 7}}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: picky, namespace: {ns(2)}}}
+spec:
+  host: svc-2
+  workloadSelector: {{matchLabels: {{app: svc-5}}}}
+  trafficPolicy: {{tls: {{mode: DISABLE}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: hashed, namespace: {ns(0)}}}
+spec:
+  host: svc-3
+  trafficPolicy: {{loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}}}
+""")]),
+    ("a rule's connection pool again", [(f"rules/{SCENARIO.service_name(0)}.yaml", SCENARIO.rules_yaml(0, 4))]),
+    ("the rules go", [("more-rules.yaml", None)]),
+]
+
+SIDECARS = f"""apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: {ns(0)}}}
+spec:
+  egress: [{{hosts: ["./*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: {ns(1)}}}
+spec:
+  egress: [{{hosts: ["./*", "{ns(2)}/*"]}}]
+"""
+
+
+def test_a_rule_change_keeps_what_reads_no_rule(world):
+    """A snapshot that differs in DestinationRules only takes over the previous one's
+    sidecar scopes, endpoint digests and other kinds' digests (Generator.rule_change,
+    as the server calls it before any key): every key and fact equals a fresh build's."""
+    world.write("sidecars.yaml", SIDECARS)
+    world.mesh = build_mesh(world.store.snapshot())
+    world.changed.clear()
+    gen = Generator()
+    keys(gen, world.mesh, world.proxies)
+    every_fact(world.mesh, world.proxies)
+    for what, edits in RULE_STEPS:
+        for rel, text in edits:
+            world.write(rel, text)
+        before = world.mesh
+        fast, full = world.rebuild()
+        gen.rule_change(before, fast)
+        if derived(fast):
+            assert gen.rule_change(before, fast) is None, what  # an endpoint change: nothing carried
+        else:
+            scopes = before.indexes[sidecar_scope._SCOPES]
+            assert fast.indexes[sidecar_scope._SCOPES] is scopes and scopes, f"{what}: the scopes were not kept"
+            assert fast.indexes.get(dep._KIND_DIGESTS) is not None, f"{what}: the kinds' digests were not kept"
+            assert fast.indexes.get(dep._KIND_DIGESTS) != before.indexes.get(dep._KIND_DIGESTS), what
+        assert keys(gen, fast, world.proxies) == keys(Generator(), full, world.proxies), what
+        assert every_fact(fast, world.proxies) == every_fact(full, world.proxies), what
+        assert [fast.sidecar_scope(p) for p in world.proxies] == [full.sidecar_scope(p) for p in world.proxies], what
 
 
 def test_what_reads_no_endpoint_is_shared_along_derived_snapshots(world):
