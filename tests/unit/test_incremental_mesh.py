@@ -202,12 +202,8 @@ def test_other_changes_take_the_full_path(world):
     assert not derived(build_mesh(world.store.snapshot(), previous=None, changed=frozenset(world.changed)))
 
 
-ROUTING_STEPS = [
-    ("a DestinationRule changes", [(f"rules/{SCENARIO.service_name(0)}.yaml", SCENARIO.rules_yaml(0, 3))]),
-    ("a VirtualService and its rule change", [(f"rules/{SCENARIO.service_name(0)}.yaml",
-                                               SCENARIO.rules_yaml(0, 4).replace("weight: 90", "weight: 70")
-                                               .replace("weight: 10", "weight: 30"))]),
-    ("a rule for every host of a namespace, and one selecting workloads", [("routing.yaml", f"""apiVersion: networking.istio.io/v1
+# A rule for every host of a namespace and one selecting workloads.
+WIDE_RULES = f"""apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: all, namespace: {ns(1)}}}
 spec:
@@ -221,7 +217,14 @@ spec:
   host: svc-2
   workloadSelector: {{matchLabels: {{app: svc-5}}}}
   trafficPolicy: {{tls: {{mode: DISABLE}}}}
----
+"""
+
+ROUTING_STEPS = [
+    ("a DestinationRule changes", [(f"rules/{SCENARIO.service_name(0)}.yaml", SCENARIO.rules_yaml(0, 3))]),
+    ("a VirtualService and its rule change", [(f"rules/{SCENARIO.service_name(0)}.yaml",
+                                               SCENARIO.rules_yaml(0, 4).replace("weight: 90", "weight: 70")
+                                               .replace("weight: 10", "weight: 30"))]),
+    ("a rule for every host of a namespace, and one selecting workloads", [("routing.yaml", WIDE_RULES + f"""---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: delegate, namespace: {ns(2)}}}
@@ -320,21 +323,7 @@ def test_every_carried_over_fact_equals_a_fresh_one(world):
 RULE_STEPS = [
     ("a rule's connection pool", [(f"rules/{SCENARIO.service_name(0)}.yaml", SCENARIO.rules_yaml(0, 3))]),
     ("endpoints between two rule changes", [("endpoints/svc-1.yaml", SCENARIO.endpoints_yaml(1, 6))]),
-    ("a rule for every host of a namespace, one selecting workloads, one hashing", [("more-rules.yaml", f"""apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: all, namespace: {ns(1)}}}
-spec:
-  host: "*.{ns(1)}.svc.cluster.local"
-  trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: 7}}}}}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: picky, namespace: {ns(2)}}}
-spec:
-  host: svc-2
-  workloadSelector: {{matchLabels: {{app: svc-5}}}}
-  trafficPolicy: {{tls: {{mode: DISABLE}}}}
----
+    ("a rule for every host of a namespace, one selecting workloads, one hashing", [("more-rules.yaml", WIDE_RULES + f"""---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: hashed, namespace: {ns(0)}}}
