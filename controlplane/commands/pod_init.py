@@ -63,12 +63,10 @@ def register(sub: Any) -> None:
                    help="downward-API labels file (default %(default)s)")
     b.add_argument("--xds-server-name", default=downward.XDS_SERVER_NAME,
                    help="name meshd's certificate is verified for (default %(default)s)")
-    from ..cli import parse_duration
-
     b.add_argument("--fetch-envoy-filters", action="store_true",
                    help="ask meshd (at --xds-address, as this pod's proxy, with its token) for the EnvoyFilter "
                         "BOOTSTRAP patches selecting it and merge them in; a failed fetch fails the step")
-    b.add_argument("--fetch-timeout", type=parse_duration, default="15s",
+    b.add_argument("--fetch-timeout", type=_timeout, default="15s",
                    help="with --fetch-envoy-filters: how long to wait for meshd's answer (default %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
@@ -126,7 +124,20 @@ def _with_envoy_filters(doc: dict[str, Any], args: argparse.Namespace) -> dict[s
 
     tls = XdsTls(root_cert_pem=Path(args.root_cert).read_text(), server_name=args.xds_server_name,
                  token_path=str(args.token_path))
-    return merge_into(doc, *fetch(doc, args.xds_address, tls, args.fetch_timeout.total_seconds()))
+    return merge_into(doc, *fetch(doc, args.xds_address, tls, args.fetch_timeout))
+
+
+def _timeout(text: str) -> float:
+    """--fetch-timeout: a Go-style duration (15s, 1m), in seconds."""
+    from ..config.validation.durations import SECOND, parse_duration
+
+    try:
+        seconds = parse_duration(text) / SECOND
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"duration {text!r} must be positive")
+    return seconds
 
 
 def _write(path: Path, text: str) -> None:
