@@ -17,7 +17,7 @@ sidecars, EnvoyFilters applied live to webapp's sidecar.
   update and no LDS response (Envoy's listener stays as it was); the config is in Envoy's
   config dump and in meshd's `/debug/config_dump`; a name Envoy asks for before any
   EnvoyFilter provides it is listed in `/debug/configz` (`extensionConfigsMissing`) until
-  one does;
+  one does; the ECDS change also over incremental xDS (a second bed, `--xds-transport delta`);
 - a LISTENER_FILTER REMOVE takes tls_inspector off webapp's outbound listener for port
   80: gone from Envoy's config dump, traffic still flows.
 """
@@ -419,7 +419,9 @@ def ecds_in_envoy(mesh) -> dict:
     return out
 
 
-def test_a_lua_filter_configured_over_ecds_and_changed_without_a_listener_change(mesh):
+def ecds_config_changed_without_a_listener_update(mesh) -> None:
+    """The ECDS Lua filter and its config applied (header "one"), then the config alone
+    changed (header "two"): an ECDS update, no LDS response, the listener as it was."""
     mesh.expect("webapp", mesh.vip("catalog", 80, "/plain"), 0, "200")
     assert ecds_header(mesh, "/plain") is None
     mesh.apply("ecds-config", extension_config("one"))
@@ -441,6 +443,10 @@ def test_a_lua_filter_configured_over_ecds_and_changed_without_a_listener_change
     after = outbound_listener(mesh)
     assert (after["version_info"], after["last_updated"]) == (listener["version_info"], listener["last_updated"])
     assert mesh.rejected_updates() == {}
+
+
+def test_a_lua_filter_configured_over_ecds_and_changed_without_a_listener_change(mesh):
+    ecds_config_changed_without_a_listener_update(mesh)
 
     # meshd's own record of what it sent shows the extension config too
     node = next(c["bootstrap"]["node"]["id"] for c in mesh.envoys["webapp"].config_dump()["configs"]
@@ -500,3 +506,21 @@ def test_a_listener_filter_removed_from_the_outbound_listener_with_traffic_still
     mesh.apply("no-tls-inspector", None)
     wait_for(lambda: "envoy.filters.listener.tls_inspector" in listener_filters(), 30, interval=0.5,
              what="tls_inspector back")
+
+
+@pytest.fixture(scope="module")
+def delta_mesh(tmp_path_factory):
+    require_testbed()
+    with run_mesh(tmp_path_factory.mktemp("envoy-filter-delta"), PODS, layout, services=("webapp", "catalog"),
+                  bootstrap_args=["--xds-transport", "delta"]) as m:
+        yield m
+
+
+def test_ecds_over_incremental_xds(delta_mesh):
+    """The same over delta (api_type DELTA_GRPC): ECDS subscribed and updated by name."""
+    assert "delta=True" in delta_mesh.cp.log()
+    ecds_config_changed_without_a_listener_update(delta_mesh)
+    delta_mesh.apply("ecds-filter", None)
+    delta_mesh.apply("ecds-config", None)
+    wait_for(lambda: ecds_header(delta_mesh, "/gone") is None, 30, interval=0.5, what="the ECDS filter gone")
+    delta_mesh.expect("webapp", delta_mesh.vip("catalog", 80, "/after"), 0, "200")
