@@ -62,11 +62,9 @@ from .telemetry.wiring import Telemetry
 
 if TYPE_CHECKING:
     from .kube.options import ClusterOptions
+    from .kube.prefetch import Prefetch
 
 log = structlog.get_logger("meshd")
-
-# How long the snapshot observers (reports, status) wait for the push to be written.
-OBSERVE_WAIT_MAX = 2.0
 
 
 @dataclass
@@ -120,6 +118,8 @@ class ServeOptions:
     namespaces: list[str] | None = None
     label_selector: str | None = None
     watch_secrets: bool = False
+    # The initial lists asked for at the start of `meshd serve` (kube/prefetch.py), if any.
+    kube_prefetch: Prefetch | None = None
     # The admission webhooks (/inject, /validate; docs/webhooks.md): served in Kubernetes
     # mode with a CA only; 0: none (the CLI's default is istiod's 15017).
     webhook_port: int = 0
@@ -188,11 +188,8 @@ class MeshBuilder:
         self.mesh_config = dataclasses.replace(DEFAULT_MESH_CONFIG, root_namespace=root_namespace)
         self.jwks = EMPTY_JWKS
         self.key_sets: JwksSource | None = None  # the JwksSource to tell which key sets are needed
-        # Told of each new snapshot (e.g. the report of policies not enforced as written),
-        # after its push (_observe).
+        # Told of each new snapshot (e.g. the report of policies not enforced as written).
         self.observers: list = []
-        self._observed_next: MeshSnapshot | None = None
-        self._observer_task: asyncio.Task | None = None
         store.subscribe(self._on_change)
 
     def set_mesh_config(self, mesh_config) -> None:
@@ -242,10 +239,11 @@ class MeshBuilder:
         self.mesh = mesh
         if self.key_sets is not None:
             self.key_sets.want(key_sets_needed(snap.of_kind(REQUEST_AUTHENTICATION)))
+        for observe in self.observers:
+            observe(mesh)
         built = time.perf_counter()
         queued = self.ads.update(mesh, reason=reason)
         self.pushes += 1
-        self._observe(mesh)
         log.info(
             "mesh snapshot built",
             version=mesh.version,
@@ -261,36 +259,6 @@ class MeshBuilder:
             debounced_at=self._debounced_at or None,
         )
         self._first_change = 0.0
-
-    def _observe(self, mesh: MeshSnapshot) -> None:
-        """Tell the observers of `mesh` once its push is written (ads.busy false), at
-        most OBSERVE_WAIT_MAX later: they are reports and status writers, and on the
-        event loop during the push their work (tens of ms at 2,000 proxies) would
-        delay every proxy's response. Only the newest snapshot is observed."""
-        self._observed_next = mesh
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # called outside the loop (tests): now
-            self._tell_observers()
-            return
-        if self._observer_task is None or self._observer_task.done():
-            self._observer_task = loop.create_task(self._observe_when_written())
-
-    async def _observe_when_written(self) -> None:
-        deadline = time.monotonic() + OBSERVE_WAIT_MAX
-        while getattr(self.ads, "busy", False) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        self._tell_observers()
-
-    def _tell_observers(self) -> None:
-        mesh, self._observed_next = self._observed_next, None
-        if mesh is None:
-            return
-        for observe in self.observers:
-            try:
-                observe(mesh)
-            except Exception as e:  # a report must not stop the others, or the pushes
-                log.exception("mesh snapshot observer failed", observer=repr(observe), error=str(e))
 
     @property
     def pending(self) -> bool:
@@ -457,7 +425,9 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
         from .kube.client import kube_api_client
         from .kube.member import ClusterMember, ClusterOptions
 
-        k8s_api = kube_api_client(opts.kubeconfig)  # None: in-cluster config inside a pod
+        pre = opts.kube_prefetch  # its client, when made from the same kubeconfig (None: in-cluster)
+        k8s_api = pre.client if pre is not None and pre.client is not None and pre.settings.kubeconfig == opts.kubeconfig \
+            else kube_api_client(opts.kubeconfig)
         member = ClusterMember(k8s_api, opts.cluster or ClusterOptions(), opts.trust_domain)
         if ca_dir is not None:  # the CA lives in the cluster's Secrets; a directory mirrors it
             from .kube.ca_secrets import cluster_ca_dirs, own_mirror_dir
@@ -583,6 +553,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                 else mesh_source.apply_configmap),
             mesh_config_namespace=opts.root_namespace,
             injector_config=webhooks.follow_injector_config if webhooks is not None else None,
+            prefetch=opts.kube_prefetch,
         )
     else:
         await _unless_stopped(stop, key_sets.prime(key_sets_needed(store.snapshot().of_kind(REQUEST_AUTHENTICATION))))
@@ -630,13 +601,15 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
             # No push before the initial lists are in: a partial picture (a route before its
             # Service, a workload before its STRICT policy) must never reach a proxy.
             tasks.append(asyncio.create_task(k8s.run(stop)))
-            member_task = asyncio.create_task(member.run(stop), name="meshd-cluster")
             if await _unless_stopped(stop, _initial_lists(k8s)):
                 if mesh_source.error and mesh_source.origin == "defaults":  # the ConfigMap was never valid
                     raise MeshConfigSourceError(f"ConfigMap {opts.root_namespace}/istio", "", mesh_source.error)
                 await _unless_stopped(stop, key_sets.prime(key_sets_needed(store.snapshot().of_kind(REQUEST_AUTHENTICATION))))
                 builder.rebuild(reason="initial kubernetes sync")
                 mesh_source.pin_root_namespace()
+            # The election and the leader's work (status of every object, webhooks, trust
+            # bundles) after the first snapshot: at start they took its CPU (bench/README.md "Start-up").
+            member_task = asyncio.create_task(member.run(stop), name="meshd-cluster")
         tasks.append(asyncio.create_task(builder.run(stop)))
         tasks.append(asyncio.create_task(key_sets.run(stop)))
         if opts.mesh_config_file:

@@ -114,6 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
         label_selector=args.label_selector,
         watch_secrets=args.watch_secrets,
         webhook_port=0 if args.worker_of else args.webhook_port,  # the main process serves the webhooks
+        kube_prefetch=getattr(args, "kube_prefetch", None),
     )
     if kube:
         from .kube.options import options_from_args
@@ -335,6 +336,60 @@ def _bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_kube_source_flags(p: argparse.ArgumentParser) -> None:
+    """The `meshd serve` flags that decide what the Kubernetes source lists (and a few
+    around them, to keep --help's order)."""
+    p.add_argument("--kubeconfig", help="follow a Kubernetes cluster through this kubeconfig")
+    p.add_argument("--in-cluster", action="store_true", help="follow the cluster meshd runs in (service account)")
+    p.add_argument("--namespaces", help="only watch these namespaces (comma separated; include the root namespace)")
+    p.add_argument("--label-selector", help="only watch objects with these labels")
+    p.add_argument("--watch-secrets", action="store_true", help="also watch TLS Secrets (gateway credentials)")
+    p.add_argument("--webhook-port", type=int, default=names.PORT_WEBHOOK,
+                   help="HTTPS admission webhooks /inject and /validate in Kubernetes mode (default %(default)s, as istiod); 0: none (docs/webhooks.md)")
+    p.add_argument("--debug-access", choices=["localhost", "authenticated", "open"], default="localhost",
+                   help="who may read /debug on the monitoring port: loopback callers only (default), also callers "
+                        "with a root-namespace token (authenticated), or anyone (open)")
+    p.add_argument("--root-namespace", default=names.ROOT_NAMESPACE,
+                   help="namespace whose selector-less policies apply mesh-wide (default %(default)s); "
+                        "a mesh config's rootNamespace takes precedence")
+    p.add_argument("--mesh-config", metavar="FILE",
+                   help="Istio's MeshConfig YAML (the `mesh` key of ConfigMap istio, or that whole ConfigMap), "
+                        "watched: changes apply live. Without it, in Kubernetes mode, ConfigMap istio of the root "
+                        "namespace is watched (docs/mesh-config.md)")
+
+
+def _start_kube_prefetch(argv: list[str]):
+    """`meshd serve` in Kubernetes mode: the initial lists are asked for now, from threads,
+    while the main thread imports the rest of meshd (kube/prefetch.py). Read with the same
+    flag definitions as the serve command, but never a word of its own: flags it cannot
+    read (an abbreviation, a bad value) only mean no prefetch, and `serve` reports them."""
+    class Quiet(argparse.ArgumentParser):
+        def error(self, message: str):
+            raise ValueError(message)
+
+    p = Quiet(add_help=False, allow_abbrev=False)
+    _add_kube_source_flags(p)
+    p.add_argument("--worker-of", type=int, default=0)
+    try:
+        args, _ = p.parse_known_args(argv[1:])
+    except (ValueError, argparse.ArgumentError):
+        return None
+    if not (args.kubeconfig or args.in_cluster):
+        return None
+    from .kube.prefetch import Prefetch, PrefetchSettings
+    from .kube.resources import INJECTOR_CONFIGMAP_NAME, MESH_CONFIGMAP_NAME
+
+    prefetch = Prefetch.start(PrefetchSettings(
+        kubeconfig=args.kubeconfig, namespaces=[n for n in (args.namespaces or "").split(",") if n] or None,
+        label_selector=args.label_selector, watch_secrets=args.watch_secrets, raw_namespace=args.root_namespace,
+        # as app.py watches them: ConfigMap istio unless --mesh-config; the injector's with webhooks
+        raw_maps=(() if args.mesh_config else (MESH_CONFIGMAP_NAME,))
+        + ((INJECTOR_CONFIGMAP_NAME,) if args.webhook_port and not args.worker_of else ()),
+    ), parse=True)
+    prefetch.enable_parsing()  # the parse gate imported here: the threads parse while the rest is imported
+    return prefetch
+
+
 def parser() -> argparse.ArgumentParser:
     from .version import meshd_version
 
@@ -375,23 +430,7 @@ def parser() -> argparse.ArgumentParser:
                                     "istio-ca-secret) and no default directory is read; a --ca-dir holding a CA is "
                                     "offered to the cluster as its plug-in CA (docs/kubernetes.md)")
     s.add_argument("--trust-domain", default=names.TRUST_DOMAIN, help="SPIFFE trust domain (default %(default)s)")
-    s.add_argument("--kubeconfig", help="follow a Kubernetes cluster through this kubeconfig")
-    s.add_argument("--in-cluster", action="store_true", help="follow the cluster meshd runs in (service account)")
-    s.add_argument("--namespaces", help="only watch these namespaces (comma separated; include the root namespace)")
-    s.add_argument("--label-selector", help="only watch objects with these labels")
-    s.add_argument("--watch-secrets", action="store_true", help="also watch TLS Secrets (gateway credentials)")
-    s.add_argument("--webhook-port", type=int, default=names.PORT_WEBHOOK,
-                   help="HTTPS admission webhooks /inject and /validate in Kubernetes mode (default %(default)s, as istiod); 0: none (docs/webhooks.md)")
-    s.add_argument("--debug-access", choices=["localhost", "authenticated", "open"], default="localhost",
-                   help="who may read /debug on the monitoring port: loopback callers only (default), also callers "
-                        "with a root-namespace token (authenticated), or anyone (open)")
-    s.add_argument("--root-namespace", default=names.ROOT_NAMESPACE,
-                   help="namespace whose selector-less policies apply mesh-wide (default %(default)s); "
-                        "a mesh config's rootNamespace takes precedence")
-    s.add_argument("--mesh-config", metavar="FILE",
-                   help="Istio's MeshConfig YAML (the `mesh` key of ConfigMap istio, or that whole ConfigMap), "
-                        "watched: changes apply live. Without it, in Kubernetes mode, ConfigMap istio of the root "
-                        "namespace is watched (docs/mesh-config.md)")
+    _add_kube_source_flags(s)  # --kubeconfig ... --mesh-config (also read early: _start_kube_prefetch)
     s.add_argument("--jwks-refresh-interval", type=parse_duration, default="20m",
                    help="how often the key sets of RequestAuthentications' jwksUri are fetched again "
                         "(istiod's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL; default %(default)s)")
@@ -522,7 +561,10 @@ UID 1337 in a pod), e.g. chown 1337 FILE.""",
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    prefetch = _start_kube_prefetch(argv) if argv[:1] == ["serve"] else None  # before the heavy imports
     args = parser().parse_args(argv)
+    args.kube_prefetch = prefetch
     return args.func(args)
 
 

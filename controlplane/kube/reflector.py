@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -41,13 +41,17 @@ from .resources import (
     Discovery,
     KubeResource,
     Lister,
+    ListStopped,
     ObjectInfo,
     as_document,
+    list_pages,
     object_info,
     object_ref,
-    read_json,
     served_version,
 )
+
+if TYPE_CHECKING:
+    from .prefetch import Prefetch
 
 # What a stream hands on per object: the parse gate's verdict, or (a raw stream) the API
 # object itself.
@@ -128,6 +132,7 @@ class Reflector:
         field_selector: str | None = None,
         raw: bool = False,
         discovery: Discovery | None = None,
+        prefetch: Prefetch | None = None,
     ):
         self.resource = resource
         self.namespace = namespace
@@ -143,6 +148,7 @@ class Reflector:
         self._raw = raw
         self._opt = options or ReflectorOptions()
         self._discovery = discovery  # API discovery shared with the source's other reflectors
+        self._prefetch = prefetch  # the first list, asked for at start (kube/prefetch.py)
         self._log = log.bind(kind=resource.ident, namespace=namespace) if namespace else log.bind(kind=resource.ident)
         self.version: str | None = None  # API version watched, once discovered
         self.resource_version: str | None = None  # None: list before watching
@@ -228,52 +234,29 @@ class Reflector:
         return self.version
 
     def _list(self) -> None:
-        lister = self._lister()
-        items: list[dict[str, Any]] = []
-        cont: str | None = None
-        restarted = False
-        while True:
-            if self._stop.is_set():  # a long paged list must not outlive the source
-                raise Stopped()
-            query: dict[str, Any] = {"_request_timeout": self._opt.request_timeout}
-            if self._label_selector:
-                query["label_selector"] = self._label_selector
-            if self._field_selector:
-                query["field_selector"] = self._field_selector
-            if self._opt.page_size:
-                query["limit"] = self._opt.page_size
-            if cont:
-                query["_continue"] = cont
+        got = None
+        if self._prefetch is not None:  # the first list only (kube/prefetch.py)
+            got = self._prefetch.take((self.resource.ident, self.namespace or "", self._label_selector or "",
+                                       self._field_selector or ""), self._version(), self._opt.request_timeout)
+            self._prefetch = None
+        if got is not None:
+            listed = got.replay(self._log) if isinstance(got, Listed) else \
+                parse_list(self.resource, self._version(), got[0], got[1], self._accept, self._raw, self._log)
+        else:
+            query = {k: v for k, v in (("label_selector", self._label_selector),
+                                       ("field_selector", self._field_selector)) if v}
             try:
-                body = read_json(lister(**query))
+                items, rv = list_pages(self._lister(), query, self._opt.page_size, self._opt.request_timeout,
+                                       self._stop.is_set)
+            except ListStopped:
+                raise Stopped() from None
             except StatusError as e:
-                if e.status == 410 and cont and not restarted:
-                    # The continue token expired between pages: start the list again.
-                    items, cont, restarted = [], None, True
-                    continue
                 raise _classify(e) from e
-            items.extend(body.get("items") or [])
-            meta = body.get("metadata") or {}
-            cont = meta.get("continue") or None
-            if not cont:
-                break
-        rv = str(meta.get("resourceVersion") or "")
-        api_version = self.resource.api_version(self._version())
-        objects: dict[str, Item] = {}
-        infos: dict[str, ObjectInfo] = {}
-        digests: dict[str, str] = {}
-        for item in items:
-            if self._accept is not None and not self._accept(item):
-                continue
-            loc, parsed, digest = self._parse(item, api_version)
-            if loc:
-                objects[loc] = parsed
-                if digest:
-                    digests[loc] = digest
-                if self.resource.kind.custom:  # Istio and Gateway API kinds: their status is written
-                    infos[loc] = object_info(item, api_version)
-        self._log.info("k8s relist", reason=self._relist_reason, objects=len(objects), resourceVersion=rv)
-        self._emit(Sync(self.stream, objects, self._relist_reason, rv, infos, digests))
+            listed = parse_list(self.resource, self._version(), items, rv, self._accept, self._raw, self._log)
+        objects, rv = listed.objects, listed.resource_version
+        self._log.info("k8s relist", reason=self._relist_reason, objects=len(objects), resourceVersion=rv,
+                       prefetched=got is not None)
+        self._emit(Sync(self.stream, objects, self._relist_reason, rv, listed.infos, listed.digests))
         self.resource_version = rv or None
         self._relist_reason = "relist"
 
@@ -359,25 +342,7 @@ class Reflector:
         return self.resource.location(ns, name or "")
 
     def _parse(self, obj: dict[str, Any], api_version: str) -> tuple[str, Item, str]:
-        """(location, parse result, digest): the digest (content hash of the document) only
-        for a rejection, so that the same rejected content is reported once, not again for
-        every status write or relist of it."""
-        ns, name, _ = object_ref(obj)
-        if not name:
-            self._log.warning("k8s object without a name ignored")
-            return "", None, ""
-        loc = self.resource.location(ns, name)
-        if self._raw:
-            return loc, obj, ""
-        origin = Origin("kubernetes", loc)
-        doc = as_document(obj, api_version, self.resource.name)
-        try:
-            parsed = parse_document(doc, origin, decoded_json=True)  # the API's JSON: no normalising copy
-        except Exception as e:  # a validator bug must not wedge the watch on one event
-            self._log.exception("k8s object could not be parsed", location=loc)
-            namespace = (ns or DEFAULT_NAMESPACE) if self.resource.kind.namespaced else ""
-            parsed = Rejection(origin, ConfigKey(self.resource.name, namespace, name), "", f"internal error while parsing: {e}")
-        return loc, parsed, content_hash(doc) if isinstance(parsed, Rejection) else ""
+        return parse_object(self.resource, self._raw, obj, api_version, self._log)
 
     def _backoff(self, failures: int) -> float:
         # Exponential with "equal jitter": between half and all of the capped step.
@@ -386,6 +351,67 @@ class Reflector:
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A complete list, parsed: what its Sync carries. `logs`: what parsing it had to say
+    (kube/prefetch.py parses before logging is set up; the reflector says it later)."""
+
+    objects: dict[str, Item]
+    infos: dict[str, ObjectInfo]
+    digests: dict[str, str]
+    resource_version: str
+    logs: tuple[tuple[str, str, dict[str, Any]], ...] = ()
+
+    def replay(self, log: structlog.typing.FilteringBoundLogger) -> Listed:
+        for level, event, kw in self.logs:
+            getattr(log, level)(event, **kw)
+        return self
+
+
+def parse_list(resource: KubeResource, version: str, items: list[dict[str, Any]], resource_version: str,
+               accept: Callable[[dict[str, Any]], bool] | None, raw: bool, log: Any) -> Listed:
+    """The items of a complete list through the parse gate (raw: as they are), with the
+    info of each custom object (its status is written) and the digest of each rejection."""
+    api_version = resource.api_version(version)
+    objects: dict[str, Item] = {}
+    infos: dict[str, ObjectInfo] = {}
+    digests: dict[str, str] = {}
+    for item in items:
+        if accept is not None and not accept(item):
+            continue
+        loc, parsed, digest = parse_object(resource, raw, item, api_version, log)
+        if loc:
+            objects[loc] = parsed
+            if digest:
+                digests[loc] = digest
+            if resource.kind.custom:  # Istio and Gateway API kinds: their status is written
+                infos[loc] = object_info(item, api_version)
+    return Listed(objects, infos, digests, resource_version)
+
+
+def parse_object(resource: KubeResource, raw: bool, obj: dict[str, Any], api_version: str,
+                 log: Any) -> tuple[str, Item, str]:
+    """(location, parse result, digest): the digest (content hash of the document) only
+    for a rejection, so that the same rejected content is reported once, not again for
+    every status write or relist of it."""
+    ns, name, _ = object_ref(obj)
+    if not name:
+        log.warning("k8s object without a name ignored")
+        return "", None, ""
+    loc = resource.location(ns, name)
+    if raw:
+        return loc, obj, ""
+    origin = Origin("kubernetes", loc)
+    doc = as_document(obj, api_version, resource.name)
+    try:
+        parsed = parse_document(doc, origin, decoded_json=True)  # the API's JSON: no normalising copy
+    except Exception as e:  # a validator bug must not wedge the watch on one event
+        log.exception("k8s object could not be parsed", location=loc)
+        namespace = (ns or DEFAULT_NAMESPACE) if resource.kind.namespaced else ""
+        parsed = Rejection(origin, ConfigKey(resource.name, namespace, name), "", f"internal error while parsing: {e}")
+    return loc, parsed, content_hash(doc) if isinstance(parsed, Rejection) else ""
 
 
 def _classify(e: StatusError) -> Exception:

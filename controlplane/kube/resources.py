@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import kinds
-from ..config.parse import node_essentials
 from ..names import GATEWAY_API_GROUP
 from .api import path
 from .http import Http, StatusError, as_http
@@ -81,13 +80,16 @@ class KubeResource:
             return f"k8s:{base}/namespaces/{namespace or ''}/{self.plural}/{name}"
         return f"k8s:{base}/{self.plural}/{name}"
 
+    def list_path(self, version: str, namespace: str | None) -> str:
+        """The collection of this kind at `version`, in `namespace` or all."""
+        return path(self.group, version, self.plural, namespace if namespace is not None and self.kind.namespaced else None)
+
     def lister(self, api: Http, version: str, namespace: str | None) -> Lister:
         """A list/watch of this kind (all namespaces, or one) by path, returning the raw
         response: the JSON as the API server sent it keeps camelCase field names, which
         is what the parse gate and Istio's schemas expect, and no typed models are made
         only to be turned back into dicts."""
-        return _path_lister(api, path(self.group, version, self.plural,
-                                      namespace if namespace is not None and self.kind.namespaced else None))
+        return _path_lister(api, self.list_path(version, namespace))
 
 
 # list/watch keywords (as client-go and the generated clients name them) -> query parameters
@@ -147,6 +149,7 @@ SECRETS = _resource(SECRET, "secrets")
 # parse gate or the store: sources/meshconfig.py turns it into a MeshConfig).
 CONFIG_MAP = kinds.Kind("", "ConfigMap", ("v1",))
 MESH_CONFIG_MAP = _resource(CONFIG_MAP, "configmaps", scoped=False)
+MESH_CONFIGMAP_NAME = "istio"  # sources/meshconfig.py CONFIGMAP_NAME (not imported: kube/prefetch.py's path)
 # The injection values (`values`, `config`), read raw the same way (admission/inject.py).
 INJECTOR_CONFIGMAP_NAME = "istio-sidecar-injector"
 
@@ -157,6 +160,82 @@ def read_json(resp: Any) -> Any:
         return json.loads(resp.data)
     finally:
         resp.release_conn()
+
+
+class ListStopped(Exception):
+    """`list_pages` was told to stop between pages."""
+
+
+def list_pages(lister: Lister, query: dict[str, Any], page_size: int, request_timeout: float,
+               stopped: Callable[[], bool] = lambda: False) -> tuple[list[dict[str, Any]], str]:
+    """A complete (paged) list: every item and the list's resourceVersion. A continue token
+    that expired between pages (410) starts the list again, once; any other answer than
+    2xx raises StatusError."""
+    items: list[dict[str, Any]] = []
+    cont: str | None = None
+    restarted = False
+    while True:
+        if stopped():  # a long paged list must not outlive its caller
+            raise ListStopped()
+        page = {**query, "_request_timeout": request_timeout}
+        if page_size:
+            page["limit"] = page_size
+        if cont:
+            page["_continue"] = cont
+        try:
+            body = read_json(lister(**page))
+        except StatusError as e:
+            if e.status == 410 and cont and not restarted:
+                items, cont, restarted = [], None, True
+                continue
+            raise
+        items.extend(body.get("items") or [])
+        meta = body.get("metadata") or {}
+        cont = meta.get("continue") or None
+        if not cont:
+            return items, str(meta.get("resourceVersion") or "")
+
+
+def named_in(names: frozenset[str]) -> Callable[[dict[str, Any]], bool]:
+    """A client-side filter: objects of these names only."""
+    return lambda obj: (obj.get("metadata") or {}).get("name") in names
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One list+watch: a kind, in one namespace or all, with the server-side selectors and
+    (Namespaces limited by --namespaces) a client-side filter."""
+
+    resource: KubeResource
+    namespace: str | None
+    label_selector: str | None = None
+    field_selector: str | None = None
+    allowed_names: frozenset[str] | None = None  # accept only objects of these names
+    raw_name: str = ""  # a ConfigMap read raw (by name), not config of the store
+
+    def key(self) -> tuple[str, str, str, str]:
+        """What identifies its list, whatever API version is served: kind, namespace, selectors."""
+        return (self.resource.ident, self.namespace or "", self.label_selector or "", self.field_selector or "")
+
+
+def stream_specs(resources: tuple[KubeResource, ...], namespaces: list[str] | None, label_selector: str | None,
+                 raw_maps: tuple[str, ...], raw_namespace: str) -> list[StreamSpec]:
+    """The streams a source with these settings watches (kube/source.py), also what the
+    prefetch asks for (kube/prefetch.py). Nodes and other unscoped kinds are watched whole,
+    whatever the namespaces and label selector say."""
+    out: list[StreamSpec] = []
+    for res in resources:
+        selector = label_selector if res.scoped else None
+        if namespaces is not None and res.scoped:
+            if res.kind.namespaced:
+                out += [StreamSpec(res, ns, selector) for ns in namespaces]
+            else:  # Namespaces are cluster-scoped: one watch, filtered here
+                out.append(StreamSpec(res, None, selector, allowed_names=frozenset(namespaces)))
+        else:
+            out.append(StreamSpec(res, None, selector))
+    out += [StreamSpec(MESH_CONFIG_MAP, raw_namespace, field_selector=f"metadata.name={name}",
+                       allowed_names=frozenset({name}), raw_name=name) for name in raw_maps]
+    return out
 
 
 class Discovery:
@@ -231,6 +310,10 @@ def as_document(obj: dict[str, Any], api_version: str, kind: str) -> dict[str, A
     change of the object. Of a Node only its name and topology labels
     are kept (config/parse.py node_essentials): the rest is big and changes all the time."""
     if kind == kinds.NODE.kind and not kinds.split_api_version(api_version)[0]:
+        # Imported here: this module is on the prefetch's path (kube/prefetch.py), which
+        # starts before the parse gate's modules are imported.
+        from ..config.parse import node_essentials
+
         return node_essentials({**obj, "apiVersion": obj.get("apiVersion") or api_version, "kind": kind})
     doc = dict(obj)
     if not doc.get("apiVersion"):

@@ -37,7 +37,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -45,10 +45,23 @@ from ..config.objects import Rejection
 from ..config.parse import Parsed
 from ..config.store import ConfigStore
 from ..names import ROOT_NAMESPACE
-from ..sources.meshconfig import CONFIGMAP_NAME
 from .http import as_http
 from .reflector import Delete, Item, Operation, Put, Reflector, ReflectorOptions, Sync
-from .resources import INJECTOR_CONFIGMAP_NAME, MESH_CONFIG_MAP, RESOURCES, SECRETS, Discovery, KubeResource, ObjectInfo
+from .resources import (
+    INJECTOR_CONFIGMAP_NAME,
+    MESH_CONFIG_MAP,
+    MESH_CONFIGMAP_NAME,
+    RESOURCES,
+    SECRETS,
+    Discovery,
+    KubeResource,
+    ObjectInfo,
+    named_in,
+    stream_specs,
+)
+
+if TYPE_CHECKING:
+    from .prefetch import Prefetch
 
 __all__ = ["KubernetesSource", "ObjectObserver", "ReflectorOptions"]
 
@@ -108,6 +121,7 @@ class KubernetesSource:
         mesh_config: Callable[[dict[str, Any] | None], None] | None = None,
         mesh_config_namespace: str = ROOT_NAMESPACE,
         injector_config: Callable[[dict[str, Any] | None], None] | None = None,
+        prefetch: Prefetch | None = None,
     ):
         self.api_client = api_client
         self._http = as_http(api_client)
@@ -120,7 +134,7 @@ class KubernetesSource:
         self.mesh_config = mesh_config
         self.mesh_config_namespace = mesh_config_namespace
         # ConfigMaps of that namespace read raw, by name -> who is told (on the loop).
-        self._raw_maps = {name: fn for name, fn in ((CONFIGMAP_NAME, mesh_config),
+        self._raw_maps = {name: fn for name, fn in ((MESH_CONFIGMAP_NAME, mesh_config),
                                                     (INJECTOR_CONFIGMAP_NAME, injector_config)) if fn is not None}
         self._raw_told: dict[str, Callable[[dict[str, Any] | None], None]] = {}  # stream -> callback
         self.resources: tuple[KubeResource, ...] = RESOURCES + ((SECRETS,) if watch_secrets else ())
@@ -128,6 +142,8 @@ class KubernetesSource:
         self._streams: dict[str, _StreamState] = {}
         self._threads: list[threading.Thread] = []
         self._synced = asyncio.Event()
+        # The initial lists asked for at start (kube/prefetch.py), used when made with this client.
+        self._prefetch = prefetch
         self._stats: dict[str, KindStats] = {r.ident: KindStats() for r in self.resources}
 
     # --- state for /ready and metrics ---------------------------------------------
@@ -195,32 +211,22 @@ class KubernetesSource:
 
     def _start(self, emit: Callable[[Operation], None]) -> None:
         self._streams.clear()
-        discovery = Discovery(self._http)  # one /apis for every kind that needs discovery
-        for res in self.resources:
-            scopes: list[str | None] = [None]
-            accept = None
-            if self.namespaces is not None and res.scoped:
-                if res.kind.namespaced:
-                    scopes = list(self.namespaces)
-                else:
-                    # Namespaces are cluster-scoped: one watch, filtered here.
-                    allowed = frozenset(self.namespaces)
-                    accept = lambda obj, allowed=allowed: (obj.get("metadata") or {}).get("name") in allowed
-            # Nodes (not scoped) are watched whole, whatever --namespaces/--label-selector say.
-            for ns in scopes:
-                r = Reflector(res, ns, self._http, emit, self._threads_stop, self._log,
-                              label_selector=self.label_selector if res.scoped else None, accept=accept,
-                              options=self._options, discovery=discovery)
-                self._streams[r.stream] = _StreamState(r)
+        pre = self._prefetch
+        # One /apis for every kind that needs discovery: the prefetch's, when it asked the same server.
+        discovery = pre.discovery if pre is not None and pre.client is self.api_client and pre.discovery else \
+            Discovery(self._http)
         self._raw_told.clear()
-        for cm, told in self._raw_maps.items():
-            r = Reflector(MESH_CONFIG_MAP, self.mesh_config_namespace, self._http, emit, self._threads_stop,
-                          self._log, field_selector=f"metadata.name={cm}", raw=True,
-                          accept=_named(cm),
-                          options=self._options)
-            r.stream = f"{r.stream}/{cm}"  # one stream per ConfigMap of the same namespace
+        for spec in stream_specs(self.resources, self.namespaces, self.label_selector, tuple(self._raw_maps),
+                                 self.mesh_config_namespace):
+            r = Reflector(spec.resource, spec.namespace, self._http, emit, self._threads_stop, self._log,
+                          label_selector=spec.label_selector, field_selector=spec.field_selector,
+                          accept=named_in(spec.allowed_names) if spec.allowed_names is not None else None,
+                          raw=bool(spec.raw_name), options=self._options, discovery=discovery,
+                          prefetch=pre if pre is not None and pre.client is self.api_client else None)
+            if spec.raw_name:
+                r.stream = f"{r.stream}/{spec.raw_name}"  # one stream per ConfigMap of the same namespace
+                self._raw_told[r.stream] = self._raw_maps[spec.raw_name]
             self._streams[r.stream] = _StreamState(r)
-            self._raw_told[r.stream] = told
         self._log.info("k8s source starting", streams=len(self._streams), namespaces=self.namespaces,
                        labelSelector=self.label_selector)
         self._threads = [
@@ -334,11 +340,8 @@ class KubernetesSource:
         if self._synced.is_set() or not all(s.synced for s in self._streams.values()):
             return
         self._synced.set()
-        self._log.info("k8s synced", objects={k: v.objects for k, v in self._stats.items()})
-
-
-def _named(name: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda obj: (obj.get("metadata") or {}).get("name") == name
+        prefetched = self._prefetch.close() if self._prefetch is not None else None
+        self._log.info("k8s synced", objects={k: v.objects for k, v in self._stats.items()}, prefetched=prefetched)
 
 
 def _innermost(frame: FrameType | None) -> str:

@@ -1,0 +1,186 @@
+"""The initial lists, asked for at the very start of `meshd serve`: the API server
+answers (and the answers' JSON is decoded) while meshd imports its config types,
+generators, gRPC and CA, instead of after (bench/README.md "Start-up").
+
+    prefetch = Prefetch.start(PrefetchSettings(kubeconfig="~/.kube/config", namespaces=None, ...))
+    ...                                   # the heavy imports, the CA, the servers
+    source = KubernetesSource(prefetch.client, store, prefetch=prefetch, ...)
+
+Only an optimisation, and never a source of truth of its own: each reflector takes the
+prefetched list whose collection path and selectors are exactly its own, for its first
+list only, and then watches from that list's resourceVersion (client-go's protocol:
+nothing between the list and the watch is missed). A list the prefetch did not make,
+could not make (an error, a kind not served) or made for other settings is made by the
+reflector as always, which also reports every error; the prefetch itself reports
+nothing but, once the source is synced, how many of its lists were used. This module
+imports no more than the HTTP client, the kubeconfig reader and the kinds table, so
+the requests leave early.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .http import Http
+from .resources import (
+    RESOURCES,
+    SECRETS,
+    Discovery,
+    KubeResource,
+    StreamSpec,
+    list_pages,
+    named_in,
+    served_version,
+    stream_specs,
+)
+
+if TYPE_CHECKING:
+    from .reflector import Listed
+
+Key = tuple[str, str, str, str]  # StreamSpec.key: kind, namespace, label selector, field selector
+
+
+@dataclass(frozen=True)
+class PrefetchSettings:
+    """What `meshd serve`'s Kubernetes source will watch, as far as the command line says."""
+
+    kubeconfig: str | None  # None: in-cluster, else the default kubeconfig
+    namespaces: list[str] | None = None
+    label_selector: str | None = None
+    watch_secrets: bool = False
+    raw_namespace: str = "istio-system"
+    raw_maps: tuple[str, ...] = ()
+    page_size: int = 500
+    request_timeout: float = 30.0
+
+
+class _Entry:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.version = ""  # the API version listed
+        # None: failed, or not served; (items, resourceVersion) as listed, or Listed once parsed
+        self.result: tuple[list[dict[str, Any]], str] | Listed | None = None
+        self.finished_at = 0.0
+
+
+class Prefetch:
+    """The prefetched lists of one start, each taken once."""
+
+    def __init__(self, settings: PrefetchSettings, client: Http | None):
+        self.settings = settings
+        self.client = client
+        self.discovery = Discovery(client) if client is not None else None
+        self._lock = threading.Lock()
+        self._entries: dict[Key, _Entry] = {}
+        self.taken = 0
+        self.closed = False
+        self._will_parse = False
+        self._parse = threading.Event()  # set once the parse gate is imported (by the main thread)
+
+    @classmethod
+    def start(cls, settings: PrefetchSettings, make_client: Callable[[str | None], Http] | None = None,
+              parse: bool = False) -> Prefetch:
+        """Build the client and start one thread per stream; never raises (a kubeconfig
+        meshd cannot use is reported by `meshd serve` itself, a moment later). `parse`:
+        the threads also parse what they listed, once `enable_parsing` was called."""
+        if make_client is None:
+            from .client import kube_api_client
+
+            make_client = kube_api_client
+        try:
+            client: Http | None = make_client(settings.kubeconfig)
+        except Exception:
+            client = None
+        pre = cls(settings, client)
+        pre._will_parse = parse
+        if client is None:
+            return pre
+        resources: tuple[KubeResource, ...] = RESOURCES + ((SECRETS,) if settings.watch_secrets else ())
+        specs = stream_specs(resources, settings.namespaces, settings.label_selector, settings.raw_maps,
+                             settings.raw_namespace)
+        for spec in specs:
+            entry = _Entry()
+            pre._entries[spec.key()] = entry
+            threading.Thread(target=pre._fetch, args=(spec, entry), name=f"k8s-prefetch-{spec.resource.ident}",
+                             daemon=True).start()
+        return pre
+
+    def _fetch(self, spec: StreamSpec, entry: _Entry) -> None:
+        try:
+            assert self.client is not None and self.discovery is not None
+            version = served_version(self.client, spec.resource, self.settings.request_timeout, self.discovery)
+            if version is None or self.closed:
+                return
+            entry.version = version
+            lister = spec.resource.lister(self.client, version, spec.namespace)
+            query = {k: v for k, v in (("label_selector", spec.label_selector),
+                                       ("field_selector", spec.field_selector)) if v}
+            items, rv = entry.result = list_pages(lister, query, self.settings.page_size,
+                                                  self.settings.request_timeout, lambda: self.closed)
+            if self._will_parse and self._parse.wait(self.settings.request_timeout) and not self.closed:
+                entry.result = self._parsed(spec, version, items, rv)
+        except Exception:  # the reflector lists again, and reports what goes wrong then
+            entry.result = None
+        finally:
+            entry.finished_at = time.monotonic()
+            entry.done.set()
+
+    def enable_parsing(self) -> None:
+        """Import the parse gate (in the calling thread: the threads never import meshd's
+        modules themselves, which two threads importing at once could deadlock on) and let
+        the threads parse what they listed: the parse gate's CPU spent while the main
+        thread imports and waits, not after the source starts."""
+        from . import reflector  # noqa: F401  (the parse gate with it)
+
+        self._parse.set()
+
+    def _parsed(self, spec: StreamSpec, version: str, items: list[dict[str, Any]], rv: str) -> Listed:
+        from .reflector import parse_list
+
+        said = _Said()
+        listed = parse_list(spec.resource, version, items, rv,
+                            named_in(spec.allowed_names) if spec.allowed_names is not None else None,
+                            bool(spec.raw_name), said)
+        return dataclasses.replace(listed, logs=tuple(said.logs))
+
+    def take(self, key: Key, version: str, timeout: float,
+             max_age: float = 60.0) -> tuple[list[dict[str, Any]], str] | Listed | None:
+        """The prefetched list (items and resourceVersion, or already parsed) of exactly
+        this stream at this API version, waiting for it while it is being fetched; None if there is none (the
+        caller lists itself). Each list is handed out once."""
+        with self._lock:
+            entry = self._entries.pop(key, None)
+        if entry is None or not entry.done.wait(timeout):
+            return None
+        if entry.result is None or entry.version != version or time.monotonic() - entry.finished_at > max_age:
+            return None
+        with self._lock:
+            self.taken += 1
+        return entry.result
+
+    def close(self) -> dict[str, int]:
+        """Drop what was not taken; (taken, unused) counts for the log."""
+        with self._lock:
+            self.closed = True
+            unused = len(self._entries)
+            self._entries.clear()
+            return {"taken": self.taken, "unused": unused}
+
+
+class _Said:
+    """A logger that keeps what it is told, for the reflector to say later (parsing here
+    may come before `meshd serve` has set up logging)."""
+
+    def __init__(self) -> None:
+        self.logs: list[tuple[str, str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self.logs.append(("warning", event, kw))
+
+    def exception(self, event: str, **kw: Any) -> None:
+        self.logs.append(("error", event, {**kw, "error": traceback.format_exc(limit=-3)}))
