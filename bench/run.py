@@ -361,6 +361,7 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
                     "loadgen_cpu_s": round(fleet.cpu() - gen0, 2),
                     "responses": st["responses_since"],
                     "proxies_queued": snap.get("proxies_queued"),
+                    "stages": stages(meshd, snap, t_write, st["times"]),
                 })
             result["full_push"] = full
 
@@ -480,6 +481,9 @@ def table(results: list[dict], sc: Scenario) -> str:
     row("full push, push median (s)", lambda r: f"{med(x['push_s'] for x in r['full_push']):.2f}")
     row("floor full push median (s)", lambda r: f"{med(x['push_s'] for x in r['floor_full_push']):.2f}")
     row("meshd / floor", lambda r: f"{r['full_push_vs_floor']:.2f}x")
+    for stage, label in (("to_store_s", "full push: write -> store (s)"), ("debounce_s", "  debounce (s)"),
+                         ("snapshot_s", "  snapshot (s)"), ("update_s", "  keys and queueing (s)")):
+        row(label, lambda r, stage=stage: f"{med(x['stages'][stage] for x in r['full_push'] if stage in x['stages']):.3f}")
     row("full push CPU (s)", lambda r: f"{med(x['cpu_s'] for x in r['full_push']):.2f}")
     row("  load generator CPU meanwhile (s)", lambda r: f"{med(x['loadgen_cpu_s'] for x in r['full_push']):.2f}")
     row("endpoint p50 e2e (s)", lambda r: f"{med(x['p50_e2e_s'] for x in r['endpoint_change']):.3f}")
@@ -530,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gateways", type=int, default=10)
     ap.add_argument("--namespaces", type=int, default=10)
     ap.add_argument("--transport", choices=["sotw", "delta", "both"], default="both")
+    ap.add_argument("--delta", dest="transport", action="store_const", const="delta", help="--transport delta")
+    ap.add_argument("--sotw", dest="transport", action="store_const", const="sotw", help="--transport sotw")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--loadgen-procs", type=int, default=1)
