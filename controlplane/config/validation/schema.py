@@ -15,7 +15,9 @@ import base64
 import binascii
 import datetime as _dt
 import functools
+import hashlib
 import importlib.resources
+import json
 import re
 from typing import Any
 
@@ -313,8 +315,23 @@ def _validate_number(node: Node, value: float, path: str, errs: list[FieldError]
 
 @functools.cache
 def _crd(filename: str) -> dict:
-    text = importlib.resources.files("controlplane.config").joinpath("schemas", filename).read_text("utf-8")
-    return yaml.load(text, Loader=_Loader)
+    data = importlib.resources.files("controlplane.config").joinpath("schemas", filename).read_bytes()
+    copy = _json_copy(filename, data)
+    return copy if copy is not None else yaml.load(data.decode("utf-8"), Loader=_Loader)
+
+
+def _json_copy(filename: str, data: bytes) -> dict | None:
+    """The build's JSON copy of a CRD file (setup.py schemas_as_json: read some forty
+    times faster than the YAML, at start-up), if it was made from exactly these bytes."""
+    try:
+        text = importlib.resources.files("controlplane").joinpath("_gen", "schemas", f"{filename}.json").read_text("utf-8")
+    except OSError:
+        return None
+    doc = json.loads(text)
+    if not isinstance(doc, dict) or doc.get("sha256") != hashlib.sha256(data).hexdigest():
+        return None
+    crd = doc.get("crd")
+    return crd if isinstance(crd, dict) else None
 
 
 @functools.cache
