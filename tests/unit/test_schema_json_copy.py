@@ -8,7 +8,7 @@ import importlib.resources
 import pytest
 import yaml
 
-from controlplane.config.validation import schema
+from controlplane.config.validation import gateway_api, schema
 
 FILES = sorted(set(schema.CRD_FILES.values()))
 
@@ -26,3 +26,12 @@ def test_a_copy_made_from_other_bytes_is_not_read():
     data = importlib.resources.files("controlplane.config").joinpath("schemas", filename).read_bytes()
     assert schema._json_copy(filename, data + b"\n# edited since the build\n") is None
     assert schema._json_copy("no-such-crd.yaml", data) is None
+
+
+@pytest.mark.parametrize("kind", sorted(gateway_api.CRD_FILES))
+def test_the_gateway_apis_copies_too(kind):
+    path = f"gateway-api/{gateway_api.CRD_FILES[kind]}"
+    data = importlib.resources.files("controlplane.config").joinpath("schemas", *path.split("/")).read_bytes()
+    copy = schema._json_copy(path, data)
+    assert copy is not None and copy == yaml.load(data.decode("utf-8"), Loader=yaml.SafeLoader)
+    assert gateway_api.crd(kind) == copy

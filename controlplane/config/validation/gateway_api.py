@@ -9,18 +9,13 @@ Gateway API's are checked here instead, each naming the field the API server wou
 from __future__ import annotations
 
 import functools
-import importlib.resources
 from collections.abc import Callable
 from typing import Any
-
-import yaml
 
 from ..kinds import Kind
 from . import durations
 from .errors import FieldError, child, index
-from .schema import Node, validate_document
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+from .schema import Node, load_crd, validate_document
 
 # The bundled CRD of each kind, by kind name (every one is of gateway.networking.k8s.io).
 CRD_FILES: dict[str, str] = {
@@ -41,8 +36,7 @@ CRD_FILES: dict[str, str] = {
 @functools.cache
 def crd(kind: str) -> dict:
     """The bundled upstream CRD of `kind`."""
-    text = importlib.resources.files("controlplane.config").joinpath("schemas", "gateway-api", CRD_FILES[kind]).read_text("utf-8")
-    return yaml.load(text, Loader=_Loader)
+    return load_crd(f"gateway-api/{CRD_FILES[kind]}")  # the build's JSON copy when there is one
 
 
 @functools.cache

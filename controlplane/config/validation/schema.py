@@ -315,16 +315,21 @@ def _validate_number(node: Node, value: float, path: str, errs: list[FieldError]
 
 @functools.cache
 def _crd(filename: str) -> dict:
-    data = importlib.resources.files("controlplane.config").joinpath("schemas", filename).read_bytes()
-    copy = _json_copy(filename, data)
+    return load_crd(filename)
+
+
+def load_crd(path: str) -> dict:
+    """A bundled CRD, `path` under controlplane/config/schemas/ (e.g. `gateway-api/...`)."""
+    data = importlib.resources.files("controlplane.config").joinpath("schemas", *path.split("/")).read_bytes()
+    copy = _json_copy(path, data)
     return copy if copy is not None else yaml.load(data.decode("utf-8"), Loader=_Loader)
 
 
-def _json_copy(filename: str, data: bytes) -> dict | None:
+def _json_copy(path: str, data: bytes) -> dict | None:
     """The build's JSON copy of a CRD file (setup.py schemas_as_json: read some forty
     times faster than the YAML, at start-up), if it was made from exactly these bytes."""
     try:
-        text = importlib.resources.files("controlplane").joinpath("_gen", "schemas", f"{filename}.json").read_text("utf-8")
+        text = importlib.resources.files("controlplane").joinpath("_gen", "schemas", *f"{path}.json".split("/")).read_text("utf-8")
     except OSError:
         return None
     doc = json.loads(text)
