@@ -313,7 +313,9 @@ def _bootstrap(args: argparse.Namespace) -> int:
             proxy_config=proxy_config,
         )
         doc = build_bootstrap(params)
-        if args.fetch_envoy_filters:
+        from .proxy_settings import fetches_bootstrap_patches
+
+        if args.fetch_envoy_filters or fetches_bootstrap_patches(proxy_config):
             from .bootstrap_patches import fetch, merge_into
 
             doc = merge_into(doc, *fetch(doc, params.xds_address, tls, args.fetch_timeout.total_seconds()))
@@ -520,8 +522,9 @@ UID 1337 in a pod), e.g. chown 1337 FILE.""",
                         "stats matcher and node metadata (docs/mesh-config.md)")
     b.add_argument("--fetch-envoy-filters", action="store_true",
                    help="ask meshd (at --xds-address, as this proxy, with its credentials) for the EnvoyFilter "
-                        "BOOTSTRAP patches selecting the proxy and merge them in; a failed fetch is an error "
-                        "(docs/envoyfilter.md)")
+                        "BOOTSTRAP patches selecting the proxy and merge them in; a failed fetch is an error; "
+                        "also on when --mesh-config's defaultConfig.proxyMetadata sets BOOTSTRAP_XDS_AGENT, Istio's "
+                        "switch (docs/envoyfilter.md)")
     b.add_argument("--fetch-timeout", type=parse_duration, default="15s",
                    help="with --fetch-envoy-filters: how long to wait for meshd's answer (default %(default)s)")
     b.add_argument("--envoy-args", action="store_true",

@@ -9,7 +9,9 @@ pilot-agent turns it into Envoy's bootstrap and command line. meshd has no agent
   ones. Without a proxyStatsMatcher meshd leaves Envoy's stats unfiltered (Istio filters
   them to its list: meshd's tests and `proxy-config` read the others);
 - `proxyMetadata` -> pilot-agent's environment: `ISTIO_META_<KEY>` entries become node
-  metadata `<KEY>` (as pilot-agent reads them); other entries configure the agent and
+  metadata `<KEY>` (as pilot-agent reads them); `BOOTSTRAP_XDS_AGENT` true makes
+  `meshd bootstrap` and `meshd pod-init` fetch the EnvoyFilter BOOTSTRAP patches (as it
+  makes pilot-agent ask istiod for its bootstrap); other entries configure the agent and
   have no effect here (`ignored_metadata` names them);
 - `concurrency`, `drainDuration` -> Envoy's command line (`envoy_args`: `--concurrency`,
   `--drain-time-s`, `--drain-strategy immediate`, as pilot-agent starts Envoy);
@@ -68,9 +70,21 @@ def node_metadata(pc: ProxyConfig) -> dict[str, Any]:
     return out
 
 
+# Istio's switch for a bootstrap with the EnvoyFilter BOOTSTRAP patches in it (pilot-agent
+# then asks istiod for the bootstrap; meshd's writers fetch the patches themselves).
+BOOTSTRAP_PATCHES_SWITCH = "BOOTSTRAP_XDS_AGENT"
+
+
+def fetches_bootstrap_patches(pc: ProxyConfig | None) -> bool:
+    """proxyMetadata BOOTSTRAP_XDS_AGENT is true (Go's strconv.ParseBool spellings, as
+    pilot-agent reads it)."""
+    value = dict(pc.proxy_metadata).get(BOOTSTRAP_PATCHES_SWITCH, "") if pc is not None else ""
+    return str(value) in ("1", "t", "T", "true", "TRUE", "True")
+
+
 def ignored_metadata(pc: ProxyConfig) -> list[str]:
     """proxyMetadata entries that configure pilot-agent: no agent here, no effect."""
-    return sorted(k for k, _ in pc.proxy_metadata if not k.startswith(META_PREFIX))
+    return sorted(k for k, _ in pc.proxy_metadata if not k.startswith(META_PREFIX) and k != BOOTSTRAP_PATCHES_SWITCH)
 
 
 def envoy_args(pc: ProxyConfig) -> list[str]:

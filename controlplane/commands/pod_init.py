@@ -32,6 +32,7 @@ from typing import Any
 import structlog
 
 from ..podinit import downward, iptables
+from ..proxy_settings import fetches_bootstrap_patches
 
 
 class _Refuse(argparse.Action):
@@ -65,7 +66,8 @@ def register(sub: Any) -> None:
                    help="name meshd's certificate is verified for (default %(default)s)")
     b.add_argument("--fetch-envoy-filters", action="store_true",
                    help="ask meshd (at --xds-address, as this pod's proxy, with its token) for the EnvoyFilter "
-                        "BOOTSTRAP patches selecting it and merge them in; a failed fetch fails the step")
+                        "BOOTSTRAP patches selecting it and merge them in; a failed fetch fails the step (also on when "
+                        "the proxy config's proxyMetadata sets BOOTSTRAP_XDS_AGENT, Istio's switch)")
     b.add_argument("--fetch-timeout", type=_timeout, default="15s",
                    help="with --fetch-envoy-filters: how long to wait for meshd's answer (default %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         pc = downward.parse_proxy_config(args.proxy_config_json) if args.proxy_config_json else None
         doc = downward.bootstrap(pod, args.xds_address, Path(args.root_cert), Path(args.token_path), pc,
                                  server_name=args.xds_server_name)
-        if args.fetch_envoy_filters:
+        if args.fetch_envoy_filters or fetches_bootstrap_patches(pc):
             doc = _with_envoy_filters(doc, args)
         rules = iptables.rules(cfg)
     except ValueError as e:

@@ -25,6 +25,7 @@ from typing import Any
 from .. import names
 from ..bootstrap import XDS_SERVER_NAME, BootstrapParams, XdsTls, build_bootstrap
 from ..model.meshconfig import MeshConfigError, ProxyConfig, parse_mesh_config
+from ..proxy_settings import ignored_metadata
 
 META_PREFIX = "ISTIO_META_"
 LABELS_FILE = "/etc/istio/pod/labels"
@@ -112,7 +113,7 @@ def unsupported(pod: PodInfo, pc: ProxyConfig | None) -> list[str]:
         out += [f"proxy config {f}: has no effect (pilot-agent's; meshd has no agent)" for f in pc.unread
                 if f not in APPLIED_BY_INJECTOR]
         out += [f"proxy config proxyMetadata.{k}: has no effect (pilot-agent's; meshd has no agent)"
-                for k, _ in pc.proxy_metadata if not k.startswith(META_PREFIX)]
+                for k in ignored_metadata(pc)]
     return out
 
 

@@ -187,7 +187,7 @@ def test_a_patch_clashing_with_the_built_bootstrap_is_a_clear_error():
 
 # --- the commands, against a running meshd ------------------------------------------------
 
-def _pod_init(tmp_path, address: str, root, token_text: str, *extra: str):
+def _pod_init(tmp_path, address: str, root, token_text: str, *extra: str, fetch_flag: bool = True):
     import os
     import subprocess
     import sys
@@ -200,7 +200,7 @@ def _pod_init(tmp_path, address: str, root, token_text: str, *extra: str):
     argv = [sys.executable, "-m", "controlplane", "pod-init", "-p", "15001", "-z", "15006", "-u", "1337", "-m",
             "REDIRECT", "-i", "*", "--dry-run", "--bootstrap-out", str(out), "--xds-address", address,
             "--root-cert", str(root), "--token-path", str(tmp_path / "token"), "--labels-file", str(tmp_path / "labels"),
-            "--fetch-envoy-filters", *extra]
+            *(["--fetch-envoy-filters"] if fetch_flag else []), *extra]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ISTIO_META_")}
     env.update({"PYTHONPATH": str(REPO), "POD_NAME": "webapp-7c9", "POD_NAMESPACE": NS, "INSTANCE_IP": "10.0.0.8",
                 "SERVICE_ACCOUNT": "webapp"})
@@ -231,6 +231,28 @@ def test_pod_init_fetches_the_patches_with_the_pods_token_and_writes_them(tmp_pa
         cp, out = _pod_init(tmp_path, f"127.0.0.1:{m.secure_port}", m.root_cert, m.token(NS, "catalog"))
         assert cp.returncode == 2 and "fetching the EnvoyFilter BOOTSTRAP patches" in cp.stderr, cp.stderr
         assert "PERMISSION_DENIED" in cp.stderr and not out.exists()
+
+
+def test_istios_switch_in_the_proxy_config_turns_the_fetch_on(tmp_path):
+    """proxyMetadata BOOTSTRAP_XDS_AGENT (what makes pilot-agent take its bootstrap from
+    istiod) fetches the patches without the flag, and is not reported as without effect."""
+    from tests.support.harness import meshd
+
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "mesh.yaml").write_text(chapter9.LAYOUT)
+    (config / "runtime.yaml").write_text(RUNTIME)
+    with meshd(config, tmp_path) as m:
+        token = m.token(NS, "webapp")
+        layers = {}
+        for value in ("true", "false"):
+            pc = json.dumps({"proxyMetadata": {"BOOTSTRAP_XDS_AGENT": value}})
+            cp, out = _pod_init(tmp_path, f"127.0.0.1:{m.secure_port}", m.root_cert, token,
+                                "--proxy-config-json", pc, fetch_flag=False)
+            assert cp.returncode == 0, cp.stderr
+            assert "BOOTSTRAP_XDS_AGENT" not in cp.stdout + cp.stderr  # not "has no effect"
+            layers[value] = [layer["name"] for layer in json.loads(out.read_text())["layered_runtime"]["layers"]]
+        assert layers == {"true": ["global config", "ef-layer"], "false": ["global config"]}
 
 
 def test_a_failed_fetch_is_a_clear_error_and_writes_nothing(tmp_path):
