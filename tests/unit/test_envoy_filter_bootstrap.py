@@ -3,6 +3,7 @@ resource: the selected patches merged in order), its keys, and the merge of it i
 bootstrap `meshd bootstrap` builds (bootstrap_patches.py)."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -187,6 +188,19 @@ def test_a_patch_clashing_with_the_built_bootstrap_is_a_clear_error():
 
 # --- the commands, against a running meshd ------------------------------------------------
 
+@contextlib.contextmanager
+def _meshd_with_runtime_patch(tmp_path):
+    """A running meshd serving chapter 9 and the RUNTIME BOOTSTRAP EnvoyFilter."""
+    from tests.support.harness import meshd
+
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "mesh.yaml").write_text(chapter9.LAYOUT)
+    (config / "runtime.yaml").write_text(RUNTIME)
+    with meshd(config, tmp_path) as m:
+        yield m
+
+
 def _pod_init(tmp_path, address: str, root, token_text: str, *extra: str, fetch_flag: bool = True):
     import os
     import subprocess
@@ -208,13 +222,7 @@ def _pod_init(tmp_path, address: str, root, token_text: str, *extra: str, fetch_
 
 
 def test_pod_init_fetches_the_patches_with_the_pods_token_and_writes_them(tmp_path):
-    from tests.support.harness import meshd
-
-    config = tmp_path / "config"
-    config.mkdir()
-    (config / "mesh.yaml").write_text(chapter9.LAYOUT)
-    (config / "runtime.yaml").write_text(RUNTIME)
-    with meshd(config, tmp_path) as m:
+    with _meshd_with_runtime_patch(tmp_path) as m:
         token = m.token(NS, "webapp")
         cp, out = _pod_init(tmp_path, f"127.0.0.1:{m.secure_port}", m.root_cert, token)
         assert cp.returncode == 0, cp.stderr
@@ -236,13 +244,7 @@ def test_pod_init_fetches_the_patches_with_the_pods_token_and_writes_them(tmp_pa
 def test_istios_switch_in_the_proxy_config_turns_the_fetch_on(tmp_path):
     """proxyMetadata BOOTSTRAP_XDS_AGENT (what makes pilot-agent take its bootstrap from
     istiod) fetches the patches without the flag, and is not reported as without effect."""
-    from tests.support.harness import meshd
-
-    config = tmp_path / "config"
-    config.mkdir()
-    (config / "mesh.yaml").write_text(chapter9.LAYOUT)
-    (config / "runtime.yaml").write_text(RUNTIME)
-    with meshd(config, tmp_path) as m:
+    with _meshd_with_runtime_patch(tmp_path) as m:
         token = m.token(NS, "webapp")
         layers = {}
         for value in ("true", "false"):
