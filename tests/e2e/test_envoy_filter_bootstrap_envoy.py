@@ -101,7 +101,8 @@ def test_a_bootstrap_merge_reaches_the_selected_proxy_at_its_start(tmp_path: Pat
             assert [(r["proxy"], r["envoyFilters"]) for r in rows] == [
                 ("router~127.0.0.1~webapp-0.istioinaction~istioinaction.svc.cluster.local",
                  [f"{NS}/bootstrap-runtime"])], rows
-            assert "bootstrap patches not applied" in m.log()
+            # configz reads the state on request; the event is logged once the push is written
+            wait_for(lambda: "bootstrap patches not applied" in m.log(), 20, what="the event logged")
             assert runtime(selected)[KEY]["final_value"] == "42"  # Envoy keeps its bootstrap
         with envoy(tmp_path, webapp) as restarted:
             assert runtime(restarted)[KEY]["final_value"] == "43"
