@@ -51,6 +51,10 @@ def fetch(doc: dict[str, Any], xds_address: str, tls: XdsTls | None,
 
     node = json_format.ParseDict(doc["node"], base_pb2.Node())
     node.metadata.fields[MARKER].string_value = FETCHING
+    # The fetch is not the proxy: a VM's group must not auto-register it (the entry would
+    # be removed again when the fetch's stream ends, under the Envoy that follows).
+    if names.META_AUTO_REGISTER_GROUP in node.metadata.fields:
+        del node.metadata.fields[names.META_AUTO_REGISTER_GROUP]
     request = discovery_pb2.DiscoveryRequest(node=node, type_url=names.BOOTSTRAP)
     metadata: list[tuple[str, str]] = []
     if tls is None:

@@ -189,14 +189,16 @@ def test_a_patch_clashing_with_the_built_bootstrap_is_a_clear_error():
 # --- the commands, against a running meshd ------------------------------------------------
 
 @contextlib.contextmanager
-def _meshd_with_runtime_patch(tmp_path):
-    """A running meshd serving chapter 9 and the RUNTIME BOOTSTRAP EnvoyFilter."""
+def _meshd_with_runtime_patch(tmp_path, more: dict[str, str] | None = None):
+    """A running meshd serving chapter 9, the RUNTIME BOOTSTRAP EnvoyFilter and `more` files."""
     from tests.support.harness import meshd
 
     config = tmp_path / "config"
     config.mkdir()
     (config / "mesh.yaml").write_text(chapter9.LAYOUT)
     (config / "runtime.yaml").write_text(RUNTIME)
+    for name, text in (more or {}).items():
+        (config / name).write_text(text)
     with meshd(config, tmp_path) as m:
         yield m
 
@@ -255,6 +257,38 @@ def test_istios_switch_in_the_proxy_config_turns_the_fetch_on(tmp_path):
             assert "BOOTSTRAP_XDS_AGENT" not in cp.stdout + cp.stderr  # not "has no effect"
             layers[value] = [layer["name"] for layer in json.loads(out.read_text())["layered_runtime"]["layers"]]
         assert layers == {"true": ["global config", "ef-layer"], "false": ["global config"]}
+
+
+def test_the_fetch_of_a_vm_joining_a_workload_group_does_not_register_it(tmp_path):
+    """The fetch is not the proxy: its node leaves AUTO_REGISTER_GROUP out, so no
+    WorkloadEntry is made for it (and none removed under the Envoy that follows)."""
+    from controlplane.bootstrap import XdsTls
+    from controlplane.bootstrap_patches import fetch
+    from tests.support.harness import http_get
+
+    group = f"""
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {{name: webapp-vms, namespace: {NS}}}
+spec:
+  metadata:
+    labels: {{app: webapp}}
+  template:
+    serviceAccount: webapp
+"""
+    with _meshd_with_runtime_patch(tmp_path, {"group.yaml": group}) as m:
+        doc = build_bootstrap(BootstrapParams(
+            proxy_type="sidecar", namespace=NS, pod="vm-1", ip="10.0.0.9", xds_address=f"127.0.0.1:{m.secure_port}",
+            labels={"app": "webapp"}, service_account="webapp", auto_register_group="webapp-vms"))
+        tls = XdsTls(root_cert_pem=m.root_cert.read_text(), token=m.token(NS, "webapp"))
+        patch, _ = fetch(doc, f"127.0.0.1:{m.secure_port}", tls)
+        assert [layer.name for layer in patch.layered_runtime.layers] == ["ef-layer"]  # selected by app=webapp
+        status, body = http_get("127.0.0.1", m.monitoring_port, "/debug/configz")
+        assert status == 200
+        configz = json.loads(body)
+        registration = configz["autoRegistration"]
+        assert (registration["registered"], registration["pendingCleanup"]) == (0, []), registration
+        assert not [o for o in configz.get("objects", []) if o.get("kind") == "WorkloadEntry"]
 
 
 def test_a_failed_fetch_is_a_clear_error_and_writes_nothing(tmp_path):
