@@ -36,7 +36,7 @@ import structlog
 from ..config.objects import ConfigKey, Origin, Rejection
 from ..config.parse import Parsed, content_hash, parse_document
 from ..names import DEFAULT_NAMESPACE
-from .http import Http, StatusError
+from .http import Http, StatusError, as_http
 from .resources import (
     Discovery,
     KubeResource,
@@ -137,7 +137,7 @@ class Reflector:
         self.resource = resource
         self.namespace = namespace
         self.stream = f"{resource.ident}/{namespace}" if namespace else resource.ident
-        self._api = api
+        self._api = as_http(api)  # a `kubernetes` ApiClient handed over is wrapped (kube/http.py)
         self._emit = emit
         self._stop = stop
         self._label_selector = label_selector or None
