@@ -148,14 +148,15 @@ class Prefetch:
                             bool(spec.raw_name), said)
         return dataclasses.replace(listed, logs=tuple(said.logs))
 
-    def take(self, key: Key, version: str, timeout: float,
-             max_age: float = 60.0) -> tuple[list[dict[str, Any]], str] | Listed | None:
+    def take(self, key: Key, version: str, timeout: float, max_age: float = 60.0,
+             stop: threading.Event | None = None) -> tuple[list[dict[str, Any]], str] | Listed | None:
         """The prefetched list (items and resourceVersion, or already parsed) of exactly
-        this stream at this API version, waiting for it while it is being fetched; None if there is none (the
-        caller lists itself). Each list is handed out once."""
+        this stream at this API version, waiting for it while it is being fetched; None
+        if there is none (the caller lists itself). Each list is handed out once; `stop`
+        (the source stopping) ends the wait."""
         with self._lock:
             entry = self._entries.pop(key, None)
-        if entry is None or not entry.done.wait(timeout):
+        if entry is None or not _wait(entry.done, timeout, stop):
             return None
         if entry.result is None or entry.version != version or time.monotonic() - entry.finished_at > max_age:
             return None
@@ -170,6 +171,14 @@ class Prefetch:
             unused = len(self._entries)
             self._entries.clear()
             return {"taken": self.taken, "unused": unused}
+
+
+def _wait(done: threading.Event, timeout: float, stop: threading.Event | None) -> bool:
+    deadline = time.monotonic() + timeout
+    while not done.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+            return False
+    return True
 
 
 class _Said:

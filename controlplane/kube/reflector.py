@@ -237,7 +237,8 @@ class Reflector:
         got = None
         if self._prefetch is not None:  # the first list only (kube/prefetch.py)
             got = self._prefetch.take((self.resource.ident, self.namespace or "", self._label_selector or "",
-                                       self._field_selector or ""), self._version(), self._opt.request_timeout)
+                                       self._field_selector or ""), self._version(), self._opt.request_timeout,
+                                      stop=self._stop)
             self._prefetch = None
         if got is not None:
             listed = got.replay(self._log) if isinstance(got, Listed) else \
