@@ -282,7 +282,7 @@ class MeshBuilder:
     async def _observe_when_written(self) -> None:
         deadline = time.monotonic() + OBSERVE_WAIT_MAX
         while getattr(self.ads, "busy", False) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)  # busy looks at every connection: not too often
         self._tell_observers()
 
     def _tell_observers(self) -> None:
