@@ -8,6 +8,8 @@ Talking to the API server:
   kubeconfigs; `libimport`: `kubernetes.client` without the package's `__init__`, for
   when the library is used (exec/auth-provider kubeconfigs): `meshd serve` with a plain
   kubeconfig or in a pod never imports the library (bench/README.md "Start-up").
+- `prefetch`: the initial lists asked for at the very start of `meshd serve` (cli.py),
+  listed and parsed while the rest of meshd is imported; each reflector takes its own.
 - `api`: plain JSON requests through that client (auth, TLS, in-cluster token
   refresh), sync or off the event loop; `ApiError`, REST paths.
 
