@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,17 @@ if str(ROOT) not in sys.path:
 # The Kubernetes API servers (the real one per session, the stand-in per test) and the
 # report of which one each test used; the mesh test bed (`testbed`).
 pytest_plugins = ["tests.support.kube_fixtures", "tests.testbed.fixtures"]
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config):
+    """A run stopped with SIGTERM (`timeout`, a cancelled CI job) ends as Ctrl-C does:
+    pytest tears the fixtures down, so the API server, the test bed's namespaces and
+    every meshd and Envoy are stopped instead of left running without their parent."""
+    signal.signal(signal.SIGTERM, _interrupted)
 
 
 @pytest.fixture(scope="session", autouse=True)
