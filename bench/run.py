@@ -527,7 +527,24 @@ def report(doc: dict, json_path: str | None, text_table: str) -> None:
     print(text_table)
 
 
+def interrupt_on_sigterm() -> None:
+    """A run stopped with SIGTERM (`timeout`) ends as Ctrl-C does, so its `finally` blocks
+    stop meshd, istiod and the API server instead of leaving them without their parent.
+    Forked children (the load generator) keep the default: they just end."""
+    main_pid = os.getpid()
+
+    def interrupted(signum: int, frame: object) -> None:
+        if os.getpid() != main_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+
+
 def main(argv: list[str] | None = None) -> int:
+    interrupt_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--services", type=int, default=1000)
     ap.add_argument("--sidecars", type=int, default=2000)

@@ -40,7 +40,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.cluster import SHARED, Cluster, Istiod, scratch
-from bench.run import CDS, EDS, Fleet, Meshd, cpu_seconds, machine, memory_mb, pct, report, snapshot_after, stages
+from bench.run import (
+    CDS,
+    EDS,
+    Fleet,
+    Meshd,
+    cpu_seconds,
+    interrupt_on_sigterm,
+    machine,
+    memory_mb,
+    pct,
+    report,
+    snapshot_after,
+    stages,
+)
 from bench.scenario import HTTP_PORT, Scenario
 
 ISTIO_VERSION = "1.14.6"
@@ -214,6 +227,7 @@ def table(results: list[dict], sc: Scenario) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    interrupt_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--services", type=int, default=1000)
     ap.add_argument("--sidecars", type=int, default=2000)
