@@ -16,7 +16,6 @@ proxy's next start, as in Istio.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from typing import Any
@@ -35,11 +34,6 @@ class BootstrapPatchError(ValueError):
     """The patches could not be fetched or merged: the message says which and why."""
 
 
-def patch_version(data: bytes) -> str:
-    """As generators.resources.pack versions a resource: its bytes' digest."""
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
 def fetch(doc: dict[str, Any], xds_address: str, tls: XdsTls | None,
           timeout: float = DEFAULT_TIMEOUT) -> tuple[bootstrap_pb2.Bootstrap, str]:
     """The BOOTSTRAP patch meshd serves the node of `doc` (a bootstrap as built), and its
@@ -48,6 +42,8 @@ def fetch(doc: dict[str, Any], xds_address: str, tls: XdsTls | None,
     from envoy.config.core.v3 import base_pb2
     from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
     from google.protobuf import json_format
+
+    from .generators.resources import content_version  # the version meshd gives what it serves
 
     node = json_format.ParseDict(doc["node"], base_pb2.Node())
     node.metadata.fields[MARKER].string_value = FETCHING
@@ -89,7 +85,7 @@ def fetch(doc: dict[str, Any], xds_address: str, tls: XdsTls | None,
                                   f"{len(response.resources)} of {response.type_url or 'no type'}")
     patch = bootstrap_pb2.Bootstrap()
     response.resources[0].Unpack(patch)
-    return patch, patch_version(response.resources[0].value)
+    return patch, content_version(response.resources[0].value)
 
 
 def _read_token(path: str) -> str:
@@ -133,4 +129,4 @@ def _number(text: str) -> float | int:
     return int(value) if value.is_integer() else value
 
 
-__all__ = ["BootstrapPatchError", "MARKER", "fetch", "merge_into", "patch_version"]
+__all__ = ["BootstrapPatchError", "MARKER", "fetch", "merge_into"]

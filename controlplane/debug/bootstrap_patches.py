@@ -21,17 +21,19 @@ from typing import Any
 import structlog
 
 from .. import names
-from ..bootstrap_patches import FETCHING, MARKER, patch_version
+from ..bootstrap_patches import FETCHING, MARKER
 from ..config import kinds
 from ..generators.envoyfilter import stage
+from ..generators.resources import content_version
 from ..model.proxy import Proxy
 
 log = structlog.get_logger("meshd.envoyfilter")
 
-NO_PATCH = patch_version(b"")  # the version of an empty Bootstrap: nothing selects the proxy
+NO_PATCH = content_version(b"")  # the version of an empty Bootstrap: nothing selects the proxy
 CHANGED = "the BOOTSTRAP patches changed since the proxy's bootstrap was written: they apply at its next start"
-NOT_FETCHED = ("the proxy's bootstrap was written without the BOOTSTRAP patches (meshd bootstrap / pod-init "
-               "--fetch-envoy-filters): they apply once it is written with them and the proxy restarts")
+NOT_FETCHED = ("the proxy's bootstrap was written without the BOOTSTRAP patches (proxyMetadata BOOTSTRAP_XDS_AGENT, "
+               "or meshd bootstrap / pod-init --fetch-envoy-filters): they apply once it is written with them and "
+               "the proxy restarts")
 
 
 class BootstrapPatchReport:

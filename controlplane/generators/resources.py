@@ -46,12 +46,17 @@ class Resource:
         return f"{self.name}\0{self.version}\n".encode()
 
 
+def content_version(data: bytes) -> str:
+    """The version of a resource serialized as `data`: a digest of its bytes."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 def pack(name: str, type_url: str, msg: Message) -> Resource:
     # deterministic=True: map fields serialize in a stable order, so equal messages
     # give equal bytes and equal versions.
     data = msg.SerializeToString(deterministic=True)
     a = any_pb2.Any(type_url=type_url, value=data)
-    return Resource(name=name, type_url=type_url, any=a, version=hashlib.sha256(data).hexdigest()[:16])
+    return Resource(name=name, type_url=type_url, any=a, version=content_version(data))
 
 
 class ResourceSet(Mapping[str, Resource]):
