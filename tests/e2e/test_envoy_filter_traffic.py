@@ -445,12 +445,20 @@ def ecds_config_changed_without_a_listener_update(mesh) -> None:
     assert mesh.rejected_updates() == {}
 
 
+def remove_ecds(mesh, gone: str, after: str) -> None:
+    """Delete the ECDS filter and its extension config: the header goes (asked at path
+    `gone`) and webapp still reaches catalog (at `after`)."""
+    mesh.apply("ecds-filter", None)
+    mesh.apply("ecds-config", None)
+    wait_for(lambda: ecds_header(mesh, gone) is None, 30, interval=0.5, what="the ECDS filter gone")
+    mesh.expect("webapp", mesh.vip("catalog", 80, after), 0, "200")
+
+
 def test_a_lua_filter_configured_over_ecds_and_changed_without_a_listener_change(mesh):
     ecds_config_changed_without_a_listener_update(mesh)
 
     # meshd's own record of what it sent shows the extension config too
-    node = next(c["bootstrap"]["node"]["id"] for c in mesh.envoys["webapp"].config_dump()["configs"]
-                if c["@type"].endswith("BootstrapConfigDump"))
+    node = mesh.envoys["webapp"].bootstrap()["node"]["id"]
     status, body = http_get("127.0.0.1", mesh.cp.monitoring_port, f"/debug/config_dump?proxyID={node}")
     assert status == 200, body[:300]
     sent = [c for c in json.loads(body)["configs"] if c["@type"].endswith("EcdsConfigDump")]
@@ -466,10 +474,7 @@ def test_a_lua_filter_configured_over_ecds_and_changed_without_a_listener_change
     wait_for(lambda: lua_header(mesh, "/ecds-only") is None, 30, interval=0.5, what="the other Lua filter gone")
     assert ecds_header(mesh, "/ecds-only") == "two"
 
-    mesh.apply("ecds-filter", None)
-    mesh.apply("ecds-config", None)
-    wait_for(lambda: ecds_header(mesh, "/gone") is None, 30, interval=0.5, what="the ECDS filter gone")
-    mesh.expect("webapp", mesh.vip("catalog", 80, "/after"), 0, "200")
+    remove_ecds(mesh, "/gone", "/after")
 
 
 def test_an_ecds_name_no_envoy_filter_provides_is_reported_until_one_does(mesh):
@@ -478,8 +483,7 @@ def test_an_ecds_name_no_envoy_filter_provides_is_reported_until_one_does(mesh):
         assert status == 200, body[:300]
         return json.loads(body)["extensionConfigsMissing"]
 
-    node = next(c["bootstrap"]["node"]["id"] for c in mesh.envoys["webapp"].config_dump()["configs"]
-                if c["@type"].endswith("BootstrapConfigDump"))
+    node = mesh.envoys["webapp"].bootstrap()["node"]["id"]
     mesh.apply("ecds-filter", DISCOVERED_FILTER)  # the filter first: Envoy asks for a name nobody serves
     wait_for(lambda: missing() == [{"proxy": node, "names": [CONFIG_NAME]}], 30, interval=0.5,
              what=lambda: f"configz extensionConfigsMissing naming webapp's {CONFIG_NAME}: {missing()}")
@@ -487,10 +491,7 @@ def test_an_ecds_name_no_envoy_filter_provides_is_reported_until_one_does(mesh):
     wait_for(lambda: ecds_header(mesh, "/late") == "late", 30, interval=0.5, what="the config that came later")
     assert missing() == []
     assert mesh.rejected_updates() == {}
-    mesh.apply("ecds-filter", None)
-    mesh.apply("ecds-config", None)
-    wait_for(lambda: ecds_header(mesh, "/gone-again") is None, 30, interval=0.5, what="the ECDS filter gone")
-    mesh.expect("webapp", mesh.vip("catalog", 80, "/after-late"), 0, "200")
+    remove_ecds(mesh, "/gone-again", "/after-late")
 
 
 def test_a_listener_filter_removed_from_the_outbound_listener_with_traffic_still_flowing(mesh):
@@ -520,7 +521,4 @@ def test_ecds_over_incremental_xds(delta_mesh):
     """The same over delta (api_type DELTA_GRPC): ECDS subscribed and updated by name."""
     assert "delta=True" in delta_mesh.cp.log()
     ecds_config_changed_without_a_listener_update(delta_mesh)
-    delta_mesh.apply("ecds-filter", None)
-    delta_mesh.apply("ecds-config", None)
-    wait_for(lambda: ecds_header(delta_mesh, "/gone") is None, 30, interval=0.5, what="the ECDS filter gone")
-    delta_mesh.expect("webapp", delta_mesh.vip("catalog", 80, "/after"), 0, "200")
+    remove_ecds(delta_mesh, "/gone", "/after")

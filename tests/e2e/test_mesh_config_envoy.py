@@ -170,7 +170,6 @@ def test_proxy_stats_matcher_keeps_what_it_names(mesh):
 
 
 def test_the_bootstrap_carries_the_proxy_config(mesh):
-    dump = mesh.envoys["webapp"].config_dump()["configs"]
-    node = next(c for c in dump if c["@type"].endswith("BootstrapConfigDump"))["bootstrap"]["node"]
+    node = mesh.envoys["webapp"].bootstrap()["node"]
     assert node["metadata"]["PROXY_CONFIG"]["proxyStatsMatcher"] == {"inclusionPrefixes": ["cluster.outbound|80||catalog"]}
 

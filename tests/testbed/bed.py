@@ -181,6 +181,10 @@ class Envoy:
     def config_dump(self, resource: str | None = None) -> dict:
         return json.loads(self.admin("/config_dump" + (f"?resource={resource}" if resource else "")))
 
+    def bootstrap(self) -> dict:
+        """The bootstrap this Envoy runs (its config dump's BootstrapConfigDump)."""
+        return next(c for c in self.config_dump()["configs"] if c["@type"].endswith("BootstrapConfigDump"))["bootstrap"]
+
     def log(self, tail: int = 200) -> str:
         return self.process.log(tail)
 
