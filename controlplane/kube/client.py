@@ -39,18 +39,23 @@ def plain_client(plain: PlainKubeconfig, pool_size: int = DEFAULT_POOL) -> KubeH
     """What the library's loader would connect with for this kubeconfig, by meshd's client.
     A CA or key pair TLS cannot load is a KubeconfigError naming the file (at start, not
     at the first request)."""
-    tls = TlsFiles(
+    try:
+        return KubeHttp(plain.server, tls=plain_tls(plain), token=StaticToken(plain.token) if plain.token else None,
+                        pool_size=pool_size)
+    except (ssl.SSLError, OSError, ValueError) as e:
+        raise KubeconfigError(f"kubeconfig {plain.source}: cannot use its TLS settings or server: {e}") from e
+
+
+def plain_tls(plain: PlainKubeconfig) -> TlsFiles:
+    """The TLS settings of a plain kubeconfig: its CA (file or data), client key pair
+    (written to files when given as data) and insecure-skip-tls-verify."""
+    return TlsFiles(
         ca_data=plain.ca.data.decode() if plain.ca is not None and plain.ca.data is not None else None,
         ca_file=str(plain.ca.path) if plain.ca is not None and plain.ca.path is not None else None,
         cert_file=plain.client_cert.file("cert") if plain.client_cert is not None else None,
         key_file=plain.client_key.file("key") if plain.client_key is not None else None,
         insecure=plain.insecure,
     )
-    try:
-        return KubeHttp(plain.server, tls=tls, token=StaticToken(plain.token) if plain.token else None,
-                        pool_size=pool_size)
-    except (ssl.SSLError, OSError, ValueError) as e:
-        raise KubeconfigError(f"kubeconfig {plain.source}: cannot use its TLS settings or server: {e}") from e
 
 
 def _library_client(path: str | None, context: str | None, pool_size: int) -> ApiClientHttp:

@@ -12,7 +12,7 @@ the caller uses the library's loader, which handles it or rejects it: an unknown
 is never dropped here.
 
     target = read_plain("~/.kube/config", context=None)   # PlainKubeconfig | None
-    if target: target.configure(cfg)                       # a kubernetes Configuration
+    if target: api = client.plain_client(target)           # meshd's own HTTP client
 """
 from __future__ import annotations
 
@@ -79,19 +79,6 @@ class PlainKubeconfig:
     client_cert: PemSource | None
     client_key: PemSource | None
     token: str | None
-
-    def configure(self, cfg: Any) -> None:
-        """Set a `kubernetes.client.Configuration` as the library's loader would."""
-        cfg.host = self.server
-        if self.insecure:
-            cfg.verify_ssl = False
-        elif self.ca is not None:
-            cfg.ssl_ca_cert = self.ca.file("ca")
-        if self.client_cert is not None and self.client_key is not None:
-            cfg.cert_file = self.client_cert.file("cert")
-            cfg.key_file = self.client_key.file("key")
-        if self.token:
-            cfg.api_key = {"BearerToken": f"Bearer {self.token}"}  # the key auth_settings() reads
 
 
 def read_plain(path: str | os.PathLike[str], context: str | None = None) -> PlainKubeconfig | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from controlplane.kube.client import plain_tls
 from controlplane.kube.kubeconfig import KubeconfigError, read_plain
 from tests.support.pki import make_ca
 
@@ -34,11 +35,25 @@ def write(tmp_path: Path, user: dict, cluster: dict | None = None, **top) -> Pat
     return path
 
 
+def read(path) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
 def settings(cfg) -> dict:
-    """What a connection is made with: host, TLS files' contents, auth header."""
-    read = lambda p: Path(p).read_bytes() if p else None
+    """What the library connects with: host, TLS files' contents, auth header."""
     return {"host": cfg.host, "verify": cfg.verify_ssl, "ca": read(cfg.ssl_ca_cert), "cert": read(cfg.cert_file),
             "key": read(cfg.key_file), "auth": dict(cfg.api_key)}
+
+
+def our_settings(plain) -> dict:
+    """The same of what meshd's client is made with (kube/client.py plain_client)."""
+    tls = plain_tls(plain)
+    if tls.insecure:
+        ca = None  # not verified
+    else:
+        ca = tls.ca_data.encode() if tls.ca_data is not None else read(tls.ca_file)
+    return {"host": plain.server, "verify": not tls.insecure, "ca": ca, "cert": read(tls.cert_file),
+            "key": read(tls.key_file), "auth": {"BearerToken": f"Bearer {plain.token}"} if plain.token else {}}
 
 
 @pytest.mark.parametrize("user", [
@@ -50,13 +65,12 @@ def test_a_plain_kubeconfig_connects_as_the_librarys_loader_would(tmp_path, user
     from kubernetes import client, config
 
     path = write(tmp_path, user)
-    ours, theirs = client.Configuration(), client.Configuration()
+    theirs = client.Configuration()
     plain = read_plain(path)
     assert plain is not None
-    plain.configure(ours)
     config.load_kube_config(config_file=str(path), client_configuration=theirs)
-    assert settings(ours) == settings(theirs)
-    assert ours.host == "https://10.0.0.1:6443"
+    assert our_settings(plain) == settings(theirs)
+    assert plain.server == "https://10.0.0.1:6443"
 
 
 def test_relative_files_are_read_beside_the_kubeconfig_and_insecure_skips_the_ca(tmp_path):
@@ -65,14 +79,10 @@ def test_relative_files_are_read_beside_the_kubeconfig_and_insecure_skips_the_ca
     (tmp_path / "pki" / "admin.key").write_bytes(KEY)
     path = write(tmp_path, {"client-certificate": "pki/admin.crt", "client-key": "pki/admin.key"},
                  cluster={"server": "https://k:6443", "insecure-skip-tls-verify": True})
-    from kubernetes import client
-
-    cfg = client.Configuration()
     plain = read_plain(path)
     assert plain is not None
-    plain.configure(cfg)
-    assert settings(cfg) == {"host": "https://k:6443", "verify": False, "ca": None, "cert": CERT, "key": KEY,
-                             "auth": {}}
+    assert our_settings(plain) == {"host": "https://k:6443", "verify": False, "ca": None, "cert": CERT, "key": KEY,
+                                   "auth": {}}
 
 
 @pytest.mark.parametrize("user,cluster,top", [
