@@ -144,15 +144,8 @@ def install() -> bool:
     return True
 
 
-def uninstall() -> None:
-    """Put the stdlib's `_create_fn` back (tests; a process that wants the plain path)."""
-    global _stdlib_create_fn
-    if _stdlib_create_fn is not None:
-        dataclasses._create_fn = _stdlib_create_fn  # type: ignore[attr-defined]
-        _stdlib_create_fn = None
-
-
 def installed() -> bool:
+    """Whether this process's dataclasses go through the cache."""
     return _stdlib_create_fn is not None
 
 
