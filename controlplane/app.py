@@ -37,8 +37,8 @@ from .debug.gateway_api import gateway_api_section
 from .debug.monitoring import start_monitoring
 from .debug.operator import operator_view
 from .debug.ui.routes import ui_routes
-from .generators import Generator
-from .generators.envoyfilter.metrics import LeftOutPatches
+from .generators.deferred import DeferredGenerator
+from .generators.left_out_patches import LeftOutPatches
 from .model.gateway_api.status import gateway_api_status
 from .model.mesh import MeshSnapshot, build_mesh, mesh_version
 from .model.meshconfig import DEFAULT as DEFAULT_MESH_CONFIG
@@ -194,6 +194,9 @@ class MeshBuilder:
         # Told of each new snapshot (e.g. the report of policies not enforced as written),
         # after its push (_observe).
         self.observers: list = []
+        # Awaited before the observers are first told (app.py: the warm-up after ready, so
+        # that they do not import the generators on the event loop). None: no wait.
+        self.observe_after: asyncio.Future | None = None
         self._observed_next: MeshSnapshot | None = None
         self._observer_task: asyncio.Task | None = None
         store.subscribe(self._on_change)
@@ -280,6 +283,8 @@ class MeshBuilder:
             self._observer_task = loop.create_task(self._observe_when_written())
 
     async def _observe_when_written(self) -> None:
+        if self.observe_after is not None:
+            await self.observe_after
         deadline = time.monotonic() + OBSERVE_WAIT_MAX
         while getattr(self.ads, "busy", False) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)  # busy looks at every connection: not too often
@@ -377,6 +382,42 @@ async def _unless_stopped(stop: asyncio.Event, step) -> bool:
         return False
     task.result()  # its exception, if it failed
     return True
+
+
+# Imported by the warm-up after ready, beside the generator itself: what the observers
+# (reports) and the debug views need that the first snapshot did not.
+WARM_MODULES = (
+    "controlplane.generators.authz.builder",
+    "controlplane.generators.telemetry_problems",
+    "controlplane.generators.envoyfilter.stage",
+    "controlplane.debug.configdump",
+)
+
+
+def _import_for_serving(generator: DeferredGenerator) -> None:
+    import importlib
+
+    generator.warm()
+    for name in WARM_MODULES:
+        importlib.import_module(name)
+    from . import dataclass_cache
+
+    dataclass_cache.save()  # the methods of every dataclass of a start, for the next start
+
+
+async def _warm_up(generator: DeferredGenerator, warmed: asyncio.Future) -> None:
+    """After ready: the generators and Envoy's protobuf modules, imported in a thread so
+    that the event loop keeps answering (/ready, a proxy's first request, which waits for
+    the generator if it comes first). Then the snapshot observers run (MeshBuilder)."""
+    started = time.perf_counter()
+    try:
+        await asyncio.to_thread(_import_for_serving, generator)
+        log.info("generators ready", ms=round((time.perf_counter() - started) * 1000, 1))
+    except Exception as e:  # a bug here must not keep the observers waiting
+        log.exception("generator warm-up failed", error=str(e))
+    finally:
+        if not warmed.done():
+            warmed.set_result(None)
 
 
 async def _initial_lists(k8s) -> None:
@@ -502,7 +543,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                                     mesh_config_origin=f"file {opts.mesh_config_file}" if opts.mesh_config_file
                                     else "defaults", root_namespace=opts.root_namespace)
                 member.add_leader_task("webhooks", webhooks.patcher.run)
-    generator = Generator()
+    generator = DeferredGenerator()  # made by the warm-up after ready, or by the first proxy
     ads = AdsServer(generator, metrics, secrets=secrets, options=AdsOptions(
         trust_domain=opts.trust_domain, max_pushes_in_flight=opts.max_pushes_in_flight,
         write_timeout=opts.write_timeout))
@@ -516,8 +557,12 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     debug_routes["/debug/jwksz"] = _json_view(key_sets.status)
     policy_report = PolicyReport(metrics.registry)
     telemetry_report = TelemetryReport(metrics.registry)
+    # Rows only from a generator made (one not yet made has left nothing out): a scrape or a
+    # configz read does not make it on the event loop.
+    def left_out() -> list:
+        return generator.envoy_filter_problems() if generator.made else []
+    metrics.registry.register(LeftOutPatches(left_out))  # beside configz envoyFilterProblems
     sidecar_report = SidecarReport(metrics.registry)
-    metrics.registry.register(LeftOutPatches(generator.envoy_filter_problems))  # beside configz envoyFilterProblems
     bootstrap_report = BootstrapPatchReport(generator, lambda: [c.proxy for c in ads.connections()])
     registry = _workload_registry(opts, store, member, metrics)  # WorkloadGroup auto-registration (docs/vm.md)
     ads.registrations = registry
@@ -530,7 +575,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
                                                    "policyProblems": policy_report.status,
                                                    "autoRegistration": registry.status,
                                                    "gatewayAPI": lambda: gateway_api_section(ads.mesh),
-                                                   "envoyFilterProblems": generator.envoy_filter_problems,
+                                                   "envoyFilterProblems": left_out,
                                                    "bootstrapPatches": lambda: bootstrap_report.rows(ads.mesh),
                                                    "extensionConfigsMissing":
                                                        lambda: missing_extension_configs(ads.connections()),
@@ -543,6 +588,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
     builder = MeshBuilder(store, ads, opts.debounce_after, opts.root_namespace, debounce_max=opts.debounce_max,
                           eds_debounce_after=opts.eds_debounce_after, debounce_isolated=opts.debounce_isolated)
     builder.mesh_config, builder.key_sets = mesh_source.current, key_sets
+    warmed = builder.observe_after = loop.create_future()
     mesh_source.on_change, key_sets.on_change = builder.set_mesh_config, builder.set_jwks
     if webhooks is not None and opts.mesh_config_file:  # injection follows the file too
         mesh_file, follow_mesh = opts.mesh_config_file, webhooks.mesh_config_file_changed
@@ -645,6 +691,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
             # The election and the leader's work (status of every object, webhooks, trust
             # bundles) after the first snapshot: at start they took its CPU (bench/README.md "Start-up").
             member_task = asyncio.create_task(member.run(stop), name="meshd-cluster")
+        tasks.append(asyncio.create_task(_warm_up(generator, warmed)))
         tasks.append(asyncio.create_task(builder.run(stop)))
         tasks.append(asyncio.create_task(key_sets.run(stop)))
         if opts.mesh_config_file:

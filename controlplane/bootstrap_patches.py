@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any
-
-from envoy.config.bootstrap.v3 import bootstrap_pb2
+from typing import TYPE_CHECKING, Any
 
 from . import names
 from .bootstrap import XdsTls
+
+if TYPE_CHECKING:
+    from envoy.config.bootstrap.v3 import bootstrap_pb2
 
 MARKER = "MESHD_BOOTSTRAP_PATCHES"  # node metadata: the version of the patch merged
 FETCHING = "fetching"  # the marker of the fetch itself (not a running proxy)
@@ -39,6 +40,7 @@ def fetch(doc: dict[str, Any], xds_address: str, tls: XdsTls | None,
     """The BOOTSTRAP patch meshd serves the node of `doc` (a bootstrap as built), and its
     version; BootstrapPatchError naming the address and the reason when that fails."""
     import grpc
+    from envoy.config.bootstrap.v3 import bootstrap_pb2
     from envoy.config.core.v3 import base_pb2
     from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
     from google.protobuf import json_format
@@ -100,6 +102,7 @@ def merge_into(doc: dict[str, Any], patch: bootstrap_pb2.Bootstrap, version: str
     """`doc` (a bootstrap as built, JSON-shaped) with `patch` merged in as proto merge does,
     and the node metadata MARKER set to `version`. BootstrapPatchError when the result
     would name a static listener or cluster twice (Envoy refuses it)."""
+    from envoy.config.bootstrap.v3 import bootstrap_pb2
     from google.protobuf import json_format
 
     from .config.types.envoyfilter import _load_types

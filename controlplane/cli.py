@@ -392,7 +392,10 @@ def _start_kube_prefetch(argv: list[str]):
     return prefetch
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """meshd's command line; `only="serve"`: the serve command alone (what `meshd serve`
+    parses with: the same flags, help and errors, without importing every other command's
+    modules at each start)."""
     from .version import meshd_version
 
     p = argparse.ArgumentParser(prog="meshd", description="xDS control plane for Envoy speaking Istio's config API")
@@ -455,6 +458,8 @@ def parser() -> argparse.ArgumentParser:
                         "monitoring and debug views are the first one's) (default %(default)s)")
     s.add_argument("--worker-of", type=int, default=0, help=argparse.SUPPRESS)
     s.set_defaults(func=_serve)
+    if only == "serve":
+        return p
 
     b = sub.add_parser(
         "bootstrap", help="print an Envoy bootstrap that connects to meshd",
@@ -566,7 +571,12 @@ UID 1337 in a pod), e.g. chown 1337 FILE.""",
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     prefetch = _start_kube_prefetch(argv) if argv[:1] == ["serve"] else None  # before the heavy imports
-    args = parser().parse_args(argv)
+    if argv[:1] == ["serve"]:
+        args, rest = parser(only="serve").parse_known_args(argv)
+        if rest:  # the error as the whole command line gives it
+            args = parser().parse_args(argv)
+    else:
+        args = parser().parse_args(argv)
     args.kube_prefetch = prefetch
     return args.func(args)
 

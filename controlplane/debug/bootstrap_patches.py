@@ -23,7 +23,6 @@ import structlog
 from .. import names
 from ..bootstrap_patches import FETCHING, MARKER
 from ..config import kinds
-from ..generators.envoyfilter import stage
 from ..generators.resources import content_version
 from ..model.proxy import Proxy
 
@@ -34,6 +33,14 @@ CHANGED = "the BOOTSTRAP patches changed since the proxy's bootstrap was written
 NOT_FETCHED = ("the proxy's bootstrap was written without the BOOTSTRAP patches (proxyMetadata BOOTSTRAP_XDS_AGENT, "
                "or meshd bootstrap / pod-init --fetch-envoy-filters): they apply once it is written with them and "
                "the proxy restarts")
+
+
+def _stage() -> Any:
+    """generators.envoyfilter.stage, imported when a proxy is first looked at (after ready:
+    the generators are not imported before the first snapshot)."""
+    from ..generators.envoyfilter import stage
+
+    return stage
 
 
 class BootstrapPatchReport:
@@ -57,7 +64,7 @@ class BootstrapPatchReport:
                 continue
             out[proxy.id] = {
                 "proxy": proxy.id,
-                "envoyFilters": [s.key for s in stage.selected(mesh, proxy)
+                "envoyFilters": [s.key for s in _stage().selected(mesh, proxy)
                                  if any(cp.apply_to == "BOOTSTRAP" for cp in s.filter.patches)],
                 "written": written or "", "current": current,
                 "reason": NOT_FETCHED if written is None else CHANGED,

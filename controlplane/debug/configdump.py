@@ -12,7 +12,6 @@ example) is kept verbatim as JSON, so printing the dump back loses nothing.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from google.protobuf.message import Message
 
 from .. import names
 from .gojson import OPAQUE_PREFIX, UnknownType, message_class, preload_types
+from .times import rfc3339
 
 ADMIN = "type.googleapis.com/envoy.admin.v3."
 BOOTSTRAP = ADMIN + "BootstrapConfigDump"
@@ -317,10 +317,6 @@ def from_sent(node: base_pb2.Node | None, sent: Iterable[Sent]) -> ConfigDump:
                 version_info=s.version, ecds_filter=r.any, last_updated=_timestamp(s.sent_at)))
         out.configs.append(_pack(ecds, ECDS))
     return ConfigDump(out)
-
-
-def rfc3339(t: float) -> str:
-    return _dt.datetime.fromtimestamp(t, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else ""
 
 
 __all__ = [

@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from .configdump import rfc3339
+from .times import rfc3339
 
 # istiod's convergence buckets (pilot/pkg/xds/monitoring.go)
 CONVERGENCE_BUCKETS = (0.1, 0.5, 1, 3, 5, 10, 20, 30)

@@ -23,7 +23,6 @@ from google.protobuf import any_pb2
 
 from .. import names
 from .gojson import jsonpb
-from .goyaml import to_yaml
 from .tabwriter import TabWriter
 
 CLIENT_CONFIG = "type.googleapis.com/envoy.service.status.v3.ClientConfig"
@@ -175,13 +174,15 @@ def print_status(responses: Iterable[discovery_pb2.DiscoveryResponse], out: Text
 def print_status_dump(dr: discovery_pb2.DiscoveryResponse, out: TextIO, fmt: str) -> None:
     text = jsonpb(dr, "    ")
     if fmt == "yaml":
+        from .goyaml import to_yaml  # PyYAML only for this output (the server imports this module)
+
         text = to_yaml(text)
     out.write(text + "\n")
 
 
 def syncz_entry(conn: Any, instance_types: Iterable[str] = ()) -> dict:
     """One connection's sync state as /debug/syncz reports it (see views.syncz)."""
-    from .configdump import rfc3339
+    from .times import rfc3339
 
     p = conn.proxy
     types = []

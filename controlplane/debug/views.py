@@ -17,12 +17,15 @@ them. Nothing here can change the server.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..names import GATEWAY_API_GROUP
 from ..version import meshd_version
-from .configdump import ConfigDump, Sent, from_sent, rfc3339
 from .status import syncz_entry
+from .times import rfc3339
+
+if TYPE_CHECKING:
+    from .configdump import ConfigDump
 
 DEFAULT_INSTANCE = f"meshd-{socket.gethostname()}"
 
@@ -92,6 +95,8 @@ class DebugViews:
         conn = self.find_connection(proxy_id)
         if conn is None:
             return None
+        from .configdump import Sent, from_sent  # Envoy's admin protos: on the first dump, not at start
+
         sent = [Sent(t, s.sent_version, s.sent_at, tuple(getattr(s, "sent_resources", ())))
                 for t, s in conn.subscriptions.items() if s.sent_nonce]
         return from_sent(getattr(conn, "node", None), sent)

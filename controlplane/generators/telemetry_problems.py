@@ -17,7 +17,6 @@ telemetry/problem_report.py (event, /debug/configz, gauge) and `meshd analyze` (
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from ..config.types.telemetry import Metrics
 from ..model.mesh import MeshSnapshot
@@ -34,27 +33,15 @@ from ..model.telemetry import (
 )
 from ..names import GATEWAY_API_GROUP
 from . import access_log
+from .telemetry_problem import (
+    METRICS_NOT_APPLIED,
+    PROVIDER_NOT_SERVED,
+    REQUEST_ID_SAMPLING_NOT_SERVED,
+    TARGET_REFS_NOT_SERVED,
+    UNKNOWN_PROVIDER,
+    TelemetryProblem,
+)
 from .tracing import TracingError, hcm_tracing, mesh_telemetries
-
-METRICS_NOT_APPLIED = "MetricsNotApplied"
-TARGET_REFS_NOT_SERVED = "TargetRefsNotServed"
-UNKNOWN_PROVIDER = "UnknownProvider"
-PROVIDER_NOT_SERVED = "ProviderNotServed"
-REQUEST_ID_SAMPLING_NOT_SERVED = "RequestIdSamplingNotServed"
-REASONS = (METRICS_NOT_APPLIED, TARGET_REFS_NOT_SERVED, UNKNOWN_PROVIDER, PROVIDER_NOT_SERVED,
-           REQUEST_ID_SAMPLING_NOT_SERVED)
-
-
-@dataclass(frozen=True, slots=True)
-class TelemetryProblem:
-    namespace: str
-    name: str
-    field: str  # the spec path, e.g. `spec.tracing[0].providers[0]`
-    reason: str  # one of REASONS
-    detail: str  # what is not served and why, for people
-
-    def message(self) -> str:
-        return f"{self.field}: {self.detail}"
 
 
 def _provider_problem(name: str, mc: MeshConfig, tracing: bool) -> tuple[str, str] | None:

@@ -15,7 +15,7 @@ from collections.abc import Hashable
 
 from prometheus_client import CollectorRegistry
 
-from ..generators.authz.builder import ERROR, WARNING, Problem, problems
+from ..generators.authz.problem import ERROR, WARNING, Problem
 from ..model.mesh import MeshSnapshot
 from ..model.security import typed_policies
 from ..problem_report import ProblemReport, ReportSpec
@@ -39,6 +39,8 @@ def _input(mesh: MeshSnapshot) -> Hashable:
 
 
 def _find(mesh: MeshSnapshot) -> tuple[Problem, ...]:
+    from ..generators.authz.builder import problems  # the builder after ready (app.py warms it)
+
     return problems(typed_policies(mesh), mesh.mesh_config, services=mesh.services)
 
 

@@ -76,14 +76,18 @@ class ResourceView:
         """The generator's account of an endpoint-only change from `previous` to `mesh`
         (generators/express.py EndpointChange: `hosts`, `addresses`, `touches(names)`), or
         None: every proxy's keys decide."""
+        if previous is None or mesh is previous:  # before the generator is asked (it may not be made yet)
+            return None
         of = getattr(self.generator, "endpoint_change", None)
-        return None if of is None or previous is None or mesh is previous else of(previous, mesh)
+        return None if of is None else of(previous, mesh)
 
     def rule_change(self, previous: Any, mesh: Any) -> Any:
         """The generator's account of a DestinationRule-only change (generators/express.py
         RuleChange: `hosts`, `reaches(proxy)`), or None: every proxy's keys decide."""
+        if previous is None or mesh is previous:
+            return None
         of = getattr(self.generator, "rule_change", None)
-        return None if of is None or previous is None or mesh is previous else of(previous, mesh)
+        return None if of is None else of(previous, mesh)
 
     async def resolve(self, conn: Connection, sub: Subscription, mesh: Any) -> ResourceSet:
         """Every resource of the type this proxy should have (for SDS: the named ones)."""

@@ -26,7 +26,6 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..config.types.telemetry import CLIENT, SERVER
-from ..generators.tracing import mesh_telemetries
 from ..model.proxy import Proxy
 from ..model.telemetry import ProxyMetrics, applicable, resolve_metrics, tag_value
 from .counters import CLASSES
@@ -66,6 +65,8 @@ def metrics_settings(mesh: Any) -> Callable[[Proxy | None], ProxyMetrics]:
     namespace and label set."""
     if mesh is None:
         return lambda _proxy: ProxyMetrics()
+    from ..generators.tracing import mesh_telemetries  # the generators after ready (app.py warms them)
+
     telemetries = mesh_telemetries(mesh)
     if not any(t.spec.metrics for t in telemetries) and not dict(mesh.mesh_config.default_providers).get("metrics"):
         every = ProxyMetrics()

@@ -12,8 +12,7 @@ from collections.abc import Hashable
 
 from prometheus_client import CollectorRegistry
 
-from ..generators.telemetry_problems import REASONS, TelemetryProblem, mesh_problems
-from ..generators.tracing import mesh_telemetries
+from ..generators.telemetry_problem import REASONS, TelemetryProblem
 from ..model.mesh import MeshSnapshot
 from ..problem_report import ProblemReport, ReportSpec
 
@@ -26,9 +25,17 @@ SPEC = ReportSpec[TelemetryProblem](
 
 
 def _input(mesh: MeshSnapshot) -> Hashable:
+    from ..generators.tracing import mesh_telemetries  # the generators after ready (app.py warms them)
+
     return (tuple((t.namespace, t.name, t.generation) for t in mesh_telemetries(mesh)), repr(mesh.mesh_config))
+
+
+def _find(mesh: MeshSnapshot) -> tuple[TelemetryProblem, ...]:
+    from ..generators.telemetry_problems import mesh_problems
+
+    return mesh_problems(mesh)
 
 
 class TelemetryReport(ProblemReport[TelemetryProblem]):
     def __init__(self, registry: CollectorRegistry | None = None):
-        super().__init__(SPEC, mesh_problems, _input, registry)
+        super().__init__(SPEC, _find, _input, registry)

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import grpc
+from typing import TYPE_CHECKING, Any
 
 from .istio_metrics import IstioMetricsCollector
-from .service import MetricsService, add_metrics_servicer
 from .store import TelemetryStore
+
+if TYPE_CHECKING:
+    import grpc
+
+    from .service import MetricsService
 
 
 @dataclass(frozen=True)
@@ -27,9 +29,15 @@ class Telemetry:
         store = TelemetryStore() if max_proxies is None else TelemetryStore(max_proxies)
         if registry is not None:
             registry.register(IstioMetricsCollector(store, mesh, trust_domain))
-        service = MetricsService(store, authenticators) if authenticators else None
+        service = None
+        if authenticators:  # Envoy's metrics service protos only when it is served
+            from .service import MetricsService
+
+            service = MetricsService(store, authenticators)
         return cls(store, service)
 
     def add_to(self, server: grpc.aio.Server) -> None:
         if self.service is not None:
+            from .service import add_metrics_servicer
+
             add_metrics_servicer(self.service, server)

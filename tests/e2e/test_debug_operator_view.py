@@ -21,6 +21,7 @@ import pytest
 
 from controlplane import app as meshd_app
 from controlplane import names
+from controlplane.generators import generator as generator_module
 from tests.support.envoy import envoy
 from tests.support.harness import free_port, http_backend, http_get, wait_for
 from tests.support.operator_view import (
@@ -76,7 +77,7 @@ def envoy_table(admin_port: int, kind: str) -> str:
 
 
 def test_proxy_config_status_and_nack(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(meshd_app, "Generator", BreakableGenerator)
+    monkeypatch.setattr(generator_module, "Generator", BreakableGenerator)  # the class the warm-up makes
     BreakableGenerator.broken.clear()
     gw_port, backend_port = free_port("127.0.0.1"), free_port("127.0.0.1")
     cfg = tmp_path / "config"

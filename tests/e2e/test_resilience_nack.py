@@ -13,6 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from controlplane import app as meshd_app
+from controlplane.generators import generator as generator_module
 from tests.support.envoy import envoy
 from tests.support.harness import free_port, http_backend, http_get, wait_for
 from tests.support.operator_view import HOST, BreakableGenerator, config, inprocess_meshd, run_cli, syncz, vs
@@ -35,7 +36,7 @@ def _metric(mon: int, prefix: str) -> float:
 
 
 def test_nack_is_recorded_not_resent_and_recovered(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(meshd_app, "Generator", BreakableGenerator)
+    monkeypatch.setattr(generator_module, "Generator", BreakableGenerator)  # the class the warm-up makes
     BreakableGenerator.broken.clear()
     gw_port, backend_port = free_port("127.0.0.1"), free_port("127.0.0.1")
     cfg = tmp_path / "config"

@@ -11,7 +11,7 @@ from controlplane.config import kinds
 from controlplane.config.validation import validate
 from controlplane.generators import Generator
 from controlplane.generators.envoyfilter.apply import ENVOY_WOULD_REJECT
-from controlplane.generators.envoyfilter.metrics import METRIC, LeftOutPatches
+from controlplane.generators.left_out_patches import METRIC, LeftOutPatches
 from controlplane.model.proxy import parse_node
 from tests.support import chapter9
 from tests.support.chapter9 import NS, WEBAPP_PROXY

@@ -10,22 +10,17 @@ Validation and the generator (generators/envoyfilter/) both call it.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-from envoy.config.bootstrap.v3 import bootstrap_pb2
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import extension_pb2
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from google.protobuf import descriptor_pool, json_format
-from google.protobuf.message import Message
+from typing import TYPE_CHECKING, Any
 
 from .common import each, integer, labels, mapping, optional, text
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
 
 APPLY_TO = ("LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER", "ROUTE_CONFIGURATION", "VIRTUAL_HOST",
             "HTTP_ROUTE", "CLUSTER", "EXTENSION_CONFIG", "BOOTSTRAP", "LISTENER_FILTER")
@@ -190,19 +185,31 @@ def envoy_filter(spec: Mapping[str, Any]) -> EnvoyFilter:
 
 # --- patch values as Envoy protos ------------------------------------------------------
 
-MESSAGE_OF: dict[str, type[Message]] = {
-    "LISTENER": listener_pb2.Listener,
-    "FILTER_CHAIN": listener_components_pb2.FilterChain,
-    "NETWORK_FILTER": listener_components_pb2.Filter,
-    "HTTP_FILTER": hcm_pb2.HttpFilter,
-    "ROUTE_CONFIGURATION": route_pb2.RouteConfiguration,
-    "VIRTUAL_HOST": route_components_pb2.VirtualHost,
-    "HTTP_ROUTE": route_components_pb2.Route,
-    "CLUSTER": cluster_pb2.Cluster,
-    "LISTENER_FILTER": listener_components_pb2.ListenerFilter,
-    "EXTENSION_CONFIG": extension_pb2.TypedExtensionConfig,
-    "BOOTSTRAP": bootstrap_pb2.Bootstrap,
-}
+@functools.cache
+def message_of() -> dict[str, type[Message]]:
+    """The Envoy type of each applyTo's value. Envoy's protobuf modules are imported here,
+    when a patch is first converted, not with the config types: meshd parses its initial
+    lists, and reaches ready, without them."""
+    from envoy.config.bootstrap.v3 import bootstrap_pb2
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.config.core.v3 import extension_pb2
+    from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+    from envoy.config.route.v3 import route_components_pb2, route_pb2
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+    return {
+        "LISTENER": listener_pb2.Listener,
+        "FILTER_CHAIN": listener_components_pb2.FilterChain,
+        "NETWORK_FILTER": listener_components_pb2.Filter,
+        "HTTP_FILTER": hcm_pb2.HttpFilter,
+        "ROUTE_CONFIGURATION": route_pb2.RouteConfiguration,
+        "VIRTUAL_HOST": route_components_pb2.VirtualHost,
+        "HTTP_ROUTE": route_components_pb2.Route,
+        "CLUSTER": cluster_pb2.Cluster,
+        "LISTENER_FILTER": listener_components_pb2.ListenerFilter,
+        "EXTENSION_CONFIG": extension_pb2.TypedExtensionConfig,
+        "BOOTSTRAP": bootstrap_pb2.Bootstrap,
+    }
 
 
 class PatchValueError(Exception):
@@ -210,7 +217,9 @@ class PatchValueError(Exception):
 
 
 def to_message(apply_to: str, value: Mapping[str, Any] | None) -> Message:
-    cls = MESSAGE_OF.get(apply_to)
+    from google.protobuf import json_format
+
+    cls = message_of().get(apply_to)
     if cls is None:
         raise PatchValueError(f"applyTo {apply_to} is not supported by meshd")
     msg = cls()
@@ -241,6 +250,8 @@ _TRIED: set[str] = set()
 
 
 def _import_type(full_name: str) -> None:
+    from google.protobuf import descriptor_pool
+
     pool = descriptor_pool.Default()
     try:
         pool.FindMessageTypeByName(full_name)

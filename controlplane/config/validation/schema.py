@@ -21,12 +21,8 @@ import json
 import re
 from typing import Any
 
-import yaml
-
 from . import cel
 from .errors import FieldError, child, index, invalid, map_key, render, required, type_name, unknown_field
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # CRD files shipped in controlplane/config/schemas/, by (group, kind).
 CRD_FILES: dict[tuple[str, str], str] = {
@@ -322,7 +318,11 @@ def load_crd(path: str) -> dict:
     """A bundled CRD, `path` under controlplane/config/schemas/ (e.g. `gateway-api/...`)."""
     data = importlib.resources.files("controlplane.config").joinpath("schemas", *path.split("/")).read_bytes()
     copy = _json_copy(path, data)
-    return copy if copy is not None else yaml.load(data.decode("utf-8"), Loader=_Loader)
+    if copy is not None:
+        return copy
+    import yaml  # only without the build's JSON copy (a source tree never built)
+
+    return yaml.load(data.decode("utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _json_copy(path: str, data: bytes) -> dict | None:

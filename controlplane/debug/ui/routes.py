@@ -15,9 +15,9 @@ from typing import Any
 
 from ...telemetry.edges import edges
 from ...telemetry.store import TelemetryStore
-from ..configdump import rfc3339
 from ..monitoring import Handler, Request, Response
 from ..status import syncz_entry
+from ..times import rfc3339
 from .model import ProxyState, build_page
 
 STATIC = {"/ui/": ("index.html", "text/html; charset=utf-8"),

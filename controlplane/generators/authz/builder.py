@@ -42,6 +42,7 @@ from ...model.meshconfig import MeshConfig
 from ...names import GATEWAY_API_GROUP
 from . import extauthz
 from . import matchers as m
+from .problem import ERROR, WARNING, Problem
 from .rules import rule_policy
 from .trust_domains import Bundle
 
@@ -230,22 +231,6 @@ def network_filters(wp: WorkloadPolicies, mesh_config: MeshConfig, *, is_gateway
 
 
 # --- problems ------------------------------------------------------------------------------------
-
-ERROR, WARNING = "error", "warning"
-
-
-@dataclass(frozen=True)
-class Problem:
-    namespace: str
-    name: str
-    field: str  # e.g. "spec.rules[0]", "spec.provider.name"
-    reason: str  # what is wrong and what meshd (as istiod) does about it
-    severity: str = ERROR
-
-    def message(self) -> str:
-        where = f"{self.field}: " if self.field else ""
-        return f"AuthorizationPolicy {self.namespace}/{self.name}: {where}{self.reason}"
-
 
 def _split(text: str) -> tuple[str, str]:
     field, sep, reason = text.partition(": ")

@@ -32,8 +32,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from ...config import kinds
 from ...config.objects import ConfigObject
 from ...config.snapshot import ConfigSnapshot
@@ -291,6 +289,8 @@ def with_parameters(docs: list[dict[str, Any]], data: Mapping[str, str]) -> tupl
         if not text:
             out.append(doc)
             continue
+        import yaml  # only for a parametersRef overlay: not at start-up
+
         try:
             overlay = yaml.safe_load(text)
         except yaml.YAMLError as e:
