@@ -118,19 +118,32 @@ def bytecode_env(root: Path = REPO) -> dict[str, str]:
     return env
 
 
+def without_site_hooks(env: dict[str, str]) -> list[str]:
+    """Python's flags (and `env` changed) to start meshd as its image does: this machine's
+    site-packages hold .pth files that are not meshd's (a sandbox's CA bundle hook, which
+    imports certifi, and the editable install of the checkout) and cost every Python
+    process here 40-50 ms at start; the image has neither. `-S` skips them, and the
+    site-packages go on PYTHONPATH instead (after the tree under test)."""
+    sites = [p for p in sys.path if p.endswith("site-packages")]
+    env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], *sites])
+    return ["-S"]
+
+
 class Meshd:
-    """`meshd serve` on `config_dir`, or (None) on what `extra` names (--kubeconfig)."""
+    """`meshd serve` on `config_dir`, or (None) on what `extra` names (--kubeconfig).
+    `site_hooks`: start it with this machine's site hooks (see without_site_hooks)."""
 
     def __init__(self, config_dir: Path | None, work: Path, extra: list[str], profile: str | None = None,
-                 python: str = sys.executable, cwd: Path = REPO):
+                 python: str = sys.executable, cwd: Path = REPO, site_hooks: bool = False):
         self.xds, self.mon = free_port(), free_port()
         self.log_path = work / f"meshd-{self.xds}.log"
-        prefix = ["-m", "cProfile", "-o", profile] if profile else []
+        env = bytecode_env(cwd)
+        flags = [] if site_hooks else without_site_hooks(env)
+        prefix = [*flags, *(["-m", "cProfile", "-o", profile] if profile else [])]
         source = ["--config-dir", str(config_dir)] if config_dir is not None else []
         argv = [python, *prefix, "-m", "controlplane", "serve", *source,
                 "--xds-port", str(self.xds), "--monitoring-port", str(self.mon), "--secure-xds-port", "0",
                 "--listen-address", "127.0.0.1", "--ca-dir", str(work / "ca"), "--log-format", "json", *extra]
-        env = bytecode_env(cwd)
         # A state directory of its own ($MESHD_HOME: last good config, a cluster CA's
         # mirror): the shared default (~/.meshd) holds every earlier run's copies, and
         # pruning them at start once took 8.7 s of this start-up.
@@ -320,7 +333,8 @@ def run_transport(sc: Scenario, transport: str, args, work: Path) -> dict:
     sc.write(config)
     specs = sc.proxies()
     result: dict = {"transport": transport}
-    meshd = Meshd(config, work, args.meshd_arg, args.profile, cwd=args.meshd_tree or REPO)
+    meshd = Meshd(config, work, args.meshd_arg, args.profile, cwd=args.meshd_tree or REPO,
+                  site_hooks=args.meshd_site_hooks)
     try:
         result["startup_to_ready_s"] = round(meshd.ready_after, 3)
         # Before any proxy: what the configuration alone costs (the per-proxy figures subtract it).
@@ -561,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra `meshd serve` argument (repeat), e.g. --meshd-arg=--poll-interval=0.1")
     ap.add_argument("--json", help="also write the JSON document to this file")
     ap.add_argument("--profile", help="run meshd under cProfile, writing the profile to this file")
+    ap.add_argument("--meshd-site-hooks", action="store_true",
+                    help="start meshd with this machine's .pth site hooks (without_site_hooks says why not)")
     ap.add_argument("--no-floor", action="store_true", help="skip the floor measurement")
     ap.add_argument("--measure", default="full,endpoint", help="what to measure: full,endpoint (default both)")
     ap.add_argument("--keep-logs", type=Path, help="copy meshd's logs into this directory")

@@ -92,7 +92,7 @@ def start_plane(name: str, cluster: Cluster, work: Path, args) -> Plane:
         return Plane(name, ist.pid, ist.xds, ist.ready_after, istiod=ist)
     if name == "meshd" or "=" in name:  # this checkout, or LABEL=another checkout (e.g. before a change)
         label, _, tree = name.partition("=")
-        m = Meshd(None, work, ["--kubeconfig", str(cluster.kubeconfig), *args.meshd_arg],
+        m = Meshd(None, work, ["--kubeconfig", str(cluster.kubeconfig), *args.meshd_arg], site_hooks=args.meshd_site_hooks,
                   cwd=Path(tree) if tree else REPO)
         return Plane(label, m.proc.pid, f"127.0.0.1:{m.xds}", m.ready_after, meshd=m)
     raise ValueError(f"unknown control plane {name!r}")
@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                          "from another checkout, e.g. before=/tmp/old)")
     ap.add_argument("--loadgen-procs", type=int, default=1)
     ap.add_argument("--meshd-arg", action="append", default=[], help="extra `meshd serve` argument (repeat)")
+    ap.add_argument("--meshd-site-hooks", action="store_true",
+                    help="start meshd with this machine's .pth site hooks (run.py without_site_hooks says why not)")
     ap.add_argument("--json", help="also write the JSON document to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, cluster state)")
     ap.add_argument("--startup-only", type=int, default=0, metavar="N",

@@ -392,14 +392,27 @@ def _start_kube_prefetch(argv: list[str]):
     return prefetch
 
 
+class _VersionAction(argparse.Action):
+    """--version, its answer looked up only when asked (argparse's "version" action takes
+    the text when the parser is built, at every start)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="show program's version number and exit"):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .version import meshd_version
+
+        print(f"meshd {meshd_version()}")  # on stdout, as argparse's own version action
+        parser.exit()
+
+
 def parser(only: str | None = None) -> argparse.ArgumentParser:
     """meshd's command line; `only="serve"`: the serve command alone (what `meshd serve`
     parses with: the same flags, help and errors, without importing every other command's
     modules at each start)."""
-    from .version import meshd_version
-
     p = argparse.ArgumentParser(prog="meshd", description="xDS control plane for Envoy speaking Istio's config API")
-    p.add_argument("--version", action="version", version=f"meshd {meshd_version()}")
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the control plane")
@@ -570,6 +583,10 @@ UID 1337 in a pod), e.g. chown 1337 FILE.""",
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        from . import gcpolicy
+
+        gcpolicy.hold_during_startup()  # until the server is ready and warm (app.py)
     prefetch = _start_kube_prefetch(argv) if argv[:1] == ["serve"] else None  # before the heavy imports
     if argv[:1] == ["serve"]:
         args, rest = parser(only="serve").parse_known_args(argv)

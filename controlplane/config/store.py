@@ -92,6 +92,22 @@ class ConfigStore:
         parsed: Iterable[ConfigObject | Rejection | Unsupported],
     ) -> None:
         """Replace everything `location` holds with its newly parsed documents."""
+        self.replace_locations({location: parsed})
+
+    def replace_locations(self, batch: Mapping[str, Iterable[ConfigObject | Rejection | Unsupported]]) -> None:
+        """replace_location for each location of `batch`, with one new snapshot and one
+        notification for them all: a relist's objects, each a location of its own, cost
+        one copy of the store's index, not one per object."""
+        states = {location: self._parsed_state(location, parsed) for location, parsed in batch.items()}
+        self._install_many({location: new for location, (new, _) in states.items()})
+        if self.last_good is not None:
+            for location, (new, defined) in states.items():
+                self.last_good.held(location, new.objects, defined)
+
+    def _parsed_state(self, location: str, parsed: Iterable[ConfigObject | Rejection | Unsupported],
+                      ) -> tuple[LocationState, set[ConfigKey]]:
+        """The location's new state, and the keys its documents define (the rest of its
+        objects are last good versions kept in force)."""
         old = self._locations.get(location, LocationState())
         new = LocationState()
         rejected_keys: set[ConfigKey] = set()
@@ -117,9 +133,7 @@ class ConfigStore:
                 self._log.info("config kept last good version", object=str(key), file=location)
         if self.last_good is not None and location not in self._locations:  # first seen since start
             new.objects.update(self.last_good.restore(location, rejected_keys - new.objects.keys()))
-        self._install(location, new)
-        if self.last_good is not None:
-            self.last_good.held(location, new.objects, defined)
+        return new, defined
 
     def location_unreadable(self, location: str, reason: str, origin: Origin | None = None) -> None:
         """The whole location failed (not YAML, unreadable...): keep what it held."""
@@ -183,19 +197,25 @@ class ConfigStore:
             self._on_unsupported(dict(self._unsupported_counts))
 
     def _install(self, location: str, state: LocationState | None) -> None:
-        # Incremental: only the keys the location held before or holds now can change
-        # owner or content, so a change costs O(size of the location), not O(store).
+        self._install_many({location: state})
+
+    def _install_many(self, states: Mapping[str, LocationState | None]) -> None:
+        # Incremental: only the keys the locations held before or hold now can change
+        # owner or content, so a change costs O(size of the locations), not O(store).
         # (Recomputing everything made loading N files O(N^2): minutes for a large mesh.)
         before = self._snapshot.objects
-        old = self._locations.get(location)
-        self._count_unsupported(old, state)
-        affected = set(old.objects) if old is not None else set()
-        if state is None:
-            self._locations.pop(location, None)
-        else:
-            self._locations[location] = state
-            affected |= set(state.objects)
-        self._recompute_owners(location, affected)
+        affected: set[ConfigKey] = set()
+        for location, state in states.items():
+            old = self._locations.get(location)
+            self._count_unsupported(old, state)
+            keys = set(old.objects) if old is not None else set()
+            if state is None:
+                self._locations.pop(location, None)
+            else:
+                self._locations[location] = state
+                keys |= set(state.objects)
+            self._recompute_owners(location, keys)
+            affected |= keys
         objects = dict(before)
         changed = set()
         replaced: dict[ConfigKey, ConfigObject | None] = {}  # keys whose object is not the one before

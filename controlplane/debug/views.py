@@ -37,10 +37,14 @@ class DebugViews:
         self.store = store
         self.pushes = pushes
         self.instance = instance
-        self.version = version or meshd_version()
+        self._version = version
         # More /debug/configz entries (name -> a function giving them): the mesh config
         # and the JWT key sets, which come from sources other than the store.
         self.configz_sections: dict[str, Any] = {}
+
+    @property
+    def version(self) -> str:
+        return self._version or meshd_version()
 
     # --- proxies ------------------------------------------------------------------
     def control_plane(self) -> dict:

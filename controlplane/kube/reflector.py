@@ -222,7 +222,7 @@ class Reflector:
             return False
         self.version = version
         if self.resource.needs_discovery:
-            self._log.info("k8s version discovered", apiVersion=self.resource.api_version(version))
+            self._log.debug("k8s version discovered", apiVersion=self.resource.api_version(version))
         return True
 
     def _lister(self) -> Lister:
@@ -255,8 +255,9 @@ class Reflector:
                 raise _classify(e) from e
             listed = parse_list(self.resource, self._version(), items, rv, self._accept, self._raw, self._log)
         objects, rv = listed.objects, listed.resource_version
-        self._log.info("k8s relist", reason=self._relist_reason, objects=len(objects), resourceVersion=rv,
-                       prefetched=got is not None)
+        # The initial lists at debug: "k8s synced" gives every kind's count once they are in.
+        log = self._log.debug if self._relist_reason == "initial" else self._log.info
+        log("k8s relist", reason=self._relist_reason, objects=len(objects), resourceVersion=rv, prefetched=got is not None)
         self._emit(Sync(self.stream, objects, self._relist_reason, rv, listed.infos, listed.digests))
         self.resource_version = rv or None
         self._relist_reason = "relist"
@@ -283,7 +284,7 @@ class Reflector:
         except StatusError as e:
             raise _classify(e) from e
         self._resp = resp
-        self._log.info("k8s watch started", resourceVersion=self.resource_version, timeoutSeconds=timeout)
+        self._log.debug("k8s watch started", resourceVersion=self.resource_version, timeoutSeconds=timeout)
         try:
             if self._stop.is_set():  # stop came while connecting: interrupt missed us
                 return

@@ -79,6 +79,10 @@ class ObjectObserver(Protocol):
 # While applying a relist, give the loop back this often (seconds): each store call costs
 # time proportional to the whole store, so a count of calls would not bound the stall.
 _APPLY_SLICE = 0.01
+# Objects of a relist given to the store at once (one snapshot each batch; config/store.py
+# replace_locations): large enough that a relist is a few store updates, small enough
+# that one stays within a slice or so.
+_APPLY_BATCH = 256
 
 
 @dataclass
@@ -268,10 +272,17 @@ class KubernetesSource:
                 await slice_.pause()
             # Unchanged objects cost nothing: the store sees the same content hash and
             # origin and notifies no one; only real differences become change events.
+            # In batches: one store snapshot per batch, not per object.
+            batch: dict[str, list[Any]] = {}
             for loc, parsed in op.objects.items():
                 if not (isinstance(parsed, Rejection) and state.rejected.get(loc) == op.digests.get(loc)):
-                    self._put(loc, parsed)
-                await slice_.pause()
+                    batch[loc] = self._documents(loc, parsed)
+                if len(batch) >= _APPLY_BATCH:
+                    self.store.replace_locations(batch)
+                    batch = {}
+                    await slice_.pause()
+            if batch:
+                self.store.replace_locations(batch)
             stats.objects += len(op.objects) - len(state.locations)
             state.locations = set(op.objects)
             state.rejected = {loc: op.digests[loc] for loc, p in op.objects.items()
@@ -332,9 +343,13 @@ class KubernetesSource:
             self._log.exception("k8s observer failed")
 
     def _put(self, location: str, parsed: Item) -> None:
+        self.store.replace_location(location, self._documents(location, parsed))
+
+    @staticmethod
+    def _documents(location: str, parsed: Item) -> list[Any]:
         if isinstance(parsed, dict):  # only the mesh config's raw stream carries objects
             raise TypeError(f"{location}: a raw API object is not config for the store")
-        self.store.replace_location(location, [parsed] if parsed is not None else [])
+        return [parsed] if parsed is not None else []
 
     def _check_synced(self) -> None:
         if self._synced.is_set() or not all(s.synced for s in self._streams.values()):
