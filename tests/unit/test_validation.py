@@ -921,3 +921,25 @@ def test_odd_values_anywhere_never_crash():
         for path in _paths(doc):
             for value in ODD_VALUES:
                 validate(_replaced(doc, path, value), kind)  # must not raise
+
+
+def test_endpoint_ipv4_check_accepts_exactly_what_ipaddress_accepts():
+    """EndpointSlice IPv4 addresses are checked with a pattern (the parse gate's hot path);
+    it must say yes and no exactly where ipaddress.IPv4Address does."""
+    import ipaddress
+    import random
+
+    from controlplane.config.validation.kubernetes import _address_error
+
+    rnd = random.Random(7)
+    cases = ["1.2.3.4", "0.0.0.0", "255.255.255.255", "256.1.1.1", "01.2.3.4", "1.2.3", "1.2.3.4.5", " 1.2.3.4",
+             "1.2.3.4\n", "1.2.3.\u0664", "a.b.c.d", "1..2.3", "", "10.0.0.010", "199.299.1.1", "1.2.3.04"]
+    cases += ["".join(rnd.choice("0123456789. x") for _ in range(rnd.randint(1, 16))) for _ in range(20_000)]
+    cases += [".".join(str(rnd.randint(0, 300)).zfill(rnd.choice([1, 1, 2, 3])) for _ in range(4)) for _ in range(5_000)]
+    for case in cases:
+        try:
+            ipaddress.IPv4Address(case)
+            want = None
+        except ValueError:
+            want = "must be a valid IPv4 address"
+        assert _address_error(case, "IPv4") == want, case
