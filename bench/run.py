@@ -67,7 +67,8 @@ def children(pid: int) -> list[int]:
 
 
 def cpu_seconds(pid: int | None, tree: bool = True) -> float:
-    """utime + stime of `pid`, and of its children (meshd's workers) when `tree`; a
+    """utime + stime of `pid`, and of its children (meshd's workers) when `tree`, those
+    that ended included (cutime + cstime: meshd's prefetch child, kube/prefetch.py); a
     process not started (no pid yet) has spent none."""
     total = 0.0
     if pid is None:
@@ -78,7 +79,7 @@ def cpu_seconds(pid: int | None, tree: bool = True) -> float:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total += sum(int(v) for v in fields[11:15 if tree else 13]) / os.sysconf("SC_CLK_TCK")
     return total
 
 

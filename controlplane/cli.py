@@ -361,8 +361,8 @@ def _add_kube_source_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _start_kube_prefetch(argv: list[str]):
-    """`meshd serve` in Kubernetes mode: the initial lists are asked for now, from threads,
-    while the main thread imports the rest of meshd (kube/prefetch.py). Read with the same
+    """`meshd serve` in Kubernetes mode: the initial lists are asked for now, by a child
+    process that also parses them, while this one imports the rest of meshd (kube/prefetch.py). Read with the same
     flag definitions as the serve command, but never a word of its own: flags it cannot
     read (an abbreviation, a bad value) only mean no prefetch, and `serve` reports them."""
     class Quiet(argparse.ArgumentParser):
@@ -381,14 +381,14 @@ def _start_kube_prefetch(argv: list[str]):
     from .kube.prefetch import Prefetch, PrefetchSettings
     from .kube.resources import INJECTOR_CONFIGMAP_NAME, MESH_CONFIGMAP_NAME
 
-    prefetch = Prefetch.start(PrefetchSettings(
+    prefetch = Prefetch.start_in_child(PrefetchSettings(
         kubeconfig=args.kubeconfig, namespaces=[n for n in (args.namespaces or "").split(",") if n] or None,
         label_selector=args.label_selector, watch_secrets=args.watch_secrets, raw_namespace=args.root_namespace,
         # as app.py watches them: ConfigMap istio unless --mesh-config; the injector's with webhooks
         raw_maps=(() if args.mesh_config else (MESH_CONFIGMAP_NAME,))
         + ((INJECTOR_CONFIGMAP_NAME,) if args.webhook_port and not args.worker_of else ()),
-    ), parse=True)
-    prefetch.enable_parsing()  # the parse gate imported here: the threads parse while the rest is imported
+    ))
+    prefetch.enable_parsing()  # the parse gate imported here (the child's lists are unpickled as its types)
     return prefetch
 
 

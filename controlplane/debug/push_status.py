@@ -122,12 +122,14 @@ class ConfigEvents:
         store.subscribe(self._on_change)
 
     def _on_change(self, snapshot: Any, changed: Any) -> None:
+        counts: collections.Counter[tuple[str, str]] = collections.Counter()  # one inc per series
         for key in changed:
             obj = snapshot.objects.get(key)
             if obj is None:
                 if self._generations.pop(key, None) is not None:
-                    self.counter.labels(key.kind, "delete").inc()
+                    counts[(key.kind, "delete")] += 1
                 continue
-            event = "update" if key in self._generations else "add"
+            counts[(key.kind, "update" if key in self._generations else "add")] += 1
             self._generations[key] = obj.generation
-            self.counter.labels(key.kind, event).inc()
+        for (kind, event), n in counts.items():
+            self.counter.labels(kind, event).inc(n)

@@ -81,6 +81,7 @@ class Prefetch:
         self.closed = False
         self._will_parse = False
         self._parse = threading.Event()  # set once the parse gate is imported (by the main thread)
+        self.child: int | None = None  # start_in_child: the child's pid (reaped once its results are in)
 
     @classmethod
     def start(cls, settings: PrefetchSettings, make_client: Callable[[str | None], Http] | None = None,
@@ -110,6 +111,79 @@ class Prefetch:
                              daemon=True).start()
         return pre
 
+    @classmethod
+    def start_in_child(cls, settings: PrefetchSettings, make_client: Callable[[str | None], Http] | None = None,
+                       ) -> Prefetch:
+        """As `start(settings, parse=True)`, but the lists are made, decoded and parsed in a
+        child process forked now, on the machine's other core, while this process imports
+        the rest of meshd; each parsed list comes back pickled. Call before any thread is
+        started (fork copies only the calling thread) and then `enable_parsing`, which
+        here lets the results be unpickled (their types imported by this thread first).
+        Falls back to `start` if the fork fails."""
+        import os
+
+        try:
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+        except OSError:
+            return cls.start(settings, make_client, parse=True)
+        if pid == 0:  # the child: list, parse, send, exit
+            os.close(read_fd)
+            _child(settings, make_client, write_fd)
+        os.close(write_fd)
+        if make_client is None:
+            from .client import kube_api_client
+
+            make_client = kube_api_client
+        try:
+            client: Http | None = make_client(settings.kubeconfig)
+        except Exception:
+            client = None
+        pre = cls(settings, client)
+        pre._will_parse = True
+        pre.child = pid
+        resources: tuple[KubeResource, ...] = RESOURCES + ((SECRETS,) if settings.watch_secrets else ())
+        for spec in stream_specs(resources, settings.namespaces, settings.label_selector, settings.raw_maps,
+                                 settings.raw_namespace):
+            pre._entries[spec.key()] = _Entry()
+        threading.Thread(target=pre._receive, args=(read_fd, pid), name="k8s-prefetch-child", daemon=True).start()
+        return pre
+
+    def _receive(self, read_fd: int, pid: int) -> None:
+        """The child's results, one message per list, unpickled once `enable_parsing` has
+        imported their types; at the end (or if the child fails) every list not received
+        is done with none (its reflector lists itself), and the child is reaped."""
+        import os
+        import pickle
+
+        entries = dict(self._entries)
+        try:
+            with os.fdopen(read_fd, "rb") as pipe:
+                self._parse.wait(self.settings.request_timeout)
+                while True:
+                    head = pipe.read(8)
+                    if len(head) < 8:
+                        break
+                    body = pipe.read(int.from_bytes(head, "big"))
+                    what, payload = pickle.loads(body)
+                    if what == "discovery" and self.discovery is not None:
+                        self.discovery.seed(payload)
+                    elif what == "list" and payload[0] in entries:
+                        key, version, result, finished_at = payload
+                        entry = entries.pop(key)
+                        entry.version, entry.result, entry.finished_at = version, result, finished_at
+                        entry.done.set()
+        except Exception:  # whatever is missing is listed by its reflector
+            pass
+        finally:
+            for entry in entries.values():
+                entry.finished_at = time.monotonic()
+                entry.done.set()
+            try:
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+
     def _fetch(self, spec: StreamSpec, entry: _Entry) -> None:
         try:
             assert self.client is not None and self.discovery is not None
@@ -120,6 +194,10 @@ class Prefetch:
             lister = spec.resource.lister(self.client, version, spec.namespace)
             query = {k: v for k, v in (("label_selector", spec.label_selector),
                                        ("field_selector", spec.field_selector)) if v}
+            # resourceVersion "0": served from the API server's watch cache, in one answer
+            # (it ignores `limit` then), as client-go's reflectors (istiod's informers)
+            # make their first list; the watch goes on from the list's resourceVersion.
+            query["resource_version"] = "0"
             items, rv = entry.result = list_pages(lister, query, self.settings.page_size,
                                                   self.settings.request_timeout, lambda: self.closed)
             if self._will_parse and self._parse.wait(self.settings.request_timeout) and not self.closed:
@@ -171,6 +249,47 @@ class Prefetch:
             unused = len(self._entries)
             self._entries.clear()
             return {"taken": self.taken, "unused": unused}
+
+
+def _child(settings: PrefetchSettings, make_client: Callable[[str | None], Http] | None, write_fd: int) -> None:
+    """The forked child of start_in_child: the threaded prefetch with parsing, each list
+    sent as soon as it is parsed, then the discovery documents; it never returns."""
+    import os
+    import pickle
+
+    status = 1
+    try:
+        try:  # gone with its parent, whatever happens to that (Linux)
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except Exception:
+            pass
+        with os.fdopen(write_fd, "wb") as pipe:
+            def send(what: str, payload: Any) -> None:
+                body = pickle.dumps((what, payload), protocol=pickle.HIGHEST_PROTOCOL)
+                pipe.write(len(body).to_bytes(8, "big") + body)
+                pipe.flush()
+
+            pre = Prefetch.start(settings, make_client, parse=True)
+            pre.enable_parsing()
+            pending = dict(pre._entries)
+            while pending:
+                for key, entry in list(pending.items()):
+                    if entry.done.is_set():
+                        del pending[key]
+                        if isinstance(entry.result, tuple) or entry.result is None:
+                            continue  # not parsed (failed): the reflector lists it
+                        send("list", (key, entry.version, entry.result, entry.finished_at))
+                time.sleep(0.002)
+            if pre.discovery is not None:
+                send("discovery", pre.discovery.documents())
+        status = 0
+    except BaseException:
+        pass
+    finally:
+        os._exit(status)
 
 
 def _wait(done: threading.Event, timeout: float, stop: threading.Event | None) -> bool:

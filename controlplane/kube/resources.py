@@ -254,6 +254,19 @@ class Discovery:
         self._docs: dict[str, tuple[float, Any]] = {}  # path -> (when fetched, document)
         self.fetches = 0
 
+    def documents(self) -> dict[str, tuple[float, Any]]:
+        """What was fetched: path -> (time.monotonic() when, document), for `seed`."""
+        with self._lock:
+            return dict(self._docs)
+
+    def seed(self, documents: dict[str, tuple[float, Any]]) -> None:
+        """Documents fetched by another Discovery of this machine (the prefetch's child:
+        time.monotonic() is the system's, so their age holds here)."""
+        with self._lock:
+            for path_, got in documents.items():
+                if path_ not in self._docs:
+                    self._docs[path_] = got
+
     def get(self, path_: str, request_timeout: float) -> Any:
         with self._lock:
             fetching = self._paths.setdefault(path_, threading.Lock())

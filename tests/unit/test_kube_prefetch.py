@@ -151,3 +151,40 @@ def test_meshd_serve_prefetches_what_its_flags_say_and_nothing_without_a_cluster
                                             raw_namespace="root", raw_maps=())
     pre = _start_kube_prefetch(["serve", "--kubeconfig", missing])
     assert pre is not None and pre.settings.raw_maps == ("istio", "istio-sidecar-injector")
+
+
+def test_lists_parsed_in_a_child_process_are_taken_and_nothing_changed_since_is_missed(kubeapi, tmp_path):
+    """`meshd serve`'s prefetch: a forked child lists and parses, the results come back
+    pickled; the source takes them as its own, watches on, and the child is reaped."""
+    import os
+
+    kubeapi.apply(service("web", "shop", PORTS))
+    kubeapi.apply(virtual_service("vs", "shop", ["web.example.com"], "web"))
+    pre = Prefetch.start_in_child(PrefetchSettings(kubeconfig=str(kubeapi.kubeconfig(tmp_path / "kubeconfig"))))
+    pre.enable_parsing()
+    deadline = time.monotonic() + 10
+    while any(t.name == "k8s-prefetch-child" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name == "k8s-prefetch-child" for t in threading.enumerate()), "the child's results never ended"
+    assert pre.child is not None
+    try:
+        os.waitpid(pre.child, os.WNOHANG)  # reaped already: ChildProcessError
+        raise AssertionError("the prefetch child was not reaped")
+    except ChildProcessError:
+        pass
+    assert lists_of(kubeapi, "services") == 1 and lists_of(kubeapi, "virtualservices") == 1
+    kubeapi.apply(service("late", "shop", PORTS))
+
+    async def scenario():
+        store = ConfigStore()
+        src, stop, task = await run_source(pre, store)
+        try:
+            await until(lambda: get(store, "Service", "shop", "late") is not None, "a change after the prefetch")
+            assert get(store, "Service", "shop", "web") is not None
+            assert get(store, "VirtualService", "shop", "vs") is not None
+            assert lists_of(kubeapi, "services") == 1 and lists_of(kubeapi, "virtualservices") == 1
+            assert pre.taken >= 2
+        finally:
+            await stop_source(stop, task, pre.client)
+
+    asyncio.run(scenario())
