@@ -6,7 +6,9 @@
 It starts a real API server (../shared/k8s), loads the scenario's objects into it
 (bench/cluster.py: Services, EndpointSlices, VirtualServices, DestinationRules, the
 Gateway; Istio 1.14's CRDs, as istiod needs them), and then, for each control plane in
-turn (`--planes`, default istiod then meshd), on the same cluster and machine:
+turn (`--planes`, default istiod then meshd), on the same cluster and machine
+(first, `--startups` starts of each plane in turn, alternating, for the medians of
+start-up to ready and of CPU at ready; a single start is too noisy a figure):
 1. starts it against the API server: start-up is process start to /ready (istiod: its
    caches synced and first push context; meshd: the initial lists in and the first
    snapshot built);
@@ -175,7 +177,7 @@ def startups(names: list[str], cluster: Cluster, work: Path, args) -> tuple[dict
     process's CPU seconds when /ready was seen (less noisy than wall time on a shared machine)."""
     out: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
-    for _ in range(args.startup_only):
+    for _ in range(args.startup_only or args.startups):
         for name in names:
             plane = start_plane(name, cluster, work, args)
             cpu.setdefault(plane.name, []).append(round(cpu_seconds(plane.pid), 2))
@@ -206,6 +208,8 @@ def table(results: list[dict], sc: Scenario) -> str:
         lines.append(f"{label:36}" + cells)
 
     row("start-up to ready (s)", lambda r: r["startup_to_ready_s"])
+    row("start-up to ready, median of starts (s)", lambda r: med(r["startups_s"]))
+    row("CPU at ready, median of starts (s)", lambda r: med(r["startup_cpu_s"]))
     row("initial sync of the fleet (s)", lambda r: r["initial_sync_s"])
     row("full push, every proxy ACKed (s)", lambda r: med(x["e2e_s"] for x in r["full_push"]))
     row("CPU per full push (s)", lambda r: med(x["cpu_s"] for x in r["full_push"]))
@@ -246,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, cluster state)")
     ap.add_argument("--startup-only", type=int, default=0, metavar="N",
                     help="only start each plane N times (alternating) on the loaded cluster: start-up to /ready")
+    ap.add_argument("--startups", type=int, default=7, metavar="N",
+                    help="before the fleet, start each plane N times (alternating): the medians of start-up to "
+                         "/ready and of CPU at ready in the table (default %(default)s; 0: none)")
     ap.add_argument("--sidecar-scope", action="store_true",
                     help="one Sidecar per namespace importing ./* and istio-system/* (as bench/run.py)")
     args = ap.parse_args(argv)
@@ -269,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                    + "\n".join(f"{name:>10} CPU at ready (s): " + ", ".join(f"{t:.2f}" for t in ts)
                                 + f"; median {statistics.median(ts):.2f}" for name, ts in cpus.items()))
             return 0
+        starts, start_cpus = startups(args.planes.split(","), cluster, work, args) if args.startups else ({}, {})
         for n, name in enumerate(args.planes.split(",")):
             args.generation = 100 * (n + 1)  # each plane's changes are new content
             try:
@@ -276,8 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # one plane failing to start must not lose the others' figures
                 results.append({"plane": name.partition("=")[0], "error": f"start: {e}"})
                 continue
+            label = plane.name
             try:
-                results.append(measure(plane, sc, cluster, args))
+                results.append({**measure(plane, sc, cluster, args),
+                                "startups_s": starts.get(label, []), "startup_cpu_s": start_cpus.get(label, [])})
             except Exception as e:
                 results.append({"plane": plane.name, "startup_to_ready_s": round(plane.ready_after, 3),
                                 "error": str(e)})
