@@ -28,7 +28,7 @@ import structlog
 
 from ca.keys import KeyType
 
-from . import gcpolicy, names
+from . import gcpolicy, names, startup
 from .config.objects import ConfigKey, Rejection
 from .config.store import ConfigStore
 from .debug.bootstrap_patches import BootstrapPatchReport
@@ -396,18 +396,10 @@ WARM_MODULES = (
 
 def _import_for_serving(generator: DeferredGenerator) -> None:
     import importlib
-    import sys
 
-    # Meanwhile the event loop (/ready, a proxy's first request) takes the interpreter
-    # lock back within half a millisecond, not the usual five.
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)
-    try:
-        generator.warm()
-        for name in WARM_MODULES:
-            importlib.import_module(name)
-    finally:
-        sys.setswitchinterval(switch)
+    generator.warm()
+    for name in WARM_MODULES:
+        importlib.import_module(name)
     from . import dataclass_cache
 
     dataclass_cache.save()  # the methods of every dataclass of a start, for the next start
@@ -424,7 +416,7 @@ async def _warm_up(generator: DeferredGenerator, warmed: asyncio.Future) -> None
     except Exception as e:  # a bug here must not keep the observers waiting
         log.exception("generator warm-up failed", error=str(e))
     finally:
-        gcpolicy.release_after_startup()
+        startup.end()  # the collector and the switch interval as they were (startup.py)
         if not warmed.done():
             warmed.set_result(None)
 

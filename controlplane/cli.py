@@ -584,9 +584,9 @@ UID 1337 in a pod), e.g. chown 1337 FILE.""",
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
-        from . import gcpolicy
+        from . import startup
 
-        gcpolicy.hold_during_startup()  # until the server is ready and warm (app.py)
+        startup.begin()  # until the server is ready and warm (app.py)
     prefetch = _start_kube_prefetch(argv) if argv[:1] == ["serve"] else None  # before the heavy imports
     if argv[:1] == ["serve"]:
         args, rest = parser(only="serve").parse_known_args(argv)

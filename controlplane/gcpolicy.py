@@ -33,31 +33,6 @@ log = structlog.get_logger("meshd.gc")
 # (10); full collections only from collect_when_idle (a threshold never reached).
 THRESHOLDS = (50_000, 20, 1_000_000_000)
 
-_held = False
-
-
-def hold_during_startup() -> None:
-    """No cyclic collection until `release_after_startup`: what a start allocates (the
-    modules, the config types, the initial lists and the first snapshot) lives as long as
-    the server, and the collector's hundreds of passes over that growing heap were a
-    seventh of the CPU of reaching ready (bench/README.md "Start-up"). `meshd serve` calls
-    it first thing."""
-    global _held
-    if gc.isenabled():
-        gc.disable()
-        _held = True
-
-
-def release_after_startup() -> None:
-    """The start-up's objects frozen (never scanned again by the young collections; a
-    deep collection of collect_when_idle unfreezes them) and the collector on again."""
-    global _held
-    if _held:
-        gc.freeze()
-        gc.enable()
-        _held = False
-
-
 async def collect_when_idle(busy: Callable[[], bool], stop: asyncio.Event, interval: float = 30.0,
                             max_wait: float = 300.0, poll: float = 1.0, deep_interval: float = 600.0) -> None:
     """Full collections between pushes: once `interval` has passed since the last one,

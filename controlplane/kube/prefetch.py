@@ -19,6 +19,7 @@ the requests leave early.
 from __future__ import annotations
 
 import dataclasses
+import queue
 import threading
 import time
 import traceback
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
     from .reflector import Listed
 
 Key = tuple[str, str, str, str]  # StreamSpec.key: kind, namespace, label selector, field selector
+# Threads making the lists: enough for the big lists to be in flight at once, few enough
+# that starting them (each Thread.start waits until the new thread runs) costs little.
+WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -104,12 +108,22 @@ class Prefetch:
         resources: tuple[KubeResource, ...] = RESOURCES + ((SECRETS,) if settings.watch_secrets else ())
         specs = stream_specs(resources, settings.namespaces, settings.label_selector, settings.raw_maps,
                              settings.raw_namespace)
-        for spec in specs:
+        work: queue.SimpleQueue[tuple[StreamSpec, _Entry]] = queue.SimpleQueue()
+        for spec in specs:  # the big kinds (Services, EndpointSlices) come first in RESOURCES
             entry = _Entry()
             pre._entries[spec.key()] = entry
-            threading.Thread(target=pre._fetch, args=(spec, entry), name=f"k8s-prefetch-{spec.resource.ident}",
-                             daemon=True).start()
+            work.put((spec, entry))
+        for i in range(min(WORKERS, len(specs))):
+            threading.Thread(target=pre._work, args=(work,), name=f"k8s-prefetch-{i}", daemon=True).start()
         return pre
+
+    def _work(self, work: queue.SimpleQueue[tuple[StreamSpec, _Entry]]) -> None:
+        while True:
+            try:
+                spec, entry = work.get_nowait()
+            except queue.Empty:
+                return
+            self._fetch(spec, entry)
 
     @classmethod
     def start_in_child(cls, settings: PrefetchSettings, make_client: Callable[[str | None], Http] | None = None,
@@ -122,23 +136,25 @@ class Prefetch:
         Falls back to `start` if the fork fails."""
         import os
 
-        try:
-            read_fd, write_fd = os.pipe()
-            pid = os.fork()
-        except OSError:
-            return cls.start(settings, make_client, parse=True)
-        if pid == 0:  # the child: list, parse, send, exit
-            os.close(read_fd)
-            _child(settings, make_client, write_fd)
-        os.close(write_fd)
         if make_client is None:
             from .client import kube_api_client
 
             make_client = kube_api_client
-        try:
+        try:  # made once, before the fork: no connection is open yet, each process gets its own pool
             client: Http | None = make_client(settings.kubeconfig)
         except Exception:
             client = None
+        if client is None:  # nothing to list with: the reflectors list (and report why)
+            return cls(settings, None)
+        try:
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+        except OSError:
+            return cls.start(settings, lambda _: client, parse=True)
+        if pid == 0:  # the child: list, parse, send, exit
+            os.close(read_fd)
+            _child(settings, lambda _: client, write_fd)
+        os.close(write_fd)
         pre = cls(settings, client)
         pre._will_parse = True
         pre.child = pid
@@ -252,8 +268,9 @@ class Prefetch:
 
 
 def _child(settings: PrefetchSettings, make_client: Callable[[str | None], Http] | None, write_fd: int) -> None:
-    """The forked child of start_in_child: the threaded prefetch with parsing, each list
-    sent as soon as it is parsed, then the discovery documents; it never returns."""
+    """The forked child of start_in_child: the threaded prefetch with parsing; the
+    discovery documents sent once every stream has its version, each list as soon as it
+    is parsed; it never returns."""
     import os
     import pickle
 
@@ -275,7 +292,13 @@ def _child(settings: PrefetchSettings, make_client: Callable[[str | None], Http]
             pre = Prefetch.start(settings, make_client, parse=True)
             pre.enable_parsing()
             pending = dict(pre._entries)
+            discovered = pre.discovery is None
             while pending:
+                if not discovered and all(e.version or e.done.is_set() for e in pending.values()):
+                    # As soon as every stream knows its version: meshd's reflectors start
+                    # with these documents instead of asking the API server again.
+                    send("discovery", pre.discovery.documents())  # type: ignore[union-attr]
+                    discovered = True
                 for key, entry in list(pending.items()):
                     if entry.done.is_set():
                         del pending[key]
@@ -283,8 +306,8 @@ def _child(settings: PrefetchSettings, make_client: Callable[[str | None], Http]
                             continue  # not parsed (failed): the reflector lists it
                         send("list", (key, entry.version, entry.result, entry.finished_at))
                 time.sleep(0.002)
-            if pre.discovery is not None:
-                send("discovery", pre.discovery.documents())
+            if not discovered:
+                send("discovery", pre.discovery.documents())  # type: ignore[union-attr]
         status = 0
     except BaseException:
         pass
