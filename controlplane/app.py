@@ -480,6 +480,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass
+    loop.call_later(startup.HOLD_MAX, startup.end)  # if ready and warm take that long
     ports = {p.flag: p for p in serve_ports(opts)}
     check_free(opts.listen_address, ports.values())  # before a CA or a cluster is touched
     # Start-up work in threads (the cluster's CA while its namespace does not exist yet)

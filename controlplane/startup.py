@@ -19,6 +19,9 @@ import gc
 import sys
 
 SWITCH_INTERVAL = 0.0005
+# A start that takes longer than this (an API server away, retried) must not go on
+# without a collector: the failed requests' tracebacks are cycles. app.py ends it then.
+HOLD_MAX = 30.0
 
 _held_gc = False
 _switch: float | None = None

@@ -53,3 +53,33 @@ def test_thresholds_leave_full_collections_to_the_policy_while_it_runs():
         asyncio.run(main())
     finally:
         gc.set_threshold(*before)
+
+
+def test_start_up_holds_the_collector_and_the_switch_interval_until_it_ends():
+    """meshd serve's start (startup.py): no cyclic collection and a short switch interval
+    until end(), then the start's objects frozen and both as they were; end() twice is
+    harmless, and begin() leaves a collector someone else disabled alone."""
+    import gc
+    import sys
+
+    from controlplane import startup
+
+    switch = sys.getswitchinterval()
+    frozen = gc.get_freeze_count()
+    assert gc.isenabled()
+    try:
+        startup.begin()
+        assert not gc.isenabled() and sys.getswitchinterval() == startup.SWITCH_INTERVAL
+        startup.end()
+        assert gc.isenabled() and sys.getswitchinterval() == switch
+        assert gc.get_freeze_count() > frozen  # the start's objects frozen
+        startup.end()
+        assert gc.isenabled() and sys.getswitchinterval() == switch
+        gc.disable()
+        startup.begin()
+        startup.end()
+        assert not gc.isenabled()  # not ours to turn on
+    finally:
+        gc.unfreeze()
+        gc.enable()
+        sys.setswitchinterval(switch)
