@@ -145,6 +145,7 @@ class KubernetesSource:
         self._threads_stop = threading.Event()
         self._streams: dict[str, _StreamState] = {}
         self._threads: list[threading.Thread] = []
+        self._starter: threading.Thread | None = None  # starts _threads (_start)
         self._synced = asyncio.Event()
         # The initial lists asked for at start (kube/prefetch.py), used when made with this client.
         self._prefetch = prefetch
@@ -237,8 +238,16 @@ class KubernetesSource:
             threading.Thread(target=s.reflector.run, name=f"k8s-{name}", daemon=True)
             for name, s in self._streams.items()
         ]
-        for t in self._threads:
-            t.start()
+
+        def start_all() -> None:
+            for t in self._threads:
+                t.start()
+
+        # Started from a thread of their own: each Thread.start waits until the new thread
+        # runs, and meanwhile the event loop applies the lists of those already started
+        # (the big kinds come first).
+        self._starter = threading.Thread(target=start_all, name="k8s-start", daemon=True)
+        self._starter.start()
 
     def _shutdown(self) -> None:
         self._threads_stop.set()
@@ -246,8 +255,11 @@ class KubernetesSource:
             s.reflector.interrupt()
 
     def _join(self, timeout: float) -> None:
+        if self._starter is not None:
+            self._starter.join(timeout)
         for t in self._threads:
-            t.join(timeout)
+            if t.ident is not None:  # started
+                t.join(timeout)
         alive = [t for t in self._threads if t.is_alive()]
         if alive:
             # Where each is blocked (a request the interrupt cannot reach), so a slow stop
