@@ -7,8 +7,9 @@ It starts a real API server (../shared/k8s), loads the scenario's objects into i
 (bench/cluster.py: Services, EndpointSlices, VirtualServices, DestinationRules, the
 Gateway; Istio 1.14's CRDs, as istiod needs them), and then, for each control plane in
 turn (`--planes`, default istiod then meshd), on the same cluster and machine
-(first, `--startups` starts of each plane in turn, alternating, for the medians of
-start-up to ready and of CPU at ready; a single start is too noisy a figure):
+(first, once the API server and etcd are back at rest after the load, `--startups`
+starts of each plane in turn, alternating, for the medians of start-up to ready and of
+CPU at ready; a single start is too noisy a figure):
 1. starts it against the API server: start-up is process start to /ready (istiod: its
    caches synced and first push context; meshd: the initial lists in and the first
    snapshot built);
@@ -171,6 +172,22 @@ def measure(plane: Plane, sc: Scenario, cluster: Cluster, args) -> dict:
     return result
 
 
+def settle_cluster(cluster: Cluster, timeout: float = 120) -> float:
+    """Wait until the API server and etcd are back at rest after the objects were loaded
+    (a freshly loaded API server spends a while on them): the start-ups are of a replica
+    joining a cluster that runs, the same for both planes. The pair's resting CPU rate."""
+    facts = json.loads((cluster.state / "up.json").read_text())
+    pids = [int(facts[k]) for k in ("apiserver_pid", "etcd_pid") if str(facts.get(k, "")).isdigit()]
+    deadline, rate = time.time() + timeout, 0.0
+    while pids and time.time() < deadline:
+        before = sum(cpu_seconds(p, tree=False) for p in pids)
+        time.sleep(1.0)
+        rate = sum(cpu_seconds(p, tree=False) for p in pids) - before
+        if rate <= 0.1:
+            break
+    return rate
+
+
 def startups(names: list[str], cluster: Cluster, work: Path, args) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Each plane started `args.startup_only` times in turn (alternating, so both see the
     same moments of a busy machine) on the loaded cluster: seconds to /ready, and the
@@ -267,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         counts = cluster.load(sc, work / "scenario")
         loaded = round(time.time() - t, 1)
         if args.startup_only:
+            settle_cluster(cluster)
             starts, cpus = startups(args.planes.split(","), cluster, work, args)
             report({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
                     "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "startup": starts,
@@ -276,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                    + "\n".join(f"{name:>10} CPU at ready (s): " + ", ".join(f"{t:.2f}" for t in ts)
                                 + f"; median {statistics.median(ts):.2f}" for name, ts in cpus.items()))
             return 0
+        if args.startups:
+            settle_cluster(cluster)
         starts, start_cpus = startups(args.planes.split(","), cluster, work, args) if args.startups else ({}, {})
         for n, name in enumerate(args.planes.split(",")):
             args.generation = 100 * (n + 1)  # each plane's changes are new content
