@@ -101,13 +101,14 @@ def start_plane(name: str, cluster: Cluster, work: Path, args) -> Plane:
     raise ValueError(f"unknown control plane {name!r}")
 
 
-def settle(pid: int, seconds: float = 0.5, timeout: float = 60) -> float:
-    """Wait until the plane's CPU use is back to rest; its resting rate (CPU s per s)."""
-    last, deadline = cpu_seconds(pid), time.time() + timeout
+def settle(*pids: int, seconds: float = 0.5, timeout: float = 60) -> float:
+    """Wait until the processes' CPU use (together) is back to rest; their resting rate
+    (CPU s per s)."""
+    last, deadline = sum(cpu_seconds(p) for p in pids), time.time() + timeout
     rate = 0.0
     while time.time() < deadline:
         time.sleep(seconds)
-        now = cpu_seconds(pid)
+        now = sum(cpu_seconds(p) for p in pids)
         rate = (now - last) / seconds
         last = now
         if rate <= 0.1:
@@ -177,15 +178,7 @@ def settle_cluster(cluster: Cluster, timeout: float = 120) -> float:
     (a freshly loaded API server spends a while on them): the start-ups are of a replica
     joining a cluster that runs, the same for both planes. The pair's resting CPU rate."""
     facts = json.loads((cluster.state / "up.json").read_text())
-    pids = [int(facts[k]) for k in ("apiserver_pid", "etcd_pid") if str(facts.get(k, "")).isdigit()]
-    deadline, rate = time.time() + timeout, 0.0
-    while pids and time.time() < deadline:
-        before = sum(cpu_seconds(p, tree=False) for p in pids)
-        time.sleep(1.0)
-        rate = sum(cpu_seconds(p, tree=False) for p in pids) - before
-        if rate <= 0.1:
-            break
-    return rate
+    return settle(int(facts["apiserver_pid"]), int(facts["etcd_pid"]), seconds=1.0, timeout=timeout)
 
 
 def startups(names: list[str], cluster: Cluster, work: Path, args) -> tuple[dict[str, list[float]], dict[str, list[float]]]:

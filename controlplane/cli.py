@@ -583,12 +583,12 @@ UID 1337 in a pod), e.g. chown 1337 FILE.""",
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    prefetch = None
     if argv[:1] == ["serve"]:
         from . import startup
 
         startup.begin()  # until the server is ready and warm (app.py)
-    prefetch = _start_kube_prefetch(argv) if argv[:1] == ["serve"] else None  # before the heavy imports
-    if argv[:1] == ["serve"]:
+        prefetch = _start_kube_prefetch(argv)  # before the heavy imports
         args, rest = parser(only="serve").parse_known_args(argv)
         if rest:  # the error as the whole command line gives it
             args = parser().parse_args(argv)

@@ -90,24 +90,15 @@ class Prefetch:
     @classmethod
     def start(cls, settings: PrefetchSettings, make_client: Callable[[str | None], Http] | None = None,
               parse: bool = False) -> Prefetch:
-        """Build the client and start one thread per stream; never raises (a kubeconfig
-        meshd cannot use is reported by `meshd serve` itself, a moment later). `parse`:
-        the threads also parse what they listed, once `enable_parsing` was called."""
-        if make_client is None:
-            from .client import kube_api_client
-
-            make_client = kube_api_client
-        try:
-            client: Http | None = make_client(settings.kubeconfig)
-        except Exception:
-            client = None
+        """Build the client and start WORKERS threads listing the streams; never raises (a
+        kubeconfig meshd cannot use is reported by `meshd serve` itself, a moment later).
+        `parse`: the threads also parse what they listed, once `enable_parsing` was called."""
+        client = _client(settings, make_client)
         pre = cls(settings, client)
         pre._will_parse = parse
         if client is None:
             return pre
-        resources: tuple[KubeResource, ...] = RESOURCES + ((SECRETS,) if settings.watch_secrets else ())
-        specs = stream_specs(resources, settings.namespaces, settings.label_selector, settings.raw_maps,
-                             settings.raw_namespace)
+        specs = _specs(settings)
         work: queue.SimpleQueue[tuple[StreamSpec, _Entry]] = queue.SimpleQueue()
         for spec in specs:  # the big kinds (Services, EndpointSlices) come first in RESOURCES
             entry = _Entry()
@@ -136,14 +127,7 @@ class Prefetch:
         Falls back to `start` if the fork fails."""
         import os
 
-        if make_client is None:
-            from .client import kube_api_client
-
-            make_client = kube_api_client
-        try:  # made once, before the fork: no connection is open yet, each process gets its own pool
-            client: Http | None = make_client(settings.kubeconfig)
-        except Exception:
-            client = None
+        client = _client(settings, make_client)  # before the fork: no connection is open yet
         if client is None:  # nothing to list with: the reflectors list (and report why)
             return cls(settings, None)
         try:
@@ -158,9 +142,7 @@ class Prefetch:
         pre = cls(settings, client)
         pre._will_parse = True
         pre.child = pid
-        resources: tuple[KubeResource, ...] = RESOURCES + ((SECRETS,) if settings.watch_secrets else ())
-        for spec in stream_specs(resources, settings.namespaces, settings.label_selector, settings.raw_maps,
-                                 settings.raw_namespace):
+        for spec in _specs(settings):
             pre._entries[spec.key()] = _Entry()
         threading.Thread(target=pre._receive, args=(read_fd, pid), name="k8s-prefetch-child", daemon=True).start()
         return pre
@@ -267,6 +249,26 @@ class Prefetch:
             return {"taken": self.taken, "unused": unused}
 
 
+def _client(settings: PrefetchSettings, make_client: Callable[[str | None], Http] | None) -> Http | None:
+    """The API client of the settings' kubeconfig (or in-cluster), None if meshd cannot
+    make one: the reflectors then try, and report why."""
+    if make_client is None:
+        from .client import kube_api_client
+
+        make_client = kube_api_client
+    try:
+        return make_client(settings.kubeconfig)
+    except Exception:
+        return None
+
+
+def _specs(settings: PrefetchSettings) -> list[StreamSpec]:
+    """The streams `meshd serve`'s source will watch, as far as the settings say."""
+    resources: tuple[KubeResource, ...] = RESOURCES + ((SECRETS,) if settings.watch_secrets else ())
+    return stream_specs(resources, settings.namespaces, settings.label_selector, settings.raw_maps,
+                        settings.raw_namespace)
+
+
 def _child(settings: PrefetchSettings, make_client: Callable[[str | None], Http] | None, write_fd: int) -> None:
     """The forked child of start_in_child: the threaded prefetch with parsing; the
     discovery documents sent once every stream has its version, each list as soon as it
@@ -292,13 +294,13 @@ def _child(settings: PrefetchSettings, make_client: Callable[[str | None], Http]
             pre = Prefetch.start(settings, make_client, parse=True)
             pre.enable_parsing()
             pending = dict(pre._entries)
-            discovered = pre.discovery is None
+            discovery = pre.discovery
             while pending:
-                if not discovered and all(e.version or e.done.is_set() for e in pending.values()):
+                if discovery is not None and all(e.version or e.done.is_set() for e in pending.values()):
                     # As soon as every stream knows its version: meshd's reflectors start
                     # with these documents instead of asking the API server again.
-                    send("discovery", pre.discovery.documents())  # type: ignore[union-attr]
-                    discovered = True
+                    send("discovery", discovery.documents())
+                    discovery = None
                 for key, entry in list(pending.items()):
                     if entry.done.is_set():
                         del pending[key]
@@ -306,8 +308,8 @@ def _child(settings: PrefetchSettings, make_client: Callable[[str | None], Http]
                             continue  # not parsed (failed): the reflector lists it
                         send("list", (key, entry.version, entry.result, entry.finished_at))
                 time.sleep(0.002)
-            if not discovered:
-                send("discovery", pre.discovery.documents())  # type: ignore[union-attr]
+            if discovery is not None:
+                send("discovery", discovery.documents())
         status = 0
     except BaseException:
         pass
