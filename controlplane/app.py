@@ -394,10 +394,15 @@ WARM_MODULES = (
 )
 
 
-def _import_for_serving(generator: DeferredGenerator) -> None:
+def _import_for_serving(generator: DeferredGenerator, webhooks) -> None:
     import importlib
 
     generator.warm()
+    if webhooks is not None and webhooks.server is not None:
+        try:  # the webhook port's first certificate (a new key: not on the way to ready)
+            webhooks.server.prepare()
+        except Exception as e:  # each caller asks again (admission/server.py)
+            log.error("webhook certificate unavailable", error=str(e))
     for name in WARM_MODULES:
         importlib.import_module(name)
     from . import dataclass_cache
@@ -405,13 +410,14 @@ def _import_for_serving(generator: DeferredGenerator) -> None:
     dataclass_cache.save()  # the methods of every dataclass of a start, for the next start
 
 
-async def _warm_up(generator: DeferredGenerator, warmed: asyncio.Future) -> None:
+async def _warm_up(generator: DeferredGenerator, warmed: asyncio.Future, webhooks=None) -> None:
     """After ready: the generators and Envoy's protobuf modules, imported in a thread so
     that the event loop keeps answering (/ready, a proxy's first request, which waits for
-    the generator if it comes first). Then the snapshot observers run (MeshBuilder)."""
+    the generator if it comes first), and the webhook port's certificate. Then the
+    snapshot observers run (MeshBuilder)."""
     started = time.perf_counter()
     try:
-        await asyncio.to_thread(_import_for_serving, generator)
+        await asyncio.to_thread(_import_for_serving, generator, webhooks)
         log.info("generators ready", ms=round((time.perf_counter() - started) * 1000, 1))
     except Exception as e:  # a bug here must not keep the observers waiting
         log.exception("generator warm-up failed", error=str(e))
@@ -693,7 +699,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
             # The election and the leader's work (status of every object, webhooks, trust
             # bundles) after the first snapshot: at start they took its CPU (bench/README.md "Start-up").
             member_task = asyncio.create_task(member.run(stop), name="meshd-cluster")
-        tasks.append(asyncio.create_task(_warm_up(generator, warmed)))
+        tasks.append(asyncio.create_task(_warm_up(generator, warmed, webhooks)))
         tasks.append(asyncio.create_task(builder.run(stop)))
         tasks.append(asyncio.create_task(key_sets.run(stop)))
         if opts.mesh_config_file:

@@ -75,9 +75,10 @@ class _Server(http.server.ThreadingHTTPServer):
         sock.settimeout(CONNECTION_TIMEOUT)
         try:
             ctx = self.certificate.context()
-        except Exception:
+        except Exception as e:  # no certificate yet: this caller is refused, the server goes on
             sock.close()
-            raise
+            log.error("webhook certificate unavailable", error=str(e))
+            raise OSError(f"webhook certificate unavailable: {e}") from e
         # The handshake happens on the connection's own thread (first read), not here.
         return ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
 
@@ -138,11 +139,16 @@ class WebhookServer:
         self._thread = threading.Thread(target=self._server.serve_forever, name="meshd-webhook", daemon=True)
 
     def start(self) -> WebhookServer:
-        self._server.certificate.context()  # the first certificate before the first caller
+        """Bind and serve. The first certificate is issued by `prepare()` (meshd's warm-up,
+        after ready: an RSA key takes tens of milliseconds) or by the first caller."""
         self._thread.start()
         log.info("webhook server listening", port=self.port, paths=sorted(self._server.handlers),
                  dns_names=list(self._server.certificate.dns_names))
         return self
+
+    def prepare(self) -> None:
+        """The first certificate, before the first caller if called early enough."""
+        self._server.certificate.context()
 
     def stop(self) -> None:
         self._server.shutdown()

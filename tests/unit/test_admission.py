@@ -184,6 +184,33 @@ def test_paths_and_methods(server, authority):
     assert route("/inject") == route("/inject/") == "inject" and route("/injector") is None
 
 
+def test_without_a_certificate_a_caller_is_refused_and_the_server_goes_on(authority):
+    """The first certificate is issued after ready (meshd's warm-up calls prepare()) or by
+    the first caller. A CA that cannot issue refuses that caller's connection; the server
+    keeps accepting and serves once the CA can issue again."""
+    class Flaky:
+        failing = True
+
+        def issue_server_cert(self, names, ttl):
+            if self.failing:
+                raise RuntimeError("CA away")
+            return authority.issue_server_cert(names, ttl)
+
+    ca = Flaky()
+    s = WebhookServer("127.0.0.1", 0, WebhookCertificate(ca, ["istiod.istio-system.svc"]),
+                      {"validate": validate.review}).start()
+    try:
+        with pytest.raises(OSError):
+            call(s.port, authority.root_cert_pem, "POST", "/validate", review_body(vs()))
+        with pytest.raises(RuntimeError, match="CA away"):
+            s.prepare()
+        ca.failing = False
+        s.prepare()
+        assert call(s.port, authority.root_cert_pem, "POST", "/validate", review_body(vs()))[0] == 200
+    finally:
+        s.stop()
+
+
 def test_a_handler_that_fails_is_a_denial_naming_the_object(authority):
     def broken(_req):
         raise RuntimeError("boom")

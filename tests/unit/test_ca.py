@@ -613,3 +613,63 @@ def test_token_error_never_echoes_token(tokens):
     with pytest.raises(TokenError) as err:
         tokens.verify(token, audience="nope")
     assert token.split(".")[2] not in str(err.value) and token not in str(err.value)
+
+
+def _der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def _pem_of_numbers(n: rsa.RSAPrivateNumbers) -> bytes:
+    """PKCS#1 PEM of any numbers, fitting or not (cryptography refuses to build a key whose
+    p*q is not its modulus, so the DER is written here)."""
+    def integer(v: int) -> bytes:
+        body = v.to_bytes(v.bit_length() // 8 + 1, "big")
+        return b"\x02" + _der_length(len(body)) + body
+
+    pub = n.public_numbers
+    seq = b"".join(integer(v) for v in (0, pub.n, pub.e, n.d, n.p, n.q, n.dmp1, n.dmq1, n.iqmp))
+    der = b"\x30" + _der_length(len(seq)) + seq
+    text = base64.encodebytes(der).decode().replace("\n", "")
+    lines = [text[i:i + 64] for i in range(0, len(text), 64)]
+    return ("-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(lines) + "\n-----END RSA PRIVATE KEY-----\n").encode()
+
+
+def test_rsa_private_keys_whose_numbers_do_not_fit_are_refused():
+    """OpenSSL's primality tests are skipped at load (a 4096-bit CA key took a quarter of a
+    second at every start); the structural checks Go's Validate makes still refuse a key
+    whose numbers do not fit together, before it signs anything."""
+    good = generate_private_key("rsa-2048")
+    n = good.private_numbers()
+    pub = n.public_numbers
+    assert keys_module.spki_der(private_key_from_pem(_pem_of_numbers(n))) == keys_module.spki_der(good)
+
+    def with_(**changed) -> rsa.RSAPrivateNumbers:
+        fields = {"p": n.p, "q": n.q, "d": n.d, "dmp1": n.dmp1, "dmq1": n.dmq1, "iqmp": n.iqmp,
+                  "public_numbers": pub, **changed}
+        return rsa.RSAPrivateNumbers(**fields)
+
+    other = generate_private_key("rsa-2048").private_numbers()
+    for numbers, reason in [
+        (with_(p=other.p), "product of its primes"),
+        (with_(d=n.d + 2), "does not invert"),
+        (with_(dmp1=n.dmp1 ^ 2), "CRT values"),
+        (with_(iqmp=n.iqmp ^ 2), "CRT values"),
+    ]:
+        with pytest.raises(ValueError, match=reason):
+            private_key_from_pem(_pem_of_numbers(numbers))
+
+
+def test_a_4096_bit_rsa_key_loads_and_signs_what_its_certificate_verifies():
+    key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())
+    loaded = private_key_from_pem(pem)
+    assert isinstance(loaded, rsa.RSAPrivateKey) and loaded.key_size == 4096
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    signature = loaded.sign(b"payload", padding.PKCS1v15(), hashes.SHA256())
+    key.public_key().verify(signature, b"payload", padding.PKCS1v15(), hashes.SHA256())
