@@ -410,11 +410,12 @@ def _import_for_serving(generator: DeferredGenerator, webhooks) -> None:
     dataclass_cache.save()  # the methods of every dataclass of a start, for the next start
 
 
-async def _warm_up(generator: DeferredGenerator, warmed: asyncio.Future, webhooks=None) -> None:
+async def _warm_up(generator: DeferredGenerator, warmed: asyncio.Future, webhooks=None, k8s=None) -> None:
     """After ready: the generators and Envoy's protobuf modules, imported in a thread so
     that the event loop keeps answering (/ready, a proxy's first request, which waits for
     the generator if it comes first), and the webhook port's certificate. Then the
-    snapshot observers run (MeshBuilder)."""
+    Kubernetes watches start (held since the initial lists) and the snapshot observers
+    run (MeshBuilder)."""
     started = time.perf_counter()
     try:
         await asyncio.to_thread(_import_for_serving, generator, webhooks)
@@ -423,6 +424,8 @@ async def _warm_up(generator: DeferredGenerator, warmed: asyncio.Future, webhook
         log.exception("generator warm-up failed", error=str(e))
     finally:
         startup.end()  # the collector and the switch interval as they were (startup.py)
+        if k8s is not None:
+            k8s.start_watching()
         if not warmed.done():
             warmed.set_result(None)
 
@@ -643,6 +646,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
             mesh_config_namespace=opts.root_namespace,
             injector_config=webhooks.follow_injector_config if webhooks is not None else None,
             prefetch=opts.kube_prefetch,
+            hold_watches=True,  # until the warm-up after ready (_warm_up)
         )
     else:
         await _unless_stopped(stop, key_sets.prime(key_sets_needed(store.snapshot().of_kind(REQUEST_AUTHENTICATION))))
@@ -699,7 +703,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event | None = None) -> None:
             # The election and the leader's work (status of every object, webhooks, trust
             # bundles) after the first snapshot: at start they took its CPU (bench/README.md "Start-up").
             member_task = asyncio.create_task(member.run(stop), name="meshd-cluster")
-        tasks.append(asyncio.create_task(_warm_up(generator, warmed, webhooks)))
+        tasks.append(asyncio.create_task(_warm_up(generator, warmed, webhooks, k8s)))
         tasks.append(asyncio.create_task(builder.run(stop)))
         tasks.append(asyncio.create_task(key_sets.run(stop)))
         if opts.mesh_config_file:

@@ -115,6 +115,9 @@ class ReflectorOptions:
     request_timeout: float = 30.0  # list / discovery; a watch gets watch timeout + this
     page_size: int = 500
     rediscover_interval: float = 60.0  # how often to look again for a CRD not installed
+    # Longest wait of the first watch for the source's go (KubernetesSource.start_watching):
+    # a start that never gets ready (a kind that cannot be listed) still watches the rest.
+    first_watch_hold: float = 10.0
 
 
 class Reflector:
@@ -133,6 +136,7 @@ class Reflector:
         raw: bool = False,
         discovery: Discovery | None = None,
         prefetch: Prefetch | None = None,
+        watch_after: threading.Event | None = None,
     ):
         self.resource = resource
         self.namespace = namespace
@@ -149,6 +153,9 @@ class Reflector:
         self._opt = options or ReflectorOptions()
         self._discovery = discovery  # API discovery shared with the source's other reflectors
         self._prefetch = prefetch  # the first list, asked for at start (kube/prefetch.py)
+        # The first watch waits for this (at most first_watch_hold): the watch goes on from
+        # the list's resourceVersion, so nothing is missed meanwhile (the source's doc).
+        self._watch_after = watch_after
         self._log = log.bind(kind=resource.ident, namespace=namespace) if namespace else log.bind(kind=resource.ident)
         self.version: str | None = None  # API version watched, once discovered
         self.resource_version: str | None = None  # None: list before watching
@@ -168,6 +175,11 @@ class Reflector:
                 if self.resource_version is None:
                     self._list()
                     listed = True
+                if self._watch_after is not None:
+                    self._watch_after.wait(self._opt.first_watch_hold)
+                    self._watch_after = None
+                    if self._stop.is_set():
+                        break
                 self._watch()
                 failures = 0  # the server ended the watch (timeoutSeconds): watch again
             except Gone as e:

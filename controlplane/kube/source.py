@@ -126,6 +126,7 @@ class KubernetesSource:
         mesh_config_namespace: str = ROOT_NAMESPACE,
         injector_config: Callable[[dict[str, Any] | None], None] | None = None,
         prefetch: Prefetch | None = None,
+        hold_watches: bool = False,
     ):
         self.api_client = api_client
         self._http = as_http(api_client)
@@ -150,6 +151,17 @@ class KubernetesSource:
         # The initial lists asked for at start (kube/prefetch.py), used when made with this client.
         self._prefetch = prefetch
         self._stats: dict[str, KindStats] = {r.ident: KindStats() for r in self.resources}
+        # hold_watches: each stream lists, and watches only once start_watching() is called
+        # (or ReflectorOptions.first_watch_hold passed). meshd's start: the initial lists are
+        # applied and the first snapshot built without 31 watch requests (connections, TLS
+        # handshakes, the API server's work) competing for the same two cores. A watch goes on
+        # from its list's resourceVersion: what changed in between is delivered, not missed.
+        self._watching: threading.Event | None = threading.Event() if hold_watches else None
+
+    def start_watching(self) -> None:
+        """Let the streams held by hold_watches watch (they all do after the hold's maximum)."""
+        if self._watching is not None:
+            self._watching.set()
 
     # --- state for /ready and metrics ---------------------------------------------
     @property
@@ -227,7 +239,8 @@ class KubernetesSource:
                           label_selector=spec.label_selector, field_selector=spec.field_selector,
                           accept=named_in(spec.allowed_names) if spec.allowed_names is not None else None,
                           raw=bool(spec.raw_name), options=self._options, discovery=discovery,
-                          prefetch=pre if pre is not None and pre.client is self.api_client else None)
+                          prefetch=pre if pre is not None and pre.client is self.api_client else None,
+                          watch_after=self._watching)
             if spec.raw_name:
                 r.stream = f"{r.stream}/{spec.raw_name}"  # one stream per ConfigMap of the same namespace
                 self._raw_told[r.stream] = self._raw_maps[spec.raw_name]
@@ -251,6 +264,7 @@ class KubernetesSource:
 
     def _shutdown(self) -> None:
         self._threads_stop.set()
+        self.start_watching()  # a stream held before its first watch ends now
         for s in self._streams.values():
             s.reflector.interrupt()
 

@@ -41,7 +41,7 @@ async def running(api, store: ConfigStore | None = None, sync: bool = True, **kw
     """The source on `api` (the real server's `kube` or the stand-in) until the block ends."""
     store = store or ConfigStore()
     api_client = api.api_client()
-    src = KubernetesSource(api_client, store, options=FAST, **kwargs)
+    src = KubernetesSource(api_client, store, **{"options": FAST, **kwargs})
     stop = asyncio.Event()
     task = asyncio.create_task(src.run(stop))
     try:

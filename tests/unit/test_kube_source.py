@@ -471,3 +471,43 @@ def test_secrets_are_watched_only_on_request(kube):
             assert [o.name for o in store.snapshot().of_kind("Secret")] in ([], ["cred"])
 
     asyncio.run(scenario())
+
+
+def test_held_watches_wait_for_start_watching_and_then_miss_nothing(kubeapi):
+    """meshd's start (hold_watches): every stream lists, none watches until start_watching()
+    (the stand-in counts the watch requests); a change made meanwhile is delivered once
+    they watch, from the lists' resourceVersion, without a second list."""
+    kubeapi.apply(pod("p0", "shop", "10.0.0.1"))
+
+    async def scenario():
+        async with running(kubeapi, hold_watches=True) as (src, store):
+            assert get(store, "Pod", "shop", "p0") is not None
+            kubeapi.apply(pod("p1", "shop", "10.0.0.2"))
+            await asyncio.sleep(0.3)  # room for a watch that must not be made
+            assert kubeapi.requests_for("pods", watch=True) == []
+            assert get(store, "Pod", "shop", "p1") is None
+            lists = len(kubeapi.requests_for("pods", watch=False))
+            src.start_watching()
+            await until(lambda: get(store, "Pod", "shop", "p1") is not None, "the change made while held")
+            assert len(kubeapi.requests_for("pods", watch=False)) == lists
+            assert len(kubeapi.requests_for("pods", watch=True)) == 1
+
+    asyncio.run(scenario())
+
+
+def test_held_watches_start_after_the_hold_maximum_and_a_held_source_stops_at_once(kubeapi):
+    """A start that is never told to watch (it never got ready) watches anyway after
+    first_watch_hold; one stopped while held ends its threads (running() checks)."""
+    import dataclasses
+
+    kubeapi.apply(pod("p0", "shop", "10.0.0.1"))
+
+    async def scenario():
+        async with running(kubeapi, hold_watches=True, options=dataclasses.replace(FAST, first_watch_hold=0.5)) \
+                as (_src, store):
+            kubeapi.apply(pod("p1", "shop", "10.0.0.2"))
+            await until(lambda: get(store, "Pod", "shop", "p1") is not None, "a change after the hold's maximum")
+        async with running(kubeapi, hold_watches=True, options=dataclasses.replace(FAST, first_watch_hold=60)):
+            pass
+
+    asyncio.run(scenario())
