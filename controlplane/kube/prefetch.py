@@ -240,6 +240,20 @@ class Prefetch:
             self.taken += 1
         return entry.result
 
+    def take_parsed(self, key: Key, max_age: float = 60.0) -> tuple[str, Listed] | None:
+        """(API version, parsed list) of exactly this stream if it is here already, else
+        None; never waits. Handed out once, as by `take`."""
+        from .reflector import Listed
+
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or not entry.done.is_set() or not isinstance(entry.result, Listed) \
+                    or time.monotonic() - entry.finished_at > max_age:
+                return None
+            del self._entries[key]
+            self.taken += 1
+        return entry.version, entry.result
+
     def close(self) -> dict[str, int]:
         """Drop what was not taken; (taken, unused) counts for the log."""
         with self._lock:

@@ -245,11 +245,21 @@ class Reflector:
         assert self.version is not None, "list or watch before discovery"
         return self.version
 
+    def prefetch_key(self) -> tuple[str, str, str, str]:
+        """This stream's key among the prefetched lists (StreamSpec.key)."""
+        return (self.resource.ident, self.namespace or "", self._label_selector or "", self._field_selector or "")
+
+    def adopt(self, version: str, listed: Listed) -> None:
+        """Before the thread starts: take the prefetch's parsed first list of this stream
+        (at API `version`) as `_list` takes it; the thread then only watches."""
+        self.version = version
+        self._prefetch = None
+        self._listed(listed.replay(self._log), prefetched=True)
+
     def _list(self) -> None:
         got = None
         if self._prefetch is not None:  # the first list only (kube/prefetch.py)
-            got = self._prefetch.take((self.resource.ident, self.namespace or "", self._label_selector or "",
-                                       self._field_selector or ""), self._version(), self._opt.request_timeout,
+            got = self._prefetch.take(self.prefetch_key(), self._version(), self._opt.request_timeout,
                                       stop=self._stop)
             self._prefetch = None
         if got is not None:
@@ -266,10 +276,13 @@ class Reflector:
             except StatusError as e:
                 raise _classify(e) from e
             listed = parse_list(self.resource, self._version(), items, rv, self._accept, self._raw, self._log)
+        self._listed(listed, prefetched=got is not None)
+
+    def _listed(self, listed: Listed, prefetched: bool) -> None:
         objects, rv = listed.objects, listed.resource_version
         # The initial lists at debug: "k8s synced" gives every kind's count once they are in.
         log = self._log.debug if self._relist_reason == "initial" else self._log.info
-        log("k8s relist", reason=self._relist_reason, objects=len(objects), resourceVersion=rv, prefetched=got is not None)
+        log("k8s relist", reason=self._relist_reason, objects=len(objects), resourceVersion=rv, prefetched=prefetched)
         self._emit(Sync(self.stream, objects, self._relist_reason, rv, listed.infos, listed.digests))
         self.resource_version = rv or None
         self._relist_reason = "relist"

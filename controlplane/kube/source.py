@@ -247,14 +247,31 @@ class KubernetesSource:
             self._streams[r.stream] = _StreamState(r)
         self._log.info("k8s source starting", streams=len(self._streams), namespaces=self.namespaces,
                        labelSelector=self.label_selector)
-        self._threads = [
-            threading.Thread(target=s.reflector.run, name=f"k8s-{name}", daemon=True)
-            for name, s in self._streams.items()
-        ]
+        now: list[threading.Thread] = []
+        held: list[threading.Thread] = []  # listed already: started when watching starts
+        for name, s in self._streams.items():
+            t = threading.Thread(target=s.reflector.run, name=f"k8s-{name}", daemon=True)
+            # Held watches: a list the prefetch has parsed already is applied from here, and
+            # its thread (which would only watch) is not started before it may watch.
+            got = pre.take_parsed(s.reflector.prefetch_key()) \
+                if self._watching is not None and pre is not None and pre.client is self.api_client else None
+            if got is not None:
+                s.reflector.adopt(*got)
+                held.append(t)
+            else:
+                now.append(t)
+        self._threads = now + held
+        watching, hold = self._watching, self._options.first_watch_hold
 
         def start_all() -> None:
-            for t in self._threads:
+            for t in now:
                 t.start()
+            if held and watching is not None:
+                watching.wait(hold)
+                for t in held:
+                    if self._threads_stop.is_set():
+                        return
+                    t.start()
 
         # Started from a thread of their own: each Thread.start waits until the new thread
         # runs, and meanwhile the event loop applies the lists of those already started

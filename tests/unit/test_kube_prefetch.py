@@ -188,3 +188,29 @@ def test_lists_parsed_in_a_child_process_are_taken_and_nothing_changed_since_is_
             await stop_source(stop, task, pre.client)
 
     asyncio.run(scenario())
+
+
+def test_held_watches_apply_the_parsed_lists_without_starting_their_threads_until_watching(kubeapi, tmp_path):
+    """meshd's start (hold_watches): a list the prefetch parsed already is applied by the
+    source itself, and its stream's thread starts only when watching starts; a change made
+    meanwhile arrives then, and nothing is listed twice."""
+    kubeapi.apply(service("web", "shop", PORTS))
+    pre = prefetched(kubeapi, tmp_path)
+
+    async def scenario():
+        store = ConfigStore()
+        src, stop, task = await run_source(pre, store, hold_watches=True)
+        try:
+            assert get(store, "Service", "shop", "web") is not None
+            threads = {t.name for t in threading.enumerate()}
+            assert "k8s-Service" not in threads and "k8s-VirtualService" not in threads
+            assert pre.taken >= 2 and kubeapi.requests_for("services", watch=True) == []
+            kubeapi.apply(service("late", "shop", PORTS))
+            src.start_watching()
+            await until(lambda: get(store, "Service", "shop", "late") is not None, "a change while held")
+            assert "k8s-Service" in {t.name for t in threading.enumerate()}
+            assert lists_of(kubeapi, "services") == 1
+        finally:
+            await stop_source(stop, task, pre.client)
+
+    asyncio.run(scenario())
