@@ -33,6 +33,7 @@ log = structlog.get_logger("meshd.gc")
 # (10); full collections only from collect_when_idle (a threshold never reached).
 THRESHOLDS = (50_000, 20, 1_000_000_000)
 
+
 async def collect_when_idle(busy: Callable[[], bool], stop: asyncio.Event, interval: float = 30.0,
                             max_wait: float = 300.0, poll: float = 1.0, deep_interval: float = 600.0) -> None:
     """Full collections between pushes: once `interval` has passed since the last one,

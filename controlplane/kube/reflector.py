@@ -251,9 +251,11 @@ class Reflector:
 
     def adopt(self, version: str, listed: Listed) -> None:
         """Before the thread starts: take the prefetch's parsed first list of this stream
-        (at API `version`) as `_list` takes it; the thread then only watches."""
+        (at API `version`) as `_list` takes it; the thread then only watches. The caller
+        starts the thread when it may watch (KubernetesSource holds it): not held twice."""
         self.version = version
         self._prefetch = None
+        self._watch_after = None
         self._listed(listed.replay(self._log), prefetched=True)
 
     def _list(self) -> None:

@@ -228,10 +228,10 @@ class KubernetesSource:
 
     def _start(self, emit: Callable[[Operation], None]) -> None:
         self._streams.clear()
-        pre = self._prefetch
+        # The initial lists asked for at start, when made with this source's client.
+        pre = self._prefetch if self._prefetch is not None and self._prefetch.client is self.api_client else None
         # One /apis for every kind that needs discovery: the prefetch's, when it asked the same server.
-        discovery = pre.discovery if pre is not None and pre.client is self.api_client and pre.discovery else \
-            Discovery(self._http)
+        discovery = pre.discovery if pre is not None and pre.discovery else Discovery(self._http)
         self._raw_told.clear()
         for spec in stream_specs(self.resources, self.namespaces, self.label_selector, tuple(self._raw_maps),
                                  self.mesh_config_namespace):
@@ -239,7 +239,7 @@ class KubernetesSource:
                           label_selector=spec.label_selector, field_selector=spec.field_selector,
                           accept=named_in(spec.allowed_names) if spec.allowed_names is not None else None,
                           raw=bool(spec.raw_name), options=self._options, discovery=discovery,
-                          prefetch=pre if pre is not None and pre.client is self.api_client else None,
+                          prefetch=pre,
                           watch_after=self._watching)
             if spec.raw_name:
                 r.stream = f"{r.stream}/{spec.raw_name}"  # one stream per ConfigMap of the same namespace
@@ -253,8 +253,8 @@ class KubernetesSource:
             t = threading.Thread(target=s.reflector.run, name=f"k8s-{name}", daemon=True)
             # Held watches: a list the prefetch has parsed already is applied from here, and
             # its thread (which would only watch) is not started before it may watch.
-            got = pre.take_parsed(s.reflector.prefetch_key()) \
-                if self._watching is not None and pre is not None and pre.client is self.api_client else None
+            got = pre.take_parsed(s.reflector.prefetch_key()) if self._watching is not None and pre is not None \
+                else None
             if got is not None:
                 s.reflector.adopt(*got)
                 held.append(t)

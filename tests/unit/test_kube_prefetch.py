@@ -214,3 +214,41 @@ def test_held_watches_apply_the_parsed_lists_without_starting_their_threads_unti
             await stop_source(stop, task, pre.client)
 
     asyncio.run(scenario())
+
+
+def test_an_adopted_list_is_held_once_by_its_source_not_again_by_its_reflector(kubeapi, tmp_path):
+    """The source holds an adopted stream's thread until watching starts (or the hold's
+    maximum); once started, the reflector watches at once instead of waiting a second
+    hold: here its own watch_after is never set and the hold is a minute long."""
+    import dataclasses
+
+    import structlog
+
+    from controlplane.kube.reflector import Reflector
+    from controlplane.kube.resources import RESOURCES
+
+    kubeapi.apply(service("web", "shop", PORTS))
+    pre = prefetched(kubeapi, tmp_path)
+    resource = next(r for r in RESOURCES if r.ident == "Service")
+    stop, ops = threading.Event(), []
+    r = Reflector(resource, None, pre.client, ops.append, stop, structlog.get_logger("test"),
+                  options=dataclasses.replace(FAST, first_watch_hold=60), discovery=pre.discovery,
+                  watch_after=threading.Event())
+    got = pre.take_parsed(r.prefetch_key())
+    assert got is not None
+    r.adopt(*got)
+    assert [type(op).__name__ for op in ops] == ["Sync"]
+    thread = threading.Thread(target=r.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not kubeapi.requests_for("services", watch=True) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert kubeapi.requests_for("services", watch=True), "the adopted stream waited a second hold"
+        assert lists_of(kubeapi, "services") == 1
+    finally:
+        stop.set()
+        r.interrupt()
+        thread.join(10)
+        pre.client.close()
+    assert not thread.is_alive()
