@@ -511,3 +511,24 @@ def test_held_watches_start_after_the_hold_maximum_and_a_held_source_stops_at_on
             pass
 
     asyncio.run(scenario())
+
+
+def test_held_watches_on_the_real_api_server_deliver_what_changed_while_held(kube):
+    """The same on the real API server: no watch request while held; the Service created
+    meanwhile arrives once watching starts, from the list's resourceVersion (no relist)."""
+    shop = kube.ns("shop")
+    kube.apply(service("web", shop))
+
+    async def scenario():
+        async with running(kube, namespaces=[shop], hold_watches=True) as (src, store):
+            assert get(store, "Service", shop, "web") is not None
+            kube.apply(service("late", shop))
+            await asyncio.sleep(0.3)  # room for a watch that must not be made
+            assert kube.requests_for("services", watch=True) == []
+            assert get(store, "Service", shop, "late") is None
+            lists = len(kube.requests_for("services", watch=False))
+            src.start_watching()
+            await until(lambda: get(store, "Service", shop, "late") is not None, "the Service made while held")
+            assert len(kube.requests_for("services", watch=False)) == lists
+
+    asyncio.run(scenario())
