@@ -252,8 +252,11 @@ def test_restart_loses_nothing_in_the_mesh(testbed, tmp_path: Path):
                             assert closes[0].startswith("14, meshd shutting down; reconnect"), closes
                         else:  # the connection went away under the stream: a reset
                             assert closes[0].startswith("13, upstream_reset_after_response_started"), closes
-                        # retries while meshd was down are spaced by Envoy's backoff, not a tight loop
-                        assert 2 <= len(attempts) <= 15, attempts
+                        # retries while meshd was down are spaced by Envoy's backoff, not a tight loop.
+                        # The backoff is fully jittered (the first retry within [0, 500 ms), then
+                        # [0, 1 s), ...), so a retry that comes after the restarted meshd listens
+                        # makes one attempt the whole story: a fast restart is not a failure.
+                        assert 1 <= len(attempts) <= 15, attempts
                         report.append(f"{sig.name} {n}: meshd stopped in {stopped:.2f}s, stream closed "
                                       f"{closes[0]!r}, {len(attempts)} attempts {attempts[0][-12:]}.."
                                       f"{attempts[-1][-12:]}, all reconnected {reconnected:.1f}s after the restart")
