@@ -362,9 +362,10 @@ def _add_kube_source_flags(p: argparse.ArgumentParser) -> None:
 
 def _start_kube_prefetch(argv: list[str]):
     """`meshd serve` in Kubernetes mode: the initial lists are asked for now, by a child
-    process that also parses them, while this one imports the rest of meshd (kube/prefetch.py). Read with the same
-    flag definitions as the serve command, but never a word of its own: flags it cannot
-    read (an abbreviation, a bad value) only mean no prefetch, and `serve` reports them."""
+    process that also parses them, while this one imports the rest of meshd
+    (kube/prefetch.py). Read with the same flag definitions as the serve command, but
+    never a word of its own: flags it cannot read (an abbreviation, a bad value) only mean
+    no prefetch, and `serve` reports them."""
     class Quiet(argparse.ArgumentParser):
         def error(self, message: str):
             raise ValueError(message)

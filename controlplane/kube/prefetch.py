@@ -47,6 +47,9 @@ Key = tuple[str, str, str, str]  # StreamSpec.key: kind, namespace, label select
 # Threads making the lists: enough for the big lists to be in flight at once, few enough
 # that starting them (each Thread.start waits until the new thread runs) costs little.
 WORKERS = 8
+# A prefetched list older than this is not handed out: its reflector lists afresh rather
+# than watch from far behind (meshd's start takes seconds at most).
+MAX_AGE = 60.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,9 @@ class _Entry:
         # None: failed, or not served; (items, resourceVersion) as listed, or Listed once parsed
         self.result: tuple[list[dict[str, Any]], str] | Listed | None = None
         self.finished_at = 0.0
+
+    def stale(self, max_age: float) -> bool:
+        return time.monotonic() - self.finished_at > max_age
 
 
 class Prefetch:
@@ -224,7 +230,7 @@ class Prefetch:
                             bool(spec.raw_name), said)
         return dataclasses.replace(listed, logs=tuple(said.logs))
 
-    def take(self, key: Key, version: str, timeout: float, max_age: float = 60.0,
+    def take(self, key: Key, version: str, timeout: float, max_age: float = MAX_AGE,
              stop: threading.Event | None = None) -> tuple[list[dict[str, Any]], str] | Listed | None:
         """The prefetched list (items and resourceVersion, or already parsed) of exactly
         this stream at this API version, waiting for it while it is being fetched; None
@@ -234,13 +240,13 @@ class Prefetch:
             entry = self._entries.pop(key, None)
         if entry is None or not _wait(entry.done, timeout, stop):
             return None
-        if entry.result is None or entry.version != version or time.monotonic() - entry.finished_at > max_age:
+        if entry.result is None or entry.version != version or entry.stale(max_age):
             return None
         with self._lock:
             self.taken += 1
         return entry.result
 
-    def take_parsed(self, key: Key, max_age: float = 60.0) -> tuple[str, Listed] | None:
+    def take_parsed(self, key: Key, max_age: float = MAX_AGE) -> tuple[str, Listed] | None:
         """(API version, parsed list) of exactly this stream if it is here already, else
         None; never waits. Handed out once, as by `take`."""
         from .reflector import Listed
@@ -248,7 +254,7 @@ class Prefetch:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or not entry.done.is_set() or not isinstance(entry.result, Listed) \
-                    or time.monotonic() - entry.finished_at > max_age:
+                    or entry.stale(max_age):
                 return None
             del self._entries[key]
             self.taken += 1
